@@ -1,0 +1,405 @@
+"""Owners, avatars, their training attempts, and everything the monitor records.
+
+State lives here, never in memory: every active training carries ``next_check_at``
+so that "what must be checked now" is one indexed query, and nothing needs
+restoring after a restart. Status changes go through ``monitoring.transitions``
+only; nothing else writes ``Avatar.status``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class Language(models.TextChoices):
+    RU = "ru", _("Russian")
+    EN = "en", _("English")
+
+
+class Owner(models.Model):
+    """A Telegram user who owns avatars. Their user id is also their private chat id."""
+
+    telegram_id = models.BigIntegerField(_("Telegram id"), unique=True)
+    username = models.CharField(_("username"), max_length=64, blank=True)
+    display_name = models.CharField(_("display name"), max_length=256, blank=True)
+    language = models.CharField(
+        _("language"), max_length=2, choices=Language.choices, default=Language.RU
+    )
+    reachable = models.BooleanField(
+        _("reachable"), default=True, help_text=_("Whether the bot can message this owner.")
+    )
+    unreachable_reason = models.CharField(_("why unreachable"), max_length=255, blank=True)
+    unreachable_since = models.DateTimeField(_("unreachable since"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("owner")
+        verbose_name_plural = _("owners")
+
+    def __str__(self) -> str:
+        if self.username:
+            return f"@{self.username} ({self.telegram_id})"
+        return self.display_name or str(self.telegram_id)
+
+
+class TrainingType(models.TextChoices):
+    PORTRAIT = "portrait", _("Portrait")
+    STYLE = "style", _("Style")
+
+
+class AvatarStatus(models.TextChoices):
+    """Lowercase and fixed. The allowed moves are listed in ``monitoring.transitions``."""
+
+    DRAFT = "draft", _("Draft")
+    READY_FOR_TRAINING = "ready_for_training", _("Ready for training")
+    TRAINING = "training", _("Training")
+    COMPLETED = "completed", _("Completed")
+    ERROR = "error", _("Error")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class FalStatus(models.TextChoices):
+    """The sub-state of an avatar in ``training``: ours before fal answers, then fal's."""
+
+    SUBMITTING = "SUBMITTING", _("Submitting")
+    IN_QUEUE = "IN_QUEUE", _("In queue")
+    IN_PROGRESS = "IN_PROGRESS", _("In progress")
+    COMPLETED = "COMPLETED", _("Completed on fal")
+
+
+class Avatar(models.Model):
+    owner = models.ForeignKey(
+        Owner, on_delete=models.PROTECT, related_name="avatars", verbose_name=_("owner")
+    )
+    name = models.CharField(_("name"), max_length=128)
+    training_type = models.CharField(
+        _("training type"),
+        max_length=16,
+        choices=TrainingType.choices,
+        default=TrainingType.PORTRAIT,
+    )
+    trigger_word = models.CharField(
+        _("trigger word"),
+        max_length=128,
+        help_text=_("Sent as trigger_phrase to the portrait trainer, trigger_word to the style one."),
+    )
+    images_url = models.URLField(_("images archive URL"), max_length=2048)
+    training_settings = models.JSONField(
+        _("training settings"),
+        default=dict,
+        blank=True,
+        help_text=_("Extra trainer inputs, e.g. steps or learning_rate."),
+    )
+    status = models.CharField(
+        _("status"),
+        max_length=32,
+        choices=AvatarStatus.choices,
+        default=AvatarStatus.DRAFT,
+        editable=False,
+    )
+    # The attempt that may still change this avatar. A webhook or check result for an
+    # older attempt (after a retrain) never touches the avatar.
+    current_training = models.ForeignKey(
+        "Training",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+        verbose_name=_("current training"),
+    )
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("avatar")
+        verbose_name_plural = _("avatars")
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="avatar_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.pk})"
+
+
+class TrainingOutcome(models.TextChoices):
+    COMPLETED = "completed", _("Completed")
+    ERROR = "error", _("Error")
+    CANCELLED = "cancelled", _("Cancelled")
+    REFUSED = "refused", _("Submit refused by fal")
+
+
+class Training(models.Model):
+    """One attempt at training an avatar on fal: its own request id, result and history.
+
+    Active while ``finished_at`` is null. The periodic check only ever asks for
+    active trainings whose ``next_check_at`` has passed.
+    """
+
+    avatar = models.ForeignKey(
+        Avatar, on_delete=models.CASCADE, related_name="trainings", verbose_name=_("avatar")
+    )
+    attempt = models.PositiveIntegerField(_("attempt"), default=1)
+    endpoint = models.CharField(_("fal endpoint"), max_length=128)
+    arguments = models.JSONField(_("submitted input"), default=dict, blank=True)
+    fal_request_id = models.CharField(
+        _("fal request id"), max_length=128, null=True, blank=True, unique=True
+    )
+    status_url = models.URLField(_("status URL"), max_length=1024, blank=True)
+    response_url = models.URLField(_("response URL"), max_length=1024, blank=True)
+    cancel_url = models.URLField(_("cancel URL"), max_length=1024, blank=True)
+    webhook_url = models.URLField(_("webhook URL"), max_length=1024, blank=True)
+    fal_status = models.CharField(
+        _("fal status"), max_length=16, choices=FalStatus.choices, default=FalStatus.SUBMITTING
+    )
+    queue_position = models.IntegerField(_("queue position"), null=True, blank=True)
+    logs_tail = models.TextField(_("last logs"), blank=True)
+
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    submitted_at = models.DateTimeField(_("submitted"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=TrainingOutcome.choices, blank=True
+    )
+
+    lora_url = models.URLField(_("LoRA file URL"), max_length=2048, blank=True)
+    config_url = models.URLField(_("config file URL"), max_length=2048, blank=True)
+    result = models.JSONField(_("raw result"), null=True, blank=True)
+    error_type = models.CharField(_("error type"), max_length=128, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+
+    # Monitoring
+    next_check_at = models.DateTimeField(_("next check"), null=True, blank=True)
+    last_checked_at = models.DateTimeField(_("last checked"), null=True, blank=True)
+    last_check_ok_at = models.DateTimeField(_("last successful check"), null=True, blank=True)
+    check_failures = models.PositiveIntegerField(_("consecutive check failures"), default=0)
+    last_check_error = models.TextField(_("last check error"), blank=True)
+    not_found_count = models.PositiveIntegerField(_("consecutive 'not found' answers"), default=0)
+    not_found_since = models.DateTimeField(_("'not found' since"), null=True, blank=True)
+    stuck_since = models.DateTimeField(_("stuck since"), null=True, blank=True)
+    stuck_reason = models.CharField(_("stuck reason"), max_length=255, blank=True)
+    stuck_episode = models.PositiveIntegerField(_("stuck episodes"), default=0)
+    # Staff may push the stuck deadline back ("extend the deadline").
+    stuck_deadline_extended_until = models.DateTimeField(
+        _("stuck checks paused until"), null=True, blank=True
+    )
+    cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("training")
+        verbose_name_plural = _("trainings")
+        constraints = [
+            models.UniqueConstraint(fields=["avatar", "attempt"], name="training_attempt_unique"),
+        ]
+        indexes = [
+            # The periodic check's only question: which active trainings are due?
+            models.Index(
+                fields=["next_check_at"],
+                condition=Q(finished_at__isnull=True),
+                name="training_due_idx",
+            ),
+            models.Index(
+                fields=["stuck_since"],
+                condition=Q(finished_at__isnull=True, stuck_since__isnull=False),
+                name="training_stuck_idx",
+            ),
+            models.Index(fields=["-finished_at"], name="training_finished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.avatar_id}#{self.attempt} {self.fal_request_id or '(not submitted)'}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.finished_at is None
+
+    @property
+    def is_stuck(self) -> bool:
+        return self.stuck_since is not None and self.finished_at is None
+
+
+class EventSource(models.TextChoices):
+    WEBHOOK = "webhook", _("fal webhook")
+    CHECK = "check", _("periodic check")
+    RESTORE = "restore", _("startup restore")
+    STAFF = "staff", _("staff action")
+    COMMAND = "command", _("management command")
+    SYSTEM = "system", _("system")
+
+
+class EventKind(models.TextChoices):
+    CREATED = "created", _("Created")
+    STATUS = "status", _("Status changed")
+    SUBMITTED = "submitted", _("Submitted to fal")
+    SUBMIT_REFUSED = "submit_refused", _("Submit refused by fal")
+    FAL_STATUS = "fal_status", _("fal status changed")
+    STUCK = "stuck", _("Flagged stuck")
+    UNSTUCK = "unstuck", _("Stuck flag cleared")
+    CANCEL_REQUESTED = "cancel_requested", _("Cancel requested")
+    RECHECK_REQUESTED = "recheck_requested", _("Re-check requested")
+    NOTE = "note", _("Note")
+
+
+class AvatarEvent(models.Model):
+    """The timeline of an avatar: changes only, never routine checks."""
+
+    avatar = models.ForeignKey(
+        Avatar, on_delete=models.CASCADE, related_name="events", verbose_name=_("avatar")
+    )
+    training = models.ForeignKey(
+        Training,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="events",
+        verbose_name=_("training"),
+    )
+    created_at = models.DateTimeField(_("when"), default=timezone.now, db_index=True)
+    kind = models.CharField(_("what"), max_length=32, choices=EventKind.choices)
+    source = models.CharField(_("source"), max_length=16, choices=EventSource.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("staff user"),
+    )
+    old_status = models.CharField(_("old status"), max_length=32, blank=True)
+    new_status = models.CharField(_("new status"), max_length=32, blank=True)
+    message = models.TextField(_("message"), blank=True)
+    details = models.JSONField(_("details"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("avatar event")
+        verbose_name_plural = _("avatar events")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["avatar", "-created_at"], name="event_avatar_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.source})"
+
+
+class WebhookVerdict(models.TextChoices):
+    VALID = "valid", _("Valid signature")
+    MISSING_HEADERS = "missing_headers", _("Missing headers")
+    STALE = "stale", _("Timestamp outside the window")
+    BAD_SIGNATURE = "bad_signature", _("Bad signature")
+    TOO_LARGE = "too_large", _("Body too large")
+    UNVERIFIABLE = "unverifiable", _("No signing keys available")
+
+
+class WebhookOutcome(models.TextChoices):
+    RECEIVED = "received", _("Received, not processed yet")
+    APPLIED = "applied", _("Applied")
+    ALREADY_DONE = "already_done", _("Already done (duplicate or late)")
+    REPLAY = "replay", _("Exact replay")
+    UNMATCHED = "unmatched", _("No matching training")
+    REJECTED = "rejected", _("Rejected")
+    DEFERRED = "deferred", _("Result to be fetched from the queue")
+    FAILED = "failed", _("Processing failed")
+
+
+class WebhookDelivery(models.Model):
+    """Every POST to /webhooks/fal/, stored before anything acts on it."""
+
+    received_at = models.DateTimeField(_("received"), default=timezone.now, db_index=True)
+    remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
+    headers = models.JSONField(_("fal headers"), default=dict, blank=True)
+    header_request_id = models.CharField(_("header request id"), max_length=128, blank=True)
+    request_id = models.CharField(
+        _("request id"), max_length=128, blank=True, db_index=True,
+        help_text=_("The request_id from the body."),
+    )
+    signature = models.CharField(_("signature"), max_length=256, blank=True, db_index=True)
+    verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
+    outcome = models.CharField(
+        _("outcome"), max_length=32, choices=WebhookOutcome.choices, default=WebhookOutcome.RECEIVED
+    )
+    fal_status = models.CharField(_("status in body"), max_length=16, blank=True)
+    body = models.TextField(
+        _("body"), blank=True, help_text=_("Whole for verified deliveries, an excerpt otherwise.")
+    )
+    body_size = models.PositiveIntegerField(_("body size"), default=0)
+    error = models.TextField(_("error"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    processed_at = models.DateTimeField(_("processed"), null=True, blank=True)
+    training = models.ForeignKey(
+        Training,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="webhook_deliveries",
+        verbose_name=_("training"),
+    )
+
+    class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            # Unmatched deliveries are looked up when a request id appears on a training.
+            models.Index(
+                fields=["request_id"],
+                condition=Q(outcome="unmatched"),
+                name="webhook_unmatched_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id or self.header_request_id or '?'} {self.verdict}/{self.outcome}"
+
+    @property
+    def matched(self) -> bool:
+        return self.training_id is not None
+
+
+class FalSigningKeys(models.Model):
+    """fal's JWKS, cached in the database so every web worker shares one copy."""
+
+    url = models.URLField(max_length=1024, unique=True)
+    keys = models.JSONField(default=list, blank=True)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = _("fal signing keys")
+        verbose_name_plural = _("fal signing keys")
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class CheckRun(models.Model):
+    """A heartbeat per periodic run: the health endpoint and the dashboard read these."""
+
+    class Kind(models.TextChoices):
+        SCHEDULED = "scheduled", _("Scheduled")
+        RESTORE = "restore", _("Startup restore")
+        MANUAL = "manual", _("Manual")
+
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, default=Kind.SCHEDULED)
+    started_at = models.DateTimeField(_("started"), default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    duration_seconds = models.FloatField(_("duration (s)"), null=True, blank=True)
+    due = models.PositiveIntegerField(_("due"), default=0)
+    checked = models.PositiveIntegerField(_("checked"), default=0)
+    changed = models.PositiveIntegerField(_("changed"), default=0)
+    completed = models.PositiveIntegerField(_("completed"), default=0)
+    failed = models.PositiveIntegerField(_("failed"), default=0)
+    errors = models.PositiveIntegerField(_("fal errors"), default=0)
+    notes = models.TextField(_("notes"), blank=True)
+
+    class Meta:
+        verbose_name = _("check run")
+        verbose_name_plural = _("check runs")
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,584 @@
+"""The one place that changes an avatar's status.
+
+The webhook, the periodic check, startup restore, the admin and the commands all
+call these functions. Each move is a single conditional UPDATE naming the status
+(and training attempt) it expects to leave; only the caller whose UPDATE changed a
+row writes the event and the notification outbox row, in the same transaction.
+Two callers racing to complete the same avatar therefore produce one winner, one
+event and one message, on SQLite and PostgreSQL alike.
+
+Allowed moves (also in README.md):
+
+    draft              → ready_for_training
+    ready_for_training → training              (a new training attempt, sub-state SUBMITTING)
+    training           → completed | error | cancelled
+    training           → ready_for_training    (only while SUBMITTING, when fal refused
+                                                the submit: no job exists, nothing is billed)
+    error              → ready_for_training    (staff retrain)
+
+Leaving a terminal state (completed, error, cancelled) any other way is a no-op
+that reports "already <status>"; a move that can never be valid (draft → completed)
+raises ``InvalidTransition``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import django.dispatch
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from monitoring.models import (
+    Avatar,
+    AvatarEvent,
+    AvatarStatus,
+    EventKind,
+    EventSource,
+    FalStatus,
+    Owner,
+    Training,
+    TrainingOutcome,
+)
+
+logger = logging.getLogger("monitoring")
+
+S = AvatarStatus
+ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    S.DRAFT: frozenset({S.READY_FOR_TRAINING}),
+    S.READY_FOR_TRAINING: frozenset({S.TRAINING}),
+    S.TRAINING: frozenset({S.COMPLETED, S.ERROR, S.CANCELLED, S.READY_FOR_TRAINING}),
+    S.COMPLETED: frozenset(),
+    S.ERROR: frozenset({S.READY_FOR_TRAINING}),
+    S.CANCELLED: frozenset(),
+}
+TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
+ACTIVE_FAL_STATUSES = (FalStatus.SUBMITTING, FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
+
+# Sent on commit after a request id is stored on a training, so that a webhook that
+# arrived before we saved the id (the start of a training races its own webhook)
+# can be applied. Receivers get ``training_id`` and ``request_id``.
+training_submitted = django.dispatch.Signal()
+
+
+class InvalidTransition(Exception):
+    """A move that can never be valid, such as draft → completed."""
+
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+        super().__init__(f"An avatar cannot move from {old} to {new}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a transition did. ``changed`` is False for a no-op (already there, lost a race)."""
+
+    changed: bool
+    status: str
+    detail: str = ""
+    training: Training | None = None
+
+    def __bool__(self) -> bool:
+        return self.changed
+
+
+def is_allowed(old: str, new: str) -> bool:
+    return new in ALLOWED_MOVES.get(old, frozenset())
+
+
+def _event(
+    avatar_id: int,
+    kind: str,
+    source: str,
+    *,
+    training_id: int | None = None,
+    actor: Any = None,
+    old: str = "",
+    new: str = "",
+    message: str = "",
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> AvatarEvent:
+    return AvatarEvent.objects.create(
+        avatar_id=avatar_id,
+        training_id=training_id,
+        kind=kind,
+        source=source,
+        actor=actor if getattr(actor, "pk", None) else None,
+        old_status=old,
+        new_status=new,
+        message=message,
+        details=details or {},
+        created_at=at or timezone.now(),
+    )
+
+
+def _lost(avatar_id: int, target: str, training_id: int | None = None) -> Outcome:
+    """Explain why a conditional UPDATE changed nothing, raising for impossible moves."""
+    row = Avatar.objects.filter(pk=avatar_id).values("status", "current_training_id").first()
+    if row is None:
+        return Outcome(False, "", "avatar no longer exists")
+    current = row["status"]
+    if training_id is not None and row["current_training_id"] != training_id:
+        return Outcome(False, current, "stale training attempt: the avatar has a newer one")
+    if current == target:
+        return Outcome(False, current, f"already {current}")
+    if current in TERMINAL and not is_allowed(current, target):
+        return Outcome(False, current, f"already {current}")
+    if is_allowed(current, target):
+        # The move is valid from here, so another condition (sub-state) did not hold.
+        return Outcome(False, current, f"not possible now (avatar is {current})")
+    raise InvalidTransition(current, target)
+
+
+# --- Creation and preparation --------------------------------------------------------
+
+
+def create_avatar(
+    *,
+    owner: Owner,
+    name: str,
+    training_type: str,
+    trigger_word: str,
+    images_url: str,
+    training_settings: dict[str, Any] | None = None,
+    ready: bool = True,
+    source: str = EventSource.COMMAND,
+    actor: Any = None,
+) -> Avatar:
+    """Create an avatar (``ready_for_training`` unless ``ready=False``), with its event."""
+    with transaction.atomic():
+        avatar = Avatar.objects.create(
+            owner=owner,
+            name=name,
+            training_type=training_type,
+            trigger_word=trigger_word,
+            images_url=images_url,
+            training_settings=training_settings or {},
+            status=S.READY_FOR_TRAINING if ready else S.DRAFT,
+        )
+        _event(avatar.pk, EventKind.CREATED, source, actor=actor, new=avatar.status)
+    return avatar
+
+
+def mark_ready(avatar: Avatar, *, source: str, actor: Any = None) -> Outcome:
+    """draft → ready_for_training."""
+    return _simple_move(avatar, S.DRAFT, S.READY_FOR_TRAINING, source=source, actor=actor)
+
+
+def retrain(avatar: Avatar, *, source: str = EventSource.STAFF, actor: Any = None) -> Outcome:
+    """error → ready_for_training. The failed attempt keeps its request id and history."""
+    return _simple_move(avatar, S.ERROR, S.READY_FOR_TRAINING, source=source, actor=actor)
+
+
+def _simple_move(avatar: Avatar, old: str, new: str, *, source: str, actor: Any) -> Outcome:
+    with transaction.atomic():
+        won = Avatar.objects.filter(pk=avatar.pk, status=old).update(
+            status=new, updated_at=timezone.now()
+        )
+        if not won:
+            return _lost(avatar.pk, new)
+        _event(avatar.pk, EventKind.STATUS, source, actor=actor, old=old, new=new)
+    avatar.status = new
+    return Outcome(True, new)
+
+
+# --- Training attempts ----------------------------------------------------------------
+
+
+def begin_training(
+    avatar: Avatar,
+    *,
+    endpoint: str,
+    arguments: dict[str, Any],
+    webhook_url: str,
+    source: str,
+    actor: Any = None,
+) -> Outcome:
+    """ready_for_training → training with a new attempt in sub-state SUBMITTING.
+
+    Committed before anything is sent to fal, so a second click (or a second
+    process) finds the avatar already training and never submits twice.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        won = Avatar.objects.filter(pk=avatar.pk, status=S.READY_FOR_TRAINING).update(
+            status=S.TRAINING, updated_at=now
+        )
+        if not won:
+            current = Avatar.objects.filter(pk=avatar.pk).values_list("status", flat=True).first()
+            if current == S.TRAINING:
+                return Outcome(False, current, "already training")
+            return _lost(avatar.pk, S.TRAINING)
+        attempt = (Training.objects.filter(avatar=avatar).count()) + 1
+        training = Training.objects.create(
+            avatar=avatar,
+            attempt=attempt,
+            endpoint=endpoint,
+            arguments=arguments,
+            webhook_url=webhook_url,
+            fal_status=FalStatus.SUBMITTING,
+            created_at=now,
+            # Checked soon in any case: a submit whose answer is lost must be seen.
+            next_check_at=now,
+        )
+        Avatar.objects.filter(pk=avatar.pk).update(current_training=training)
+        _event(
+            avatar.pk,
+            EventKind.STATUS,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            old=S.READY_FOR_TRAINING,
+            new=S.TRAINING,
+            details={"attempt": attempt, "endpoint": endpoint},
+        )
+    avatar.status = S.TRAINING
+    avatar.current_training = training
+    return Outcome(True, S.TRAINING, training=training)
+
+
+def record_submitted(
+    training: Training,
+    *,
+    request_id: str,
+    status_url: str = "",
+    response_url: str = "",
+    cancel_url: str = "",
+    queue_position: int | None = None,
+    next_check_at: datetime | None = None,
+    source: str,
+    actor: Any = None,
+) -> bool:
+    """SUBMITTING → IN_QUEUE with fal's request id, stored the moment fal answers."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Training.objects.filter(
+            pk=training.pk, fal_request_id__isnull=True, finished_at__isnull=True
+        ).update(
+            fal_request_id=request_id,
+            status_url=status_url,
+            response_url=response_url,
+            cancel_url=cancel_url,
+            fal_status=FalStatus.IN_QUEUE,
+            queue_position=queue_position,
+            submitted_at=now,
+            next_check_at=next_check_at or now,
+            check_failures=0,
+            last_check_error="",
+        )
+        if not won:
+            return False
+        _event(
+            training.avatar_id,
+            EventKind.SUBMITTED,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            details={"request_id": request_id, "queue_position": queue_position},
+        )
+        transaction.on_commit(
+            lambda: training_submitted.send(
+                sender=Training, training_id=training.pk, request_id=request_id
+            )
+        )
+    training.fal_request_id = request_id
+    training.fal_status = FalStatus.IN_QUEUE
+    training.submitted_at = now
+    logger.info(
+        "✅ Мониторинг запущен для аватара %s (request_id=%s, endpoint=%s)",
+        training.avatar_id,
+        request_id,
+        training.endpoint,
+    )
+    return True
+
+
+def refuse_submit(
+    training: Training, *, error_type: str, error_message: str, source: str, actor: Any = None
+) -> Outcome:
+    """training (SUBMITTING, no job on fal) → ready_for_training: the avatar stays startable."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Avatar.objects.filter(
+            pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
+        ).update(status=S.READY_FOR_TRAINING, updated_at=now)
+        if not won:
+            return _lost(training.avatar_id, S.READY_FOR_TRAINING, training.pk)
+        Training.objects.filter(pk=training.pk).update(
+            finished_at=now,
+            outcome=TrainingOutcome.REFUSED,
+            error_type=error_type,
+            error_message=error_message,
+            next_check_at=None,
+        )
+        _event(
+            training.avatar_id,
+            EventKind.SUBMIT_REFUSED,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            old=S.TRAINING,
+            new=S.READY_FOR_TRAINING,
+            message=error_message,
+            details={"error_type": error_type},
+        )
+    return Outcome(True, S.READY_FOR_TRAINING, training=training)
+
+
+def record_fal_status(
+    training: Training,
+    *,
+    fal_status: str,
+    queue_position: int | None = None,
+    source: str,
+) -> bool:
+    """A sub-state change seen on fal (IN_QUEUE → IN_PROGRESS); one event per change."""
+    if fal_status == training.fal_status:
+        return False
+    now = timezone.now()
+    updates: dict[str, Any] = {"fal_status": fal_status, "queue_position": queue_position}
+    if fal_status == FalStatus.IN_PROGRESS and training.started_at is None:
+        updates["started_at"] = now
+    with transaction.atomic():
+        won = Training.objects.filter(
+            pk=training.pk, fal_status=training.fal_status, finished_at__isnull=True
+        ).update(**updates)
+        if not won:
+            return False
+        _event(
+            training.avatar_id,
+            EventKind.FAL_STATUS,
+            source,
+            training_id=training.pk,
+            old=training.fal_status,
+            new=fal_status,
+        )
+    for name, value in updates.items():
+        setattr(training, name, value)
+    return True
+
+
+# --- Finishing ------------------------------------------------------------------------
+
+
+def _finish(
+    training: Training,
+    *,
+    new_status: str,
+    outcome: str,
+    fields: dict[str, Any],
+    source: str,
+    actor: Any,
+    message: str,
+    details: dict[str, Any],
+) -> Outcome:
+    now = timezone.now()
+    with transaction.atomic():
+        won = Avatar.objects.filter(
+            pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
+        ).update(status=new_status, updated_at=now)
+        if not won:
+            return _lost(training.avatar_id, new_status, training.pk)
+        was_stuck = (
+            Training.objects.filter(pk=training.pk).values_list("stuck_reason", "stuck_since").first()
+        )
+        Training.objects.filter(pk=training.pk).update(
+            finished_at=now,
+            outcome=outcome,
+            next_check_at=None,
+            stuck_since=None,
+            queue_position=None,
+            **fields,
+        )
+        if was_stuck and was_stuck[1] is not None:
+            details = {**details, "was_stuck": was_stuck[0]}
+        _event(
+            training.avatar_id,
+            EventKind.STATUS,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            old=S.TRAINING,
+            new=new_status,
+            message=message,
+            details=details,
+            at=now,
+        )
+        from notifications import outbox
+
+        outbox.queue_outcome(training_id=training.pk, outcome=new_status)
+    training.refresh_from_db()
+    return Outcome(True, new_status, training=training)
+
+
+def complete(
+    training: Training,
+    *,
+    lora_url: str,
+    config_url: str = "",
+    result: Any = None,
+    source: str,
+    actor: Any = None,
+) -> Outcome:
+    """training → completed, storing the LoRA and config URLs and fal's raw result."""
+    outcome = _finish(
+        training,
+        new_status=S.COMPLETED,
+        outcome=TrainingOutcome.COMPLETED,
+        fields={
+            "lora_url": lora_url,
+            "config_url": config_url,
+            "result": result,
+            "fal_status": FalStatus.COMPLETED,
+        },
+        source=source,
+        actor=actor,
+        message="",
+        details={"lora_url": lora_url},
+    )
+    if outcome.changed:
+        logger.info(
+            "🎉 Обучение завершено для аватара %s (request_id=%s, source=%s)",
+            training.avatar_id,
+            training.fal_request_id,
+            source,
+        )
+    return outcome
+
+
+def fail(
+    training: Training,
+    *,
+    error_message: str,
+    error_type: str = "",
+    details: dict[str, Any] | None = None,
+    result: Any = None,
+    source: str,
+    actor: Any = None,
+) -> Outcome:
+    """training → error, with fal's message and type (or ours, saying what we saw)."""
+    outcome = _finish(
+        training,
+        new_status=S.ERROR,
+        outcome=TrainingOutcome.ERROR,
+        fields={"error_type": error_type, "error_message": error_message, "result": result},
+        source=source,
+        actor=actor,
+        message=error_message,
+        details={"error_type": error_type, **(details or {})},
+    )
+    if outcome.changed:
+        logger.warning(
+            "❌ Обучение не удалось для аватара %s (request_id=%s, source=%s): %s %s",
+            training.avatar_id,
+            training.fal_request_id,
+            source,
+            error_type,
+            error_message,
+        )
+    return outcome
+
+
+def cancel(
+    training: Training, *, source: str, actor: Any = None, reason: str = ""
+) -> Outcome:
+    """training → cancelled (fal confirmed it stopped, or it never started there)."""
+    outcome = _finish(
+        training,
+        new_status=S.CANCELLED,
+        outcome=TrainingOutcome.CANCELLED,
+        fields={},
+        source=source,
+        actor=actor,
+        message=reason,
+        details={},
+    )
+    if outcome.changed:
+        logger.info(
+            "Обучение отменено для аватара %s (request_id=%s, source=%s)",
+            training.avatar_id,
+            training.fal_request_id,
+            source,
+        )
+    return outcome
+
+
+# --- Flags on an active training (not statuses) -------------------------------------------
+
+
+def request_cancel(training: Training, *, source: str, actor: Any = None) -> bool:
+    """Note that fal was asked to cancel; the avatar turns cancelled once a check confirms."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Training.objects.filter(
+            pk=training.pk, finished_at__isnull=True, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=now, next_check_at=now)
+        if not won:
+            return False
+        _event(training.avatar_id, EventKind.CANCEL_REQUESTED, source, training_id=training.pk, actor=actor)
+    training.cancel_requested_at = now
+    return True
+
+
+def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHECK) -> bool:
+    """Set the stuck flag (one staff alert per episode). A no-op when already flagged."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Training.objects.filter(
+            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=True
+        ).update(stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1)
+        if not won:
+            return False
+        episode = Training.objects.filter(pk=training.pk).values_list("stuck_episode", flat=True).get()
+        _event(
+            training.avatar_id,
+            EventKind.STUCK,
+            source,
+            training_id=training.pk,
+            message=reason,
+            details={"episode": episode},
+            at=now,
+        )
+        from notifications import outbox
+
+        outbox.queue_stuck(training_id=training.pk, episode=episode)
+    training.stuck_since, training.stuck_reason, training.stuck_episode = now, reason, episode
+    logger.warning(
+        "⚠️ Обучение зависло для аватара %s (request_id=%s): %s",
+        training.avatar_id,
+        training.fal_request_id,
+        reason,
+    )
+    return True
+
+
+def clear_stuck(
+    training: Training,
+    *,
+    source: str = EventSource.STAFF,
+    actor: Any = None,
+    extend_until: datetime | None = None,
+) -> bool:
+    """Clear the stuck flag; ``extend_until`` keeps it from being raised again before then."""
+    with transaction.atomic():
+        won = Training.objects.filter(
+            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=False
+        ).update(stuck_since=None, stuck_reason="", stuck_deadline_extended_until=extend_until)
+        if not won:
+            return False
+        _event(
+            training.avatar_id,
+            EventKind.UNSTUCK,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            details={"extended_until": extend_until.isoformat() if extend_until else None},
+        )
+    training.stuck_since, training.stuck_reason = None, ""
+    training.stuck_deadline_extended_until = extend_until
+    return True

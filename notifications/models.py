@@ -1,0 +1,175 @@
+"""The notification outbox.
+
+One row per message, unique on ``dedup_key``: whichever code path (webhook,
+periodic check, staff action) wins a status transition writes the row in the same
+transaction, and a second attempt to write it hits the unique constraint. The
+sender claims rows with a conditional UPDATE and a lease, and records every
+attempt.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class NotificationKind(models.TextChoices):
+    READY = "ready", _("Avatar ready")
+    FAILED = "failed", _("Training failed")
+    CANCELLED = "cancelled", _("Training cancelled")
+    STUCK = "stuck", _("Training stuck (staff)")
+    STUCK_DIGEST = "stuck_digest", _("Stuck trainings digest (staff)")
+    FAL_ACCOUNT = "fal_account", _("fal authentication or billing trouble (staff)")
+    GIVEN_UP = "given_up", _("Notification given up (staff)")
+
+
+class Audience(models.TextChoices):
+    OWNER = "owner", _("Owner")
+    STAFF = "staff", _("Staff")
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    SENDING = "sending", _("Sending")
+    SENT = "sent", _("Sent")
+    UNREACHABLE = "unreachable", _("Recipient unreachable")
+    FAILED = "failed", _("Failed (rejected by Telegram)")
+    GIVEN_UP = "given_up", _("Given up after retries")
+    MERGED = "merged", _("Merged into a digest")
+    SKIPPED = "skipped", _("Skipped (no recipient)")
+
+
+class Notification(models.Model):
+    dedup_key = models.CharField(_("deduplication key"), max_length=200, unique=True)
+    kind = models.CharField(_("kind"), max_length=32, choices=NotificationKind.choices)
+    audience = models.CharField(_("audience"), max_length=8, choices=Audience.choices)
+    owner = models.ForeignKey(
+        "monitoring.Owner",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("owner"),
+    )
+    avatar = models.ForeignKey(
+        "monitoring.Avatar",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("avatar"),
+    )
+    training = models.ForeignKey(
+        "monitoring.Training",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("training"),
+    )
+    # Owner messages: the owner's Telegram id. Staff messages: empty, resolved at send
+    # time (the setting, or the chat it migrated to).
+    chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
+    text = models.TextField(_("text (HTML)"))
+    context = models.JSONField(_("context"), default=dict, blank=True)
+
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=NotificationStatus.choices,
+        default=NotificationStatus.PENDING,
+    )
+    attempts = models.PositiveIntegerField(_("failed attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
+    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
+    claimed_by = models.CharField(_("claimed by"), max_length=128, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
+    telegram_message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status__in=["pending", "sending"]),
+                name="notification_due_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.dedup_key
+
+
+class NotificationAttempt(models.Model):
+    """One try at sending: its outcome, error and Telegram's message id."""
+
+    class Outcome(models.TextChoices):
+        SENT = "sent", _("Sent")
+        RETRY_AFTER = "retry_after", _("Flood control (retry later)")
+        UNREACHABLE = "unreachable", _("Recipient unreachable")
+        BAD_REQUEST = "bad_request", _("Rejected as bad request")
+        INVALID_TOKEN = "invalid_token", _("Bot token rejected")
+        MIGRATED = "migrated", _("Chat migrated")
+        TRANSIENT = "transient", _("Transient error")
+        ERROR = "error", _("Unexpected error")
+
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    error = models.TextField(_("error"), blank=True)
+    telegram_message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
+    worker = models.CharField(_("worker"), max_length=128, blank=True)
+
+    class Meta:
+        verbose_name = _("notification attempt")
+        verbose_name_plural = _("notification attempts")
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.notification_id} {self.outcome}"
+
+
+class ChatMigration(models.Model):
+    """A group that became a supergroup: messages for the old id go to the new one."""
+
+    old_chat_id = models.BigIntegerField(_("old chat id"), unique=True)
+    new_chat_id = models.BigIntegerField(_("new chat id"))
+    migrated_at = models.DateTimeField(_("migrated"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("chat migration")
+        verbose_name_plural = _("chat migrations")
+
+    def __str__(self) -> str:
+        return f"{self.old_chat_id} → {self.new_chat_id}"
+
+
+class SenderState(models.Model):
+    """Singleton (pk=1): whether sending is paused because Telegram rejected the token."""
+
+    paused = models.BooleanField(_("paused"), default=False)
+    reason = models.TextField(_("reason"), blank=True)
+    paused_at = models.DateTimeField(_("paused at"), null=True, blank=True)
+    last_probe_at = models.DateTimeField(_("last probe"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("sender state")
+        verbose_name_plural = _("sender state")
+
+    def __str__(self) -> str:
+        return "paused" if self.paused else "sending"
+
+    @classmethod
+    def get(cls) -> SenderState:
+        state, _created = cls.objects.get_or_create(pk=1)
+        return state

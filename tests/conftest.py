@@ -1,0 +1,66 @@
+"""Shared fixtures: data built in code, fakes of the outside systems on loopback."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from monitoring import transitions
+from monitoring.models import Avatar, EventSource, Owner, TrainingType
+
+_telegram_ids = itertools.count(100_000)
+
+
+@pytest.fixture
+def make_owner(db):
+    def make(**fields) -> Owner:
+        fields.setdefault("telegram_id", next(_telegram_ids))
+        fields.setdefault("username", f"user{fields['telegram_id']}")
+        return Owner.objects.create(**fields)
+
+    return make
+
+
+@pytest.fixture
+def owner(make_owner) -> Owner:
+    return make_owner(display_name="Анна")
+
+
+@pytest.fixture
+def make_avatar(make_owner):
+    def make(*, owner: Owner | None = None, ready: bool = True, **fields) -> Avatar:
+        return transitions.create_avatar(
+            owner=owner or make_owner(),
+            name=fields.pop("name", "Аватар"),
+            training_type=fields.pop("training_type", TrainingType.PORTRAIT),
+            trigger_word=fields.pop("trigger_word", "ohwx person"),
+            images_url=fields.pop("images_url", "https://example.com/photos.zip"),
+            ready=ready,
+            source=EventSource.COMMAND,
+            **fields,
+        )
+
+    return make
+
+
+@pytest.fixture
+def training_avatar(make_avatar):
+    """An avatar in ``training`` with a submitted attempt (no fal involved)."""
+
+    def make(request_id: str = "req-1", **fields):
+        avatar = make_avatar(**fields)
+        started = transitions.begin_training(
+            avatar,
+            endpoint="fal-ai/flux-lora-portrait-trainer",
+            arguments={},
+            webhook_url="",
+            source=EventSource.COMMAND,
+        )
+        transitions.record_submitted(
+            started.training, request_id=request_id, source=EventSource.COMMAND
+        )
+        started.training.refresh_from_db()
+        return avatar, started.training
+
+    return make

@@ -1,0 +1,26 @@
+"""Settings for the test suite: the real settings, with test defaults in the environment.
+
+Only defaults: ``bin/test`` and CI may override any of them (DATABASE_URL above all).
+"""
+
+import os
+
+_TEST_ENV = {
+    "DEBUG": "0",
+    "SECRET_KEY": "test-secret-key-that-is-long-enough-for-django-checks-0123456789",
+    "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
+    "SECURE_SSL_REDIRECT": "0",
+    "FAL_KEY": "test-key-id:test-key-secret-value",
+    "PUBLIC_BASE_URL": "http://testserver",
+    "NOTIFICATION_BACKEND": "locmem",
+    "DATABASE_URL": "postgres://root@127.0.0.1:5432/root",
+    "LOG_LEVEL": "INFO",
+}
+for _name, _value in _TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+from avatarsite.settings import *  # noqa: E402,F403
+
+# Tests render pages without running collectstatic.
+STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
