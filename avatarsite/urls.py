@@ -3,10 +3,10 @@
 from django.contrib import admin
 from django.urls import path
 
-from monitoring import views as monitoring_views
+from monitoring import health, views
 
 urlpatterns = [
-    path("webhooks/fal/", monitoring_views.fal_webhook, name="fal-webhook"),
-    path("healthz", monitoring_views.healthz, name="healthz"),
+    path("webhooks/fal/", views.fal_webhook, name="fal-webhook"),
+    path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 from django.utils.translation import gettext_lazy as _
 
 
@@ -8,4 +9,11 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from monitoring import system_checks  # noqa: F401  (registers the checks)
+        from monitoring import schedules, system_checks, transitions, webhooks  # noqa: F401
+
+        # `migrate` creates or updates the periodic schedules (idempotent by name).
+        post_migrate.connect(schedules.ensure_schedules, sender=self, dispatch_uid="monitoring-schedules")
+        # A webhook may arrive before the request id is saved; apply it once it is.
+        transitions.training_submitted.connect(
+            webhooks.apply_unmatched_deliveries, dispatch_uid="monitoring-unmatched-webhooks"
+        )

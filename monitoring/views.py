@@ -1,4 +1,4 @@
-"""HTTP endpoints: fal's webhook and the health check. Thin: the logic lives elsewhere."""
+"""fal's webhook endpoint. Thin: verification and processing live in monitoring.webhooks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,5 @@ from django.views.decorators.csrf import csrf_exempt
 
 
 @csrf_exempt
-def fal_webhook(request):  # replaced by the webhooks issue
+def fal_webhook(request):  # built by the webhooks issue
     return JsonResponse({"error": "not implemented"}, status=503)
-
-
-def healthz(request):  # replaced by the staff tools issue
-    return JsonResponse({"ok": True})

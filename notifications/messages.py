@@ -32,3 +32,7 @@ def render_stuck_message(training) -> str:
         f"⚠️ Training stuck: avatar #{avatar.pk} «{escape(avatar.name)}», "
         f"request {escape(training.fal_request_id or '-')}: {escape(training.stuck_reason)}"
     )
+
+
+def render_fal_account_message(status_code: int, detail: str) -> str:
+    return f"🚨 fal answered {status_code}: {escape(detail)[:500]}"

@@ -76,3 +76,19 @@ def schedule_delivery(notification_id: int) -> None:
     except ImportError:  # delivery not built yet: the periodic sweep picks rows up
         return
     delivery.enqueue(notification_id)
+
+
+def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | None:
+    """Staff alert: fal rejected our key (401) or locked the account (403).
+
+    One per hour and status code, so a minute-by-minute check does not flood the chat.
+    """
+    from django.utils import timezone
+
+    hour = timezone.now().strftime("%Y%m%d%H")
+    return _create_once(
+        dedup_key=f"fal_account:{status_code}:{hour}",
+        kind=NotificationKind.FAL_ACCOUNT,
+        audience=Audience.STAFF,
+        text=messages.render_fal_account_message(status_code, detail),
+    )

@@ -9,6 +9,9 @@ import pytest
 from monitoring import transitions
 from monitoring.models import Avatar, EventSource, Owner, TrainingType
 
+# Fakes of the outside systems, one plugin module each.
+pytest_plugins = ["tests.fixtures_fal", "tests.fixtures_telegram"]
+
 _telegram_ids = itertools.count(100_000)
 
 

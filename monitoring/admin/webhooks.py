@@ -1,0 +1,1 @@
+"""Admin for fal webhook deliveries (built by the webhooks issue)."""

@@ -1,0 +1,1 @@
+"""Fixtures for fal: the queue emulator over HTTPS and webhook signing (engine issue)."""

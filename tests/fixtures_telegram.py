@@ -1,0 +1,1 @@
+"""Fixtures for Telegram: the fake Bot API on loopback (notifications issue)."""
