@@ -207,6 +207,28 @@ if _backend_name not in _backends:
     )
 NOTIFICATION_BACKEND = _backends[_backend_name]
 
+# Delivery of the notification outbox (notifications.delivery).
+NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
+NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 5.0, minimum=0.0)
+NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 600.0, minimum=0.0)
+# Waits up to this long (flood control, rate limits, short backoff) happen inside the
+# worker task; longer ones go back to the outbox for a later sweep.
+NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 5.0, minimum=0.0)
+# A claimed row belongs to its worker this long; a worker that died mid-send frees it.
+NOTIFICATION_LEASE_SECONDS = env_float("NOTIFICATION_LEASE_SECONDS", 90.0, minimum=0.1)
+NOTIFICATION_SEND_TIMEOUT_SECONDS = env_float("NOTIFICATION_SEND_TIMEOUT_SECONDS", 15.0, minimum=0.1)
+# While the token is rejected, a probe (getMe) is tried at most this often.
+NOTIFICATION_PROBE_INTERVAL_SECONDS = env_float(
+    "NOTIFICATION_PROBE_INTERVAL_SECONDS", 60.0, minimum=0.0
+)
+# Stuck alerts wait this long for company; this many pending at once become one digest.
+NOTIFICATION_STUCK_HOLD_SECONDS = env_float("NOTIFICATION_STUCK_HOLD_SECONDS", 20.0, minimum=0.0)
+NOTIFICATION_STUCK_DIGEST_MIN = env_int("NOTIFICATION_STUCK_DIGEST_MIN", 3, minimum=2)
+# Telegram's limits, shared by every worker process (database, or Redis when set).
+NOTIFICATION_RATE_PER_CHAT_SECONDS = env_float("NOTIFICATION_RATE_PER_CHAT_SECONDS", 1.0, minimum=0.0)
+NOTIFICATION_RATE_GROUP_PER_MINUTE = env_int("NOTIFICATION_RATE_GROUP_PER_MINUTE", 20, minimum=1)
+NOTIFICATION_RATE_GLOBAL_PER_SECOND = env_int("NOTIFICATION_RATE_GLOBAL_PER_SECOND", 25, minimum=1)
+
 # --- Retention -------------------------------------------------------------------------
 RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30, minimum=1)
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)
@@ -229,6 +251,18 @@ Q_CLUSTER = {
     "ack_failures": True,
     "poll": 0.2,
     "label": "Django Q2",
+}
+# Notifications have their own queue and workers (a second `qcluster` started with
+# Q_CLUSTER_NAME=notifications), so a message never waits behind a long check run.
+NOTIFICATION_CLUSTER = "notifications"
+NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 2, minimum=1, maximum=16)
+Q_CLUSTER["ALT_CLUSTERS"] = {
+    NOTIFICATION_CLUSTER: {
+        "workers": NOTIFICATION_WORKERS,
+        "timeout": 55,
+        "retry": 120,
+        "poll": 0.1,
+    },
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
