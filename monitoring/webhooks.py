@@ -1,5 +1,507 @@
-"""fal webhook deliveries: verify, record, apply (built by the webhooks issue)."""
+"""fal webhook deliveries: record, verify, then process through the transitions.
+
+The order matters and is the point of this module:
+
+1. **Size first.** ``Content-Length`` is checked before the body is read, and the
+   body is read in chunks with a running count (chunked requests have no length).
+   We read the raw stream ourselves, so Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``
+   never turns a delivery into a 400 of its own.
+2. **Verify before trusting anything**: the four ``X-Fal-Webhook-*`` headers, the
+   timestamp window, and the Ed25519 signature over the exact raw body (keys from
+   ``monitoring.signing_keys``).
+3. **Record every delivery** before acting on it. Refused deliveries keep their
+   metadata and a small excerpt of the body only, so nobody can fill the disk; an
+   exact replay of an accepted delivery (same signature) is recorded and answered
+   200 without being processed again. The replay store is this table, shared by all
+   workers.
+4. **Process idempotently** on the body's ``request_id``: every status change goes
+   through ``monitoring.transitions``, whose conditional UPDATEs make a duplicate, or
+   a delivery that loses the race with the periodic check, a harmless no-op.
+
+Nothing here calls fal or Telegram: a payload fal could not serialise is left to
+the worker (``monitoring.tasks.recheck``), and owner messages leave through the
+notification outbox on commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from monitoring import signing_keys, transitions
+from monitoring.models import (
+    EventSource,
+    Training,
+    WebhookDelivery,
+    WebhookOutcome,
+    WebhookVerdict,
+)
+
+logger = logging.getLogger("monitoring")
+
+REQUEST_ID_HEADER = "X-Fal-Webhook-Request-Id"
+USER_ID_HEADER = "X-Fal-Webhook-User-Id"
+TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
+SIGNATURE_HEADER = "X-Fal-Webhook-Signature"
+SIGNED_HEADERS = (REQUEST_ID_HEADER, USER_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+
+# What we keep of the request headers: fal's own, and what helps staff trace a
+# delivery. Never cookies or authorization headers (whitelist, not blacklist).
+KEPT_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Transfer-Encoding",
+    "User-Agent",
+    "X-Forwarded-For",
+    "X-Real-Ip",
+)
+MAX_KEPT_HEADERS = 20
+MAX_HEADER_VALUE = 512
+# How much of a refused (or replayed) body is kept.
+EXCERPT_BYTES = 512
+READ_CHUNK_BYTES = 64 * 1024
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{128}")
+
+# A delivery already acted on: the same signature again is a replay. FAILED and
+# REJECTED are left out, so fal's retry of a delivery we failed to process is
+# processed, not dismissed.
+ACCEPTED_OUTCOMES = (
+    WebhookOutcome.APPLIED,
+    WebhookOutcome.ALREADY_DONE,
+    WebhookOutcome.UNMATCHED,
+    WebhookOutcome.DEFERRED,
+)
+# What staff may re-process from the admin.
+REPROCESSABLE_OUTCOMES = (
+    WebhookOutcome.FAILED,
+    WebhookOutcome.UNMATCHED,
+    WebhookOutcome.DEFERRED,
+    WebhookOutcome.RECEIVED,
+)
 
 
-def apply_unmatched_deliveries(sender=None, *, training_id: int, request_id: str, **kwargs) -> None:
-    """Receiver of ``transitions.training_submitted``: apply a webhook that came too early."""
+@dataclass(frozen=True)
+class Answer:
+    """What the view sends back: a status code and a small JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+    @classmethod
+    def error(cls, status: int, reason: str) -> Answer:
+        return cls(status, {"error": reason})
+
+
+class Refused(Exception):
+    """Bad input: answered with ``status`` and ``reason``, changes nothing."""
+
+    def __init__(self, status: int, reason: str, verdict: str = WebhookVerdict.VALID):
+        super().__init__(reason)
+        self.status, self.reason, self.verdict = status, reason, verdict
+
+
+# --- Reading the request ------------------------------------------------------------
+
+
+def _clean(text: str, limit: int) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL characters.
+    return text.replace("\x00", "\ufffd")[:limit]
+
+
+def _clean_json(value: Any) -> Any:
+    """``value`` with NUL characters replaced, so jsonb accepts it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_clean_json(item) for item in value]
+    if isinstance(value, dict):
+        return {_clean_json(k): _clean_json(v) for k, v in value.items()}
+    return value
+
+
+def _kept_headers(request: HttpRequest) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in request.headers.items():
+        title = name.title()
+        if title.startswith("X-Fal-") or title in KEPT_HEADERS:
+            kept[_clean(title, 64)] = _clean(str(value), MAX_HEADER_VALUE)
+        if len(kept) >= MAX_KEPT_HEADERS:
+            break
+    return kept
+
+
+def _remote_addr(request: HttpRequest) -> str | None:
+    try:
+        return str(ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")))
+    except ValueError:
+        return None
+
+
+def _declared_length(request: HttpRequest) -> int | None:
+    """The Content-Length, or None when absent or unreadable (then we count while reading)."""
+    raw = str(request.META.get("CONTENT_LENGTH") or "").strip()
+    if not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
+def _read_body(request: HttpRequest, limit: int) -> tuple[bytes, bool]:
+    """The raw body, at most ``limit`` bytes; the flag says it was longer.
+
+    With a Content-Length, Django's own stream is bounded by it. Without one
+    (chunked transfer), Django would read nothing, so the server's stream is read
+    directly when the server says it ends the input itself (``wsgi.input_terminated``).
+    """
+    stream: Any = request
+    environ = getattr(request, "environ", {})
+    if request.META.get("CONTENT_LENGTH") in (None, "") and environ.get("wsgi.input_terminated"):
+        stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    body = b"".join(chunks)
+    return body[:limit], size > limit
+
+
+# --- Verification ------------------------------------------------------------------------
+
+
+def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
+    """fal's signed text: four lines, the last the hex SHA-256 of the raw body."""
+    lines = [request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]
+    return "\n".join(lines).encode("utf-8", errors="replace")
+
+
+def verify(headers: dict[str, str], body: bytes) -> None:
+    """Raise ``Refused`` unless the delivery is signed by fal, now. Nothing else."""
+    missing = [name for name in SIGNED_HEADERS if not headers.get(name)]
+    if missing:
+        raise Refused(401, f"missing headers: {', '.join(missing)}", WebhookVerdict.MISSING_HEADERS)
+    timestamp = headers[TIMESTAMP_HEADER]
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise Refused(401, "timestamp is not Unix seconds", WebhookVerdict.STALE)
+    if abs(time.time() - int(timestamp)) > settings.WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS:
+        raise Refused(401, "timestamp outside the allowed window", WebhookVerdict.STALE)
+    signature = headers[SIGNATURE_HEADER]
+    if not _SIGNATURE.fullmatch(signature):
+        raise Refused(401, "signature is not a hex Ed25519 signature", WebhookVerdict.BAD_SIGNATURE)
+    message = signed_message(headers[REQUEST_ID_HEADER], headers[USER_ID_HEADER], timestamp, body)
+    try:
+        valid = signing_keys.verify(message, bytes.fromhex(signature))
+    except signing_keys.KeysUnavailable:
+        # Our problem, not the sender's: 503 so that fal retries later.
+        raise Refused(
+            503, "signing keys unavailable, retry later", WebhookVerdict.UNVERIFIABLE
+        ) from None
+    if not valid:
+        raise Refused(401, "bad signature", WebhookVerdict.BAD_SIGNATURE)
+
+
+def parse(body: bytes, header_request_id: str) -> dict[str, Any]:
+    """The verified body as fal's delivery shape, or ``Refused`` (400)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Refused(400, "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "body is not a JSON object")
+    request_id = data.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise Refused(400, "missing request_id")
+    if request_id != header_request_id:
+        raise Refused(400, "request_id does not match the X-Fal-Webhook-Request-Id header")
+    if data.get("status") not in ("OK", "ERROR"):
+        raise Refused(400, "status must be OK or ERROR")
+    return _clean_json(data)
+
+
+# --- Receiving --------------------------------------------------------------------------
+
+
+def _record(
+    request: HttpRequest,
+    headers: dict[str, str],
+    *,
+    verdict: str,
+    outcome: str,
+    body: bytes = b"",
+    body_size: int = 0,
+    whole_body: bool = False,
+    error: str = "",
+    data: dict[str, Any] | None = None,
+    training_id: int | None = None,
+) -> WebhookDelivery:
+    kept = body if whole_body else body[:EXCERPT_BYTES]
+    data = data or {}
+    return WebhookDelivery.objects.create(
+        remote_addr=_remote_addr(request),
+        headers=headers,
+        header_request_id=_clean(headers.get(REQUEST_ID_HEADER, ""), 128),
+        request_id=_clean(str(data.get("request_id", "")), 128),
+        signature=_clean(headers.get(SIGNATURE_HEADER, ""), 256),
+        verdict=verdict,
+        outcome=outcome,
+        fal_status=_clean(str(data.get("status", "")), 16),
+        body=_clean(kept.decode("utf-8", errors="replace"), len(kept) + 1),
+        body_size=body_size,
+        error=_clean(error, 2000),
+        processed_at=timezone.now() if outcome != WebhookOutcome.RECEIVED else None,
+        training_id=training_id,
+    )
+
+
+def receive(request: HttpRequest) -> Answer:
+    """Handle one POST to /webhooks/fal/: every path records a delivery row."""
+    headers = _kept_headers(request)
+    limit = settings.WEBHOOK_MAX_BODY_BYTES
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        reason = f"body of {declared} bytes is larger than the {limit} bytes allowed"
+        _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
+                outcome=WebhookOutcome.REJECTED, body_size=declared, error=reason)
+        return Answer.error(413, reason)
+    body, too_large = _read_body(request, limit)
+    if too_large:
+        reason = f"body is larger than the {limit} bytes allowed"
+        _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
+                outcome=WebhookOutcome.REJECTED, body=body, body_size=limit + 1, error=reason)
+        return Answer.error(413, reason)
+
+    try:
+        verify(headers, body)
+    except Refused as refused:
+        _record(request, headers, verdict=refused.verdict, outcome=WebhookOutcome.REJECTED,
+                body=body, body_size=len(body), error=refused.reason)
+        if refused.verdict == WebhookVerdict.UNVERIFIABLE:
+            logger.error("fal webhook not verifiable: %s", refused.reason)
+        return Answer.error(refused.status, refused.reason)
+
+    # Verified: from here the body is fal's, and is kept whole.
+    original = (
+        WebhookDelivery.objects.filter(
+            signature=headers[SIGNATURE_HEADER],
+            verdict=WebhookVerdict.VALID,
+            outcome__in=ACCEPTED_OUTCOMES,
+        )
+        .only("pk", "training_id", "request_id")
+        .first()
+    )
+    if original is not None:
+        _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REPLAY,
+                body=body, body_size=len(body), error=f"replay of delivery {original.pk}",
+                data={"request_id": original.request_id}, training_id=original.training_id)
+        return Answer(200, {"outcome": WebhookOutcome.REPLAY})
+
+    try:
+        data = parse(body, headers[REQUEST_ID_HEADER])
+    except Refused as refused:
+        _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REJECTED,
+                body=body, body_size=len(body), whole_body=True, error=refused.reason)
+        return Answer.error(refused.status, refused.reason)
+
+    delivery = _record(request, headers, verdict=WebhookVerdict.VALID,
+                       outcome=WebhookOutcome.RECEIVED, body=body, body_size=len(body),
+                       whole_body=True, data=data)
+    outcome = process(delivery, data)
+    if outcome == WebhookOutcome.FAILED:
+        # Our own failure: 5xx so that fal delivers again.
+        return Answer.error(500, "processing failed, please retry")
+    return Answer(200, {"outcome": outcome})
+
+
+# --- Processing -----------------------------------------------------------------------
+
+
+def _lora_urls(payload: Any) -> tuple[str, str] | None:
+    """The LoRA and config URLs of a trainer's output, or None when it has no LoRA."""
+    if not isinstance(payload, dict):
+        return None
+    lora = payload.get("diffusers_lora_file")
+    url = lora.get("url") if isinstance(lora, dict) else None
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > 2048:
+        return None
+    config = payload.get("config_file")
+    config_url = config.get("url") if isinstance(config, dict) else ""
+    if not isinstance(config_url, str) or len(config_url) > 2048:
+        config_url = ""
+    return url, config_url
+
+
+def _enqueue_recheck(training_id: int) -> None:
+    """Ask the worker to fetch the result from fal's queue, never in the request."""
+    try:
+        from monitoring import tasks
+    except ImportError:  # not built yet: next_check_at=now lets the next run pick it up
+        return
+    if not hasattr(tasks, "recheck"):
+        return
+    from django_q.tasks import async_task
+
+    async_task("monitoring.tasks.recheck", [training_id], source=EventSource.WEBHOOK)
+
+
+def _apply(
+    training: Training, data: dict[str, Any], *, source: str, actor: Any
+) -> tuple[str, str]:
+    """Apply a verified delivery to its training: (outcome, note)."""
+    payload = data.get("payload")
+    if data["status"] == "ERROR":
+        error_message = data.get("error")
+        if not isinstance(error_message, str) or not error_message:
+            error_message = "fal reported an error without a message"
+        error_type = data.get("error_type") or (
+            payload.get("error_type") if isinstance(payload, dict) else ""
+        )
+        result = transitions.fail(
+            training,
+            error_message=error_message,
+            error_type=str(error_type or "")[:128],
+            details=payload if isinstance(payload, dict) else {"payload": payload},
+            result=payload,
+            source=source,
+            actor=actor,
+        )
+    else:
+        urls = _lora_urls(payload)
+        if urls is None:
+            # fal could not serialise the output (payload null + payload_error), or it has
+            # no LoRA: the worker fetches the result from the queue and decides.
+            note = str(data.get("payload_error") or "payload has no diffusers_lora_file.url")
+            moved = Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
+                next_check_at=timezone.now()
+            )
+            if not moved:
+                return WebhookOutcome.ALREADY_DONE, "training already finished"
+            transaction.on_commit(lambda: _enqueue_recheck(training.pk))
+            return WebhookOutcome.DEFERRED, note[:2000]
+        lora_url, config_url = urls
+        result = transitions.complete(
+            training,
+            lora_url=lora_url,
+            config_url=config_url,
+            result=payload,
+            source=source,
+            actor=actor,
+        )
+    if result.changed:
+        return WebhookOutcome.APPLIED, ""
+    return WebhookOutcome.ALREADY_DONE, result.detail
+
+
+def process(
+    delivery: WebhookDelivery,
+    data: dict[str, Any] | None = None,
+    *,
+    source: str = EventSource.WEBHOOK,
+    actor: Any = None,
+) -> str:
+    """Apply a stored, verified delivery; returns and records its outcome.
+
+    The transition and the delivery's outcome commit together. When processing
+    raises, both roll back and the delivery is marked ``failed`` with its
+    traceback (the row itself was committed before, so it survives).
+    """
+    try:
+        if data is None:
+            data = parse(delivery.body.encode("utf-8"), delivery.header_request_id)
+        with transaction.atomic():
+            training = Training.objects.filter(fal_request_id=data["request_id"]).first()
+            if training is None:
+                outcome, note = WebhookOutcome.UNMATCHED, ""
+            else:
+                outcome, note = _apply(training, data, source=source, actor=actor)
+            WebhookDelivery.objects.filter(pk=delivery.pk).update(
+                outcome=outcome,
+                error=note,
+                traceback="",
+                training=training,
+                processed_at=timezone.now(),
+            )
+    except Exception as exc:
+        logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            outcome=WebhookOutcome.FAILED,
+            error=_clean(f"{type(exc).__name__}: {exc}", 2000),
+            traceback=_clean(traceback.format_exc(), 20000),
+            processed_at=timezone.now(),
+        )
+        return WebhookOutcome.FAILED
+    if outcome == WebhookOutcome.UNMATCHED:
+        # The start of a training races its own webhook: if the request id was saved
+        # between our lookup and now, its training_submitted signal may have fired
+        # before this row said "unmatched". Look once more (the claim keeps it single).
+        training = Training.objects.filter(fal_request_id=data["request_id"]).first()
+        if training is not None:
+            apply_unmatched_deliveries(training_id=training.pk, request_id=data["request_id"])
+            return (
+                WebhookDelivery.objects.filter(pk=delivery.pk).values_list("outcome", flat=True).get()
+            )
+    return outcome
+
+
+def reprocess(delivery: WebhookDelivery, *, actor: Any = None) -> str:
+    """Staff: process a verified delivery again (failed, unmatched, deferred, stranded).
+
+    Returns the new outcome, or raises ``ValueError`` saying why it cannot be.
+    """
+    if delivery.verdict != WebhookVerdict.VALID:
+        raise ValueError("only deliveries with a valid signature can be processed")
+    if delivery.outcome not in REPROCESSABLE_OUTCOMES:
+        raise ValueError(f"a delivery that is {delivery.get_outcome_display()} is not re-processed")
+    claimed = WebhookDelivery.objects.filter(pk=delivery.pk, outcome=delivery.outcome).update(
+        outcome=WebhookOutcome.RECEIVED
+    )
+    if not claimed:
+        raise ValueError("the delivery is being processed by someone else")
+    return process(delivery, source=EventSource.STAFF, actor=actor)
+
+
+def apply_unmatched_deliveries(
+    sender: Any = None, *, training_id: int, request_id: str, **kwargs: Any
+) -> int:
+    """Receiver of ``transitions.training_submitted``: apply a webhook that came too early.
+
+    Runs on commit of the request id, inside whoever started the training: it must
+    never raise. Each delivery is claimed with a conditional UPDATE, so a webhook's
+    own second look and this receiver never both process it. Returns how many were
+    processed.
+    """
+    processed = 0
+    try:
+        waiting = WebhookDelivery.objects.filter(
+            request_id=request_id, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.UNMATCHED
+        ).order_by("received_at", "pk")
+        for delivery in waiting:
+            claimed = WebhookDelivery.objects.filter(
+                pk=delivery.pk, outcome=WebhookOutcome.UNMATCHED
+            ).update(outcome=WebhookOutcome.RECEIVED)
+            if not claimed:
+                continue
+            outcome = process(delivery)
+            processed += 1
+            logger.info(
+                "fal webhook delivery %s for request %s applied late (training %s): %s",
+                delivery.pk, request_id, training_id, outcome,
+            )
+    except Exception:
+        logger.exception("early fal webhooks for request %s could not be applied", request_id)
+    return processed

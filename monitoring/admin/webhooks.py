@@ -1,1 +1,204 @@
-"""Admin for fal webhook deliveries (built by the webhooks issue)."""
+"""Admin for fal webhook deliveries: a read-only audit trail with a re-process action.
+
+Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
+nothing here edits them; staff can only re-process a verified one, which goes
+through ``monitoring.webhooks.reprocess`` and therefore through the transitions.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
+
+from monitoring import webhooks
+from monitoring.models import Avatar, WebhookDelivery, WebhookOutcome
+
+READONLY_FIELDS = (
+    "received_at",
+    "remote_addr",
+    "header_request_id",
+    "request_id",
+    "verdict",
+    "outcome",
+    "fal_status",
+    "training",
+    "processed_at",
+    "error",
+    "headers",
+    "signature",
+    "body_size",
+    "body",
+    "traceback",
+)
+
+
+class MatchedFilter(admin.SimpleListFilter):
+    title = _("matched a training")
+    parameter_name = "matched"
+
+    def lookups(self, request, model_admin):
+        return (("yes", _("Yes")), ("no", _("No")))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(training__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(training__isnull=True)
+        return queryset
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = (
+        "received_at",
+        "request_id_display",
+        "verdict",
+        "outcome",
+        "matched",
+        "training_link",
+        "fal_status",
+        "remote_addr",
+        "body_size",
+    )
+    list_filter = ("verdict", "outcome", MatchedFilter, "received_at")
+    search_fields = ("=request_id", "=header_request_id", "=remote_addr")
+    list_select_related = ("training",)
+    date_hierarchy = "received_at"
+    fields = READONLY_FIELDS
+    readonly_fields = READONLY_FIELDS
+    actions = ["reprocess"]
+    list_per_page = 100
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        # Re-processing changes avatars, so it takes the model's change permission,
+        # which this admin otherwise never uses (deliveries are read-only).
+        return request.user.has_perm("monitoring.change_webhookdelivery")
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # The avatar page links here filtered by avatar.
+        if lookup in ("training__avatar__id__exact", "training__id__exact"):
+            return True
+        return super().lookup_allowed(lookup, value, request)
+
+    @admin.display(description=_("request id"), ordering="request_id")
+    def request_id_display(self, obj: WebhookDelivery) -> str:
+        return obj.request_id or obj.header_request_id or "—"
+
+    @admin.display(description=_("matched"), boolean=True)
+    def matched(self, obj: WebhookDelivery) -> bool:
+        return obj.matched
+
+    @admin.display(description=_("training"), ordering="training")
+    def training_link(self, obj: WebhookDelivery) -> str:
+        if obj.training_id is None:
+            return "—"
+        url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
+        return format_html('<a href="{}">{}</a>', url, obj.training)
+
+    @admin.action(description=_("Re-process selected deliveries"), permissions=["reprocess"])
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        for delivery in queryset.order_by("received_at", "pk"):
+            label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
+            try:
+                outcome = webhooks.reprocess(delivery, actor=request.user)
+            except ValueError as exc:
+                self.message_user(
+                    request,
+                    gettext("Delivery %(label)s not re-processed: %(reason)s")
+                    % {"label": label, "reason": exc},
+                    messages.WARNING,
+                )
+                continue
+            level = messages.ERROR if outcome == WebhookOutcome.FAILED else messages.SUCCESS
+            self.message_user(
+                request,
+                gettext("Delivery %(label)s re-processed: %(outcome)s")
+                % {"label": label, "outcome": WebhookOutcome(outcome).label},
+                level,
+            )
+
+
+class WebhookDeliveryInline(admin.TabularInline):
+    """The deliveries of one training attempt, read-only, newest first.
+
+    For a Training admin page. An avatar's page can show all its attempts'
+    deliveries with ``avatar_deliveries`` below (Django inlines need a direct key).
+    """
+
+    model = WebhookDelivery
+    fk_name = "training"
+    fields = ("received_at", "verdict", "outcome", "fal_status", "remote_addr", "error", "details_link")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+    ordering = ("-received_at", "-id")
+    verbose_name = _("webhook delivery")
+    verbose_name_plural = _("webhook deliveries")
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description=_("details"))
+    def details_link(self, obj: WebhookDelivery) -> str:
+        url = reverse("admin:monitoring_webhookdelivery_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, gettext("view"))
+
+
+def avatar_deliveries(avatar: Avatar, limit: int = 20) -> str:
+    """An HTML table of an avatar's deliveries (all attempts), for a read-only field."""
+    deliveries = list(
+        WebhookDelivery.objects.filter(training__avatar=avatar)
+        .select_related("training")
+        .order_by("-received_at", "-id")[:limit]
+    )
+    if not deliveries:
+        return gettext("No webhook deliveries.")
+    rows = format_html_join(
+        "",
+        '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+        (
+            (
+                reverse("admin:monitoring_webhookdelivery_change", args=[d.pk]),
+                d.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+                d.training.attempt,
+                d.get_verdict_display(),
+                d.get_outcome_display(),
+                d.fal_status,
+                d.error[:200],
+            )
+            for d in deliveries
+        ),
+    )
+    everything = reverse("admin:monitoring_webhookdelivery_changelist") + f"?training__avatar__id__exact={avatar.pk}"
+    return format_html(
+        '<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead>'
+        '<tbody>{}</tbody></table><p><a href="{}">{}</a></p>',
+        gettext("received"),
+        gettext("attempt"),
+        gettext("verdict"),
+        gettext("outcome"),
+        gettext("status in body"),
+        gettext("error"),
+        rows,
+        everything,
+        gettext("All deliveries of this avatar"),
+    )
