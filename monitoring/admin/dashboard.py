@@ -1,0 +1,24 @@
+"""The staff dashboard, served inside the admin (``admin/monitoring/avatar/dashboard/``).
+
+Thin: ``monitoring.dashboard`` gathers the figures; this view only renders them
+with the admin's own chrome, so the page has the admin's login, language and
+navigation.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils.translation import gettext as _
+
+from monitoring import dashboard
+
+
+def dashboard_view(request: HttpRequest) -> TemplateResponse:
+    context = {
+        **admin.site.each_context(request),
+        "title": _("Training monitor dashboard"),
+        **dashboard.gather(),
+    }
+    return TemplateResponse(request, "admin/monitoring/dashboard.html", context)

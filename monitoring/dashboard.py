@@ -1,0 +1,189 @@
+"""What the staff dashboard shows, gathered in a handful of queries.
+
+The page itself is an admin view (``monitoring.admin.dashboard``); this module only
+reads the database, so the figures can be tested without rendering anything. The
+chart is plain SVG built here on the server: no JavaScript, no CDN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Max, Min, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext as _
+
+from monitoring import health
+from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
+
+BACKLOG_STATUSES = ("pending", "sending")
+PROBLEM_STATUSES = ("failed", "given_up", "unreachable")
+
+
+@dataclass
+class HourBucket:
+    start: datetime
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    durations: list[float] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def average_minutes(self) -> float | None:
+        if not self.durations:
+            return None
+        return sum(self.durations) / len(self.durations) / 60
+
+
+def status_counts() -> list[tuple[str, str, int]]:
+    """(status, label, count) for every status, zeros included, in lifecycle order."""
+    found = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
+    return [(value, label, found.get(value, 0)) for value, label in AvatarStatus.choices]
+
+
+def stuck_trainings(limit: int = 50) -> list[Training]:
+    return list(
+        Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
+        .select_related("avatar__owner")
+        .order_by("stuck_since")[:limit]
+    )
+
+
+def fal_error_rate(now: datetime) -> dict[str, Any]:
+    """fal errors per status call over the last hour, from the check runs' counters."""
+    totals = CheckRun.objects.filter(started_at__gte=now - timedelta(hours=1)).aggregate(
+        checked=Sum("checked"), errors=Sum("errors"), runs=Count("id")
+    )
+    checked, errors = totals["checked"] or 0, totals["errors"] or 0
+    calls = checked + errors
+    return {
+        "runs": totals["runs"],
+        "checked": checked,
+        "errors": errors,
+        "percent": round(100.0 * errors / calls, 1) if calls else None,
+    }
+
+
+def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
+    """Trainings that ended in each of the last ``hours`` hours, with their durations."""
+    first = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
+    buckets = {first + timedelta(hours=i): HourBucket(first + timedelta(hours=i)) for i in range(hours)}
+    rows = (
+        Training.objects.filter(finished_at__gte=first)
+        .exclude(outcome=TrainingOutcome.REFUSED)
+        .annotate(hour=TruncHour("finished_at"))
+        .values_list("hour", "outcome", "finished_at", "submitted_at", "created_at")
+    )
+    for hour, outcome, finished, submitted, created in rows:
+        bucket = buckets.get(hour)
+        if bucket is None:
+            continue
+        if outcome == TrainingOutcome.COMPLETED:
+            bucket.completed += 1
+            # Durations of successful trainings only: a failure after 5 s says
+            # nothing about how long training takes.
+            bucket.durations.append((finished - (submitted or created)).total_seconds())
+        elif outcome == TrainingOutcome.ERROR:
+            bucket.failed += 1
+        else:
+            bucket.cancelled += 1
+    return list(buckets.values())
+
+
+def notification_backlog(now: datetime) -> dict[str, Any]:
+    from notifications.models import Notification
+
+    backlog = Notification.objects.filter(status__in=BACKLOG_STATUSES).aggregate(
+        n=Count("id"), oldest=Min("created_at"), due=Max("next_attempt_at")
+    )
+    problems = Notification.objects.filter(status__in=PROBLEM_STATUSES).count()
+    oldest = backlog["oldest"]
+    return {
+        "pending": backlog["n"],
+        "oldest_age_minutes": round((now - oldest).total_seconds() / 60, 1) if oldest else None,
+        "problems": problems,
+        "paused": health.sending_paused(),
+    }
+
+
+def chart_svg(buckets: list[HourBucket]) -> SafeString:
+    """A stacked bar chart of finished trainings per hour, with the mean duration on top."""
+    width, height, left, bottom, top = 760, 220, 36, 28, 26
+    plot_h = height - bottom - top
+    bar_w = (width - left) / max(len(buckets), 1)
+    peak = max([b.total for b in buckets] + [1])
+    colours = (("completed", "#2e7d32"), ("failed", "#c62828"), ("cancelled", "#757575"))
+    parts: list[SafeString] = []
+    for i, bucket in enumerate(buckets):
+        x = left + i * bar_w + 2
+        y = height - bottom
+        for name, colour in colours:
+            value = getattr(bucket, name)
+            if not value:
+                continue
+            h = plot_h * value / peak
+            y -= h
+            parts.append(
+                format_html(
+                    '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}">'
+                    "<title>{} {}: {}</title></rect>",
+                    x, y, bar_w - 4, h, colour, bucket.start.strftime("%H:00"), _(name), value,
+                )
+            )
+        if bucket.average_minutes is not None:
+            parts.append(
+                format_html(
+                    '<text x="{:.1f}" y="{:.1f}" font-size="9" text-anchor="middle" '
+                    'fill="#333">{:.0f}′</text>',
+                    x + (bar_w - 4) / 2, y - 3, bucket.average_minutes,
+                )
+            )
+        if i % 3 == 0:
+            parts.append(
+                format_html(
+                    '<text x="{:.1f}" y="{}" font-size="10" fill="#555">{}</text>',
+                    x, height - 10, bucket.start.strftime("%H:00"),
+                )
+            )
+    axis = format_html(
+        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>'
+        '<text x="2" y="{}" font-size="10" fill="#555">{}</text>'
+        '<text x="2" y="{}" font-size="10" fill="#555">0</text>',
+        left, height - bottom, width, height - bottom, top + 8, peak, height - bottom,
+    )
+    label = _("Trainings finished per hour, last 24 hours (UTC); numbers above bars: mean minutes")
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} {}" width="100%" '
+        'role="img" aria-label="{}" class="training-chart">{}{}</svg>',
+        width, height, label, axis, format_html_join("", "{}", ((p,) for p in parts))
+        if parts else mark_safe(""),
+    )
+
+
+def gather(now: datetime | None = None) -> dict[str, Any]:
+    """The dashboard's context."""
+    now = now or timezone.now()
+    buckets = finished_per_hour(now)
+    durations = [d for b in buckets for d in b.durations]
+    return {
+        "now": now,
+        "status_counts": status_counts(),
+        "active_count": Training.objects.filter(finished_at__isnull=True).count(),
+        "stuck": stuck_trainings(),
+        "heartbeat": health.heartbeat(now),
+        "fal_errors": fal_error_rate(now),
+        "hours": buckets,
+        "finished_total": sum(b.total for b in buckets),
+        "mean_duration_minutes": round(sum(durations) / len(durations) / 60, 1) if durations else None,
+        "chart": chart_svg(buckets),
+        "notifications": notification_backlog(now),
+    }
