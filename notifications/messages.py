@@ -1,38 +1,156 @@
-"""Message texts (HTML, every interpolated value escaped), by the owner's language."""
+"""Message texts: HTML with every interpolated value escaped, in the owner's language.
+
+Avatar names are user input: ``<``, ``&`` and emoji must arrive as typed, and a
+name must never be able to inject markup. Owners get Russian or English (their
+``language``); staff messages go to one staff chat and are in Russian, like the
+operator log lines. Owner texts never carry internal details (fal error codes,
+request ids): they say what happened and what to do next.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from html import escape
 
 from notifications.models import NotificationKind
 
+# Telegram refuses longer texts.
+MAX_TEXT = 4096
+
+_TYPE_NAMES = {
+    "ru": {"portrait": "портрет", "style": "стиль"},
+    "en": {"portrait": "portrait", "style": "style"},
+}
+
 _OWNER_TEXTS = {
     "ru": {
-        NotificationKind.READY: "🎉 Ваш аватар «{name}» готов! Тип: {type}.",
-        NotificationKind.FAILED: "😔 Не удалось обучить аватар «{name}». Попробуйте загрузить другие фото.",
-        NotificationKind.CANCELLED: "Обучение аватара «{name}» отменено.",
+        NotificationKind.READY: (
+            "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать."
+        ),
+        NotificationKind.FAILED: "😔 Не удалось обучить аватар <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
+        NotificationKind.CANCELLED: (
+            "Обучение аватара <b>{name}</b> ({type}) отменено. "
+            "Когда захотите, его можно запустить снова."
+        ),
     },
     "en": {
-        NotificationKind.READY: "🎉 Your avatar “{name}” is ready! Type: {type}.",
-        NotificationKind.FAILED: "😔 We could not train your avatar “{name}”. Please try other photos.",
-        NotificationKind.CANCELLED: "Training of your avatar “{name}” was cancelled.",
+        NotificationKind.READY: (
+            "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use."
+        ),
+        NotificationKind.FAILED: "😔 We could not train your avatar <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
+        NotificationKind.CANCELLED: (
+            "Training of your avatar <b>{name}</b> ({type}) was cancelled. "
+            "You can start it again whenever you like."
+        ),
     },
 }
+
+# Why a training failed, in words an owner understands, and what to do about it.
+_FAILURE_REASONS = {
+    "photos": {
+        "ru": (
+            "Причина: не получилось обработать загруженные фото.",
+            "Загрузите другой набор фото (10–20 чётких снимков лица при хорошем свете) "
+            "и запустите обучение снова.",
+        ),
+        "en": (
+            "Reason: the uploaded photos could not be processed.",
+            "Please upload another set (10–20 sharp photos of the face in good light) "
+            "and start the training again.",
+        ),
+    },
+    "service": {
+        "ru": (
+            "Причина: сбой на стороне сервиса обучения, ваши фото тут ни при чём.",
+            "Мы уже знаем об этом. Попробуйте запустить обучение ещё раз чуть позже.",
+        ),
+        "en": (
+            "Reason: the training service had a problem; your photos are fine.",
+            "We are aware of it. Please try starting the training again a little later.",
+        ),
+    },
+    "unknown": {
+        "ru": (
+            "Причина: во время обучения произошла ошибка.",
+            "Попробуйте запустить обучение ещё раз. Если ошибка повторится, напишите в поддержку.",
+        ),
+        "en": (
+            "Reason: an error happened during training.",
+            "Please try starting the training again. If it happens again, contact support.",
+        ),
+    },
+}
+_PHOTO_HINTS = ("image", "photo", "file", "download", "validation", "unprocessable", "422", "zip")
+_SERVICE_HINTS = ("timeout", "server", "internal", "runner", "gateway", "not_found", "unavailable")
+
+
+def failure_category(error_type: str, error_message: str) -> str:
+    """photos / service / unknown, from fal's error type first, then its message."""
+    for text in (error_type.lower(), error_message.lower()):
+        if not text:
+            continue
+        if any(hint in text for hint in _PHOTO_HINTS):
+            return "photos"
+        if any(hint in text for hint in _SERVICE_HINTS) or re.match(r"5\d\d\b", text):
+            return "service"
+    return "unknown"
+
+
+def _language(owner) -> str:
+    return owner.language if owner.language in _OWNER_TEXTS else "ru"
 
 
 def render_owner_message(kind: str, training) -> str:
     avatar = training.avatar
-    texts = _OWNER_TEXTS.get(avatar.owner.language, _OWNER_TEXTS["ru"])
-    return texts[kind].format(name=escape(avatar.name), type=escape(avatar.training_type))
+    lang = _language(avatar.owner)
+    values = {
+        "name": escape(avatar.name),
+        "type": escape(_TYPE_NAMES[lang].get(avatar.training_type, avatar.training_type)),
+        "reason": "",
+        "next_step": "",
+    }
+    if kind == NotificationKind.FAILED:
+        category = failure_category(training.error_type or "", training.error_message or "")
+        values["reason"], values["next_step"] = _FAILURE_REASONS[category][lang]
+    return _OWNER_TEXTS[lang][kind].format(**values)[:MAX_TEXT]
 
 
-def render_stuck_message(training) -> str:
+def _stuck_line(training) -> str:
     avatar = training.avatar
     return (
-        f"⚠️ Training stuck: avatar #{avatar.pk} «{escape(avatar.name)}», "
-        f"request {escape(training.fal_request_id or '-')}: {escape(training.stuck_reason)}"
+        f"• #{avatar.pk} <b>{escape(avatar.name)}</b> "
+        f"(<code>{escape(training.fal_request_id or '—')}</code>): {escape(training.stuck_reason)}"
     )
 
 
+def render_stuck_message(training) -> str:
+    return f"⚠️ Обучение зависло\n{_stuck_line(training)}"[:MAX_TEXT]
+
+
+def render_stuck_digest(trainings: Sequence) -> str:
+    header = f"⚠️ Зависли обучения: {len(trainings)}\n"
+    lines: list[str] = []
+    size = len(header)
+    for index, training in enumerate(trainings):
+        line = _stuck_line(training)
+        rest = f"\n… и ещё {len(trainings) - index}"
+        if size + len(line) + 1 + len(rest) > MAX_TEXT:
+            lines.append(rest.strip())
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return header + "\n".join(lines)
+
+
 def render_fal_account_message(status_code: int, detail: str) -> str:
-    return f"🚨 fal answered {status_code}: {escape(detail)[:500]}"
+    what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
+    return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
+
+
+def render_given_up_message(notification, error: str) -> str:
+    recipient = escape(str(notification.owner)) if notification.owner_id else "staff"
+    return (
+        f"📭 Уведомление #{notification.pk} ({escape(notification.get_kind_display())}) "
+        f"для {recipient} не доставлено: {escape(error[:500])}"
+    )[:MAX_TEXT]

@@ -110,6 +110,9 @@ class NotificationAttempt(models.Model):
     """One try at sending: its outcome, error and Telegram's message id."""
 
     class Outcome(models.TextChoices):
+        # Written before the request goes out: an attempt still in flight after its
+        # lease means the worker died mid-send (the message may or may not have arrived).
+        IN_FLIGHT = "in_flight", _("In flight (no answer recorded)")
         SENT = "sent", _("Sent")
         RETRY_AFTER = "retry_after", _("Flood control (retry later)")
         UNREACHABLE = "unreachable", _("Recipient unreachable")
@@ -173,3 +176,25 @@ class SenderState(models.Model):
     def get(cls) -> SenderState:
         state, _created = cls.objects.get_or_create(pk=1)
         return state
+
+
+class RateLimitMark(models.Model):
+    """One send slot taken (or reserved) for a chat: the shared memory of the rate limiter.
+
+    Every worker process reserves a slot here before it calls Telegram, so the limits
+    hold across processes and restarts. Rows older than the longest window are pruned.
+    """
+
+    chat_id = models.BigIntegerField(_("chat id"))
+    sent_at = models.DateTimeField(_("sent at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("rate limit mark")
+        verbose_name_plural = _("rate limit marks")
+        indexes = [
+            models.Index(fields=["sent_at"], name="ratelimit_time_idx"),
+            models.Index(fields=["chat_id", "sent_at"], name="ratelimit_chat_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chat_id} @ {self.sent_at:%H:%M:%S.%f}"

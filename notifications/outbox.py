@@ -3,17 +3,21 @@
 Called by ``monitoring.transitions`` inside the transaction that wins a status
 change, so the message exists if and only if the change does. The unique
 ``dedup_key`` makes a second row for the same outcome impossible whatever path
-tries to write it.
+tries to write it. Delivery is handed to the worker when the transaction commits;
+a lost hand-over is picked up by the next sweep.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from notifications import messages
-from notifications.models import Audience, Notification, NotificationKind
+from notifications.models import Audience, Notification, NotificationKind, NotificationStatus
 
 logger = logging.getLogger("notifications")
 
@@ -30,6 +34,7 @@ def _create_once(**fields) -> Notification | None:
         with transaction.atomic():
             notification = Notification.objects.create(**fields)
     except IntegrityError:
+        logger.info("Notification %s already exists: not written twice", fields["dedup_key"])
         return None
     transaction.on_commit(lambda: schedule_delivery(notification.pk))
     return notification
@@ -55,10 +60,15 @@ def queue_outcome(*, training_id: int, outcome: str) -> Notification | None:
 
 
 def queue_stuck(*, training_id: int, episode: int) -> Notification | None:
-    """One staff alert per stuck episode of a training."""
+    """One staff alert per stuck episode of a training.
+
+    Held back a few seconds (NOTIFICATION_STUCK_HOLD_SECONDS) so that a check run
+    flagging many trainings at once ends up as one digest (``merge_stuck_alerts``).
+    """
     from monitoring.models import Training
 
     training = Training.objects.select_related("avatar__owner").get(pk=training_id)
+    hold = timedelta(seconds=settings.NOTIFICATION_STUCK_HOLD_SECONDS)
     return _create_once(
         dedup_key=f"stuck:{training.avatar_id}:{training.pk}:{episode}",
         kind=NotificationKind.STUCK,
@@ -66,16 +76,62 @@ def queue_stuck(*, training_id: int, episode: int) -> Notification | None:
         avatar=training.avatar,
         training=training,
         text=messages.render_stuck_message(training),
+        context={"episode": episode},
+        next_attempt_at=timezone.now() + hold,
     )
 
 
-def schedule_delivery(notification_id: int) -> None:
-    """Hand a committed row to the sender (replaced by the delivery module)."""
-    try:
-        from notifications import delivery
-    except ImportError:  # delivery not built yet: the periodic sweep picks rows up
-        return
-    delivery.enqueue(notification_id)
+def merge_stuck_alerts() -> Notification | None:
+    """Many pending stuck alerts → one digest; the merged rows say where they went.
+
+    Rows being sent by a worker are locked or no longer pending and are skipped, so
+    an alert is either sent on its own or in exactly one digest.
+    """
+    from monitoring.models import Training
+
+    with transaction.atomic():
+        rows = list(
+            Notification.objects.select_for_update(skip_locked=True)
+            .filter(kind=NotificationKind.STUCK, status=NotificationStatus.PENDING, attempts=0)
+            .order_by("pk")
+        )
+        if len(rows) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
+            return None
+        trainings = Training.objects.select_related("avatar").in_bulk(
+            [row.training_id for row in rows if row.training_id]
+        )
+        ordered = [trainings[row.training_id] for row in rows if row.training_id in trainings]
+        ids = [row.pk for row in rows]
+        digest = Notification.objects.create(
+            dedup_key=f"stuck_digest:{ids[0]}-{ids[-1]}:{len(ids)}",
+            kind=NotificationKind.STUCK_DIGEST,
+            audience=Audience.STAFF,
+            text=messages.render_stuck_digest(ordered),
+            context={"merged": ids},
+        )
+        Notification.objects.filter(pk__in=ids, status=NotificationStatus.PENDING).update(
+            status=NotificationStatus.MERGED,
+            context={"merged_into": digest.pk},
+            last_error="",
+        )
+        transaction.on_commit(lambda: schedule_delivery(digest.pk))
+    logger.info("%s stuck alerts merged into digest notification %s", len(ids), digest.pk)
+    return digest
+
+
+def queue_given_up(notification: Notification, error: str) -> Notification | None:
+    """Staff alert: an owner's message could not be delivered (given up or rejected)."""
+    attempts = notification.attempt_log.count()
+    return _create_once(
+        dedup_key=f"given_up:{notification.pk}:{attempts}",
+        kind=NotificationKind.GIVEN_UP,
+        audience=Audience.STAFF,
+        owner=notification.owner,
+        avatar=notification.avatar,
+        training=notification.training,
+        text=messages.render_given_up_message(notification, error),
+        context={"notification": notification.pk},
+    )
 
 
 def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | None:
@@ -83,12 +139,18 @@ def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | 
 
     One per hour and status code, so a minute-by-minute check does not flood the chat.
     """
-    from django.utils import timezone
-
     hour = timezone.now().strftime("%Y%m%d%H")
     return _create_once(
         dedup_key=f"fal_account:{status_code}:{hour}",
         kind=NotificationKind.FAL_ACCOUNT,
         audience=Audience.STAFF,
         text=messages.render_fal_account_message(status_code, detail),
+        context={"status_code": status_code},
     )
+
+
+def schedule_delivery(notification_id: int) -> None:
+    """Hand a committed row to the sender's queue (never raises: the sweep is the net)."""
+    from notifications import delivery
+
+    delivery.enqueue(notification_id)

@@ -1,0 +1,20 @@
+"""Prints messages to standard output: the default when no bot token is configured."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+from notifications.backends.base import BaseBackend, SendReceipt
+
+_message_ids = itertools.count(1)
+
+
+class ConsoleBackend(BaseBackend):
+    name = "console"
+
+    def send(self, chat_id: int, text: str) -> SendReceipt:
+        message_id = next(_message_ids)
+        sys.stdout.write(f"--- Telegram message to chat {chat_id} (#{message_id}) ---\n{text}\n")
+        sys.stdout.flush()
+        return SendReceipt(message_id)

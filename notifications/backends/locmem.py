@@ -1,0 +1,31 @@
+"""Keeps messages in memory (``locmem.outbox``) for tests, like Django's locmem email backend."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+
+from notifications.backends.base import BaseBackend, SendReceipt
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    chat_id: int
+    text: str
+    message_id: int
+
+
+outbox: list[SentMessage] = []
+_lock = threading.Lock()
+_message_ids = itertools.count(1)
+
+
+class LocmemBackend(BaseBackend):
+    name = "locmem"
+
+    def send(self, chat_id: int, text: str) -> SendReceipt:
+        with _lock:
+            message = SentMessage(chat_id, text, next(_message_ids))
+            outbox.append(message)
+        return SendReceipt(message.message_id)

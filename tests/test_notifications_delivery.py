@@ -1,0 +1,356 @@
+"""Delivery through python-telegram-bot to the fake Bot API on loopback.
+
+Each test drives the real path: a transition writes the outbox row, on commit the
+row is enqueued on the notifications cluster's broker, the queued task runs
+(``run_deliveries``) and python-telegram-bot sends it over HTTP to the fake.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from monitoring import transitions
+from monitoring.models import EventSource, Owner
+from notifications import delivery
+from notifications.models import (
+    ChatMigration,
+    Notification,
+    NotificationAttempt,
+    NotificationKind,
+    NotificationStatus,
+)
+from tests.fixtures_telegram import STAFF_CHAT_ID
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Outcome = NotificationAttempt.Outcome
+
+
+def _complete(training, source=EventSource.CHECK):
+    return transitions.complete(
+        training, lora_url="https://v3.fal.media/files/lora.safetensors", source=source
+    )
+
+
+def _outcomes(notification: Notification) -> list[str]:
+    return list(
+        notification.attempt_log.order_by("started_at", "id").values_list("outcome", flat=True)
+    )
+
+
+def test_it_sends_one_message_when_the_webhook_and_the_check_finish_the_same_avatar_at_once(
+    telegram, training_avatar, run_deliveries
+):
+    avatar, training = training_avatar(name="Гонка")
+    barrier = threading.Barrier(2)
+    results = []
+
+    def finish(source):
+        try:
+            barrier.wait()
+            results.append(_complete(training, source=source).changed)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=finish, args=(source,))
+        for source in (EventSource.WEBHOOK, EventSource.CHECK)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    assert sorted(results) == [False, True]
+    received = telegram.messages_to(avatar.owner.telegram_id)
+    assert len(received) == 1
+    assert "Гонка" in received[0].plain
+    assert Notification.objects.get().status == NotificationStatus.SENT
+
+
+def test_it_retries_a_row_whose_worker_died_after_claiming_it_once_the_lease_expires(
+    telegram, training_avatar, run_deliveries, settings
+):
+    settings.NOTIFICATION_LEASE_SECONDS = 0.5
+    avatar, training = training_avatar()
+    _complete(training)
+    row = Notification.objects.get()
+    Notification.objects.filter(pk=row.pk).update(next_attempt_at=row.created_at)
+
+    # A worker claims the row and dies before sending; its queued task is lost with it.
+    assert delivery.claim(row.pk, worker="dead-worker") is not None
+    from django_q.models import OrmQ
+
+    OrmQ.objects.all().delete()
+
+    # While the lease holds, nobody else may send it.
+    assert delivery.sweep() == 0
+    assert delivery.deliver(row.pk) == "not due or claimed elsewhere"
+    assert telegram.messages == []
+
+    time.sleep(0.6)
+    assert delivery.sweep() == 1
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    assert len(telegram.messages_to(avatar.owner.telegram_id)) == 1
+    row.refresh_from_db()
+    assert row.status == NotificationStatus.SENT
+    assert row.claimed_by != "dead-worker"
+
+
+def test_it_waits_for_retry_after_on_429_and_sends_once(telegram, training_avatar, run_deliveries):
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+    telegram.script(chat, telegram.retry_after(1))
+
+    started = time.time()
+    _complete(training)
+    run_deliveries()
+
+    received = telegram.messages_to(chat)
+    assert len(received) == 1
+    assert received[0].received_at - started >= 1.0
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.SENT
+    assert row.attempts == 0  # flood control is not a failed attempt
+    assert _outcomes(row) == [Outcome.RETRY_AFTER, Outcome.SENT]
+
+
+def test_it_hands_a_long_retry_after_back_to_the_outbox_until_it_is_due(
+    telegram, training_avatar, run_deliveries, settings
+):
+    settings.NOTIFICATION_INLINE_WAIT_SECONDS = 0.1
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+    telegram.script(chat, telegram.retry_after(1))
+
+    _complete(training)
+    run_deliveries()
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.PENDING
+    assert telegram.messages_to(chat) == []
+    assert delivery.sweep() == 0  # not due before retry_after
+
+    deadline = time.monotonic() + 5
+    while not telegram.messages_to(chat) and time.monotonic() < deadline:
+        delivery.sweep()
+        run_deliveries()
+        time.sleep(0.05)
+
+    assert len(telegram.messages_to(chat)) == 1
+    assert telegram.requests_to(chat) == 2
+    row.refresh_from_db()
+    assert row.attempts == 0
+    assert _outcomes(row) == [Outcome.RETRY_AFTER, Outcome.SENT]
+
+
+@pytest.mark.parametrize("answer", ["blocked", "deactivated", "never_started"])
+def test_it_marks_the_owner_unreachable_on_403_and_never_retries(
+    telegram, training_avatar, run_deliveries, answer
+):
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+    telegram.script(chat, getattr(telegram, answer)())
+
+    _complete(training)
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    owner = Owner.objects.get(pk=avatar.owner_id)
+    assert owner.reachable is False
+    assert "Forbidden" in owner.unreachable_reason
+    assert owner.unreachable_since is not None
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.UNREACHABLE
+    assert _outcomes(row) == [Outcome.UNREACHABLE]
+    assert telegram.requests_to(chat) == 1
+    assert telegram.messages_to(chat) == []
+
+
+def test_it_does_not_call_telegram_for_an_owner_already_known_unreachable(
+    telegram, training_avatar, make_avatar, run_deliveries
+):
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+    telegram.script(chat, telegram.blocked())
+    _complete(training)
+    run_deliveries()
+
+    second = make_avatar(owner=avatar.owner, name="Второй")
+    started = transitions.begin_training(
+        second, endpoint="fal-ai/x", arguments={}, webhook_url="", source=EventSource.COMMAND
+    )
+    transitions.record_submitted(started.training, request_id="req-2", source=EventSource.COMMAND)
+    transitions.cancel(started.training, source=EventSource.STAFF)
+    run_deliveries()
+
+    assert telegram.requests_to(chat) == 1
+    latest = Notification.objects.get(kind=NotificationKind.CANCELLED)
+    assert latest.status == NotificationStatus.UNREACHABLE
+    assert "unreachable" in latest.last_error
+
+
+def test_it_stores_a_migrated_staff_chat_and_sends_once_to_the_new_id(
+    telegram, training_avatar, run_deliveries
+):
+    new_chat = -1009999999999
+    telegram.script(STAFF_CHAT_ID, telegram.migrated(new_chat))
+    _avatar, training = training_avatar()
+
+    transitions.flag_stuck(training, reason="in queue for 2 hours")
+    delivery.sweep()
+    run_deliveries()
+
+    assert telegram.messages_to(STAFF_CHAT_ID) == []
+    assert len(telegram.messages_to(new_chat)) == 1
+    assert ChatMigration.objects.get(old_chat_id=STAFF_CHAT_ID).new_chat_id == new_chat
+    row = Notification.objects.get(kind=NotificationKind.STUCK)
+    assert _outcomes(row) == [Outcome.MIGRATED, Outcome.SENT]
+    assert row.chat_id == new_chat
+
+    # The stored id overrides the setting from now on: no more tries at the old id.
+    transitions.fail(training, error_message="boom", source=EventSource.CHECK)
+    from notifications import outbox
+
+    outbox.queue_fal_account_alert(status_code=403, detail="User is locked")
+    run_deliveries()
+    assert telegram.requests_to(STAFF_CHAT_ID) == 1
+    assert len(telegram.messages_to(new_chat)) == 2
+
+
+def test_it_backs_off_on_repeated_500s_then_succeeds(telegram, training_avatar, run_deliveries):
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+    telegram.script(chat, telegram.server_error(), telegram.server_error(502), telegram.server_error())
+
+    _complete(training)
+    run_deliveries()
+
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.SENT
+    assert row.attempts == 3
+    assert _outcomes(row) == [Outcome.TRANSIENT] * 3 + [Outcome.SENT]
+    times = telegram.state.request_times
+    gaps = [later - earlier for (_c, earlier), (_d, later) in zip(times, times[1:], strict=False)]
+    # 0.05 s, 0.1 s, 0.2 s: each wait is longer than the one before.
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
+    assert len(telegram.messages_to(chat)) == 1
+
+
+def test_it_gives_up_after_the_last_attempt_and_alerts_staff(
+    telegram, training_avatar, run_deliveries, settings
+):
+    settings.NOTIFICATION_MAX_ATTEMPTS = 3
+    avatar, training = training_avatar(name="Невезучий")
+    chat = avatar.owner.telegram_id
+    telegram.script(chat, *[telegram.server_error()] * 5)
+
+    _complete(training)
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    row = Notification.objects.get(kind=NotificationKind.READY)
+    assert row.status == NotificationStatus.GIVEN_UP
+    assert row.attempts == 3
+    assert telegram.requests_to(chat) == 3
+    assert "Internal Server Error" in row.last_error
+    staff = telegram.messages_to(STAFF_CHAT_ID)
+    assert len(staff) == 1
+    assert f"#{row.pk}" in staff[0].plain and "Internal Server Error" in staff[0].plain
+
+
+def test_a_failure_and_a_cancellation_each_notify_their_owner_once(
+    telegram, training_avatar, run_deliveries
+):
+    failed_avatar, failed = training_avatar(request_id="req-fail", name="Первый")
+    cancelled_avatar, cancelled = training_avatar(request_id="req-cancel", name="Второй")
+
+    for _ in range(2):  # the webhook and the check both see each ending
+        transitions.fail(
+            failed,
+            error_type="image_load_error",
+            error_message="Could not load image 3.jpg",
+            source=EventSource.WEBHOOK,
+        )
+        transitions.cancel(cancelled, source=EventSource.STAFF)
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    failure = telegram.messages_to(failed_avatar.owner.telegram_id)
+    cancellation = telegram.messages_to(cancelled_avatar.owner.telegram_id)
+    assert len(failure) == 1 and len(cancellation) == 1
+    assert "Не удалось обучить аватар Первый" in failure[0].plain
+    assert "фото" in failure[0].plain  # what happened and what to do next
+    assert "image_load_error" not in failure[0].plain and "3.jpg" not in failure[0].plain
+    assert "отменено" in cancellation[0].plain
+
+
+def test_it_sends_one_staff_alert_per_stuck_episode(telegram, training_avatar, run_deliveries):
+    avatar, training = training_avatar(name="Завис")
+
+    assert transitions.flag_stuck(training, reason="in progress for 3 hours")
+    assert not transitions.flag_stuck(training, reason="still stuck")
+    delivery.sweep()
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+    assert len(telegram.messages_to(STAFF_CHAT_ID)) == 1
+
+    transitions.clear_stuck(training)
+    assert transitions.flag_stuck(training, reason="stuck again")
+    delivery.sweep()
+    run_deliveries()
+
+    staff = telegram.messages_to(STAFF_CHAT_ID)
+    assert len(staff) == 2
+    assert "Завис" in staff[0].plain and "in progress for 3 hours" in staff[0].plain
+    assert "stuck again" in staff[1].plain
+
+
+def test_fifty_trainings_stuck_at_once_become_one_digest(telegram, training_avatar, run_deliveries):
+    trainings = [training_avatar(request_id=f"req-{i}", name=f"A{i}")[1] for i in range(50)]
+    for training in trainings:
+        transitions.flag_stuck(training, reason="in queue for 2 hours")
+
+    delivery.sweep()  # the end of the check run that flagged them
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    staff = telegram.messages_to(STAFF_CHAT_ID)
+    assert len(staff) == 1
+    assert "Зависли обучения: 50" in staff[0].plain
+    assert "A0" in staff[0].plain
+    assert len(staff[0].text) <= 4096
+    assert Notification.objects.filter(status=NotificationStatus.MERGED).count() == 50
+    assert Notification.objects.get(kind=NotificationKind.STUCK_DIGEST).status == "sent"
+
+
+def test_names_with_markup_characters_and_emoji_arrive_intact(
+    telegram, make_owner, training_avatar, run_deliveries
+):
+    name = "Кот <b>Тим</b> & 🐱 “best” <script>"
+    english = make_owner(language="en")
+    avatar, training = training_avatar(name=name, owner=english)
+
+    _complete(training)
+    run_deliveries()
+
+    (received,) = telegram.messages_to(english.telegram_id)
+    assert received.parse_mode == "HTML"
+    assert name in received.plain
+    assert received.plain.startswith("🎉 Your avatar is ready!")
+    assert "portrait" in received.plain
