@@ -11,12 +11,12 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from monitoring import webhooks
-from monitoring.models import Avatar, WebhookDelivery, WebhookOutcome
+from monitoring.models import WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
     "received_at",
@@ -132,8 +132,8 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 class WebhookDeliveryInline(admin.TabularInline):
     """The deliveries of one training attempt, read-only, newest first.
 
-    For a Training admin page. An avatar's page can show all its attempts'
-    deliveries with ``avatar_deliveries`` below (Django inlines need a direct key).
+    For the Training admin page (Django inlines need a direct foreign key; the
+    avatar page lists all its attempts' deliveries in a read-only table).
     """
 
     model = WebhookDelivery
@@ -162,43 +162,3 @@ class WebhookDeliveryInline(admin.TabularInline):
         url = reverse("admin:monitoring_webhookdelivery_change", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, gettext("view"))
 
-
-def avatar_deliveries(avatar: Avatar, limit: int = 20) -> str:
-    """An HTML table of an avatar's deliveries (all attempts), for a read-only field."""
-    deliveries = list(
-        WebhookDelivery.objects.filter(training__avatar=avatar)
-        .select_related("training")
-        .order_by("-received_at", "-id")[:limit]
-    )
-    if not deliveries:
-        return gettext("No webhook deliveries.")
-    rows = format_html_join(
-        "",
-        '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-        (
-            (
-                reverse("admin:monitoring_webhookdelivery_change", args=[d.pk]),
-                d.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-                d.training.attempt,
-                d.get_verdict_display(),
-                d.get_outcome_display(),
-                d.fal_status,
-                d.error[:200],
-            )
-            for d in deliveries
-        ),
-    )
-    everything = reverse("admin:monitoring_webhookdelivery_changelist") + f"?training__avatar__id__exact={avatar.pk}"
-    return format_html(
-        '<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead>'
-        '<tbody>{}</tbody></table><p><a href="{}">{}</a></p>',
-        gettext("received"),
-        gettext("attempt"),
-        gettext("verdict"),
-        gettext("outcome"),
-        gettext("status in body"),
-        gettext("error"),
-        rows,
-        everything,
-        gettext("All deliveries of this avatar"),
-    )

@@ -1,0 +1,125 @@
+"""Staff see every delivery, read-only, and can re-process the ones worth another try."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission, User
+
+from fakes.fal_signing import delivery_body, lora_payload
+from monitoring import signing_keys
+from monitoring.models import (
+    AvatarStatus,
+    Training,
+    WebhookDelivery,
+    WebhookOutcome,
+    WebhookVerdict,
+)
+from tests.test_webhooks import URL
+
+CHANGELIST = "/admin/monitoring/webhookdelivery/"
+
+
+@pytest.fixture
+def deliveries(fal, client, training_avatar):
+    """One applied, one unmatched, one refused (bad signature): what staff usually see."""
+    signing_keys.forget()
+    avatar, training = training_avatar("req-admin-ok")
+    for rid in ("req-admin-ok", "req-admin-nobody"):
+        body = delivery_body(rid, payload=lora_payload(rid))
+        client.post(URL, data=body, content_type="application/json", headers=fal.signer.headers(body, rid))
+    forged = delivery_body("req-admin-ok", payload=lora_payload("evil"))
+    client.post(URL, data=forged, content_type="application/json", headers={
+        **fal.signer.headers(b"something else", "req-admin-ok"),
+    })
+    return {d.outcome if d.verdict == WebhookVerdict.VALID else d.verdict: d for d in WebhookDelivery.objects.all()}
+
+
+def _rows(response) -> list[int]:
+    return sorted(obj.pk for obj in response.context["cl"].result_list)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", ["applied", "unmatched", "bad_signature"]),
+        ("?verdict__exact=valid", ["applied", "unmatched"]),
+        ("?verdict__exact=bad_signature", ["bad_signature"]),
+        ("?outcome__exact=unmatched", ["unmatched"]),
+        ("?matched=yes", ["applied"]),
+        ("?matched=no", ["unmatched", "bad_signature"]),
+        ("?q=req-admin-nobody", ["unmatched"]),
+    ],
+)
+def test_the_delivery_list_filters_by_verdict_outcome_and_match(admin_client, deliveries, query, expected):
+    response = admin_client.get(CHANGELIST + query)
+
+    assert response.status_code == 200
+    assert _rows(response) == sorted(deliveries[name].pk for name in expected)
+
+
+def test_a_delivery_page_is_read_only_and_shows_what_was_received(admin_client, deliveries):
+    delivery = deliveries["applied"]
+
+    page = admin_client.get(f"{CHANGELIST}{delivery.pk}/change/")
+
+    assert page.status_code == 200
+    content = page.content.decode()
+    assert "req-admin-ok" in content and "pytorch_lora_weights" in content
+    assert 'name="_save"' not in content
+    assert admin_client.get(f"{CHANGELIST}add/").status_code == 403
+    before = WebhookDelivery.objects.get(pk=delivery.pk).body
+    admin_client.post(f"{CHANGELIST}{delivery.pk}/change/", {"body": "edited"})
+    assert WebhookDelivery.objects.get(pk=delivery.pk).body == before
+
+
+def test_reprocessing_an_unmatched_delivery_applies_it_once_the_training_exists(
+    admin_client, deliveries, training_avatar
+):
+    avatar, _ = training_avatar("req-admin-nobody")
+    WebhookDelivery.objects.filter(pk=deliveries["unmatched"].pk).update(outcome=WebhookOutcome.UNMATCHED)
+
+    page = admin_client.post(
+        CHANGELIST, {"action": "reprocess", "_selected_action": [deliveries["unmatched"].pk]}, follow=True
+    )
+
+    assert "re-processed: Applied" in page.content.decode()
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.COMPLETED
+
+
+def test_reprocessing_refuses_forged_and_already_applied_deliveries_and_says_why(admin_client, deliveries):
+    ids = [deliveries["bad_signature"].pk, deliveries["applied"].pk]
+
+    page = admin_client.post(CHANGELIST, {"action": "reprocess", "_selected_action": ids}, follow=True)
+
+    content = page.content.decode()
+    assert "only deliveries with a valid signature can be processed" in content
+    assert "is not re-processed" in content
+    assert set(WebhookDelivery.objects.values_list("outcome", flat=True)) == {
+        WebhookOutcome.APPLIED, WebhookOutcome.UNMATCHED, WebhookOutcome.REJECTED,
+    }
+
+
+def test_staff_who_may_only_view_deliveries_cannot_reprocess(client, deliveries):
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookdelivery"))
+    client.force_login(viewer)
+
+    page = client.get(CHANGELIST)
+
+    assert page.status_code == 200
+    assert "reprocess" not in page.content.decode()
+    client.post(CHANGELIST, {"action": "reprocess", "_selected_action": [deliveries["unmatched"].pk]})
+    assert WebhookDelivery.objects.get(pk=deliveries["unmatched"].pk).outcome == WebhookOutcome.UNMATCHED
+
+
+def test_the_training_page_lists_its_deliveries(admin_client, deliveries):
+    training = Training.objects.get(fal_request_id="req-admin-ok")
+
+    page = admin_client.get(f"/admin/monitoring/training/{training.pk}/change/")
+
+    assert page.status_code == 200
+    content = page.content.decode()
+    assert f"{CHANGELIST}{deliveries['applied'].pk}/change/" in content
+    # The forged delivery never matched a training, so it is not listed there.
+    assert f"{CHANGELIST}{deliveries['bad_signature'].pk}/change/" not in content
