@@ -115,6 +115,11 @@ def notification_backlog(now: datetime) -> dict[str, Any]:
     }
 
 
+def _n(value: float) -> str:
+    """SVG coordinates with one decimal (format_html turns arguments into strings first)."""
+    return f"{value:.1f}"
+
+
 def chart_svg(buckets: list[HourBucket]) -> SafeString:
     """A stacked bar chart of finished trainings per hour, with the mean duration on top."""
     width, height, left, bottom, top = 760, 220, 36, 28, 26
@@ -134,24 +139,25 @@ def chart_svg(buckets: list[HourBucket]) -> SafeString:
             y -= h
             parts.append(
                 format_html(
-                    '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}">'
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
                     "<title>{} {}: {}</title></rect>",
-                    x, y, bar_w - 4, h, colour, bucket.start.strftime("%H:00"), _(name), value,
+                    _n(x), _n(y), _n(bar_w - 4), _n(h), colour,
+                    bucket.start.strftime("%H:00"), _(name), value,
                 )
             )
         if bucket.average_minutes is not None:
             parts.append(
                 format_html(
-                    '<text x="{:.1f}" y="{:.1f}" font-size="9" text-anchor="middle" '
-                    'fill="#333">{:.0f}′</text>',
-                    x + (bar_w - 4) / 2, y - 3, bucket.average_minutes,
+                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" '
+                    'fill="#333">{}′</text>',
+                    _n(x + (bar_w - 4) / 2), _n(y - 3), f"{bucket.average_minutes:.0f}",
                 )
             )
         if i % 3 == 0:
             parts.append(
                 format_html(
-                    '<text x="{:.1f}" y="{}" font-size="10" fill="#555">{}</text>',
-                    x, height - 10, bucket.start.strftime("%H:00"),
+                    '<text x="{}" y="{}" font-size="10" fill="#555">{}</text>',
+                    _n(x), height - 10, bucket.start.strftime("%H:00"),
                 )
             )
     axis = format_html(

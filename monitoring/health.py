@@ -1,7 +1,101 @@
-"""The health endpoint (built by the staff tools issue)."""
+"""``GET /healthz``: is the database there, and is the periodic check alive?
 
-from django.http import JsonResponse
+Load balancers call it without ``strict`` and only care that the web process can
+reach its database (200) or not (503). Monitoring calls ``/healthz?strict=1``, which
+also answers 503 when the periodic check has not run for more than three
+intervals: the avatars are then not being followed, even though the site is up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from monitoring.models import CheckRun, Training
+
+logger = logging.getLogger("monitoring")
+
+# Runs started by the worker. A manual run from a command proves nothing about it.
+WORKER_RUN_KINDS = (CheckRun.Kind.SCHEDULED, CheckRun.Kind.RESTORE)
+LATE_AFTER_INTERVALS = 3
 
 
-def healthz(request):
-    return JsonResponse({"ok": True})
+@dataclass(frozen=True)
+class Heartbeat:
+    """The last periodic run as the health endpoint, the dashboard and the worker see it."""
+
+    last_run: CheckRun | None
+    age_seconds: float | None
+    late: bool
+    late_after_seconds: int
+
+
+def late_after_seconds() -> int:
+    return LATE_AFTER_INTERVALS * settings.CHECK_INTERVAL_SECONDS
+
+
+def heartbeat(now: datetime | None = None) -> Heartbeat:
+    """The newest worker run; late when it started more than three intervals ago (or never).
+
+    ``started_at`` rather than ``finished_at``: a long run in progress still proves
+    the worker is alive, and a run that crashed leaves its start behind.
+    """
+    now = now or timezone.now()
+    limit = late_after_seconds()
+    last = CheckRun.objects.filter(kind__in=WORKER_RUN_KINDS).order_by("-started_at").first()
+    if last is None:
+        return Heartbeat(None, None, True, limit)
+    age = max(0.0, (now - last.started_at).total_seconds())
+    return Heartbeat(last, age, age > limit, limit)
+
+
+def sending_paused() -> bool:
+    """Whether the notifier paused sending (Telegram rejected the token)."""
+    try:
+        from notifications import delivery
+    except ImportError:  # the sender is not installed: nothing can be paused
+        return False
+    paused, _reason = delivery.sending_paused()
+    return bool(paused)
+
+
+def report(now: datetime | None = None) -> dict[str, Any]:
+    """Everything /healthz reports. Raises DatabaseError when the database does not answer."""
+    now = now or timezone.now()
+    beat = heartbeat(now)
+    active = Training.objects.filter(finished_at__isnull=True)
+    return {
+        "database": True,
+        "last_check_started_at": beat.last_run.started_at.isoformat() if beat.last_run else None,
+        "last_check_age_seconds": round(beat.age_seconds, 1) if beat.age_seconds is not None else None,
+        "check_late": beat.late,
+        "check_late_after_seconds": beat.late_after_seconds,
+        "active_trainings": active.count(),
+        "stuck_trainings": active.filter(stuck_since__isnull=False).count(),
+        "notifications_paused": sending_paused(),
+    }
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    strict = request.GET.get("strict", "").lower() in {"1", "true", "yes"}
+    try:
+        body = report()
+    except DatabaseError as exc:
+        # The class name only: a connection error can carry the DSN.
+        logger.error("healthz: database unreachable (%s)", type(exc).__name__)
+        return JsonResponse(
+            {"ok": False, "database": False, "error": "database unreachable"}, status=503
+        )
+    ok = not (strict and body["check_late"])
+    return JsonResponse({"ok": ok, **body}, status=200 if ok else 503)

@@ -1,0 +1,51 @@
+"""The worker container's HEALTHCHECK: fail when the periodic check has gone quiet.
+
+A worker whose cluster died (or hangs) still has a running process, so Docker
+would call it healthy; the heartbeat rows written by every periodic run are the
+only proof that avatars are being followed.
+"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+from django.utils.translation import gettext as _
+
+from monitoring import health
+
+
+class Command(BaseCommand):
+    help = _(
+        "Exit non-zero when the last periodic check started longer ago than --max-age seconds "
+        "(default: three check intervals)."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--max-age",
+            type=int,
+            default=None,
+            metavar="SECONDS",
+            help=_("How old the last run may be (default: three check intervals)."),
+        )
+
+    def handle(self, *args, max_age: int | None = None, **options) -> None:
+        if max_age is not None and max_age <= 0:
+            raise CommandError(_("--max-age must be a positive number of seconds"))
+        try:
+            beat = health.heartbeat()
+        except DatabaseError as exc:
+            raise CommandError(
+                _("unhealthy: database unreachable (%(error)s)") % {"error": type(exc).__name__}
+            ) from None
+        limit = max_age if max_age is not None else beat.late_after_seconds
+        if beat.last_run is None:
+            raise CommandError(_("unhealthy: no periodic check has run yet"))
+        if beat.age_seconds > limit:
+            raise CommandError(
+                _("unhealthy: the last periodic check started %(age)d s ago (limit %(limit)d s)")
+                % {"age": beat.age_seconds, "limit": limit}
+            )
+        self.stdout.write(
+            _("ok: the last periodic check started %(age)d s ago") % {"age": beat.age_seconds}
+        )

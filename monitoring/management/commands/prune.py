@@ -1,0 +1,27 @@
+"""Prune old records now (the same function django-q2 runs every day)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+from django.utils.translation import gettext as _
+
+from monitoring import retention
+
+
+class Command(BaseCommand):
+    help = _(
+        "Delete old webhook deliveries, events of finished trainings, heartbeat rows and "
+        "django-q2 task results (ages from the RETENTION_* settings). Nothing of an active "
+        "training is deleted."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--dry-run", action="store_true", help=_("Only count what would be deleted.")
+        )
+
+    def handle(self, *args, dry_run: bool = False, **options) -> None:
+        counts = retention.count() if dry_run else retention.prune()
+        verb = _("would delete") if dry_run else _("deleted")
+        for name, n in counts.items():
+            self.stdout.write(f"{name}: {verb} {n}")
