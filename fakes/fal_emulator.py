@@ -69,6 +69,9 @@ class JobScript:
     error_type: str | None = None
     # What a result fetch answers for a failed job (fal: 422 with a detail list, or 5xx).
     result_status: int = 422
+    # A result fetch answers this code even though the status shows no error (fal's
+    # 422 for a job whose output failed validation).
+    result_error: int | None = None
     # Answer every status call with this HTTP code (404, 429, 500, 503, 401, 403...).
     status_error: int | None = None
     # ...or only the next N status calls (then behave normally).
@@ -632,6 +635,14 @@ class _Handler(BaseHTTPRequestHandler):
                 answer: tuple[int, Any] = (404, {"status": "NOT_FOUND"})
             elif job.state() != "COMPLETED":
                 answer = (400, {"detail": "Request is still in progress"})
+            elif job.script.result_error is not None:
+                code = job.script.result_error
+                answer = (
+                    code,
+                    {"detail": [{"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}]}
+                    if code == 422
+                    else _error_body(code),
+                )
             elif (failure := job.failure()) is not None:
                 message, error_type = failure
                 if job.script.result_status == 422:

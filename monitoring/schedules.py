@@ -1,5 +1,47 @@
-"""django-q2 schedules, created or updated by ``migrate`` (built by the engine issue)."""
+"""django-q2 schedules, created or updated by ``migrate``.
+
+``SCHEDULES`` lists every periodic task of the project by name; other apps append
+theirs. ``ensure_schedules`` (a ``post_migrate`` receiver) does ``update_or_create`` by
+name, so running ``migrate`` twice leaves one schedule of each.
+
+Missed runs are never replayed: ``catch_up`` is a cluster option in django-q2 1.11
+(``Q_CLUSTER["catch_up"] = False`` in settings), not a schedule field. A run's
+``timeout`` (Q_CLUSTER) is below ``retry``, so a live run is never handed to a second
+worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+PERIODIC_CHECK = "monitoring: periodic status check"
 
 
-def ensure_schedules(**kwargs) -> None:
+def _check_minutes() -> int:
+    # django-q2's MINUTES schedules count whole minutes.
+    return max(1, round(settings.CHECK_INTERVAL_SECONDS / 60))
+
+
+# name -> the Schedule fields; callables are evaluated at migrate time (settings).
+SCHEDULES: list[dict[str, Any]] = [
+    {
+        "name": PERIODIC_CHECK,
+        "func": "monitoring.tasks.run_check",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": _check_minutes,
+        "repeats": -1,
+    },
+]
+
+
+def ensure_schedules(**kwargs: Any) -> None:
     """post_migrate receiver: set-up twice leaves one schedule of each name."""
+    from django_q.models import Schedule
+
+    using = kwargs.get("using", "default")
+    for spec in SCHEDULES:
+        fields = {key: value() if callable(value) else value for key, value in spec.items()}
+        name = fields.pop("name")
+        Schedule.objects.using(using).update_or_create(name=name, defaults=fields)

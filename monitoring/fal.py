@@ -1,0 +1,349 @@
+"""The fal gateway: submit, status, result and cancel, with fal's answers classified.
+
+Every caller (the start of a training, the periodic check, staff tools) goes through
+here and sees only these outcomes:
+
+- ``FalTransient``: transport errors, timeouts, 408/409/429, 5xx. Try again at a later
+  check; never a reason to fail an avatar.
+- ``FalAuthError``: 401/403, our key or fal's billing. A staff alert, never an avatar failure.
+- ``FalNotFound``: 404. Believed only after it repeats (``status_checks`` counts them).
+- ``FalJobFailed``: a result fetch answered 4xx: the job failed, with fal's message.
+- ``FalRefused``: a submit fal refused (401, 403, 422, 429...); no job exists, nothing is billed.
+- ``FalSubmitUnknown``: a submit whose answer never came: a job may exist. Never re-sent.
+
+fal-client is imported lazily, never at module level: it reads FAL_QUEUE_RUN_HOST when
+first imported, and the tests set that variable to the emulator's address first.
+
+Why status/result/cancel go through fal-client's *async* client: its sync calls retry up
+to 10 times with a hard-coded 120 s timeout each, and a thread cannot be cancelled. Under
+``asyncio.wait_for`` every call is bounded by ``FAL_CALL_TIMEOUT_SECONDS`` whatever
+fal-client does inside. An ``AsyncClient`` belongs to the loop it first ran in, so one is
+made per ``asyncio.run`` (see ``FalSession``).
+
+Why the submit is one direct POST with ``requests``: fal-client retries its submit too, and
+a retried submit whose first answer was lost creates a second paid training. fal has no
+idempotency key, so we send once and, if the answer is lost, say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from monitoring.models import TrainingType
+
+logger = logging.getLogger("monitoring")
+
+# Training types and their trainers (shared/fal-facts.md: the portrait trainer takes
+# trigger_phrase, the style one trigger_word plus is_style).
+ENDPOINTS = {
+    TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
+    TrainingType.STYLE: "fal-ai/flux-lora-fast-training",
+}
+
+
+class FalError(Exception):
+    """Something fal (or the way to it) answered that was not what we asked for."""
+
+    def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        self.detail = detail
+        self.status_code = status_code
+        super().__init__(f"{status_code} {detail}" if status_code else detail)
+
+
+class FalTransient(FalError):
+    """Try again later: timeouts, transport errors, 408/409/429, 5xx."""
+
+
+class FalAuthError(FalError):
+    """401 (key rejected) or 403 (account locked, e.g. balance exhausted)."""
+
+
+class FalNotFound(FalError):
+    """404: fal does not know this request (believed only after it repeats)."""
+
+
+class FalJobFailed(FalError):
+    """The job failed: its result fetch answered 4xx with fal's reason."""
+
+    def __init__(self, detail: str, *, status_code: int | None = None, error_type: str = "") -> None:
+        super().__init__(detail, status_code=status_code)
+        self.error_type = error_type
+
+
+class FalRefused(FalError):
+    """fal refused the submit (or it never left this machine): no job, nothing billed."""
+
+
+class FalSubmitUnknown(FalError):
+    """The submit may have reached fal but no usable answer came back."""
+
+
+@dataclass(frozen=True)
+class SubmitAnswer:
+    request_id: str
+    status_url: str = ""
+    response_url: str = ""
+    cancel_url: str = ""
+    queue_position: int | None = None
+
+
+@dataclass(frozen=True)
+class FalStatusReport:
+    status: str  # IN_QUEUE, IN_PROGRESS or COMPLETED: fal has no FAILED status
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] | None = field(default=None, repr=False)
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "COMPLETED" and bool(self.error)
+
+
+# --- Inputs ------------------------------------------------------------------------------
+
+
+def training_input(training_type: str, *, images_url: str, trigger_word: str, extra: dict | None = None) -> tuple[str, dict]:
+    """(endpoint, arguments) for a training type, with the trainer's own input names."""
+    if training_type not in ENDPOINTS:
+        raise ValueError(f"unknown training type {training_type!r}")
+    arguments: dict[str, Any] = {"images_data_url": images_url}
+    if training_type == TrainingType.STYLE:
+        arguments.update({"trigger_word": trigger_word, "is_style": True})
+    else:
+        arguments["trigger_phrase"] = trigger_word
+    # Staff-chosen extras (steps, learning_rate...) never override the fields above.
+    return ENDPOINTS[training_type], {**(extra or {}), **arguments}
+
+
+def webhook_url() -> str:
+    return settings.PUBLIC_BASE_URL.rstrip("/") + "/webhooks/fal/" if settings.PUBLIC_BASE_URL else ""
+
+
+def _key() -> str:
+    if not settings.FAL_KEY:
+        raise FalAuthError("FAL_KEY is not configured", status_code=401)
+    return settings.FAL_KEY
+
+
+def queue_base_url() -> str:
+    """fal-client's own queue address, so our submit and its calls reach the same queue."""
+    from fal_client.client import QUEUE_URL_FORMAT
+
+    return QUEUE_URL_FORMAT
+
+
+def _app_id(endpoint: str) -> str:
+    # Status, result and cancel use only owner/app, never a sub-path (fal answers 405).
+    return "/".join(endpoint.split("/")[:2])
+
+
+def _detail(body: Any, fallback: str) -> str:
+    if isinstance(body, dict):
+        detail = body.get("detail", body.get("status", fallback))
+        if isinstance(detail, list):
+            return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+        return str(detail)
+    return fallback
+
+
+# --- Submit --------------------------------------------------------------------------------
+
+
+def submit(training: Any) -> SubmitAnswer:
+    """One POST to fal's queue for ``training`` (its endpoint, arguments and webhook URL)."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    url = queue_base_url() + training.endpoint
+    params = {"fal_webhook": training.webhook_url} if training.webhook_url else None
+    # requests ignores SSL_CERT_FILE; httpx (fal-client) trusts it. Use the same bundle.
+    verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
+    timeout = settings.FAL_SUBMIT_TIMEOUT_SECONDS
+    try:
+        response = requests.post(
+            url,
+            params=params,
+            json=training.arguments,
+            headers={"Authorization": f"Key {_key()}"},
+            timeout=(min(10.0, timeout), timeout),
+            verify=verify,
+            allow_redirects=False,
+        )
+    except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
+        raise FalRefused(f"could not reach fal: {type(exc).__name__}") from exc
+    except requests.exceptions.ConnectionError as exc:
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, (NewConnectionError, ConnectTimeoutError, NameResolutionError)):
+            # The connection was never made: the request cannot have reached fal.
+            raise FalRefused(f"could not connect to fal: {type(reason).__name__}") from exc
+        raise FalSubmitUnknown(f"connection lost after sending: {type(exc).__name__}") from exc
+    except requests.exceptions.RequestException as exc:
+        raise FalSubmitUnknown(f"no answer from fal: {type(exc).__name__}") from exc
+
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    code = response.status_code
+    if 200 <= code < 300:
+        if not isinstance(body, dict) or not body.get("request_id"):
+            raise FalSubmitUnknown(f"fal answered {code} without a request id", status_code=code)
+        return SubmitAnswer(
+            request_id=str(body["request_id"]),
+            status_url=body.get("status_url") or "",
+            response_url=body.get("response_url") or "",
+            cancel_url=body.get("cancel_url") or "",
+            queue_position=body.get("queue_position"),
+        )
+    detail = _detail(body, response.text[:500] or response.reason)
+    if code >= 500:
+        # fal says it does not bill 5xx, but a gateway error may hide a created job.
+        raise FalSubmitUnknown(detail, status_code=code)
+    raise FalRefused(detail, status_code=code)
+
+
+# --- Status, result, cancel (bounded async calls) ------------------------------------------
+
+
+def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
+    import httpx
+    from fal_client.auth import MissingCredentialsError
+    from fal_client.client import FalClientHTTPError
+
+    if isinstance(exc, FalError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return FalTransient(f"no answer within {settings.FAL_CALL_TIMEOUT_SECONDS:g} s")
+    if isinstance(exc, MissingCredentialsError):
+        return FalAuthError("FAL_KEY is not configured", status_code=401)
+    if isinstance(exc, FalClientHTTPError):
+        code = exc.status_code
+        # fal's detail is text, or a list of {loc, msg, type} for validation errors.
+        detail = _detail({"detail": exc.message}, str(exc.message))[:1000]
+        if code in (401, 403):
+            return FalAuthError(detail, status_code=code)
+        if code == 404:
+            return FalNotFound(detail, status_code=code)
+        if code in (408, 409, 429) or code >= 500:
+            # Even for a result: a failed job shows its error in the status, which is
+            # read first; a 5xx on the result of a clean COMPLETED is fal's trouble.
+            return FalTransient(detail, status_code=code)
+        if for_result:
+            return FalJobFailed(detail, status_code=code, error_type=exc.error_type or f"http_{code}")
+        return FalTransient(f"unexpected answer: {detail}", status_code=code)
+    if isinstance(exc, httpx.HTTPError):
+        return FalTransient(f"{type(exc).__name__}: {exc}"[:500])
+    if isinstance(exc, (KeyError, ValueError)):
+        return FalTransient(f"unreadable answer: {type(exc).__name__}: {exc}"[:500])
+    return FalTransient(f"{type(exc).__name__}: {exc}"[:500])
+
+
+class FalSession:
+    """fal-client's AsyncClient for one event loop, every call bounded in wall time."""
+
+    def __init__(self, *, timeout: float | None = None) -> None:
+        import fal_client
+
+        self.timeout = settings.FAL_CALL_TIMEOUT_SECONDS if timeout is None else timeout
+        self._client = fal_client.AsyncClient(key=_key())
+
+    async def __aenter__(self) -> FalSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # fal-client keeps its httpx client in a cached property and never closes it;
+        # close it inside this loop so no connection outlives it.
+        try:
+            http = await self._client._client
+            await http.aclose()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+    async def _bounded(self, coro: Any, *, timeout: float | None, for_result: bool = False) -> Any:
+        try:
+            return await asyncio.wait_for(coro, timeout=self.timeout if timeout is None else max(timeout, 0.01))
+        except Exception as exc:  # noqa: BLE001 - every answer is classified
+            raise _classify(exc, for_result=for_result) from exc
+
+    async def status(
+        self, endpoint: str, request_id: str, *, with_logs: bool = False, timeout: float | None = None
+    ) -> FalStatusReport:
+        import fal_client
+
+        answer = await self._bounded(
+            self._client.status(_app_id(endpoint), request_id, with_logs=with_logs), timeout=timeout
+        )
+        if isinstance(answer, fal_client.Queued):
+            return FalStatusReport("IN_QUEUE", queue_position=answer.position)
+        if isinstance(answer, fal_client.InProgress):
+            return FalStatusReport("IN_PROGRESS", logs=answer.logs)
+        return FalStatusReport(
+            "COMPLETED", logs=answer.logs, error=answer.error, error_type=answer.error_type
+        )
+
+    async def result(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> dict:
+        # Only after a status call said COMPLETED: fal-client's result() polls until then.
+        answer = await self._bounded(
+            self._client.result(_app_id(endpoint), request_id), timeout=timeout, for_result=True
+        )
+        if not isinstance(answer, dict):
+            raise FalTransient(f"unreadable result: {type(answer).__name__}")
+        return answer
+
+    async def cancel(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> str:
+        from fal_client.client import FalClientHTTPError
+
+        try:
+            await asyncio.wait_for(
+                self._client.cancel(_app_id(endpoint), request_id),
+                timeout=self.timeout if timeout is None else timeout,
+            )
+        except FalClientHTTPError as exc:
+            if exc.status_code == 400:
+                return "ALREADY_COMPLETED"
+            if exc.status_code == 404:
+                return "NOT_FOUND"
+            raise _classify(exc) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _classify(exc) from exc
+        return "CANCELLATION_REQUESTED"
+
+
+def _run(method: str, *args: Any, **kwargs: Any) -> Any:
+    async def call() -> Any:
+        async with FalSession() as session:
+            return await getattr(session, method)(*args, **kwargs)
+
+    return asyncio.run(call())
+
+
+def status(endpoint: str, request_id: str, *, with_logs: bool = False) -> FalStatusReport:
+    """fal's status for one request, in at most FAL_CALL_TIMEOUT_SECONDS."""
+    return _run("status", endpoint, request_id, with_logs=with_logs)
+
+
+def result(endpoint: str, request_id: str) -> dict:
+    """The result of a request that a status call reported COMPLETED."""
+    return _run("result", endpoint, request_id)
+
+
+def cancel(endpoint: str, request_id: str) -> str:
+    """Ask fal to cancel: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND."""
+    return _run("cancel", endpoint, request_id)
+
+
+def lora_urls(result: dict) -> tuple[str, str]:
+    """(LoRA URL, config URL) from a trainer's result; ("", "") when absent."""
+
+    def url(name: str) -> str:
+        value = result.get(name)
+        return str(value.get("url", "")) if isinstance(value, dict) else ""
+
+    return url("diffusers_lora_file"), url("config_file")

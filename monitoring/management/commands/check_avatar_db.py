@@ -1,0 +1,77 @@
+"""``check_avatar_db``: the avatars in the database, as a table or as JSON."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from monitoring.models import Avatar, AvatarStatus
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+class Command(BaseCommand):
+    help = "List avatars with their training state (filters: --status, --stuck, --owner)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--status", choices=[c.value for c in AvatarStatus])
+        parser.add_argument("--stuck", action="store_true", help="only avatars flagged stuck")
+        parser.add_argument("--owner", help="owner's Telegram id or @username")
+        parser.add_argument("--limit", type=int, default=500)
+        parser.add_argument("--json", action="store_true", help="print a JSON list on stdout")
+
+    def handle(self, *args, **options):
+        if options["limit"] < 1:
+            raise CommandError("--limit must be at least 1")
+        avatars = Avatar.objects.select_related("owner", "current_training").order_by("-created_at")
+        if options["status"]:
+            avatars = avatars.filter(status=options["status"])
+        if options["stuck"]:
+            avatars = avatars.filter(
+                current_training__stuck_since__isnull=False,
+                current_training__finished_at__isnull=True,
+            )
+        if options["owner"]:
+            owner = options["owner"].lstrip("@")
+            if owner.lstrip("-").isdigit():
+                avatars = avatars.filter(owner__telegram_id=int(owner))
+            else:
+                avatars = avatars.filter(owner__username__iexact=owner)
+        rows = [self._row(avatar) for avatar in avatars[: options["limit"]]]
+        if options["json"]:
+            self.stdout.write(json.dumps(rows, ensure_ascii=False, indent=1))
+            return
+        self._table(rows)
+
+    def _row(self, avatar: Avatar) -> dict:
+        training = avatar.current_training
+        return {
+            "id": str(avatar.pk),
+            "name": avatar.name,
+            "status": avatar.status,
+            "training_type": avatar.training_type,
+            "fal_status": training.fal_status if training else None,
+            "fal_request_id": training.fal_request_id if training else None,
+            "queue_position": training.queue_position if training else None,
+            "lora_url": training.lora_url if training else "",
+            "error": training.error_message if training else "",
+            "error_type": training.error_type if training else "",
+            "stuck": bool(training and training.is_stuck),
+            "stuck_reason": training.stuck_reason if training and training.is_stuck else "",
+            "owner_telegram_id": str(avatar.owner.telegram_id),
+            "created_at": _iso(avatar.created_at),
+            "finished_at": _iso(training.finished_at) if training else None,
+            "last_checked_at": _iso(training.last_checked_at) if training else None,
+        }
+
+    def _table(self, rows: list[dict]) -> None:
+        columns = ["id", "name", "status", "fal_status", "stuck", "fal_request_id", "owner_telegram_id", "error"]
+        table = [[str(row[c] if row[c] is not None else "-")[:40] for c in columns] for row in rows]
+        widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+        self.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        for r in table:
+            self.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+        self.stdout.write(f"{len(rows)} avatar(s)")

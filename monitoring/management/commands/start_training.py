@@ -1,0 +1,95 @@
+"""``start_training``: start an existing avatar, or create owner + avatar and start it."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from monitoring import transitions
+from monitoring.models import Avatar, AvatarStatus, EventSource, Language, Owner, TrainingType
+from monitoring.trainings import start_training
+
+
+class Command(BaseCommand):
+    help = (
+        "Start an avatar's training on fal (--avatar ID), or create the owner and avatar "
+        "and start it (--owner-telegram-id, --name, --images-url, --training-type, --trigger)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--avatar", type=int, help="id of an existing avatar to start")
+        parser.add_argument("--owner-telegram-id", type=int)
+        parser.add_argument("--name")
+        parser.add_argument("--images-url")
+        parser.add_argument(
+            "--training-type", choices=[c.value for c in TrainingType], default=TrainingType.PORTRAIT
+        )
+        parser.add_argument("--trigger", help="trigger word (trigger_phrase for portraits)")
+        parser.add_argument("--owner-language", choices=[c.value for c in Language])
+        parser.add_argument("--json", action="store_true", help="print only a JSON object on stdout")
+
+    def handle(self, *args, **options):
+        avatar = self._avatar(options) if options["avatar"] else self._create(options)
+        outcome = start_training(avatar, source=EventSource.COMMAND)
+        training = outcome.training
+        if not outcome.changed and not (training and training.fal_request_id):
+            raise CommandError(f"Avatar {avatar.pk} was not started: {outcome.detail or outcome.status}")
+        avatar.refresh_from_db()
+        request_id = training.fal_request_id if training else None
+        if avatar.status != AvatarStatus.TRAINING:
+            raise CommandError(
+                f"Avatar {avatar.pk} was not started: {outcome.detail or avatar.status}"
+            )
+        if options["json"]:
+            self.stdout.write(json.dumps({"id": str(avatar.pk), "fal_request_id": request_id or ""}))
+        else:
+            self.stdout.write(
+                f"Avatar {avatar.pk} is training (fal request {request_id or 'unknown'})"
+                + (f": {outcome.detail}" if outcome.detail else "")
+            )
+
+    def _avatar(self, options) -> Avatar:
+        try:
+            avatar = Avatar.objects.get(pk=options["avatar"])
+        except Avatar.DoesNotExist:
+            raise CommandError(f"No avatar with id {options['avatar']}") from None
+        if avatar.status == AvatarStatus.DRAFT:
+            transitions.mark_ready(avatar, source=EventSource.COMMAND)
+        if avatar.status not in (AvatarStatus.READY_FOR_TRAINING,):
+            raise CommandError(
+                f"Avatar {avatar.pk} cannot start: it is {avatar.status} "
+                "(only draft or ready_for_training avatars start; use retrain for failed ones)"
+            )
+        return avatar
+
+    def _create(self, options) -> Avatar:
+        missing = [
+            f"--{name.replace('_', '-')}"
+            for name in ("owner_telegram_id", "name", "images_url", "trigger")
+            if not options.get(name)
+        ]
+        if missing:
+            raise CommandError(
+                "Give --avatar ID, or all of --owner-telegram-id, --name, --images-url, "
+                f"--trigger (missing: {', '.join(missing)})"
+            )
+        if not options["images_url"].startswith(("https://", "http://")):
+            raise CommandError("--images-url must be an http(s) URL of a zip archive")
+        with transaction.atomic():
+            owner, created = Owner.objects.get_or_create(
+                telegram_id=options["owner_telegram_id"],
+                defaults={"language": options["owner_language"] or Language.RU},
+            )
+            if not created and options["owner_language"] and owner.language != options["owner_language"]:
+                owner.language = options["owner_language"]
+                owner.save(update_fields=["language"])
+            return transitions.create_avatar(
+                owner=owner,
+                name=options["name"],
+                training_type=options["training_type"],
+                trigger_word=options["trigger"],
+                images_url=options["images_url"],
+                source=EventSource.COMMAND,
+            )

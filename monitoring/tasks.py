@@ -1,0 +1,48 @@
+"""django-q2 task functions of the monitoring engine.
+
+Tests and staff tools call these directly or enqueue them with
+``django_q.tasks.async_task("monitoring.tasks.<name>", ...)``; nothing here waits on
+another task.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from monitoring import status_checks
+from monitoring.models import CheckRun, EventSource, Training
+
+
+def run_check(kind: str = CheckRun.Kind.SCHEDULED) -> int:
+    """The periodic check (the schedule and startup restore enqueue it); returns the run id."""
+    return status_checks.run_periodic_check(kind=kind).pk
+
+
+def check_batch(training_ids: list[int], run_id: int | None, run_start: str) -> int:
+    """One fanned-out batch of a run; returns how many trainings it checked."""
+    reports = status_checks.check_batch(training_ids, run_id, datetime.fromisoformat(run_start))
+    return sum(report.checked for report in reports)
+
+
+def recheck(
+    training_ids: list[int], source: str = EventSource.STAFF, actor_id: int | None = None
+) -> list[dict]:
+    """Check these trainings now, due or not (staff "re-check now").
+
+    Who asked (``actor_id``) is kept in the task's result next to what each check saw.
+    """
+    trainings = Training.objects.filter(pk__in=training_ids, finished_at__isnull=True)
+    reports = status_checks.check_trainings(trainings, source=source)
+    return [
+        {
+            "training_id": r.training_id,
+            "avatar_id": r.avatar_id,
+            "before": r.before,
+            "after": r.after,
+            "changed": r.changed,
+            "summary": r.summary,
+            "error": r.error,
+            "actor_id": actor_id,
+        }
+        for r in reports
+    ]
