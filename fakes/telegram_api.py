@@ -281,6 +281,9 @@ class FakeTelegramAPI:
             self._reply(handler, 404, _error(404, "Not Found"))
             return
         token, _, method = path[4:].partition("/")
+        if method.lower() == "getme":
+            with self._lock:
+                self.state.get_me_calls += 1
         if token != self.state.token:
             self._reply(handler, 401, _error(401, "Unauthorized"))
             return
@@ -292,8 +295,6 @@ class FakeTelegramAPI:
             return
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8")).items()}
         if method.lower() == "getme":
-            with self._lock:
-                self.state.get_me_calls += 1
             self._reply(
                 handler,
                 200,

@@ -17,14 +17,14 @@ STAFF_CHAT_ID = -1001234567890
 
 @pytest.fixture(scope="session")
 def telegram_api():
-    fake = FakeTelegramAPI(token="123456:TEST-token-AAAbbbCCCdddEEEfff").start()
+    fake = FakeTelegramAPI(token="7700000077:TEST-token-AAAbbbCCCdddEEEfff").start()
     yield fake
     fake.stop()
 
 
 @pytest.fixture
 def telegram(telegram_api, settings):
-    telegram_api.reset(token="123456:TEST-token-AAAbbbCCCdddEEEfff")
+    telegram_api.reset(token="7700000077:TEST-token-AAAbbbCCCdddEEEfff")
     settings.NOTIFICATION_BACKEND = "notifications.backends.telegram.TelegramBackend"
     settings.TELEGRAM_BOT_TOKEN = telegram_api.token
     settings.TELEGRAM_API_BASE_URL = telegram_api.base_url

@@ -1,0 +1,184 @@
+"""Staff pages for the outbox: every message, every attempt, resend, and the sender state.
+
+Read-only by design: rows change only through delivery (and the resend action), so
+what staff see is what happened. Owners with their reachability live in the
+monitoring admin.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+
+from notifications import delivery
+from notifications.models import (
+    ChatMigration,
+    Notification,
+    NotificationAttempt,
+    NotificationStatus,
+    SenderState,
+)
+
+RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+def warn_if_paused(request: HttpRequest) -> None:
+    """The banner: sending is paused because Telegram rejects the bot token."""
+    paused, reason = delivery.sending_paused()
+    if paused:
+        messages.error(
+            request,
+            _(
+                "Sending to Telegram is paused: the bot token was rejected (%(reason)s). "
+                "Fix TELEGRAM_BOT_TOKEN; sending resumes by itself once Telegram accepts it."
+            )
+            % {"reason": reason},
+        )
+
+
+class NotificationAttemptInline(admin.TabularInline):
+    model = NotificationAttempt
+    extra = 0
+    can_delete = False
+    fields = (
+        "started_at",
+        "finished_at",
+        "outcome",
+        "chat_id",
+        "telegram_message_id",
+        "error",
+        "worker",
+    )
+    readonly_fields = fields
+    ordering = ("started_at", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "kind",
+        "recipient",
+        "status",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+        "sent_at",
+    )
+    list_filter = ("status", "kind", "audience")
+    search_fields = ("dedup_key", "text", "owner__username", "=owner__telegram_id", "=avatar__id")
+    date_hierarchy = "created_at"
+    list_select_related = ("owner",)
+    inlines = [NotificationAttemptInline]
+    actions = ["resend"]
+    fields = (
+        "dedup_key",
+        "kind",
+        "audience",
+        "owner",
+        "avatar",
+        "training",
+        "chat_id",
+        "text",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "lease_until",
+        "claimed_by",
+        "created_at",
+        "sent_at",
+        "telegram_message_id",
+        "last_error",
+        "context",
+    )
+    readonly_fields = fields
+
+    @admin.display(description=gettext_lazy("recipient"), ordering="owner")
+    def recipient(self, obj: Notification) -> str:
+        return str(obj.owner) if obj.owner_id else _("staff chat")
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        warn_if_paused(request)
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request: HttpRequest, object_id, form_url="", extra_context=None):
+        warn_if_paused(request)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_actions(self, request: HttpRequest):
+        # Resend changes rows, so it needs the change permission our read-only pages deny.
+        actions = super().get_actions(request)
+        if not request.user.has_perm("notifications.change_notification"):
+            actions.pop("resend", None)
+        return actions
+
+    @admin.action(description=gettext_lazy("Resend failed or given-up notifications"))
+    def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
+        eligible = list(queryset.filter(status__in=RESENDABLE).order_by("pk"))
+        skipped = queryset.exclude(status__in=RESENDABLE).count()
+        if request.POST.get("confirm") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/notifications/notification/resend_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": _("Resend notifications?"),
+                    "opts": self.model._meta,
+                    "eligible": eligible,
+                    "skipped": skipped,
+                    "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+                    "action": "resend",
+                },
+            )
+        resent = sum(1 for row in eligible if delivery.resend(row.pk))
+        if resent:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d notification queued to be sent again.",
+                    "%(count)d notifications queued to be sent again.",
+                    resent,
+                )
+                % {"count": resent},
+                messages.SUCCESS,
+            )
+        if skipped or resent < len(eligible):
+            self.message_user(
+                request,
+                _("%(count)d selected notification(s) were not failed or given up: left alone.")
+                % {"count": skipped + len(eligible) - resent},
+                messages.WARNING,
+            )
+        return None
+
+
+@admin.register(SenderState)
+class SenderStateAdmin(ReadOnlyAdmin):
+    list_display = ("__str__", "paused", "reason", "paused_at", "last_probe_at")
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        warn_if_paused(request)
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(ChatMigration)
+class ChatMigrationAdmin(ReadOnlyAdmin):
+    list_display = ("old_chat_id", "new_chat_id", "migrated_at")

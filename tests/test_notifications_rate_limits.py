@@ -1,0 +1,113 @@
+"""Telegram's limits, shared through the database by every worker (threads stand in for processes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from monitoring import transitions
+from monitoring.models import EventSource
+from notifications import delivery, rate_limits
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def limits(settings):
+    settings.NOTIFICATION_RATE_PER_CHAT_SECONDS = 1.0
+    settings.NOTIFICATION_RATE_GROUP_PER_MINUTE = 20
+    settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND = 25
+    return settings
+
+
+def test_it_allows_one_message_per_second_to_a_chat(limits):
+    now = timezone.now()
+    assert rate_limits.reserve(42, now=now) == 0.0
+    wait = rate_limits.reserve(42, now=now + timedelta(seconds=0.25))
+    assert wait == pytest.approx(0.75, abs=0.01)
+    assert rate_limits.reserve(43, now=now + timedelta(seconds=0.25)) == 0.0
+    assert rate_limits.reserve(42, now=now + timedelta(seconds=1.01)) == 0.0
+
+
+def test_it_allows_twenty_messages_a_minute_to_a_group(limits):
+    group = -100555
+    start = timezone.now()
+    for i in range(20):
+        assert rate_limits.reserve(group, now=start + timedelta(seconds=1.1 * i)) == 0.0
+    wait = rate_limits.reserve(group, now=start + timedelta(seconds=23))
+    assert wait == pytest.approx(37, abs=0.1)  # until the first of the 20 is a minute old
+    # A private chat is not held to the group limit.
+    for i in range(21):
+        assert rate_limits.reserve(7, now=start + timedelta(seconds=1.1 * i)) == 0.0
+
+
+def test_the_overall_limit_holds_across_concurrent_workers(limits):
+    limits.NOTIFICATION_RATE_PER_CHAT_SECONDS = 0.0
+    granted: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 1.5
+
+    def worker(offset: int) -> None:
+        chat = 1000 * offset
+        try:
+            while time.monotonic() < stop_at:
+                chat += 1
+                if rate_limits.reserve(chat) == 0.0:
+                    with lock:
+                        granted.append(time.monotonic())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # The slots as recorded (taken under the lock, so this is the order Telegram sees).
+    from notifications.models import RateLimitMark
+
+    slots = sorted(RateLimitMark.objects.values_list("sent_at", flat=True))
+    busiest = max(
+        sum(1 for t in slots if start <= t < start + timedelta(seconds=1)) for start in slots
+    )
+    assert len(slots) == len(granted)
+    assert 25 <= len(granted) <= 50
+    assert busiest <= 25
+
+
+def test_messages_to_one_chat_arrive_at_least_a_second_apart_whatever_the_workers(
+    telegram, limits, make_owner, training_avatar, run_deliveries
+):
+    owner = make_owner()
+    trainings = [
+        training_avatar(request_id=f"r{i}", owner=owner, name=f"N{i}")[1] for i in range(3)
+    ]
+    for training in trainings:
+        transitions.complete(training, lora_url="https://v3.fal.media/l", source=EventSource.CHECK)
+    from django_q.models import OrmQ
+
+    OrmQ.objects.all().delete()
+    ids = list(delivery.due_rows().values_list("pk", flat=True))
+
+    def send(notification_id: int) -> None:
+        try:
+            delivery.deliver(notification_id)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(pk,)) for pk in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    received = sorted(m.received_at for m in telegram.messages_to(owner.telegram_id))
+    assert len(received) == 3
+    gaps = [b - a for a, b in zip(received, received[1:], strict=False)]
+    assert min(gaps) >= 0.9

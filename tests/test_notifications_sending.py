@@ -1,0 +1,190 @@
+"""Token pause, secrecy of the token, backends, resend and the queue messages travel on."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from monitoring import transitions
+from monitoring.models import EventSource
+from notifications import delivery
+from notifications.backends import locmem
+from notifications.models import (
+    Notification,
+    NotificationAttempt,
+    NotificationStatus,
+    SenderState,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _complete(training):
+    return transitions.complete(training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK)
+
+
+def test_it_pauses_sending_when_the_token_is_rejected_and_resumes_after_a_good_probe(
+    telegram, training_avatar, run_deliveries, caplog, settings
+):
+    settings.NOTIFICATION_PROBE_INTERVAL_SECONDS = 0.0
+    good_token = telegram.token
+    telegram.accept_token("999:another-bot")  # ours is now refused with 401
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+
+    with caplog.at_level(logging.ERROR, logger="notifications"):
+        _complete(training)
+        run_deliveries()
+
+    paused, reason = delivery.sending_paused()
+    assert paused and "rejected" in reason
+    assert any(r.levelno == logging.ERROR and "paused" in r.getMessage() for r in caplog.records)
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.PENDING
+    assert row.attempts == 0  # no retries burnt on a bad token
+    assert list(row.attempt_log.values_list("outcome", flat=True)) == ["invalid_token"]
+
+    # Still refused: the sweep probes, stays paused and sends nothing.
+    assert delivery.sweep() == 0
+    run_deliveries()
+    assert telegram.get_me_calls == 1
+    assert delivery.sending_paused()[0]
+
+    telegram.accept_token(good_token)
+    assert delivery.sweep() == 1
+    run_deliveries()
+
+    assert not delivery.sending_paused()[0]
+    assert len(telegram.messages_to(chat)) == 1
+    row.refresh_from_db()
+    assert row.status == NotificationStatus.SENT
+
+
+def test_it_probes_a_paused_sender_at_most_once_per_interval(telegram, settings, db):
+    settings.NOTIFICATION_PROBE_INTERVAL_SECONDS = 3600
+    telegram.accept_token("999:another-bot")
+    SenderState.objects.create(pk=1, paused=True, reason="test", last_probe_at=None)
+
+    for _ in range(3):
+        delivery.sweep()
+
+    assert telegram.get_me_calls == 1
+    assert delivery.sending_paused()[0]
+
+
+def test_the_token_never_appears_in_logs_or_recorded_errors(
+    telegram, training_avatar, run_deliveries, caplog, settings
+):
+    settings.NOTIFICATION_MAX_ATTEMPTS = 2
+    token = telegram.token
+    first, first_training = training_avatar(request_id="r1")
+    second, second_training = training_avatar(request_id="r2")
+    telegram.script(first.owner.telegram_id, telegram.server_error(), telegram.server_error())
+    telegram.script(second.owner.telegram_id, telegram.bad_request())
+
+    with caplog.at_level(logging.DEBUG):
+        _complete(first_training)
+        _complete(second_training)
+        run_deliveries()
+        telegram.accept_token("1:other")
+        delivery.sweep()
+        run_deliveries()
+
+    recorded = " ".join(
+        list(NotificationAttempt.objects.values_list("error", flat=True))
+        + list(Notification.objects.values_list("last_error", flat=True))
+        + [SenderState.get().reason]
+    )
+    assert "Internal Server Error" in recorded and "can't parse entities" in recorded.lower()
+    assert token not in caplog.text
+    assert token.split(":")[1] not in caplog.text
+    assert token not in recorded
+    assert token not in repr(__import__("notifications.backends", fromlist=["x"]).get_backend())
+
+
+def test_the_console_backend_prints_the_message(training_avatar, settings, capsys, run_deliveries):
+    settings.NOTIFICATION_BACKEND = "notifications.backends.console.ConsoleBackend"
+    avatar, training = training_avatar(name="Консоль")
+
+    _complete(training)
+    run_deliveries()
+
+    out = capsys.readouterr().out
+    assert f"chat {avatar.owner.telegram_id}" in out and "Консоль" in out
+    assert Notification.objects.get().status == NotificationStatus.SENT
+
+
+def test_the_locmem_backend_keeps_messages_in_memory(training_avatar, run_deliveries):
+    locmem.outbox.clear()
+    avatar, training = training_avatar(name="Память")
+
+    _complete(training)
+    run_deliveries()
+
+    assert [m.chat_id for m in locmem.outbox] == [avatar.owner.telegram_id]
+    assert "Память" in locmem.outbox[0].text
+
+
+def test_messages_are_queued_on_the_notifications_cluster_not_the_check_queue(
+    training_avatar, settings
+):
+    from django_q.models import OrmQ
+
+    _avatar, training = training_avatar()
+    _complete(training)
+
+    queued = list(OrmQ.objects.all())
+    assert [q.key for q in queued] == [settings.NOTIFICATION_CLUSTER]
+    assert queued[0].task["func"] == "notifications.delivery.deliver"
+    assert settings.NOTIFICATION_CLUSTER != settings.Q_CLUSTER["name"]
+    assert settings.NOTIFICATION_CLUSTER in settings.Q_CLUSTER["ALT_CLUSTERS"]
+
+
+def test_a_lost_enqueue_is_sent_by_the_next_sweep(telegram, training_avatar, run_deliveries):
+    from django_q.models import OrmQ
+
+    avatar, training = training_avatar()
+    _complete(training)
+    OrmQ.objects.all().delete()  # the broker lost it
+
+    assert delivery.sweep() == 1
+    run_deliveries()
+
+    assert len(telegram.messages_to(avatar.owner.telegram_id)) == 1
+
+
+def test_resend_reopens_only_failed_or_given_up_rows(telegram, training_avatar, run_deliveries):
+    failed_avatar, failed = training_avatar(request_id="r1")
+    sent_avatar, sent = training_avatar(request_id="r2")
+    telegram.script(failed_avatar.owner.telegram_id, telegram.bad_request())
+    _complete(failed)
+    _complete(sent)
+    run_deliveries()
+    failed_row = Notification.objects.get(training=failed, kind="ready")
+    sent_row = Notification.objects.get(training=sent, kind="ready")
+    assert failed_row.status == NotificationStatus.FAILED
+
+    assert delivery.resend(sent_row.pk) is False
+    assert delivery.resend(failed_row.pk) is True
+    run_deliveries()
+
+    failed_row.refresh_from_db()
+    assert failed_row.status == NotificationStatus.SENT
+    assert len(telegram.messages_to(failed_avatar.owner.telegram_id)) == 1
+    assert len(telegram.messages_to(sent_avatar.owner.telegram_id)) == 1
+
+
+def test_a_staff_alert_without_a_staff_chat_is_recorded_as_skipped(
+    telegram, run_deliveries, settings
+):
+    from notifications import outbox
+
+    settings.TELEGRAM_STAFF_CHAT_ID = None
+    outbox.queue_fal_account_alert(status_code=401, detail="No user found for Key ID and Secret")
+    run_deliveries()
+
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.SKIPPED
+    assert "TELEGRAM_STAFF_CHAT_ID" in row.last_error
+    assert telegram.messages == []
