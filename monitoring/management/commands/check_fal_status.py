@@ -1,0 +1,117 @@
+"""fal's own answer about one request, known to us or not.
+
+    manage.py check_fal_status 764cabcf-b745-4b3e-ae38-1200304cf45b --logs --result
+
+For when staff doubt the monitor: the status (and optionally the logs and the
+result) exactly as fal reports them, beside what we have recorded. Nothing is
+written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
+
+from monitoring.models import Training, TrainingType
+
+# fal's request ids are UUIDs. Anything else is a typo or a pasted URL: say so
+# instead of asking fal about it.
+REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DEFAULT_ENDPOINTS = {
+    TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
+    TrainingType.STYLE: "fal-ai/flux-lora-fast-training",
+}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class Command(BaseCommand):
+    help = _(
+        "Print fal's raw status for a request id (and with --logs its logs, with --result its "
+        "result). Works for requests this monitor does not know."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("request_id", help=_("fal's request id (a UUID)."))
+        parser.add_argument(
+            "--endpoint",
+            help=_("fal endpoint as owner/app (default: the training's, or the portrait trainer)."),
+        )
+        parser.add_argument("--logs", action="store_true", help=_("Include fal's logs."))
+        parser.add_argument(
+            "--result", action="store_true", help=_("Also fetch the result once completed.")
+        )
+
+    def handle(self, *args, request_id: str, endpoint: str | None, logs: bool, result: bool,
+               **options) -> None:
+        request_id = request_id.strip()
+        if not REQUEST_ID.match(request_id):
+            raise CommandError(
+                _("%(id)r is not a fal request id: expected a UUID such as "
+                  "764cabcf-b745-4b3e-ae38-1200304cf45b") % {"id": request_id}
+            )
+        training = Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
+        if endpoint is not None and not ENDPOINT.match(endpoint):
+            raise CommandError(
+                _("%(endpoint)r is not a fal endpoint: expected owner/app, e.g. %(example)s")
+                % {"endpoint": endpoint, "example": DEFAULT_ENDPOINTS[TrainingType.PORTRAIT]}
+            )
+        endpoint = endpoint or (training.endpoint if training else DEFAULT_ENDPOINTS[TrainingType.PORTRAIT])
+
+        if training:
+            self.stdout.write(
+                _("Known here: avatar %(avatar)s, attempt %(attempt)s, avatar status %(status)s, "
+                  "recorded fal status %(fal)s")
+                % {"avatar": training.avatar_id, "attempt": training.attempt,
+                   "status": training.avatar.status, "fal": training.fal_status}
+            )
+        else:
+            self.stdout.write(_("Not a request of this monitor; asking fal at %(endpoint)s.") % {"endpoint": endpoint})
+
+        from monitoring import fal
+
+        try:
+            report = fal.status(endpoint, request_id, with_logs=logs)
+        except fal.FalNotFound:
+            raise CommandError(
+                _("fal does not know request %(id)s at %(endpoint)s (404)") % {"id": request_id, "endpoint": endpoint}
+            ) from None
+        except fal.FalAuthError as exc:
+            raise CommandError(
+                _("fal rejected our key (%(code)s): %(detail)s") % {"code": exc.status_code, "detail": exc.detail}
+            ) from None
+        except fal.FalError as exc:
+            raise CommandError(_("fal did not answer: %(error)s") % {"error": exc}) from None
+
+        status = _plain(report)
+        if not logs and isinstance(status, dict):
+            status.pop("logs", None)
+        self.stdout.write(json.dumps({"status": status}, indent=2, ensure_ascii=False, default=str))
+
+        if not result:
+            return
+        if report.status != "COMPLETED":
+            self.stdout.write(_("No result yet: the request is %(status)s.") % {"status": report.status})
+            return
+        try:
+            payload = fal.result(endpoint, request_id)
+        except fal.FalJobFailed as exc:
+            # fal answers a failed job's result with an HTTP error: that is the answer.
+            self.stdout.write(
+                _("No result: the job failed on fal (%(type)s): %(error)s")
+                % {"type": exc.error_type or report.error_type or "-", "error": report.error or exc}
+            )
+            return
+        except fal.FalError as exc:
+            raise CommandError(_("fal did not answer the result fetch: %(error)s") % {"error": exc}) from None
+        self.stdout.write(json.dumps({"result": payload}, indent=2, ensure_ascii=False, default=str))

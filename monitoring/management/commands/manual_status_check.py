@@ -1,0 +1,120 @@
+"""Ask fal now about chosen trainings, the way the periodic check would.
+
+    manage.py manual_status_check --avatar 12 --avatar 15
+    manage.py manual_status_check --stuck
+    manage.py manual_status_check --all --dry-run
+
+The checks go through ``monitoring.status_checks.check_trainings``, the same code
+the worker runs, so what this command reports is what the monitor would do.
+``--dry-run`` reads fal and says what would change without writing anything.
+"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import QuerySet
+from django.utils.translation import gettext as _
+
+from monitoring.models import Avatar, EventSource, Training
+
+BATCH = 25
+
+
+class Command(BaseCommand):
+    help = _(
+        "Check trainings on fal now: --avatar ID (repeatable), --all active trainings, or "
+        "--stuck ones. Prints what changed; --dry-run reads fal without writing."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--avatar", dest="avatar_ids", action="append", type=int, default=[], metavar="ID",
+            help=_("An avatar id (repeat for several)."),
+        )
+        parser.add_argument("--all", action="store_true", help=_("Every active training."))
+        parser.add_argument("--stuck", action="store_true", help=_("Every stuck training."))
+        parser.add_argument(
+            "--dry-run", action="store_true", help=_("Ask fal, but change nothing here.")
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=BATCH, metavar="N",
+            help=_("How many trainings to check between progress lines (default %(default)s)."),
+        )
+
+    def handle(self, *args, avatar_ids: list[int], all: bool, stuck: bool, dry_run: bool,
+               batch_size: int, **options) -> None:
+        chosen = [bool(avatar_ids), all, stuck].count(True)
+        if chosen != 1:
+            raise CommandError(_("Choose exactly one of --avatar ID, --all or --stuck."))
+        if batch_size < 1:
+            raise CommandError(_("--batch-size must be at least 1."))
+        trainings = list(self.select(avatar_ids, all, stuck))
+        if not trainings:
+            self.stdout.write(_("Nothing to check."))
+            return
+
+        from monitoring.status_checks import check_trainings
+
+        total, changed, failed = len(trainings), 0, 0
+        prefix = _("[dry run] ") if dry_run else ""
+        for start in range(0, total, batch_size):
+            batch = trainings[start : start + batch_size]
+            for report in check_trainings(batch, source=EventSource.COMMAND, dry_run=dry_run):
+                line = self.describe(report)
+                if report.error:
+                    failed += 1
+                    self.stderr.write(prefix + line)
+                elif report.changed:
+                    changed += 1
+                    self.stdout.write(self.style.SUCCESS(prefix + line))
+                elif options["verbosity"] >= 2:
+                    self.stdout.write(prefix + line)
+            if total > batch_size:
+                self.stderr.write(
+                    _("checked %(done)d of %(total)d") % {"done": min(start + batch_size, total), "total": total}
+                )
+        summary = _("%(total)d checked, %(changed)d changed, %(failed)d errors") % {
+            "total": total, "changed": changed, "failed": failed,
+        }
+        if dry_run:
+            summary += " " + _("(dry run: nothing written)")
+        self.stdout.write(summary)
+        if failed:
+            raise CommandError(
+                _("%(failed)d of %(total)d checks failed (see above)") % {"failed": failed, "total": total}
+            )
+
+    def select(self, avatar_ids: list[int], all: bool, stuck: bool) -> QuerySet[Training] | list[Training]:
+        active = Training.objects.filter(finished_at__isnull=True).select_related("avatar").order_by("pk")
+        if all:
+            return active
+        if stuck:
+            return active.filter(stuck_since__isnull=False)
+        wanted = list(dict.fromkeys(avatar_ids))
+        avatars = {a.pk: a for a in Avatar.objects.filter(pk__in=wanted).select_related("current_training")}
+        unknown = [str(pk) for pk in wanted if pk not in avatars]
+        if unknown:
+            raise CommandError(_("Unknown avatar id(s): %(ids)s") % {"ids": ", ".join(unknown)})
+        selected = []
+        for pk in wanted:
+            avatar = avatars[pk]
+            training = avatar.current_training
+            if training is None or training.finished_at is not None:
+                self.stdout.write(
+                    _("avatar %(id)d: no active training (status %(status)s), skipped")
+                    % {"id": pk, "status": avatar.status}
+                )
+            else:
+                selected.append(training)
+        return selected
+
+    @staticmethod
+    def describe(report) -> str:
+        head = _("avatar %(avatar)s (training %(training)s)") % {
+            "avatar": report.avatar_id, "training": report.training_id,
+        }
+        if report.error:
+            return f"{head}: {_('error')}: {report.error}"
+        if report.changed:
+            return f"{head}: {report.before} → {report.after}" + (f" ({report.summary})" if report.summary else "")
+        return f"{head}: {_('unchanged')} ({report.after})" + (f" {report.summary}" if report.summary else "")
