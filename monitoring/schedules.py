@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 PERIODIC_CHECK = "monitoring: periodic status check"
+PRUNE = "monitoring: prune old records"
 
 
 def _check_minutes() -> int:
@@ -31,6 +32,13 @@ SCHEDULES: list[dict[str, Any]] = [
         "func": "monitoring.tasks.run_check",
         "schedule_type": "I",  # Schedule.MINUTES
         "minutes": _check_minutes,
+        "repeats": -1,
+    },
+    # Retention (staff tools): old deliveries, events, heartbeats and task results.
+    {
+        "name": PRUNE,
+        "func": "monitoring.retention.prune",
+        "schedule_type": "D",  # Schedule.DAILY
         "repeats": -1,
     },
 ]
