@@ -1,4 +1,4 @@
-"""Pruning old records, run by django-q2 once a day (``monitoring.retention.prune``).
+"""Pruning old records, run by django-q2 once a day (``schedules.PRUNE``).
 
 What goes and when is set by the ``RETENTION_*_DAYS`` settings. Nothing that
 belongs to an active training is ever pruned: its deliveries and events are the
@@ -18,9 +18,6 @@ from django.utils import timezone
 from monitoring.models import AvatarEvent, AvatarStatus, CheckRun, WebhookDelivery
 
 logger = logging.getLogger("monitoring")
-
-SCHEDULE_NAME = "monitoring: prune old records"
-
 
 def _days_ago(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
@@ -87,11 +84,3 @@ def prune(now: datetime | None = None) -> dict[str, int]:
     logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
     return deleted
 
-
-# The daily schedule, for monitoring.schedules.SCHEDULES (created by `migrate`).
-SCHEDULE = {
-    "name": SCHEDULE_NAME,
-    "func": "monitoring.retention.prune",
-    "schedule_type": "D",
-    "repeats": -1,
-}

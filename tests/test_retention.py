@@ -121,8 +121,15 @@ def test_the_prune_command_dry_run_counts_without_deleting(finished_and_active, 
     assert WebhookDelivery.objects.count() == 0
 
 
-def test_the_schedule_runs_the_prune_function_daily():
+def test_migrate_schedules_the_prune_daily():
     from django.utils.module_loading import import_string
+    from django_q.models import Schedule
 
-    assert import_string(retention.SCHEDULE["func"]) is retention.prune
-    assert retention.SCHEDULE["schedule_type"] == "D"
+    from monitoring import schedules
+
+    schedules.ensure_schedules()
+    schedules.ensure_schedules()
+
+    [schedule] = Schedule.objects.filter(name=schedules.PRUNE)
+    assert schedule.schedule_type == Schedule.DAILY
+    assert import_string(schedule.func) is retention.prune
