@@ -1,0 +1,122 @@
+"""Startup restore, the schedule set up by migrate, and a real qcluster against the emulator."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command, get_commands
+from django.db import connection
+from django.utils import timezone
+
+from monitoring import restore
+from monitoring.models import AvatarStatus, CheckRun, EventSource, Training
+from monitoring.schedules import PERIODIC_CHECK
+from monitoring.trainings import start_training
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_restore_makes_every_active_training_due_whatever_its_age(training_avatar, caplog):
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    far = timezone.now() + timedelta(hours=5)
+    old_avatar, old = training_avatar(request_id="old-one")
+    # Three days old and never seen running: the old monitor skipped exactly these.
+    Training.objects.filter(pk=old.pk).update(
+        created_at=timezone.now() - timedelta(days=3), started_at=None, next_check_at=far
+    )
+    _, fresh = training_avatar(request_id="fresh-one")
+    Training.objects.filter(pk=fresh.pk).update(next_check_at=far)
+    _, finished = training_avatar(request_id="finished-one")
+    Training.objects.filter(pk=finished.pk).update(finished_at=timezone.now(), next_check_at=None)
+    OrmQ.objects.all().delete()
+
+    with caplog.at_level(logging.INFO, logger="monitoring"):
+        count = restore.restore_monitoring()
+
+    assert count == 2
+    assert "✅ Мониторинг восстановлен для 2 аватаров" in caplog.text
+    assert Training.objects.filter(next_check_at__lte=timezone.now()).count() == 2
+    assert Training.objects.get(pk=finished.pk).next_check_at is None
+    [queued] = [SignedPackage.loads(row.payload) for row in OrmQ.objects.all()]
+    assert queued["func"] == "monitoring.tasks.run_check"
+    assert queued["args"] == (CheckRun.Kind.RESTORE,)
+
+
+def test_the_monitoring_app_provides_qcluster_ahead_of_django_q():
+    assert get_commands()["qcluster"] == "monitoring"
+
+
+def test_migrate_twice_leaves_one_schedule(settings):
+    from django_q.models import Schedule
+
+    Schedule.objects.all().delete()
+    call_command("migrate", verbosity=0)
+    settings.CHECK_INTERVAL_SECONDS = 120
+    call_command("migrate", verbosity=0)
+    [schedule] = Schedule.objects.filter(name=PERIODIC_CHECK)
+    assert schedule.func == "monitoring.tasks.run_check"
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 2, -1)
+    assert settings.Q_CLUSTER["catch_up"] is False
+    assert settings.Q_CLUSTER["timeout"] < settings.Q_CLUSTER["retry"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_real_qcluster_restores_and_completes_a_training_left_active(fal, make_avatar, tmp_path):
+    fal.drop_webhooks()
+    fal.script(queue_seconds=3600)
+    avatar = make_avatar()
+    training = start_training(avatar, source=EventSource.COMMAND).training
+    # Far from due: only the restore can make the worker check it now.
+    Training.objects.filter(pk=training.pk).update(next_check_at=timezone.now() + timedelta(hours=1))
+    fal.finish(training.fal_request_id)  # finished while "the worker was down"
+
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "Q_WORKERS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "qcluster.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and worker.poll() is None:
+            avatar.refresh_from_db()
+            if avatar.status != AvatarStatus.TRAINING:
+                break
+            time.sleep(0.3)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    output = log.read_text()
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.COMPLETED, output[-3000:]
+    assert "✅ Мониторинг восстановлен для 1 аватаров" in output
+    assert f"🎉 Обучение завершено для аватара {avatar.pk}" in output
+    assert CheckRun.objects.filter(kind=CheckRun.Kind.RESTORE, completed=1).exists()
