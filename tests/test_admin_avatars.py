@@ -11,6 +11,7 @@ from django.utils import timezone
 from monitoring import transitions
 from monitoring.admin.actions import AVATAR_ACTIONS
 from monitoring.models import (
+    Avatar,
     EventSource,
     Training,
     WebhookDelivery,
@@ -240,3 +241,22 @@ def test_the_sub_state_submitting_shows_without_queue_position(admin_client, mak
 
     assert "Training · Submitting" in page
     assert "#None" not in page
+
+
+def test_an_avatar_added_by_staff_is_ready_for_training_with_its_created_event(admin_client, owner):
+    response = admin_client.post(
+        reverse("admin:monitoring_avatar_add"),
+        {
+            "owner": owner.pk, "name": "From the admin", "training_type": "style",
+            "trigger_word": "ohwx style", "images_url": "https://example.com/set.zip",
+            "training_settings": "{}",
+            "trainings-TOTAL_FORMS": 0, "trainings-INITIAL_FORMS": 0,
+            "events-TOTAL_FORMS": 0, "events-INITIAL_FORMS": 0,
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    avatar = Avatar.objects.get(name="From the admin")
+    assert avatar.status == "ready_for_training"
+    event = avatar.events.get()
+    assert event.kind == "created" and event.source == "staff" and event.actor is not None

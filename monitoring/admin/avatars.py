@@ -27,12 +27,14 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from monitoring import transitions
 from monitoring.admin import actions
 from monitoring.models import (
     Avatar,
     AvatarEvent,
     AvatarStatus,
     EventKind,
+    EventSource,
     FalStatus,
     Owner,
     Training,
@@ -311,6 +313,24 @@ class AvatarAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Avatar | None = None) -> bool:
         # Deleting an avatar would delete the evidence of a paid training.
         return False
+
+    def save_model(self, request: HttpRequest, obj: Avatar, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # A new avatar gets its status and "created" event from the transitions
+        # module, like one created by a command: ready for the start action.
+        created = transitions.create_avatar(
+            owner=obj.owner,
+            name=obj.name,
+            training_type=obj.training_type,
+            trigger_word=obj.trigger_word,
+            images_url=obj.images_url,
+            training_settings=obj.training_settings,
+            source=EventSource.STAFF,
+            actor=request.user,
+        )
+        obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
 
     def get_urls(self):
         from monitoring.admin.dashboard import dashboard_view
