@@ -24,3 +24,6 @@ from avatarsite.settings import *  # noqa: E402,F403
 # Tests render pages without running collectstatic.
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# No collectstatic before tests: whitenoise looks files up lazily instead of warning
+# at start-up that STATIC_ROOT does not exist.
+WHITENOISE_AUTOREFRESH = True
