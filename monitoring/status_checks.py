@@ -157,7 +157,12 @@ async def _ask_all(trainings: list[Training], wants_logs: list[bool], budget: fl
     deadline = loop.time() + budget
     pool = asyncio.Semaphore(settings.CHECK_CONCURRENCY)
 
-    async with fal.FalSession() as session:
+    try:
+        session = fal.FalSession()
+    except fal.FalError as exc:  # no key configured: every check answers the same
+        return [_Seen(error=exc) if t.fal_request_id else _Seen() for t in trainings]
+
+    async with session:
 
         async def ask(training: Training, with_logs: bool) -> _Seen:
             if not training.fal_request_id:
@@ -273,6 +278,8 @@ class _Batch:
         assert answer is not None
         report.changed = True
         if answer.error:
+            # Staff should see that fal finished it (fal has no FAILED status).
+            transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=self.source)
             if training.cancel_requested_at:
                 outcome = transitions.cancel(
                     training, source=self.source, reason=f"fal stopped the job: {answer.error}"

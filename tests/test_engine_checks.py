@@ -201,6 +201,18 @@ def test_auth_and_billing_errors_alert_staff_and_never_fail_an_avatar(fal, start
     assert str(code) in alerts.get().text or alerts.get().text
 
 
+def test_a_missing_fal_key_alerts_staff_and_fails_nothing(fal, started, settings):
+    fal.script(queue_seconds=600)
+    avatar, training = started()
+    settings.FAL_KEY = ""
+    make_due(training)
+    run = run_check()
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.TRAINING
+    assert run.errors == 1
+    assert Notification.objects.filter(kind=NotificationKind.FAL_ACCOUNT).count() == 1
+
+
 def test_a_checked_call_never_hangs_the_run(fal, started, settings):
     settings.FAL_CALL_TIMEOUT_SECONDS = 0.3
     fal.script(queue_seconds=600, latency=5)
