@@ -302,13 +302,14 @@ def receive(request: HttpRequest) -> Answer:
             verdict=WebhookVerdict.VALID,
             outcome__in=ACCEPTED_OUTCOMES,
         )
-        .only("pk", "training_id", "request_id")
+        .values_list("pk", "training_id", "request_id")
         .first()
     )
     if original is not None:
+        original_pk, training_id, request_id = original
         _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REPLAY,
-                body=body, body_size=len(body), error=f"replay of delivery {original.pk}",
-                data={"request_id": original.request_id}, training_id=original.training_id)
+                body=body, body_size=len(body), error=f"replay of delivery {original_pk}",
+                data={"request_id": request_id}, training_id=training_id)
         return Answer(200, {"outcome": WebhookOutcome.REPLAY})
 
     try:
@@ -318,10 +319,15 @@ def receive(request: HttpRequest) -> Answer:
                 body=body, body_size=len(body), whole_body=True, error=refused.reason)
         return Answer.error(refused.status, refused.reason)
 
-    delivery = _record(request, headers, verdict=WebhookVerdict.VALID,
-                       outcome=WebhookOutcome.RECEIVED, body=body, body_size=len(body),
-                       whole_body=True, data=data)
-    outcome = process(delivery, data)
+    # The row and its outcome commit together: one commit per delivery. A processing
+    # error rolls back to a savepoint inside ``process``, so the row still commits
+    # (as failed, with its traceback). If the process dies before the commit, nothing
+    # was answered either, and fal delivers again.
+    with transaction.atomic():
+        delivery = _record(request, headers, verdict=WebhookVerdict.VALID,
+                           outcome=WebhookOutcome.RECEIVED, body=body, body_size=len(body),
+                           whole_body=True, data=data)
+        outcome = process(delivery, data)
     if outcome == WebhookOutcome.FAILED:
         # Our own failure: 5xx so that fal delivers again.
         return Answer.error(500, "processing failed, please retry")
@@ -417,14 +423,19 @@ def process(
     """Apply a stored, verified delivery; returns and records its outcome.
 
     The transition and the delivery's outcome commit together. When processing
-    raises, both roll back and the delivery is marked ``failed`` with its
-    traceback (the row itself was committed before, so it survives).
+    raises, both roll back (to a savepoint when the caller holds a transaction) and
+    the delivery is marked ``failed`` with its traceback; the row itself survives.
     """
     try:
         if data is None:
             data = parse(delivery.body.encode("utf-8"), delivery.header_request_id)
         with transaction.atomic():
-            training = Training.objects.filter(fal_request_id=data["request_id"]).first()
+            # Only what the transitions need: they reload the row they change.
+            training = (
+                Training.objects.filter(fal_request_id=data["request_id"])
+                .only("id", "avatar_id", "fal_request_id", "endpoint")
+                .first()
+            )
             if training is None:
                 outcome, note = WebhookOutcome.UNMATCHED, ""
             else:
@@ -447,15 +458,20 @@ def process(
         return WebhookOutcome.FAILED
     if outcome == WebhookOutcome.UNMATCHED:
         # The start of a training races its own webhook: if the request id was saved
-        # between our lookup and now, its training_submitted signal may have fired
-        # before this row said "unmatched". Look once more (the claim keeps it single).
-        training = Training.objects.filter(fal_request_id=data["request_id"]).first()
-        if training is not None:
-            apply_unmatched_deliveries(training_id=training.pk, request_id=data["request_id"])
-            return (
-                WebhookDelivery.objects.filter(pk=delivery.pk).values_list("outcome", flat=True).get()
-            )
+        # between our lookup and our commit, its training_submitted signal may have
+        # fired before this row said "unmatched". Look once more after our commit (the
+        # claim in apply_unmatched_deliveries keeps it single).
+        request_id = data["request_id"]
+        transaction.on_commit(lambda: _second_look(request_id))
     return outcome
+
+
+def _second_look(request_id: str) -> None:
+    training_id = (
+        Training.objects.filter(fal_request_id=request_id).values_list("pk", flat=True).first()
+    )
+    if training_id is not None:
+        apply_unmatched_deliveries(training_id=training_id, request_id=request_id)
 
 
 def reprocess(delivery: WebhookDelivery, *, actor: Any = None) -> str:

@@ -123,11 +123,13 @@ def test_it_fails_the_avatar_with_fals_message_on_an_error_delivery(deliver, tra
 
 
 def test_it_leaves_a_payload_fal_could_not_serialise_to_the_worker(
-    deliver, training_avatar, django_capture_on_commit_callbacks
+    deliver, fal, training_avatar, django_capture_on_commit_callbacks
 ):
-    avatar, training = training_avatar("req-null")
+    request_id = emulator_job(fal)
+    avatar, training = training_avatar(request_id)
+    fal.finish(request_id)
     Training.objects.filter(pk=training.pk).update(next_check_at=None)
-    body = delivery_body("req-null", payload=None, payload_error="Output too large to serialise")
+    body = delivery_body(request_id, payload=None, payload_error="Output too large to serialise")
 
     before = time.time()
     with django_capture_on_commit_callbacks(execute=True):
@@ -137,20 +139,43 @@ def test_it_leaves_a_payload_fal_could_not_serialise_to_the_worker(
     assert response.json() == {"outcome": "deferred"}
     avatar.refresh_from_db()
     training.refresh_from_db()
-    assert avatar.status == AvatarStatus.TRAINING  # nothing decided inside the request
+    assert avatar.status == AvatarStatus.TRAINING  # nothing fetched inside the request
+    assert fal.result_calls[request_id] == 0
     assert training.next_check_at is not None and training.next_check_at.timestamp() >= before - 1
     delivery = WebhookDelivery.objects.get()
     assert delivery.outcome == WebhookOutcome.DEFERRED
     assert delivery.error == "Output too large to serialise"
     assert Notification.objects.count() == 0
-    try:
-        from monitoring.tasks import recheck  # noqa: F401  (the engine's task)
-    except ImportError:
-        return
+
+    # The worker's task, queued on commit, fetches the result from fal's queue.
     from django_q.models import OrmQ
 
+    from monitoring import tasks
+
     queued = [task for task in OrmQ.objects.all() if task.func() == "monitoring.tasks.recheck"]
-    assert [task.task()["args"] for task in queued] == [([training.pk],)]
+    assert len(queued) == 1
+    tasks.recheck(*queued[0].task["args"], **queued[0].task["kwargs"])
+
+    avatar.refresh_from_db()
+    training.refresh_from_db()
+    assert avatar.status == AvatarStatus.COMPLETED
+    assert training.lora_url == lora_payload(request_id)["diffusers_lora_file"]["url"]
+    assert Notification.objects.count() == 1
+
+
+def emulator_job(fal) -> str:
+    """A real job on the emulator (as our submit would create), for checks to find."""
+    import requests
+
+    answer = requests.post(
+        f"{fal.base_url}/fal-ai/flux-lora-portrait-trainer",
+        json={"images_data_url": "https://example.com/p.zip", "trigger_phrase": "ohwx"},
+        headers={"Authorization": "Key test-key-id:test-key-secret-value"},
+        verify=fal.cert_file,
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return answer.json()["request_id"]
 
 
 # --- duplicates and races ----------------------------------------------------------------
@@ -273,23 +298,18 @@ def _race(*targets) -> list:
 def test_a_delivery_racing_the_periodic_check_gives_one_transition_and_one_notification(
     fal, training_avatar
 ):
-    import requests
-
-    for round_ in range(5):
+    winners = []
+    # The webhook starts a little later each round, so that both orders happen: the
+    # check's HTTPS calls to the emulator take a few hundred milliseconds here.
+    for round_, delay in enumerate([0.0, 0.05, 0.2, 0.4, 0.8]):
         # A real job on the emulator, finished, so the check sees COMPLETED too.
-        answer = requests.post(
-            f"{fal.base_url}/fal-ai/flux-lora-portrait-trainer",
-            json={"images_data_url": "https://example.com/p.zip", "trigger_phrase": "ohwx"},
-            headers={"Authorization": "Key test-key-id:test-key-secret-value"},
-            verify=fal.cert_file,
-            timeout=10,
-        ).json()
-        request_id = answer["request_id"]
+        request_id = emulator_job(fal)
         avatar, training = training_avatar(request_id)
         fal.finish(request_id)
         body, headers = fal.webhook_for(request_id)
 
-        def webhook(body=body, headers=headers):
+        def webhook(body=body, headers=headers, delay=delay):
+            time.sleep(delay)
             return Client().post(URL, data=body, content_type="application/json", headers=headers)
 
         def periodic_check(training_id=training.pk):
@@ -308,6 +328,8 @@ def test_a_delivery_racing_the_periodic_check_gives_one_transition_and_one_notif
             WebhookOutcome.APPLIED,
             WebhookOutcome.ALREADY_DONE,
         )
+        winners.append(AvatarEvent.objects.get(avatar=avatar, new_status="completed").source)
+    print("winners by round:", winners)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,395 @@
+"""Benchmark: signed fal webhook deliveries through gunicorn on PostgreSQL.
+
+What it measures: deliveries per second and p50/p99 latency of ``POST /webhooks/fal/``
+served by gunicorn (2 sync workers, as in production) on PostgreSQL, with 16
+concurrent clients sending a mix of first deliveries (each completes an avatar and
+queues its notification) and duplicates (exact replays and re-signed retries). In
+the same run, the same load goes to a minimal view that reads the body and inserts
+one row, as the baseline the ratio is computed against.
+
+Everything is its own: a fresh database (dropped at the end), the fal emulator for
+the JWKS (keys generated locally), the gunicorn processes. Nothing leaves 127.0.0.1.
+
+    .venv/bin/python bench/webhooks.py [--deliveries 3000] [--clients 16] [--duplicates 0.5]
+
+Targets (issue 4): at least 300 deliveries/s, p99 at most 100 ms, and at least 0.4
+of the minimal view's throughput.
+
+This module is also the bench-only URLconf and WSGI app that gunicorn loads
+(``bench.webhooks:wsgi()``): the production routes plus ``/bench/minimal/``. The
+baseline view lives here so that it never exists in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import http.client
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WEBHOOK_PATH = "/webhooks/fal/"
+MINIMAL_PATH = "/bench/minimal/"
+
+
+# --- what gunicorn loads -------------------------------------------------------------------
+
+
+def minimal(request):
+    """The baseline: read the body, insert one row, answer JSON. No checks at all."""
+    from django.http import JsonResponse
+
+    from monitoring.models import WebhookDelivery
+
+    body = request.read()
+    WebhookDelivery.objects.create(
+        verdict="valid", outcome="received", body=body.decode("utf-8", "replace"), body_size=len(body)
+    )
+    return JsonResponse({"outcome": "stored"})
+
+
+def __getattr__(name: str):
+    # ``urlpatterns`` is built on first use, after Django is set up in the worker, so
+    # that running this file as the benchmark does not import Django models.
+    if name == "urlpatterns":
+        from django.db import transaction
+        from django.urls import path
+        from django.views.decorators.csrf import csrf_exempt
+
+        from avatarsite.urls import urlpatterns as production
+
+        view = csrf_exempt(transaction.non_atomic_requests(minimal))
+        return [path(MINIMAL_PATH.strip("/") + "/", view), *production]
+    raise AttributeError(name)
+
+
+def wsgi():
+    """gunicorn app factory: the production settings with this module as URLconf."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "avatarsite.settings")
+    from django.conf import settings
+
+    settings.ROOT_URLCONF = __name__
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
+
+
+# --- set-up ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _create_database(server_url: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"bench_webhooks_{int(time.time())}_{os.getpid()}"
+    parts = urlsplit(server_url)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _make_trainings(count: int, prefix: str) -> list[str]:
+    """Avatars in training with submitted attempts, through the transitions module."""
+    from monitoring import transitions
+    from monitoring.models import EventSource, Owner
+
+    request_ids = []
+    owners = [Owner.objects.create(telegram_id=900_000 + i, username=f"bench{i}") for i in range(50)]
+    for i in range(count):
+        avatar = transitions.create_avatar(
+            owner=owners[i % len(owners)], name=f"bench {i}", training_type="portrait",
+            trigger_word="ohwx", images_url="https://example.com/p.zip", source=EventSource.COMMAND,
+        )
+        started = transitions.begin_training(
+            avatar, endpoint="fal-ai/flux-lora-portrait-trainer", arguments={},
+            webhook_url="", source=EventSource.COMMAND,
+        )
+        request_id = f"{prefix}-{i:06d}"
+        transitions.record_submitted(started.training, request_id=request_id, source=EventSource.COMMAND)
+        request_ids.append(request_id)
+    return request_ids
+
+
+def _deliveries(signer, request_ids: list[str], duplicates: float, seed: int) -> list[tuple[bytes, dict]]:
+    """First deliveries, each followed a little later by a duplicate for some of them.
+
+    Half the duplicates are exact replays (same signature), half re-signed retries
+    (fresh timestamp, new signature), as fal's retries would be.
+    """
+    from fakes.fal_signing import delivery_body, lora_payload
+
+    rng = random.Random(seed)
+    queue: list[tuple[float, int, tuple[bytes, dict]]] = []
+    for index, request_id in enumerate(request_ids):
+        body = delivery_body(request_id, payload=lora_payload(request_id))
+        headers = {**signer.headers(body, request_id), "Content-Type": "application/json"}
+        heapq.heappush(queue, (index, 0, (body, headers)))
+        if rng.random() < duplicates:
+            later = index + rng.randint(1, 200) + 0.5
+            if rng.random() < 0.5:
+                copy = headers
+            else:
+                copy = {
+                    **signer.headers(body, request_id, timestamp=int(time.time()) - rng.randint(1, 30)),
+                    "Content-Type": "application/json",
+                }
+            heapq.heappush(queue, (later, 1, (body, copy)))
+    return [heapq.heappop(queue)[2] for _ in range(len(queue))]
+
+
+def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, threads: int) -> subprocess.Popen:
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    process = subprocess.Popen(
+        [
+            str(gunicorn), "bench.webhooks:wsgi()",
+            "--bind", f"127.0.0.1:{port}",
+            "--workers", "2",
+            "--threads", str(threads),  # 1: sync workers, as bin/docker-entrypoint runs them
+            "--timeout", "30",
+            "--access-logfile", str(log_dir / "access.log"),
+            "--error-logfile", str(log_dir / "error.log"),
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gunicorn exited: see {log_dir / 'error.log'}")
+        try:
+            status, _ = _post(port, MINIMAL_PATH, b"{}", {"Content-Type": "application/json"})
+            if status == 200:
+                return process
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("gunicorn did not answer within 30 s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+def _post(port: int, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _client_process(port, path, work, threads, barrier, results) -> None:
+    """One load process: ``threads`` clients sharing this process's slice of the work."""
+    lock = threading.Lock()
+    items = iter(work)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    def client() -> None:
+        while True:
+            with lock:
+                item = next(items, None)
+            if item is None:
+                return
+            body, headers = item
+            started = time.perf_counter()
+            try:
+                status, _ = _post(port, path, body, headers)
+            except OSError:
+                status = 599
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    barrier.wait()
+    started = time.time()
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    results.put((started, time.time(), latencies, statuses))
+
+
+def run_load(port: int, path: str, work: list, clients: int, processes: int = 4) -> dict:
+    """``clients`` concurrent clients (threads over a few processes, to dodge the GIL)."""
+    processes = max(1, min(processes, clients))
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    slices = [work[i::processes] for i in range(processes)]
+    per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    procs = [
+        context.Process(target=_client_process, args=(port, path, slices[i], per_process[i], barrier, results))
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    gathered = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    start = min(g[0] for g in gathered)
+    end = max(g[1] for g in gathered)
+    latencies = sorted(lat for g in gathered for lat in g[2])
+    statuses: dict[int, int] = {}
+    for g in gathered:
+        for status, count in g[3].items():
+            statuses[status] = statuses.get(status, 0) + count
+    return {
+        "requests": len(latencies),
+        "seconds": end - start,
+        "per_second": len(latencies) / (end - start),
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=3000, help="first deliveries (avatars)")
+    parser.add_argument("--duplicates", type=float, default=0.5, help="share of them delivered again")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
+    args = parser.parse_args(argv)
+
+    server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
+    db_name, db_url = _create_database(server_url)
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
+    from fakes.fal_emulator import FalEmulator
+
+    emulator = FalEmulator(state_dir=work_dir / "fal").start()
+    gunicorn = None
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "DJANGO_SETTINGS_MODULE": "avatarsite.settings",
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-secret-key-0123456789-0123456789-0123456789-0123456789",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "0",
+        "FAL_KEY": "bench-key-id:bench-key-secret",
+        "PUBLIC_BASE_URL": "http://127.0.0.1",
+        "FAL_WEBHOOK_JWKS_URL": emulator.jwks_url,
+        "SSL_CERT_FILE": emulator.cert_file,
+        "NOTIFICATION_BACKEND": "locmem",
+        "LOG_LEVEL": "WARNING",
+        "PTB_TIMEDELTA": "true",
+    }
+    try:
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connections
+
+        call_command("migrate", verbosity=0)
+        print(f"database {db_name} migrated; creating {args.deliveries} trainings …", flush=True)
+        request_ids = _make_trainings(args.deliveries, "bench")
+        warmup_ids = [f"warmup-{i}" for i in range(200)]  # unmatched: no avatar changes
+        work = _deliveries(emulator.signer, request_ids, args.duplicates, args.seed)
+        warmup = _deliveries(emulator.signer, warmup_ids, 0.0, args.seed)
+        connections.close_all()
+
+        port = _free_port()
+        gunicorn = _start_gunicorn(port, env, work_dir, args.threads)
+        run_load(port, MINIMAL_PATH, warmup, args.clients)
+        run_load(port, WEBHOOK_PATH, warmup, args.clients)
+
+        baseline = run_load(port, MINIMAL_PATH, work, args.clients)
+        webhooks = run_load(port, WEBHOOK_PATH, work, args.clients)
+        _stop(gunicorn)
+
+        from django.db.models import Count
+
+        from monitoring.models import Avatar, WebhookDelivery
+        from notifications.models import Notification
+
+        completed = Avatar.objects.filter(status="completed").count()
+        outcomes = dict(
+            sorted(
+                WebhookDelivery.objects.exclude(outcome="received")
+                .exclude(request_id__startswith="warmup-")
+                .values_list("outcome")
+                .annotate(n=Count("id"))
+            )
+        )
+        notifications = Notification.objects.count()
+        connections.close_all()
+    finally:
+        if gunicorn is not None:
+            _stop(gunicorn)
+        emulator.stop()
+        _drop_database(server_url, db_name)
+
+    ratio = webhooks["per_second"] / baseline["per_second"]
+    print()
+    kind = "sync workers" if args.threads == 1 else f"workers x {args.threads} threads"
+    print(f"gunicorn 2 {kind}, PostgreSQL, {args.clients} concurrent clients, "
+          f"{len(work)} requests each ({args.deliveries} first deliveries + "
+          f"{len(work) - args.deliveries} duplicates)")
+    print(f"{'':24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
+    for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
+        print(f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"
+              f"{figures['p99_ms']:>10.1f}  {figures['statuses']}")
+    print(f"ratio webhooks/minimal: {ratio:.2f}")
+    print(f"avatars completed: {completed}/{args.deliveries}, notifications queued: {notifications}, "
+          f"delivery outcomes: {outcomes}")
+    targets = {
+        ">= 300 deliveries/s": webhooks["per_second"] >= 300,
+        "p99 <= 100 ms": webhooks["p99_ms"] <= 100,
+        ">= 0.4 of minimal": ratio >= 0.4,
+        "every avatar completed once": completed == args.deliveries == notifications,
+        "no 5xx": all(status < 500 for status in webhooks["statuses"]),
+    }
+    for name, met in targets.items():
+        print(f"  {'met ' if met else 'MISSED'} {name}")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
