@@ -274,14 +274,32 @@ def run_load(port: int, path: str, work: list, clients: int, processes: int = 4)
     for g in gathered:
         for status, count in g[3].items():
             statuses[status] = statuses.get(status, 0) + count
+    return _figures(latencies, end - start, statuses)
+
+
+def _figures(latencies: list[float], seconds: float, statuses: dict[int, int]) -> dict:
+    latencies = sorted(latencies)
     return {
         "requests": len(latencies),
-        "seconds": end - start,
-        "per_second": len(latencies) / (end - start),
+        "seconds": seconds,
+        "per_second": len(latencies) / seconds,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "statuses": dict(sorted(statuses.items())),
+        "latencies": latencies,
     }
+
+
+def _combine(parts: list[dict]) -> dict:
+    statuses: dict[int, int] = {}
+    for part in parts:
+        for status, count in part["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    return _figures(
+        [lat for part in parts for lat in part["latencies"]],
+        sum(part["seconds"] for part in parts),
+        statuses,
+    )
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -294,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of each load")
     args = parser.parse_args(argv)
 
     server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
@@ -340,8 +359,16 @@ def main(argv: list[str] | None = None) -> int:
         run_load(port, MINIMAL_PATH, warmup, args.clients)
         run_load(port, WEBHOOK_PATH, warmup, args.clients)
 
-        baseline = run_load(port, MINIMAL_PATH, work, args.clients)
-        webhooks = run_load(port, WEBHOOK_PATH, work, args.clients)
+        # Alternate the two loads in rounds, so that whatever else the machine is doing
+        # weighs on both alike and the ratio stays meaningful.
+        rounds = []
+        size = -(-len(work) // args.rounds)
+        for start in range(0, len(work), size):
+            chunk = work[start : start + size]
+            rounds.append((run_load(port, MINIMAL_PATH, chunk, args.clients),
+                           run_load(port, WEBHOOK_PATH, chunk, args.clients)))
+        baseline = _combine([r[0] for r in rounds])
+        webhooks = _combine([r[1] for r in rounds])
         _stop(gunicorn)
 
         from django.db.models import Count
@@ -371,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = "sync workers" if args.threads == 1 else f"workers x {args.threads} threads"
     print(f"gunicorn 2 {kind}, PostgreSQL, {args.clients} concurrent clients, "
           f"{len(work)} requests each ({args.deliveries} first deliveries + "
-          f"{len(work) - args.deliveries} duplicates)")
+          f"{len(work) - args.deliveries} duplicates), {len(rounds)} alternating rounds")
     print(f"{'':24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
     for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
         print(f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"

@@ -134,14 +134,15 @@ def _clean_json(value: Any) -> Any:
 
 
 def _kept_headers(request: HttpRequest) -> dict[str, str]:
-    kept: dict[str, str] = {}
+    """The headers worth keeping, the four signed ones first (and always, when sent)."""
+    kept = {name: request.headers[name] for name in SIGNED_HEADERS if name in request.headers}
     for name, value in request.headers.items():
-        title = name.title()
-        if title.startswith("X-Fal-") or title in KEPT_HEADERS:
-            kept[_clean(title, 64)] = _clean(str(value), MAX_HEADER_VALUE)
         if len(kept) >= MAX_KEPT_HEADERS:
             break
-    return kept
+        title = name.title()
+        if (title.startswith("X-Fal-") or title in KEPT_HEADERS) and title not in kept:
+            kept[title] = value
+    return {_clean(name, 64): _clean(str(value), MAX_HEADER_VALUE) for name, value in kept.items()}
 
 
 def _remote_addr(request: HttpRequest) -> str | None:
