@@ -278,7 +278,7 @@ def receive(request: HttpRequest) -> Answer:
     if declared is not None and declared > limit:
         reason = f"body of {declared} bytes is larger than the {limit} bytes allowed"
         _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
-                outcome=WebhookOutcome.REJECTED, body_size=declared, error=reason)
+                outcome=WebhookOutcome.REJECTED, body_size=min(declared, 2**31 - 1), error=reason)
         return Answer.error(413, reason)
     body, too_large = _read_body(request, limit)
     if too_large:

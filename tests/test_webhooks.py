@@ -448,6 +448,17 @@ def test_it_refuses_a_body_larger_than_the_limit_from_content_length(deliver, fa
     assert (delivery.verdict, delivery.body, delivery.body_size) == (WebhookVerdict.TOO_LARGE, "", len(body))
 
 
+def test_it_refuses_an_absurd_content_length_without_reading_anything(client, training_avatar):
+    training_avatar("req-absurd")
+    before = snapshot()
+
+    response = client.post(URL, data=b"{}", content_type="application/json", CONTENT_LENGTH="99999999999999")
+
+    assert response.status_code == 413
+    assert snapshot() == before
+    assert WebhookDelivery.objects.get().verdict == WebhookVerdict.TOO_LARGE
+
+
 def test_it_counts_while_reading_when_there_is_no_content_length(fal, settings, training_avatar):
     """A chunked request has no Content-Length: the server's stream is read with a count."""
     settings.WEBHOOK_MAX_BODY_BYTES = 2048
