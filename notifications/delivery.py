@@ -298,6 +298,45 @@ def _backoff(failures: int) -> float:
     return min(delay, settings.NOTIFICATION_RETRY_MAX_SECONDS)
 
 
+class _NoSlot(Exception):
+    """The rate limits want a longer wait than a task should sleep: hand the row back."""
+
+    def __init__(self, wait: float):
+        self.wait = wait
+
+
+class _SlotTaker:
+    """Called by the backend just before its request: reserve a rate-limit slot, open the attempt."""
+
+    def __init__(self, notification: Notification, chat_id: int):
+        self.notification = notification
+        self.chat_id = chat_id
+        self.attempt: NotificationAttempt | None = None
+
+    def __call__(self) -> None:
+        while (wait := rate_limits.reserve(self.chat_id)) > 0:
+            if not _sleep_if_short(self.notification, wait):
+                raise _NoSlot(wait)
+        # Recorded before the request leaves: a worker that dies now leaves a trace.
+        self.attempt = NotificationAttempt.objects.create(
+            notification=self.notification,
+            chat_id=self.chat_id,
+            outcome=Outcome.IN_FLIGHT,
+            worker=self.notification.claimed_by,
+        )
+
+    def attempt_for_record(self) -> NotificationAttempt:
+        """The attempt to record an answer on (created now if the backend failed before)."""
+        if self.attempt is None:
+            self.attempt = NotificationAttempt.objects.create(
+                notification=self.notification,
+                chat_id=self.chat_id,
+                outcome=Outcome.IN_FLIGHT,
+                worker=self.notification.claimed_by,
+            )
+        return self.attempt
+
+
 def send_claimed(notification: Notification, backend: BaseBackend | None = None) -> str:
     """Send a row this worker has claimed, following Telegram's answers to the end."""
     backend = backend or get_backend()
@@ -321,27 +360,22 @@ def send_claimed(notification: Notification, backend: BaseBackend | None = None)
             )
             return "owner unreachable"
 
-        wait = rate_limits.reserve(chat_id)
-        if wait > 0:
-            if _sleep_if_short(notification, wait):
-                continue
-            _release(notification, after=wait, error=notification.last_error)
-            return f"rate limited for {wait:.1f} s"
-
-        attempt = NotificationAttempt.objects.create(
-            notification=notification,
-            chat_id=chat_id,
-            outcome=Outcome.IN_FLIGHT,
-            worker=notification.claimed_by,
-        )
+        # The slot is taken at the last moment, once the HTTP client is ready, so that
+        # the limits hold for requests as Telegram sees them, not for our intentions.
+        slot = _SlotTaker(notification, chat_id)
+        error: SendError | None = None
         try:
-            receipt = backend.send(chat_id, notification.text)
+            receipt = backend.send(chat_id, notification.text, ready=slot)
+        except _NoSlot as exc:
+            _release(notification, after=exc.wait, error=notification.last_error)
+            return f"rate limited for {exc.wait:.1f} s"
         except SendError as exc:
             error = exc
         except Exception as exc:  # a bug in a backend must not lose the row
             logger.exception("Unexpected error sending notification %s", notification.pk)
             error = Transient(f"{exc.__class__.__name__}: {exc}")
-        else:
+        attempt = slot.attempt_for_record()
+        if error is None:
             now = timezone.now()
             _record(attempt, Outcome.SENT, telegram_message_id=receipt.message_id)
             _close(

@@ -1,7 +1,7 @@
 """Telegram's sending limits, shared by every worker process through the database.
 
 At most one message per second to a chat, 20 per minute to a group chat (negative
-ids), and 25 per second overall (Telegram allows about 30; we keep a margin). A
+ids), and 25 per second overall, evenly spaced (Telegram allows about 30; we keep a margin). A
 worker reserves a slot before it calls Telegram; the reservation is a row in
 ``RateLimitMark``, taken under a row lock on the ``SenderState`` singleton so two
 processes never both see the same free slot. Nothing is held in process memory,
@@ -62,6 +62,18 @@ def _wait_needed(chat_id: int, now: datetime) -> float:
                 settings.NOTIFICATION_RATE_GROUP_PER_MINUTE,
             )
         )
+    # Overall: evenly spaced (1/limit s apart) rather than bursts of ``limit`` at the
+    # start of each second, so that network jitter cannot bunch two bursts into one
+    # second at Telegram's end; the window check below is the hard ceiling.
+    spacing = timedelta(seconds=1 / settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND)
+    latest = (
+        RateLimitMark.objects.filter(sent_at__gt=now - spacing)
+        .order_by("-sent_at")
+        .values_list("sent_at", flat=True)
+        .first()
+    )
+    if latest is not None:
+        waits.append((latest + spacing - now).total_seconds())
     waits.append(
         _window_wait(
             RateLimitMark.objects.all(),

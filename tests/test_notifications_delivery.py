@@ -354,3 +354,71 @@ def test_names_with_markup_characters_and_emoji_arrive_intact(
     assert name in received.plain
     assert received.plain.startswith("🎉 Your avatar is ready!")
     assert "portrait" in received.plain
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_the_real_webhook_and_the_real_periodic_check_racing_send_one_message(
+    telegram, fal, make_avatar, run_deliveries, settings, round_
+):
+    from django.test import Client
+
+    from monitoring.models import Training
+    from monitoring.status_checks import check_trainings
+    from monitoring.trainings import start_training
+
+    settings.FAL_CALL_TIMEOUT_SECONDS = 5.0
+    fal.drop_webhooks()
+    fal.script(queue_seconds=60)
+    avatar = make_avatar(name=f"Гонка {round_}")
+    training = start_training(avatar, source=EventSource.COMMAND).training
+    fal.finish(training.fal_request_id)
+    body, headers = fal.webhook_for(training.fal_request_id)
+    barrier = threading.Barrier(2)
+    answers = {}
+
+    def webhook():
+        try:
+            barrier.wait()
+            answers["webhook"] = Client().post(
+                "/webhooks/fal/", data=body, content_type="application/json", headers=headers
+            ).status_code
+        finally:
+            connection.close()
+
+    def periodic_check():
+        try:
+            barrier.wait()
+            answers["check"] = check_trainings([Training.objects.get(pk=training.pk)], source="check")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=webhook), threading.Thread(target=periodic_check)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run_deliveries()
+    delivery.sweep()
+    run_deliveries()
+
+    assert answers["webhook"] == 200
+    received = telegram.messages_to(avatar.owner.telegram_id)
+    assert len(received) == 1
+    assert f"Гонка {round_}" in received[0].plain
+
+
+def test_a_fal_account_alert_reaches_staff_without_the_fal_key(
+    telegram, run_deliveries, settings
+):
+    from notifications import outbox
+
+    outbox.queue_fal_account_alert(
+        status_code=401, detail=f"No user found for Key {settings.FAL_KEY}"
+    )
+    outbox.queue_fal_account_alert(status_code=401, detail="again, same hour")
+    run_deliveries()
+
+    (alert,) = telegram.messages_to(STAFF_CHAT_ID)
+    assert "401" in alert.plain and "ключ fal отклонён" in alert.plain
+    assert settings.FAL_KEY not in alert.plain
+    assert settings.FAL_KEY.split(":")[1] not in alert.plain

@@ -42,8 +42,9 @@ def test_it_allows_twenty_messages_a_minute_to_a_group(limits):
     wait = rate_limits.reserve(group, now=start + timedelta(seconds=23))
     assert wait == pytest.approx(37, abs=0.1)  # until the first of the 20 is a minute old
     # A private chat is not held to the group limit.
+    later = start + timedelta(seconds=24)
     for i in range(21):
-        assert rate_limits.reserve(7, now=start + timedelta(seconds=1.1 * i)) == 0.0
+        assert rate_limits.reserve(7, now=later + timedelta(seconds=1.1 * i)) == 0.0
 
 
 def test_the_overall_limit_holds_across_concurrent_workers(limits):
@@ -110,4 +111,4 @@ def test_messages_to_one_chat_arrive_at_least_a_second_apart_whatever_the_worker
     received = sorted(m.received_at for m in telegram.messages_to(owner.telegram_id))
     assert len(received) == 3
     gaps = [b - a for a, b in zip(received, received[1:], strict=False)]
-    assert min(gaps) >= 0.9
+    assert min(gaps) >= 0.95

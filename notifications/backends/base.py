@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -53,7 +54,15 @@ class Transient(SendError):
 class BaseBackend:
     name = "base"
 
-    def send(self, chat_id: int, text: str) -> SendReceipt:  # pragma: no cover - interface
+    def send(
+        self, chat_id: int, text: str, *, ready: Callable[[], None] | None = None
+    ) -> SendReceipt:  # pragma: no cover - interface
+        """Send ``text``; call ``ready()`` right before the request goes out.
+
+        ``ready`` takes the rate-limit slot (and may wait, or raise to abandon the
+        send); calling it as late as possible makes the limits hold for the requests
+        as Telegram receives them. Exceptions from ``ready`` propagate unchanged.
+        """
         raise NotImplementedError
 
     def probe(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 
 from notifications.backends.base import BaseBackend, SendReceipt
 
@@ -13,7 +14,11 @@ _message_ids = itertools.count(1)
 class ConsoleBackend(BaseBackend):
     name = "console"
 
-    def send(self, chat_id: int, text: str) -> SendReceipt:
+    def send(
+        self, chat_id: int, text: str, *, ready: Callable[[], None] | None = None
+    ) -> SendReceipt:
+        if ready is not None:
+            ready()
         message_id = next(_message_ids)
         sys.stdout.write(f"--- Telegram message to chat {chat_id} (#{message_id}) ---\n{text}\n")
         sys.stdout.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notifications.backends.base import BaseBackend, SendReceipt
@@ -24,7 +25,11 @@ _message_ids = itertools.count(1)
 class LocmemBackend(BaseBackend):
     name = "locmem"
 
-    def send(self, chat_id: int, text: str) -> SendReceipt:
+    def send(
+        self, chat_id: int, text: str, *, ready: Callable[[], None] | None = None
+    ) -> SendReceipt:
+        if ready is not None:
+            ready()
         with _lock:
             message = SentMessage(chat_id, text, next(_message_ids))
             outbox.append(message)

@@ -1,7 +1,7 @@
 """The one module that talks to Telegram (python-telegram-bot), and classifies its errors.
 
 ``telegram.Bot`` is async only and its HTTP client belongs to one event loop, so
-every send runs in its own ``asyncio.run`` with an ``HTTPXRequest`` created and
+every send runs in its own new event loop with an ``HTTPXRequest`` created and
 closed inside it (a client kept across two loops fails with "Event loop is
 closed", which would look like a network error). No ORM inside the coroutine: the
 delivery module loads rows before and saves outcomes after.
@@ -14,6 +14,7 @@ are scrubbed before they are raised, and the ``httpx`` logger stays at WARNING
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -43,9 +44,12 @@ class TelegramBackend(BaseBackend):
     def __repr__(self) -> str:  # never the token
         return f"<TelegramBackend {self.base_url}>"
 
-    def send(self, chat_id: int, text: str) -> SendReceipt:
+    def send(
+        self, chat_id: int, text: str, *, ready: Callable[[], None] | None = None
+    ) -> SendReceipt:
         message = self._call(
             "send_message",
+            ready=ready,
             chat_id=chat_id,
             text=text,
             parse_mode="HTML",
@@ -58,36 +62,52 @@ class TelegramBackend(BaseBackend):
 
     # --- internals ---------------------------------------------------------------------
 
-    def _call(self, method: str, **kwargs: Any) -> Any:
-        if not self.token:
-            raise TokenRejected("TELEGRAM_BOT_TOKEN is not set")
-        try:
-            return asyncio.run(self._in_fresh_client(method, kwargs))
-        except SendError:
-            raise
-        except Exception as exc:  # anything else is classified, never raised raw
-            raise self._classify(exc) from None
+    def _call(self, method: str, *, ready: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+        """One Bot API call in a fresh event loop with its own HTTP client.
 
-    async def _in_fresh_client(self, method: str, kwargs: dict[str, Any]) -> Any:
+        The same discipline as ``asyncio.run`` (a new loop, the client created and
+        closed in it, async generators shut down), spelled out so that ``ready()``
+        runs between setting up the client and sending: the loop is not running
+        then, so the ORM may be used, and the request follows within a millisecond.
+        """
         from telegram import Bot
         from telegram.request import HTTPXRequest
 
+        if not self.token:
+            raise TokenRejected("TELEGRAM_BOT_TOKEN is not set")
+        loop = asyncio.new_event_loop()
         request = HTTPXRequest(
             connect_timeout=self.timeout,
             read_timeout=self.timeout,
             write_timeout=self.timeout,
             pool_timeout=self.timeout,
         )
-        async with request:
-            bot = Bot(
-                self.token,
-                base_url=self.base_url,
-                request=request,
-                get_updates_request=request,
-            )
-            # send_message needs no initialize() (that is one more getMe round trip);
-            # the request object is closed by the ``async with``.
-            return await asyncio.wait_for(getattr(bot, method)(**kwargs), self.timeout * 2)
+        try:
+            try:
+                loop.run_until_complete(request.initialize())
+                # send_message needs no Bot.initialize() (one more getMe round trip).
+                bot = Bot(
+                    self.token,
+                    base_url=self.base_url,
+                    request=request,
+                    get_updates_request=request,
+                )
+            except Exception as exc:
+                raise self._classify(exc) from None
+            if ready is not None:
+                ready()  # its exceptions are the caller's, not Telegram's
+            try:
+                return loop.run_until_complete(
+                    asyncio.wait_for(getattr(bot, method)(**kwargs), self.timeout * 2)
+                )
+            except Exception as exc:  # anything else is classified, never raised raw
+                raise self._classify(exc) from None
+        finally:
+            try:
+                loop.run_until_complete(request.shutdown())
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
     def _scrub(self, text: str) -> str:
         from avatarsite.log_redaction import REDACTED, redact
