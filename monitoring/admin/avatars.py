@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
+from django.db import models
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, path, reverse
@@ -287,6 +288,7 @@ class AvatarAdmin(admin.ModelAdmin):
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
     )
     raw_id_fields = ("owner",)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Avatar]:
         state_since = (
@@ -297,12 +299,8 @@ class AvatarAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(state_since=Subquery(state_since))
 
     def get_search_results(self, request, queryset, search_term):
-        # "@name" is how staff write Telegram usernames; an id search must not
-        # multiply rows through the trainings join.
-        queryset, _duplicates = super().get_search_results(
-            request, queryset, search_term.strip().lstrip("@")
-        )
-        return queryset, True
+        # "@name" is how staff write Telegram usernames.
+        return super().get_search_results(request, queryset, search_term.strip().lstrip("@"))
 
     def get_readonly_fields(self, request: HttpRequest, obj: Avatar | None = None) -> tuple[str, ...]:
         # What was trained is history once a training exists.
