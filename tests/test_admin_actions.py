@@ -78,6 +78,8 @@ def test_recheck_now_queues_the_check_and_the_worker_completes_a_finished_job(ad
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.TRAINING
     assert any("re-check queued" in m for m in messages_of(response))
+    requested = AvatarEvent.objects.get(training=training, kind=EventKind.RECHECK_REQUESTED)
+    assert requested.actor.username == "admin" and requested.source == EventSource.STAFF
     [package] = queued_monitoring_tasks()
     assert package.task["func"] == "monitoring.tasks.recheck"
     assert package.task["args"][0] == [training.pk]

@@ -179,12 +179,23 @@ def test_manual_check_exits_non_zero_for_an_unknown_avatar_in_a_real_process():
     assert "CommandError: Unknown avatar id(s): 424242" in result.stderr
 
 
-def test_manual_check_has_help():
-    result = managepy("manual_status_check", "--help")
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("manual_status_check", ("--avatar", "--all", "--stuck", "--dry-run")),
+        ("check_fal_status", ("REQUEST_ID", "request_id", "--endpoint", "--logs", "--result")),
+        ("check_worker_heartbeat", ("--max-age",)),
+        ("prune", ("--dry-run",)),
+    ],
+)
+def test_each_staff_command_explains_itself(command, flags):
+    result = managepy(command, "--help")
 
-    assert result.returncode == 0
-    for flag in ("--avatar", "--all", "--stuck", "--dry-run"):
-        assert flag in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert any(flag in result.stdout for flag in flags)
+    for flag in flags:
+        if flag.startswith("--"):
+            assert flag in result.stdout
 
 
 # --- check_fal_status ----------------------------------------------------------------------

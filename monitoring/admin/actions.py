@@ -19,6 +19,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
@@ -27,7 +28,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from monitoring import transitions
-from monitoring.models import Avatar, AvatarStatus, EventSource, FalStatus, Training
+from monitoring.models import (
+    Avatar,
+    AvatarEvent,
+    AvatarStatus,
+    EventKind,
+    EventSource,
+    FalStatus,
+    Training,
+)
 
 STAFF = EventSource.STAFF
 
@@ -108,29 +117,43 @@ def _each(
 def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]) -> None:
     from django_q.tasks import async_task
 
-    ids: list[int] = []
+    trainings: list[Training] = []
     skipped: list[Avatar] = []
     for avatar in queryset.select_related("current_training").order_by("pk"):
         training = _active_training(avatar)
         if training is None:
             skipped.append(avatar)
         else:
-            ids.append(training.pk)
+            trainings.append(training)
             _report(request, avatar, _("re-check queued (training attempt %(attempt)s).") % {
                 "attempt": training.attempt
             }, messages.SUCCESS)
     for avatar in skipped:
         _report(request, avatar, _("not re-checked: no active training."), messages.WARNING)
+    ids = [training.pk for training in trainings]
     if ids:
         # One task for the whole selection: the engine checks them concurrently,
-        # each call bounded in time, and records what changed.
-        async_task(
-            "monitoring.tasks.recheck",
-            ids,
-            source=STAFF,
-            actor_id=request.user.pk,
-            task_name=f"staff re-check of {len(ids)} training(s)",
-        )
+        # each call bounded in time, and records what changed. The request is in
+        # each timeline (who asked, when) even if the check changes nothing; it is
+        # not a status change, so it needs no transition.
+        with transaction.atomic():
+            AvatarEvent.objects.bulk_create(
+                AvatarEvent(
+                    avatar_id=training.avatar_id,
+                    training_id=training.pk,
+                    kind=EventKind.RECHECK_REQUESTED,
+                    source=STAFF,
+                    actor=request.user,
+                )
+                for training in trainings
+            )
+            async_task(
+                "monitoring.tasks.recheck",
+                ids,
+                source=STAFF,
+                actor_id=request.user.pk,
+                task_name=f"staff re-check of {len(ids)} training(s)",
+            )
 
 
 # --- Start / retrain ---------------------------------------------------------------------
