@@ -112,6 +112,11 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(live_server, fal, make_avat
             ).to_contain_text("In queue, #7")
             page.screenshot(path=str(ARTIFACTS / "admin-avatar-changelist.png"), full_page=True)
 
+            anna.locator("a", has_text="Anna portrait").click()
+            playwright_api.expect(page.locator("body")).to_contain_text("Re-check requested")
+            playwright_api.expect(page.locator("body")).to_contain_text("diffusers_lora_file")
+            page.screenshot(path=str(ARTIFACTS / "admin-avatar-page.png"), full_page=True)
+
             page.goto(f"{live_server.url}/admin/")
             page.click("text=Dashboard")
             playwright_api.expect(page.locator("#stuck-trainings")).to_contain_text("Nothing is stuck.")

@@ -197,10 +197,16 @@ class TrainingInline(ReadOnlyInline):
     fields = (
         "attempt", "fal_request_id", "fal_status", "queue_position", "created_at",
         "submitted_at", "finished_at", "outcome", "error_message", "last_checked_at",
-        "stuck_reason",
+        "stuck_now",
     )
     readonly_fields = fields
     ordering = ("-attempt",)
+
+    @admin.display(description=gettext_lazy("stuck reason"))
+    def stuck_now(self, training: Training) -> str:
+        # A finished attempt keeps its last stuck reason in the column; only an
+        # active, flagged one is stuck.
+        return training.stuck_reason if training.is_stuck else ""
 
 
 class AvatarEventInline(ReadOnlyInline):
