@@ -422,3 +422,30 @@ def test_a_fal_account_alert_reaches_staff_without_the_fal_key(
     assert "401" in alert.plain and "ключ fal отклонён" in alert.plain
     assert settings.FAL_KEY not in alert.plain
     assert settings.FAL_KEY.split(":")[1] not in alert.plain
+
+
+def test_an_attempt_left_in_flight_by_a_dead_worker_is_explained_to_staff(
+    telegram, training_avatar, run_deliveries, settings
+):
+    settings.NOTIFICATION_LEASE_SECONDS = 0.3
+    avatar, training = training_avatar()
+    _complete(training)
+    row = Notification.objects.get()
+    from django_q.models import OrmQ
+
+    OrmQ.objects.all().delete()
+    # The worker took its slot and opened the attempt, then died before the request.
+    claimed = delivery.claim(row.pk, worker="dead-worker")
+    NotificationAttempt.objects.create(
+        notification=claimed, chat_id=claimed.chat_id, outcome=Outcome.IN_FLIGHT, worker="dead-worker"
+    )
+
+    time.sleep(0.4)
+    delivery.sweep()
+    run_deliveries()
+
+    dead, sent = row.attempt_log.order_by("started_at", "id")
+    assert dead.outcome == Outcome.IN_FLIGHT and dead.finished_at is not None
+    assert "lease expired" in dead.error
+    assert sent.outcome == Outcome.SENT and sent.worker != "dead-worker"
+    assert len(telegram.messages_to(avatar.owner.telegram_id)) == 1
