@@ -59,17 +59,18 @@ def stuck_trainings(limit: int = 50) -> list[Training]:
 
 
 def fal_error_rate(now: datetime) -> dict[str, Any]:
-    """fal errors per status call over the last hour, from the check runs' counters."""
+    """Share of status checks that fal answered with an error over the last hour."""
     totals = CheckRun.objects.filter(started_at__gte=now - timedelta(hours=1)).aggregate(
         checked=Sum("checked"), errors=Sum("errors"), runs=Count("id")
     )
+    # A run's ``checked`` counts every training asked about, including those whose
+    # status call failed (``errors``).
     checked, errors = totals["checked"] or 0, totals["errors"] or 0
-    calls = checked + errors
     return {
         "runs": totals["runs"],
         "checked": checked,
         "errors": errors,
-        "percent": round(100.0 * errors / calls, 1) if calls else None,
+        "percent": round(100.0 * errors / checked, 1) if checked else None,
     }
 
 

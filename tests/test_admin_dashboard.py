@@ -70,12 +70,13 @@ def test_no_heartbeat_at_all_says_so(admin_client):
 
 def test_fal_error_rate_covers_the_last_hour_only(db):
     now = timezone.now()
-    CheckRun.objects.create(started_at=now - timedelta(minutes=10), checked=90, errors=10)
-    CheckRun.objects.create(started_at=now - timedelta(hours=3), checked=0, errors=50)
+    CheckRun.objects.create(started_at=now - timedelta(minutes=10), checked=60, errors=10)
+    CheckRun.objects.create(started_at=now - timedelta(minutes=50), checked=40, errors=0)
+    CheckRun.objects.create(started_at=now - timedelta(hours=3), checked=50, errors=50)
 
     rate = dashboard.fal_error_rate(now)
 
-    assert rate == {"runs": 1, "checked": 90, "errors": 10, "percent": 10.0}
+    assert rate == {"runs": 2, "checked": 100, "errors": 10, "percent": 10.0}
 
 
 def test_trainings_finished_per_hour_count_outcomes_and_mean_durations(finished_trainings):
