@@ -297,6 +297,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "telegram": {"level": "WARNING"},
-        "django_q": {"level": env_str("DJANGO_Q_LOG_LEVEL", "WARNING")},
+        # django-q2 logs as "django-q" (cluster start and stop, task failures).
+        "django-q": {"level": env_str("DJANGO_Q_LOG_LEVEL", "INFO")},
     },
 }

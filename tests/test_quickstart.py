@@ -1,0 +1,89 @@
+"""The README's first command, run as a user would: it serves the admin with the worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def fetch(url: str) -> tuple[int, str] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+def test_bin_run_serves_the_admin_on_sqlite_with_the_worker_running_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    # A user's shell: no fal key (so the demo emulator starts), SQLite, nothing of the tests'.
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "LANG": "C.UTF-8",
+        "PORT": str(port),
+        "STATE_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+    }
+    process = subprocess.Popen(
+        ["bash", "bin/run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        status, page = wait_for(
+            lambda: fetch(f"http://127.0.0.1:{port}/admin/login/"), 180, "the admin login page"
+        )
+        assert status == 200 and "csrfmiddlewaretoken" in page
+        wait_for(
+            lambda: any("Мониторинг восстановлен" in line for line in output),
+            60,
+            "the worker's restore line",
+        )
+        text = "".join(output)
+        assert f"http://127.0.0.1:{port}/admin/" in text
+        assert "createsuperuser" in text
+        assert "DEMO" in text
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's group
+        process.wait(timeout=60)
+    reader.join(timeout=5)
+    # Ctrl-C stopped everything it started: the port is free and no process is left.
+    assert fetch(f"http://127.0.0.1:{port}/admin/login/") is None
+    with pytest.raises(ProcessLookupError):
+        wait_for(lambda: os.killpg(process.pid, 0) and False, 15, "the process group to end")
