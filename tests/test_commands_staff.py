@@ -273,3 +273,15 @@ def test_check_fal_status_works_for_a_request_we_do_not_know(fal, queued):
 
     assert "Not a request of this monitor" in out
     assert '"status": "IN_QUEUE"' in out
+
+
+def test_check_fal_status_reports_a_rejected_key_without_showing_it(fal, queued, settings):
+    _avatar, training = queued()
+    fal.expected_key = "another-key-id:another-secret"
+
+    with pytest.raises(CommandError) as raised:
+        run("check_fal_status", training.fal_request_id)
+
+    message = str(raised.value)
+    assert "fal rejected our key (401)" in message
+    assert settings.FAL_KEY.split(":")[1] not in message
