@@ -121,6 +121,11 @@ def _n(value: float) -> str:
     return f"{value:.1f}"
 
 
+def _minutes(value: float) -> str:
+    # Fast trainings take under a minute or two: "0" above a bar would say nothing.
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def chart_svg(buckets: list[HourBucket]) -> SafeString:
     """A stacked bar chart of finished trainings per hour, with the mean duration on top."""
     width, height, left, bottom, top = 760, 220, 36, 28, 26
@@ -151,7 +156,7 @@ def chart_svg(buckets: list[HourBucket]) -> SafeString:
                 format_html(
                     '<text x="{}" y="{}" font-size="9" text-anchor="middle" '
                     'fill="#333">{}′</text>',
-                    _n(x + (bar_w - 4) / 2), _n(y - 3), f"{bucket.average_minutes:.0f}",
+                    _n(x + (bar_w - 4) / 2), _n(y - 3), _minutes(bucket.average_minutes),
                 )
             )
         if i % 3 == 0:

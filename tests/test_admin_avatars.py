@@ -75,8 +75,9 @@ def test_the_stuck_filter_lists_only_stuck_avatars_with_their_reason(admin_clien
     assert "Fine one" not in page
 
 
-def test_the_admin_index_links_to_the_stuck_list_and_the_dashboard(admin_client):
-    page = admin_client.get(reverse("admin:index")).content.decode()
+@pytest.mark.parametrize("url", [reverse("admin:index"), CHANGELIST])
+def test_the_admin_index_and_the_avatar_list_link_to_the_stuck_list_and_the_dashboard(admin_client, url):
+    page = admin_client.get(url).content.decode()
 
     assert f'href="{CHANGELIST}?stuck=yes"' in page
     assert reverse("admin:monitoring_dashboard") in page
