@@ -252,6 +252,34 @@ def test_it_records_an_unknown_request_id_and_applies_it_when_the_id_appears(
     assert Notification.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_webhook_that_beats_the_submit_answer_is_applied_once_the_request_id_is_saved(
+    fal, live_server, make_avatar, monkeypatch
+):
+    """End to end: fal finishes and delivers before its submit answer reaches us."""
+    from monitoring.trainings import start_training
+
+    # The live server's request threads must not keep their connections open past the
+    # request (CONN_MAX_AGE), or the test database cannot be dropped afterwards.
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 0)
+
+    fal.webhook_target = live_server.url + URL  # fal's webhook thread posts to us
+    fal.submit_latency = 0.6  # the job exists and ends while our submit still waits
+    avatar = make_avatar()
+
+    start_training(avatar, source=EventSource.COMMAND)
+
+    avatar.refresh_from_db()
+    training = Training.objects.get(avatar=avatar)
+    delivery = WebhookDelivery.objects.get()
+    assert [d.get("status_code") for d in fal.deliveries] == [200]
+    assert delivery.received_at < training.submitted_at  # it really came first
+    assert delivery.outcome == WebhookOutcome.APPLIED
+    assert delivery.training_id == training.pk
+    assert avatar.status == AvatarStatus.COMPLETED
+    assert Notification.objects.filter(avatar=avatar).count() == 1
+
+
 def test_it_ignores_a_delivery_for_an_older_attempt_of_the_avatar(deliver, training_avatar):
     avatar, first = training_avatar("req-old")
     transitions.fail(first, error_message="boom", source="check")
