@@ -33,6 +33,7 @@ jobs are scripted from their input: an images URL containing ``fail`` fails,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -44,7 +45,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -152,7 +152,9 @@ class FalEmulator:
         self._own_dir = state_dir is None
         self._dir = Path(tempfile.mkdtemp(prefix="fal-emulator-")) if state_dir is None else state_dir
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server_stop: asyncio.Event | None = None
+        self._bound_port: int | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.cert_file = ""
@@ -165,22 +167,53 @@ class FalEmulator:
         self.cert_file = str(cert)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self._server = _Server(("127.0.0.1", self._port), _Handler, context, self)
         self._stopping.clear()
-        for target, name in ((self._server.serve_forever, "serve"), (self._webhook_loop, "webhooks")):
+        ready = threading.Event()
+        responder = _Responder(self)
+
+        # One asyncio loop serves every connection: thousands of slow (scripted latency)
+        # status calls cost no thread each, and the emulator stays light next to the
+        # worker it is measured against.
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+
+            async def main() -> None:
+                server = await asyncio.start_server(
+                    lambda r, w: _serve_connection(responder, r, w),
+                    "127.0.0.1",
+                    self._port,
+                    ssl=context,
+                    backlog=1024,
+                )
+                self._bound_port = server.sockets[0].getsockname()[1]
+                self._server_stop = asyncio.Event()
+                ready.set()
+                async with server:
+                    await self._server_stop.wait()
+
+            try:
+                loop.run_until_complete(main())
+            finally:
+                loop.close()
+
+        for target, name in ((serve, "serve"), (self._webhook_loop, "webhooks")):
             thread = threading.Thread(target=target, name=f"fal-emulator-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not ready.wait(10):
+            raise RuntimeError("the fal emulator did not start")
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._loop is not None and self._server_stop is not None:
+            self._loop.call_soon_threadsafe(self._server_stop.set)
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
+        self._loop = None
+        self._server_stop = None
 
     def __enter__(self) -> FalEmulator:
         return self.start()
@@ -190,8 +223,8 @@ class FalEmulator:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the emulator first"
-        return self._server.server_address[1]
+        assert self._bound_port is not None, "start() the emulator first"
+        return self._bound_port
 
     @property
     def host(self) -> str:
@@ -412,74 +445,27 @@ def _demo_script(payload: dict) -> JobScript:
     return JobScript(queue_seconds=10, run_seconds=30, queue_position=1)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
-
-    def __init__(self, address, handler, context: ssl.SSLContext, emulator: FalEmulator) -> None:
-        self.context = context
-        self.emulator = emulator
-        super().__init__(address, handler)
-
-    def get_request(self):
-        sock, address = super().get_request()
-        # The TLS handshake happens in the request's own thread (see _Handler.setup),
-        # so a slow client cannot stall the accept loop.
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 422: "Unprocessable Entity",
+            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as fal's ingress does
-    server: _Server
+class _Request:
+    """One parsed HTTP request: method, path with query, lower-cased headers, body."""
 
-    def setup(self) -> None:
-        self.request.settimeout(30)
-        try:
-            self.request.do_handshake()
-        except (OSError, ssl.SSLError):
-            self.close_connection = True
-        super().setup()
+    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        split = urlsplit(target)
+        self.path = split.path
+        self.query = parse_qs(split.query)
 
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (OSError, ssl.SSLError):
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.debug(format, *args)
-
-    # --- plumbing ------------------------------------------------------------------
-
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _authorised(self, *, submit: bool = False) -> bool:
-        emulator = self.server.emulator
-        header = self.headers.get("Authorization", "")
-        key = header[4:] if header.startswith("Key ") else ""
-        if not key or ":" not in key or (emulator.expected_key and key != emulator.expected_key):
-            self._send(401, {"detail": "No user found for Key ID and Secret"})
-            return False
-        if submit and emulator.locked_reason:
-            self._send(403, {"detail": f"User is locked. Reason: {emulator.locked_reason}"})
-            return False
-        return True
-
-    def _route(self) -> tuple[str, str | None, str | None]:
+    def route(self) -> tuple[str, str | None, str | None]:
         """(endpoint 'owner/app', request id or None, action 'status'/'cancel'/None)."""
-        parts = [p for p in urlsplit(self.path).path.split("/") if p]
+        parts = [p for p in self.path.split("/") if p]
         if len(parts) == 2:
             return "/".join(parts), None, None
         if len(parts) >= 4 and parts[2] == "requests":
@@ -493,165 +479,183 @@ class _Handler(BaseHTTPRequestHandler):
         # fal answers 405 for a sub-path in a status URL.
         return "", None, "invalid"
 
-    # --- verbs ---------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802
-        emulator = self.server.emulator
-        if urlsplit(self.path).path == "/.well-known/jwks.json":
-            self._send(200, emulator.signer.jwks())
-            return
-        if not self._authorised():
-            return
-        endpoint, request_id, action = self._route()
-        if action == "invalid" or request_id is None:
-            self._send(405, {"detail": "Method Not Allowed"})
-            return
-        if action == "status":
-            self._status(endpoint, request_id)
-        elif action is None:
-            self._result(endpoint, request_id)
-        else:
-            self._send(405, {"detail": "Method Not Allowed"})
+Answer = tuple[int, Any, float]  # (HTTP status, JSON body, seconds to wait before answering)
 
-    def do_POST(self) -> None:  # noqa: N802
-        emulator = self.server.emulator
-        body = self._read_body()
-        if not self._authorised(submit=True):
-            return
-        endpoint, request_id, action = self._route()
-        if request_id is not None or action is not None:
-            self._send(405, {"detail": "Method Not Allowed"})
-            return
+
+class _Responder:
+    """fal's queue API as plain functions of a request (no sockets here)."""
+
+    def __init__(self, emulator: FalEmulator) -> None:
+        self.emulator = emulator
+
+    def respond(self, request: _Request) -> Answer:
+        emulator = self.emulator
+        if request.method == "GET" and request.path == "/.well-known/jwks.json":
+            return 200, emulator.signer.jwks(), 0.0
+        denied = self._auth(request, submit=request.method == "POST")
+        if denied is not None:
+            return denied
+        endpoint, request_id, action = request.route()
+        if request.method == "GET" and action == "status" and request_id:
+            return self._status(request, endpoint, request_id)
+        if request.method == "GET" and action is None and request_id:
+            return self._result(endpoint, request_id)
+        if request.method == "POST" and action is None and request_id is None:
+            return self._submit(request, endpoint)
+        if request.method == "PUT" and action == "cancel" and request_id:
+            return self._cancel(endpoint, request_id)
+        return 405, {"detail": "Method Not Allowed"}, 0.0
+
+    def _auth(self, request: _Request, *, submit: bool) -> Answer | None:
+        emulator = self.emulator
+        header = request.headers.get("authorization", "")
+        key = header[4:] if header.startswith("Key ") else ""
+        if not key or ":" not in key or (emulator.expected_key and key != emulator.expected_key):
+            return 401, {"detail": "No user found for Key ID and Secret"}, 0.0
+        if submit and emulator.locked_reason:
+            return 403, {"detail": f"User is locked. Reason: {emulator.locked_reason}"}, 0.0
+        return None
+
+    def _submit(self, request: _Request, endpoint: str) -> Answer:
+        emulator = self.emulator
         try:
-            payload = json.loads(body or b"{}")
+            payload = json.loads(request.body or b"{}")
         except ValueError:
-            self._send(422, {"detail": [{"msg": "Invalid JSON body", "type": "value_error.jsondecode"}]})
-            return
-        webhook = parse_qs(urlsplit(self.path).query).get("fal_webhook", [None])[0]
+            return 422, {"detail": [{"msg": "Invalid JSON body", "type": "value_error.jsondecode"}]}, 0.0
+        webhook = request.query.get("fal_webhook", [None])[0]
         with emulator._lock:
-            emulator.submissions.append(
-                {"endpoint": endpoint, "payload": payload, "webhook_url": webhook}
-            )
+            emulator.submissions.append({"endpoint": endpoint, "payload": payload, "webhook_url": webhook})
             refusal = emulator._submit_refusals.pop(0) if emulator._submit_refusals else None
             latency = emulator.submit_latency
-            job = None if refusal else emulator._create_job(endpoint, payload, webhook)
-        if latency:
-            time.sleep(latency)
-        if refusal is not None:
-            self._send(*refusal)
-            return
-        assert job is not None
-        self._send(
-            200,
-            {
-                "request_id": job.request_id,
-                "gateway_request_id": job.request_id,
-                "queue_position": job.script.queue_position,
-                **emulator._urls(endpoint, job.request_id),
-            },
-        )
+            if refusal is not None:
+                return refusal[0], refusal[1], latency
+            job = emulator._create_job(endpoint, payload, webhook)
+        body = {
+            "request_id": job.request_id,
+            "gateway_request_id": job.request_id,
+            "queue_position": job.script.queue_position,
+            **emulator._urls(endpoint, job.request_id),
+        }
+        return 200, body, latency
 
-    def do_PUT(self) -> None:  # noqa: N802
-        emulator = self.server.emulator
-        self._read_body()
-        if not self._authorised():
-            return
-        endpoint, request_id, action = self._route()
-        if action != "cancel" or request_id is None:
-            self._send(405, {"detail": "Method Not Allowed"})
-            return
+    def _cancel(self, endpoint: str, request_id: str) -> Answer:
+        emulator = self.emulator
         with emulator._lock:
             emulator.cancel_calls[request_id] += 1
             job = emulator._job(endpoint, request_id)
             if job is None:
-                answer = (404, {"status": "NOT_FOUND"})
-            elif job.state() == "COMPLETED":
-                answer = (400, {"status": "ALREADY_COMPLETED"})
-            else:
-                job.cancelled = True
-                if job.script.on_cancel == "error":
-                    job.finished_at = time.monotonic()
-                    job.forced_error = ("Request was cancelled by the user", "request_cancelled")
-                elif job.script.on_cancel == "gone":
-                    job.gone = True
-                answer = (202, {"status": "CANCELLATION_REQUESTED"})
-        self._send(*answer)
+                return 404, {"status": "NOT_FOUND"}, 0.0
+            if job.state() == "COMPLETED":
+                return 400, {"status": "ALREADY_COMPLETED"}, 0.0
+            job.cancelled = True
+            if job.script.on_cancel == "error":
+                job.finished_at = time.monotonic()
+                job.forced_error = ("Request was cancelled by the user", "request_cancelled")
+            elif job.script.on_cancel == "gone":
+                job.gone = True
+            return 202, {"status": "CANCELLATION_REQUESTED"}, 0.0
 
-    def _status(self, endpoint: str, request_id: str) -> None:
-        emulator = self.server.emulator
+    def _status(self, request: _Request, endpoint: str, request_id: str) -> Answer:
+        emulator = self.emulator
         with emulator._lock:
             emulator.status_calls[request_id] += 1
             job = emulator._job(endpoint, request_id)
             script = job.script if job else None
             latency = emulator.status_latency if script is None or script.latency is None else script.latency
-            injected = None
             if script is not None and script.status_error is not None:
-                if script.status_error_times == 0:
-                    injected = script.status_error
-                elif script.status_error_times > 0:
+                injected = script.status_error
+                if script.status_error_times > 0:
                     script.status_error_times -= 1
-                    injected = script.status_error
                     if script.status_error_times == 0:
                         script.status_error = None
-            if job is not None and injected is None:
-                state = job.state()
-                body: dict[str, Any] = {
-                    "status": state,
-                    "request_id": request_id,
-                    **emulator._urls(endpoint, request_id),
-                }
-                with_logs = parse_qs(urlsplit(self.path).query).get("logs", ["0"])[0] in ("1", "true", "True")
-                elapsed = time.monotonic() - job.submitted_at
-                logs = [
-                    {"message": message, "level": "INFO", "source": "user", "timestamp": f"{elapsed:.1f}"}
-                    for message in job.script.logs
-                ]
-                if state == "IN_QUEUE":
-                    body["queue_position"] = job.script.queue_position
-                    body["logs"] = None
-                elif state == "IN_PROGRESS":
-                    body["logs"] = logs[:-1] if with_logs else None
-                else:
-                    body["logs"] = logs if with_logs else None
-                    body["metrics"] = {"inference_time": round(job.script.run_seconds, 3)}
-                    failure = job.failure()
-                    if failure is not None:
-                        body["error"], body["error_type"] = failure
-        if latency:
-            time.sleep(latency)
-        if injected is not None:
-            self._send(injected, _error_body(injected))
-        elif job is None:
-            self._send(404, {"status": "NOT_FOUND"})
-        else:
-            self._send(200 if body["status"] == "COMPLETED" else 202, body)
+                return injected, _error_body(injected), latency
+            if job is None:
+                return 404, {"status": "NOT_FOUND"}, latency
+            state = job.state()
+            body: dict[str, Any] = {"status": state, "request_id": request_id, **emulator._urls(endpoint, request_id)}
+            with_logs = request.query.get("logs", ["0"])[0] in ("1", "true", "True")
+            elapsed = time.monotonic() - job.submitted_at
+            logs = [
+                {"message": message, "level": "INFO", "source": "user", "timestamp": f"{elapsed:.1f}"}
+                for message in job.script.logs
+            ]
+            if state == "IN_QUEUE":
+                body["queue_position"] = job.script.queue_position
+                body["logs"] = None
+            elif state == "IN_PROGRESS":
+                body["logs"] = logs[:-1] if with_logs else None
+            else:
+                body["logs"] = logs if with_logs else None
+                body["metrics"] = {"inference_time": round(min(job.script.run_seconds, 1e9), 3)}
+                failure = job.failure()
+                if failure is not None:
+                    body["error"], body["error_type"] = failure
+        return (200 if state == "COMPLETED" else 202), body, latency
 
-    def _result(self, endpoint: str, request_id: str) -> None:
-        emulator = self.server.emulator
+    def _result(self, endpoint: str, request_id: str) -> Answer:
+        emulator = self.emulator
         with emulator._lock:
             emulator.result_calls[request_id] += 1
             job = emulator._job(endpoint, request_id)
             if job is None:
-                answer: tuple[int, Any] = (404, {"status": "NOT_FOUND"})
-            elif job.state() != "COMPLETED":
-                answer = (400, {"detail": "Request is still in progress"})
-            elif job.script.result_error is not None:
+                return 404, {"status": "NOT_FOUND"}, 0.0
+            if job.state() != "COMPLETED":
+                return 400, {"detail": "Request is still in progress"}, 0.0
+            if job.script.result_error is not None:
                 code = job.script.result_error
-                answer = (
-                    code,
-                    {"detail": [{"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}]}
-                    if code == 422
-                    else _error_body(code),
-                )
-            elif (failure := job.failure()) is not None:
+                if code == 422:
+                    detail = [{"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}]
+                    return code, {"detail": detail}, 0.0
+                return code, _error_body(code), 0.0
+            failure = job.failure()
+            if failure is not None:
                 message, error_type = failure
                 if job.script.result_status == 422:
-                    answer = (422, {"detail": [{"loc": ["body"], "msg": message, "type": error_type or "value_error"}]})
-                else:
-                    answer = (job.script.result_status, {"detail": message, "error_type": error_type})
-            else:
-                answer = (200, emulator._result_payload(job))
-        self._send(*answer)
+                    detail = [{"loc": ["body"], "msg": message, "type": error_type or "value_error"}]
+                    return 422, {"detail": detail}, 0.0
+                return job.script.result_status, {"detail": message, "error_type": error_type}, 0.0
+            return 200, emulator._result_payload(job), 0.0
+
+
+async def _serve_connection(
+    responder: _Responder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """HTTP/1.1 with keep-alive, as fal's ingress: one request after another per connection."""
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            try:
+                method, target, _version = lines[0].split(" ", 2)
+            except ValueError:
+                return
+            headers = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length") or 0)
+            body = await reader.readexactly(length) if length else b""
+            status, payload, delay = responder.respond(_Request(method, target, headers, body))
+            if delay:
+                await asyncio.sleep(delay)
+            raw = json.dumps(payload).encode()
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+                + raw
+            )
+            await writer.drain()
+            if headers.get("connection", "").lower() == "close":
+                return
+    except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
 
 
 def _error_body(status: int) -> dict:
