@@ -39,6 +39,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from monitoring import signing_keys, transitions
 from monitoring.models import (
@@ -480,15 +481,19 @@ def reprocess(delivery: WebhookDelivery, *, actor: Any = None) -> str:
 
     Returns the new outcome, or raises ``ValueError`` saying why it cannot be.
     """
+    # The reasons are shown to staff in the admin, in their language.
     if delivery.verdict != WebhookVerdict.VALID:
-        raise ValueError("only deliveries with a valid signature can be processed")
+        raise ValueError(gettext("only deliveries with a valid signature can be processed"))
     if delivery.outcome not in REPROCESSABLE_OUTCOMES:
-        raise ValueError(f"a delivery that is {delivery.get_outcome_display()} is not re-processed")
+        raise ValueError(
+            gettext("a delivery that is “%(outcome)s” is not re-processed")
+            % {"outcome": delivery.get_outcome_display()}
+        )
     claimed = WebhookDelivery.objects.filter(pk=delivery.pk, outcome=delivery.outcome).update(
         outcome=WebhookOutcome.RECEIVED
     )
     if not claimed:
-        raise ValueError("the delivery is being processed by someone else")
+        raise ValueError(gettext("the delivery is being processed by someone else"))
     return process(delivery, source=EventSource.STAFF, actor=actor)
 
 
