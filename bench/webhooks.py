@@ -166,6 +166,8 @@ def _deliveries(signer, request_ids: list[str], duplicates: float, seed: int) ->
 
 def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, threads: int) -> subprocess.Popen:
     gunicorn = Path(sys.executable).with_name("gunicorn")
+    # The app's own log lines (stderr) go to a file, as they would in production.
+    output = open(log_dir / "server.log", "ab")  # noqa: SIM115 (lives as long as the server)
     process = subprocess.Popen(
         [
             str(gunicorn), "bench.webhooks:wsgi()",
@@ -178,6 +180,8 @@ def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, threads: int)
         ],
         cwd=ROOT,
         env=env,
+        stdout=output,
+        stderr=output,
         start_new_session=True,
     )
     deadline = time.monotonic() + 30
