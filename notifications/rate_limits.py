@@ -2,10 +2,14 @@
 
 At most one message per second to a chat, 20 per minute to a group chat (negative
 ids), and 25 per second overall, evenly spaced (Telegram allows about 30; we keep a margin). A
-worker reserves a slot before it calls Telegram; the reservation is a row in
-``RateLimitMark``, taken under a row lock on the ``SenderState`` singleton so two
-processes never both see the same free slot. Nothing is held in process memory,
-so the limits hold across any number of workers and restarts.
+worker reserves a slot right before it calls Telegram. Nothing is held in process
+memory, so the limits hold across any number of workers, hosts and restarts:
+
+* in the database (the default): a ``RateLimitMark`` row per slot, taken under a
+  row lock on the ``SenderState`` singleton so two processes never both see the
+  same free slot;
+* in Redis when ``REDIS_URL`` is set: sorted sets per chat and overall, checked and
+  written by one Lua script, which Redis runs atomically.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ def is_group(chat_id: int) -> bool:
 
 def reserve(chat_id: int, *, now: datetime | None = None) -> float:
     """Take a send slot for ``chat_id`` now (returns 0.0) or say how many seconds to wait."""
+    if settings.REDIS_URL:
+        return _reserve_in_redis(chat_id, now or timezone.now())
+    return _reserve_in_database(chat_id, now)
+
+
+def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
     SenderState.get()  # the lock row must exist before we can lock it
     with transaction.atomic():
         SenderState.objects.select_for_update().filter(pk=1).first()
@@ -96,3 +106,74 @@ def _window_wait(marks, now: datetime, window: timedelta, limit: int) -> float:
         return 0.0
     # The limit-th newest mark has to leave the window before another send fits.
     return max(0.0, (recent[-1] + window - now).total_seconds())
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+# KEYS: the chat's sorted set, the overall sorted set. Scores are milliseconds.
+# ARGV: now, per-chat gap, is group (0/1), group limit, overall limit, overall spacing,
+# a unique member, how long to keep marks.
+_RESERVE_LUA = """
+local now = tonumber(ARGV[1])
+local wait = 0
+local function newest(key, rank)
+  local hit = redis.call('ZREVRANGE', key, rank, rank, 'WITHSCORES')
+  if hit[2] then return tonumber(hit[2]) end
+  return nil
+end
+local last = newest(KEYS[1], 0)
+if last then wait = math.max(wait, last + tonumber(ARGV[2]) - now) end
+if ARGV[3] == '1' then
+  local limit = tonumber(ARGV[4])
+  if redis.call('ZCOUNT', KEYS[1], '(' .. (now - 60000), '+inf') >= limit then
+    wait = math.max(wait, newest(KEYS[1], limit - 1) + 60000 - now)
+  end
+end
+local latest = newest(KEYS[2], 0)
+if latest then wait = math.max(wait, latest + tonumber(ARGV[6]) - now) end
+local overall = tonumber(ARGV[5])
+if redis.call('ZCOUNT', KEYS[2], '(' .. (now - 1000), '+inf') >= overall then
+  wait = math.max(wait, newest(KEYS[2], overall - 1) + 1000 - now)
+end
+if wait > 0 then return tostring(wait) end
+local keep = tonumber(ARGV[8])
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - keep)
+  redis.call('PEXPIRE', key, keep)
+end
+return '0'
+"""
+_redis_clients: dict[str, object] = {}
+
+
+def _redis():
+    import redis
+
+    url = settings.REDIS_URL
+    if url not in _redis_clients:
+        _redis_clients[url] = redis.Redis.from_url(url)
+    return _redis_clients[url]
+
+
+def _reserve_in_redis(chat_id: int, now: datetime) -> float:
+    import uuid
+
+    prefix = f"{settings.Q_CLUSTER['name']}:telegram-rate"
+    # Whole milliseconds: Lua numbers print with 14 significant digits.
+    now_ms = int(now.timestamp() * 1000)
+    wait_ms = _redis().eval(
+        _RESERVE_LUA,
+        2,
+        f"{prefix}:chat:{chat_id}",
+        f"{prefix}:all",
+        now_ms,
+        int(settings.NOTIFICATION_RATE_PER_CHAT_SECONDS * 1000),
+        "1" if is_group(chat_id) else "0",
+        settings.NOTIFICATION_RATE_GROUP_PER_MINUTE,
+        settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND,
+        int(1000 / settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND),
+        uuid.uuid4().hex,
+        int(_KEEP.total_seconds() * 1000),
+    )
+    return max(0.0, float(wait_ms) / 1000)
