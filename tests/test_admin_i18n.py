@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from django.urls import reverse
 
 from monitoring import transitions
@@ -46,3 +47,53 @@ def test_an_english_browser_gets_english(admin_client, training_avatar):
 
     assert "Re-check now on fal (queued to the worker)" in page
     assert "Перепроверить" not in page
+
+
+def _po_entries(path: Path) -> list[tuple[str, list[str]]]:
+    """(msgid, msgstrs) of every live entry; enough of the .po format for this check."""
+    import ast
+
+    entries, msgid, strs, key = [], None, [], None
+    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+        if not line.strip():
+            if msgid:
+                entries.append((msgid, strs))
+            msgid, strs, key = None, [], None
+        elif line.startswith("#"):
+            continue
+        elif line.startswith("msgid "):
+            msgid, key = ast.literal_eval(line[6:]), "id"
+        elif line.startswith("msgid_plural "):
+            key = "plural"
+        elif line.startswith("msgstr"):
+            strs.append(ast.literal_eval(line.split(" ", 1)[1]))
+            key = "str"
+        elif line.startswith('"'):
+            if key == "id":
+                msgid += ast.literal_eval(line)
+            elif key == "str":
+                strs[-1] += ast.literal_eval(line)
+    return entries
+
+
+def test_every_string_has_a_russian_translation():
+    entries = _po_entries(ROOT / "locale/ru/LC_MESSAGES/django.po")
+
+    untranslated = [msgid for msgid, strs in entries if not all(strs)]
+    assert len(entries) > 300
+    assert untranslated == []
+
+
+def test_the_committed_catalog_is_compiled_from_the_committed_po(tmp_path):
+    import shutil
+    import subprocess
+
+    if not shutil.which("msgfmt"):
+        pytest.skip("gettext's msgfmt is not installed")
+    compiled = tmp_path / "django.mo"
+    subprocess.run(
+        ["msgfmt", "--check-format", "-o", str(compiled), str(ROOT / "locale/ru/LC_MESSAGES/django.po")],
+        check=True,
+    )
+
+    assert compiled.read_bytes() == (ROOT / "locale/ru/LC_MESSAGES/django.mo").read_bytes()
