@@ -697,7 +697,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    # A bare wait() can block signal delivery to the main thread: poll instead.
+    while not stop.wait(0.5):
+        pass
     emulator.stop()
     env_file.unlink(missing_ok=True)
 
