@@ -121,7 +121,10 @@ def _make_trainings(count: int, prefix: str) -> list[str]:
     from monitoring.models import EventSource, Owner
 
     request_ids = []
-    owners = [Owner.objects.create(telegram_id=900_000 + i, username=f"bench{i}") for i in range(50)]
+    owners = [
+        Owner.objects.get_or_create(telegram_id=900_000 + i, defaults={"username": f"bench{i}"})[0]
+        for i in range(50)
+    ]
     for i in range(count):
         avatar = transitions.create_avatar(
             owner=owners[i % len(owners)], name=f"bench {i}", training_type="portrait",
@@ -137,7 +140,9 @@ def _make_trainings(count: int, prefix: str) -> list[str]:
     return request_ids
 
 
-def _deliveries(signer, request_ids: list[str], duplicates: float, seed: int) -> list[tuple[bytes, dict]]:
+def _deliveries(
+    signer, request_ids: list[str], duplicates: float, seed: int
+) -> list[tuple[bytes, dict, str]]:
     """First deliveries, each followed a little later by a duplicate for some of them.
 
     Half the duplicates are exact replays (same signature), half re-signed retries
@@ -150,17 +155,18 @@ def _deliveries(signer, request_ids: list[str], duplicates: float, seed: int) ->
     for index, request_id in enumerate(request_ids):
         body = delivery_body(request_id, payload=lora_payload(request_id))
         headers = {**signer.headers(body, request_id), "Content-Type": "application/json"}
-        heapq.heappush(queue, (index, 0, (body, headers)))
+        heapq.heappush(queue, (index, 0, (body, headers, "first")))
         if rng.random() < duplicates:
             later = index + rng.randint(1, 200) + 0.5
             if rng.random() < 0.5:
-                copy = headers
+                copy, kind = headers, "replay"
             else:
                 copy = {
                     **signer.headers(body, request_id, timestamp=int(time.time()) - rng.randint(1, 30)),
                     "Content-Type": "application/json",
                 }
-            heapq.heappush(queue, (later, 1, (body, copy)))
+                kind = "re-signed"
+            heapq.heappush(queue, (later, 1, (body, copy, kind)))
     return [heapq.heappop(queue)[2] for _ in range(len(queue))]
 
 
@@ -224,7 +230,7 @@ def _client_process(port, path, work, threads, barrier, results) -> None:
     """One load process: ``threads`` clients sharing this process's slice of the work."""
     lock = threading.Lock()
     items = iter(work)
-    latencies: list[float] = []
+    latencies: list[tuple[str, float]] = []
     statuses: dict[int, int] = {}
 
     def client() -> None:
@@ -233,7 +239,7 @@ def _client_process(port, path, work, threads, barrier, results) -> None:
                 item = next(items, None)
             if item is None:
                 return
-            body, headers = item
+            body, headers, kind = item
             started = time.perf_counter()
             try:
                 status, _ = _post(port, path, body, headers)
@@ -241,7 +247,7 @@ def _client_process(port, path, work, threads, barrier, results) -> None:
                 status = 599
             elapsed = time.perf_counter() - started
             with lock:
-                latencies.append(elapsed)
+                latencies.append((kind, elapsed))
                 statuses[status] = statuses.get(status, 0) + 1
 
     barrier.wait()
@@ -273,7 +279,7 @@ def run_load(port: int, path: str, work: list, clients: int, processes: int = 4)
         proc.join()
     start = min(g[0] for g in gathered)
     end = max(g[1] for g in gathered)
-    latencies = sorted(lat for g in gathered for lat in g[2])
+    latencies = [lat for g in gathered for lat in g[2]]
     statuses: dict[int, int] = {}
     for g in gathered:
         for status, count in g[3].items():
@@ -281,8 +287,11 @@ def run_load(port: int, path: str, work: list, clients: int, processes: int = 4)
     return _figures(latencies, end - start, statuses)
 
 
-def _figures(latencies: list[float], seconds: float, statuses: dict[int, int]) -> dict:
-    latencies = sorted(latencies)
+def _figures(tagged: list[tuple[str, float]], seconds: float, statuses: dict[int, int]) -> dict:
+    latencies = sorted(lat for _, lat in tagged)
+    by_kind: dict[str, list[float]] = {}
+    for kind, lat in tagged:
+        by_kind.setdefault(kind, []).append(lat)
     return {
         "requests": len(latencies),
         "seconds": seconds,
@@ -290,7 +299,8 @@ def _figures(latencies: list[float], seconds: float, statuses: dict[int, int]) -
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "statuses": dict(sorted(statuses.items())),
-        "latencies": latencies,
+        "tagged": tagged,
+        "p50_ms_by_kind": {k: statistics.median(v) * 1000 for k, v in sorted(by_kind.items())},
     }
 
 
@@ -300,7 +310,7 @@ def _combine(parts: list[dict]) -> dict:
         for status, count in part["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
     return _figures(
-        [lat for part in parts for lat in part["latencies"]],
+        [item for part in parts for item in part["tagged"]],
         sum(part["seconds"] for part in parts),
         statuses,
     )
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of each load")
+    parser.add_argument("--probe", type=int, default=200, help="avatars for the one-client pass")
     args = parser.parse_args(argv)
 
     server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
@@ -353,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         call_command("migrate", verbosity=0)
         print(f"database {db_name} migrated; creating {args.deliveries} trainings …", flush=True)
         request_ids = _make_trainings(args.deliveries, "bench")
+        probe_ids = _make_trainings(args.probe, "probe")
         warmup_ids = [f"warmup-{i}" for i in range(200)]  # unmatched: no avatar changes
         work = _deliveries(emulator.signer, request_ids, args.duplicates, args.seed)
         warmup = _deliveries(emulator.signer, warmup_ids, 0.0, args.seed)
+        probe = _deliveries(emulator.signer, probe_ids, args.duplicates, args.seed)
         connections.close_all()
 
         port = _free_port()
@@ -373,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                            run_load(port, WEBHOOK_PATH, chunk, args.clients)))
         baseline = _combine([r[0] for r in rounds])
         webhooks = _combine([r[1] for r in rounds])
+        # Service time without queueing: one client, one request at a time.
+        alone = (run_load(port, MINIMAL_PATH, probe, 1), run_load(port, WEBHOOK_PATH, probe, 1))
         _stop(gunicorn)
 
         from django.db.models import Count
@@ -384,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = dict(
             sorted(
                 WebhookDelivery.objects.exclude(outcome="received")
-                .exclude(request_id__startswith="warmup-")
+                .filter(request_id__startswith="bench-")
                 .values_list("outcome")
                 .annotate(n=Count("id"))
             )
@@ -408,13 +423,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"
               f"{figures['p99_ms']:>10.1f}  {figures['statuses']}")
     print(f"ratio webhooks/minimal: {ratio:.2f}")
-    print(f"avatars completed: {completed}/{args.deliveries}, notifications queued: {notifications}, "
+    kinds = ", ".join(f"{k} {v:.1f}" for k, v in alone[1]["p50_ms_by_kind"].items())
+    print(f"one client, one request at a time ({len(probe)} requests): minimal p50 "
+          f"{alone[0]['p50_ms']:.1f} ms; /webhooks/fal/ p50 by kind: {kinds} ms")
+    print(f"avatars completed: {completed}/{args.deliveries + args.probe}, notifications queued: {notifications}, "
           f"delivery outcomes: {outcomes}")
     targets = {
         ">= 300 deliveries/s": webhooks["per_second"] >= 300,
         "p99 <= 100 ms": webhooks["p99_ms"] <= 100,
         ">= 0.4 of minimal": ratio >= 0.4,
-        "every avatar completed once": completed == args.deliveries == notifications,
+        "every avatar completed once": completed == args.deliveries + args.probe == notifications,
         "no 5xx": all(status < 500 for status in webhooks["statuses"]),
     }
     for name, met in targets.items():
