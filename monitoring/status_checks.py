@@ -9,8 +9,8 @@ three steps:
    overlapping run finds nothing due and checks nothing twice in one interval; the
    cadence stays one interval because it counts from the run's start, not its end.
    A worker that dies mid-run loses nothing: its lease simply expires.
-2. **Ask fal**, concurrently with a bounded pool (CHECK_CONCURRENCY) inside one event
-   loop per batch, each call bounded by FAL_CALL_TIMEOUT_SECONDS and the whole batch by
+2. **Ask fal**, concurrently with a bounded pool (CHECK_CONCURRENCY, spread over
+   fal-clients of at most 20 calls each) inside one event loop per batch, each call bounded by FAL_CALL_TIMEOUT_SECONDS and the whole batch by
    a deadline well inside the interval. More than CHECK_BATCH_SIZE due trainings fan
    out as one django-q2 task per batch, so several workers (and hosts, on Redis)
    share them; the run does not wait for its batches.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ logger = logging.getLogger("monitoring")
 # on every staff check).
 LOGS_EVERY_N_CHECKS = 5
 LOGS_TAIL_LINES = 5
+# fal-client's httpx pool keeps this many connections alive (httpx's default).
+FAL_CLIENT_KEEPALIVE = 20
 # Transient trouble waits 1, 2, 4... intervals before the next try, at most this many.
 MAX_BACKOFF_INTERVALS = 5
 
@@ -155,41 +158,50 @@ def _wants_logs(training: Training, run_start: datetime, source: str) -> bool:
 async def _ask_all(trainings: list[Training], wants_logs: list[bool], budget: float) -> list[_Seen]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    pool = asyncio.Semaphore(settings.CHECK_CONCURRENCY)
-
+    # fal-client keeps FAL_CLIENT_KEEPALIVE connections alive per client: more calls in
+    # flight on one client cost a TLS handshake each (and httpcore's pool bookkeeping
+    # grows with its size), so the pool is several clients of at most that many each.
+    clients = max(1, math.ceil(settings.CHECK_CONCURRENCY / FAL_CLIENT_KEEPALIVE))
+    per_client = math.ceil(settings.CHECK_CONCURRENCY / clients)
     try:
-        session = fal.FalSession()
+        sessions = [fal.FalSession() for _ in range(clients)]
     except fal.FalError as exc:  # no key configured: every check answers the same
         return [_Seen(error=exc) if t.fal_request_id else _Seen() for t in trainings]
+    pools = [asyncio.Semaphore(per_client) for _ in sessions]
 
-    async with session:
-
-        async def ask(training: Training, with_logs: bool) -> _Seen:
-            if not training.fal_request_id:
-                return _Seen()
-            async with pool:
-                remaining = deadline - loop.time()
-                if remaining <= 0.05:
-                    return _Seen(skipped=True)
-                seen = _Seen()
-                try:
-                    seen.report = await session.status(
+    async def ask(index: int, training: Training, with_logs: bool) -> _Seen:
+        if not training.fal_request_id:
+            return _Seen()
+        session, pool = sessions[index % clients], pools[index % clients]
+        async with pool:
+            remaining = deadline - loop.time()
+            if remaining <= 0.05:
+                return _Seen(skipped=True)
+            seen = _Seen()
+            try:
+                seen.report = await session.status(
+                    training.endpoint,
+                    training.fal_request_id,
+                    with_logs=with_logs,
+                    timeout=min(session.timeout, remaining),
+                )
+                if seen.report.status == "COMPLETED" and not seen.report.error:
+                    seen.result = await session.result(
                         training.endpoint,
                         training.fal_request_id,
-                        with_logs=with_logs,
-                        timeout=min(session.timeout, remaining),
+                        timeout=min(session.timeout, max(deadline - loop.time(), 0.05)),
                     )
-                    if seen.report.status == "COMPLETED" and not seen.report.error:
-                        seen.result = await session.result(
-                            training.endpoint,
-                            training.fal_request_id,
-                            timeout=min(session.timeout, max(deadline - loop.time(), 0.05)),
-                        )
-                except fal.FalError as exc:
-                    seen.error = exc
-                return seen
+            except fal.FalError as exc:
+                seen.error = exc
+            return seen
 
-        return await asyncio.gather(*(ask(t, w) for t, w in zip(trainings, wants_logs, strict=True)))
+    try:
+        return await asyncio.gather(
+            *(ask(i, t, w) for i, (t, w) in enumerate(zip(trainings, wants_logs, strict=True)))
+        )
+    finally:
+        for session in sessions:
+            await session.__aexit__(None, None, None)
 
 
 # --- 3. Apply ------------------------------------------------------------------------------
