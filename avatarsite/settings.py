@@ -170,10 +170,10 @@ FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS = env_int(
 
 # --- Monitoring ----------------------------------------------------------------------
 CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
-# fal-client keeps 20 connections alive per client: more calls in flight in one event
-# loop cost a TLS handshake each, and a bigger pool costs more in httpcore's bookkeeping
-# than it saves (bench/check_run.py). More throughput comes from more workers.
-CHECK_CONCURRENCY = env_int("CHECK_CONCURRENCY", 20, minimum=1, maximum=1000)
+# Calls in flight per check batch, spread over fal-clients of at most 20 each (fal-client
+# keeps 20 connections alive; beyond that every call pays a TLS handshake). See
+# bench/check_run.py for the figures; more workers add throughput too.
+CHECK_CONCURRENCY = env_int("CHECK_CONCURRENCY", 40, minimum=1, maximum=1000)
 CHECK_BATCH_SIZE = env_int("CHECK_BATCH_SIZE", 500, minimum=1)
 # A submit whose answer never came back: after this long staff decide, nothing resubmits.
 STUCK_SUBMITTING_MINUTES = env_int("STUCK_SUBMITTING_MINUTES", 5, minimum=1)
