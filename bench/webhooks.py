@@ -103,7 +103,8 @@ def _create_database(server_url: str) -> tuple[str, str]:
 
     name = f"bench_webhooks_{int(time.time())}_{os.getpid()}"
     parts = urlsplit(server_url)
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    # Query options (e.g. ?server_side_binding=true) are Django's, not libpq's.
+    with psycopg.connect(urlunsplit(parts._replace(query="")), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name, urlunsplit(parts._replace(path=f"/{name}"))
 
@@ -111,7 +112,7 @@ def _create_database(server_url: str) -> tuple[str, str]:
 def _drop_database(server_url: str, name: str) -> None:
     import psycopg
 
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    with psycopg.connect(urlunsplit(urlsplit(server_url)._replace(query="")), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
