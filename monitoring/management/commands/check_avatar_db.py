@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
 
 from monitoring.models import Avatar, AvatarStatus
 
@@ -25,7 +26,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["limit"] < 1:
-            raise CommandError("--limit must be at least 1")
+            raise CommandError(_("--limit must be at least 1"))
         avatars = Avatar.objects.select_related("owner", "current_training").order_by("-created_at")
         if options["status"]:
             avatars = avatars.filter(status=options["status"])
@@ -74,4 +75,4 @@ class Command(BaseCommand):
         self.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
         for r in table:
             self.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-        self.stdout.write(f"{len(rows)} avatar(s)")
+        self.stdout.write(_("%d avatar(s)") % len(rows))

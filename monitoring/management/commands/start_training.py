@@ -6,6 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from monitoring import transitions
 from monitoring.models import Avatar, AvatarStatus, EventSource, Language, Owner, TrainingType
@@ -35,32 +36,40 @@ class Command(BaseCommand):
         outcome = start_training(avatar, source=EventSource.COMMAND)
         training = outcome.training
         if not outcome.changed and not (training and training.fal_request_id):
-            raise CommandError(f"Avatar {avatar.pk} was not started: {outcome.detail or outcome.status}")
+            raise CommandError(
+                _("Avatar %(id)s was not started: %(reason)s")
+                % {"id": avatar.pk, "reason": outcome.detail or outcome.status}
+            )
         avatar.refresh_from_db()
         request_id = training.fal_request_id if training else None
         if avatar.status != AvatarStatus.TRAINING:
             raise CommandError(
-                f"Avatar {avatar.pk} was not started: {outcome.detail or avatar.status}"
+                _("Avatar %(id)s was not started: %(reason)s")
+                % {"id": avatar.pk, "reason": outcome.detail or avatar.status}
             )
         if options["json"]:
             self.stdout.write(json.dumps({"id": str(avatar.pk), "fal_request_id": request_id or ""}))
         else:
-            self.stdout.write(
-                f"Avatar {avatar.pk} is training (fal request {request_id or 'unknown'})"
-                + (f": {outcome.detail}" if outcome.detail else "")
-            )
+            message = _("Avatar %(id)s is training (fal request %(request)s)") % {
+                "id": avatar.pk,
+                "request": request_id or "-",
+            }
+            self.stdout.write(message + (f": {outcome.detail}" if outcome.detail else ""))
 
     def _avatar(self, options) -> Avatar:
         try:
             avatar = Avatar.objects.get(pk=options["avatar"])
         except Avatar.DoesNotExist:
-            raise CommandError(f"No avatar with id {options['avatar']}") from None
+            raise CommandError(_("No avatar with id %s") % options["avatar"]) from None
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=EventSource.COMMAND)
         if avatar.status not in (AvatarStatus.READY_FOR_TRAINING,):
             raise CommandError(
-                f"Avatar {avatar.pk} cannot start: it is {avatar.status} "
-                "(only draft or ready_for_training avatars start; use retrain for failed ones)"
+                _(
+                    "Avatar %(id)s cannot start: it is %(status)s (only draft or "
+                    "ready_for_training avatars start; use retrain for failed ones)"
+                )
+                % {"id": avatar.pk, "status": avatar.status}
             )
         return avatar
 
@@ -72,11 +81,14 @@ class Command(BaseCommand):
         ]
         if missing:
             raise CommandError(
-                "Give --avatar ID, or all of --owner-telegram-id, --name, --images-url, "
-                f"--trigger (missing: {', '.join(missing)})"
+                _(
+                    "Give --avatar ID, or all of --owner-telegram-id, --name, --images-url, "
+                    "--trigger (missing: %s)"
+                )
+                % ", ".join(missing)
             )
         if not options["images_url"].startswith(("https://", "http://")):
-            raise CommandError("--images-url must be an http(s) URL of a zip archive")
+            raise CommandError(_("--images-url must be an http(s) URL of a zip archive"))
         with transaction.atomic():
             owner, created = Owner.objects.get_or_create(
                 telegram_id=options["owner_telegram_id"],
