@@ -384,19 +384,24 @@ def _finish(
         ).update(status=new_status, updated_at=now)
         if not won:
             return _lost(training.avatar_id, new_status, training.pk)
-        was_stuck = (
-            Training.objects.filter(pk=training.pk).values_list("stuck_reason", "stuck_since").first()
-        )
-        Training.objects.filter(pk=training.pk).update(
-            finished_at=now,
-            outcome=outcome,
-            next_check_at=None,
-            stuck_since=None,
-            queue_position=None,
+        # One read, under the avatar's row lock: the stuck flag as it was (for the
+        # timeline) and the avatar and owner the message needs.
+        fresh = Training.objects.select_related("avatar__owner").get(pk=training.pk)
+        if fresh.stuck_since is not None:
+            details = {**details, "was_stuck": fresh.stuck_reason}
+        updates = {
+            "finished_at": now,
+            "outcome": outcome,
+            "next_check_at": None,
+            "stuck_since": None,
+            "queue_position": None,
             **fields,
-        )
-        if was_stuck and was_stuck[1] is not None:
-            details = {**details, "was_stuck": was_stuck[0]}
+        }
+        Training.objects.filter(pk=training.pk).update(**updates)
+        for name, value in updates.items():
+            setattr(fresh, name, value)
+            setattr(training, name, value)
+        fresh.avatar.status = new_status
         _event(
             training.avatar_id,
             EventKind.STATUS,
@@ -411,8 +416,7 @@ def _finish(
         )
         from notifications import outbox
 
-        outbox.queue_outcome(training_id=training.pk, outcome=new_status)
-    training.refresh_from_db()
+        outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
     return Outcome(True, new_status, training=training)
 
 

@@ -40,11 +40,16 @@ def _create_once(**fields) -> Notification | None:
     return notification
 
 
-def queue_outcome(*, training_id: int, outcome: str) -> Notification | None:
-    """The owner's message for a finished training attempt (ready, failed, cancelled)."""
+def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notification | None:
+    """The owner's message for a finished training attempt (ready, failed, cancelled).
+
+    ``training`` may be passed with its avatar and owner already loaded (the transition
+    has just read them) to save a query on the webhook's hot path.
+    """
     from monitoring.models import Training
 
-    training = Training.objects.select_related("avatar__owner").get(pk=training_id)
+    if training is None or training.pk != training_id:
+        training = Training.objects.select_related("avatar__owner").get(pk=training_id)
     avatar = training.avatar
     kind = _OUTCOME_KINDS[outcome]
     return _create_once(
