@@ -11,8 +11,11 @@ really sending over HTTP.
    avatar of its own owner; latency = fake receipt time - time just before the POST.
 2. busy:   the same while a large check run is going on: ``--busy`` active trainings
    whose status calls each take ``--status-latency`` s on the emulator, fanned out in
-   batches over the main cluster's workers. The run's duration and the main queue's
-   backlog during the measurement are printed, to show it really was going on.
+   batches over the main cluster's workers. The main queue's backlog during the
+   measurement is printed, to show the run really was going on. Baseline in the
+   same run: the notifications cluster stopped and each message's task put on the
+   main queue instead (what one shared queue would do); the wait is not capped, up
+   to 60 s, and anything later counts as missing.
 3. rate:   ``--burst`` owner messages written at once (one transaction each, as the
    transitions do); sustained messages/s at the fake and the busiest 1-second window
    (limit: 25/s overall).
@@ -138,7 +141,7 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-def _measure_webhooks(port, signer, telegram, probes, gap) -> tuple[list[float], int]:
+def _measure_webhooks(port, signer, telegram, probes, gap, after_post=None) -> tuple[list[float], int]:
     """POST a signed completion per probe, ``gap`` s apart; latency to the fake's receipt."""
     from fakes.fal_signing import delivery_body, lora_payload
 
@@ -150,6 +153,8 @@ def _measure_webhooks(port, signer, telegram, probes, gap) -> tuple[list[float],
         sent_at[chat_id] = time.time()
         if _post(port, "/webhooks/fal/", body, headers) != 200:
             bad += 1
+        if after_post is not None:
+            after_post(request_id)
         time.sleep(gap)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=30, help="webhooks measured per scenario")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between webhooks")
     parser.add_argument("--busy", type=int, default=3000, help="active trainings in the check run")
-    parser.add_argument("--status-latency", type=float, default=2.0)
+    parser.add_argument("--status-latency", type=float, default=3.0)
     parser.add_argument("--burst", type=int, default=300, help="messages for the rate figure")
     args = parser.parse_args(argv)
 
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         call_command("migrate", verbosity=0)
         quiet = _make_trainings(args.probes, "quiet", distinct_owners=True)
         busy_probes = _make_trainings(args.probes, "busyprobe", distinct_owners=True)
+        shared_probes = _make_trainings(args.probes, "sharedprobe", distinct_owners=True)
         connections.close_all()
 
         gunicorn = str(Path(python).with_name("gunicorn"))
@@ -257,6 +263,24 @@ def main(argv: list[str] | None = None) -> int:
         busy_lat, busy_bad = _measure_webhooks(port, emulator.signer, telegram, busy_probes, args.gap)
         backlog_end = _main_queue_backlog()
         run_still_going = run is not None and not CheckRun.objects.filter(pk=run.pk, finished_at__isnull=False).exists()
+
+        # Baseline, same check run: what a shared queue would do. The notifications
+        # cluster is stopped and each message's task goes to the main queue instead.
+        _stop(processes.pop())
+        from notifications.models import Notification as _N
+
+        def to_main_queue(request_id: str) -> None:
+            row = _N.objects.filter(training__fal_request_id=request_id).values_list("pk", flat=True).first()
+            if row is not None:
+                async_task("notifications.delivery.deliver", row)
+
+        shared_lat, shared_bad = _measure_webhooks(
+            port, emulator.signer, telegram, shared_probes, args.gap, after_post=to_main_queue
+        )
+        shared_run_going = run is not None and not CheckRun.objects.filter(pk=run.pk, finished_at__isnull=False).exists()
+        processes.append(_start(
+            [python, "manage.py", "qcluster"], {**env, "Q_CLUSTER_NAME": "notifications"},
+            work_dir / "qcluster-notifications-2.log"))
         checked_during = emulator.status_calls.total() if hasattr(emulator.status_calls, "total") else sum(emulator.status_calls.values())
 
         print(f"scenario 3: {args.burst} messages at once …", flush=True)
@@ -311,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   check run: due {run.due if run else '?'}, still going at the end of the "
           f"measurement: {run_still_going}; main queue backlog {backlog_start} → {backlog_end} "
           f"tasks; fal status calls so far {checked_during}")
+    print(line("   baseline: same, one shared queue", shared_lat, shared_bad))
+    print(f"   (check run still going at its end: {shared_run_going})")
     print(f"3. {len(burst)}/{args.burst} messages to distinct chats: sustained {rate:.1f} msg/s, "
           f"busiest 1-s window {busiest} at the fake, {busiest_slots} in the limiter (limit 25)")
     targets = {
