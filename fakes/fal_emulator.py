@@ -176,6 +176,7 @@ class FalEmulator:
         # worker it is measured against.
         def serve() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
 
             async def main() -> None:
@@ -194,6 +195,12 @@ class FalEmulator:
 
             try:
                 loop.run_until_complete(main())
+                # Kept-alive connections still wait for a next request: end them quietly.
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             finally:
                 loop.close()
 
