@@ -252,17 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         quiet_lat, quiet_bad = _measure_webhooks(port, emulator.signer, telegram, quiet, args.gap)
 
         print(f"scenario 2: creating {args.busy} active trainings for a large check run …", flush=True)
-        _make_trainings(args.busy, "busy", distinct_owners=False)
         before = set(CheckRun.objects.values_list("pk", flat=True))
+        _make_trainings(args.busy, "busy", distinct_owners=False)
+        # The scheduled run may already have claimed some of them; this one takes the rest.
         async_task("monitoring.tasks.run_check", "manual")
+        new_runs = CheckRun.objects.exclude(pk__in=before)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not CheckRun.objects.exclude(pk__in=before).filter(due__gt=args.busy // 2).exists():
+        while time.monotonic() < deadline and sum(new_runs.values_list("due", flat=True)) < args.busy:
             time.sleep(0.1)
-        run = CheckRun.objects.exclude(pk__in=before).order_by("-started_at").first()
-        backlog_start = _main_queue_backlog()
+
+        def runs_going() -> int:
+            return new_runs.filter(finished_at__isnull=True).count() + _main_queue_backlog()
+
+        going_start = runs_going()
         busy_lat, busy_bad = _measure_webhooks(port, emulator.signer, telegram, busy_probes, args.gap)
-        backlog_end = _main_queue_backlog()
-        run_still_going = run is not None and not CheckRun.objects.filter(pk=run.pk, finished_at__isnull=False).exists()
+        going_end = runs_going()
+        claimed = sum(new_runs.values_list("due", flat=True))
+        checked_during = sum(emulator.status_calls.values())
 
         # Baseline, same check run: what a shared queue would do. The notifications
         # cluster is stopped and each message's task goes to the main queue instead.
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         shared_lat, shared_bad = _measure_webhooks(
             port, emulator.signer, telegram, shared_probes, args.gap, after_post=to_main_queue
         )
-        shared_run_going = run is not None and not CheckRun.objects.filter(pk=run.pk, finished_at__isnull=False).exists()
+        shared_going = runs_going()
         processes.append(_start(
             [python, "manage.py", "qcluster"], {**env, "Q_CLUSTER_NAME": "notifications"},
             work_dir / "qcluster-notifications-2.log"))
@@ -332,17 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':34}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'missing':>9}")
     print(line("1. quiet", quiet_lat, quiet_bad))
     print(line(f"2. during a {args.busy}-training check run", busy_lat, busy_bad))
-    print(f"   check run: due {run.due if run else '?'}, still going at the end of the "
-          f"measurement: {run_still_going}; main queue backlog {backlog_start} → {backlog_end} "
-          f"tasks; fal status calls so far {checked_during}")
+    print(f"   check runs claimed {claimed} trainings; unfinished runs + main queue backlog: "
+          f"{going_start} at the start, {going_end} at the end; fal status calls so far "
+          f"{checked_during}")
     print(line("   baseline: same, one shared queue", shared_lat, shared_bad))
-    print(f"   (check run still going at its end: {shared_run_going})")
+    print(f"   (unfinished runs + main queue backlog at its end: {shared_going})")
     print(f"3. {len(burst)}/{args.burst} messages to distinct chats: sustained {rate:.1f} msg/s, "
           f"busiest 1-s window {busiest} at the fake, {busiest_slots} in the limiter (limit 25)")
     targets = {
         "quiet p95 <= 2 s": bool(quiet_lat) and _percentile(quiet_lat, 0.95) <= 2.0 and not quiet_bad,
         "busy p95 <= 2 s": bool(busy_lat) and _percentile(busy_lat, 0.95) <= 2.0 and not busy_bad,
-        "check run really going": run_still_going or backlog_start > 0,
+        "check run going all through 2 and baseline": min(going_start, going_end, shared_going) > 0,
         "at most 25 per second": busiest <= 25,
         "every burst message arrived once": len(burst) == args.burst,
     }

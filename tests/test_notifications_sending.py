@@ -188,3 +188,46 @@ def test_a_staff_alert_without_a_staff_chat_is_recorded_as_skipped(
     assert row.status == NotificationStatus.SKIPPED
     assert "TELEGRAM_STAFF_CHAT_ID" in row.last_error
     assert telegram.messages == []
+
+
+def test_connection_errors_and_timeouts_are_retried_as_transient(
+    telegram, training_avatar, run_deliveries, settings
+):
+    import socket
+
+    settings.NOTIFICATION_INLINE_WAIT_SECONDS = 0.0  # hand back after each failure
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    settings.TELEGRAM_API_BASE_URL = f"http://127.0.0.1:{closed_port}/bot"
+    avatar, training = training_avatar()
+    chat = avatar.owner.telegram_id
+
+    _complete(training)
+    run_deliveries()
+    row = Notification.objects.get()
+    assert row.status == NotificationStatus.PENDING and row.attempts == 1
+    assert row.next_attempt_at > row.created_at
+
+    # Telegram is reachable again but answers too slowly once: a timeout, retried.
+    settings.TELEGRAM_API_BASE_URL = telegram.base_url
+    settings.NOTIFICATION_SEND_TIMEOUT_SECONDS = 0.3
+    telegram.script(chat, telegram.slow(1.0))
+    Notification.objects.filter(pk=row.pk).update(next_attempt_at=row.created_at)
+    delivery.deliver(row.pk)
+    row.refresh_from_db()
+    assert row.status == NotificationStatus.PENDING and row.attempts == 2
+    assert "timed out" in row.last_error.lower()
+
+    Notification.objects.filter(pk=row.pk).update(next_attempt_at=row.created_at)
+    delivery.deliver(row.pk)
+    row.refresh_from_db()
+    assert row.status == NotificationStatus.SENT
+    assert list(row.attempt_log.order_by("id").values_list("outcome", flat=True)) == [
+        "transient",
+        "transient",
+        "sent",
+    ]
+    # The slow answer did arrive at Telegram although we gave up waiting for it: the
+    # one doubt a Bot API without idempotency keys leaves (telegram-facts.md).
+    assert len([m for m in telegram.wait_for_messages(2, timeout=3) if m.chat_id == chat]) == 2
