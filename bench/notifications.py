@@ -122,16 +122,24 @@ def _make_trainings(count: int, prefix: str, *, distinct_owners: bool) -> list[t
     for i in range(count):
         owner = shared or Owner.objects.create(telegram_id=next(_owner_ids), username=f"b{i}")
         avatar = transitions.create_avatar(
-            owner=owner, name=f"{prefix} <{i}> & 🐱", training_type="portrait",
-            trigger_word="ohwx", images_url="https://example.com/p.zip",
+            owner=owner,
+            name=f"{prefix} <{i}> & 🐱",
+            training_type="portrait",
+            trigger_word="ohwx",
+            images_url="https://example.com/p.zip",
             source=EventSource.COMMAND,
         )
         started = transitions.begin_training(
-            avatar, endpoint="fal-ai/flux-lora-portrait-trainer", arguments={},
-            webhook_url="", source=EventSource.COMMAND,
+            avatar,
+            endpoint="fal-ai/flux-lora-portrait-trainer",
+            arguments={},
+            webhook_url="",
+            source=EventSource.COMMAND,
         )
         request_id = f"{prefix}-{i:06d}"
-        transitions.record_submitted(started.training, request_id=request_id, source=EventSource.COMMAND)
+        transitions.record_submitted(
+            started.training, request_id=request_id, source=EventSource.COMMAND
+        )
         made.append((owner.telegram_id, request_id))
     return made
 
@@ -141,7 +149,9 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-def _measure_webhooks(port, signer, telegram, probes, gap, after_post=None) -> tuple[list[float], int]:
+def _measure_webhooks(
+    port, signer, telegram, probes, gap, after_post=None
+) -> tuple[list[float], int]:
     """POST a signed completion per probe, ``gap`` s apart; latency to the fake's receipt."""
     from fakes.fal_signing import delivery_body, lora_payload
 
@@ -232,18 +242,40 @@ def main(argv: list[str] | None = None) -> int:
         connections.close_all()
 
         gunicorn = str(Path(python).with_name("gunicorn"))
-        processes.append(_start(
-            [gunicorn, "avatarsite.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", "2", "--timeout", "30"], env, work_dir / "gunicorn.log"))
-        processes.append(_start([python, "manage.py", "qcluster"], env, work_dir / "qcluster-main.log"))
-        processes.append(_start(
-            [python, "manage.py", "qcluster"], {**env, "Q_CLUSTER_NAME": "notifications"},
-            work_dir / "qcluster-notifications.log"))
+        processes.append(
+            _start(
+                [
+                    gunicorn,
+                    "avatarsite.wsgi:application",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "2",
+                    "--timeout",
+                    "30",
+                ],
+                env,
+                work_dir / "gunicorn.log",
+            )
+        )
+        processes.append(
+            _start([python, "manage.py", "qcluster"], env, work_dir / "qcluster-main.log")
+        )
+        processes.append(
+            _start(
+                [python, "manage.py", "qcluster"],
+                {**env, "Q_CLUSTER_NAME": "notifications"},
+                work_dir / "qcluster-notifications.log",
+            )
+        )
         _wait_http(port)
         # Startup restore runs a check of the few active trainings; let it finish.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if CheckRun.objects.exists() and not CheckRun.objects.filter(finished_at__isnull=True).exists():
+            if (
+                CheckRun.objects.exists()
+                and not CheckRun.objects.filter(finished_at__isnull=True).exists()
+            ):
                 break
             time.sleep(0.2)
         time.sleep(1)
@@ -251,21 +283,27 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_lat, quiet_bad = _measure_webhooks(port, emulator.signer, telegram, quiet, args.gap)
 
-        print(f"scenario 2: creating {args.busy} active trainings for a large check run …", flush=True)
+        print(
+            f"scenario 2: creating {args.busy} active trainings for a large check run …", flush=True
+        )
         before = set(CheckRun.objects.values_list("pk", flat=True))
         _make_trainings(args.busy, "busy", distinct_owners=False)
         # The scheduled run may already have claimed some of them; this one takes the rest.
         async_task("monitoring.tasks.run_check", "manual")
         new_runs = CheckRun.objects.exclude(pk__in=before)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum(new_runs.values_list("due", flat=True)) < args.busy:
+        while (
+            time.monotonic() < deadline and sum(new_runs.values_list("due", flat=True)) < args.busy
+        ):
             time.sleep(0.1)
 
         def runs_going() -> int:
             return new_runs.filter(finished_at__isnull=True).count() + _main_queue_backlog()
 
         going_start = runs_going()
-        busy_lat, busy_bad = _measure_webhooks(port, emulator.signer, telegram, busy_probes, args.gap)
+        busy_lat, busy_bad = _measure_webhooks(
+            port, emulator.signer, telegram, busy_probes, args.gap
+        )
         going_end = runs_going()
         claimed = sum(new_runs.values_list("due", flat=True))
         checked_during = sum(emulator.status_calls.values())
@@ -276,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         from notifications.models import Notification as _N
 
         def to_main_queue(request_id: str) -> None:
-            row = _N.objects.filter(training__fal_request_id=request_id).values_list("pk", flat=True).first()
+            row = (
+                _N.objects.filter(training__fal_request_id=request_id)
+                .values_list("pk", flat=True)
+                .first()
+            )
             if row is not None:
                 async_task("notifications.delivery.deliver", row)
 
@@ -284,10 +326,18 @@ def main(argv: list[str] | None = None) -> int:
             port, emulator.signer, telegram, shared_probes, args.gap, after_post=to_main_queue
         )
         shared_going = runs_going()
-        processes.append(_start(
-            [python, "manage.py", "qcluster"], {**env, "Q_CLUSTER_NAME": "notifications"},
-            work_dir / "qcluster-notifications-2.log"))
-        checked_during = emulator.status_calls.total() if hasattr(emulator.status_calls, "total") else sum(emulator.status_calls.values())
+        processes.append(
+            _start(
+                [python, "manage.py", "qcluster"],
+                {**env, "Q_CLUSTER_NAME": "notifications"},
+                work_dir / "qcluster-notifications-2.log",
+            )
+        )
+        checked_during = (
+            emulator.status_calls.total()
+            if hasattr(emulator.status_calls, "total")
+            else sum(emulator.status_calls.values())
+        )
 
         print(f"scenario 3: {args.burst} messages at once …", flush=True)
         # Owner messages written the way transitions write them, all at once.
@@ -300,8 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.burst):
             owner = Owner.objects.create(telegram_id=next(_owner_ids))
             row = Notification.objects.create(
-                dedup_key=f"bench-rate:{i}", kind="ready", audience=Audience.OWNER,
-                owner=owner, chat_id=owner.telegram_id, text=f"🎉 bench <b>{i}</b>",
+                dedup_key=f"bench-rate:{i}",
+                kind="ready",
+                audience=Audience.OWNER,
+                owner=owner,
+                chat_id=owner.telegram_id,
+                text=f"🎉 bench <b>{i}</b>",
             )
             outbox.schedule_delivery(row.pk)
         deadline = time.monotonic() + 120
@@ -311,10 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         from notifications.models import RateLimitMark
 
         slots = sorted(
-            t.timestamp() for t in RateLimitMark.objects.filter(chat_id__gte=5_000_000).values_list("sent_at", flat=True)
+            t.timestamp()
+            for t in RateLimitMark.objects.filter(chat_id__gte=5_000_000).values_list(
+                "sent_at", flat=True
+            )
         )
-        slots = slots[-args.burst:]
-        busiest_slots = max(sum(1 for t in slots if s <= t < s + 1.0) for s in slots) if slots else 0
+        slots = slots[-args.burst :]
+        busiest_slots = (
+            max(sum(1 for t in slots if s <= t < s + 1.0) for s in slots) if slots else 0
+        )
         burst.sort()
         busiest = max(sum(1 for t in burst if s <= t < s + 1.0) for s in burst) if burst else 0
         rate = (len(burst) - 1) / (burst[-1] - burst[0]) if len(burst) > 1 else 0.0
@@ -329,24 +388,34 @@ def main(argv: list[str] | None = None) -> int:
     def line(label, lat, bad):
         if not lat:
             return f"{label:34}no messages received ({bad} missing)"
-        return (f"{label:34}{len(lat):>5}{statistics.median(lat) * 1000:>9.0f}"
-                f"{_percentile(lat, 0.95) * 1000:>9.0f}{max(lat) * 1000:>9.0f}{bad:>9}")
+        return (
+            f"{label:34}{len(lat):>5}{statistics.median(lat) * 1000:>9.0f}"
+            f"{_percentile(lat, 0.95) * 1000:>9.0f}{max(lat) * 1000:>9.0f}{bad:>9}"
+        )
 
     print()
-    print("webhook arrival → fake Bot API receipt (gunicorn 2 workers; qclusters with default "
-          "workers: main 2, notifications 2; PostgreSQL)")
+    print(
+        "webhook arrival → fake Bot API receipt (gunicorn 2 workers; qclusters with default "
+        "workers: main 2, notifications 2; PostgreSQL)"
+    )
     print(f"{'':34}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'missing':>9}")
     print(line("1. quiet", quiet_lat, quiet_bad))
     print(line(f"2. during a {args.busy}-training check run", busy_lat, busy_bad))
-    print(f"   check runs claimed {claimed} trainings; unfinished runs + main queue backlog: "
-          f"{going_start} at the start, {going_end} at the end; fal status calls so far "
-          f"{checked_during}")
+    print(
+        f"   check runs claimed {claimed} trainings; unfinished runs + main queue backlog: "
+        f"{going_start} at the start, {going_end} at the end; fal status calls so far "
+        f"{checked_during}"
+    )
     print(line("   baseline: same, one shared queue", shared_lat, shared_bad))
     print(f"   (unfinished runs + main queue backlog at its end: {shared_going})")
-    print(f"3. {len(burst)}/{args.burst} messages to distinct chats: sustained {rate:.1f} msg/s, "
-          f"busiest 1-s window {busiest} at the fake, {busiest_slots} in the limiter (limit 25)")
+    print(
+        f"3. {len(burst)}/{args.burst} messages to distinct chats: sustained {rate:.1f} msg/s, "
+        f"busiest 1-s window {busiest} at the fake, {busiest_slots} in the limiter (limit 25)"
+    )
     targets = {
-        "quiet p95 <= 2 s": bool(quiet_lat) and _percentile(quiet_lat, 0.95) <= 2.0 and not quiet_bad,
+        "quiet p95 <= 2 s": bool(quiet_lat)
+        and _percentile(quiet_lat, 0.95) <= 2.0
+        and not quiet_bad,
         "busy p95 <= 2 s": bool(busy_lat) and _percentile(busy_lat, 0.95) <= 2.0 and not busy_bad,
         "check run going all through 2 and baseline": min(going_start, going_end, shared_going) > 0,
         "at most 25 per second": busiest <= 25,

@@ -232,7 +232,9 @@ def test_it_stores_a_migrated_staff_chat_and_sends_once_to_the_new_id(
 def test_it_backs_off_on_repeated_500s_then_succeeds(telegram, training_avatar, run_deliveries):
     avatar, training = training_avatar()
     chat = avatar.owner.telegram_id
-    telegram.script(chat, telegram.server_error(), telegram.server_error(502), telegram.server_error())
+    telegram.script(
+        chat, telegram.server_error(), telegram.server_error(502), telegram.server_error()
+    )
 
     _complete(training)
     run_deliveries()
@@ -379,16 +381,20 @@ def test_the_real_webhook_and_the_real_periodic_check_racing_send_one_message(
     def webhook():
         try:
             barrier.wait()
-            answers["webhook"] = Client().post(
-                "/webhooks/fal/", data=body, content_type="application/json", headers=headers
-            ).status_code
+            answers["webhook"] = (
+                Client()
+                .post("/webhooks/fal/", data=body, content_type="application/json", headers=headers)
+                .status_code
+            )
         finally:
             connection.close()
 
     def periodic_check():
         try:
             barrier.wait()
-            answers["check"] = check_trainings([Training.objects.get(pk=training.pk)], source="check")
+            answers["check"] = check_trainings(
+                [Training.objects.get(pk=training.pk)], source="check"
+            )
         finally:
             connection.close()
 
@@ -407,9 +413,7 @@ def test_the_real_webhook_and_the_real_periodic_check_racing_send_one_message(
     assert f"Гонка {round_}" in received[0].plain
 
 
-def test_a_fal_account_alert_reaches_staff_without_the_fal_key(
-    telegram, run_deliveries, settings
-):
+def test_a_fal_account_alert_reaches_staff_without_the_fal_key(telegram, run_deliveries, settings):
     from notifications import outbox
 
     outbox.queue_fal_account_alert(
@@ -437,7 +441,10 @@ def test_an_attempt_left_in_flight_by_a_dead_worker_is_explained_to_staff(
     # The worker took its slot and opened the attempt, then died before the request.
     claimed = delivery.claim(row.pk, worker="dead-worker")
     NotificationAttempt.objects.create(
-        notification=claimed, chat_id=claimed.chat_id, outcome=Outcome.IN_FLIGHT, worker="dead-worker"
+        notification=claimed,
+        chat_id=claimed.chat_id,
+        outcome=Outcome.IN_FLIGHT,
+        worker="dead-worker",
     )
 
     time.sleep(0.4)

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _complete(training):
-    return transitions.complete(training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK)
+    return transitions.complete(
+        training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK
+    )
 
 
 def test_it_pauses_sending_when_the_token_is_rejected_and_resumes_after_a_good_probe(

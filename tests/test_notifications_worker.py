@@ -48,7 +48,9 @@ def test_a_real_notifications_cluster_sends_each_committed_message_once(
         )
     try:
         for _avatar, training in trainings:
-            transitions.complete(training, lora_url="https://v3.fal.media/l", source=EventSource.WEBHOOK)
+            transitions.complete(
+                training, lora_url="https://v3.fal.media/l", source=EventSource.WEBHOOK
+            )
         telegram.wait_for_messages(5, timeout=30)
         time.sleep(0.5)  # anything extra would arrive now
     finally:
