@@ -141,6 +141,7 @@ def worker_main(database_url: str, emulator_env: dict[str, str], index: int) -> 
         return execute(sql, params, many, context)
 
     broker = get_broker()
+    batches: list[tuple[float, float]] = []  # (start offset, seconds) of each batch task
     began = time.time()
     cpu_began = time.process_time()
     with connection.execute_wrapper(count):
@@ -156,12 +157,15 @@ def worker_main(database_url: str, emulator_env: dict[str, str], index: int) -> 
                 break
             for ack_id, payload in items:
                 task = SignedPackage.loads(payload)
+                started = time.time()
                 getattr(tasks, task["func"].rsplit(".", 1)[1])(*task["args"], **task["kwargs"])
+                batches.append((round(started - began, 2), round(time.time() - started, 2)))
                 broker.acknowledge(ack_id)
     return {
         "began": began,
         "ended": time.time(),
         "cpu": time.process_time() - cpu_began,
+        "batches": batches,
         "queries": queries,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -229,6 +233,7 @@ def bench(n: int, emulator_env: dict[str, str], sample: int, workers: int) -> di
             "wall": max(r["ended"] for r in results) - results[0]["began"],
             "queries": sum(r["queries"] for r in results),
             "cpu": sum(r["cpu"] for r in results),
+            "batches": [r["batches"] for r in results],
             "peak_mb": max(r["peak_mb"] for r in results),
         }
         figures["baseline_rate"] = _child("baseline", url, emulator_env, str(sample))["rate"]
@@ -245,6 +250,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (Q_WORKERS)")
     parser.add_argument("--concurrency", type=int, help="CHECK_CONCURRENCY (default: the setting's)")
     parser.add_argument("--batch-size", type=int, help="CHECK_BATCH_SIZE (default: the setting's)")
+    parser.add_argument("--verbose", action="store_true", help="print every batch's timing")
     args = parser.parse_args()
     sizes = args.n or [1000, 10000]
 
@@ -302,6 +308,10 @@ def main() -> None:
         )
     print("Targets: 10,000 within 60 s (>= 300 checks/s), >= 30x sequential, <= 3 queries, < 300 MB")
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")
+    if args.verbose:
+        for n, f in rows:
+            for index, batches in enumerate(f["batches"]):
+                print(f"N={n} worker {index}: (start s, duration s) per batch: {batches}")
 
 
 if __name__ == "__main__":

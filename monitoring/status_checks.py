@@ -122,24 +122,37 @@ def _budget_seconds() -> float:
 def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
     """Lease the due active trainings to this run; returns their ids.
 
-    One statement, so two claimers can never both get a row: on PostgreSQL the inner
-    SELECT skips rows another claimer has locked, and the UPDATE's own condition is
-    re-checked under the row lock; on SQLite the statement holds the write lock.
+    One statement, so two claimers can never both get a row: on PostgreSQL the SELECT
+    skips rows another claimer has locked and re-checks its condition on rows changed
+    since its snapshot (a claim committed meanwhile pushed them past the horizon); on
+    SQLite the statement holds the write lock.
     """
     lease_until = run_start + _interval()
     # A run may fire a little early; what falls due within the grace is taken now
     # rather than left for a second interval.
     horizon = run_start + min(timedelta(seconds=5), _interval() / 10)
     table = Training._meta.db_table
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    sql = (
-        f"UPDATE {table} SET next_check_at = %s WHERE id IN ("
-        f"SELECT id FROM {table} WHERE finished_at IS NULL AND next_check_at <= %s "
-        f"ORDER BY next_check_at LIMIT %s{lock}) "
-        f"AND finished_at IS NULL AND next_check_at <= %s RETURNING id"
-    )
+    if connection.vendor == "postgresql":
+        # The CTE is computed once (a locking CTE always is); an IN (subquery) form can
+        # be planned as a nested loop re-running the subquery per row: quadratic, 14 s
+        # for 10,000 rows on fresh statistics.
+        sql = (
+            f"WITH due AS (SELECT id FROM {table} WHERE finished_at IS NULL "
+            f"AND next_check_at <= %s ORDER BY next_check_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {table} AS t SET next_check_at = %s FROM due WHERE t.id = due.id "
+            f"RETURNING t.id"
+        )
+        params: list[Any] = [horizon, limit, lease_until]
+    else:
+        # SQLite: one statement holds the write lock, so the condition is enough.
+        sql = (
+            f"UPDATE {table} SET next_check_at = %s WHERE id IN (SELECT id FROM {table} "
+            f"WHERE finished_at IS NULL AND next_check_at <= %s ORDER BY next_check_at LIMIT %s) "
+            f"RETURNING id"
+        )
+        params = [lease_until, horizon, limit]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [lease_until, horizon, limit, horizon])
+        cursor.execute(sql, params)
         return sorted(row[0] for row in cursor.fetchall())
 
 
