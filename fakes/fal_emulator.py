@@ -23,11 +23,20 @@ its submit, unless webhooks are dropped.
 
 Command line (the demo and ``bin/run``)::
 
-    python -m fakes.fal_emulator --state-dir DIR [--port N]
+    python -m fakes.fal_emulator --state-dir DIR [--port N] [--status-latency S]
+                                 [--adopt-unknown] [--no-webhooks]
 
 writes ``DIR/emulator.env`` once listening and serves until SIGINT/SIGTERM. There,
 jobs are scripted from their input: an images URL containing ``fail`` fails,
 ``stuck`` stays in the queue, anything else queues ~10 s, trains ~30 s and completes.
+``--adopt-unknown`` (the benchmark) treats any request id as a job still running.
+
+Tests use the ``fal`` fixture (tests/fixtures_fal.py) and script jobs, e.g.::
+
+    fal.script(queue_seconds=600)                      # every job submitted from now on
+    fal.script("fail.zip", error="No faces", error_type="face_error")  # input matches
+    fal.script(request_id, status_error=503, status_error_times=2)     # an existing job
+    fal.finish(request_id)            fal.drop_webhooks()          fal.status_calls[request_id]
 """
 
 from __future__ import annotations

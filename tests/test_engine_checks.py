@@ -498,3 +498,22 @@ def test_a_training_submitting_too_long_is_flagged_and_never_resubmitted(fal, ma
     assert "submit outcome unknown" in training.stuck_reason
     assert len(fal.submissions) == 1
     assert Notification.objects.filter(training=training, kind=NotificationKind.STUCK).count() == 1
+
+
+def test_a_run_ends_inside_its_interval_and_leaves_the_rest_due(fal, started, settings):
+    settings.CHECK_INTERVAL_SECONDS = 2  # a batch may spend 1.5 s asking fal
+    settings.CHECK_CONCURRENCY = 2
+    settings.FAL_CALL_TIMEOUT_SECONDS = 5
+    fal.script(queue_seconds=0, run_seconds=3600, latency=0.6)
+    trainings = [started()[1] for _ in range(8)]
+    make_due(*trainings)
+
+    began = time.monotonic()
+    run = run_check()
+
+    assert time.monotonic() - began < 2.5
+    assert 2 <= run.checked < 8  # two at a time, 0.6 s each, within 1.5 s
+    skipped = Training.objects.filter(pk__in=[t.pk for t in trainings], last_checked_at__isnull=True)
+    assert skipped.count() == 8 - run.checked
+    # What was not asked is due at the next run, not an interval later.
+    assert all(t.next_check_at <= timezone.now() for t in skipped)
