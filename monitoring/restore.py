@@ -3,6 +3,10 @@
 Nothing is held in memory, so nothing is "restored" but the urgency: every active
 training (whatever its age, with or without a start time) becomes due now, and a run
 is enqueued immediately instead of waiting for the next scheduled one.
+
+Starting a second cluster while another one runs costs at most one extra check of
+the trainings the running one had just leased: a restore is rare, a missed one is not.
+The notifications cluster (Q_CLUSTER_NAME=notifications) does not restore anything.
 """
 
 from __future__ import annotations
