@@ -517,3 +517,31 @@ def test_a_run_ends_inside_its_interval_and_leaves_the_rest_due(fal, started, se
     assert skipped.count() == 8 - run.checked
     # What was not asked is due at the next run, not an interval later.
     assert all(t.next_check_at <= timezone.now() for t in skipped)
+
+
+def test_cancelling_a_training_fal_never_answered_for_cancels_it_at_once(fal, make_avatar, settings):
+    from monitoring.trainings import cancel_training
+
+    settings.FAL_SUBMIT_TIMEOUT_SECONDS = 1.0
+    fal.submit_latency = 2.0
+    avatar = make_avatar()
+    training = start_training(avatar, source=EventSource.STAFF).training
+    message = cancel_training(training, source=EventSource.STAFF)
+    assert "never returned a request id" in message
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.CANCELLED
+    assert not fal.cancel_calls  # nothing on fal to address
+
+
+def test_a_cancel_refused_by_fal_changes_nothing_and_alerts_staff(fal, started):
+    from monitoring.trainings import cancel_training
+
+    fal.script(queue_seconds=600)
+    avatar, training = started()
+    fal.expected_key = "another-id:another-secret"
+    message = cancel_training(training, source=EventSource.STAFF)
+    assert "401" in message
+    training.refresh_from_db()
+    avatar.refresh_from_db()
+    assert training.cancel_requested_at is None and avatar.status == AvatarStatus.TRAINING
+    assert Notification.objects.filter(kind=NotificationKind.FAL_ACCOUNT).count() == 1
