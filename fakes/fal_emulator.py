@@ -269,6 +269,8 @@ class FalEmulator:
         """Forget every job, script, counter and recorded delivery (between tests)."""
         with self._lock:
             self.jobs: dict[str, Job] = {}
+            # Jobs whose webhook is still to be sent: the delivery loop looks only here.
+            self._awaiting_webhook: set[str] = set()
             self.default_script = JobScript()
             self._matchers: list[tuple[Callable[[dict], bool], JobScript]] = []
             self.submissions: list[dict] = []
@@ -372,6 +374,8 @@ class FalEmulator:
             script=script,
         )
         self.jobs[job.request_id] = job
+        if webhook_url:
+            self._awaiting_webhook.add(job.request_id)
         return job
 
     def _job(self, endpoint: str, request_id: str) -> Job | None:
@@ -415,11 +419,12 @@ class FalEmulator:
             with self._lock:
                 due = [
                     job
-                    for job in self.jobs.values()
-                    if job.webhook_url and not job.webhook_sent and job.state(now) == "COMPLETED"
+                    for job in (self.jobs[rid] for rid in self._awaiting_webhook)
+                    if job.state(now) == "COMPLETED"
                 ]
                 for job in due:
                     job.webhook_sent = True
+                    self._awaiting_webhook.discard(job.request_id)
             for job in due:
                 body = self._webhook_body(job)
                 headers = self.signer.headers(body, job.request_id)
