@@ -20,9 +20,13 @@ def known_secrets() -> list[str]:
         value = getattr(settings, name, None)
         if value and len(value) >= 6:
             secrets.append(value)
-            # "key_id:key_secret": the secret half alone is still a secret.
-            if ":" in value:
-                secrets.extend(part for part in value.split(":") if len(part) >= 6)
+            # "key_id:key_secret" (fal) and "bot_id:secret" (Telegram): the part after
+            # the colon is still a secret on its own. The part before is an identifier
+            # (a bot id is public) and is left alone, so that chat ids and other numbers
+            # that happen to contain it are not mangled in the logs.
+            _, sep, secret_part = value.partition(":")
+            if sep and len(secret_part) >= 6:
+                secrets.append(secret_part)
     return sorted(set(secrets), key=len, reverse=True)
 
 

@@ -71,6 +71,11 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
         Training.objects.filter(pk=training.pk).update(
             last_check_error=f"submit outcome unknown: {exc}"[:2000]
         )
+        transitions.record_note(
+            training,
+            message=f"fal's answer to the submit was lost ({exc}); not resubmitted",
+            source=source,
+        )
         logger.error(
             "Submit outcome unknown for avatar %s (training %s): %s; not resubmitted",
             avatar.pk,

@@ -298,6 +298,20 @@ def record_submitted(
     return True
 
 
+def record_note(
+    training: Training, *, message: str, source: str, details: dict[str, Any] | None = None
+) -> AvatarEvent:
+    """A timeline entry that changes no status (e.g. a submit whose answer was lost)."""
+    return _event(
+        training.avatar_id,
+        EventKind.NOTE,
+        source,
+        training_id=training.pk,
+        message=message,
+        details=details,
+    )
+
+
 def refuse_submit(
     training: Training, *, error_type: str, error_message: str, source: str, actor: Any = None
 ) -> Outcome:

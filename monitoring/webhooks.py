@@ -354,6 +354,17 @@ def _lora_urls(payload: Any) -> tuple[str, str] | None:
     return url, config_url
 
 
+def _detail_messages(payload: Any) -> str:
+    """The ``msg`` texts of a validation error payload (``{"detail": [{"msg": ...}]}``)."""
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if isinstance(detail, str):
+        return detail[:500]
+    if not isinstance(detail, list):
+        return ""
+    messages = [str(item.get("msg")) for item in detail if isinstance(item, dict) and item.get("msg")]
+    return "; ".join(messages)[:500]
+
+
 def _enqueue_recheck(training_id: int) -> None:
     """Ask the worker to fetch the result from fal's queue, never in the request."""
     try:
@@ -376,6 +387,11 @@ def _apply(
         error_message = data.get("error")
         if not isinstance(error_message, str) or not error_message:
             error_message = "fal reported an error without a message"
+        reasons = _detail_messages(payload)
+        if reasons:
+            # "Invalid status code: 422" alone tells staff nothing; the validation
+            # messages in the payload say what was wrong with the input.
+            error_message = f"{error_message}: {reasons}"
         error_type = data.get("error_type") or (
             payload.get("error_type") if isinstance(payload, dict) else ""
         )

@@ -133,3 +133,23 @@ def test_a_wrong_fal_key_is_refused_and_never_logged(fal, make_avatar, settings,
     assert training.error_type == "http_401"
     assert "wrong-secret-value" not in caplog.text
     assert "wrong-secret-value" not in training.error_message
+
+
+def test_a_lost_submit_answer_stays_submitting_with_a_note_and_is_never_resent(
+    fal, make_avatar, settings
+):
+    from monitoring.models import AvatarEvent, EventKind
+
+    settings.FAL_SUBMIT_TIMEOUT_SECONDS = 1.0
+    fal.submit_latency = 2.0
+    avatar = make_avatar()
+
+    start_training(avatar, source=EventSource.STAFF)
+    again = start_training(Avatar.objects.get(pk=avatar.pk), source=EventSource.STAFF)
+
+    training = Training.objects.get(avatar=avatar)
+    assert len(fal.submissions) == 1 and not again.changed
+    assert Avatar.objects.get(pk=avatar.pk).status == AvatarStatus.TRAINING
+    assert training.fal_status == FalStatus.SUBMITTING and training.fal_request_id is None
+    note = AvatarEvent.objects.get(avatar=avatar, kind=EventKind.NOTE)
+    assert "not resubmitted" in note.message

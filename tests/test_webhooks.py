@@ -115,9 +115,9 @@ def test_it_fails_the_avatar_with_fals_message_on_an_error_delivery(deliver, tra
     avatar.refresh_from_db()
     training.refresh_from_db()
     assert avatar.status == AvatarStatus.ERROR
-    assert training.error_message == "Invalid status code: 422"
+    assert training.error_message == "Invalid status code: 422: Could not extract faces"
     event = AvatarEvent.objects.get(avatar=avatar, new_status="error")
-    assert event.message == "Invalid status code: 422"
+    assert event.message == training.error_message
     assert event.details["detail"][0]["msg"] == "Could not extract faces"
     assert Notification.objects.filter(training=training).count() == 1
 

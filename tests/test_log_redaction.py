@@ -1,0 +1,33 @@
+"""Secrets never reach the log, whatever formats them."""
+
+from __future__ import annotations
+
+import logging
+
+from avatarsite.log_redaction import REDACTED, RedactSecrets
+
+
+def _format(message: str, *args) -> str:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, message, args, None)
+    RedactSecrets().filter(record)
+    return record.getMessage()
+
+
+def test_the_bot_token_and_its_secret_half_are_redacted_but_not_the_bot_id(settings):
+    settings.TELEGRAM_BOT_TOKEN = "123456:AAH-secret-part-of-the-token"
+    line = _format("GET https://api.telegram.org/bot%s/sendMessage chat=-1001234567890", settings.TELEGRAM_BOT_TOKEN)
+    assert "AAH-secret" not in line and REDACTED in line
+    assert "-1001234567890" in line  # a chat id containing the bot id stays readable
+    assert REDACTED in _format("leaked secret half: AAH-secret-part-of-the-token")
+
+
+def test_the_fal_key_is_redacted_in_messages_and_tracebacks(settings):
+    settings.FAL_KEY = "key-id-1:fal-secret-value"
+    try:
+        raise RuntimeError("Authorization: Key key-id-1:fal-secret-value")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    RedactSecrets().filter(record)
+    assert "fal-secret-value" not in record.exc_text
