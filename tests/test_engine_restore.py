@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command, get_commands
-from django.db import connection
 from django.utils import timezone
 
 from monitoring import restore
 from monitoring.models import AvatarStatus, CheckRun, EventSource, Training
 from monitoring.schedules import PERIODIC_CHECK
 from monitoring.trainings import start_training
+from tests.worker_process import qcluster
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,38 +78,14 @@ def test_a_real_qcluster_restores_and_completes_a_training_left_active(fal, make
     Training.objects.filter(pk=training.pk).update(next_check_at=timezone.now() + timedelta(hours=1))
     fal.finish(training.fal_request_id)  # finished while "the worker was down"
 
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "Q_WORKERS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
     log = tmp_path / "qcluster.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with qcluster(log, Q_WORKERS="1") as worker:
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline and worker.poll() is None:
             avatar.refresh_from_db()
             if avatar.status != AvatarStatus.TRAINING:
                 break
             time.sleep(0.3)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
     output = log.read_text()
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED, output[-3000:]

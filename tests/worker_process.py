@@ -1,0 +1,50 @@
+"""A real ``manage.py qcluster`` subprocess against the test database (smoke tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def qcluster(log: Path, **extra_env: str) -> Iterator[subprocess.Popen]:
+    """Run a cluster on the test database (the test must commit: transaction=True).
+
+    Its output goes to ``log``; it is stopped (and killed with its workers if it
+    hangs) when the block ends.
+    """
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield worker
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
