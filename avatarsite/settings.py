@@ -300,7 +300,8 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "telegram": {"level": "WARNING"},
-        # django-q2 logs as "django-q" (cluster start and stop, task failures).
-        "django-q": {"level": env_str("DJANGO_Q_LOG_LEVEL", "INFO")},
+        # django-q2 logs as "django-q"; at INFO it writes a line for every task enqueued
+        # (one per webhook), so only its warnings and errors by default.
+        "django-q": {"level": env_str("DJANGO_Q_LOG_LEVEL", "WARNING")},
     },
 }

@@ -31,40 +31,18 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _create_database(server_url: str) -> tuple[str, str]:
-    import psycopg
-
-    name = f"bench_notifications_{int(time.time())}_{os.getpid()}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
-def _drop_database(server_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from bench.scratch import create_database, drop_database, free_port  # noqa: E402
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -193,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
-    db_name, db_url = _create_database(server_url)
+    db_name, db_url = create_database(server_url, "bench_notifications")
     work_dir = Path(tempfile.mkdtemp(prefix="bench-notifications-"))
     from fakes.fal_emulator import FalEmulator
     from fakes.telegram_api import FakeTelegramAPI
@@ -202,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         status_latency=args.status_latency, adopt_unknown=True, state_dir=work_dir / "fal"
     ).start()
     telegram = FakeTelegramAPI(token="7700000077:BENCH-token-xyz").start()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         **emulator.env(),
@@ -383,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             _stop(process)
         telegram.stop()
         emulator.stop()
-        _drop_database(server_url, db_name)
+        drop_database(server_url, db_name)
 
     def line(label, lat, bad):
         if not lat:

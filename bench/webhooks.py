@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,11 +36,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.scratch import create_database, drop_database, free_port  # noqa: E402
 
 WEBHOOK_PATH = "/webhooks/fal/"
 MINIMAL_PATH = "/bench/minimal/"
@@ -90,30 +90,6 @@ def wsgi():
 
 
 # --- set-up ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _create_database(server_url: str) -> tuple[str, str]:
-    import psycopg
-
-    name = f"bench_webhooks_{int(time.time())}_{os.getpid()}"
-    parts = urlsplit(server_url)
-    # Query options (e.g. ?server_side_binding=true) are Django's, not libpq's.
-    with psycopg.connect(urlunsplit(parts._replace(query="")), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def _drop_database(server_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(urlunsplit(urlsplit(server_url)._replace(query="")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _make_trainings(count: int, prefix: str) -> list[str]:
@@ -332,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
-    db_name, db_url = _create_database(server_url)
+    db_name, db_url = create_database(server_url, "bench_webhooks")
     work_dir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     from fakes.fal_emulator import FalEmulator
 
@@ -372,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = _deliveries(emulator.signer, probe_ids, args.duplicates, args.seed)
         connections.close_all()
 
-        port = _free_port()
+        port = free_port()
         gunicorn = _start_gunicorn(port, env, work_dir, args.threads)
         run_load(port, MINIMAL_PATH, warmup, args.clients)
         run_load(port, WEBHOOK_PATH, warmup, args.clients)
@@ -411,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         if gunicorn is not None:
             _stop(gunicorn)
         emulator.stop()
-        _drop_database(server_url, db_name)
+        drop_database(server_url, db_name)
 
     ratio = webhooks["per_second"] / baseline["per_second"]
     print()
