@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.scratch import create_database, drop_database, free_port  # noqa: E402
+from bench.scratch import create_database, drop_database, free_port, production_env  # noqa: E402
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -181,25 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     telegram = FakeTelegramAPI(token="7700000077:BENCH-token-xyz").start()
     port = free_port()
-    env = {
-        **os.environ,
+    env = production_env(
+        db_url,
         **emulator.env(),
-        "DATABASE_URL": db_url,
-        "DJANGO_SETTINGS_MODULE": "avatarsite.settings",
-        "DEBUG": "0",
-        "SECRET_KEY": "bench-secret-key-0123456789-0123456789-0123456789-0123456789",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "0",
-        "FAL_KEY": "bench-key-id:bench-key-secret",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "NOTIFICATION_BACKEND": "telegram",
-        "TELEGRAM_BOT_TOKEN": telegram.token,
-        "TELEGRAM_API_BASE_URL": telegram.base_url,
-        "TELEGRAM_STAFF_CHAT_ID": "-1009000000001",
-        "LOG_LEVEL": "WARNING",
-        "PTB_TIMEDELTA": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        NOTIFICATION_BACKEND="telegram",
+        TELEGRAM_BOT_TOKEN=telegram.token,
+        TELEGRAM_API_BASE_URL=telegram.base_url,
+        TELEGRAM_STAFF_CHAT_ID="-1009000000001",
+        PYTHONUNBUFFERED="1",
+    )
     processes: list[subprocess.Popen] = []
     python = sys.executable
     try:

@@ -34,3 +34,20 @@ def drop_database(server_url: str, name: str) -> None:
 
     with psycopg.connect(_server(server_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def production_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a production-like process (DEBUG off) on the scratch database."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "avatarsite.settings",
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-secret-key-0123456789-0123456789-0123456789-0123456789",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "0",
+        "FAL_KEY": "bench-key-id:bench-key-secret",
+        "LOG_LEVEL": "WARNING",
+        "PTB_TIMEDELTA": "true",
+        **overrides,
+    }

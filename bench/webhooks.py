@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.scratch import create_database, drop_database, free_port  # noqa: E402
+from bench.scratch import create_database, drop_database, free_port, production_env  # noqa: E402
 
 WEBHOOK_PATH = "/webhooks/fal/"
 MINIMAL_PATH = "/bench/minimal/"
@@ -314,22 +314,13 @@ def main(argv: list[str] | None = None) -> int:
 
     emulator = FalEmulator(state_dir=work_dir / "fal").start()
     gunicorn = None
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "DJANGO_SETTINGS_MODULE": "avatarsite.settings",
-        "DEBUG": "0",
-        "SECRET_KEY": "bench-secret-key-0123456789-0123456789-0123456789-0123456789",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "0",
-        "FAL_KEY": "bench-key-id:bench-key-secret",
-        "PUBLIC_BASE_URL": "http://127.0.0.1",
-        "FAL_WEBHOOK_JWKS_URL": emulator.jwks_url,
-        "SSL_CERT_FILE": emulator.cert_file,
-        "NOTIFICATION_BACKEND": "locmem",
-        "LOG_LEVEL": "WARNING",
-        "PTB_TIMEDELTA": "true",
-    }
+    env = production_env(
+        db_url,
+        PUBLIC_BASE_URL="http://127.0.0.1",
+        FAL_WEBHOOK_JWKS_URL=emulator.jwks_url,
+        SSL_CERT_FILE=emulator.cert_file,
+        NOTIFICATION_BACKEND="locmem",
+    )
     try:
         os.environ.update(env)
         import django
