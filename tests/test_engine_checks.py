@@ -64,6 +64,10 @@ def test_it_completes_a_training_whose_webhook_was_dropped(fal, started, caplog)
     avatar, training = started()
     fal.finish(training.fal_request_id)
     make_due(training)
+    # The emulator's webhook loop runs every 50 ms: let it lose the webhook first.
+    deadline = time.monotonic() + 5
+    while not fal.dropped_webhooks and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     with caplog.at_level(logging.INFO, logger="monitoring"):
         run = run_check()
