@@ -31,8 +31,9 @@ import json
 import logging
 import re
 import time
-import traceback
+import traceback as tb
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -249,12 +250,16 @@ def _record(
     body_size: int = 0,
     whole_body: bool = False,
     error: str = "",
+    traceback: str = "",
     data: dict[str, Any] | None = None,
     training_id: int | None = None,
+    received_at: datetime | None = None,
 ) -> WebhookDelivery:
     kept = body if whole_body else body[:EXCERPT_BYTES]
     data = data or {}
+    now = timezone.now()
     return WebhookDelivery.objects.create(
+        received_at=received_at or now,
         remote_addr=_remote_addr(request),
         headers=headers,
         header_request_id=_clean(headers.get(REQUEST_ID_HEADER, ""), 128),
@@ -266,73 +271,88 @@ def _record(
         body=_clean(kept.decode("utf-8", errors="replace"), len(kept) + 1),
         body_size=body_size,
         error=_clean(error, 2000),
-        processed_at=timezone.now() if outcome != WebhookOutcome.RECEIVED else None,
+        traceback=_clean(traceback, 20000),
+        processed_at=now if outcome != WebhookOutcome.RECEIVED else None,
         training_id=training_id,
     )
 
 
 def receive(request: HttpRequest) -> Answer:
     """Handle one POST to /webhooks/fal/: every path records a delivery row."""
+    received_at = timezone.now()
     headers = _kept_headers(request)
     limit = settings.WEBHOOK_MAX_BODY_BYTES
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         reason = f"body of {declared} bytes is larger than the {limit} bytes allowed"
         _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
-                outcome=WebhookOutcome.REJECTED, body_size=min(declared, 2**31 - 1), error=reason)
+                outcome=WebhookOutcome.REJECTED, body_size=min(declared, 2**31 - 1), error=reason,
+                received_at=received_at)
         return Answer.error(413, reason)
     body, too_large = _read_body(request, limit)
     if too_large:
         reason = f"body is larger than the {limit} bytes allowed"
         _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
-                outcome=WebhookOutcome.REJECTED, body=body, body_size=limit + 1, error=reason)
+                outcome=WebhookOutcome.REJECTED, body=body, body_size=limit + 1, error=reason,
+                received_at=received_at)
         return Answer.error(413, reason)
 
     try:
         verify(headers, body)
     except Refused as refused:
         _record(request, headers, verdict=refused.verdict, outcome=WebhookOutcome.REJECTED,
-                body=body, body_size=len(body), error=refused.reason)
+                body=body, body_size=len(body), error=refused.reason, received_at=received_at)
         if refused.verdict == WebhookVerdict.UNVERIFIABLE:
             logger.error("fal webhook not verifiable: %s", refused.reason)
         return Answer.error(refused.status, refused.reason)
 
     # Verified: from here the body is fal's, and is kept whole.
+    try:
+        data = parse(body, headers[REQUEST_ID_HEADER])
+    except Refused as refused:
+        _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REJECTED,
+                body=body, body_size=len(body), whole_body=True, error=refused.reason,
+                received_at=received_at)
+        return Answer.error(refused.status, refused.reason)
+
+    # The same signature means the same body (it is signed): an exact replay of a
+    # delivery we already acted on is recorded, and not processed again.
     original = (
         WebhookDelivery.objects.filter(
             signature=headers[SIGNATURE_HEADER],
             verdict=WebhookVerdict.VALID,
             outcome__in=ACCEPTED_OUTCOMES,
         )
-        .values_list("pk", "training_id", "request_id")
+        .values_list("pk", "training_id")
         .first()
     )
     if original is not None:
-        original_pk, training_id, request_id = original
+        original_pk, training_id = original
         _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REPLAY,
                 body=body, body_size=len(body), error=f"replay of delivery {original_pk}",
-                data={"request_id": request_id}, training_id=training_id)
+                data=data, training_id=training_id, received_at=received_at)
         return Answer(200, {"outcome": WebhookOutcome.REPLAY})
 
+    # The transition and the delivery row, with its final outcome, commit together:
+    # one transaction and one row written per delivery. If processing raises,
+    # everything it did rolls back and the row is written as failed, with its
+    # traceback, so staff can re-process it and fal retries. If the process dies
+    # before the commit, nothing was answered either, and fal delivers again.
     try:
-        data = parse(body, headers[REQUEST_ID_HEADER])
-    except Refused as refused:
-        _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REJECTED,
-                body=body, body_size=len(body), whole_body=True, error=refused.reason)
-        return Answer.error(refused.status, refused.reason)
-
-    # The row and its outcome commit together: one commit per delivery. A processing
-    # error rolls back to a savepoint inside ``process``, so the row still commits
-    # (as failed, with its traceback). If the process dies before the commit, nothing
-    # was answered either, and fal delivers again.
-    with transaction.atomic():
+        with transaction.atomic():
+            outcome, note, training = _process_data(data, source=EventSource.WEBHOOK, actor=None)
+            _record(request, headers, verdict=WebhookVerdict.VALID, outcome=outcome,
+                    body=body, body_size=len(body), whole_body=True, error=note, data=data,
+                    training_id=training.pk if training else None, received_at=received_at)
+    except Exception as exc:
         delivery = _record(request, headers, verdict=WebhookVerdict.VALID,
-                           outcome=WebhookOutcome.RECEIVED, body=body, body_size=len(body),
-                           whole_body=True, data=data)
-        outcome = process(delivery, data)
-    if outcome == WebhookOutcome.FAILED:
+                           outcome=WebhookOutcome.FAILED, body=body, body_size=len(body),
+                           whole_body=True, data=data, received_at=received_at, **_failure(exc))
+        logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
         # Our own failure: 5xx so that fal delivers again.
         return Answer.error(500, "processing failed, please retry")
+    if outcome == WebhookOutcome.UNMATCHED:
+        _look_again_after_commit(data["request_id"])
     return Answer(200, {"outcome": outcome})
 
 
@@ -431,6 +451,54 @@ def _apply(
     return WebhookOutcome.ALREADY_DONE, result.detail
 
 
+def _matching_training(request_id: str) -> Training | None:
+    """The attempt a delivery is for, with what the transitions and the message need.
+
+    Avatar and owner come in the same query, so the transition does not read them
+    again; only the columns the transition and the owner's message use are read.
+    """
+    return (
+        Training.objects.select_related("avatar__owner")
+        .only(*_TRAINING_COLUMNS)
+        .filter(fal_request_id=request_id)
+        .first()
+    )
+
+
+# What finishing a training reads (transitions._finish_won, outbox.queue_outcome and
+# the owner's message); anything else would be loaded on first use, one query each.
+_TRAINING_COLUMNS = (
+    "id", "avatar_id", "fal_request_id", "endpoint", "fal_status",
+    "stuck_since", "stuck_reason", "error_type", "error_message",
+    "avatar__id", "avatar__owner_id", "avatar__name", "avatar__training_type", "avatar__status",
+    "avatar__owner__id", "avatar__owner__telegram_id", "avatar__owner__language",
+)
+
+
+def _process_data(
+    data: dict[str, Any], *, source: str, actor: Any
+) -> tuple[str, str, Training | None]:
+    """Apply a verified delivery's body: (outcome, note, training it is for)."""
+    training = _matching_training(data["request_id"])
+    if training is None:
+        return WebhookOutcome.UNMATCHED, "", None
+    outcome, note = _apply(training, data, source=source, actor=actor)
+    return outcome, note, training
+
+
+def _failure(exc: BaseException) -> dict[str, str]:
+    """What a delivery row keeps of a processing error (staff see it in the admin)."""
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": tb.format_exc()}
+
+
+def _look_again_after_commit(request_id: str) -> None:
+    # The start of a training races its own webhook: if the request id was saved
+    # between our lookup and our commit, its training_submitted signal may have
+    # fired before our row said "unmatched". Look once more after our commit (the
+    # claim in apply_unmatched_deliveries keeps it single).
+    transaction.on_commit(lambda: _second_look(request_id))
+
+
 def process(
     delivery: WebhookDelivery,
     data: dict[str, Any] | None = None,
@@ -438,26 +506,17 @@ def process(
     source: str = EventSource.WEBHOOK,
     actor: Any = None,
 ) -> str:
-    """Apply a stored, verified delivery; returns and records its outcome.
+    """Apply a stored, verified delivery again (staff, or one that came too early).
 
     The transition and the delivery's outcome commit together. When processing
-    raises, both roll back (to a savepoint when the caller holds a transaction) and
-    the delivery is marked ``failed`` with its traceback; the row itself survives.
+    raises, both roll back and the delivery is marked ``failed`` with its
+    traceback; the row itself survives.
     """
     try:
         if data is None:
             data = parse(delivery.body.encode("utf-8"), delivery.header_request_id)
         with transaction.atomic():
-            # Only what the transitions need: they reload the row they change.
-            training = (
-                Training.objects.filter(fal_request_id=data["request_id"])
-                .only("id", "avatar_id", "fal_request_id", "endpoint")
-                .first()
-            )
-            if training is None:
-                outcome, note = WebhookOutcome.UNMATCHED, ""
-            else:
-                outcome, note = _apply(training, data, source=source, actor=actor)
+            outcome, note, training = _process_data(data, source=source, actor=actor)
             WebhookDelivery.objects.filter(pk=delivery.pk).update(
                 outcome=outcome,
                 error=note,
@@ -467,20 +526,16 @@ def process(
             )
     except Exception as exc:
         logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
+        failure = _failure(exc)
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
             outcome=WebhookOutcome.FAILED,
-            error=_clean(f"{type(exc).__name__}: {exc}", 2000),
-            traceback=_clean(traceback.format_exc(), 20000),
+            error=_clean(failure["error"], 2000),
+            traceback=_clean(failure["traceback"], 20000),
             processed_at=timezone.now(),
         )
         return WebhookOutcome.FAILED
     if outcome == WebhookOutcome.UNMATCHED:
-        # The start of a training races its own webhook: if the request id was saved
-        # between our lookup and our commit, its training_submitted signal may have
-        # fired before this row said "unmatched". Look once more after our commit (the
-        # claim in apply_unmatched_deliveries keeps it single).
-        request_id = data["request_id"]
-        transaction.on_commit(lambda: _second_look(request_id))
+        _look_again_after_commit(data["request_id"])
     return outcome
 
 

@@ -2,9 +2,10 @@
 
 How a row travels:
 
-* ``enqueue(id)`` hands it to the ``notifications`` django-q2 cluster when the
-  transaction that wrote it commits (its own queue and workers, so a message never
-  waits behind a long check run).
+* ``enqueue(id)`` hands it to the ``notifications`` django-q2 cluster (its own
+  queue and workers, so a message never waits behind a long check run): inside the
+  transaction that wrote the row when the broker is that same database, so both
+  commit or neither, and when that transaction commits otherwise (Redis).
 * ``deliver(id)`` (the task) claims it with a conditional UPDATE that sets a lease,
   so two workers never send the same row. A worker that dies after claiming leaves
   a lease that expires; ``sweep()`` then hands the row out again.
@@ -68,21 +69,21 @@ def worker_name() -> str:
 # --- Handing rows to the worker ----------------------------------------------------------
 
 
+def queue_task(notification_id: int) -> None:
+    """Put ``deliver(notification_id)`` on the notifications cluster's queue; may raise."""
+    from django_q.tasks import async_task
+
+    async_task(TASK, notification_id, cluster=settings.NOTIFICATION_CLUSTER, group="notifications")
+
+
 def enqueue(notification_id: int) -> None:
     """Queue ``deliver(notification_id)`` on the notifications cluster.
 
     Never raises: a message whose enqueue was lost (broker down, process killed) is
     still pending in the outbox and the next sweep sends it.
     """
-    from django_q.tasks import async_task
-
     try:
-        async_task(
-            TASK,
-            notification_id,
-            cluster=settings.NOTIFICATION_CLUSTER,
-            group="notifications",
-        )
+        queue_task(notification_id)
     except Exception:
         logger.exception(
             "Could not enqueue notification %s; the next sweep will send it", notification_id

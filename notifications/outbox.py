@@ -3,8 +3,8 @@
 Called by ``monitoring.transitions`` inside the transaction that wins a status
 change, so the message exists if and only if the change does. The unique
 ``dedup_key`` makes a second row for the same outcome impossible whatever path
-tries to write it. Delivery is handed to the worker when the transaction commits;
-a lost hand-over is picked up by the next sweep.
+tries to write it. Delivery is handed to the worker with the transaction (see
+``_hand_over``); a lost hand-over is picked up by the next sweep.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from notifications import messages
@@ -28,16 +28,44 @@ _OUTCOME_KINDS = {
 }
 
 
-def _create_once(**fields) -> Notification | None:
-    """Insert unless the dedup key exists; never breaks the caller's transaction."""
-    try:
-        with transaction.atomic():
-            notification = Notification.objects.create(**fields)
-    except IntegrityError:
-        logger.info("Notification %s already exists: not written twice", fields["dedup_key"])
-        return None
-    transaction.on_commit(lambda: schedule_delivery(notification.pk))
+def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
+    """Insert unless the dedup key exists, and hand the row to the sender.
+
+    With ``savepoint`` (the default) a duplicate key is logged and skipped without
+    breaking the caller's transaction. Without it, a duplicate raises and takes the
+    caller's transaction with it: for callers that are the only possible writer of
+    their key, where two round trips per message are worth saving.
+    """
+    if savepoint:
+        try:
+            with transaction.atomic():
+                notification = Notification.objects.create(**fields)
+        except IntegrityError:
+            logger.info("Notification %s already exists: not written twice", fields["dedup_key"])
+            return None
+    else:
+        notification = Notification.objects.create(**fields)
+    _hand_over(notification.pk)
     return notification
+
+
+def _broker_shares_transaction() -> bool:
+    """Whether the task queue is a table in this database and a transaction is open."""
+    from django_q.conf import Conf
+
+    alias = router.db_for_write(Notification)
+    return Conf.ORM == alias and not transaction.get_autocommit(using=alias)
+
+
+def _hand_over(notification_id: int) -> None:
+    """Queue the row's delivery so that it runs only once the row is committed."""
+    if _broker_shares_transaction():
+        # The task row joins the message's transaction: both commit or neither, and
+        # the hand-over costs no commit of its own. A failure here means the
+        # database failed, and the transaction with it.
+        schedule_delivery(notification_id, in_transaction=True)
+    else:
+        transaction.on_commit(lambda: schedule_delivery(notification_id))
 
 
 def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notification | None:
@@ -52,7 +80,9 @@ def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notificat
         training = Training.objects.select_related("avatar__owner").get(pk=training_id)
     avatar = training.avatar
     kind = _OUTCOME_KINDS[outcome]
+    # The winner of the transition is the only writer of this key: no savepoint.
     return _create_once(
+        savepoint=False,
         dedup_key=f"{kind}:{training.pk}",
         kind=kind,
         audience=Audience.OWNER,
@@ -119,7 +149,7 @@ def merge_stuck_alerts() -> Notification | None:
             context={"merged_into": digest.pk},
             last_error="",
         )
-        transaction.on_commit(lambda: schedule_delivery(digest.pk))
+        _hand_over(digest.pk)
     logger.info("%s stuck alerts merged into digest notification %s", len(ids), digest.pk)
     return digest
 
@@ -154,8 +184,15 @@ def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | 
     )
 
 
-def schedule_delivery(notification_id: int) -> None:
-    """Hand a committed row to the sender's queue (never raises: the sweep is the net)."""
+def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
+    """Hand a row to the sender's queue.
+
+    After commit this never raises (the sweep is the net); inside the row's own
+    transaction an error propagates, as that transaction is broken anyway.
+    """
     from notifications import delivery
 
-    delivery.enqueue(notification_id)
+    if in_transaction:
+        delivery.queue_task(notification_id)
+    else:
+        delivery.enqueue(notification_id)
