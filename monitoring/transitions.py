@@ -380,6 +380,14 @@ def record_fal_status(
 # --- Finishing ------------------------------------------------------------------------
 
 
+def _already_finished(training: Training) -> Outcome:
+    """What ``_lost`` would say of a finished attempt, from the avatar read with it."""
+    avatar = training.avatar
+    if avatar.current_training_id != training.pk:
+        return Outcome(False, avatar.status, "stale training attempt: the avatar has a newer one")
+    return Outcome(False, avatar.status, f"already {avatar.status}")
+
+
 def _with_owner(training: Training) -> bool:
     """Whether ``training`` was loaded with its avatar and the avatar's owner."""
     return Training.avatar.is_cached(training) and Avatar.owner.is_cached(training.avatar)
@@ -396,6 +404,10 @@ def _finish(
     message: str,
     details: dict[str, Any],
 ) -> Outcome:
+    if training.finished_at is not None and Training.avatar.is_cached(training):
+        # An attempt that has finished never finishes again (finished_at is never
+        # cleared), so a duplicate needs no UPDATE to be told so.
+        return _already_finished(training)
     now = timezone.now()
     # No savepoint inside a caller's transaction (the webhook's): nobody goes on in
     # a transaction after a transition raised, so a savepoint would only cost two

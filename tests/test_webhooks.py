@@ -104,6 +104,33 @@ def test_it_completes_the_avatar_and_queues_exactly_one_notification(deliver, tr
     assert "cookie" not in stored and "authorization" not in stored and "secret" not in stored
 
 
+def test_the_owners_message_is_in_their_language_to_their_chat_and_names_the_avatar(
+    deliver, make_owner, training_avatar
+):
+    owner = make_owner(telegram_id=555_000_111, language="en")
+    avatar, training = training_avatar("req-en", owner=owner, name="Summer look")
+
+    deliver(delivery_body("req-en", payload=lora_payload("req-en")))
+
+    message = Notification.objects.get(training=training)
+    assert message.chat_id == 555_000_111
+    assert message.owner == owner and message.avatar == avatar
+    assert "<b>Summer look</b>" in message.text
+    assert "ready" in message.text.lower()
+
+
+def test_a_stuck_training_completed_by_webhook_says_so_on_its_timeline(deliver, training_avatar):
+    avatar, training = training_avatar("req-was-stuck")
+    transitions.flag_stuck(training, reason="in queue for 45 min")
+
+    deliver(delivery_body("req-was-stuck", payload=lora_payload("req-was-stuck")))
+
+    training.refresh_from_db()
+    assert training.stuck_since is None
+    event = AvatarEvent.objects.get(avatar=avatar, kind=EventKind.STATUS, new_status="completed")
+    assert event.details["was_stuck"] == "in queue for 45 min"
+
+
 def test_it_fails_the_avatar_with_fals_message_on_an_error_delivery(deliver, training_avatar):
     avatar, training = training_avatar("req-err")
     detail = {"detail": [{"loc": ["body", "images_data_url"], "msg": "Could not extract faces"}]}
@@ -210,6 +237,8 @@ def test_it_treats_a_re_signed_duplicate_as_already_done(deliver, fal, training_
     assert again.json()["outcome"] == "already_done"
     assert status_events(avatar) == 2
     assert Notification.objects.count() == 1
+    duplicate = WebhookDelivery.objects.get(outcome=WebhookOutcome.ALREADY_DONE)
+    assert duplicate.error == "already completed"
 
 
 def test_it_changes_nothing_when_the_periodic_check_finished_first(deliver, training_avatar):
@@ -296,6 +325,7 @@ def test_it_ignores_a_delivery_for_an_older_attempt_of_the_avatar(deliver, train
     assert response.status_code == 200
     assert response.json()["outcome"] == "already_done"
     assert snapshot() == before
+    assert "newer" in WebhookDelivery.objects.get().error
 
 
 def _race(*targets) -> list:
