@@ -306,7 +306,7 @@ class WebhookOutcome(models.TextChoices):
 
 
 class WebhookDelivery(models.Model):
-    """Every POST to /webhooks/fal/, stored before anything acts on it."""
+    """Every POST to /webhooks/fal/, stored with what it did (or why it failed) before we answer."""
 
     received_at = models.DateTimeField(_("received"), default=timezone.now, db_index=True)
     remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)

@@ -9,11 +9,14 @@ The order matters and is the point of this module:
 2. **Verify before trusting anything**: the four ``X-Fal-Webhook-*`` headers, the
    timestamp window, and the Ed25519 signature over the exact raw body (keys from
    ``monitoring.signing_keys``).
-3. **Record every delivery** before acting on it. Refused deliveries keep their
+3. **Record every delivery**, whatever happens to it. Refused deliveries keep their
    metadata and a small excerpt of the body only, so nobody can fill the disk; an
    exact replay of an accepted delivery (same signature) is recorded and answered
    200 without being processed again. The replay store is this table, shared by all
-   workers.
+   workers. A verified delivery's row is written in the transaction that applies
+   it, with its outcome, so they commit together (one row, one commit); when
+   processing fails, that transaction rolls back and the row is written as failed,
+   with the traceback, before we answer 500.
 4. **Process idempotently** on the body's ``request_id``: every status change goes
    through ``monitoring.transitions``, whose conditional UPDATEs make a duplicate, or
    a delivery that loses the race with the periodic check, a harmless no-op.
@@ -319,23 +322,22 @@ def receive(request: HttpRequest) -> Answer:
                 received_at=received_at)
         return Answer.error(refused.status, refused.reason)
 
-    # The same signature means the same body (it is signed): an exact replay of a
-    # delivery we already acted on is recorded, and not processed again. Both
-    # questions, which training and whether this is a replay, take one query.
-    training, original_pk = _training_and_replay(data["request_id"], headers[SIGNATURE_HEADER])
-    if original_pk is not None:
-        _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REPLAY,
-                body=body, body_size=len(body), error=f"replay of delivery {original_pk}",
-                data=data, training_id=training.pk if training else None,
-                received_at=received_at)
-        return Answer(200, {"outcome": WebhookOutcome.REPLAY})
-
     # The transition and the delivery row, with its final outcome, commit together:
-    # one transaction and one row written per delivery. If processing raises,
-    # everything it did rolls back and the row is written as failed, with its
-    # traceback, so staff can re-process it and fal retries. If the process dies
-    # before the commit, nothing was answered either, and fal delivers again.
+    # one transaction and one row written per delivery. If anything raises, what it
+    # did rolls back and the row is written as failed, with its traceback, so staff
+    # can re-process it and fal retries. If the process dies before the commit,
+    # nothing was answered either, and fal delivers again.
     try:
+        # The same signature means the same body (it is signed): an exact replay of a
+        # delivery we already acted on is recorded, and not processed again. Both
+        # questions, which training and whether this is a replay, take one query.
+        training, original_pk = _training_and_replay(data["request_id"], headers[SIGNATURE_HEADER])
+        if original_pk is not None:
+            _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REPLAY,
+                    body=body, body_size=len(body), error=f"replay of delivery {original_pk}",
+                    data=data, training_id=training.pk if training else None,
+                    received_at=received_at)
+            return Answer(200, {"outcome": WebhookOutcome.REPLAY})
         with transaction.atomic():
             if training is None:
                 outcome, note = WebhookOutcome.UNMATCHED, ""

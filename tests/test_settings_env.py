@@ -85,3 +85,34 @@ def test_fal_api_key_is_accepted_as_the_key():
         env={**PROD, "FAL_KEY": "", "FAL_API_KEY": "k:v", "DATABASE_URL": "sqlite:////tmp/unused.sqlite3"},
     )
     assert result.stdout.strip().splitlines()[-1] == "True", result.stderr
+
+
+def test_postgresql_reuses_prepared_statements_unless_turned_off(monkeypatch, tmp_path):
+    from avatarsite.env import env_database
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@db.example.com:5432/avatars")
+    options = env_database("DATABASE_URL", tmp_path / "db.sqlite3")["OPTIONS"]
+    assert options["server_side_binding"] is True and options["prepare_threshold"] == 5
+
+    # Behind a pooler in transaction mode that cannot keep them.
+    monkeypatch.setenv("DATABASE_PREPARED_STATEMENTS", "0")
+    options = env_database("DATABASE_URL", tmp_path / "db.sqlite3").get("OPTIONS", {})
+    assert "server_side_binding" not in options and "prepare_threshold" not in options
+
+    monkeypatch.setenv("DATABASE_PREPARED_STATEMENTS", "perhaps")
+    with pytest.raises(Exception, match="DATABASE_PREPARED_STATEMENTS"):
+        env_database("DATABASE_URL", tmp_path / "db.sqlite3")
+
+
+@pytest.mark.django_db
+def test_a_statement_repeated_on_one_connection_is_prepared_by_postgresql():
+    from django.db import connection
+
+    from monitoring.models import Avatar
+
+    for _ in range(6):
+        list(Avatar.objects.filter(status="training")[:1])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any('"monitoring_avatar"' in statement for statement in prepared), prepared

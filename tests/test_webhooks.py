@@ -727,6 +727,25 @@ def test_it_answers_500_and_keeps_the_delivery_when_processing_fails(
     assert Notification.objects.count() == 1
 
 
+def test_a_delivery_whose_lookup_fails_is_still_recorded_and_answered_500(
+    deliver, monkeypatch, training_avatar
+):
+    avatar, _ = training_avatar("req-lookup")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("lookup failed")
+
+    monkeypatch.setattr(webhooks, "_training_and_replay", broken)
+    response = deliver(delivery_body("req-lookup", payload=lora_payload("req-lookup")))
+
+    assert response.status_code == 500
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.verdict, delivery.outcome) == (WebhookVerdict.VALID, WebhookOutcome.FAILED)
+    assert delivery.request_id == "req-lookup" and "lookup failed" in delivery.error
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.TRAINING
+
+
 def test_fal_retrying_a_delivery_we_failed_is_processed_not_dismissed_as_a_replay(
     deliver, fal, monkeypatch, training_avatar
 ):
