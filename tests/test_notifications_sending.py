@@ -143,6 +143,44 @@ def test_messages_are_queued_on_the_notifications_cluster_not_the_check_queue(
     assert settings.NOTIFICATION_CLUSTER in settings.Q_CLUSTER["ALT_CLUSTERS"]
 
 
+def test_a_message_and_its_delivery_task_commit_together_or_not_at_all(training_avatar):
+    from django.db import transaction
+    from django_q.models import OrmQ
+
+    from monitoring.models import Avatar
+
+    avatar, training = training_avatar()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _complete(training)
+        assert OrmQ.objects.count() == 1  # queued inside the transaction, not after it
+        raise RuntimeError("whoever completed the avatar failed before committing")
+
+    assert OrmQ.objects.count() == 0
+    assert Notification.objects.count() == 0
+    assert Avatar.objects.get(pk=avatar.pk).status == "training"
+
+
+def test_with_the_redis_broker_the_task_is_queued_only_once_the_message_commits(
+    training_avatar, redis_server, monkeypatch, settings
+):
+    import redis
+    from django.db import transaction
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    # django-q2 as configured with REDIS_URL: the task queue is not in our database.
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", redis_server)
+    redis.Redis.from_url(redis_server).flushdb()
+    queue = get_broker(settings.NOTIFICATION_CLUSTER)
+    _avatar, training = training_avatar()
+
+    with transaction.atomic():
+        _complete(training)
+        assert queue.queue_size() == 0  # not before the message is committed
+    assert queue.queue_size() == 1
+
+
 def test_a_lost_enqueue_is_sent_by_the_next_sweep(telegram, training_avatar, run_deliveries):
     from django_q.models import OrmQ
 
