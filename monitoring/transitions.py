@@ -418,65 +418,47 @@ def _finish(
             pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
         ).update(status=new_status, updated_at=now)
         if won:
-            _finish_won(training, now=now, new_status=new_status, outcome=outcome,
-                                fields=fields, source=source, actor=actor, message=message,
-                                details=details)
+            # Only the winner writes the rest: one event, one message. The avatar and
+            # owner the message needs, and the stuck flag as it was (for the timeline),
+            # are read once, under the avatar's row lock, unless the caller has just
+            # read them (the webhook has, to find the training).
+            if _with_owner(training):
+                fresh = training
+            else:
+                fresh = Training.objects.select_related("avatar__owner").get(pk=training.pk)
+            if fresh.stuck_since is not None:
+                details = {**details, "was_stuck": fresh.stuck_reason}
+            updates = {
+                "finished_at": now,
+                "outcome": outcome,
+                "next_check_at": None,
+                "stuck_since": None,
+                "queue_position": None,
+                **fields,
+            }
+            Training.objects.filter(pk=training.pk).update(**updates)
+            for name, value in updates.items():
+                setattr(fresh, name, value)
+                setattr(training, name, value)
+            fresh.avatar.status = new_status
+            _event(
+                training.avatar_id,
+                EventKind.STATUS,
+                source,
+                training_id=training.pk,
+                actor=actor,
+                old=S.TRAINING,
+                new=new_status,
+                message=message,
+                details=details,
+                at=now,
+            )
+            from notifications import outbox
+
+            outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
-
-
-def _finish_won(
-    training: Training,
-    *,
-    now: datetime,
-    new_status: str,
-    outcome: str,
-    fields: dict[str, Any],
-    source: str,
-    actor: Any,
-    message: str,
-    details: dict[str, Any],
-) -> None:
-    """The rest of a finishing move, for the caller whose UPDATE won: one event, one message."""
-    # The avatar and owner the message needs, and the stuck flag as it was (for
-    # the timeline): read once, under the avatar's row lock, unless the caller has
-    # just read them (the webhook does, to find the training; the stuck flag is
-    # then as it was a moment before our UPDATE, which is what the timeline needs).
-    if _with_owner(training):
-        fresh = training
-    else:
-        fresh = Training.objects.select_related("avatar__owner").get(pk=training.pk)
-    if fresh.stuck_since is not None:
-        details = {**details, "was_stuck": fresh.stuck_reason}
-    updates = {
-        "finished_at": now,
-        "outcome": outcome,
-        "next_check_at": None,
-        "stuck_since": None,
-        "queue_position": None,
-        **fields,
-    }
-    Training.objects.filter(pk=training.pk).update(**updates)
-    for name, value in updates.items():
-        setattr(fresh, name, value)
-        setattr(training, name, value)
-    fresh.avatar.status = new_status
-    _event(
-        training.avatar_id,
-        EventKind.STATUS,
-        source,
-        training_id=training.pk,
-        actor=actor,
-        old=S.TRAINING,
-        new=new_status,
-        message=message,
-        details=details,
-        at=now,
-    )
-    from notifications import outbox
-
-    outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
 
 
 def complete(
