@@ -28,6 +28,7 @@ import http.client
 import multiprocessing
 import os
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -237,8 +238,74 @@ def _client_process(port, path, work, threads, barrier, results) -> None:
     results.put((started, time.time(), latencies, statuses))
 
 
-def run_load(port: int, path: str, work: list, clients: int, processes: int = 4) -> dict:
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pids) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def _processes(*, parent: int | None = None, name: str | None = None) -> list[int]:
+    """Pids of the children of ``parent``, or of the processes called ``name``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if parent is not None and int(rest.split()[1]) == parent:
+            found.append(int(entry.name))
+        elif name is not None and comm.split("(", 1)[1] == name:
+            found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """Where the CPU of a load went: the web workers, PostgreSQL, the load generator.
+
+    On a 2-core machine that others share, throughput swings with the machine's
+    speed; CPU milliseconds per request swing much less, so they are printed too.
+    """
+
+    def __init__(self, server: subprocess.Popen):
+        self.workers = _processes(parent=server.pid)
+        self.postgres = _processes(name="postgres")
+
+    def __enter__(self) -> CpuMeter:
+        self.start = (_cpu_of(self.workers), _cpu_of(self.postgres), _children_cpu())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = (_cpu_of(self.workers), _cpu_of(self.postgres), _children_cpu())
+        self.used = [b - a for a, b in zip(self.start, end, strict=True)]
+
+
+def _children_cpu() -> float:
+    # The load processes are our children: their CPU counts here once they are joined.
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_load(
+    port: int, path: str, work: list, clients: int, processes: int = 4,
+    server: subprocess.Popen | None = None,
+) -> dict:
     """``clients`` concurrent clients (threads over a few processes, to dodge the GIL)."""
+    if server is not None:
+        with CpuMeter(server) as meter:
+            figures = run_load(port, path, work, clients, processes)
+        figures["cpu"] = meter.used
+        return figures
     processes = max(1, min(processes, clients))
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(processes)
@@ -286,11 +353,14 @@ def _combine(parts: list[dict]) -> dict:
     for part in parts:
         for status, count in part["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
-    return _figures(
+    combined = _figures(
         [item for part in parts for item in part["tagged"]],
         sum(part["seconds"] for part in parts),
         statuses,
     )
+    if all("cpu" in part for part in parts):
+        combined["cpu"] = [sum(part["cpu"][i] for part in parts) for i in range(3)]
+    return combined
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -350,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         size = -(-len(work) // args.rounds)
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
-            rounds.append((run_load(port, MINIMAL_PATH, chunk, args.clients),
-                           run_load(port, WEBHOOK_PATH, chunk, args.clients)))
+            rounds.append((run_load(port, MINIMAL_PATH, chunk, args.clients, server=gunicorn),
+                           run_load(port, WEBHOOK_PATH, chunk, args.clients, server=gunicorn)))
         baseline = _combine([r[0] for r in rounds])
         webhooks = _combine([r[1] for r in rounds])
         # Service time without queueing: one client, one request at a time.
@@ -391,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"
               f"{figures['p99_ms']:>10.1f}  {figures['statuses']}")
     print(f"ratio webhooks/minimal: {ratio:.2f}")
+    print("CPU per request (ms): web workers + PostgreSQL = server; load generator")
+    for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
+        workers, postgres, clients = (seconds * 1000 / figures["requests"] for seconds in figures["cpu"])
+        print(f"  {label:22}{workers:6.2f} + {postgres:5.2f} = {workers + postgres:5.2f};  {clients:5.2f}")
     kinds = ", ".join(f"{k} {v:.1f}" for k, v in alone[1]["p50_ms_by_kind"].items())
     print(f"one client, one request at a time ({len(probe)} requests): minimal p50 "
           f"{alone[0]['p50_ms']:.1f} ms; /webhooks/fal/ p50 by kind: {kinds} ms")
