@@ -85,56 +85,26 @@ def _fill(n: int) -> None:
 
     from django.utils import timezone
 
-    from monitoring.models import (
-        Avatar,
-        AvatarEvent,
-        AvatarStatus,
-        EventKind,
-        EventSource,
-        FalStatus,
-        Owner,
-        Training,
-    )
+    from bench.scratch import create_active_trainings
+    from monitoring.models import AvatarEvent, EventKind, EventSource, FalStatus
 
     now = timezone.now()
-    owners = Owner.objects.bulk_create(
-        [Owner(telegram_id=20_000_000 + i, username=f"bench{i}") for i in range(max(1, n // 10))]
+    avatars, trainings = create_active_trainings(
+        n,
+        first_telegram_id=20_000_000,
+        created_at=lambda i: now - timedelta(minutes=i % 600),
+        training_fields=lambda i: {
+            "endpoint": "fal-ai/flux-lora-portrait-trainer",
+            "fal_request_id": str(uuid.UUID(int=i + 1)),
+            "fal_status": FalStatus.IN_QUEUE if i % 3 else FalStatus.IN_PROGRESS,
+            "queue_position": i % 7,
+            "submitted_at": now - timedelta(minutes=5),
+            "last_checked_at": now - timedelta(seconds=30),
+            "next_check_at": now + timedelta(seconds=30),
+            "stuck_since": now - timedelta(minutes=20) if i % 10 == 0 else None,
+            "stuck_reason": "in queue for more than 60 minutes" if i % 10 == 0 else "",
+        },
     )
-    avatars = Avatar.objects.bulk_create(
-        [
-            Avatar(
-                owner=owners[i % len(owners)],
-                name=f"Bench {i}",
-                trigger_word="ohwx",
-                images_url="https://example.com/bench.zip",
-                status=AvatarStatus.TRAINING,
-                created_at=now - timedelta(minutes=i % 600),
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
-    )
-    trainings = Training.objects.bulk_create(
-        [
-            Training(
-                avatar=avatar,
-                endpoint="fal-ai/flux-lora-portrait-trainer",
-                fal_request_id=str(uuid.UUID(int=i + 1)),
-                fal_status=FalStatus.IN_QUEUE if i % 3 else FalStatus.IN_PROGRESS,
-                queue_position=i % 7,
-                submitted_at=now - timedelta(minutes=5),
-                last_checked_at=now - timedelta(seconds=30),
-                next_check_at=now + timedelta(seconds=30),
-                stuck_since=now - timedelta(minutes=20) if i % 10 == 0 else None,
-                stuck_reason="in queue for more than 60 minutes" if i % 10 == 0 else "",
-            )
-            for i, avatar in enumerate(avatars)
-        ],
-        batch_size=2000,
-    )
-    for avatar, training in zip(avatars, trainings, strict=True):
-        avatar.current_training = training
-    Avatar.objects.bulk_update(avatars, ["current_training"], batch_size=2000)
     events = []
     for avatar, training in zip(avatars, trainings, strict=True):
         for minutes, kind in ((10, EventKind.CREATED), (6, EventKind.STATUS), (5, EventKind.SUBMITTED)):
@@ -159,6 +129,8 @@ def _baseline_site():
     site = admin.AdminSite(name="baseline")
 
     class PlainAvatarAdmin(admin.ModelAdmin):
+        # Django's own page, not ours (which links to the staff site's dashboard).
+        change_list_template = "admin/change_list.html"
         list_display = (
             "id", "name", "badge", "owner", "training_type", "age", "time_in_state",
             "last_check", "stuck_reason",

@@ -83,44 +83,23 @@ def _fill(n: int) -> None:
 
     from django.utils import timezone
 
-    from monitoring.models import Avatar, AvatarStatus, FalStatus, Owner, Training
+    from bench.scratch import create_active_trainings
+    from monitoring.models import FalStatus
 
     now = timezone.now()
-    owners = Owner.objects.bulk_create(
-        [Owner(telegram_id=10_000_000 + i, username=f"bench{i}") for i in range(max(1, n // 10))]
+    create_active_trainings(
+        n,
+        first_telegram_id=10_000_000,
+        training_fields=lambda i: {
+            "endpoint": ENDPOINT,
+            "fal_request_id": f"bench-{i:06d}",
+            "fal_status": FalStatus.IN_PROGRESS,
+            "submitted_at": now - timedelta(minutes=5),
+            "started_at": now - timedelta(minutes=4),
+            "last_check_ok_at": now - timedelta(minutes=1),
+            "next_check_at": now - timedelta(seconds=1),
+        },
     )
-    avatars = Avatar.objects.bulk_create(
-        [
-            Avatar(
-                owner=owners[i % len(owners)],
-                name=f"Bench {i}",
-                trigger_word="ohwx",
-                images_url="https://example.com/bench.zip",
-                status=AvatarStatus.TRAINING,
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
-    )
-    trainings = Training.objects.bulk_create(
-        [
-            Training(
-                avatar=avatar,
-                endpoint=ENDPOINT,
-                fal_request_id=f"bench-{i:06d}",
-                fal_status=FalStatus.IN_PROGRESS,
-                submitted_at=now - timedelta(minutes=5),
-                started_at=now - timedelta(minutes=4),
-                last_check_ok_at=now - timedelta(minutes=1),
-                next_check_at=now - timedelta(seconds=1),
-            )
-            for i, avatar in enumerate(avatars)
-        ],
-        batch_size=2000,
-    )
-    for avatar, training in zip(avatars, trainings, strict=True):
-        avatar.current_training = training
-    Avatar.objects.bulk_update(avatars, ["current_training"], batch_size=2000)
 
 
 def worker_main(database_url: str, emulator_env: dict[str, str], index: int) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.scratch import create_database, drop_database, free_port, production_env  # noqa: E402
+from bench.scratch import (  # noqa: E402
+    create_database,
+    drop_database,
+    free_port,
+    production_env,
+    stop_group,
+)
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -51,16 +56,6 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-
-def _stop(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def _post(port: int, path: str, body: bytes, headers: dict) -> int:
@@ -279,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Baseline, same check run: what a shared queue would do. The notifications
         # cluster is stopped and each message's task goes to the main queue instead.
-        _stop(processes.pop())
+        stop_group(processes.pop())
         from notifications.models import Notification as _N
 
         def to_main_queue(request_id: str) -> None:
@@ -349,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         connections.close_all()
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_group(process)
         telegram.stop()
         emulator.stop()
         drop_database(server_url, db_name)

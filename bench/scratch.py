@@ -51,3 +51,57 @@ def production_env(database_url: str, **overrides: str) -> dict[str, str]:
         "PTB_TIMEDELTA": "true",
         **overrides,
     }
+
+
+def stop_group(process, timeout: float = 20) -> None:
+    """SIGTERM a server started with ``start_new_session=True`` (and its children), then
+    SIGKILL the group if it has not stopped within ``timeout`` seconds."""
+    import signal
+    import subprocess
+
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def create_active_trainings(n: int, *, first_telegram_id: int, training_fields, **avatar_fields):
+    """N avatars in training, each with one attempt as its current training, in bulk.
+
+    ``training_fields(i)`` gives the i-th attempt's fields (request id, sub-state, dates);
+    ``avatar_fields`` are set on every avatar. Returns (avatars, trainings).
+    """
+    from monitoring.models import Avatar, AvatarStatus, Owner, Training
+
+    owners = Owner.objects.bulk_create(
+        [
+            Owner(telegram_id=first_telegram_id + i, username=f"bench{i}")
+            for i in range(max(1, n // 10))
+        ]
+    )
+    avatars = Avatar.objects.bulk_create(
+        [
+            Avatar(
+                owner=owners[i % len(owners)],
+                name=f"Bench {i}",
+                trigger_word="ohwx",
+                images_url="https://example.com/bench.zip",
+                status=AvatarStatus.TRAINING,
+                **{k: v(i) if callable(v) else v for k, v in avatar_fields.items()},
+            )
+            for i in range(n)
+        ],
+        batch_size=2000,
+    )
+    trainings = Training.objects.bulk_create(
+        [Training(avatar=avatar, **training_fields(i)) for i, avatar in enumerate(avatars)],
+        batch_size=2000,
+    )
+    for avatar, training in zip(avatars, trainings, strict=True):
+        avatar.current_training = training
+    Avatar.objects.bulk_update(avatars, ["current_training"], batch_size=2000)
+    return avatars, trainings

@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import random
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.scratch import create_database, drop_database, free_port, production_env  # noqa: E402
+from bench.scratch import (  # noqa: E402
+    create_database,
+    drop_database,
+    free_port,
+    production_env,
+    stop_group,
+)
 
 WEBHOOK_PATH = "/webhooks/fal/"
 MINIMAL_PATH = "/bench/minimal/"
@@ -180,15 +185,6 @@ def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, threads: int)
             time.sleep(0.1)
     raise SystemExit("gunicorn did not answer within 30 s")
 
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -426,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         webhooks = _combine([r[1] for r in rounds])
         # Service time without queueing: one client, one request at a time.
         alone = (run_load(port, MINIMAL_PATH, probe, 1), run_load(port, WEBHOOK_PATH, probe, 1))
-        _stop(gunicorn)
+        stop_group(gunicorn)
 
         from django.db.models import Count
 
@@ -446,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         connections.close_all()
     finally:
         if gunicorn is not None:
-            _stop(gunicorn)
+            stop_group(gunicorn)
         emulator.stop()
         drop_database(server_url, db_name)
 
