@@ -393,16 +393,20 @@ def _detail_messages(payload: Any) -> str:
 
 
 def _enqueue_recheck(training_id: int) -> None:
-    """Ask the worker to fetch the result from fal's queue, never in the request."""
-    try:
-        from monitoring import tasks
-    except ImportError:  # not built yet: next_check_at=now lets the next run pick it up
-        return
-    if not hasattr(tasks, "recheck"):
-        return
+    """Ask the worker to fetch the result from fal's queue, never in the request.
+
+    Runs after the delivery committed, so it must not raise: a lost hand-over only
+    delays the result until the next periodic check (``next_check_at`` is now).
+    """
     from django_q.tasks import async_task
 
-    async_task("monitoring.tasks.recheck", [training_id], source=EventSource.WEBHOOK)
+    try:
+        async_task("monitoring.tasks.recheck", [training_id], source=EventSource.WEBHOOK)
+    except Exception:
+        logger.exception(
+            "Could not queue a re-check of training %s; the next periodic check fetches it",
+            training_id,
+        )
 
 
 def _apply(

@@ -149,6 +149,27 @@ def test_it_fails_the_avatar_with_fals_message_on_an_error_delivery(deliver, tra
     assert Notification.objects.filter(training=training).count() == 1
 
 
+def test_a_deferred_delivery_is_still_answered_200_when_the_re_check_cannot_be_queued(
+    deliver, training_avatar, monkeypatch, django_capture_on_commit_callbacks
+):
+    import django_q.tasks
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(django_q.tasks, "async_task", broker_down)
+    _, training = training_avatar("req-deferred")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = deliver(delivery_body("req-deferred", payload=None, payload_error="too large"))
+
+    # Stored and answered: the next periodic check fetches the result (due now).
+    assert response.status_code == 200 and response.json() == {"outcome": "deferred"}
+    training.refresh_from_db()
+    assert training.next_check_at is not None
+    assert WebhookDelivery.objects.get().outcome == WebhookOutcome.DEFERRED
+
+
 def test_it_leaves_a_payload_fal_could_not_serialise_to_the_worker(
     deliver, fal, training_avatar, django_capture_on_commit_callbacks
 ):

@@ -468,11 +468,10 @@ class AvatarAdmin(admin.ModelAdmin):
 
 
 def _training_inlines() -> tuple[type, ...]:
-    """The webhook deliveries inline, once the webhooks module provides it."""
-    from monitoring.admin import webhooks
+    # Imported here: the webhooks admin builds its inline on ReadOnlyInline above.
+    from monitoring.admin.webhooks import WebhookDeliveryInline
 
-    inline = getattr(webhooks, "WebhookDeliveryInline", None)
-    return (inline,) if inline else ()
+    return (WebhookDeliveryInline,)
 
 
 @admin.register(Training)

@@ -16,6 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from monitoring import webhooks
+from monitoring.admin.avatars import ReadOnlyInline
 from monitoring.models import WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
@@ -129,7 +130,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             )
 
 
-class WebhookDeliveryInline(admin.TabularInline):
+class WebhookDeliveryInline(ReadOnlyInline):
     """The deliveries of one training attempt, read-only, newest first.
 
     For the Training admin page (Django inlines need a direct foreign key; the
@@ -140,22 +141,11 @@ class WebhookDeliveryInline(admin.TabularInline):
     fk_name = "training"
     fields = ("received_at", "verdict", "outcome", "fal_status", "remote_addr", "error", "details_link")
     readonly_fields = fields
-    extra = 0
     max_num = 0
-    can_delete = False
     show_change_link = False
     ordering = ("-received_at", "-id")
     verbose_name = _("webhook delivery")
     verbose_name_plural = _("webhook deliveries")
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     @admin.display(description=_("details"))
     def details_link(self, obj: WebhookDelivery) -> str:
