@@ -60,10 +60,8 @@ def heartbeat(now: datetime | None = None) -> Heartbeat:
 
 def sending_paused() -> bool:
     """Whether the notifier paused sending (Telegram rejected the token)."""
-    try:
-        from notifications import delivery
-    except ImportError:  # the sender is not installed: nothing can be paused
-        return False
+    from notifications import delivery
+
     paused, _reason = delivery.sending_paused()
     return bool(paused)
 

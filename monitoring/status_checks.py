@@ -573,11 +573,9 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
 
 
 def _sweep_outbox() -> None:
-    """Hand the notification sender anything due (built by the notifications issue)."""
-    try:
-        from notifications import delivery
-    except ImportError:
-        return
+    """Hand the notification sender anything due: lost hand-overs, expired leases."""
+    from notifications import delivery
+
     try:
         delivery.sweep()
     except Exception:  # a sender problem must not fail the check run
