@@ -107,11 +107,18 @@ def _fill(n: int) -> None:
     )
     events = []
     for avatar, training in zip(avatars, trainings, strict=True):
-        for minutes, kind in ((10, EventKind.CREATED), (6, EventKind.STATUS), (5, EventKind.SUBMITTED)):
+        for minutes, kind in (
+            (10, EventKind.CREATED),
+            (6, EventKind.STATUS),
+            (5, EventKind.SUBMITTED),
+        ):
             events.append(
                 AvatarEvent(
-                    avatar=avatar, training=training if kind != EventKind.CREATED else None,
-                    kind=kind, source=EventSource.COMMAND, created_at=now - timedelta(minutes=minutes),
+                    avatar=avatar,
+                    training=training if kind != EventKind.CREATED else None,
+                    kind=kind,
+                    source=EventSource.COMMAND,
+                    created_at=now - timedelta(minutes=minutes),
                 )
             )
     AvatarEvent.objects.bulk_create(events, batch_size=5000)
@@ -132,8 +139,15 @@ def _baseline_site():
         # Django's own page, not ours (which links to the staff site's dashboard).
         change_list_template = "admin/change_list.html"
         list_display = (
-            "id", "name", "badge", "owner", "training_type", "age", "time_in_state",
-            "last_check", "stuck_reason",
+            "id",
+            "name",
+            "badge",
+            "owner",
+            "training_type",
+            "age",
+            "time_in_state",
+            "last_check",
+            "stuck_reason",
         )
         list_filter = ("status", "training_type")
         search_fields = ("name", "trainings__fal_request_id")
@@ -192,7 +206,9 @@ def run(n: int, repeat: int) -> list[tuple[str, float, int]]:
         # The baseline admin under /baseline/, beside the real one.
         import avatarsite.urls as urls
 
-        urls.urlpatterns.append(path("baseline/", include(_baseline_site().urls[:2], namespace="baseline")))
+        urls.urlpatterns.append(
+            path("baseline/", include(_baseline_site().urls[:2], namespace="baseline"))
+        )
         clear_url_caches()
 
         user = get_user_model().objects.create_superuser("bench", "bench@example.com", "x")
@@ -228,7 +244,9 @@ def main() -> None:
         import subprocess
 
         for n in sizes:
-            subprocess.run([sys.executable, __file__, "--n", str(n), "--repeat", str(args.repeat)], check=True)
+            subprocess.run(
+                [sys.executable, __file__, "--n", str(n), "--repeat", str(args.repeat)], check=True
+            )
         return
     n = sizes[0]
     results = run(n, args.repeat)

@@ -224,10 +224,16 @@ def bench(n: int, emulator_env: dict[str, str], sample: int, workers: int) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, action="append", help="active trainings (repeatable)")
-    parser.add_argument("--latency", type=float, default=0.1, help="emulator seconds per status call")
-    parser.add_argument("--sample", type=int, default=50, help="trainings in the sequential baseline")
+    parser.add_argument(
+        "--latency", type=float, default=0.1, help="emulator seconds per status call"
+    )
+    parser.add_argument(
+        "--sample", type=int, default=50, help="trainings in the sequential baseline"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (Q_WORKERS)")
-    parser.add_argument("--concurrency", type=int, help="CHECK_CONCURRENCY (default: the setting's)")
+    parser.add_argument(
+        "--concurrency", type=int, help="CHECK_CONCURRENCY (default: the setting's)"
+    )
     parser.add_argument("--batch-size", type=int, help="CHECK_BATCH_SIZE (default: the setting's)")
     parser.add_argument("--verbose", action="store_true", help="print every batch's timing")
     args = parser.parse_args()
@@ -236,8 +242,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-fal-") as state:
         emulator = subprocess.Popen(
             [
-                sys.executable, "-m", "fakes.fal_emulator", "--state-dir", state,
-                "--status-latency", str(args.latency), "--adopt-unknown", "--no-webhooks",
+                sys.executable,
+                "-m",
+                "fakes.fal_emulator",
+                "--state-dir",
+                state,
+                "--status-latency",
+                str(args.latency),
+                "--adopt-unknown",
+                "--no-webhooks",
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -285,7 +298,9 @@ def main() -> None:
             f"{f['peak_mb']:>8.0f} {f['baseline_rate']:>12.1f} "
             f"{rate / f['baseline_rate']:>6.0f}x"
         )
-    print("Targets: 10,000 within 60 s (>= 300 checks/s), >= 30x sequential, <= 3 queries, < 300 MB")
+    print(
+        "Targets: 10,000 within 60 s (>= 300 checks/s), >= 30x sequential, <= 3 queries, < 300 MB"
+    )
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")
     if args.verbose:
         for n, f in rows:

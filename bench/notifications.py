@@ -57,7 +57,6 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         )
 
 
-
 def _post(port: int, path: str, body: bytes, headers: dict) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:

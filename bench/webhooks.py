@@ -64,7 +64,10 @@ def minimal(request):
 
     body = request.read()
     WebhookDelivery.objects.create(
-        verdict="valid", outcome="received", body=body.decode("utf-8", "replace"), body_size=len(body)
+        verdict="valid",
+        outcome="received",
+        body=body.decode("utf-8", "replace"),
+        body_size=len(body),
     )
     return JsonResponse({"outcome": "stored"})
 
@@ -110,15 +113,24 @@ def _make_trainings(count: int, prefix: str) -> list[str]:
     ]
     for i in range(count):
         avatar = transitions.create_avatar(
-            owner=owners[i % len(owners)], name=f"bench {i}", training_type="portrait",
-            trigger_word="ohwx", images_url="https://example.com/p.zip", source=EventSource.COMMAND,
+            owner=owners[i % len(owners)],
+            name=f"bench {i}",
+            training_type="portrait",
+            trigger_word="ohwx",
+            images_url="https://example.com/p.zip",
+            source=EventSource.COMMAND,
         )
         started = transitions.begin_training(
-            avatar, endpoint="fal-ai/flux-lora-portrait-trainer", arguments={},
-            webhook_url="", source=EventSource.COMMAND,
+            avatar,
+            endpoint="fal-ai/flux-lora-portrait-trainer",
+            arguments={},
+            webhook_url="",
+            source=EventSource.COMMAND,
         )
         request_id = f"{prefix}-{i:06d}"
-        transitions.record_submitted(started.training, request_id=request_id, source=EventSource.COMMAND)
+        transitions.record_submitted(
+            started.training, request_id=request_id, source=EventSource.COMMAND
+        )
         request_ids.append(request_id)
     return request_ids
 
@@ -145,7 +157,9 @@ def _deliveries(
                 copy, kind = headers, "replay"
             else:
                 copy = {
-                    **signer.headers(body, request_id, timestamp=int(time.time()) - rng.randint(1, 30)),
+                    **signer.headers(
+                        body, request_id, timestamp=int(time.time()) - rng.randint(1, 30)
+                    ),
                     "Content-Type": "application/json",
                 }
                 kind = "re-signed"
@@ -153,19 +167,28 @@ def _deliveries(
     return [heapq.heappop(queue)[2] for _ in range(len(queue))]
 
 
-def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, threads: int) -> subprocess.Popen:
+def _start_gunicorn(
+    port: int, env: dict[str, str], log_dir: Path, threads: int
+) -> subprocess.Popen:
     gunicorn = Path(sys.executable).with_name("gunicorn")
     # The app's own log lines (stderr) go to a file, as they would in production.
     output = open(log_dir / "server.log", "ab")  # noqa: SIM115 (lives as long as the server)
     process = subprocess.Popen(
         [
-            str(gunicorn), "bench.webhooks:wsgi()",
-            "--bind", f"127.0.0.1:{port}",
-            "--workers", "2",
-            "--threads", str(threads),  # 1: sync workers, as bin/docker-entrypoint runs them
-            "--timeout", "30",
-            "--access-logfile", str(log_dir / "access.log"),
-            "--error-logfile", str(log_dir / "error.log"),
+            str(gunicorn),
+            "bench.webhooks:wsgi()",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            str(threads),  # 1: sync workers, as bin/docker-entrypoint runs them
+            "--timeout",
+            "30",
+            "--access-logfile",
+            str(log_dir / "access.log"),
+            "--error-logfile",
+            str(log_dir / "error.log"),
         ],
         cwd=ROOT,
         env=env,
@@ -184,7 +207,6 @@ def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, threads: int)
         except OSError:
             time.sleep(0.1)
     raise SystemExit("gunicorn did not answer within 30 s")
-
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -293,7 +315,11 @@ def _children_cpu() -> float:
 
 
 def run_load(
-    port: int, path: str, work: list, clients: int, processes: int = 4,
+    port: int,
+    path: str,
+    work: list,
+    clients: int,
+    processes: int = 4,
     server: subprocess.Popen | None = None,
 ) -> dict:
     """``clients`` concurrent clients (threads over a few processes, to dodge the GIL)."""
@@ -307,9 +333,13 @@ def run_load(
     barrier = context.Barrier(processes)
     results = context.Queue()
     slices = [work[i::processes] for i in range(processes)]
-    per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    per_process = [
+        clients // processes + (1 if i < clients % processes else 0) for i in range(processes)
+    ]
     procs = [
-        context.Process(target=_client_process, args=(port, path, slices[i], per_process[i], barrier, results))
+        context.Process(
+            target=_client_process, args=(port, path, slices[i], per_process[i], barrier, results)
+        )
         for i in range(processes)
     ]
     for proc in procs:
@@ -365,7 +395,9 @@ def _combine(parts: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=3000, help="first deliveries (avatars)")
-    parser.add_argument("--duplicates", type=float, default=0.5, help="share of them delivered again")
+    parser.add_argument(
+        "--duplicates", type=float, default=0.5, help="share of them delivered again"
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
@@ -416,8 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         size = -(-len(work) // args.rounds)
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
-            rounds.append((run_load(port, MINIMAL_PATH, chunk, args.clients, server=gunicorn),
-                           run_load(port, WEBHOOK_PATH, chunk, args.clients, server=gunicorn)))
+            rounds.append(
+                (
+                    run_load(port, MINIMAL_PATH, chunk, args.clients, server=gunicorn),
+                    run_load(port, WEBHOOK_PATH, chunk, args.clients, server=gunicorn),
+                )
+            )
         baseline = _combine([r[0] for r in rounds])
         webhooks = _combine([r[1] for r in rounds])
         # Service time without queueing: one client, one request at a time.
@@ -449,23 +485,35 @@ def main(argv: list[str] | None = None) -> int:
     ratio = webhooks["per_second"] / baseline["per_second"]
     print()
     kind = "sync workers" if args.threads == 1 else f"workers x {args.threads} threads"
-    print(f"gunicorn 2 {kind}, PostgreSQL, {args.clients} concurrent clients, "
-          f"{len(work)} requests each ({args.deliveries} first deliveries + "
-          f"{len(work) - args.deliveries} duplicates), {len(rounds)} alternating rounds")
+    print(
+        f"gunicorn 2 {kind}, PostgreSQL, {args.clients} concurrent clients, "
+        f"{len(work)} requests each ({args.deliveries} first deliveries + "
+        f"{len(work) - args.deliveries} duplicates), {len(rounds)} alternating rounds"
+    )
     print(f"{'':24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
     for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
-        print(f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"
-              f"{figures['p99_ms']:>10.1f}  {figures['statuses']}")
+        print(
+            f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"
+            f"{figures['p99_ms']:>10.1f}  {figures['statuses']}"
+        )
     print(f"ratio webhooks/minimal: {ratio:.2f}")
     print("CPU per request (ms): web workers + PostgreSQL = server; load generator")
     for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
-        workers, postgres, clients = (seconds * 1000 / figures["requests"] for seconds in figures["cpu"])
-        print(f"  {label:22}{workers:6.2f} + {postgres:5.2f} = {workers + postgres:5.2f};  {clients:5.2f}")
+        workers, postgres, clients = (
+            seconds * 1000 / figures["requests"] for seconds in figures["cpu"]
+        )
+        print(
+            f"  {label:22}{workers:6.2f} + {postgres:5.2f} = {workers + postgres:5.2f};  {clients:5.2f}"
+        )
     kinds = ", ".join(f"{k} {v:.1f}" for k, v in alone[1]["p50_ms_by_kind"].items())
-    print(f"one client, one request at a time ({len(probe)} requests): minimal p50 "
-          f"{alone[0]['p50_ms']:.1f} ms; /webhooks/fal/ p50 by kind: {kinds} ms")
-    print(f"avatars completed: {completed}/{args.deliveries + args.probe}, notifications queued: {notifications}, "
-          f"delivery outcomes: {outcomes}")
+    print(
+        f"one client, one request at a time ({len(probe)} requests): minimal p50 "
+        f"{alone[0]['p50_ms']:.1f} ms; /webhooks/fal/ p50 by kind: {kinds} ms"
+    )
+    print(
+        f"avatars completed: {completed}/{args.deliveries + args.probe}, notifications queued: {notifications}, "
+        f"delivery outcomes: {outcomes}"
+    )
     targets = {
         ">= 300 deliveries/s": webhooks["per_second"] >= 300,
         "p99 <= 100 ms": webhooks["p99_ms"] <= 100,

@@ -16,13 +16,46 @@ from pathlib import Path
 
 DEMO_AVATARS = [
     # (name, training type, trigger, images URL, start it?)
-    ("Demo portrait (completes)", "portrait", "ohwx person", "https://example.com/demo/anna.zip", True),
-    ("Demo style (completes)", "style", "demostyle", "https://example.com/demo/watercolor.zip", True),
-    ("Demo portrait (fails)", "portrait", "ohwx person", "https://example.com/demo/fail-blurry.zip", True),
-    ("Demo portrait (gets stuck)", "portrait", "ohwx person", "https://example.com/demo/stuck.zip", True),
-    ("Demo portrait (ready to start)", "portrait", "ohwx person", "https://example.com/demo/ivan.zip", False),
+    (
+        "Demo portrait (completes)",
+        "portrait",
+        "ohwx person",
+        "https://example.com/demo/anna.zip",
+        True,
+    ),
+    (
+        "Demo style (completes)",
+        "style",
+        "demostyle",
+        "https://example.com/demo/watercolor.zip",
+        True,
+    ),
+    (
+        "Demo portrait (fails)",
+        "portrait",
+        "ohwx person",
+        "https://example.com/demo/fail-blurry.zip",
+        True,
+    ),
+    (
+        "Demo portrait (gets stuck)",
+        "portrait",
+        "ohwx person",
+        "https://example.com/demo/stuck.zip",
+        True,
+    ),
+    (
+        "Demo portrait (ready to start)",
+        "portrait",
+        "ohwx person",
+        "https://example.com/demo/ivan.zip",
+        False,
+    ),
 ]
-DEMO_OWNERS = [(900_000_001, "demo_anna", "Demo Anna", "ru"), (900_000_002, "demo_john", "Demo John", "en")]
+DEMO_OWNERS = [
+    (900_000_001, "demo_anna", "Demo Anna", "ru"),
+    (900_000_002, "demo_john", "Demo John", "en"),
+]
 
 
 def load_env_file(path: Path) -> None:

@@ -159,7 +159,9 @@ class FalEmulator:
         self.script_from_input = script_from_input
         self._port = port
         self._own_dir = state_dir is None
-        self._dir = Path(tempfile.mkdtemp(prefix="fal-emulator-")) if state_dir is None else state_dir
+        self._dir = (
+            Path(tempfile.mkdtemp(prefix="fal-emulator-")) if state_dir is None else state_dir
+        )
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server_stop: asyncio.Event | None = None
@@ -317,7 +319,9 @@ class FalEmulator:
             else:
                 self._matchers.append((target, _merge(JobScript(), changes)))
 
-    def refuse_next_submit(self, status_code: int = 422, body: dict | None = None, times: int = 1) -> None:
+    def refuse_next_submit(
+        self, status_code: int = 422, body: dict | None = None, times: int = 1
+    ) -> None:
         """The next ``times`` submits answer ``status_code`` and create no job."""
         if body is None:
             body = {
@@ -325,12 +329,22 @@ class FalEmulator:
                 403: {"detail": "User is locked. Reason: Exhausted balance"},
             }.get(
                 status_code,
-                {"detail": [{"loc": ["body", "images_data_url"], "msg": "field required", "type": "value_error.missing"}]},
+                {
+                    "detail": [
+                        {
+                            "loc": ["body", "images_data_url"],
+                            "msg": "field required",
+                            "type": "value_error.missing",
+                        }
+                    ]
+                },
             )
         with self._lock:
             self._submit_refusals.extend([(status_code, body)] * times)
 
-    def finish(self, request_id: str, *, error: str | None = None, error_type: str | None = None) -> None:
+    def finish(
+        self, request_id: str, *, error: str | None = None, error_type: str | None = None
+    ) -> None:
         """End a job now (successfully, or with ``error``)."""
         with self._lock:
             job = self.jobs[request_id]
@@ -350,7 +364,9 @@ class FalEmulator:
         with self._lock:
             return self.jobs[request_id].state()
 
-    def webhook_for(self, request_id: str, *, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
+    def webhook_for(
+        self, request_id: str, *, timestamp: int | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         """The body and signed headers fal would deliver for a finished job (for tests to POST)."""
         with self._lock:
             job = self.jobs[request_id]
@@ -381,7 +397,9 @@ class FalEmulator:
     def _job(self, endpoint: str, request_id: str) -> Job | None:
         job = self.jobs.get(request_id)
         if job is None and self.adopt_unknown:
-            job = Job(request_id, endpoint, {}, None, JobScript(queue_seconds=0, run_seconds=FOREVER))
+            job = Job(
+                request_id, endpoint, {}, None, JobScript(queue_seconds=0, run_seconds=FOREVER)
+            )
             self.jobs[request_id] = job
         if job is None or job.endpoint != endpoint or job.gone:
             return None
@@ -389,7 +407,11 @@ class FalEmulator:
 
     def _urls(self, endpoint: str, request_id: str) -> dict[str, str]:
         base = f"{self.base_url}/{endpoint}/requests/{request_id}"
-        return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+        return {
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+        }
 
     def _result_payload(self, job: Job) -> dict:
         return job.script.result if job.script.result is not None else lora_payload(job.request_id)
@@ -428,7 +450,10 @@ class FalEmulator:
             for job in due:
                 body = self._webhook_body(job)
                 headers = self.signer.headers(body, job.request_id)
-                record = {"request_id": job.request_id, "url": self.webhook_target or job.webhook_url}
+                record = {
+                    "request_id": job.request_id,
+                    "url": self.webhook_target or job.webhook_url,
+                }
                 with self._lock:
                     dropped = (
                         self.drop_all_webhooks
@@ -466,10 +491,21 @@ def _demo_script(payload: dict) -> JobScript:
     return JobScript(queue_seconds=10, run_seconds=30, queue_position=1)
 
 
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 422: "Unprocessable Entity",
-            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 class _Request:
@@ -543,10 +579,16 @@ class _Responder:
         try:
             payload = json.loads(request.body or b"{}")
         except ValueError:
-            return 422, {"detail": [{"msg": "Invalid JSON body", "type": "value_error.jsondecode"}]}, 0.0
+            return (
+                422,
+                {"detail": [{"msg": "Invalid JSON body", "type": "value_error.jsondecode"}]},
+                0.0,
+            )
         webhook = request.query.get("fal_webhook", [None])[0]
         with emulator._lock:
-            emulator.submissions.append({"endpoint": endpoint, "payload": payload, "webhook_url": webhook})
+            emulator.submissions.append(
+                {"endpoint": endpoint, "payload": payload, "webhook_url": webhook}
+            )
             refusal = emulator._submit_refusals.pop(0) if emulator._submit_refusals else None
             latency = emulator.submit_latency
             if refusal is not None:
@@ -583,7 +625,11 @@ class _Responder:
             emulator.status_calls[request_id] += 1
             job = emulator._job(endpoint, request_id)
             script = job.script if job else None
-            latency = emulator.status_latency if script is None or script.latency is None else script.latency
+            latency = (
+                emulator.status_latency
+                if script is None or script.latency is None
+                else script.latency
+            )
             if script is not None and script.status_error is not None:
                 injected = script.status_error
                 if script.status_error_times > 0:
@@ -594,11 +640,20 @@ class _Responder:
             if job is None:
                 return 404, {"status": "NOT_FOUND"}, latency
             state = job.state()
-            body: dict[str, Any] = {"status": state, "request_id": request_id, **emulator._urls(endpoint, request_id)}
+            body: dict[str, Any] = {
+                "status": state,
+                "request_id": request_id,
+                **emulator._urls(endpoint, request_id),
+            }
             with_logs = request.query.get("logs", ["0"])[0] in ("1", "true", "True")
             elapsed = time.monotonic() - job.submitted_at
             logs = [
-                {"message": message, "level": "INFO", "source": "user", "timestamp": f"{elapsed:.1f}"}
+                {
+                    "message": message,
+                    "level": "INFO",
+                    "source": "user",
+                    "timestamp": f"{elapsed:.1f}",
+                }
                 for message in job.script.logs
             ]
             if state == "IN_QUEUE":
@@ -626,14 +681,18 @@ class _Responder:
             if job.script.result_error is not None:
                 code = job.script.result_error
                 if code == 422:
-                    detail = [{"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}]
+                    detail = [
+                        {"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}
+                    ]
                     return code, {"detail": detail}, 0.0
                 return code, _error_body(code), 0.0
             failure = job.failure()
             if failure is not None:
                 message, error_type = failure
                 if job.script.result_status == 422:
-                    detail = [{"loc": ["body"], "msg": message, "type": error_type or "value_error"}]
+                    detail = [
+                        {"loc": ["body"], "msg": message, "type": error_type or "value_error"}
+                    ]
                     return 422, {"detail": detail}, 0.0
                 return job.script.result_status, {"detail": message, "error_type": error_type}, 0.0
             return 200, emulator._result_payload(job), 0.0
@@ -690,11 +749,15 @@ def _error_body(status: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A fal queue emulator on loopback HTTPS.")
-    parser.add_argument("--state-dir", required=True, type=Path, help="where emulator.env and the certificate go")
+    parser.add_argument(
+        "--state-dir", required=True, type=Path, help="where emulator.env and the certificate go"
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--status-latency", type=float, default=0.0, help="seconds per status call")
     parser.add_argument(
-        "--adopt-unknown", action="store_true", help="treat unknown request ids as running jobs (benchmark)"
+        "--adopt-unknown",
+        action="store_true",
+        help="treat unknown request ids as running jobs (benchmark)",
     )
     parser.add_argument("--no-webhooks", action="store_true", help="never deliver webhooks")
     args = parser.parse_args(argv)

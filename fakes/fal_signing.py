@@ -41,7 +41,9 @@ class WebhookSigner:
             raw = key.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             )
-            keys.append({"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": kid, "use": "sig"})
+            keys.append(
+                {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": kid, "use": "sig"}
+            )
         return {"keys": keys}
 
     def headers(

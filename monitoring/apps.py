@@ -12,7 +12,9 @@ class MonitoringConfig(AppConfig):
         from monitoring import schedules, system_checks, transitions, webhooks  # noqa: F401
 
         # `migrate` creates or updates the periodic schedules (idempotent by name).
-        post_migrate.connect(schedules.ensure_schedules, sender=self, dispatch_uid="monitoring-schedules")
+        post_migrate.connect(
+            schedules.ensure_schedules, sender=self, dispatch_uid="monitoring-schedules"
+        )
         # A webhook may arrive before the request id is saved; apply it once it is.
         transitions.training_submitted.connect(
             webhooks.apply_unmatched_deliveries, dispatch_uid="monitoring-unmatched-webhooks"

@@ -77,7 +77,9 @@ def fal_error_rate(now: datetime) -> dict[str, Any]:
 def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
     """Trainings that ended in each of the last ``hours`` hours, with their durations."""
     first = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
-    buckets = {first + timedelta(hours=i): HourBucket(first + timedelta(hours=i)) for i in range(hours)}
+    buckets = {
+        first + timedelta(hours=i): HourBucket(first + timedelta(hours=i)) for i in range(hours)
+    }
     rows = (
         Training.objects.filter(finished_at__gte=first)
         .exclude(outcome=TrainingOutcome.REFUSED)
@@ -147,37 +149,55 @@ def chart_svg(buckets: list[HourBucket]) -> SafeString:
                 format_html(
                     '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
                     "<title>{} {}: {}</title></rect>",
-                    _n(x), _n(y), _n(bar_w - 4), _n(h), colour,
-                    bucket.start.strftime("%H:00"), _(name), value,
+                    _n(x),
+                    _n(y),
+                    _n(bar_w - 4),
+                    _n(h),
+                    colour,
+                    bucket.start.strftime("%H:00"),
+                    _(name),
+                    value,
                 )
             )
         if bucket.average_minutes is not None:
             parts.append(
                 format_html(
-                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" '
-                    'fill="#333">{}′</text>',
-                    _n(x + (bar_w - 4) / 2), _n(y - 3), _minutes(bucket.average_minutes),
+                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" fill="#333">{}′</text>',
+                    _n(x + (bar_w - 4) / 2),
+                    _n(y - 3),
+                    _minutes(bucket.average_minutes),
                 )
             )
         if i % 3 == 0:
             parts.append(
                 format_html(
                     '<text x="{}" y="{}" font-size="10" fill="#555">{}</text>',
-                    _n(x), height - 10, bucket.start.strftime("%H:00"),
+                    _n(x),
+                    height - 10,
+                    bucket.start.strftime("%H:00"),
                 )
             )
     axis = format_html(
         '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>'
         '<text x="2" y="{}" font-size="10" fill="#555">{}</text>'
         '<text x="2" y="{}" font-size="10" fill="#555">0</text>',
-        left, height - bottom, width, height - bottom, top + 8, peak, height - bottom,
+        left,
+        height - bottom,
+        width,
+        height - bottom,
+        top + 8,
+        peak,
+        height - bottom,
     )
     label = _("Trainings finished per hour, last 24 hours (UTC); numbers above bars: mean minutes")
     return format_html(
         '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} {}" width="100%" '
         'role="img" aria-label="{}" class="training-chart">{}{}</svg>',
-        width, height, label, axis, format_html_join("", "{}", ((p,) for p in parts))
-        if parts else mark_safe(""),
+        width,
+        height,
+        label,
+        axis,
+        format_html_join("", "{}", ((p,) for p in parts)) if parts else mark_safe(""),
     )
 
 
@@ -195,7 +215,9 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "fal_errors": fal_error_rate(now),
         "hours": buckets,
         "finished_total": sum(b.total for b in buckets),
-        "mean_duration_minutes": round(sum(durations) / len(durations) / 60, 1) if durations else None,
+        "mean_duration_minutes": round(sum(durations) / len(durations) / 60, 1)
+        if durations
+        else None,
         "chart": chart_svg(buckets),
         "notifications": notification_backlog(now),
     }

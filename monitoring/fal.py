@@ -71,7 +71,9 @@ class FalNotFound(FalError):
 class FalJobFailed(FalError):
     """The job failed: its result fetch answered 4xx with fal's reason."""
 
-    def __init__(self, detail: str, *, status_code: int | None = None, error_type: str = "") -> None:
+    def __init__(
+        self, detail: str, *, status_code: int | None = None, error_type: str = ""
+    ) -> None:
         super().__init__(detail, status_code=status_code)
         self.error_type = error_type
 
@@ -109,7 +111,9 @@ class FalStatusReport:
 # --- Inputs ------------------------------------------------------------------------------
 
 
-def training_input(training_type: str, *, images_url: str, trigger_word: str, extra: dict | None = None) -> tuple[str, dict]:
+def training_input(
+    training_type: str, *, images_url: str, trigger_word: str, extra: dict | None = None
+) -> tuple[str, dict]:
     """(endpoint, arguments) for a training type, with the trainer's own input names."""
     if training_type not in ENDPOINTS:
         raise ValueError(f"unknown training type {training_type!r}")
@@ -123,7 +127,9 @@ def training_input(training_type: str, *, images_url: str, trigger_word: str, ex
 
 
 def webhook_url() -> str:
-    return settings.PUBLIC_BASE_URL.rstrip("/") + "/webhooks/fal/" if settings.PUBLIC_BASE_URL else ""
+    return (
+        settings.PUBLIC_BASE_URL.rstrip("/") + "/webhooks/fal/" if settings.PUBLIC_BASE_URL else ""
+    )
 
 
 def _key() -> str:
@@ -148,7 +154,10 @@ def _detail(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         detail = body.get("detail", body.get("status", fallback))
         if isinstance(detail, list):
-            return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+            return "; ".join(
+                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
+                for item in detail
+            )
         return str(detail)
     return fallback
 
@@ -236,7 +245,9 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
             # read first; a 5xx on the result of a clean COMPLETED is fal's trouble.
             return FalTransient(detail, status_code=code)
         if for_result:
-            return FalJobFailed(detail, status_code=code, error_type=exc.error_type or f"http_{code}")
+            return FalJobFailed(
+                detail, status_code=code, error_type=exc.error_type or f"http_{code}"
+            )
         return FalTransient(f"unexpected answer: {detail}", status_code=code)
     if isinstance(exc, httpx.HTTPError):
         return FalTransient(f"{type(exc).__name__}: {exc}"[:500])
@@ -268,12 +279,19 @@ class FalSession:
 
     async def _bounded(self, coro: Any, *, timeout: float | None, for_result: bool = False) -> Any:
         try:
-            return await asyncio.wait_for(coro, timeout=self.timeout if timeout is None else max(timeout, 0.01))
+            return await asyncio.wait_for(
+                coro, timeout=self.timeout if timeout is None else max(timeout, 0.01)
+            )
         except Exception as exc:  # noqa: BLE001 - every answer is classified
             raise _classify(exc, for_result=for_result) from exc
 
     async def status(
-        self, endpoint: str, request_id: str, *, with_logs: bool = False, timeout: float | None = None
+        self,
+        endpoint: str,
+        request_id: str,
+        *,
+        with_logs: bool = False,
+        timeout: float | None = None,
     ) -> FalStatusReport:
         import fal_client
 

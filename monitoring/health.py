@@ -74,7 +74,9 @@ def report(now: datetime | None = None) -> dict[str, Any]:
     return {
         "database": True,
         "last_check_started_at": beat.last_run.started_at.isoformat() if beat.last_run else None,
-        "last_check_age_seconds": round(beat.age_seconds, 1) if beat.age_seconds is not None else None,
+        "last_check_age_seconds": round(beat.age_seconds, 1)
+        if beat.age_seconds is not None
+        else None,
         "check_late": beat.late,
         "check_late_after_seconds": beat.late_after_seconds,
         "active_trainings": active.count(),

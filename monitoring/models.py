@@ -85,7 +85,9 @@ class Avatar(models.Model):
     trigger_word = models.CharField(
         _("trigger word"),
         max_length=128,
-        help_text=_("Sent as trigger_phrase to the portrait trainer, trigger_word to the style one."),
+        help_text=_(
+            "Sent as trigger_phrase to the portrait trainer, trigger_word to the style one."
+        ),
     )
     images_url = models.URLField(_("images archive URL"), max_length=2048)
     training_settings = models.JSONField(
@@ -313,7 +315,10 @@ class WebhookDelivery(models.Model):
     headers = models.JSONField(_("fal headers"), default=dict, blank=True)
     header_request_id = models.CharField(_("header request id"), max_length=128, blank=True)
     request_id = models.CharField(
-        _("request id"), max_length=128, blank=True, db_index=True,
+        _("request id"),
+        max_length=128,
+        blank=True,
+        db_index=True,
         help_text=_("The request_id from the body."),
     )
     signature = models.CharField(_("signature"), max_length=256, blank=True, db_index=True)

@@ -19,6 +19,7 @@ from monitoring.models import AvatarEvent, AvatarStatus, CheckRun, WebhookDelive
 
 logger = logging.getLogger("monitoring")
 
+
 def _days_ago(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
 
@@ -37,9 +38,7 @@ def prunable(now: datetime | None = None) -> dict[str, object]:
         Q(training__finished_at__isnull=False)
         | (Q(training__isnull=True) & ~Q(avatar__status=AvatarStatus.TRAINING))
     )
-    runs = CheckRun.objects.filter(
-        started_at__lt=_days_ago(settings.RETENTION_CHECK_RUN_DAYS, now)
-    )
+    runs = CheckRun.objects.filter(started_at__lt=_days_ago(settings.RETENTION_CHECK_RUN_DAYS, now))
     # The newest run is the heartbeat: keep it however old, or a quiet worker would
     # look like one that never ran.
     newest = CheckRun.objects.order_by("-started_at").values_list("pk", flat=True).first()
@@ -47,9 +46,7 @@ def prunable(now: datetime | None = None) -> dict[str, object]:
         runs = runs.exclude(pk=newest)
     from django_q.models import Task
 
-    tasks = Task.objects.filter(
-        stopped__lt=_days_ago(settings.RETENTION_TASK_RESULT_DAYS, now)
-    )
+    tasks = Task.objects.filter(stopped__lt=_days_ago(settings.RETENTION_TASK_RESULT_DAYS, now))
     return {
         "webhook_deliveries": deliveries,
         "avatar_events": events,
@@ -77,10 +74,11 @@ def prune(now: datetime | None = None) -> dict[str, int]:
             model = queryset.model
             total = 0
             for start in range(0, len(ids), 1000):
-                total += model.objects.filter(pk__in=ids[start : start + 1000]).delete()[1].get(
-                    model._meta.label, 0
+                total += (
+                    model.objects.filter(pk__in=ids[start : start + 1000])
+                    .delete()[1]
+                    .get(model._meta.label, 0)
                 )
         deleted[name] = total
     logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
     return deleted
-

@@ -178,9 +178,11 @@ def _usable(cached: _Cached | None, now: datetime, *, allow_stale: bool) -> bool
         return False
     if _fresh(cached.fetched_at, now):
         return True
-    return allow_stale and now - cached.fetched_at < timedelta(
-        seconds=settings.FAL_JWKS_CACHE_SECONDS
-    ) + STALE_GRACE
+    return (
+        allow_stale
+        and now - cached.fetched_at
+        < timedelta(seconds=settings.FAL_JWKS_CACHE_SECONDS) + STALE_GRACE
+    )
 
 
 def _verifies(cached: _Cached | None, message: bytes, signature: bytes) -> bool:

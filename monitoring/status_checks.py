@@ -223,7 +223,11 @@ async def _ask_all(trainings: list[Training], wants_logs: list[bool], budget: fl
 def _logs_tail(logs: list[dict[str, Any]] | None) -> str | None:
     if not logs:
         return None
-    lines = [str(entry.get("message", "")) for entry in logs[-LOGS_TAIL_LINES:] if isinstance(entry, dict)]
+    lines = [
+        str(entry.get("message", ""))
+        for entry in logs[-LOGS_TAIL_LINES:]
+        if isinstance(entry, dict)
+    ]
     return "\n".join(lines)[-2000:]
 
 
@@ -304,7 +308,9 @@ class _Batch:
         report.changed = True
         if answer.error:
             # Staff should see that fal finished it (fal has no FAILED status).
-            transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=self.source)
+            transitions.record_fal_status(
+                training, fal_status=FalStatus.COMPLETED, source=self.source
+            )
             if training.cancel_requested_at:
                 outcome = transitions.cancel(
                     training, source=self.source, reason=f"fal stopped the job: {answer.error}"
@@ -351,7 +357,11 @@ class _Batch:
             report.summary = "result without a LoRA file"
         else:
             outcome = transitions.complete(
-                training, lora_url=lora_url, config_url=config_url, result=seen.result, source=self.source
+                training,
+                lora_url=lora_url,
+                config_url=config_url,
+                result=seen.result,
+                source=self.source,
             )
             report.summary = "completed"
         report.changed = outcome.changed
@@ -364,7 +374,9 @@ class _Batch:
             return
         if isinstance(error, fal.FalAuthError) and not self.account_alerted:
             # Our key or fal's billing, not the avatar: tell staff, fail nothing.
-            outbox.queue_fal_account_alert(status_code=error.status_code or 401, detail=error.detail)
+            outbox.queue_fal_account_alert(
+                status_code=error.status_code or 401, detail=error.detail
+            )
             self.account_alerted = True
         training.check_failures += 1
         training.last_check_error = report.error
@@ -484,7 +496,13 @@ def check_trainings(
         except Exception as exc:  # one bad row must not stop the batch
             logger.exception("Check of avatar %s failed", training.avatar_id)
             reports.append(
-                CheckReport(training.pk, training.avatar_id, _state(training), _state(training), error=repr(exc)[:1000])
+                CheckReport(
+                    training.pk,
+                    training.avatar_id,
+                    _state(training),
+                    _state(training),
+                    error=repr(exc)[:1000],
+                )
             )
     batch.flush()
     still_active = [t for t in trainings if t.finished_at is None]
@@ -521,7 +539,9 @@ def _tally(reports: list[CheckReport]) -> dict[str, int]:
     }
 
 
-def check_batch(training_ids: list[int], run_id: int | None, run_start: datetime) -> list[CheckReport]:
+def check_batch(
+    training_ids: list[int], run_id: int | None, run_start: datetime
+) -> list[CheckReport]:
     """Check one batch of claimed trainings and add its counts to the run's heartbeat."""
     trainings = list(
         Training.objects.filter(pk__in=training_ids, finished_at__isnull=True).only(*_LOADED_FIELDS)

@@ -41,7 +41,10 @@ def check_configuration(app_configs=None, **kwargs):
                 id="avatarsite.W003",
             )
         )
-    if settings.NOTIFICATION_BACKEND.endswith("TelegramBackend") and not settings.TELEGRAM_BOT_TOKEN:
+    if (
+        settings.NOTIFICATION_BACKEND.endswith("TelegramBackend")
+        and not settings.TELEGRAM_BOT_TOKEN
+    ):
         problems.append(
             Error(
                 "NOTIFICATION_BACKEND is telegram but TELEGRAM_BOT_TOKEN is not set.",

@@ -64,7 +64,10 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
             "fal refused the training of avatar %s (%s): %s", avatar.pk, code, exc.detail
         )
         return transitions.Outcome(
-            refused.changed, refused.status, _("fal refused the training: %s") % exc.detail, training
+            refused.changed,
+            refused.status,
+            _("fal refused the training: %s") % exc.detail,
+            training,
         )
     except fal.FalSubmitUnknown as exc:
         # A job may exist on fal. Record what we know and let the stuck check raise it.
@@ -113,7 +116,10 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if not training.fal_request_id:
         # Never reached fal, or its answer was lost. Nothing on fal to stop that we know of.
         outcome = transitions.cancel(
-            training, source=source, actor=actor, reason="cancelled before fal returned a request id"
+            training,
+            source=source,
+            actor=actor,
+            reason="cancelled before fal returned a request id",
         )
         if outcome.changed:
             return _("Cancelled (fal never returned a request id for it).")
@@ -143,7 +149,10 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
         )
         return _("fal had already finished this job; the next check records its outcome.")
     outcome = transitions.cancel(
-        training, source=source, actor=actor, reason="fal does not know this request (cancel: NOT_FOUND)"
+        training,
+        source=source,
+        actor=actor,
+        reason="fal does not know this request (cancel: NOT_FOUND)",
     )
     if outcome.changed:
         return _("Cancelled: fal does not know this request any more.")

@@ -529,9 +529,7 @@ def fail(
     return outcome
 
 
-def cancel(
-    training: Training, *, source: str, actor: Any = None, reason: str = ""
-) -> Outcome:
+def cancel(training: Training, *, source: str, actor: Any = None, reason: str = "") -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
     outcome = _finish(
         training,
@@ -565,7 +563,13 @@ def request_cancel(training: Training, *, source: str, actor: Any = None) -> boo
         ).update(cancel_requested_at=now, next_check_at=now)
         if not won:
             return False
-        _event(training.avatar_id, EventKind.CANCEL_REQUESTED, source, training_id=training.pk, actor=actor)
+        _event(
+            training.avatar_id,
+            EventKind.CANCEL_REQUESTED,
+            source,
+            training_id=training.pk,
+            actor=actor,
+        )
     training.cancel_requested_at = now
     return True
 
@@ -579,7 +583,9 @@ def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHE
         ).update(stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1)
         if not won:
             return False
-        episode = Training.objects.filter(pk=training.pk).values_list("stuck_episode", flat=True).get()
+        episode = (
+            Training.objects.filter(pk=training.pk).values_list("stuck_episode", flat=True).get()
+        )
         _event(
             training.avatar_id,
             EventKind.STUCK,

@@ -293,23 +293,44 @@ def receive(request: HttpRequest) -> Answer:
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         reason = f"body of {declared} bytes is larger than the {limit} bytes allowed"
-        _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
-                outcome=WebhookOutcome.REJECTED, body_size=min(declared, 2**31 - 1), error=reason,
-                received_at=received_at)
+        _record(
+            request,
+            headers,
+            verdict=WebhookVerdict.TOO_LARGE,
+            outcome=WebhookOutcome.REJECTED,
+            body_size=min(declared, 2**31 - 1),
+            error=reason,
+            received_at=received_at,
+        )
         return Answer.error(413, reason)
     body, too_large = _read_body(request, limit)
     if too_large:
         reason = f"body is larger than the {limit} bytes allowed"
-        _record(request, headers, verdict=WebhookVerdict.TOO_LARGE,
-                outcome=WebhookOutcome.REJECTED, body=body, body_size=limit + 1, error=reason,
-                received_at=received_at)
+        _record(
+            request,
+            headers,
+            verdict=WebhookVerdict.TOO_LARGE,
+            outcome=WebhookOutcome.REJECTED,
+            body=body,
+            body_size=limit + 1,
+            error=reason,
+            received_at=received_at,
+        )
         return Answer.error(413, reason)
 
     try:
         verify(headers, body)
     except Refused as refused:
-        _record(request, headers, verdict=refused.verdict, outcome=WebhookOutcome.REJECTED,
-                body=body, body_size=len(body), error=refused.reason, received_at=received_at)
+        _record(
+            request,
+            headers,
+            verdict=refused.verdict,
+            outcome=WebhookOutcome.REJECTED,
+            body=body,
+            body_size=len(body),
+            error=refused.reason,
+            received_at=received_at,
+        )
         if refused.verdict == WebhookVerdict.UNVERIFIABLE:
             logger.error("fal webhook not verifiable: %s", refused.reason)
         return Answer.error(refused.status, refused.reason)
@@ -318,9 +339,17 @@ def receive(request: HttpRequest) -> Answer:
     try:
         data = parse(body, headers[REQUEST_ID_HEADER])
     except Refused as refused:
-        _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REJECTED,
-                body=body, body_size=len(body), whole_body=True, error=refused.reason,
-                received_at=received_at)
+        _record(
+            request,
+            headers,
+            verdict=WebhookVerdict.VALID,
+            outcome=WebhookOutcome.REJECTED,
+            body=body,
+            body_size=len(body),
+            whole_body=True,
+            error=refused.reason,
+            received_at=received_at,
+        )
         return Answer.error(refused.status, refused.reason)
 
     # The transition and the delivery row, with its final outcome, commit together:
@@ -334,10 +363,18 @@ def receive(request: HttpRequest) -> Answer:
         # questions, which training and whether this is a replay, take one query.
         training, original_pk = _training_and_replay(data["request_id"], headers[SIGNATURE_HEADER])
         if original_pk is not None:
-            _record(request, headers, verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.REPLAY,
-                    body=body, body_size=len(body), error=f"replay of delivery {original_pk}",
-                    data=data, training_id=training.pk if training else None,
-                    received_at=received_at)
+            _record(
+                request,
+                headers,
+                verdict=WebhookVerdict.VALID,
+                outcome=WebhookOutcome.REPLAY,
+                body=body,
+                body_size=len(body),
+                error=f"replay of delivery {original_pk}",
+                data=data,
+                training_id=training.pk if training else None,
+                received_at=received_at,
+            )
             return Answer(200, {"outcome": WebhookOutcome.REPLAY})
         # An unknown request id changes nothing, and neither does anything for an
         # attempt that has finished (it never changes again): those rows need no
@@ -348,13 +385,32 @@ def receive(request: HttpRequest) -> Answer:
                 outcome, note = WebhookOutcome.UNMATCHED, ""
             else:
                 outcome, note = _apply(training, data, source=EventSource.WEBHOOK, actor=None)
-            _record(request, headers, verdict=WebhookVerdict.VALID, outcome=outcome,
-                    body=body, body_size=len(body), whole_body=True, error=note, data=data,
-                    training_id=training.pk if training else None, received_at=received_at)
+            _record(
+                request,
+                headers,
+                verdict=WebhookVerdict.VALID,
+                outcome=outcome,
+                body=body,
+                body_size=len(body),
+                whole_body=True,
+                error=note,
+                data=data,
+                training_id=training.pk if training else None,
+                received_at=received_at,
+            )
     except Exception as exc:
-        delivery = _record(request, headers, verdict=WebhookVerdict.VALID,
-                           outcome=WebhookOutcome.FAILED, body=body, body_size=len(body),
-                           whole_body=True, data=data, received_at=received_at, **_failure(exc))
+        delivery = _record(
+            request,
+            headers,
+            verdict=WebhookVerdict.VALID,
+            outcome=WebhookOutcome.FAILED,
+            body=body,
+            body_size=len(body),
+            whole_body=True,
+            data=data,
+            received_at=received_at,
+            **_failure(exc),
+        )
         logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
         # Our own failure: 5xx so that fal delivers again.
         return Answer.error(500, "processing failed, please retry")
@@ -388,7 +444,9 @@ def _detail_messages(payload: Any) -> str:
         return detail[:500]
     if not isinstance(detail, list):
         return ""
-    messages = [str(item.get("msg")) for item in detail if isinstance(item, dict) and item.get("msg")]
+    messages = [
+        str(item.get("msg")) for item in detail if isinstance(item, dict) and item.get("msg")
+    ]
     return "; ".join(messages)[:500]
 
 
@@ -409,9 +467,7 @@ def _enqueue_recheck(training_id: int) -> None:
         )
 
 
-def _apply(
-    training: Training, data: dict[str, Any], *, source: str, actor: Any
-) -> tuple[str, str]:
+def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any) -> tuple[str, str]:
     """Apply a verified delivery to its training: (outcome, note)."""
     payload = data.get("payload")
     if data["status"] == "ERROR":
@@ -471,7 +527,9 @@ def _accepted_with(signature: str):
 
 def _matching_training(request_id: str) -> Training | None:
     """The attempt a delivery is for, with its avatar and owner (staff re-processing)."""
-    return Training.objects.select_related("avatar__owner").filter(fal_request_id=request_id).first()
+    return (
+        Training.objects.select_related("avatar__owner").filter(fal_request_id=request_id).first()
+    )
 
 
 # --- The hot path's one read ----------------------------------------------------------
@@ -481,8 +539,17 @@ def _matching_training(request_id: str) -> Training | None:
 # use, one query each.
 _LOOKUP_FIELDS: dict[type[Model], set[str]] = {
     Training: {
-        "id", "avatar_id", "fal_request_id", "endpoint", "fal_status", "finished_at",
-        "outcome", "stuck_since", "stuck_reason", "error_type", "error_message",
+        "id",
+        "avatar_id",
+        "fal_request_id",
+        "endpoint",
+        "fal_status",
+        "finished_at",
+        "outcome",
+        "stuck_since",
+        "stuck_reason",
+        "error_type",
+        "error_message",
     },
     Avatar: {"id", "owner_id", "name", "training_type", "status", "current_training_id"},
     Owner: {"id", "telegram_id", "language"},
@@ -679,7 +746,10 @@ def apply_unmatched_deliveries(
             processed += 1
             logger.info(
                 "fal webhook delivery %s for request %s applied late (training %s): %s",
-                delivery.pk, request_id, training_id, outcome,
+                delivery.pk,
+                request_id,
+                training_id,
+                outcome,
             )
     except Exception:
         logger.exception("early fal webhooks for request %s could not be applied", request_id)

@@ -35,7 +35,9 @@ def fal_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalEmulat
     # SSL_CERT_FILE replaces the CA bundle of every httpx client in this process:
     # keep certifi's roots in it so nothing else loses TLS. Other fakes append theirs.
     bundle = Path(emulator.cert_file).with_name("ca-bundle.pem")
-    bundle.write_text(Path(certifi.where()).read_text() + "\n" + Path(emulator.cert_file).read_text())
+    bundle.write_text(
+        Path(certifi.where()).read_text() + "\n" + Path(emulator.cert_file).read_text()
+    )
     saved = {name: os.environ.get(name) for name in ("FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE")}
     os.environ["FAL_QUEUE_RUN_HOST"] = emulator.host
     os.environ["SSL_CERT_FILE"] = str(bundle)

@@ -25,7 +25,12 @@ def act(client, action: str, avatars, **extra):
 
 def confirm(client, action: str, avatars, **fields):
     """Submit the confirmation page of an action."""
-    data = {"action": action, "_selected_action": [a.pk for a in avatars], "confirmed": "yes", **fields}
+    data = {
+        "action": action,
+        "_selected_action": [a.pk for a in avatars],
+        "confirmed": "yes",
+        **fields,
+    }
     return client.post(CHANGELIST, data, follow=True)
 
 
@@ -65,7 +70,9 @@ def running(fal, make_avatar):
     return start
 
 
-def test_recheck_now_queues_the_check_and_the_worker_completes_a_finished_job(admin_client, fal, running):
+def test_recheck_now_queues_the_check_and_the_worker_completes_a_finished_job(
+    admin_client, fal, running
+):
     avatar, training = running(name="Finished on fal")
     transitions.flag_stuck(training, reason="in queue too long")
     fal.finish(training.fal_request_id)
@@ -123,7 +130,9 @@ def test_start_training_asks_first_then_submits_once(admin_client, fal, make_ava
     assert any("not started" in m for m in messages_of(again))
 
 
-def test_retrain_starts_a_new_attempt_for_a_failed_avatar_only(admin_client, fal, running, make_avatar):
+def test_retrain_starts_a_new_attempt_for_a_failed_avatar_only(
+    admin_client, fal, running, make_avatar
+):
     failed, training = running(name="Failed once")
     transitions.fail(training, error_message="bad photos", source=EventSource.CHECK)
     fal.script(queue_seconds=FOREVER)
@@ -157,7 +166,9 @@ def test_cancel_on_fal_asks_first_then_asks_fal_to_cancel(admin_client, fal, run
     assert any("Cancellation requested" in m for m in messages_of(response))
 
 
-def test_mark_failed_records_the_reason_tells_the_owner_and_cancels_the_running_job(admin_client, fal, running):
+def test_mark_failed_records_the_reason_tells_the_owner_and_cancels_the_running_job(
+    admin_client, fal, running
+):
     avatar, training = running()
 
     ask = act(admin_client, "mark_failed", [avatar])
@@ -173,12 +184,16 @@ def test_mark_failed_records_the_reason_tells_the_owner_and_cancels_the_running_
     assert Notification.objects.filter(training=training, kind="failed").count() == 1
     event = AvatarEvent.objects.get(training=training, kind=EventKind.STATUS, new_status="error")
     assert event.actor is not None and event.source == EventSource.STAFF
-    assert any("marked failed" in m and "CANCELLATION_REQUESTED" in m for m in messages_of(response))
+    assert any(
+        "marked failed" in m and "CANCELLATION_REQUESTED" in m for m in messages_of(response)
+    )
 
 
 def test_mark_failed_leaves_finished_avatars_alone(admin_client, running):
     avatar, training = running()
-    transitions.complete(training, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK)
+    transitions.complete(
+        training, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK
+    )
 
     response = confirm(admin_client, "mark_failed", [avatar], reason="oops")
 
@@ -189,7 +204,9 @@ def test_mark_failed_leaves_finished_avatars_alone(admin_client, running):
 
 def test_resend_reopens_a_given_up_notification(admin_client, running, make_avatar):
     avatar, training = running()
-    transitions.complete(training, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK)
+    transitions.complete(
+        training, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK
+    )
     notification = Notification.objects.get(training=training)
     Notification.objects.filter(pk=notification.pk).update(status="given_up", attempts=8)
     quiet = make_avatar(name="No messages")
@@ -199,14 +216,19 @@ def test_resend_reopens_a_given_up_notification(admin_client, running, make_avat
     notification.refresh_from_db()
     assert notification.status == "pending" and notification.attempts == 0
     messages = messages_of(response)
-    assert any(f"#{avatar.pk}" in m and f"notification #{notification.pk} queued again" in m for m in messages)
+    assert any(
+        f"#{avatar.pk}" in m and f"notification #{notification.pk} queued again" in m
+        for m in messages
+    )
     assert any(f"#{quiet.pk}" in m and "nothing to resend" in m for m in messages)
 
 
 def test_actions_need_a_staff_user(client, make_avatar):
     avatar = make_avatar()
 
-    response = client.post(CHANGELIST, {"action": "recheck_now", "_selected_action": [avatar.pk], "index": 0})
+    response = client.post(
+        CHANGELIST, {"action": "recheck_now", "_selected_action": [avatar.pk], "index": 0}
+    )
 
     assert response.status_code == 302 and "login" in response["Location"]
     assert queued_monitoring_tasks() == []

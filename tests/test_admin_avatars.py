@@ -37,7 +37,9 @@ def stuck_avatar(training_avatar):
     return make
 
 
-def test_it_shows_status_badges_with_sub_state_and_queue_position(admin_client, training_avatar, make_avatar):
+def test_it_shows_status_badges_with_sub_state_and_queue_position(
+    admin_client, training_avatar, make_avatar
+):
     avatar, training = training_avatar(request_id="req-badge", name="Queued one")
     Training.objects.filter(pk=training.pk).update(queue_position=3)
     make_avatar(name="Waiting one")
@@ -64,7 +66,9 @@ def test_the_changelist_stays_a_handful_of_queries_for_a_full_page(
     assert response.content.decode().count("status-badge") == 30
 
 
-def test_the_stuck_filter_lists_only_stuck_avatars_with_their_reason(admin_client, stuck_avatar, training_avatar):
+def test_the_stuck_filter_lists_only_stuck_avatars_with_their_reason(
+    admin_client, stuck_avatar, training_avatar
+):
     stuck_avatar("req-stuck", reason="no answer from fal for 20 minutes", name="Stuck one")
     training_avatar(request_id="req-fine", name="Fine one")
 
@@ -76,16 +80,16 @@ def test_the_stuck_filter_lists_only_stuck_avatars_with_their_reason(admin_clien
 
 
 @pytest.mark.parametrize("url", [reverse("admin:index"), CHANGELIST])
-def test_the_admin_index_and_the_avatar_list_link_to_the_stuck_list_and_the_dashboard(admin_client, url):
+def test_the_admin_index_and_the_avatar_list_link_to_the_stuck_list_and_the_dashboard(
+    admin_client, url
+):
     page = admin_client.get(url).content.decode()
 
     assert f'href="{CHANGELIST}?stuck=yes"' in page
     assert reverse("admin:monitoring_dashboard") in page
 
 
-@pytest.mark.parametrize(
-    "term", ["req-find-me", "777000111", "@findable", "findable", "Findme"]
-)
+@pytest.mark.parametrize("term", ["req-find-me", "777000111", "@findable", "findable", "Findme"])
 def test_search_finds_an_avatar_by_name_request_id_telegram_id_or_username(
     admin_client, training_avatar, make_owner, term
 ):
@@ -102,7 +106,9 @@ def test_search_finds_an_avatar_by_name_request_id_telegram_id_or_username(
 def test_the_training_type_and_notification_filters_narrow_the_list(admin_client, training_avatar):
     portrait, training = training_avatar(request_id="req-p", name="Portrait sent")
     training_avatar(request_id="req-s", name="Style none", training_type="style")
-    transitions.complete(training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK)
+    transitions.complete(
+        training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK
+    )
     Notification.objects.filter(training=training).update(status="sent")
 
     by_type = admin_client.get(CHANGELIST, {"training_type__exact": "style"}).content.decode()
@@ -127,13 +133,18 @@ def test_the_avatar_page_shows_timeline_deliveries_notification_attempts_result_
         source=EventSource.WEBHOOK,
     )
     WebhookDelivery.objects.create(
-        request_id="req-page", verdict=WebhookVerdict.VALID, outcome=WebhookOutcome.APPLIED,
-        fal_status="OK", training=training,
+        request_id="req-page",
+        verdict=WebhookVerdict.VALID,
+        outcome=WebhookOutcome.APPLIED,
+        fal_status="OK",
+        training=training,
     )
     notification = Notification.objects.get(training=training)
     NotificationAttempt.objects.create(
-        notification=notification, outcome=NotificationAttempt.Outcome.TRANSIENT,
-        error="TimedOut: read timeout", chat_id=avatar.owner.telegram_id,
+        notification=notification,
+        outcome=NotificationAttempt.Outcome.TRANSIENT,
+        error="TimedOut: read timeout",
+        chat_id=avatar.owner.telegram_id,
     )
 
     page = admin_client.get(change_url(avatar)).content.decode()
@@ -150,18 +161,28 @@ def test_the_avatar_page_shows_timeline_deliveries_notification_attempts_result_
 def test_the_training_page_shows_its_webhook_deliveries_inline(admin_client, training_avatar):
     avatar, training = training_avatar(request_id="req-inline")
     WebhookDelivery.objects.create(
-        request_id="req-inline", verdict=WebhookVerdict.BAD_SIGNATURE,
-        outcome=WebhookOutcome.REJECTED, training=training,
+        request_id="req-inline",
+        verdict=WebhookVerdict.BAD_SIGNATURE,
+        outcome=WebhookOutcome.REJECTED,
+        training=training,
     )
 
-    page = admin_client.get(reverse("admin:monitoring_training_change", args=[training.pk])).content.decode()
+    page = admin_client.get(
+        reverse("admin:monitoring_training_change", args=[training.pk])
+    ).content.decode()
 
     assert "Bad signature" in page
     assert "req-inline" in page
 
 
-def test_the_owner_list_shows_reachability_and_the_last_delivery_error(admin_client, training_avatar, make_owner):
-    owner = make_owner(username="blocked_user", reachable=False, unreachable_reason="Forbidden: bot was blocked by the user")
+def test_the_owner_list_shows_reachability_and_the_last_delivery_error(
+    admin_client, training_avatar, make_owner
+):
+    owner = make_owner(
+        username="blocked_user",
+        reachable=False,
+        unreachable_reason="Forbidden: bot was blocked by the user",
+    )
     avatar, training = training_avatar(request_id="req-owner", owner=owner)
     transitions.fail(training, error_message="bad photos", source=EventSource.CHECK)
     NotificationAttempt.objects.create(
@@ -189,7 +210,8 @@ def test_clearing_the_stuck_flag_reports_per_avatar(admin_client, stuck_avatar, 
     idle = make_avatar(name="Idle")
 
     response = admin_client.post(
-        CHANGELIST, {"action": "clear_stuck", "_selected_action": [avatar.pk, idle.pk], "index": 0},
+        CHANGELIST,
+        {"action": "clear_stuck", "_selected_action": [avatar.pk, idle.pk], "index": 0},
         follow=True,
     )
 
@@ -200,21 +222,37 @@ def test_clearing_the_stuck_flag_reports_per_avatar(admin_client, stuck_avatar, 
     assert any("not stuck" in m and f"#{idle.pk}" in m for m in messages)
 
 
-def test_extending_the_deadline_asks_for_hours_then_clears_the_flag_until_then(admin_client, stuck_avatar):
+def test_extending_the_deadline_asks_for_hours_then_clears_the_flag_until_then(
+    admin_client, stuck_avatar
+):
     avatar, training = stuck_avatar("req-extend")
 
-    ask = admin_client.post(CHANGELIST, {"action": "extend_deadline", "_selected_action": [avatar.pk], "index": 0})
+    ask = admin_client.post(
+        CHANGELIST, {"action": "extend_deadline", "_selected_action": [avatar.pk], "index": 0}
+    )
     assert ask.status_code == 200 and 'name="hours"' in ask.content.decode()
     training.refresh_from_db()
     assert training.stuck_since is not None  # nothing happened before confirming
 
     bad = admin_client.post(
-        CHANGELIST, {"action": "extend_deadline", "_selected_action": [avatar.pk], "confirmed": "yes", "hours": "0"}
+        CHANGELIST,
+        {
+            "action": "extend_deadline",
+            "_selected_action": [avatar.pk],
+            "confirmed": "yes",
+            "hours": "0",
+        },
     )
     assert bad.status_code == 200 and "errorlist" in bad.content.decode()
 
     admin_client.post(
-        CHANGELIST, {"action": "extend_deadline", "_selected_action": [avatar.pk], "confirmed": "yes", "hours": "4"},
+        CHANGELIST,
+        {
+            "action": "extend_deadline",
+            "_selected_action": [avatar.pk],
+            "confirmed": "yes",
+            "hours": "4",
+        },
     )
     training.refresh_from_db()
     assert training.stuck_since is None
@@ -226,7 +264,13 @@ def test_mark_failed_without_a_reason_changes_nothing(admin_client, training_ava
     avatar, training = training_avatar(request_id="req-noreason")
 
     page = admin_client.post(
-        CHANGELIST, {"action": "mark_failed", "_selected_action": [avatar.pk], "confirmed": "yes", "reason": ""}
+        CHANGELIST,
+        {
+            "action": "mark_failed",
+            "_selected_action": [avatar.pk],
+            "confirmed": "yes",
+            "reason": "",
+        },
     ).content.decode()
 
     avatar.refresh_from_db()
@@ -236,7 +280,13 @@ def test_mark_failed_without_a_reason_changes_nothing(admin_client, training_ava
 
 def test_the_sub_state_submitting_shows_without_queue_position(admin_client, make_avatar):
     avatar = make_avatar(name="Sending now")
-    transitions.begin_training(avatar, endpoint="fal-ai/flux-lora-portrait-trainer", arguments={}, webhook_url="", source=EventSource.STAFF)
+    transitions.begin_training(
+        avatar,
+        endpoint="fal-ai/flux-lora-portrait-trainer",
+        arguments={},
+        webhook_url="",
+        source=EventSource.STAFF,
+    )
 
     page = admin_client.get(CHANGELIST).content.decode()
 
@@ -248,11 +298,16 @@ def test_an_avatar_added_by_staff_is_ready_for_training_with_its_created_event(a
     response = admin_client.post(
         reverse("admin:monitoring_avatar_add"),
         {
-            "owner": owner.pk, "name": "From the admin", "training_type": "style",
-            "trigger_word": "ohwx style", "images_url": "https://example.com/set.zip",
+            "owner": owner.pk,
+            "name": "From the admin",
+            "training_type": "style",
+            "trigger_word": "ohwx style",
+            "images_url": "https://example.com/set.zip",
             "training_settings": "{}",
-            "trainings-TOTAL_FORMS": 0, "trainings-INITIAL_FORMS": 0,
-            "events-TOTAL_FORMS": 0, "events-INITIAL_FORMS": 0,
+            "trainings-TOTAL_FORMS": 0,
+            "trainings-INITIAL_FORMS": 0,
+            "events-TOTAL_FORMS": 0,
+            "events-INITIAL_FORMS": 0,
         },
     )
 

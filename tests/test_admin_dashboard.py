@@ -20,7 +20,9 @@ def finished_trainings(training_avatar):
     now = timezone.now()
     for n, minutes in enumerate((20, 40)):
         _a, training = training_avatar(request_id=f"req-ok-{n}", name=f"Done {n}")
-        transitions.complete(training, lora_url="https://v3.fal.media/x.safetensors", source=EventSource.CHECK)
+        transitions.complete(
+            training, lora_url="https://v3.fal.media/x.safetensors", source=EventSource.CHECK
+        )
         Training.objects.filter(pk=training.pk).update(
             submitted_at=now - timedelta(minutes=minutes), finished_at=now
         )
@@ -35,10 +37,15 @@ def test_it_needs_a_staff_login(client):
     assert reverse("admin:login") in response["Location"]
 
 
-def test_it_shows_counts_stuck_trainings_and_a_fresh_heartbeat(admin_client, training_avatar, settings):
+def test_it_shows_counts_stuck_trainings_and_a_fresh_heartbeat(
+    admin_client, training_avatar, settings
+):
     settings.CHECK_INTERVAL_SECONDS = 60
     CheckRun.objects.create(
-        started_at=timezone.now() - timedelta(seconds=20), duration_seconds=0.75, checked=12, due=12,
+        started_at=timezone.now() - timedelta(seconds=20),
+        duration_seconds=0.75,
+        checked=12,
+        due=12,
     )
     _avatar, training = training_avatar(request_id="req-stuck", name="Stuck here")
     transitions.flag_stuck(training, reason="in queue for 3 hours")
@@ -95,10 +102,12 @@ def test_the_chart_is_inline_svg_with_no_outside_resources(admin_client, finishe
     assert "<svg" in page and "<rect" in page
     assert "Finished in the last 24 hours: 3" in page
     assert "mean training time 30.0 min" in page
-    assert "cdn" not in page.lower() and "<script src=\"http" not in page
+    assert "cdn" not in page.lower() and '<script src="http' not in page
 
 
-def test_the_notification_backlog_counts_waiting_and_failed_messages(admin_client, finished_trainings):
+def test_the_notification_backlog_counts_waiting_and_failed_messages(
+    admin_client, finished_trainings
+):
     from notifications.models import Notification
 
     Notification.objects.filter(kind="failed").update(status="given_up")

@@ -32,7 +32,9 @@ def test_the_avatar_admin_speaks_russian_to_a_russian_browser(admin_client, trai
 
 def test_the_dashboard_and_index_speak_russian(admin_client):
     index = admin_client.get(reverse("admin:index"), HTTP_ACCEPT_LANGUAGE="ru").content.decode()
-    dashboard = admin_client.get(reverse("admin:monitoring_dashboard"), HTTP_ACCEPT_LANGUAGE="ru").content.decode()
+    dashboard = admin_client.get(
+        reverse("admin:monitoring_dashboard"), HTTP_ACCEPT_LANGUAGE="ru"
+    ).content.decode()
 
     assert "Зависшие обучения" in index and "Панель мониторинга" in index
     assert "Периодическая проверка" in dashboard
@@ -92,7 +94,13 @@ def test_the_committed_catalog_is_compiled_from_the_committed_po(tmp_path):
         pytest.skip("gettext's msgfmt is not installed")
     compiled = tmp_path / "django.mo"
     subprocess.run(
-        ["msgfmt", "--check-format", "-o", str(compiled), str(ROOT / "locale/ru/LC_MESSAGES/django.po")],
+        [
+            "msgfmt",
+            "--check-format",
+            "-o",
+            str(compiled),
+            str(ROOT / "locale/ru/LC_MESSAGES/django.po"),
+        ],
         check=True,
     )
 

@@ -27,8 +27,13 @@ from monitoring.trainings import start_training
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 PASSWORD = "correct-horse-battery-staple"
 
@@ -56,7 +61,9 @@ def run_queued_work_like_a_worker() -> list:
 
 
 @pytest.mark.slow
-def test_staff_recheck_a_stuck_avatar_in_the_browser(live_server, fal, make_avatar, django_user_model, settings):
+def test_staff_recheck_a_stuck_avatar_in_the_browser(
+    live_server, fal, make_avatar, django_user_model, settings
+):
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium package is not installed")
@@ -108,7 +115,9 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(live_server, fal, make_avat
             anna = page.locator("#result_list tbody tr", has_text="Anna portrait")
             playwright_api.expect(anna.locator(".status-badge")).to_have_text("Completed")
             playwright_api.expect(
-                page.locator("#result_list tbody tr", has_text="Still queued").locator(".status-badge")
+                page.locator("#result_list tbody tr", has_text="Still queued").locator(
+                    ".status-badge"
+                )
             ).to_contain_text("In queue, #7")
             page.screenshot(path=str(ARTIFACTS / "admin-avatar-changelist.png"), full_page=True)
 
@@ -119,7 +128,9 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(live_server, fal, make_avat
 
             page.goto(f"{live_server.url}/admin/")
             page.click("text=Dashboard")
-            playwright_api.expect(page.locator("#stuck-trainings")).to_contain_text("Nothing is stuck.")
+            playwright_api.expect(page.locator("#stuck-trainings")).to_contain_text(
+                "Nothing is stuck."
+            )
             playwright_api.expect(page.locator("#finished-chart svg")).to_be_visible()
             playwright_api.expect(page.locator("#heartbeat")).to_contain_text("OK")
             page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)

@@ -53,7 +53,12 @@ def managepy(*args: str, database: bool = False) -> subprocess.CompletedProcess:
         db = connections["default"].settings_dict
         env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -61,7 +66,9 @@ def managepy(*args: str, database: bool = False) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "args", [(), ("--all", "--stuck"), ("--avatar", "1", "--all")], ids=["none", "two", "avatar-and-all"]
+    "args",
+    [(), ("--all", "--stuck"), ("--avatar", "1", "--all")],
+    ids=["none", "two", "avatar-and-all"],
 )
 def test_manual_check_wants_exactly_one_selection(db, args):
     with pytest.raises(CommandError, match="exactly one of --avatar ID, --all or --stuck"):
@@ -201,7 +208,9 @@ def test_each_staff_command_explains_itself(command, flags):
 # --- check_fal_status ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_id", ["req-1", "https://queue.fal.run/x/requests/abc", "'; drop table"])
+@pytest.mark.parametrize(
+    "request_id", ["req-1", "https://queue.fal.run/x/requests/abc", "'; drop table"]
+)
 def test_check_fal_status_rejects_a_malformed_request_id(fal, request_id, db):
     with pytest.raises(CommandError, match="is not a fal request id"):
         run("check_fal_status", request_id)
@@ -234,7 +243,7 @@ def test_check_fal_status_prints_the_raw_status_of_a_known_request(fal, queued):
     out, _err = run("check_fal_status", training.fal_request_id)
 
     assert f"Known here: avatar {avatar.pk}, attempt 1" in out
-    status = json.loads(out[out.index("{"):])["status"]
+    status = json.loads(out[out.index("{") :])["status"]
     assert status["status"] == "IN_QUEUE" and status["queue_position"] == 4
     assert "logs" not in status
 
@@ -255,7 +264,9 @@ def test_check_fal_status_with_logs_and_result_of_a_completed_request(fal, queue
 def test_check_fal_status_result_of_a_failed_or_unfinished_request(fal, queued):
     _a, failed = queued(name="Failed")
     _b, waiting = queued(name="Waiting")
-    fal.finish(failed.fal_request_id, error="Could not find faces", error_type="face_detection_error")
+    fal.finish(
+        failed.fal_request_id, error="Could not find faces", error_type="face_detection_error"
+    )
 
     failed_out, _err = run("check_fal_status", failed.fal_request_id, "--result")
     waiting_out, _err = run("check_fal_status", waiting.fal_request_id, "--result")

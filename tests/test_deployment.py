@@ -14,7 +14,10 @@ def test_the_dockerfile_passes_hadolint_with_the_committed_config():
     hadolint = Path(sys.executable).parent / "hadolint"
     result = subprocess.run(
         [str(hadolint), "--config", ".hadolint.yaml", "Dockerfile"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -32,7 +35,11 @@ def test_the_image_build_step_collects_static_files_with_a_dummy_secret(tmp_path
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "static" / "staticfiles.json").exists()

@@ -481,7 +481,9 @@ def test_two_workers_never_check_the_same_in_flight_training_twice_in_one_interv
     assert Avatar.objects.filter(status=AvatarStatus.TRAINING).count() == 10
 
 
-def test_a_training_submitting_too_long_is_flagged_and_never_resubmitted(fal, make_avatar, settings):
+def test_a_training_submitting_too_long_is_flagged_and_never_resubmitted(
+    fal, make_avatar, settings
+):
     settings.FAL_SUBMIT_TIMEOUT_SECONDS = 1.0
     settings.STUCK_SUBMITTING_MINUTES = 5
     fal.submit_latency = 2.0  # fal gets the job, the answer is too late
@@ -517,13 +519,17 @@ def test_a_run_ends_inside_its_interval_and_leaves_the_rest_due(fal, started, se
 
     assert time.monotonic() - began < 2.5
     assert 2 <= run.checked < 8  # two at a time, 0.6 s each, within 1.5 s
-    skipped = Training.objects.filter(pk__in=[t.pk for t in trainings], last_checked_at__isnull=True)
+    skipped = Training.objects.filter(
+        pk__in=[t.pk for t in trainings], last_checked_at__isnull=True
+    )
     assert skipped.count() == 8 - run.checked
     # What was not asked is due at the next run, not an interval later.
     assert all(t.next_check_at <= timezone.now() for t in skipped)
 
 
-def test_cancelling_a_training_fal_never_answered_for_cancels_it_at_once(fal, make_avatar, settings):
+def test_cancelling_a_training_fal_never_answered_for_cancels_it_at_once(
+    fal, make_avatar, settings
+):
     from monitoring.trainings import cancel_training
 
     settings.FAL_SUBMIT_TIMEOUT_SECONDS = 1.0

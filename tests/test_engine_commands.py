@@ -24,12 +24,18 @@ def run(*args: str) -> str:
 def test_start_training_creates_the_owner_and_avatar_and_prints_only_json(fal):
     out = run(
         "start_training",
-        "--owner-telegram-id", "4242",
-        "--name", "Маша",
-        "--images-url", "https://example.com/masha.zip",
-        "--training-type", "style",
-        "--trigger", "mashastyle",
-        "--owner-language", "en",
+        "--owner-telegram-id",
+        "4242",
+        "--name",
+        "Маша",
+        "--images-url",
+        "https://example.com/masha.zip",
+        "--training-type",
+        "style",
+        "--trigger",
+        "mashastyle",
+        "--owner-language",
+        "en",
         "--json",
     )
     answer = json.loads(out)
@@ -74,12 +80,16 @@ def test_start_training_reports_fals_refusal_and_the_avatar_stays_startable(fal,
     assert avatar.status == AvatarStatus.READY_FOR_TRAINING
 
 
-def test_check_avatar_db_lists_avatars_as_json_with_filters(training_avatar, make_avatar, make_owner):
+def test_check_avatar_db_lists_avatars_as_json_with_filters(
+    training_avatar, make_avatar, make_owner
+):
     owner = make_owner(telegram_id=777, username="anna")
     running, training = training_avatar(request_id="req-running", owner=owner, name="Бегущий")
     transitions.flag_stuck(training, reason="in fal's queue for 70 min")
     failed, failed_training = training_avatar(request_id="req-failed")
-    transitions.fail(failed_training, error_message="No faces", error_type="x", source=EventSource.CHECK)
+    transitions.fail(
+        failed_training, error_message="No faces", error_type="x", source=EventSource.CHECK
+    )
     make_avatar(name="Черновик", ready=False)
 
     rows = json.loads(run("check_avatar_db", "--json"))
@@ -87,20 +97,41 @@ def test_check_avatar_db_lists_avatars_as_json_with_filters(training_avatar, mak
     by_id = {row["id"]: row for row in rows}
     row = by_id[str(running.pk)]
     for field in (
-        "id", "name", "status", "fal_status", "fal_request_id", "lora_url", "error", "stuck",
-        "owner_telegram_id", "created_at", "finished_at",
+        "id",
+        "name",
+        "status",
+        "fal_status",
+        "fal_request_id",
+        "lora_url",
+        "error",
+        "stuck",
+        "owner_telegram_id",
+        "created_at",
+        "finished_at",
     ):
         assert field in row
     assert (row["name"], row["status"], row["fal_status"]) == ("Бегущий", "training", "IN_QUEUE")
-    assert (row["fal_request_id"], row["stuck"], row["owner_telegram_id"]) == ("req-running", True, "777")
+    assert (row["fal_request_id"], row["stuck"], row["owner_telegram_id"]) == (
+        "req-running",
+        True,
+        "777",
+    )
     datetime.fromisoformat(row["created_at"])
     assert by_id[str(failed.pk)]["error"] == "No faces"
     datetime.fromisoformat(by_id[str(failed.pk)]["finished_at"])
 
-    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--status", "error"))] == [str(failed.pk)]
-    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--stuck"))] == [str(running.pk)]
-    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--owner", "@anna"))] == [str(running.pk)]
-    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--owner", "777"))] == [str(running.pk)]
+    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--status", "error"))] == [
+        str(failed.pk)
+    ]
+    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--stuck"))] == [
+        str(running.pk)
+    ]
+    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--owner", "@anna"))] == [
+        str(running.pk)
+    ]
+    assert [r["id"] for r in json.loads(run("check_avatar_db", "--json", "--owner", "777"))] == [
+        str(running.pk)
+    ]
 
 
 def test_check_avatar_db_prints_a_table(training_avatar):

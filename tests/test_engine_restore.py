@@ -75,7 +75,9 @@ def test_a_real_qcluster_restores_and_completes_a_training_left_active(fal, make
     avatar = make_avatar()
     training = start_training(avatar, source=EventSource.COMMAND).training
     # Far from due: only the restore can make the worker check it now.
-    Training.objects.filter(pk=training.pk).update(next_check_at=timezone.now() + timedelta(hours=1))
+    Training.objects.filter(pk=training.pk).update(
+        next_check_at=timezone.now() + timedelta(hours=1)
+    )
     fal.finish(training.fal_request_id)  # finished while "the worker was down"
 
     log = tmp_path / "qcluster.log"

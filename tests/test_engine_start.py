@@ -79,7 +79,9 @@ def test_two_concurrent_starts_of_one_avatar_submit_once(fal, make_avatar):
     def click() -> None:
         try:
             barrier.wait()
-            outcomes.append(start_training(Avatar.objects.get(pk=avatar.pk), source=EventSource.STAFF))
+            outcomes.append(
+                start_training(Avatar.objects.get(pk=avatar.pk), source=EventSource.STAFF)
+            )
         finally:
             connection.close()
 

@@ -35,7 +35,13 @@ def _client():
 def test_it_answers_submit_with_fals_shape_and_the_client_follows_the_job(fal):
     fal.script(queue_seconds=60, run_seconds=60, queue_position=4)
     answer = _submit(fal).json()
-    assert set(answer) >= {"request_id", "status_url", "response_url", "cancel_url", "queue_position"}
+    assert set(answer) >= {
+        "request_id",
+        "status_url",
+        "response_url",
+        "cancel_url",
+        "queue_position",
+    }
     request_id = answer["request_id"]
 
     import fal_client
@@ -54,7 +60,9 @@ def test_it_answers_submit_with_fals_shape_and_the_client_follows_the_job(fal):
 
 def test_it_reports_a_failed_job_as_completed_with_error_and_a_422_result(fal):
     fal.script("fail.zip", error="Not enough faces", error_type="image_error")
-    request_id = _submit(fal, {"images_data_url": "https://example.com/fail.zip"}).json()["request_id"]
+    request_id = _submit(fal, {"images_data_url": "https://example.com/fail.zip"}).json()[
+        "request_id"
+    ]
 
     import fal_client
 
@@ -67,7 +75,9 @@ def test_it_reports_a_failed_job_as_completed_with_error_and_a_422_result(fal):
 
 def test_it_refuses_calls_without_a_key_and_serves_its_jwks_openly(fal):
     request_id = _submit(fal).json()["request_id"]
-    denied = requests.get(f"{fal.base_url}/{ENDPOINT}/requests/{request_id}/status", verify=fal.cert_file)
+    denied = requests.get(
+        f"{fal.base_url}/{ENDPOINT}/requests/{request_id}/status", verify=fal.cert_file
+    )
     assert denied.status_code == 401
     keys = requests.get(fal.jwks_url, verify=fal.cert_file).json()["keys"]
     assert keys[0]["crv"] == "Ed25519"

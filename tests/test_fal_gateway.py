@@ -42,12 +42,23 @@ def test_status_reports_fals_three_states(emulator):
     assert report.status == "IN_PROGRESS" and report.logs
     emulator.finish(request_id, error="Boom", error_type="oom")
     report = gateway.status(ENDPOINT, request_id)
-    assert (report.status, report.error, report.error_type, report.failed) == ("COMPLETED", "Boom", "oom", True)
+    assert (report.status, report.error, report.error_type, report.failed) == (
+        "COMPLETED",
+        "Boom",
+        "oom",
+        True,
+    )
 
 
 @pytest.mark.parametrize(
     ("code", "error"),
-    [(401, gateway.FalAuthError), (403, gateway.FalAuthError), (404, gateway.FalNotFound), (500, gateway.FalTransient), (503, gateway.FalTransient)],
+    [
+        (401, gateway.FalAuthError),
+        (403, gateway.FalAuthError),
+        (404, gateway.FalNotFound),
+        (500, gateway.FalTransient),
+        (503, gateway.FalTransient),
+    ],
 )
 def test_status_errors_are_classified(emulator, code, error):
     request_id = _submitted(emulator)
@@ -89,7 +100,16 @@ def test_cancel_answers_are_named_like_fals(emulator):
     assert gateway.cancel(ENDPOINT, "unknown-request") == "NOT_FOUND"
 
 
-@pytest.mark.parametrize(("code", "error"), [(422, gateway.FalRefused), (401, gateway.FalRefused), (403, gateway.FalRefused), (429, gateway.FalRefused), (503, gateway.FalSubmitUnknown)])
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (422, gateway.FalRefused),
+        (401, gateway.FalRefused),
+        (403, gateway.FalRefused),
+        (429, gateway.FalRefused),
+        (503, gateway.FalSubmitUnknown),
+    ],
+)
 def test_submit_answers_are_classified(emulator, code, error):
     emulator.refuse_next_submit(code)
     with pytest.raises(error) as raised:
@@ -106,11 +126,15 @@ def test_a_submit_whose_answer_is_late_is_unknown_and_sent_once(emulator, settin
 
 
 def test_the_trainers_get_their_own_input_names():
-    assert gateway.training_input("portrait", images_url="u", trigger_word="t", extra={"steps": 9}) == (
+    assert gateway.training_input(
+        "portrait", images_url="u", trigger_word="t", extra={"steps": 9}
+    ) == (
         "fal-ai/flux-lora-portrait-trainer",
         {"steps": 9, "images_data_url": "u", "trigger_phrase": "t"},
     )
-    assert gateway.training_input("style", images_url="u", trigger_word="t", extra={"trigger_word": "x"}) == (
+    assert gateway.training_input(
+        "style", images_url="u", trigger_word="t", extra={"trigger_word": "x"}
+    ) == (
         "fal-ai/flux-lora-fast-training",
         {"images_data_url": "u", "trigger_word": "t", "is_style": True},
     )

@@ -24,8 +24,11 @@ pytestmark = pytest.mark.django_db
 def beat(seconds_ago: float, kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     started = timezone.now() - timedelta(seconds=seconds_ago)
     return CheckRun.objects.create(
-        kind=kind, started_at=started, finished_at=started + timedelta(seconds=1),
-        duration_seconds=1.0, checked=3,
+        kind=kind,
+        started_at=started,
+        finished_at=started + timedelta(seconds=1),
+        duration_seconds=1.0,
+        checked=3,
     )
 
 
@@ -35,7 +38,9 @@ def short_interval(settings):
     return settings
 
 
-def test_it_answers_200_with_the_figures_when_the_heartbeat_is_fresh(client, short_interval, training_avatar):
+def test_it_answers_200_with_the_figures_when_the_heartbeat_is_fresh(
+    client, short_interval, training_avatar
+):
     beat(5)
     _avatar, training = training_avatar(request_id="req-h1")
     training_avatar(request_id="req-h2")
@@ -160,7 +165,11 @@ def _run_heartbeat_command() -> subprocess.CompletedProcess:
     }
     return subprocess.run(
         [sys.executable, "manage.py", "check_worker_heartbeat"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

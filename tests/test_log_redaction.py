@@ -15,7 +15,10 @@ def _format(message: str, *args) -> str:
 
 def test_the_bot_token_and_its_secret_half_are_redacted_but_not_the_bot_id(settings):
     settings.TELEGRAM_BOT_TOKEN = "123456:AAH-secret-part-of-the-token"
-    line = _format("GET https://api.telegram.org/bot%s/sendMessage chat=-1001234567890", settings.TELEGRAM_BOT_TOKEN)
+    line = _format(
+        "GET https://api.telegram.org/bot%s/sendMessage chat=-1001234567890",
+        settings.TELEGRAM_BOT_TOKEN,
+    )
     assert "AAH-secret" not in line and REDACTED in line
     assert "-1001234567890" in line  # a chat id containing the bot id stays readable
     assert REDACTED in _format("leaked secret half: AAH-secret-part-of-the-token")

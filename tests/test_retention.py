@@ -32,15 +32,21 @@ def old_delivery(training=None, request_id: str = "req") -> WebhookDelivery:
 def old_task(name: str, days: int) -> Task:
     stopped = timezone.now() - timedelta(days=days)
     return Task.objects.create(
-        id=name.ljust(32, "0"), name=name, func="monitoring.tasks.recheck", started=stopped,
-        stopped=stopped, success=True,
+        id=name.ljust(32, "0"),
+        name=name,
+        func="monitoring.tasks.recheck",
+        started=stopped,
+        stopped=stopped,
+        success=True,
     )
 
 
 @pytest.fixture
 def finished_and_active(training_avatar):
     done_avatar, done = training_avatar(request_id="req-done")
-    transitions.complete(done, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK)
+    transitions.complete(
+        done, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK
+    )
     active_avatar, active = training_avatar(request_id="req-active")
     # Everything is old: only "finished or not" decides.
     AvatarEvent.objects.update(created_at=LONG_AGO)
@@ -52,7 +58,9 @@ def test_it_prunes_old_deliveries_and_events_of_finished_trainings_only(finished
     old_delivery(done, "req-done")
     old_delivery(None, "req-unmatched")
     kept_delivery = old_delivery(active, "req-active")
-    fresh = WebhookDelivery.objects.create(request_id="req-new", verdict=WebhookVerdict.VALID, training=done)
+    fresh = WebhookDelivery.objects.create(
+        request_id="req-new", verdict=WebhookVerdict.VALID, training=done
+    )
 
     deleted = retention.prune()
 
@@ -75,7 +83,9 @@ def test_recent_events_of_finished_trainings_stay(training_avatar):
 
 def test_it_prunes_old_heartbeats_but_always_keeps_the_newest(settings):
     settings.RETENTION_CHECK_RUN_DAYS = 7
-    ancient = [CheckRun.objects.create(started_at=LONG_AGO + timedelta(minutes=i)) for i in range(3)]
+    ancient = [
+        CheckRun.objects.create(started_at=LONG_AGO + timedelta(minutes=i)) for i in range(3)
+    ]
 
     retention.prune()
 
@@ -99,7 +109,9 @@ def test_ages_come_from_the_settings(settings, finished_and_active):
     done, _active = finished_and_active
     settings.RETENTION_WEBHOOK_DELIVERY_DAYS = 1
     WebhookDelivery.objects.create(
-        request_id="req-2d", verdict=WebhookVerdict.VALID, training=done,
+        request_id="req-2d",
+        verdict=WebhookVerdict.VALID,
+        training=done,
         received_at=timezone.now() - timedelta(days=2),
     )
     assert retention.count()["webhook_deliveries"] == 1

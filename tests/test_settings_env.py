@@ -13,10 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "FAL_", "TELEGRAM_"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "FAL_", "TELEGRAM_"))
+    }
     base.update({"DJANGO_SETTINGS_MODULE": "avatarsite.settings", **env})
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=base, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
@@ -43,7 +49,9 @@ PROD = {
     ],
 )
 def test_a_bad_value_stops_startup_naming_the_variable(name, value, tmp_path):
-    result = run_manage("check", env={**PROD, "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", name: value})
+    result = run_manage(
+        "check", env={**PROD, "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", name: value}
+    )
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and name in result.stderr
 
@@ -69,7 +77,11 @@ def test_deploy_check_passes_with_the_documented_minimum(database, tmp_path):
 
 
 def test_missing_configuration_is_reported_by_system_checks(tmp_path):
-    env = {**PROD, "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", "PUBLIC_BASE_URL": "http://x.example"}
+    env = {
+        **PROD,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "PUBLIC_BASE_URL": "http://x.example",
+    }
     env.pop("FAL_KEY")
     result = run_manage("check", env=env)
     output = result.stdout + result.stderr
@@ -81,8 +93,15 @@ def test_missing_configuration_is_reported_by_system_checks(tmp_path):
 
 def test_fal_api_key_is_accepted_as_the_key():
     result = run_manage(
-        "shell", "-c", "from django.conf import settings; print(settings.FAL_KEY == 'k:v')",
-        env={**PROD, "FAL_KEY": "", "FAL_API_KEY": "k:v", "DATABASE_URL": "sqlite:////tmp/unused.sqlite3"},
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.FAL_KEY == 'k:v')",
+        env={
+            **PROD,
+            "FAL_KEY": "",
+            "FAL_API_KEY": "k:v",
+            "DATABASE_URL": "sqlite:////tmp/unused.sqlite3",
+        },
     )
     assert result.stdout.strip().splitlines()[-1] == "True", result.stderr
 

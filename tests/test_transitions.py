@@ -64,7 +64,11 @@ def test_a_second_start_of_the_same_avatar_is_a_no_op(make_avatar):
     avatar = make_avatar()
     transitions.begin_training(avatar, endpoint="e/x", arguments={}, webhook_url="", source="staff")
     again = transitions.begin_training(
-        Avatar.objects.get(pk=avatar.pk), endpoint="e/x", arguments={}, webhook_url="", source="staff"
+        Avatar.objects.get(pk=avatar.pk),
+        endpoint="e/x",
+        arguments={},
+        webhook_url="",
+        source="staff",
     )
     assert not again.changed and again.detail == "already training"
     assert Training.objects.filter(avatar=avatar).count() == 1
@@ -147,7 +151,9 @@ def test_finishing_an_avatar_that_never_trained_raises_and_changes_nothing(make_
 def test_marking_ready_twice_from_draft_raises_nothing_and_starting_a_draft_raises(make_avatar):
     avatar = make_avatar(ready=False)
     with pytest.raises(transitions.InvalidTransition):
-        transitions.begin_training(avatar, endpoint="e/x", arguments={}, webhook_url="", source="staff")
+        transitions.begin_training(
+            avatar, endpoint="e/x", arguments={}, webhook_url="", source="staff"
+        )
     assert Avatar.objects.get(pk=avatar.pk).status == S.DRAFT
     assert not Training.objects.filter(avatar=avatar).exists()
 
@@ -157,7 +163,11 @@ def test_retrain_keeps_the_old_attempt_and_ignores_its_late_results(training_ava
     transitions.fail(first, error_message="bad photos", source=EventSource.WEBHOOK)
     assert transitions.retrain(Avatar.objects.get(pk=avatar.pk), source=EventSource.STAFF)
     second = transitions.begin_training(
-        Avatar.objects.get(pk=avatar.pk), endpoint="e/x", arguments={}, webhook_url="", source="staff"
+        Avatar.objects.get(pk=avatar.pk),
+        endpoint="e/x",
+        arguments={},
+        webhook_url="",
+        source="staff",
     ).training
     transitions.record_submitted(second, request_id="req-new", source=EventSource.STAFF)
 

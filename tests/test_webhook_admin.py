@@ -26,12 +26,22 @@ def deliveries(fal, client, training_avatar):
     avatar, training = training_avatar("req-admin-ok")
     for rid in ("req-admin-ok", "req-admin-nobody"):
         body = delivery_body(rid, payload=lora_payload(rid))
-        client.post(URL, data=body, content_type="application/json", headers=fal.signer.headers(body, rid))
+        client.post(
+            URL, data=body, content_type="application/json", headers=fal.signer.headers(body, rid)
+        )
     forged = delivery_body("req-admin-ok", payload=lora_payload("evil"))
-    client.post(URL, data=forged, content_type="application/json", headers={
-        **fal.signer.headers(b"something else", "req-admin-ok"),
-    })
-    return {d.outcome if d.verdict == WebhookVerdict.VALID else d.verdict: d for d in WebhookDelivery.objects.all()}
+    client.post(
+        URL,
+        data=forged,
+        content_type="application/json",
+        headers={
+            **fal.signer.headers(b"something else", "req-admin-ok"),
+        },
+    )
+    return {
+        d.outcome if d.verdict == WebhookVerdict.VALID else d.verdict: d
+        for d in WebhookDelivery.objects.all()
+    }
 
 
 def _rows(response) -> list[int]:
@@ -50,7 +60,9 @@ def _rows(response) -> list[int]:
         ("?q=req-admin-nobody", ["unmatched"]),
     ],
 )
-def test_the_delivery_list_filters_by_verdict_outcome_and_match(admin_client, deliveries, query, expected):
+def test_the_delivery_list_filters_by_verdict_outcome_and_match(
+    admin_client, deliveries, query, expected
+):
     response = admin_client.get(CHANGELIST + query)
 
     assert response.status_code == 200
@@ -76,10 +88,14 @@ def test_reprocessing_an_unmatched_delivery_applies_it_once_the_training_exists(
     admin_client, deliveries, training_avatar
 ):
     avatar, _ = training_avatar("req-admin-nobody")
-    WebhookDelivery.objects.filter(pk=deliveries["unmatched"].pk).update(outcome=WebhookOutcome.UNMATCHED)
+    WebhookDelivery.objects.filter(pk=deliveries["unmatched"].pk).update(
+        outcome=WebhookOutcome.UNMATCHED
+    )
 
     page = admin_client.post(
-        CHANGELIST, {"action": "reprocess", "_selected_action": [deliveries["unmatched"].pk]}, follow=True
+        CHANGELIST,
+        {"action": "reprocess", "_selected_action": [deliveries["unmatched"].pk]},
+        follow=True,
     )
 
     assert "re-processed: Applied" in page.content.decode()
@@ -87,16 +103,22 @@ def test_reprocessing_an_unmatched_delivery_applies_it_once_the_training_exists(
     assert avatar.status == AvatarStatus.COMPLETED
 
 
-def test_reprocessing_refuses_forged_and_already_applied_deliveries_and_says_why(admin_client, deliveries):
+def test_reprocessing_refuses_forged_and_already_applied_deliveries_and_says_why(
+    admin_client, deliveries
+):
     ids = [deliveries["bad_signature"].pk, deliveries["applied"].pk]
 
-    page = admin_client.post(CHANGELIST, {"action": "reprocess", "_selected_action": ids}, follow=True)
+    page = admin_client.post(
+        CHANGELIST, {"action": "reprocess", "_selected_action": ids}, follow=True
+    )
 
     content = page.content.decode()
     assert "only deliveries with a valid signature can be processed" in content
     assert "is not re-processed" in content
     assert set(WebhookDelivery.objects.values_list("outcome", flat=True)) == {
-        WebhookOutcome.APPLIED, WebhookOutcome.UNMATCHED, WebhookOutcome.REJECTED,
+        WebhookOutcome.APPLIED,
+        WebhookOutcome.UNMATCHED,
+        WebhookOutcome.REJECTED,
     }
 
 
@@ -109,8 +131,13 @@ def test_staff_who_may_only_view_deliveries_cannot_reprocess(client, deliveries)
 
     assert page.status_code == 200
     assert "reprocess" not in page.content.decode()
-    client.post(CHANGELIST, {"action": "reprocess", "_selected_action": [deliveries["unmatched"].pk]})
-    assert WebhookDelivery.objects.get(pk=deliveries["unmatched"].pk).outcome == WebhookOutcome.UNMATCHED
+    client.post(
+        CHANGELIST, {"action": "reprocess", "_selected_action": [deliveries["unmatched"].pk]}
+    )
+    assert (
+        WebhookDelivery.objects.get(pk=deliveries["unmatched"].pk).outcome
+        == WebhookOutcome.UNMATCHED
+    )
 
 
 def test_the_training_page_lists_its_deliveries(admin_client, deliveries):

@@ -53,7 +53,9 @@ header_sets = st.dictionaries(
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 delivery_like = st.fixed_dictionaries(
@@ -140,7 +142,9 @@ def test_a_real_delivery_with_any_one_defect_is_refused_and_changes_nothing(
     elif damage == "garble_sig":
         sig = headers["X-Fal-Webhook-Signature"]
         index = flip % len(sig)
-        headers["X-Fal-Webhook-Signature"] = sig[:index] + ("0" if sig[index] != "0" else "1") + sig[index + 1 :]
+        headers["X-Fal-Webhook-Signature"] = (
+            sig[:index] + ("0" if sig[index] != "0" else "1") + sig[index + 1 :]
+        )
     elif damage == "user":
         headers["X-Fal-Webhook-User-Id"] += "x"
     before = snapshot()
@@ -153,16 +157,26 @@ def test_a_real_delivery_with_any_one_defect_is_refused_and_changes_nothing(
 
 
 @settings(parent=PROPERTY, max_examples=600)
-@given(data=st.one_of(delivery_like, json_values), raw=st.binary(max_size=512), use_raw=st.booleans())
+@given(
+    data=st.one_of(delivery_like, json_values), raw=st.binary(max_size=512), use_raw=st.booleans()
+)
 def test_signed_but_malformed_deliveries_get_a_4xx_or_are_harmless(
     client, fal, known_avatars, data, raw, use_raw
 ):
     """Signed with fal's key, so verification passes; the content must still be checked."""
-    if isinstance(data, dict) and data.get("request_id") in KNOWN_IDS and data.get("status") in ("OK", "ERROR"):
+    if (
+        isinstance(data, dict)
+        and data.get("request_id") in KNOWN_IDS
+        and data.get("status") in ("OK", "ERROR")
+    ):
         # A well-formed delivery for a real avatar is supposed to change it: not this property.
         data = {**data, "request_id": f"unknown-{data['request_id']}"}
     body = raw if use_raw else json.dumps(data).encode()
-    header_id = data.get("request_id") if isinstance(data, dict) and isinstance(data.get("request_id"), str) else "req-x"
+    header_id = (
+        data.get("request_id")
+        if isinstance(data, dict) and isinstance(data.get("request_id"), str)
+        else "req-x"
+    )
     before = snapshot()
 
     response = _post(client, body, fal.signer.headers(body, header_id or "req-x"))

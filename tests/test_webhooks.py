@@ -76,7 +76,9 @@ def test_it_completes_the_avatar_and_queues_exactly_one_notification(deliver, tr
     avatar, training = training_avatar("req-ok")
     body = delivery_body("req-ok", payload=lora_payload("req-ok"))
 
-    response = deliver(body, headers=None, HTTP_COOKIE="sessionid=secret", HTTP_AUTHORIZATION="Key x:y")
+    response = deliver(
+        body, headers=None, HTTP_COOKIE="sessionid=secret", HTTP_AUTHORIZATION="Key x:y"
+    )
 
     assert response.status_code == 200
     assert response.json() == {"outcome": "applied"}
@@ -134,7 +136,9 @@ def test_a_stuck_training_completed_by_webhook_says_so_on_its_timeline(deliver, 
 def test_it_fails_the_avatar_with_fals_message_on_an_error_delivery(deliver, training_avatar):
     avatar, training = training_avatar("req-err")
     detail = {"detail": [{"loc": ["body", "images_data_url"], "msg": "Could not extract faces"}]}
-    body = delivery_body("req-err", status="ERROR", error="Invalid status code: 422", payload=detail)
+    body = delivery_body(
+        "req-err", status="ERROR", error="Invalid status code: 422", payload=detail
+    )
 
     response = deliver(body)
 
@@ -251,7 +255,9 @@ def test_it_treats_a_re_signed_duplicate_as_already_done(deliver, fal, training_
 
     first = deliver(body, headers=fal.signer.headers(body, "req-resigned"))
     # fal retries with a fresh timestamp: a new signature, not a replay.
-    again = deliver(body, headers=fal.signer.headers(body, "req-resigned", timestamp=int(time.time()) - 5))
+    again = deliver(
+        body, headers=fal.signer.headers(body, "req-resigned", timestamp=int(time.time()) - 5)
+    )
 
     assert first.json()["outcome"] == "applied"
     assert again.status_code == 200
@@ -288,7 +294,10 @@ def test_it_records_an_unknown_request_id_and_applies_it_when_the_id_appears(
     # The start of the training saves the request id after fal already delivered.
     avatar = make_avatar()
     started = transitions.begin_training(
-        avatar, endpoint="fal-ai/flux-lora-portrait-trainer", arguments={}, webhook_url="",
+        avatar,
+        endpoint="fal-ai/flux-lora-portrait-trainer",
+        arguments={},
+        webhook_url="",
         source=EventSource.COMMAND,
     )
     with django_capture_on_commit_callbacks(execute=True):
@@ -335,7 +344,10 @@ def test_it_ignores_a_delivery_for_an_older_attempt_of_the_avatar(deliver, train
     transitions.fail(first, error_message="boom", source="check")
     transitions.retrain(avatar, source="staff")
     second = transitions.begin_training(
-        avatar, endpoint="fal-ai/flux-lora-portrait-trainer", arguments={}, webhook_url="",
+        avatar,
+        endpoint="fal-ai/flux-lora-portrait-trainer",
+        arguments={},
+        webhook_url="",
         source="staff",
     ).training
     transitions.record_submitted(second, request_id="req-new", source="staff")
@@ -415,10 +427,14 @@ def test_a_delivery_racing_the_periodic_check_gives_one_transition_and_one_notif
 def test_concurrent_copies_of_one_delivery_give_one_transition(fal, training_avatar):
     avatar, _ = training_avatar("req-storm")
     body = delivery_body("req-storm", payload=lora_payload("req-storm"))
-    signed = [fal.signer.headers(body, "req-storm", timestamp=int(time.time()) - i) for i in range(4)]
+    signed = [
+        fal.signer.headers(body, "req-storm", timestamp=int(time.time()) - i) for i in range(4)
+    ]
 
     def post(headers):
-        return lambda: Client().post(URL, data=body, content_type="application/json", headers=headers)
+        return lambda: Client().post(
+            URL, data=body, content_type="application/json", headers=headers
+        )
 
     responses = _race(*(post(h) for h in signed * 2))
 
@@ -493,7 +509,9 @@ BAD_INPUT = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_it_refuses_bad_input_with_a_clear_status_and_changes_nothing(case, deliver, fal, training_avatar):
+def test_it_refuses_bad_input_with_a_clear_status_and_changes_nothing(
+    case, deliver, fal, training_avatar
+):
     training_avatar("req-bad")
     good = delivery_body("req-bad", payload=lora_payload("req-bad"))
     body, headers, expected = BAD_INPUT[case](fal, good)
@@ -512,7 +530,9 @@ def test_it_refuses_bad_input_with_a_clear_status_and_changes_nothing(case, deli
         assert len(delivery.body) <= webhooks.EXCERPT_BYTES
 
 
-def test_it_refuses_a_body_larger_than_the_limit_from_content_length(deliver, fal, settings, training_avatar):
+def test_it_refuses_a_body_larger_than_the_limit_from_content_length(
+    deliver, fal, settings, training_avatar
+):
     settings.WEBHOOK_MAX_BODY_BYTES = 2048
     training_avatar("req-big")
     body = delivery_body("req-big", payload={**lora_payload("req-big"), "pad": "x" * 5000})
@@ -524,14 +544,20 @@ def test_it_refuses_a_body_larger_than_the_limit_from_content_length(deliver, fa
     assert "2048" in response.json()["error"]
     assert snapshot() == before
     delivery = WebhookDelivery.objects.get()
-    assert (delivery.verdict, delivery.body, delivery.body_size) == (WebhookVerdict.TOO_LARGE, "", len(body))
+    assert (delivery.verdict, delivery.body, delivery.body_size) == (
+        WebhookVerdict.TOO_LARGE,
+        "",
+        len(body),
+    )
 
 
 def test_it_refuses_an_absurd_content_length_without_reading_anything(client, training_avatar):
     training_avatar("req-absurd")
     before = snapshot()
 
-    response = client.post(URL, data=b"{}", content_type="application/json", CONTENT_LENGTH="99999999999999")
+    response = client.post(
+        URL, data=b"{}", content_type="application/json", CONTENT_LENGTH="99999999999999"
+    )
 
     assert response.status_code == 413
     assert snapshot() == before
@@ -544,7 +570,10 @@ def test_it_counts_while_reading_when_there_is_no_content_length(fal, settings, 
     training_avatar("req-chunked")
     body = delivery_body("req-chunked", payload={**lora_payload("req-chunked"), "pad": "x" * 5000})
     request = RequestFactory().post(
-        URL, data=b"", content_type="application/json", headers=fal.signer.headers(body, "req-chunked")
+        URL,
+        data=b"",
+        content_type="application/json",
+        headers=fal.signer.headers(body, "req-chunked"),
     )
     request.META.pop("CONTENT_LENGTH", None)
     request.environ["wsgi.input"] = io.BytesIO(body)
@@ -564,7 +593,10 @@ def test_it_reads_a_chunked_delivery_within_the_limit(fal, training_avatar):
     avatar, _ = training_avatar("req-chunk-ok")
     body = delivery_body("req-chunk-ok", payload=lora_payload("req-chunk-ok"))
     request = RequestFactory().post(
-        URL, data=b"", content_type="application/json", headers=fal.signer.headers(body, "req-chunk-ok")
+        URL,
+        data=b"",
+        content_type="application/json",
+        headers=fal.signer.headers(body, "req-chunk-ok"),
     )
     request.META.pop("CONTENT_LENGTH", None)
     request.environ["wsgi.input"] = io.BytesIO(body)
@@ -577,7 +609,9 @@ def test_it_reads_a_chunked_delivery_within_the_limit(fal, training_avatar):
     assert avatar.status == AvatarStatus.COMPLETED
 
 
-def test_djangos_upload_limit_does_not_turn_a_delivery_into_a_400(deliver, settings, training_avatar):
+def test_djangos_upload_limit_does_not_turn_a_delivery_into_a_400(
+    deliver, settings, training_avatar
+):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
     avatar, _ = training_avatar("req-upload")
 
@@ -606,7 +640,9 @@ def test_it_answers_405_in_json_to_other_methods(method, client, training_avatar
 
 def test_it_accepts_a_rotated_key_without_a_restart(deliver, fal, training_avatar):
     first_avatar, _ = training_avatar("req-before-rotation")
-    assert deliver(delivery_body("req-before-rotation", payload=lora_payload("x"))).status_code == 200
+    assert (
+        deliver(delivery_body("req-before-rotation", payload=lora_payload("x"))).status_code == 200
+    )
     # fal rotates: the JWKS now also lists a new key, and new deliveries use it.
     FalSigningKeys.objects.update(last_attempt_at=None)  # the rate limit window has passed
     fal.signer.rotate(keep_old=False)
@@ -632,7 +668,9 @@ def test_forged_deliveries_cannot_make_us_refetch_the_keys_more_than_once_a_minu
     assert deliver(body, headers=forger.headers(body, "req-forged")).status_code == 401
     first_fetch = FalSigningKeys.objects.get()  # the first miss fetched the JWKS once
 
-    answers = [deliver(body, headers=forger.headers(body, "req-forged")).status_code for _ in range(20)]
+    answers = [
+        deliver(body, headers=forger.headers(body, "req-forged")).status_code for _ in range(20)
+    ]
 
     assert answers == [401] * 20
     after = FalSigningKeys.objects.get()
@@ -695,9 +733,13 @@ def test_it_serves_from_the_cache_while_fals_key_endpoint_is_briefly_down(
     assert "ConnectError" in FalSigningKeys.objects.get().last_error
 
 
-def test_it_answers_503_when_no_usable_key_exists_so_fal_retries(deliver, fal, settings, training_avatar):
+def test_it_answers_503_when_no_usable_key_exists_so_fal_retries(
+    deliver, fal, settings, training_avatar
+):
     training_avatar("req-nokeys")
-    _cache_for_a_dead_endpoint(fal, settings, age_seconds=3600 + signing_keys.STALE_GRACE.total_seconds() + 60)
+    _cache_for_a_dead_endpoint(
+        fal, settings, age_seconds=3600 + signing_keys.STALE_GRACE.total_seconds() + 60
+    )
     before = snapshot()
 
     response = deliver(delivery_body("req-nokeys", payload=lora_payload("req-nokeys")))

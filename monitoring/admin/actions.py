@@ -114,7 +114,9 @@ def _each(
 
 
 @admin.action(description=gettext_lazy("Re-check now on fal (queued to the worker)"))
-def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]) -> None:
+def recheck_now(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
+) -> None:
     from django_q.tasks import async_task
 
     trainings: list[Training] = []
@@ -125,9 +127,13 @@ def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             skipped.append(avatar)
         else:
             trainings.append(training)
-            _report(request, avatar, _("re-check queued (training attempt %(attempt)s).") % {
-                "attempt": training.attempt
-            }, messages.SUCCESS)
+            _report(
+                request,
+                avatar,
+                _("re-check queued (training attempt %(attempt)s).")
+                % {"attempt": training.attempt},
+                messages.SUCCESS,
+            )
     for avatar in skipped:
         _report(request, avatar, _("not re-checked: no active training."), messages.WARNING)
     ids = [training.pk for training in trainings]
@@ -168,15 +174,21 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
         request_id = getattr(training, "fal_request_id", None) if training else None
         if request_id:
             return _("training started, fal request %(id)s.") % {"id": request_id}, messages.SUCCESS
-        return _("training started (%(detail)s).") % {"detail": outcome.detail or outcome.status}, messages.SUCCESS
-    return _("not started: %(detail)s.") % {"detail": outcome.detail or outcome.status}, messages.WARNING
+        return _("training started (%(detail)s).") % {
+            "detail": outcome.detail or outcome.status
+        }, messages.SUCCESS
+    return _("not started: %(detail)s.") % {
+        "detail": outcome.detail or outcome.status
+    }, messages.WARNING
 
 
 @admin.action(description=gettext_lazy("Start training on fal…"))
 def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if not _confirmed(request):
         return _confirm(
-            modeladmin, request, queryset,
+            modeladmin,
+            request,
+            queryset,
             action="start_training",
             title=_("Start training"),
             question=_("Submit these avatars to fal? Each submit starts a paid training."),
@@ -202,7 +214,9 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
 def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if not _confirmed(request):
         return _confirm(
-            modeladmin, request, queryset,
+            modeladmin,
+            request,
+            queryset,
             action="retrain",
             title=_("Retrain failed avatars"),
             question=_(
@@ -233,7 +247,9 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
 def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if not _confirmed(request):
         return _confirm(
-            modeladmin, request, queryset,
+            modeladmin,
+            request,
+            queryset,
             action="cancel_on_fal",
             title=_("Cancel trainings on fal"),
             question=_(
@@ -276,7 +292,9 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
     form = ReasonForm(request.POST if _confirmed(request) else None)
     if not (_confirmed(request) and form.is_valid()):
         return _confirm(
-            modeladmin, request, queryset,
+            modeladmin,
+            request,
+            queryset,
             action="mark_failed",
             title=_("Mark as failed"),
             question=_(
@@ -307,7 +325,9 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             actor=request.user,
         )
         if not outcome.changed:
-            return _("not marked failed: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
+            return _("not marked failed: %(detail)s.") % {
+                "detail": outcome.detail
+            }, messages.WARNING
         cancel = _cancel_job_after_failing(snapshot)
         text = _("marked failed.")
         return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
@@ -320,7 +340,9 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
 
 
 @admin.action(description=gettext_lazy("Clear the stuck flag"))
-def clear_stuck(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]) -> None:
+def clear_stuck(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
+) -> None:
     def do(avatar: Avatar) -> tuple[str, int]:
         training = _active_training(avatar)
         if training is None or training.stuck_since is None:
@@ -337,7 +359,9 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
     form = ExtendForm(request.POST if _confirmed(request) else None)
     if not (_confirmed(request) and form.is_valid()):
         return _confirm(
-            modeladmin, request, queryset,
+            modeladmin,
+            request,
+            queryset,
             action="extend_deadline",
             title=_("Extend the stuck deadline"),
             question=_("Clear the stuck flag and give these trainings more time?"),
@@ -369,7 +393,8 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
 
     latest: dict[int, Any] = {}
     rows = Notification.objects.filter(
-        avatar_id__in=list(avatar_ids), audience=Audience.OWNER,
+        avatar_id__in=list(avatar_ids),
+        audience=Audience.OWNER,
         status__in=("failed", "given_up"),
     ).order_by("avatar_id", "-created_at", "-id")
     for notification in rows:
@@ -378,7 +403,9 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
 
 
 @admin.action(description=gettext_lazy("Resend the owner's notification"))
-def resend_notification(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]) -> None:
+def resend_notification(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
+) -> None:
     from notifications import delivery
 
     avatars = list(queryset.order_by("pk"))
@@ -386,11 +413,23 @@ def resend_notification(modeladmin: admin.ModelAdmin, request: HttpRequest, quer
     for avatar in avatars:
         notification = resendable.get(avatar.pk)
         if notification is None:
-            _report(request, avatar, _("nothing to resend: no failed notification."), messages.WARNING)
+            _report(
+                request, avatar, _("nothing to resend: no failed notification."), messages.WARNING
+            )
         elif delivery.resend(notification.pk):
-            _report(request, avatar, _("notification #%(id)s queued again.") % {"id": notification.pk}, messages.SUCCESS)
+            _report(
+                request,
+                avatar,
+                _("notification #%(id)s queued again.") % {"id": notification.pk},
+                messages.SUCCESS,
+            )
         else:
-            _report(request, avatar, _("notification #%(id)s could not be resent.") % {"id": notification.pk}, messages.WARNING)
+            _report(
+                request,
+                avatar,
+                _("notification #%(id)s could not be resent.") % {"id": notification.pk},
+                messages.WARNING,
+            )
 
 
 AVATAR_ACTIONS = [

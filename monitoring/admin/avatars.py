@@ -71,7 +71,9 @@ def _admin_link(obj: Any, text: Any) -> SafeString:
 def _pre(value: str) -> SafeString:
     if not value:
         return mark_safe("<span>—</span>")
-    return format_html('<pre style="white-space: pre-wrap; max-height: 30em; overflow: auto">{}</pre>', value)
+    return format_html(
+        '<pre style="white-space: pre-wrap; max-height: 30em; overflow: auto">{}</pre>', value
+    )
 
 
 def _json(value: Any) -> SafeString:
@@ -99,7 +101,10 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     if avatar.status == AvatarStatus.TRAINING and training is not None:
         detail = training.get_fal_status_display()
         if training.fal_status == FalStatus.IN_QUEUE and training.queue_position is not None:
-            detail = _("%(state)s, #%(position)s") % {"state": detail, "position": training.queue_position}
+            detail = _("%(state)s, #%(position)s") % {
+                "state": detail,
+                "position": training.queue_position,
+            }
         if training.cancel_requested_at:
             detail = _("%(state)s, cancel requested") % {"state": detail}
     stuck = ""
@@ -195,8 +200,16 @@ class TrainingInline(ReadOnlyInline):
     fk_name = "avatar"
     verbose_name_plural = gettext_lazy("training attempts")
     fields = (
-        "attempt", "fal_request_id", "fal_status", "queue_position", "created_at",
-        "submitted_at", "finished_at", "outcome", "error_message", "last_checked_at",
+        "attempt",
+        "fal_request_id",
+        "fal_status",
+        "queue_position",
+        "created_at",
+        "submitted_at",
+        "finished_at",
+        "outcome",
+        "error_message",
+        "last_checked_at",
         "stuck_now",
     )
     readonly_fields = fields
@@ -214,7 +227,16 @@ class AvatarEventInline(ReadOnlyInline):
 
     model = AvatarEvent
     verbose_name_plural = gettext_lazy("timeline")
-    fields = ("created_at", "kind", "source", "actor", "old_status", "new_status", "message", "training")
+    fields = (
+        "created_at",
+        "kind",
+        "source",
+        "actor",
+        "old_status",
+        "new_status",
+        "message",
+        "training",
+    )
     readonly_fields = fields
     show_change_link = False
     ordering = ("-created_at", "-id")
@@ -229,12 +251,24 @@ class AvatarEventInline(ReadOnlyInline):
 @admin.register(Owner)
 class OwnerAdmin(admin.ModelAdmin):
     list_display = (
-        "telegram_id", "username", "display_name", "language", "reachable",
-        "unreachable_reason", "last_error", "avatar_count",
+        "telegram_id",
+        "username",
+        "display_name",
+        "language",
+        "reachable",
+        "unreachable_reason",
+        "last_error",
+        "avatar_count",
     )
     list_filter = ("reachable", "language")
     search_fields = ("=telegram_id", "username", "display_name")
-    readonly_fields = ("reachable", "unreachable_reason", "unreachable_since", "created_at", "last_error")
+    readonly_fields = (
+        "reachable",
+        "unreachable_reason",
+        "unreachable_since",
+        "created_at",
+        "last_error",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Owner]:
         from notifications.models import NotificationAttempt
@@ -248,7 +282,9 @@ class OwnerAdmin(admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(avatar_total=Count("avatars", distinct=True), last_error_text=Subquery(last_error))
+            .annotate(
+                avatar_total=Count("avatars", distinct=True), last_error_text=Subquery(last_error)
+            )
         )
 
     def get_search_results(self, request, queryset, search_term):
@@ -269,8 +305,15 @@ class OwnerAdmin(admin.ModelAdmin):
 @admin.register(Avatar)
 class AvatarAdmin(admin.ModelAdmin):
     list_display = (
-        "id", "name", "status_column", "owner", "training_type", "age", "time_in_state",
-        "last_check", "stuck_reason",
+        "id",
+        "name",
+        "status_column",
+        "owner",
+        "training_type",
+        "age",
+        "time_in_state",
+        "last_check",
+        "stuck_reason",
     )
     list_display_links = ("id", "name")
     list_filter = (StuckFilter, "status", "training_type", NotificationStateFilter)
@@ -281,14 +324,42 @@ class AvatarAdmin(admin.ModelAdmin):
     actions = actions.AVATAR_ACTIONS
     inlines = (TrainingInline, AvatarEventInline)
     readonly_fields = (
-        "status_column", "created_at", "updated_at", "current_training_link", "request_id",
-        "raw_result", "last_logs", "webhook_deliveries", "notification_attempts",
+        "status_column",
+        "created_at",
+        "updated_at",
+        "current_training_link",
+        "request_id",
+        "raw_result",
+        "last_logs",
+        "webhook_deliveries",
+        "notification_attempts",
     )
     fieldsets = (
-        (None, {"fields": ("owner", "name", "training_type", "trigger_word", "images_url", "training_settings")}),
-        (gettext_lazy("State"), {"fields": (
-            "status_column", "current_training_link", "request_id", "created_at", "updated_at",
-        )}),
+        (
+            None,
+            {
+                "fields": (
+                    "owner",
+                    "name",
+                    "training_type",
+                    "trigger_word",
+                    "images_url",
+                    "training_settings",
+                )
+            },
+        ),
+        (
+            gettext_lazy("State"),
+            {
+                "fields": (
+                    "status_column",
+                    "current_training_link",
+                    "request_id",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
         (gettext_lazy("fal result and logs"), {"fields": ("raw_result", "last_logs")}),
         (gettext_lazy("Webhook deliveries"), {"fields": ("webhook_deliveries",)}),
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
@@ -308,10 +379,19 @@ class AvatarAdmin(admin.ModelAdmin):
         # "@name" is how staff write Telegram usernames.
         return super().get_search_results(request, queryset, search_term.strip().lstrip("@"))
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Avatar | None = None) -> tuple[str, ...]:
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Avatar | None = None
+    ) -> tuple[str, ...]:
         # What was trained is history once a training exists.
         if obj is not None and obj.current_training_id:
-            return (*self.readonly_fields, "owner", "training_type", "trigger_word", "images_url", "training_settings")
+            return (
+                *self.readonly_fields,
+                "owner",
+                "training_type",
+                "trigger_word",
+                "images_url",
+                "training_settings",
+            )
         return self.readonly_fields
 
     def has_delete_permission(self, request: HttpRequest, obj: Avatar | None = None) -> bool:
@@ -362,7 +442,9 @@ class AvatarAdmin(admin.ModelAdmin):
     def time_in_state(self, avatar: Avatar) -> str:
         return _since(getattr(avatar, "state_since", None) or avatar.created_at)
 
-    @admin.display(description=gettext_lazy("last check"), ordering="current_training__last_checked_at")
+    @admin.display(
+        description=gettext_lazy("last check"), ordering="current_training__last_checked_at"
+    )
     def last_check(self, avatar: Avatar) -> str:
         training = avatar.current_training
         if training is None or training.last_checked_at is None:
@@ -372,7 +454,9 @@ class AvatarAdmin(admin.ModelAdmin):
             text += " ⚠ " + training.last_check_error[:80]
         return text
 
-    @admin.display(description=gettext_lazy("stuck reason"), ordering="current_training__stuck_since")
+    @admin.display(
+        description=gettext_lazy("stuck reason"), ordering="current_training__stuck_since"
+    )
     def stuck_reason(self, avatar: Avatar) -> str:
         training = avatar.current_training
         if training is None or not training.is_stuck:
@@ -385,7 +469,9 @@ class AvatarAdmin(admin.ModelAdmin):
     def current_training_link(self, avatar: Avatar) -> SafeString:
         if avatar.current_training is None:
             return mark_safe("—")
-        return _admin_link(avatar.current_training, _("attempt %(n)s") % {"n": avatar.current_training.attempt})
+        return _admin_link(
+            avatar.current_training, _("attempt %(n)s") % {"n": avatar.current_training.attempt}
+        )
 
     @admin.display(description=gettext_lazy("fal request id"))
     def request_id(self, avatar: Avatar) -> str:
@@ -410,7 +496,15 @@ class AvatarAdmin(admin.ModelAdmin):
             .order_by("-received_at", "-id")[:TABLE_LIMIT]
         )
         return _table(
-            [_("received"), _("attempt"), _("request id"), _("verdict"), _("outcome"), _("status in body"), _("error")],
+            [
+                _("received"),
+                _("attempt"),
+                _("request id"),
+                _("verdict"),
+                _("outcome"),
+                _("status in body"),
+                _("error"),
+            ],
             [
                 (
                     _admin_link(d, d.received_at.strftime("%Y-%m-%d %H:%M:%S")),
@@ -439,23 +533,46 @@ class AvatarAdmin(admin.ModelAdmin):
             .order_by("-started_at", "-id")[:TABLE_LIMIT]
         )
         summary = _table(
-            [_("notification"), _("kind"), _("audience"), _("status"), _("failed attempts"), _("sent"), _("last error")],
+            [
+                _("notification"),
+                _("kind"),
+                _("audience"),
+                _("status"),
+                _("failed attempts"),
+                _("sent"),
+                _("last error"),
+            ],
             [
                 (
-                    _admin_link(n, f"#{n.pk}"), n.get_kind_display(), n.get_audience_display(),
-                    n.get_status_display(), n.attempts,
-                    n.sent_at.strftime("%Y-%m-%d %H:%M:%S") if n.sent_at else "—", n.last_error[:200],
+                    _admin_link(n, f"#{n.pk}"),
+                    n.get_kind_display(),
+                    n.get_audience_display(),
+                    n.get_status_display(),
+                    n.attempts,
+                    n.sent_at.strftime("%Y-%m-%d %H:%M:%S") if n.sent_at else "—",
+                    n.last_error[:200],
                 )
                 for n in notifications
             ],
             _("No notifications."),
         )
         log = _table(
-            [_("started"), _("notification"), _("outcome"), _("chat id"), _("Telegram message id"), _("error")],
+            [
+                _("started"),
+                _("notification"),
+                _("outcome"),
+                _("chat id"),
+                _("Telegram message id"),
+                _("error"),
+            ],
             [
                 (
-                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"), f"#{a.notification_id} {a.notification.get_kind_display()}",
-                    a.get_outcome_display(), a.chat_id or "—", a.telegram_message_id or "—", a.error[:200],
+                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    f"#{a.notification_id} {a.notification.get_kind_display()}",
+                    a.get_outcome_display(),
+                    a.chat_id or "—",
+                    a.telegram_message_id or "—",
+                    a.error[:200],
                 )
                 for a in attempts
             ],
@@ -479,8 +596,17 @@ class TrainingAdmin(admin.ModelAdmin):
     """One attempt, everything read-only: the request, the result, the monitoring state."""
 
     list_display = (
-        "id", "avatar", "attempt", "fal_request_id", "fal_status", "queue_position",
-        "outcome", "created_at", "finished_at", "last_checked_at", "stuck_reason",
+        "id",
+        "avatar",
+        "attempt",
+        "fal_request_id",
+        "fal_status",
+        "queue_position",
+        "outcome",
+        "created_at",
+        "finished_at",
+        "last_checked_at",
+        "stuck_reason",
     )
     list_filter = ("fal_status", "outcome", ("stuck_since", admin.EmptyFieldListFilter))
     search_fields = ("=fal_request_id", "avatar__name", "=avatar__owner__telegram_id")
@@ -519,8 +645,12 @@ class TrainingAdmin(admin.ModelAdmin):
         return _table(
             [_("started"), _("notification"), _("outcome"), _("error")],
             [
-                (a.started_at.strftime("%Y-%m-%d %H:%M:%S"), a.notification.get_kind_display(),
-                 a.get_outcome_display(), a.error[:200])
+                (
+                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    a.notification.get_kind_display(),
+                    a.get_outcome_display(),
+                    a.error[:200],
+                )
                 for a in attempts
             ],
             _("No attempts yet."),
@@ -529,7 +659,16 @@ class TrainingAdmin(admin.ModelAdmin):
 
 @admin.register(AvatarEvent)
 class AvatarEventAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "avatar", "kind", "source", "actor", "old_status", "new_status", "message")
+    list_display = (
+        "created_at",
+        "avatar",
+        "kind",
+        "source",
+        "actor",
+        "old_status",
+        "new_status",
+        "message",
+    )
     list_filter = ("kind", "source")
     list_select_related = ("avatar", "actor")
     search_fields = ("=avatar__id", "avatar__name", "message")
@@ -547,4 +686,3 @@ class AvatarEventAdmin(admin.ModelAdmin):
 
 def stuck_list_url() -> str:
     return reverse("admin:monitoring_avatar_changelist") + "?stuck=yes"
-

@@ -139,7 +139,15 @@ class WebhookDeliveryInline(ReadOnlyInline):
 
     model = WebhookDelivery
     fk_name = "training"
-    fields = ("received_at", "verdict", "outcome", "fal_status", "remote_addr", "error", "details_link")
+    fields = (
+        "received_at",
+        "verdict",
+        "outcome",
+        "fal_status",
+        "remote_addr",
+        "error",
+        "details_link",
+    )
     readonly_fields = fields
     max_num = 0
     show_change_link = False
@@ -151,4 +159,3 @@ class WebhookDeliveryInline(ReadOnlyInline):
     def details_link(self, obj: WebhookDelivery) -> str:
         url = reverse("admin:monitoring_webhookdelivery_change", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, gettext("view"))
-

@@ -69,7 +69,16 @@ class Command(BaseCommand):
         }
 
     def _table(self, rows: list[dict]) -> None:
-        columns = ["id", "name", "status", "fal_status", "stuck", "fal_request_id", "owner_telegram_id", "error"]
+        columns = [
+            "id",
+            "name",
+            "status",
+            "fal_status",
+            "stuck",
+            "fal_request_id",
+            "owner_telegram_id",
+            "error",
+        ]
         table = [[str(row[c] if row[c] is not None else "-")[:40] for c in columns] for row in rows]
         widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
         self.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))

@@ -52,31 +52,48 @@ class Command(BaseCommand):
             "--result", action="store_true", help=_("Also fetch the result once completed.")
         )
 
-    def handle(self, *args, request_id: str, endpoint: str | None, logs: bool, result: bool,
-               **options) -> None:
+    def handle(
+        self, *args, request_id: str, endpoint: str | None, logs: bool, result: bool, **options
+    ) -> None:
         request_id = request_id.strip()
         if not REQUEST_ID.match(request_id):
             raise CommandError(
-                _("%(id)r is not a fal request id: expected a UUID such as "
-                  "764cabcf-b745-4b3e-ae38-1200304cf45b") % {"id": request_id}
+                _(
+                    "%(id)r is not a fal request id: expected a UUID such as "
+                    "764cabcf-b745-4b3e-ae38-1200304cf45b"
+                )
+                % {"id": request_id}
             )
-        training = Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
+        training = (
+            Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
+        )
         if endpoint is not None and not ENDPOINT.match(endpoint):
             raise CommandError(
                 _("%(endpoint)r is not a fal endpoint: expected owner/app, e.g. %(example)s")
                 % {"endpoint": endpoint, "example": DEFAULT_ENDPOINTS[TrainingType.PORTRAIT]}
             )
-        endpoint = endpoint or (training.endpoint if training else DEFAULT_ENDPOINTS[TrainingType.PORTRAIT])
+        endpoint = endpoint or (
+            training.endpoint if training else DEFAULT_ENDPOINTS[TrainingType.PORTRAIT]
+        )
 
         if training:
             self.stdout.write(
-                _("Known here: avatar %(avatar)s, attempt %(attempt)s, avatar status %(status)s, "
-                  "recorded fal status %(fal)s")
-                % {"avatar": training.avatar_id, "attempt": training.attempt,
-                   "status": training.avatar.status, "fal": training.fal_status}
+                _(
+                    "Known here: avatar %(avatar)s, attempt %(attempt)s, avatar status %(status)s, "
+                    "recorded fal status %(fal)s"
+                )
+                % {
+                    "avatar": training.avatar_id,
+                    "attempt": training.attempt,
+                    "status": training.avatar.status,
+                    "fal": training.fal_status,
+                }
             )
         else:
-            self.stdout.write(_("Not a request of this monitor; asking fal at %(endpoint)s.") % {"endpoint": endpoint})
+            self.stdout.write(
+                _("Not a request of this monitor; asking fal at %(endpoint)s.")
+                % {"endpoint": endpoint}
+            )
 
         from monitoring import fal
 
@@ -84,11 +101,13 @@ class Command(BaseCommand):
             report = fal.status(endpoint, request_id, with_logs=logs)
         except fal.FalNotFound:
             raise CommandError(
-                _("fal does not know request %(id)s at %(endpoint)s (404)") % {"id": request_id, "endpoint": endpoint}
+                _("fal does not know request %(id)s at %(endpoint)s (404)")
+                % {"id": request_id, "endpoint": endpoint}
             ) from None
         except fal.FalAuthError as exc:
             raise CommandError(
-                _("fal rejected our key (%(code)s): %(detail)s") % {"code": exc.status_code, "detail": exc.detail}
+                _("fal rejected our key (%(code)s): %(detail)s")
+                % {"code": exc.status_code, "detail": exc.detail}
             ) from None
         except fal.FalError as exc:
             raise CommandError(_("fal did not answer: %(error)s") % {"error": exc}) from None
@@ -101,7 +120,9 @@ class Command(BaseCommand):
         if not result:
             return
         if report.status != "COMPLETED":
-            self.stdout.write(_("No result yet: the request is %(status)s.") % {"status": report.status})
+            self.stdout.write(
+                _("No result yet: the request is %(status)s.") % {"status": report.status}
+            )
             return
         try:
             payload = fal.result(endpoint, request_id)
@@ -113,5 +134,9 @@ class Command(BaseCommand):
             )
             return
         except fal.FalError as exc:
-            raise CommandError(_("fal did not answer the result fetch: %(error)s") % {"error": exc}) from None
-        self.stdout.write(json.dumps({"result": payload}, indent=2, ensure_ascii=False, default=str))
+            raise CommandError(
+                _("fal did not answer the result fetch: %(error)s") % {"error": exc}
+            ) from None
+        self.stdout.write(
+            json.dumps({"result": payload}, indent=2, ensure_ascii=False, default=str)
+        )

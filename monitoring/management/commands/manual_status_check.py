@@ -28,7 +28,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--avatar", dest="avatar_ids", action="append", type=int, default=[], metavar="ID",
+            "--avatar",
+            dest="avatar_ids",
+            action="append",
+            type=int,
+            default=[],
+            metavar="ID",
             help=_("An avatar id (repeat for several)."),
         )
         parser.add_argument("--all", action="store_true", help=_("Every active training."))
@@ -37,12 +42,23 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help=_("Ask fal, but change nothing here.")
         )
         parser.add_argument(
-            "--batch-size", type=int, default=BATCH, metavar="N",
+            "--batch-size",
+            type=int,
+            default=BATCH,
+            metavar="N",
             help=_("How many trainings to check between progress lines (default %(default)s)."),
         )
 
-    def handle(self, *args, avatar_ids: list[int], all: bool, stuck: bool, dry_run: bool,
-               batch_size: int, **options) -> None:
+    def handle(
+        self,
+        *args,
+        avatar_ids: list[int],
+        all: bool,
+        stuck: bool,
+        dry_run: bool,
+        batch_size: int,
+        **options,
+    ) -> None:
         chosen = [bool(avatar_ids), all, stuck].count(True)
         if chosen != 1:
             raise CommandError(_("Choose exactly one of --avatar ID, --all or --stuck."))
@@ -71,27 +87,39 @@ class Command(BaseCommand):
                     self.stdout.write(prefix + line)
             if total > batch_size:
                 self.stderr.write(
-                    _("checked %(done)d of %(total)d") % {"done": min(start + batch_size, total), "total": total}
+                    _("checked %(done)d of %(total)d")
+                    % {"done": min(start + batch_size, total), "total": total}
                 )
         summary = _("%(total)d checked, %(changed)d changed, %(failed)d errors") % {
-            "total": total, "changed": changed, "failed": failed,
+            "total": total,
+            "changed": changed,
+            "failed": failed,
         }
         if dry_run:
             summary += " " + _("(dry run: nothing written)")
         self.stdout.write(summary)
         if failed:
             raise CommandError(
-                _("%(failed)d of %(total)d checks failed (see above)") % {"failed": failed, "total": total}
+                _("%(failed)d of %(total)d checks failed (see above)")
+                % {"failed": failed, "total": total}
             )
 
-    def select(self, avatar_ids: list[int], all: bool, stuck: bool) -> QuerySet[Training] | list[Training]:
-        active = Training.objects.filter(finished_at__isnull=True).select_related("avatar").order_by("pk")
+    def select(
+        self, avatar_ids: list[int], all: bool, stuck: bool
+    ) -> QuerySet[Training] | list[Training]:
+        active = (
+            Training.objects.filter(finished_at__isnull=True)
+            .select_related("avatar")
+            .order_by("pk")
+        )
         if all:
             return active
         if stuck:
             return active.filter(stuck_since__isnull=False)
         wanted = list(dict.fromkeys(avatar_ids))
-        avatars = {a.pk: a for a in Avatar.objects.filter(pk__in=wanted).select_related("current_training")}
+        avatars = {
+            a.pk: a for a in Avatar.objects.filter(pk__in=wanted).select_related("current_training")
+        }
         unknown = [str(pk) for pk in wanted if pk not in avatars]
         if unknown:
             raise CommandError(_("Unknown avatar id(s): %(ids)s") % {"ids": ", ".join(unknown)})
@@ -111,10 +139,15 @@ class Command(BaseCommand):
     @staticmethod
     def describe(report) -> str:
         head = _("avatar %(avatar)s (training %(training)s)") % {
-            "avatar": report.avatar_id, "training": report.training_id,
+            "avatar": report.avatar_id,
+            "training": report.training_id,
         }
         if report.error:
             return f"{head}: {_('error')}: {report.error}"
         if report.changed:
-            return f"{head}: {report.before} → {report.after}" + (f" ({report.summary})" if report.summary else "")
-        return f"{head}: {_('unchanged')} ({report.after})" + (f" {report.summary}" if report.summary else "")
+            return f"{head}: {report.before} → {report.after}" + (
+                f" ({report.summary})" if report.summary else ""
+            )
+        return f"{head}: {_('unchanged')} ({report.after})" + (
+            f" {report.summary}" if report.summary else ""
+        )

@@ -25,11 +25,15 @@ class Command(BaseCommand):
         parser.add_argument("--name")
         parser.add_argument("--images-url")
         parser.add_argument(
-            "--training-type", choices=[c.value for c in TrainingType], default=TrainingType.PORTRAIT
+            "--training-type",
+            choices=[c.value for c in TrainingType],
+            default=TrainingType.PORTRAIT,
         )
         parser.add_argument("--trigger", help="trigger word (trigger_phrase for portraits)")
         parser.add_argument("--owner-language", choices=[c.value for c in Language])
-        parser.add_argument("--json", action="store_true", help="print only a JSON object on stdout")
+        parser.add_argument(
+            "--json", action="store_true", help="print only a JSON object on stdout"
+        )
 
     def handle(self, *args, **options):
         avatar = self._avatar(options) if options["avatar"] else self._create(options)
@@ -48,7 +52,9 @@ class Command(BaseCommand):
                 % {"id": avatar.pk, "reason": outcome.detail or avatar.status}
             )
         if options["json"]:
-            self.stdout.write(json.dumps({"id": str(avatar.pk), "fal_request_id": request_id or ""}))
+            self.stdout.write(
+                json.dumps({"id": str(avatar.pk), "fal_request_id": request_id or ""})
+            )
         else:
             message = _("Avatar %(id)s is training (fal request %(request)s)") % {
                 "id": avatar.pk,
@@ -94,7 +100,11 @@ class Command(BaseCommand):
                 telegram_id=options["owner_telegram_id"],
                 defaults={"language": options["owner_language"] or Language.RU},
             )
-            if not created and options["owner_language"] and owner.language != options["owner_language"]:
+            if (
+                not created
+                and options["owner_language"]
+                and owner.language != options["owner_language"]
+            ):
                 owner.language = options["owner_language"]
                 owner.save(update_fields=["language"])
             return transitions.create_avatar(
