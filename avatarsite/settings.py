@@ -150,7 +150,7 @@ FAL_KEY = env_str("FAL_KEY") or env_str("FAL_API_KEY")
 if not FAL_KEY and env_str("FAL_KEY_ID") and env_str("FAL_KEY_SECRET"):
     FAL_KEY = f"{env_str('FAL_KEY_ID')}:{env_str('FAL_KEY_SECRET')}"
 # Where fal's queue is comes from FAL_QUEUE_RUN_HOST, which fal-client reads when it
-# is first imported; monitoring.fal reads the same value from fal-client so that our
+# is first imported; monitoring.fal.client reads the same value from fal-client so that our
 # own submit POST and fal-client always talk to the same queue (fal's, or the
 # emulator's in tests and the demo).
 FAL_WEBHOOK_JWKS_URL = env_url(

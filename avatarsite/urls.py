@@ -3,7 +3,8 @@
 from django.contrib import admin
 from django.urls import path
 
-from monitoring import health, views
+from monitoring.fal import views
+from monitoring.ops import health
 
 urlpatterns = [
     path("webhooks/fal/", views.fal_webhook, name="fal-webhook"),

@@ -9,7 +9,9 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from monitoring import schedules, system_checks, transitions, webhooks  # noqa: F401
+        from monitoring import transitions
+        from monitoring.fal import webhooks  # noqa: F401
+        from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
 
         # `migrate` creates or updates the periodic schedules (idempotent by name).
         post_migrate.connect(

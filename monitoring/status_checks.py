@@ -37,7 +37,9 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import fal, stuck, transitions
+from monitoring import stuck, transitions
+from monitoring.fal import client as fal
+from monitoring.fal import payloads
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
 from notifications import outbox
 
@@ -345,8 +347,8 @@ class _Batch:
             self._fal_error(training, seen.error or fal.FalTransient("empty result"), report)
             report.summary = f"completed on fal, result not fetched yet: {report.error}"
             return
-        lora_url, config_url = fal.lora_urls(seen.result)
-        if not lora_url:
+        urls = payloads.lora_urls(seen.result)
+        if urls is None:
             outcome = transitions.fail(
                 training,
                 error_message="fal's result has no LoRA file (diffusers_lora_file)",
@@ -356,6 +358,7 @@ class _Batch:
             )
             report.summary = "result without a LoRA file"
         else:
+            lora_url, config_url = urls
             outcome = transitions.complete(
                 training,
                 lora_url=lora_url,

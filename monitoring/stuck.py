@@ -29,9 +29,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from monitoring import transitions
+from monitoring.fal import payloads
 from monitoring.models import EventSource, FalStatus, Training, TrainingType
-
-STYLE_ENDPOINT = "fal-ai/flux-lora-fast-training"
 
 
 def _minutes(delta: timedelta) -> int:
@@ -65,7 +64,7 @@ def stuck_reason(training: Training, now: datetime) -> str:
         if now - since >= timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES):
             return f"in fal's queue for {_minutes(now - since)} min"
     if training.fal_status == FalStatus.IN_PROGRESS:
-        style = training.endpoint == STYLE_ENDPOINT
+        style = training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
         limit = (
             settings.STUCK_IN_PROGRESS_MINUTES_STYLE
             if style

@@ -23,7 +23,9 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from monitoring import fal, transitions
+from monitoring import transitions
+from monitoring.fal import client as fal
+from monitoring.fal import payloads
 from monitoring.models import Avatar, Training
 from notifications import outbox
 
@@ -32,7 +34,7 @@ logger = logging.getLogger("monitoring")
 
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
     """Submit ``avatar`` to fal once. ``Outcome.changed`` is False when nothing was sent."""
-    endpoint, arguments = fal.training_input(
+    endpoint, arguments = payloads.training_input(
         avatar.training_type,
         images_url=avatar.images_url,
         trigger_word=avatar.trigger_word,

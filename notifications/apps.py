@@ -12,7 +12,7 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from monitoring import schedules
+        from monitoring.ops import schedules
 
         # The check run sweeps the outbox when it ends; this schedule runs on the
         # notifications cluster itself, so reschedules (flood control, backoff, dead

@@ -8,8 +8,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from monitoring import dashboard, transitions
+from monitoring import transitions
 from monitoring.models import CheckRun, EventSource, Training
+from monitoring.ops import dashboard
 
 DASHBOARD = reverse("admin:monitoring_dashboard")
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from monitoring import restore
 from monitoring.models import AvatarStatus, CheckRun, EventSource, Training
-from monitoring.schedules import PERIODIC_CHECK
+from monitoring.ops.schedules import PERIODIC_CHECK
 from monitoring.trainings import start_training
 from tests.worker_process import qcluster
 

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from monitoring import fal as gateway
+from monitoring.fal import client as gateway
+from monitoring.fal import payloads
 
 ENDPOINT = "fal-ai/flux-lora-portrait-trainer"
 
@@ -19,7 +20,7 @@ def emulator(fal):
 
 
 def _training(**fields):
-    endpoint, arguments = gateway.training_input(
+    endpoint, arguments = payloads.training_input(
         "portrait", images_url="https://example.com/a.zip", trigger_word="ohwx"
     )
     return SimpleNamespace(endpoint=endpoint, arguments=arguments, webhook_url="", **fields)
@@ -89,7 +90,7 @@ def test_a_refused_result_is_the_jobs_failure_with_fals_message(emulator):
 
 def test_result_returns_the_lora_and_config(emulator):
     request_id = _submitted(emulator)
-    assert gateway.lora_urls(gateway.result(ENDPOINT, request_id))[0].endswith(".safetensors")
+    assert payloads.lora_urls(gateway.result(ENDPOINT, request_id))[0].endswith(".safetensors")
 
 
 def test_cancel_answers_are_named_like_fals(emulator):
@@ -126,17 +127,17 @@ def test_a_submit_whose_answer_is_late_is_unknown_and_sent_once(emulator, settin
 
 
 def test_the_trainers_get_their_own_input_names():
-    assert gateway.training_input(
+    assert payloads.training_input(
         "portrait", images_url="u", trigger_word="t", extra={"steps": 9}
     ) == (
         "fal-ai/flux-lora-portrait-trainer",
         {"steps": 9, "images_data_url": "u", "trigger_phrase": "t"},
     )
-    assert gateway.training_input(
+    assert payloads.training_input(
         "style", images_url="u", trigger_word="t", extra={"trigger_word": "x"}
     ) == (
         "fal-ai/flux-lora-fast-training",
         {"images_data_url": "u", "trigger_word": "t", "is_style": True},
     )
     with pytest.raises(ValueError, match="unknown training type"):
-        gateway.training_input("video", images_url="u", trigger_word="t")
+        payloads.training_input("video", images_url="u", trigger_word="t")

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_q.models import Task
 
-from monitoring import retention, transitions
+from monitoring import transitions
 from monitoring.models import (
     AvatarEvent,
     CheckRun,
@@ -18,6 +18,7 @@ from monitoring.models import (
     WebhookDelivery,
     WebhookVerdict,
 )
+from monitoring.ops import retention
 
 pytestmark = pytest.mark.django_db
 LONG_AGO = timezone.now() - timedelta(days=400)
@@ -137,7 +138,7 @@ def test_migrate_schedules_the_prune_daily():
     from django.utils.module_loading import import_string
     from django_q.models import Schedule
 
-    from monitoring import schedules
+    from monitoring.ops import schedules
 
     schedules.ensure_schedules()
     schedules.ensure_schedules()

@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 from fakes.fal_signing import delivery_body, lora_payload
-from monitoring import signing_keys
+from monitoring.fal import signing_keys
 from monitoring.models import (
     AvatarStatus,
     Training,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fakes.fal_signing import WebhookSigner, delivery_body, lora_payload
-from monitoring import signing_keys
+from monitoring.fal import signing_keys
 from tests.test_webhooks import URL, snapshot
 
 KNOWN_IDS = [f"req-prop-{i}" for i in range(3)]

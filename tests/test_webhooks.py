@@ -16,7 +16,8 @@ from django.db import connection
 from django.test import Client, RequestFactory
 
 from fakes.fal_signing import delivery_body, lora_payload
-from monitoring import signing_keys, transitions, views, webhooks
+from monitoring import transitions
+from monitoring.fal import signing_keys, views, webhooks
 from monitoring.models import (
     Avatar,
     AvatarEvent,

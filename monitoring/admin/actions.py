@@ -273,7 +273,7 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
 
 def _cancel_job_after_failing(training: Training) -> str:
     """Stop a job we just marked failed, so fal does not keep training (and billing) it."""
-    from monitoring import fal
+    from monitoring.fal import client as fal
 
     if not training.fal_request_id or training.fal_status not in (
         FalStatus.IN_QUEUE,

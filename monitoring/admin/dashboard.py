@@ -1,6 +1,6 @@
 """The staff dashboard, served inside the admin (``admin/monitoring/avatar/dashboard/``).
 
-Thin: ``monitoring.dashboard`` gathers the figures; this view only renders them
+Thin: ``monitoring.ops.dashboard`` gathers the figures; this view only renders them
 with the admin's own chrome, so the page has the admin's login, language and
 navigation.
 """
@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 
-from monitoring import dashboard
+from monitoring.ops import dashboard
 
 
 def dashboard_view(request: HttpRequest) -> TemplateResponse:

@@ -2,7 +2,7 @@
 
 Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
 nothing here edits them; staff can only re-process a verified one, which goes
-through ``monitoring.webhooks.reprocess`` and therefore through the transitions.
+through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from monitoring import webhooks
 from monitoring.admin.avatars import ReadOnlyInline
+from monitoring.fal import webhooks
 from monitoring.models import WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (

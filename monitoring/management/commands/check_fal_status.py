@@ -17,16 +17,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
-from monitoring.models import Training, TrainingType
+from monitoring.fal import payloads
+from monitoring.models import Training
 
 # fal's request ids are UUIDs. Anything else is a typo or a pasted URL: say so
 # instead of asking fal about it.
 REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-DEFAULT_ENDPOINTS = {
-    TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
-    TrainingType.STYLE: "fal-ai/flux-lora-fast-training",
-}
 
 
 def _plain(value: Any) -> Any:
@@ -70,11 +67,9 @@ class Command(BaseCommand):
         if endpoint is not None and not ENDPOINT.match(endpoint):
             raise CommandError(
                 _("%(endpoint)r is not a fal endpoint: expected owner/app, e.g. %(example)s")
-                % {"endpoint": endpoint, "example": DEFAULT_ENDPOINTS[TrainingType.PORTRAIT]}
+                % {"endpoint": endpoint, "example": payloads.DEFAULT_ENDPOINT}
             )
-        endpoint = endpoint or (
-            training.endpoint if training else DEFAULT_ENDPOINTS[TrainingType.PORTRAIT]
-        )
+        endpoint = endpoint or (training.endpoint if training else payloads.DEFAULT_ENDPOINT)
 
         if training:
             self.stdout.write(
@@ -95,7 +90,7 @@ class Command(BaseCommand):
                 % {"endpoint": endpoint}
             )
 
-        from monitoring import fal
+        from monitoring.fal import client as fal
 
         try:
             report = fal.status(endpoint, request_id, with_logs=logs)

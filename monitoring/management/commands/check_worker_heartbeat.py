@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils.translation import gettext as _
 
-from monitoring import health
+from monitoring.ops import health
 
 
 class Command(BaseCommand):

@@ -37,7 +37,7 @@ SCHEDULES: list[dict[str, Any]] = [
     # Retention (staff tools): old deliveries, events, heartbeats and task results.
     {
         "name": PRUNE,
-        "func": "monitoring.retention.prune",
+        "func": "monitoring.ops.retention.prune",
         "schedule_type": "D",  # Schedule.DAILY
         "repeats": -1,
     },

@@ -1,4 +1,4 @@
-"""fal's webhook endpoint. Thin: verification and processing live in monitoring.webhooks."""
+"""fal's webhook endpoint. Thin: verification and processing live in monitoring.fal.webhooks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from monitoring import webhooks
+from monitoring.fal import webhooks
 
 logger = logging.getLogger("monitoring")
 

@@ -35,16 +35,9 @@ from typing import Any
 
 from django.conf import settings
 
-from monitoring.models import TrainingType
+from monitoring.fal import payloads
 
 logger = logging.getLogger("monitoring")
-
-# Training types and their trainers (shared/fal-facts.md: the portrait trainer takes
-# trigger_phrase, the style one trigger_word plus is_style).
-ENDPOINTS = {
-    TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
-    TrainingType.STYLE: "fal-ai/flux-lora-fast-training",
-}
 
 
 class FalError(Exception):
@@ -108,24 +101,6 @@ class FalStatusReport:
         return self.status == "COMPLETED" and bool(self.error)
 
 
-# --- Inputs ------------------------------------------------------------------------------
-
-
-def training_input(
-    training_type: str, *, images_url: str, trigger_word: str, extra: dict | None = None
-) -> tuple[str, dict]:
-    """(endpoint, arguments) for a training type, with the trainer's own input names."""
-    if training_type not in ENDPOINTS:
-        raise ValueError(f"unknown training type {training_type!r}")
-    arguments: dict[str, Any] = {"images_data_url": images_url}
-    if training_type == TrainingType.STYLE:
-        arguments.update({"trigger_word": trigger_word, "is_style": True})
-    else:
-        arguments["trigger_phrase"] = trigger_word
-    # Staff-chosen extras (steps, learning_rate...) never override the fields above.
-    return ENDPOINTS[training_type], {**(extra or {}), **arguments}
-
-
 def webhook_url() -> str:
     return (
         settings.PUBLIC_BASE_URL.rstrip("/") + "/webhooks/fal/" if settings.PUBLIC_BASE_URL else ""
@@ -148,18 +123,6 @@ def queue_base_url() -> str:
 def _app_id(endpoint: str) -> str:
     # Status, result and cancel use only owner/app, never a sub-path (fal answers 405).
     return "/".join(endpoint.split("/")[:2])
-
-
-def _detail(body: Any, fallback: str) -> str:
-    if isinstance(body, dict):
-        detail = body.get("detail", body.get("status", fallback))
-        if isinstance(detail, list):
-            return "; ".join(
-                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
-                for item in detail
-            )
-        return str(detail)
-    return fallback
 
 
 # --- Submit --------------------------------------------------------------------------------
@@ -211,7 +174,7 @@ def submit(training: Any) -> SubmitAnswer:
             cancel_url=body.get("cancel_url") or "",
             queue_position=body.get("queue_position"),
         )
-    detail = _detail(body, response.text[:500] or response.reason)
+    detail = payloads.error_detail(body, response.text[:500] or response.reason)
     if code >= 500:
         # fal says it does not bill 5xx, but a gateway error may hide a created job.
         raise FalSubmitUnknown(detail, status_code=code)
@@ -235,7 +198,7 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
     if isinstance(exc, FalClientHTTPError):
         code = exc.status_code
         # fal's detail is text, or a list of {loc, msg, type} for validation errors.
-        detail = _detail({"detail": exc.message}, str(exc.message))[:1000]
+        detail = payloads.error_detail({"detail": exc.message}, str(exc.message))[:1000]
         if code in (401, 403):
             return FalAuthError(detail, status_code=code)
         if code == 404:
@@ -355,13 +318,3 @@ def result(endpoint: str, request_id: str) -> dict:
 def cancel(endpoint: str, request_id: str) -> str:
     """Ask fal to cancel: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND."""
     return _run("cancel", endpoint, request_id)
-
-
-def lora_urls(result: dict) -> tuple[str, str]:
-    """(LoRA URL, config URL) from a trainer's result; ("", "") when absent."""
-
-    def url(name: str) -> str:
-        value = result.get(name)
-        return str(value.get("url", "")) if isinstance(value, dict) else ""
-
-    return url("diffusers_lora_file"), url("config_file")

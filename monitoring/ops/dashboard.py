@@ -18,8 +18,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 
-from monitoring import health
 from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
+from monitoring.ops import health
 
 BACKLOG_STATUSES = ("pending", "sending")
 PROBLEM_STATUSES = ("failed", "given_up", "unreachable")

@@ -8,7 +8,7 @@ The order matters and is the point of this module:
    never turns a delivery into a 400 of its own.
 2. **Verify before trusting anything**: the four ``X-Fal-Webhook-*`` headers, the
    timestamp window, and the Ed25519 signature over the exact raw body (keys from
-   ``monitoring.signing_keys``).
+   ``monitoring.fal.signing_keys``).
 3. **Record every delivery**, whatever happens to it. Refused deliveries keep their
    metadata and a small excerpt of the body only, so nobody can fill the disk; an
    exact replay of an accepted delivery (same signature) is recorded and answered
@@ -48,7 +48,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext
 
-from monitoring import signing_keys, transitions
+from monitoring import transitions
+from monitoring.fal import payloads, signing_keys
 from monitoring.models import (
     Avatar,
     EventSource,
@@ -422,34 +423,6 @@ def receive(request: HttpRequest) -> Answer:
 # --- Processing -----------------------------------------------------------------------
 
 
-def _lora_urls(payload: Any) -> tuple[str, str] | None:
-    """The LoRA and config URLs of a trainer's output, or None when it has no LoRA."""
-    if not isinstance(payload, dict):
-        return None
-    lora = payload.get("diffusers_lora_file")
-    url = lora.get("url") if isinstance(lora, dict) else None
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > 2048:
-        return None
-    config = payload.get("config_file")
-    config_url = config.get("url") if isinstance(config, dict) else ""
-    if not isinstance(config_url, str) or len(config_url) > 2048:
-        config_url = ""
-    return url, config_url
-
-
-def _detail_messages(payload: Any) -> str:
-    """The ``msg`` texts of a validation error payload (``{"detail": [{"msg": ...}]}``)."""
-    detail = payload.get("detail") if isinstance(payload, dict) else None
-    if isinstance(detail, str):
-        return detail[:500]
-    if not isinstance(detail, list):
-        return ""
-    messages = [
-        str(item.get("msg")) for item in detail if isinstance(item, dict) and item.get("msg")
-    ]
-    return "; ".join(messages)[:500]
-
-
 def _enqueue_recheck(training_id: int) -> None:
     """Ask the worker to fetch the result from fal's queue, never in the request.
 
@@ -474,7 +447,7 @@ def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any)
         error_message = data.get("error")
         if not isinstance(error_message, str) or not error_message:
             error_message = "fal reported an error without a message"
-        reasons = _detail_messages(payload)
+        reasons = payloads.detail_messages(payload)
         if reasons:
             # "Invalid status code: 422" alone tells staff nothing; the validation
             # messages in the payload say what was wrong with the input.
@@ -492,7 +465,7 @@ def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any)
             actor=actor,
         )
     else:
-        urls = _lora_urls(payload)
+        urls = payloads.lora_urls(payload)
         if urls is None:
             # fal could not serialise the output (payload null + payload_error), or it has
             # no LoRA: the worker fetches the result from the queue and decides.

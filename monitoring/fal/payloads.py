@@ -1,0 +1,103 @@
+"""What fal hands us and what we hand fal: trainer endpoints and their inputs, the LoRA and
+config URLs of a trainer's output, and the text of fal's error details.
+
+Written once, here: the gateway, the webhook intake and the periodic check all read
+fal's payloads through these functions, so a rule about them changes in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitoring.models import TrainingType
+
+# Training types and their trainers (shared/fal-facts.md: the portrait trainer takes
+# trigger_phrase, the style one trigger_word plus is_style).
+ENDPOINTS: dict[str, str] = {
+    TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
+    TrainingType.STYLE: "fal-ai/flux-lora-fast-training",
+}
+DEFAULT_ENDPOINT = ENDPOINTS[TrainingType.PORTRAIT]
+MAX_URL_LENGTH = 2048
+
+
+def training_type_of(endpoint: str) -> str:
+    """The training type an endpoint trains (portrait for anything we do not know)."""
+    for training_type, known in ENDPOINTS.items():
+        if endpoint == known:
+            return training_type
+    return TrainingType.PORTRAIT
+
+
+def training_input(
+    training_type: str, *, images_url: str, trigger_word: str, extra: dict | None = None
+) -> tuple[str, dict]:
+    """(endpoint, arguments) for a training type, with the trainer's own input names."""
+    if training_type not in ENDPOINTS:
+        raise ValueError(f"unknown training type {training_type!r}")
+    arguments: dict[str, Any] = {"images_data_url": images_url}
+    if training_type == TrainingType.STYLE:
+        arguments.update({"trigger_word": trigger_word, "is_style": True})
+    else:
+        arguments["trigger_phrase"] = trigger_word
+    # Staff-chosen extras (steps, learning_rate...) never override the fields above.
+    return ENDPOINTS[training_type], {**(extra or {}), **arguments}
+
+
+def trigger_of(arguments: Any) -> str:
+    """The trigger of a trainer input, whichever trainer's name it goes by."""
+    if not isinstance(arguments, dict):
+        return ""
+    value = arguments.get("trigger_phrase") or arguments.get("trigger_word") or ""
+    return str(value)
+
+
+def images_url_of(arguments: Any) -> str:
+    if not isinstance(arguments, dict):
+        return ""
+    return str(arguments.get("images_data_url") or "")
+
+
+def lora_urls(output: Any) -> tuple[str, str] | None:
+    """(LoRA URL, config URL) of a trainer's output, or None when it has no LoRA file.
+
+    The config URL is "" when absent or unusable: a LoRA without its config still
+    generates images.
+    """
+    if not isinstance(output, dict):
+        return None
+    lora = output.get("diffusers_lora_file")
+    url = lora.get("url") if isinstance(lora, dict) else None
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        return None
+    config = output.get("config_file")
+    config_url = config.get("url") if isinstance(config, dict) else ""
+    if not isinstance(config_url, str) or len(config_url) > MAX_URL_LENGTH:
+        config_url = ""
+    return url, config_url
+
+
+def error_detail(body: Any, fallback: str) -> str:
+    """fal's error answer as one line: its ``detail`` (a text or a validation list)."""
+    if isinstance(body, dict):
+        detail = body.get("detail", body.get("status", fallback))
+        if isinstance(detail, list):
+            return "; ".join(
+                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
+                for item in detail
+            )
+        return str(detail)
+    return fallback
+
+
+def detail_messages(payload: Any) -> str:
+    """The ``msg`` texts of a validation error payload (``{"detail": [{"msg": ...}]}``)."""
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if isinstance(detail, str):
+        return detail[:500]
+    if not isinstance(detail, list):
+        return ""
+    messages = [
+        str(item.get("msg")) for item in detail if isinstance(item, dict) and item.get("msg")
+    ]
+    return "; ".join(messages)[:500]
