@@ -120,6 +120,17 @@ class Avatar(models.Model):
     class Meta:
         verbose_name = _("avatar")
         verbose_name_plural = _("avatars")
+        # What staff may do beyond viewing. Checked where each action runs, not only
+        # where it is offered; the Support and Operators groups are built from these.
+        permissions = [
+            ("start_training", _("Can start or retrain a training (costs money)")),
+            ("cancel_training", _("Can cancel a training on fal")),
+            ("fail_avatar", _("Can mark an avatar failed")),
+            ("recheck_avatar", _("Can re-check a training on fal")),
+            ("manage_stuck", _("Can clear or extend the stuck flag")),
+            ("resend_notification", _("Can resend a notification")),
+            ("adopt_training", _("Can adopt a fal request started elsewhere")),
+        ]
         indexes = [
             models.Index(fields=["status", "-created_at"], name="avatar_status_idx"),
         ]
