@@ -20,6 +20,7 @@ from avatarsite.env import (
     env_float,
     env_int,
     env_list,
+    env_networks,
     env_proxy_ssl_header,
     env_str,
     env_url,
@@ -42,6 +43,10 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-local-development-key-not-for-production"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+# Proxies whose X-Forwarded-For we believe (the same variable gunicorn reads). Every
+# per-address decision (login lockouts, refused-webhook records, /metrics allow-list)
+# goes through avatarsite.client_address.
+FORWARDED_ALLOW_IPS = env_networks("FORWARDED_ALLOW_IPS", ["127.0.0.1", "::1"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
