@@ -117,3 +117,12 @@ def redis_server(tmp_path_factory):
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip PostgreSQL-only tests (real-thread races, server features) on SQLite."""
+    if item.get_closest_marker("postgres"):
+        from django.db import connection
+
+        if connection.vendor != "postgresql":
+            pytest.skip(f"needs PostgreSQL; this run uses {connection.vendor}")

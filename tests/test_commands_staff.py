@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections
 
 from fakes.fal_emulator import FOREVER
 from monitoring import transitions
 from monitoring.models import AvatarEvent, AvatarStatus, EventSource, Training
 from monitoring.trainings import start_training
+from tests.worker_process import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,8 +50,7 @@ def queued(fal, make_avatar):
 def managepy(*args: str, database: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     if database:
-        db = connections["default"].settings_dict
-        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        env["DATABASE_URL"] = database_url()
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from monitoring import transitions
 from monitoring.models import CheckRun
+from tests.worker_process import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db
@@ -99,6 +100,7 @@ def test_sending_paused_is_reported(client, short_interval):
     assert client.get("/healthz").json()["notifications_paused"] is True
 
 
+@pytest.mark.postgres  # points the connection at a closed port
 @pytest.mark.django_db(transaction=True)
 def test_it_answers_503_when_the_database_does_not_answer(client):
     connection = connections["default"]
@@ -153,14 +155,10 @@ def test_the_heartbeat_command_takes_its_own_limit(short_interval):
 
 
 def _run_heartbeat_command() -> subprocess.CompletedProcess:
-    settings_dict = connections["default"].settings_dict
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": (
-            f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/"
-            f"{settings_dict['NAME']}"
-        ),
+        "DATABASE_URL": database_url(),
         "CHECK_INTERVAL_SECONDS": "10",
     }
     return subprocess.run(

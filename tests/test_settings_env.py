@@ -124,6 +124,7 @@ def test_postgresql_reuses_prepared_statements_unless_turned_off(monkeypatch, tm
 
 
 @pytest.mark.django_db
+@pytest.mark.postgres
 def test_a_statement_repeated_on_one_connection_is_prepared_by_postgresql():
     from django.db import connection
 

@@ -210,6 +210,7 @@ def test_stuck_is_flagged_once_per_episode_and_clears_on_completion(training_ava
     assert status_events(avatar)[-1] == (S.TRAINING, S.COMPLETED)
 
 
+@pytest.mark.postgres  # races are tested with real threads on PostgreSQL
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_completing_at_once_make_one_winner_and_one_event(training_avatar):
     assert connection.vendor == "postgresql"

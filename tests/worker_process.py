@@ -15,6 +15,14 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def database_url() -> str:
+    """DATABASE_URL for a subprocess that must see this run's test database."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
 @contextmanager
 def qcluster(log: Path, **extra_env: str) -> Iterator[subprocess.Popen]:
     """Run a cluster on the test database (the test must commit: transaction=True).
@@ -22,11 +30,10 @@ def qcluster(log: Path, **extra_env: str) -> Iterator[subprocess.Popen]:
     Its output goes to ``log``; it is stopped (and killed with its workers if it
     hangs) when the block ends.
     """
-    db = connection.settings_dict
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "PYTHONUNBUFFERED": "1",
         **extra_env,
     }
