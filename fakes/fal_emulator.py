@@ -1,7 +1,7 @@
 """A fal queue emulator on loopback HTTPS, for the tests, the benchmark and the demo.
 
 It speaks the parts of fal's queue API the monitor uses, with fal's response shapes
-and error codes (see ``shared/fal-facts.md``):
+and error codes (as fal documents them and as they were seen from fal):
 
     POST /{owner}/{app}[?fal_webhook=URL]          submit
     GET  /{owner}/{app}/requests/{id}/status       status (``?logs=1|true`` adds logs)

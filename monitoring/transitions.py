@@ -57,7 +57,6 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
     S.CANCELLED: frozenset(),
 }
 TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
-ACTIVE_FAL_STATUSES = (FalStatus.SUBMITTING, FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
 
 # Sent on commit after a request id is stored on a training, so that a webhook that
 # arrived before we saved the id (the start of a training races its own webhook)

@@ -269,5 +269,5 @@ def test_connection_errors_and_timeouts_are_retried_as_transient(
         "sent",
     ]
     # The slow answer did arrive at Telegram although we gave up waiting for it: the
-    # one doubt a Bot API without idempotency keys leaves (telegram-facts.md).
+    # one doubt a Bot API without idempotency keys leaves.
     assert len([m for m in telegram.wait_for_messages(2, timeout=3) if m.chat_id == chat]) == 2

@@ -682,7 +682,3 @@ class AvatarEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AvatarEvent | None = None) -> bool:
         return False
-
-
-def stuck_list_url() -> str:
-    return reverse("admin:monitoring_avatar_changelist") + "?stuck=yes"

@@ -11,7 +11,7 @@ from typing import Any
 
 from monitoring.models import TrainingType
 
-# Training types and their trainers (shared/fal-facts.md: the portrait trainer takes
+# Training types and their trainers (fal's model pages: the portrait trainer takes
 # trigger_phrase, the style one trigger_word plus is_style).
 ENDPOINTS: dict[str, str] = {
     TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",

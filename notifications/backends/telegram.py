@@ -117,7 +117,7 @@ class TelegramBackend(BaseBackend):
         return redact(text)
 
     def _classify(self, exc: BaseException) -> SendError:
-        """Telegram's answer → what it means for us (telegram-facts.md, in this order)."""
+        """Telegram's answer → what it means for us (python-telegram-bot's mapping of Bot API errors, in this order)."""
         from telegram import error
 
         text = self._scrub(str(exc) or exc.__class__.__name__)
