@@ -111,9 +111,7 @@ def sync_roles_after_migrate(
     # post_migrate is sent app by app, and an app's permissions are created by its own
     # signal: create those the table refers to now, whatever the order of the apps.
     for label in {name.split(".", 1)[0] for names in ROLES.values() for name in names}:
-        create_permissions(
-            global_apps.get_app_config(label), verbosity=0, using=using, apps=apps
-        )
+        create_permissions(global_apps.get_app_config(label), verbosity=0, using=using, apps=apps)
     changes = sync_roles(using=using, apps=apps)
     if verbosity >= 1:
         for change in changes:
