@@ -84,6 +84,10 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Evidence: only retention (``prune``) removes deliveries.
+        return False
+
     def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
         # Re-processing applies what fal already told us (it can complete an avatar and
         # tell its owner), the same outcome a re-check reaches by asking fal again; it
