@@ -94,3 +94,14 @@ def test_a_table_entry_that_names_no_permission_is_an_error(db, monkeypatch):
 
     with pytest.raises(LookupError, match="monitoring.recheck_avatr"):
         roles.sync_roles()
+
+
+def test_after_a_partial_migrate_the_groups_are_left_as_they_were(db, monkeypatch, capsys):
+    before = group_permissions()
+    monkeypatch.setitem(roles.ROLES, roles.OPERATORS, ("monitoring.view_avatar",))
+    monkeypatch.setitem(roles.ROLES, "Newcomers", ("monitoring.not_created_yet",))
+
+    roles.sync_roles_after_migrate(using="default", verbosity=1)
+
+    assert group_permissions() == before  # Operators untouched, no "Newcomers" group
+    assert "not synced" in capsys.readouterr().out
