@@ -9,6 +9,7 @@ naming the variable; missing-but-needed values are reported by system checks
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -62,6 +63,7 @@ INSTALLED_APPS = [
     "monitoring.apps.MonitoringConfig",
     "notifications.apps.NotificationsConfig",
     "django_q",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -74,6 +76,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "avatarsite.urls"
@@ -104,6 +108,12 @@ if _test_db_name:
     DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# django-axes first: a locked-out login is refused before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -147,6 +157,23 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- Staff admin -------------------------------------------------------------------
+# One admin action starts at most this many (paid) trainings.
+ADMIN_BULK_START_MAX = env_int("ADMIN_BULK_START_MAX", 20, minimum=1)
+# Login rate limit (django-axes): after this many failed logins from one client address,
+# or for one username, further logins from that address / for that username are
+# refused for the cool-off. `manage.py axes_reset` (or axes_reset_ip, axes_reset_username)
+# lifts a lockout at once.
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_COOLOFF_MINUTES = env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
+# Address and username are counted separately: either one reaching the limit locks.
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+# The one rule for the client's address behind the proxy (last X-Forwarded-For hop).
+AXES_CLIENT_IP_CALLABLE = "avatarsite.client_address.client_address"
+AXES_LOCKOUT_CALLABLE = "avatarsite.login_lockout.lockout_response"
 
 # --- fal ---------------------------------------------------------------------------
 # fal-client itself reads only FAL_KEY; the old system's FAL_API_KEY is accepted too

@@ -9,13 +9,17 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from monitoring import transitions
+        from monitoring import roles, transitions
         from monitoring.fal import webhooks  # noqa: F401
         from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
 
         # `migrate` creates or updates the periodic schedules (idempotent by name).
         post_migrate.connect(
             schedules.ensure_schedules, sender=self, dispatch_uid="monitoring-schedules"
+        )
+        # The Support and Operators groups hold exactly what monitoring.roles says.
+        post_migrate.connect(
+            roles.sync_roles_after_migrate, sender=self, dispatch_uid="monitoring-roles"
         )
         # A webhook may arrive before the request id is saved; apply it once it is.
         transitions.training_submitted.connect(

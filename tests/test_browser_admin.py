@@ -139,3 +139,57 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(
 
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED
+
+
+@pytest.mark.slow
+def test_support_sees_only_the_actions_of_their_role_in_the_browser(
+    live_server, make_avatar, django_user_model, settings
+):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium package is not installed")
+    from django.contrib.auth.models import Group
+
+    from monitoring import roles
+
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    support = django_user_model.objects.create_user("helpdesk", password=PASSWORD, is_staff=True)
+    support.groups.add(Group.objects.get(name=roles.SUPPORT))
+    django_user_model.objects.create_user("intern", password=PASSWORD, is_staff=True)
+    make_avatar(name="Anna portrait")
+
+    def log_in(page, username: str) -> None:
+        page.goto(f"{live_server.url}/admin/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context().new_page()
+            log_in(page, "helpdesk")
+            page.goto(f"{live_server.url}/admin/monitoring/avatar/")
+            playwright_api.expect(page.locator("#result_list")).to_contain_text("Anna portrait")
+            offered = set(
+                page.locator("select[name=action] option").evaluate_all(
+                    "options => options.map(o => o.value)"
+                )
+            ) - {""}
+            assert offered == {
+                "recheck_now",
+                "clear_stuck",
+                "extend_deadline",
+                "resend_notification",
+            }
+            page.click("text=Dashboard")
+            playwright_api.expect(page.locator("h1")).to_contain_text("dashboard")
+
+            page = browser.new_context().new_page()
+            log_in(page, "intern")
+            playwright_api.expect(page.locator("#content")).to_be_visible()
+            assert page.locator("#staff-tools").count() == 0
+            answer = page.goto(f"{live_server.url}/admin/monitoring/avatar/dashboard/")
+            assert answer is not None and answer.status == 403
+        finally:
+            browser.close()

@@ -8,17 +8,26 @@ new deadline where one is needed.
 
 Re-checking is never done inside the request: it is queued to the worker, which
 bounds every fal call and records the outcome.
+
+Every action needs a permission of ``monitoring.roles`` (``staff_action``): Django
+offers it only to staff who hold it, and the action checks again where it runs, so
+a crafted POST (with or without ``select_across``) or a confirmation page posted by
+someone else is refused and changes nothing. What an action did is written to the
+avatar's timeline (by the transitions) and to Django's admin log (``LogEntry``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -27,7 +36,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import transitions
+from monitoring import roles, transitions
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -58,6 +67,59 @@ class ExtendForm(forms.Form):
         initial=6,
         help_text=gettext_lazy("The stuck flag is cleared and not raised again before then."),
     )
+
+
+ActionFunction = Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Any]], Any]
+
+
+def staff_action(*, permission: str, description: Any) -> Callable[[ActionFunction], Any]:
+    """An admin action that needs ``permission`` ("app_label.codename").
+
+    Django offers and dispatches the action only when the ModelAdmin's
+    ``has_<codename>_permission`` says yes; the wrapper asks again where the action
+    runs, so any path that reaches the function without the menu is refused too.
+    """
+    codename = permission.split(".", 1)[1]
+
+    def wrap(action: ActionFunction) -> Any:
+        @functools.wraps(action)
+        def run(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied
+            return action(modeladmin, request, queryset)
+
+        return admin.action(description=description, permissions=[codename])(run)
+
+    return wrap
+
+
+class AvatarActionPermissions:
+    """The ``has_<codename>_permission`` methods Django asks before offering an action."""
+
+    def has_start_training_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.START_TRAINING)
+
+    def has_cancel_training_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.CANCEL_TRAINING)
+
+    def has_fail_avatar_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.FAIL_AVATAR)
+
+    def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.RECHECK_AVATAR)
+
+    def has_manage_stuck_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.MANAGE_STUCK)
+
+    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.RESEND_NOTIFICATION)
+
+
+def log_staff_action(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, obj: Any, action: str, text: str
+) -> None:
+    """Django's admin log, besides the timeline: who did what to which row, from the admin."""
+    modeladmin.log_change(request, obj, f"{action}: {text}")
 
 
 def _report(request: HttpRequest, avatar: Avatar, text: str, level: int = messages.INFO) -> None:
@@ -103,23 +165,50 @@ def _confirmed(request: HttpRequest) -> bool:
 
 
 def _each(
-    request: HttpRequest, queryset: QuerySet[Avatar], do: Callable[[Avatar], tuple[str, int]]
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[Avatar],
+    action: str,
+    do: Callable[[Avatar], tuple[str, int]],
 ) -> None:
     for avatar in queryset.select_related("current_training").order_by("pk"):
         text, level = do(avatar)
         _report(request, avatar, text, level)
+        if level == messages.SUCCESS:
+            log_staff_action(modeladmin, request, avatar, action, text)
+
+
+def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
+    """Each submit is a paid training: one click may start at most ADMIN_BULK_START_MAX."""
+    selected = queryset.count()
+    cap = settings.ADMIN_BULK_START_MAX
+    if selected <= cap:
+        return False
+    messages.error(
+        request,
+        _(
+            "Nothing was started: %(selected)s avatars are selected and one action starts at "
+            "most %(cap)s trainings (ADMIN_BULK_START_MAX). Select fewer avatars."
+        )
+        % {"selected": selected, "cap": cap},
+    )
+    return True
 
 
 # --- Re-check ----------------------------------------------------------------------------
 
 
-@admin.action(description=gettext_lazy("Re-check now on fal (queued to the worker)"))
+@staff_action(
+    permission=roles.RECHECK_AVATAR,
+    description=gettext_lazy("Re-check now on fal (queued to the worker)"),
+)
 def recheck_now(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
     from django_q.tasks import async_task
 
     trainings: list[Training] = []
+    queued: list[tuple[Avatar, str]] = []
     skipped: list[Avatar] = []
     for avatar in queryset.select_related("current_training").order_by("pk"):
         training = _active_training(avatar)
@@ -127,13 +216,11 @@ def recheck_now(
             skipped.append(avatar)
         else:
             trainings.append(training)
-            _report(
-                request,
-                avatar,
-                _("re-check queued (training attempt %(attempt)s).")
-                % {"attempt": training.attempt},
-                messages.SUCCESS,
-            )
+            text = _("re-check queued (training attempt %(attempt)s).") % {
+                "attempt": training.attempt
+            }
+            _report(request, avatar, text, messages.SUCCESS)
+            queued.append((avatar, text))
     for avatar in skipped:
         _report(request, avatar, _("not re-checked: no active training."), messages.WARNING)
     ids = [training.pk for training in trainings]
@@ -160,6 +247,8 @@ def recheck_now(
                 actor_id=request.user.pk,
                 task_name=f"staff re-check of {len(ids)} training(s)",
             )
+        for avatar, text in queued:
+            log_staff_action(modeladmin, request, avatar, "recheck_now", text)
 
 
 # --- Start / retrain ---------------------------------------------------------------------
@@ -182,8 +271,10 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
     }, messages.WARNING
 
 
-@admin.action(description=gettext_lazy("Start training on fal…"))
+@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
 def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
+    if _over_bulk_start_cap(request, queryset):
+        return None
     if not _confirmed(request):
         return _confirm(
             modeladmin,
@@ -206,12 +297,14 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
             }, messages.WARNING
         return _start(avatar, request)
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "start_training", do)
     return None
 
 
-@admin.action(description=gettext_lazy("Retrain failed avatars…"))
+@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Retrain failed avatars…"))
 def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
+    if _over_bulk_start_cap(request, queryset):
+        return None
     if not _confirmed(request):
         return _confirm(
             modeladmin,
@@ -236,14 +329,14 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
         return _start(avatar, request)
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "retrain", do)
     return None
 
 
 # --- Cancel / mark failed ------------------------------------------------------------------
 
 
-@admin.action(description=gettext_lazy("Cancel on fal…"))
+@staff_action(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
 def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if not _confirmed(request):
         return _confirm(
@@ -267,7 +360,7 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
         result = cancel_training(training, source=STAFF, actor=request.user)
         return str(result), messages.SUCCESS
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "cancel_on_fal", do)
     return None
 
 
@@ -287,7 +380,7 @@ def _cancel_job_after_failing(training: Training) -> str:
     return _("fal answered %(answer)s to the cancel") % {"answer": answer}
 
 
-@admin.action(description=gettext_lazy("Mark as failed…"))
+@staff_action(permission=roles.FAIL_AVATAR, description=gettext_lazy("Mark as failed…"))
 def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     form = ReasonForm(request.POST if _confirmed(request) else None)
     if not (_confirmed(request) and form.is_valid()):
@@ -332,14 +425,14 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
         text = _("marked failed.")
         return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "mark_failed", do)
     return None
 
 
 # --- Stuck -------------------------------------------------------------------------------
 
 
-@admin.action(description=gettext_lazy("Clear the stuck flag"))
+@staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
 def clear_stuck(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
@@ -351,10 +444,10 @@ def clear_stuck(
             return _("stuck flag cleared."), messages.SUCCESS
         return _("not stuck any more."), messages.WARNING
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "clear_stuck", do)
 
 
-@admin.action(description=gettext_lazy("Extend the stuck deadline…"))
+@staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
 def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     form = ExtendForm(request.POST if _confirmed(request) else None)
     if not (_confirmed(request) and form.is_valid()):
@@ -380,7 +473,7 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
             }, messages.SUCCESS
         return _("not stuck any more."), messages.WARNING
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "extend_deadline", do)
     return None
 
 
@@ -402,7 +495,10 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     return latest
 
 
-@admin.action(description=gettext_lazy("Resend the owner's notification"))
+@staff_action(
+    permission=roles.RESEND_NOTIFICATION,
+    description=gettext_lazy("Resend the owner's notification"),
+)
 def resend_notification(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
@@ -417,12 +513,9 @@ def resend_notification(
                 request, avatar, _("nothing to resend: no failed notification."), messages.WARNING
             )
         elif delivery.resend(notification.pk):
-            _report(
-                request,
-                avatar,
-                _("notification #%(id)s queued again.") % {"id": notification.pk},
-                messages.SUCCESS,
-            )
+            text = _("notification #%(id)s queued again.") % {"id": notification.pk}
+            _report(request, avatar, text, messages.SUCCESS)
+            log_staff_action(modeladmin, request, avatar, "resend_notification", text)
         else:
             _report(
                 request,

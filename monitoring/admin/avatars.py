@@ -303,7 +303,7 @@ class OwnerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(admin.ModelAdmin):
+class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
     list_display = (
         "id",
         "name",

@@ -2,7 +2,8 @@
 
 Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
 nothing here edits them; staff can only re-process a verified one, which goes
-through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions.
+through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions
+(permission ``monitoring.recheck_avatar``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from monitoring import roles
+from monitoring.admin.actions import log_staff_action, staff_action
 from monitoring.admin.avatars import ReadOnlyInline
 from monitoring.fal import webhooks
 from monitoring.models import WebhookDelivery, WebhookOutcome
@@ -81,10 +84,15 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
-    def has_reprocess_permission(self, request: HttpRequest) -> bool:
-        # Re-processing changes avatars, so it takes the model's change permission,
-        # which this admin otherwise never uses (deliveries are read-only).
-        return request.user.has_perm("monitoring.change_webhookdelivery")
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Evidence: only retention (``prune``) removes deliveries.
+        return False
+
+    def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
+        # Re-processing applies what fal already told us (it can complete an avatar and
+        # tell its owner), the same outcome a re-check reaches by asking fal again; it
+        # never starts, cancels or fails anything, so it takes the re-check permission.
+        return request.user.has_perm(roles.RECHECK_AVATAR)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # The avatar page links here filtered by avatar.
@@ -107,7 +115,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
         return format_html('<a href="{}">{}</a>', url, obj.training)
 
-    @admin.action(description=_("Re-process selected deliveries"), permissions=["reprocess"])
+    @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries"))
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
         for delivery in queryset.order_by("received_at", "pk"):
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
@@ -122,12 +130,12 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
                 )
                 continue
             level = messages.ERROR if outcome == WebhookOutcome.FAILED else messages.SUCCESS
-            self.message_user(
-                request,
-                gettext("Delivery %(label)s re-processed: %(outcome)s")
-                % {"label": label, "outcome": WebhookOutcome(outcome).label},
-                level,
-            )
+            text = gettext("Delivery %(label)s re-processed: %(outcome)s") % {
+                "label": label,
+                "outcome": WebhookOutcome(outcome).label,
+            }
+            self.message_user(request, text, level)
+            log_staff_action(self, request, delivery, "reprocess", text)
 
 
 class WebhookDeliveryInline(ReadOnlyInline):

@@ -1,0 +1,124 @@
+"""Staff roles: which group may do what, as a table, synced into the database after ``migrate``.
+
+The table is the truth: after every ``migrate`` each group holds exactly the
+permissions listed here (a permission added to a group by hand in the admin is taken
+away again), so what a role can do is read in code review, not clicked together.
+Superusers are not in a group; Django gives them every permission.
+
+The sync runs from a ``post_migrate`` receiver rather than a data migration: Django
+creates custom permissions only after all migrations have run, so a data migration on
+a fresh database would find none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.apps import apps as global_apps
+from django.db import DEFAULT_DB_ALIAS, router, transaction
+
+SUPPORT = "Support"
+OPERATORS = "Operators"
+
+# Every admin action and custom admin page needs one of these (app label "monitoring").
+VIEW_AVATAR = "monitoring.view_avatar"
+START_TRAINING = "monitoring.start_training"
+CANCEL_TRAINING = "monitoring.cancel_training"
+FAIL_AVATAR = "monitoring.fail_avatar"
+RECHECK_AVATAR = "monitoring.recheck_avatar"
+MANAGE_STUCK = "monitoring.manage_stuck"
+RESEND_NOTIFICATION = "monitoring.resend_notification"
+ADOPT_TRAINING = "monitoring.adopt_training"
+
+# "app.view_*": every view permission of that app, so a model added later is visible
+# to the roles without editing this table.
+_VIEW_EVERYTHING = ("monitoring.view_*", "notifications.view_*")
+
+ROLES: dict[str, tuple[str, ...]] = {
+    SUPPORT: (
+        *_VIEW_EVERYTHING,
+        RECHECK_AVATAR,
+        MANAGE_STUCK,
+        RESEND_NOTIFICATION,
+    ),
+    OPERATORS: (
+        *_VIEW_EVERYTHING,
+        RECHECK_AVATAR,
+        MANAGE_STUCK,
+        RESEND_NOTIFICATION,
+        START_TRAINING,
+        CANCEL_TRAINING,
+        FAIL_AVATAR,
+        ADOPT_TRAINING,
+        # Creating an avatar (and its owner) in the admin, and correcting one that has
+        # not been trained yet: the first step of starting a training.
+        "monitoring.add_avatar",
+        "monitoring.change_avatar",
+        "monitoring.add_owner",
+        "monitoring.change_owner",
+    ),
+}
+
+
+def _permission_ids(permission_model: Any, names: Iterable[str], using: str) -> set[int]:
+    """Ids of the named permissions; ``app.view_*`` expands to every view permission."""
+    ids: set[int] = set()
+    for name in names:
+        app_label, codename = name.split(".", 1)
+        rows = permission_model.objects.using(using).filter(content_type__app_label=app_label)
+        if codename.endswith("*"):
+            rows = rows.filter(codename__startswith=codename[:-1])
+        else:
+            rows = rows.filter(codename=codename)
+        found = set(rows.values_list("id", flat=True))
+        if not found:
+            # A typo in the table would otherwise silently give a role less than it says.
+            raise LookupError(f"role table names {name!r}, which is not a permission")
+        ids |= found
+    return ids
+
+
+def sync_roles(*, using: str = DEFAULT_DB_ALIAS, apps: Any = global_apps) -> list[str]:
+    """Make every group of ``ROLES`` hold exactly its permissions; says what changed."""
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    changes: list[str] = []
+    for name, permissions in ROLES.items():
+        group, created = group_model.objects.using(using).get_or_create(name=name)
+        if created:
+            changes.append(f"created group {name}")
+        wanted = _permission_ids(permission_model, permissions, using)
+        current = set(group.permissions.values_list("id", flat=True))
+        if wanted - current:
+            group.permissions.add(*(wanted - current))
+            changes.append(f"{name}: +{len(wanted - current)} permission(s)")
+        if current - wanted:
+            group.permissions.remove(*(current - wanted))
+            changes.append(f"{name}: -{len(current - wanted)} permission(s)")
+    return changes
+
+
+def sync_roles_after_migrate(
+    *, using: str = DEFAULT_DB_ALIAS, apps: Any = global_apps, verbosity: int = 1, **kwargs: Any
+) -> None:
+    """post_migrate receiver (sender: the monitoring app)."""
+    from django.contrib.auth.management import create_permissions
+
+    group_model = apps.get_model("auth", "Group")
+    if not router.allow_migrate_model(using, group_model):
+        return
+    # post_migrate is sent app by app, and an app's permissions are created by its own
+    # signal: create those the table refers to now, whatever the order of the apps.
+    for label in {name.split(".", 1)[0] for names in ROLES.values() for name in names}:
+        create_permissions(global_apps.get_app_config(label), verbosity=0, using=using, apps=apps)
+    try:
+        with transaction.atomic(using=using):
+            changes = sync_roles(using=using, apps=apps)
+    except LookupError as exc:
+        # A partial migrate (`migrate monitoring 0001` on an empty database) has not
+        # created every permission yet: the next full migrate syncs the groups.
+        changes = [f"not synced: {exc}"]
+    if verbosity >= 1:
+        for change in changes:
+            print(f"  Roles: {change}")

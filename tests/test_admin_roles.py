@@ -1,0 +1,410 @@
+"""Roles through the real admin: who is offered each action and page, who can run it.
+
+Six people: a superuser, a member of Support, a member of Operators, a staff member
+with view permissions only, a staff member with no permissions, and a non-staff user
+(in Operators, to show that the group alone opens nothing). For every action a
+crafted POST (the menu's first step, a confirmed one, and one with ``select_across``)
+either does what it says, written to the admin log, or changes nothing at all: no
+status, no event, no queued task, no message, no fal job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Group, Permission, User
+from django.test import Client
+from django.urls import reverse
+from django_q.models import OrmQ
+
+from fakes.fal_emulator import FOREVER
+from fakes.fal_signing import delivery_body, lora_payload
+from monitoring import roles, transitions
+from monitoring.fal import signing_keys
+from monitoring.models import (
+    Avatar,
+    AvatarEvent,
+    EventSource,
+    Training,
+    WebhookDelivery,
+    WebhookOutcome,
+)
+from monitoring.trainings import start_training
+from notifications.models import Notification, NotificationStatus
+from tests.test_webhooks import URL as WEBHOOK_URL
+
+AVATARS = reverse("admin:monitoring_avatar_changelist")
+DELIVERIES = reverse("admin:monitoring_webhookdelivery_changelist")
+NOTIFICATIONS = reverse("admin:notifications_notification_changelist")
+DASHBOARD = reverse("admin:monitoring_dashboard")
+STUCK_LIST = AVATARS + "?stuck=yes"
+
+ALL = frozenset(
+    {
+        roles.RECHECK_AVATAR,
+        roles.START_TRAINING,
+        roles.CANCEL_TRAINING,
+        roles.FAIL_AVATAR,
+        roles.MANAGE_STUCK,
+        roles.RESEND_NOTIFICATION,
+    }
+)
+SUPPORT = frozenset({roles.RECHECK_AVATAR, roles.MANAGE_STUCK, roles.RESEND_NOTIFICATION})
+# What each person may do, and whether they may look at the monitor at all.
+PEOPLE: dict[str, tuple[frozenset[str], bool]] = {
+    "superuser": (ALL, True),
+    "operator": (ALL, True),
+    "support": (SUPPORT, True),
+    "viewer": (frozenset(), True),
+    "no_permissions": (frozenset(), False),
+    "not_staff": (frozenset(), False),
+}
+
+
+@dataclass(frozen=True)
+class Action:
+    changelist: str
+    name: str
+    permission: str
+    target: str  # which object of the world it is run on
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+ACTIONS = [
+    Action(AVATARS, "recheck_now", roles.RECHECK_AVATAR, "running"),
+    Action(AVATARS, "start_training", roles.START_TRAINING, "ready", {"confirmed": "yes"}),
+    Action(AVATARS, "retrain", roles.START_TRAINING, "failed", {"confirmed": "yes"}),
+    Action(AVATARS, "cancel_on_fal", roles.CANCEL_TRAINING, "running", {"confirmed": "yes"}),
+    Action(
+        AVATARS,
+        "mark_failed",
+        roles.FAIL_AVATAR,
+        "running",
+        {"confirmed": "yes", "reason": "blurry photos"},
+    ),
+    Action(AVATARS, "clear_stuck", roles.MANAGE_STUCK, "running"),
+    Action(
+        AVATARS, "extend_deadline", roles.MANAGE_STUCK, "running", {"confirmed": "yes", "hours": 6}
+    ),
+    Action(AVATARS, "resend_notification", roles.RESEND_NOTIFICATION, "given_up"),
+    # Re-processing a delivery can complete an avatar and tell its owner: the re-check
+    # permission (it applies what fal said, as a re-check would).
+    Action(DELIVERIES, "reprocess", roles.RECHECK_AVATAR, "delivery"),
+    Action(
+        NOTIFICATIONS,
+        "resend",
+        roles.RESEND_NOTIFICATION,
+        "notification",
+        {"confirm": "yes"},
+    ),
+]
+AVATAR_ACTION_NAMES = {a.name for a in ACTIONS if a.changelist == AVATARS}
+
+
+def _view_permissions() -> list[Permission]:
+    return list(
+        Permission.objects.filter(
+            content_type__app_label__in=("monitoring", "notifications"),
+            codename__startswith="view_",
+        )
+    )
+
+
+def make_person(kind: str) -> User:
+    password = "unused-password-0123"
+    if kind == "superuser":
+        return User.objects.create_superuser("root", "root@example.com", password)
+    user = User.objects.create_user(kind, password=password, is_staff=kind != "not_staff")
+    if kind == "operator" or kind == "not_staff":
+        user.groups.add(Group.objects.get(name=roles.OPERATORS))
+    elif kind == "support":
+        user.groups.add(Group.objects.get(name=roles.SUPPORT))
+    elif kind == "viewer":
+        user.user_permissions.add(*_view_permissions())
+    return user
+
+
+@pytest.fixture
+def person(request, client, db):
+    user = make_person(request.param)
+    client.force_login(user)
+    return request.param
+
+
+@pytest.fixture
+def world(fal, make_avatar, training_avatar):
+    """One object for every action to act on, each in a state where the action would work."""
+    fal.drop_webhooks()
+    fal.script(queue_seconds=FOREVER, queue_position=3)
+    running = make_avatar(name="Running and stuck")
+    training = start_training(running, source=EventSource.COMMAND).training
+    transitions.flag_stuck(training, reason="in queue too long")
+
+    ready = make_avatar(name="Ready to train")
+
+    failed, failed_training = training_avatar(request_id="req-failed", name="Failed once")
+    transitions.fail(failed_training, error_message="bad photos", source=EventSource.CHECK)
+
+    given_up, done = training_avatar(request_id="req-done", name="Told nobody")
+    transitions.complete(
+        done, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK
+    )
+    notification = Notification.objects.get(training=done, kind="ready")
+    Notification.objects.filter(pk=notification.pk).update(status=NotificationStatus.GIVEN_UP)
+
+    # A verified delivery that arrived before its training existed: re-processing it
+    # completes the avatar.
+    signing_keys.forget()
+    body = delivery_body("req-late", payload=lora_payload("req-late"))
+    Client().post(
+        WEBHOOK_URL,
+        data=body,
+        content_type="application/json",
+        headers=fal.signer.headers(body, "req-late"),
+    )
+    training_avatar(request_id="req-late", name="Webhook came early")
+    delivery = WebhookDelivery.objects.get(request_id="req-late")
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(outcome=WebhookOutcome.UNMATCHED)
+
+    return {
+        "running": running,
+        "ready": ready,
+        "failed": failed,
+        "given_up": given_up,
+        "delivery": delivery,
+        "notification": notification,
+    }
+
+
+def snapshot(fal) -> dict[str, Any]:
+    """Everything an action could change, here or on fal."""
+    return {
+        "avatars": list(Avatar.objects.order_by("pk").values_list("pk", "status")),
+        "trainings": list(
+            Training.objects.order_by("pk").values_list(
+                "pk", "fal_status", "stuck_since", "cancel_requested_at", "finished_at"
+            )
+        ),
+        "events": AvatarEvent.objects.count(),
+        "notifications": list(
+            Notification.objects.order_by("pk").values_list("pk", "status", "attempts")
+        ),
+        "deliveries": list(WebhookDelivery.objects.order_by("pk").values_list("pk", "outcome")),
+        "queued_tasks": OrmQ.objects.count(),
+        "fal_jobs": len(fal.jobs),
+        "fal_submits": len(fal.submissions),
+        "fal_cancels": sum(fal.cancel_calls.values()),
+        "admin_log": LogEntry.objects.count(),
+    }
+
+
+def post_action(client, action: Action, target: Any, *, confirmed: bool, select_across: bool):
+    data: dict[str, Any] = {"action": action.name, "_selected_action": [target.pk], "index": 0}
+    if confirmed:
+        data.update(action.fields)
+    if select_across:
+        data["select_across"] = "1"
+    return client.post(action.changelist, data)
+
+
+def offered_actions(response) -> set[str]:
+    form = response.context["action_form"]  # None when no action is offered at all
+    return {name for name, _label in form.fields["action"].choices} - {""} if form else set()
+
+
+# --- who is offered what --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("person", list(PEOPLE), indirect=True)
+@pytest.mark.parametrize("changelist", [AVATARS, DELIVERIES, NOTIFICATIONS])
+def test_each_person_is_offered_exactly_the_actions_of_their_role(client, person, changelist):
+    permissions, may_view = PEOPLE[person]
+
+    response = client.get(changelist)
+
+    if person == "not_staff":
+        assert response.status_code == 302 and reverse("admin:login") in response["Location"]
+        return
+    if not may_view:
+        assert response.status_code == 403
+        return
+    assert response.status_code == 200
+    expected = {
+        a.name for a in ACTIONS if a.changelist == changelist and a.permission in permissions
+    }
+    assert offered_actions(response) == expected
+
+
+@pytest.mark.parametrize("person", list(PEOPLE), indirect=True)
+@pytest.mark.parametrize("page", [DASHBOARD, STUCK_LIST])
+def test_the_dashboard_and_stuck_list_need_the_avatar_view_permission(
+    client, person, page, training_avatar
+):
+    _avatar, training = training_avatar(request_id="req-secret", name="Stuck one")
+    transitions.flag_stuck(training, reason="in queue too long")
+    _permissions, may_view = PEOPLE[person]
+
+    response = client.get(page)
+
+    if person == "not_staff":
+        assert response.status_code == 302 and reverse("admin:login") in response["Location"]
+    elif may_view:
+        assert response.status_code == 200
+        assert "Stuck one" in response.content.decode()
+    else:
+        assert response.status_code == 403
+        assert "req-secret" not in response.content.decode()
+        assert "Stuck one" not in response.content.decode()
+
+
+@pytest.mark.parametrize("person", ["viewer", "no_permissions"], indirect=True)
+def test_the_index_links_to_the_monitor_only_for_those_who_may_view_it(client, person):
+    page = client.get(reverse("admin:index")).content.decode()
+
+    assert ('id="staff-tools"' in page) is PEOPLE[person][1]
+
+
+# --- who can run what -------------------------------------------------------------------
+
+
+def _cases():
+    for who, (permissions, _view) in PEOPLE.items():
+        for action in ACTIONS:
+            if action.permission in permissions:
+                yield pytest.param(who, action, False, id=f"{who}-{action.name}-runs")
+            else:
+                for select_across in (False, True):
+                    suffix = "-select_across" if select_across else ""
+                    yield pytest.param(
+                        who, action, select_across, id=f"{who}-{action.name}-refused{suffix}"
+                    )
+
+
+@pytest.mark.parametrize(("person", "action", "select_across"), list(_cases()), indirect=["person"])
+def test_a_crafted_post_runs_an_action_only_for_those_whose_role_allows_it(
+    client, person, action, select_across, world, fal
+):
+    target = world[action.target]
+    allowed = action.permission in PEOPLE[person][0]
+    before = snapshot(fal)
+
+    first_step = post_action(client, action, target, confirmed=False, select_across=select_across)
+    if not allowed:
+        # Not even the confirmation page: it would show what is selected.
+        assert "Yes, I’m sure" not in first_step.content.decode()
+        assert "Yes, resend" not in first_step.content.decode()
+    confirmed = post_action(client, action, target, confirmed=True, select_across=select_across)
+
+    after = snapshot(fal)
+    if allowed:
+        assert confirmed.status_code == 302
+        assert after != before
+        assert after["admin_log"] > before["admin_log"]
+        entry = LogEntry.objects.order_by("-pk").first()
+        assert entry.user.username == ("root" if person == "superuser" else person)
+        assert entry.object_id == str(target.pk)
+        assert entry.get_change_message().startswith(action.name)
+    else:
+        # 403 without the view permission, the list again (with "No action selected."
+        # when others are offered) with it, the login page when not staff.
+        assert confirmed.status_code in (200, 302, 403)
+        assert after == before
+
+
+# --- where the action runs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.name)
+def test_an_action_reached_without_the_menu_still_refuses(action, world, fal, rf):
+    """The check inside the action: a path that skips Django's menu is refused too."""
+    from django.contrib import admin
+    from django.contrib.messages.storage.fallback import FallbackStorage
+    from django.core.exceptions import PermissionDenied
+
+    support_only = User.objects.create_user("support-x", is_staff=True)
+    support_only.user_permissions.add(*_view_permissions())
+    model = type(world[action.target])
+    modeladmin = admin.site.get_model_admin(model)
+    request = rf.post(action.changelist, {**action.fields, "_selected_action": [1]})
+    request.user = support_only
+    request.session = {}
+    request._messages = FallbackStorage(request)
+    # The action as declared, not as Django's permission-filtered menu hands it out.
+    [run] = [func for func, name, _ in modeladmin._get_base_actions() if name == action.name]
+    before = snapshot(fal)
+
+    with pytest.raises(PermissionDenied):
+        run(modeladmin, request, model.objects.filter(pk=world[action.target].pk))
+
+    assert snapshot(fal) == before
+
+
+# --- the bulk start cap ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("select_across", [False, True], ids=["selected", "select_across"])
+def test_a_bulk_start_over_the_cap_starts_nothing(
+    admin_client, fal, make_avatar, settings, select_across
+):
+    settings.ADMIN_BULK_START_MAX = 2
+    fal.script(queue_seconds=FOREVER)
+    avatars = [make_avatar(name=f"Bulk {n}") for n in range(3)]
+    data = {
+        "action": "start_training",
+        "_selected_action": [a.pk for a in (avatars[:1] if select_across else avatars)],
+        "confirmed": "yes",
+        "index": 0,
+    }
+    if select_across:
+        data["select_across"] = "1"
+
+    response = admin_client.post(AVATARS, data, follow=True)
+
+    messages = [str(m) for m in response.context["messages"]]
+    assert any(
+        "Nothing was started: 3 avatars are selected" in m and "at most 2" in m for m in messages
+    )
+    assert fal.submissions == [] and fal.jobs == {}
+    assert Training.objects.count() == 0
+    assert set(Avatar.objects.values_list("status", flat=True)) == {"ready_for_training"}
+
+
+def test_a_bulk_start_at_the_cap_starts_them_all(admin_client, fal, make_avatar, settings):
+    settings.ADMIN_BULK_START_MAX = 2
+    fal.script(queue_seconds=FOREVER)
+    avatars = [make_avatar(name=f"Bulk {n}") for n in range(2)]
+
+    admin_client.post(
+        AVATARS,
+        {
+            "action": "start_training",
+            "_selected_action": [a.pk for a in avatars],
+            "confirmed": "yes",
+        },
+    )
+
+    assert len(fal.submissions) == 2
+    assert set(Avatar.objects.values_list("status", flat=True)) == {"training"}
+    logged = LogEntry.objects.filter(change_message__startswith="start_training")
+    assert sorted(int(e.object_id) for e in logged) == sorted(a.pk for a in avatars)
+
+
+def test_a_retrain_over_the_cap_starts_nothing(admin_client, fal, training_avatar, settings):
+    settings.ADMIN_BULK_START_MAX = 1
+    failed = []
+    for n in range(2):
+        avatar, training = training_avatar(request_id=f"req-f{n}", name=f"Failed {n}")
+        transitions.fail(training, error_message="bad photos", source=EventSource.CHECK)
+        failed.append(avatar)
+
+    ask = admin_client.post(
+        AVATARS, {"action": "retrain", "_selected_action": [a.pk for a in failed]}, follow=True
+    )
+
+    assert "Yes, I’m sure" not in ask.content.decode()
+    assert any("Nothing was started" in str(m) for m in ask.context["messages"])
+    assert fal.submissions == []
+    assert set(Avatar.objects.values_list("status", flat=True)) == {"error"}
