@@ -58,5 +58,6 @@ def fal(fal_emulator: FalEmulator, settings) -> Iterator[FalEmulator]:
     fal_emulator.deliver_webhooks = True
     fal_emulator.status_latency = 0.0
     settings.FAL_WEBHOOK_JWKS_URL = fal_emulator.jwks_url
+    settings.FAL_PLATFORM_API_URL = fal_emulator.platform_url
     yield fal_emulator
     fal_emulator.reset()
