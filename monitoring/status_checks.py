@@ -37,7 +37,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import stuck, transitions
+from monitoring import recovery, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
@@ -79,6 +79,10 @@ _LOADED_FIELDS = (
     "next_check_at",
     "last_checked_at",
     "last_check_error",
+    # Read by the stuck rules on every check (fal's record, monitoring.recovery).
+    "submit_unknown_since",
+    "lost_submit_given_up_at",
+    "result_unavailable_since",
 )
 
 
@@ -255,6 +259,10 @@ class _Batch:
         before = _state(training)
         report = CheckReport(training.pk, training.avatar_id, before, before)
         if not training.fal_request_id:
+            if recovery.is_lost_submit(training, self.now):
+                self._lost_submit(training, report)
+                report.after = _state(training)
+                return report
             report.checked = False
             report.summary = "waiting for fal's answer to the submit"
             return report
@@ -344,6 +352,10 @@ class _Batch:
                 transitions.record_fal_status(
                     training, fal_status=FalStatus.COMPLETED, source=self.source
                 )
+            if isinstance(seen.error, fal.FalNotFound):
+                # The queue forgot the result it just said was there: fal's record decides.
+                self._fal_error(training, seen.error, report)
+                return
             self._fal_error(training, seen.error or fal.FalTransient("empty result"), report)
             report.summary = f"completed on fal, result not fetched yet: {report.error}"
             return
@@ -389,8 +401,29 @@ class _Batch:
         self.failed.append(training)
         report.summary = f"fal error, next try in {backoff} interval(s): {report.error}"
 
+    # -- fal's record: when the queue cannot tell (monitoring.recovery) --
+
+    def _lost_submit(self, training: Training, report: CheckReport) -> None:
+        """No request id and the submit's answer is lost: search fal's record for it."""
+        found = recovery.lookup_lost_submit(training, via=self.source, now=self.now)
+        report.summary = found.summary
+        report.changed = found.changed
+
+    def _from_record(self, training: Training, report: CheckReport) -> recovery.Recovery:
+        """The queue said 404: fal's record decides before the 404 rule may."""
+        found = recovery.recover_from_record(training, via=self.source)
+        if found.decided:
+            report.changed = found.changed
+            report.summary = f"queue 404; {found.summary}"
+        return found
+
     def _not_found(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
-        if training.cancel_requested_at:
+        found = self._from_record(training, report)
+        if found.decided:
+            if training.finished_at is None:
+                self._ok(training)  # fal's record answered: not a failed check
+            return
+        if training.cancel_requested_at and found.in_record is False:
             outcome = transitions.cancel(
                 training, source=self.source, reason="fal no longer knows the job after the cancel"
             )
@@ -399,9 +432,15 @@ class _Batch:
             return
         training.not_found_count += 1
         training.not_found_since = training.not_found_since or self.now
-        confirmed = training.not_found_count >= settings.FAL_NOT_FOUND_CONFIRM_COUNT and (
-            self.now - training.not_found_since
-            >= timedelta(minutes=settings.FAL_NOT_FOUND_CONFIRM_MINUTES)
+        # Only a request that fal's record does not know either may be failed; a record
+        # that could not be read decides nothing.
+        confirmed = (
+            found.in_record is False
+            and training.not_found_count >= settings.FAL_NOT_FOUND_CONFIRM_COUNT
+            and (
+                self.now - training.not_found_since
+                >= timedelta(minutes=settings.FAL_NOT_FOUND_CONFIRM_MINUTES)
+            )
         )
         if confirmed:
             outcome = transitions.fail(
@@ -421,7 +460,7 @@ class _Batch:
         self.failed.append(training)
         report.summary = (
             f"fal answered 404 ({training.not_found_count}/{settings.FAL_NOT_FOUND_CONFIRM_COUNT}); "
-            "not believed yet"
+            f"not believed yet: {found.summary}"
         )
 
     def _ok(self, training: Training) -> None:

@@ -174,6 +174,8 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
         request_id = getattr(training, "fal_request_id", None) if training else None
         if request_id:
             return _("training started, fal request %(id)s.") % {"id": request_id}, messages.SUCCESS
+        if training is not None and training.submit_unknown_since:
+            return f"{outcome.detail}.", messages.WARNING
         return _("training started (%(detail)s).") % {
             "detail": outcome.detail or outcome.status
         }, messages.SUCCESS
