@@ -499,17 +499,26 @@ class FalEmulator:
     def _result_payload(self, job: Job) -> dict:
         return job.script.result if job.script.result is not None else lora_payload(job.request_id)
 
-    def _record_item(self, job: Job, *, expand: bool) -> dict[str, Any]:
-        ended = job.ended()
-        assert ended is not None
+    def _record_times(self, job: Job) -> tuple[float, float, float] | None:
+        """(sent, started, ended) in Unix seconds, None while the job runs (not listed)."""
         if job.record_times is not None:
-            sent, started, end = job.record_times
-        else:
-            sent = job.submitted_at + self._wall_offset
-            end = ended + self._wall_offset
-            started = min(sent + job.script.queue_seconds, end)
+            return job.record_times
+        ended = job.ended()
+        if ended is None:
+            return None
+        sent = job.submitted_at + self._wall_offset
+        end = ended + self._wall_offset
+        return sent, min(sent + job.script.queue_seconds, end), end
+
+    def _record_status(self, job: Job) -> int:
+        return 200 if job.failure() is None else job.script.result_status
+
+    def _record_item(self, job: Job, *, expand: bool) -> dict[str, Any]:
+        times = self._record_times(job)
+        assert times is not None
+        sent, started, end = times
         failure = job.failure()
-        code = 200 if failure is None else job.script.result_status
+        code = self._record_status(job)
         item: dict[str, Any] = {
             "request_id": job.request_id,
             "endpoint_id": job.endpoint,
@@ -754,26 +763,33 @@ class _Responder:
             statuses = {"success": range(200, 300), "user_error": range(400, 500)}
             status = query.get("status")
             expand = query.get("expand") == "payloads"
-            items = []
-            for job in emulator.jobs.values():
-                if job.endpoint != endpoint or job.ended() is None:
+            # Filter and sort on plain numbers; build fal's item dicts for one page only
+            # (the benchmark pages through 10,000 jobs).
+            by_duration = query.get("sort_by") == "duration"
+            rows = []
+            if wanted:
+                candidates = [emulator.jobs[wanted]] if wanted in emulator.jobs else []
+            else:
+                candidates = list(emulator.jobs.values())
+            for job in candidates:
+                if job.endpoint != endpoint:
                     continue
-                if wanted and job.request_id != wanted:
+                times = emulator._record_times(job)
+                if times is None or not start <= times[2] < end:
                     continue
-                item = emulator._record_item(job, expand=expand)
-                ended = _parse_iso(item["ended_at"]) or 0.0
-                if not start <= ended < end:
-                    continue
-                code = item["status_code"]
+                code = emulator._record_status(job)
                 if status == "error" and code < 500:
                     continue
                 if status in statuses and code not in statuses[status]:
                     continue
-                items.append(item)
-        key = "duration" if query.get("sort_by") == "duration" else "ended_at"
-        items.sort(key=lambda item: (item[key], item["request_id"]), reverse=True)
-        page = items[offset : offset + limit]
-        more = offset + limit < len(items)
+                key = times[2] - times[1] if by_duration else times[2]
+                rows.append((key, job.request_id, job))
+            rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
+            page = [
+                emulator._record_item(job, expand=expand)
+                for _, _, job in rows[offset : offset + limit]
+            ]
+        more = offset + limit < len(rows)
         body = {
             "items": page,
             "has_more": more,
@@ -964,6 +980,12 @@ def main(argv: list[str] | None = None) -> None:
         help="treat unknown request ids as running jobs (benchmark)",
     )
     parser.add_argument("--no-webhooks", action="store_true", help="never deliver webhooks")
+    parser.add_argument(
+        "--record-jobs",
+        type=int,
+        default=0,
+        help="fill fal's record with N finished portrait jobs bench-rec-000000... (benchmark)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fal-emulator %(message)s")
 
@@ -976,6 +998,14 @@ def main(argv: list[str] | None = None) -> None:
         adopt_unknown=args.adopt_unknown,
         script_from_input=not args.adopt_unknown,
     ).start()
+    for index in range(args.record_jobs):
+        # Spread over the last 20 hours, inside reconcile_fal's default window.
+        emulator.add_record(
+            "fal-ai/flux-lora-portrait-trainer",
+            request_id=f"bench-rec-{index:06d}",
+            ended_ago=60 + index * 72_000 / max(args.record_jobs, 1),
+            json_input={"images_data_url": f"https://bench/{index}.zip", "trigger_phrase": "b"},
+        )
     env_file = args.state_dir / "emulator.env"
     tmp = env_file.with_suffix(".tmp")
     tmp.write_text("".join(f"{name}={value}\n" for name, value in emulator.env().items()))
