@@ -142,11 +142,20 @@ def _result_unavailable(training: Training, *, via: str) -> Recovery:
     return Recovery(True, RESULT_UNAVAILABLE, flagged, True)
 
 
-def recover_from_record(training: Training, *, via: str, notify: bool = True) -> Recovery:
+def recover_from_record(
+    training: Training,
+    *,
+    via: str,
+    notify: bool = True,
+    client: platform.PlatformClient | None = None,
+) -> Recovery:
     """The queue answered 404 for ``training``: ask fal's record what happened to it."""
     assert training.fal_request_id
     try:
-        item = platform.find_request(training.endpoint, training.fal_request_id)
+        if client is None:
+            item = platform.find_request(training.endpoint, training.fal_request_id)
+        else:
+            item = client.find_request(training.endpoint, training.fal_request_id)
     except platform.PlatformUnavailable as exc:
         return Recovery(False, f"fal's record could not be read ({exc}); nothing decided")
     if item is None:
@@ -193,7 +202,13 @@ def lost_submit_reason(training: Training, now: datetime) -> str:
     )
 
 
-def lookup_lost_submit(training: Training, *, via: str, now: datetime | None = None) -> Recovery:
+def lookup_lost_submit(
+    training: Training,
+    *,
+    via: str,
+    now: datetime | None = None,
+    client: platform.PlatformClient | None = None,
+) -> Recovery:
     """Search fal's record for the job a lost submit may have created; adopt what matches."""
     now = now or timezone.now()
     if training.submit_unknown_since is None:
@@ -202,10 +217,16 @@ def lookup_lost_submit(training: Training, *, via: str, now: datetime | None = N
             submit_unknown_since=now
         )
         training.submit_unknown_since = now
+    since = training.created_at - CLOCK_SKEW
     try:
-        matches, unverifiable = platform.find_matching(
-            training.endpoint, training.arguments or {}, since=training.created_at - CLOCK_SKEW
-        )
+        if client is None:
+            matches, unverifiable = platform.find_matching(
+                training.endpoint, training.arguments or {}, since=since
+            )
+        else:
+            matches, unverifiable = client.find_matching(
+                training.endpoint, training.arguments or {}, since=since
+            )
     except platform.PlatformUnavailable as exc:
         return Recovery(False, f"lost submit: fal's record could not be read ({exc}); later")
     if matches:

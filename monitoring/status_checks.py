@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from monitoring import recovery, stuck, transitions
 from monitoring.fal import client as fal
-from monitoring.fal import payloads
+from monitoring.fal import payloads, platform
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
 from notifications import outbox
 
@@ -254,6 +254,11 @@ class _Batch:
         self.moved: list[Training] = []  # queue position or logs changed
         self.failed: list[Training] = []  # check failure fields changed
         self.account_alerted = False
+        # fal's record is asked one training after another, after the queue's answers:
+        # bounded so that a batch of forgotten results (after a long outage of ours)
+        # cannot run past the task's timeout; the rest are asked at the next check.
+        self._record_until = time.monotonic() + _budget_seconds() / 2
+        self._record: platform.PlatformClient | None = None
 
     def apply(self, training: Training, seen: _Seen) -> CheckReport:
         before = _state(training)
@@ -403,15 +408,38 @@ class _Batch:
 
     # -- fal's record: when the queue cannot tell (monitoring.recovery) --
 
+    def _record_client(self) -> platform.PlatformClient | None:
+        """One Platform API client per batch, while the batch's record budget lasts."""
+        if time.monotonic() > self._record_until:
+            return None
+        if self._record is None:
+            try:
+                self._record = platform.PlatformClient()
+            except platform.PlatformUnavailable:
+                return None
+        return self._record
+
+    def close(self) -> None:
+        if self._record is not None:
+            self._record.__exit__(None, None, None)
+            self._record = None
+
     def _lost_submit(self, training: Training, report: CheckReport) -> None:
         """No request id and the submit's answer is lost: search fal's record for it."""
-        found = recovery.lookup_lost_submit(training, via=self.source, now=self.now)
+        client = self._record_client()
+        if client is None:
+            report.summary = "lost submit: fal's record not asked in this run (next check)"
+            return
+        found = recovery.lookup_lost_submit(training, via=self.source, now=self.now, client=client)
         report.summary = found.summary
         report.changed = found.changed
 
     def _from_record(self, training: Training, report: CheckReport) -> recovery.Recovery:
         """The queue said 404: fal's record decides before the 404 rule may."""
-        found = recovery.recover_from_record(training, via=self.source)
+        client = self._record_client()
+        if client is None:
+            return recovery.Recovery(False, "fal's record not asked in this run (next check)")
+        found = recovery.recover_from_record(training, via=self.source, client=client)
         if found.decided:
             report.changed = found.changed
             report.summary = f"queue 404; {found.summary}"
@@ -532,21 +560,24 @@ def check_trainings(
     now = timezone.now()
     batch = _Batch(source, run_start, now)
     reports: list[CheckReport] = []
-    for training, answer in zip(trainings, seen, strict=True):
-        try:
-            reports.append(batch.apply(training, answer))
-        except Exception as exc:  # one bad row must not stop the batch
-            logger.exception("Check of avatar %s failed", training.avatar_id)
-            reports.append(
-                CheckReport(
-                    training.pk,
-                    training.avatar_id,
-                    _state(training),
-                    _state(training),
-                    error=repr(exc)[:1000],
+    try:
+        for training, answer in zip(trainings, seen, strict=True):
+            try:
+                reports.append(batch.apply(training, answer))
+            except Exception as exc:  # one bad row must not stop the batch
+                logger.exception("Check of avatar %s failed", training.avatar_id)
+                reports.append(
+                    CheckReport(
+                        training.pk,
+                        training.avatar_id,
+                        _state(training),
+                        _state(training),
+                        error=repr(exc)[:1000],
+                    )
                 )
-            )
-    batch.flush()
+        batch.flush()
+    finally:
+        batch.close()  # the batch's Platform API client, if it opened one
     still_active = [t for t in trainings if t.finished_at is None]
     stuck.review(still_active, now, source=source)
     return reports

@@ -389,3 +389,61 @@ def test_the_gateway_request_id_is_kept_from_the_submit_and_the_webhook(fal, mak
     training.refresh_from_db()
     assert training.gateway_request_id == "runner-attempt-2"
     assert training.outcome == TrainingOutcome.COMPLETED
+
+
+def test_the_operator_records_no_fal_job_from_the_admin(fal, make_avatar, client):
+    fal.script(lose_submit_answer=True, queue_seconds=FOREVER)
+    avatar = make_avatar()
+    training = start_training(avatar, source=EventSource.COMMAND).training
+    Training.objects.filter(pk=training.pk).update(created_at=timezone.now() - timedelta(hours=25))
+    run_check(training)
+    form = {"action": "record_no_fal_job", "_selected_action": [avatar.pk], "confirmed": "yes"}
+
+    support = User.objects.create_user("support", is_staff=True)
+    support.user_permissions.add(*Permission.objects.filter(codename__in=["view_avatar"]))
+    client.force_login(support)
+    assert client.post("/admin/monitoring/avatar/", form).status_code == 403
+
+    operator = User.objects.create_superuser("operator")
+    client.force_login(operator)
+    page = client.post("/admin/monitoring/avatar/", {**form, "confirmed": ""})
+    assert page.status_code == 200 and "fal has no such job" in page.content.decode()
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.TRAINING  # nothing before the confirmation
+    client.post("/admin/monitoring/avatar/", form)
+    avatar.refresh_from_db()
+    assert avatar.status == AvatarStatus.READY_FOR_TRAINING
+
+
+def test_start_training_says_a_lost_submit_is_being_looked_up(fal, make_avatar):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    fal.script(lose_submit_answer=True, queue_seconds=FOREVER)
+    avatar = make_avatar()
+    out = io.StringIO()
+    call_command("start_training", "--avatar", str(avatar.pk), stdout=out)
+    assert "submit outcome unknown, being looked up" in out.getvalue()
+
+    other = make_avatar()
+    out = io.StringIO()
+    call_command("start_training", "--avatar", str(other.pk), "--json", stdout=out)
+    answer = json.loads(out.getvalue())
+    assert answer == {"id": str(other.pk), "fal_request_id": "", "state": "submit_outcome_unknown"}
+
+
+def test_a_batch_of_forgotten_results_asks_fals_record_within_its_budget(
+    fal, finished_while_down, settings
+):
+    settings.CHECK_INTERVAL_SECONDS = 1  # the batch may spend 0.5 s on fal's record
+    fal.platform_latency = 0.3
+    trainings = [finished_while_down()[1] for _ in range(4)]
+    run_check(*trainings)
+    done = Training.objects.filter(pk__in=[t.pk for t in trainings], finished_at__isnull=False)
+    assert 1 <= done.count() < 4  # the rest wait, none failed
+    assert not Training.objects.filter(outcome="error").exists()
+    for _ in range(4):
+        run_check(*trainings)
+    assert Training.objects.filter(outcome="completed").count() == 4

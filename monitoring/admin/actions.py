@@ -19,6 +19,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -434,6 +435,42 @@ def resend_notification(
             )
 
 
+# --- Lost submits (fal's record) -------------------------------------------------------
+
+
+@admin.action(description=gettext_lazy("fal has no such job: make a lost submit startable…"))
+def record_no_fal_job(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
+):
+    from monitoring.trainings import record_no_fal_job as close_lost_submit
+
+    if not request.user.has_perm("monitoring.start_training"):
+        raise PermissionDenied
+    if not _confirmed(request):
+        return _confirm(
+            modeladmin,
+            request,
+            queryset,
+            action="record_no_fal_job",
+            title=_("fal has no such job"),
+            question=_(
+                "Record that fal has no job for these lost submits? fal's record is asked "
+                "once more first; the avatars can then be started again (a new paid training)."
+            ),
+        )
+
+    def do(avatar: Avatar) -> tuple[str, int]:
+        training = _active_training(avatar)
+        if training is None:
+            return _("no active training."), messages.WARNING
+        text = close_lost_submit(training, actor=request.user, source=STAFF)
+        training.refresh_from_db()
+        return text, messages.SUCCESS if training.finished_at else messages.WARNING
+
+    _each(request, queryset, do)
+    return None
+
+
 AVATAR_ACTIONS = [
     recheck_now,
     start_training,
@@ -443,4 +480,5 @@ AVATAR_ACTIONS = [
     clear_stuck,
     extend_deadline,
     resend_notification,
+    record_no_fal_job,
 ]
