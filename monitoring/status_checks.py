@@ -18,6 +18,11 @@ three steps:
    running, nothing changed" case (one bulk UPDATE per batch), and through
    ``monitoring.transitions`` whenever a status changes.
 
+When the queue cannot tell (a 404 for a request we submitted: fal's queue forgets
+results after an hour; a submit whose answer was lost), fal's own record decides
+(``monitoring.recovery``), asked one training after another within half the batch's
+budget; the 404 rule applies only to requests the record does not know either.
+
 Each run records a ``CheckRun`` heartbeat (batches add their counts to it).
 """
 
