@@ -306,6 +306,12 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
                     f"{settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS:g} ч в записях fal нет задачи с "
                     "этим входом. Повторно не отправляется; оператор может отметить "
                     "«на fal такой задачи нет»."
+                    + (
+                        f"\n⚠️ {unverifiable} задач в записях fal без входных данных: "
+                        "сравнить не удалось, проверьте их на fal."
+                        if unverifiable
+                        else ""
+                    )
                 ),
             )
             transitions.restate_stuck(
