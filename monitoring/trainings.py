@@ -326,8 +326,10 @@ def _checked_adopt_input(
         if owner_telegram_id is not None or name:
             raise AdoptRefused(_("give either an avatar, or an owner's Telegram id and a name"))
     else:
-        if not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
+        if owner_telegram_id is None:
             raise AdoptRefused(_("give an avatar, or an owner's Telegram id and a name"))
+        if not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
+            raise AdoptRefused(_("owner_telegram_id must be a Telegram user id (a number)"))
         if owner_telegram_id <= 0:
             raise AdoptRefused(_("owner_telegram_id must be a positive Telegram user id"))
         if not isinstance(name, str) or not name.strip() or len(name) > 128:

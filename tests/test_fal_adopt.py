@@ -344,6 +344,7 @@ def test_reconcile_finds_a_job_submitted_outside_the_monitor_and_a_stale_trainin
     client.force_login(staff)
     listing = client.get("/admin/monitoring/unknownfalrequest/").content.decode()
     assert outsider in listing and f"request_id={outsider}" in listing
+    assert "/admin/monitoring/unknownfalrequest/adopt/" in listing  # "Adopt a fal request"
 
     adopt_training(
         request_id=outsider, endpoint=STYLE, owner_telegram_id=561, name="O", source="command"
