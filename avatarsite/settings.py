@@ -191,6 +191,19 @@ FAL_WEBHOOK_JWKS_URL = env_url(
 PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", None, schemes=("https", "http"))
 FAL_SUBMIT_TIMEOUT_SECONDS = env_float("FAL_SUBMIT_TIMEOUT_SECONDS", 30.0, minimum=1.0)
 FAL_CALL_TIMEOUT_SECONDS = env_float("FAL_CALL_TIMEOUT_SECONDS", 20.0, minimum=0.1)
+# fal's Platform API (fal's own record of every request, monitoring.fal.platform): the
+# same key as the queue; every call bounded by FAL_PLATFORM_TIMEOUT_SECONDS, a listing
+# stops after FAL_PLATFORM_MAX_PAGES pages of 100.
+FAL_PLATFORM_API_URL = env_url(
+    "FAL_PLATFORM_API_URL", "https://api.fal.ai/v1", schemes=("https", "http")
+)
+FAL_PLATFORM_TIMEOUT_SECONDS = env_float("FAL_PLATFORM_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+FAL_PLATFORM_MAX_PAGES = env_int("FAL_PLATFORM_MAX_PAGES", 200, minimum=1)
+# A submit whose answer was lost is looked up in fal's record at every check; after this
+# long without a match staff are alerted once and only an Operator makes it startable.
+FAL_LOST_SUBMIT_GIVE_UP_HOURS = env_float("FAL_LOST_SUBMIT_GIVE_UP_HOURS", 24.0, minimum=0.0)
+# reconcile_fal (daily): the window of fal's record compared with our trainings.
+FAL_RECONCILE_HOURS = env_int("FAL_RECONCILE_HOURS", 24, minimum=1, maximum=90 * 24)
 WEBHOOK_MAX_BODY_BYTES = env_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS = env_int("WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS", 300, minimum=1)
 FAL_JWKS_CACHE_SECONDS = env_int("FAL_JWKS_CACHE_SECONDS", 24 * 3600, minimum=1, maximum=24 * 3600)

@@ -8,6 +8,9 @@ and error codes (as fal documents them and as they were seen from fal):
     GET  /{owner}/{app}/requests/{id}              result
     PUT  /{owner}/{app}/requests/{id}/cancel       cancel
     GET  /.well-known/jwks.json                    the webhook signing keys
+    GET  /v1/models/requests/by-endpoint           fal's record (Platform API) of the
+                                                   finished jobs, with fal's filters,
+                                                   ``expand=payloads`` and cursor pages
 
 The real fal-client reaches it through its own settings, with no monkeypatching:
 ``FAL_QUEUE_RUN_HOST=<emulator.host>`` (read when fal_client is first imported) and
@@ -37,6 +40,16 @@ Tests use the ``fal`` fixture (tests/fixtures_fal.py) and script jobs, e.g.::
     fal.script("fail.zip", error="No faces", error_type="face_error")  # input matches
     fal.script(request_id, status_error=503, status_error_times=2)     # an existing job
     fal.finish(request_id)            fal.drop_webhooks()          fal.status_calls[request_id]
+
+fal's record (point FAL_PLATFORM_API_URL at ``emulator.platform_url``) lists every
+finished job; scripts shape what it and the queue say afterwards::
+
+    fal.script(queue_forgets_after=0)      # the queue answers 404 once the job ended;
+                                           # the record keeps the payload
+    fal.script(lose_submit_answer=True)    # the job is created, the answer never comes
+    fal.script(record_payload=False)       # the record lists the job without payloads
+    fal.fail_platform(429, times=2)        fal.platform_latency = 5.0
+    fal.add_record("fal-ai/flux-lora-portrait-trainer", json_input={...})  # bulk, bench
 """
 
 from __future__ import annotations
@@ -54,6 +67,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -94,6 +108,13 @@ class JobScript:
     deliver_webhook: bool = True
     # A custom result payload (default: a LoRA and its config as fal File objects).
     result: dict | None = None
+    # The queue forgets the job's status and result this many seconds after it ended
+    # (fal: one hour); fal's record keeps it.
+    queue_forgets_after: float | None = None
+    # The submit creates the job, then the connection drops before the answer.
+    lose_submit_answer: bool = False
+    # fal's record lists the job without json_input/json_output (payload storage off).
+    record_payload: bool = True
 
 
 def _merge(script: JobScript, changes: dict[str, Any]) -> JobScript:
@@ -116,6 +137,22 @@ class Job:
     cancelled: bool = False
     gone: bool = False
     webhook_sent: bool = False
+    # Wall-clock times for fal's record: (sent, started, ended) in Unix seconds, for
+    # jobs written straight into the record (``add_record``).
+    record_times: tuple[float, float, float] | None = None
+
+    def ended(self) -> float | None:
+        """When the job ended (monotonic), None while it runs."""
+        if self.finished_at is not None:
+            return self.finished_at
+        end = self.submitted_at + self.script.queue_seconds + self.script.run_seconds
+        return end if end <= time.monotonic() else None
+
+    def forgotten(self) -> bool:
+        """Whether the queue no longer knows this job (its record still does)."""
+        after = self.script.queue_forgets_after
+        ended = self.ended()
+        return after is not None and ended is not None and time.monotonic() >= ended + after
 
     def state(self, now: float | None = None) -> str:
         if self.finished_at is not None:
@@ -168,6 +205,8 @@ class FalEmulator:
         self._bound_port: int | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        # Monotonic job times + this offset = Unix time (fal's record shows wall clock).
+        self._wall_offset = time.time() - time.monotonic()
         self.cert_file = ""
         self.reset()
 
@@ -257,12 +296,18 @@ class FalEmulator:
     def jwks_url(self) -> str:
         return f"{self.base_url}/.well-known/jwks.json"
 
+    @property
+    def platform_url(self) -> str:
+        """The value for FAL_PLATFORM_API_URL (fal's record)."""
+        return f"{self.base_url}/v1"
+
     def env(self) -> dict[str, str]:
         """The environment a process under test needs to reach this emulator."""
         return {
             "FAL_QUEUE_RUN_HOST": self.host,
             "SSL_CERT_FILE": self.cert_file,
             "FAL_WEBHOOK_JWKS_URL": self.jwks_url,
+            "FAL_PLATFORM_API_URL": self.platform_url,
         }
 
     # --- scripting ------------------------------------------------------------------
@@ -291,6 +336,12 @@ class FalEmulator:
             self._submit_refusals: list[tuple[int, dict]] = []
             self.submit_latency = 0.0
             self.webhook_target: str | None = None
+            # fal's record: the query of every call, and injected trouble (the next
+            # ``platform_error_times`` calls, or every call when 0, answer this code).
+            self.platform_calls: list[dict[str, list[str]]] = []
+            self.platform_error: int | None = None
+            self.platform_error_times = 0
+            self.platform_latency = 0.0
 
     def script(
         self,
@@ -341,6 +392,38 @@ class FalEmulator:
             )
         with self._lock:
             self._submit_refusals.extend([(status_code, body)] * times)
+
+    def fail_platform(self, status_code: int | None = 503, *, times: int = 0) -> None:
+        """fal's record answers ``status_code`` (the next ``times`` calls, or all when 0)."""
+        with self._lock:
+            self.platform_error = status_code
+            self.platform_error_times = times
+
+    def add_record(
+        self,
+        endpoint: str,
+        *,
+        request_id: str | None = None,
+        ended_ago: float = 60.0,
+        duration: float = 30.0,
+        json_input: dict | None = None,
+        error: str | None = None,
+        payload: bool = True,
+    ) -> str:
+        """A job that ended ``ended_ago`` seconds ago, as if submitted by someone else."""
+        ended = time.time() - ended_ago
+        job = Job(
+            request_id=request_id or str(uuid.uuid4()),
+            endpoint=endpoint,
+            payload=json_input or {},
+            webhook_url=None,
+            script=JobScript(error=error, record_payload=payload),
+            finished_at=time.monotonic() - ended_ago,
+            record_times=(ended - duration - 1.0, ended - duration, ended),
+        )
+        with self._lock:
+            self.jobs[job.request_id] = job
+        return job.request_id
 
     def finish(
         self, request_id: str, *, error: str | None = None, error_type: str | None = None
@@ -415,6 +498,46 @@ class FalEmulator:
 
     def _result_payload(self, job: Job) -> dict:
         return job.script.result if job.script.result is not None else lora_payload(job.request_id)
+
+    def _record_times(self, job: Job) -> tuple[float, float, float] | None:
+        """(sent, started, ended) in Unix seconds, None while the job runs (not listed)."""
+        if job.record_times is not None:
+            return job.record_times
+        ended = job.ended()
+        if ended is None:
+            return None
+        sent = job.submitted_at + self._wall_offset
+        end = ended + self._wall_offset
+        return sent, min(sent + job.script.queue_seconds, end), end
+
+    def _record_status(self, job: Job) -> int:
+        return 200 if job.failure() is None else job.script.result_status
+
+    def _record_item(self, job: Job, *, expand: bool) -> dict[str, Any]:
+        times = self._record_times(job)
+        assert times is not None
+        sent, started, end = times
+        failure = job.failure()
+        code = self._record_status(job)
+        item: dict[str, Any] = {
+            "request_id": job.request_id,
+            "endpoint_id": job.endpoint,
+            "sent_at": _iso(sent),
+            "started_at": _iso(started),
+            "ended_at": _iso(end),
+            "status_code": code,
+            "duration": round(end - started, 3),
+        }
+        if expand and job.script.record_payload:
+            item["json_input"] = job.payload
+            if failure is None:
+                item["json_output"] = self._result_payload(job)
+            else:
+                message, error_type = failure
+                item["json_output"] = {
+                    "detail": [{"msg": message, "type": error_type or "value_error"}]
+                }
+        return item
 
     def _webhook_body(self, job: Job) -> bytes:
         failure = job.failure()
@@ -554,6 +677,8 @@ class _Responder:
         if denied is not None:
             return denied
         endpoint, request_id, action = request.route()
+        if request.method == "GET" and request.path == "/v1/models/requests/by-endpoint":
+            return self._record(request)
         if request.method == "GET" and action == "status" and request_id:
             return self._status(request, endpoint, request_id)
         if request.method == "GET" and action is None and request_id:
@@ -594,11 +719,81 @@ class _Responder:
             if refusal is not None:
                 return refusal[0], refusal[1], latency
             job = emulator._create_job(endpoint, payload, webhook)
+        if job.script.lose_submit_answer:
+            return DROP_CONNECTION, None, latency
         body = {
             "request_id": job.request_id,
             "gateway_request_id": job.request_id,
             "queue_position": job.script.queue_position,
             **emulator._urls(endpoint, job.request_id),
+        }
+        return 200, body, latency
+
+    def _record(self, request: _Request) -> Answer:
+        """fal's GET /v1/models/requests/by-endpoint over the emulator's finished jobs."""
+        emulator = self.emulator
+        query = {name: values[0] for name, values in request.query.items()}
+        with emulator._lock:
+            emulator.platform_calls.append(dict(request.query))
+            latency = emulator.platform_latency
+            if emulator.platform_error is not None:
+                code = emulator.platform_error
+                if emulator.platform_error_times > 0:
+                    emulator.platform_error_times -= 1
+                    if emulator.platform_error_times == 0:
+                        emulator.platform_error = None
+                return code, _error_body(code), latency
+            endpoint = query.get("endpoint_id")
+            if not endpoint:
+                return 422, _validation("endpoint_id", "field required"), latency
+            try:
+                limit = int(query.get("limit", "50"))
+                offset = int(query["cursor"]) if query.get("cursor") else 0
+            except ValueError:
+                return 422, _validation("limit", "not an integer"), latency
+            if not 1 <= limit <= 100:
+                return 422, _validation("limit", "must be between 1 and 100"), latency
+            now = time.time()
+            wanted = query.get("request_id")
+            window = (90 if wanted else 1) * 86400
+            start = _parse_iso(query["start"]) if query.get("start") else now - window
+            end = _parse_iso(query["end"]) if query.get("end") else now + 1
+            if start is None or end is None:
+                return 422, _validation("start", "invalid datetime"), latency
+            statuses = {"success": range(200, 300), "user_error": range(400, 500)}
+            status = query.get("status")
+            expand = query.get("expand") == "payloads"
+            # Filter and sort on plain numbers; build fal's item dicts for one page only
+            # (the benchmark pages through 10,000 jobs).
+            by_duration = query.get("sort_by") == "duration"
+            rows = []
+            if wanted:
+                candidates = [emulator.jobs[wanted]] if wanted in emulator.jobs else []
+            else:
+                candidates = list(emulator.jobs.values())
+            for job in candidates:
+                if job.endpoint != endpoint:
+                    continue
+                times = emulator._record_times(job)
+                if times is None or not start <= times[2] < end:
+                    continue
+                code = emulator._record_status(job)
+                if status == "error" and code < 500:
+                    continue
+                if status in statuses and code not in statuses[status]:
+                    continue
+                key = times[2] - times[1] if by_duration else times[2]
+                rows.append((key, job.request_id, job))
+            rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
+            page = [
+                emulator._record_item(job, expand=expand)
+                for _, _, job in rows[offset : offset + limit]
+            ]
+        more = offset + limit < len(rows)
+        body = {
+            "items": page,
+            "has_more": more,
+            "next_cursor": str(offset + limit) if more else None,
         }
         return 200, body, latency
 
@@ -637,7 +832,7 @@ class _Responder:
                     if script.status_error_times == 0:
                         script.status_error = None
                 return injected, _error_body(injected), latency
-            if job is None:
+            if job is None or job.forgotten():
                 return 404, {"status": "NOT_FOUND"}, latency
             state = job.state()
             body: dict[str, Any] = {
@@ -674,7 +869,7 @@ class _Responder:
         with emulator._lock:
             emulator.result_calls[request_id] += 1
             job = emulator._job(endpoint, request_id)
-            if job is None:
+            if job is None or job.forgotten():
                 return 404, {"status": "NOT_FOUND"}, 0.0
             if job.state() != "COMPLETED":
                 return 400, {"detail": "Request is still in progress"}, 0.0
@@ -723,6 +918,8 @@ async def _serve_connection(
             status, payload, delay = responder.respond(_Request(method, target, headers, body))
             if delay:
                 await asyncio.sleep(delay)
+            if status == DROP_CONNECTION:
+                return  # the request was acted on; its answer is lost
             raw = json.dumps(payload).encode()
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
@@ -736,6 +933,29 @@ async def _serve_connection(
         return
     finally:
         writer.close()
+
+
+DROP_CONNECTION = 0  # a pseudo status: close the connection without answering
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat()
+
+
+def _parse_iso(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _validation(field: str, message: str) -> dict:
+    return {"detail": [{"loc": ["query", field], "msg": message, "type": "value_error"}]}
 
 
 def _error_body(status: int) -> dict:
@@ -760,6 +980,12 @@ def main(argv: list[str] | None = None) -> None:
         help="treat unknown request ids as running jobs (benchmark)",
     )
     parser.add_argument("--no-webhooks", action="store_true", help="never deliver webhooks")
+    parser.add_argument(
+        "--record-jobs",
+        type=int,
+        default=0,
+        help="fill fal's record with N finished portrait jobs bench-rec-000000... (benchmark)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fal-emulator %(message)s")
 
@@ -772,6 +998,14 @@ def main(argv: list[str] | None = None) -> None:
         adopt_unknown=args.adopt_unknown,
         script_from_input=not args.adopt_unknown,
     ).start()
+    for index in range(args.record_jobs):
+        # Spread over the last 20 hours, inside reconcile_fal's default window.
+        emulator.add_record(
+            "fal-ai/flux-lora-portrait-trainer",
+            request_id=f"bench-rec-{index:06d}",
+            ended_ago=60 + index * 72_000 / max(args.record_jobs, 1),
+            json_input={"images_data_url": f"https://bench/{index}.zip", "trigger_phrase": "b"},
+        )
     env_file = args.state_dir / "emulator.env"
     tmp = env_file.with_suffix(".tmp")
     tmp.write_text("".join(f"{name}={value}\n" for name, value in emulator.env().items()))

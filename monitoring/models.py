@@ -144,6 +144,9 @@ class TrainingOutcome(models.TextChoices):
     ERROR = "error", _("Error")
     CANCELLED = "cancelled", _("Cancelled")
     REFUSED = "refused", _("Submit refused by fal")
+    # A submit whose answer was lost, searched for in fal's record until the give-up
+    # time, then closed by an Operator's "fal has no such job": nothing to follow.
+    NO_FAL_JOB = "no_fal_job", _("No job on fal (recorded by staff)")
 
 
 class Training(models.Model):
@@ -162,6 +165,8 @@ class Training(models.Model):
     fal_request_id = models.CharField(
         _("fal request id"), max_length=128, null=True, blank=True, unique=True
     )
+    # fal's last runner attempt (changes when fal retries); kept for support, never a key.
+    gateway_request_id = models.CharField(_("fal gateway request id"), max_length=128, blank=True)
     status_url = models.URLField(_("status URL"), max_length=1024, blank=True)
     response_url = models.URLField(_("response URL"), max_length=1024, blank=True)
     cancel_url = models.URLField(_("cancel URL"), max_length=1024, blank=True)
@@ -203,6 +208,18 @@ class Training(models.Model):
     )
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
 
+    # fal's own record (monitoring.recovery): a submit whose answer was lost is looked
+    # up there from this moment on; after FAL_LOST_SUBMIT_GIVE_UP_HOURS staff are told
+    # once; a job that fal finished but whose result neither the queue nor the record
+    # still has waits for staff.
+    submit_unknown_since = models.DateTimeField(
+        _("submit outcome unknown since"), null=True, blank=True
+    )
+    lost_submit_given_up_at = models.DateTimeField(_("lost submit given up"), null=True, blank=True)
+    result_unavailable_since = models.DateTimeField(
+        _("finished on fal, result not available since"), null=True, blank=True
+    )
+
     class Meta:
         verbose_name = _("training")
         verbose_name_plural = _("trainings")
@@ -241,6 +258,8 @@ class EventSource(models.TextChoices):
     CHECK = "check", _("periodic check")
     RESTORE = "restore", _("startup restore")
     STAFF = "staff", _("staff action")
+    FAL_RECORD = "fal_record", _("fal's record (Platform API)")
+    ADOPT = "adopt", _("adopted from fal")
     COMMAND = "command", _("management command")
     SYSTEM = "system", _("system")
 
@@ -419,3 +438,34 @@ class CheckRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class UnknownFalRequest(models.Model):
+    """A request fal billed to our key that no training follows (found by ``reconcile_fal``).
+
+    Staff adopt it (``adopt_training``) or leave it; a later reconcile that finds it
+    known to us again fills ``adopted_training``.
+    """
+
+    request_id = models.CharField(_("fal request id"), max_length=128, unique=True)
+    endpoint_id = models.CharField(_("fal endpoint"), max_length=128)
+    ended_at = models.DateTimeField(_("ended on fal"), null=True, blank=True)
+    status_code = models.IntegerField(_("HTTP status on fal"), null=True, blank=True)
+    first_seen_at = models.DateTimeField(_("first seen"), default=timezone.now)
+    last_seen_at = models.DateTimeField(_("last seen"), default=timezone.now)
+    adopted_training = models.ForeignKey(
+        Training,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("adopted as"),
+    )
+
+    class Meta:
+        verbose_name = _("fal request unknown to us")
+        verbose_name_plural = _("fal requests unknown to us")
+        ordering = ["-ended_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} {self.request_id}"

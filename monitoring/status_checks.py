@@ -18,6 +18,11 @@ three steps:
    running, nothing changed" case (one bulk UPDATE per batch), and through
    ``monitoring.transitions`` whenever a status changes.
 
+When the queue cannot tell (a 404 for a request we submitted: fal's queue forgets
+results after an hour; a submit whose answer was lost), fal's own record decides
+(``monitoring.recovery``), asked one training after another within half the batch's
+budget; the 404 rule applies only to requests the record does not know either.
+
 Each run records a ``CheckRun`` heartbeat (batches add their counts to it).
 """
 
@@ -37,9 +42,9 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import stuck, transitions
+from monitoring import recovery, stuck, transitions
 from monitoring.fal import client as fal
-from monitoring.fal import payloads
+from monitoring.fal import payloads, platform
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
 from notifications import outbox
 
@@ -79,6 +84,10 @@ _LOADED_FIELDS = (
     "next_check_at",
     "last_checked_at",
     "last_check_error",
+    # Read by the stuck rules on every check (fal's record, monitoring.recovery).
+    "submit_unknown_since",
+    "lost_submit_given_up_at",
+    "result_unavailable_since",
 )
 
 
@@ -250,11 +259,20 @@ class _Batch:
         self.moved: list[Training] = []  # queue position or logs changed
         self.failed: list[Training] = []  # check failure fields changed
         self.account_alerted = False
+        # fal's record is asked one training after another, after the queue's answers:
+        # bounded so that a batch of forgotten results (after a long outage of ours)
+        # cannot run past the task's timeout; the rest are asked at the next check.
+        self._record_until = time.monotonic() + _budget_seconds() / 2
+        self._record: platform.PlatformClient | None = None
 
     def apply(self, training: Training, seen: _Seen) -> CheckReport:
         before = _state(training)
         report = CheckReport(training.pk, training.avatar_id, before, before)
         if not training.fal_request_id:
+            if recovery.is_lost_submit(training, self.now):
+                self._lost_submit(training, report)
+                report.after = _state(training)
+                return report
             report.checked = False
             report.summary = "waiting for fal's answer to the submit"
             return report
@@ -344,6 +362,10 @@ class _Batch:
                 transitions.record_fal_status(
                     training, fal_status=FalStatus.COMPLETED, source=self.source
                 )
+            if isinstance(seen.error, fal.FalNotFound):
+                # The queue forgot the result it just said was there: fal's record decides.
+                self._fal_error(training, seen.error, report)
+                return
             self._fal_error(training, seen.error or fal.FalTransient("empty result"), report)
             report.summary = f"completed on fal, result not fetched yet: {report.error}"
             return
@@ -389,8 +411,52 @@ class _Batch:
         self.failed.append(training)
         report.summary = f"fal error, next try in {backoff} interval(s): {report.error}"
 
+    # -- fal's record: when the queue cannot tell (monitoring.recovery) --
+
+    def _record_client(self) -> platform.PlatformClient | None:
+        """One Platform API client per batch, while the batch's record budget lasts."""
+        if time.monotonic() > self._record_until:
+            return None
+        if self._record is None:
+            try:
+                self._record = platform.PlatformClient()
+            except platform.PlatformUnavailable:
+                return None
+        return self._record
+
+    def close(self) -> None:
+        if self._record is not None:
+            self._record.__exit__(None, None, None)
+            self._record = None
+
+    def _lost_submit(self, training: Training, report: CheckReport) -> None:
+        """No request id and the submit's answer is lost: search fal's record for it."""
+        client = self._record_client()
+        if client is None:
+            report.summary = "lost submit: fal's record not asked in this run (next check)"
+            return
+        found = recovery.lookup_lost_submit(training, via=self.source, now=self.now, client=client)
+        report.summary = found.summary
+        report.changed = found.changed
+
+    def _from_record(self, training: Training, report: CheckReport) -> recovery.Recovery:
+        """The queue said 404: fal's record decides before the 404 rule may."""
+        client = self._record_client()
+        if client is None:
+            return recovery.Recovery(False, "fal's record not asked in this run (next check)")
+        found = recovery.recover_from_record(training, via=self.source, client=client)
+        if found.decided:
+            report.changed = found.changed
+            report.summary = f"queue 404; {found.summary}"
+        return found
+
     def _not_found(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
-        if training.cancel_requested_at:
+        found = self._from_record(training, report)
+        if found.decided:
+            if training.finished_at is None:
+                self._ok(training)  # fal's record answered: not a failed check
+            return
+        if training.cancel_requested_at and found.in_record is False:
             outcome = transitions.cancel(
                 training, source=self.source, reason="fal no longer knows the job after the cancel"
             )
@@ -399,9 +465,15 @@ class _Batch:
             return
         training.not_found_count += 1
         training.not_found_since = training.not_found_since or self.now
-        confirmed = training.not_found_count >= settings.FAL_NOT_FOUND_CONFIRM_COUNT and (
-            self.now - training.not_found_since
-            >= timedelta(minutes=settings.FAL_NOT_FOUND_CONFIRM_MINUTES)
+        # Only a request that fal's record does not know either may be failed; a record
+        # that could not be read decides nothing.
+        confirmed = (
+            found.in_record is False
+            and training.not_found_count >= settings.FAL_NOT_FOUND_CONFIRM_COUNT
+            and (
+                self.now - training.not_found_since
+                >= timedelta(minutes=settings.FAL_NOT_FOUND_CONFIRM_MINUTES)
+            )
         )
         if confirmed:
             outcome = transitions.fail(
@@ -421,7 +493,7 @@ class _Batch:
         self.failed.append(training)
         report.summary = (
             f"fal answered 404 ({training.not_found_count}/{settings.FAL_NOT_FOUND_CONFIRM_COUNT}); "
-            "not believed yet"
+            f"not believed yet: {found.summary}"
         )
 
     def _ok(self, training: Training) -> None:
@@ -493,21 +565,24 @@ def check_trainings(
     now = timezone.now()
     batch = _Batch(source, run_start, now)
     reports: list[CheckReport] = []
-    for training, answer in zip(trainings, seen, strict=True):
-        try:
-            reports.append(batch.apply(training, answer))
-        except Exception as exc:  # one bad row must not stop the batch
-            logger.exception("Check of avatar %s failed", training.avatar_id)
-            reports.append(
-                CheckReport(
-                    training.pk,
-                    training.avatar_id,
-                    _state(training),
-                    _state(training),
-                    error=repr(exc)[:1000],
+    try:
+        for training, answer in zip(trainings, seen, strict=True):
+            try:
+                reports.append(batch.apply(training, answer))
+            except Exception as exc:  # one bad row must not stop the batch
+                logger.exception("Check of avatar %s failed", training.avatar_id)
+                reports.append(
+                    CheckReport(
+                        training.pk,
+                        training.avatar_id,
+                        _state(training),
+                        _state(training),
+                        error=repr(exc)[:1000],
+                    )
                 )
-            )
-    batch.flush()
+        batch.flush()
+    finally:
+        batch.close()  # the batch's Platform API client, if it opened one
     still_active = [t for t in trainings if t.finished_at is None]
     stuck.review(still_active, now, source=source)
     return reports

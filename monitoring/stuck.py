@@ -6,7 +6,9 @@ The limits are settings, with these defaults (README's configuration table):
 setting                              default  measured from
 =================================== ======= =============================================
 STUCK_SUBMITTING_MINUTES              5 min  the start, while fal's answer to the submit
-                                             is unknown (never resubmitted automatically)
+                                             is unknown: looked up in fal's record at
+                                             every check (monitoring.recovery), never
+                                             resubmitted automatically
 STUCK_IN_QUEUE_MINUTES               60 min  the submit, while fal says IN_QUEUE
 STUCK_IN_PROGRESS_MINUTES_PORTRAIT   90 min  the first IN_PROGRESS seen (portrait trainer)
 STUCK_IN_PROGRESS_MINUTES_STYLE      45 min  the first IN_PROGRESS seen (style trainer)
@@ -28,7 +30,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
-from monitoring import transitions
+from monitoring import recovery, transitions
 from monitoring.fal import payloads
 from monitoring.models import EventSource, FalStatus, Training, TrainingType
 
@@ -45,13 +47,12 @@ def stuck_reason(training: Training, now: datetime) -> str:
     if extended is not None and extended > now:
         return ""
 
+    if training.result_unavailable_since is not None:
+        return recovery.RESULT_UNAVAILABLE
     if training.fal_status == FalStatus.SUBMITTING:
         age = now - training.created_at
         if age >= timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES):
-            return (
-                f"submit outcome unknown for {_minutes(age)} min: check fal before retrying "
-                "(never resubmitted automatically)"
-            )
+            return recovery.lost_submit_reason(training, now)
     if training.check_failures:
         since = training.last_check_ok_at or training.submitted_at or training.created_at
         if now - since >= timedelta(minutes=settings.STUCK_FAL_UNREACHABLE_MINUTES):

@@ -8,28 +8,51 @@ submit is then sent exactly once; its outcome decides what happens next:
   the webhook and the periodic check can find the training from then on;
 - fal refused it (401/403/422...) or it never left this machine: the avatar goes back
   to ``ready_for_training`` with the reason, nothing was billed;
-- the answer was lost: the training stays SUBMITTING and is flagged stuck after
-  STUCK_SUBMITTING_MINUTES for staff to decide. It is never re-sent automatically,
-  because a second submit could start a second paid training.
+- the answer was lost: the training stays SUBMITTING, "submit outcome unknown, being
+  looked up": every check searches fal's record for the job it may have created
+  (``monitoring.recovery``) and adopts it when found. It is never re-sent
+  automatically, because a second submit could start a second paid training; only an
+  Operator's "fal has no such job" (``record_no_fal_job``) makes it startable again.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from monitoring import transitions
 from monitoring.fal import client as fal
-from monitoring.fal import payloads
-from monitoring.models import Avatar, Training
+from monitoring.fal import payloads, platform
+from monitoring.models import (
+    Avatar,
+    AvatarStatus,
+    FalStatus,
+    Language,
+    Owner,
+    Training,
+    TrainingOutcome,
+    UnknownFalRequest,
+)
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")
+
+# What start_training (the command, the admin, the API) says of a lost submit: the
+# avatar is training, its job is being looked for; starting it again is not the answer.
+SUBMIT_UNKNOWN_STATE = "submit_outcome_unknown"
+SUBMIT_UNKNOWN_DETAIL = gettext_lazy(
+    "submit outcome unknown, being looked up in fal's record (do not start it again)"
+)
 
 
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
@@ -72,13 +95,20 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
             training,
         )
     except fal.FalSubmitUnknown as exc:
-        # A job may exist on fal. Record what we know and let the stuck check raise it.
+        # A job may exist on fal: every check looks for it in fal's record from now on.
+        now = timezone.now()
         Training.objects.filter(pk=training.pk).update(
-            last_check_error=f"submit outcome unknown: {exc}"[:2000]
+            last_check_error=f"submit outcome unknown: {exc}"[:2000],
+            submit_unknown_since=now,
+            next_check_at=now,
         )
+        training.submit_unknown_since = now
         transitions.record_note(
             training,
-            message=f"fal's answer to the submit was lost ({exc}); not resubmitted",
+            message=(
+                f"fal's answer to the submit was lost ({exc}); not resubmitted, looking it up "
+                "in fal's record"
+            ),
             source=source,
         )
         logger.error(
@@ -90,8 +120,7 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
         return transitions.Outcome(
             True,
             avatar.status,
-            _("fal's answer to the submit was lost (%s); staff must check fal before retrying")
-            % exc,
+            SUBMIT_UNKNOWN_DETAIL,
             training,
         )
 
@@ -102,6 +131,7 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
         response_url=answer.response_url,
         cancel_url=answer.cancel_url,
         queue_position=answer.queue_position,
+        gateway_request_id=answer.gateway_request_id,
         next_check_at=timezone.now() + timedelta(seconds=settings.CHECK_INTERVAL_SECONDS),
         source=source,
         actor=actor,
@@ -159,3 +189,370 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if outcome.changed:
         return _("Cancelled: fal does not know this request any more.")
     return _("Not cancelled: %s.") % outcome.detail
+
+
+def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
+    """An Operator's "fal has no such job" for a lost submit: the avatar is startable again.
+
+    Needs ``monitoring.start_training`` (it makes a new paid start possible), and only
+    after FAL_LOST_SUBMIT_GIVE_UP_HOURS of lookups: before then the job may still be
+    running on fal, where its record does not list it yet. fal's record is asked once
+    more first; a match found now is adopted instead.
+    """
+    from monitoring import recovery
+
+    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
+        "monitoring.start_training"
+    ):
+        raise PermissionDenied(_("You may not make a lost submit startable again."))
+    training.refresh_from_db()
+    if training.finished_at is not None or training.fal_request_id:
+        return _("Nothing to do: the training has a fal request or has ended.")
+    if training.lost_submit_given_up_at is None:
+        return _(
+            "Not yet: fal's record is searched for this submit until %(until)s UTC; a job "
+            "still running on fal is not listed there before it ends."
+        ) % {"until": f"{recovery.give_up_at(training):%Y-%m-%d %H:%M}"}
+    found = recovery.lookup_lost_submit(training, via=source)
+    if training.fal_request_id:
+        return _("fal's record has it after all: adopted (%s).") % found.summary
+    if found.in_record is not False:
+        return _("fal's record could not be read (%s); nothing changed, try again.") % (
+            found.summary
+        )
+    outcome = transitions.refuse_submit(
+        training,
+        error_type="no_fal_job",
+        error_message="An Operator recorded that fal has no job for this lost submit",
+        outcome=TrainingOutcome.NO_FAL_JOB,
+        source=source,
+        actor=actor,
+    )
+    if outcome.changed:
+        return _("Recorded: fal has no such job. The avatar can be started again.")
+    return _("Not changed: %s.") % outcome.detail
+
+
+# --- Adopting a fal request started elsewhere (cut-over, audit) ------------------------------
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass
+class AdoptResult:
+    avatar: Avatar
+    training: Training
+    adopted: bool  # False: the request id was already followed, nothing changed
+
+
+class AdoptRefused(ValueError):
+    """Neither fal's queue nor its record knows the request, or the input is bad."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass
+class _FalSays:
+    """What fal's queue and record said about a request, gathered before any write."""
+
+    report: fal.FalStatusReport | None = None
+    result: dict | None = None
+    item: platform.RecordItem | None = None
+    doubts: list[str] = field(default_factory=list)  # answers we could not get
+
+    @property
+    def known(self) -> bool:
+        return self.report is not None or self.item is not None
+
+    @property
+    def inputs(self) -> dict:
+        return self.item.json_input or {} if self.item is not None else {}
+
+
+def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
+    says = _FalSays()
+    try:
+        says.report = fal.status(endpoint, request_id)
+    except fal.FalNotFound:
+        pass
+    except fal.FalError as exc:
+        says.doubts.append(f"queue: {exc}")
+    if says.report is not None and says.report.status != "COMPLETED":
+        return says  # still running: fal's record lists finished requests only
+    try:
+        says.item = platform.find_request(endpoint, request_id)
+    except platform.PlatformUnavailable as exc:
+        says.doubts.append(str(exc))
+    if (
+        says.report is not None
+        and not says.report.error
+        and not (says.item and says.item.has_output)
+    ):
+        try:
+            says.result = fal.result(endpoint, request_id)
+        except fal.FalError as exc:
+            says.doubts.append(f"result: {exc}")  # the periodic check fetches it later
+    return says
+
+
+def _checked_adopt_input(
+    request_id: str,
+    endpoint: str,
+    avatar: Avatar | None,
+    owner_telegram_id: int | None,
+    name: str,
+    training_type: str | None,
+    owner_language: str | None,
+    created_at: datetime | None,
+) -> tuple[str, str]:
+    """(request id, training type) or ``AdoptRefused`` saying what is wrong."""
+    request_id = (request_id or "").strip() if isinstance(request_id, str) else ""
+    if not REQUEST_ID_RE.match(request_id):
+        raise AdoptRefused(_("request_id must be fal's request id (letters, digits, . _ : -)"))
+    if endpoint not in payloads.ENDPOINTS.values():
+        raise AdoptRefused(
+            _("endpoint must be one of our trainers: %s") % ", ".join(payloads.ENDPOINTS.values())
+        )
+    if training_type is None:
+        training_type = payloads.training_type_of(endpoint)
+    elif payloads.ENDPOINTS.get(training_type) != endpoint:
+        raise AdoptRefused(
+            _("training type %(type)r does not train on %(endpoint)s")
+            % {"type": training_type, "endpoint": endpoint}
+        )
+    if avatar is not None:
+        if owner_telegram_id is not None or name:
+            raise AdoptRefused(_("give either an avatar, or an owner's Telegram id and a name"))
+    else:
+        if owner_telegram_id is None:
+            raise AdoptRefused(_("give an avatar, or an owner's Telegram id and a name"))
+        if not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
+            raise AdoptRefused(_("owner_telegram_id must be a Telegram user id (a number)"))
+        if owner_telegram_id <= 0:
+            raise AdoptRefused(_("owner_telegram_id must be a positive Telegram user id"))
+        if not isinstance(name, str) or not name.strip() or len(name) > 128:
+            raise AdoptRefused(_("name must be 1 to 128 characters"))
+    if owner_language is not None and owner_language not in Language.values:
+        raise AdoptRefused(_("owner_language must be one of %s") % ", ".join(Language.values))
+    if created_at is not None and (
+        not isinstance(created_at, datetime) or timezone.is_naive(created_at)
+    ):
+        raise AdoptRefused(_("created_at must be a date and time with its time zone"))
+    return request_id, training_type
+
+
+def _adoptable_avatar(avatar: Avatar, *, source: str, actor: Any) -> None:
+    """Bring an existing avatar to ready_for_training (inside the adopt's transaction)."""
+    avatar.refresh_from_db()
+    if avatar.status == AvatarStatus.DRAFT:
+        transitions.mark_ready(avatar, source=source, actor=actor)
+    elif avatar.status == AvatarStatus.ERROR:
+        transitions.retrain(avatar, source=source, actor=actor)
+    if avatar.status != AvatarStatus.READY_FOR_TRAINING:
+        raise AdoptRefused(
+            _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
+            % {"id": avatar.pk, "status": avatar.status}
+        )
+
+
+def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
+    """A request that had already ended when adopted ends here too, from what fal said."""
+    from monitoring import recovery
+
+    report = says.report
+    if report is not None and report.status != "COMPLETED":
+        transitions.record_fal_status(
+            training,
+            fal_status=report.status,
+            queue_position=report.queue_position,
+            source=source,
+        )
+        return
+    if report is not None and report.error:
+        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=source)
+        transitions.fail(
+            training,
+            error_message=report.error,
+            error_type=report.error_type or "fal_error",
+            source=source,
+            notify=notify,
+        )
+    elif says.result is not None and payloads.lora_urls(says.result) is not None:
+        lora_url, config_url = payloads.lora_urls(says.result) or ("", "")
+        transitions.complete(
+            training,
+            lora_url=lora_url,
+            config_url=config_url,
+            result=says.result,
+            source=source,
+            notify=notify,
+        )
+    elif says.item is not None:
+        recovery.apply_record_item(training, says.item, via=source, notify=notify)
+
+
+def adopt_training(
+    *,
+    request_id: str,
+    endpoint: str,
+    avatar: Avatar | None = None,
+    owner_telegram_id: int | None = None,
+    name: str = "",
+    training_type: str | None = None,
+    owner_language: str | None = None,
+    notify: bool = False,
+    created_at: datetime | None = None,
+    source: str,
+    actor: Any = None,
+) -> AdoptResult:
+    """Follow fal request ``request_id`` of ``endpoint``, started by another system.
+
+    Idempotent on the request id: a request already followed is returned with
+    ``adopted=False`` and nothing changes. Otherwise fal is asked first (queue status,
+    and fal's record for a request that ended or that the queue forgot), then
+    everything is written in one transaction: the owner and avatar when missing (the
+    images URL and trigger from fal's record when it kept them, else blank), a
+    training attempt with the request id, due for a check at once. A request still
+    running is followed like any other (its owner is told once when it ends); one that
+    had ended completes or fails from what fal said, telling its owner only with
+    ``notify`` (the old system may have told them). Refused (``AdoptRefused``, nothing
+    written) when the input is bad or neither the queue nor the record knows it.
+    """
+    # Staff users need the permission; other callers (the API) check their own.
+    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
+        "monitoring.adopt_training"
+    ):
+        raise PermissionDenied(_("You may not adopt fal requests."))
+    request_id, training_type = _checked_adopt_input(
+        request_id,
+        endpoint,
+        avatar,
+        owner_telegram_id,
+        name,
+        training_type,
+        owner_language,
+        created_at,
+    )
+    existing = _already_followed(request_id)
+    if existing is not None:
+        return existing
+    says = _ask_fal(endpoint, request_id)
+    if not says.known:
+        if says.doubts:
+            raise AdoptRefused(
+                _("fal could not be asked about %(id)s now (%(why)s); try again later")
+                % {"id": request_id, "why": "; ".join(says.doubts)}
+            )
+        raise AdoptRefused(
+            _("neither fal's queue nor its record knows request %(id)s of %(endpoint)s")
+            % {"id": request_id, "endpoint": endpoint}
+        )
+    try:
+        with transaction.atomic():
+            avatar = _adoption_avatar(
+                avatar,
+                owner_telegram_id,
+                name,
+                training_type,
+                owner_language,
+                says,
+                source=source,
+                actor=actor,
+            )
+            training = _adoption_training(
+                avatar, endpoint, request_id, says, created_at, source=source, actor=actor
+            )
+            _finish_adopted(training, says, notify=notify, source=source)
+            # reconcile_fal's list of requests nobody followed: this one is followed now.
+            UnknownFalRequest.objects.filter(request_id=request_id).update(
+                adopted_training=training
+            )
+    except IntegrityError:
+        # Adopted by someone else at the same moment: theirs stands.
+        existing = _already_followed(request_id)
+        if existing is None:
+            raise
+        return existing
+    avatar.refresh_from_db()
+    training.refresh_from_db()
+    return AdoptResult(avatar=avatar, training=training, adopted=True)
+
+
+def _already_followed(request_id: str) -> AdoptResult | None:
+    training = Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
+    if training is None:
+        return None
+    return AdoptResult(avatar=training.avatar, training=training, adopted=False)
+
+
+def _adoption_avatar(
+    avatar: Avatar | None,
+    owner_telegram_id: int | None,
+    name: str,
+    training_type: str,
+    owner_language: str | None,
+    says: _FalSays,
+    *,
+    source: str,
+    actor: Any,
+) -> Avatar:
+    if avatar is not None:
+        _adoptable_avatar(avatar, source=source, actor=actor)
+        return avatar
+    owner, created = Owner.objects.get_or_create(
+        telegram_id=owner_telegram_id, defaults={"language": owner_language or Language.RU}
+    )
+    if not created and owner_language and owner.language != owner_language:
+        owner.language = owner_language
+        owner.save(update_fields=["language"])
+    images_url = payloads.images_url_of(says.inputs)
+    return transitions.create_avatar(
+        owner=owner,
+        name=name.strip(),
+        training_type=training_type,
+        trigger_word=payloads.trigger_of(says.inputs)[:128],
+        images_url=images_url if len(images_url) <= payloads.MAX_URL_LENGTH else "",
+        source=source,
+        actor=actor,
+    )
+
+
+def _adoption_training(
+    avatar: Avatar,
+    endpoint: str,
+    request_id: str,
+    says: _FalSays,
+    created_at: datetime | None,
+    *,
+    source: str,
+    actor: Any,
+) -> Training:
+    begun = transitions.begin_training(
+        avatar,
+        endpoint=endpoint,
+        arguments=says.inputs,
+        webhook_url="",  # fal sends the webhook to whoever submitted it
+        source=source,
+        actor=actor,
+    )
+    training = begun.training
+    if training is None:
+        raise AdoptRefused(
+            _("avatar %(id)s could not start: %(why)s") % {"id": avatar.pk, "why": begun.detail}
+        )
+    transitions.record_submitted(
+        training,
+        request_id=request_id,
+        queue_position=says.report.queue_position if says.report else None,
+        source=source,
+        actor=actor,
+        message="adopted: a fal request started outside the monitor",
+        details={"adopted": True, "in_fal_record": says.item is not None},
+    )
+    if created_at is not None:
+        Avatar.objects.filter(pk=avatar.pk).update(created_at=created_at)
+        Training.objects.filter(pk=training.pk).update(created_at=created_at)
+        training.created_at = created_at
+    return training

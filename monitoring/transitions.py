@@ -250,10 +250,17 @@ def record_submitted(
     cancel_url: str = "",
     queue_position: int | None = None,
     next_check_at: datetime | None = None,
+    gateway_request_id: str = "",
     source: str,
     actor: Any = None,
+    message: str = "",
+    details: dict[str, Any] | None = None,
 ) -> bool:
-    """SUBMITTING → IN_QUEUE with fal's request id, stored the moment fal answers."""
+    """SUBMITTING → IN_QUEUE with fal's request id, stored the moment fal answers.
+
+    Also how a lost submit found in fal's record, or a request adopted from elsewhere,
+    gets its request id (``message`` and ``details`` say so on the timeline).
+    """
     now = timezone.now()
     with transaction.atomic():
         won = Training.objects.filter(
@@ -265,6 +272,7 @@ def record_submitted(
             cancel_url=cancel_url,
             fal_status=FalStatus.IN_QUEUE,
             queue_position=queue_position,
+            gateway_request_id=gateway_request_id[:128],
             submitted_at=now,
             next_check_at=next_check_at or now,
             check_failures=0,
@@ -278,7 +286,8 @@ def record_submitted(
             source,
             training_id=training.pk,
             actor=actor,
-            details={"request_id": request_id, "queue_position": queue_position},
+            message=message,
+            details={"request_id": request_id, "queue_position": queue_position, **(details or {})},
         )
         transaction.on_commit(
             lambda: training_submitted.send(
@@ -312,19 +321,33 @@ def record_note(
 
 
 def refuse_submit(
-    training: Training, *, error_type: str, error_message: str, source: str, actor: Any = None
+    training: Training,
+    *,
+    error_type: str,
+    error_message: str,
+    source: str,
+    actor: Any = None,
+    outcome: str = TrainingOutcome.REFUSED,
 ) -> Outcome:
-    """training (SUBMITTING, no job on fal) → ready_for_training: the avatar stays startable."""
+    """training (SUBMITTING, no job on fal) → ready_for_training: the avatar stays startable.
+
+    fal refused the submit, or (``outcome=NO_FAL_JOB``) an Operator recorded that fal
+    has no job for a submit whose answer was lost.
+    """
     now = timezone.now()
     with transaction.atomic():
         won = Avatar.objects.filter(
-            pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
+            pk=training.avatar_id,
+            status=S.TRAINING,
+            current_training_id=training.pk,
+            current_training__fal_request_id__isnull=True,
         ).update(status=S.READY_FOR_TRAINING, updated_at=now)
         if not won:
             return _lost(training.avatar_id, S.READY_FOR_TRAINING, training.pk)
         Training.objects.filter(pk=training.pk).update(
             finished_at=now,
-            outcome=TrainingOutcome.REFUSED,
+            stuck_since=None,
+            outcome=outcome,
             error_type=error_type,
             error_message=error_message,
             next_check_at=None,
@@ -338,8 +361,9 @@ def refuse_submit(
             old=S.TRAINING,
             new=S.READY_FOR_TRAINING,
             message=error_message,
-            details={"error_type": error_type},
+            details={"error_type": error_type, "outcome": outcome},
         )
+    training.finished_at, training.outcome = now, outcome
     return Outcome(True, S.READY_FOR_TRAINING, training=training)
 
 
@@ -402,6 +426,7 @@ def _finish(
     actor: Any,
     message: str,
     details: dict[str, Any],
+    notify: bool = True,
 ) -> Outcome:
     if training.finished_at is not None and Training.avatar.is_cached(training):
         # An attempt that has finished never finishes again (finished_at is never
@@ -452,9 +477,10 @@ def _finish(
                 details=details,
                 at=now,
             )
-            from notifications import outbox
+            if notify:
+                from notifications import outbox
 
-            outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
+                outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
@@ -468,8 +494,13 @@ def complete(
     result: Any = None,
     source: str,
     actor: Any = None,
+    details: dict[str, Any] | None = None,
+    notify: bool = True,
 ) -> Outcome:
-    """training → completed, storing the LoRA and config URLs and fal's raw result."""
+    """training → completed, storing the LoRA and config URLs and fal's raw result.
+
+    ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message.
+    """
     outcome = _finish(
         training,
         new_status=S.COMPLETED,
@@ -483,7 +514,8 @@ def complete(
         source=source,
         actor=actor,
         message="",
-        details={"lora_url": lora_url},
+        details={"lora_url": lora_url, **(details or {})},
+        notify=notify,
     )
     if outcome.changed:
         logger.info(
@@ -504,6 +536,7 @@ def fail(
     result: Any = None,
     source: str,
     actor: Any = None,
+    notify: bool = True,
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw)."""
     outcome = _finish(
@@ -515,6 +548,7 @@ def fail(
         actor=actor,
         message=error_message,
         details={"error_type": error_type, **(details or {})},
+        notify=notify,
     )
     if outcome.changed:
         logger.warning(
@@ -528,7 +562,15 @@ def fail(
     return outcome
 
 
-def cancel(training: Training, *, source: str, actor: Any = None, reason: str = "") -> Outcome:
+def cancel(
+    training: Training,
+    *,
+    source: str,
+    actor: Any = None,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+    notify: bool = True,
+) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
     outcome = _finish(
         training,
@@ -538,7 +580,8 @@ def cancel(training: Training, *, source: str, actor: Any = None, reason: str = 
         source=source,
         actor=actor,
         message=reason,
-        details={},
+        details=details or {},
+        notify=notify,
     )
     if outcome.changed:
         logger.info(
@@ -604,6 +647,26 @@ def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHE
         training.fal_request_id,
         reason,
     )
+    return True
+
+
+def restate_stuck(training: Training, *, reason: str, source: str = EventSource.CHECK) -> bool:
+    """Flag ``training`` stuck with ``reason``, or give a flag already raised this reason.
+
+    A new reason on a raised flag is a timeline note, not a new episode or alert.
+    """
+    if flag_stuck(training, reason=reason, source=source):
+        return True
+    if training.stuck_reason == reason[:255]:
+        return False
+    with transaction.atomic():
+        won = Training.objects.filter(
+            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=False
+        ).update(stuck_reason=reason[:255])
+        if not won:
+            return False
+        _event(training.avatar_id, EventKind.NOTE, source, training_id=training.pk, message=reason)
+    training.stuck_reason = reason[:255]
     return True
 
 

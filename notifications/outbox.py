@@ -184,6 +184,23 @@ def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | 
     )
 
 
+def queue_fal_record_alert(
+    *, dedup_key: str, text: str, avatar=None, training=None, context: dict | None = None
+) -> Notification | None:
+    """Staff alert about fal's own record (a double submit, a lost submit given up,
+    requests billed that nobody follows). The caller writes the text (Telegram HTML)
+    and picks the key that makes it "once"."""
+    return _create_once(
+        dedup_key=dedup_key[:200],
+        kind=NotificationKind.FAL_RECORD,
+        audience=Audience.STAFF,
+        avatar=avatar,
+        training=training,
+        text=text[: messages.MAX_TEXT],
+        context=context or {},
+    )
+
+
 def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
     """Hand a row to the sender's queue.
 

@@ -58,5 +58,21 @@ def fal(fal_emulator: FalEmulator, settings) -> Iterator[FalEmulator]:
     fal_emulator.deliver_webhooks = True
     fal_emulator.status_latency = 0.0
     settings.FAL_WEBHOOK_JWKS_URL = fal_emulator.jwks_url
+    settings.FAL_PLATFORM_API_URL = fal_emulator.platform_url
     yield fal_emulator
     fal_emulator.reset()
+
+
+def submit_directly(emulator: FalEmulator, endpoint: str, arguments: dict) -> str:
+    """Submit a job to the emulator the way another script with our key would (not us)."""
+    import requests
+
+    response = requests.post(
+        f"{emulator.base_url}/{endpoint}",
+        json=arguments,
+        headers={"Authorization": "Key someone-else:same-account-key"},
+        verify=emulator.ca_bundle,
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()["request_id"]

@@ -263,6 +263,8 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
         request_id = getattr(training, "fal_request_id", None) if training else None
         if request_id:
             return _("training started, fal request %(id)s.") % {"id": request_id}, messages.SUCCESS
+        if training is not None and training.submit_unknown_since:
+            return f"{outcome.detail}.", messages.WARNING
         return _("training started (%(detail)s).") % {
             "detail": outcome.detail or outcome.status
         }, messages.SUCCESS
@@ -525,6 +527,42 @@ def resend_notification(
             )
 
 
+# --- Lost submits (fal's record) -------------------------------------------------------
+
+
+@admin.action(description=gettext_lazy("fal has no such job: make a lost submit startable…"))
+def record_no_fal_job(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
+):
+    from monitoring.trainings import record_no_fal_job as close_lost_submit
+
+    if not request.user.has_perm("monitoring.start_training"):
+        raise PermissionDenied
+    if not _confirmed(request):
+        return _confirm(
+            modeladmin,
+            request,
+            queryset,
+            action="record_no_fal_job",
+            title=_("fal has no such job"),
+            question=_(
+                "Record that fal has no job for these lost submits? fal's record is asked "
+                "once more first; the avatars can then be started again (a new paid training)."
+            ),
+        )
+
+    def do(avatar: Avatar) -> tuple[str, int]:
+        training = _active_training(avatar)
+        if training is None:
+            return _("no active training."), messages.WARNING
+        text = close_lost_submit(training, actor=request.user, source=STAFF)
+        training.refresh_from_db()
+        return text, messages.SUCCESS if training.finished_at else messages.WARNING
+
+    _each(request, queryset, do)
+    return None
+
+
 AVATAR_ACTIONS = [
     recheck_now,
     start_training,
@@ -534,4 +572,5 @@ AVATAR_ACTIONS = [
     clear_stuck,
     extend_deadline,
     resend_notification,
+    record_no_fal_job,
 ]

@@ -86,6 +86,7 @@ class SubmitAnswer:
     response_url: str = ""
     cancel_url: str = ""
     queue_position: int | None = None
+    gateway_request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def submit(training: Any) -> SubmitAnswer:
             response_url=body.get("response_url") or "",
             cancel_url=body.get("cancel_url") or "",
             queue_position=body.get("queue_position"),
+            gateway_request_id=str(body.get("gateway_request_id") or ""),
         )
     detail = payloads.error_detail(body, response.text[:500] or response.reason)
     if code >= 500:

@@ -442,6 +442,7 @@ def _enqueue_recheck(training_id: int) -> None:
 
 def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any) -> tuple[str, str]:
     """Apply a verified delivery to its training: (outcome, note)."""
+    _keep_gateway_request_id(training, data.get("gateway_request_id"))
     payload = data.get("payload")
     if data["status"] == "ERROR":
         error_message = data.get("error")
@@ -491,6 +492,16 @@ def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any)
     return WebhookOutcome.ALREADY_DONE, result.detail
 
 
+def _keep_gateway_request_id(training: Training, gateway_request_id: Any) -> None:
+    """fal's last runner attempt, for support (a query only when it changed)."""
+    if not isinstance(gateway_request_id, str) or not gateway_request_id:
+        return
+    if gateway_request_id[:128] == training.gateway_request_id:
+        return
+    Training.objects.filter(pk=training.pk).update(gateway_request_id=gateway_request_id[:128])
+    training.gateway_request_id = gateway_request_id[:128]
+
+
 def _accepted_with(signature: str):
     """Deliveries with this signature that were acted on: a match means a replay."""
     return WebhookDelivery.objects.filter(
@@ -523,6 +534,7 @@ _LOOKUP_FIELDS: dict[type[Model], set[str]] = {
         "stuck_reason",
         "error_type",
         "error_message",
+        "gateway_request_id",
     },
     Avatar: {"id", "owner_id", "name", "training_type", "status", "current_training_id"},
     Owner: {"id", "telegram_id", "language"},

@@ -18,6 +18,7 @@ from django.conf import settings
 
 PERIODIC_CHECK = "monitoring: periodic status check"
 PRUNE = "monitoring: prune old records"
+RECONCILE = "monitoring: reconcile with fal's record"
 
 
 def _check_minutes() -> int:
@@ -38,6 +39,13 @@ SCHEDULES: list[dict[str, Any]] = [
     {
         "name": PRUNE,
         "func": "monitoring.ops.retention.prune",
+        "schedule_type": "D",  # Schedule.DAILY
+        "repeats": -1,
+    },
+    # fal's record against our trainings: billed requests nobody follows, stale ones.
+    {
+        "name": RECONCILE,
+        "func": "monitoring.tasks.reconcile_fal",
         "schedule_type": "D",  # Schedule.DAILY
         "repeats": -1,
     },

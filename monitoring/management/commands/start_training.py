@@ -10,7 +10,7 @@ from django.utils.translation import gettext as _
 
 from monitoring import transitions
 from monitoring.models import Avatar, AvatarStatus, EventSource, Language, Owner, TrainingType
-from monitoring.trainings import start_training
+from monitoring.trainings import SUBMIT_UNKNOWN_DETAIL, SUBMIT_UNKNOWN_STATE, start_training
 
 
 class Command(BaseCommand):
@@ -51,9 +51,16 @@ class Command(BaseCommand):
                 _("Avatar %(id)s was not started: %(reason)s")
                 % {"id": avatar.pk, "reason": outcome.detail or avatar.status}
             )
+        lost = training is not None and not request_id and training.submit_unknown_since
         if options["json"]:
+            answer = {"id": str(avatar.pk), "fal_request_id": request_id or ""}
+            if lost:
+                answer["state"] = SUBMIT_UNKNOWN_STATE
+            self.stdout.write(json.dumps(answer))
+        elif lost:
+            # Not an error: a second start could bill a second training.
             self.stdout.write(
-                json.dumps({"id": str(avatar.pk), "fal_request_id": request_id or ""})
+                _("Avatar %(id)s: %(detail)s") % {"id": avatar.pk, "detail": SUBMIT_UNKNOWN_DETAIL}
             )
         else:
             message = _("Avatar %(id)s is training (fal request %(request)s)") % {

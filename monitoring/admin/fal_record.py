@@ -1,0 +1,157 @@
+"""fal's record in the admin: the requests fal billed that nobody follows, and the page
+"Adopt a fal request" (Operators: ``monitoring.adopt_training``) to follow one."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from monitoring.fal import payloads
+from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
+from monitoring.trainings import AdoptRefused, adopt_training
+
+ADOPT_PERMISSION = "monitoring.adopt_training"
+
+
+class AdoptForm(forms.Form):
+    request_id = forms.CharField(label=gettext_lazy("fal request id"), max_length=128)
+    endpoint = forms.ChoiceField(
+        label=gettext_lazy("fal endpoint"),
+        choices=[(endpoint, endpoint) for endpoint in payloads.ENDPOINTS.values()],
+    )
+    avatar = forms.IntegerField(
+        label=gettext_lazy("existing avatar id"),
+        required=False,
+        min_value=1,
+        help_text=gettext_lazy("Or leave empty and give the owner and a name."),
+    )
+    owner_telegram_id = forms.IntegerField(
+        label=gettext_lazy("owner's Telegram id"), required=False, min_value=1
+    )
+    name = forms.CharField(label=gettext_lazy("avatar name"), required=False, max_length=128)
+    training_type = forms.ChoiceField(
+        label=gettext_lazy("training type"),
+        required=False,
+        choices=[("", gettext_lazy("from the endpoint"))] + list(TrainingType.choices),
+    )
+    owner_language = forms.ChoiceField(
+        label=gettext_lazy("owner's language"),
+        required=False,
+        choices=[("", "—")] + list(Language.choices),
+    )
+    notify = forms.BooleanField(
+        label=gettext_lazy("tell the owner if it had already ended"),
+        required=False,
+        help_text=gettext_lazy("The old system may have told them already."),
+    )
+
+
+def adopt_view(request: HttpRequest) -> HttpResponse:
+    """One request at a time; the same service as ``manage.py adopt_training``."""
+    if not request.user.has_perm(ADOPT_PERMISSION):
+        raise PermissionDenied
+    form = AdoptForm(request.POST or None, initial=request.GET.dict())
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        avatar = None
+        if data["avatar"]:
+            avatar = Avatar.objects.filter(pk=data["avatar"]).first()
+        try:
+            if data["avatar"] and avatar is None:
+                raise AdoptRefused(_("no avatar with id %s") % data["avatar"])
+            result = adopt_training(
+                request_id=data["request_id"],
+                endpoint=data["endpoint"],
+                avatar=avatar,
+                owner_telegram_id=data["owner_telegram_id"],
+                name=data["name"],
+                training_type=data["training_type"] or None,
+                owner_language=data["owner_language"] or None,
+                notify=data["notify"],
+                source=EventSource.STAFF,
+                actor=request.user,
+            )
+        except AdoptRefused as exc:
+            form.add_error(None, exc.reason)
+            status = 400
+        else:
+            values = {"request": result.training.fal_request_id, "id": result.avatar.pk}
+            if result.adopted:
+                messages.success(
+                    request, _("fal request %(request)s is now followed as avatar %(id)s.") % values
+                )
+            else:
+                messages.info(
+                    request, _("fal request %(request)s was already avatar %(id)s.") % values
+                )
+            return HttpResponseRedirect(
+                reverse("admin:monitoring_avatar_change", args=[result.avatar.pk])
+            )
+    elif request.method == "POST":
+        status = 400
+    context = {
+        **admin.site.each_context(request),
+        "title": _("Adopt a fal request"),
+        "form": form,
+        "opts": UnknownFalRequest._meta,
+    }
+    return TemplateResponse(request, "admin/monitoring/adopt_training.html", context, status=status)
+
+
+@admin.register(UnknownFalRequest)
+class UnknownFalRequestAdmin(admin.ModelAdmin):
+    list_display = (
+        "request_id",
+        "endpoint_id",
+        "ended_at",
+        "status_code",
+        "first_seen_at",
+        "last_seen_at",
+        "adopt_link",
+    )
+    list_filter = ("endpoint_id", ("adopted_training", admin.EmptyFieldListFilter))
+    search_fields = ("request_id",)
+    readonly_fields = [f.name for f in UnknownFalRequest._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self):
+        custom = [
+            path(
+                "adopt/",
+                self.admin_site.admin_view(adopt_view),
+                name="monitoring_adopt_training",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    @admin.display(description=gettext_lazy("adopt"))
+    def adopt_link(self, row: UnknownFalRequest) -> str:
+        if row.adopted_training_id:
+            return format_html(
+                '<a href="{}">{}</a>',
+                reverse("admin:monitoring_training_change", args=[row.adopted_training_id]),
+                _("followed"),
+            )
+        query = urlencode({"request_id": row.request_id, "endpoint": row.endpoint_id})
+        return format_html(
+            '<a class="button" href="{}?{}">{}</a>',
+            reverse("admin:monitoring_adopt_training"),
+            query,
+            _("Adopt…"),
+        )

@@ -1,0 +1,194 @@
+"""Audit what fal billed: compare fal's record of our endpoints with our trainings.
+
+``reconcile_fal`` (the command, and a daily schedule) lists fal's record for each of
+our trainers over a window and finds:
+
+- **requests we do not know**: billed to our key, followed by nobody (started by
+  another script, or by the system this one replaced). They are kept as
+  ``UnknownFalRequest`` rows (the admin lists them, each with a link to adopt it) and
+  staff get one alert listing them (once per set of requests);
+- **trainings fal finished that we still show active**: checked at once through the
+  normal path (``status_checks.check_trainings``: the queue, then fal's record when
+  the queue forgot), so they end exactly as a periodic check would end them.
+
+The listing is read page by page (100 a page) and compared one page at a time: one
+query per page, whatever the window holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from html import escape
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from monitoring.fal import payloads, platform
+from monitoring.models import EventSource, Training, UnknownFalRequest
+from notifications import outbox
+
+logger = logging.getLogger("monitoring")
+
+ALERT_LINES = 30  # one Telegram message; the admin list has them all
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    unknown_to_us: list[dict[str, Any]] = field(default_factory=list)
+    finished_now: list[dict[str, Any]] = field(default_factory=list)
+    platform_calls: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "unknown_to_us": self.unknown_to_us,
+            "finished_now": self.finished_now,
+        }
+
+
+def reconcile_fal(
+    *, since_hours: float | None = None, dry_run: bool = False, source: str = EventSource.SYSTEM
+) -> ReconcileReport:
+    """Compare fal's record of the last ``since_hours`` with our trainings (see module doc).
+
+    Raises ``platform.PlatformUnavailable`` when fal's record cannot be read in full:
+    a partial listing would report nothing unknown for what it did not see.
+    """
+    hours = settings.FAL_RECONCILE_HOURS if since_hours is None else since_hours
+    now = timezone.now()
+    report = ReconcileReport()
+    stale: dict[int, platform.RecordItem] = {}
+    with platform.PlatformClient() as client:
+        try:
+            for endpoint in sorted(set(payloads.ENDPOINTS.values())):
+                page: list[platform.RecordItem] = []
+                items = client.list_requests(
+                    endpoint, start=now - timedelta(hours=hours), end=now + timedelta(minutes=1)
+                )
+                for item in items:
+                    page.append(item)
+                    if len(page) == platform.PAGE_SIZE:
+                        _compare(page, report, stale)
+                        page = []
+                _compare(page, report, stale)
+        finally:
+            report.platform_calls = client.calls
+    if not dry_run:
+        _keep_unknown(report.unknown_to_us, now)
+        _alert_unknown(report.unknown_to_us)
+    report.finished_now = _finish_stale(stale, dry_run=dry_run, source=source)
+    logger.info(
+        "fal reconcile over %s h: %s requests in fal's record, %s unknown to us, %s finished now%s",
+        hours,
+        report.checked,
+        len(report.unknown_to_us),
+        len(report.finished_now),
+        " (dry run)" if dry_run else "",
+    )
+    return report
+
+
+def _compare(
+    page: list[platform.RecordItem], report: ReconcileReport, stale: dict[int, platform.RecordItem]
+) -> None:
+    if not page:
+        return
+    report.checked += len(page)
+    known = {
+        request_id: (pk, finished_at)
+        for pk, request_id, finished_at in Training.objects.filter(
+            fal_request_id__in=[item.request_id for item in page]
+        ).values_list("pk", "fal_request_id", "finished_at")
+    }
+    for item in page:
+        if item.request_id not in known:
+            report.unknown_to_us.append(item.summary())
+            continue
+        pk, finished_at = known[item.request_id]
+        if finished_at is None:
+            stale[pk] = item
+
+
+def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
+    """The admin's list: new requests added, known ones seen again, adopted ones linked."""
+    rows = [
+        UnknownFalRequest(
+            request_id=entry["request_id"],
+            endpoint_id=entry["endpoint_id"],
+            ended_at=entry["ended_at"],
+            status_code=entry["status_code"],
+            first_seen_at=now,
+            last_seen_at=now,
+        )
+        for entry in unknown
+    ]
+    UnknownFalRequest.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
+    ids = [entry["request_id"] for entry in unknown]
+    for start in range(0, len(ids), 1000):
+        UnknownFalRequest.objects.filter(request_id__in=ids[start : start + 1000]).update(
+            last_seen_at=now
+        )
+    # Requests adopted since they were listed (by any path) point at their training.
+    waiting = UnknownFalRequest.objects.filter(adopted_training__isnull=True).values_list(
+        "request_id", flat=True
+    )
+    for request_id, training_id in Training.objects.filter(fal_request_id__in=waiting).values_list(
+        "fal_request_id", "pk"
+    ):
+        UnknownFalRequest.objects.filter(request_id=request_id).update(
+            adopted_training_id=training_id
+        )
+
+
+def _alert_unknown(unknown: list[dict[str, Any]]) -> None:
+    if not unknown:
+        return
+    ids = sorted(entry["request_id"] for entry in unknown)
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
+    lines = [
+        f"• <code>{escape(entry['request_id'])}</code> {escape(entry['endpoint_id'])} "
+        f"(HTTP {entry['status_code']}, {escape(str(entry['ended_at'] or '?'))[:19]})"
+        for entry in unknown[:ALERT_LINES]
+    ]
+    more = len(unknown) - ALERT_LINES
+    text = (
+        f"🧾 fal выставил счёт за {len(unknown)} задач, которые мы не отслеживаем:\n"
+        + "\n".join(lines)
+        + (f"\n… и ещё {more}" if more > 0 else "")
+        + "\nАдмин: «fal requests unknown to us» → «Adopt»."
+    )
+    outbox.queue_fal_record_alert(
+        dedup_key=f"unknown_requests:{digest}", text=text, context={"count": len(unknown)}
+    )
+
+
+def _finish_stale(
+    stale: dict[int, platform.RecordItem], *, dry_run: bool, source: str
+) -> list[dict[str, Any]]:
+    """Trainings fal finished that we still show active: the normal path ends them."""
+    if not stale:
+        return []
+    from monitoring import status_checks
+
+    trainings = list(Training.objects.filter(Q(pk__in=list(stale)) & Q(finished_at__isnull=True)))
+    if dry_run:
+        return [
+            {
+                "request_id": t.fal_request_id,
+                "avatar_id": t.avatar_id,
+                "status": "completed" if stale[t.pk].succeeded else "error",
+            }
+            for t in trainings
+        ]
+    status_checks.check_trainings(trainings, source=source)
+    finished = Training.objects.filter(pk__in=[t.pk for t in trainings], finished_at__isnull=False)
+    return [
+        {"request_id": t.fal_request_id, "avatar_id": t.avatar_id, "status": t.outcome}
+        for t in finished
+    ]

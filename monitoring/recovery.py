@@ -1,0 +1,321 @@
+"""fal is the source of truth: what to do when the queue cannot tell, from fal's own record.
+
+Two situations, both rare, both where the monitor used to lose avatars:
+
+- **The queue answers 404** for a training we submitted (fal's queue forgets a result
+  an hour after the job ends). ``recover_from_record`` looks the request up in fal's
+  record: a success with its payload completes the avatar exactly as a webhook would,
+  a failure fails it with fal's reason (or cancels it after a cancel request), a
+  success without payload is flagged for staff ("finished on fal, result not
+  available") and the owner is told nothing. Only a request the record does not know
+  goes on to the 404 confirmation rule.
+- **A submit whose answer was lost** (or whose process died mid-submit).
+  ``lookup_lost_submit`` searches the record of its endpoint from the submit's start
+  for a request sent with our input (images URL and trigger); one match is adopted,
+  two are a double submit (the earliest is adopted, staff alerted), none leaves it
+  flagged; after FAL_LOST_SUBMIT_GIVE_UP_HOURS staff are alerted once, and only an
+  Operator's "fal has no such job" (``trainings.record_no_fal_job``) makes the avatar
+  startable again. Nothing here ever submits.
+
+Whatever fal's Platform API answers when it cannot answer (429, 5xx, a timeout, its
+own 404) is "try later": nothing is decided on it. Events written from the record
+carry ``source=fal_record``, so the timeline says which source answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from html import escape
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from monitoring import transitions
+from monitoring.fal import payloads, platform
+from monitoring.models import EventSource, FalStatus, Training
+from notifications import outbox
+
+logger = logging.getLogger("monitoring")
+
+RECORD = EventSource.FAL_RECORD
+# fal's clock and ours may differ a little: the lost submit's window opens earlier.
+CLOCK_SKEW = timedelta(minutes=5)
+RESULT_UNAVAILABLE = (
+    "finished on fal, result not available (the queue forgot it, fal's record has no payload)"
+)
+
+
+@dataclass
+class Recovery:
+    """What a look at fal's record did. ``decided``: the training was finished or flagged."""
+
+    decided: bool
+    summary: str
+    changed: bool = False
+    # True/False: the record knows the request or not; None: the record could not be read.
+    in_record: bool | None = None
+
+
+def _error_type(item: platform.RecordItem) -> str:
+    output = item.json_output
+    detail = output.get("detail") if isinstance(output, dict) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        kind = detail[0].get("type")
+        if isinstance(kind, str) and kind:
+            return kind[:128]
+    if isinstance(output, dict) and isinstance(output.get("error_type"), str):
+        return output["error_type"][:128]
+    return f"http_{item.status_code}" if item.status_code else "fal_error"
+
+
+def apply_record_item(
+    training: Training, item: platform.RecordItem, *, via: str, notify: bool = True
+) -> Recovery:
+    """Finish ``training`` from fal's record of its request (or flag it for staff)."""
+    details = {"answered_by": "fal_record", "via": via, "status_code": item.status_code}
+    if item.succeeded and not item.has_output:
+        return _result_unavailable(training, via=via)
+    if training.fal_status != FalStatus.COMPLETED:
+        # Staff should see that fal finished it, whatever comes next.
+        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=RECORD)
+    if item.succeeded:
+        # TODO(coordinator): route through the intake helper's URL validator once merged.
+        urls = payloads.lora_urls(item.json_output)
+        if urls is None:
+            outcome = transitions.fail(
+                training,
+                error_message="fal's record: the result has no LoRA file (diffusers_lora_file)",
+                error_type="no_lora_in_result",
+                result=item.json_output,
+                details=details,
+                source=RECORD,
+                notify=notify,
+            )
+            return Recovery(True, "fal's record: result without a LoRA file", outcome.changed, True)
+        lora_url, config_url = urls
+        outcome = transitions.complete(
+            training,
+            lora_url=lora_url,
+            config_url=config_url,
+            result=item.json_output,
+            details=details,
+            source=RECORD,
+            notify=notify,
+        )
+        return Recovery(True, "completed from fal's record", outcome.changed, True)
+    message = item.error_message
+    if training.cancel_requested_at:
+        # A failure after a cancel request is a cancellation, on every path.
+        outcome = transitions.cancel(
+            training,
+            reason=f"fal stopped the job: {message}",
+            details=details,
+            source=RECORD,
+            notify=notify,
+        )
+        return Recovery(True, "cancelled (fal's record)", outcome.changed, True)
+    outcome = transitions.fail(
+        training,
+        error_message=message,
+        error_type=_error_type(item),
+        result=item.json_output,
+        details=details,
+        source=RECORD,
+        notify=notify,
+    )
+    return Recovery(True, f"failed per fal's record: {message}", outcome.changed, True)
+
+
+def _result_unavailable(training: Training, *, via: str) -> Recovery:
+    now = timezone.now()
+    if training.fal_status != FalStatus.COMPLETED:
+        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=RECORD)
+    if training.result_unavailable_since is None:
+        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
+            result_unavailable_since=now
+        )
+        training.result_unavailable_since = now
+    flagged = transitions.restate_stuck(training, reason=RESULT_UNAVAILABLE, source=RECORD)
+    return Recovery(True, RESULT_UNAVAILABLE, flagged, True)
+
+
+def recover_from_record(
+    training: Training,
+    *,
+    via: str,
+    notify: bool = True,
+    client: platform.PlatformClient | None = None,
+) -> Recovery:
+    """The queue answered 404 for ``training``: ask fal's record what happened to it."""
+    assert training.fal_request_id
+    try:
+        if client is None:
+            item = platform.find_request(training.endpoint, training.fal_request_id)
+        else:
+            item = client.find_request(training.endpoint, training.fal_request_id)
+    except platform.PlatformUnavailable as exc:
+        return Recovery(False, f"fal's record could not be read ({exc}); nothing decided")
+    if item is None:
+        return Recovery(False, "fal's record does not know it either", in_record=False)
+    logger.info(
+        "fal's record answered for avatar %s (request_id=%s): HTTP %s, payload %s",
+        training.avatar_id,
+        training.fal_request_id,
+        item.status_code,
+        "kept" if item.has_output else "missing",
+    )
+    return apply_record_item(training, item, via=via, notify=notify)
+
+
+# --- Lost submits ----------------------------------------------------------------------
+
+
+def is_lost_submit(training: Training, now: datetime) -> bool:
+    """A submit with no request id whose answer was lost, or whose process died."""
+    if training.finished_at is not None or training.fal_request_id:
+        return False
+    if training.submit_unknown_since is not None:
+        return True
+    # No process answers a submit for this long (FAL_SUBMIT_TIMEOUT_SECONDS is far less).
+    return now - training.created_at >= timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
+
+
+def give_up_at(training: Training) -> datetime:
+    return training.created_at + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
+
+
+def lost_submit_reason(training: Training, now: datetime) -> str:
+    """The stuck reason of a lost submit: what is being done about it."""
+    if training.lost_submit_given_up_at is not None:
+        hours = settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS
+        return (
+            f"submit outcome unknown: no matching job in fal's record after {hours:g} h; never "
+            "resubmitted; an Operator may record 'fal has no such job' to make it startable"
+        )
+    # No running count in the text: the reason changes only when what is done changes.
+    return (
+        "submit outcome unknown: looking for it in fal's record at every check until "
+        f"{give_up_at(training):%Y-%m-%d %H:%M} UTC (never resubmitted automatically)"
+    )
+
+
+def lookup_lost_submit(
+    training: Training,
+    *,
+    via: str,
+    now: datetime | None = None,
+    client: platform.PlatformClient | None = None,
+) -> Recovery:
+    """Search fal's record for the job a lost submit may have created; adopt what matches."""
+    now = now or timezone.now()
+    if training.submit_unknown_since is None:
+        # A process died mid-submit: from now on this is a lost submit like any other.
+        Training.objects.filter(pk=training.pk, submit_unknown_since__isnull=True).update(
+            submit_unknown_since=now
+        )
+        training.submit_unknown_since = now
+    since = training.created_at - CLOCK_SKEW
+    try:
+        if client is None:
+            matches, unverifiable = platform.find_matching(
+                training.endpoint, training.arguments or {}, since=since
+            )
+        else:
+            matches, unverifiable = client.find_matching(
+                training.endpoint, training.arguments or {}, since=since
+            )
+    except platform.PlatformUnavailable as exc:
+        return Recovery(False, f"lost submit: fal's record could not be read ({exc}); later")
+    if matches:
+        known = set(
+            Training.objects.filter(
+                Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
+            ).values_list("fal_request_id", flat=True)
+        )
+        matches = [m for m in matches if m.request_id not in known]
+    if not matches:
+        return _no_match(training, unverifiable, now)
+    return _adopt_match(training, matches, via=via)
+
+
+def _adopt_match(training: Training, matches: list[platform.RecordItem], *, via: str) -> Recovery:
+    chosen, others = matches[0], matches[1:]
+    adopted = transitions.record_submitted(
+        training,
+        request_id=chosen.request_id,
+        source=RECORD,
+        message="the lost submit reached fal: its request was found in fal's record",
+        details={"via": via, "matches": len(matches)},
+    )
+    if not adopted:
+        training.refresh_from_db()
+        return Recovery(False, "lost submit: it already has a request id")
+    if others:
+        ids = ", ".join(m.request_id for m in others)
+        transitions.record_note(
+            training,
+            message=(
+                f"fal billed {len(matches)} jobs for this submit; adopted the earliest "
+                f"({chosen.request_id}), not followed: {ids}"
+            ),
+            source=RECORD,
+            details={"adopted": chosen.request_id, "others": [m.request_id for m in others]},
+        )
+        outbox.queue_fal_record_alert(
+            dedup_key=f"double_submit:{training.pk}",
+            avatar=training.avatar,
+            training=training,
+            text=(
+                f"💸 Двойной сабмит на fal: аватар #{training.avatar_id}, "
+                f"{len(matches)} задачи с одним входом.\nВзята самая ранняя: "
+                f"<code>{escape(chosen.request_id)}</code>\nНе отслеживаются: "
+                + ", ".join(f"<code>{escape(m.request_id)}</code>" for m in others)
+            ),
+            context={"adopted": chosen.request_id, "others": [m.request_id for m in others]},
+        )
+        logger.warning(
+            "Double submit for avatar %s: adopted %s, %s more billed on fal",
+            training.avatar_id,
+            chosen.request_id,
+            len(others),
+        )
+    finished = apply_record_item(training, chosen, via=via)
+    return Recovery(
+        True, f"lost submit found in fal's record; {finished.summary}", True, in_record=True
+    )
+
+
+def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
+    note = f" ({unverifiable} listed without their input: not counted as 'no match')"
+    summary = "lost submit: no matching job in fal's record yet" + (note if unverifiable else "")
+    if training.lost_submit_given_up_at is None and now >= give_up_at(training):
+        won = Training.objects.filter(
+            pk=training.pk, finished_at__isnull=True, lost_submit_given_up_at__isnull=True
+        ).update(lost_submit_given_up_at=now)
+        if won:
+            training.lost_submit_given_up_at = now
+            outbox.queue_fal_record_alert(
+                dedup_key=f"lost_submit_given_up:{training.pk}",
+                avatar=training.avatar,
+                training=training,
+                text=(
+                    f"🔎 Сабмит аватара #{training.avatar_id} потерян: за "
+                    f"{settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS:g} ч в записях fal нет задачи с "
+                    "этим входом. Повторно не отправляется; оператор может отметить "
+                    "«на fal такой задачи нет»."
+                    + (
+                        f"\n⚠️ {unverifiable} задач в записях fal без входных данных: "
+                        "сравнить не удалось, проверьте их на fal."
+                        if unverifiable
+                        else ""
+                    )
+                ),
+            )
+            transitions.restate_stuck(
+                training, reason=lost_submit_reason(training, now), source=RECORD
+            )
+            summary += "; given up, staff alerted"
+    return Recovery(False, summary, in_record=False)
