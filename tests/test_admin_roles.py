@@ -11,6 +11,7 @@ status, no event, no queued task, no message, no fal job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,11 +19,12 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from django_q.models import OrmQ
 
 from fakes.fal_emulator import FOREVER
 from fakes.fal_signing import delivery_body, lora_payload
-from monitoring import roles, transitions
+from monitoring import roles, tasks, transitions
 from monitoring.fal import signing_keys
 from monitoring.models import (
     Avatar,
@@ -90,6 +92,8 @@ ACTIONS = [
         AVATARS, "extend_deadline", roles.MANAGE_STUCK, "running", {"confirmed": "yes", "hours": 6}
     ),
     Action(AVATARS, "resend_notification", roles.RESEND_NOTIFICATION, "given_up"),
+    # Makes a lost submit startable again: the way to a new paid start.
+    Action(AVATARS, "record_no_fal_job", roles.START_TRAINING, "lost", {"confirmed": "yes"}),
     # Re-processing a delivery can complete an avatar and tell its owner: the re-check
     # permission (it applies what fal said, as a re-check would).
     Action(DELIVERIES, "reprocess", roles.RECHECK_AVATAR, "delivery"),
@@ -169,7 +173,18 @@ def world(fal, make_avatar, training_avatar):
     delivery = WebhookDelivery.objects.get(request_id="req-late")
     WebhookDelivery.objects.filter(pk=delivery.pk).update(outcome=WebhookOutcome.UNMATCHED)
 
+    # A submit whose answer was lost, looked for in fal's record past the give-up time.
+    fal.script(lose_submit_answer=True, queue_seconds=FOREVER)
+    lost = make_avatar(name="Lost submit")
+    lost_training = start_training(lost, source=EventSource.COMMAND).training
+    Training.objects.filter(pk=lost_training.pk).update(
+        created_at=timezone.now() - timedelta(hours=25)
+    )
+    Training.objects.filter(pk=lost_training.pk).update(next_check_at=timezone.now())
+    tasks.run_check()
+
     return {
+        "lost": lost,
         "running": running,
         "ready": ready,
         "failed": failed,

@@ -37,6 +37,8 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from monitoring import roles, transitions
+from monitoring import trainings as training_service
+from monitoring.fal import client as fal
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -255,9 +257,7 @@ def recheck_now(
 
 
 def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
-    from monitoring.trainings import start_training
-
-    outcome = start_training(avatar, source=STAFF, actor=request.user)
+    outcome = training_service.start_training(avatar, source=STAFF, actor=request.user)
     if outcome.changed:
         training = outcome.training
         request_id = getattr(training, "fal_request_id", None) if training else None
@@ -352,14 +352,13 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
                 "turns cancelled once fal confirms."
             ),
         )
-    from monitoring.trainings import cancel_training
 
     def do(avatar: Avatar) -> tuple[str, int]:
         training = _active_training(avatar)
         if training is None:
             return _("nothing to cancel: no active training."), messages.WARNING
         # cancel_training turns fal's errors into a sentence for staff itself.
-        result = cancel_training(training, source=STAFF, actor=request.user)
+        result = training_service.cancel_training(training, source=STAFF, actor=request.user)
         return str(result), messages.SUCCESS
 
     _each(modeladmin, request, queryset, "cancel_on_fal", do)
@@ -368,8 +367,6 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
 
 def _cancel_job_after_failing(training: Training) -> str:
     """Stop a job we just marked failed, so fal does not keep training (and billing) it."""
-    from monitoring.fal import client as fal
-
     if not training.fal_request_id or training.fal_status not in (
         FalStatus.IN_QUEUE,
         FalStatus.IN_PROGRESS,
@@ -530,14 +527,13 @@ def resend_notification(
 # --- Lost submits (fal's record) -------------------------------------------------------
 
 
-@admin.action(description=gettext_lazy("fal has no such job: make a lost submit startable…"))
+@staff_action(
+    permission=roles.START_TRAINING,
+    description=gettext_lazy("fal has no such job: make a lost submit startable…"),
+)
 def record_no_fal_job(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ):
-    from monitoring.trainings import record_no_fal_job as close_lost_submit
-
-    if not request.user.has_perm("monitoring.start_training"):
-        raise PermissionDenied
     if not _confirmed(request):
         return _confirm(
             modeladmin,
@@ -555,11 +551,11 @@ def record_no_fal_job(
         training = _active_training(avatar)
         if training is None:
             return _("no active training."), messages.WARNING
-        text = close_lost_submit(training, actor=request.user, source=STAFF)
+        text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.finished_at else messages.WARNING
 
-    _each(request, queryset, do)
+    _each(modeladmin, request, queryset, "record_no_fal_job", do)
     return None
 
 
