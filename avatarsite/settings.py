@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     # django-q2's own) wins.
     "monitoring.apps.MonitoringConfig",
     "notifications.apps.NotificationsConfig",
+    "totals.apps.TotalsConfig",
     "django_q",
 ]
 
@@ -137,9 +138,9 @@ STORAGES = {
 # --- HTTPS -----------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-# fal treats a redirect as a permanent delivery failure, and load balancers probe
-# over plain http: these two paths are never redirected.
-SECURE_REDIRECT_EXEMPT = [r"^webhooks/fal/$", r"^healthz$"]
+# fal treats a redirect as a permanent delivery failure, and load balancers and
+# Prometheus probe over plain http: these paths are never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^webhooks/fal/$", r"^healthz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
@@ -280,6 +281,13 @@ else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be larger than Q_TIMEOUT_SECONDS")
+
+# --- Operations: /metrics, error tracking ------------------------------------------------
+# /metrics answers 404 unless one of these is set; when set, each one applies.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
+METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
 
 # --- Logging ---------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()

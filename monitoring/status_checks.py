@@ -24,6 +24,7 @@ Each run records a ``CheckRun`` heartbeat (batches add their counts to it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+import totals
 from monitoring import stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
@@ -249,6 +251,8 @@ class _Batch:
         self.ok_ids: list[int] = []
         self.moved: list[Training] = []  # queue position or logs changed
         self.failed: list[Training] = []  # check failure fields changed
+        # fal errors by class, added to the running totals once per batch (/metrics).
+        self.fal_errors: collections.Counter[str] = collections.Counter()
         self.account_alerted = False
 
     def apply(self, training: Training, seen: _Seen) -> CheckReport:
@@ -372,6 +376,7 @@ class _Batch:
     def _fal_error(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
         report.error = str(error)[:1000]
         report.fal_error = True
+        self.fal_errors[type(error).__name__] += 1
         if isinstance(error, fal.FalNotFound):
             self._not_found(training, error, report)
             return
@@ -434,6 +439,8 @@ class _Batch:
     # -- the routine writes, a few queries per batch --
 
     def flush(self) -> None:
+        for error_class, count in self.fal_errors.items():
+            totals.add("fal_errors", {"class": error_class}, count)
         active = Training.objects.filter(finished_at__isnull=True)
         if self.ok_ids:
             active.filter(pk__in=self.ok_ids).update(

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+import totals
 from notifications import outbox, rate_limits
 from notifications.backends import get_backend
 from notifications.backends.base import (
@@ -463,6 +464,7 @@ def send_claimed(notification: Notification, backend: BaseBackend | None = None)
 
 
 def _record(attempt: NotificationAttempt, outcome: str, **fields) -> None:
+    totals.add("notification_sends", {"result": outcome})
     NotificationAttempt.objects.filter(pk=attempt.pk).update(
         outcome=outcome, finished_at=timezone.now(), **fields
     )
