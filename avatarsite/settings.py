@@ -288,6 +288,19 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
 METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
+# Error tracking (sentry-sdk with its Django integration), only with a DSN. Events
+# pass through the same secret redaction as the logs (avatarsite.error_tracking).
+SENTRY_DSN = env_str("SENTRY_DSN")
+SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "production")
+SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0)
+if SENTRY_TRACES_SAMPLE_RATE > 1.0:
+    raise ImproperlyConfigured("SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1")
+if SENTRY_DSN:
+    from avatarsite import error_tracking
+
+    error_tracking.start(
+        SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE
+    )
 
 # --- Logging ---------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
@@ -295,17 +308,23 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
     )
+# text: one line per record, as people read it; json: one JSON object per line for a
+# log pipeline (the same messages, with avatar_id and request_id as fields).
+LOG_FORMAT = (env_str("LOG_FORMAT", "text") or "text").lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"redact_secrets": {"()": "avatarsite.log_redaction.RedactSecrets"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "avatarsite.log_redaction.JsonFormatter"},
     },
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
             "filters": ["redact_secrets"],
         },
     },

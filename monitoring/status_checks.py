@@ -490,6 +490,7 @@ def check_trainings(
             training.fal_request_id or "-",
             training.fal_status,
             source,
+            extra={"avatar_id": training.avatar_id, "request_id": training.fal_request_id},
         )
     wants_logs = [_wants_logs(t, run_start, source) for t in trainings]
     seen = asyncio.run(_ask_all(trainings, wants_logs, _budget_seconds()))
