@@ -176,3 +176,17 @@ def test_a_malformed_dsn_stops_start_up_naming_the_variable():
     result = _run_django("", SENTRY_DSN="not-a-dsn")
     assert result.returncode != 0
     assert "SENTRY_DSN is not a valid Sentry DSN" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("METRICS_TOKEN", "short", "METRICS_TOKEN must be at least 16 characters"),
+        ("METRICS_ALLOWED_IPS", "10.0.0.0/8,office", "METRICS_ALLOWED_IPS must list IP addresses"),
+        ("SENTRY_TRACES_SAMPLE_RATE", "2", "SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1"),
+    ],
+)
+def test_bad_operations_settings_stop_start_up_naming_the_variable(name, value, message):
+    result = _run_django("", **{name: value})
+    assert result.returncode != 0
+    assert message in result.stderr
