@@ -9,18 +9,21 @@ as Authorization are not sent (``send_default_pii`` off).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ImproperlyConfigured
 
 from avatarsite.log_redaction import redact_value
 
+if TYPE_CHECKING:
+    from sentry_sdk.types import Breadcrumb, Event, Hint
 
-def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+
+def before_send(event: Event, hint: Hint) -> Event:
     return redact_value(event)
 
 
-def before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def before_breadcrumb(crumb: Breadcrumb, hint: Hint) -> Breadcrumb:
     # Breadcrumbs are the log lines and HTTP calls before the error: redacted too.
     return redact_value(crumb)
 

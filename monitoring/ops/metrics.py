@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from django.conf import settings
@@ -79,7 +79,7 @@ def _counter(
     documentation: str,
     label_names: list[str],
     found: dict[tuple[tuple[str, str], ...], int],
-    known: list[tuple[str, ...]],
+    known: Sequence[tuple[str, ...]],
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=label_names)
     values = {tuple(sorted(zip(label_names, labels, strict=True))): 0 for labels in known}
