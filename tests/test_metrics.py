@@ -226,3 +226,12 @@ def test_the_allow_list_sees_the_client_behind_the_proxy_by_the_one_rule(client,
     settings.METRICS_TOKEN = TOKEN
     no_token = client.get("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9")
     assert no_token.status_code == 401
+
+
+def test_prometheus_scrapes_over_plain_http_without_a_redirect(settings, metrics_on):
+    from django.test import Client
+
+    settings.SECURE_SSL_REDIRECT = True
+    client = Client()  # a fresh handler: the security middleware reads the setting
+    assert client.get("/admin/login/").status_code == 301
+    assert scrape(client)[("avatar_monitor_trainings_stuck", ())] == 0
