@@ -147,9 +147,9 @@ STORAGES = {
 # --- HTTPS -----------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-# fal treats a redirect as a permanent delivery failure, and load balancers probe
-# over plain http: these two paths are never redirected.
-SECURE_REDIRECT_EXEMPT = [r"^webhooks/fal/$", r"^healthz$"]
+# fal treats a redirect as a permanent delivery failure, and load balancers and
+# Prometheus probe over plain http: these paths are never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^webhooks/fal/$", r"^healthz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
@@ -174,6 +174,8 @@ AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
 # The one rule for the client's address behind the proxy (last X-Forwarded-For hop).
 AXES_CLIENT_IP_CALLABLE = "avatarsite.client_address.client_address"
 AXES_LOCKOUT_CALLABLE = "avatarsite.login_lockout.lockout_response"
+# Its start-up banner would be one more INFO line before every command's output.
+AXES_VERBOSE = False
 
 # --- fal ---------------------------------------------------------------------------
 # fal-client itself reads only FAL_KEY; the old system's FAL_API_KEY is accepted too
@@ -321,23 +323,49 @@ else:
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be larger than Q_TIMEOUT_SECONDS")
 
+# --- Operations: /metrics, error tracking ------------------------------------------------
+# /metrics answers 404 unless one of these is set; when set, each one applies.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
+METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
+# Error tracking (sentry-sdk with its Django integration), only with a DSN. Events
+# pass through the same secret redaction as the logs (avatarsite.error_tracking).
+SENTRY_DSN = env_str("SENTRY_DSN")
+SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "production")
+SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0)
+if SENTRY_TRACES_SAMPLE_RATE > 1.0:
+    raise ImproperlyConfigured("SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1")
+if SENTRY_DSN:
+    from avatarsite import error_tracking
+
+    error_tracking.start(
+        SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE
+    )
+
 # --- Logging ---------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
     )
+# text: one line per record, as people read it; json: one JSON object per line for a
+# log pipeline (the same messages, with avatar_id and request_id as fields).
+LOG_FORMAT = (env_str("LOG_FORMAT", "text") or "text").lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"redact_secrets": {"()": "avatarsite.log_redaction.RedactSecrets"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "avatarsite.log_redaction.JsonFormatter"},
     },
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
             "filters": ["redact_secrets"],
         },
     },

@@ -1,13 +1,14 @@
-"""URL routes. ``/webhooks/fal/`` and ``/healthz`` are exempt from the SSL redirect."""
+"""URL routes. ``/webhooks/fal/``, ``/healthz`` and ``/metrics`` are exempt from the SSL redirect."""
 
 from django.contrib import admin
 from django.urls import path
 
 from monitoring.fal import views
-from monitoring.ops import health
+from monitoring.ops import health, metrics
 
 urlpatterns = [
     path("webhooks/fal/", views.fal_webhook, name="fal-webhook"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -2,9 +2,12 @@
 
     python -m fakes.fal_emulator --state-dir DIR &       # the emulator (writes DIR/emulator.env)
     python -m fakes.demo --env-file DIR/emulator.env     # these avatars, started on it
+    python -m fakes.demo --staff-login DIR/staff-login   # and a staff login for the admin
 
 Every owner and avatar it creates is named "Demo ..."; it does nothing when demo
-avatars already exist. The emulator scripts jobs from their images URL: "fail" fails,
+avatars already exist. The staff login (user "demo", a random password made once per
+state directory and kept in that file, readable by its owner only) lets a newcomer
+into the admin with no extra step; ./bin/run prints it in its banner. The emulator scripts jobs from their images URL: "fail" fails,
 "stuck" stays in the queue, anything else queues ~10 s, trains ~30 s and completes.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 from pathlib import Path
 
 DEMO_AVATARS = [
@@ -100,9 +104,38 @@ def create_demo() -> list[str]:
     return lines
 
 
+DEMO_STAFF_USERNAME = "demo"
+
+
+def ensure_staff_login(path: Path) -> tuple[str, str]:
+    """The demo's staff user, with the password kept in ``path`` (made on first use)."""
+    from django.contrib.auth import get_user_model
+
+    if path.exists():
+        password = path.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(12)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(password + "\n")
+    user, _created = get_user_model().objects.get_or_create(
+        username=DEMO_STAFF_USERNAME, defaults={"is_staff": True, "is_superuser": True}
+    )
+    if not (user.is_staff and user.is_superuser and user.is_active) or not user.check_password(
+        password
+    ):
+        user.is_staff = user.is_superuser = user.is_active = True
+        user.set_password(password)
+        user.save()
+    return DEMO_STAFF_USERNAME, password
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Create demo avatars trained on the fal emulator.")
     parser.add_argument("--env-file", type=Path, help="the emulator's emulator.env")
+    parser.add_argument(
+        "--staff-login", type=Path, help="make a demo staff user; its password is kept here"
+    )
     args = parser.parse_args(argv)
     if args.env_file:
         load_env_file(args.env_file)
@@ -120,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     for line in create_demo():
         print(line)
+    if args.staff_login:
+        username, _password = ensure_staff_login(args.staff_login)
+        print(
+            f"DEMO: staff user {username!r} can log in to the admin (password in {args.staff_login})"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ class MonitoringConfig(AppConfig):
     def ready(self) -> None:
         from monitoring import roles, transitions
         from monitoring.fal import webhooks  # noqa: F401
-        from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
+        from monitoring.ops import schedules, system_checks, totals  # noqa: F401 (registers the checks)
+        from notifications import signals as notification_signals
 
         # `migrate` creates or updates the periodic schedules (idempotent by name).
         post_migrate.connect(
@@ -24,4 +25,7 @@ class MonitoringConfig(AppConfig):
         # A webhook may arrive before the request id is saved; apply it once it is.
         transitions.training_submitted.connect(
             webhooks.apply_unmatched_deliveries, dispatch_uid="monitoring-unmatched-webhooks"
+        )
+        notification_signals.send_recorded.connect(
+            totals.count_notification_send, dispatch_uid="monitoring-count-notification-sends"
         )

@@ -469,3 +469,27 @@ class UnknownFalRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint_id} {self.request_id}"
+
+
+class RunningTotal(models.Model):
+    """A counter that only goes up: one row per name and label set (``ops.totals``).
+
+    Prometheus counters must never decrease and every process must report the same
+    numbers, so a counter is neither a per-process variable nor a count of rows that
+    retention later prunes. Retention never touches this table.
+    """
+
+    name = models.CharField(_("name"), max_length=64)
+    # JSON with sorted keys (``ops.totals.labels_text``), e.g. {"verdict": "valid", ...}.
+    labels = models.CharField(_("labels"), max_length=255)
+    value = models.BigIntegerField(_("value"), default=0)
+
+    class Meta:
+        verbose_name = _("running total")
+        verbose_name_plural = _("running totals")
+        constraints = [
+            models.UniqueConstraint(fields=["name", "labels"], name="running_total_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.labels} = {self.value}"

@@ -29,6 +29,7 @@ Each run records a ``CheckRun`` heartbeat (batches add their counts to it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -46,6 +47,7 @@ from monitoring import recovery, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
+from monitoring.ops import totals
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")
@@ -258,6 +260,8 @@ class _Batch:
         self.ok_ids: list[int] = []
         self.moved: list[Training] = []  # queue position or logs changed
         self.failed: list[Training] = []  # check failure fields changed
+        # fal errors by class, added to the running totals once per batch (/metrics).
+        self.fal_errors: collections.Counter[str] = collections.Counter()
         self.account_alerted = False
         # fal's record is asked one training after another, after the queue's answers:
         # bounded so that a batch of forgotten results (after a long outage of ours)
@@ -394,6 +398,7 @@ class _Batch:
     def _fal_error(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
         report.error = str(error)[:1000]
         report.fal_error = True
+        self.fal_errors[type(error).__name__] += 1
         if isinstance(error, fal.FalNotFound):
             self._not_found(training, error, report)
             return
@@ -506,6 +511,8 @@ class _Batch:
     # -- the routine writes, a few queries per batch --
 
     def flush(self) -> None:
+        for error_class, count in self.fal_errors.items():
+            totals.add("fal_errors", {"class": error_class}, count)
         active = Training.objects.filter(finished_at__isnull=True)
         if self.ok_ids:
             active.filter(pk__in=self.ok_ids).update(
@@ -555,6 +562,7 @@ def check_trainings(
             training.fal_request_id or "-",
             training.fal_status,
             source,
+            extra={"avatar_id": training.avatar_id, "request_id": training.fal_request_id},
         )
     wants_logs = [_wants_logs(t, run_start, source) for t in trainings]
     seen = asyncio.run(_ask_all(trainings, wants_logs, _budget_seconds()))

@@ -302,6 +302,7 @@ def record_submitted(
         training.avatar_id,
         request_id,
         training.endpoint,
+        extra={"avatar_id": training.avatar_id, "request_id": request_id},
     )
     return True
 
@@ -523,6 +524,7 @@ def complete(
             training.avatar_id,
             training.fal_request_id,
             source,
+            extra={"avatar_id": training.avatar_id, "request_id": training.fal_request_id},
         )
     return outcome
 

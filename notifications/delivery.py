@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from notifications import outbox, rate_limits
+from notifications import outbox, rate_limits, signals
 from notifications.backends import get_backend
 from notifications.backends.base import (
     BaseBackend,
@@ -463,6 +463,7 @@ def send_claimed(notification: Notification, backend: BaseBackend | None = None)
 
 
 def _record(attempt: NotificationAttempt, outcome: str, **fields) -> None:
+    signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
     NotificationAttempt.objects.filter(pk=attempt.pk).update(
         outcome=outcome, finished_at=timezone.now(), **fields
     )

@@ -74,6 +74,8 @@ def test_bin_run_serves_the_admin_on_sqlite_with_the_worker_running_and_stops_on
             60,
             "the worker's restore line",
         )
+        # The banner comes last, after the start-up output.
+        wait_for(lambda: any("Ctrl-C stops" in line for line in output), 60, "the banner")
         text = "".join(output)
         assert f"http://127.0.0.1:{port}/admin/" in text
         assert "createsuperuser" in text

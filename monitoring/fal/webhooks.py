@@ -59,6 +59,7 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
+from monitoring.ops import totals
 
 logger = logging.getLogger("monitoring")
 
@@ -267,7 +268,7 @@ def _record(
     kept = body if whole_body else body[:EXCERPT_BYTES]
     data = data or {}
     now = timezone.now()
-    return WebhookDelivery.objects.create(
+    delivery = WebhookDelivery.objects.create(
         received_at=received_at or now,
         remote_addr=_remote_addr(request),
         headers=headers,
@@ -284,6 +285,8 @@ def _record(
         processed_at=now if outcome != WebhookOutcome.RECEIVED else None,
         training_id=training_id,
     )
+    totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
+    return delivery
 
 
 def receive(request: HttpRequest) -> Answer:

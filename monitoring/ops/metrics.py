@@ -1,0 +1,241 @@
+"""``GET /metrics``: what the dashboard knows, in Prometheus' text format.
+
+Every figure is read from the database at scrape time (``DatabaseCollector``), never
+kept in a process: any web process answers with the same numbers, whichever one the
+load balancer picks, and a worker restart loses nothing. Counters come from the
+running totals (``totals``), which only ever go up and are never pruned.
+
+Off unless configured: with neither ``METRICS_TOKEN`` nor ``METRICS_ALLOWED_IPS`` the
+endpoint answers 404. A set token must come as ``Authorization: Bearer <token>``
+(401 otherwise); a set allow-list must contain the client's address, found by the
+project's one rule behind the proxy (403 otherwise). When both are set, both apply.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Count, Min, Q
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from avatarsite.client_address import client_address
+from monitoring.fal import client as fal
+from monitoring.models import (
+    Avatar,
+    AvatarStatus,
+    CheckRun,
+    FalStatus,
+    Training,
+    WebhookOutcome,
+    WebhookVerdict,
+)
+from monitoring.ops import health, totals
+
+logger = logging.getLogger("monitoring")
+
+PREFIX = "avatar_monitor"
+# Series that exist from the first scrape with 0, so that rate() sees their first
+# increase (a series that appears at 1 has no increase to show).
+FAL_ERROR_CLASSES = (fal.FalTransient.__name__, fal.FalAuthError.__name__, fal.FalNotFound.__name__)
+
+
+def _known_webhook_labels() -> list[tuple[str, str]]:
+    valid = [
+        (WebhookVerdict.VALID.value, outcome.value)
+        for outcome in WebhookOutcome
+        if outcome != WebhookOutcome.RECEIVED
+    ]
+    refused = [
+        (verdict.value, WebhookOutcome.REJECTED.value)
+        for verdict in WebhookVerdict
+        if verdict != WebhookVerdict.VALID
+    ]
+    return valid + refused
+
+
+def _known_send_results() -> list[str]:
+    from notifications.models import NotificationAttempt
+
+    return [
+        o.value for o in NotificationAttempt.Outcome if o != NotificationAttempt.Outcome.IN_FLIGHT
+    ]
+
+
+def _counter(
+    name: str,
+    documentation: str,
+    label_names: list[str],
+    found: dict[tuple[tuple[str, str], ...], int],
+    known: Sequence[tuple[str, ...]],
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=label_names)
+    values = {tuple(sorted(zip(label_names, labels, strict=True))): 0 for labels in known}
+    values.update(found)
+    for key in sorted(values):
+        labels = dict(key)
+        family.add_metric([labels.get(n, "") for n in label_names], values[key])
+    return family
+
+
+class DatabaseCollector:
+    """Reads every figure from the database when Prometheus scrapes: 7 queries."""
+
+    def collect(self, now: datetime | None = None) -> Iterator[Metric]:
+        from notifications import delivery
+        from notifications.models import Notification
+
+        now = now or timezone.now()
+
+        # 1. Active trainings by fal sub-state, with the stuck ones among them.
+        active = GaugeMetricFamily(
+            f"{PREFIX}_trainings_active",
+            "Trainings in progress (not finished), by fal sub-state.",
+            labels=["fal_status"],
+        )
+        rows = {
+            row["fal_status"]: row
+            for row in Training.objects.filter(finished_at__isnull=True)
+            .values("fal_status")
+            .annotate(n=Count("id"), stuck=Count("id", filter=Q(stuck_since__isnull=False)))
+            .order_by()
+        }
+        for status in FalStatus.values:
+            active.add_metric([status], rows[status]["n"] if status in rows else 0)
+        yield active
+        yield GaugeMetricFamily(
+            f"{PREFIX}_trainings_stuck",
+            "Active trainings flagged stuck.",
+            value=sum(row["stuck"] for row in rows.values()),
+        )
+
+        # 2. Avatars by status.
+        avatars = GaugeMetricFamily(f"{PREFIX}_avatars", "Avatars by status.", labels=["status"])
+        counts = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
+        for status in AvatarStatus.values:
+            avatars.add_metric([status], counts.get(status, 0))
+        yield avatars
+
+        # 3-4. The periodic check's heartbeat, and how long its last finished run took.
+        beat = health.heartbeat(now)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_check_run_age_seconds",
+            "Seconds since the worker's last periodic check run started (+Inf: never ran).",
+            value=beat.age_seconds if beat.age_seconds is not None else math.inf,
+        )
+        last_duration = (
+            CheckRun.objects.filter(kind__in=health.WORKER_RUN_KINDS, finished_at__isnull=False)
+            .order_by("-started_at")
+            .values_list("duration_seconds", flat=True)
+            .first()
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_check_run_duration_seconds",
+            "Duration of the worker's last finished periodic check run (NaN: none yet).",
+            value=last_duration if last_duration is not None else math.nan,
+        )
+
+        # 5. The notification backlog, and how long its oldest due message has waited.
+        backlog = Notification.objects.filter(status__in=("pending", "sending")).aggregate(
+            n=Count("id"),
+            oldest_due=Min("next_attempt_at", filter=Q(pk__in=delivery.due_rows().values("pk"))),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_notifications_backlog",
+            "Notifications not sent yet (pending or being sent).",
+            value=backlog["n"],
+        )
+        oldest = backlog["oldest_due"]
+        yield GaugeMetricFamily(
+            f"{PREFIX}_notifications_oldest_due_seconds",
+            "Seconds the oldest due notification has been waiting for a worker (0: none due).",
+            value=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        )
+
+        # 6. Whether sending is paused (Telegram rejected the token).
+        paused, _reason = delivery.sending_paused()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_notifications_paused",
+            "1 while notification sending is paused because Telegram rejects the bot token.",
+            value=1 if paused else 0,
+        )
+
+        # 7. Counters: the running totals, never pruned.
+        found = totals.current()
+        yield _counter(
+            "fal_errors",
+            "fal answers to status checks that were errors, by exception class.",
+            ["class"],
+            found.get("fal_errors", {}),
+            [(c,) for c in FAL_ERROR_CLASSES],
+        )
+        yield _counter(
+            "webhook_deliveries",
+            "fal webhook deliveries received, by signature verdict and outcome.",
+            ["verdict", "outcome"],
+            found.get("webhook_deliveries", {}),
+            _known_webhook_labels(),
+        )
+        yield _counter(
+            "notification_sends",
+            "Telegram answers to notification sends, by result.",
+            ["result"],
+            found.get("notification_sends", {}),
+            [(r,) for r in _known_send_results()],
+        )
+
+
+# Only our collector: process metrics (memory, GC) would differ between processes.
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(DatabaseCollector())
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    """Why this request may not scrape (a response), or None when it may."""
+    token, networks = settings.METRICS_TOKEN, settings.METRICS_ALLOWED_IPS
+    if not token and not networks:
+        # Not configured: the endpoint does not exist.
+        raise Http404("metrics are not enabled")
+    if networks:
+        address = client_address(request)
+        if address is None or not any(
+            ipaddress.ip_address(address) in network for network in networks
+        ):
+            return JsonResponse({"error": "this address may not read the metrics"}, status=403)
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            response = JsonResponse(
+                {"error": "a valid bearer token is required (Authorization: Bearer …)"},
+                status=401,
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    return None
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
+    try:
+        body = generate_latest(REGISTRY)
+    except DatabaseError as exc:
+        logger.error("metrics: database unreachable (%s)", type(exc).__name__)
+        return JsonResponse({"error": "database unreachable"}, status=503)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,12 @@
+"""What the notifications app announces to whoever counts or watches it.
+
+``notifications`` never imports ``monitoring``: the monitor connects its receivers.
+"""
+
+from __future__ import annotations
+
+import django.dispatch
+
+# Sent when the outcome of one Bot API call is recorded (``outcome``: the attempt's
+# outcome, e.g. "sent", "transient", "permanent").
+send_recorded = django.dispatch.Signal()

@@ -1,0 +1,168 @@
+"""The operator's files: docker-compose.yml, the Procfile and .env.example.
+
+No Docker engine runs here, so the compose file is validated against the Compose
+Specification's JSON schema, vendored as ``tests/data/compose-spec.json``: the
+``compose/config/compose_spec.json`` shipped in docker-compose 1.29.2's package on
+PyPI (Apache-2.0; the compose-spec project's schema as of that release).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+APP_SERVICES = ("migrate", "web", "worker")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def schema_errors(document: dict) -> list[str]:
+    validator = jsonschema.Draft201909Validator(SCHEMA)
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+def entrypoint_roles() -> set[str]:
+    script = (ROOT / "bin" / "docker-entrypoint").read_text()
+    return set(re.findall(r"^\s{2}([a-z]+)\)$", script, flags=re.MULTILINE))
+
+
+def test_the_compose_file_validates_against_the_compose_specification(compose):
+    assert schema_errors(compose) == []
+
+
+def test_the_schema_does_catch_a_broken_compose_file(compose):
+    # A check that would pass anything proves nothing.
+    broken = copy.deepcopy(compose)
+    broken["services"]["web"]["depends_on"]["migrate"]["condition"] = "when_ready"
+    broken["services"]["worker"]["healthcheck"]["retries"] = "three"
+    broken["services"]["db"]["restart_policy"] = "always"
+    errors = schema_errors(broken)
+    assert len(errors) >= 3, errors
+
+
+def test_compose_wires_the_database_migration_web_and_worker_in_order(compose):
+    services = compose["services"]
+    assert set(services) == {"db", "redis", *APP_SERVICES}
+    assert services["redis"]["profiles"] == ["redis"]
+    assert "profiles" not in services["db"]
+    assert services["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    for name in ("web", "worker"):
+        assert services[name]["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"}
+        }
+    assert services["migrate"]["restart"] == "no"
+    for name in APP_SERVICES:
+        service = services[name]
+        # One .env file, one image, a role the entry point knows.
+        assert service["env_file"] == ".env"
+        assert service["build"] == "."
+        (role,) = service["command"]
+        assert role == name and role in entrypoint_roles()
+        assert "${POSTGRES_PASSWORD" in service["environment"]["DATABASE_URL"]
+        assert "@db:5432/" in service["environment"]["DATABASE_URL"]
+
+
+def test_every_long_running_service_has_a_health_check(compose):
+    services = compose["services"]
+    for name in ("db", "redis", "web", "worker"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["web"]["healthcheck"]["test"] == ["CMD", "python", "bin/container-healthcheck"]
+    # docker exec does not inherit what the entry point exported: the worker's role
+    # must be in the container's own environment for the check to probe the heartbeat.
+    assert services["worker"]["environment"]["ROLE"] == "worker"
+    assert 'role == "worker"' in (ROOT / "bin" / "container-healthcheck").read_text()
+
+
+def test_the_procfile_runs_web_worker_and_release_through_the_entry_point():
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    processes = dict(line.split(":", 1) for line in lines if line.strip())
+    processes = {name.strip(): command.strip() for name, command in processes.items()}
+    assert set(processes) == {"web", "worker", "release"}
+    assert processes["web"] == "bin/docker-entrypoint web"
+    assert processes["worker"] == "bin/docker-entrypoint worker"
+    assert processes["release"] == "python manage.py migrate --noinput"
+    assert os.access(ROOT / "bin" / "docker-entrypoint", os.X_OK)
+    assert {"web", "worker"} <= entrypoint_roles()
+
+
+# --- .env.example matches the README's configuration table --------------------------------
+
+
+def readme_variables() -> dict[str, str | None]:
+    """Every variable of the README's configuration table → its default as a literal value
+    (None when the table says it in words, e.g. "on unless `DEBUG`")."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Configuration") :]
+    table = table[: table.index("\n## ", 1)]
+    found: dict[str, str | None] = {}
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0])
+        literals = re.findall(r"`([^`]*)`", cells[1])
+        words = re.sub(r"`[^`]*`", "", cells[1]).strip()
+        literal_only = re.fullmatch(r"[\s/,]*|—|empty|unset", words) is not None
+        for index, name in enumerate(names):
+            if not literal_only:
+                found[name] = None
+            elif not literals:
+                found[name] = ""
+            elif len(literals) == len(names):
+                found[name] = literals[index]
+            elif len(literals) == 1:
+                found[name] = literals[0]
+            else:
+                found[name] = None
+    return found
+
+
+def env_example_variables() -> dict[str, str]:
+    found = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.fullmatch(r"#?\s*([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if match:
+            assert match[1] not in found, f"{match[1]} is listed twice in .env.example"
+            found[match[1]] = match[2]
+    return found
+
+
+def test_env_example_lists_every_variable_of_the_readme_table_with_its_default():
+    table, example = readme_variables(), env_example_variables()
+    missing = sorted(set(table) - set(example))
+    extra = sorted(set(example) - set(table))
+    assert not missing and not extra, (
+        "README's configuration table and .env.example differ.\n"
+        f"  In the README, missing from .env.example: {', '.join(missing) or '-'}\n"
+        f"  In .env.example, not in the README table: {', '.join(extra) or '-'}"
+    )
+    wrong = [
+        f"{name}: README says {default!r}, .env.example has {example[name]!r}"
+        for name, default in table.items()
+        if default is not None and example[name] != default
+    ]
+    assert not wrong, "Defaults differ:\n  " + "\n  ".join(wrong)
+
+
+def test_env_example_leaves_uncommented_only_what_compose_needs_filled_in():
+    required = [
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*=.*", line)
+    ]
+    assert sorted(required) == ["ALLOWED_HOSTS", "FAL_KEY", "POSTGRES_PASSWORD", "SECRET_KEY"]
