@@ -505,17 +505,32 @@ def fail(
     result: Any = None,
     source: str,
     actor: Any = None,
+    owner_message: str = "",
+    staff_note: str = "",
 ) -> Outcome:
-    """training → error, with fal's message and type (or ours, saying what we saw)."""
+    """training → error, with fal's message and type (or ours, saying what we saw).
+
+    ``owner_message`` (an ``OwnerMessage``) is what the owner is told; without it the
+    table in ``monitoring.fal.failures`` picks it from ``error_type``.
+    """
+    from monitoring.fal import failures
+
+    chosen = owner_message or failures.owner_message_for(error_type=error_type)
     outcome = _finish(
         training,
         new_status=S.ERROR,
         outcome=TrainingOutcome.ERROR,
-        fields={"error_type": error_type, "error_message": error_message, "result": result},
+        fields={
+            "error_type": error_type,
+            "error_message": error_message,
+            "result": result,
+            "owner_message": chosen,
+            "staff_note": staff_note,
+        },
         source=source,
         actor=actor,
         message=error_message,
-        details={"error_type": error_type, **(details or {})},
+        details={"error_type": error_type, "owner_message": chosen, **(details or {})},
     )
     if outcome.changed:
         logger.warning(
@@ -529,17 +544,80 @@ def fail(
     return outcome
 
 
-def cancel(training: Training, *, source: str, actor: Any = None, reason: str = "") -> Outcome:
+def finish_failed(
+    training: Training,
+    *,
+    error_message: str,
+    error_type: str = "",
+    http_status: int | None = None,
+    detail_type_list: list[str] | tuple[str, ...] = (),
+    details: dict[str, Any] | None = None,
+    result: Any = None,
+    source: str,
+    actor: Any = None,
+) -> Outcome:
+    """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
+
+    The one rule for every path that sees a failed job (webhook, periodic check,
+    fal's record): after a cancel was requested, fal's failure ("Request was
+    cancelled by the user") is the cancel taking effect, so the owner gets the
+    cancelled message and the timeline keeps fal's answer. Otherwise the owner's
+    message comes from fal's machine-readable fields (``monitoring.fal.failures``).
+    """
+    from monitoring.fal import failures
+
+    chosen = failures.owner_message_for(
+        error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
+    )
+    requested = training.cancel_requested_at is not None or (
+        Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
+    )
+    fal_answer = {
+        "fal_error": error_message[:2000],
+        "error_type": error_type,
+        "http_status": http_status,
+        "detail_types": list(detail_type_list),
+    }
+    if requested or chosen == failures.CANCELLED:
+        return cancel(
+            training,
+            source=source,
+            actor=actor,
+            reason=error_message,
+            details={**fal_answer, "cancel_requested": requested},
+        )
+    return fail(
+        training,
+        error_message=error_message,
+        error_type=error_type,
+        details={**fal_answer, **(details or {})},
+        result=result,
+        source=source,
+        actor=actor,
+        owner_message=chosen,
+    )
+
+
+def cancel(
+    training: Training,
+    *,
+    source: str,
+    actor: Any = None,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
+    from notifications.models import OwnerMessage
+
     outcome = _finish(
         training,
         new_status=S.CANCELLED,
         outcome=TrainingOutcome.CANCELLED,
-        fields={},
+        fields={"owner_message": OwnerMessage.CANCELLED},
         source=source,
         actor=actor,
         message=reason,
-        details={},
+        details=details or {},
     )
     if outcome.changed:
         logger.info(
