@@ -23,7 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from monitoring import transitions
+from monitoring import status_checks, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.models import Avatar, Training
@@ -159,3 +159,46 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if outcome.changed:
         return _("Cancelled: fal does not know this request any more.")
     return _("Not cancelled: %s.") % outcome.detail
+
+
+def _fal_answer_text(before: str, after: str, position: int | None, error: str) -> str:
+    """fal's answer in the words staff read in the timeline (English; translated at display)."""
+    if error:
+        return f"checked by staff: fal did not answer ({error[:300]})"
+    if after in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
+        text = f"checked by staff: fal says {after}"
+        if after == "IN_QUEUE" and position is not None:
+            text += f", position {position}"
+        return text
+    return f"checked by staff: the training is now {after}"
+
+
+def recheck(
+    trainings: list[Training], *, source: str, actor: Any = None
+) -> list[status_checks.CheckReport]:
+    """Check ``trainings`` on fal now and put fal's answer on each timeline.
+
+    Staff asked, so the answer is kept even when nothing changed ("fal says IN_QUEUE,
+    position 3"); routine checks record changes only. Each fal call is bounded by
+    FAL_CALL_TIMEOUT_SECONDS.
+    """
+    reports = status_checks.check_trainings(trainings, source=source)
+    by_id = {training.pk: training for training in trainings}
+    for report in reports:
+        training = by_id[report.training_id]
+        position = training.queue_position if training.finished_at is None else None
+        transitions.record_note(
+            training,
+            message=_fal_answer_text(report.before, report.after, position, report.error),
+            source=source,
+            actor=actor,
+            details={
+                "code": "staff_recheck",
+                "before": report.before,
+                "after": report.after,
+                "queue_position": position,
+                "error": report.error[:1000],
+                "actor_id": getattr(actor, "pk", None),
+            },
+        )
+    return reports

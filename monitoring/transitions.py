@@ -299,14 +299,24 @@ def record_submitted(
 
 
 def record_note(
-    training: Training, *, message: str, source: str, details: dict[str, Any] | None = None
+    training: Training,
+    *,
+    message: str,
+    source: str,
+    details: dict[str, Any] | None = None,
+    actor: Any = None,
 ) -> AvatarEvent:
-    """A timeline entry that changes no status (e.g. a submit whose answer was lost)."""
+    """A timeline entry that changes no status (e.g. a submit whose answer was lost).
+
+    ``details["code"]`` names the kind of note, so pages can word it in the reader's
+    language; ``message`` is the English sentence for logs and the raw record.
+    """
     return _event(
         training.avatar_id,
         EventKind.NOTE,
         source,
         training_id=training.pk,
+        actor=actor,
         message=message,
         details=details,
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db import models
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -41,6 +41,7 @@ from monitoring.models import (
     Training,
     WebhookDelivery,
 )
+from monitoring.ops import attention
 
 BADGE_COLOURS = {
     AvatarStatus.DRAFT: "#9e9e9e",
@@ -195,56 +196,6 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class TrainingInline(ReadOnlyInline):
-    model = Training
-    fk_name = "avatar"
-    verbose_name_plural = gettext_lazy("training attempts")
-    fields = (
-        "attempt",
-        "fal_request_id",
-        "fal_status",
-        "queue_position",
-        "created_at",
-        "submitted_at",
-        "finished_at",
-        "outcome",
-        "error_message",
-        "last_checked_at",
-        "stuck_now",
-    )
-    readonly_fields = fields
-    ordering = ("-attempt",)
-
-    @admin.display(description=gettext_lazy("stuck reason"))
-    def stuck_now(self, training: Training) -> str:
-        # A finished attempt keeps its last stuck reason in the column; only an
-        # active, flagged one is stuck.
-        return training.stuck_reason if training.is_stuck else ""
-
-
-class AvatarEventInline(ReadOnlyInline):
-    """The timeline, newest first: every status move and flag, with who did it."""
-
-    model = AvatarEvent
-    verbose_name_plural = gettext_lazy("timeline")
-    fields = (
-        "created_at",
-        "kind",
-        "source",
-        "actor",
-        "old_status",
-        "new_status",
-        "message",
-        "training",
-    )
-    readonly_fields = fields
-    show_change_link = False
-    ordering = ("-created_at", "-id")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[AvatarEvent]:
-        return super().get_queryset(request).select_related("actor", "training")
-
-
 # --- Owners ------------------------------------------------------------------------------
 
 
@@ -322,13 +273,14 @@ class AvatarAdmin(admin.ModelAdmin):
     list_per_page = 50
     ordering = ("-created_at",)
     actions = actions.AVATAR_ACTIONS
-    inlines = (TrainingInline, AvatarEventInline)
     readonly_fields = (
         "status_column",
         "created_at",
         "updated_at",
         "current_training_link",
         "request_id",
+        "timeline",
+        "attempts",
         "raw_result",
         "last_logs",
         "webhook_deliveries",
@@ -360,9 +312,15 @@ class AvatarAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (gettext_lazy("fal result and logs"), {"fields": ("raw_result", "last_logs")}),
+        (gettext_lazy("Timeline"), {"fields": ("timeline",), "classes": ("wide-table",)}),
+        (gettext_lazy("Training attempts"), {"fields": ("attempts",), "classes": ("wide-table",)}),
         (gettext_lazy("Webhook deliveries"), {"fields": ("webhook_deliveries",)}),
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
+        # The raw record last, folded: the summary and the timeline say what it means.
+        (
+            gettext_lazy("fal result and logs (raw)"),
+            {"fields": ("raw_result", "last_logs"), "classes": ("collapse",)},
+        ),
     )
     raw_id_fields = ("owner",)
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
@@ -373,7 +331,56 @@ class AvatarAdmin(admin.ModelAdmin):
             .order_by("-created_at", "-id")
             .values("created_at")[:1]
         )
-        return super().get_queryset(request).annotate(state_since=Subquery(state_since))
+        # Stuck first, then the rest of what is training, then everything else.
+        attention_rank = Case(
+            When(attention.stuck_filter(), then=Value(0)),
+            When(status=AvatarStatus.TRAINING, then=Value(1)),
+            default=Value(2),
+            output_field=models.IntegerField(),
+        )
+        # ModelAdmin.get_queryset, with the annotations before the ordering that uses them.
+        queryset = self.model._default_manager.get_queryset().annotate(
+            state_since=Subquery(state_since), attention_rank=attention_rank
+        )
+        return queryset.order_by(*self.get_ordering(request))
+
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        if _is_stuck_list(request):
+            # Longest stuck first.
+            return ["current_training__stuck_since", "pk"]
+        return ["attention_rank", "-created_at"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        from monitoring.admin import avatar_page
+
+        counts = attention.counts()
+        extra = {"counts": counts, "is_stuck_list": _is_stuck_list(request)}
+        if extra["is_stuck_list"]:
+            extra["title"] = _("Stuck trainings (%(n)s)") % {"n": counts["stuck"]}
+            extra["refresh_seconds"] = avatar_page.refresh_seconds()
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ):
+        from monitoring.admin import avatar_page
+
+        avatar = (
+            Avatar.objects.select_related("current_training", "owner").filter(pk=object_id).first()
+        )
+        extra: dict[str, Any] = {}
+        if avatar is not None:
+            extra = {
+                "summary_rows": avatar_page.summary(avatar),
+                "page_actions": avatar_page.available_actions(request, avatar),
+                "extend_choices": actions.EXTEND_CHOICES,
+                "action_checkbox_name": "_selected_action",
+            }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
     def get_search_results(self, request, queryset, search_term):
         # "@name" is how staff write Telegram usernames.
@@ -417,13 +424,22 @@ class AvatarAdmin(admin.ModelAdmin):
         obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
 
     def get_urls(self):
+        from monitoring.admin.avatar_page import avatar_action_view
         from monitoring.admin.dashboard import dashboard_view
+
+        def do(request: HttpRequest, object_id: str, name: str):
+            return avatar_action_view(self, request, object_id, name)
 
         custom = [
             path(
                 "dashboard/",
                 self.admin_site.admin_view(dashboard_view),
                 name="monitoring_dashboard",
+            ),
+            path(
+                "<path:object_id>/do/<str:name>/",
+                self.admin_site.admin_view(do),
+                name="monitoring_avatar_do",
             ),
         ]
         return custom + super().get_urls()
@@ -482,6 +498,44 @@ class AvatarAdmin(admin.ModelAdmin):
     def raw_result(self, avatar: Avatar) -> SafeString:
         training = avatar.current_training
         return _json(training.result if training else None)
+
+    @admin.display(description="")
+    def timeline(self, avatar: Avatar) -> SafeString:
+        from monitoring.admin import avatar_page
+
+        return avatar_page.timeline(avatar) if avatar.pk else mark_safe("")
+
+    @admin.display(description="")
+    def attempts(self, avatar: Avatar) -> SafeString:
+        from monitoring.admin import avatar_page
+
+        rows = Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT]
+        return _table(
+            [
+                _("attempt"),
+                _("fal request id"),
+                _("fal status"),
+                _("submitted"),
+                _("finished"),
+                _("outcome"),
+                _("owner told"),
+                _("error"),
+            ],
+            [
+                (
+                    _admin_link(t, f"#{t.attempt}"),
+                    t.fal_request_id or "—",
+                    t.get_fal_status_display(),
+                    t.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if t.submitted_at else "—",
+                    t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "—",
+                    t.get_outcome_display() or "—",
+                    t.get_owner_message_display() or "—",
+                    avatar_page.fold(t.error_message) if t.error_message else "—",
+                )
+                for t in rows
+            ],
+            _("No training attempts yet."),
+        )
 
     @admin.display(description=gettext_lazy("last logs"))
     def last_logs(self, avatar: Avatar) -> SafeString:
@@ -682,6 +736,10 @@ class AvatarEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AvatarEvent | None = None) -> bool:
         return False
+
+
+def _is_stuck_list(request: HttpRequest) -> bool:
+    return request.GET.get("stuck") == "yes"
 
 
 def stuck_list_url() -> str:

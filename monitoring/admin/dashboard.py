@@ -7,18 +7,31 @@ navigation.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
-from monitoring.ops import dashboard
+from monitoring.ops import attention, dashboard
 
 
 def dashboard_view(request: HttpRequest) -> TemplateResponse:
+    figures = dashboard.gather()
+    found = attention.problems(figures["now"])
+    verdict = (
+        _("All good")
+        if not found
+        else ngettext("%(n)s problem", "%(n)s problems", len(found)) % {"n": len(found)}
+    )
     context = {
         **admin.site.each_context(request),
-        "title": _("Training monitor dashboard"),
-        **dashboard.gather(),
+        # The count in the browser tab too: a glance at the tab says it.
+        "title": _("Dashboard: %(verdict)s") % {"verdict": verdict},
+        "verdict": verdict,
+        "problems": found,
+        "refresh_seconds": settings.ADMIN_REFRESH_SECONDS,
+        **figures,
     }
     return TemplateResponse(request, "admin/monitoring/dashboard.html", context)

@@ -78,6 +78,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # The audit trail of what fal sent us: nobody deletes it from the admin
+        # (retention prunes old rows on its own schedule).
+        return False
+
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
