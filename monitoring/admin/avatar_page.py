@@ -118,18 +118,23 @@ def avatar_action_view(
 def _ago(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "—"
-    return _("%(ago)s ago") % {"ago": timesince(moment, now, depth=1)}
+    seconds = (now - moment).total_seconds()
+    if 0 <= seconds < 60:
+        # timesince says "0 minutes" for all of these; events seconds apart must differ.
+        return _("%(n)s s ago") % {"n": int(seconds)}
+    return _("%(ago)s ago") % {"ago": timesince(moment, now, depth=2)}
 
 
 def _when(moment: datetime | None, now: datetime) -> SafeString:
     """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element."""
     if moment is None:
         return mark_safe("—")
-    relative = (
-        _("in %(delay)s") % {"delay": timeuntil(moment, now, depth=1)}
-        if moment > now
-        else _ago(moment, now)
-    )
+    if moment <= now:
+        relative = _ago(moment, now)
+    elif (moment - now).total_seconds() < 60:
+        relative = _("in %(n)s s") % {"n": int((moment - now).total_seconds())}
+    else:
+        relative = _("in %(delay)s") % {"delay": timeuntil(moment, now, depth=2)}
     return format_html(
         '<time datetime="{}">{} UTC</time> <span class="quiet">({})</span>',
         moment.isoformat(),
@@ -280,10 +285,9 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
                 (
                     _("Stuck"),
                     format_html(
-                        '<span class="stuck-now">{}</span> — {}',
-                        _("stuck for %(age)s")
-                        % {"age": timesince(training.stuck_since, now, depth=2)},
+                        '<span class="stuck-now">{}</span> <span class="quiet">({})</span>',
                         words,
+                        _("flagged %(ago)s") % {"ago": _ago(training.stuck_since, now)},
                     ),
                 )
             )

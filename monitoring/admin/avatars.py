@@ -73,7 +73,9 @@ def _pre(value: str) -> SafeString:
     if not value:
         return mark_safe("<span>—</span>")
     return format_html(
-        '<pre style="white-space: pre-wrap; max-height: 30em; overflow: auto">{}</pre>', value
+        '<pre style="white-space: pre-wrap; overflow-wrap: anywhere; max-height: 30em; '
+        'overflow: auto; max-width: 100%">{}</pre>',
+        value,
     )
 
 
@@ -279,8 +281,6 @@ class AvatarAdmin(admin.ModelAdmin):
         "updated_at",
         "current_training_link",
         "request_id",
-        "timeline",
-        "attempts",
         "raw_result",
         "last_logs",
         "webhook_deliveries",
@@ -312,8 +312,6 @@ class AvatarAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (gettext_lazy("Timeline"), {"fields": ("timeline",), "classes": ("wide-table",)}),
-        (gettext_lazy("Training attempts"), {"fields": ("attempts",), "classes": ("wide-table",)}),
         (gettext_lazy("Webhook deliveries"), {"fields": ("webhook_deliveries",)}),
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
         # The raw record last, folded: the summary and the timeline say what it means.
@@ -322,7 +320,8 @@ class AvatarAdmin(admin.ModelAdmin):
             {"fields": ("raw_result", "last_logs"), "classes": ("collapse",)},
         ),
     )
-    raw_id_fields = ("owner",)
+    # Staff know owners by Telegram id or @username (OwnerAdmin.search_fields).
+    autocomplete_fields = ("owner",)
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Avatar]:
@@ -376,6 +375,8 @@ class AvatarAdmin(admin.ModelAdmin):
         if avatar is not None:
             extra = {
                 "summary_rows": avatar_page.summary(avatar),
+                "timeline": avatar_page.timeline(avatar),
+                "attempts": self.attempts(avatar),
                 "page_actions": avatar_page.available_actions(request, avatar),
                 "extend_choices": actions.EXTEND_CHOICES,
                 "action_checkbox_name": "_selected_action",
@@ -499,14 +500,8 @@ class AvatarAdmin(admin.ModelAdmin):
         training = avatar.current_training
         return _json(training.result if training else None)
 
-    @admin.display(description="")
-    def timeline(self, avatar: Avatar) -> SafeString:
-        from monitoring.admin import avatar_page
-
-        return avatar_page.timeline(avatar) if avatar.pk else mark_safe("")
-
-    @admin.display(description="")
     def attempts(self, avatar: Avatar) -> SafeString:
+        """Every training attempt of the avatar, newest first (shown under the timeline)."""
         from monitoring.admin import avatar_page
 
         rows = Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT]
