@@ -347,6 +347,11 @@ class AvatarAdmin(admin.ModelAdmin):
         if _is_stuck_list(request):
             # Longest stuck first.
             return ["current_training__stuck_since", "pk"]
+        match = getattr(request, "resolver_match", None)
+        if match is None or match.url_name != "monitoring_avatar_changelist":
+            # Other admins order their avatar choices with this too, on a queryset
+            # without the annotation.
+            return ["-created_at"]
         return ["attention_rank", "-created_at"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
