@@ -24,6 +24,7 @@ from django.db import connection
 from django.utils import timezone
 
 from fakes.fal_emulator import FOREVER
+from monitoring import transitions
 from monitoring.models import AvatarStatus, CheckRun, EventSource, Training
 from monitoring.status_checks import check_trainings
 from monitoring.trainings import start_training
@@ -277,7 +278,19 @@ def test_stuck_deadline_counts_banner_and_screenshots(
     expect(page.locator("#verdict")).to_contain_text("1 problem")
     expect(page).to_have_title(re.compile(r"1 problem"))
 
-    # The main pages, in both languages and both widths.
+    # One avatar in every status, so every badge colour is measured.
+    make_avatar(name="Draft one", ready=False)
+    make_avatar(name="Ready one")
+    for end in ("complete", "fail", "cancel"):
+        _avatar, training = started(fal, make_avatar, name=f"Ended: {end}")
+        if end == "complete":
+            transitions.complete(training, lora_url="https://v3.fal.media/x", source="check")
+        elif end == "fail":
+            transitions.fail(training, error_message="x" * 3000, source="check")
+        else:
+            transitions.cancel(training, source="check")
+
+    # The main pages, in both languages and both widths, measured as they render.
     for language in ("en", "ru"):
         for width in (1440, 390):
             shot = staff_page(language, width)
@@ -291,3 +304,42 @@ def test_stuck_deadline_counts_banner_and_screenshots(
                 shot.screenshot(
                     path=str(ARTIFACTS / f"{name}-{language}-{width}.png"), full_page=True
                 )
+                if name in ("stuck-list", "dashboard") and width == 390:
+                    assert shot.evaluate(NO_HORIZONTAL_SCROLL), (name, language)
+                if name in ("avatar-list", "stuck-list") and width == 1440:
+                    # The sidebar is open at this width; no key column is cut off.
+                    assert shot.locator("#nav-sidebar").is_visible()
+                    assert shot.evaluate(CHANGELIST_FITS), (name, language)
+            for scheme in ("light", "dark"):
+                shot.emulate_media(color_scheme=scheme)
+                shot.goto(f"{live_server.url}/admin/monitoring/avatar/")
+                ratios = shot.evaluate(BADGE_CONTRAST)
+                assert ratios and min(ratios) >= 4.5, (scheme, ratios)
+
+
+NO_HORIZONTAL_SCROLL = (
+    "() => document.documentElement.scrollWidth <= window.innerWidth"
+    " && document.body.scrollWidth <= window.innerWidth"
+)
+CHANGELIST_FITS = """() => {
+  const results = document.querySelector('#changelist .results');
+  if (!results) return false;
+  const inner = results.scrollWidth <= results.clientWidth + 1;
+  const right = Math.max(...[...document.querySelectorAll('#result_list th')]
+    .map(th => th.getBoundingClientRect().right));
+  return inner && right <= window.innerWidth && document.documentElement.scrollWidth <= window.innerWidth;
+}"""
+# WCAG 2 contrast ratio of each status badge's text against its background.
+BADGE_CONTRAST = """() => {
+  const lum = (rgb) => {
+    const [r, g, b] = rgb.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number).map(v => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  return [...document.querySelectorAll('.status-badge')].map(el => {
+    const s = getComputedStyle(el);
+    const a = lum(s.color), b = lum(s.backgroundColor);
+    return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  });
+}"""
