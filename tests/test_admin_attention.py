@@ -254,3 +254,45 @@ def test_adding_an_avatar_picks_the_owner_by_autocomplete_and_view_site_is_the_d
     page = admin_client.get(reverse("admin:monitoring_avatar_add")).content.decode()
     assert "admin-autocomplete" in page and 'name="owner"' in page
     assert f'href="{DASHBOARD}">View site' in page
+
+
+def test_clearing_a_flag_whose_limit_is_still_passed_says_it_will_return(
+    admin_client, stuck, settings
+):
+    avatar, training = stuck("req-clear-again", 3)
+    Training.objects.filter(pk=training.pk).update(
+        fal_status="IN_QUEUE", submitted_at=timezone.now() - timedelta(hours=3)
+    )
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "clear_stuck", "_selected_action": [avatar.pk], "index": 0},
+        follow=True,
+    )
+    [message] = [str(m) for m in response.context["messages"]]
+    assert "the next check flags it again" in message and "Extend the deadline" in message
+
+
+def test_a_queued_staff_recheck_puts_fals_answer_on_the_timeline(
+    admin_client, fal, make_avatar, settings
+):
+    from fakes.fal_emulator import FOREVER
+    from monitoring.models import EventKind
+    from monitoring.trainings import start_training
+    from tests.test_admin_actions import run_queued_monitoring_tasks
+
+    settings.FAL_CALL_TIMEOUT_SECONDS = 3.0
+    fal.drop_webhooks()
+    fal.script(queue_seconds=FOREVER, queue_position=4)
+    avatar = make_avatar(name="Waiting")
+    training = start_training(avatar, source=EventSource.COMMAND).training
+
+    admin_client.post(
+        CHANGELIST, {"action": "recheck_now", "_selected_action": [avatar.pk], "index": 0}
+    )
+    run_queued_monitoring_tasks()
+
+    note = AvatarEvent.objects.get(training=training, kind=EventKind.NOTE)
+    assert note.message == "checked by staff: fal says IN_QUEUE, position 4"
+    assert note.actor is not None
+    page = admin_client.get(change_url(avatar)).content.decode()
+    assert "Checked by staff: fal says IN_QUEUE, position 4." in page

@@ -81,10 +81,11 @@ def _recheck_here(request: HttpRequest, avatar: Avatar) -> None:
         messages.warning(request, _("Not re-checked: no active training."))
         return
     training = Training.objects.get(pk=training.pk)
-    [report] = recheck([training], source=EventSource.STAFF, actor=request.user) or [None]
-    if report is None:
+    reports = recheck([training], source=EventSource.STAFF, actor=request.user)
+    if not reports:
         messages.warning(request, _("Not re-checked: the training has just ended."))
         return
+    report = reports[0]
     training.refresh_from_db()
     text = fal_answer_words(report.after, training.queue_position, report.error)
     level = messages.WARNING if report.error else messages.SUCCESS
