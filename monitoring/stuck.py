@@ -95,6 +95,31 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
     return None
 
 
+def cause_details(cause: StuckCause) -> dict[str, object]:
+    """The cause as JSON for the timeline event (worded again when displayed)."""
+    return {
+        "code": cause.code,
+        "since": cause.since.isoformat(),
+        "limit_minutes": _minutes(cause.limit),
+        "check_failures": cause.check_failures,
+        "training_type": cause.training_type,
+    }
+
+
+def cause_from_details(details: dict) -> StuckCause | None:
+    """The cause recorded by ``cause_details`` (None when the event predates codes)."""
+    try:
+        return StuckCause(
+            code=str(details["code"]),
+            since=datetime.fromisoformat(str(details["since"])),
+            limit=timedelta(minutes=int(details["limit_minutes"])),
+            check_failures=int(details.get("check_failures") or 0),
+            training_type=str(details.get("training_type") or ""),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def stuck_reason(training: Training, now: datetime) -> str:
     """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
     cause = stuck_cause(training, now)
@@ -127,7 +152,11 @@ def review(
     for training in trainings:
         reason = stuck_reason(training, now)
         if reason and training.stuck_since is None:
-            flagged += transitions.flag_stuck(training, reason=reason, source=source)
+            cause = stuck_cause(training, now)
+            assert cause is not None
+            flagged += transitions.flag_stuck(
+                training, reason=reason, source=source, details=cause_details(cause)
+            )
         elif not reason and training.stuck_since is not None and training.finished_at is None:
             extended = training.stuck_deadline_extended_until
             cleared += transitions.clear_stuck(

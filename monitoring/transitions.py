@@ -662,7 +662,13 @@ def request_cancel(training: Training, *, source: str, actor: Any = None) -> boo
     return True
 
 
-def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHECK) -> bool:
+def flag_stuck(
+    training: Training,
+    *,
+    reason: str,
+    source: str = EventSource.CHECK,
+    details: dict[str, Any] | None = None,
+) -> bool:
     """Set the stuck flag (one staff alert per episode). A no-op when already flagged."""
     now = timezone.now()
     with transaction.atomic():
@@ -680,7 +686,9 @@ def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHE
             source,
             training_id=training.pk,
             message=reason,
-            details={"episode": episode},
+            # ``details["code"]`` (from monitoring.stuck) lets pages word the reason
+            # in the reader's language; ``message`` stays the English sentence.
+            details={**(details or {}), "episode": episode},
             at=now,
         )
         from notifications import outbox

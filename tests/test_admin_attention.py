@@ -296,3 +296,27 @@ def test_a_queued_staff_recheck_puts_fals_answer_on_the_timeline(
     assert note.actor is not None
     page = admin_client.get(change_url(avatar)).content.decode()
     assert "Checked by staff: fal says IN_QUEUE, position 4." in page
+
+
+def test_stuck_reasons_are_worded_live_from_their_code(admin_client, training_avatar):
+    from monitoring import stuck as stuck_rules
+    from monitoring.models import EventKind
+
+    avatar, training = training_avatar("req-live")
+    Training.objects.filter(pk=training.pk).update(
+        fal_status="IN_QUEUE", submitted_at=timezone.now() - timedelta(minutes=125)
+    )
+    training.refresh_from_db()
+    assert stuck_rules.review([training], timezone.now()) == (1, 0)
+    event = AvatarEvent.objects.get(training=training, kind=EventKind.STUCK)
+    assert event.details["code"] == "in_queue" and event.details["limit_minutes"] == 60
+
+    # Ten minutes later the list and the page say 135 min, not the stored "125 min".
+    Training.objects.filter(pk=training.pk).update(
+        submitted_at=timezone.now() - timedelta(minutes=135)
+    )
+    listed = admin_client.get(CHANGELIST + "?stuck=yes").content.decode()
+    assert "in fal&#x27;s queue for 135 min; the limit is 60 min" in listed
+    page = admin_client.get(change_url(avatar)).content.decode()
+    assert "in fal&#x27;s queue for 135 min; the limit is 60 min" in page  # the summary
+    assert "in fal&#x27;s queue for 125 min; the limit is 60 min" in page  # the timeline

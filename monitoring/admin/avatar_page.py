@@ -29,6 +29,7 @@ from monitoring.models import (
     Avatar,
     AvatarEvent,
     AvatarStatus,
+    EventKind,
     EventSource,
     FalStatus,
     Training,
@@ -329,6 +330,10 @@ def _status_label(value: str) -> str:
 def event_words(event: AvatarEvent) -> str:
     """The event's text in the reader's language where it has a code, else as recorded."""
     details = event.details or {}
+    if event.kind == EventKind.STUCK:
+        cause = stuck.cause_from_details(details)
+        if cause is not None:
+            return cause_words(cause, event.created_at)
     if details.get("code") == "staff_recheck":
         return fal_answer_words(
             details.get("after", ""), details.get("queue_position"), details.get("error", "")

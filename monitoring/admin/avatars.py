@@ -42,6 +42,7 @@ from monitoring.models import (
     WebhookDelivery,
 )
 from monitoring.ops import attention
+from monitoring.stuck import stuck_cause
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
@@ -97,6 +98,19 @@ def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeS
         ((format_html_join("", "<td>{}</td>", ((cell,) for cell in row)),) for row in rows),
     )
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+def live_stuck_words(training: Training) -> str:
+    """The stuck reason now, in the reader's language ("in fal's queue for 7 min; ...").
+
+    Falls back to the stored sentence when no limit is passed any more (a flag set by
+    hand, or one the next check will clear).
+    """
+    from monitoring.admin.avatar_page import cause_words
+
+    now = timezone.now()
+    cause = stuck_cause(training, now)
+    return cause_words(cause, now) if cause is not None else training.stuck_reason
 
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
@@ -456,7 +470,7 @@ class AvatarAdmin(admin.ModelAdmin):
         # The stuck reason as a second line under the badge: one column fewer, so the
         # key columns fit at 1440 px with the sidebar open.
         training = avatar.current_training
-        reason = training.stuck_reason if training is not None and training.is_stuck else ""
+        reason = live_stuck_words(training) if training is not None and training.is_stuck else ""
         badge = status_badge(avatar, training)
         if not reason:
             return badge
