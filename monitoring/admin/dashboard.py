@@ -18,7 +18,12 @@ from monitoring.ops import attention, dashboard
 
 
 def dashboard_view(request: HttpRequest) -> TemplateResponse:
+    from monitoring.admin.avatars import live_stuck_words
+
     figures = dashboard.gather()
+    for training in figures["stuck"]:
+        # Worded now, in the reader's language (the stored reason is the log's English).
+        training.live_reason = live_stuck_words(training)
     found = attention.problems(figures["now"])
     verdict = (
         _("All good")
