@@ -306,6 +306,8 @@ def test_stuck_deadline_counts_banner_and_screenshots(
                 )
                 if name in ("stuck-list", "dashboard") and width == 390:
                     assert shot.evaluate(NO_HORIZONTAL_SCROLL), (name, language)
+                if name == "stuck-list" and width == 390:
+                    assert shot.evaluate(TABLE_DOES_NOT_SCROLL), language
                 if name in ("avatar-list", "stuck-list") and width == 1440:
                     # The sidebar is open at this width; no key column is cut off.
                     assert shot.locator("#nav-sidebar").is_visible()
@@ -321,6 +323,10 @@ NO_HORIZONTAL_SCROLL = (
     "() => document.documentElement.scrollWidth <= window.innerWidth"
     " && document.body.scrollWidth <= window.innerWidth"
 )
+TABLE_DOES_NOT_SCROLL = """() => {
+  const results = document.querySelector('#changelist .results');
+  return !!results && results.scrollWidth <= results.clientWidth + 1;
+}"""
 CHANGELIST_FITS = """() => {
   const results = document.querySelector('#changelist .results');
   if (!results) return false;

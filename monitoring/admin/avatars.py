@@ -371,7 +371,13 @@ class AvatarAdmin(admin.ModelAdmin):
         from monitoring.admin import avatar_page
 
         counts = attention.counts()
-        extra = {"counts": counts, "is_stuck_list": _is_stuck_list(request)}
+        extra = {
+            "counts": counts,
+            "is_stuck_list": _is_stuck_list(request),
+            # Labels for the phone layout, where the column headers are hidden.
+            "time_in_state_label": _("in this state for"),
+            "last_check_label": _("last check"),
+        }
         if extra["is_stuck_list"]:
             extra["title"] = _("Stuck trainings (%(n)s)") % {"n": counts["stuck"]}
             extra["refresh_seconds"] = avatar_page.refresh_seconds()
