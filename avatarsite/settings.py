@@ -92,6 +92,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "monitoring.ops.attention.context",
             ],
         },
     },
@@ -230,6 +231,8 @@ STUCK_FAL_UNREACHABLE_MINUTES = env_int("STUCK_FAL_UNREACHABLE_MINUTES", 15, min
 # fal's 404 for a request we submitted is only believed after it repeats.
 FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=1)
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
+# The dashboard and the stuck list reload themselves this often (0 = never).
+ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
 
 # --- Telegram ------------------------------------------------------------------------
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")

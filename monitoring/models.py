@@ -14,6 +14,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from notifications.models import OwnerMessage
+
 
 class Language(models.TextChoices):
     RU = "ru", _("Russian")
@@ -190,6 +192,14 @@ class Training(models.Model):
     result = models.JSONField(_("raw result"), null=True, blank=True)
     error_type = models.CharField(_("error type"), max_length=128, blank=True)
     error_message = models.TextField(_("error message"), blank=True)
+    # What the owner is told when this attempt did not complete (``OwnerMessage``):
+    # picked from fal's answer by ``monitoring.fal.failures`` or chosen by staff.
+    owner_message = models.CharField(
+        _("owner told"), max_length=16, choices=OwnerMessage.choices, blank=True
+    )
+    staff_note = models.TextField(
+        _("internal note"), blank=True, help_text=_("Staff only; never sent to the owner.")
+    )
 
     # Monitoring
     next_check_at = models.DateTimeField(_("next check"), null=True, blank=True)

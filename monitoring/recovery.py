@@ -34,8 +34,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from monitoring import transitions
-from monitoring.fal import payloads, platform
-from monitoring.models import EventSource, FalStatus, Training
+from monitoring.fal import failures, payloads, platform
+from monitoring.models import AvatarStatus, EventSource, FalStatus, Training
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")
@@ -107,25 +107,20 @@ def apply_record_item(
         )
         return Recovery(True, "completed from fal's record", outcome.changed, True)
     message = item.error_message
-    if training.cancel_requested_at:
-        # A failure after a cancel request is a cancellation, on every path.
-        outcome = transitions.cancel(
-            training,
-            reason=f"fal stopped the job: {message}",
-            details=details,
-            source=RECORD,
-            notify=notify,
-        )
-        return Recovery(True, "cancelled (fal's record)", outcome.changed, True)
-    outcome = transitions.fail(
+    # A failure after a cancel request is a cancellation (one rule for every path).
+    outcome = transitions.finish_failed(
         training,
         error_message=message,
         error_type=_error_type(item),
+        http_status=item.status_code,
+        detail_type_list=failures.detail_types(item.json_output),
         result=item.json_output,
         details=details,
         source=RECORD,
         notify=notify,
     )
+    if outcome.status == AvatarStatus.CANCELLED:
+        return Recovery(True, "cancelled (fal's record)", outcome.changed, True)
     return Recovery(True, f"failed per fal's record: {message}", outcome.changed, True)
 
 

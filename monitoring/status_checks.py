@@ -335,26 +335,23 @@ class _Batch:
             transitions.record_fal_status(
                 training, fal_status=FalStatus.COMPLETED, source=self.source
             )
-            if training.cancel_requested_at:
-                outcome = transitions.cancel(
-                    training, source=self.source, reason=f"fal stopped the job: {answer.error}"
-                )
-            else:
-                outcome = transitions.fail(
-                    training,
-                    error_message=answer.error,
-                    error_type=answer.error_type or "fal_error",
-                    source=self.source,
-                )
+            # Cancelled when a cancel was requested (fal's failure is the cancel).
+            outcome = transitions.finish_failed(
+                training,
+                error_message=answer.error,
+                error_type=answer.error_type or "fal_error",
+                source=self.source,
+            )
             report.summary = f"fal: {answer.error_type or 'error'}: {answer.error}"
             report.changed = outcome.changed
             return
         if isinstance(seen.error, fal.FalJobFailed):
-            outcome = transitions.fail(
+            outcome = transitions.finish_failed(
                 training,
                 error_message=seen.error.detail,
                 error_type=seen.error.error_type or "result_error",
-                details={"http_status": seen.error.status_code},
+                http_status=seen.error.status_code,
+                detail_type_list=seen.error.detail_types,
                 source=self.source,
             )
             report.summary = f"result fetch refused ({seen.error.status_code}): {seen.error.detail}"

@@ -26,6 +26,7 @@ Staff can push the deadline back (``stuck_deadline_extended_until``): no flag be
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -39,45 +40,111 @@ def _minutes(delta: timedelta) -> int:
     return int(delta.total_seconds() // 60)
 
 
-def stuck_reason(training: Training, now: datetime) -> str:
-    """Why ``training`` counts as stuck at ``now`` ("" when it does not)."""
+@dataclass(frozen=True)
+class StuckCause:
+    """Which limit a training has passed, and since when: words are chosen at display.
+
+    Pages word it in the reader's language with live durations ("stuck for 7 min; the
+    limit is 2 min"); ``stuck_reason`` words it in English for the log, the stored
+    column and the staff alert.
+    """
+
+    # result_unavailable, submit_unknown, fal_unreachable, in_queue, in_progress, total
+    code: str
+    since: datetime
+    limit: timedelta
+    check_failures: int = 0
+    training_type: str = ""
+
+
+def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
+    """The limit ``training`` has passed at ``now`` (None when it has passed none)."""
     if training.finished_at is not None:
-        return ""
+        return None
     extended = training.stuck_deadline_extended_until
     if extended is not None and extended > now:
-        return ""
+        return None
 
     if training.result_unavailable_since is not None:
-        return recovery.RESULT_UNAVAILABLE
+        return StuckCause("result_unavailable", training.result_unavailable_since, timedelta(0))
     if training.fal_status == FalStatus.SUBMITTING:
-        age = now - training.created_at
-        if age >= timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES):
-            return recovery.lost_submit_reason(training, now)
+        limit = timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
+        if now - training.created_at >= limit:
+            return StuckCause("submit_unknown", training.created_at, limit)
     if training.check_failures:
         since = training.last_check_ok_at or training.submitted_at or training.created_at
-        if now - since >= timedelta(minutes=settings.STUCK_FAL_UNREACHABLE_MINUTES):
-            return (
-                f"no successful check for {_minutes(now - since)} min "
-                f"({training.check_failures} failed in a row)"
+        limit = timedelta(minutes=settings.STUCK_FAL_UNREACHABLE_MINUTES)
+        if now - since >= limit:
+            return StuckCause(
+                "fal_unreachable", since, limit, check_failures=training.check_failures
             )
     if training.fal_status == FalStatus.IN_QUEUE:
         since = training.submitted_at or training.created_at
-        if now - since >= timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES):
-            return f"in fal's queue for {_minutes(now - since)} min"
+        limit = timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES)
+        if now - since >= limit:
+            return StuckCause("in_queue", since, limit)
     if training.fal_status == FalStatus.IN_PROGRESS:
         style = training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
-        limit = (
+        minutes = (
             settings.STUCK_IN_PROGRESS_MINUTES_STYLE
             if style
             else settings.STUCK_IN_PROGRESS_MINUTES_PORTRAIT
         )
         since = training.started_at or training.submitted_at or training.created_at
-        if now - since >= timedelta(minutes=limit):
+        if now - since >= timedelta(minutes=minutes):
             kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
-            return f"in progress for {_minutes(now - since)} min (limit {limit} min for {kind})"
-    if now - training.created_at >= timedelta(hours=settings.STUCK_TOTAL_HOURS):
-        return f"active for {_minutes(now - training.created_at)} min in total"
-    return ""
+            return StuckCause("in_progress", since, timedelta(minutes=minutes), training_type=kind)
+    limit = timedelta(hours=settings.STUCK_TOTAL_HOURS)
+    if now - training.created_at >= limit:
+        return StuckCause("total", training.created_at, limit)
+    return None
+
+
+def cause_details(cause: StuckCause) -> dict[str, object]:
+    """The cause as JSON for the timeline event (worded again when displayed)."""
+    return {
+        "code": cause.code,
+        "since": cause.since.isoformat(),
+        "limit_minutes": _minutes(cause.limit),
+        "check_failures": cause.check_failures,
+        "training_type": cause.training_type,
+    }
+
+
+def cause_from_details(details: dict) -> StuckCause | None:
+    """The cause recorded by ``cause_details`` (None when the event predates codes)."""
+    try:
+        return StuckCause(
+            code=str(details["code"]),
+            since=datetime.fromisoformat(str(details["since"])),
+            limit=timedelta(minutes=int(details["limit_minutes"])),
+            check_failures=int(details.get("check_failures") or 0),
+            training_type=str(details.get("training_type") or ""),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def stuck_reason(training: Training, now: datetime) -> str:
+    """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
+    cause = stuck_cause(training, now)
+    if cause is None:
+        return ""
+    age = _minutes(now - cause.since)
+    limit = _minutes(cause.limit)
+    if cause.code == "result_unavailable":
+        return recovery.RESULT_UNAVAILABLE
+    if cause.code == "submit_unknown":
+        # What is being done about it (fal's record is searched), not a running count:
+        # the reason changes only when what is done changes.
+        return recovery.lost_submit_reason(training, now)
+    if cause.code == "fal_unreachable":
+        return f"no successful check for {age} min ({cause.check_failures} failed in a row)"
+    if cause.code == "in_queue":
+        return f"in fal's queue for {age} min"
+    if cause.code == "in_progress":
+        return f"in progress for {age} min (limit {limit} min for {cause.training_type})"
+    return f"active for {age} min in total"
 
 
 def review(
@@ -91,7 +158,11 @@ def review(
     for training in trainings:
         reason = stuck_reason(training, now)
         if reason and training.stuck_since is None:
-            flagged += transitions.flag_stuck(training, reason=reason, source=source)
+            cause = stuck_cause(training, now)
+            assert cause is not None
+            flagged += transitions.flag_stuck(
+                training, reason=reason, source=source, details=cause_details(cause)
+            )
         elif not reason and training.stuck_since is not None and training.finished_at is None:
             extended = training.stuck_deadline_extended_until
             cleared += transitions.clear_stuck(

@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import transitions
+from monitoring import status_checks, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform
 from monitoring.models import (
@@ -372,7 +372,7 @@ def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source:
         return
     if report is not None and report.error:
         transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=source)
-        transitions.fail(
+        transitions.finish_failed(
             training,
             error_message=report.error,
             error_type=report.error_type or "fal_error",
@@ -556,3 +556,46 @@ def _adoption_training(
         Training.objects.filter(pk=training.pk).update(created_at=created_at)
         training.created_at = created_at
     return training
+
+
+def _fal_answer_text(before: str, after: str, position: int | None, error: str) -> str:
+    """fal's answer in the words staff read in the timeline (English; translated at display)."""
+    if error:
+        return f"checked by staff: fal did not answer ({error[:300]})"
+    if after in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
+        text = f"checked by staff: fal says {after}"
+        if after == "IN_QUEUE" and position is not None:
+            text += f", position {position}"
+        return text
+    return f"checked by staff: the training is now {after}"
+
+
+def recheck(
+    trainings: list[Training], *, source: str, actor: Any = None
+) -> list[status_checks.CheckReport]:
+    """Check ``trainings`` on fal now and put fal's answer on each timeline.
+
+    Staff asked, so the answer is kept even when nothing changed ("fal says IN_QUEUE,
+    position 3"); routine checks record changes only. Each fal call is bounded by
+    FAL_CALL_TIMEOUT_SECONDS.
+    """
+    reports = status_checks.check_trainings(trainings, source=source)
+    by_id = {training.pk: training for training in trainings}
+    for report in reports:
+        training = by_id[report.training_id]
+        position = training.queue_position if training.finished_at is None else None
+        transitions.record_note(
+            training,
+            message=_fal_answer_text(report.before, report.after, position, report.error),
+            source=source,
+            actor=actor,
+            details={
+                "code": "staff_recheck",
+                "before": report.before,
+                "after": report.after,
+                "queue_position": position,
+                "error": report.error[:1000],
+                "actor_id": getattr(actor, "pk", None),
+            },
+        )
+    return reports

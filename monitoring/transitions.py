@@ -33,6 +33,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from monitoring.fal import failures
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -308,14 +309,24 @@ def record_submitted(
 
 
 def record_note(
-    training: Training, *, message: str, source: str, details: dict[str, Any] | None = None
+    training: Training,
+    *,
+    message: str,
+    source: str,
+    details: dict[str, Any] | None = None,
+    actor: Any = None,
 ) -> AvatarEvent:
-    """A timeline entry that changes no status (e.g. a submit whose answer was lost)."""
+    """A timeline entry that changes no status (e.g. a submit whose answer was lost).
+
+    ``details["code"]`` names the kind of note, so pages can word it in the reader's
+    language; ``message`` is the English sentence for logs and the raw record.
+    """
     return _event(
         training.avatar_id,
         EventKind.NOTE,
         source,
         training_id=training.pk,
+        actor=actor,
         message=message,
         details=details,
     )
@@ -539,17 +550,30 @@ def fail(
     source: str,
     actor: Any = None,
     notify: bool = True,
+    owner_message: str = "",
+    staff_note: str = "",
 ) -> Outcome:
-    """training → error, with fal's message and type (or ours, saying what we saw)."""
+    """training → error, with fal's message and type (or ours, saying what we saw).
+
+    ``owner_message`` (an ``OwnerMessage``) is what the owner is told; without it the
+    table in ``monitoring.fal.failures`` picks it from ``error_type``.
+    """
+    chosen = owner_message or failures.owner_message_for(error_type=error_type)
     outcome = _finish(
         training,
         new_status=S.ERROR,
         outcome=TrainingOutcome.ERROR,
-        fields={"error_type": error_type, "error_message": error_message, "result": result},
+        fields={
+            "error_type": error_type,
+            "error_message": error_message,
+            "result": result,
+            "owner_message": chosen,
+            "staff_note": staff_note,
+        },
         source=source,
         actor=actor,
         message=error_message,
-        details={"error_type": error_type, **(details or {})},
+        details={"error_type": error_type, "owner_message": chosen, **(details or {})},
         notify=notify,
     )
     if outcome.changed:
@@ -564,6 +588,61 @@ def fail(
     return outcome
 
 
+def finish_failed(
+    training: Training,
+    *,
+    error_message: str,
+    error_type: str = "",
+    http_status: int | None = None,
+    detail_type_list: list[str] | tuple[str, ...] = (),
+    details: dict[str, Any] | None = None,
+    result: Any = None,
+    source: str,
+    actor: Any = None,
+    notify: bool = True,
+) -> Outcome:
+    """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
+
+    The one rule for every path that sees a failed job (webhook, periodic check,
+    fal's record): after a cancel was requested, fal's failure ("Request was
+    cancelled by the user") is the cancel taking effect, so the owner gets the
+    cancelled message and the timeline keeps fal's answer. Otherwise the owner's
+    message comes from fal's machine-readable fields (``monitoring.fal.failures``).
+    """
+    chosen = failures.owner_message_for(
+        error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
+    )
+    requested = training.cancel_requested_at is not None or (
+        Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
+    )
+    fal_answer = {
+        "fal_error": error_message[:2000],
+        "error_type": error_type,
+        "http_status": http_status,
+        "detail_types": list(detail_type_list),
+    }
+    if requested or chosen == failures.CANCELLED:
+        return cancel(
+            training,
+            source=source,
+            actor=actor,
+            reason=error_message,
+            details={**fal_answer, "cancel_requested": requested},
+            notify=notify,
+        )
+    return fail(
+        training,
+        error_message=error_message,
+        error_type=error_type,
+        details={**fal_answer, **(details or {})},
+        result=result,
+        source=source,
+        actor=actor,
+        owner_message=chosen,
+        notify=notify,
+    )
+
+
 def cancel(
     training: Training,
     *,
@@ -574,11 +653,13 @@ def cancel(
     notify: bool = True,
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
+    from notifications.models import OwnerMessage
+
     outcome = _finish(
         training,
         new_status=S.CANCELLED,
         outcome=TrainingOutcome.CANCELLED,
-        fields={},
+        fields={"owner_message": OwnerMessage.CANCELLED},
         source=source,
         actor=actor,
         message=reason,
@@ -618,7 +699,13 @@ def request_cancel(training: Training, *, source: str, actor: Any = None) -> boo
     return True
 
 
-def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHECK) -> bool:
+def flag_stuck(
+    training: Training,
+    *,
+    reason: str,
+    source: str = EventSource.CHECK,
+    details: dict[str, Any] | None = None,
+) -> bool:
     """Set the stuck flag (one staff alert per episode). A no-op when already flagged."""
     now = timezone.now()
     with transaction.atomic():
@@ -636,7 +723,9 @@ def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHE
             source,
             training_id=training.pk,
             message=reason,
-            details={"episode": episode},
+            # ``details["code"]`` (from monitoring.stuck) lets pages word the reason
+            # in the reader's language; ``message`` stays the English sentence.
+            details={**(details or {}), "episode": episode},
             at=now,
         )
         from notifications import outbox

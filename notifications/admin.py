@@ -12,6 +12,8 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -101,6 +103,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         "avatar",
         "training",
         "chat_id",
+        "as_sent",
         "text",
         "status",
         "attempts",
@@ -125,7 +128,37 @@ class NotificationAdmin(ReadOnlyAdmin):
 
     def change_view(self, request: HttpRequest, object_id, form_url="", extra_context=None):
         warn_if_paused(request)
-        return super().change_view(request, object_id, form_url, extra_context)
+        notification = (
+            Notification.objects.select_related("owner", "avatar").filter(pk=object_id).first()
+        )
+        extra = {"subtitle": self.headline(notification)} if notification else {}
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    @staticmethod
+    def headline(notification: Notification) -> str:
+        """What the message is: "Avatar ready — @anna, avatar #12"."""
+        parts = [str(notification.get_kind_display())]
+        about = []
+        if notification.owner_id:
+            about.append(str(notification.owner))
+        if notification.avatar_id:
+            about.append(
+                _("%(name)s, avatar #%(id)s")
+                % {"name": notification.avatar.name, "id": notification.avatar_id}
+            )
+        if about:
+            parts.append(", ".join(about))
+        return " — ".join(parts)
+
+    @admin.display(description=gettext_lazy("as shown on Telegram"))
+    def as_sent(self, obj: Notification) -> SafeString:
+        # The text is our own HTML with every interpolated value escaped when it was
+        # rendered (notifications.messages), the same markup Telegram displays.
+        return format_html(
+            '<div class="telegram-text" style="white-space: pre-wrap; max-width: 40em; '
+            'border-left: 3px solid #ccc; padding: 4px 12px">{}</div>',
+            mark_safe(obj.text),  # noqa: S308
+        )
 
     def has_resend_notification_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(RESEND_PERMISSION)

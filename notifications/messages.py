@@ -9,11 +9,10 @@ request ids): they say what happened and what to do next.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from html import escape
 
-from notifications.models import NotificationKind
+from notifications.models import NotificationKind, OwnerMessage
 
 # Telegram refuses longer texts.
 MAX_TEXT = 4096
@@ -47,8 +46,10 @@ _OWNER_TEXTS = {
 }
 
 # Why a training failed, in words an owner understands, and what to do about it.
+# Keyed by ``OwnerMessage`` (chosen from fal's answer by monitoring.fal.failures, or
+# by staff); never guessed from the error text.
 _FAILURE_REASONS = {
-    "photos": {
+    OwnerMessage.PHOTOS: {
         "ru": (
             "Причина: не получилось обработать загруженные фото.",
             "Загрузите другой набор фото (10–20 чётких снимков лица при хорошем свете) "
@@ -60,7 +61,7 @@ _FAILURE_REASONS = {
             "and start the training again.",
         ),
     },
-    "service": {
+    OwnerMessage.TECHNICAL: {
         "ru": (
             "Причина: сбой на стороне сервиса обучения, ваши фото тут ни при чём.",
             "Мы уже знаем об этом. Попробуйте запустить обучение ещё раз чуть позже.",
@@ -70,7 +71,7 @@ _FAILURE_REASONS = {
             "We are aware of it. Please try starting the training again a little later.",
         ),
     },
-    "unknown": {
+    OwnerMessage.UNKNOWN: {
         "ru": (
             "Причина: во время обучения произошла ошибка.",
             "Попробуйте запустить обучение ещё раз. Если ошибка повторится, напишите в поддержку.",
@@ -81,27 +82,14 @@ _FAILURE_REASONS = {
         ),
     },
 }
-_PHOTO_HINTS = ("image", "photo", "file", "download", "validation", "unprocessable", "422", "zip")
-_SERVICE_HINTS = ("timeout", "server", "internal", "runner", "gateway", "not_found", "unavailable")
-
-
-def failure_category(error_type: str, error_message: str) -> str:
-    """photos / service / unknown, from fal's error type first, then its message."""
-    for text in (error_type.lower(), error_message.lower()):
-        if not text:
-            continue
-        if any(hint in text for hint in _PHOTO_HINTS):
-            return "photos"
-        if any(hint in text for hint in _SERVICE_HINTS) or re.match(r"5\d\d\b", text):
-            return "service"
-    return "unknown"
 
 
 def _language(owner) -> str:
     return owner.language if owner.language in _OWNER_TEXTS else "ru"
 
 
-def render_owner_message(kind: str, training) -> str:
+def render_owner_message(kind: str, training, *, owner_message: str | None = None) -> str:
+    """The owner's text; for a failure, the reason of ``owner_message`` (else the training's)."""
     avatar = training.avatar
     lang = _language(avatar.owner)
     values = {
@@ -111,8 +99,9 @@ def render_owner_message(kind: str, training) -> str:
         "next_step": "",
     }
     if kind == NotificationKind.FAILED:
-        category = failure_category(training.error_type or "", training.error_message or "")
-        values["reason"], values["next_step"] = _FAILURE_REASONS[category][lang]
+        chosen = owner_message or getattr(training, "owner_message", "") or OwnerMessage.UNKNOWN
+        reasons = _FAILURE_REASONS.get(chosen, _FAILURE_REASONS[OwnerMessage.UNKNOWN])
+        values["reason"], values["next_step"] = reasons[lang]
     return _OWNER_TEXTS[lang][kind].format(**values)[:MAX_TEXT]
 
 

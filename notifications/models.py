@@ -26,6 +26,20 @@ class NotificationKind(models.TextChoices):
     FAL_RECORD = "fal_record", _("fal's record needs staff (staff)")
 
 
+class OwnerMessage(models.TextChoices):
+    """What an owner is told about a training that did not complete.
+
+    Chosen by ``monitoring.fal.failures`` from fal's answer, or by staff ("mark as
+    failed"); stored on the training and in the notification's context.
+    """
+
+    PHOTOS = "photos", _("Photos unusable: upload other photos")
+    TECHNICAL = "technical", _("Technical problem: try again later")
+    CANCELLED = "cancelled", _("We cancelled it")
+    UNKNOWN = "unknown", _("An error happened (no specific reason)")
+    NONE = "none", _("No message")
+
+
 class Audience(models.TextChoices):
     OWNER = "owner", _("Owner")
     STAFF = "staff", _("Staff")

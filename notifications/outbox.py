@@ -17,7 +17,13 @@ from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from notifications import messages
-from notifications.models import Audience, Notification, NotificationKind, NotificationStatus
+from notifications.models import (
+    Audience,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    OwnerMessage,
+)
 
 logger = logging.getLogger("notifications")
 
@@ -68,8 +74,19 @@ def _hand_over(notification_id: int) -> None:
         transaction.on_commit(lambda: schedule_delivery(notification_id))
 
 
+def _owner_kind(outcome: str, owner_message: str) -> str:
+    """The notification kind: the outcome's, unless the owner is told "we cancelled it"."""
+    if outcome == "error" and owner_message == OwnerMessage.CANCELLED:
+        return NotificationKind.CANCELLED
+    return _OUTCOME_KINDS[outcome]
+
+
 def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notification | None:
     """The owner's message for a finished training attempt (ready, failed, cancelled).
+
+    The training's ``owner_message`` (chosen from fal's answer, or by staff) picks the
+    text. "No message" still writes the row, as skipped with the reason: the outcome
+    has exactly one notification either way, and staff can see why nobody was told.
 
     ``training`` may be passed with its avatar and owner already loaded (the transition
     has just read them) to save a query on the webhook's hot path.
@@ -79,19 +96,30 @@ def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notificat
     if training is None or training.pk != training_id:
         training = Training.objects.select_related("avatar__owner").get(pk=training_id)
     avatar = training.avatar
-    kind = _OUTCOME_KINDS[outcome]
+    owner_message = getattr(training, "owner_message", "") or ""
+    kind = _owner_kind(outcome, owner_message)
+    fields = {
+        "dedup_key": f"{kind}:{training.pk}",
+        "kind": kind,
+        "audience": Audience.OWNER,
+        "owner": avatar.owner,
+        "avatar": avatar,
+        "training": training,
+        "chat_id": avatar.owner.telegram_id,
+        "text": messages.render_owner_message(kind, training),
+        "context": {"owner_message": owner_message} if owner_message else {},
+    }
+    if owner_message == OwnerMessage.NONE:
+        # Recorded, never sent: the winner of the transition is still its only writer.
+        return Notification.objects.create(
+            **{
+                **fields,
+                "status": NotificationStatus.SKIPPED,
+                "context": {"owner_message": owner_message, "skipped": "staff_chose_no_message"},
+            }
+        )
     # The winner of the transition is the only writer of this key: no savepoint.
-    return _create_once(
-        savepoint=False,
-        dedup_key=f"{kind}:{training.pk}",
-        kind=kind,
-        audience=Audience.OWNER,
-        owner=avatar.owner,
-        avatar=avatar,
-        training=training,
-        chat_id=avatar.owner.telegram_id,
-        text=messages.render_owner_message(kind, training),
-    )
+    return _create_once(savepoint=False, **fields)
 
 
 def queue_stuck(*, training_id: int, episode: int) -> Notification | None:

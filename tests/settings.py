@@ -15,6 +15,8 @@ _TEST_ENV = {
     "NOTIFICATION_BACKEND": "locmem",
     "DATABASE_URL": "postgres://root@127.0.0.1:5432/root",
     "LOG_LEVEL": "INFO",
+    # Pages that reload themselves would reload under a test's feet.
+    "ADMIN_REFRESH_SECONDS": "0",
 }
 for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)

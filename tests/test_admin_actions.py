@@ -173,8 +173,15 @@ def test_mark_failed_records_the_reason_tells_the_owner_and_cancels_the_running_
 
     ask = act(admin_client, "mark_failed", [avatar])
     assert 'name="reason"' in ask.content.decode()
+    assert 'name="owner_message"' in ask.content.decode()
 
-    response = confirm(admin_client, "mark_failed", [avatar], reason="photos show two people")
+    response = confirm(
+        admin_client,
+        "mark_failed",
+        [avatar],
+        reason="photos show two people",
+        owner_message="photos",
+    )
 
     avatar.refresh_from_db()
     training.refresh_from_db()
@@ -184,8 +191,10 @@ def test_mark_failed_records_the_reason_tells_the_owner_and_cancels_the_running_
     assert Notification.objects.filter(training=training, kind="failed").count() == 1
     event = AvatarEvent.objects.get(training=training, kind=EventKind.STATUS, new_status="error")
     assert event.actor is not None and event.source == EventSource.STAFF
+    assert training.staff_note == "photos show two people"
+    assert training.owner_message == "photos"
     assert any(
-        "marked failed" in m and "CANCELLATION_REQUESTED" in m for m in messages_of(response)
+        "marked failed" in m and "fal was asked to stop the job" in m for m in messages_of(response)
     )
 
 
@@ -195,7 +204,14 @@ def test_mark_failed_leaves_finished_avatars_alone(admin_client, running):
         training, lora_url="https://v3.fal.media/a.safetensors", source=EventSource.CHECK
     )
 
-    response = confirm(admin_client, "mark_failed", [avatar], reason="oops")
+    ask = act(admin_client, "mark_failed", [avatar])
+    # Said before anything is typed: the completed avatar is not affected, and why.
+    assert "nothing to confirm" in ask.content.decode()
+    assert 'name="reason"' not in ask.content.decode()
+
+    response = confirm(
+        admin_client, "mark_failed", [avatar], reason="oops", owner_message="technical"
+    )
 
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED

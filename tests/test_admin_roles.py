@@ -85,7 +85,7 @@ ACTIONS = [
         "mark_failed",
         roles.FAIL_AVATAR,
         "running",
-        {"confirmed": "yes", "reason": "blurry photos"},
+        {"confirmed": "yes", "reason": "blurry photos", "owner_message": "photos"},
     ),
     Action(AVATARS, "clear_stuck", roles.MANAGE_STUCK, "running"),
     Action(
@@ -174,8 +174,8 @@ def world(fal, make_avatar, training_avatar):
     WebhookDelivery.objects.filter(pk=delivery.pk).update(outcome=WebhookOutcome.UNMATCHED)
 
     # A submit whose answer was lost, looked for in fal's record past the give-up time.
-    fal.script(lose_submit_answer=True, queue_seconds=FOREVER)
-    lost = make_avatar(name="Lost submit")
+    fal.script("lost-submit-trigger", lose_submit_answer=True, queue_seconds=FOREVER)
+    lost = make_avatar(name="Lost submit", trigger_word="lost-submit-trigger")
     lost_training = start_training(lost, source=EventSource.COMMAND).training
     Training.objects.filter(pk=lost_training.pk).update(
         created_at=timezone.now() - timedelta(hours=25)

@@ -1,3 +1,9 @@
 """Admin registrations, one module per area (Django autodiscovers this package)."""
 
+from django.contrib import admin
+from django.urls import reverse_lazy
+
 from monitoring.admin import avatars, fal_record, task_queue, webhooks  # noqa: F401
+
+# "View site" opens the staff dashboard: the site has no public pages.
+admin.site.site_url = reverse_lazy("admin:monitoring_dashboard")

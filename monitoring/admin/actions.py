@@ -32,7 +32,9 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -48,16 +50,36 @@ from monitoring.models import (
     FalStatus,
     Training,
 )
+from monitoring.stuck import stuck_cause
+from notifications.models import OwnerMessage
 
 STAFF = EventSource.STAFF
 
 
 class ReasonForm(forms.Form):
+    """Mark as failed: what the owner is told, and the staff reason (kept internal)."""
+
+    owner_message = forms.ChoiceField(
+        label=gettext_lazy("What the owner is told"),
+        choices=[
+            (OwnerMessage.PHOTOS, OwnerMessage.PHOTOS.label),
+            (OwnerMessage.CANCELLED, OwnerMessage.CANCELLED.label),
+            (OwnerMessage.TECHNICAL, OwnerMessage.TECHNICAL.label),
+            (OwnerMessage.NONE, OwnerMessage.NONE.label),
+        ],
+        widget=forms.RadioSelect,
+        help_text=gettext_lazy(
+            "The preview below shows each text in the owner's language. "
+            "“No message” records the notification as skipped."
+        ),
+    )
     reason = forms.CharField(
-        label=gettext_lazy("Reason"),
+        label=gettext_lazy("Reason (internal note)"),
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text=gettext_lazy("Stored as the training's error message and shown in the timeline."),
+        help_text=gettext_lazy(
+            "Kept as the training's error message and internal note; never sent to the owner."
+        ),
     )
 
 
@@ -69,6 +91,9 @@ class ExtendForm(forms.Form):
         initial=6,
         help_text=gettext_lazy("The stuck flag is cleared and not raised again before then."),
     )
+
+
+EXTEND_CHOICES = (1, 6, 24)
 
 
 ActionFunction = Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Any]], Any]
@@ -135,6 +160,55 @@ def _active_training(avatar: Avatar) -> Training | None:
     return training
 
 
+def _resendable_one(avatar: Avatar) -> Any:
+    return _resendable([avatar.pk]).get(avatar.pk)
+
+
+def why_not(action: str, avatar: Avatar) -> str:
+    """Why ``action`` would change nothing for ``avatar`` ("" when it applies).
+
+    One rule for the confirmation pages (what will and will not be affected, before
+    anything is typed) and the buttons on the avatar page.
+    """
+    training = _active_training(avatar)
+    status = avatar.get_status_display()
+    if action == "start_training":
+        if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
+            return ""
+        return _("it is %(status)s; only draft or ready avatars start.") % {"status": status}
+    if action == "retrain":
+        if avatar.status == AvatarStatus.ERROR:
+            return ""
+        return _("it is %(status)s; only failed avatars are retrained.") % {"status": status}
+    if action in ("cancel_on_fal", "mark_failed", "recheck_now"):
+        return (
+            ""
+            if training is not None
+            else _("no active training (it is %(status)s).") % {"status": status}
+        )
+    if action in ("extend_deadline", "clear_stuck"):
+        if training is None:
+            return _("no active training (it is %(status)s).") % {"status": status}
+        return "" if training.stuck_since is not None else _("it is not stuck.")
+    if action == "resend_notification":
+        return "" if _resendable_one(avatar) else _("no failed notification to resend.")
+    if action == "record_no_fal_job":
+        if training is None or training.fal_request_id:
+            return _("no lost submit (fal answered its submit, or nothing is active).")
+        if training.lost_submit_given_up_at is None:
+            return _("fal's record is still being searched for it.")
+        return ""
+    return ""
+
+
+def _back_url(request: HttpRequest, avatars: list[Avatar]) -> str:
+    """Back to the avatar page when the action was started there, else to the list."""
+    match = getattr(request, "resolver_match", None)
+    if match is not None and match.url_name == "monitoring_avatar_do" and len(avatars) == 1:
+        return reverse("admin:monitoring_avatar_change", args=[avatars[0].pk])
+    return reverse("admin:monitoring_avatar_changelist")
+
+
 def _confirm(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,
@@ -145,17 +219,25 @@ def _confirm(
     question: str,
     form: forms.Form | None = None,
     destructive: bool = True,
+    previews: list[dict[str, Any]] | None = None,
 ) -> TemplateResponse:
-    """The intermediate page: lists the avatars, asks, and posts the same action back."""
+    """The intermediate page: what will and will not be affected (and why), then the form."""
+    avatars = list(queryset.select_related("current_training", "owner").order_by("pk"))
+    affected = [a for a in avatars if not why_not(action, a)]
+    unaffected = [(a, why_not(action, a)) for a in avatars if why_not(action, a)]
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": title,
         "question": question,
-        "avatars": list(queryset),
+        "avatars": avatars,
+        "affected": affected,
+        "unaffected": unaffected,
         "action": action,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "form": form,
         "destructive": destructive,
+        "previews": previews or [],
+        "back_url": _back_url(request, avatars),
         "opts": modeladmin.model._meta,
         "media": modeladmin.media,
     }
@@ -376,13 +458,53 @@ def _cancel_job_after_failing(training: Training) -> str:
         answer = fal.cancel(training.endpoint, training.fal_request_id)
     except fal.FalError as exc:  # reported to staff; the avatar has failed already
         return _("fal cancel failed: %(error)s") % {"error": exc}
-    return _("fal answered %(answer)s to the cancel") % {"answer": answer}
+    return {
+        "CANCELLATION_REQUESTED": _("fal was asked to stop the job"),
+        "ALREADY_COMPLETED": _("the job had already finished on fal"),
+    }.get(answer, _("fal no longer knows the job"))
+
+
+def telegram_html(text: str) -> SafeString:
+    """A message as Telegram shows it: its HTML (values escaped when rendered), line breaks."""
+    return mark_safe(text.replace("\n", "<br>"))  # noqa: S308 - rendered with escaped values
+
+
+def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]]:
+    """Each choice of "mark as failed" as the owner would read it, in their language."""
+    from notifications import messages as texts
+    from notifications.models import NotificationKind
+
+    previews = []
+    for avatar in avatars[:limit]:
+        choices = []
+        for value, label in ReasonForm.base_fields["owner_message"].choices:
+            if value == OwnerMessage.NONE:
+                choices.append((value, label, None))
+                continue
+            kind = (
+                NotificationKind.CANCELLED
+                if value == OwnerMessage.CANCELLED
+                else NotificationKind.FAILED
+            )
+            text = texts.render_owner_message(
+                kind, Training(avatar=avatar, owner_message=value), owner_message=value
+            )
+            choices.append((value, label, telegram_html(text)))
+        previews.append(
+            {"avatar": avatar, "language": avatar.owner.get_language_display(), "choices": choices}
+        )
+    return previews
 
 
 @staff_action(permission=roles.FAIL_AVATAR, description=gettext_lazy("Mark as failed…"))
 def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     form = ReasonForm(request.POST if _confirmed(request) else None)
     if not (_confirmed(request) and form.is_valid()):
+        eligible = [
+            a
+            for a in queryset.select_related("current_training", "owner").order_by("pk")
+            if not why_not("mark_failed", a)
+        ]
         return _confirm(
             modeladmin,
             request,
@@ -390,12 +512,14 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             action="mark_failed",
             title=_("Mark as failed"),
             question=_(
-                "Mark these trainings as failed? The owner is told, and a job still running on "
-                "fal is cancelled."
+                "Mark these trainings as failed? The owner is told what you choose below, "
+                "and a job still running on fal is cancelled."
             ),
             form=form,
+            previews=owner_previews(eligible),
         )
     reason = form.cleaned_data["reason"]
+    owner_message = form.cleaned_data["owner_message"]
 
     def do(avatar: Avatar) -> tuple[str, int]:
         training = _active_training(avatar)
@@ -415,13 +539,20 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             details={"marked_by": request.user.get_username()},
             source=STAFF,
             actor=request.user,
+            owner_message=owner_message,
+            staff_note=reason,
         )
         if not outcome.changed:
             return _("not marked failed: %(detail)s.") % {
                 "detail": outcome.detail
             }, messages.WARNING
         cancel = _cancel_job_after_failing(snapshot)
-        text = _("marked failed.")
+        if owner_message == OwnerMessage.NONE:
+            text = _("marked failed; the owner is not told (recorded as skipped).")
+        else:
+            text = _("marked failed; the owner is told: “%(message)s”.") % {
+                "message": OwnerMessage(owner_message).label
+            }
         return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
 
     _each(modeladmin, request, queryset, "mark_failed", do)
@@ -439,9 +570,15 @@ def clear_stuck(
         training = _active_training(avatar)
         if training is None or training.stuck_since is None:
             return _("not stuck."), messages.WARNING
-        if transitions.clear_stuck(training, source=STAFF, actor=request.user):
-            return _("stuck flag cleared."), messages.SUCCESS
-        return _("not stuck any more."), messages.WARNING
+        if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
+            return _("not stuck any more."), messages.WARNING
+        if stuck_cause(training, timezone.now()) is not None:
+            # Said plainly: the limit is still passed, so the next check flags it again.
+            return _(
+                "stuck flag cleared, but it is still past its limit: the next check flags it "
+                "again. Extend the deadline to keep it off."
+            ), messages.WARNING
+        return _("stuck flag cleared."), messages.SUCCESS
 
     _each(modeladmin, request, queryset, "clear_stuck", do)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db import models
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -41,14 +41,18 @@ from monitoring.models import (
     Training,
     WebhookDelivery,
 )
+from monitoring.ops import attention
+from monitoring.stuck import stuck_cause
 
+# Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
+# (the badge brings its own background); tests/test_browser_staff.py measures it.
 BADGE_COLOURS = {
-    AvatarStatus.DRAFT: "#9e9e9e",
+    AvatarStatus.DRAFT: "#6b6b6b",
     AvatarStatus.READY_FOR_TRAINING: "#1565c0",
-    AvatarStatus.TRAINING: "#ef6c00",
+    AvatarStatus.TRAINING: "#b34700",
     AvatarStatus.COMPLETED: "#2e7d32",
     AvatarStatus.ERROR: "#c62828",
-    AvatarStatus.CANCELLED: "#616161",
+    AvatarStatus.CANCELLED: "#455a64",
 }
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50
@@ -72,7 +76,9 @@ def _pre(value: str) -> SafeString:
     if not value:
         return mark_safe("<span>—</span>")
     return format_html(
-        '<pre style="white-space: pre-wrap; max-height: 30em; overflow: auto">{}</pre>', value
+        '<pre style="white-space: pre-wrap; overflow-wrap: anywhere; max-height: 30em; '
+        'overflow: auto; max-width: 100%">{}</pre>',
+        value,
     )
 
 
@@ -92,6 +98,19 @@ def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeS
         ((format_html_join("", "<td>{}</td>", ((cell,) for cell in row)),) for row in rows),
     )
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+def live_stuck_words(training: Training) -> str:
+    """The stuck reason now, in the reader's language ("in fal's queue for 7 min; ...").
+
+    Falls back to the stored sentence when no limit is passed any more (a flag set by
+    hand, or one the next check will clear).
+    """
+    from monitoring.admin.avatar_page import cause_words
+
+    now = timezone.now()
+    cause = stuck_cause(training, now)
+    return cause_words(cause, now) if cause is not None else training.stuck_reason
 
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
@@ -116,7 +135,7 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
         )
     return format_html(
         '<span class="status-badge status-{}" style="background:{};color:#fff;border-radius:10px;'
-        'padding:2px 8px;white-space:nowrap">{}{}</span>{}',
+        'padding:2px 8px;display:inline-block;max-width:100%">{}{}</span>{}',
         avatar.status,
         BADGE_COLOURS.get(avatar.status, "#9e9e9e"),
         label,
@@ -195,56 +214,6 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class TrainingInline(ReadOnlyInline):
-    model = Training
-    fk_name = "avatar"
-    verbose_name_plural = gettext_lazy("training attempts")
-    fields = (
-        "attempt",
-        "fal_request_id",
-        "fal_status",
-        "queue_position",
-        "created_at",
-        "submitted_at",
-        "finished_at",
-        "outcome",
-        "error_message",
-        "last_checked_at",
-        "stuck_now",
-    )
-    readonly_fields = fields
-    ordering = ("-attempt",)
-
-    @admin.display(description=gettext_lazy("stuck reason"))
-    def stuck_now(self, training: Training) -> str:
-        # A finished attempt keeps its last stuck reason in the column; only an
-        # active, flagged one is stuck.
-        return training.stuck_reason if training.is_stuck else ""
-
-
-class AvatarEventInline(ReadOnlyInline):
-    """The timeline, newest first: every status move and flag, with who did it."""
-
-    model = AvatarEvent
-    verbose_name_plural = gettext_lazy("timeline")
-    fields = (
-        "created_at",
-        "kind",
-        "source",
-        "actor",
-        "old_status",
-        "new_status",
-        "message",
-        "training",
-    )
-    readonly_fields = fields
-    show_change_link = False
-    ordering = ("-created_at", "-id")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[AvatarEvent]:
-        return super().get_queryset(request).select_related("actor", "training")
-
-
 # --- Owners ------------------------------------------------------------------------------
 
 
@@ -306,23 +275,19 @@ class OwnerAdmin(admin.ModelAdmin):
 class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
     list_display = (
         "id",
-        "name",
+        "name_column",
         "status_column",
         "owner",
-        "training_type",
-        "age",
         "time_in_state",
         "last_check",
-        "stuck_reason",
     )
-    list_display_links = ("id", "name")
+    list_display_links = ("id", "name_column")
     list_filter = (StuckFilter, "status", "training_type", NotificationStateFilter)
     search_fields = ("name", "=trainings__fal_request_id", "=owner__telegram_id", "owner__username")
     list_select_related = ("owner", "current_training")
     list_per_page = 50
     ordering = ("-created_at",)
     actions = actions.AVATAR_ACTIONS
-    inlines = (TrainingInline, AvatarEventInline)
     readonly_fields = (
         "status_column",
         "created_at",
@@ -360,11 +325,16 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
                 )
             },
         ),
-        (gettext_lazy("fal result and logs"), {"fields": ("raw_result", "last_logs")}),
         (gettext_lazy("Webhook deliveries"), {"fields": ("webhook_deliveries",)}),
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
+        # The raw record last, folded: the summary and the timeline say what it means.
+        (
+            gettext_lazy("fal result and logs (raw)"),
+            {"fields": ("raw_result", "last_logs"), "classes": ("collapse",)},
+        ),
     )
-    raw_id_fields = ("owner",)
+    # Staff know owners by Telegram id or @username (OwnerAdmin.search_fields).
+    autocomplete_fields = ("owner",)
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Avatar]:
@@ -373,7 +343,69 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
             .order_by("-created_at", "-id")
             .values("created_at")[:1]
         )
-        return super().get_queryset(request).annotate(state_since=Subquery(state_since))
+        # Stuck first, then the rest of what is training, then everything else.
+        attention_rank = Case(
+            When(attention.stuck_filter(), then=Value(0)),
+            When(status=AvatarStatus.TRAINING, then=Value(1)),
+            default=Value(2),
+            output_field=models.IntegerField(),
+        )
+        # ModelAdmin.get_queryset, with the annotations before the ordering that uses them.
+        queryset = self.model._default_manager.get_queryset().annotate(
+            state_since=Subquery(state_since), attention_rank=attention_rank
+        )
+        return queryset.order_by(*self.get_ordering(request))
+
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        if _is_stuck_list(request):
+            # Longest stuck first.
+            return ["current_training__stuck_since", "pk"]
+        match = getattr(request, "resolver_match", None)
+        if match is None or match.url_name != "monitoring_avatar_changelist":
+            # Other admins order their avatar choices with this too, on a queryset
+            # without the annotation.
+            return ["-created_at"]
+        return ["attention_rank", "-created_at"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        from monitoring.admin import avatar_page
+
+        counts = attention.counts()
+        extra = {
+            "counts": counts,
+            "is_stuck_list": _is_stuck_list(request),
+            # Labels for the phone layout, where the column headers are hidden.
+            "time_in_state_label": _("in this state for"),
+            "last_check_label": _("last check"),
+        }
+        if extra["is_stuck_list"]:
+            extra["title"] = _("Stuck trainings (%(n)s)") % {"n": counts["stuck"]}
+            extra["refresh_seconds"] = avatar_page.refresh_seconds()
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ):
+        from monitoring.admin import avatar_page
+
+        avatar = (
+            Avatar.objects.select_related("current_training", "owner").filter(pk=object_id).first()
+        )
+        extra: dict[str, Any] = {}
+        if avatar is not None:
+            extra = {
+                "summary_rows": avatar_page.summary(avatar),
+                "timeline": avatar_page.timeline(avatar),
+                "attempts": self.attempts(avatar),
+                "page_actions": avatar_page.available_actions(request, avatar),
+                "extend_choices": actions.EXTEND_CHOICES,
+                "action_checkbox_name": "_selected_action",
+            }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
     def get_search_results(self, request, queryset, search_term):
         # "@name" is how staff write Telegram usernames.
@@ -417,13 +449,22 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
 
     def get_urls(self):
+        from monitoring.admin.avatar_page import avatar_action_view
         from monitoring.admin.dashboard import dashboard_view
+
+        def do(request: HttpRequest, object_id: str, name: str):
+            return avatar_action_view(self, request, object_id, name)
 
         custom = [
             path(
                 "dashboard/",
                 self.admin_site.admin_view(dashboard_view),
                 name="monitoring_dashboard",
+            ),
+            path(
+                "<path:object_id>/do/<str:name>/",
+                self.admin_site.admin_view(do),
+                name="monitoring_avatar_do",
             ),
         ]
         return custom + super().get_urls()
@@ -432,11 +473,24 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_column(self, avatar: Avatar) -> SafeString:
-        return status_badge(avatar, avatar.current_training)
+        # The stuck reason as a second line under the badge: one column fewer, so the
+        # key columns fit at 1440 px with the sidebar open.
+        training = avatar.current_training
+        reason = live_stuck_words(training) if training is not None and training.is_stuck else ""
+        badge = status_badge(avatar, training)
+        if not reason:
+            return badge
+        return format_html('{}<div class="stuck-reason">{}</div>', badge, reason)
 
-    @admin.display(description=gettext_lazy("age"), ordering="created_at")
-    def age(self, avatar: Avatar) -> str:
-        return _since(avatar.created_at)
+    @admin.display(description=gettext_lazy("name"), ordering="name")
+    def name_column(self, avatar: Avatar) -> SafeString:
+        # Type and age as a quiet second line: fewer columns, so the key ones fit.
+        return format_html(
+            '<bdi>{}</bdi><div class="quiet">{} · {}</div>',
+            avatar.name,
+            avatar.get_training_type_display(),
+            _("created %(ago)s ago") % {"ago": _since(avatar.created_at)},
+        )
 
     @admin.display(description=gettext_lazy("in this state for"), ordering="state_since")
     def time_in_state(self, avatar: Avatar) -> str:
@@ -453,15 +507,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         if training.last_check_error:
             text += " ⚠ " + training.last_check_error[:80]
         return text
-
-    @admin.display(
-        description=gettext_lazy("stuck reason"), ordering="current_training__stuck_since"
-    )
-    def stuck_reason(self, avatar: Avatar) -> str:
-        training = avatar.current_training
-        if training is None or not training.is_stuck:
-            return ""
-        return training.stuck_reason
 
     # --- detail fields --------------------------------------------------------------------
 
@@ -482,6 +527,38 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
     def raw_result(self, avatar: Avatar) -> SafeString:
         training = avatar.current_training
         return _json(training.result if training else None)
+
+    def attempts(self, avatar: Avatar) -> SafeString:
+        """Every training attempt of the avatar, newest first (shown under the timeline)."""
+        from monitoring.admin import avatar_page
+
+        rows = Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT]
+        return _table(
+            [
+                _("attempt"),
+                _("fal request id"),
+                _("fal status"),
+                _("submitted"),
+                _("finished"),
+                _("outcome"),
+                _("owner told"),
+                _("error"),
+            ],
+            [
+                (
+                    _admin_link(t, f"#{t.attempt}"),
+                    t.fal_request_id or "—",
+                    t.get_fal_status_display(),
+                    t.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if t.submitted_at else "—",
+                    t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "—",
+                    t.get_outcome_display() or "—",
+                    t.get_owner_message_display() or "—",
+                    avatar_page.fold(t.error_message) if t.error_message else "—",
+                )
+                for t in rows
+            ],
+            _("No training attempts yet."),
+        )
 
     @admin.display(description=gettext_lazy("last logs"))
     def last_logs(self, avatar: Avatar) -> SafeString:
@@ -682,3 +759,7 @@ class AvatarEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AvatarEvent | None = None) -> bool:
         return False
+
+
+def _is_stuck_list(request: HttpRequest) -> bool:
+    return request.GET.get("stuck") == "yes"

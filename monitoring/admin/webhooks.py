@@ -8,17 +8,20 @@ through ``monitoring.fal.webhooks.reprocess`` and therefore through the transiti
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
-from monitoring.admin.avatars import ReadOnlyInline
+from monitoring.admin.avatars import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
 from monitoring.models import WebhookDelivery, WebhookOutcome
 
@@ -33,10 +36,10 @@ READONLY_FIELDS = (
     "training",
     "processed_at",
     "error",
-    "headers",
+    "headers_pretty",
     "signature",
     "body_size",
-    "body",
+    "body_pretty",
     "traceback",
 )
 
@@ -81,11 +84,12 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # The audit trail of what fal sent us: nobody deletes it from the admin
+        # (retention prunes old rows on its own schedule).
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        # Evidence: only retention (``prune``) removes deliveries.
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
@@ -99,6 +103,18 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         if lookup in ("training__avatar__id__exact", "training__id__exact"):
             return True
         return super().lookup_allowed(lookup, value, request)
+
+    @admin.display(description=_("fal headers"))
+    def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
+        return _json(obj.headers or {})
+
+    @admin.display(description=_("body"))
+    def body_pretty(self, obj: WebhookDelivery) -> SafeString:
+        """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
+        try:
+            return _json(json.loads(obj.body))
+        except ValueError:
+            return _pre(obj.body)
 
     @admin.display(description=_("request id"), ordering="request_id")
     def request_id_display(self, obj: WebhookDelivery) -> str:

@@ -65,10 +65,17 @@ class FalJobFailed(FalError):
     """The job failed: its result fetch answered 4xx with fal's reason."""
 
     def __init__(
-        self, detail: str, *, status_code: int | None = None, error_type: str = ""
+        self,
+        detail: str,
+        *,
+        status_code: int | None = None,
+        error_type: str = "",
+        detail_types: tuple[str, ...] = (),
     ) -> None:
         super().__init__(detail, status_code=status_code)
         self.error_type = error_type
+        # detail[].type of a model error: what monitoring.fal.failures reads.
+        self.detail_types = detail_types
 
 
 class FalRefused(FalError):
@@ -210,8 +217,13 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
             # read first; a 5xx on the result of a clean COMPLETED is fal's trouble.
             return FalTransient(detail, status_code=code)
         if for_result:
+            from monitoring.fal import failures
+
             return FalJobFailed(
-                detail, status_code=code, error_type=exc.error_type or f"http_{code}"
+                detail,
+                status_code=code,
+                error_type=exc.error_type or f"http_{code}",
+                detail_types=tuple(failures.detail_types({"detail": exc.message})),
             )
         return FalTransient(f"unexpected answer: {detail}", status_code=code)
     if isinstance(exc, httpx.HTTPError):

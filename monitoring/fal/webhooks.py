@@ -49,7 +49,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 
 from monitoring import transitions
-from monitoring.fal import payloads, signing_keys
+from monitoring.fal import failures, payloads, signing_keys
 from monitoring.models import (
     Avatar,
     EventSource,
@@ -459,10 +459,12 @@ def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any)
         error_type = data.get("error_type") or (
             payload.get("error_type") if isinstance(payload, dict) else ""
         )
-        result = transitions.fail(
+        # Cancelled when a cancel was requested; the owner's message from fal's codes.
+        result = transitions.finish_failed(
             training,
             error_message=error_message,
             error_type=str(error_type or "")[:128],
+            detail_type_list=failures.detail_types(payload),
             details=payload if isinstance(payload, dict) else {"payload": payload},
             result=payload,
             source=source,

@@ -1,0 +1,397 @@
+"""The avatar page: a summary at the top, the actions the state and the user allow, the timeline.
+
+The buttons post to ``<avatar>/do/<action>/`` (``avatar_action_view``), which runs the
+same admin action as the changelist on this one avatar, so confirmation pages,
+checks and result messages are shared, then returns to the avatar page with the
+result. The permission is checked there again, not only when the button is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.timesince import timesince, timeuntil
+from django.utils.translation import gettext as _
+
+from monitoring import stuck
+from monitoring.admin import actions
+from monitoring.models import (
+    Avatar,
+    AvatarEvent,
+    AvatarStatus,
+    EventKind,
+    EventSource,
+    FalStatus,
+    Training,
+)
+
+# How long a text may be before it is folded away behind "show all".
+FOLD_AT = 240
+
+
+@dataclass(frozen=True)
+class PageAction:
+    name: str  # the admin action's function name
+    label: str
+    permission: str
+    destructive: bool = False
+
+
+def page_actions() -> list[PageAction]:
+    return [
+        PageAction("recheck_now", _("Re-check now"), "monitoring.recheck_avatar"),
+        PageAction("extend_deadline", _("Extend the deadline"), "monitoring.manage_stuck"),
+        PageAction("cancel_on_fal", _("Cancel on fal…"), "monitoring.cancel_training", True),
+        PageAction("mark_failed", _("Mark as failed…"), "monitoring.fail_avatar", True),
+        PageAction("start_training", _("Start training…"), "monitoring.start_training"),
+        PageAction("retrain", _("Retrain…"), "monitoring.start_training"),
+        PageAction(
+            "resend_notification", _("Resend the owner's message"), "monitoring.resend_notification"
+        ),
+    ]
+
+
+def available_actions(request: HttpRequest, avatar: Avatar) -> list[PageAction]:
+    """The buttons for what this avatar's state and this user's permissions allow."""
+    return [
+        action
+        for action in page_actions()
+        if request.user.has_perm(action.permission) and not actions.why_not(action.name, avatar)
+    ]
+
+
+# --- the action view ---------------------------------------------------------------------------
+
+
+def _recheck_here(request: HttpRequest, avatar: Avatar) -> None:
+    """Ask fal now, in this request (one avatar, bounded by FAL_CALL_TIMEOUT_SECONDS)."""
+    from monitoring.trainings import recheck
+
+    training = actions._active_training(avatar)
+    if training is None:
+        messages.warning(request, _("Not re-checked: no active training."))
+        return
+    training = Training.objects.get(pk=training.pk)
+    reports = recheck([training], source=EventSource.STAFF, actor=request.user)
+    if not reports:
+        messages.warning(request, _("Not re-checked: the training has just ended."))
+        return
+    report = reports[0]
+    training.refresh_from_db()
+    text = fal_answer_words(report.after, training.queue_position, report.error)
+    level = messages.WARNING if report.error else messages.SUCCESS
+    messages.add_message(request, level, text)
+
+
+def avatar_action_view(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, object_id: str, name: str
+) -> HttpResponse:
+    """Run one action on one avatar from its page, then return to the page."""
+    chosen = {action.name: action for action in page_actions()}.get(name)
+    if chosen is None:
+        raise Http404(_("No such action."))
+    if not request.user.has_perm(chosen.permission):
+        raise PermissionDenied
+    avatar = get_object_or_404(Avatar.objects.select_related("current_training"), pk=object_id)
+    page = reverse("admin:monitoring_avatar_change", args=[avatar.pk])
+    if request.method != "POST":
+        return HttpResponseRedirect(page)
+    if name == "recheck_now":
+        _recheck_here(request, avatar)
+        return HttpResponseRedirect(page)
+    function = getattr(actions, name)
+    response = function(modeladmin, request, Avatar.objects.filter(pk=avatar.pk))
+    return response if response is not None else HttpResponseRedirect(page)
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "—"
+    seconds = (now - moment).total_seconds()
+    if 0 <= seconds < 60:
+        # timesince says "0 minutes" for all of these; events seconds apart must differ.
+        return _("%(n)s s ago") % {"n": int(seconds)}
+    return _("%(ago)s ago") % {"ago": timesince(moment, now, depth=2)}
+
+
+def _when(moment: datetime | None, now: datetime) -> SafeString:
+    """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element."""
+    if moment is None:
+        return mark_safe("—")
+    if moment <= now:
+        relative = _ago(moment, now)
+    elif (moment - now).total_seconds() < 60:
+        relative = _("in %(n)s s") % {"n": int((moment - now).total_seconds())}
+    else:
+        relative = _("in %(delay)s") % {"delay": timeuntil(moment, now, depth=2)}
+    return format_html(
+        '<time datetime="{}">{} UTC</time> <span class="quiet">({})</span>',
+        moment.isoformat(),
+        moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        relative,
+    )
+
+
+def _minutes(delta: timedelta) -> int:
+    return max(int(delta.total_seconds() // 60), 0)
+
+
+def cause_words(cause: stuck.StuckCause, now: datetime) -> str:
+    """The stuck cause with live durations, in the reader's language."""
+    values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
+    if cause.code == "result_unavailable":
+        return (
+            _(
+                "finished on fal %(age)s min ago, but its result is not available (the queue "
+                "forgot it and fal's record has no payload): the owner has not been told"
+            )
+            % values
+        )
+    if cause.code == "submit_unknown":
+        return (
+            _(
+                "fal's answer to the submit is unknown for %(age)s min (the limit is %(limit)s "
+                "min): check fal before retrying; it is never resubmitted automatically"
+            )
+            % values
+        )
+    if cause.code == "fal_unreachable":
+        return _(
+            "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
+            "a row)"
+        ) % {**values, "n": cause.check_failures}
+    if cause.code == "in_queue":
+        return _("in fal's queue for %(age)s min; the limit is %(limit)s min") % values
+    if cause.code == "in_progress":
+        return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
+    return _("active for %(age)s min in total; the limit is %(limit)s min") % values
+
+
+def state_words(avatar: Avatar, training: Training | None) -> str:
+    """The state in words: "Training: in fal's queue, position 3"."""
+    label = avatar.get_status_display()
+    if avatar.status != AvatarStatus.TRAINING or training is None:
+        return str(label)
+    sub = {
+        FalStatus.SUBMITTING: _("being submitted to fal"),
+        FalStatus.IN_QUEUE: _("in fal's queue"),
+        FalStatus.IN_PROGRESS: _("training on fal"),
+        FalStatus.COMPLETED: _("finished on fal, result not fetched yet"),
+    }.get(training.fal_status, training.get_fal_status_display())
+    if training.fal_status == FalStatus.IN_QUEUE and training.queue_position is not None:
+        sub = _("%(state)s, position %(position)s") % {
+            "state": sub,
+            "position": training.queue_position,
+        }
+    if training.cancel_requested_at:
+        sub = _("%(state)s; cancel requested") % {"state": sub}
+    return _("%(status)s: %(detail)s") % {"status": label, "detail": sub}
+
+
+def fal_answer_words(after: str, position: int | None, error: str) -> str:
+    """What fal answered to a staff re-check, for the page."""
+    if error:
+        return _("Checked by staff: fal did not answer (%(error)s).") % {"error": error[:300]}
+    if after == FalStatus.IN_QUEUE and position is not None:
+        return _("Checked by staff: fal says IN_QUEUE, position %(position)s.") % {
+            "position": position
+        }
+    if after in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS, FalStatus.COMPLETED):
+        return _("Checked by staff: fal says %(status)s.") % {"status": after}
+    label = dict(AvatarStatus.choices).get(after, after)
+    return _("Checked by staff: the training is now %(status)s.") % {"status": label}
+
+
+def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> SafeString:
+    """ "The owner was told: <text> at <time>", or why not (yet)."""
+    from notifications.models import Audience, Notification, NotificationStatus
+
+    if training is None:
+        return format_html("{}", _("Nothing to tell the owner yet: no training."))
+    notification = (
+        Notification.objects.filter(training=training, audience=Audience.OWNER)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if notification is None:
+        if training.finished_at is None:
+            return format_html("{}", _("The owner is told when the training ends."))
+        return format_html("{}", _("The owner was not told: no message was written."))
+    text = actions.telegram_html(notification.text)
+    status = notification.status
+    if status == NotificationStatus.SENT:
+        return format_html(
+            '{} <blockquote class="owner-text">{}</blockquote>{}',
+            _("The owner was told:"),
+            text,
+            format_html("{} {}", _("at"), _when(notification.sent_at, now)),
+        )
+    if status == NotificationStatus.SKIPPED:
+        why = (
+            _("staff chose to send no message")
+            if notification.context.get("skipped") == "staff_chose_no_message"
+            else _("there was no recipient")
+        )
+        return format_html("{} {}.", _("The owner was not told:"), why)
+    if status in (NotificationStatus.PENDING, NotificationStatus.SENDING):
+        return format_html(
+            '{} <blockquote class="owner-text">{}</blockquote>{} {}',
+            _("Waiting to be sent to the owner:"),
+            text,
+            _("written"),
+            _when(notification.created_at, now),
+        )
+    return format_html(
+        '{} ({}: {}) <blockquote class="owner-text">{}</blockquote>',
+        _("The owner's message was not delivered"),
+        notification.get_status_display(),
+        notification.last_error[:300] or "—",
+        text,
+    )
+
+
+def fold(text: str) -> SafeString:
+    """Long texts folded behind a <details>, the first line visible."""
+    if len(text) <= FOLD_AT:
+        return format_html('<span class="wrap">{}</span>', text)
+    return format_html(
+        '<details class="fold"><summary>{}…</summary><pre class="wrap">{}</pre></details>',
+        text[:FOLD_AT],
+        text,
+    )
+
+
+def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, SafeString]]:
+    """(label, value) rows for the top of the avatar page."""
+    now = now or timezone.now()
+    training = avatar.current_training
+    rows: list[tuple[str, SafeString]] = [
+        (_("State"), format_html("<strong>{}</strong>", state_words(avatar, training)))
+    ]
+    if training is None:
+        return rows
+    if avatar.status == AvatarStatus.ERROR:
+        rows.append((_("Error"), fold(training.error_message or "—")))
+        if training.staff_note:
+            rows.append((_("Internal note"), fold(training.staff_note)))
+    if training.is_active:
+        cause = stuck.stuck_cause(training, now)
+        if training.stuck_since is not None:
+            words = cause_words(cause, now) if cause else training.stuck_reason
+            rows.append(
+                (
+                    _("Stuck"),
+                    format_html(
+                        '<span class="stuck-now">{}</span> <span class="quiet">({})</span>',
+                        words,
+                        _("flagged %(ago)s") % {"ago": _ago(training.stuck_since, now)},
+                    ),
+                )
+            )
+        extended = training.stuck_deadline_extended_until
+        if extended and extended > now:
+            rows.append((_("Deadline extended until"), _when(extended, now)))
+        rows.append(
+            (
+                _("Last check"),
+                format_html(
+                    "{}{}",
+                    _when(training.last_checked_at, now),
+                    format_html(" ⚠ {}", training.last_check_error[:300])
+                    if training.last_check_error
+                    else "",
+                ),
+            )
+        )
+        rows.append((_("Next check"), _when(training.next_check_at, now)))
+    if training.lora_url:
+        links = format_html('<a href="{}" rel="noreferrer">{}</a>', training.lora_url, _("LoRA"))
+        if training.config_url:
+            links = format_html(
+                '{} · <a href="{}" rel="noreferrer">{}</a>', links, training.config_url, _("config")
+            )
+        rows.append((_("Files"), links))
+    rows.append((_("Owner"), owner_told(avatar, training, now)))
+    return rows
+
+
+# --- the timeline ---------------------------------------------------------------------------------
+
+
+def _status_label(value: str) -> str:
+    return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
+
+
+def event_words(event: AvatarEvent) -> str:
+    """The event's text in the reader's language where it has a code, else as recorded."""
+    details = event.details or {}
+    if event.kind == EventKind.STUCK:
+        cause = stuck.cause_from_details(details)
+        if cause is not None:
+            return cause_words(cause, event.created_at)
+    if details.get("code") == "staff_recheck":
+        return fal_answer_words(
+            details.get("after", ""), details.get("queue_position"), details.get("error", "")
+        )
+    return event.message
+
+
+def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> SafeString:
+    """Newest first: when (seconds, UTC, relative), what, who, the change, the text."""
+    now = now or timezone.now()
+    events = list(
+        AvatarEvent.objects.filter(avatar=avatar)
+        .select_related("actor", "training")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    if not events:
+        return format_html("<p>{}</p>", _("Nothing recorded yet."))
+    rows = format_html_join(
+        "",
+        "<tr><td class='nowrap'>{}</td><td>{}<br><span class='quiet'>{}</span></td>"
+        "<td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                _when(event.created_at, now),
+                event.get_kind_display(),
+                event.get_source_display()
+                + (f" · {event.actor.get_username()}" if event.actor_id else ""),
+                format_html(
+                    "{} → {}", _status_label(event.old_status), _status_label(event.new_status)
+                )
+                if event.new_status
+                else "",
+                f"#{event.training.attempt}" if event.training_id else "",
+                fold(event_words(event)) if event_words(event) else "",
+            )
+            for event in events
+        ),
+    )
+    return format_html(
+        '<table class="timeline"><caption>{}</caption><thead><tr><th>{}</th><th>{}</th>'
+        "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+        _("Newest first; times in UTC."),
+        _("when"),
+        _("what"),
+        _("change"),
+        _("attempt"),
+        _("details"),
+        rows,
+    )
+
+
+def refresh_seconds() -> int:
+    return settings.ADMIN_REFRESH_SECONDS

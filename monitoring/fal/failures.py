@@ -1,0 +1,157 @@
+"""What an owner is told about a failed training, from what fal actually returned.
+
+A reviewed table, never a guess from words: fal's machine-readable fields decide,
+in this order of trust:
+
+1. ``error_type`` (the status answer's ``error_type``, a request error's
+   ``error_type``, or one of our own codes below);
+2. ``detail[].type`` of a model error (the result fetch's 422 body, or the webhook's
+   ``payload.detail``);
+3. the HTTP status of the result fetch (422: the input was rejected; 5xx: fal's
+   platform).
+
+Anything else is ``unknown``: the owner gets the neutral "an error happened" text and
+staff see the raw answer on the avatar page. Free text (``error``, ``detail[].msg``)
+is shown to staff but never read here: fal says not to parse it, and it changes.
+
+Sources of the codes: fal's "Model errors" page (``detail[].type``), its "Request
+errors" page (``error_type``), ``shared/fal-facts.md`` and the fal emulator in
+``fakes/fal_emulator.py``. Add a row (and a test) when fal returns a new shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from notifications.models import OwnerMessage
+
+PHOTOS = OwnerMessage.PHOTOS
+TECHNICAL = OwnerMessage.TECHNICAL
+CANCELLED = OwnerMessage.CANCELLED
+UNKNOWN = OwnerMessage.UNKNOWN
+
+# error_type → owner message. fal's request errors (infrastructure), the model's own
+# codes seen on trainers, and the codes this monitor writes itself.
+ERROR_TYPES: dict[str, str] = {
+    # fal request errors: the platform failed, not the photos.
+    "request_timeout": TECHNICAL,
+    "startup_timeout": TECHNICAL,
+    "runner_scheduling_failure": TECHNICAL,
+    "runner_connection_timeout": TECHNICAL,
+    "runner_disconnected": TECHNICAL,
+    "runner_connection_refused": TECHNICAL,
+    "runner_connection_error": TECHNICAL,
+    "runner_incomplete_response": TECHNICAL,
+    "runner_server_error": TECHNICAL,
+    "internal_error": TECHNICAL,
+    "bad_request": TECHNICAL,  # our request was malformed
+    # The job was cancelled on fal (by us, or from fal's dashboard).
+    "client_cancelled": CANCELLED,
+    "client_disconnected": TECHNICAL,
+    "request_cancelled": CANCELLED,  # the emulator's code for a cancelled job
+    # Model errors that trainers put into error_type as well (the emulator does).
+    "image_load_error": PHOTOS,
+    "face_error": PHOTOS,
+    "face_detection_error": PHOTOS,
+    "file_download_error": PHOTOS,
+    "image_too_small": PHOTOS,
+    "image_too_large": PHOTOS,
+    "file_too_large": PHOTOS,
+    "invalid_archive": PHOTOS,
+    "archive_file_count_below_minimum": PHOTOS,
+    "archive_file_count_exceeds_maximum": PHOTOS,
+    "unsupported_image_format": PHOTOS,
+    "content_policy_violation": PHOTOS,
+    "internal_server_error": TECHNICAL,
+    "generation_timeout": TECHNICAL,
+    "downstream_service_error": TECHNICAL,
+    "downstream_service_unavailable": TECHNICAL,
+    # Our own codes (monitoring.status_checks, monitoring.fal.client).
+    "not_found": TECHNICAL,  # fal lost the request
+    "no_lora_in_result": TECHNICAL,  # fal finished without a LoRA file
+    "http_500": TECHNICAL,
+    "http_502": TECHNICAL,
+    "http_503": TECHNICAL,
+    "http_504": TECHNICAL,
+}
+
+# detail[].type of a model (validation) error → owner message. Photo-side problems
+# are the owner's to fix; constraint errors on our own inputs (steps, learning rate,
+# trigger) are ours.
+DETAIL_TYPES: dict[str, str] = {
+    "image_load_error": PHOTOS,
+    "image_too_small": PHOTOS,
+    "image_too_large": PHOTOS,
+    "file_download_error": PHOTOS,
+    "face_detection_error": PHOTOS,
+    "file_too_large": PHOTOS,
+    "invalid_archive": PHOTOS,
+    "archive_file_count_below_minimum": PHOTOS,
+    "archive_file_count_exceeds_maximum": PHOTOS,
+    "unsupported_image_format": PHOTOS,
+    "content_policy_violation": PHOTOS,
+    # A generic validation error of the trainer on the job's input: the input that
+    # varies between jobs is the owner's photo archive (the emulator's failed
+    # webhook and its result 422 both use it).
+    "value_error": PHOTOS,
+    "greater_than": TECHNICAL,
+    "greater_than_equal": TECHNICAL,
+    "less_than": TECHNICAL,
+    "less_than_equal": TECHNICAL,
+    "multiple_of": TECHNICAL,
+    "one_of": TECHNICAL,
+    "sequence_too_short": TECHNICAL,
+    "sequence_too_long": TECHNICAL,
+    "feature_not_supported": TECHNICAL,
+    "missing": TECHNICAL,
+    "value_error.missing": TECHNICAL,
+    "type_error": TECHNICAL,
+    "internal_server_error": TECHNICAL,
+    "generation_timeout": TECHNICAL,
+    "downstream_service_error": TECHNICAL,
+    "downstream_service_unavailable": TECHNICAL,
+}
+
+# Photos beat technical when a model error lists both: the owner can act on it.
+_PRECEDENCE = (CANCELLED, PHOTOS, TECHNICAL)
+
+
+def detail_types(payload: Any) -> list[str]:
+    """The ``type`` of each entry of a model error's ``detail`` list (``[]`` otherwise)."""
+    detail = payload.get("detail") if isinstance(payload, dict) else payload
+    if not isinstance(detail, list):
+        return []
+    return [str(item["type"]) for item in detail if isinstance(item, dict) and item.get("type")][
+        :20
+    ]
+
+
+def _first_by_precedence(kinds: Iterable[str]) -> str | None:
+    found = set(kinds)
+    for kind in _PRECEDENCE:
+        if kind in found:
+            return kind
+    return None
+
+
+def owner_message_for(
+    *,
+    error_type: str = "",
+    detail_type_list: Iterable[str] = (),
+    http_status: int | None = None,
+) -> str:
+    """The owner message kind for a failure with these machine-readable fields."""
+    by_type = ERROR_TYPES.get((error_type or "").strip().lower())
+    if by_type is not None:
+        return by_type
+    by_detail = _first_by_precedence(
+        DETAIL_TYPES[t] for t in (t.strip().lower() for t in detail_type_list) if t in DETAIL_TYPES
+    )
+    if by_detail is not None:
+        return by_detail
+    if http_status == 422:
+        return PHOTOS
+    if http_status is not None and http_status >= 500:
+        return TECHNICAL
+    return UNKNOWN

@@ -1,0 +1,183 @@
+"""What needs staff attention now: the problems banner, the dashboard verdict, the counts.
+
+A handful of cheap queries (indexed counts), gathered only when a page asks for them:
+the context processor hands templates a lazy object, so pages that do not show the
+banner cost nothing, and users without ``monitoring.view_avatar`` never see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Q
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from monitoring.models import Avatar, AvatarStatus, Training
+from monitoring.ops import health
+
+# A message waiting longer than this has not been consumed by the notifier.
+BACKLOG_LATE_MINUTES = 10
+# fal account alerts this recent still count as a problem.
+FAL_ACCOUNT_WINDOW = timedelta(hours=2)
+# Failed or given-up owner messages this recent count as a problem.
+NOTIFICATION_PROBLEM_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str  # stuck, check_late, fal_account, notifications_paused, ...
+    text: str
+    url: str = ""
+
+
+def stuck_filter() -> Q:
+    return Q(
+        current_training__stuck_since__isnull=False, current_training__finished_at__isnull=True
+    )
+
+
+def stuck_count() -> int:
+    return Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False).count()
+
+
+def counts() -> dict[str, int]:
+    """The numbers on the index and the list buttons, in one query."""
+    return Avatar.objects.aggregate(
+        stuck=Count("pk", filter=stuck_filter()),
+        active=Count("pk", filter=Q(status=AvatarStatus.TRAINING)),
+        failed=Count("pk", filter=Q(status=AvatarStatus.ERROR)),
+    )
+
+
+def _changelist(query: str = "") -> str:
+    return reverse("admin:monitoring_avatar_changelist") + query
+
+
+def problems(now: datetime | None = None) -> list[Problem]:
+    """Everything wrong right now, worst first."""
+    from notifications.models import Audience, Notification, NotificationKind
+
+    now = now or timezone.now()
+    found: list[Problem] = []
+    stuck = stuck_count()
+    if stuck:
+        found.append(
+            Problem(
+                "stuck",
+                ngettext("%(n)s training is stuck", "%(n)s trainings are stuck", stuck)
+                % {"n": stuck},
+                _changelist("?stuck=yes"),
+            )
+        )
+    beat = health.heartbeat(now)
+    if beat.last_run is None:
+        found.append(
+            Problem("check_late", _("The periodic check has never run: is the worker up?"))
+        )
+    elif beat.late:
+        found.append(
+            Problem(
+                "check_late",
+                _("The periodic check is late: the last run started %(minutes)s min ago.")
+                % {"minutes": int((beat.age_seconds or 0) // 60)},
+            )
+        )
+    account = (
+        Notification.objects.filter(
+            kind=NotificationKind.FAL_ACCOUNT, created_at__gte=now - FAL_ACCOUNT_WINDOW
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    if account is not None:
+        code = (account.context or {}).get("status_code")
+        found.append(
+            Problem(
+                "fal_account",
+                _("fal rejected our key (401): check FAL_KEY.")
+                if code == 401
+                else _("fal locked the account (403): check the balance and billing."),
+                reverse("admin:notifications_notification_change", args=[account.pk]),
+            )
+        )
+    if health.sending_paused():
+        found.append(
+            Problem(
+                "notifications_paused",
+                _("Notifications are not being sent: Telegram rejected the bot token."),
+            )
+        )
+    oldest = (
+        Notification.objects.filter(status__in=("pending", "sending"), next_attempt_at__lte=now)
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if oldest is not None and now - oldest > timedelta(minutes=BACKLOG_LATE_MINUTES):
+        found.append(
+            Problem(
+                "notifications_late",
+                _("Notifications are not being consumed: the oldest waits for %(minutes)s min.")
+                % {"minutes": int((now - oldest).total_seconds() // 60)},
+            )
+        )
+    undelivered = Notification.objects.filter(
+        audience=Audience.OWNER,
+        status__in=("failed", "given_up"),
+        created_at__gte=now - NOTIFICATION_PROBLEM_WINDOW,
+    ).count()
+    if undelivered:
+        found.append(
+            Problem(
+                "notifications_failed",
+                ngettext(
+                    "%(n)s owner message was not delivered in the last 24 hours",
+                    "%(n)s owner messages were not delivered in the last 24 hours",
+                    undelivered,
+                )
+                % {"n": undelivered},
+                _changelist("?notification=problem"),
+            )
+        )
+    if settings.TELEGRAM_STAFF_CHAT_ID is None:
+        found.append(
+            Problem(
+                "staff_chat_missing",
+                _(
+                    "The staff chat is not configured (TELEGRAM_STAFF_CHAT_ID): stuck and "
+                    "account alerts are recorded but not sent."
+                ),
+            )
+        )
+    return found
+
+
+def for_request(request: HttpRequest) -> dict[str, Any] | None:
+    """The banner's data for this user, or None (no permission, or not an admin page)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or not user.has_perm("monitoring.view_avatar"):
+        return None
+    return {"problems": problems()}
+
+
+def _counts_for(request: HttpRequest) -> dict[str, int]:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or not user.has_perm("monitoring.view_avatar"):
+        return {}
+    return counts()
+
+
+def context(request: HttpRequest) -> dict[str, Any]:
+    """Template context processor: computed only if a template reads them."""
+    return {
+        "attention": SimpleLazyObject(lambda: for_request(request) or {}),
+        "monitoring_counts": SimpleLazyObject(lambda: _counts_for(request)),
+    }
