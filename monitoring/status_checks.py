@@ -147,7 +147,8 @@ def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
     lease_until = lease_token(run_start)
     # A run may fire a little early; what falls due within the grace is taken now
     # rather than left for a second interval.
-    horizon = run_start + min(timedelta(seconds=5), _interval() / 10)
+    # (Never as far ahead as a live batch's renewed lease, which keeps 2/3 of it.)
+    horizon = run_start + min(timedelta(seconds=5), _interval() / 10, _lease() / 3)
     table = Training._meta.db_table
     if connection.vendor == "postgresql":
         # The CTE is computed once (a locking CTE always is); an IN (subquery) form can
