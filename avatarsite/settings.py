@@ -257,7 +257,7 @@ REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1, maximum=64)
 # SIGTERM/SIGINT to the worker (or its process group) ends every process within this
 # long, idle or busy: below Docker's 10 s before its SIGKILL.
-WORKER_STOP_GRACE_SECONDS = env_float("WORKER_STOP_GRACE_SECONDS", 8.0, minimum=2.0)
+WORKER_STOP_GRACE_SECONDS = env_float("WORKER_STOP_GRACE_SECONDS", 8.0, minimum=3.0)
 # A task may run at most `timeout` seconds; `retry` is larger so a live task is never
 # handed to a second worker while the first still runs it.
 Q_CLUSTER = {

@@ -16,11 +16,11 @@ its own processes:
 * **Signal handlers only set a flag** (an attribute assignment: no lock, no I/O), so
   a second signal, or the same signal to the whole process group, is harmless.
 * **A bounded stop.** After the first SIGTERM/SIGINT no worker takes a new task; a
-  task in flight may finish until ``grace - 1.5 s`` (a Telegram send gets at most
-  ``grace - 1 s``), then it is abandoned: its broker message is put back (the ORM
-  row unlocked, the Redis message pushed back to the front) and what it had claimed
-  is left to its short lease. The role process kills any worker still alive at
-  ``grace - 1 s``; the supervisor kills any role still alive at ``grace - 0.5 s``.
+  task in flight may finish until ``grace - 2.5 s`` (so a Telegram send gets less
+  than ``grace - 1 s``), then it is abandoned: its broker message is put back (the
+  ORM row unlocked, the Redis message pushed back to the front) and what it had
+  claimed is left to its short lease. The role process kills any worker still alive
+  at ``grace - 1.5 s``; the supervisor kills any role still alive at ``grace - 0.8 s``.
   Workers die with their role process (``PR_SET_PDEATHSIG``), so a ``kill -9``
   of the parent leaves nothing behind.
 
@@ -54,9 +54,9 @@ NOTIFICATIONS = "notifications"
 ROLES = (CHECKS, NOTIFICATIONS)
 
 # How the grace is shared out, counted back from its end, in seconds.
-ABANDON_BEFORE_END = 1.5  # a worker gives up its task (and puts the message back)
-KILL_WORKERS_BEFORE_END = 1.0  # the role kills workers still alive
-KILL_ROLES_BEFORE_END = 0.5  # the supervisor kills roles still alive
+ABANDON_BEFORE_END = 2.5  # a worker gives up its task (and puts the message back)
+KILL_WORKERS_BEFORE_END = 1.5  # the role kills workers still alive
+KILL_ROLES_BEFORE_END = 0.8  # the supervisor kills roles still alive
 
 SCHEDULER_EVERY_SECONDS = 30.0  # as django-q2's guard does
 HEARTBEAT_EVERY_SECONDS = 10.0
@@ -278,19 +278,26 @@ class _Worker:
         """Abandon the task in flight once the grace is nearly over (a thread: the task blocks)."""
         while seconds_left(ABANDON_BEFORE_END) > 0:
             time.sleep(0.05)
-        got_it = self.finishing.acquire(timeout=0.3)
+        # Putting the message back needs the database or Redis, which may not answer:
+        # it gets half a second, then the process ends regardless.
+        putting_back = threading.Thread(target=self._put_back, name="put-back", daemon=True)
+        putting_back.start()
+        putting_back.join(timeout=0.5)
+        os._exit(0)
+
+    def _put_back(self) -> None:
+        if not self.finishing.acquire(timeout=0.2):
+            return  # its result is being stored right now: nothing to put back
         try:
-            if got_it and self.current is not None:
+            if self.current is not None:
                 ack_id, raw = self.current
-                release_message(self.broker, ack_id, raw)
                 logger.warning(
-                    "Stopping: abandoned an unfinished task (back on the queue; what it had "
+                    "Stopping: abandoning an unfinished task (back on the queue; what it had "
                     "claimed is left to its lease)"
                 )
+                release_message(self.broker, ack_id, raw)
         except Exception:
             logger.exception("Stopping: could not put the unfinished task back on the queue")
-        finally:
-            os._exit(0)
 
 
 def _worker_main(role: str, slot: _Slot) -> None:
