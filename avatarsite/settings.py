@@ -272,8 +272,8 @@ Q_CLUSTER = {
     "poll": 0.2,
     "label": "Django Q2",
 }
-# Notifications have their own queue and workers (a second `qcluster` started with
-# Q_CLUSTER_NAME=notifications), so a message never waits behind a long check run.
+# Notifications have their own queue and workers (the `notifications` role of
+# `qcluster`, see monitoring/worker/), so a message never waits behind a long check run.
 NOTIFICATION_CLUSTER = "notifications"
 NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 2, minimum=1, maximum=16)
 Q_CLUSTER["ALT_CLUSTERS"] = {
