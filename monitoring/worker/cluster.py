@@ -185,6 +185,7 @@ class _Worker:
         self.slot = slot
         self.current: tuple[Any, Any] | None = None  # (ack id, raw message) in flight
         self.finishing = threading.Lock()
+        self.abandon = threading.Event()
 
     def run(self) -> None:
         install_stop_handlers()
@@ -276,16 +277,26 @@ class _Worker:
 
     def _watch_the_stop(self) -> None:
         """Abandon the task in flight once the grace is nearly over (a thread: the task blocks)."""
-        while seconds_left(ABANDON_BEFORE_END) > 0:
+        while STOP.at is None:
             time.sleep(0.05)
-        # Putting the message back needs the database or Redis, which may not answer:
-        # it gets half a second, then the process ends regardless.
+        # Putting the message back needs the database (a new connection can take a
+        # while on a busy host): open it now, while the task may still finish.
         putting_back = threading.Thread(target=self._put_back, name="put-back", daemon=True)
         putting_back.start()
+        while seconds_left(ABANDON_BEFORE_END) > 0:
+            time.sleep(0.05)
+        self.abandon.set()
+        # The database or Redis may not answer: half a second, then the process ends
+        # regardless (the role puts an ORM message back too).
         putting_back.join(timeout=0.5)
         os._exit(0)
 
     def _put_back(self) -> None:
+        try:
+            db.connection.ensure_connection()
+        except Exception:
+            logger.exception("Stopping: no database connection to put a task back with")
+        self.abandon.wait()
         if not self.finishing.acquire(timeout=0.2):
             return  # its result is being stored right now: nothing to put back
         try:
@@ -449,14 +460,16 @@ class RoleCluster:
             logger.warning(
                 "Worker %s of role %s did not stop in time: killed", slot.index, self.role
             )
-            if slot.ack_id.value >= 0:
-                try:
-                    release_message(self.broker, int(slot.ack_id.value), None)
-                except Exception:
-                    logger.exception("Could not put a killed worker's task back on the queue")
         for slot in self.slots:
             if slot.process is not None:
                 slot.process.join(timeout=0.2)
+            if slot.ack_id.value >= 0:
+                # A worker that abandoned (or was killed in) a task: its ORM message is
+                # unlocked here too, in case its own put-back did not make it.
+                try:
+                    release_message(self.broker, int(slot.ack_id.value), None)
+                except Exception:
+                    logger.exception("Could not put an abandoned task back on the queue")
         db.connections.close_all()
         logger.info("Worker role %s stopped", self.role)
 
