@@ -124,6 +124,23 @@ def test_one_qcluster_completes_a_training_and_tells_its_owner(
     assert Notification.objects.get().status == "sent"
 
 
+def test_only_notifications_runs_the_notification_side_alone(telegram, training_avatar, tmp_path):
+    _avatar, training = training_avatar(request_id="only-n", name="Только уведомления")
+    log = tmp_path / "notifications.log"
+
+    with qcluster(log, "--only", "notifications", **telegram_env(telegram)):
+        transitions.complete(
+            training, lora_url="https://v3.fal.media/l", source=EventSource.WEBHOOK
+        )
+        wait_for(lambda: telegram.messages, 60, "the owner's message", log)
+        time.sleep(0.5)
+
+    output = log.read_text()
+    assert len(telegram.messages) == 1
+    assert "Worker role notifications running" in output
+    assert "Worker role checks" not in output and "восстановлен" not in output
+
+
 def test_with_the_notification_side_stopped_healthz_reports_notifications_late(
     fal, make_avatar, tmp_path, settings
 ):
