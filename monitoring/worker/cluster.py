@@ -137,7 +137,7 @@ def die_with_parent(sig: int) -> None:
         os.kill(os.getpid(), sig)
 
 
-def _set_title(title: str) -> None:
+def set_process_title(title: str) -> None:
     from django_q.conf import setproctitle
 
     if setproctitle:
@@ -174,7 +174,7 @@ class _Slot:
     index: int
     busy_since: Any = field(default_factory=lambda: multiprocessing.Value("d", 0.0))
     ack_id: Any = field(default_factory=lambda: multiprocessing.Value("q", -1))
-    process: multiprocessing.Process | None = None
+    process: Any = None  # the worker's multiprocessing process, once started
 
 
 class _Worker:
@@ -190,7 +190,7 @@ class _Worker:
     def run(self) -> None:
         install_stop_handlers()
         die_with_parent(signal.SIGKILL)
-        _set_title(f"qcluster {self.role} worker {self.slot.index}")
+        set_process_title(f"qcluster {self.role} worker {self.slot.index}")
         from django_q.brokers import get_broker
         from django_q.conf import Conf
         from django_q.signals import post_spawn
@@ -239,7 +239,9 @@ class _Worker:
         self.slot.busy_since.value = time.time()
         func = task["func"]
         func_name = get_func_repr(func)
-        _set_title(f"qcluster {self.role} worker {self.slot.index} processing {task['name']}")
+        set_process_title(
+            f"qcluster {self.role} worker {self.slot.index} processing {task['name']}"
+        )
         if not callable(func):
             func = pydoc.locate(func)
         close_old_django_connections()
@@ -273,7 +275,7 @@ class _Worker:
             logger.debug("Processed %s (%s)", func_name, task["name"])
         else:
             logger.error("Failed %s (%s) - %s", func_name, task["name"], result)
-        _set_title(f"qcluster {self.role} worker {self.slot.index} idle")
+        set_process_title(f"qcluster {self.role} worker {self.slot.index} idle")
 
     def _watch_the_stop(self) -> None:
         """Abandon the task in flight once the grace is nearly over (a thread: the task blocks)."""
@@ -338,7 +340,7 @@ class RoleCluster:
 
     def run(self) -> int:
         install_stop_handlers()
-        _set_title(f"qcluster {self.role}")
+        set_process_title(f"qcluster {self.role}")
         from django_q.brokers import get_broker
 
         self.broker = get_broker()
@@ -444,19 +446,23 @@ class RoleCluster:
 
     def _stop(self) -> None:
         logger.info("Worker role %s stopping (%s)", self.role, STOP.signal_name)
-        alive = [s for s in self.slots if s.process is not None and s.process.is_alive()]
-        for slot in alive:
+        alive = [
+            (slot, slot.process)
+            for slot in self.slots
+            if slot.process is not None and slot.process.is_alive()
+        ]
+        for _slot, process in alive:
             # One signal each; a worker that had it already from the group ignores it.
             try:
-                os.kill(slot.process.pid, signal.SIGTERM)
+                process.terminate()  # SIGTERM
             except ProcessLookupError:
                 pass
         while alive and seconds_left(KILL_WORKERS_BEFORE_END) > 0:
             time.sleep(0.05)
-            alive = [s for s in alive if s.process.is_alive()]
-        for slot in alive:
-            slot.process.kill()
-            slot.process.join()
+            alive = [(slot, process) for slot, process in alive if process.is_alive()]
+        for slot, process in alive:
+            process.kill()
+            process.join()
             logger.warning(
                 "Worker %s of role %s did not stop in time: killed", slot.index, self.role
             )

@@ -54,7 +54,7 @@ class Supervisor:
 
     def run(self) -> int:
         cluster.install_stop_handlers()
-        cluster._set_title("qcluster supervisor")
+        cluster.set_process_title("qcluster supervisor")
         for role in self.roles:
             child = subprocess.Popen(
                 _role_command(role), env=_role_environment(role), preexec_fn=_child_setup
