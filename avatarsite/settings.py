@@ -221,6 +221,13 @@ CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
 # bench/check_run.py for the figures; more workers add throughput too.
 CHECK_CONCURRENCY = env_int("CHECK_CONCURRENCY", 40, minimum=1, maximum=1000)
 CHECK_BATCH_SIZE = env_int("CHECK_BATCH_SIZE", 500, minimum=1)
+# A claimed training belongs to its batch this long, renewed while the batch works: a
+# run that dies leaves its trainings due again well within one interval.
+CHECK_LEASE_SECONDS = env_float(
+    "CHECK_LEASE_SECONDS", min(30.0, CHECK_INTERVAL_SECONDS / 2), minimum=0.5
+)
+if CHECK_LEASE_SECONDS >= CHECK_INTERVAL_SECONDS:
+    raise ImproperlyConfigured("CHECK_LEASE_SECONDS must be shorter than CHECK_INTERVAL_SECONDS")
 # A submit whose answer never came back: after this long staff decide, nothing resubmits.
 STUCK_SUBMITTING_MINUTES = env_int("STUCK_SUBMITTING_MINUTES", 5, minimum=1)
 STUCK_IN_QUEUE_MINUTES = env_int("STUCK_IN_QUEUE_MINUTES", 60, minimum=1)
@@ -293,6 +300,9 @@ RETENTION_TASK_RESULT_DAYS = env_int("RETENTION_TASK_RESULT_DAYS", 7, minimum=1)
 # --- django-q2 -------------------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1, maximum=64)
+# SIGTERM/SIGINT to the worker (or its process group) ends every process within this
+# long, idle or busy: below Docker's 10 s before its SIGKILL.
+WORKER_STOP_GRACE_SECONDS = env_float("WORKER_STOP_GRACE_SECONDS", 8.0, minimum=3.0)
 # A task may run at most `timeout` seconds; `retry` is larger so a live task is never
 # handed to a second worker while the first still runs it.
 Q_CLUSTER = {
@@ -307,8 +317,8 @@ Q_CLUSTER = {
     "poll": 0.2,
     "label": "Django Q2",
 }
-# Notifications have their own queue and workers (a second `qcluster` started with
-# Q_CLUSTER_NAME=notifications), so a message never waits behind a long check run.
+# Notifications have their own queue and workers (the `notifications` role of
+# `qcluster`, see monitoring/worker/), so a message never waits behind a long check run.
 NOTIFICATION_CLUSTER = "notifications"
 NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 2, minimum=1, maximum=16)
 Q_CLUSTER["ALT_CLUSTERS"] = {

@@ -503,3 +503,28 @@ class RunningTotal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}{self.labels} = {self.value}"
+
+
+class WorkerHeartbeat(models.Model):
+    """One row per worker role and host, touched by the role's process every few seconds.
+
+    The periodic check has its ``CheckRun`` rows; the notification side runs no such
+    run, so this is what proves it is alive (the dashboard and the worker's
+    HEALTHCHECK read it).
+    """
+
+    role = models.CharField(_("role"), max_length=32)
+    host = models.CharField(_("host"), max_length=255)
+    pid = models.PositiveIntegerField(_("process id"))
+    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    beat_at = models.DateTimeField(_("last beat"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("worker heartbeat")
+        verbose_name_plural = _("worker heartbeats")
+        constraints = [
+            models.UniqueConstraint(fields=["role", "host"], name="one_heartbeat_per_role_and_host")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} on {self.host}"

@@ -32,6 +32,7 @@ import asyncio
 import collections
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -132,6 +133,20 @@ def _budget_seconds() -> float:
 # --- 1. Claim ---------------------------------------------------------------------------
 
 
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.CHECK_LEASE_SECONDS)
+
+
+def lease_token(run_start: datetime) -> datetime:
+    """The ``next_check_at`` a run's claim writes: its batches recognise their trainings by it.
+
+    The lease is shorter than the interval, so the trainings of a run that died are
+    due again within one interval; a live batch renews it while it works
+    (``_LeaseKeeper``) and, when done, moves its trainings to ``run_start + interval``.
+    """
+    return run_start + _lease()
+
+
 def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
     """Lease the due active trainings to this run; returns their ids.
 
@@ -140,10 +155,11 @@ def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
     since its snapshot (a claim committed meanwhile pushed them past the horizon); on
     SQLite the statement holds the write lock.
     """
-    lease_until = run_start + _interval()
+    lease_until = lease_token(run_start)
     # A run may fire a little early; what falls due within the grace is taken now
     # rather than left for a second interval.
-    horizon = run_start + min(timedelta(seconds=5), _interval() / 10)
+    # (Never as far ahead as a live batch's renewed lease, which keeps 2/3 of it.)
+    horizon = run_start + min(timedelta(seconds=5), _interval() / 10, _lease() / 3)
     table = Training._meta.db_table
     if connection.vendor == "postgresql":
         # The CTE is computed once (a locking CTE always is); an IN (subquery) form can
@@ -609,6 +625,79 @@ def _dry_report(training: Training, seen: _Seen) -> CheckReport:
     return report
 
 
+# --- The lease of a batch ---------------------------------------------------------------------
+
+
+def _move_lease(ids: list[int], expected: datetime, new: datetime) -> list[int]:
+    """Set ``next_check_at`` to ``new`` on those of ``ids`` still at ``expected``.
+
+    Raw SQL like the claim, so that both sides of the comparison are written the same
+    way on every database.
+    """
+    if not ids:
+        return []
+    table = Training._meta.db_table
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET next_check_at = %s WHERE id IN ({marks}) "
+            f"AND finished_at IS NULL AND next_check_at = %s RETURNING id",
+            [new, *ids, expected],
+        )
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+class _LeaseKeeper:
+    """Holds a batch's trainings while it works: takes them over, renews, hands them back.
+
+    Renewal runs in a thread (the batch is busy in its event loop) with its own
+    database connection, every third of the lease.
+    """
+
+    def __init__(self, ids: list[int], token: datetime) -> None:
+        self.ids = list(ids)
+        self.current = token
+        self.held: list[int] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _LeaseKeeper:
+        token, self.current = self.current, timezone.now() + _lease()
+        self.held = _move_lease(self.ids, token, self.current)
+        if self.held:
+            self._thread = threading.Thread(target=self._renew, name="lease-keeper", daemon=True)
+            self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        try:
+            while not self._done.wait(settings.CHECK_LEASE_SECONDS / 3):
+                with self._lock:
+                    new = timezone.now() + _lease()
+                    _move_lease(self.held, self.current, new)
+                    self.current = new
+        except Exception:  # the lease then simply expires: the trainings are due again
+            logger.exception("Could not renew the lease of a check batch")
+        finally:
+            connection.close()
+
+    def hand_back(self, next_due: datetime) -> None:
+        """What the checks did not reschedule themselves is due one interval after the run."""
+        self._stop()
+        _move_lease(self.held, self.current, next_due)
+
+    def _stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        # On an error the trainings keep the lease and fall due when it runs out.
+        self._stop()
+
+
 # --- The run -------------------------------------------------------------------------------
 
 
@@ -626,10 +715,19 @@ def check_batch(
     training_ids: list[int], run_id: int | None, run_start: datetime
 ) -> list[CheckReport]:
     """Check one batch of claimed trainings and add its counts to the run's heartbeat."""
-    trainings = list(
-        Training.objects.filter(pk__in=training_ids, finished_at__isnull=True).only(*_LOADED_FIELDS)
-    )
-    reports = check_trainings(trainings, source=EventSource.CHECK, run_start=run_start)
+    with _LeaseKeeper(training_ids, lease_token(run_start)) as lease:
+        # Only what this run still holds: a batch redelivered by the broker after its
+        # worker died finds its trainings leased again (or checked) by a later run.
+        trainings = list(
+            Training.objects.filter(pk__in=lease.held, finished_at__isnull=True).only(
+                *_LOADED_FIELDS
+            )
+        )
+        next_due = run_start + _interval()
+        for training in trainings:
+            training.next_check_at = next_due  # unless the check decides otherwise
+        reports = check_trainings(trainings, source=EventSource.CHECK, run_start=run_start)
+        lease.hand_back(next_due)
     if run_id is not None:
         now = timezone.now()
         counts = _tally(reports)

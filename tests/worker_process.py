@@ -23,13 +23,8 @@ def database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-@contextmanager
-def qcluster(log: Path, **extra_env: str) -> Iterator[subprocess.Popen]:
-    """Run a cluster on the test database (the test must commit: transaction=True).
-
-    Its output goes to ``log``; it is stopped (and killed with its workers if it
-    hangs) when the block ends.
-    """
+def start_qcluster(log: Path, *args: str, **extra_env: str) -> subprocess.Popen:
+    """``python manage.py qcluster ARGS`` on the test database, in its own process group."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -38,18 +33,31 @@ def qcluster(log: Path, **extra_env: str) -> Iterator[subprocess.Popen]:
         **extra_env,
     }
     with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster", *args],
             cwd=ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@contextmanager
+def qcluster(log: Path, *args: str, **extra_env: str) -> Iterator[subprocess.Popen]:
+    """Run the worker on the test database (the test must commit: transaction=True).
+
+    Its output goes to ``log``; it is stopped (and killed with its workers if it
+    hangs) when the block ends.
+    """
+    worker = start_qcluster(log, *args, **extra_env)
     try:
         yield worker
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            os.killpg(worker.pid, signal.SIGTERM)
+        except ProcessLookupError:  # the test stopped it already
+            return
         try:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:

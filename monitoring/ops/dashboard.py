@@ -115,6 +115,8 @@ def notification_backlog(now: datetime) -> dict[str, Any]:
         "oldest_age_minutes": round((now - oldest).total_seconds() / 60, 1) if oldest else None,
         "problems": problems,
         "paused": health.sending_paused(),
+        "late": health.notifications_late(now),
+        "heartbeat_age_seconds": health.worker_heartbeat_age("notifications", now),
     }
 
 

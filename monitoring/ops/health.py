@@ -3,18 +3,21 @@
 Load balancers call it without ``strict`` and only care that the web process can
 reach its database (200) or not (503). Monitoring calls ``/healthz?strict=1``, which
 also answers 503 when the periodic check has not run for more than three
-intervals: the avatars are then not being followed, even though the site is up.
+intervals (the avatars are then not being followed, even though the site is up),
+and when ``notifications_late``: a message has been due and untaken for more than
+two intervals (the notification side is down; owners are not being told).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import Q
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -27,6 +30,7 @@ logger = logging.getLogger("monitoring")
 # Runs started by the worker. A manual run from a command proves nothing about it.
 WORKER_RUN_KINDS = (CheckRun.Kind.SCHEDULED, CheckRun.Kind.RESTORE)
 LATE_AFTER_INTERVALS = 3
+NOTIFICATIONS_LATE_AFTER_INTERVALS = 2
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,49 @@ def heartbeat(now: datetime | None = None) -> Heartbeat:
     return Heartbeat(last, age, age > limit, limit)
 
 
+@dataclass(frozen=True)
+class NotificationsLate:
+    """Messages due and not taken by the notification side for too long."""
+
+    late: bool
+    waiting: int
+    late_after_seconds: int
+
+
+def notifications_late_after_seconds() -> int:
+    return NOTIFICATIONS_LATE_AFTER_INTERVALS * settings.CHECK_INTERVAL_SECONDS
+
+
+def notifications_late(now: datetime | None = None) -> NotificationsLate:
+    """Late when a message has been due and unclaimed for more than two check intervals.
+
+    Due and unclaimed: pending since ``next_attempt_at``, or claimed by a worker whose
+    lease ran out at ``lease_until``. Never late while sending is paused because
+    Telegram rejects the token: that has its own flag, and nothing could be sent.
+    """
+    from notifications.models import Notification, NotificationStatus
+
+    now = now or timezone.now()
+    limit = notifications_late_after_seconds()
+    if sending_paused():
+        return NotificationsLate(False, 0, limit)
+    since = now - timedelta(seconds=limit)
+    waiting = Notification.objects.filter(
+        Q(status=NotificationStatus.PENDING, next_attempt_at__lt=since)
+        | Q(status=NotificationStatus.SENDING, lease_until__lt=since, next_attempt_at__lt=since)
+    ).count()
+    return NotificationsLate(waiting > 0, waiting, limit)
+
+
+def worker_heartbeat_age(role: str, now: datetime | None = None) -> float | None:
+    """Seconds since any host's ``role`` last beat (None: it never ran)."""
+    from monitoring.models import WorkerHeartbeat
+
+    now = now or timezone.now()
+    beat = WorkerHeartbeat.objects.filter(role=role).order_by("-beat_at").first()
+    return None if beat is None else round(max(0.0, (now - beat.beat_at).total_seconds()), 1)
+
+
 def sending_paused() -> bool:
     """Whether the notifier paused sending (Telegram rejected the token)."""
     from notifications import delivery
@@ -82,6 +129,9 @@ def report(now: datetime | None = None) -> dict[str, Any]:
         "active_trainings": active.count(),
         "stuck_trainings": active.filter(stuck_since__isnull=False).count(),
         "notifications_paused": sending_paused(),
+        "notifications_late": notifications_late(now).late,
+        "notifications_late_after_seconds": notifications_late_after_seconds(),
+        "notifications_heartbeat_age_seconds": worker_heartbeat_age("notifications", now),
     }
 
 
@@ -97,5 +147,5 @@ def healthz(request: HttpRequest) -> JsonResponse:
         return JsonResponse(
             {"ok": False, "database": False, "error": "database unreachable"}, status=503
         )
-    ok = not (strict and body["check_late"])
+    ok = not (strict and (body["check_late"] or body["notifications_late"]))
     return JsonResponse({"ok": ok, **body}, status=200 if ok else 503)

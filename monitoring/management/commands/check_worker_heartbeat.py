@@ -1,8 +1,9 @@
-"""The worker container's HEALTHCHECK: fail when the periodic check has gone quiet.
+"""The worker container's HEALTHCHECK: fail when the periodic check or the notifications have gone quiet.
 
 A worker whose cluster died (or hangs) still has a running process, so Docker
 would call it healthy; the heartbeat rows written by every periodic run are the
-only proof that avatars are being followed.
+only proof that avatars are being followed, and ``notifications_late`` (a message
+due and untaken for more than two intervals) the proof that owners are not told.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from monitoring.ops import health
 class Command(BaseCommand):
     help = _(
         "Exit non-zero when the last periodic check started longer ago than --max-age seconds "
-        "(default: three check intervals)."
+        "(default: three check intervals), or when notifications are late (a message due and "
+        "not taken for more than two intervals)."
     )
     # Docker runs this every 30 s: configuration warnings belong in the worker's
     # own start-up log, not in every health probe.
@@ -48,6 +50,15 @@ class Command(BaseCommand):
             raise CommandError(
                 _("unhealthy: the last periodic check started %(age)d s ago (limit %(limit)d s)")
                 % {"age": beat.age_seconds, "limit": limit}
+            )
+        late = health.notifications_late()
+        if late.late:
+            raise CommandError(
+                _(
+                    "unhealthy: %(n)d notification(s) due for more than %(limit)d s and not "
+                    "taken (is the notification side running?)"
+                )
+                % {"n": late.waiting, "limit": late.late_after_seconds}
             )
         self.stdout.write(
             _("ok: the last periodic check started %(age)d s ago") % {"age": beat.age_seconds}

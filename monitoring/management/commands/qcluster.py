@@ -1,26 +1,92 @@
-"""``qcluster``: startup restore, then django-q2's own cluster.
+"""``qcluster``: the whole worker in one command (replaces django-q2's).
 
-The monitoring app is listed before django_q in INSTALLED_APPS, so this command wins;
-it makes every active training due, enqueues a run, and hands over.
+The monitoring app is listed before django_q in INSTALLED_APPS, so this command wins.
+
+* ``qcluster`` runs everything the product needs: the ``checks`` role (startup
+  restore, periodic checks, retention) and the ``notifications`` role (Telegram
+  delivery, on its own queue so a message never waits behind a check run), as two
+  supervised child processes.
+* ``qcluster --only checks`` / ``--only notifications`` run one role, for scale-out.
+  ``Q_CLUSTER_NAME=notifications qcluster`` (and ``--name notifications``) is the old
+  spelling of ``--only notifications``.
+
+SIGTERM or SIGINT (to the main process or its whole group) stops it within
+WORKER_STOP_GRACE_SECONDS; see ``monitoring.worker.cluster``.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 
-from django.conf import settings
-from django_q.management.commands.qcluster import Command as QClusterCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from monitoring import restore
+from monitoring.worker import cluster
 
 
-class Command(QClusterCommand):
-    help = "Restores monitoring of every active training, then starts a Django Q cluster."
+class Command(BaseCommand):
+    help = (
+        "Runs the worker: the periodic checks (with the startup restore and retention) and "
+        "the notification delivery; --only picks one of them."
+    )
 
-    def handle(self, *args, **options):
-        name = options.get("cluster_name") or os.environ.get("Q_CLUSTER_NAME") or ""
-        # Other clusters (notifications) have their own queues: restore belongs to the
-        # main one only.
-        if name in ("", settings.Q_CLUSTER.get("name")):
-            restore.restore_monitoring()
-        super().handle(*args, **options)
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--only",
+            choices=cluster.ROLES,
+            default=None,
+            help="Run one role only (for scale-out): checks or notifications.",
+        )
+        parser.add_argument(
+            "-n",
+            "--name",
+            dest="cluster_name",
+            default=None,
+            help="The old form: a django-q2 cluster name (notifications = --only notifications).",
+        )
+
+    def handle(self, *args, only: str | None = None, cluster_name: str | None = None, **options):
+        role = only or self._role_from_name(cluster_name or os.environ.get("Q_CLUSTER_NAME"))
+        if role is None:
+            from monitoring.worker.supervisor import Supervisor
+
+            code = Supervisor().run()
+        else:
+            self._run_as(role)
+            code = cluster.RoleCluster(role).run()
+        # Everything is stopped: run the exit hooks (log and error-reporter flushes) and
+        # skip the interpreter's teardown, which takes most of a second on a busy host.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+        os._exit(code)
+
+    @staticmethod
+    def _role_from_name(name: str | None) -> str | None:
+        role = cluster.role_for_cluster(name)
+        if role == "":
+            raise CommandError(
+                f"Unknown cluster name {name!r}: use --only "
+                f"{' or --only '.join(cluster.ROLES)} (or no option for both)"
+            )
+        return role
+
+    @staticmethod
+    def _run_as(role: str) -> None:
+        """django-q2 reads its queue name from Q_CLUSTER_NAME at import: re-exec if it differs."""
+        from django_q.conf import Conf
+
+        wanted = cluster.cluster_name(role)
+        if Conf.CLUSTER_NAME == wanted:
+            return
+        env = dict(os.environ)
+        if role == cluster.NOTIFICATIONS:
+            env["Q_CLUSTER_NAME"] = wanted
+        else:
+            env.pop("Q_CLUSTER_NAME", None)
+        if env.get("Q_CLUSTER_NAME") == os.environ.get("Q_CLUSTER_NAME"):
+            raise CommandError(
+                f"django-q2 is configured for queue {Conf.CLUSTER_NAME}, not {wanted}"
+            )
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)

@@ -1,0 +1,116 @@
+"""``qcluster`` with no ``--only``: both roles as child processes, stopped together.
+
+Each role is its own ``manage.py qcluster --only ROLE`` child (django-q2 reads the
+queue name from the environment at import, so a role cannot share a process with the
+other), in this process's group: a group signal reaches everyone at once, a signal
+to this PID is forwarded exactly once to each child. Every process only sets a flag
+in its handler, so getting both is harmless.
+
+A child that ends on its own (a crash) stops the other and the supervisor exits
+non-zero: the container (or systemd) restarts the whole worker, with its restore.
+As PID 1 in a container it also reaps orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from monitoring.worker import cluster
+
+logger = logging.getLogger("monitoring.worker")
+
+
+def _role_command(role: str) -> list[str]:
+    script = sys.argv[0]
+    if script.endswith("__main__.py") or not os.path.isfile(script):  # python -m django
+        return [sys.executable, "-m", "django", "qcluster", "--only", role, "--skip-checks"]
+    return [sys.executable, script, "qcluster", "--only", role, "--skip-checks"]
+
+
+def _role_environment(role: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if role == cluster.NOTIFICATIONS:
+        env["Q_CLUSTER_NAME"] = cluster.cluster_name(role)
+    else:
+        env.pop("Q_CLUSTER_NAME", None)
+    return env
+
+
+def _child_setup() -> None:
+    # A supervisor killed with SIGKILL still ends its roles (which end their workers).
+    cluster.die_with_parent(signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, roles: tuple[str, ...] = cluster.ROLES) -> None:
+        self.roles = roles
+        self.children: dict[int, tuple[str, subprocess.Popen]] = {}
+        self.exit_code = 0
+
+    def run(self) -> int:
+        cluster.install_stop_handlers()
+        cluster.set_process_title("qcluster supervisor")
+        for role in self.roles:
+            child = subprocess.Popen(
+                _role_command(role), env=_role_environment(role), preexec_fn=_child_setup
+            )
+            self.children[child.pid] = (role, child)
+        logger.info(
+            "Worker running: %s (grace %g s)",
+            ", ".join(f"{role} (pid {pid})" for pid, (role, _c) in self.children.items()),
+            cluster.grace_seconds(),
+        )
+        while cluster.STOP.at is None:
+            self._reap()
+            time.sleep(0.1)
+        self._stop()
+        return self.exit_code
+
+    def _reap(self) -> None:
+        """Collect every ended child (and orphans, when we are PID 1)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue  # an orphan handed to PID 1
+            role, child = entry
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if cluster.STOP.at is None:
+                logger.error(
+                    "Worker role %s ended on its own (exit code %s): stopping the worker",
+                    role,
+                    child.returncode,
+                )
+                self.exit_code = 1
+                cluster.request_stop()
+
+    def _stop(self) -> None:
+        logger.info("Worker stopping (%s)", cluster.STOP.signal_name)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)  # exactly one, whatever the group got
+            except ProcessLookupError:
+                pass
+        while self.children and cluster.seconds_left(cluster.KILL_ROLES_BEFORE_END) > 0:
+            self._reap()
+            time.sleep(0.02)
+        for pid, (role, _child) in list(self.children.items()):
+            logger.warning("Worker role %s did not stop in time: killed", role)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        while self.children:
+            self._reap()
+            time.sleep(0.01)
+        logger.info("Worker stopped")
