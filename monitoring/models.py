@@ -243,6 +243,7 @@ class EventSource(models.TextChoices):
     STAFF = "staff", _("staff action")
     COMMAND = "command", _("management command")
     SYSTEM = "system", _("system")
+    API = "api", _("bot API")
 
 
 class EventKind(models.TextChoices):

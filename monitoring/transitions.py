@@ -63,6 +63,11 @@ ACTIVE_FAL_STATUSES = (FalStatus.SUBMITTING, FalStatus.IN_QUEUE, FalStatus.IN_PR
 # arrived before we saved the id (the start of a training races its own webhook)
 # can be applied. Receivers get ``training_id`` and ``request_id``.
 training_submitted = django.dispatch.Signal()
+# Sent inside the transaction that finishes a training (``outcome`` is the avatar's new
+# status) or flags it stuck, so that receivers (the API's event callbacks) write their
+# rows with the change or not at all. Receivers get ``training`` (with avatar and owner).
+training_finished = django.dispatch.Signal()
+training_flagged_stuck = django.dispatch.Signal()
 
 
 class InvalidTransition(Exception):
@@ -453,6 +458,7 @@ def _finish(
                 details=details,
                 at=now,
             )
+            training_finished.send(sender=Training, training=fresh, outcome=new_status)
             from notifications import outbox
 
             outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
@@ -595,6 +601,7 @@ def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHE
             details={"episode": episode},
             at=now,
         )
+        training_flagged_stuck.send(sender=Training, training=training, episode=episode)
         from notifications import outbox
 
         outbox.queue_stuck(training_id=training.pk, episode=episode)

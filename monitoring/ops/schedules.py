@@ -18,6 +18,7 @@ from django.conf import settings
 
 PERIODIC_CHECK = "monitoring: periodic status check"
 PRUNE = "monitoring: prune old records"
+EVENT_CALLBACK_SWEEP = "api: send due event callbacks"
 
 
 def _check_minutes() -> int:
@@ -39,6 +40,14 @@ SCHEDULES: list[dict[str, Any]] = [
         "name": PRUNE,
         "func": "monitoring.ops.retention.prune",
         "schedule_type": "D",  # Schedule.DAILY
+        "repeats": -1,
+    },
+    # Event callbacks to API clients: retries with backoff, and lost hand-overs.
+    {
+        "name": EVENT_CALLBACK_SWEEP,
+        "func": "monitoring.api.callbacks.sweep",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": 1,
         "repeats": -1,
     },
 ]
