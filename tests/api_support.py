@@ -64,7 +64,7 @@ def bot(make_api_client) -> ApiSession:
 class Receiver:
     """A real HTTP server on 127.0.0.1 that records each POST and answers ``statuses``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_dir=None) -> None:
         self.requests: list[dict] = []
         self.statuses: list[int] = []
         self.lock = threading.Lock()
@@ -80,6 +80,8 @@ class Receiver:
                     )
                     status = receiver.statuses.pop(0) if receiver.statuses else 204
                 self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "120")
                 if status in (301, 302):
                     self.send_header("Location", "http://127.0.0.1:9/elsewhere")
                 self.send_header("Content-Length", "0")
@@ -89,11 +91,23 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme, self.cert_file = "http", ""
+        if tls_dir is not None:
+            import ssl
+
+            from fakes.tls import make_self_signed_cert
+
+            cert, key = make_self_signed_cert(tls_dir)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme, self.cert_file = "https", str(cert)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/avatars"
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.server.server_address[1]}/hooks/avatars"
 
     def start(self) -> Receiver:
         self.thread.start()

@@ -68,6 +68,8 @@ def record_outcome(sender: Any, *, training: Training, outcome: str, **kwargs: A
 
 def record_stuck(sender: Any, *, training: Training, episode: int, **kwargs: Any) -> None:
     """Receiver of ``transitions.training_flagged_stuck``: for clients that opted in."""
+    # Read again: the flag was set by an UPDATE the caller's object has not seen yet.
+    training = Training.objects.select_related("avatar__owner").get(pk=training.pk)
     _record(training, EventType.STUCK, f"{EventType.STUCK}:{training.pk}:{episode}")
 
 
