@@ -17,7 +17,6 @@ from monitoring.api import adopt
 from monitoring.api.models import ApiCall, ApiClient, ClientAvatar, IdempotencyKey
 from monitoring.models import Avatar, AvatarStatus, FalStatus, Owner, Training
 from monitoring.ops import retention
-from tests.api_support import bot, make_api_client  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 

@@ -20,14 +20,14 @@ from monitoring.api.models import (
     EventCallback,
 )
 from monitoring.models import EventSource, Training
-from tests.api_support import Receiver, make_api_client, receiver  # noqa: F401 (fixtures)
+from tests.api_support import Receiver
 from tests.test_api import BODY, run_check
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def bot(make_api_client, receiver):  # noqa: F811
+def bot(make_api_client, receiver):
     return make_api_client(callback_url=receiver.url)
 
 
@@ -170,7 +170,7 @@ def test_a_redirect_is_not_followed_and_is_final(fal, bot, receiver):
     assert "not followed" in EventCallback.objects.get().last_error
 
 
-def test_an_unreachable_receiver_is_retried(fal, make_api_client, receiver):  # noqa: F811
+def test_an_unreachable_receiver_is_retried(fal, make_api_client, receiver):
     bot = make_api_client(callback_url="http://127.0.0.1:9/closed")
     start(bot, fal)
     run_check()
@@ -196,7 +196,7 @@ def test_retries_stop_after_the_maximum_age(fal, bot, receiver):
 
 def test_a_callback_to_a_private_address_is_refused_unless_allowed(
     fal, make_api_client, receiver, settings
-):  # noqa: F811,E501
+):  # noqa: E501
     bot = make_api_client(callback_url=receiver.url)
     start(bot, fal)
     run_check()
@@ -247,7 +247,7 @@ def test_https_receivers_get_the_event_over_a_verified_connection(
     make_api_client,
     settings,
     tmp_path,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ):
     settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = True
     server = Receiver(tls_dir=tmp_path).start()
@@ -268,7 +268,7 @@ def test_https_receivers_get_the_event_over_a_verified_connection(
         server.stop()
 
 
-def test_stuck_events_go_only_to_clients_that_opted_in(fal, make_api_client, receiver):  # noqa: F811
+def test_stuck_events_go_only_to_clients_that_opted_in(fal, make_api_client, receiver):
     plain = make_api_client(name="plain", callback_url=receiver.url)
     keen = make_api_client(name="keen", callback_url=receiver.url, callback_stuck=True)
     for client in (plain, keen):
