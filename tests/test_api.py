@@ -134,6 +134,36 @@ def test_a_key_still_in_progress_is_409_in_progress(fal, bot):
     assert fal.submissions == [] and Avatar.objects.count() == 0
 
 
+def test_a_key_left_in_progress_by_a_dead_process_is_answered_from_the_database(
+    fal, bot, make_avatar
+):
+    from monitoring.api import idempotency
+
+    avatar = make_avatar()
+    bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="first")
+    long_ago = timezone.now() - timedelta(hours=1)
+    digest = idempotency.request_hash("POST", f"/avatars/{avatar.pk}/trainings", None)
+    for key, noted in (("died-after-avatar", avatar), ("died-before-avatar", None)):
+        IdempotencyKey.objects.create(
+            client=bot.client,
+            key=key,
+            request_hash=digest,
+            state=IdempotencyKey.State.IN_PROGRESS,
+            avatar=noted,
+            created_at=long_ago,
+        )
+
+    answered = bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="died-after-avatar")
+    freed = bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="died-before-avatar")
+
+    assert answered.status_code == 201
+    assert answered.json()["avatar"]["id"] == str(avatar.pk)
+    assert IdempotencyKey.objects.get(key="died-after-avatar").state == "done"
+    assert freed.status_code == 409 and freed.json()["error"] == "in_progress"
+    assert not IdempotencyKey.objects.filter(key="died-before-avatar").exists()
+    assert len(fal.submissions) == 1
+
+
 def _validated(data: dict) -> dict:
     from monitoring.api.schemas import TrainingIn
 

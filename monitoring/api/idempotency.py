@@ -14,8 +14,10 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -66,7 +68,7 @@ def run_once(
                 client=client, key=key, request_hash=digest, state=IdempotencyKey.State.IN_PROGRESS
             )
     except IntegrityError:
-        return _replay(client, key, digest)
+        return _replay(client, key, digest, recover)
     try:
         status, body = perform(row)
     except ApiError:
@@ -89,7 +91,15 @@ def run_once(
     return status, body
 
 
-def _replay(client: ApiClient, key: str, digest: str) -> Answer:
+def _stale_after() -> timedelta:
+    # Longer than any live request can take (the submit is bounded), so a row still in
+    # progress after this belongs to a process that died on the way.
+    return timedelta(seconds=settings.FAL_SUBMIT_TIMEOUT_SECONDS + 60)
+
+
+def _replay(
+    client: ApiClient, key: str, digest: str, recover: Callable[[IdempotencyKey], Answer | None]
+) -> Answer:
     existing = IdempotencyKey.objects.filter(client=client, key=key).first()
     if existing is None:
         # Finished and pruned, or forgotten after an error, in between: rare enough to
@@ -98,8 +108,32 @@ def _replay(client: ApiClient, key: str, digest: str) -> Answer:
     if existing.request_hash != digest:
         raise ApiError(409, "key_reused", "This Idempotency-Key was used for a different request.")
     if existing.state != IdempotencyKey.State.DONE:
+        if existing.created_at < timezone.now() - _stale_after():
+            return _take_over(existing, recover)
         raise ApiError(
             409, "in_progress", "A request with this Idempotency-Key is still in progress."
         )
     assert existing.status_code is not None and existing.response is not None
     return existing.status_code, existing.response
+
+
+def _take_over(row: IdempotencyKey, recover: Callable[[IdempotencyKey], Answer | None]) -> Answer:
+    """A key left in progress by a process that died: answer from what it left behind.
+
+    With an avatar noted, whatever happened to the submit is in the database (a lost
+    answer shows as ``unknown``), so that is the answer, kept for good. Without one,
+    nothing reached fal: the key is freed for the client's next retry.
+    """
+    answer = recover(row) if row.avatar_id else None
+    if answer is None:
+        IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).delete()
+        raise ApiError(409, "in_progress", "The earlier request with this key died; retry now.")
+    status, body = answer
+    IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).update(
+        state=IdempotencyKey.State.DONE,
+        status_code=status,
+        response=body,
+        finished_at=timezone.now(),
+    )
+    logger.warning("Idempotency-Key %s was left in progress; answered from the database", row.key)
+    return status, body

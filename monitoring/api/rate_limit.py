@@ -2,7 +2,7 @@
 
 A fixed window of one minute per client (``API_RATE_LIMIT_PER_MINUTE``). Like
 ``notifications.rate_limits``, nothing is held in process memory: the count lives in
-the database (a row per client and window, incremented with one UPDATE) or, when
+the database (a row per client and window, counted with one upsert) or, when
 ``REDIS_URL`` is set, in a Redis counter that expires with its window.
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import connection
 from django.utils import timezone
 
 from monitoring.api.models import ApiRateWindow
@@ -39,20 +38,23 @@ def take(client_id: int, *, now: datetime | None = None) -> float:
 
 
 def _count_in_database(client_id: int, start: datetime, now: datetime) -> int:
-    window = ApiRateWindow.objects.filter(client_id=client_id, window_start=start)
-    if not window.update(calls=F("calls") + 1):
-        try:
-            with transaction.atomic():
-                ApiRateWindow.objects.create(client_id=client_id, window_start=start, calls=1)
-            # Old windows are useless: the first call of a window clears them.
-            ApiRateWindow.objects.filter(
-                client_id=client_id, window_start__lt=start - timedelta(minutes=5)
-            ).delete()
-            return 1
-        except IntegrityError:
-            # Another process created this window first: count on it.
-            window.update(calls=F("calls") + 1)
-    return window.values_list("calls", flat=True).first() or 1
+    # One round trip: insert the window or count on it, and read the count back
+    # (PostgreSQL, and SQLite since 3.35, both have INSERT ... ON CONFLICT ... RETURNING).
+    table = ApiRateWindow._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (client_id, window_start, calls) VALUES (%s, %s, 1) "
+            f"ON CONFLICT (client_id, window_start) DO UPDATE SET calls = {table}.calls + 1 "
+            "RETURNING calls",
+            [client_id, start],
+        )
+        calls = cursor.fetchone()[0]
+    if calls == 1:
+        # The first call of a window clears the client's old ones.
+        ApiRateWindow.objects.filter(
+            client_id=client_id, window_start__lt=start - timedelta(minutes=5)
+        ).delete()
+    return int(calls)
 
 
 _redis_clients: dict[str, object] = {}
