@@ -342,3 +342,33 @@ def test_the_body_is_compact_json_of_type_timestamp_and_data(fal, bot, receiver)
     assert set(body) == {"type", "timestamp", "data"}
     headers = {k.lower(): v for k, v in receiver.requests[0]["headers"].items()}
     assert headers["content-type"] == "application/json"
+
+
+def test_the_outcome_hands_its_event_to_the_worker_on_commit(
+    fal, bot, receiver, django_capture_on_commit_callbacks
+):
+    from django_q.models import OrmQ
+
+    start(bot, fal)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_check()
+
+    callback = EventCallback.objects.get()
+    [queued] = [row for row in OrmQ.objects.all() if row.task["func"] == callbacks.TASK]
+    assert queued.task["args"] == (callback.pk,)
+    # What the worker runs:
+    assert callbacks.deliver(*queued.task["args"]) == CallbackStatus.DELIVERED
+
+
+def test_the_sweep_is_scheduled_every_minute():
+    from django_q.models import Schedule
+
+    from monitoring.ops import schedules
+
+    schedules.ensure_schedules()
+    sweep = Schedule.objects.get(name=schedules.EVENT_CALLBACK_SWEEP)
+    assert (sweep.func, sweep.schedule_type, sweep.minutes) == (
+        callbacks.__name__ + ".sweep",
+        "I",
+        1,
+    )
