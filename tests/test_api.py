@@ -519,14 +519,9 @@ def test_cancel_is_202_when_sent_to_fal_and_409_without_an_active_training(fal, 
     reason="monitoring.trainings.adopt_training is not merged yet (record helper's branch)",
 )
 def test_adopting_a_fal_request_is_idempotent_on_its_request_id(fal, bot):
-    from monitoring.fal.payloads import training_input
-
-    endpoint, arguments = training_input(
-        "portrait", images_url="https://example.com/a.zip", trigger_word="ohwx", extra={}
-    )
-    job = fal._create_job(endpoint, arguments, None)
+    request_id, endpoint = submitted_elsewhere(fal)
     adopt_body = {
-        "request_id": job.request_id,
+        "request_id": request_id,
         "endpoint": endpoint,
         "owner": {"telegram_id": 777},
         "name": "Adopted",
@@ -536,11 +531,31 @@ def test_adopting_a_fal_request_is_idempotent_on_its_request_id(fal, bot):
     again = bot.post("/api/v1/trainings/adopt", adopt_body)
     unknown = bot.post("/api/v1/trainings/adopt", {**adopt_body, "request_id": "no-such"})
 
-    assert first.status_code == 201 and first.json()["adopted"] is True
+    assert first.status_code == 201, first.content
+    assert first.json()["adopted"] is True
+    assert first.json()["training"]["fal_request_id"] == request_id
     assert again.status_code == 200 and again.json()["adopted"] is False
     assert again.json()["avatar"]["id"] == first.json()["avatar"]["id"]
     assert unknown.status_code == 422 and unknown.json()["error"] == "adopt_refused"
-    assert fal.submissions == []
+    assert len(fal.submissions) == 1  # only the submit made elsewhere
+    assert (
+        ClientAvatar.objects.get(avatar_id=int(first.json()["avatar"]["id"])).client == bot.client
+    )
+
+
+def submitted_elsewhere(fal) -> tuple[str, str]:
+    """A training submitted to fal by someone else (the old bot): straight to the queue."""
+    import httpx
+
+    endpoint = "fal-ai/flux-lora-portrait-trainer"
+    response = httpx.post(
+        f"https://{fal.host}/{endpoint}",
+        json={"images_data_url": "https://example.com/a.zip", "trigger_phrase": "ohwx"},
+        headers={"Authorization": "Key test-key-id:test-key-secret-value"},
+        verify=fal.ca_bundle,
+    )
+    response.raise_for_status()
+    return response.json()["request_id"], endpoint
 
 
 # --- The document ---------------------------------------------------------------------------
