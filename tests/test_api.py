@@ -178,6 +178,14 @@ def test_keys_are_per_client(fal, bot, make_api_client):
     assert len(fal.submissions) == 2
 
 
+def test_posts_need_no_csrf_token_as_they_carry_a_bearer_token(fal, bot):
+    bot.http = Client(enforce_csrf_checks=True)
+
+    response = bot.post("/api/v1/trainings", BODY, key="csrf")
+
+    assert response.status_code == 201
+
+
 def test_the_idempotency_key_is_required(fal, bot):
     response = bot.post("/api/v1/trainings", BODY)
 
@@ -410,6 +418,15 @@ def test_a_body_that_is_not_json_is_400(fal, bot):
 
     assert response.status_code in (400, 422)
     assert response.json()["error"] in ("bad_request", "invalid")
+    assert Avatar.objects.count() == 0
+
+
+def test_a_body_over_djangos_limit_is_413_not_500(fal, bot, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+
+    response = bot.post("/api/v1/trainings", body(settings={"note": "x" * 2000}), key="big")
+
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
     assert Avatar.objects.count() == 0
 
 

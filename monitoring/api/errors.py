@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -99,6 +100,11 @@ def install(api: NinjaAPI) -> None:
     def not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
         return respond(request, ApiError(404, "not_found", "No such object."))
 
+    def suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+        if isinstance(exc, RequestDataTooBig):
+            return respond(request, ApiError(413, "too_large", "The request body is too large."))
+        return respond(request, ApiError(400, "bad_request", "The request was refused."))
+
     def unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
         logger.exception("API error on %s %s", request.method, request.path)
         return respond(request, ApiError(500, "internal", "Internal error; it was logged."))
@@ -108,4 +114,5 @@ def install(api: NinjaAPI) -> None:
     api.add_exception_handler(AuthenticationError, authentication)
     api.add_exception_handler(HttpError, http_error)
     api.add_exception_handler(Http404, not_found)
+    api.add_exception_handler(SuspiciousOperation, suspicious)
     api.add_exception_handler(Exception, unexpected)
