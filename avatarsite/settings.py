@@ -62,6 +62,8 @@ INSTALLED_APPS = [
     "monitoring.apps.MonitoringConfig",
     "notifications.apps.NotificationsConfig",
     "monitoring.api.apps.ApiConfig",
+    # The API docs' own static files, served by us (no CDN, so the CSP can stay strict).
+    "ninja",
     "django_q",
 ]
 
