@@ -5,12 +5,38 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
+from monitoring import tasks
 from monitoring.api import tokens
+from monitoring.models import Training
+
+# A valid POST /api/v1/trainings body.
+BODY = {
+    "owner": {"telegram_id": 555000111, "username": "anna", "language": "en"},
+    "name": "Anna portrait",
+    "images_url": "https://example.com/anna.zip",
+    "training_type": "portrait",
+    "trigger": "ohwx woman",
+    "settings": {"steps": 500},
+}
+
+
+def body(**changes) -> dict:
+    return {**json.loads(json.dumps(BODY)), **changes}
+
+
+def run_check() -> None:
+    """A periodic check run with every active training due."""
+    Training.objects.filter(finished_at__isnull=True).update(
+        next_check_at=timezone.now() - timedelta(seconds=1)
+    )
+    tasks.run_check()
 
 
 class ApiSession:

@@ -12,34 +12,13 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from monitoring import tasks
 from monitoring.api import adopt
 from monitoring.api.models import ApiCall, ApiClient, ClientAvatar, IdempotencyKey
-from monitoring.models import Avatar, AvatarStatus, FalStatus, Owner, Training
+from monitoring.models import Avatar, AvatarStatus, FalStatus, Owner
 from monitoring.ops import retention
+from tests.api_support import BODY, body, run_check
 
 pytestmark = pytest.mark.django_db
-
-BODY = {
-    "owner": {"telegram_id": 555000111, "username": "anna", "language": "en"},
-    "name": "Anna portrait",
-    "images_url": "https://example.com/anna.zip",
-    "training_type": "portrait",
-    "trigger": "ohwx woman",
-    "settings": {"steps": 500},
-}
-
-
-def body(**changes):
-    return {**json.loads(json.dumps(BODY)), **changes}
-
-
-def run_check() -> None:
-    Training.objects.filter(finished_at__isnull=True).update(
-        next_check_at=timezone.now() - timedelta(seconds=1)
-    )
-    tasks.run_check()
-
 
 # --- Starting -----------------------------------------------------------------------------
 

@@ -20,8 +20,7 @@ from monitoring.api.models import (
     EventCallback,
 )
 from monitoring.models import EventSource, Training
-from tests.api_support import Receiver
-from tests.test_api import BODY, run_check
+from tests.api_support import BODY, Receiver, run_check
 
 pytestmark = pytest.mark.django_db
 

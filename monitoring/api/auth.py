@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from django.http import HttpRequest
 from ninja.security import HttpBearer
@@ -41,7 +40,3 @@ class ClientToken(HttpBearer):
         if not client.has_scope(self.scope):
             raise ApiError(403, "insufficient_scope", f"This token lacks the {self.scope} scope.")
         return client
-
-
-def client_of(request: Any) -> ApiClient:
-    return request.auth
