@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -39,7 +40,7 @@ def verified(request: dict, secret: str) -> dict:
 def start(bot, fal, **script) -> dict:
     if script:
         fal.script(**script)
-    response = bot.post("/api/v1/trainings", BODY, key=f"k-{timezone.now().timestamp()}")
+    response = bot.post("/api/v1/trainings", BODY, key=uuid.uuid4().hex)
     assert response.status_code == 201, response.content
     return response.json()
 
@@ -371,3 +372,29 @@ def test_the_sweep_is_scheduled_every_minute():
         "I",
         1,
     )
+
+
+def test_a_revoked_client_is_sent_nothing_more(fal, bot, receiver):
+    from monitoring.api.models import ApiClient
+
+    start(bot, fal)
+    run_check()
+    ApiClient.objects.filter(pk=bot.client.pk).update(revoked_at=timezone.now())
+
+    assert callbacks.deliver(EventCallback.objects.get().pk) == CallbackStatus.REFUSED
+    assert receiver.requests == []
+
+
+def test_finished_callbacks_are_pruned_pending_ones_kept(fal, bot, receiver, settings):
+    from monitoring.ops import retention
+
+    settings.RETENTION_API_CALL_DAYS = 30
+    for _ in range(2):
+        start(bot, fal)
+    run_check()
+    delivered, pending = EventCallback.objects.order_by("pk")
+    callbacks.deliver(delivered.pk)
+    EventCallback.objects.update(created_at=timezone.now() - timedelta(days=31))
+
+    assert retention.prune()["api_event_callbacks"] == 1
+    assert list(EventCallback.objects.values_list("pk", flat=True)) == [pending.pk]
