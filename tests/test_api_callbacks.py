@@ -398,3 +398,13 @@ def test_finished_callbacks_are_pruned_pending_ones_kept(fal, bot, receiver, set
 
     assert retention.prune()["api_event_callbacks"] == 1
     assert list(EventCallback.objects.values_list("pk", flat=True)) == [pending.pk]
+
+
+def test_allowing_private_networks_in_production_is_warned_about(settings):
+    from monitoring.api.checks import check_callback_networks
+
+    settings.DEBUG = False
+    settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = True
+    assert [w.id for w in check_callback_networks()] == ["api.W001"]
+    settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = False
+    assert check_callback_networks() == []

@@ -14,7 +14,7 @@ class ApiConfig(AppConfig):
 
     def ready(self) -> None:
         from monitoring import transitions
-        from monitoring.api import callbacks
+        from monitoring.api import callbacks, checks  # noqa: F401 (registers the checks)
 
         # The outcome's event rows are written in the transition's own transaction.
         transitions.training_finished.connect(
