@@ -200,7 +200,7 @@ def resolve(url: str) -> Destination:
         raise CallbackUnresolvable(f"{host} does not resolve: {exc}") from None
     addresses = []
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         # Every address must be allowed, not just one: the client library could pick any.
         _check_address(address)
         addresses.append(address)
