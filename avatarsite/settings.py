@@ -62,6 +62,9 @@ INSTALLED_APPS = [
     # django-q2's own) wins.
     "monitoring.apps.MonitoringConfig",
     "notifications.apps.NotificationsConfig",
+    "monitoring.api.apps.ApiConfig",
+    # The API docs' own static files, served by us (no CDN, so the CSP can stay strict).
+    "ninja",
     "django_q",
     "axes",
 ]
@@ -76,6 +79,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # /api/ only: untranslated answers, one recorded row per authenticated call.
+    "monitoring.api.middleware.ApiCallMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -296,6 +301,22 @@ RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30,
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)
 RETENTION_CHECK_RUN_DAYS = env_int("RETENTION_CHECK_RUN_DAYS", 7, minimum=1)
 RETENTION_TASK_RESULT_DAYS = env_int("RETENTION_TASK_RESULT_DAYS", 7, minimum=1)
+
+# --- Bot API (/api/v1/) and event callbacks ------------------------------------------
+API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
+# A retry with the same Idempotency-Key gets the first answer for at least this long.
+API_IDEMPOTENCY_KEY_HOURS = env_int("API_IDEMPOTENCY_KEY_HOURS", 48, minimum=24)
+RETENTION_API_CALL_DAYS = env_int("RETENTION_API_CALL_DAYS", 30, minimum=1)
+EVENT_CALLBACK_MAX_AGE_HOURS = env_int("EVENT_CALLBACK_MAX_AGE_HOURS", 24, minimum=1)
+# Loopback, private and link-local callback addresses (and plain http): tests, local runs.
+EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = env_bool("EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS", False)
+EVENT_CALLBACK_TIMEOUT_SECONDS = env_float("EVENT_CALLBACK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+EVENT_CALLBACK_RETRY_BASE_SECONDS = env_float(
+    "EVENT_CALLBACK_RETRY_BASE_SECONDS", 30.0, minimum=0.0
+)
+EVENT_CALLBACK_RETRY_MAX_SECONDS = env_float(
+    "EVENT_CALLBACK_RETRY_MAX_SECONDS", 3600.0, minimum=0.0
+)
 
 # --- django-q2 -------------------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))

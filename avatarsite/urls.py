@@ -3,6 +3,7 @@
 from django.contrib import admin
 from django.urls import path
 
+from monitoring.api.views import api
 from monitoring.fal import views
 from monitoring.ops import health, metrics
 
@@ -11,4 +12,5 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("metrics", metrics.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
 ]

@@ -272,6 +272,7 @@ class EventSource(models.TextChoices):
     ADOPT = "adopt", _("adopted from fal")
     COMMAND = "command", _("management command")
     SYSTEM = "system", _("system")
+    API = "api", _("bot API")
 
 
 class EventKind(models.TextChoices):

@@ -30,6 +30,9 @@ RECHECK_AVATAR = "monitoring.recheck_avatar"
 MANAGE_STUCK = "monitoring.manage_stuck"
 RESEND_NOTIFICATION = "monitoring.resend_notification"
 ADOPT_TRAINING = "monitoring.adopt_training"
+MANAGE_API_CLIENTS = "api.manage_api_clients"
+# The bot's event callbacks and their attempts (resending one needs RESEND_NOTIFICATION).
+VIEW_EVENT_CALLBACKS = ("api.view_eventcallback", "api.view_callbackattempt")
 
 # "app.view_*": every view permission of that app, so a model added later is visible
 # to the roles without editing this table.
@@ -41,6 +44,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         RECHECK_AVATAR,
         MANAGE_STUCK,
         RESEND_NOTIFICATION,
+        *VIEW_EVENT_CALLBACKS,
     ),
     OPERATORS: (
         *_VIEW_EVERYTHING,
@@ -51,6 +55,9 @@ ROLES: dict[str, tuple[str, ...]] = {
         CANCEL_TRAINING,
         FAIL_AVATAR,
         ADOPT_TRAINING,
+        *VIEW_EVENT_CALLBACKS,
+        # The bot's API clients and their tokens, and the call log.
+        MANAGE_API_CLIENTS,
         # Creating an avatar (and its owner) in the admin, and correcting one that has
         # not been trained yet: the first step of starting a training.
         "monitoring.add_avatar",

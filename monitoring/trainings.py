@@ -55,6 +55,50 @@ SUBMIT_UNKNOWN_DETAIL = gettext_lazy(
 )
 
 
+def create_avatar_for_owner(
+    *,
+    owner_telegram_id: int,
+    name: str,
+    training_type: str,
+    trigger_word: str,
+    images_url: str,
+    owner_username: str = "",
+    owner_language: str | None = None,
+    training_settings: dict[str, Any] | None = None,
+    source: str,
+    actor: Any = None,
+) -> Avatar:
+    """A new ``ready_for_training`` avatar, creating its owner (by Telegram id) if needed.
+
+    An existing owner's language and username are updated when given, so the owner's
+    next message follows what the bot last told us.
+    """
+    with transaction.atomic():
+        owner, created = Owner.objects.get_or_create(
+            telegram_id=owner_telegram_id,
+            defaults={"language": owner_language or Language.RU, "username": owner_username},
+        )
+        changed = []
+        if not created and owner_language and owner.language != owner_language:
+            owner.language = owner_language
+            changed.append("language")
+        if not created and owner_username and owner.username != owner_username:
+            owner.username = owner_username
+            changed.append("username")
+        if changed:
+            owner.save(update_fields=changed)
+        return transitions.create_avatar(
+            owner=owner,
+            name=name,
+            training_type=training_type,
+            trigger_word=trigger_word,
+            images_url=images_url,
+            training_settings=training_settings,
+            source=source,
+            actor=actor,
+        )
+
+
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
     """Submit ``avatar`` to fal once. ``Outcome.changed`` is False when nothing was sent."""
     endpoint, arguments = payloads.training_input(

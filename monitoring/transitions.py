@@ -63,6 +63,11 @@ TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
 # arrived before we saved the id (the start of a training races its own webhook)
 # can be applied. Receivers get ``training_id`` and ``request_id``.
 training_submitted = django.dispatch.Signal()
+# Sent inside the transaction that finishes a training (``outcome`` is the avatar's new
+# status) or flags it stuck, so that receivers (the API's event callbacks) write their
+# rows with the change or not at all. Receivers get ``training`` (with avatar and owner).
+training_finished = django.dispatch.Signal()
+training_flagged_stuck = django.dispatch.Signal()
 
 
 class InvalidTransition(Exception):
@@ -489,6 +494,9 @@ def _finish(
                 details=details,
                 at=now,
             )
+            # The API's event callbacks go whatever the owner is told (staff may have
+            # chosen "no message"; an adopted job may have been told elsewhere).
+            training_finished.send(sender=Training, training=fresh, outcome=new_status)
             if notify:
                 from notifications import outbox
 
@@ -728,6 +736,7 @@ def flag_stuck(
             details={**(details or {}), "episode": episode},
             at=now,
         )
+        training_flagged_stuck.send(sender=Training, training=training, episode=episode)
         from notifications import outbox
 
         outbox.queue_stuck(training_id=training.pk, episode=episode)

@@ -11,7 +11,7 @@ from monitoring import transitions
 from monitoring.models import Avatar, EventSource, Owner, TrainingType
 
 # Fakes of the outside systems, one plugin module each.
-pytest_plugins = ["tests.fixtures_fal", "tests.fixtures_telegram"]
+pytest_plugins = ["tests.fixtures_fal", "tests.fixtures_telegram", "tests.api_support"]
 
 _telegram_ids = itertools.count(100_000)
 

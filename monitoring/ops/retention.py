@@ -47,11 +47,23 @@ def prunable(now: datetime | None = None) -> dict[str, object]:
     from django_q.models import Task
 
     tasks = Task.objects.filter(stopped__lt=_days_ago(settings.RETENTION_TASK_RESULT_DAYS, now))
+    from monitoring.api.models import ApiCall, CallbackStatus, EventCallback, IdempotencyKey
+
+    api_calls = ApiCall.objects.filter(at__lt=_days_ago(settings.RETENTION_API_CALL_DAYS, now))
+    idempotency_keys = IdempotencyKey.objects.filter(
+        created_at__lt=now - timedelta(hours=settings.API_IDEMPOTENCY_KEY_HOURS)
+    )
+    callbacks = EventCallback.objects.filter(
+        created_at__lt=_days_ago(settings.RETENTION_API_CALL_DAYS, now)
+    ).exclude(status=CallbackStatus.PENDING)
     return {
         "webhook_deliveries": deliveries,
         "avatar_events": events,
         "check_runs": runs,
         "task_results": tasks,
+        "api_calls": api_calls,
+        "api_idempotency_keys": idempotency_keys,
+        "api_event_callbacks": callbacks,
     }
 
 

@@ -19,6 +19,7 @@ from django.conf import settings
 PERIODIC_CHECK = "monitoring: periodic status check"
 PRUNE = "monitoring: prune old records"
 RECONCILE = "monitoring: reconcile with fal's record"
+EVENT_CALLBACK_SWEEP = "api: send due event callbacks"
 
 
 def _check_minutes() -> int:
@@ -47,6 +48,14 @@ SCHEDULES: list[dict[str, Any]] = [
         "name": RECONCILE,
         "func": "monitoring.tasks.reconcile_fal",
         "schedule_type": "D",  # Schedule.DAILY
+        "repeats": -1,
+    },
+    # Event callbacks to API clients: retries with backoff, and lost hand-overs.
+    {
+        "name": EVENT_CALLBACK_SWEEP,
+        "func": "monitoring.api.callbacks.sweep",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": 1,
         "repeats": -1,
     },
 ]

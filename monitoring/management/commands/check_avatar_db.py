@@ -58,6 +58,7 @@ class Command(BaseCommand):
             "fal_request_id": training.fal_request_id if training else None,
             "queue_position": training.queue_position if training else None,
             "lora_url": training.lora_url if training else "",
+            "config_url": training.config_url if training else "",
             "error": training.error_message if training else "",
             "error_type": training.error_type if training else "",
             "stuck": bool(training and training.is_stuck),

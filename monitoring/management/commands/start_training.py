@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from django.utils.translation import gettext as _
 
 from monitoring import transitions
-from monitoring.models import Avatar, AvatarStatus, EventSource, Language, Owner, TrainingType
-from monitoring.trainings import SUBMIT_UNKNOWN_DETAIL, SUBMIT_UNKNOWN_STATE, start_training
+from monitoring.models import Avatar, AvatarStatus, EventSource, Language, TrainingType
+from monitoring.trainings import (
+    SUBMIT_UNKNOWN_DETAIL,
+    SUBMIT_UNKNOWN_STATE,
+    create_avatar_for_owner,
+    start_training,
+)
 
 
 class Command(BaseCommand):
@@ -102,23 +106,12 @@ class Command(BaseCommand):
             )
         if not options["images_url"].startswith(("https://", "http://")):
             raise CommandError(_("--images-url must be an http(s) URL of a zip archive"))
-        with transaction.atomic():
-            owner, created = Owner.objects.get_or_create(
-                telegram_id=options["owner_telegram_id"],
-                defaults={"language": options["owner_language"] or Language.RU},
-            )
-            if (
-                not created
-                and options["owner_language"]
-                and owner.language != options["owner_language"]
-            ):
-                owner.language = options["owner_language"]
-                owner.save(update_fields=["language"])
-            return transitions.create_avatar(
-                owner=owner,
-                name=options["name"],
-                training_type=options["training_type"],
-                trigger_word=options["trigger"],
-                images_url=options["images_url"],
-                source=EventSource.COMMAND,
-            )
+        return create_avatar_for_owner(
+            owner_telegram_id=options["owner_telegram_id"],
+            owner_language=options["owner_language"],
+            name=options["name"],
+            training_type=options["training_type"],
+            trigger_word=options["trigger"],
+            images_url=options["images_url"],
+            source=EventSource.COMMAND,
+        )

@@ -1,0 +1,242 @@
+"""Staff pages for the bot API: clients (Operators only), their calls, and event callbacks.
+
+Creating a client shows its token and callback secret once, on the page that answers
+the form; only the token's hash is kept, and the secret is never shown again.
+Everything here needs ``api.manage_api_clients``, except the event callbacks, which
+staff who may view them can see; resending one needs ``monitoring.resend_notification``.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from monitoring.api import callbacks, tokens
+from monitoring.api.models import (
+    ApiCall,
+    ApiClient,
+    CallbackAttempt,
+    EventCallback,
+    Scope,
+)
+
+MANAGE = "api.manage_api_clients"
+
+
+class ApiClientForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        label=gettext_lazy("scopes"),
+        choices=Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    callback_url = forms.URLField(
+        label=gettext_lazy("callback URL"),
+        required=False,
+        max_length=1024,
+        assume_scheme="https",
+        help_text=gettext_lazy("https and public; outcomes of this client's avatars go here."),
+    )
+
+    class Meta:
+        model = ApiClient
+        fields = ("name", "scopes", "callback_url", "callback_stuck")
+
+    def clean_callback_url(self) -> str:
+        url = self.cleaned_data.get("callback_url", "").strip()
+        if url:
+            try:
+                callbacks.validate_callback_url(url)
+            except callbacks.CallbackRefused as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
+
+
+class OperatorsOnly(admin.ModelAdmin):
+    def _may(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.has_perm(MANAGE)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._may(request)
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self._may(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._may(request)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self._may(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self._may(request)
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(OperatorsOnly):
+    form = ApiClientForm
+    list_display = (
+        "name",
+        "scope_list",
+        "token_prefix",
+        "callback_url",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    list_filter = ("revoked_at",)
+    search_fields = ("name",)
+    readonly_fields = ("token_prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    @admin.display(description=gettext_lazy("scopes"))
+    def scope_list(self, obj: ApiClient) -> str:
+        return ", ".join(obj.scopes or [])
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        return self.readonly_fields if obj else ()
+
+    def get_fields(self, request: HttpRequest, obj=None):
+        fields = ["name", "scopes", "callback_url", "callback_stuck"]
+        return fields + list(self.readonly_fields) if obj else fields
+
+    def save_model(self, request: HttpRequest, obj: ApiClient, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        made = tokens.create_client(
+            name=obj.name,
+            scopes=list(form.cleaned_data["scopes"]),
+            callback_url=obj.callback_url,
+            callback_stuck=obj.callback_stuck,
+        )
+        obj.pk = made.client.pk
+        obj.token_hash, obj.token_prefix = made.client.token_hash, made.client.token_prefix
+        # Kept on this request only, for the page that answers the form.
+        request._api_client_secrets = made  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: ApiClient, post_url_continue=None):
+        made = getattr(request, "_api_client_secrets", None)
+        if made is None:
+            return super().response_add(request, obj, post_url_continue)
+        response = TemplateResponse(
+            request,
+            "admin/api/apiclient/created.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": _("API client created"),
+                "opts": self.model._meta,
+                "client": made.client,
+                "token": made.token,
+                "callback_secret": made.callback_secret,
+            },
+        )
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description=gettext_lazy("Revoke the selected clients' tokens"))
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiClient]):
+        if not self._may(request):
+            self.message_user(request, _("You may not manage API clients."), messages.ERROR)
+            return
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(
+            request, _("%(count)d client(s) revoked.") % {"count": count}, messages.SUCCESS
+        )
+
+
+@admin.register(ApiCall)
+class ApiCallAdmin(OperatorsOnly):
+    list_display = ("at", "client", "method", "path", "status", "duration_ms")
+    list_filter = ("status", "method", "client")
+    search_fields = ("path",)
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class CallbackAttemptInline(admin.TabularInline):
+    model = CallbackAttempt
+    extra = 0
+    can_delete = False
+    fields = ("started_at", "outcome", "status_code", "address", "duration_ms", "error", "url")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(EventCallback)
+class EventCallbackAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "event_type",
+        "client",
+        "avatar",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+    )
+    list_filter = ("status", "event_type", "client")
+    search_fields = ("webhook_id", "event_key")
+    inlines = [CallbackAttemptInline]
+    readonly_fields = (
+        "event_key",
+        "webhook_id",
+        "client",
+        "avatar",
+        "training",
+        "event_type",
+        "status",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+        "give_up_at",
+        "delivered_at",
+        "last_error",
+        "payload",
+    )
+    fields = readonly_fields
+    actions = ["resend"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest):
+        actions = super().get_actions(request)
+        if not request.user.has_perm("monitoring.resend_notification"):
+            actions.pop("resend", None)
+        return actions
+
+    @admin.action(description=gettext_lazy("Send the selected events again (same webhook-id)"))
+    def resend(self, request: HttpRequest, queryset: QuerySet[EventCallback]):
+        # Checked here too: the action list is only what is offered.
+        if not request.user.has_perm("monitoring.resend_notification"):
+            self.message_user(request, _("You may not resend events."), messages.ERROR)
+            return
+        count = sum(1 for pk in queryset.values_list("pk", flat=True) if callbacks.resend(pk))
+        self.message_user(
+            request,
+            _("%(count)d event(s) queued to be sent again.") % {"count": count},
+            messages.SUCCESS,
+        )

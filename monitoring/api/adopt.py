@@ -1,0 +1,72 @@
+"""``POST /api/v1/trainings/adopt``: take over a fal request started elsewhere.
+
+Idempotent on the request id through ``monitoring.trainings.adopt_training`` (201 with
+``"adopted": true`` the first time, 200 with ``false`` when it was already known). The
+route is registered only when that service function exists, so the rest of the API
+works without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest
+from ninja import NinjaAPI, Status
+
+from monitoring import trainings
+from monitoring.api.errors import ApiError
+from monitoring.api.schemas import AdoptIn, AdoptOut, ErrorOut
+from monitoring.models import EventSource, Owner
+
+_ERRORS = frozenset({400, 401, 403, 404, 409, 422, 429})
+
+
+def available() -> bool:
+    return hasattr(trainings, "adopt_training")
+
+
+def register(
+    api: NinjaAPI,
+    auth: Any,
+    *,
+    start_answer: Callable[..., tuple[int, dict[str, Any]]],
+    link: Callable[..., None],
+) -> bool:
+    if not available():
+        return False
+
+    @api.post(
+        "/trainings/adopt",
+        auth=auth,
+        response={200: AdoptOut, 201: AdoptOut, _ERRORS: ErrorOut},
+        summary="Adopt a fal request started elsewhere (idempotent on the request id)",
+    )
+    def adopt_training(request: HttpRequest, payload: AdoptIn):
+        refused = getattr(trainings, "AdoptRefused", ValueError)
+        try:
+            result = trainings.adopt_training(  # type: ignore[attr-defined]
+                request_id=payload.request_id,
+                endpoint=payload.endpoint,
+                owner_telegram_id=payload.owner.telegram_id,
+                name=payload.name,
+                training_type=payload.training_type,
+                owner_language=payload.owner.language,
+                notify=payload.notify,
+                source=EventSource.API,
+            )
+        except refused as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            raise ApiError(
+                422, "adopt_refused", str(reason), fields={"request_id": str(reason)}
+            ) from None
+        avatar = result.avatar
+        if payload.owner.username:
+            Owner.objects.filter(pk=avatar.owner_id).exclude(
+                username=payload.owner.username
+            ).update(username=payload.owner.username)
+        link(avatar, request.auth)  # type: ignore[attr-defined]
+        _status, body = start_answer(avatar.pk, result.training)
+        return Status(201 if result.adopted else 200, {**body, "adopted": result.adopted})
+
+    return True

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class ApiConfig(AppConfig):
+    """Its own app (label ``api``) so that its tables and migrations stay apart."""
+
+    name = "monitoring.api"
+    label = "api"
+    verbose_name = _("Bot API")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from monitoring import transitions
+        from monitoring.api import callbacks, checks  # noqa: F401 (registers the checks)
+
+        # The outcome's event rows are written in the transition's own transaction.
+        transitions.training_finished.connect(
+            callbacks.record_outcome, dispatch_uid="api-callback-outcome"
+        )
+        transitions.training_flagged_stuck.connect(
+            callbacks.record_stuck, dispatch_uid="api-callback-stuck"
+        )

@@ -1,0 +1,42 @@
+"""``Authorization: Bearer <token>``, the client's scope and its rate limit, in that order."""
+
+from __future__ import annotations
+
+import math
+
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from monitoring.api import rate_limit, tokens
+from monitoring.api.errors import ApiError
+from monitoring.api.models import ApiClient
+
+
+class ClientToken(HttpBearer):
+    """Authenticates an API client and requires ``scope``.
+
+    Runs before the request's parameters are validated, so an unauthenticated or
+    out-of-scope call is 401/403 whatever its body.
+    """
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiClient | None:
+        client = tokens.authenticate(token.strip())
+        if client is None:
+            return None
+        # Recorded by the call-log middleware, whatever the answer.
+        request.api_client = client  # type: ignore[attr-defined]
+        wait = rate_limit.take(client.pk)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many calls; try again after Retry-After seconds.",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        if not client.has_scope(self.scope):
+            raise ApiError(403, "insufficient_scope", f"This token lacks the {self.scope} scope.")
+        return client

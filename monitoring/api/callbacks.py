@@ -1,0 +1,405 @@
+"""Event callbacks: the outcome of a client's avatar, POSTed to its URL, signed.
+
+Written in the transition's own transaction (``record_outcome``/``record_stuck`` are
+receivers of the signals ``monitoring.transitions`` sends there), one row per
+outcome, unique on ``event_key``. Sent by a django-q2 task queued on commit, and by
+a sweep every minute for retries and lost hand-overs.
+
+Our own delivery policy, apart from Telegram's limits and its pause: the same
+``webhook-id`` on every attempt; timeouts, connection errors, 5xx and 429 are retried
+with backoff until ``give_up_at`` (``EVENT_CALLBACK_MAX_AGE_HOURS`` after the event);
+any other 4xx and any redirect (never followed) is final. Each attempt is recorded.
+
+The destination is checked at every send, not only when the URL is saved: the host
+is resolved, every address it resolves to must be public, and the request goes to
+the address that was checked (the TLS certificate is still verified against the
+host name), so a DNS answer that changes in between cannot point us inward.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from monitoring.api import representation
+from monitoring.api.models import (
+    CallbackAttempt,
+    CallbackStatus,
+    ClientAvatar,
+    EventCallback,
+    EventType,
+)
+from monitoring.models import Training
+
+logger = logging.getLogger("monitoring")
+
+TASK = "monitoring.api.callbacks.deliver"
+_OUTCOME_EVENTS = {
+    "completed": EventType.COMPLETED,
+    "error": EventType.FAILED,
+    "cancelled": EventType.CANCELLED,
+}
+
+
+# --- Writing events (inside the transition's transaction) --------------------------------
+
+
+def record_outcome(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
+    """Receiver of ``transitions.training_finished``: one event per finished attempt."""
+    event_type = _OUTCOME_EVENTS.get(outcome)
+    if event_type is not None:
+        _record(training, event_type, f"{event_type}:{training.pk}")
+
+
+def record_stuck(sender: Any, *, training: Training, episode: int, **kwargs: Any) -> None:
+    """Receiver of ``transitions.training_flagged_stuck``: for clients that opted in."""
+    # Read again: the flag was set by an UPDATE the caller's object has not seen yet.
+    training = Training.objects.select_related("avatar__owner").get(pk=training.pk)
+    _record(training, EventType.STUCK, f"{EventType.STUCK}:{training.pk}:{episode}")
+
+
+def _record(training: Training, event_type: str, key: str) -> EventCallback | None:
+    link = (
+        ClientAvatar.objects.select_related("client").filter(avatar_id=training.avatar_id).first()
+    )
+    if link is None:
+        return None
+    client = link.client
+    if not client.callback_url or not client.is_active:
+        return None
+    if event_type == EventType.STUCK and not client.callback_stuck:
+        return None
+    avatar = (
+        training.avatar
+        if Training.avatar.is_cached(training)
+        else representation.load_avatar(training.avatar_id)
+    )
+    if avatar is None:
+        return None
+    if avatar.current_training_id == training.pk:
+        avatar.current_training = training
+    now = timezone.now()
+    payload = {
+        "type": str(event_type),
+        "timestamp": now.isoformat(),
+        "data": representation.avatar_data(avatar),
+    }
+    try:
+        # A savepoint: a duplicate key is "already written", never a broken transition.
+        with transaction.atomic():
+            callback = EventCallback.objects.create(
+                event_key=key,
+                webhook_id=f"msg_{uuid.uuid4().hex}",
+                client=client,
+                avatar_id=training.avatar_id,
+                training=training,
+                event_type=event_type,
+                payload=payload,
+                next_attempt_at=now,
+                give_up_at=now + timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS),
+            )
+    except IntegrityError:
+        logger.info("Event %s already recorded: not written twice", key)
+        return None
+    transaction.on_commit(lambda: enqueue(callback.pk))
+    return callback
+
+
+def enqueue(callback_id: int) -> None:
+    """Queue the delivery task; never raises (the sweep picks up a lost hand-over)."""
+    try:
+        from django_q.tasks import async_task
+
+        async_task(TASK, callback_id, group="api-callbacks")
+    except Exception:
+        logger.exception("Could not queue event callback %s; the sweep will send it", callback_id)
+
+
+# --- Where we may send --------------------------------------------------------------------
+
+
+class CallbackRefused(Exception):
+    """The URL or the address it resolves to is not allowed (final until staff fix it)."""
+
+
+class CallbackUnresolvable(Exception):
+    """The host does not resolve right now (retried)."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    url: str  # the URL with the checked address in place of the host
+    host: str
+    host_header: str
+    address: str
+
+
+def validate_callback_url(url: str) -> None:
+    """Raise ``CallbackRefused`` unless ``url`` is an https URL we may send to.
+
+    Plain http is accepted only with ``EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS`` (tests and
+    local runs). An address written in the URL itself is checked here too; a host name is
+    resolved and checked at every send.
+    """
+    allow_private = settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS
+    parts = urlsplit(url)
+    allowed_schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in allowed_schemes:
+        raise CallbackRefused(
+            "callback URLs must use https"
+            + ("" if allow_private else " (http only with EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS)")
+        )
+    if not parts.hostname:
+        raise CallbackRefused("callback URL has no host")
+    if parts.username or parts.password:
+        raise CallbackRefused("callback URL must not carry credentials")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise CallbackRefused(f"callback URL has a bad port: {exc}") from None
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return
+    _check_address(literal)
+
+
+def _check_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    if settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS:
+        return
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if not address.is_global or address.is_multicast:
+        raise CallbackRefused(f"{address} is not a public address")
+
+
+def resolve(url: str) -> Destination:
+    """Check ``url`` and the addresses its host resolves to; pin the first one."""
+    validate_callback_url(url)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CallbackUnresolvable(f"{host} does not resolve: {exc}") from None
+    addresses = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        # Every address must be allowed, not just one: the client library could pick any.
+        _check_address(address)
+        addresses.append(address)
+    if not addresses:
+        raise CallbackUnresolvable(f"{host} resolves to nothing")
+    chosen = addresses[0]
+    literal = f"[{chosen}]" if chosen.version == 6 else str(chosen)
+    netloc = f"{literal}:{port}"
+    return Destination(
+        url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+        host=host,
+        host_header=parts.netloc.rsplit("@", 1)[-1],
+        address=str(chosen),
+    )
+
+
+# --- Sending ----------------------------------------------------------------------------
+
+
+def _claim(callback_id: int) -> EventCallback | None:
+    now = timezone.now()
+    lease = timedelta(seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3)
+    won = (
+        EventCallback.objects.filter(
+            pk=callback_id, status=CallbackStatus.PENDING, next_attempt_at__lte=now
+        )
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_until=now + lease)
+    )
+    if not won:
+        return None
+    return EventCallback.objects.select_related("client").get(pk=callback_id)
+
+
+def _backoff(attempts: int) -> float:
+    base = settings.EVENT_CALLBACK_RETRY_BASE_SECONDS
+    return min(settings.EVENT_CALLBACK_RETRY_MAX_SECONDS, base * (2 ** max(0, attempts - 1)))
+
+
+def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[str, str]]:
+    """The body and Standard Webhooks headers of one attempt (same id, fresh timestamp)."""
+    now = now or timezone.now()
+    body = json.dumps(callback.payload, ensure_ascii=False, separators=(",", ":"))
+    signature = Webhook(callback.client.callback_secret).sign(callback.webhook_id, now, body)
+    return body.encode(), {
+        "content-type": "application/json",
+        "user-agent": "avatar-training-monitor/1",
+        "webhook-id": callback.webhook_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+    }
+
+
+def deliver(callback_id: int) -> str:
+    """One attempt at sending an event, if it is due and nobody else is sending it.
+
+    Returns the attempt's outcome (or "not due"), kept as the django-q2 task result.
+    """
+    callback = _claim(callback_id)
+    if callback is None:
+        return "not due"
+    now = timezone.now()
+    if now >= callback.give_up_at:
+        _close(callback, CallbackStatus.GIVEN_UP, "older than EVENT_CALLBACK_MAX_AGE_HOURS")
+        return CallbackStatus.GIVEN_UP
+    client = callback.client
+    url = client.callback_url
+    attempt = CallbackAttempt(callback=callback, url=url[:1024], started_at=now)
+    if not url or not client.is_active:
+        reason = (
+            "the client is revoked" if client.callback_url else "the client has no callback URL"
+        )
+        return _finish(callback, attempt, CallbackAttempt.Outcome.REFUSED, error=reason)
+    try:
+        destination = resolve(url)
+    except CallbackRefused as exc:
+        return _finish(callback, attempt, CallbackAttempt.Outcome.REFUSED, error=str(exc))
+    except CallbackUnresolvable as exc:
+        return _finish(callback, attempt, CallbackAttempt.Outcome.RETRY, error=str(exc))
+    attempt.address = destination.address
+    body, headers = signed_request(callback, now=now)
+    headers["host"] = destination.host_header
+    started = time.monotonic()
+    try:
+        with httpx.Client(
+            timeout=settings.EVENT_CALLBACK_TIMEOUT_SECONDS, follow_redirects=False
+        ) as http:
+            response = http.post(
+                destination.url,
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": destination.host},
+            )
+    except httpx.HTTPError as exc:
+        attempt.duration_ms = (time.monotonic() - started) * 1000
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        return _finish(callback, attempt, CallbackAttempt.Outcome.RETRY, error=error)
+    attempt.duration_ms = (time.monotonic() - started) * 1000
+    attempt.status_code = response.status_code
+    code = response.status_code
+    if 200 <= code < 300:
+        return _finish(callback, attempt, CallbackAttempt.Outcome.DELIVERED)
+    excerpt = response.text[:300]
+    if code == 429 or code >= 500:
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        return _finish(
+            callback,
+            attempt,
+            CallbackAttempt.Outcome.RETRY,
+            error=f"HTTP {code}: {excerpt}",
+            wait=retry_after,
+        )
+    if 300 <= code < 400:
+        error = f"HTTP {code}: redirects are not followed ({response.headers.get('location', '')})"
+    else:
+        error = f"HTTP {code}: {excerpt}"
+    return _finish(callback, attempt, CallbackAttempt.Outcome.REJECTED, error=error)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _finish(
+    callback: EventCallback,
+    attempt: CallbackAttempt,
+    outcome: str,
+    *,
+    error: str = "",
+    wait: float | None = None,
+) -> str:
+    attempt.outcome = outcome
+    attempt.error = error
+    attempt.save()
+    now = timezone.now()
+    attempts = callback.attempts + 1
+    if outcome == CallbackAttempt.Outcome.DELIVERED:
+        _close(callback, CallbackStatus.DELIVERED, "", attempts=attempts, delivered_at=now)
+        return CallbackStatus.DELIVERED
+    if outcome == CallbackAttempt.Outcome.REFUSED:
+        _close(callback, CallbackStatus.REFUSED, error, attempts=attempts)
+        logger.warning("Event callback %s not sent: %s", callback.webhook_id, error)
+        return CallbackStatus.REFUSED
+    if outcome == CallbackAttempt.Outcome.REJECTED:
+        _close(callback, CallbackStatus.FAILED, error, attempts=attempts)
+        logger.warning("Event callback %s rejected: %s", callback.webhook_id, error)
+        return CallbackStatus.FAILED
+    delay = max(_backoff(attempts), wait or 0.0)
+    next_at = now + timedelta(seconds=delay)
+    if next_at >= callback.give_up_at:
+        _close(callback, CallbackStatus.GIVEN_UP, error, attempts=attempts)
+        logger.warning("Event callback %s given up: %s", callback.webhook_id, error)
+        return CallbackStatus.GIVEN_UP
+    EventCallback.objects.filter(pk=callback.pk).update(
+        attempts=attempts, next_attempt_at=next_at, lease_until=None, last_error=error
+    )
+    return "retry"
+
+
+def _close(callback: EventCallback, status: str, error: str, **fields: Any) -> None:
+    EventCallback.objects.filter(pk=callback.pk).update(
+        status=status, lease_until=None, last_error=error, **fields
+    )
+
+
+def due_ids(limit: int = 200) -> list[int]:
+    now = timezone.now()
+    return list(
+        EventCallback.objects.filter(status=CallbackStatus.PENDING, next_attempt_at__lte=now)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def sweep() -> int:
+    """The periodic net: send what is due (retries, lost hand-overs). Returns how many."""
+    deadline = time.monotonic() + 40
+    sent = 0
+    for callback_id in due_ids():
+        if time.monotonic() > deadline:
+            break  # the next run goes on; a run never outlives its django-q2 timeout
+        if deliver(callback_id) != "not due":
+            sent += 1
+    return sent
+
+
+def resend(callback_id: int) -> bool:
+    """Staff: send an event again (same webhook-id), whatever became of it, now."""
+    now = timezone.now()
+    changed = EventCallback.objects.filter(pk=callback_id).update(
+        status=CallbackStatus.PENDING,
+        next_attempt_at=now,
+        lease_until=None,
+        give_up_at=now + timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS),
+    )
+    if changed:
+        transaction.on_commit(lambda: enqueue(callback_id))
+    return bool(changed)

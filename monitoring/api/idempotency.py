@@ -1,0 +1,139 @@
+"""Idempotency-Key on the POSTs that start trainings (and so may cost money).
+
+The key row is committed as in progress *before* fal is called. A repeat while it is
+in progress answers 409 ``in_progress``; a repeat once done gets the stored answer
+and status, and nothing is submitted again. Two identical requests racing meet at
+the unique constraint on (client, key): the second insert waits for the first to
+commit, then fails, and reads the row. Another request under a used key is 409
+``key_reused``. Kept ``API_IDEMPOTENCY_KEY_HOURS`` (at least 24), then pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from monitoring.api.errors import ApiError
+from monitoring.api.models import ApiClient, IdempotencyKey
+
+logger = logging.getLogger("monitoring")
+
+HEADER = "Idempotency-Key"
+Answer = tuple[int, dict[str, Any]]
+
+
+def request_hash(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_key(key: str) -> str:
+    if not key or len(key) > 255 or not key.isascii() or not key.isprintable():
+        raise ApiError(
+            422,
+            "invalid",
+            "The request has invalid fields.",
+            fields={f"header.{HEADER}": "1 to 255 printable ASCII characters"},
+        )
+    return key
+
+
+def run_once(
+    *,
+    client: ApiClient,
+    key: str,
+    digest: str,
+    perform: Callable[[IdempotencyKey], Answer],
+    recover: Callable[[IdempotencyKey], Answer | None],
+) -> Answer:
+    """Run ``perform`` at most once per (client, key) and remember its answer.
+
+    ``perform`` gets the key row (to note the avatar it made on it). An ``ApiError``
+    from it means nothing was started: the key is forgotten, so the client may fix the
+    request and retry with it. Any other error after an avatar was noted is answered
+    by ``recover`` from what the database holds: never a second submit.
+    """
+    check_key(key)
+    try:
+        with transaction.atomic():
+            row = IdempotencyKey.objects.create(
+                client=client, key=key, request_hash=digest, state=IdempotencyKey.State.IN_PROGRESS
+            )
+    except IntegrityError:
+        return _replay(client, key, digest, recover)
+    try:
+        status, body = perform(row)
+    except ApiError:
+        IdempotencyKey.objects.filter(pk=row.pk).delete()
+        raise
+    except Exception:
+        row.refresh_from_db()
+        answer = recover(row) if row.avatar_id else None
+        if answer is None:
+            IdempotencyKey.objects.filter(pk=row.pk).delete()
+            raise
+        logger.exception("API start under key %s failed after its avatar was made", key)
+        status, body = answer
+    IdempotencyKey.objects.filter(pk=row.pk).update(
+        state=IdempotencyKey.State.DONE,
+        status_code=status,
+        response=body,
+        finished_at=timezone.now(),
+    )
+    return status, body
+
+
+def _stale_after() -> timedelta:
+    # Longer than any live request can take (the submit is bounded), so a row still in
+    # progress after this belongs to a process that died on the way.
+    return timedelta(seconds=settings.FAL_SUBMIT_TIMEOUT_SECONDS + 60)
+
+
+def _replay(
+    client: ApiClient, key: str, digest: str, recover: Callable[[IdempotencyKey], Answer | None]
+) -> Answer:
+    existing = IdempotencyKey.objects.filter(client=client, key=key).first()
+    if existing is None:
+        # Finished and pruned, or forgotten after an error, in between: rare enough to
+        # ask the client to retry rather than risk running twice here.
+        raise ApiError(409, "in_progress", "This Idempotency-Key is being used; retry shortly.")
+    if existing.request_hash != digest:
+        raise ApiError(409, "key_reused", "This Idempotency-Key was used for a different request.")
+    if existing.state != IdempotencyKey.State.DONE:
+        if existing.created_at < timezone.now() - _stale_after():
+            return _take_over(existing, recover)
+        raise ApiError(
+            409, "in_progress", "A request with this Idempotency-Key is still in progress."
+        )
+    assert existing.status_code is not None and existing.response is not None
+    return existing.status_code, existing.response
+
+
+def _take_over(row: IdempotencyKey, recover: Callable[[IdempotencyKey], Answer | None]) -> Answer:
+    """A key left in progress by a process that died: answer from what it left behind.
+
+    With an avatar noted, whatever happened to the submit is in the database (a lost
+    answer shows as ``unknown``), so that is the answer, kept for good. Without one,
+    nothing reached fal: the key is freed for the client's next retry.
+    """
+    answer = recover(row) if row.avatar_id else None
+    if answer is None:
+        IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).delete()
+        raise ApiError(409, "in_progress", "The earlier request with this key died; retry now.")
+    status, body = answer
+    IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).update(
+        state=IdempotencyKey.State.DONE,
+        status_code=status,
+        response=body,
+        finished_at=timezone.now(),
+    )
+    logger.warning("Idempotency-Key %s was left in progress; answered from the database", row.key)
+    return status, body

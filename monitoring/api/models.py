@@ -1,0 +1,242 @@
+"""API clients, their calls and idempotency keys, and the event callbacks sent to them.
+
+A client's token is stored only as its SHA-256 (the token has 256 bits of entropy,
+so no slow hash is needed); the callback secret has to be stored as it is, because
+every callback is signed with it, and is never shown again after creation.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class Scope(models.TextChoices):
+    TRAININGS_WRITE = "trainings:write", _("Start, retrain, adopt and cancel trainings")
+    AVATARS_READ = "avatars:read", _("Read avatars")
+
+
+class ApiClient(models.Model):
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    scopes = models.JSONField(_("scopes"), default=list, blank=True)
+    token_hash = models.CharField(_("token hash"), max_length=64, unique=True, editable=False)
+    token_prefix = models.CharField(
+        _("token starts with"),
+        max_length=16,
+        editable=False,
+        help_text=_("To tell tokens apart; the token itself is never stored."),
+    )
+    callback_url = models.URLField(
+        _("callback URL"),
+        max_length=1024,
+        blank=True,
+        help_text=_("https and public; outcomes of this client's avatars are POSTed here."),
+    )
+    callback_secret = models.CharField(
+        _("callback secret"), max_length=128, blank=True, editable=False
+    )
+    callback_stuck = models.BooleanField(
+        _("send avatar.stuck"),
+        default=False,
+        help_text=_("Also send an event when one of its trainings is flagged stuck."),
+    )
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("API client")
+        verbose_name_plural = _("API clients")
+        ordering = ["name"]
+        permissions = [("manage_api_clients", _("Can create, change and revoke API clients"))]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+
+class ClientAvatar(models.Model):
+    """Which client created (or adopted, or started) an avatar: it gets its events."""
+
+    avatar = models.OneToOneField(
+        "monitoring.Avatar", on_delete=models.CASCADE, related_name="api_link"
+    )
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="avatars")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("avatar of an API client")
+        verbose_name_plural = _("avatars of API clients")
+
+    def __str__(self) -> str:
+        return f"{self.client_id}:{self.avatar_id}"
+
+
+class IdempotencyKey(models.Model):
+    """A POST that starts a training, by (client, Idempotency-Key).
+
+    Committed as in progress *before* fal is called, so a repeat (or a racing twin)
+    finds it and never submits a second time; once done it holds the answer.
+    """
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress", _("In progress")
+        DONE = "done", _("Done")
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(_("key"), max_length=255)
+    request_hash = models.CharField(_("request hash"), max_length=64)
+    state = models.CharField(_("state"), max_length=16, choices=State.choices)
+    avatar = models.ForeignKey(
+        "monitoring.Avatar", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    status_code = models.PositiveSmallIntegerField(_("status code"), null=True, blank=True)
+    response = models.JSONField(_("answer"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("idempotency key")
+        verbose_name_plural = _("idempotency keys")
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="api_idempotency_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client_id}:{self.key}"
+
+
+class ApiCall(models.Model):
+    """One authenticated call: who, what, the answer's status and how long it took."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="calls")
+    at = models.DateTimeField(_("when"), default=timezone.now, db_index=True)
+    method = models.CharField(_("method"), max_length=8)
+    path = models.CharField(_("path"), max_length=512)
+    status = models.PositiveSmallIntegerField(_("status"))
+    duration_ms = models.FloatField(_("duration (ms)"))
+
+    class Meta:
+        verbose_name = _("API call")
+        verbose_name_plural = _("API calls")
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} {self.status}"
+
+
+class ApiRateWindow(models.Model):
+    """Calls of a client in one fixed window (the database store of the rate limit)."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    window_start = models.DateTimeField()
+    calls = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "window_start"], name="api_rate_window_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client_id} @ {self.window_start:%H:%M}: {self.calls}"
+
+
+class EventType(models.TextChoices):
+    COMPLETED = "avatar.completed", "avatar.completed"
+    FAILED = "avatar.failed", "avatar.failed"
+    CANCELLED = "avatar.cancelled", "avatar.cancelled"
+    STUCK = "avatar.stuck", "avatar.stuck"
+
+
+class CallbackStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    DELIVERED = "delivered", _("Delivered")
+    FAILED = "failed", _("Failed (final answer from the receiver)")
+    REFUSED = "refused", _("Refused (URL not allowed)")
+    GIVEN_UP = "given_up", _("Given up (too old)")
+
+
+class EventCallback(models.Model):
+    """An event for a client's callback URL: written with the outcome, sent by its own policy.
+
+    ``webhook_id`` is the Standard Webhooks message id: the same on every attempt, so
+    the receiver can tell a retry from a new event.
+    """
+
+    event_key = models.CharField(_("event key"), max_length=200, unique=True)
+    webhook_id = models.CharField(_("webhook-id"), max_length=64, unique=True)
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="callbacks")
+    avatar = models.ForeignKey(
+        "monitoring.Avatar", on_delete=models.CASCADE, related_name="api_callbacks"
+    )
+    training = models.ForeignKey(
+        "monitoring.Training",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="api_callbacks",
+    )
+    event_type = models.CharField(_("type"), max_length=32, choices=EventType.choices)
+    payload = models.JSONField(_("body"))
+    status = models.CharField(
+        _("status"), max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
+    give_up_at = models.DateTimeField(_("retried until"))
+    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("event callback")
+        verbose_name_plural = _("event callbacks")
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="api_callback_due_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.webhook_id}"
+
+
+class CallbackAttempt(models.Model):
+    """One POST of an event (or the reason it was not sent)."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", _("Delivered (2xx)")
+        RETRY = "retry", _("Will retry (timeout, 5xx or 429)")
+        REJECTED = "rejected", _("Rejected (final 4xx or redirect)")
+        REFUSED = "refused", _("Not sent (address not allowed)")
+
+    callback = models.ForeignKey(EventCallback, on_delete=models.CASCADE, related_name="log")
+    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
+    url = models.CharField(_("URL"), max_length=1024)
+    address = models.CharField(_("address"), max_length=64, blank=True)
+    status_code = models.PositiveSmallIntegerField(_("answer status"), null=True, blank=True)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("callback attempt")
+        verbose_name_plural = _("callback attempts")
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.callback_id} {self.outcome}"

@@ -1,0 +1,88 @@
+"""API tokens and callback secrets: made once, shown once, tokens kept only as a hash."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from monitoring.api.models import ApiClient, Scope
+
+TOKEN_PREFIX = "atm_"
+# ``last_used_at`` is written at most this often, not on every call.
+_LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_callback_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client: ApiClient
+    token: str
+    callback_secret: str
+
+
+def validate_scopes(scopes: list[str]) -> list[str]:
+    known = {choice.value for choice in Scope}
+    unknown = [scope for scope in scopes if scope not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    return sorted(set(scopes))
+
+
+def create_client(
+    *, name: str, scopes: list[str], callback_url: str = "", callback_stuck: bool = False
+) -> NewClient:
+    """Create a client with a fresh token (and a callback secret): the only time both exist
+    in the clear on our side."""
+    token = new_token()
+    secret = new_callback_secret()
+    with transaction.atomic():
+        client = ApiClient.objects.create(
+            name=name,
+            scopes=validate_scopes(scopes),
+            token_hash=hash_token(token),
+            token_prefix=token[: len(TOKEN_PREFIX) + 4],
+            callback_url=callback_url,
+            callback_secret=secret,
+            callback_stuck=callback_stuck,
+        )
+    return NewClient(client, token, secret)
+
+
+def authenticate(token: str) -> ApiClient | None:
+    """The active client whose token this is, or None.
+
+    Looked up by the token's hash (an index), then compared in constant time, so the
+    answer's timing says nothing about how much of a guess was right.
+    """
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    digest = hash_token(token)
+    client = ApiClient.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
+    if client is None or not hmac.compare_digest(client.token_hash, digest):
+        return None
+    now = timezone.now()
+    if client.last_used_at is None or client.last_used_at < now - _LAST_USED_RESOLUTION:
+        ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)
+        client.last_used_at = now
+    return client

@@ -1,0 +1,69 @@
+"""``create_api_client``: a client of the bot API, its token and callback secret shown once."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError
+
+from monitoring.api import callbacks, tokens
+from monitoring.api.models import ApiClient
+
+
+class Command(BaseCommand):
+    help = (
+        "Create an API client. Its token and callback secret are printed once and cannot "
+        "be shown again (only the token's hash is stored)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--name", required=True)
+        parser.add_argument(
+            "--scopes", required=True, help="comma-separated: trainings:write,avatars:read"
+        )
+        parser.add_argument("--callback-url", default="", help="https URL for event callbacks")
+        parser.add_argument(
+            "--callback-stuck", action="store_true", help="also send avatar.stuck events"
+        )
+        parser.add_argument("--json", action="store_true", help="print only a JSON object")
+
+    def handle(self, *args, **options):
+        name = options["name"].strip()
+        if not name:
+            raise CommandError("--name must not be empty")
+        scopes = [s.strip() for s in options["scopes"].split(",") if s.strip()]
+        if not scopes:
+            raise CommandError("--scopes needs at least one scope")
+        try:
+            tokens.validate_scopes(scopes)
+        except ValueError as exc:
+            raise CommandError(f"--scopes: {exc}") from None
+        url = options["callback_url"].strip()
+        if url:
+            try:
+                callbacks.validate_callback_url(url)
+            except callbacks.CallbackRefused as exc:
+                raise CommandError(f"--callback-url: {exc}") from None
+        if ApiClient.objects.filter(name=name).exists():
+            raise CommandError(f"An API client named {name!r} exists already")
+        try:
+            made = tokens.create_client(
+                name=name,
+                scopes=scopes,
+                callback_url=url,
+                callback_stuck=options["callback_stuck"],
+            )
+        except IntegrityError:
+            raise CommandError(f"An API client named {name!r} exists already") from None
+        answer = {
+            "name": made.client.name,
+            "token": made.token,
+            "callback_secret": made.callback_secret,
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(answer))
+            return
+        self.stdout.write(f"API client {made.client.name!r} created (scopes: {', '.join(scopes)}).")
+        self.stdout.write(f"Token (shown once, store it now): {made.token}")
+        self.stdout.write(f"Callback secret (shown once): {made.callback_secret}")
