@@ -170,6 +170,19 @@ FAL_JWKS_CACHE_SECONDS = env_int("FAL_JWKS_CACHE_SECONDS", 24 * 3600, minimum=1,
 FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS = env_int(
     "FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS", 60, minimum=0
 )
+# Our fal account's user id: a delivery signed for another account's job is refused.
+# Unset, any account's delivery is accepted (a system check warns in production).
+FAL_WEBHOOK_USER_ID = env_str("FAL_WEBHOOK_USER_ID")
+# Refused deliveries are anyone's to send: this many rows per verdict and minute are
+# kept, beyond that only a count (RefusedWebhookCount).
+WEBHOOK_REFUSED_ROWS_PER_MINUTE = env_int("WEBHOOK_REFUSED_ROWS_PER_MINUTE", 60, minimum=0)
+# Where fal's result files may live: a host, a *.suffix, or a host/path-prefix. A URL
+# elsewhere flags the training stuck for staff instead of being sent to the owner.
+FAL_MEDIA_ALLOWED_HOSTS = env_list(
+    "FAL_MEDIA_ALLOWED_HOSTS", ["fal.media", "*.fal.media", "storage.googleapis.com/falserverless/"]
+)
+# Bearer token that unlocks /healthz's counts (staff sessions see them too).
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
 # --- Monitoring ----------------------------------------------------------------------
 CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
@@ -244,6 +257,8 @@ RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30,
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)
 RETENTION_CHECK_RUN_DAYS = env_int("RETENTION_CHECK_RUN_DAYS", 7, minimum=1)
 RETENTION_TASK_RESULT_DAYS = env_int("RETENTION_TASK_RESULT_DAYS", 7, minimum=1)
+# Refused webhook deliveries and their per-minute counts, pruned every hour.
+RETENTION_REFUSED_WEBHOOK_HOURS = env_int("RETENTION_REFUSED_WEBHOOK_HOURS", 24, minimum=1)
 
 # --- django-q2 -------------------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))

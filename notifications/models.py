@@ -23,6 +23,7 @@ class NotificationKind(models.TextChoices):
     STUCK_DIGEST = "stuck_digest", _("Stuck trainings digest (staff)")
     FAL_ACCOUNT = "fal_account", _("fal authentication or billing trouble (staff)")
     GIVEN_UP = "given_up", _("Notification given up (staff)")
+    UNSAFE_RESULT = "unsafe_result", _("fal result URL refused (staff)")
 
 
 class Audience(models.TextChoices):
