@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from monitoring.admin.avatars import ReadOnlyInline
 from monitoring.fal import webhooks
-from monitoring.models import WebhookDelivery, WebhookOutcome
+from monitoring.models import RefusedWebhookCount, WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
     "received_at",
@@ -33,6 +33,7 @@ READONLY_FIELDS = (
     "headers",
     "signature",
     "body_size",
+    "body_sha256",
     "body",
     "traceback",
 )
@@ -128,6 +129,25 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
                 % {"label": label, "outcome": WebhookOutcome(outcome).label},
                 level,
             )
+
+
+@admin.register(RefusedWebhookCount)
+class RefusedWebhookCountAdmin(admin.ModelAdmin):
+    """Refused deliveries per minute and verdict, including those beyond the rows kept:
+    where staff see an attack (a flood of forged deliveries) at a glance."""
+
+    list_display = ("minute", "verdict", "count")
+    list_filter = ("verdict", "minute")
+    date_hierarchy = "minute"
+    fields = ("minute", "verdict", "count")
+    readonly_fields = fields
+    list_per_page = 100
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 class WebhookDeliveryInline(ReadOnlyInline):

@@ -18,6 +18,8 @@ from django.conf import settings
 
 PERIODIC_CHECK = "monitoring: periodic status check"
 PRUNE = "monitoring: prune old records"
+PRUNE_REFUSED_WEBHOOKS = "monitoring: prune refused webhook deliveries"
+STRANDED_WEBHOOKS = "monitoring: process webhook deliveries left by a crash"
 
 
 def _check_minutes() -> int:
@@ -39,6 +41,21 @@ SCHEDULES: list[dict[str, Any]] = [
         "name": PRUNE,
         "func": "monitoring.ops.retention.prune",
         "schedule_type": "D",  # Schedule.DAILY
+        "repeats": -1,
+    },
+    # Refused deliveries are anyone's to send: kept hours, not days.
+    {
+        "name": PRUNE_REFUSED_WEBHOOKS,
+        "func": "monitoring.ops.retention.prune_refused_webhooks",
+        "schedule_type": "H",  # Schedule.HOURLY
+        "repeats": -1,
+    },
+    # A web worker killed mid-delivery leaves the delivery "received": process it.
+    {
+        "name": STRANDED_WEBHOOKS,
+        "func": "monitoring.fal.webhooks.process_stranded",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": 1,
         "repeats": -1,
     },
 ]
