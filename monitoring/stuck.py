@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from monitoring import transitions
-from monitoring.fal import payloads
+from monitoring.fal import payloads, results
 from monitoring.models import EventSource, FalStatus, Training, TrainingType
 
 
@@ -91,7 +91,12 @@ def review(
         reason = stuck_reason(training, now)
         if reason and training.stuck_since is None:
             flagged += transitions.flag_stuck(training, reason=reason, source=source)
-        elif not reason and training.stuck_since is not None and training.finished_at is None:
+        elif (
+            not reason
+            and training.stuck_since is not None
+            and training.finished_at is None
+            and not results.flagged_for_result_url(training)
+        ):
             extended = training.stuck_deadline_extended_until
             cleared += transitions.clear_stuck(
                 training,

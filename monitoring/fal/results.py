@@ -23,6 +23,15 @@ from monitoring.models import Training
 from notifications import outbox
 
 UNSAFE_URL_ERROR_TYPE = "unsafe_result_url"
+# The stuck reason of a result on a foreign host. Staff clear it, never a check (the
+# time limits it would be judged by say nothing about the URL).
+FOREIGN_HOST_REASON = "fal's result URL is outside FAL_MEDIA_ALLOWED_HOSTS: "
+
+
+def flagged_for_result_url(training: Training) -> bool:
+    return training.stuck_since is not None and training.stuck_reason.startswith(
+        FOREIGN_HOST_REASON
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ def complete_with_urls(
     if verdict == MediaUrl.FOREIGN_HOST:
         flagged = transitions.flag_stuck(
             training,
-            reason=f"fal's result URL is outside FAL_MEDIA_ALLOWED_HOSTS: {shown}",
+            reason=FOREIGN_HOST_REASON + shown,
             source=source,
         )
         return Finished(flagged, verdict, f"result URL on a foreign host, flagged stuck: {shown}")
