@@ -370,3 +370,71 @@ def test_a_delivery_left_received_by_a_crash_is_processed_by_the_worker(
     assert stranded.outcome == WebhookOutcome.APPLIED and stranded.training == training
     young.refresh_from_db()
     assert young.outcome == WebhookOutcome.RECEIVED  # maybe still in flight: left alone
+
+
+# --- the signing keys' source --------------------------------------------------------------
+
+
+def test_a_plain_http_jwks_url_is_a_system_check_error_unless_debug(settings):
+    settings.FAL_WEBHOOK_JWKS_URL = "http://rest.fal.ai/.well-known/jwks.json"
+    settings.DEBUG = False
+    assert "avatarsite.E010" in {m.id for m in checks.run_checks()}
+
+    settings.DEBUG = True
+    assert "avatarsite.E010" not in {m.id for m in checks.run_checks()}
+    settings.DEBUG = False
+    settings.FAL_WEBHOOK_JWKS_URL = "https://rest.fal.ai/.well-known/jwks.json"
+    assert "avatarsite.E010" not in {m.id for m in checks.run_checks()}
+
+
+class _EndlessJwks:
+    """A JWKS endpoint that streams megabytes without a Content-Length."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        served = self.sent = [0]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                piece = b'{"keys": [' + b" " * 4086
+                try:
+                    for _ in range(2500):  # 10 MB
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        served[0] += len(piece)
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_jwks_download_stops_at_its_size_cap(settings):
+    endless = _EndlessJwks()
+    try:
+        settings.FAL_WEBHOOK_JWKS_URL = endless.url
+
+        assert signing_keys.refresh() is False
+
+        row = signing_keys.FalSigningKeys.objects.get(url=endless.url)
+        assert "more than 65536 bytes" in row.last_error
+        assert row.keys == []
+        # Stopped reading after the cap: the server could not push the 10 MB through.
+        assert endless.sent[0] < 10 * 1024 * 1024
+    finally:
+        endless.close()
