@@ -171,16 +171,20 @@ def normalised_signature(value: str) -> str:
     return value.strip().lower() if _SIGNATURE.fullmatch(value.strip()) else value
 
 
+def _raw_signed_headers(request: HttpRequest) -> dict[str, str]:
+    """The four signed headers as sent (the signature in lower case): what is verified."""
+    raw = {name: str(request.headers[name]) for name in SIGNED_HEADERS if name in request.headers}
+    if SIGNATURE_HEADER in raw:
+        raw[SIGNATURE_HEADER] = normalised_signature(raw[SIGNATURE_HEADER])
+    return raw
+
+
 def _signed_headers(request: HttpRequest) -> dict[str, str]:
-    """The four signed headers, when sent, cut to their real length."""
-    kept = {}
-    for name in SIGNED_HEADERS:
-        if name in request.headers:
-            value = str(request.headers[name])
-            if name == SIGNATURE_HEADER:
-                value = normalised_signature(value)
-            kept[name] = _clean(value, SIGNED_HEADER_LENGTHS[name])
-    return kept
+    """The four signed headers, when sent, cut to their real length: what is stored."""
+    return {
+        name: _clean(value, SIGNED_HEADER_LENGTHS[name])
+        for name, value in _raw_signed_headers(request).items()
+    }
 
 
 def _kept_headers(request: HttpRequest) -> dict[str, str]:
@@ -431,7 +435,7 @@ def receive(request: HttpRequest) -> Answer:
             raise Refused(
                 413, f"body is larger than the {limit} bytes allowed", WebhookVerdict.TOO_LARGE
             )
-        verify(_signed_headers(request), body)
+        verify(_raw_signed_headers(request), body)
     except Refused as refused:
         partial = refused.partial if isinstance(refused, _Unreadable) else body
         _record_capped(
