@@ -438,3 +438,20 @@ def test_the_jwks_download_stops_at_its_size_cap(settings):
         assert endless.sent[0] < 10 * 1024 * 1024
     finally:
         endless.close()
+
+
+def test_the_worker_has_schedules_for_stranded_deliveries_and_refused_pruning():
+    from django.core.management import call_command
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    from monitoring.ops.schedules import PRUNE_REFUSED_WEBHOOKS, STRANDED_WEBHOOKS
+
+    call_command("migrate", verbosity=0)
+
+    stranded = Schedule.objects.get(name=STRANDED_WEBHOOKS)
+    assert (stranded.schedule_type, stranded.minutes) == (Schedule.MINUTES, 1)
+    assert import_string(stranded.func) is webhooks.process_stranded
+    pruning = Schedule.objects.get(name=PRUNE_REFUSED_WEBHOOKS)
+    assert pruning.schedule_type == Schedule.HOURLY
+    assert import_string(pruning.func) is retention.prune_refused_webhooks
