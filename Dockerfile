@@ -1,5 +1,5 @@
 # One image, two roles:
-#   web:    docker run IMAGE web      (gunicorn on $PORT)
+#   web:    docker run IMAGE web      (gunicorn on $PORT, settings in gunicorn.conf.py)
 #   worker: docker run IMAGE worker   (django-q2: periodic checks, restore, notifications)
 #   once per release: docker run IMAGE migrate
 FROM python:3.11-slim

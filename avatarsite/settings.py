@@ -79,6 +79,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Content-Security-Policy on /admin/ only.
+    "avatarsite.csp.AdminCSPMiddleware",
     # /api/ only: untranslated answers, one recorded row per authenticated call.
     "monitoring.api.middleware.ApiCallMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
@@ -163,6 +165,22 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Admin pages only (avatarsite/csp.py): scripts, images and fonts from this origin,
+# no plugins, no framing, forms post here only.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # --- Staff admin -------------------------------------------------------------------
 # One admin action starts at most this many (paid) trainings.
@@ -218,6 +236,19 @@ FAL_JWKS_CACHE_SECONDS = env_int("FAL_JWKS_CACHE_SECONDS", 24 * 3600, minimum=1,
 FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS = env_int(
     "FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS", 60, minimum=0
 )
+# Our fal account's user id: a delivery signed for another account's job is refused.
+# Unset, any account's delivery is accepted (a system check warns in production).
+FAL_WEBHOOK_USER_ID = env_str("FAL_WEBHOOK_USER_ID")
+# Refused deliveries are anyone's to send: this many rows per verdict and minute are
+# kept, beyond that only a count (RefusedWebhookCount).
+WEBHOOK_REFUSED_ROWS_PER_MINUTE = env_int("WEBHOOK_REFUSED_ROWS_PER_MINUTE", 60, minimum=0)
+# Where fal's result files may live: a host, a *.suffix, or a host/path-prefix. A URL
+# elsewhere flags the training stuck for staff instead of being sent to the owner.
+FAL_MEDIA_ALLOWED_HOSTS = env_list(
+    "FAL_MEDIA_ALLOWED_HOSTS", ["fal.media", "*.fal.media", "storage.googleapis.com/falserverless/"]
+)
+# Bearer token that unlocks /healthz's counts (staff sessions see them too).
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
 # --- Monitoring ----------------------------------------------------------------------
 CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
@@ -301,6 +332,8 @@ RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30,
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)
 RETENTION_CHECK_RUN_DAYS = env_int("RETENTION_CHECK_RUN_DAYS", 7, minimum=1)
 RETENTION_TASK_RESULT_DAYS = env_int("RETENTION_TASK_RESULT_DAYS", 7, minimum=1)
+# Refused webhook deliveries and their per-minute counts, pruned every hour.
+RETENTION_REFUSED_WEBHOOK_HOURS = env_int("RETENTION_REFUSED_WEBHOOK_HOURS", 24, minimum=1)
 
 # --- Bot API (/api/v1/) and event callbacks ------------------------------------------
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)

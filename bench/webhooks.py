@@ -1,19 +1,21 @@
 """Benchmark: signed fal webhook deliveries through gunicorn on PostgreSQL.
 
 What it measures: deliveries per second and p50/p99 latency of ``POST /webhooks/fal/``
-served by gunicorn (2 sync workers, as in production) on PostgreSQL, with 16
+served by gunicorn (2 workers with the repository's gunicorn.conf.py: gthread, as in
+production) on PostgreSQL, with 16
 concurrent clients sending a mix of first deliveries (each completes an avatar and
 queues its notification) and duplicates (exact replays and re-signed retries). In
 the same run, the same load goes to a minimal view that reads the body and inserts
-one row, as the baseline the ratio is computed against.
+one row, as the baseline to compare with.
 
 Everything is its own: a fresh database (dropped at the end), the fal emulator for
 the JWKS (keys generated locally), the gunicorn processes. Nothing leaves 127.0.0.1.
 
     .venv/bin/python bench/webhooks.py [--deliveries 3000] [--clients 16] [--duplicates 0.5]
 
-Targets (issue 4): at least 300 deliveries/s, p99 at most 100 ms, and at least 0.4
-of the minimal view's throughput.
+Targets (issue 11): at least 200 verified deliveries/s with p99 at most 100 ms, no
+5xx, every avatar completed once (each first delivery is committed as received, then
+processed: two commits).
 
 This module is also the bench-only URLconf and WSGI app that gunicorn loads
 (``bench.webhooks:wsgi()``): the production routes plus ``/bench/minimal/``. The
@@ -168,30 +170,29 @@ def _deliveries(
 
 
 def _start_gunicorn(
-    port: int, env: dict[str, str], log_dir: Path, threads: int
+    port: int, env: dict[str, str], log_dir: Path, threads: int | None
 ) -> subprocess.Popen:
     gunicorn = Path(sys.executable).with_name("gunicorn")
     # The app's own log lines (stderr) go to a file, as they would in production.
     output = open(log_dir / "server.log", "ab")  # noqa: SIM115 (lives as long as the server)
+    # gunicorn.conf.py as bin/docker-entrypoint uses it; only the address and the log
+    # files differ (and the threads, when asked).
+    overrides = {"WEB_CONCURRENCY": "2", "GUNICORN_ACCESS_LOG": str(log_dir / "access.log")}
+    if threads is not None:
+        overrides["GUNICORN_THREADS"] = str(threads)
     process = subprocess.Popen(
         [
             str(gunicorn),
             "bench.webhooks:wsgi()",
+            "--config",
+            "gunicorn.conf.py",
             "--bind",
             f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            str(threads),  # 1: sync workers, as bin/docker-entrypoint runs them
-            "--timeout",
-            "30",
-            "--access-logfile",
-            str(log_dir / "access.log"),
             "--error-logfile",
             str(log_dir / "error.log"),
         ],
         cwd=ROOT,
-        env=env,
+        env={**env, **overrides},
         stdout=output,
         stderr=output,
         start_new_session=True,
@@ -400,10 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="gunicorn threads per worker (gunicorn.conf.py)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of each load")
     parser.add_argument("--probe", type=int, default=200, help="avatars for the one-client pass")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
 
     server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
     db_name, db_url = create_database(server_url, "bench_webhooks")
@@ -484,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = webhooks["per_second"] / baseline["per_second"]
     print()
-    kind = "sync workers" if args.threads == 1 else f"workers x {args.threads} threads"
+    print(
+        f"machine load (1-min average, {os.cpu_count()} cores): {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after"
+    )
+    kind = f"gthread workers x {args.threads or 'gunicorn.conf.py'} threads"
     print(
         f"gunicorn 2 {kind}, PostgreSQL, {args.clients} concurrent clients, "
         f"{len(work)} requests each ({args.deliveries} first deliveries + "
@@ -496,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:24}{figures['per_second']:>10.0f}{figures['p50_ms']:>10.1f}"
             f"{figures['p99_ms']:>10.1f}  {figures['statuses']}"
         )
-    print(f"ratio webhooks/minimal: {ratio:.2f}")
+    print(f"webhooks/minimal throughput: {ratio:.2f} (for comparison, not a target)")
     print("CPU per request (ms): web workers + PostgreSQL = server; load generator")
     for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
         workers, postgres, clients = (
@@ -515,9 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         f"delivery outcomes: {outcomes}"
     )
     targets = {
-        ">= 300 deliveries/s": webhooks["per_second"] >= 300,
+        ">= 200 deliveries/s": webhooks["per_second"] >= 200,
         "p99 <= 100 ms": webhooks["p99_ms"] <= 100,
-        ">= 0.4 of minimal": ratio >= 0.4,
         "every avatar completed once": completed == args.deliveries + args.probe == notifications,
         "no 5xx": all(status < 500 for status in webhooks["statuses"]),
     }

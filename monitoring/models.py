@@ -335,6 +335,8 @@ class WebhookVerdict(models.TextChoices):
     BAD_SIGNATURE = "bad_signature", _("Bad signature")
     TOO_LARGE = "too_large", _("Body too large")
     UNVERIFIABLE = "unverifiable", _("No signing keys available")
+    UNREADABLE = "unreadable", _("Body malformed or truncated")
+    OTHER_ACCOUNT = "other_account", _("Signed for another fal account")
 
 
 class WebhookOutcome(models.TextChoices):
@@ -372,6 +374,12 @@ class WebhookDelivery(models.Model):
         _("body"), blank=True, help_text=_("Whole for verified deliveries, an excerpt otherwise.")
     )
     body_size = models.PositiveIntegerField(_("body size"), default=0)
+    body_sha256 = models.CharField(
+        _("body SHA-256"),
+        max_length=64,
+        blank=True,
+        help_text=_("Of the body as received, whole or not: tells apart bodies kept as excerpts."),
+    )
     error = models.TextField(_("error"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
     processed_at = models.DateTimeField(_("processed"), null=True, blank=True)
@@ -395,6 +403,12 @@ class WebhookDelivery(models.Model):
                 condition=Q(outcome="unmatched"),
                 name="webhook_unmatched_idx",
             ),
+            # The worker looks for deliveries a crash left received but not processed.
+            models.Index(
+                fields=["received_at"],
+                condition=Q(outcome="received"),
+                name="webhook_received_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -403,6 +417,32 @@ class WebhookDelivery(models.Model):
     @property
     def matched(self) -> bool:
         return self.training_id is not None
+
+
+class RefusedWebhookCount(models.Model):
+    """How many deliveries were refused per minute and verdict, rows kept or not.
+
+    Refused deliveries are anyone's to send: beyond ``WEBHOOK_REFUSED_ROWS_PER_MINUTE``
+    rows per verdict and minute only this count grows, so an attack stays visible to
+    staff without filling the disk.
+    """
+
+    minute = models.DateTimeField(_("minute"))
+    verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
+    count = models.PositiveIntegerField(_("refused"), default=0)
+
+    class Meta:
+        verbose_name = _("refused webhooks per minute")
+        verbose_name_plural = _("refused webhooks per minute")
+        ordering = ["-minute", "verdict"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "verdict"], name="refused_webhook_count_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.verdict}: {self.count}"
 
 
 class FalSigningKeys(models.Model):

@@ -34,7 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from monitoring import transitions
-from monitoring.fal import failures, payloads, platform
+from monitoring.fal import failures, payloads, platform, results
 from monitoring.models import AvatarStatus, EventSource, FalStatus, Training
 from notifications import outbox
 
@@ -82,7 +82,6 @@ def apply_record_item(
         # Staff should see that fal finished it, whatever comes next.
         transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=RECORD)
     if item.succeeded:
-        # TODO(coordinator): route through the intake helper's URL validator once merged.
         urls = payloads.lora_urls(item.json_output)
         if urls is None:
             outcome = transitions.fail(
@@ -96,7 +95,7 @@ def apply_record_item(
             )
             return Recovery(True, "fal's record: result without a LoRA file", outcome.changed, True)
         lora_url, config_url = urls
-        outcome = transitions.complete(
+        finished = results.complete_with_urls(
             training,
             lora_url=lora_url,
             config_url=config_url,
@@ -105,7 +104,9 @@ def apply_record_item(
             source=RECORD,
             notify=notify,
         )
-        return Recovery(True, "completed from fal's record", outcome.changed, True)
+        if finished.verdict != payloads.MediaUrl.ALLOWED:
+            return Recovery(True, f"fal's record: {finished.summary}", finished.changed, True)
+        return Recovery(True, "completed from fal's record", finished.changed, True)
     message = item.error_message
     # A failure after a cancel request is a cancellation (one rule for every path).
     outcome = transitions.finish_failed(

@@ -46,7 +46,7 @@ from django.utils import timezone
 
 from monitoring import recovery, stuck, transitions
 from monitoring.fal import client as fal
-from monitoring.fal import payloads, platform
+from monitoring.fal import payloads, platform, results
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
 from monitoring.ops import totals
 from notifications import outbox
@@ -398,14 +398,16 @@ class _Batch:
             report.summary = "result without a LoRA file"
         else:
             lora_url, config_url = urls
-            outcome = transitions.complete(
+            finished = results.complete_with_urls(
                 training,
                 lora_url=lora_url,
                 config_url=config_url,
                 result=seen.result,
                 source=self.source,
             )
-            report.summary = "completed"
+            report.summary = finished.summary
+            report.changed = finished.changed
+            return
         report.changed = outcome.changed
 
     def _fal_error(self, training: Training, error: fal.FalError, report: CheckReport) -> None:

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from monitoring import recovery, transitions
-from monitoring.fal import payloads
+from monitoring.fal import payloads, results
 from monitoring.models import EventSource, FalStatus, Training, TrainingType
 
 
@@ -163,7 +163,12 @@ def review(
             flagged += transitions.flag_stuck(
                 training, reason=reason, source=source, details=cause_details(cause)
             )
-        elif not reason and training.stuck_since is not None and training.finished_at is None:
+        elif (
+            not reason
+            and training.stuck_since is not None
+            and training.finished_at is None
+            and not results.flagged_for_result_url(training)
+        ):
             extended = training.stuck_deadline_extended_until
             cleared += transitions.clear_stuck(
                 training,

@@ -32,7 +32,7 @@ from django.utils.translation import gettext_lazy
 
 from monitoring import status_checks, transitions
 from monitoring.fal import client as fal
-from monitoring.fal import payloads, platform
+from monitoring.fal import payloads, platform, results
 from monitoring.models import (
     Avatar,
     AvatarStatus,
@@ -425,7 +425,7 @@ def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source:
         )
     elif says.result is not None and payloads.lora_urls(says.result) is not None:
         lora_url, config_url = payloads.lora_urls(says.result) or ("", "")
-        transitions.complete(
+        results.complete_with_urls(
             training,
             lora_url=lora_url,
             config_url=config_url,

@@ -450,11 +450,9 @@ def _finish(
         # cleared), so a duplicate needs no UPDATE to be told so.
         return _already_finished(training)
     now = timezone.now()
-    # No savepoint inside a caller's transaction (the webhook's): nobody goes on in
-    # a transaction after a transition raised, so a savepoint would only cost two
-    # round trips on the hot path. The loser's explanation is read after the block,
-    # so that ``InvalidTransition`` never marks the caller's transaction as broken.
-    with transaction.atomic(savepoint=False):
+    # The loser's explanation is read after the block, so that ``InvalidTransition``
+    # never marks the caller's transaction as broken.
+    with transaction.atomic():
         won = Avatar.objects.filter(
             pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
         ).update(status=new_status, updated_at=now)

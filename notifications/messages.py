@@ -140,6 +140,16 @@ def render_fal_account_message(status_code: int, detail: str) -> str:
     return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
 
 
+def render_unsafe_result_message(
+    *, avatar_id: int, avatar_name: str, request_id: str, url: str
+) -> str:
+    return (
+        f"🚫 Обучение #{avatar_id} <b>{escape(avatar_name)}</b> "
+        f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
+        f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
+    )[:MAX_TEXT]
+
+
 def render_given_up_message(notification, error: str) -> str:
     recipient = escape(str(notification.owner)) if notification.owner_id else "staff"
     return (

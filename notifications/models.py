@@ -24,6 +24,7 @@ class NotificationKind(models.TextChoices):
     FAL_ACCOUNT = "fal_account", _("fal authentication or billing trouble (staff)")
     GIVEN_UP = "given_up", _("Notification given up (staff)")
     FAL_RECORD = "fal_record", _("fal's record needs staff (staff)")
+    UNSAFE_RESULT = "unsafe_result", _("fal result URL refused (staff)")
 
 
 class OwnerMessage(models.TextChoices):

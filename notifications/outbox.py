@@ -229,6 +229,23 @@ def queue_fal_record_alert(
     )
 
 
+def queue_unsafe_result_alert(
+    *, training_id: int, avatar_id: int, avatar_name: str, request_id: str, url: str
+) -> Notification | None:
+    """Staff alert: fal's result URL was not https, so the training was failed."""
+    return _create_once(
+        dedup_key=f"unsafe_result:{training_id}",
+        kind=NotificationKind.UNSAFE_RESULT,
+        audience=Audience.STAFF,
+        avatar_id=avatar_id,
+        training_id=training_id,
+        text=messages.render_unsafe_result_message(
+            avatar_id=avatar_id, avatar_name=avatar_name, request_id=request_id, url=url
+        ),
+        context={"url": url[:2048]},
+    )
+
+
 def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
     """Hand a row to the sender's queue.
 

@@ -87,6 +87,14 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1800, "height": 900})
+        # The admin's Content-Security-Policy must block nothing the admin itself uses.
+        blocked: list[str] = []
+        page.on(
+            "console",
+            lambda message: (
+                blocked.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        )
         try:
             page.goto(f"{live_server.url}/admin/")
             page.fill("#id_username", "staff")
@@ -134,6 +142,7 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(
             playwright_api.expect(page.locator("#finished-chart svg")).to_be_visible()
             playwright_api.expect(page.locator("#heartbeat")).to_contain_text("OK")
             page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
+            assert blocked == []
         finally:
             browser.close()
 

@@ -36,7 +36,12 @@ def beat(seconds_ago: float, kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
 @pytest.fixture
 def short_interval(settings):
     settings.CHECK_INTERVAL_SECONDS = 10  # late after 30 s
+    settings.HEALTHZ_TOKEN = "healthz-test-token"
     return settings
+
+
+# The figures (counts, ages) are for monitoring with the token, or staff.
+FIGURES = {"HTTP_AUTHORIZATION": "Bearer healthz-test-token"}
 
 
 def test_it_answers_200_with_the_figures_when_the_heartbeat_is_fresh(
@@ -47,7 +52,7 @@ def test_it_answers_200_with_the_figures_when_the_heartbeat_is_fresh(
     training_avatar(request_id="req-h2")
     transitions.flag_stuck(training, reason="queued too long")
 
-    response = client.get("/healthz")
+    response = client.get("/healthz", **FIGURES)
     body = response.json()
 
     assert response.status_code == 200
@@ -84,7 +89,7 @@ def test_a_manual_run_does_not_count_as_the_workers_heartbeat(client, short_inte
 
 
 def test_no_run_at_all_is_late(client, short_interval):
-    body = client.get("/healthz").json()
+    body = client.get("/healthz", **FIGURES).json()
 
     assert body["check_late"] is True and body["last_check_age_seconds"] is None
 
@@ -97,7 +102,7 @@ def test_sending_paused_is_reported(client, short_interval):
     SenderState.objects.update_or_create(pk=1, defaults={"paused": True, "reason": "InvalidToken"})
 
     assert delivery.sending_paused() == (True, "InvalidToken")
-    assert client.get("/healthz").json()["notifications_paused"] is True
+    assert client.get("/healthz", **FIGURES).json()["notifications_paused"] is True
 
 
 @pytest.mark.postgres  # points the connection at a closed port
@@ -117,8 +122,47 @@ def test_it_answers_503_when_the_database_does_not_answer(client):
     assert response.json() == {"ok": False, "database": False, "error": "database unreachable"}
 
 
-def test_only_get_is_allowed(client):
+def test_only_get_and_head_are_allowed(client):
     assert client.post("/healthz").status_code == 405
+    assert client.put("/healthz").status_code == 405
+
+
+def test_head_answers_like_get_without_a_body(client, short_interval):
+    beat(5)
+
+    response = client.head("/healthz?strict=1")
+
+    assert response.status_code == 200
+    assert response.content == b""
+
+
+def test_without_credentials_it_says_only_whether_things_are_ok(
+    client, short_interval, training_avatar
+):
+    beat(45)
+    training_avatar(request_id="req-secret-count")
+
+    for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer wrong-token"}):
+        body = client.get("/healthz", **headers).json()
+        assert set(body) <= {"ok", "database", "check_late", "notifications_late"}
+        assert body["database"] is True and body["check_late"] is True
+
+
+def test_a_staff_session_sees_the_figures(client, short_interval, django_user_model):
+    beat(5)
+    client.force_login(django_user_model.objects.create_user("staff", is_staff=True))
+
+    body = client.get("/healthz").json()
+
+    assert body["active_trainings"] == 0 and "last_check_age_seconds" in body
+
+
+def test_no_token_configured_means_no_bearer_gets_the_figures(client, settings):
+    settings.HEALTHZ_TOKEN = None
+
+    body = client.get("/healthz", HTTP_AUTHORIZATION="Bearer ").json()
+
+    assert "active_trainings" not in body
 
 
 # --- check_worker_heartbeat ------------------------------------------------------------
@@ -149,7 +193,7 @@ def test_the_heartbeat_command_takes_its_own_limit(short_interval):
 
     with pytest.raises(CommandError, match="limit 15 s"):
         call_command("check_worker_heartbeat", "--max-age", "15")
-    with pytest.raises(CommandError, match="positive"):
+    with pytest.raises(CommandError, match="out of range"):
         call_command("check_worker_heartbeat", "--max-age", "0")
     call_command("check_worker_heartbeat", "--max-age", "60")
 

@@ -23,7 +23,7 @@ from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
 from monitoring.admin.avatars import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
-from monitoring.models import WebhookDelivery, WebhookOutcome
+from monitoring.models import RefusedWebhookCount, WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
     "received_at",
@@ -39,6 +39,7 @@ READONLY_FIELDS = (
     "headers_pretty",
     "signature",
     "body_size",
+    "body_sha256",
     "body_pretty",
     "traceback",
 )
@@ -152,6 +153,25 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             }
             self.message_user(request, text, level)
             log_staff_action(self, request, delivery, "reprocess", text)
+
+
+@admin.register(RefusedWebhookCount)
+class RefusedWebhookCountAdmin(admin.ModelAdmin):
+    """Refused deliveries per minute and verdict, including those beyond the rows kept:
+    where staff see an attack (a flood of forged deliveries) at a glance."""
+
+    list_display = ("minute", "verdict", "count")
+    list_filter = ("verdict", "minute")
+    date_hierarchy = "minute"
+    fields = ("minute", "verdict", "count")
+    readonly_fields = fields
+    list_per_page = 100
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 class WebhookDeliveryInline(ReadOnlyInline):

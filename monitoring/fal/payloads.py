@@ -7,7 +7,11 @@ fal's payloads through these functions, so a rule about them changes in one plac
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
 
 from monitoring.models import TrainingType
 
@@ -75,6 +79,64 @@ def lora_urls(output: Any) -> tuple[str, str] | None:
     if not isinstance(config_url, str) or len(config_url) > MAX_URL_LENGTH:
         config_url = ""
     return url, config_url
+
+
+class MediaUrl(StrEnum):
+    """What ``check_media_url`` says of a URL fal handed us to show or send on."""
+
+    ALLOWED = "allowed"
+    NOT_HTTPS = "not_https"  # javascript:, data:, http:, garbage: never shown to anyone
+    FOREIGN_HOST = "foreign_host"  # https, but not where fal keeps its files
+
+
+def _allowed(host: str, path: str, rule: str) -> bool:
+    rule = rule.strip().lower()
+    rule_host, slash, prefix = rule.partition("/")
+    if rule_host.startswith("*."):
+        host_ok = host.endswith(rule_host[1:])
+    else:
+        host_ok = host == rule_host
+    return host_ok and (not slash or path.startswith("/" + prefix))
+
+
+def check_media_url(url: str) -> MediaUrl:
+    """The one rule for a result URL from fal (LoRA file, config file), on every path.
+
+    https only, and on a host of ``FAL_MEDIA_ALLOWED_HOSTS``: an exact host
+    (``fal.media``), a wildcard for its subdomains (``*.fal.media``, not the bare
+    domain), or a host with a path prefix (``storage.googleapis.com/falserverless/``).
+    """
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        return MediaUrl.NOT_HTTPS
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError:
+        return MediaUrl.NOT_HTTPS
+    if parts.scheme.lower() != "https" or not host or parts.username or parts.password:
+        return MediaUrl.NOT_HTTPS
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        return MediaUrl.NOT_HTTPS
+    if any(_allowed(host, parts.path, rule) for rule in settings.FAL_MEDIA_ALLOWED_HOSTS):
+        return MediaUrl.ALLOWED
+    return MediaUrl.FOREIGN_HOST
+
+
+def unsafe_result_url(lora_url: str, config_url: str = "") -> tuple[MediaUrl, str] | None:
+    """The worst of a result's URLs and the URL itself, or None when both are allowed.
+
+    The config URL may be empty (a LoRA without its config still generates images),
+    but when fal gives one it must pass the same rule: the owner's bot hands it on.
+    """
+    verdicts = [(check_media_url(lora_url), lora_url)]
+    if config_url:
+        verdicts.append((check_media_url(config_url), config_url))
+    for wanted in (MediaUrl.NOT_HTTPS, MediaUrl.FOREIGN_HOST):
+        for verdict, url in verdicts:
+            if verdict == wanted:
+                return verdict, url
+    return None
 
 
 def error_detail(body: Any, fallback: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import threading
 import time
@@ -139,11 +140,7 @@ def refresh(url: str | None = None) -> bool:
     if not _claim_fetch(url, now):
         return False
     try:
-        response = httpx.get(url, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False)
-        response.raise_for_status()
-        if len(response.content) > MAX_JWKS_BYTES:
-            raise ValueError(f"the JWKS is {len(response.content)} bytes, more than expected")
-        keys = parse_jwks(response.json())
+        keys = parse_jwks(json.loads(_download(httpx, url)))
     except (httpx.HTTPError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
         FalSigningKeys.objects.filter(url=url).update(last_error=error)
@@ -155,6 +152,24 @@ def refresh(url: str | None = None) -> bool:
     if row is not None:
         _remember(row)
     return True
+
+
+def _download(httpx, url: str) -> bytes:
+    """The JWKS body, streamed: more than ``MAX_JWKS_BYTES`` is refused as soon as it is
+    seen (declared or read), never downloaded whole."""
+    with httpx.stream(
+        "GET", url, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False
+    ) as response:
+        response.raise_for_status()
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
+            raise ValueError(f"the JWKS is {declared} bytes, more than {MAX_JWKS_BYTES} expected")
+        received = bytearray()
+        for chunk in response.iter_bytes():
+            received += chunk
+            if len(received) > MAX_JWKS_BYTES:
+                raise ValueError(f"the JWKS is more than {MAX_JWKS_BYTES} bytes")
+    return bytes(received)
 
 
 def _await_other_fetch(url: str, cached: _Cached | None) -> _Cached | None:

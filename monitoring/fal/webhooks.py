@@ -1,25 +1,33 @@
-"""fal webhook deliveries: record, verify, then process through the transitions.
+"""fal webhook deliveries: verify, record, then process through the transitions.
 
 The order matters and is the point of this module:
 
 1. **Size first.** ``Content-Length`` is checked before the body is read, and the
    body is read in chunks with a running count (chunked requests have no length).
    We read the raw stream ourselves, so Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``
-   never turns a delivery into a 400 of its own.
+   never turns a delivery into a 400 of its own. A malformed chunked or truncated
+   body is refused with 400.
 2. **Verify before trusting anything**: the four ``X-Fal-Webhook-*`` headers, the
-   timestamp window, and the Ed25519 signature over the exact raw body (keys from
-   ``monitoring.fal.signing_keys``).
-3. **Record every delivery**, whatever happens to it. Refused deliveries keep their
-   metadata and a small excerpt of the body only, so nobody can fill the disk; an
-   exact replay of an accepted delivery (same signature) is recorded and answered
-   200 without being processed again. The replay store is this table, shared by all
-   workers. A verified delivery's row is written in the transaction that applies
-   it, with its outcome, so they commit together (one row, one commit); when
-   processing fails, that transaction rolls back and the row is written as failed,
-   with the traceback, before we answer 500.
-4. **Process idempotently** on the body's ``request_id``: every status change goes
-   through ``monitoring.transitions``, whose conditional UPDATEs make a duplicate, or
-   a delivery that loses the race with the periodic check, a harmless no-op.
+   timestamp window, the Ed25519 signature over the exact raw body (keys from
+   ``monitoring.fal.signing_keys``) and, when ``FAL_WEBHOOK_USER_ID`` is set, that the
+   delivery is for our own fal account.
+3. **Record every delivery, cheaply when it is refused.** Anyone can send a refused
+   delivery, so its row holds only the four signed headers, the body's size, its
+   SHA-256 and a 256-byte excerpt, and at most ``WEBHOOK_REFUSED_ROWS_PER_MINUTE``
+   such rows are written per verdict and minute; beyond that only the per-minute
+   count (``RefusedWebhookCount``) grows, so staff still see an attack. The
+   signature is stored in lower case: a case variant of a signature we acted on is
+   a replay, recorded and answered 200 without being processed again.
+4. **Committed as received, then processed** (dj-stripe's order): a verified
+   delivery for an active training is written as ``received`` in its own commit,
+   then applied in a transaction that also records its outcome. A process killed in
+   between leaves a ``received`` row, which the worker processes again
+   (``process_stranded``, every minute); when processing raises, the transaction
+   rolls back and the row says ``failed``, with the traceback, before we answer 500.
+5. **Process idempotently** on the body's ``request_id``: every status change goes
+   through ``monitoring.transitions`` (and result URLs through
+   ``monitoring.fal.results``), whose conditional UPDATEs make a duplicate, or a
+   delivery that loses the race with the periodic check, a harmless no-op.
 
 Nothing here calls fal or Telegram: a payload fal could not serialise is left to
 the worker (``monitoring.tasks.recheck``), and owner messages leave through the
@@ -28,32 +36,29 @@ notification outbox on commit.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import ipaddress
 import json
 import logging
 import re
 import time
 import traceback as tb
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, router, transaction
-from django.db.models import Model
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext
 
+from avatarsite.client_address import client_address
 from monitoring import transitions
-from monitoring.fal import failures, payloads, signing_keys
+from monitoring.fal import failures, payloads, results, signing_keys
 from monitoring.models import (
-    Avatar,
     EventSource,
-    Owner,
+    RefusedWebhookCount,
     Training,
     WebhookDelivery,
     WebhookOutcome,
@@ -68,9 +73,17 @@ USER_ID_HEADER = "X-Fal-Webhook-User-Id"
 TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
 SIGNATURE_HEADER = "X-Fal-Webhook-Signature"
 SIGNED_HEADERS = (REQUEST_ID_HEADER, USER_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+# The real length of each signed header: a UUID request id and user id with room to
+# spare, Unix seconds, a hex Ed25519 signature. Longer values are cut when stored.
+SIGNED_HEADER_LENGTHS = {
+    REQUEST_ID_HEADER: 128,
+    USER_ID_HEADER: 128,
+    TIMESTAMP_HEADER: 16,
+    SIGNATURE_HEADER: 128,
+}
 
-# What we keep of the request headers: fal's own, and what helps staff trace a
-# delivery. Never cookies or authorization headers (whitelist, not blacklist).
+# What we keep of a verified delivery's other headers: fal's own, and what helps
+# staff trace it. Never cookies or authorization headers (whitelist, not blacklist).
 KEPT_HEADERS = (
     "Content-Type",
     "Content-Length",
@@ -82,15 +95,24 @@ KEPT_HEADERS = (
 MAX_KEPT_HEADERS = 20
 MAX_HEADER_VALUE = 512
 # How much of a refused (or replayed) body is kept.
-EXCERPT_BYTES = 512
+EXCERPT_BYTES = 256
+# An unmatched signed delivery is kept whole up to this size, to be applied when its
+# request id appears; a larger one keeps an excerpt and its hash, and its training
+# gets a queue check instead.
+UNMATCHED_BODY_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 64 * 1024
+# fal gives up on a delivery after 15 s: a row still "received" after that belongs
+# to a process that died, and the worker processes it.
+STRANDED_AFTER = timedelta(seconds=15)
+STRANDED_BATCH = 100
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{128}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # A delivery already acted on: the same signature again is a replay. FAILED and
 # REJECTED are left out, so fal's retry of a delivery we failed to process is
-# processed, not dismissed.
+# processed, not dismissed; RECEIVED too (still in flight, or stranded by a crash).
 ACCEPTED_OUTCOMES = (
     WebhookOutcome.APPLIED,
     WebhookOutcome.ALREADY_DONE,
@@ -130,14 +152,14 @@ class Refused(Exception):
 
 
 def _clean(text: str, limit: int) -> str:
-    # PostgreSQL text and jsonb cannot hold NUL characters.
-    return text.replace("\x00", "\ufffd")[:limit]
+    # PostgreSQL text and jsonb cannot hold NUL characters, nor UTF-8 lone surrogates.
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd"))[:limit]
 
 
 def _clean_json(value: Any) -> Any:
-    """``value`` with NUL characters replaced, so jsonb accepts it."""
+    """``value`` as jsonb accepts it: NUL characters and lone surrogates become U+FFFD."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
     if isinstance(value, list):
         return [_clean_json(item) for item in value]
     if isinstance(value, dict):
@@ -145,23 +167,37 @@ def _clean_json(value: Any) -> Any:
     return value
 
 
+def normalised_signature(value: str) -> str:
+    """The signature as stored and compared: lower-case hex, so a case variant is a replay."""
+    return value.strip().lower() if _SIGNATURE.fullmatch(value.strip()) else value
+
+
+def _raw_signed_headers(request: HttpRequest) -> dict[str, str]:
+    """The four signed headers as sent (the signature in lower case): what is verified."""
+    raw = {name: str(request.headers[name]) for name in SIGNED_HEADERS if name in request.headers}
+    if SIGNATURE_HEADER in raw:
+        raw[SIGNATURE_HEADER] = normalised_signature(raw[SIGNATURE_HEADER])
+    return raw
+
+
+def _signed_headers(request: HttpRequest) -> dict[str, str]:
+    """The four signed headers, when sent, cut to their real length: what is stored."""
+    return {
+        name: _clean(value, SIGNED_HEADER_LENGTHS[name])
+        for name, value in _raw_signed_headers(request).items()
+    }
+
+
 def _kept_headers(request: HttpRequest) -> dict[str, str]:
-    """The headers worth keeping, the four signed ones first (and always, when sent)."""
-    kept = {name: request.headers[name] for name in SIGNED_HEADERS if name in request.headers}
+    """A verified delivery's headers worth keeping, the four signed ones first."""
+    kept = _signed_headers(request)
     for name, value in request.headers.items():
         if len(kept) >= MAX_KEPT_HEADERS:
             break
         title = name.title()
         if (title.startswith("X-Fal-") or title in KEPT_HEADERS) and title not in kept:
-            kept[title] = value
-    return {_clean(name, 64): _clean(str(value), MAX_HEADER_VALUE) for name, value in kept.items()}
-
-
-def _remote_addr(request: HttpRequest) -> str | None:
-    try:
-        return str(ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")))
-    except ValueError:
-        return None
+            kept[_clean(title, 64)] = _clean(str(value), MAX_HEADER_VALUE)
+    return kept
 
 
 def _declared_length(request: HttpRequest) -> int | None:
@@ -172,8 +208,9 @@ def _declared_length(request: HttpRequest) -> int | None:
     return int(raw)
 
 
-def _read_body(request: HttpRequest, limit: int) -> tuple[bytes, bool]:
-    """The raw body, at most ``limit`` bytes; the flag says it was longer.
+def _read_body(request: HttpRequest, limit: int) -> tuple[bytes, int]:
+    """The raw body, at most ``limit`` bytes, and how many bytes were read (``limit + 1``
+    when it was longer). Raises ``Refused`` (400) for a body that cannot be read whole.
 
     With a Content-Length, Django's own stream is bounded by it. Without one
     (chunked transfer), Django would read nothing, so the server's stream is read
@@ -181,18 +218,34 @@ def _read_body(request: HttpRequest, limit: int) -> tuple[bytes, bool]:
     """
     stream: Any = request
     environ = getattr(request, "environ", {})
+    declared = _declared_length(request)
     if request.META.get("CONTENT_LENGTH") in (None, "") and environ.get("wsgi.input_terminated"):
         stream = environ["wsgi.input"]
     chunks: list[bytes] = []
     size = 0
-    while size <= limit:
-        chunk = stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        while size <= limit:
+            chunk = stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except Exception as exc:  # the server's parser: bad chunk sizes, a dropped connection
+        raise _Unreadable(
+            f"body could not be read ({type(exc).__name__}): malformed chunked encoding "
+            "or a connection closed early",
+            b"".join(chunks),
+        ) from None
     body = b"".join(chunks)
-    return body[:limit], size > limit
+    if declared is not None and size < declared:
+        raise _Unreadable(f"body is truncated: {size} of {declared} bytes", body)
+    return body[:limit], size
+
+
+class _Unreadable(Refused):
+    def __init__(self, reason: str, partial: bytes):
+        super().__init__(400, reason, WebhookVerdict.UNREADABLE)
+        self.partial = partial
 
 
 # --- Verification ------------------------------------------------------------------------
@@ -205,7 +258,7 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
 
 
 def verify(headers: dict[str, str], body: bytes) -> None:
-    """Raise ``Refused`` unless the delivery is signed by fal, now. Nothing else."""
+    """Raise ``Refused`` unless the delivery is signed by fal, now, for our account."""
     missing = [name for name in SIGNED_HEADERS if not headers.get(name)]
     if missing:
         raise Refused(401, f"missing headers: {', '.join(missing)}", WebhookVerdict.MISSING_HEADERS)
@@ -227,12 +280,23 @@ def verify(headers: dict[str, str], body: bytes) -> None:
         ) from None
     if not valid:
         raise Refused(401, "bad signature", WebhookVerdict.BAD_SIGNATURE)
+    ours = settings.FAL_WEBHOOK_USER_ID
+    if ours and headers[USER_ID_HEADER] != ours:
+        # Signed by fal, but for somebody else's job: not ours to apply.
+        raise Refused(401, "delivery is for another fal account", WebhookVerdict.OTHER_ACCOUNT)
 
 
 def parse(body: bytes, header_request_id: str) -> dict[str, Any]:
-    """The verified body as fal's delivery shape, or ``Refused`` (400)."""
+    """The verified body as fal's delivery shape, or ``Refused`` (400).
+
+    fal's own JSON may hold ``NaN``, ``Infinity`` or lone surrogates, which jsonb
+    refuses; fal retries anything but a 2xx, so they are cleaned (``null``, U+FFFD)
+    instead of refused.
+    """
     try:
-        data = json.loads(body)
+        data = json.loads(
+            body.decode("utf-8", errors="replace"), parse_constant=lambda _constant: None
+        )
     except (ValueError, RecursionError):
         raise Refused(400, "body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -247,7 +311,59 @@ def parse(body: bytes, header_request_id: str) -> dict[str, Any]:
     return _clean_json(data)
 
 
-# --- Receiving --------------------------------------------------------------------------
+# --- Recording ----------------------------------------------------------------------------
+
+
+def _excerpt(body: bytes) -> str:
+    return body[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+
+
+def _count_refusal(verdict: str, at: datetime) -> int:
+    """Add one to this minute's count for ``verdict``; the count including this one."""
+    minute = at.replace(second=0, microsecond=0)
+    counts = RefusedWebhookCount.objects.filter(minute=minute, verdict=verdict)
+    with transaction.atomic():
+        if not counts.update(count=F("count") + 1):
+            try:
+                with transaction.atomic():
+                    RefusedWebhookCount.objects.create(minute=minute, verdict=verdict, count=1)
+                return 1
+            except IntegrityError:  # another request created it a moment ago
+                counts.update(count=F("count") + 1)
+        return counts.values_list("count", flat=True).get()
+
+
+def _record_capped(
+    request: HttpRequest,
+    headers: dict[str, str],
+    *,
+    verdict: str,
+    outcome: str,
+    body: bytes,
+    body_size: int,
+    error: str,
+    received_at: datetime,
+    data: dict[str, Any] | None = None,
+    training_id: int | None = None,
+) -> WebhookDelivery | None:
+    """A delivery not acted on (refused, or a replay): counted, and kept as a small row
+    while this minute's rows for its verdict are under the cap."""
+    if _count_refusal(verdict, received_at) > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE:
+        totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
+        return None
+    return _record(
+        request,
+        headers,
+        verdict=verdict,
+        outcome=outcome,
+        body=body,
+        body_size=body_size,
+        kept=_excerpt(body),
+        error=error,
+        data=data,
+        training_id=training_id,
+        received_at=received_at,
+    )
 
 
 def _record(
@@ -256,82 +372,85 @@ def _record(
     *,
     verdict: str,
     outcome: str,
-    body: bytes = b"",
-    body_size: int = 0,
-    whole_body: bool = False,
+    body: bytes,
+    body_size: int,
+    kept: str | None = None,
     error: str = "",
     traceback: str = "",
     data: dict[str, Any] | None = None,
     training_id: int | None = None,
-    received_at: datetime | None = None,
+    received_at: datetime,
 ) -> WebhookDelivery:
-    kept = body if whole_body else body[:EXCERPT_BYTES]
+    """One delivery row; the body whole unless ``kept`` (an excerpt) is given."""
     data = data or {}
-    now = timezone.now()
+    text = body.decode("utf-8", errors="replace") if kept is None else kept
     delivery = WebhookDelivery.objects.create(
-        received_at=received_at or now,
-        remote_addr=_remote_addr(request),
+        received_at=received_at,
+        remote_addr=client_address(request),
         headers=headers,
-        header_request_id=_clean(headers.get(REQUEST_ID_HEADER, ""), 128),
+        header_request_id=headers.get(REQUEST_ID_HEADER, ""),
         request_id=_clean(str(data.get("request_id", "")), 128),
-        signature=_clean(headers.get(SIGNATURE_HEADER, ""), 256),
+        signature=headers.get(SIGNATURE_HEADER, ""),
         verdict=verdict,
         outcome=outcome,
         fal_status=_clean(str(data.get("status", "")), 16),
-        body=_clean(kept.decode("utf-8", errors="replace"), len(kept) + 1),
-        body_size=body_size,
+        body=_clean(text, len(text)),
+        body_size=min(body_size, 2**31 - 1),
+        body_sha256=hashlib.sha256(body).hexdigest() if body_size == len(body) else "",
         error=_clean(error, 2000),
         traceback=_clean(traceback, 20000),
-        processed_at=now if outcome != WebhookOutcome.RECEIVED else None,
+        processed_at=None if outcome == WebhookOutcome.RECEIVED else timezone.now(),
         training_id=training_id,
     )
-    totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
+    if outcome != WebhookOutcome.RECEIVED:
+        # A received row is counted when its outcome is written (``_process``).
+        totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
     return delivery
 
 
+def body_is_excerpt(delivery: WebhookDelivery) -> bool:
+    """Whether the stored body is an excerpt. A whole body never encodes shorter than it
+    arrived (a replaced byte grows to three), an excerpt always does."""
+    return len(delivery.body.encode("utf-8")) < delivery.body_size
+
+
+# --- Receiving --------------------------------------------------------------------------
+
+
 def receive(request: HttpRequest) -> Answer:
-    """Handle one POST to /webhooks/fal/: every path records a delivery row."""
+    """Handle one POST to /webhooks/fal/: every delivery is recorded or counted."""
     received_at = timezone.now()
-    headers = _kept_headers(request)
     limit = settings.WEBHOOK_MAX_BODY_BYTES
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         reason = f"body of {declared} bytes is larger than the {limit} bytes allowed"
-        _record(
+        _record_capped(
             request,
-            headers,
+            _signed_headers(request),
             verdict=WebhookVerdict.TOO_LARGE,
             outcome=WebhookOutcome.REJECTED,
-            body_size=min(declared, 2**31 - 1),
+            body=b"",
+            body_size=declared,
             error=reason,
             received_at=received_at,
         )
         return Answer.error(413, reason)
-    body, too_large = _read_body(request, limit)
-    if too_large:
-        reason = f"body is larger than the {limit} bytes allowed"
-        _record(
-            request,
-            headers,
-            verdict=WebhookVerdict.TOO_LARGE,
-            outcome=WebhookOutcome.REJECTED,
-            body=body,
-            body_size=limit + 1,
-            error=reason,
-            received_at=received_at,
-        )
-        return Answer.error(413, reason)
-
     try:
-        verify(headers, body)
+        body, size = _read_body(request, limit)
+        if size > limit:
+            raise Refused(
+                413, f"body is larger than the {limit} bytes allowed", WebhookVerdict.TOO_LARGE
+            )
+        verify(_raw_signed_headers(request), body)
     except Refused as refused:
-        _record(
+        partial = refused.partial if isinstance(refused, _Unreadable) else body
+        _record_capped(
             request,
-            headers,
+            _signed_headers(request),
             verdict=refused.verdict,
             outcome=WebhookOutcome.REJECTED,
-            body=body,
-            body_size=len(body),
+            body=partial,
+            body_size=size if refused.verdict == WebhookVerdict.TOO_LARGE else len(partial),
             error=refused.reason,
             received_at=received_at,
         )
@@ -339,91 +458,134 @@ def receive(request: HttpRequest) -> Answer:
             logger.error("fal webhook not verifiable: %s", refused.reason)
         return Answer.error(refused.status, refused.reason)
 
-    # Verified: from here the body is fal's, and is kept whole.
+    # Verified: from here the body is fal's.
+    headers = _kept_headers(request)
     try:
         data = parse(body, headers[REQUEST_ID_HEADER])
     except Refused as refused:
-        _record(
+        _record_capped(
             request,
             headers,
             verdict=WebhookVerdict.VALID,
             outcome=WebhookOutcome.REJECTED,
             body=body,
             body_size=len(body),
-            whole_body=True,
             error=refused.reason,
             received_at=received_at,
         )
         return Answer.error(refused.status, refused.reason)
 
-    # The transition and the delivery row, with its final outcome, commit together:
-    # one transaction and one row written per delivery. If anything raises, what it
-    # did rolls back and the row is written as failed, with its traceback, so staff
-    # can re-process it and fal retries. If the process dies before the commit,
-    # nothing was answered either, and fal delivers again.
+    record = {"body": body, "body_size": len(body), "data": data, "received_at": received_at}
     try:
         # The same signature means the same body (it is signed): an exact replay of a
-        # delivery we already acted on is recorded, and not processed again. Both
-        # questions, which training and whether this is a replay, take one query.
-        training, original_pk = _training_and_replay(data["request_id"], headers[SIGNATURE_HEADER])
-        if original_pk is not None:
-            _record(
-                request,
-                headers,
-                verdict=WebhookVerdict.VALID,
-                outcome=WebhookOutcome.REPLAY,
-                body=body,
-                body_size=len(body),
-                error=f"replay of delivery {original_pk}",
-                data=data,
-                training_id=training.pk if training else None,
-                received_at=received_at,
-            )
-            return Answer(200, {"outcome": WebhookOutcome.REPLAY})
-        # An unknown request id changes nothing, and neither does anything for an
-        # attempt that has finished (it never changes again): those rows need no
-        # transaction of their own, which saves a duplicate two round trips.
-        may_change = training is not None and training.finished_at is None
-        with transaction.atomic() if may_change else contextlib.nullcontext():
-            if training is None:
-                outcome, note = WebhookOutcome.UNMATCHED, ""
-            else:
-                outcome, note = _apply(training, data, source=EventSource.WEBHOOK, actor=None)
-            _record(
-                request,
-                headers,
-                verdict=WebhookVerdict.VALID,
-                outcome=outcome,
-                body=body,
-                body_size=len(body),
-                whole_body=True,
-                error=note,
-                data=data,
-                training_id=training.pk if training else None,
-                received_at=received_at,
-            )
+        # delivery we already acted on is counted like a refusal, and not processed
+        # again. Both questions, which training and whether this is a replay, take
+        # one query.
+        training, replay = _training_and_replay(data["request_id"], headers[SIGNATURE_HEADER])
     except Exception as exc:
-        delivery = _record(
+        return _failed(request, headers, exc, **record)
+    training_id = training.pk if training else None
+    if replay:
+        _record_capped(
             request,
             headers,
             verdict=WebhookVerdict.VALID,
-            outcome=WebhookOutcome.FAILED,
-            body=body,
-            body_size=len(body),
-            whole_body=True,
-            data=data,
-            received_at=received_at,
-            **_failure(exc),
+            outcome=WebhookOutcome.REPLAY,
+            error="replay of an accepted delivery with the same signature",
+            training_id=training_id,
+            **record,
         )
-        logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
+        return Answer(200, {"outcome": WebhookOutcome.REPLAY})
+    if training is None:
+        # Kept to be applied when the request id appears (the start of a training
+        # races its own webhook), whole only up to a size worth keeping.
+        whole = len(body) <= UNMATCHED_BODY_BYTES
+        _record(
+            request,
+            headers,
+            verdict=WebhookVerdict.VALID,
+            outcome=WebhookOutcome.UNMATCHED,
+            kept=None if whole else _excerpt(body),
+            **record,
+        )
+        _look_again_after_commit(data["request_id"])
+        return Answer(200, {"outcome": WebhookOutcome.UNMATCHED})
+    if training.finished_at is not None:
+        # An attempt that has finished never changes again: nothing to process.
+        _record(
+            request,
+            headers,
+            verdict=WebhookVerdict.VALID,
+            outcome=WebhookOutcome.ALREADY_DONE,
+            error=_finished_detail(training),
+            training_id=training_id,
+            **record,
+        )
+        return Answer(200, {"outcome": WebhookOutcome.ALREADY_DONE})
+
+    # Committed as received before anything is applied: if this process dies from
+    # here on, the row stays and the worker processes it (process_stranded).
+    try:
+        with transaction.atomic():
+            _commit_without_waiting_for_disk()
+            delivery = _record(
+                request,
+                headers,
+                verdict=WebhookVerdict.VALID,
+                outcome=WebhookOutcome.RECEIVED,
+                training_id=training_id,
+                **record,
+            )
+    except Exception as exc:
+        return _failed(request, headers, exc, **record)
+    outcome, _note = _process(delivery, data, training, source=EventSource.WEBHOOK, actor=None)
+    if outcome == WebhookOutcome.FAILED:
         # Our own failure: 5xx so that fal delivers again.
         return Answer.error(500, "processing failed, please retry")
-    if outcome == WebhookOutcome.UNMATCHED:
-        _look_again_after_commit(data["request_id"])
     return Answer(200, {"outcome": outcome})
 
 
+def _commit_without_waiting_for_disk() -> None:
+    """PostgreSQL: this transaction's commit does not wait for its WAL flush.
+
+    The window this row closes is a web worker dying, and PostgreSQL has the row the
+    moment it commits. Only a crash of PostgreSQL itself within a fraction of a second
+    could lose it, and then nothing was answered yet: the processing transaction that
+    follows commits synchronously, which flushes this row's WAL too, before fal hears
+    200. It saves the second disk flush per delivery that the received-first order
+    would otherwise cost (bench/webhooks.py).
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def _failed(request: HttpRequest, headers: dict[str, str], exc: Exception, **record: Any) -> Answer:
+    """The delivery could not even be looked up: recorded as failed, answered 500."""
+    delivery = _record(
+        request,
+        headers,
+        verdict=WebhookVerdict.VALID,
+        outcome=WebhookOutcome.FAILED,
+        **record,
+        **_failure(exc),
+    )
+    logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
+    return Answer.error(500, "processing failed, please retry")
+
+
 # --- Processing -----------------------------------------------------------------------
+
+
+class _ProcessedElsewhere(Exception):
+    """Another process recorded this delivery's outcome first: ours rolls back."""
+
+
+def _finished_detail(training: Training) -> str:
+    avatar = training.avatar
+    if avatar.current_training_id != training.pk:
+        return "stale training attempt: the avatar has a newer one"
+    return f"already {avatar.status}"
 
 
 def _enqueue_recheck(training_id: int) -> None:
@@ -443,6 +605,17 @@ def _enqueue_recheck(training_id: int) -> None:
         )
 
 
+def _defer_to_queue_check(training: Training, note: str) -> tuple[str, str]:
+    """Leave the result to the worker, which fetches it from fal's queue."""
+    moved = Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
+        next_check_at=timezone.now()
+    )
+    if not moved:
+        return WebhookOutcome.ALREADY_DONE, "training already finished"
+    transaction.on_commit(lambda: _enqueue_recheck(training.pk))
+    return WebhookOutcome.DEFERRED, note[:2000]
+
+
 def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any) -> tuple[str, str]:
     """Apply a verified delivery to its training: (outcome, note)."""
     _keep_gateway_request_id(training, data.get("gateway_request_id"))
@@ -460,7 +633,7 @@ def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any)
             payload.get("error_type") if isinstance(payload, dict) else ""
         )
         # Cancelled when a cancel was requested; the owner's message from fal's codes.
-        result = transitions.finish_failed(
+        outcome = transitions.finish_failed(
             training,
             error_message=error_message,
             error_type=str(error_type or "")[:128],
@@ -470,31 +643,97 @@ def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any)
             source=source,
             actor=actor,
         )
-    else:
-        urls = payloads.lora_urls(payload)
-        if urls is None:
-            # fal could not serialise the output (payload null + payload_error), or it has
-            # no LoRA: the worker fetches the result from the queue and decides.
-            note = str(data.get("payload_error") or "payload has no diffusers_lora_file.url")
-            moved = Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
-                next_check_at=timezone.now()
+        if outcome.changed:
+            return WebhookOutcome.APPLIED, ""
+        return WebhookOutcome.ALREADY_DONE, outcome.detail
+    urls = payloads.lora_urls(payload)
+    if urls is None:
+        # fal could not serialise the output (payload null + payload_error), or it has
+        # no LoRA: the worker fetches the result from the queue and decides.
+        note = str(data.get("payload_error") or "payload has no diffusers_lora_file.url")
+        return _defer_to_queue_check(training, note)
+    lora_url, config_url = urls
+    finished = results.complete_with_urls(
+        training,
+        lora_url=lora_url,
+        config_url=config_url,
+        result=payload,
+        source=source,
+        actor=actor,
+    )
+    if not finished.changed:
+        detail = finished.outcome.detail if finished.outcome else finished.summary
+        return WebhookOutcome.ALREADY_DONE, detail
+    if finished.verdict != payloads.MediaUrl.ALLOWED:
+        return WebhookOutcome.APPLIED, finished.summary
+    return WebhookOutcome.APPLIED, ""
+
+
+def _process(
+    delivery: WebhookDelivery,
+    data: dict[str, Any] | None,
+    training: Training | None,
+    *,
+    source: str,
+    actor: Any,
+) -> tuple[str, str]:
+    """Apply a delivery that is ``received`` and record its outcome, in one transaction.
+
+    The outcome is written with a conditional UPDATE on ``received``: when two
+    processes apply the same delivery (a slow request and the worker's pick-up of
+    stranded rows), the transitions let only one win, and the one whose UPDATE finds
+    the row already processed rolls back. When processing raises, what it did rolls
+    back and the row is marked ``failed`` with the traceback; the row itself stays.
+    """
+    rows = WebhookDelivery.objects.filter(pk=delivery.pk, outcome=WebhookOutcome.RECEIVED)
+    try:
+        with transaction.atomic():
+            excerpt = data is None and body_is_excerpt(delivery)
+            if excerpt:
+                data = {"request_id": delivery.request_id or delivery.header_request_id}
+            elif data is None:
+                data = parse(delivery.body.encode("utf-8"), delivery.header_request_id)
+            if training is None:
+                training = _matching_training(data["request_id"])
+            if training is None:
+                outcome, note = WebhookOutcome.UNMATCHED, ""
+            elif excerpt:
+                # Too large to have been kept whole: fal's queue has the result.
+                outcome, note = _defer_to_queue_check(
+                    training, "body was too large to keep; the result is fetched from fal's queue"
+                )
+            else:
+                outcome, note = _apply(training, data, source=source, actor=actor)
+            claimed = rows.update(
+                outcome=outcome,
+                error=note,
+                traceback="",
+                training=training,
+                processed_at=timezone.now(),
             )
-            if not moved:
-                return WebhookOutcome.ALREADY_DONE, "training already finished"
-            transaction.on_commit(lambda: _enqueue_recheck(training.pk))
-            return WebhookOutcome.DEFERRED, note[:2000]
-        lora_url, config_url = urls
-        result = transitions.complete(
-            training,
-            lora_url=lora_url,
-            config_url=config_url,
-            result=payload,
-            source=source,
-            actor=actor,
-        )
-    if result.changed:
-        return WebhookOutcome.APPLIED, ""
-    return WebhookOutcome.ALREADY_DONE, result.detail
+            if not claimed:
+                raise _ProcessedElsewhere
+            totals.add("webhook_deliveries", {"verdict": delivery.verdict, "outcome": outcome})
+    except _ProcessedElsewhere:
+        current = WebhookDelivery.objects.filter(pk=delivery.pk).values_list("outcome", flat=True)
+        return current.first() or WebhookOutcome.ALREADY_DONE, "processed by another process"
+    except Exception as exc:
+        logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
+        failure = _failure(exc)
+        if rows.update(
+            outcome=WebhookOutcome.FAILED,
+            error=_clean(failure["error"], 2000),
+            traceback=_clean(failure["traceback"], 20000),
+            processed_at=timezone.now(),
+        ):
+            totals.add(
+                "webhook_deliveries",
+                {"verdict": delivery.verdict, "outcome": WebhookOutcome.FAILED},
+            )
+        return WebhookOutcome.FAILED, failure["error"]
+    if outcome == WebhookOutcome.UNMATCHED:
+        _look_again_after_commit(data["request_id"])
+    return outcome, note
 
 
 def _keep_gateway_request_id(training: Training, gateway_request_id: Any) -> None:
@@ -507,7 +746,7 @@ def _keep_gateway_request_id(training: Training, gateway_request_id: Any) -> Non
     training.gateway_request_id = gateway_request_id[:128]
 
 
-def _accepted_with(signature: str):
+def _accepted_with(signature: str) -> QuerySet[WebhookDelivery]:
     """Deliveries with this signature that were acted on: a match means a replay."""
     return WebhookDelivery.objects.filter(
         signature=signature, verdict=WebhookVerdict.VALID, outcome__in=ACCEPTED_OUTCOMES
@@ -521,112 +760,44 @@ def _matching_training(request_id: str) -> Training | None:
     )
 
 
-# --- The hot path's one read ----------------------------------------------------------
-
-# What finishing a training reads (transitions._finish_won, outbox.queue_outcome and
-# the owner's message), by attribute name; anything else would be loaded on first
-# use, one query each.
-_LOOKUP_FIELDS: dict[type[Model], set[str]] = {
-    Training: {
-        "id",
-        "avatar_id",
-        "fal_request_id",
-        "endpoint",
-        "fal_status",
-        "finished_at",
-        "outcome",
-        "stuck_since",
-        "stuck_reason",
-        "error_type",
-        "error_message",
-        "gateway_request_id",
-    },
-    Avatar: {"id", "owner_id", "name", "training_type", "status", "current_training_id"},
-    Owner: {"id", "telegram_id", "language"},
-}
-
-
-@functools.cache
-def _lookup_columns(model: type[Model]) -> list[tuple[str, str]]:
-    """(attribute, column) of what is read of ``model``, in the model's field order,
-    which is the order ``Model.from_db`` takes values in."""
-    wanted = _LOOKUP_FIELDS[model]
-    return [(f.attname, f.column) for f in model._meta.concrete_fields if f.attname in wanted]
+# What finishing a training reads (transitions, the outbox and the owner's message).
+# Anything else is loaded on first use, one query each: correct, only slower.
+_LOOKUP_FIELDS = (
+    "avatar_id",
+    "fal_request_id",
+    "endpoint",
+    "fal_status",
+    "finished_at",
+    "outcome",
+    "stuck_since",
+    "stuck_reason",
+    "error_type",
+    "error_message",
+    "gateway_request_id",
+    "cancel_requested_at",
+    "avatar__owner_id",
+    "avatar__name",
+    "avatar__training_type",
+    "avatar__status",
+    "avatar__current_training_id",
+    "avatar__owner__telegram_id",
+    "avatar__owner__language",
+)
 
 
-@functools.cache
-def _lookup_sql(alias: str) -> str:
-    """One SELECT: the training for a request id, its avatar and owner, and the replay check.
-
-    Written out from the models' metadata instead of built by the ORM for every
-    delivery: compiling the equivalent queryset (select_related, only, a Subquery
-    annotation) costs about 2 ms of CPU, ten times what running it costs, and this
-    read is on every verified delivery (bench/webhooks.py measures the whole path).
-    """
-    qn = connections[alias].ops.quote_name
-
-    def columns(model: type[Model], table: str) -> list[str]:
-        return [f"{table}.{qn(column)}" for _, column in _lookup_columns(model)]
-
-    delivery = WebhookDelivery._meta
-    accepted = ", ".join(["%s"] * len(ACCEPTED_OUTCOMES))
-    replay = (
-        f"(SELECT d.{qn(delivery.pk.column)} FROM {qn(delivery.db_table)} d"
-        f" WHERE d.{qn(delivery.get_field('signature').column)} = %s"
-        f" AND d.{qn(delivery.get_field('verdict').column)} = %s"
-        f" AND d.{qn(delivery.get_field('outcome').column)} IN ({accepted})"
-        f" ORDER BY d.{qn(delivery.pk.column)} LIMIT 1)"
+def _training_and_replay(request_id: str, signature: str) -> tuple[Training | None, bool]:
+    """The training a verified delivery is for (with avatar and owner), and whether it
+    replays a delivery we acted on: one query when the training exists."""
+    training = (
+        Training.objects.select_related("avatar__owner")
+        .only(*_LOOKUP_FIELDS)
+        .annotate(replays=Exists(_accepted_with(signature)))
+        .filter(fal_request_id=request_id)
+        .first()
     )
-    select = [*columns(Training, "t"), *columns(Avatar, "a"), *columns(Owner, "o"), replay]
-    t, a, o = Training._meta, Avatar._meta, Owner._meta
-    return (
-        f"SELECT {', '.join(select)}"
-        f" FROM {qn(t.db_table)} t"
-        f" JOIN {qn(a.db_table)} a ON a.{qn(a.pk.column)} = t.{qn(t.get_field('avatar').column)}"
-        f" JOIN {qn(o.db_table)} o ON o.{qn(o.pk.column)} = a.{qn(a.get_field('owner').column)}"
-        f" WHERE t.{qn(t.get_field('fal_request_id').column)} = %s"
-    )
-
-
-def _aware(value: Any) -> Any:
-    # SQLite hands back naive UTC datetimes where the ORM would convert them.
-    if isinstance(value, datetime) and timezone.is_naive(value):
-        return timezone.make_aware(value, UTC)
-    return value
-
-
-def _training_and_replay(request_id: str, signature: str) -> tuple[Training | None, int | None]:
-    """The training a verified delivery is for (with avatar and owner), and the accepted
-    delivery it replays, if any: both in one query when the training exists."""
-    alias = router.db_for_read(Training)
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            _lookup_sql(alias),
-            [signature, WebhookVerdict.VALID, *ACCEPTED_OUTCOMES, request_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None, _accepted_with(signature).values_list("pk", flat=True).first()
-    values = iter(row)
-    loaded = {}
-    for model in _LOOKUP_FIELDS:
-        names = [attname for attname, _ in _lookup_columns(model)]
-        loaded[model] = model.from_db(alias, names, [_aware(next(values)) for _ in names])
-    training, avatar = loaded[Training], loaded[Avatar]
-    avatar.owner = loaded[Owner]
-    training.avatar = avatar
-    return training, next(values)
-
-
-def _process_data(
-    data: dict[str, Any], *, source: str, actor: Any
-) -> tuple[str, str, Training | None]:
-    """Apply a verified delivery's body: (outcome, note, training it is for)."""
-    training = _matching_training(data["request_id"])
     if training is None:
-        return WebhookOutcome.UNMATCHED, "", None
-    outcome, note = _apply(training, data, source=source, actor=actor)
-    return outcome, note, training
+        return None, _accepted_with(signature).exists()
+    return training, bool(training.replays)
 
 
 def _failure(exc: BaseException) -> dict[str, str]:
@@ -649,36 +820,9 @@ def process(
     source: str = EventSource.WEBHOOK,
     actor: Any = None,
 ) -> str:
-    """Apply a stored, verified delivery again (staff, or one that came too early).
-
-    The transition and the delivery's outcome commit together. When processing
-    raises, both roll back and the delivery is marked ``failed`` with its
-    traceback; the row itself survives.
-    """
-    try:
-        if data is None:
-            data = parse(delivery.body.encode("utf-8"), delivery.header_request_id)
-        with transaction.atomic():
-            outcome, note, training = _process_data(data, source=source, actor=actor)
-            WebhookDelivery.objects.filter(pk=delivery.pk).update(
-                outcome=outcome,
-                error=note,
-                traceback="",
-                training=training,
-                processed_at=timezone.now(),
-            )
-    except Exception as exc:
-        logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
-        failure = _failure(exc)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            outcome=WebhookOutcome.FAILED,
-            error=_clean(failure["error"], 2000),
-            traceback=_clean(failure["traceback"], 20000),
-            processed_at=timezone.now(),
-        )
-        return WebhookOutcome.FAILED
-    if outcome == WebhookOutcome.UNMATCHED:
-        _look_again_after_commit(data["request_id"])
+    """Process a stored, verified delivery that is ``received`` (claimed by the caller):
+    staff re-processing, one that came too early, or one a crash left behind."""
+    outcome, _note = _process(delivery, data, None, source=source, actor=actor)
     return outcome
 
 
@@ -711,6 +855,32 @@ def reprocess(delivery: WebhookDelivery, *, actor: Any = None) -> str:
     return process(delivery, source=EventSource.STAFF, actor=actor)
 
 
+def process_stranded(now: datetime | None = None) -> int:
+    """Worker task (every minute): process deliveries a crash left ``received``.
+
+    A web worker killed between committing a delivery and processing it leaves the
+    row behind; after ``STRANDED_AFTER`` it is no longer in flight anywhere. Returns
+    how many were processed (kept as the task's result).
+    """
+    cutoff = (now or timezone.now()) - STRANDED_AFTER
+    stranded = list(
+        WebhookDelivery.objects.filter(
+            outcome=WebhookOutcome.RECEIVED,
+            verdict=WebhookVerdict.VALID,
+            received_at__lt=cutoff,
+        ).order_by("received_at", "pk")[:STRANDED_BATCH]
+    )
+    for delivery in stranded:
+        outcome = process(delivery)
+        logger.warning(
+            "fal webhook delivery %s (request %s) was left unprocessed by a crash: now %s",
+            delivery.pk,
+            delivery.request_id,
+            outcome,
+        )
+    return len(stranded)
+
+
 def apply_unmatched_deliveries(
     sender: Any = None, *, training_id: int, request_id: str, **kwargs: Any
 ) -> int:
@@ -719,7 +889,8 @@ def apply_unmatched_deliveries(
     Runs on commit of the request id, inside whoever started the training: it must
     never raise. Each delivery is claimed with a conditional UPDATE, so a webhook's
     own second look and this receiver never both process it. Returns how many were
-    processed.
+    processed. One kept only as an excerpt (too large) gives its training a queue
+    check instead.
     """
     processed = 0
     try:

@@ -1,15 +1,20 @@
-"""``GET /healthz``: is the database there, and is the periodic check alive?
+"""``GET /healthz`` (and HEAD): is the database there, and is the periodic check alive?
 
-Load balancers call it without ``strict`` and only care that the web process can
-reach its database (200) or not (503). Monitoring calls ``/healthz?strict=1``, which
-also answers 503 when the periodic check has not run for more than three
-intervals (the avatars are then not being followed, even though the site is up),
-and when ``notifications_late``: a message has been due and untaken for more than
-two intervals (the notification side is down; owners are not being told).
+Load balancers call it without ``strict`` (often with HEAD) and only care that the
+web process can reach its database (200) or not (503). Monitoring calls
+``/healthz?strict=1``, which also answers 503 when the periodic check has not run for
+more than three intervals (the avatars are then not being followed, even though the
+site is up), and when ``notifications_late``: a message has been due and untaken for
+more than two intervals (the notification side is down; owners are not being told).
+
+Anyone may ask, so without credentials the answer says only ``ok``, the database
+state and whether the checks or the messages are late; the figures (counts, ages)
+need ``Authorization: Bearer $HEALTHZ_TOKEN`` or a staff session.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +26,7 @@ from django.db.models import Q
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_http_methods
 
 from monitoring.models import CheckRun, Training
 
@@ -31,6 +36,9 @@ logger = logging.getLogger("monitoring")
 WORKER_RUN_KINDS = (CheckRun.Kind.SCHEDULED, CheckRun.Kind.RESTORE)
 LATE_AFTER_INTERVALS = 3
 NOTIFICATIONS_LATE_AFTER_INTERVALS = 2
+# What an unauthenticated caller sees besides ``ok`` (the notification side adds
+# ``notifications_late``).
+PUBLIC_FIELDS = frozenset({"database", "check_late", "notifications_late"})
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,18 @@ def report(now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+def may_see_figures(request: HttpRequest) -> bool:
+    """A bearer token equal to ``HEALTHZ_TOKEN``, or a staff member's session."""
+    token = settings.HEALTHZ_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer":
+        return hmac.compare_digest(given.strip().encode(), token.encode())
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_active and user.is_staff)
+
+
 @never_cache
-@require_GET
+@require_http_methods(["GET", "HEAD"])
 def healthz(request: HttpRequest) -> JsonResponse:
     strict = request.GET.get("strict", "").lower() in {"1", "true", "yes"}
     try:
@@ -148,4 +166,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
             {"ok": False, "database": False, "error": "database unreachable"}, status=503
         )
     ok = not (strict and (body["check_late"] or body["notifications_late"]))
+    if not may_see_figures(request):
+        body = {name: value for name, value in body.items() if name in PUBLIC_FIELDS}
     return JsonResponse({"ok": ok, **body}, status=200 if ok else 503)

@@ -15,7 +15,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from monitoring.models import AvatarEvent, AvatarStatus, CheckRun, WebhookDelivery
+from monitoring.models import (
+    AvatarEvent,
+    AvatarStatus,
+    CheckRun,
+    RefusedWebhookCount,
+    WebhookDelivery,
+    WebhookOutcome,
+)
 
 logger = logging.getLogger("monitoring")
 
@@ -92,5 +99,18 @@ def prune(now: datetime | None = None) -> dict[str, int]:
                     .get(model._meta.label, 0)
                 )
         deleted[name] = total
+    logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
+    return deleted
+
+
+def prune_refused_webhooks(now: datetime | None = None) -> dict[str, int]:
+    """Hourly: refused deliveries and their per-minute counts older than
+    ``RETENTION_REFUSED_WEBHOOK_HOURS``. Accepted deliveries keep the daily rule."""
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.RETENTION_REFUSED_WEBHOOK_HOURS)
+    refused = WebhookDelivery.objects.filter(
+        outcome__in=(WebhookOutcome.REJECTED, WebhookOutcome.REPLAY), received_at__lt=cutoff
+    ).delete()[0]
+    counts = RefusedWebhookCount.objects.filter(minute__lt=cutoff).delete()[0]
+    deleted = {"refused_webhook_deliveries": refused, "refused_webhook_counts": counts}
     logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
     return deleted

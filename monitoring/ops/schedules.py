@@ -20,6 +20,8 @@ PERIODIC_CHECK = "monitoring: periodic status check"
 PRUNE = "monitoring: prune old records"
 RECONCILE = "monitoring: reconcile with fal's record"
 EVENT_CALLBACK_SWEEP = "api: send due event callbacks"
+PRUNE_REFUSED_WEBHOOKS = "monitoring: prune refused webhook deliveries"
+STRANDED_WEBHOOKS = "monitoring: process webhook deliveries left by a crash"
 
 
 def _check_minutes() -> int:
@@ -54,6 +56,21 @@ SCHEDULES: list[dict[str, Any]] = [
     {
         "name": EVENT_CALLBACK_SWEEP,
         "func": "monitoring.api.callbacks.sweep",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": 1,
+        "repeats": -1,
+    },
+    # Refused deliveries are anyone's to send: kept hours, not days.
+    {
+        "name": PRUNE_REFUSED_WEBHOOKS,
+        "func": "monitoring.ops.retention.prune_refused_webhooks",
+        "schedule_type": "H",  # Schedule.HOURLY
+        "repeats": -1,
+    },
+    # A web worker killed mid-delivery leaves the delivery "received": process it.
+    {
+        "name": STRANDED_WEBHOOKS,
+        "func": "monitoring.fal.webhooks.process_stranded",
         "schedule_type": "I",  # Schedule.MINUTES
         "minutes": 1,
         "repeats": -1,

@@ -79,3 +79,29 @@ def check_configuration(app_configs=None, **kwargs):
             )
         )
     return problems
+
+
+@register(Tags.security)
+def check_webhook_intake(app_configs=None, **kwargs):
+    """fal's webhook intake: where the signing keys come from, and whose deliveries count."""
+    problems = []
+    if urlsplit(settings.FAL_WEBHOOK_JWKS_URL).scheme != "https" and not settings.DEBUG:
+        problems.append(
+            Error(
+                "FAL_WEBHOOK_JWKS_URL is not https: anyone on the path could hand us "
+                "signing keys and forge every webhook.",
+                hint="Use fal's https://rest.fal.ai/.well-known/jwks.json (http only with DEBUG=1).",
+                id="avatarsite.E010",
+            )
+        )
+    if not settings.FAL_WEBHOOK_USER_ID and not settings.DEBUG:
+        problems.append(
+            Warning(
+                "FAL_WEBHOOK_USER_ID is not set: a delivery fal signed for another "
+                "account's job would be accepted.",
+                hint="Set FAL_WEBHOOK_USER_ID to our fal account's user id "
+                "(the X-Fal-Webhook-User-Id of our deliveries).",
+                id="avatarsite.W010",
+            )
+        )
+    return problems

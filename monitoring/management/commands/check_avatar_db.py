@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
+from monitoring.management import inputs
 from monitoring.models import Avatar, AvatarStatus
+
+MAX_LIMIT = 100_000
 
 
 def _iso(value) -> str | None:
@@ -20,13 +24,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--status", choices=[c.value for c in AvatarStatus])
         parser.add_argument("--stuck", action="store_true", help="only avatars flagged stuck")
-        parser.add_argument("--owner", help="owner's Telegram id or @username")
-        parser.add_argument("--limit", type=int, default=500)
+        parser.add_argument(
+            "--owner", type=inputs.text(65), help="owner's Telegram id or @username"
+        )
+        parser.add_argument(
+            "--limit",
+            type=inputs.integer(1, MAX_LIMIT),
+            default=500,
+            help=f"at most this many avatars (1 to {MAX_LIMIT})",
+        )
         parser.add_argument("--json", action="store_true", help="print a JSON list on stdout")
 
     def handle(self, *args, **options):
-        if options["limit"] < 1:
-            raise CommandError(_("--limit must be at least 1"))
         avatars = Avatar.objects.select_related("owner", "current_training").order_by("-created_at")
         if options["status"]:
             avatars = avatars.filter(status=options["status"])
@@ -38,7 +47,11 @@ class Command(BaseCommand):
         if options["owner"]:
             owner = options["owner"].lstrip("@")
             if owner.lstrip("-").isdigit():
-                avatars = avatars.filter(owner__telegram_id=int(owner))
+                try:
+                    telegram_id = inputs.telegram_id(owner)
+                except argparse.ArgumentTypeError as exc:
+                    raise CommandError(f"--owner: {exc}") from None
+                avatars = avatars.filter(owner__telegram_id=telegram_id)
             else:
                 avatars = avatars.filter(owner__username__iexact=owner)
         rows = [self._row(avatar) for avatar in avatars[: options["limit"]]]

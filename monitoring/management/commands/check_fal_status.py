@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
 from monitoring.fal import payloads
+from monitoring.management import inputs
 from monitoring.models import Training
 
 # fal's request ids are UUIDs. Anything else is a typo or a pasted URL: say so
@@ -39,9 +40,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("request_id", help=_("fal's request id (a UUID)."))
+        parser.add_argument(
+            "request_id", type=inputs.text(64), help=_("fal's request id (a UUID).")
+        )
         parser.add_argument(
             "--endpoint",
+            type=inputs.text(200),
             help=_("fal endpoint as owner/app (default: the training's, or the portrait trainer)."),
         )
         parser.add_argument("--logs", action="store_true", help=_("Include fal's logs."))

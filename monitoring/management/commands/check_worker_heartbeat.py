@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils.translation import gettext as _
 
+from monitoring.management import inputs
 from monitoring.ops import health
 
 
@@ -28,15 +29,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--max-age",
-            type=int,
+            type=inputs.integer(1, 7 * 24 * 3600),
             default=None,
             metavar="SECONDS",
             help=_("How old the last run may be (default: three check intervals)."),
         )
 
     def handle(self, *args, max_age: int | None = None, **options) -> None:
-        if max_age is not None and max_age <= 0:
-            raise CommandError(_("--max-age must be a positive number of seconds"))
         try:
             beat = health.heartbeat()
         except DatabaseError as exc:

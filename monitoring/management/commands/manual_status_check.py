@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
+from monitoring.management import inputs
 from monitoring.models import Avatar, EventSource, Training
 
 BATCH = 25
@@ -31,7 +32,7 @@ class Command(BaseCommand):
             "--avatar",
             dest="avatar_ids",
             action="append",
-            type=int,
+            type=inputs.database_id,
             default=[],
             metavar="ID",
             help=_("An avatar id (repeat for several)."),
@@ -43,7 +44,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--batch-size",
-            type=int,
+            type=inputs.integer(1, 10_000),
             default=BATCH,
             metavar="N",
             help=_("How many trainings to check between progress lines (default %(default)s)."),
@@ -62,8 +63,6 @@ class Command(BaseCommand):
         chosen = [bool(avatar_ids), all, stuck].count(True)
         if chosen != 1:
             raise CommandError(_("Choose exactly one of --avatar ID, --all or --stuck."))
-        if batch_size < 1:
-            raise CommandError(_("--batch-size must be at least 1."))
         trainings = list(self.select(avatar_ids, all, stuck))
         if not trainings:
             self.stdout.write(_("Nothing to check."))

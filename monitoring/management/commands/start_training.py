@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
 from monitoring import transitions
+from monitoring.management import inputs
 from monitoring.models import Avatar, AvatarStatus, EventSource, Language, TrainingType
 from monitoring.trainings import (
     SUBMIT_UNKNOWN_DETAIL,
@@ -17,6 +18,10 @@ from monitoring.trainings import (
 )
 
 
+def _field_length(model, name: str) -> int:
+    return model._meta.get_field(name).max_length
+
+
 class Command(BaseCommand):
     help = (
         "Start an avatar's training on fal (--avatar ID), or create the owner and avatar "
@@ -24,16 +29,24 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--avatar", type=int, help="id of an existing avatar to start")
-        parser.add_argument("--owner-telegram-id", type=int)
-        parser.add_argument("--name")
-        parser.add_argument("--images-url")
+        parser.add_argument(
+            "--avatar", type=inputs.database_id, help="id of an existing avatar to start"
+        )
+        parser.add_argument(
+            "--owner-telegram-id", type=inputs.telegram_id, help="a positive 64-bit integer"
+        )
+        parser.add_argument("--name", type=inputs.text(_field_length(Avatar, "name")))
+        parser.add_argument("--images-url", type=inputs.text(_field_length(Avatar, "images_url")))
         parser.add_argument(
             "--training-type",
             choices=[c.value for c in TrainingType],
             default=TrainingType.PORTRAIT,
         )
-        parser.add_argument("--trigger", help="trigger word (trigger_phrase for portraits)")
+        parser.add_argument(
+            "--trigger",
+            type=inputs.text(_field_length(Avatar, "trigger_word")),
+            help="trigger word (trigger_phrase for portraits)",
+        )
         parser.add_argument("--owner-language", choices=[c.value for c in Language])
         parser.add_argument(
             "--json", action="store_true", help="print only a JSON object on stdout"
