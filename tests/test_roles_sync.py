@@ -45,8 +45,11 @@ def test_the_migrated_database_has_both_groups_with_exactly_their_permissions(db
 
     views = every_view_permission()
     assert {"monitoring.view_avatar", "notifications.view_notification"} <= views
-    assert groups[roles.SUPPORT] == views | {f"monitoring.{c}" for c in SUPPORT_ACTIONS}
-    assert groups[roles.OPERATORS] == views | {f"monitoring.{c}" for c in OPERATOR_ACTIONS} | {
+    callbacks = set(roles.VIEW_EVENT_CALLBACKS)
+    assert groups[roles.SUPPORT] == views | callbacks | {f"monitoring.{c}" for c in SUPPORT_ACTIONS}
+    assert groups[roles.OPERATORS] == views | callbacks | {roles.MANAGE_API_CLIENTS} | {
+        f"monitoring.{c}" for c in OPERATOR_ACTIONS
+    } | {
         "monitoring.add_avatar",
         "monitoring.change_avatar",
         "monitoring.add_owner",

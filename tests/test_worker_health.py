@@ -38,11 +38,12 @@ def due_since(notification: Notification, seconds: float) -> None:
 
 
 def test_a_message_due_for_longer_than_two_intervals_makes_healthz_report_late(
-    client, short_interval, completed_message
+    client, short_interval, completed_message, settings
 ):
     due_since(completed_message, 25)
+    settings.HEALTHZ_TOKEN = "health-token"
 
-    body = client.get("/healthz").json()
+    body = client.get("/healthz", headers={"Authorization": "Bearer health-token"}).json()
     strict = client.get("/healthz?strict=1")
 
     assert body["notifications_late"] is True
@@ -86,20 +87,27 @@ def test_a_message_being_sent_under_a_live_lease_is_not_late(
 
 
 def test_nothing_is_late_while_sending_is_paused_because_the_token_is_rejected(
-    client, short_interval, completed_message
+    client, short_interval, completed_message, settings
 ):
     due_since(completed_message, 300)
     SenderState.objects.create(pk=1, paused=True, reason="401 Unauthorized")
+    settings.HEALTHZ_TOKEN = "health-token"
 
-    body = client.get("/healthz?strict=1").json()
+    body = client.get("/healthz?strict=1", headers={"Authorization": "Bearer health-token"}).json()
 
     assert body["notifications_paused"] is True
     assert body["notifications_late"] is False
 
 
-def test_the_health_figures_are_shown_without_logging_in(client, short_interval):
-    body = client.get("/healthz").json()
-    assert body["notifications_late"] is False
+def test_notifications_late_is_public_and_the_heartbeat_age_needs_the_token(
+    client, short_interval, settings
+):
+    settings.HEALTHZ_TOKEN = "health-token"
+    public = client.get("/healthz").json()
+    assert public["notifications_late"] is False
+    assert "notifications_heartbeat_age_seconds" not in public
+
+    body = client.get("/healthz", headers={"Authorization": "Bearer health-token"}).json()
     assert body["notifications_heartbeat_age_seconds"] is None  # never ran
 
 
