@@ -217,9 +217,16 @@ NOTIFICATION_BACKEND = _backends[_backend_name]
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
 NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 5.0, minimum=0.0)
 NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 600.0, minimum=0.0)
-# Waits up to this long (flood control, rate limits, short backoff) happen inside the
-# worker task; longer ones go back to the outbox for a later sweep.
-NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 5.0, minimum=0.0)
+# The longest rate-limit wait a sender sleeps through right before its request (the
+# spacing between two sends is 1/25 s). Every longer wait (a chat's 1 s, flood control,
+# backoff) puts the message back with its due time and frees the worker.
+NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 0.2, minimum=0.0)
+# The relay (notifications.relay) hands due messages to a sender this often.
+NOTIFICATION_RELAY_POLL_SECONDS = env_float("NOTIFICATION_RELAY_POLL_SECONDS", 0.5, minimum=0.05)
+# This many transient failures in a row, across every send, mean the Bot API is down
+# for everyone: sending pauses and probes every NOTIFICATION_OUTAGE_PROBE_SECONDS.
+NOTIFICATION_OUTAGE_FAILURES = env_int("NOTIFICATION_OUTAGE_FAILURES", 5, minimum=2)
+NOTIFICATION_OUTAGE_PROBE_SECONDS = env_float("NOTIFICATION_OUTAGE_PROBE_SECONDS", 3.0, minimum=0.0)
 # A claimed row belongs to its worker this long; a worker that died mid-send frees it.
 NOTIFICATION_LEASE_SECONDS = env_float("NOTIFICATION_LEASE_SECONDS", 90.0, minimum=0.1)
 NOTIFICATION_SEND_TIMEOUT_SECONDS = env_float(

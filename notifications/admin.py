@@ -20,6 +20,7 @@ from notifications.models import (
     Notification,
     NotificationAttempt,
     NotificationStatus,
+    PauseCause,
     SenderState,
 )
 
@@ -38,9 +39,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 def warn_if_paused(request: HttpRequest) -> None:
-    """The banner: sending is paused because Telegram rejects the bot token."""
+    """The banner: sending is paused (the bot token is rejected, or the Bot API is down)."""
     paused, reason = delivery.sending_paused()
-    if paused:
+    if paused and delivery.pause_cause() == PauseCause.OUTAGE:
+        messages.warning(
+            request,
+            _(
+                "Sending to Telegram is paused: the Bot API fails for every message "
+                "(%(reason)s). Messages wait and are all sent as soon as a probe succeeds."
+            )
+            % {"reason": reason},
+        )
+    elif paused:
         messages.error(
             request,
             _(
@@ -82,8 +92,9 @@ class NotificationAdmin(ReadOnlyAdmin):
         "created_at",
         "next_attempt_at",
         "sent_at",
+        "maybe_duplicate",
     )
-    list_filter = ("status", "kind", "audience")
+    list_filter = ("status", "kind", "audience", "maybe_duplicate")
     search_fields = ("dedup_key", "text", "owner__username", "=owner__telegram_id", "=avatar__id")
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
@@ -103,6 +114,8 @@ class NotificationAdmin(ReadOnlyAdmin):
         "next_attempt_at",
         "lease_until",
         "claimed_by",
+        "queued_at",
+        "maybe_duplicate",
         "created_at",
         "sent_at",
         "telegram_message_id",
@@ -172,7 +185,7 @@ class NotificationAdmin(ReadOnlyAdmin):
 
 @admin.register(SenderState)
 class SenderStateAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "paused", "reason", "paused_at", "last_probe_at")
+    list_display = ("__str__", "paused", "cause", "reason", "paused_at", "last_probe_at")
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         warn_if_paused(request)

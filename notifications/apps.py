@@ -11,12 +11,16 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from django.conf import settings
+        from django_q.signals import post_spawn
 
         from monitoring.ops import schedules
+        from notifications import relay
+
+        # The relay runs in the notifications cluster's worker processes.
+        post_spawn.connect(relay.start_in_notification_worker, dispatch_uid="notification-relay")
 
         # The check run sweeps the outbox when it ends; this schedule runs on the
-        # notifications cluster itself, so reschedules (flood control, backoff, dead
-        # workers) are picked up every minute even while a long check run is going on.
+        # notifications cluster itself and merges stuck alerts: the net under the relay.
         if not any(spec["name"] == OUTBOX_SWEEP for spec in schedules.SCHEDULES):
             schedules.SCHEDULES.append(
                 {

@@ -143,6 +143,7 @@ def merge_stuck_alerts() -> Notification | None:
             audience=Audience.STAFF,
             text=messages.render_stuck_digest(ordered),
             context={"merged": ids},
+            queued_at=timezone.now(),
         )
         Notification.objects.filter(pk__in=ids, status=NotificationStatus.PENDING).update(
             status=NotificationStatus.MERGED,
