@@ -120,6 +120,7 @@ class _State:
     get_me_calls: int = 0
     default_delay: float = 0.0
     outage_status: int | None = None
+    outage_calls: dict[str, int] = field(default_factory=dict)  # method -> failed requests
 
 
 def _error(code: int, description: str, **parameters: Any) -> dict[str, Any]:
@@ -329,6 +330,9 @@ class FakeTelegramAPI:
         token, _, method = path[4:].partition("/")
         if self.state.outage_status is not None:
             code = self.state.outage_status
+            with self._lock:
+                calls = self.state.outage_calls
+                calls[method.lower()] = calls.get(method.lower(), 0) + 1
             self._reply(handler, code, _error(code, "Bad Gateway"))
             return
         if method.lower() == "getme":
