@@ -186,6 +186,11 @@ STUCK_IN_PROGRESS_MINUTES_STYLE = env_int("STUCK_IN_PROGRESS_MINUTES_STYLE", 45,
 STUCK_TOTAL_HOURS = env_int("STUCK_TOTAL_HOURS", 6, minimum=1)
 STUCK_FAL_UNREACHABLE_MINUTES = env_int("STUCK_FAL_UNREACHABLE_MINUTES", 15, minimum=1)
 # fal's 404 for a request we submitted is only believed after it repeats.
+# fal failing for everyone: at least this share of one run's calls, out of at least
+# this many, failed. The run records it, staff get one alert per episode, and runs
+# check a sample (FAL_OUTAGE_MIN_CALLS trainings) until one succeeds.
+FAL_OUTAGE_ERROR_SHARE = env_float("FAL_OUTAGE_ERROR_SHARE", 0.5, minimum=0.01)
+FAL_OUTAGE_MIN_CALLS = env_int("FAL_OUTAGE_MIN_CALLS", 20, minimum=1)
 FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=1)
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
 

@@ -410,6 +410,8 @@ class CheckRun(models.Model):
     completed = models.PositiveIntegerField(_("completed"), default=0)
     failed = models.PositiveIntegerField(_("failed"), default=0)
     errors = models.PositiveIntegerField(_("fal errors"), default=0)
+    # Set when this run found fal failing for everyone: when that episode began.
+    fal_outage_since = models.DateTimeField(_("fal outage since"), null=True, blank=True)
     notes = models.TextField(_("notes"), blank=True)
 
     class Meta:

@@ -37,7 +37,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import stuck, transitions
+from monitoring import restore, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
@@ -51,8 +51,6 @@ LOGS_EVERY_N_CHECKS = 5
 LOGS_TAIL_LINES = 5
 # fal-client's httpx pool keeps this many connections alive (httpx's default).
 FAL_CLIENT_KEEPALIVE = 20
-# Transient trouble waits 1, 2, 4... intervals before the next try, at most this many.
-MAX_BACKOFF_INTERVALS = 5
 
 _LOADED_FIELDS = (
     "id",
@@ -121,7 +119,9 @@ def _budget_seconds() -> float:
 # --- 1. Claim ---------------------------------------------------------------------------
 
 
-def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
+def claim_due(
+    run_start: datetime, *, limit: int = 100_000, lease_until: datetime | None = None
+) -> list[int]:
     """Lease the due active trainings to this run; returns their ids.
 
     One statement, so two claimers can never both get a row: on PostgreSQL the SELECT
@@ -129,7 +129,7 @@ def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
     since its snapshot (a claim committed meanwhile pushed them past the horizon); on
     SQLite the statement holds the write lock.
     """
-    lease_until = run_start + _interval()
+    lease_until = lease_until or run_start + _interval()
     # A run may fire a little early; what falls due within the grace is taken now
     # rather than left for a second interval.
     horizon = run_start + min(timedelta(seconds=5), _interval() / 10)
@@ -383,11 +383,12 @@ class _Batch:
             self.account_alerted = True
         training.check_failures += 1
         training.last_check_error = report.error
-        backoff = min(2 ** (training.check_failures - 1), MAX_BACKOFF_INTERVALS)
-        training.next_check_at = self.run_start + _interval() * backoff
+        # One training's bad answer costs it nothing: due again at the next interval.
+        # Holding back belongs to fal failing for everyone (_judge_fal_outage).
+        training.next_check_at = self.run_start + _interval()
         training.last_checked_at = self.now
         self.failed.append(training)
-        report.summary = f"fal error, next try in {backoff} interval(s): {report.error}"
+        report.summary = f"fal error, checked again at the next run: {report.error}"
 
     def _not_found(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
         if training.cancel_requested_at:
@@ -558,7 +559,72 @@ def check_batch(
             duration_seconds=(now - run_start).total_seconds(),
             **{name: F(name) + value for name, value in counts.items()},
         )
+        _judge_fal_outage(run_id)
     return reports
+
+
+# --- fal failing for everyone ----------------------------------------------------------------
+
+
+def fal_outage_since() -> datetime | None:
+    """When the fal outage going on began, as the latest run that asked fal recorded it."""
+    return (
+        CheckRun.objects.filter(checked__gt=0)
+        .order_by("-started_at")
+        .values_list("fal_outage_since", flat=True)
+        .first()
+    )
+
+
+def _judge_fal_outage(run_id: int) -> None:
+    """Record a fal-wide failure on the run, and tell staff once per episode.
+
+    fal is failing broadly when at least FAL_OUTAGE_ERROR_SHARE of a run's calls (at
+    least FAL_OUTAGE_MIN_CALLS of them) failed. While it lasts the runs check a sample
+    (``_claim_limit``) and the episode goes on as long as the sample keeps failing; the
+    first run that succeeds ends it. Nothing here touches an avatar.
+    """
+    run = CheckRun.objects.filter(pk=run_id).values("started_at", "checked", "errors").get()
+    calls, errors = run["checked"], run["errors"]
+    if not calls or errors < settings.FAL_OUTAGE_ERROR_SHARE * calls:
+        return
+    going_on = (
+        CheckRun.objects.filter(started_at__lt=run["started_at"], checked__gt=0)
+        .order_by("-started_at")
+        .values_list("fal_outage_since", flat=True)
+        .first()
+    )
+    if calls < settings.FAL_OUTAGE_MIN_CALLS and going_on is None:
+        return  # too few calls to say fal is down for everyone
+    since = going_on or run["started_at"]
+    recorded = CheckRun.objects.filter(pk=run_id, fal_outage_since__isnull=True).update(
+        fal_outage_since=since
+    )
+    if recorded and going_on is None:
+        logger.error(
+            "fal is failing for everyone: %s of %s status calls failed; checking a sample "
+            "of %s trainings per interval until a run succeeds",
+            errors,
+            calls,
+            settings.FAL_OUTAGE_MIN_CALLS,
+        )
+        outbox.queue_fal_outage_alert(since=since, failed=errors, calls=calls)
+
+
+def _claim_limit() -> int:
+    """Everything due; during a fal outage only a sample, enough to tell when it ends."""
+    return settings.FAL_OUTAGE_MIN_CALLS if fal_outage_since() else 100_000
+
+
+def _lease_until(run_start: datetime, kind: str) -> datetime:
+    """One interval past the run's start; a restore's lease ends at the next scheduled run,
+    so that run finds every training due instead of an interval later."""
+    lease = run_start + _interval()
+    if kind == CheckRun.Kind.RESTORE:
+        scheduled = restore.next_scheduled_check()
+        if scheduled is not None and run_start < scheduled < lease:
+            return scheduled
+    return lease
 
 
 def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
@@ -566,7 +632,7 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     started = time.monotonic()
     run_start = timezone.now()
     run = CheckRun.objects.create(kind=kind, started_at=run_start)
-    ids = claim_due(run_start)
+    ids = claim_due(run_start, limit=_claim_limit(), lease_until=_lease_until(run_start, kind))
     size = settings.CHECK_BATCH_SIZE
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     notes = ""

@@ -59,6 +59,10 @@ def stuck_reason(training: Training, now: datetime) -> str:
                 f"no successful check for {_minutes(now - since)} min "
                 f"({training.check_failures} failed in a row)"
             )
+    if training.check_failures:
+        # The last checks failed: fal's status is what it was before them, unconfirmed.
+        # No limit is measured from it (the "no successful check" limit above holds).
+        return _total_reason(training, now)
     if training.fal_status == FalStatus.IN_QUEUE:
         since = training.submitted_at or training.created_at
         if now - since >= timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES):
@@ -74,6 +78,10 @@ def stuck_reason(training: Training, now: datetime) -> str:
         if now - since >= timedelta(minutes=limit):
             kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
             return f"in progress for {_minutes(now - since)} min (limit {limit} min for {kind})"
+    return _total_reason(training, now)
+
+
+def _total_reason(training: Training, now: datetime) -> str:
     if now - training.created_at >= timedelta(hours=settings.STUCK_TOTAL_HOURS):
         return f"active for {_minutes(now - training.created_at)} min in total"
     return ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from html import escape
 
 from notifications.models import NotificationKind
@@ -149,6 +150,14 @@ def render_fal_account_message(status_code: int, detail: str) -> str:
     detail = redact(detail)  # fal echoes request details; never forward the key
     what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
     return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
+
+
+def render_fal_outage_message(since: datetime, failed: int, calls: int) -> str:
+    return (
+        f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
+        f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
+        "не ответит; ни один аватар из-за этого не помечен ошибкой."
+    )
 
 
 def render_given_up_message(notification, error: str) -> str:

@@ -22,6 +22,7 @@ class NotificationKind(models.TextChoices):
     STUCK = "stuck", _("Training stuck (staff)")
     STUCK_DIGEST = "stuck_digest", _("Stuck trainings digest (staff)")
     FAL_ACCOUNT = "fal_account", _("fal authentication or billing trouble (staff)")
+    FAL_OUTAGE = "fal_outage", _("fal failing for everyone (staff)")
     GIVEN_UP = "given_up", _("Notification given up (staff)")
 
 

@@ -10,7 +10,7 @@ tries to write it. Delivery is handed to the worker with the transaction (see
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, router, transaction
@@ -182,6 +182,17 @@ def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | 
         audience=Audience.STAFF,
         text=messages.render_fal_account_message(status_code, detail),
         context={"status_code": status_code},
+    )
+
+
+def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notification | None:
+    """Staff alert: fal fails for everyone. One per episode (keyed by when it began)."""
+    return _create_once(
+        dedup_key=f"fal_outage:{since.isoformat()}",
+        kind=NotificationKind.FAL_OUTAGE,
+        audience=Audience.STAFF,
+        text=messages.render_fal_outage_message(since, failed, calls),
+        context={"since": since.isoformat(), "failed": failed, "calls": calls},
     )
 
 
