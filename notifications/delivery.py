@@ -140,7 +140,8 @@ def relay_once(*, limit: int | None = None) -> int:
 
     The queue is kept about one second of sending deep (``_queue_depth``): a backlog
     goes out at the full rate, and a message written meanwhile (queued directly by the
-    outbox) waits behind at most that second, not behind the whole backlog.
+    outbox, or by the relay's newest-first lane) waits behind at most that second,
+    not behind the whole backlog.
     """
     if not _may_send():
         return 0
@@ -150,12 +151,19 @@ def relay_once(*, limit: int | None = None) -> int:
         limit = _queue_depth() - waiting
     if limit <= 0:
         return 0
-    candidates = list(
-        due_rows()
-        .filter(_without_task(now))
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
+    due = due_rows().filter(_without_task(now))
+    # Two lanes: the newest due rows first, so that a message written now is not stuck
+    # behind a backlog (say, after an outage), and the oldest, so that a backlog
+    # always moves too.
+    newest = list(
+        due.order_by("-next_attempt_at", "-pk").values_list("pk", flat=True)[: (limit + 1) // 2]
     )
+    oldest = list(
+        due.exclude(pk__in=newest)
+        .order_by("next_attempt_at", "pk")
+        .values_list("pk", flat=True)[: limit - len(newest)]
+    )
+    candidates = newest + oldest
     queued = 0
     for notification_id in candidates:
         # Conditional: a second relay (or the sweep) that saw the same row loses here.
