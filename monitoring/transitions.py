@@ -44,6 +44,7 @@ from monitoring.models import (
     Training,
     TrainingOutcome,
 )
+from notifications import outbox
 
 logger = logging.getLogger("monitoring")
 
@@ -453,9 +454,7 @@ def _finish(
                 details=details,
                 at=now,
             )
-            from notifications import outbox
-
-            outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
+            outbox.queue_outcome(training=fresh, outcome=new_status)
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
@@ -595,10 +594,9 @@ def flag_stuck(training: Training, *, reason: str, source: str = EventSource.CHE
             details={"episode": episode},
             at=now,
         )
-        from notifications import outbox
-
-        outbox.queue_stuck(training_id=training.pk, episode=episode)
-    training.stuck_since, training.stuck_reason, training.stuck_episode = now, reason, episode
+        training.stuck_since, training.stuck_reason = now, reason[:255]
+        training.stuck_episode = episode
+        outbox.queue_stuck(training=training, episode=episode)
     logger.warning(
         "⚠️ Обучение зависло для аватара %s (request_id=%s): %s",
         training.avatar_id,

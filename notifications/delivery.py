@@ -2,7 +2,7 @@
 
 How a row travels:
 
-* ``enqueue(id)`` hands it to the ``notifications`` django-q2 cluster (its own
+* ``outbox.enqueue(id)`` hands it to the ``notifications`` django-q2 cluster (its own
   queue and workers, so a message never waits behind a long check run): inside the
   transaction that wrote the row when the broker is that same database, so both
   commit or neither, and when that transaction commits otherwise (Redis). The row
@@ -77,7 +77,6 @@ logger = logging.getLogger("notifications")
 
 Status = NotificationStatus
 Outcome = NotificationAttempt.Outcome
-TASK = "notifications.delivery.deliver"
 SWEEP_BATCH = 500
 # A task queued this long ago and never run was lost by the broker (a Redis restart):
 # the row may be queued again. Far longer than any backlog the relay lets build up.
@@ -89,33 +88,6 @@ def worker_name() -> str:
 
 
 # --- Handing rows to the worker ----------------------------------------------------------
-
-
-def queue_task(notification_id: int) -> None:
-    """Put ``deliver(notification_id)`` on the notifications cluster's queue; may raise."""
-    from django_q.tasks import async_task
-
-    async_task(TASK, notification_id, cluster=settings.NOTIFICATION_CLUSTER, group="notifications")
-
-
-def enqueue(notification_id: int) -> None:
-    """Queue ``deliver(notification_id)`` on the notifications cluster.
-
-    Never raises: a message whose enqueue was lost (broker down, process killed) is
-    still pending in the outbox, marked as having no task, and the relay sends it.
-    """
-    try:
-        queue_task(notification_id)
-    except Exception:
-        _unqueue(notification_id)
-        logger.exception(
-            "Could not enqueue notification %s; the relay will send it", notification_id
-        )
-
-
-def _unqueue(notification_id: int) -> None:
-    """The row's task has run (or never made it to the queue): it has none waiting."""
-    Notification.objects.filter(pk=notification_id, queued_at__isnull=False).update(queued_at=None)
 
 
 def due_rows():
@@ -135,46 +107,19 @@ def _queue_depth() -> int:
     return max(1, math.ceil(settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND))
 
 
-def relay_once(*, limit: int | None = None) -> int:
+def relay_once() -> int:
     """Queue a task for each due row that has none; returns how many were queued.
 
     The queue is kept about one second of sending deep (``_queue_depth``): a backlog
     goes out at the full rate, and a message written meanwhile (queued directly by the
-    outbox, or by the relay's newest-first lane) waits behind at most that second,
-    not behind the whole backlog.
+    outbox, or by the newest-first lane below) waits behind at most that second, not
+    behind the whole backlog.
     """
     if not _may_send():
         return 0
     now = timezone.now()
-    if limit is None:
-        waiting = Notification.objects.filter(queued_at__gte=now - QUEUED_TASK_LOST_AFTER).count()
-        limit = _queue_depth() - waiting
-    if limit <= 0:
-        return 0
-    due = due_rows().filter(_without_task(now))
-    # Two lanes: the newest due rows first, so that a message written now is not stuck
-    # behind a backlog (say, after an outage), and the oldest, so that a backlog
-    # always moves too.
-    newest = list(
-        due.order_by("-next_attempt_at", "-pk").values_list("pk", flat=True)[: (limit + 1) // 2]
-    )
-    oldest = list(
-        due.exclude(pk__in=newest)
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[: limit - len(newest)]
-    )
-    candidates = newest + oldest
-    queued = 0
-    for notification_id in candidates:
-        # Conditional: a second relay (or the sweep) that saw the same row loses here.
-        if (
-            Notification.objects.filter(pk=notification_id)
-            .filter(_without_task(now))
-            .update(queued_at=now)
-        ):
-            enqueue(notification_id)
-            queued += 1
-    return queued
+    waiting = Notification.objects.filter(queued_at__gte=now - QUEUED_TASK_LOST_AFTER).count()
+    return _queue_due(_queue_depth() - waiting, now)
 
 
 def sweep() -> int:
@@ -182,10 +127,38 @@ def sweep() -> int:
     if not _may_send():
         return 0
     outbox.merge_stuck_alerts()
-    queued = relay_once(limit=SWEEP_BATCH)
+    queued = _queue_due(SWEEP_BATCH, timezone.now())
     if queued:
         logger.info("Notification sweep: %s due row(s) enqueued", queued)
     return queued
+
+
+def _queue_due(limit: int, now) -> int:
+    if limit <= 0:
+        return 0
+    due = due_rows().filter(_without_task(now))
+    # Two lanes: the newest due rows, so that a message written now is not stuck
+    # behind a backlog (say, after an outage), and the oldest, so that a backlog
+    # always moves too.
+    half = (limit + 1) // 2
+    candidates = list(due.order_by("-next_attempt_at", "-pk").values_list("pk", flat=True)[:half])
+    if len(candidates) == half:
+        candidates += (
+            due.exclude(pk__in=candidates)
+            .order_by("next_attempt_at", "pk")
+            .values_list("pk", flat=True)[: limit - half]
+        )
+    # Mark them with this pass's own timestamp; a row another relay (or a staff resend)
+    # gave a task meanwhile is not matched, and is not queued twice.
+    Notification.objects.filter(pk__in=candidates).filter(_without_task(now)).update(queued_at=now)
+    mine = list(
+        Notification.objects.filter(pk__in=candidates, queued_at=now)
+        .order_by("-next_attempt_at", "-pk")
+        .values_list("pk", flat=True)
+    )
+    for notification_id in mine:
+        outbox.enqueue(notification_id)
+    return len(mine)
 
 
 def resend(notification_id: int) -> bool:
@@ -201,7 +174,7 @@ def resend(notification_id: int) -> bool:
         queued_at=timezone.now(),
     )
     if reopened:
-        transaction.on_commit(lambda: enqueue(notification_id))
+        transaction.on_commit(lambda: outbox.enqueue(notification_id))
     return bool(reopened)
 
 
@@ -411,11 +384,11 @@ def deliver(notification_id: int) -> str:
         outbox.merge_stuck_alerts()
     backend = get_backend()
     if not _may_send(backend):
-        _unqueue(notification_id)
+        outbox.unqueue(notification_id)
         return "paused"
     notification = claim(notification_id)
     if notification is None:
-        _unqueue(notification_id)
+        outbox.unqueue(notification_id)
         return "not due or claimed elsewhere"
     return send_claimed(notification, backend)
 
