@@ -29,11 +29,6 @@ class Owner(models.Model):
     language = models.CharField(
         _("language"), max_length=2, choices=Language.choices, default=Language.RU
     )
-    reachable = models.BooleanField(
-        _("reachable"), default=True, help_text=_("Whether the bot can message this owner.")
-    )
-    unreachable_reason = models.CharField(_("why unreachable"), max_length=255, blank=True)
-    unreachable_since = models.DateTimeField(_("unreachable since"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), default=timezone.now)
 
     class Meta:

@@ -22,6 +22,7 @@ from notifications.models import (
     NotificationStatus,
     PauseCause,
     SenderState,
+    UnreachableChat,
 )
 
 RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
@@ -190,6 +191,12 @@ class SenderStateAdmin(ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context=None):
         warn_if_paused(request)
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(UnreachableChat)
+class UnreachableChatAdmin(ReadOnlyAdmin):
+    list_display = ("chat_id", "reason", "since")
+    search_fields = ("=chat_id", "reason")
 
 
 @admin.register(ChatMigration)

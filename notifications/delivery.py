@@ -71,6 +71,7 @@ from notifications.models import (
     NotificationStatus,
     PauseCause,
     SenderState,
+    UnreachableChat,
 )
 
 logger = logging.getLogger("notifications")
@@ -506,14 +507,13 @@ def _refuse(notification: Notification, chat_id: int | None) -> str:
         )
         logger.warning("Staff alert %s not sent: no staff chat configured", notification.pk)
         return "skipped"
-    owner = notification.owner
-    if notification.audience == Audience.OWNER and owner is not None and not owner.reachable:
-        _close(
-            notification,
-            Status.UNREACHABLE,
-            last_error=f"Owner unreachable: {owner.unreachable_reason}",
+    if notification.audience == Audience.OWNER:
+        reason = (
+            UnreachableChat.objects.filter(chat_id=chat_id).values_list("reason", flat=True).first()
         )
-        return "owner unreachable"
+        if reason is not None:
+            _close(notification, Status.UNREACHABLE, last_error=f"Owner unreachable: {reason}")
+            return "owner unreachable"
     return ""
 
 
@@ -553,7 +553,7 @@ def _chat_moved(notification, attempt, chat_id, error: ChatMoved) -> None:
 def _unreachable(notification, attempt, chat_id, error: SendError) -> str:
     _record(attempt, Outcome.UNREACHABLE, error=str(error))
     _close(notification, Status.UNREACHABLE, last_error=str(error))
-    _mark_unreachable(notification, str(error))
+    _mark_unreachable(notification, chat_id, str(error))
     return "unreachable"
 
 
@@ -620,15 +620,11 @@ def _record(attempt: NotificationAttempt, outcome: str, **fields) -> None:
     )
 
 
-def _mark_unreachable(notification: Notification, reason: str) -> None:
+def _mark_unreachable(notification: Notification, chat_id: int, reason: str) -> None:
     if notification.audience == Audience.STAFF:
         logger.error("The staff chat cannot be reached by the bot: %s", reason)
         return
-    from monitoring.models import Owner
-
-    Owner.objects.filter(pk=notification.owner_id, reachable=True).update(
-        reachable=False, unreachable_reason=reason[:255], unreachable_since=timezone.now()
-    )
+    UnreachableChat.objects.get_or_create(chat_id=chat_id, defaults={"reason": reason[:255]})
     logger.info("Owner %s marked unreachable: %s", notification.owner_id, reason)
 
 

@@ -157,6 +157,25 @@ class NotificationAttempt(models.Model):
         return f"{self.notification_id} {self.outcome}"
 
 
+class UnreachableChat(models.Model):
+    """A chat the bot cannot message (blocked, deactivated, never pressed Start, kicked).
+
+    The state of the Telegram channel, kept where the sending is (healthchecks keeps
+    ``disabled`` on its channel, not on the user): messages to it are not sent.
+    """
+
+    chat_id = models.BigIntegerField(_("chat id"), unique=True)
+    reason = models.CharField(_("why unreachable"), max_length=255, blank=True)
+    since = models.DateTimeField(_("unreachable since"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("unreachable chat")
+        verbose_name_plural = _("unreachable chats")
+
+    def __str__(self) -> str:
+        return f"{self.chat_id}: {self.reason}"
+
+
 class ChatMigration(models.Model):
     """A group that became a supergroup: messages for the old id go to the new one."""
 

@@ -22,6 +22,7 @@ from notifications.models import (
     NotificationAttempt,
     NotificationKind,
     NotificationStatus,
+    UnreachableChat,
 )
 from tests.fixtures_telegram import STAFF_CHAT_ID
 
@@ -150,9 +151,9 @@ def test_it_marks_the_owner_unreachable_on_403_and_never_retries(
     run_deliveries()
 
     owner = Owner.objects.get(pk=avatar.owner_id)
-    assert owner.reachable is False
-    assert "Forbidden" in owner.unreachable_reason
-    assert owner.unreachable_since is not None
+    unreachable = UnreachableChat.objects.get(chat_id=owner.telegram_id)
+    assert "Forbidden" in unreachable.reason
+    assert unreachable.since is not None
     row = Notification.objects.get()
     assert row.status == NotificationStatus.UNREACHABLE
     assert _outcomes(row) == [Outcome.UNREACHABLE]
