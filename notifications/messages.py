@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 
+from avatarsite.log_redaction import redact
 from notifications.models import NotificationKind
 
 # Telegram refuses longer texts.
@@ -145,8 +146,6 @@ def render_stuck_digest(trainings: Sequence) -> str:
 
 
 def render_fal_account_message(status_code: int, detail: str) -> str:
-    from avatarsite.log_redaction import redact
-
     detail = redact(detail)  # fal echoes request details; never forward the key
     what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
     return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"

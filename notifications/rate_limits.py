@@ -14,6 +14,7 @@ memory, so the limits hold across any number of workers, hosts and restarts:
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -152,7 +153,7 @@ _redis_clients: dict[str, object] = {}
 
 
 def _redis():
-    import redis
+    import redis  # only with REDIS_URL: an optional dependency, not a cycle
 
     url = settings.REDIS_URL
     if url not in _redis_clients:
@@ -161,8 +162,6 @@ def _redis():
 
 
 def _reserve_in_redis(chat_id: int, now: datetime) -> float:
-    import uuid
-
     prefix = f"{settings.Q_CLUSTER['name']}:telegram-rate"
     # Whole milliseconds: Lua numbers print with 14 significant digits.
     now_ms = int(now.timestamp() * 1000)
