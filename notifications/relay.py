@@ -32,6 +32,7 @@ from notifications.models import SenderState
 logger = logging.getLogger("notifications")
 
 RELAY_LEASE = timedelta(seconds=2)
+BACKLOG_POLL = 0.1  # seconds between passes while each pass finds work
 
 _started_in: int | None = None
 _lock = threading.Lock()
@@ -60,11 +61,14 @@ def run(stop: threading.Event) -> None:
     me = delivery.worker_name()
     logger.info("Notification relay started in %s", me)
     try:
-        while not stop.wait(settings.NOTIFICATION_RELAY_POLL_SECONDS):
+        wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+        while not stop.wait(wait):
             try:
                 close_old_connections()
-                tick(me)
+                # While a backlog drains, top the queue up as soon as it has room.
+                wait = BACKLOG_POLL if tick(me) else settings.NOTIFICATION_RELAY_POLL_SECONDS
             except Exception:
+                wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
                 logger.exception("Notification relay pass failed; trying again")
     finally:
         connection.close()
