@@ -70,6 +70,7 @@ from notifications.models import (
     NotificationKind,
     NotificationStatus,
     PauseCause,
+    RateLimitMark,
     SenderState,
     UnreachableChat,
 )
@@ -103,9 +104,20 @@ def _without_task(now) -> Q:
     return Q(queued_at__isnull=True) | Q(queued_at__lt=now - QUEUED_TASK_LOST_AFTER)
 
 
-def _queue_depth() -> int:
-    """How many tasks the relay keeps waiting: about one second of sending."""
-    return max(1, math.ceil(settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND))
+def _queue_depth(now) -> int:
+    """How many tasks the relay keeps waiting: about one second of sending.
+
+    One second of what the senders really manage (the slots taken in the last second),
+    not of the limit: busy workers or a slow Bot API send fewer, and a deeper queue
+    would only make a new message wait longer. Never less than two tasks per worker,
+    so the senders never run dry; never more than the limit allows in a second.
+    """
+    floor = 2 * settings.NOTIFICATION_WORKERS
+    ceiling = max(floor, math.ceil(settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND))
+    if settings.REDIS_URL:  # the marks are in Redis: assume the limit is reached
+        return ceiling
+    sent = RateLimitMark.objects.filter(sent_at__gte=now - timedelta(seconds=1)).count()
+    return max(floor, min(ceiling, sent + settings.NOTIFICATION_WORKERS))
 
 
 def relay_once() -> int:
@@ -120,7 +132,7 @@ def relay_once() -> int:
         return 0
     now = timezone.now()
     waiting = Notification.objects.filter(queued_at__gte=now - QUEUED_TASK_LOST_AFTER).count()
-    return _queue_due(_queue_depth() - waiting, now)
+    return _queue_due(_queue_depth(now) - waiting, now)
 
 
 def sweep() -> int:

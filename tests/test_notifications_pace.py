@@ -22,6 +22,7 @@ from notifications.models import (
     NotificationKind,
     NotificationStatus,
     PauseCause,
+    RateLimitMark,
     SenderState,
 )
 from tests.worker_process import qcluster
@@ -85,7 +86,7 @@ def test_the_relay_and_the_sweep_never_queue_a_second_task_for_a_row(
 ):
     rows = _waiting_messages(make_owner, 5)
 
-    assert delivery.relay_once() == 5
+    assert delivery.sweep() == 5
     assert delivery.relay_once() == 0
     assert delivery.sweep() == 0
     assert OrmQ.objects.count() == 5
@@ -99,17 +100,31 @@ def test_the_relay_and_the_sweep_never_queue_a_second_task_for_a_row(
 def test_a_new_message_does_not_wait_behind_a_backlog(
     telegram, make_owner, settings, training_avatar
 ):
+    settings.NOTIFICATION_WORKERS = 2
     settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND = 10
     _waiting_messages(make_owner, 40)
+    # The senders have managed 6 messages in the last second.
+    now = timezone.now()
+    RateLimitMark.objects.bulk_create(
+        [RateLimitMark(chat_id=i, sent_at=now - timedelta(seconds=0.5)) for i in range(6)]
+    )
 
-    # About one second of sending is queued, not the whole backlog.
-    assert delivery.relay_once() == 10
+    # About one second of what the senders manage is queued (6 + one per worker), not
+    # the whole backlog, nor more than the limit allows.
+    assert delivery.relay_once() == 8
     assert delivery.relay_once() == 0
     avatar, training = training_avatar()
-    _complete(training)  # queued directly by the outbox, behind those ten only
+    _complete(training)  # queued directly by the outbox, behind those eight only
     queued = [package.task["args"][0] for package in OrmQ.objects.order_by("id")]
     new_row = Notification.objects.get(training=training)
-    assert len(queued) == 11 and queued[-1] == new_row.pk
+    assert len(queued) == 9 and queued[-1] == new_row.pk
+
+    RateLimitMark.objects.bulk_create(
+        [RateLimitMark(chat_id=100 + i, sent_at=timezone.now()) for i in range(30)]
+    )
+    OrmQ.objects.all().delete()
+    Notification.objects.update(queued_at=None)
+    assert delivery.relay_once() == 10  # the limit caps it
 
 
 def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(db, monkeypatch):
