@@ -134,11 +134,11 @@ def test_a_few_failing_calls_are_not_an_outage(fal, started, settings):
 
 
 def test_a_restore_then_the_scheduled_run_checks_every_active_training(fal, started, settings):
-    settings.CHECK_INTERVAL_SECONDS = 60
+    settings.CHECK_INTERVAL_SECONDS = 20  # the claim's grace is 2 s
     fal.script(queue_seconds=3600)
     trainings = [started()[1] for _ in range(5)]
-    # The scheduler's next tick is 2 s away when the worker restarts.
-    next_run = timezone.now() + timedelta(seconds=2)
+    # The scheduler's next tick is 3 s away when the worker restarts.
+    next_run = timezone.now() + timedelta(seconds=3)
     Schedule.objects.update_or_create(
         name=PERIODIC_CHECK,
         defaults={"func": "monitoring.tasks.run_check", "schedule_type": "I", "minutes": 1},
@@ -155,7 +155,7 @@ def test_a_restore_then_the_scheduled_run_checks_every_active_training(fal, star
     assert (scheduled.due, scheduled.checked) == (5, 5)
     for training in trainings:
         training.refresh_from_db()
-        assert training.next_check_at >= scheduled.started_at + timedelta(seconds=59)
+        assert training.next_check_at >= scheduled.started_at + timedelta(seconds=19)
 
 
 def test_no_stuck_reason_is_measured_from_a_status_the_failed_checks_could_not_confirm(
