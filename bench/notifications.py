@@ -207,19 +207,6 @@ def _outage(telegram, *, backlog: int, seconds: float, probes: int, gap: float) 
         time.sleep(0.1)
     got = {m.chat_id: m.received_at for m in telegram.messages}
     arrived = sorted(got[c] for c in waiting if c in got)
-    if os.environ.get("BENCH_DEBUG"):
-        from notifications.models import Notification
-
-        for row in Notification.objects.filter(chat_id__in=list(fresh)).order_by("pk"):
-            first = row.attempt_log.order_by("started_at").first()
-            print(
-                "DEBUG",
-                row.pk,
-                round(fresh[row.chat_id] - recovered, 2),
-                round((first.started_at - row.created_at).total_seconds(), 2) if first else None,
-                round((row.sent_at - row.created_at).total_seconds(), 2) if row.sent_at else None,
-                row.attempt_log.count(),
-            )
     return {
         "during": during,
         "arrived": len(arrived),
