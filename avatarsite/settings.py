@@ -277,7 +277,9 @@ Q_CLUSTER = {
 # Notifications have their own queue and workers (a second `qcluster` started with
 # Q_CLUSTER_NAME=notifications), so a message never waits behind a long check run.
 NOTIFICATION_CLUSTER = "notifications"
-NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 2, minimum=1, maximum=16)
+# Four: a send spends most of its time waiting (the database, the Bot API), and two
+# workers could not reach the 25/s limit after an outage (bench/notifications.py).
+NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 4, minimum=1, maximum=16)
 Q_CLUSTER["ALT_CLUSTERS"] = {
     NOTIFICATION_CLUSTER: {
         "workers": NOTIFICATION_WORKERS,

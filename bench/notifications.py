@@ -497,7 +497,8 @@ def _report(results: dict, args) -> int:
     print()
     print(
         "webhook arrival → fake Bot API receipt over HTTPS (gunicorn 2 workers; qclusters "
-        "with default workers: main 2, notifications 2; PostgreSQL)"
+        f"with default workers: main 2, notifications "
+        f"{os.environ.get('NOTIFICATION_WORKERS', '4')}; PostgreSQL)"
     )
     print(f"{'':34}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'missing':>9}")
     if "quiet" in results:
