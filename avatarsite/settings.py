@@ -272,6 +272,11 @@ STUCK_IN_PROGRESS_MINUTES_STYLE = env_int("STUCK_IN_PROGRESS_MINUTES_STYLE", 45,
 STUCK_TOTAL_HOURS = env_int("STUCK_TOTAL_HOURS", 6, minimum=1)
 STUCK_FAL_UNREACHABLE_MINUTES = env_int("STUCK_FAL_UNREACHABLE_MINUTES", 15, minimum=1)
 # fal's 404 for a request we submitted is only believed after it repeats.
+# fal failing for everyone: at least this share of one run's calls, out of at least
+# this many, failed. The run records it, staff get one alert per episode, and runs
+# check a sample (FAL_OUTAGE_MIN_CALLS trainings) until one succeeds.
+FAL_OUTAGE_ERROR_SHARE = env_float("FAL_OUTAGE_ERROR_SHARE", 0.5, minimum=0.01)
+FAL_OUTAGE_MIN_CALLS = env_int("FAL_OUTAGE_MIN_CALLS", 20, minimum=1)
 FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=1)
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
 # The dashboard and the stuck list reload themselves this often (0 = never).
@@ -305,9 +310,16 @@ NOTIFICATION_BACKEND = _backends[_backend_name]
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
 NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 5.0, minimum=0.0)
 NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 600.0, minimum=0.0)
-# Waits up to this long (flood control, rate limits, short backoff) happen inside the
-# worker task; longer ones go back to the outbox for a later sweep.
-NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 5.0, minimum=0.0)
+# The longest rate-limit wait a sender sleeps through right before its request (the
+# spacing between two sends is 1/25 s). Every longer wait (a chat's 1 s, flood control,
+# backoff) puts the message back with its due time and frees the worker.
+NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 0.2, minimum=0.0)
+# The relay (notifications.relay) hands due messages to a sender this often.
+NOTIFICATION_RELAY_POLL_SECONDS = env_float("NOTIFICATION_RELAY_POLL_SECONDS", 0.5, minimum=0.05)
+# This many transient failures in a row, across every send, mean the Bot API is down
+# for everyone: sending pauses and probes every NOTIFICATION_OUTAGE_PROBE_SECONDS.
+NOTIFICATION_OUTAGE_FAILURES = env_int("NOTIFICATION_OUTAGE_FAILURES", 5, minimum=2)
+NOTIFICATION_OUTAGE_PROBE_SECONDS = env_float("NOTIFICATION_OUTAGE_PROBE_SECONDS", 3.0, minimum=0.0)
 # A claimed row belongs to its worker this long; a worker that died mid-send frees it.
 NOTIFICATION_LEASE_SECONDS = env_float("NOTIFICATION_LEASE_SECONDS", 90.0, minimum=0.1)
 NOTIFICATION_SEND_TIMEOUT_SECONDS = env_float(
@@ -374,7 +386,9 @@ Q_CLUSTER = {
 # Notifications have their own queue and workers (the `notifications` role of
 # `qcluster`, see monitoring/worker/), so a message never waits behind a long check run.
 NOTIFICATION_CLUSTER = "notifications"
-NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 2, minimum=1, maximum=16)
+# Four: a send spends most of its time waiting (the database, the Bot API), and two
+# workers could not reach the 25/s limit after an outage (bench/notifications.py).
+NOTIFICATION_WORKERS = env_int("NOTIFICATION_WORKERS", 4, minimum=1, maximum=16)
 Q_CLUSTER["ALT_CLUSTERS"] = {
     NOTIFICATION_CLUSTER: {
         "workers": NOTIFICATION_WORKERS,

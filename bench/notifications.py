@@ -19,10 +19,23 @@ really sending over HTTP.
 3. rate:   ``--burst`` owner messages written at once (one transaction each, as the
    transitions do); sustained messages/s at the fake and the busiest 1-second window
    (limit: 25/s overall).
+4. outage: the Bot API answers 502 to everything for ``--outage-seconds`` while
+   ``--backlog`` owner messages are written; then it recovers. How long the backlog
+   takes to arrive after recovery, at what rate, and the owner-told latency of
+   ``--probes`` messages written one every ``--gap`` s after recovery.
+5. handshake: ``--handshake-sends`` sequential sends from this process to the fake
+   over HTTPS, as the backend did before (a new HTTP client, so a new TCP and TLS
+   handshake, per message) and as it does now (one long-lived connection per process).
+
+The fake Bot API speaks HTTPS (``fakes/tls.py`` certificate, trusted through
+SSL_CERT_FILE), as Telegram does.
 
     .venv/bin/python bench/notifications.py [--probes 30] [--busy 3000] [--burst 300]
+        [--backlog 400] [--outage-seconds 60] [--only quiet,busy,rate,outage,handshake]
 
-Target (issue 5): p95 at most 2 s with and without the check run; at most 25/s.
+Targets: p95 at most 2 s with and without the check run; at most 25/s (issue 5);
+after a 60 s outage with 400 waiting, the backlog sent within 25 s of recovery (at
+least 80% of the 25/s rate) and new messages' p95 at most 2 s (issue 15).
 """
 
 from __future__ import annotations
@@ -148,6 +161,101 @@ def _measure_webhooks(
     return latencies, bad + (len(sent_at) - len(latencies))
 
 
+def _write_messages(count: int, prefix: str) -> dict[int, float]:
+    """Owner messages written the way transitions write them; chat id -> time written."""
+    from django.utils import timezone
+
+    from monitoring.models import Owner
+    from notifications import outbox
+    from notifications.models import Audience, Notification
+
+    written: dict[int, float] = {}
+    for i in range(count):
+        owner = Owner.objects.create(telegram_id=next(_owner_ids))
+        written[owner.telegram_id] = time.time()
+        row = Notification.objects.create(
+            dedup_key=f"bench-{prefix}:{i}",
+            kind="ready",
+            audience=Audience.OWNER,
+            owner=owner,
+            chat_id=owner.telegram_id,
+            text=f"🎉 bench <b>{prefix} {i}</b>",
+            queued_at=timezone.now(),  # its task is queued right below
+        )
+        outbox.schedule_delivery(row.pk)
+    return written
+
+
+def _outage(telegram, *, backlog: int, seconds: float, probes: int, gap: float) -> dict:
+    """Scenario 4: an outage with a backlog building up, then recovery."""
+    telegram.outage(502)
+    started = time.monotonic()
+    waiting = _write_messages(backlog, "outage")
+    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    during = telegram.state.outage_calls.copy()
+    telegram.outage(None)
+    recovered = time.time()
+    fresh: dict[int, float] = {}
+    for i in range(probes):
+        fresh.update(_write_messages(1, f"after-{i}"))
+        time.sleep(gap)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        got = {m.chat_id: m.received_at for m in telegram.messages}
+        if all(c in got for c in waiting) and all(c in got for c in fresh):
+            break
+        time.sleep(0.1)
+    got = {m.chat_id: m.received_at for m in telegram.messages}
+    arrived = sorted(got[c] for c in waiting if c in got)
+    return {
+        "during": during,
+        "arrived": len(arrived),
+        "drained_after": (arrived[-1] - recovered) if arrived else float("inf"),
+        "rate": (len(arrived) - 1) / (arrived[-1] - arrived[0]) if len(arrived) > 1 else 0.0,
+        "fresh": [got[c] - t for c, t in fresh.items() if c in got],
+        "fresh_missing": sum(1 for c in fresh if c not in got),
+    }
+
+
+def _handshake(telegram, sends: int) -> dict[str, list[float]]:
+    """Scenario 5: per-send latency, a new client per message vs one per process."""
+    import asyncio
+
+    from telegram import Bot
+    from telegram.request import HTTPXRequest
+
+    from notifications.backends.telegram import TelegramBackend, close_connection
+
+    async def fresh_client_send(chat_id: int) -> None:
+        async with HTTPXRequest() as request:
+            bot = Bot(telegram.token, base_url=telegram.base_url, request=request)
+            await bot.send_message(chat_id, "handshake <b>before</b>", parse_mode="HTML")
+
+    before: list[float] = []
+    opened = telegram.connections
+    for i in range(sends):
+        began = time.perf_counter()
+        asyncio.run(fresh_client_send(7_000_000 + i))
+        before.append(time.perf_counter() - began)
+    before_connections = telegram.connections - opened
+
+    backend = TelegramBackend()
+    backend.base_url = telegram.base_url
+    after: list[float] = []
+    opened = telegram.connections
+    for i in range(sends):
+        began = time.perf_counter()
+        backend.send(7_100_000 + i, "handshake <b>after</b>")
+        after.append(time.perf_counter() - began)
+    after_connections = telegram.connections - opened
+    close_connection()
+    return {
+        "before": before,
+        "after": after,
+        "connections": [before_connections, after_connections],
+    }
+
+
 def _main_queue_backlog() -> int:
     from django.conf import settings
     from django_q.models import OrmQ
@@ -162,7 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy", type=int, default=3000, help="active trainings in the check run")
     parser.add_argument("--status-latency", type=float, default=3.0)
     parser.add_argument("--burst", type=int, default=300, help="messages for the rate figure")
+    parser.add_argument("--backlog", type=int, default=400, help="messages waiting in the outage")
+    parser.add_argument("--outage-seconds", type=float, default=60.0)
+    parser.add_argument("--handshake-sends", type=int, default=50)
+    parser.add_argument(
+        "--only",
+        default="quiet,busy,rate,outage,handshake",
+        help="comma-separated scenarios to run (default: all)",
+    )
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
 
     server_url = os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/root")
     db_name, db_url = create_database(server_url, "bench_notifications")
@@ -173,11 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     emulator = FalEmulator(
         status_latency=args.status_latency, adopt_unknown=True, state_dir=work_dir / "fal"
     ).start()
-    telegram = FakeTelegramAPI(token="7700000077:BENCH-token-xyz").start()
+    telegram = FakeTelegramAPI(token="7700000077:BENCH-token-xyz", tls_dir=work_dir / "tls").start()
+    # One CA bundle trusting both fakes (and the public roots, for anything else).
+    import certifi
+
+    bundle = work_dir / "ca-bundle.pem"
+    bundle.write_text(
+        Path(certifi.where()).read_text()
+        + Path(emulator.cert_file).read_text()
+        + Path(telegram.cert_file).read_text()
+    )
     port = free_port()
     env = production_env(
         db_url,
-        **emulator.env(),
+        **{**emulator.env(), "SSL_CERT_FILE": str(bundle)},
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         NOTIFICATION_BACKEND="telegram",
         TELEGRAM_BOT_TOKEN=telegram.token,
@@ -242,104 +368,107 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.2)
         time.sleep(1)
-        print(f"processes up (logs in {work_dir}); scenario 1: quiet", flush=True)
+        print(f"processes up (logs in {work_dir})", flush=True)
+        results: dict = {}
 
-        quiet_lat, quiet_bad = _measure_webhooks(port, emulator.signer, telegram, quiet, args.gap)
+        if "quiet" in only:
+            print("scenario 1: quiet", flush=True)
+            results["quiet"] = _measure_webhooks(port, emulator.signer, telegram, quiet, args.gap)
 
-        print(
-            f"scenario 2: creating {args.busy} active trainings for a large check run …", flush=True
-        )
-        before = set(CheckRun.objects.values_list("pk", flat=True))
-        _make_trainings(args.busy, "busy", distinct_owners=False)
-        # The scheduled run may already have claimed some of them; this one takes the rest.
-        async_task("monitoring.tasks.run_check", "manual")
-        new_runs = CheckRun.objects.exclude(pk__in=before)
-        deadline = time.monotonic() + 60
-        while (
-            time.monotonic() < deadline and sum(new_runs.values_list("due", flat=True)) < args.busy
-        ):
-            time.sleep(0.1)
+        if "busy" in only:
+            print(f"scenario 2: creating {args.busy} active trainings …", flush=True)
+            before = set(CheckRun.objects.values_list("pk", flat=True))
+            _make_trainings(args.busy, "busy", distinct_owners=False)
+            # The scheduled run may already have claimed some; this one takes the rest.
+            async_task("monitoring.tasks.run_check", "manual")
+            new_runs = CheckRun.objects.exclude(pk__in=before)
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and sum(new_runs.values_list("due", flat=True)) < args.busy
+            ):
+                time.sleep(0.1)
 
-        def runs_going() -> int:
-            return new_runs.filter(finished_at__isnull=True).count() + _main_queue_backlog()
+            def runs_going() -> int:
+                return new_runs.filter(finished_at__isnull=True).count() + _main_queue_backlog()
 
-        going_start = runs_going()
-        busy_lat, busy_bad = _measure_webhooks(
-            port, emulator.signer, telegram, busy_probes, args.gap
-        )
-        going_end = runs_going()
-        claimed = sum(new_runs.values_list("due", flat=True))
-        checked_during = sum(emulator.status_calls.values())
+            going_start = runs_going()
+            busy = _measure_webhooks(port, emulator.signer, telegram, busy_probes, args.gap)
+            going_end = runs_going()
+            claimed = sum(new_runs.values_list("due", flat=True))
 
-        # Baseline, same check run: what a shared queue would do. The notifications
-        # cluster is stopped and each message's task goes to the main queue instead.
-        stop_group(processes.pop())
-        from notifications.models import Notification as _N
+            # Baseline, same check run: what a shared queue would do. The notifications
+            # cluster is stopped and each message's task goes to the main queue instead.
+            stop_group(processes.pop())
+            from notifications.models import Notification as _N
 
-        def to_main_queue(request_id: str) -> None:
-            row = (
-                _N.objects.filter(training__fal_request_id=request_id)
-                .values_list("pk", flat=True)
-                .first()
+            def to_main_queue(request_id: str) -> None:
+                row = (
+                    _N.objects.filter(training__fal_request_id=request_id)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+                if row is not None:
+                    async_task("notifications.delivery.deliver", row)
+
+            shared = _measure_webhooks(
+                port, emulator.signer, telegram, shared_probes, args.gap, after_post=to_main_queue
             )
-            if row is not None:
-                async_task("notifications.delivery.deliver", row)
-
-        shared_lat, shared_bad = _measure_webhooks(
-            port, emulator.signer, telegram, shared_probes, args.gap, after_post=to_main_queue
-        )
-        shared_going = runs_going()
-        processes.append(
-            _start(
-                [python, "manage.py", "qcluster"],
-                {**env, "Q_CLUSTER_NAME": "notifications"},
-                work_dir / "qcluster-notifications-2.log",
+            shared_going = runs_going()
+            processes.append(
+                _start(
+                    [python, "manage.py", "qcluster"],
+                    {**env, "Q_CLUSTER_NAME": "notifications"},
+                    work_dir / "qcluster-notifications-2.log",
+                )
             )
-        )
-        checked_during = (
-            emulator.status_calls.total()
-            if hasattr(emulator.status_calls, "total")
-            else sum(emulator.status_calls.values())
-        )
+            results["busy"] = (busy, shared, claimed, going_start, going_end, shared_going)
+            results["status_calls"] = sum(emulator.status_calls.values())
+            time.sleep(3)  # the restarted cluster's workers and relay come up
 
-        print(f"scenario 3: {args.burst} messages at once …", flush=True)
-        # Owner messages written the way transitions write them, all at once.
-        from notifications import outbox
-        from notifications.models import Audience, Notification
+        if "rate" in only:
+            print(f"scenario 3: {args.burst} messages at once …", flush=True)
+            from notifications.models import RateLimitMark
 
-        telegram_before = len(telegram.messages)
-        from monitoring.models import Owner
-
-        for i in range(args.burst):
-            owner = Owner.objects.create(telegram_id=next(_owner_ids))
-            row = Notification.objects.create(
-                dedup_key=f"bench-rate:{i}",
-                kind="ready",
-                audience=Audience.OWNER,
-                owner=owner,
-                chat_id=owner.telegram_id,
-                text=f"🎉 bench <b>{i}</b>",
+            telegram_before = len(telegram.messages)
+            _write_messages(args.burst, "rate")
+            deadline = time.monotonic() + 120
+            while (
+                time.monotonic() < deadline
+                and len(telegram.messages) - telegram_before < args.burst
+            ):
+                time.sleep(0.1)
+            burst = sorted(m.received_at for m in telegram.messages[telegram_before:])
+            slots = sorted(
+                t.timestamp()
+                for t in RateLimitMark.objects.filter(chat_id__gte=5_000_000).values_list(
+                    "sent_at", flat=True
+                )
+            )[-args.burst :]
+            busiest_slots = (
+                max(sum(1 for t in slots if s <= t < s + 1.0) for s in slots) if slots else 0
             )
-            outbox.schedule_delivery(row.pk)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(telegram.messages) - telegram_before < args.burst:
-            time.sleep(0.1)
-        burst = [m.received_at for m in telegram.messages[telegram_before:]]
-        from notifications.models import RateLimitMark
+            busiest = max(sum(1 for t in burst if s <= t < s + 1.0) for s in burst) if burst else 0
+            rate = (len(burst) - 1) / (burst[-1] - burst[0]) if len(burst) > 1 else 0.0
+            results["rate"] = (len(burst), rate, busiest, busiest_slots)
 
-        slots = sorted(
-            t.timestamp()
-            for t in RateLimitMark.objects.filter(chat_id__gte=5_000_000).values_list(
-                "sent_at", flat=True
+        if "outage" in only:
+            print(
+                f"scenario 4: a {args.outage_seconds:g} s Bot API outage with "
+                f"{args.backlog} messages waiting …",
+                flush=True,
             )
-        )
-        slots = slots[-args.burst :]
-        busiest_slots = (
-            max(sum(1 for t in slots if s <= t < s + 1.0) for s in slots) if slots else 0
-        )
-        burst.sort()
-        busiest = max(sum(1 for t in burst if s <= t < s + 1.0) for s in burst) if burst else 0
-        rate = (len(burst) - 1) / (burst[-1] - burst[0]) if len(burst) > 1 else 0.0
+            results["outage"] = _outage(
+                telegram,
+                backlog=args.backlog,
+                seconds=args.outage_seconds,
+                probes=args.probes,
+                gap=args.gap,
+            )
+
+        if "handshake" in only:
+            print(f"scenario 5: {args.handshake_sends} sends, handshakes …", flush=True)
+            results["handshake"] = _handshake(telegram, args.handshake_sends)
         connections.close_all()
     finally:
         for process in reversed(processes):
@@ -347,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         telegram.stop()
         emulator.stop()
         drop_database(server_url, db_name)
+    return _report(results, args)
+
+
+def _report(results: dict, args) -> int:
+    global_rate = int(os.environ.get("NOTIFICATION_RATE_GLOBAL_PER_SECOND", "25"))
 
     def line(label, lat, bad):
         if not lat:
@@ -356,34 +490,71 @@ def main(argv: list[str] | None = None) -> int:
             f"{_percentile(lat, 0.95) * 1000:>9.0f}{max(lat) * 1000:>9.0f}{bad:>9}"
         )
 
+    def p95_ok(lat, bad) -> bool:
+        return bool(lat) and _percentile(lat, 0.95) <= 2.0 and not bad
+
+    targets: dict[str, bool] = {}
     print()
     print(
-        "webhook arrival → fake Bot API receipt (gunicorn 2 workers; qclusters with default "
-        "workers: main 2, notifications 2; PostgreSQL)"
+        "webhook arrival → fake Bot API receipt over HTTPS (gunicorn 2 workers; qclusters "
+        f"with default workers: main 2, notifications "
+        f"{os.environ.get('NOTIFICATION_WORKERS', '4')}; PostgreSQL)"
     )
     print(f"{'':34}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'missing':>9}")
-    print(line("1. quiet", quiet_lat, quiet_bad))
-    print(line(f"2. during a {args.busy}-training check run", busy_lat, busy_bad))
-    print(
-        f"   check runs claimed {claimed} trainings; unfinished runs + main queue backlog: "
-        f"{going_start} at the start, {going_end} at the end; fal status calls so far "
-        f"{checked_during}"
-    )
-    print(line("   baseline: same, one shared queue", shared_lat, shared_bad))
-    print(f"   (unfinished runs + main queue backlog at its end: {shared_going})")
-    print(
-        f"3. {len(burst)}/{args.burst} messages to distinct chats: sustained {rate:.1f} msg/s, "
-        f"busiest 1-s window {busiest} at the fake, {busiest_slots} in the limiter (limit 25)"
-    )
-    targets = {
-        "quiet p95 <= 2 s": bool(quiet_lat)
-        and _percentile(quiet_lat, 0.95) <= 2.0
-        and not quiet_bad,
-        "busy p95 <= 2 s": bool(busy_lat) and _percentile(busy_lat, 0.95) <= 2.0 and not busy_bad,
-        "check run going all through 2 and baseline": min(going_start, going_end, shared_going) > 0,
-        "at most 25 per second": busiest <= 25,
-        "every burst message arrived once": len(burst) == args.burst,
-    }
+    if "quiet" in results:
+        print(line("1. quiet", *results["quiet"]))
+        targets["quiet p95 <= 2 s"] = p95_ok(*results["quiet"])
+    if "busy" in results:
+        busy, shared, claimed, going_start, going_end, shared_going = results["busy"]
+        print(line(f"2. during a {args.busy}-training check run", *busy))
+        print(
+            f"   check runs claimed {claimed} trainings; unfinished runs + main queue backlog: "
+            f"{going_start} at the start, {going_end} at the end; fal status calls so far "
+            f"{results['status_calls']}"
+        )
+        print(line("   baseline: same, one shared queue", *shared))
+        print(f"   (unfinished runs + main queue backlog at its end: {shared_going})")
+        targets["busy p95 <= 2 s"] = p95_ok(*busy)
+        targets["check run going all through 2 and baseline"] = (
+            min(going_start, going_end, shared_going) > 0
+        )
+    if "rate" in results:
+        count, rate, busiest, busiest_slots = results["rate"]
+        print(
+            f"3. {count}/{args.burst} messages to distinct chats: sustained {rate:.1f} msg/s, "
+            f"busiest 1-s window {busiest} at the fake, {busiest_slots} in the limiter "
+            f"(limit {global_rate})"
+        )
+        targets[f"at most {global_rate} per second"] = busiest <= global_rate
+        targets["every burst message arrived once"] = count == args.burst
+    if "outage" in results:
+        out = results["outage"]
+        print(
+            f"4. {args.outage_seconds:g} s outage, {args.backlog} waiting: requests during it "
+            f"{out['during']}; backlog {out['arrived']}/{args.backlog} sent "
+            f"{out['drained_after']:.1f} s after recovery at {out['rate']:.1f} msg/s "
+            f"({out['rate'] / global_rate:.0%} of {global_rate}/s)"
+        )
+        print(line("   new messages after recovery", out["fresh"], out["fresh_missing"]))
+        targets["backlog sent within 25 s of recovery"] = (
+            out["arrived"] == args.backlog and out["drained_after"] <= 25.0
+        )
+        targets["backlog at >= 80% of the global rate"] = out["rate"] >= 0.8 * global_rate
+        targets["new messages p95 <= 2 s after recovery"] = p95_ok(
+            out["fresh"], out["fresh_missing"]
+        )
+    if "handshake" in results:
+        hs = results["handshake"]
+        before, after = hs["before"], hs["after"]
+        print(
+            f"5. {len(before)} sequential sends over HTTPS from one process, per send "
+            f"(p50 / p95 ms): new client per message (before) "
+            f"{statistics.median(before) * 1000:.1f} / {_percentile(before, 0.95) * 1000:.1f} "
+            f"with {hs['connections'][0]} connections; one connection per process (after) "
+            f"{statistics.median(after) * 1000:.1f} / {_percentile(after, 0.95) * 1000:.1f} "
+            f"with {hs['connections'][1]} connection(s)"
+        )
+        targets["one connection for every send of a process"] = hs["connections"][1] == 1
     for name, met in targets.items():
         print(f"  {'met ' if met else 'MISSED'} {name}")
     return 0 if all(targets.values()) else 1

@@ -11,6 +11,12 @@ consumed one per request; every message that was accepted is recorded.
     ...
     fake.messages_to(42)   # [ReceivedMessage(chat_id=42, text=..., ...)]
 
+``FakeTelegramAPI(tls_dir=path)`` speaks HTTPS with a self-signed certificate
+(``fakes.tls``; the client trusts ``fake.cert_file`` through SSL_CERT_FILE), so that a
+benchmark sees the TCP and TLS handshakes a real Bot API costs. ``fake.outage(502)``
+makes every request (sendMessage and getMe) fail until ``fake.outage(None)``;
+``fake.connections`` counts the connections clients opened.
+
 Never imported by production code.
 """
 
@@ -18,11 +24,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -44,6 +52,7 @@ class ReceivedMessage:
     parse_mode: str
     message_id: int
     received_at: float  # time.time() when the fake accepted it
+    options: dict[str, str] = field(default_factory=dict)  # the other form fields, as sent
 
 
 # The tags Telegram's HTML parse mode accepts; anything else is "can't parse entities".
@@ -110,6 +119,8 @@ class _State:
     request_times: list[tuple[int, float]] = field(default_factory=list)
     get_me_calls: int = 0
     default_delay: float = 0.0
+    outage_status: int | None = None
+    outage_calls: dict[str, int] = field(default_factory=dict)  # method -> failed requests
 
 
 def _error(code: int, description: str, **parameters: Any) -> dict[str, Any]:
@@ -120,12 +131,24 @@ def _error(code: int, description: str, **parameters: Any) -> dict[str, Any]:
 
 
 class FakeTelegramAPI:
-    def __init__(self, token: str = "123456:TEST-token-for-the-fake-bot-api") -> None:
+    def __init__(
+        self, token: str = "123456:TEST-token-for-the-fake-bot-api", *, tls_dir: Path | None = None
+    ) -> None:
         self.state = _State(token=token)
         self._lock = threading.Lock()
         self._message_ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.cert_file: str | None = None
+        self._tls: ssl.SSLContext | None = None
+        self.connections = 0
+        if tls_dir is not None:
+            from fakes.tls import make_self_signed_cert
+
+            cert, key = make_self_signed_cert(Path(tls_dir))
+            self.cert_file = str(cert)
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(cert, key)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -138,13 +161,31 @@ class FakeTelegramAPI:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
 
+            def setup(self) -> None:
+                with fake._lock:
+                    fake.connections += 1
+                super().setup()
+
             def do_POST(self) -> None:
                 fake._handle(self)
 
             do_GET = do_POST
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        tls = self._tls
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                # The handshake happens in the connection's own thread, not the accept loop.
+                if tls is not None:
+                    try:
+                        request = tls.wrap_socket(request, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        return
+                super().finish_request(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -163,7 +204,8 @@ class FakeTelegramAPI:
     @property
     def base_url(self) -> str:
         """The value for TELEGRAM_API_BASE_URL."""
-        return f"http://127.0.0.1:{self.port}/bot"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/bot"
 
     @property
     def token(self) -> str:
@@ -184,6 +226,11 @@ class FakeTelegramAPI:
         """Answers for the next requests to ``chat_id``, in order; then plain success."""
         with self._lock:
             self.state.scripts.setdefault(int(chat_id), []).extend(answers)
+
+    def outage(self, status: int | None = 502) -> None:
+        """Every request answers ``status`` (a Bot API down for everyone); None ends it."""
+        with self._lock:
+            self.state.outage_status = status
 
     def set_delay(self, seconds: float) -> None:
         """Every answer waits this long (a slow Telegram)."""
@@ -281,6 +328,13 @@ class FakeTelegramAPI:
             self._reply(handler, 404, _error(404, "Not Found"))
             return
         token, _, method = path[4:].partition("/")
+        if self.state.outage_status is not None:
+            code = self.state.outage_status
+            with self._lock:
+                calls = self.state.outage_calls
+                calls[method.lower()] = calls.get(method.lower(), 0) + 1
+            self._reply(handler, code, _error(code, "Bad Gateway"))
+            return
         if method.lower() == "getme":
             with self._lock:
                 self.state.get_me_calls += 1
@@ -345,6 +399,9 @@ class FakeTelegramAPI:
                 parse_mode=form.get("parse_mode", ""),
                 message_id=next(self._message_ids),
                 received_at=time.time(),
+                options={
+                    k: v for k, v in form.items() if k not in {"chat_id", "text", "parse_mode"}
+                },
             )
             self.state.messages.append(message)
         chat_type = "private" if chat_id > 0 else "supergroup"

@@ -1,13 +1,15 @@
 """A self-signed certificate for 127.0.0.1, so fakes can speak HTTPS on loopback.
 
-fal-client always uses https://, so the fal emulator must too; the process under test
-trusts the certificate through SSL_CERT_FILE (httpx reads it).
+fal-client always uses https://, so the fal emulator must too, and the fake Bot API can
+(Telegram is HTTPS only); the process under test trusts the certificate through
+SSL_CERT_FILE (httpx reads it).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -20,7 +22,10 @@ def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """Write ``cert.pem`` and ``key.pem`` for 127.0.0.1/localhost; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    # A name of its own: a CA bundle trusting two fakes must not mix up their issuers
+    # (OpenSSL looks issuers up by name). Host checks use the alternative names below.
+    unique = secrets.token_hex(4)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"127.0.0.1 fake {unique}")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

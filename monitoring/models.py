@@ -31,11 +31,6 @@ class Owner(models.Model):
     language = models.CharField(
         _("language"), max_length=2, choices=Language.choices, default=Language.RU
     )
-    reachable = models.BooleanField(
-        _("reachable"), default=True, help_text=_("Whether the bot can message this owner.")
-    )
-    unreachable_reason = models.CharField(_("why unreachable"), max_length=255, blank=True)
-    unreachable_since = models.DateTimeField(_("unreachable since"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), default=timezone.now)
 
     class Meta:
@@ -480,6 +475,8 @@ class CheckRun(models.Model):
     completed = models.PositiveIntegerField(_("completed"), default=0)
     failed = models.PositiveIntegerField(_("failed"), default=0)
     errors = models.PositiveIntegerField(_("fal errors"), default=0)
+    # Set when this run found fal failing for everyone: when that episode began.
+    fal_outage_since = models.DateTimeField(_("fal outage since"), null=True, blank=True)
     notes = models.TextField(_("notes"), blank=True)
 
     class Meta:

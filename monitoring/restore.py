@@ -7,15 +7,23 @@ is enqueued immediately instead of waiting for the next scheduled one.
 Starting a second cluster while another one runs costs at most one extra check of
 the trainings the running one had just leased: a restore is rare, a missed one is not.
 The notifications cluster (Q_CLUSTER_NAME=notifications) does not restore anything.
+
+The restore run leases what it checks only until the next scheduled run
+(``next_scheduled_check``), not a full interval from its own arbitrary start: the
+scheduled cadence goes on as if nothing had happened, instead of finding nothing due
+and leaving every training unchecked for up to two intervals.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from django.utils import timezone
+from django_q.models import Schedule
 
 from monitoring.models import CheckRun, Training
+from monitoring.ops.schedules import PERIODIC_CHECK
 
 logger = logging.getLogger("monitoring")
 
@@ -31,3 +39,8 @@ def restore_monitoring(*, enqueue: bool = True) -> int:
         )
     logger.info("✅ Мониторинг восстановлен для %s аватаров", count)
     return count
+
+
+def next_scheduled_check() -> datetime | None:
+    """When django-q2's scheduler runs the periodic check next (None: not scheduled)."""
+    return Schedule.objects.filter(name=PERIODIC_CHECK).values_list("next_run", flat=True).first()

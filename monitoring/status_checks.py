@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import math
 import threading
@@ -44,7 +45,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import recovery, stuck, transitions
+from monitoring import recovery, restore, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
@@ -59,8 +60,6 @@ LOGS_EVERY_N_CHECKS = 5
 LOGS_TAIL_LINES = 5
 # fal-client's httpx pool keeps this many connections alive (httpx's default).
 FAL_CLIENT_KEEPALIVE = 20
-# Transient trouble waits 1, 2, 4... intervals before the next try, at most this many.
-MAX_BACKOFF_INTERVALS = 5
 
 _LOADED_FIELDS = (
     "id",
@@ -285,6 +284,10 @@ class _Batch:
         self._record_until = time.monotonic() + _budget_seconds() / 2
         self._record: platform.PlatformClient | None = None
 
+    @functools.cached_property
+    def next_due(self) -> datetime:
+        return next_due(self.run_start)
+
     def apply(self, training: Training, seen: _Seen) -> CheckReport:
         before = _state(training)
         report = CheckReport(training.pk, training.avatar_id, before, before)
@@ -425,11 +428,12 @@ class _Batch:
             self.account_alerted = True
         training.check_failures += 1
         training.last_check_error = report.error
-        backoff = min(2 ** (training.check_failures - 1), MAX_BACKOFF_INTERVALS)
-        training.next_check_at = self.run_start + _interval() * backoff
+        # One training's bad answer costs it nothing: due again at the next interval.
+        # Holding back belongs to fal failing for everyone (_judge_fal_outage).
+        training.next_check_at = self.next_due
         training.last_checked_at = self.now
         self.failed.append(training)
-        report.summary = f"fal error, next try in {backoff} interval(s): {report.error}"
+        report.summary = f"fal error, checked again at the next run: {report.error}"
 
     # -- fal's record: when the queue cannot tell (monitoring.recovery) --
 
@@ -725,11 +729,11 @@ def check_batch(
                 *_LOADED_FIELDS
             )
         )
-        next_due = run_start + _interval()
+        due = next_due(run_start)
         for training in trainings:
-            training.next_check_at = next_due  # unless the check decides otherwise
+            training.next_check_at = due  # unless the check decides otherwise
         reports = check_trainings(trainings, source=EventSource.CHECK, run_start=run_start)
-        lease.hand_back(next_due)
+        lease.hand_back(due)
     if run_id is not None:
         now = timezone.now()
         counts = _tally(reports)
@@ -738,7 +742,78 @@ def check_batch(
             duration_seconds=(now - run_start).total_seconds(),
             **{name: F(name) + value for name, value in counts.items()},
         )
+        _judge_fal_outage(run_id)
     return reports
+
+
+# --- fal failing for everyone ----------------------------------------------------------------
+
+
+def fal_outage_since() -> datetime | None:
+    """When the fal outage going on began, as the latest run that asked fal recorded it."""
+    return (
+        CheckRun.objects.filter(checked__gt=0)
+        .order_by("-started_at")
+        .values_list("fal_outage_since", flat=True)
+        .first()
+    )
+
+
+def _judge_fal_outage(run_id: int) -> None:
+    """Record a fal-wide failure on the run, and tell staff once per episode.
+
+    fal is failing broadly when at least FAL_OUTAGE_ERROR_SHARE of a run's calls (at
+    least FAL_OUTAGE_MIN_CALLS of them) failed. While it lasts the runs check a sample
+    (``_claim_limit``) and the episode goes on as long as the sample keeps failing; the
+    first run that succeeds ends it. Nothing here touches an avatar.
+    """
+    run = CheckRun.objects.filter(pk=run_id).values("started_at", "checked", "errors").get()
+    calls, errors = run["checked"], run["errors"]
+    if not calls or errors < settings.FAL_OUTAGE_ERROR_SHARE * calls:
+        return
+    going_on = (
+        CheckRun.objects.filter(started_at__lt=run["started_at"], checked__gt=0)
+        .order_by("-started_at")
+        .values_list("fal_outage_since", flat=True)
+        .first()
+    )
+    if calls < settings.FAL_OUTAGE_MIN_CALLS and going_on is None:
+        return  # too few calls to say fal is down for everyone
+    since = going_on or run["started_at"]
+    recorded = CheckRun.objects.filter(pk=run_id, fal_outage_since__isnull=True).update(
+        fal_outage_since=since
+    )
+    if recorded and going_on is None:
+        logger.error(
+            "fal is failing for everyone: %s of %s status calls failed; checking a sample "
+            "of %s trainings per interval until a run succeeds",
+            errors,
+            calls,
+            settings.FAL_OUTAGE_MIN_CALLS,
+        )
+        outbox.queue_fal_outage_alert(since=since, failed=errors, calls=calls)
+
+
+def _claim_limit() -> int:
+    """Everything due; during a fal outage only a sample, enough to tell when it ends."""
+    return settings.FAL_OUTAGE_MIN_CALLS if fal_outage_since() else 100_000
+
+
+def next_due(run_start: datetime) -> datetime:
+    """When a training checked by the run that started at ``run_start`` is due again.
+
+    One interval on, or the next scheduled run when that comes sooner: a run at an
+    arbitrary moment (the startup restore, a manual run) then leaves its trainings due
+    for the scheduler's next run instead of pushing them a full interval out.
+    """
+    due = run_start + _interval()
+    scheduled = restore.next_scheduled_check()
+    # A scheduled run within the claim's grace would find them due anyway; an overdue
+    # one fires within the scheduler's tick and then runs an interval on.
+    grace = min(timedelta(seconds=5), _interval() / 10)
+    if scheduled is not None and run_start + grace < scheduled < due:
+        return scheduled
+    return due
 
 
 def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
@@ -746,7 +821,7 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     started = time.monotonic()
     run_start = timezone.now()
     run = CheckRun.objects.create(kind=kind, started_at=run_start)
-    ids = claim_due(run_start)
+    ids = claim_due(run_start, limit=_claim_limit())
     size = settings.CHECK_BATCH_SIZE
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     notes = ""

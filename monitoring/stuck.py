@@ -78,6 +78,13 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
             return StuckCause(
                 "fal_unreachable", since, limit, check_failures=training.check_failures
             )
+    total = timedelta(hours=settings.STUCK_TOTAL_HOURS)
+    if training.check_failures:
+        # The last checks failed: fal's status is what it was before them, unconfirmed.
+        # No limit is measured from it (the "no successful check" limit above holds).
+        if now - training.created_at >= total:
+            return StuckCause("total", training.created_at, total)
+        return None
     if training.fal_status == FalStatus.IN_QUEUE:
         since = training.submitted_at or training.created_at
         limit = timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES)
@@ -94,9 +101,8 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
         if now - since >= timedelta(minutes=minutes):
             kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
             return StuckCause("in_progress", since, timedelta(minutes=minutes), training_type=kind)
-    limit = timedelta(hours=settings.STUCK_TOTAL_HOURS)
-    if now - training.created_at >= limit:
-        return StuckCause("total", training.created_at, limit)
+    if now - training.created_at >= total:
+        return StuckCause("total", training.created_at, total)
     return None
 
 

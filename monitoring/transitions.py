@@ -45,6 +45,7 @@ from monitoring.models import (
     Training,
     TrainingOutcome,
 )
+from notifications import outbox
 
 logger = logging.getLogger("monitoring")
 
@@ -496,9 +497,7 @@ def _finish(
             # chosen "no message"; an adopted job may have been told elsewhere).
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
             if notify:
-                from notifications import outbox
-
-                outbox.queue_outcome(training_id=training.pk, outcome=new_status, training=fresh)
+                outbox.queue_outcome(training=fresh, outcome=new_status)
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
@@ -734,11 +733,10 @@ def flag_stuck(
             details={**(details or {}), "episode": episode},
             at=now,
         )
+        training.stuck_since, training.stuck_reason = now, reason[:255]
+        training.stuck_episode = episode
         training_flagged_stuck.send(sender=Training, training=training, episode=episode)
-        from notifications import outbox
-
-        outbox.queue_stuck(training_id=training.pk, episode=episode)
-    training.stuck_since, training.stuck_reason, training.stuck_episode = now, reason, episode
+        outbox.queue_stuck(training=training, episode=episode)
     logger.warning(
         "⚠️ Обучение зависло для аватара %s (request_id=%s): %s",
         training.avatar_id,

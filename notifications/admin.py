@@ -23,7 +23,9 @@ from notifications.models import (
     Notification,
     NotificationAttempt,
     NotificationStatus,
+    PauseCause,
     SenderState,
+    UnreachableChat,
 )
 
 RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
@@ -44,9 +46,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 def warn_if_paused(request: HttpRequest) -> None:
-    """The banner: sending is paused because Telegram rejects the bot token."""
+    """The banner: sending is paused (the bot token is rejected, or the Bot API is down)."""
     paused, reason = delivery.sending_paused()
-    if paused:
+    if paused and delivery.pause_cause() == PauseCause.OUTAGE:
+        messages.warning(
+            request,
+            _(
+                "Sending to Telegram is paused: the Bot API fails for every message "
+                "(%(reason)s). Messages wait and are all sent as soon as a probe succeeds."
+            )
+            % {"reason": reason},
+        )
+    elif paused:
         messages.error(
             request,
             _(
@@ -88,8 +99,9 @@ class NotificationAdmin(ReadOnlyAdmin):
         "created_at",
         "next_attempt_at",
         "sent_at",
+        "maybe_duplicate",
     )
-    list_filter = ("status", "kind", "audience")
+    list_filter = ("status", "kind", "audience", "maybe_duplicate")
     search_fields = ("dedup_key", "text", "owner__username", "=owner__telegram_id", "=avatar__id")
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
@@ -110,6 +122,8 @@ class NotificationAdmin(ReadOnlyAdmin):
         "next_attempt_at",
         "lease_until",
         "claimed_by",
+        "queued_at",
+        "maybe_duplicate",
         "created_at",
         "sent_at",
         "telegram_message_id",
@@ -216,11 +230,17 @@ class NotificationAdmin(ReadOnlyAdmin):
 
 @admin.register(SenderState)
 class SenderStateAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "paused", "reason", "paused_at", "last_probe_at")
+    list_display = ("__str__", "paused", "cause", "reason", "paused_at", "last_probe_at")
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         warn_if_paused(request)
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(UnreachableChat)
+class UnreachableChatAdmin(ReadOnlyAdmin):
+    list_display = ("chat_id", "reason", "since")
+    search_fields = ("=chat_id", "reason")
 
 
 @admin.register(ChatMigration)

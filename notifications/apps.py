@@ -1,7 +1,6 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 from django.utils.translation import gettext_lazy as _
-
-OUTBOX_SWEEP = "notifications: sweep the outbox"
 
 
 class NotificationsConfig(AppConfig):
@@ -10,21 +9,12 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.conf import settings
+        from django_q.signals import post_spawn
 
-        from monitoring.ops import schedules
+        from notifications import relay, schedules
 
-        # The check run sweeps the outbox when it ends; this schedule runs on the
-        # notifications cluster itself, so reschedules (flood control, backoff, dead
-        # workers) are picked up every minute even while a long check run is going on.
-        if not any(spec["name"] == OUTBOX_SWEEP for spec in schedules.SCHEDULES):
-            schedules.SCHEDULES.append(
-                {
-                    "name": OUTBOX_SWEEP,
-                    "func": "notifications.delivery.sweep",
-                    "schedule_type": "I",  # Schedule.MINUTES
-                    "minutes": 1,
-                    "repeats": -1,
-                    "cluster": settings.NOTIFICATION_CLUSTER,
-                }
-            )
+        post_migrate.connect(
+            schedules.ensure_schedules, sender=self, dispatch_uid="notifications-schedules"
+        )
+        # The relay runs in the notifications cluster's worker processes.
+        post_spawn.connect(relay.start_in_notification_worker, dispatch_uid="notification-relay")

@@ -2,34 +2,51 @@
 
 How a row travels:
 
-* ``enqueue(id)`` hands it to the ``notifications`` django-q2 cluster (its own
+* ``outbox.enqueue(id)`` hands it to the ``notifications`` django-q2 cluster (its own
   queue and workers, so a message never waits behind a long check run): inside the
   transaction that wrote the row when the broker is that same database, so both
-  commit or neither, and when that transaction commits otherwise (Redis).
+  commit or neither, and when that transaction commits otherwise (Redis). The row
+  records that it has a task waiting (``queued_at``).
 * ``deliver(id)`` (the task) claims it with a conditional UPDATE that sets a lease,
-  so two workers never send the same row. A worker that dies after claiming leaves
-  a lease that expires; ``sweep()`` then hands the row out again.
-* ``sweep()`` runs at the end of every periodic check (and on its own schedule in
-  the notifications cluster): it merges many stuck alerts into one digest, probes a
-  paused sender, and re-enqueues everything due (lost enqueues, dead workers,
-  reschedules).
+  so two workers never send the same row, and clears ``queued_at``.
+* A worker never sleeps through a wait. Flood control, 5xx backoff and rate-limit
+  waits longer than NOTIFICATION_INLINE_WAIT_SECONDS put the row back with its due
+  time and free the worker at once.
+* ``relay_once()`` (every NOTIFICATION_RELAY_POLL_SECONDS, in the notifications
+  cluster: ``notifications.relay``) hands every row whose wait has passed to a
+  sender: it queues a task for each due row that has none, keeping the queue about
+  one second of sending deep so that a new message never waits behind a backlog.
+  ``sweep()`` (after every check run and once a minute) does the same after merging
+  stuck alerts: the net under the relay.
+* When the Bot API rejects the token, or fails for everyone (NOTIFICATION_OUTAGE_
+  FAILURES transient failures in a row across all sends), sending pauses; one
+  process at a time probes it and, when it answers, every waiting message is due
+  at once.
 
-What each Telegram answer does to the row is decided here; what the answer *is* is
-decided by the backend (``notifications.backends``). Every try leaves a
-``NotificationAttempt`` staff can read.
+What each Telegram answer does to the row is decided here (``_ANSWERS``); what the
+answer *is* is decided by the backend (``notifications.backends``). Every try leaves
+a ``NotificationAttempt`` staff can read.
+
+Exactly one message per outcome: the outbox row is unique and claimed once. The one
+exception is a worker that dies (or is stopped) between sending and recording the
+answer: the row is sent once more, marked "may be a duplicate", and never a third
+time, so an owner gets at most two.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from notifications import outbox, rate_limits, signals
@@ -41,6 +58,7 @@ from notifications.backends.base import (
     Rejected,
     RetryLater,
     SendError,
+    SendReceipt,
     TokenRejected,
     Transient,
 )
@@ -51,15 +69,20 @@ from notifications.models import (
     NotificationAttempt,
     NotificationKind,
     NotificationStatus,
+    PauseCause,
+    RateLimitMark,
     SenderState,
+    UnreachableChat,
 )
 
 logger = logging.getLogger("notifications")
 
 Status = NotificationStatus
 Outcome = NotificationAttempt.Outcome
-TASK = "notifications.delivery.deliver"
 SWEEP_BATCH = 500
+# A task queued this long ago and never run was lost by the broker (a Redis restart):
+# the row may be queued again. Far longer than any backlog the relay lets build up.
+QUEUED_TASK_LOST_AFTER = timedelta(minutes=10)
 
 
 def worker_name() -> str:
@@ -67,27 +90,6 @@ def worker_name() -> str:
 
 
 # --- Handing rows to the worker ----------------------------------------------------------
-
-
-def queue_task(notification_id: int) -> None:
-    """Put ``deliver(notification_id)`` on the notifications cluster's queue; may raise."""
-    from django_q.tasks import async_task
-
-    async_task(TASK, notification_id, cluster=settings.NOTIFICATION_CLUSTER, group="notifications")
-
-
-def enqueue(notification_id: int) -> None:
-    """Queue ``deliver(notification_id)`` on the notifications cluster.
-
-    Never raises: a message whose enqueue was lost (broker down, process killed) is
-    still pending in the outbox and the next sweep sends it.
-    """
-    try:
-        queue_task(notification_id)
-    except Exception:
-        logger.exception(
-            "Could not enqueue notification %s; the next sweep will send it", notification_id
-        )
 
 
 def due_rows():
@@ -98,19 +100,78 @@ def due_rows():
     )
 
 
+def _without_task(now) -> Q:
+    return Q(queued_at__isnull=True) | Q(queued_at__lt=now - QUEUED_TASK_LOST_AFTER)
+
+
+def _queue_depth(now) -> int:
+    """How many tasks the relay keeps waiting: about one second of sending.
+
+    One second of what the senders really manage (the slots taken in the last second),
+    not of the limit: busy workers or a slow Bot API send fewer, and a deeper queue
+    would only make a new message wait longer. Never less than two tasks per worker,
+    so the senders never run dry; never more than the limit allows in a second.
+    """
+    floor = 2 * settings.NOTIFICATION_WORKERS
+    ceiling = max(floor, math.ceil(settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND))
+    if settings.REDIS_URL:  # the marks are in Redis: assume the limit is reached
+        return ceiling
+    sent = RateLimitMark.objects.filter(sent_at__gte=now - timedelta(seconds=1)).count()
+    return max(floor, min(ceiling, sent + settings.NOTIFICATION_WORKERS))
+
+
+def relay_once() -> int:
+    """Queue a task for each due row that has none; returns how many were queued.
+
+    The queue is kept about one second of sending deep (``_queue_depth``): a backlog
+    goes out at the full rate, and a message written meanwhile (queued directly by the
+    outbox, or by the newest-first lane below) waits behind at most that second, not
+    behind the whole backlog.
+    """
+    if not _may_send():
+        return 0
+    now = timezone.now()
+    waiting = Notification.objects.filter(queued_at__gte=now - QUEUED_TASK_LOST_AFTER).count()
+    return _queue_due(_queue_depth(now) - waiting, now)
+
+
 def sweep() -> int:
-    """Merge stuck alerts, then re-enqueue everything due. Returns how many were enqueued."""
+    """Merge stuck alerts, then queue what is due and has no task. Returns how many."""
     if not _may_send():
         return 0
     outbox.merge_stuck_alerts()
-    ids = list(
-        due_rows().order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:SWEEP_BATCH]
+    queued = _queue_due(SWEEP_BATCH, timezone.now())
+    if queued:
+        logger.info("Notification sweep: %s due row(s) enqueued", queued)
+    return queued
+
+
+def _queue_due(limit: int, now) -> int:
+    if limit <= 0:
+        return 0
+    due = due_rows().filter(_without_task(now))
+    # Two lanes: the newest due rows, so that a message written now is not stuck
+    # behind a backlog (say, after an outage), and the oldest, so that a backlog
+    # always moves too.
+    half = (limit + 1) // 2
+    candidates = list(due.order_by("-next_attempt_at", "-pk").values_list("pk", flat=True)[:half])
+    if len(candidates) == half:
+        candidates += (
+            due.exclude(pk__in=candidates)
+            .order_by("next_attempt_at", "pk")
+            .values_list("pk", flat=True)[: limit - half]
+        )
+    # Mark them with this pass's own timestamp; a row another relay (or a staff resend)
+    # gave a task meanwhile is not matched, and is not queued twice.
+    Notification.objects.filter(pk__in=candidates).filter(_without_task(now)).update(queued_at=now)
+    mine = list(
+        Notification.objects.filter(pk__in=candidates, queued_at=now)
+        .order_by("-next_attempt_at", "-pk")
+        .values_list("pk", flat=True)
     )
-    for notification_id in ids:
-        enqueue(notification_id)
-    if ids:
-        logger.info("Notification sweep: %s due row(s) enqueued", len(ids))
-    return len(ids)
+    for notification_id in mine:
+        outbox.enqueue(notification_id)
+    return len(mine)
 
 
 def resend(notification_id: int) -> bool:
@@ -123,15 +184,14 @@ def resend(notification_id: int) -> bool:
         next_attempt_at=timezone.now(),
         lease_until=None,
         claimed_by="",
+        queued_at=timezone.now(),
     )
     if reopened:
-        from django.db import transaction
-
-        transaction.on_commit(lambda: enqueue(notification_id))
+        transaction.on_commit(lambda: outbox.enqueue(notification_id))
     return bool(reopened)
 
 
-# --- The sender state: paused while Telegram rejects the token -------------------------------
+# --- The sender state: paused while Telegram rejects the token or fails for everyone ----------
 
 
 def sending_paused() -> tuple[bool, str]:
@@ -142,28 +202,56 @@ def sending_paused() -> tuple[bool, str]:
     return row["paused"], row["reason"]
 
 
-def _pause(reason: str) -> None:
+def pause_cause() -> str:
+    """Why sending is paused (a ``PauseCause``), or "" when it is not."""
+    row = SenderState.objects.filter(pk=1, paused=True).values_list("cause", flat=True).first()
+    return row or ""
+
+
+def _pause(reason: str, cause: str = PauseCause.TOKEN) -> None:
     SenderState.get()
     paused = SenderState.objects.filter(pk=1, paused=False).update(
-        paused=True, reason=reason[:1000], paused_at=timezone.now(), last_probe_at=timezone.now()
+        paused=True,
+        cause=cause,
+        reason=reason[:1000],
+        paused_at=timezone.now(),
+        last_probe_at=timezone.now(),
     )
-    if paused:
+    if not paused:
+        return
+    if cause == PauseCause.OUTAGE:
+        logger.error(
+            "The Bot API fails for every message: sending is paused until a probe succeeds (%s)",
+            reason,
+        )
+    else:
         logger.error(
             "Telegram rejected the bot token: sending is paused until a probe succeeds (%s)",
             reason,
         )
 
 
+def _probe_interval(cause: str) -> timedelta:
+    seconds = (
+        settings.NOTIFICATION_OUTAGE_PROBE_SECONDS
+        if cause == PauseCause.OUTAGE
+        else settings.NOTIFICATION_PROBE_INTERVAL_SECONDS
+    )
+    return timedelta(seconds=seconds)
+
+
 def _may_send(backend: BaseBackend | None = None) -> bool:
     """False while paused; while paused, one process at a time probes (getMe) to resume."""
-    paused, _reason = sending_paused()
-    if not paused:
+    row = SenderState.objects.filter(pk=1).values("paused", "cause").first()
+    if not row or not row["paused"]:
         return True
     now = timezone.now()
-    interval = timedelta(seconds=settings.NOTIFICATION_PROBE_INTERVAL_SECONDS)
     my_turn = (
         SenderState.objects.filter(pk=1, paused=True)
-        .filter(Q(last_probe_at__isnull=True) | Q(last_probe_at__lte=now - interval))
+        .filter(
+            Q(last_probe_at__isnull=True)
+            | Q(last_probe_at__lte=now - _probe_interval(row["cause"]))
+        )
         .update(last_probe_at=now)
     )
     if not my_turn:
@@ -172,11 +260,39 @@ def _may_send(backend: BaseBackend | None = None) -> bool:
         (backend or get_backend()).probe()
     except SendError as exc:
         SenderState.objects.filter(pk=1).update(reason=str(exc)[:1000])
-        logger.error("Telegram still rejects the bot token: sending stays paused (%s)", exc)
+        logger.error("Telegram still fails the probe: sending stays paused (%s)", exc)
         return False
-    if SenderState.objects.filter(pk=1, paused=True).update(paused=False, reason=""):
-        logger.warning("Telegram accepts the bot token again: sending resumed")
+    if SenderState.objects.filter(pk=1, paused=True).update(
+        paused=False, cause="", reason="", failure_streak=0
+    ):
+        # Messages that backed off before the pause began are due now, with the rest.
+        waiting = Notification.objects.filter(
+            status=Status.PENDING, attempts__gt=0, next_attempt_at__gt=now
+        ).update(next_attempt_at=now)
+        logger.warning(
+            "Telegram answers again: sending resumed (%s backed-off message(s) due now)", waiting
+        )
     return True
+
+
+def _note_transient(reason: str) -> bool:
+    """Count a transient failure; True when sending is (now) paused as a Bot API outage."""
+    SenderState.get()
+    SenderState.objects.filter(pk=1).update(failure_streak=F("failure_streak") + 1)
+    state = SenderState.objects.filter(pk=1).values("paused", "failure_streak").get()
+    if state["paused"]:
+        return True
+    if state["failure_streak"] >= settings.NOTIFICATION_OUTAGE_FAILURES:
+        _pause(
+            f"{state['failure_streak']} sends in a row failed; the last: {reason}",
+            PauseCause.OUTAGE,
+        )
+        return True
+    return False
+
+
+def _note_success() -> None:
+    SenderState.objects.filter(pk=1, failure_streak__gt=0).update(failure_streak=0)
 
 
 # --- Claiming -----------------------------------------------------------------------------------
@@ -193,19 +309,46 @@ def claim(notification_id: int, worker: str | None = None) -> Notification | Non
             status=Status.SENDING,
             lease_until=now + timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS),
             claimed_by=worker,
+            queued_at=None,
         )
     )
     if not won:
         return None
-    # An attempt left "in flight" by a worker that died: say so, for staff.
-    NotificationAttempt.objects.filter(
-        notification_id=notification_id, outcome=Outcome.IN_FLIGHT, finished_at__isnull=True
-    ).update(
-        finished_at=now,
-        error="The worker stopped before recording Telegram's answer (lease expired); "
-        "the message may or may not have arrived.",
+    notification = Notification.objects.select_related("owner").get(pk=notification_id)
+    if _interrupted_before(notification, now) and not _resend_after_interruption(notification):
+        return None
+    return notification
+
+
+def _interrupted_before(notification: Notification, now) -> bool:
+    """Close the attempts a dead or stopped worker left in flight; True if there were any."""
+    return bool(
+        NotificationAttempt.objects.filter(
+            notification=notification, outcome=Outcome.IN_FLIGHT, finished_at__isnull=True
+        ).update(
+            outcome=Outcome.INTERRUPTED,
+            finished_at=now,
+            error="The worker stopped before recording Telegram's answer; "
+            "the message may or may not have arrived.",
+        )
     )
-    return Notification.objects.select_related("owner").get(pk=notification_id)
+
+
+def _resend_after_interruption(notification: Notification) -> bool:
+    """Once: mark the row "may be a duplicate" and send it again. Twice: give up."""
+    if not notification.maybe_duplicate:
+        notification.maybe_duplicate = True
+        _mine(notification).update(maybe_duplicate=True)
+        logger.warning(
+            "Notification %s: a worker died mid-send; sending it once more (may be a duplicate)",
+            notification.pk,
+        )
+        return True
+    message = "Interrupted twice in the middle of a send: not sent a third time"
+    if _close(notification, Status.GIVEN_UP, last_error=message):
+        logger.error("Notification %s: %s", notification.pk, message)
+        _alert_staff(notification, message)
+    return False
 
 
 def _mine(notification: Notification):
@@ -213,11 +356,6 @@ def _mine(notification: Notification):
     return Notification.objects.filter(
         pk=notification.pk, status=Status.SENDING, claimed_by=notification.claimed_by
     )
-
-
-def _extend_lease(notification: Notification) -> bool:
-    lease = timezone.now() + timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS)
-    return bool(_mine(notification).update(lease_until=lease))
 
 
 def _release(
@@ -259,9 +397,11 @@ def deliver(notification_id: int) -> str:
         outbox.merge_stuck_alerts()
     backend = get_backend()
     if not _may_send(backend):
+        outbox.unqueue(notification_id)
         return "paused"
     notification = claim(notification_id)
     if notification is None:
+        outbox.unqueue(notification_id)
         return "not due or claimed elsewhere"
     return send_claimed(notification, backend)
 
@@ -286,21 +426,13 @@ def _resolve_chat(notification: Notification) -> int | None:
     return chat_id
 
 
-def _sleep_if_short(notification: Notification, seconds: float) -> bool:
-    """Wait inside the task when it is short; keep the lease. False: too long, hand back."""
-    if seconds > settings.NOTIFICATION_INLINE_WAIT_SECONDS:
-        return False
-    time.sleep(max(0.0, seconds))
-    return _extend_lease(notification)
-
-
 def _backoff(failures: int) -> float:
     delay = settings.NOTIFICATION_RETRY_BASE_SECONDS * (2 ** max(0, failures - 1))
     return min(delay, settings.NOTIFICATION_RETRY_MAX_SECONDS)
 
 
 class _NoSlot(Exception):
-    """The rate limits want a longer wait than a task should sleep: hand the row back."""
+    """The rate limits want a longer wait than a worker may sleep: hand the row back."""
 
     def __init__(self, wait: float):
         self.wait = wait
@@ -315,9 +447,12 @@ class _SlotTaker:
         self.attempt: NotificationAttempt | None = None
 
     def __call__(self) -> None:
+        # Only the spacing between two sends (1/25 s) is slept here; a longer wait (a
+        # chat's one-per-second, a group's per-minute) hands the row back.
         while (wait := rate_limits.reserve(self.chat_id)) > 0:
-            if not _sleep_if_short(self.notification, wait):
+            if wait > settings.NOTIFICATION_INLINE_WAIT_SECONDS:
                 raise _NoSlot(wait)
+            time.sleep(wait)
         # Recorded before the request leaves: a worker that dies now leaves a trace.
         self.attempt = NotificationAttempt.objects.create(
             notification=self.notification,
@@ -338,128 +473,157 @@ class _SlotTaker:
         return self.attempt
 
 
-def send_claimed(notification: Notification, backend: BaseBackend | None = None) -> str:
-    """Send a row this worker has claimed, following Telegram's answers to the end."""
-    backend = backend or get_backend()
-    migrated_once = False
-    while True:
-        chat_id = _resolve_chat(notification)
-        if chat_id is None:
-            _close(
-                notification,
-                Status.SKIPPED,
-                last_error="TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent",
-            )
-            logger.warning("Staff alert %s not sent: no staff chat configured", notification.pk)
-            return "skipped"
-        owner = notification.owner
-        if notification.audience == Audience.OWNER and owner is not None and not owner.reachable:
-            _close(
-                notification,
-                Status.UNREACHABLE,
-                last_error=f"Owner unreachable: {owner.unreachable_reason}",
-            )
-            return "owner unreachable"
+# What happens next, per answer: each handler records the attempt, settles the row and
+# returns what happened, or None to send again (to a migrated chat).
+_Handler = Callable[[Notification, NotificationAttempt, int, SendError], "str | None"]
 
+
+def send_claimed(notification: Notification, backend: BaseBackend | None = None) -> str:
+    """Send a row this worker has claimed and do what Telegram's answer calls for."""
+    backend = backend or get_backend()
+    for _try in range(2):  # a migrated chat is sent to once more, at its new id
+        chat_id = _resolve_chat(notification)
+        refusal = _refuse(notification, chat_id)
+        if refusal or chat_id is None:
+            return refusal
         # The slot is taken at the last moment, once the HTTP client is ready, so that
         # the limits hold for requests as Telegram sees them, not for our intentions.
         slot = _SlotTaker(notification, chat_id)
-        error: SendError | None = None
         try:
             receipt = backend.send(chat_id, notification.text, ready=slot)
         except _NoSlot as exc:
             _release(notification, after=exc.wait, error=notification.last_error)
             return f"rate limited for {exc.wait:.1f} s"
         except SendError as exc:
-            error = exc
+            error: SendError = exc
         except Exception as exc:  # a bug in a backend must not lose the row
             logger.exception("Unexpected error sending notification %s", notification.pk)
             error = Transient(f"{exc.__class__.__name__}: {exc}")
-        attempt = slot.attempt_for_record()
-        if error is None:
-            now = timezone.now()
-            _record(attempt, Outcome.SENT, telegram_message_id=receipt.message_id)
-            _close(
-                notification,
-                Status.SENT,
-                sent_at=now,
-                chat_id=chat_id,
-                telegram_message_id=receipt.message_id,
-                last_error="",
-            )
-            logger.info(
-                "Notification %s (%s) sent to chat %s", notification.pk, notification.kind, chat_id
-            )
-            return "sent"
+        else:
+            return _sent(notification, slot.attempt_for_record(), chat_id, receipt)
+        handler = next(h for kind, h in _ANSWERS if isinstance(error, kind))
+        outcome = handler(notification, slot.attempt_for_record(), chat_id, error)
+        if outcome is not None:
+            return outcome
+    _close(notification, Status.FAILED, last_error="chat migrated twice in one send")
+    return "failed: migrated twice"
 
-        message = str(error)
-        if isinstance(error, RetryLater):
-            # Flood control is not a failure of this message: wait, do not count it.
-            _record(attempt, Outcome.RETRY_AFTER, error=message)
-            if _sleep_if_short(notification, error.retry_after):
-                continue
-            _release(notification, after=error.retry_after, error=message)
-            return f"flood control: retry in {error.retry_after:g} s"
 
-        if isinstance(error, ChatMoved):
-            _record(attempt, Outcome.MIGRATED, error=message)
-            ChatMigration.objects.update_or_create(
-                old_chat_id=chat_id, defaults={"new_chat_id": error.new_chat_id}
-            )
-            logger.warning(
-                "Chat %s migrated to %s: stored, resending once", chat_id, error.new_chat_id
-            )
-            if migrated_once:
-                _close(notification, Status.FAILED, last_error=message)
-                return "failed: migrated twice"
-            migrated_once = True
-            continue
-
-        if isinstance(error, RecipientUnreachable):
-            _record(attempt, Outcome.UNREACHABLE, error=message)
-            _close(notification, Status.UNREACHABLE, last_error=message)
-            _mark_unreachable(notification, message)
-            return "unreachable"
-
-        if isinstance(error, TokenRejected):
-            # Not this message's fault: back to pending, due at once after resume.
-            _record(attempt, Outcome.INVALID_TOKEN, error=message)
-            _pause(message)
-            _release(notification, after=0, error=message)
-            return "paused: token rejected"
-
-        if isinstance(error, Rejected):
-            _record(attempt, Outcome.BAD_REQUEST, error=message)
-            if _close(notification, Status.FAILED, last_error=message):
-                logger.error("Telegram rejected notification %s: %s", notification.pk, message)
-                _alert_staff(notification, message)
-            return "failed"
-
-        # Transient (timeouts, connection errors, 5xx) and anything unexpected.
-        _record(
-            attempt,
-            Outcome.TRANSIENT if isinstance(error, Transient) else Outcome.ERROR,
-            error=message,
+def _refuse(notification: Notification, chat_id: int | None) -> str:
+    """Settle a row that must not be sent at all; "" when it may be."""
+    if chat_id is None:
+        _close(
+            notification,
+            Status.SKIPPED,
+            last_error="TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent",
         )
-        notification.attempts += 1
-        if notification.attempts >= settings.NOTIFICATION_MAX_ATTEMPTS:
-            if _close(
-                notification, Status.GIVEN_UP, attempts=notification.attempts, last_error=message
-            ):
-                logger.error(
-                    "Gave up on notification %s after %s attempts: %s",
-                    notification.pk,
-                    notification.attempts,
-                    message,
-                )
-                _alert_staff(notification, message)
-            return "given up"
-        delay = _backoff(notification.attempts)
-        _mine(notification).update(attempts=notification.attempts, last_error=message[:2000])
-        if _sleep_if_short(notification, delay):
-            continue
-        _release(notification, after=delay, error=message, failed=True)
-        return f"transient error, retry in {delay:g} s"
+        logger.warning("Staff alert %s not sent: no staff chat configured", notification.pk)
+        return "skipped"
+    if notification.audience == Audience.OWNER:
+        reason = (
+            UnreachableChat.objects.filter(chat_id=chat_id).values_list("reason", flat=True).first()
+        )
+        if reason is not None:
+            _close(notification, Status.UNREACHABLE, last_error=f"Owner unreachable: {reason}")
+            return "owner unreachable"
+    return ""
+
+
+def _sent(
+    notification: Notification, attempt: NotificationAttempt, chat_id: int, receipt: SendReceipt
+) -> str:
+    _record(attempt, Outcome.SENT, telegram_message_id=receipt.message_id)
+    _close(
+        notification,
+        Status.SENT,
+        sent_at=timezone.now(),
+        chat_id=chat_id,
+        telegram_message_id=receipt.message_id,
+        last_error="",
+    )
+    _note_success()
+    logger.info("Notification %s (%s) sent to chat %s", notification.pk, notification.kind, chat_id)
+    return "sent"
+
+
+def _flood_control(notification, attempt, chat_id, error: RetryLater) -> str:
+    # Not a failure of this message: back to the outbox, due when Telegram says.
+    _record(attempt, Outcome.RETRY_AFTER, error=str(error))
+    _release(notification, after=error.retry_after, error=str(error))
+    return f"flood control: retry in {error.retry_after:g} s"
+
+
+def _chat_moved(notification, attempt, chat_id, error: ChatMoved) -> None:
+    _record(attempt, Outcome.MIGRATED, error=str(error))
+    ChatMigration.objects.update_or_create(
+        old_chat_id=chat_id, defaults={"new_chat_id": error.new_chat_id}
+    )
+    logger.warning("Chat %s migrated to %s: stored, resending once", chat_id, error.new_chat_id)
+    return None
+
+
+def _unreachable(notification, attempt, chat_id, error: SendError) -> str:
+    _record(attempt, Outcome.UNREACHABLE, error=str(error))
+    _close(notification, Status.UNREACHABLE, last_error=str(error))
+    _mark_unreachable(notification, chat_id, str(error))
+    return "unreachable"
+
+
+def _token_rejected(notification, attempt, chat_id, error: SendError) -> str:
+    # Not this message's fault: back to pending, due at once after resume.
+    _record(attempt, Outcome.INVALID_TOKEN, error=str(error))
+    _pause(str(error), PauseCause.TOKEN)
+    _release(notification, after=0, error=str(error))
+    return "paused: token rejected"
+
+
+def _rejected(notification, attempt, chat_id, error: SendError) -> str:
+    _record(attempt, Outcome.BAD_REQUEST, error=str(error))
+    if _close(notification, Status.FAILED, last_error=str(error)):
+        logger.error("Telegram rejected notification %s: %s", notification.pk, error)
+        _alert_staff(notification, str(error))
+    return "failed"
+
+
+def _transient(notification, attempt, chat_id, error: SendError) -> str:
+    """Timeouts, connection errors, 5xx and anything unexpected."""
+    message = str(error)
+    _record(
+        attempt,
+        Outcome.TRANSIENT if isinstance(error, Transient) else Outcome.ERROR,
+        error=message,
+    )
+    if _note_transient(message):
+        # The Bot API is down for everyone: not this message's failure.
+        _release(notification, after=0, error=message)
+        return "paused: Bot API outage"
+    notification.attempts += 1
+    if notification.attempts >= settings.NOTIFICATION_MAX_ATTEMPTS:
+        if _close(
+            notification, Status.GIVEN_UP, attempts=notification.attempts, last_error=message
+        ):
+            logger.error(
+                "Gave up on notification %s after %s attempts: %s",
+                notification.pk,
+                notification.attempts,
+                message,
+            )
+            _alert_staff(notification, message)
+        return "given up"
+    delay = _backoff(notification.attempts)
+    _release(notification, after=delay, error=message, failed=True)
+    return f"transient error, retry in {delay:g} s"
+
+
+# In this order: the first class the error is an instance of decides.
+_ANSWERS: list[tuple[type[SendError], _Handler]] = [
+    (RetryLater, _flood_control),
+    (ChatMoved, _chat_moved),
+    (RecipientUnreachable, _unreachable),
+    (TokenRejected, _token_rejected),
+    (Rejected, _rejected),
+    (SendError, _transient),
+]
 
 
 def _record(attempt: NotificationAttempt, outcome: str, **fields) -> None:
@@ -469,15 +633,11 @@ def _record(attempt: NotificationAttempt, outcome: str, **fields) -> None:
     )
 
 
-def _mark_unreachable(notification: Notification, reason: str) -> None:
+def _mark_unreachable(notification: Notification, chat_id: int, reason: str) -> None:
     if notification.audience == Audience.STAFF:
         logger.error("The staff chat cannot be reached by the bot: %s", reason)
         return
-    from monitoring.models import Owner
-
-    Owner.objects.filter(pk=notification.owner_id, reachable=True).update(
-        reachable=False, unreachable_reason=reason[:255], unreachable_since=timezone.now()
-    )
+    UnreachableChat.objects.get_or_create(chat_id=chat_id, defaults={"reason": reason[:255]})
     logger.info("Owner %s marked unreachable: %s", notification.owner_id, reason)
 
 

@@ -10,8 +10,10 @@ request ids): they say what happened and what to do next.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from html import escape
 
+from avatarsite.log_redaction import redact
 from notifications.models import NotificationKind, OwnerMessage
 
 # Telegram refuses longer texts.
@@ -133,8 +135,6 @@ def render_stuck_digest(trainings: Sequence) -> str:
 
 
 def render_fal_account_message(status_code: int, detail: str) -> str:
-    from avatarsite.log_redaction import redact
-
     detail = redact(detail)  # fal echoes request details; never forward the key
     what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
     return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
@@ -148,6 +148,14 @@ def render_unsafe_result_message(
         f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
         f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
     )[:MAX_TEXT]
+
+
+def render_fal_outage_message(since: datetime, failed: int, calls: int) -> str:
+    return (
+        f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
+        f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
+        "не ответит; ни один аватар из-за этого не помечен ошибкой."
+    )
 
 
 def render_given_up_message(notification, error: str) -> str:

@@ -22,6 +22,7 @@ class NotificationKind(models.TextChoices):
     STUCK = "stuck", _("Training stuck (staff)")
     STUCK_DIGEST = "stuck_digest", _("Stuck trainings digest (staff)")
     FAL_ACCOUNT = "fal_account", _("fal authentication or billing trouble (staff)")
+    FAL_OUTAGE = "fal_outage", _("fal failing for everyone (staff)")
     GIVEN_UP = "given_up", _("Notification given up (staff)")
     FAL_RECORD = "fal_record", _("fal's record needs staff (staff)")
     UNSAFE_RESULT = "unsafe_result", _("fal result URL refused (staff)")
@@ -101,6 +102,13 @@ class Notification(models.Model):
     next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
     lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
     claimed_by = models.CharField(_("claimed by"), max_length=128, blank=True)
+    # When a delivery task was put on the queue for this row (None: no task waiting).
+    # The relay and the sweep queue a task only for rows without one, and the task
+    # clears it when it runs, so a row never has two tasks waiting.
+    queued_at = models.DateTimeField(_("task queued"), null=True, blank=True)
+    # A worker died (or was stopped) in the middle of sending this row: it was sent
+    # again once, and the owner may have got it twice.
+    maybe_duplicate = models.BooleanField(_("may be a duplicate"), default=False)
     created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
     telegram_message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
@@ -116,6 +124,11 @@ class Notification(models.Model):
                 condition=Q(status__in=["pending", "sending"]),
                 name="notification_due_idx",
             ),
+            models.Index(
+                fields=["queued_at"],
+                condition=Q(queued_at__isnull=False),
+                name="notification_queued_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -129,6 +142,8 @@ class NotificationAttempt(models.Model):
         # Written before the request goes out: an attempt still in flight after its
         # lease means the worker died mid-send (the message may or may not have arrived).
         IN_FLIGHT = "in_flight", _("In flight (no answer recorded)")
+        # An in-flight attempt whose worker died or was stopped before the answer.
+        INTERRUPTED = "interrupted", _("Interrupted (may have arrived)")
         SENT = "sent", _("Sent")
         RETRY_AFTER = "retry_after", _("Flood control (retry later)")
         UNREACHABLE = "unreachable", _("Recipient unreachable")
@@ -158,6 +173,25 @@ class NotificationAttempt(models.Model):
         return f"{self.notification_id} {self.outcome}"
 
 
+class UnreachableChat(models.Model):
+    """A chat the bot cannot message (blocked, deactivated, never pressed Start, kicked).
+
+    The state of the Telegram channel, kept where the sending is (healthchecks keeps
+    ``disabled`` on its channel, not on the user): messages to it are not sent.
+    """
+
+    chat_id = models.BigIntegerField(_("chat id"), unique=True)
+    reason = models.CharField(_("why unreachable"), max_length=255, blank=True)
+    since = models.DateTimeField(_("unreachable since"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("unreachable chat")
+        verbose_name_plural = _("unreachable chats")
+
+    def __str__(self) -> str:
+        return f"{self.chat_id}: {self.reason}"
+
+
 class ChatMigration(models.Model):
     """A group that became a supergroup: messages for the old id go to the new one."""
 
@@ -173,10 +207,22 @@ class ChatMigration(models.Model):
         return f"{self.old_chat_id} → {self.new_chat_id}"
 
 
+class PauseCause(models.TextChoices):
+    TOKEN = "token", _("Bot token rejected")
+    OUTAGE = "outage", _("Bot API outage")
+
+
 class SenderState(models.Model):
-    """Singleton (pk=1): whether sending is paused because Telegram rejected the token."""
+    """Singleton (pk=1): whether sending is paused (token rejected, or the Bot API is down)."""
 
     paused = models.BooleanField(_("paused"), default=False)
+    cause = models.CharField(_("cause"), max_length=8, choices=PauseCause.choices, blank=True)
+    # Transient failures in a row across every send (reset by any success): this many
+    # mean the Bot API is down for everyone, not for one message.
+    failure_streak = models.PositiveIntegerField(_("failures in a row"), default=0)
+    # The relay lease (notifications.relay): one relay at a time queues due rows.
+    relay_owner = models.CharField(_("relay"), max_length=128, blank=True)
+    relay_until = models.DateTimeField(_("relay lease until"), null=True, blank=True)
     reason = models.TextField(_("reason"), blank=True)
     paused_at = models.DateTimeField(_("paused at"), null=True, blank=True)
     last_probe_at = models.DateTimeField(_("last probe"), null=True, blank=True)

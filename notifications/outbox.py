@@ -10,11 +10,14 @@ tries to write it. Delivery is handed to the worker with the transaction (see
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
+from django_q.conf import Conf
+from django_q.tasks import async_task
 
 from notifications import messages
 from notifications.models import (
@@ -26,6 +29,8 @@ from notifications.models import (
 )
 
 logger = logging.getLogger("notifications")
+
+TASK = "notifications.delivery.deliver"
 
 _OUTCOME_KINDS = {
     "completed": NotificationKind.READY,
@@ -57,8 +62,6 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
 
 def _broker_shares_transaction() -> bool:
     """Whether the task queue is a table in this database and a transaction is open."""
-    from django_q.conf import Conf
-
     alias = router.db_for_write(Notification)
     return Conf.ORM == alias and not transaction.get_autocommit(using=alias)
 
@@ -81,20 +84,16 @@ def _owner_kind(outcome: str, owner_message: str) -> str:
     return _OUTCOME_KINDS[outcome]
 
 
-def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notification | None:
+def queue_outcome(*, training: Any, outcome: str) -> Notification | None:
     """The owner's message for a finished training attempt (ready, failed, cancelled).
 
     The training's ``owner_message`` (chosen from fal's answer, or by staff) picks the
     text. "No message" still writes the row, as skipped with the reason: the outcome
     has exactly one notification either way, and staff can see why nobody was told.
 
-    ``training`` may be passed with its avatar and owner already loaded (the transition
-    has just read them) to save a query on the webhook's hot path.
+    ``training`` comes with its avatar and owner loaded (the transition has just read
+    them): the outbox reads nothing of the monitoring app itself.
     """
-    from monitoring.models import Training
-
-    if training is None or training.pk != training_id:
-        training = Training.objects.select_related("avatar__owner").get(pk=training_id)
     avatar = training.avatar
     owner_message = getattr(training, "owner_message", "") or ""
     kind = _owner_kind(outcome, owner_message)
@@ -122,15 +121,12 @@ def queue_outcome(*, training_id: int, outcome: str, training=None) -> Notificat
     return _create_once(savepoint=False, **fields)
 
 
-def queue_stuck(*, training_id: int, episode: int) -> Notification | None:
-    """One staff alert per stuck episode of a training.
+def queue_stuck(*, training: Any, episode: int) -> Notification | None:
+    """One staff alert per stuck episode of a training (passed with its avatar loaded).
 
     Held back a few seconds (NOTIFICATION_STUCK_HOLD_SECONDS) so that a check run
     flagging many trainings at once ends up as one digest (``merge_stuck_alerts``).
     """
-    from monitoring.models import Training
-
-    training = Training.objects.select_related("avatar__owner").get(pk=training_id)
     hold = timedelta(seconds=settings.NOTIFICATION_STUCK_HOLD_SECONDS)
     return _create_once(
         dedup_key=f"stuck:{training.avatar_id}:{training.pk}:{episode}",
@@ -150,8 +146,6 @@ def merge_stuck_alerts() -> Notification | None:
     Rows being sent by a worker are locked or no longer pending and are skipped, so
     an alert is either sent on its own or in exactly one digest.
     """
-    from monitoring.models import Training
-
     with transaction.atomic():
         rows = list(
             Notification.objects.select_for_update(skip_locked=True)
@@ -160,10 +154,13 @@ def merge_stuck_alerts() -> Notification | None:
         )
         if len(rows) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
             return None
-        trainings = Training.objects.select_related("avatar").in_bulk(
-            [row.training_id for row in rows if row.training_id]
-        )
-        ordered = [trainings[row.training_id] for row in rows if row.training_id in trainings]
+        ordered = [
+            row.training
+            for row in Notification.objects.filter(pk__in=[r.pk for r in rows])
+            .select_related("training__avatar")
+            .order_by("pk")
+            if row.training is not None
+        ]
         ids = [row.pk for row in rows]
         digest = Notification.objects.create(
             dedup_key=f"stuck_digest:{ids[0]}-{ids[-1]}:{len(ids)}",
@@ -171,6 +168,7 @@ def merge_stuck_alerts() -> Notification | None:
             audience=Audience.STAFF,
             text=messages.render_stuck_digest(ordered),
             context={"merged": ids},
+            queued_at=timezone.now(),
         )
         Notification.objects.filter(pk__in=ids, status=NotificationStatus.PENDING).update(
             status=NotificationStatus.MERGED,
@@ -246,15 +244,54 @@ def queue_unsafe_result_alert(
     )
 
 
+def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notification | None:
+    """Staff alert: fal fails for everyone. One per episode (keyed by when it began)."""
+    return _create_once(
+        dedup_key=f"fal_outage:{since.isoformat()}",
+        kind=NotificationKind.FAL_OUTAGE,
+        audience=Audience.STAFF,
+        text=messages.render_fal_outage_message(since, failed, calls),
+        context={"since": since.isoformat(), "failed": failed, "calls": calls},
+    )
+
+
 def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
     """Hand a row to the sender's queue.
 
-    After commit this never raises (the sweep is the net); inside the row's own
+    After commit this never raises (the relay is the net); inside the row's own
     transaction an error propagates, as that transaction is broken anyway.
     """
-    from notifications import delivery
-
     if in_transaction:
-        delivery.queue_task(notification_id)
+        queue_task(notification_id)
     else:
-        delivery.enqueue(notification_id)
+        enqueue(notification_id)
+
+
+# --- The queue ------------------------------------------------------------------------------
+# Here rather than in ``delivery`` (which builds on the outbox): writing a row and
+# queueing its task go together.
+
+
+def queue_task(notification_id: int) -> None:
+    """Put ``deliver(notification_id)`` on the notifications cluster's queue; may raise."""
+    async_task(TASK, notification_id, cluster=settings.NOTIFICATION_CLUSTER, group="notifications")
+
+
+def enqueue(notification_id: int) -> None:
+    """Queue ``deliver(notification_id)`` on the notifications cluster.
+
+    Never raises: a message whose enqueue was lost (broker down, process killed) is
+    still pending in the outbox, marked as having no task, and the relay sends it.
+    """
+    try:
+        queue_task(notification_id)
+    except Exception:
+        unqueue(notification_id)
+        logger.exception(
+            "Could not enqueue notification %s; the relay will send it", notification_id
+        )
+
+
+def unqueue(notification_id: int) -> None:
+    """The row's task has run (or never made it to the queue): it has none waiting."""
+    Notification.objects.filter(pk=notification_id, queued_at__isnull=False).update(queued_at=None)

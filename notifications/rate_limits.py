@@ -14,6 +14,7 @@ memory, so the limits hold across any number of workers, hosts and restarts:
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -24,6 +25,8 @@ from notifications.models import RateLimitMark, SenderState
 
 # Marks older than the longest window are useless; keep a little more for the admin.
 _KEEP = timedelta(seconds=75)
+# Pruning is one DELETE; once every this many slots keeps the table small enough.
+_PRUNE_EVERY = 25
 
 
 def is_group(chat_id: int) -> bool:
@@ -39,15 +42,17 @@ def reserve(chat_id: int, *, now: datetime | None = None) -> float:
 
 
 def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
-    SenderState.get()  # the lock row must exist before we can lock it
     with transaction.atomic():
-        SenderState.objects.select_for_update().filter(pk=1).first()
+        if SenderState.objects.select_for_update().filter(pk=1).first() is None:
+            SenderState.get()  # the lock row must exist before we can lock it
+            SenderState.objects.select_for_update().filter(pk=1).first()
         now = now or timezone.now()
         wait = _wait_needed(chat_id, now)
         if wait > 0:
             return wait
-        RateLimitMark.objects.create(chat_id=chat_id, sent_at=now)
-        RateLimitMark.objects.filter(sent_at__lt=now - _KEEP).delete()
+        mark = RateLimitMark.objects.create(chat_id=chat_id, sent_at=now)
+        if mark.pk % _PRUNE_EVERY == 0:
+            RateLimitMark.objects.filter(sent_at__lt=now - _KEEP).delete()
     return 0.0
 
 
@@ -148,7 +153,7 @@ _redis_clients: dict[str, object] = {}
 
 
 def _redis():
-    import redis
+    import redis  # only with REDIS_URL: an optional dependency, not a cycle
 
     url = settings.REDIS_URL
     if url not in _redis_clients:
@@ -157,8 +162,6 @@ def _redis():
 
 
 def _reserve_in_redis(chat_id: int, now: datetime) -> float:
-    import uuid
-
     prefix = f"{settings.Q_CLUSTER['name']}:telegram-rate"
     # Whole milliseconds: Lua numbers print with 14 significant digits.
     now_ms = int(now.timestamp() * 1000)

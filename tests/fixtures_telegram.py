@@ -31,7 +31,6 @@ def telegram(telegram_api, settings):
     settings.TELEGRAM_STAFF_CHAT_ID = STAFF_CHAT_ID
     settings.NOTIFICATION_SEND_TIMEOUT_SECONDS = 5.0
     settings.NOTIFICATION_RETRY_BASE_SECONDS = 0.05
-    settings.NOTIFICATION_INLINE_WAIT_SECONDS = 2.0
     settings.NOTIFICATION_PROBE_INTERVAL_SECONDS = 0.0
     settings.NOTIFICATION_STUCK_HOLD_SECONDS = 0.0
     # Tests send to many chats quickly; the limiter has its own tests.
@@ -57,5 +56,28 @@ def run_deliveries(settings):
                 task = package.task
                 package.delete()
                 results.append(import_string(task["func"])(*task["args"], **task["kwargs"]))
+
+    return run
+
+
+@pytest.fixture
+def drain(run_deliveries):
+    """Relay and run deliveries, as the notifications cluster does, until ``done()``.
+
+    Returns what the delivery tasks answered, in order.
+    """
+    import time
+
+    from notifications import delivery
+
+    def run(done, timeout: float = 10.0) -> list[str]:
+        results: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            results += run_deliveries()
+            if done() or time.monotonic() > deadline:
+                return results
+            delivery.relay_once()
+            time.sleep(0.02)
 
     return run

@@ -18,7 +18,7 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
-from notifications.models import Notification, NotificationAttempt
+from notifications.models import Notification, NotificationAttempt, UnreachableChat
 
 CHANGELIST = reverse("admin:monitoring_avatar_changelist")
 
@@ -178,10 +178,9 @@ def test_the_training_page_shows_its_webhook_deliveries_inline(admin_client, tra
 def test_the_owner_list_shows_reachability_and_the_last_delivery_error(
     admin_client, training_avatar, make_owner
 ):
-    owner = make_owner(
-        username="blocked_user",
-        reachable=False,
-        unreachable_reason="Forbidden: bot was blocked by the user",
+    owner = make_owner(username="blocked_user")
+    UnreachableChat.objects.create(
+        chat_id=owner.telegram_id, reason="Forbidden: bot was blocked by the user"
     )
     avatar, training = training_avatar(request_id="req-owner", owner=owner)
     transitions.fail(training, error_message="bad photos", source=EventSource.CHECK)

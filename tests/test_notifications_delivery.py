@@ -22,6 +22,7 @@ from notifications.models import (
     NotificationAttempt,
     NotificationKind,
     NotificationStatus,
+    UnreachableChat,
 )
 from tests.fixtures_telegram import STAFF_CHAT_ID
 
@@ -108,49 +109,31 @@ def test_it_retries_a_row_whose_worker_died_after_claiming_it_once_the_lease_exp
     assert row.claimed_by != "dead-worker"
 
 
-def test_it_waits_for_retry_after_on_429_and_sends_once(telegram, training_avatar, run_deliveries):
-    avatar, training = training_avatar()
-    chat = avatar.owner.telegram_id
-    telegram.script(chat, telegram.retry_after(1))
-
-    started = time.time()
-    _complete(training)
-    run_deliveries()
-
-    received = telegram.messages_to(chat)
-    assert len(received) == 1
-    assert received[0].received_at - started >= 1.0
-    row = Notification.objects.get()
-    assert row.status == NotificationStatus.SENT
-    assert row.attempts == 0  # flood control is not a failed attempt
-    assert _outcomes(row) == [Outcome.RETRY_AFTER, Outcome.SENT]
-
-
-def test_it_hands_a_long_retry_after_back_to_the_outbox_until_it_is_due(
-    telegram, training_avatar, run_deliveries, settings
+def test_a_flood_control_wait_frees_the_worker_and_the_relay_sends_once_it_is_due(
+    telegram, training_avatar, run_deliveries, drain
 ):
-    settings.NOTIFICATION_INLINE_WAIT_SECONDS = 0.1
     avatar, training = training_avatar()
     chat = avatar.owner.telegram_id
     telegram.script(chat, telegram.retry_after(1))
 
+    started = time.monotonic()
     _complete(training)
-    run_deliveries()
+    assert run_deliveries() == ["flood control: retry in 1 s"]
+    # The worker did not sleep through the wait: it is free again at once.
+    assert time.monotonic() - started < 0.8
     row = Notification.objects.get()
-    assert row.status == NotificationStatus.PENDING
+    assert row.status == NotificationStatus.PENDING and row.queued_at is None
     assert telegram.messages_to(chat) == []
-    assert delivery.sweep() == 0  # not due before retry_after
+    assert delivery.relay_once() == 0  # not due before retry_after
 
-    deadline = time.monotonic() + 5
-    while not telegram.messages_to(chat) and time.monotonic() < deadline:
-        delivery.sweep()
-        run_deliveries()
-        time.sleep(0.05)
+    drain(lambda: bool(telegram.messages_to(chat)))
 
-    assert len(telegram.messages_to(chat)) == 1
+    (received,) = telegram.messages_to(chat)
+    assert 1.0 <= received.received_at - telegram.state.request_times[0][1] < 2.0
     assert telegram.requests_to(chat) == 2
     row.refresh_from_db()
-    assert row.attempts == 0
+    assert row.status == NotificationStatus.SENT
+    assert row.attempts == 0  # flood control is not a failed attempt
     assert _outcomes(row) == [Outcome.RETRY_AFTER, Outcome.SENT]
 
 
@@ -168,9 +151,9 @@ def test_it_marks_the_owner_unreachable_on_403_and_never_retries(
     run_deliveries()
 
     owner = Owner.objects.get(pk=avatar.owner_id)
-    assert owner.reachable is False
-    assert "Forbidden" in owner.unreachable_reason
-    assert owner.unreachable_since is not None
+    unreachable = UnreachableChat.objects.get(chat_id=owner.telegram_id)
+    assert "Forbidden" in unreachable.reason
+    assert unreachable.since is not None
     row = Notification.objects.get()
     assert row.status == NotificationStatus.UNREACHABLE
     assert _outcomes(row) == [Outcome.UNREACHABLE]
@@ -229,7 +212,7 @@ def test_it_stores_a_migrated_staff_chat_and_sends_once_to_the_new_id(
     assert len(telegram.messages_to(new_chat)) == 2
 
 
-def test_it_backs_off_on_repeated_500s_then_succeeds(telegram, training_avatar, run_deliveries):
+def test_it_backs_off_on_repeated_500s_then_succeeds(telegram, training_avatar, drain):
     avatar, training = training_avatar()
     chat = avatar.owner.telegram_id
     telegram.script(
@@ -237,7 +220,9 @@ def test_it_backs_off_on_repeated_500s_then_succeeds(telegram, training_avatar, 
     )
 
     _complete(training)
-    run_deliveries()
+    results = drain(lambda: bool(telegram.messages_to(chat)))
+    # Each failure handed the row back instead of holding the worker through the wait.
+    assert [r.split(",")[0] for r in results if r != "sent"] == ["transient error"] * 3
 
     row = Notification.objects.get()
     assert row.status == NotificationStatus.SENT
@@ -251,7 +236,7 @@ def test_it_backs_off_on_repeated_500s_then_succeeds(telegram, training_avatar, 
 
 
 def test_it_gives_up_after_the_last_attempt_and_alerts_staff(
-    telegram, training_avatar, run_deliveries, settings
+    telegram, training_avatar, drain, settings
 ):
     settings.NOTIFICATION_MAX_ATTEMPTS = 3
     avatar, training = training_avatar(name="Невезучий")
@@ -259,9 +244,7 @@ def test_it_gives_up_after_the_last_attempt_and_alerts_staff(
     telegram.script(chat, *[telegram.server_error()] * 5)
 
     _complete(training)
-    run_deliveries()
-    delivery.sweep()
-    run_deliveries()
+    drain(lambda: bool(telegram.messages_to(STAFF_CHAT_ID)))
 
     row = Notification.objects.get(kind=NotificationKind.READY)
     assert row.status == NotificationStatus.GIVEN_UP
@@ -428,8 +411,20 @@ def test_a_fal_account_alert_reaches_staff_without_the_fal_key(telegram, run_del
     assert settings.FAL_KEY.split(":")[1] not in alert.plain
 
 
-def test_an_attempt_left_in_flight_by_a_dead_worker_is_explained_to_staff(
-    telegram, training_avatar, run_deliveries, settings
+def _die_mid_send(row: Notification) -> None:
+    """A worker claims the row, opens its attempt (the request is out), and dies."""
+    claimed = delivery.claim(row.pk, worker="dead-worker")
+    assert claimed is not None
+    NotificationAttempt.objects.create(
+        notification=claimed,
+        chat_id=claimed.chat_id,
+        outcome=Outcome.IN_FLIGHT,
+        worker="dead-worker",
+    )
+
+
+def test_a_send_interrupted_by_a_dying_worker_is_resent_once_marked_may_be_a_duplicate(
+    telegram, training_avatar, drain, settings
 ):
     settings.NOTIFICATION_LEASE_SECONDS = 0.3
     avatar, training = training_avatar()
@@ -438,21 +433,38 @@ def test_an_attempt_left_in_flight_by_a_dead_worker_is_explained_to_staff(
     from django_q.models import OrmQ
 
     OrmQ.objects.all().delete()
-    # The worker took its slot and opened the attempt, then died before the request.
-    claimed = delivery.claim(row.pk, worker="dead-worker")
-    NotificationAttempt.objects.create(
-        notification=claimed,
-        chat_id=claimed.chat_id,
-        outcome=Outcome.IN_FLIGHT,
-        worker="dead-worker",
-    )
+    _die_mid_send(row)
 
-    time.sleep(0.4)
-    delivery.sweep()
-    run_deliveries()
+    drain(lambda: bool(telegram.messages_to(avatar.owner.telegram_id)))
 
     dead, sent = row.attempt_log.order_by("started_at", "id")
-    assert dead.outcome == Outcome.IN_FLIGHT and dead.finished_at is not None
-    assert "lease expired" in dead.error
+    assert dead.outcome == Outcome.INTERRUPTED and dead.finished_at is not None
+    assert "may or may not have arrived" in dead.error
     assert sent.outcome == Outcome.SENT and sent.worker != "dead-worker"
     assert len(telegram.messages_to(avatar.owner.telegram_id)) == 1
+    row.refresh_from_db()
+    assert row.status == NotificationStatus.SENT and row.maybe_duplicate
+
+
+def test_a_send_interrupted_twice_is_not_sent_a_third_time_and_staff_are_told(
+    telegram, training_avatar, drain, settings
+):
+    settings.NOTIFICATION_LEASE_SECONDS = 0.2
+    avatar, training = training_avatar()
+    _complete(training)
+    row = Notification.objects.get()
+    from django_q.models import OrmQ
+
+    OrmQ.objects.all().delete()
+    _die_mid_send(row)
+    time.sleep(0.25)
+    _die_mid_send(row)  # the resend dies in the middle too
+
+    drain(lambda: bool(telegram.messages_to(STAFF_CHAT_ID)))
+
+    row.refresh_from_db()
+    assert row.status == NotificationStatus.GIVEN_UP and row.maybe_duplicate
+    assert telegram.messages_to(avatar.owner.telegram_id) == []  # at most two, never three
+    assert list(row.attempt_log.values_list("outcome", flat=True)) == [Outcome.INTERRUPTED] * 2
+    (alert,) = telegram.messages_to(STAFF_CHAT_ID)
+    assert f"#{row.pk}" in alert.plain

@@ -235,7 +235,6 @@ def test_connection_errors_and_timeouts_are_retried_as_transient(
 ):
     import socket
 
-    settings.NOTIFICATION_INLINE_WAIT_SECONDS = 0.0  # hand back after each failure
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]

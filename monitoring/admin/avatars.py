@@ -43,6 +43,7 @@ from monitoring.models import (
 )
 from monitoring.ops import attention
 from monitoring.stuck import stuck_cause
+from notifications.models import UnreachableChat
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
@@ -217,6 +218,22 @@ class ReadOnlyInline(admin.TabularInline):
 # --- Owners ------------------------------------------------------------------------------
 
 
+class ReachableFilter(admin.SimpleListFilter):
+    title = gettext_lazy("reachable")
+    parameter_name = "reachable"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("1", _("Yes")), ("0", _("No"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Owner]) -> QuerySet[Owner]:
+        if self.value() not in ("0", "1"):
+            return queryset
+        unreachable = Exists(UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id")))
+        return (
+            queryset.exclude(unreachable) if self.value() == "1" else queryset.filter(unreachable)
+        )
+
+
 @admin.register(Owner)
 class OwnerAdmin(admin.ModelAdmin):
     list_display = (
@@ -229,7 +246,7 @@ class OwnerAdmin(admin.ModelAdmin):
         "last_error",
         "avatar_count",
     )
-    list_filter = ("reachable", "language")
+    list_filter = (ReachableFilter, "language")
     search_fields = ("=telegram_id", "username", "display_name")
     readonly_fields = (
         "reachable",
@@ -248,11 +265,15 @@ class OwnerAdmin(admin.ModelAdmin):
             .order_by("-started_at", "-id")
             .values("error")[:1]
         )
+        unreachable = UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id"))
         return (
             super()
             .get_queryset(request)
             .annotate(
-                avatar_total=Count("avatars", distinct=True), last_error_text=Subquery(last_error)
+                avatar_total=Count("avatars", distinct=True),
+                last_error_text=Subquery(last_error),
+                unreachable_reason_text=Subquery(unreachable.values("reason")[:1]),
+                unreachable_since_at=Subquery(unreachable.values("since")[:1]),
             )
         )
 
@@ -266,6 +287,19 @@ class OwnerAdmin(admin.ModelAdmin):
     @admin.display(description=gettext_lazy("avatars"), ordering="avatar_total")
     def avatar_count(self, owner: Owner) -> int:
         return getattr(owner, "avatar_total", 0)
+
+    # Reachability is the notifications app's (its UnreachableChat), shown here.
+    @admin.display(description=gettext_lazy("reachable"), boolean=True)
+    def reachable(self, owner: Owner) -> bool:
+        return getattr(owner, "unreachable_reason_text", None) is None
+
+    @admin.display(description=gettext_lazy("why unreachable"))
+    def unreachable_reason(self, owner: Owner) -> str:
+        return getattr(owner, "unreachable_reason_text", None) or ""
+
+    @admin.display(description=gettext_lazy("unreachable since"))
+    def unreachable_since(self, owner: Owner) -> datetime | None:
+        return getattr(owner, "unreachable_since_at", None)
 
 
 # --- Avatars -----------------------------------------------------------------------------

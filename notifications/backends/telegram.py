@@ -1,10 +1,13 @@
 """The one module that talks to Telegram (python-telegram-bot), and classifies its errors.
 
-``telegram.Bot`` is async only and its HTTP client belongs to one event loop, so
-every send runs in its own new event loop with an ``HTTPXRequest`` created and
-closed inside it (a client kept across two loops fails with "Event loop is
-closed", which would look like a network error). No ORM inside the coroutine: the
-delivery module loads rows before and saves outcomes after.
+``telegram.Bot`` is async only and its HTTP client belongs to one event loop. Each
+worker process keeps **one** ``Bot`` and its connection pool on **one** long-lived
+event loop, owned by a background thread started lazily on the first send (so after
+django-q2 forks the worker, never before) and closed when the process exits: one TCP
+and TLS handshake per process, not per message. Each call is submitted to that loop
+(``run_coroutine_threadsafe``) and waited for with a bound. No ORM inside the loop:
+the delivery module loads rows before, takes the rate-limit slot in ``ready()`` (in
+the calling thread, right before the request is submitted) and saves outcomes after.
 
 The token is part of every request URL. It never leaves this module: error texts
 are scrubbed before they are raised, and the ``httpx`` logger stays at WARNING
@@ -14,12 +17,20 @@ are scrubbed before they are raised, and the ``httpx`` logger stays at WARNING
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
+import os
+import threading
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing import util as multiprocessing_util
 from typing import Any
 
 from django.conf import settings
+from telegram import Bot, LinkPreviewOptions, error
+from telegram.request import HTTPXRequest
 
+from avatarsite.log_redaction import REDACTED, redact
 from notifications.backends.base import (
     BaseBackend,
     ChatMoved,
@@ -31,6 +42,83 @@ from notifications.backends.base import (
     TokenRejected,
     Transient,
 )
+
+# A probe (relay thread) may run while a send (worker thread) is in flight.
+_POOL_SIZE = 4
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+class _Connection:
+    """One event loop in a daemon thread, owning one Bot and its HTTP connection pool."""
+
+    def __init__(self, token: str, base_url: str, timeout: float) -> None:
+        self.key = (os.getpid(), token, base_url, timeout)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="telegram-bot-loop", daemon=True
+        )
+        self.thread.start()
+        self.request = HTTPXRequest(
+            connection_pool_size=_POOL_SIZE,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            pool_timeout=timeout,
+        )
+        # send_message needs no Bot.initialize() (one more getMe round trip).
+        self.bot = Bot(
+            token, base_url=base_url, request=self.request, get_updates_request=self.request
+        )
+        self.submit(self.request.initialize(), timeout)
+
+    def submit(self, coroutine: Any, timeout: float) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout:g} s") from None
+
+    def close(self) -> None:
+        if not self.thread.is_alive():
+            return
+        try:
+            self.submit(self.request.shutdown(), 5)
+        except Exception:  # closing at exit: nothing left to tell
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+_connection: _Connection | None = None
+_connection_lock = threading.Lock()
+
+
+def _shared_connection(token: str, base_url: str, timeout: float) -> _Connection:
+    """This process's connection; a new one after a fork or a change of settings."""
+    global _connection
+    key = (os.getpid(), token, base_url, timeout)
+    with _connection_lock:
+        if _connection is not None and _connection.key == key:
+            return _connection
+        stale, _connection = _connection, _Connection(token, base_url, timeout)
+    if stale is not None and stale.key[0] == os.getpid():
+        stale.close()  # settings changed (tests); a parent's connection is not ours to close
+    return _connection
+
+
+def close_connection() -> None:
+    """Close this process's Bot API connection (at exit; django-q2 workers exit through
+    multiprocessing, which runs its own finalizers instead of ``atexit``)."""
+    global _connection
+    with _connection_lock:
+        current, _connection = _connection, None
+    if current is not None and current.key[0] == os.getpid():
+        current.close()
+
+
+atexit.register(close_connection)
+multiprocessing_util.Finalize(None, close_connection, exitpriority=10)
 
 
 class TelegramBackend(BaseBackend):
@@ -53,7 +141,7 @@ class TelegramBackend(BaseBackend):
             chat_id=chat_id,
             text=text,
             parse_mode="HTML",
-            disable_web_page_preview=True,
+            link_preview_options=_NO_PREVIEW,
         )
         return SendReceipt(getattr(message, "message_id", None))
 
@@ -63,63 +151,31 @@ class TelegramBackend(BaseBackend):
     # --- internals ---------------------------------------------------------------------
 
     def _call(self, method: str, *, ready: Callable[[], None] | None = None, **kwargs: Any) -> Any:
-        """One Bot API call in a fresh event loop with its own HTTP client.
+        """One Bot API call on this process's long-lived connection.
 
-        The same discipline as ``asyncio.run`` (a new loop, the client created and
-        closed in it, async generators shut down), spelled out so that ``ready()``
-        runs between setting up the client and sending: the loop is not running
-        then, so the ORM may be used, and the request follows within a millisecond.
+        ``ready()`` runs here, in the calling thread (the ORM may be used), right before
+        the request is handed to the loop.
         """
-        from telegram import Bot
-        from telegram.request import HTTPXRequest
-
         if not self.token:
             raise TokenRejected("TELEGRAM_BOT_TOKEN is not set")
-        loop = asyncio.new_event_loop()
-        request = HTTPXRequest(
-            connect_timeout=self.timeout,
-            read_timeout=self.timeout,
-            write_timeout=self.timeout,
-            pool_timeout=self.timeout,
-        )
         try:
-            try:
-                loop.run_until_complete(request.initialize())
-                # send_message needs no Bot.initialize() (one more getMe round trip).
-                bot = Bot(
-                    self.token,
-                    base_url=self.base_url,
-                    request=request,
-                    get_updates_request=request,
-                )
-            except Exception as exc:
-                raise self._classify(exc) from None
-            if ready is not None:
-                ready()  # its exceptions are the caller's, not Telegram's
-            try:
-                return loop.run_until_complete(
-                    asyncio.wait_for(getattr(bot, method)(**kwargs), self.timeout * 2)
-                )
-            except Exception as exc:  # anything else is classified, never raised raw
-                raise self._classify(exc) from None
-        finally:
-            try:
-                loop.run_until_complete(request.shutdown())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+            connection = _shared_connection(self.token, self.base_url, self.timeout)
+        except Exception as exc:
+            raise self._classify(exc) from None
+        if ready is not None:
+            ready()  # its exceptions are the caller's, not Telegram's
+        try:
+            return connection.submit(getattr(connection.bot, method)(**kwargs), self.timeout * 2)
+        except Exception as exc:  # anything else is classified, never raised raw
+            raise self._classify(exc) from None
 
     def _scrub(self, text: str) -> str:
-        from avatarsite.log_redaction import REDACTED, redact
-
         if self.token:
             text = text.replace(self.token, REDACTED)
         return redact(text)
 
     def _classify(self, exc: BaseException) -> SendError:
         """Telegram's answer → what it means for us (python-telegram-bot's mapping of Bot API errors, in this order)."""
-        from telegram import error
-
         text = self._scrub(str(exc) or exc.__class__.__name__)
         if isinstance(exc, error.ChatMigrated):
             return ChatMoved(int(exc.new_chat_id))

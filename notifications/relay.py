@@ -1,0 +1,94 @@
+"""The relay: hands every outbox row whose wait has passed to a sender within seconds.
+
+django-q2 has no delayed tasks and its scheduler ticks about every 30 s, so a message
+put back for a flood-control wait, a backoff or a rate limit would otherwise wait
+for the once-a-minute sweep. The relay is a small loop over the outbox (not a second
+queue): every NOTIFICATION_RELAY_POLL_SECONDS it runs ``delivery.relay_once()``.
+
+Where it runs: a daemon thread in each worker process of the notifications cluster,
+started by django-q2's ``post_spawn`` signal (``NotificationsConfig.ready`` connects
+it), so it lives and dies with the workers that send and is restarted whenever
+django-q2 respawns one. Only one relay works at a time: each tick first takes (or
+renews) a short lease on ``SenderState``; another worker's relay takes over within
+RELAY_LEASE of the first one dying. Its thread has its own database connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.models import Q
+from django.utils import timezone
+from django_q.conf import Conf
+
+from notifications import delivery
+from notifications.models import SenderState
+
+logger = logging.getLogger("notifications")
+
+RELAY_LEASE = timedelta(seconds=2)
+BACKLOG_POLL = 0.1  # seconds between passes while each pass finds work
+
+_started_in: int | None = None
+_lock = threading.Lock()
+
+
+def take_turn(me: str) -> bool:
+    """Hold (or renew) the relay lease; False while another relay holds it."""
+    SenderState.get()
+    now = timezone.now()
+    return bool(
+        SenderState.objects.filter(pk=1)
+        .filter(Q(relay_until__isnull=True) | Q(relay_until__lt=now) | Q(relay_owner=me))
+        .update(relay_owner=me, relay_until=now + RELAY_LEASE)
+    )
+
+
+def tick(me: str) -> int:
+    """One pass: queue what is due, if it is this relay's turn. Returns how many."""
+    if not take_turn(me):
+        return 0
+    return delivery.relay_once()
+
+
+def run(stop: threading.Event) -> None:
+    """The loop; one failed pass (database restarting, say) never ends it."""
+    me = delivery.worker_name()
+    logger.info("Notification relay started in %s", me)
+    try:
+        wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+        while not stop.wait(wait):
+            try:
+                close_old_connections()
+                # While a backlog drains, top the queue up as soon as it has room.
+                wait = BACKLOG_POLL if tick(me) else settings.NOTIFICATION_RELAY_POLL_SECONDS
+            except Exception:
+                wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+                logger.exception("Notification relay pass failed; trying again")
+    finally:
+        connection.close()
+
+
+def start() -> threading.Thread | None:
+    """Start the relay thread in this process, once (after a fork, again in the child)."""
+    global _started_in
+    with _lock:
+        if _started_in == os.getpid():
+            return None
+        _started_in = os.getpid()
+    thread = threading.Thread(
+        target=run, args=(threading.Event(),), name="notification-relay", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def start_in_notification_worker(sender: object = None, **kwargs: object) -> None:
+    """``post_spawn`` receiver: only the notifications cluster's workers relay."""
+    if Conf.CLUSTER_NAME == settings.NOTIFICATION_CLUSTER:
+        start()
