@@ -618,7 +618,17 @@ def _defer_to_queue_check(training: Training, note: str) -> tuple[str, str]:
 
 def _apply(training: Training, data: dict[str, Any], *, source: str, actor: Any) -> tuple[str, str]:
     """Apply a verified delivery to its training: (outcome, note)."""
+    answer = _apply_outcome(training, data, source=source, actor=actor)
+    # After the transition, never before: a transition locks the avatar row and then
+    # the training's, and the periodic check does the same. Writing the training first
+    # would take the two locks in the other order and deadlock with a racing check.
     _keep_gateway_request_id(training, data.get("gateway_request_id"))
+    return answer
+
+
+def _apply_outcome(
+    training: Training, data: dict[str, Any], *, source: str, actor: Any
+) -> tuple[str, str]:
     payload = data.get("payload")
     if data["status"] == "ERROR":
         error_message = data.get("error")
