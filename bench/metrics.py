@@ -43,8 +43,8 @@ def _fill(n: int) -> None:
 
     from django.utils import timezone
 
+    from monitoring import totals
     from monitoring.models import Avatar, AvatarStatus, CheckRun, FalStatus, Training
-    from monitoring.ops import totals
     from notifications.models import Audience, Notification, NotificationKind
 
     now = timezone.now()

@@ -9,9 +9,9 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from monitoring import roles, transitions
+        from monitoring import roles, totals, transitions
         from monitoring.fal import webhooks  # noqa: F401
-        from monitoring.ops import schedules, system_checks, totals  # noqa: F401 (registers the checks)
+        from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
 
         # `migrate` creates or updates the periodic schedules (idempotent by name).

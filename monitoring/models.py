@@ -188,7 +188,7 @@ class Training(models.Model):
     error_type = models.CharField(_("error type"), max_length=128, blank=True)
     error_message = models.TextField(_("error message"), blank=True)
     # What the owner is told when this attempt did not complete (``OwnerMessage``):
-    # picked from fal's answer by ``monitoring.fal.failures`` or chosen by staff.
+    # picked from fal's answer by ``monitoring.owner_messages`` or chosen by staff.
     owner_message = models.CharField(
         _("owner told"), max_length=16, choices=OwnerMessage.choices, blank=True
     )
@@ -520,7 +520,7 @@ class UnknownFalRequest(models.Model):
 
 
 class RunningTotal(models.Model):
-    """A counter that only goes up: one row per name and label set (``ops.totals``).
+    """A counter that only goes up: one row per name and label set (``monitoring.totals``).
 
     Prometheus counters must never decrease and every process must report the same
     numbers, so a counter is neither a per-process variable nor a count of rows that
@@ -528,7 +528,7 @@ class RunningTotal(models.Model):
     """
 
     name = models.CharField(_("name"), max_length=64)
-    # JSON with sorted keys (``ops.totals.labels_text``), e.g. {"verdict": "valid", ...}.
+    # JSON with sorted keys (``monitoring.totals.labels_text``), e.g. {"verdict": "valid", ...}.
     labels = models.CharField(_("labels"), max_length=255)
     value = models.BigIntegerField(_("value"), default=0)
 

@@ -33,8 +33,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from monitoring import transitions
-from monitoring.fal import failures, payloads, platform, results
+from monitoring import owner_messages, transitions
+from monitoring.fal import payloads, platform, results
 from monitoring.models import AvatarStatus, EventSource, FalStatus, Training
 from notifications import outbox
 
@@ -114,7 +114,7 @@ def apply_record_item(
         error_message=message,
         error_type=_error_type(item),
         http_status=item.status_code,
-        detail_type_list=failures.detail_types(item.json_output),
+        detail_type_list=owner_messages.detail_types(item.json_output),
         result=item.json_output,
         details=details,
         source=RECORD,

@@ -45,11 +45,10 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import recovery, restore, stuck, transitions
+from monitoring import recovery, restore, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
-from monitoring.ops import totals
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")

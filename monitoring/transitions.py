@@ -33,7 +33,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring.fal import failures
+from monitoring import owner_messages
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -561,9 +561,9 @@ def fail(
     """training → error, with fal's message and type (or ours, saying what we saw).
 
     ``owner_message`` (an ``OwnerMessage``) is what the owner is told; without it the
-    table in ``monitoring.fal.failures`` picks it from ``error_type``.
+    table in ``monitoring.owner_messages`` picks it from ``error_type``.
     """
-    chosen = owner_message or failures.owner_message_for(error_type=error_type)
+    chosen = owner_message or owner_messages.owner_message_for(error_type=error_type)
     outcome = _finish(
         training,
         new_status=S.ERROR,
@@ -612,9 +612,9 @@ def finish_failed(
     fal's record): after a cancel was requested, fal's failure ("Request was
     cancelled by the user") is the cancel taking effect, so the owner gets the
     cancelled message and the timeline keeps fal's answer. Otherwise the owner's
-    message comes from fal's machine-readable fields (``monitoring.fal.failures``).
+    message comes from fal's machine-readable fields (``monitoring.owner_messages``).
     """
-    chosen = failures.owner_message_for(
+    chosen = owner_messages.owner_message_for(
         error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
     )
     requested = training.cancel_requested_at is not None or (
@@ -626,7 +626,7 @@ def finish_failed(
         "http_status": http_status,
         "detail_types": list(detail_type_list),
     }
-    if requested or chosen == failures.CANCELLED:
+    if requested or chosen == owner_messages.CANCELLED:
         return cancel(
             training,
             source=source,

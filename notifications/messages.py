@@ -48,7 +48,7 @@ _OWNER_TEXTS = {
 }
 
 # Why a training failed, in words an owner understands, and what to do about it.
-# Keyed by ``OwnerMessage`` (chosen from fal's answer by monitoring.fal.failures, or
+# Keyed by ``OwnerMessage`` (chosen from fal's answer by monitoring.owner_messages, or
 # by staff); never guessed from the error text.
 _FAILURE_REASONS = {
     OwnerMessage.PHOTOS: {

@@ -31,7 +31,7 @@ class NotificationKind(models.TextChoices):
 class OwnerMessage(models.TextChoices):
     """What an owner is told about a training that did not complete.
 
-    Chosen by ``monitoring.fal.failures`` from fal's answer, or by staff ("mark as
+    Chosen by ``monitoring.owner_messages`` from fal's answer, or by staff ("mark as
     failed"); stored on the training and in the notification's context.
     """
 

@@ -15,10 +15,10 @@ import pytest
 from django.urls import reverse
 
 from fakes.fal_emulator import FOREVER
-from monitoring import transitions
-from monitoring.fal import failures, signing_keys
-from monitoring.fal.failures import owner_message_for
+from monitoring import owner_messages, transitions
+from monitoring.fal import signing_keys
 from monitoring.models import AvatarEvent, AvatarStatus, EventKind, EventSource, Training
+from monitoring.owner_messages import owner_message_for
 from monitoring.status_checks import check_trainings
 from monitoring.trainings import cancel_training, start_training
 from notifications.models import Notification, NotificationKind, NotificationStatus, OwnerMessage
@@ -115,9 +115,9 @@ def test_words_in_free_text_never_decide(make_avatar, make_owner):
 
 def test_detail_types_reads_only_the_type_of_each_entry():
     payload = {"detail": [{"msg": "bad photo", "type": "image_too_small"}, {"msg": "x"}, "junk"]}
-    assert failures.detail_types(payload) == ["image_too_small"]
-    assert failures.detail_types({"detail": "a string"}) == []
-    assert failures.detail_types(None) == []
+    assert owner_messages.detail_types(payload) == ["image_too_small"]
+    assert owner_messages.detail_types({"detail": "a string"}) == []
+    assert owner_messages.detail_types(None) == []
 
 
 # --- through the real path ------------------------------------------------------------------

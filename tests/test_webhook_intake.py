@@ -68,6 +68,7 @@ def _table_bytes() -> int:
 # --- the disk ------------------------------------------------------------------------
 
 
+@pytest.mark.postgres  # measured with pg_total_relation_size
 def test_a_thousand_forged_requests_with_large_headers_grow_the_database_by_less_than_1_mb(
     deliver, fal, training_avatar
 ):

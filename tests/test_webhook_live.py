@@ -56,6 +56,7 @@ def _waiting_on_a_lock() -> bool:
         return cursor.fetchone()[0] > 0
 
 
+@pytest.mark.postgres  # holds a row lock from a second connection (FOR UPDATE)
 def test_a_web_worker_killed_mid_delivery_leaves_the_delivery_recorded_and_the_worker_processes_it(
     fal, training_avatar, tmp_path
 ):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from django.db import connection
+from tests.worker_process import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,12 +44,11 @@ def gunicorn(log: Path, **extra_env: str) -> Iterator[tuple[subprocess.Popen, in
 
     The test must commit what the server should see (``transaction=True``).
     """
-    db = connection.settings_dict
     port = free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "PYTHONUNBUFFERED": "1",
         "PORT": str(port),
         "WEB_CONCURRENCY": "1",

@@ -395,3 +395,14 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
 
 def refresh_seconds() -> int:
     return settings.ADMIN_REFRESH_SECONDS
+
+
+def live_stuck_words(training: Training) -> str:
+    """The stuck reason now, in the reader's language ("in fal's queue for 7 min; ...").
+
+    Falls back to the stored sentence when no limit is passed any more (a flag set by
+    hand, or one the next check will clear).
+    """
+    now = timezone.now()
+    cause = stuck.stuck_cause(training, now)
+    return cause_words(cause, now) if cause is not None else training.stuck_reason

@@ -12,7 +12,6 @@ Everything the monitor recorded is read-only here: status moves only through
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +28,11 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from monitoring import transitions
-from monitoring.admin import actions
+from monitoring.admin import actions, avatar_page
+from monitoring.admin.avatar_page import avatar_action_view, live_stuck_words
+from monitoring.admin.base import _json, _pre
+from monitoring.admin.dashboard import dashboard_view
+from monitoring.admin.webhooks import WebhookDeliveryInline
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -42,7 +45,6 @@ from monitoring.models import (
     WebhookDelivery,
 )
 from monitoring.ops import attention
-from monitoring.stuck import stuck_cause
 from notifications.models import UnreachableChat
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
@@ -73,22 +75,6 @@ def _admin_link(obj: Any, text: Any) -> SafeString:
     return format_html('<a href="{}">{}</a>', url, text)
 
 
-def _pre(value: str) -> SafeString:
-    if not value:
-        return mark_safe("<span>—</span>")
-    return format_html(
-        '<pre style="white-space: pre-wrap; overflow-wrap: anywhere; max-height: 30em; '
-        'overflow: auto; max-width: 100%">{}</pre>',
-        value,
-    )
-
-
-def _json(value: Any) -> SafeString:
-    if value is None:
-        return _pre("")
-    return _pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
-
-
 def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeString:
     if not rows:
         return format_html("<p>{}</p>", empty)
@@ -99,19 +85,6 @@ def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeS
         ((format_html_join("", "<td>{}</td>", ((cell,) for cell in row)),) for row in rows),
     )
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
-
-
-def live_stuck_words(training: Training) -> str:
-    """The stuck reason now, in the reader's language ("in fal's queue for 7 min; ...").
-
-    Falls back to the stored sentence when no limit is passed any more (a flag set by
-    hand, or one the next check will clear).
-    """
-    from monitoring.admin.avatar_page import cause_words
-
-    now = timezone.now()
-    cause = stuck_cause(training, now)
-    return cause_words(cause, now) if cause is not None else training.stuck_reason
 
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
@@ -201,18 +174,6 @@ class NotificationStateFilter(admin.SimpleListFilter):
 
 
 # --- Inlines -----------------------------------------------------------------------------
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Owners ------------------------------------------------------------------------------
@@ -402,8 +363,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         return ["attention_rank", "-created_at"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        from monitoring.admin import avatar_page
-
         counts = attention.counts()
         extra = {
             "counts": counts,
@@ -424,8 +383,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         form_url: str = "",
         extra_context: dict | None = None,
     ):
-        from monitoring.admin import avatar_page
-
         avatar = (
             Avatar.objects.select_related("current_training", "owner").filter(pk=object_id).first()
         )
@@ -483,8 +440,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
 
     def get_urls(self):
-        from monitoring.admin.avatar_page import avatar_action_view
-        from monitoring.admin.dashboard import dashboard_view
 
         def do(request: HttpRequest, object_id: str, name: str):
             return avatar_action_view(self, request, object_id, name)
@@ -564,8 +519,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
 
     def attempts(self, avatar: Avatar) -> SafeString:
         """Every training attempt of the avatar, newest first (shown under the timeline)."""
-        from monitoring.admin import avatar_page
-
         rows = Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT]
         return _table(
             [
@@ -696,9 +649,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
 
 
 def _training_inlines() -> tuple[type, ...]:
-    # Imported here: the webhooks admin builds its inline on ReadOnlyInline above.
-    from monitoring.admin.webhooks import WebhookDeliveryInline
-
     return (WebhookDeliveryInline,)
 
 

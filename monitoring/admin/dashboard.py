@@ -17,13 +17,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from monitoring import roles
+from monitoring.admin.avatar_page import live_stuck_words
 from monitoring.ops import attention, dashboard
 
 
 @permission_required(roles.VIEW_AVATAR, raise_exception=True)
 def dashboard_view(request: HttpRequest) -> TemplateResponse:
-    from monitoring.admin.avatars import live_stuck_words
-
     figures = dashboard.gather()
     for training in figures["stuck"]:
         # Worded now, in the reader's language (the stored reason is the log's English).

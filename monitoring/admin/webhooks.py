@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy as _
 
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
-from monitoring.admin.avatars import ReadOnlyInline, _json, _pre
+from monitoring.admin.base import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
 from monitoring.models import RefusedWebhookCount, WebhookDelivery, WebhookOutcome
 

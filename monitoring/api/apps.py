@@ -15,6 +15,11 @@ class ApiConfig(AppConfig):
     def ready(self) -> None:
         from monitoring import transitions
         from monitoring.api import callbacks, checks  # noqa: F401 (registers the checks)
+        from monitoring.api import retention as api_retention
+        from monitoring.ops import retention
+
+        if api_retention.prunable not in retention.EXTRA_PRUNABLE:
+            retention.EXTRA_PRUNABLE.append(api_retention.prunable)
 
         # The outcome's event rows are written in the transition's own transaction.
         transitions.training_finished.connect(

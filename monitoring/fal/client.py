@@ -35,6 +35,7 @@ from typing import Any
 
 from django.conf import settings
 
+from monitoring import owner_messages
 from monitoring.fal import payloads
 
 logger = logging.getLogger("monitoring")
@@ -74,7 +75,7 @@ class FalJobFailed(FalError):
     ) -> None:
         super().__init__(detail, status_code=status_code)
         self.error_type = error_type
-        # detail[].type of a model error: what monitoring.fal.failures reads.
+        # detail[].type of a model error: what monitoring.owner_messages reads.
         self.detail_types = detail_types
 
 
@@ -217,13 +218,11 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
             # read first; a 5xx on the result of a clean COMPLETED is fal's trouble.
             return FalTransient(detail, status_code=code)
         if for_result:
-            from monitoring.fal import failures
-
             return FalJobFailed(
                 detail,
                 status_code=code,
                 error_type=exc.error_type or f"http_{code}",
-                detail_types=tuple(failures.detail_types({"detail": exc.message})),
+                detail_types=tuple(owner_messages.detail_types({"detail": exc.message})),
             )
         return FalTransient(f"unexpected answer: {detail}", status_code=code)
     if isinstance(exc, httpx.HTTPError):

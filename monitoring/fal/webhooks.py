@@ -54,8 +54,8 @@ from django.utils import timezone
 from django.utils.translation import gettext
 
 from avatarsite.client_address import client_address
-from monitoring import transitions
-from monitoring.fal import failures, payloads, results, signing_keys
+from monitoring import owner_messages, totals, transitions
+from monitoring.fal import payloads, results, signing_keys
 from monitoring.models import (
     EventSource,
     RefusedWebhookCount,
@@ -64,7 +64,6 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
-from monitoring.ops import totals
 
 logger = logging.getLogger("monitoring")
 
@@ -647,7 +646,7 @@ def _apply_outcome(
             training,
             error_message=error_message,
             error_type=str(error_type or "")[:128],
-            detail_type_list=failures.detail_types(payload),
+            detail_type_list=owner_messages.detail_types(payload),
             details=payload if isinstance(payload, dict) else {"payload": payload},
             result=payload,
             source=source,

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from avatarsite.client_address import client_address
+from monitoring import totals
 from monitoring.fal import client as fal
 from monitoring.models import (
     Avatar,
@@ -41,7 +42,7 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
-from monitoring.ops import health, totals
+from monitoring.ops import health
 
 logger = logging.getLogger("monitoring")
 

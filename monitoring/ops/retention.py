@@ -8,11 +8,13 @@ evidence staff need while it is still running or stuck.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from monitoring.models import (
@@ -25,6 +27,11 @@ from monitoring.models import (
 )
 
 logger = logging.getLogger("monitoring")
+
+
+# Apps above this one add what they keep (``name -> queryset``, for ``now``) from their
+# AppConfig.ready(): retention then never imports them (the bot API registers here).
+EXTRA_PRUNABLE: list[Callable[[datetime], dict[str, QuerySet[Any]]]] = []
 
 
 def _days_ago(days: int, now: datetime) -> datetime:
@@ -54,24 +61,15 @@ def prunable(now: datetime | None = None) -> dict[str, object]:
     from django_q.models import Task
 
     tasks = Task.objects.filter(stopped__lt=_days_ago(settings.RETENTION_TASK_RESULT_DAYS, now))
-    from monitoring.api.models import ApiCall, CallbackStatus, EventCallback, IdempotencyKey
-
-    api_calls = ApiCall.objects.filter(at__lt=_days_ago(settings.RETENTION_API_CALL_DAYS, now))
-    idempotency_keys = IdempotencyKey.objects.filter(
-        created_at__lt=now - timedelta(hours=settings.API_IDEMPOTENCY_KEY_HOURS)
-    )
-    callbacks = EventCallback.objects.filter(
-        created_at__lt=_days_ago(settings.RETENTION_API_CALL_DAYS, now)
-    ).exclude(status=CallbackStatus.PENDING)
-    return {
+    found: dict[str, object] = {
         "webhook_deliveries": deliveries,
         "avatar_events": events,
         "check_runs": runs,
         "task_results": tasks,
-        "api_calls": api_calls,
-        "api_idempotency_keys": idempotency_keys,
-        "api_event_callbacks": callbacks,
     }
+    for more in EXTRA_PRUNABLE:
+        found.update(more(now))
+    return found
 
 
 def count(now: datetime | None = None) -> dict[str, int]:
