@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from monitoring import status_checks
 from monitoring.fal import payloads, platform
 from monitoring.models import EventSource, Training, UnknownFalRequest
 from notifications import outbox
@@ -174,8 +175,6 @@ def _finish_stale(
     """Trainings fal finished that we still show active: the normal path ends them."""
     if not stale:
         return []
-    from monitoring import status_checks
-
     trainings = list(Training.objects.filter(Q(pk__in=list(stale)) & Q(finished_at__isnull=True)))
     if dry_run:
         return [

@@ -49,7 +49,7 @@ from monitoring import recovery, restore, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.models import CheckRun, EventSource, FalStatus, Training
-from notifications import outbox
+from notifications import delivery, outbox
 
 logger = logging.getLogger("monitoring")
 
@@ -851,8 +851,6 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
 
 def _sweep_outbox() -> None:
     """Hand the notification sender anything due: lost hand-overs, expired leases."""
-    from notifications import delivery
-
     try:
         delivery.sweep()
     except Exception:  # a sender problem must not fail the check run

@@ -11,7 +11,9 @@ from datetime import datetime
 
 from django.contrib.auth import get_user_model
 
-from monitoring import status_checks
+from monitoring import reconcile, status_checks
+from monitoring import trainings as training_service
+from monitoring.fal import platform
 from monitoring.models import CheckRun, EventSource, Training
 
 
@@ -33,8 +35,6 @@ def recheck(
 
     Who asked (``actor_id``) is kept in the task's result next to what each check saw.
     """
-    from monitoring import trainings as training_service
-
     trainings = list(Training.objects.filter(pk__in=training_ids, finished_at__isnull=True))
     # Staff asked: fal's answer goes on each timeline, changed or not.
     actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
@@ -57,9 +57,6 @@ def recheck(
 def reconcile_fal() -> dict:
     """The daily audit of fal's record (monitoring.reconcile); returns its counts."""
     import logging
-
-    from monitoring import reconcile
-    from monitoring.fal import platform
 
     try:
         report = reconcile.reconcile_fal(source=EventSource.SYSTEM)

@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import status_checks, transitions
+from monitoring import recovery, status_checks, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.models import (
@@ -243,8 +243,6 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     running on fal, where its record does not list it yet. fal's record is asked once
     more first; a match found now is adopted instead.
     """
-    from monitoring import recovery
-
     if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
         "monitoring.start_training"
     ):
@@ -403,8 +401,6 @@ def _adoptable_avatar(avatar: Avatar, *, source: str, actor: Any) -> None:
 
 def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
     """A request that had already ended when adopted ends here too, from what fal said."""
-    from monitoring import recovery
-
     report = says.report
     if report is not None and report.status != "COMPLETED":
         transitions.record_fal_status(

@@ -46,6 +46,7 @@ from monitoring.models import (
     TrainingOutcome,
 )
 from notifications import outbox
+from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
@@ -658,8 +659,6 @@ def cancel(
     notify: bool = True,
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
-    from notifications.models import OwnerMessage
-
     outcome = _finish(
         training,
         new_status=S.CANCELLED,

@@ -51,7 +51,9 @@ from monitoring.models import (
     Training,
 )
 from monitoring.stuck import stuck_cause
-from notifications.models import OwnerMessage
+from notifications import delivery
+from notifications import messages as texts
+from notifications.models import Audience, Notification, NotificationKind, OwnerMessage
 
 STAFF = EventSource.STAFF
 
@@ -471,9 +473,6 @@ def telegram_html(text: str) -> SafeString:
 
 def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]]:
     """Each choice of "mark as failed" as the owner would read it, in their language."""
-    from notifications import messages as texts
-    from notifications.models import NotificationKind
-
     previews = []
     for avatar in avatars[:limit]:
         choices = []
@@ -618,8 +617,6 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
 
 def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     """The newest owner notification per avatar that failed or was given up."""
-    from notifications.models import Audience, Notification
-
     latest: dict[int, Any] = {}
     rows = Notification.objects.filter(
         avatar_id__in=list(avatar_ids),
@@ -638,8 +635,6 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
 def resend_notification(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
-    from notifications import delivery
-
     avatars = list(queryset.order_by("pk"))
     resendable = _resendable(a.pk for a in avatars)
     for avatar in avatars:

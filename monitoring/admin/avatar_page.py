@@ -34,6 +34,8 @@ from monitoring.models import (
     FalStatus,
     Training,
 )
+from monitoring.trainings import recheck
+from notifications.models import Audience, Notification, NotificationStatus
 
 # How long a text may be before it is folded away behind "show all".
 FOLD_AT = 240
@@ -75,8 +77,6 @@ def available_actions(request: HttpRequest, avatar: Avatar) -> list[PageAction]:
 
 def _recheck_here(request: HttpRequest, avatar: Avatar) -> None:
     """Ask fal now, in this request (one avatar, bounded by FAL_CALL_TIMEOUT_SECONDS)."""
-    from monitoring.trainings import recheck
-
     training = actions._active_training(avatar)
     if training is None:
         messages.warning(request, _("Not re-checked: no active training."))
@@ -217,8 +217,6 @@ def fal_answer_words(after: str, position: int | None, error: str) -> str:
 
 def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> SafeString:
     """ "The owner was told: <text> at <time>", or why not (yet)."""
-    from notifications.models import Audience, Notification, NotificationStatus
-
     if training is None:
         return format_html("{}", _("Nothing to tell the owner yet: no training."))
     notification = (

@@ -45,7 +45,7 @@ from monitoring.models import (
     WebhookDelivery,
 )
 from monitoring.ops import attention
-from notifications.models import UnreachableChat
+from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
@@ -155,8 +155,6 @@ class NotificationStateFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        from notifications.models import Audience, Notification
-
         statuses = {
             "pending": ("pending", "sending"),
             "sent": ("sent",),
@@ -218,8 +216,6 @@ class OwnerAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Owner]:
-        from notifications.models import NotificationAttempt
-
         last_error = (
             NotificationAttempt.objects.filter(notification__owner=OuterRef("pk"))
             .exclude(error="")
@@ -586,8 +582,6 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, avatar: Avatar) -> SafeString:
-        from notifications.models import Notification, NotificationAttempt
-
         notifications = list(
             Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT]
         )
@@ -696,8 +690,6 @@ class TrainingAdmin(admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, training: Training) -> SafeString:
-        from notifications.models import NotificationAttempt
-
         attempts = (
             NotificationAttempt.objects.filter(notification__training=training)
             .select_related("notification")

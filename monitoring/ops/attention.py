@@ -22,6 +22,7 @@ from django.utils.translation import ngettext
 
 from monitoring.models import Avatar, AvatarStatus, Training
 from monitoring.ops import health
+from notifications.models import Audience, Notification, NotificationKind
 
 # A message waiting longer than this has not been consumed by the notifier.
 BACKLOG_LATE_MINUTES = 10
@@ -63,8 +64,6 @@ def _changelist(query: str = "") -> str:
 
 def problems(now: datetime | None = None) -> list[Problem]:
     """Everything wrong right now, worst first."""
-    from notifications.models import Audience, Notification, NotificationKind
-
     now = now or timezone.now()
     found: list[Problem] = []
     stuck = stuck_count()

@@ -20,6 +20,7 @@ from django.utils.translation import gettext as _
 
 from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
 from monitoring.ops import health
+from notifications.models import Notification
 
 BACKLOG_STATUSES = ("pending", "sending")
 PROBLEM_STATUSES = ("failed", "given_up", "unreachable")
@@ -103,8 +104,6 @@ def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
 
 
 def notification_backlog(now: datetime) -> dict[str, Any]:
-    from notifications.models import Notification
-
     backlog = Notification.objects.filter(status__in=BACKLOG_STATUSES).aggregate(
         n=Count("id"), oldest=Min("created_at"), due=Max("next_attempt_at")
     )

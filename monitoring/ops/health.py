@@ -28,7 +28,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from monitoring.models import CheckRun, Training
+from monitoring.models import CheckRun, Training, WorkerHeartbeat
+from notifications import delivery
+from notifications.models import Notification, NotificationStatus
 
 logger = logging.getLogger("monitoring")
 
@@ -90,8 +92,6 @@ def notifications_late(now: datetime | None = None) -> NotificationsLate:
     lease ran out at ``lease_until``. Never late while sending is paused because
     Telegram rejects the token: that has its own flag, and nothing could be sent.
     """
-    from notifications.models import Notification, NotificationStatus
-
     now = now or timezone.now()
     limit = notifications_late_after_seconds()
     if sending_paused():
@@ -106,8 +106,6 @@ def notifications_late(now: datetime | None = None) -> NotificationsLate:
 
 def worker_heartbeat_age(role: str, now: datetime | None = None) -> float | None:
     """Seconds since any host's ``role`` last beat (None: it never ran)."""
-    from monitoring.models import WorkerHeartbeat
-
     now = now or timezone.now()
     beat = WorkerHeartbeat.objects.filter(role=role).order_by("-beat_at").first()
     return None if beat is None else round(max(0.0, (now - beat.beat_at).total_seconds()), 1)
@@ -115,8 +113,6 @@ def worker_heartbeat_age(role: str, now: datetime | None = None) -> float | None
 
 def sending_paused() -> bool:
     """Whether the notifier paused sending (Telegram rejected the token)."""
-    from notifications import delivery
-
     paused, _reason = delivery.sending_paused()
     return bool(paused)
 

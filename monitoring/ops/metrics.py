@@ -43,6 +43,8 @@ from monitoring.models import (
     WebhookVerdict,
 )
 from monitoring.ops import health
+from notifications import delivery
+from notifications.models import Notification, NotificationAttempt
 
 logger = logging.getLogger("monitoring")
 
@@ -67,8 +69,6 @@ def _known_webhook_labels() -> list[tuple[str, str]]:
 
 
 def _known_send_results() -> list[str]:
-    from notifications.models import NotificationAttempt
-
     return [
         o.value for o in NotificationAttempt.Outcome if o != NotificationAttempt.Outcome.IN_FLIGHT
     ]
@@ -94,9 +94,6 @@ class DatabaseCollector:
     """Reads every figure from the database when Prometheus scrapes: 7 queries."""
 
     def collect(self, now: datetime | None = None) -> Iterator[Metric]:
-        from notifications import delivery
-        from notifications.models import Notification
-
         now = now or timezone.now()
 
         # 1. Active trainings by fal sub-state, with the stuck ones among them.

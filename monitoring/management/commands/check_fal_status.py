@@ -17,6 +17,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
+from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.management import inputs
 from monitoring.models import Training
@@ -93,8 +94,6 @@ class Command(BaseCommand):
                 _("Not a request of this monitor; asking fal at %(endpoint)s.")
                 % {"endpoint": endpoint}
             )
-
-        from monitoring.fal import client as fal
 
         try:
             report = fal.status(endpoint, request_id, with_logs=logs)

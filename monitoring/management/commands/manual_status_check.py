@@ -17,6 +17,7 @@ from django.utils.translation import gettext as _
 
 from monitoring.management import inputs
 from monitoring.models import Avatar, EventSource, Training
+from monitoring.status_checks import check_trainings
 
 BATCH = 25
 
@@ -67,8 +68,6 @@ class Command(BaseCommand):
         if not trainings:
             self.stdout.write(_("Nothing to check."))
             return
-
-        from monitoring.status_checks import check_trainings
 
         total, changed, failed = len(trainings), 0, 0
         prefix = _("[dry run] ") if dry_run else ""
