@@ -12,6 +12,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -28,6 +29,10 @@ from avatarsite.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Lets classes be written as ModelAdmin[Avatar] (the generic the type checker reads):
+# Django itself has no __class_getitem__ on them. Must run before any admin is imported.
+django_stubs_ext.monkeypatch()
 
 # python-telegram-bot: retry_after as a timedelta, and no deprecation warning that
 # would surface instead of RetryAfter under warnings-as-errors.
