@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
@@ -376,7 +377,7 @@ Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1, maximum=64)
 WORKER_STOP_GRACE_SECONDS = env_float("WORKER_STOP_GRACE_SECONDS", 8.0, minimum=3.0)
 # A task may run at most `timeout` seconds; `retry` is larger so a live task is never
 # handed to a second worker while the first still runs it.
-Q_CLUSTER = {
+Q_CLUSTER: dict[str, Any] = {
     "name": "avatars",
     "workers": Q_WORKERS,
     "timeout": env_int("Q_TIMEOUT_SECONDS", 55, minimum=5),

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from monitoring.models import (
@@ -31,7 +32,7 @@ def _days_ago(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
 
 
-def prunable(now: datetime | None = None) -> dict[str, object]:
+def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
     """The querysets that would be deleted now, by kind (shared by prune and --dry-run)."""
     now = now or timezone.now()
     deliveries = WebhookDelivery.objects.filter(
