@@ -8,6 +8,7 @@ monitoring admin.
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -155,7 +156,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         about = []
         if notification.owner_id:
             about.append(str(notification.owner))
-        if notification.avatar_id:
+        if notification.avatar is not None:
             about.append(
                 _("%(name)s, avatar #%(id)s")
                 % {"name": notification.avatar.name, "id": notification.avatar_id}
@@ -198,7 +199,7 @@ class NotificationAdmin(ReadOnlyAdmin):
                     "opts": self.model._meta,
                     "eligible": eligible,
                     "skipped": skipped,
-                    "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+                    "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
                     "action": "resend",
                 },
             )
