@@ -37,6 +37,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django_stubs_ext import StrOrPromise
 
 from monitoring import roles, transitions
 from monitoring import trainings as training_service
@@ -56,17 +57,21 @@ from notifications.models import OwnerMessage
 STAFF = EventSource.STAFF
 
 
+# What staff may have the owner told when marking an avatar failed (form and previews).
+OWNER_MESSAGE_CHOICES = [
+    (OwnerMessage.PHOTOS, OwnerMessage.PHOTOS.label),
+    (OwnerMessage.CANCELLED, OwnerMessage.CANCELLED.label),
+    (OwnerMessage.TECHNICAL, OwnerMessage.TECHNICAL.label),
+    (OwnerMessage.NONE, OwnerMessage.NONE.label),
+]
+
+
 class ReasonForm(forms.Form):
     """Mark as failed: what the owner is told, and the staff reason (kept internal)."""
 
     owner_message = forms.ChoiceField(
         label=gettext_lazy("What the owner is told"),
-        choices=[
-            (OwnerMessage.PHOTOS, OwnerMessage.PHOTOS.label),
-            (OwnerMessage.CANCELLED, OwnerMessage.CANCELLED.label),
-            (OwnerMessage.TECHNICAL, OwnerMessage.TECHNICAL.label),
-            (OwnerMessage.NONE, OwnerMessage.NONE.label),
-        ],
+        choices=OWNER_MESSAGE_CHOICES,
         widget=forms.RadioSelect,
         help_text=gettext_lazy(
             "The preview below shows each text in the owner's language. "
@@ -320,7 +325,7 @@ def recheck_now(
                     training_id=training.pk,
                     kind=EventKind.RECHECK_REQUESTED,
                     source=STAFF,
-                    actor=request.user,
+                    actor_id=request.user.pk,
                 )
                 for training in trainings
             )
@@ -476,8 +481,8 @@ def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]
 
     previews = []
     for avatar in avatars[:limit]:
-        choices = []
-        for value, label in ReasonForm.base_fields["owner_message"].choices:
+        choices: list[tuple[str, StrOrPromise, SafeString | None]] = []
+        for value, label in OWNER_MESSAGE_CHOICES:
             if value == OwnerMessage.NONE:
                 choices.append((value, label, None))
                 continue
@@ -627,6 +632,7 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
         status__in=("failed", "given_up"),
     ).order_by("avatar_id", "-created_at", "-id")
     for notification in rows:
+        assert notification.avatar_id is not None  # filtered on avatar_id__in
         latest.setdefault(notification.avatar_id, notification)
     return latest
 
