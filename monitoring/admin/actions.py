@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.conf import settings
@@ -29,7 +29,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -101,10 +101,15 @@ class ExtendForm(forms.Form):
 EXTEND_CHOICES = (1, 6, 24)
 
 
-ActionFunction = Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Any]], Any]
+_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
+_Model = TypeVar("_Model", bound=Model)
+# A module-level action or a ModelAdmin method: (model admin, request, selection).
+ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Model]], Any]
 
 
-def staff_action(*, permission: str, description: Any) -> Callable[[ActionFunction], Any]:
+def staff_action(
+    *, permission: str, description: Any
+) -> Callable[[ActionFunction[_Admin, _Model]], Any]:
     """An admin action that needs ``permission`` ("app_label.codename").
 
     Django offers and dispatches the action only when the ModelAdmin's
@@ -113,9 +118,9 @@ def staff_action(*, permission: str, description: Any) -> Callable[[ActionFuncti
     """
     codename = permission.split(".", 1)[1]
 
-    def wrap(action: ActionFunction) -> Any:
+    def wrap(action: ActionFunction[_Admin, _Model]) -> Any:
         @functools.wraps(action)
-        def run(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]):
+        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Model]):
             if not request.user.has_perm(permission):
                 raise PermissionDenied
             return action(modeladmin, request, queryset)

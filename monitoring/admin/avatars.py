@@ -19,6 +19,7 @@ from typing import Any
 from django.contrib import admin
 from django.db import models
 from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -47,7 +48,7 @@ from notifications.models import UnreachableChat
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
-BADGE_COLOURS = {
+BADGE_COLOURS: dict[str, str] = {
     AvatarStatus.DRAFT: "#6b6b6b",
     AvatarStatus.READY_FOR_TRAINING: "#1565c0",
     AvatarStatus.TRAINING: "#b34700",
@@ -390,7 +391,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         )
         return queryset.order_by(*self.get_ordering(request))
 
-    def get_ordering(self, request: HttpRequest) -> list[str]:
+    def get_ordering(self, request: HttpRequest) -> list[str | Combinable]:
         if _is_stuck_list(request):
             # Longest stuck first.
             return ["current_training__stuck_since", "pk"]

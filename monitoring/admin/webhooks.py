@@ -99,7 +99,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         # never starts, cancels or fails anything, so it takes the re-check permission.
         return request.user.has_perm(roles.RECHECK_AVATAR)
 
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # The avatar page links here filtered by avatar.
         if lookup in ("training__avatar__id__exact", "training__id__exact"):
             return True
@@ -127,7 +127,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("training"), ordering="training")
     def training_link(self, obj: WebhookDelivery) -> str:
-        if obj.training_id is None:
+        if obj.training is None:
             return "—"
         url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
         return format_html('<a href="{}">{}</a>', url, obj.training)
