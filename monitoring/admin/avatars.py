@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin
 from django.db import models
@@ -204,7 +204,11 @@ class NotificationStateFilter(admin.SimpleListFilter):
 # --- Inlines -----------------------------------------------------------------------------
 
 
-class ReadOnlyInline(admin.TabularInline):
+_Child = TypeVar("_Child", bound=models.Model)
+_Parent = TypeVar("_Parent", bound=models.Model)
+
+
+class ReadOnlyInline(admin.TabularInline[_Child, _Parent]):
     extra = 0
     can_delete = False
     show_change_link = True
@@ -236,7 +240,7 @@ class ReachableFilter(admin.SimpleListFilter):
 
 
 @admin.register(Owner)
-class OwnerAdmin(admin.ModelAdmin):
+class OwnerAdmin(admin.ModelAdmin[Owner]):
     list_display = (
         "telegram_id",
         "username",
@@ -307,7 +311,7 @@ class OwnerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
+class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
     list_display = (
         "id",
         "name_column",
@@ -704,7 +708,7 @@ def _training_inlines() -> tuple[type, ...]:
 
 
 @admin.register(Training)
-class TrainingAdmin(admin.ModelAdmin):
+class TrainingAdmin(admin.ModelAdmin[Training]):
     """One attempt, everything read-only: the request, the result, the monitoring state."""
 
     list_display = (
@@ -770,7 +774,7 @@ class TrainingAdmin(admin.ModelAdmin):
 
 
 @admin.register(AvatarEvent)
-class AvatarEventAdmin(admin.ModelAdmin):
+class AvatarEventAdmin(admin.ModelAdmin[AvatarEvent]):
     list_display = (
         "created_at",
         "avatar",

@@ -23,7 +23,7 @@ from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
 from monitoring.admin.avatars import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
-from monitoring.models import RefusedWebhookCount, WebhookDelivery, WebhookOutcome
+from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
     "received_at",
@@ -61,7 +61,7 @@ class MatchedFilter(admin.SimpleListFilter):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
     list_display = (
         "received_at",
         "request_id_display",
@@ -156,7 +156,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(RefusedWebhookCount)
-class RefusedWebhookCountAdmin(admin.ModelAdmin):
+class RefusedWebhookCountAdmin(admin.ModelAdmin[RefusedWebhookCount]):
     """Refused deliveries per minute and verdict, including those beyond the rows kept:
     where staff see an attack (a flood of forged deliveries) at a glance."""
 
@@ -174,7 +174,7 @@ class RefusedWebhookCountAdmin(admin.ModelAdmin):
         return False
 
 
-class WebhookDeliveryInline(ReadOnlyInline):
+class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
     """The deliveries of one training attempt, read-only, newest first.
 
     For the Training admin page (Django inlines need a direct foreign key; the
