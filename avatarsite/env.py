@@ -10,10 +10,13 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, overload
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from dj_database_url import DBConfig
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -27,6 +30,10 @@ def _raw(name: str) -> str | None:
     return value or None
 
 
+@overload
+def env_str(name: str, default: str) -> str: ...
+@overload
+def env_str(name: str, default: None = None) -> str | None: ...
 def env_str(name: str, default: str | None = None) -> str | None:
     value = _raw(name)
     return default if value is None else value
@@ -98,6 +105,10 @@ def env_networks(
     return networks
 
 
+@overload
+def env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str: ...
+@overload
+def env_url(name: str, default: None, *, schemes: tuple[str, ...]) -> str | None: ...
 def env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str | None:
     """An absolute URL with one of ``schemes`` and a host; trailing slash removed."""
     value = _raw(name)
@@ -110,7 +121,7 @@ def env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str 
     return value.rstrip("/")
 
 
-def env_database(name: str, default_sqlite_path: Path) -> dict[str, Any]:
+def env_database(name: str, default_sqlite_path: Path) -> DBConfig:
     """``DATABASE_URL`` as a Django database dict (SQLite file by default)."""
     import dj_database_url
 

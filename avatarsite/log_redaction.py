@@ -83,7 +83,7 @@ class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
         kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
         super().__init__("%(levelname)s %(name)s %(message)s", *args, **kwargs)
 
-    def formatException(self, ei: Any) -> str:  # type: ignore[override]
+    def formatException(self, ei: Any) -> str:
         return redact(logging.Formatter.formatException(self, ei))
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:

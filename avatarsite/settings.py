@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -28,6 +30,10 @@ from avatarsite.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Lets classes be written as ModelAdmin[Avatar] (the generic the type checker reads):
+# Django itself has no __class_getitem__ on them. Must run before any admin is imported.
+django_stubs_ext.monkeypatch()
 
 # python-telegram-bot: retry_after as a timedelta, and no deprecation warning that
 # would surface instead of RetryAfter under warnings-as-errors.
@@ -371,7 +377,7 @@ Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1, maximum=64)
 WORKER_STOP_GRACE_SECONDS = env_float("WORKER_STOP_GRACE_SECONDS", 8.0, minimum=3.0)
 # A task may run at most `timeout` seconds; `retry` is larger so a live task is never
 # handed to a second worker while the first still runs it.
-Q_CLUSTER = {
+Q_CLUSTER: dict[str, Any] = {
     "name": "avatars",
     "workers": Q_WORKERS,
     "timeout": env_int("Q_TIMEOUT_SECONDS", 55, minimum=5),

@@ -375,10 +375,11 @@ class FalEmulator:
     ) -> None:
         """The next ``times`` submits answer ``status_code`` and create no job."""
         if body is None:
-            body = {
+            known: dict[int, dict] = {
                 401: {"detail": "No user found for Key ID and Secret"},
                 403: {"detail": "User is locked. Reason: Exhausted balance"},
-            }.get(
+            }
+            body = known.get(
                 status_code,
                 {
                     "detail": [
@@ -573,7 +574,7 @@ class FalEmulator:
             for job in due:
                 body = self._webhook_body(job)
                 headers = self.signer.headers(body, job.request_id)
-                record = {
+                record: dict[str, Any] = {
                     "request_id": job.request_id,
                     "url": self.webhook_target or job.webhook_url,
                 }

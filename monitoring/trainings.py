@@ -164,7 +164,7 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
         return transitions.Outcome(
             True,
             avatar.status,
-            SUBMIT_UNKNOWN_DETAIL,
+            str(SUBMIT_UNKNOWN_DETAIL),
             training,
         )
 
@@ -541,6 +541,7 @@ def _adoption_avatar(
     if avatar is not None:
         _adoptable_avatar(avatar, source=source, actor=actor)
         return avatar
+    assert owner_telegram_id is not None  # the adoption's input check requires one
     owner, created = Owner.objects.get_or_create(
         telegram_id=owner_telegram_id, defaults={"language": owner_language or Language.RU}
     )

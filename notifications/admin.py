@@ -7,9 +7,12 @@ monitoring admin.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -34,7 +37,10 @@ RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
 RESEND_PERMISSION = "monitoring.resend_notification"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+_M = TypeVar("_M", bound=Model)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
@@ -68,7 +74,7 @@ def warn_if_paused(request: HttpRequest) -> None:
         )
 
 
-class NotificationAttemptInline(admin.TabularInline):
+class NotificationAttemptInline(admin.TabularInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
     extra = 0
     can_delete = False
@@ -89,7 +95,7 @@ class NotificationAttemptInline(admin.TabularInline):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdmin):
+class NotificationAdmin(ReadOnlyAdmin[Notification]):
     list_display = (
         "id",
         "kind",
@@ -155,7 +161,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         about = []
         if notification.owner_id:
             about.append(str(notification.owner))
-        if notification.avatar_id:
+        if notification.avatar is not None:
             about.append(
                 _("%(name)s, avatar #%(id)s")
                 % {"name": notification.avatar.name, "id": notification.avatar_id}
@@ -198,7 +204,7 @@ class NotificationAdmin(ReadOnlyAdmin):
                     "opts": self.model._meta,
                     "eligible": eligible,
                     "skipped": skipped,
-                    "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+                    "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
                     "action": "resend",
                 },
             )
@@ -229,7 +235,7 @@ class NotificationAdmin(ReadOnlyAdmin):
 
 
 @admin.register(SenderState)
-class SenderStateAdmin(ReadOnlyAdmin):
+class SenderStateAdmin(ReadOnlyAdmin[SenderState]):
     list_display = ("__str__", "paused", "cause", "reason", "paused_at", "last_probe_at")
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
@@ -238,11 +244,11 @@ class SenderStateAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UnreachableChat)
-class UnreachableChatAdmin(ReadOnlyAdmin):
+class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
     list_display = ("chat_id", "reason", "since")
     search_fields = ("=chat_id", "reason")
 
 
 @admin.register(ChatMigration)
-class ChatMigrationAdmin(ReadOnlyAdmin):
+class ChatMigrationAdmin(ReadOnlyAdmin[ChatMigration]):
     list_display = ("old_chat_id", "new_chat_id", "migrated_at")

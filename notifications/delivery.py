@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -362,7 +363,7 @@ def _release(
     notification: Notification, *, after: float, error: str = "", failed: bool = False
 ) -> None:
     """Back to pending, due in ``after`` seconds (a failed attempt counts toward giving up)."""
-    fields = {
+    fields: dict[str, Any] = {
         "status": Status.PENDING,
         "lease_until": None,
         "claimed_by": "",
@@ -546,14 +547,16 @@ def _sent(
     return "sent"
 
 
-def _flood_control(notification, attempt, chat_id, error: RetryLater) -> str:
+def _flood_control(notification, attempt, chat_id, error: SendError) -> str:
+    assert isinstance(error, RetryLater)  # _ANSWERS sends only these here
     # Not a failure of this message: back to the outbox, due when Telegram says.
     _record(attempt, Outcome.RETRY_AFTER, error=str(error))
     _release(notification, after=error.retry_after, error=str(error))
     return f"flood control: retry in {error.retry_after:g} s"
 
 
-def _chat_moved(notification, attempt, chat_id, error: ChatMoved) -> None:
+def _chat_moved(notification, attempt, chat_id, error: SendError) -> None:
+    assert isinstance(error, ChatMoved)  # _ANSWERS sends only these here
     _record(attempt, Outcome.MIGRATED, error=str(error))
     ChatMigration.objects.update_or_create(
         old_chat_id=chat_id, defaults={"new_chat_id": error.new_chat_id}

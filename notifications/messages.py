@@ -24,7 +24,8 @@ _TYPE_NAMES = {
     "en": {"portrait": "portrait", "style": "style"},
 }
 
-_OWNER_TEXTS = {
+# Keyed by language, then by the (str-valued) NotificationKind: looked up with plain str.
+_OWNER_TEXTS: dict[str, dict[str, str]] = {
     "ru": {
         NotificationKind.READY: (
             "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать."
@@ -50,7 +51,7 @@ _OWNER_TEXTS = {
 # Why a training failed, in words an owner understands, and what to do about it.
 # Keyed by ``OwnerMessage`` (chosen from fal's answer by monitoring.owner_messages, or
 # by staff); never guessed from the error text.
-_FAILURE_REASONS = {
+_FAILURE_REASONS: dict[str, dict[str, tuple[str, str]]] = {
     OwnerMessage.PHOTOS: {
         "ru": (
             "Причина: не получилось обработать загруженные фото.",

@@ -156,6 +156,7 @@ def _redis():
     import redis  # only with REDIS_URL: an optional dependency, not a cycle
 
     url = settings.REDIS_URL
+    assert url, "only called when REDIS_URL is set"
     if url not in _redis_clients:
         _redis_clients[url] = redis.Redis.from_url(url)
     return _redis_clients[url]

@@ -6,4 +6,5 @@ from django.urls import reverse_lazy
 from monitoring.admin import avatars, fal_record, task_queue, webhooks  # noqa: F401
 
 # "View site" opens the staff dashboard: the site has no public pages.
-admin.site.site_url = reverse_lazy("admin:monitoring_dashboard")
+# Lazy: the URLconf is not loaded yet. Django renders it as a string; its stubs want a str.
+admin.site.site_url = reverse_lazy("admin:monitoring_dashboard")  # type: ignore[assignment]

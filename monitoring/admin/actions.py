@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.conf import settings
@@ -29,7 +29,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -37,6 +37,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django_stubs_ext import StrOrPromise
 
 from monitoring import roles, transitions
 from monitoring import trainings as training_service
@@ -58,17 +59,21 @@ from notifications.models import Audience, Notification, NotificationKind, Owner
 STAFF = EventSource.STAFF
 
 
+# What staff may have the owner told when marking an avatar failed (form and previews).
+OWNER_MESSAGE_CHOICES = [
+    (OwnerMessage.PHOTOS, OwnerMessage.PHOTOS.label),
+    (OwnerMessage.CANCELLED, OwnerMessage.CANCELLED.label),
+    (OwnerMessage.TECHNICAL, OwnerMessage.TECHNICAL.label),
+    (OwnerMessage.NONE, OwnerMessage.NONE.label),
+]
+
+
 class ReasonForm(forms.Form):
     """Mark as failed: what the owner is told, and the staff reason (kept internal)."""
 
     owner_message = forms.ChoiceField(
         label=gettext_lazy("What the owner is told"),
-        choices=[
-            (OwnerMessage.PHOTOS, OwnerMessage.PHOTOS.label),
-            (OwnerMessage.CANCELLED, OwnerMessage.CANCELLED.label),
-            (OwnerMessage.TECHNICAL, OwnerMessage.TECHNICAL.label),
-            (OwnerMessage.NONE, OwnerMessage.NONE.label),
-        ],
+        choices=OWNER_MESSAGE_CHOICES,
         widget=forms.RadioSelect,
         help_text=gettext_lazy(
             "The preview below shows each text in the owner's language. "
@@ -98,10 +103,15 @@ class ExtendForm(forms.Form):
 EXTEND_CHOICES = (1, 6, 24)
 
 
-ActionFunction = Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Any]], Any]
+_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
+_Model = TypeVar("_Model", bound=Model)
+# A module-level action or a ModelAdmin method: (model admin, request, selection).
+ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Model]], Any]
 
 
-def staff_action(*, permission: str, description: Any) -> Callable[[ActionFunction], Any]:
+def staff_action(
+    *, permission: str, description: Any
+) -> Callable[[ActionFunction[_Admin, _Model]], Any]:
     """An admin action that needs ``permission`` ("app_label.codename").
 
     Django offers and dispatches the action only when the ModelAdmin's
@@ -110,9 +120,9 @@ def staff_action(*, permission: str, description: Any) -> Callable[[ActionFuncti
     """
     codename = permission.split(".", 1)[1]
 
-    def wrap(action: ActionFunction) -> Any:
+    def wrap(action: ActionFunction[_Admin, _Model]) -> Any:
         @functools.wraps(action)
-        def run(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]):
+        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Model]):
             if not request.user.has_perm(permission):
                 raise PermissionDenied
             return action(modeladmin, request, queryset)
@@ -322,7 +332,7 @@ def recheck_now(
                     training_id=training.pk,
                     kind=EventKind.RECHECK_REQUESTED,
                     source=STAFF,
-                    actor=request.user,
+                    actor_id=request.user.pk,
                 )
                 for training in trainings
             )
@@ -475,8 +485,8 @@ def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]
     """Each choice of "mark as failed" as the owner would read it, in their language."""
     previews = []
     for avatar in avatars[:limit]:
-        choices = []
-        for value, label in ReasonForm.base_fields["owner_message"].choices:
+        choices: list[tuple[str, StrOrPromise, SafeString | None]] = []
+        for value, label in OWNER_MESSAGE_CHOICES:
             if value == OwnerMessage.NONE:
                 choices.append((value, label, None))
                 continue
@@ -624,6 +634,7 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
         status__in=("failed", "given_up"),
     ).order_by("avatar_id", "-created_at", "-id")
     for notification in rows:
+        assert notification.avatar_id is not None  # filtered on avatar_id__in
         latest.setdefault(notification.avatar_id, notification)
     return latest
 

@@ -185,12 +185,13 @@ def state_words(avatar: Avatar, training: Training | None) -> str:
     label = avatar.get_status_display()
     if avatar.status != AvatarStatus.TRAINING or training is None:
         return str(label)
-    sub = {
+    words: dict[str, str] = {
         FalStatus.SUBMITTING: _("being submitted to fal"),
         FalStatus.IN_QUEUE: _("in fal's queue"),
         FalStatus.IN_PROGRESS: _("training on fal"),
         FalStatus.COMPLETED: _("finished on fal, result not fetched yet"),
-    }.get(training.fal_status, training.get_fal_status_display())
+    }
+    sub = words.get(training.fal_status, training.get_fal_status_display())
     if training.fal_status == FalStatus.IN_QUEUE and training.queue_position is not None:
         sub = _("%(state)s, position %(position)s") % {
             "state": sub,
@@ -366,13 +367,13 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
                 _when(event.created_at, now),
                 event.get_kind_display(),
                 event.get_source_display()
-                + (f" · {event.actor.get_username()}" if event.actor_id else ""),
+                + (f" · {event.actor.get_username()}" if event.actor is not None else ""),
                 format_html(
                     "{} → {}", _status_label(event.old_status), _status_label(event.new_status)
                 )
                 if event.new_status
                 else "",
-                f"#{event.training.attempt}" if event.training_id else "",
+                f"#{event.training.attempt}" if event.training is not None else "",
                 fold(event_words(event)) if event_words(event) else "",
             )
             for event in events

@@ -18,6 +18,7 @@ from typing import Any
 from django.contrib import admin
 from django.db import models
 from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -49,7 +50,7 @@ from notifications.models import Audience, Notification, NotificationAttempt, Un
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
-BADGE_COLOURS = {
+BADGE_COLOURS: dict[str, str] = {
     AvatarStatus.DRAFT: "#6b6b6b",
     AvatarStatus.READY_FOR_TRAINING: "#1565c0",
     AvatarStatus.TRAINING: "#b34700",
@@ -194,7 +195,7 @@ class ReachableFilter(admin.SimpleListFilter):
 
 
 @admin.register(Owner)
-class OwnerAdmin(admin.ModelAdmin):
+class OwnerAdmin(admin.ModelAdmin[Owner]):
     list_display = (
         "telegram_id",
         "username",
@@ -263,7 +264,7 @@ class OwnerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
+class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
     list_display = (
         "id",
         "name_column",
@@ -347,7 +348,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin):
         )
         return queryset.order_by(*self.get_ordering(request))
 
-    def get_ordering(self, request: HttpRequest) -> list[str]:
+    def get_ordering(self, request: HttpRequest) -> list[str | Combinable]:
         if _is_stuck_list(request):
             # Longest stuck first.
             return ["current_training__stuck_since", "pk"]
@@ -647,7 +648,7 @@ def _training_inlines() -> tuple[type, ...]:
 
 
 @admin.register(Training)
-class TrainingAdmin(admin.ModelAdmin):
+class TrainingAdmin(admin.ModelAdmin[Training]):
     """One attempt, everything read-only: the request, the result, the monitoring state."""
 
     list_display = (
@@ -711,7 +712,7 @@ class TrainingAdmin(admin.ModelAdmin):
 
 
 @admin.register(AvatarEvent)
-class AvatarEventAdmin(admin.ModelAdmin):
+class AvatarEventAdmin(admin.ModelAdmin[AvatarEvent]):
     list_display = (
         "created_at",
         "avatar",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -27,7 +28,11 @@ def _json(value: Any) -> SafeString:
     return _pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
 
 
-class ReadOnlyInline(admin.TabularInline):
+_Child = TypeVar("_Child", bound=models.Model)
+_Parent = TypeVar("_Parent", bound=models.Model)
+
+
+class ReadOnlyInline(admin.TabularInline[_Child, _Parent]):
     extra = 0
     can_delete = False
     show_change_link = True

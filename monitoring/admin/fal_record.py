@@ -110,7 +110,7 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
 
 
 @admin.register(UnknownFalRequest)
-class UnknownFalRequestAdmin(admin.ModelAdmin):
+class UnknownFalRequestAdmin(admin.ModelAdmin[UnknownFalRequest]):
     list_display = (
         "request_id",
         "endpoint_id",

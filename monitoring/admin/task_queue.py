@@ -24,7 +24,8 @@ from django_q.models import Failure, OrmQ, Schedule, Success
 TASK_FIELDS = ("id", "name", "func", "group", "cluster", "started", "stopped", "success")
 
 
-class SuperuserReadOnlyAdmin(admin.ModelAdmin):
+# django-q2's models are untyped (and TaskResultAdmin serves both Success and Failure).
+class SuperuserReadOnlyAdmin(admin.ModelAdmin[Any]):
     """Visible to superusers only; nobody adds, changes, deletes or runs anything."""
 
     actions = None

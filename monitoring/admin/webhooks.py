@@ -23,7 +23,7 @@ from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
 from monitoring.admin.base import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
-from monitoring.models import RefusedWebhookCount, WebhookDelivery, WebhookOutcome
+from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
     "received_at",
@@ -61,7 +61,7 @@ class MatchedFilter(admin.SimpleListFilter):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
     list_display = (
         "received_at",
         "request_id_display",
@@ -99,7 +99,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         # never starts, cancels or fails anything, so it takes the re-check permission.
         return request.user.has_perm(roles.RECHECK_AVATAR)
 
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # The avatar page links here filtered by avatar.
         if lookup in ("training__avatar__id__exact", "training__id__exact"):
             return True
@@ -127,7 +127,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("training"), ordering="training")
     def training_link(self, obj: WebhookDelivery) -> str:
-        if obj.training_id is None:
+        if obj.training is None:
             return "—"
         url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
         return format_html('<a href="{}">{}</a>', url, obj.training)
@@ -156,7 +156,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(RefusedWebhookCount)
-class RefusedWebhookCountAdmin(admin.ModelAdmin):
+class RefusedWebhookCountAdmin(admin.ModelAdmin[RefusedWebhookCount]):
     """Refused deliveries per minute and verdict, including those beyond the rows kept:
     where staff see an attack (a flood of forged deliveries) at a glance."""
 
@@ -174,7 +174,7 @@ class RefusedWebhookCountAdmin(admin.ModelAdmin):
         return False
 
 
-class WebhookDeliveryInline(ReadOnlyInline):
+class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
     """The deliveries of one training attempt, read-only, newest first.
 
     For the Training admin page (Django inlines need a direct foreign key; the

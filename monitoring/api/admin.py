@@ -8,9 +8,11 @@ staff who may view them can see; resending one needs ``monitoring.resend_notific
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -58,7 +60,10 @@ class ApiClientForm(forms.ModelForm):
         return url
 
 
-class OperatorsOnly(admin.ModelAdmin):
+_M = TypeVar("_M", bound=Model)
+
+
+class OperatorsOnly(admin.ModelAdmin[_M]):
     def _may(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.has_perm(MANAGE)
 
@@ -79,7 +84,7 @@ class OperatorsOnly(admin.ModelAdmin):
 
 
 @admin.register(ApiClient)
-class ApiClientAdmin(OperatorsOnly):
+class ApiClientAdmin(OperatorsOnly[ApiClient]):
     form = ApiClientForm
     list_display = (
         "name",
@@ -152,7 +157,7 @@ class ApiClientAdmin(OperatorsOnly):
 
 
 @admin.register(ApiCall)
-class ApiCallAdmin(OperatorsOnly):
+class ApiCallAdmin(OperatorsOnly[ApiCall]):
     list_display = ("at", "client", "method", "path", "status", "duration_ms")
     list_filter = ("status", "method", "client")
     search_fields = ("path",)
@@ -165,7 +170,7 @@ class ApiCallAdmin(OperatorsOnly):
         return False
 
 
-class CallbackAttemptInline(admin.TabularInline):
+class CallbackAttemptInline(admin.TabularInline[CallbackAttempt, EventCallback]):
     model = CallbackAttempt
     extra = 0
     can_delete = False
@@ -180,7 +185,7 @@ class CallbackAttemptInline(admin.TabularInline):
 
 
 @admin.register(EventCallback)
-class EventCallbackAdmin(admin.ModelAdmin):
+class EventCallbackAdmin(admin.ModelAdmin[EventCallback]):
     list_display = (
         "created_at",
         "event_type",

@@ -45,7 +45,7 @@ def register(
     def adopt_training(request: HttpRequest, payload: AdoptIn):
         refused = getattr(trainings, "AdoptRefused", ValueError)
         try:
-            result = trainings.adopt_training(  # type: ignore[attr-defined]
+            result = trainings.adopt_training(
                 request_id=payload.request_id,
                 endpoint=payload.endpoint,
                 owner_telegram_id=payload.owner.telegram_id,

@@ -44,7 +44,7 @@ import time
 import traceback as tb
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -474,7 +474,12 @@ def receive(request: HttpRequest) -> Answer:
         )
         return Answer.error(refused.status, refused.reason)
 
-    record = {"body": body, "body_size": len(body), "data": data, "received_at": received_at}
+    record: _Received = {
+        "body": body,
+        "body_size": len(body),
+        "data": data,
+        "received_at": received_at,
+    }
     try:
         # The same signature means the same body (it is signed): an exact replay of a
         # delivery we already acted on is counted like a refusal, and not processed
@@ -559,7 +564,9 @@ def _commit_without_waiting_for_disk() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
-def _failed(request: HttpRequest, headers: dict[str, str], exc: Exception, **record: Any) -> Answer:
+def _failed(
+    request: HttpRequest, headers: dict[str, str], exc: Exception, **record: Unpack[_Received]
+) -> Answer:
     """The delivery could not even be looked up: recorded as failed, answered 500."""
     delivery = _record(
         request,
@@ -571,6 +578,20 @@ def _failed(request: HttpRequest, headers: dict[str, str], exc: Exception, **rec
     )
     logger.exception("fal webhook delivery %s could not be processed", delivery.pk)
     return Answer.error(500, "processing failed, please retry")
+
+
+class _Received(TypedDict):
+    """What every row of one delivery keeps of what came in."""
+
+    body: bytes
+    body_size: int
+    data: dict[str, Any] | None
+    received_at: datetime
+
+
+class _Failure(TypedDict):
+    error: str
+    traceback: str
 
 
 # --- Processing -----------------------------------------------------------------------
@@ -704,6 +725,8 @@ def _process(
                 data = parse(delivery.body.encode("utf-8"), delivery.header_request_id)
             if training is None:
                 training = _matching_training(data["request_id"])
+            outcome: str
+            note: str
             if training is None:
                 outcome, note = WebhookOutcome.UNMATCHED, ""
             elif excerpt:
@@ -809,7 +832,7 @@ def _training_and_replay(request_id: str, signature: str) -> tuple[Training | No
     return training, bool(training.replays)
 
 
-def _failure(exc: BaseException) -> dict[str, str]:
+def _failure(exc: BaseException) -> _Failure:
     """What a delivery row keeps of a processing error (staff see it in the admin)."""
     return {"error": f"{type(exc).__name__}: {exc}", "traceback": tb.format_exc()}
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
+from django_stubs_ext import StrOrPromise
 
 from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
 from monitoring.ops import health
@@ -45,7 +46,7 @@ class HourBucket:
         return sum(self.durations) / len(self.durations) / 60
 
 
-def status_counts() -> list[tuple[str, str, int]]:
+def status_counts() -> list[tuple[str, StrOrPromise, int]]:
     """(status, label, count) for every status, zeros included, in lifecycle order."""
     found = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
     return [(value, label, found.get(value, 0)) for value, label in AvatarStatus.choices]
@@ -93,6 +94,7 @@ def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
             continue
         if outcome == TrainingOutcome.COMPLETED:
             bucket.completed += 1
+            assert finished is not None  # the rows are filtered on finished_at
             # Durations of successful trainings only: a failure after 5 s says
             # nothing about how long training takes.
             bucket.durations.append((finished - (submitted or created)).total_seconds())

@@ -38,7 +38,7 @@ def _days_ago(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
 
 
-def prunable(now: datetime | None = None) -> dict[str, object]:
+def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
     """The querysets that would be deleted now, by kind (shared by prune and --dry-run)."""
     now = now or timezone.now()
     deliveries = WebhookDelivery.objects.filter(
@@ -61,7 +61,7 @@ def prunable(now: datetime | None = None) -> dict[str, object]:
     from django_q.models import Task
 
     tasks = Task.objects.filter(stopped__lt=_days_ago(settings.RETENTION_TASK_RESULT_DAYS, now))
-    found: dict[str, object] = {
+    found: dict[str, QuerySet[Any]] = {
         "webhook_deliveries": deliveries,
         "avatar_events": events,
         "check_runs": runs,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 
 @register(Tags.compatibility)
@@ -84,7 +84,7 @@ def check_configuration(app_configs=None, **kwargs):
 @register(Tags.security)
 def check_webhook_intake(app_configs=None, **kwargs):
     """fal's webhook intake: where the signing keys come from, and whose deliveries count."""
-    problems = []
+    problems: list[CheckMessage] = []
     if urlsplit(settings.FAL_WEBHOOK_JWKS_URL).scheme != "https" and not settings.DEBUG:
         problems.append(
             Error(

@@ -45,6 +45,7 @@ class Command(BaseCommand):
         limit = max_age if max_age is not None else beat.late_after_seconds
         if beat.last_run is None:
             raise CommandError(_("unhealthy: no periodic check has run yet"))
+        assert beat.age_seconds is not None  # known whenever a run is
         if beat.age_seconds > limit:
             raise CommandError(
                 _("unhealthy: the last periodic check started %(age)d s ago (limit %(limit)d s)")
