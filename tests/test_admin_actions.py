@@ -4,15 +4,14 @@ the engine's services and the fal emulator over loopback HTTPS."""
 from __future__ import annotations
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
-from django.utils.module_loading import import_string
 
 from fakes.fal_emulator import FOREVER
 from monitoring import transitions
 from monitoring.models import AvatarEvent, AvatarStatus, EventKind, EventSource, Training
 from monitoring.trainings import start_training
 from notifications.models import Notification
+from tests.support import queued_monitoring_tasks, run_queued_monitoring_tasks
 
 CHANGELIST = reverse("admin:monitoring_avatar_changelist")
 
@@ -36,22 +35,6 @@ def confirm(client, action: str, avatars, **fields):
 
 def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]]
-
-
-def queued_monitoring_tasks():
-    from django_q.models import OrmQ
-
-    return list(OrmQ.objects.exclude(key=settings.NOTIFICATION_CLUSTER).order_by("id"))
-
-
-def run_queued_monitoring_tasks() -> list:
-    """Run what the admin queued, the way a worker would (without its scheduler)."""
-    results = []
-    for package in queued_monitoring_tasks():
-        task = package.task
-        package.delete()
-        results.append(import_string(task["func"])(*task["args"], **task["kwargs"]))
-    return results
 
 
 @pytest.fixture

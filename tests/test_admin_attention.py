@@ -21,6 +21,7 @@ from monitoring.models import (
     WebhookVerdict,
 )
 from notifications.models import Notification
+from tests.support import run_queued_monitoring_tasks
 
 CHANGELIST = reverse("admin:monitoring_avatar_changelist")
 DASHBOARD = reverse("admin:monitoring_dashboard")
@@ -278,7 +279,6 @@ def test_a_queued_staff_recheck_puts_fals_answer_on_the_timeline(
     from fakes.fal_emulator import FOREVER
     from monitoring.models import EventKind
     from monitoring.trainings import start_training
-    from tests.test_admin_actions import run_queued_monitoring_tasks
 
     settings.FAL_CALL_TIMEOUT_SECONDS = 3.0
     fal.drop_webhooks()

@@ -36,7 +36,7 @@ from monitoring.models import (
 )
 from monitoring.trainings import start_training
 from notifications.models import Notification, NotificationStatus
-from tests.test_webhooks import URL as WEBHOOK_URL
+from tests.support import WEBHOOK_URL
 
 AVATARS = reverse("admin:monitoring_avatar_changelist")
 DELIVERIES = reverse("admin:monitoring_webhookdelivery_changelist")

@@ -23,6 +23,7 @@ from fakes.fal_emulator import FOREVER
 from monitoring import transitions
 from monitoring.models import AvatarStatus, CheckRun, EventSource
 from monitoring.trainings import start_training
+from tests.support import run_queued_monitoring_tasks
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -39,7 +40,6 @@ PASSWORD = "correct-horse-battery-staple"
 
 
 def run_queued_work_like_a_worker() -> list:
-    from tests.test_admin_actions import run_queued_monitoring_tasks
 
     results: list = []
     errors: list[BaseException] = []

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from monitoring.models import Avatar, Owner, Training
-from tests.test_commands_staff import managepy
+from tests.support import managepy
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,6 @@ fal is the emulator over loopback HTTPS, reached by the real fal-client.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from io import StringIO
 from pathlib import Path
@@ -21,7 +18,7 @@ from fakes.fal_emulator import FOREVER
 from monitoring import transitions
 from monitoring.models import AvatarEvent, AvatarStatus, EventSource, Training
 from monitoring.trainings import start_training
-from tests.worker_process import database_url
+from tests.support import managepy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,20 +42,6 @@ def queued(fal, make_avatar):
         return avatar, outcome.training
 
     return start
-
-
-def managepy(*args: str, database: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    if database:
-        env["DATABASE_URL"] = database_url()
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 # --- manual_status_check -------------------------------------------------------------------

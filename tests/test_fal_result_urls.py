@@ -18,7 +18,7 @@ from monitoring.fal.payloads import MediaUrl, check_media_url
 from monitoring.models import AvatarStatus, EventSource, Training
 from monitoring.trainings import start_training
 from notifications.models import Audience, Notification, NotificationKind
-from tests.test_webhooks import URL
+from tests.support import WEBHOOK_URL as URL
 
 pytestmark = pytest.mark.django_db
 

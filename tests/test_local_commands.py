@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_quickstart import fetch, free_port, wait_for
+from tests.support import fetch, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

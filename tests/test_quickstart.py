@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.support import fetch, free_port, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def fetch(url: str) -> tuple[int, str] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except OSError:
-        return None
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
-from tests.test_webhooks import URL
+from tests.support import WEBHOOK_URL as URL
 
 CHANGELIST = "/admin/monitoring/webhookdelivery/"
 

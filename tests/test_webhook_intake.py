@@ -31,7 +31,8 @@ from monitoring.models import (
 )
 from monitoring.ops import retention
 from notifications.models import Notification
-from tests.test_webhooks import URL, snapshot
+from tests.support import WEBHOOK_URL as URL
+from tests.support import snapshot
 
 pytestmark = pytest.mark.django_db
 

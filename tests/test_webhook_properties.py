@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from fakes.fal_signing import WebhookSigner, delivery_body, lora_payload
 from monitoring.fal import signing_keys
-from tests.test_webhooks import URL, snapshot
+from tests.support import WEBHOOK_URL as URL
+from tests.support import snapshot
 
 KNOWN_IDS = [f"req-prop-{i}" for i in range(3)]
 FAL_HEADERS = [

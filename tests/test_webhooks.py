@@ -31,6 +31,7 @@ from monitoring.models import (
     WebhookVerdict,
 )
 from notifications.models import Notification
+from tests.support import snapshot
 
 URL = "/webhooks/fal/"
 
@@ -58,16 +59,6 @@ def deliver(fal, client):
 
 def status_events(avatar: Avatar) -> int:
     return AvatarEvent.objects.filter(avatar=avatar, kind=EventKind.STATUS).count()
-
-
-def snapshot() -> tuple:
-    """Everything a delivery could change about avatars and messages."""
-    return (
-        sorted(Avatar.objects.values_list("pk", "status")),
-        sorted(Training.objects.values_list("pk", "finished_at", "lora_url", "next_check_at")),
-        AvatarEvent.objects.count(),
-        Notification.objects.count(),
-    )
 
 
 # --- the happy path --------------------------------------------------------------------
