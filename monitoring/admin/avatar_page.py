@@ -210,7 +210,7 @@ def fal_answer_words(after: str, position: int | None, error: str) -> str:
             "position": position
         }
     if after in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS, FalStatus.COMPLETED):
-        return _("Checked by staff: fal says %(status)s.") % {"status": after}
+        return _("Checked by staff: fal says %(status)s.") % {"status": status_label(after)}
     label = dict(AvatarStatus.choices).get(after, after)
     return _("Checked by staff: the training is now %(status)s.") % {"status": label}
 
@@ -331,7 +331,8 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
 # --- the timeline ---------------------------------------------------------------------------------
 
 
-def _status_label(value: str) -> str:
+def status_label(value: str) -> str:
+    """A stored status value (ours or fal's) in the reader's language."""
     return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
 
 
@@ -370,7 +371,7 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
                 event.get_source_display()
                 + (f" · {event.actor.get_username()}" if event.actor_id else ""),
                 format_html(
-                    "{} → {}", _status_label(event.old_status), _status_label(event.new_status)
+                    "{} → {}", status_label(event.old_status), status_label(event.new_status)
                 )
                 if event.new_status
                 else "",
