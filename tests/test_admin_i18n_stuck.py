@@ -97,3 +97,14 @@ def test_a_staff_recheck_note_and_the_event_captions_are_in_russian(
     assert "Checked by staff" not in page
     for english in ("(staff)", "(check)", "(webhook)", "staff action", "management command"):
         assert english not in page
+
+
+def test_the_staff_alert_words_the_reason_in_russian_like_the_rest_of_it(stuck_in_queue):
+    from notifications.models import Notification, NotificationKind
+
+    _avatar, training = stuck_in_queue
+    alert = Notification.objects.get(kind=NotificationKind.STUCK, training=training)
+
+    assert "Обучение зависло" in alert.text
+    assert "в очереди fal уже 120 мин; лимит — 60 мин" in alert.text
+    assert "in fal's queue" not in alert.text

@@ -9,7 +9,7 @@ result. The permission is checked there again, not only when the button is shown
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -145,41 +145,6 @@ def _when(moment: datetime | None, now: datetime) -> SafeString:
     )
 
 
-def _minutes(delta: timedelta) -> int:
-    return max(int(delta.total_seconds() // 60), 0)
-
-
-def cause_words(cause: stuck.StuckCause, now: datetime) -> str:
-    """The stuck cause with live durations, in the reader's language."""
-    values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
-    if cause.code == "result_unavailable":
-        return (
-            _(
-                "finished on fal %(age)s min ago, but its result is not available (the queue "
-                "forgot it and fal's record has no payload): the owner has not been told"
-            )
-            % values
-        )
-    if cause.code == "submit_unknown":
-        return (
-            _(
-                "fal's answer to the submit is unknown for %(age)s min (the limit is %(limit)s "
-                "min): check fal before retrying; it is never resubmitted automatically"
-            )
-            % values
-        )
-    if cause.code == "fal_unreachable":
-        return _(
-            "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
-            "a row)"
-        ) % {**values, "n": cause.check_failures}
-    if cause.code == "in_queue":
-        return _("in fal's queue for %(age)s min; the limit is %(limit)s min") % values
-    if cause.code == "in_progress":
-        return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
-    return _("active for %(age)s min in total; the limit is %(limit)s min") % values
-
-
 def state_words(avatar: Avatar, training: Training | None) -> str:
     """The state in words: "Training: in fal's queue, position 3"."""
     label = avatar.get_status_display()
@@ -290,7 +255,7 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
     if training.is_active:
         cause = stuck.stuck_cause(training, now)
         if training.stuck_since is not None:
-            words = cause_words(cause, now) if cause else training.stuck_reason
+            words = stuck.cause_words(cause, now) if cause else training.stuck_reason
             rows.append(
                 (
                     _("Stuck"),
@@ -342,7 +307,7 @@ def event_words(event: AvatarEvent) -> str:
     if event.kind == EventKind.STUCK:
         cause = stuck.cause_from_details(details)
         if cause is not None:
-            return cause_words(cause, event.created_at)
+            return stuck.cause_words(cause, event.created_at)
     if details.get("code") == "staff_recheck":
         return fal_answer_words(
             details.get("after", ""), details.get("queue_position"), details.get("error", "")

@@ -107,7 +107,7 @@ def live_stuck_words(training: Training) -> str:
     Falls back to the stored sentence when no limit is passed any more (a flag set by
     hand, or one the next check will clear).
     """
-    from monitoring.admin.avatar_page import cause_words
+    from monitoring.stuck import cause_words
 
     now = timezone.now()
     cause = stuck_cause(training, now)
