@@ -258,7 +258,7 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
             words = stuck.cause_words(cause, now) if cause else training.stuck_reason
             rows.append(
                 (
-                    _("Stuck"),
+                    _("Why stuck"),
                     format_html(
                         '<span class="stuck-now">{}</span> <span class="quiet">({})</span>',
                         words,
