@@ -192,7 +192,7 @@ def test_support_sees_only_the_actions_of_their_role_in_the_browser(
                 "resend_notification",
             }
             page.click("text=Dashboard")
-            playwright_api.expect(page.locator("h1")).to_contain_text("dashboard")
+            playwright_api.expect(page.locator("h1")).to_contain_text(re.compile("dashboard", re.I))
 
             page = browser.new_context().new_page()
             log_in(page, "intern")
