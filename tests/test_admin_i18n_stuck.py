@@ -64,17 +64,32 @@ def test_a_stuck_avatars_page_gives_the_reason_in_russian(admin_client, stuck_in
         assert english not in page
 
 
-def test_the_stuck_list_and_the_dashboard_give_reasons_in_russian(admin_client, stuck_in_queue):
+def test_the_stuck_list_the_dashboard_and_the_lists_give_reasons_in_russian(
+    admin_client, stuck_in_queue
+):
     CheckRun.objects.create(started_at=timezone.now(), duration_seconds=0.1, due=1, checked=1)
     pages = [
         _text(admin_client.get(CHANGELIST + "?stuck=yes", HTTP_ACCEPT_LANGUAGE="ru")),
         _text(admin_client.get(DASHBOARD, HTTP_ACCEPT_LANGUAGE="ru")),
+        # The raw lists too: their reason and message columns are worded, not stored text.
+        _text(
+            admin_client.get(
+                reverse("admin:monitoring_training_changelist"), HTTP_ACCEPT_LANGUAGE="ru"
+            )
+        ),
+        _text(
+            admin_client.get(
+                reverse("admin:monitoring_avatarevent_changelist"), HTTP_ACCEPT_LANGUAGE="ru"
+            )
+        ),
     ]
 
     for page in pages:
         assert "в очереди fal уже 120 мин" in page
         for english in ENGLISH_REASONS:
             assert english not in page
+    events = pages[-1]
+    assert "Обучается" in events and "ready_for_training" not in events  # statuses by label
 
 
 def test_a_staff_recheck_note_and_the_event_captions_are_in_russian(
