@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext as _
 
 from monitoring import recovery, transitions
 from monitoring.fal import payloads, results
@@ -131,6 +133,47 @@ def cause_from_details(details: dict) -> StuckCause | None:
         return None
 
 
+def _live_minutes(delta: timedelta) -> int:
+    return max(_minutes(delta), 0)
+
+
+def cause_words(cause: StuckCause, now: datetime) -> str:
+    """The stuck cause with live durations, in the reader's language."""
+    values = {"age": _live_minutes(now - cause.since), "limit": _live_minutes(cause.limit)}
+    if cause.code == "result_unavailable":
+        return (
+            _(
+                "finished on fal %(age)s min ago, but its result is not available (the queue "
+                "forgot it and fal's record has no payload): the owner has not been told"
+            )
+            % values
+        )
+    if cause.code == "submit_unknown":
+        return (
+            _(
+                "fal's answer to the submit is unknown for %(age)s min (the limit is %(limit)s "
+                "min): check fal before retrying; it is never resubmitted automatically"
+            )
+            % values
+        )
+    if cause.code == "fal_unreachable":
+        return _(
+            "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
+            "a row)"
+        ) % {**values, "n": cause.check_failures}
+    if cause.code == "in_queue":
+        return _("in fal's queue for %(age)s min; the limit is %(limit)s min") % values
+    if cause.code == "in_progress":
+        return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
+    return _("active for %(age)s min in total; the limit is %(limit)s min") % values
+
+
+def staff_alert_words(cause: StuckCause, now: datetime) -> str:
+    """The cause for the staff chat's alert, which is in Russian like every staff message."""
+    with translation.override("ru"):
+        return cause_words(cause, now)
+
+
 def stuck_reason(training: Training, now: datetime) -> str:
     """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
     cause = stuck_cause(training, now)
@@ -167,7 +210,11 @@ def review(
             cause = stuck_cause(training, now)
             assert cause is not None
             flagged += transitions.flag_stuck(
-                training, reason=reason, source=source, details=cause_details(cause)
+                training,
+                reason=reason,
+                source=source,
+                details=cause_details(cause),
+                staff_reason=staff_alert_words(cause, now),
             )
         elif (
             not reason

@@ -709,8 +709,13 @@ def flag_stuck(
     reason: str,
     source: str = EventSource.CHECK,
     details: dict[str, Any] | None = None,
+    staff_reason: str = "",
 ) -> bool:
-    """Set the stuck flag (one staff alert per episode). A no-op when already flagged."""
+    """Set the stuck flag (one staff alert per episode). A no-op when already flagged.
+
+    ``reason`` is English (the column, the event's message, the log); the staff alert
+    says ``staff_reason`` when given (worded in the staff chat's language).
+    """
     now = timezone.now()
     with transaction.atomic():
         won = Training.objects.filter(
@@ -735,7 +740,7 @@ def flag_stuck(
         training.stuck_since, training.stuck_reason = now, reason[:255]
         training.stuck_episode = episode
         training_flagged_stuck.send(sender=Training, training=training, episode=episode)
-        outbox.queue_stuck(training=training, episode=episode)
+        outbox.queue_stuck(training=training, episode=episode, reason=staff_reason)
     logger.warning(
         "⚠️ Обучение зависло для аватара %s (request_id=%s): %s",
         training.avatar_id,

@@ -133,10 +133,14 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         "created_at",
         "sent_at",
         "telegram_message_id",
-        "last_error",
+        "last_error_words",
         "context",
     )
     readonly_fields = fields
+
+    @admin.display(description=gettext_lazy("last error"))
+    def last_error_words(self, obj: Notification) -> str:
+        return last_error_words(obj.last_error)
 
     @admin.display(description=gettext_lazy("recipient"), ordering="owner")
     def recipient(self, obj: Notification) -> str:
@@ -252,3 +256,19 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
 @admin.register(ChatMigration)
 class ChatMigrationAdmin(ReadOnlyAdmin[ChatMigration]):
     list_display = ("old_chat_id", "new_chat_id", "migrated_at")
+
+
+def last_error_words(text: str) -> str:
+    """A stored send error in the reader's language where it is one of ours.
+
+    Telegram's own explanation (after "Owner unreachable:") stays as Telegram wrote it.
+    """
+    if text == delivery.NO_STAFF_CHAT:
+        return _("TELEGRAM_STAFF_CHAT_ID is not set: the staff alert was recorded, not sent")
+    if text == delivery.MIGRATED_TWICE:
+        return _("The chat migrated twice during one send")
+    if text.startswith(delivery.OWNER_UNREACHABLE):
+        return _("Owner unreachable: %(reason)s") % {
+            "reason": text[len(delivery.OWNER_UNREACHABLE) :]
+        }
+    return text

@@ -506,8 +506,15 @@ def send_claimed(notification: Notification, backend: BaseBackend | None = None)
         outcome = handler(notification, slot.attempt_for_record(), chat_id, error)
         if outcome is not None:
             return outcome
-    _close(notification, Status.FAILED, last_error="chat migrated twice in one send")
+    _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
     return "failed: migrated twice"
+
+
+# Stored as the notification's ``last_error`` in English; the admin words them for the
+# reader (notifications.admin.last_error_words).
+NO_STAFF_CHAT = "TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent"
+MIGRATED_TWICE = "chat migrated twice in one send"
+OWNER_UNREACHABLE = "Owner unreachable: "
 
 
 def _refuse(notification: Notification, chat_id: int | None) -> str:
@@ -516,7 +523,7 @@ def _refuse(notification: Notification, chat_id: int | None) -> str:
         _close(
             notification,
             Status.SKIPPED,
-            last_error="TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent",
+            last_error=NO_STAFF_CHAT,
         )
         logger.warning("Staff alert %s not sent: no staff chat configured", notification.pk)
         return "skipped"
@@ -525,7 +532,7 @@ def _refuse(notification: Notification, chat_id: int | None) -> str:
             UnreachableChat.objects.filter(chat_id=chat_id).values_list("reason", flat=True).first()
         )
         if reason is not None:
-            _close(notification, Status.UNREACHABLE, last_error=f"Owner unreachable: {reason}")
+            _close(notification, Status.UNREACHABLE, last_error=f"{OWNER_UNREACHABLE}{reason}")
             return "owner unreachable"
     return ""
 

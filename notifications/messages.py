@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from html import escape
+from typing import Any
 
 from avatarsite.log_redaction import redact
 from notifications.models import NotificationKind, OwnerMessage
@@ -108,24 +109,27 @@ def render_owner_message(kind: str, training, *, owner_message: str | None = Non
     return _OWNER_TEXTS[lang][kind].format(**values)[:MAX_TEXT]
 
 
-def _stuck_line(training) -> str:
+def _stuck_line(training, reason: str = "") -> str:
     avatar = training.avatar
     return (
         f"• #{avatar.pk} <b>{escape(avatar.name)}</b> "
-        f"(<code>{escape(training.fal_request_id or '—')}</code>): {escape(training.stuck_reason)}"
+        f"(<code>{escape(training.fal_request_id or '—')}</code>): "
+        f"{escape(reason or training.stuck_reason)}"
     )
 
 
-def render_stuck_message(training) -> str:
-    return f"⚠️ Обучение зависло\n{_stuck_line(training)}"[:MAX_TEXT]
+def render_stuck_message(training, reason: str = "") -> str:
+    """``reason``: the cause in Russian (``monitoring.stuck``); else the stored reason."""
+    return f"⚠️ Обучение зависло\n{_stuck_line(training, reason)}"[:MAX_TEXT]
 
 
-def render_stuck_digest(trainings: Sequence) -> str:
+def render_stuck_digest(trainings: Sequence[tuple[Any, str]]) -> str:
+    """``trainings``: (training, its reason in Russian or "" for the stored one) pairs."""
     header = f"⚠️ Зависли обучения: {len(trainings)}\n"
     lines: list[str] = []
     size = len(header)
-    for index, training in enumerate(trainings):
-        line = _stuck_line(training)
+    for index, (training, reason) in enumerate(trainings):
+        line = _stuck_line(training, reason)
         rest = f"\n… и ещё {len(trainings) - index}"
         if size + len(line) + 1 + len(rest) > MAX_TEXT:
             lines.append(rest.strip())

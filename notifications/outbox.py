@@ -121,8 +121,11 @@ def queue_outcome(*, training: Any, outcome: str) -> Notification | None:
     return _create_once(savepoint=False, **fields)
 
 
-def queue_stuck(*, training: Any, episode: int) -> Notification | None:
+def queue_stuck(*, training: Any, episode: int, reason: str = "") -> Notification | None:
     """One staff alert per stuck episode of a training (passed with its avatar loaded).
+
+    ``reason`` is the cause in the staff chat's language (kept in the context for a
+    digest); without it the alert quotes the training's stored reason.
 
     Held back a few seconds (NOTIFICATION_STUCK_HOLD_SECONDS) so that a check run
     flagging many trainings at once ends up as one digest (``merge_stuck_alerts``).
@@ -134,8 +137,8 @@ def queue_stuck(*, training: Any, episode: int) -> Notification | None:
         audience=Audience.STAFF,
         avatar=training.avatar,
         training=training,
-        text=messages.render_stuck_message(training),
-        context={"episode": episode},
+        text=messages.render_stuck_message(training, reason),
+        context={"episode": episode, **({"reason": reason} if reason else {})},
         next_attempt_at=timezone.now() + hold,
     )
 
@@ -155,7 +158,7 @@ def merge_stuck_alerts() -> Notification | None:
         if len(rows) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
             return None
         ordered = [
-            row.training
+            (row.training, str(row.context.get("reason") or ""))
             for row in Notification.objects.filter(pk__in=[r.pk for r in rows])
             .select_related("training__avatar")
             .order_by("pk")

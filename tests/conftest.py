@@ -16,6 +16,16 @@ pytest_plugins = ["tests.fixtures_fal", "tests.fixtures_telegram", "tests.api_su
 _telegram_ids = itertools.count(100_000)
 
 
+@pytest.fixture(autouse=True)
+def back_to_the_default_language():
+    """A request in Russian leaves Russian active in the thread (LocaleMiddleware does not
+    reset it): without this, a later test in the same worker would read Russian texts."""
+    from django.utils import translation
+
+    yield
+    translation.deactivate()
+
+
 @pytest.fixture
 def make_owner(db):
     def make(**fields) -> Owner:

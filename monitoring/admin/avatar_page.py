@@ -9,7 +9,7 @@ result. The permission is checked there again, not only when the button is shown
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -145,41 +145,6 @@ def _when(moment: datetime | None, now: datetime) -> SafeString:
     )
 
 
-def _minutes(delta: timedelta) -> int:
-    return max(int(delta.total_seconds() // 60), 0)
-
-
-def cause_words(cause: stuck.StuckCause, now: datetime) -> str:
-    """The stuck cause with live durations, in the reader's language."""
-    values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
-    if cause.code == "result_unavailable":
-        return (
-            _(
-                "finished on fal %(age)s min ago, but its result is not available (the queue "
-                "forgot it and fal's record has no payload): the owner has not been told"
-            )
-            % values
-        )
-    if cause.code == "submit_unknown":
-        return (
-            _(
-                "fal's answer to the submit is unknown for %(age)s min (the limit is %(limit)s "
-                "min): check fal before retrying; it is never resubmitted automatically"
-            )
-            % values
-        )
-    if cause.code == "fal_unreachable":
-        return _(
-            "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
-            "a row)"
-        ) % {**values, "n": cause.check_failures}
-    if cause.code == "in_queue":
-        return _("in fal's queue for %(age)s min; the limit is %(limit)s min") % values
-    if cause.code == "in_progress":
-        return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
-    return _("active for %(age)s min in total; the limit is %(limit)s min") % values
-
-
 def state_words(avatar: Avatar, training: Training | None) -> str:
     """The state in words: "Training: in fal's queue, position 3"."""
     label = avatar.get_status_display()
@@ -211,7 +176,7 @@ def fal_answer_words(after: str, position: int | None, error: str) -> str:
             "position": position
         }
     if after in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS, FalStatus.COMPLETED):
-        return _("Checked by staff: fal says %(status)s.") % {"status": after}
+        return _("Checked by staff: fal says %(status)s.") % {"status": status_label(after)}
     label = dict(AvatarStatus.choices).get(after, after)
     return _("Checked by staff: the training is now %(status)s.") % {"status": label}
 
@@ -289,10 +254,10 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
     if training.is_active:
         cause = stuck.stuck_cause(training, now)
         if training.stuck_since is not None:
-            words = cause_words(cause, now) if cause else training.stuck_reason
+            words = stuck.cause_words(cause, now) if cause else training.stuck_reason
             rows.append(
                 (
-                    _("Stuck"),
+                    _("Why stuck"),
                     format_html(
                         '<span class="stuck-now">{}</span> <span class="quiet">({})</span>',
                         words,
@@ -330,7 +295,8 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
 # --- the timeline ---------------------------------------------------------------------------------
 
 
-def _status_label(value: str) -> str:
+def status_label(value: str) -> str:
+    """A stored status value (ours or fal's) in the reader's language."""
     return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
 
 
@@ -340,7 +306,7 @@ def event_words(event: AvatarEvent) -> str:
     if event.kind == EventKind.STUCK:
         cause = stuck.cause_from_details(details)
         if cause is not None:
-            return cause_words(cause, event.created_at)
+            return stuck.cause_words(cause, event.created_at)
     if details.get("code") == "staff_recheck":
         return fal_answer_words(
             details.get("after", ""), details.get("queue_position"), details.get("error", "")
@@ -369,7 +335,7 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
                 event.get_source_display()
                 + (f" · {event.actor.get_username()}" if event.actor is not None else ""),
                 format_html(
-                    "{} → {}", _status_label(event.old_status), _status_label(event.new_status)
+                    "{} → {}", status_label(event.old_status), status_label(event.new_status)
                 )
                 if event.new_status
                 else "",
@@ -404,4 +370,4 @@ def live_stuck_words(training: Training) -> str:
     """
     now = timezone.now()
     cause = stuck.stuck_cause(training, now)
-    return cause_words(cause, now) if cause is not None else training.stuck_reason
+    return stuck.cause_words(cause, now) if cause is not None else training.stuck_reason

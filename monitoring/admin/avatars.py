@@ -30,7 +30,12 @@ from django.utils.translation import gettext_lazy
 
 from monitoring import transitions
 from monitoring.admin import actions, avatar_page
-from monitoring.admin.avatar_page import avatar_action_view, live_stuck_words
+from monitoring.admin.avatar_page import (
+    avatar_action_view,
+    event_words,
+    live_stuck_words,
+    status_label,
+)
 from monitoring.admin.base import _json, _pre
 from monitoring.admin.dashboard import dashboard_view
 from monitoring.admin.webhooks import WebhookDeliveryInline
@@ -662,18 +667,23 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
         "created_at",
         "finished_at",
         "last_checked_at",
-        "stuck_reason",
+        "stuck_reason_words",
     )
     list_filter = ("fal_status", "outcome", ("stuck_since", admin.EmptyFieldListFilter))
     search_fields = ("=fal_request_id", "avatar__name", "=avatar__owner__telegram_id")
     list_select_related = ("avatar",)
     ordering = ("-created_at",)
     inlines = _training_inlines()
-    exclude = ("result", "logs_tail")
+    # The stored stuck reason is English (for the log and the alert): shown worded instead.
+    exclude = ("result", "logs_tail", "stuck_reason")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Training | None = None) -> list[str]:
         names = [f.name for f in Training._meta.fields if f.name not in self.exclude]
-        return [*names, "raw_result", "last_logs", "notification_attempts"]
+        return [*names, "stuck_reason_words", "raw_result", "last_logs", "notification_attempts"]
+
+    @admin.display(description=gettext_lazy("stuck reason"))
+    def stuck_reason_words(self, training: Training) -> str:
+        return live_stuck_words(training) if training.is_stuck else ""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -719,14 +729,40 @@ class AvatarEventAdmin(admin.ModelAdmin[AvatarEvent]):
         "kind",
         "source",
         "actor",
-        "old_status",
-        "new_status",
-        "message",
+        "old_status_words",
+        "new_status_words",
+        "message_words",
     )
     list_filter = ("kind", "source")
     list_select_related = ("avatar", "actor")
     search_fields = ("=avatar__id", "avatar__name", "message")
     date_hierarchy = "created_at"
+    # Statuses and coded messages in the reader's language; ``message`` stays as recorded.
+    fields = (
+        "created_at",
+        "avatar",
+        "training",
+        "kind",
+        "source",
+        "actor",
+        "old_status_words",
+        "new_status_words",
+        "message_words",
+        "details",
+    )
+    readonly_fields = ("old_status_words", "new_status_words", "message_words")
+
+    @admin.display(description=gettext_lazy("old status"), ordering="old_status")
+    def old_status_words(self, event: AvatarEvent) -> str:
+        return status_label(event.old_status)
+
+    @admin.display(description=gettext_lazy("new status"), ordering="new_status")
+    def new_status_words(self, event: AvatarEvent) -> str:
+        return status_label(event.new_status)
+
+    @admin.display(description=gettext_lazy("message"))
+    def message_words(self, event: AvatarEvent) -> str:
+        return event_words(event)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

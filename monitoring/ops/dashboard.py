@@ -14,6 +14,7 @@ from typing import Any
 from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
+from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
@@ -127,8 +128,10 @@ def _n(value: float) -> str:
 
 
 def _minutes(value: float) -> str:
+    """ "0.7 min" / "0,7 мин": the number and the unit in the reader's language."""
     # Fast trainings take under a minute or two: "0" above a bar would say nothing.
-    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    number = number_format(value, decimal_pos=1 if value < 10 else 0)
+    return _("%(minutes)s min") % {"minutes": number}
 
 
 def chart_svg(buckets: list[HourBucket]) -> SafeString:
@@ -165,7 +168,7 @@ def chart_svg(buckets: list[HourBucket]) -> SafeString:
         if bucket.average_minutes is not None:
             parts.append(
                 format_html(
-                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" fill="#333">{}′</text>',
+                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" fill="#333">{}</text>',
                     _n(x + (bar_w - 4) / 2),
                     _n(y - 3),
                     _minutes(bucket.average_minutes),

@@ -7,11 +7,12 @@ import json
 from datetime import datetime
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
+from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, EventSource, Language, TrainingType
 from monitoring.trainings import AdoptRefused, AdoptResult, adopt_training
 
@@ -34,7 +35,7 @@ class _DryRun(Exception):
         self.result = result
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = (
         "Adopt a fal request started outside the monitor (--request-id RID --endpoint E "
         "with --avatar ID or --owner-telegram-id N --name NAME), or every line of "

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
 from monitoring.management import inputs
-from monitoring.models import Avatar, AvatarStatus
+from monitoring.management.language import TranslatedCommand
+from monitoring.models import Avatar, AvatarStatus, FalStatus
 
 MAX_LIMIT = 100_000
 
@@ -18,7 +19,7 @@ def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = "List avatars with their training state (filters: --status, --stuck, --owner)."
 
     def add_arguments(self, parser):
@@ -83,19 +84,31 @@ class Command(BaseCommand):
         }
 
     def _table(self, rows: list[dict]) -> None:
+        # Headings and statuses in the reader's language; ids and fal's texts as they are.
+        statuses = {**dict(FalStatus.choices), **dict(AvatarStatus.choices)}
         columns = [
-            "id",
-            "name",
-            "status",
-            "fal_status",
-            "stuck",
-            "fal_request_id",
-            "owner_telegram_id",
-            "error",
+            ("id", "id"),
+            ("name", _("name")),
+            ("status", _("status")),
+            ("fal_status", _("fal status")),
+            ("stuck", _("stuck")),
+            ("fal_request_id", _("fal request id")),
+            ("owner_telegram_id", _("owner's Telegram id")),
+            ("error", _("error")),
         ]
-        table = [[str(row[c] if row[c] is not None else "-")[:40] for c in columns] for row in rows]
-        widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
-        self.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+        def cell(row: dict, key: str) -> str:
+            value = row[key]
+            if key in ("status", "fal_status") and value:
+                value = statuses.get(value, value)
+            elif key == "stuck":
+                value = _("yes") if value else ""
+            return str(value if value is not None else "-")[:40]
+
+        headings = [str(heading) for _key, heading in columns]
+        table = [[cell(row, key) for key, _heading in columns] for row in rows]
+        widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(headings)]
+        self.stdout.write("  ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)))
         for r in table:
             self.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
         self.stdout.write(_("%d avatar(s)") % len(rows))

@@ -14,12 +14,13 @@ import json
 import re
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.management import inputs
+from monitoring.management.language import TranslatedCommand
 from monitoring.models import Training
 
 # fal's request ids are UUIDs. Anything else is a typo or a pasted URL: say so
@@ -34,7 +35,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = _(
         "Print fal's raw status for a request id (and with --logs its logs, with --result its "
         "result). Works for requests this monitor does not know."

@@ -8,15 +8,16 @@ due and untaken for more than two intervals) the proof that owners are not told.
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 from django.utils.translation import gettext as _
 
 from monitoring.management import inputs
+from monitoring.management.language import TranslatedCommand
 from monitoring.ops import health
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = _(
         "Exit non-zero when the last periodic check started longer ago than --max-age seconds "
         "(default: three check intervals), or when notifications are late (a message due and "

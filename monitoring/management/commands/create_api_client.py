@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import IntegrityError
 
 from monitoring.api import callbacks, tokens
 from monitoring.api.models import ApiClient
+from monitoring.management.language import TranslatedCommand
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = (
         "Create an API client. Its token and callback secret are printed once and cannot "
         "be shown again (only the token's hash is stored)."

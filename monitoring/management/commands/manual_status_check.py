@@ -11,18 +11,19 @@ the worker runs, so what this command reports is what the monitor would do.
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
 from monitoring.management import inputs
+from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, EventSource, Training
 from monitoring.status_checks import check_trainings
 
 BATCH = 25
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = _(
         "Check trainings on fal now: --avatar ID (repeatable), --all active trainings, or "
         "--stuck ones. Prints what changed; --dry-run reads fal without writing."

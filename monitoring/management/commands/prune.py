@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
 from django.utils.translation import gettext as _
 
+from monitoring.management.language import TranslatedCommand
 from monitoring.ops import retention
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = _(
         "Delete old webhook deliveries, events of finished trainings, heartbeat rows and "
         "django-q2 task results (ages from the RETENTION_* settings). Nothing of an active "

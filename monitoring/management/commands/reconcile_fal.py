@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
 from monitoring import reconcile
 from monitoring.fal import platform
+from monitoring.management.language import TranslatedCommand
 from monitoring.models import EventSource
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = (
         "List fal's record for our trainers over the last --since HOURS (default "
         "FAL_RECONCILE_HOURS): requests we do not follow (one staff alert, the admin's "

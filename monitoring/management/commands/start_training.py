@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
 from monitoring import transitions
 from monitoring.management import inputs
+from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, AvatarStatus, EventSource, Language, TrainingType
 from monitoring.trainings import (
     SUBMIT_UNKNOWN_DETAIL,
@@ -22,7 +23,7 @@ def _field_length(model, name: str) -> int:
     return model._meta.get_field(name).max_length
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = (
         "Start an avatar's training on fal (--avatar ID), or create the owner and avatar "
         "and start it (--owner-telegram-id, --name, --images-url, --training-type, --trigger)."

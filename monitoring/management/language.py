@@ -1,0 +1,34 @@
+"""The language of a command's human-readable output: ``--language``, else LANGUAGE_CODE.
+
+Only what a person reads is translated (tables, summaries, CommandError messages).
+``--json`` output carries stored values and codes, never gettext text, so scripts read
+the same JSON whatever the language; log lines are fixed strings, never translated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.utils import translation
+
+
+class TranslatedCommand(BaseCommand):
+    """A command whose human-readable output follows ``--language`` or LANGUAGE_CODE."""
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.add_argument(
+            "--language",
+            choices=[code for code, _name in settings.LANGUAGES],
+            help="language of the human-readable output (default: LANGUAGE_CODE); "
+            "--json output is never translated",
+        )
+        return parser
+
+    def execute(self, *args: Any, **options: Any) -> str | None:
+        # Whatever a caller left active (a test's request, call_command from a view) does
+        # not decide: the option or the setting does.
+        with translation.override(options.get("language") or settings.LANGUAGE_CODE):
+            return super().execute(*args, **options)
