@@ -152,7 +152,8 @@ return '0'
 _redis_clients: dict[str, object] = {}
 
 
-def _redis():
+def redis_client():
+    """The process's client for REDIS_URL (shared by every limit kept in Redis)."""
     import redis  # only with REDIS_URL: an optional dependency, not a cycle
 
     url = settings.REDIS_URL
@@ -166,7 +167,7 @@ def _reserve_in_redis(chat_id: int, now: datetime) -> float:
     prefix = f"{settings.Q_CLUSTER['name']}:telegram-rate"
     # Whole milliseconds: Lua numbers print with 14 significant digits.
     now_ms = int(now.timestamp() * 1000)
-    wait_ms = _redis().eval(
+    wait_ms = redis_client().eval(
         _RESERVE_LUA,
         2,
         f"{prefix}:chat:{chat_id}",

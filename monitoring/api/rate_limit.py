@@ -15,6 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from monitoring.api.models import ApiRateWindow
+from notifications import rate_limits
 
 WINDOW_SECONDS = 60
 
@@ -57,22 +58,9 @@ def _count_in_database(client_id: int, start: datetime, now: datetime) -> int:
     return int(calls)
 
 
-_redis_clients: dict[str, object] = {}
-
-
-def _redis():
-    import redis
-
-    url = settings.REDIS_URL
-    assert url, "only called when REDIS_URL is set"
-    if url not in _redis_clients:
-        _redis_clients[url] = redis.Redis.from_url(url)
-    return _redis_clients[url]
-
-
 def _count_in_redis(client_id: int, start: datetime) -> int:
     key = f"{settings.Q_CLUSTER['name']}:api-rate:{client_id}:{int(start.timestamp())}"
-    with _redis().pipeline() as pipe:
+    with rate_limits.redis_client().pipeline() as pipe:
         pipe.incr(key)
         pipe.expire(key, WINDOW_SECONDS * 2)
         calls, _ = pipe.execute()
