@@ -83,3 +83,15 @@ def managepy(*args: str, database: bool = False) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def user_shell(tmp_path: Path) -> dict[str, str]:
+    """A user's shell for ``./bin/run``: no fal key (so the demo starts), nothing of the
+    tests' environment, its state and SQLite database under ``tmp_path``."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "LANG": "C.UTF-8",
+        "STATE_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import fetch, free_port, wait_for
+from tests.support import fetch, free_port, user_shell, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,16 +44,13 @@ def test_manage_commands_work_in_another_terminal_and_the_demo_banner_login_work
     base = f"http://127.0.0.1:{port}"
     state_dir = tmp_path / "var"
     # A user's shell: no fal key (the demo), SQLite, nothing of the tests'.
-    user_shell = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "LANG": "C.UTF-8",
-        "STATE_DIR": str(state_dir),
-    }
+    shell = {**user_shell(tmp_path), "STATE_DIR": str(state_dir)}
+    # Only ./bin/run is told the database: ./bin/manage must find it in the profile.
+    database_url = shell.pop("DATABASE_URL")
     process = subprocess.Popen(
         ["bash", "bin/run"],
         cwd=ROOT,
-        env={**user_shell, "PORT": str(port), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"},
+        env={**shell, "PORT": str(port), "DATABASE_URL": database_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -80,7 +77,7 @@ def test_manage_commands_work_in_another_terminal_and_the_demo_banner_login_work
             return subprocess.run(
                 [str(ROOT / "bin" / "manage"), *args],
                 cwd=tmp_path,
-                env={**user_shell, **env},
+                env={**shell, **env},
                 capture_output=True,
                 text=True,
                 timeout=120,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fetch, free_port, wait_for
+from tests.support import fetch, free_port, user_shell, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,15 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_bin_run_serves_the_admin_on_sqlite_with_the_worker_running_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
-    # A user's shell: no fal key (so the demo emulator starts), SQLite, nothing of the tests'.
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "LANG": "C.UTF-8",
-        "PORT": str(port),
-        "STATE_DIR": str(tmp_path / "var"),
-        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
-    }
+    env = {**user_shell(tmp_path), "PORT": str(port)}
     process = subprocess.Popen(
         ["bash", "bin/run"],
         cwd=ROOT,

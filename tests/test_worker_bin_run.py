@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fetch, free_port, wait_for
+from tests.support import fetch, free_port, user_shell, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,14 +27,7 @@ def _as_a_background_job() -> None:
 @pytest.mark.slow
 def test_bin_run_started_in_the_background_stops_on_sigint_to_its_pid(tmp_path):
     port = free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "LANG": "C.UTF-8",
-        "PORT": str(port),
-        "STATE_DIR": str(tmp_path / "var"),
-        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
-    }
+    env = {**user_shell(tmp_path), "PORT": str(port)}
     process = subprocess.Popen(
         ["bash", "bin/run"],
         cwd=ROOT,
