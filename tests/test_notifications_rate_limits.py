@@ -131,4 +131,7 @@ def test_messages_to_one_chat_arrive_at_least_a_second_apart_whatever_the_worker
     received = sorted(m.received_at for m in telegram.messages_to(owner.telegram_id))
     assert len(received) == 3
     gaps = [b - a for a, b in zip(received, received[1:], strict=False)]
-    assert min(gaps) >= 0.95
+    # The limiter hands out slots a second apart; what the fake Bot API sees also
+    # carries each send's own latency (a task started late on a busy machine arrives
+    # late, and the next one on time): allow that jitter, not a second message at once.
+    assert min(gaps) >= 0.8
