@@ -208,6 +208,19 @@ def test_the_confirmation_page_says_who_is_not_affected_and_why_before_anything_
     ).content.decode()
     assert "Will be affected (1)" in start
     assert "delete-button-bg" not in start  # not red: nothing destructive
+    assert 'class="default"' in start
+
+
+@pytest.mark.parametrize("action", ["cancel_on_fal", "mark_failed"])
+def test_only_actions_that_stop_a_training_have_a_red_button(admin_client, training_avatar, action):
+    avatar, _training = training_avatar(f"req-red-{action}")
+
+    page = admin_client.post(
+        CHANGELIST, {"action": action, "_selected_action": [avatar.pk], "index": 0}
+    ).content.decode()
+
+    assert "Will be affected (1)" in page
+    assert 'class="default destructive"' in page and "delete-button-bg" in page
 
 
 def test_webhook_deliveries_and_events_offer_no_delete_to_anyone(admin_client, training_avatar):
