@@ -1,18 +1,16 @@
 """Staff pages for the outbox: every message, every attempt, resend, and the sender state.
 
-Read-only by design: rows change only through delivery (and the resend action), so
-what staff see is what happened. Owners with their reachability live in the
+Read-only by design (``avatarsite.admin_base.ReadOnlyAdmin``): rows change only through
+delivery (and the resend action), so what staff see is what happened. Owners with their reachability live in the
 monitoring admin.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -20,6 +18,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from avatarsite.admin_base import ReadOnlyAdmin, ReadOnlyInline
 from notifications import delivery
 from notifications.models import (
     ChatMigration,
@@ -35,20 +34,6 @@ RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
-
-
-_M = TypeVar("_M", bound=Model)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin[_M]):
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 def warn_if_paused(request: HttpRequest) -> None:
@@ -74,10 +59,9 @@ def warn_if_paused(request: HttpRequest) -> None:
         )
 
 
-class NotificationAttemptInline(admin.TabularInline[NotificationAttempt, Notification]):
+class NotificationAttemptInline(ReadOnlyInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
-    extra = 0
-    can_delete = False
+    show_change_link = False  # attempts have no page of their own
     fields = (
         "started_at",
         "finished_at",
@@ -89,9 +73,6 @@ class NotificationAttemptInline(admin.TabularInline[NotificationAttempt, Notific
     )
     readonly_fields = fields
     ordering = ("started_at", "id")
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 @admin.register(Notification)

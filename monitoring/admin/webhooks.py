@@ -19,9 +19,14 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from avatarsite.admin_base import (
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    pre,
+    pretty_json,
+)
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
-from monitoring.admin.base import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
@@ -61,7 +66,10 @@ class MatchedFilter(admin.SimpleListFilter):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
+    # The audit trail of what fal sent us: nobody adds, edits or deletes it from the
+    # admin (retention prunes old rows on its own schedule).
+
     list_display = (
         "received_at",
         "request_id_display",
@@ -82,17 +90,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
     actions = ["reprocess"]
     list_per_page = 100
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        # The audit trail of what fal sent us: nobody deletes it from the admin
-        # (retention prunes old rows on its own schedule).
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
     def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
         # Re-processing applies what fal already told us (it can complete an avatar and
         # tell its owner), the same outcome a re-check reaches by asking fal again; it
@@ -107,15 +104,15 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
 
     @admin.display(description=_("fal headers"))
     def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
-        return _json(obj.headers or {})
+        return pretty_json(obj.headers or {})
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
         """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
         try:
-            return _json(json.loads(obj.body))
+            return pretty_json(json.loads(obj.body))
         except ValueError:
-            return _pre(obj.body)
+            return pre(obj.body)
 
     @admin.display(description=_("request id"), ordering="request_id")
     def request_id_display(self, obj: WebhookDelivery) -> str:
@@ -156,7 +153,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
 
 
 @admin.register(RefusedWebhookCount)
-class RefusedWebhookCountAdmin(admin.ModelAdmin[RefusedWebhookCount]):
+class RefusedWebhookCountAdmin(ReadOnlyAdmin[RefusedWebhookCount]):
     """Refused deliveries per minute and verdict, including those beyond the rows kept:
     where staff see an attack (a flood of forged deliveries) at a glance."""
 
@@ -166,12 +163,9 @@ class RefusedWebhookCountAdmin(admin.ModelAdmin[RefusedWebhookCount]):
     fields = ("minute", "verdict", "count")
     readonly_fields = fields
     list_per_page = 100
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+    # Counts, not evidence (the rows they count are pruned hourly anyway): staff with
+    # Django's delete permission may remove them.
+    deletable = True
 
 
 class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
