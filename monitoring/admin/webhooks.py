@@ -1,7 +1,8 @@
 """Admin for fal webhook deliveries: a read-only audit trail with a re-process action.
 
 Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
-nothing here edits them; staff can only re-process a verified one, which goes
+nothing here edits them; staff can only re-process a verified one, after a page that
+lists which of the selected will and will not be re-processed and why, which goes
 through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions
 (permission ``monitoring.recheck_avatar``).
 """
@@ -20,8 +21,11 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from avatarsite.admin_base import (
+    ConfirmRow,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    confirmation_page,
+    is_confirmed,
     pre,
     pretty_json,
 )
@@ -129,9 +133,30 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
         url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
         return format_html('<a href="{}">{}</a>', url, obj.training)
 
-    @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries"))
-    def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        for delivery in queryset.order_by("received_at", "pk"):
+    @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries…"))
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]):
+        deliveries = list(queryset.order_by("received_at", "pk"))
+        if not is_confirmed(request):
+            return confirmation_page(
+                self,
+                request,
+                action="reprocess",
+                title=gettext("Re-process webhook deliveries"),
+                question=gettext(
+                    "Process these deliveries again, as if fal had just sent them? One can "
+                    "complete an avatar and tell its owner."
+                ),
+                rows=[
+                    ConfirmRow(
+                        delivery,
+                        label=delivery.request_id or delivery.header_request_id,
+                        why_not=webhooks.why_not_reprocess(delivery),
+                        state=str(delivery.get_outcome_display()),
+                    )
+                    for delivery in deliveries
+                ],
+            )
+        for delivery in deliveries:
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
             try:
                 outcome = webhooks.reprocess(delivery, actor=request.user)
@@ -150,6 +175,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
             }
             self.message_user(request, text, level)
             log_staff_action(self, request, delivery, "reprocess", text)
+        return None
 
 
 @admin.register(RefusedWebhookCount)
