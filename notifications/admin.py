@@ -1,25 +1,29 @@
 """Staff pages for the outbox: every message, every attempt, resend, and the sender state.
 
-Read-only by design: rows change only through delivery (and the resend action), so
-what staff see is what happened. Owners with their reachability live in the
+Read-only by design (``avatarsite.admin_base.ReadOnlyAdmin``): rows change only through
+delivery (and the resend action, after the shared confirmation page), so what staff
+see is what happened. Owners with their reachability live in the
 monitoring admin.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.template.response import TemplateResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from avatarsite.admin_base import (
+    ConfirmRow,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    confirmation_page,
+    is_confirmed,
+)
 from notifications import delivery
 from notifications.models import (
     ChatMigration,
@@ -35,20 +39,6 @@ RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
-
-
-_M = TypeVar("_M", bound=Model)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin[_M]):
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 def warn_if_paused(request: HttpRequest) -> None:
@@ -74,10 +64,9 @@ def warn_if_paused(request: HttpRequest) -> None:
         )
 
 
-class NotificationAttemptInline(admin.TabularInline[NotificationAttempt, Notification]):
+class NotificationAttemptInline(ReadOnlyInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
-    extra = 0
-    can_delete = False
+    show_change_link = False  # attempts have no page of their own
     fields = (
         "started_at",
         "finished_at",
@@ -89,9 +78,6 @@ class NotificationAttemptInline(admin.TabularInline[NotificationAttempt, Notific
     )
     readonly_fields = fields
     ordering = ("started_at", "id")
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 @admin.register(Notification)
@@ -188,7 +174,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         return request.user.has_perm(RESEND_PERMISSION)
 
     @admin.action(
-        description=gettext_lazy("Resend failed or given-up notifications"),
+        description=gettext_lazy("Resend failed or given-up notifications…"),
         permissions=["resend_notification"],
     )
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
@@ -196,25 +182,30 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         # posts back to this action, and so can anyone who crafts that POST.
         if not self.has_resend_notification_permission(request):
             raise PermissionDenied
-        eligible = list(queryset.filter(status__in=RESENDABLE).order_by("pk"))
-        skipped = queryset.exclude(status__in=RESENDABLE).count()
-        if request.POST.get("confirm") != "yes":
-            return TemplateResponse(
+        selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
+        if not is_confirmed(request):
+            return confirmation_page(
+                self,
                 request,
-                "admin/notifications/notification/resend_confirmation.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": _("Resend notifications?"),
-                    "opts": self.model._meta,
-                    "eligible": eligible,
-                    "skipped": skipped,
-                    "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
-                    "action": "resend",
-                },
+                action="resend",
+                title=_("Resend notifications"),
+                question=_(
+                    "Send these notifications again, each with a fresh set of retries? "
+                    "Their recipients get the message once more."
+                ),
+                rows=[
+                    ConfirmRow(
+                        row,
+                        label=self.headline(row),
+                        why_not=why_not_resend(row),
+                        state=str(row.get_status_display()),
+                    )
+                    for row in selected
+                ],
             )
         resent = 0
-        for row in eligible:
-            if delivery.resend(row.pk):
+        for row in selected:
+            if not why_not_resend(row) and delivery.resend(row.pk):
                 resent += 1
                 self.log_change(request, row, "resend: queued to be sent again")
         if resent:
@@ -228,14 +219,28 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
                 % {"count": resent},
                 messages.SUCCESS,
             )
-        if skipped or resent < len(eligible):
+        left_alone = len(selected) - resent
+        if left_alone:
             self.message_user(
                 request,
-                _("%(count)d selected notification(s) were not failed or given up: left alone.")
-                % {"count": skipped + len(eligible) - resent},
+                ngettext(
+                    "%(count)d selected notification was not failed or given up: left alone.",
+                    "%(count)d selected notifications were not failed or given up: left alone.",
+                    left_alone,
+                )
+                % {"count": left_alone},
                 messages.WARNING,
             )
         return None
+
+
+def why_not_resend(notification: Notification) -> str:
+    """Why resending ``notification`` would change nothing ("" when it is resent)."""
+    if notification.status in RESENDABLE:
+        return ""
+    return _("it is “%(status)s”; only failed or given-up messages are resent.") % {
+        "status": notification.get_status_display()
+    }
 
 
 @admin.register(SenderState)

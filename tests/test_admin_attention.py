@@ -1,6 +1,6 @@
 """What needs attention, at a glance, and who may act on it: counts, ordering, the stuck
 list, the problems banner, the dashboard verdict, the avatar page's buttons and their
-permission checks, and the audit trail nobody can delete."""
+permission checks, and the audit trail nobody can add to, edit or delete."""
 
 from __future__ import annotations
 
@@ -208,9 +208,24 @@ def test_the_confirmation_page_says_who_is_not_affected_and_why_before_anything_
     ).content.decode()
     assert "Will be affected (1)" in start
     assert "delete-button-bg" not in start  # not red: nothing destructive
+    assert 'class="default"' in start
 
 
-def test_webhook_deliveries_and_events_offer_no_delete_to_anyone(admin_client, training_avatar):
+@pytest.mark.parametrize("action", ["cancel_on_fal", "mark_failed"])
+def test_only_actions_that_stop_a_training_have_a_red_button(admin_client, training_avatar, action):
+    avatar, _training = training_avatar(f"req-red-{action}")
+
+    page = admin_client.post(
+        CHANGELIST, {"action": action, "_selected_action": [avatar.pk], "index": 0}
+    ).content.decode()
+
+    assert "Will be affected (1)" in page
+    assert 'class="default destructive"' in page and "delete-button-bg" in page
+
+
+def test_webhook_deliveries_and_events_offer_no_add_change_or_delete_to_anyone(
+    admin_client, training_avatar
+):
     avatar, training = training_avatar("req-audit")
     delivery = WebhookDelivery.objects.create(
         request_id="req-audit",
@@ -221,10 +236,14 @@ def test_webhook_deliveries_and_events_offer_no_delete_to_anyone(admin_client, t
     )
     event = AvatarEvent.objects.filter(avatar=avatar).first()
     for model, obj in (("webhookdelivery", delivery), ("avatarevent", event)):
+        add = reverse(f"admin:monitoring_{model}_add")
         changelist = admin_client.get(reverse(f"admin:monitoring_{model}_changelist"))
         assert "delete_selected" not in changelist.content.decode(), model
+        assert add not in changelist.content.decode(), model
+        assert admin_client.get(add).status_code == 403, model
         page = admin_client.get(reverse(f"admin:monitoring_{model}_change", args=[obj.pk]))
         assert "deletelink" not in page.content.decode(), model
+        assert 'name="_save"' not in page.content.decode(), model
         delete = admin_client.post(reverse(f"admin:monitoring_{model}_delete", args=[obj.pk]))
         assert delete.status_code == 403, model
     assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()

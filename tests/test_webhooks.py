@@ -770,11 +770,11 @@ def test_it_answers_500_and_keeps_the_delivery_when_processing_fails(
     assert "RuntimeError" in delivery.traceback
     assert delivery.body  # kept whole: staff can re-process it
 
-    # Once fixed, staff re-process it from the admin.
+    # Once fixed, staff re-process it from the admin (and confirm).
     monkeypatch.undo()
     page = admin_client.post(
         "/admin/monitoring/webhookdelivery/",
-        {"action": "reprocess", "_selected_action": [delivery.pk]},
+        {"action": "reprocess", "_selected_action": [delivery.pk], "confirmed": "yes"},
         follow=True,
     )
     assert page.status_code == 200

@@ -3,8 +3,9 @@
 Each action reports, per avatar, what it did (one admin message each), so a staff
 member who selected twenty avatars knows which ones moved and why the others did
 not. Actions that spend money or end a training (start, retrain, cancel, mark
-failed) show a confirmation page first; the same page carries the reason or the
-new deadline where one is needed.
+failed) show the shared confirmation page first (``avatarsite.admin_base``), red only
+for cancel and mark failed, which stop a training that may still be running; the same
+page carries the reason or the new deadline where one is needed.
 
 Re-checking is never done inside the request: it is queued to the worker, which
 bounds every fal call and records the outcome.
@@ -26,7 +27,6 @@ from typing import Any, TypeVar
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
@@ -39,6 +39,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django_stubs_ext import StrOrPromise
 
+from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
 from monitoring import roles, transitions
 from monitoring import trainings as training_service
 from monitoring.fal import client as fal
@@ -230,34 +231,32 @@ def _confirm(
     title: str,
     question: str,
     form: forms.Form | None = None,
-    destructive: bool = True,
+    destructive: bool = False,
     previews: list[dict[str, Any]] | None = None,
 ) -> TemplateResponse:
-    """The intermediate page: what will and will not be affected (and why), then the form."""
+    """The shared confirmation page, one row per selected avatar with ``why_not``."""
     avatars = list(queryset.select_related("current_training", "owner").order_by("pk"))
-    affected = [a for a in avatars if not why_not(action, a)]
-    unaffected = [(a, why_not(action, a)) for a in avatars if why_not(action, a)]
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "question": question,
-        "avatars": avatars,
-        "affected": affected,
-        "unaffected": unaffected,
-        "action": action,
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "form": form,
-        "destructive": destructive,
-        "previews": previews or [],
-        "back_url": _back_url(request, avatars),
-        "opts": modeladmin.model._meta,
-        "media": modeladmin.media,
-    }
-    return TemplateResponse(request, "admin/monitoring/avatar/action_confirmation.html", context)
-
-
-def _confirmed(request: HttpRequest) -> bool:
-    return request.POST.get("confirmed") == "yes"
+    rows = [
+        ConfirmRow(
+            avatar,
+            label=avatar.name,
+            why_not=why_not(action, avatar),
+            state=str(avatar.get_status_display()),
+        )
+        for avatar in avatars
+    ]
+    return confirmation_page(
+        modeladmin,
+        request,
+        action=action,
+        title=title,
+        question=question,
+        rows=rows,
+        form=form,
+        destructive=destructive,
+        previews=previews,
+        back_url=_back_url(request, avatars),
+    )
 
 
 def _each(
@@ -371,7 +370,7 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
 def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if _over_bulk_start_cap(request, queryset):
         return None
-    if not _confirmed(request):
+    if not is_confirmed(request):
         return _confirm(
             modeladmin,
             request,
@@ -379,7 +378,6 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
             action="start_training",
             title=_("Start training"),
             question=_("Submit these avatars to fal? Each submit starts a paid training."),
-            destructive=False,
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
@@ -401,7 +399,7 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
 def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if _over_bulk_start_cap(request, queryset):
         return None
-    if not _confirmed(request):
+    if not is_confirmed(request):
         return _confirm(
             modeladmin,
             request,
@@ -412,7 +410,6 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
                 "Start a new training attempt for each failed avatar? Each submit starts a paid "
                 "training; the failed attempt keeps its history."
             ),
-            destructive=False,
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
@@ -434,13 +431,14 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
 
 @staff_action(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
 def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if not _confirmed(request):
+    if not is_confirmed(request):
         return _confirm(
             modeladmin,
             request,
             queryset,
             action="cancel_on_fal",
             title=_("Cancel trainings on fal"),
+            destructive=True,
             question=_(
                 "Ask fal to cancel these trainings? A running job may still complete; the avatar "
                 "turns cancelled once fal confirms."
@@ -507,8 +505,8 @@ def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]
 
 @staff_action(permission=roles.FAIL_AVATAR, description=gettext_lazy("Mark as failed…"))
 def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    form = ReasonForm(request.POST if _confirmed(request) else None)
-    if not (_confirmed(request) and form.is_valid()):
+    form = ReasonForm(request.POST if is_confirmed(request) else None)
+    if not (is_confirmed(request) and form.is_valid()):
         eligible = [
             a
             for a in queryset.select_related("current_training", "owner").order_by("pk")
@@ -520,6 +518,7 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             queryset,
             action="mark_failed",
             title=_("Mark as failed"),
+            destructive=True,
             question=_(
                 "Mark these trainings as failed? The owner is told what you choose below, "
                 "and a job still running on fal is cancelled."
@@ -594,8 +593,8 @@ def clear_stuck(
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
 def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    form = ExtendForm(request.POST if _confirmed(request) else None)
-    if not (_confirmed(request) and form.is_valid()):
+    form = ExtendForm(request.POST if is_confirmed(request) else None)
+    if not (is_confirmed(request) and form.is_valid()):
         return _confirm(
             modeladmin,
             request,
@@ -604,7 +603,6 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
             title=_("Extend the stuck deadline"),
             question=_("Clear the stuck flag and give these trainings more time?"),
             form=form,
-            destructive=False,
         )
     until = timezone.now() + timedelta(hours=form.cleaned_data["hours"])
 
@@ -677,7 +675,7 @@ def resend_notification(
 def record_no_fal_job(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ):
-    if not _confirmed(request):
+    if not is_confirmed(request):
         return _confirm(
             modeladmin,
             request,

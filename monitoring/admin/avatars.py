@@ -28,6 +28,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from avatarsite.admin_base import ReadOnlyAdmin, pre, pretty_json
 from monitoring import transitions
 from monitoring.admin import actions, avatar_page
 from monitoring.admin.avatar_page import (
@@ -36,7 +37,6 @@ from monitoring.admin.avatar_page import (
     live_stuck_words,
     status_label,
 )
-from monitoring.admin.base import _json, _pre
 from monitoring.admin.dashboard import dashboard_view
 from monitoring.admin.webhooks import WebhookDeliveryInline
 from monitoring.models import (
@@ -517,7 +517,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
     @admin.display(description=gettext_lazy("raw fal result"))
     def raw_result(self, avatar: Avatar) -> SafeString:
         training = avatar.current_training
-        return _json(training.result if training else None)
+        return pretty_json(training.result if training else None)
 
     def attempts(self, avatar: Avatar) -> SafeString:
         """Every training attempt of the avatar, newest first (shown under the timeline)."""
@@ -552,7 +552,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
     @admin.display(description=gettext_lazy("last logs"))
     def last_logs(self, avatar: Avatar) -> SafeString:
         training = avatar.current_training
-        return _pre(training.logs_tail if training else "")
+        return pre(training.logs_tail if training else "")
 
     @admin.display(description=gettext_lazy("webhook deliveries"))
     def webhook_deliveries(self, avatar: Avatar) -> SafeString:
@@ -693,11 +693,11 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
 
     @admin.display(description=gettext_lazy("raw fal result"))
     def raw_result(self, training: Training) -> SafeString:
-        return _json(training.result)
+        return pretty_json(training.result)
 
     @admin.display(description=gettext_lazy("last logs"))
     def last_logs(self, training: Training) -> SafeString:
-        return _pre(training.logs_tail)
+        return pre(training.logs_tail)
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, training: Training) -> SafeString:
@@ -722,7 +722,7 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
 
 
 @admin.register(AvatarEvent)
-class AvatarEventAdmin(admin.ModelAdmin[AvatarEvent]):
+class AvatarEventAdmin(ReadOnlyAdmin[AvatarEvent]):
     list_display = (
         "created_at",
         "avatar",
@@ -763,15 +763,6 @@ class AvatarEventAdmin(admin.ModelAdmin[AvatarEvent]):
     @admin.display(description=gettext_lazy("message"))
     def message_words(self, event: AvatarEvent) -> str:
         return event_words(event)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: AvatarEvent | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: AvatarEvent | None = None) -> bool:
-        return False
 
 
 def _is_stuck_list(request: HttpRequest) -> bool:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
@@ -16,6 +15,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from avatarsite.admin_base import ReadOnlyAdmin
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
 from monitoring.trainings import AdoptRefused, adopt_training
@@ -110,7 +110,7 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
 
 
 @admin.register(UnknownFalRequest)
-class UnknownFalRequestAdmin(admin.ModelAdmin[UnknownFalRequest]):
+class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
     list_display = (
         "request_id",
         "endpoint_id",
@@ -123,12 +123,9 @@ class UnknownFalRequestAdmin(admin.ModelAdmin[UnknownFalRequest]):
     list_filter = ("endpoint_id", ("adopted_training", admin.EmptyFieldListFilter))
     search_fields = ("request_id",)
     readonly_fields = [f.name for f in UnknownFalRequest._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    # A list reconcile_fal rebuilds from fal's record: a row deleted by hand (with
+    # Django's delete permission) comes back while fal still has the request.
+    deletable = True
 
     def get_urls(self):
         custom = [

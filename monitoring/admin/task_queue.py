@@ -21,11 +21,13 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django_q.models import Failure, OrmQ, Schedule, Success
 
+from avatarsite.admin_base import ReadOnlyAdmin
+
 TASK_FIELDS = ("id", "name", "func", "group", "cluster", "started", "stopped", "success")
 
 
 # django-q2's models are untyped (and TaskResultAdmin serves both Success and Failure).
-class SuperuserReadOnlyAdmin(admin.ModelAdmin[Any]):
+class SuperuserReadOnlyAdmin(ReadOnlyAdmin[Any]):
     """Visible to superusers only; nobody adds, changes, deletes or runs anything."""
 
     actions = None
@@ -38,15 +40,6 @@ class SuperuserReadOnlyAdmin(admin.ModelAdmin[Any]):
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._superuser(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class TaskResultAdmin(SuperuserReadOnlyAdmin):

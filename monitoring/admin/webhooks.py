@@ -1,7 +1,8 @@
 """Admin for fal webhook deliveries: a read-only audit trail with a re-process action.
 
 Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
-nothing here edits them; staff can only re-process a verified one, which goes
+nothing here edits them; staff can only re-process a verified one, after a page that
+lists which of the selected will and will not be re-processed and why, which goes
 through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions
 (permission ``monitoring.recheck_avatar``).
 """
@@ -19,9 +20,17 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from avatarsite.admin_base import (
+    ConfirmRow,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    confirmation_page,
+    is_confirmed,
+    pre,
+    pretty_json,
+)
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
-from monitoring.admin.base import ReadOnlyInline, _json, _pre
 from monitoring.fal import webhooks
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
@@ -61,7 +70,10 @@ class MatchedFilter(admin.SimpleListFilter):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
+    # The audit trail of what fal sent us: nobody adds, edits or deletes it from the
+    # admin (retention prunes old rows on its own schedule).
+
     list_display = (
         "received_at",
         "request_id_display",
@@ -82,17 +94,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
     actions = ["reprocess"]
     list_per_page = 100
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        # The audit trail of what fal sent us: nobody deletes it from the admin
-        # (retention prunes old rows on its own schedule).
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
     def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
         # Re-processing applies what fal already told us (it can complete an avatar and
         # tell its owner), the same outcome a re-check reaches by asking fal again; it
@@ -107,15 +108,15 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
 
     @admin.display(description=_("fal headers"))
     def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
-        return _json(obj.headers or {})
+        return pretty_json(obj.headers or {})
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
         """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
         try:
-            return _json(json.loads(obj.body))
+            return pretty_json(json.loads(obj.body))
         except ValueError:
-            return _pre(obj.body)
+            return pre(obj.body)
 
     @admin.display(description=_("request id"), ordering="request_id")
     def request_id_display(self, obj: WebhookDelivery) -> str:
@@ -132,9 +133,30 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
         url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
         return format_html('<a href="{}">{}</a>', url, obj.training)
 
-    @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries"))
-    def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        for delivery in queryset.order_by("received_at", "pk"):
+    @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries…"))
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]):
+        deliveries = list(queryset.order_by("received_at", "pk"))
+        if not is_confirmed(request):
+            return confirmation_page(
+                self,
+                request,
+                action="reprocess",
+                title=gettext("Re-process webhook deliveries"),
+                question=gettext(
+                    "Process these deliveries again, as if fal had just sent them? One can "
+                    "complete an avatar and tell its owner."
+                ),
+                rows=[
+                    ConfirmRow(
+                        delivery,
+                        label=delivery.request_id or delivery.header_request_id,
+                        why_not=webhooks.why_not_reprocess(delivery),
+                        state=str(delivery.get_outcome_display()),
+                    )
+                    for delivery in deliveries
+                ],
+            )
+        for delivery in deliveries:
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
             try:
                 outcome = webhooks.reprocess(delivery, actor=request.user)
@@ -153,10 +175,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
             }
             self.message_user(request, text, level)
             log_staff_action(self, request, delivery, "reprocess", text)
+        return None
 
 
 @admin.register(RefusedWebhookCount)
-class RefusedWebhookCountAdmin(admin.ModelAdmin[RefusedWebhookCount]):
+class RefusedWebhookCountAdmin(ReadOnlyAdmin[RefusedWebhookCount]):
     """Refused deliveries per minute and verdict, including those beyond the rows kept:
     where staff see an attack (a flood of forged deliveries) at a glance."""
 
@@ -166,12 +189,9 @@ class RefusedWebhookCountAdmin(admin.ModelAdmin[RefusedWebhookCount]):
     fields = ("minute", "verdict", "count")
     readonly_fields = fields
     list_per_page = 100
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+    # Counts, not evidence (the rows they count are pruned hourly anyway): staff with
+    # Django's delete permission may remove them.
+    deletable = True
 
 
 class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):

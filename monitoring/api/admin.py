@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from avatarsite.admin_base import ReadOnlyAdmin, ReadOnlyInline
 from monitoring.api import callbacks, tokens
 from monitoring.api.models import (
     ApiCall,
@@ -157,35 +158,24 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
 
 
 @admin.register(ApiCall)
-class ApiCallAdmin(OperatorsOnly[ApiCall]):
+class ApiCallAdmin(ReadOnlyAdmin[ApiCall], OperatorsOnly[ApiCall]):
     list_display = ("at", "client", "method", "path", "status", "duration_ms")
     list_filter = ("status", "method", "client")
     search_fields = ("path",)
     date_hierarchy = "at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+    # A log of calls, not evidence: Operators may prune it (OperatorsOnly decides).
+    deletable = True
 
 
-class CallbackAttemptInline(admin.TabularInline[CallbackAttempt, EventCallback]):
+class CallbackAttemptInline(ReadOnlyInline[CallbackAttempt, EventCallback]):
     model = CallbackAttempt
-    extra = 0
-    can_delete = False
+    show_change_link = False  # attempts have no page of their own
     fields = ("started_at", "outcome", "status_code", "address", "duration_ms", "error", "url")
     readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
 
 @admin.register(EventCallback)
-class EventCallbackAdmin(admin.ModelAdmin[EventCallback]):
+class EventCallbackAdmin(ReadOnlyAdmin[EventCallback]):
     list_display = (
         "created_at",
         "event_type",
@@ -217,15 +207,6 @@ class EventCallbackAdmin(admin.ModelAdmin[EventCallback]):
     )
     fields = readonly_fields
     actions = ["resend"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def get_actions(self, request: HttpRequest):
         actions = super().get_actions(request)

@@ -866,19 +866,30 @@ def _second_look(request_id: str) -> None:
         apply_unmatched_deliveries(training_id=training_id, request_id=request_id)
 
 
+def why_not_reprocess(delivery: WebhookDelivery) -> str:
+    """Why staff may not re-process ``delivery`` ("" when they may).
+
+    The one rule for ``reprocess`` and for the admin's confirmation page, which lists
+    each refused delivery with this reason before anything is done.
+    """
+    # The reasons are shown to staff in the admin, in their language.
+    if delivery.verdict != WebhookVerdict.VALID:
+        return gettext("only deliveries with a valid signature can be processed")
+    if delivery.outcome not in REPROCESSABLE_OUTCOMES:
+        return gettext("a delivery that is “%(outcome)s” is not re-processed") % {
+            "outcome": delivery.get_outcome_display()
+        }
+    return ""
+
+
 def reprocess(delivery: WebhookDelivery, *, actor: Any = None) -> str:
     """Staff: process a verified delivery again (failed, unmatched, deferred, stranded).
 
     Returns the new outcome, or raises ``ValueError`` saying why it cannot be.
     """
-    # The reasons are shown to staff in the admin, in their language.
-    if delivery.verdict != WebhookVerdict.VALID:
-        raise ValueError(gettext("only deliveries with a valid signature can be processed"))
-    if delivery.outcome not in REPROCESSABLE_OUTCOMES:
-        raise ValueError(
-            gettext("a delivery that is “%(outcome)s” is not re-processed")
-            % {"outcome": delivery.get_outcome_display()}
-        )
+    reason = why_not_reprocess(delivery)
+    if reason:
+        raise ValueError(reason)
     claimed = WebhookDelivery.objects.filter(pk=delivery.pk, outcome=delivery.outcome).update(
         outcome=WebhookOutcome.RECEIVED
     )

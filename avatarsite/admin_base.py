@@ -1,0 +1,168 @@
+"""What the admin pages of both apps share: read-only pages, preformatted blocks, and
+the confirmation page an action shows before it changes anything.
+
+It lives in the project package so that ``monitoring`` and ``notifications`` use one
+idiom for each job without either importing the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote
+from django.db.models import Model
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+
+# --- preformatted blocks --------------------------------------------------------------
+
+
+def pre(value: str) -> SafeString:
+    """Logs, bodies and tracebacks: kept as written, wrapped, scrolled when long."""
+    if not value:
+        return mark_safe("<span>—</span>")
+    return format_html(
+        '<pre style="white-space: pre-wrap; overflow-wrap: anywhere; max-height: 30em; '
+        'overflow: auto; max-width: 100%">{}</pre>',
+        value,
+    )
+
+
+def pretty_json(value: Any) -> SafeString:
+    """A JSON value indented, keys sorted, non-ASCII text as written."""
+    if value is None:
+        return pre("")
+    return pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+# --- read-only pages ------------------------------------------------------------------
+
+_M = TypeVar("_M", bound=Model)
+_Child = TypeVar("_Child", bound=Model)
+_Parent = TypeVar("_Parent", bound=Model)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
+    """Rows staff read and never add or change from the admin: records of what happened.
+
+    Nobody deletes them either, unless ``deletable`` says a row is ours to prune by
+    hand; then Django's delete permission (or the next admin in the MRO) decides.
+    Actions still run: they go through the service functions, not the change form.
+    """
+
+    deletable = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.deletable and super().has_delete_permission(request, obj)
+
+
+class ReadOnlyInline(admin.TabularInline[_Child, _Parent]):
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- the confirmation page ------------------------------------------------------------
+
+CONFIRMED_FIELD = "confirmed"
+
+
+@dataclass(frozen=True)
+class ConfirmRow:
+    """One selected row on a confirmation page.
+
+    ``why_not`` is empty when the action would change the row, else the reason in
+    words ("it was sent; only failed or given-up messages are resent"); ``state`` is
+    shown beside an affected row (its status now).
+    """
+
+    obj: Model
+    label: str
+    why_not: str = ""
+    state: str = ""
+
+    @property
+    def number(self) -> str:
+        return f"#{self.obj.pk}"
+
+    @property
+    def url(self) -> str:
+        meta = self.obj._meta
+        return reverse(
+            f"admin:{meta.app_label}_{meta.model_name}_change", args=[quote(self.obj.pk)]
+        )
+
+
+def is_confirmed(request: HttpRequest) -> bool:
+    """The confirmation page was submitted (its hidden field), not the action menu."""
+    return request.POST.get(CONFIRMED_FIELD) == "yes"
+
+
+def confirmation_page(
+    modeladmin: admin.ModelAdmin[Any],
+    request: HttpRequest,
+    *,
+    action: str,
+    title: str,
+    question: str,
+    rows: list[ConfirmRow],
+    form: forms.Form | None = None,
+    destructive: bool = False,
+    previews: list[dict[str, Any]] | None = None,
+    back_url: str = "",
+) -> TemplateResponse:
+    """What will and will not be affected (each with its reason), before anything is typed.
+
+    The form (and the button) appear only when something would be affected. The button
+    is red only for ``destructive`` actions: those that end something (cancel, mark
+    failed). Templates are looked up as Django's own action pages are, so one model may
+    add to the page (``admin/<app>/<model>/action_confirmation.html`` extending
+    ``admin/action_confirmation.html``) while keeping its structure.
+    """
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "question": question,
+        "rows": rows,
+        "affected": [row for row in rows if not row.why_not],
+        "unaffected": [row for row in rows if row.why_not],
+        "action": action,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "confirmed_field": CONFIRMED_FIELD,
+        "form": form,
+        "destructive": destructive,
+        "previews": previews or [],
+        "back_url": back_url or reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        "opts": opts,
+        "media": modeladmin.media + (form.media if form is not None else forms.Media()),
+    }
+    return TemplateResponse(
+        request,
+        [
+            f"admin/{opts.app_label}/{opts.model_name}/action_confirmation.html",
+            f"admin/{opts.app_label}/action_confirmation.html",
+            "admin/action_confirmation.html",
+        ],
+        context,
+    )
