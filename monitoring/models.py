@@ -395,13 +395,13 @@ class WebhookDelivery(models.Model):
             # Unmatched deliveries are looked up when a request id appears on a training.
             models.Index(
                 fields=["request_id"],
-                condition=Q(outcome="unmatched"),
+                condition=Q(outcome=WebhookOutcome.UNMATCHED),
                 name="webhook_unmatched_idx",
             ),
             # The worker looks for deliveries a crash left received but not processed.
             models.Index(
                 fields=["received_at"],
-                condition=Q(outcome="received"),
+                condition=Q(outcome=WebhookOutcome.RECEIVED),
                 name="webhook_received_idx",
             ),
         ]

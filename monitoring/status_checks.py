@@ -48,7 +48,7 @@ from django.utils import timezone
 from monitoring import recovery, restore, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
-from monitoring.models import CheckRun, EventSource, FalStatus, Training
+from monitoring.models import AvatarStatus, CheckRun, EventSource, FalStatus, Training
 from notifications import delivery, outbox
 
 logger = logging.getLogger("monitoring")
@@ -710,8 +710,8 @@ def _tally(reports: list[CheckReport]) -> dict[str, int]:
     return {
         "checked": sum(r.checked for r in reports),
         "changed": sum(r.changed for r in reports),
-        "completed": sum(r.changed and r.after == "completed" for r in reports),
-        "failed": sum(r.changed and r.after == "error" for r in reports),
+        "completed": sum(r.changed and r.after == AvatarStatus.COMPLETED for r in reports),
+        "failed": sum(r.changed and r.after == AvatarStatus.ERROR for r in reports),
         "errors": sum(r.fal_error for r in reports),
     }
 

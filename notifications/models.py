@@ -121,7 +121,7 @@ class Notification(models.Model):
         indexes = [
             models.Index(
                 fields=["next_attempt_at"],
-                condition=Q(status__in=["pending", "sending"]),
+                condition=Q(status__in=[NotificationStatus.PENDING, NotificationStatus.SENDING]),
                 name="notification_due_idx",
             ),
             models.Index(

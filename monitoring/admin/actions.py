@@ -55,7 +55,13 @@ from monitoring.models import (
 from monitoring.stuck import stuck_cause
 from notifications import delivery
 from notifications import messages as texts
-from notifications.models import Audience, Notification, NotificationKind, OwnerMessage
+from notifications.models import (
+    Audience,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    OwnerMessage,
+)
 
 STAFF = EventSource.STAFF
 
@@ -629,7 +635,7 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     rows = Notification.objects.filter(
         avatar_id__in=list(avatar_ids),
         audience=Audience.OWNER,
-        status__in=("failed", "given_up"),
+        status__in=(NotificationStatus.FAILED, NotificationStatus.GIVEN_UP),
     ).order_by("avatar_id", "-created_at", "-id")
     for notification in rows:
         assert notification.avatar_id is not None  # filtered on avatar_id__in

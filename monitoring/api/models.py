@@ -206,7 +206,7 @@ class EventCallback(models.Model):
         indexes = [
             models.Index(
                 fields=["next_attempt_at"],
-                condition=Q(status="pending"),
+                condition=Q(status=CallbackStatus.PENDING),
                 name="api_callback_due_idx",
             )
         ]

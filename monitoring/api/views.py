@@ -28,7 +28,7 @@ from monitoring.api.schemas import (
     StartOut,
     TrainingIn,
 )
-from monitoring.models import Avatar, AvatarStatus, EventSource, Training
+from monitoring.models import Avatar, AvatarStatus, EventSource, Training, TrainingOutcome
 from monitoring.trainings import cancel_training, create_avatar_for_owner, start_training
 
 API_SOURCE = EventSource.API
@@ -227,7 +227,7 @@ def cancel_avatar(request: HttpRequest, avatar_id: int):
     detail = cancel_training(training, source=API_SOURCE)
     training.refresh_from_db()
     avatar = _avatar_or_404(avatar_id)
-    if training.finished_at is not None and training.outcome == "cancelled":
+    if training.finished_at is not None and training.outcome == TrainingOutcome.CANCELLED:
         return Status(202, {"cancel": "cancelled", "avatar": representation.avatar_data(avatar)})
     if training.finished_at is None and training.cancel_requested_at is not None:
         return Status(202, {"cancel": "requested", "avatar": representation.avatar_data(avatar)})

@@ -22,7 +22,7 @@ from django.utils.translation import ngettext
 
 from monitoring.models import Avatar, AvatarStatus, Training
 from monitoring.ops import health
-from notifications.models import Audience, Notification, NotificationKind
+from notifications.models import Audience, Notification, NotificationKind, NotificationStatus
 
 # A message waiting longer than this has not been consumed by the notifier.
 BACKLOG_LATE_MINUTES = 10
@@ -115,7 +115,10 @@ def problems(now: datetime | None = None) -> list[Problem]:
             )
         )
     oldest = (
-        Notification.objects.filter(status__in=("pending", "sending"), next_attempt_at__lte=now)
+        Notification.objects.filter(
+            status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING),
+            next_attempt_at__lte=now,
+        )
         .order_by("created_at")
         .values_list("created_at", flat=True)
         .first()
@@ -130,7 +133,7 @@ def problems(now: datetime | None = None) -> list[Problem]:
         )
     undelivered = Notification.objects.filter(
         audience=Audience.OWNER,
-        status__in=("failed", "given_up"),
+        status__in=(NotificationStatus.FAILED, NotificationStatus.GIVEN_UP),
         created_at__gte=now - NOTIFICATION_PROBLEM_WINDOW,
     ).count()
     if undelivered:

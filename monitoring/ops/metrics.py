@@ -44,7 +44,7 @@ from monitoring.models import (
 )
 from monitoring.ops import health
 from notifications import delivery
-from notifications.models import Notification, NotificationAttempt
+from notifications.models import Notification, NotificationAttempt, NotificationStatus
 
 logger = logging.getLogger("monitoring")
 
@@ -145,7 +145,9 @@ class DatabaseCollector:
         )
 
         # 5. The notification backlog, and how long its oldest due message has waited.
-        backlog = Notification.objects.filter(status__in=("pending", "sending")).aggregate(
+        backlog = Notification.objects.filter(
+            status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING)
+        ).aggregate(
             n=Count("id"),
             oldest_due=Min("next_attempt_at", filter=Q(pk__in=delivery.due_rows().values("pk"))),
         )
