@@ -130,8 +130,12 @@ def _make_trainings(count: int, prefix: str) -> list[str]:
             source=EventSource.COMMAND,
         )
         request_id = f"{prefix}-{i:06d}"
+        # As the submit stores them: fal answers the submit with both ids.
         transitions.record_submitted(
-            started.training, request_id=request_id, source=EventSource.COMMAND
+            started.training,
+            request_id=request_id,
+            gateway_request_id=request_id,
+            source=EventSource.COMMAND,
         )
         request_ids.append(request_id)
     return request_ids

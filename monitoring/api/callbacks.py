@@ -38,9 +38,9 @@ from standardwebhooks.webhooks import Webhook
 
 from monitoring.api import representation
 from monitoring.api.models import (
+    ApiClient,
     CallbackAttempt,
     CallbackStatus,
-    ClientAvatar,
     EventCallback,
     EventType,
 )
@@ -74,12 +74,10 @@ def record_stuck(sender: Any, *, training: Training, episode: int, **kwargs: Any
 
 
 def _record(training: Training, event_type: str, key: str) -> EventCallback | None:
-    link = (
-        ClientAvatar.objects.select_related("client").filter(avatar_id=training.avatar_id).first()
-    )
-    if link is None:
+    try:
+        client = ApiClient.objects.get(avatars__avatar_id=training.avatar_id)
+    except ApiClient.DoesNotExist:  # not an avatar of an API client
         return None
-    client = link.client
     if not client.callback_url or not client.is_active:
         return None
     if event_type == EventType.STUCK and not client.callback_stuck:

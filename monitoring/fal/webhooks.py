@@ -792,8 +792,9 @@ def _matching_training(request_id: str) -> Training | None:
     )
 
 
-# What finishing a training reads (transitions, the outbox and the owner's message).
-# Anything else is loaded on first use, one query each: correct, only slower.
+# What finishing a training reads (transitions, the outbox, the owner's message and
+# the API's event callback). A field left out is loaded on first use, one query
+# each: correct, only slower, and tests/test_webhooks_statements.py fails on it.
 _LOOKUP_FIELDS = (
     "avatar_id",
     "fal_request_id",
@@ -801,6 +802,7 @@ _LOOKUP_FIELDS = (
     "fal_status",
     "finished_at",
     "outcome",
+    "owner_message",
     "stuck_since",
     "stuck_reason",
     "error_type",
@@ -820,14 +822,14 @@ _LOOKUP_FIELDS = (
 def _training_and_replay(request_id: str, signature: str) -> tuple[Training | None, bool]:
     """The training a verified delivery is for (with avatar and owner), and whether it
     replays a delivery we acted on: one query when the training exists."""
-    training = (
-        Training.objects.select_related("avatar__owner")
-        .only(*_LOOKUP_FIELDS)
-        .annotate(replays=Exists(_accepted_with(signature)))
-        .filter(fal_request_id=request_id)
-        .first()
-    )
-    if training is None:
+    try:
+        training = (
+            Training.objects.select_related("avatar__owner")
+            .only(*_LOOKUP_FIELDS)
+            .annotate(replays=Exists(_accepted_with(signature)))
+            .get(fal_request_id=request_id)
+        )
+    except Training.DoesNotExist:
         return None, _accepted_with(signature).exists()
     return training, bool(training.replays)
 
