@@ -17,6 +17,15 @@ Targets (issue 11): at least 200 verified deliveries/s with p99 at most 100 ms, 
 5xx, every avatar completed once (each first delivery is committed as received, then
 processed: two commits).
 
+What bounds it: on a small machine the web workers, PostgreSQL and the load
+generator share the cores, so the printed CPU ceiling (cores x 1000 / CPU ms per
+request) caps throughput, and with 16 clients always waiting, the mean latency is
+16 / throughput. A first delivery is 17 statements (the lookup, the received commit,
+the transition with its timeline event, the owner's message and its task, the API's
+callback lookup, the outcome and its running total), and Django's ORM costs about
+0.4-0.6 ms of worker CPU per statement: tests/test_webhooks_statements.py keeps
+the reads at one per delivery.
+
 This module is also the bench-only URLconf and WSGI app that gunicorn loads
 (``bench.webhooks:wsgi()``): the production routes plus ``/bench/minimal/``. The
 baseline view lives here so that it never exists in production.
@@ -516,6 +525,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"  {label:22}{workers:6.2f} + {postgres:5.2f} = {workers + postgres:5.2f};  {clients:5.2f}"
+        )
+    # What the machine could do at best: every core busy with this load and nothing
+    # else. Throughput cannot pass it, whatever the code waits on.
+    cores = os.cpu_count() or 1
+    for label, figures in (("minimal one-row view", baseline), ("/webhooks/fal/", webhooks)):
+        per_request = sum(figures["cpu"]) * 1000 / figures["requests"]
+        print(
+            f"  CPU ceiling of {label}: {cores} cores x 1000 / {per_request:.2f} ms "
+            f"= {cores * 1000 / per_request:.0f} req/s"
         )
     kinds = ", ".join(f"{k} {v:.1f}" for k, v in alone[1]["p50_ms_by_kind"].items())
     print(
