@@ -9,6 +9,8 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 from django.utils import translation
 
+from monitoring.api.models import ApiCall
+
 logger = logging.getLogger("monitoring")
 
 PREFIX = "/api/"
@@ -31,7 +33,6 @@ class ApiCallMiddleware:
         return response
 
     def _record(self, request: HttpRequest, response: HttpResponse, client, duration_ms: float):
-        from monitoring.api.models import ApiCall
 
         try:
             ApiCall.objects.create(

@@ -47,6 +47,10 @@ from django import db
 from django.conf import settings
 from django.utils import timezone
 
+from monitoring import restore
+from monitoring.models import WorkerHeartbeat
+from monitoring.ops import health
+
 logger = logging.getLogger("monitoring.worker")
 
 CHECKS = "checks"
@@ -346,8 +350,6 @@ class RoleCluster:
         self.broker = get_broker()
         self.broker.ping()
         if self.role == CHECKS:
-            from monitoring import restore
-
             restore.restore_monitoring()
         db.connections.close_all()  # never share a connection with a forked worker
         for index in range(self.workers_count):
@@ -431,7 +433,6 @@ class RoleCluster:
             self._spawn(slot)
 
     def _beat(self) -> None:
-        from monitoring.models import WorkerHeartbeat
 
         now = timezone.now()
         updated = WorkerHeartbeat.objects.filter(role=self.role, host=self.host).update(
@@ -481,7 +482,6 @@ class RoleCluster:
 
 
 def _warn_if_notifications_late() -> None:
-    from monitoring.ops import health
 
     late = health.notifications_late()
     if late.late:
