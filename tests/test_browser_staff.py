@@ -24,11 +24,22 @@ from django.db import connection
 from django.utils import timezone
 
 from fakes.fal_emulator import FOREVER
+from fakes.fal_signing import delivery_body, lora_payload
 from monitoring import transitions
-from monitoring.models import AvatarStatus, CheckRun, EventSource, Training
+from monitoring.models import (
+    AvatarStatus,
+    CheckRun,
+    EventSource,
+    Training,
+    WebhookDelivery,
+    WebhookOutcome,
+)
 from monitoring.status_checks import check_trainings
 from monitoring.trainings import start_training
 from notifications.models import Notification, NotificationKind, NotificationStatus
+from tests.support import WEBHOOK_URL
+
+CHECK = EventSource.CHECK
 
 pytestmark = pytest.mark.slow
 
@@ -349,3 +360,72 @@ BADGE_CONTRAST = """() => {
     return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
   });
 }"""
+
+
+def _run_action_on(page, rows: list[int], action: str) -> None:
+    """Tick ``rows`` on a changelist, pick ``action`` and press Go, as staff do."""
+    for pk in rows:
+        page.check(f"input.action-select[value='{pk}']")
+    page.select_option("select[name=action]", action)
+    page.click("button[name=index]")
+
+
+def test_resend_and_reprocess_ask_first_on_the_same_confirmation_page(
+    staff_page, live_server, fal, client, telegram, run_deliveries, training_avatar, expect
+):
+    # Two webhook deliveries: one fal sent before its training existed (worth
+    # re-processing now), one already applied (nothing to do).
+    _done, applied_training = training_avatar("req-browser-applied")
+    for rid in ("req-browser-applied", "req-browser-early"):
+        body = delivery_body(rid, payload=lora_payload(rid))
+        headers = fal.signer.headers(body, rid)
+        client.post(WEBHOOK_URL, data=body, content_type="application/json", headers=headers)
+    # Its training appears without the hand-over that applies early deliveries (as
+    # when that hand-over was lost): the delivery stays unmatched until staff act.
+    early_avatar, early_training = training_avatar("req-browser-other")
+    Training.objects.filter(pk=early_training.pk).update(fal_request_id="req-browser-early")
+    early, applied = (
+        WebhookDelivery.objects.get(request_id=rid)
+        for rid in ("req-browser-early", "req-browser-applied")
+    )
+    assert (early.outcome, applied.outcome) == (WebhookOutcome.UNMATCHED, WebhookOutcome.APPLIED)
+
+    page = staff_page("en", 1440)
+    page.goto(f"{live_server.url}/admin/monitoring/webhookdelivery/")
+    _run_action_on(page, [early.pk, applied.pk], "reprocess")
+    expect(page.locator("#unaffected")).to_contain_text(
+        "a delivery that is “Applied” is not re-processed"
+    )
+    expect(page.locator("#affected")).to_contain_text("req-browser-early")
+    confirm = page.locator("input[type=submit][value='Yes, I’m sure']")
+    expect(confirm).not_to_have_class(re.compile("destructive"))
+    page.screenshot(path=str(ARTIFACTS / "reprocess-confirmation-en-1440.png"), full_page=True)
+    assert WebhookDelivery.objects.get(pk=early.pk).outcome == WebhookOutcome.UNMATCHED
+    confirm.click()
+    expect(page.locator("ul.messagelist")).to_contain_text(
+        "Delivery req-browser-early re-processed: Applied"
+    )
+    early_avatar.refresh_from_db()
+    assert early_avatar.status == AvatarStatus.COMPLETED
+
+    # Resend, in Russian on a phone: the sent message is listed as left alone, with why.
+    failed_avatar, failed_training = training_avatar("req-browser-failed")
+    telegram.script(failed_avatar.owner.telegram_id, telegram.bad_request())
+    transitions.complete(failed_training, lora_url="https://v3.fal.media/l", source=CHECK)
+    run_deliveries()
+    failed = Notification.objects.get(training=failed_training, kind=NotificationKind.READY)
+    sent = Notification.objects.get(training=applied_training, kind=NotificationKind.READY)
+    assert (failed.status, sent.status) == (NotificationStatus.FAILED, NotificationStatus.SENT)
+
+    page = staff_page("ru", 390)
+    page.goto(f"{live_server.url}/admin/notifications/notification/")
+    _run_action_on(page, [failed.pk, sent.pk], "resend")
+    expect(page.locator("#unaffected")).to_contain_text("его статус — «Отправлено»")
+    confirm = page.locator("input[type=submit][value='Да, я уверен']")
+    expect(confirm).not_to_have_class(re.compile("destructive"))
+    page.screenshot(path=str(ARTIFACTS / "resend-confirmation-ru-390.png"), full_page=True)
+    assert Notification.objects.get(pk=failed.pk).status == NotificationStatus.FAILED
+    confirm.click()
+    expect(page.locator("ul.messagelist")).to_be_visible()
+    assert Notification.objects.get(pk=failed.pk).status == NotificationStatus.PENDING
+    assert Notification.objects.get(pk=sent.pk).status == NotificationStatus.SENT
