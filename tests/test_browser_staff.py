@@ -362,12 +362,17 @@ BADGE_CONTRAST = """() => {
 }"""
 
 
-def _run_action_on(page, rows: list[int], action: str) -> None:
-    """Tick ``rows`` on a changelist, pick ``action`` and press Go, as staff do."""
+def _asks_first(page, expect, rows: list[int], action: str, *, left_alone: str, yes: str):
+    """Tick ``rows`` on a changelist, run ``action`` as staff do, and check its page:
+    the row left alone says why, and the button is not red. Returns the button."""
     for pk in rows:
         page.check(f"input.action-select[value='{pk}']")
     page.select_option("select[name=action]", action)
     page.click("button[name=index]")
+    expect(page.locator("#unaffected")).to_contain_text(left_alone)
+    confirm = page.locator(f"input[type=submit][value='{yes}']")
+    expect(confirm).not_to_have_class(re.compile("destructive"))
+    return confirm
 
 
 def test_resend_and_reprocess_ask_first_on_the_same_confirmation_page(
@@ -392,13 +397,15 @@ def test_resend_and_reprocess_ask_first_on_the_same_confirmation_page(
 
     page = staff_page("en", 1440)
     page.goto(f"{live_server.url}/admin/monitoring/webhookdelivery/")
-    _run_action_on(page, [early.pk, applied.pk], "reprocess")
-    expect(page.locator("#unaffected")).to_contain_text(
-        "a delivery that is “Applied” is not re-processed"
+    confirm = _asks_first(
+        page,
+        expect,
+        [early.pk, applied.pk],
+        "reprocess",
+        left_alone="a delivery that is “Applied” is not re-processed",
+        yes="Yes, I’m sure",
     )
     expect(page.locator("#affected")).to_contain_text("req-browser-early")
-    confirm = page.locator("input[type=submit][value='Yes, I’m sure']")
-    expect(confirm).not_to_have_class(re.compile("destructive"))
     page.screenshot(path=str(ARTIFACTS / "reprocess-confirmation-en-1440.png"), full_page=True)
     assert WebhookDelivery.objects.get(pk=early.pk).outcome == WebhookOutcome.UNMATCHED
     confirm.click()
@@ -419,10 +426,14 @@ def test_resend_and_reprocess_ask_first_on_the_same_confirmation_page(
 
     page = staff_page("ru", 390)
     page.goto(f"{live_server.url}/admin/notifications/notification/")
-    _run_action_on(page, [failed.pk, sent.pk], "resend")
-    expect(page.locator("#unaffected")).to_contain_text("его статус — «Отправлено»")
-    confirm = page.locator("input[type=submit][value='Да, я уверен']")
-    expect(confirm).not_to_have_class(re.compile("destructive"))
+    confirm = _asks_first(
+        page,
+        expect,
+        [failed.pk, sent.pk],
+        "resend",
+        left_alone="его статус — «Отправлено»",
+        yes="Да, я уверен",
+    )
     page.screenshot(path=str(ARTIFACTS / "resend-confirmation-ru-390.png"), full_page=True)
     assert Notification.objects.get(pk=failed.pk).status == NotificationStatus.FAILED
     confirm.click()
