@@ -31,6 +31,25 @@ TECHNICAL = OwnerMessage.TECHNICAL
 CANCELLED = OwnerMessage.CANCELLED
 UNKNOWN = OwnerMessage.UNKNOWN
 
+# Problems with the owner's photos, whether a trainer reports them as its error_type
+# or as a validation detail's type: the owner's to fix.
+PHOTO_PROBLEMS: dict[str, str] = {
+    code: PHOTOS
+    for code in (
+        "image_load_error",
+        "image_too_small",
+        "image_too_large",
+        "file_download_error",
+        "face_detection_error",
+        "file_too_large",
+        "invalid_archive",
+        "archive_file_count_below_minimum",
+        "archive_file_count_exceeds_maximum",
+        "unsupported_image_format",
+        "content_policy_violation",
+    )
+}
+
 # error_type → owner message. fal's request errors (infrastructure), the model's own
 # codes seen on trainers, and the codes this monitor writes itself.
 ERROR_TYPES: dict[str, str] = {
@@ -51,18 +70,8 @@ ERROR_TYPES: dict[str, str] = {
     "client_disconnected": TECHNICAL,
     "request_cancelled": CANCELLED,  # the emulator's code for a cancelled job
     # Model errors that trainers put into error_type as well (the emulator does).
-    "image_load_error": PHOTOS,
+    **PHOTO_PROBLEMS,
     "face_error": PHOTOS,
-    "face_detection_error": PHOTOS,
-    "file_download_error": PHOTOS,
-    "image_too_small": PHOTOS,
-    "image_too_large": PHOTOS,
-    "file_too_large": PHOTOS,
-    "invalid_archive": PHOTOS,
-    "archive_file_count_below_minimum": PHOTOS,
-    "archive_file_count_exceeds_maximum": PHOTOS,
-    "unsupported_image_format": PHOTOS,
-    "content_policy_violation": PHOTOS,
     "internal_server_error": TECHNICAL,
     "generation_timeout": TECHNICAL,
     "downstream_service_error": TECHNICAL,
@@ -80,17 +89,7 @@ ERROR_TYPES: dict[str, str] = {
 # are the owner's to fix; constraint errors on our own inputs (steps, learning rate,
 # trigger) are ours.
 DETAIL_TYPES: dict[str, str] = {
-    "image_load_error": PHOTOS,
-    "image_too_small": PHOTOS,
-    "image_too_large": PHOTOS,
-    "file_download_error": PHOTOS,
-    "face_detection_error": PHOTOS,
-    "file_too_large": PHOTOS,
-    "invalid_archive": PHOTOS,
-    "archive_file_count_below_minimum": PHOTOS,
-    "archive_file_count_exceeds_maximum": PHOTOS,
-    "unsupported_image_format": PHOTOS,
-    "content_policy_violation": PHOTOS,
+    **PHOTO_PROBLEMS,
     # A generic validation error of the trainer on the job's input: the input that
     # varies between jobs is the owner's photo archive (the emulator's failed
     # webhook and its result 422 both use it).
