@@ -27,14 +27,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, log: Path | None = None, *, every: float = 0.25):
+    """Poll ``predicate`` every ``every`` seconds until it is truthy; its value.
+
+    On timeout, fails saying what was awaited, with the tail of ``log`` (a process's
+    output) when given.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+    tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}".rstrip())
 
 
 def fetch(url: str) -> tuple[int, str] | None:

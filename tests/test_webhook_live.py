@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from datetime import timedelta
 
 import psycopg
@@ -28,6 +27,7 @@ from monitoring.models import (
     WebhookVerdict,
 )
 from notifications.models import Notification
+from tests.support import wait_for
 from tests.web_process import gunicorn, worker_pids
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,16 +35,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _server_env(fal) -> dict[str, str]:
     return {"FAL_WEBHOOK_JWKS_URL": fal.jwks_url, "SSL_CERT_FILE": fal.ca_bundle}
-
-
-def _poll(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _waiting_on_a_lock() -> bool:
@@ -81,8 +71,13 @@ def test_a_web_worker_killed_mid_delivery_leaves_the_delivery_recorded_and_the_w
 
         client = threading.Thread(target=post)
         client.start()
-        _poll(lambda: WebhookDelivery.objects.filter(outcome=WebhookOutcome.RECEIVED).exists())
-        _poll(_waiting_on_a_lock)
+        wait_for(
+            lambda: WebhookDelivery.objects.filter(outcome=WebhookOutcome.RECEIVED).exists(),
+            20,
+            "the delivery committed as received",
+            every=0.05,
+        )
+        wait_for(_waiting_on_a_lock, 20, "the delivery to wait on the avatar's lock", every=0.05)
         [worker] = worker_pids(server.pid)
         os.kill(worker, signal.SIGKILL)
         client.join(timeout=30)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -18,23 +17,13 @@ from monitoring import status_checks, transitions
 from monitoring.models import Avatar, AvatarStatus, CheckRun, EventSource, FalStatus, Training
 from monitoring.trainings import start_training
 from notifications.models import Notification
+from tests.support import wait_for
 from tests.worker_process import qcluster, start_qcluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ENDPOINT = "fal-ai/flux-lora-portrait-trainer"
 GRACE = 8.0  # WORKER_STOP_GRACE_SECONDS' default: the tests stop with the real one
-
-
-def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def telegram_env(telegram) -> dict[str, str]:
