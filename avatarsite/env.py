@@ -70,6 +70,13 @@ def env_int(
     return number
 
 
+def env_int_or_off(name: str, default: int, *, minimum: int | None = None) -> int | None:
+    """A whole number, or None when the variable is set but empty (turns a feature off)."""
+    if name in os.environ and not os.environ[name].strip():
+        return None
+    return env_int(name, default, minimum=minimum)
+
+
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     value = _raw(name)
     if value is None:

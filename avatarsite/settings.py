@@ -22,6 +22,7 @@ from avatarsite.env import (
     env_database,
     env_float,
     env_int,
+    env_int_or_off,
     env_list,
     env_networks,
     env_proxy_ssl_header,
@@ -253,6 +254,12 @@ WEBHOOK_REFUSED_ROWS_PER_MINUTE = env_int("WEBHOOK_REFUSED_ROWS_PER_MINUTE", 60,
 FAL_MEDIA_ALLOWED_HOSTS = env_list(
     "FAL_MEDIA_ALLOWED_HOSTS", ["fal.media", "*.fal.media", "storage.googleapis.com/falserverless/"]
 )
+# Sent with every submit (X-Fal-Object-Lifecycle-Preference): how long fal keeps the files
+# the training produces. Long enough for our copy to be made (monitoring.files), no
+# longer. Set it empty to send no header (fal's account default applies).
+FAL_MEDIA_EXPIRATION_SECONDS = env_int_or_off(
+    "FAL_MEDIA_EXPIRATION_SECONDS", 30 * 86400, minimum=3600
+)
 # Bearer token that unlocks /healthz's counts (staff sessions see them too).
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
@@ -287,6 +294,58 @@ FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
 # The dashboard and the stuck list reload themselves this often (0 = never).
 ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
+
+# --- Kept avatar files (monitoring.files, docs/files.md) ------------------------------
+# The trained LoRA and its config are copied from fal's CDN (which deletes them) into the
+# storage alias "avatar_files": the local filesystem under AVATAR_FILES_ROOT by default,
+# an S3-compatible bucket when AVATAR_FILES_S3_BUCKET is set (credentials and region from
+# the usual AWS_* variables). Several hosts need S3: a filesystem copy is on one host only.
+AVATAR_FILES_ROOT = Path(env_str("AVATAR_FILES_ROOT", str(BASE_DIR / "var" / "avatar-files")))
+AVATAR_FILES_S3_BUCKET = env_str("AVATAR_FILES_S3_BUCKET")
+AVATAR_FILES_S3_ENDPOINT_URL = env_url(
+    "AVATAR_FILES_S3_ENDPOINT_URL", None, schemes=("https", "http")
+)
+# How long a link handed out for a file works (S3 presigns at most 7 days).
+AVATAR_FILE_URL_MAX_AGE_SECONDS = env_int(
+    "AVATAR_FILE_URL_MAX_AGE_SECONDS", 7 * 86400, minimum=60, maximum=7 * 86400
+)
+AVATAR_FILE_MAX_BYTES = env_int("AVATAR_FILE_MAX_BYTES", 2 * 1024**3, minimum=1024**2)
+# Failed copies are retried with backoff for this long after the training completed.
+AVATAR_FILES_RETRY_HOURS = env_float("AVATAR_FILES_RETRY_HOURS", 24.0, minimum=0.0)
+# Connecting, and each wait for more bytes, is bounded by this; a whole download by the
+# second (below the worker's task timeout, Q_TIMEOUT_SECONDS).
+AVATAR_FILE_TIMEOUT_SECONDS = env_float("AVATAR_FILE_TIMEOUT_SECONDS", 20.0, minimum=0.1)
+AVATAR_FILE_DOWNLOAD_SECONDS = env_float(
+    "AVATAR_FILE_DOWNLOAD_SECONDS", max(5.0, env_int("Q_TIMEOUT_SECONDS", 55) - 10.0), minimum=1.0
+)
+# Files of an attempt a newer one replaced are deleted by `prune` after this many days.
+AVATAR_FILES_SUPERSEDED_DAYS = env_int("AVATAR_FILES_SUPERSEDED_DAYS", 30, minimum=1)
+# Production (filesystem storage behind nginx): the internal location that serves
+# AVATAR_FILES_ROOT, e.g. /_avatar-files/ (deploy/nginx.conf). Unset, Django streams.
+AVATAR_FILES_X_ACCEL_REDIRECT = env_str("AVATAR_FILES_X_ACCEL_REDIRECT")
+if AVATAR_FILES_S3_BUCKET:
+    _avatar_files: dict[str, Any] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AVATAR_FILES_S3_BUCKET,
+            "endpoint_url": AVATAR_FILES_S3_ENDPOINT_URL,
+            "region_name": env_str("AWS_S3_REGION_NAME") or env_str("AWS_DEFAULT_REGION"),
+            # Private objects, reached only through presigned URLs.
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": AVATAR_FILE_URL_MAX_AGE_SECONDS,
+            "signature_version": "s3v4",
+            "file_overwrite": True,
+            "location": env_str("AVATAR_FILES_S3_PREFIX", ""),
+        },
+    }
+else:
+    _avatar_files = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        # No base_url: files are reached through signed links only (monitoring.files).
+        "OPTIONS": {"location": str(AVATAR_FILES_ROOT), "directory_permissions_mode": 0o750},
+    }
+STORAGES["avatar_files"] = _avatar_files
 
 # --- Telegram ------------------------------------------------------------------------
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")

@@ -3,6 +3,7 @@
 from django.contrib import admin
 from django.urls import path
 
+from monitoring import file_views
 from monitoring.api.views import api
 from monitoring.fal import views
 from monitoring.ops import health, metrics
@@ -13,4 +14,6 @@ urlpatterns = [
     path("metrics", metrics.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    # Signed, expiring links to kept avatar files (monitoring.files).
+    path("files/<str:token>/<str:filename>", file_views.serve, name="avatar-file"),
 ]

@@ -11,6 +11,8 @@ and error codes (as fal documents them and as they were seen from fal):
     GET  /v1/models/requests/by-endpoint           fal's record (Platform API) of the
                                                    finished jobs, with fal's filters,
                                                    ``expand=payloads`` and cursor pages
+    GET  /fal-files/{id}/{name}                    a job's result files (fal's CDN), when
+                                                   ``serve_files`` is on: real bytes, public
 
 The real fal-client reaches it through its own settings, with no monkeypatching:
 ``FAL_QUEUE_RUN_HOST=<emulator.host>`` (read when fal_client is first imported) and
@@ -40,6 +42,18 @@ Tests use the ``fal`` fixture (tests/fixtures_fal.py) and script jobs, e.g.::
     fal.script("fail.zip", error="No faces", error_type="face_error")  # input matches
     fal.script(request_id, status_error=503, status_error_times=2)     # an existing job
     fal.finish(request_id)            fal.drop_webhooks()          fal.status_calls[request_id]
+
+Result files: with ``serve_files`` on (the demo; tests set ``fal.serve_files = True``)
+a job's result points at this emulator's HTTPS port (``/fal-files/...``, allowed by the
+FAL_MEDIA_ALLOWED_HOSTS of ``env()``) and the files are real bytes (``file_size`` bytes
+of LoRA, deterministic per job; ``--file-size`` on the command line). Files can break::
+
+    fal.break_file(request_id, "expire")            # 404 from now on (fal deleted it)
+    fal.break_file(request_id, "fail", times=2)     # 503 twice, then fine
+    fal.break_file(request_id, "truncate")          # the connection is cut half way
+    fal.break_file(request_id, "corrupt")           # one byte short of fal's file_size
+    fal.break_file(request_id, "redirect")          # 302 to another host
+    fal.file_bytes(request_id)  fal.file_requests[request_id]
 
 fal's record (point FAL_PLATFORM_API_URL at ``emulator.platform_url``) lists every
 finished job; scripts shape what it and the queue say afterwards::
@@ -186,6 +200,8 @@ class FalEmulator:
         state_dir: Path | None = None,
         adopt_unknown: bool = False,
         script_from_input: bool = False,
+        serve_files: bool = False,
+        file_size: int = 64 * 1024,
     ) -> None:
         self.signer = signer or WebhookSigner()
         self.status_latency = status_latency
@@ -194,6 +210,8 @@ class FalEmulator:
         self.adopt_unknown = adopt_unknown
         # Demo mode: jobs scripted from their images URL (see the module docstring).
         self.script_from_input = script_from_input
+        self._serve_files_default = serve_files
+        self._file_size_default = file_size
         self._port = port
         self._own_dir = state_dir is None
         self._dir = (
@@ -301,6 +319,11 @@ class FalEmulator:
         """The value for FAL_PLATFORM_API_URL (fal's record)."""
         return f"{self.base_url}/v1"
 
+    @property
+    def media_rule(self) -> str:
+        """The FAL_MEDIA_ALLOWED_HOSTS entry for the files this emulator serves."""
+        return "127.0.0.1/fal-files/"
+
     def env(self) -> dict[str, str]:
         """The environment a process under test needs to reach this emulator."""
         return {
@@ -308,6 +331,10 @@ class FalEmulator:
             "SSL_CERT_FILE": self.cert_file,
             "FAL_WEBHOOK_JWKS_URL": self.jwks_url,
             "FAL_PLATFORM_API_URL": self.platform_url,
+            "FAL_MEDIA_ALLOWED_HOSTS": ",".join(
+                ["fal.media", "*.fal.media", "storage.googleapis.com/falserverless/"]
+                + [self.media_rule]
+            ),
         }
 
     # --- scripting ------------------------------------------------------------------
@@ -342,6 +369,11 @@ class FalEmulator:
             self.platform_error: int | None = None
             self.platform_error_times = 0
             self.platform_latency = 0.0
+            # Result files (fal's CDN): served by this emulator when on.
+            self.serve_files = self._serve_files_default
+            self.file_size = self._file_size_default
+            self.file_requests: Counter[str] = Counter()
+            self._file_faults: dict[str, list] = {}
 
     def script(
         self,
@@ -498,7 +530,74 @@ class FalEmulator:
         }
 
     def _result_payload(self, job: Job) -> dict:
-        return job.script.result if job.script.result is not None else lora_payload(job.request_id)
+        if job.script.result is not None:
+            return job.script.result
+        if self.serve_files:
+            return self.files_payload(job.request_id)
+        return lora_payload(job.request_id)
+
+    # --- result files (fal's CDN) ---------------------------------------------------------
+
+    def file_url(self, request_id: str, kind: str = "lora") -> str:
+        return f"{self.base_url}/fal-files/{request_id}/{_FILE_NAMES[kind]}"
+
+    def files_payload(self, request_id: str) -> dict:
+        """A trainer's output whose files this emulator serves."""
+        return {
+            "diffusers_lora_file": {
+                "url": self.file_url(request_id, "lora"),
+                "content_type": "application/octet-stream",
+                "file_name": _FILE_NAMES["lora"],
+                "file_size": self.file_size,
+            },
+            "config_file": {
+                "url": self.file_url(request_id, "config"),
+                "content_type": "application/json",
+                "file_name": _FILE_NAMES["config"],
+                "file_size": len(_config_bytes(request_id)),
+            },
+        }
+
+    def file_bytes(self, request_id: str, kind: str = "lora") -> bytes:
+        """The whole file (tests; small sizes only)."""
+        return b"".join(_file_chunks(request_id, kind, self.file_size))
+
+    def break_file(self, request_id: str, fault: str, *, times: int = 0, kind: str = "lora") -> None:
+        """expire | fail | truncate | corrupt | redirect: for ``times`` requests (0: always)."""
+        if fault not in {"expire", "fail", "truncate", "corrupt", "redirect"}:
+            raise ValueError(f"unknown file fault {fault!r}")
+        with self._lock:
+            self._file_faults[f"{request_id}/{_FILE_NAMES[kind]}"] = [fault, times]
+
+    def _file(self, path: str) -> Answer:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) != 3 or parts[2] not in _FILE_NAMES.values():
+            return 404, {"detail": "Not Found"}, 0.0
+        request_id, name = parts[1], parts[2]
+        kind = "lora" if name == _FILE_NAMES["lora"] else "config"
+        with self._lock:
+            self.file_requests[request_id] += 1
+            fault = None
+            entry = self._file_faults.get(f"{request_id}/{name}")
+            if entry is not None:
+                fault = entry[0]
+                if entry[1] > 0:
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        del self._file_faults[f"{request_id}/{name}"]
+            size = self.file_size
+        full = size if kind == "lora" else len(_config_bytes(request_id))
+        if fault == "expire":
+            return 404, {"detail": "Not Found"}, 0.0
+        if fault == "fail":
+            return 503, _error_body(503), 0.0
+        if fault == "redirect":
+            return 302, FileBody(0, iter(()), location=f"https://elsewhere.example/{name}"), 0.0
+        if fault == "corrupt":
+            return 200, FileBody(full - 1, _file_chunks(request_id, kind, full - 1)), 0.0
+        if fault == "truncate":
+            return 200, FileBody(full, _file_chunks(request_id, kind, full // 2)), 0.0
+        return 200, FileBody(full, _file_chunks(request_id, kind, full)), 0.0
 
     def _record_times(self, job: Job) -> tuple[float, float, float] | None:
         """(sent, started, ended) in Unix seconds, None while the job runs (not listed)."""
@@ -618,6 +717,7 @@ def _demo_script(payload: dict) -> JobScript:
 _REASONS = {
     200: "OK",
     202: "Accepted",
+    302: "Found",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -674,6 +774,9 @@ class _Responder:
         emulator = self.emulator
         if request.method == "GET" and request.path == "/.well-known/jwks.json":
             return 200, emulator.signer.jwks(), 0.0
+        if request.method == "GET" and request.path.startswith("/fal-files/"):
+            # fal's CDN: public, no key.
+            return emulator._file(request.path)
         denied = self._auth(request, submit=request.method == "POST")
         if denied is not None:
             return denied
@@ -713,7 +816,12 @@ class _Responder:
         webhook = request.query.get("fal_webhook", [None])[0]
         with emulator._lock:
             emulator.submissions.append(
-                {"endpoint": endpoint, "payload": payload, "webhook_url": webhook}
+                {
+                    "endpoint": endpoint,
+                    "payload": payload,
+                    "webhook_url": webhook,
+                    "headers": dict(request.headers),
+                }
             )
             refusal = emulator._submit_refusals.pop(0) if emulator._submit_refusals else None
             latency = emulator.submit_latency
@@ -921,6 +1029,21 @@ async def _serve_connection(
                 await asyncio.sleep(delay)
             if status == DROP_CONNECTION:
                 return  # the request was acted on; its answer is lost
+            if isinstance(payload, FileBody):
+                location = f"Location: {payload.location}\r\n" if payload.location else ""
+                writer.write(
+                    f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+                    "Content-Type: application/octet-stream\r\n"
+                    f"{location}Content-Length: {payload.length}\r\n\r\n".encode()
+                )
+                sent = 0
+                for chunk in payload.chunks:
+                    writer.write(chunk)
+                    sent += len(chunk)
+                    await writer.drain()
+                if sent < payload.length:
+                    return  # cut short of Content-Length: the connection just ends
+                continue
             raw = json.dumps(payload).encode()
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
@@ -937,6 +1060,45 @@ async def _serve_connection(
 
 
 DROP_CONNECTION = 0  # a pseudo status: close the connection without answering
+
+_FILE_NAMES = {"lora": "pytorch_lora_weights.safetensors", "config": "config.json"}
+_FILE_BLOCK = 1024 * 1024
+
+
+@dataclasses.dataclass
+class FileBody:
+    """A file answer: ``length`` goes in Content-Length, ``chunks`` is what is sent."""
+
+    length: int
+    chunks: Any
+    location: str = ""
+
+
+def _config_bytes(request_id: str) -> bytes:
+    return json.dumps({"request_id": request_id, "trigger": "ohwx", "rank": 16}).encode()
+
+
+_blocks: dict[str, bytes] = {}
+
+
+def _file_chunks(request_id: str, kind: str, size: int):
+    """``size`` bytes of a job's file: the same bytes every time, different per job."""
+    if kind == "config":
+        yield _config_bytes(request_id)[:size]
+        return
+    import random
+
+    block = _blocks.get(request_id)
+    if block is None:
+        block = random.Random(request_id).randbytes(_FILE_BLOCK)
+        if len(_blocks) > 64:
+            _blocks.clear()
+        _blocks[request_id] = block
+    left = size
+    while left > 0:
+        piece = block[: min(left, _FILE_BLOCK)]
+        left -= len(piece)
+        yield piece
 
 
 def _iso(unix: float) -> str:
@@ -982,6 +1144,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-webhooks", action="store_true", help="never deliver webhooks")
     parser.add_argument(
+        "--file-size",
+        type=int,
+        default=64 * 1024,
+        help="bytes of each LoRA file served at result URLs (benchmark: 94371840 for 90 MB)",
+    )
+    parser.add_argument(
         "--record-jobs",
         type=int,
         default=0,
@@ -998,6 +1166,8 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=args.state_dir,
         adopt_unknown=args.adopt_unknown,
         script_from_input=not args.adopt_unknown,
+        serve_files=True,
+        file_size=args.file_size,
     ).start()
     for index in range(args.record_jobs):
         # Spread over the last 20 hours, inside reconcile_fal's default window.

@@ -9,7 +9,11 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from monitoring import roles, totals, transitions
+        from django.db.models.signals import post_delete
+
+        from monitoring import files, roles, totals, transitions
+        from monitoring.models import KeptFile
+        from monitoring.ops import retention
         from monitoring.fal import webhooks  # noqa: F401
         from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
@@ -26,6 +30,15 @@ class MonitoringConfig(AppConfig):
         transitions.training_submitted.connect(
             webhooks.apply_unmatched_deliveries, dispatch_uid="monitoring-unmatched-webhooks"
         )
+        # Every completion, whatever path made it, keeps the trained files.
+        transitions.training_finished.connect(
+            files.on_training_finished, dispatch_uid="monitoring-keep-files"
+        )
+        post_delete.connect(
+            files.delete_stored, sender=KeptFile, dispatch_uid="monitoring-delete-kept-files"
+        )
+        if files.superseded not in retention.EXTRA_PRUNABLE:
+            retention.EXTRA_PRUNABLE.append(files.superseded)
         notification_signals.send_recorded.connect(
             totals.count_notification_send, dispatch_uid="monitoring-count-notification-sends"
         )

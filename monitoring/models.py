@@ -566,3 +566,69 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} on {self.host}"
+
+
+class FileKind(models.TextChoices):
+    LORA = "lora", _("LoRA file")
+    CONFIG = "config", _("config file")
+
+
+class FileState(models.TextChoices):
+    PENDING = "pending", _("Being copied")
+    KEPT = "kept", _("Kept")
+    FAILED = "failed", _("Not kept")
+
+
+class KeptFile(models.Model):
+    """Our copy of one file a completed training produced on fal (``monitoring.files``).
+
+    Written pending in the transaction that completes the training; a worker task then
+    claims it with a lease, copies it into the ``avatar_files`` storage and records its
+    size and SHA-256. ``name`` is set only once the verified bytes sit under it.
+    """
+
+    class Failure(models.TextChoices):
+        TOO_LARGE = "too_large", _("Larger than AVATAR_FILE_MAX_BYTES")
+        GONE = "gone", _("fal no longer has it")
+        UNSAFE_URL = "unsafe_url", _("URL refused (not fal's, or not https)")
+        GAVE_UP = "gave_up", _("Still failing after AVATAR_FILES_RETRY_HOURS")
+
+    training = models.ForeignKey(
+        Training, on_delete=models.CASCADE, related_name="kept_files", verbose_name=_("training")
+    )
+    kind = models.CharField(_("file"), max_length=8, choices=FileKind.choices)
+    source_url = models.URLField(_("fal's URL"), max_length=2048)
+    file_name = models.CharField(_("file name"), max_length=128)
+    # fal's ``file_size`` of the File object, when it gave one.
+    expected_size = models.BigIntegerField(_("size according to fal"), null=True, blank=True)
+    state = models.CharField(
+        _("state"), max_length=8, choices=FileState.choices, default=FileState.PENDING
+    )
+    failure = models.CharField(_("why not kept"), max_length=16, choices=Failure.choices, blank=True)
+    name = models.CharField(_("name in storage"), max_length=512, blank=True)
+    size = models.BigIntegerField(_("size"), null=True, blank=True)
+    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
+    retry_until = models.DateTimeField(_("retried until"))
+    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    kept_at = models.DateTimeField(_("kept"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("kept file")
+        verbose_name_plural = _("kept files")
+        constraints = [
+            models.UniqueConstraint(fields=["training", "kind"], name="kept_file_unique"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(state="pending"),
+                name="kept_file_due_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.training_id} {self.kind} ({self.state})"

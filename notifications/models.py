@@ -26,6 +26,7 @@ class NotificationKind(models.TextChoices):
     GIVEN_UP = "given_up", _("Notification given up (staff)")
     FAL_RECORD = "fal_record", _("fal's record needs staff (staff)")
     UNSAFE_RESULT = "unsafe_result", _("fal result URL refused (staff)")
+    FILES = "files", _("Avatar files not kept (staff)")
 
 
 class OwnerMessage(models.TextChoices):

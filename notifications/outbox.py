@@ -247,6 +247,24 @@ def queue_unsafe_result_alert(
     )
 
 
+def queue_files_alert(
+    *, dedup_key: str, text: str, avatar_id: int, training_id: int, context: dict | None = None
+) -> Notification | None:
+    """Staff alert: an avatar's files could not be kept (too large, gone at fal, given up).
+
+    The caller (``monitoring.files``) writes the text and picks the key that makes it "once".
+    """
+    return _create_once(
+        dedup_key=dedup_key[:200],
+        kind=NotificationKind.FILES,
+        audience=Audience.STAFF,
+        avatar_id=avatar_id,
+        training_id=training_id,
+        text=text[: messages.MAX_TEXT],
+        context=context or {},
+    )
+
+
 def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notification | None:
     """Staff alert: fal fails for everyone. One per episode (keyed by when it began)."""
     return _create_once(

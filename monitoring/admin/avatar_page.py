@@ -18,12 +18,13 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
+from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 
-from monitoring import stuck
+from monitoring import file_views, files, stuck
 from monitoring.admin import actions
 from monitoring.models import (
     Avatar,
@@ -32,6 +33,8 @@ from monitoring.models import (
     EventKind,
     EventSource,
     FalStatus,
+    FileState,
+    KeptFile,
     Training,
 )
 from monitoring.trainings import recheck
@@ -287,9 +290,55 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
             links = format_html(
                 '{} · <a href="{}" rel="noreferrer">{}</a>', links, training.config_url, _("config")
             )
-        rows.append((_("Files"), links))
+        rows.append((_("Files on fal (expire)"), links))
+    kept = kept_files_words(avatar, training)
+    if kept is not None:
+        rows.append((_("Kept files"), kept))
     rows.append((_("Owner"), owner_told(avatar, training, now)))
     return rows
+
+
+def kept_files_words(avatar: Avatar, training: Training) -> SafeString | None:
+    """Our copies: state, size and SHA-256, and staff download links (never a signed link)."""
+    data = files.files_data(training, links=False)
+    if data is None:
+        return None
+    states = {"pending": _("being copied"), "kept": _("kept"), "failed": _("not kept")}
+    parts = [format_html("<strong>{}</strong>", states.get(data["state"], data["state"]))]
+    for kind, label in (("lora", _("LoRA")), ("config", _("config"))):
+        kept = data[kind]
+        if kept is None:
+            continue
+        parts.append(
+            format_html(
+                '<a href="{}">{}</a> ({} · <code title="{}">sha256 {}…</code>)',
+                reverse("admin:monitoring_avatar_file", args=[avatar.pk, kind]),
+                label,
+                filesizeformat(kept["size"]),
+                kept["sha256"],
+                kept["sha256"][:12],
+            )
+        )
+    if data["error"]:
+        parts.append(format_html('<span class="stuck-now">{}</span>', data["error"][:300]))
+    return format_html_join(" · ", "{}", ((part,) for part in parts))
+
+
+def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpResponse:
+    """Staff download of a kept file, checked here (the page only offers the link)."""
+    if not request.user.has_perm("monitoring.view_avatar"):
+        raise PermissionDenied
+    avatar = get_object_or_404(Avatar, pk=object_id)
+    row = (
+        KeptFile.objects.filter(
+            training_id=avatar.current_training_id, kind=kind, state=FileState.KEPT
+        ).first()
+        if avatar.current_training_id
+        else None
+    )
+    if row is None:
+        raise Http404(_("No kept file."))
+    return file_views.file_response(request, row, attachment=True)  # type: ignore[return-value]
 
 
 # --- the timeline ---------------------------------------------------------------------------------

@@ -457,6 +457,11 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
                 self.admin_site.admin_view(do),
                 name="monitoring_avatar_do",
             ),
+            path(
+                "<path:object_id>/files/<str:kind>/",
+                self.admin_site.admin_view(avatar_page.download_file),
+                name="monitoring_avatar_file",
+            ),
         ]
         return custom + super().get_urls()
 

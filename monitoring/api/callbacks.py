@@ -36,6 +36,7 @@ from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from monitoring import files
 from monitoring.api import representation
 from monitoring.api.models import (
     ApiClient,
@@ -44,7 +45,7 @@ from monitoring.api.models import (
     EventCallback,
     EventType,
 )
-from monitoring.models import Training
+from monitoring.models import Avatar, Training
 
 logger = logging.getLogger("monitoring")
 
@@ -95,7 +96,8 @@ def _record(training: Training, event_type: str, key: str) -> EventCallback | No
     payload = {
         "type": str(event_type),
         "timestamp": now.isoformat(),
-        "data": representation.avatar_data(avatar),
+        # No signed links in what is stored: ``signed_request`` adds them at send time.
+        "data": representation.avatar_data(avatar, links=False),
     }
     try:
         # A savepoint: a duplicate key is "already written", never a broken transition.
@@ -241,7 +243,8 @@ def _backoff(attempts: int) -> float:
 def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[str, str]]:
     """The body and Standard Webhooks headers of one attempt (same id, fresh timestamp)."""
     now = now or timezone.now()
-    body = json.dumps(callback.payload, ensure_ascii=False, separators=(",", ":"))
+    payload = with_file_links(callback.payload, callback.avatar_id)
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     signature = Webhook(callback.client.callback_secret).sign(callback.webhook_id, now, body)
     return body.encode(), {
         "content-type": "application/json",
@@ -250,6 +253,40 @@ def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[st
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signature,
     }
+
+
+def with_file_links(payload: Any, avatar_id: int) -> Any:
+    """The stored body with ``files`` as they are now, their links signed now.
+
+    What is stored holds no signature (a link is a secret, and it expires); each attempt
+    gets fresh links, and a copy kept since the event was written shows as kept.
+    """
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict) or "files" not in data:
+        return payload
+    ids = {
+        int(entry["id"])
+        for entry in data.get("trainings") or []
+        if isinstance(entry, dict) and str(entry.get("id", "")).isdigit()
+    }
+    current = Avatar.objects.filter(pk=avatar_id).values_list("current_training_id", flat=True)
+    current_id = current.first()
+    if current_id is not None:
+        ids.add(current_id)
+    fresh = {
+        training.pk: files.files_data(training, list(training.kept_files.all()))
+        for training in Training.objects.filter(pk__in=ids).prefetch_related("kept_files")
+    }
+    trainings = [
+        {**entry, "files": fresh.get(int(entry["id"]))}
+        if isinstance(entry, dict) and str(entry.get("id", "")).isdigit() and "files" in entry
+        else entry
+        for entry in data.get("trainings") or []
+    ]
+    data = {**data, "files": fresh.get(current_id) if current_id else None}
+    if "trainings" in data:
+        data["trainings"] = trainings
+    return {**payload, "data": data}
 
 
 def deliver(callback_id: int) -> str:

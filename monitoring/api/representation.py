@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from monitoring import files
 from monitoring.models import Avatar, FalStatus, Training, TrainingOutcome
 
 
@@ -30,7 +31,8 @@ def submit_state(training: Training) -> str:
     return "accepted"
 
 
-def training_data(training: Training) -> dict[str, Any]:
+def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
+    """``links=False``: the ``files`` URLs left out (what an event callback stores)."""
     submit = submit_state(training)
     return {
         "id": str(training.pk),
@@ -48,6 +50,7 @@ def training_data(training: Training) -> dict[str, Any]:
         "outcome": training.outcome or None,
         "lora_url": training.lora_url,
         "config_url": training.config_url,
+        "files": files.files_data(training, links=links),
         "error": training.error_message if training.outcome != TrainingOutcome.REFUSED else "",
         "error_type": training.error_type if training.outcome != TrainingOutcome.REFUSED else "",
         "stuck": training.is_stuck,
@@ -58,7 +61,9 @@ def training_data(training: Training) -> dict[str, Any]:
     }
 
 
-def avatar_data(avatar: Avatar, trainings: list[Training] | None = None) -> dict[str, Any]:
+def avatar_data(
+    avatar: Avatar, trainings: list[Training] | None = None, *, links: bool = True
+) -> dict[str, Any]:
     """The fields of ``check_avatar_db --json`` plus queue position and the attempts.
 
     ``avatar`` should come with ``owner`` and ``current_training`` loaded; ``trainings``
@@ -82,6 +87,7 @@ def avatar_data(avatar: Avatar, trainings: list[Training] | None = None) -> dict
         ),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
+        "files": files.files_data(training, links=links) if training else None,
         "error": training.error_message if training else "",
         "error_type": training.error_type if training else "",
         "stuck": bool(training and training.is_stuck),
@@ -89,7 +95,7 @@ def avatar_data(avatar: Avatar, trainings: list[Training] | None = None) -> dict
         "owner_telegram_id": str(avatar.owner.telegram_id),
         "created_at": _iso(avatar.created_at),
         "finished_at": _iso(training.finished_at) if training else None,
-        "trainings": [training_data(t) for t in trainings],
+        "trainings": [training_data(t, links=links) for t in trainings],
     }
 
 

@@ -77,6 +77,22 @@ class SubmitError(Schema):
     message: str
 
 
+class KeptFileOut(Schema):
+    url: str | None = Field(
+        description="Our copy: a presigned S3 URL or a signed link, expiring "
+        "(AVATAR_FILE_URL_MAX_AGE_SECONDS); fal can fetch it. Null in stored event bodies."
+    )
+    sha256: str
+    size: int
+
+
+class FilesOut(Schema):
+    state: Literal["pending", "kept", "failed"]
+    lora: KeptFileOut | None
+    config: KeptFileOut | None
+    error: str
+
+
 class TrainingOut(Schema):
     id: str
     attempt: int
@@ -87,8 +103,9 @@ class TrainingOut(Schema):
     fal_status: str
     queue_position: int | None
     outcome: str | None
-    lora_url: str
-    config_url: str
+    lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
+    config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
+    files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")
     error: str
     error_type: str
     stuck: bool
@@ -106,8 +123,9 @@ class AvatarOut(Schema):
     fal_status: str | None
     fal_request_id: str | None
     queue_position: int | None
-    lora_url: str
-    config_url: str
+    lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
+    config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
+    files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")
     error: str
     error_type: str
     stuck: bool

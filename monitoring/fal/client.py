@@ -28,6 +28,7 @@ idempotency key, so we send once and, if the answer is lost, say so.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -137,6 +138,17 @@ def _app_id(endpoint: str) -> str:
 # --- Submit --------------------------------------------------------------------------------
 
 
+def submit_headers() -> dict[str, str]:
+    """Our key, and how long fal keeps the files this training produces (until we copied them)."""
+    headers = {"Authorization": f"Key {_key()}"}
+    seconds = settings.FAL_MEDIA_EXPIRATION_SECONDS
+    if seconds is not None:
+        headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
+            {"expiration_duration_seconds": seconds}
+        )
+    return headers
+
+
 def submit(training: Any) -> SubmitAnswer:
     """One POST to fal's queue for ``training`` (its endpoint, arguments and webhook URL)."""
     import requests
@@ -152,7 +164,7 @@ def submit(training: Any) -> SubmitAnswer:
             url,
             params=params,
             json=training.arguments,
-            headers={"Authorization": f"Key {_key()}"},
+            headers=submit_headers(),
             timeout=(min(10.0, timeout), timeout),
             verify=verify,
             allow_redirects=False,

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from monitoring import files
 from monitoring.models import (
     AvatarEvent,
     AvatarStatus,
@@ -97,6 +98,8 @@ def prune(now: datetime | None = None) -> dict[str, int]:
                     .get(model._meta.label, 0)
                 )
         deleted[name] = total
+    # Temporary files of copies a crash interrupted (monitoring.files).
+    deleted["avatar_file_temporaries"] = files.stale_temporaries()
     logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
     return deleted
 

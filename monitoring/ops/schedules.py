@@ -22,6 +22,7 @@ RECONCILE = "monitoring: reconcile with fal's record"
 EVENT_CALLBACK_SWEEP = "api: send due event callbacks"
 PRUNE_REFUSED_WEBHOOKS = "monitoring: prune refused webhook deliveries"
 STRANDED_WEBHOOKS = "monitoring: process webhook deliveries left by a crash"
+KEEP_FILES = "monitoring: keep avatar files (retries, lost hand-overs)"
 
 
 def _check_minutes() -> int:
@@ -71,6 +72,14 @@ SCHEDULES: list[dict[str, Any]] = [
     {
         "name": STRANDED_WEBHOOKS,
         "func": "monitoring.fal.webhooks.process_stranded",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": 1,
+        "repeats": -1,
+    },
+    # Copies of trained files that failed (retried with backoff) or lost their task.
+    {
+        "name": KEEP_FILES,
+        "func": "monitoring.files.sweep",
         "schedule_type": "I",  # Schedule.MINUTES
         "minutes": 1,
         "repeats": -1,

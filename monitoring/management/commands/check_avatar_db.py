@@ -8,6 +8,7 @@ import json
 from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
+from monitoring import files
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, AvatarStatus, FalStatus
@@ -73,6 +74,7 @@ class Command(TranslatedCommand):
             "queue_position": training.queue_position if training else None,
             "lora_url": training.lora_url if training else "",
             "config_url": training.config_url if training else "",
+            "files": files.files_data(training) if training else None,
             "error": training.error_message if training else "",
             "error_type": training.error_type if training else "",
             "stuck": bool(training and training.is_stuck),

@@ -1,0 +1,91 @@
+"""Serving kept avatar files: the signed ``/files/...`` link, and staff downloads.
+
+A signed link is its own authorisation (fal fetches it when the bot hands it on): a
+bad, changed or expired signature is a plain 404. In production nginx sends the bytes
+(``X-Accel-Redirect`` to an internal location over AVATAR_FILES_ROOT, deploy/nginx.conf);
+otherwise Django streams them, with ``Content-Length``, an ``ETag`` from the SHA-256 and
+single-range requests.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from django.conf import settings
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    StreamingHttpResponse,
+)
+from django.views.decorators.http import require_safe
+
+from monitoring import files
+from monitoring.models import KeptFile
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@require_safe
+def serve(request: HttpRequest, token: str, filename: str) -> HttpResponseBase:
+    row = files.file_for_token(token, filename)
+    if row is None:
+        raise Http404("No such file")
+    return file_response(request, row)
+
+
+def _content_type(row: KeptFile) -> str:
+    return "application/json" if row.file_name.endswith(".json") else "application/octet-stream"
+
+
+def file_response(request: HttpRequest, row: KeptFile, *, attachment: bool = False) -> HttpResponseBase:
+    """The bytes of a kept file (or nginx's instruction to send them)."""
+    etag = f'"{row.sha256}"'
+    size = row.size or 0
+    disposition = (
+        f"attachment; filename*=UTF-8''{quote(row.file_name)}"
+        if attachment
+        else f"inline; filename*=UTF-8''{quote(row.file_name)}"
+    )
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": disposition,
+        "Cache-Control": "private, max-age=3600",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponse(status=304, headers=headers)
+    accel = settings.AVATAR_FILES_X_ACCEL_REDIRECT
+    if accel and files.is_filesystem():
+        # nginx serves the file itself (Range included) from its internal location.
+        response = HttpResponse(content_type=_content_type(row), headers=headers)
+        response["X-Accel-Redirect"] = accel.rstrip("/") + "/" + quote(row.name)
+        return response
+    start, end = 0, size - 1
+    status = 200
+    wanted = request.headers.get("Range", "")
+    if wanted and request.headers.get("If-Range", etag) == etag:
+        match = _RANGE.match(wanted.strip())
+        if match and (match.group(1) or match.group(2)):
+            first, last = match.group(1), match.group(2)
+            if first:
+                start = int(first)
+                end = min(int(last), size - 1) if last else size - 1
+            else:  # the last N bytes
+                start, end = max(0, size - int(last)), size - 1
+            if start >= size or start > end:
+                return HttpResponse(
+                    status=416, headers={**headers, "Content-Range": f"bytes */{size}"}
+                )
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        # Several ranges or a malformed header: the whole file (RFC 9110 allows it).
+    body = files.read_range(row, start, end) if request.method != "HEAD" and size else iter(())
+    response = StreamingHttpResponse(
+        body, status=status, content_type=_content_type(row), headers=headers
+    )
+    response["Content-Length"] = str(end - start + 1 if size else 0)
+    return response

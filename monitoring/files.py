@@ -1,0 +1,671 @@
+"""Keep the trained files: fal's CDN deletes them, so a copy goes to our storage.
+
+Every completion passes ``transitions.training_finished``; its receiver here writes one
+``KeptFile`` row per file (pending) in the completing transaction and queues ``keep``
+on commit. ``keep`` claims each row with a lease (two workers never copy one file),
+streams the file from fal (only a URL ``payloads.check_media_url`` allows, https, no
+redirect to another host, bounded in size and time) under a temporary name, checks size
+and SHA-256 against ``Content-Length`` and fal's ``file_size``, and only then moves it
+to its final name and marks the row kept. Failures are retried with backoff by
+``sweep`` until ``retry_until``; what can never work (too large, gone at fal) is failed
+at once and staff are alerted once. docs/files.md has the operator's side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from html import escape
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from django.conf import settings
+from django.core import signing
+from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from monitoring.fal import payloads
+from monitoring.models import FileKind, FileState, KeptFile, Training, TrainingOutcome
+from notifications import outbox
+
+logger = logging.getLogger("monitoring")
+
+TASK = "monitoring.files.keep"
+ALIAS = "avatar_files"
+CHUNK = 1024 * 1024
+TEMP_DIR = "tmp"
+MAX_REDIRECTS = 3
+# The first retry comes within about a minute (the sweep runs every minute), then
+# the wait doubles up to an hour.
+RETRY_FIRST_SECONDS = 20.0
+RETRY_MAX_SECONDS = 3600.0
+_SIGNING_SALT = "monitoring.files.link"
+_FALLBACK_NAMES = {FileKind.LORA: "lora.safetensors", FileKind.CONFIG: "config.json"}
+_FAL_KEYS = {FileKind.LORA: "diffusers_lora_file", FileKind.CONFIG: "config_file"}
+
+
+def storage() -> Storage:
+    return storages[ALIAS]
+
+
+def is_filesystem(store: Storage | None = None) -> bool:
+    return isinstance(store or storage(), FileSystemStorage)
+
+
+# --- Planning the copy (inside the completing transaction) --------------------------------
+
+
+def _safe_file_name(value: Any, kind: str) -> str:
+    name = str(value or "").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._")[:100]
+    return name or _FALLBACK_NAMES[kind]
+
+
+def _sources(training: Training) -> dict[str, tuple[str, str, int | None]]:
+    """kind -> (url, file name, fal's file_size) of what the training produced."""
+    result = training.result if isinstance(training.result, dict) else {}
+    found: dict[str, tuple[str, str, int | None]] = {}
+    for kind, url in ((FileKind.LORA, training.lora_url), (FileKind.CONFIG, training.config_url)):
+        if not url:
+            continue
+        described = result.get(_FAL_KEYS[kind])
+        described = described if isinstance(described, dict) else {}
+        size = described.get("file_size") if described.get("url") == url else None
+        name = described.get("file_name") or urlsplit(url).path
+        found[kind] = (
+            url,
+            _safe_file_name(name, kind),
+            size if isinstance(size, int) and size >= 0 else None,
+        )
+    return found
+
+
+def plan(training: Training, *, now=None) -> list[KeptFile]:
+    """The rows of ``training``'s files, created pending where missing."""
+    now = now or timezone.now()
+    until = now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS)
+    rows = []
+    for kind, (url, name, size) in _sources(training).items():
+        row, _created = KeptFile.objects.get_or_create(
+            training=training,
+            kind=kind,
+            defaults={
+                "source_url": url,
+                "file_name": name,
+                "expected_size": size,
+                "next_attempt_at": now,
+                "retry_until": until,
+                "created_at": now,
+            },
+        )
+        rows.append(row)
+    return rows
+
+
+def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
+    """Receiver of ``transitions.training_finished``: a completed attempt's files are kept.
+
+    The rows join the completing transaction (no completion without them); the task is
+    queued once it commits. A lost hand-over is picked up by ``sweep``.
+    """
+    if outcome != "completed":
+        return
+    if plan(training):
+        training_id = training.pk
+        transaction.on_commit(lambda: enqueue(training_id))
+
+
+def enqueue(training_id: int) -> None:
+    """Queue ``keep(training_id)``; never raises (the sweep is the net)."""
+    try:
+        from django_q.tasks import async_task
+
+        async_task(TASK, training_id, group="avatar-files")
+    except Exception:
+        logger.exception("Could not queue keeping the files of training %s", training_id)
+
+
+# --- Copying -------------------------------------------------------------------------------
+
+
+class CopyFailed(Exception):
+    """One attempt failed. ``permanent`` failures are never retried (``failure`` says why)."""
+
+    def __init__(self, message: str, *, failure: str = "", status_code: int | None = None):
+        super().__init__(message)
+        self.failure = failure
+        self.status_code = status_code
+
+    @property
+    def permanent(self) -> bool:
+        return bool(self.failure)
+
+
+@dataclass(frozen=True)
+class Copied:
+    size: int
+    sha256: str
+
+
+def _lease_seconds() -> float:
+    return settings.AVATAR_FILE_DOWNLOAD_SECONDS + 2 * settings.AVATAR_FILE_TIMEOUT_SECONDS + 30
+
+
+def _claim(row_id: int, *, due_only: bool = True) -> KeptFile | None:
+    """Take the row for one attempt (conditional UPDATE): another worker's lease wins."""
+    now = timezone.now()
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    rows = KeptFile.objects.filter(free, pk=row_id, state=FileState.PENDING)
+    if due_only:
+        rows = rows.filter(next_attempt_at__lte=now)
+    if not rows.update(lease_until=now + timedelta(seconds=_lease_seconds())):
+        return None
+    return KeptFile.objects.select_related("training__avatar").get(pk=row_id)
+
+
+def final_name(row: KeptFile) -> str:
+    """Where a kept file lives: one name per training and kind, so a second copy overwrites."""
+    training = row.training
+    return f"avatars/{training.avatar_id}/{training.pk}/{row.kind}/{row.file_name}"
+
+
+def keep(training_id: int, *, due_only: bool = True) -> dict[str, str]:
+    """The django-q2 task: try once to copy each pending file of one training.
+
+    Returns what became of each file (kind -> state or "busy"), kept as the task result.
+    """
+    outcome: dict[str, str] = {}
+    ids = KeptFile.objects.filter(training_id=training_id, state=FileState.PENDING).values_list(
+        "pk", "kind"
+    )
+    for row_id, kind in ids:
+        row = _claim(row_id, due_only=due_only)
+        outcome[kind] = attempt(row) if row is not None else "busy"
+    return outcome
+
+
+def attempt(row: KeptFile) -> str:
+    """One copy of a claimed row; records the result and returns the row's new state."""
+    tmp = f"{TEMP_DIR}/{uuid.uuid4().hex}.part"
+    store = storage()
+    try:
+        copied = _download(row, store, tmp)
+        _promote(store, tmp, final_name(row))
+    except CopyFailed as exc:
+        _discard(store, tmp)
+        return _failed(row, exc)
+    except Exception as exc:  # storage trouble, a bug: retried, never a lost lease
+        _discard(store, tmp)
+        logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
+        return _failed(row, CopyFailed(f"{type(exc).__name__}: {_redacted(str(exc))}"))
+    now = timezone.now()
+    KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
+        state=FileState.KEPT,
+        name=final_name(row),
+        size=copied.size,
+        sha256=copied.sha256,
+        kept_at=now,
+        attempts=row.attempts + 1,
+        lease_until=None,
+        last_error="",
+    )
+    logger.info(
+        "Файл %s аватара %s сохранён (%s байт, sha256=%s)",
+        row.kind,
+        row.training.avatar_id,
+        copied.size,
+        copied.sha256,
+        extra={"avatar_id": row.training.avatar_id, "request_id": row.training.fal_request_id},
+    )
+    return FileState.KEPT
+
+
+def _redacted(text: str) -> str:
+    # Storage errors may quote a URL; a presigned one carries a signature.
+    return re.sub(r"(?i)(signature|credential|token|x-amz-[a-z-]+)=[^&\s'\"]+", r"\1=…", text)[
+        :1000
+    ]
+
+
+def _get(url: str):
+    """GET ``url`` streamed, following redirects on the same host only."""
+    import requests
+
+    verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
+    timeout = settings.AVATAR_FILE_TIMEOUT_SECONDS
+    host = urlsplit(url).hostname
+    for _hop in range(MAX_REDIRECTS + 1):
+        if payloads.check_media_url(url) != payloads.MediaUrl.ALLOWED:
+            raise CopyFailed("URL refused: not https on a host of FAL_MEDIA_ALLOWED_HOSTS",
+                             failure=KeptFile.Failure.UNSAFE_URL)
+        try:
+            response = requests.get(
+                url,
+                stream=True,
+                allow_redirects=False,
+                timeout=(timeout, timeout),
+                verify=verify,
+                headers={"Accept-Encoding": "identity"},
+            )
+        except requests.RequestException as exc:
+            raise CopyFailed(f"could not reach fal's CDN: {type(exc).__name__}") from exc
+        if response.is_redirect:
+            location = urljoin(url, response.headers.get("location", ""))
+            response.close()
+            if urlsplit(location).hostname != host:
+                raise CopyFailed(
+                    f"redirect to another host refused ({urlsplit(location).hostname})"
+                )
+            url = location
+            continue
+        return response
+    raise CopyFailed("too many redirects")
+
+
+def _too_large(size: int) -> CopyFailed:
+    return CopyFailed(
+        f"{size} bytes is more than AVATAR_FILE_MAX_BYTES ({settings.AVATAR_FILE_MAX_BYTES})",
+        failure=KeptFile.Failure.TOO_LARGE,
+    )
+
+
+def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
+    """Stream fal's file into ``tmp``, checking every limit; the bytes' size and SHA-256."""
+    import requests
+
+    limit = settings.AVATAR_FILE_MAX_BYTES
+    if row.expected_size is not None and row.expected_size > limit:
+        raise _too_large(row.expected_size)
+    deadline = time.monotonic() + settings.AVATAR_FILE_DOWNLOAD_SECONDS
+    response = _get(row.source_url)
+    with response:
+        code = response.status_code
+        if code in (403, 404, 410):
+            raise CopyFailed(
+                f"fal answered {code}: the file is gone", failure=KeptFile.Failure.GONE,
+                status_code=code,
+            )
+        if code != 200:
+            raise CopyFailed(f"fal's CDN answered {code}", status_code=code)
+        length_header = response.headers.get("content-length")
+        length = int(length_header) if length_header and length_header.isdigit() else None
+        if length is not None and length > limit:
+            raise _too_large(length)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with _open_for_writing(store, tmp) as out:
+                for chunk in response.raw.stream(CHUNK, decode_content=False):
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(size)
+                    if time.monotonic() > deadline:
+                        raise CopyFailed(
+                            "download took longer than AVATAR_FILE_DOWNLOAD_SECONDS "
+                            f"({size} bytes so far)"
+                        )
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (requests.RequestException, OSError) as exc:
+            raise CopyFailed(f"download cut after {size} bytes: {type(exc).__name__}") from exc
+        except Exception as exc:
+            if isinstance(exc, CopyFailed):
+                raise
+            # urllib3 raises its own errors (a connection cut short of Content-Length).
+            raise CopyFailed(f"download cut after {size} bytes: {type(exc).__name__}") from exc
+    if length is not None and size != length:
+        raise CopyFailed(f"got {size} bytes, Content-Length said {length}")
+    if row.expected_size is not None and size != row.expected_size:
+        raise CopyFailed(f"got {size} bytes, fal's file_size said {row.expected_size}")
+    return Copied(size=size, sha256=digest.hexdigest())
+
+
+class _Writer:
+    """A file being written under its temporary name, on any storage, in constant memory."""
+
+    def __init__(self, store: Storage, name: str) -> None:
+        if isinstance(store, FileSystemStorage):
+            path = store.path(name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._file: Any = open(path, "wb")  # noqa: SIM115 (closed in __exit__)
+        else:
+            # django-storages' S3 file uploads a part every 5 MB (a multipart upload).
+            self._file = store.open(name, "wb")
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def _open_for_writing(store: Storage, name: str) -> _Writer:
+    return _Writer(store, name)
+
+
+def _promote(store: Storage, tmp: str, final: str) -> None:
+    """Give the verified bytes their final name (replacing any earlier copy of the same)."""
+    if isinstance(store, FileSystemStorage):
+        target = store.path(final)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(store.path(tmp), target)
+        return
+    bucket = getattr(store, "bucket", None)
+    if bucket is not None:
+        # S3: a server-side copy (multipart for large objects), then the temporary goes.
+        key = store._normalize_name(tmp)  # type: ignore[attr-defined]
+        bucket.Object(store._normalize_name(final)).copy(  # type: ignore[attr-defined]
+            {"Bucket": bucket.name, "Key": key}
+        )
+        store.delete(tmp)
+        return
+    with store.open(tmp, "rb") as source:
+        if store.exists(final):
+            store.delete(final)
+        store.save(final, source)
+    store.delete(tmp)
+
+
+def _discard(store: Storage, name: str) -> None:
+    try:
+        store.delete(name)
+    except Exception:
+        logger.warning("Could not delete the temporary file %s", name, exc_info=True)
+
+
+def _backoff(attempts: int) -> float:
+    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, attempts - 1))
+
+
+def _failed(row: KeptFile, exc: CopyFailed) -> str:
+    now = timezone.now()
+    attempts = row.attempts + 1
+    error = str(exc)[:2000]
+    next_at = now + timedelta(seconds=_backoff(attempts))
+    failure = exc.failure
+    if not failure and next_at > row.retry_until:
+        failure = KeptFile.Failure.GAVE_UP
+    if failure:
+        changed = KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
+            state=FileState.FAILED,
+            failure=failure,
+            attempts=attempts,
+            lease_until=None,
+            last_error=error,
+        )
+        if changed:
+            _alert(row, failure, error)
+        logger.warning(
+            "Файл %s аватара %s не сохранён (%s): %s",
+            row.kind,
+            row.training.avatar_id,
+            failure,
+            error,
+        )
+        return FileState.FAILED
+    KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
+        attempts=attempts, next_attempt_at=next_at, lease_until=None, last_error=error
+    )
+    logger.info(
+        "Файл %s аватара %s: попытка %s не удалась (%s), следующая через %.0f с",
+        row.kind,
+        row.training.avatar_id,
+        attempts,
+        error,
+        _backoff(attempts),
+    )
+    return FileState.PENDING
+
+
+_WHAT_TO_DO = {
+    KeptFile.Failure.TOO_LARGE: (
+        "файл больше AVATAR_FILE_MAX_BYTES",
+        "проверьте файл на fal; если он нужен, поднимите AVATAR_FILE_MAX_BYTES и запустите "
+        "<code>manage.py keep_avatar_files --avatar {avatar_id}</code>.",
+    ),
+    KeptFile.Failure.GONE: (
+        "fal больше не хранит файл",
+        "копию уже не сделать: у аватара только ссылка fal, которая не работает. "
+        "Предложите владельцу переобучить аватар.",
+    ),
+    KeptFile.Failure.UNSAFE_URL: (
+        "ссылка fal не https или не на хосте из FAL_MEDIA_ALLOWED_HOSTS",
+        "проверьте результат обучения в админке; ничего не скачивалось.",
+    ),
+    KeptFile.Failure.GAVE_UP: (
+        "копия не сделана за AVATAR_FILES_RETRY_HOURS",
+        "проверьте хранилище и доступ к fal, затем запустите "
+        "<code>manage.py keep_avatar_files --avatar {avatar_id}</code>.",
+    ),
+}
+
+
+def _alert(row: KeptFile, failure: str, error: str) -> None:
+    """One staff alert per training and reason, through the notifications outbox."""
+    training = row.training
+    avatar = training.avatar
+    what, todo = _WHAT_TO_DO[failure]
+    text = (
+        f"🗄 Файлы аватара #{avatar.pk} <b>{escape(avatar.name)}</b> "
+        f"(<code>{escape(training.fal_request_id or '—')}</code>) не сохранены: {what} "
+        f"({escape(row.get_kind_display())}).\n<code>{escape(error[:300])}</code>\n"
+        f"Что делать: {todo.format(avatar_id=avatar.pk)}"
+    )
+    outbox.queue_files_alert(
+        dedup_key=f"files:{failure}:{training.pk}",
+        text=text,
+        avatar_id=avatar.pk,
+        training_id=training.pk,
+        context={"failure": failure, "kind": row.kind},
+    )
+
+
+def sweep(limit: int = 200) -> int:
+    """Every minute: queue the trainings with a file due (retries, lost hand-overs)."""
+    now = timezone.now()
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    training_ids = list(
+        KeptFile.objects.filter(free, state=FileState.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("training_id", flat=True)
+        .distinct()[:limit]
+    )
+    for training_id in dict.fromkeys(training_ids):
+        enqueue(training_id)
+    return len(training_ids)
+
+
+def retry_now(training: Training) -> list[KeptFile]:
+    """Staff and the backfill: what is not kept is pending again, due now, with a new window."""
+    now = timezone.now()
+    rows = plan(training, now=now)
+    KeptFile.objects.filter(training=training).exclude(state=FileState.KEPT).update(
+        state=FileState.PENDING,
+        failure="",
+        next_attempt_at=now,
+        retry_until=now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS),
+        lease_until=None,
+    )
+    return rows
+
+
+# --- What clients see -----------------------------------------------------------------------
+
+
+def link(row: KeptFile, *, now=None) -> str:
+    """A URL anyone holding it (fal too) can fetch the kept file from, until it expires.
+
+    S3: a presigned URL. Filesystem: our signed link (``/files/<token>/<name>``). Links
+    are secrets: never logged, never stored, never shown in the admin.
+    """
+    store = storage()
+    max_age = settings.AVATAR_FILE_URL_MAX_AGE_SECONDS
+    if not is_filesystem(store):
+        return store.url(row.name, expire=max_age)  # type: ignore[call-arg]
+    now = now or timezone.now()
+    token = signing.dumps(
+        {"f": row.pk, "h": row.sha256[:16], "e": int(now.timestamp()) + max_age},
+        salt=_SIGNING_SALT,
+        compress=True,
+    )
+    path = reverse("avatar-file", kwargs={"token": token, "filename": row.file_name})
+    base = settings.PUBLIC_BASE_URL or ""
+    return base.rstrip("/") + path
+
+
+def file_for_token(token: str, filename: str) -> KeptFile | None:
+    """The kept file a signed link names, or None (bad, expired, or no longer there)."""
+    try:
+        data = signing.loads(token, salt=_SIGNING_SALT)
+    except signing.BadSignature:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("e"), int):
+        return None
+    if data["e"] < int(timezone.now().timestamp()):
+        return None
+    row = KeptFile.objects.filter(pk=data.get("f"), state=FileState.KEPT).first()
+    if row is None or row.sha256[:16] != data.get("h") or row.file_name != filename:
+        return None
+    return row
+
+
+def _file_data(row: KeptFile | None, *, links: bool) -> dict[str, Any] | None:
+    if row is None or row.state != FileState.KEPT:
+        return None
+    return {"url": link(row) if links else None, "sha256": row.sha256, "size": row.size}
+
+
+def files_data(
+    training: Training, rows: list[KeptFile] | None = None, *, links: bool = True
+) -> dict[str, Any] | None:
+    """The ``files`` object of a training: None unless it completed.
+
+    ``links=False`` leaves the URLs out (None), for what is stored: an event callback
+    signs its links when it is sent.
+    """
+    if training.outcome != TrainingOutcome.COMPLETED:
+        return None
+    if rows is None:
+        rows = list(training.kept_files.all())
+    by_kind = {row.kind: row for row in rows}
+    states = {row.state for row in rows}
+    if FileState.FAILED in states:
+        state = FileState.FAILED
+    elif FileState.PENDING in states or FileKind.LORA not in by_kind:
+        state = FileState.PENDING
+    else:
+        state = FileState.KEPT
+    errors = [row.last_error for row in rows if row.state == FileState.FAILED and row.last_error]
+    return {
+        "state": str(state),
+        "lora": _file_data(by_kind.get(FileKind.LORA), links=links),
+        "config": _file_data(by_kind.get(FileKind.CONFIG), links=links),
+        "error": errors[0] if errors else "",
+    }
+
+
+# --- Serving -------------------------------------------------------------------------------
+
+
+def read_range(row: KeptFile, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start``..``end`` (inclusive) of a kept file, in chunks, from any storage."""
+    store = storage()
+    remaining = end - start + 1
+    if isinstance(store, FileSystemStorage):
+        with open(store.path(row.name), "rb") as source:
+            source.seek(start)
+            while remaining > 0:
+                chunk = source.read(min(CHUNK, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+        return
+    bucket = getattr(store, "bucket", None)
+    if bucket is not None:
+        # Streamed from S3 with a Range request, never the whole object in memory.
+        body = bucket.Object(store._normalize_name(row.name)).get(  # type: ignore[attr-defined]
+            Range=f"bytes={start}-{end}"
+        )["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+        return
+    with store.open(row.name, "rb") as source:
+        source.seek(start)
+        while remaining > 0:
+            chunk = source.read(min(CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
+
+
+# --- Lifecycle -----------------------------------------------------------------------------
+
+
+def delete_stored(sender: Any, *, instance: KeptFile, **kwargs: Any) -> None:
+    """post_delete receiver: the row's bytes go once the deletion commits."""
+    if not instance.name:
+        return
+    name = instance.name
+
+    def remove() -> None:
+        try:
+            storage().delete(name)
+        except Exception:
+            logger.exception("Could not delete the kept file %s", name)
+
+    transaction.on_commit(remove)
+
+
+def superseded(now=None) -> dict[str, Any]:
+    """For ``prune``: files of attempts a newer attempt replaced AVATAR_FILES_SUPERSEDED_DAYS ago.
+
+    The current attempt's files live as long as the avatar.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.AVATAR_FILES_SUPERSEDED_DAYS)
+    newer = Training.objects.filter(
+        avatar_id=OuterRef("training__avatar_id"),
+        attempt__gt=OuterRef("training__attempt"),
+        created_at__lt=cutoff,
+    )
+    rows = KeptFile.objects.filter(Exists(newer)).exclude(
+        training__avatar__current_training=F("training_id")
+    )
+    return {"superseded_avatar_files": rows}
+
+
+def stale_temporaries(older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete temporary files a crash left behind (``prune``). Returns how many went."""
+    store = storage()
+    try:
+        _dirs, names = store.listdir(TEMP_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    cutoff = timezone.now() - older_than
+    removed = 0
+    for name in names:
+        path = f"{TEMP_DIR}/{name}"
+        try:
+            if store.get_modified_time(path) < cutoff:
+                store.delete(path)
+                removed += 1
+        except Exception:
+            logger.warning("Could not look at the temporary file %s", path, exc_info=True)
+    return removed
