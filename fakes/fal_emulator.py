@@ -562,7 +562,9 @@ class FalEmulator:
         """The whole file (tests; small sizes only)."""
         return b"".join(_file_chunks(request_id, kind, self.file_size))
 
-    def break_file(self, request_id: str, fault: str, *, times: int = 0, kind: str = "lora") -> None:
+    def break_file(
+        self, request_id: str, fault: str, *, times: int = 0, kind: str = "lora"
+    ) -> None:
         """expire | fail | truncate | corrupt | redirect: for ``times`` requests (0: always)."""
         if fault not in {"expire", "fail", "truncate", "corrupt", "redirect"}:
             raise ValueError(f"unknown file fault {fault!r}")

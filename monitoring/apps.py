@@ -12,10 +12,9 @@ class MonitoringConfig(AppConfig):
         from django.db.models.signals import post_delete
 
         from monitoring import files, roles, totals, transitions
-        from monitoring.models import KeptFile
-        from monitoring.ops import retention
         from monitoring.fal import webhooks  # noqa: F401
-        from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
+        from monitoring.models import KeptFile
+        from monitoring.ops import retention, schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
 
         # `migrate` creates or updates the periodic schedules (idempotent by name).

@@ -40,7 +40,9 @@ def _content_type(row: KeptFile) -> str:
     return "application/json" if row.file_name.endswith(".json") else "application/octet-stream"
 
 
-def file_response(request: HttpRequest, row: KeptFile, *, attachment: bool = False) -> HttpResponseBase:
+def file_response(
+    request: HttpRequest, row: KeptFile, *, attachment: bool = False
+) -> HttpResponseBase:
     """The bytes of a kept file (or nginx's instruction to send them)."""
     etag = f'"{row.sha256}"'
     size = row.size or 0
@@ -84,8 +86,8 @@ def file_response(request: HttpRequest, row: KeptFile, *, attachment: bool = Fal
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         # Several ranges or a malformed header: the whole file (RFC 9110 allows it).
     body = files.read_range(row, start, end) if request.method != "HEAD" and size else iter(())
-    response = StreamingHttpResponse(
+    streamed = StreamingHttpResponse(
         body, status=status, content_type=_content_type(row), headers=headers
     )
-    response["Content-Length"] = str(end - start + 1 if size else 0)
-    return response
+    streamed["Content-Length"] = str(end - start + 1 if size else 0)
+    return streamed

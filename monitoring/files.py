@@ -50,8 +50,11 @@ MAX_REDIRECTS = 3
 RETRY_FIRST_SECONDS = 20.0
 RETRY_MAX_SECONDS = 3600.0
 _SIGNING_SALT = "monitoring.files.link"
-_FALLBACK_NAMES = {FileKind.LORA: "lora.safetensors", FileKind.CONFIG: "config.json"}
-_FAL_KEYS = {FileKind.LORA: "diffusers_lora_file", FileKind.CONFIG: "config_file"}
+_FALLBACK_NAMES: dict[str, str] = {
+    FileKind.LORA: "lora.safetensors",
+    FileKind.CONFIG: "config.json",
+}
+_FAL_KEYS: dict[str, str] = {FileKind.LORA: "diffusers_lora_file", FileKind.CONFIG: "config_file"}
 
 
 def storage() -> Storage:
@@ -246,8 +249,10 @@ def _get(url: str):
     host = urlsplit(url).hostname
     for _hop in range(MAX_REDIRECTS + 1):
         if payloads.check_media_url(url) != payloads.MediaUrl.ALLOWED:
-            raise CopyFailed("URL refused: not https on a host of FAL_MEDIA_ALLOWED_HOSTS",
-                             failure=KeptFile.Failure.UNSAFE_URL)
+            raise CopyFailed(
+                "URL refused: not https on a host of FAL_MEDIA_ALLOWED_HOSTS",
+                failure=KeptFile.Failure.UNSAFE_URL,
+            )
         try:
             response = requests.get(
                 url,
@@ -292,7 +297,8 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
         code = response.status_code
         if code in (403, 404, 410):
             raise CopyFailed(
-                f"fal answered {code}: the file is gone", failure=KeptFile.Failure.GONE,
+                f"fal answered {code}: the file is gone",
+                failure=KeptFile.Failure.GONE,
                 status_code=code,
             )
         if code != 200:
@@ -430,7 +436,7 @@ def _failed(row: KeptFile, exc: CopyFailed) -> str:
     return FileState.PENDING
 
 
-_WHAT_TO_DO = {
+_WHAT_TO_DO: dict[str, tuple[str, str]] = {
     KeptFile.Failure.TOO_LARGE: (
         "файл больше AVATAR_FILE_MAX_BYTES",
         "проверьте файл на fal; если он нужен, поднимите AVATAR_FILE_MAX_BYTES и запустите "
@@ -536,7 +542,9 @@ def file_for_token(token: str, filename: str) -> KeptFile | None:
         return None
     if data["e"] < int(timezone.now().timestamp()):
         return None
-    row = KeptFile.objects.filter(pk=data.get("f"), state=FileState.KEPT).first()
+    if not isinstance(data.get("f"), int):
+        return None
+    row = KeptFile.objects.filter(pk=data["f"], state=FileState.KEPT).first()
     if row is None or row.sha256[:16] != data.get("h") or row.file_name != filename:
         return None
     return row

@@ -604,7 +604,9 @@ class KeptFile(models.Model):
     state = models.CharField(
         _("state"), max_length=8, choices=FileState.choices, default=FileState.PENDING
     )
-    failure = models.CharField(_("why not kept"), max_length=16, choices=Failure.choices, blank=True)
+    failure = models.CharField(
+        _("why not kept"), max_length=16, choices=Failure.choices, blank=True
+    )
     name = models.CharField(_("name in storage"), max_length=512, blank=True)
     size = models.BigIntegerField(_("size"), null=True, blank=True)
     sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)

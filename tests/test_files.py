@@ -167,7 +167,9 @@ def test_a_completed_trainings_files_are_kept_with_their_sha256_and_size(
 
     # fal deletes its copy; ours still serves the same bytes.
     fal_files.break_file(training.fal_request_id, "expire")
-    assert requests.get(training.lora_url, verify=fal_files.ca_bundle, timeout=10).status_code == 404
+    assert (
+        requests.get(training.lora_url, verify=fal_files.ca_bundle, timeout=10).status_code == 404
+    )
     status, body, headers = _fetch(client, data["lora"]["url"])
     assert status == 200 and body == lora
     if avatar_storage == "filesystem":
@@ -387,7 +389,8 @@ def test_a_signed_link_with_a_changed_or_expired_signature_is_404(kept_on_disk, 
     assert client.get(changed).status_code == 404
     assert client.get(url.replace(row.file_name, "other.bin")).status_code == 404
     expired = files.link(
-        row, now=timezone.now() - timedelta(seconds=files.settings.AVATAR_FILE_URL_MAX_AGE_SECONDS + 1)
+        row,
+        now=timezone.now() - timedelta(seconds=files.settings.AVATAR_FILE_URL_MAX_AGE_SECONDS + 1),
     )
     assert client.get(expired.removeprefix("http://testserver")).status_code == 404
     # A link to a file that was copied again (other bytes) no longer works either.
@@ -450,9 +453,7 @@ def test_staff_download_through_the_admin_which_never_shows_a_signed_link(
 
     response = client.get(download)
     assert response.status_code == 200
-    assert b"".join(response.streaming_content) == fal_files.file_bytes(
-        kept_on_disk.fal_request_id
-    )
+    assert b"".join(response.streaming_content) == fal_files.file_bytes(kept_on_disk.fal_request_id)
     assert response["Content-Disposition"].startswith("attachment")
 
     nobody = django_user_model.objects.create_user("nobody", password="x", is_staff=True)
@@ -518,8 +519,10 @@ def test_prune_removes_temporaries_a_crash_left(kept_on_disk):
 # --- Backfill ---------------------------------------------------------------------------------
 
 
-def test_keep_avatar_files_copies_what_completed_before(avatar_storage, completed, fal_files, capsys):
-    first, second, gone = completed("one"), completed("two"), completed("gone")
+def test_keep_avatar_files_copies_what_completed_before(
+    avatar_storage, completed, fal_files, capsys
+):
+    _first, second, gone = completed("one"), completed("two"), completed("gone")
     run_queued_monitoring_tasks()
     KeptFile.objects.filter(training__in=[second, gone]).delete()  # as before this existed
     fal_files.break_file(gone.fal_request_id, "expire")

@@ -63,7 +63,9 @@ class Command(TranslatedCommand):
         if options["json"]:
             self.stdout.write(json.dumps(summary))
         else:
-            self.stdout.write(", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in summary.items()))
+            self.stdout.write(
+                ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in summary.items())
+            )
         if summary.get("failed"):
             raise CommandError(_("Some files could not be kept (see the admin)."))
 
