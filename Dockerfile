@@ -27,7 +27,8 @@ COPY --chown=app:app . .
 RUN DEBUG=0 SECRET_KEY=build-only-not-a-secret ALLOWED_HOSTS=localhost \
     DATABASE_URL=sqlite:////tmp/build.sqlite3 FAL_KEY=build:only \
     python manage.py collectstatic --noinput \
-    && rm -f /tmp/build.sqlite3
+    && rm -f /tmp/build.sqlite3 \
+    && install -d -o app -g app -m 750 /app/var/avatar-files
 
 USER 10001:10001
 EXPOSE 8000

@@ -577,3 +577,56 @@ def test_an_empty_expiration_setting_turns_the_header_off(monkeypatch):
     assert env_int_or_off("FAL_MEDIA_EXPIRATION_SECONDS", 5) == 7200
     monkeypatch.delenv("FAL_MEDIA_EXPIRATION_SECONDS")
     assert env_int_or_off("FAL_MEDIA_EXPIRATION_SECONDS", 5) == 5
+
+
+# --- The bot's API and its event callbacks ------------------------------------------------------
+
+
+def test_event_callbacks_carry_files_with_links_signed_at_send_time(
+    fal_files, make_api_client, receiver, client
+):
+    from standardwebhooks.webhooks import Webhook
+
+    from monitoring.api import callbacks
+    from monitoring.api.models import EventCallback
+    from tests.api_support import BODY, run_check
+
+    bot = make_api_client(callback_url=receiver.url)
+    answer = bot.post("/api/v1/trainings", BODY, key=uuid.uuid4().hex).json()
+    run_check()
+    [callback] = EventCallback.objects.all()
+    # What is stored holds no link (a secret that expires): the copy is not even made yet.
+    assert callback.payload["data"]["files"] == {
+        "state": "pending",
+        "lora": None,
+        "config": None,
+        "error": "",
+    }
+    assert "/files/" not in json.dumps(callback.payload)
+
+    files.keep(int(answer["training"]["id"]))
+    assert callbacks.deliver(callback.pk) == "delivered"
+
+    [request] = receiver.requests
+    event = Webhook(bot.made.callback_secret).verify(
+        request["body"], {k.lower(): v for k, v in request["headers"].items()}
+    )
+    kept = event["data"]["files"]
+    assert kept["state"] == "kept" and event["data"]["trainings"][0]["files"] == kept
+    status, body, _headers = _fetch(client, kept["lora"]["url"])
+    assert status == 200 and hashlib.sha256(body).hexdigest() == kept["lora"]["sha256"]
+    callback.refresh_from_db()
+    assert "/files/" not in json.dumps(callback.payload)
+
+    shown = bot.get(f"/api/v1/avatars/{answer['avatar']['id']}").json()
+    assert shown["files"]["lora"]["sha256"] == kept["lora"]["sha256"]
+    assert shown["files"]["lora"]["url"].startswith("http://testserver/files/")
+    assert shown["lora_url"].startswith(fal_files.base_url)  # fal's URL, as it was
+
+
+def test_nginx_serves_kept_files_from_an_internal_location_only():
+    from pathlib import Path
+
+    server = (Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf").read_text()
+    block = server.split("location /_avatar-files/ {", 1)[1].split("}", 1)[0]
+    assert "internal;" in block and "alias " in block
