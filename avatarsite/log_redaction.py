@@ -8,6 +8,8 @@ that formats an exception or a URL containing the fal key or the bot token.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from typing import Any
 
 import pythonjsonlogger.json
@@ -30,14 +32,31 @@ def known_secrets() -> list[str]:
             _, sep, secret_part = value.partition(":")
             if sep and len(secret_part) >= 6:
                 secrets.append(secret_part)
+    # The avatar_files storage's S3 secret (boto3 reads it from the environment).
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        value = os.environ.get(name)
+        if value and len(value) >= 6:
+            secrets.append(value)
     return sorted(set(secrets), key=len, reverse=True)
+
+
+# Links to kept avatar files are secrets too (monitoring.files): the signature of a
+# presigned S3 URL, and the token of our signed /files/<token>/<name> links.
+_LINK_SECRETS = re.compile(
+    r"(?i)((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature)=)[^&\s\"'<>]+"
+    r"|(/files/)\.?[A-Za-z0-9_-]+:[A-Za-z0-9_-]+:[A-Za-z0-9_-]+(?=/)"
+)
+
+
+def _redact_link(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2)) + REDACTED
 
 
 def redact(text: str) -> str:
     for secret in known_secrets():
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    return _LINK_SECRETS.sub(_redact_link, text)
 
 
 class RedactSecrets(logging.Filter):

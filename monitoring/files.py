@@ -36,6 +36,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from avatarsite.log_redaction import redact
 from monitoring.fal import payloads
 from monitoring.models import FileKind, FileState, KeptFile, Training, TrainingOutcome
 from notifications import outbox
@@ -212,7 +213,7 @@ def attempt(row: KeptFile) -> str:
     except Exception as exc:  # storage trouble, a bug: retried, never a lost lease
         _discard(store, tmp)
         logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
-        return _failed(row, CopyFailed(f"{type(exc).__name__}: {_redacted(str(exc))}"))
+        return _failed(row, CopyFailed(f"{type(exc).__name__}: {redact(str(exc))[:1000]}"))
     now = timezone.now()
     KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
         state=FileState.KEPT,
@@ -233,13 +234,6 @@ def attempt(row: KeptFile) -> str:
         extra={"avatar_id": row.training.avatar_id, "request_id": row.training.fal_request_id},
     )
     return FileState.KEPT
-
-
-def _redacted(text: str) -> str:
-    # Storage errors may quote a URL; a presigned one carries a signature.
-    return re.sub(r"(?i)(signature|credential|token|x-amz-[a-z-]+)=[^&\s'\"]+", r"\1=…", text)[
-        :1000
-    ]
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -372,7 +366,11 @@ class _Writer:
     def __enter__(self) -> _Writer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and getattr(self._file, "_multipart", None) is not None:
+            # S3: a failed copy leaves no object, not even under the temporary name
+            # (closing a file "not dirty" aborts its multipart upload).
+            self._file._is_dirty = False
         self._file.close()
 
 

@@ -630,3 +630,20 @@ def test_nginx_serves_kept_files_from_an_internal_location_only():
     server = (Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf").read_text()
     block = server.split("location /_avatar-files/ {", 1)[1].split("}", 1)[0]
     assert "internal;" in block and "alias " in block
+
+
+def test_links_never_reach_the_logs(avatar_storage, completed):
+    from avatarsite.log_redaction import redact
+
+    training = completed()
+    run_queued_monitoring_tasks()
+    url = files.link(_kept(training)["lora"])
+    cleaned = redact(f"GET {url} failed")
+    secret = (
+        url.split("X-Amz-Signature=", 1)[1].split("&")[0]
+        if avatar_storage == "s3"
+        else url.split("/files/", 1)[1].split("/")[0]
+    )
+    assert secret not in cleaned and "[redacted]" in cleaned
+    # fal's own URLs stay readable.
+    assert redact(training.lora_url) == training.lora_url
