@@ -647,3 +647,17 @@ def test_links_never_reach_the_logs(avatar_storage, completed):
     assert secret not in cleaned and "[redacted]" in cleaned
     # fal's own URLs stay readable.
     assert redact(training.lora_url) == training.lora_url
+
+
+def test_check_deploy_warns_when_files_are_streamed_from_this_hosts_disk(settings):
+    from django.core import checks
+
+    def ids() -> set[str]:
+        return {message.id for message in checks.run_checks(include_deployment_checks=True)}
+
+    settings.AVATAR_FILES_S3_BUCKET = None
+    settings.AVATAR_FILES_X_ACCEL_REDIRECT = None
+    assert "avatarsite.W020" in ids()
+    settings.AVATAR_FILES_X_ACCEL_REDIRECT = "/_avatar-files/"
+    assert "avatarsite.W020" not in ids()
+    assert "avatarsite.W020" not in {m.id for m in checks.run_checks()}

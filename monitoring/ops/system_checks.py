@@ -105,3 +105,20 @@ def check_webhook_intake(app_configs=None, **kwargs):
             )
         )
     return problems
+
+
+@register(Tags.files, deploy=True)
+def check_avatar_files(app_configs=None, **kwargs):
+    """Kept avatar files on the filesystem in production (``check --deploy``): docs/files.md."""
+    problems: list[CheckMessage] = []
+    if not settings.AVATAR_FILES_S3_BUCKET and not settings.AVATAR_FILES_X_ACCEL_REDIRECT:
+        problems.append(
+            Warning(
+                "Kept avatar files are on this host's filesystem and streamed by gunicorn "
+                "threads (90 MB each).",
+                hint="Behind nginx set AVATAR_FILES_X_ACCEL_REDIRECT=/_avatar-files/ "
+                "(deploy/nginx.conf); with several hosts set AVATAR_FILES_S3_BUCKET.",
+                id="avatarsite.W020",
+            )
+        )
+    return problems
