@@ -126,7 +126,15 @@ def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwa
     """
     if outcome != "completed":
         return
-    if plan(training):
+    try:
+        # A savepoint: whatever goes wrong here must never undo the completion (the
+        # owner's message, the event); ``keep_avatar_files`` can plan it later.
+        with transaction.atomic():
+            planned = plan(training)
+    except Exception:
+        logger.exception("Could not plan keeping the files of training %s", training.pk)
+        return
+    if planned:
         training_id = training.pk
         transaction.on_commit(lambda: enqueue(training_id))
 
@@ -174,7 +182,11 @@ def _claim(row_id: int, *, due_only: bool = True) -> KeptFile | None:
     rows = KeptFile.objects.filter(free, pk=row_id, state=FileState.PENDING)
     if due_only:
         rows = rows.filter(next_attempt_at__lte=now)
-    if not rows.update(lease_until=now + timedelta(seconds=_lease_seconds())):
+    # The attempt counts from here: a task the worker kills (its timeout) still moves the
+    # row towards giving up, and its lease running out lets the sweep retry it.
+    if not rows.update(
+        lease_until=now + timedelta(seconds=_lease_seconds()), attempts=F("attempts") + 1
+    ):
         return None
     return KeptFile.objects.select_related("training__avatar").get(pk=row_id)
 
@@ -221,7 +233,6 @@ def attempt(row: KeptFile) -> str:
         size=copied.size,
         sha256=copied.sha256,
         kept_at=now,
-        attempts=row.attempts + 1,
         lease_until=None,
         last_error="",
     )
@@ -414,7 +425,7 @@ def _backoff(attempts: int) -> float:
 
 def _failed(row: KeptFile, exc: CopyFailed) -> str:
     now = timezone.now()
-    attempts = row.attempts + 1
+    attempts = row.attempts
     error = str(exc)[:2000]
     next_at = now + timedelta(seconds=_backoff(attempts))
     failure = exc.failure
@@ -422,11 +433,7 @@ def _failed(row: KeptFile, exc: CopyFailed) -> str:
         failure = KeptFile.Failure.GAVE_UP
     if failure:
         changed = KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
-            state=FileState.FAILED,
-            failure=failure,
-            attempts=attempts,
-            lease_until=None,
-            last_error=error,
+            state=FileState.FAILED, failure=failure, lease_until=None, last_error=error
         )
         if changed:
             _alert(row, failure, error)
@@ -439,7 +446,7 @@ def _failed(row: KeptFile, exc: CopyFailed) -> str:
         )
         return FileState.FAILED
     KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
-        attempts=attempts, next_attempt_at=next_at, lease_until=None, last_error=error
+        next_attempt_at=next_at, lease_until=None, last_error=error
     )
     logger.info(
         "Файл %s аватара %s: попытка %s не удалась (%s), следующая через %.0f с",
@@ -496,9 +503,23 @@ def _alert(row: KeptFile, failure: str, error: str) -> None:
 
 
 def sweep(limit: int = 200) -> int:
-    """Every minute: queue the trainings with a file due (retries, lost hand-overs)."""
+    """Every minute: queue the trainings with a file due (retries, lost hand-overs).
+
+    A row past its retry window whose last task never came back (killed by the worker's
+    timeout) is given up here, with its alert.
+    """
     now = timezone.now()
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    overdue = KeptFile.objects.filter(
+        free, state=FileState.PENDING, retry_until__lt=now, attempts__gt=0
+    ).select_related("training__avatar")
+    for row in overdue[:limit]:
+        error = row.last_error or "the copy never finished (killed by the worker's timeout?)"
+        gave_up = KeptFile.objects.filter(free, pk=row.pk, state=FileState.PENDING).update(
+            state=FileState.FAILED, failure=KeptFile.Failure.GAVE_UP, last_error=error
+        )
+        if gave_up:
+            _alert(row, KeptFile.Failure.GAVE_UP, error)
     training_ids = list(
         KeptFile.objects.filter(free, state=FileState.PENDING, next_attempt_at__lte=now)
         .order_by("next_attempt_at")
@@ -517,6 +538,7 @@ def retry_now(training: Training) -> list[KeptFile]:
     KeptFile.objects.filter(training=training).exclude(state=FileState.KEPT).update(
         state=FileState.PENDING,
         failure="",
+        attempts=0,
         next_attempt_at=now,
         retry_until=now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS),
         lease_until=None,

@@ -661,3 +661,43 @@ def test_check_deploy_warns_when_files_are_streamed_from_this_hosts_disk(setting
     settings.AVATAR_FILES_X_ACCEL_REDIRECT = "/_avatar-files/"
     assert "avatarsite.W020" not in ids()
     assert "avatarsite.W020" not in {m.id for m in checks.run_checks()}
+
+
+def test_a_copy_whose_task_keeps_being_killed_is_given_up_by_the_sweep(
+    avatar_storage, completed, fal_files
+):
+    """The worker's timeout kills a task before it records anything: the claim counted it."""
+    training = completed()
+    row = _kept(training)["lora"]
+    assert files._claim(row.pk) is not None  # ...and the task dies here
+    row.refresh_from_db()
+    assert row.attempts == 1 and row.lease_until is not None
+    KeptFile.objects.filter(pk=row.pk).update(
+        lease_until=timezone.now() - timedelta(seconds=1),
+        retry_until=timezone.now() - timedelta(seconds=1),
+    )
+
+    files.sweep()
+    files.sweep()
+
+    row.refresh_from_db()
+    assert row.state == FileState.FAILED and row.failure == KeptFile.Failure.GAVE_UP
+    assert Notification.objects.filter(kind=NotificationKind.FILES, training=training).count() == 1
+
+
+def test_a_failure_to_plan_the_copy_never_undoes_the_completion(
+    training_avatar, monkeypatch, django_capture_on_commit_callbacks
+):
+    def broken(training, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(files, "plan", broken)
+    avatar, training = training_avatar("req-broken-plan")
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = transitions.complete(
+            training, lora_url="https://v3.fal.media/x.safetensors", source=EventSource.CHECK
+        )
+    assert outcome.changed
+    avatar.refresh_from_db()
+    assert avatar.status == "completed"
+    assert Notification.objects.filter(training=training, kind=NotificationKind.READY).exists()
