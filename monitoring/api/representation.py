@@ -71,7 +71,9 @@ def avatar_data(
     """
     training = avatar.current_training
     if trainings is None:
-        trainings = list(avatar.trainings.order_by("attempt"))
+        trainings = list(avatar.trainings.order_by("attempt").prefetch_related("kept_files"))
+    # The current attempt is one of them: its kept files are read once.
+    training = next((t for t in trainings if training and t.pk == training.pk), training)
     active = training is not None and training.finished_at is None
     return {
         "id": str(avatar.pk),

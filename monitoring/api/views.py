@@ -194,7 +194,7 @@ class AvatarFilters(Schema):
 def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
     avatars = (
         Avatar.objects.select_related("owner", "current_training")
-        .prefetch_related("trainings")
+        .prefetch_related("trainings__kept_files")
         .order_by("-pk")
     )
     if filters.owner_telegram_id is not None:

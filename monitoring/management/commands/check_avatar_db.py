@@ -38,7 +38,11 @@ class Command(TranslatedCommand):
         parser.add_argument("--json", action="store_true", help="print a JSON list on stdout")
 
     def handle(self, *args, **options):
-        avatars = Avatar.objects.select_related("owner", "current_training").order_by("-created_at")
+        avatars = (
+            Avatar.objects.select_related("owner", "current_training")
+            .prefetch_related("current_training__kept_files")
+            .order_by("-created_at")
+        )
         if options["status"]:
             avatars = avatars.filter(status=options["status"])
         if options["stuck"]:
