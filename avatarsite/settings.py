@@ -300,6 +300,10 @@ ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=
 # storage alias "avatar_files": the local filesystem under AVATAR_FILES_ROOT by default,
 # an S3-compatible bucket when AVATAR_FILES_S3_BUCKET is set (credentials and region from
 # the usual AWS_* variables). Several hosts need S3: a filesystem copy is on one host only.
+# 0: completions still record their files as pending, but nothing is downloaded (the
+# test suite's worker processes, whose fake result URLs are nobody's; a storage outage).
+# Turned back on, the sweep copies what waits; keep_avatar_files copies in any case.
+AVATAR_FILES_COPY = env_bool("AVATAR_FILES_COPY", True)
 AVATAR_FILES_ROOT = Path(env_str("AVATAR_FILES_ROOT", str(BASE_DIR / "var" / "avatar-files")))
 AVATAR_FILES_S3_BUCKET = env_str("AVATAR_FILES_S3_BUCKET")
 AVATAR_FILES_S3_ENDPOINT_URL = env_url(

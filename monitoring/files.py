@@ -138,7 +138,7 @@ def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwa
     except Exception:
         logger.exception("Could not plan keeping the files of training %s", training.pk)
         return
-    if planned:
+    if planned and settings.AVATAR_FILES_COPY:
         training_id = training.pk
         transaction.on_commit(lambda: enqueue(training_id))
 
@@ -205,7 +205,15 @@ def keep(training_id: int, *, due_only: bool = True) -> dict[str, str]:
     """The django-q2 task: try once to copy each pending file of one training.
 
     Returns what became of each file (kind -> state or "busy"), kept as the task result.
+    Nothing while AVATAR_FILES_COPY is off.
     """
+    if not settings.AVATAR_FILES_COPY:
+        return {}
+    return copy_pending(training_id, due_only=due_only)
+
+
+def copy_pending(training_id: int, *, due_only: bool = True) -> dict[str, str]:
+    """Try once to copy each pending file of one training (the task, and the backfill)."""
     outcome: dict[str, str] = {}
     ids = KeptFile.objects.filter(training_id=training_id, state=FileState.PENDING).values_list(
         "pk", "kind"
@@ -512,6 +520,8 @@ def sweep(limit: int = 200) -> int:
     A row past its retry window whose last task never came back (killed by the worker's
     timeout) is given up here, with its alert.
     """
+    if not settings.AVATAR_FILES_COPY:
+        return 0
     now = timezone.now()
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     overdue = KeptFile.objects.filter(

@@ -17,6 +17,9 @@ _TEST_ENV = {
     "LOG_LEVEL": "INFO",
     # Pages that reload themselves would reload under a test's feet.
     "ADMIN_REFRESH_SECONDS": "0",
+    # Tests complete trainings with made-up fal URLs: worker processes must not try to
+    # download them from the internet. Tests of kept files turn it on (tests/test_files.py).
+    "AVATAR_FILES_COPY": "0",
 }
 for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)

@@ -89,6 +89,7 @@ def avatar_storage(request, settings, tmp_path):
 def fal_files(fal, settings):
     """The emulator serving real files at its result URLs, which our rule allows."""
     fal.serve_files = True
+    settings.AVATAR_FILES_COPY = True
     settings.FAL_MEDIA_ALLOWED_HOSTS = [*settings.FAL_MEDIA_ALLOWED_HOSTS, fal.media_rule]
     return fal
 
@@ -701,3 +702,20 @@ def test_a_failure_to_plan_the_copy_never_undoes_the_completion(
     avatar.refresh_from_db()
     assert avatar.status == "completed"
     assert Notification.objects.filter(training=training, kind=NotificationKind.READY).exists()
+
+
+def test_with_copying_off_files_wait_pending_and_nothing_is_fetched(
+    avatar_storage, completed, fal_files, settings
+):
+    from tests.support import queued_monitoring_tasks
+
+    settings.AVATAR_FILES_COPY = False
+    training = completed()
+    assert queued_monitoring_tasks() == []
+    assert files.keep(training.pk) == {} and files.sweep() == 0
+    assert fal_files.file_requests[training.fal_request_id] == 0
+    assert files.files_data(training)["state"] == "pending"
+
+    settings.AVATAR_FILES_COPY = True
+    assert files.sweep() == 1
+    assert run_queued_monitoring_tasks() == [{"lora": "kept", "config": "kept"}]

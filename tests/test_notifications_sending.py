@@ -137,11 +137,8 @@ def test_messages_are_queued_on_the_notifications_cluster_not_the_check_queue(
     _complete(training)
 
     queued = list(OrmQ.objects.all())
-    # The check queue gets the copy of the trained files (monitoring.files), not the message.
-    assert sorted((q.key, q.task["func"]) for q in queued) == [
-        (settings.Q_CLUSTER["name"], "monitoring.files.keep"),
-        (settings.NOTIFICATION_CLUSTER, "notifications.delivery.deliver"),
-    ]
+    assert [q.key for q in queued] == [settings.NOTIFICATION_CLUSTER]
+    assert queued[0].task["func"] == "notifications.delivery.deliver"
     assert settings.NOTIFICATION_CLUSTER != settings.Q_CLUSTER["name"]
     assert settings.NOTIFICATION_CLUSTER in settings.Q_CLUSTER["ALT_CLUSTERS"]
 
