@@ -107,7 +107,7 @@ class ConfirmRow:
 
     @property
     def url(self) -> str:
-        meta = self.obj._meta
+        meta = self.obj._meta.concrete_model._meta  # a proxy's rows live in its model's admin
         return reverse(
             f"admin:{meta.app_label}_{meta.model_name}_change", args=[quote(self.obj.pk)]
         )

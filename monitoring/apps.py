@@ -9,8 +9,8 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from monitoring import roles, totals, transitions
-        from monitoring.fal import webhooks  # noqa: F401
+        from monitoring import roles, totals
+        from monitoring.fal import deliveries  # noqa: F401 (the Delivery proxy model)
         from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
 
@@ -21,10 +21,6 @@ class MonitoringConfig(AppConfig):
         # The Support and Operators groups hold exactly what monitoring.roles says.
         post_migrate.connect(
             roles.sync_roles_after_migrate, sender=self, dispatch_uid="monitoring-roles"
-        )
-        # A webhook may arrive before the request id is saved; apply it once it is.
-        transitions.training_submitted.connect(
-            webhooks.apply_unmatched_deliveries, dispatch_uid="monitoring-unmatched-webhooks"
         )
         notification_signals.send_recorded.connect(
             totals.count_notification_send, dispatch_uid="monitoring-count-notification-sends"

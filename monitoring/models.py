@@ -8,6 +8,8 @@ only; nothing else writes ``Avatar.status``.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -146,6 +148,26 @@ class TrainingOutcome(models.TextChoices):
     NO_FAL_JOB = "no_fal_job", _("No job on fal (recorded by staff)")
 
 
+class TrainingQuerySet(models.QuerySet["Training"]):
+    """The questions asked of trainings, in the domain's words."""
+
+    def active(self) -> TrainingQuerySet:
+        return self.filter(finished_at__isnull=True)
+
+    def finished(self) -> TrainingQuerySet:
+        return self.filter(finished_at__isnull=False)
+
+    def due(self, now: datetime) -> TrainingQuerySet:
+        """Active and past ``next_check_at``: what the periodic check claims."""
+        return self.active().filter(next_check_at__lte=now)
+
+    def stuck(self) -> TrainingQuerySet:
+        return self.active().filter(stuck_since__isnull=False)
+
+    def for_request(self, request_id: str) -> TrainingQuerySet:
+        return self.filter(fal_request_id=request_id)
+
+
 class Training(models.Model):
     """One attempt at training an avatar on fal: its own request id, result and history.
 
@@ -224,6 +246,8 @@ class Training(models.Model):
     result_unavailable_since = models.DateTimeField(
         _("finished on fal, result not available since"), null=True, blank=True
     )
+
+    objects = TrainingQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("training")

@@ -182,7 +182,7 @@ def stuck_reason(training: Training, now: datetime) -> str:
     age = _minutes(now - cause.since)
     limit = _minutes(cause.limit)
     if cause.code == "result_unavailable":
-        return recovery.RESULT_UNAVAILABLE
+        return results.RESULT_UNAVAILABLE
     if cause.code == "submit_unknown":
         # What is being done about it (fal's record is searched), not a running count:
         # the reason changes only when what is done changes.

@@ -33,10 +33,10 @@ from django.utils.translation import gettext_lazy
 from monitoring import recovery, status_checks, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
+from monitoring.fal.outcome import FalOutcome
 from monitoring.models import (
     Avatar,
     AvatarStatus,
-    FalStatus,
     Language,
     Owner,
     Training,
@@ -201,28 +201,34 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
             return _("Cancelled (fal never returned a request id for it).")
         return _("Not cancelled: %s.") % outcome.detail
 
+    # Recorded before fal is asked: fal's failure that the cancel causes can arrive (by
+    # webhook or check) before fal has even answered us, and must read as the cancel.
+    transitions.request_cancel(training, source=source, actor=actor)
     try:
         answer = fal.cancel(training.endpoint, training.fal_request_id)
     except fal.FalAuthError as exc:
+        transitions.withdraw_cancel(training, source=source, actor=actor, reason=str(exc))
         outbox.queue_fal_account_alert(status_code=exc.status_code or 401, detail=exc.detail)
         return _("fal rejected the cancel (%(code)s): %(detail)s") % {
             "code": exc.status_code,
             "detail": exc.detail,
         }
     except fal.FalError as exc:
+        # It may have reached fal: the request stands, a failure now is the cancel.
         return _("fal did not answer the cancel (%s); try again.") % exc
 
     if answer == "CANCELLATION_REQUESTED":
-        transitions.request_cancel(training, source=source, actor=actor)
         return _(
             "Cancellation requested. The avatar becomes cancelled once a check confirms fal "
             "stopped the job (a job that completes anyway keeps its result)."
         )
     if answer == "ALREADY_COMPLETED":
-        # The next check records the real outcome (completed or failed) as usual.
-        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
-            next_check_at=timezone.now()
+        # It ended before our cancel reached fal: its real outcome stands, recorded by
+        # the next check as usual.
+        transitions.withdraw_cancel(
+            training, source=source, actor=actor, reason="fal had already finished the job"
         )
+        Training.objects.active().filter(pk=training.pk).update(next_check_at=timezone.now())
         return _("fal had already finished this job; the next check records its outcome.")
     outcome = transitions.cancel(
         training,
@@ -302,6 +308,7 @@ class _FalSays:
     report: fal.FalStatusReport | None = None
     result: dict | None = None
     item: platform.RecordItem | None = None
+    refused: fal.FalJobFailed | None = None  # the result fetch's 4xx: the job failed
     doubts: list[str] = field(default_factory=list)  # answers we could not get
 
     @property
@@ -334,6 +341,8 @@ def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
     ):
         try:
             says.result = fal.result(endpoint, request_id)
+        except fal.FalJobFailed as exc:
+            says.refused = exc
         except fal.FalError as exc:
             says.doubts.append(f"result: {exc}")  # the periodic check fetches it later
     return says
@@ -410,27 +419,15 @@ def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source:
             source=source,
         )
         return
-    if report is not None and report.error:
-        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=source)
-        transitions.finish_failed(
-            training,
-            error_message=report.error,
-            error_type=report.error_type or "fal_error",
-            source=source,
-            notify=notify,
-        )
-    elif says.result is not None and payloads.lora_urls(says.result) is not None:
-        lora_url, config_url = payloads.lora_urls(says.result) or ("", "")
-        results.complete_with_urls(
-            training,
-            lora_url=lora_url,
-            config_url=config_url,
-            result=says.result,
-            source=source,
-            notify=notify,
-        )
-    elif says.item is not None:
-        recovery.apply_record_item(training, says.item, via=source, notify=notify)
+    outcome = (
+        FalOutcome.from_queue(report, says.result, says.refused) if report is not None else None
+    )
+    if outcome is not None:
+        applied = results.apply(training, outcome, source=source, notify=notify)
+        if applied.look_next is None:
+            return
+    if says.item is not None:
+        results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
 
 
 def adopt_training(

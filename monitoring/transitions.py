@@ -61,10 +61,6 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
 }
 TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
 
-# Sent on commit after a request id is stored on a training, so that a webhook that
-# arrived before we saved the id (the start of a training races its own webhook)
-# can be applied. Receivers get ``training_id`` and ``request_id``.
-training_submitted = django.dispatch.Signal()
 # Sent inside the transaction that finishes a training (``outcome`` is the avatar's new
 # status) or flags it stuck, so that receivers (the API's event callbacks) write their
 # rows with the change or not at all. Receivers get ``training`` (with avatar and owner).
@@ -271,20 +267,22 @@ def record_submitted(
     """
     now = timezone.now()
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, fal_request_id__isnull=True, finished_at__isnull=True
-        ).update(
-            fal_request_id=request_id,
-            status_url=status_url,
-            response_url=response_url,
-            cancel_url=cancel_url,
-            fal_status=FalStatus.IN_QUEUE,
-            queue_position=queue_position,
-            gateway_request_id=gateway_request_id[:128],
-            submitted_at=now,
-            next_check_at=next_check_at or now,
-            check_failures=0,
-            last_check_error="",
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, fal_request_id__isnull=True)
+            .update(
+                fal_request_id=request_id,
+                status_url=status_url,
+                response_url=response_url,
+                cancel_url=cancel_url,
+                fal_status=FalStatus.IN_QUEUE,
+                queue_position=queue_position,
+                gateway_request_id=gateway_request_id[:128],
+                submitted_at=now,
+                next_check_at=next_check_at or now,
+                check_failures=0,
+                last_check_error="",
+            )
         )
         if not won:
             return False
@@ -296,11 +294,6 @@ def record_submitted(
             actor=actor,
             message=message,
             details={"request_id": request_id, "queue_position": queue_position, **(details or {})},
-        )
-        transaction.on_commit(
-            lambda: training_submitted.send(
-                sender=Training, training_id=training.pk, request_id=request_id
-            )
         )
     training.fal_request_id = request_id
     training.fal_status = FalStatus.IN_QUEUE
@@ -401,9 +394,11 @@ def record_fal_status(
     if fal_status == FalStatus.IN_PROGRESS and training.started_at is None:
         updates["started_at"] = now
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, fal_status=training.fal_status, finished_at__isnull=True
-        ).update(**updates)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, fal_status=training.fal_status)
+            .update(**updates)
+        )
         if not won:
             return False
         _event(
@@ -558,11 +553,13 @@ def fail(
     notify: bool = True,
     owner_message: str = "",
     staff_note: str = "",
+    fal_status: str | None = None,
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw).
 
     ``owner_message`` (an ``OwnerMessage``) is what the owner is told; without it the
-    table in ``monitoring.owner_messages`` picks it from ``error_type``.
+    table in ``monitoring.owner_messages`` picks it from ``error_type``. ``fal_status``
+    is recorded with it when fal ended the job (COMPLETED: fal has no FAILED).
     """
     chosen = owner_message or owner_messages.owner_message_for(error_type=error_type)
     outcome = _finish(
@@ -575,6 +572,7 @@ def fail(
             "result": result,
             "owner_message": chosen,
             "staff_note": staff_note,
+            **({"fal_status": fal_status} if fal_status else {}),
         },
         source=source,
         actor=actor,
@@ -635,6 +633,7 @@ def finish_failed(
             reason=error_message,
             details={**fal_answer, "cancel_requested": requested},
             notify=notify,
+            fal_status=FalStatus.COMPLETED,
         )
     return fail(
         training,
@@ -646,6 +645,7 @@ def finish_failed(
         actor=actor,
         owner_message=chosen,
         notify=notify,
+        fal_status=FalStatus.COMPLETED,
     )
 
 
@@ -657,13 +657,17 @@ def cancel(
     reason: str = "",
     details: dict[str, Any] | None = None,
     notify: bool = True,
+    fal_status: str | None = None,
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
     outcome = _finish(
         training,
         new_status=S.CANCELLED,
         outcome=TrainingOutcome.CANCELLED,
-        fields={"owner_message": OwnerMessage.CANCELLED},
+        fields={
+            "owner_message": OwnerMessage.CANCELLED,
+            **({"fal_status": fal_status} if fal_status else {}),
+        },
         source=source,
         actor=actor,
         message=reason,
@@ -684,12 +688,14 @@ def cancel(
 
 
 def request_cancel(training: Training, *, source: str, actor: Any = None) -> bool:
-    """Note that fal was asked to cancel; the avatar turns cancelled once a check confirms."""
+    """Note that fal is asked to cancel; fal's failure from now on is the cancel taking effect."""
     now = timezone.now()
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, cancel_requested_at__isnull=True
-        ).update(cancel_requested_at=now, next_check_at=now)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, cancel_requested_at__isnull=True)
+            .update(cancel_requested_at=now, next_check_at=now)
+        )
         if not won:
             return False
         _event(
@@ -700,6 +706,28 @@ def request_cancel(training: Training, *, source: str, actor: Any = None) -> boo
             actor=actor,
         )
     training.cancel_requested_at = now
+    return True
+
+
+def withdraw_cancel(training: Training, *, source: str, actor: Any = None, reason: str) -> bool:
+    """fal answered that it will not stop the job (refused, already finished): no cancel."""
+    with transaction.atomic():
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, cancel_requested_at__isnull=False)
+            .update(cancel_requested_at=None)
+        )
+        if not won:
+            return False
+        _event(
+            training.avatar_id,
+            EventKind.NOTE,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            message=f"cancel withdrawn: {reason}",
+        )
+    training.cancel_requested_at = None
     return True
 
 
@@ -718,9 +746,13 @@ def flag_stuck(
     """
     now = timezone.now()
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=True
-        ).update(stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, stuck_since__isnull=True)
+            .update(
+                stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1
+            )
+        )
         if not won:
             return False
         episode = (
@@ -760,9 +792,11 @@ def restate_stuck(training: Training, *, reason: str, source: str = EventSource.
     if training.stuck_reason == reason[:255]:
         return False
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=False
-        ).update(stuck_reason=reason[:255])
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, stuck_since__isnull=False)
+            .update(stuck_reason=reason[:255])
+        )
         if not won:
             return False
         _event(training.avatar_id, EventKind.NOTE, source, training_id=training.pk, message=reason)
@@ -779,9 +813,11 @@ def clear_stuck(
 ) -> bool:
     """Clear the stuck flag; ``extend_until`` keeps it from being raised again before then."""
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=False
-        ).update(stuck_since=None, stuck_reason="", stuck_deadline_extended_until=extend_until)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, stuck_since__isnull=False)
+            .update(stuck_since=None, stuck_reason="", stuck_deadline_extended_until=extend_until)
+        )
         if not won:
             return False
         _event(

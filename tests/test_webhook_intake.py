@@ -18,7 +18,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from fakes.fal_signing import WebhookSigner, delivery_body, lora_payload
-from monitoring.fal import signing_keys, views, webhooks
+from monitoring.fal import deliveries, signature, signing_keys, views
 from monitoring.models import (
     AvatarEvent,
     AvatarStatus,
@@ -103,9 +103,9 @@ def test_a_thousand_forged_requests_with_large_headers_grow_the_database_by_less
     assert kept.count() <= 2 * 60  # the run may straddle a minute boundary
     assert sum(RefusedWebhookCount.objects.values_list("count", flat=True)) == 1001
     row = kept.first()
-    assert set(row.headers) == set(webhooks.SIGNED_HEADERS)
+    assert set(row.headers) == set(signature.SIGNED_HEADERS)
     assert all(len(value) <= 128 for value in row.headers.values())
-    assert len(row.body.encode()) <= webhooks.EXCERPT_BYTES
+    assert len(row.body.encode()) <= deliveries.EXCERPT_BYTES
     assert row.body_size == len(body)
     assert len(row.body_sha256) == 64
 
@@ -212,14 +212,14 @@ def test_an_unmatched_one_megabyte_signed_delivery_keeps_64_kb_and_its_training_
     assert deliver(body).json() == {"outcome": "unmatched"}
 
     row = WebhookDelivery.objects.get()
-    assert len(row.body.encode()) <= webhooks.UNMATCHED_BODY_BYTES
+    assert len(row.body.encode()) <= deliveries.UNMATCHED_BODY_BYTES
     assert row.body_size == len(body) and len(row.body_sha256) == 64
 
     # The request id appears on a training: not applied from the excerpt, checked instead.
     avatar, training = training_avatar("req-later")
     Training.objects.filter(pk=training.pk).update(next_check_at=None)
     with django_capture_on_commit_callbacks(execute=False):
-        assert webhooks.apply_unmatched_deliveries(training_id=training.pk, request_id="req-later")
+        assert deliveries.sweep() == 1
 
     row.refresh_from_db()
     training.refresh_from_db()
@@ -236,7 +236,7 @@ def test_a_small_unmatched_delivery_is_kept_whole_and_applied_when_its_id_appear
     deliver(body)
     avatar, training = training_avatar("req-small")
 
-    webhooks.apply_unmatched_deliveries(training_id=training.pk, request_id="req-small")
+    assert deliveries.sweep() == 1
 
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED
@@ -362,8 +362,8 @@ def test_a_delivery_left_received_by_a_crash_is_processed_by_the_worker(
         body=delivery_body("req-other").decode(),
     )
 
-    assert webhooks.process_stranded() == 1
-    assert webhooks.process_stranded() == 0
+    assert deliveries.sweep() == 1
+    assert deliveries.sweep() == 0
 
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED
@@ -453,7 +453,7 @@ def test_the_worker_has_schedules_for_stranded_deliveries_and_refused_pruning():
 
     stranded = Schedule.objects.get(name=STRANDED_WEBHOOKS)
     assert (stranded.schedule_type, stranded.minutes) == (Schedule.MINUTES, 1)
-    assert import_string(stranded.func) is webhooks.process_stranded
+    assert import_string(stranded.func) is deliveries.sweep
     pruning = Schedule.objects.get(name=PRUNE_REFUSED_WEBHOOKS)
     assert pruning.schedule_type == Schedule.HOURLY
     assert import_string(pruning.func) is retention.prune_refused_webhooks

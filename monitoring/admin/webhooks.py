@@ -3,7 +3,7 @@
 Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
 nothing here edits them; staff can only re-process a verified one, after a page that
 lists which of the selected will and will not be re-processed and why, which goes
-through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions
+through ``Delivery.reprocess`` (monitoring.fal.deliveries) and therefore through the transitions
 (permission ``monitoring.recheck_avatar``).
 """
 
@@ -31,7 +31,7 @@ from avatarsite.admin_base import (
 )
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
-from monitoring.fal import webhooks
+from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
@@ -135,7 +135,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
 
     @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries…"))
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]):
-        deliveries = list(queryset.order_by("received_at", "pk"))
+        deliveries = list(Delivery.objects.filter(pk__in=queryset).order_by("received_at", "pk"))
         if not is_confirmed(request):
             return confirmation_page(
                 self,
@@ -150,7 +150,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
                     ConfirmRow(
                         delivery,
                         label=delivery.request_id or delivery.header_request_id,
-                        why_not=webhooks.why_not_reprocess(delivery),
+                        why_not=delivery.why_not_reprocess(),
                         state=str(delivery.get_outcome_display()),
                     )
                     for delivery in deliveries
@@ -159,7 +159,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
         for delivery in deliveries:
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
             try:
-                outcome = webhooks.reprocess(delivery, actor=request.user)
+                outcome = delivery.reprocess(actor=request.user)
             except ValueError as exc:
                 self.message_user(
                     request,

@@ -221,7 +221,7 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
             return FalJobFailed(
                 detail,
                 status_code=code,
-                error_type=exc.error_type or f"http_{code}",
+                error_type=exc.error_type or "",
                 detail_types=tuple(owner_messages.detail_types({"detail": exc.message})),
             )
         return FalTransient(f"unexpected answer: {detail}", status_code=code)
