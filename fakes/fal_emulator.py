@@ -104,6 +104,8 @@ class JobScript:
     # What a cancel does to a job that has not finished: "error" (it ends COMPLETED
     # with an error), "gone" (status answers 404 afterwards), "ignore" (it completes anyway).
     on_cancel: str = "error"
+    # The code of the failure a cancel ends in (fal: client_cancelled; None: no code).
+    cancel_error_type: str | None = "client_cancelled"
     logs: tuple[str, ...] = ("Preparing images", "Training step 100/1000", "Training step 900/1000")
     deliver_webhook: bool = True
     # A custom result payload (default: a LoRA and its config as fal File objects).
@@ -134,6 +136,7 @@ class Job:
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
     finished_at: float | None = None  # forced end (finish() or cancel)
     forced_error: tuple[str, str | None] | None = None
+    forced_status: int | None = None  # the HTTP status of a forced failure (a cancel: 499)
     cancelled: bool = False
     gone: bool = False
     webhook_sent: bool = False
@@ -171,6 +174,21 @@ class Job:
         if self.script.error is not None:
             return self.script.error, self.script.error_type
         return None
+
+    def error_answer(self) -> tuple[int, dict[str, Any]] | None:
+        """fal's answer for a failed job, the same on every path (result, webhook, record):
+        a 422 with a typed ``detail`` list for the model's errors (the owner's photos),
+        a flat ``{"detail", "error_type"}`` for fal's own failures (shared/fal-facts.md)."""
+        failure = self.failure()
+        if failure is None:
+            return None
+        message, error_type = failure
+        status = self.forced_status or self.script.result_status
+        if status == 422:
+            return 422, {
+                "detail": [{"loc": ["body"], "msg": message, "type": error_type or "value_error"}]
+            }
+        return status, {"detail": message, "error_type": error_type}
 
 
 class FalEmulator:
@@ -512,13 +530,13 @@ class FalEmulator:
         return sent, min(sent + job.script.queue_seconds, end), end
 
     def _record_status(self, job: Job) -> int:
-        return 200 if job.failure() is None else job.script.result_status
+        answer = job.error_answer()
+        return 200 if answer is None else answer[0]
 
     def _record_item(self, job: Job, *, expand: bool) -> dict[str, Any]:
         times = self._record_times(job)
         assert times is not None
         sent, started, end = times
-        failure = job.failure()
         code = self._record_status(job)
         item: dict[str, Any] = {
             "request_id": job.request_id,
@@ -531,25 +549,17 @@ class FalEmulator:
         }
         if expand and job.script.record_payload:
             item["json_input"] = job.payload
-            if failure is None:
-                item["json_output"] = self._result_payload(job)
-            else:
-                message, error_type = failure
-                item["json_output"] = {
-                    "detail": [{"msg": message, "type": error_type or "value_error"}]
-                }
+            answer = job.error_answer()
+            item["json_output"] = self._result_payload(job) if answer is None else answer[1]
         return item
 
     def _webhook_body(self, job: Job) -> bytes:
-        failure = job.failure()
-        if failure is None:
+        answer = job.error_answer()
+        if answer is None:
             return delivery_body(job.request_id, payload=self._result_payload(job))
-        message, _error_type = failure
+        status, body = answer
         return delivery_body(
-            job.request_id,
-            status="ERROR",
-            error=f"Invalid status code: {job.script.result_status}",
-            payload={"detail": [{"msg": message, "type": "value_error"}]},
+            job.request_id, status="ERROR", error=f"Invalid status code: {status}", payload=body
         )
 
     # --- webhooks ---------------------------------------------------------------------
@@ -810,7 +820,11 @@ class _Responder:
             job.cancelled = True
             if job.script.on_cancel == "error":
                 job.finished_at = time.monotonic()
-                job.forced_error = ("Request was cancelled by the user", "request_cancelled")
+                job.forced_error = (
+                    "Request was cancelled by the user",
+                    job.script.cancel_error_type,
+                )
+                job.forced_status = 499
             elif job.script.on_cancel == "gone":
                 job.gone = True
             return 202, {"status": "CANCELLATION_REQUESTED"}, 0.0
@@ -882,15 +896,9 @@ class _Responder:
                     ]
                     return code, {"detail": detail}, 0.0
                 return code, _error_body(code), 0.0
-            failure = job.failure()
-            if failure is not None:
-                message, error_type = failure
-                if job.script.result_status == 422:
-                    detail = [
-                        {"loc": ["body"], "msg": message, "type": error_type or "value_error"}
-                    ]
-                    return 422, {"detail": detail}, 0.0
-                return job.script.result_status, {"detail": message, "error_type": error_type}, 0.0
+            answer = job.error_answer()
+            if answer is not None:
+                return answer[0], answer[1], 0.0
             return 200, emulator._result_payload(job), 0.0
 
 
