@@ -50,42 +50,15 @@ STRANDED_AFTER = timedelta(seconds=15)
 SWEEP_BATCH = 100
 # Acted on: the same signature again is a replay. FAILED, REJECTED and RECEIVED are
 # left out, so fal's retry of a delivery we failed to process is processed.
-ACCEPTED_OUTCOMES = (
-    WebhookOutcome.APPLIED,
-    WebhookOutcome.ALREADY_DONE,
-    WebhookOutcome.UNMATCHED,
-    WebhookOutcome.DEFERRED,
-)
-REPROCESSABLE_OUTCOMES = (
-    WebhookOutcome.FAILED,
-    WebhookOutcome.UNMATCHED,
-    WebhookOutcome.DEFERRED,
-    WebhookOutcome.RECEIVED,
-)
+_O = WebhookOutcome
+ACCEPTED_OUTCOMES = (_O.APPLIED, _O.ALREADY_DONE, _O.UNMATCHED, _O.DEFERRED)
+REPROCESSABLE_OUTCOMES = (_O.FAILED, _O.UNMATCHED, _O.DEFERRED, _O.RECEIVED)
 # What finishing a training reads (transitions, outbox, owner message, API callback):
 # a field left out costs a query of its own (tests/test_webhooks_statements.py).
-_LOOKUP_FIELDS = (
-    "avatar_id",
-    "fal_request_id",
-    "endpoint",
-    "fal_status",
-    "finished_at",
-    "outcome",
-    "owner_message",
-    "stuck_since",
-    "stuck_reason",
-    "error_type",
-    "error_message",
-    "gateway_request_id",
-    "cancel_requested_at",
-    "avatar__owner_id",
-    "avatar__name",
-    "avatar__training_type",
-    "avatar__status",
-    "avatar__current_training_id",
-    "avatar__owner__telegram_id",
-    "avatar__owner__language",
-)
+_LOOKUP_FIELDS = """avatar_id fal_request_id endpoint fal_status finished_at outcome owner_message
+    stuck_since stuck_reason error_type error_message gateway_request_id cancel_requested_at
+    avatar__owner_id avatar__name avatar__training_type avatar__status avatar__current_training_id
+    avatar__owner__telegram_id avatar__owner__language""".split()
 
 
 class _ProcessedElsewhere(Exception):
