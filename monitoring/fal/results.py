@@ -61,12 +61,13 @@ def apply(
 ) -> Applied:
     """Finish (or flag, or defer) ``training`` from what fal said; idempotent."""
     details = {"answered_by": outcome.answered_by.value, **(details or {})}
+    step = _Applying(training, outcome, source, actor, notify, details)
     if outcome.kind == Kind.FAILED:
-        applied = _failed(training, outcome, source, actor, notify, details)
+        applied = step.failed()
     elif outcome.kind == Kind.SUCCEEDED:
-        applied = _succeeded(training, outcome, source, actor, notify, details)
+        applied = step.succeeded()
     else:
-        applied = _without_lora(training, outcome, source, actor, notify, details)
+        applied = step.without_lora()
     # After the transition, never before: a transition locks the avatar row and then
     # the training's, as the periodic check does; writing the training first would
     # take them in the other order and deadlock with a racing check.
@@ -74,80 +75,73 @@ def apply(
     return applied
 
 
-def _failed(
-    training: Training,
-    outcome: FalOutcome,
-    source: str,
-    actor: Any,
-    notify: bool,
-    details: dict[str, Any],
-) -> Applied:
-    # Cancelled when a cancel was requested; otherwise the owner's message comes from
-    # fal's machine-readable fields. fal's error body stays on the timeline for staff.
-    if isinstance(outcome.result, dict):
-        details = {**outcome.result, **details}
-    finished = transitions.finish_failed(
-        training,
-        error_message=outcome.message,
-        error_type=outcome.error_type,
-        http_status=outcome.http_status,
-        detail_type_list=outcome.detail_types,
-        details=details,
-        result=outcome.result,
-        source=source,
-        actor=actor,
-        notify=notify,
-    )
-    if not finished.changed:
-        return Applied(False, finished.detail)
-    return Applied(True, f"{finished.status}: {outcome.error_type}: {outcome.message}"[:500])
+@dataclass(frozen=True)
+class _Applying:
+    training: Training
+    outcome: FalOutcome
+    source: str
+    actor: Any
+    notify: bool
+    details: dict[str, Any]
 
-
-def _succeeded(
-    training: Training,
-    outcome: FalOutcome,
-    source: str,
-    actor: Any,
-    notify: bool,
-    details: dict[str, Any],
-) -> Applied:
-    """Both URLs judged by one rule (``payloads.check_media_url``) before anyone hears "ready".
-
-    An https URL outside FAL_MEDIA_ALLOWED_HOSTS flags the training for staff and tells
-    the owner nothing; anything not https fails it, with a staff alert.
-    """
-    unsafe = payloads.unsafe_result_url(outcome.lora_url, outcome.config_url)
-    if unsafe is None:
-        finished = transitions.complete(
-            training,
-            lora_url=outcome.lora_url,
-            config_url=outcome.config_url,
-            result=outcome.result,
-            source=source,
-            actor=actor,
+    def failed(self) -> Applied:
+        # Cancelled when a cancel was requested; otherwise the owner's message comes
+        # from fal's machine-readable fields. fal's error body stays on the timeline.
+        outcome = self.outcome
+        details = self.details
+        if isinstance(outcome.result, dict):
+            details = {**outcome.result, **details}
+        finished = transitions.finish_failed(
+            self.training,
+            error_message=outcome.message,
+            error_type=outcome.error_type,
+            http_status=outcome.http_status,
+            detail_type_list=outcome.detail_types,
             details=details,
-            notify=notify,
+            result=outcome.result,
+            source=self.source,
+            actor=self.actor,
+            notify=self.notify,
         )
-        return Applied(finished.changed, "completed" if finished.changed else finished.detail)
-    verdict, url = unsafe
-    shown = url[:300]
-    if verdict == MediaUrl.FOREIGN_HOST:
-        flagged = transitions.flag_stuck(
-            training, reason=FOREIGN_HOST_REASON + shown, source=source, details=details
+        if not finished.changed:
+            return Applied(False, finished.detail)
+        return Applied(True, f"{finished.status}: {outcome.error_type}: {outcome.message}"[:500])
+
+    def succeeded(self) -> Applied:
+        """Both URLs judged by one rule (``payloads.check_media_url``) before "ready".
+
+        An https URL outside FAL_MEDIA_ALLOWED_HOSTS flags the training for staff and
+        tells the owner nothing; anything not https fails it, with a staff alert.
+        """
+        outcome, training = self.outcome, self.training
+        unsafe = payloads.unsafe_result_url(outcome.lora_url, outcome.config_url)
+        if unsafe is None:
+            finished = transitions.complete(
+                training,
+                lora_url=outcome.lora_url,
+                config_url=outcome.config_url,
+                result=outcome.result,
+                source=self.source,
+                actor=self.actor,
+                details=self.details,
+                notify=self.notify,
+            )
+            return Applied(finished.changed, "completed" if finished.changed else finished.detail)
+        verdict, url = unsafe
+        shown = url[:300]
+        if verdict == MediaUrl.FOREIGN_HOST:
+            reason = FOREIGN_HOST_REASON + shown
+            flagged = transitions.flag_stuck(
+                training, reason=reason, source=self.source, details=self.details
+            )
+            return Applied(flagged, f"result URL on a foreign host, flagged stuck: {shown}")
+        finished = self._fail(
+            f"fal's result URL is not https and was refused: {shown}",
+            UNSAFE_URL_ERROR_TYPE,
+            url=url[:2048],
         )
-        return Applied(flagged, f"result URL on a foreign host, flagged stuck: {shown}")
-    finished = transitions.fail(
-        training,
-        error_message=f"fal's result URL is not https and was refused: {shown}",
-        error_type=UNSAFE_URL_ERROR_TYPE,
-        details={**details, "url": url[:2048]},
-        result=outcome.result,
-        fal_status=FalStatus.COMPLETED,
-        source=source,
-        actor=actor,
-        notify=notify,
-    )
-    if finished.changed:
+        if not finished.changed:
+            return Applied(False, finished.detail)
         outbox.queue_unsafe_result_alert(
             training_id=training.pk,
             avatar_id=training.avatar_id,
@@ -156,44 +150,39 @@ def _succeeded(
             url=url,
         )
         return Applied(True, f"result URL is not https, training failed: {shown}")
-    return Applied(False, finished.detail)
 
+    def without_lora(self) -> Applied:
+        """Finished without an error, and this answer has no LoRA file: look further.
 
-def _without_lora(
-    training: Training,
-    outcome: FalOutcome,
-    source: str,
-    actor: Any,
-    notify: bool,
-    details: dict[str, Any],
-) -> Applied:
-    """Finished without an error, and this answer has no LoRA file: look further.
+        The webhook's payload may be missing or cut (fal could not serialise it): the
+        queue is asked. The queue's result may lack it: fal's record is asked. Only the
+        record decides: a payload without a LoRA fails the training; no payload at all
+        (fal did not store it) flags it for staff, and the owner is told nothing.
+        """
+        answered_by = self.outcome.answered_by
+        if answered_by == AnsweredBy.WEBHOOK:
+            return _defer_to_queue_check(self.training)
+        if answered_by == AnsweredBy.QUEUE:
+            why = "fal's result has no LoRA file: fal's record decides"
+            return Applied(False, why, AnsweredBy.RECORD)
+        if not self.outcome.has_payload:
+            return _result_unavailable(self.training, self.source)
+        message = "fal's result has no LoRA file (diffusers_lora_file)"
+        finished = self._fail(message, NO_LORA_ERROR_TYPE)
+        return Applied(finished.changed, "result without a LoRA file")
 
-    The webhook's payload may be missing or cut (fal could not serialise it): the
-    queue is asked. The queue's result may lack it: fal's record is asked. Only the
-    record decides: a payload without a LoRA fails the training; no payload at all
-    (fal did not store it) flags it for staff, and the owner is told nothing.
-    """
-    if outcome.answered_by == AnsweredBy.WEBHOOK:
-        return _defer_to_queue_check(training)
-    if outcome.answered_by == AnsweredBy.QUEUE:
-        return Applied(
-            False, "fal's result has no LoRA file: fal's record decides", AnsweredBy.RECORD
+    def _fail(self, message: str, error_type: str, **details: Any) -> transitions.Outcome:
+        return transitions.fail(
+            self.training,
+            error_message=message,
+            error_type=error_type,
+            details={**self.details, **details},
+            result=self.outcome.result,
+            fal_status=FalStatus.COMPLETED,
+            source=self.source,
+            actor=self.actor,
+            notify=self.notify,
         )
-    if not outcome.has_payload:
-        return _result_unavailable(training, source)
-    finished = transitions.fail(
-        training,
-        error_message="fal's result has no LoRA file (diffusers_lora_file)",
-        error_type=NO_LORA_ERROR_TYPE,
-        result=outcome.result,
-        details=details,
-        fal_status=FalStatus.COMPLETED,
-        source=source,
-        actor=actor,
-        notify=notify,
-    )
-    return Applied(finished.changed, "result without a LoRA file")
 
 
 def _result_unavailable(training: Training, source: str) -> Applied:
