@@ -285,6 +285,21 @@ FAL_OUTAGE_ERROR_SHARE = env_float("FAL_OUTAGE_ERROR_SHARE", 0.5, minimum=0.01)
 FAL_OUTAGE_MIN_CALLS = env_int("FAL_OUTAGE_MIN_CALLS", 20, minimum=1)
 FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=1)
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
+# Self-healing (docs/fal.md, "Retries and deadlines"): fal's own failures start a new
+# attempt with the same input, at most this many times per avatar in a row.
+TRAINING_AUTO_RETRY_MAX = env_int("TRAINING_AUTO_RETRY_MAX", 2, minimum=0, maximum=10)
+# Staff hear once per episode when this share of the last hour's ended attempts were
+# retried (with more than 5 of them).
+AUTO_RETRY_ALERT_RATIO = env_float("AUTO_RETRY_ALERT_RATIO", 0.2, minimum=0.01)
+# fal's start deadline for a job (X-Fal-Request-Timeout), 0 = off: on an account that
+# runs 2 trainings at once a long queue is normal. A job not started in time is fal's
+# failure (retried).
+TRAINING_START_TIMEOUT_SECONDS = env_int("TRAINING_START_TIMEOUT_SECONDS", 0, minimum=0)
+if 0 < TRAINING_START_TIMEOUT_SECONDS < 10:
+    raise ImproperlyConfigured("TRAINING_START_TIMEOUT_SECONDS must be 0 (off) or at least 10")
+# A run longer than this is cancelled on fal and retried once fal confirms it ended.
+TRAINING_MAX_RUN_MINUTES_PORTRAIT = env_int("TRAINING_MAX_RUN_MINUTES_PORTRAIT", 180, minimum=1)
+TRAINING_MAX_RUN_MINUTES_STYLE = env_int("TRAINING_MAX_RUN_MINUTES_STYLE", 90, minimum=1)
 # The dashboard and the stuck list reload themselves this often (0 = never).
 ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
 

@@ -117,6 +117,9 @@ class JobScript:
     lose_submit_answer: bool = False
     # fal's record lists the job without json_input/json_output (payload storage off).
     record_payload: bool = True
+    # Only the first N jobs with the same input fail with ``error``; later ones succeed
+    # (0: every job fails). fal's own failures are often gone at the next attempt.
+    fail_first: int = 0
 
 
 def _merge(script: JobScript, changes: dict[str, Any]) -> JobScript:
@@ -143,12 +146,22 @@ class Job:
     # Wall-clock times for fal's record: (sent, started, ended) in Unix seconds, for
     # jobs written straight into the record (``add_record``).
     record_times: tuple[float, float, float] | None = None
+    # Which job with this input it is (1 for the first), for ``fail_first``.
+    nth_of_input: int = 1
+    # The start deadline sent with the submit (X-Fal-Request-Timeout), in seconds.
+    start_deadline: float | None = None
+
+    def _missed_start(self) -> bool:
+        """fal ends a job that did not start within its start deadline (504, type user)."""
+        return self.start_deadline is not None and self.script.queue_seconds > self.start_deadline
 
     def ended(self) -> float | None:
         """When the job ended (monotonic), None while it runs."""
         if self.finished_at is not None:
             return self.finished_at
         end = self.submitted_at + self.script.queue_seconds + self.script.run_seconds
+        if self._missed_start():
+            end = self.submitted_at + (self.start_deadline or 0.0)
         return end if end <= time.monotonic() else None
 
     def forgotten(self) -> bool:
@@ -162,6 +175,8 @@ class Job:
             return "COMPLETED"
         now = time.monotonic() if now is None else now
         elapsed = now - self.submitted_at
+        if self._missed_start() and elapsed >= (self.start_deadline or 0.0):
+            return "COMPLETED"
         if elapsed < self.script.queue_seconds:
             return "IN_QUEUE"
         if elapsed < self.script.queue_seconds + self.script.run_seconds:
@@ -171,7 +186,11 @@ class Job:
     def failure(self) -> tuple[str, str | None] | None:
         if self.forced_error is not None:
             return self.forced_error
-        if self.script.error is not None:
+        if self._missed_start():
+            return "Request timed out before it started", "request_timeout"
+        if self.script.error is not None and not (
+            self.script.fail_first and self.nth_of_input > self.script.fail_first
+        ):
             return self.script.error, self.script.error_type
         return None
 
@@ -183,7 +202,7 @@ class Job:
         if failure is None:
             return None
         message, error_type = failure
-        status = self.forced_status or self.script.result_status
+        status = self.forced_status or (504 if self._missed_start() else self.script.result_status)
         if status == 422:
             return 422, {
                 "detail": [{"loc": ["body"], "msg": message, "type": error_type or "value_error"}]
@@ -339,6 +358,7 @@ class FalEmulator:
             self.default_script = JobScript()
             self._matchers: list[tuple[Callable[[dict], bool], JobScript]] = []
             self.submissions: list[dict] = []
+            self._jobs_per_input: Counter[str] = Counter()
             self.status_calls: Counter[str] = Counter()
             self.result_calls: Counter[str] = Counter()
             self.cancel_calls: Counter[str] = Counter()
@@ -484,12 +504,15 @@ class FalEmulator:
                 script = candidate
         if self.script_from_input:
             script = _demo_script(payload)
+        key = json.dumps(payload, sort_keys=True)
+        self._jobs_per_input[key] += 1
         job = Job(
             request_id=str(uuid.uuid4()),
             endpoint=endpoint,
             payload=payload,
             webhook_url=webhook_url,
             script=script,
+            nth_of_input=self._jobs_per_input[key],
         )
         self.jobs[job.request_id] = job
         if webhook_url:
@@ -723,13 +746,21 @@ class _Responder:
         webhook = request.query.get("fal_webhook", [None])[0]
         with emulator._lock:
             emulator.submissions.append(
-                {"endpoint": endpoint, "payload": payload, "webhook_url": webhook}
+                {
+                    "endpoint": endpoint,
+                    "payload": payload,
+                    "webhook_url": webhook,
+                    "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
+                }
             )
             refusal = emulator._submit_refusals.pop(0) if emulator._submit_refusals else None
             latency = emulator.submit_latency
             if refusal is not None:
                 return refusal[0], refusal[1], latency
             job = emulator._create_job(endpoint, payload, webhook)
+            deadline = request.headers.get("x-fal-request-timeout")
+            if deadline and deadline.replace(".", "", 1).isdigit():
+                job.start_deadline = float(deadline)
         if job.script.lose_submit_answer:
             return DROP_CONNECTION, None, latency
         body = {

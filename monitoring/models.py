@@ -65,6 +65,8 @@ class FalStatus(models.TextChoices):
     """The sub-state of an avatar in ``training``: ours before fal answers, then fal's."""
 
     SUBMITTING = "SUBMITTING", _("Submitting")
+    # An automatic retry's attempt, created with fal's failure and sent by the worker.
+    NOT_SENT = "NOT_SENT", _("Waiting to be sent")
     IN_QUEUE = "IN_QUEUE", _("In queue")
     IN_PROGRESS = "IN_PROGRESS", _("In progress")
     COMPLETED = "COMPLETED", _("Completed on fal")
@@ -146,6 +148,8 @@ class TrainingOutcome(models.TextChoices):
     # A submit whose answer was lost, searched for in fal's record until the give-up
     # time, then closed by an Operator's "fal has no such job": nothing to follow.
     NO_FAL_JOB = "no_fal_job", _("No job on fal (recorded by staff)")
+    # fal's own failure, followed at once by a new attempt with the same input.
+    RETRIED = "retried", _("Retried automatically")
 
 
 class TrainingQuerySet(models.QuerySet["Training"]):
@@ -234,6 +238,14 @@ class Training(models.Model):
         _("stuck checks paused until"), null=True, blank=True
     )
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    # Deadlines (docs/fal.md): the start deadline this attempt was sent with, and when
+    # our run deadline asked fal to cancel it (not a staff cancel: it is retried).
+    start_deadline_seconds = models.PositiveIntegerField(
+        _("start deadline sent (s)"), null=True, blank=True
+    )
+    deadline_cancel_at = models.DateTimeField(
+        _("cancelled by the run deadline"), null=True, blank=True
+    )
 
     # fal's own record (monitoring.recovery): a submit whose answer was lost is looked
     # up there from this moment on; after FAL_LOST_SUBMIT_GIVE_UP_HOURS staff are told
@@ -305,6 +317,7 @@ class EventKind(models.TextChoices):
     CANCEL_REQUESTED = "cancel_requested", _("Cancel requested")
     RECHECK_REQUESTED = "recheck_requested", _("Re-check requested")
     NOTE = "note", _("Note")
+    RETRIED = "retried", _("Retried automatically")
 
 
 class AvatarEvent(models.Model):

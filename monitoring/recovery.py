@@ -36,7 +36,7 @@ from django.utils import timezone
 from monitoring import transitions
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import FalOutcome
-from monitoring.models import EventSource, Training
+from monitoring.models import EventSource, FalStatus, Training
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")
@@ -106,6 +106,8 @@ def is_lost_submit(training: Training, now: datetime) -> bool:
     """A submit with no request id whose answer was lost, or whose process died."""
     if training.finished_at is not None or training.fal_request_id:
         return False
+    if training.fal_status == FalStatus.NOT_SENT:
+        return False  # an automatic retry waiting for the worker: nothing was sent
     if training.submit_unknown_since is not None:
         return True
     # No process answers a submit for this long (FAL_SUBMIT_TIMEOUT_SECONDS is far less).

@@ -44,6 +44,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from monitoring import recovery, restore, stuck, totals, transitions
 from monitoring.fal import client as fal
@@ -90,6 +91,10 @@ _LOADED_FIELDS = (
     "submit_unknown_since",
     "lost_submit_given_up_at",
     "result_unavailable_since",
+    # Read by the outcome path (retries and deadlines).
+    "attempt",
+    "start_deadline_seconds",
+    "deadline_cancel_at",
 )
 
 
@@ -278,6 +283,10 @@ class _Batch:
         # fal errors by class, added to the running totals once per batch (/metrics).
         self.fal_errors: collections.Counter[str] = collections.Counter()
         self.account_alerted = False
+        # Network work a check decides on but never does itself (a task each, after
+        # the batch): send an automatic retry whose hand-over was lost, cancel a run
+        # past its limit.
+        self.tasks: list[tuple[str, int]] = []
         # fal's record is asked one training after another, after the queue's answers:
         # bounded so that a batch of forgotten results (after a long outage of ours)
         # cannot run past the task's timeout; the rest are asked at the next check.
@@ -298,6 +307,10 @@ class _Batch:
                 return report
             report.checked = False
             report.summary = "waiting for fal's answer to the submit"
+            if training.fal_status == FalStatus.NOT_SENT:
+                report.summary = "automatic retry, waiting to be sent"
+                if self.now - training.created_at >= _interval():
+                    self.tasks.append(("monitoring.tasks.send_attempt", training.pk))
             return report
         if seen.skipped:
             report.checked = False
@@ -343,6 +356,9 @@ class _Batch:
             self.moved.append(training)
         if training.cancel_requested_at:
             report.summary += "; cancellation requested, fal has not stopped it yet"
+        if stuck.past_run_limit(training, self.now):
+            report.summary += "; past its run limit: cancelling it on fal"
+            self.tasks.append(("monitoring.tasks.cancel_for_deadline", training.pk))
         self._ok(training)
 
     def _completed(self, training: Training, seen: _Seen, report: CheckReport) -> None:
@@ -490,6 +506,8 @@ class _Batch:
     # -- the routine writes, a few queries per batch --
 
     def flush(self) -> None:
+        for task, training_id in self.tasks:
+            async_task(task, training_id, task_name=f"{task.rsplit('.', 1)[-1]} {training_id}")
         for error_class, count in self.fal_errors.items():
             totals.add("fal_errors", {"class": error_class}, count)
         active = Training.objects.active()
@@ -784,8 +802,6 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     if len(batches) <= 1:
         check_batch(ids, run.pk, run_start)
     else:
-        from django_q.tasks import async_task
-
         for batch in batches:
             async_task(
                 "monitoring.tasks.check_batch",

@@ -30,13 +30,15 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import recovery, status_checks, transitions
+from monitoring import recovery, status_checks, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.fal.outcome import FalOutcome
 from monitoring.models import (
     Avatar,
     AvatarStatus,
+    EventSource,
+    FalStatus,
     Language,
     Owner,
     Training,
@@ -44,6 +46,7 @@ from monitoring.models import (
     UnknownFalRequest,
 )
 from notifications import outbox
+from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
@@ -117,21 +120,50 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
     )
     if not begun.changed:
         return begun
-    training = begun.training
-    assert training is not None
+    assert begun.training is not None
+    return send(begun.training, source=source, actor=actor)
 
+
+def send(training: Training, *, source: str, actor: Any = None) -> transitions.Outcome:
+    """Send one attempt to fal, exactly once: a new start (SUBMITTING) or an automatic
+    retry (NOT_SENT, claimed here so that two workers never both send it)."""
+    avatar = training.avatar
+    retry = training.fal_status == FalStatus.NOT_SENT
+    fields: dict[str, Any] = {"fal_status": FalStatus.SUBMITTING}
+    if settings.TRAINING_START_TIMEOUT_SECONDS:
+        fields["start_deadline_seconds"] = settings.TRAINING_START_TIMEOUT_SECONDS
+    claimed = (
+        Training.objects.active()
+        .filter(pk=training.pk, fal_status=training.fal_status, fal_request_id__isnull=True)
+        .update(**fields)
+    )
+    if not claimed:
+        return transitions.Outcome(False, avatar.status, "already sent", training)
+    for name, value in fields.items():
+        setattr(training, name, value)
     try:
         answer = fal.submit(training)
     except (fal.FalRefused, fal.FalAuthError) as exc:
         if exc.status_code in (401, 403):
             outbox.queue_fal_account_alert(status_code=exc.status_code, detail=exc.detail)
         code = f"http_{exc.status_code}" if exc.status_code else "not_sent"
-        refused = transitions.refuse_submit(
-            training, error_type=code, error_message=exc.detail, source=source, actor=actor
-        )
         logger.warning(
             "fal refused the training of avatar %s (%s): %s", avatar.pk, code, exc.detail
         )
+        if retry:
+            # fal failed the attempt before and refuses the retry: that failure stands.
+            refused = transitions.fail(
+                training,
+                error_message=f"the automatic retry was refused by fal: {exc.detail}",
+                error_type=code,
+                owner_message=OwnerMessage.TECHNICAL,
+                source=source,
+                actor=actor,
+            )
+        else:
+            refused = transitions.refuse_submit(
+                training, error_type=code, error_message=exc.detail, source=source, actor=actor
+            )
         return transitions.Outcome(
             refused.changed,
             refused.status,
@@ -239,6 +271,47 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if outcome.changed:
         return _("Cancelled: fal does not know this request any more.")
     return _("Not cancelled: %s.") % outcome.detail
+
+
+def cancel_for_deadline(training: Training) -> str:
+    """Cancel on fal a run past its limit (``stuck.run_limit``): the deadline's cancel.
+
+    Not staff's: fal's failure that it causes is retried like fal's own (``results``);
+    a job that completes anyway keeps its result; a cancel fal does not confirm leaves
+    the training flagged for staff, never retried.
+    """
+    now = timezone.now()
+    won = (
+        Training.objects.active()
+        .filter(pk=training.pk, deadline_cancel_at__isnull=True, cancel_requested_at__isnull=True)
+        .update(deadline_cancel_at=now, next_check_at=now)
+    )
+    if not won:
+        return "already being cancelled"
+    training.deadline_cancel_at = now
+    minutes = int(stuck.run_limit(training).total_seconds() // 60)
+    transitions.record_note(
+        training,
+        message=f"run deadline passed ({minutes} min): cancelling on fal, retried once fal confirms",
+        source=EventSource.SYSTEM,
+        details={"code": "run_deadline", "minutes": minutes},
+    )
+    try:
+        answer = fal.cancel(training.endpoint, training.fal_request_id or "")
+    except fal.FalError as exc:
+        answer = f"no answer ({exc})"
+    if answer == "CANCELLATION_REQUESTED":
+        return answer
+    # Not confirmed: the deadline's cancel is withdrawn, so nothing retries it.
+    Training.objects.filter(pk=training.pk).update(deadline_cancel_at=None)
+    training.deadline_cancel_at = None
+    if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
+        transitions.restate_stuck(
+            training,
+            reason=f"run deadline passed ({minutes} min); fal did not confirm the cancel: {answer}",
+            source=EventSource.SYSTEM,
+        )
+    return answer
 
 
 def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:

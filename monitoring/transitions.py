@@ -66,6 +66,9 @@ TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
 # rows with the change or not at all. Receivers get ``training`` (with avatar and owner).
 training_finished = django.dispatch.Signal()
 training_flagged_stuck = django.dispatch.Signal()
+# Sent inside the transaction that retries an attempt; receivers get ``training`` (the
+# attempt that failed, with avatar and owner) and ``retry`` (the new attempt).
+training_retried = django.dispatch.Signal()
 
 
 class InvalidTransition(Exception):
@@ -592,6 +595,87 @@ def fail(
     return outcome
 
 
+def cancel_was_requested(training: Training) -> bool:
+    """Whether staff asked fal to stop this attempt (read again: it may be recorded by
+    another process while fal's failure is on its way)."""
+    return training.cancel_requested_at is not None or (
+        Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
+    )
+
+
+def retry_attempt(
+    training: Training,
+    *,
+    error_type: str,
+    error_message: str,
+    details: dict[str, Any] | None = None,
+    source: str,
+) -> Outcome:
+    """fal's own failure, retried: this attempt ends ``retried`` and a new one with the
+    same input waits to be sent (NOT_SENT); the avatar stays ``training`` throughout.
+
+    Nobody is told: the owner hears only the avatar's outcome.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        won = Avatar.objects.filter(
+            pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
+        ).update(updated_at=now)
+        if not won:
+            return _lost(training.avatar_id, S.ERROR, training.pk)
+        old = Training.objects.select_related("avatar__owner").get(pk=training.pk)
+        ended = {
+            "finished_at": now,
+            "outcome": TrainingOutcome.RETRIED,
+            "fal_status": FalStatus.COMPLETED,
+            "error_type": error_type,
+            "error_message": error_message,
+            "next_check_at": None,
+            "stuck_since": None,
+            "queue_position": None,
+        }
+        Training.objects.filter(pk=training.pk).update(**ended)
+        for name, value in ended.items():
+            setattr(old, name, value)
+            setattr(training, name, value)
+        retry = Training.objects.create(
+            avatar_id=training.avatar_id,
+            attempt=Training.objects.filter(avatar_id=training.avatar_id).count() + 1,
+            endpoint=old.endpoint,
+            arguments=old.arguments,
+            webhook_url=old.webhook_url,
+            fal_status=FalStatus.NOT_SENT,
+            created_at=now,
+            next_check_at=now,
+        )
+        Avatar.objects.filter(pk=training.avatar_id).update(current_training=retry)
+        _event(
+            training.avatar_id,
+            EventKind.RETRIED,
+            source,
+            training_id=training.pk,
+            message=f"retried automatically after fal's {error_type}",
+            details={
+                "error_type": error_type,
+                "fal_error": error_message[:2000],
+                "retry_training_id": retry.pk,
+                "retry_attempt": retry.attempt,
+                **(details or {}),
+            },
+            at=now,
+        )
+        old.avatar.current_training = retry
+        training_retried.send(sender=Training, training=old, retry=retry)
+    logger.warning(
+        "🔁 Обучение перезапущено для аватара %s после сбоя fal %s (request_id=%s, попытка %s)",
+        training.avatar_id,
+        error_type,
+        training.fal_request_id,
+        retry.attempt,
+    )
+    return Outcome(True, S.TRAINING, "retried", training=retry)
+
+
 def finish_failed(
     training: Training,
     *,
@@ -604,6 +688,7 @@ def finish_failed(
     source: str,
     actor: Any = None,
     notify: bool = True,
+    owner_message: str = "",
 ) -> Outcome:
     """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
 
@@ -613,12 +698,10 @@ def finish_failed(
     cancelled message and the timeline keeps fal's answer. Otherwise the owner's
     message comes from fal's machine-readable fields (``monitoring.owner_messages``).
     """
-    chosen = owner_messages.owner_message_for(
+    chosen = owner_message or owner_messages.owner_message_for(
         error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
     )
-    requested = training.cancel_requested_at is not None or (
-        Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
-    )
+    requested = cancel_was_requested(training)
     fal_answer = {
         "fal_error": error_message[:2000],
         "error_type": error_type,

@@ -258,6 +258,26 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
     )
 
 
+def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notification | None:
+    """Staff alert: many attempts retried after fal's failures.
+
+    One per episode: none while the last one is less than an hour old (the window the
+    share is measured over), and at most one per clock hour when two retries race.
+    """
+    recent = Notification.objects.filter(
+        kind=NotificationKind.RETRIES, created_at__gte=now - timedelta(hours=1)
+    )
+    if recent.exists():
+        return None
+    return _create_once(
+        dedup_key=f"retries:{now:%Y-%m-%dT%H}",
+        kind=NotificationKind.RETRIES,
+        audience=Audience.STAFF,
+        text=messages.render_retries_message(now, retried, ended),
+        context={"retried": retried, "ended": ended},
+    )
+
+
 def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
     """Hand a row to the sender's queue.
 

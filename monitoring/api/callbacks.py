@@ -73,6 +73,11 @@ def record_stuck(sender: Any, *, training: Training, episode: int, **kwargs: Any
     _record(training, EventType.STUCK, f"{EventType.STUCK}:{training.pk}:{episode}")
 
 
+def record_retried(sender: Any, *, training: Training, retry: Training, **kwargs: Any) -> None:
+    """Receiver of ``transitions.training_retried``: the avatar with its attempts."""
+    _record(training, EventType.RETRIED, f"{EventType.RETRIED}:{training.pk}")
+
+
 def _record(training: Training, event_type: str, key: str) -> EventCallback | None:
     try:
         client = ApiClient.objects.get(avatars__avatar_id=training.avatar_id)

@@ -156,6 +156,8 @@ class EventType(models.TextChoices):
     FAILED = "avatar.failed", "avatar.failed"
     CANCELLED = "avatar.cancelled", "avatar.cancelled"
     STUCK = "avatar.stuck", "avatar.stuck"
+    # About an attempt, not the avatar: fal's own failure, retried automatically.
+    RETRIED = "training.retried", "training.retried"
 
 
 class CallbackStatus(models.TextChoices):

@@ -137,6 +137,16 @@ def _app_id(endpoint: str) -> str:
 # --- Submit --------------------------------------------------------------------------------
 
 
+def _submit_headers(training: Any) -> dict[str, str]:
+    headers = {"Authorization": f"Key {_key()}"}
+    deadline = getattr(training, "start_deadline_seconds", None)
+    if deadline:
+        # fal's start deadline: a job not started in time ends with 504 request_timeout
+        # (type "user"). Newer clients send the second name; both are harmless.
+        headers["X-Fal-Request-Timeout"] = headers["X-Fal-Request-Start-Timeout"] = str(deadline)
+    return headers
+
+
 def submit(training: Any) -> SubmitAnswer:
     """One POST to fal's queue for ``training`` (its endpoint, arguments and webhook URL)."""
     import requests
@@ -152,7 +162,7 @@ def submit(training: Any) -> SubmitAnswer:
             url,
             params=params,
             json=training.arguments,
-            headers={"Authorization": f"Key {_key()}"},
+            headers=_submit_headers(training),
             timeout=(min(10.0, timeout), timeout),
             verify=verify,
             allow_redirects=False,

@@ -58,7 +58,8 @@ REPROCESSABLE_OUTCOMES = (_O.FAILED, _O.UNMATCHED, _O.DEFERRED, _O.RECEIVED)
 _LOOKUP_FIELDS = """avatar_id fal_request_id endpoint fal_status finished_at outcome owner_message
     stuck_since stuck_reason error_type error_message gateway_request_id cancel_requested_at
     avatar__owner_id avatar__name avatar__training_type avatar__status avatar__current_training_id
-    avatar__owner__telegram_id avatar__owner__language""".split()
+    avatar__owner__telegram_id avatar__owner__language attempt start_deadline_seconds
+    deadline_cancel_at""".split()
 
 
 class _ProcessedElsewhere(Exception):

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from monitoring import transitions
+from monitoring import failure_kinds, transitions
 from monitoring.fal import payloads
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.payloads import MediaUrl
-from monitoring.models import EventSource, FalStatus, Training
+from monitoring.models import EventSource, FalStatus, Training, TrainingOutcome
 from notifications import outbox
+from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
@@ -91,6 +95,15 @@ class _Applying:
         details = self.details
         if isinstance(outcome.result, dict):
             details = {**outcome.result, **details}
+        owner_message = ""
+        if self._fals_own() and not transitions.cancel_was_requested(self.training):
+            episode = _episode(self.training)
+            if len(episode) - 1 < settings.TRAINING_AUTO_RETRY_MAX:
+                return self._retry(details)
+            # Retries used up: fal never bills its own failures, unless one of these
+            # attempts was stopped by our run deadline (GPU time may have been billed).
+            billed = any(attempt.deadline_cancel_at for attempt in episode)
+            owner_message = OwnerMessage.TECHNICAL if billed else OwnerMessage.FAL_FAILURE
         finished = transitions.finish_failed(
             self.training,
             error_message=outcome.message,
@@ -102,10 +115,46 @@ class _Applying:
             source=self.source,
             actor=self.actor,
             notify=self.notify,
+            owner_message=owner_message,
         )
         if not finished.changed:
             return Applied(False, finished.detail)
         return Applied(True, f"{finished.status}: {outcome.error_type}: {outcome.message}"[:500])
+
+    def _fals_own(self) -> bool:
+        """fal's own failure, or the end of a run our deadline cancelled."""
+        if self.training.deadline_cancel_at is not None:
+            return True
+        outcome = self.outcome
+        return (
+            failure_kinds.blame(
+                error_type=outcome.error_type,
+                detail_types=outcome.detail_types,
+                http_status=outcome.http_status,
+                start_deadline_sent=self.training.start_deadline_seconds is not None,
+            )
+            == failure_kinds.Blame.FAL
+        )
+
+    def _retry(self, details: dict[str, Any]) -> Applied:
+        outcome = self.outcome
+        error_type = outcome.error_type
+        if self.training.deadline_cancel_at is not None:
+            error_type = "run_deadline"
+        retried = transitions.retry_attempt(
+            self.training,
+            error_type=error_type,
+            error_message=outcome.message,
+            details=details,
+            source=self.source,
+        )
+        if not retried.changed:
+            return Applied(False, retried.detail)
+        assert retried.training is not None
+        retry_id = retried.training.pk
+        transaction.on_commit(lambda: _enqueue_send(retry_id))
+        _alert_if_many_retries()
+        return Applied(True, f"retried automatically after fal's {error_type}")
 
     def succeeded(self) -> Applied:
         """Both URLs judged by one rule (``payloads.check_media_url``) before "ready".
@@ -203,6 +252,49 @@ def _defer_to_queue_check(training: Training) -> Applied:
         return Applied(False, "training already finished")
     transaction.on_commit(lambda: _enqueue_recheck(training.pk))
     return Applied(False, "the result is fetched from fal's queue", AnsweredBy.QUEUE)
+
+
+def _alert_if_many_retries() -> None:
+    """Staff hear (once per episode, ``outbox.queue_retries_alert``) when more than
+    AUTO_RETRY_ALERT_RATIO of the attempts that ended in the last hour, over 5, were
+    retried: fal is having a bad day."""
+    now = timezone.now()
+    ended = Training.objects.finished().filter(finished_at__gte=now - timedelta(hours=1))
+    counts = ended.aggregate(
+        ended=Count("pk"), retried=Count("pk", filter=Q(outcome=TrainingOutcome.RETRIED))
+    )
+    if (
+        counts["ended"] > 5
+        and counts["retried"] > settings.AUTO_RETRY_ALERT_RATIO * counts["ended"]
+    ):
+        outbox.queue_retries_alert(now=now, retried=counts["retried"], ended=counts["ended"])
+
+
+def _episode(training: Training) -> list[Training]:
+    """This attempt and the automatic retries right before it, newest first."""
+    attempts = (
+        Training.objects.filter(avatar_id=training.avatar_id, attempt__lt=training.attempt)
+        .order_by("-attempt")
+        .only("outcome", "deadline_cancel_at")
+    )
+    episode = [training]
+    for attempt in attempts:
+        if attempt.outcome != TrainingOutcome.RETRIED:
+            break
+        episode.append(attempt)
+    return episode
+
+
+def _enqueue_send(training_id: int) -> None:
+    # After commit; a lost hand-over is sent by the next periodic check.
+    from django_q.tasks import async_task
+
+    try:
+        async_task("monitoring.tasks.send_attempt", training_id)
+    except Exception:
+        logger.exception(
+            "Could not queue the retry %s; the next periodic check sends it", training_id
+        )
 
 
 def _enqueue_recheck(training_id: int) -> None:
