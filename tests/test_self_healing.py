@@ -232,11 +232,18 @@ def test_many_retries_in_an_hour_alert_staff_once_per_episode(fal, make_avatar, 
     assert dashboard.retries_last_day() == 5
 
 
-def test_the_dashboard_shows_the_last_days_retries(
+def test_the_avatar_page_and_the_dashboard_show_the_retries(
     fal, make_avatar, make_owner, settle, admin_client
 ):
     started(fal, make_avatar, make_owner, fail_first=1, **FAL_DOWN)
     settle()
+
+    avatar = Avatar.objects.get()
+    avatar_page = admin_client.get(
+        reverse("admin:monitoring_avatar_change", args=[avatar.pk])
+    ).content.decode()
+    # The timeline and the attempts list both say why there is a second attempt.
+    assert avatar_page.count("retried automatically after fal&#x27;s runner_disconnected") >= 2
 
     page = admin_client.get(reverse("admin:monitoring_dashboard")).content.decode()
     card = page[page.index('id="retries"') :]
