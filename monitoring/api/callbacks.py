@@ -224,7 +224,7 @@ def check_address(address: Address) -> None:
             raise CallbackRefused(f"{address} is not a public address (local-use NAT64)")
         inner = embedded_ipv4(address)
         only_notation = any(address in network for network in _IPV4_NOTATIONS)
-        judged = inner if only_notation else [address, *inner]
+        judged = [*inner] if only_notation else [address, *inner]
     for candidate in judged:
         if not candidate.is_global or candidate.is_multicast:
             inside = f" (it leads to {candidate})" if candidate != address else ""
