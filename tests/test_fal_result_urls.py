@@ -18,6 +18,7 @@ from monitoring.fal.payloads import MediaUrl, check_media_url
 from monitoring.models import AvatarStatus, EventSource, Training
 from monitoring.trainings import start_training
 from notifications.models import Audience, Notification, NotificationKind
+from tests.api_support import give
 from tests.support import WEBHOOK_URL as URL
 
 pytestmark = pytest.mark.django_db
@@ -91,6 +92,7 @@ def test_a_dot_dot_url_by_webhook_never_completes_nor_reaches_the_bot(
     deliver, training_avatar, bot
 ):
     avatar, training = training_avatar("req-dotdot")
+    give(avatar, bot)
 
     response = deliver("req-dotdot", _payload(DOT_DOT))
 

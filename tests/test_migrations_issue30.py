@@ -49,3 +49,53 @@ def test_fal_text_stored_before_redaction_is_redacted_and_the_rest_kept():
     assert Training.objects.get(pk=clean.pk).error_message == "Could not find faces"
     event = AvatarEvent.objects.get()
     assert (event.message, event.details) == ("[redacted]", {"fal_error": "[redacted]"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_avatars_the_call_log_names_are_given_to_their_first_client_the_rest_to_none():
+    from monitoring.api.models import ClientAvatar
+
+    old = _migrate([("api", "0001_api_clients"), ("monitoring", "0012_redact_stored_fal_text")])
+    Owner = old.get_model("monitoring", "Owner")
+    Avatar = old.get_model("monitoring", "Avatar")
+    ApiClient = old.get_model("api", "ApiClient")
+    OldLink = old.get_model("api", "ClientAvatar")
+    IdempotencyKey = old.get_model("api", "IdempotencyKey")
+    ApiCall = old.get_model("api", "ApiCall")
+    owner = Owner.objects.create(telegram_id=5554)
+
+    def avatar(name):
+        return Avatar.objects.create(owner=owner, name=name, trigger_word="t", images_url="x")
+
+    def client(name):
+        return ApiClient.objects.create(name=name, token_hash=name * 8, token_prefix=name)
+
+    alice, bob = client("alice"), client("bob")
+    linked, created, started, staffs = (
+        avatar(n) for n in ("linked", "created", "started", "staff")
+    )
+    OldLink.objects.create(avatar=linked, client=bob)
+    IdempotencyKey.objects.create(
+        client=alice, key="k1", request_hash="h", state="done", avatar=created
+    )
+    IdempotencyKey.objects.create(
+        client=bob, key="k2", request_hash="h", state="done", avatar=linked
+    )
+    for who, path, status in (
+        (bob, f"/api/v1/avatars/{started.pk}/trainings", 201),  # the first to start it
+        (alice, f"/api/v1/avatars/{started.pk}/trainings", 201),
+        (alice, f"/api/v1/avatars/{staffs.pk}/trainings", 404),  # tried, refused
+        (alice, f"/api/v1/avatars/{staffs.pk}", 200),  # only read
+    ):
+        ApiCall.objects.create(
+            client=who,
+            method="POST" if status != 200 else "GET",
+            path=path,
+            status=status,
+            duration_ms=1,
+        )
+
+    _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+    owners = dict(ClientAvatar.objects.values_list("avatar__name", "client__name"))
+    assert owners == {"linked": "bob", "created": "alice", "started": "bob"}
