@@ -87,6 +87,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Content-Security-Policy on /admin/ only.
     "avatarsite.csp.AdminCSPMiddleware",
+    # An admin object id the model cannot hold: 404 (400 in an action POST), never 500.
+    "avatarsite.admin_ids.AdminObjectIdMiddleware",
     # /api/ only: untranslated answers, one recorded row per authenticated call.
     "monitoring.api.middleware.ApiCallMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
