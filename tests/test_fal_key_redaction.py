@@ -138,7 +138,8 @@ def test_a_key_fal_echoes_is_never_stored_shown_sent_or_logged(
         for started in (cancel_500, cancel_401):
             response = bot.post(f"/api/v1/avatars/{started['avatar']['id']}/cancel")
             answers.append(response.content.decode())
-            assert response.status_code == 409
+            # Refused (409 with fal's reason), or recorded first and refused later (202).
+            assert response.status_code in (202, 409), response.content
 
         # 7. A signed webhook of a failed job (the intake stores it raw, applies it redacted).
         webhooked = start("webhook", error=PLANTED, queue_seconds=600)
