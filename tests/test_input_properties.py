@@ -3,7 +3,7 @@ admin's URLs, the answer is never a 5xx, and a refused request changes nothing.
 
 Generated strings include NUL, unpaired surrogates and every other code point; numbers
 include NaN, infinity and integers far beyond 64 bits. Derandomized with a fixed
-example budget, so every run throws the same requests (a few hundred, in seconds),
+example budget, so every run throws the same ~720 requests (in well under 30 s),
 through the real views and PostgreSQL.
 """
 
@@ -31,7 +31,7 @@ PROPERTY = settings(
     derandomize=True,
     deadline=None,
     database=None,
-    max_examples=150,
+    max_examples=80,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
