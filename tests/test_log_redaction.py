@@ -56,3 +56,14 @@ def test_anything_shaped_like_a_key_or_one_of_our_tokens_is_redacted_too(setting
     # Ordinary text with colons stays readable.
     kept = "No user found for Key ID and Secret at 12:30:45 (request_id=abc:def)"
     assert redact(kept) == kept
+
+
+def test_every_token_of_ours_is_redacted(settings):
+    from avatarsite.log_redaction import redact
+
+    settings.HEALTHZ_TOKEN = "healthz-token-0123456789"
+    settings.METRICS_TOKEN = "metrics-token-0123456789"
+
+    text = redact(f"{settings.HEALTHZ_TOKEN} {settings.METRICS_TOKEN} {settings.SECRET_KEY}")
+
+    assert text == "[redacted] [redacted] [redacted]"
