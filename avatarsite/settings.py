@@ -87,6 +87,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Content-Security-Policy on /admin/ only.
     "avatarsite.csp.AdminCSPMiddleware",
+    # An admin object id the model cannot hold: 404 (400 in an action POST), never 500.
+    "avatarsite.admin_ids.AdminObjectIdMiddleware",
     # /api/ only: untranslated answers, one recorded row per authenticated call.
     "monitoring.api.middleware.ApiCallMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
@@ -191,16 +193,21 @@ CONTENT_SECURITY_POLICY = {
 # --- Staff admin -------------------------------------------------------------------
 # One admin action starts at most this many (paid) trainings.
 ADMIN_BULK_START_MAX = env_int("ADMIN_BULK_START_MAX", 20, minimum=1)
-# Login rate limit (django-axes): after this many failed logins from one client address,
-# or for one username, further logins from that address / for that username are
-# refused for the cool-off. `manage.py axes_reset` (or axes_reset_ip, axes_reset_username)
-# lifts a lockout at once.
+# Login rate limit (django-axes), in two parts (avatarsite.login_lockout):
+# - ADMIN_LOGIN_FAILURE_LIMIT failures of one username *from one client address* lock
+#   that pair: a stranger guessing a staff member's password locks only himself out,
+#   never the staff member logging in from elsewhere;
+# - ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT failures from one address, whatever the usernames,
+#   lock the address (password spraying).
+# `manage.py axes_reset_username` / `axes_reset_ip` / `axes_reset` lift a lockout at once.
 ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
 ADMIN_LOGIN_COOLOFF_MINUTES = env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
 AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
-# Address and username are counted separately: either one reaching the limit locks.
-AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+# axes' database handler, plus the per-address limit it has no setting for.
+AXES_HANDLER = "avatarsite.login_lockout.PairAndAddressHandler"
 # The one rule for the client's address behind the proxy (last X-Forwarded-For hop).
 AXES_CLIENT_IP_CALLABLE = "avatarsite.client_address.client_address"
 AXES_LOCKOUT_CALLABLE = "avatarsite.login_lockout.lockout_response"

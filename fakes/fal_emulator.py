@@ -99,6 +99,11 @@ class JobScript:
     status_error: int | None = None
     # ...or only the next N status calls (then behave normally).
     status_error_times: int = 0
+    # The body of those injected answers (and of ``result_error``/``cancel_error``)
+    # instead of fal's usual one: e.g. a detail that echoes the key.
+    error_body: dict | None = None
+    # Answer the job's cancel with this HTTP code (401, 500...) instead of acting on it.
+    cancel_error: int | None = None
     # Seconds each status call takes before answering.
     latency: float | None = None
     # What a cancel does to a job that has not finished: "error" (it ends COMPLETED
@@ -846,6 +851,9 @@ class _Responder:
             job = emulator._job(endpoint, request_id)
             if job is None:
                 return 404, {"status": "NOT_FOUND"}, 0.0
+            if job.script.cancel_error is not None:
+                code = job.script.cancel_error
+                return code, job.script.error_body or _error_body(code), 0.0
             if job.state() == "COMPLETED":
                 return 400, {"status": "ALREADY_COMPLETED"}, 0.0
             job.cancelled = True
@@ -877,7 +885,7 @@ class _Responder:
                     script.status_error_times -= 1
                     if script.status_error_times == 0:
                         script.status_error = None
-                return injected, _error_body(injected), latency
+                return injected, script.error_body or _error_body(injected), latency
             if job is None or job.forgotten():
                 return 404, {"status": "NOT_FOUND"}, latency
             state = job.state()
@@ -921,6 +929,8 @@ class _Responder:
                 return 400, {"detail": "Request is still in progress"}, 0.0
             if job.script.result_error is not None:
                 code = job.script.result_error
+                if job.script.error_body is not None:
+                    return code, job.script.error_body, 0.0
                 if code == 422:
                     detail = [
                         {"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}

@@ -33,6 +33,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from avatarsite.log_redaction import redact, redact_value
 from monitoring import owner_messages
 from monitoring.models import (
     Avatar,
@@ -117,8 +118,9 @@ def _event(
         actor=actor if getattr(actor, "pk", None) else None,
         old_status=old,
         new_status=new,
-        message=message,
-        details=details or {},
+        # fal's texts reach the timeline here (and only here): never with a key in them.
+        message=redact(message),
+        details=redact_value(details or {}),
         created_at=at or timezone.now(),
     )
 
@@ -364,7 +366,7 @@ def refuse_submit(
             stuck_since=None,
             outcome=outcome,
             error_type=error_type,
-            error_message=error_message,
+            error_message=redact(error_message),
             next_check_at=None,
         )
         _event(
@@ -473,7 +475,8 @@ def _finish(
                 "next_check_at": None,
                 "stuck_since": None,
                 "queue_position": None,
-                **fields,
+                # fal's error text and raw result, as stored and shown: without keys.
+                **redact_value(fields),
             }
             Training.objects.filter(pk=training.pk).update(**updates)
             for name, value in updates.items():
@@ -629,7 +632,7 @@ def retry_attempt(
             "outcome": TrainingOutcome.RETRIED,
             "fal_status": FalStatus.COMPLETED,
             "error_type": error_type,
-            "error_message": error_message,
+            "error_message": redact(error_message),
             "next_check_at": None,
             "stuck_since": None,
             "queue_position": None,
@@ -828,6 +831,7 @@ def flag_stuck(
     says ``staff_reason`` when given (worded in the staff chat's language).
     """
     now = timezone.now()
+    reason = redact(reason)  # it may quote fal's answer
     with transaction.atomic():
         won = (
             Training.objects.active()
@@ -870,6 +874,7 @@ def restate_stuck(training: Training, *, reason: str, source: str = EventSource.
 
     A new reason on a raised flag is a timeline note, not a new episode or alert.
     """
+    reason = redact(reason)
     if flag_stuck(training, reason=reason, source=source):
         return True
     if training.stuck_reason == reason[:255]:

@@ -29,6 +29,7 @@ from avatarsite.admin_base import (
     pre,
     pretty_json,
 )
+from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
 from monitoring.fal.deliveries import Delivery
@@ -44,13 +45,13 @@ READONLY_FIELDS = (
     "fal_status",
     "training",
     "processed_at",
-    "error",
+    "error_shown",
     "headers_pretty",
     "signature",
     "body_size",
     "body_sha256",
     "body_pretty",
-    "traceback",
+    "traceback_shown",
 )
 
 
@@ -106,17 +107,28 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
             return True
         return super().lookup_allowed(lookup, value, request)
 
+    # The row keeps the delivery as received (fal's signed evidence); what the page shows
+    # of it is redacted, since fal's text can echo our key.
+
     @admin.display(description=_("fal headers"))
     def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
-        return pretty_json(obj.headers or {})
+        return pretty_json(redact_value(obj.headers or {}))
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
         """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
         try:
-            return pretty_json(json.loads(obj.body))
+            return pretty_json(redact_value(json.loads(obj.body)))
         except ValueError:
-            return pre(obj.body)
+            return pre(redact(obj.body))
+
+    @admin.display(description=_("error"))
+    def error_shown(self, obj: WebhookDelivery) -> str:
+        return redact(obj.error)
+
+    @admin.display(description=_("traceback"))
+    def traceback_shown(self, obj: WebhookDelivery) -> SafeString:
+        return pre(redact(obj.traceback))
 
     @admin.display(description=_("request id"), ordering="request_id")
     def request_id_display(self, obj: WebhookDelivery) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from monitoring.api.models import ApiClient
 from monitoring.models import Avatar, FalStatus, Training, TrainingOutcome
 
 
@@ -93,5 +94,9 @@ def avatar_data(avatar: Avatar, trainings: list[Training] | None = None) -> dict
     }
 
 
-def load_avatar(avatar_id: int) -> Avatar | None:
-    return Avatar.objects.select_related("owner", "current_training").filter(pk=avatar_id).first()
+def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:
+    """The avatar, or None; with ``client``, only one that client may see."""
+    avatars = Avatar.objects.select_related("owner", "current_training").filter(pk=avatar_id)
+    if client is not None:
+        avatars = avatars.filter(client.avatar_filter())
+    return avatars.first()

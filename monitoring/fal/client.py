@@ -35,6 +35,7 @@ from typing import Any
 
 from django.conf import settings
 
+from avatarsite.log_redaction import redact, redact_value
 from monitoring import owner_messages
 from monitoring.fal import payloads
 
@@ -42,9 +43,14 @@ logger = logging.getLogger("monitoring")
 
 
 class FalError(Exception):
-    """Something fal (or the way to it) answered that was not what we asked for."""
+    """Something fal (or the way to it) answered that was not what we asked for.
+
+    ``detail`` is redacted here, once for every error the gateway raises: fal's text can
+    echo our key ("No user found for Key ..."), and it is stored, shown and logged.
+    """
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        detail = redact(detail)
         self.detail = detail
         self.status_code = status_code
         super().__init__(f"{status_code} {detail}" if status_code else detail)
@@ -286,10 +292,15 @@ class FalSession:
         )
         if isinstance(answer, fal_client.Queued):
             return FalStatusReport("IN_QUEUE", queue_position=answer.position)
+        # fal's texts (logs, the error of a failed job) are redacted before anyone keeps them.
+        logs = redact_value(answer.logs) if isinstance(answer.logs, list) else None
         if isinstance(answer, fal_client.InProgress):
-            return FalStatusReport("IN_PROGRESS", logs=answer.logs)
+            return FalStatusReport("IN_PROGRESS", logs=logs)
         return FalStatusReport(
-            "COMPLETED", logs=answer.logs, error=answer.error, error_type=answer.error_type
+            "COMPLETED",
+            logs=logs,
+            error=redact(answer.error) if isinstance(answer.error, str) else answer.error,
+            error_type=answer.error_type,
         )
 
     async def result(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> dict:
@@ -299,7 +310,7 @@ class FalSession:
         )
         if not isinstance(answer, dict):
             raise FalTransient(f"unreadable result: {type(answer).__name__}")
-        return answer
+        return redact_value(answer)
 
     async def cancel(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> str:
         from fal_client.client import FalClientHTTPError
