@@ -255,6 +255,14 @@ FAL_WEBHOOK_USER_ID = env_str("FAL_WEBHOOK_USER_ID")
 # Refused deliveries are anyone's to send: this many rows per verdict and minute are
 # kept, beyond that only a count (RefusedWebhookCount).
 WEBHOOK_REFUSED_ROWS_PER_MINUTE = env_int("WEBHOOK_REFUSED_ROWS_PER_MINUTE", 60, minimum=0)
+# What refused deliveries (anyone's to send) may cost the disk in a day, and so the
+# bytes of rows kept per minute across every verdict (beyond: only the count grows).
+WEBHOOK_REFUSED_MAX_MB_PER_DAY = env_int("WEBHOOK_REFUSED_MAX_MB_PER_DAY", 50, minimum=1)
+WEBHOOK_REFUSED_BYTES_PER_MINUTE = env_int(
+    "WEBHOOK_REFUSED_BYTES_PER_MINUTE",
+    WEBHOOK_REFUSED_MAX_MB_PER_DAY * 1_000_000 // (24 * 60),
+    minimum=0,
+)
 # Where fal's result files may live: a host, a *.suffix, or a host/path-prefix. A URL
 # elsewhere flags the training stuck for staff instead of being sent to the owner.
 FAL_MEDIA_ALLOWED_HOSTS = env_list(

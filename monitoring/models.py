@@ -396,7 +396,7 @@ class WebhookDelivery(models.Model):
         db_index=True,
         help_text=_("The request_id from the body."),
     )
-    signature = models.CharField(_("signature"), max_length=256, blank=True, db_index=True)
+    signature = models.CharField(_("signature"), max_length=256, blank=True)
     verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
     outcome = models.CharField(
         _("outcome"), max_length=32, choices=WebhookOutcome.choices, default=WebhookOutcome.RECEIVED
@@ -441,6 +441,13 @@ class WebhookDelivery(models.Model):
                 condition=Q(outcome=WebhookOutcome.RECEIVED),
                 name="webhook_received_idx",
             ),
+            # Replays are looked up among verified deliveries only: a refused row's
+            # signature (anyone's to send) is never indexed.
+            models.Index(
+                fields=["signature"],
+                condition=Q(verdict=WebhookVerdict.VALID),
+                name="webhook_signature_valid_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -462,6 +469,7 @@ class RefusedWebhookCount(models.Model):
     minute = models.DateTimeField(_("minute"))
     verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
     count = models.PositiveIntegerField(_("refused"), default=0)
+    kept_bytes = models.PositiveIntegerField(_("bytes kept as rows"), default=0)
 
     class Meta:
         verbose_name = _("refused webhooks per minute")

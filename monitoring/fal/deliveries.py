@@ -13,6 +13,7 @@ duplicate, or a delivery that loses the race with the periodic check, change not
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import traceback
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, OuterRef, Sum
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -42,6 +43,7 @@ from monitoring.models import (
 logger = logging.getLogger("monitoring")
 
 EXCERPT_BYTES = 256  # what a refused (or replayed) delivery keeps of its body
+ROW_OVERHEAD_BYTES = 900
 # An unmatched delivery is kept whole up to this size, to be applied when its request
 # id appears; a larger one keeps an excerpt, and its training gets a queue check.
 UNMATCHED_BODY_BYTES = 64 * 1024
@@ -90,17 +92,30 @@ class DeliveryQuerySet(models.QuerySet["Delivery"]):
         )
 
     def keep_refused(self, row: Delivery, verdict: str, reason: str, outcome: str) -> None:
-        """Count a delivery not acted on, and keep its row while this minute's are under the cap."""
+        """Count a delivery not acted on, and keep its row while this minute's rows (per
+        verdict) and bytes (all verdicts) are under their caps."""
         row.verdict, row.outcome, row.error = verdict, outcome, clean(reason, 2000)
-        if _count_refusal(verdict, row.received_at) > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE:
+        minute = row.received_at.replace(second=0, microsecond=0)
+        size = row.stored_bytes()
+        if (
+            _count_refusal(verdict, minute) > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE
+            or _kept_bytes(minute) + size > settings.WEBHOOK_REFUSED_BYTES_PER_MINUTE
+        ):
             totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
             return
+        RefusedWebhookCount.objects.filter(minute=minute, verdict=verdict).update(
+            kept_bytes=F("kept_bytes") + size
+        )
         row.keep(excerpt=True)
 
 
-def _count_refusal(verdict: str, at: datetime) -> int:
+def _kept_bytes(minute: datetime) -> int:
+    kept = RefusedWebhookCount.objects.filter(minute=minute).aggregate(total=Sum("kept_bytes"))
+    return kept["total"] or 0
+
+
+def _count_refusal(verdict: str, minute: datetime) -> int:
     """Add one to this minute's count for ``verdict``; the count including this one."""
-    minute = at.replace(second=0, microsecond=0)
     counts = RefusedWebhookCount.objects.filter(minute=minute, verdict=verdict)
     with transaction.atomic():
         if not counts.update(count=F("count") + 1):
@@ -146,6 +161,12 @@ class Delivery(WebhookDelivery):
         )
         row._raw = body
         return row
+
+    def stored_bytes(self) -> int:
+        """About what this row costs the disk as an excerpt: its texts, plus the fixed
+        columns, the tuple header and its index entries (measured on PostgreSQL)."""
+        texts = json.dumps(self.headers) + self.error + self.header_request_id + self.signature
+        return len(self._raw[:EXCERPT_BYTES]) + len(texts.encode()) + ROW_OVERHEAD_BYTES
 
     def keep(self, *, excerpt: bool = False) -> None:
         """Save the row with the body whole, or as an excerpt."""
