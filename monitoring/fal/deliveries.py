@@ -1,13 +1,7 @@
 """A fal webhook delivery and its behaviour: stored first, then processed (dj-stripe's order).
 
-Every POST leaves a row or a count. Refusals are anyone's to send, so they keep an
-excerpt, and only ``WEBHOOK_REFUSED_ROWS_PER_MINUTE`` rows per verdict and minute
-(``RefusedWebhookCount`` counts the rest). A verified delivery for an active training
-is committed as ``received`` before it is processed, so a process that dies in between
-leaves a row that the worker's ``sweep`` processes; the same sweep applies a delivery
-that arrived before its request id was stored. Processing is idempotent: fal's answer
-goes through ``monitoring.fal.results.apply``, whose conditional UPDATEs let a
-duplicate, or a delivery that loses the race with the periodic check, change nothing.
+Every POST leaves a row or a count; the rules and the crash windows they close are in
+docs/fal.md ("The webhook intake").
 """
 
 from __future__ import annotations
@@ -390,12 +384,9 @@ def _failure(exc: BaseException) -> tuple[str, str]:
 
 
 def _commit_without_waiting_for_disk() -> None:
-    """PostgreSQL: the received row's commit does not wait for its WAL flush.
-
-    The window it closes is a web worker dying, and PostgreSQL has the row once it
-    commits; the processing commit that follows is synchronous and flushes this row's
-    WAL too, before fal hears 200. It saves a disk flush per delivery.
-    """
+    """The received row's commit skips its WAL flush (PostgreSQL): it guards against a
+    web worker dying, and the synchronous processing commit flushes it before fal hears
+    200 anyway. One disk flush less per delivery."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
