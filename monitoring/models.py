@@ -8,6 +8,8 @@ only; nothing else writes ``Avatar.status``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -345,6 +347,27 @@ class WebhookOutcome(models.TextChoices):
     FAILED = "failed", _("Processing failed")
 
 
+# fal's signing time of a delivery (Unix seconds), as ``monitoring.fal.webhooks`` keeps it.
+WEBHOOK_TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
+
+
+class WebhookDeliveryQuerySet(models.QuerySet):
+    def first_signed_at(self, request_id: str) -> datetime | None:
+        """When fal signed its first verified delivery for ``request_id`` (None: none).
+
+        fal sends the webhook as the job ends, so this is fal's completion time as fal
+        states it (our clock played no part); retries carry later timestamps.
+        """
+        kept = self.filter(request_id=request_id, verdict=WebhookVerdict.VALID).values_list(
+            "headers", flat=True
+        )
+        stamps = [(headers or {}).get(WEBHOOK_TIMESTAMP_HEADER) for headers in kept]
+        seconds = [int(s) for s in stamps if isinstance(s, str) and s.isdigit()]
+        if not seconds:
+            return None
+        return datetime.fromtimestamp(min(seconds), tz=UTC)
+
+
 class WebhookDelivery(models.Model):
     """Every POST to /webhooks/fal/, stored with what it did (or why it failed) before we answer."""
 
@@ -386,6 +409,8 @@ class WebhookDelivery(models.Model):
         related_name="webhook_deliveries",
         verbose_name=_("training"),
     )
+
+    objects = WebhookDeliveryQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("webhook delivery")

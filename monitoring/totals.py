@@ -5,12 +5,20 @@ Telegram answer recorded) the code calls ``add(name, labels)``; ``/metrics`` rea
 them all with ``current()``. ``notifications`` never imports ``monitoring``, so it
 announces each recorded send with its ``send_recorded`` signal and the receiver here
 counts it.
+
+A histogram is running totals too (``observe``): one row per bucket and label set
+counting the values that fell in that bucket (not cumulated: one UPDATE per value),
+and one row with the sum in milliseconds. ``/metrics`` cumulates them into
+Prometheus' buckets, so any process answers and ``prune`` lowers nothing.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -51,6 +59,60 @@ def current() -> dict[str, dict[tuple[tuple[str, str], ...], int]]:
     return found
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram kept as running totals: its name and bucket upper bounds (seconds)."""
+
+    name: str
+    buckets: tuple[float, ...]
+
+    @property
+    def bucket_total(self) -> str:
+        return f"{self.name}_bucket"
+
+    @property
+    def sum_total(self) -> str:
+        return f"{self.name}_sum_ms"
+
+    def bucket_of(self, value: float) -> str:
+        """The ``le`` of the smallest bucket that holds ``value`` ("+Inf" above the last)."""
+        index = bisect.bisect_left(self.buckets, value)
+        return "+Inf" if index == len(self.buckets) else bound_text(self.buckets[index])
+
+
+def bound_text(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``le="120.0"``, ``le="+Inf"``)."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+# From fal's completion to the owner's message sent: the objective is 2 minutes.
+OWNER_TOLD = Histogram(
+    "owner_told_seconds", (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600)
+)
+# From the start (the avatar went to training) to ready.
+TIME_TO_READY = Histogram(
+    "time_to_ready_seconds",
+    (60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 21600, 43200, 86400),
+)
+# From fal's acceptance of the submit to the job running.
+FAL_QUEUE = Histogram(
+    "fal_queue_seconds", (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+)
+HISTOGRAMS = (OWNER_TOLD, TIME_TO_READY, FAL_QUEUE)
+
+
+def observe(histogram: Histogram, labels: Mapping[str, str], value: float) -> None:
+    """Count ``value`` (seconds; negative ones, a clock's skew, count as 0) in ``histogram``."""
+    value = max(0.0, value)
+    add(histogram.bucket_total, {**labels, "le": histogram.bucket_of(value)})
+    add(histogram.sum_total, labels, round(value * 1000))
+
+
 def count_notification_send(sender: Any, *, outcome: str, **kwargs: Any) -> None:
     """Receiver of ``notifications.signals.send_recorded``."""
     add("notification_sends", {"result": outcome})
+
+
+def observe_owner_told(sender: Any, *, kind: str, seconds: float, **kwargs: Any) -> None:
+    """Receiver of ``notifications.signals.owner_told``."""
+    observe(OWNER_TOLD, {"kind": kind}, seconds)

@@ -33,7 +33,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import owner_messages
+from monitoring import owner_messages, totals
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -44,6 +44,7 @@ from monitoring.models import (
     Owner,
     Training,
     TrainingOutcome,
+    WebhookDelivery,
 )
 from notifications import outbox
 from notifications.models import OwnerMessage
@@ -414,6 +415,13 @@ def record_fal_status(
             old=training.fal_status,
             new=fal_status,
         )
+        if "started_at" in updates and training.submitted_at and source != EventSource.ADOPT:
+            # Seen running for the first time: how long it waited in fal's queue.
+            totals.observe(
+                totals.FAL_QUEUE,
+                {"trainer": training.endpoint},
+                (now - training.submitted_at).total_seconds(),
+            )
     for name, value in updates.items():
         setattr(training, name, value)
     return True
@@ -446,6 +454,7 @@ def _finish(
     message: str,
     details: dict[str, Any],
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     if training.finished_at is not None and Training.avatar.is_cached(training):
         # An attempt that has finished never finishes again (finished_at is never
@@ -497,11 +506,42 @@ def _finish(
             # The API's event callbacks go whatever the owner is told (staff may have
             # chosen "no message"; an adopted job may have been told elsewhere).
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
+            _count_finish(fresh, new_status, source, now)
             if notify:
-                outbox.queue_outcome(training=fresh, outcome=new_status)
+                outbox.queue_outcome(
+                    training=fresh,
+                    outcome=new_status,
+                    fal_finished_at=_fal_finished_at(fresh, source, fal_finished_at, now),
+                )
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
+
+
+def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
+    """The service-level figures of a finish (``/metrics``), in the winner's transaction."""
+    totals.add("finishes", {"learned_by": source, "outcome": new_status})
+    if new_status == S.COMPLETED and source != EventSource.ADOPT:
+        # An adopted job started elsewhere: its start here says nothing of the wait.
+        totals.observe(
+            totals.TIME_TO_READY,
+            {"trainer": training.endpoint},
+            (now - training.created_at).total_seconds(),
+        )
+
+
+def _fal_finished_at(
+    training: Training, source: str, given: datetime | None, now: datetime
+) -> datetime:
+    """When fal finished the job, as near as we know: what the caller read from fal (its
+    record's ``ended_at``), else the timestamp fal signed its first webhook with, else
+    now (a check learned it; at most one interval late)."""
+    when = given
+    if when is None and source == EventSource.WEBHOOK and training.fal_request_id:
+        when = WebhookDelivery.objects.first_signed_at(training.fal_request_id)
+    if when is None or when > now:
+        return now
+    return when
 
 
 def complete(
@@ -514,10 +554,13 @@ def complete(
     actor: Any = None,
     details: dict[str, Any] | None = None,
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → completed, storing the LoRA and config URLs and fal's raw result.
 
     ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message.
+    ``fal_finished_at`` (fal's record's ``ended_at``, when the caller read it) is where
+    the owner-told figure starts; see ``_fal_finished_at``.
     """
     outcome = _finish(
         training,
@@ -534,6 +577,7 @@ def complete(
         message="",
         details={"lora_url": lora_url, **(details or {})},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.info(
@@ -558,6 +602,7 @@ def fail(
     notify: bool = True,
     owner_message: str = "",
     staff_note: str = "",
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw).
 
@@ -581,6 +626,7 @@ def fail(
         message=error_message,
         details={"error_type": error_type, "owner_message": chosen, **(details or {})},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.warning(
@@ -606,6 +652,7 @@ def finish_failed(
     source: str,
     actor: Any = None,
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
 
@@ -635,6 +682,7 @@ def finish_failed(
             reason=error_message,
             details={**fal_answer, "cancel_requested": requested},
             notify=notify,
+            fal_finished_at=fal_finished_at,
         )
     return fail(
         training,
@@ -646,6 +694,7 @@ def finish_failed(
         actor=actor,
         owner_message=chosen,
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
 
 
@@ -657,6 +706,7 @@ def cancel(
     reason: str = "",
     details: dict[str, Any] | None = None,
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
     outcome = _finish(
@@ -669,6 +719,7 @@ def cancel(
         message=reason,
         details=details or {},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.info(
