@@ -244,6 +244,7 @@ def begin_training(
             old=S.READY_FOR_TRAINING,
             new=S.TRAINING,
             details={"attempt": attempt, "endpoint": endpoint},
+            at=now,
         )
     avatar.status = S.TRAINING
     avatar.current_training = training
@@ -521,13 +522,29 @@ def _finish(
 def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
     """The service-level figures of a finish (``/metrics``), in the winner's transaction."""
     totals.add("finishes", {"learned_by": source, "outcome": new_status})
-    if new_status == S.COMPLETED and source != EventSource.ADOPT:
+    if new_status != S.COMPLETED or source == EventSource.ADOPT:
         # An adopted job started elsewhere: its start here says nothing of the wait.
+        return
+    started = _started_at(training)
+    if started is not None:
         totals.observe(
-            totals.TIME_TO_READY,
-            {"trainer": training.endpoint},
-            (now - training.created_at).total_seconds(),
+            totals.TIME_TO_READY, {"trainer": training.endpoint}, (now - started).total_seconds()
         )
+
+
+def _started_at(training: Training) -> datetime | None:
+    """When the attempt started: its ``created_at``, or, when the caller read the row
+    without it (the webhook's lookup reads only what finishing needs), the timeline's
+    move to training, written at the same instant: the training row is not read twice."""
+    if "created_at" not in training.get_deferred_fields():
+        return training.created_at
+    return (
+        AvatarEvent.objects.filter(
+            training_id=training.pk, kind=EventKind.STATUS, new_status=S.TRAINING
+        )
+        .values_list("created_at", flat=True)
+        .first()
+    )
 
 
 def _fal_finished_at(
