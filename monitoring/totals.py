@@ -98,7 +98,6 @@ TIME_TO_READY = Histogram(
 FAL_QUEUE = Histogram(
     "fal_queue_seconds", (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 )
-HISTOGRAMS = (OWNER_TOLD, TIME_TO_READY, FAL_QUEUE)
 
 
 def observe(histogram: Histogram, labels: Mapping[str, str], value: float) -> None:

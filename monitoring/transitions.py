@@ -523,7 +523,8 @@ def _count_finish(training: Training, new_status: str, source: str, now: datetim
     """The service-level figures of a finish (``/metrics``), in the winner's transaction."""
     totals.add("finishes", {"learned_by": source, "outcome": new_status})
     if new_status != S.COMPLETED or source == EventSource.ADOPT:
-        # An adopted job started elsewhere: its start here says nothing of the wait.
+        # Only a ready avatar has a time to ready; an adopted job started elsewhere, so
+        # its start here says nothing of the wait.
         return
     started = _started_at(training)
     if started is not None:
