@@ -352,13 +352,15 @@ WEBHOOK_TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
 
 
 class WebhookDeliveryQuerySet(models.QuerySet):
-    def first_signed_at(self, request_id: str) -> datetime | None:
-        """When fal signed its first verified delivery for ``request_id`` (None: none).
+    def first_signed_at(self, *, training_id: int | None) -> datetime | None:
+        """When fal signed its first verified delivery for this training (None: none).
 
         fal sends the webhook as the job ends, so this is fal's completion time as fal
         states it (our clock played no part); retries carry later timestamps.
         """
-        kept = self.filter(request_id=request_id, verdict=WebhookVerdict.VALID).values_list(
+        if training_id is None:
+            return None
+        kept = self.filter(training_id=training_id, verdict=WebhookVerdict.VALID).values_list(
             "headers", flat=True
         )
         stamps = [(headers or {}).get(WEBHOOK_TIMESTAMP_HEADER) for headers in kept]
@@ -556,6 +558,8 @@ class RunningTotal(models.Model):
     # JSON with sorted keys (``monitoring.totals.labels_text``), e.g. {"verdict": "valid", ...}.
     labels = models.CharField(_("labels"), max_length=255)
     value = models.BigIntegerField(_("value"), default=0)
+    # A histogram bucket's row: the sum of the values it counted, in milliseconds.
+    sum_ms = models.BigIntegerField(_("sum (ms)"), default=0)
 
     class Meta:
         verbose_name = _("running total")

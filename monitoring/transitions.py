@@ -44,7 +44,6 @@ from monitoring.models import (
     Owner,
     Training,
     TrainingOutcome,
-    WebhookDelivery,
 )
 from notifications import outbox
 from notifications.models import OwnerMessage
@@ -507,30 +506,43 @@ def _finish(
             # The API's event callbacks go whatever the owner is told (staff may have
             # chosen "no message"; an adopted job may have been told elsewhere).
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
-            _count_finish(fresh, new_status, source, now)
             if notify:
+                # fal's end as the caller read it (its record), else when we learned it.
                 outbox.queue_outcome(
                     training=fresh,
                     outcome=new_status,
-                    fal_finished_at=_fal_finished_at(fresh, source, fal_finished_at, now),
+                    fal_finished_at=min(fal_finished_at or now, now),
                 )
+            # Counted once the finish is committed, in a short transaction of its own:
+            # every finish adds to the same few rows, and counting inside this one would
+            # hold them locked (every other finish waiting) until its commit.
+            transaction.on_commit(
+                lambda: _count_finish(fresh, new_status, source, now), robust=True
+            )
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
 
 
 def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
-    """The service-level figures of a finish (``/metrics``), in the winner's transaction."""
-    totals.add("finishes", {"learned_by": source, "outcome": new_status})
-    if new_status != S.COMPLETED or source == EventSource.ADOPT:
+    """The service-level figures of a committed finish (``/metrics``).
+
+    A process that dies between the finish's commit and this loses one count: the
+    figures, never the state.
+    """
+    started = None
+    if new_status == S.COMPLETED and source != EventSource.ADOPT:
         # Only a ready avatar has a time to ready; an adopted job started elsewhere, so
         # its start here says nothing of the wait.
-        return
-    started = _started_at(training)
-    if started is not None:
-        totals.observe(
-            totals.TIME_TO_READY, {"trainer": training.endpoint}, (now - started).total_seconds()
-        )
+        started = _started_at(training)
+    with totals.together():
+        totals.add("finishes", {"learned_by": source, "outcome": new_status})
+        if started is not None:
+            totals.observe(
+                totals.TIME_TO_READY,
+                {"trainer": training.endpoint},
+                (now - started).total_seconds(),
+            )
 
 
 def _started_at(training: Training) -> datetime | None:
@@ -546,20 +558,6 @@ def _started_at(training: Training) -> datetime | None:
         .values_list("created_at", flat=True)
         .first()
     )
-
-
-def _fal_finished_at(
-    training: Training, source: str, given: datetime | None, now: datetime
-) -> datetime:
-    """When fal finished the job, as near as we know: what the caller read from fal (its
-    record's ``ended_at``), else the timestamp fal signed its first webhook with, else
-    now (a check learned it; at most one interval late)."""
-    when = given
-    if when is None and source == EventSource.WEBHOOK and training.fal_request_id:
-        when = WebhookDelivery.objects.first_signed_at(training.fal_request_id)
-    if when is None or when > now:
-        return now
-    return when
 
 
 def complete(
@@ -578,7 +576,7 @@ def complete(
 
     ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message.
     ``fal_finished_at`` (fal's record's ``ended_at``, when the caller read it) is where
-    the owner-told figure starts; see ``_fal_finished_at``.
+    the owner-told figure starts (``totals.observe_owner_told``); else when we learned it.
     """
     outcome = _finish(
         training,

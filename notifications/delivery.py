@@ -558,15 +558,17 @@ def _sent(
 
 
 def _announce_owner_told(notification: Notification, sent_at: datetime) -> None:
-    """How long after fal finished the job its owner was told (``signals.owner_told``)."""
+    """An owner was told how their training ended (``signals.owner_told``)."""
     finished = (notification.context or {}).get(outbox.FAL_FINISHED_AT)
     if notification.audience != Audience.OWNER or not isinstance(finished, str):
         return
     try:
-        seconds = (sent_at - datetime.fromisoformat(finished)).total_seconds()
+        finished_at = datetime.fromisoformat(finished)
     except ValueError:
         return
-    signals.owner_told.send(sender=Notification, kind=notification.kind, seconds=seconds)
+    signals.owner_told.send(
+        sender=Notification, notification=notification, finished_at=finished_at, sent_at=sent_at
+    )
 
 
 def _flood_control(notification, attempt, chat_id, error: SendError) -> str:

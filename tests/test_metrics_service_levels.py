@@ -69,6 +69,13 @@ def buckets(samples, name: str, **labels) -> dict[str, float]:
     }
 
 
+@pytest.fixture
+def committed(django_capture_on_commit_callbacks):
+    """A block whose on-commit work runs at its end, as the commit would run it (the
+    figures of a finish are counted once it is committed)."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
 def due_now() -> None:
     Training.objects.update(next_check_at=timezone.now() - timedelta(seconds=1))
 
@@ -83,7 +90,7 @@ def post_webhook(client, body: bytes, headers: dict):
 
 
 def test_owners_told_is_measured_from_the_time_fal_signed_its_webhook(
-    client, fal, make_avatar, run_deliveries
+    client, fal, make_avatar, run_deliveries, committed
 ):
     fal.drop_webhooks()
     fal.script(run_seconds=3600)
@@ -91,7 +98,8 @@ def test_owners_told_is_measured_from_the_time_fal_signed_its_webhook(
     fal.finish(training.fal_request_id)
     # fal finished the job and signed its webhook 100 s before it reached us.
     body, headers = fal.webhook_for(training.fal_request_id, timestamp=int(time.time()) - 100)
-    assert post_webhook(client, body, headers).status_code == 200
+    with committed():
+        assert post_webhook(client, body, headers).status_code == 200
     run_deliveries()  # the owner's "ready" message goes out now
 
     samples = scrape(client)
@@ -108,8 +116,32 @@ def test_owners_told_is_measured_from_the_time_fal_signed_its_webhook(
     assert value(samples, "avatar_monitor_owner_told_seconds_count", kind="failed") == 0
 
 
+def test_a_webhook_signed_before_the_check_learned_it_starts_the_owners_wait(
+    client, fal, make_avatar, run_deliveries, committed
+):
+    fal.drop_webhooks()
+    fal.script(run_seconds=3600)
+    training = start_training(make_avatar(), source=EventSource.COMMAND).training
+    fal.finish(training.fal_request_id)
+    due_now()
+    with committed():
+        tasks.run_check()  # the check learns it first...
+    # ...and fal's webhook, signed 100 s ago, turns up before the message is sent.
+    body, headers = fal.webhook_for(training.fal_request_id, timestamp=int(time.time()) - 100)
+    assert post_webhook(client, body, headers).status_code == 200
+    run_deliveries()
+
+    samples = scrape(client)
+    told = buckets(samples, "avatar_monitor_owner_told_seconds", kind="ready")
+    assert told["90.0"] == 0 and told["120.0"] == 1
+    assert (
+        value(samples, "avatar_monitor_finishes_total", learned_by="check", outcome="completed")
+        == 1
+    )
+
+
 def test_a_finish_learned_by_the_check_counts_as_check_with_its_queue_time_and_time_to_ready(
-    client, fal, make_avatar, run_deliveries
+    client, fal, make_avatar, run_deliveries, committed
 ):
     fal.drop_webhooks()
     fal.script(run_seconds=3600)
@@ -125,7 +157,8 @@ def test_a_finish_learned_by_the_check_counts_as_check_with_its_queue_time_and_t
 
     fal.finish(training.fal_request_id)
     due_now()
-    tasks.run_check()  # learns the completion: no webhook came
+    with committed():
+        tasks.run_check()  # learns the completion: no webhook came
     run_deliveries()
 
     samples = scrape(client)
@@ -147,16 +180,17 @@ def test_a_finish_learned_by_the_check_counts_as_check_with_its_queue_time_and_t
 
 
 def test_fal_records_end_time_starts_the_owners_wait_and_a_failure_counts_by_kind(
-    client, training_avatar, run_deliveries
+    client, training_avatar, run_deliveries, committed
 ):
     _avatar, training = training_avatar("req-record")
-    transitions.finish_failed(
-        training,
-        error_message="Training failed",
-        error_type="internal_error",
-        source=EventSource.FAL_RECORD,
-        fal_finished_at=timezone.now() - timedelta(seconds=700),
-    )
+    with committed():
+        transitions.finish_failed(
+            training,
+            error_message="Training failed",
+            error_type="internal_error",
+            source=EventSource.FAL_RECORD,
+            fal_finished_at=timezone.now() - timedelta(seconds=700),
+        )
     run_deliveries()
 
     samples = scrape(client)
@@ -170,9 +204,12 @@ def test_fal_records_end_time_starts_the_owners_wait_and_a_failure_counts_by_kin
     assert value(samples, "avatar_monitor_time_to_ready_seconds_count", trainer=PORTRAIT) == 0
 
 
-def test_a_message_that_is_not_sent_is_not_counted_as_told(client, training_avatar, settings):
+def test_a_message_that_is_not_sent_is_not_counted_as_told(client, training_avatar, committed):
     _avatar, training = training_avatar("req-unsent")
-    transitions.complete(training, lora_url="https://v3.fal.media/l.safetensors", source="check")
+    with committed():
+        transitions.complete(
+            training, lora_url="https://v3.fal.media/l.safetensors", source="check"
+        )
     assert Notification.objects.filter(training=training).exists()  # waiting in the outbox
 
     samples = scrape(client)
@@ -181,12 +218,15 @@ def test_a_message_that_is_not_sent_is_not_counted_as_told(client, training_avat
 
 
 def test_an_unknown_trainer_is_shown_as_other_and_prune_lowers_no_histogram(
-    client, training_avatar, run_deliveries
+    client, training_avatar, run_deliveries, committed
 ):
     _avatar, training = training_avatar("req-elsewhere")
     Training.objects.filter(pk=training.pk).update(endpoint="someone/else-trainer")
     training.refresh_from_db()
-    transitions.complete(training, lora_url="https://v3.fal.media/l.safetensors", source="check")
+    with committed():
+        transitions.complete(
+            training, lora_url="https://v3.fal.media/l.safetensors", source="check"
+        )
     run_deliveries()
 
     before = scrape(client)

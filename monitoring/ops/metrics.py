@@ -120,25 +120,24 @@ def _histogram(
     histogram: totals.Histogram,
     documentation: str,
     label: str,
-    found: dict[str, dict[tuple[tuple[str, str], ...], int]],
+    reading: totals.Reading,
     known: Sequence[str],
     bound: Callable[[str], str] = str,
 ) -> HistogramMetricFamily:
-    """A histogram family from its running totals: bucket counts cumulated, sum in seconds.
+    """A histogram family from its running totals: bucket counts cumulated, sums added.
 
     ``bound`` maps a stored label value onto the exposed one (values merged into one
     series are added together), which keeps the label set bounded.
     """
     counts: dict[str, dict[str, int]] = {value: {} for value in known}
-    sums: dict[str, int] = dict.fromkeys(known, 0)
-    for key, number in found.get(histogram.bucket_total, {}).items():
+    sums_ms: dict[str, int] = dict.fromkeys(known, 0)
+    bucket_sums = reading.sums_ms.get(histogram.bucket_total, {})
+    for key, number in reading.values.get(histogram.bucket_total, {}).items():
         labels = dict(key)
         value = bound(labels.get(label, ""))
         per_bucket = counts.setdefault(value, {})
         per_bucket[labels["le"]] = per_bucket.get(labels["le"], 0) + number
-    for key, number in found.get(histogram.sum_total, {}).items():
-        value = bound(dict(key).get(label, ""))
-        sums[value] = sums.get(value, 0) + number
+        sums_ms[value] = sums_ms.get(value, 0) + bucket_sums.get(key, 0)
     family = HistogramMetricFamily(f"{PREFIX}_{histogram.name}", documentation, labels=[label])
     bounds = [totals.bound_text(b) for b in histogram.buckets] + ["+Inf"]
     for value in sorted(counts):
@@ -146,7 +145,7 @@ def _histogram(
         for le in bounds:
             cumulative += counts[value].get(le, 0)
             buckets.append((le, cumulative))
-        family.add_metric([value], buckets, sum_value=sums.get(value, 0) / 1000)
+        family.add_metric([value], buckets, sum_value=sums_ms.get(value, 0) / 1000)
     return family
 
 
@@ -294,7 +293,8 @@ class DatabaseCollector:
         yield beats
 
         # 8. Counters and histograms: the running totals, never pruned.
-        found = totals.current()
+        reading = totals.read()
+        found = reading.values
         yield _counter(
             "fal_errors",
             "fal answers to status checks that were errors, by exception class.",
@@ -328,7 +328,7 @@ class DatabaseCollector:
             totals.OWNER_TOLD,
             "Seconds from fal's completion of a training to its owner's message sent, by kind.",
             "kind",
-            found,
+            reading,
             OWNER_TOLD_KINDS,
         )
         trainers = sorted(set(payloads.ENDPOINTS.values()))
@@ -336,7 +336,7 @@ class DatabaseCollector:
             totals.TIME_TO_READY,
             "Seconds from the start of a training to the avatar ready, by trainer.",
             "trainer",
-            found,
+            reading,
             trainers,
             _trainer,
         )
@@ -344,7 +344,7 @@ class DatabaseCollector:
             totals.FAL_QUEUE,
             "Seconds a training waited in fal's queue before running, by trainer.",
             "trainer",
-            found,
+            reading,
             trainers,
             _trainer,
         )
