@@ -446,6 +446,15 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
 METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
+# Alert thresholds, exported as gauges on /metrics so that the shipped Prometheus rules
+# (deploy/prometheus/alerts.yml) compare against them: one copy of each number.
+OWNER_TOLD_OBJECTIVE_SECONDS = env_int("OWNER_TOLD_OBJECTIVE_SECONDS", 120, minimum=1)
+STUCK_TRAININGS_ALERT_THRESHOLD = env_int("STUCK_TRAININGS_ALERT_THRESHOLD", 5, minimum=0)
+WEBHOOK_REFUSALS_ALERT_PER_MINUTE = env_float(
+    "WEBHOOK_REFUSALS_ALERT_PER_MINUTE", 10.0, minimum=0.0
+)
+# Worker roles beat every 10 s: a role silent this long is down (or hung).
+WORKER_HEARTBEAT_LATE_SECONDS = env_int("WORKER_HEARTBEAT_LATE_SECONDS", 60, minimum=15)
 # Error tracking (sentry-sdk with its Django integration), only with a DSN. Events
 # pass through the same secret redaction as the logs (avatarsite.error_tracking).
 SENTRY_DSN = env_str("SENTRY_DSN")

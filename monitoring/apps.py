@@ -25,3 +25,6 @@ class MonitoringConfig(AppConfig):
         notification_signals.send_recorded.connect(
             totals.count_notification_send, dispatch_uid="monitoring-count-notification-sends"
         )
+        notification_signals.owner_told.connect(
+            totals.observe_owner_told, dispatch_uid="monitoring-observe-owner-told"
+        )

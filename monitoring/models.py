@@ -8,7 +8,7 @@ only; nothing else writes ``Avatar.status``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import models
@@ -382,6 +382,29 @@ class WebhookOutcome(models.TextChoices):
     FAILED = "failed", _("Processing failed")
 
 
+# fal's signing time of a delivery (Unix seconds), as ``monitoring.fal.signature`` names it.
+WEBHOOK_TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
+
+
+class WebhookDeliveryQuerySet(models.QuerySet):
+    def first_signed_at(self, *, training_id: int | None) -> datetime | None:
+        """When fal signed its first verified delivery for this training (None: none).
+
+        fal sends the webhook as the job ends, so this is fal's completion time as fal
+        states it (our clock played no part); retries carry later timestamps.
+        """
+        if training_id is None:
+            return None
+        kept = self.filter(training_id=training_id, verdict=WebhookVerdict.VALID).values_list(
+            "headers", flat=True
+        )
+        stamps = [(headers or {}).get(WEBHOOK_TIMESTAMP_HEADER) for headers in kept]
+        seconds = [int(s) for s in stamps if isinstance(s, str) and s.isdigit()]
+        if not seconds:
+            return None
+        return datetime.fromtimestamp(min(seconds), tz=UTC)
+
+
 class WebhookDelivery(models.Model):
     """Every POST to /webhooks/fal/, stored with what it did (or why it failed) before we answer."""
 
@@ -423,6 +446,8 @@ class WebhookDelivery(models.Model):
         related_name="webhook_deliveries",
         verbose_name=_("training"),
     )
+
+    objects = WebhookDeliveryQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("webhook delivery")
@@ -576,6 +601,8 @@ class RunningTotal(models.Model):
     # JSON with sorted keys (``monitoring.totals.labels_text``), e.g. {"verdict": "valid", ...}.
     labels = models.CharField(_("labels"), max_length=255)
     value = models.BigIntegerField(_("value"), default=0)
+    # A histogram bucket's row: the sum of the values it counted, in milliseconds.
+    sum_ms = models.BigIntegerField(_("sum (ms)"), default=0)
 
     class Meta:
         verbose_name = _("running total")

@@ -34,7 +34,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from avatarsite.log_redaction import redact, redact_value
-from monitoring import owner_messages
+from monitoring import owner_messages, totals
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -244,6 +244,7 @@ def begin_training(
             old=S.READY_FOR_TRAINING,
             new=S.TRAINING,
             details={"attempt": attempt, "endpoint": endpoint},
+            at=now,
         )
     avatar.status = S.TRAINING
     avatar.current_training = training
@@ -414,6 +415,13 @@ def record_fal_status(
             old=training.fal_status,
             new=fal_status,
         )
+        if "started_at" in updates and training.submitted_at and source != EventSource.ADOPT:
+            # Seen running for the first time: how long it waited in fal's queue.
+            totals.observe(
+                totals.FAL_QUEUE,
+                {"trainer": training.endpoint},
+                (now - training.submitted_at).total_seconds(),
+            )
     for name, value in updates.items():
         setattr(training, name, value)
     return True
@@ -446,6 +454,7 @@ def _finish(
     message: str,
     details: dict[str, Any],
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     if training.finished_at is not None and Training.avatar.is_cached(training):
         # An attempt that has finished never finishes again (finished_at is never
@@ -499,10 +508,57 @@ def _finish(
             # chosen "no message"; an adopted job may have been told elsewhere).
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
             if notify:
-                outbox.queue_outcome(training=fresh, outcome=new_status)
+                # fal's end as the caller read it (its record), else when we learned it.
+                outbox.queue_outcome(
+                    training=fresh,
+                    outcome=new_status,
+                    fal_finished_at=min(fal_finished_at or now, now),
+                )
+            # Counted once the finish is committed, in a short transaction of its own:
+            # every finish adds to the same few rows, and counting inside this one would
+            # hold them locked (every other finish waiting) until its commit.
+            transaction.on_commit(
+                lambda: _count_finish(fresh, new_status, source, now), robust=True
+            )
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
+
+
+def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
+    """The service-level figures of a committed finish (``/metrics``).
+
+    A process that dies between the finish's commit and this loses one count: the
+    figures, never the state.
+    """
+    started = None
+    if new_status == S.COMPLETED and source != EventSource.ADOPT:
+        # Only a ready avatar has a time to ready; an adopted job started elsewhere, so
+        # its start here says nothing of the wait.
+        started = _started_at(training)
+    with totals.together():
+        totals.add("finishes", {"learned_by": source, "outcome": new_status})
+        if started is not None:
+            totals.observe(
+                totals.TIME_TO_READY,
+                {"trainer": training.endpoint},
+                (now - started).total_seconds(),
+            )
+
+
+def _started_at(training: Training) -> datetime | None:
+    """When the attempt started: its ``created_at``, or, when the caller read the row
+    without it (the webhook's lookup reads only what finishing needs), the timeline's
+    move to training, written at the same instant: the training row is not read twice."""
+    if "created_at" not in training.get_deferred_fields():
+        return training.created_at
+    return (
+        AvatarEvent.objects.filter(
+            training_id=training.pk, kind=EventKind.STATUS, new_status=S.TRAINING
+        )
+        .values_list("created_at", flat=True)
+        .first()
+    )
 
 
 def complete(
@@ -515,10 +571,13 @@ def complete(
     actor: Any = None,
     details: dict[str, Any] | None = None,
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → completed, storing the LoRA and config URLs and fal's raw result.
 
     ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message.
+    ``fal_finished_at`` (fal's record's ``ended_at``, when the caller read it) is where
+    the owner-told figure starts (``totals.observe_owner_told``); else when we learned it.
     """
     outcome = _finish(
         training,
@@ -535,6 +594,7 @@ def complete(
         message="",
         details={"lora_url": lora_url, **(details or {})},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.info(
@@ -560,6 +620,7 @@ def fail(
     owner_message: str = "",
     staff_note: str = "",
     fal_status: str | None = None,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw).
 
@@ -585,6 +646,7 @@ def fail(
         message=error_message,
         details={"error_type": error_type, "owner_message": chosen, **(details or {})},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.warning(
@@ -692,6 +754,7 @@ def finish_failed(
     actor: Any = None,
     notify: bool = True,
     owner_message: str = "",
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
 
@@ -720,6 +783,7 @@ def finish_failed(
             details={**fal_answer, "cancel_requested": requested},
             notify=notify,
             fal_status=FalStatus.COMPLETED,
+            fal_finished_at=fal_finished_at,
         )
     return fail(
         training,
@@ -732,6 +796,7 @@ def finish_failed(
         owner_message=chosen,
         notify=notify,
         fal_status=FalStatus.COMPLETED,
+        fal_finished_at=fal_finished_at,
     )
 
 
@@ -744,6 +809,7 @@ def cancel(
     details: dict[str, Any] | None = None,
     notify: bool = True,
     fal_status: str | None = None,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
     outcome = _finish(
@@ -759,6 +825,7 @@ def cancel(
         message=reason,
         details=details or {},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.info(

@@ -11,10 +11,10 @@ import json
 import logging
 import traceback
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Sum
 from django.http import HttpRequest
 from django.utils import timezone
@@ -30,6 +30,7 @@ from monitoring.models import (
     RefusedWebhookCount,
     Training,
     WebhookDelivery,
+    WebhookDeliveryQuerySet,
     WebhookOutcome,
     WebhookVerdict,
 )
@@ -55,14 +56,14 @@ _LOOKUP_FIELDS = """avatar_id fal_request_id endpoint fal_status finished_at out
     stuck_since stuck_reason error_type error_message gateway_request_id cancel_requested_at
     avatar__owner_id avatar__name avatar__training_type avatar__status avatar__current_training_id
     avatar__owner__telegram_id avatar__owner__language attempt start_deadline_seconds
-    deadline_cancel_at""".split()
+    deadline_cancel_at created_at""".split()
 
 
 class _ProcessedElsewhere(Exception):
     """Another process recorded this delivery's outcome first: ours rolls back."""
 
 
-class DeliveryQuerySet(models.QuerySet["Delivery"]):
+class DeliveryQuerySet(WebhookDeliveryQuerySet):
     def accepted_with(self, signed: str) -> DeliveryQuerySet:
         """Deliveries with this signature that were acted on: a match means a replay."""
         return self.filter(
@@ -128,7 +129,8 @@ def _count_refusal(verdict: str, minute: datetime) -> int:
 class Delivery(WebhookDelivery):
     """A ``WebhookDelivery`` row with what it does (a proxy: same table)."""
 
-    objects: ClassVar[models.Manager[Delivery]] = DeliveryQuerySet.as_manager()
+    # The same rows, and the same questions plus the ones that need more than the models.
+    objects = DeliveryQuerySet.as_manager()  # type: ignore[misc]
     _raw: bytes = b""
 
     class Meta:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -50,6 +51,8 @@ class FalOutcome:
     # a webhook whose output fal could not serialise).
     has_payload: bool = True
     gateway_request_id: str = ""
+    # When fal says the request ended (its record's ended_at), for the service figures.
+    finished_at: datetime | None = None
 
     @classmethod
     def _finished(cls, answered_by: AnsweredBy, output: Any, **extra: Any) -> FalOutcome:
@@ -154,13 +157,15 @@ class FalOutcome:
     def from_record(cls, item: RecordItem) -> FalOutcome:
         """fal's record of a finished request (payload only when fal stored it)."""
         output = item.json_output if item.has_output else None
+        ended = item.ended_at
         if item.succeeded:
             if not item.has_output:
-                return cls(Kind.NO_LORA, AnsweredBy.RECORD, has_payload=False)
-            return cls._finished(AnsweredBy.RECORD, output)
+                return cls(Kind.NO_LORA, AnsweredBy.RECORD, has_payload=False, finished_at=ended)
+            return cls._finished(AnsweredBy.RECORD, output, finished_at=ended)
         return cls._failed(
             AnsweredBy.RECORD,
             body=output,
             message=item.error_message,
             http_status=item.status_code,
+            finished_at=ended,
         )

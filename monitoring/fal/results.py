@@ -116,6 +116,7 @@ class _Applying:
             actor=self.actor,
             notify=self.notify,
             owner_message=owner_message,
+            fal_finished_at=outcome.finished_at,
         )
         if not finished.changed:
             return Applied(False, finished.detail)
@@ -174,6 +175,7 @@ class _Applying:
                 actor=self.actor,
                 details=self.details,
                 notify=self.notify,
+                fal_finished_at=outcome.finished_at,
             )
             return Applied(finished.changed, "completed" if finished.changed else finished.detail)
         verdict, url = unsafe
@@ -228,6 +230,7 @@ class _Applying:
             details={**self.details, **details},
             result=self.outcome.result,
             fal_status=FalStatus.COMPLETED,
+            fal_finished_at=self.outcome.finished_at,
             source=self.source,
             actor=self.actor,
             notify=self.notify,
