@@ -107,7 +107,8 @@ class ConfirmRow:
 
     @property
     def url(self) -> str:
-        meta = self.obj._meta
+        # A proxy's rows are edited in its concrete model's admin.
+        meta = (self.obj._meta.concrete_model or type(self.obj))._meta
         return reverse(
             f"admin:{meta.app_label}_{meta.model_name}_change", args=[quote(self.obj.pk)]
         )

@@ -1,7 +1,15 @@
-"""A logging filter that removes secrets from every record.
+"""The one redaction of secrets: for every log record, and for every text fal sends us.
+
+``redact`` removes our own keys and tokens (the fal key and its secret half, the bot
+token, the metrics token, the API's client tokens and callback secrets) and anything
+shaped like a fal key (``<uuid key id>:<secret>``, or the credential after ``Key``),
+whoever's it is. The logging filter and formatter below apply it to every record;
+the fal gateway, fal's record and the transitions module apply it to fal's error
+texts, logs and payloads before they are stored, so the API, the admin, the staff chat
+and the database never hold a key fal echoed back.
 
 The loggers that are known to leak (httpx request URLs with the bot token) are
-already kept at WARNING; this filter is the second line of defence for anything
+already kept at WARNING; the filter is the second line of defence for anything
 that formats an exception or a URL containing the fal key or the bot token.
 """
 
@@ -21,7 +29,7 @@ def known_secrets() -> list[str]:
     from django.conf import settings
 
     secrets = []
-    for name in ("FAL_KEY", "TELEGRAM_BOT_TOKEN", "METRICS_TOKEN"):
+    for name in ("FAL_KEY", "TELEGRAM_BOT_TOKEN", "METRICS_TOKEN", "HEALTHZ_TOKEN", "SECRET_KEY"):
         value = getattr(settings, name, None)
         if value and len(value) >= 6:
             secrets.append(value)
@@ -52,11 +60,24 @@ def _redact_link(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2)) + REDACTED
 
 
+# Secrets recognised by their shape, not by being ours: a fal key (a UUID key id and its
+# secret), a credential after "Key" as in fal's Authorization header, and the API's own
+# client tokens and callback secrets (monitoring.api.tokens).
+_SHAPES = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r":[A-Za-z0-9_\-]{8,}"
+    r"|(?<=Key )[^\s:\"']+:[^\s\"',;]+"
+    r"|\batm_[A-Za-z0-9_\-]{20,}"
+    r"|\bwhsec_[A-Za-z0-9+/=]{20,}"
+)
+
+
 def redact(text: str) -> str:
+    """``text`` without our secrets and without anything shaped like a key or token."""
     for secret in known_secrets():
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return _LINK_SECRETS.sub(_redact_link, text)
+    return _SHAPES.sub(REDACTED, _LINK_SECRETS.sub(_redact_link, text))
 
 
 class RedactSecrets(logging.Filter):

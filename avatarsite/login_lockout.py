@@ -1,26 +1,75 @@
-"""The page a locked-out admin login gets (django-axes' ``AXES_LOCKOUT_CALLABLE``).
+"""Admin login lockouts (django-axes): by username *and* address, and per address.
 
-HTTP 429 with the admin's own chrome, saying how long the lock lasts and how a
-superuser lifts it, instead of axes' bare one-line text.
+A lockout on the username alone would let anyone who knows a staff member's username
+lock them out, from anywhere, for ever (five wrong passwords every 15 minutes). So
+axes counts failures per (address, username) pair (``AXES_LOCKOUT_PARAMETERS``): a
+stranger guessing locks only his own address out for that username. Spraying many
+usernames from one address is stopped by a second, higher limit per address
+(``ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT``), which axes has no setting for:
+``PairAndAddressHandler`` adds it to axes' database handler.
+
+``lockout_response`` is the page a locked-out login gets (``AXES_LOCKOUT_CALLABLE``):
+HTTP 429 with the admin's own chrome, saying which lock applies, how long it lasts and
+how a superuser lifts it, instead of axes' bare one-line text.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from axes.attempts import get_cool_off_threshold
+from axes.handlers.database import AxesDatabaseHandler
+from axes.helpers import get_client_ip_address
+from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib import admin
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+
+
+def address_failures(request: HttpRequest) -> int:
+    """Failed logins from the request's address within the cool-off, whatever the username."""
+    address = getattr(request, "axes_ip_address", None) or get_client_ip_address(request)
+    attempts = AccessAttempt.objects.filter(
+        ip_address=address, attempt_time__gte=get_cool_off_threshold(request)
+    )
+    return attempts.aggregate(total=Sum("failures_since_start"))["total"] or 0
+
+
+def address_locked(request: HttpRequest) -> bool:
+    return address_failures(request) >= settings.ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT
+
+
+class PairAndAddressHandler(AxesDatabaseHandler):
+    """axes' database handler, whose failure count also reaches the limit once the
+    address alone has failed ``ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT`` times.
+
+    axes compares one count with one limit, both when a login fails and before each
+    login is tried, so raising the count is the one place both see the address limit.
+    """
+
+    def get_failures(self, request: Any, credentials: dict | None = None) -> int:
+        pair = super().get_failures(request, credentials)
+        if pair < settings.AXES_FAILURE_LIMIT and address_locked(request):
+            return settings.AXES_FAILURE_LIMIT
+        return pair
 
 
 def lockout_response(
     request: HttpRequest, original_response: HttpResponse | None, credentials: Any
 ) -> HttpResponse:
+    by_address = address_locked(request)
     context = {
         **admin.site.each_context(request),
-        # ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_COOLOFF_MINUTES, as axes holds them.
-        "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "by_address": by_address,
+        "address": getattr(request, "axes_ip_address", "") or "",
+        # ADMIN_LOGIN_FAILURE_LIMIT or ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT, whichever locked.
+        "failure_limit": (
+            settings.ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT
+            if by_address
+            else settings.AXES_FAILURE_LIMIT
+        ),
         "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
     }
     response = TemplateResponse(request, "admin/login_locked_out.html", context, status=429)

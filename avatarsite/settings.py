@@ -88,6 +88,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Content-Security-Policy on /admin/ only.
     "avatarsite.csp.AdminCSPMiddleware",
+    # An admin object id the model cannot hold: 404 (400 in an action POST), never 500.
+    "avatarsite.admin_ids.AdminObjectIdMiddleware",
     # /api/ only: untranslated answers, one recorded row per authenticated call.
     "monitoring.api.middleware.ApiCallMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
@@ -192,16 +194,21 @@ CONTENT_SECURITY_POLICY = {
 # --- Staff admin -------------------------------------------------------------------
 # One admin action starts at most this many (paid) trainings.
 ADMIN_BULK_START_MAX = env_int("ADMIN_BULK_START_MAX", 20, minimum=1)
-# Login rate limit (django-axes): after this many failed logins from one client address,
-# or for one username, further logins from that address / for that username are
-# refused for the cool-off. `manage.py axes_reset` (or axes_reset_ip, axes_reset_username)
-# lifts a lockout at once.
+# Login rate limit (django-axes), in two parts (avatarsite.login_lockout):
+# - ADMIN_LOGIN_FAILURE_LIMIT failures of one username *from one client address* lock
+#   that pair: a stranger guessing a staff member's password locks only himself out,
+#   never the staff member logging in from elsewhere;
+# - ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT failures from one address, whatever the usernames,
+#   lock the address (password spraying).
+# `manage.py axes_reset_username` / `axes_reset_ip` / `axes_reset` lift a lockout at once.
 ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
 ADMIN_LOGIN_COOLOFF_MINUTES = env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
 AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
-# Address and username are counted separately: either one reaching the limit locks.
-AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+# axes' database handler, plus the per-address limit it has no setting for.
+AXES_HANDLER = "avatarsite.login_lockout.PairAndAddressHandler"
 # The one rule for the client's address behind the proxy (last X-Forwarded-For hop).
 AXES_CLIENT_IP_CALLABLE = "avatarsite.client_address.client_address"
 AXES_LOCKOUT_CALLABLE = "avatarsite.login_lockout.lockout_response"
@@ -249,6 +256,14 @@ FAL_WEBHOOK_USER_ID = env_str("FAL_WEBHOOK_USER_ID")
 # Refused deliveries are anyone's to send: this many rows per verdict and minute are
 # kept, beyond that only a count (RefusedWebhookCount).
 WEBHOOK_REFUSED_ROWS_PER_MINUTE = env_int("WEBHOOK_REFUSED_ROWS_PER_MINUTE", 60, minimum=0)
+# What refused deliveries (anyone's to send) may cost the disk in a day, and so the
+# bytes of rows kept per minute across every verdict (beyond: only the count grows).
+WEBHOOK_REFUSED_MAX_MB_PER_DAY = env_int("WEBHOOK_REFUSED_MAX_MB_PER_DAY", 50, minimum=1)
+WEBHOOK_REFUSED_BYTES_PER_MINUTE = env_int(
+    "WEBHOOK_REFUSED_BYTES_PER_MINUTE",
+    WEBHOOK_REFUSED_MAX_MB_PER_DAY * 1_000_000 // (24 * 60),
+    minimum=0,
+)
 # Where fal's result files may live: a host, a *.suffix, or a host/path-prefix. A URL
 # elsewhere flags the training stuck for staff instead of being sent to the owner.
 FAL_MEDIA_ALLOWED_HOSTS = env_list(
@@ -292,6 +307,21 @@ FAL_OUTAGE_ERROR_SHARE = env_float("FAL_OUTAGE_ERROR_SHARE", 0.5, minimum=0.01)
 FAL_OUTAGE_MIN_CALLS = env_int("FAL_OUTAGE_MIN_CALLS", 20, minimum=1)
 FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=1)
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
+# Self-healing (docs/fal.md, "Retries and deadlines"): fal's own failures start a new
+# attempt with the same input, at most this many times per avatar in a row.
+TRAINING_AUTO_RETRY_MAX = env_int("TRAINING_AUTO_RETRY_MAX", 2, minimum=0, maximum=10)
+# Staff hear once per episode when this share of the last hour's ended attempts were
+# retried (with more than 5 of them).
+AUTO_RETRY_ALERT_RATIO = env_float("AUTO_RETRY_ALERT_RATIO", 0.2, minimum=0.01)
+# fal's start deadline for a job (X-Fal-Request-Timeout), 0 = off: on an account that
+# runs 2 trainings at once a long queue is normal. A job not started in time is fal's
+# failure (retried).
+TRAINING_START_TIMEOUT_SECONDS = env_int("TRAINING_START_TIMEOUT_SECONDS", 0, minimum=0)
+if 0 < TRAINING_START_TIMEOUT_SECONDS < 10:
+    raise ImproperlyConfigured("TRAINING_START_TIMEOUT_SECONDS must be 0 (off) or at least 10")
+# A run longer than this is cancelled on fal and retried once fal confirms it ended.
+TRAINING_MAX_RUN_MINUTES_PORTRAIT = env_int("TRAINING_MAX_RUN_MINUTES_PORTRAIT", 180, minimum=1)
+TRAINING_MAX_RUN_MINUTES_STYLE = env_int("TRAINING_MAX_RUN_MINUTES_STYLE", 90, minimum=1)
 # The dashboard and the stuck list reload themselves this often (0 = never).
 ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
 
@@ -479,6 +509,15 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
 METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
+# Alert thresholds, exported as gauges on /metrics so that the shipped Prometheus rules
+# (deploy/prometheus/alerts.yml) compare against them: one copy of each number.
+OWNER_TOLD_OBJECTIVE_SECONDS = env_int("OWNER_TOLD_OBJECTIVE_SECONDS", 120, minimum=1)
+STUCK_TRAININGS_ALERT_THRESHOLD = env_int("STUCK_TRAININGS_ALERT_THRESHOLD", 5, minimum=0)
+WEBHOOK_REFUSALS_ALERT_PER_MINUTE = env_float(
+    "WEBHOOK_REFUSALS_ALERT_PER_MINUTE", 10.0, minimum=0.0
+)
+# Worker roles beat every 10 s: a role silent this long is down (or hung).
+WORKER_HEARTBEAT_LATE_SECONDS = env_int("WORKER_HEARTBEAT_LATE_SECONDS", 60, minimum=15)
 # Error tracking (sentry-sdk with its Django integration), only with a DSN. Events
 # pass through the same secret redaction as the logs (avatarsite.error_tracking).
 SENTRY_DSN = env_str("SENTRY_DSN")

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
         call_command("migrate", verbosity=0)
         token = tokens.create_client(
-            name="bench bot", scopes=["trainings:write", "avatars:read"]
+            name="bench bot", scopes=["trainings:write", "avatars:read", "avatars:all"]
         ).token
         print(f"database {db_name} migrated; creating {args.avatars} avatars …", flush=True)
         ids = _make_avatars(args.avatars)

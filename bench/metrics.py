@@ -5,8 +5,9 @@
 It creates its own PostgreSQL database (on the server of DATABASE_URL, default
 postgres://root@127.0.0.1:5432/root), migrates it and fills it with N active
 trainings (a tenth stuck, a third in progress), N finished ones, a day of check-run
-heartbeats (1,440), 2,000 notifications (a quarter of them still pending) and the
-running totals a busy day leaves. Then it scrapes ``/metrics`` ``--repeat`` times
+heartbeats (1,440), 2,000 notifications (a quarter of them still pending), six worker
+heartbeat rows, and the running totals a busy day leaves (counters, and every bucket
+of every histogram filled). Then it scrapes ``/metrics`` ``--repeat`` times
 through Django's test client (the whole view: access check, collector, text
 format) and prints the median and worst wall time and the SQL queries per scrape;
 the baseline in the same run is ``/healthz``, the cheapest database-backed page.
@@ -44,7 +45,14 @@ def _fill(n: int) -> None:
     from django.utils import timezone
 
     from monitoring import totals
-    from monitoring.models import Avatar, AvatarStatus, CheckRun, FalStatus, Training
+    from monitoring.models import (
+        Avatar,
+        AvatarStatus,
+        CheckRun,
+        FalStatus,
+        Training,
+        WorkerHeartbeat,
+    )
     from notifications.models import Audience, Notification, NotificationKind
 
     now = timezone.now()
@@ -113,6 +121,27 @@ def _fill(n: int) -> None:
         totals.add("fal_errors", {"class": error_class}, 17)
     for result in ("sent", "retry_after", "transient", "unreachable", "bad_request"):
         totals.add("notification_sends", {"result": result}, n)
+    for source in ("webhook", "check", "fal_record", "staff"):
+        for outcome in ("completed", "error", "cancelled"):
+            totals.add("finishes", {"learned_by": source, "outcome": outcome}, n)
+    # Every bucket of every histogram and label value holds something (the most rows a
+    # scrape reads), one observation each plus its sum.
+    trainers = ("fal-ai/flux-lora-portrait-trainer", "fal-ai/flux-lora-fast-training")
+    for histogram, label, values in (
+        (totals.OWNER_TOLD, "kind", ("ready", "failed", "cancelled")),
+        (totals.TIME_TO_READY, "trainer", trainers),
+        (totals.FAL_QUEUE, "trainer", trainers),
+    ):
+        for label_value in values:
+            for bound in (*histogram.buckets, histogram.buckets[-1] * 2):
+                totals.observe(histogram, {label: label_value}, bound)
+    WorkerHeartbeat.objects.bulk_create(
+        [
+            WorkerHeartbeat(role=role, host=f"worker-{h}", pid=100 + h, beat_at=now)
+            for role in ("checks", "notifications")
+            for h in range(3)
+        ]
+    )
     # Statistics as the autovacuum daemon would have them on a database this size.
     from django.db import connection
 

@@ -113,11 +113,18 @@ class JobScript:
     status_error: int | None = None
     # ...or only the next N status calls (then behave normally).
     status_error_times: int = 0
+    # The body of those injected answers (and of ``result_error``/``cancel_error``)
+    # instead of fal's usual one: e.g. a detail that echoes the key.
+    error_body: dict | None = None
+    # Answer the job's cancel with this HTTP code (401, 500...) instead of acting on it.
+    cancel_error: int | None = None
     # Seconds each status call takes before answering.
     latency: float | None = None
     # What a cancel does to a job that has not finished: "error" (it ends COMPLETED
     # with an error), "gone" (status answers 404 afterwards), "ignore" (it completes anyway).
     on_cancel: str = "error"
+    # The code of the failure a cancel ends in (fal: client_cancelled; None: no code).
+    cancel_error_type: str | None = "client_cancelled"
     logs: tuple[str, ...] = ("Preparing images", "Training step 100/1000", "Training step 900/1000")
     deliver_webhook: bool = True
     # A custom result payload (default: a LoRA and its config as fal File objects).
@@ -129,6 +136,9 @@ class JobScript:
     lose_submit_answer: bool = False
     # fal's record lists the job without json_input/json_output (payload storage off).
     record_payload: bool = True
+    # Only the first N jobs with the same input fail with ``error``; later ones succeed
+    # (0: every job fails). fal's own failures are often gone at the next attempt.
+    fail_first: int = 0
 
 
 def _merge(script: JobScript, changes: dict[str, Any]) -> JobScript:
@@ -148,18 +158,29 @@ class Job:
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
     finished_at: float | None = None  # forced end (finish() or cancel)
     forced_error: tuple[str, str | None] | None = None
+    forced_status: int | None = None  # the HTTP status of a forced failure (a cancel: 499)
     cancelled: bool = False
     gone: bool = False
     webhook_sent: bool = False
     # Wall-clock times for fal's record: (sent, started, ended) in Unix seconds, for
     # jobs written straight into the record (``add_record``).
     record_times: tuple[float, float, float] | None = None
+    # Which job with this input it is (1 for the first), for ``fail_first``.
+    nth_of_input: int = 1
+    # The start deadline sent with the submit (X-Fal-Request-Timeout), in seconds.
+    start_deadline: float | None = None
+
+    def _missed_start(self) -> bool:
+        """fal ends a job that did not start within its start deadline (504, type user)."""
+        return self.start_deadline is not None and self.script.queue_seconds > self.start_deadline
 
     def ended(self) -> float | None:
         """When the job ended (monotonic), None while it runs."""
         if self.finished_at is not None:
             return self.finished_at
         end = self.submitted_at + self.script.queue_seconds + self.script.run_seconds
+        if self._missed_start():
+            end = self.submitted_at + (self.start_deadline or 0.0)
         return end if end <= time.monotonic() else None
 
     def forgotten(self) -> bool:
@@ -173,6 +194,8 @@ class Job:
             return "COMPLETED"
         now = time.monotonic() if now is None else now
         elapsed = now - self.submitted_at
+        if self._missed_start() and elapsed >= (self.start_deadline or 0.0):
+            return "COMPLETED"
         if elapsed < self.script.queue_seconds:
             return "IN_QUEUE"
         if elapsed < self.script.queue_seconds + self.script.run_seconds:
@@ -182,9 +205,28 @@ class Job:
     def failure(self) -> tuple[str, str | None] | None:
         if self.forced_error is not None:
             return self.forced_error
-        if self.script.error is not None:
+        if self._missed_start():
+            return "Request timed out before it started", "request_timeout"
+        if self.script.error is not None and not (
+            self.script.fail_first and self.nth_of_input > self.script.fail_first
+        ):
             return self.script.error, self.script.error_type
         return None
+
+    def error_answer(self) -> tuple[int, dict[str, Any]] | None:
+        """fal's answer for a failed job, the same on every path (result, webhook, record):
+        a 422 with a typed ``detail`` list for the model's errors (the owner's photos),
+        a flat ``{"detail", "error_type"}`` for fal's own failures (shared/fal-facts.md)."""
+        failure = self.failure()
+        if failure is None:
+            return None
+        message, error_type = failure
+        status = self.forced_status or (504 if self._missed_start() else self.script.result_status)
+        if status == 422:
+            return 422, {
+                "detail": [{"loc": ["body"], "msg": message, "type": error_type or "value_error"}]
+            }
+        return status, {"detail": message, "error_type": error_type}
 
 
 class FalEmulator:
@@ -348,6 +390,7 @@ class FalEmulator:
             self.default_script = JobScript()
             self._matchers: list[tuple[Callable[[dict], bool], JobScript]] = []
             self.submissions: list[dict] = []
+            self._jobs_per_input: Counter[str] = Counter()
             self.status_calls: Counter[str] = Counter()
             self.result_calls: Counter[str] = Counter()
             self.cancel_calls: Counter[str] = Counter()
@@ -498,12 +541,15 @@ class FalEmulator:
                 script = candidate
         if self.script_from_input:
             script = _demo_script(payload)
+        key = json.dumps(payload, sort_keys=True)
+        self._jobs_per_input[key] += 1
         job = Job(
             request_id=str(uuid.uuid4()),
             endpoint=endpoint,
             payload=payload,
             webhook_url=webhook_url,
             script=script,
+            nth_of_input=self._jobs_per_input[key],
         )
         self.jobs[job.request_id] = job
         if webhook_url:
@@ -613,13 +659,13 @@ class FalEmulator:
         return sent, min(sent + job.script.queue_seconds, end), end
 
     def _record_status(self, job: Job) -> int:
-        return 200 if job.failure() is None else job.script.result_status
+        answer = job.error_answer()
+        return 200 if answer is None else answer[0]
 
     def _record_item(self, job: Job, *, expand: bool) -> dict[str, Any]:
         times = self._record_times(job)
         assert times is not None
         sent, started, end = times
-        failure = job.failure()
         code = self._record_status(job)
         item: dict[str, Any] = {
             "request_id": job.request_id,
@@ -632,25 +678,17 @@ class FalEmulator:
         }
         if expand and job.script.record_payload:
             item["json_input"] = job.payload
-            if failure is None:
-                item["json_output"] = self._result_payload(job)
-            else:
-                message, error_type = failure
-                item["json_output"] = {
-                    "detail": [{"msg": message, "type": error_type or "value_error"}]
-                }
+            answer = job.error_answer()
+            item["json_output"] = self._result_payload(job) if answer is None else answer[1]
         return item
 
     def _webhook_body(self, job: Job) -> bytes:
-        failure = job.failure()
-        if failure is None:
+        answer = job.error_answer()
+        if answer is None:
             return delivery_body(job.request_id, payload=self._result_payload(job))
-        message, _error_type = failure
+        status, body = answer
         return delivery_body(
-            job.request_id,
-            status="ERROR",
-            error=f"Invalid status code: {job.script.result_status}",
-            payload={"detail": [{"msg": message, "type": "value_error"}]},
+            job.request_id, status="ERROR", error=f"Invalid status code: {status}", payload=body
         )
 
     # --- webhooks ---------------------------------------------------------------------
@@ -822,7 +860,7 @@ class _Responder:
                     "endpoint": endpoint,
                     "payload": payload,
                     "webhook_url": webhook,
-                    "headers": dict(request.headers),
+                    "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
                 }
             )
             refusal = emulator._submit_refusals.pop(0) if emulator._submit_refusals else None
@@ -830,6 +868,9 @@ class _Responder:
             if refusal is not None:
                 return refusal[0], refusal[1], latency
             job = emulator._create_job(endpoint, payload, webhook)
+            deadline = request.headers.get("x-fal-request-timeout")
+            if deadline and deadline.replace(".", "", 1).isdigit():
+                job.start_deadline = float(deadline)
         if job.script.lose_submit_answer:
             return DROP_CONNECTION, None, latency
         body = {
@@ -915,12 +956,19 @@ class _Responder:
             job = emulator._job(endpoint, request_id)
             if job is None:
                 return 404, {"status": "NOT_FOUND"}, 0.0
+            if job.script.cancel_error is not None:
+                code = job.script.cancel_error
+                return code, job.script.error_body or _error_body(code), 0.0
             if job.state() == "COMPLETED":
                 return 400, {"status": "ALREADY_COMPLETED"}, 0.0
             job.cancelled = True
             if job.script.on_cancel == "error":
                 job.finished_at = time.monotonic()
-                job.forced_error = ("Request was cancelled by the user", "request_cancelled")
+                job.forced_error = (
+                    "Request was cancelled by the user",
+                    job.script.cancel_error_type,
+                )
+                job.forced_status = 499
             elif job.script.on_cancel == "gone":
                 job.gone = True
             return 202, {"status": "CANCELLATION_REQUESTED"}, 0.0
@@ -942,7 +990,7 @@ class _Responder:
                     script.status_error_times -= 1
                     if script.status_error_times == 0:
                         script.status_error = None
-                return injected, _error_body(injected), latency
+                return injected, script.error_body or _error_body(injected), latency
             if job is None or job.forgotten():
                 return 404, {"status": "NOT_FOUND"}, latency
             state = job.state()
@@ -986,21 +1034,17 @@ class _Responder:
                 return 400, {"detail": "Request is still in progress"}, 0.0
             if job.script.result_error is not None:
                 code = job.script.result_error
+                if job.script.error_body is not None:
+                    return code, job.script.error_body, 0.0
                 if code == 422:
                     detail = [
                         {"loc": ["body"], "msg": "Output validation failed", "type": "value_error"}
                     ]
                     return code, {"detail": detail}, 0.0
                 return code, _error_body(code), 0.0
-            failure = job.failure()
-            if failure is not None:
-                message, error_type = failure
-                if job.script.result_status == 422:
-                    detail = [
-                        {"loc": ["body"], "msg": message, "type": error_type or "value_error"}
-                    ]
-                    return 422, {"detail": detail}, 0.0
-                return job.script.result_status, {"detail": message, "error_type": error_type}, 0.0
+            answer = job.error_answer()
+            if answer is not None:
+                return answer[0], answer[1], 0.0
             return 200, emulator._result_payload(job), 0.0
 
 

@@ -12,7 +12,7 @@ class MonitoringConfig(AppConfig):
         from django.db.models.signals import post_delete
 
         from monitoring import files, roles, totals, transitions
-        from monitoring.fal import webhooks  # noqa: F401
+        from monitoring.fal import deliveries  # noqa: F401 (the Delivery proxy model)
         from monitoring.models import KeptFile
         from monitoring.ops import retention, schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
@@ -25,10 +25,6 @@ class MonitoringConfig(AppConfig):
         post_migrate.connect(
             roles.sync_roles_after_migrate, sender=self, dispatch_uid="monitoring-roles"
         )
-        # A webhook may arrive before the request id is saved; apply it once it is.
-        transitions.training_submitted.connect(
-            webhooks.apply_unmatched_deliveries, dispatch_uid="monitoring-unmatched-webhooks"
-        )
         # Every completion, whatever path made it, keeps the trained files.
         transitions.training_finished.connect(
             files.on_training_finished, dispatch_uid="monitoring-keep-files"
@@ -40,4 +36,7 @@ class MonitoringConfig(AppConfig):
             retention.EXTRA_PRUNABLE.append(files.superseded)
         notification_signals.send_recorded.connect(
             totals.count_notification_send, dispatch_uid="monitoring-count-notification-sends"
+        )
+        notification_signals.owner_told.connect(
+            totals.observe_owner_told, dispatch_uid="monitoring-observe-owner-told"
         )

@@ -8,6 +8,8 @@ only; nothing else writes ``Avatar.status``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -63,6 +65,8 @@ class FalStatus(models.TextChoices):
     """The sub-state of an avatar in ``training``: ours before fal answers, then fal's."""
 
     SUBMITTING = "SUBMITTING", _("Submitting")
+    # An automatic retry's attempt, created with fal's failure and sent by the worker.
+    NOT_SENT = "NOT_SENT", _("Waiting to be sent")
     IN_QUEUE = "IN_QUEUE", _("In queue")
     IN_PROGRESS = "IN_PROGRESS", _("In progress")
     COMPLETED = "COMPLETED", _("Completed on fal")
@@ -144,6 +148,28 @@ class TrainingOutcome(models.TextChoices):
     # A submit whose answer was lost, searched for in fal's record until the give-up
     # time, then closed by an Operator's "fal has no such job": nothing to follow.
     NO_FAL_JOB = "no_fal_job", _("No job on fal (recorded by staff)")
+    # fal's own failure, followed at once by a new attempt with the same input.
+    RETRIED = "retried", _("Retried automatically")
+
+
+class TrainingQuerySet(models.QuerySet["Training"]):
+    """The questions asked of trainings, in the domain's words."""
+
+    def active(self) -> TrainingQuerySet:
+        return self.filter(finished_at__isnull=True)
+
+    def finished(self) -> TrainingQuerySet:
+        return self.filter(finished_at__isnull=False)
+
+    def due(self, now: datetime) -> TrainingQuerySet:
+        """Active and past ``next_check_at``: what the periodic check claims."""
+        return self.active().filter(next_check_at__lte=now)
+
+    def stuck(self) -> TrainingQuerySet:
+        return self.active().filter(stuck_since__isnull=False)
+
+    def for_request(self, request_id: str) -> TrainingQuerySet:
+        return self.filter(fal_request_id=request_id)
 
 
 class Training(models.Model):
@@ -212,6 +238,14 @@ class Training(models.Model):
         _("stuck checks paused until"), null=True, blank=True
     )
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    # Deadlines (docs/fal.md): the start deadline this attempt was sent with, and when
+    # our run deadline asked fal to cancel it (not a staff cancel: it is retried).
+    start_deadline_seconds = models.PositiveIntegerField(
+        _("start deadline sent (s)"), null=True, blank=True
+    )
+    deadline_cancel_at = models.DateTimeField(
+        _("cancelled by the run deadline"), null=True, blank=True
+    )
 
     # fal's own record (monitoring.recovery): a submit whose answer was lost is looked
     # up there from this moment on; after FAL_LOST_SUBMIT_GIVE_UP_HOURS staff are told
@@ -224,6 +258,8 @@ class Training(models.Model):
     result_unavailable_since = models.DateTimeField(
         _("finished on fal, result not available since"), null=True, blank=True
     )
+
+    objects = TrainingQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("training")
@@ -281,6 +317,7 @@ class EventKind(models.TextChoices):
     CANCEL_REQUESTED = "cancel_requested", _("Cancel requested")
     RECHECK_REQUESTED = "recheck_requested", _("Re-check requested")
     NOTE = "note", _("Note")
+    RETRIED = "retried", _("Retried automatically")
 
 
 class AvatarEvent(models.Model):
@@ -345,6 +382,29 @@ class WebhookOutcome(models.TextChoices):
     FAILED = "failed", _("Processing failed")
 
 
+# fal's signing time of a delivery (Unix seconds), as ``monitoring.fal.signature`` names it.
+WEBHOOK_TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
+
+
+class WebhookDeliveryQuerySet(models.QuerySet):
+    def first_signed_at(self, *, training_id: int | None) -> datetime | None:
+        """When fal signed its first verified delivery for this training (None: none).
+
+        fal sends the webhook as the job ends, so this is fal's completion time as fal
+        states it (our clock played no part); retries carry later timestamps.
+        """
+        if training_id is None:
+            return None
+        kept = self.filter(training_id=training_id, verdict=WebhookVerdict.VALID).values_list(
+            "headers", flat=True
+        )
+        stamps = [(headers or {}).get(WEBHOOK_TIMESTAMP_HEADER) for headers in kept]
+        seconds = [int(s) for s in stamps if isinstance(s, str) and s.isdigit()]
+        if not seconds:
+            return None
+        return datetime.fromtimestamp(min(seconds), tz=UTC)
+
+
 class WebhookDelivery(models.Model):
     """Every POST to /webhooks/fal/, stored with what it did (or why it failed) before we answer."""
 
@@ -359,7 +419,7 @@ class WebhookDelivery(models.Model):
         db_index=True,
         help_text=_("The request_id from the body."),
     )
-    signature = models.CharField(_("signature"), max_length=256, blank=True, db_index=True)
+    signature = models.CharField(_("signature"), max_length=256, blank=True)
     verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
     outcome = models.CharField(
         _("outcome"), max_length=32, choices=WebhookOutcome.choices, default=WebhookOutcome.RECEIVED
@@ -387,6 +447,8 @@ class WebhookDelivery(models.Model):
         verbose_name=_("training"),
     )
 
+    objects = WebhookDeliveryQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("webhook delivery")
         verbose_name_plural = _("webhook deliveries")
@@ -403,6 +465,13 @@ class WebhookDelivery(models.Model):
                 fields=["received_at"],
                 condition=Q(outcome=WebhookOutcome.RECEIVED),
                 name="webhook_received_idx",
+            ),
+            # Replays are looked up among verified deliveries only: a refused row's
+            # signature (anyone's to send) is never indexed.
+            models.Index(
+                fields=["signature"],
+                condition=Q(verdict=WebhookVerdict.VALID),
+                name="webhook_signature_valid_idx",
             ),
         ]
 
@@ -425,6 +494,7 @@ class RefusedWebhookCount(models.Model):
     minute = models.DateTimeField(_("minute"))
     verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
     count = models.PositiveIntegerField(_("refused"), default=0)
+    kept_bytes = models.PositiveIntegerField(_("bytes kept as rows"), default=0)
 
     class Meta:
         verbose_name = _("refused webhooks per minute")
@@ -531,6 +601,8 @@ class RunningTotal(models.Model):
     # JSON with sorted keys (``monitoring.totals.labels_text``), e.g. {"verdict": "valid", ...}.
     labels = models.CharField(_("labels"), max_length=255)
     value = models.BigIntegerField(_("value"), default=0)
+    # A histogram bucket's row: the sum of the values it counted, in milliseconds.
+    sum_ms = models.BigIntegerField(_("sum (ms)"), default=0)
 
     class Meta:
         verbose_name = _("running total")

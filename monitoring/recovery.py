@@ -33,9 +33,10 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from monitoring import owner_messages, transitions
-from monitoring.fal import payloads, platform, results
-from monitoring.models import AvatarStatus, EventSource, FalStatus, Training
+from monitoring import transitions
+from monitoring.fal import platform, results
+from monitoring.fal.outcome import FalOutcome
+from monitoring.models import EventSource, FalStatus, Training
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")
@@ -43,9 +44,6 @@ logger = logging.getLogger("monitoring")
 RECORD = EventSource.FAL_RECORD
 # fal's clock and ours may differ a little: the lost submit's window opens earlier.
 CLOCK_SKEW = timedelta(minutes=5)
-RESULT_UNAVAILABLE = (
-    "finished on fal, result not available (the queue forgot it, fal's record has no payload)"
-)
 
 
 @dataclass
@@ -59,83 +57,18 @@ class Recovery:
     in_record: bool | None = None
 
 
-def _error_type(item: platform.RecordItem) -> str:
-    output = item.json_output
-    detail = output.get("detail") if isinstance(output, dict) else None
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        kind = detail[0].get("type")
-        if isinstance(kind, str) and kind:
-            return kind[:128]
-    if isinstance(output, dict) and isinstance(output.get("error_type"), str):
-        return output["error_type"][:128]
-    return f"http_{item.status_code}" if item.status_code else "fal_error"
-
-
 def apply_record_item(
     training: Training, item: platform.RecordItem, *, via: str, notify: bool = True
 ) -> Recovery:
     """Finish ``training`` from fal's record of its request (or flag it for staff)."""
-    details = {"answered_by": "fal_record", "via": via, "status_code": item.status_code}
-    if item.succeeded and not item.has_output:
-        return _result_unavailable(training, via=via)
-    if training.fal_status != FalStatus.COMPLETED:
-        # Staff should see that fal finished it, whatever comes next.
-        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=RECORD)
-    if item.succeeded:
-        urls = payloads.lora_urls(item.json_output)
-        if urls is None:
-            outcome = transitions.fail(
-                training,
-                error_message="fal's record: the result has no LoRA file (diffusers_lora_file)",
-                error_type="no_lora_in_result",
-                result=item.json_output,
-                details=details,
-                source=RECORD,
-                notify=notify,
-            )
-            return Recovery(True, "fal's record: result without a LoRA file", outcome.changed, True)
-        lora_url, config_url = urls
-        finished = results.complete_with_urls(
-            training,
-            lora_url=lora_url,
-            config_url=config_url,
-            result=item.json_output,
-            details=details,
-            source=RECORD,
-            notify=notify,
-        )
-        if finished.verdict != payloads.MediaUrl.ALLOWED:
-            return Recovery(True, f"fal's record: {finished.summary}", finished.changed, True)
-        return Recovery(True, "completed from fal's record", finished.changed, True)
-    message = item.error_message
-    # A failure after a cancel request is a cancellation (one rule for every path).
-    outcome = transitions.finish_failed(
+    applied = results.apply(
         training,
-        error_message=message,
-        error_type=_error_type(item),
-        http_status=item.status_code,
-        detail_type_list=owner_messages.detail_types(item.json_output),
-        result=item.json_output,
-        details=details,
+        FalOutcome.from_record(item),
         source=RECORD,
         notify=notify,
+        details={"via": via, "status_code": item.status_code},
     )
-    if outcome.status == AvatarStatus.CANCELLED:
-        return Recovery(True, "cancelled (fal's record)", outcome.changed, True)
-    return Recovery(True, f"failed per fal's record: {message}", outcome.changed, True)
-
-
-def _result_unavailable(training: Training, *, via: str) -> Recovery:
-    now = timezone.now()
-    if training.fal_status != FalStatus.COMPLETED:
-        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=RECORD)
-    if training.result_unavailable_since is None:
-        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
-            result_unavailable_since=now
-        )
-        training.result_unavailable_since = now
-    flagged = transitions.restate_stuck(training, reason=RESULT_UNAVAILABLE, source=RECORD)
-    return Recovery(True, RESULT_UNAVAILABLE, flagged, True)
+    return Recovery(True, f"fal's record: {applied.summary}", applied.changed, True)
 
 
 def recover_from_record(
@@ -173,6 +106,8 @@ def is_lost_submit(training: Training, now: datetime) -> bool:
     """A submit with no request id whose answer was lost, or whose process died."""
     if training.finished_at is not None or training.fal_request_id:
         return False
+    if training.fal_status == FalStatus.NOT_SENT:
+        return False  # an automatic retry waiting for the worker: nothing was sent
     if training.submit_unknown_since is not None:
         return True
     # No process answers a submit for this long (FAL_SUBMIT_TIMEOUT_SECONDS is far less).
@@ -288,9 +223,11 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
     note = f" ({unverifiable} listed without their input: not counted as 'no match')"
     summary = "lost submit: no matching job in fal's record yet" + (note if unverifiable else "")
     if training.lost_submit_given_up_at is None and now >= give_up_at(training):
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, lost_submit_given_up_at__isnull=True
-        ).update(lost_submit_given_up_at=now)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, lost_submit_given_up_at__isnull=True)
+            .update(lost_submit_given_up_at=now)
+        )
         if won:
             training.lost_submit_given_up_at = now
             outbox.queue_fal_record_alert(

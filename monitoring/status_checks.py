@@ -44,10 +44,12 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from monitoring import recovery, restore, stuck, totals, transitions
 from monitoring.fal import client as fal
-from monitoring.fal import payloads, platform, results
+from monitoring.fal import platform, results
+from monitoring.fal.outcome import AnsweredBy, FalOutcome
 from monitoring.models import AvatarStatus, CheckRun, EventSource, FalStatus, Training
 from notifications import delivery, outbox
 
@@ -89,6 +91,10 @@ _LOADED_FIELDS = (
     "submit_unknown_since",
     "lost_submit_given_up_at",
     "result_unavailable_since",
+    # Read by the outcome path (retries and deadlines).
+    "attempt",
+    "start_deadline_seconds",
+    "deadline_cancel_at",
 )
 
 
@@ -277,6 +283,10 @@ class _Batch:
         # fal errors by class, added to the running totals once per batch (/metrics).
         self.fal_errors: collections.Counter[str] = collections.Counter()
         self.account_alerted = False
+        # Network work a check decides on but never does itself (a task each, after
+        # the batch): send an automatic retry whose hand-over was lost, cancel a run
+        # past its limit.
+        self.tasks: list[tuple[str, int]] = []
         # fal's record is asked one training after another, after the queue's answers:
         # bounded so that a batch of forgotten results (after a long outage of ours)
         # cannot run past the task's timeout; the rest are asked at the next check.
@@ -297,6 +307,10 @@ class _Batch:
                 return report
             report.checked = False
             report.summary = "waiting for fal's answer to the submit"
+            if training.fal_status == FalStatus.NOT_SENT:
+                report.summary = "automatic retry, waiting to be sent"
+                if self.now - training.created_at >= _interval():
+                    self.tasks.append(("monitoring.tasks.send_attempt", training.pk))
             return report
         if seen.skipped:
             report.checked = False
@@ -342,40 +356,16 @@ class _Batch:
             self.moved.append(training)
         if training.cancel_requested_at:
             report.summary += "; cancellation requested, fal has not stopped it yet"
+        if stuck.past_run_limit(training, self.now):
+            report.summary += "; past its run limit: cancelling it on fal"
+            self.tasks.append(("monitoring.tasks.cancel_for_deadline", training.pk))
         self._ok(training)
 
     def _completed(self, training: Training, seen: _Seen, report: CheckReport) -> None:
-        answer = seen.report
-        assert answer is not None
-        report.changed = True
-        if answer.error:
-            # Staff should see that fal finished it (fal has no FAILED status).
-            transitions.record_fal_status(
-                training, fal_status=FalStatus.COMPLETED, source=self.source
-            )
-            # Cancelled when a cancel was requested (fal's failure is the cancel).
-            outcome = transitions.finish_failed(
-                training,
-                error_message=answer.error,
-                error_type=answer.error_type or "fal_error",
-                source=self.source,
-            )
-            report.summary = f"fal: {answer.error_type or 'error'}: {answer.error}"
-            report.changed = outcome.changed
-            return
-        if isinstance(seen.error, fal.FalJobFailed):
-            outcome = transitions.finish_failed(
-                training,
-                error_message=seen.error.detail,
-                error_type=seen.error.error_type or "result_error",
-                http_status=seen.error.status_code,
-                detail_type_list=seen.error.detail_types,
-                source=self.source,
-            )
-            report.summary = f"result fetch refused ({seen.error.status_code}): {seen.error.detail}"
-            report.changed = outcome.changed
-            return
-        if seen.error is not None or seen.result is None:
+        assert seen.report is not None
+        refused = seen.error if isinstance(seen.error, fal.FalJobFailed) else None
+        outcome = FalOutcome.from_queue(seen.report, seen.result, refused)
+        if outcome is None:
             # Finished on fal, result not fetched yet: note it and try again next check.
             if training.fal_status != FalStatus.COMPLETED:
                 transitions.record_fal_status(
@@ -388,29 +378,14 @@ class _Batch:
             self._fal_error(training, seen.error or fal.FalTransient("empty result"), report)
             report.summary = f"completed on fal, result not fetched yet: {report.error}"
             return
-        urls = payloads.lora_urls(seen.result)
-        if urls is None:
-            outcome = transitions.fail(
-                training,
-                error_message="fal's result has no LoRA file (diffusers_lora_file)",
-                error_type="no_lora_in_result",
-                result=seen.result,
-                source=self.source,
-            )
-            report.summary = "result without a LoRA file"
-        else:
-            lora_url, config_url = urls
-            finished = results.complete_with_urls(
-                training,
-                lora_url=lora_url,
-                config_url=config_url,
-                result=seen.result,
-                source=self.source,
-            )
-            report.summary = finished.summary
-            report.changed = finished.changed
-            return
-        report.changed = outcome.changed
+        applied = results.apply(training, outcome, source=self.source)
+        report.changed, report.summary = applied.changed, applied.summary
+        if applied.look_next == AnsweredBy.RECORD:
+            found = self._from_record(training, report, why="result without a LoRA file")
+            if not found.decided:
+                report.summary = f"{applied.summary}; {found.summary}"
+            if training.finished_at is None:
+                self._ok(training)  # fal answered; only the result is being looked for
 
     def _fal_error(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
         report.error = str(error)[:1000]
@@ -462,15 +437,17 @@ class _Batch:
         report.summary = found.summary
         report.changed = found.changed
 
-    def _from_record(self, training: Training, report: CheckReport) -> recovery.Recovery:
-        """The queue said 404: fal's record decides before the 404 rule may."""
+    def _from_record(
+        self, training: Training, report: CheckReport, why: str = "queue 404"
+    ) -> recovery.Recovery:
+        """The queue cannot tell (404, or a result without a LoRA): fal's record decides."""
         client = self._record_client()
         if client is None:
             return recovery.Recovery(False, "fal's record not asked in this run (next check)")
         found = recovery.recover_from_record(training, via=self.source, client=client)
         if found.decided:
             report.changed = found.changed
-            report.summary = f"queue 404; {found.summary}"
+            report.summary = f"{why}; {found.summary}"
         return found
 
     def _not_found(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
@@ -529,9 +506,11 @@ class _Batch:
     # -- the routine writes, a few queries per batch --
 
     def flush(self) -> None:
+        for task, training_id in self.tasks:
+            async_task(task, training_id, task_name=f"{task.rsplit('.', 1)[-1]} {training_id}")
         for error_class, count in self.fal_errors.items():
             totals.add("fal_errors", {"class": error_class}, count)
-        active = Training.objects.filter(finished_at__isnull=True)
+        active = Training.objects.active()
         if self.ok_ids:
             active.filter(pk__in=self.ok_ids).update(
                 last_checked_at=self.now,
@@ -723,11 +702,7 @@ def check_batch(
     with _LeaseKeeper(training_ids, lease_token(run_start)) as lease:
         # Only what this run still holds: a batch redelivered by the broker after its
         # worker died finds its trainings leased again (or checked) by a later run.
-        trainings = list(
-            Training.objects.filter(pk__in=lease.held, finished_at__isnull=True).only(
-                *_LOADED_FIELDS
-            )
-        )
+        trainings = list(Training.objects.active().filter(pk__in=lease.held).only(*_LOADED_FIELDS))
         due = next_due(run_start)
         for training in trainings:
             training.next_check_at = due  # unless the check decides otherwise
@@ -827,8 +802,6 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     if len(batches) <= 1:
         check_batch(ids, run.pk, run_start)
     else:
-        from django_q.tasks import async_task
-
         for batch in batches:
             async_task(
                 "monitoring.tasks.check_batch",

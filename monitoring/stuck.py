@@ -59,6 +59,30 @@ class StuckCause:
     training_type: str = ""
 
 
+def run_limit(training: Training) -> timedelta:
+    """How long fal may run this training before our deadline cancels it on fal."""
+    style = training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
+    minutes = (
+        settings.TRAINING_MAX_RUN_MINUTES_STYLE
+        if style
+        else settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT
+    )
+    return timedelta(minutes=minutes)
+
+
+def past_run_limit(training: Training, now: datetime) -> bool:
+    """Running on fal past its limit, not already being cancelled, and not extended by staff."""
+    extended = training.stuck_deadline_extended_until
+    return (
+        training.fal_status == FalStatus.IN_PROGRESS
+        and training.started_at is not None
+        and training.deadline_cancel_at is None
+        and training.cancel_requested_at is None
+        and not (extended is not None and extended > now)
+        and now - training.started_at >= run_limit(training)
+    )
+
+
 def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
     """The limit ``training`` has passed at ``now`` (None when it has passed none)."""
     if training.finished_at is not None:
@@ -182,7 +206,7 @@ def stuck_reason(training: Training, now: datetime) -> str:
     age = _minutes(now - cause.since)
     limit = _minutes(cause.limit)
     if cause.code == "result_unavailable":
-        return recovery.RESULT_UNAVAILABLE
+        return results.RESULT_UNAVAILABLE
     if cause.code == "submit_unknown":
         # What is being done about it (fal's record is searched), not a running count:
         # the reason changes only when what is done changes.

@@ -22,6 +22,22 @@ def run_check(kind: str = CheckRun.Kind.SCHEDULED) -> int:
     return status_checks.run_periodic_check(kind=kind).pk
 
 
+def send_attempt(training_id: int) -> str:
+    """Send an automatic retry now (queued when fal's failure was applied)."""
+    training = Training.objects.select_related("avatar").filter(pk=training_id).first()
+    if training is None:
+        return "no such training"
+    return training_service.send(training, source=EventSource.SYSTEM).detail or "sent"
+
+
+def cancel_for_deadline(training_id: int) -> str:
+    """Cancel on fal a run past its limit (the periodic check found it)."""
+    training = Training.objects.active().select_related("avatar").filter(pk=training_id).first()
+    if training is None:
+        return "already finished"
+    return training_service.cancel_for_deadline(training)
+
+
 def check_batch(training_ids: list[int], run_id: int | None, run_start: str) -> int:
     """One fanned-out batch of a run; returns how many trainings it checked."""
     reports = status_checks.check_batch(training_ids, run_id, datetime.fromisoformat(run_start))

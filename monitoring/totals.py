@@ -5,18 +5,28 @@ Telegram answer recorded) the code calls ``add(name, labels)``; ``/metrics`` rea
 them all with ``current()``. ``notifications`` never imports ``monitoring``, so it
 announces each recorded send with its ``send_recorded`` signal and the receiver here
 counts it.
+
+A histogram is running totals too (``observe``): one row per bucket and label set
+counting the values that fell in that bucket, with their sum in milliseconds (not
+cumulated: one UPDATE per value). ``/metrics`` cumulates them into Prometheus'
+buckets, so any process answers and ``prune`` lowers nothing.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
-from monitoring.models import RunningTotal
+from monitoring.models import RunningTotal, WebhookDelivery
 
 
 def labels_text(labels: Mapping[str, str] | None) -> str:
@@ -24,8 +34,11 @@ def labels_text(labels: Mapping[str, str] | None) -> str:
     return json.dumps({k: str(v) for k, v in (labels or {}).items()}, sort_keys=True)
 
 
-def add(name: str, labels: Mapping[str, str] | None = None, amount: int = 1) -> None:
-    """Add ``amount`` to the running total ``name`` with these labels.
+def add(
+    name: str, labels: Mapping[str, str] | None = None, amount: int = 1, *, sum_ms: int = 0
+) -> None:
+    """Add ``amount`` to the running total ``name`` with these labels (and ``sum_ms`` to
+    its sum: a histogram bucket's).
 
     Inside a transaction it commits or rolls back with what it counts. The row
     exists after the first time, so this is one UPDATE; the first time, a concurrent
@@ -33,24 +46,123 @@ def add(name: str, labels: Mapping[str, str] | None = None, amount: int = 1) -> 
     """
     key = labels_text(labels)
     counted = RunningTotal.objects.filter(name=name, labels=key)
-    if counted.update(value=F("value") + amount):
+    changes = {"value": F("value") + amount}
+    if sum_ms:
+        changes["sum_ms"] = F("sum_ms") + sum_ms
+    if counted.update(**changes):
         return
     try:
         with transaction.atomic():
-            RunningTotal.objects.create(name=name, labels=key, value=amount)
+            RunningTotal.objects.create(name=name, labels=key, value=amount, sum_ms=sum_ms)
     except IntegrityError:
-        counted.update(value=F("value") + amount)
+        counted.update(**changes)
 
 
-def current() -> dict[str, dict[tuple[tuple[str, str], ...], int]]:
-    """Every running total: name → {sorted label pairs: value}. One query."""
-    found: dict[str, dict[tuple[tuple[str, str], ...], int]] = {}
-    for name, labels, value in RunningTotal.objects.values_list("name", "labels", "value"):
+@contextmanager
+def together() -> Iterator[None]:
+    """A few running totals in one short transaction of their own.
+
+    On PostgreSQL its commit does not wait for the disk: a figure that a database crash
+    could lose in that fraction of a second is not worth a disk flush per event.
+    """
+    outermost = transaction.get_autocommit()
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
+Key = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Every running total: name → {sorted label pairs: value}, and the sums likewise."""
+
+    values: dict[str, dict[Key, int]]
+    sums_ms: dict[str, dict[Key, int]]
+
+
+def read() -> Reading:
+    """Every running total and its sum. One query."""
+    reading = Reading({}, {})
+    rows = RunningTotal.objects.values_list("name", "labels", "value", "sum_ms")
+    for name, labels, value, sum_ms in rows:
         key = tuple(sorted(json.loads(labels).items()))
-        found.setdefault(name, {})[key] = value
-    return found
+        reading.values.setdefault(name, {})[key] = value
+        reading.sums_ms.setdefault(name, {})[key] = sum_ms
+    return reading
+
+
+def current() -> dict[str, dict[Key, int]]:
+    """Every running total: name → {sorted label pairs: value}. One query."""
+    return read().values
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram kept as running totals: its name and bucket upper bounds (seconds)."""
+
+    name: str
+    buckets: tuple[float, ...]
+
+    @property
+    def bucket_total(self) -> str:
+        return f"{self.name}_bucket"
+
+    def bucket_of(self, value: float) -> str:
+        """The ``le`` of the smallest bucket that holds ``value`` ("+Inf" above the last)."""
+        index = bisect.bisect_left(self.buckets, value)
+        return "+Inf" if index == len(self.buckets) else bound_text(self.buckets[index])
+
+
+def bound_text(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``le="120.0"``, ``le="+Inf"``)."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+# From fal's completion to the owner's message sent: the objective is 2 minutes.
+OWNER_TOLD = Histogram(
+    "owner_told_seconds", (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600)
+)
+# From the start (the avatar went to training) to ready.
+TIME_TO_READY = Histogram(
+    "time_to_ready_seconds",
+    (60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 21600, 43200, 86400),
+)
+# From fal's acceptance of the submit to the job running.
+FAL_QUEUE = Histogram(
+    "fal_queue_seconds", (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+)
+
+
+def observe(histogram: Histogram, labels: Mapping[str, str], value: float) -> None:
+    """Count ``value`` (seconds; negative ones, a clock's skew, count as 0) in ``histogram``:
+    one UPDATE, of its bucket's count and sum."""
+    value = max(0.0, value)
+    add(
+        histogram.bucket_total,
+        {**labels, "le": histogram.bucket_of(value)},
+        sum_ms=round(value * 1000),
+    )
 
 
 def count_notification_send(sender: Any, *, outcome: str, **kwargs: Any) -> None:
     """Receiver of ``notifications.signals.send_recorded``."""
     add("notification_sends", {"result": outcome})
+
+
+def observe_owner_told(
+    sender: Any, *, notification: Any, finished_at: datetime, sent_at: datetime, **kwargs: Any
+) -> None:
+    """Receiver of ``notifications.signals.owner_told``: how long the owner waited.
+
+    fal's completion is the earlier of what the finish knew (fal's record's end, or
+    when we learned it) and the time fal signed its first webhook for the training:
+    a check may learn it before a late webhook, and a webhook tells fal's own time.
+    Read here, on the sender's side, so the webhook's request pays nothing for it.
+    """
+    signed = WebhookDelivery.objects.first_signed_at(training_id=notification.training_id)
+    start = min(finished_at, signed) if signed is not None else finished_at
+    observe(OWNER_TOLD, {"kind": notification.kind}, (sent_at - start).total_seconds())

@@ -30,12 +30,14 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import recovery, status_checks, transitions
+from monitoring import recovery, status_checks, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
+from monitoring.fal.outcome import FalOutcome
 from monitoring.models import (
     Avatar,
     AvatarStatus,
+    EventSource,
     FalStatus,
     Language,
     Owner,
@@ -44,6 +46,7 @@ from monitoring.models import (
     UnknownFalRequest,
 )
 from notifications import outbox
+from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
@@ -117,21 +120,50 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
     )
     if not begun.changed:
         return begun
-    training = begun.training
-    assert training is not None
+    assert begun.training is not None
+    return send(begun.training, source=source, actor=actor)
 
+
+def send(training: Training, *, source: str, actor: Any = None) -> transitions.Outcome:
+    """Send one attempt to fal, exactly once: a new start (SUBMITTING) or an automatic
+    retry (NOT_SENT, claimed here so that two workers never both send it)."""
+    avatar = training.avatar
+    retry = training.fal_status == FalStatus.NOT_SENT
+    fields: dict[str, Any] = {"fal_status": FalStatus.SUBMITTING}
+    if settings.TRAINING_START_TIMEOUT_SECONDS:
+        fields["start_deadline_seconds"] = settings.TRAINING_START_TIMEOUT_SECONDS
+    claimed = (
+        Training.objects.active()
+        .filter(pk=training.pk, fal_status=training.fal_status, fal_request_id__isnull=True)
+        .update(**fields)
+    )
+    if not claimed:
+        return transitions.Outcome(False, avatar.status, "already sent", training)
+    for name, value in fields.items():
+        setattr(training, name, value)
     try:
         answer = fal.submit(training)
     except (fal.FalRefused, fal.FalAuthError) as exc:
         if exc.status_code in (401, 403):
             outbox.queue_fal_account_alert(status_code=exc.status_code, detail=exc.detail)
         code = f"http_{exc.status_code}" if exc.status_code else "not_sent"
-        refused = transitions.refuse_submit(
-            training, error_type=code, error_message=exc.detail, source=source, actor=actor
-        )
         logger.warning(
             "fal refused the training of avatar %s (%s): %s", avatar.pk, code, exc.detail
         )
+        if retry:
+            # fal failed the attempt before and refuses the retry: that failure stands.
+            refused = transitions.fail(
+                training,
+                error_message=f"the automatic retry was refused by fal: {exc.detail}",
+                error_type=code,
+                owner_message=OwnerMessage.TECHNICAL,
+                source=source,
+                actor=actor,
+            )
+        else:
+            refused = transitions.refuse_submit(
+                training, error_type=code, error_message=exc.detail, source=source, actor=actor
+            )
         return transitions.Outcome(
             refused.changed,
             refused.status,
@@ -201,28 +233,34 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
             return _("Cancelled (fal never returned a request id for it).")
         return _("Not cancelled: %s.") % outcome.detail
 
+    # Recorded before fal is asked: fal's failure that the cancel causes can arrive (by
+    # webhook or check) before fal has even answered us, and must read as the cancel.
+    transitions.request_cancel(training, source=source, actor=actor)
     try:
         answer = fal.cancel(training.endpoint, training.fal_request_id)
     except fal.FalAuthError as exc:
+        transitions.withdraw_cancel(training, source=source, actor=actor, reason=str(exc))
         outbox.queue_fal_account_alert(status_code=exc.status_code or 401, detail=exc.detail)
         return _("fal rejected the cancel (%(code)s): %(detail)s") % {
             "code": exc.status_code,
             "detail": exc.detail,
         }
     except fal.FalError as exc:
+        # It may have reached fal: the request stands, a failure now is the cancel.
         return _("fal did not answer the cancel (%s); try again.") % exc
 
     if answer == "CANCELLATION_REQUESTED":
-        transitions.request_cancel(training, source=source, actor=actor)
         return _(
             "Cancellation requested. The avatar becomes cancelled once a check confirms fal "
             "stopped the job (a job that completes anyway keeps its result)."
         )
     if answer == "ALREADY_COMPLETED":
-        # The next check records the real outcome (completed or failed) as usual.
-        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
-            next_check_at=timezone.now()
+        # It ended before our cancel reached fal: its real outcome stands, recorded by
+        # the next check as usual.
+        transitions.withdraw_cancel(
+            training, source=source, actor=actor, reason="fal had already finished the job"
         )
+        Training.objects.active().filter(pk=training.pk).update(next_check_at=timezone.now())
         return _("fal had already finished this job; the next check records its outcome.")
     outcome = transitions.cancel(
         training,
@@ -233,6 +271,47 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if outcome.changed:
         return _("Cancelled: fal does not know this request any more.")
     return _("Not cancelled: %s.") % outcome.detail
+
+
+def cancel_for_deadline(training: Training) -> str:
+    """Cancel on fal a run past its limit (``stuck.run_limit``): the deadline's cancel.
+
+    Not staff's: fal's failure that it causes is retried like fal's own (``results``);
+    a job that completes anyway keeps its result; a cancel fal does not confirm leaves
+    the training flagged for staff, never retried.
+    """
+    now = timezone.now()
+    won = (
+        Training.objects.active()
+        .filter(pk=training.pk, deadline_cancel_at__isnull=True, cancel_requested_at__isnull=True)
+        .update(deadline_cancel_at=now, next_check_at=now)
+    )
+    if not won:
+        return "already being cancelled"
+    training.deadline_cancel_at = now
+    minutes = int(stuck.run_limit(training).total_seconds() // 60)
+    transitions.record_note(
+        training,
+        message=f"run deadline passed ({minutes} min): cancelling on fal, retried once fal confirms",
+        source=EventSource.SYSTEM,
+        details={"code": "run_deadline", "minutes": minutes},
+    )
+    try:
+        answer = fal.cancel(training.endpoint, training.fal_request_id or "")
+    except fal.FalError as exc:
+        answer = f"no answer ({exc})"
+    if answer == "CANCELLATION_REQUESTED":
+        return answer
+    # Not confirmed: the deadline's cancel is withdrawn, so nothing retries it.
+    Training.objects.filter(pk=training.pk).update(deadline_cancel_at=None)
+    training.deadline_cancel_at = None
+    if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
+        transitions.restate_stuck(
+            training,
+            reason=f"run deadline passed ({minutes} min); fal did not confirm the cancel: {answer}",
+            source=EventSource.SYSTEM,
+        )
+    return answer
 
 
 def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
@@ -302,6 +381,7 @@ class _FalSays:
     report: fal.FalStatusReport | None = None
     result: dict | None = None
     item: platform.RecordItem | None = None
+    refused: fal.FalJobFailed | None = None  # the result fetch's 4xx: the job failed
     doubts: list[str] = field(default_factory=list)  # answers we could not get
 
     @property
@@ -334,6 +414,8 @@ def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
     ):
         try:
             says.result = fal.result(endpoint, request_id)
+        except fal.FalJobFailed as exc:
+            says.refused = exc
         except fal.FalError as exc:
             says.doubts.append(f"result: {exc}")  # the periodic check fetches it later
     return says
@@ -410,27 +492,15 @@ def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source:
             source=source,
         )
         return
-    if report is not None and report.error:
-        transitions.record_fal_status(training, fal_status=FalStatus.COMPLETED, source=source)
-        transitions.finish_failed(
-            training,
-            error_message=report.error,
-            error_type=report.error_type or "fal_error",
-            source=source,
-            notify=notify,
-        )
-    elif says.result is not None and payloads.lora_urls(says.result) is not None:
-        lora_url, config_url = payloads.lora_urls(says.result) or ("", "")
-        results.complete_with_urls(
-            training,
-            lora_url=lora_url,
-            config_url=config_url,
-            result=says.result,
-            source=source,
-            notify=notify,
-        )
-    elif says.item is not None:
-        recovery.apply_record_item(training, says.item, via=source, notify=notify)
+    outcome = (
+        FalOutcome.from_queue(report, says.result, says.refused) if report is not None else None
+    )
+    if outcome is not None:
+        applied = results.apply(training, outcome, source=source, notify=notify)
+        if applied.look_next is None:
+            return
+    if says.item is not None:
+        results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
 
 
 def adopt_training(

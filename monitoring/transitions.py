@@ -33,7 +33,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from monitoring import owner_messages
+from avatarsite.log_redaction import redact, redact_value
+from monitoring import owner_messages, totals
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -61,15 +62,14 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
 }
 TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
 
-# Sent on commit after a request id is stored on a training, so that a webhook that
-# arrived before we saved the id (the start of a training races its own webhook)
-# can be applied. Receivers get ``training_id`` and ``request_id``.
-training_submitted = django.dispatch.Signal()
 # Sent inside the transaction that finishes a training (``outcome`` is the avatar's new
 # status) or flags it stuck, so that receivers (the API's event callbacks) write their
 # rows with the change or not at all. Receivers get ``training`` (with avatar and owner).
 training_finished = django.dispatch.Signal()
 training_flagged_stuck = django.dispatch.Signal()
+# Sent inside the transaction that retries an attempt; receivers get ``training`` (the
+# attempt that failed, with avatar and owner) and ``retry`` (the new attempt).
+training_retried = django.dispatch.Signal()
 
 
 class InvalidTransition(Exception):
@@ -118,8 +118,9 @@ def _event(
         actor=actor if getattr(actor, "pk", None) else None,
         old_status=old,
         new_status=new,
-        message=message,
-        details=details or {},
+        # fal's texts reach the timeline here (and only here): never with a key in them.
+        message=redact(message),
+        details=redact_value(details or {}),
         created_at=at or timezone.now(),
     )
 
@@ -243,6 +244,7 @@ def begin_training(
             old=S.READY_FOR_TRAINING,
             new=S.TRAINING,
             details={"attempt": attempt, "endpoint": endpoint},
+            at=now,
         )
     avatar.status = S.TRAINING
     avatar.current_training = training
@@ -271,20 +273,22 @@ def record_submitted(
     """
     now = timezone.now()
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, fal_request_id__isnull=True, finished_at__isnull=True
-        ).update(
-            fal_request_id=request_id,
-            status_url=status_url,
-            response_url=response_url,
-            cancel_url=cancel_url,
-            fal_status=FalStatus.IN_QUEUE,
-            queue_position=queue_position,
-            gateway_request_id=gateway_request_id[:128],
-            submitted_at=now,
-            next_check_at=next_check_at or now,
-            check_failures=0,
-            last_check_error="",
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, fal_request_id__isnull=True)
+            .update(
+                fal_request_id=request_id,
+                status_url=status_url,
+                response_url=response_url,
+                cancel_url=cancel_url,
+                fal_status=FalStatus.IN_QUEUE,
+                queue_position=queue_position,
+                gateway_request_id=gateway_request_id[:128],
+                submitted_at=now,
+                next_check_at=next_check_at or now,
+                check_failures=0,
+                last_check_error="",
+            )
         )
         if not won:
             return False
@@ -296,11 +300,6 @@ def record_submitted(
             actor=actor,
             message=message,
             details={"request_id": request_id, "queue_position": queue_position, **(details or {})},
-        )
-        transaction.on_commit(
-            lambda: training_submitted.send(
-                sender=Training, training_id=training.pk, request_id=request_id
-            )
         )
     training.fal_request_id = request_id
     training.fal_status = FalStatus.IN_QUEUE
@@ -368,7 +367,7 @@ def refuse_submit(
             stuck_since=None,
             outcome=outcome,
             error_type=error_type,
-            error_message=error_message,
+            error_message=redact(error_message),
             next_check_at=None,
         )
         _event(
@@ -401,9 +400,11 @@ def record_fal_status(
     if fal_status == FalStatus.IN_PROGRESS and training.started_at is None:
         updates["started_at"] = now
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, fal_status=training.fal_status, finished_at__isnull=True
-        ).update(**updates)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, fal_status=training.fal_status)
+            .update(**updates)
+        )
         if not won:
             return False
         _event(
@@ -414,6 +415,13 @@ def record_fal_status(
             old=training.fal_status,
             new=fal_status,
         )
+        if "started_at" in updates and training.submitted_at and source != EventSource.ADOPT:
+            # Seen running for the first time: how long it waited in fal's queue.
+            totals.observe(
+                totals.FAL_QUEUE,
+                {"trainer": training.endpoint},
+                (now - training.submitted_at).total_seconds(),
+            )
     for name, value in updates.items():
         setattr(training, name, value)
     return True
@@ -446,6 +454,7 @@ def _finish(
     message: str,
     details: dict[str, Any],
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     if training.finished_at is not None and Training.avatar.is_cached(training):
         # An attempt that has finished never finishes again (finished_at is never
@@ -475,7 +484,8 @@ def _finish(
                 "next_check_at": None,
                 "stuck_since": None,
                 "queue_position": None,
-                **fields,
+                # fal's error text and raw result, as stored and shown: without keys.
+                **redact_value(fields),
             }
             Training.objects.filter(pk=training.pk).update(**updates)
             for name, value in updates.items():
@@ -498,10 +508,57 @@ def _finish(
             # chosen "no message"; an adopted job may have been told elsewhere).
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
             if notify:
-                outbox.queue_outcome(training=fresh, outcome=new_status)
+                # fal's end as the caller read it (its record), else when we learned it.
+                outbox.queue_outcome(
+                    training=fresh,
+                    outcome=new_status,
+                    fal_finished_at=min(fal_finished_at or now, now),
+                )
+            # Counted once the finish is committed, in a short transaction of its own:
+            # every finish adds to the same few rows, and counting inside this one would
+            # hold them locked (every other finish waiting) until its commit.
+            transaction.on_commit(
+                lambda: _count_finish(fresh, new_status, source, now), robust=True
+            )
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
     return Outcome(True, new_status, training=training)
+
+
+def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
+    """The service-level figures of a committed finish (``/metrics``).
+
+    A process that dies between the finish's commit and this loses one count: the
+    figures, never the state.
+    """
+    started = None
+    if new_status == S.COMPLETED and source != EventSource.ADOPT:
+        # Only a ready avatar has a time to ready; an adopted job started elsewhere, so
+        # its start here says nothing of the wait.
+        started = _started_at(training)
+    with totals.together():
+        totals.add("finishes", {"learned_by": source, "outcome": new_status})
+        if started is not None:
+            totals.observe(
+                totals.TIME_TO_READY,
+                {"trainer": training.endpoint},
+                (now - started).total_seconds(),
+            )
+
+
+def _started_at(training: Training) -> datetime | None:
+    """When the attempt started: its ``created_at``, or, when the caller read the row
+    without it (the webhook's lookup reads only what finishing needs), the timeline's
+    move to training, written at the same instant: the training row is not read twice."""
+    if "created_at" not in training.get_deferred_fields():
+        return training.created_at
+    return (
+        AvatarEvent.objects.filter(
+            training_id=training.pk, kind=EventKind.STATUS, new_status=S.TRAINING
+        )
+        .values_list("created_at", flat=True)
+        .first()
+    )
 
 
 def complete(
@@ -514,10 +571,13 @@ def complete(
     actor: Any = None,
     details: dict[str, Any] | None = None,
     notify: bool = True,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → completed, storing the LoRA and config URLs and fal's raw result.
 
     ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message.
+    ``fal_finished_at`` (fal's record's ``ended_at``, when the caller read it) is where
+    the owner-told figure starts (``totals.observe_owner_told``); else when we learned it.
     """
     outcome = _finish(
         training,
@@ -534,6 +594,7 @@ def complete(
         message="",
         details={"lora_url": lora_url, **(details or {})},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.info(
@@ -558,11 +619,14 @@ def fail(
     notify: bool = True,
     owner_message: str = "",
     staff_note: str = "",
+    fal_status: str | None = None,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw).
 
     ``owner_message`` (an ``OwnerMessage``) is what the owner is told; without it the
-    table in ``monitoring.owner_messages`` picks it from ``error_type``.
+    table in ``monitoring.owner_messages`` picks it from ``error_type``. ``fal_status``
+    is recorded with it when fal ended the job (COMPLETED: fal has no FAILED).
     """
     chosen = owner_message or owner_messages.owner_message_for(error_type=error_type)
     outcome = _finish(
@@ -575,12 +639,14 @@ def fail(
             "result": result,
             "owner_message": chosen,
             "staff_note": staff_note,
+            **({"fal_status": fal_status} if fal_status else {}),
         },
         source=source,
         actor=actor,
         message=error_message,
         details={"error_type": error_type, "owner_message": chosen, **(details or {})},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.warning(
@@ -592,6 +658,87 @@ def fail(
             error_message,
         )
     return outcome
+
+
+def cancel_was_requested(training: Training) -> bool:
+    """Whether staff asked fal to stop this attempt (read again: it may be recorded by
+    another process while fal's failure is on its way)."""
+    return training.cancel_requested_at is not None or (
+        Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
+    )
+
+
+def retry_attempt(
+    training: Training,
+    *,
+    error_type: str,
+    error_message: str,
+    details: dict[str, Any] | None = None,
+    source: str,
+) -> Outcome:
+    """fal's own failure, retried: this attempt ends ``retried`` and a new one with the
+    same input waits to be sent (NOT_SENT); the avatar stays ``training`` throughout.
+
+    Nobody is told: the owner hears only the avatar's outcome.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        won = Avatar.objects.filter(
+            pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
+        ).update(updated_at=now)
+        if not won:
+            return _lost(training.avatar_id, S.ERROR, training.pk)
+        old = Training.objects.select_related("avatar__owner").get(pk=training.pk)
+        ended = {
+            "finished_at": now,
+            "outcome": TrainingOutcome.RETRIED,
+            "fal_status": FalStatus.COMPLETED,
+            "error_type": error_type,
+            "error_message": redact(error_message),
+            "next_check_at": None,
+            "stuck_since": None,
+            "queue_position": None,
+        }
+        Training.objects.filter(pk=training.pk).update(**ended)
+        for name, value in ended.items():
+            setattr(old, name, value)
+            setattr(training, name, value)
+        retry = Training.objects.create(
+            avatar_id=training.avatar_id,
+            attempt=Training.objects.filter(avatar_id=training.avatar_id).count() + 1,
+            endpoint=old.endpoint,
+            arguments=old.arguments,
+            webhook_url=old.webhook_url,
+            fal_status=FalStatus.NOT_SENT,
+            created_at=now,
+            next_check_at=now,
+        )
+        Avatar.objects.filter(pk=training.avatar_id).update(current_training=retry)
+        _event(
+            training.avatar_id,
+            EventKind.RETRIED,
+            source,
+            training_id=training.pk,
+            message=f"retried automatically after fal's {error_type}",
+            details={
+                "error_type": error_type,
+                "fal_error": error_message[:2000],
+                "retry_training_id": retry.pk,
+                "retry_attempt": retry.attempt,
+                **(details or {}),
+            },
+            at=now,
+        )
+        old.avatar.current_training = retry
+        training_retried.send(sender=Training, training=old, retry=retry)
+    logger.warning(
+        "🔁 Обучение перезапущено для аватара %s после сбоя fal %s (request_id=%s, попытка %s)",
+        training.avatar_id,
+        error_type,
+        training.fal_request_id,
+        retry.attempt,
+    )
+    return Outcome(True, S.TRAINING, "retried", training=retry)
 
 
 def finish_failed(
@@ -606,6 +753,8 @@ def finish_failed(
     source: str,
     actor: Any = None,
     notify: bool = True,
+    owner_message: str = "",
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
 
@@ -615,12 +764,10 @@ def finish_failed(
     cancelled message and the timeline keeps fal's answer. Otherwise the owner's
     message comes from fal's machine-readable fields (``monitoring.owner_messages``).
     """
-    chosen = owner_messages.owner_message_for(
+    chosen = owner_message or owner_messages.owner_message_for(
         error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
     )
-    requested = training.cancel_requested_at is not None or (
-        Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
-    )
+    requested = cancel_was_requested(training)
     fal_answer = {
         "fal_error": error_message[:2000],
         "error_type": error_type,
@@ -635,6 +782,8 @@ def finish_failed(
             reason=error_message,
             details={**fal_answer, "cancel_requested": requested},
             notify=notify,
+            fal_status=FalStatus.COMPLETED,
+            fal_finished_at=fal_finished_at,
         )
     return fail(
         training,
@@ -646,6 +795,8 @@ def finish_failed(
         actor=actor,
         owner_message=chosen,
         notify=notify,
+        fal_status=FalStatus.COMPLETED,
+        fal_finished_at=fal_finished_at,
     )
 
 
@@ -657,18 +808,24 @@ def cancel(
     reason: str = "",
     details: dict[str, Any] | None = None,
     notify: bool = True,
+    fal_status: str | None = None,
+    fal_finished_at: datetime | None = None,
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
     outcome = _finish(
         training,
         new_status=S.CANCELLED,
         outcome=TrainingOutcome.CANCELLED,
-        fields={"owner_message": OwnerMessage.CANCELLED},
+        fields={
+            "owner_message": OwnerMessage.CANCELLED,
+            **({"fal_status": fal_status} if fal_status else {}),
+        },
         source=source,
         actor=actor,
         message=reason,
         details=details or {},
         notify=notify,
+        fal_finished_at=fal_finished_at,
     )
     if outcome.changed:
         logger.info(
@@ -684,12 +841,14 @@ def cancel(
 
 
 def request_cancel(training: Training, *, source: str, actor: Any = None) -> bool:
-    """Note that fal was asked to cancel; the avatar turns cancelled once a check confirms."""
+    """Note that fal is asked to cancel; fal's failure from now on is the cancel taking effect."""
     now = timezone.now()
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, cancel_requested_at__isnull=True
-        ).update(cancel_requested_at=now, next_check_at=now)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, cancel_requested_at__isnull=True)
+            .update(cancel_requested_at=now, next_check_at=now)
+        )
         if not won:
             return False
         _event(
@@ -700,6 +859,28 @@ def request_cancel(training: Training, *, source: str, actor: Any = None) -> boo
             actor=actor,
         )
     training.cancel_requested_at = now
+    return True
+
+
+def withdraw_cancel(training: Training, *, source: str, actor: Any = None, reason: str) -> bool:
+    """fal answered that it will not stop the job (refused, already finished): no cancel."""
+    with transaction.atomic():
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, cancel_requested_at__isnull=False)
+            .update(cancel_requested_at=None)
+        )
+        if not won:
+            return False
+        _event(
+            training.avatar_id,
+            EventKind.NOTE,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            message=f"cancel withdrawn: {reason}",
+        )
+    training.cancel_requested_at = None
     return True
 
 
@@ -717,10 +898,15 @@ def flag_stuck(
     says ``staff_reason`` when given (worded in the staff chat's language).
     """
     now = timezone.now()
+    reason = redact(reason)  # it may quote fal's answer
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=True
-        ).update(stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, stuck_since__isnull=True)
+            .update(
+                stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1
+            )
+        )
         if not won:
             return False
         episode = (
@@ -755,14 +941,17 @@ def restate_stuck(training: Training, *, reason: str, source: str = EventSource.
 
     A new reason on a raised flag is a timeline note, not a new episode or alert.
     """
+    reason = redact(reason)
     if flag_stuck(training, reason=reason, source=source):
         return True
     if training.stuck_reason == reason[:255]:
         return False
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=False
-        ).update(stuck_reason=reason[:255])
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, stuck_since__isnull=False)
+            .update(stuck_reason=reason[:255])
+        )
         if not won:
             return False
         _event(training.avatar_id, EventKind.NOTE, source, training_id=training.pk, message=reason)
@@ -779,9 +968,11 @@ def clear_stuck(
 ) -> bool:
     """Clear the stuck flag; ``extend_until`` keeps it from being raised again before then."""
     with transaction.atomic():
-        won = Training.objects.filter(
-            pk=training.pk, finished_at__isnull=True, stuck_since__isnull=False
-        ).update(stuck_since=None, stuck_reason="", stuck_deadline_extended_until=extend_until)
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, stuck_since__isnull=False)
+            .update(stuck_since=None, stuck_reason="", stuck_deadline_extended_until=extend_until)
+        )
         if not won:
             return False
         _event(

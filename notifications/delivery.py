@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -541,17 +541,34 @@ def _sent(
     notification: Notification, attempt: NotificationAttempt, chat_id: int, receipt: SendReceipt
 ) -> str:
     _record(attempt, Outcome.SENT, telegram_message_id=receipt.message_id)
-    _close(
+    sent_at = timezone.now()
+    closed = _close(
         notification,
         Status.SENT,
-        sent_at=timezone.now(),
+        sent_at=sent_at,
         chat_id=chat_id,
         telegram_message_id=receipt.message_id,
         last_error="",
     )
+    if closed:
+        _announce_owner_told(notification, sent_at)
     _note_success()
     logger.info("Notification %s (%s) sent to chat %s", notification.pk, notification.kind, chat_id)
     return "sent"
+
+
+def _announce_owner_told(notification: Notification, sent_at: datetime) -> None:
+    """An owner was told how their training ended (``signals.owner_told``)."""
+    finished = (notification.context or {}).get(outbox.FAL_FINISHED_AT)
+    if notification.audience != Audience.OWNER or not isinstance(finished, str):
+        return
+    try:
+        finished_at = datetime.fromisoformat(finished)
+    except ValueError:
+        return
+    signals.owner_told.send(
+        sender=Notification, notification=notification, finished_at=finished_at, sent_at=sent_at
+    )
 
 
 def _flood_control(notification, attempt, chat_id, error: SendError) -> str:

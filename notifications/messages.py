@@ -75,6 +75,18 @@ _FAILURE_REASONS: dict[str, dict[str, tuple[str, str]]] = {
             "We are aware of it. Please try starting the training again a little later.",
         ),
     },
+    OwnerMessage.FAL_FAILURE: {
+        "ru": (
+            "Причина: сбой на стороне сервиса обучения, ваши фото тут ни при чём. "
+            "Мы сами попробовали ещё раз; деньги за эти попытки не списаны.",
+            "Попробуйте запустить обучение ещё раз чуть позже.",
+        ),
+        "en": (
+            "Reason: the training service failed on its side; your photos are fine. We "
+            "already tried again for you, and you were not charged for these attempts.",
+            "Please try starting the training again a little later.",
+        ),
+    },
     OwnerMessage.UNKNOWN: {
         "ru": (
             "Причина: во время обучения произошла ошибка.",
@@ -160,6 +172,14 @@ def render_fal_outage_message(since: datetime, failed: int, calls: int) -> str:
         f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
         f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
         "не ответит; ни один аватар из-за этого не помечен ошибкой."
+    )
+
+
+def render_retries_message(now: datetime, retried: int, ended: int) -> str:
+    return (
+        f"🔁 У fal плохой день: {retried} из {ended} попыток обучения за час до "
+        f"{now:%H:%M} UTC перезапущены автоматически после сбоев fal. Владельцы ничего "
+        "не получают, пока попытки не кончатся; повторы видны на дашборде."
     )
 
 

@@ -27,6 +27,7 @@ class NotificationKind(models.TextChoices):
     FAL_RECORD = "fal_record", _("fal's record needs staff (staff)")
     UNSAFE_RESULT = "unsafe_result", _("fal result URL refused (staff)")
     FILES = "files", _("Avatar files not kept (staff)")
+    RETRIES = "retries", _("Many automatic retries (staff)")
 
 
 class OwnerMessage(models.TextChoices):
@@ -38,6 +39,8 @@ class OwnerMessage(models.TextChoices):
 
     PHOTOS = "photos", _("Photos unusable: upload other photos")
     TECHNICAL = "technical", _("Technical problem: try again later")
+    # fal's own failure (never billed), after the automatic retries.
+    FAL_FAILURE = "fal_failure", _("fal failed on its side: not charged, try again later")
     CANCELLED = "cancelled", _("We cancelled it")
     UNKNOWN = "unknown", _("An error happened (no specific reason)")
     NONE = "none", _("No message")

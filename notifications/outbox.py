@@ -77,6 +77,10 @@ def _hand_over(notification_id: int) -> None:
         transaction.on_commit(lambda: schedule_delivery(notification_id))
 
 
+# The context key of an owner's outcome message that says when fal finished the job.
+FAL_FINISHED_AT = "fal_finished_at"
+
+
 def _owner_kind(outcome: str, owner_message: str) -> str:
     """The notification kind: the outcome's, unless the owner is told "we cancelled it"."""
     if outcome == "error" and owner_message == OwnerMessage.CANCELLED:
@@ -84,7 +88,9 @@ def _owner_kind(outcome: str, owner_message: str) -> str:
     return _OUTCOME_KINDS[outcome]
 
 
-def queue_outcome(*, training: Any, outcome: str) -> Notification | None:
+def queue_outcome(
+    *, training: Any, outcome: str, fal_finished_at: datetime | None = None
+) -> Notification | None:
     """The owner's message for a finished training attempt (ready, failed, cancelled).
 
     The training's ``owner_message`` (chosen from fal's answer, or by staff) picks the
@@ -92,11 +98,16 @@ def queue_outcome(*, training: Any, outcome: str) -> Notification | None:
     has exactly one notification either way, and staff can see why nobody was told.
 
     ``training`` comes with its avatar and owner loaded (the transition has just read
-    them): the outbox reads nothing of the monitoring app itself.
+    them): the outbox reads nothing of the monitoring app itself. ``fal_finished_at``
+    (when fal finished the job) is kept in the context: the sender measures from it
+    how long the owner waited to be told (``signals.owner_told``).
     """
     avatar = training.avatar
     owner_message = getattr(training, "owner_message", "") or ""
     kind = _owner_kind(outcome, owner_message)
+    context: dict[str, Any] = {"owner_message": owner_message} if owner_message else {}
+    if fal_finished_at is not None:
+        context[FAL_FINISHED_AT] = fal_finished_at.isoformat()
     fields = {
         "dedup_key": f"{kind}:{training.pk}",
         "kind": kind,
@@ -106,7 +117,7 @@ def queue_outcome(*, training: Any, outcome: str) -> Notification | None:
         "training": training,
         "chat_id": avatar.owner.telegram_id,
         "text": messages.render_owner_message(kind, training),
-        "context": {"owner_message": owner_message} if owner_message else {},
+        "context": context,
     }
     if owner_message == OwnerMessage.NONE:
         # Recorded, never sent: the winner of the transition is still its only writer.
@@ -114,7 +125,7 @@ def queue_outcome(*, training: Any, outcome: str) -> Notification | None:
             **{
                 **fields,
                 "status": NotificationStatus.SKIPPED,
-                "context": {"owner_message": owner_message, "skipped": "staff_chose_no_message"},
+                "context": {**context, "skipped": "staff_chose_no_message"},
             }
         )
     # The winner of the transition is the only writer of this key: no savepoint.
@@ -273,6 +284,26 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
         audience=Audience.STAFF,
         text=messages.render_fal_outage_message(since, failed, calls),
         context={"since": since.isoformat(), "failed": failed, "calls": calls},
+    )
+
+
+def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notification | None:
+    """Staff alert: many attempts retried after fal's failures.
+
+    One per episode: none while the last one is less than an hour old (the window the
+    share is measured over), and at most one per clock hour when two retries race.
+    """
+    recent = Notification.objects.filter(
+        kind=NotificationKind.RETRIES, created_at__gte=now - timedelta(hours=1)
+    )
+    if recent.exists():
+        return None
+    return _create_once(
+        dedup_key=f"retries:{now:%Y-%m-%dT%H}",
+        kind=NotificationKind.RETRIES,
+        audience=Audience.STAFF,
+        text=messages.render_retries_message(now, retried, ended),
+        context={"retried": retried, "ended": ended},
     )
 
 

@@ -31,6 +31,17 @@ def body(**changes) -> dict:
     return {**json.loads(json.dumps(BODY)), **changes}
 
 
+def give(avatar, owner) -> None:
+    """Make ``avatar`` (made by staff) one of a client's, as if that client had created it.
+
+    ``owner``: an ``ApiSession`` or an ``ApiClient``. Clients see only their own avatars.
+    """
+    from monitoring.api.models import ApiClient, ClientAvatar
+
+    client = owner if isinstance(owner, ApiClient) else owner.client
+    ClientAvatar.objects.update_or_create(avatar=avatar, defaults={"client": client})
+
+
 def run_check() -> None:
     """A periodic check run with every active training due."""
     Training.objects.filter(finished_at__isnull=True).update(

@@ -16,7 +16,7 @@ from monitoring.api import adopt
 from monitoring.api.models import ApiCall, ApiClient, ClientAvatar, IdempotencyKey
 from monitoring.models import Avatar, AvatarStatus, FalStatus, Owner
 from monitoring.ops import retention
-from tests.api_support import BODY, body, run_check
+from tests.api_support import BODY, body, give, run_check
 
 pytestmark = pytest.mark.django_db
 
@@ -119,6 +119,7 @@ def test_a_key_left_in_progress_by_a_dead_process_is_answered_from_the_database(
     from monitoring.api import idempotency
 
     avatar = make_avatar()
+    give(avatar, bot)
     bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="first")
     long_ago = timezone.now() - timedelta(hours=1)
     digest = idempotency.request_hash("POST", f"/avatars/{avatar.pk}/trainings", None)
@@ -175,6 +176,7 @@ def test_the_idempotency_key_is_required(fal, bot):
 
 def test_starting_an_existing_avatar_and_retraining_a_failed_one(fal, bot, make_avatar):
     avatar = make_avatar(ready=False)
+    give(avatar, bot)
 
     started = bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="start-1")
     assert started.status_code == 201, started.content
@@ -197,6 +199,7 @@ def test_starting_an_existing_avatar_and_retraining_a_failed_one(fal, bot, make_
 
 def test_a_completed_avatar_does_not_start_again(fal, bot, make_avatar):
     avatar = make_avatar()
+    give(avatar, bot)
     bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="c-1")
     run_check()
 
@@ -277,6 +280,7 @@ def test_a_token_without_the_scope_is_403(fal, make_api_client, make_avatar):
     reader = make_api_client(name="reader", scopes=("avatars:read",))
     writer = make_api_client(name="writer", scopes=("trainings:write",))
     avatar = make_avatar()
+    give(avatar, reader)
 
     refused_start = reader.post("/api/v1/trainings", BODY, key="r-1")
     refused_read = writer.get(f"/api/v1/avatars/{avatar.pk}")
@@ -317,6 +321,7 @@ def test_the_rate_limit_lives_in_redis_when_it_is_set(bot, settings, redis_serve
 
 def test_each_authenticated_call_is_recorded(bot, make_avatar):
     avatar = make_avatar()
+    give(avatar, bot)
     bot.get(f"/api/v1/avatars/{avatar.pk}")
     bot.get("/api/v1/avatars/0")
     Client().get("/api/v1/avatars")  # no client: nothing to record it against
@@ -437,6 +442,7 @@ def test_get_avatar_has_the_fields_of_check_avatar_db_and_ids_as_strings(
 ):
     fal.script(queue_seconds=600, queue_position=3)
     avatar = make_avatar()
+    give(avatar, bot)
     bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="g-1")
 
     got = bot.get(f"/api/v1/avatars/{avatar.pk}").json()
@@ -465,8 +471,10 @@ def test_get_avatar_has_the_fields_of_check_avatar_db_and_ids_as_strings(
 
 def test_the_list_filters_by_owner_and_status_and_pages_with_a_cursor(bot, make_avatar, owner):
     mine = [make_avatar(owner=owner) for _ in range(3)]
-    make_avatar()  # someone else's
-    make_avatar(owner=owner, ready=False)  # a draft
+    others = make_avatar()  # someone else's
+    draft = make_avatar(owner=owner, ready=False)
+    for avatar in (*mine, others, draft):
+        give(avatar, bot)
 
     first = bot.get(
         "/api/v1/avatars",
@@ -493,6 +501,7 @@ def test_the_list_filters_by_owner_and_status_and_pages_with_a_cursor(bot, make_
 def test_cancel_is_202_when_sent_to_fal_and_409_without_an_active_training(fal, bot, make_avatar):
     fal.script(queue_seconds=600)
     avatar = make_avatar()
+    give(avatar, bot)
     idle = bot.post(f"/api/v1/avatars/{avatar.pk}/cancel")
     bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="cancel-me")
 
@@ -600,6 +609,7 @@ def test_create_api_client_prints_the_token_once_and_it_works(capsys, make_avata
     )
     printed = json.loads(capsys.readouterr().out)
     avatar = make_avatar()
+    give(avatar, ApiClient.objects.get(name="telegram bot"))
 
     assert printed["name"] == "telegram bot"
     assert printed["callback_secret"].startswith("whsec_")

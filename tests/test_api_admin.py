@@ -10,6 +10,7 @@ from django.test import Client
 
 from monitoring.api.models import ApiClient
 from monitoring.api.tokens import hash_token
+from tests.api_support import give
 
 pytestmark = pytest.mark.django_db
 
@@ -66,6 +67,7 @@ def test_adding_a_client_shows_its_token_once_and_keeps_only_the_hash(admin_clie
         shown = admin_client.get(url).content.decode()
         assert token not in shown and secret not in shown and client.token_hash not in shown
     avatar = make_avatar()
+    give(avatar, client)
     api = Client().get(f"/api/v1/avatars/{avatar.pk}", headers={"Authorization": f"Bearer {token}"})
     assert api.status_code == 200
 

@@ -408,3 +408,76 @@ def test_allowing_private_networks_in_production_is_warned_about(settings):
     assert [w.id for w in check_callback_networks()] == ["api.W001"]
     settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = False
     assert check_callback_networks() == []
+
+
+# IPv6 forms that carry a private, loopback or link-local IPv4 address (issue 30).
+EMBEDDING_PRIVATE_IPV4 = [
+    "64:ff9b::a00:1",  # NAT64 well-known prefix → 10.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 → 169.254.169.254 (cloud metadata)
+    "64:ff9b:1::a00:1",  # local-use NAT64 prefix
+    "::7f00:1",  # IPv4-compatible → 127.0.0.1
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT) → 127.0.0.1
+    "::ffff:7f00:1",  # IPv4-mapped → 127.0.0.1
+    "2002:a9fe:a9fe::",  # 6to4 → 169.254.169.254
+    "2002:c0a8:1::1",  # 6to4 → 192.168.0.1
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo (client 192.0.2.45)
+]
+EMBEDDING_PUBLIC_IPV4 = ["64:ff9b::808:808", "::ffff:808:808", "2002:808:808::1"]
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PRIVATE_IPV4)
+def test_an_ipv6_form_embedding_a_private_ipv4_is_refused_in_the_url(address, settings):
+    settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = False
+
+    with pytest.raises(callbacks.CallbackRefused, match="not a public address"):
+        callbacks.validate_callback_url(f"https://[{address}]/hook")
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PUBLIC_IPV4)
+def test_an_ipv6_form_embedding_a_public_ipv4_is_still_allowed(address, settings):
+    settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = False
+
+    callbacks.validate_callback_url(f"https://[{address}]/hook")
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PRIVATE_IPV4)
+def test_a_dns_answer_embedding_a_private_ipv4_is_refused_at_send_time(
+    address, fal, make_api_client, receiver, settings, monkeypatch
+):
+    import socket
+
+    bot = make_api_client(callback_url="https://hooks.example.com/bot")
+    start(bot, fal)
+    run_check()
+    callback = EventCallback.objects.get()
+    settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = False
+
+    def getaddrinfo(host, port, *args, **kwargs):  # the DNS answer, at the network boundary
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))]
+
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", getaddrinfo)
+
+    assert callbacks.deliver(callback.pk) == CallbackStatus.REFUSED
+    attempt = CallbackAttempt.objects.get()
+    assert attempt.outcome == CallbackAttempt.Outcome.REFUSED and attempt.status_code is None
+    assert "not a public address" in attempt.error
+
+
+def test_the_command_and_the_admin_form_refuse_an_embedded_private_ipv4(admin_client, settings):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from monitoring.api.models import ApiClient
+
+    settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = False
+    url = "https://[64:ff9b::a9fe:a9fe]/latest"
+
+    with pytest.raises(CommandError, match="--callback-url.*not a public address"):
+        call_command(
+            "create_api_client", "--name", "b", "--scopes", "avatars:read", "--callback-url", url
+        )
+    response = admin_client.post(
+        "/admin/api/apiclient/add/", {"name": "b", "scopes": ["avatars:read"], "callback_url": url}
+    )
+    assert response.status_code == 200 and b"not a public address" in response.content
+    assert not ApiClient.objects.exists()

@@ -18,6 +18,7 @@ from monitoring.fal.payloads import MediaUrl, check_media_url
 from monitoring.models import AvatarStatus, EventSource, Training
 from monitoring.trainings import start_training
 from notifications.models import Audience, Notification, NotificationKind
+from tests.api_support import give
 from tests.support import WEBHOOK_URL as URL
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +51,55 @@ GOOD = "https://v3.fal.media/files/demo/x/pytorch_lora_weights.safetensors"
 )
 def test_the_rule(url, verdict):
     assert check_media_url(url) == verdict
+
+
+DOT_DOT = "https://storage.googleapis.com/falserverless/../evil-bucket/l.safetensors"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        DOT_DOT,
+        "https://storage.googleapis.com/falserverless/./../evil-bucket/l.safetensors",
+        "https://storage.googleapis.com/falserverless/files/../../evil-bucket/l",
+        "https://storage.googleapis.com/falserverless/%2e%2e/evil-bucket/l.safetensors",
+        "https://storage.googleapis.com/falserverless/%2E%2E/evil-bucket/l.safetensors",
+        "https://storage.googleapis.com/falserverless/%252e%252e/evil-bucket/l",
+        "https://storage.googleapis.com/falserverless%2F..%2Fevil-bucket/l.safetensors",
+        "https://storage.googleapis.com/falserverless\\..\\evil-bucket/l.safetensors",
+        "https://storage.googleapis.com/%66alserverless/../evil-bucket/l",
+        "https://storage.googleapis.com/falserverless/%ff/../../evil/l",
+    ],
+)
+def test_a_path_is_normalised_before_the_prefix_rule(url):
+    assert check_media_url(url) == MediaUrl.FOREIGN_HOST
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://storage.googleapis.com/falserverless/files/./a.safetensors",
+        "https://storage.googleapis.com/falserverless/files/x/../a.safetensors",
+        "https://storage.googleapis.com/%66alserverless/files/a.safetensors",
+        "https://v3.fal.media/files/../other/a.safetensors",  # a host rule: any path
+    ],
+)
+def test_a_normalised_path_inside_the_prefix_is_still_allowed(url):
+    assert check_media_url(url) == MediaUrl.ALLOWED
+
+
+def test_a_dot_dot_url_by_webhook_never_completes_nor_reaches_the_bot(
+    deliver, training_avatar, bot
+):
+    avatar, training = training_avatar("req-dotdot")
+    give(avatar, bot)
+
+    response = deliver("req-dotdot", _payload(DOT_DOT))
+
+    assert response.status_code == 200
+    _assert_flagged_for_staff(training, DOT_DOT)
+    answer = bot.get(f"/api/v1/avatars/{avatar.pk}").json()
+    assert answer["status"] == "training" and answer["lora_url"] == ""
 
 
 def test_the_allowed_hosts_come_from_the_setting(settings):

@@ -34,3 +34,36 @@ def test_the_fal_key_is_redacted_in_messages_and_tracebacks(settings):
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     RedactSecrets().filter(record)
     assert "fal-secret-value" not in record.exc_text
+
+
+def test_anything_shaped_like_a_key_or_one_of_our_tokens_is_redacted_too(settings):
+    from avatarsite.log_redaction import redact
+
+    foreign = "0a1b2c3d-1111-2222-3333-444455556666:0123456789abcdef0123456789abcdef"
+    text = redact(
+        f"fal: {foreign}; Authorization: Key other-id:other-secret; "
+        "token atm_AbCdEfGhIjKlMnOpQrStUvWxYz012345; secret whsec_MDEyMzQ1Njc4OWFiY2RlZmdo"
+    )
+
+    for secret in (
+        foreign,
+        "0123456789abcdef0123456789abcdef",
+        "other-secret",
+        "atm_AbCd",
+        "whsec_",
+    ):
+        assert secret not in text
+    # Ordinary text with colons stays readable.
+    kept = "No user found for Key ID and Secret at 12:30:45 (request_id=abc:def)"
+    assert redact(kept) == kept
+
+
+def test_every_token_of_ours_is_redacted(settings):
+    from avatarsite.log_redaction import redact
+
+    settings.HEALTHZ_TOKEN = "healthz-token-0123456789"
+    settings.METRICS_TOKEN = "metrics-token-0123456789"
+
+    text = redact(f"{settings.HEALTHZ_TOKEN} {settings.METRICS_TOKEN} {settings.SECRET_KEY}")
+
+    assert text == "[redacted] [redacted] [redacted]"

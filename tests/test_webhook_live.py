@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from fakes.fal_signing import delivery_body, lora_payload
-from monitoring.fal import webhooks
+from monitoring.fal import deliveries
 from monitoring.models import (
     Avatar,
     AvatarStatus,
@@ -91,7 +91,7 @@ def test_a_web_worker_killed_mid_delivery_leaves_the_delivery_recorded_and_the_w
     assert Avatar.objects.get(pk=avatar.pk).status == AvatarStatus.TRAINING
 
     # The worker's periodic task, once the delivery is no longer in flight anywhere.
-    assert webhooks.process_stranded(now=timezone.now() + timedelta(seconds=20)) == 1
+    assert deliveries.sweep(now=timezone.now() + timedelta(seconds=20)) == 1
 
     delivery.refresh_from_db()
     assert delivery.outcome == WebhookOutcome.APPLIED

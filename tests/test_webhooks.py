@@ -17,7 +17,7 @@ from django.test import Client, RequestFactory
 
 from fakes.fal_signing import delivery_body, lora_payload
 from monitoring import transitions
-from monitoring.fal import signing_keys, views, webhooks
+from monitoring.fal import deliveries, signing_keys, views
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -274,8 +274,8 @@ def test_it_changes_nothing_when_the_periodic_check_finished_first(deliver, trai
     assert avatar.status == AvatarStatus.COMPLETED
 
 
-def test_it_records_an_unknown_request_id_and_applies_it_when_the_id_appears(
-    deliver, make_avatar, django_capture_on_commit_callbacks
+def test_it_records_an_unknown_request_id_and_the_sweep_applies_it_when_the_id_appears(
+    deliver, make_avatar
 ):
     body = delivery_body("req-early", payload=lora_payload("req-early"))
     response = deliver(body)
@@ -292,8 +292,10 @@ def test_it_records_an_unknown_request_id_and_applies_it_when_the_id_appears(
         webhook_url="",
         source=EventSource.COMMAND,
     )
-    with django_capture_on_commit_callbacks(execute=True):
-        transitions.record_submitted(started.training, request_id="req-early", source="command")
+    transitions.record_submitted(started.training, request_id="req-early", source="command")
+    # The worker's sweep (every minute) applies it.
+    assert deliveries.sweep() == 1
+    assert deliveries.sweep() == 0
 
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED
@@ -304,7 +306,7 @@ def test_it_records_an_unknown_request_id_and_applies_it_when_the_id_appears(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_webhook_that_beats_the_submit_answer_is_applied_once_the_request_id_is_saved(
+def test_a_webhook_that_beats_the_submit_answer_is_applied_by_the_sweep_once_the_id_is_saved(
     fal, live_server, make_avatar, monkeypatch
 ):
     """End to end: fal finishes and delivers before its submit answer reaches us."""
@@ -319,6 +321,7 @@ def test_a_webhook_that_beats_the_submit_answer_is_applied_once_the_request_id_i
     avatar = make_avatar()
 
     start_training(avatar, source=EventSource.COMMAND)
+    assert deliveries.sweep() == 1  # the worker's next sweep
 
     avatar.refresh_from_db()
     training = Training.objects.get(avatar=avatar)
@@ -519,7 +522,7 @@ def test_it_refuses_bad_input_with_a_clear_status_and_changes_nothing(
     assert delivery.error == response.json()["error"]
     if expected == 401:
         assert delivery.verdict != WebhookVerdict.VALID
-        assert len(delivery.body) <= webhooks.EXCERPT_BYTES
+        assert len(delivery.body) <= deliveries.EXCERPT_BYTES
 
 
 def test_it_refuses_a_body_larger_than_the_limit_from_content_length(
@@ -578,7 +581,7 @@ def test_it_counts_while_reading_when_there_is_no_content_length(fal, settings, 
     assert snapshot() == before
     delivery = WebhookDelivery.objects.get()
     assert delivery.verdict == WebhookVerdict.TOO_LARGE
-    assert len(delivery.body) == webhooks.EXCERPT_BYTES
+    assert len(delivery.body) == deliveries.EXCERPT_BYTES
 
 
 def test_it_reads_a_chunked_delivery_within_the_limit(fal, training_avatar):
@@ -746,7 +749,7 @@ def test_it_answers_503_when_no_usable_key_exists_so_fal_retries(
 
 @pytest.mark.parametrize(
     "broken_step",
-    [(webhooks, "_training_and_replay"), (transitions, "complete")],
+    [(deliveries, "_training_and_replay"), (transitions, "complete")],
     ids=["finding the training", "applying it"],
 )
 def test_it_answers_500_and_keeps_the_delivery_when_processing_fails(

@@ -1,7 +1,7 @@
 """What one webhook delivery costs the database, statement by statement.
 
 The intake reads a training with its avatar and owner in one query
-(``webhooks._LOOKUP_FIELDS``). A field it leaves out is still loaded, one query each,
+(``deliveries._LOOKUP_FIELDS``). A field it leaves out is still loaded, one query each,
 which is correct but doubles the reads of a delivery; these tests fail when that
 happens, so the field list never silently falls behind what the transitions, the
 outbox and the API's callbacks read.

@@ -349,9 +349,20 @@ def status_label(value: str) -> str:
     return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
 
 
+def retried_words(error_type: str) -> str:
+    """An attempt retried automatically, on the timeline and in the attempts list."""
+    return _("retried automatically after fal's %(code)s") % {"code": error_type or "?"}
+
+
 def event_words(event: AvatarEvent) -> str:
     """The event's text in the reader's language where it has a code, else as recorded."""
     details = event.details or {}
+    if event.kind == EventKind.RETRIED:
+        return retried_words(details.get("error_type", ""))
+    if details.get("code") == "run_deadline":
+        return _(
+            "run deadline passed (%(minutes)s min): cancelling on fal, retried once fal confirms"
+        ) % {"minutes": details.get("minutes", "?")}
     if event.kind == EventKind.STUCK:
         cause = stuck.cause_from_details(details)
         if cause is not None:

@@ -48,6 +48,7 @@ from monitoring.models import (
     FalStatus,
     Owner,
     Training,
+    TrainingOutcome,
     WebhookDelivery,
 )
 from monitoring.ops import attention
@@ -545,7 +546,9 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
                     t.get_fal_status_display(),
                     t.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if t.submitted_at else "—",
                     t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "—",
-                    t.get_outcome_display() or "—",
+                    avatar_page.retried_words(t.error_type)
+                    if t.outcome == TrainingOutcome.RETRIED
+                    else t.get_outcome_display() or "—",
                     t.get_owner_message_display() or "—",
                     avatar_page.fold(t.error_message) if t.error_message else "—",
                 )

@@ -3,7 +3,7 @@
 Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
 nothing here edits them; staff can only re-process a verified one, after a page that
 lists which of the selected will and will not be re-processed and why, which goes
-through ``monitoring.fal.webhooks.reprocess`` and therefore through the transitions
+through ``Delivery.reprocess`` (monitoring.fal.deliveries) and therefore through the transitions
 (permission ``monitoring.recheck_avatar``).
 """
 
@@ -29,9 +29,10 @@ from avatarsite.admin_base import (
     pre,
     pretty_json,
 )
+from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
 from monitoring.admin.actions import log_staff_action, staff_action
-from monitoring.fal import webhooks
+from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
 READONLY_FIELDS = (
@@ -44,13 +45,13 @@ READONLY_FIELDS = (
     "fal_status",
     "training",
     "processed_at",
-    "error",
+    "error_shown",
     "headers_pretty",
     "signature",
     "body_size",
     "body_sha256",
     "body_pretty",
-    "traceback",
+    "traceback_shown",
 )
 
 
@@ -106,17 +107,28 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
             return True
         return super().lookup_allowed(lookup, value, request)
 
+    # The row keeps the delivery as received (fal's signed evidence); what the page shows
+    # of it is redacted, since fal's text can echo our key.
+
     @admin.display(description=_("fal headers"))
     def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
-        return pretty_json(obj.headers or {})
+        return pretty_json(redact_value(obj.headers or {}))
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
         """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
         try:
-            return pretty_json(json.loads(obj.body))
+            return pretty_json(redact_value(json.loads(obj.body)))
         except ValueError:
-            return pre(obj.body)
+            return pre(redact(obj.body))
+
+    @admin.display(description=_("error"))
+    def error_shown(self, obj: WebhookDelivery) -> str:
+        return redact(obj.error)
+
+    @admin.display(description=_("traceback"))
+    def traceback_shown(self, obj: WebhookDelivery) -> SafeString:
+        return pre(redact(obj.traceback))
 
     @admin.display(description=_("request id"), ordering="request_id")
     def request_id_display(self, obj: WebhookDelivery) -> str:
@@ -135,7 +147,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
 
     @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries…"))
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]):
-        deliveries = list(queryset.order_by("received_at", "pk"))
+        deliveries = list(Delivery.objects.filter(pk__in=queryset).order_by("received_at", "pk"))
         if not is_confirmed(request):
             return confirmation_page(
                 self,
@@ -150,7 +162,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
                     ConfirmRow(
                         delivery,
                         label=delivery.request_id or delivery.header_request_id,
-                        why_not=webhooks.why_not_reprocess(delivery),
+                        why_not=delivery.why_not_reprocess(),
                         state=str(delivery.get_outcome_display()),
                     )
                     for delivery in deliveries
@@ -159,7 +171,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
         for delivery in deliveries:
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
             try:
-                outcome = webhooks.reprocess(delivery, actor=request.user)
+                outcome = delivery.reprocess(actor=request.user)
             except ValueError as exc:
                 self.message_user(
                     request,

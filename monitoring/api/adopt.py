@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI, Status
 
 from monitoring import trainings
+from monitoring.api import representation
 from monitoring.api.errors import ApiError
 from monitoring.api.schemas import AdoptIn, AdoptOut, ErrorOut
 from monitoring.models import EventSource, Owner
@@ -61,6 +62,9 @@ def register(
                 422, "adopt_refused", str(reason), fields={"request_id": str(reason)}
             ) from None
         avatar = result.avatar
+        if not result.adopted and representation.load_avatar(avatar.pk, request.auth) is None:  # type: ignore[attr-defined]
+            # Followed already, for another client or for staff: not this client's to see.
+            raise ApiError(404, "not_found", "No avatar of this client follows this request.")
         if payload.owner.username:
             Owner.objects.filter(pk=avatar.owner_id).exclude(
                 username=payload.owner.username

@@ -28,3 +28,6 @@ class ApiConfig(AppConfig):
         transitions.training_flagged_stuck.connect(
             callbacks.record_stuck, dispatch_uid="api-callback-stuck"
         )
+        transitions.training_retried.connect(
+            callbacks.record_retried, dispatch_uid="api-callback-retried"
+        )

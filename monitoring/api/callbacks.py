@@ -11,8 +11,9 @@ with backoff until ``give_up_at`` (``EVENT_CALLBACK_MAX_AGE_HOURS`` after the ev
 any other 4xx and any redirect (never followed) is final. Each attempt is recorded.
 
 The destination is checked at every send, not only when the URL is saved: the host
-is resolved, every address it resolves to must be public, and the request goes to
-the address that was checked (the TLS certificate is still verified against the
+is resolved, every address it resolves to must be public (``check_address``, which
+unwraps the IPv6 forms that embed IPv4), and the request goes to the address that was
+checked (the TLS certificate is still verified against the
 host name), so a DNS answer that changes in between cannot point us inward.
 """
 
@@ -72,6 +73,11 @@ def record_stuck(sender: Any, *, training: Training, episode: int, **kwargs: Any
     # Read again: the flag was set by an UPDATE the caller's object has not seen yet.
     training = Training.objects.select_related("avatar__owner").get(pk=training.pk)
     _record(training, EventType.STUCK, f"{EventType.STUCK}:{training.pk}:{episode}")
+
+
+def record_retried(sender: Any, *, training: Training, retry: Training, **kwargs: Any) -> None:
+    """Receiver of ``transitions.training_retried``: the avatar with its attempts."""
+    _record(training, EventType.RETRIED, f"{EventType.RETRIED}:{training.pk}")
 
 
 def _record(training: Training, event_type: str, key: str) -> EventCallback | None:
@@ -176,16 +182,60 @@ def validate_callback_url(url: str) -> None:
         literal = ipaddress.ip_address(parts.hostname)
     except ValueError:
         return
-    _check_address(literal)
+    check_address(literal)
 
 
-def _check_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+# IPv6 addresses that carry an IPv4 address, and where (RFC 4291, 2765, 6052, 3056, 4380).
+# A NAT64 or 6to4 router turns them into a connection to that IPv4 address, so the rule
+# judges the IPv4 address inside as well.
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on the prefix length
+# the operator chose, so the whole block is refused rather than guessed at.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+# Forms that are only an IPv4 address written as IPv6: the IPv4 address alone is judged.
+_IPV4_NOTATIONS = (_IPV4_MAPPED, _IPV4_TRANSLATED, _IPV4_COMPATIBLE, _NAT64)
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (none for an ordinary IPv6 address)."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if any(address in network for network in _IPV4_NOTATIONS):
+        return [low32]
+    if address in _SIX_TO_FOUR:
+        return [ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF)]
+    if address in _TEREDO:
+        server, client = address.teredo or (low32, low32)
+        return [server, client]
+    return []
+
+
+def check_address(address: Address) -> None:
+    """Raise ``CallbackRefused`` unless ``address`` (and any IPv4 inside it) is public.
+
+    The one rule for an address, whether written in the URL or answered by DNS at send
+    time: every IPv6 form that embeds IPv4 is unwrapped, and what is reached must be
+    globally routable and not multicast.
+    """
     if settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS:
         return
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    if not address.is_global or address.is_multicast:
-        raise CallbackRefused(f"{address} is not a public address")
+    judged: list[Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            raise CallbackRefused(f"{address} is not a public address (local-use NAT64)")
+        inner = embedded_ipv4(address)
+        only_notation = any(address in network for network in _IPV4_NOTATIONS)
+        judged = [*inner] if only_notation else [address, *inner]
+    for candidate in judged:
+        if not candidate.is_global or candidate.is_multicast:
+            inside = f" (it leads to {candidate})" if candidate != address else ""
+            raise CallbackRefused(f"{address} is not a public address{inside}")
 
 
 def resolve(url: str) -> Destination:
@@ -202,7 +252,7 @@ def resolve(url: str) -> Destination:
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         # Every address must be allowed, not just one: the client library could pick any.
-        _check_address(address)
+        check_address(address)
         addresses.append(address)
     if not addresses:
         raise CallbackUnresolvable(f"{host} resolves to nothing")

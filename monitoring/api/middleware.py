@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import translation
 
 from monitoring.api.models import ApiCall
+from monitoring.storable import stored_as_received
 
 logger = logging.getLogger("monitoring")
 
@@ -35,13 +37,16 @@ class ApiCallMiddleware:
     def _record(self, request: HttpRequest, response: HttpResponse, client, duration_ms: float):
 
         try:
-            ApiCall.objects.create(
-                client=client,
-                method=(request.method or "")[:8],
-                path=request.path[:512],
-                status=response.status_code,
-                duration_ms=round(duration_ms, 2),
-            )
+            # A savepoint: a record that fails never breaks a transaction around it.
+            with transaction.atomic():
+                ApiCall.objects.create(
+                    client=client,
+                    method=(request.method or "")[:8],
+                    # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
+                    path=stored_as_received(request.path[:512]),
+                    status=response.status_code,
+                    duration_ms=round(duration_ms, 2),
+                )
         except Exception:
             # The call's answer matters more than its record.
             logger.exception("Could not record API call %s %s", request.method, request.path)

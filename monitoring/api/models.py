@@ -16,6 +16,8 @@ from django.utils.translation import gettext_lazy as _
 class Scope(models.TextChoices):
     TRAININGS_WRITE = "trainings:write", _("Start, retrain, adopt and cancel trainings")
     AVATARS_READ = "avatars:read", _("Read avatars")
+    # Granted by staff only: without it a client sees and acts on its own avatars alone.
+    AVATARS_ALL = "avatars:all", _("Every avatar, not only this client's own (staff grant)")
 
 
 class ApiClient(models.Model):
@@ -61,6 +63,17 @@ class ApiClient(models.Model):
 
     def has_scope(self, scope: str) -> bool:
         return scope in (self.scopes or [])
+
+    def avatar_filter(self) -> Q:
+        """The avatars this client reads, lists, cancels and retrains: those it created,
+        started or adopted (``ClientAvatar``), or every one with ``avatars:all``.
+
+        Avatars created by staff belong to no client. Another client's avatar is a 404,
+        like one that does not exist, so ids say nothing.
+        """
+        if self.has_scope(Scope.AVATARS_ALL):
+            return Q()
+        return Q(api_link__client=self)
 
 
 class ClientAvatar(models.Model):
@@ -156,6 +169,8 @@ class EventType(models.TextChoices):
     FAILED = "avatar.failed", "avatar.failed"
     CANCELLED = "avatar.cancelled", "avatar.cancelled"
     STUCK = "avatar.stuck", "avatar.stuck"
+    # About an attempt, not the avatar: fal's own failure, retried automatically.
+    RETRIED = "training.retried", "training.retried"
 
 
 class CallbackStatus(models.TextChoices):

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from monitoring import files
+from monitoring.api.models import ApiClient
 from monitoring.models import Avatar, FalStatus, Training, TrainingOutcome
 
 
@@ -101,5 +102,9 @@ def avatar_data(
     }
 
 
-def load_avatar(avatar_id: int) -> Avatar | None:
-    return Avatar.objects.select_related("owner", "current_training").filter(pk=avatar_id).first()
+def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:
+    """The avatar, or None; with ``client``, only one that client may see."""
+    avatars = Avatar.objects.select_related("owner", "current_training").filter(pk=avatar_id)
+    if client is not None:
+        avatars = avatars.filter(client.avatar_filter())
+    return avatars.first()

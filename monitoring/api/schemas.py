@@ -12,11 +12,23 @@ from urllib.parse import urlsplit
 from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator
 
+from monitoring import storable
+
 MAX_TELEGRAM_ID = 2**63 - 1
 
 
 class _Input(Schema):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # Every field, settings keys and values included: a 422 naming it, not a 500
+        # from the database (monitoring.storable).
+        reason = storable.unstorable(value)
+        if reason:
+            raise ValueError(reason)
+        return value
 
 
 class OwnerIn(_Input):

@@ -48,8 +48,9 @@ api = NinjaAPI(
 errors.install(api)
 
 
-def _avatar_or_404(avatar_id: int) -> Avatar:
-    avatar = representation.load_avatar(avatar_id)
+def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
+    """The avatar; with ``client``, only one it may see (another client's is a 404 too)."""
+    avatar = representation.load_avatar(avatar_id, client)
     if avatar is None:
         raise ApiError(404, "not_found", f"No avatar with id {avatar_id}.")
     return avatar
@@ -142,7 +143,7 @@ def start_avatar(
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
     def perform(row: IdempotencyKey) -> idempotency.Answer:
-        avatar = _avatar_or_404(avatar_id)
+        avatar = _avatar_or_404(avatar_id, client)
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=API_SOURCE)
         elif avatar.status == AvatarStatus.ERROR:
@@ -175,7 +176,7 @@ def start_avatar(
     summary="An avatar with its attempts",
 )
 def get_avatar(request: HttpRequest, avatar_id: int):
-    return representation.avatar_data(_avatar_or_404(avatar_id))
+    return representation.avatar_data(_avatar_or_404(avatar_id, request.auth))  # type: ignore[attr-defined]
 
 
 class AvatarFilters(Schema):
@@ -192,8 +193,10 @@ class AvatarFilters(Schema):
     summary="Avatars, newest first, by owner and status; pass next_cursor to go on",
 )
 def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
+    client: ApiClient = request.auth  # type: ignore[attr-defined]
     avatars = (
-        Avatar.objects.select_related("owner", "current_training")
+        Avatar.objects.filter(client.avatar_filter())
+        .select_related("owner", "current_training")
         .prefetch_related("trainings__kept_files")
         .order_by("-pk")
     )
@@ -220,13 +223,14 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
     summary="Ask fal to stop the avatar's active training",
 )
 def cancel_avatar(request: HttpRequest, avatar_id: int):
-    avatar = _avatar_or_404(avatar_id)
+    client: ApiClient = request.auth  # type: ignore[attr-defined]
+    avatar = _avatar_or_404(avatar_id, client)
     training = avatar.current_training
     if training is None or not training.is_active:
         raise ApiError(409, "no_active_training", "The avatar has no active training.")
     detail = cancel_training(training, source=API_SOURCE)
     training.refresh_from_db()
-    avatar = _avatar_or_404(avatar_id)
+    avatar = _avatar_or_404(avatar_id, client)
     if training.finished_at is not None and training.outcome == TrainingOutcome.CANCELLED:
         return Status(202, {"cancel": "cancelled", "avatar": representation.avatar_data(avatar)})
     if training.finished_at is None and training.cancel_requested_at is not None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from django.conf import settings
 
+from avatarsite.log_redaction import redact, redact_value
 from monitoring import owner_messages
 from monitoring.fal import payloads
 
@@ -43,9 +44,14 @@ logger = logging.getLogger("monitoring")
 
 
 class FalError(Exception):
-    """Something fal (or the way to it) answered that was not what we asked for."""
+    """Something fal (or the way to it) answered that was not what we asked for.
+
+    ``detail`` is redacted here, once for every error the gateway raises: fal's text can
+    echo our key ("No user found for Key ..."), and it is stored, shown and logged.
+    """
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        detail = redact(detail)
         self.detail = detail
         self.status_code = status_code
         super().__init__(f"{status_code} {detail}" if status_code else detail)
@@ -138,14 +144,20 @@ def _app_id(endpoint: str) -> str:
 # --- Submit --------------------------------------------------------------------------------
 
 
-def submit_headers() -> dict[str, str]:
-    """Our key, and how long fal keeps the files this training produces (until we copied them)."""
+def _submit_headers(training: Any) -> dict[str, str]:
+    """Our key, how long fal keeps the files this training produces (until we copied
+    them), and the start deadline when one is set."""
     headers = {"Authorization": f"Key {_key()}"}
     seconds = settings.FAL_MEDIA_EXPIRATION_SECONDS
     if seconds is not None:
         headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
             {"expiration_duration_seconds": seconds}
         )
+    deadline = getattr(training, "start_deadline_seconds", None)
+    if deadline:
+        # fal's start deadline: a job not started in time ends with 504 request_timeout
+        # (type "user"). Newer clients send the second name; both are harmless.
+        headers["X-Fal-Request-Timeout"] = headers["X-Fal-Request-Start-Timeout"] = str(deadline)
     return headers
 
 
@@ -164,7 +176,7 @@ def submit(training: Any) -> SubmitAnswer:
             url,
             params=params,
             json=training.arguments,
-            headers=submit_headers(),
+            headers=_submit_headers(training),
             timeout=(min(10.0, timeout), timeout),
             verify=verify,
             allow_redirects=False,
@@ -233,7 +245,7 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
             return FalJobFailed(
                 detail,
                 status_code=code,
-                error_type=exc.error_type or f"http_{code}",
+                error_type=exc.error_type or "",
                 detail_types=tuple(owner_messages.detail_types({"detail": exc.message})),
             )
         return FalTransient(f"unexpected answer: {detail}", status_code=code)
@@ -288,10 +300,15 @@ class FalSession:
         )
         if isinstance(answer, fal_client.Queued):
             return FalStatusReport("IN_QUEUE", queue_position=answer.position)
+        # fal's texts (logs, the error of a failed job) are redacted before anyone keeps them.
+        logs = redact_value(answer.logs) if isinstance(answer.logs, list) else None
         if isinstance(answer, fal_client.InProgress):
-            return FalStatusReport("IN_PROGRESS", logs=answer.logs)
+            return FalStatusReport("IN_PROGRESS", logs=logs)
         return FalStatusReport(
-            "COMPLETED", logs=answer.logs, error=answer.error, error_type=answer.error_type
+            "COMPLETED",
+            logs=logs,
+            error=redact(answer.error) if isinstance(answer.error, str) else answer.error,
+            error_type=answer.error_type,
         )
 
     async def result(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> dict:
@@ -301,7 +318,7 @@ class FalSession:
         )
         if not isinstance(answer, dict):
             raise FalTransient(f"unreadable result: {type(answer).__name__}")
-        return answer
+        return redact_value(answer)
 
     async def cancel(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> str:
         from fal_client.client import FalClientHTTPError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
@@ -99,12 +99,45 @@ def _allowed(host: str, path: str, rule: str) -> bool:
     return host_ok and (not slash or path.startswith("/" + prefix))
 
 
+def normalised_path(path: str) -> str | None:
+    """``path`` as a server resolves it: percent-decoded, ``\\`` as ``/``, dot segments gone.
+
+    Decoded until it no longer changes, so ``%252e%252e`` is the ``..`` a server that
+    decodes twice would see. None when decoding leaves bytes that are not UTF-8: such
+    a path names nothing on fal's storage.
+    """
+    for _ in range(4):
+        try:
+            decoded = unquote(path, errors="strict")
+        except UnicodeDecodeError:
+            return None
+        if decoded == path:
+            break
+        path = decoded
+    else:
+        return None
+    segments: list[str] = []
+    names = path.replace("\\", "/").split("/")[1:]
+    for index, name in enumerate(names):
+        if name == "..":
+            if segments:
+                segments.pop()
+        elif name != ".":
+            segments.append(name)
+            continue
+        if index == len(names) - 1:
+            segments.append("")  # "/a/b/.." is the folder "/a/"
+    return "/" + "/".join(segments)
+
+
 def check_media_url(url: str) -> MediaUrl:
     """The one rule for a result URL from fal (LoRA file, config file), on every path.
 
     https only, and on a host of ``FAL_MEDIA_ALLOWED_HOSTS``: an exact host
     (``fal.media``), a wildcard for its subdomains (``*.fal.media``, not the bare
     domain), or a host with a path prefix (``storage.googleapis.com/falserverless/``).
+    The prefix is matched against the normalised path (``normalised_path``), so
+    ``/falserverless/../evil-bucket/`` is the foreign bucket it names.
     """
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         return MediaUrl.NOT_HTTPS
@@ -118,7 +151,10 @@ def check_media_url(url: str) -> MediaUrl:
         return MediaUrl.NOT_HTTPS
     if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
         return MediaUrl.NOT_HTTPS
-    if any(_allowed(host, parts.path, rule) for rule in settings.FAL_MEDIA_ALLOWED_HOSTS):
+    path = normalised_path(parts.path)
+    if path is None:
+        return MediaUrl.FOREIGN_HOST
+    if any(_allowed(host, path, rule) for rule in settings.FAL_MEDIA_ALLOWED_HOSTS):
         return MediaUrl.ALLOWED
     return MediaUrl.FOREIGN_HOST
 

@@ -25,6 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from avatarsite.log_redaction import redact, redact_value
 from monitoring.fal import payloads
 
 PAGE_SIZE = 100  # fal's maximum
@@ -35,6 +36,7 @@ class PlatformUnavailable(Exception):
     """fal's record could not be read now (rate limit, outage, timeout): try later."""
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        detail = redact(detail)  # fal's text may echo our key
         self.detail = detail
         self.status_code = status_code
         super().__init__(f"fal's record: {status_code} {detail}" if status_code else detail)
@@ -69,7 +71,7 @@ class RecordItem:
                 self.json_output, ""
             )
         code = f"HTTP {self.status_code}" if self.status_code else "an error"
-        return reason or f"fal's record: the request ended with {code}"
+        return redact(reason) or f"fal's record: the request ended with {code}"
 
     def matches(self, arguments: dict) -> bool:
         """Whether this request was sent with our input (images URL and trigger)."""
@@ -103,6 +105,8 @@ def _when(value: Any) -> datetime | None:
 def _item(raw: Any) -> RecordItem | None:
     if not isinstance(raw, dict) or not raw.get("request_id"):
         return None
+    # What fal's record holds is fal's text: redacted before anything keeps or shows it.
+    raw = redact_value(raw)
     code = raw.get("status_code")
     json_input = raw.get("json_input")
     return RecordItem(

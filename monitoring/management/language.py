@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import translation
+
+from monitoring import storable
 
 
 class TranslatedCommand(BaseCommand):
@@ -31,4 +33,15 @@ class TranslatedCommand(BaseCommand):
         # Whatever a caller left active (a test's request, call_command from a view) does
         # not decide: the option or the setting does.
         with translation.override(options.get("language") or settings.LANGUAGE_CODE):
+            _refuse_unstorable(args, options)
             return super().execute(*args, **options)
+
+
+def _refuse_unstorable(args: tuple[Any, ...], options: dict[str, Any]) -> None:
+    """Text the database cannot store (a NUL, bytes that are not UTF-8) is a clean
+    CommandError naming the option, before anything is read or written."""
+    named = [(f"--{name.replace('_', '-')}", value) for name, value in options.items()]
+    for label, value in [*((str(n), v) for n, v in enumerate(args, 1)), *named]:
+        reason = storable.unstorable(value) if isinstance(value, str | list | tuple) else ""
+        if reason:
+            raise CommandError(f"{label}: {reason}")

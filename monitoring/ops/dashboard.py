@@ -207,6 +207,12 @@ def chart_svg(buckets: list[HourBucket]) -> SafeString:
     )
 
 
+def retries_last_day(now: datetime | None = None) -> int:
+    """Attempts retried automatically after fal's failures in the last 24 hours."""
+    since = (now or timezone.now()) - timedelta(hours=24)
+    return Training.objects.filter(outcome=TrainingOutcome.RETRIED, finished_at__gte=since).count()
+
+
 def gather(now: datetime | None = None) -> dict[str, Any]:
     """The dashboard's context."""
     now = now or timezone.now()
@@ -219,6 +225,7 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "stuck": stuck_trainings(),
         "heartbeat": health.heartbeat(now),
         "fal_errors": fal_error_rate(now),
+        "retries": retries_last_day(now),
         "hours": buckets,
         "finished_total": sum(b.total for b in buckets),
         "mean_duration_minutes": round(sum(durations) / len(durations) / 60, 1)

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -41,6 +41,9 @@ NOTIFICATIONS_LATE_AFTER_INTERVALS = 2
 # What an unauthenticated caller sees besides ``ok`` (the notification side adds
 # ``notifications_late``).
 PUBLIC_FIELDS = frozenset({"database", "check_late", "notifications_late"})
+# The worker's roles (``monitoring.worker.cluster.ROLES``, which imports this module),
+# each writing its heartbeat row.
+WORKER_ROLES = ("checks", "notifications")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,15 @@ def notifications_late(now: datetime | None = None) -> NotificationsLate:
         | Q(status=NotificationStatus.SENDING, lease_until__lt=since, next_attempt_at__lt=since)
     ).count()
     return NotificationsLate(waiting > 0, waiting, limit)
+
+
+def worker_heartbeat_ages(now: datetime | None = None) -> dict[str, float | None]:
+    """Seconds since each role last beat on any host (None: it never ran). One query."""
+    now = now or timezone.now()
+    ages: dict[str, float | None] = dict.fromkeys(WORKER_ROLES)
+    for role, last in WorkerHeartbeat.objects.values_list("role").annotate(last=Max("beat_at")):
+        ages[role] = max(0.0, (now - last).total_seconds())
+    return ages
 
 
 def worker_heartbeat_age(role: str, now: datetime | None = None) -> float | None:

@@ -2,8 +2,10 @@
 
 Every figure is read from the database at scrape time (``DatabaseCollector``), never
 kept in a process: any web process answers with the same numbers, whichever one the
-load balancer picks, and a worker restart loses nothing. Counters come from the
-running totals (``totals``), which only ever go up and are never pruned.
+load balancer picks, and a worker restart loses nothing. Counters and histograms come
+from the running totals (``totals``), which only ever go up and are never pruned.
+Alert thresholds that are settings are exported as gauges, so the shipped rules
+(``deploy/prometheus/alerts.yml``, ``docs/operations.md``) compare against them.
 
 Off unless configured: with neither ``METRICS_TOKEN`` nor ``METRICS_ALLOWED_IPS`` the
 endpoint answers 404. A set token must come as ``Authorization: Bearer <token>``
@@ -17,7 +19,7 @@ import hmac
 import ipaddress
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 from django.conf import settings
@@ -28,15 +30,22 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from avatarsite.client_address import client_address
 from monitoring import totals
 from monitoring.fal import client as fal
+from monitoring.fal import payloads
 from monitoring.models import (
     Avatar,
     AvatarStatus,
     CheckRun,
+    EventSource,
     FalStatus,
     Training,
     WebhookOutcome,
@@ -44,7 +53,12 @@ from monitoring.models import (
 )
 from monitoring.ops import health
 from notifications import delivery
-from notifications.models import Notification, NotificationAttempt, NotificationStatus
+from notifications.models import (
+    Notification,
+    NotificationAttempt,
+    NotificationKind,
+    NotificationStatus,
+)
 
 logger = logging.getLogger("monitoring")
 
@@ -90,8 +104,99 @@ def _counter(
     return family
 
 
+# How a finish was learned: the label values shown from the first scrape.
+FINISH_SOURCES = (EventSource.WEBHOOK, EventSource.CHECK, EventSource.FAL_RECORD)
+FINISH_OUTCOMES = (AvatarStatus.COMPLETED, AvatarStatus.ERROR, AvatarStatus.CANCELLED)
+OWNER_TOLD_KINDS = (NotificationKind.READY, NotificationKind.FAILED, NotificationKind.CANCELLED)
+OTHER_TRAINER = "other"
+
+
+def _trainer(endpoint: str) -> str:
+    """The ``trainer`` label: one of our trainers' endpoints, anything else "other"."""
+    return endpoint if endpoint in payloads.ENDPOINTS.values() else OTHER_TRAINER
+
+
+def _histogram(
+    histogram: totals.Histogram,
+    documentation: str,
+    label: str,
+    reading: totals.Reading,
+    known: Sequence[str],
+    bound: Callable[[str], str] = str,
+) -> HistogramMetricFamily:
+    """A histogram family from its running totals: bucket counts cumulated, sums added.
+
+    ``bound`` maps a stored label value onto the exposed one (values merged into one
+    series are added together), which keeps the label set bounded.
+    """
+    counts: dict[str, dict[str, int]] = {value: {} for value in known}
+    sums_ms: dict[str, int] = dict.fromkeys(known, 0)
+    bucket_sums = reading.sums_ms.get(histogram.bucket_total, {})
+    for key, number in reading.values.get(histogram.bucket_total, {}).items():
+        labels = dict(key)
+        value = bound(labels.get(label, ""))
+        per_bucket = counts.setdefault(value, {})
+        per_bucket[labels["le"]] = per_bucket.get(labels["le"], 0) + number
+        sums_ms[value] = sums_ms.get(value, 0) + bucket_sums.get(key, 0)
+    family = HistogramMetricFamily(f"{PREFIX}_{histogram.name}", documentation, labels=[label])
+    bounds = [totals.bound_text(b) for b in histogram.buckets] + ["+Inf"]
+    for value in sorted(counts):
+        cumulative, buckets = 0, []
+        for le in bounds:
+            cumulative += counts[value].get(le, 0)
+            buckets.append((le, cumulative))
+        family.add_metric([value], buckets, sum_value=sums_ms.get(value, 0) / 1000)
+    return family
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+
+
+def thresholds() -> Iterator[Metric]:
+    """The alert thresholds that are settings: the rules compare against these."""
+    yield _gauge(
+        "check_run_late_after_seconds",
+        "The periodic check is late when its last run started longer ago than this.",
+        health.late_after_seconds(),
+    )
+    yield _gauge(
+        "notifications_late_after_seconds",
+        "Notifications are late when a message has been due and untaken longer than this.",
+        health.notifications_late_after_seconds(),
+    )
+    yield _gauge(
+        "worker_heartbeat_late_after_seconds",
+        "A worker role is down when its heartbeat is older than this "
+        "(WORKER_HEARTBEAT_LATE_SECONDS).",
+        settings.WORKER_HEARTBEAT_LATE_SECONDS,
+    )
+    yield _gauge(
+        "owner_told_objective_seconds",
+        "Objective for the owner-told p95 (OWNER_TOLD_OBJECTIVE_SECONDS).",
+        settings.OWNER_TOLD_OBJECTIVE_SECONDS,
+    )
+    yield _gauge(
+        "trainings_stuck_threshold",
+        "Alert when more trainings than this are stuck (STUCK_TRAININGS_ALERT_THRESHOLD).",
+        settings.STUCK_TRAININGS_ALERT_THRESHOLD,
+    )
+    yield _gauge(
+        "fal_error_ratio_threshold",
+        "fal is failing for everyone from this share of failed status calls "
+        "(FAL_OUTAGE_ERROR_SHARE).",
+        settings.FAL_OUTAGE_ERROR_SHARE,
+    )
+    yield _gauge(
+        "webhook_refusals_per_minute_threshold",
+        "Alert when refused webhook deliveries per minute exceed this "
+        "(WEBHOOK_REFUSALS_ALERT_PER_MINUTE).",
+        settings.WEBHOOK_REFUSALS_ALERT_PER_MINUTE,
+    )
+
+
 class DatabaseCollector:
-    """Reads every figure from the database when Prometheus scrapes: 7 queries."""
+    """Reads every figure from the database when Prometheus scrapes: 8 queries."""
 
     def collect(self, now: datetime | None = None) -> Iterator[Metric]:
         now = now or timezone.now()
@@ -132,16 +237,22 @@ class DatabaseCollector:
             "Seconds since the worker's last periodic check run started (+Inf: never ran).",
             value=beat.age_seconds if beat.age_seconds is not None else math.inf,
         )
-        last_duration = (
+        last_duration, checked, errors = (
             CheckRun.objects.filter(kind__in=health.WORKER_RUN_KINDS, finished_at__isnull=False)
             .order_by("-started_at")
-            .values_list("duration_seconds", flat=True)
+            .values_list("duration_seconds", "checked", "errors")
             .first()
-        )
+        ) or (None, 0, 0)
         yield GaugeMetricFamily(
             f"{PREFIX}_check_run_duration_seconds",
             "Duration of the worker's last finished periodic check run (NaN: none yet).",
             value=last_duration if last_duration is not None else math.nan,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_fal_error_ratio",
+            "Share of the fal status calls of the last finished periodic run that failed "
+            "(0: none made).",
+            value=errors / checked if checked else 0.0,
         )
 
         # 5. The notification backlog, and how long its oldest due message has waited.
@@ -171,8 +282,19 @@ class DatabaseCollector:
             value=1 if paused else 0,
         )
 
-        # 7. Counters: the running totals, never pruned.
-        found = totals.current()
+        # 7. Each worker role's heartbeat.
+        beats = GaugeMetricFamily(
+            f"{PREFIX}_worker_heartbeat_age_seconds",
+            "Seconds since a worker role last beat on any host (+Inf: never ran).",
+            labels=["role"],
+        )
+        for role, age in sorted(health.worker_heartbeat_ages(now).items()):
+            beats.add_metric([role], age if age is not None else math.inf)
+        yield beats
+
+        # 8. Counters and histograms: the running totals, never pruned.
+        reading = totals.read()
+        found = reading.values
         yield _counter(
             "fal_errors",
             "fal answers to status checks that were errors, by exception class.",
@@ -194,6 +316,39 @@ class DatabaseCollector:
             found.get("notification_sends", {}),
             [(r,) for r in _known_send_results()],
         )
+        yield _counter(
+            "finishes",
+            "Trainings finished, by how we learned it (webhook, check, fal_record, ...) "
+            "and outcome.",
+            ["learned_by", "outcome"],
+            found.get("finishes", {}),
+            [(s, o) for s in FINISH_SOURCES for o in FINISH_OUTCOMES],
+        )
+        yield _histogram(
+            totals.OWNER_TOLD,
+            "Seconds from fal's completion of a training to its owner's message sent, by kind.",
+            "kind",
+            reading,
+            OWNER_TOLD_KINDS,
+        )
+        trainers = sorted(set(payloads.ENDPOINTS.values()))
+        yield _histogram(
+            totals.TIME_TO_READY,
+            "Seconds from the start of a training to the avatar ready, by trainer.",
+            "trainer",
+            reading,
+            trainers,
+            _trainer,
+        )
+        yield _histogram(
+            totals.FAL_QUEUE,
+            "Seconds a training waited in fal's queue before running, by trainer.",
+            "trainer",
+            reading,
+            trainers,
+            _trainer,
+        )
+        yield from thresholds()
 
 
 # Only our collector: process metrics (memory, GC) would differ between processes.

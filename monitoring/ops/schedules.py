@@ -68,10 +68,11 @@ SCHEDULES: list[dict[str, Any]] = [
         "schedule_type": "H",  # Schedule.HOURLY
         "repeats": -1,
     },
-    # A web worker killed mid-delivery leaves the delivery "received": process it.
+    # A web worker killed mid-delivery leaves the delivery "received", and a delivery
+    # may arrive before its request id is stored: the sweep processes both.
     {
         "name": STRANDED_WEBHOOKS,
-        "func": "monitoring.fal.webhooks.process_stranded",
+        "func": "monitoring.fal.deliveries.sweep",
         "schedule_type": "I",  # Schedule.MINUTES
         "minutes": 1,
         "repeats": -1,

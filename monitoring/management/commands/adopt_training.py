@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, EventSource, Language, TrainingType
+from monitoring.storable import unstorable
 from monitoring.trainings import AdoptRefused, AdoptResult, adopt_training
 
 LINE_FIELDS = {
@@ -89,6 +90,10 @@ class Command(TranslatedCommand):
         unknown = set(fields) - LINE_FIELDS
         if unknown:
             raise AdoptRefused(_("unknown fields: %s") % ", ".join(sorted(unknown)))
+        for name, value in fields.items():
+            reason = unstorable(value)
+            if reason:
+                raise AdoptRefused(f"{name}: {reason}")
         kwargs: dict[str, Any] = {
             "request_id": fields.get("request_id"),
             "endpoint": fields.get("endpoint"),

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('monitoring', '0011_owner_reachability_moves_to_notifications'),
+        ('monitoring', '0016_running_total_sums'),
     ]
 
     operations = [

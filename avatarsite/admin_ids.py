@@ -1,0 +1,78 @@
+"""Object ids in admin URLs and action POSTs are checked before any admin view runs.
+
+Django's own change and history views turn an id that is not a number into "does not
+exist", but our views (the avatar page, its action URL) and an action's
+``_selected_action`` values reach the ORM as they came, and ``int("abc")`` there is a
+500. One middleware for every model of both apps: an object id the model's primary key
+cannot hold is a 404, an action POST naming one is a 400, and nothing runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.apps import apps
+from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+
+# PostgreSQL's bigint and SQLite's integer: what any integer key column holds.
+_INTEGER_RANGE = range(-(2**63), 2**63)
+
+
+def _model(route: str) -> type[models.Model] | None:
+    """The registered model an admin route is about (``admin/<app>/<model>/...``)."""
+    parts = route.split("/")
+    for app_label, model_name in zip(parts, parts[1:], strict=False):
+        if "<" in app_label or "<" in model_name:
+            continue
+        try:
+            model = apps.get_model(app_label, model_name)
+        except (LookupError, ValueError):
+            continue
+        if admin.site.is_registered(model):
+            return model
+    return None
+
+
+def is_valid_id(model: type[models.Model], value: str) -> bool:
+    """Whether ``value`` can be a primary key of ``model`` (the row may still not exist)."""
+    field = model._meta.pk
+    assert field is not None
+    try:
+        key = field.to_python(value)
+    except ValidationError:
+        return False
+    if isinstance(key, int) and key not in _INTEGER_RANGE:
+        return False
+    return not (isinstance(key, str) and "\x00" in key)
+
+
+class AdminObjectIdMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view: Any, args: Any, kwargs: dict[str, Any]
+    ) -> HttpResponse | None:
+        match = request.resolver_match
+        if match is None or "admin" not in match.namespaces:
+            return None
+        model = _model(match.route)
+        if model is None:
+            return None
+        object_id = kwargs.get("object_id")
+        if object_id is not None and not is_valid_id(model, unquote(object_id)):
+            raise Http404(f"No {model._meta.verbose_name} with this id.")
+        if request.method == "POST" and ACTION_CHECKBOX_NAME in request.POST:
+            selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+            if not all(is_valid_id(model, value) for value in selected):
+                return HttpResponseBadRequest(b"An id in _selected_action is not valid.")
+        return None

@@ -1,0 +1,75 @@
+"""Whose failure was it? fal's own (retried for the owner), the owner's, or unknown.
+
+A reviewed table, like ``owner_messages``: only fal's machine-readable fields decide
+(``error_type``, ``detail[].type``, the result's HTTP status), never its words. Unknown
+is treated as the owner's: never retried automatically. Sources: fal's "Request
+errors" page (``error_type`` and its status), ``shared/fal-facts.md`` (Failures,
+deadlines and retries: 5xx are never billed), fal's "Model errors" page. The table
+is in docs/fal.md with the source of each code; add a row (and a test) there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from monitoring.owner_messages import PHOTO_PROBLEMS
+
+
+class Blame(StrEnum):
+    FAL = "fal"  # fal's infrastructure: retried automatically, never billed
+    OWNER = "owner"  # the input: the owner's to fix, never retried
+    UNKNOWN = "unknown"  # treated as the owner's
+
+
+# fal's request errors that are its own infrastructure's (fal's request-errors table).
+FALS_OWN: frozenset[str] = frozenset(
+    {
+        "startup_timeout",
+        "runner_scheduling_failure",
+        "runner_connection_timeout",
+        "runner_disconnected",
+        "runner_connection_refused",
+        "runner_connection_error",
+        "runner_incomplete_response",
+        "runner_server_error",
+        "internal_error",
+        # Model codes for the platform's side (fal's model-errors page).
+        "internal_server_error",
+        "downstream_service_unavailable",
+    }
+)
+# Ours or the caller's: the same request would fail again.
+NOT_RETRIED: frozenset[str] = frozenset(
+    {"bad_request", "client_disconnected", "client_cancelled", "request_cancelled"}
+)
+# Codes of the owner's input (a 422 of the trainer): their photos, content, input.
+OWNERS: frozenset[str] = frozenset(
+    {*PHOTO_PROBLEMS, "face_error", "value_error", "content_policy_violation"}
+)
+
+
+def blame(
+    *,
+    error_type: str = "",
+    detail_types: Iterable[str] = (),
+    http_status: int | None = None,
+    start_deadline_sent: bool = False,
+) -> Blame:
+    """Whose failure this is. ``request_timeout`` is fal's only when the attempt carried
+    our start deadline (fal then answers 504 for a job it never started in time)."""
+    code = (error_type or "").strip().lower()
+    types = {t.strip().lower() for t in detail_types}
+    if code in NOT_RETRIED:
+        return Blame.UNKNOWN
+    if code in OWNERS or types & OWNERS or http_status == 422:
+        return Blame.OWNER
+    if code == "request_timeout":
+        return Blame.FAL if start_deadline_sent else Blame.UNKNOWN
+    if code in FALS_OWN:
+        return Blame.FAL
+    if http_status is not None and http_status >= 500 and not types:
+        return Blame.FAL
+    if code in {"http_500", "http_502", "http_503", "http_504"} and not types:
+        return Blame.FAL
+    return Blame.UNKNOWN

@@ -1,0 +1,394 @@
+"""A fal webhook delivery and its behaviour: stored first, then processed (dj-stripe's order).
+
+Every POST leaves a row or a count; the rules and the crash windows they close are in
+docs/fal.md ("The webhook intake").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import traceback
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, Sum
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.translation import gettext
+
+from avatarsite.client_address import client_address
+from monitoring import totals
+from monitoring.fal import results, signature
+from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
+from monitoring.fal.signature import REQUEST_ID_HEADER, SIGNATURE_HEADER, clean
+from monitoring.models import (
+    EventSource,
+    RefusedWebhookCount,
+    Training,
+    WebhookDelivery,
+    WebhookDeliveryQuerySet,
+    WebhookOutcome,
+    WebhookVerdict,
+)
+
+logger = logging.getLogger("monitoring")
+
+EXCERPT_BYTES = 256  # what a refused (or replayed) delivery keeps of its body
+ROW_OVERHEAD_BYTES = 900
+# An unmatched delivery is kept whole up to this size, to be applied when its request
+# id appears; a larger one keeps an excerpt, and its training gets a queue check.
+UNMATCHED_BODY_BYTES = 64 * 1024
+# fal gives up on a delivery after 15 s: a row still "received" then was left by a crash.
+STRANDED_AFTER = timedelta(seconds=15)
+SWEEP_BATCH = 100
+# Acted on: the same signature again is a replay. FAILED, REJECTED and RECEIVED are
+# left out, so fal's retry of a delivery we failed to process is processed.
+_O = WebhookOutcome
+ACCEPTED_OUTCOMES = (_O.APPLIED, _O.ALREADY_DONE, _O.UNMATCHED, _O.DEFERRED)
+REPROCESSABLE_OUTCOMES = (_O.FAILED, _O.UNMATCHED, _O.DEFERRED, _O.RECEIVED)
+# What finishing a training reads (transitions, outbox, owner message, API callback):
+# a field left out costs a query of its own (tests/test_webhooks_statements.py).
+_LOOKUP_FIELDS = """avatar_id fal_request_id endpoint fal_status finished_at outcome owner_message
+    stuck_since stuck_reason error_type error_message gateway_request_id cancel_requested_at
+    avatar__owner_id avatar__name avatar__training_type avatar__status avatar__current_training_id
+    avatar__owner__telegram_id avatar__owner__language attempt start_deadline_seconds
+    deadline_cancel_at created_at""".split()
+
+
+class _ProcessedElsewhere(Exception):
+    """Another process recorded this delivery's outcome first: ours rolls back."""
+
+
+class DeliveryQuerySet(WebhookDeliveryQuerySet):
+    def accepted_with(self, signed: str) -> DeliveryQuerySet:
+        """Deliveries with this signature that were acted on: a match means a replay."""
+        return self.filter(
+            signature=signed, verdict=WebhookVerdict.VALID, outcome__in=ACCEPTED_OUTCOMES
+        )
+
+    def stranded(self, now: datetime) -> DeliveryQuerySet:
+        return self.filter(
+            outcome=WebhookOutcome.RECEIVED,
+            verdict=WebhookVerdict.VALID,
+            received_at__lt=now - STRANDED_AFTER,
+        ).order_by("received_at", "pk")
+
+    def unmatched_now_known(self) -> DeliveryQuerySet:
+        """Kept as unmatched, and their request id is on a training by now."""
+        known = Training.objects.filter(fal_request_id=OuterRef("request_id"))
+        return (
+            self.filter(outcome=WebhookOutcome.UNMATCHED, verdict=WebhookVerdict.VALID)
+            .filter(Exists(known))
+            .order_by("received_at", "pk")
+        )
+
+    def keep_refused(self, row: Delivery, verdict: str, reason: str, outcome: str) -> None:
+        """Count a delivery not acted on, and keep its row while this minute's rows (per
+        verdict) and bytes (all verdicts) are under their caps."""
+        row.verdict, row.outcome, row.error = verdict, outcome, clean(reason, 2000)
+        minute = row.received_at.replace(second=0, microsecond=0)
+        size = row.stored_bytes()
+        if (
+            _count_refusal(verdict, minute) > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE
+            or _kept_bytes(minute) + size > settings.WEBHOOK_REFUSED_BYTES_PER_MINUTE
+        ):
+            totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
+            return
+        RefusedWebhookCount.objects.filter(minute=minute, verdict=verdict).update(
+            kept_bytes=F("kept_bytes") + size
+        )
+        row.keep(excerpt=True)
+
+
+def _kept_bytes(minute: datetime) -> int:
+    kept = RefusedWebhookCount.objects.filter(minute=minute).aggregate(total=Sum("kept_bytes"))
+    return kept["total"] or 0
+
+
+def _count_refusal(verdict: str, minute: datetime) -> int:
+    """Add one to this minute's count for ``verdict``; the count including this one.
+
+    One upsert (PostgreSQL, and SQLite from 3.35): concurrent refusals of a new minute
+    never race between an UPDATE that finds nothing and an INSERT that conflicts.
+    """
+    table = RefusedWebhookCount._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (minute, verdict, count, kept_bytes) VALUES (%s, %s, 1, 0) "
+            f"ON CONFLICT (minute, verdict) DO UPDATE SET count = {table}.count + 1 "
+            f"RETURNING count",
+            [connection.ops.adapt_datetimefield_value(minute), verdict],
+        )
+        return int(cursor.fetchone()[0])
+
+
+class Delivery(WebhookDelivery):
+    """A ``WebhookDelivery`` row with what it does (a proxy: same table)."""
+
+    # The same rows, and the same questions plus the ones that need more than the models.
+    objects = DeliveryQuerySet.as_manager()  # type: ignore[misc]
+    _raw: bytes = b""
+
+    class Meta:
+        proxy = True
+
+    @classmethod
+    def from_request(
+        cls,
+        request: HttpRequest,
+        body: bytes,
+        *,
+        received_at: datetime,
+        size: int | None = None,
+        verified: bool = False,
+    ) -> Delivery:
+        """An unsaved row of what came in; ``keep`` saves it."""
+        headers = signature.stored_headers(request, verified=verified)
+        size = len(body) if size is None else size
+        row = cls(
+            received_at=received_at,
+            remote_addr=client_address(request),
+            headers=headers,
+            header_request_id=headers.get(REQUEST_ID_HEADER, ""),
+            signature=headers.get(SIGNATURE_HEADER, ""),
+            body_size=min(size, 2**31 - 1),
+            body_sha256=hashlib.sha256(body).hexdigest() if size == len(body) else "",
+        )
+        row._raw = body
+        return row
+
+    def stored_bytes(self) -> int:
+        """About what this row costs the disk as an excerpt: its texts, plus the fixed
+        columns, the tuple header and its index entries (measured on PostgreSQL)."""
+        texts = json.dumps(self.headers) + self.error + self.header_request_id + self.signature
+        return len(self._raw[:EXCERPT_BYTES]) + len(texts.encode()) + ROW_OVERHEAD_BYTES
+
+    def keep(self, *, excerpt: bool = False) -> None:
+        """Save the row with the body whole, or as an excerpt."""
+        raw = self._raw[:EXCERPT_BYTES] if excerpt else self._raw
+        self.body = clean(raw.decode("utf-8", errors="replace"))
+        if self.outcome != WebhookOutcome.RECEIVED:
+            self.processed_at = timezone.now()
+            # A received row is counted when its outcome is written (``process``).
+            totals.add("webhook_deliveries", {"verdict": self.verdict, "outcome": self.outcome})
+        self.save(force_insert=True)
+
+    @classmethod
+    def receive(
+        cls, request: HttpRequest, body: bytes, data: dict[str, Any], received_at: datetime
+    ) -> str:
+        """Store a verified delivery, then process it when it is for an active training."""
+        row = cls.from_request(request, body, received_at=received_at, verified=True)
+        row.verdict = WebhookVerdict.VALID
+        row.request_id = clean(data["request_id"], 128)
+        row.fal_status = clean(str(data["status"]), 16)
+        try:
+            training, replay = _training_and_replay(data["request_id"], row.signature)
+            row.training = training
+            if replay:
+                reason = "replay of an accepted delivery with the same signature"
+                cls.objects.keep_refused(row, WebhookVerdict.VALID, reason, WebhookOutcome.REPLAY)
+                return WebhookOutcome.REPLAY
+            if training is None:
+                row.outcome = WebhookOutcome.UNMATCHED
+                row.keep(excerpt=len(body) > UNMATCHED_BODY_BYTES)
+                return row.outcome
+            if training.finished_at is not None:
+                # An attempt that has finished never changes again: nothing to process.
+                row.outcome, row.error = WebhookOutcome.ALREADY_DONE, _finished_detail(training)
+                row.keep()
+                return row.outcome
+            # Committed as received before anything is applied: if this process dies
+            # from here on, the row stays and the worker's sweep processes it.
+            with transaction.atomic():
+                _commit_without_waiting_for_disk()
+                row.outcome = WebhookOutcome.RECEIVED
+                row.keep()
+        except Exception as exc:
+            # Not even stored as received: kept as failed, answered 5xx so fal retries.
+            logger.exception("fal webhook delivery for %s could not be stored", row.request_id)
+            row.pk, row.outcome = None, WebhookOutcome.FAILED
+            row.error, row.traceback = _failure(exc)
+            row.keep()
+            return row.outcome
+        return row.process(data, training)
+
+    @property
+    def body_is_excerpt(self) -> bool:
+        """A whole body never encodes shorter than it arrived (a replaced byte grows)."""
+        return len(self.body.encode("utf-8")) < self.body_size
+
+    def process(
+        self,
+        data: dict[str, Any] | None = None,
+        training: Training | None = None,
+        *,
+        source: str = EventSource.WEBHOOK,
+        actor: Any = None,
+    ) -> str:
+        """Apply a ``received`` row and record its outcome, in one transaction.
+
+        The outcome is a conditional UPDATE on ``received``: of two processes applying
+        the same row (a slow request and the sweep), the one that finds it processed
+        rolls back. When applying raises, it rolls back and the row says ``failed``.
+        """
+        rows = Delivery.objects.filter(pk=self.pk, outcome=WebhookOutcome.RECEIVED)
+        try:
+            with transaction.atomic():
+                outcome, note = self._apply(data, training, source=source, actor=actor)
+                if not rows.update(
+                    outcome=outcome,
+                    error=clean(note, 2000),
+                    traceback="",
+                    training=self.training,
+                    processed_at=timezone.now(),
+                ):
+                    raise _ProcessedElsewhere
+                totals.add("webhook_deliveries", {"verdict": self.verdict, "outcome": outcome})
+        except _ProcessedElsewhere:
+            current = Delivery.objects.filter(pk=self.pk).values_list("outcome", flat=True)
+            return current.first() or WebhookOutcome.ALREADY_DONE
+        except Exception as exc:
+            logger.exception("fal webhook delivery %s could not be processed", self.pk)
+            error, trace = _failure(exc)
+            if rows.update(
+                outcome=WebhookOutcome.FAILED,
+                error=error,
+                traceback=trace,
+                processed_at=timezone.now(),
+            ):
+                totals.add(
+                    "webhook_deliveries",
+                    {"verdict": self.verdict, "outcome": WebhookOutcome.FAILED},
+                )
+            return WebhookOutcome.FAILED
+        return outcome
+
+    def _apply(
+        self, data: dict[str, Any] | None, training: Training | None, *, source: str, actor: Any
+    ) -> tuple[str, str]:
+        excerpt = data is None and self.body_is_excerpt
+        if data is None and not excerpt:
+            data = signature.parse(self.body.encode("utf-8"), self.header_request_id)
+        if training is None:
+            request_id = data["request_id"] if data else self.request_id
+            training = (
+                Training.objects.select_related("avatar__owner").for_request(request_id).first()
+            )
+        self.training = training
+        if training is None:
+            return WebhookOutcome.UNMATCHED, ""
+        if data is None:  # too large to have been kept whole: fal's queue has the result
+            outcome = FalOutcome(
+                Kind.NO_LORA,
+                AnsweredBy.WEBHOOK,
+                message="body was too large to keep; the result is fetched from fal's queue",
+                has_payload=False,
+            )
+        else:
+            outcome = FalOutcome.from_webhook(data)
+        applied = results.apply(training, outcome, source=source, actor=actor)
+        if applied.look_next == AnsweredBy.QUEUE:
+            return WebhookOutcome.DEFERRED, outcome.message
+        if not applied.changed:
+            return WebhookOutcome.ALREADY_DONE, applied.summary
+        # A result URL refused or flagged is worth a word on the row; routine ones not.
+        unusual = outcome.kind == Kind.SUCCEEDED and applied.summary != "completed"
+        return WebhookOutcome.APPLIED, applied.summary if unusual else ""
+
+    def why_not_reprocess(self) -> str:
+        """Why staff may not re-process this delivery ("" when they may), in their language.
+
+        The one rule for ``reprocess`` and for the admin's confirmation page.
+        """
+        if self.verdict != WebhookVerdict.VALID:
+            return gettext("only deliveries with a valid signature can be processed")
+        if self.outcome not in REPROCESSABLE_OUTCOMES:
+            return gettext("a delivery that is “%(outcome)s” is not re-processed") % {
+                "outcome": self.get_outcome_display()
+            }
+        return ""
+
+    def reprocess(self, *, actor: Any = None) -> str:
+        """Staff: process again (failed, unmatched, deferred, stranded); ``ValueError`` if not."""
+        reason = self.why_not_reprocess()
+        if reason:
+            raise ValueError(reason)
+        if not self._claim(self.outcome):
+            raise ValueError(gettext("the delivery is being processed by someone else"))
+        return self.process(source=EventSource.STAFF, actor=actor)
+
+    def _claim(self, expected: str) -> bool:
+        return bool(
+            Delivery.objects.filter(pk=self.pk, outcome=expected).update(
+                outcome=WebhookOutcome.RECEIVED
+            )
+        )
+
+
+def sweep(now: datetime | None = None) -> int:
+    """Worker task (every minute): process what a crash left ``received``, and deliveries
+    that arrived before their request id was stored. Returns how many were processed."""
+    now = now or timezone.now()
+    processed = 0
+    for delivery in Delivery.objects.stranded(now)[:SWEEP_BATCH]:
+        outcome = delivery.process()
+        processed += 1
+        logger.warning(
+            "fal webhook delivery %s (request %s) was left unprocessed by a crash: now %s",
+            delivery.pk,
+            delivery.request_id,
+            outcome,
+        )
+    for delivery in Delivery.objects.unmatched_now_known()[:SWEEP_BATCH]:
+        if delivery._claim(WebhookOutcome.UNMATCHED):
+            outcome = delivery.process()
+            processed += 1
+            logger.info(
+                "fal webhook delivery %s for request %s applied late: %s",
+                delivery.pk,
+                delivery.request_id,
+                outcome,
+            )
+    return processed
+
+
+def _training_and_replay(request_id: str, signed: str) -> tuple[Training | None, bool]:
+    """The training a delivery is for (with avatar and owner), and whether it replays one
+    we acted on: one query when the training exists."""
+    accepted = Delivery.objects.accepted_with(signed)
+    try:
+        training = (
+            Training.objects.select_related("avatar__owner")
+            .only(*_LOOKUP_FIELDS)
+            .annotate(replays=Exists(accepted))
+            .get(fal_request_id=request_id)
+        )
+    except Training.DoesNotExist:
+        return None, accepted.exists()
+    return training, bool(training.replays)
+
+
+def _finished_detail(training: Training) -> str:
+    avatar = training.avatar
+    if avatar.current_training_id != training.pk:
+        return "stale training attempt: the avatar has a newer one"
+    return f"already {avatar.status}"
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """What a row keeps of a processing error (staff see it in the admin)."""
+    return clean(f"{type(exc).__name__}: {exc}", 2000), clean(traceback.format_exc(), 20000)
+
+
+def _commit_without_waiting_for_disk() -> None:
+    """The received row's commit skips its WAL flush (PostgreSQL): it guards against a
+    web worker dying, and the synchronous processing commit flushes it before fal hears
+    200 anyway. One disk flush less per delivery."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
