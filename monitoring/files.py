@@ -650,16 +650,6 @@ def read_range(row: KeptFile, start: int, end: int) -> Iterator[bytes]:
     """Bytes ``start``..``end`` (inclusive) of a kept file, in chunks, from any storage."""
     store = storage()
     remaining = end - start + 1
-    if isinstance(store, FileSystemStorage):
-        with open(store.path(row.name), "rb") as source:
-            source.seek(start)
-            while remaining > 0:
-                chunk = source.read(min(CHUNK, remaining))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
-                yield chunk
-        return
     bucket = getattr(store, "bucket", None)
     if bucket is not None:
         # Streamed from S3 with a Range request, never the whole object in memory.
