@@ -100,26 +100,28 @@ def _sources(training: Training) -> dict[str, tuple[str, str, int | None]]:
     return found
 
 
-def plan(training: Training, *, now=None) -> list[KeptFile]:
-    """The rows of ``training``'s files, created pending where missing."""
+def plan(training: Training, *, now=None) -> int:
+    """Create ``training``'s file rows as pending where missing (one statement); how many
+    files it has."""
     now = now or timezone.now()
     until = now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS)
-    rows = []
-    for kind, (url, name, size) in _sources(training).items():
-        row, _created = KeptFile.objects.get_or_create(
+    wanted = [
+        KeptFile(
             training=training,
             kind=kind,
-            defaults={
-                "source_url": url,
-                "file_name": name,
-                "expected_size": size,
-                "next_attempt_at": now,
-                "retry_until": until,
-                "created_at": now,
-            },
+            source_url=url,
+            file_name=name,
+            expected_size=size,
+            next_attempt_at=now,
+            retry_until=until,
+            created_at=now,
         )
-        rows.append(row)
-    return rows
+        for kind, (url, name, size) in _sources(training).items()
+    ]
+    if wanted:
+        # Rows already planned (a second completion path, the backfill) stay as they are.
+        KeptFile.objects.bulk_create(wanted, ignore_conflicts=True)
+    return len(wanted)
 
 
 def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
@@ -554,7 +556,7 @@ def sweep(limit: int = 200) -> int:
 def retry_now(training: Training) -> list[KeptFile]:
     """Staff and the backfill: what is not kept is pending again, due now, with a new window."""
     now = timezone.now()
-    rows = plan(training, now=now)
+    plan(training, now=now)
     KeptFile.objects.filter(training=training).exclude(state=FileState.KEPT).update(
         state=FileState.PENDING,
         failure="",
@@ -563,7 +565,7 @@ def retry_now(training: Training) -> list[KeptFile]:
         retry_until=now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS),
         lease_until=None,
     )
-    return rows
+    return list(KeptFile.objects.filter(training=training).order_by("kind"))
 
 
 # --- What clients see -----------------------------------------------------------------------
