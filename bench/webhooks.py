@@ -20,11 +20,16 @@ processed: two commits).
 What bounds it: on a small machine the web workers, PostgreSQL and the load
 generator share the cores, so the printed CPU ceiling (cores x 1000 / CPU ms per
 request) caps throughput, and with 16 clients always waiting, the mean latency is
-16 / throughput. A first delivery is 17 statements (the lookup, the received commit,
-the transition with its timeline event, the owner's message and its task, the API's
-callback lookup, the outcome and its running total), and Django's ORM costs about
-0.4-0.6 ms of worker CPU per statement: tests/test_webhooks_statements.py keeps
-the reads at one per delivery.
+16 / throughput. A first delivery is, in statements: the lookup of its training (and
+whether it replays one); the received row and its asynchronous commit (the crash
+window: a worker killed mid-delivery leaves a row the sweep processes); the
+transition (avatar, training, timeline event); the owner's message and its task (one
+message per outcome, sent by the worker); the API client's callback lookup; the kept
+files' rows (fal's CDN deletes the LoRA) and, after commit, their copy task; the
+outcome and its running total; and, after commit in a transaction of their own, the
+finish counter and the time-to-ready histogram (/metrics). Django's ORM costs about
+0.4-0.6 ms of worker CPU per statement: tests/test_webhooks_statements.py keeps the
+reads at one per delivery.
 
 This module is also the bench-only URLconf and WSGI app that gunicorn loads
 (``bench.webhooks:wsgi()``): the production routes plus ``/bench/minimal/``. The
