@@ -198,6 +198,32 @@ def _simple_move(avatar: Avatar, old: str, new: str, *, source: str, actor: Any)
 # --- Training attempts ----------------------------------------------------------------
 
 
+def _new_attempt(
+    avatar_id: int,
+    *,
+    endpoint: str,
+    arguments: dict[str, Any],
+    webhook_url: str,
+    fal_status: str,
+    now: datetime,
+) -> Training:
+    """The avatar's next training attempt, now its current one (inside the caller's
+    transaction, which holds the avatar's row)."""
+    training = Training.objects.create(
+        avatar_id=avatar_id,
+        attempt=Training.objects.filter(avatar_id=avatar_id).count() + 1,
+        endpoint=endpoint,
+        arguments=arguments,
+        webhook_url=webhook_url,
+        fal_status=fal_status,
+        created_at=now,
+        # Checked soon in any case: a submit whose answer is lost must be seen.
+        next_check_at=now,
+    )
+    Avatar.objects.filter(pk=avatar_id).update(current_training=training)
+    return training
+
+
 def begin_training(
     avatar: Avatar,
     *,
@@ -222,19 +248,16 @@ def begin_training(
             if current == S.TRAINING:
                 return Outcome(False, current, "already training")
             return _lost(avatar.pk, S.TRAINING)
-        attempt = (Training.objects.filter(avatar=avatar).count()) + 1
-        training = Training.objects.create(
-            avatar=avatar,
-            attempt=attempt,
+        training = _new_attempt(
+            avatar.pk,
             endpoint=endpoint,
             arguments=arguments,
             webhook_url=webhook_url,
             fal_status=FalStatus.SUBMITTING,
-            created_at=now,
-            # Checked soon in any case: a submit whose answer is lost must be seen.
-            next_check_at=now,
+            now=now,
         )
-        Avatar.objects.filter(pk=avatar.pk).update(current_training=training)
+        training.avatar = avatar
+        attempt = training.attempt
         _event(
             avatar.pk,
             EventKind.STATUS,
@@ -703,17 +726,14 @@ def retry_attempt(
         for name, value in ended.items():
             setattr(old, name, value)
             setattr(training, name, value)
-        retry = Training.objects.create(
-            avatar_id=training.avatar_id,
-            attempt=Training.objects.filter(avatar_id=training.avatar_id).count() + 1,
+        retry = _new_attempt(
+            training.avatar_id,
             endpoint=old.endpoint,
             arguments=old.arguments,
             webhook_url=old.webhook_url,
             fal_status=FalStatus.NOT_SENT,
-            created_at=now,
-            next_check_at=now,
+            now=now,
         )
-        Avatar.objects.filter(pk=training.avatar_id).update(current_training=retry)
         _event(
             training.avatar_id,
             EventKind.RETRIED,
