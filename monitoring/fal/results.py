@@ -96,7 +96,8 @@ class _Applying:
         if isinstance(outcome.result, dict):
             details = {**outcome.result, **details}
         owner_message = ""
-        if self._fals_own() and not transitions.cancel_was_requested(self.training):
+        active = self.training.finished_at is None  # a duplicate of a finished one: no retry
+        if active and self._fals_own() and not transitions.cancel_was_requested(self.training):
             episode = _episode(self.training)
             if len(episode) - 1 < settings.TRAINING_AUTO_RETRY_MAX:
                 return self._retry(details)
