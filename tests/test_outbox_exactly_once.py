@@ -225,7 +225,7 @@ def test_after_the_redis_broker_crashes_every_waiting_message_is_sent_within_two
         server.wait(10)
         server = start_redis(port, tmp_path)
 
-        relay_seconds = 3.0
+        relay_seconds = 5.0
         env = {
             **telegram_env,
             "REDIS_URL": url,
