@@ -22,7 +22,7 @@ from datetime import datetime
 from django.utils import timezone
 from django_q.models import Schedule
 
-from monitoring.models import CheckRun, Training
+from monitoring.models import CheckRun, FalStatus, Training
 from monitoring.ops.schedules import PERIODIC_CHECK
 
 logger = logging.getLogger("monitoring")
@@ -30,7 +30,12 @@ logger = logging.getLogger("monitoring")
 
 def restore_monitoring(*, enqueue: bool = True) -> int:
     """Make every active training due now and enqueue a run; returns how many."""
-    count = Training.objects.filter(finished_at__isnull=True).update(next_check_at=timezone.now())
+    # Held starts were never sent: nothing to check (monitoring.billing sends them).
+    count = (
+        Training.objects.filter(finished_at__isnull=True)
+        .exclude(fal_status=FalStatus.HELD)
+        .update(next_check_at=timezone.now())
+    )
     if enqueue:
         from django_q.tasks import async_task
 
