@@ -74,6 +74,7 @@ trainer's default) times its endpoint's unit price, unless it failed with a 5xx 
 cancelled; the event appears ``billing_lag`` seconds after the job ended::
 
     fal.billing_lag = 300                  fal.script(billed=False)   # never billed
+    fal.billing_clock_ahead = 400          # the lag has passed, as far as billing can tell
     fal.balance = Decimal("8.50")          # below ``lock_below`` (5): submits answer 403
     fal.prices["fal-ai/flux-lora-portrait-trainer"] = ("0.0027", "steps")
     fal.admin_key = "admin:key"            # billing answers 403 to any other key
@@ -437,6 +438,9 @@ class FalEmulator:
             # locks submits below ``lock_below``); unit prices; the key billing accepts
             # (None: any key the queue accepts).
             self.billing_lag = 0.0
+            # Seconds added to the clock billing events are read by: lets a test see a
+            # lag of minutes or hours pass without waiting for it.
+            self.billing_clock_ahead = 0.0
             self.balance = Decimal("1000.00")
             self.lock_below = Decimal("5.00")
             self.prices: dict[str, tuple[str, str]] = dict(DEFAULT_PRICES)
@@ -1042,7 +1046,7 @@ class _Responder:
                 offset = int(query["cursor"]) if query.get("cursor") else 0
             except ValueError:
                 return 422, _validation("limit", "not an integer"), latency
-            now = time.time()
+            now = time.time() + emulator.billing_clock_ahead
             start = _parse_iso(query["start"]) if query.get("start") else now - 86400
             end = _parse_iso(query["end"]) if query.get("end") else now + 1
             if start is None or end is None:
