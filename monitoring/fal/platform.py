@@ -1,10 +1,12 @@
 """fal's own record of every request, through its Platform API (``shared/fal-facts.md``).
 
 The queue forgets a result an hour after the job ends; the record does not. This
-module answers two questions and nothing else:
+module answers these questions and nothing else:
 
 - ``find_request``: what does the record say about request R of endpoint E?
 - ``list_requests``: which requests did endpoint E have between T1 and T2?
+- with the admin key (``admin=True``: FAL_ADMIN_KEY, else the queue's key), money:
+  ``billing_events``, ``balance`` and ``prices`` (docs/billing.md).
 
 Every call is bounded by FAL_PLATFORM_TIMEOUT_SECONDS and a listing follows at most
 FAL_PLATFORM_MAX_PAGES pages. Whatever goes wrong (429, 5xx, a timeout, even a 404 or

@@ -74,9 +74,8 @@ class Command(TranslatedCommand):
         held = training is not None and training.is_held
         if options["json"]:
             answer = {"id": str(avatar.pk), "fal_request_id": request_id or ""}
-            if training is not None:
-                answer["submit"] = representation.submit_state(training)
             if training is not None and held:
+                answer["submit"] = representation.submit_state(training)
                 answer["held_reason"] = training.held_reason
             if lost:
                 answer["state"] = SUBMIT_UNKNOWN_STATE
