@@ -93,11 +93,16 @@ def _measure(mode: str) -> dict:
     from monitoring.models import CostState, Training
 
     queries = 0
+    in_db = 0.0
 
     def count(execute, sql, params, many, context):
-        nonlocal queries
+        nonlocal queries, in_db
         queries += 1
-        return execute(sql, params, many, context)
+        began = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            in_db += time.perf_counter() - began
 
     now = timezone.now()
     # The ids and their windows, read before the clock starts (the listing reads nothing).
@@ -127,6 +132,7 @@ def _measure(mode: str) -> dict:
     figures.update(
         wall=time.perf_counter() - began,
         queries=queries,
+        db=in_db,
         peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         billed=Training.objects.filter(cost_state=CostState.BILLED).count(),
     )
@@ -196,14 +202,15 @@ def main() -> None:
     print(f"Cost lookup for {args.n} finished trainings (fal billing events, 50 ids a call)")
     print(f"(CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f})")
     header = (
-        f"{'mode':<8} {'events':>7} {'API calls':>9} {'queries':>8} {'wall s':>7} "
+        f"{'mode':<8} {'events':>7} {'API calls':>9} {'queries':>8} {'in db s':>7} {'wall s':>7} "
         f"{'peak MB':>8} {'costs stored':>12}"
     )
     print(header)
     print("-" * len(header))
     for mode, f in rows:
         print(
-            f"{mode:<8} {f['events']:>7} {f['calls']:>9} {f['queries']:>8} {f['wall']:>7.2f} "
+            f"{mode:<8} {f['events']:>7} {f['calls']:>9} {f['queries']:>8} {f['db']:>7.2f} "
+            f"{f['wall']:>7.2f} "
             f"{f['peak_mb']:>8.0f} {f['billed']:>12}"
         )
         if f["error"]:
