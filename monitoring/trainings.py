@@ -249,6 +249,7 @@ def send(
 # Held starts are sent one after another for at most this long per task; the task
 # queues itself again for the rest.
 RELEASE_BUDGET_SECONDS = 30.0
+HELD = transitions.HELD
 
 
 def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
@@ -266,9 +267,9 @@ def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
         if training is None:
             return sent
         outcome = send(training, source=EventSource.SYSTEM, release=True)
-        if outcome.training is not None and outcome.training.is_held:
+        if outcome.detail == HELD:
             return sent  # held again: fal still refuses
-        sent += 1
+        sent += outcome.changed
     if Training.objects.held().exists():
         from django_q.tasks import async_task
 
@@ -291,7 +292,7 @@ def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) 
         return _("Not held: nothing to release.")
     outcome = send(training, source=source, actor=actor, release=True)
     sent = outcome.training or training
-    if sent.is_held:
+    if outcome.detail == HELD:
         return _("fal refused it again (account locked): held again.")
     if sent.fal_request_id:
         billing.account_unlocked()

@@ -73,6 +73,10 @@ training_flagged_stuck = django.dispatch.Signal()
 training_retried = django.dispatch.Signal()
 
 
+# ``Outcome.detail`` of a start held for fal's balance (``hold``).
+HELD = "held"
+
+
 class InvalidTransition(Exception):
     """A move that can never be valid, such as draft → completed."""
 
@@ -374,7 +378,7 @@ def hold(
             source,
             training_id=training.pk,
             actor=actor,
-            message=f"held, not sent: {reason}" + (f" ({detail})" if detail else ""),
+            message=f"{HELD}, not sent: {reason}" + (f" ({detail})" if detail else ""),
             details={"code": "held", "reason": reason},
             at=now,
         )
@@ -385,7 +389,7 @@ def hold(
     logger.warning(
         "Start held for avatar %s (training %s): %s", training.avatar_id, training.pk, reason
     )
-    return Outcome(True, S.TRAINING, "held", training)
+    return Outcome(True, S.TRAINING, HELD, training)
 
 
 def record_note(

@@ -24,6 +24,7 @@ from monitoring.models import (
     FalStatus,
     Training,
     TrainingOutcome,
+    UnknownFalRequest,
 )
 from monitoring.trainings import start_training
 from notifications.models import Audience, Notification, NotificationKind
@@ -103,6 +104,13 @@ def test_a_completed_trainings_cost_shows_in_the_api_the_command_the_admin_and_m
     assert "$2.700000" in page.content.decode()
     listing = admin_client.get(reverse("admin:monitoring_training_changelist"))
     assert "$2.700000" in listing.content.decode()
+    dashboard = billing.spend()
+    assert (dashboard.today, dashboard.week, dashboard.month) == (2_700_000_000,) * 3
+    assert dashboard.by_trainer == [(PORTRAIT, 2_700_000_000)]
+    assert dashboard.top_owners[0]["avatar__owner__telegram_id"] == 555000111
+    assert dashboard.per_completed_avatar == 2_700_000_000
+    page = admin_client.get(reverse("admin:monitoring_dashboard")).content.decode()
+    assert "$2.70" in page and "@anna" in page
 
     settings.METRICS_TOKEN = METRICS_TOKEN
     text = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
@@ -191,6 +199,16 @@ def test_without_a_key_that_may_read_billing_costs_are_off_and_nothing_fails(
     assert page.status_code == 200 and "not configured" in page.content.decode()
     # A start is never held for a balance nobody could read.
     assert billing.hold_reason() == ""
+
+
+def test_reconcile_shows_what_each_request_nobody_follows_cost(fal, db):
+    other = fal.add_record(PORTRAIT, json_input={"images_data_url": "x", "steps": 100})
+
+    out = io.StringIO()
+    call_command("reconcile_fal", stdout=out)
+
+    assert f"unknown: {other}" in out.getvalue() and "cost $0.270000" in out.getvalue()
+    assert UnknownFalRequest.objects.get(request_id=other).cost_nano_usd == 270_000_000
 
 
 # --- The balance guard ----------------------------------------------------------------------
