@@ -13,6 +13,11 @@ submit is then sent exactly once; its outcome decides what happens next:
   (``monitoring.recovery``) and adopts it when found. It is never re-sent
   automatically, because a second submit could start a second paid training; only an
   Operator's "fal has no such job" (``record_no_fal_job``) makes it startable again.
+
+While fal's balance is below FAL_BALANCE_HOLD_USD, or fal answered a submit with 403
+(a locked account), a start is held instead (``FalStatus.HELD``: nothing sent, nobody
+told) and sent oldest first when the balance is back (``release_held``), or by an
+Operator (``release``): docs/billing.md.
 """
 
 from __future__ import annotations
