@@ -29,7 +29,14 @@ def known_secrets() -> list[str]:
     from django.conf import settings
 
     secrets = []
-    for name in ("FAL_KEY", "TELEGRAM_BOT_TOKEN", "METRICS_TOKEN", "HEALTHZ_TOKEN", "SECRET_KEY"):
+    for name in (
+        "FAL_KEY",
+        "FAL_ADMIN_KEY",
+        "TELEGRAM_BOT_TOKEN",
+        "METRICS_TOKEN",
+        "HEALTHZ_TOKEN",
+        "SECRET_KEY",
+    ):
         value = getattr(settings, name, None)
         if value and len(value) >= 6:
             secrets.append(value)

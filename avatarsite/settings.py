@@ -239,6 +239,18 @@ FAL_PLATFORM_API_URL = env_url(
 )
 FAL_PLATFORM_TIMEOUT_SECONDS = env_float("FAL_PLATFORM_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 FAL_PLATFORM_MAX_PAGES = env_int("FAL_PLATFORM_MAX_PAGES", 200, minimum=1)
+# Money (monitoring.billing, docs/billing.md): billing events, the balance and unit prices
+# need an admin key; FAL_ADMIN_KEY falls back to the queue key. Billing events are looked
+# up from a minute after a training ends, with backoff, for FAL_BILLING_WAIT_HOURS. The
+# balance is read every FAL_BALANCE_CHECK_SECONDS: staff are alerted below
+# FAL_BALANCE_ALERT_USD or when the last day's spend would use it up within
+# FAL_BALANCE_ALERT_HOURS; below FAL_BALANCE_HOLD_USD new starts wait (held).
+FAL_ADMIN_KEY = env_str("FAL_ADMIN_KEY")
+FAL_BILLING_WAIT_HOURS = env_float("FAL_BILLING_WAIT_HOURS", 24.0, minimum=0.0)
+FAL_BALANCE_CHECK_SECONDS = env_int("FAL_BALANCE_CHECK_SECONDS", 600, minimum=15)
+FAL_BALANCE_ALERT_USD = env_float("FAL_BALANCE_ALERT_USD", 50.0, minimum=0.0)
+FAL_BALANCE_ALERT_HOURS = env_float("FAL_BALANCE_ALERT_HOURS", 24.0, minimum=0.0)
+FAL_BALANCE_HOLD_USD = env_float("FAL_BALANCE_HOLD_USD", 10.0, minimum=0.0)
 # A submit whose answer was lost is looked up in fal's record at every check; after this
 # long without a match staff are alerted once and only an Operator makes it startable.
 FAL_LOST_SUBMIT_GIVE_UP_HOURS = env_float("FAL_LOST_SUBMIT_GIVE_UP_HOURS", 24.0, minimum=0.0)

@@ -11,6 +11,10 @@ and error codes (as fal documents them and as they were seen from fal):
     GET  /v1/models/requests/by-endpoint           fal's record (Platform API) of the
                                                    finished jobs, with fal's filters,
                                                    ``expand=payloads`` and cursor pages
+    GET  /v1/models/billing-events                 billing events of finished jobs (after
+                                                   ``billing_lag`` seconds), admin key
+    GET  /v1/account/billing?expand=credits        the balance (``balance``), admin key
+    GET  /v1/models/pricing                        unit prices (``prices``), admin key
     GET  /fal-files/{id}/{name}                    a job's result files (fal's CDN), when
                                                    ``serve_files`` is on: real bytes, public
 
@@ -64,6 +68,16 @@ finished job; scripts shape what it and the queue say afterwards::
     fal.script(record_payload=False)       # the record lists the job without payloads
     fal.fail_platform(429, times=2)        fal.platform_latency = 5.0
     fal.add_record("fal-ai/flux-lora-portrait-trainer", json_input={...})  # bulk, bench
+
+Money, with fal's shapes: a finished job is billed ``steps`` (its input, else the
+trainer's default) times its endpoint's unit price, unless it failed with a 5xx or was
+cancelled; the event appears ``billing_lag`` seconds after the job ended::
+
+    fal.billing_lag = 300                  fal.script(billed=False)   # never billed
+    fal.billing_clock_ahead = 400          # the lag has passed, as far as billing can tell
+    fal.balance = Decimal("8.50")          # below ``lock_below`` (5): submits answer 403
+    fal.prices["fal-ai/flux-lora-portrait-trainer"] = ("0.0027", "steps")
+    fal.admin_key = "admin:key"            # billing answers 403 to any other key
 """
 
 from __future__ import annotations
@@ -82,6 +96,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -139,6 +154,8 @@ class JobScript:
     # Only the first N jobs with the same input fail with ``error``; later ones succeed
     # (0: every job fails). fal's own failures are often gone at the next attempt.
     fail_first: int = 0
+    # Whether fal bills the job (None: fal's rule, billed unless a 5xx or a cancel).
+    billed: bool | None = None
 
 
 def _merge(script: JobScript, changes: dict[str, Any]) -> JobScript:
@@ -417,6 +434,17 @@ class FalEmulator:
             self.file_size = self._file_size_default
             self.file_requests: Counter[str] = Counter()
             self._file_faults: dict[str, list] = {}
+            # Money: billing events appear this long after a job ends; the balance (fal
+            # locks submits below ``lock_below``); unit prices; the key billing accepts
+            # (None: any key the queue accepts).
+            self.billing_lag = 0.0
+            # Seconds added to the clock billing events are read by: lets a test see a
+            # lag of minutes or hours pass without waiting for it.
+            self.billing_clock_ahead = 0.0
+            self.balance = Decimal("1000.00")
+            self.lock_below = Decimal("5.00")
+            self.prices: dict[str, tuple[str, str]] = dict(DEFAULT_PRICES)
+            self.admin_key: str | None = None
 
     def script(
         self,
@@ -658,6 +686,31 @@ class FalEmulator:
         end = ended + self._wall_offset
         return sent, min(sent + job.script.queue_seconds, end), end
 
+    def _billing_event(self, job: Job, now: float) -> dict[str, Any] | None:
+        """fal's billing event of a finished job, once ``billing_lag`` has passed."""
+        times = self._record_times(job)
+        if times is None or now < times[2] + self.billing_lag:
+            return None
+        code = self._record_status(job)
+        billed = job.script.billed
+        if billed is None:
+            billed = code < 500 and not job.cancelled
+        if not billed:
+            return None
+        price, _unit = self.prices.get(job.endpoint, ("0", "steps"))
+        steps = job.payload.get("steps") if isinstance(job.payload, dict) else None
+        if not isinstance(steps, int) or steps <= 0:
+            steps = DEFAULT_STEPS.get(job.endpoint, 1000)
+        return {
+            "request_id": job.request_id,
+            "endpoint_id": job.endpoint,
+            "timestamp": _iso(times[2]),
+            "output_units": steps,
+            "unit_price": float(price),
+            "percent_discount": 0,
+            "cost_estimate_nano_usd": int(Decimal(price) * steps * 10**9),
+        }
+
     def _record_status(self, job: Job) -> int:
         answer = job.error_answer()
         return 200 if answer is None else answer[0]
@@ -823,6 +876,8 @@ class _Responder:
         endpoint, request_id, action = request.route()
         if request.method == "GET" and request.path == "/v1/models/requests/by-endpoint":
             return self._record(request)
+        if request.method == "GET" and request.path.startswith(_ADMIN_PATHS):
+            return self._money(request)
         if request.method == "GET" and action == "status" and request_id:
             return self._status(request, endpoint, request_id)
         if request.method == "GET" and action is None and request_id:
@@ -841,6 +896,10 @@ class _Responder:
             return 401, {"detail": "No user found for Key ID and Secret"}, 0.0
         if submit and emulator.locked_reason:
             return 403, {"detail": f"User is locked. Reason: {emulator.locked_reason}"}, 0.0
+        if submit and emulator.balance < emulator.lock_below:
+            return 403, {"detail": "User is locked. Reason: Exhausted balance"}, 0.0
+        if request.path.startswith(_ADMIN_PATHS) and emulator.admin_key not in (None, key):
+            return 403, {"detail": "Admin API key required"}, 0.0
         return None
 
     def _submit(self, request: _Request, endpoint: str) -> Answer:
@@ -948,6 +1007,76 @@ class _Responder:
             "next_cursor": str(offset + limit) if more else None,
         }
         return 200, body, latency
+
+    def _money(self, request: _Request) -> Answer:
+        """fal's billing events, account balance and unit prices (Platform API)."""
+        emulator = self.emulator
+        with emulator._lock:
+            emulator.platform_calls.append(dict(request.query))
+            latency = emulator.platform_latency
+            if emulator.platform_error is not None:
+                code = emulator.platform_error
+                if emulator.platform_error_times > 0:
+                    emulator.platform_error_times -= 1
+                    if emulator.platform_error_times == 0:
+                        emulator.platform_error = None
+                return code, _error_body(code), latency
+            if request.path == "/v1/account/billing":
+                credits = {"current_balance": float(emulator.balance), "currency": "USD"}
+                body: dict[str, Any] = {"username": "emulated"}
+                if "credits" in request.query.get("expand", []):
+                    body["credits"] = credits
+                return 200, body, latency
+            ids = [v for raw in request.query.get("request_id", []) for v in raw.split(",") if v]
+            endpoints = [
+                v for raw in request.query.get("endpoint_id", []) for v in raw.split(",") if v
+            ]
+            if len(ids) > 50 or len(endpoints) > 50:
+                return 422, _validation("request_id", "at most 50 values"), latency
+            if request.path == "/v1/models/pricing":
+                prices = [
+                    {"endpoint_id": e, "unit_price": float(p), "unit": u, "currency": "USD"}
+                    for e, (p, u) in sorted(emulator.prices.items())
+                    if not endpoints or e in endpoints
+                ]
+                return 200, {"prices": prices, "next_cursor": None, "has_more": False}, latency
+            query = {name: values[0] for name, values in request.query.items()}
+            try:
+                limit = int(query.get("limit", "50"))
+                offset = int(query["cursor"]) if query.get("cursor") else 0
+            except ValueError:
+                return 422, _validation("limit", "not an integer"), latency
+            now = time.time() + emulator.billing_clock_ahead
+            start = _parse_iso(query["start"]) if query.get("start") else now - 86400
+            end = _parse_iso(query["end"]) if query.get("end") else now + 1
+            if start is None or end is None:
+                return 422, _validation("start", "invalid datetime"), latency
+            if end - start > 90 * 86400:
+                return 422, _validation("start", "range at most 90 days"), latency
+            jobs = (
+                [emulator.jobs[i] for i in ids if i in emulator.jobs]
+                if ids
+                else list(emulator.jobs.values())
+            )
+            events = []
+            for job in jobs:
+                if endpoints and job.endpoint not in endpoints:
+                    continue
+                event = emulator._billing_event(job, now)
+                if event is not None and start <= _parse_iso(event["timestamp"]) < end:  # type: ignore[operator]
+                    events.append(event)
+            events.sort(key=lambda e: (e["timestamp"], e["request_id"]))
+            page = events[offset : offset + limit]
+        more = offset + limit < len(events)
+        return (
+            200,
+            {
+                "billing_events": page,
+                "has_more": more,
+                "next_cursor": str(offset + limit) if more else None,
+            },
+            latency,
+        )
 
     def _cancel(self, endpoint: str, request_id: str) -> Answer:
         emulator = self.emulator
@@ -1145,6 +1274,15 @@ def _file_chunks(request_id: str, kind: str, size: int):
         piece = block[: min(left, _FILE_BLOCK)]
         left -= len(piece)
         yield piece
+
+
+# Unit prices and default steps of the trainers (the portrait trainer is priced per step).
+DEFAULT_PRICES = {
+    "fal-ai/flux-lora-portrait-trainer": ("0.0027", "steps"),
+    "fal-ai/flux-lora-fast-training": ("0.0024", "steps"),
+}
+DEFAULT_STEPS = {"fal-ai/flux-lora-portrait-trainer": 2500, "fal-ai/flux-lora-fast-training": 1000}
+_ADMIN_PATHS = ("/v1/models/billing-events", "/v1/account/billing", "/v1/models/pricing")
 
 
 def _iso(unix: float) -> str:

@@ -8,7 +8,7 @@ only; nothing else writes ``Avatar.status``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -17,6 +17,9 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from notifications.models import OwnerMessage
+
+# fal's billing lags: a finished attempt's billing event is first looked for this long after.
+COST_FIRST_LOOKUP_SECONDS = 60
 
 
 class Language(models.TextChoices):
@@ -67,6 +70,9 @@ class FalStatus(models.TextChoices):
     SUBMITTING = "SUBMITTING", _("Submitting")
     # An automatic retry's attempt, created with fal's failure and sent by the worker.
     NOT_SENT = "NOT_SENT", _("Waiting to be sent")
+    # Held, not sent: fal's balance is below FAL_BALANCE_HOLD_USD or fal locked the
+    # account (403 on submit). Sent when the balance is back (``monitoring.billing``).
+    HELD = "HELD", _("Waiting for fal balance")
     IN_QUEUE = "IN_QUEUE", _("In queue")
     IN_PROGRESS = "IN_PROGRESS", _("In progress")
     COMPLETED = "COMPLETED", _("Completed on fal")
@@ -152,6 +158,19 @@ class TrainingOutcome(models.TextChoices):
     RETRIED = "retried", _("Retried automatically")
 
 
+class CostState(models.TextChoices):
+    """Where the cost of a finished attempt stands (``monitoring.billing``)."""
+
+    PENDING = "pending", _("Looking up")
+    BILLED = "billed", _("Billed")
+    NOT_BILLED = "not_billed", _("No billing event")
+
+
+class HoldReason(models.TextChoices):
+    BALANCE_LOW = "balance_low", _("fal balance below the hold threshold")
+    ACCOUNT_LOCKED = "account_locked", _("fal refused the submit: account locked")
+
+
 class TrainingQuerySet(models.QuerySet["Training"]):
     """The questions asked of trainings, in the domain's words."""
 
@@ -170,6 +189,18 @@ class TrainingQuerySet(models.QuerySet["Training"]):
 
     def for_request(self, request_id: str) -> TrainingQuerySet:
         return self.filter(fal_request_id=request_id)
+
+    def held(self) -> TrainingQuerySet:
+        """Starts waiting for fal's balance, oldest first (the order they are sent in)."""
+        return self.active().filter(fal_status=FalStatus.HELD).order_by("held_since", "pk")
+
+    def cost_due(self, now: datetime) -> TrainingQuerySet:
+        """Finished attempts whose billing event is to be looked up now."""
+        first = now - timedelta(seconds=COST_FIRST_LOOKUP_SECONDS)
+        return self.filter(
+            Q(cost_state="", finished_at__lte=first)
+            | Q(cost_state=CostState.PENDING, cost_next_lookup_at__lte=now)
+        )
 
 
 class Training(models.Model):
@@ -259,6 +290,28 @@ class Training(models.Model):
         _("finished on fal, result not available since"), null=True, blank=True
     )
 
+    # Held start (``FalStatus.HELD``): since when, why, and when it was released (the
+    # lost-submit and stuck limits count from the release, not from the creation).
+    held_since = models.DateTimeField(_("held since"), null=True, blank=True)
+    held_reason = models.CharField(
+        _("held because"), max_length=16, choices=HoldReason.choices, blank=True
+    )
+    released_at = models.DateTimeField(_("released from hold"), null=True, blank=True)
+
+    # What fal billed for this attempt (``monitoring.billing``): exact, in nano-USD.
+    cost_state = models.CharField(
+        _("cost"), max_length=16, choices=CostState.choices, blank=True, default=""
+    )
+    cost_nano_usd = models.BigIntegerField(_("cost (nano-USD)"), null=True, blank=True)
+    cost_units = models.DecimalField(
+        _("billed units"), max_digits=24, decimal_places=6, null=True, blank=True
+    )
+    cost_unit_price = models.DecimalField(
+        _("unit price (USD)"), max_digits=24, decimal_places=9, null=True, blank=True
+    )
+    cost_lookups = models.PositiveIntegerField(_("billing lookups"), default=0)
+    cost_next_lookup_at = models.DateTimeField(_("next billing lookup"), null=True, blank=True)
+
     objects = TrainingQuerySet.as_manager()
 
     class Meta:
@@ -280,6 +333,17 @@ class Training(models.Model):
                 name="training_stuck_idx",
             ),
             models.Index(fields=["-finished_at"], name="training_finished_idx"),
+            # The billing lookup's two questions: just finished, and looked up again.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(cost_state="", finished_at__isnull=False),
+                name="training_cost_new_idx",
+            ),
+            models.Index(
+                fields=["cost_next_lookup_at"],
+                condition=Q(cost_state="pending"),
+                name="training_cost_due_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -292,6 +356,15 @@ class Training(models.Model):
     @property
     def is_stuck(self) -> bool:
         return self.stuck_since is not None and self.finished_at is None
+
+    @property
+    def is_held(self) -> bool:
+        return self.fal_status == FalStatus.HELD and self.finished_at is None
+
+    @property
+    def sent_from(self) -> datetime:
+        """When sending began: the release of a held start, else the attempt's creation."""
+        return self.released_at or self.created_at
 
 
 class EventSource(models.TextChoices):
@@ -579,6 +652,8 @@ class UnknownFalRequest(models.Model):
         related_name="+",
         verbose_name=_("adopted as"),
     )
+    # What fal billed for it (None: not known), looked up by reconcile_fal.
+    cost_nano_usd = models.BigIntegerField(_("cost (nano-USD)"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("fal request unknown to us")
@@ -706,3 +781,40 @@ class KeptFile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.training_id} {self.kind} ({self.state})"
+
+
+class FalAccount(models.Model):
+    """fal's account as last read (one row, pk 1): the balance and the alert episode.
+
+    ``monitoring.billing`` writes it every FAL_BALANCE_CHECK_SECONDS; every process
+    decides "hold new starts?" from it, so nothing is kept in memory.
+    """
+
+    balance_usd = models.DecimalField(
+        _("balance (USD)"), max_digits=18, decimal_places=6, null=True, blank=True
+    )
+    read_at = models.DateTimeField(_("balance read"), null=True, blank=True)
+    last_attempt_at = models.DateTimeField(_("last attempt"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    # fal refused our key on the billing API (401/403): cost features are off.
+    billing_refused = models.BooleanField(_("billing not readable with this key"), default=False)
+    # fal refused a submit with 403 (account locked): held until a reading above the
+    # hold threshold, or an Operator's release that fal accepts.
+    locked_since = models.DateTimeField(_("account locked since"), null=True, blank=True)
+    # The open alert episode (one staff message each); None when all is well.
+    alert_since = models.DateTimeField(_("balance alert since"), null=True, blank=True)
+    # fal's unit prices by endpoint ({endpoint: {unit_price, unit, currency}}), kept an hour.
+    prices = models.JSONField(_("unit prices"), default=dict, blank=True)
+    prices_read_at = models.DateTimeField(_("prices read"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("fal account")
+        verbose_name_plural = _("fal account")
+
+    def __str__(self) -> str:
+        return f"fal balance {self.balance_usd} at {self.read_at}"
+
+    @classmethod
+    def current(cls) -> FalAccount:
+        account, _created = cls.objects.get_or_create(pk=1)
+        return account

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from monitoring import status_checks
+from monitoring import billing, status_checks
 from monitoring.fal import payloads, platform
 from monitoring.models import EventSource, Training, UnknownFalRequest
 from notifications import outbox
@@ -80,6 +80,7 @@ def reconcile_fal(
                 _compare(page, report, stale)
         finally:
             report.platform_calls = client.calls
+    _cost_unknown(report.unknown_to_us, start=now - timedelta(hours=hours), end=now)
     if not dry_run:
         _keep_unknown(report.unknown_to_us, now)
         _alert_unknown(report.unknown_to_us)
@@ -116,6 +117,25 @@ def _compare(
             stale[pk] = item
 
 
+def _cost_unknown(unknown: list[dict[str, Any]], *, start, end) -> None:
+    """What fal billed for each request nobody follows (``cost_usd``: None when unknown)."""
+    if not unknown:
+        return
+    try:
+        costs = billing.costs_of(
+            [entry["request_id"] for entry in unknown],
+            start=start - timedelta(hours=1),
+            end=end + timedelta(minutes=1),
+        )
+    except platform.PlatformUnavailable as exc:
+        logger.warning("fal reconcile: the costs of unknown requests not read: %s", exc)
+        costs = None
+    for entry in unknown:
+        nano = costs.get(entry["request_id"]) if costs is not None else None
+        entry["cost_nano_usd"] = nano
+        entry["cost_usd"] = billing.usd_text(nano)
+
+
 def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
     """The admin's list: new requests added, known ones seen again, adopted ones linked."""
     rows = [
@@ -124,6 +144,7 @@ def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
             endpoint_id=entry["endpoint_id"],
             ended_at=entry["ended_at"],
             status_code=entry["status_code"],
+            cost_nano_usd=entry.get("cost_nano_usd"),
             first_seen_at=now,
             last_seen_at=now,
         )
@@ -134,6 +155,11 @@ def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
     for start in range(0, len(ids), 1000):
         UnknownFalRequest.objects.filter(request_id__in=ids[start : start + 1000]).update(
             last_seen_at=now
+        )
+    costed = [entry for entry in unknown if entry.get("cost_nano_usd") is not None]
+    for entry in costed:  # rare: requests nobody follows
+        UnknownFalRequest.objects.filter(request_id=entry["request_id"]).update(
+            cost_nano_usd=entry["cost_nano_usd"]
         )
     # Requests adopted since they were listed (by any path) point at their training.
     waiting = UnknownFalRequest.objects.filter(adopted_training__isnull=True).values_list(
@@ -154,7 +180,9 @@ def _alert_unknown(unknown: list[dict[str, Any]]) -> None:
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
     lines = [
         f"• <code>{escape(entry['request_id'])}</code> {escape(entry['endpoint_id'])} "
-        f"(HTTP {entry['status_code']}, {escape(str(entry['ended_at'] or '?'))[:19]})"
+        f"(HTTP {entry['status_code']}, {escape(str(entry['ended_at'] or '?'))[:19]}"
+        + (f", ${entry['cost_usd']}" if entry.get("cost_usd") else "")
+        + ")"
         for entry in unknown[:ALERT_LINES]
     ]
     more = len(unknown) - ALERT_LINES

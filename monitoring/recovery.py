@@ -106,16 +106,16 @@ def is_lost_submit(training: Training, now: datetime) -> bool:
     """A submit with no request id whose answer was lost, or whose process died."""
     if training.finished_at is not None or training.fal_request_id:
         return False
-    if training.fal_status == FalStatus.NOT_SENT:
-        return False  # an automatic retry waiting for the worker: nothing was sent
+    if training.fal_status in (FalStatus.NOT_SENT, FalStatus.HELD):
+        return False  # a retry waiting for the worker, or a held start: nothing was sent
     if training.submit_unknown_since is not None:
         return True
     # No process answers a submit for this long (FAL_SUBMIT_TIMEOUT_SECONDS is far less).
-    return now - training.created_at >= timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
+    return now - training.sent_from >= timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
 
 
 def give_up_at(training: Training) -> datetime:
-    return training.created_at + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
+    return training.sent_from + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
 
 
 def lost_submit_reason(training: Training, now: datetime) -> str:
@@ -148,7 +148,7 @@ def lookup_lost_submit(
             submit_unknown_since=now
         )
         training.submit_unknown_since = now
-    since = training.created_at - CLOCK_SKEW
+    since = training.sent_from - CLOCK_SKEW
     try:
         if client is None:
             matches, unverifiable = platform.find_matching(

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 from django_q.models import Schedule
 
-from monitoring.models import CheckRun, Training
+from monitoring.models import CheckRun, FalStatus, Training
 from monitoring.ops.schedules import PERIODIC_CHECK
 
 logger = logging.getLogger("monitoring")
@@ -32,10 +32,11 @@ logger = logging.getLogger("monitoring")
 def restore_monitoring(*, enqueue: bool = True) -> int:
     """Make every active training due now and enqueue a run; returns how many are active.
 
-    One checked within the last interval (by another host) keeps its place.
+    One checked within the last interval (by another host) keeps its place. Held starts
+    were never sent: nothing to check (``monitoring.billing`` sends them).
     """
     now = timezone.now()
-    active = Training.objects.filter(finished_at__isnull=True)
+    active = Training.objects.filter(finished_at__isnull=True).exclude(fal_status=FalStatus.HELD)
     count = active.count()
     recently = now - timedelta(seconds=settings.CHECK_INTERVAL_SECONDS)
     active.exclude(last_checked_at__gte=recently).update(next_check_at=now)

@@ -71,6 +71,7 @@ _LOADED_FIELDS = (
     "queue_position",
     "logs_tail",
     "created_at",
+    "released_at",
     "submitted_at",
     "started_at",
     "finished_at",
@@ -301,6 +302,10 @@ class _Batch:
         before = _state(training)
         report = CheckReport(training.pk, training.avatar_id, before, before)
         if not training.fal_request_id:
+            if training.fal_status == FalStatus.HELD:
+                report.checked = False
+                report.summary = "held: waiting for fal balance (nothing sent)"
+                return report
             if recovery.is_lost_submit(training, self.now):
                 self._lost_submit(training, report)
                 report.after = _state(training)

@@ -91,12 +91,14 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
     if extended is not None and extended > now:
         return None
 
+    if training.fal_status == FalStatus.HELD:
+        return None  # nothing was sent: it waits for fal's balance, not for fal
     if training.result_unavailable_since is not None:
         return StuckCause("result_unavailable", training.result_unavailable_since, timedelta(0))
     if training.fal_status == FalStatus.SUBMITTING:
         limit = timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
-        if now - training.created_at >= limit:
-            return StuckCause("submit_unknown", training.created_at, limit)
+        if now - training.sent_from >= limit:
+            return StuckCause("submit_unknown", training.sent_from, limit)
     if training.check_failures:
         since = training.last_check_ok_at or training.submitted_at or training.created_at
         limit = timedelta(minutes=settings.STUCK_FAL_UNREACHABLE_MINUTES)
@@ -108,8 +110,8 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
     if training.check_failures:
         # The last checks failed: fal's status is what it was before them, unconfirmed.
         # No limit is measured from it (the "no successful check" limit above holds).
-        if now - training.created_at >= total:
-            return StuckCause("total", training.created_at, total)
+        if now - training.sent_from >= total:
+            return StuckCause("total", training.sent_from, total)
         return None
     if training.fal_status == FalStatus.IN_QUEUE:
         since = training.submitted_at or training.created_at
@@ -127,8 +129,8 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
         if now - since >= timedelta(minutes=minutes):
             kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
             return StuckCause("in_progress", since, timedelta(minutes=minutes), training_type=kind)
-    if now - training.created_at >= total:
-        return StuckCause("total", training.created_at, total)
+    if now - training.sent_from >= total:
+        return StuckCause("total", training.sent_from, total)
     return None
 
 

@@ -7,14 +7,17 @@ another task.
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
-from monitoring import reconcile, status_checks
+from monitoring import billing, reconcile, status_checks
 from monitoring import trainings as training_service
 from monitoring.fal import platform
-from monitoring.models import CheckRun, EventSource, Training
+from monitoring.models import CheckRun, EventSource, FalAccount, Training
 
 
 def run_check(kind: str = CheckRun.Kind.SCHEDULED) -> int:
@@ -28,6 +31,52 @@ def send_attempt(training_id: int) -> str:
     if training is None:
         return "no such training"
     return training_service.send(training, source=EventSource.SYSTEM).detail or "sent"
+
+
+def look_up_costs() -> dict:
+    """What fal billed for finished trainings (monitoring.billing); returns its counts."""
+    report = billing.look_up_costs()
+    return {
+        "looked_up": report.looked_up,
+        "billed": report.billed,
+        "not_billed": report.not_billed,
+        "calls": report.calls,
+        "error": report.error,
+    }
+
+
+def check_balance() -> dict:
+    """fal's balance (monitoring.billing): the alert episode, the hold on new starts, and
+    the held starts sent once it is back. Scheduled every minute (or every
+    FAL_BALANCE_CHECK_SECONDS // 60): reads when due; under a minute (tests, demos),
+    every FAL_BALANCE_CHECK_SECONDS within its minute."""
+    interval = settings.FAL_BALANCE_CHECK_SECONDS
+    started = time.monotonic()
+    readings = released = 0
+    last = billing.BalanceReading()
+    while True:
+        attempt = FalAccount.objects.filter(pk=1).values_list("last_attempt_at", flat=True).first()
+        now = timezone.now()
+        if attempt is None or now - attempt >= timedelta(seconds=interval - 1):
+            last = billing.read_balance(now=now)
+            readings += 1
+            if last.balance is not None and not last.hold:
+                released += training_service.release_held()
+        if interval >= 60 or time.monotonic() - started + interval > 45:
+            break
+        time.sleep(interval)
+    return {
+        "readings": readings,
+        "balance": str(last.balance) if last.balance is not None else None,
+        "error": last.error,
+        "hold": last.hold,
+        "released": released,
+    }
+
+
+def release_held() -> int:
+    """Send held starts, oldest first, while the balance allows (the rest of a release)."""
+    return training_service.release_held()
 
 
 def cancel_for_deadline(training_id: int) -> str:

@@ -13,12 +13,18 @@ submit is then sent exactly once; its outcome decides what happens next:
   (``monitoring.recovery``) and adopts it when found. It is never re-sent
   automatically, because a second submit could start a second paid training; only an
   Operator's "fal has no such job" (``record_no_fal_job``) makes it startable again.
+
+While fal's balance is below FAL_BALANCE_HOLD_USD, or fal answered a submit with 403
+(a locked account), a start is held instead (``FalStatus.HELD``: nothing sent, nobody
+told) and sent oldest first when the balance is back (``release_held``), or by an
+Operator (``release``): docs/billing.md.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +36,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import recovery, status_checks, stuck, transitions
+from monitoring import billing, recovery, status_checks, stuck, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.fal.outcome import FalOutcome
@@ -39,6 +45,7 @@ from monitoring.models import (
     AvatarStatus,
     EventSource,
     FalStatus,
+    HoldReason,
     Language,
     Owner,
     Training,
@@ -124,12 +131,29 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
     return send(begun.training, source=source, actor=actor)
 
 
-def send(training: Training, *, source: str, actor: Any = None) -> transitions.Outcome:
-    """Send one attempt to fal, exactly once: a new start (SUBMITTING) or an automatic
-    retry (NOT_SENT, claimed here so that two workers never both send it)."""
+def send(
+    training: Training, *, source: str, actor: Any = None, release: bool = False
+) -> transitions.Outcome:
+    """Send one attempt to fal, exactly once: a new start (SUBMITTING), an automatic
+    retry (NOT_SENT) or a held start (HELD, with ``release``), claimed here so that two
+    workers never both send it.
+
+    While fal's balance holds new starts (``billing.hold_reason``) the attempt is held
+    instead, sending nothing; a submit that fal refuses with 403 (a locked account)
+    is held the same way: fal created no job.
+    """
     avatar = training.avatar
-    retry = training.fal_status == FalStatus.NOT_SENT
+    retry = training.fal_status == FalStatus.NOT_SENT or (
+        training.fal_status == FalStatus.HELD and training.attempt > 1 and _is_retry(training)
+    )
+    if not release:
+        reason = billing.hold_reason()
+        if reason:
+            return transitions.hold(training, reason=reason, source=source, actor=actor)
     fields: dict[str, Any] = {"fal_status": FalStatus.SUBMITTING}
+    if training.fal_status == FalStatus.HELD:
+        fields["released_at"] = timezone.now()
+        fields["next_check_at"] = fields["released_at"]
     if settings.TRAINING_START_TIMEOUT_SECONDS:
         fields["start_deadline_seconds"] = settings.TRAINING_START_TIMEOUT_SECONDS
     claimed = (
@@ -144,7 +168,18 @@ def send(training: Training, *, source: str, actor: Any = None) -> transitions.O
     try:
         answer = fal.submit(training)
     except (fal.FalRefused, fal.FalAuthError) as exc:
-        if exc.status_code in (401, 403):
+        if exc.status_code == 403:
+            # fal's answer for a locked account (the status, not the words): no job was
+            # created, so this is neither a lost submit nor the owner's failure.
+            billing.account_locked(exc.detail)
+            return transitions.hold(
+                training,
+                reason=HoldReason.ACCOUNT_LOCKED,
+                source=source,
+                actor=actor,
+                detail=exc.detail,
+            )
+        if exc.status_code == 401:
             outbox.queue_fal_account_alert(status_code=exc.status_code, detail=exc.detail)
         code = f"http_{exc.status_code}" if exc.status_code else "not_sent"
         logger.warning(
@@ -216,6 +251,69 @@ def send(training: Training, *, source: str, actor: Any = None) -> transitions.O
     return transitions.Outcome(True, avatar.status, "", training)
 
 
+# Held starts are sent one after another for at most this long per task; the task
+# queues itself again for the rest.
+RELEASE_BUDGET_SECONDS = 30.0
+HELD = transitions.HELD
+
+
+def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
+    """Send held starts, oldest first, while nothing holds them; returns how many were sent.
+
+    Stops when a send is held again (fal still locks the account). Runs for ``budget``
+    seconds at most and queues itself for the rest.
+    """
+    deadline = time.monotonic() + budget
+    sent = 0
+    while time.monotonic() < deadline:
+        if billing.hold_reason():
+            return sent
+        training = Training.objects.held().select_related("avatar").first()
+        if training is None:
+            return sent
+        outcome = send(training, source=EventSource.SYSTEM, release=True)
+        if outcome.detail == HELD:
+            return sent  # held again: fal still refuses
+        sent += outcome.changed
+    if Training.objects.held().exists():
+        from django_q.tasks import async_task
+
+        async_task("monitoring.tasks.release_held", task_name="send held starts")
+    return sent
+
+
+def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) -> str:
+    """An Operator's release of one held start: sent now, whatever the balance says.
+
+    Needs ``monitoring.start_training`` (it spends money). fal may still refuse it as
+    locked: it is then held again. Without an admin key this is the only release.
+    """
+    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
+        "monitoring.start_training"
+    ):
+        raise PermissionDenied(_("You may not release a held start."))
+    training.refresh_from_db()
+    if not training.is_held:
+        return _("Not held: nothing to release.")
+    outcome = send(training, source=source, actor=actor, release=True)
+    sent = outcome.training or training
+    if outcome.detail == HELD:
+        return _("fal refused it again (account locked): held again.")
+    if sent.fal_request_id:
+        billing.account_unlocked()
+        return _("Released: sent to fal (request %s).") % sent.fal_request_id
+    return _("Released: %s") % (outcome.detail or outcome.status)
+
+
+def _is_retry(training: Training) -> bool:
+    """Whether this attempt is an automatic retry (its predecessor ended ``retried``)."""
+    return Training.objects.filter(
+        avatar_id=training.avatar_id,
+        attempt=training.attempt - 1,
+        outcome=TrainingOutcome.RETRIED,
+    ).exists()
+
+
 def cancel_training(training: Training, *, source: str, actor: Any = None) -> str:
     """Ask fal to stop ``training``; returns what happened, for staff."""
     training.refresh_from_db()
@@ -223,11 +321,16 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
         return _("Nothing to cancel: the training already ended (%s).") % (training.outcome or "-")
     if not training.fal_request_id:
         # Never reached fal, or its answer was lost. Nothing on fal to stop that we know of.
+        # A held start never began for its owner: cancelling it tells them nothing.
+        held = training.is_held
         outcome = transitions.cancel(
             training,
             source=source,
             actor=actor,
-            reason="cancelled before fal returned a request id",
+            reason="held start cancelled (never sent to fal)"
+            if held
+            else "cancelled before fal returned a request id",
+            notify=not held,
         )
         if outcome.changed:
             return _("Cancelled (fal never returned a request id for it).")

@@ -10,7 +10,8 @@ event and one message, on SQLite and PostgreSQL alike.
 Allowed moves (also in README.md):
 
     draft              → ready_for_training
-    ready_for_training → training              (a new training attempt, sub-state SUBMITTING)
+    ready_for_training → training              (a new training attempt, sub-state SUBMITTING,
+                                                or HELD while fal's balance holds starts)
     training           → completed | error | cancelled
     training           → ready_for_training    (only while SUBMITTING, when fal refused
                                                 the submit: no job exists, nothing is billed)
@@ -70,6 +71,10 @@ training_flagged_stuck = django.dispatch.Signal()
 # Sent inside the transaction that retries an attempt; receivers get ``training`` (the
 # attempt that failed, with avatar and owner) and ``retry`` (the new attempt).
 training_retried = django.dispatch.Signal()
+
+
+# ``Outcome.detail`` of a start held for fal's balance (``hold``).
+HELD = "held"
 
 
 class InvalidTransition(Exception):
@@ -335,6 +340,56 @@ def record_submitted(
         extra={"avatar_id": training.avatar_id, "request_id": request_id},
     )
     return True
+
+
+def hold(
+    training: Training,
+    *,
+    reason: str,
+    source: str,
+    actor: Any = None,
+    detail: str = "",
+) -> Outcome:
+    """SUBMITTING/NOT_SENT → HELD: nothing was sent, the start waits for fal's balance.
+
+    The avatar stays ``training`` and nobody is told; the periodic check, the stuck
+    flags, the lost-submit lookup and the restore leave a held attempt alone
+    (``next_check_at`` is cleared). ``monitoring.billing`` sends it when the balance
+    is back, oldest first.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        won = (
+            Training.objects.active()
+            .filter(pk=training.pk, fal_status=training.fal_status, fal_request_id__isnull=True)
+            .update(
+                fal_status=FalStatus.HELD,
+                held_since=training.held_since or now,
+                held_reason=reason,
+                next_check_at=None,
+                submit_unknown_since=None,
+            )
+        )
+        if not won:
+            return Outcome(False, S.TRAINING, "already sent", training)
+        _event(
+            training.avatar_id,
+            EventKind.NOTE,
+            source,
+            training_id=training.pk,
+            actor=actor,
+            message=f"{HELD}, not sent: {reason}" + (f" ({detail})" if detail else ""),
+            details={"code": "held", "reason": reason},
+            at=now,
+        )
+    training.fal_status = FalStatus.HELD
+    training.held_since = training.held_since or now
+    training.held_reason = reason
+    training.next_check_at = None
+    logger.warning(
+        "Start held for avatar %s (training %s): %s", training.avatar_id, training.pk, reason
+    )
+    return Outcome(True, S.TRAINING, HELD, training)
 
 
 def record_note(

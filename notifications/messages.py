@@ -157,6 +157,45 @@ def render_fal_account_message(status_code: int, detail: str) -> str:
     return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
 
 
+def render_fal_balance_message(
+    *,
+    balance: str | None,
+    read_at: datetime | None,
+    alert_usd: str,
+    hold_usd: str,
+    spent_day: str,
+    hours_left: float | None,
+    holding: bool,
+    locked_detail: str,
+    held: int,
+) -> str:
+    """The one staff message of a balance episode (figures already formatted in USD)."""
+    lines = []
+    if locked_detail:
+        lines.append(
+            "🔒 fal отказал в запуске (403): аккаунт заблокирован.\n"
+            f"<code>{escape(redact(locked_detail)[:300])}</code>"
+        )
+    if balance is not None:
+        when = f" (на {read_at:%H:%M} UTC)" if read_at else ""
+        lines.append(
+            f"💸 Баланс fal: <b>{escape(balance)}</b>{when}; порог оповещения {alert_usd}."
+        )
+    else:
+        lines.append("💸 Баланс fal неизвестен.")
+    if hours_left is not None:
+        lines.append(
+            f"За сутки потрачено {spent_day}: при таком темпе хватит на ~{hours_left:.1f} ч."
+        )
+    if holding or locked_detail:
+        lines.append(
+            f"Новые запуски ждут пополнения (ниже {hold_usd} fal блокирует аккаунт); "
+            f"ждут: {held}. Владельцам ничего не пишем."
+        )
+    lines.append("Пополните баланс fal.")
+    return "\n".join(lines)[:MAX_TEXT]
+
+
 def render_unsafe_result_message(
     *, avatar_id: int, avatar_name: str, request_id: str, url: str
 ) -> str:

@@ -239,6 +239,20 @@ def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | 
     )
 
 
+def queue_fal_balance_alert(*, since: datetime, text: str, context: dict) -> Notification | None:
+    """Staff alert: fal's balance is low or running out, or fal locked the account.
+
+    One per episode (keyed by when it began; ``monitoring.billing`` opens episodes).
+    """
+    return _create_once(
+        dedup_key=f"fal_balance:{since.isoformat()}",
+        kind=NotificationKind.FAL_ACCOUNT,
+        audience=Audience.STAFF,
+        text=text[: messages.MAX_TEXT],
+        context=context,
+    )
+
+
 def queue_fal_record_alert(
     *, dedup_key: str, text: str, avatar=None, training=None, context: dict | None = None
 ) -> Notification | None:

@@ -79,6 +79,8 @@ ACTIONS = [
     Action(AVATARS, "recheck_now", roles.RECHECK_AVATAR, "running"),
     Action(AVATARS, "start_training", roles.START_TRAINING, "ready", {"confirmed": "yes"}),
     Action(AVATARS, "retrain", roles.START_TRAINING, "failed", {"confirmed": "yes"}),
+    # Sends a start held for fal's balance now: a paid start.
+    Action(AVATARS, "release_held", roles.START_TRAINING, "held", {"confirmed": "yes"}),
     Action(AVATARS, "cancel_on_fal", roles.CANCEL_TRAINING, "running", {"confirmed": "yes"}),
     Action(
         AVATARS,
@@ -183,7 +185,19 @@ def world(fal, make_avatar, training_avatar):
     Training.objects.filter(pk=lost_training.pk).update(next_check_at=timezone.now())
     tasks.run_check()
 
+    # A start held for fal's balance (nothing sent).
+    held = make_avatar(name="Held for the balance")
+    held_training = transitions.begin_training(
+        held,
+        endpoint="fal-ai/flux-lora-portrait-trainer",
+        arguments={},
+        webhook_url="",
+        source=EventSource.COMMAND,
+    ).training
+    transitions.hold(held_training, reason="balance_low", source=EventSource.SYSTEM)
+
     return {
+        "held": held,
         "lost": lost,
         "running": running,
         "ready": ready,

@@ -584,6 +584,7 @@ def test_the_openapi_document_validates_and_lists_every_endpoint():
         ("GET", "/api/v1/avatars/{avatar_id}"),
         ("GET", "/api/v1/avatars"),
         ("POST", "/api/v1/avatars/{avatar_id}/cancel"),
+        ("GET", "/api/v1/quote"),
     }
     if adopt.available():
         expected.add(("POST", "/api/v1/trainings/adopt"))

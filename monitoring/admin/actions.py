@@ -36,11 +36,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
 
 from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
-from monitoring import roles, transitions
+from monitoring import billing, roles, transitions
 from monitoring import trainings as training_service
 from monitoring.fal import client as fal
 from monitoring.models import (
@@ -211,6 +211,10 @@ def why_not(action: str, avatar: Avatar) -> str:
         return "" if training.stuck_since is not None else _("it is not stuck.")
     if action == "resend_notification":
         return "" if _resendable_one(avatar) else _("no failed notification to resend.")
+    if action == "release_held":
+        if training is None or not training.is_held:
+            return _("it is not held for fal's balance.")
+        return ""
     if action == "record_no_fal_job":
         if training is None or training.fal_request_id:
             return _("no lost submit (fal answered its submit, or nothing is active).")
@@ -355,6 +359,23 @@ def recheck_now(
 # --- Start / retrain ---------------------------------------------------------------------
 
 
+def _estimate_text(action: str, queryset: QuerySet[Avatar]) -> str:
+    """ " 20 trainings, about $48.00." from fal's unit prices ("" when they are unknown)."""
+    avatars = [a for a in queryset.select_related("current_training") if not why_not(action, a)]
+    if not avatars:
+        return ""
+    try:
+        nano = billing.estimate_nano(avatars)
+    except billing.PricesUnavailable:
+        return ""
+    amount = billing.usd(nano) or 0
+    return " " + ngettext(
+        "%(count)s training, about $%(usd)s.",
+        "%(count)s trainings, about $%(usd)s.",
+        len(avatars),
+    ) % {"count": len(avatars), "usd": f"{amount:,.2f}"}
+
+
 def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
     outcome = training_service.start_training(avatar, source=STAFF, actor=request.user)
     if outcome.changed:
@@ -364,6 +385,11 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
             return _("training started, fal request %(id)s.") % {"id": request_id}, messages.SUCCESS
         if training is not None and training.submit_unknown_since:
             return f"{outcome.detail}.", messages.WARNING
+        if training is not None and training.is_held:
+            return _(
+                "held, not sent: waiting for fal balance (%(reason)s); it is sent by itself "
+                "once the balance is back."
+            ) % {"reason": training.get_held_reason_display()}, messages.WARNING
         return _("training started (%(detail)s).") % {
             "detail": outcome.detail or outcome.status
         }, messages.SUCCESS
@@ -383,7 +409,8 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
             queryset,
             action="start_training",
             title=_("Start training"),
-            question=_("Submit these avatars to fal? Each submit starts a paid training."),
+            question=_("Submit these avatars to fal? Each submit starts a paid training.")
+            + _estimate_text("start_training", queryset),
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
@@ -415,7 +442,8 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
             question=_(
                 "Start a new training attempt for each failed avatar? Each submit starts a paid "
                 "training; the failed attempt keeps its history."
-            ),
+            )
+            + _estimate_text("retrain", queryset),
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
@@ -706,10 +734,38 @@ def record_no_fal_job(
     return None
 
 
+@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
+def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
+    if not is_confirmed(request):
+        return _confirm(
+            modeladmin,
+            request,
+            queryset,
+            action="release_held",
+            title=_("Send held starts now"),
+            question=_(
+                "Send these held starts to fal now, whatever the balance reading says? Each "
+                "submit starts a paid training; one that fal refuses as locked is held again."
+            ),
+        )
+
+    def do(avatar: Avatar) -> tuple[str, int]:
+        training = _active_training(avatar)
+        if training is None or not training.is_held:
+            return _("not held: nothing to send."), messages.WARNING
+        text = training_service.release(training, actor=request.user, source=STAFF)
+        training.refresh_from_db()
+        return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
+
+    _each(modeladmin, request, queryset, "release_held", do)
+    return None
+
+
 AVATAR_ACTIONS = [
     recheck_now,
     start_training,
     retrain,
+    release_held,
     cancel_on_fal,
     mark_failed,
     clear_stuck,

@@ -24,16 +24,18 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 
-from monitoring import file_views, files, stuck
+from monitoring import billing, file_views, files, stuck
 from monitoring.admin import actions
 from monitoring.models import (
     Avatar,
     AvatarEvent,
     AvatarStatus,
+    CostState,
     EventKind,
     EventSource,
     FalStatus,
     FileState,
+    HoldReason,
     KeptFile,
     Training,
 )
@@ -60,6 +62,7 @@ def page_actions() -> list[PageAction]:
         PageAction("mark_failed", _("Mark as failed…"), "monitoring.fail_avatar", True),
         PageAction("start_training", _("Start training…"), "monitoring.start_training"),
         PageAction("retrain", _("Retrain…"), "monitoring.start_training"),
+        PageAction("release_held", _("Send the held start now…"), "monitoring.start_training"),
         PageAction(
             "resend_notification", _("Resend the owner's message"), "monitoring.resend_notification"
         ),
@@ -155,6 +158,7 @@ def state_words(avatar: Avatar, training: Training | None) -> str:
         return str(label)
     words: dict[str, str] = {
         FalStatus.SUBMITTING: _("being submitted to fal"),
+        FalStatus.HELD: _("waiting for fal balance"),
         FalStatus.IN_QUEUE: _("in fal's queue"),
         FalStatus.IN_PROGRESS: _("training on fal"),
         FalStatus.COMPLETED: _("finished on fal, result not fetched yet"),
@@ -295,7 +299,34 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
     if kept is not None:
         rows.append((_("Kept files"), kept))
     rows.append((_("Owner"), owner_told(avatar, training, now)))
+    rows.append((_("Cost"), avatar_cost_words(avatar)))
     return rows
+
+
+def cost_words(training: Training) -> str:
+    """What fal billed for one attempt, in the reader's language."""
+    if training.cost_state == CostState.BILLED:
+        return f"${billing.usd_text(training.cost_nano_usd)}"
+    if training.cost_state == CostState.NOT_BILLED:
+        return str(_("not billed"))
+    if training.finished_at is None:
+        return "—"
+    return str(_("being looked up"))
+
+
+def avatar_cost_words(avatar: Avatar) -> SafeString:
+    """Every attempt together (failed ones included), and how many are still looked up."""
+    costs = list(Training.objects.filter(avatar=avatar).values_list("cost_state", "cost_nano_usd"))
+    total = sum(nano or 0 for state, nano in costs if state == CostState.BILLED)
+    pending = sum(1 for state, _nano in costs if state in ("", CostState.PENDING))
+    text = f"${billing.usd_text(total)}"
+    if pending:
+        return format_html(
+            '{} <span class="quiet">({})</span>',
+            text,
+            _("%(count)s attempt(s) not known yet") % {"count": pending},
+        )
+    return format_html("{}", text)
 
 
 def kept_files_words(avatar: Avatar, training: Training) -> SafeString | None:
@@ -367,6 +398,12 @@ def event_words(event: AvatarEvent) -> str:
         cause = stuck.cause_from_details(details)
         if cause is not None:
             return stuck.cause_words(cause, event.created_at)
+    if details.get("code") == "held":
+        return _("held, not sent: waiting for fal balance (%(reason)s)") % {
+            "reason": HoldReason(details["reason"]).label
+            if details.get("reason") in HoldReason.values
+            else details.get("reason", "?")
+        }
     if details.get("code") == "staff_recheck":
         return fal_answer_words(
             details.get("after", ""), details.get("queue_position"), details.get("error", "")

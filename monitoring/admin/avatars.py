@@ -537,6 +537,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
                 _("finished"),
                 _("outcome"),
                 _("owner told"),
+                _("cost"),
                 _("error"),
             ],
             [
@@ -550,6 +551,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
                     if t.outcome == TrainingOutcome.RETRIED
                     else t.get_outcome_display() or "—",
                     t.get_owner_message_display() or "—",
+                    avatar_page.cost_words(t),
                     avatar_page.fold(t.error_message) if t.error_message else "—",
                 )
                 for t in rows
@@ -674,6 +676,7 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
         "outcome",
         "created_at",
         "finished_at",
+        "cost_column",
         "last_checked_at",
         "stuck_reason_words",
     )
@@ -688,6 +691,10 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
     def get_readonly_fields(self, request: HttpRequest, obj: Training | None = None) -> list[str]:
         names = [f.name for f in Training._meta.fields if f.name not in self.exclude]
         return [*names, "stuck_reason_words", "raw_result", "last_logs", "notification_attempts"]
+
+    @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
+    def cost_column(self, training: Training) -> str:
+        return avatar_page.cost_words(training)
 
     @admin.display(description=gettext_lazy("stuck reason"))
     def stuck_reason_words(self, training: Training) -> str:

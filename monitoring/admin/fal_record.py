@@ -16,6 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from avatarsite.admin_base import ReadOnlyAdmin
+from monitoring import billing
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
 from monitoring.trainings import AdoptRefused, adopt_training
@@ -116,6 +117,7 @@ class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
         "endpoint_id",
         "ended_at",
         "status_code",
+        "cost_column",
         "first_seen_at",
         "last_seen_at",
         "adopt_link",
@@ -136,6 +138,10 @@ class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
             ),
         ]
         return custom + super().get_urls()
+
+    @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
+    def cost_column(self, row: UnknownFalRequest) -> str:
+        return f"${billing.usd_text(row.cost_nano_usd)}" if row.cost_nano_usd is not None else "—"
 
     @admin.display(description=gettext_lazy("adopt"))
     def adopt_link(self, row: UnknownFalRequest) -> str:

@@ -49,7 +49,7 @@ class ApiClientForm(forms.ModelForm):
 
     class Meta:
         model = ApiClient
-        fields = ("name", "scopes", "callback_url", "callback_stuck")
+        fields = ("name", "scopes", "callback_url", "callback_stuck", "daily_budget_usd")
 
     def clean_callback_url(self) -> str:
         url = self.cleaned_data.get("callback_url", "").strip()
@@ -92,6 +92,7 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
         "scope_list",
         "token_prefix",
         "callback_url",
+        "daily_budget_usd",
         "created_at",
         "last_used_at",
         "revoked_at",
@@ -109,7 +110,7 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
         return self.readonly_fields if obj else ()
 
     def get_fields(self, request: HttpRequest, obj=None):
-        fields = ["name", "scopes", "callback_url", "callback_stuck"]
+        fields = ["name", "scopes", "callback_url", "callback_stuck", "daily_budget_usd"]
         return fields + list(self.readonly_fields) if obj else fields
 
     def save_model(self, request: HttpRequest, obj: ApiClient, form, change: bool) -> None:
@@ -121,6 +122,7 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
             scopes=list(form.cleaned_data["scopes"]),
             callback_url=obj.callback_url,
             callback_stuck=obj.callback_stuck,
+            daily_budget_usd=obj.daily_budget_usd,
         )
         obj.pk = made.client.pk
         obj.token_hash, obj.token_prefix = made.client.token_hash, made.client.token_prefix

@@ -18,6 +18,7 @@ logger = logging.getLogger("monitoring")
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
+    402: "payment_required",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -25,6 +26,7 @@ _CODES = {
     413: "too_large",
     422: "invalid",
     429: "rate_limited",
+    503: "unavailable",
 }
 
 

@@ -52,6 +52,17 @@ class ApiClient(models.Model):
         default=False,
         help_text=_("Also send an event when one of its trainings is flagged stuck."),
     )
+    daily_budget_usd = models.DecimalField(
+        _("daily budget (USD)"),
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text=_(
+            "Starts are refused (402) once today's spend plus the estimate of its running "
+            "trainings reaches it (UTC day). Empty: no budget."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True, editable=False)

@@ -7,11 +7,12 @@ Ids are strings everywhere (Telegram ids included), so that no client parses a
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from monitoring import files
+from monitoring import billing, files
 from monitoring.api.models import ApiClient
-from monitoring.models import Avatar, FalStatus, Training, TrainingOutcome
+from monitoring.models import Avatar, CostState, FalStatus, Training, TrainingOutcome
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -19,14 +20,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def submit_state(training: Training) -> str:
-    """What became of the submit: ``accepted``, ``refused`` or ``unknown``.
+    """What became of the submit: ``accepted``, ``refused``, ``held`` or ``unknown``.
 
     Read from the training row only, so it holds whichever path later resolves a
     lost answer: "unknown" is an attempt that has no request id although its start
-    call returned (it stays SUBMITTING, is looked up, never resubmitted).
+    call returned (it stays SUBMITTING, is looked up, never resubmitted); "held" waits
+    for fal's balance, nothing was sent (``monitoring.billing``).
     """
     if training.outcome == TrainingOutcome.REFUSED:
         return "refused"
+    if training.is_held:
+        return "held"
     if not training.fal_request_id:
         return "unknown"
     return "accepted"
@@ -55,6 +59,8 @@ def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
         "error": training.error_message if training.outcome != TrainingOutcome.REFUSED else "",
         "error_type": training.error_type if training.outcome != TrainingOutcome.REFUSED else "",
         "stuck": training.is_stuck,
+        "held_reason": training.held_reason if training.is_held else None,
+        "cost": cost_data(training),
         "cancel_requested_at": _iso(training.cancel_requested_at),
         "created_at": _iso(training.created_at),
         "submitted_at": _iso(training.submitted_at),
@@ -98,8 +104,41 @@ def avatar_data(
         "owner_telegram_id": str(avatar.owner.telegram_id),
         "created_at": _iso(avatar.created_at),
         "finished_at": _iso(training.finished_at) if training else None,
+        "cost_usd": avatar_cost_usd(trainings),
         "trainings": [training_data(t, links=links) for t in trainings],
     }
+
+
+def _number(value: Decimal | None) -> int | float | None:
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def cost_data(training: Training) -> dict[str, Any] | None:
+    """What fal billed for the attempt, exactly; None while unknown (being looked up)."""
+    if training.cost_state == CostState.BILLED:
+        return {
+            "usd": billing.usd_text(training.cost_nano_usd),
+            "units": _number(training.cost_units),
+            "unit_price": (
+                str(training.cost_unit_price.normalize())
+                if training.cost_unit_price is not None
+                else None
+            ),
+        }
+    if training.cost_state == CostState.NOT_BILLED:
+        return {"usd": billing.usd_text(0), "units": 0, "unit_price": None}
+    return None
+
+
+def avatar_cost_usd(trainings: list[Training]) -> str | None:
+    """What every attempt of an avatar cost together (None while none is known)."""
+    known = [t.cost_nano_usd or 0 for t in trainings if t.cost_state in _KNOWN]
+    return billing.usd_text(sum(known)) if known else None
+
+
+_KNOWN = (CostState.BILLED, CostState.NOT_BILLED)
 
 
 def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:

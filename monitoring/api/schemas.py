@@ -105,11 +105,19 @@ class FilesOut(Schema):
     error: str
 
 
+class CostOut(Schema):
+    usd: str = Field(description="What fal billed, in USD with six decimals (exact).")
+    units: int | float | None = Field(description="The units fal billed (e.g. steps).")
+    unit_price: str | None = Field(description="fal's price of one unit, in USD.")
+
+
 class TrainingOut(Schema):
     id: str
     attempt: int
     endpoint: str
-    submit: Literal["accepted", "refused", "unknown"]
+    submit: Literal["accepted", "refused", "held", "unknown"] = Field(
+        description="held: waiting for fal's balance, nothing sent yet (see held_reason)."
+    )
     submit_error: SubmitError | None
     fal_request_id: str | None
     fal_status: str
@@ -121,6 +129,8 @@ class TrainingOut(Schema):
     error: str
     error_type: str
     stuck: bool
+    held_reason: Literal["balance_low", "account_locked"] | None
+    cost: CostOut | None = Field(description="What fal billed; null while not known yet.")
     cancel_requested_at: str | None
     created_at: str | None
     submitted_at: str | None
@@ -145,6 +155,7 @@ class AvatarOut(Schema):
     owner_telegram_id: str
     created_at: str | None
     finished_at: str | None
+    cost_usd: str | None = Field(description="What all attempts cost together (known ones).")
     trainings: list[TrainingOut]
 
 
@@ -165,6 +176,14 @@ class AvatarPage(Schema):
 class CancelOut(Schema):
     cancel: Literal["requested", "cancelled"]
     avatar: AvatarOut
+
+
+class QuoteOut(Schema):
+    usd: str
+    unit: str
+    unit_price: str
+    quantity: int
+    endpoint: str
 
 
 class ErrorOut(Schema):

@@ -8,6 +8,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 from django.db import transaction
 from django.utils import timezone
@@ -50,7 +51,12 @@ def validate_scopes(scopes: list[str]) -> list[str]:
 
 
 def create_client(
-    *, name: str, scopes: list[str], callback_url: str = "", callback_stuck: bool = False
+    *,
+    name: str,
+    scopes: list[str],
+    callback_url: str = "",
+    callback_stuck: bool = False,
+    daily_budget_usd: Decimal | None = None,
 ) -> NewClient:
     """Create a client with a fresh token (and a callback secret): the only time both exist
     in the clear on our side."""
@@ -65,6 +71,7 @@ def create_client(
             callback_url=callback_url,
             callback_secret=secret,
             callback_stuck=callback_stuck,
+            daily_budget_usd=daily_budget_usd,
         )
     return NewClient(client, token, secret)
 

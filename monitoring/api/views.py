@@ -15,7 +15,7 @@ from django.http import HttpRequest
 from ninja import Header, NinjaAPI, Query, Schema, Status
 from pydantic import Field
 
-from monitoring import transitions
+from monitoring import billing, transitions
 from monitoring.api import adopt, errors, idempotency, representation
 from monitoring.api.auth import ClientToken
 from monitoring.api.errors import ApiError
@@ -25,6 +25,7 @@ from monitoring.api.schemas import (
     AvatarPage,
     CancelOut,
     ErrorOut,
+    QuoteOut,
     StartOut,
     TrainingIn,
 )
@@ -35,6 +36,7 @@ API_SOURCE = EventSource.API
 WRITE = ClientToken(Scope.TRAININGS_WRITE)
 READ = ClientToken(Scope.AVATARS_READ)
 _ERRORS = frozenset({400, 401, 403, 404, 409, 422, 429})
+_START_ERRORS = _ERRORS | {402}
 
 api = NinjaAPI(
     title="Avatar training monitor",
@@ -57,17 +59,31 @@ def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
 
 
 def start_answer(avatar_id: int, training: Training | None) -> idempotency.Answer:
-    """201 with the avatar and the attempt just started (as the database holds them)."""
+    """201 with the avatar and the attempt just started (as the database holds them);
+    202 when the start is held for fal's balance (``submit: "held"``, nothing sent)."""
     avatar = _avatar_or_404(avatar_id)
     trainings = list(Training.objects.filter(avatar_id=avatar_id).order_by("attempt"))
     chosen = next((t for t in trainings if training and t.pk == training.pk), None)
     chosen = chosen or (trainings[-1] if trainings else None)
     if chosen is None:
         raise ApiError(409, "not_started", "The avatar has no training attempt.")
-    return 201, {
+    return 202 if chosen.is_held else 201, {
         "avatar": representation.avatar_data(avatar, trainings),
         "training": representation.training_data(chosen),
     }
+
+
+def _within_budget(client: ApiClient) -> None:
+    """402 ``over_budget`` once the client's day of spend (and running estimate) reaches
+    its ``daily_budget_usd``. Automatic retries never pass here."""
+    over, figures = billing.over_budget(client)
+    if over:
+        raise ApiError(
+            402,
+            "over_budget",
+            f"Daily budget reached: {figures['spent_usd']} USD spent today and about "
+            f"{figures['running_estimate_usd']} USD running, of {figures['budget_usd']} USD.",
+        )
 
 
 def _recover(row: IdempotencyKey) -> idempotency.Answer | None:
@@ -93,8 +109,13 @@ def _started(avatar: Avatar) -> idempotency.Answer:
 @api.post(
     "/trainings",
     auth=WRITE,
-    response={201: StartOut, _ERRORS: ErrorOut},
+    response={(201, 202): StartOut, _START_ERRORS: ErrorOut},
     summary="Create the owner if needed and a new avatar, and start its training",
+    description=(
+        '201: sent to fal. 202: held (`submit: "held"`): fal\'s balance is low or the '
+        "account locked; it is sent once the balance is back, and the owner is told "
+        "nothing until then. 402 `over_budget`: the client's daily budget is reached."
+    ),
 )
 def create_training(
     request: HttpRequest,
@@ -104,6 +125,7 @@ def create_training(
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
     def perform(row: IdempotencyKey) -> idempotency.Answer:
+        _within_budget(client)
         with transaction.atomic():
             avatar = create_avatar_for_owner(
                 owner_telegram_id=payload.owner.telegram_id,
@@ -132,8 +154,9 @@ def create_training(
 @api.post(
     "/avatars/{avatar_id}/trainings",
     auth=WRITE,
-    response={201: StartOut, _ERRORS: ErrorOut},
+    response={(201, 202): StartOut, _START_ERRORS: ErrorOut},
     summary="Start an existing avatar, or retrain a failed one",
+    description="201: sent to fal. 202: held for fal's balance. 402: over the daily budget.",
 )
 def start_avatar(
     request: HttpRequest,
@@ -144,6 +167,12 @@ def start_avatar(
 
     def perform(row: IdempotencyKey) -> idempotency.Answer:
         avatar = _avatar_or_404(avatar_id, client)
+        if avatar.status in (
+            AvatarStatus.DRAFT,
+            AvatarStatus.ERROR,
+            AvatarStatus.READY_FOR_TRAINING,
+        ):
+            _within_budget(client)
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=API_SOURCE)
         elif avatar.status == AvatarStatus.ERROR:
@@ -237,6 +266,26 @@ def cancel_avatar(request: HttpRequest, avatar_id: int):
         return Status(202, {"cancel": "requested", "avatar": representation.avatar_data(avatar)})
     # fal did not take the cancel (it had finished the job, or did not answer).
     raise ApiError(409, "not_cancelled", str(detail))
+
+
+class QuoteQuery(Schema):
+    training_type: Literal["portrait", "style"] = "portrait"
+    steps: int | None = Field(None, ge=1, le=100_000)
+
+
+@api.get(
+    "/quote",
+    auth=READ,
+    response={200: QuoteOut, _ERRORS | {503}: ErrorOut},
+    summary="What a training would cost, from fal's unit prices (cached an hour)",
+)
+def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
+    try:
+        return billing.quote(query.training_type, query.steps).as_json()
+    except billing.PricesUnavailable as exc:
+        raise ApiError(
+            503, "prices_unavailable", f"fal's prices are not available: {exc}"
+        ) from None
 
 
 adopt.register(api, WRITE, start_answer=start_answer, link=_link)

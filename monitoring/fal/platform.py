@@ -1,10 +1,12 @@
 """fal's own record of every request, through its Platform API (``shared/fal-facts.md``).
 
 The queue forgets a result an hour after the job ends; the record does not. This
-module answers two questions and nothing else:
+module answers these questions and nothing else:
 
 - ``find_request``: what does the record say about request R of endpoint E?
 - ``list_requests``: which requests did endpoint E have between T1 and T2?
+- with the admin key (``admin=True``: FAL_ADMIN_KEY, else the queue's key), money:
+  ``billing_events``, ``balance`` and ``prices`` (docs/billing.md).
 
 Every call is bounded by FAL_PLATFORM_TIMEOUT_SECONDS and a listing follows at most
 FAL_PLATFORM_MAX_PAGES pages. Whatever goes wrong (429, 5xx, a timeout, even a 404 or
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -30,6 +33,10 @@ from monitoring.fal import payloads
 
 PAGE_SIZE = 100  # fal's maximum
 BY_ENDPOINT = "/models/requests/by-endpoint"
+BILLING_EVENTS = "/models/billing-events"
+ACCOUNT_BILLING = "/account/billing"
+PRICING = "/models/pricing"
+BILLING_IDS_PER_CALL = 50  # fal's maximum of request ids per billing-events call
 
 
 class PlatformUnavailable(Exception):
@@ -90,6 +97,69 @@ class RecordItem:
         }
 
 
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() else None
+
+
+@dataclass(frozen=True)
+class BillingEvent:
+    """One billing event: what fal charged for (part of) a request."""
+
+    request_id: str
+    endpoint_id: str
+    cost_nano_usd: int
+    units: Decimal | None
+    unit_price: Decimal | None
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> BillingEvent | None:
+        if not isinstance(raw, dict) or not raw.get("request_id"):
+            return None
+        cost = raw.get("cost_estimate_nano_usd")
+        if isinstance(cost, bool) or not isinstance(cost, int):
+            parsed = _decimal(cost)
+            if parsed is None:
+                return None
+            cost = int(parsed)
+        return cls(
+            request_id=str(raw["request_id"]),
+            endpoint_id=str(raw.get("endpoint_id") or ""),
+            cost_nano_usd=cost,
+            units=_decimal(raw.get("output_units")),
+            unit_price=_decimal(raw.get("unit_price")),
+        )
+
+
+@dataclass(frozen=True)
+class Price:
+    """fal's unit price of an endpoint (``unit`` as fal names it, e.g. "steps")."""
+
+    endpoint_id: str
+    unit_price: Decimal
+    unit: str
+    currency: str
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> Price | None:
+        if not isinstance(raw, dict) or not raw.get("endpoint_id"):
+            return None
+        price = _decimal(raw.get("unit_price"))
+        if price is None:
+            return None
+        return cls(
+            endpoint_id=str(raw["endpoint_id"]),
+            unit_price=price,
+            unit=str(raw.get("unit") or ""),
+            currency=str(raw.get("currency") or "USD"),
+        )
+
+
 def _when(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -126,16 +196,18 @@ def _item(raw: Any) -> RecordItem | None:
 class PlatformClient:
     """One httpx client for a series of calls (a listing's pages, a reconcile run)."""
 
-    def __init__(self, *, timeout: float | None = None) -> None:
+    def __init__(self, *, timeout: float | None = None, admin: bool = False) -> None:
         import httpx
 
-        if not settings.FAL_KEY:
+        # Billing, balance and prices need an admin key (FAL_ADMIN_KEY, else the queue's).
+        key = (settings.FAL_ADMIN_KEY or settings.FAL_KEY) if admin else settings.FAL_KEY
+        if not key:
             raise PlatformUnavailable("FAL_KEY is not configured")
         self.timeout = settings.FAL_PLATFORM_TIMEOUT_SECONDS if timeout is None else timeout
         self.calls = 0
         self._http = httpx.Client(
             base_url=settings.FAL_PLATFORM_API_URL.rstrip("/"),
-            headers={"Authorization": f"Key {settings.FAL_KEY}"},
+            headers={"Authorization": f"Key {key}"},
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
         )
@@ -146,12 +218,12 @@ class PlatformClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def _page(self, params: dict[str, Any]) -> dict:
+    def _page(self, params: dict[str, Any], path: str = BY_ENDPOINT, items: str = "items") -> dict:
         import httpx
 
         self.calls += 1
         try:
-            response = self._http.get(BY_ENDPOINT, params=params)
+            response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:
             raise PlatformUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
         if not 200 <= response.status_code < 300:
@@ -165,8 +237,8 @@ class PlatformClient:
             body = response.json()
         except ValueError as exc:
             raise PlatformUnavailable("unreadable answer (not JSON)") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-            raise PlatformUnavailable("unreadable answer (no items)")
+        if not isinstance(body, dict) or (items and not isinstance(body.get(items), list)):
+            raise PlatformUnavailable(f"unreadable answer (no {items or 'body'})")
         return body
 
     def find_request(self, endpoint: str, request_id: str) -> RecordItem | None:
@@ -231,6 +303,61 @@ class PlatformClient:
         epoch = datetime.min.replace(tzinfo=UTC)
         matches.sort(key=lambda m: (m.sent_at or m.ended_at or epoch, m.request_id))
         return matches, unverifiable
+
+    # --- Money (admin key): billing events, the balance, unit prices --------------------
+
+    def billing_events(
+        self, request_ids: list[str], *, start: datetime, end: datetime
+    ) -> Iterator[BillingEvent]:
+        """fal's billing events of up to 50 requests that ended in [start, end), every page.
+
+        ``start``/``end`` are explicit: fal's default window is the last 24 hours.
+        """
+        if not 1 <= len(request_ids) <= BILLING_IDS_PER_CALL:
+            raise ValueError(f"1 to {BILLING_IDS_PER_CALL} request ids a call")
+        params: dict[str, Any] = {
+            "request_id": ",".join(request_ids),
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "limit": PAGE_SIZE,
+        }
+        for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
+            body = self._page(params, BILLING_EVENTS, "billing_events")
+            for raw in body["billing_events"]:
+                event = BillingEvent.from_raw(raw)
+                if event is not None:
+                    yield event
+            cursor = body.get("next_cursor")
+            if not body.get("has_more") or not cursor:
+                return
+            params["cursor"] = cursor
+        raise PlatformUnavailable("too many pages of billing events: listing cut short")
+
+    def balance(self) -> tuple[Decimal, str]:
+        """The account's credit balance and its currency."""
+        body = self._page({"expand": "credits"}, ACCOUNT_BILLING, "")
+        credits = body.get("credits")
+        value = credits.get("current_balance") if isinstance(credits, dict) else None
+        amount = _decimal(value)
+        if amount is None:
+            raise PlatformUnavailable("unreadable answer (no credits.current_balance)")
+        return amount, str(credits.get("currency") or "USD")  # type: ignore[union-attr]
+
+    def prices(self, endpoints: list[str]) -> dict[str, Price]:
+        """fal's unit price of each endpoint (up to 50), by endpoint id."""
+        params: dict[str, Any] = {"endpoint_id": ",".join(endpoints)}
+        found: dict[str, Price] = {}
+        for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
+            body = self._page(params, PRICING, "prices")
+            for raw in body["prices"]:
+                price = Price.from_raw(raw)
+                if price is not None:
+                    found[price.endpoint_id] = price
+            cursor = body.get("next_cursor")
+            if not body.get("has_more") or not cursor:
+                return found
+            params["cursor"] = cursor
+        return found
 
 
 def find_request(endpoint: str, request_id: str) -> RecordItem | None:

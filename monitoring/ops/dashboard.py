@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django_stubs_ext import StrOrPromise
 
+from monitoring import billing
 from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
 from monitoring.ops import health
 from notifications.models import Notification
@@ -213,6 +214,42 @@ def retries_last_day(now: datetime | None = None) -> int:
     return Training.objects.filter(outcome=TrainingOutcome.RETRIED, finished_at__gte=since).count()
 
 
+def money(now: datetime) -> dict[str, Any]:
+    """Spend and fal's balance (``monitoring.billing``); "not configured" without a key
+    that may read billing."""
+    account = billing.account_state()
+    if not account["configured"]:
+        return {"configured": False, "held": account["held"]}
+    figures = billing.spend(now)
+    return {
+        **account,
+        "balance": billing.cents(account["balance_usd"])
+        if account["balance_usd"] is not None
+        else None,
+        "today": billing.cents(billing.usd(figures.today)),
+        "week": billing.cents(billing.usd(figures.week)),
+        "month": billing.cents(billing.usd(figures.month)),
+        "by_trainer": [
+            (endpoint, billing.cents(billing.usd(n))) for endpoint, n in figures.by_trainer
+        ],
+        "top_owners": [
+            {
+                "owner_id": row["avatar__owner_id"],
+                "name": f"@{row['avatar__owner__username']}"
+                if row["avatar__owner__username"]
+                else str(row["avatar__owner__telegram_id"]),
+                "usd": billing.cents(billing.usd(row["total"])),
+                "trainings": row["trainings"],
+            }
+            for row in figures.top_owners
+        ],
+        "completed_avatars": figures.completed_avatars,
+        "per_completed_avatar": billing.cents(billing.usd(figures.per_completed_avatar))
+        if figures.per_completed_avatar is not None
+        else None,
+    }
+
+
 def gather(now: datetime | None = None) -> dict[str, Any]:
     """The dashboard's context."""
     now = now or timezone.now()
@@ -233,4 +270,5 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         else None,
         "chart": chart_svg(buckets),
         "notifications": notification_backlog(now),
+        "money": money(now),
     }

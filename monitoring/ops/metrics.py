@@ -38,7 +38,7 @@ from prometheus_client.core import (
 )
 
 from avatarsite.client_address import client_address
-from monitoring import totals
+from monitoring import billing, totals
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.models import (
@@ -46,6 +46,7 @@ from monitoring.models import (
     AvatarStatus,
     CheckRun,
     EventSource,
+    FalAccount,
     FalStatus,
     Training,
     WebhookOutcome,
@@ -347,6 +348,26 @@ class DatabaseCollector:
             reading,
             trainers,
             _trainer,
+        )
+        # 9. Money (monitoring.billing): what fal billed, from the running totals (never
+        # lowered by prune), and the balance as last read (NaN: not read).
+        spend = CounterMetricFamily(
+            f"{PREFIX}_fal_spend_usd",
+            "What fal billed for our trainings, in USD, by endpoint (from billing events).",
+            labels=["endpoint"],
+        )
+        billed = {
+            dict(key).get("endpoint", ""): n
+            for key, n in found.get(billing.SPEND_TOTAL, {}).items()
+        }
+        for endpoint in sorted(set(trainers) | set(billed)):
+            spend.add_metric([endpoint], billed.get(endpoint, 0) / billing.NANO)
+        yield spend
+        balance = FalAccount.objects.filter(pk=1).values_list("balance_usd", flat=True).first()
+        yield _gauge(
+            "fal_balance_usd",
+            "fal's credit balance in USD as last read (NaN: never read).",
+            float(balance) if balance is not None else math.nan,
         )
         yield from thresholds()
 

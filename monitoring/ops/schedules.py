@@ -23,6 +23,13 @@ EVENT_CALLBACK_SWEEP = "api: send due event callbacks"
 PRUNE_REFUSED_WEBHOOKS = "monitoring: prune refused webhook deliveries"
 STRANDED_WEBHOOKS = "monitoring: process webhook deliveries left by a crash"
 KEEP_FILES = "monitoring: keep avatar files (retries, lost hand-overs)"
+COSTS = "monitoring: look up what fal billed"
+BALANCE = "monitoring: read fal's balance (alerts, held starts)"
+
+
+def _balance_minutes() -> int:
+    # Under a minute, the task itself reads every FAL_BALANCE_CHECK_SECONDS in its minute.
+    return max(1, settings.FAL_BALANCE_CHECK_SECONDS // 60)
 
 
 def _check_minutes() -> int:
@@ -83,6 +90,21 @@ SCHEDULES: list[dict[str, Any]] = [
         "func": "monitoring.files.sweep",
         "schedule_type": "I",  # Schedule.MINUTES
         "minutes": 1,
+        "repeats": -1,
+    },
+    # Money (monitoring.billing): billing events of finished trainings, and the balance.
+    {
+        "name": COSTS,
+        "func": "monitoring.tasks.look_up_costs",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": 1,
+        "repeats": -1,
+    },
+    {
+        "name": BALANCE,
+        "func": "monitoring.tasks.check_balance",
+        "schedule_type": "I",  # Schedule.MINUTES
+        "minutes": _balance_minutes,
         "repeats": -1,
     },
 ]

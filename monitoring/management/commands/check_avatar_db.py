@@ -6,12 +6,14 @@ import argparse
 import json
 
 from django.core.management.base import CommandError
+from django.db.models import Count, Q, Sum
 from django.utils.translation import gettext as _
 
-from monitoring import files
+from monitoring import billing, files
+from monitoring.api import representation
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
-from monitoring.models import Avatar, AvatarStatus, FalStatus
+from monitoring.models import Avatar, AvatarStatus, CostState, FalStatus
 
 MAX_LIMIT = 100_000
 
@@ -41,6 +43,13 @@ class Command(TranslatedCommand):
         avatars = (
             Avatar.objects.select_related("owner", "current_training")
             .prefetch_related("current_training__kept_files")
+            .annotate(
+                cost_nano=Sum("trainings__cost_nano_usd"),
+                costs_known=Count(
+                    "trainings",
+                    filter=Q(trainings__cost_state__in=[CostState.BILLED, CostState.NOT_BILLED]),
+                ),
+            )
             .order_by("-created_at")
         )
         if options["status"]:
@@ -86,6 +95,12 @@ class Command(TranslatedCommand):
             "owner_telegram_id": str(avatar.owner.telegram_id),
             "created_at": _iso(avatar.created_at),
             "finished_at": _iso(training.finished_at) if training else None,
+            "cost": representation.cost_data(training) if training else None,
+            "cost_usd": (
+                billing.usd_text(getattr(avatar, "cost_nano", None) or 0)
+                if getattr(avatar, "costs_known", 0)
+                else None
+            ),
             "last_checked_at": _iso(training.last_checked_at) if training else None,
         }
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
 from django.db import IntegrityError
@@ -10,6 +12,16 @@ from django.db import IntegrityError
 from monitoring.api import callbacks, tokens
 from monitoring.api.models import ApiClient
 from monitoring.management.language import TranslatedCommand
+
+
+def _budget(value: str) -> Decimal:
+    try:
+        amount = Decimal(value.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {value!r}") from None
+    if not amount.is_finite() or amount <= 0 or amount >= Decimal("1e10"):
+        raise argparse.ArgumentTypeError("must be a positive amount in USD below 10,000,000,000")
+    return amount.quantize(Decimal("0.01"))
 
 
 class Command(TranslatedCommand):
@@ -26,6 +38,11 @@ class Command(TranslatedCommand):
         parser.add_argument("--callback-url", default="", help="https URL for event callbacks")
         parser.add_argument(
             "--callback-stuck", action="store_true", help="also send avatar.stuck events"
+        )
+        parser.add_argument(
+            "--daily-budget",
+            type=_budget,
+            help="USD a day (UTC) this client may spend; its starts answer 402 beyond it",
         )
         parser.add_argument("--json", action="store_true", help="print only a JSON object")
 
@@ -54,6 +71,7 @@ class Command(TranslatedCommand):
                 scopes=scopes,
                 callback_url=url,
                 callback_stuck=options["callback_stuck"],
+                daily_budget_usd=options["daily_budget"],
             )
         except IntegrityError:
             raise CommandError(f"An API client named {name!r} exists already") from None

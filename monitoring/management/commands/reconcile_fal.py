@@ -55,7 +55,8 @@ class Command(TranslatedCommand):
         for entry in report.unknown_to_us:
             self.stdout.write(
                 f"  unknown: {entry['request_id']} {entry['endpoint_id']} "
-                f"HTTP {entry['status_code']} ended {entry['ended_at']}"
+                f"HTTP {entry['status_code']} ended {entry['ended_at']} "
+                f"cost {'$' + entry['cost_usd'] if entry.get('cost_usd') else '?'}"
             )
         for entry in report.finished_now:
             self.stdout.write(

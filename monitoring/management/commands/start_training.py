@@ -8,6 +8,7 @@ from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
 from monitoring import transitions
+from monitoring.api import representation
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, AvatarStatus, EventSource, Language, TrainingType
@@ -70,11 +71,21 @@ class Command(TranslatedCommand):
                 % {"id": avatar.pk, "reason": outcome.detail or avatar.status}
             )
         lost = training is not None and not request_id and training.submit_unknown_since
+        held = training is not None and training.is_held
         if options["json"]:
             answer = {"id": str(avatar.pk), "fal_request_id": request_id or ""}
+            if training is not None and held:
+                answer["submit"] = representation.submit_state(training)
+                answer["held_reason"] = training.held_reason
             if lost:
                 answer["state"] = SUBMIT_UNKNOWN_STATE
             self.stdout.write(json.dumps(answer))
+        elif training is not None and held:
+            # Not an error: it is sent by itself once fal's balance is back.
+            self.stdout.write(
+                _("Avatar %(id)s: held, waiting for fal balance (%(reason)s); nothing sent")
+                % {"id": avatar.pk, "reason": training.get_held_reason_display()}
+            )
         elif lost:
             # Not an error: a second start could bill a second training.
             self.stdout.write(
