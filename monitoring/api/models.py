@@ -64,16 +64,17 @@ class ApiClient(models.Model):
     def has_scope(self, scope: str) -> bool:
         return scope in (self.scopes or [])
 
-    def avatar_filter(self) -> Q:
+    def avatar_filter(self, prefix: str = "") -> Q:
         """The avatars this client reads, lists, cancels and retrains: those it created,
         started or adopted (``ClientAvatar``), or every one with ``avatars:all``.
 
         Avatars created by staff belong to no client. Another client's avatar is a 404,
-        like one that does not exist, so ids say nothing.
+        like one that does not exist, so ids say nothing. ``prefix`` ("avatar__") reads
+        the same rule from a related model.
         """
         if self.has_scope(Scope.AVATARS_ALL):
             return Q()
-        return Q(api_link__client=self)
+        return Q(**{f"{prefix}api_link__client": self})
 
 
 class ClientAvatar(models.Model):
@@ -84,6 +85,11 @@ class ClientAvatar(models.Model):
     )
     client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="avatars")
     created_at = models.DateTimeField(default=timezone.now)
+    # The client's own id for the avatar (an order number, a chat message): returned as
+    # sent, in answers and events, and a filter of the list. Never interpreted here.
+    client_reference = models.CharField(
+        _("client reference"), max_length=255, blank=True, db_index=True
+    )
 
     class Meta:
         verbose_name = _("avatar of an API client")

@@ -20,25 +20,37 @@ from notifications import rate_limits
 WINDOW_SECONDS = 60
 
 
-def _window_start(now: datetime) -> datetime:
+def window_start(now: datetime) -> datetime:
     return now.replace(second=0, microsecond=0)
 
 
-def take(client_id: int, *, now: datetime | None = None) -> float:
-    """Count a call; 0.0 when it is allowed, else the seconds until the window ends."""
+def counted_in_database() -> bool:
+    return not settings.REDIS_URL
+
+
+def take(client_id: int, *, now: datetime | None = None, counted: int | None = None) -> float:
+    """Count a call; 0.0 when it is allowed, else the seconds until the window ends.
+
+    ``counted``: the call was counted already, with the token's lookup
+    (``tokens.authenticate``), and this is the window's count after it.
+    """
     limit = settings.API_RATE_LIMIT_PER_MINUTE
     now = now or timezone.now()
-    start = _window_start(now)
-    if settings.REDIS_URL:
+    start = window_start(now)
+    if counted is not None:
+        calls = counted
+        if calls == 1:
+            _clear_old_windows(client_id, start)
+    elif settings.REDIS_URL:
         calls = _count_in_redis(client_id, start)
     else:
-        calls = _count_in_database(client_id, start, now)
+        calls = _count_in_database(client_id, start)
     if calls <= limit:
         return 0.0
     return max(1.0, (start + timedelta(seconds=WINDOW_SECONDS) - now).total_seconds())
 
 
-def _count_in_database(client_id: int, start: datetime, now: datetime) -> int:
+def _count_in_database(client_id: int, start: datetime) -> int:
     # One round trip: insert the window or count on it, and read the count back
     # (PostgreSQL, and SQLite since 3.35, both have INSERT ... ON CONFLICT ... RETURNING).
     table = ApiRateWindow._meta.db_table
@@ -51,11 +63,15 @@ def _count_in_database(client_id: int, start: datetime, now: datetime) -> int:
         )
         calls = cursor.fetchone()[0]
     if calls == 1:
-        # The first call of a window clears the client's old ones.
-        ApiRateWindow.objects.filter(
-            client_id=client_id, window_start__lt=start - timedelta(minutes=5)
-        ).delete()
+        _clear_old_windows(client_id, start)
     return int(calls)
+
+
+def _clear_old_windows(client_id: int, start: datetime) -> None:
+    # The first call of a window clears the client's old ones.
+    ApiRateWindow.objects.filter(
+        client_id=client_id, window_start__lt=start - timedelta(minutes=5)
+    ).delete()
 
 
 def _count_in_redis(client_id: int, start: datetime) -> int:

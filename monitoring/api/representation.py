@@ -2,16 +2,24 @@
 
 Ids are strings everywhere (Telegram ids included), so that no client parses a
 64-bit id into a float. Nothing here is translated: codes and fal's own messages.
+What the client sent (owner, trigger, images URL, settings, ``client_reference``)
+comes back under the names it was sent with (docs/api.md).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
+
 from monitoring import files
 from monitoring.api.models import ApiClient
-from monitoring.models import Avatar, FalStatus, Training, TrainingOutcome
+from monitoring.models import Avatar, FalStatus, KeptFile, Training, TrainingOutcome
+
+# fal's raw answer and the submitted input are never shown here: not read either.
+_UNSHOWN = ("result", "arguments", "logs_tail")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -32,8 +40,13 @@ def submit_state(training: Training) -> str:
     return "accepted"
 
 
-def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
-    """``links=False``: the ``files`` URLs left out (what an event callback stores)."""
+def training_data(
+    training: Training, *, links: bool = True, kept: list[KeptFile] | None = None
+) -> dict[str, Any]:
+    """``links=False``: the ``files`` URLs left out (what an event callback stores).
+
+    ``kept``: the attempt's kept files when the caller has read them already.
+    """
     submit = submit_state(training)
     return {
         "id": str(training.pk),
@@ -46,12 +59,13 @@ def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
             else None
         ),
         "fal_request_id": training.fal_request_id,
-        "fal_status": training.fal_status,
+        # Cleared when the attempt ends (fal's COMPLETED kept when fal said so).
+        "fal_status": training.fal_status or None,
         "queue_position": training.queue_position,
         "outcome": training.outcome or None,
         "lora_url": training.lora_url,
         "config_url": training.config_url,
-        "files": files.files_data(training, links=links),
+        "files": files.files_data(training, kept, links=links),
         "error": training.error_message if training.outcome != TrainingOutcome.REFUSED else "",
         "error_type": training.error_type if training.outcome != TrainingOutcome.REFUSED else "",
         "stuck": training.is_stuck,
@@ -62,13 +76,26 @@ def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
     }
 
 
-def avatar_data(
-    avatar: Avatar, trainings: list[Training] | None = None, *, links: bool = True
-) -> dict[str, Any]:
-    """The fields of ``check_avatar_db --json`` plus queue position and the attempts.
+def client_reference(avatar: Avatar) -> str | None:
+    try:
+        link = avatar.api_link  # type: ignore[attr-defined]
+    except ObjectDoesNotExist:  # made by staff: no client, no reference
+        return None
+    return link.client_reference or None
 
-    ``avatar`` should come with ``owner`` and ``current_training`` loaded; ``trainings``
-    (every attempt, oldest first) is read when not given.
+
+def avatar_data(
+    avatar: Avatar,
+    trainings: list[Training] | None = None,
+    *,
+    links: bool = True,
+    kept: dict[int, list[KeptFile]] | None = None,
+) -> dict[str, Any]:
+    """The fields of ``check_avatar_db --json`` plus what the client sent and the attempts.
+
+    ``avatar`` should come with ``owner``, ``api_link`` and ``current_training`` loaded;
+    ``trainings`` (every attempt, oldest first) is read when not given, and so are
+    their kept files unless ``kept`` has them by training id (``load``).
     """
     training = avatar.current_training
     if trainings is None:
@@ -76,12 +103,22 @@ def avatar_data(
     # The current attempt is one of them: its kept files are read once.
     training = next((t for t in trainings if training and t.pk == training.pk), training)
     active = training is not None and training.finished_at is None
+    owner = avatar.owner
     return {
         "id": str(avatar.pk),
         "name": avatar.name,
         "status": avatar.status,
         "training_type": avatar.training_type,
-        "fal_status": training.fal_status if training else None,
+        "trigger": avatar.trigger_word,
+        "images_url": avatar.images_url,
+        "settings": avatar.training_settings or {},
+        "client_reference": client_reference(avatar),
+        "owner": {
+            "telegram_id": str(owner.telegram_id),
+            "username": owner.username,
+            "language": owner.language,
+        },
+        "fal_status": (training.fal_status or None) if training else None,
         "fal_request_id": training.fal_request_id if training else None,
         "queue_position": (
             training.queue_position
@@ -90,21 +127,65 @@ def avatar_data(
         ),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
-        "files": files.files_data(training, links=links) if training else None,
+        "files": (
+            files.files_data(training, _kept(kept, training), links=links) if training else None
+        ),
         "error": training.error_message if training else "",
         "error_type": training.error_type if training else "",
         "stuck": bool(training and training.is_stuck),
         "stuck_reason": training.stuck_reason if training and training.is_stuck else "",
-        "owner_telegram_id": str(avatar.owner.telegram_id),
+        "owner_telegram_id": str(owner.telegram_id),
         "created_at": _iso(avatar.created_at),
         "finished_at": _iso(training.finished_at) if training else None,
-        "trainings": [training_data(t, links=links) for t in trainings],
+        "trainings": [training_data(t, links=links, kept=_kept(kept, t)) for t in trainings],
     }
+
+
+def _kept(kept: dict[int, list[KeptFile]] | None, training: Training) -> list[KeptFile] | None:
+    return None if kept is None else kept.get(training.pk, [])
 
 
 def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:
     """The avatar, or None; with ``client``, only one that client may see."""
-    avatars = Avatar.objects.select_related("owner", "current_training").filter(pk=avatar_id)
+    avatars = Avatar.objects.select_related("owner", "current_training", "api_link").filter(
+        pk=avatar_id
+    )
     if client is not None:
         avatars = avatars.filter(client.avatar_filter())
     return avatars.first()
+
+
+def load(
+    avatar_id: int, client: ApiClient | None = None
+) -> tuple[Avatar, list[Training], dict[int, list[KeptFile]]] | None:
+    """Everything ``avatar_data`` shows, in two statements (three for a draft).
+
+    The attempts with their avatar, owner and client link in one, the kept files of the
+    completed ones in the other: what a GET costs (bench/api.py).
+    """
+    rows = Training.objects.filter(avatar_id=avatar_id)
+    if client is not None:
+        rows = rows.filter(client.avatar_filter(prefix="avatar__"))
+    trainings = list(
+        rows.select_related("avatar__owner", "avatar__api_link")
+        .defer(*_UNSHOWN)
+        .order_by("attempt")
+    )
+    if trainings:
+        avatar = trainings[0].avatar
+        for training in trainings:
+            training.avatar = avatar
+        avatar.current_training = next(
+            (t for t in trainings if t.pk == avatar.current_training_id), None
+        )
+    else:
+        found = load_avatar(avatar_id, client)
+        if found is None:
+            return None
+        avatar = found
+    completed = [t.pk for t in trainings if t.outcome == TrainingOutcome.COMPLETED]
+    kept: dict[int, list[KeptFile]] = defaultdict(list)
+    if completed:
+        for row in KeptFile.objects.filter(training_id__in=completed):
+            kept[row.training_id].append(row)
+    return avatar, trainings, kept
