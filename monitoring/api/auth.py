@@ -26,9 +26,9 @@ class ClientToken(HttpBearer):
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiClient | None:
         now = timezone.now()
-        # On the database store, the call is counted by the token's own lookup.
+        # Without Redis, the token's own lookup counts the calls in the window.
         window = rate_limit.window_start(now) if rate_limit.counted_in_database() else None
-        client = tokens.authenticate(token.strip(), count_in=window)
+        client = tokens.authenticate(token.strip(), count_since=window)
         if client is None:
             return None
         # Recorded by the call-log middleware, whatever the answer.

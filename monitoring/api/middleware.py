@@ -33,10 +33,15 @@ _HTML_ERRORS = {
     404: ("not_found", "No such endpoint: {method} {path}. The endpoints are at /api/v1/docs."),
     405: ("method_not_allowed", "{method} is not allowed on {path}; allowed: {allow}."),
 }
-_INSERT_CALL = (
-    f"INSERT INTO {ApiCall._meta.db_table} "
-    f"(client_id, {connection.ops.quote_name('at')}, method, path, status, duration_ms) "
-    "VALUES (%s, %s, %s, %s, %s, %s)"
+_COLUMNS = f"client_id, {connection.ops.quote_name('at')}, method, path, status, duration_ms"
+_INSERT_CALL = f"INSERT INTO {ApiCall._meta.db_table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+# PostgreSQL: committed without waiting for the disk (synchronous_commit off for this
+# statement's own transaction). The row is visible at once; a crash of the database
+# server itself may lose the last fraction of a second of records, never a record
+# older than a durable commit after it (WAL order). Saves a disk flush per call.
+_INSERT_CALL_ASYNC = (
+    f"INSERT INTO {ApiCall._meta.db_table} ({_COLUMNS}) "
+    "SELECT %s, %s, %s, %s, %s, %s FROM (SELECT set_config('synchronous_commit', 'off', true)) s"
 )
 
 
@@ -113,14 +118,15 @@ class ApiCallMiddleware:
             round(duration_ms, 2),
         ]
         try:
-            # One statement, the cheapest write (bench/api.py); in a transaction (tests,
-            # ATOMIC_REQUESTS), a savepoint, so a failed record never breaks it.
+            # One statement, the cheapest write (bench/api.py); inside a transaction
+            # (tests, ATOMIC_REQUESTS), a savepoint, so a failed record never breaks it.
             if connection.in_atomic_block:
                 with transaction.atomic(), connection.cursor() as cursor:
                     cursor.execute(_INSERT_CALL, row)
             else:
+                async_commit = connection.vendor == "postgresql"
                 with connection.cursor() as cursor:
-                    cursor.execute(_INSERT_CALL, row)
+                    cursor.execute(_INSERT_CALL_ASYNC if async_commit else _INSERT_CALL, row)
         except Exception:
             # The call's answer matters more than its record.
             logger.exception(

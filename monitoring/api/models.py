@@ -147,27 +147,11 @@ class ApiCall(models.Model):
         verbose_name = _("API call")
         verbose_name_plural = _("API calls")
         ordering = ["-at", "-id"]
+        # A client's calls of the last minute are its rate limit (``rate_limit``).
+        indexes = [models.Index(fields=["client", "at"], name="api_call_client_at_idx")]
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} {self.status}"
-
-
-class ApiRateWindow(models.Model):
-    """Calls of a client in one fixed window (the database store of the rate limit)."""
-
-    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
-    window_start = models.DateTimeField()
-    calls = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["client", "window_start"], name="api_rate_window_unique"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.client_id} @ {self.window_start:%H:%M}: {self.calls}"
 
 
 class EventType(models.TextChoices):

@@ -8,18 +8,15 @@ comes back under the names it was sent with (docs/api.md).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 
 from monitoring import files
+from monitoring.api import avatar_read
 from monitoring.api.models import ApiClient
 from monitoring.models import Avatar, FalStatus, KeptFile, Training, TrainingOutcome
-
-# fal's raw answer and the submitted input are never shown here: not read either.
-_UNSHOWN = ("result", "arguments", "logs_tail")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -158,34 +155,6 @@ def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | Non
 def load(
     avatar_id: int, client: ApiClient | None = None
 ) -> tuple[Avatar, list[Training], dict[int, list[KeptFile]]] | None:
-    """Everything ``avatar_data`` shows, in two statements (three for a draft).
-
-    The attempts with their avatar, owner and client link in one, the kept files of the
-    completed ones in the other: what a GET costs (bench/api.py).
-    """
-    rows = Training.objects.filter(avatar_id=avatar_id)
-    if client is not None:
-        rows = rows.filter(client.avatar_filter(prefix="avatar__"))
-    trainings = list(
-        rows.select_related("avatar__owner", "avatar__api_link")
-        .defer(*_UNSHOWN)
-        .order_by("attempt")
-    )
-    if trainings:
-        avatar = trainings[0].avatar
-        for training in trainings:
-            training.avatar = avatar
-        avatar.current_training = next(
-            (t for t in trainings if t.pk == avatar.current_training_id), None
-        )
-    else:
-        found = load_avatar(avatar_id, client)
-        if found is None:
-            return None
-        avatar = found
-    completed = [t.pk for t in trainings if t.outcome == TrainingOutcome.COMPLETED]
-    kept: dict[int, list[KeptFile]] = defaultdict(list)
-    if completed:
-        for row in KeptFile.objects.filter(training_id__in=completed):
-            kept[row.training_id].append(row)
-    return avatar, trainings, kept
+    """Everything ``avatar_data`` shows, in one statement (``avatar_read``); None when
+    there is no such avatar or ``client`` may not see it."""
+    return avatar_read.read(avatar_id, client)

@@ -9,10 +9,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from monitoring.api.models import ApiClient, ApiRateWindow, Scope
+from monitoring.api.models import ApiCall, ApiClient, Scope
 
 TOKEN_PREFIX = "atm_"
 # ``last_used_at`` is written at most this often, not on every call.
@@ -69,27 +70,31 @@ def create_client(
     return NewClient(client, token, secret)
 
 
-def authenticate(token: str, *, count_in: datetime | None = None) -> ApiClient | None:
+def authenticate(token: str, *, count_since: datetime | None = None) -> ApiClient | None:
     """The active client whose token this is, or None.
 
     Looked up by the token's hash (an index), then compared in constant time, so the
     answer's timing says nothing about how much of a guess was right.
 
-    ``count_in`` (a rate-limit window's start): on PostgreSQL the same statement also
-    counts the call in the client's window (``client.calls_in_window``), one round trip
-    for both; elsewhere ``calls_in_window`` is None and ``rate_limit`` counts it.
+    ``count_since`` (a rate-limit window's start): the same statement counts the
+    client's calls in the call log since then, and ``client.calls_in_window`` is this
+    call's number in the window (``rate_limit``); else it is None.
     """
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
-    if count_in is not None and connection.vendor == "postgresql":
-        client = next(
-            iter(ApiClient.objects.raw(_AUTHENTICATE_AND_COUNT, [digest, count_in])), None
-        )
-    else:
+    if count_since is None:
         client = ApiClient.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
         if client is not None:
             client.calls_in_window = None  # type: ignore[attr-defined]
+    else:
+        # Counted up to one past the limit: a flood costs no more to refuse.
+        cap = settings.API_RATE_LIMIT_PER_MINUTE + 1
+        client = next(
+            iter(ApiClient.objects.raw(_AUTHENTICATE_AND_COUNT, [count_since, cap, digest])), None
+        )
+        if client is not None:
+            client.calls_in_window += 1  # type: ignore[attr-defined]
     if client is None or not hmac.compare_digest(client.token_hash, digest):
         return None
     now = timezone.now()
@@ -99,17 +104,12 @@ def authenticate(token: str, *, count_in: datetime | None = None) -> ApiClient |
     return client
 
 
-# The client by its token and its call counted in the window (the upsert of
-# ``rate_limit``), in one statement: nothing is counted for an unknown or revoked token.
+# The client by its token and its calls in the window, in one read-only statement.
 _AUTHENTICATE_AND_COUNT = f"""
-WITH client AS (
-    SELECT * FROM {ApiClient._meta.db_table} WHERE token_hash = %s AND revoked_at IS NULL
-), counted AS (
-    INSERT INTO {ApiRateWindow._meta.db_table} (client_id, window_start, calls)
-    SELECT id, %s, 1 FROM client
-    ON CONFLICT (client_id, window_start)
-    DO UPDATE SET calls = {ApiRateWindow._meta.db_table}.calls + 1
-    RETURNING calls
-)
-SELECT client.*, (SELECT calls FROM counted) AS calls_in_window FROM client
+SELECT c.*, (
+    SELECT COUNT(*) FROM (
+        SELECT 1 FROM {ApiCall._meta.db_table} WHERE client_id = c.id AND at >= %s LIMIT %s
+    ) AS w
+) AS calls_in_window
+FROM {ApiClient._meta.db_table} c WHERE c.token_hash = %s AND c.revoked_at IS NULL
 """
