@@ -9,16 +9,19 @@ marked, and the OpenAPI document describes the callbacks with an example that th
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import timedelta
 
 import jsonschema
 import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from monitoring.api import callbacks
+from monitoring.api import call_log, callbacks
 from monitoring.api.models import ApiCall, EventCallback
 from monitoring.models import Avatar, Owner, Training
 from tests.api_support import body, give, run_check
@@ -294,3 +297,28 @@ def test_each_operation_lists_its_own_errors_with_examples(document):
     assert document["components"]["schemas"]["AvatarOut"]["examples"]
     owner_id = document["components"]["schemas"]["OwnerIn"]["properties"]["telegram_id"]
     assert {s["type"] for s in owner_id["oneOf"]} == {"integer", "string"}
+
+
+# --- The call log -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_calls_are_recorded_in_batches_and_counted_by_the_rate_limit_before(
+    make_api_client, make_avatar, settings
+):
+    settings.API_CALL_LOG_FLUSH_SECONDS = 0.2
+    settings.API_RATE_LIMIT_PER_MINUTE = 4
+    bot = make_api_client()
+    avatar = make_avatar()
+    give(avatar, bot)
+
+    statuses = [bot.get(f"/api/v1/avatars/{avatar.pk}").status_code for _ in range(5)]
+    deadline = time.monotonic() + 10
+    while ApiCall.objects.count() < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    # The fifth call was refused whether or not the first four were written yet.
+    assert statuses == [200, 200, 200, 200, 429]
+    recorded = list(ApiCall.objects.order_by("at", "pk").values_list("status", "path"))
+    assert recorded == [(s, f"/api/v1/avatars/{avatar.pk}") for s in statuses]
+    assert call_log.pending(bot.client.pk, timezone.now() - timedelta(minutes=1)) == 0

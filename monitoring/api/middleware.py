@@ -1,5 +1,6 @@
 """For ``/api/`` only: every answer is JSON and carries ``X-Request-ID``, a trailing slash
-does not matter, answers are never translated, and each authenticated call is recorded.
+does not matter, answers are never translated, and each authenticated call is recorded
+(``call_log``, in batches).
 
 A path that does not resolve is tried without its trailing slash (``/avatars/6/``);
 an error answer Django or django-ninja made as HTML (an unknown path, a method the
@@ -8,22 +9,19 @@ path does not take) is replaced by the API's error shape (``errors.error_body``)
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import uuid
 from collections.abc import Callable
 
-from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils import timezone, translation
 
+from monitoring.api import call_log
 from monitoring.api.errors import error_body
 from monitoring.api.models import ApiCall
 from monitoring.storable import stored_as_received
-
-logger = logging.getLogger("monitoring")
 
 PREFIX = "/api/"
 REQUEST_ID = "X-Request-ID"
@@ -33,16 +31,6 @@ _HTML_ERRORS = {
     404: ("not_found", "No such endpoint: {method} {path}. The endpoints are at /api/v1/docs."),
     405: ("method_not_allowed", "{method} is not allowed on {path}; allowed: {allow}."),
 }
-_COLUMNS = f"client_id, {connection.ops.quote_name('at')}, method, path, status, duration_ms"
-_INSERT_CALL = f"INSERT INTO {ApiCall._meta.db_table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
-# PostgreSQL: committed without waiting for the disk (synchronous_commit off for this
-# statement's own transaction). The row is visible at once; a crash of the database
-# server itself may lose the last fraction of a second of records, never a record
-# older than a durable commit after it (WAL order). Saves a disk flush per call.
-_INSERT_CALL_ASYNC = (
-    f"INSERT INTO {ApiCall._meta.db_table} ({_COLUMNS}) "
-    "SELECT %s, %s, %s, %s, %s, %s FROM (SELECT set_config('synchronous_commit', 'off', true)) s"
-)
 
 
 def request_id(request: HttpRequest) -> str:
@@ -108,30 +96,14 @@ class ApiCallMiddleware:
         return response
 
     def _record(self, request: HttpRequest, response: HttpResponse, client, duration_ms: float):
-        row = [
-            client.pk,
-            connection.ops.adapt_datetimefield_value(timezone.now()),
-            (request.method or "")[:8],
-            # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
-            stored_as_received(request.path[:512]),
-            response.status_code,
-            round(duration_ms, 2),
-        ]
-        try:
-            # One statement, the cheapest write (bench/api.py); inside a transaction
-            # (tests, ATOMIC_REQUESTS), a savepoint, so a failed record never breaks it.
-            if connection.in_atomic_block:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(_INSERT_CALL, row)
-            else:
-                async_commit = connection.vendor == "postgresql"
-                with connection.cursor() as cursor:
-                    cursor.execute(_INSERT_CALL_ASYNC if async_commit else _INSERT_CALL, row)
-        except Exception:
-            # The call's answer matters more than its record.
-            logger.exception(
-                "Could not record API call %s %s",
-                request.method,
-                request.path,
-                extra={"api_request_id": getattr(request, "request_id", "")},
+        call_log.record(
+            ApiCall(
+                client=client,
+                at=timezone.now(),
+                method=(request.method or "")[:8],
+                # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
+                path=stored_as_received(request.path[:512]),
+                status=response.status_code,
+                duration_ms=round(duration_ms, 2),
             )
+        )
