@@ -46,7 +46,9 @@ def _statement(vendor: str) -> tuple[str, list[_Part]]:
         _part(KeptFile, "k"),
     ]
     q = connection.ops.quote_name
-    columns = ", ".join(f"{alias}.{q(f.column)}" for _m, alias, fields, _c in parts for f in fields)
+    columns = ", ".join(
+        f"{alias}.{q(f.column or f.attname)}" for _m, alias, fields, _c in parts for f in fields
+    )
     sql = (
         f"SELECT {columns} FROM {q(Avatar._meta.db_table)} a "
         f"JOIN {q(Owner._meta.db_table)} o ON o.id = a.owner_id "
@@ -102,7 +104,7 @@ def read(
             avatar = a
             avatar.owner = owner
             # The reverse one-to-one, cached as select_related would (None: no client).
-            Avatar.api_link.related.set_cached_value(avatar, link)  # type: ignore[attr-defined]
+            Avatar.api_link.related.set_cached_value(avatar, link)
         if isinstance(training, Training) and training.pk not in trainings:
             training.avatar = avatar
             trainings[training.pk] = training

@@ -75,7 +75,7 @@ def training_data(
 
 def client_reference(avatar: Avatar) -> str | None:
     try:
-        link = avatar.api_link  # type: ignore[attr-defined]
+        link = avatar.api_link
     except ObjectDoesNotExist:  # made by staff: no client, no reference
         return None
     return link.client_reference or None
