@@ -10,10 +10,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RemoveField(
-            model_name='apiratewindow',
-            name='client',
-        ),
         migrations.AddField(
             model_name='clientavatar',
             name='client_reference',
@@ -23,6 +19,8 @@ class Migration(migrations.Migration):
             model_name='apicall',
             index=models.Index(fields=['client', 'at'], name='api_call_client_at_idx'),
         ),
+        # The rate limit counts the call log now (monitoring.api.rate_limit): the table
+        # goes, with its constraint.
         migrations.DeleteModel(
             name='ApiRateWindow',
         ),
