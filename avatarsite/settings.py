@@ -460,6 +460,9 @@ RETENTION_REFUSED_WEBHOOK_HOURS = env_int("RETENTION_REFUSED_WEBHOOK_HOURS", 24,
 
 # --- Bot API (/api/v1/) and event callbacks ------------------------------------------
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
+# API call records are written in batches at most this many seconds after the call
+# (monitoring.api.call_log); 0 writes each one with its call.
+API_CALL_LOG_FLUSH_SECONDS = env_float("API_CALL_LOG_FLUSH_SECONDS", 1.0, minimum=0.0)
 # A retry with the same Idempotency-Key gets the first answer for at least this long.
 API_IDEMPOTENCY_KEY_HOURS = env_int("API_IDEMPOTENCY_KEY_HOURS", 48, minimum=24)
 RETENTION_API_CALL_DAYS = env_int("RETENTION_API_CALL_DAYS", 30, minimum=1)

@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         baseline = summary([r[0] for r in rounds])
         api = summary([r[1] for r in rounds])
+        sent_api = 300 + sum(sum(r[1]["statuses"].values()) for r in rounds)
 
         # POST /api/v1/trainings, one at a time, alternating with the bare submit.
         starts, bare, statuses = [], [], {}
@@ -369,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
             statuses[status] = statuses.get(status, 0) + 1
         submitted = sum(1 for s in emulator.submissions if s["payload"]["trigger_phrase"] == "ohwx")
         stop_group(gunicorn)
+        from monitoring.api.models import ApiCall
+
+        # Every API call is in the call log once the server has stopped (the audit trail
+        # the speed must not cost: batches are written at the latest on exit).
+        recorded = ApiCall.objects.filter(path__startswith=API_PATH, method="GET").count()
         connections.close_all()
     finally:
         if gunicorn is not None:
@@ -391,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{figures['p99_ms']:>9.1f}  {figures['statuses']}"
         )
     print(f"ratio API/minimal req/s: {api['per_second'] / baseline['per_second']:.2f}")
+    print(f"API GETs in the call log after the server stopped: {recorded} of {sent_api}")
     p50, p99 = _percentiles(starts)
     b50, b99 = _percentiles(bare)
     print(

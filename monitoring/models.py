@@ -225,8 +225,13 @@ class Training(models.Model):
     response_url = models.URLField(_("response URL"), max_length=1024, blank=True)
     cancel_url = models.URLField(_("cancel URL"), max_length=1024, blank=True)
     webhook_url = models.URLField(_("webhook URL"), max_length=1024, blank=True)
+    # Empty once the attempt has ended, unless fal reported the job COMPLETED.
     fal_status = models.CharField(
-        _("fal status"), max_length=16, choices=FalStatus.choices, default=FalStatus.SUBMITTING
+        _("fal status"),
+        max_length=16,
+        choices=FalStatus.choices,
+        default=FalStatus.SUBMITTING,
+        blank=True,
     )
     queue_position = models.IntegerField(_("queue position"), null=True, blank=True)
     logs_tail = models.TextField(_("last logs"), blank=True)

@@ -443,6 +443,7 @@ def refuse_submit(
         Training.objects.filter(pk=training.pk).update(
             finished_at=now,
             stuck_since=None,
+            fal_status="",
             outcome=outcome,
             error_type=error_type,
             error_message=redact(error_message),
@@ -459,7 +460,7 @@ def refuse_submit(
             message=error_message,
             details={"error_type": error_type, "outcome": outcome},
         )
-    training.finished_at, training.outcome = now, outcome
+    training.finished_at, training.outcome, training.fal_status = now, outcome, ""
     return Outcome(True, S.READY_FOR_TRAINING, training=training)
 
 
@@ -562,6 +563,9 @@ def _finish(
                 "next_check_at": None,
                 "stuck_since": None,
                 "queue_position": None,
+                # The sub-state describes an active attempt: cleared, unless the caller
+                # records fal's own end (COMPLETED) in ``fields``.
+                "fal_status": "",
                 # fal's error text and raw result, as stored and shown: without keys.
                 **redact_value(fields),
             }

@@ -20,6 +20,9 @@ _TEST_ENV = {
     # Tests complete trainings with made-up fal URLs: worker processes must not try to
     # download them from the internet. Tests of kept files turn it on (tests/test_files.py).
     "AVATAR_FILES_COPY": "0",
+    # Each API call recorded with its call, so that a test sees it at once
+    # (tests/test_api_contract.py turns batches on).
+    "API_CALL_LOG_FLUSH_SECONDS": "0",
 }
 for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)

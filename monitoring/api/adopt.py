@@ -17,10 +17,9 @@ from ninja import NinjaAPI, Status
 from monitoring import trainings
 from monitoring.api import representation
 from monitoring.api.errors import ApiError
-from monitoring.api.schemas import AdoptIn, AdoptOut, ErrorOut
+from monitoring.api.openapi import Err, documented
+from monitoring.api.schemas import AdoptIn, AdoptOut
 from monitoring.models import EventSource, Owner
-
-_ERRORS = frozenset({400, 401, 403, 404, 409, 422, 429})
 
 
 def available() -> bool:
@@ -33,6 +32,7 @@ def register(
     *,
     start_answer: Callable[..., tuple[int, dict[str, Any]]],
     link: Callable[..., None],
+    errors: tuple[Err, ...] = (),
 ) -> bool:
     if not available():
         return False
@@ -40,8 +40,29 @@ def register(
     @api.post(
         "/trainings/adopt",
         auth=auth,
-        response={200: AdoptOut, 201: AdoptOut, _ERRORS: ErrorOut},
         summary="Adopt a fal request started elsewhere (idempotent on the request id)",
+        **documented(
+            {200: AdoptOut, 201: AdoptOut},
+            *errors,
+            Err(
+                404,
+                "not_found",
+                "The request is followed already, for another client or for staff.",
+                "No avatar of this client follows this request.",
+            ),
+            Err(
+                422,
+                "adopt_refused",
+                "fal does not know the request, or it is not a training of a known "
+                "trainer: `fields.request_id` says why.",
+                "fal has no request 764cabcf-b745-4b3e-ae38-1200304cf45b on this endpoint.",
+                {"request_id": "fal has no such request"},
+            ),
+            ok_descriptions={
+                201: "Adopted now (`adopted: true`).",
+                200: "Followed already by this client (`adopted: false`).",
+            },
+        ),
     )
     def adopt_training(request: HttpRequest, payload: AdoptIn):
         refused = getattr(trainings, "AdoptRefused", ValueError)
@@ -69,7 +90,7 @@ def register(
             Owner.objects.filter(pk=avatar.owner_id).exclude(
                 username=payload.owner.username
             ).update(username=payload.owner.username)
-        link(avatar, request.auth)  # type: ignore[attr-defined]
+        link(avatar, request.auth, payload.client_reference)  # type: ignore[attr-defined]
         _status, body = start_answer(avatar.pk, result.training)
         return Status(201 if result.adopted else 200, {**body, "adopted": result.adopted})
 

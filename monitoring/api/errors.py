@@ -108,7 +108,13 @@ def install(api: NinjaAPI) -> None:
         return respond(request, ApiError(400, "bad_request", "The request was refused."))
 
     def unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
-        logger.exception("API error on %s %s", request.method, request.path)
+        logger.exception(
+            "API error on %s %s (request %s)",
+            request.method,
+            request.path,
+            getattr(request, "request_id", ""),
+            extra={"api_request_id": getattr(request, "request_id", "")},
+        )
         return respond(request, ApiError(500, "internal", "Internal error; it was logged."))
 
     # django-ninja types a handler's argument as "the exception or its class", though it

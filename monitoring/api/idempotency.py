@@ -5,7 +5,8 @@ in progress answers 409 ``in_progress``; a repeat once done gets the stored answ
 and status, and nothing is submitted again. Two identical requests racing meet at
 the unique constraint on (client, key): the second insert waits for the first to
 commit, then fails, and reads the row. Another request under a used key is 409
-``key_reused``. Kept ``API_IDEMPOTENCY_KEY_HOURS`` (at least 24), then pruned.
+``key_reused``. Kept ``API_IDEMPOTENCY_KEY_HOURS`` (at least 24), then pruned. An
+answer given again (not made by this request) carries ``Idempotent-Replayed: true``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from monitoring.api.models import ApiClient, IdempotencyKey
 logger = logging.getLogger("monitoring")
 
 HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 Answer = tuple[int, dict[str, Any]]
 
 
@@ -53,8 +55,10 @@ def run_once(
     digest: str,
     perform: Callable[[IdempotencyKey], Answer],
     recover: Callable[[IdempotencyKey], Answer | None],
-) -> Answer:
+) -> tuple[int, dict[str, Any], bool]:
     """Run ``perform`` at most once per (client, key) and remember its answer.
+
+    Returns the status, the body and whether that answer is a replay (made earlier).
 
     ``perform`` gets the key row (to note the avatar it made on it). An ``ApiError``
     from it means nothing was started: the key is forgotten, so the client may fix the
@@ -68,7 +72,7 @@ def run_once(
                 client=client, key=key, request_hash=digest, state=IdempotencyKey.State.IN_PROGRESS
             )
     except IntegrityError:
-        return _replay(client, key, digest, recover)
+        return (*_replay(client, key, digest, recover), True)
     try:
         status, body = perform(row)
     except ApiError:
@@ -88,7 +92,7 @@ def run_once(
         response=body,
         finished_at=timezone.now(),
     )
-    return status, body
+    return status, body, False
 
 
 def _stale_after() -> timedelta:

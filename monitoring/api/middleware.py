@@ -1,21 +1,79 @@
-"""For ``/api/`` only: answers are never translated, and each authenticated call is recorded."""
+"""For ``/api/`` only: every answer is JSON and carries ``X-Request-ID``, a trailing slash
+does not matter, answers are never translated, and each authenticated call is recorded
+(``call_log``, in batches).
+
+A path that does not resolve is tried without its trailing slash (``/avatars/6/``);
+an error answer Django or django-ninja made as HTML (an unknown path, a method the
+path does not take) is replaced by the API's error shape (``errors.error_body``).
+"""
 
 from __future__ import annotations
 
-import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 
-from django.db import transaction
-from django.http import HttpRequest, HttpResponse
-from django.utils import translation
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
+from django.utils import timezone, translation
 
+from monitoring.api import call_log
+from monitoring.api.errors import error_body
 from monitoring.api.models import ApiCall
 from monitoring.storable import stored_as_received
 
-logger = logging.getLogger("monitoring")
-
 PREFIX = "/api/"
+REQUEST_ID = "X-Request-ID"
+# What a proxy or the bot may send as its own id: kept, so that both logs name one call.
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_HTML_ERRORS = {
+    404: ("not_found", "No such endpoint: {method} {path}. The endpoints are at /api/v1/docs."),
+    405: ("method_not_allowed", "{method} is not allowed on {path}; allowed: {allow}."),
+}
+
+
+def request_id(request: HttpRequest) -> str:
+    """The call's id: the one the caller sent when it is sane, else a new one."""
+    sent = request.headers.get(REQUEST_ID, "")
+    return sent if _SANE_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def _without_trailing_slash(request: HttpRequest) -> None:
+    path = request.path_info
+    if len(path) <= len(PREFIX) or not path.endswith("/"):
+        return
+    try:
+        resolve(path)
+    except Resolver404:
+        stripped = path.rstrip("/")
+        try:
+            resolve(stripped)
+        except Resolver404:
+            return
+        request.path = request.path[: len(request.path) - len(path)] + stripped
+        request.path_info = stripped
+
+
+def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    if response.status_code < 400 or response.get("Content-Type", "").startswith(
+        "application/json"
+    ):
+        return response
+    code, template = _HTML_ERRORS.get(
+        response.status_code, ("error", "The request failed ({status}).")
+    )
+    detail = template.format(
+        method=request.method,
+        path=request.path,
+        allow=response.get("Allow", ""),
+        status=response.status_code,
+    )
+    answer = JsonResponse(error_body(code, detail), status=response.status_code)
+    for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+        if name in response:
+            answer[name] = response[name]
+    return answer
 
 
 class ApiCallMiddleware:
@@ -23,30 +81,29 @@ class ApiCallMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path.startswith(PREFIX):
+        if not request.path_info.startswith(PREFIX):
             return self.get_response(request)
         started = time.monotonic()
+        request.request_id = request_id(request)  # type: ignore[attr-defined]
+        _without_trailing_slash(request)
         # Error details are English codes and messages whatever Accept-Language says.
         with translation.override(None):
-            response = self.get_response(request)
+            response = _as_json(request, self.get_response(request))
+        response[REQUEST_ID] = request.request_id  # type: ignore[attr-defined]
         client = getattr(request, "api_client", None)
         if client is not None:
             self._record(request, response, client, (time.monotonic() - started) * 1000)
         return response
 
     def _record(self, request: HttpRequest, response: HttpResponse, client, duration_ms: float):
-
-        try:
-            # A savepoint: a record that fails never breaks a transaction around it.
-            with transaction.atomic():
-                ApiCall.objects.create(
-                    client=client,
-                    method=(request.method or "")[:8],
-                    # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
-                    path=stored_as_received(request.path[:512]),
-                    status=response.status_code,
-                    duration_ms=round(duration_ms, 2),
-                )
-        except Exception:
-            # The call's answer matters more than its record.
-            logger.exception("Could not record API call %s %s", request.method, request.path)
+        call_log.record(
+            ApiCall(
+                client=client,
+                at=timezone.now(),
+                method=(request.method or "")[:8],
+                # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
+                path=stored_as_received(request.path[:512]),
+                status=response.status_code,
+                duration_ms=round(duration_ms, 2),
+            )
+        )

@@ -83,16 +83,17 @@ class ApiClient(models.Model):
     def has_scope(self, scope: str) -> bool:
         return scope in (self.scopes or [])
 
-    def avatar_filter(self) -> Q:
+    def avatar_filter(self, prefix: str = "") -> Q:
         """The avatars this client reads, lists, cancels and retrains: those it created,
         started or adopted (``ClientAvatar``), or every one with ``avatars:all``.
 
         Avatars created by staff belong to no client. Another client's avatar is a 404,
-        like one that does not exist, so ids say nothing.
+        like one that does not exist, so ids say nothing. ``prefix`` ("avatar__") reads
+        the same rule from a related model.
         """
         if self.has_scope(Scope.AVATARS_ALL):
             return Q()
-        return Q(api_link__client=self)
+        return Q(**{f"{prefix}api_link__client": self})
 
 
 class ClientAvatar(models.Model):
@@ -103,6 +104,11 @@ class ClientAvatar(models.Model):
     )
     client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="avatars")
     created_at = models.DateTimeField(default=timezone.now)
+    # The client's own id for the avatar (an order number, a chat message): returned as
+    # sent, in answers and events, and a filter of the list. Never interpreted here.
+    client_reference = models.CharField(
+        _("client reference"), max_length=255, blank=True, db_index=True
+    )
 
     class Meta:
         verbose_name = _("avatar of an API client")
@@ -160,27 +166,11 @@ class ApiCall(models.Model):
         verbose_name = _("API call")
         verbose_name_plural = _("API calls")
         ordering = ["-at", "-id"]
+        # A client's calls of the last minute are its rate limit (``rate_limit``).
+        indexes = [models.Index(fields=["client", "at"], name="api_call_client_at_idx")]
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} {self.status}"
-
-
-class ApiRateWindow(models.Model):
-    """Calls of a client in one fixed window (the database store of the rate limit)."""
-
-    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
-    window_start = models.DateTimeField()
-    calls = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["client", "window_start"], name="api_rate_window_unique"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.client_id} @ {self.window_start:%H:%M}: {self.calls}"
 
 
 class EventType(models.TextChoices):

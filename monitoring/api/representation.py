@@ -2,6 +2,8 @@
 
 Ids are strings everywhere (Telegram ids included), so that no client parses a
 64-bit id into a float. Nothing here is translated: codes and fal's own messages.
+What the client sent (owner, trigger, images URL, settings, ``client_reference``)
+comes back under the names it was sent with (docs/api.md).
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
+
 from monitoring import billing, files
+from monitoring.api import avatar_read
 from monitoring.api.models import ApiClient
-from monitoring.models import Avatar, CostState, FalStatus, Training, TrainingOutcome
+from monitoring.models import Avatar, CostState, FalStatus, KeptFile, Training, TrainingOutcome
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -36,8 +41,13 @@ def submit_state(training: Training) -> str:
     return "accepted"
 
 
-def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
-    """``links=False``: the ``files`` URLs left out (what an event callback stores)."""
+def training_data(
+    training: Training, *, links: bool = True, kept: list[KeptFile] | None = None
+) -> dict[str, Any]:
+    """``links=False``: the ``files`` URLs left out (what an event callback stores).
+
+    ``kept``: the attempt's kept files when the caller has read them already.
+    """
     submit = submit_state(training)
     return {
         "id": str(training.pk),
@@ -50,12 +60,13 @@ def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
             else None
         ),
         "fal_request_id": training.fal_request_id,
-        "fal_status": training.fal_status,
+        # Cleared when the attempt ends (fal's COMPLETED kept when fal said so).
+        "fal_status": training.fal_status or None,
         "queue_position": training.queue_position,
         "outcome": training.outcome or None,
         "lora_url": training.lora_url,
         "config_url": training.config_url,
-        "files": files.files_data(training, links=links),
+        "files": files.files_data(training, kept, links=links),
         "error": training.error_message if training.outcome != TrainingOutcome.REFUSED else "",
         "error_type": training.error_type if training.outcome != TrainingOutcome.REFUSED else "",
         "stuck": training.is_stuck,
@@ -68,13 +79,26 @@ def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
     }
 
 
-def avatar_data(
-    avatar: Avatar, trainings: list[Training] | None = None, *, links: bool = True
-) -> dict[str, Any]:
-    """The fields of ``check_avatar_db --json`` plus queue position and the attempts.
+def client_reference(avatar: Avatar) -> str | None:
+    try:
+        link = avatar.api_link
+    except ObjectDoesNotExist:  # made by staff: no client, no reference
+        return None
+    return link.client_reference or None
 
-    ``avatar`` should come with ``owner`` and ``current_training`` loaded; ``trainings``
-    (every attempt, oldest first) is read when not given.
+
+def avatar_data(
+    avatar: Avatar,
+    trainings: list[Training] | None = None,
+    *,
+    links: bool = True,
+    kept: dict[int, list[KeptFile]] | None = None,
+) -> dict[str, Any]:
+    """The fields of ``check_avatar_db --json`` plus what the client sent and the attempts.
+
+    ``avatar`` should come with ``owner``, ``api_link`` and ``current_training`` loaded;
+    ``trainings`` (every attempt, oldest first) is read when not given, and so are
+    their kept files unless ``kept`` has them by training id (``load``).
     """
     training = avatar.current_training
     if trainings is None:
@@ -82,12 +106,22 @@ def avatar_data(
     # The current attempt is one of them: its kept files are read once.
     training = next((t for t in trainings if training and t.pk == training.pk), training)
     active = training is not None and training.finished_at is None
+    owner = avatar.owner
     return {
         "id": str(avatar.pk),
         "name": avatar.name,
         "status": avatar.status,
         "training_type": avatar.training_type,
-        "fal_status": training.fal_status if training else None,
+        "trigger": avatar.trigger_word,
+        "images_url": avatar.images_url,
+        "settings": avatar.training_settings or {},
+        "client_reference": client_reference(avatar),
+        "owner": {
+            "telegram_id": str(owner.telegram_id),
+            "username": owner.username,
+            "language": owner.language,
+        },
+        "fal_status": (training.fal_status or None) if training else None,
         "fal_request_id": training.fal_request_id if training else None,
         "queue_position": (
             training.queue_position
@@ -96,17 +130,23 @@ def avatar_data(
         ),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
-        "files": files.files_data(training, links=links) if training else None,
+        "files": (
+            files.files_data(training, _kept(kept, training), links=links) if training else None
+        ),
         "error": training.error_message if training else "",
         "error_type": training.error_type if training else "",
         "stuck": bool(training and training.is_stuck),
         "stuck_reason": training.stuck_reason if training and training.is_stuck else "",
-        "owner_telegram_id": str(avatar.owner.telegram_id),
+        "owner_telegram_id": str(owner.telegram_id),
         "created_at": _iso(avatar.created_at),
         "finished_at": _iso(training.finished_at) if training else None,
         "cost_usd": avatar_cost_usd(trainings),
-        "trainings": [training_data(t, links=links) for t in trainings],
+        "trainings": [training_data(t, links=links, kept=_kept(kept, t)) for t in trainings],
     }
+
+
+def _kept(kept: dict[int, list[KeptFile]] | None, training: Training) -> list[KeptFile] | None:
+    return None if kept is None else kept.get(training.pk, [])
 
 
 def _number(value: Decimal | None) -> int | float | None:
@@ -143,7 +183,17 @@ _KNOWN = (CostState.BILLED, CostState.NOT_BILLED)
 
 def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:
     """The avatar, or None; with ``client``, only one that client may see."""
-    avatars = Avatar.objects.select_related("owner", "current_training").filter(pk=avatar_id)
+    avatars = Avatar.objects.select_related("owner", "current_training", "api_link").filter(
+        pk=avatar_id
+    )
     if client is not None:
         avatars = avatars.filter(client.avatar_filter())
     return avatars.first()
+
+
+def load(
+    avatar_id: int, client: ApiClient | None = None
+) -> tuple[Avatar, list[Training], dict[int, list[KeptFile]]] | None:
+    """Everything ``avatar_data`` shows, in one statement (``avatar_read``); None when
+    there is no such avatar or ``client`` may not see it."""
+    return avatar_read.read(avatar_id, client)

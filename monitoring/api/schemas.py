@@ -1,20 +1,52 @@
 """The API's request and answer shapes (pydantic, through django-ninja).
 
 Inputs forbid unknown fields, so a typo is a 422 naming the field rather than a
-setting silently ignored.
+setting silently ignored. Ids are taken as JSON numbers or strings of digits and
+always given back as strings (docs/api.md).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from ninja import Schema
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from monitoring import storable
+from monitoring.api.models import EventType
+from monitoring.models import AvatarStatus, TrainingOutcome, TrainingType
 
 MAX_TELEGRAM_ID = 2**63 - 1
+ID_NOTE = "Taken as a number or a string of digits; always returned as a string."
+
+
+def _digits_to_int(value: Any) -> Any:
+    # A number, or a string of ASCII digits: never a bool, a float or "1e3".
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("must be an integer or a string of digits")
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError("must be an integer or a string of digits")
+        return int(value)
+    return value
+
+
+IdIn = Annotated[
+    int,
+    BeforeValidator(_digits_to_int),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_TELEGRAM_ID},
+                {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            ],
+            "description": ID_NOTE,
+            "examples": ["555000111", 555000111],
+        }
+    ),
+]
+IdOut = Annotated[str, Field(pattern="^[0-9]+$", examples=["42"])]
 
 
 class _Input(Schema):
@@ -32,9 +64,16 @@ class _Input(Schema):
 
 
 class OwnerIn(_Input):
-    telegram_id: int = Field(gt=0, le=MAX_TELEGRAM_ID, description="The owner's Telegram user id.")
-    username: str = Field("", max_length=64, pattern=r"^@?[A-Za-z0-9_]*$")
-    language: Literal["ru", "en"] | None = None
+    telegram_id: IdIn = Field(gt=0, le=MAX_TELEGRAM_ID, description="The owner's Telegram user id.")
+    username: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^@?[A-Za-z0-9_]*$",
+        description="Telegram username, with or without @ (kept without it).",
+    )
+    language: Literal["ru", "en"] | None = Field(
+        None, description="The language of the owner's messages; kept when left out."
+    )
 
     @field_validator("username")
     @classmethod
@@ -43,6 +82,23 @@ class OwnerIn(_Input):
 
 
 class TrainingIn(_Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "owner": {"telegram_id": 123456789, "username": "anna", "language": "ru"},
+                    "name": "Anna portrait",
+                    "images_url": "https://files.example.com/anna.zip",
+                    "training_type": "portrait",
+                    "trigger": "ohwx woman",
+                    "settings": {"steps": 1000},
+                    "client_reference": "order-1187",
+                }
+            ]
+        },
+    )
+
     owner: OwnerIn
     name: str = Field(min_length=1, max_length=128)
     images_url: str = Field(max_length=2048, description="http(s) URL of a zip of the photos.")
@@ -50,6 +106,12 @@ class TrainingIn(_Input):
     trigger: str = Field(min_length=1, max_length=128)
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Extra trainer inputs, e.g. steps."
+    )
+    client_reference: str = Field(
+        "",
+        max_length=255,
+        description="Your own id for the avatar (an order number, say): returned as sent, "
+        "in answers and events, and a filter of GET /avatars. Not interpreted.",
     )
 
     @field_validator("name", "trigger")
@@ -82,6 +144,7 @@ class AdoptIn(_Input):
     name: str = Field("", max_length=128)
     training_type: Literal["portrait", "style"] | None = None
     notify: bool = False
+    client_reference: str = Field("", max_length=255, description="As in POST /trainings.")
 
 
 class SubmitError(Schema):
@@ -111,8 +174,15 @@ class CostOut(Schema):
     unit_price: str | None = Field(description="fal's price of one unit, in USD.")
 
 
+FAL_STATUS_NOTE = (
+    "What the attempt is doing on fal while it is active (SUBMITTING, NOT_SENT, IN_QUEUE, "
+    "IN_PROGRESS). Once it has ended: COMPLETED when fal reported the job finished, else "
+    "null; the outcome says how it ended."
+)
+
+
 class TrainingOut(Schema):
-    id: str
+    id: IdOut
     attempt: int
     endpoint: str
     submit: Literal["accepted", "refused", "held", "unknown"] = Field(
@@ -120,9 +190,9 @@ class TrainingOut(Schema):
     )
     submit_error: SubmitError | None
     fal_request_id: str | None
-    fal_status: str
+    fal_status: str | None = Field(description=FAL_STATUS_NOTE)
     queue_position: int | None
-    outcome: str | None
+    outcome: Literal[tuple(TrainingOutcome.values)] | None  # type: ignore[valid-type]
     lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
     config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
     files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")
@@ -137,12 +207,88 @@ class TrainingOut(Schema):
     finished_at: str | None
 
 
+# The example in the document (GET answers and event bodies); a test validates it.
+_FILES_EXAMPLE: dict[str, Any] = {
+    "state": "kept",
+    "lora": {
+        "url": "https://monitor.example.com/files/eyJ.../pytorch_lora_weights.safetensors",
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "size": 180123456,
+    },
+    "config": None,
+    "error": "",
+}
+AVATAR_EXAMPLE: dict[str, Any] = {
+    "id": "42",
+    "name": "Anna portrait",
+    "status": "completed",
+    "training_type": "portrait",
+    "trigger": "ohwx woman",
+    "images_url": "https://files.example.com/anna.zip",
+    "settings": {"steps": 1000},
+    "client_reference": "order-1187",
+    "owner": {"telegram_id": "123456789", "username": "anna", "language": "ru"},
+    "fal_status": "COMPLETED",
+    "fal_request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b",
+    "queue_position": None,
+    "lora_url": "https://v3.fal.media/files/lion/pytorch_lora_weights.safetensors",
+    "config_url": "https://v3.fal.media/files/lion/config.json",
+    "files": _FILES_EXAMPLE,
+    "error": "",
+    "error_type": "",
+    "stuck": False,
+    "stuck_reason": "",
+    "owner_telegram_id": "123456789",
+    "created_at": "2026-12-01T20:20:03.512340+00:00",
+    "finished_at": "2026-12-01T20:41:15.123456+00:00",
+    "cost_usd": "2.400000",
+    "trainings": [
+        {
+            "id": "57",
+            "attempt": 1,
+            "endpoint": "fal-ai/flux-lora-portrait-trainer",
+            "submit": "accepted",
+            "submit_error": None,
+            "fal_request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b",
+            "fal_status": "COMPLETED",
+            "queue_position": None,
+            "outcome": "completed",
+            "lora_url": "https://v3.fal.media/files/lion/pytorch_lora_weights.safetensors",
+            "config_url": "https://v3.fal.media/files/lion/config.json",
+            "files": _FILES_EXAMPLE,
+            "error": "",
+            "error_type": "",
+            "stuck": False,
+            "cancel_requested_at": None,
+            "created_at": "2026-12-01T20:20:03.601200+00:00",
+            "submitted_at": "2026-12-01T20:20:04.020100+00:00",
+            "finished_at": "2026-12-01T20:41:15.123456+00:00",
+            "held_reason": None,
+            "cost": {"usd": "2.400000", "units": 1000, "unit_price": "0.0024"},
+        }
+    ],
+}
+
+
+class OwnerOut(Schema):
+    telegram_id: IdOut = Field(description="As sent in owner.telegram_id, as a string.")
+    username: str = Field(description="Without @; empty when never sent.")
+    language: Literal["ru", "en"]
+
+
 class AvatarOut(Schema):
-    id: str
+    model_config = ConfigDict(json_schema_extra={"examples": [AVATAR_EXAMPLE]})
+
+    id: IdOut
     name: str
-    status: str
-    training_type: str
-    fal_status: str | None
+    status: Literal[tuple(AvatarStatus.values)]  # type: ignore[valid-type]
+    training_type: Literal[tuple(TrainingType.values)]  # type: ignore[valid-type]
+    trigger: str = Field(description="As sent.")
+    images_url: str = Field(description="As sent.")
+    settings: dict[str, Any] = Field(description="As sent.")
+    client_reference: str | None = Field(description="As sent; null when none was.")
+    owner: OwnerOut
+    fal_status: str | None = Field(description="The current attempt's. " + FAL_STATUS_NOTE)
     fal_request_id: str | None
     queue_position: int | None
     lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
@@ -152,11 +298,21 @@ class AvatarOut(Schema):
     error_type: str
     stuck: bool
     stuck_reason: str
-    owner_telegram_id: str
+    owner_telegram_id: IdOut = Field(
+        deprecated=True, description="Use owner.telegram_id: the same value."
+    )
     created_at: str | None
     finished_at: str | None
     cost_usd: str | None = Field(description="What all attempts cost together (known ones).")
     trainings: list[TrainingOut]
+
+
+class EventOut(Schema):
+    """The body of an event callback."""
+
+    type: Literal[tuple(EventType.values)]  # type: ignore[valid-type]
+    timestamp: str = Field(description="When the event happened (ISO 8601).")
+    data: AvatarOut = Field(description="The avatar as GET /avatars/{id} answered then.")
 
 
 class StartOut(Schema):

@@ -7,13 +7,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from monitoring.api.models import ApiClient, Scope
+from monitoring.api.models import ApiCall, ApiClient, Scope
 
 TOKEN_PREFIX = "atm_"
 # ``last_used_at`` is written at most this often, not on every call.
@@ -76,16 +77,31 @@ def create_client(
     return NewClient(client, token, secret)
 
 
-def authenticate(token: str) -> ApiClient | None:
+def authenticate(token: str, *, count_since: datetime | None = None) -> ApiClient | None:
     """The active client whose token this is, or None.
 
     Looked up by the token's hash (an index), then compared in constant time, so the
     answer's timing says nothing about how much of a guess was right.
+
+    ``count_since`` (a rate-limit window's start): the same statement counts the
+    client's calls in the call log since then, and ``client.calls_in_window`` is this
+    call's number in the window (``rate_limit``); else it is None.
     """
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
-    client = ApiClient.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
+    if count_since is None:
+        client = ApiClient.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
+        if client is not None:
+            client.calls_in_window = None  # type: ignore[attr-defined]
+    else:
+        # Counted up to one past the limit: a flood costs no more to refuse.
+        cap = settings.API_RATE_LIMIT_PER_MINUTE + 1
+        client = next(
+            iter(ApiClient.objects.raw(_AUTHENTICATE_AND_COUNT, [count_since, cap, digest])), None
+        )
+        if client is not None:
+            client.calls_in_window += 1  # type: ignore[attr-defined]
     if client is None or not hmac.compare_digest(client.token_hash, digest):
         return None
     now = timezone.now()
@@ -93,3 +109,14 @@ def authenticate(token: str) -> ApiClient | None:
         ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)
         client.last_used_at = now
     return client
+
+
+# The client by its token and its calls in the window, in one read-only statement.
+_AUTHENTICATE_AND_COUNT = f"""
+SELECT c.*, (
+    SELECT COUNT(*) FROM (
+        SELECT 1 FROM {ApiCall._meta.db_table} WHERE client_id = c.id AND at >= %s LIMIT %s
+    ) AS w
+) AS calls_in_window
+FROM {ApiClient._meta.db_table} c WHERE c.token_hash = %s AND c.revoked_at IS NULL
+"""

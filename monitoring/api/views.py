@@ -3,7 +3,8 @@
 Each view translates HTTP into a call of ``monitoring.trainings`` (start, cancel) or
 ``monitoring.transitions`` (mark ready, retrain) and the answer back; the rules live
 there. Authentication, scope and rate limit run before the body is validated
-(``auth.ClientToken``); every error has the shape of ``errors.error_body``.
+(``auth.ClientToken``); every error has the shape of ``errors.error_body``, and each
+operation documents its own (``openapi.documented``). docs/api.md.
 """
 
 from __future__ import annotations
@@ -11,20 +12,34 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from django.db import transaction
-from django.http import HttpRequest
-from ninja import Header, NinjaAPI, Query, Schema, Status
+from django.http import HttpRequest, HttpResponse
+from ninja import Header, Query, Schema, Status
 from pydantic import Field
 
 from monitoring import billing, transitions
-from monitoring.api import adopt, errors, idempotency, representation
+from monitoring.api import adopt, errors, idempotency, query, representation
 from monitoring.api.auth import ClientToken
 from monitoring.api.errors import ApiError
 from monitoring.api.models import ApiClient, ClientAvatar, IdempotencyKey, Scope
+from monitoring.api.openapi import (
+    INVALID,
+    NOT_FOUND,
+    NOT_JSON,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNKNOWN_QUERY,
+    DocumentedApi,
+    Err,
+    callbacks_description,
+    documented,
+    scope,
+)
 from monitoring.api.schemas import (
+    ID_NOTE,
     AvatarOut,
     AvatarPage,
     CancelOut,
-    ErrorOut,
     QuoteOut,
     StartOut,
     TrainingIn,
@@ -35,19 +50,64 @@ from monitoring.trainings import cancel_training, create_avatar_for_owner, start
 API_SOURCE = EventSource.API
 WRITE = ClientToken(Scope.TRAININGS_WRITE)
 READ = ClientToken(Scope.AVATARS_READ)
-_ERRORS = frozenset({400, 401, 403, 404, 409, 422, 429})
-_START_ERRORS = _ERRORS | {402}
+# Every authenticated operation can answer these.
+_CALLED = (UNAUTHORIZED, RATE_LIMITED)
+_WRITE_ERRORS = (*_CALLED, scope(Scope.TRAININGS_WRITE))
+_READ_ERRORS = (*_CALLED, scope(Scope.AVATARS_READ), UNKNOWN_QUERY)
+_BODY_ERRORS = (NOT_JSON, TOO_LARGE, INVALID)
+_KEY_ERRORS = (
+    Err(
+        409,
+        "in_progress",
+        "A request with this Idempotency-Key is still running: retry shortly.",
+        "A request with this Idempotency-Key is still in progress.",
+    ),
+    Err(
+        409,
+        "key_reused",
+        "This Idempotency-Key was used for another request.",
+        "This Idempotency-Key was used for a different request.",
+    ),
+)
+_IDEMPOTENCY_KEY = (
+    "Required. Your id for this start (a UUID, say; 1 to 255 printable ASCII characters): "
+    "repeat the request with the same key and body after a timeout and you get the first "
+    "answer back, marked `Idempotent-Replayed: true`, never a second training. Kept "
+    "API_IDEMPOTENCY_KEY_HOURS (at least 24 h)."
+)
+_OVER_BUDGET = Err(
+    402,
+    "over_budget",
+    "The client's daily budget (`daily_budget_usd`) is reached by known spend plus the "
+    "estimate of its running trainings; nothing was created or sent.",
+    "The daily budget of this client is reached.",
+)
 
-api = NinjaAPI(
+api = DocumentedApi(
     title="Avatar training monitor",
     version="1",
     description=(
         "Start and follow avatar trainings. Authenticate with `Authorization: Bearer <token>`; "
-        "POSTs that start a training need an `Idempotency-Key` header."
+        "POSTs that start a training need an `Idempotency-Key` header (a replayed answer "
+        "carries `Idempotent-Replayed: true`). Every answer carries `X-Request-ID` (yours "
+        'when you send a sane one). Every error is `{"error": code, "detail": text, '
+        '"fields"?: {name: message}}`; each operation lists its own codes. Unknown query '
+        "parameters are refused (400), never ignored. Ids: " + ID_NOTE + callbacks_description()
     ),
     urls_namespace="api-v1",
 )
 errors.install(api)
+
+
+@api.get("/", include_in_schema=False)
+def index(request: HttpRequest):
+    """``/api/v1/``: where the document is, as JSON like every answer here."""
+    return {
+        "title": api.title,
+        "version": api.version,
+        "docs": request.build_absolute_uri("docs"),
+        "openapi": request.build_absolute_uri("openapi.json"),
+    }
 
 
 def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
@@ -61,15 +121,17 @@ def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
 def start_answer(avatar_id: int, training: Training | None) -> idempotency.Answer:
     """201 with the avatar and the attempt just started (as the database holds them);
     202 when the start is held for fal's balance (``submit: "held"``, nothing sent)."""
-    avatar = _avatar_or_404(avatar_id)
-    trainings = list(Training.objects.filter(avatar_id=avatar_id).order_by("attempt"))
+    loaded = representation.load(avatar_id)
+    if loaded is None:
+        raise ApiError(404, "not_found", f"No avatar with id {avatar_id}.")
+    avatar, trainings, kept = loaded
     chosen = next((t for t in trainings if training and t.pk == training.pk), None)
     chosen = chosen or (trainings[-1] if trainings else None)
     if chosen is None:
         raise ApiError(409, "not_started", "The avatar has no training attempt.")
     return 202 if chosen.is_held else 201, {
-        "avatar": representation.avatar_data(avatar, trainings),
-        "training": representation.training_data(chosen),
+        "avatar": representation.avatar_data(avatar, trainings, kept=kept),
+        "training": representation.training_data(chosen, kept=kept.get(chosen.pk, [])),
     }
 
 
@@ -92,9 +154,30 @@ def _recover(row: IdempotencyKey) -> idempotency.Answer | None:
     return start_answer(row.avatar_id, last) if last else None
 
 
-def _link(avatar: Avatar, client: ApiClient) -> None:
-    """The client that created or started an avatar gets its events (the first one keeps it)."""
-    ClientAvatar.objects.get_or_create(avatar=avatar, defaults={"client": client})
+def _link(avatar: Avatar, client: ApiClient, reference: str = "") -> None:
+    """The client that created or started an avatar gets its events (the first one keeps
+    it); a reference it sends replaces the one it set before."""
+    link, created = ClientAvatar.objects.get_or_create(
+        avatar=avatar, defaults={"client": client, "client_reference": reference}
+    )
+    if not created and reference and link.client_id == client.pk:
+        ClientAvatar.objects.filter(pk=link.pk).update(client_reference=reference)
+
+
+def _replayed(response: HttpResponse, answer: tuple[int, dict[str, Any], bool]) -> Status:
+    status, body, replayed = answer
+    if replayed:
+        response[idempotency.REPLAYED_HEADER] = "true"
+    return Status(status, body)
+
+
+_NOT_STARTABLE = Err(
+    409,
+    "not_startable",
+    "fal did not take the start, or the avatar is in a state that does not start "
+    "(only draft, ready_for_training and error avatars start).",
+    "The avatar is completed: only draft, ready_for_training and error avatars start.",
+)
 
 
 def _started(avatar: Avatar) -> idempotency.Answer:
@@ -109,18 +192,32 @@ def _started(avatar: Avatar) -> idempotency.Answer:
 @api.post(
     "/trainings",
     auth=WRITE,
-    response={(201, 202): StartOut, _START_ERRORS: ErrorOut},
     summary="Create the owner if needed and a new avatar, and start its training",
     description=(
-        '201: sent to fal. 202: held (`submit: "held"`): fal\'s balance is low or the '
+        "201 with the avatar and the attempt. `training.submit` says what became of the "
+        "submit: `accepted` (fal took it), `refused` (fal refused it: `submit_error` has "
+        "fal's reason, nothing was billed, the avatar is `ready_for_training` again) or "
+        "`unknown` (fal's answer was lost: it is looked up, never resubmitted). "
+        '202 when the start is held (`submit: "held"`): fal\'s balance is low or the '
         "account locked; it is sent once the balance is back, and the owner is told "
-        "nothing until then. 402 `over_budget`: the client's daily budget is reached."
+        "nothing until then."
+    ),
+    **documented(
+        {201: StartOut, 202: StartOut},
+        *_WRITE_ERRORS,
+        UNKNOWN_QUERY,
+        *_BODY_ERRORS,
+        *_KEY_ERRORS,
+        _OVER_BUDGET,
+        _NOT_STARTABLE,
+        idempotent=True,
     ),
 )
 def create_training(
     request: HttpRequest,
+    response: HttpResponse,
     payload: TrainingIn,
-    idempotency_key: str = Header(..., alias="Idempotency-Key"),
+    idempotency_key: str = Header(..., alias="Idempotency-Key", description=_IDEMPOTENCY_KEY),
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
@@ -138,30 +235,48 @@ def create_training(
                 training_settings=payload.settings,
                 source=API_SOURCE,
             )
-            _link(avatar, client)
+            _link(avatar, client, payload.client_reference)
             # Noted with the avatar, so that an answer can be rebuilt whatever happens next.
             IdempotencyKey.objects.filter(pk=row.pk).update(avatar=avatar)
         return _started(avatar)
 
     digest = idempotency.request_hash("POST", "/trainings", payload.model_dump(mode="json"))
-    return Status(
-        *idempotency.run_once(
+    return _replayed(
+        response,
+        idempotency.run_once(
             client=client, key=idempotency_key, digest=digest, perform=perform, recover=_recover
-        )
+        ),
     )
 
 
 @api.post(
     "/avatars/{avatar_id}/trainings",
     auth=WRITE,
-    response={(201, 202): StartOut, _START_ERRORS: ErrorOut},
     summary="Start an existing avatar, or retrain a failed one",
-    description="201: sent to fal. 202: held for fal's balance. 402: over the daily budget.",
+    description='201: sent to fal. 202: held for fal\'s balance (`submit: "held"`).',
+    **documented(
+        {201: StartOut, 202: StartOut},
+        *_WRITE_ERRORS,
+        UNKNOWN_QUERY,
+        NOT_FOUND,
+        INVALID,
+        *_KEY_ERRORS,
+        Err(
+            409,
+            "already_training",
+            "The avatar is training already.",
+            "The avatar is training already.",
+        ),
+        _OVER_BUDGET,
+        _NOT_STARTABLE,
+        idempotent=True,
+    ),
 )
 def start_avatar(
     request: HttpRequest,
+    response: HttpResponse,
     avatar_id: int,
-    idempotency_key: str = Header(..., alias="Idempotency-Key"),
+    idempotency_key: str = Header(..., alias="Idempotency-Key", description=_IDEMPOTENCY_KEY),
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
@@ -191,41 +306,54 @@ def start_avatar(
         return _started(avatar)
 
     digest = idempotency.request_hash("POST", f"/avatars/{avatar_id}/trainings", None)
-    return Status(
-        *idempotency.run_once(
+    return _replayed(
+        response,
+        idempotency.run_once(
             client=client, key=idempotency_key, digest=digest, perform=perform, recover=_recover
-        )
+        ),
     )
 
 
 @api.get(
     "/avatars/{avatar_id}",
     auth=READ,
-    response={200: AvatarOut, _ERRORS: ErrorOut},
     summary="An avatar with its attempts",
+    description="What was sent (owner, trigger, images URL, settings, client_reference), "
+    "where it is on fal and every attempt, oldest first.",
+    **documented({200: AvatarOut}, *_READ_ERRORS, NOT_FOUND, INVALID),
 )
 def get_avatar(request: HttpRequest, avatar_id: int):
-    return representation.avatar_data(_avatar_or_404(avatar_id, request.auth))  # type: ignore[attr-defined]
+    loaded = representation.load(avatar_id, request.auth)  # type: ignore[attr-defined]
+    if loaded is None:
+        raise ApiError(404, "not_found", f"No avatar with id {avatar_id}.")
+    avatar, trainings, kept = loaded
+    return representation.avatar_data(avatar, trainings, kept=kept)
 
 
 class AvatarFilters(Schema):
-    owner_telegram_id: int | None = Field(None, gt=0)
+    owner_telegram_id: int | None = Field(None, gt=0, description="The owner's Telegram id.")
     status: Literal[tuple(AvatarStatus.values)] | None = None  # type: ignore[valid-type]
-    cursor: str | None = Field(None, pattern=r"^[0-9]{1,19}$")
+    client_reference: str | None = Field(
+        None, max_length=255, description="Avatars you gave this client_reference."
+    )
+    cursor: str | None = Field(
+        None, pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page."
+    )
     limit: int = Field(50, ge=1, le=200)
 
 
 @api.get(
     "/avatars",
     auth=READ,
-    response={200: AvatarPage, _ERRORS: ErrorOut},
-    summary="Avatars, newest first, by owner and status; pass next_cursor to go on",
+    summary="Avatars, newest first, by owner, status or client_reference; pass next_cursor "
+    "to go on",
+    **documented({200: AvatarPage}, *_READ_ERRORS, INVALID),
 )
 def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
     avatars = (
         Avatar.objects.filter(client.avatar_filter())
-        .select_related("owner", "current_training")
+        .select_related("owner", "current_training", "api_link")
         .prefetch_related("trainings__kept_files")
         .order_by("-pk")
     )
@@ -233,6 +361,8 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
         avatars = avatars.filter(owner__telegram_id=filters.owner_telegram_id)
     if filters.status:
         avatars = avatars.filter(status=filters.status)
+    if filters.client_reference:
+        avatars = avatars.filter(api_link__client_reference=filters.client_reference)
     if filters.cursor:
         avatars = avatars.filter(pk__lt=int(filters.cursor))
     page = list(avatars[: filters.limit + 1])
@@ -248,8 +378,29 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
 @api.post(
     "/avatars/{avatar_id}/cancel",
     auth=WRITE,
-    response={202: CancelOut, _ERRORS: ErrorOut},
     summary="Ask fal to stop the avatar's active training",
+    description='202 with `"cancel": "requested"` once fal was asked (the avatar '
+    "turns cancelled when fal confirms; an `avatar.cancelled` event follows), or "
+    '`"cancelled"` when nothing was running on fal.',
+    **documented(
+        {202: CancelOut},
+        *_WRITE_ERRORS,
+        UNKNOWN_QUERY,
+        NOT_FOUND,
+        INVALID,
+        Err(
+            409,
+            "no_active_training",
+            "The avatar has no active training.",
+            "The avatar has no active training.",
+        ),
+        Err(
+            409,
+            "not_cancelled",
+            "fal did not take the cancel: it had finished the job, or did not answer.",
+            "fal answered: the request has already completed.",
+        ),
+    ),
 )
 def cancel_avatar(request: HttpRequest, avatar_id: int):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
@@ -276,8 +427,18 @@ class QuoteQuery(Schema):
 @api.get(
     "/quote",
     auth=READ,
-    response={200: QuoteOut, _ERRORS | {503}: ErrorOut},
     summary="What a training would cost, from fal's unit prices (cached an hour)",
+    **documented(
+        {200: QuoteOut},
+        *_READ_ERRORS,
+        INVALID,
+        Err(
+            503,
+            "prices_unavailable",
+            "fal's unit prices could not be read (and none are cached).",
+            "fal's prices are not available.",
+        ),
+    ),
 )
 def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
     try:
@@ -288,4 +449,12 @@ def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
         ) from None
 
 
-adopt.register(api, WRITE, start_answer=start_answer, link=_link)
+adopt.register(
+    api,
+    WRITE,
+    start_answer=start_answer,
+    link=_link,
+    errors=(*_WRITE_ERRORS, UNKNOWN_QUERY, *_BODY_ERRORS),
+)
+# Last: every operation is in place.
+query.forbid_unknown_parameters(api)
