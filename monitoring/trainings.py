@@ -45,7 +45,7 @@ from monitoring.models import (
     TrainingOutcome,
     UnknownFalRequest,
 )
-from notifications import outbox
+from notifications import outbox, reachability
 from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
@@ -102,8 +102,16 @@ def create_avatar_for_owner(
         )
 
 
+def _owner_came_back(avatar: Avatar, source: str) -> None:
+    """The bot starts or adopts a training for this owner (the API): they talk to the
+    bot, so they can be messaged again, and what was held back for them is resent."""
+    if source == EventSource.API:
+        reachability.reachable_again(avatar.owner.telegram_id, why="the bot started a training")
+
+
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
     """Submit ``avatar`` to fal once. ``Outcome.changed`` is False when nothing was sent."""
+    _owner_came_back(avatar, source)
     endpoint, arguments = payloads.training_input(
         avatar.training_type,
         images_url=avatar.images_url,
@@ -587,6 +595,7 @@ def adopt_training(
         return existing
     avatar.refresh_from_db()
     training.refresh_from_db()
+    _owner_came_back(avatar, source)
     return AdoptResult(avatar=avatar, training=training, adopted=True)
 
 

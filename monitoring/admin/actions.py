@@ -53,7 +53,8 @@ from monitoring.models import (
     Training,
 )
 from monitoring.stuck import stuck_cause
-from notifications import delivery
+from notifications import admin as notification_admin
+from notifications import delivery, reachability
 from notifications import messages as texts
 from notifications.models import (
     Audience,
@@ -210,7 +211,10 @@ def why_not(action: str, avatar: Avatar) -> str:
             return _("no active training (it is %(status)s).") % {"status": status}
         return "" if training.stuck_since is not None else _("it is not stuck.")
     if action == "resend_notification":
-        return "" if _resendable_one(avatar) else _("no failed notification to resend.")
+        notification = _resendable_one(avatar)
+        if notification is None:
+            return _("no undelivered notification to resend.")
+        return notification_admin.why_not_resend(notification)
     if action == "record_no_fal_job":
         if training is None or training.fal_request_id:
             return _("no lost submit (fal answered its submit, or nothing is active).")
@@ -630,12 +634,12 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
 
 
 def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
-    """The newest owner notification per avatar that failed or was given up."""
+    """The newest undelivered owner notification per avatar (failed, given up, unreachable)."""
     latest: dict[int, Any] = {}
     rows = Notification.objects.filter(
         avatar_id__in=list(avatar_ids),
         audience=Audience.OWNER,
-        status__in=(NotificationStatus.FAILED, NotificationStatus.GIVEN_UP),
+        status__in=reachability.UNDELIVERED_STATUSES,
     ).order_by("avatar_id", "-created_at", "-id")
     for notification in rows:
         assert notification.avatar_id is not None  # filtered on avatar_id__in
@@ -654,10 +658,16 @@ def resend_notification(
     resendable = _resendable(a.pk for a in avatars)
     for avatar in avatars:
         notification = resendable.get(avatar.pk)
+        why = why_not("resend_notification", avatar) if notification is not None else ""
         if notification is None:
             _report(
-                request, avatar, _("nothing to resend: no failed notification."), messages.WARNING
+                request,
+                avatar,
+                _("nothing to resend: no undelivered notification."),
+                messages.WARNING,
             )
+        elif why:
+            _report(request, avatar, _("not resent: %(why)s") % {"why": why}, messages.WARNING)
         elif delivery.resend(notification.pk):
             text = _("notification #%(id)s queued again.") % {"id": notification.pk}
             _report(request, avatar, text, messages.SUCCESS)

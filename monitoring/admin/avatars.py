@@ -52,6 +52,7 @@ from monitoring.models import (
     WebhookDelivery,
 )
 from monitoring.ops import attention
+from notifications import reachability
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
@@ -157,20 +158,20 @@ class NotificationStateFilter(admin.SimpleListFilter):
         return [
             ("pending", _("Waiting to be sent")),
             ("sent", _("Sent")),
-            ("problem", _("Failed, given up or unreachable")),
+            ("problem", _("Not delivered (failed, given up or unreachable)")),
             ("none", _("None yet")),
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        statuses = {
-            "pending": ("pending", "sending"),
-            "sent": ("sent",),
-            "problem": ("failed", "given_up", "unreachable"),
-        }
+        statuses = {"pending": ("pending", "sending"), "sent": ("sent",)}
         owner_messages = Notification.objects.filter(
             audience=Audience.OWNER, training_id=OuterRef("current_training_id")
         )
         value = self.value()
+        if value == "problem":
+            # The banner's and the dashboard's definition (notifications.reachability).
+            undelivered = reachability.undelivered_owner_messages()
+            return queryset.filter(Exists(undelivered.filter(avatar_id=OuterRef("pk"))))
         if value in statuses:
             return queryset.filter(Exists(owner_messages.filter(status__in=statuses[value])))
         if value == "none":

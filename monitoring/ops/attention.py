@@ -22,14 +22,13 @@ from django.utils.translation import ngettext
 
 from monitoring.models import Avatar, AvatarStatus, Training
 from monitoring.ops import health
-from notifications.models import Audience, Notification, NotificationKind, NotificationStatus
+from notifications import reachability
+from notifications.models import Notification, NotificationKind, NotificationStatus
 
 # A message waiting longer than this has not been consumed by the notifier.
 BACKLOG_LATE_MINUTES = 10
 # fal account alerts this recent still count as a problem.
 FAL_ACCOUNT_WINDOW = timedelta(hours=2)
-# Failed or given-up owner messages this recent count as a problem.
-NOTIFICATION_PROBLEM_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -131,18 +130,14 @@ def problems(now: datetime | None = None) -> list[Problem]:
                 % {"minutes": int((now - oldest).total_seconds() // 60)},
             )
         )
-    undelivered = Notification.objects.filter(
-        audience=Audience.OWNER,
-        status__in=(NotificationStatus.FAILED, NotificationStatus.GIVEN_UP),
-        created_at__gte=now - NOTIFICATION_PROBLEM_WINDOW,
-    ).count()
+    undelivered = reachability.undelivered_count()
     if undelivered:
         found.append(
             Problem(
                 "notifications_failed",
                 ngettext(
-                    "%(n)s owner message was not delivered in the last 24 hours",
-                    "%(n)s owner messages were not delivered in the last 24 hours",
+                    "%(n)s owner was not told how their training ended",
+                    "%(n)s owners were not told how their training ended",
                     undelivered,
                 )
                 % {"n": undelivered},

@@ -22,10 +22,10 @@ from django_stubs_ext import StrOrPromise
 
 from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
 from monitoring.ops import health
+from notifications import reachability
 from notifications.models import Notification
 
 BACKLOG_STATUSES = ("pending", "sending")
-PROBLEM_STATUSES = ("failed", "given_up", "unreachable")
 
 
 @dataclass
@@ -110,7 +110,8 @@ def notification_backlog(now: datetime) -> dict[str, Any]:
     backlog = Notification.objects.filter(status__in=BACKLOG_STATUSES).aggregate(
         n=Count("id"), oldest=Min("created_at"), due=Max("next_attempt_at")
     )
-    problems = Notification.objects.filter(status__in=PROBLEM_STATUSES).count()
+    # The banner's and the avatar list filter's definition (notifications.reachability).
+    problems = reachability.undelivered_count()
     oldest = backlog["oldest"]
     return {
         "pending": backlog["n"],
