@@ -36,6 +36,7 @@ def test_the_allowed_moves_are_exactly_the_documented_ones():
         S.READY_FOR_TRAINING: {S.TRAINING},
         S.TRAINING: {S.COMPLETED, S.ERROR, S.CANCELLED, S.READY_FOR_TRAINING},
         S.ERROR: {S.READY_FOR_TRAINING},
+        S.CANCELLED: {S.READY_FOR_TRAINING},
     }
 
 

@@ -197,9 +197,11 @@ def why_not(action: str, avatar: Avatar) -> str:
             return ""
         return _("it is %(status)s; only draft or ready avatars start.") % {"status": status}
     if action == "retrain":
-        if avatar.status == AvatarStatus.ERROR:
+        if avatar.status in transitions.RETRAINABLE:
             return ""
-        return _("it is %(status)s; only failed avatars are retrained.") % {"status": status}
+        return _("it is %(status)s; only failed or cancelled avatars are retrained.") % {
+            "status": status
+        }
     if action in ("cancel_on_fal", "mark_failed", "recheck_now"):
         return (
             ""
@@ -405,7 +407,10 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
     return None
 
 
-@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Retrain failed avatars…"))
+@staff_action(
+    permission=roles.START_TRAINING,
+    description=gettext_lazy("Retrain failed or cancelled avatars…"),
+)
 def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if _over_bulk_start_cap(request, queryset):
         return None
@@ -415,18 +420,19 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
             request,
             queryset,
             action="retrain",
-            title=_("Retrain failed avatars"),
+            title=_("Retrain failed or cancelled avatars"),
             question=_(
-                "Start a new training attempt for each failed avatar? Each submit starts a paid "
-                "training; the failed attempt keeps its history."
+                "Start a new training attempt for each failed or cancelled avatar? Each submit "
+                "starts a paid training; the ended attempt keeps its history."
             ),
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        if avatar.status != AvatarStatus.ERROR:
-            return _("not retrained: only failed avatars can be retrained (it is %(status)s).") % {
-                "status": avatar.get_status_display()
-            }, messages.WARNING
+        if avatar.status not in transitions.RETRAINABLE:
+            return _(
+                "not retrained: only failed or cancelled avatars can be retrained (it is "
+                "%(status)s)."
+            ) % {"status": avatar.get_status_display()}, messages.WARNING
         outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
         if not outcome.changed:
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING

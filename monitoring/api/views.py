@@ -133,7 +133,7 @@ def create_training(
     "/avatars/{avatar_id}/trainings",
     auth=WRITE,
     response={201: StartOut, _ERRORS: ErrorOut},
-    summary="Start an existing avatar, or retrain a failed one",
+    summary="Start an existing avatar, or retrain a failed or cancelled one",
 )
 def start_avatar(
     request: HttpRequest,
@@ -146,7 +146,7 @@ def start_avatar(
         avatar = _avatar_or_404(avatar_id, client)
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=API_SOURCE)
-        elif avatar.status == AvatarStatus.ERROR:
+        elif avatar.status in transitions.RETRAINABLE:
             transitions.retrain(avatar, source=API_SOURCE)
         if avatar.status == AvatarStatus.TRAINING:
             raise ApiError(409, "already_training", "The avatar is training already.")
@@ -154,8 +154,8 @@ def start_avatar(
             raise ApiError(
                 409,
                 "not_startable",
-                f"The avatar is {avatar.status}: only draft, ready_for_training and error "
-                "avatars start.",
+                f"The avatar is {avatar.status}: only draft, ready_for_training, error and "
+                "cancelled avatars start.",
             )
         IdempotencyKey.objects.filter(pk=row.pk).update(avatar=avatar)
         _link(avatar, client)
