@@ -393,6 +393,13 @@ except ValueError:
     raise ImproperlyConfigured(
         f"TELEGRAM_STAFF_CHAT_ID must be a numeric chat id, got {_staff_chat!r}"
     ) from None
+# Owner messages (docs/owner-messages.md). The "ready" message links back to the bot;
+# "{avatar_id}" in the link is replaced by the avatar's id (a Telegram deep link such
+# as https://t.me/YourBot?start=avatar-{avatar_id}).
+OWNER_BOT_LINK = env_url("OWNER_BOT_LINK", None, schemes=("https", "tg"))
+# A training still running this long after it started: the owner is told once, in one
+# plain message (when the live progress messages, OWNER_PROGRESS_MESSAGES, are off).
+OWNER_DELAY_MESSAGE_MINUTES = env_int("OWNER_DELAY_MESSAGE_MINUTES", 30, minimum=1)
 _backends = {
     "telegram": "notifications.backends.telegram.TelegramBackend",
     "console": "notifications.backends.console.ConsoleBackend",

@@ -14,6 +14,8 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+from django.conf import settings
+
 from avatarsite.log_redaction import redact
 from notifications.models import NotificationKind, OwnerMessage
 
@@ -29,22 +31,32 @@ _TYPE_NAMES = {
 _OWNER_TEXTS: dict[str, dict[str, str]] = {
     "ru": {
         NotificationKind.READY: (
-            "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать."
+            "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать: "
+            "{how_to_use}"
         ),
         NotificationKind.FAILED: "😔 Не удалось обучить аватар <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
         NotificationKind.CANCELLED: (
             "Обучение аватара <b>{name}</b> ({type}) отменено. "
             "Когда захотите, его можно запустить снова."
         ),
+        NotificationKind.DELAYED: (
+            "⏳ Обучение аватара <b>{name}</b> ({type}) идёт дольше обычного. Мы следим за "
+            "ним и напишем, как только оно закончится."
+        ),
     },
     "en": {
         NotificationKind.READY: (
-            "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use."
+            "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use: "
+            "{how_to_use}"
         ),
         NotificationKind.FAILED: "😔 We could not train your avatar <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
         NotificationKind.CANCELLED: (
             "Training of your avatar <b>{name}</b> ({type}) was cancelled. "
             "You can start it again whenever you like."
+        ),
+        NotificationKind.DELAYED: (
+            "⏳ Training your avatar <b>{name}</b> ({type}) is taking longer than usual. We "
+            "are keeping an eye on it and will message you as soon as it is done."
         ),
     },
 }
@@ -100,6 +112,27 @@ _FAILURE_REASONS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+# How to use a ready avatar: in the bot, through OWNER_BOT_LINK when it is set.
+_HOW_TO_USE = {
+    "ru": (
+        "откройте бота и выберите его, чтобы создавать фото.",
+        'откройте <a href="{link}">бота</a> и создавайте фото.',
+    ),
+    "en": (
+        "open the bot and choose it to create photos.",
+        'open <a href="{link}">the bot</a> and create photos.',
+    ),
+}
+
+
+def _how_to_use(lang: str, avatar_id: int) -> str:
+    link = getattr(settings, "OWNER_BOT_LINK", None)
+    plain, linked = _HOW_TO_USE[lang]
+    if not link:
+        return plain
+    return linked.format(link=escape(link.replace("{avatar_id}", str(avatar_id)), quote=True))
+
+
 def _language(owner) -> str:
     return owner.language if owner.language in _OWNER_TEXTS else "ru"
 
@@ -113,6 +146,7 @@ def render_owner_message(kind: str, training, *, owner_message: str | None = Non
         "type": escape(_TYPE_NAMES[lang].get(avatar.training_type, avatar.training_type)),
         "reason": "",
         "next_step": "",
+        "how_to_use": _how_to_use(lang, avatar.pk) if kind == NotificationKind.READY else "",
     }
     if kind == NotificationKind.FAILED:
         chosen = owner_message or getattr(training, "owner_message", "") or OwnerMessage.UNKNOWN

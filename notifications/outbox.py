@@ -132,6 +132,26 @@ def queue_outcome(
     return _create_once(savepoint=False, **fields)
 
 
+def delayed_key(avatar_id: int, episode_start_id: int) -> str:
+    return f"delayed:{avatar_id}:{episode_start_id}"
+
+
+def queue_delayed(*, training: Any, episode_start_id: int) -> Notification | None:
+    """The owner's one "taking longer than usual" message for a training episode (the
+    attempt and its automatic retries): the key makes a second one impossible."""
+    avatar = training.avatar
+    return _create_once(
+        dedup_key=delayed_key(avatar.pk, episode_start_id),
+        kind=NotificationKind.DELAYED,
+        audience=Audience.OWNER,
+        owner=avatar.owner,
+        avatar=avatar,
+        training=training,
+        chat_id=avatar.owner.telegram_id,
+        text=messages.render_owner_message(NotificationKind.DELAYED, training),
+    )
+
+
 def queue_stuck(*, training: Any, episode: int, reason: str = "") -> Notification | None:
     """One staff alert per stuck episode of a training (passed with its avatar loaded).
 

@@ -18,7 +18,13 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 
 from notifications import delivery
-from notifications.models import Audience, Notification, NotificationStatus, UnreachableChat
+from notifications.models import (
+    Audience,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    UnreachableChat,
+)
 
 logger = logging.getLogger("notifications")
 
@@ -27,6 +33,10 @@ UNDELIVERED_STATUSES = (
     NotificationStatus.GIVEN_UP,
     NotificationStatus.UNREACHABLE,
 )
+
+
+# How a training ended: what an owner must hear ("taking longer" is no news once it ended).
+OUTCOME_KINDS = (NotificationKind.READY, NotificationKind.FAILED, NotificationKind.CANCELLED)
 
 
 def undelivered_owner_messages() -> QuerySet[Notification]:
@@ -38,6 +48,7 @@ def undelivered_owner_messages() -> QuerySet[Notification]:
     """
     return Notification.objects.filter(
         audience=Audience.OWNER,
+        kind__in=OUTCOME_KINDS,
         status__in=UNDELIVERED_STATUSES,
         training_id=F("avatar__current_training_id"),
     )
