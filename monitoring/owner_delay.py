@@ -51,9 +51,7 @@ def review(trainings: Iterable[Training], now: datetime) -> int:
     starts = {t.pk: _episode_start(t) for t in late}
     keys = {t.pk: outbox.delayed_key(t.avatar_id, starts[t.pk].pk) for t in late}
     told = set(
-        Notification.objects.filter(dedup_key__in=keys.values()).values_list(
-            "dedup_key", flat=True
-        )
+        Notification.objects.filter(dedup_key__in=keys.values()).values_list("dedup_key", flat=True)
     )
     queued = 0
     for training in late:

@@ -34,6 +34,7 @@ from notifications.models import (
     SenderState,
     UnreachableChat,
 )
+from notifications.reasons import telegram_reason_words
 
 RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
@@ -328,25 +329,3 @@ def last_error_words(text: str) -> str:
             "reason": telegram_reason_words(text[len(delivery.OWNER_UNREACHABLE) :])
         }
     return telegram_reason_words(text)
-
-
-# Telegram's answers when an owner cannot be messaged (Bot API 403 descriptions).
-_TELEGRAM_REASONS = {
-    "Forbidden: bot was blocked by the user": gettext_lazy("the owner blocked the bot"),
-    "Forbidden: user is deactivated": gettext_lazy("the owner's Telegram account is deleted"),
-    "Forbidden: bot can't initiate conversation with a user": gettext_lazy(
-        "the owner never started the bot"
-    ),
-    "Forbidden: bot was kicked from the group chat": gettext_lazy(
-        "the bot was removed from the chat"
-    ),
-    "Forbidden: bot was kicked from the supergroup chat": gettext_lazy(
-        "the bot was removed from the chat"
-    ),
-}
-
-
-def telegram_reason_words(text: str) -> str:
-    """Telegram's known "cannot message" reasons in the reader's language; others as written."""
-    words = _TELEGRAM_REASONS.get(text.strip())
-    return str(words) if words is not None else text

@@ -256,7 +256,8 @@ def queue_fal_record_alert(
         audience=Audience.STAFF,
         avatar=avatar,
         training=training,
-        text=text[: messages.MAX_TEXT],
+        # Link line: issue 31 (staff alerts link to the avatar).
+        text=(text + messages.avatar_link_line(getattr(avatar, "pk", None)))[: messages.MAX_TEXT],
         context=context or {},
     )
 
@@ -291,7 +292,8 @@ def queue_files_alert(
         audience=Audience.STAFF,
         avatar_id=avatar_id,
         training_id=training_id,
-        text=text[: messages.MAX_TEXT],
+        # Link line: issue 31 (staff alerts link to the avatar).
+        text=(text + messages.avatar_link_line(avatar_id))[: messages.MAX_TEXT],
         context=context or {},
     )
 

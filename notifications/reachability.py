@@ -81,6 +81,9 @@ def reachable_again(chat_id: int, *, why: str) -> list[int]:
         )
         resent = [pk for pk in held if delivery.resend(pk)]
     logger.info(
-        "Chat %s is reachable again (%s): %s held message(s) queued again", chat_id, why, len(resent)
+        "Chat %s is reachable again (%s): %s held message(s) queued again",
+        chat_id,
+        why,
+        len(resent),
     )
     return resent

@@ -134,9 +134,7 @@ def test_retrain_starts_a_new_attempt_for_a_failed_avatar_only(
     assert ready.status == AvatarStatus.READY_FOR_TRAINING
 
 
-def test_a_cancelled_avatar_is_offered_retrain_and_starts_a_new_attempt(
-    admin_client, fal, running
-):
+def test_a_cancelled_avatar_is_offered_retrain_and_starts_a_new_attempt(admin_client, fal, running):
     cancelled, training = running(name="Cancelled once")
     transitions.cancel(training, source=EventSource.STAFF)
     fal.script(queue_seconds=FOREVER)

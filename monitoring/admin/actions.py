@@ -60,7 +60,6 @@ from notifications.models import (
     Audience,
     Notification,
     NotificationKind,
-    NotificationStatus,
     OwnerMessage,
 )
 

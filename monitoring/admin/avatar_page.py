@@ -38,6 +38,7 @@ from monitoring.models import (
     Training,
 )
 from monitoring.trainings import recheck
+from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
 
 # How long a text may be before it is folded away behind "show all".
@@ -225,7 +226,7 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
         '{} ({}: {}) <blockquote class="owner-text">{}</blockquote>',
         _("The owner's message was not delivered"),
         notification.get_status_display(),
-        notification.last_error[:300] or "—",
+        last_error_words(notification.last_error)[:300] or "—",
         text,
     )
 

@@ -53,6 +53,8 @@ from monitoring.models import (
 )
 from monitoring.ops import attention
 from notifications import reachability
+from notifications.admin import last_error_words
+from notifications.reasons import telegram_reason_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
@@ -247,7 +249,7 @@ class OwnerAdmin(admin.ModelAdmin[Owner]):
 
     @admin.display(description=gettext_lazy("last delivery error"))
     def last_error(self, owner: Owner) -> str:
-        return getattr(owner, "last_error_text", None) or "—"
+        return last_error_words(getattr(owner, "last_error_text", None) or "") or "—"
 
     @admin.display(description=gettext_lazy("avatars"), ordering="avatar_total")
     def avatar_count(self, owner: Owner) -> int:
@@ -260,7 +262,7 @@ class OwnerAdmin(admin.ModelAdmin[Owner]):
 
     @admin.display(description=gettext_lazy("why unreachable"))
     def unreachable_reason(self, owner: Owner) -> str:
-        return getattr(owner, "unreachable_reason_text", None) or ""
+        return telegram_reason_words(getattr(owner, "unreachable_reason_text", None) or "")
 
     @admin.display(description=gettext_lazy("unreachable since"))
     def unreachable_since(self, owner: Owner) -> datetime | None:
@@ -623,7 +625,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
                     n.get_status_display(),
                     n.attempts,
                     n.sent_at.strftime("%Y-%m-%d %H:%M:%S") if n.sent_at else "—",
-                    n.last_error[:200],
+                    last_error_words(n.last_error)[:200],
                 )
                 for n in notifications
             ],
