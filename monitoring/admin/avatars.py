@@ -54,8 +54,8 @@ from monitoring.models import (
 from monitoring.ops import attention
 from notifications import reachability
 from notifications.admin import last_error_words
-from notifications.reasons import telegram_reason_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
+from notifications.reasons import telegram_reason_words
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
