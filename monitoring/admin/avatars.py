@@ -663,6 +663,36 @@ def _training_inlines() -> tuple[type, ...]:
     return (WebhookDeliveryInline,)
 
 
+class TrainingStateFilter(admin.SimpleListFilter):
+    """The dashboard's links: attempts still running, and those fal errors on."""
+
+    title = gettext_lazy("state")
+    parameter_name = "active"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Running")), ("no", _("Ended"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
+        if self.value() == "yes":
+            return queryset.filter(finished_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(finished_at__isnull=False)
+        return queryset
+
+
+class CheckFailingFilter(admin.SimpleListFilter):
+    title = gettext_lazy("fal's status call")
+    parameter_name = "check_failing"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Failing (last check errored)"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
+        if self.value() == "yes":
+            return queryset.filter(finished_at__isnull=True, check_failures__gt=0)
+        return queryset
+
+
 @admin.register(Training)
 class TrainingAdmin(admin.ModelAdmin[Training]):
     """One attempt, everything read-only: the request, the result, the monitoring state."""
@@ -680,7 +710,13 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
         "last_checked_at",
         "stuck_reason_words",
     )
-    list_filter = ("fal_status", "outcome", ("stuck_since", admin.EmptyFieldListFilter))
+    list_filter = (
+        TrainingStateFilter,
+        CheckFailingFilter,
+        "fal_status",
+        "outcome",
+        ("stuck_since", admin.EmptyFieldListFilter),
+    )
     search_fields = ("=fal_request_id", "avatar__name", "=avatar__owner__telegram_id")
     list_select_related = ("avatar",)
     ordering = ("-created_at",)

@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from monitoring.models import Avatar, AvatarStatus, Training
-from monitoring.ops import health
+from monitoring.ops import dashboard, health
 from notifications import reachability
 from notifications.models import Notification, NotificationKind, NotificationStatus
 
@@ -86,6 +86,22 @@ def problems(now: datetime | None = None) -> list[Problem]:
                 "check_late",
                 _("The periodic check is late: the last run started %(minutes)s min ago.")
                 % {"minutes": int((beat.age_seconds or 0) // 60)},
+            )
+        )
+    errors = dashboard.fal_error_rate(now)
+    if errors["errors"]:
+        found.append(
+            Problem(
+                "fal_errors",
+                ngettext(
+                    "fal answered %(errors)s of %(checked)s status checks with an error in the "
+                    "last hour",
+                    "fal answered %(errors)s of %(checked)s status checks with an error in the "
+                    "last hour",
+                    errors["errors"],
+                )
+                % {"errors": errors["errors"], "checked": errors["checked"]},
+                reverse("admin:monitoring_training_changelist") + "?check_failing=yes",
             )
         )
     account = (

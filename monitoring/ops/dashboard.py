@@ -53,7 +53,11 @@ def status_counts() -> list[tuple[str, StrOrPromise, int]]:
     return [(value, label, found.get(value, 0)) for value, label in AvatarStatus.choices]
 
 
-def stuck_trainings(limit: int = 50) -> list[Training]:
+# The dashboard lists the oldest few; the stuck list has them all.
+STUCK_SHOWN = 10
+
+
+def stuck_trainings(limit: int = STUCK_SHOWN) -> list[Training]:
     return list(
         Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
         .select_related("avatar__owner")
@@ -224,6 +228,9 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "status_counts": status_counts(),
         "active_count": Training.objects.filter(finished_at__isnull=True).count(),
         "stuck": stuck_trainings(),
+        "stuck_total": Training.objects.filter(
+            finished_at__isnull=True, stuck_since__isnull=False
+        ).count(),
         "heartbeat": health.heartbeat(now),
         "fal_errors": fal_error_rate(now),
         "retries": retries_last_day(now),
