@@ -520,6 +520,11 @@ METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
 # (deploy/prometheus/alerts.yml) compare against them: one copy of each number.
 OWNER_TOLD_OBJECTIVE_SECONDS = env_int("OWNER_TOLD_OBJECTIVE_SECONDS", 120, minimum=1)
 STUCK_TRAININGS_ALERT_THRESHOLD = env_int("STUCK_TRAININGS_ALERT_THRESHOLD", 5, minimum=0)
+# This many failing event callbacks to the bot (retrying, or ended undelivered in the
+# last 24 h) raise the admin's problems banner; the count is on /metrics.
+EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD = env_int(
+    "EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD", 3, minimum=1
+)
 WEBHOOK_REFUSALS_ALERT_PER_MINUTE = env_float(
     "WEBHOOK_REFUSALS_ALERT_PER_MINUTE", 10.0, minimum=0.0
 )

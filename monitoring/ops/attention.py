@@ -7,6 +7,7 @@ banner cost nothing, and users without ``monitoring.view_avatar`` never see it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,11 @@ from notifications.models import Notification, NotificationKind, NotificationSta
 BACKLOG_LATE_MINUTES = 10
 # fal account alerts this recent still count as a problem.
 FAL_ACCOUNT_WINDOW = timedelta(hours=2)
+
+
+# Problems other apps report (the bot API's failing event callbacks), registered in
+# their AppConfig.ready(): each gets ``now`` and returns its problems.
+EXTRA_PROBLEMS: list[Callable[[datetime], list[Problem]]] = []
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def problems(now: datetime | None = None) -> list[Problem]:
                 _changelist("?notification=problem"),
             )
         )
+    for extra in EXTRA_PROBLEMS:
+        found.extend(extra(now))
     if settings.TELEGRAM_STAFF_CHAT_ID is None:
         found.append(
             Problem(
