@@ -50,6 +50,8 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "insecure-local-development-key-not-for-production"
 
+# System check ids not to report (./bin/run's demo silences what it chose on purpose).
+SILENCED_SYSTEM_CHECKS = env_list("SILENCED_SYSTEM_CHECKS", [])
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 # Proxies whose X-Forwarded-For we believe (the same variable gunicorn reads). Every
 # per-address decision (login lockouts, refused-webhook records, /metrics allow-list)
