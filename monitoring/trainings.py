@@ -401,6 +401,27 @@ class _FalSays:
         return self.item.json_input or {} if self.item is not None else {}
 
 
+def endpoint_of(request_id: str) -> str | None:
+    """The one trainer endpoint whose queue or record knows ``request_id`` (None: none, or
+    fal could not be asked): the adopt page pre-selects it. A status call per endpoint,
+    and the record only when the queue does not know it."""
+    known = []
+    for endpoint in payloads.ENDPOINTS.values():
+        try:
+            fal.status(endpoint, request_id)
+        except fal.FalNotFound:
+            try:
+                if platform.find_request(endpoint, request_id) is not None:
+                    known.append(endpoint)
+            except platform.PlatformUnavailable:
+                return None
+        except fal.FalError:
+            return None
+        else:
+            known.append(endpoint)
+    return known[0] if len(known) == 1 else None
+
+
 def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
     says = _FalSays()
     try:
