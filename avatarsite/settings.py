@@ -148,6 +148,8 @@ LANGUAGES = [("en", _("English")), ("ru", _("Russian"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_I18N = True
 TIME_ZONE = "UTC"
+# One date format everywhere (avatarsite/formats): Django's lists and our pages agree.
+FORMAT_MODULE_PATH = ["avatarsite.formats"]
 USE_TZ = True
 
 STATIC_URL = "static/"

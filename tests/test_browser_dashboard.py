@@ -82,3 +82,21 @@ def test_the_dashboard_reads_and_leads_somewhere_at_every_width(
     page.go_back()
     page.click("#fal-errors a.num")
     expect(page.locator("#result_list tbody tr")).to_have_count(2)
+
+
+def test_the_avatar_timeline_reads_on_a_phone_without_scrolling_sideways(
+    training_avatar, staff_page, live_server
+):
+    avatar, training = training_avatar("req-timeline-0123456789abcdef0123456789", name="A" * 60)
+    transitions.flag_stuck(training, reason="in fal's queue for a long time " * 5)
+    transitions.fail(training, error_message="x" * 3000, source=EventSource.CHECK)
+    page = staff_page("ru", 390)
+    page.goto(f"{live_server.url}/admin/monitoring/avatar/{avatar.pk}/change/")
+    page.screenshot(path=str(ARTIFACTS / "avatar-timeline-390.png"), full_page=True)
+
+    timeline = page.locator("#avatar-timeline")
+    assert timeline.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+    assert page.evaluate(NO_HORIZONTAL_SCROLL)
+    # Each event is a card with its labels, not a six-column row.
+    first = page.locator("table.timeline tbody tr").first
+    assert first.evaluate("el => getComputedStyle(el).display") == "block"

@@ -71,6 +71,15 @@ STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, E
 TABLE_LIMIT = 50
 
 
+class OneAtATime:
+    """Owners and avatars are made one at a time, from a person's request: no "Save and
+    add another" button (it invites making a second one by accident)."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra = {"show_save_and_add_another": False, **(extra_context or {})}
+        return super().changeform_view(request, object_id, form_url, extra)  # type: ignore[misc]
+
+
 def _since(moment: datetime | None) -> str:
     if moment is None:
         return "—"
@@ -204,7 +213,7 @@ class ReachableFilter(admin.SimpleListFilter):
 
 
 @admin.register(Owner)
-class OwnerAdmin(admin.ModelAdmin[Owner]):
+class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
     list_display = (
         "telegram_id",
         "username",
@@ -273,7 +282,7 @@ class OwnerAdmin(admin.ModelAdmin[Owner]):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
+class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
     list_display = (
         "id",
         "name_column",
