@@ -75,6 +75,12 @@ def test_support_records_that_an_owner_is_reachable_again_and_the_message_goes_o
     listing = client.get(UNREACHABLE).content.decode()
     assert "the owner blocked the bot" in listing  # Telegram's reason, in words
 
+    # The avatar page says why its message waits and where to say the owner is back.
+    avatar_page = client.get(
+        reverse("admin:monitoring_avatar_change", args=[first.pk])
+    ).content.decode()
+    assert f'href="{UNREACHABLE}?q={sara.telegram_id}" id="owner-unreachable"' in avatar_page
+
     form = {"action": "reachable_again", "_selected_action": [chat.pk], "index": 0}
     question = client.post(UNREACHABLE, form)
     assert question.status_code == 200 and b"reachable again" in question.content

@@ -38,6 +38,7 @@ from monitoring.models import (
     Training,
 )
 from monitoring.trainings import recheck
+from notifications import reachability
 from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
 
@@ -242,13 +243,25 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
             _("written"),
             _when(notification.created_at, now),
         )
-    return format_html(
+    undelivered = format_html(
         '{} ({}: {}) <blockquote class="owner-text">{}</blockquote>',
         _("The owner's message was not delivered"),
         notification.get_status_display(),
         last_error_words(notification.last_error)[:300] or "—",
         text,
     )
+    if status == NotificationStatus.UNREACHABLE and reachability.is_unreachable(
+        notification.chat_id
+    ):
+        # Held back: it goes once the owner is reachable again (Support records it there).
+        return format_html(
+            '{}<a href="{}?q={}" id="owner-unreachable">{}</a>',
+            undelivered,
+            reverse("admin:notifications_unreachablechat_changelist"),
+            notification.chat_id,
+            _("The owner cannot be messaged: once they are back, mark them reachable again"),
+        )
+    return undelivered
 
 
 def fold(text: str) -> SafeString:

@@ -127,7 +127,9 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
         "form": form,
         # Django's own form layout (the change form's fieldsets and rows).
         "adminform": helpers.AdminForm(
-            form, [(None, {"fields": list(form.fields)})], prepopulated_fields={}
+            form,  # type: ignore[arg-type]  # a plain Form renders the same way
+            [(None, {"fields": list(form.fields)})],
+            prepopulated_fields={},
         ),
         "opts": UnknownFalRequest._meta,
     }

@@ -53,10 +53,10 @@ class Command(TranslatedCommand):
             if ApiClient.objects.filter(name=name).exists():
                 self.stdout.write(f"API client {name!r} exists already: kept (token unchanged).")
             else:
-                args = ["--name", name, "--scopes", BOT_SCOPES]
+                command: list[str] = ["--name", name, "--scopes", BOT_SCOPES]
                 if options["bot_callback_url"].strip():
-                    args += ["--callback-url", options["bot_callback_url"].strip()]
-                call_command("create_api_client", *args, stdout=self.stdout)
+                    command += ["--callback-url", options["bot_callback_url"].strip()]
+                call_command("create_api_client", *command, stdout=self.stdout)
 
     def _superuser(self, username: str, email: str) -> None:
         users = get_user_model()
