@@ -131,7 +131,8 @@ def test_leaving_a_terminal_state_otherwise_is_a_no_op(training_avatar):
     avatar, training = training_avatar()
     transitions.cancel(training, source=EventSource.STAFF)
     outcome = transitions.mark_ready(Avatar.objects.get(pk=avatar.pk), source=EventSource.STAFF)
-    assert not outcome.changed and outcome.detail == "already cancelled"
+    # A cancelled avatar is retrained (retrain), never "marked ready" like a draft.
+    assert not outcome.changed and outcome.detail == "not possible now (avatar is cancelled)"
     assert Avatar.objects.get(pk=avatar.pk).status == S.CANCELLED
 
 
