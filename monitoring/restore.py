@@ -4,9 +4,9 @@ Nothing is held in memory, so nothing is "restored" but the urgency: every activ
 training (whatever its age, with or without a start time) becomes due now, and a run
 is enqueued immediately instead of waiting for the next scheduled one.
 
-Starting a second cluster while another one runs costs at most one extra check of
-the trainings the running one had just leased: a restore is rare, a missed one is not.
-The notifications cluster (Q_CLUSTER_NAME=notifications) does not restore anything.
+Only trainings not checked within the last interval are made due: a second host
+starting while another one runs leaves what the running one has just checked on its
+schedule, so each training is still checked once per interval. The notifications cluster (Q_CLUSTER_NAME=notifications) does not restore anything.
 
 The restore run leases what it checks only until the next scheduled run
 (``next_scheduled_check``), not a full interval from its own arbitrary start: the
@@ -17,8 +17,9 @@ and leaving every training unchecked for up to two intervals.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone, translation
 from django.utils.translation import ngettext
 from django_q.models import Schedule
@@ -30,8 +31,15 @@ logger = logging.getLogger("monitoring")
 
 
 def restore_monitoring(*, enqueue: bool = True) -> int:
-    """Make every active training due now and enqueue a run; returns how many."""
-    count = Training.objects.filter(finished_at__isnull=True).update(next_check_at=timezone.now())
+    """Make every active training due now and enqueue a run; returns how many are active.
+
+    One checked within the last interval (by another host) keeps its place.
+    """
+    now = timezone.now()
+    active = Training.objects.filter(finished_at__isnull=True)
+    count = active.count()
+    recently = now - timedelta(seconds=settings.CHECK_INTERVAL_SECONDS)
+    active.exclude(last_checked_at__gte=recently).update(next_check_at=now)
     if enqueue:
         from django_q.tasks import async_task
 

@@ -64,6 +64,7 @@ from notifications.backends.base import (
     Transient,
 )
 from notifications.models import (
+    INTERRUPTED_TWICE,
     Audience,
     ChatMigration,
     Notification,
@@ -74,6 +75,7 @@ from notifications.models import (
     RateLimitMark,
     SenderState,
     UnreachableChat,
+    backoff,
 )
 
 logger = logging.getLogger("notifications")
@@ -81,9 +83,6 @@ logger = logging.getLogger("notifications")
 Status = NotificationStatus
 Outcome = NotificationAttempt.Outcome
 SWEEP_BATCH = 500
-# A task queued this long ago and never run was lost by the broker (a Redis restart):
-# the row may be queued again. Far longer than any backlog the relay lets build up.
-QUEUED_TASK_LOST_AFTER = timedelta(minutes=10)
 
 
 def worker_name() -> str:
@@ -95,14 +94,7 @@ def worker_name() -> str:
 
 def due_rows():
     """Rows a worker may claim now: pending and due, or claimed by a worker whose lease ran out."""
-    now = timezone.now()
-    return Notification.objects.filter(next_attempt_at__lte=now).filter(
-        Q(status=Status.PENDING) | Q(status=Status.SENDING, lease_until__lt=now)
-    )
-
-
-def _without_task(now) -> Q:
-    return Q(queued_at__isnull=True) | Q(queued_at__lt=now - QUEUED_TASK_LOST_AFTER)
+    return Notification.objects.due()
 
 
 def _queue_depth(now) -> int:
@@ -126,14 +118,16 @@ def relay_once() -> int:
 
     The queue is kept about one second of sending deep (``_queue_depth``): a backlog
     goes out at the full rate, and a message written meanwhile (queued directly by the
-    outbox, or by the newest-first lane below) waits behind at most that second, not
-    behind the whole backlog.
+    outbox, or by the newest-first lane) waits behind at most that second, not behind
+    the whole backlog. Rows whose task the broker lost are queued again first.
     """
     if not _may_send():
         return 0
     now = timezone.now()
-    waiting = Notification.objects.filter(queued_at__gte=now - QUEUED_TASK_LOST_AFTER).count()
-    return _queue_due(_queue_depth(now) - waiting, now)
+    rows = Notification.objects
+    rows.forget_lost_tasks(now, settings.NOTIFICATION_CLUSTER)
+    waiting = rows.filter(queued_at__isnull=False).count()
+    return rows.queue_due(_queue_depth(now) - waiting, now, outbox.enqueue)
 
 
 def sweep() -> int:
@@ -141,38 +135,12 @@ def sweep() -> int:
     if not _may_send():
         return 0
     outbox.merge_stuck_alerts()
-    queued = _queue_due(SWEEP_BATCH, timezone.now())
+    now = timezone.now()
+    Notification.objects.forget_lost_tasks(now, settings.NOTIFICATION_CLUSTER)
+    queued = Notification.objects.queue_due(SWEEP_BATCH, now, outbox.enqueue)
     if queued:
         logger.info("Notification sweep: %s due row(s) enqueued", queued)
     return queued
-
-
-def _queue_due(limit: int, now) -> int:
-    if limit <= 0:
-        return 0
-    due = due_rows().filter(_without_task(now))
-    # Two lanes: the newest due rows, so that a message written now is not stuck
-    # behind a backlog (say, after an outage), and the oldest, so that a backlog
-    # always moves too.
-    half = (limit + 1) // 2
-    candidates = list(due.order_by("-next_attempt_at", "-pk").values_list("pk", flat=True)[:half])
-    if len(candidates) == half:
-        candidates += (
-            due.exclude(pk__in=candidates)
-            .order_by("next_attempt_at", "pk")
-            .values_list("pk", flat=True)[: limit - half]
-        )
-    # Mark them with this pass's own timestamp; a row another relay (or a staff resend)
-    # gave a task meanwhile is not matched, and is not queued twice.
-    Notification.objects.filter(pk__in=candidates).filter(_without_task(now)).update(queued_at=now)
-    mine = list(
-        Notification.objects.filter(pk__in=candidates, queued_at=now)
-        .order_by("-next_attempt_at", "-pk")
-        .values_list("pk", flat=True)
-    )
-    for notification_id in mine:
-        outbox.enqueue(notification_id)
-    return len(mine)
 
 
 def resend(notification_id: int) -> bool:
@@ -301,89 +269,33 @@ def _note_success() -> None:
 
 def claim(notification_id: int, worker: str | None = None) -> Notification | None:
     """Take the row for this worker, with a lease; None if it is not due or another has it."""
-    worker = worker or worker_name()
-    now = timezone.now()
-    won = (
-        due_rows()
-        .filter(pk=notification_id)
-        .update(
-            status=Status.SENDING,
-            lease_until=now + timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS),
-            claimed_by=worker,
-            queued_at=None,
-        )
+    notification = Notification.objects.select_related("owner").claim(
+        notification_id,
+        worker=worker or worker_name(),
+        lease_seconds=settings.NOTIFICATION_LEASE_SECONDS,
     )
-    if not won:
+    if notification is None or not notification.interrupted:
+        return notification
+    if notification.status == Status.GIVEN_UP:
+        logger.error("Notification %s: %s", notification.pk, INTERRUPTED_TWICE)
+        _alert_staff(notification, INTERRUPTED_TWICE)
         return None
-    notification = Notification.objects.select_related("owner").get(pk=notification_id)
-    if _interrupted_before(notification, now) and not _resend_after_interruption(notification):
-        return None
+    logger.warning(
+        "Notification %s: a worker died mid-send; sending it once more (may be a duplicate)",
+        notification.pk,
+    )
     return notification
 
 
-def _interrupted_before(notification: Notification, now) -> bool:
-    """Close the attempts a dead or stopped worker left in flight; True if there were any."""
-    return bool(
-        NotificationAttempt.objects.filter(
-            notification=notification, outcome=Outcome.IN_FLIGHT, finished_at__isnull=True
-        ).update(
-            outcome=Outcome.INTERRUPTED,
-            finished_at=now,
-            error="The worker stopped before recording Telegram's answer; "
-            "the message may or may not have arrived.",
-        )
-    )
-
-
-def _resend_after_interruption(notification: Notification) -> bool:
-    """Once: mark the row "may be a duplicate" and send it again. Twice: give up."""
-    if not notification.maybe_duplicate:
-        notification.maybe_duplicate = True
-        _mine(notification).update(maybe_duplicate=True)
-        logger.warning(
-            "Notification %s: a worker died mid-send; sending it once more (may be a duplicate)",
-            notification.pk,
-        )
-        return True
-    message = "Interrupted twice in the middle of a send: not sent a third time"
-    if _close(notification, Status.GIVEN_UP, last_error=message):
-        logger.error("Notification %s: %s", notification.pk, message)
-        _alert_staff(notification, message)
-    return False
-
-
-def _mine(notification: Notification):
-    """The row, only while this worker still holds it."""
-    return Notification.objects.filter(
-        pk=notification.pk, status=Status.SENDING, claimed_by=notification.claimed_by
-    )
-
-
-def _release(
-    notification: Notification, *, after: float, error: str = "", failed: bool = False
-) -> None:
-    """Back to pending, due in ``after`` seconds (a failed attempt counts toward giving up)."""
-    fields: dict[str, Any] = {
-        "status": Status.PENDING,
-        "lease_until": None,
-        "claimed_by": "",
-        "next_attempt_at": timezone.now() + timedelta(seconds=after),
-        "last_error": error[:2000],
-    }
-    if failed:
-        fields["attempts"] = notification.attempts
-    _mine(notification).update(**fields)
-
-
 def _close(notification: Notification, status: str, **fields) -> bool:
-    closed = _mine(notification).update(status=status, lease_until=None, **fields)
+    closed = notification.close(status, **fields)
     if not closed:
         logger.warning(
             "Notification %s was taken over by another worker before we recorded %s",
             notification.pk,
             status,
         )
-    return bool(closed)
+    return closed
 
 
 # --- Sending ----------------------------------------------------------------------------------
@@ -428,8 +340,9 @@ def _resolve_chat(notification: Notification) -> int | None:
 
 
 def _backoff(failures: int) -> float:
-    delay = settings.NOTIFICATION_RETRY_BASE_SECONDS * (2 ** max(0, failures - 1))
-    return min(delay, settings.NOTIFICATION_RETRY_MAX_SECONDS)
+    return backoff(
+        failures, settings.NOTIFICATION_RETRY_BASE_SECONDS, settings.NOTIFICATION_RETRY_MAX_SECONDS
+    )
 
 
 class _NoSlot(Exception):
@@ -455,22 +368,12 @@ class _SlotTaker:
                 raise _NoSlot(wait)
             time.sleep(wait)
         # Recorded before the request leaves: a worker that dies now leaves a trace.
-        self.attempt = NotificationAttempt.objects.create(
-            notification=self.notification,
-            chat_id=self.chat_id,
-            outcome=Outcome.IN_FLIGHT,
-            worker=self.notification.claimed_by,
-        )
+        self.attempt = self.notification.open_attempt(chat_id=self.chat_id)
 
     def attempt_for_record(self) -> NotificationAttempt:
         """The attempt to record an answer on (created now if the backend failed before)."""
         if self.attempt is None:
-            self.attempt = NotificationAttempt.objects.create(
-                notification=self.notification,
-                chat_id=self.chat_id,
-                outcome=Outcome.IN_FLIGHT,
-                worker=self.notification.claimed_by,
-            )
+            self.attempt = self.notification.open_attempt(chat_id=self.chat_id)
         return self.attempt
 
 
@@ -493,7 +396,7 @@ def send_claimed(notification: Notification, backend: BaseBackend | None = None)
         try:
             receipt = backend.send(chat_id, notification.text, ready=slot)
         except _NoSlot as exc:
-            _release(notification, after=exc.wait, error=notification.last_error)
+            notification.release(after=exc.wait, error=notification.last_error)
             return f"rate limited for {exc.wait:.1f} s"
         except SendError as exc:
             error: SendError = exc
@@ -540,11 +443,13 @@ def _refuse(notification: Notification, chat_id: int | None) -> str:
 def _sent(
     notification: Notification, attempt: NotificationAttempt, chat_id: int, receipt: SendReceipt
 ) -> str:
-    _record(attempt, Outcome.SENT, telegram_message_id=receipt.message_id)
     sent_at = timezone.now()
-    closed = _close(
+    closed = _settle(
         notification,
-        Status.SENT,
+        attempt,
+        Outcome.SENT,
+        attempt_fields={"telegram_message_id": receipt.message_id},
+        close=Status.SENT,
         sent_at=sent_at,
         chat_id=chat_id,
         telegram_message_id=receipt.message_id,
@@ -574,14 +479,15 @@ def _announce_owner_told(notification: Notification, sent_at: datetime) -> None:
 def _flood_control(notification, attempt, chat_id, error: SendError) -> str:
     assert isinstance(error, RetryLater)  # _ANSWERS sends only these here
     # Not a failure of this message: back to the outbox, due when Telegram says.
-    _record(attempt, Outcome.RETRY_AFTER, error=str(error))
-    _release(notification, after=error.retry_after, error=str(error))
+    _settle(
+        notification, attempt, Outcome.RETRY_AFTER, error=str(error), retry_in=error.retry_after
+    )
     return f"flood control: retry in {error.retry_after:g} s"
 
 
 def _chat_moved(notification, attempt, chat_id, error: SendError) -> None:
     assert isinstance(error, ChatMoved)  # _ANSWERS sends only these here
-    _record(attempt, Outcome.MIGRATED, error=str(error))
+    _settle(notification, attempt, Outcome.MIGRATED, error=str(error))
     ChatMigration.objects.update_or_create(
         old_chat_id=chat_id, defaults={"new_chat_id": error.new_chat_id}
     )
@@ -590,23 +496,34 @@ def _chat_moved(notification, attempt, chat_id, error: SendError) -> None:
 
 
 def _unreachable(notification, attempt, chat_id, error: SendError) -> str:
-    _record(attempt, Outcome.UNREACHABLE, error=str(error))
-    _close(notification, Status.UNREACHABLE, last_error=str(error))
+    _settle(
+        notification,
+        attempt,
+        Outcome.UNREACHABLE,
+        error=str(error),
+        close=Status.UNREACHABLE,
+        last_error=str(error),
+    )
     _mark_unreachable(notification, chat_id, str(error))
     return "unreachable"
 
 
 def _token_rejected(notification, attempt, chat_id, error: SendError) -> str:
     # Not this message's fault: back to pending, due at once after resume.
-    _record(attempt, Outcome.INVALID_TOKEN, error=str(error))
+    _settle(notification, attempt, Outcome.INVALID_TOKEN, error=str(error), retry_in=0)
     _pause(str(error), PauseCause.TOKEN)
-    _release(notification, after=0, error=str(error))
     return "paused: token rejected"
 
 
 def _rejected(notification, attempt, chat_id, error: SendError) -> str:
-    _record(attempt, Outcome.BAD_REQUEST, error=str(error))
-    if _close(notification, Status.FAILED, last_error=str(error)):
+    if _settle(
+        notification,
+        attempt,
+        Outcome.BAD_REQUEST,
+        error=str(error),
+        close=Status.FAILED,
+        last_error=str(error),
+    ):
         logger.error("Telegram rejected notification %s: %s", notification.pk, error)
         _alert_staff(notification, str(error))
     return "failed"
@@ -615,19 +532,21 @@ def _rejected(notification, attempt, chat_id, error: SendError) -> str:
 def _transient(notification, attempt, chat_id, error: SendError) -> str:
     """Timeouts, connection errors, 5xx and anything unexpected."""
     message = str(error)
-    _record(
-        attempt,
-        Outcome.TRANSIENT if isinstance(error, Transient) else Outcome.ERROR,
-        error=message,
-    )
+    outcome = Outcome.TRANSIENT if isinstance(error, Transient) else Outcome.ERROR
     if _note_transient(message):
         # The Bot API is down for everyone: not this message's failure.
-        _release(notification, after=0, error=message)
+        _settle(notification, attempt, outcome, error=message, retry_in=0)
         return "paused: Bot API outage"
     notification.attempts += 1
     if notification.attempts >= settings.NOTIFICATION_MAX_ATTEMPTS:
-        if _close(
-            notification, Status.GIVEN_UP, attempts=notification.attempts, last_error=message
+        if _settle(
+            notification,
+            attempt,
+            outcome,
+            error=message,
+            close=Status.GIVEN_UP,
+            attempts=notification.attempts,
+            last_error=message,
         ):
             logger.error(
                 "Gave up on notification %s after %s attempts: %s",
@@ -638,7 +557,7 @@ def _transient(notification, attempt, chat_id, error: SendError) -> str:
             _alert_staff(notification, message)
         return "given up"
     delay = _backoff(notification.attempts)
-    _release(notification, after=delay, error=message, failed=True)
+    _settle(notification, attempt, outcome, error=message, retry_in=delay, failed=True)
     return f"transient error, retry in {delay:g} s"
 
 
@@ -653,11 +572,19 @@ _ANSWERS: list[tuple[type[SendError], _Handler]] = [
 ]
 
 
-def _record(attempt: NotificationAttempt, outcome: str, **fields) -> None:
+def _settle(
+    notification: Notification, attempt: NotificationAttempt, outcome: str, **fields: Any
+) -> bool:
+    """Record Telegram's answer and settle the row in one commit (``OutboxRow.settle``)."""
     signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
-    NotificationAttempt.objects.filter(pk=attempt.pk).update(
-        outcome=outcome, finished_at=timezone.now(), **fields
-    )
+    settled = notification.settle(attempt, outcome, **fields)
+    if not settled:
+        logger.warning(
+            "Notification %s was taken over by another worker before we recorded %s",
+            notification.pk,
+            outcome,
+        )
+    return settled
 
 
 def _mark_unreachable(notification: Notification, chat_id: int, reason: str) -> None:

@@ -9,10 +9,258 @@ attempt.
 
 from __future__ import annotations
 
-from django.db import models
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django_q.brokers import get_broker
+
+logger = logging.getLogger("notifications")
+
+# --- The outbox: what every outgoing message shares ----------------------------------------
+# Owner messages and staff alerts (``Notification``) and the bot's event callbacks
+# (``monitoring.api.models.EventCallback``) are rows of this one abstract outbox: the
+# same due rule, claim, release, close, attempts and "may be a duplicate".
+# docs/architecture.md, "Exactly once".
+
+
+class OutboxStatus(models.TextChoices):
+    """The two states every outbox row shares; each outbox adds its final ones."""
+
+    PENDING = "pending", _("Pending")
+    SENDING = "sending", _("Sending")
+    GIVEN_UP = "given_up", _("Given up")
+
+
+# Written on an attempt before the request leaves; the next claimer turns an attempt
+# still in flight into "interrupted" (the other side may have got it).
+IN_FLIGHT = "in_flight"
+INTERRUPTED = "interrupted"
+# How long a worker may hold a task it took from the broker before it claims the row:
+# a marked row older than this that the broker no longer holds has lost its task.
+TASK_TAKEN_GRACE = timedelta(seconds=2)
+INTERRUPTED_ERROR = (
+    "The worker stopped before recording the answer; the message may or may not have arrived."
+)
+
+
+def backoff(failures: int, base: float, ceiling: float) -> float:
+    """Seconds before the next try after ``failures`` failed ones: doubling, capped."""
+    return min(ceiling, base * (2 ** max(0, failures - 1)))
+
+
+class OutboxQuerySet(models.QuerySet):
+    def due(self, now=None):
+        """Rows a worker may claim now: pending and due, or held by a worker whose lease ran out."""
+        now = now or timezone.now()
+        free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+        return self.filter(next_attempt_at__lte=now).filter(
+            Q(status=OutboxStatus.PENDING) & free
+            | Q(status=OutboxStatus.SENDING, lease_until__lt=now)
+        )
+
+    def claim(self, pk: int, *, worker: str, lease_seconds: float):
+        """Take the row for ``worker`` with a lease (a conditional UPDATE); None if not due.
+
+        Attempts a dead or stopped worker left in flight are closed as interrupted; the
+        row is then sent once more marked "may be a duplicate", and never a third time
+        (``row.interrupted`` and ``row.status`` tell the caller which).
+        """
+        now = timezone.now()
+        won = (
+            self.due(now)
+            .filter(pk=pk)
+            .update(
+                status=OutboxStatus.SENDING,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                claimed_by=worker,
+                queued_at=None,
+            )
+        )
+        if not won:
+            return None
+        row: Any = self.get(pk=pk)
+        # An attempt whose answer was never recorded (a dead worker's) counts as reached.
+        row.interrupted = bool(
+            row.attempt_log.filter(outcome=IN_FLIGHT, finished_at__isnull=True).update(
+                outcome=INTERRUPTED, finished_at=now, error=INTERRUPTED_ERROR
+            )
+        )
+        if row.interrupted:
+            if row.maybe_duplicate:
+                if row.close(OutboxStatus.GIVEN_UP, last_error=INTERRUPTED_TWICE):
+                    row.status = OutboxStatus.GIVEN_UP
+                return row
+            row.maybe_duplicate = True
+            row.holding().update(maybe_duplicate=True)
+        return row
+
+    def queue_due(self, limit: int, now, enqueue: Callable[[int], None]) -> int:
+        """Mark up to ``limit`` due rows that have no task as queued, and queue theirs.
+
+        Two lanes: the newest due rows, so that a message written now is not stuck
+        behind a backlog (say, after an outage), and the oldest, so that a backlog
+        always moves too. Returns how many were queued.
+        """
+        if limit <= 0:
+            return 0
+        due = self.due(now).filter(queued_at__isnull=True)
+        half = (limit + 1) // 2
+        ids = list(due.order_by("-next_attempt_at", "-pk").values_list("pk", flat=True)[:half])
+        if len(ids) == half:
+            ids += (
+                due.exclude(pk__in=ids)
+                .order_by("next_attempt_at", "pk")
+                .values_list("pk", flat=True)[: limit - half]
+            )
+        # Marked with this pass's own timestamp: a row another relay (or a staff resend)
+        # gave a task meanwhile is not matched, and is not queued twice.
+        self.filter(pk__in=ids, queued_at__isnull=True).update(queued_at=now)
+        mine = list(
+            self.filter(pk__in=ids, queued_at=now)
+            .order_by("-next_attempt_at", "-pk")
+            .values_list("pk", flat=True)
+        )
+        for pk in mine:
+            enqueue(pk)
+        return len(mine)
+
+    def forget_lost_tasks(self, now, queue: str) -> int:
+        """Unmark the rows whose task the broker lost (a Redis restart, a killed worker).
+
+        Whatever the broker (django-q2's ORM table or Redis), it holds at most as many of
+        these tasks as there are marked rows (a claim unmarks the row whose task ran).
+        Its queue is first in, first out and kept shallow, so when it holds fewer, the
+        oldest marked rows are the ones without a task; unmarked, the relay queues them
+        again at once. Returns how many were unmarked.
+        """
+        marked = self.filter(queued_at__isnull=False)
+        waiting = marked.count()
+        if not waiting:
+            return 0
+        try:
+            held = get_broker(queue).queue_size() or 0
+        except Exception:  # the broker is down: nothing can be queued now anyway
+            logger.warning("Queue %s cannot be read; lost tasks are looked for later", queue)
+            return 0
+        if waiting <= held:
+            return 0
+        old = marked.filter(queued_at__lt=now - TASK_TAKEN_GRACE)
+        oldest = list(
+            old.order_by("queued_at", "pk").values_list("pk", flat=True)[: waiting - held]
+        )
+        count = old.filter(pk__in=oldest).update(queued_at=None)
+        if count:
+            logger.warning("The broker lost %s task(s) of %s: queued again", count, queue)
+        return count
+
+
+INTERRUPTED_TWICE = "Interrupted twice in the middle of a send: not sent a third time"
+
+
+class OutboxRow(models.Model):
+    """One outgoing message: claimed with a lease, each try recorded as an attempt.
+
+    A subclass gives ``status`` its final choices and an attempt model whose foreign key
+    is named ``attempt_log``. ``db_default`` on the fields added later keeps a worker of
+    the previous release writing rows while a new one is being rolled out.
+    """
+
+    status = models.CharField(
+        _("status"), max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("failed attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
+    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
+    claimed_by = models.CharField(_("claimed by"), max_length=128, blank=True, db_default="")
+    # When a delivery task was put on the queue for this row (None: no task waiting).
+    queued_at = models.DateTimeField(_("task queued"), null=True, blank=True)
+    # A worker died (or was stopped) after the request left and before the answer was
+    # recorded: the row was sent once more, and the recipient may have got it twice.
+    maybe_duplicate = models.BooleanField(_("may be a duplicate"), default=False, db_default=False)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    objects = OutboxQuerySet.as_manager()
+    interrupted = False  # set by ``claim``
+    attempt_log: Any  # the attempts (the subclass's attempt model names its key so)
+
+    class Meta:
+        abstract = True
+
+    def holding(self):
+        """This row, only while this worker still holds it."""
+        return type(self).objects.filter(
+            pk=self.pk, status=OutboxStatus.SENDING, claimed_by=self.claimed_by
+        )
+
+    def open_attempt(self, **fields: Any):
+        """Record a try before the request leaves (a worker that dies now leaves a trace)."""
+        return self.attempt_log.create(outcome=IN_FLIGHT, worker=self.claimed_by, **fields)
+
+    def release(self, *, after: float, error: str = "", failed: bool = False) -> bool:
+        """Back to pending, due in ``after`` seconds; a failed try counts toward giving up."""
+        fields: dict[str, Any] = {
+            "status": OutboxStatus.PENDING,
+            "lease_until": None,
+            "claimed_by": "",
+            "next_attempt_at": timezone.now() + timedelta(seconds=after),
+            "last_error": error[:2000],
+        }
+        if failed:
+            fields["attempts"] = self.attempts
+        return bool(self.holding().update(**fields))
+
+    def close(self, status: str, **fields: Any) -> bool:
+        """Settle the row for good; False if another worker took it over meanwhile."""
+        return bool(self.holding().update(status=status, lease_until=None, **fields))
+
+    def settle(
+        self,
+        attempt: Any,
+        outcome: str,
+        *,
+        error: str = "",
+        attempt_fields: dict[str, Any] | None = None,
+        close: str | None = None,
+        retry_in: float | None = None,
+        failed: bool = False,
+        **row_fields: Any,
+    ) -> bool:
+        """Record the attempt's answer and close the row or put it back, in one commit.
+
+        Recorded together or not at all: a worker killed in between leaves the attempt
+        in flight, so the next claimer knows the other side may have it.
+        """
+        with transaction.atomic(using=self._state.db):
+            type(attempt).objects.filter(pk=attempt.pk).update(
+                outcome=outcome,
+                finished_at=timezone.now(),
+                error=error[:2000],
+                **(attempt_fields or {}),
+            )
+            if close is not None:
+                return self.close(close, **row_fields)
+            if retry_in is not None:
+                return self.release(after=retry_in, error=error, failed=failed)
+        return True
+
+
+class OutboxAttempt(models.Model):
+    """One try at sending an outbox row (the foreign key, ``attempt_log``, is the subclass's)."""
+
+    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    worker = models.CharField(_("worker"), max_length=128, blank=True, db_default="")
+
+    class Meta:
+        abstract = True
 
 
 class NotificationKind(models.TextChoices):
@@ -63,7 +311,7 @@ class NotificationStatus(models.TextChoices):
     SKIPPED = "skipped", _("Skipped (no recipient)")
 
 
-class Notification(models.Model):
+class Notification(OutboxRow):
     dedup_key = models.CharField(_("deduplication key"), max_length=200, unique=True)
     kind = models.CharField(_("kind"), max_length=32, choices=NotificationKind.choices)
     audience = models.CharField(_("audience"), max_length=8, choices=Audience.choices)
@@ -103,21 +351,8 @@ class Notification(models.Model):
         choices=NotificationStatus.choices,
         default=NotificationStatus.PENDING,
     )
-    attempts = models.PositiveIntegerField(_("failed attempts"), default=0)
-    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
-    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
-    claimed_by = models.CharField(_("claimed by"), max_length=128, blank=True)
-    # When a delivery task was put on the queue for this row (None: no task waiting).
-    # The relay and the sweep queue a task only for rows without one, and the task
-    # clears it when it runs, so a row never has two tasks waiting.
-    queued_at = models.DateTimeField(_("task queued"), null=True, blank=True)
-    # A worker died (or was stopped) in the middle of sending this row: it was sent
-    # again once, and the owner may have got it twice.
-    maybe_duplicate = models.BooleanField(_("may be a duplicate"), default=False)
-    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
     telegram_message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
-    last_error = models.TextField(_("last error"), blank=True)
 
     class Meta:
         verbose_name = _("notification")
@@ -140,15 +375,15 @@ class Notification(models.Model):
         return self.dedup_key
 
 
-class NotificationAttempt(models.Model):
+class NotificationAttempt(OutboxAttempt):
     """One try at sending: its outcome, error and Telegram's message id."""
 
     class Outcome(models.TextChoices):
         # Written before the request goes out: an attempt still in flight after its
         # lease means the worker died mid-send (the message may or may not have arrived).
-        IN_FLIGHT = "in_flight", _("In flight (no answer recorded)")
+        IN_FLIGHT = IN_FLIGHT, _("In flight (no answer recorded)")
         # An in-flight attempt whose worker died or was stopped before the answer.
-        INTERRUPTED = "interrupted", _("Interrupted (may have arrived)")
+        INTERRUPTED = INTERRUPTED, _("Interrupted (may have arrived)")
         SENT = "sent", _("Sent")
         RETRY_AFTER = "retry_after", _("Flood control (retry later)")
         UNREACHABLE = "unreachable", _("Recipient unreachable")
@@ -161,13 +396,9 @@ class NotificationAttempt(models.Model):
     notification = models.ForeignKey(
         Notification, on_delete=models.CASCADE, related_name="attempt_log"
     )
-    started_at = models.DateTimeField(_("started"), default=timezone.now)
-    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
-    error = models.TextField(_("error"), blank=True)
     telegram_message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
-    worker = models.CharField(_("worker"), max_length=128, blank=True)
 
     class Meta:
         verbose_name = _("notification attempt")

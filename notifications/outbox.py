@@ -26,6 +26,7 @@ from notifications.models import (
     NotificationKind,
     NotificationStatus,
     OwnerMessage,
+    SenderState,
 )
 
 logger = logging.getLogger("notifications")
@@ -46,7 +47,16 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
     breaking the caller's transaction. Without it, a duplicate raises and takes the
     caller's transaction with it: for callers that are the only possible writer of
     their key, where two round trips per message are worth saving.
+
+    A row due now is written marked as having its task (``queued_at``), so the relay
+    never queues a second one. A row held back (a stuck alert waiting for its digest),
+    or written while sending is paused (a task would only find the pause), is left to
+    the relay, which queues it when it is due and sending has resumed.
     """
+    now = timezone.now()
+    due_now = fields.setdefault("next_attempt_at", now) <= now and not _paused()
+    if due_now:
+        fields["queued_at"] = now
     if savepoint:
         try:
             with transaction.atomic():
@@ -56,8 +66,13 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
             return None
     else:
         notification = Notification.objects.create(**fields)
-    _hand_over(notification.pk)
+    if due_now:
+        _hand_over(notification.pk)
     return notification
+
+
+def _paused() -> bool:
+    return SenderState.objects.filter(pk=1, paused=True).exists()
 
 
 def _broker_shares_transaction() -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -49,11 +50,21 @@ def take_turn(me: str) -> bool:
     )
 
 
+# The other outboxes' passes (the bot's event callbacks), registered by their apps:
+# one relay for every outgoing message.
+_other_outboxes: list[Callable[[], int]] = []
+
+
+def register(relay_once: Callable[[], int]) -> None:
+    if relay_once not in _other_outboxes:
+        _other_outboxes.append(relay_once)
+
+
 def tick(me: str) -> int:
     """One pass: queue what is due, if it is this relay's turn. Returns how many."""
     if not take_turn(me):
         return 0
-    return delivery.relay_once()
+    return delivery.relay_once() + sum(relay_once() for relay_once in _other_outboxes)
 
 
 def run(stop: threading.Event) -> None:

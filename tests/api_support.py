@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +49,23 @@ def run_check() -> None:
         next_check_at=timezone.now() - timedelta(seconds=1)
     )
     tasks.run_check()
+
+
+def run_callbacks() -> list[str]:
+    """Run the event-callback tasks really queued on the broker, the way a worker would."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+    from django_q.models import OrmQ
+
+    from monitoring.api import callbacks
+
+    results = []
+    for package in OrmQ.objects.filter(key=settings.Q_CLUSTER["name"]).order_by("id"):
+        task = package.task
+        if task["func"] == callbacks.TASK:
+            package.delete()
+            results.append(import_string(task["func"])(*task["args"], **task["kwargs"]))
+    return results
 
 
 class ApiSession:
@@ -104,6 +122,7 @@ class Receiver:
     def __init__(self, tls_dir=None) -> None:
         self.requests: list[dict] = []
         self.statuses: list[int] = []
+        self.delay = 0.0  # seconds between recording a POST and answering it
         self.lock = threading.Lock()
         receiver = self
 
@@ -116,6 +135,7 @@ class Receiver:
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
                     status = receiver.statuses.pop(0) if receiver.statuses else 204
+                time.sleep(receiver.delay)
                 self.send_response(status)
                 if status == 429:
                     self.send_header("Retry-After", "120")

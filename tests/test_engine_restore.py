@@ -33,6 +33,11 @@ def test_restore_makes_every_active_training_due_whatever_its_age(training_avata
     )
     _, fresh = training_avatar(request_id="fresh-one")
     Training.objects.filter(pk=fresh.pk).update(next_check_at=far)
+    # Checked 10 s ago by another host: it keeps its place (once per interval).
+    _, just_checked = training_avatar(request_id="checked-elsewhere")
+    Training.objects.filter(pk=just_checked.pk).update(
+        last_checked_at=timezone.now() - timedelta(seconds=10), next_check_at=far
+    )
     _, finished = training_avatar(request_id="finished-one")
     Training.objects.filter(pk=finished.pk).update(finished_at=timezone.now(), next_check_at=None)
     OrmQ.objects.all().delete()
@@ -40,9 +45,10 @@ def test_restore_makes_every_active_training_due_whatever_its_age(training_avata
     with caplog.at_level(logging.INFO, logger="monitoring"):
         count = restore.restore_monitoring()
 
-    assert count == 2
-    assert "✅ Мониторинг восстановлен для 2 аватаров" in caplog.text
+    assert count == 3
+    assert "✅ Мониторинг восстановлен для 3 аватаров" in caplog.text
     assert Training.objects.filter(next_check_at__lte=timezone.now()).count() == 2
+    assert Training.objects.get(pk=just_checked.pk).next_check_at == far
     assert Training.objects.get(pk=finished.pk).next_check_at is None
     [queued] = [SignedPackage.loads(row.payload) for row in OrmQ.objects.all()]
     assert queued["func"] == "monitoring.tasks.run_check"

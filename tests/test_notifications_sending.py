@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from monitoring import transitions
 from monitoring.models import EventSource
@@ -181,17 +183,49 @@ def test_with_the_redis_broker_the_task_is_queued_only_once_the_message_commits(
     assert queue.queue_size() == 1
 
 
-def test_a_lost_enqueue_is_sent_by_the_next_sweep(telegram, training_avatar, run_deliveries):
+def _lose_tasks_seconds_ago(seconds: float) -> None:
+    """The broker lost every queued task (a Redis restart), ``seconds`` ago."""
     from django_q.models import OrmQ
 
+    OrmQ.objects.all().delete()
+    Notification.objects.filter(queued_at__isnull=False).update(
+        queued_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def test_a_lost_enqueue_is_sent_by_the_next_sweep(telegram, training_avatar, run_deliveries):
     avatar, training = training_avatar()
     _complete(training)
-    OrmQ.objects.all().delete()  # the broker lost it
+    _lose_tasks_seconds_ago(3)
 
     assert delivery.sweep() == 1
     run_deliveries()
 
     assert len(telegram.messages_to(avatar.owner.telegram_id)) == 1
+
+
+def test_the_relay_queues_again_only_the_tasks_the_broker_lost(
+    telegram, training_avatar, run_deliveries
+):
+    from django_q.models import OrmQ
+
+    rows = []
+    for i in range(3):
+        _avatar, training = training_avatar(request_id=f"lost{i}")
+        _complete(training)
+        rows.append(Notification.objects.get(training=training))
+    _lose_tasks_seconds_ago(3)
+    # A fresh message after the restart: its task is in the broker.
+    avatar, training = training_avatar(request_id="kept")
+    _complete(training)
+    _avatar, just_lost = training_avatar(request_id="young")
+    _complete(just_lost)
+    OrmQ.objects.order_by("-id").first().delete()  # lost less than a second ago
+
+    assert delivery.relay_once() == 3  # the three old ones, at once; not the kept one
+    assert Notification.objects.filter(training=just_lost, queued_at__isnull=False).exists()
+    assert sorted(r for r in run_deliveries()) == ["sent"] * 4
+    assert len(telegram.messages) == 4
 
 
 def test_resend_reopens_only_failed_or_given_up_rows(telegram, training_avatar, run_deliveries):

@@ -170,7 +170,17 @@ class ApiCallAdmin(ReadOnlyAdmin[ApiCall], OperatorsOnly[ApiCall]):
 class CallbackAttemptInline(ReadOnlyInline[CallbackAttempt, EventCallback]):
     model = CallbackAttempt
     show_change_link = False  # attempts have no page of their own
-    fields = ("started_at", "outcome", "status_code", "address", "duration_ms", "error", "url")
+    fields = (
+        "started_at",
+        "finished_at",
+        "outcome",
+        "status_code",
+        "address",
+        "duration_ms",
+        "error",
+        "url",
+        "worker",
+    )
     readonly_fields = fields
 
 
@@ -199,9 +209,10 @@ class EventCallbackAdmin(ReadOnlyAdmin[EventCallback]):
         "status",
         "attempts",
         "next_attempt_at",
+        "maybe_duplicate",
         "last_error",
     )
-    list_filter = (FailingFilter, "status", "event_type", "client")
+    list_filter = (FailingFilter, "status", "event_type", "client", "maybe_duplicate")
     search_fields = ("webhook_id", "event_key")
     inlines = [CallbackAttemptInline]
     readonly_fields = (
@@ -213,6 +224,8 @@ class EventCallbackAdmin(ReadOnlyAdmin[EventCallback]):
         "event_type",
         "status",
         "attempts",
+        "maybe_duplicate",
+        "claimed_by",
         "created_at",
         "next_attempt_at",
         "give_up_at",

@@ -17,6 +17,7 @@ class ApiConfig(AppConfig):
         from monitoring.api import callback_health, callbacks, checks  # noqa: F401 (registers the checks)
         from monitoring.api import retention as api_retention
         from monitoring.ops import attention, metrics, retention
+        from notifications import relay
 
         if api_retention.prunable not in retention.EXTRA_PRUNABLE:
             retention.EXTRA_PRUNABLE.append(api_retention.prunable)
@@ -36,3 +37,5 @@ class ApiConfig(AppConfig):
         transitions.training_retried.connect(
             callbacks.record_retried, dispatch_uid="api-callback-retried"
         )
+        # The outbox's one relay queues due events too (retries, lost hand-overs).
+        relay.register(callbacks.relay_once)

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
+from django_q.tasks import async_task
 from standardwebhooks.webhooks import Webhook
 
 from monitoring import files
@@ -47,10 +47,13 @@ from monitoring.api.models import (
     EventType,
 )
 from monitoring.models import Avatar, Training
+from notifications.delivery import worker_name
+from notifications.models import INTERRUPTED_TWICE, backoff
 
 logger = logging.getLogger("monitoring")
 
 TASK = "monitoring.api.callbacks.deliver"
+Outcome = CallbackAttempt.Outcome
 _OUTCOME_EVENTS = {
     "completed": EventType.COMPLETED,
     "error": EventType.FAILED,
@@ -117,6 +120,7 @@ def _record(training: Training, event_type: str, key: str) -> EventCallback | No
                 event_type=event_type,
                 payload=payload,
                 next_attempt_at=now,
+                queued_at=now,
                 give_up_at=now + timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS),
             )
     except IntegrityError:
@@ -126,14 +130,18 @@ def _record(training: Training, event_type: str, key: str) -> EventCallback | No
     return callback
 
 
-def enqueue(callback_id: int) -> None:
-    """Queue the delivery task; never raises (the sweep picks up a lost hand-over)."""
-    try:
-        from django_q.tasks import async_task
+def _queue() -> str:
+    """The django-q2 queue callbacks go on: the checks cluster's, not Telegram's."""
+    return settings.Q_CLUSTER["name"]
 
-        async_task(TASK, callback_id, group="api-callbacks")
+
+def enqueue(callback_id: int) -> None:
+    """Queue the delivery task; never raises (the relay picks up a lost hand-over)."""
+    try:
+        async_task(TASK, callback_id, group="api-callbacks", cluster=_queue())
     except Exception:
-        logger.exception("Could not queue event callback %s; the sweep will send it", callback_id)
+        EventCallback.objects.filter(pk=callback_id).update(queued_at=None)
+        logger.exception("Could not queue event callback %s; the relay will send it", callback_id)
 
 
 # --- Where we may send --------------------------------------------------------------------
@@ -271,23 +279,30 @@ def resolve(url: str) -> Destination:
 
 
 def _claim(callback_id: int) -> EventCallback | None:
-    now = timezone.now()
-    lease = timedelta(seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3)
-    won = (
-        EventCallback.objects.filter(
-            pk=callback_id, status=CallbackStatus.PENDING, next_attempt_at__lte=now
-        )
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + lease)
+    """Take the event for this worker (the outbox's claim); None if not due or given up."""
+    callback = EventCallback.objects.select_related("client").claim(
+        callback_id,
+        worker=worker_name(),
+        lease_seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3,
     )
-    if not won:
+    if callback is None or not callback.interrupted:
+        return callback
+    if callback.status == CallbackStatus.GIVEN_UP:
+        logger.error("Event callback %s: %s", callback.webhook_id, INTERRUPTED_TWICE)
         return None
-    return EventCallback.objects.select_related("client").get(pk=callback_id)
+    logger.warning(
+        "Event callback %s: a worker died mid-send; sending it once more (may be a duplicate)",
+        callback.webhook_id,
+    )
+    return callback
 
 
 def _backoff(attempts: int) -> float:
-    base = settings.EVENT_CALLBACK_RETRY_BASE_SECONDS
-    return min(settings.EVENT_CALLBACK_RETRY_MAX_SECONDS, base * (2 ** max(0, attempts - 1)))
+    return backoff(
+        attempts,
+        settings.EVENT_CALLBACK_RETRY_BASE_SECONDS,
+        settings.EVENT_CALLBACK_RETRY_MAX_SECONDS,
+    )
 
 
 def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[str, str]]:
@@ -349,25 +364,27 @@ def deliver(callback_id: int) -> str:
         return "not due"
     now = timezone.now()
     if now >= callback.give_up_at:
-        _close(callback, CallbackStatus.GIVEN_UP, "older than EVENT_CALLBACK_MAX_AGE_HOURS")
+        callback.close(
+            CallbackStatus.GIVEN_UP, last_error="older than EVENT_CALLBACK_MAX_AGE_HOURS"
+        )
         return CallbackStatus.GIVEN_UP
     client = callback.client
     url = client.callback_url
-    attempt = CallbackAttempt(callback=callback, url=url[:1024], started_at=now)
     if not url or not client.is_active:
         reason = (
             "the client is revoked" if client.callback_url else "the client has no callback URL"
         )
-        return _finish(callback, attempt, CallbackAttempt.Outcome.REFUSED, error=reason)
+        return _finish(callback, _attempt(callback, url), Outcome.REFUSED, error=reason)
     try:
         destination = resolve(url)
     except CallbackRefused as exc:
-        return _finish(callback, attempt, CallbackAttempt.Outcome.REFUSED, error=str(exc))
+        return _finish(callback, _attempt(callback, url), Outcome.REFUSED, error=str(exc))
     except CallbackUnresolvable as exc:
-        return _finish(callback, attempt, CallbackAttempt.Outcome.RETRY, error=str(exc))
-    attempt.address = destination.address
+        return _finish(callback, _attempt(callback, url), Outcome.RETRY, error=str(exc))
     body, headers = signed_request(callback, now=now)
     headers["host"] = destination.host_header
+    # Recorded before the request leaves: a worker that dies now leaves a trace.
+    attempt = _attempt(callback, url, address=destination.address)
     started = time.monotonic()
     try:
         with httpx.Client(
@@ -380,29 +397,35 @@ def deliver(callback_id: int) -> str:
                 extensions={"sni_hostname": destination.host},
             )
     except httpx.HTTPError as exc:
-        attempt.duration_ms = (time.monotonic() - started) * 1000
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        return _finish(callback, attempt, CallbackAttempt.Outcome.RETRY, error=error)
-    attempt.duration_ms = (time.monotonic() - started) * 1000
-    attempt.status_code = response.status_code
+        return _finish(callback, attempt, Outcome.RETRY, error=error, started=started)
     code = response.status_code
     if 200 <= code < 300:
-        return _finish(callback, attempt, CallbackAttempt.Outcome.DELIVERED)
+        return _finish(callback, attempt, Outcome.DELIVERED, started=started, status_code=code)
     excerpt = response.text[:300]
     if code == 429 or code >= 500:
         retry_after = _retry_after(response.headers.get("retry-after"))
+        error = f"HTTP {code}: {excerpt}"
         return _finish(
             callback,
             attempt,
-            CallbackAttempt.Outcome.RETRY,
-            error=f"HTTP {code}: {excerpt}",
+            Outcome.RETRY,
+            error=error,
             wait=retry_after,
+            started=started,
+            status_code=code,
         )
     if 300 <= code < 400:
         error = f"HTTP {code}: redirects are not followed ({response.headers.get('location', '')})"
     else:
         error = f"HTTP {code}: {excerpt}"
-    return _finish(callback, attempt, CallbackAttempt.Outcome.REJECTED, error=error)
+    return _finish(
+        callback, attempt, Outcome.REJECTED, error=error, started=started, status_code=code
+    )
+
+
+def _attempt(callback: EventCallback, url: str, **fields: Any) -> CallbackAttempt:
+    return callback.open_attempt(url=url[:1024], **fields)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -412,6 +435,14 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+# What each outcome does to the event: its final status, or None to retry.
+_FINAL: dict[str, str] = {
+    Outcome.DELIVERED: CallbackStatus.DELIVERED,
+    Outcome.REFUSED: CallbackStatus.REFUSED,
+    Outcome.REJECTED: CallbackStatus.FAILED,
+}
+
+
 def _finish(
     callback: EventCallback,
     attempt: CallbackAttempt,
@@ -419,61 +450,59 @@ def _finish(
     *,
     error: str = "",
     wait: float | None = None,
+    started: float | None = None,
+    status_code: int | None = None,
 ) -> str:
-    attempt.outcome = outcome
-    attempt.error = error
-    attempt.save()
+    """Record the attempt and settle the event in one commit (``OutboxRow.settle``)."""
+    answer: dict[str, Any] = {"status_code": status_code}
+    if started is not None:
+        answer["duration_ms"] = (time.monotonic() - started) * 1000
     now = timezone.now()
     attempts = callback.attempts + 1
-    if outcome == CallbackAttempt.Outcome.DELIVERED:
-        _close(callback, CallbackStatus.DELIVERED, "", attempts=attempts, delivered_at=now)
-        return CallbackStatus.DELIVERED
-    if outcome == CallbackAttempt.Outcome.REFUSED:
-        _close(callback, CallbackStatus.REFUSED, error, attempts=attempts)
-        logger.warning("Event callback %s not sent: %s", callback.webhook_id, error)
-        return CallbackStatus.REFUSED
-    if outcome == CallbackAttempt.Outcome.REJECTED:
-        _close(callback, CallbackStatus.FAILED, error, attempts=attempts)
-        logger.warning("Event callback %s rejected: %s", callback.webhook_id, error)
-        return CallbackStatus.FAILED
-    delay = max(_backoff(attempts), wait or 0.0)
-    next_at = now + timedelta(seconds=delay)
-    if next_at >= callback.give_up_at:
-        _close(callback, CallbackStatus.GIVEN_UP, error, attempts=attempts)
-        logger.warning("Event callback %s given up: %s", callback.webhook_id, error)
-        return CallbackStatus.GIVEN_UP
-    EventCallback.objects.filter(pk=callback.pk).update(
-        attempts=attempts, next_attempt_at=next_at, lease_until=None, last_error=error
+    final = _FINAL.get(outcome)
+    if final is None:
+        next_at = now + timedelta(seconds=max(_backoff(attempts), wait or 0.0))
+        if next_at < callback.give_up_at:
+            callback.attempts = attempts
+            callback.settle(
+                attempt,
+                outcome,
+                error=error,
+                attempt_fields=answer,
+                retry_in=(next_at - now).total_seconds(),
+                failed=True,
+            )
+            return "retry"
+        final = CallbackStatus.GIVEN_UP
+    fields: dict[str, Any] = {"delivered_at": now} if final == CallbackStatus.DELIVERED else {}
+    callback.settle(
+        attempt,
+        outcome,
+        error=error,
+        attempt_fields=answer,
+        close=final,
+        attempts=attempts,
+        last_error=error,
+        **fields,
     )
-    return "retry"
+    if final != CallbackStatus.DELIVERED:
+        logger.warning("Event callback %s %s: %s", callback.webhook_id, final, error)
+    return final
 
 
-def _close(callback: EventCallback, status: str, error: str, **fields: Any) -> None:
-    EventCallback.objects.filter(pk=callback.pk).update(
-        status=status, lease_until=None, last_error=error, **fields
-    )
+def relay_once(limit: int = 50) -> int:
+    """Queue the events that are due and have no task (retries, lost hand-overs).
 
-
-def due_ids(limit: int = 200) -> list[int]:
+    Run by the outbox's relay (``notifications.relay``) and by the minute's sweep.
+    """
     now = timezone.now()
-    return list(
-        EventCallback.objects.filter(status=CallbackStatus.PENDING, next_attempt_at__lte=now)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    EventCallback.objects.forget_lost_tasks(now, _queue())
+    return EventCallback.objects.queue_due(limit, now, enqueue)
 
 
 def sweep() -> int:
-    """The periodic net: send what is due (retries, lost hand-overs). Returns how many."""
-    deadline = time.monotonic() + 40
-    sent = 0
-    for callback_id in due_ids():
-        if time.monotonic() > deadline:
-            break  # the next run goes on; a run never outlives its django-q2 timeout
-        if deliver(callback_id) != "not due":
-            sent += 1
-    return sent
+    """The periodic net under the relay. Returns how many events were queued."""
+    return relay_once(limit=500)
 
 
 def resend(callback_id: int) -> bool:
@@ -483,6 +512,8 @@ def resend(callback_id: int) -> bool:
         status=CallbackStatus.PENDING,
         next_attempt_at=now,
         lease_until=None,
+        claimed_by="",
+        queued_at=now,
         give_up_at=now + timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS),
     )
     if changed:

@@ -12,6 +12,14 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from notifications.models import (
+    IN_FLIGHT,
+    INTERRUPTED,
+    OutboxAttempt,
+    OutboxRow,
+    OutboxStatus,
+)
+
 
 class Scope(models.TextChoices):
     TRAININGS_WRITE = "trainings:write", _("Start, retrain, adopt and cancel trainings")
@@ -174,15 +182,16 @@ class EventType(models.TextChoices):
 
 
 class CallbackStatus(models.TextChoices):
-    PENDING = "pending", _("Pending")
+    PENDING = OutboxStatus.PENDING, _("Pending")
+    SENDING = OutboxStatus.SENDING, _("Sending")
     DELIVERED = "delivered", _("Delivered")
     FAILED = "failed", _("Failed (final answer from the receiver)")
     REFUSED = "refused", _("Refused (URL not allowed)")
-    GIVEN_UP = "given_up", _("Given up (too old)")
+    GIVEN_UP = OutboxStatus.GIVEN_UP, _("Given up (too old, or interrupted twice)")
 
 
-class EventCallback(models.Model):
-    """An event for a client's callback URL: written with the outcome, sent by its own policy.
+class EventCallback(OutboxRow):
+    """An event for a client's callback URL: a row of the outbox, sent by its own policy.
 
     ``webhook_id`` is the Standard Webhooks message id: the same on every attempt, so
     the receiver can tell a retry from a new event.
@@ -206,13 +215,8 @@ class EventCallback(models.Model):
     status = models.CharField(
         _("status"), max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.PENDING
     )
-    attempts = models.PositiveIntegerField(_("attempts"), default=0)
-    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
     give_up_at = models.DateTimeField(_("retried until"))
-    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
-    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
     delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
-    last_error = models.TextField(_("last error"), blank=True)
 
     class Meta:
         verbose_name = _("event callback")
@@ -230,23 +234,25 @@ class EventCallback(models.Model):
         return f"{self.event_type} {self.webhook_id}"
 
 
-class CallbackAttempt(models.Model):
+class CallbackAttempt(OutboxAttempt):
     """One POST of an event (or the reason it was not sent)."""
 
     class Outcome(models.TextChoices):
+        IN_FLIGHT = IN_FLIGHT, _("In flight (no answer recorded)")
+        INTERRUPTED = INTERRUPTED, _("Interrupted (may have arrived)")
         DELIVERED = "delivered", _("Delivered (2xx)")
         RETRY = "retry", _("Will retry (timeout, 5xx or 429)")
         REJECTED = "rejected", _("Rejected (final 4xx or redirect)")
         REFUSED = "refused", _("Not sent (address not allowed)")
 
-    callback = models.ForeignKey(EventCallback, on_delete=models.CASCADE, related_name="log")
-    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    callback = models.ForeignKey(
+        EventCallback, on_delete=models.CASCADE, related_name="attempt_log"
+    )
     duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
     url = models.CharField(_("URL"), max_length=1024)
     address = models.CharField(_("address"), max_length=64, blank=True)
     status_code = models.PositiveSmallIntegerField(_("answer status"), null=True, blank=True)
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
-    error = models.TextField(_("error"), blank=True)
 
     class Meta:
         verbose_name = _("callback attempt")
