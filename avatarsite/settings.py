@@ -50,6 +50,8 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "insecure-local-development-key-not-for-production"
 
+# System check ids not to report (./bin/run's demo silences what it chose on purpose).
+SILENCED_SYSTEM_CHECKS = env_list("SILENCED_SYSTEM_CHECKS", [])
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 # Proxies whose X-Forwarded-For we believe (the same variable gunicorn reads). Every
 # per-address decision (login lockouts, refused-webhook records, /metrics allow-list)
@@ -146,6 +148,8 @@ LANGUAGES = [("en", _("English")), ("ru", _("Russian"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_I18N = True
 TIME_ZONE = "UTC"
+# One date format everywhere (avatarsite/formats): Django's lists and our pages agree.
+FORMAT_MODULE_PATH = ["avatarsite.formats"]
 USE_TZ = True
 
 STATIC_URL = "static/"
@@ -405,6 +409,13 @@ except ValueError:
     raise ImproperlyConfigured(
         f"TELEGRAM_STAFF_CHAT_ID must be a numeric chat id, got {_staff_chat!r}"
     ) from None
+# Owner messages (docs/owner-messages.md). The "ready" message links back to the bot;
+# "{avatar_id}" in the link is replaced by the avatar's id (a Telegram deep link such
+# as https://t.me/YourBot?start=avatar-{avatar_id}).
+OWNER_BOT_LINK = env_url("OWNER_BOT_LINK", None, schemes=("https", "tg"))
+# A training still running this long after it started: the owner is told once, in one
+# plain message (when the live progress messages, OWNER_PROGRESS_MESSAGES, are off).
+OWNER_DELAY_MESSAGE_MINUTES = env_int("OWNER_DELAY_MESSAGE_MINUTES", 30, minimum=1)
 _backends = {
     "telegram": "notifications.backends.telegram.TelegramBackend",
     "console": "notifications.backends.console.ConsoleBackend",
@@ -528,6 +539,11 @@ METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
 # (deploy/prometheus/alerts.yml) compare against them: one copy of each number.
 OWNER_TOLD_OBJECTIVE_SECONDS = env_int("OWNER_TOLD_OBJECTIVE_SECONDS", 120, minimum=1)
 STUCK_TRAININGS_ALERT_THRESHOLD = env_int("STUCK_TRAININGS_ALERT_THRESHOLD", 5, minimum=0)
+# This many failing event callbacks to the bot (retrying, or ended undelivered in the
+# last 24 h) raise the admin's problems banner; the count is on /metrics.
+EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD = env_int(
+    "EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD", 3, minimum=1
+)
 WEBHOOK_REFUSALS_ALERT_PER_MINUTE = env_float(
     "WEBHOOK_REFUSALS_ALERT_PER_MINUTE", 10.0, minimum=0.0
 )

@@ -349,6 +349,48 @@ class FalEmulator:
         self._loop = None
         self._server_stop = None
 
+    # --- kept across a restart (the demo's state directory) ------------------------
+
+    _MONOTONIC_FIELDS = ("submitted_at", "finished_at")
+
+    def save_jobs(self, path: Path) -> int:
+        """Write every job to ``path`` (JSON, times as wall clock); how many."""
+        with self._lock:
+            rows = []
+            for job in self.jobs.values():
+                row = dataclasses.asdict(job)
+                for name in self._MONOTONIC_FIELDS:
+                    if row[name] is not None:
+                        row[name] += self._wall_offset
+                rows.append(row)
+            data = {"jobs": rows, "per_input": dict(self._jobs_per_input)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+        return len(rows)
+
+    def load_jobs(self, path: Path) -> int:
+        """Read the jobs ``save_jobs`` wrote (a restarted demo keeps its running trainings:
+        their clocks go on from where they were, as fal's would)."""
+        if not path.exists():
+            return 0
+        data = json.loads(path.read_text())
+        with self._lock:
+            for row in data["jobs"]:
+                row["script"] = JobScript(**{**row["script"], "logs": tuple(row["script"]["logs"])})
+                for name in self._MONOTONIC_FIELDS:
+                    if row[name] is not None:
+                        row[name] -= self._wall_offset
+                for name in ("forced_error", "record_times"):
+                    if row[name] is not None:
+                        row[name] = tuple(row[name])
+                job = Job(**row)
+                self.jobs[job.request_id] = job
+                if job.webhook_url and not job.webhook_sent:
+                    self._awaiting_webhook.add(job.request_id)
+            self._jobs_per_input.update(data.get("per_input", {}))
+        return len(data["jobs"])
+
     def __enter__(self) -> FalEmulator:
         return self.start()
 
@@ -1361,6 +1403,11 @@ def main(argv: list[str] | None = None) -> None:
             ended_ago=60 + index * 72_000 / max(args.record_jobs, 1),
             json_input={"images_data_url": f"https://bench/{index}.zip", "trigger_phrase": "b"},
         )
+    # The jobs of the last run (a demo restart must not make fal forget its trainings).
+    jobs_file = args.state_dir / "jobs.json"
+    kept = emulator.load_jobs(jobs_file)
+    if kept:
+        logger.info("Kept %s job(s) from the last run (%s)", kept, jobs_file)
     env_file = args.state_dir / "emulator.env"
     tmp = env_file.with_suffix(".tmp")
     tmp.write_text("".join(f"{name}={value}\n" for name, value in emulator.env().items()))
@@ -1374,6 +1421,7 @@ def main(argv: list[str] | None = None) -> None:
     while not stop.wait(0.5):
         pass
     emulator.stop()
+    emulator.save_jobs(jobs_file)
     env_file.unlink(missing_ok=True)
 
 

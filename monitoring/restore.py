@@ -20,7 +20,8 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import ngettext
 from django_q.models import Schedule
 
 from monitoring.models import CheckRun, FalStatus, Training
@@ -46,7 +47,15 @@ def restore_monitoring(*, enqueue: bool = True) -> int:
         async_task(
             "monitoring.tasks.run_check", CheckRun.Kind.RESTORE, task_name="startup restore check"
         )
-    logger.info("✅ Мониторинг восстановлен для %s аватаров", count)
+    # The operator's log line is Russian whatever the process's language; the plural
+    # ("для 1 аватара", "для 5 аватаров") comes from the catalogue.
+    with translation.override("ru"):
+        line = ngettext(
+            "✅ Monitoring restored for %(n)s avatar",
+            "✅ Monitoring restored for %(n)s avatars",
+            count,
+        ) % {"n": count}
+    logger.info(line)
     return count
 
 

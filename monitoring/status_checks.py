@@ -46,7 +46,7 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from monitoring import recovery, restore, stuck, totals, transitions
+from monitoring import owner_delay, recovery, restore, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import AnsweredBy, FalOutcome
@@ -595,6 +595,7 @@ def check_trainings(
         batch.close()  # the batch's Platform API client, if it opened one
     still_active = [t for t in trainings if t.finished_at is None]
     stuck.review(still_active, now, source=source)
+    owner_delay.review(still_active, now)
     return reports
 
 

@@ -52,7 +52,7 @@ from monitoring.models import (
     TrainingOutcome,
     UnknownFalRequest,
 )
-from notifications import outbox
+from notifications import outbox, reachability
 from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
@@ -109,8 +109,16 @@ def create_avatar_for_owner(
         )
 
 
+def _owner_came_back(avatar: Avatar, source: str) -> None:
+    """The bot starts or adopts a training for this owner (the API): they talk to the
+    bot, so they can be messaged again, and what was held back for them is resent."""
+    if source == EventSource.API:
+        reachability.reachable_again(avatar.owner.telegram_id, why="the bot started a training")
+
+
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
     """Submit ``avatar`` to fal once. ``Outcome.changed`` is False when nothing was sent."""
+    _owner_came_back(avatar, source)
     endpoint, arguments = payloads.training_input(
         avatar.training_type,
         images_url=avatar.images_url,
@@ -496,6 +504,27 @@ class _FalSays:
         return self.item.json_input or {} if self.item is not None else {}
 
 
+def endpoint_of(request_id: str) -> str | None:
+    """The one trainer endpoint whose queue or record knows ``request_id`` (None: none, or
+    fal could not be asked): the adopt page pre-selects it. A status call per endpoint,
+    and the record only when the queue does not know it."""
+    known = []
+    for endpoint in payloads.ENDPOINTS.values():
+        try:
+            fal.status(endpoint, request_id)
+        except fal.FalNotFound:
+            try:
+                if platform.find_request(endpoint, request_id) is not None:
+                    known.append(endpoint)
+            except platform.PlatformUnavailable:
+                return None
+        except fal.FalError:
+            return None
+        else:
+            known.append(endpoint)
+    return known[0] if len(known) == 1 else None
+
+
 def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
     says = _FalSays()
     try:
@@ -690,6 +719,7 @@ def adopt_training(
         return existing
     avatar.refresh_from_db()
     training.refresh_from_db()
+    _owner_came_back(avatar, source)
     return AdoptResult(avatar=avatar, training=training, adopted=True)
 
 

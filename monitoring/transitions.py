@@ -59,7 +59,8 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
     S.TRAINING: frozenset({S.COMPLETED, S.ERROR, S.CANCELLED, S.READY_FOR_TRAINING}),
     S.COMPLETED: frozenset(),
     S.ERROR: frozenset({S.READY_FOR_TRAINING}),
-    S.CANCELLED: frozenset(),
+    # Retrained: a cancelled avatar can be started again (a new attempt, history kept).
+    S.CANCELLED: frozenset({S.READY_FOR_TRAINING}),
 }
 TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
 
@@ -183,9 +184,14 @@ def mark_ready(avatar: Avatar, *, source: str, actor: Any = None) -> Outcome:
     return _simple_move(avatar, S.DRAFT, S.READY_FOR_TRAINING, source=source, actor=actor)
 
 
+RETRAINABLE = (S.ERROR, S.CANCELLED)
+
+
 def retrain(avatar: Avatar, *, source: str = EventSource.STAFF, actor: Any = None) -> Outcome:
-    """error → ready_for_training. The failed attempt keeps its request id and history."""
-    return _simple_move(avatar, S.ERROR, S.READY_FOR_TRAINING, source=source, actor=actor)
+    """error or cancelled → ready_for_training. The ended attempt keeps its request id
+    and history; the next start is a new attempt."""
+    old = avatar.status if avatar.status in RETRAINABLE else S.ERROR
+    return _simple_move(avatar, old, S.READY_FOR_TRAINING, source=source, actor=actor)
 
 
 def _simple_move(avatar: Avatar, old: str, new: str, *, source: str, actor: Any) -> Outcome:

@@ -24,7 +24,7 @@ from avatarsite.admin_base import (
     confirmation_page,
     is_confirmed,
 )
-from notifications import delivery
+from notifications import delivery, reachability
 from notifications.models import (
     ChatMigration,
     Notification,
@@ -34,8 +34,9 @@ from notifications.models import (
     SenderState,
     UnreachableChat,
 )
+from notifications.reasons import telegram_reason_words
 
-RESENDABLE = (NotificationStatus.FAILED, NotificationStatus.GIVEN_UP)
+RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
@@ -174,7 +175,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         return request.user.has_perm(RESEND_PERMISSION)
 
     @admin.action(
-        description=gettext_lazy("Resend failed or given-up notifications…"),
+        description=gettext_lazy("Resend undelivered notifications…"),
         permissions=["resend_notification"],
     )
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
@@ -224,8 +225,8 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
             self.message_user(
                 request,
                 ngettext(
-                    "%(count)d selected notification was not failed or given up: left alone.",
-                    "%(count)d selected notifications were not failed or given up: left alone.",
+                    "%(count)d selected notification could not be resent: left alone.",
+                    "%(count)d selected notifications could not be resent: left alone.",
                     left_alone,
                 )
                 % {"count": left_alone},
@@ -236,11 +237,18 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
 
 def why_not_resend(notification: Notification) -> str:
     """Why resending ``notification`` would change nothing ("" when it is resent)."""
-    if notification.status in RESENDABLE:
-        return ""
-    return _("it is “%(status)s”; only failed or given-up messages are resent.") % {
-        "status": notification.get_status_display()
-    }
+    if notification.status not in RESENDABLE:
+        return _("it is “%(status)s”; only undelivered messages are resent.") % {
+            "status": notification.get_status_display()
+        }
+    if notification.status == NotificationStatus.UNREACHABLE and reachability.is_unreachable(
+        notification.chat_id
+    ):
+        return _(
+            "the owner is still marked unreachable: record that they are reachable again "
+            "(Unreachable chats) and it is resent by itself."
+        )
+    return ""
 
 
 @admin.register(SenderState)
@@ -254,8 +262,52 @@ class SenderStateAdmin(ReadOnlyAdmin[SenderState]):
 
 @admin.register(UnreachableChat)
 class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
-    list_display = ("chat_id", "reason", "since")
+    list_display = ("chat_id", "reason_words", "since")
     search_fields = ("=chat_id", "reason")
+    actions = ["reachable_again"]
+
+    @admin.display(description=gettext_lazy("why unreachable"), ordering="reason")
+    def reason_words(self, obj: UnreachableChat) -> str:
+        return telegram_reason_words(obj.reason)
+
+    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RESEND_PERMISSION)
+
+    @admin.action(
+        description=gettext_lazy("The owner is reachable again: resend held messages…"),
+        permissions=["resend_notification"],
+    )
+    def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):
+        # Asked again here: the confirmation page posts back to this action.
+        if not self.has_resend_notification_permission(request):
+            raise PermissionDenied
+        chats = list(queryset.order_by("pk"))
+        if not is_confirmed(request):
+            return confirmation_page(
+                self,
+                request,
+                action="reachable_again",
+                title=_("The owner is reachable again"),
+                question=_(
+                    "Has the owner unblocked the bot (or written to it)? Messages to these "
+                    "chats are sent again, and the messages held back about their avatars' "
+                    "current trainings are resent once."
+                ),
+                rows=[
+                    ConfirmRow(chat, label=str(chat.chat_id), state=chat.reason) for chat in chats
+                ],
+            )
+        for chat in chats:
+            resent = reachability.reachable_again(chat.chat_id, why=f"staff: {request.user}")
+            text = ngettext(
+                "chat %(chat)s is reachable again; %(count)d held message queued again.",
+                "chat %(chat)s is reachable again; %(count)d held messages queued again.",
+                len(resent),
+            ) % {"chat": chat.chat_id, "count": len(resent)}
+            # The row is gone: the admin log keeps who said so and when.
+            self.log_change(request, chat, f"reachable_again: {text}")
+            self.message_user(request, text, messages.SUCCESS)
+        return None
 
 
 @admin.register(ChatMigration)
@@ -274,6 +326,6 @@ def last_error_words(text: str) -> str:
         return _("The chat migrated twice during one send")
     if text.startswith(delivery.OWNER_UNREACHABLE):
         return _("Owner unreachable: %(reason)s") % {
-            "reason": text[len(delivery.OWNER_UNREACHABLE) :]
+            "reason": telegram_reason_words(text[len(delivery.OWNER_UNREACHABLE) :])
         }
-    return text
+    return telegram_reason_words(text)

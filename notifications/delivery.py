@@ -144,9 +144,9 @@ def sweep() -> int:
 
 
 def resend(notification_id: int) -> bool:
-    """Staff: send a failed or given-up row again, from a clean slate of retries."""
+    """Send a failed, given-up or held-back (unreachable) row again, with fresh retries."""
     reopened = Notification.objects.filter(
-        pk=notification_id, status__in=[Status.FAILED, Status.GIVEN_UP]
+        pk=notification_id, status__in=[Status.FAILED, Status.GIVEN_UP, Status.UNREACHABLE]
     ).update(
         status=Status.PENDING,
         attempts=0,

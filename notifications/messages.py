@@ -14,7 +14,12 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+from django.conf import settings
+from django.urls import reverse
+from django.utils import translation
+
 from avatarsite.log_redaction import redact
+from notifications import reasons
 from notifications.models import NotificationKind, OwnerMessage
 
 # Telegram refuses longer texts.
@@ -29,22 +34,32 @@ _TYPE_NAMES = {
 _OWNER_TEXTS: dict[str, dict[str, str]] = {
     "ru": {
         NotificationKind.READY: (
-            "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать."
+            "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать: "
+            "{how_to_use}"
         ),
         NotificationKind.FAILED: "😔 Не удалось обучить аватар <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
         NotificationKind.CANCELLED: (
             "Обучение аватара <b>{name}</b> ({type}) отменено. "
             "Когда захотите, его можно запустить снова."
         ),
+        NotificationKind.DELAYED: (
+            "⏳ Обучение аватара <b>{name}</b> ({type}) идёт дольше обычного. Мы следим за "
+            "ним и напишем, как только оно закончится."
+        ),
     },
     "en": {
         NotificationKind.READY: (
-            "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use."
+            "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use: "
+            "{how_to_use}"
         ),
         NotificationKind.FAILED: "😔 We could not train your avatar <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
         NotificationKind.CANCELLED: (
             "Training of your avatar <b>{name}</b> ({type}) was cancelled. "
             "You can start it again whenever you like."
+        ),
+        NotificationKind.DELAYED: (
+            "⏳ Training your avatar <b>{name}</b> ({type}) is taking longer than usual. We "
+            "are keeping an eye on it and will message you as soon as it is done."
         ),
     },
 }
@@ -100,6 +115,27 @@ _FAILURE_REASONS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+# How to use a ready avatar: in the bot, through OWNER_BOT_LINK when it is set.
+_HOW_TO_USE = {
+    "ru": (
+        "откройте бота и выберите его, чтобы создавать фото.",
+        'откройте <a href="{link}">бота</a> и создавайте фото.',
+    ),
+    "en": (
+        "open the bot and choose it to create photos.",
+        'open <a href="{link}">the bot</a> and create photos.',
+    ),
+}
+
+
+def _how_to_use(lang: str, avatar_id: int) -> str:
+    link = getattr(settings, "OWNER_BOT_LINK", None)
+    plain, linked = _HOW_TO_USE[lang]
+    if not link:
+        return plain
+    return linked.format(link=escape(link.replace("{avatar_id}", str(avatar_id)), quote=True))
+
+
 def _language(owner) -> str:
     return owner.language if owner.language in _OWNER_TEXTS else "ru"
 
@@ -113,6 +149,7 @@ def render_owner_message(kind: str, training, *, owner_message: str | None = Non
         "type": escape(_TYPE_NAMES[lang].get(avatar.training_type, avatar.training_type)),
         "reason": "",
         "next_step": "",
+        "how_to_use": _how_to_use(lang, avatar.pk) if kind == NotificationKind.READY else "",
     }
     if kind == NotificationKind.FAILED:
         chosen = owner_message or getattr(training, "owner_message", "") or OwnerMessage.UNKNOWN
@@ -121,10 +158,43 @@ def render_owner_message(kind: str, training, *, owner_message: str | None = Non
     return _OWNER_TEXTS[lang][kind].format(**values)[:MAX_TEXT]
 
 
+# --- Staff messages: one staff chat, in its language (Russian), with links to the admin ---
+
+STAFF_LANGUAGE = "ru"
+
+
+def admin_url(view: str, *args: Any, query: str = "") -> str:
+    """An absolute admin URL on PUBLIC_BASE_URL ("" when it is not set: no link)."""
+    base = getattr(settings, "PUBLIC_BASE_URL", None)
+    if not base:
+        return ""
+    return f"{base.rstrip('/')}{reverse(view, args=args)}{query}"
+
+
+def _link(url: str, text: str) -> str:
+    return f'<a href="{escape(url, quote=True)}">{escape(text)}</a>' if url else escape(text)
+
+
+def avatar_ref(avatar_id: int) -> str:
+    """ "#12", linked to the avatar's admin page."""
+    return _link(admin_url("admin:monitoring_avatar_change", avatar_id), f"#{avatar_id}")
+
+
+def avatar_link_line(avatar_id: int | None) -> str:
+    """A last line "Аватар: <link>" for a staff alert about one avatar ("" without a link)."""
+    url = admin_url("admin:monitoring_avatar_change", avatar_id) if avatar_id else ""
+    return f"\n{_link(url, f'Открыть аватар #{avatar_id}')}" if url else ""
+
+
+def _stuck_list_line() -> str:
+    url = admin_url("admin:monitoring_avatar_changelist", query="?stuck=yes")
+    return f"\n{_link(url, 'Все зависшие обучения')}" if url else ""
+
+
 def _stuck_line(training, reason: str = "") -> str:
     avatar = training.avatar
     return (
-        f"• #{avatar.pk} <b>{escape(avatar.name)}</b> "
+        f"• {avatar_ref(avatar.pk)} <b>{escape(avatar.name)}</b> "
         f"(<code>{escape(training.fal_request_id or '—')}</code>): "
         f"{escape(reason or training.stuck_reason)}"
     )
@@ -132,14 +202,15 @@ def _stuck_line(training, reason: str = "") -> str:
 
 def render_stuck_message(training, reason: str = "") -> str:
     """``reason``: the cause in Russian (``monitoring.stuck``); else the stored reason."""
-    return f"⚠️ Обучение зависло\n{_stuck_line(training, reason)}"[:MAX_TEXT]
+    return f"⚠️ Обучение зависло\n{_stuck_line(training, reason)}{_stuck_list_line()}"[:MAX_TEXT]
 
 
 def render_stuck_digest(trainings: Sequence[tuple[Any, str]]) -> str:
     """``trainings``: (training, its reason in Russian or "" for the stored one) pairs."""
     header = f"⚠️ Зависли обучения: {len(trainings)}\n"
+    footer = _stuck_list_line()
     lines: list[str] = []
-    size = len(header)
+    size = len(header) + len(footer)
     for index, (training, reason) in enumerate(trainings):
         line = _stuck_line(training, reason)
         rest = f"\n… и ещё {len(trainings) - index}"
@@ -148,7 +219,7 @@ def render_stuck_digest(trainings: Sequence[tuple[Any, str]]) -> str:
             break
         lines.append(line)
         size += len(line) + 1
-    return header + "\n".join(lines)
+    return header + "\n".join(lines) + footer
 
 
 def render_fal_account_message(status_code: int, detail: str) -> str:
@@ -200,9 +271,10 @@ def render_unsafe_result_message(
     *, avatar_id: int, avatar_name: str, request_id: str, url: str
 ) -> str:
     return (
-        f"🚫 Обучение #{avatar_id} <b>{escape(avatar_name)}</b> "
+        f"🚫 Обучение {avatar_ref(avatar_id)} <b>{escape(avatar_name)}</b> "
         f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
         f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
+        f"{avatar_link_line(avatar_id)}"
     )[:MAX_TEXT]
 
 
@@ -223,8 +295,18 @@ def render_retries_message(now: datetime, retried: int, ended: int) -> str:
 
 
 def render_given_up_message(notification, error: str) -> str:
-    recipient = escape(str(notification.owner)) if notification.owner_id else "staff"
+    """Entirely in the staff chat's language: the kind's label and Telegram's known
+    reasons are translated (``reasons``); an unknown Telegram text is quoted as code."""
+    with translation.override(STAFF_LANGUAGE):
+        kind = str(notification.get_kind_display())
+        why = reasons.telegram_reason_words(error[:500])
+    recipient = escape(str(notification.owner)) if notification.owner_id else "чата сотрудников"
+    why_html = f"<code>{escape(why)}</code>" if why == error[:500] else escape(why)
+    number = _link(
+        admin_url("admin:notifications_notification_change", notification.pk),
+        f"#{notification.pk}",
+    )
     return (
-        f"📭 Уведомление #{notification.pk} ({escape(notification.get_kind_display())}) "
-        f"для {recipient} не доставлено: {escape(error[:500])}"
+        f"📭 Уведомление {number} ({escape(kind)}) для {recipient} не доставлено: {why_html}"
+        f"{avatar_link_line(notification.avatar_id)}"
     )[:MAX_TEXT]

@@ -267,6 +267,7 @@ class NotificationKind(models.TextChoices):
     READY = "ready", _("Avatar ready")
     FAILED = "failed", _("Training failed")
     CANCELLED = "cancelled", _("Training cancelled")
+    DELAYED = "delayed", _("Training takes longer than usual")
     STUCK = "stuck", _("Training stuck (staff)")
     STUCK_DIGEST = "stuck_digest", _("Stuck trainings digest (staff)")
     FAL_ACCOUNT = "fal_account", _("fal authentication or billing trouble (staff)")

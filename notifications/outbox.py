@@ -147,6 +147,26 @@ def queue_outcome(
     return _create_once(savepoint=False, **fields)
 
 
+def delayed_key(avatar_id: int, episode_start_id: int) -> str:
+    return f"delayed:{avatar_id}:{episode_start_id}"
+
+
+def queue_delayed(*, training: Any, episode_start_id: int) -> Notification | None:
+    """The owner's one "taking longer than usual" message for a training episode (the
+    attempt and its automatic retries): the key makes a second one impossible."""
+    avatar = training.avatar
+    return _create_once(
+        dedup_key=delayed_key(avatar.pk, episode_start_id),
+        kind=NotificationKind.DELAYED,
+        audience=Audience.OWNER,
+        owner=avatar.owner,
+        avatar=avatar,
+        training=training,
+        chat_id=avatar.owner.telegram_id,
+        text=messages.render_owner_message(NotificationKind.DELAYED, training),
+    )
+
+
 def queue_stuck(*, training: Any, episode: int, reason: str = "") -> Notification | None:
     """One staff alert per stuck episode of a training (passed with its avatar loaded).
 
@@ -265,7 +285,8 @@ def queue_fal_record_alert(
         audience=Audience.STAFF,
         avatar=avatar,
         training=training,
-        text=text[: messages.MAX_TEXT],
+        # Link line: issue 31 (staff alerts link to the avatar).
+        text=(text + messages.avatar_link_line(getattr(avatar, "pk", None)))[: messages.MAX_TEXT],
         context=context or {},
     )
 
@@ -300,7 +321,8 @@ def queue_files_alert(
         audience=Audience.STAFF,
         avatar_id=avatar_id,
         training_id=training_id,
-        text=text[: messages.MAX_TEXT],
+        # Link line: issue 31 (staff alerts link to the avatar).
+        text=(text + messages.avatar_link_line(avatar_id))[: messages.MAX_TEXT],
         context=context or {},
     )
 

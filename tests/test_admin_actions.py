@@ -129,9 +129,26 @@ def test_retrain_starts_a_new_attempt_for_a_failed_avatar_only(
     assert failed.current_training.fal_request_id != training.fal_request_id
     messages = messages_of(response)
     assert any(f"#{failed.pk}" in m and "training started" in m for m in messages)
-    assert any(f"#{ready.pk}" in m and "only failed avatars" in m for m in messages)
+    assert any(f"#{ready.pk}" in m and "only failed or cancelled avatars" in m for m in messages)
     ready.refresh_from_db()
     assert ready.status == AvatarStatus.READY_FOR_TRAINING
+
+
+def test_a_cancelled_avatar_is_offered_retrain_and_starts_a_new_attempt(admin_client, fal, running):
+    cancelled, training = running(name="Cancelled once")
+    transitions.cancel(training, source=EventSource.STAFF)
+    fal.script(queue_seconds=FOREVER)
+    page = admin_client.get(
+        reverse("admin:monitoring_avatar_change", args=[cancelled.pk])
+    ).content.decode()
+    assert "Retrain…" in page
+
+    response = confirm(admin_client, "retrain", [cancelled])
+
+    cancelled.refresh_from_db()
+    assert cancelled.status == AvatarStatus.TRAINING
+    assert cancelled.current_training.attempt == 2
+    assert any("training started" in m for m in messages_of(response))
 
 
 def test_cancel_on_fal_asks_first_then_asks_fal_to_cancel(admin_client, fal, running):

@@ -117,4 +117,4 @@ def test_the_notification_backlog_counts_waiting_and_failed_messages(
     page = admin_client.get(DASHBOARD).content.decode()
 
     assert backlog["pending"] == 2 and backlog["problems"] == 1
-    assert "1 failed or given up" in page
+    assert "1 owner not told how their training ended" in page

@@ -35,12 +35,13 @@ from monitoring.models import (
     WebhookOutcome,
 )
 from monitoring.trainings import start_training
-from notifications.models import Notification, NotificationStatus
+from notifications.models import Notification, NotificationStatus, UnreachableChat
 from tests.support import WEBHOOK_URL
 
 AVATARS = reverse("admin:monitoring_avatar_changelist")
 DELIVERIES = reverse("admin:monitoring_webhookdelivery_changelist")
 NOTIFICATIONS = reverse("admin:notifications_notification_changelist")
+UNREACHABLE = reverse("admin:notifications_unreachablechat_changelist")
 DASHBOARD = reverse("admin:monitoring_dashboard")
 STUCK_LIST = AVATARS + "?stuck=yes"
 
@@ -104,6 +105,14 @@ ACTIONS = [
         "resend",
         roles.RESEND_NOTIFICATION,
         "notification",
+        {"confirmed": "yes"},
+    ),
+    # Support says an owner unblocked the bot: messages held back are sent again.
+    Action(
+        UNREACHABLE,
+        "reachable_again",
+        roles.RESEND_NOTIFICATION,
+        "unreachable",
         {"confirmed": "yes"},
     ),
 ]
@@ -205,6 +214,7 @@ def world(fal, make_avatar, training_avatar):
         "given_up": given_up,
         "delivery": delivery,
         "notification": notification,
+        "unreachable": UnreachableChat.objects.create(chat_id=given_up.owner.telegram_id),
     }
 
 
@@ -227,6 +237,7 @@ def snapshot(fal) -> dict[str, Any]:
         "fal_submits": len(fal.submissions),
         "fal_cancels": sum(fal.cancel_calls.values()),
         "admin_log": LogEntry.objects.count(),
+        "unreachable": list(UnreachableChat.objects.values_list("chat_id", flat=True)),
     }
 
 
@@ -248,7 +259,7 @@ def offered_actions(response) -> set[str]:
 
 
 @pytest.mark.parametrize("person", list(PEOPLE), indirect=True)
-@pytest.mark.parametrize("changelist", [AVATARS, DELIVERIES, NOTIFICATIONS])
+@pytest.mark.parametrize("changelist", [AVATARS, DELIVERIES, NOTIFICATIONS, UNREACHABLE])
 def test_each_person_is_offered_exactly_the_actions_of_their_role(client, person, changelist):
     permissions, may_view = PEOPLE[person]
 

@@ -515,6 +515,12 @@ def test_cancel_is_202_when_sent_to_fal_and_409_without_an_active_training(fal, 
     run_check()
     assert bot.get(f"/api/v1/avatars/{avatar.pk}").json()["status"] == "cancelled"
 
+    # "You can start it again whenever you like", as the owner was told: a new attempt.
+    again = bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="after-cancel")
+    assert again.status_code == 201, again.content
+    assert again.json()["training"]["attempt"] == 2
+    assert again.json()["avatar"]["status"] == "training"
+
 
 # --- Adopt ----------------------------------------------------------------------------------
 

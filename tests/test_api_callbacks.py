@@ -482,3 +482,52 @@ def test_the_command_and_the_admin_form_refuse_an_embedded_private_ipv4(admin_cl
     )
     assert response.status_code == 200 and b"not a public address" in response.content
     assert not ApiClient.objects.exists()
+
+
+def test_failing_callbacks_count_on_metrics_and_raise_the_banner_past_the_threshold(
+    fal, bot, receiver, settings, admin_client
+):
+    from django.urls import reverse
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings.METRICS_TOKEN = "scrape-token-0123456789abcdef"
+    settings.METRICS_ALLOWED_IPS = []
+    settings.EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD = 3
+
+    def failing_on_metrics() -> float:
+        page = Client().get(
+            "/metrics", headers={"Authorization": f"Bearer {settings.METRICS_TOKEN}"}
+        )
+        for family in text_string_to_metric_families(page.content.decode()):
+            if family.name == "avatar_monitor_event_callbacks_failing":
+                return family.samples[0].value
+        raise AssertionError("no avatar_monitor_event_callbacks_failing")
+
+    def banner() -> str:
+        return admin_client.get(reverse("admin:index")).content.decode()
+
+    receiver.statuses = [503] * 3  # the bot's receiver is down
+    for _ in range(3):
+        start(bot, fal)
+    run_check()
+    pending = list(EventCallback.objects.order_by("pk"))
+    assert len(pending) == 3 and failing_on_metrics() == 0
+
+    for callback in pending[:2]:
+        assert callbacks.deliver(callback.pk) == "retry"
+    assert failing_on_metrics() == 2
+    assert 'data-problem="callbacks_failing"' not in banner()  # under the threshold
+
+    assert callbacks.deliver(pending[2].pk) == "retry"
+    assert failing_on_metrics() == 3
+    page = banner()
+    assert 'data-problem="callbacks_failing"' in page
+    assert "3 event callbacks to the bot are failing" in page
+    listed = admin_client.get(reverse("admin:api_eventcallback_changelist") + "?failing=yes")
+    assert len(listed.context["cl"].result_list) == 3
+
+    for callback in pending:  # the receiver is back: each retry is delivered
+        make_due(callback)
+        assert callbacks.deliver(callback.pk) == "delivered"
+    assert failing_on_metrics() == 0
+    assert 'data-problem="callbacks_failing"' not in banner()

@@ -97,6 +97,6 @@ def test_a_real_qcluster_restores_and_completes_a_training_left_active(fal, make
     output = log.read_text()
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED, output[-3000:]
-    assert "✅ Мониторинг восстановлен для 1 аватаров" in output
+    assert "✅ Мониторинг восстановлен для 1 аватара" in output
     assert f"🎉 Обучение завершено для аватара {avatar.pk}" in output
     assert CheckRun.objects.filter(kind=CheckRun.Kind.RESTORE, completed=1).exists()

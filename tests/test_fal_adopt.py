@@ -365,3 +365,49 @@ def test_reconcile_runs_daily():
     schedules.ensure_schedules()
     schedule = Schedule.objects.get(name=schedules.RECONCILE)
     assert (schedule.func, schedule.schedule_type) == ("monitoring.tasks.reconcile_fal", "D")
+
+
+def test_adopt_is_offered_to_operators_on_the_avatar_list_and_the_index(client):
+    from django.contrib.auth.models import Group
+
+    from monitoring import roles
+
+    for role, offered in ((roles.OPERATORS, True), (roles.SUPPORT, False)):
+        user = User.objects.create_user(f"u-{role}", password="pw", is_staff=True)
+        user.groups.add(Group.objects.get(name=role))
+        client.force_login(user)
+        for page in ("/admin/monitoring/avatar/", "/admin/"):
+            html = client.get(page).content.decode()
+            assert ('href="/admin/monitoring/unknownfalrequest/adopt/"' in html) is offered, (
+                role,
+                page,
+            )
+
+
+def test_the_adopt_page_preselects_the_endpoint_fal_knows_and_shows_one_error(fal, admin_client):
+    request_id = submit_directly(fal, STYLE, {"images_data_url": "https://x/s.zip"})
+    page = admin_client.get(f"/admin/monitoring/unknownfalrequest/adopt/?request_id={request_id}")
+    assert page.context["form"].initial["endpoint"] == STYLE
+    html = page.content.decode()
+    assert 'class="form-row' in html and "fieldset" in html  # Django's form layout
+    assert f'value="{request_id}"' in html and 'size="48"' in html
+
+    # Left to fal: the endpoint that knows the request is used.
+    adopted = admin_client.post(
+        "/admin/monitoring/unknownfalrequest/adopt/",
+        {"request_id": request_id, "endpoint": "", "owner_telegram_id": 561, "name": "S"},
+    )
+    assert adopted.status_code == 302
+    assert Training.objects.get(fal_request_id=request_id).endpoint == STYLE
+
+    refused = admin_client.post(
+        "/admin/monitoring/unknownfalrequest/adopt/",
+        {"request_id": "nope-456", "endpoint": PORTRAIT, "owner_telegram_id": 561, "name": "S"},
+    )
+    assert refused.status_code == 400
+    assert refused.content.decode().count("neither fal") == 1
+    unknown = admin_client.post(
+        "/admin/monitoring/unknownfalrequest/adopt/",
+        {"request_id": "nope-789", "endpoint": "", "owner_telegram_id": 561, "name": "S"},
+    )
+    assert unknown.content.decode().count("choose the endpoint") == 1

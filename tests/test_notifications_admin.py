@@ -77,7 +77,7 @@ def test_resend_lists_what_will_and_will_not_be_resent_and_why_before_resending_
     assert f"(#{rows['failed'].pk})" in affected and f"(#{rows['given_up'].pk})" in affected
     assert f"(#{rows['sent'].pk})" not in affected
     assert f"(#{rows['sent'].pk})" in unaffected
-    assert "it is “Sent”; only failed or given-up messages are resent." in unaffected
+    assert "it is “Sent”; only undelivered messages are resent." in unaffected
     assert "Отправлен" in unaffected  # the avatar's name, in <bdi>
     # Not red: resending is not destructive.
     assert "Yes, I’m sure" in body and "destructive" not in body
@@ -108,7 +108,7 @@ def test_a_confirmed_resend_resends_only_failed_or_given_up_rows(
 
     content = done.content.decode()
     assert "2 notifications queued to be sent again." in content
-    assert "1 selected notification was not failed or given up: left alone." in content
+    assert "1 selected notification could not be resent: left alone." in content
     run_deliveries()
     statuses = dict(Notification.objects.filter(pk__in=selected).values_list("pk", "status"))
     assert statuses[rows["failed"].pk] == NotificationStatus.SENT

@@ -57,7 +57,7 @@ def test_the_schema_does_catch_a_broken_compose_file(compose):
 
 def test_compose_wires_the_database_migration_web_and_worker_in_order(compose):
     services = compose["services"]
-    assert set(services) == {"db", "redis", *APP_SERVICES}
+    assert set(services) == {"db", "redis", "certs", "proxy", *APP_SERVICES}
     assert services["redis"]["profiles"] == ["redis"]
     assert "profiles" not in services["db"]
     assert services["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
@@ -79,13 +79,73 @@ def test_compose_wires_the_database_migration_web_and_worker_in_order(compose):
 
 def test_every_long_running_service_has_a_health_check(compose):
     services = compose["services"]
-    for name in ("db", "redis", "web", "worker"):
+    for name in ("db", "redis", "web", "worker", "proxy"):
         assert services[name]["healthcheck"]["test"], name
     assert services["web"]["healthcheck"]["test"] == ["CMD", "python", "bin/container-healthcheck"]
     # docker exec does not inherit what the entry point exported: the worker's role
     # must be in the container's own environment for the check to probe the heartbeat.
     assert services["worker"]["environment"]["ROLE"] == "worker"
     assert 'role == "worker"' in (ROOT / "bin" / "container-healthcheck").read_text()
+
+
+def _published(service: dict) -> list[dict]:
+    """The service's published ports in the long form (host_ip, published, target)."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append(port)
+            continue
+        parts = str(port).split(":")
+        host_ip = parts[0] if len(parts) == 3 else ""
+        found.append({"host_ip": host_ip, "published": parts[-2], "target": parts[-1]})
+    return found
+
+
+def test_web_is_not_published_on_any_interface_only_the_tls_proxy_is(compose):
+    services = compose["services"]
+    # Published on all interfaces is what a bare "8000:8000" means: web must not be.
+    assert _published(services["web"]) == []
+    assert "network_mode" not in services["web"]
+    assert {p["target"] for p in _published(services["proxy"])} == {"443", "80"}
+    for name, service in services.items():
+        if name != "proxy":
+            assert _published(service) == [], name
+
+
+def test_the_proxy_is_the_one_address_web_trusts_for_forwarded_headers(compose):
+    services = compose["services"]
+    proxy_ip = services["proxy"]["networks"]["default"]["ipv4_address"]
+    web_env = services["web"]["environment"]
+    assert web_env["FORWARDED_ALLOW_IPS"] == proxy_ip
+    assert web_env["SECURE_PROXY_SSL_HEADER"] == "X-Forwarded-Proto"
+    [subnet] = compose["networks"]["default"]["ipam"]["config"]
+    import ipaddress
+
+    assert ipaddress.ip_address(proxy_ip) in ipaddress.ip_network(subnet["subnet"])
+    # The proxy's config speaks to web on the port web listens on, with the certificate
+    # where the compose file mounts it.
+    config = (ROOT / "deploy" / "compose" / "nginx.conf").read_text()
+    assert f"server web:{web_env['PORT']};" in config
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["proxy"]["volumes"]}
+    assert mounts["/etc/nginx/certs"] == "./deploy/certs"
+    assert "ssl_certificate     /etc/nginx/certs/tls.crt;" in config
+    assert "include /etc/nginx/snippets/nginx-proxy.conf;" in config
+    assert mounts["/etc/nginx/snippets/nginx-proxy.conf"] == "./deploy/nginx-proxy.conf"
+
+
+def test_the_local_certificate_is_written_once_and_a_real_one_is_kept(tmp_path):
+    import runpy
+
+    from cryptography import x509
+
+    script = runpy.run_path(str(ROOT / "deploy" / "local-certificate.py"))
+    assert script["write_pair"](tmp_path, ["monitor.local"]) is True
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "monitor.local" in names.get_values_for_type(x509.DNSName)
+    (tmp_path / "tls.crt").write_text("a real certificate")
+    assert script["write_pair"](tmp_path, []) is False
+    assert (tmp_path / "tls.crt").read_text() == "a real certificate"
 
 
 def test_the_procfile_runs_web_worker_and_release_through_the_entry_point():

@@ -36,6 +36,7 @@ def test_the_allowed_moves_are_exactly_the_documented_ones():
         S.READY_FOR_TRAINING: {S.TRAINING},
         S.TRAINING: {S.COMPLETED, S.ERROR, S.CANCELLED, S.READY_FOR_TRAINING},
         S.ERROR: {S.READY_FOR_TRAINING},
+        S.CANCELLED: {S.READY_FOR_TRAINING},
     }
 
 
@@ -130,7 +131,8 @@ def test_leaving_a_terminal_state_otherwise_is_a_no_op(training_avatar):
     avatar, training = training_avatar()
     transitions.cancel(training, source=EventSource.STAFF)
     outcome = transitions.mark_ready(Avatar.objects.get(pk=avatar.pk), source=EventSource.STAFF)
-    assert not outcome.changed and outcome.detail == "already cancelled"
+    # A cancelled avatar is retrained (retrain), never "marked ready" like a draft.
+    assert not outcome.changed and outcome.detail == "not possible now (avatar is cancelled)"
     assert Avatar.objects.get(pk=avatar.pk).status == S.CANCELLED
 
 

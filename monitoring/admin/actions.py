@@ -53,13 +53,13 @@ from monitoring.models import (
     Training,
 )
 from monitoring.stuck import stuck_cause
-from notifications import delivery
+from notifications import admin as notification_admin
+from notifications import delivery, reachability
 from notifications import messages as texts
 from notifications.models import (
     Audience,
     Notification,
     NotificationKind,
-    NotificationStatus,
     OwnerMessage,
 )
 
@@ -196,9 +196,11 @@ def why_not(action: str, avatar: Avatar) -> str:
             return ""
         return _("it is %(status)s; only draft or ready avatars start.") % {"status": status}
     if action == "retrain":
-        if avatar.status == AvatarStatus.ERROR:
+        if avatar.status in transitions.RETRAINABLE:
             return ""
-        return _("it is %(status)s; only failed avatars are retrained.") % {"status": status}
+        return _("it is %(status)s; only failed or cancelled avatars are retrained.") % {
+            "status": status
+        }
     if action in ("cancel_on_fal", "mark_failed", "recheck_now"):
         return (
             ""
@@ -210,7 +212,10 @@ def why_not(action: str, avatar: Avatar) -> str:
             return _("no active training (it is %(status)s).") % {"status": status}
         return "" if training.stuck_since is not None else _("it is not stuck.")
     if action == "resend_notification":
-        return "" if _resendable_one(avatar) else _("no failed notification to resend.")
+        notification = _resendable_one(avatar)
+        if notification is None:
+            return _("no undelivered notification to resend.")
+        return notification_admin.why_not_resend(notification)
     if action == "release_held":
         if training is None or not training.is_held:
             return _("it is not held for fal's balance.")
@@ -428,7 +433,10 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
     return None
 
 
-@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Retrain failed avatars…"))
+@staff_action(
+    permission=roles.START_TRAINING,
+    description=gettext_lazy("Retrain failed or cancelled avatars…"),
+)
 def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if _over_bulk_start_cap(request, queryset):
         return None
@@ -438,19 +446,20 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
             request,
             queryset,
             action="retrain",
-            title=_("Retrain failed avatars"),
+            title=_("Retrain failed or cancelled avatars"),
             question=_(
-                "Start a new training attempt for each failed avatar? Each submit starts a paid "
-                "training; the failed attempt keeps its history."
+                "Start a new training attempt for each failed or cancelled avatar? Each submit "
+                "starts a paid training; the ended attempt keeps its history."
             )
             + _estimate_text("retrain", queryset),
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        if avatar.status != AvatarStatus.ERROR:
-            return _("not retrained: only failed avatars can be retrained (it is %(status)s).") % {
-                "status": avatar.get_status_display()
-            }, messages.WARNING
+        if avatar.status not in transitions.RETRAINABLE:
+            return _(
+                "not retrained: only failed or cancelled avatars can be retrained (it is "
+                "%(status)s)."
+            ) % {"status": avatar.get_status_display()}, messages.WARNING
         outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
         if not outcome.changed:
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
@@ -658,12 +667,12 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
 
 
 def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
-    """The newest owner notification per avatar that failed or was given up."""
+    """The newest undelivered owner notification per avatar (failed, given up, unreachable)."""
     latest: dict[int, Any] = {}
     rows = Notification.objects.filter(
         avatar_id__in=list(avatar_ids),
         audience=Audience.OWNER,
-        status__in=(NotificationStatus.FAILED, NotificationStatus.GIVEN_UP),
+        status__in=reachability.UNDELIVERED_STATUSES,
     ).order_by("avatar_id", "-created_at", "-id")
     for notification in rows:
         assert notification.avatar_id is not None  # filtered on avatar_id__in
@@ -682,10 +691,16 @@ def resend_notification(
     resendable = _resendable(a.pk for a in avatars)
     for avatar in avatars:
         notification = resendable.get(avatar.pk)
+        why = why_not("resend_notification", avatar) if notification is not None else ""
         if notification is None:
             _report(
-                request, avatar, _("nothing to resend: no failed notification."), messages.WARNING
+                request,
+                avatar,
+                _("nothing to resend: no undelivered notification."),
+                messages.WARNING,
             )
+        elif why:
+            _report(request, avatar, _("not resent: %(why)s") % {"why": why}, messages.WARNING)
         elif delivery.resend(notification.pk):
             text = _("notification #%(id)s queued again.") % {"id": notification.pk}
             _report(request, avatar, text, messages.SUCCESS)

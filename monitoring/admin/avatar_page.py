@@ -40,6 +40,8 @@ from monitoring.models import (
     Training,
 )
 from monitoring.trainings import recheck
+from notifications import reachability
+from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
 
 # How long a text may be before it is folded away behind "show all".
@@ -151,6 +153,26 @@ def _when(moment: datetime | None, now: datetime) -> SafeString:
     )
 
 
+def _due(moment: datetime | None, now: datetime) -> SafeString:
+    """A time something should happen: "in 40 s", or "overdue by 26 s" once it passed
+    (never "26 s ago", which reads as if it had happened)."""
+    if moment is None or moment > now:
+        return _when(moment, now)
+    late = now - moment
+    seconds = int(late.total_seconds())
+    overdue = (
+        _("overdue by %(n)s s") % {"n": seconds}
+        if seconds < 60
+        else _("overdue by %(delay)s") % {"delay": timesince(moment, now, depth=2)}
+    )
+    return format_html(
+        '<time datetime="{}">{} UTC</time> <span class="quiet overdue">({})</span>',
+        moment.isoformat(),
+        moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        overdue,
+    )
+
+
 def state_words(avatar: Avatar, training: Training | None) -> str:
     """The state in words: "Training: in fal's queue, position 3"."""
     label = avatar.get_status_display()
@@ -225,13 +247,25 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
             _("written"),
             _when(notification.created_at, now),
         )
-    return format_html(
+    undelivered = format_html(
         '{} ({}: {}) <blockquote class="owner-text">{}</blockquote>',
         _("The owner's message was not delivered"),
         notification.get_status_display(),
-        notification.last_error[:300] or "—",
+        last_error_words(notification.last_error)[:300] or "—",
         text,
     )
+    if status == NotificationStatus.UNREACHABLE and reachability.is_unreachable(
+        notification.chat_id
+    ):
+        # Held back: it goes once the owner is reachable again (Support records it there).
+        return format_html(
+            '{}<a href="{}?q={}" id="owner-unreachable">{}</a>',
+            undelivered,
+            reverse("admin:notifications_unreachablechat_changelist"),
+            notification.chat_id,
+            _("The owner cannot be messaged: once they are back, mark them reachable again"),
+        )
+    return undelivered
 
 
 def fold(text: str) -> SafeString:
@@ -287,7 +321,7 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
                 ),
             )
         )
-        rows.append((_("Next check"), _when(training.next_check_at, now)))
+        rows.append((_("Next check"), _due(training.next_check_at, now)))
     if training.lora_url:
         links = format_html('<a href="{}" rel="noreferrer">{}</a>', training.lora_url, _("LoRA"))
         if training.config_url:
@@ -421,22 +455,31 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
     )
     if not events:
         return format_html("<p>{}</p>", _("Nothing recorded yet."))
+    labels = (_("when"), _("what"), _("change"), _("attempt"), _("details"))
     rows = format_html_join(
         "",
-        "<tr><td class='nowrap'>{}</td><td>{}<br><span class='quiet'>{}</span></td>"
-        "<td>{}</td><td>{}</td><td>{}</td></tr>",
+        # data-label: on a phone each event is a card, each value under its label
+        # (monitoring/static/monitoring/avatar_page.css).
+        "<tr><td class='nowrap' data-label='{}'>{}</td>"
+        "<td data-label='{}'>{}<br><span class='quiet'>{}</span></td>"
+        "<td data-label='{}'>{}</td><td data-label='{}'>{}</td><td data-label='{}'>{}</td></tr>",
         (
             (
+                labels[0],
                 _when(event.created_at, now),
+                labels[1],
                 event.get_kind_display(),
                 event.get_source_display()
                 + (f" · {event.actor.get_username()}" if event.actor is not None else ""),
+                labels[2],
                 format_html(
                     "{} → {}", status_label(event.old_status), status_label(event.new_status)
                 )
                 if event.new_status
                 else "",
+                labels[3],
                 f"#{event.training.attempt}" if event.training is not None else "",
+                labels[4],
                 fold(event_words(event)) if event_words(event) else "",
             )
             for event in events
@@ -446,11 +489,7 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
         '<table class="timeline"><caption>{}</caption><thead><tr><th>{}</th><th>{}</th>'
         "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
         _("Newest first; times in UTC."),
-        _("when"),
-        _("what"),
-        _("change"),
-        _("attempt"),
-        _("details"),
+        *labels,
         rows,
     )
 

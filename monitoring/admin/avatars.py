@@ -52,7 +52,10 @@ from monitoring.models import (
     WebhookDelivery,
 )
 from monitoring.ops import attention
+from notifications import reachability
+from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
+from notifications.reasons import telegram_reason_words
 
 # Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
 # (the badge brings its own background); tests/test_browser_staff.py measures it.
@@ -66,6 +69,15 @@ BADGE_COLOURS: dict[str, str] = {
 }
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50
+
+
+class OneAtATime:
+    """Owners and avatars are made one at a time, from a person's request: no "Save and
+    add another" button (it invites making a second one by accident)."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra = {"show_save_and_add_another": False, **(extra_context or {})}
+        return super().changeform_view(request, object_id, form_url, extra)  # type: ignore[misc]
 
 
 def _since(moment: datetime | None) -> str:
@@ -157,20 +169,20 @@ class NotificationStateFilter(admin.SimpleListFilter):
         return [
             ("pending", _("Waiting to be sent")),
             ("sent", _("Sent")),
-            ("problem", _("Failed, given up or unreachable")),
+            ("problem", _("Not delivered (failed, given up or unreachable)")),
             ("none", _("None yet")),
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        statuses = {
-            "pending": ("pending", "sending"),
-            "sent": ("sent",),
-            "problem": ("failed", "given_up", "unreachable"),
-        }
+        statuses = {"pending": ("pending", "sending"), "sent": ("sent",)}
         owner_messages = Notification.objects.filter(
             audience=Audience.OWNER, training_id=OuterRef("current_training_id")
         )
         value = self.value()
+        if value == "problem":
+            # The banner's and the dashboard's definition (notifications.reachability).
+            undelivered = reachability.undelivered_owner_messages()
+            return queryset.filter(Exists(undelivered.filter(avatar_id=OuterRef("pk"))))
         if value in statuses:
             return queryset.filter(Exists(owner_messages.filter(status__in=statuses[value])))
         if value == "none":
@@ -201,7 +213,7 @@ class ReachableFilter(admin.SimpleListFilter):
 
 
 @admin.register(Owner)
-class OwnerAdmin(admin.ModelAdmin[Owner]):
+class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
     list_display = (
         "telegram_id",
         "username",
@@ -246,7 +258,7 @@ class OwnerAdmin(admin.ModelAdmin[Owner]):
 
     @admin.display(description=gettext_lazy("last delivery error"))
     def last_error(self, owner: Owner) -> str:
-        return getattr(owner, "last_error_text", None) or "—"
+        return last_error_words(getattr(owner, "last_error_text", None) or "") or "—"
 
     @admin.display(description=gettext_lazy("avatars"), ordering="avatar_total")
     def avatar_count(self, owner: Owner) -> int:
@@ -259,7 +271,7 @@ class OwnerAdmin(admin.ModelAdmin[Owner]):
 
     @admin.display(description=gettext_lazy("why unreachable"))
     def unreachable_reason(self, owner: Owner) -> str:
-        return getattr(owner, "unreachable_reason_text", None) or ""
+        return telegram_reason_words(getattr(owner, "unreachable_reason_text", None) or "")
 
     @admin.display(description=gettext_lazy("unreachable since"))
     def unreachable_since(self, owner: Owner) -> datetime | None:
@@ -270,7 +282,7 @@ class OwnerAdmin(admin.ModelAdmin[Owner]):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
+class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
     list_display = (
         "id",
         "name_column",
@@ -624,7 +636,7 @@ class AvatarAdmin(actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
                     n.get_status_display(),
                     n.attempts,
                     n.sent_at.strftime("%Y-%m-%d %H:%M:%S") if n.sent_at else "—",
-                    n.last_error[:200],
+                    last_error_words(n.last_error)[:200],
                 )
                 for n in notifications
             ],
@@ -662,6 +674,36 @@ def _training_inlines() -> tuple[type, ...]:
     return (WebhookDeliveryInline,)
 
 
+class TrainingStateFilter(admin.SimpleListFilter):
+    """The dashboard's links: attempts still running, and those fal errors on."""
+
+    title = gettext_lazy("state")
+    parameter_name = "active"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Running")), ("no", _("Ended"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
+        if self.value() == "yes":
+            return queryset.filter(finished_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(finished_at__isnull=False)
+        return queryset
+
+
+class CheckFailingFilter(admin.SimpleListFilter):
+    title = gettext_lazy("fal's status call")
+    parameter_name = "check_failing"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Failing (last check errored)"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
+        if self.value() == "yes":
+            return queryset.filter(finished_at__isnull=True, check_failures__gt=0)
+        return queryset
+
+
 @admin.register(Training)
 class TrainingAdmin(admin.ModelAdmin[Training]):
     """One attempt, everything read-only: the request, the result, the monitoring state."""
@@ -680,7 +722,13 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
         "last_checked_at",
         "stuck_reason_words",
     )
-    list_filter = ("fal_status", "outcome", ("stuck_since", admin.EmptyFieldListFilter))
+    list_filter = (
+        TrainingStateFilter,
+        CheckFailingFilter,
+        "fal_status",
+        "outcome",
+        ("stuck_since", admin.EmptyFieldListFilter),
+    )
     search_fields = ("=fal_request_id", "avatar__name", "=avatar__owner__telegram_id")
     list_select_related = ("avatar",)
     ordering = ("-created_at",)

@@ -39,6 +39,9 @@ def dashboard_view(request: HttpRequest) -> TemplateResponse:
         "title": _("Dashboard: %(verdict)s") % {"verdict": verdict},
         "verdict": verdict,
         "problems": found,
+        # What is red on the page is what the headline counts: each card is red only
+        # for a problem listed under it.
+        "red": {problem.code for problem in found},
         "refresh_seconds": settings.ADMIN_REFRESH_SECONDS,
         **figures,
     }

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -19,16 +20,24 @@ from avatarsite.admin_base import ReadOnlyAdmin
 from monitoring import billing
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
-from monitoring.trainings import AdoptRefused, adopt_training
+from monitoring.trainings import AdoptRefused, adopt_training, endpoint_of
 
 ADOPT_PERMISSION = "monitoring.adopt_training"
 
 
 class AdoptForm(forms.Form):
-    request_id = forms.CharField(label=gettext_lazy("fal request id"), max_length=128)
+    request_id = forms.CharField(
+        label=gettext_lazy("fal request id"),
+        max_length=128,
+        # A whole request id (a UUID) stays visible: never cut.
+        widget=forms.TextInput(attrs={"class": "vTextField adopt-request-id", "size": 48}),
+    )
     endpoint = forms.ChoiceField(
         label=gettext_lazy("fal endpoint"),
-        choices=[(endpoint, endpoint) for endpoint in payloads.ENDPOINTS.values()],
+        required=False,
+        choices=[("", gettext_lazy("ask fal (the endpoint that knows the request)"))]
+        + [(endpoint, endpoint) for endpoint in payloads.ENDPOINTS.values()],
+        help_text=gettext_lazy("Pre-selected when fal can tell from the request id."),
     )
     avatar = forms.IntegerField(
         label=gettext_lazy("existing avatar id"),
@@ -61,7 +70,10 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
     """One request at a time; the same service as ``manage.py adopt_training``."""
     if not request.user.has_perm(ADOPT_PERMISSION):
         raise PermissionDenied
-    form = AdoptForm(request.POST or None, initial=request.GET.dict())
+    initial = request.GET.dict()
+    if request.method == "GET" and initial.get("request_id") and not initial.get("endpoint"):
+        initial["endpoint"] = endpoint_of(initial["request_id"].strip()) or ""
+    form = AdoptForm(request.POST or None, initial=initial)
     status = 200
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -71,9 +83,18 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
         try:
             if data["avatar"] and avatar is None:
                 raise AdoptRefused(_("no avatar with id %s") % data["avatar"])
+            endpoint = data["endpoint"] or endpoint_of(data["request_id"].strip())
+            if not endpoint:
+                raise AdoptRefused(
+                    _(
+                        "fal could not tell which trainer request %(id)s belongs to: "
+                        "choose the endpoint"
+                    )
+                    % {"id": data["request_id"]}
+                )
             result = adopt_training(
                 request_id=data["request_id"],
-                endpoint=data["endpoint"],
+                endpoint=endpoint,
                 avatar=avatar,
                 owner_telegram_id=data["owner_telegram_id"],
                 name=data["name"],
@@ -105,6 +126,12 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": _("Adopt a fal request"),
         "form": form,
+        # Django's own form layout (the change form's fieldsets and rows).
+        "adminform": helpers.AdminForm(
+            form,  # type: ignore[arg-type]  # a plain Form renders the same way
+            [(None, {"fields": list(form.fields)})],
+            prepopulated_fields={},
+        ),
         "opts": UnknownFalRequest._meta,
     }
     return TemplateResponse(request, "admin/monitoring/adopt_training.html", context, status=status)

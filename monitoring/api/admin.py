@@ -20,7 +20,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from avatarsite.admin_base import ReadOnlyAdmin, ReadOnlyInline
-from monitoring.api import callbacks, tokens
+from monitoring.api import callback_health, callbacks, tokens
 from monitoring.api.models import (
     ApiCall,
     ApiClient,
@@ -186,6 +186,21 @@ class CallbackAttemptInline(ReadOnlyInline[CallbackAttempt, EventCallback]):
     readonly_fields = fields
 
 
+class FailingFilter(admin.SimpleListFilter):
+    """The banner's link: what ``callback_health`` counts as failing."""
+
+    title = gettext_lazy("failing")
+    parameter_name = "failing"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("Failing (retrying, or undelivered in 24 h)"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(callback_health.failing(timezone.now()))
+        return queryset
+
+
 @admin.register(EventCallback)
 class EventCallbackAdmin(ReadOnlyAdmin[EventCallback]):
     list_display = (
@@ -199,7 +214,7 @@ class EventCallbackAdmin(ReadOnlyAdmin[EventCallback]):
         "maybe_duplicate",
         "last_error",
     )
-    list_filter = ("status", "event_type", "client", "maybe_duplicate")
+    list_filter = (FailingFilter, "status", "event_type", "client", "maybe_duplicate")
     search_fields = ("webhook_id", "event_key")
     inlines = [CallbackAttemptInline]
     readonly_fields = (

@@ -14,13 +14,18 @@ class ApiConfig(AppConfig):
 
     def ready(self) -> None:
         from monitoring import transitions
-        from monitoring.api import callbacks, checks  # noqa: F401 (registers the checks)
+        from monitoring.api import callback_health, callbacks, checks  # noqa: F401 (registers the checks)
         from monitoring.api import retention as api_retention
-        from monitoring.ops import retention
+        from monitoring.ops import attention, metrics, retention
         from notifications import relay
 
         if api_retention.prunable not in retention.EXTRA_PRUNABLE:
             retention.EXTRA_PRUNABLE.append(api_retention.prunable)
+        # Failing event callbacks: on /metrics and, past a threshold, in the banner.
+        if callback_health.problems not in attention.EXTRA_PROBLEMS:
+            attention.EXTRA_PROBLEMS.append(callback_health.problems)
+        if callback_health.figures not in metrics.EXTRA_FIGURES:
+            metrics.EXTRA_FIGURES.append(callback_health.figures)
 
         # The outcome's event rows are written in the transition's own transaction.
         transitions.training_finished.connect(

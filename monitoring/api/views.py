@@ -252,7 +252,7 @@ def create_training(
 @api.post(
     "/avatars/{avatar_id}/trainings",
     auth=WRITE,
-    summary="Start an existing avatar, or retrain a failed one",
+    summary="Start an existing avatar, or retrain a failed or cancelled one",
     description='201: sent to fal. 202: held for fal\'s balance (`submit: "held"`).',
     **documented(
         {201: StartOut, 202: StartOut},
@@ -284,13 +284,13 @@ def start_avatar(
         avatar = _avatar_or_404(avatar_id, client)
         if avatar.status in (
             AvatarStatus.DRAFT,
-            AvatarStatus.ERROR,
             AvatarStatus.READY_FOR_TRAINING,
+            *transitions.RETRAINABLE,
         ):
             _within_budget(client)
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=API_SOURCE)
-        elif avatar.status == AvatarStatus.ERROR:
+        elif avatar.status in transitions.RETRAINABLE:
             transitions.retrain(avatar, source=API_SOURCE)
         if avatar.status == AvatarStatus.TRAINING:
             raise ApiError(409, "already_training", "The avatar is training already.")
@@ -298,8 +298,8 @@ def start_avatar(
             raise ApiError(
                 409,
                 "not_startable",
-                f"The avatar is {avatar.status}: only draft, ready_for_training and error "
-                "avatars start.",
+                f"The avatar is {avatar.status}: only draft, ready_for_training, error and "
+                "cancelled avatars start.",
             )
         IdempotencyKey.objects.filter(pk=row.pk).update(avatar=avatar)
         _link(avatar, client)

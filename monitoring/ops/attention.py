@@ -7,6 +7,7 @@ banner cost nothing, and users without ``monitoring.view_avatar`` never see it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,15 +22,19 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from monitoring.models import Avatar, AvatarStatus, Training
-from monitoring.ops import health
-from notifications.models import Audience, Notification, NotificationKind, NotificationStatus
+from monitoring.ops import dashboard, health
+from notifications import reachability
+from notifications.models import Notification, NotificationKind, NotificationStatus
 
 # A message waiting longer than this has not been consumed by the notifier.
 BACKLOG_LATE_MINUTES = 10
 # fal account alerts this recent still count as a problem.
 FAL_ACCOUNT_WINDOW = timedelta(hours=2)
-# Failed or given-up owner messages this recent count as a problem.
-NOTIFICATION_PROBLEM_WINDOW = timedelta(hours=24)
+
+
+# Problems other apps report (the bot API's failing event callbacks), registered in
+# their AppConfig.ready(): each gets ``now`` and returns its problems.
+EXTRA_PROBLEMS: list[Callable[[datetime], list[Problem]]] = []
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,22 @@ def problems(now: datetime | None = None) -> list[Problem]:
                 % {"minutes": int((beat.age_seconds or 0) // 60)},
             )
         )
+    errors = dashboard.fal_error_rate(now)
+    if errors["errors"]:
+        found.append(
+            Problem(
+                "fal_errors",
+                ngettext(
+                    "fal answered %(errors)s of %(checked)s status checks with an error in the "
+                    "last hour",
+                    "fal answered %(errors)s of %(checked)s status checks with an error in the "
+                    "last hour",
+                    errors["errors"],
+                )
+                % {"errors": errors["errors"], "checked": errors["checked"]},
+                reverse("admin:monitoring_training_changelist") + "?check_failing=yes",
+            )
+        )
     account = (
         Notification.objects.filter(
             kind=NotificationKind.FAL_ACCOUNT, created_at__gte=now - FAL_ACCOUNT_WINDOW
@@ -131,24 +152,22 @@ def problems(now: datetime | None = None) -> list[Problem]:
                 % {"minutes": int((now - oldest).total_seconds() // 60)},
             )
         )
-    undelivered = Notification.objects.filter(
-        audience=Audience.OWNER,
-        status__in=(NotificationStatus.FAILED, NotificationStatus.GIVEN_UP),
-        created_at__gte=now - NOTIFICATION_PROBLEM_WINDOW,
-    ).count()
+    undelivered = reachability.undelivered_count()
     if undelivered:
         found.append(
             Problem(
                 "notifications_failed",
                 ngettext(
-                    "%(n)s owner message was not delivered in the last 24 hours",
-                    "%(n)s owner messages were not delivered in the last 24 hours",
+                    "%(n)s owner was not told how their training ended",
+                    "%(n)s owners were not told how their training ended",
                     undelivered,
                 )
                 % {"n": undelivered},
                 _changelist("?notification=problem"),
             )
         )
+    for extra in EXTRA_PROBLEMS:
+        found.extend(extra(now))
     if settings.TELEGRAM_STAFF_CHAT_ID is None:
         found.append(
             Problem(

@@ -23,10 +23,10 @@ from django_stubs_ext import StrOrPromise
 from monitoring import billing
 from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
 from monitoring.ops import health
+from notifications import reachability
 from notifications.models import Notification
 
 BACKLOG_STATUSES = ("pending", "sending")
-PROBLEM_STATUSES = ("failed", "given_up", "unreachable")
 
 
 @dataclass
@@ -54,7 +54,11 @@ def status_counts() -> list[tuple[str, StrOrPromise, int]]:
     return [(value, label, found.get(value, 0)) for value, label in AvatarStatus.choices]
 
 
-def stuck_trainings(limit: int = 50) -> list[Training]:
+# The dashboard lists the oldest few; the stuck list has them all.
+STUCK_SHOWN = 10
+
+
+def stuck_trainings(limit: int = STUCK_SHOWN) -> list[Training]:
     return list(
         Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
         .select_related("avatar__owner")
@@ -111,7 +115,8 @@ def notification_backlog(now: datetime) -> dict[str, Any]:
     backlog = Notification.objects.filter(status__in=BACKLOG_STATUSES).aggregate(
         n=Count("id"), oldest=Min("created_at"), due=Max("next_attempt_at")
     )
-    problems = Notification.objects.filter(status__in=PROBLEM_STATUSES).count()
+    # The banner's and the avatar list filter's definition (notifications.reachability).
+    problems = reachability.undelivered_count()
     oldest = backlog["oldest"]
     return {
         "pending": backlog["n"],
@@ -260,6 +265,9 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "status_counts": status_counts(),
         "active_count": Training.objects.filter(finished_at__isnull=True).count(),
         "stuck": stuck_trainings(),
+        "stuck_total": Training.objects.filter(
+            finished_at__isnull=True, stuck_since__isnull=False
+        ).count(),
         "heartbeat": health.heartbeat(now),
         "fal_errors": fal_error_rate(now),
         "retries": retries_last_day(now),

@@ -154,6 +154,10 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
 
 
+# Gauges other apps export, registered in their AppConfig.ready(): each gets ``now``.
+EXTRA_FIGURES: list[Callable[[datetime], Iterator[Metric]]] = []
+
+
 def thresholds() -> Iterator[Metric]:
     """The alert thresholds that are settings: the rules compare against these."""
     yield _gauge(
@@ -282,6 +286,10 @@ class DatabaseCollector:
             "1 while notification sending is paused because Telegram rejects the bot token.",
             value=1 if paused else 0,
         )
+
+        # 6b. Figures other apps export (the bot API's failing event callbacks).
+        for extra in EXTRA_FIGURES:
+            yield from extra(now)
 
         # 7. Each worker role's heartbeat.
         beats = GaugeMetricFamily(

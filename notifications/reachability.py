@@ -1,0 +1,89 @@
+"""Owners who come back, and the one meaning of "an owner message was not delivered".
+
+A chat marked unreachable (blocked the bot, deactivated, never pressed Start) gets no
+messages: they are closed as "recipient unreachable" without a send. An owner comes
+back when the bot starts or adopts a training for them through the API (they talked to
+the bot, so they can be messaged) or when Support records it from the admin. The
+chat is then forgotten as unreachable and every message held back for it that is still
+news (about its avatar's current attempt) is sent again, once: the reopening is a
+conditional update, so two paths that both notice the owner came back send nothing
+twice. See docs/operations.md ("Owners who blocked the bot").
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.db.models import F, QuerySet
+
+from notifications import delivery
+from notifications.models import (
+    Audience,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    UnreachableChat,
+)
+
+logger = logging.getLogger("notifications")
+
+UNDELIVERED_STATUSES = (
+    NotificationStatus.FAILED,
+    NotificationStatus.GIVEN_UP,
+    NotificationStatus.UNREACHABLE,
+)
+
+
+# How a training ended: what an owner must hear ("taking longer" is no news once it ended).
+OUTCOME_KINDS = (NotificationKind.READY, NotificationKind.FAILED, NotificationKind.CANCELLED)
+
+
+def undelivered_owner_messages() -> QuerySet[Notification]:
+    """Owner messages that did not arrive and are still news.
+
+    The one definition behind the problems banner, the dashboard and the avatar list's
+    "owner notification: not delivered" filter: failed, given up or unreachable, about
+    the attempt that is still the avatar's current one (a retrain supersedes it).
+    """
+    return Notification.objects.filter(
+        audience=Audience.OWNER,
+        kind__in=OUTCOME_KINDS,
+        status__in=UNDELIVERED_STATUSES,
+        training_id=F("avatar__current_training_id"),
+    )
+
+
+def undelivered_count() -> int:
+    """Avatars whose owner was not told about the current attempt (one query)."""
+    return undelivered_owner_messages().values("avatar_id").distinct().count()
+
+
+def is_unreachable(chat_id: int | None) -> bool:
+    return chat_id is not None and UnreachableChat.objects.filter(chat_id=chat_id).exists()
+
+
+def reachable_again(chat_id: int, *, why: str) -> list[int]:
+    """Forget that ``chat_id`` was unreachable and resend what was held back for it.
+
+    Returns the ids of the notifications queued again (empty when the chat was not
+    marked unreachable: nothing was held back since the last time it came back).
+    """
+    with transaction.atomic():
+        forgotten, _rows = UnreachableChat.objects.filter(chat_id=chat_id).delete()
+        if not forgotten:
+            return []
+        held = list(
+            undelivered_owner_messages()
+            .filter(chat_id=chat_id, status=NotificationStatus.UNREACHABLE)
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)
+        )
+        resent = [pk for pk in held if delivery.resend(pk)]
+    logger.info(
+        "Chat %s is reachable again (%s): %s held message(s) queued again",
+        chat_id,
+        why,
+        len(resent),
+    )
+    return resent
