@@ -506,6 +506,10 @@ Q_CLUSTER: dict[str, Any] = {
     "save_limit": 1000,
     "ack_failures": True,
     "poll": 0.2,
+    # One task waits in a cluster's local queue (django-q2's default is workers²): a
+    # stopping worker puts what it prefetched back, and on a kill -9 only this much
+    # stays locked until `retry` (monitoring/worker/cluster.py).
+    "queue_limit": 1,
     "label": "Django Q2",
 }
 # Notifications have their own queue and workers (the `notifications` role of

@@ -65,7 +65,7 @@ class Supervisor:
             ", ".join(f"{role} (pid {pid})" for pid, (role, _c) in self.children.items()),
             cluster.grace_seconds(),
         )
-        while cluster.STOP.at is None:
+        while not cluster.stopping():
             self._reap()
             time.sleep(0.1)
         self._stop()
@@ -85,7 +85,7 @@ class Supervisor:
                 continue  # an orphan handed to PID 1
             role, child = entry
             child.returncode = os.waitstatus_to_exitcode(status)
-            if cluster.STOP.at is None:
+            if not cluster.stopping():
                 logger.error(
                     "Worker role %s ended on its own (exit code %s): stopping the worker",
                     role,

@@ -54,7 +54,7 @@ class Command(BaseCommand):
             code = Supervisor().run()
         else:
             self._run_as(role)
-            code = cluster.RoleCluster(role).run()
+            code = cluster.RoleSentinel(role).run()
         # Everything is stopped: run the exit hooks (log and error-reporter flushes) and
         # skip the interpreter's teardown, which takes most of a second on a busy host.
         sys.stdout.flush()
