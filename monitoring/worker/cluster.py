@@ -35,7 +35,7 @@ from typing import Any
 from django import db
 from django.conf import settings
 from django.utils import timezone
-from django_q.cluster import Sentinel, get_mp_context
+from django_q.cluster import Sentinel
 from django_q.conf import Conf, setproctitle
 from django_q.scheduler import scheduler
 from django_q.signals import post_execute_in_worker, pre_execute
@@ -265,7 +265,7 @@ class RoleSentinel(Sentinel):
     def spawn_worker(self) -> None:
         # Sentinel.spawn_worker with our wrapper as the target.
         timer = multiprocessing.Value("f", -1)
-        process = get_mp_context().Process(
+        process = multiprocessing.get_context("fork").Process(
             target=_run_worker,
             args=(self.task_queue, self.result_queue, timer, self.timeout),
             name=f"Process-{uuid.uuid4().hex}",
