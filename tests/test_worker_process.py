@@ -234,6 +234,45 @@ def test_a_worker_in_the_middle_of_a_check_run_of_1000_trainings_stops_within_th
     assert set(Notification.objects.values_list("status", flat=True)) == {"sent"}
 
 
+def test_on_the_redis_broker_a_stopped_worker_pushes_its_abandoned_batches_back(
+    fal, redis_server, tmp_path
+):
+    import redis
+    from django_q.signing import SignedPackage
+
+    queue = redis.Redis.from_url(redis_server)
+    queue.delete("django_q:avatars:q", "django_q:notifications:q")
+    fal.adopt_unknown = True
+    fal.status_latency = 1.0
+    running_trainings(1000, first_telegram_id=82_000_000)
+    log = tmp_path / "qcluster.log"
+    worker = start_qcluster(log, REDIS_URL=redis_server)
+    try:
+        wait_for(lambda: sum(fal.status_calls.values()) >= 200, 60, "the check run", log)
+
+        seconds = stop_and_time(worker, signal.SIGTERM, "group")
+    finally:
+        fal.adopt_unknown = False
+        fal.status_latency = 0.0
+        if group_alive(worker.pid):
+            os.killpg(worker.pid, signal.SIGKILL)
+
+    print(f"\nbusy stop on Redis, SIGTERM to the group: {seconds:.2f} s")
+    output = log.read_text()
+    assert seconds < GRACE, output[-3000:]
+    assert "abandoning an unfinished task" in output
+    # The batches cut short are back on the queue, each once: every training not checked
+    # yet is in exactly one of them, for the next worker.
+    tasks = [SignedPackage.loads(raw) for raw in queue.lrange("django_q:avatars:q", 0, -1)]
+    batches = [t["args"][0] for t in tasks if t["func"] == "monitoring.tasks.check_batch"]
+    in_batches = [pk for batch in batches for pk in batch]
+    assert len(in_batches) == len(set(in_batches))
+    unchecked = Training.objects.filter(
+        fal_request_id__startswith="proc-", last_checked_at__isnull=True
+    ).values_list("pk", flat=True)
+    assert unchecked and set(unchecked) <= set(in_batches)
+
+
 # --- A worker killed in the middle of a run ------------------------------------------------------
 
 
