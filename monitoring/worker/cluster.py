@@ -219,8 +219,10 @@ class _Worker:
         if self.timer.get_lock().acquire(timeout=0.5):
             if self.current is not None:
                 logger.warning(
-                    "Stopping: abandoning an unfinished task (back on the queue; what it had "
-                    "claimed is left to its lease)"
+                    "Stopping: abandoning an unfinished task, back on the queue: %s [%s] "
+                    "(what it had claimed is left to its lease)",
+                    self.current["name"],
+                    self.current["func"],
                 )
                 try:
                     put_back(self.broker, self.current)
