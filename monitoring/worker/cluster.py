@@ -12,8 +12,9 @@ need (README "Stopping"):
   pills): the pusher stops, what it had prefetched is put back on the broker untouched,
   a task in flight may finish until ``grace - 2.5 s``; then its worker puts it back
   (ORM row unlocked, Redis message pushed back to the front) and exits. Anything still
-  alive at ``grace - 1.5 s`` is killed. Every child dies with the role
-  (``PR_SET_PDEATHSIG``).
+  alive at ``grace - 1.5 s`` is killed (the role unlocks the ORM row of a worker killed
+  before its own put-back got through, as on a loaded host). Every child dies with the
+  role (``PR_SET_PDEATHSIG``).
 
 The django-q2 internals this relies on are pinned by tests/test_worker_django_q_pin.py.
 """
@@ -185,12 +186,13 @@ def put_back(broker: Any, task: dict[str, Any]) -> None:
 
 
 class _Worker:
-    def __init__(self, result_queue: Any, timer: Any) -> None:
+    def __init__(self, result_queue: Any, timer: Any, ack: Any) -> None:
         from django_q.brokers import get_broker
 
         self.broker = get_broker()
         self.result_queue = result_queue
         self.timer = timer
+        self.ack = ack  # the ORM message in flight, for the role if this process is killed
         self.current: dict[str, Any] | None = None  # the task in flight
         pre_execute.connect(self._starting, weak=False)
         post_execute_in_worker.connect(self._finished, weak=False)
@@ -201,9 +203,11 @@ class _Worker:
             put_back(self.broker, task)
             os._exit(0)
         self.current = task
+        self.ack.value = task["ack_id"] if isinstance(task.get("ack_id"), int) else -1
 
     def _finished(self, **_kwargs: Any) -> None:
         self.current = None  # its result goes to the monitor now
+        self.ack.value = -1
 
     def _watch_the_stop(self) -> None:
         while not stopping():
@@ -226,6 +230,7 @@ class _Worker:
                 )
                 try:
                     put_back(self.broker, self.current)
+                    self.ack.value = -1
                 except Exception:
                     logger.exception("Stopping: could not put the unfinished task back")
             self.result_queue.close()
@@ -233,8 +238,8 @@ class _Worker:
         os._exit(0)
 
 
-def _run_worker(task_queue: Any, result_queue: Any, timer: Any, timeout: Any) -> None:
-    _Worker(result_queue, timer)
+def _run_worker(task_queue: Any, result_queue: Any, timer: Any, timeout: Any, ack: Any) -> None:
+    _Worker(result_queue, timer, ack)
     worker(task_queue, result_queue, timer, timeout)
 
 
@@ -267,13 +272,15 @@ class RoleSentinel(Sentinel):
     def spawn_worker(self) -> None:
         # Sentinel.spawn_worker with our wrapper as the target.
         timer = multiprocessing.Value("f", -1)
+        ack = multiprocessing.Value("q", -1, lock=False)
         process = multiprocessing.get_context("fork").Process(
             target=_run_worker,
-            args=(self.task_queue, self.result_queue, timer, self.timeout),
+            args=(self.task_queue, self.result_queue, timer, self.timeout, ack),
             name=f"Process-{uuid.uuid4().hex}",
         )
         process.daemon = Conf.DAEMONIZE_WORKERS
         process.timer = timer  # type: ignore[attr-defined]
+        process.ack = ack  # type: ignore[attr-defined]
         self.pool.append(process)
         process.start()
 
@@ -336,6 +343,12 @@ class RoleSentinel(Sentinel):
                 pass
             time.sleep(0.05)
         self._end(self.pool, "worker")
+        for process in self.pool:
+            if process.ack.value >= 0:  # killed before its own put-back got through (ORM)
+                try:
+                    put_back(self.broker, {"ack_id": process.ack.value})
+                except Exception:
+                    logger.exception("Stopping: could not put a killed worker's task back")
         self.result_queue.put("STOP")  # the monitor stores the results handed over, then ends
         while self.monitor.is_alive() and seconds_left(KILL_MONITOR_BEFORE_END) > 0:
             time.sleep(0.05)
