@@ -15,7 +15,7 @@ that both clusters' workers take from the broker.
 It prints the wall time from the run's start until every training was checked,
 checks per second, whether each training was checked exactly once (the runs'
 ``checked`` counts add up to N, and N distinct trainings were checked), the
-largest resident memory of one worker (all its processes), and, in the same run,
+largest proportional memory (PSS) of one worker (all its processes), and, in the same run,
 the rate of the naive port (status calls one after another, as the old per-avatar
 pollers did) on a sample of the same trainings, with the ratio. Targets on a 2-core
 machine: 10,000 checked within one 60 s interval (>= 300 checks/s), each once,
@@ -106,12 +106,22 @@ def _fill(n: int) -> None:
     )
 
 
-def _rss_mb(group: int) -> float:
-    """Resident memory of every process in a process group, in MB."""
-    out = subprocess.run(
-        ["ps", "-o", "rss=", "-g", str(group)], capture_output=True, text=True, check=False
-    )
-    return sum(int(x) for x in out.stdout.split()) / 1024
+def _pss_mb(group: int) -> float:
+    """Proportional memory of every process in a process group, in MB.
+
+    PSS, not RSS: the worker's processes are forked from one parent and share most of
+    their pages, which a sum of RSS would count once per process.
+    """
+    out = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=False)
+    total_kb = 0
+    for pid in out.stdout.split():
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue  # the process ended meanwhile
+    return total_kb / 1024
 
 
 def _start_redis(directory: str) -> tuple[subprocess.Popen, str]:
@@ -180,7 +190,7 @@ def run_qclusters(url: str, emulator_env: dict[str, str], n: int, hosts: int) ->
             )
             while time.monotonic() < deadline:
                 checked, _first = conn.execute(sql).fetchone()
-                peak_mb = max(peak_mb, max(_rss_mb(c.pid) for c in clusters))
+                peak_mb = max(peak_mb, max(_pss_mb(c.pid) for c in clusters))
                 if checked >= n:
                     break
                 time.sleep(0.2)
