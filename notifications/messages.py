@@ -189,3 +189,70 @@ def render_given_up_message(notification, error: str) -> str:
         f"📭 Уведомление #{notification.pk} ({escape(notification.get_kind_display())}) "
         f"для {recipient} не доставлено: {escape(error[:500])}"
     )[:MAX_TEXT]
+
+
+# --- The owner's live progress message (notifications.progress, docs/eta.md) ---------------
+
+_PROGRESS_TEXTS: dict[str, dict[str, str]] = {
+    "ru": {
+        "queue": "⏳ Обучение «<b>{name}</b>»: в очереди, перед вами: {ahead}.",
+        "next": "⏳ Обучение «<b>{name}</b>»: в очереди, вы следующий.",
+        "run": "🏋️ Обучение «<b>{name}</b>»: идёт обучение.",
+        "late": "🐢 Обучение «<b>{name}</b>»: занимает больше времени, чем обычно. "
+        "Напишем, как только будет готово.",
+        "retry": "🔁 Обучение «<b>{name}</b>»: у сервиса обучения случился сбой, запускаем заново.",
+        "eta": "Будет готово примерно через {minutes} мин. ({low}–{high} мин.)",
+        "eta_soon": "Будет готово с минуты на минуту.",
+        "completed": "✅ Обучение «<b>{name}</b>»: готово.",
+        "error": "Обучение «<b>{name}</b>»: не удалось, подробности ниже.",
+        "cancelled": "Обучение «<b>{name}</b>»: отменено.",
+        "late_notice": "🐢 Обучение аватара «<b>{name}</b>» занимает больше времени, чем обычно. "
+        "Напишем, как только будет готово.",
+    },
+    "en": {
+        "queue": "⏳ Training «<b>{name}</b>»: in line, {ahead} ahead of you.",
+        "next": "⏳ Training «<b>{name}</b>»: in line, you are next.",
+        "run": "🏋️ Training «<b>{name}</b>»: training now.",
+        "late": "🐢 Training «<b>{name}</b>»: taking longer than usual. "
+        "We will write as soon as it is ready.",
+        "retry": "🔁 Training «<b>{name}</b>»: fal had a hiccup, starting again.",
+        "eta": "Ready in about {minutes} min ({low}–{high} min).",
+        "eta_soon": "Ready any minute now.",
+        "completed": "✅ Training «<b>{name}</b>»: done.",
+        "error": "Training «<b>{name}</b>»: did not succeed, see below.",
+        "cancelled": "Training «<b>{name}</b>»: cancelled.",
+        "late_notice": "🐢 Training of your avatar «<b>{name}</b>» is taking longer than usual. "
+        "We will write as soon as it is ready.",
+    },
+}
+
+
+def _minutes(seconds: float) -> int:
+    return max(1, round(seconds / 60))
+
+
+def render_progress(
+    context: dict[str, Any],
+    phase: str,
+    *,
+    now: datetime,
+    position: int | None = None,
+    eta_at: datetime | None = None,
+    eta_low: datetime | None = None,
+    eta_high: datetime | None = None,
+) -> str:
+    """The progress message for ``phase`` (queue, run, late, retry; or the outcome's
+    last line: completed, error, cancelled). ``context``: name and language."""
+    lang = context.get("language") if context.get("language") in _PROGRESS_TEXTS else "ru"
+    texts = _PROGRESS_TEXTS[str(lang)]
+    key = "next" if phase == "queue" and not position else phase
+    line = texts[key].format(name=escape(str(context.get("name", ""))), ahead=position or 0)
+    if phase in ("queue", "run", "retry") and eta_at is not None:
+        left = (eta_at - now).total_seconds()
+        if left < 90:
+            line += "\n" + texts["eta_soon"]
+        else:
+            low = _minutes((eta_low - now).total_seconds()) if eta_low else _minutes(left)
+            high = _minutes((eta_high - now).total_seconds()) if eta_high else _minutes(left)
+            line += "\n" + texts["eta"].format(minutes=_minutes(left), low=low, high=high)
+    return line[:MAX_TEXT]

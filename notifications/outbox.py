@@ -322,6 +322,25 @@ def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notificat
     )
 
 
+# --- Issue 29 hook (notifications.progress): progress messages off, one plain note -------
+
+
+def queue_owner_late(
+    *, training_id: int, chat_id: int, text: str, owner_id=None, avatar_id=None
+) -> Notification | None:
+    """Owner: "taking longer than usual", once per attempt (progress messages off)."""
+    return _create_once(
+        dedup_key=f"late:{training_id}",
+        kind=NotificationKind.LATE,
+        audience=Audience.OWNER,
+        training_id=training_id,
+        owner_id=owner_id,
+        avatar_id=avatar_id,
+        chat_id=chat_id,
+        text=text[: messages.MAX_TEXT],
+    )
+
+
 def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
     """Hand a row to the sender's queue.
 
