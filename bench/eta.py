@@ -109,7 +109,10 @@ def simulate(trainer: str, count: int, rng: random.Random) -> dict[str, object]:
                     rate = eta.drained(last_pos, ahead, CHECK, rate)
                 last_pos = ahead
                 found = eta.estimate(
-                    history, now=now, fal_status=FalStatus.IN_QUEUE, position=ahead,
+                    history,
+                    now=now,
+                    fal_status=FalStatus.IN_QUEUE,
+                    position=ahead,
                     drain_per_minute=rate,
                 )
                 phase = "queue"
@@ -118,7 +121,9 @@ def simulate(trainer: str, count: int, rng: random.Random) -> dict[str, object]:
                     logs = f"Training step {int(1000 * (t - t_start) / run)}/1000"
                 check_no += 1
                 found = eta.estimate(
-                    history, now=now, fal_status=FalStatus.IN_PROGRESS,
+                    history,
+                    now=now,
+                    fal_status=FalStatus.IN_PROGRESS,
                     started_at=EPOCH + timedelta(seconds=t_start),
                     progress=eta.progress_of(logs),
                 )
@@ -176,7 +181,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=29)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    print(f"{args.trainings} simulated trainings, seed {args.seed}; median |error| of the remaining time")
+    print(
+        f"{args.trainings} simulated trainings, seed {args.seed}; median |error| of the remaining time"
+    )
     print(f"{'trainer':<10}{'at':>6}{'ETA':>10}{'naive':>10}")
     verdict = True
     for trainer in ("portrait", "style"):

@@ -252,9 +252,31 @@ def refresh(
         started_at=training.started_at,
         progress=progress_of(training.logs_tail),
     )
+    if not _moved(training, found):
+        return before != tuple(getattr(training, name) for name in FIELDS)
     training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
     training.eta_late = found.late
-    return before != tuple(getattr(training, name) for name in FIELDS)
+    return True
+
+
+# A new estimate within this of the stored one is not written (no UPDATE per check).
+SETTLED = timedelta(seconds=30)
+
+
+def _moved(training: Training, found: Estimate) -> bool:
+    if training.eta_late != found.late:
+        return True
+    pairs = (
+        (training.eta_at, found.at),
+        (training.eta_low, found.low),
+        (training.eta_high, found.high),
+    )
+    for old, new in pairs:
+        if (old is None) != (new is None):
+            return True
+        if old is not None and new is not None and abs(old - new) >= SETTLED:
+            return True
+    return False
 
 
 def as_estimate(training: Training) -> Estimate | None:

@@ -533,10 +533,10 @@ class ProgressMessage(models.Model):
     )
     message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
     text = models.TextField(_("text now (HTML)"))
-    phase = models.CharField(_("phase now"), max_length=8, blank=True)
+    phase = models.CharField(_("phase now"), max_length=16, blank=True)
     eta_at = models.DateTimeField(_("ETA now"), null=True, blank=True)
     sent_text = models.TextField(_("text Telegram has"), blank=True)
-    sent_phase = models.CharField(_("phase Telegram has"), max_length=8, blank=True)
+    sent_phase = models.CharField(_("phase Telegram has"), max_length=16, blank=True)
     sent_eta_at = models.DateTimeField(_("ETA Telegram has"), null=True, blank=True)
     # The outcome is known: only the last line may still be written.
     final = models.BooleanField(_("outcome known"), default=False)
@@ -553,9 +553,7 @@ class ProgressMessage(models.Model):
         verbose_name = _("progress message")
         verbose_name_plural = _("progress messages")
         indexes = [
-            models.Index(
-                fields=["next_at"], condition=Q(pending=True), name="progress_due_idx"
-            ),
+            models.Index(fields=["next_at"], condition=Q(pending=True), name="progress_due_idx"),
         ]
 
     def __str__(self) -> str:

@@ -185,15 +185,20 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
         phase=outcome,
         eta_at=None,
         pending=True,
-        next_at=now,
+        next_at=_not_before(row, now),
         context={**row.context, FINAL_AT: now.isoformat()},
     )
     _push_after_commit(row.pk)
 
 
-def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime) -> None:
+def _not_before(row: ProgressMessage, now: datetime) -> datetime:
+    """The earliest the next edit may go: OWNER_PROGRESS_EDIT_SECONDS after the last."""
     interval = timedelta(seconds=settings.OWNER_PROGRESS_EDIT_SECONDS)
-    not_before = max(now, row.last_edit_at + interval) if row.last_edit_at else now
+    return max(now, row.last_edit_at + interval) if row.last_edit_at else now
+
+
+def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime) -> None:
+    not_before = _not_before(row, now)
     ProgressMessage.objects.filter(pk=row.pk, final=False).update(
         text=text, phase=phase, eta_at=eta_at, pending=True, next_at=not_before
     )
@@ -250,7 +255,7 @@ def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
 
 
 def _save(row: ProgressMessage, **fields: Any) -> None:
-    ProgressMessage.objects.filter(pk=row.pk).update(lease_until=None, **fields)
+    ProgressMessage.objects.filter(pk=row.pk).update(**{"lease_until": None, **fields})
 
 
 def _later(row: ProgressMessage, seconds: float, error: str = "") -> None:
@@ -298,10 +303,11 @@ def push(progress_id: int) -> str:
     first = row.state == State.NEW
     backend = get_backend()
     text = row.text
+    if first:
+        # In flight from here: a worker that dies now never sends it again.
+        _save(row, state=State.SENDING, lease_until=now + LEASE)
     try:
         if first:
-            # In flight from here: a worker that dies now never sends it again.
-            _save(row, state=State.SENDING, lease_until=now + LEASE)
             receipt = backend.send(
                 row.chat_id, text, ready=lambda: _take_slot(row.chat_id), silent=True
             )
@@ -342,7 +348,9 @@ def push(progress_id: int) -> str:
         sent_text=text,
         sent_phase=row.phase,
         sent_eta_at=row.eta_at,
-        last_edit_at=now,
+        # Counted from Telegram's answer, so that two edits are at least the interval
+        # apart as Telegram receives them.
+        last_edit_at=timezone.now(),
         edits=row.edits + (0 if first else 1),
         last_error="",
     )
@@ -396,8 +404,9 @@ def after_outcome_told(sender: object = None, notification: Any = None, **kwargs
     training_id = getattr(notification, "training_id", None)
     if training_id is None:
         return
-    rows = ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True)
-    ids = list(rows.values_list("pk", flat=True))
-    rows.update(next_at=timezone.now())
-    for progress_id in ids:
-        enqueue(progress_id)
+    now = timezone.now()
+    for row in ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True):
+        not_before = _not_before(row, now)
+        ProgressMessage.objects.filter(pk=row.pk).update(next_at=not_before)
+        if not_before <= now:
+            enqueue(row.pk)

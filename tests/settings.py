@@ -20,6 +20,9 @@ _TEST_ENV = {
     # Tests complete trainings with made-up fal URLs: worker processes must not try to
     # download them from the internet. Tests of kept files turn it on (tests/test_files.py).
     "AVATAR_FILES_COPY": "0",
+    # The owner's live progress message adds a message and edits to every training:
+    # its own tests turn it on (tests/test_owner_progress.py).
+    "OWNER_PROGRESS_MESSAGES": "0",
 }
 for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)

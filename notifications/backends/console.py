@@ -42,6 +42,8 @@ class ConsoleBackend(BaseBackend):
     ) -> SendReceipt:
         if ready is not None:
             ready()
-        sys.stdout.write(f"--- Telegram message #{message_id} in chat {chat_id} edited ---\n{text}\n")
+        sys.stdout.write(
+            f"--- Telegram message #{message_id} in chat {chat_id} edited ---\n{text}\n"
+        )
         sys.stdout.flush()
         return SendReceipt(message_id)
