@@ -22,10 +22,12 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 
 from monitoring.fal.payloads import ENDPOINTS
 from monitoring.models import FalStatus, Training, TrainingOutcome, TrainingType
@@ -75,28 +77,20 @@ def default_history(endpoint: str) -> History:
     style = endpoint == ENDPOINTS.get(TrainingType.STYLE)
     minutes = settings.ETA_DEFAULT_STYLE_MINUTES if style else settings.ETA_DEFAULT_PORTRAIT_MINUTES
     # 39 evenly spaced quantiles of a log-normal around the default median.
-    normal = [_normal_quantile((i + 1) / 40) for i in range(39)]
+    normal = [NormalDist().inv_cdf((i + 1) / 40) for i in range(39)]
     runs = tuple(minutes * 60 * math.exp(DEFAULT_SIGMA * z) for z in normal)
     return History(runs, settings.ETA_DEFAULT_SECONDS_PER_POSITION, from_defaults=True)
 
 
-def _normal_quantile(p: float) -> float:
-    # Acklam's rational approximation is overkill here; bisection on erf is exact enough.
-    low, high = -8.0, 8.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
-def history_from(rows: Iterable[tuple[datetime, datetime, datetime, int | None]]) -> History | None:
+def history_from(
+    rows: Iterable[tuple[datetime | None, datetime | None, datetime | None, int | None]],
+) -> History | None:
     """(submitted, started, finished, first position) rows → History (None: too few)."""
     runs: list[float] = []
     per_position: list[float] = []
     for submitted, started, finished, first in rows:
+        if submitted is None or started is None or finished is None:
+            continue
         run = (finished - started).total_seconds()
         if run <= 0:
             continue
@@ -303,6 +297,22 @@ def as_json(training: Training | None) -> dict[str, Any] | None:
     }
 
 
+def words(training: Training | None, now: datetime) -> str:
+    """For staff: "ready around 14:32 UTC, 10–18 min", "taking longer than usual" or ""."""
+    found = as_estimate(training) if training is not None else None
+    if found is None:
+        return ""
+    if found.late or found.at is None:
+        return _("taking longer than usual")
+    low = max(0, round(((found.low or found.at) - now).total_seconds() / 60))
+    high = max(low, round(((found.high or found.at) - now).total_seconds() / 60))
+    return _("ready around %(time)s UTC, %(low)s–%(high)s min") % {
+        "time": found.at.astimezone(UTC).strftime("%H:%M"),
+        "low": low,
+        "high": high,
+    }
+
+
 def p50_by_trainer(*, limit: int | None = None) -> list[dict[str, Any]]:
     """The dashboard's figures: per trainer, the median queue and run time of history."""
     rows = []
@@ -313,11 +323,13 @@ def p50_by_trainer(*, limit: int | None = None) -> list[dict[str, Any]]:
             submitted_at__isnull=False,
             started_at__isnull=False,
         ).order_by("-finished_at")
-        times = list(
-            recent.values_list("submitted_at", "started_at", "finished_at")[
+        times = [
+            (q, s, f)
+            for q, s, f in recent.values_list("submitted_at", "started_at", "finished_at")[
                 : limit or settings.ETA_HISTORY_SIZE
             ]
-        )
+            if q is not None and s is not None and f is not None
+        ]
         queued = sorted((s - q).total_seconds() for q, s, _f in times)
         ran = sorted((f - s).total_seconds() for _q, s, f in times)
         rows.append(

@@ -20,7 +20,11 @@ from tests.support import run_queued_monitoring_tasks
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EDIT_SECONDS = 5  # the smallest interval the setting allows
-FAL_DOWN = {"error": "Runner disconnected", "error_type": "runner_disconnected", "result_status": 503}
+FAL_DOWN = {
+    "error": "Runner disconnected",
+    "error_type": "runner_disconnected",
+    "result_status": 503,
+}
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from monitoring import files
+from monitoring import eta, files
 from monitoring.api.models import ApiClient
 from monitoring.models import Avatar, FalStatus, Training, TrainingOutcome
 
@@ -48,6 +48,7 @@ def training_data(training: Training, *, links: bool = True) -> dict[str, Any]:
         "fal_request_id": training.fal_request_id,
         "fal_status": training.fal_status,
         "queue_position": training.queue_position,
+        "eta": eta.as_json(training),
         "outcome": training.outcome or None,
         "lora_url": training.lora_url,
         "config_url": training.config_url,
@@ -88,6 +89,7 @@ def avatar_data(
             if active and training and training.fal_status == FalStatus.IN_QUEUE
             else None
         ),
+        "eta": eta.as_json(training),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
         "files": files.files_data(training, links=links) if training else None,
