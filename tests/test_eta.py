@@ -210,4 +210,3 @@ def test_trainer_defaults_apply_per_trainer(settings):
     portrait = eta.default_history(PORTRAIT)
     assert style.median_run == pytest.approx(8 * 60, rel=0.01)
     assert portrait.median_run == pytest.approx(25 * 60, rel=0.01)
-

@@ -189,3 +189,81 @@ def test_russian_owners_read_it_in_russian(fal, telegram, make_avatar, make_owne
     [first] = telegram.messages_to(owner.telegram_id)
     assert first.plain.startswith("⏳ Обучение «Anna <3»: в очереди, вы следующий.")
     assert "Будет готово примерно через" in first.plain
+
+
+# --- Telegram's answers -----------------------------------------------------------------------
+
+
+def test_flood_control_on_the_first_send_waits_retry_after(
+    fal, telegram, make_avatar, make_owner, run_deliveries
+):
+    owner = make_owner(language="en")
+    telegram.script(owner.telegram_id, telegram.retry_after(2))
+    fal.script(queue_seconds=FOREVER, queue_position=2)
+    avatar = make_avatar(owner=owner, name="Anna")
+    start_training(avatar, source=EventSource.COMMAND)
+    run_deliveries()
+    row = ProgressMessage.objects.get(chat_id=owner.telegram_id)
+    assert row.state == ProgressState.NEW and "retry after 2" in row.last_error
+    assert 1.5 < (row.next_at - timezone.now()).total_seconds() <= 2
+    assert progress.sweep() == 0 and telegram.messages_to(owner.telegram_id) == []
+    time.sleep(2.05)
+    progress.sweep()
+    [message] = telegram.messages_to(owner.telegram_id)
+    assert message.plain.startswith("⏳ Training «Anna»")
+
+
+def test_a_first_send_whose_answer_is_lost_is_dropped_never_resent(
+    fal, telegram, settings, make_avatar, make_owner, run_deliveries
+):
+    settings.NOTIFICATION_SEND_TIMEOUT_SECONDS = 0.3
+    owner = make_owner(language="en")
+    telegram.script(owner.telegram_id, telegram.slow(1.0))  # arrives, but after we gave up
+    fal.script(queue_seconds=FOREVER, queue_position=2)
+    training = start_training(make_avatar(owner=owner), source=EventSource.COMMAND).training
+    run_deliveries()
+    assert ProgressMessage.objects.get(chat_id=owner.telegram_id).state == ProgressState.DROPPED
+
+    fal.script(training.fal_request_id, queue_seconds=0, run_seconds=FOREVER)
+    time.sleep(EDIT_SECONDS)
+    check(run_deliveries)
+    progress.sweep()
+    assert len(telegram.messages_to(owner.telegram_id)) == 1  # the slow one, once
+    assert telegram.edits_to(owner.telegram_id) == []
+
+
+def test_a_deleted_message_stops_the_edits(fal, telegram, make_avatar, make_owner, run_deliveries):
+    owner, _avatar, training = start(
+        fal, make_avatar, make_owner, run_deliveries, queue_seconds=FOREVER, queue_position=3
+    )
+    [first] = telegram.messages_to(owner.telegram_id)
+    telegram.delete_message(owner.telegram_id, first.message_id)
+    fal.script(training.fal_request_id, queue_seconds=0, run_seconds=FOREVER)
+    wait_until_editable(owner.telegram_id)
+    check(run_deliveries)
+    row = ProgressMessage.objects.get(chat_id=owner.telegram_id)
+    assert row.state == ProgressState.STOPPED and "message to edit not found" in row.last_error.lower()
+    requests = telegram.requests_to(owner.telegram_id)
+    fal.finish(training.fal_request_id)
+    check(run_deliveries)
+    time.sleep(EDIT_SECONDS)
+    progress.sweep()
+    assert telegram.requests_to(owner.telegram_id) == requests + 1  # the ready message only
+    assert telegram.edits_to(owner.telegram_id) == []
+
+
+def test_message_is_not_modified_counts_as_done(
+    fal, telegram, make_avatar, make_owner, run_deliveries
+):
+    owner, _avatar, _training = start(
+        fal, make_avatar, make_owner, run_deliveries, queue_seconds=FOREVER, queue_position=3
+    )
+    # An earlier edit whose answer was lost had in fact arrived: Telegram has the text.
+    ProgressMessage.objects.filter(chat_id=owner.telegram_id).update(
+        sent_text="", pending=True, last_edit_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert progress.sweep() == 1
+    row = ProgressMessage.objects.get(chat_id=owner.telegram_id)
+    assert (row.state, row.pending, row.last_error) == (ProgressState.LIVE, False, "")
+    assert row.sent_text == row.text
+    assert telegram.edits_to(owner.telegram_id) == []  # nothing changed for the owner
