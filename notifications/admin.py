@@ -31,6 +31,7 @@ from notifications.models import (
     NotificationAttempt,
     NotificationStatus,
     PauseCause,
+    ProgressMessage,
     SenderState,
     UnreachableChat,
 )
@@ -277,3 +278,13 @@ def last_error_words(text: str) -> str:
             "reason": text[len(delivery.OWNER_UNREACHABLE) :]
         }
     return text
+
+
+@admin.register(ProgressMessage)
+class ProgressMessageAdmin(ReadOnlyAdmin[ProgressMessage]):
+    """The owners' live progress messages (notifications.progress, docs/eta.md)."""
+
+    list_display = ("training", "chat_id", "state", "phase", "edits", "last_edit_at", "last_error")
+    list_filter = ("state",)
+    search_fields = ("=chat_id", "=training__fal_request_id")
+    list_select_related = ("training",)
