@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -82,7 +83,12 @@ def accepted(training_id: int) -> None:
 
 def checked(trainings: Iterable[Training]) -> None:
     """After a check batch: the trainings whose phase, position or estimate changed."""
-    ids = [t.pk for t in trainings if t.finished_at is None]
+    ids = [
+        t.pk
+        for t in trainings
+        # Progress messages off: only "taking longer than usual" is still told.
+        if t.finished_at is None and (settings.OWNER_PROGRESS_MESSAGES or t.eta_late)
+    ]
     if not ids:
         return
     for training in Training.objects.active().filter(pk__in=ids).select_related("avatar__owner"):

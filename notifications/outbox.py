@@ -325,12 +325,16 @@ def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notificat
 # --- Issue 29 hook (notifications.progress): progress messages off, one plain note -------
 
 
+def late_key(training_id: int) -> str:
+    return f"late:{training_id}"
+
+
 def queue_owner_late(
     *, training_id: int, chat_id: int, text: str, owner_id=None, avatar_id=None
 ) -> Notification | None:
     """Owner: "taking longer than usual", once per attempt (progress messages off)."""
     return _create_once(
-        dedup_key=f"late:{training_id}",
+        dedup_key=late_key(training_id),
         kind=NotificationKind.LATE,
         audience=Audience.OWNER,
         training_id=training_id,

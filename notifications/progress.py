@@ -175,7 +175,8 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
         )
         return
     row.final = True
-    if row.state != State.LIVE or outcome not in OUTCOME_PHASES:
+    # A first send still in flight gets its last line too, once it has landed.
+    if row.state not in (State.LIVE, State.SENDING) or outcome not in OUTCOME_PHASES:
         ProgressMessage.objects.filter(pk=row.pk).update(final=True, pending=False)
         return
     text = messages.render_progress(row.context, outcome, now=now)
@@ -208,6 +209,8 @@ def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime
 
 def _late_notice(snapshot: Snapshot) -> None:
     """Progress messages off: one plain message through the outbox instead."""
+    if Notification.objects.filter(dedup_key=outbox.late_key(snapshot.training_id)).exists():
+        return  # told once already (every later check of a late training lands here)
     outbox.queue_owner_late(
         training_id=snapshot.training_id,
         chat_id=snapshot.chat_id,
