@@ -204,7 +204,7 @@ _PROGRESS_TEXTS: dict[str, dict[str, str]] = {
         "eta": "Будет готово примерно через {minutes} мин. ({low}–{high} мин.)",
         "eta_soon": "Будет готово с минуты на минуту.",
         "completed": "✅ Обучение «<b>{name}</b>»: готово.",
-        "error": "Обучение «<b>{name}</b>»: не удалось, подробности ниже.",
+        "error": "Обучение «<b>{name}</b>»: не удалось.",
         "cancelled": "Обучение «<b>{name}</b>»: отменено.",
         "late_notice": "🐢 Обучение аватара «<b>{name}</b>» занимает больше времени, чем обычно. "
         "Напишем, как только будет готово.",
@@ -219,7 +219,7 @@ _PROGRESS_TEXTS: dict[str, dict[str, str]] = {
         "eta": "Ready in about {minutes} min ({low}–{high} min).",
         "eta_soon": "Ready any minute now.",
         "completed": "✅ Training «<b>{name}</b>»: done.",
-        "error": "Training «<b>{name}</b>»: did not succeed, see below.",
+        "error": "Training «<b>{name}</b>»: did not succeed.",
         "cancelled": "Training «<b>{name}</b>»: cancelled.",
         "late_notice": "🐢 Training of your avatar «<b>{name}</b>» is taking longer than usual. "
         "We will write as soon as it is ready.",

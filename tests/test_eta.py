@@ -210,3 +210,20 @@ def test_trainer_defaults_apply_per_trainer(settings):
     portrait = eta.default_history(PORTRAIT)
     assert style.median_run == pytest.approx(8 * 60, rel=0.01)
     assert portrait.median_run == pytest.approx(25 * 60, rel=0.01)
+
+
+def test_an_edit_needs_a_new_phase_or_an_eta_moved_by_a_fifth_and_two_minutes():
+    from notifications.progress import Basis, wants_edit
+
+    now = timezone.now()
+
+    def moved(left: float, to: float, phase: str = "queue") -> bool:
+        sent = Basis("queue", now + timedelta(minutes=left))
+        return wants_edit(sent, Basis(phase, now + timedelta(minutes=to)), now)
+
+    assert not moved(20, 23)  # 3 min of 20: less than a fifth
+    assert moved(20, 25)  # 5 min of 20
+    assert moved(20, 15)  # earlier counts too
+    assert not moved(5, 6.5)  # a fifth, but under 2 minutes
+    assert moved(5, 7.5)
+    assert moved(20, 20, phase="run")  # queue → training always shows
