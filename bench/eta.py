@@ -11,8 +11,9 @@ trainer's "step N/M" log line) and stores its estimate, exactly as
 
 At 25 %, 50 % and 75 % of each training's real duration (submit → finished) it takes
 the estimate the owner would see then and measures the error of the remaining time
-relative to the true remaining time. Beside it: the naive baseline (the trainer's
-default duration from submit, ETA_DEFAULT_*_MINUTES). Also: how many edits of the
+relative to the true remaining time. Beside it: the same trainings without any log
+line (history alone), and the naive baseline (the trainer's default duration from
+submit, ETA_DEFAULT_*_MINUTES). Also: how many edits of the
 owner's progress message the edit rule (``notifications.progress.wants_edit``) makes
 per training, that is, what the feature adds to the send rate.
 """
@@ -40,7 +41,7 @@ from django.conf import settings  # noqa: E402
 
 from monitoring import eta  # noqa: E402
 from monitoring.fal.payloads import ENDPOINTS  # noqa: E402
-from monitoring.models import FalStatus  # noqa: E402
+from monitoring.models import FalStatus, Training  # noqa: E402
 from notifications.progress import Basis, wants_edit  # noqa: E402
 
 CHECK = 60.0
@@ -76,7 +77,7 @@ class Queue:
             t = block_end
 
 
-def simulate(trainer: str, count: int, rng: random.Random) -> dict[str, object]:
+def simulate(trainer: str, count: int, rng: random.Random, *, logs_seen: bool = True) -> dict:
     endpoint = ENDPOINTS[trainer]
     queue = Queue(rng, base=rng.choice([1.0, 2.0]))
     finished: deque[tuple[datetime, datetime, datetime, int]] = deque(
@@ -96,38 +97,39 @@ def simulate(trainer: str, count: int, rng: random.Random) -> dict[str, object]:
         t_end = t_start + run
         # The checks: what the owner would see, from submit to the end.
         seen: list[tuple[float, eta.Estimate]] = []
-        rate, last_pos, logs, t = None, None, "", t_submit
+        # The row as the checks keep it (never saved: ``eta.refresh`` only reads and sets
+        # its fields), updated exactly as ``status_checks`` does.
+        row = Training(endpoint=endpoint, fal_status=FalStatus.IN_QUEUE, queue_position=position)
         basis: Basis | None = None
         last_edit = -1e9
         n_edits = 0
         check_no = 0
+        t = t_submit
         while t < t_end:
             now = EPOCH + timedelta(seconds=t)
+            fresh = False
+            old_position, seen_seconds = row.queue_position, None
             if t < t_start:
-                ahead = max(0, math.ceil(position - _drained(queue, t_submit, t)))
-                if last_pos is not None:
-                    rate = eta.drained(last_pos, ahead, CHECK, rate)
-                last_pos = ahead
-                found = eta.estimate(
-                    history,
-                    now=now,
-                    fal_status=FalStatus.IN_QUEUE,
-                    position=ahead,
-                    drain_per_minute=rate,
-                )
-                phase = "queue"
+                row.queue_position = max(0, math.ceil(position - _drained(queue, t_submit, t)))
+                seen_seconds = CHECK if t > t_submit else None
             else:
-                if check_no % 5 == 0:  # logs on one running check in five, as the monitor asks
-                    logs = f"Training step {int(1000 * (t - t_start) / run)}/1000"
+                if row.fal_status != FalStatus.IN_PROGRESS:
+                    row.fal_status, row.queue_position = FalStatus.IN_PROGRESS, None
+                    row.started_at = EPOCH + timedelta(seconds=t_start)
+                if logs_seen and check_no % 5 == 0:  # one running check in five asks for logs
+                    row.logs_tail = f"Training step {int(1000 * (t - t_start) / run)}/1000"
+                    fresh = True
                 check_no += 1
-                found = eta.estimate(
-                    history,
-                    now=now,
-                    fal_status=FalStatus.IN_PROGRESS,
-                    started_at=EPOCH + timedelta(seconds=t_start),
-                    progress=eta.progress_of(logs),
-                )
-                phase = "late" if found.late else "run"
+            eta.refresh(
+                row,
+                history,
+                now=now,
+                old_position=old_position,
+                seen_seconds=seen_seconds,
+                logs_fresh=fresh,
+            )
+            found = eta.as_estimate(row) or eta.Estimate()
+            phase = "late" if row.eta_late else "queue" if t < t_start else "run"
             seen.append((t, found))
             new = Basis(phase, found.at)
             if basis is None:
@@ -184,13 +186,17 @@ def main() -> None:
     print(
         f"{args.trainings} simulated trainings, seed {args.seed}; median |error| of the remaining time"
     )
-    print(f"{'trainer':<10}{'at':>6}{'ETA':>10}{'naive':>10}")
+    print(f"{'trainer':<10}{'at':>6}{'ETA':>10}{'no logs':>10}{'naive':>10}")
     verdict = True
     for trainer in ("portrait", "style"):
-        result = simulate(trainer, args.trainings // 2, rng)
+        seed = rng.random()
+        result = simulate(trainer, args.trainings // 2, random.Random(seed))
+        # The same trainings without the trainer's "step N/M" lines: history alone.
+        blind = simulate(trainer, args.trainings // 2, random.Random(seed), logs_seen=False)
         for share in POINTS:
             mine, base = result["errors"][share], result["naive"][share]
-            print(f"{trainer:<10}{share:>6.0%}{mine:>10.1%}{base:>10.1%}")
+            alone = blind["errors"][share]
+            print(f"{trainer:<10}{share:>6.0%}{mine:>10.1%}{alone:>10.1%}{base:>10.1%}")
             if share == 0.5:
                 verdict &= mine <= 0.25 and mine < base
         print(

@@ -192,7 +192,8 @@ def estimate(
         if progress is not None and progress >= 0.05 and ran > 0:
             # The job's own pace, trusted more the further it has gone.
             paced = ran * (1 - progress) / progress
-            mid = progress * paced + (1 - progress) * mid
+            weight = math.sqrt(progress)
+            mid = weight * paced + (1 - weight) * mid
             low, high = min(low, mid), max(high, mid)
         return _at(now, mid, low, high)
     if fal_status in (FalStatus.IN_QUEUE, FalStatus.NOT_SENT, FalStatus.SUBMITTING):
@@ -230,13 +231,26 @@ def refresh(
     now: datetime,
     old_position: int | None = None,
     seen_seconds: float | None = None,
+    logs_fresh: bool = False,
 ) -> bool:
-    """Recompute the training's estimate in place; True when a stored field changed."""
+    """Recompute the training's estimate in place; True when a stored field changed.
+
+    ``logs_fresh``: ``logs_tail`` was fetched by this check. A trainer's "step N/M" line
+    says where the job was when it was fetched, not now: between fetches (the checks
+    ask for logs on one check in five) the estimate made from the last one stands,
+    unless history now says the job is late.
+    """
     before = tuple(getattr(training, name) for name in FIELDS)
     if seen_seconds is not None:
         training.queue_drain_per_minute = drained(
             old_position, training.queue_position, seen_seconds, training.queue_drain_per_minute
         )
+    progress = progress_of(training.logs_tail)
+    running = training.fal_status == FalStatus.IN_PROGRESS
+    if running and progress is not None and not logs_fresh and training.eta_at is not None:
+        ran = (now - (training.started_at or now)).total_seconds()
+        if ran <= quantile(history.runs, HIGH_Q):
+            return before != tuple(getattr(training, name) for name in FIELDS)
     found = estimate(
         history,
         now=now,
@@ -244,7 +258,7 @@ def refresh(
         position=training.queue_position,
         drain_per_minute=training.queue_drain_per_minute,
         started_at=training.started_at,
-        progress=progress_of(training.logs_tail),
+        progress=progress if logs_fresh else None,
     )
     if not _moved(training, found):
         return before != tuple(getattr(training, name) for name in FIELDS)

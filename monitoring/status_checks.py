@@ -361,7 +361,7 @@ class _Batch:
         if tail is not None and tail != training.logs_tail:
             training.logs_tail = tail
             moved = True
-        if self._estimate(training, was):
+        if self._estimate(training, was, logs_fresh=tail is not None):
             moved = True
         if moved:
             self.moved.append(training)
@@ -420,7 +420,9 @@ class _Batch:
         self.failed.append(training)
         report.summary = f"fal error, checked again at the next run: {report.error}"
 
-    def _estimate(self, training: Training, was: tuple[str, int | None, Any]) -> bool:
+    def _estimate(
+        self, training: Training, was: tuple[str, int | None, Any], *, logs_fresh: bool
+    ) -> bool:
         """Recompute the ETA (monitoring.eta); True when a stored field changed."""
         old_status, old_position, last_seen = was
         key = eta.key_of(training.endpoint, training.arguments)
@@ -441,6 +443,7 @@ class _Batch:
             now=self.now,
             old_position=old_position,
             seen_seconds=seen_seconds,
+            logs_fresh=logs_fresh,
         ):
             changed = True
         if (
