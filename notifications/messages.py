@@ -203,6 +203,7 @@ _PROGRESS_TEXTS: dict[str, dict[str, str]] = {
         "retry": "🔁 Обучение «<b>{name}</b>»: у сервиса обучения случился сбой, запускаем заново.",
         "eta": "Будет готово примерно через {minutes} мин. ({low}–{high} мин.)",
         "eta_soon": "Будет готово с минуты на минуту.",
+        "retried_note": "(У сервиса обучения был сбой, мы запустили обучение заново.)",
         "completed": "✅ Обучение «<b>{name}</b>»: готово.",
         "error": "Обучение «<b>{name}</b>»: не удалось.",
         "cancelled": "Обучение «<b>{name}</b>»: отменено.",
@@ -218,6 +219,7 @@ _PROGRESS_TEXTS: dict[str, dict[str, str]] = {
         "retry": "🔁 Training «<b>{name}</b>»: fal had a hiccup, starting again.",
         "eta": "Ready in about {minutes} min ({low}–{high} min).",
         "eta_soon": "Ready any minute now.",
+        "retried_note": "(fal had a hiccup; we started it again.)",
         "completed": "✅ Training «<b>{name}</b>»: done.",
         "error": "Training «<b>{name}</b>»: did not succeed.",
         "cancelled": "Training «<b>{name}</b>»: cancelled.",
@@ -255,4 +257,6 @@ def render_progress(
             low = _minutes((eta_low - now).total_seconds()) if eta_low else _minutes(left)
             high = _minutes((eta_high - now).total_seconds()) if eta_high else _minutes(left)
             line += "\n" + texts["eta"].format(minutes=_minutes(left), low=low, high=high)
+    if context.get("retried") and phase in ("queue", "run", "late"):
+        line += "\n" + texts["retried_note"]
     return line[:MAX_TEXT]

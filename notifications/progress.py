@@ -26,7 +26,7 @@ The unsent rows are found by ``sweep`` (the notifications cluster's schedule).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,6 +69,7 @@ SWEEP_BATCH = 200
 MIN_MOVE = timedelta(minutes=2)
 OUTCOME_PHASES = ("completed", "error", "cancelled")
 FINAL_AT = "final_at"
+RETRIED = "retried"
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,11 @@ def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessag
         if snapshot.phase == "late":
             _late_notice(snapshot)
         return None
-    text = snapshot.text(now)
     row = ProgressMessage.objects.filter(training_id=snapshot.training_id).first()
+    if row is not None and row.context.get(RETRIED):
+        # Once retried, every later text of this message still says so.
+        snapshot = replace(snapshot, context={**snapshot.context, RETRIED: True})
+    text = snapshot.text(now)
     if row is None:
         try:
             with transaction.atomic():
@@ -145,10 +149,10 @@ def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessag
         return row
     if row.final or row.state not in (State.NEW, State.LIVE):
         return row
+    # Judged against what the message is about to say (the text waiting to go, or the
+    # one Telegram has).
     fresh = Basis(snapshot.phase, snapshot.eta_at)
-    if row.state == State.LIVE and not wants_edit(
-        Basis(row.sent_phase, row.sent_eta_at), fresh, now
-    ):
+    if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
         return row
     _set_text(row, text, snapshot.phase, snapshot.eta_at, now)
     return row
@@ -156,11 +160,13 @@ def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessag
 
 def retried(old_training_id: int, snapshot: Snapshot) -> None:
     """fal failed and a new attempt starts: the same message, now about the new attempt."""
-    moved = ProgressMessage.objects.filter(training_id=old_training_id, final=False).update(
-        training_id=snapshot.training_id
+    row = ProgressMessage.objects.filter(training_id=old_training_id, final=False).first()
+    if row is None:
+        return
+    ProgressMessage.objects.filter(pk=row.pk).update(
+        training_id=snapshot.training_id, context={**row.context, RETRIED: True}
     )
-    if moved:
-        update(snapshot)
+    update(snapshot)
 
 
 def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> None:
