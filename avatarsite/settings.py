@@ -461,6 +461,19 @@ NOTIFICATION_RATE_PER_CHAT_SECONDS = env_float(
 NOTIFICATION_RATE_GROUP_PER_MINUTE = env_int("NOTIFICATION_RATE_GROUP_PER_MINUTE", 20, minimum=1)
 NOTIFICATION_RATE_GLOBAL_PER_SECOND = env_int("NOTIFICATION_RATE_GLOBAL_PER_SECOND", 25, minimum=1)
 
+# --- ETA and the owner's live progress message (docs/eta.md) -------------------------------
+# History per trainer and steps setting: the last this many completed trainings; under
+# ETA_MIN_HISTORY of them the trainer's defaults stand in.
+ETA_HISTORY_SIZE = env_int("ETA_HISTORY_SIZE", 200, minimum=10)
+ETA_MIN_HISTORY = env_int("ETA_MIN_HISTORY", 10, minimum=1)
+ETA_DEFAULT_PORTRAIT_MINUTES = env_float("ETA_DEFAULT_PORTRAIT_MINUTES", 25.0, minimum=0.1)
+ETA_DEFAULT_STYLE_MINUTES = env_float("ETA_DEFAULT_STYLE_MINUTES", 8.0, minimum=0.1)
+ETA_DEFAULT_SECONDS_PER_POSITION = env_float("ETA_DEFAULT_SECONDS_PER_POSITION", 60.0, minimum=1.0)
+# One silent message per training, edited in place; off: only the outcome (and one plain
+# "taking longer than usual" message).
+OWNER_PROGRESS_MESSAGES = env_bool("OWNER_PROGRESS_MESSAGES", True)
+OWNER_PROGRESS_EDIT_SECONDS = env_int("OWNER_PROGRESS_EDIT_SECONDS", 60, minimum=5)
+
 # --- Retention -------------------------------------------------------------------------
 RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30, minimum=1)
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)

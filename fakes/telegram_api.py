@@ -1,7 +1,8 @@
 """A fake Telegram Bot API on loopback, for tests, the benchmark and the demo.
 
 python-telegram-bot really sends to it over HTTP (``TELEGRAM_API_BASE_URL =
-fake.base_url``): form-encoded ``POST /bot<TOKEN>/sendMessage`` and ``/getMe``,
+fake.base_url``): form-encoded ``POST /bot<TOKEN>/sendMessage``, ``/editMessageText``
+and ``/getMe``,
 answered with the same HTTP codes and JSON shapes as Telegram (the library reads
 the HTTP status, not ``ok``). Each chat can be scripted with a list of answers
 consumed one per request; every message that was accepted is recorded.
@@ -10,6 +11,11 @@ consumed one per request; every message that was accepted is recorded.
     fake.script(42, fake.retry_after(1), fake.server_error(), fake.ok())
     ...
     fake.messages_to(42)   # [ReceivedMessage(chat_id=42, text=..., ...)]
+    fake.edits_to(42)      # [ReceivedEdit(chat_id=42, message_id=..., text=..., ...)]
+
+An edit answers as Telegram does: "message is not modified" for the same text,
+"message to edit not found" for a message it never sent or one the user deleted
+(``fake.delete_message``), and the chat's scripted answers (403, 429) like a send.
 
 ``FakeTelegramAPI(tls_dir=path)`` speaks HTTPS with a self-signed certificate
 (``fakes.tls``; the client trusts ``fake.cert_file`` through SSL_CERT_FILE), so that a
@@ -53,6 +59,15 @@ class ReceivedMessage:
     message_id: int
     received_at: float  # time.time() when the fake accepted it
     options: dict[str, str] = field(default_factory=dict)  # the other form fields, as sent
+
+
+@dataclass(frozen=True)
+class ReceivedEdit:
+    chat_id: int
+    message_id: int
+    text: str
+    plain: str
+    received_at: float
 
 
 # The tags Telegram's HTML parse mode accepts; anything else is "can't parse entities".
@@ -121,6 +136,8 @@ class _State:
     default_delay: float = 0.0
     outage_status: int | None = None
     outage_calls: dict[str, int] = field(default_factory=dict)  # method -> failed requests
+    edits: list[ReceivedEdit] = field(default_factory=list)
+    current: dict[tuple[int, int], str] = field(default_factory=dict)  # (chat, id) -> text
 
 
 def _error(code: int, description: str, **parameters: Any) -> dict[str, Any]:
@@ -296,6 +313,20 @@ class FakeTelegramAPI:
         with self._lock:
             return self.state.requests.get(int(chat_id), 0)
 
+    def edits_to(self, chat_id: int) -> list[ReceivedEdit]:
+        with self._lock:
+            return [e for e in self.state.edits if e.chat_id == int(chat_id)]
+
+    def text_of(self, chat_id: int, message_id: int) -> str | None:
+        """What the user sees in that message now (None: never sent, or deleted)."""
+        with self._lock:
+            return self.state.current.get((int(chat_id), int(message_id)))
+
+    def delete_message(self, chat_id: int, message_id: int) -> None:
+        """The user deleted the message: editing it now answers "not found"."""
+        with self._lock:
+            self.state.current.pop((int(chat_id), int(message_id)), None)
+
     @property
     def get_me_calls(self) -> int:
         with self._lock:
@@ -363,9 +394,10 @@ class FakeTelegramAPI:
                 },
             )
             return
-        if method.lower() != "sendmessage":
+        if method.lower() not in ("sendmessage", "editmessagetext"):
             self._reply(handler, 404, _error(404, "Not Found: method not found"))
             return
+        editing = method.lower() == "editmessagetext"
         try:
             chat_id = int(form["chat_id"])
             text = form["text"]
@@ -391,6 +423,9 @@ class FakeTelegramAPI:
         if answer.status != 200 or answer.body is not None:
             self._reply(handler, answer.status, answer.body or {"ok": True, "result": True})
             return
+        if editing:
+            self._edit(handler, chat_id, form, text, plain)
+            return
         with self._lock:
             message = ReceivedMessage(
                 chat_id=chat_id,
@@ -404,6 +439,7 @@ class FakeTelegramAPI:
                 },
             )
             self.state.messages.append(message)
+            self.state.current[(chat_id, message.message_id)] = text
         chat_type = "private" if chat_id > 0 else "supergroup"
         self._reply(
             handler,
@@ -419,6 +455,56 @@ class FakeTelegramAPI:
             },
         )
 
+    def _edit(
+        self,
+        handler: BaseHTTPRequestHandler,
+        chat_id: int,
+        form: dict[str, str],
+        text: str,
+        plain: str,
+    ) -> None:
+        try:
+            message_id = int(form["message_id"])
+        except (KeyError, ValueError):
+            self._reply(
+                handler, 400, _error(400, "Bad Request: message identifier is not specified")
+            )
+            return
+        with self._lock:
+            current = self.state.current.get((chat_id, message_id))
+            if current is None:
+                answer = (400, _error(400, "Bad Request: message to edit not found"))
+            elif current == text:
+                answer = (
+                    400,
+                    _error(
+                        400,
+                        "Bad Request: message is not modified: specified new message content "
+                        "and reply markup are exactly the same as a current content and reply "
+                        "markup of the message",
+                    ),
+                )
+            else:
+                self.state.current[(chat_id, message_id)] = text
+                self.state.edits.append(ReceivedEdit(chat_id, message_id, text, plain, time.time()))
+                answer = (
+                    200,
+                    {
+                        "ok": True,
+                        "result": {
+                            "message_id": message_id,
+                            "date": int(time.time()),
+                            "edit_date": int(time.time()),
+                            "chat": {
+                                "id": chat_id,
+                                "type": "private" if chat_id > 0 else "supergroup",
+                            },
+                            "text": text,
+                        },
+                    },
+                )
+        self._reply(handler, *answer)
+
 
 def main() -> None:  # pragma: no cover - manual runs and the demo
     import argparse
@@ -428,7 +514,7 @@ def main() -> None:  # pragma: no cover - manual runs and the demo
     args = parser.parse_args()
     fake = FakeTelegramAPI(token=args.token).start()
     print(f"TELEGRAM_API_BASE_URL={fake.base_url}", flush=True)
-    printed = 0
+    printed = edited = 0
     try:
         while True:
             time.sleep(0.5)
@@ -436,6 +522,10 @@ def main() -> None:  # pragma: no cover - manual runs and the demo
             for message in received[printed:]:
                 print(f"→ {message.chat_id}: {message.text}", flush=True)
             printed = len(received)
+            edits = fake.state.edits
+            for edit in edits[edited:]:
+                print(f"✎ {edit.chat_id} #{edit.message_id}: {edit.text}", flush=True)
+            edited = len(edits)
     except KeyboardInterrupt:
         fake.stop()
 

@@ -11,7 +11,7 @@ class MonitoringConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete
 
-        from monitoring import files, roles, totals, transitions
+        from monitoring import files, owner_progress, roles, totals, transitions
         from monitoring.fal import deliveries  # noqa: F401 (the Delivery proxy model)
         from monitoring.models import KeptFile
         from monitoring.ops import retention, schedules, system_checks  # noqa: F401 (registers the checks)
@@ -28,6 +28,16 @@ class MonitoringConfig(AppConfig):
         # Every completion, whatever path made it, keeps the trained files.
         transitions.training_finished.connect(
             files.on_training_finished, dispatch_uid="monitoring-keep-files"
+        )
+        # The owner's live progress message (docs/eta.md).
+        transitions.training_submitted.connect(
+            owner_progress.on_submitted, dispatch_uid="monitoring-progress-submitted"
+        )
+        transitions.training_retried.connect(
+            owner_progress.on_retried, dispatch_uid="monitoring-progress-retried"
+        )
+        transitions.training_finished.connect(
+            owner_progress.on_finished, dispatch_uid="monitoring-progress-finished"
         )
         post_delete.connect(
             files.delete_stored, sender=KeptFile, dispatch_uid="monitoring-delete-kept-files"

@@ -234,6 +234,17 @@ class Training(models.Model):
         blank=True,
     )
     queue_position = models.IntegerField(_("queue position"), null=True, blank=True)
+    # The ETA (monitoring.eta, docs/eta.md): the first position fal gave (history's
+    # seconds per position), the drain rate seen on this job, and the estimate itself,
+    # written when a check updates the training so that no listing computes it.
+    queue_position_first = models.IntegerField(_("first queue position"), null=True, blank=True)
+    queue_drain_per_minute = models.FloatField(
+        _("queue positions drained per minute"), null=True, blank=True
+    )
+    eta_at = models.DateTimeField(_("ready around"), null=True, blank=True)
+    eta_low = models.DateTimeField(_("ready at the earliest"), null=True, blank=True)
+    eta_high = models.DateTimeField(_("ready at the latest"), null=True, blank=True)
+    eta_late = models.BooleanField(_("taking longer than usual"), default=False)
     logs_tail = models.TextField(_("last logs"), blank=True)
 
     created_at = models.DateTimeField(_("created"), default=timezone.now)

@@ -46,7 +46,16 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from monitoring import owner_delay, recovery, restore, stuck, totals, transitions
+from monitoring import (
+    eta,
+    owner_delay,
+    owner_progress,
+    recovery,
+    restore,
+    stuck,
+    totals,
+    transitions,
+)
 from monitoring.fal import client as fal
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import AnsweredBy, FalOutcome
@@ -96,6 +105,10 @@ _LOADED_FIELDS = (
     "attempt",
     "start_deadline_seconds",
     "deadline_cancel_at",
+    # The ETA (monitoring.eta): its inputs and what it last said.
+    "arguments",
+    "queue_position_first",
+    *eta.FIELDS,
 )
 
 
@@ -293,6 +306,10 @@ class _Batch:
         # cannot run past the task's timeout; the rest are asked at the next check.
         self._record_until = time.monotonic() + _budget_seconds() / 2
         self._record: platform.PlatformClient | None = None
+        # ETA history per trainer and steps, loaded once per batch (monitoring.eta), and
+        # the trainings whose owner's progress message may have to change.
+        self._histories: dict[eta.Key, eta.History] = {}
+        self.progressed: list[Training] = []
 
     @functools.cached_property
     def next_due(self) -> datetime:
@@ -340,6 +357,7 @@ class _Batch:
             self._completed(training, seen, report)
             return
         position = answer.queue_position if answer.status == "IN_QUEUE" else None
+        was = (training.fal_status, training.queue_position, training.last_checked_at)
         if answer.status != training.fal_status:
             transitions.record_fal_status(
                 training, fal_status=answer.status, queue_position=position, source=self.source
@@ -356,6 +374,8 @@ class _Batch:
             report.summary += f" (position {position})"
         if tail is not None and tail != training.logs_tail:
             training.logs_tail = tail
+            moved = True
+        if self._estimate(training, was, logs_fresh=tail is not None):
             moved = True
         if moved:
             self.moved.append(training)
@@ -413,6 +433,40 @@ class _Batch:
         training.last_checked_at = self.now
         self.failed.append(training)
         report.summary = f"fal error, checked again at the next run: {report.error}"
+
+    def _estimate(
+        self, training: Training, was: tuple[str, int | None, Any], *, logs_fresh: bool
+    ) -> bool:
+        """Recompute the ETA (monitoring.eta); True when a stored field changed."""
+        old_status, old_position, last_seen = was
+        key = eta.key_of(training.endpoint, training.arguments)
+        if key not in self._histories:
+            self._histories.update(eta.load([key]))
+        seen_seconds = None
+        if old_status == FalStatus.IN_QUEUE and training.fal_status == FalStatus.IN_QUEUE:
+            if last_seen is not None:
+                seen_seconds = (self.now - last_seen).total_seconds()
+        changed = False
+        if training.queue_position_first is None and training.queue_position is not None:
+            training.queue_position_first = training.queue_position
+            changed = True
+        phase = owner_progress.phase_of(training)
+        if eta.refresh(
+            training,
+            self._histories[key],
+            now=self.now,
+            old_position=old_position,
+            seen_seconds=seen_seconds,
+            logs_fresh=logs_fresh,
+        ):
+            changed = True
+        if (
+            changed
+            or old_status != training.fal_status
+            or phase != owner_progress.phase_of(training)
+        ):
+            self.progressed.append(training)
+        return changed
 
     # -- fal's record: when the queue cannot tell (monitoring.recovery) --
 
@@ -526,7 +580,9 @@ class _Batch:
                 not_found_since=None,
             )
         if self.moved:
-            active.bulk_update(self.moved, ["queue_position", "logs_tail"])
+            active.bulk_update(
+                self.moved, ["queue_position", "logs_tail", "queue_position_first", *eta.FIELDS]
+            )
         if self.failed:
             active.bulk_update(
                 self.failed,
@@ -591,6 +647,7 @@ def check_trainings(
                     )
                 )
         batch.flush()
+        owner_progress.checked(batch.progressed)
     finally:
         batch.close()  # the batch's Platform API client, if it opened one
     still_active = [t for t in trainings if t.finished_at is None]

@@ -72,6 +72,9 @@ training_flagged_stuck = django.dispatch.Signal()
 # Sent inside the transaction that retries an attempt; receivers get ``training`` (the
 # attempt that failed, with avatar and owner) and ``retry`` (the new attempt).
 training_retried = django.dispatch.Signal()
+# Sent inside the transaction that records fal's acceptance of an attempt (its request
+# id); receivers get ``training_id`` and ``source`` (the owner's progress message).
+training_submitted = django.dispatch.Signal()
 
 
 # ``Outcome.detail`` of a start held for fal's balance (``hold``).
@@ -317,6 +320,7 @@ def record_submitted(
                 cancel_url=cancel_url,
                 fal_status=FalStatus.IN_QUEUE,
                 queue_position=queue_position,
+                queue_position_first=queue_position,
                 gateway_request_id=gateway_request_id[:128],
                 submitted_at=now,
                 next_check_at=next_check_at or now,
@@ -335,6 +339,7 @@ def record_submitted(
             message=message,
             details={"request_id": request_id, "queue_position": queue_position, **(details or {})},
         )
+        training_submitted.send(sender=Training, training_id=training.pk, source=source)
     training.fal_request_id = request_id
     training.fal_status = FalStatus.IN_QUEUE
     training.submitted_at = now

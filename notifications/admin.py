@@ -31,6 +31,7 @@ from notifications.models import (
     NotificationAttempt,
     NotificationStatus,
     PauseCause,
+    ProgressMessage,
     SenderState,
     UnreachableChat,
 )
@@ -329,3 +330,13 @@ def last_error_words(text: str) -> str:
             "reason": telegram_reason_words(text[len(delivery.OWNER_UNREACHABLE) :])
         }
     return telegram_reason_words(text)
+
+
+@admin.register(ProgressMessage)
+class ProgressMessageAdmin(ReadOnlyAdmin[ProgressMessage]):
+    """The owners' live progress messages (notifications.progress, docs/eta.md)."""
+
+    list_display = ("training", "chat_id", "state", "phase", "edits", "last_edit_at", "last_error")
+    list_filter = ("state",)
+    search_fields = ("=chat_id", "=training__fal_request_id")
+    list_select_related = ("training",)

@@ -11,10 +11,14 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
-        from notifications import relay, schedules
+        from notifications import progress, relay, schedules, signals
 
         post_migrate.connect(
             schedules.ensure_schedules, sender=self, dispatch_uid="notifications-schedules"
         )
         # The relay runs in the notifications cluster's worker processes.
         post_spawn.connect(relay.start_in_notification_worker, dispatch_uid="notification-relay")
+        # The progress message's last line follows the outcome message (docs/eta.md).
+        signals.owner_told.connect(
+            progress.after_outcome_told, dispatch_uid="notifications-progress-last-line"
+        )

@@ -310,3 +310,70 @@ def render_given_up_message(notification, error: str) -> str:
         f"📭 Уведомление {number} ({escape(kind)}) для {recipient} не доставлено: {why_html}"
         f"{avatar_link_line(notification.avatar_id)}"
     )[:MAX_TEXT]
+
+
+# --- The owner's live progress message (notifications.progress, docs/eta.md) ---------------
+
+_PROGRESS_TEXTS: dict[str, dict[str, str]] = {
+    "ru": {
+        "queue": "⏳ Обучение «<b>{name}</b>»: в очереди, перед вами: {ahead}.",
+        "next": "⏳ Обучение «<b>{name}</b>»: в очереди, вы следующий.",
+        "run": "🏋️ Обучение «<b>{name}</b>»: идёт обучение.",
+        "late": "🐢 Обучение «<b>{name}</b>»: занимает больше времени, чем обычно. "
+        "Напишем, как только будет готово.",
+        "retry": "🔁 Обучение «<b>{name}</b>»: у сервиса обучения случился сбой, запускаем заново.",
+        "eta": "Будет готово примерно через {minutes} мин. ({low}–{high} мин.)",
+        "eta_soon": "Будет готово с минуты на минуту.",
+        "retried_note": "(У сервиса обучения был сбой, мы запустили обучение заново.)",
+        "completed": "✅ Обучение «<b>{name}</b>»: готово.",
+        "error": "Обучение «<b>{name}</b>»: не удалось.",
+        "cancelled": "Обучение «<b>{name}</b>»: отменено.",
+    },
+    "en": {
+        "queue": "⏳ Training «<b>{name}</b>»: in line, {ahead} ahead of you.",
+        "next": "⏳ Training «<b>{name}</b>»: in line, you are next.",
+        "run": "🏋️ Training «<b>{name}</b>»: training now.",
+        "late": "🐢 Training «<b>{name}</b>»: taking longer than usual. "
+        "We will write as soon as it is ready.",
+        "retry": "🔁 Training «<b>{name}</b>»: fal had a hiccup, starting again.",
+        "eta": "Ready in about {minutes} min ({low}–{high} min).",
+        "eta_soon": "Ready any minute now.",
+        "retried_note": "(fal had a hiccup; we started it again.)",
+        "completed": "✅ Training «<b>{name}</b>»: done.",
+        "error": "Training «<b>{name}</b>»: did not succeed.",
+        "cancelled": "Training «<b>{name}</b>»: cancelled.",
+    },
+}
+
+
+def _minutes(seconds: float) -> int:
+    return max(1, round(seconds / 60))
+
+
+def render_progress(
+    context: dict[str, Any],
+    phase: str,
+    *,
+    now: datetime,
+    position: int | None = None,
+    eta_at: datetime | None = None,
+    eta_low: datetime | None = None,
+    eta_high: datetime | None = None,
+) -> str:
+    """The progress message for ``phase`` (queue, run, late, retry; or the outcome's
+    last line: completed, error, cancelled). ``context``: name and language."""
+    lang = context.get("language") if context.get("language") in _PROGRESS_TEXTS else "ru"
+    texts = _PROGRESS_TEXTS[str(lang)]
+    key = "next" if phase == "queue" and not position else phase
+    line = texts[key].format(name=escape(str(context.get("name", ""))), ahead=position or 0)
+    if phase in ("queue", "run", "retry") and eta_at is not None:
+        left = (eta_at - now).total_seconds()
+        if left < 90:
+            line += "\n" + texts["eta_soon"]
+        else:
+            low = _minutes((eta_low - now).total_seconds()) if eta_low else _minutes(left)
+            high = _minutes((eta_high - now).total_seconds()) if eta_high else _minutes(left)
+            line += "\n" + texts["eta"].format(minutes=_minutes(left), low=low, high=high)
+    if context.get("retried") and phase in ("queue", "run", "late"):
+        line += "\n" + texts["retried_note"]
+    return line[:MAX_TEXT]

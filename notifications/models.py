@@ -496,3 +496,64 @@ class RateLimitMark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chat_id} @ {self.sent_at:%H:%M:%S.%f}"
+
+
+# --- Issue 29: the owner's live progress message (notifications.progress) -------------------
+
+
+class ProgressState(models.TextChoices):
+    NEW = "new", _("Not sent yet")
+    SENDING = "sending", _("First send in flight")
+    LIVE = "live", _("Live (edited in place)")
+    DROPPED = "dropped", _("Dropped (the first send's outcome is unknown)")
+    STOPPED = "stopped", _("Stopped (deleted, too old, or the bot is blocked)")
+    DONE = "done", _("Done (last line written)")
+    SKIPPED = "skipped", _("Not sent (the outcome came first)")
+
+
+class ProgressMessage(models.Model):
+    """One silent Telegram message per training, edited in place (``notifications.progress``).
+
+    Not an outbox row: it holds what the message should say now (``text``) and what
+    Telegram last accepted (``sent_text``, ``message_id``), so that an edit whose
+    outcome is unknown is simply superseded by the next one. A retry of fal's failure
+    moves the row to the new attempt: the owner keeps one message.
+    """
+
+    training = models.OneToOneField(
+        "monitoring.Training",
+        on_delete=models.CASCADE,
+        related_name="progress_message",
+        verbose_name=_("training"),
+    )
+    chat_id = models.BigIntegerField(_("chat id"))
+    state = models.CharField(
+        _("state"), max_length=8, choices=ProgressState.choices, default=ProgressState.NEW
+    )
+    message_id = models.BigIntegerField(_("Telegram message id"), null=True, blank=True)
+    text = models.TextField(_("text now (HTML)"))
+    phase = models.CharField(_("phase now"), max_length=16, blank=True)
+    eta_at = models.DateTimeField(_("ETA now"), null=True, blank=True)
+    sent_text = models.TextField(_("text Telegram has"), blank=True)
+    sent_phase = models.CharField(_("phase Telegram has"), max_length=16, blank=True)
+    sent_eta_at = models.DateTimeField(_("ETA Telegram has"), null=True, blank=True)
+    # The outcome is known: only the last line may still be written.
+    final = models.BooleanField(_("outcome known"), default=False)
+    pending = models.BooleanField(_("to be sent"), default=True)
+    next_at = models.DateTimeField(_("not before"), default=timezone.now)
+    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
+    last_edit_at = models.DateTimeField(_("last sent or edited"), null=True, blank=True)
+    edits = models.PositiveIntegerField(_("edits"), default=0)
+    context = models.JSONField(_("context"), default=dict, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("progress message")
+        verbose_name_plural = _("progress messages")
+        indexes = [
+            models.Index(fields=["next_at"], condition=Q(pending=True), name="progress_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.training_id} → {self.chat_id} ({self.state})"

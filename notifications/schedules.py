@@ -13,6 +13,7 @@ from django.conf import settings
 from django_q.models import Schedule
 
 OUTBOX_SWEEP = "notifications: sweep the outbox"
+PROGRESS_SWEEP = "notifications: push due progress messages"
 
 
 def ensure_schedules(**kwargs: Any) -> None:
@@ -21,6 +22,17 @@ def ensure_schedules(**kwargs: Any) -> None:
         name=OUTBOX_SWEEP,
         defaults={
             "func": "notifications.delivery.sweep",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+            "cluster": settings.NOTIFICATION_CLUSTER,
+        },
+    )
+    # The owner's progress messages whose edit waited for its interval (docs/eta.md).
+    Schedule.objects.using(kwargs.get("using", "default")).update_or_create(
+        name=PROGRESS_SWEEP,
+        defaults={
+            "func": "notifications.progress.sweep",
             "schedule_type": Schedule.MINUTES,
             "minutes": 1,
             "repeats": -1,

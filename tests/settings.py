@@ -23,6 +23,9 @@ _TEST_ENV = {
     # Each API call recorded with its call, so that a test sees it at once
     # (tests/test_api_contract.py turns batches on).
     "API_CALL_LOG_FLUSH_SECONDS": "0",
+    # The owner's live progress message adds a message and edits to every training:
+    # its own tests turn it on (tests/test_owner_progress.py).
+    "OWNER_PROGRESS_MESSAGES": "0",
 }
 for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)

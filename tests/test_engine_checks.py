@@ -339,9 +339,10 @@ def test_a_check_of_many_running_trainings_costs_a_few_queries(fal, started):
         run = run_check()
     assert run.checked == 12
     sql = [q["sql"] for q in queries.captured_queries]
-    # Claim, take the lease over, load, one bulk "checked OK" update, at most one bulk
-    # update of positions/logs, hand the lease back: a constant per batch, not per training.
-    assert len([q for q in sql if "monitoring_training" in q]) <= 6, sql
+    # Claim, take the lease over, load, the ETA's history (one per trainer and steps
+    # setting), one bulk "checked OK" update, at most one bulk update of positions, logs
+    # and estimates, hand the lease back: a constant per batch, not per training.
+    assert len([q for q in sql if "monitoring_training" in q]) <= 7, sql
     assert not any("monitoring_avatarevent" in q for q in sql)
     assert len(sql) <= 3 * len(trainings)
 

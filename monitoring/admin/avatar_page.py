@@ -24,7 +24,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 
-from monitoring import billing, file_views, files, stuck
+from monitoring import billing, eta, file_views, files, stuck
 from monitoring.admin import actions
 from monitoring.models import (
     Avatar,
@@ -322,6 +322,9 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
             )
         )
         rows.append((_("Next check"), _due(training.next_check_at, now)))
+        ready = eta.words(training, now)
+        if ready:
+            rows.append((_("Ready"), format_html("{}", ready)))
     if training.lora_url:
         links = format_html('<a href="{}" rel="noreferrer">{}</a>', training.lora_url, _("LoRA"))
         if training.config_url:

@@ -29,7 +29,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from avatarsite.admin_base import ReadOnlyAdmin, pre, pretty_json
-from monitoring import transitions
+from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
 from monitoring.admin.avatar_page import (
     avatar_action_view,
@@ -119,6 +119,9 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
             }
         if training.cancel_requested_at:
             detail = _("%(state)s, cancel requested") % {"state": detail}
+        ready = eta.words(training, timezone.now())
+        if ready:
+            detail = _("%(state)s, %(ready)s") % {"state": detail, "ready": ready}
     stuck = ""
     if training is not None and training.is_stuck:
         stuck = format_html(

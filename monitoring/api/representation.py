@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from monitoring import billing, files
+from monitoring import billing, eta, files
 from monitoring.api import avatar_read
 from monitoring.api.models import ApiClient
 from monitoring.models import Avatar, CostState, FalStatus, KeptFile, Training, TrainingOutcome
@@ -63,6 +63,7 @@ def training_data(
         # Cleared when the attempt ends (fal's COMPLETED kept when fal said so).
         "fal_status": training.fal_status or None,
         "queue_position": training.queue_position,
+        "eta": eta.as_json(training),
         "outcome": training.outcome or None,
         "lora_url": training.lora_url,
         "config_url": training.config_url,
@@ -128,6 +129,7 @@ def avatar_data(
             if active and training and training.fal_status == FalStatus.IN_QUEUE
             else None
         ),
+        "eta": eta.as_json(training),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
         "files": (

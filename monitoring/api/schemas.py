@@ -181,6 +181,15 @@ FAL_STATUS_NOTE = (
 )
 
 
+class EtaOut(Schema):
+    """When an active training should be ready (docs/eta.md); null when nothing is known."""
+
+    at: str | None = Field(description="The point estimate (ISO time); null when late.")
+    low: str | None = Field(description="The range's early end (20th percentile).")
+    high: str | None = Field(description="The range's late end (80th percentile).")
+    late: bool = Field(description="Taking longer than usual: no time is promised.")
+
+
 class TrainingOut(Schema):
     id: IdOut
     attempt: int
@@ -192,6 +201,7 @@ class TrainingOut(Schema):
     fal_request_id: str | None
     fal_status: str | None = Field(description=FAL_STATUS_NOTE)
     queue_position: int | None
+    eta: EtaOut | None
     outcome: Literal[tuple(TrainingOutcome.values)] | None  # type: ignore[valid-type]
     lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
     config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
@@ -291,6 +301,7 @@ class AvatarOut(Schema):
     fal_status: str | None = Field(description="The current attempt's. " + FAL_STATUS_NOTE)
     fal_request_id: str | None
     queue_position: int | None
+    eta: EtaOut | None = Field(description="Of the current training, while it is active.")
     lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
     config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
     files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")

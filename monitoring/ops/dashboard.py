@@ -20,8 +20,15 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django_stubs_ext import StrOrPromise
 
-from monitoring import billing
-from monitoring.models import Avatar, AvatarStatus, CheckRun, Training, TrainingOutcome
+from monitoring import billing, eta
+from monitoring.models import (
+    Avatar,
+    AvatarStatus,
+    CheckRun,
+    Training,
+    TrainingOutcome,
+    TrainingType,
+)
 from monitoring.ops import health
 from notifications import reachability
 from notifications.models import Notification
@@ -279,4 +286,19 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "chart": chart_svg(buckets),
         "notifications": notification_backlog(now),
         "money": money(now),
+        "eta_times": eta_times(),
     }
+
+
+def eta_times() -> list[dict[str, Any]]:
+    """Per trainer: the p50 queue and run minutes of history (monitoring.eta)."""
+    labels = dict(TrainingType.choices)
+    return [
+        {
+            **row,
+            "label": labels.get(row["trainer"], row["trainer"]),
+            "queue_minutes": None if row["queue_p50"] is None else round(row["queue_p50"] / 60, 1),
+            "run_minutes": None if row["run_p50"] is None else round(row["run_p50"] / 60, 1),
+        }
+        for row in eta.p50_by_trainer()
+    ]

@@ -39,6 +39,10 @@ class Rejected(SendError):
     """Telegram refused the message itself (bad request): retrying cannot help."""
 
 
+class MessageGone(Rejected):
+    """An edit of a message the owner deleted, or one too old to edit: stop editing it."""
+
+
 class TokenRejected(SendError):
     """The bot token (or the base URL) is wrong: pause sending, alert staff."""
 
@@ -55,13 +59,34 @@ class BaseBackend:
     name = "base"
 
     def send(
-        self, chat_id: int, text: str, *, ready: Callable[[], None] | None = None
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        ready: Callable[[], None] | None = None,
+        silent: bool = False,
     ) -> SendReceipt:  # pragma: no cover - interface
         """Send ``text``; call ``ready()`` right before the request goes out.
 
         ``ready`` takes the rate-limit slot (and may wait, or raise to abandon the
         send); calling it as late as possible makes the limits hold for the requests
         as Telegram receives them. Exceptions from ``ready`` propagate unchanged.
+        ``silent``: the phone does not ring (``disable_notification``).
+        """
+        raise NotImplementedError
+
+    def edit(
+        self,
+        chat_id: int,
+        message_id: int,
+        text: str,
+        *,
+        ready: Callable[[], None] | None = None,
+    ) -> SendReceipt:  # pragma: no cover - interface
+        """Replace the text of a message sent before (an edit never rings).
+
+        "Message is not modified" is a success; a message that is gone (deleted, too
+        old) raises ``MessageGone``; the other answers are classified as for ``send``.
         """
         raise NotImplementedError
 

@@ -34,6 +34,7 @@ from avatarsite.log_redaction import REDACTED, redact
 from notifications.backends.base import (
     BaseBackend,
     ChatMoved,
+    MessageGone,
     RecipientUnreachable,
     Rejected,
     RetryLater,
@@ -133,7 +134,12 @@ class TelegramBackend(BaseBackend):
         return f"<TelegramBackend {self.base_url}>"
 
     def send(
-        self, chat_id: int, text: str, *, ready: Callable[[], None] | None = None
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        ready: Callable[[], None] | None = None,
+        silent: bool = False,
     ) -> SendReceipt:
         message = self._call(
             "send_message",
@@ -142,8 +148,36 @@ class TelegramBackend(BaseBackend):
             text=text,
             parse_mode="HTML",
             link_preview_options=_NO_PREVIEW,
+            disable_notification=silent or None,
         )
         return SendReceipt(getattr(message, "message_id", None))
+
+    def edit(
+        self,
+        chat_id: int,
+        message_id: int,
+        text: str,
+        *,
+        ready: Callable[[], None] | None = None,
+    ) -> SendReceipt:
+        try:
+            self._call(
+                "edit_message_text",
+                ready=ready,
+                chat_id=chat_id,
+                message_id=message_id,
+                text=text,
+                parse_mode="HTML",
+                link_preview_options=_NO_PREVIEW,
+            )
+        except Rejected as exc:
+            words = str(exc).lower()
+            if "message is not modified" in words:
+                return SendReceipt(message_id)  # the text is already there: done
+            if "message to edit not found" in words or "message can't be edited" in words:
+                raise MessageGone(str(exc)) from None
+            raise
+        return SendReceipt(message_id)
 
     def probe(self) -> None:
         self._call("get_me")

@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from django.db.models import Count, Q, Sum
 from django.utils.translation import gettext as _
 
-from monitoring import billing, files
+from monitoring import billing, eta, files
 from monitoring.api import representation
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
@@ -85,6 +85,7 @@ class Command(TranslatedCommand):
             "fal_status": training.fal_status if training else None,
             "fal_request_id": training.fal_request_id if training else None,
             "queue_position": training.queue_position if training else None,
+            "eta": eta.as_json(training),
             "lora_url": training.lora_url if training else "",
             "config_url": training.config_url if training else "",
             "files": files.files_data(training) if training else None,

@@ -1,0 +1,358 @@
+"""When an active training will be ready: a point estimate and a range (docs/eta.md).
+
+From our own history, per trainer and steps setting: the run times of the last
+ETA_HISTORY_SIZE completed trainings, and how many seconds each queue position took
+them. The queue part uses the rate at which this job's position drained (a moving
+average over about ten minutes), else history's seconds per position. The run part
+is the history of run times *longer than what this job has already run* (so the
+estimate moves the right way as time passes), sharpened by the trainer's own
+"step N/M" log lines when fal gave us some. Under ETA_MIN_HISTORY trainings the
+trainer's defaults from settings stand in for history.
+
+It never pretends: a job that has run longer than the 80th percentile of its
+history is "taking longer than usual", with no time at all.
+
+Computed when a check updates a training (``refresh``), stored on the row, and only
+read everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from statistics import NormalDist
+from typing import Any
+
+from django.conf import settings
+from django.utils.translation import gettext as _
+
+from monitoring.fal.payloads import ENDPOINTS
+from monitoring.models import FalStatus, Training, TrainingOutcome, TrainingType
+
+Key = tuple[str, str]  # (endpoint, steps setting or "")
+
+LOW_Q, HIGH_Q = 0.2, 0.8
+# The queue's pace moves (±50 % in ten minutes is ordinary): the queue part's range.
+QUEUE_LOW, QUEUE_HIGH = 0.75, 1.5
+# The drain rate's moving average forgets over about this long.
+DRAIN_MEMORY_SECONDS = 600.0
+# Log-normal spread of the trainer defaults (until history exists).
+DEFAULT_SIGMA = 0.35
+_STEP = re.compile(r"step\D{0,3}(\d+)\s*/\s*(\d+)", re.IGNORECASE)
+
+
+def key_of(endpoint: str, arguments: Any) -> Key:
+    steps = arguments.get("steps") if isinstance(arguments, dict) else None
+    return endpoint, "" if steps is None else str(steps)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between the closest ranks of sorted ``values``."""
+    if not values:
+        raise ValueError("no values")
+    position = (len(values) - 1) * q
+    lower = math.floor(position)
+    upper = min(lower + 1, len(values) - 1)
+    return values[lower] + (values[upper] - values[lower]) * (position - lower)
+
+
+@dataclass(frozen=True)
+class History:
+    """Sorted run times (s) and the median queue seconds per position of one key."""
+
+    runs: tuple[float, ...]
+    per_position: float
+    from_defaults: bool = False
+
+    @property
+    def median_run(self) -> float:
+        return quantile(self.runs, 0.5)
+
+
+def default_history(endpoint: str) -> History:
+    """The trainer's defaults as a log-normal history (ETA_DEFAULT_*_MINUTES)."""
+    style = endpoint == ENDPOINTS.get(TrainingType.STYLE)
+    minutes = settings.ETA_DEFAULT_STYLE_MINUTES if style else settings.ETA_DEFAULT_PORTRAIT_MINUTES
+    # 39 evenly spaced quantiles of a log-normal around the default median.
+    normal = [NormalDist().inv_cdf((i + 1) / 40) for i in range(39)]
+    runs = tuple(minutes * 60 * math.exp(DEFAULT_SIGMA * z) for z in normal)
+    return History(runs, settings.ETA_DEFAULT_SECONDS_PER_POSITION, from_defaults=True)
+
+
+def history_from(
+    rows: Iterable[tuple[datetime | None, datetime | None, datetime | None, int | None]],
+) -> History | None:
+    """(submitted, started, finished, first position) rows → History (None: too few)."""
+    runs: list[float] = []
+    per_position: list[float] = []
+    for submitted, started, finished, first in rows:
+        if submitted is None or started is None or finished is None:
+            continue
+        run = (finished - started).total_seconds()
+        if run <= 0:
+            continue
+        runs.append(run)
+        queued = (started - submitted).total_seconds()
+        if first is not None and queued >= 0:
+            per_position.append(queued / (first + 1))
+    if len(runs) < settings.ETA_MIN_HISTORY:
+        return None
+    per = (
+        quantile(sorted(per_position), 0.5)
+        if per_position
+        else settings.ETA_DEFAULT_SECONDS_PER_POSITION
+    )
+    return History(tuple(sorted(runs)), per)
+
+
+def load(keys: Iterable[Key]) -> dict[Key, History]:
+    """History per key: one query per distinct key (a check batch has a handful)."""
+    found: dict[Key, History] = {}
+    for endpoint, steps in set(keys):
+        query = Training.objects.filter(
+            endpoint=endpoint,
+            outcome=TrainingOutcome.COMPLETED,
+            submitted_at__isnull=False,
+            started_at__isnull=False,
+        )
+        if steps:
+            query = query.filter(arguments__steps=_json_steps(steps))
+        else:
+            query = query.exclude(arguments__has_key="steps")
+        rows = query.order_by("-finished_at").values_list(
+            "submitted_at", "started_at", "finished_at", "queue_position_first"
+        )[: settings.ETA_HISTORY_SIZE]
+        found[(endpoint, steps)] = history_from(rows) or default_history(endpoint)
+    return found
+
+
+def _json_steps(steps: str) -> Any:
+    try:
+        return int(steps)
+    except ValueError:
+        return steps
+
+
+def drained(
+    old_position: int | None, new_position: int | None, seconds: float, old_rate: float | None
+) -> float | None:
+    """The drain rate (positions per minute) after seeing the position move in ``seconds``."""
+    if old_position is None or new_position is None or seconds <= 0:
+        return old_rate
+    seen = max(0, old_position - new_position) * 60 / seconds
+    if old_rate is None:
+        return seen if new_position < old_position else None
+    weight = 1 - math.exp(-seconds / DRAIN_MEMORY_SECONDS)
+    return old_rate + weight * (seen - old_rate)
+
+
+def progress_of(logs_tail: str) -> float | None:
+    """The share of steps done, from the trainer's last "step N/M" log line."""
+    matches = _STEP.findall(logs_tail or "")
+    if not matches:
+        return None
+    done, total = (int(n) for n in matches[-1])
+    if total <= 0 or not 0 < done <= total:
+        return None
+    return done / total
+
+
+@dataclass(frozen=True)
+class Estimate:
+    at: datetime | None = None
+    low: datetime | None = None
+    high: datetime | None = None
+    late: bool = False
+
+    def remaining(self, now: datetime) -> float | None:
+        return None if self.at is None else max(0.0, (self.at - now).total_seconds())
+
+
+def estimate(
+    history: History,
+    *,
+    now: datetime,
+    fal_status: str,
+    position: int | None = None,
+    drain_per_minute: float | None = None,
+    started_at: datetime | None = None,
+    progress: float | None = None,
+) -> Estimate:
+    """The estimate for a job in ``fal_status`` (queued at ``position``, or running)."""
+    runs = history.runs
+    if fal_status == FalStatus.IN_PROGRESS:
+        ran = max(0.0, (now - (started_at or now)).total_seconds())
+        if ran > quantile(runs, HIGH_Q):
+            return Estimate(late=True)
+        longer = [r - ran for r in runs if r > ran] or [0.0]
+        mid, low, high = (quantile(longer, q) for q in (0.5, LOW_Q, HIGH_Q))
+        if progress is not None and progress >= 0.05 and ran > 0:
+            # The job's own pace, trusted more the further it has gone.
+            paced = ran * (1 - progress) / progress
+            weight = math.sqrt(progress)
+            mid = weight * paced + (1 - weight) * mid
+            low, high = min(low, mid), max(high, mid)
+        return _at(now, mid, low, high)
+    if fal_status in (FalStatus.IN_QUEUE, FalStatus.NOT_SENT, FalStatus.SUBMITTING):
+        if drain_per_minute and drain_per_minute > 0:
+            per_position = 60 / drain_per_minute
+        else:
+            per_position = history.per_position
+        queue = ((position or 0) + 0.5) * per_position
+        run_mid, run_low, run_high = (quantile(runs, q) for q in (0.5, LOW_Q, HIGH_Q))
+        return _at(
+            now,
+            queue + run_mid,
+            queue * QUEUE_LOW + run_low,
+            queue * QUEUE_HIGH + run_high,
+        )
+    return Estimate()
+
+
+def _at(now: datetime, mid: float, low: float, high: float) -> Estimate:
+    return Estimate(
+        now + timedelta(seconds=mid),
+        now + timedelta(seconds=low),
+        now + timedelta(seconds=high),
+    )
+
+
+# The fields ``refresh`` writes (a check's bulk UPDATE lists them).
+FIELDS = ("queue_drain_per_minute", "eta_at", "eta_low", "eta_high", "eta_late")
+
+
+def refresh(
+    training: Training,
+    history: History,
+    *,
+    now: datetime,
+    old_position: int | None = None,
+    seen_seconds: float | None = None,
+    logs_fresh: bool = False,
+) -> bool:
+    """Recompute the training's estimate in place; True when a stored field changed.
+
+    ``logs_fresh``: ``logs_tail`` was fetched by this check. A trainer's "step N/M" line
+    says where the job was when it was fetched, not now: between fetches (the checks
+    ask for logs on one check in five) the estimate made from the last one stands,
+    unless history now says the job is late.
+    """
+    before = tuple(getattr(training, name) for name in FIELDS)
+    if seen_seconds is not None:
+        training.queue_drain_per_minute = drained(
+            old_position, training.queue_position, seen_seconds, training.queue_drain_per_minute
+        )
+    progress = progress_of(training.logs_tail)
+    running = training.fal_status == FalStatus.IN_PROGRESS
+    if running and progress is not None and not logs_fresh and training.eta_at is not None:
+        ran = (now - (training.started_at or now)).total_seconds()
+        if ran <= quantile(history.runs, HIGH_Q):
+            return before != tuple(getattr(training, name) for name in FIELDS)
+    found = estimate(
+        history,
+        now=now,
+        fal_status=training.fal_status,
+        position=training.queue_position,
+        drain_per_minute=training.queue_drain_per_minute,
+        started_at=training.started_at,
+        progress=progress if logs_fresh else None,
+    )
+    if not _moved(training, found):
+        return before != tuple(getattr(training, name) for name in FIELDS)
+    training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
+    training.eta_late = found.late
+    return True
+
+
+# A new estimate within this of the stored one is not written (no UPDATE per check).
+SETTLED = timedelta(seconds=30)
+
+
+def _moved(training: Training, found: Estimate) -> bool:
+    if training.eta_late != found.late:
+        return True
+    pairs = (
+        (training.eta_at, found.at),
+        (training.eta_low, found.low),
+        (training.eta_high, found.high),
+    )
+    for old, new in pairs:
+        if (old is None) != (new is None):
+            return True
+        if old is not None and new is not None and abs(old - new) >= SETTLED:
+            return True
+    return False
+
+
+def as_estimate(training: Training) -> Estimate | None:
+    """The stored estimate of an active training (None: nothing known or finished)."""
+    if training.finished_at is not None:
+        return None
+    if training.eta_late:
+        return Estimate(late=True)
+    if training.eta_at is None:
+        return None
+    return Estimate(training.eta_at, training.eta_low, training.eta_high)
+
+
+def as_json(training: Training | None) -> dict[str, Any] | None:
+    """The API's ``eta``: ISO times and ``late``, or None."""
+    found = as_estimate(training) if training is not None else None
+    if found is None:
+        return None
+    return {
+        "at": found.at.isoformat() if found.at else None,
+        "low": found.low.isoformat() if found.low else None,
+        "high": found.high.isoformat() if found.high else None,
+        "late": found.late,
+    }
+
+
+def words(training: Training | None, now: datetime) -> str:
+    """For staff: "ready around 14:32 UTC, 10–18 min", "taking longer than usual" or ""."""
+    found = as_estimate(training) if training is not None else None
+    if found is None:
+        return ""
+    if found.late or found.at is None:
+        return _("taking longer than usual")
+    low = max(0, round(((found.low or found.at) - now).total_seconds() / 60))
+    high = max(low, round(((found.high or found.at) - now).total_seconds() / 60))
+    return _("ready around %(time)s UTC, %(low)s–%(high)s min") % {
+        "time": found.at.astimezone(UTC).strftime("%H:%M"),
+        "low": low,
+        "high": high,
+    }
+
+
+def p50_by_trainer(*, limit: int | None = None) -> list[dict[str, Any]]:
+    """The dashboard's figures: per trainer, the median queue and run time of history."""
+    rows = []
+    for training_type, endpoint in ENDPOINTS.items():
+        recent = Training.objects.filter(
+            endpoint=endpoint,
+            outcome=TrainingOutcome.COMPLETED,
+            submitted_at__isnull=False,
+            started_at__isnull=False,
+        ).order_by("-finished_at")
+        times = [
+            (q, s, f)
+            for q, s, f in recent.values_list("submitted_at", "started_at", "finished_at")[
+                : limit or settings.ETA_HISTORY_SIZE
+            ]
+            if q is not None and s is not None and f is not None
+        ]
+        queued = sorted((s - q).total_seconds() for q, s, _f in times)
+        ran = sorted((f - s).total_seconds() for _q, s, f in times)
+        rows.append(
+            {
+                "trainer": training_type,
+                "endpoint": endpoint,
+                "count": len(times),
+                "queue_p50": quantile(queued, 0.5) if queued else None,
+                "run_p50": quantile(ran, 0.5) if ran else None,
+            }
+        )
+    return rows

@@ -1,0 +1,107 @@
+"""What the monitor tells the owner's live progress message (``notifications.progress``).
+
+The monitor knows the training; the notifications app knows Telegram. This module
+turns a training into a ``progress.Snapshot`` at the moments that matter: fal
+accepted it (``transitions.training_submitted``), a check moved it
+(``status_checks``), fal's failure started it again (``training_retried``) and it
+ended (``training_finished``). docs/eta.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from monitoring import eta
+from monitoring.models import EventSource, FalStatus, Training
+from notifications import progress
+
+logger = logging.getLogger("monitoring")
+
+
+def phase_of(training: Training) -> str:
+    if training.eta_late:
+        return "late"
+    if training.fal_status in (FalStatus.IN_PROGRESS, FalStatus.COMPLETED):
+        return "run"
+    return "queue"
+
+
+def snapshot(training: Training, *, phase: str | None = None) -> progress.Snapshot:
+    """``training`` with its avatar and owner loaded."""
+    avatar = training.avatar
+    owner = avatar.owner
+    return progress.Snapshot(
+        training_id=training.pk,
+        chat_id=owner.telegram_id,
+        phase=phase or phase_of(training),
+        context={
+            "name": avatar.name,
+            "language": owner.language,
+            "owner_id": owner.pk,
+            "avatar_id": avatar.pk,
+        },
+        position=training.queue_position,
+        eta_at=training.eta_at,
+        eta_low=training.eta_low,
+        eta_high=training.eta_high,
+    )
+
+
+def _estimate_now(training: Training) -> None:
+    """Compute and store the estimate of a training (its first, at fal's acceptance)."""
+    history = eta.load([eta.key_of(training.endpoint, training.arguments)])
+    if eta.refresh(
+        training, history[eta.key_of(training.endpoint, training.arguments)], now=timezone.now()
+    ):
+        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
+            **{name: getattr(training, name) for name in eta.FIELDS}
+        )
+
+
+def on_submitted(sender: Any = None, training_id: int | None = None, source: str = "", **_: Any):
+    """fal accepted the job: its first estimate, and the owner's message (after commit)."""
+    if training_id is None or source == EventSource.ADOPT:
+        return  # an adopted job was started elsewhere: its owner was never ours to tell
+    transaction.on_commit(lambda: accepted(training_id), robust=True)
+
+
+def accepted(training_id: int) -> None:
+    training = (
+        Training.objects.active().select_related("avatar__owner").filter(pk=training_id).first()
+    )
+    if training is None:
+        return
+    _estimate_now(training)
+    progress.update(snapshot(training))
+
+
+def checked(trainings: Iterable[Training]) -> None:
+    """After a check batch: the trainings whose phase, position or estimate changed."""
+    ids = [t.pk for t in trainings if t.finished_at is None and settings.OWNER_PROGRESS_MESSAGES]
+    if not ids:
+        return
+    for training in Training.objects.active().filter(pk__in=ids).select_related("avatar__owner"):
+        try:
+            progress.update(snapshot(training))
+        except Exception:  # the owner's progress must never fail a check
+            logger.exception("Progress message of training %s not updated", training.pk)
+
+
+def on_retried(sender: Any = None, training: Any = None, retry: Any = None, **_: Any) -> None:
+    """fal failed on its side and a new attempt starts: the same message says so."""
+    if training is None or retry is None:
+        return
+    retry.avatar = training.avatar
+    progress.retried(training.pk, snapshot(retry, phase="retry"))
+
+
+def on_finished(sender: Any = None, training: Any = None, outcome: str = "", **_: Any) -> None:
+    """The outcome is known: no more progress, only the last line after the outcome."""
+    if training is not None:
+        progress.finish(training.pk, outcome)

@@ -1,0 +1,407 @@
+"""The owner's live progress message: sent once, silently, then edited in place.
+
+The monitor (``monitoring.owner_progress``) calls ``update`` when a check moves a
+training, ``retried`` when fal's failure starts a new attempt and ``finish`` with the
+outcome; it never calls Telegram. ``push`` (a task on the notifications cluster)
+does, under these rules (docs/eta.md):
+
+* the first send is silent; its ``message_id`` is kept. A first send whose outcome
+  is unknown (timeout, connection lost) is dropped, never resent: a second message
+  would be worse than none;
+* an edit goes out when the phase changes (queue → training, late, retry) or the
+  ETA moves by more than a fifth and at least 2 minutes (``wants_edit``), never less
+  than OWNER_PROGRESS_EDIT_SECONDS after the previous one. An edit whose outcome is
+  unknown is superseded by the next one;
+* edits take a slot of the same shared rate limits as the outbox, at a lower
+  priority: they never wait for one inline, and yield while outbox rows are due;
+* once the outcome is known nothing is sent but the last line, written after the
+  outcome message itself went out (so the phone rings once, for the outcome);
+* "message is not modified" is a success; "message to edit not found", "can't be
+  edited" and a blocked bot stop the edits; 429 waits ``retry_after``.
+
+The unsent rows are found by ``sweep`` (the notifications cluster's schedule).
+``notifications`` never imports ``monitoring``: the monitor passes a ``Snapshot``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from notifications import messages, rate_limits
+from notifications.backends import get_backend
+from notifications.backends.base import (
+    MessageGone,
+    RecipientUnreachable,
+    Rejected,
+    RetryLater,
+    SendError,
+    TokenRejected,
+)
+from notifications.models import (
+    Audience,
+    Notification,
+    NotificationStatus,
+    ProgressMessage,
+    ProgressState,
+    UnreachableChat,
+)
+
+logger = logging.getLogger("notifications")
+
+TASK = "notifications.progress.push"
+State = ProgressState
+LEASE = timedelta(seconds=60)
+# How long a progress edit steps aside while outcome messages are due.
+YIELD_SECONDS = 2.0
+# The last line waits for the outcome message; after this long it goes anyway.
+OUTCOME_WAIT = timedelta(minutes=10)
+SWEEP_BATCH = 200
+# An ETA move smaller than this is not worth an edit, whatever its share.
+MIN_MOVE = timedelta(minutes=2)
+OUTCOME_PHASES = ("completed", "error", "cancelled")
+FINAL_AT = "final_at"
+RETRIED = "retried"
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What a message says, as far as deciding an edit goes: its phase and its ETA."""
+
+    phase: str
+    eta_at: datetime | None
+
+
+def wants_edit(sent: Basis, now_basis: Basis, now: datetime) -> bool:
+    """Whether the message must change: a new phase, or an ETA moved by > 1/5 and ≥ 2 min."""
+    if sent.phase != now_basis.phase:
+        return True
+    if sent.eta_at is None or now_basis.eta_at is None:
+        return sent.eta_at != now_basis.eta_at
+    moved = abs(now_basis.eta_at - sent.eta_at)
+    left = max(timedelta(0), sent.eta_at - now)
+    return moved >= MIN_MOVE and moved > left / 5
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A training as the monitor sees it now (built by ``monitoring.owner_progress``)."""
+
+    training_id: int
+    chat_id: int
+    phase: str  # queue, run, late, retry
+    context: dict[str, Any] = field(default_factory=dict)  # name, language
+    position: int | None = None
+    eta_at: datetime | None = None
+    eta_low: datetime | None = None
+    eta_high: datetime | None = None
+
+    def text(self, now: datetime) -> str:
+        return messages.render_progress(
+            self.context,
+            self.phase,
+            now=now,
+            position=self.position,
+            eta_at=self.eta_at,
+            eta_low=self.eta_low,
+            eta_high=self.eta_high,
+        )
+
+
+# --- What the monitor calls (inside its transactions) -----------------------------------
+
+
+def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessage | None:
+    """The training moved: create its message, or note the text an edit should carry."""
+    now = now or timezone.now()
+    if not settings.OWNER_PROGRESS_MESSAGES:
+        # Off: a late training's owner hears it once from monitoring.owner_delay.
+        return None
+    row = ProgressMessage.objects.filter(training_id=snapshot.training_id).first()
+    if row is not None and row.context.get(RETRIED):
+        # Once retried, every later text of this message still says so.
+        snapshot = replace(snapshot, context={**snapshot.context, RETRIED: True})
+    text = snapshot.text(now)
+    if row is None:
+        try:
+            with transaction.atomic():
+                row = ProgressMessage.objects.create(
+                    training_id=snapshot.training_id,
+                    chat_id=snapshot.chat_id,
+                    text=text,
+                    phase=snapshot.phase,
+                    eta_at=snapshot.eta_at,
+                    context=snapshot.context,
+                    next_at=now,
+                )
+        except IntegrityError:
+            return None  # another path created it meanwhile
+        _push_after_commit(row.pk)
+        return row
+    if row.final or row.state not in (State.NEW, State.LIVE):
+        return row
+    # Judged against what the message is about to say (the text waiting to go, or the
+    # one Telegram has).
+    fresh = Basis(snapshot.phase, snapshot.eta_at)
+    if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
+        return row
+    _set_text(row, text, snapshot.phase, snapshot.eta_at, now)
+    return row
+
+
+def retried(old_training_id: int, snapshot: Snapshot) -> None:
+    """fal failed and a new attempt starts: the same message, now about the new attempt."""
+    row = ProgressMessage.objects.filter(training_id=old_training_id, final=False).first()
+    if row is None:
+        return
+    ProgressMessage.objects.filter(pk=row.pk).update(
+        training_id=snapshot.training_id, context={**row.context, RETRIED: True}
+    )
+    update(snapshot)
+
+
+def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> None:
+    """The outcome is known: an unsent message never goes; a live one gets its last line."""
+    now = now or timezone.now()
+    row = ProgressMessage.objects.filter(training_id=training_id, final=False).first()
+    if row is None:
+        return
+    if row.state == State.NEW:
+        ProgressMessage.objects.filter(pk=row.pk, state=State.NEW).update(
+            state=State.SKIPPED, final=True, pending=False
+        )
+        return
+    row.final = True
+    # A first send still in flight gets its last line too, once it has landed.
+    if row.state not in (State.LIVE, State.SENDING) or outcome not in OUTCOME_PHASES:
+        ProgressMessage.objects.filter(pk=row.pk).update(final=True, pending=False)
+        return
+    text = messages.render_progress(row.context, outcome, now=now)
+    ProgressMessage.objects.filter(pk=row.pk).update(
+        final=True,
+        text=text,
+        phase=outcome,
+        eta_at=None,
+        pending=True,
+        next_at=_not_before(row, now),
+        context={**row.context, FINAL_AT: now.isoformat()},
+    )
+    _push_after_commit(row.pk)
+
+
+def _not_before(row: ProgressMessage, now: datetime) -> datetime:
+    """The earliest the next edit may go: OWNER_PROGRESS_EDIT_SECONDS after the last."""
+    interval = timedelta(seconds=settings.OWNER_PROGRESS_EDIT_SECONDS)
+    return max(now, row.last_edit_at + interval) if row.last_edit_at else now
+
+
+def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime) -> None:
+    not_before = _not_before(row, now)
+    ProgressMessage.objects.filter(pk=row.pk, final=False).update(
+        text=text, phase=phase, eta_at=eta_at, pending=True, next_at=not_before
+    )
+    if not_before <= now:
+        _push_after_commit(row.pk)
+
+
+def _push_after_commit(progress_id: int) -> None:
+    transaction.on_commit(lambda: enqueue(progress_id))
+
+
+def enqueue(progress_id: int) -> None:
+    """Queue ``push``; never raises (the sweep is the net)."""
+    try:
+        async_task(TASK, progress_id, cluster=settings.NOTIFICATION_CLUSTER, group="progress")
+    except Exception:
+        logger.exception("Could not queue progress message %s; the sweep will", progress_id)
+
+
+# --- Sending (the notifications cluster) --------------------------------------------------
+
+
+class _NoSlot(Exception):
+    def __init__(self, wait: float):
+        self.wait = wait
+
+
+def _take_slot(chat_id: int) -> None:
+    wait = rate_limits.reserve(chat_id)
+    if wait > 0:
+        raise _NoSlot(wait)
+
+
+def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
+    won = (
+        ProgressMessage.objects.filter(
+            pk=progress_id, pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
+        )
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_until=now + LEASE)
+    )
+    return ProgressMessage.objects.get(pk=progress_id) if won else None
+
+
+def _save(row: ProgressMessage, **fields: Any) -> None:
+    ProgressMessage.objects.filter(pk=row.pk).update(**{"lease_until": None, **fields})
+
+
+def _later(row: ProgressMessage, seconds: float, error: str = "") -> None:
+    fields: dict[str, Any] = {"next_at": timezone.now() + timedelta(seconds=seconds)}
+    if error:
+        fields["last_error"] = error[:2000]
+    _save(row, **fields)
+
+
+def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
+    """Whether the outcome message has gone (or will not): the last line may follow it."""
+    waiting = Notification.objects.filter(
+        training_id=row.training_id,
+        audience=Audience.OWNER,
+        status__in=[NotificationStatus.PENDING, NotificationStatus.SENDING],
+    ).exists()
+    if not waiting:
+        return True
+    final_at = row.context.get(FINAL_AT)
+    return isinstance(final_at, str) and now - datetime.fromisoformat(final_at) > OUTCOME_WAIT
+
+
+def _outbox_busy(now: datetime) -> bool:
+    return Notification.objects.filter(
+        status=NotificationStatus.PENDING, next_attempt_at__lte=now
+    ).exists()
+
+
+def push(progress_id: int) -> str:
+    """Send or edit one progress message if it is due. Returns what happened."""
+    now = timezone.now()
+    row = _claim(progress_id, now)
+    if row is None:
+        return "not due"
+    if row.final and not _outcome_out(row, now):
+        _later(row, YIELD_SECONDS * 5)
+        return "waiting for the outcome message"
+    reason = UnreachableChat.objects.filter(chat_id=row.chat_id).values_list("reason", flat=True)
+    if reason.exists():
+        _save(row, state=State.STOPPED, pending=False, last_error=f"unreachable: {reason[0]}")
+        return "owner unreachable"
+    if _outbox_busy(now):
+        _later(row, YIELD_SECONDS)
+        return "yielding to the outbox"
+    first = row.state == State.NEW
+    backend = get_backend()
+    text = row.text
+    if first:
+        # In flight from here: a worker that dies now never sends it again.
+        _save(row, state=State.SENDING, lease_until=now + LEASE)
+    try:
+        if first:
+            receipt = backend.send(
+                row.chat_id, text, ready=lambda: _take_slot(row.chat_id), silent=True
+            )
+        else:
+            assert row.message_id is not None
+            receipt = backend.edit(
+                row.chat_id, row.message_id, text, ready=lambda: _take_slot(row.chat_id)
+            )
+    except _NoSlot as exc:
+        _undo_sending(row, first)
+        _later(row, exc.wait)
+        return f"rate limited for {exc.wait:.1f} s"
+    except RetryLater as exc:
+        _undo_sending(row, first)
+        _later(row, exc.retry_after, str(exc))
+        return f"flood control: retry in {exc.retry_after:g} s"
+    except TokenRejected as exc:
+        _undo_sending(row, first)
+        _later(row, settings.NOTIFICATION_PROBE_INTERVAL_SECONDS or 60, str(exc))
+        return "token rejected"
+    except RecipientUnreachable as exc:
+        UnreachableChat.objects.get_or_create(
+            chat_id=row.chat_id, defaults={"reason": str(exc)[:255]}
+        )
+        return _stop(row, str(exc))
+    except (MessageGone, Rejected) as exc:
+        return _stop(row, str(exc))
+    except SendError as exc:
+        return _unknown(row, first, str(exc))
+    except Exception as exc:  # a bug in a backend: treat as unknown, never resend blindly
+        logger.exception("Progress message %s: unexpected error", row.pk)
+        return _unknown(row, first, f"{exc.__class__.__name__}: {exc}")
+    done = row.final
+    _save(
+        row,
+        state=State.DONE if done else State.LIVE,
+        message_id=receipt.message_id if first else row.message_id,
+        sent_text=text,
+        sent_phase=row.phase,
+        sent_eta_at=row.eta_at,
+        # Counted from Telegram's answer, so that two edits are at least the interval
+        # apart as Telegram receives them.
+        last_edit_at=timezone.now(),
+        edits=row.edits + (0 if first else 1),
+        last_error="",
+    )
+    # The text changed while this one was in flight: the newer one is still to go.
+    ProgressMessage.objects.filter(pk=row.pk, text=text).update(pending=False)
+    return "sent" if first else "edited"
+
+
+def _undo_sending(row: ProgressMessage, first: bool) -> None:
+    if first:
+        ProgressMessage.objects.filter(pk=row.pk, state=State.SENDING).update(state=State.NEW)
+
+
+def _stop(row: ProgressMessage, error: str) -> str:
+    _save(row, state=State.STOPPED, pending=False, last_error=error[:2000])
+    logger.info("Progress message %s stopped: %s", row.pk, error)
+    return "stopped"
+
+
+def _unknown(row: ProgressMessage, first: bool, error: str) -> str:
+    if first:
+        # It may have arrived: a second message would be worse than none.
+        _save(row, state=State.DROPPED, pending=False, last_error=error[:2000])
+        return "dropped: first send's outcome unknown"
+    if row.final:
+        _save(row, state=State.DONE, pending=False, last_error=error[:2000])
+        return "last line's outcome unknown"
+    # Superseded by the next edit (the text stays pending).
+    _later(row, settings.OWNER_PROGRESS_EDIT_SECONDS, error)
+    return "edit's outcome unknown"
+
+
+def sweep() -> int:
+    """Push every progress message that is due (the net under the queued tasks)."""
+    now = timezone.now()
+    due = list(
+        ProgressMessage.objects.filter(
+            pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
+        )
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("next_at")
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    for progress_id in due:
+        push(progress_id)
+    return len(due)
+
+
+def after_outcome_told(sender: object = None, notification: Any = None, **kwargs: Any) -> None:
+    """``signals.owner_told`` receiver: the outcome went out, the last line may follow."""
+    training_id = getattr(notification, "training_id", None)
+    if training_id is None:
+        return
+    now = timezone.now()
+    for row in ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True):
+        not_before = _not_before(row, now)
+        ProgressMessage.objects.filter(pk=row.pk).update(next_at=not_before)
+        if not_before <= now:
+            enqueue(row.pk)
