@@ -14,9 +14,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
-from monitoring.models import Training, TrainingOutcome
+from monitoring.models import FalStatus, Training, TrainingOutcome
 from notifications import outbox
 from notifications.models import Notification
+
+
+ON_FAL = (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
 
 
 def _wanted() -> bool:
@@ -45,7 +48,15 @@ def review(trainings: Iterable[Training], now: datetime) -> int:
     limit = now - timedelta(minutes=settings.OWNER_DELAY_MESSAGE_MINUTES)
     # An episode is at least as old as its current attempt: the common case (a young
     # attempt) costs no query.
-    late = [t for t in trainings if t.finished_at is None and (t.created_at or now) <= limit]
+    # Only attempts fal has taken: a held or still-submitting start tells the owner
+    # nothing until it really starts (counted from then).
+    late = [
+        t
+        for t in trainings
+        if t.finished_at is None
+        and t.fal_status in ON_FAL
+        and (t.submitted_at or t.created_at or now) <= limit
+    ]
     if not late:
         return 0
     starts = {t.pk: _episode_start(t) for t in late}

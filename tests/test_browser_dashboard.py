@@ -71,8 +71,9 @@ def test_the_dashboard_reads_and_leads_somewhere_at_every_width(
     if width == 390:
         assert page.evaluate(NO_HORIZONTAL_SCROLL)
         assert page.evaluate(CARDS_NOT_TABLE)
-        # 4,845 px before; the oldest ten stuck trainings are shown, the list has all.
-        assert page.evaluate("() => document.documentElement.scrollHeight") < 4000
+        # 4,845 px before with the wide stuck table alone; now the oldest ten stuck
+        # trainings as cards (the list has all) and two more cards (money, typical times).
+        assert page.evaluate("() => document.documentElement.scrollHeight") < 4600
         expect(page.locator("#stuck-trainings")).to_contain_text("all 20 in the stuck list")
 
     page.click("#undelivered")

@@ -252,6 +252,7 @@ AVATAR_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-12-01T20:20:03.512340+00:00",
     "finished_at": "2026-12-01T20:41:15.123456+00:00",
     "cost_usd": "2.400000",
+    "eta": None,
     "trainings": [
         {
             "id": "57",
@@ -275,6 +276,7 @@ AVATAR_EXAMPLE: dict[str, Any] = {
             "finished_at": "2026-12-01T20:41:15.123456+00:00",
             "held_reason": None,
             "cost": {"usd": "2.400000", "units": 1000, "unit_price": "0.0024"},
+            "eta": None,
         }
     ],
 }
