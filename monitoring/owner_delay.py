@@ -18,7 +18,6 @@ from monitoring.models import FalStatus, Training, TrainingOutcome
 from notifications import outbox
 from notifications.models import Notification
 
-
 ON_FAL = (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
 
 
