@@ -44,7 +44,11 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str
 
 @contextmanager
 def row_locked(model, pk: int):
-    """Hold a write lock on one row (on SQLite: the database's write lock)."""
+    """Hold a write lock on one row (PostgreSQL: the kill tests are marked ``postgres``).
+
+    SQLite has only a database-wide write lock: it also stops the worker's other writes
+    (the relay's marks, other workers' claims), so the window is no longer this row's.
+    """
     with transaction.atomic():
         model.objects.filter(pk=pk).update(last_error=F("last_error"))
         yield
@@ -103,6 +107,7 @@ def telegram_env(telegram):
     }
 
 
+@pytest.mark.postgres  # a row lock holds the worker in the window (row_locked)
 @pytest.mark.parametrize("interruptions", [1, 2])
 def test_an_owner_message_killed_between_telegrams_answer_and_the_close_is_sent_at_most_twice(
     telegram, telegram_env, training_avatar, tmp_path, interruptions
@@ -142,6 +147,7 @@ def test_an_owner_message_killed_between_telegrams_answer_and_the_close_is_sent_
         assert f"#{row.pk}" in telegram.messages_to(STAFF_CHAT_ID)[0].plain
 
 
+@pytest.mark.postgres  # a row lock holds the worker in the window (row_locked)
 @pytest.mark.parametrize("interruptions", [1, 2])
 def test_an_event_callback_killed_between_the_answer_and_the_close_is_sent_at_most_twice(
     make_api_client, receiver, training_avatar, tmp_path, interruptions
