@@ -397,13 +397,15 @@ def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict
     known = mine.filter(cost_state=CostState.BILLED, finished_at__gte=midnight).aggregate(
         total=Coalesce(Sum("cost_nano_usd"), 0)
     )["total"]
-    running = 0
-    active = (
-        mine.active()
-        .select_related("avatar")
-        .only("arguments", "avatar__training_type", "avatar__training_settings")
+    # Running, or finished today and sent to fal but not billed yet: the estimate stands
+    # in for the bill to come.
+    unbilled = mine.filter(finished_at__isnull=True) | mine.filter(
+        cost_state__in=["", CostState.PENDING],
+        finished_at__gte=midnight,
+        fal_request_id__isnull=False,
     )
-    for training in active:
+    running = 0
+    for training in unbilled.select_related("avatar").only("arguments", "avatar__training_type"):
         try:
             running += quote(
                 training.avatar.training_type,
@@ -411,19 +413,6 @@ def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict
             ).nano_usd
         except PricesUnavailable:
             pass  # no estimate: only what is known counts
-    # Finished today but not billed yet: the estimate stands in for the bill to come.
-    pending = mine.filter(cost_state__in=["", CostState.PENDING], finished_at__gte=midnight)
-    for training in pending.select_related("avatar").only(
-        "arguments", "avatar__training_type", "fal_request_id"
-    ):
-        if training.fal_request_id:
-            try:
-                running += quote(
-                    training.avatar.training_type,
-                    steps_of(training.avatar.training_type, training.arguments),
-                ).nano_usd
-            except PricesUnavailable:
-                pass
     limit = int(Decimal(budget) * NANO)
     figures = {
         "budget_usd": f"{Decimal(budget):.2f}",
