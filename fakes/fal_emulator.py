@@ -982,20 +982,28 @@ class _Responder:
         }
         return 200, body, latency
 
+    def _platform_failure(self, request: _Request) -> Answer | None:
+        """Record a Platform API call and answer the scripted error, if any (under the lock)."""
+        emulator = self.emulator
+        emulator.platform_calls.append(dict(request.query))
+        if emulator.platform_error is None:
+            return None
+        code = emulator.platform_error
+        if emulator.platform_error_times > 0:
+            emulator.platform_error_times -= 1
+            if emulator.platform_error_times == 0:
+                emulator.platform_error = None
+        return code, _error_body(code), emulator.platform_latency
+
     def _record(self, request: _Request) -> Answer:
         """fal's GET /v1/models/requests/by-endpoint over the emulator's finished jobs."""
         emulator = self.emulator
         query = {name: values[0] for name, values in request.query.items()}
         with emulator._lock:
-            emulator.platform_calls.append(dict(request.query))
             latency = emulator.platform_latency
-            if emulator.platform_error is not None:
-                code = emulator.platform_error
-                if emulator.platform_error_times > 0:
-                    emulator.platform_error_times -= 1
-                    if emulator.platform_error_times == 0:
-                        emulator.platform_error = None
-                return code, _error_body(code), latency
+            failure = self._platform_failure(request)
+            if failure is not None:
+                return failure
             endpoint = query.get("endpoint_id")
             if not endpoint:
                 return 422, _validation("endpoint_id", "field required"), latency
@@ -1054,15 +1062,10 @@ class _Responder:
         """fal's billing events, account balance and unit prices (Platform API)."""
         emulator = self.emulator
         with emulator._lock:
-            emulator.platform_calls.append(dict(request.query))
             latency = emulator.platform_latency
-            if emulator.platform_error is not None:
-                code = emulator.platform_error
-                if emulator.platform_error_times > 0:
-                    emulator.platform_error_times -= 1
-                    if emulator.platform_error_times == 0:
-                        emulator.platform_error = None
-                return code, _error_body(code), latency
+            failure = self._platform_failure(request)
+            if failure is not None:
+                return failure
             if request.path == "/v1/account/billing":
                 credits = {"current_balance": float(emulator.balance), "currency": "USD"}
                 body: dict[str, Any] = {"username": "emulated"}
