@@ -160,15 +160,14 @@ def test_the_procfile_runs_web_worker_and_release_through_the_entry_point():
     assert {"web", "worker"} <= entrypoint_roles()
 
 
-# --- .env.example matches the README's configuration table --------------------------------
+# --- .env.example matches the configuration table (docs/configuration.md) ------------------
 
 
-def readme_variables() -> dict[str, str | None]:
-    """Every variable of the README's configuration table → its default as a literal value
+def table_variables() -> dict[str, str | None]:
+    """Every variable of docs/configuration.md's table → its default as a literal value
     (None when the table says it in words, e.g. "on unless `DEBUG`")."""
-    text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Configuration") :]
-    table = table[: table.index("\n## ", 1)]
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = text[: text.index("\n## ")]
     found: dict[str, str | None] = {}
     for line in table.splitlines():
         if not line.startswith("| `"):
@@ -202,17 +201,17 @@ def env_example_variables() -> dict[str, str]:
     return found
 
 
-def test_env_example_lists_every_variable_of_the_readme_table_with_its_default():
-    table, example = readme_variables(), env_example_variables()
+def test_env_example_lists_every_variable_of_the_configuration_table_with_its_default():
+    table, example = table_variables(), env_example_variables()
     missing = sorted(set(table) - set(example))
     extra = sorted(set(example) - set(table))
     assert not missing and not extra, (
-        "README's configuration table and .env.example differ.\n"
-        f"  In the README, missing from .env.example: {', '.join(missing) or '-'}\n"
-        f"  In .env.example, not in the README table: {', '.join(extra) or '-'}"
+        "docs/configuration.md's table and .env.example differ.\n"
+        f"  In the table, missing from .env.example: {', '.join(missing) or '-'}\n"
+        f"  In .env.example, not in the table: {', '.join(extra) or '-'}"
     )
     wrong = [
-        f"{name}: README says {default!r}, .env.example has {example[name]!r}"
+        f"{name}: the table says {default!r}, .env.example has {example[name]!r}"
         for name, default in table.items()
         if default is not None and example[name] != default
     ]
