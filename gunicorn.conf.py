@@ -1,12 +1,9 @@
-"""gunicorn settings for the web role (``bin/docker-entrypoint web``, README "Production").
+"""gunicorn settings for the web role (``bin/docker-entrypoint web``).
 
-Threaded workers (gthread): a request waiting on PostgreSQL, or a client that is slow
-to send its body, holds one thread, not a whole worker, so ``/healthz`` and fal's
-webhooks keep being answered. Behind nginx with request buffering on (deploy/nginx.conf),
-slow clients never reach gunicorn at all: nginx hands over whole requests only.
-``bench/slow_clients.py`` measures both.
-
-Every value can be overridden from the environment, as the comments say.
+Threaded workers, so a request waiting on PostgreSQL or a slow client holds one thread,
+not a worker; behind nginx with request buffering slow clients never reach gunicorn
+(``bench/slow_clients.py``). Every value can be overridden from the environment.
+See docs/operations.md#running-in-production.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""Django admin phrases that our Russian catalogue words again.
+"""Django admin phrases built from a model's name, worded again in our Russian catalogue.
 
-Django builds "Select %s to change", "Add %s", "The {name} “{obj}” was changed" from a
-model's ``verbose_name``, which is in the nominative ("доставка вебхука"); Django's own
-Russian puts it where Russian needs another case ("Выберите доставка вебхука") or a
-masculine past tense ("был изменен" for every model). Listing the msgids here puts them
-in ``locale/ru`` (``makemessages`` extracts them), and catalogues in LOCALE_PATHS take
-precedence over Django's, so the admin uses wordings that hold for any model name
-("Выберите объект для изменения: доставка вебхука"). Nothing imports this module.
+Django's Russian puts a nominative ``verbose_name`` where Russian needs another case;
+listing the msgids here puts wordings that hold for any model name in ``locale/ru``,
+which takes precedence over Django's. Nothing imports this module.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""The Content-Security-Policy of the admin (django-csp), on admin pages only.
+"""The Content-Security-Policy of the admin pages (django-csp).
 
-The admin is where staff see what outsiders sent us (webhook bodies, avatar names):
-should an escaping bug ever let markup through, the policy stops it from running
-scripts, loading anything from elsewhere, or posting forms elsewhere. Django's admin
-and our templates use no inline scripts; inline ``style`` attributes are used by
-our admin helpers (status badges, the dashboard), so styles allow 'unsafe-inline'.
-Other paths (the webhook, /healthz, the API and its docs) set their own headers.
+The admin shows what outsiders sent us (webhook bodies, avatar names): should an
+escaping bug let markup through, the policy stops it from running scripts, loading
+anything from elsewhere or posting forms elsewhere. Other paths set their own headers.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The one redaction of secrets: for every log record, and for every text fal sends us.
 
-``redact`` removes our own keys and tokens (the fal key and its secret half, the bot
-token, the metrics token, the API's client tokens and callback secrets) and anything
-shaped like a fal key (``<uuid key id>:<secret>``, or the credential after ``Key``),
-whoever's it is. The logging filter and formatter below apply it to every record;
-the fal gateway, fal's record and the transitions module apply it to fal's error
-texts, logs and payloads before they are stored, so the API, the admin, the staff chat
-and the database never hold a key fal echoed back.
-
-The loggers that are known to leak (httpx request URLs with the bot token) are
-already kept at WARNING; the filter is the second line of defence for anything
-that formats an exception or a URL containing the fal key or the bot token.
+Our own keys and tokens, and anything shaped like a fal key, are removed before a line
+is logged or fal's text is stored, so no key fal echoes back reaches the API, the
+admin, the staff chat or the database. See docs/configuration.md#secrets.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Admin login lockouts (django-axes): by username *and* address, and per address.
+"""Admin login lockouts (django-axes): per (address, username) pair, and per address.
 
-A lockout on the username alone would let anyone who knows a staff member's username
-lock them out, from anywhere, for ever (five wrong passwords every 15 minutes). So
-axes counts failures per (address, username) pair (``AXES_LOCKOUT_PARAMETERS``): a
-stranger guessing locks only his own address out for that username. Spraying many
-usernames from one address is stopped by a second, higher limit per address
-(``ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT``), which axes has no setting for:
-``PairAndAddressHandler`` adds it to axes' database handler.
-
-``lockout_response`` is the page a locked-out login gets (``AXES_LOCKOUT_CALLABLE``):
-HTTP 429 with the admin's own chrome, saying which lock applies, how long it lasts and
-how a superuser lifts it, instead of axes' bare one-line text.
+A lock on the username alone would let a stranger lock a staff member out from
+anywhere; the per-address limit, which axes has no setting for, stops password
+spraying. The lockout page answers 429 and says how to lift it.
+See docs/staff-guide.md#admin-login-limit.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Settings for the avatar training monitor.
+"""Settings for the avatar training monitor, all from the environment.
 
-Everything that differs between a laptop and production comes from the environment
-(see the configuration table in README.md). Bad values stop start-up with a message
-naming the variable; missing-but-needed values are reported by system checks
-(``python manage.py check``), ids ``avatarsite.E00x`` / ``avatarsite.W00x``.
+Bad values stop start-up with a message naming the variable; missing-but-needed ones are
+system checks (``avatarsite.E00x`` / ``W00x``). See docs/configuration.md.
 """
 
 from __future__ import annotations

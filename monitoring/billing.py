@@ -1,15 +1,6 @@
 """Money: what each training cost, fal's balance and the hold on new starts, spend figures.
 
-- ``look_up_costs`` (every minute): the billing events of finished attempts, 50 request
-  ids a call, from a minute after the finish, with backoff for FAL_BILLING_WAIT_HOURS,
-  then "no billing event" (5xx failures are free). Costs are kept exactly, in nano-USD.
-- ``read_balance`` (every FAL_BALANCE_CHECK_SECONDS, ``tasks.check_balance``): fal's
-  credit balance; one staff alert per episode; below FAL_BALANCE_HOLD_USD new starts
-  are held (``FalStatus.HELD``) and sent, oldest first, once a reading is back above
-  it (``trainings.release_held``).
-- spend queries for the dashboard, budgets and quotes from fal's unit prices.
-
-fal HTTP lives in ``monitoring.fal.platform``; the rules are in docs/billing.md.
+fal's HTTP lives in ``monitoring.fal.platform``; the rules are in docs/billing.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
-"""When an active training will be ready: a point estimate and a range (docs/eta.md).
+"""When an active training will be ready: a point estimate and a range, from our history.
 
-From our own history, per trainer and steps setting: the run times of the last
-ETA_HISTORY_SIZE completed trainings, and how many seconds each queue position took
-them. The queue part uses the rate at which this job's position drained (a moving
-average over about ten minutes), else history's seconds per position. The run part
-is the history of run times *longer than what this job has already run* (so the
-estimate moves the right way as time passes), sharpened by the trainer's own
-"step N/M" log lines when fal gave us some. Under ETA_MIN_HISTORY trainings the
-trainer's defaults from settings stand in for history.
-
-It never pretends: a job that has run longer than the 80th percentile of its
-history is "taking longer than usual", with no time at all.
-
-Computed when a check updates a training (``refresh``), stored on the row, and only
-read everywhere else.
+Computed when a check updates a training, stored on the row, only read elsewhere; a job
+past its history's 80th percentile is "taking longer than usual". See docs/eta.md.
 """
 
 from __future__ import annotations

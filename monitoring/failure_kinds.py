@@ -1,11 +1,7 @@
 """Whose failure was it? fal's own (retried for the owner), the owner's, or unknown.
 
-A reviewed table, like ``owner_messages``: only fal's machine-readable fields decide
-(``error_type``, ``detail[].type``, the result's HTTP status), never its words. Unknown
-is treated as the owner's: never retried automatically. Sources: fal's "Request
-errors" page (``error_type`` and its status), ``shared/fal-facts.md`` (Failures,
-deadlines and retries: 5xx are never billed), fal's "Model errors" page. The table
-is in docs/fal.md with the source of each code; add a row (and a test) there too.
+A reviewed table of fal's machine-readable fields only; unknown is never retried.
+The table and its sources: docs/fal.md#retries-and-deadlines-self-healing.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """Keep the trained files: fal's CDN deletes them, so a copy goes to our storage.
 
-Every completion passes ``transitions.training_finished``; its receiver here writes one
-``KeptFile`` row per file (pending) in the completing transaction and queues ``keep``
-on commit. ``keep`` claims each row with a lease (two workers never copy one file),
-streams the file from fal (only a URL ``payloads.check_media_url`` allows, https, no
-redirect to another host, bounded in size and time) under a temporary name, checks size
-and SHA-256 against ``Content-Length`` and fal's ``file_size``, and only then moves it
-to its final name and marks the row kept. Failures are retried with backoff by
-``sweep`` until ``retry_until``; what can never work (too large, gone at fal) is failed
-at once and staff are alerted once. docs/files.md has the operator's side.
+Each completion writes pending ``KeptFile`` rows in its transaction; ``keep`` copies,
+checks size and SHA-256, and ``sweep`` retries. See docs/files.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
 """What an owner is told about a failed training, from what fal actually returned.
 
-A reviewed table, never a guess from words: fal's machine-readable fields decide,
-in this order of trust:
-
-1. ``error_type`` (the status answer's ``error_type``, a request error's
-   ``error_type``, or one of our own codes below);
-2. ``detail[].type`` of a model error (the result fetch's 422 body, or the webhook's
-   ``payload.detail``);
-3. the HTTP status of the result fetch (422: the input was rejected; 5xx: fal's
-   platform).
-
-Anything else is ``unknown``: the owner gets the neutral "an error happened" text and
-staff see the raw answer on the avatar page. Free text (``error``, ``detail[].msg``)
-is shown to staff but never read here: fal says not to parse it, and it changes.
-
-Sources of the codes: fal's "Model errors" page (``detail[].type``), its "Request
-errors" page (``error_type``), ``shared/fal-facts.md`` and the fal emulator in
-``fakes/fal_emulator.py``. Add a row (and a test) when fal returns a new shape.
+A reviewed table of fal's machine-readable fields, never its words; anything else is
+``unknown``. Add a row (and a test) when fal returns a new shape.
+See docs/owner-messages.md#how-the-failure-message-is-picked.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""Audit what fal billed: compare fal's record of our endpoints with our trainings.
+"""Audit what fal billed: fal's record of our endpoints against our trainings.
 
-``reconcile_fal`` (the command, and a daily schedule) lists fal's record for each of
-our trainers over a window and finds:
-
-- **requests we do not know**: billed to our key, followed by nobody (started by
-  another script, or by the system this one replaced). They are kept as
-  ``UnknownFalRequest`` rows (the admin lists them, each with a link to adopt it) and
-  staff get one alert listing them (once per set of requests);
-- **trainings fal finished that we still show active**: checked at once through the
-  normal path (``status_checks.check_trainings``: the queue, then fal's record when
-  the queue forgot), so they end exactly as a periodic check would end them.
-
-The listing is read page by page (100 a page) and compared one page at a time: one
-query per page, whatever the window holds.
+Finds requests nobody follows and trainings fal finished that we still show active,
+one page at a time. See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
 from __future__ import annotations

@@ -1,25 +1,7 @@
-"""fal is the source of truth: what to do when the queue cannot tell, from fal's own record.
+"""fal's own record, where the queue cannot tell: a 404, or a submit whose answer was lost.
 
-Two situations, both rare, both where the monitor used to lose avatars:
-
-- **The queue answers 404** for a training we submitted (fal's queue forgets a result
-  an hour after the job ends). ``recover_from_record`` looks the request up in fal's
-  record: a success with its payload completes the avatar exactly as a webhook would,
-  a failure fails it with fal's reason (or cancels it after a cancel request), a
-  success without payload is flagged for staff ("finished on fal, result not
-  available") and the owner is told nothing. Only a request the record does not know
-  goes on to the 404 confirmation rule.
-- **A submit whose answer was lost** (or whose process died mid-submit).
-  ``lookup_lost_submit`` searches the record of its endpoint from the submit's start
-  for a request sent with our input (images URL and trigger); one match is adopted,
-  two are a double submit (the earliest is adopted, staff alerted), none leaves it
-  flagged; after FAL_LOST_SUBMIT_GIVE_UP_HOURS staff are alerted once, and only an
-  Operator's "fal has no such job" (``trainings.record_no_fal_job``) makes the avatar
-  startable again. Nothing here ever submits.
-
-Whatever fal's Platform API answers when it cannot answer (429, 5xx, a timeout, its
-own 404) is "try later": nothing is decided on it. Events written from the record
-carry ``source=fal_record``, so the timeline says which source answered.
+Nothing here ever submits, and an answer the record could not give decides nothing.
+See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
 from __future__ import annotations

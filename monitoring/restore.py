@@ -1,17 +1,7 @@
 """Startup restore: after the worker starts, every active training is checked at once.
 
-Nothing is held in memory, so nothing is "restored" but the urgency: every active
-training (whatever its age, with or without a start time) becomes due now, and a run
-is enqueued immediately instead of waiting for the next scheduled one.
-
-Only trainings not checked within the last interval are made due: a second host
-starting while another one runs leaves what the running one has just checked on its
-schedule, so each training is still checked once per interval. The notifications cluster (Q_CLUSTER_NAME=notifications) does not restore anything.
-
-The restore run leases what it checks only until the next scheduled run
-(``next_scheduled_check``), not a full interval from its own arbitrary start: the
-scheduled cadence goes on as if nothing had happened, instead of finding nothing due
-and leaving every training unchecked for up to two intervals.
+Nothing is held in memory, so only the urgency is restored, without disturbing another
+host's cadence. See docs/architecture.md#the-periodic-check.
 """
 
 from __future__ import annotations

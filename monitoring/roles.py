@@ -1,13 +1,8 @@
-"""Staff roles: which group may do what, as a table, synced into the database after ``migrate``.
+"""Staff roles as a table, synced into the groups after every ``migrate``.
 
-The table is the truth: after every ``migrate`` each group holds exactly the
-permissions listed here (a permission added to a group by hand in the admin is taken
-away again), so what a role can do is read in code review, not clicked together.
-Superusers are not in a group; Django gives them every permission.
-
-The sync runs from a ``post_migrate`` receiver rather than a data migration: Django
-creates custom permissions only after all migrations have run, so a data migration on
-a fresh database would find none of them.
+The table is the truth (a permission added by hand is taken away again). A
+``post_migrate`` receiver, not a data migration: Django creates custom permissions only
+after all migrations have run. See docs/staff-guide.md#roles.
 """
 
 from __future__ import annotations

@@ -1,29 +1,7 @@
-"""The periodic status check: claim the due trainings, ask fal about them, move on.
+"""The periodic status check: claim the due trainings, ask fal about them, apply what changed.
 
-A run (``run_periodic_check``, every CHECK_INTERVAL_SECONDS by django-q2) works in
-three steps:
-
-1. **Claim** every active training whose ``next_check_at`` has passed, with one
-   conditional UPDATE that pushes ``next_check_at`` one interval past the run's start
-   (``FOR UPDATE SKIP LOCKED`` on PostgreSQL). A second worker, a second cluster or an
-   overlapping run finds nothing due and checks nothing twice in one interval; the
-   cadence stays one interval because it counts from the run's start, not its end.
-   A worker that dies mid-run loses nothing: its lease simply expires.
-2. **Ask fal**, concurrently with a bounded pool (CHECK_CONCURRENCY, spread over
-   fal-clients of at most 20 calls each) inside one event loop per batch, each call bounded by FAL_CALL_TIMEOUT_SECONDS and the whole batch by
-   a deadline well inside the interval. More than CHECK_BATCH_SIZE due trainings fan
-   out as one django-q2 task per batch, so several workers (and hosts, on Redis)
-   share them; the run does not wait for its batches.
-3. **Apply** what was seen, with as few queries as possible in the common "still
-   running, nothing changed" case (one bulk UPDATE per batch), and through
-   ``monitoring.transitions`` whenever a status changes.
-
-When the queue cannot tell (a 404 for a request we submitted: fal's queue forgets
-results after an hour; a submit whose answer was lost), fal's own record decides
-(``monitoring.recovery``), asked one training after another within half the batch's
-budget; the 404 rule applies only to requests the record does not know either.
-
-Each run records a ``CheckRun`` heartbeat (batches add their counts to it).
+Claims are conditional updates, so no training is checked twice in an interval
+whatever the number of workers. See docs/architecture.md#the-periodic-check.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Whether a value typed by a person or a program can be stored at all.
 
-PostgreSQL refuses the NUL character in text and in JSON, no database driver can encode
-an unpaired surrogate (Python's stand-in for bytes that are not UTF-8, as a command line
-may hand us), and PostgreSQL's jsonb, like fal, refuses NaN and the infinity an
-overflowing JSON number becomes. The API (``monitoring.api.schemas``) and the commands
-(``monitoring.management.language``) ask ``unstorable`` first, so such input is refused
-naming the field instead of failing in the database.
+NUL characters, unpaired surrogates, NaN and infinities fail in the database; the API
+and the commands ask ``unstorable`` first and refuse such input naming the field.
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
 """Stuck detection: an active training past one of its limits is flagged for staff.
 
-The limits are settings, with these defaults (README's configuration table):
-
-=================================== ======= =============================================
-setting                              default  measured from
-=================================== ======= =============================================
-STUCK_SUBMITTING_MINUTES              5 min  the start, while fal's answer to the submit
-                                             is unknown: looked up in fal's record at
-                                             every check (monitoring.recovery), never
-                                             resubmitted automatically
-STUCK_IN_QUEUE_MINUTES               60 min  the submit, while fal says IN_QUEUE
-STUCK_IN_PROGRESS_MINUTES_PORTRAIT   90 min  the first IN_PROGRESS seen (portrait trainer)
-STUCK_IN_PROGRESS_MINUTES_STYLE      45 min  the first IN_PROGRESS seen (style trainer)
-STUCK_TOTAL_HOURS                     6 h    the start of the attempt, whatever its state
-STUCK_FAL_UNREACHABLE_MINUTES        15 min  the last successful check, while checks fail
-=================================== ======= =============================================
-
-Crossing a limit flags the training once per episode (``transitions.flag_stuck`` writes
-the event and requests the one staff alert). A stuck training keeps being checked; when
-it finishes the flag clears with it, and when no limit holds any more (it left the
-queue, fal answers again) the check clears the flag, so a later limit is a new episode.
-Staff can push the deadline back (``stuck_deadline_extended_until``): no flag before then.
+The limits are settings; the flag is set once per episode and cleared when no limit
+holds. See docs/architecture.md#stuck.
 """
 
 from __future__ import annotations

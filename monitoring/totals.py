@@ -1,15 +1,8 @@
-"""Running totals: counters that only ever go up, kept in the database.
+"""Running totals: counters and histograms that only ever go up, kept in the database.
 
-Where something happens (a fal error classified, a webhook delivery recorded, a
-Telegram answer recorded) the code calls ``add(name, labels)``; ``/metrics`` reads
-them all with ``current()``. ``notifications`` never imports ``monitoring``, so it
-announces each recorded send with its ``send_recorded`` signal and the receiver here
-counts it.
-
-A histogram is running totals too (``observe``): one row per bucket and label set
-counting the values that fell in that bucket, with their sum in milliseconds (not
-cumulated: one UPDATE per value). ``/metrics`` cumulates them into Prometheus'
-buckets, so any process answers and ``prune`` lowers nothing.
+``/metrics`` reads them, so any process answers and ``prune`` lowers nothing.
+``notifications`` announces its sends with a signal counted here.
+See docs/operations.md#what-the-service-level-figures-measure.
 """
 
 from __future__ import annotations

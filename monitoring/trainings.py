@@ -1,23 +1,7 @@
-"""Starting and cancelling trainings on fal: the service behind the admin, commands and tests.
+"""Starting and cancelling trainings on fal: the service behind the admin, commands and API.
 
-Starting commits ``training``/SUBMITTING *before* anything is sent, so a second click
-or a second process finds the avatar already training and never submits twice. The
-submit is then sent exactly once; its outcome decides what happens next:
-
-- fal answered with a request id: stored at once (``transitions.record_submitted``),
-  the webhook and the periodic check can find the training from then on;
-- fal refused it (401/403/422...) or it never left this machine: the avatar goes back
-  to ``ready_for_training`` with the reason, nothing was billed;
-- the answer was lost: the training stays SUBMITTING, "submit outcome unknown, being
-  looked up": every check searches fal's record for the job it may have created
-  (``monitoring.recovery``) and adopts it when found. It is never re-sent
-  automatically, because a second submit could start a second paid training; only an
-  Operator's "fal has no such job" (``record_no_fal_job``) makes it startable again.
-
-While fal's balance is below FAL_BALANCE_HOLD_USD, or fal answered a submit with 403
-(a locked account), a start is held instead (``FalStatus.HELD``: nothing sent, nobody
-told) and sent oldest first when the balance is back (``release_held``), or by an
-Operator (``release``): docs/billing.md.
+A start is committed before anything is sent and the submit is sent exactly once; a
+lost answer is looked up, never re-sent. See docs/architecture.md#starting-a-training.
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
 """The one place that changes an avatar's status.
 
-The webhook, the periodic check, startup restore, the admin and the commands all
-call these functions. Each move is a single conditional UPDATE naming the status
-(and training attempt) it expects to leave; only the caller whose UPDATE changed a
-row writes the event and the notification outbox row, in the same transaction.
-Two callers racing to complete the same avatar therefore produce one winner, one
-event and one message, on SQLite and PostgreSQL alike.
-
-Allowed moves (also in README.md):
-
-    draft              → ready_for_training
-    ready_for_training → training              (a new training attempt, sub-state SUBMITTING,
-                                                or HELD while fal's balance holds starts)
-    training           → completed | error | cancelled
-    training           → ready_for_training    (only while SUBMITTING, when fal refused
-                                                the submit: no job exists, nothing is billed)
-    error              → ready_for_training    (staff retrain)
-
-Leaving a terminal state (completed, error, cancelled) any other way is a no-op
-that reports "already <status>"; a move that can never be valid (draft → completed)
-raises ``InvalidTransition``.
+Each move is a conditional UPDATE naming the status it leaves; only the winner writes the
+event and the outbox row. The allowed moves are ``ALLOWED_MOVES``.
+See docs/architecture.md#statuses and #transitions.
 """
 
 from __future__ import annotations

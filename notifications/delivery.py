@@ -1,36 +1,10 @@
 """Delivering the outbox: claim a row, send it, record the attempt, decide what next.
 
-How a row travels:
-
-* ``outbox.enqueue(id)`` hands it to the ``notifications`` django-q2 cluster (its own
-  queue and workers, so a message never waits behind a long check run): inside the
-  transaction that wrote the row when the broker is that same database, so both
-  commit or neither, and when that transaction commits otherwise (Redis). The row
-  records that it has a task waiting (``queued_at``).
-* ``deliver(id)`` (the task) claims it with a conditional UPDATE that sets a lease,
-  so two workers never send the same row, and clears ``queued_at``.
-* A worker never sleeps through a wait. Flood control, 5xx backoff and rate-limit
-  waits longer than NOTIFICATION_INLINE_WAIT_SECONDS put the row back with its due
-  time and free the worker at once.
-* ``relay_once()`` (every NOTIFICATION_RELAY_POLL_SECONDS, in the notifications
-  cluster: ``notifications.relay``) hands every row whose wait has passed to a
-  sender: it queues a task for each due row that has none, keeping the queue about
-  one second of sending deep so that a new message never waits behind a backlog.
-  ``sweep()`` (after every check run and once a minute) does the same after merging
-  stuck alerts: the net under the relay.
-* When the Bot API rejects the token, or fails for everyone (NOTIFICATION_OUTAGE_
-  FAILURES transient failures in a row across all sends), sending pauses; one
-  process at a time probes it and, when it answers, every waiting message is due
-  at once.
-
-What each Telegram answer does to the row is decided here (``_ANSWERS``); what the
-answer *is* is decided by the backend (``notifications.backends``). Every try leaves
-a ``NotificationAttempt`` staff can read.
-
-Exactly one message per outcome: the outbox row is unique and claimed once. The one
-exception is a worker that dies (or is stopped) between sending and recording the
-answer: the row is sent once more, marked "may be a duplicate", and never a third
-time, so an owner gets at most two.
+A row is claimed with a lease, a wait puts it back with its due time, and the relay and
+the sweep hand due rows to senders. Exactly one message per outcome, at most two when a
+worker dies mid-send. What each Telegram answer does to the row is decided here
+(``_ANSWERS``); what the answer is, by the backend.
+See docs/architecture.md#exactly-one-message-per-outcome.
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """The owner's live progress message: sent once, silently, then edited in place.
 
-The monitor (``monitoring.owner_progress``) calls ``update`` when a check moves a
-training, ``retried`` when fal's failure starts a new attempt and ``finish`` with the
-outcome; it never calls Telegram. ``push`` (a task on the notifications cluster)
-does, under these rules (docs/eta.md):
-
-* the first send is silent; its ``message_id`` is kept. A first send whose outcome
-  is unknown (timeout, connection lost) is dropped, never resent: a second message
-  would be worse than none;
-* an edit goes out when the phase changes (queue → training, late, retry) or the
-  ETA moves by more than a fifth and at least 2 minutes (``wants_edit``), never less
-  than OWNER_PROGRESS_EDIT_SECONDS after the previous one. An edit whose outcome is
-  unknown is superseded by the next one;
-* edits take a slot of the same shared rate limits as the outbox, at a lower
-  priority: they never wait for one inline, and yield while outbox rows are due;
-* once the outcome is known nothing is sent but the last line, written after the
-  outcome message itself went out (so the phone rings once, for the outcome);
-* "message is not modified" is a success; "message to edit not found", "can't be
-  edited" and a blocked bot stop the edits; 429 waits ``retry_after``.
-
-The unsent rows are found by ``sweep`` (the notifications cluster's schedule).
-``notifications`` never imports ``monitoring``: the monitor passes a ``Snapshot``.
+The monitor passes a ``Snapshot`` (``notifications`` never imports ``monitoring``);
+``push`` sends or edits: the first send silent, edits on a phase change or a moved ETA,
+at a lower priority than the outbox. See docs/eta.md (the owner's progress message).
 """
 
 from __future__ import annotations

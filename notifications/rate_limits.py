@@ -1,15 +1,8 @@
-"""Telegram's sending limits, shared by every worker process through the database.
+"""Telegram's sending limits, shared by every worker process (database, or Redis).
 
-At most one message per second to a chat, 20 per minute to a group chat (negative
-ids), and 25 per second overall, evenly spaced (Telegram allows about 30; we keep a margin). A
-worker reserves a slot right before it calls Telegram. Nothing is held in process
-memory, so the limits hold across any number of workers, hosts and restarts:
-
-* in the database (the default): a ``RateLimitMark`` row per slot, taken under a
-  row lock on the ``SenderState`` singleton so two processes never both see the
-  same free slot;
-* in Redis when ``REDIS_URL`` is set: sorted sets per chat and overall, checked and
-  written by one Lua script, which Redis runs atomically.
+One message a second per chat, 20 a minute per group, 25 a second overall; nothing in
+process memory, so they hold across workers, hosts and restarts.
+See docs/architecture.md#exactly-one-message-per-outcome.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """Owners who come back, and the one meaning of "an owner message was not delivered".
 
-A chat marked unreachable (blocked the bot, deactivated, never pressed Start) gets no
-messages: they are closed as "recipient unreachable" without a send. An owner comes
-back when the bot starts or adopts a training for them through the API (they talked to
-the bot, so they can be messaged) or when Support records it from the admin. The
-chat is then forgotten as unreachable and every message held back for it that is still
-news (about its avatar's current attempt) is sent again, once: the reopening is a
-conditional update, so two paths that both notice the owner came back send nothing
-twice. See docs/operations.md ("Owners who blocked the bot").
+Reopening a chat is a conditional update, so what was held back is sent again once.
+See docs/owner-messages.md#owners-who-blocked-the-bot.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
 """The relay: hands every outbox row whose wait has passed to a sender within seconds.
 
-django-q2 has no delayed tasks and its scheduler ticks about every 30 s, so a message
-put back for a flood-control wait, a backoff or a rate limit would otherwise wait
-for the once-a-minute sweep. The relay is a small loop over the outbox (not a second
-queue): every NOTIFICATION_RELAY_POLL_SECONDS it runs ``delivery.relay_once()``.
-
-Where it runs: a daemon thread in each worker process of the notifications cluster,
-started by django-q2's ``post_spawn`` signal (``NotificationsConfig.ready`` connects
-it), so it lives and dies with the workers that send and is restarted whenever
-django-q2 respawns one. Only one relay works at a time: each tick first takes (or
-renews) a short lease on ``SenderState``; another worker's relay takes over within
-RELAY_LEASE of the first one dying. Its thread has its own database connection.
+A thread in each notifications worker process, one at a time working under a lease.
+See docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import get_commands
 
+from tests.test_alerting import github_anchor
 from tests.test_ops_files import table_variables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +169,33 @@ def test_the_checks_see_what_they_are_meant_to():
     assert {"CHECK_INTERVAL_SECONDS", "TEST_DATABASE_NAME", "STATE_DIR"} <= documented_variables()
     named = set(MANAGE.findall((ROOT / "docs" / "staff-guide.md").read_text()))
     assert {"axes_reset_username"} <= named
+
+
+def anchors(page: Path) -> set[str]:
+    return {
+        github_anchor(line.lstrip("#"))
+        for line in page.read_text().splitlines()
+        if line.startswith("#") and not line.startswith("#!")
+    }
+
+
+def test_every_link_to_a_doc_and_its_heading_resolves():
+    """Links between the pages, and the "See docs/x.md#heading" of module docstrings."""
+    links = []
+    for page in PAGES:
+        for target, anchor in re.findall(
+            r"\]\((?!https?:)([^)#\s]*)#?([^)\s]*)\)", page.read_text()
+        ):
+            links.append((page, (page.parent / target) if target else page, anchor))
+    for path in [*CODE, ROOT / "bin" / "manage", ROOT / "deploy" / "nginx.conf"]:
+        for target, first, second in re.findall(
+            r"docs/([\w-]+\.md)(?:#([\w-]+))?(?: and #([\w-]+))?", path.read_text()
+        ):
+            links += [(path, ROOT / "docs" / target, a) for a in (first, second)]
+    broken = [
+        f"{source.relative_to(ROOT)} → {target.resolve().relative_to(ROOT)}#{anchor}"
+        for source, target, anchor in links
+        if not target.exists()
+        or (anchor and target.suffix == ".md" and anchor not in anchors(target))
+    ]
+    assert not broken, "Links to a page or heading that does not exist:\n  " + "\n  ".join(broken)

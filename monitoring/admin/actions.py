@@ -1,20 +1,8 @@
 """The avatar admin's actions: thin wrappers around the service functions.
 
-Each action reports, per avatar, what it did (one admin message each), so a staff
-member who selected twenty avatars knows which ones moved and why the others did
-not. Actions that spend money or end a training (start, retrain, cancel, mark
-failed) show the shared confirmation page first (``avatarsite.admin_base``), red only
-for cancel and mark failed, which stop a training that may still be running; the same
-page carries the reason or the new deadline where one is needed.
-
-Re-checking is never done inside the request: it is queued to the worker, which
-bounds every fal call and records the outcome.
-
-Every action needs a permission of ``monitoring.roles`` (``staff_action``): Django
-offers it only to staff who hold it, and the action checks again where it runs, so
-a crafted POST (with or without ``select_across``) or a confirmation page posted by
-someone else is refused and changes nothing. What an action did is written to the
-avatar's timeline (by the transitions) and to Django's admin log (``LogEntry``).
+Each reports per avatar what it did; those that spend money or stop a training confirm
+first. Every action needs its ``monitoring.roles`` permission, checked again where it
+runs. See docs/staff-guide.md#the-admin and #roles.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """The admin staff run the monitor from: owners, avatars, training attempts, the timeline.
 
-The avatar changelist is the working surface: a coloured status badge with fal's
-sub-state, how long the avatar has been in that state, when it was last checked and
-why it is stuck, and the actions in ``monitoring.admin.actions``. The page stays a
-handful of queries whatever the page size: the current training comes with
-``list_select_related`` and "time in state" is a subquery annotation.
-
-Everything the monitor recorded is read-only here: status moves only through
-``monitoring.transitions`` (the actions), never through a form field.
+The avatar list stays a handful of queries whatever the page size; everything the
+monitor recorded is read-only, and status moves only through ``monitoring.transitions``.
+See docs/staff-guide.md#the-admin.
 """
 
 from __future__ import annotations

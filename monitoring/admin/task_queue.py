@@ -1,12 +1,8 @@
 """django-q2's models in the admin: read-only, superusers only, nothing unpickled.
 
-django-q2's own admin lets anyone who may add a Schedule run any importable function
-on the worker, resubmits tasks, and renders task arguments and results by unpickling
-them (so write access to the database would become code execution in the web
-process). Here its registrations are replaced by pages that only read: schedules are
-created by ``migrate`` (``monitoring.ops.schedules``) and never edited by hand, and a
-task shows its function name, times and success, never its arguments or result (the
-pickled columns are not even loaded: ``only()``).
+django-q2's own admin would let a schedule run any function and unpickles task data, so
+database write access would become code execution; here a task shows its function,
+times and success only. See docs/staff-guide.md#roles.
 """
 
 from __future__ import annotations

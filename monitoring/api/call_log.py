@@ -1,16 +1,7 @@
-"""The call log (``ApiCall``), written in batches: a call costs no statement of its own.
+"""The API call log (``ApiCall``), written in batches so a call costs no statement of its own.
 
-Each authenticated call's row is kept in this process and written with the others in
-one INSERT by a background thread, at most ``API_CALL_LOG_FLUSH_SECONDS`` later
-(sooner once ``BATCH`` rows wait), and when the process exits (``atexit``: gunicorn's
-graceful stop, ``max_requests`` restarts). Only a process killed outright loses its
-last batch. With the setting at 0, or inside a transaction (``ATOMIC_REQUESTS``), a row
-is written with its call (in a savepoint: it never breaks the transaction).
-
-The rate limit counts a client's calls from this log (``rate_limit``), adding the rows
-this process has not written yet; other processes' unwritten rows (one second's worth
-at most) are not seen. Why: a statement per call cost a third of ``GET /avatars/{id}``'s
-throughput (bench/api.py).
+A statement per call cost a third of ``GET /avatars/{id}``'s throughput (bench/api.py).
+See docs/api.md#the-call-log-and-the-rate-limit.
 """
 
 from __future__ import annotations

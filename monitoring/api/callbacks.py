@@ -1,20 +1,8 @@
-"""Event callbacks: the outcome of a client's avatar, POSTed to its URL, signed.
+"""Event callbacks: a client's avatar outcomes, POSTed to its URL, signed (Standard Webhooks).
 
-Written in the transition's own transaction (``record_outcome``/``record_stuck`` are
-receivers of the signals ``monitoring.transitions`` sends there), one row per
-outcome, unique on ``event_key``. Sent by a django-q2 task queued on commit, and by
-a sweep every minute for retries and lost hand-overs.
-
-Our own delivery policy, apart from Telegram's limits and its pause: the same
-``webhook-id`` on every attempt; timeouts, connection errors, 5xx and 429 are retried
-with backoff until ``give_up_at`` (``EVENT_CALLBACK_MAX_AGE_HOURS`` after the event);
-any other 4xx and any redirect (never followed) is final. Each attempt is recorded.
-
-The destination is checked at every send, not only when the URL is saved: the host
-is resolved, every address it resolves to must be public (``check_address``, which
-unwraps the IPv6 forms that embed IPv4), and the request goes to the address that was
-checked (the TLS certificate is still verified against the
-host name), so a DNS answer that changes in between cannot point us inward.
+One row per outcome, written in the transition's transaction; retried with backoff;
+the destination is resolved and checked to be public at every send.
+See docs/api.md#event-callbacks.
 """
 
 from __future__ import annotations

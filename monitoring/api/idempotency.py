@@ -1,12 +1,7 @@
-"""Idempotency-Key on the POSTs that start trainings (and so may cost money).
+"""``Idempotency-Key`` on the POSTs that start trainings (and so may cost money).
 
-The key row is committed as in progress *before* fal is called. A repeat while it is
-in progress answers 409 ``in_progress``; a repeat once done gets the stored answer
-and status, and nothing is submitted again. Two identical requests racing meet at
-the unique constraint on (client, key): the second insert waits for the first to
-commit, then fails, and reads the row. Another request under a used key is 409
-``key_reused``. Kept ``API_IDEMPOTENCY_KEY_HOURS`` (at least 24), then pruned. An
-answer given again (not made by this request) carries ``Idempotent-Replayed: true``.
+The key is committed as in progress before fal is called, so a repeat never submits
+again. See docs/api.md#idempotency-and-replays.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """The per-client call limit: ``API_RATE_LIMIT_PER_MINUTE`` calls in a fixed minute.
 
-Nothing is held in process memory. With ``REDIS_URL``, a Redis counter per client and
-window, expiring with it (the same store as Telegram's limits). Without it, the calls
-are counted from the call log (``ApiCall``, one row per authenticated call, refused
-ones included) by the statement that looks the token up (``tokens.authenticate``): no
-write of its own per call. Calls still being answered are not in the log yet, so
-concurrent calls may pass the limit by as many as are in flight.
+Nothing in process memory: a Redis counter with ``REDIS_URL``, else a count from the
+call log. See docs/api.md#the-call-log-and-the-rate-limit.
 """
 
 from __future__ import annotations

@@ -1,28 +1,8 @@
 """The fal gateway: submit, status, result and cancel, with fal's answers classified.
 
-Every caller (the start of a training, the periodic check, staff tools) goes through
-here and sees only these outcomes:
-
-- ``FalTransient``: transport errors, timeouts, 408/409/429, 5xx. Try again at a later
-  check; never a reason to fail an avatar.
-- ``FalAuthError``: 401/403, our key or fal's billing. A staff alert, never an avatar failure.
-- ``FalNotFound``: 404. Believed only after it repeats (``status_checks`` counts them).
-- ``FalJobFailed``: a result fetch answered 4xx: the job failed, with fal's message.
-- ``FalRefused``: a submit fal refused (401, 403, 422, 429...); no job exists, nothing is billed.
-- ``FalSubmitUnknown``: a submit whose answer never came: a job may exist. Never re-sent.
-
-fal-client is imported lazily, never at module level: it reads FAL_QUEUE_RUN_HOST when
-first imported, and the tests set that variable to the emulator's address first.
-
-Why status/result/cancel go through fal-client's *async* client: its sync calls retry up
-to 10 times with a hard-coded 120 s timeout each, and a thread cannot be cancelled. Under
-``asyncio.wait_for`` every call is bounded by ``FAL_CALL_TIMEOUT_SECONDS`` whatever
-fal-client does inside. An ``AsyncClient`` belongs to the loop it first ran in, so one is
-made per ``asyncio.run`` (see ``FalSession``).
-
-Why the submit is one direct POST with ``requests``: fal-client retries its submit too, and
-a retried submit whose first answer was lost creates a second paid training. fal has no
-idempotency key, so we send once and, if the answer is lost, say so.
+Callers see only the outcomes below, every call bounded, and a submit sent exactly once
+(fal has no idempotency key). fal-client is imported lazily: it reads
+FAL_QUEUE_RUN_HOST at import. See docs/architecture.md#starting-a-training.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """fal's own record of every request, through its Platform API (``shared/fal-facts.md``).
 
-The queue forgets a result an hour after the job ends; the record does not. This
-module answers these questions and nothing else:
-
-- ``find_request``: what does the record say about request R of endpoint E?
-- ``list_requests``: which requests did endpoint E have between T1 and T2?
-- with the admin key (``admin=True``: FAL_ADMIN_KEY, else the queue's key), money:
-  ``billing_events``, ``balance`` and ``prices`` (docs/billing.md).
-
-Every call is bounded by FAL_PLATFORM_TIMEOUT_SECONDS and a listing follows at most
-FAL_PLATFORM_MAX_PAGES pages. Whatever goes wrong (429, 5xx, a timeout, even a 404 or
-401 from the Platform API itself) raises ``PlatformUnavailable``, "try later": an
-answer we could not get is never a verdict on a training. It uses the queue's key
-(``Authorization: Key ...``) and httpx, which trusts SSL_CERT_FILE like fal-client, so
-the emulator works unpatched.
+The queue forgets a result an hour after the job ends; the record does not. Whatever
+goes wrong raises ``PlatformUnavailable``, "try later", never a verdict on a training.
+See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
 from __future__ import annotations

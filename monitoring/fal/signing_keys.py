@@ -1,18 +1,8 @@
-"""fal's webhook signing keys: fetched from its JWKS, cached in the database.
+"""fal's webhook signing keys: fetched from its JWKS, cached in the database for every worker.
 
-Every web worker shares one cached copy (the ``FalSigningKeys`` row), so a fleet of
-workers fetches the JWKS once per cache period, not once per process. The cache:
-
-- is used for at most ``FAL_JWKS_CACHE_SECONDS`` (fal asks for no more than 24 h);
-- is refetched early when no cached key verifies a delivery (fal rotated its keys),
-  but at most once per ``FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS`` across all workers,
-  so a stream of forged deliveries cannot make us hammer fal;
-- keeps serving the last good keys for a while (``STALE_GRACE``) when fal's endpoint
-  is briefly down, because refusing every genuine delivery would be worse.
-
-Each process also keeps the parsed keys in memory, tagged with the row's
-``fetched_at``: the common case (a cached key verifies) costs no query at all, and a
-miss re-reads the row first, in case another worker already refetched.
+Refetched early on an unknown signature, but rate-limited across workers; stale keys
+keep serving briefly while fal's endpoint is down.
+See docs/architecture.md#the-webhook-order.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""``GET /healthz`` (and HEAD): is the database there, and is the periodic check alive?
+"""``GET /healthz`` (and HEAD): is the database there, and are the checks and messages on time?
 
-Load balancers call it without ``strict`` (often with HEAD) and only care that the
-web process can reach its database (200) or not (503). Monitoring calls
-``/healthz?strict=1``, which also answers 503 when the periodic check has not run for
-more than three intervals (the avatars are then not being followed, even though the
-site is up), and when ``notifications_late``: a message has been due and untaken for
-more than two intervals (the notification side is down; owners are not being told).
-
-Anyone may ask, so without credentials the answer says only ``ok``, the database
-state and whether the checks or the messages are late; the figures (counts, ages)
-need ``Authorization: Bearer $HEALTHZ_TOKEN`` or a staff session.
+Anyone may ask, so without credentials it says only ``ok`` and what is late.
+See docs/operations.md#health.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """``GET /metrics``: what the dashboard knows, in Prometheus' text format.
 
-Every figure is read from the database at scrape time (``DatabaseCollector``), never
-kept in a process: any web process answers with the same numbers, whichever one the
-load balancer picks, and a worker restart loses nothing. Counters and histograms come
-from the running totals (``totals``), which only ever go up and are never pruned.
-Alert thresholds that are settings are exported as gauges, so the shipped rules
-(``deploy/prometheus/alerts.yml``, ``docs/operations.md``) compare against them.
-
-Off unless configured: with neither ``METRICS_TOKEN`` nor ``METRICS_ALLOWED_IPS`` the
-endpoint answers 404. A set token must come as ``Authorization: Bearer <token>``
-(401 otherwise); a set allow-list must contain the client's address, found by the
-project's one rule behind the proxy (403 otherwise). When both are set, both apply.
+Read from the database at scrape time, so any web process answers the same; off (404)
+unless ``METRICS_TOKEN`` or ``METRICS_ALLOWED_IPS`` is set.
+See docs/operations.md#metrics-errors-logs-deployment-files.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""django-q2 schedules, created or updated by ``migrate``.
+"""django-q2 schedules, created or updated by ``migrate``, by name (other apps append theirs).
 
-``SCHEDULES`` lists every periodic task of the project by name; other apps append
-theirs. ``ensure_schedules`` (a ``post_migrate`` receiver) does ``update_or_create`` by
-name, so running ``migrate`` twice leaves one schedule of each.
-
-Missed runs are never replayed: ``catch_up`` is a cluster option in django-q2 1.11
-(``Q_CLUSTER["catch_up"] = False`` in settings), not a schedule field. A run's
-``timeout`` (Q_CLUSTER) is below ``retry``, so a live run is never handed to a second
-worker.
+Missed runs are never replayed. See docs/operations.md#the-worker.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """One role of the worker: django-q2's own cluster, with a stop that ends in seconds.
 
-A role runs django-q2's ``Sentinel`` (guard loop, scheduler, pusher, workers, monitor:
-all stock) in the role's process, overriding only what two defects of django-q2 1.11
-need (README "Stopping"):
-
-* **Signal handlers only set a flag** (django-q2's calls ``Event.set`` →
-  ``Condition.notify``, which waits forever for a sentinel killed by the same group
-  SIGTERM). The flag is shared memory, inherited by every forked child, so a group
-  signal kills nobody in the middle of a send; the flag is the guard's ``stop_event``.
-* **A bounded stop** (``Sentinel.stop`` runs every prefetched task before its poison
-  pills): the pusher stops, what it had prefetched is put back on the broker untouched,
-  a task in flight may finish until ``grace - 2.5 s``; then its worker puts it back
-  (ORM row unlocked, Redis message pushed back to the front) and exits. Anything still
-  alive at ``grace - 1.5 s`` is killed (the role unlocks the ORM row of a worker killed
-  before its own put-back got through, as on a loaded host). Every child dies with the
-  role (``PR_SET_PDEATHSIG``).
-
-The django-q2 internals this relies on are pinned by tests/test_worker_django_q_pin.py.
+Overrides only what two defects of django-q2 1.11 need: signal handlers that only set a
+flag, and a bounded stop that puts prefetched and abandoned tasks back. The internals
+it relies on are pinned by tests/test_worker_django_q_pin.py.
+See docs/operations.md#the-worker.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """``qcluster`` with no ``--only``: both roles as child processes, stopped together.
 
-Each role is its own ``manage.py qcluster --only ROLE`` child (django-q2 reads the
-queue name from the environment at import, so a role cannot share a process with the
-other), in this process's group: a group signal reaches everyone at once, a signal
-to this PID is forwarded exactly once to each child. Every process only sets a flag
-in its handler, so getting both is harmless.
-
-A child that ends on its own (a crash) stops the other and the supervisor exits
-non-zero: the container (or systemd) restarts the whole worker, with its restore.
-As PID 1 in a container it also reaps orphans.
+Each role is its own process (django-q2 reads the queue name at import); a crash of one
+stops the other so the whole worker restarts. See docs/operations.md#the-worker.
 """
 
 from __future__ import annotations

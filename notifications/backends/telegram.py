@@ -1,17 +1,9 @@
 """The one module that talks to Telegram (python-telegram-bot), and classifies its errors.
 
-``telegram.Bot`` is async only and its HTTP client belongs to one event loop. Each
-worker process keeps **one** ``Bot`` and its connection pool on **one** long-lived
-event loop, owned by a background thread started lazily on the first send (so after
-django-q2 forks the worker, never before) and closed when the process exits: one TCP
-and TLS handshake per process, not per message. Each call is submitted to that loop
-(``run_coroutine_threadsafe``) and waited for with a bound. No ORM inside the loop:
-the delivery module loads rows before, takes the rate-limit slot in ``ready()`` (in
-the calling thread, right before the request is submitted) and saves outcomes after.
-
-The token is part of every request URL. It never leaves this module: error texts
-are scrubbed before they are raised, and the ``httpx`` logger stays at WARNING
-(settings.LOGGING) because it logs request URLs at INFO.
+One ``Bot`` and connection pool per worker process, on one event loop in a background
+thread, and no ORM inside that loop. The token never leaves this module: error texts
+are scrubbed before they are raised.
+See docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """Ask fal now about chosen trainings, the way the periodic check would.
 
-    manage.py manual_status_check --avatar 12 --avatar 15
-    manage.py manual_status_check --stuck
-    manage.py manual_status_check --all --dry-run
-
-The checks go through ``monitoring.status_checks.check_trainings``, the same code
-the worker runs, so what this command reports is what the monitor would do.
-``--dry-run`` reads fal and says what would change without writing anything.
+It runs the worker's own check code, so what it reports is what the monitor would do;
+``--dry-run`` only reads. See docs/staff-guide.md#commands.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """``qcluster``: the whole worker in one command (replaces django-q2's).
 
-The monitoring app is listed before django_q in INSTALLED_APPS, so this command wins.
-
-* ``qcluster`` runs everything the product needs: the ``checks`` role (startup
-  restore, periodic checks, retention) and the ``notifications`` role (Telegram
-  delivery, on its own queue so a message never waits behind a check run), as two
-  supervised child processes.
-* ``qcluster --only checks`` / ``--only notifications`` run one role, for scale-out.
-  ``Q_CLUSTER_NAME=notifications qcluster`` (and ``--name notifications``) is the old
-  spelling of ``--only notifications``.
-
-SIGTERM or SIGINT (to the main process or its whole group) stops it within
-WORKER_STOP_GRACE_SECONDS; see ``monitoring.worker.cluster``.
+Both roles (``checks``, ``notifications``) as supervised children, or one with
+``--only``; stops within WORKER_STOP_GRACE_SECONDS. The monitoring app is listed before
+django_q in INSTALLED_APPS, so this command wins. See docs/operations.md#the-worker.
 """
 
 from __future__ import annotations

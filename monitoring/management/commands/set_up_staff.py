@@ -1,10 +1,8 @@
 """``set_up_staff``: the first superuser, the staff groups and the bot's API client, in one go.
 
-Run once after the first ``migrate`` (README "Docker Compose"); running it again changes
-nothing that exists (the superuser and the client are kept, the groups re-synced from
-``monitoring.roles``). The password comes from ``DJANGO_SUPERUSER_PASSWORD`` or a prompt,
-never from the command line (it would stay in the shell history). The bot's token and
-callback secret are printed once.
+Run once after the first ``migrate``; running it again changes nothing that exists. The
+password comes from ``DJANGO_SUPERUSER_PASSWORD`` or a prompt, never from the command
+line (it would stay in the shell history). See docs/staff-guide.md#commands.
 """
 
 from __future__ import annotations
