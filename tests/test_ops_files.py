@@ -216,6 +216,7 @@ def test_env_example_lists_every_variable_of_the_configuration_table_with_its_de
         if default is not None and example[name] != default
     ]
     assert not wrong, "Defaults differ:\n  " + "\n  ".join(wrong)
+    assert list(example) == list(table), ".env.example lists the variables in another order"
 
 
 def test_env_example_leaves_uncommented_only_what_compose_needs_filled_in():
