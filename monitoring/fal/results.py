@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from monitoring import failure_kinds, transitions
+from monitoring import failure_kinds, transitions, wording
 from monitoring.fal import payloads
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.payloads import MediaUrl
@@ -156,7 +156,7 @@ class _Applying:
         retry_id = retried.training.pk
         transaction.on_commit(lambda: _enqueue_send(retry_id))
         _alert_if_many_retries()
-        return Applied(True, f"retried automatically after fal's {error_type}")
+        return Applied(True, wording.english(wording.retried_words, error_type))
 
     def succeeded(self) -> Applied:
         """Both URLs judged by one rule (``payloads.check_media_url``) before "ready".
