@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
-from monitoring import recovery, transitions, wording
+from monitoring import transitions, wording
 from monitoring.fal import payloads, results
 from monitoring.models import EventSource, FalStatus, Training, TrainingType
 from monitoring.wording import StuckCause, cause_details, cause_words
@@ -122,15 +122,7 @@ def live_words(training: Training, now: datetime) -> str:
 def stuck_reason(training: Training, now: datetime) -> str:
     """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
     cause = stuck_cause(training, now)
-    if cause is None:
-        return ""
-    if cause.code == "result_unavailable":
-        return results.RESULT_UNAVAILABLE
-    if cause.code == "submit_unknown":
-        # What is being done about it (fal's record is searched), not a running count:
-        # the reason changes only when what is done changes.
-        return recovery.lost_submit_reason(training, now)
-    return wording.english(cause_words, cause, now)
+    return wording.english(cause_words, cause, now) if cause is not None else ""
 
 
 def review(

@@ -222,13 +222,12 @@ def send(
             next_check_at=now,
         )
         training.submit_unknown_since = now
+        details = {"code": "submit_lost", "error": str(exc)[:1000]}
         transitions.record_note(
             training,
-            message=(
-                f"fal's answer to the submit was lost ({exc}); not resubmitted, looking it up "
-                "in fal's record"
-            ),
+            message=wording.english(wording.note_words, details),
             source=source,
+            details=details,
         )
         logger.error(
             "Submit outcome unknown for avatar %s (training %s): %s; not resubmitted",

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from monitoring.models import AvatarEvent, AvatarStatus, EventKind, FalStatus, HoldReason
 
@@ -33,6 +35,13 @@ def english(render: Callable[..., T], *args: object) -> T:
 
 def _minutes(delta: timedelta) -> int:
     return max(int(delta.total_seconds() // 60), 0)
+
+
+# Also the stored stuck reason of a result that cannot be had (``fal.results``).
+RESULT_UNAVAILABLE = gettext_noop(
+    "finished on fal, but its result is not available (the queue forgot it and fal's record "
+    "has no payload): the owner has not been told"
+)
 
 
 @dataclass(frozen=True)
@@ -76,21 +85,10 @@ def cause_words(cause: StuckCause, now: datetime) -> str:
     """The stuck cause with live durations, in the active language."""
     values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
     if cause.code == "result_unavailable":
-        return (
-            _(
-                "finished on fal %(age)s min ago, but its result is not available (the queue "
-                "forgot it and fal's record has no payload): the owner has not been told"
-            )
-            % values
-        )
+        return _(RESULT_UNAVAILABLE)
     if cause.code == "submit_unknown":
-        return (
-            _(
-                "fal's answer to the submit is unknown for %(age)s min (the limit is %(limit)s "
-                "min): check fal before retrying; it is never resubmitted automatically"
-            )
-            % values
-        )
+        until = cause.since + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
+        return lost_submit_words(until, now >= until)
     if cause.code == "fal_unreachable":
         return _(
             "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
@@ -101,6 +99,20 @@ def cause_words(cause: StuckCause, now: datetime) -> str:
     if cause.code == "in_progress":
         return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
     return _("active for %(age)s min in total; the limit is %(limit)s min") % values
+
+
+def lost_submit_words(until: datetime, given_up: bool) -> str:
+    """What is being done about a lost submit: no running count, so the stored reason
+    changes only when what is done changes."""
+    if given_up:
+        return _(
+            "submit outcome unknown: no matching job in fal's record after %(hours)s h; never "
+            "resubmitted; an Operator may record 'fal has no such job' to make it startable"
+        ) % {"hours": f"{settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS:g}"}
+    return _(
+        "submit outcome unknown: looking for it in fal's record at every check until "
+        "%(until)s UTC (never resubmitted automatically)"
+    ) % {"until": f"{until:%Y-%m-%d %H:%M}"}
 
 
 def status_label(value: str) -> str:
@@ -126,6 +138,14 @@ def fal_answer_words(after: str, position: int | None, error: str) -> str:
     return _("Checked by staff: the training is now %(status)s.") % {"status": status_label(after)}
 
 
+def held_words(reason: str) -> str:
+    """A start held for fal's balance (``HoldReason``), on the timeline and to staff."""
+    return _(
+        "held, not sent: waiting for fal balance (%(reason)s); it is sent by itself "
+        "once the balance is back."
+    ) % {"reason": HoldReason(reason).label if reason in HoldReason.values else reason}
+
+
 def note_words(details: dict) -> str:
     """A coded note's text in the active language ("": no code known here)."""
     code = details.get("code")
@@ -134,11 +154,13 @@ def note_words(details: dict) -> str:
             "run deadline passed (%(minutes)s min): cancelling on fal, retried once fal confirms"
         ) % {"minutes": details.get("minutes", "?")}
     if code == "held":
-        reason = details.get("reason", "?")
-        text = _("held, not sent: waiting for fal balance (%(reason)s)") % {
-            "reason": HoldReason(reason).label if reason in HoldReason.values else reason
-        }
-        return f"{text} ({details['detail']})" if details.get("detail") else text
+        text = held_words(details.get("reason", "?"))
+        return f"{text} fal: {details['detail']}" if details.get("detail") else text
+    if code == "submit_lost":
+        return _(
+            "fal's answer to the submit was lost (%(error)s); not resubmitted, looking it up in "
+            "fal's record"
+        ) % {"error": details.get("error", "?")}
     if code == "staff_recheck":
         return fal_answer_words(
             details.get("after", ""), details.get("queue_position"), details.get("error", "")

@@ -34,9 +34,6 @@ NO_LORA_ERROR_TYPE = "no_lora_in_result"
 # The stuck reason of a result on a foreign host. Staff clear it, never a check (the
 # time limits it would be judged by say nothing about the URL).
 FOREIGN_HOST_REASON = "fal's result URL is outside FAL_MEDIA_ALLOWED_HOSTS: "
-RESULT_UNAVAILABLE = (
-    "finished on fal, result not available (the queue forgot it, fal's record has no payload)"
-)
 
 
 def flagged_for_result_url(training: Training) -> bool:
@@ -245,8 +242,8 @@ def _result_unavailable(training: Training, source: str) -> Applied:
             result_unavailable_since=now, fal_status=FalStatus.COMPLETED
         )
         training.result_unavailable_since = now
-    flagged = transitions.restate_stuck(training, reason=RESULT_UNAVAILABLE, source=source)
-    return Applied(flagged, RESULT_UNAVAILABLE)
+    flagged = transitions.restate_stuck(training, reason=wording.RESULT_UNAVAILABLE, source=source)
+    return Applied(flagged, wording.RESULT_UNAVAILABLE)
 
 
 def _defer_to_queue_check(training: Training) -> Applied:
