@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from monitoring import transitions
+from monitoring import transitions, wording
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import FalOutcome
 from monitoring.models import EventSource, FalStatus, Training
@@ -102,17 +102,8 @@ def give_up_at(training: Training) -> datetime:
 
 def lost_submit_reason(training: Training, now: datetime) -> str:
     """The stuck reason of a lost submit: what is being done about it."""
-    if training.lost_submit_given_up_at is not None:
-        hours = settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS
-        return (
-            f"submit outcome unknown: no matching job in fal's record after {hours:g} h; never "
-            "resubmitted; an Operator may record 'fal has no such job' to make it startable"
-        )
-    # No running count in the text: the reason changes only when what is done changes.
-    return (
-        "submit outcome unknown: looking for it in fal's record at every check until "
-        f"{give_up_at(training):%Y-%m-%d %H:%M} UTC (never resubmitted automatically)"
-    )
+    given_up = training.lost_submit_given_up_at is not None
+    return wording.english(wording.lost_submit_words, give_up_at(training), given_up)
 
 
 def lookup_lost_submit(

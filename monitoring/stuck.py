@@ -7,37 +7,15 @@ holds. See docs/architecture.md#stuck.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.utils import translation
-from django.utils.translation import gettext as _
 
-from monitoring import recovery, transitions
+from monitoring import transitions, wording
 from monitoring.fal import payloads, results
 from monitoring.models import EventSource, FalStatus, Training, TrainingType
-
-
-def _minutes(delta: timedelta) -> int:
-    return int(delta.total_seconds() // 60)
-
-
-@dataclass(frozen=True)
-class StuckCause:
-    """Which limit a training has passed, and since when: words are chosen at display.
-
-    Pages word it in the reader's language with live durations ("stuck for 7 min; the
-    limit is 2 min"); ``stuck_reason`` words it in English for the log, the stored
-    column and the staff alert.
-    """
-
-    # result_unavailable, submit_unknown, fal_unreachable, in_queue, in_progress, total
-    code: str
-    since: datetime
-    limit: timedelta
-    check_failures: int = 0
-    training_type: str = ""
+from monitoring.wording import StuckCause, cause_details, cause_words
+from notifications.messages import STAFF_LANGUAGE
 
 
 def run_limit(training: Training) -> timedelta:
@@ -115,92 +93,17 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
     return None
 
 
-def cause_details(cause: StuckCause) -> dict[str, object]:
-    """The cause as JSON for the timeline event (worded again when displayed)."""
-    return {
-        "code": cause.code,
-        "since": cause.since.isoformat(),
-        "limit_minutes": _minutes(cause.limit),
-        "check_failures": cause.check_failures,
-        "training_type": cause.training_type,
-    }
-
-
-def cause_from_details(details: dict) -> StuckCause | None:
-    """The cause recorded by ``cause_details`` (None when the event predates codes)."""
-    try:
-        return StuckCause(
-            code=str(details["code"]),
-            since=datetime.fromisoformat(str(details["since"])),
-            limit=timedelta(minutes=int(details["limit_minutes"])),
-            check_failures=int(details.get("check_failures") or 0),
-            training_type=str(details.get("training_type") or ""),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _live_minutes(delta: timedelta) -> int:
-    return max(_minutes(delta), 0)
-
-
-def cause_words(cause: StuckCause, now: datetime) -> str:
-    """The stuck cause with live durations, in the reader's language."""
-    values = {"age": _live_minutes(now - cause.since), "limit": _live_minutes(cause.limit)}
-    if cause.code == "result_unavailable":
-        return (
-            _(
-                "finished on fal %(age)s min ago, but its result is not available (the queue "
-                "forgot it and fal's record has no payload): the owner has not been told"
-            )
-            % values
-        )
-    if cause.code == "submit_unknown":
-        return (
-            _(
-                "fal's answer to the submit is unknown for %(age)s min (the limit is %(limit)s "
-                "min): check fal before retrying; it is never resubmitted automatically"
-            )
-            % values
-        )
-    if cause.code == "fal_unreachable":
-        return _(
-            "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
-            "a row)"
-        ) % {**values, "n": cause.check_failures}
-    if cause.code == "in_queue":
-        return _("in fal's queue for %(age)s min; the limit is %(limit)s min") % values
-    if cause.code == "in_progress":
-        return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
-    return _("active for %(age)s min in total; the limit is %(limit)s min") % values
-
-
-def staff_alert_words(cause: StuckCause, now: datetime) -> str:
-    """The cause for the staff chat's alert, which is in Russian like every staff message."""
-    with translation.override("ru"):
-        return cause_words(cause, now)
+def live_words(training: Training, now: datetime) -> str:
+    """The stuck reason now, in the reader's language; the stored one when no limit is
+    passed any more (a flag set by hand, or one the next check will clear)."""
+    cause = stuck_cause(training, now)
+    return cause_words(cause, now) if cause is not None else training.stuck_reason
 
 
 def stuck_reason(training: Training, now: datetime) -> str:
     """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
     cause = stuck_cause(training, now)
-    if cause is None:
-        return ""
-    age = _minutes(now - cause.since)
-    limit = _minutes(cause.limit)
-    if cause.code == "result_unavailable":
-        return results.RESULT_UNAVAILABLE
-    if cause.code == "submit_unknown":
-        # What is being done about it (fal's record is searched), not a running count:
-        # the reason changes only when what is done changes.
-        return recovery.lost_submit_reason(training, now)
-    if cause.code == "fal_unreachable":
-        return f"no successful check for {age} min ({cause.check_failures} failed in a row)"
-    if cause.code == "in_queue":
-        return f"in fal's queue for {age} min"
-    if cause.code == "in_progress":
-        return f"in progress for {age} min (limit {limit} min for {cause.training_type})"
-    return f"active for {age} min in total"
+    return wording.english(cause_words, cause, now) if cause is not None else ""
 
 
 def review(
@@ -221,7 +124,7 @@ def review(
                 reason=reason,
                 source=source,
                 details=cause_details(cause),
-                staff_reason=staff_alert_words(cause, now),
+                staff_reason=wording.in_language(STAFF_LANGUAGE, cause_words, cause, now),
             )
         elif (
             not reason

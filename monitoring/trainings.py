@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import billing, recovery, status_checks, stuck, transitions
+from monitoring import billing, recovery, status_checks, stuck, transitions, wording
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.fal.outcome import FalOutcome
@@ -206,13 +206,12 @@ def send(
             next_check_at=now,
         )
         training.submit_unknown_since = now
+        details = {"code": "submit_lost", "error": str(exc)[:1000]}
         transitions.record_note(
             training,
-            message=(
-                f"fal's answer to the submit was lost ({exc}); not resubmitted, looking it up "
-                "in fal's record"
-            ),
+            message=wording.english(wording.note_words, details),
             source=source,
+            details=details,
         )
         logger.error(
             "Submit outcome unknown for avatar %s (training %s): %s; not resubmitted",
@@ -385,11 +384,12 @@ def cancel_for_deadline(training: Training) -> str:
         return "already being cancelled"
     training.deadline_cancel_at = now
     minutes = int(stuck.run_limit(training).total_seconds() // 60)
+    details = {"code": "run_deadline", "minutes": minutes}
     transitions.record_note(
         training,
-        message=f"run deadline passed ({minutes} min): cancelling on fal, retried once fal confirms",
+        message=wording.english(wording.note_words, details),
         source=EventSource.SYSTEM,
-        details={"code": "run_deadline", "minutes": minutes},
+        details=details,
     )
     try:
         answer = fal.cancel(training.endpoint, training.fal_request_id or "")
@@ -786,18 +786,6 @@ def _adoption_training(
     return training
 
 
-def _fal_answer_text(before: str, after: str, position: int | None, error: str) -> str:
-    """fal's answer in the words staff read in the timeline (English; translated at display)."""
-    if error:
-        return f"checked by staff: fal did not answer ({error[:300]})"
-    if after in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
-        text = f"checked by staff: fal says {after}"
-        if after == "IN_QUEUE" and position is not None:
-            text += f", position {position}"
-        return text
-    return f"checked by staff: the training is now {after}"
-
-
 def recheck(
     trainings: list[Training], *, source: str, actor: Any = None
 ) -> list[status_checks.CheckReport]:
@@ -811,19 +799,19 @@ def recheck(
     by_id = {training.pk: training for training in trainings}
     for report in reports:
         training = by_id[report.training_id]
-        position = training.queue_position if training.finished_at is None else None
+        details = {
+            "code": "staff_recheck",
+            "before": report.before,
+            "after": report.after,
+            "queue_position": training.queue_position if training.finished_at is None else None,
+            "error": report.error[:1000],
+            "actor_id": getattr(actor, "pk", None),
+        }
         transitions.record_note(
             training,
-            message=_fal_answer_text(report.before, report.after, position, report.error),
+            message=wording.english(wording.note_words, details),
             source=source,
             actor=actor,
-            details={
-                "code": "staff_recheck",
-                "before": report.before,
-                "after": report.after,
-                "queue_position": position,
-                "error": report.error[:1000],
-                "actor_id": getattr(actor, "pk", None),
-            },
+            details=details,
         )
     return reports

@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from avatarsite.log_redaction import redact, redact_value
-from monitoring import owner_messages, totals
+from monitoring import owner_messages, totals, wording
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -366,14 +366,15 @@ def hold(
         )
         if not won:
             return Outcome(False, S.TRAINING, "already sent", training)
+        details = {"code": "held", "reason": reason, "detail": detail}
         _event(
             training.avatar_id,
             EventKind.NOTE,
             source,
             training_id=training.pk,
             actor=actor,
-            message=f"{HELD}, not sent: {reason}" + (f" ({detail})" if detail else ""),
-            details={"code": "held", "reason": reason},
+            message=wording.english(wording.note_words, details),
+            details=details,
             at=now,
         )
     training.fal_status = FalStatus.HELD
@@ -792,7 +793,7 @@ def retry_attempt(
             EventKind.RETRIED,
             source,
             training_id=training.pk,
-            message=f"retried automatically after fal's {error_type}",
+            message=wording.english(wording.retried_words, error_type),
             details={
                 "error_type": error_type,
                 "fal_error": error_message[:2000],

@@ -35,7 +35,7 @@ from notifications.models import (
     SenderState,
     UnreachableChat,
 )
-from notifications.reasons import telegram_reason_words
+from notifications.reasons import last_error_words, telegram_reason_words
 
 RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
@@ -314,22 +314,6 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
 @admin.register(ChatMigration)
 class ChatMigrationAdmin(ReadOnlyAdmin[ChatMigration]):
     list_display = ("old_chat_id", "new_chat_id", "migrated_at")
-
-
-def last_error_words(text: str) -> str:
-    """A stored send error in the reader's language where it is one of ours.
-
-    Telegram's own explanation (after "Owner unreachable:") stays as Telegram wrote it.
-    """
-    if text == delivery.NO_STAFF_CHAT:
-        return _("TELEGRAM_STAFF_CHAT_ID is not set: the staff alert was recorded, not sent")
-    if text == delivery.MIGRATED_TWICE:
-        return _("The chat migrated twice during one send")
-    if text.startswith(delivery.OWNER_UNREACHABLE):
-        return _("Owner unreachable: %(reason)s") % {
-            "reason": telegram_reason_words(text[len(delivery.OWNER_UNREACHABLE) :])
-        }
-    return telegram_reason_words(text)
 
 
 @admin.register(ProgressMessage)

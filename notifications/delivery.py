@@ -51,6 +51,7 @@ from notifications.models import (
     UnreachableChat,
     backoff,
 )
+from notifications.reasons import MIGRATED_TWICE, NO_STAFF_CHAT, OWNER_UNREACHABLE
 
 logger = logging.getLogger("notifications")
 
@@ -385,13 +386,6 @@ def send_claimed(notification: Notification, backend: BaseBackend | None = None)
             return outcome
     _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
     return "failed: migrated twice"
-
-
-# Stored as the notification's ``last_error`` in English; the admin words them for the
-# reader (notifications.admin.last_error_words).
-NO_STAFF_CHAT = "TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent"
-MIGRATED_TWICE = "chat migrated twice in one send"
-OWNER_UNREACHABLE = "Owner unreachable: "
 
 
 def _refuse(notification: Notification, chat_id: int | None) -> str:

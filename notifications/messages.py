@@ -17,6 +17,9 @@ from typing import Any
 from django.conf import settings
 from django.urls import reverse
 from django.utils import translation
+from django.utils.functional import Promise
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from avatarsite.log_redaction import redact
 from notifications import reasons
@@ -26,136 +29,90 @@ from notifications.models import NotificationKind, OwnerMessage
 MAX_TEXT = 4096
 
 _TYPE_NAMES = {
-    "ru": {"portrait": "портрет", "style": "стиль"},
-    "en": {"portrait": "portrait", "style": "style"},
+    "portrait": pgettext_lazy("owner message", "portrait"),
+    "style": pgettext_lazy("owner message", "style"),
 }
 
-# Keyed by language, then by the (str-valued) NotificationKind: looked up with plain str.
-_OWNER_TEXTS: dict[str, dict[str, str]] = {
-    "ru": {
-        NotificationKind.READY: (
-            "🎉 Ваш аватар готов!\n\n<b>{name}</b> ({type}) обучен, его можно использовать: "
-            "{how_to_use}"
-        ),
-        NotificationKind.FAILED: "😔 Не удалось обучить аватар <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
-        NotificationKind.CANCELLED: (
-            "Обучение аватара <b>{name}</b> ({type}) отменено. "
-            "Когда захотите, его можно запустить снова."
-        ),
-        NotificationKind.DELAYED: (
-            "⏳ Обучение аватара <b>{name}</b> ({type}) идёт дольше обычного. Мы следим за "
-            "ним и напишем, как только оно закончится."
-        ),
-    },
-    "en": {
-        NotificationKind.READY: (
-            "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use: "
-            "{how_to_use}"
-        ),
-        NotificationKind.FAILED: "😔 We could not train your avatar <b>{name}</b> ({type}).\n\n{reason}\n{next_step}",
-        NotificationKind.CANCELLED: (
-            "Training of your avatar <b>{name}</b> ({type}) was cancelled. "
-            "You can start it again whenever you like."
-        ),
-        NotificationKind.DELAYED: (
-            "⏳ Training your avatar <b>{name}</b> ({type}) is taking longer than usual. We "
-            "are keeping an eye on it and will message you as soon as it is done."
-        ),
-    },
+# By (str-valued) NotificationKind, in English; rendered in the owner's language.
+_OWNER_TEXTS: dict[str, Promise] = {
+    NotificationKind.READY: gettext_lazy(
+        "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use: "
+        "{how_to_use}"
+    ),
+    NotificationKind.FAILED: gettext_lazy(
+        "😔 We could not train your avatar <b>{name}</b> ({type}).\n\n{reason}\n{next_step}"
+    ),
+    NotificationKind.CANCELLED: gettext_lazy(
+        "Training of your avatar <b>{name}</b> ({type}) was cancelled. "
+        "You can start it again whenever you like."
+    ),
+    NotificationKind.DELAYED: gettext_lazy(
+        "⏳ Training your avatar <b>{name}</b> ({type}) is taking longer than usual. We "
+        "are keeping an eye on it and will message you as soon as it is done."
+    ),
 }
 
 # Why a training failed, in words an owner understands, and what to do about it.
 # Keyed by ``OwnerMessage`` (chosen from fal's answer by monitoring.owner_messages, or
 # by staff); never guessed from the error text.
-_FAILURE_REASONS: dict[str, dict[str, tuple[str, str]]] = {
-    OwnerMessage.PHOTOS: {
-        "ru": (
-            "Причина: не получилось обработать загруженные фото.",
-            "Загрузите другой набор фото (10–20 чётких снимков лица при хорошем свете) "
-            "и запустите обучение снова.",
-        ),
-        "en": (
-            "Reason: the uploaded photos could not be processed.",
+_FAILURE_REASONS: dict[str, tuple[Promise, Promise]] = {
+    OwnerMessage.PHOTOS: (
+        gettext_lazy("Reason: the uploaded photos could not be processed."),
+        gettext_lazy(
             "Please upload another set (10–20 sharp photos of the face in good light) "
-            "and start the training again.",
+            "and start the training again."
         ),
-    },
-    OwnerMessage.TECHNICAL: {
-        "ru": (
-            "Причина: сбой на стороне сервиса обучения, ваши фото тут ни при чём.",
-            "Мы уже знаем об этом. Попробуйте запустить обучение ещё раз чуть позже.",
-        ),
-        "en": (
-            "Reason: the training service had a problem; your photos are fine.",
-            "We are aware of it. Please try starting the training again a little later.",
-        ),
-    },
-    OwnerMessage.FAL_FAILURE: {
-        "ru": (
-            "Причина: сбой на стороне сервиса обучения, ваши фото тут ни при чём. "
-            "Мы сами попробовали ещё раз; деньги за эти попытки не списаны.",
-            "Попробуйте запустить обучение ещё раз чуть позже.",
-        ),
-        "en": (
+    ),
+    OwnerMessage.TECHNICAL: (
+        gettext_lazy("Reason: the training service had a problem; your photos are fine."),
+        gettext_lazy("We are aware of it. Please try starting the training again a little later."),
+    ),
+    OwnerMessage.FAL_FAILURE: (
+        gettext_lazy(
             "Reason: the training service failed on its side; your photos are fine. We "
-            "already tried again for you, and you were not charged for these attempts.",
-            "Please try starting the training again a little later.",
+            "already tried again for you, and you were not charged for these attempts."
         ),
-    },
-    OwnerMessage.UNKNOWN: {
-        "ru": (
-            "Причина: во время обучения произошла ошибка.",
-            "Попробуйте запустить обучение ещё раз. Если ошибка повторится, напишите в поддержку.",
-        ),
-        "en": (
-            "Reason: an error happened during training.",
-            "Please try starting the training again. If it happens again, contact support.",
-        ),
-    },
-}
-
-
-# How to use a ready avatar: in the bot, through OWNER_BOT_LINK when it is set.
-_HOW_TO_USE = {
-    "ru": (
-        "откройте бота и выберите его, чтобы создавать фото.",
-        'откройте <a href="{link}">бота</a> и создавайте фото.',
+        gettext_lazy("Please try starting the training again a little later."),
     ),
-    "en": (
-        "open the bot and choose it to create photos.",
-        'open <a href="{link}">the bot</a> and create photos.',
+    OwnerMessage.UNKNOWN: (
+        gettext_lazy("Reason: an error happened during training."),
+        gettext_lazy(
+            "Please try starting the training again. If it happens again, contact support."
+        ),
     ),
 }
 
 
-def _how_to_use(lang: str, avatar_id: int) -> str:
+def _how_to_use(avatar_id: int) -> str:
+    """How to use a ready avatar: in the bot, through OWNER_BOT_LINK when it is set."""
     link = getattr(settings, "OWNER_BOT_LINK", None)
-    plain, linked = _HOW_TO_USE[lang]
     if not link:
-        return plain
-    return linked.format(link=escape(link.replace("{avatar_id}", str(avatar_id)), quote=True))
+        return _("open the bot and choose it to create photos.")
+    href = escape(link.replace("{avatar_id}", str(avatar_id)), quote=True)
+    return _('open <a href="{link}">the bot</a> and create photos.').format(link=href)
 
 
-def _language(owner) -> str:
-    return owner.language if owner.language in _OWNER_TEXTS else "ru"
+def owner_language(language: str) -> str:
+    """The language an owner is written in: theirs when we speak it, else Russian."""
+    return language if language in ("ru", "en") else "ru"
 
 
 def render_owner_message(kind: str, training, *, owner_message: str | None = None) -> str:
     """The owner's text; for a failure, the reason of ``owner_message`` (else the training's)."""
     avatar = training.avatar
-    lang = _language(avatar.owner)
-    values = {
-        "name": escape(avatar.name),
-        "type": escape(_TYPE_NAMES[lang].get(avatar.training_type, avatar.training_type)),
-        "reason": "",
-        "next_step": "",
-        "how_to_use": _how_to_use(lang, avatar.pk) if kind == NotificationKind.READY else "",
-    }
-    if kind == NotificationKind.FAILED:
-        chosen = owner_message or getattr(training, "owner_message", "") or OwnerMessage.UNKNOWN
-        reasons = _FAILURE_REASONS.get(chosen, _FAILURE_REASONS[OwnerMessage.UNKNOWN])
-        values["reason"], values["next_step"] = reasons[lang]
-    return _OWNER_TEXTS[lang][kind].format(**values)[:MAX_TEXT]
+    with translation.override(owner_language(avatar.owner.language)):
+        values = {
+            "name": escape(avatar.name),
+            "type": escape(str(_TYPE_NAMES.get(avatar.training_type, avatar.training_type))),
+            "reason": "",
+            "next_step": "",
+            "how_to_use": _how_to_use(avatar.pk) if kind == NotificationKind.READY else "",
+        }
+        if kind == NotificationKind.FAILED:
+            chosen = owner_message or getattr(training, "owner_message", "") or OwnerMessage.UNKNOWN
+            reason, next_step = _FAILURE_REASONS.get(chosen, _FAILURE_REASONS[OwnerMessage.UNKNOWN])
+            values["reason"], values["next_step"] = str(reason), str(next_step)
+        return str(_OWNER_TEXTS[kind]).format(**values)[:MAX_TEXT]
 
 
 # --- Staff messages: one staff chat, in its language (Russian), with links to the admin ---
@@ -314,35 +271,21 @@ def render_given_up_message(notification, error: str) -> str:
 
 # --- The owner's live progress message (notifications.progress, docs/eta.md) ---------------
 
-_PROGRESS_TEXTS: dict[str, dict[str, str]] = {
-    "ru": {
-        "queue": "⏳ Обучение «<b>{name}</b>»: в очереди, перед вами: {ahead}.",
-        "next": "⏳ Обучение «<b>{name}</b>»: в очереди, вы следующий.",
-        "run": "🏋️ Обучение «<b>{name}</b>»: идёт обучение.",
-        "late": "🐢 Обучение «<b>{name}</b>»: занимает больше времени, чем обычно. "
-        "Напишем, как только будет готово.",
-        "retry": "🔁 Обучение «<b>{name}</b>»: у сервиса обучения случился сбой, запускаем заново.",
-        "eta": "Будет готово примерно через {minutes} мин. ({low}–{high} мин.)",
-        "eta_soon": "Будет готово с минуты на минуту.",
-        "retried_note": "(У сервиса обучения был сбой, мы запустили обучение заново.)",
-        "completed": "✅ Обучение «<b>{name}</b>»: готово.",
-        "error": "Обучение «<b>{name}</b>»: не удалось.",
-        "cancelled": "Обучение «<b>{name}</b>»: отменено.",
-    },
-    "en": {
-        "queue": "⏳ Training «<b>{name}</b>»: in line, {ahead} ahead of you.",
-        "next": "⏳ Training «<b>{name}</b>»: in line, you are next.",
-        "run": "🏋️ Training «<b>{name}</b>»: training now.",
-        "late": "🐢 Training «<b>{name}</b>»: taking longer than usual. "
-        "We will write as soon as it is ready.",
-        "retry": "🔁 Training «<b>{name}</b>»: fal had a hiccup, starting again.",
-        "eta": "Ready in about {minutes} min ({low}–{high} min).",
-        "eta_soon": "Ready any minute now.",
-        "retried_note": "(fal had a hiccup; we started it again.)",
-        "completed": "✅ Training «<b>{name}</b>»: done.",
-        "error": "Training «<b>{name}</b>»: did not succeed.",
-        "cancelled": "Training «<b>{name}</b>»: cancelled.",
-    },
+_PROGRESS_TEXTS = {
+    "queue": gettext_lazy("⏳ Training «<b>{name}</b>»: in line, {ahead} ahead of you."),
+    "next": gettext_lazy("⏳ Training «<b>{name}</b>»: in line, you are next."),
+    "run": gettext_lazy("🏋️ Training «<b>{name}</b>»: training now."),
+    "late": gettext_lazy(
+        "🐢 Training «<b>{name}</b>»: taking longer than usual. "
+        "We will write as soon as it is ready."
+    ),
+    "retry": gettext_lazy("🔁 Training «<b>{name}</b>»: fal had a hiccup, starting again."),
+    "eta": gettext_lazy("Ready in about {minutes} min ({low}–{high} min)."),
+    "eta_soon": gettext_lazy("Ready any minute now."),
+    "retried_note": gettext_lazy("(fal had a hiccup; we started it again.)"),
+    "completed": gettext_lazy("✅ Training «<b>{name}</b>»: done."),
+    "error": gettext_lazy("Training «<b>{name}</b>»: did not succeed."),
+    "cancelled": gettext_lazy("Training «<b>{name}</b>»: cancelled."),
 }
 
 
@@ -362,8 +305,8 @@ def render_progress(
 ) -> str:
     """The progress message for ``phase`` (queue, run, late, retry; or the outcome's
     last line: completed, error, cancelled). ``context``: name and language."""
-    lang = context.get("language") if context.get("language") in _PROGRESS_TEXTS else "ru"
-    texts = _PROGRESS_TEXTS[str(lang)]
+    with translation.override(owner_language(str(context.get("language")))):
+        texts = {key: str(text) for key, text in _PROGRESS_TEXTS.items()}
     key = "next" if phase == "queue" and not position else phase
     line = texts[key].format(name=escape(str(context.get("name", ""))), ahead=position or 0)
     if phase in ("queue", "run", "retry") and eta_at is not None:

@@ -7,7 +7,14 @@ them.
 
 from __future__ import annotations
 
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, gettext_noop
+
+# Our own reasons, stored as a notification's ``last_error`` in English (the msgid) and
+# worded for the reader by ``last_error_words``.
+NO_STAFF_CHAT = gettext_noop("TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent")
+MIGRATED_TWICE = gettext_noop("chat migrated twice in one send")
+OWNER_UNREACHABLE = "Owner unreachable: "
 
 # Telegram's answers when an owner cannot be messaged (Bot API 403 descriptions).
 _TELEGRAM_REASONS = {
@@ -29,3 +36,17 @@ def telegram_reason_words(text: str) -> str:
     """Telegram's known "cannot message" reasons in the reader's language; others as written."""
     words = _TELEGRAM_REASONS.get(text.strip())
     return str(words) if words is not None else text
+
+
+def last_error_words(text: str) -> str:
+    """A stored send error in the reader's language where it is one of ours.
+
+    Telegram's own explanation (after "Owner unreachable:") stays as Telegram wrote it.
+    """
+    if text in (NO_STAFF_CHAT, MIGRATED_TWICE):
+        return _(text)
+    if text.startswith(OWNER_UNREACHABLE):
+        return _("Owner unreachable: %(reason)s") % {
+            "reason": telegram_reason_words(text[len(OWNER_UNREACHABLE) :])
+        }
+    return telegram_reason_words(text)

@@ -311,7 +311,7 @@ def test_a_queued_staff_recheck_puts_fals_answer_on_the_timeline(
     run_queued_monitoring_tasks()
 
     note = AvatarEvent.objects.get(training=training, kind=EventKind.NOTE)
-    assert note.message == "checked by staff: fal says IN_QUEUE, position 4"
+    assert note.message == "Checked by staff: fal says IN_QUEUE, position 4."
     assert note.actor is not None
     page = admin_client.get(change_url(avatar)).content.decode()
     assert "Checked by staff: fal says IN_QUEUE, position 4." in page

@@ -23,7 +23,7 @@ ENGLISH_REASONS = (
     "no successful check",
     "active for",
     "min in total",
-    "in progress for",
+    "training on fal for",
 )
 
 

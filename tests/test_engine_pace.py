@@ -179,4 +179,4 @@ def test_no_stuck_reason_is_measured_from_a_status_the_failed_checks_could_not_c
     assert stuck.stuck_reason(training, timezone.now()) == ""
     # Once fal confirms it is still running, the limit applies.
     training.check_failures = 0
-    assert "in progress for" in stuck.stuck_reason(training, timezone.now())
+    assert "training on fal for" in stuck.stuck_reason(training, timezone.now())

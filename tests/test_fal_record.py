@@ -147,7 +147,7 @@ def test_a_finished_job_without_payload_is_flagged_for_staff_and_the_owner_told_
     training.refresh_from_db()
     assert avatar.status == AvatarStatus.TRAINING
     assert training.fal_status == FalStatus.COMPLETED
-    assert training.stuck_reason.startswith("finished on fal, result not available")
+    assert training.stuck_reason.startswith("finished on fal, but its result is not available")
     assert owner_messages(avatar) == []
     assert Notification.objects.filter(training=training, kind=NotificationKind.STUCK).count() == 1
 

@@ -28,7 +28,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
 
 from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
-from monitoring import billing, roles, transitions
+from monitoring import billing, roles, transitions, wording
 from monitoring import trainings as training_service
 from monitoring.fal import client as fal
 from monitoring.models import (
@@ -379,10 +379,7 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
         if training is not None and training.submit_unknown_since:
             return f"{outcome.detail}.", messages.WARNING
         if training is not None and training.is_held:
-            return _(
-                "held, not sent: waiting for fal balance (%(reason)s); it is sent by itself "
-                "once the balance is back."
-            ) % {"reason": training.get_held_reason_display()}, messages.WARNING
+            return wording.held_words(training.held_reason), messages.WARNING
         return _("training started (%(detail)s).") % {
             "detail": outcome.detail or outcome.status
         }, messages.SUCCESS

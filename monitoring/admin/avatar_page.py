@@ -31,15 +31,15 @@ from monitoring.models import (
     AvatarEvent,
     AvatarStatus,
     CostState,
-    EventKind,
     EventSource,
     FalStatus,
     FileState,
-    HoldReason,
     KeptFile,
     Training,
 )
 from monitoring.trainings import recheck
+from monitoring.wording import event_words, fal_answer_words, status_label
+from monitoring.wording import retried_words as retried_words  # avatars.py's attempts list
 from notifications import reachability
 from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
@@ -196,20 +196,6 @@ def state_words(avatar: Avatar, training: Training | None) -> str:
     return _("%(status)s: %(detail)s") % {"status": label, "detail": sub}
 
 
-def fal_answer_words(after: str, position: int | None, error: str) -> str:
-    """What fal answered to a staff re-check, for the page."""
-    if error:
-        return _("Checked by staff: fal did not answer (%(error)s).") % {"error": error[:300]}
-    if after == FalStatus.IN_QUEUE and position is not None:
-        return _("Checked by staff: fal says IN_QUEUE, position %(position)s.") % {
-            "position": position
-        }
-    if after in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS, FalStatus.COMPLETED):
-        return _("Checked by staff: fal says %(status)s.") % {"status": status_label(after)}
-    label = dict(AvatarStatus.choices).get(after, after)
-    return _("Checked by staff: the training is now %(status)s.") % {"status": label}
-
-
 def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> SafeString:
     """ "The owner was told: <text> at <time>", or why not (yet)."""
     if training is None:
@@ -293,9 +279,8 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
         if training.staff_note:
             rows.append((_("Internal note"), fold(training.staff_note)))
     if training.is_active:
-        cause = stuck.stuck_cause(training, now)
         if training.stuck_since is not None:
-            words = stuck.cause_words(cause, now) if cause else training.stuck_reason
+            words = stuck.live_words(training, now)
             rows.append(
                 (
                     _("Why stuck"),
@@ -412,42 +397,6 @@ def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpRespon
 # --- the timeline ---------------------------------------------------------------------------------
 
 
-def status_label(value: str) -> str:
-    """A stored status value (ours or fal's) in the reader's language."""
-    return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
-
-
-def retried_words(error_type: str) -> str:
-    """An attempt retried automatically, on the timeline and in the attempts list."""
-    return _("retried automatically after fal's %(code)s") % {"code": error_type or "?"}
-
-
-def event_words(event: AvatarEvent) -> str:
-    """The event's text in the reader's language where it has a code, else as recorded."""
-    details = event.details or {}
-    if event.kind == EventKind.RETRIED:
-        return retried_words(details.get("error_type", ""))
-    if details.get("code") == "run_deadline":
-        return _(
-            "run deadline passed (%(minutes)s min): cancelling on fal, retried once fal confirms"
-        ) % {"minutes": details.get("minutes", "?")}
-    if event.kind == EventKind.STUCK:
-        cause = stuck.cause_from_details(details)
-        if cause is not None:
-            return stuck.cause_words(cause, event.created_at)
-    if details.get("code") == "held":
-        return _("held, not sent: waiting for fal balance (%(reason)s)") % {
-            "reason": HoldReason(details["reason"]).label
-            if details.get("reason") in HoldReason.values
-            else details.get("reason", "?")
-        }
-    if details.get("code") == "staff_recheck":
-        return fal_answer_words(
-            details.get("after", ""), details.get("queue_position"), details.get("error", "")
-        )
-    return event.message
-
-
 def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> SafeString:
     """Newest first: when (seconds, UTC, relative), what, who, the change, the text."""
     now = now or timezone.now()
@@ -502,11 +451,4 @@ def refresh_seconds() -> int:
 
 
 def live_stuck_words(training: Training) -> str:
-    """The stuck reason now, in the reader's language ("in fal's queue for 7 min; ...").
-
-    Falls back to the stored sentence when no limit is passed any more (a flag set by
-    hand, or one the next check will clear).
-    """
-    now = timezone.now()
-    cause = stuck.stuck_cause(training, now)
-    return stuck.cause_words(cause, now) if cause is not None else training.stuck_reason
+    return stuck.live_words(training, timezone.now())

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from monitoring import failure_kinds, transitions
+from monitoring import failure_kinds, transitions, wording
 from monitoring.fal import payloads
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.payloads import MediaUrl
@@ -34,9 +34,6 @@ NO_LORA_ERROR_TYPE = "no_lora_in_result"
 # The stuck reason of a result on a foreign host. Staff clear it, never a check (the
 # time limits it would be judged by say nothing about the URL).
 FOREIGN_HOST_REASON = "fal's result URL is outside FAL_MEDIA_ALLOWED_HOSTS: "
-RESULT_UNAVAILABLE = (
-    "finished on fal, result not available (the queue forgot it, fal's record has no payload)"
-)
 
 
 def flagged_for_result_url(training: Training) -> bool:
@@ -156,7 +153,7 @@ class _Applying:
         retry_id = retried.training.pk
         transaction.on_commit(lambda: _enqueue_send(retry_id))
         _alert_if_many_retries()
-        return Applied(True, f"retried automatically after fal's {error_type}")
+        return Applied(True, wording.english(wording.retried_words, error_type))
 
     def succeeded(self) -> Applied:
         """Both URLs judged by one rule (``payloads.check_media_url``) before "ready".
@@ -245,8 +242,8 @@ def _result_unavailable(training: Training, source: str) -> Applied:
             result_unavailable_since=now, fal_status=FalStatus.COMPLETED
         )
         training.result_unavailable_since = now
-    flagged = transitions.restate_stuck(training, reason=RESULT_UNAVAILABLE, source=source)
-    return Applied(flagged, RESULT_UNAVAILABLE)
+    flagged = transitions.restate_stuck(training, reason=wording.RESULT_UNAVAILABLE, source=source)
+    return Applied(flagged, wording.RESULT_UNAVAILABLE)
 
 
 def _defer_to_queue_check(training: Training) -> Applied:

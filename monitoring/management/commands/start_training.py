@@ -7,7 +7,7 @@ import json
 from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
 
-from monitoring import transitions
+from monitoring import transitions, wording
 from monitoring.api import representation
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
@@ -83,8 +83,8 @@ class Command(TranslatedCommand):
         elif training is not None and held:
             # Not an error: it is sent by itself once fal's balance is back.
             self.stdout.write(
-                _("Avatar %(id)s: held, waiting for fal balance (%(reason)s); nothing sent")
-                % {"id": avatar.pk, "reason": training.get_held_reason_display()}
+                _("Avatar %(id)s: %(detail)s")
+                % {"id": avatar.pk, "detail": wording.held_words(training.held_reason)}
             )
         elif lost:
             # Not an error: a second start could bill a second training.

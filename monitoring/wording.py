@@ -1,0 +1,180 @@
+"""What events and stuck causes say, worded once from their code and parameters.
+
+Events store a code and its parameters in ``details``; the stored ``message`` is the
+same words in English (``english``), pages and the staff chat render them in their
+reader's language (``in_language``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
+
+from monitoring.models import AvatarEvent, AvatarStatus, EventKind, FalStatus, HoldReason
+
+T = TypeVar("T")
+
+
+def in_language(language: str, render: Callable[..., T], *args: object) -> T:
+    """``render(*args)`` in ``language`` (the staff chat's, or English for the record)."""
+    with translation.override(language):
+        return render(*args)
+
+
+def english(render: Callable[..., T], *args: object) -> T:
+    """The words stored with the event and written to logs."""
+    return in_language("en", render, *args)
+
+
+def _minutes(delta: timedelta) -> int:
+    return max(int(delta.total_seconds() // 60), 0)
+
+
+# Also the stored stuck reason of a result that cannot be had (``fal.results``).
+RESULT_UNAVAILABLE = gettext_noop(
+    "finished on fal, but its result is not available (the queue forgot it and fal's record "
+    "has no payload): the owner has not been told"
+)
+
+
+@dataclass(frozen=True)
+class StuckCause:
+    """Which limit a training has passed, and since when: worded by ``cause_words``."""
+
+    # result_unavailable, submit_unknown, fal_unreachable, in_queue, in_progress, total
+    code: str
+    since: datetime
+    limit: timedelta
+    check_failures: int = 0
+    training_type: str = ""
+
+
+def cause_details(cause: StuckCause) -> dict[str, object]:
+    """The cause as JSON for the timeline event (worded when displayed)."""
+    return {
+        "code": cause.code,
+        "since": cause.since.isoformat(),
+        "limit_minutes": _minutes(cause.limit),
+        "check_failures": cause.check_failures,
+        "training_type": cause.training_type,
+    }
+
+
+def cause_from_details(details: dict) -> StuckCause | None:
+    """The cause recorded by ``cause_details`` (None when the event predates codes)."""
+    try:
+        return StuckCause(
+            code=str(details["code"]),
+            since=datetime.fromisoformat(str(details["since"])),
+            limit=timedelta(minutes=int(details["limit_minutes"])),
+            check_failures=int(details.get("check_failures") or 0),
+            training_type=str(details.get("training_type") or ""),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def cause_words(cause: StuckCause, now: datetime) -> str:
+    """The stuck cause with live durations, in the active language."""
+    values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
+    if cause.code == "result_unavailable":
+        return _(RESULT_UNAVAILABLE)
+    if cause.code == "submit_unknown":
+        until = cause.since + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
+        return lost_submit_words(until, now >= until)
+    if cause.code == "fal_unreachable":
+        return _(
+            "no successful check for %(age)s min (the limit is %(limit)s min; %(n)s failed in "
+            "a row)"
+        ) % {**values, "n": cause.check_failures}
+    if cause.code == "in_queue":
+        return _("in fal's queue for %(age)s min; the limit is %(limit)s min") % values
+    if cause.code == "in_progress":
+        return _("training on fal for %(age)s min; the limit is %(limit)s min") % values
+    return _("active for %(age)s min in total; the limit is %(limit)s min") % values
+
+
+def lost_submit_words(until: datetime, given_up: bool) -> str:
+    """What is being done about a lost submit: no running count, so the stored reason
+    changes only when what is done changes."""
+    if given_up:
+        return _(
+            "submit outcome unknown: no matching job in fal's record after %(hours)s h; never "
+            "resubmitted; an Operator may record 'fal has no such job' to make it startable"
+        ) % {"hours": f"{settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS:g}"}
+    return _(
+        "submit outcome unknown: looking for it in fal's record at every check until "
+        "%(until)s UTC (never resubmitted automatically)"
+    ) % {"until": f"{until:%Y-%m-%d %H:%M}"}
+
+
+def status_label(value: str) -> str:
+    """A stored status value (ours or fal's) in the active language."""
+    return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
+
+
+def retried_words(error_type: str) -> str:
+    """An attempt retried automatically, on the timeline and in the attempts list."""
+    return _("retried automatically after fal's %(code)s") % {"code": error_type or "?"}
+
+
+def fal_answer_words(after: str, position: int | None, error: str) -> str:
+    """What fal answered to a staff re-check."""
+    if error:
+        return _("Checked by staff: fal did not answer (%(error)s).") % {"error": error[:300]}
+    if after == FalStatus.IN_QUEUE and position is not None:
+        return _("Checked by staff: fal says IN_QUEUE, position %(position)s.") % {
+            "position": position
+        }
+    if after in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS, FalStatus.COMPLETED):
+        return _("Checked by staff: fal says %(status)s.") % {"status": status_label(after)}
+    return _("Checked by staff: the training is now %(status)s.") % {"status": status_label(after)}
+
+
+def held_words(reason: str) -> str:
+    """A start held for fal's balance (``HoldReason``), on the timeline and to staff."""
+    return _(
+        "held, not sent: waiting for fal balance (%(reason)s); it is sent by itself "
+        "once the balance is back."
+    ) % {"reason": HoldReason(reason).label if reason in HoldReason.values else reason}
+
+
+def note_words(details: dict) -> str:
+    """A coded note's text in the active language ("": no code known here)."""
+    code = details.get("code")
+    if code == "run_deadline":
+        return _(
+            "run deadline passed (%(minutes)s min): cancelling on fal, retried once fal confirms"
+        ) % {"minutes": details.get("minutes", "?")}
+    if code == "held":
+        text = held_words(details.get("reason", "?"))
+        return f"{text} fal: {details['detail']}" if details.get("detail") else text
+    if code == "submit_lost":
+        return _(
+            "fal's answer to the submit was lost (%(error)s); not resubmitted, looking it up in "
+            "fal's record"
+        ) % {"error": details.get("error", "?")}
+    if code == "staff_recheck":
+        return fal_answer_words(
+            details.get("after", ""), details.get("queue_position"), details.get("error", "")
+        )
+    return ""
+
+
+def event_words(event: AvatarEvent) -> str:
+    """The event's text in the active language where it has a code, else as recorded."""
+    details = event.details or {}
+    if event.kind == EventKind.RETRIED:
+        return retried_words(details.get("error_type", ""))
+    if event.kind == EventKind.STUCK:
+        cause = cause_from_details(details)
+        if cause is not None:
+            return cause_words(cause, event.created_at)
+    return note_words(details) or event.message
