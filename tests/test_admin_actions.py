@@ -110,7 +110,7 @@ def test_start_training_asks_first_then_submits_once(admin_client, fal, make_ava
 
     again = confirm(admin_client, "start_training", [avatar])
     assert len(fal.submissions) == 1
-    assert any("not started" in m for m in messages_of(again))
+    assert any("left alone: it is Training" in m for m in messages_of(again))
 
 
 def test_retrain_starts_a_new_attempt_for_a_failed_avatar_only(
@@ -236,7 +236,7 @@ def test_resend_reopens_a_given_up_notification(admin_client, running, make_avat
         f"#{avatar.pk}" in m and f"notification #{notification.pk} queued again" in m
         for m in messages
     )
-    assert any(f"#{quiet.pk}" in m and "nothing to resend" in m for m in messages)
+    assert any(f"#{quiet.pk}" in m and "no undelivered notification" in m for m in messages)
 
 
 def test_actions_need_a_staff_user(client, make_avatar):

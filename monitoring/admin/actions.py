@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
@@ -172,6 +174,12 @@ def _report(request: HttpRequest, avatar: Avatar, text: str, level: int = messag
     messages.add_message(request, level, f"{avatar.name} (#{avatar.pk}): {text}")
 
 
+def _current(avatar: Avatar) -> Training:
+    """The active training of an avatar whose precondition said it has one."""
+    assert avatar.current_training is not None
+    return avatar.current_training
+
+
 def _active_training(avatar: Avatar) -> Training | None:
     training = avatar.current_training
     if training is None or training.finished_at is not None:
@@ -179,62 +187,100 @@ def _active_training(avatar: Avatar) -> Training | None:
     return training
 
 
-def _resendable_one(avatar: Avatar) -> Any:
-    return _resendable([avatar.pk]).get(avatar.pk)
+# --- Preconditions: each action's, stated once ------------------------------------------
+# One function per action: why it would change nothing for an avatar ("" when it
+# applies). The avatar page (which buttons are enabled, and why not), the confirmation
+# page (who will not be affected, and why) and the action itself (``_each``) ask it; the
+# transition's own conditional update stays underneath as the guard against a race.
 
 
-def why_not(action: str, avatar: Avatar) -> str:
-    """Why ``action`` would change nothing for ``avatar`` ("" when it applies).
+def _no_active_training(avatar: Avatar) -> str:
+    return _("no active training (it is %(status)s).") % {"status": avatar.get_status_display()}
 
-    One rule for the confirmation pages (what will and will not be affected, before
-    anything is typed) and the buttons on the avatar page.
-    """
+
+def _needs_active_training(avatar: Avatar) -> str:
+    return "" if _active_training(avatar) is not None else _no_active_training(avatar)
+
+
+def _needs_stuck(avatar: Avatar) -> str:
     training = _active_training(avatar)
-    status = avatar.get_status_display()
-    if action == "start_training":
-        if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
-            return ""
-        return _("it is %(status)s; only draft or ready avatars start.") % {"status": status}
-    if action == "retrain":
-        if avatar.status in transitions.RETRAINABLE:
-            return ""
-        return _("it is %(status)s; only failed or cancelled avatars are retrained.") % {
-            "status": status
-        }
-    if action in ("cancel_on_fal", "mark_failed", "recheck_now"):
-        return (
-            ""
-            if training is not None
-            else _("no active training (it is %(status)s).") % {"status": status}
-        )
-    if action in ("extend_deadline", "clear_stuck"):
-        if training is None:
-            return _("no active training (it is %(status)s).") % {"status": status}
-        return "" if training.stuck_since is not None else _("it is not stuck.")
-    if action == "resend_notification":
-        notification = _resendable_one(avatar)
-        if notification is None:
-            return _("no undelivered notification to resend.")
-        return notification_admin.why_not_resend(notification)
-    if action == "release_held":
-        if training is None or not training.is_held:
-            return _("it is not held for fal's balance.")
+    if training is None:
+        return _no_active_training(avatar)
+    return "" if training.stuck_since is not None else _("it is not stuck.")
+
+
+def _startable(avatar: Avatar) -> str:
+    if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
         return ""
-    if action == "record_no_fal_job":
-        if training is None or training.fal_request_id:
-            return _("no lost submit (fal answered its submit, or nothing is active).")
-        if training.lost_submit_given_up_at is None:
-            return _("fal's record is still being searched for it.")
+    return _("it is %(status)s; only draft or ready avatars start.") % {
+        "status": avatar.get_status_display()
+    }
+
+
+def _retrainable(avatar: Avatar) -> str:
+    if avatar.status in transitions.RETRAINABLE:
         return ""
+    return _("it is %(status)s; only failed or cancelled avatars are retrained.") % {
+        "status": avatar.get_status_display()
+    }
+
+
+def _held(avatar: Avatar) -> str:
+    training = _active_training(avatar)
+    return (
+        "" if training is not None and training.is_held else _("it is not held for fal's balance.")
+    )
+
+
+def _lost_submit_given_up(avatar: Avatar) -> str:
+    training = _active_training(avatar)
+    if training is None or training.fal_request_id:
+        return _("no lost submit (fal answered its submit, or nothing is active).")
+    if training.lost_submit_given_up_at is None:
+        return _("fal's record is still being searched for it.")
     return ""
 
 
-def _back_url(request: HttpRequest, avatars: list[Avatar]) -> str:
-    """Back to the avatar page when the action was started there, else to the list."""
-    match = getattr(request, "resolver_match", None)
-    if match is not None and match.url_name == "monitoring_avatar_do" and len(avatars) == 1:
-        return reverse("admin:monitoring_avatar_change", args=[avatars[0].pk])
-    return reverse("admin:monitoring_avatar_changelist")
+def _undelivered_message(avatar: Avatar) -> str:
+    notification = _resendable([avatar.pk]).get(avatar.pk)
+    if notification is None:
+        return _("no undelivered notification to resend.")
+    return notification_admin.why_not_resend(notification)
+
+
+PRECONDITIONS: dict[str, Callable[[Avatar], str]] = {
+    "recheck_now": _needs_active_training,
+    "start_training": _startable,
+    "retrain": _retrainable,
+    "release_held": _held,
+    "cancel_on_fal": _needs_active_training,
+    "mark_failed": _needs_active_training,
+    "clear_stuck": _needs_stuck,
+    "extend_deadline": _needs_stuck,
+    "resend_notification": _undelivered_message,
+    "record_no_fal_job": _lost_submit_given_up,
+}
+
+
+def why_not(action: str, avatar: Avatar) -> str:
+    """Why ``action`` would change nothing for ``avatar`` ("" when it applies)."""
+    return PRECONDITIONS[action](avatar)
+
+
+# --- The avatar page's buttons ---------------------------------------------------------------
+# They post the admin action of the same name, for one avatar, with this field: Django's
+# admin checks the permission and runs the action, and the answer comes back to the page.
+FROM_PAGE = "from_avatar_page"
+# Red on the page and on the confirmation page: they stop a training that may still run.
+DESTRUCTIVE = frozenset({"cancel_on_fal", "mark_failed"})
+
+
+def page_of(request: HttpRequest) -> str:
+    """The avatar page the action was started from ("" when it came from the list)."""
+    selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+    if request.POST.get(FROM_PAGE) != "1" or len(selected) != 1:
+        return ""
+    return reverse("admin:monitoring_avatar_change", args=[quote(selected[0])])
 
 
 def _confirm(
@@ -246,7 +292,6 @@ def _confirm(
     title: str,
     question: str,
     form: forms.Form | None = None,
-    destructive: bool = False,
     previews: list[dict[str, Any]] | None = None,
 ) -> TemplateResponse:
     """The shared confirmation page, one row per selected avatar with ``why_not``."""
@@ -268,9 +313,10 @@ def _confirm(
         question=question,
         rows=rows,
         form=form,
-        destructive=destructive,
+        destructive=action in DESTRUCTIVE,
         previews=previews,
-        back_url=_back_url(request, avatars),
+        back_url=page_of(request),
+        carry={FROM_PAGE: "1"} if page_of(request) else None,
     )
 
 
@@ -281,7 +327,12 @@ def _each(
     action: str,
     do: Callable[[Avatar], tuple[str, int]],
 ) -> None:
-    for avatar in queryset.select_related("current_training").order_by("pk"):
+    """Run ``do`` on each selected avatar whose precondition holds; say why for the others."""
+    for avatar in queryset.select_related("current_training", "owner").order_by("pk"):
+        why = why_not(action, avatar)
+        if why:
+            _report(request, avatar, _("left alone: %(why)s") % {"why": why}, messages.WARNING)
+            continue
         text, level = do(avatar)
         _report(request, avatar, text, level)
         if level == messages.SUCCESS:
@@ -315,50 +366,59 @@ def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bo
 def recheck_now(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
+    """From the list: queued to the worker. From the avatar page (one avatar): fal is
+    asked in this request, bounded by FAL_CALL_TIMEOUT_SECONDS, and its answer shown."""
     from django_q.tasks import async_task
 
+    if page_of(request):
+        _each(modeladmin, request, queryset, "recheck_now", lambda a: _recheck_here(request, a))
+        return
     trainings: list[Training] = []
-    queued: list[tuple[Avatar, str]] = []
-    skipped: list[Avatar] = []
-    for avatar in queryset.select_related("current_training").order_by("pk"):
-        training = _active_training(avatar)
-        if training is None:
-            skipped.append(avatar)
-        else:
-            trainings.append(training)
-            text = _("re-check queued (training attempt %(attempt)s).") % {
-                "attempt": training.attempt
-            }
-            _report(request, avatar, text, messages.SUCCESS)
-            queued.append((avatar, text))
-    for avatar in skipped:
-        _report(request, avatar, _("not re-checked: no active training."), messages.WARNING)
-    ids = [training.pk for training in trainings]
-    if ids:
-        # One task for the whole selection: the engine checks them concurrently,
-        # each call bounded in time, and records what changed. The request is in
-        # each timeline (who asked, when) even if the check changes nothing; it is
-        # not a status change, so it needs no transition.
-        with transaction.atomic():
-            AvatarEvent.objects.bulk_create(
-                AvatarEvent(
-                    avatar_id=training.avatar_id,
-                    training_id=training.pk,
-                    kind=EventKind.RECHECK_REQUESTED,
-                    source=STAFF,
-                    actor_id=request.user.pk,
-                )
-                for training in trainings
-            )
-            async_task(
-                "monitoring.tasks.recheck",
-                ids,
+
+    def queue(avatar: Avatar) -> tuple[str, int]:
+        training = _current(avatar)
+        trainings.append(training)
+        return _("re-check queued (training attempt %(attempt)s).") % {
+            "attempt": training.attempt
+        }, messages.SUCCESS
+
+    # One task for the whole selection: the engine checks them concurrently, each call
+    # bounded in time, and records what changed. The request is in each timeline (who
+    # asked, when) even if the check changes nothing; it is not a status change, so it
+    # needs no transition.
+    with transaction.atomic():
+        _each(modeladmin, request, queryset, "recheck_now", queue)
+        if not trainings:
+            return
+        AvatarEvent.objects.bulk_create(
+            AvatarEvent(
+                avatar_id=training.avatar_id,
+                training_id=training.pk,
+                kind=EventKind.RECHECK_REQUESTED,
                 source=STAFF,
                 actor_id=request.user.pk,
-                task_name=f"staff re-check of {len(ids)} training(s)",
             )
-        for avatar, text in queued:
-            log_staff_action(modeladmin, request, avatar, "recheck_now", text)
+            for training in trainings
+        )
+        async_task(
+            "monitoring.tasks.recheck",
+            [training.pk for training in trainings],
+            source=STAFF,
+            actor_id=request.user.pk,
+            task_name=f"staff re-check of {len(trainings)} training(s)",
+        )
+
+
+def _recheck_here(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    from monitoring.admin.avatar_page import fal_answer_words
+
+    training = Training.objects.get(pk=_current(avatar).pk)
+    reports = training_service.recheck([training], source=STAFF, actor=request.user)
+    if not reports:
+        return _("Not re-checked: the training has just ended."), messages.WARNING
+    training.refresh_from_db()
+    text = fal_answer_words(reports[0].after, training.queue_position, reports[0].error)
+    return text, messages.WARNING if reports[0].error else messages.SUCCESS
 
 
 # --- Start / retrain ---------------------------------------------------------------------
@@ -423,10 +483,6 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
             outcome = transitions.mark_ready(avatar, source=STAFF, actor=request.user)
             if not outcome.changed:
                 return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-        if avatar.status != AvatarStatus.READY_FOR_TRAINING:
-            return _("not started: the avatar is %(status)s.") % {
-                "status": avatar.get_status_display()
-            }, messages.WARNING
         return _start(avatar, request)
 
     _each(modeladmin, request, queryset, "start_training", do)
@@ -455,11 +511,6 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        if avatar.status not in transitions.RETRAINABLE:
-            return _(
-                "not retrained: only failed or cancelled avatars can be retrained (it is "
-                "%(status)s)."
-            ) % {"status": avatar.get_status_display()}, messages.WARNING
         outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
         if not outcome.changed:
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
@@ -481,7 +532,6 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
             queryset,
             action="cancel_on_fal",
             title=_("Cancel trainings on fal"),
-            destructive=True,
             question=_(
                 "Ask fal to cancel these trainings? A running job may still complete; the avatar "
                 "turns cancelled once fal confirms."
@@ -489,11 +539,10 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None:
-            return _("nothing to cancel: no active training."), messages.WARNING
         # cancel_training turns fal's errors into a sentence for staff itself.
-        result = training_service.cancel_training(training, source=STAFF, actor=request.user)
+        result = training_service.cancel_training(
+            _current(avatar), source=STAFF, actor=request.user
+        )
         return str(result), messages.SUCCESS
 
     _each(modeladmin, request, queryset, "cancel_on_fal", do)
@@ -561,7 +610,6 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             queryset,
             action="mark_failed",
             title=_("Mark as failed"),
-            destructive=True,
             question=_(
                 "Mark these trainings as failed? The owner is told what you choose below, "
                 "and a job still running on fal is cancelled."
@@ -573,9 +621,7 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
     owner_message = form.cleaned_data["owner_message"]
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None:
-            return _("not marked failed: no active training."), messages.WARNING
+        training = _current(avatar)
         # Snapshot before failing: the transition clears the sub-state we need.
         snapshot = Training(
             pk=training.pk,
@@ -618,9 +664,7 @@ def clear_stuck(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None or training.stuck_since is None:
-            return _("not stuck."), messages.WARNING
+        training = _current(avatar)
         if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
             return _("not stuck any more."), messages.WARNING
         if stuck_cause(training, timezone.now()) is not None:
@@ -650,9 +694,7 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
     until = timezone.now() + timedelta(hours=form.cleaned_data["hours"])
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None or training.stuck_since is None:
-            return _("not stuck: deadline unchanged."), messages.WARNING
+        training = _current(avatar)
         if transitions.clear_stuck(training, source=STAFF, actor=request.user, extend_until=until):
             return _("stuck flag cleared; not flagged again before %(until)s.") % {
                 "until": until.strftime("%Y-%m-%d %H:%M UTC")
@@ -687,31 +729,17 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
 def resend_notification(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ) -> None:
-    avatars = list(queryset.order_by("pk"))
-    resendable = _resendable(a.pk for a in avatars)
-    for avatar in avatars:
-        notification = resendable.get(avatar.pk)
-        why = why_not("resend_notification", avatar) if notification is not None else ""
-        if notification is None:
-            _report(
-                request,
-                avatar,
-                _("nothing to resend: no undelivered notification."),
-                messages.WARNING,
-            )
-        elif why:
-            _report(request, avatar, _("not resent: %(why)s") % {"why": why}, messages.WARNING)
-        elif delivery.resend(notification.pk):
-            text = _("notification #%(id)s queued again.") % {"id": notification.pk}
-            _report(request, avatar, text, messages.SUCCESS)
-            log_staff_action(modeladmin, request, avatar, "resend_notification", text)
-        else:
-            _report(
-                request,
-                avatar,
-                _("notification #%(id)s could not be resent.") % {"id": notification.pk},
-                messages.WARNING,
-            )
+    def do(avatar: Avatar) -> tuple[str, int]:
+        notification = _resendable([avatar.pk])[avatar.pk]
+        if delivery.resend(notification.pk):
+            return _("notification #%(id)s queued again.") % {
+                "id": notification.pk
+            }, messages.SUCCESS
+        return _("notification #%(id)s could not be resent.") % {
+            "id": notification.pk
+        }, messages.WARNING
+
+    _each(modeladmin, request, queryset, "resend_notification", do)
 
 
 # --- Lost submits (fal's record) -------------------------------------------------------
@@ -738,9 +766,7 @@ def record_no_fal_job(
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None:
-            return _("no active training."), messages.WARNING
+        training = _current(avatar)
         text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.finished_at else messages.WARNING
@@ -765,9 +791,7 @@ def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Q
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None or not training.is_held:
-            return _("not held: nothing to send."), messages.WARNING
+        training = _current(avatar)
         text = training_service.release(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
