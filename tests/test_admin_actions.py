@@ -249,3 +249,25 @@ def test_actions_need_a_staff_user(client, make_avatar):
     assert response.status_code == 302 and "login" in response["Location"]
     assert queued_monitoring_tasks() == []
     assert Training.objects.count() == 0
+
+
+def test_the_avatar_pages_buttons_post_the_admin_action_and_come_back_to_the_page(
+    admin_client, fal, running
+):
+    avatar, training = running(name="From its page")
+    page = reverse("admin:monitoring_avatar_change", args=[avatar.pk])
+    button = {"_selected_action": avatar.pk, "from_avatar_page": "1"}
+
+    # Re-check from the page: fal is asked in this request, its answer shown on the page.
+    checked = admin_client.post(CHANGELIST, {**button, "action": "recheck_now"})
+    assert checked.status_code == 302 and checked["Location"] == page
+    assert fal.status_calls[training.fal_request_id] >= 1
+    assert queued_monitoring_tasks() == []
+
+    # Cancel asks first; its page leads back to the avatar and confirms back to it.
+    ask = admin_client.post(CHANGELIST, {**button, "action": "cancel_on_fal"}).content.decode()
+    assert f'href="{page}" class="button cancel-link"' in ask
+    assert 'name="from_avatar_page" value="1"' in ask
+    done = admin_client.post(CHANGELIST, {**button, "action": "cancel_on_fal", "confirmed": "yes"})
+    assert done.status_code == 302 and done["Location"] == page
+    assert fal.cancel_calls[training.fal_request_id] == 1

@@ -32,11 +32,11 @@ from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
@@ -44,6 +44,7 @@ from django_stubs_ext import StrOrPromise
 from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
 from monitoring import billing, roles, transitions
 from monitoring import trainings as training_service
+from monitoring.admin.avatar_page import fal_answer_words, telegram_html
 from monitoring.fal import client as fal
 from monitoring.models import (
     Avatar,
@@ -326,8 +327,10 @@ def _each(
     queryset: QuerySet[Avatar],
     action: str,
     do: Callable[[Avatar], tuple[str, int]],
-) -> None:
-    """Run ``do`` on each selected avatar whose precondition holds; say why for the others."""
+) -> HttpResponseRedirect | None:
+    """Run ``do`` on each selected avatar whose precondition holds; say why for the others.
+    Back to the avatar page when the action was started there (else Django's redirect to
+    the list)."""
     for avatar in queryset.select_related("current_training", "owner").order_by("pk"):
         why = why_not(action, avatar)
         if why:
@@ -337,6 +340,8 @@ def _each(
         _report(request, avatar, text, level)
         if level == messages.SUCCESS:
             log_staff_action(modeladmin, request, avatar, action, text)
+    page = page_of(request)
+    return HttpResponseRedirect(page) if page else None
 
 
 def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
@@ -363,16 +368,15 @@ def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bo
     permission=roles.RECHECK_AVATAR,
     description=gettext_lazy("Re-check now on fal (queued to the worker)"),
 )
-def recheck_now(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-) -> None:
+def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     """From the list: queued to the worker. From the avatar page (one avatar): fal is
     asked in this request, bounded by FAL_CALL_TIMEOUT_SECONDS, and its answer shown."""
     from django_q.tasks import async_task
 
     if page_of(request):
-        _each(modeladmin, request, queryset, "recheck_now", lambda a: _recheck_here(request, a))
-        return
+        return _each(
+            modeladmin, request, queryset, "recheck_now", lambda a: _recheck_here(request, a)
+        )
     trainings: list[Training] = []
 
     def queue(avatar: Avatar) -> tuple[str, int]:
@@ -389,7 +393,7 @@ def recheck_now(
     with transaction.atomic():
         _each(modeladmin, request, queryset, "recheck_now", queue)
         if not trainings:
-            return
+            return None
         AvatarEvent.objects.bulk_create(
             AvatarEvent(
                 avatar_id=training.avatar_id,
@@ -407,11 +411,10 @@ def recheck_now(
             actor_id=request.user.pk,
             task_name=f"staff re-check of {len(trainings)} training(s)",
         )
+    return None
 
 
 def _recheck_here(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
-    from monitoring.admin.avatar_page import fal_answer_words
-
     training = Training.objects.get(pk=_current(avatar).pk)
     reports = training_service.recheck([training], source=STAFF, actor=request.user)
     if not reports:
@@ -485,8 +488,7 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
                 return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
         return _start(avatar, request)
 
-    _each(modeladmin, request, queryset, "start_training", do)
-    return None
+    return _each(modeladmin, request, queryset, "start_training", do)
 
 
 @staff_action(
@@ -516,8 +518,7 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
         return _start(avatar, request)
 
-    _each(modeladmin, request, queryset, "retrain", do)
-    return None
+    return _each(modeladmin, request, queryset, "retrain", do)
 
 
 # --- Cancel / mark failed ------------------------------------------------------------------
@@ -545,8 +546,7 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
         )
         return str(result), messages.SUCCESS
 
-    _each(modeladmin, request, queryset, "cancel_on_fal", do)
-    return None
+    return _each(modeladmin, request, queryset, "cancel_on_fal", do)
 
 
 def _cancel_job_after_failing(training: Training) -> str:
@@ -564,11 +564,6 @@ def _cancel_job_after_failing(training: Training) -> str:
         "CANCELLATION_REQUESTED": _("fal was asked to stop the job"),
         "ALREADY_COMPLETED": _("the job had already finished on fal"),
     }.get(answer, _("fal no longer knows the job"))
-
-
-def telegram_html(text: str) -> SafeString:
-    """A message as Telegram shows it: its HTML (values escaped when rendered), line breaks."""
-    return mark_safe(text.replace("\n", "<br>"))  # noqa: S308 - rendered with escaped values
 
 
 def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]]:
@@ -652,17 +647,14 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             }
         return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
 
-    _each(modeladmin, request, queryset, "mark_failed", do)
-    return None
+    return _each(modeladmin, request, queryset, "mark_failed", do)
 
 
 # --- Stuck -------------------------------------------------------------------------------
 
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
-def clear_stuck(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-) -> None:
+def clear_stuck(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     def do(avatar: Avatar) -> tuple[str, int]:
         training = _current(avatar)
         if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
@@ -675,7 +667,7 @@ def clear_stuck(
             ), messages.WARNING
         return _("stuck flag cleared."), messages.SUCCESS
 
-    _each(modeladmin, request, queryset, "clear_stuck", do)
+    return _each(modeladmin, request, queryset, "clear_stuck", do)
 
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
@@ -701,8 +693,7 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
             }, messages.SUCCESS
         return _("not stuck any more."), messages.WARNING
 
-    _each(modeladmin, request, queryset, "extend_deadline", do)
-    return None
+    return _each(modeladmin, request, queryset, "extend_deadline", do)
 
 
 # --- Notifications -----------------------------------------------------------------------
@@ -728,7 +719,7 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
 )
 def resend_notification(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-) -> None:
+):
     def do(avatar: Avatar) -> tuple[str, int]:
         notification = _resendable([avatar.pk])[avatar.pk]
         if delivery.resend(notification.pk):
@@ -739,7 +730,7 @@ def resend_notification(
             "id": notification.pk
         }, messages.WARNING
 
-    _each(modeladmin, request, queryset, "resend_notification", do)
+    return _each(modeladmin, request, queryset, "resend_notification", do)
 
 
 # --- Lost submits (fal's record) -------------------------------------------------------
@@ -771,8 +762,7 @@ def record_no_fal_job(
         training.refresh_from_db()
         return text, messages.SUCCESS if training.finished_at else messages.WARNING
 
-    _each(modeladmin, request, queryset, "record_no_fal_job", do)
-    return None
+    return _each(modeladmin, request, queryset, "record_no_fal_job", do)
 
 
 @staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
@@ -796,8 +786,7 @@ def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Q
         training.refresh_from_db()
         return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
 
-    _each(modeladmin, request, queryset, "release_held", do)
-    return None
+    return _each(modeladmin, request, queryset, "release_held", do)
 
 
 AVATAR_ACTIONS = [

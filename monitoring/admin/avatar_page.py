@@ -9,10 +9,8 @@ result. The permission is checked there again, not only when the button is shown
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from django.conf import settings
-from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -26,7 +24,6 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 
 from monitoring import billing, eta, file_views, files, stuck
-from monitoring.admin import actions
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -45,35 +42,6 @@ from notifications.models import Audience, Notification, NotificationStatus
 
 # How long a text may be before it is folded away behind "show all".
 FOLD_AT = 240
-
-
-def page_buttons(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, avatar: Avatar
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The page's buttons: the admin actions this user may run (Django's own permission
-    check), split into those whose precondition holds and those it does not, with why."""
-    labels = {
-        "recheck_now": _("Re-check now"),
-        "extend_deadline": _("Extend the deadline"),
-        "cancel_on_fal": _("Cancel on fal…"),
-        "mark_failed": _("Mark as failed…"),
-        "start_training": _("Start training…"),
-        "retrain": _("Retrain…"),
-        "release_held": _("Send the held start now…"),
-        "resend_notification": _("Resend the owner's message"),
-    }
-    allowed = modeladmin.get_actions(request)
-    buttons = [
-        {
-            "name": name,
-            "label": label,
-            "danger": name in actions.DESTRUCTIVE,
-            "why_not": actions.why_not(name, avatar),
-        }
-        for name, label in labels.items()
-        if name in allowed
-    ]
-    return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
 
 
 # --- the summary ---------------------------------------------------------------------------------
@@ -177,7 +145,7 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
         if training.finished_at is None:
             return format_html("{}", _("The owner is told when the training ends."))
         return format_html("{}", _("The owner was not told: no message was written."))
-    text = actions.telegram_html(notification.text)
+    text = telegram_html(notification.text)
     status = notification.status
     if status == NotificationStatus.SENT:
         return format_html(
@@ -220,6 +188,11 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
             _("The owner cannot be messaged: once they are back, mark them reachable again"),
         )
     return undelivered
+
+
+def telegram_html(text: str) -> SafeString:
+    """A message as Telegram shows it: its HTML (values escaped when rendered), line breaks."""
+    return mark_safe(text.replace("\n", "<br>"))  # noqa: S308 - rendered with escaped values
 
 
 def fold(text: str) -> SafeString:

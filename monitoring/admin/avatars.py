@@ -20,7 +20,7 @@ from django.contrib.admin import helpers
 from django.db import models
 from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.expressions import Combinable
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -379,7 +379,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
         extra: dict[str, Any] = {}
         if avatar is not None:
-            enabled, unavailable = avatar_page.page_buttons(self, request, avatar)
+            enabled, unavailable = page_buttons(self, request, avatar)
             extra = {
                 "summary_rows": avatar_page.summary(avatar),
                 "timeline": avatar_page.timeline(avatar),
@@ -391,14 +391,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
                 "from_page_field": actions.FROM_PAGE,
             }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
-
-    def response_action(self, request: HttpRequest, queryset: QuerySet[Avatar]):
-        # Started from the avatar page: back to it, with the result.
-        response = super().response_action(request, queryset)
-        page = actions.page_of(request)
-        if page and isinstance(response, HttpResponseRedirect):
-            return HttpResponseRedirect(page)
-        return response
 
     def get_search_results(self, request, queryset, search_term):
         # "@name" is how staff write Telegram usernames.
@@ -646,6 +638,35 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             _("No attempts yet."),
         )
         return format_html("{}{}", summary, log)
+
+
+def page_buttons(
+    modeladmin: AvatarAdmin, request: HttpRequest, avatar: Avatar
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The page's buttons: the admin actions this user may run (Django's own permission
+    check), split into those whose precondition holds and those it does not, with why."""
+    labels = {
+        "recheck_now": _("Re-check now"),
+        "extend_deadline": _("Extend the deadline"),
+        "cancel_on_fal": _("Cancel on fal…"),
+        "mark_failed": _("Mark as failed…"),
+        "start_training": _("Start training…"),
+        "retrain": _("Retrain…"),
+        "release_held": _("Send the held start now…"),
+        "resend_notification": _("Resend the owner's message"),
+    }
+    allowed = modeladmin.get_actions(request)
+    buttons = [
+        {
+            "name": name,
+            "label": label,
+            "danger": name in actions.DESTRUCTIVE,
+            "why_not": actions.why_not(name, avatar),
+        }
+        for name, label in labels.items()
+        if name in allowed
+    ]
+    return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
 
 
 # --- Training attempts -------------------------------------------------------------------

@@ -142,7 +142,7 @@ def _minutes(value: float) -> str:
 
 def chart(buckets: list[HourBucket]) -> dict[str, Any]:
     """A stacked bar chart of finished trainings per hour, with the mean duration on top:
-    the shapes, in SVG coordinates (templates/admin/monitoring/chart.svg)."""
+    the shapes, in SVG coordinates (templates/admin/monitoring/dashboard_chart.html)."""
     width, height, left, bottom, top = 760, 220, 36, 28, 26
     plot_h = height - bottom - top
     bar_w = (width - left) / max(len(buckets), 1)
