@@ -163,10 +163,11 @@ def test_staff_cancel_recheck_and_mark_failed_from_the_avatar_page(
     silent.refresh_from_db()
     assert silent.status == AvatarStatus.ERROR
 
-    # A finished avatar offers neither cancel nor mark failed.
+    # A finished avatar offers neither cancel nor mark failed: both disabled, with why.
     page.goto(avatar_url(live_server, silent))
-    expect(page.locator("#avatar-actions button[value=mark_failed]")).to_have_count(0)
-    expect(page.locator("#avatar-actions button[value=cancel_on_fal]")).to_have_count(0)
+    for name in ("mark_failed", "cancel_on_fal"):
+        expect(page.locator(f"#avatar-actions button[value={name}]")).to_be_disabled()
+    expect(page.locator("#unavailable-actions")).to_contain_text("no active training")
 
 
 def test_stuck_deadline_counts_banner_and_screenshots(

@@ -188,84 +188,48 @@ def _active_training(avatar: Avatar) -> Training | None:
     return training
 
 
-# --- Preconditions: each action's, stated once ------------------------------------------
-# One function per action: why it would change nothing for an avatar ("" when it
-# applies). The avatar page (which buttons are enabled, and why not), the confirmation
-# page (who will not be affected, and why) and the action itself (``_each``) ask it; the
-# transition's own conditional update stays underneath as the guard against a race.
-
-
-def _no_active_training(avatar: Avatar) -> str:
-    return _("no active training (it is %(status)s).") % {"status": avatar.get_status_display()}
-
-
-def _needs_active_training(avatar: Avatar) -> str:
-    return "" if _active_training(avatar) is not None else _no_active_training(avatar)
-
-
-def _needs_stuck(avatar: Avatar) -> str:
-    training = _active_training(avatar)
-    if training is None:
-        return _no_active_training(avatar)
-    return "" if training.stuck_since is not None else _("it is not stuck.")
-
-
-def _startable(avatar: Avatar) -> str:
-    if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
-        return ""
-    return _("it is %(status)s; only draft or ready avatars start.") % {
-        "status": avatar.get_status_display()
-    }
-
-
-def _retrainable(avatar: Avatar) -> str:
-    if avatar.status in transitions.RETRAINABLE:
-        return ""
-    return _("it is %(status)s; only failed or cancelled avatars are retrained.") % {
-        "status": avatar.get_status_display()
-    }
-
-
-def _held(avatar: Avatar) -> str:
-    training = _active_training(avatar)
-    return (
-        "" if training is not None and training.is_held else _("it is not held for fal's balance.")
-    )
-
-
-def _lost_submit_given_up(avatar: Avatar) -> str:
-    training = _active_training(avatar)
-    if training is None or training.fal_request_id:
-        return _("no lost submit (fal answered its submit, or nothing is active).")
-    if training.lost_submit_given_up_at is None:
-        return _("fal's record is still being searched for it.")
-    return ""
-
-
-def _undelivered_message(avatar: Avatar) -> str:
-    notification = _resendable([avatar.pk]).get(avatar.pk)
-    if notification is None:
-        return _("no undelivered notification to resend.")
-    return notification_admin.why_not_resend(notification)
-
-
-PRECONDITIONS: dict[str, Callable[[Avatar], str]] = {
-    "recheck_now": _needs_active_training,
-    "start_training": _startable,
-    "retrain": _retrainable,
-    "release_held": _held,
-    "cancel_on_fal": _needs_active_training,
-    "mark_failed": _needs_active_training,
-    "clear_stuck": _needs_stuck,
-    "extend_deadline": _needs_stuck,
-    "resend_notification": _undelivered_message,
-    "record_no_fal_job": _lost_submit_given_up,
-}
-
-
 def why_not(action: str, avatar: Avatar) -> str:
-    """Why ``action`` would change nothing for ``avatar`` ("" when it applies)."""
-    return PRECONDITIONS[action](avatar)
+    """Why ``action`` would change nothing for ``avatar`` ("" when it applies).
+
+    Each action's precondition, stated once: the avatar page (which buttons are enabled,
+    and why not), the confirmation page (who will not be affected, and why) and the
+    action itself (``_each``) ask it. The transition's conditional update stays
+    underneath as the guard against a race.
+    """
+    training = _active_training(avatar)
+    status = {"status": avatar.get_status_display()}
+    no_training = _("no active training (it is %(status)s).") % status
+    match action:
+        case "start_training":
+            if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
+                return ""
+            return _("it is %(status)s; only draft or ready avatars start.") % status
+        case "retrain":
+            if avatar.status in transitions.RETRAINABLE:
+                return ""
+            return _("it is %(status)s; only failed or cancelled avatars are retrained.") % status
+        case "recheck_now" | "cancel_on_fal" | "mark_failed":
+            return "" if training is not None else no_training
+        case "clear_stuck" | "extend_deadline":
+            if training is None:
+                return no_training
+            return "" if training.stuck_since is not None else _("it is not stuck.")
+        case "release_held":
+            if training is not None and training.is_held:
+                return ""
+            return _("it is not held for fal's balance.")
+        case "record_no_fal_job":
+            if training is None or training.fal_request_id:
+                return _("no lost submit (fal answered its submit, or nothing is active).")
+            if training.lost_submit_given_up_at is None:
+                return _("fal's record is still being searched for it.")
+            return ""
+        case "resend_notification":
+            notification = _resendable([avatar.pk]).get(avatar.pk)
+            if notification is None:
+                return _("no undelivered notification to resend.")
+            return notification_admin.why_not_resend(notification)
+    raise ValueError(f"no precondition for the action {action!r}")
 
 
 # --- The avatar page's buttons ---------------------------------------------------------------
