@@ -29,11 +29,7 @@ def pre(value: str) -> SafeString:
     """Logs, bodies and tracebacks: kept as written, wrapped, scrolled when long."""
     if not value:
         return mark_safe("<span>—</span>")
-    return format_html(
-        '<pre style="white-space: pre-wrap; overflow-wrap: anywhere; max-height: 30em; '
-        'overflow: auto; max-width: 100%">{}</pre>',
-        value,
-    )
+    return format_html('<pre class="block">{}</pre>', value)
 
 
 def pretty_json(value: Any) -> SafeString:
@@ -131,6 +127,7 @@ def confirmation_page(
     destructive: bool = False,
     previews: list[dict[str, Any]] | None = None,
     back_url: str = "",
+    carry: dict[str, str] | None = None,
 ) -> TemplateResponse:
     """What will and will not be affected (each with its reason), before anything is typed.
 
@@ -138,7 +135,8 @@ def confirmation_page(
     is red only for ``destructive`` actions: those that end something (cancel, mark
     failed). Templates are looked up as Django's own action pages are, so one model may
     add to the page (``admin/<app>/<model>/action_confirmation.html`` extending
-    ``admin/action_confirmation.html``) while keeping its structure.
+    ``admin/action_confirmation.html``) while keeping its structure. ``carry``: hidden
+    fields the confirmed POST sends again (where the action was started from).
     """
     opts = modeladmin.model._meta
     context = {
@@ -154,6 +152,7 @@ def confirmation_page(
         "form": form,
         "destructive": destructive,
         "previews": previews or [],
+        "carry": carry or {},
         "back_url": back_url or reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
         "opts": opts,
         "media": modeladmin.media + (form.media if form is not None else forms.Media()),

@@ -1,8 +1,12 @@
-"""The Content-Security-Policy of the admin pages (django-csp).
+"""The admin's Content-Security-Policy (django-csp, settings.CONTENT_SECURITY_POLICY), on
+admin pages only.
 
-The admin shows what outsiders sent us (webhook bodies, avatar names): should an
-escaping bug let markup through, the policy stops it from running scripts, loading
-anything from elsewhere or posting forms elsewhere. Other paths set their own headers.
+Staff see what outsiders sent us there (webhook bodies, avatar names): should an
+escaping bug let markup through, nothing in it runs, loads from elsewhere, styles the
+page or posts elsewhere. Scripts and styles come from our static files only, never
+inline: every style is a class in monitoring/static/monitoring/admin.css, and
+tests/test_admin_csp.py keeps style attributes and inline scripts out of the code. Other
+paths (the webhook, /healthz, the API and its docs) set their own headers.
 """
 
 from __future__ import annotations

@@ -166,11 +166,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     def as_sent(self, obj: Notification) -> SafeString:
         # The text is our own HTML with every interpolated value escaped when it was
         # rendered (notifications.messages), the same markup Telegram displays.
-        return format_html(
-            '<div class="telegram-text" style="white-space: pre-wrap; max-width: 40em; '
-            'border-left: 3px solid #ccc; padding: 4px 12px">{}</div>',
-            mark_safe(obj.text),  # noqa: S308
-        )
+        return format_html('<div class="telegram-text">{}</div>', mark_safe(obj.text))  # noqa: S308
 
     def has_resend_notification_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(RESEND_PERMISSION)

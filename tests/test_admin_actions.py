@@ -110,7 +110,7 @@ def test_start_training_asks_first_then_submits_once(admin_client, fal, make_ava
 
     again = confirm(admin_client, "start_training", [avatar])
     assert len(fal.submissions) == 1
-    assert any("not started" in m for m in messages_of(again))
+    assert any("left alone: it is Training" in m for m in messages_of(again))
 
 
 def test_retrain_starts_a_new_attempt_for_a_failed_avatar_only(
@@ -236,7 +236,7 @@ def test_resend_reopens_a_given_up_notification(admin_client, running, make_avat
         f"#{avatar.pk}" in m and f"notification #{notification.pk} queued again" in m
         for m in messages
     )
-    assert any(f"#{quiet.pk}" in m and "nothing to resend" in m for m in messages)
+    assert any(f"#{quiet.pk}" in m and "no undelivered notification" in m for m in messages)
 
 
 def test_actions_need_a_staff_user(client, make_avatar):
@@ -249,3 +249,25 @@ def test_actions_need_a_staff_user(client, make_avatar):
     assert response.status_code == 302 and "login" in response["Location"]
     assert queued_monitoring_tasks() == []
     assert Training.objects.count() == 0
+
+
+def test_the_avatar_pages_buttons_post_the_admin_action_and_come_back_to_the_page(
+    admin_client, fal, running
+):
+    avatar, training = running(name="From its page")
+    page = reverse("admin:monitoring_avatar_change", args=[avatar.pk])
+    button = {"_selected_action": avatar.pk, "from_avatar_page": "1"}
+
+    # Re-check from the page: fal is asked in this request, its answer shown on the page.
+    checked = admin_client.post(CHANGELIST, {**button, "action": "recheck_now"})
+    assert checked.status_code == 302 and checked["Location"] == page
+    assert fal.status_calls[training.fal_request_id] >= 1
+    assert queued_monitoring_tasks() == []
+
+    # Cancel asks first; its page leads back to the avatar and confirms back to it.
+    ask = admin_client.post(CHANGELIST, {**button, "action": "cancel_on_fal"}).content.decode()
+    assert f'href="{page}" class="button cancel-link"' in ask
+    assert 'name="from_avatar_page" value="1"' in ask
+    done = admin_client.post(CHANGELIST, {**button, "action": "cancel_on_fal", "confirmed": "yes"})
+    assert done.status_code == 302 and done["Location"] == page
+    assert fal.cancel_calls[training.fal_request_id] == 1

@@ -221,7 +221,7 @@ def test_clearing_the_stuck_flag_reports_per_avatar(admin_client, stuck_avatar, 
     assert training.stuck_since is None
     messages = [str(m) for m in response.context["messages"]]
     assert any("stuck flag cleared" in m and f"#{avatar.pk}" in m for m in messages)
-    assert any("not stuck" in m and f"#{idle.pk}" in m for m in messages)
+    assert any("no active training" in m and f"#{idle.pk}" in m for m in messages)
 
 
 def test_extending_the_deadline_asks_for_hours_then_clears_the_flag_until_then(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -23,20 +22,18 @@ from fakes.fal_emulator import FOREVER
 from monitoring import transitions
 from monitoring.models import AvatarStatus, CheckRun, EventSource
 from monitoring.trainings import start_training
+from tests.browser import (
+    ARTIFACTS,
+    PASSWORD,
+    assert_no_csp_violation,
+    browser,
+    expect,
+    log_in,
+    new_page,
+)
 from tests.support import run_queued_monitoring_tasks
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PASSWORD = "correct-horse-battery-staple"
+__all__ = ["browser", "expect", "new_page"]  # shared fixtures (tests/browser.py)
 
 
 def run_queued_work_like_a_worker() -> list:
@@ -62,13 +59,9 @@ def run_queued_work_like_a_worker() -> list:
 
 @pytest.mark.slow
 def test_staff_recheck_a_stuck_avatar_in_the_browser(
-    live_server, fal, make_avatar, django_user_model, settings
+    new_page, expect, live_server, fal, make_avatar, django_user_model, settings
 ):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium package is not installed")
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
-    ARTIFACTS.mkdir(exist_ok=True)
 
     django_user_model.objects.create_superuser("staff", "staff@example.com", PASSWORD)
     # The worker's heartbeat, for the dashboard screenshot.
@@ -84,67 +77,52 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(
     transitions.flag_stuck(training, reason="in queue for more than 60 minutes")
     fal.finish(training.fal_request_id)
 
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1800, "height": 900})
-        # The admin's Content-Security-Policy must block nothing the admin itself uses.
-        blocked: list[str] = []
-        page.on(
-            "console",
-            lambda message: (
-                blocked.append(message.text) if "Content Security Policy" in message.text else None
-            ),
-        )
-        try:
-            page.goto(f"{live_server.url}/admin/")
-            page.fill("#id_username", "staff")
-            page.fill("#id_password", PASSWORD)
-            page.click("input[type=submit]")
+    # The admin's Content-Security-Policy must block nothing the admin itself uses
+    # (every page is watched: tests/browser.py).
+    page = new_page("en", 1800)
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", "staff")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
 
-            page.click("text=Stuck trainings")
-            playwright_api.expect(page).to_have_url(re.compile(r"stuck=yes"))
-            rows = page.locator("#result_list tbody tr")
-            playwright_api.expect(rows).to_have_count(1)
-            playwright_api.expect(rows.first).to_contain_text("Anna portrait")
-            playwright_api.expect(rows.first).to_contain_text("in queue for more than 60 minutes")
-            page.screenshot(path=str(ARTIFACTS / "admin-stuck-list.png"), full_page=True)
+    page.click("text=Stuck trainings")
+    expect(page).to_have_url(re.compile(r"stuck=yes"))
+    rows = page.locator("#result_list tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Anna portrait")
+    expect(rows.first).to_contain_text("in queue for more than 60 minutes")
+    page.screenshot(path=str(ARTIFACTS / "admin-stuck-list.png"), full_page=True)
 
-            rows.first.locator("input.action-select").check()
-            page.select_option("select[name=action]", "recheck_now")
-            page.click("button[name=index]")
-            playwright_api.expect(page.locator("ul.messagelist")).to_contain_text("re-check queued")
+    rows.first.locator("input.action-select").check()
+    page.select_option("select[name=action]", "recheck_now")
+    page.click("button[name=index]")
+    expect(page.locator("ul.messagelist")).to_contain_text("re-check queued")
 
-            # The request only queued the check; a worker runs it.
-            assert fal.status_calls[training.fal_request_id] == 0
-            [reports] = run_queued_work_like_a_worker()
-            assert reports[0]["after"] == "completed", reports
+    # The request only queued the check; a worker runs it.
+    assert fal.status_calls[training.fal_request_id] == 0
+    [reports] = run_queued_work_like_a_worker()
+    assert reports[0]["after"] == "completed", reports
 
-            page.goto(f"{live_server.url}/admin/monitoring/avatar/")
-            anna = page.locator("#result_list tbody tr", has_text="Anna portrait")
-            playwright_api.expect(anna.locator(".status-badge")).to_have_text("Completed")
-            playwright_api.expect(
-                page.locator("#result_list tbody tr", has_text="Still queued").locator(
-                    ".status-badge"
-                )
-            ).to_contain_text("In queue, #7")
-            page.screenshot(path=str(ARTIFACTS / "admin-avatar-changelist.png"), full_page=True)
+    page.goto(f"{live_server.url}/admin/monitoring/avatar/")
+    anna = page.locator("#result_list tbody tr", has_text="Anna portrait")
+    expect(anna.locator(".status-badge")).to_have_text("Completed")
+    expect(
+        page.locator("#result_list tbody tr", has_text="Still queued").locator(".status-badge")
+    ).to_contain_text("In queue, #7")
+    page.screenshot(path=str(ARTIFACTS / "admin-avatar-changelist.png"), full_page=True)
 
-            anna.locator("a", has_text="Anna portrait").click()
-            playwright_api.expect(page.locator("body")).to_contain_text("Re-check requested")
-            playwright_api.expect(page.locator("body")).to_contain_text("diffusers_lora_file")
-            page.screenshot(path=str(ARTIFACTS / "admin-avatar-page.png"), full_page=True)
+    anna.locator("a", has_text="Anna portrait").click()
+    expect(page.locator("body")).to_contain_text("Re-check requested")
+    expect(page.locator("body")).to_contain_text("diffusers_lora_file")
+    page.screenshot(path=str(ARTIFACTS / "admin-avatar-page.png"), full_page=True)
 
-            page.goto(f"{live_server.url}/admin/")
-            page.click("text=Dashboard")
-            playwright_api.expect(page.locator("#stuck-trainings")).to_contain_text(
-                "Nothing is stuck."
-            )
-            playwright_api.expect(page.locator("#finished-chart svg")).to_be_visible()
-            playwright_api.expect(page.locator("#heartbeat")).to_contain_text("OK")
-            page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
-            assert blocked == []
-        finally:
-            browser.close()
+    page.goto(f"{live_server.url}/admin/")
+    page.click("text=Dashboard")
+    expect(page.locator("#stuck-trainings")).to_contain_text("Nothing is stuck.")
+    expect(page.locator("#finished-chart svg")).to_be_visible()
+    expect(page.locator("#heartbeat")).to_contain_text("OK")
+    page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
+    assert_no_csp_violation(page)
 
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.COMPLETED
@@ -152,11 +130,8 @@ def test_staff_recheck_a_stuck_avatar_in_the_browser(
 
 @pytest.mark.slow
 def test_support_sees_only_the_actions_of_their_role_in_the_browser(
-    live_server, make_avatar, django_user_model, settings
+    new_page, expect, live_server, make_avatar, django_user_model, settings
 ):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium package is not installed")
     from django.contrib.auth.models import Group
 
     from monitoring import roles
@@ -167,38 +142,22 @@ def test_support_sees_only_the_actions_of_their_role_in_the_browser(
     django_user_model.objects.create_user("intern", password=PASSWORD, is_staff=True)
     make_avatar(name="Anna portrait")
 
-    def log_in(page, username: str) -> None:
-        page.goto(f"{live_server.url}/admin/")
-        page.fill("#id_username", username)
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+    page = new_page()
+    log_in(page, live_server, "helpdesk")
+    page.goto(f"{live_server.url}/admin/monitoring/avatar/")
+    expect(page.locator("#result_list")).to_contain_text("Anna portrait")
+    offered = set(
+        page.locator("select[name=action] option").evaluate_all(
+            "options => options.map(o => o.value)"
+        )
+    ) - {""}
+    assert offered == {"recheck_now", "clear_stuck", "extend_deadline", "resend_notification"}
+    page.click("text=Dashboard")
+    expect(page.locator("h1")).to_contain_text("Dashboard")
 
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context().new_page()
-            log_in(page, "helpdesk")
-            page.goto(f"{live_server.url}/admin/monitoring/avatar/")
-            playwright_api.expect(page.locator("#result_list")).to_contain_text("Anna portrait")
-            offered = set(
-                page.locator("select[name=action] option").evaluate_all(
-                    "options => options.map(o => o.value)"
-                )
-            ) - {""}
-            assert offered == {
-                "recheck_now",
-                "clear_stuck",
-                "extend_deadline",
-                "resend_notification",
-            }
-            page.click("text=Dashboard")
-            playwright_api.expect(page.locator("h1")).to_contain_text("Dashboard")
-
-            page = browser.new_context().new_page()
-            log_in(page, "intern")
-            playwright_api.expect(page.locator("#content")).to_be_visible()
-            assert page.locator("#staff-tools").count() == 0
-            answer = page.goto(f"{live_server.url}/admin/monitoring/avatar/dashboard/")
-            assert answer is not None and answer.status == 403
-        finally:
-            browser.close()
+    page = new_page()
+    log_in(page, live_server, "intern")
+    expect(page.locator("#content")).to_be_visible()
+    assert page.locator("#staff-tools").count() == 0
+    answer = page.goto(f"{live_server.url}/admin/monitoring/avatar/dashboard/")
+    assert answer is not None and answer.status == 403

@@ -9,10 +9,10 @@ import pytest
 
 from monitoring.fal import payloads
 from monitoring.models import Training
+from tests.browser import ARTIFACTS, browser, expect, new_page, staff_page
 from tests.fixtures_fal import submit_directly
-from tests.test_browser_staff import ARTIFACTS, browser, expect, staff_page
 
-__all__ = ["browser", "expect", "staff_page"]  # the fixtures, shared with the staff tests
+__all__ = ["browser", "expect", "new_page", "staff_page"]  # shared fixtures (tests/browser.py)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -13,9 +13,10 @@ from django.utils import timezone
 from monitoring import transitions
 from monitoring.models import CheckRun, EventSource, Training
 from notifications.models import Notification, NotificationStatus
-from tests.test_browser_staff import ARTIFACTS, NO_HORIZONTAL_SCROLL, browser, expect, staff_page
+from tests.browser import ARTIFACTS, browser, expect, new_page, staff_page
+from tests.test_browser_staff import NO_HORIZONTAL_SCROLL
 
-__all__ = ["browser", "expect", "staff_page"]  # the fixtures, shared with the staff tests
+__all__ = ["browser", "expect", "new_page", "staff_page"]  # shared fixtures (tests/browser.py)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -11,12 +11,10 @@ Screenshots of the main pages go to ``test-artifacts/`` (English and Russian, 14
 
 from __future__ import annotations
 
-import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,78 +35,14 @@ from monitoring.models import (
 from monitoring.status_checks import check_trainings
 from monitoring.trainings import start_training
 from notifications.models import Notification, NotificationKind, NotificationStatus
+from tests.browser import ARTIFACTS, browser, expect, new_page, staff_page
 from tests.support import WEBHOOK_URL
+
+__all__ = ["browser", "expect", "new_page", "staff_page"]  # shared fixtures (tests/browser.py)
 
 CHECK = EventSource.CHECK
 
 pytestmark = pytest.mark.slow
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PASSWORD = "correct-horse-battery-staple"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium package is not installed")
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM
-    # calls stay synchronous, so Django's async guard is lifted for the module.
-    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with playwright_api.sync_playwright() as p:
-            launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield launched
-            launched.close()
-    finally:
-        if saved is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
-
-
-@pytest.fixture
-def expect():
-    return pytest.importorskip("playwright.sync_api").expect
-
-
-@pytest.fixture
-def staff_page(browser, live_server, django_user_model, settings):
-    """A logged-in superuser's page; ``open(language, width)`` starts a fresh context."""
-    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
-    settings.FAL_CALL_TIMEOUT_SECONDS = 3.0
-    ARTIFACTS.mkdir(exist_ok=True)
-    django_user_model.objects.create_superuser("staff", "staff@example.com", PASSWORD)
-    contexts = []
-
-    def open_page(language: str = "en", width: int = 1440):
-        context = browser.new_context(
-            viewport={"width": width, "height": 900},
-            locale=language,
-            extra_http_headers={"Accept-Language": language},
-        )
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(f"{live_server.url}/admin/login/")
-        page.fill("#id_username", "staff")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
 
 
 def like_a_worker(work: Callable[[], Any]) -> Any:
@@ -229,10 +163,11 @@ def test_staff_cancel_recheck_and_mark_failed_from_the_avatar_page(
     silent.refresh_from_db()
     assert silent.status == AvatarStatus.ERROR
 
-    # A finished avatar offers neither cancel nor mark failed.
+    # A finished avatar offers neither cancel nor mark failed: both disabled, with why.
     page.goto(avatar_url(live_server, silent))
-    expect(page.locator("#avatar-actions button[value=mark_failed]")).to_have_count(0)
-    expect(page.locator("#avatar-actions button[value=cancel_on_fal]")).to_have_count(0)
+    for name in ("mark_failed", "cancel_on_fal"):
+        expect(page.locator(f"#avatar-actions button[value={name}]")).to_be_disabled()
+    expect(page.locator("#unavailable-actions")).to_contain_text("no active training")
 
 
 def test_stuck_deadline_counts_banner_and_screenshots(

@@ -133,8 +133,9 @@ def test_a_key_fal_echoes_is_never_stored_shown_sent_or_logged(
         # Staff re-check a running job from its page: fal's logs come with the answer.
         staff = Client()
         staff.force_login(admin_user)
-        page = f"/admin/monitoring/avatar/{logging_job['avatar']['id']}/do/recheck_now/"
-        assert staff.post(page).status_code == 302
+        avatar_id = logging_job["avatar"]["id"]
+        page = {"action": "recheck_now", "_selected_action": avatar_id, "from_avatar_page": "1"}
+        assert staff.post("/admin/monitoring/avatar/", page).status_code == 302
         for started in (cancel_500, cancel_401):
             response = bot.post(f"/api/v1/avatars/{started['avatar']['id']}/cancel")
             answers.append(response.content.decode())

@@ -140,10 +140,8 @@ def staff(admin_user):
     "url",
     [
         "/admin/monitoring/avatar/abc/change/",
-        "/admin/monitoring/avatar/abc/do/cancel_training/",
-        "/admin/monitoring/avatar/abc/do/recheck_now/",
         "/admin/monitoring/avatar/1%00/change/",
-        "/admin/monitoring/avatar/99999999999999999999999/do/retrain/",
+        "/admin/monitoring/avatar/99999999999999999999999/change/",
         "/admin/notifications/notification/abc/change/",
         "/admin/monitoring/training/abc/change/",
         "/admin/api/eventcallback/abc/change/",

@@ -15,14 +15,16 @@ from typing import Any, TypeVar
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
@@ -30,6 +32,7 @@ from django_stubs_ext import StrOrPromise
 from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
 from monitoring import billing, roles, transitions, wording
 from monitoring import trainings as training_service
+from monitoring.admin.avatar_page import telegram_html
 from monitoring.fal import client as fal
 from monitoring.models import (
     Avatar,
@@ -41,6 +44,7 @@ from monitoring.models import (
     Training,
 )
 from monitoring.stuck import stuck_cause
+from monitoring.wording import fal_answer_words
 from notifications import admin as notification_admin
 from notifications import delivery, reachability
 from notifications import messages as texts
@@ -160,6 +164,12 @@ def _report(request: HttpRequest, avatar: Avatar, text: str, level: int = messag
     messages.add_message(request, level, f"{avatar.name} (#{avatar.pk}): {text}")
 
 
+def _current(avatar: Avatar) -> Training:
+    """The active training of an avatar whose precondition said it has one."""
+    assert avatar.current_training is not None
+    return avatar.current_training
+
+
 def _active_training(avatar: Avatar) -> Training | None:
     training = avatar.current_training
     if training is None or training.finished_at is not None:
@@ -167,62 +177,64 @@ def _active_training(avatar: Avatar) -> Training | None:
     return training
 
 
-def _resendable_one(avatar: Avatar) -> Any:
-    return _resendable([avatar.pk]).get(avatar.pk)
-
-
 def why_not(action: str, avatar: Avatar) -> str:
     """Why ``action`` would change nothing for ``avatar`` ("" when it applies).
 
-    One rule for the confirmation pages (what will and will not be affected, before
-    anything is typed) and the buttons on the avatar page.
+    Each action's precondition, stated once: the avatar page (which buttons are enabled,
+    and why not), the confirmation page (who will not be affected, and why) and the
+    action itself (``_each``) ask it. The transition's conditional update stays
+    underneath as the guard against a race.
     """
     training = _active_training(avatar)
-    status = avatar.get_status_display()
-    if action == "start_training":
-        if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
-            return ""
-        return _("it is %(status)s; only draft or ready avatars start.") % {"status": status}
-    if action == "retrain":
-        if avatar.status in transitions.RETRAINABLE:
-            return ""
-        return _("it is %(status)s; only failed or cancelled avatars are retrained.") % {
-            "status": status
-        }
-    if action in ("cancel_on_fal", "mark_failed", "recheck_now"):
-        return (
-            ""
-            if training is not None
-            else _("no active training (it is %(status)s).") % {"status": status}
-        )
-    if action in ("extend_deadline", "clear_stuck"):
-        if training is None:
-            return _("no active training (it is %(status)s).") % {"status": status}
-        return "" if training.stuck_since is not None else _("it is not stuck.")
-    if action == "resend_notification":
-        notification = _resendable_one(avatar)
-        if notification is None:
-            return _("no undelivered notification to resend.")
-        return notification_admin.why_not_resend(notification)
-    if action == "release_held":
-        if training is None or not training.is_held:
+    status = {"status": avatar.get_status_display()}
+    no_training = _("no active training (it is %(status)s).") % status
+    match action:
+        case "start_training":
+            if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING):
+                return ""
+            return _("it is %(status)s; only draft or ready avatars start.") % status
+        case "retrain":
+            if avatar.status in transitions.RETRAINABLE:
+                return ""
+            return _("it is %(status)s; only failed or cancelled avatars are retrained.") % status
+        case "recheck_now" | "cancel_on_fal" | "mark_failed":
+            return "" if training is not None else no_training
+        case "clear_stuck" | "extend_deadline":
+            if training is None:
+                return no_training
+            return "" if training.stuck_since is not None else _("it is not stuck.")
+        case "release_held":
+            if training is not None and training.is_held:
+                return ""
             return _("it is not held for fal's balance.")
-        return ""
-    if action == "record_no_fal_job":
-        if training is None or training.fal_request_id:
-            return _("no lost submit (fal answered its submit, or nothing is active).")
-        if training.lost_submit_given_up_at is None:
-            return _("fal's record is still being searched for it.")
-        return ""
-    return ""
+        case "record_no_fal_job":
+            if training is None or training.fal_request_id:
+                return _("no lost submit (fal answered its submit, or nothing is active).")
+            if training.lost_submit_given_up_at is None:
+                return _("fal's record is still being searched for it.")
+            return ""
+        case "resend_notification":
+            notification = _resendable([avatar.pk]).get(avatar.pk)
+            if notification is None:
+                return _("no undelivered notification to resend.")
+            return notification_admin.why_not_resend(notification)
+    raise ValueError(f"no precondition for the action {action!r}")
 
 
-def _back_url(request: HttpRequest, avatars: list[Avatar]) -> str:
-    """Back to the avatar page when the action was started there, else to the list."""
-    match = getattr(request, "resolver_match", None)
-    if match is not None and match.url_name == "monitoring_avatar_do" and len(avatars) == 1:
-        return reverse("admin:monitoring_avatar_change", args=[avatars[0].pk])
-    return reverse("admin:monitoring_avatar_changelist")
+# --- The avatar page's buttons ---------------------------------------------------------------
+# They post the admin action of the same name, for one avatar, with this field: Django's
+# admin checks the permission and runs the action, and the answer comes back to the page.
+FROM_PAGE = "from_avatar_page"
+# Red on the page and on the confirmation page: they stop a training that may still run.
+DESTRUCTIVE = frozenset({"cancel_on_fal", "mark_failed"})
+
+
+def page_of(request: HttpRequest) -> str:
+    """The avatar page the action was started from ("" when it came from the list)."""
+    selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+    if request.POST.get(FROM_PAGE) != "1" or len(selected) != 1:
+        return ""
+    return reverse("admin:monitoring_avatar_change", args=[quote(selected[0])])
 
 
 def _confirm(
@@ -234,7 +246,6 @@ def _confirm(
     title: str,
     question: str,
     form: forms.Form | None = None,
-    destructive: bool = False,
     previews: list[dict[str, Any]] | None = None,
 ) -> TemplateResponse:
     """The shared confirmation page, one row per selected avatar with ``why_not``."""
@@ -256,9 +267,10 @@ def _confirm(
         question=question,
         rows=rows,
         form=form,
-        destructive=destructive,
+        destructive=action in DESTRUCTIVE,
         previews=previews,
-        back_url=_back_url(request, avatars),
+        back_url=page_of(request),
+        carry={FROM_PAGE: "1"} if page_of(request) else None,
     )
 
 
@@ -268,12 +280,21 @@ def _each(
     queryset: QuerySet[Avatar],
     action: str,
     do: Callable[[Avatar], tuple[str, int]],
-) -> None:
-    for avatar in queryset.select_related("current_training").order_by("pk"):
+) -> HttpResponseRedirect | None:
+    """Run ``do`` on each selected avatar whose precondition holds; say why for the others.
+    Back to the avatar page when the action was started there (else Django's redirect to
+    the list)."""
+    for avatar in queryset.select_related("current_training", "owner").order_by("pk"):
+        why = why_not(action, avatar)
+        if why:
+            _report(request, avatar, _("left alone: %(why)s") % {"why": why}, messages.WARNING)
+            continue
         text, level = do(avatar)
         _report(request, avatar, text, level)
         if level == messages.SUCCESS:
             log_staff_action(modeladmin, request, avatar, action, text)
+    page = page_of(request)
+    return HttpResponseRedirect(page) if page else None
 
 
 def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
@@ -300,53 +321,60 @@ def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bo
     permission=roles.RECHECK_AVATAR,
     description=gettext_lazy("Re-check now on fal (queued to the worker)"),
 )
-def recheck_now(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-) -> None:
+def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
+    """From the list: queued to the worker. From the avatar page (one avatar): fal is
+    asked in this request, bounded by FAL_CALL_TIMEOUT_SECONDS, and its answer shown."""
     from django_q.tasks import async_task
 
+    if page_of(request):
+        return _each(
+            modeladmin, request, queryset, "recheck_now", lambda a: _recheck_here(request, a)
+        )
     trainings: list[Training] = []
-    queued: list[tuple[Avatar, str]] = []
-    skipped: list[Avatar] = []
-    for avatar in queryset.select_related("current_training").order_by("pk"):
-        training = _active_training(avatar)
-        if training is None:
-            skipped.append(avatar)
-        else:
-            trainings.append(training)
-            text = _("re-check queued (training attempt %(attempt)s).") % {
-                "attempt": training.attempt
-            }
-            _report(request, avatar, text, messages.SUCCESS)
-            queued.append((avatar, text))
-    for avatar in skipped:
-        _report(request, avatar, _("not re-checked: no active training."), messages.WARNING)
-    ids = [training.pk for training in trainings]
-    if ids:
-        # One task for the whole selection: the engine checks them concurrently,
-        # each call bounded in time, and records what changed. The request is in
-        # each timeline (who asked, when) even if the check changes nothing; it is
-        # not a status change, so it needs no transition.
-        with transaction.atomic():
-            AvatarEvent.objects.bulk_create(
-                AvatarEvent(
-                    avatar_id=training.avatar_id,
-                    training_id=training.pk,
-                    kind=EventKind.RECHECK_REQUESTED,
-                    source=STAFF,
-                    actor_id=request.user.pk,
-                )
-                for training in trainings
-            )
-            async_task(
-                "monitoring.tasks.recheck",
-                ids,
+
+    def queue(avatar: Avatar) -> tuple[str, int]:
+        training = _current(avatar)
+        trainings.append(training)
+        return _("re-check queued (training attempt %(attempt)s).") % {
+            "attempt": training.attempt
+        }, messages.SUCCESS
+
+    # One task for the whole selection: the engine checks them concurrently, each call
+    # bounded in time, and records what changed. The request is in each timeline (who
+    # asked, when) even if the check changes nothing; it is not a status change, so it
+    # needs no transition.
+    with transaction.atomic():
+        _each(modeladmin, request, queryset, "recheck_now", queue)
+        if not trainings:
+            return None
+        AvatarEvent.objects.bulk_create(
+            AvatarEvent(
+                avatar_id=training.avatar_id,
+                training_id=training.pk,
+                kind=EventKind.RECHECK_REQUESTED,
                 source=STAFF,
                 actor_id=request.user.pk,
-                task_name=f"staff re-check of {len(ids)} training(s)",
             )
-        for avatar, text in queued:
-            log_staff_action(modeladmin, request, avatar, "recheck_now", text)
+            for training in trainings
+        )
+        async_task(
+            "monitoring.tasks.recheck",
+            [training.pk for training in trainings],
+            source=STAFF,
+            actor_id=request.user.pk,
+            task_name=f"staff re-check of {len(trainings)} training(s)",
+        )
+    return None
+
+
+def _recheck_here(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = Training.objects.get(pk=_current(avatar).pk)
+    reports = training_service.recheck([training], source=STAFF, actor=request.user)
+    if not reports:
+        return _("Not re-checked: the training has just ended."), messages.WARNING
+    training.refresh_from_db()
+    text = fal_answer_words(reports[0].after, training.queue_position, reports[0].error)
+    return text, messages.WARNING if reports[0].error else messages.SUCCESS
 
 
 # --- Start / retrain ---------------------------------------------------------------------
@@ -408,14 +436,9 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
             outcome = transitions.mark_ready(avatar, source=STAFF, actor=request.user)
             if not outcome.changed:
                 return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-        if avatar.status != AvatarStatus.READY_FOR_TRAINING:
-            return _("not started: the avatar is %(status)s.") % {
-                "status": avatar.get_status_display()
-            }, messages.WARNING
         return _start(avatar, request)
 
-    _each(modeladmin, request, queryset, "start_training", do)
-    return None
+    return _each(modeladmin, request, queryset, "start_training", do)
 
 
 @staff_action(
@@ -440,18 +463,12 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        if avatar.status not in transitions.RETRAINABLE:
-            return _(
-                "not retrained: only failed or cancelled avatars can be retrained (it is "
-                "%(status)s)."
-            ) % {"status": avatar.get_status_display()}, messages.WARNING
         outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
         if not outcome.changed:
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
         return _start(avatar, request)
 
-    _each(modeladmin, request, queryset, "retrain", do)
-    return None
+    return _each(modeladmin, request, queryset, "retrain", do)
 
 
 # --- Cancel / mark failed ------------------------------------------------------------------
@@ -466,7 +483,6 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
             queryset,
             action="cancel_on_fal",
             title=_("Cancel trainings on fal"),
-            destructive=True,
             question=_(
                 "Ask fal to cancel these trainings? A running job may still complete; the avatar "
                 "turns cancelled once fal confirms."
@@ -474,15 +490,13 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None:
-            return _("nothing to cancel: no active training."), messages.WARNING
         # cancel_training turns fal's errors into a sentence for staff itself.
-        result = training_service.cancel_training(training, source=STAFF, actor=request.user)
+        result = training_service.cancel_training(
+            _current(avatar), source=STAFF, actor=request.user
+        )
         return str(result), messages.SUCCESS
 
-    _each(modeladmin, request, queryset, "cancel_on_fal", do)
-    return None
+    return _each(modeladmin, request, queryset, "cancel_on_fal", do)
 
 
 def _cancel_job_after_failing(training: Training) -> str:
@@ -500,11 +514,6 @@ def _cancel_job_after_failing(training: Training) -> str:
         "CANCELLATION_REQUESTED": _("fal was asked to stop the job"),
         "ALREADY_COMPLETED": _("the job had already finished on fal"),
     }.get(answer, _("fal no longer knows the job"))
-
-
-def telegram_html(text: str) -> SafeString:
-    """A message as Telegram shows it: its HTML (values escaped when rendered), line breaks."""
-    return mark_safe(text.replace("\n", "<br>"))  # noqa: S308 - rendered with escaped values
 
 
 def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]]:
@@ -546,7 +555,6 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             queryset,
             action="mark_failed",
             title=_("Mark as failed"),
-            destructive=True,
             question=_(
                 "Mark these trainings as failed? The owner is told what you choose below, "
                 "and a job still running on fal is cancelled."
@@ -558,9 +566,7 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
     owner_message = form.cleaned_data["owner_message"]
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None:
-            return _("not marked failed: no active training."), messages.WARNING
+        training = _current(avatar)
         # Snapshot before failing: the transition clears the sub-state we need.
         snapshot = Training(
             pk=training.pk,
@@ -591,21 +597,16 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             }
         return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
 
-    _each(modeladmin, request, queryset, "mark_failed", do)
-    return None
+    return _each(modeladmin, request, queryset, "mark_failed", do)
 
 
 # --- Stuck -------------------------------------------------------------------------------
 
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
-def clear_stuck(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-) -> None:
+def clear_stuck(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None or training.stuck_since is None:
-            return _("not stuck."), messages.WARNING
+        training = _current(avatar)
         if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
             return _("not stuck any more."), messages.WARNING
         if stuck_cause(training, timezone.now()) is not None:
@@ -616,7 +617,7 @@ def clear_stuck(
             ), messages.WARNING
         return _("stuck flag cleared."), messages.SUCCESS
 
-    _each(modeladmin, request, queryset, "clear_stuck", do)
+    return _each(modeladmin, request, queryset, "clear_stuck", do)
 
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
@@ -635,17 +636,14 @@ def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset
     until = timezone.now() + timedelta(hours=form.cleaned_data["hours"])
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None or training.stuck_since is None:
-            return _("not stuck: deadline unchanged."), messages.WARNING
+        training = _current(avatar)
         if transitions.clear_stuck(training, source=STAFF, actor=request.user, extend_until=until):
             return _("stuck flag cleared; not flagged again before %(until)s.") % {
                 "until": until.strftime("%Y-%m-%d %H:%M UTC")
             }, messages.SUCCESS
         return _("not stuck any more."), messages.WARNING
 
-    _each(modeladmin, request, queryset, "extend_deadline", do)
-    return None
+    return _each(modeladmin, request, queryset, "extend_deadline", do)
 
 
 # --- Notifications -----------------------------------------------------------------------
@@ -671,32 +669,18 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
 )
 def resend_notification(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-) -> None:
-    avatars = list(queryset.order_by("pk"))
-    resendable = _resendable(a.pk for a in avatars)
-    for avatar in avatars:
-        notification = resendable.get(avatar.pk)
-        why = why_not("resend_notification", avatar) if notification is not None else ""
-        if notification is None:
-            _report(
-                request,
-                avatar,
-                _("nothing to resend: no undelivered notification."),
-                messages.WARNING,
-            )
-        elif why:
-            _report(request, avatar, _("not resent: %(why)s") % {"why": why}, messages.WARNING)
-        elif delivery.resend(notification.pk):
-            text = _("notification #%(id)s queued again.") % {"id": notification.pk}
-            _report(request, avatar, text, messages.SUCCESS)
-            log_staff_action(modeladmin, request, avatar, "resend_notification", text)
-        else:
-            _report(
-                request,
-                avatar,
-                _("notification #%(id)s could not be resent.") % {"id": notification.pk},
-                messages.WARNING,
-            )
+):
+    def do(avatar: Avatar) -> tuple[str, int]:
+        notification = _resendable([avatar.pk])[avatar.pk]
+        if delivery.resend(notification.pk):
+            return _("notification #%(id)s queued again.") % {
+                "id": notification.pk
+            }, messages.SUCCESS
+        return _("notification #%(id)s could not be resent.") % {
+            "id": notification.pk
+        }, messages.WARNING
+
+    return _each(modeladmin, request, queryset, "resend_notification", do)
 
 
 # --- Lost submits (fal's record) -------------------------------------------------------
@@ -723,15 +707,12 @@ def record_no_fal_job(
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None:
-            return _("no active training."), messages.WARNING
+        training = _current(avatar)
         text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.finished_at else messages.WARNING
 
-    _each(modeladmin, request, queryset, "record_no_fal_job", do)
-    return None
+    return _each(modeladmin, request, queryset, "record_no_fal_job", do)
 
 
 @staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
@@ -750,15 +731,12 @@ def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Q
         )
 
     def do(avatar: Avatar) -> tuple[str, int]:
-        training = _active_training(avatar)
-        if training is None or not training.is_held:
-            return _("not held: nothing to send."), messages.WARNING
+        training = _current(avatar)
         text = training_service.release(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
 
-    _each(modeladmin, request, queryset, "release_held", do)
-    return None
+    return _each(modeladmin, request, queryset, "release_held", do)
 
 
 AVATAR_ACTIONS = [

@@ -8,15 +8,14 @@ result. The permission is checked there again, not only when the button is shown
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import filesizeformat
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -25,101 +24,23 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 
 from monitoring import billing, eta, file_views, files, stuck
-from monitoring.admin import actions
 from monitoring.models import (
     Avatar,
     AvatarEvent,
     AvatarStatus,
     CostState,
-    EventSource,
     FalStatus,
     FileState,
     KeptFile,
     Training,
 )
-from monitoring.trainings import recheck
-from monitoring.wording import event_words, fal_answer_words, status_label
-from monitoring.wording import retried_words as retried_words  # avatars.py's attempts list
+from monitoring.wording import event_words, status_label
 from notifications import reachability
 from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
 
 # How long a text may be before it is folded away behind "show all".
 FOLD_AT = 240
-
-
-@dataclass(frozen=True)
-class PageAction:
-    name: str  # the admin action's function name
-    label: str
-    permission: str
-    destructive: bool = False
-
-
-def page_actions() -> list[PageAction]:
-    return [
-        PageAction("recheck_now", _("Re-check now"), "monitoring.recheck_avatar"),
-        PageAction("extend_deadline", _("Extend the deadline"), "monitoring.manage_stuck"),
-        PageAction("cancel_on_fal", _("Cancel on fal…"), "monitoring.cancel_training", True),
-        PageAction("mark_failed", _("Mark as failed…"), "monitoring.fail_avatar", True),
-        PageAction("start_training", _("Start training…"), "monitoring.start_training"),
-        PageAction("retrain", _("Retrain…"), "monitoring.start_training"),
-        PageAction("release_held", _("Send the held start now…"), "monitoring.start_training"),
-        PageAction(
-            "resend_notification", _("Resend the owner's message"), "monitoring.resend_notification"
-        ),
-    ]
-
-
-def available_actions(request: HttpRequest, avatar: Avatar) -> list[PageAction]:
-    """The buttons for what this avatar's state and this user's permissions allow."""
-    return [
-        action
-        for action in page_actions()
-        if request.user.has_perm(action.permission) and not actions.why_not(action.name, avatar)
-    ]
-
-
-# --- the action view ---------------------------------------------------------------------------
-
-
-def _recheck_here(request: HttpRequest, avatar: Avatar) -> None:
-    """Ask fal now, in this request (one avatar, bounded by FAL_CALL_TIMEOUT_SECONDS)."""
-    training = actions._active_training(avatar)
-    if training is None:
-        messages.warning(request, _("Not re-checked: no active training."))
-        return
-    training = Training.objects.get(pk=training.pk)
-    reports = recheck([training], source=EventSource.STAFF, actor=request.user)
-    if not reports:
-        messages.warning(request, _("Not re-checked: the training has just ended."))
-        return
-    report = reports[0]
-    training.refresh_from_db()
-    text = fal_answer_words(report.after, training.queue_position, report.error)
-    level = messages.WARNING if report.error else messages.SUCCESS
-    messages.add_message(request, level, text)
-
-
-def avatar_action_view(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, object_id: str, name: str
-) -> HttpResponse:
-    """Run one action on one avatar from its page, then return to the page."""
-    chosen = {action.name: action for action in page_actions()}.get(name)
-    if chosen is None:
-        raise Http404(_("No such action."))
-    if not request.user.has_perm(chosen.permission):
-        raise PermissionDenied
-    avatar = get_object_or_404(Avatar.objects.select_related("current_training"), pk=object_id)
-    page = reverse("admin:monitoring_avatar_change", args=[avatar.pk])
-    if request.method != "POST":
-        return HttpResponseRedirect(page)
-    if name == "recheck_now":
-        _recheck_here(request, avatar)
-        return HttpResponseRedirect(page)
-    function = getattr(actions, name)
-    response = function(modeladmin, request, Avatar.objects.filter(pk=avatar.pk))
-    return response if response is not None else HttpResponseRedirect(page)
 
 
 # --- the summary ---------------------------------------------------------------------------------
@@ -209,7 +130,7 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
         if training.finished_at is None:
             return format_html("{}", _("The owner is told when the training ends."))
         return format_html("{}", _("The owner was not told: no message was written."))
-    text = actions.telegram_html(notification.text)
+    text = telegram_html(notification.text)
     status = notification.status
     if status == NotificationStatus.SENT:
         return format_html(
@@ -252,6 +173,11 @@ def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> Safe
             _("The owner cannot be messaged: once they are back, mark them reachable again"),
         )
     return undelivered
+
+
+def telegram_html(text: str) -> SafeString:
+    """A message as Telegram shows it: its HTML (values escaped when rendered), line breaks."""
+    return mark_safe(text.replace("\n", "<br>"))  # noqa: S308 - rendered with escaped values
 
 
 def fold(text: str) -> SafeString:
@@ -400,49 +326,30 @@ def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpRespon
 def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> SafeString:
     """Newest first: when (seconds, UTC, relative), what, who, the change, the text."""
     now = now or timezone.now()
-    events = list(
+    events = (
         AvatarEvent.objects.filter(avatar=avatar)
         .select_related("actor", "training")
         .order_by("-created_at", "-id")[:limit]
     )
-    if not events:
-        return format_html("<p>{}</p>", _("Nothing recorded yet."))
-    labels = (_("when"), _("what"), _("change"), _("attempt"), _("details"))
-    rows = format_html_join(
-        "",
-        # data-label: on a phone each event is a card, each value under its label
-        # (monitoring/static/monitoring/avatar_page.css).
-        "<tr><td class='nowrap' data-label='{}'>{}</td>"
-        "<td data-label='{}'>{}<br><span class='quiet'>{}</span></td>"
-        "<td data-label='{}'>{}</td><td data-label='{}'>{}</td><td data-label='{}'>{}</td></tr>",
-        (
-            (
-                labels[0],
-                _when(event.created_at, now),
-                labels[1],
-                event.get_kind_display(),
-                event.get_source_display()
+    rows = []
+    for event in events:
+        words = event_words(event)
+        rows.append(
+            {
+                "when": _when(event.created_at, now),
+                "what": event.get_kind_display(),
+                "who": event.get_source_display()
                 + (f" · {event.actor.get_username()}" if event.actor is not None else ""),
-                labels[2],
-                format_html(
-                    "{} → {}", status_label(event.old_status), status_label(event.new_status)
-                )
+                "change": f"{status_label(event.old_status)} → {status_label(event.new_status)}"
                 if event.new_status
                 else "",
-                labels[3],
-                f"#{event.training.attempt}" if event.training is not None else "",
-                labels[4],
-                fold(event_words(event)) if event_words(event) else "",
-            )
-            for event in events
-        ),
-    )
-    return format_html(
-        '<table class="timeline"><caption>{}</caption><thead><tr><th>{}</th><th>{}</th>'
-        "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
-        _("Newest first; times in UTC."),
-        *labels,
-        rows,
+                "attempt": f"#{event.training.attempt}" if event.training is not None else "",
+                "details": fold(words) if words else "",
+            }
+        )
+    labels = (_("when"), _("what"), _("change"), _("attempt"), _("details"))
+    return render_to_string(
+        "admin/monitoring/avatar/timeline.html", {"events": rows, "labels": labels}
     )
 
 

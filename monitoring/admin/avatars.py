@@ -11,13 +11,15 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.db import models
 from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.expressions import Combinable
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
@@ -26,12 +28,7 @@ from django.utils.translation import gettext_lazy
 from avatarsite.admin_base import ReadOnlyAdmin, pre, pretty_json
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
-from monitoring.admin.avatar_page import (
-    avatar_action_view,
-    event_words,
-    live_stuck_words,
-    status_label,
-)
+from monitoring.admin.avatar_page import live_stuck_words
 from monitoring.admin.dashboard import dashboard_view
 from monitoring.admin.webhooks import WebhookDeliveryInline
 from monitoring.models import (
@@ -47,21 +44,12 @@ from monitoring.models import (
     WebhookDelivery,
 )
 from monitoring.ops import attention
+from monitoring.wording import event_words, retried_words, status_label
 from notifications import reachability
 from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
 from notifications.reasons import telegram_reason_words
 
-# Each at least 4.5:1 against the badge's white text (WCAG AA), in both admin themes
-# (the badge brings its own background); tests/test_browser_staff.py measures it.
-BADGE_COLOURS: dict[str, str] = {
-    AvatarStatus.DRAFT: "#6b6b6b",
-    AvatarStatus.READY_FOR_TRAINING: "#1565c0",
-    AvatarStatus.TRAINING: "#b34700",
-    AvatarStatus.COMPLETED: "#2e7d32",
-    AvatarStatus.ERROR: "#c62828",
-    AvatarStatus.CANCELLED: "#455a64",
-}
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50
 
@@ -90,15 +78,9 @@ def _admin_link(obj: Any, text: Any) -> SafeString:
 
 
 def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeString:
-    if not rows:
-        return format_html("<p>{}</p>", empty)
-    head = format_html_join("", "<th>{}</th>", ((h,) for h in headers))
-    body = format_html_join(
-        "",
-        "<tr>{}</tr>",
-        ((format_html_join("", "<td>{}</td>", ((cell,) for cell in row)),) for row in rows),
+    return render_to_string(
+        "admin/includes/table.html", {"headers": headers, "rows": rows, "empty": empty}
     )
-    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
@@ -119,16 +101,11 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
             detail = _("%(state)s, %(ready)s") % {"state": detail, "ready": ready}
     stuck = ""
     if training is not None and training.is_stuck:
-        stuck = format_html(
-            ' <span style="background:#b71c1c;color:#fff;border-radius:3px;padding:1px 5px;'
-            'font-size:85%">{}</span>',
-            _("stuck"),
-        )
+        stuck = format_html(' <span class="stuck-badge">{}</span>', _("stuck"))
+    # Colours: monitoring/static/monitoring/admin.css.
     return format_html(
-        '<span class="status-badge status-{}" style="background:{};color:#fff;border-radius:10px;'
-        'padding:2px 8px;display:inline-block;max-width:100%">{}{}</span>{}',
+        '<span class="status-badge status-{}">{}{}</span>{}',
         avatar.status,
-        BADGE_COLOURS.get(avatar.status, "#9e9e9e"),
         label,
         format_html(" · {}", detail) if detail else "",
         stuck,
@@ -380,9 +357,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         extra = {
             "counts": counts,
             "is_stuck_list": _is_stuck_list(request),
-            # Labels for the phone layout, where the column headers are hidden.
-            "time_in_state_label": _("in this state for"),
-            "last_check_label": _("last check"),
         }
         if extra["is_stuck_list"]:
             extra["title"] = _("Stuck trainings (%(n)s)") % {"n": counts["stuck"]}
@@ -401,13 +375,16 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
         extra: dict[str, Any] = {}
         if avatar is not None:
+            enabled, unavailable = page_buttons(self, request, avatar)
             extra = {
                 "summary_rows": avatar_page.summary(avatar),
                 "timeline": avatar_page.timeline(avatar),
                 "attempts": self.attempts(avatar),
-                "page_actions": avatar_page.available_actions(request, avatar),
+                "page_actions": enabled,
+                "unavailable_actions": unavailable,
                 "extend_choices": actions.EXTEND_CHOICES,
-                "action_checkbox_name": "_selected_action",
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "from_page_field": actions.FROM_PAGE,
             }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
@@ -453,20 +430,11 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
 
     def get_urls(self):
-
-        def do(request: HttpRequest, object_id: str, name: str):
-            return avatar_action_view(self, request, object_id, name)
-
         custom = [
             path(
                 "dashboard/",
                 self.admin_site.admin_view(dashboard_view),
                 name="monitoring_dashboard",
-            ),
-            path(
-                "<path:object_id>/do/<str:name>/",
-                self.admin_site.admin_view(do),
-                name="monitoring_avatar_do",
             ),
             path(
                 "<path:object_id>/files/<str:kind>/",
@@ -500,20 +468,23 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
 
     @admin.display(description=gettext_lazy("in this state for"), ordering="state_since")
-    def time_in_state(self, avatar: Avatar) -> str:
-        return _since(getattr(avatar, "state_since", None) or avatar.created_at)
+    def time_in_state(self, avatar: Avatar) -> SafeString:
+        # data-label: on a phone the column headers are hidden, each value says its label.
+        since = _since(getattr(avatar, "state_since", None) or avatar.created_at)
+        return format_html('<span data-label="{}">{}</span>', _("in this state for"), since)
 
     @admin.display(
         description=gettext_lazy("last check"), ordering="current_training__last_checked_at"
     )
-    def last_check(self, avatar: Avatar) -> str:
+    def last_check(self, avatar: Avatar) -> SafeString:
         training = avatar.current_training
         if training is None or training.last_checked_at is None:
-            return "—"
-        text = _("%(ago)s ago") % {"ago": _since(training.last_checked_at)}
-        if training.last_check_error:
-            text += " ⚠ " + training.last_check_error[:80]
-        return text
+            text = "—"
+        else:
+            text = _("%(ago)s ago") % {"ago": _since(training.last_checked_at)}
+            if training.last_check_error:
+                text += " ⚠ " + training.last_check_error[:80]
+        return format_html('<span data-label="{}">{}</span>', _("last check"), text)
 
     # --- detail fields --------------------------------------------------------------------
 
@@ -557,7 +528,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
                     t.get_fal_status_display(),
                     t.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if t.submitted_at else "—",
                     t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "—",
-                    avatar_page.retried_words(t.error_type)
+                    retried_words(t.error_type)
                     if t.outcome == TrainingOutcome.RETRIED
                     else t.get_outcome_display() or "—",
                     t.get_owner_message_display() or "—",
@@ -663,6 +634,35 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             _("No attempts yet."),
         )
         return format_html("{}{}", summary, log)
+
+
+def page_buttons(
+    modeladmin: AvatarAdmin, request: HttpRequest, avatar: Avatar
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The page's buttons: the admin actions this user may run (Django's own permission
+    check), split into those whose precondition holds and those it does not, with why."""
+    labels = {
+        "recheck_now": _("Re-check now"),
+        "extend_deadline": _("Extend the deadline"),
+        "cancel_on_fal": _("Cancel on fal…"),
+        "mark_failed": _("Mark as failed…"),
+        "start_training": _("Start training…"),
+        "retrain": _("Retrain…"),
+        "release_held": _("Send the held start now…"),
+        "resend_notification": _("Resend the owner's message"),
+    }
+    allowed = modeladmin.get_actions(request)
+    buttons = [
+        {
+            "name": name,
+            "label": label,
+            "danger": name in actions.DESTRUCTIVE,
+            "why_not": actions.why_not(name, avatar),
+        }
+        for name, label in labels.items()
+        if name in allowed
+    ]
+    return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
 
 
 # --- Training attempts -------------------------------------------------------------------

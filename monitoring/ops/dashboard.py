@@ -15,8 +15,6 @@ from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 from django.utils.formats import number_format
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django_stubs_ext import StrOrPromise
 
@@ -135,11 +133,6 @@ def notification_backlog(now: datetime) -> dict[str, Any]:
     }
 
 
-def _n(value: float) -> str:
-    """SVG coordinates with one decimal (format_html turns arguments into strings first)."""
-    return f"{value:.1f}"
-
-
 def _minutes(value: float) -> str:
     """ "0.7 min" / "0,7 мин": the number and the unit in the reader's language."""
     # Fast trainings take under a minute or two: "0" above a bar would say nothing.
@@ -147,77 +140,47 @@ def _minutes(value: float) -> str:
     return _("%(minutes)s min") % {"minutes": number}
 
 
-def chart_svg(buckets: list[HourBucket]) -> SafeString:
-    """A stacked bar chart of finished trainings per hour, with the mean duration on top."""
+def chart(buckets: list[HourBucket]) -> dict[str, Any]:
+    """A stacked bar chart of finished trainings per hour, with the mean duration on top:
+    the shapes, in SVG coordinates (templates/admin/monitoring/dashboard_chart.html)."""
     width, height, left, bottom, top = 760, 220, 36, 28, 26
     plot_h = height - bottom - top
     bar_w = (width - left) / max(len(buckets), 1)
     peak = max([b.total for b in buckets] + [1])
     colours = (("completed", "#2e7d32"), ("failed", "#c62828"), ("cancelled", "#757575"))
-    parts: list[SafeString] = []
+    bars, means, hours = [], [], []
     for i, bucket in enumerate(buckets):
         x = left + i * bar_w + 2
         y = height - bottom
+        hour = bucket.start.strftime("%H:00")
         for name, colour in colours:
             value = getattr(bucket, name)
             if not value:
                 continue
             h = plot_h * value / peak
             y -= h
-            parts.append(
-                format_html(
-                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
-                    "<title>{} {}: {}</title></rect>",
-                    _n(x),
-                    _n(y),
-                    _n(bar_w - 4),
-                    _n(h),
-                    colour,
-                    bucket.start.strftime("%H:00"),
-                    _(name),
-                    value,
-                )
+            title = f"{hour} {_(name)}: {value}"
+            bars.append(
+                {"x": x, "y": y, "width": bar_w - 4, "height": h, "fill": colour, "title": title}
             )
         if bucket.average_minutes is not None:
-            parts.append(
-                format_html(
-                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" fill="#333">{}</text>',
-                    _n(x + (bar_w - 4) / 2),
-                    _n(y - 3),
-                    _minutes(bucket.average_minutes),
-                )
+            means.append(
+                {"x": x + (bar_w - 4) / 2, "y": y - 3, "text": _minutes(bucket.average_minutes)}
             )
         if i % 3 == 0:
-            parts.append(
-                format_html(
-                    '<text x="{}" y="{}" font-size="10" fill="#555">{}</text>',
-                    _n(x),
-                    height - 10,
-                    bucket.start.strftime("%H:00"),
-                )
-            )
-    axis = format_html(
-        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>'
-        '<text x="2" y="{}" font-size="10" fill="#555">{}</text>'
-        '<text x="2" y="{}" font-size="10" fill="#555">0</text>',
-        left,
-        height - bottom,
-        width,
-        height - bottom,
-        top + 8,
-        peak,
-        height - bottom,
-    )
-    label = _("Trainings finished per hour, last 24 hours (UTC); numbers above bars: mean minutes")
-    return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} {}" width="100%" '
-        'role="img" aria-label="{}" class="training-chart">{}{}</svg>',
-        width,
-        height,
-        label,
-        axis,
-        format_html_join("", "{}", ((p,) for p in parts)) if parts else mark_safe(""),
-    )
+            hours.append({"x": x, "text": hour})
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "base": height - bottom,
+        "peak": peak,
+        "peak_y": top + 8,
+        "hour_y": height - 10,
+        "bars": bars,
+        "means": means,
+        "hours": hours,
+    }
 
 
 def retries_last_day(now: datetime | None = None) -> int:
@@ -283,7 +246,7 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "mean_duration_minutes": round(sum(durations) / len(durations) / 60, 1)
         if durations
         else None,
-        "chart": chart_svg(buckets),
+        "chart": chart(buckets),
         "notifications": notification_backlog(now),
         "money": money(now),
         "eta_times": eta_times(),
