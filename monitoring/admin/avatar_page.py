@@ -1,11 +1,10 @@
 """The avatar page: a summary at the top, the actions the state and the user allow, the timeline.
 
-The buttons post to ``<avatar>/do/<action>/`` (``avatar_action_view``), which runs the
-same admin action as the changelist on this one avatar, so confirmation pages,
-checks and result messages are shared, then returns to the avatar page with the
-result. The permission is checked there again, not only when the button is shown.
+Each button posts the changelist's own Django admin action for this one avatar, so the
+permission check, the confirmation page and the result message are the admin's; a button
+that does not apply is shown disabled with ``actions.why_not``'s reason.
+See docs/staff-guide.md#the-avatar-page.
 """
-
 from __future__ import annotations
 
 from datetime import UTC, datetime
