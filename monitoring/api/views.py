@@ -71,11 +71,13 @@ _KEY_ERRORS = (
         "This Idempotency-Key was used for a different request.",
     ),
 )
-_IDEMPOTENCY_KEY = (
-    "Required. Your id for this start (a UUID, say; 1 to 255 printable ASCII characters): "
-    "repeat the request with the same key and body after a timeout and you get the first "
+_IDEMPOTENCY_KEY = Header(
+    ...,
+    alias="Idempotency-Key",
+    description="Required. Your id for this start (a UUID, say; 1 to 255 printable ASCII "
+    "characters): repeat the request with the same key and body after a timeout and you get the first "
     "answer back, marked `Idempotent-Replayed: true`, never a second training. Kept "
-    "API_IDEMPOTENCY_KEY_HOURS (at least 24 h)."
+    "API_IDEMPOTENCY_KEY_HOURS (at least 24 h).",
 )
 _OVER_BUDGET = Err(
     402,
@@ -226,7 +228,7 @@ def create_training(
     request: HttpRequest,
     response: HttpResponse,
     payload: TrainingIn,
-    idempotency_key: str = Header(..., alias="Idempotency-Key", description=_IDEMPOTENCY_KEY),
+    idempotency_key: str = _IDEMPOTENCY_KEY,
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
@@ -280,7 +282,7 @@ def start_avatar(
     request: HttpRequest,
     response: HttpResponse,
     avatar_id: int,
-    idempotency_key: str = Header(..., alias="Idempotency-Key", description=_IDEMPOTENCY_KEY),
+    idempotency_key: str = _IDEMPOTENCY_KEY,
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
