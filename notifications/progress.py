@@ -238,14 +238,15 @@ def _take_slot(chat_id: int) -> None:
         raise _NoSlot(wait)
 
 
-def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
-    won = (
-        ProgressMessage.objects.filter(
-            pk=progress_id, pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
-        )
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + LEASE)
+def _due(now: datetime) -> Any:
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    return ProgressMessage.objects.filter(
+        free, pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
     )
+
+
+def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
+    won = _due(now).filter(pk=progress_id).update(lease_until=now + LEASE)
     return ProgressMessage.objects.get(pk=progress_id) if won else None
 
 
@@ -381,14 +382,7 @@ def _unknown(row: ProgressMessage, first: bool, error: str) -> str:
 def sweep() -> int:
     """Push every progress message that is due (the net under the queued tasks)."""
     now = timezone.now()
-    due = list(
-        ProgressMessage.objects.filter(
-            pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
-        )
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .order_by("next_at")
-        .values_list("pk", flat=True)[:SWEEP_BATCH]
-    )
+    due = list(_due(now).order_by("next_at").values_list("pk", flat=True)[:SWEEP_BATCH])
     for progress_id in due:
         push(progress_id)
     return len(due)
