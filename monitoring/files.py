@@ -344,7 +344,7 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
         size = 0
         buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
         try:
-            with _open_for_writing(store, tmp) as out:
+            with _Writer(store, tmp) as out:
                 while True:
                     count = response.readinto(buffer)
                     if not count:
@@ -403,10 +403,6 @@ class _Writer:
             # (closing a file "not dirty" aborts its multipart upload).
             self._file._is_dirty = False
         self._file.close()
-
-
-def _open_for_writing(store: Storage, name: str) -> _Writer:
-    return _Writer(store, name)
 
 
 def _promote(store: Storage, tmp: str, final: str) -> None:

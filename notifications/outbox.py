@@ -48,7 +48,10 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
     as having its task; one held back or written while paused is left to the relay.
     """
     now = timezone.now()
-    due_now = fields.setdefault("next_attempt_at", now) <= now and not _paused()
+    due_now = (
+        fields.setdefault("next_attempt_at", now) <= now
+        and not SenderState.objects.filter(pk=1, paused=True).exists()
+    )
     if due_now:
         fields["queued_at"] = now
     if savepoint:
@@ -63,10 +66,6 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
     if due_now:
         _hand_over(notification.pk)
     return notification
-
-
-def _paused() -> bool:
-    return SenderState.objects.filter(pk=1, paused=True).exists()
 
 
 def _broker_shares_transaction() -> bool:
@@ -265,14 +264,14 @@ def queue_fal_record_alert(
     )
 
 
-def _written_alert(kind: str, dedup_key: str, text: str, avatar_id, context, **fields):
+def _written_alert(kind: str, dedup_key: str, text: str, link_to, context, **fields):
     """A staff alert whose text (Telegram HTML) and "once" key the caller chose, with
     the link to the avatar (issue 31)."""
     return _create_once(
         dedup_key=dedup_key[:200],
         kind=kind,
         audience=Audience.STAFF,
-        text=(text + messages.avatar_link_line(avatar_id))[: messages.MAX_TEXT],
+        text=(text + messages.avatar_link_line(link_to))[: messages.MAX_TEXT],
         context=context or {},
         **fields,
     )

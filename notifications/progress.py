@@ -274,12 +274,6 @@ def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
     return isinstance(final_at, str) and now - datetime.fromisoformat(final_at) > OUTCOME_WAIT
 
 
-def _outbox_busy(now: datetime) -> bool:
-    return Notification.objects.filter(
-        status=NotificationStatus.PENDING, next_attempt_at__lte=now
-    ).exists()
-
-
 def push(progress_id: int) -> str:
     """Send or edit one progress message if it is due. Returns what happened."""
     now = timezone.now()
@@ -293,7 +287,8 @@ def push(progress_id: int) -> str:
     if reason.exists():
         _save(row, state=State.STOPPED, pending=False, last_error=f"unreachable: {reason[0]}")
         return "owner unreachable"
-    if _outbox_busy(now):
+    busy = Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=now)
+    if busy.exists():
         _later(row, YIELD_SECONDS)
         return "yielding to the outbox"
     first = row.state == State.NEW
