@@ -204,11 +204,8 @@ def final_name(row: KeptFile) -> str:
 
 
 def keep(training_id: int, *, due_only: bool = True) -> dict[str, str]:
-    """The django-q2 task: try once to copy each pending file of one training.
-
-    Returns what became of each file (kind -> state or "busy"), kept as the task result.
-    Nothing while AVATAR_FILES_COPY is off.
-    """
+    """The django-q2 task: try once to copy each pending file of one training (nothing while
+    AVATAR_FILES_COPY is off); what became of each file (kind -> state or "busy")."""
     if not settings.AVATAR_FILES_COPY:
         return {}
     return copy_pending(training_id, due_only=due_only)
