@@ -154,7 +154,9 @@ class _Applying:
             return Applied(False, retried.detail)
         assert retried.training is not None
         retry_id = retried.training.pk
-        transaction.on_commit(lambda: _enqueue_send(retry_id))
+        transaction.on_commit(
+            lambda: _enqueue(f"the retry {retry_id}", "monitoring.tasks.send_attempt", retry_id)
+        )
         _alert_if_many_retries()
         return Applied(True, f"retried automatically after fal's {error_type}")
 
@@ -254,7 +256,15 @@ def _defer_to_queue_check(training: Training) -> Applied:
     moved = Training.objects.active().filter(pk=training.pk).update(next_check_at=timezone.now())
     if not moved:
         return Applied(False, "training already finished")
-    transaction.on_commit(lambda: _enqueue_recheck(training.pk))
+    training_id = training.pk
+    transaction.on_commit(
+        lambda: _enqueue(
+            f"a re-check of training {training_id}",
+            "monitoring.tasks.recheck",
+            [training_id],
+            source=EventSource.WEBHOOK,
+        )
+    )
     return Applied(False, "the result is fetched from fal's queue", AnsweredBy.QUEUE)
 
 
@@ -289,30 +299,15 @@ def _episode(training: Training) -> list[Training]:
     return episode
 
 
-def _enqueue_send(training_id: int) -> None:
-    # After commit; a lost hand-over is sent by the next periodic check.
+def _enqueue(what: str, task: str, *args: Any, **kwargs: Any) -> None:
+    # Runs after commit, so it must not raise: a lost hand-over only waits for the next
+    # periodic check (the retry is due, and a deferred result's ``next_check_at`` is now).
     from django_q.tasks import async_task
 
     try:
-        async_task("monitoring.tasks.send_attempt", training_id)
+        async_task(task, *args, **kwargs)
     except Exception:
-        logger.exception(
-            "Could not queue the retry %s; the next periodic check sends it", training_id
-        )
-
-
-def _enqueue_recheck(training_id: int) -> None:
-    # Runs after commit, so it must not raise: a lost hand-over only delays the result
-    # until the next periodic check (``next_check_at`` is now).
-    from django_q.tasks import async_task
-
-    try:
-        async_task("monitoring.tasks.recheck", [training_id], source=EventSource.WEBHOOK)
-    except Exception:
-        logger.exception(
-            "Could not queue a re-check of training %s; the next periodic check fetches it",
-            training_id,
-        )
+        logger.exception("Could not queue %s; the next periodic check does it", what)
 
 
 def _keep_gateway_request_id(training: Training, gateway_request_id: str) -> None:
