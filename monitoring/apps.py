@@ -14,7 +14,7 @@ class MonitoringConfig(AppConfig):
         from monitoring import files, owner_progress, roles, totals, transitions
         from monitoring.fal import deliveries  # noqa: F401 (the Delivery proxy model)
         from monitoring.models import KeptFile
-        from monitoring.ops import retention, schedules, system_checks  # noqa: F401 (registers the checks)
+        from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
 
         # `migrate` creates or updates the periodic schedules (idempotent by name), and
@@ -33,5 +33,3 @@ class MonitoringConfig(AppConfig):
             (notification_signals.owner_told, totals.observe_owner_told),
         ):
             signal.connect(receiver, dispatch_uid=f"{receiver.__module__}.{receiver.__name__}")
-        if files.superseded not in retention.EXTRA_PRUNABLE:
-            retention.EXTRA_PRUNABLE.append(files.superseded)

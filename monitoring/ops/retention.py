@@ -67,6 +67,8 @@ def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
         "avatar_events": events,
         "check_runs": runs,
         "task_results": tasks,
+        # Files of attempts a newer attempt replaced (monitoring.files).
+        **files.superseded(now),
     }
     for more in EXTRA_PRUNABLE:
         found.update(more(now))
