@@ -98,7 +98,7 @@ class _Applying:
         owner_message = ""
         active = self.training.finished_at is None  # a duplicate of a finished one: no retry
         if active and self._fals_own() and not transitions.cancel_was_requested(self.training):
-            episode = _episode(self.training)
+            episode = self.training.episode()
             if len(episode) - 1 < settings.TRAINING_AUTO_RETRY_MAX:
                 return self._retry(details)
             # Retries used up: fal never bills its own failures, unless one of these
@@ -282,21 +282,6 @@ def _alert_if_many_retries() -> None:
         and counts["retried"] > settings.AUTO_RETRY_ALERT_RATIO * counts["ended"]
     ):
         outbox.queue_retries_alert(now=now, retried=counts["retried"], ended=counts["ended"])
-
-
-def _episode(training: Training) -> list[Training]:
-    """This attempt and the automatic retries right before it, newest first."""
-    attempts = (
-        Training.objects.filter(avatar_id=training.avatar_id, attempt__lt=training.attempt)
-        .order_by("-attempt")
-        .only("outcome", "deadline_cancel_at")
-    )
-    episode = [training]
-    for attempt in attempts:
-        if attempt.outcome != TrainingOutcome.RETRIED:
-            break
-        episode.append(attempt)
-    return episode
 
 
 def _enqueue(what: str, task: str, *args: Any, **kwargs: Any) -> None:
