@@ -20,16 +20,12 @@ REDACTED = "[redacted]"
 def known_secrets() -> list[str]:
     from django.conf import settings
 
+    names = ("FAL_KEY", "FAL_ADMIN_KEY", "TELEGRAM_BOT_TOKEN", "METRICS_TOKEN", "HEALTHZ_TOKEN")
+    values = [getattr(settings, name, None) for name in (*names, "SECRET_KEY")]
+    # The avatar_files storage's S3 secret (boto3 reads it from the environment).
+    values += [os.environ.get(name) for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     secrets = []
-    for name in (
-        "FAL_KEY",
-        "FAL_ADMIN_KEY",
-        "TELEGRAM_BOT_TOKEN",
-        "METRICS_TOKEN",
-        "HEALTHZ_TOKEN",
-        "SECRET_KEY",
-    ):
-        value = getattr(settings, name, None)
+    for value in values:
         if value and len(value) >= 6:
             secrets.append(value)
             # "key_id:key_secret" (fal) and "bot_id:secret" (Telegram): the part after
@@ -39,11 +35,6 @@ def known_secrets() -> list[str]:
             _, sep, secret_part = value.partition(":")
             if sep and len(secret_part) >= 6:
                 secrets.append(secret_part)
-    # The avatar_files storage's S3 secret (boto3 reads it from the environment).
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        value = os.environ.get(name)
-        if value and len(value) >= 6:
-            secrets.append(value)
     return sorted(set(secrets), key=len, reverse=True)
 
 

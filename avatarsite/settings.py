@@ -196,13 +196,8 @@ CONTENT_SECURITY_POLICY = {
 # --- Staff admin -------------------------------------------------------------------
 # One admin action starts at most this many (paid) trainings.
 ADMIN_BULK_START_MAX = env_int("ADMIN_BULK_START_MAX", 20, minimum=1)
-# Login rate limit (django-axes), in two parts (avatarsite.login_lockout):
-# - ADMIN_LOGIN_FAILURE_LIMIT failures of one username *from one client address* lock
-#   that pair: a stranger guessing a staff member's password locks only himself out,
-#   never the staff member logging in from elsewhere;
-# - ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT failures from one address, whatever the usernames,
-#   lock the address (password spraying).
-# `manage.py axes_reset_username` / `axes_reset_ip` / `axes_reset` lift a lockout at once.
+# Login lockouts (django-axes): per (address, username) pair and per address, so a
+# stranger never locks a staff member out (avatarsite.login_lockout).
 ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
 ADMIN_LOGIN_COOLOFF_MINUTES = env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
@@ -223,10 +218,7 @@ AXES_VERBOSE = False
 FAL_KEY = env_str("FAL_KEY") or env_str("FAL_API_KEY")
 if not FAL_KEY and env_str("FAL_KEY_ID") and env_str("FAL_KEY_SECRET"):
     FAL_KEY = f"{env_str('FAL_KEY_ID')}:{env_str('FAL_KEY_SECRET')}"
-# Where fal's queue is comes from FAL_QUEUE_RUN_HOST, which fal-client reads when it
-# is first imported; monitoring.fal.client reads the same value from fal-client so that our
-# own submit POST and fal-client always talk to the same queue (fal's, or the
-# emulator's in tests and the demo).
+# fal's queue host is fal-client's FAL_QUEUE_RUN_HOST (monitoring.fal.client reads it too).
 FAL_WEBHOOK_JWKS_URL = env_url(
     "FAL_WEBHOOK_JWKS_URL", "https://rest.fal.ai/.well-known/jwks.json", schemes=("https", "http")
 )
@@ -241,12 +233,8 @@ FAL_PLATFORM_API_URL = env_url(
 )
 FAL_PLATFORM_TIMEOUT_SECONDS = env_float("FAL_PLATFORM_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 FAL_PLATFORM_MAX_PAGES = env_int("FAL_PLATFORM_MAX_PAGES", 200, minimum=1)
-# Money (monitoring.billing, docs/billing.md): billing events, the balance and unit prices
-# need an admin key; FAL_ADMIN_KEY falls back to the queue key. Billing events are looked
-# up from a minute after a training ends, with backoff, for FAL_BILLING_WAIT_HOURS. The
-# balance is read every FAL_BALANCE_CHECK_SECONDS: staff are alerted below
-# FAL_BALANCE_ALERT_USD or when the last day's spend would use it up within
-# FAL_BALANCE_ALERT_HOURS; below FAL_BALANCE_HOLD_USD new starts wait (held).
+# Money (monitoring.billing, docs/billing.md): an admin key (else the queue's) reads
+# billing events, the balance and unit prices; below FAL_BALANCE_HOLD_USD starts wait.
 FAL_ADMIN_KEY = env_str("FAL_ADMIN_KEY")
 FAL_BILLING_WAIT_HOURS = env_float("FAL_BILLING_WAIT_HOURS", 24.0, minimum=0.0)
 FAL_BALANCE_CHECK_SECONDS = env_int("FAL_BALANCE_CHECK_SECONDS", 600, minimum=15)
@@ -340,13 +328,9 @@ TRAINING_MAX_RUN_MINUTES_STYLE = env_int("TRAINING_MAX_RUN_MINUTES_STYLE", 90, m
 ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
 
 # --- Kept avatar files (monitoring.files, docs/files.md) ------------------------------
-# The trained LoRA and its config are copied from fal's CDN (which deletes them) into the
-# storage alias "avatar_files": the local filesystem under AVATAR_FILES_ROOT by default,
-# an S3-compatible bucket when AVATAR_FILES_S3_BUCKET is set (credentials and region from
-# the usual AWS_* variables). Several hosts need S3: a filesystem copy is on one host only.
-# 0: completions still record their files as pending, but nothing is downloaded (the
-# test suite's worker processes, whose fake result URLs are nobody's; a storage outage).
-# Turned back on, the sweep copies what waits; keep_avatar_files copies in any case.
+# Copied from fal's CDN (which deletes them) into the storage alias "avatar_files": the
+# filesystem, or S3 with AVATAR_FILES_S3_BUCKET (several hosts need S3). Off: recorded
+# as pending, nothing downloaded until it is on again (or keep_avatar_files runs).
 AVATAR_FILES_COPY = env_bool("AVATAR_FILES_COPY", True)
 AVATAR_FILES_ROOT = Path(env_str("AVATAR_FILES_ROOT", str(BASE_DIR / "var" / "avatar-files")))
 AVATAR_FILES_S3_BUCKET = env_str("AVATAR_FILES_S3_BUCKET")

@@ -14,39 +14,22 @@ class MonitoringConfig(AppConfig):
         from monitoring import files, owner_progress, roles, totals, transitions
         from monitoring.fal import deliveries  # noqa: F401 (the Delivery proxy model)
         from monitoring.models import KeptFile
-        from monitoring.ops import retention, schedules, system_checks  # noqa: F401 (registers the checks)
+        from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
 
-        # `migrate` creates or updates the periodic schedules (idempotent by name).
-        post_migrate.connect(
-            schedules.ensure_schedules, sender=self, dispatch_uid="monitoring-schedules"
-        )
-        # The Support and Operators groups hold exactly what monitoring.roles says.
-        post_migrate.connect(
-            roles.sync_roles_after_migrate, sender=self, dispatch_uid="monitoring-roles"
-        )
-        # Every completion, whatever path made it, keeps the trained files.
-        transitions.training_finished.connect(
-            files.on_training_finished, dispatch_uid="monitoring-keep-files"
-        )
-        # The owner's live progress message (docs/eta.md).
-        transitions.training_submitted.connect(
-            owner_progress.on_submitted, dispatch_uid="monitoring-progress-submitted"
-        )
-        transitions.training_retried.connect(
-            owner_progress.on_retried, dispatch_uid="monitoring-progress-retried"
-        )
-        transitions.training_finished.connect(
-            owner_progress.on_finished, dispatch_uid="monitoring-progress-finished"
-        )
-        post_delete.connect(
-            files.delete_stored, sender=KeptFile, dispatch_uid="monitoring-delete-kept-files"
-        )
-        if files.superseded not in retention.EXTRA_PRUNABLE:
-            retention.EXTRA_PRUNABLE.append(files.superseded)
-        notification_signals.send_recorded.connect(
-            totals.count_notification_send, dispatch_uid="monitoring-count-notification-sends"
-        )
-        notification_signals.owner_told.connect(
-            totals.observe_owner_told, dispatch_uid="monitoring-observe-owner-told"
-        )
+        # `migrate` creates or updates the periodic schedules (idempotent by name), and
+        # the Support and Operators groups hold exactly what monitoring.roles says.
+        post_migrate.connect(schedules.ensure_schedules, sender=self, dispatch_uid="m-schedules")
+        post_migrate.connect(roles.sync_roles_after_migrate, sender=self, dispatch_uid="m-roles")
+        post_delete.connect(files.delete_stored, sender=KeptFile, dispatch_uid="m-delete-files")
+        for signal, receiver in (
+            # Every completion, whatever path made it, keeps the trained files.
+            (transitions.training_finished, files.on_training_finished),
+            # The owner's live progress message (docs/eta.md).
+            (transitions.training_submitted, owner_progress.on_submitted),
+            (transitions.training_retried, owner_progress.on_retried),
+            (transitions.training_finished, owner_progress.on_finished),
+            (notification_signals.send_recorded, totals.count_notification_send),
+            (notification_signals.owner_told, totals.observe_owner_told),
+        ):
+            signal.connect(receiver, dispatch_uid=f"{receiver.__module__}.{receiver.__name__}")

@@ -368,12 +368,13 @@ def quote(training_type: str, steps: int | None = None) -> Quote:
     return Quote(endpoint, price["unit"], unit_price, quantity, nano)
 
 
+def _estimate(training_type: str, arguments: dict | None) -> int:
+    return quote(training_type, steps_of(training_type, arguments)).nano_usd
+
+
 def estimate_nano(avatars: list[Avatar]) -> int:
     """The estimate of starting each of ``avatars`` once (the admin's confirmation)."""
-    return sum(
-        quote(a.training_type, steps_of(a.training_type, a.training_settings)).nano_usd
-        for a in avatars
-    )
+    return sum(_estimate(a.training_type, a.training_settings) for a in avatars)
 
 
 def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict[str, str]]:
@@ -398,10 +399,7 @@ def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict
     running = 0
     for training in unbilled.select_related("avatar").only("arguments", "avatar__training_type"):
         try:
-            running += quote(
-                training.avatar.training_type,
-                steps_of(training.avatar.training_type, training.arguments),
-            ).nano_usd
+            running += _estimate(training.avatar.training_type, training.arguments)
         except PricesUnavailable:
             pass  # no estimate: only what is known counts
     limit = int(Decimal(budget) * NANO)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from monitoring.owner_messages import PHOTO_PROBLEMS
+from monitoring.owner_messages import FALS_OWN, PHOTO_PROBLEMS
 
 
 class Blame(StrEnum):
@@ -18,23 +18,6 @@ class Blame(StrEnum):
     UNKNOWN = "unknown"  # treated as the owner's
 
 
-# fal's request errors that are its own infrastructure's (fal's request-errors table).
-FALS_OWN: frozenset[str] = frozenset(
-    {
-        "startup_timeout",
-        "runner_scheduling_failure",
-        "runner_connection_timeout",
-        "runner_disconnected",
-        "runner_connection_refused",
-        "runner_connection_error",
-        "runner_incomplete_response",
-        "runner_server_error",
-        "internal_error",
-        # Model codes for the platform's side (fal's model-errors page).
-        "internal_server_error",
-        "downstream_service_unavailable",
-    }
-)
 # Ours or the caller's: the same request would fail again.
 NOT_RETRIED: frozenset[str] = frozenset(
     {"bad_request", "client_disconnected", "client_cancelled", "request_cancelled"}

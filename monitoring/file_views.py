@@ -47,9 +47,7 @@ def file_response(
     etag = f'"{row.sha256}"'
     size = row.size or 0
     disposition = (
-        f"attachment; filename*=UTF-8''{quote(row.file_name)}"
-        if attachment
-        else f"inline; filename*=UTF-8''{quote(row.file_name)}"
+        f"{'attachment' if attachment else 'inline'}; filename*=UTF-8''{quote(row.file_name)}"
     )
     headers = {
         "ETag": etag,

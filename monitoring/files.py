@@ -197,11 +197,8 @@ def final_name(row: KeptFile) -> str:
 
 
 def keep(training_id: int, *, due_only: bool = True) -> dict[str, str]:
-    """The django-q2 task: try once to copy each pending file of one training.
-
-    Returns what became of each file (kind -> state or "busy"), kept as the task result.
-    Nothing while AVATAR_FILES_COPY is off.
-    """
+    """The django-q2 task: try once to copy each pending file of one training (nothing while
+    AVATAR_FILES_COPY is off); what became of each file (kind -> state or "busy")."""
     if not settings.AVATAR_FILES_COPY:
         return {}
     return copy_pending(training_id, due_only=due_only)
@@ -337,7 +334,7 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
         size = 0
         buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
         try:
-            with _open_for_writing(store, tmp) as out:
+            with _Writer(store, tmp) as out:
                 while True:
                     count = response.readinto(buffer)
                     if not count:
@@ -396,10 +393,6 @@ class _Writer:
             # (closing a file "not dirty" aborts its multipart upload).
             self._file._is_dirty = False
         self._file.close()
-
-
-def _open_for_writing(store: Storage, name: str) -> _Writer:
-    return _Writer(store, name)
 
 
 def _promote(store: Storage, tmp: str, final: str) -> None:

@@ -377,6 +377,18 @@ class Training(models.Model):
     def is_held(self) -> bool:
         return self.fal_status == FalStatus.HELD and self.finished_at is None
 
+    def episode(self) -> list[Training]:
+        """This attempt and the automatic retries right before it, newest first."""
+        episode = [self]
+        if self.attempt > 1:
+            earlier = Training.objects.filter(avatar_id=self.avatar_id, attempt__lt=self.attempt)
+            fields = ("attempt", "outcome", "created_at", "deadline_cancel_at")
+            for attempt in earlier.order_by("-attempt").only(*fields):
+                if attempt.outcome != TrainingOutcome.RETRIED:
+                    break
+                episode.append(attempt)
+        return episode
+
     @property
     def sent_from(self) -> datetime:
         """When sending began: the release of a held start, else the attempt's creation."""

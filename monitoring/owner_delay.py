@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
-from monitoring.models import FalStatus, Training, TrainingOutcome
+from monitoring.models import FalStatus, Training
 from notifications import outbox
 from notifications.models import Notification
 
@@ -24,20 +24,6 @@ ON_FAL = (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
 def _wanted() -> bool:
     # The progress messages (another feature's setting) tell the owner themselves.
     return not getattr(settings, "OWNER_PROGRESS_MESSAGES", True)
-
-
-def _episode_start(training: Training) -> Training:
-    """The first attempt of the episode this automatic retry belongs to."""
-    start = training
-    if training.attempt > 1:
-        earlier = Training.objects.filter(
-            avatar_id=training.avatar_id, attempt__lt=training.attempt
-        ).order_by("-attempt")
-        for attempt in earlier.only("pk", "attempt", "outcome", "created_at"):
-            if attempt.outcome != TrainingOutcome.RETRIED:
-                break
-            start = attempt
-    return start
 
 
 def review(trainings: Iterable[Training], now: datetime) -> int:
@@ -58,7 +44,8 @@ def review(trainings: Iterable[Training], now: datetime) -> int:
     ]
     if not late:
         return 0
-    starts = {t.pk: _episode_start(t) for t in late}
+    # The first attempt of the episode (an automatic retry is not announced again).
+    starts = {t.pk: t.episode()[-1] for t in late}
     keys = {t.pk: outbox.delayed_key(t.avatar_id, starts[t.pk].pk) for t in late}
     told = set(
         Notification.objects.filter(dedup_key__in=keys.values()).values_list("dedup_key", flat=True)

@@ -36,20 +36,38 @@ PHOTO_PROBLEMS: dict[str, str] = {
     )
 }
 
+# Model error codes of the platform's side (fal's model-errors page), in error_type or
+# in detail[].type.
+_MODEL_PLATFORM = (
+    "internal_server_error",
+    "generation_timeout",
+    "downstream_service_error",
+    "downstream_service_unavailable",
+)
+# fal's own infrastructure (its request-errors table, and the model codes of the
+# platform's side): retried automatically (``failure_kinds``), never the photos.
+FALS_OWN: frozenset[str] = frozenset(
+    {
+        "startup_timeout",
+        "runner_scheduling_failure",
+        "runner_connection_timeout",
+        "runner_disconnected",
+        "runner_connection_refused",
+        "runner_connection_error",
+        "runner_incomplete_response",
+        "runner_server_error",
+        "internal_error",
+        "internal_server_error",
+        "downstream_service_unavailable",
+    }
+)
+
 # error_type → owner message. fal's request errors (infrastructure), the model's own
 # codes seen on trainers, and the codes this monitor writes itself.
 ERROR_TYPES: dict[str, str] = {
     # fal request errors: the platform failed, not the photos.
+    **dict.fromkeys(FALS_OWN, TECHNICAL),
     "request_timeout": TECHNICAL,
-    "startup_timeout": TECHNICAL,
-    "runner_scheduling_failure": TECHNICAL,
-    "runner_connection_timeout": TECHNICAL,
-    "runner_disconnected": TECHNICAL,
-    "runner_connection_refused": TECHNICAL,
-    "runner_connection_error": TECHNICAL,
-    "runner_incomplete_response": TECHNICAL,
-    "runner_server_error": TECHNICAL,
-    "internal_error": TECHNICAL,
     "bad_request": TECHNICAL,  # our request was malformed
     # The job was cancelled on fal (by us, or from fal's dashboard).
     "client_cancelled": CANCELLED,
@@ -58,10 +76,7 @@ ERROR_TYPES: dict[str, str] = {
     # Model errors that trainers put into error_type as well (the emulator does).
     **PHOTO_PROBLEMS,
     "face_error": PHOTOS,
-    "internal_server_error": TECHNICAL,
-    "generation_timeout": TECHNICAL,
-    "downstream_service_error": TECHNICAL,
-    "downstream_service_unavailable": TECHNICAL,
+    **dict.fromkeys(_MODEL_PLATFORM, TECHNICAL),
     # Our own codes (monitoring.status_checks, monitoring.fal.client).
     "not_found": TECHNICAL,  # fal lost the request
     "no_lora_in_result": TECHNICAL,  # fal finished without a LoRA file
@@ -92,10 +107,7 @@ DETAIL_TYPES: dict[str, str] = {
     "missing": TECHNICAL,
     "value_error.missing": TECHNICAL,
     "type_error": TECHNICAL,
-    "internal_server_error": TECHNICAL,
-    "generation_timeout": TECHNICAL,
-    "downstream_service_error": TECHNICAL,
-    "downstream_service_unavailable": TECHNICAL,
+    **dict.fromkeys(_MODEL_PLATFORM, TECHNICAL),
 }
 
 # Photos beat technical when a model error lists both: the owner can act on it.

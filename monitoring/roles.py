@@ -33,24 +33,22 @@ VIEW_EVENT_CALLBACKS = ("api.view_eventcallback", "api.view_callbackattempt")
 # to the roles without editing this table.
 _VIEW_EVERYTHING = ("monitoring.view_*", "notifications.view_*")
 
+_SUPPORT = (
+    *_VIEW_EVERYTHING,
+    RECHECK_AVATAR,
+    MANAGE_STUCK,
+    RESEND_NOTIFICATION,
+    *VIEW_EVENT_CALLBACKS,
+)
 ROLES: dict[str, tuple[str, ...]] = {
-    SUPPORT: (
-        *_VIEW_EVERYTHING,
-        RECHECK_AVATAR,
-        MANAGE_STUCK,
-        RESEND_NOTIFICATION,
-        *VIEW_EVENT_CALLBACKS,
-    ),
+    SUPPORT: _SUPPORT,
+    # Everything Support may do, and what costs money or changes what fal runs.
     OPERATORS: (
-        *_VIEW_EVERYTHING,
-        RECHECK_AVATAR,
-        MANAGE_STUCK,
-        RESEND_NOTIFICATION,
+        *_SUPPORT,
         START_TRAINING,
         CANCEL_TRAINING,
         FAIL_AVATAR,
         ADOPT_TRAINING,
-        *VIEW_EVENT_CALLBACKS,
         # The bot's API clients and their tokens, and the call log.
         MANAGE_API_CLIENTS,
         # Creating an avatar (and its owner) in the admin, and correcting one that has

@@ -88,11 +88,6 @@ def read() -> Reading:
     return reading
 
 
-def current() -> dict[str, dict[Key, int]]:
-    """Every running total: name → {sorted label pairs: value}. One query."""
-    return read().values
-
-
 @dataclass(frozen=True)
 class Histogram:
     """A histogram kept as running totals: its name and bucket upper bounds (seconds)."""

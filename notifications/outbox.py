@@ -43,18 +43,15 @@ _OUTCOME_KINDS = {
 def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
     """Insert unless the dedup key exists, and hand the row to the sender.
 
-    With ``savepoint`` (the default) a duplicate key is logged and skipped without
-    breaking the caller's transaction. Without it, a duplicate raises and takes the
-    caller's transaction with it: for callers that are the only possible writer of
-    their key, where two round trips per message are worth saving.
-
-    A row due now is written marked as having its task (``queued_at``), so the relay
-    never queues a second one. A row held back (a stuck alert waiting for its digest),
-    or written while sending is paused (a task would only find the pause), is left to
-    the relay, which queues it when it is due and sending has resumed.
+    ``savepoint=False`` (for the only possible writer of a key) saves two round trips;
+    a duplicate then breaks the caller's transaction. A row due now is written marked
+    as having its task; one held back or written while paused is left to the relay.
     """
     now = timezone.now()
-    due_now = fields.setdefault("next_attempt_at", now) <= now and not _paused()
+    due_now = (
+        fields.setdefault("next_attempt_at", now) <= now
+        and not SenderState.objects.filter(pk=1, paused=True).exists()
+    )
     if due_now:
         fields["queued_at"] = now
     if savepoint:
@@ -69,10 +66,6 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
     if due_now:
         _hand_over(notification.pk)
     return notification
-
-
-def _paused() -> bool:
-    return SenderState.objects.filter(pk=1, paused=True).exists()
 
 
 def _broker_shares_transaction() -> bool:
@@ -106,16 +99,10 @@ def _owner_kind(outcome: str, owner_message: str) -> str:
 def queue_outcome(
     *, training: Any, outcome: str, fal_finished_at: datetime | None = None
 ) -> Notification | None:
-    """The owner's message for a finished training attempt (ready, failed, cancelled).
+    """The owner's message for a finished attempt, picked by its ``owner_message``.
 
-    The training's ``owner_message`` (chosen from fal's answer, or by staff) picks the
-    text. "No message" still writes the row, as skipped with the reason: the outcome
-    has exactly one notification either way, and staff can see why nobody was told.
-
-    ``training`` comes with its avatar and owner loaded (the transition has just read
-    them): the outbox reads nothing of the monitoring app itself. ``fal_finished_at``
-    (when fal finished the job) is kept in the context: the sender measures from it
-    how long the owner waited to be told (``signals.owner_told``).
+    "No message" still writes the row, as skipped: one notification per outcome either
+    way. ``fal_finished_at`` is kept so the sender measures how long the owner waited.
     """
     avatar = training.avatar
     owner_message = getattr(training, "owner_message", "") or ""
@@ -168,14 +155,8 @@ def queue_delayed(*, training: Any, episode_start_id: int) -> Notification | Non
 
 
 def queue_stuck(*, training: Any, episode: int, reason: str = "") -> Notification | None:
-    """One staff alert per stuck episode of a training (passed with its avatar loaded).
-
-    ``reason`` is the cause in the staff chat's language (kept in the context for a
-    digest); without it the alert quotes the training's stored reason.
-
-    Held back a few seconds (NOTIFICATION_STUCK_HOLD_SECONDS) so that a check run
-    flagging many trainings at once ends up as one digest (``merge_stuck_alerts``).
-    """
+    """One staff alert per stuck episode, held back a few seconds so that a check run
+    flagging many trainings at once ends up as one digest (``merge_stuck_alerts``)."""
     hold = timedelta(seconds=settings.NOTIFICATION_STUCK_HOLD_SECONDS)
     return _create_once(
         dedup_key=f"stuck:{training.avatar_id}:{training.pk}:{episode}",
@@ -245,10 +226,7 @@ def queue_given_up(notification: Notification, error: str) -> Notification | Non
 
 
 def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | None:
-    """Staff alert: fal rejected our key (401) or locked the account (403).
-
-    One per hour and status code, so a minute-by-minute check does not flood the chat.
-    """
+    """Staff alert: fal rejected our key (401) or locked the account (403); one an hour."""
     hour = timezone.now().strftime("%Y%m%d%H")
     return _create_once(
         dedup_key=f"fal_account:{status_code}:{hour}",
@@ -260,10 +238,7 @@ def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | 
 
 
 def queue_fal_balance_alert(*, since: datetime, text: str, context: dict) -> Notification | None:
-    """Staff alert: fal's balance is low or running out, or fal locked the account.
-
-    One per episode (keyed by when it began; ``monitoring.billing`` opens episodes).
-    """
+    """Staff alert: fal's balance is low, or fal locked the account; one per episode."""
     return _create_once(
         dedup_key=f"fal_balance:{since.isoformat()}",
         kind=NotificationKind.FAL_ACCOUNT,
@@ -277,17 +252,28 @@ def queue_fal_record_alert(
     *, dedup_key: str, text: str, avatar=None, training=None, context: dict | None = None
 ) -> Notification | None:
     """Staff alert about fal's own record (a double submit, a lost submit given up,
-    requests billed that nobody follows). The caller writes the text (Telegram HTML)
-    and picks the key that makes it "once"."""
-    return _create_once(
-        dedup_key=dedup_key[:200],
-        kind=NotificationKind.FAL_RECORD,
-        audience=Audience.STAFF,
+    requests billed that nobody follows)."""
+    return _written_alert(
+        NotificationKind.FAL_RECORD,
+        dedup_key,
+        text,
+        getattr(avatar, "pk", None),
+        context,
         avatar=avatar,
         training=training,
-        # Link line: issue 31 (staff alerts link to the avatar).
-        text=(text + messages.avatar_link_line(getattr(avatar, "pk", None)))[: messages.MAX_TEXT],
+    )
+
+
+def _written_alert(kind: str, dedup_key: str, text: str, link_to, context, **fields):
+    """A staff alert whose text (Telegram HTML) and "once" key the caller chose, with
+    the link to the avatar (issue 31)."""
+    return _create_once(
+        dedup_key=dedup_key[:200],
+        kind=kind,
+        audience=Audience.STAFF,
+        text=(text + messages.avatar_link_line(link_to))[: messages.MAX_TEXT],
         context=context or {},
+        **fields,
     )
 
 
@@ -311,19 +297,15 @@ def queue_unsafe_result_alert(
 def queue_files_alert(
     *, dedup_key: str, text: str, avatar_id: int, training_id: int, context: dict | None = None
 ) -> Notification | None:
-    """Staff alert: an avatar's files could not be kept (too large, gone at fal, given up).
-
-    The caller (``monitoring.files``) writes the text and picks the key that makes it "once".
-    """
-    return _create_once(
-        dedup_key=dedup_key[:200],
-        kind=NotificationKind.FILES,
-        audience=Audience.STAFF,
+    """Staff alert: an avatar's files could not be kept (too large, gone at fal, given up)."""
+    return _written_alert(
+        NotificationKind.FILES,
+        dedup_key,
+        text,
+        avatar_id,
+        context,
         avatar_id=avatar_id,
         training_id=training_id,
-        # Link line: issue 31 (staff alerts link to the avatar).
-        text=(text + messages.avatar_link_line(avatar_id))[: messages.MAX_TEXT],
-        context=context or {},
     )
 
 
@@ -339,11 +321,8 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
 
 
 def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notification | None:
-    """Staff alert: many attempts retried after fal's failures.
-
-    One per episode: none while the last one is less than an hour old (the window the
-    share is measured over), and at most one per clock hour when two retries race.
-    """
+    """Staff alert: many attempts retried after fal's failures; none while the last is
+    under an hour old (the share's window), one per clock hour when two retries race."""
     recent = Notification.objects.filter(
         kind=NotificationKind.RETRIES, created_at__gte=now - timedelta(hours=1)
     )
@@ -359,11 +338,7 @@ def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notificat
 
 
 def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
-    """Hand a row to the sender's queue.
-
-    After commit this never raises (the relay is the net); inside the row's own
-    transaction an error propagates, as that transaction is broken anyway.
-    """
+    """Hand a row to the sender's queue; raises only inside the row's own transaction."""
     if in_transaction:
         queue_task(notification_id)
     else:
@@ -381,11 +356,7 @@ def queue_task(notification_id: int) -> None:
 
 
 def enqueue(notification_id: int) -> None:
-    """Queue ``deliver(notification_id)`` on the notifications cluster.
-
-    Never raises: a message whose enqueue was lost (broker down, process killed) is
-    still pending in the outbox, marked as having no task, and the relay sends it.
-    """
+    """Queue ``deliver(notification_id)``; never raises (a lost one is the relay's)."""
     try:
         queue_task(notification_id)
     except Exception:

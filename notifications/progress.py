@@ -220,14 +220,15 @@ def _take_slot(chat_id: int) -> None:
         raise _NoSlot(wait)
 
 
-def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
-    won = (
-        ProgressMessage.objects.filter(
-            pk=progress_id, pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
-        )
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + LEASE)
+def _due(now: datetime) -> Any:
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    return ProgressMessage.objects.filter(
+        free, pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
     )
+
+
+def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
+    won = _due(now).filter(pk=progress_id).update(lease_until=now + LEASE)
     return ProgressMessage.objects.get(pk=progress_id) if won else None
 
 
@@ -255,12 +256,6 @@ def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
     return isinstance(final_at, str) and now - datetime.fromisoformat(final_at) > OUTCOME_WAIT
 
 
-def _outbox_busy(now: datetime) -> bool:
-    return Notification.objects.filter(
-        status=NotificationStatus.PENDING, next_attempt_at__lte=now
-    ).exists()
-
-
 def push(progress_id: int) -> str:
     """Send or edit one progress message if it is due. Returns what happened."""
     now = timezone.now()
@@ -274,7 +269,8 @@ def push(progress_id: int) -> str:
     if reason.exists():
         _save(row, state=State.STOPPED, pending=False, last_error=f"unreachable: {reason[0]}")
         return "owner unreachable"
-    if _outbox_busy(now):
+    busy = Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=now)
+    if busy.exists():
         _later(row, YIELD_SECONDS)
         return "yielding to the outbox"
     first = row.state == State.NEW
@@ -363,14 +359,7 @@ def _unknown(row: ProgressMessage, first: bool, error: str) -> str:
 def sweep() -> int:
     """Push every progress message that is due (the net under the queued tasks)."""
     now = timezone.now()
-    due = list(
-        ProgressMessage.objects.filter(
-            pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
-        )
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .order_by("next_at")
-        .values_list("pk", flat=True)[:SWEEP_BATCH]
-    )
+    due = list(_due(now).order_by("next_at").values_list("pk", flat=True)[:SWEEP_BATCH])
     for progress_id in due:
         push(progress_id)
     return len(due)

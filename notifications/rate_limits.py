@@ -50,47 +50,21 @@ def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
 
 
 def _wait_needed(chat_id: int, now: datetime) -> float:
-    waits = [0.0]
-    per_chat = timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS)
-    last = (
-        RateLimitMark.objects.filter(chat_id=chat_id, sent_at__gt=now - per_chat)
-        .order_by("-sent_at")
-        .values_list("sent_at", flat=True)
-        .first()
-    )
-    if last is not None:
-        waits.append((last + per_chat - now).total_seconds())
-
+    chat = RateLimitMark.objects.filter(chat_id=chat_id)
+    every = RateLimitMark.objects.all()
+    overall = settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND
+    # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart)
+    # rather than bursts of ``limit`` at the start of each second, so that network
+    # jitter cannot bunch two bursts into one second at Telegram's end; the one-second
+    # window is the hard ceiling.
+    limits = [
+        (chat, timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS), 1),
+        (every, timedelta(seconds=1 / overall), 1),
+        (every, timedelta(seconds=1), overall),
+    ]
     if is_group(chat_id):
-        waits.append(
-            _window_wait(
-                RateLimitMark.objects.filter(chat_id=chat_id),
-                now,
-                timedelta(minutes=1),
-                settings.NOTIFICATION_RATE_GROUP_PER_MINUTE,
-            )
-        )
-    # Overall: evenly spaced (1/limit s apart) rather than bursts of ``limit`` at the
-    # start of each second, so that network jitter cannot bunch two bursts into one
-    # second at Telegram's end; the window check below is the hard ceiling.
-    spacing = timedelta(seconds=1 / settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND)
-    latest = (
-        RateLimitMark.objects.filter(sent_at__gt=now - spacing)
-        .order_by("-sent_at")
-        .values_list("sent_at", flat=True)
-        .first()
-    )
-    if latest is not None:
-        waits.append((latest + spacing - now).total_seconds())
-    waits.append(
-        _window_wait(
-            RateLimitMark.objects.all(),
-            now,
-            timedelta(seconds=1),
-            settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND,
-        )
-    )
-    return max(waits)
+        limits.append((chat, timedelta(minutes=1), settings.NOTIFICATION_RATE_GROUP_PER_MINUTE))
+    return max(_window_wait(marks, now, window, limit) for marks, window, limit in limits)
 
 
 def _window_wait(marks, now: datetime, window: timedelta, limit: int) -> float:

@@ -18,24 +18,18 @@ PROGRESS_SWEEP = "notifications: push due progress messages"
 
 def ensure_schedules(**kwargs: Any) -> None:
     """post_migrate receiver: set-up twice leaves one sweep."""
-    Schedule.objects.using(kwargs.get("using", "default")).update_or_create(
-        name=OUTBOX_SWEEP,
-        defaults={
-            "func": "notifications.delivery.sweep",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 1,
-            "repeats": -1,
-            "cluster": settings.NOTIFICATION_CLUSTER,
-        },
-    )
-    # The owner's progress messages whose edit waited for its interval (docs/eta.md).
-    Schedule.objects.using(kwargs.get("using", "default")).update_or_create(
-        name=PROGRESS_SWEEP,
-        defaults={
-            "func": "notifications.progress.sweep",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 1,
-            "repeats": -1,
-            "cluster": settings.NOTIFICATION_CLUSTER,
-        },
-    )
+    # The outbox, and the owner's progress messages whose edit waited (docs/eta.md).
+    for name, func in (
+        (OUTBOX_SWEEP, "notifications.delivery.sweep"),
+        (PROGRESS_SWEEP, "notifications.progress.sweep"),
+    ):
+        Schedule.objects.using(kwargs.get("using", "default")).update_or_create(
+            name=name,
+            defaults={
+                "func": func,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": 1,
+                "repeats": -1,
+                "cluster": settings.NOTIFICATION_CLUSTER,
+            },
+        )

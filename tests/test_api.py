@@ -12,7 +12,6 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from monitoring.api import adopt
 from monitoring.api.models import ApiCall, ApiClient, ClientAvatar, IdempotencyKey
 from monitoring.models import Avatar, AvatarStatus, FalStatus, Owner
 from monitoring.ops import retention
@@ -525,10 +524,6 @@ def test_cancel_is_202_when_sent_to_fal_and_409_without_an_active_training(fal, 
 # --- Adopt ----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not adopt.available(),
-    reason="monitoring.trainings.adopt_training is not merged yet (record helper's branch)",
-)
 def test_adopting_a_fal_request_is_idempotent_on_its_request_id(fal, bot):
     request_id, endpoint = submitted_elsewhere(fal)
     adopt_body = {
@@ -592,8 +587,7 @@ def test_the_openapi_document_validates_and_lists_every_endpoint():
         ("POST", "/api/v1/avatars/{avatar_id}/cancel"),
         ("GET", "/api/v1/quote"),
     }
-    if adopt.available():
-        expected.add(("POST", "/api/v1/trainings/adopt"))
+    expected.add(("POST", "/api/v1/trainings/adopt"))
     assert operations == expected
     docs = Client().get("/api/v1/docs")
     assert docs.status_code == 200

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -19,23 +21,22 @@ class ApiConfig(AppConfig):
         from monitoring.ops import attention, metrics, retention
         from notifications import relay
 
-        if api_retention.prunable not in retention.EXTRA_PRUNABLE:
-            retention.EXTRA_PRUNABLE.append(api_retention.prunable)
-        # Failing event callbacks: on /metrics and, past a threshold, in the banner.
-        if callback_health.problems not in attention.EXTRA_PROBLEMS:
-            attention.EXTRA_PROBLEMS.append(callback_health.problems)
-        if callback_health.figures not in metrics.EXTRA_FIGURES:
-            metrics.EXTRA_FIGURES.append(callback_health.figures)
-
+        # Old rows pruned with the rest; failing event callbacks on /metrics and, past a
+        # threshold, in the banner.
+        extensions: tuple[tuple[list[Any], Any], ...] = (
+            (retention.EXTRA_PRUNABLE, api_retention.prunable),
+            (attention.EXTRA_PROBLEMS, callback_health.problems),
+            (metrics.EXTRA_FIGURES, callback_health.figures),
+        )
+        for hooks, hook in extensions:
+            if hook not in hooks:
+                hooks.append(hook)
         # The outcome's event rows are written in the transition's own transaction.
-        transitions.training_finished.connect(
-            callbacks.record_outcome, dispatch_uid="api-callback-outcome"
-        )
-        transitions.training_flagged_stuck.connect(
-            callbacks.record_stuck, dispatch_uid="api-callback-stuck"
-        )
-        transitions.training_retried.connect(
-            callbacks.record_retried, dispatch_uid="api-callback-retried"
-        )
+        for signal, receiver in (
+            (transitions.training_finished, callbacks.record_outcome),
+            (transitions.training_flagged_stuck, callbacks.record_stuck),
+            (transitions.training_retried, callbacks.record_retried),
+        ):
+            signal.connect(receiver, dispatch_uid=f"api.{receiver.__name__}")
         # The outbox's one relay queues due events too (retries, lost hand-overs).
         relay.register(callbacks.relay_once)

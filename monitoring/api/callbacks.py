@@ -343,10 +343,7 @@ def with_file_links(payload: Any, avatar_id: int) -> Any:
 
 
 def deliver(callback_id: int) -> str:
-    """One attempt at sending an event, if it is due and nobody else is sending it.
-
-    Returns the attempt's outcome (or "not due"), kept as the django-q2 task result.
-    """
+    """One attempt at sending a due event nobody else is sending; its outcome is the task result."""
     callback = _claim(callback_id)
     if callback is None:
         return "not due"
@@ -479,10 +476,7 @@ def _finish(
 
 
 def relay_once(limit: int = 50) -> int:
-    """Queue the events that are due and have no task (retries, lost hand-overs).
-
-    Run by the outbox's relay (``notifications.relay``) and by the minute's sweep.
-    """
+    """Queue the due events that have no task (the outbox's relay, and the minute's sweep)."""
     now = timezone.now()
     EventCallback.objects.forget_lost_tasks(now, _queue())
     return EventCallback.objects.queue_due(limit, now, enqueue)

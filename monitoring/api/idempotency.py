@@ -81,13 +81,18 @@ def run_once(
             raise
         logger.exception("API start under key %s failed after its avatar was made", key)
         status, body = answer
-    IdempotencyKey.objects.filter(pk=row.pk).update(
+    _done(IdempotencyKey.objects.filter(pk=row.pk), (status, body))
+    return status, body, False
+
+
+def _done(rows: Any, answer: Answer) -> None:
+    status, body = answer
+    rows.update(
         state=IdempotencyKey.State.DONE,
         status_code=status,
         response=body,
         finished_at=timezone.now(),
     )
-    return status, body, False
 
 
 def _stale_after() -> timedelta:
@@ -127,12 +132,6 @@ def _take_over(row: IdempotencyKey, recover: Callable[[IdempotencyKey], Answer |
     if answer is None:
         IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).delete()
         raise ApiError(409, "in_progress", "The earlier request with this key died; retry now.")
-    status, body = answer
-    IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).update(
-        state=IdempotencyKey.State.DONE,
-        status_code=status,
-        response=body,
-        finished_at=timezone.now(),
-    )
+    _done(IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS), answer)
     logger.warning("Idempotency-Key %s was left in progress; answered from the database", row.key)
-    return status, body
+    return answer

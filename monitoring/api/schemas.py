@@ -181,6 +181,12 @@ FAL_STATUS_NOTE = (
 )
 
 
+FalUrl = Annotated[str, Field(description="fal's URL: fal deletes the file after a while.")]
+KeptFiles = Annotated[
+    FilesOut | None, Field(description="Our kept copies (completed trainings only).")
+]
+
+
 class EtaOut(Schema):
     """When an active training should be ready (docs/eta.md); null when nothing is known."""
 
@@ -203,9 +209,9 @@ class TrainingOut(Schema):
     queue_position: int | None
     eta: EtaOut | None
     outcome: Literal[tuple(TrainingOutcome.values)] | None  # type: ignore[valid-type]
-    lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
-    config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
-    files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")
+    lora_url: FalUrl
+    config_url: FalUrl
+    files: KeptFiles
     error: str
     error_type: str
     stuck: bool
@@ -304,9 +310,9 @@ class AvatarOut(Schema):
     fal_request_id: str | None
     queue_position: int | None
     eta: EtaOut | None = Field(description="Of the current training, while it is active.")
-    lora_url: str = Field(description="fal's URL: fal deletes the file after a while.")
-    config_url: str = Field(description="fal's URL: fal deletes the file after a while.")
-    files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")
+    lora_url: FalUrl
+    config_url: FalUrl
+    files: KeptFiles
     error: str
     error_type: str
     stuck: bool

@@ -16,8 +16,8 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Header, Query, Schema, Status
 from pydantic import Field
 
-from monitoring import billing, transitions
-from monitoring.api import adopt, errors, idempotency, query, representation
+from monitoring import billing, trainings, transitions
+from monitoring.api import errors, idempotency, query, representation
 from monitoring.api.auth import ClientToken
 from monitoring.api.errors import ApiError
 from monitoring.api.models import ApiClient, ClientAvatar, IdempotencyKey, Scope
@@ -37,6 +37,8 @@ from monitoring.api.openapi import (
 )
 from monitoring.api.schemas import (
     ID_NOTE,
+    AdoptIn,
+    AdoptOut,
     AvatarOut,
     AvatarPage,
     CancelOut,
@@ -44,7 +46,7 @@ from monitoring.api.schemas import (
     StartOut,
     TrainingIn,
 )
-from monitoring.models import Avatar, AvatarStatus, EventSource, Training, TrainingOutcome
+from monitoring.models import Avatar, AvatarStatus, EventSource, Owner, Training, TrainingOutcome
 from monitoring.trainings import cancel_training, create_avatar_for_owner, start_training
 
 API_SOURCE = EventSource.API
@@ -69,11 +71,13 @@ _KEY_ERRORS = (
         "This Idempotency-Key was used for a different request.",
     ),
 )
-_IDEMPOTENCY_KEY = (
-    "Required. Your id for this start (a UUID, say; 1 to 255 printable ASCII characters): "
-    "repeat the request with the same key and body after a timeout and you get the first "
+_IDEMPOTENCY_KEY = Header(
+    ...,
+    alias="Idempotency-Key",
+    description="Required. Your id for this start (a UUID, say; 1 to 255 printable ASCII "
+    "characters): repeat the request with the same key and body after a timeout and you get the first "
     "answer back, marked `Idempotent-Replayed: true`, never a second training. Kept "
-    "API_IDEMPOTENCY_KEY_HOURS (at least 24 h)."
+    "API_IDEMPOTENCY_KEY_HOURS (at least 24 h).",
 )
 _OVER_BUDGET = Err(
     402,
@@ -110,27 +114,27 @@ def index(request: HttpRequest):
     }
 
 
-def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
-    """The avatar; with ``client``, only one it may see (another client's is a 404 too)."""
-    avatar = representation.load_avatar(avatar_id, client)
-    if avatar is None:
+def _or_404(avatar_id: int, found: Any) -> Any:
+    """``found``, or a 404 (another client's avatar is one too)."""
+    if found is None:
         raise ApiError(404, "not_found", f"No avatar with id {avatar_id}.")
-    return avatar
+    return found
+
+
+def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
+    return _or_404(avatar_id, representation.load_avatar(avatar_id, client))
 
 
 def start_answer(avatar_id: int, training: Training | None) -> idempotency.Answer:
     """201 with the avatar and the attempt just started (as the database holds them);
     202 when the start is held for fal's balance (``submit: "held"``, nothing sent)."""
-    loaded = representation.load(avatar_id)
-    if loaded is None:
-        raise ApiError(404, "not_found", f"No avatar with id {avatar_id}.")
-    avatar, trainings, kept = loaded
-    chosen = next((t for t in trainings if training and t.pk == training.pk), None)
-    chosen = chosen or (trainings[-1] if trainings else None)
+    avatar, attempts, kept = _or_404(avatar_id, representation.load(avatar_id))
+    chosen = next((t for t in attempts if training and t.pk == training.pk), None)
+    chosen = chosen or (attempts[-1] if attempts else None)
     if chosen is None:
         raise ApiError(409, "not_started", "The avatar has no training attempt.")
     return 202 if chosen.is_held else 201, {
-        "avatar": representation.avatar_data(avatar, trainings, kept=kept),
+        "avatar": representation.avatar_data(avatar, attempts, kept=kept),
         "training": representation.training_data(chosen, kept=kept.get(chosen.pk, [])),
     }
 
@@ -164,8 +168,15 @@ def _link(avatar: Avatar, client: ApiClient, reference: str = "") -> None:
         ClientAvatar.objects.filter(pk=link.pk).update(client_reference=reference)
 
 
-def _replayed(response: HttpResponse, answer: tuple[int, dict[str, Any], bool]) -> Status:
-    status, body, replayed = answer
+def _once(request: HttpRequest, response: HttpResponse, key: str, digest: str, perform) -> Status:
+    """``perform`` once per Idempotency-Key; a repeat gets the first answer, marked replayed."""
+    status, body, replayed = idempotency.run_once(
+        client=request.auth,  # type: ignore[attr-defined]
+        key=key,
+        digest=digest,
+        perform=perform,
+        recover=_recover,
+    )
     if replayed:
         response[idempotency.REPLAYED_HEADER] = "true"
     return Status(status, body)
@@ -217,7 +228,7 @@ def create_training(
     request: HttpRequest,
     response: HttpResponse,
     payload: TrainingIn,
-    idempotency_key: str = Header(..., alias="Idempotency-Key", description=_IDEMPOTENCY_KEY),
+    idempotency_key: str = _IDEMPOTENCY_KEY,
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
@@ -241,12 +252,7 @@ def create_training(
         return _started(avatar)
 
     digest = idempotency.request_hash("POST", "/trainings", payload.model_dump(mode="json"))
-    return _replayed(
-        response,
-        idempotency.run_once(
-            client=client, key=idempotency_key, digest=digest, perform=perform, recover=_recover
-        ),
-    )
+    return _once(request, response, idempotency_key, digest, perform)
 
 
 @api.post(
@@ -276,7 +282,7 @@ def start_avatar(
     request: HttpRequest,
     response: HttpResponse,
     avatar_id: int,
-    idempotency_key: str = Header(..., alias="Idempotency-Key", description=_IDEMPOTENCY_KEY),
+    idempotency_key: str = _IDEMPOTENCY_KEY,
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
@@ -306,12 +312,7 @@ def start_avatar(
         return _started(avatar)
 
     digest = idempotency.request_hash("POST", f"/avatars/{avatar_id}/trainings", None)
-    return _replayed(
-        response,
-        idempotency.run_once(
-            client=client, key=idempotency_key, digest=digest, perform=perform, recover=_recover
-        ),
-    )
+    return _once(request, response, idempotency_key, digest, perform)
 
 
 @api.get(
@@ -323,11 +324,9 @@ def start_avatar(
     **documented({200: AvatarOut}, *_READ_ERRORS, NOT_FOUND, INVALID),
 )
 def get_avatar(request: HttpRequest, avatar_id: int):
-    loaded = representation.load(avatar_id, request.auth)  # type: ignore[attr-defined]
-    if loaded is None:
-        raise ApiError(404, "not_found", f"No avatar with id {avatar_id}.")
-    avatar, trainings, kept = loaded
-    return representation.avatar_data(avatar, trainings, kept=kept)
+    client = request.auth  # type: ignore[attr-defined]
+    avatar, attempts, kept = _or_404(avatar_id, representation.load(avatar_id, client))
+    return representation.avatar_data(avatar, attempts, kept=kept)
 
 
 class AvatarFilters(Schema):
@@ -449,12 +448,64 @@ def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
         ) from None
 
 
-adopt.register(
-    api,
-    WRITE,
-    start_answer=start_answer,
-    link=_link,
-    errors=(*_WRITE_ERRORS, UNKNOWN_QUERY, *_BODY_ERRORS),
+@api.post(
+    "/trainings/adopt",
+    auth=WRITE,
+    summary="Adopt a fal request started elsewhere (idempotent on the request id)",
+    operation_id="monitoring_api_adopt_adopt_training",  # as published before the move
+    **documented(
+        {200: AdoptOut, 201: AdoptOut},
+        *_WRITE_ERRORS,
+        UNKNOWN_QUERY,
+        *_BODY_ERRORS,
+        Err(
+            404,
+            "not_found",
+            "The request is followed already, for another client or for staff.",
+            "No avatar of this client follows this request.",
+        ),
+        Err(
+            422,
+            "adopt_refused",
+            "fal does not know the request, or it is not a training of a known "
+            "trainer: `fields.request_id` says why.",
+            "fal has no request 764cabcf-b745-4b3e-ae38-1200304cf45b on this endpoint.",
+            {"request_id": "fal has no such request"},
+        ),
+        ok_descriptions={
+            201: "Adopted now (`adopted: true`).",
+            200: "Followed already by this client (`adopted: false`).",
+        },
+    ),
 )
+def adopt_training(request: HttpRequest, payload: AdoptIn):
+    client: ApiClient = request.auth  # type: ignore[attr-defined]
+    try:
+        result = trainings.adopt_training(
+            request_id=payload.request_id,
+            endpoint=payload.endpoint,
+            owner_telegram_id=payload.owner.telegram_id,
+            name=payload.name,
+            training_type=payload.training_type,
+            owner_language=payload.owner.language,
+            notify=payload.notify,
+            source=API_SOURCE,
+        )
+    except trainings.AdoptRefused as exc:
+        reason = str(exc.reason)
+        raise ApiError(422, "adopt_refused", reason, fields={"request_id": reason}) from None
+    avatar = result.avatar
+    if not result.adopted and representation.load_avatar(avatar.pk, client) is None:
+        # Followed already, for another client or for staff: not this client's to see.
+        raise ApiError(404, "not_found", "No avatar of this client follows this request.")
+    if payload.owner.username:
+        Owner.objects.filter(pk=avatar.owner_id).exclude(username=payload.owner.username).update(
+            username=payload.owner.username
+        )
+    _link(avatar, client, payload.client_reference)
+    _status, body = start_answer(avatar.pk, result.training)
+    return Status(201 if result.adopted else 200, {**body, "adopted": result.adopted})
+
+
 # Last: every operation is in place.
 query.forbid_unknown_parameters(api)

@@ -96,12 +96,16 @@ class DeliveryQuerySet(WebhookDeliveryQuerySet):
             _count_refusal(verdict, minute) > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE
             or _kept_bytes(minute) + size > settings.WEBHOOK_REFUSED_BYTES_PER_MINUTE
         ):
-            totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
+            _count(verdict, outcome)
             return
         RefusedWebhookCount.objects.filter(minute=minute, verdict=verdict).update(
             kept_bytes=F("kept_bytes") + size
         )
         row.keep(excerpt=True)
+
+
+def _count(verdict: str, outcome: str) -> None:
+    totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
 
 
 def _kept_bytes(minute: datetime) -> int:
@@ -174,7 +178,7 @@ class Delivery(WebhookDelivery):
         if self.outcome != WebhookOutcome.RECEIVED:
             self.processed_at = timezone.now()
             # A received row is counted when its outcome is written (``process``).
-            totals.add("webhook_deliveries", {"verdict": self.verdict, "outcome": self.outcome})
+            _count(self.verdict, self.outcome)
         self.save(force_insert=True)
 
     @classmethod
@@ -248,7 +252,7 @@ class Delivery(WebhookDelivery):
                     processed_at=timezone.now(),
                 ):
                     raise _ProcessedElsewhere
-                totals.add("webhook_deliveries", {"verdict": self.verdict, "outcome": outcome})
+                _count(self.verdict, outcome)
         except _ProcessedElsewhere:
             current = Delivery.objects.filter(pk=self.pk).values_list("outcome", flat=True)
             return current.first() or WebhookOutcome.ALREADY_DONE
@@ -261,10 +265,7 @@ class Delivery(WebhookDelivery):
                 traceback=trace,
                 processed_at=timezone.now(),
             ):
-                totals.add(
-                    "webhook_deliveries",
-                    {"verdict": self.verdict, "outcome": WebhookOutcome.FAILED},
-                )
+                _count(self.verdict, WebhookOutcome.FAILED)
             return WebhookOutcome.FAILED
         return outcome
 

@@ -129,11 +129,8 @@ class FalOutcome:
         result: dict | None = None,
         refused: FalJobFailed | None = None,
     ) -> FalOutcome | None:
-        """A COMPLETED status with its result (or the result fetch's refusal).
-
-        None while the queue has not said enough: not completed, or a clean
-        completion whose result was not fetched yet.
-        """
+        """A COMPLETED status with its result (or the result fetch's refusal); None while the
+        queue has not said enough (not completed, or its result not fetched yet)."""
         if report.status != "COMPLETED":
             return None
         if report.error:

@@ -264,17 +264,25 @@ class PlatformClient:
         if with_payloads:
             params["expand"] = "payloads"
         pages = max_pages or settings.FAL_PLATFORM_MAX_PAGES
+        cut = f"more than {pages} pages of {PAGE_SIZE}: listing cut short"
+        yield from self._each(params, BY_ENDPOINT, "items", _item, pages, cut)
+
+    def _each(
+        self, params: dict, path: str, items: str, parse: Any, pages: int, cut: str | None
+    ) -> Iterator[Any]:
+        """Every item ``parse`` reads, page by page; past ``pages``, ``cut`` is raised."""
         for _page in range(pages):
-            body = self._page(params)
-            for raw in body["items"]:
-                item = _item(raw)
-                if item is not None:
-                    yield item
+            body = self._page(params, path, items)
+            for raw in body[items]:
+                parsed = parse(raw)
+                if parsed is not None:
+                    yield parsed
             cursor = body.get("next_cursor")
             if not body.get("has_more") or not cursor:
                 return
             params["cursor"] = cursor
-        raise PlatformUnavailable(f"more than {pages} pages of {PAGE_SIZE}: listing cut short")
+        if cut:
+            raise PlatformUnavailable(cut)
 
     def find_matching(
         self, endpoint: str, arguments: dict, *, since: datetime, until: datetime | None = None
@@ -310,17 +318,11 @@ class PlatformClient:
             "end": end.isoformat(),
             "limit": PAGE_SIZE,
         }
-        for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
-            body = self._page(params, BILLING_EVENTS, "billing_events")
-            for raw in body["billing_events"]:
-                event = BillingEvent.from_raw(raw)
-                if event is not None:
-                    yield event
-            cursor = body.get("next_cursor")
-            if not body.get("has_more") or not cursor:
-                return
-            params["cursor"] = cursor
-        raise PlatformUnavailable("too many pages of billing events: listing cut short")
+        cut = "too many pages of billing events: listing cut short"
+        pages = settings.FAL_PLATFORM_MAX_PAGES
+        yield from self._each(
+            params, BILLING_EVENTS, "billing_events", BillingEvent.from_raw, pages, cut
+        )
 
     def balance(self) -> tuple[Decimal, str]:
         """The account's credit balance and its currency."""
@@ -335,18 +337,9 @@ class PlatformClient:
     def prices(self, endpoints: list[str]) -> dict[str, Price]:
         """fal's unit price of each endpoint (up to 50), by endpoint id."""
         params: dict[str, Any] = {"endpoint_id": ",".join(endpoints)}
-        found: dict[str, Price] = {}
-        for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
-            body = self._page(params, PRICING, "prices")
-            for raw in body["prices"]:
-                price = Price.from_raw(raw)
-                if price is not None:
-                    found[price.endpoint_id] = price
-            cursor = body.get("next_cursor")
-            if not body.get("has_more") or not cursor:
-                return found
-            params["cursor"] = cursor
-        return found
+        pages = settings.FAL_PLATFORM_MAX_PAGES
+        found = self._each(params, PRICING, "prices", Price.from_raw, pages, None)
+        return {price.endpoint_id: price for price in found}
 
 
 def find_request(endpoint: str, request_id: str) -> RecordItem | None:

@@ -95,7 +95,7 @@ class _Applying:
         owner_message = ""
         active = self.training.finished_at is None  # a duplicate of a finished one: no retry
         if active and self._fals_own() and not transitions.cancel_was_requested(self.training):
-            episode = _episode(self.training)
+            episode = self.training.episode()
             if len(episode) - 1 < settings.TRAINING_AUTO_RETRY_MAX:
                 return self._retry(details)
             # Retries used up: fal never bills its own failures, unless one of these
@@ -151,7 +151,9 @@ class _Applying:
             return Applied(False, retried.detail)
         assert retried.training is not None
         retry_id = retried.training.pk
-        transaction.on_commit(lambda: _enqueue_send(retry_id))
+        transaction.on_commit(
+            lambda: _enqueue(f"the retry {retry_id}", "monitoring.tasks.send_attempt", retry_id)
+        )
         _alert_if_many_retries()
         return Applied(True, wording.english(wording.retried_words, error_type))
 
@@ -251,7 +253,15 @@ def _defer_to_queue_check(training: Training) -> Applied:
     moved = Training.objects.active().filter(pk=training.pk).update(next_check_at=timezone.now())
     if not moved:
         return Applied(False, "training already finished")
-    transaction.on_commit(lambda: _enqueue_recheck(training.pk))
+    training_id = training.pk
+    transaction.on_commit(
+        lambda: _enqueue(
+            f"a re-check of training {training_id}",
+            "monitoring.tasks.recheck",
+            [training_id],
+            source=EventSource.WEBHOOK,
+        )
+    )
     return Applied(False, "the result is fetched from fal's queue", AnsweredBy.QUEUE)
 
 
@@ -271,45 +281,15 @@ def _alert_if_many_retries() -> None:
         outbox.queue_retries_alert(now=now, retried=counts["retried"], ended=counts["ended"])
 
 
-def _episode(training: Training) -> list[Training]:
-    """This attempt and the automatic retries right before it, newest first."""
-    attempts = (
-        Training.objects.filter(avatar_id=training.avatar_id, attempt__lt=training.attempt)
-        .order_by("-attempt")
-        .only("outcome", "deadline_cancel_at")
-    )
-    episode = [training]
-    for attempt in attempts:
-        if attempt.outcome != TrainingOutcome.RETRIED:
-            break
-        episode.append(attempt)
-    return episode
-
-
-def _enqueue_send(training_id: int) -> None:
-    # After commit; a lost hand-over is sent by the next periodic check.
+def _enqueue(what: str, task: str, *args: Any, **kwargs: Any) -> None:
+    # Runs after commit, so it must not raise: a lost hand-over only waits for the next
+    # periodic check (the retry is due, and a deferred result's ``next_check_at`` is now).
     from django_q.tasks import async_task
 
     try:
-        async_task("monitoring.tasks.send_attempt", training_id)
+        async_task(task, *args, **kwargs)
     except Exception:
-        logger.exception(
-            "Could not queue the retry %s; the next periodic check sends it", training_id
-        )
-
-
-def _enqueue_recheck(training_id: int) -> None:
-    # Runs after commit, so it must not raise: a lost hand-over only delays the result
-    # until the next periodic check (``next_check_at`` is now).
-    from django_q.tasks import async_task
-
-    try:
-        async_task("monitoring.tasks.recheck", [training_id], source=EventSource.WEBHOOK)
-    except Exception:
-        logger.exception(
-            "Could not queue a re-check of training %s; the next periodic check fetches it",
-            training_id,
-        )
+        logger.exception("Could not queue %s; the next periodic check does it", what)
 
 
 def _keep_gateway_request_id(training: Training, gateway_request_id: str) -> None:

@@ -119,10 +119,8 @@ def _claim_fetch(url: str, now: datetime) -> bool:
 
 
 def refresh(url: str | None = None) -> bool:
-    """Fetch the JWKS now if the rate limit allows; True when new keys were stored.
-
-    A failure is recorded on the row (``last_error``) and logged; the old keys stay.
-    """
+    """Fetch the JWKS now if the rate limit allows; True when new keys were stored (a
+    failure is recorded on the row and logged; the old keys stay)."""
     import httpx  # trusts SSL_CERT_FILE, like fal-client: the emulator's cert in tests
 
     url = url or settings.FAL_WEBHOOK_JWKS_URL
@@ -203,10 +201,8 @@ def _verifies(cached: _Cached | None, message: bytes, signature: bytes) -> bool:
 
 
 def verify(message: bytes, signature: bytes) -> bool:
-    """Whether ``signature`` over ``message`` verifies under any of fal's current keys.
-
-    Raises ``KeysUnavailable`` only when there is no key to try at all.
-    """
+    """Whether ``signature`` over ``message`` verifies under any of fal's current keys
+    (``KeysUnavailable`` only when there is no key to try at all)."""
     url = settings.FAL_WEBHOOK_JWKS_URL
     now = timezone.now()
     cached = _memo.get(url)

@@ -50,10 +50,6 @@ def stuck_filter() -> Q:
     )
 
 
-def stuck_count() -> int:
-    return Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False).count()
-
-
 def counts() -> dict[str, int]:
     """The numbers on the index and the list buttons, in one query."""
     return Avatar.objects.aggregate(
@@ -71,7 +67,7 @@ def problems(now: datetime | None = None) -> list[Problem]:
     """Everything wrong right now, worst first."""
     now = now or timezone.now()
     found: list[Problem] = []
-    stuck = stuck_count()
+    stuck = Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False).count()
     if stuck:
         found.append(
             Problem(
@@ -181,24 +177,17 @@ def problems(now: datetime | None = None) -> list[Problem]:
     return found
 
 
-def for_request(request: HttpRequest) -> dict[str, Any] | None:
-    """The banner's data for this user, or None (no permission, or not an admin page)."""
+def _may_see(request: HttpRequest) -> bool:
     user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated or not user.has_perm("monitoring.view_avatar"):
-        return None
-    return {"problems": problems()}
-
-
-def _counts_for(request: HttpRequest) -> dict[str, int]:
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated or not user.has_perm("monitoring.view_avatar"):
-        return {}
-    return counts()
+    return bool(user and user.is_authenticated and user.has_perm("monitoring.view_avatar"))
 
 
 def context(request: HttpRequest) -> dict[str, Any]:
-    """Template context processor: computed only if a template reads them."""
+    """Template context processor: the banner and the counts, computed only if a template
+    reads them, and only for users who may view avatars."""
     return {
-        "attention": SimpleLazyObject(lambda: for_request(request) or {}),
-        "monitoring_counts": SimpleLazyObject(lambda: _counts_for(request)),
+        "attention": SimpleLazyObject(
+            lambda: {"problems": problems()} if _may_see(request) else {}
+        ),
+        "monitoring_counts": SimpleLazyObject(lambda: counts() if _may_see(request) else {}),
     }

@@ -67,6 +67,8 @@ def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
         "avatar_events": events,
         "check_runs": runs,
         "task_results": tasks,
+        # Files of attempts a newer attempt replaced (monitoring.files).
+        **files.superseded(now),
     }
     for more in EXTRA_PRUNABLE:
         found.update(more(now))
@@ -78,11 +80,7 @@ def count(now: datetime | None = None) -> dict[str, int]:
 
 
 def prune(now: datetime | None = None) -> dict[str, int]:
-    """Delete what is old and finished; returns how many rows of each kind went.
-
-    The django-q2 schedule calls this with no argument; the return value is kept as
-    the task's result, so staff can see in the admin what each run removed.
-    """
+    """Delete what is old and finished; how many rows of each kind went (the task's result)."""
     deleted: dict[str, int] = {}
     for name, queryset in prunable(now).items():
         with transaction.atomic():

@@ -30,76 +30,26 @@ def _check_minutes() -> int:
     return max(1, round(settings.CHECK_INTERVAL_SECONDS / 60))
 
 
-# name -> the Schedule fields; callables are evaluated at migrate time (settings).
-SCHEDULES: list[dict[str, Any]] = [
-    {
-        "name": PERIODIC_CHECK,
-        "func": "monitoring.tasks.run_check",
-        "schedule_type": "I",  # Schedule.MINUTES
-        "minutes": _check_minutes,
-        "repeats": -1,
-    },
+# (name, task, Schedule type, minutes): "I" every N minutes, "H" hourly, "D" daily;
+# a callable is read at migrate time (settings).
+SCHEDULES: list[tuple[str, str, str, Any]] = [
+    (PERIODIC_CHECK, "monitoring.tasks.run_check", "I", _check_minutes),
     # Retention (staff tools): old deliveries, events, heartbeats and task results.
-    {
-        "name": PRUNE,
-        "func": "monitoring.ops.retention.prune",
-        "schedule_type": "D",  # Schedule.DAILY
-        "repeats": -1,
-    },
+    (PRUNE, "monitoring.ops.retention.prune", "D", None),
     # fal's record against our trainings: billed requests nobody follows, stale ones.
-    {
-        "name": RECONCILE,
-        "func": "monitoring.tasks.reconcile_fal",
-        "schedule_type": "D",  # Schedule.DAILY
-        "repeats": -1,
-    },
+    (RECONCILE, "monitoring.tasks.reconcile_fal", "D", None),
     # Event callbacks to API clients: retries with backoff, and lost hand-overs.
-    {
-        "name": EVENT_CALLBACK_SWEEP,
-        "func": "monitoring.api.callbacks.sweep",
-        "schedule_type": "I",  # Schedule.MINUTES
-        "minutes": 1,
-        "repeats": -1,
-    },
+    (EVENT_CALLBACK_SWEEP, "monitoring.api.callbacks.sweep", "I", 1),
     # Refused deliveries are anyone's to send: kept hours, not days.
-    {
-        "name": PRUNE_REFUSED_WEBHOOKS,
-        "func": "monitoring.ops.retention.prune_refused_webhooks",
-        "schedule_type": "H",  # Schedule.HOURLY
-        "repeats": -1,
-    },
+    (PRUNE_REFUSED_WEBHOOKS, "monitoring.ops.retention.prune_refused_webhooks", "H", None),
     # A web worker killed mid-delivery leaves the delivery "received", and a delivery
     # may arrive before its request id is stored: the sweep processes both.
-    {
-        "name": STRANDED_WEBHOOKS,
-        "func": "monitoring.fal.deliveries.sweep",
-        "schedule_type": "I",  # Schedule.MINUTES
-        "minutes": 1,
-        "repeats": -1,
-    },
+    (STRANDED_WEBHOOKS, "monitoring.fal.deliveries.sweep", "I", 1),
     # Copies of trained files that failed (retried with backoff) or lost their task.
-    {
-        "name": KEEP_FILES,
-        "func": "monitoring.files.sweep",
-        "schedule_type": "I",  # Schedule.MINUTES
-        "minutes": 1,
-        "repeats": -1,
-    },
+    (KEEP_FILES, "monitoring.files.sweep", "I", 1),
     # Money (monitoring.billing): billing events of finished trainings, and the balance.
-    {
-        "name": COSTS,
-        "func": "monitoring.tasks.look_up_costs",
-        "schedule_type": "I",  # Schedule.MINUTES
-        "minutes": 1,
-        "repeats": -1,
-    },
-    {
-        "name": BALANCE,
-        "func": "monitoring.tasks.check_balance",
-        "schedule_type": "I",  # Schedule.MINUTES
-        "minutes": _balance_minutes,
-        "repeats": -1,
-    },
+    (COSTS, "monitoring.tasks.look_up_costs", "I", 1),
+    (BALANCE, "monitoring.tasks.check_balance", "I", _balance_minutes),
 ]
 
 
@@ -108,7 +58,8 @@ def ensure_schedules(**kwargs: Any) -> None:
     from django_q.models import Schedule
 
     using = kwargs.get("using", "default")
-    for spec in SCHEDULES:
-        fields = {key: value() if callable(value) else value for key, value in spec.items()}
-        name = fields.pop("name")
+    for name, func, schedule_type, minutes in SCHEDULES:
+        fields = {"func": func, "schedule_type": schedule_type, "repeats": -1}
+        if minutes is not None:
+            fields["minutes"] = minutes() if callable(minutes) else minutes
         Schedule.objects.using(using).update_or_create(name=name, defaults=fields)

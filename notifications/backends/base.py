@@ -55,39 +55,37 @@ class Transient(SendError):
     """
 
 
+# Takes the rate-limit slot: called right before the request goes out (see BaseBackend).
+Ready = Callable[[], None] | None
+
+
 class BaseBackend:
+    """Send and edit; ``ready()`` takes the rate-limit slot right before the request goes out.
+
+    ``ready`` may wait, or raise to abandon the send (its exceptions propagate unchanged).
+    ``silent``: the phone does not ring. Local backends implement ``_send``/``_edit``.
+    """
+
     name = "base"
 
     def send(
-        self,
-        chat_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-        silent: bool = False,
-    ) -> SendReceipt:  # pragma: no cover - interface
-        """Send ``text``; call ``ready()`` right before the request goes out.
+        self, chat_id: int, text: str, *, ready: Ready = None, silent: bool = False
+    ) -> SendReceipt:
+        if ready is not None:
+            ready()
+        return SendReceipt(self._send(chat_id, text, silent))
 
-        ``ready`` takes the rate-limit slot (and may wait, or raise to abandon the
-        send); calling it as late as possible makes the limits hold for the requests
-        as Telegram receives them. Exceptions from ``ready`` propagate unchanged.
-        ``silent``: the phone does not ring (``disable_notification``).
-        """
+    def edit(self, chat_id: int, message_id: int, text: str, *, ready: Ready = None) -> SendReceipt:
+        """Replace a sent message's text; "not modified" is a success, a gone one ``MessageGone``."""
+        if ready is not None:
+            ready()
+        self._edit(chat_id, message_id, text)
+        return SendReceipt(message_id)
+
+    def _send(self, chat_id: int, text: str, silent: bool) -> int:  # pragma: no cover
         raise NotImplementedError
 
-    def edit(
-        self,
-        chat_id: int,
-        message_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-    ) -> SendReceipt:  # pragma: no cover - interface
-        """Replace the text of a message sent before (an edit never rings).
-
-        "Message is not modified" is a success; a message that is gone (deleted, too
-        old) raises ``MessageGone``; the other answers are classified as for ``send``.
-        """
+    def _edit(self, chat_id: int, message_id: int, text: str) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def probe(self) -> None:

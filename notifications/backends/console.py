@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Callable
 
-from notifications.backends.base import BaseBackend, SendReceipt
+from notifications.backends.base import BaseBackend
 
 _message_ids = itertools.count(1)
 
@@ -14,36 +13,15 @@ _message_ids = itertools.count(1)
 class ConsoleBackend(BaseBackend):
     name = "console"
 
-    def send(
-        self,
-        chat_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-        silent: bool = False,
-    ) -> SendReceipt:
-        if ready is not None:
-            ready()
+    def _send(self, chat_id: int, text: str, silent: bool) -> int:
         message_id = next(_message_ids)
         how = ", silent" if silent else ""
-        sys.stdout.write(
-            f"--- Telegram message to chat {chat_id} (#{message_id}{how}) ---\n{text}\n"
-        )
-        sys.stdout.flush()
-        return SendReceipt(message_id)
+        self._write(f"--- Telegram message to chat {chat_id} (#{message_id}{how}) ---\n{text}\n")
+        return message_id
 
-    def edit(
-        self,
-        chat_id: int,
-        message_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-    ) -> SendReceipt:
-        if ready is not None:
-            ready()
-        sys.stdout.write(
-            f"--- Telegram message #{message_id} in chat {chat_id} edited ---\n{text}\n"
-        )
+    def _edit(self, chat_id: int, message_id: int, text: str) -> None:
+        self._write(f"--- Telegram message #{message_id} in chat {chat_id} edited ---\n{text}\n")
+
+    def _write(self, text: str) -> None:
+        sys.stdout.write(text)
         sys.stdout.flush()
-        return SendReceipt(message_id)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from notifications.backends.base import BaseBackend, SendReceipt
+from notifications.backends.base import BaseBackend
 
 
 @dataclass(frozen=True)
@@ -34,31 +33,12 @@ _message_ids = itertools.count(1)
 class LocmemBackend(BaseBackend):
     name = "locmem"
 
-    def send(
-        self,
-        chat_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-        silent: bool = False,
-    ) -> SendReceipt:
-        if ready is not None:
-            ready()
+    def _send(self, chat_id: int, text: str, silent: bool) -> int:
         with _lock:
             message = SentMessage(chat_id, text, next(_message_ids), silent)
             outbox.append(message)
-        return SendReceipt(message.message_id)
+        return message.message_id
 
-    def edit(
-        self,
-        chat_id: int,
-        message_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-    ) -> SendReceipt:
-        if ready is not None:
-            ready()
+    def _edit(self, chat_id: int, message_id: int, text: str) -> None:
         with _lock:
             edits.append(Edit(chat_id, message_id, text))
-        return SendReceipt(message_id)

@@ -13,7 +13,6 @@ import atexit
 import concurrent.futures
 import os
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing import util as multiprocessing_util
 from typing import Any
@@ -27,6 +26,7 @@ from notifications.backends.base import (
     BaseBackend,
     ChatMoved,
     MessageGone,
+    Ready,
     RecipientUnreachable,
     Rejected,
     RetryLater,
@@ -126,12 +126,7 @@ class TelegramBackend(BaseBackend):
         return f"<TelegramBackend {self.base_url}>"
 
     def send(
-        self,
-        chat_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-        silent: bool = False,
+        self, chat_id: int, text: str, *, ready: Ready = None, silent: bool = False
     ) -> SendReceipt:
         message = self._call(
             "send_message",
@@ -144,14 +139,7 @@ class TelegramBackend(BaseBackend):
         )
         return SendReceipt(getattr(message, "message_id", None))
 
-    def edit(
-        self,
-        chat_id: int,
-        message_id: int,
-        text: str,
-        *,
-        ready: Callable[[], None] | None = None,
-    ) -> SendReceipt:
+    def edit(self, chat_id: int, message_id: int, text: str, *, ready: Ready = None) -> SendReceipt:
         try:
             self._call(
                 "edit_message_text",
@@ -176,7 +164,7 @@ class TelegramBackend(BaseBackend):
 
     # --- internals ---------------------------------------------------------------------
 
-    def _call(self, method: str, *, ready: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+    def _call(self, method: str, *, ready: Ready = None, **kwargs: Any) -> Any:
         """One Bot API call on this process's long-lived connection.
 
         ``ready()`` runs here, in the calling thread (the ORM may be used), right before
