@@ -5,6 +5,7 @@ permission check, the confirmation page and the result message are the admin's; 
 that does not apply is shown disabled with ``actions.why_not``'s reason.
 See docs/staff-guide.md#the-avatar-page.
 """
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
