@@ -13,12 +13,14 @@ from pathlib import Path
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from monitoring.models import Avatar, AvatarEvent, Training
+from monitoring import transitions
+from monitoring.models import Avatar, AvatarEvent, EventSource, Training
 from notifications.models import Notification
 from tests.worker_process import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_URL = "/webhooks/fal/"
+METRICS_TOKEN = "scrape-token-0123456789abcdef"  # what the ``metrics_on`` fixture sets
 
 
 def free_port() -> int:
@@ -65,6 +67,40 @@ def run_queued_monitoring_tasks() -> list:
         package.delete()
         results.append(import_string(task["func"])(*task["args"], **task["kwargs"]))
     return results
+
+
+def complete_training(training: Training, source: str = EventSource.CHECK):
+    """Complete ``training`` the way a check or a webhook does; the transition's outcome."""
+    return transitions.complete(
+        training, lora_url="https://v3.fal.media/files/lora.safetensors", source=source
+    )
+
+
+def owner_messages(avatar: Avatar) -> list[str]:
+    """The kinds of the messages to ``avatar``'s owner, in the outbox."""
+    return list(
+        Notification.objects.filter(avatar=avatar, audience="owner").values_list("kind", flat=True)
+    )
+
+
+def scrape_metrics(client, **headers) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics: {(name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get(
+        "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}", **headers}
+    )
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric_value(samples, name: str, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def snapshot() -> tuple:

@@ -12,8 +12,6 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from monitoring import transitions
-from monitoring.models import EventSource
 from notifications import delivery, relay
 from notifications.backends import telegram as telegram_backend
 from notifications.models import (
@@ -25,15 +23,10 @@ from notifications.models import (
     RateLimitMark,
     SenderState,
 )
+from tests.support import complete_training
 from tests.worker_process import qcluster
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _complete(training):
-    return transitions.complete(
-        training, lora_url="https://v3.fal.media/files/lora.safetensors", source=EventSource.CHECK
-    )
 
 
 def _waiting_messages(make_owner, count: int, *, prefix: str = "pace") -> list[Notification]:
@@ -72,7 +65,7 @@ def test_a_real_notifications_cluster_relays_a_message_whose_wait_has_passed_wit
         while "Notification relay started" not in log.read_text():
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
-        _complete(training)
+        complete_training(training)
         received = telegram.wait_for_messages(1, timeout=15)
     assert len(received) == 1, log.read_text()[-3000:]
     flood_answered_at = telegram.state.request_times[0][1]
@@ -114,7 +107,7 @@ def test_a_new_message_does_not_wait_behind_a_backlog(
     assert delivery.relay_once() == 8
     assert delivery.relay_once() == 0
     avatar, training = training_avatar()
-    _complete(training)  # queued directly by the outbox, behind those eight only
+    complete_training(training)  # queued directly by the outbox, behind those eight only
     queued = [package.task["args"][0] for package in OrmQ.objects.order_by("id")]
     new_row = Notification.objects.get(training=training)
     assert len(queued) == 9 and queued[-1] == new_row.pk

@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fakes.fal_signing import WebhookSigner, delivery_body, lora_payload
-from monitoring.fal import signing_keys
 from tests.support import WEBHOOK_URL as URL
 from tests.support import snapshot
 
@@ -74,7 +73,6 @@ delivery_like = st.fixed_dictionaries(
 
 @pytest.fixture
 def known_avatars(fal, training_avatar):
-    signing_keys.forget()
     return [training_avatar(rid) for rid in KNOWN_IDS]
 
 
