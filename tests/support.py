@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,26 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None, *, e
         time.sleep(every)
     tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}".rstrip())
+
+
+def start_bin_run(
+    env: dict[str, str], **popen
+) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """``./bin/run`` in ``env``: the process, the list its output lines are added to as
+    they come, and the thread that reads them (join it once the process has ended)."""
+    process = subprocess.Popen(
+        ["bash", "bin/run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
+    return process, output, reader
 
 
 def fetch(url: str) -> tuple[int, str] | None:

@@ -111,11 +111,11 @@ def test_a_flood_control_wait_frees_the_worker_and_the_relay_sends_once_it_is_du
     chat = avatar.owner.telegram_id
     telegram.script(chat, telegram.retry_after(1))
 
-    started = time.monotonic()
     complete_training(training)
+    started = time.monotonic()
     assert run_deliveries() == ["flood control: retry in 1 s"]
-    # The worker did not sleep through the wait: it is free again at once.
-    assert time.monotonic() - started < 0.8
+    # The worker did not sleep through the one-second wait: it is free again at once.
+    assert time.monotonic() - started < 0.9
     row = Notification.objects.get()
     assert row.status == NotificationStatus.PENDING and row.queued_at is None
     assert telegram.messages_to(chat) == []

@@ -87,7 +87,7 @@ def _assert_refused_or_harmless(response) -> None:
         assert isinstance(response.json()["error"], str)
 
 
-@settings(parent=PROPERTY, max_examples=800)
+@settings(parent=PROPERTY, max_examples=200)
 @given(
     body=st.one_of(st.binary(max_size=2048), delivery_like.map(lambda d: json.dumps(d).encode())),
     headers=header_sets,
@@ -102,7 +102,7 @@ def test_random_bodies_and_headers_never_get_a_5xx_or_change_an_avatar(
     assert snapshot() == before
 
 
-@settings(parent=PROPERTY, max_examples=600)
+@settings(parent=PROPERTY, max_examples=150)
 @given(
     request_id=st.sampled_from(KNOWN_IDS),
     status=st.sampled_from(["OK", "ERROR"]),
@@ -155,7 +155,7 @@ def test_a_real_delivery_with_any_one_defect_is_refused_and_changes_nothing(
     assert snapshot() == before
 
 
-@settings(parent=PROPERTY, max_examples=600)
+@settings(parent=PROPERTY, max_examples=150)
 @given(
     data=st.one_of(delivery_like, json_values), raw=st.binary(max_size=512), use_raw=st.booleans()
 )
