@@ -96,6 +96,21 @@ def make_avatar(make_owner):
 
 
 @pytest.fixture
+def started(fal, make_avatar):
+    """Start a new avatar on the fal emulator; returns (avatar, training)."""
+    from monitoring.trainings import start_training
+
+    def start(**avatar_fields):
+        avatar = make_avatar(**avatar_fields)
+        outcome = start_training(avatar, source=EventSource.COMMAND)
+        assert outcome.training is not None and outcome.training.fal_request_id, outcome
+        avatar.refresh_from_db()
+        return avatar, outcome.training
+
+    return start
+
+
+@pytest.fixture
 def training_avatar(make_avatar):
     """An avatar in ``training`` with a submitted attempt (no fal involved)."""
 

@@ -9,13 +9,15 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from monitoring import transitions
-from monitoring.models import Avatar, AvatarEvent, EventSource, Training
+from monitoring import tasks, transitions
+from monitoring.models import Avatar, AvatarEvent, CheckRun, EventSource, Training
 from notifications.models import Notification
 from tests.worker_process import database_url
 
@@ -88,6 +90,17 @@ def run_queued_monitoring_tasks() -> list:
         package.delete()
         results.append(import_string(task["func"])(*task["args"], **task["kwargs"]))
     return results
+
+
+def make_due(*trainings: Training) -> None:
+    """Make ``trainings`` (all of them when none is named) due for the next check."""
+    ids = [t.pk for t in trainings] or list(Training.objects.values_list("pk", flat=True))
+    Training.objects.filter(pk__in=ids).update(next_check_at=timezone.now() - timedelta(seconds=1))
+
+
+def check_run(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
+    """Run the periodic check now; its record."""
+    return CheckRun.objects.get(pk=tasks.run_check(kind))
 
 
 def complete_training(training: Training, source: str = EventSource.CHECK):
