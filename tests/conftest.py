@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -24,6 +25,42 @@ def back_to_the_default_language():
 
     yield
     translation.deactivate()
+
+
+@pytest.fixture(autouse=True)
+def fresh_signing_keys():
+    """Each test starts like a freshly started web worker: no fal signing keys in memory."""
+    from monitoring.fal import signing_keys
+
+    signing_keys.forget()
+    yield
+    signing_keys.forget()
+
+
+@pytest.fixture
+def deliver(fal, client):
+    """POST a webhook delivery to our intake, signed by the emulator's key unless
+    ``headers`` are given; returns the response."""
+    from tests.support import WEBHOOK_URL
+
+    def post(body: bytes, request_id: str | None = None, *, headers: dict | None = None, **kw):
+        if headers is None:
+            rid = request_id or json.loads(body)["request_id"]
+            headers = fal.signer.headers(body, rid)
+        return client.post(
+            WEBHOOK_URL, data=body, content_type="application/json", headers=headers, **kw
+        )
+
+    return post
+
+
+@pytest.fixture
+def metrics_on(settings):
+    """/metrics served to ``tests.support.METRICS_TOKEN`` from any address."""
+    from tests.support import METRICS_TOKEN
+
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    settings.METRICS_ALLOWED_IPS = []
 
 
 @pytest.fixture
@@ -56,6 +93,21 @@ def make_avatar(make_owner):
         )
 
     return make
+
+
+@pytest.fixture
+def started(fal, make_avatar):
+    """Start a new avatar on the fal emulator; returns (avatar, training)."""
+    from monitoring.trainings import start_training
+
+    def start(**avatar_fields):
+        avatar = make_avatar(**avatar_fields)
+        outcome = start_training(avatar, source=EventSource.COMMAND)
+        assert outcome.training is not None and outcome.training.fal_request_id, outcome
+        avatar.refresh_from_db()
+        return avatar, outcome.training
+
+    return start
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from monitoring.models import (
 )
 from monitoring.trainings import start_training
 from notifications.models import Notification, NotificationKind
+from tests.support import check_run as run_check
+from tests.support import make_due
 
 pytestmark = pytest.mark.django_db
 
@@ -33,29 +35,6 @@ pytestmark = pytest.mark.django_db
 def short_calls(settings):
     settings.FAL_CALL_TIMEOUT_SECONDS = 2.0
     settings.CHECK_CONCURRENCY = 16
-
-
-@pytest.fixture
-def started(fal, make_avatar):
-    """Start a new avatar on the emulator; returns (avatar, training)."""
-
-    def start(**avatar_fields) -> tuple[Avatar, Training]:
-        avatar = make_avatar(**avatar_fields)
-        outcome = start_training(avatar, source=EventSource.COMMAND)
-        assert outcome.training is not None and outcome.training.fal_request_id, outcome
-        avatar.refresh_from_db()
-        return avatar, outcome.training
-
-    return start
-
-
-def make_due(*trainings: Training) -> None:
-    ids = [t.pk for t in trainings] or list(Training.objects.values_list("pk", flat=True))
-    Training.objects.filter(pk__in=ids).update(next_check_at=timezone.now() - timedelta(seconds=1))
-
-
-def run_check() -> CheckRun:
-    return CheckRun.objects.get(pk=tasks.run_check())
 
 
 def test_it_completes_a_training_whose_webhook_was_dropped(fal, started, caplog):

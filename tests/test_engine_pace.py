@@ -9,19 +9,18 @@ import pytest
 from django.utils import timezone
 from django_q.models import Schedule
 
-from monitoring import restore, stuck, tasks
+from monitoring import restore, stuck
 from monitoring.models import (
-    Avatar,
     AvatarEvent,
     AvatarStatus,
     CheckRun,
-    EventSource,
     FalStatus,
     Training,
 )
 from monitoring.ops.schedules import PERIODIC_CHECK
-from monitoring.trainings import start_training
 from notifications.models import Notification, NotificationKind
+from tests.support import check_run as run_check
+from tests.support import make_due
 
 pytestmark = pytest.mark.django_db
 
@@ -30,26 +29,6 @@ pytestmark = pytest.mark.django_db
 def short_calls(settings):
     settings.FAL_CALL_TIMEOUT_SECONDS = 1.0
     settings.CHECK_CONCURRENCY = 16
-
-
-@pytest.fixture
-def started(fal, make_avatar):
-    def start(**avatar_fields) -> tuple[Avatar, Training]:
-        avatar = make_avatar(**avatar_fields)
-        outcome = start_training(avatar, source=EventSource.COMMAND)
-        assert outcome.training is not None and outcome.training.fal_request_id, outcome
-        return avatar, outcome.training
-
-    return start
-
-
-def run_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
-    return CheckRun.objects.get(pk=tasks.run_check(kind))
-
-
-def make_due(*trainings: Training) -> None:
-    ids = [t.pk for t in trainings] or list(Training.objects.values_list("pk", flat=True))
-    Training.objects.filter(pk__in=ids).update(next_check_at=timezone.now() - timedelta(seconds=1))
 
 
 def test_a_training_whose_first_three_status_calls_fail_is_finished_at_the_fourth_check(

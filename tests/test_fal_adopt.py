@@ -30,7 +30,9 @@ from monitoring.models import (
 from monitoring.ops import schedules
 from monitoring.trainings import AdoptRefused, adopt_training, start_training
 from notifications.models import Notification, NotificationKind
+from tests.api_support import run_check
 from tests.fixtures_fal import submit_directly
+from tests.support import owner_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -49,19 +51,6 @@ def adopt(*args: str) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     call_command("adopt_training", *args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
-
-
-def run_check() -> None:
-    Training.objects.filter(finished_at__isnull=True).update(
-        next_check_at=timezone.now() - timedelta(seconds=1)
-    )
-    tasks.run_check()
-
-
-def owner_messages(avatar: Avatar) -> list[str]:
-    return list(
-        Notification.objects.filter(avatar=avatar, audience="owner").values_list("kind", flat=True)
-    )
 
 
 def everything() -> tuple[int, ...]:

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import uuid
-from datetime import timedelta
 
 import pytest
 from django.contrib import admin
@@ -23,14 +22,12 @@ from django.contrib.admin.utils import quote
 from django.core.management import call_command
 from django.test import Client
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
 
-from monitoring import tasks
 from monitoring.fal import signing_keys
 from monitoring.models import Training, WebhookDelivery
 from notifications import delivery
 from notifications.models import Notification
-from tests.api_support import body
+from tests.api_support import body, run_check
 from tests.support import WEBHOOK_URL
 
 pytestmark = pytest.mark.django_db
@@ -57,13 +54,6 @@ def leaks(text: str) -> list[str]:
     return [
         secret for secret in (OUR_KEY, OUR_SECRET, FOREIGN_KEY, FOREIGN_SECRET) if secret in text
     ]
-
-
-def run_check() -> None:
-    Training.objects.filter(finished_at__isnull=True).update(
-        next_check_at=timezone.now() - timedelta(seconds=1)
-    )
-    tasks.run_check()
 
 
 def admin_pages(staff: Client) -> dict[str, str]:

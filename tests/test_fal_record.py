@@ -30,6 +30,7 @@ from monitoring.models import (
 from monitoring.trainings import record_no_fal_job, start_training
 from notifications.models import Notification, NotificationKind
 from tests.fixtures_fal import submit_directly
+from tests.support import owner_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -49,12 +50,6 @@ def run_check(*trainings: Training) -> None:
         next_check_at=timezone.now() - timedelta(seconds=1)
     )
     tasks.run_check()
-
-
-def owner_messages(avatar) -> list[str]:
-    return list(
-        Notification.objects.filter(avatar=avatar, audience="owner").values_list("kind", flat=True)
-    )
 
 
 def wait_until(condition, seconds: float = 5.0) -> None:

@@ -13,13 +13,11 @@ from django.utils import timezone
 
 from fakes.fal_signing import delivery_body
 from monitoring import tasks
-from monitoring.fal import signing_keys
 from monitoring.fal.payloads import MediaUrl, check_media_url
 from monitoring.models import AvatarStatus, EventSource, Training
 from monitoring.trainings import start_training
 from notifications.models import Audience, Notification, NotificationKind
 from tests.api_support import give
-from tests.support import WEBHOOK_URL as URL
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +92,7 @@ def test_a_dot_dot_url_by_webhook_never_completes_nor_reaches_the_bot(
     avatar, training = training_avatar("req-dotdot")
     give(avatar, bot)
 
-    response = deliver("req-dotdot", _payload(DOT_DOT))
+    response = deliver(delivery_body("req-dotdot", payload=_payload(DOT_DOT)))
 
     assert response.status_code == 200
     _assert_flagged_for_staff(training, DOT_DOT)
@@ -141,23 +139,6 @@ def _assert_flagged_for_staff(training: Training, url: str) -> None:
 # --- the webhook -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def deliver(fal, client):
-    signing_keys.forget()
-
-    def post(request_id: str, payload: dict):
-        body = delivery_body(request_id, payload=payload)
-        return client.post(
-            URL,
-            data=body,
-            content_type="application/json",
-            headers=fal.signer.headers(body, request_id),
-        )
-
-    yield post
-    signing_keys.forget()
-
-
 @pytest.mark.parametrize("which", ["lora", "config"])
 def test_a_javascript_url_by_webhook_fails_the_training_and_alerts_staff(
     which, deliver, training_avatar
@@ -165,7 +146,7 @@ def test_a_javascript_url_by_webhook_fails_the_training_and_alerts_staff(
     _avatar, training = training_avatar("req-js")
     payload = _payload(JAVASCRIPT) if which == "lora" else _payload(GOOD, JAVASCRIPT)
 
-    response = deliver("req-js", payload)
+    response = deliver(delivery_body("req-js", payload=payload))
 
     assert response.status_code == 200
     _assert_failed_with_staff_alert(training, JAVASCRIPT)
@@ -174,7 +155,7 @@ def test_a_javascript_url_by_webhook_fails_the_training_and_alerts_staff(
 def test_a_foreign_https_host_by_webhook_flags_the_training_for_staff(deliver, training_avatar):
     _avatar, training = training_avatar("req-foreign")
 
-    response = deliver("req-foreign", _payload(FOREIGN))
+    response = deliver(delivery_body("req-foreign", payload=_payload(FOREIGN)))
 
     assert response.status_code == 200
     _assert_flagged_for_staff(training, FOREIGN)

@@ -7,13 +7,12 @@ import os
 import re
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support import fetch, free_port, user_shell, wait_for
+from tests.support import fetch, free_port, start_bin_run, user_shell, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,18 +46,9 @@ def test_manage_commands_work_in_another_terminal_and_the_demo_banner_login_work
     shell = {**user_shell(tmp_path), "STATE_DIR": str(state_dir)}
     # Only ./bin/run is told the database: ./bin/manage must find it in the profile.
     database_url = shell.pop("DATABASE_URL")
-    process = subprocess.Popen(
-        ["bash", "bin/run"],
-        cwd=ROOT,
-        env={**shell, "PORT": str(port), "DATABASE_URL": database_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    process, output, reader = start_bin_run(
+        {**shell, "PORT": str(port), "DATABASE_URL": database_url}, start_new_session=True
     )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
-    reader.start()
     try:
         wait_for(lambda: any("Ctrl-C stops" in line for line in output), 180, "the banner")
         text = "".join(output)

@@ -6,42 +6,20 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from fakes.fal_signing import delivery_body, lora_payload
 from monitoring import tasks, transitions
-from monitoring.fal import signing_keys
 from monitoring.models import CheckRun, EventSource, FalStatus, Training, WebhookDelivery
 from monitoring.ops import retention
 from monitoring.trainings import start_training
 from notifications import delivery
 from notifications.models import Notification
+from tests.support import METRICS_TOKEN as TOKEN
+from tests.support import metric_value as value
+from tests.support import scrape_metrics as scrape
 
 pytestmark = pytest.mark.django_db
-TOKEN = "scrape-token-0123456789abcdef"
 LONG_AGO = timezone.now() - timedelta(days=400)
-
-
-@pytest.fixture
-def metrics_on(settings):
-    settings.METRICS_TOKEN = TOKEN
-    settings.METRICS_ALLOWED_IPS = []
-
-
-def scrape(client, **headers) -> dict[tuple[str, tuple], float]:
-    """Every sample of /metrics: {(name, sorted labels): value}."""
-    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}", **headers})
-    assert response.status_code == 200, response.content
-    assert response["Content-Type"].startswith("text/plain; version=")
-    samples = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def test_it_reports_the_trainings_avatars_heartbeat_and_backlog_as_they_are(
@@ -108,28 +86,15 @@ def test_a_worker_that_never_ran_shows_an_infinite_age(client, metrics_on):
     assert value(samples, "avatar_monitor_notifications_oldest_due_seconds") == 0
 
 
-@pytest.fixture
-def deliver(fal, client):
-    signing_keys.forget()
-
-    def post(body: bytes, headers: dict):
-        return client.post(
-            "/webhooks/fal/", data=body, content_type="application/json", headers=headers
-        )
-
-    yield post
-    signing_keys.forget()
-
-
 def test_counters_count_deliveries_and_sends_and_never_drop_after_prune(
     client, metrics_on, fal, deliver, training_avatar, run_deliveries
 ):
     _avatar, _training = training_avatar("req-hook")
     body = delivery_body("req-hook", payload=lora_payload("req-hook"))
     headers = fal.signer.headers(body, "req-hook")
-    assert deliver(body, headers).status_code == 200
-    assert deliver(body, headers).status_code == 200  # the same delivery again: a replay
-    assert deliver(body + b" ", headers).status_code == 401  # not what was signed
+    assert deliver(body, headers=headers).status_code == 200
+    assert deliver(body, headers=headers).status_code == 200  # the same delivery again: a replay
+    assert deliver(body + b" ", headers=headers).status_code == 401  # not what was signed
     run_deliveries()  # the owner's "ready" message, through the locmem backend
 
     before = scrape(client)

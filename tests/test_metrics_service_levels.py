@@ -13,10 +13,9 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import tasks, transitions
-from monitoring.fal import signature, signing_keys
+from monitoring.fal import signature
 from monitoring.models import (
     CheckRun,
     EventSource,
@@ -28,35 +27,17 @@ from monitoring.ops import health, retention
 from monitoring.trainings import start_training
 from monitoring.worker import cluster
 from notifications.models import Notification
+from tests.support import metric_value as value
+from tests.support import scrape_metrics as scrape
 
 pytestmark = pytest.mark.django_db
-TOKEN = "scrape-token-0123456789abcdef"
 PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
 STYLE = "fal-ai/flux-lora-fast-training"
 
 
 @pytest.fixture(autouse=True)
-def metrics_on(settings):
-    settings.METRICS_TOKEN = TOKEN
-    settings.METRICS_ALLOWED_IPS = []
+def patient_fal_calls(metrics_on, settings):
     settings.FAL_CALL_TIMEOUT_SECONDS = 10.0
-    signing_keys.forget()
-    yield
-    signing_keys.forget()
-
-
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 200, response.content
-    samples = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def buckets(samples, name: str, **labels) -> dict[str, float]:

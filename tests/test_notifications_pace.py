@@ -12,8 +12,6 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from monitoring import transitions
-from monitoring.models import EventSource
 from notifications import delivery, relay
 from notifications.backends import telegram as telegram_backend
 from notifications.models import (
@@ -25,15 +23,10 @@ from notifications.models import (
     RateLimitMark,
     SenderState,
 )
+from tests.support import complete_training
 from tests.worker_process import qcluster
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _complete(training):
-    return transitions.complete(
-        training, lora_url="https://v3.fal.media/files/lora.safetensors", source=EventSource.CHECK
-    )
 
 
 def _waiting_messages(make_owner, count: int, *, prefix: str = "pace") -> list[Notification]:
@@ -72,7 +65,7 @@ def test_a_real_notifications_cluster_relays_a_message_whose_wait_has_passed_wit
         while "Notification relay started" not in log.read_text():
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
-        _complete(training)
+        complete_training(training)
         received = telegram.wait_for_messages(1, timeout=15)
     assert len(received) == 1, log.read_text()[-3000:]
     flood_answered_at = telegram.state.request_times[0][1]
@@ -114,7 +107,7 @@ def test_a_new_message_does_not_wait_behind_a_backlog(
     assert delivery.relay_once() == 8
     assert delivery.relay_once() == 0
     avatar, training = training_avatar()
-    _complete(training)  # queued directly by the outbox, behind those eight only
+    complete_training(training)  # queued directly by the outbox, behind those eight only
     queued = [package.task["args"][0] for package in OrmQ.objects.order_by("id")]
     new_row = Notification.objects.get(training=training)
     assert len(queued) == 9 and queued[-1] == new_row.pk
@@ -127,12 +120,15 @@ def test_a_new_message_does_not_wait_behind_a_backlog(
     assert delivery.relay_once() == 10  # the limit caps it
 
 
-def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(db, monkeypatch):
-    monkeypatch.setattr(relay, "RELAY_LEASE", timedelta(seconds=0.3))
+def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(db):
     assert relay.take_turn("worker-a")
     assert not relay.take_turn("worker-b")
+    before = timezone.now()
     assert relay.take_turn("worker-a")  # renewing its own lease
-    time.sleep(0.35)  # worker-a died: its lease runs out
+    lease_ends = SenderState.objects.get().relay_until
+    assert before + relay.RELAY_LEASE <= lease_ends <= timezone.now() + relay.RELAY_LEASE
+    # worker-a died: its lease runs out (moved to the past instead of waiting for it).
+    SenderState.objects.update(relay_until=lease_ends - relay.RELAY_LEASE - timedelta(seconds=1))
     assert relay.take_turn("worker-b")
     assert not relay.take_turn("worker-a")
 

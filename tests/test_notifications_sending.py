@@ -8,8 +8,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from monitoring import transitions
-from monitoring.models import EventSource
 from notifications import delivery
 from notifications.backends import locmem
 from notifications.models import (
@@ -18,14 +16,9 @@ from notifications.models import (
     NotificationStatus,
     SenderState,
 )
+from tests.support import complete_training
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _complete(training):
-    return transitions.complete(
-        training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK
-    )
 
 
 def test_it_pauses_sending_when_the_token_is_rejected_and_resumes_after_a_good_probe(
@@ -38,7 +31,7 @@ def test_it_pauses_sending_when_the_token_is_rejected_and_resumes_after_a_good_p
     chat = avatar.owner.telegram_id
 
     with caplog.at_level(logging.ERROR, logger="notifications"):
-        _complete(training)
+        complete_training(training)
         run_deliveries()
 
     paused, reason = delivery.sending_paused()
@@ -88,8 +81,8 @@ def test_the_token_never_appears_in_logs_or_recorded_errors(
     telegram.script(second.owner.telegram_id, telegram.bad_request())
 
     with caplog.at_level(logging.DEBUG):
-        _complete(first_training)
-        _complete(second_training)
+        complete_training(first_training)
+        complete_training(second_training)
         run_deliveries()
         telegram.accept_token("1:other")
         delivery.sweep()
@@ -111,7 +104,7 @@ def test_the_console_backend_prints_the_message(training_avatar, settings, capsy
     settings.NOTIFICATION_BACKEND = "notifications.backends.console.ConsoleBackend"
     avatar, training = training_avatar(name="Консоль")
 
-    _complete(training)
+    complete_training(training)
     run_deliveries()
 
     out = capsys.readouterr().out
@@ -123,7 +116,7 @@ def test_the_locmem_backend_keeps_messages_in_memory(training_avatar, run_delive
     locmem.outbox.clear()
     avatar, training = training_avatar(name="Память")
 
-    _complete(training)
+    complete_training(training)
     run_deliveries()
 
     assert [m.chat_id for m in locmem.outbox] == [avatar.owner.telegram_id]
@@ -136,7 +129,7 @@ def test_messages_are_queued_on_the_notifications_cluster_not_the_check_queue(
     from django_q.models import OrmQ
 
     _avatar, training = training_avatar()
-    _complete(training)
+    complete_training(training)
 
     queued = list(OrmQ.objects.all())
     assert [q.key for q in queued] == [settings.NOTIFICATION_CLUSTER]
@@ -153,7 +146,7 @@ def test_a_message_and_its_delivery_task_commit_together_or_not_at_all(training_
 
     avatar, training = training_avatar()
     with pytest.raises(RuntimeError), transaction.atomic():
-        _complete(training)
+        complete_training(training)
         assert OrmQ.objects.count() == 1  # queued inside the transaction, not after it
         raise RuntimeError("whoever completed the avatar failed before committing")
 
@@ -178,7 +171,7 @@ def test_with_the_redis_broker_the_task_is_queued_only_once_the_message_commits(
     _avatar, training = training_avatar()
 
     with transaction.atomic():
-        _complete(training)
+        complete_training(training)
         assert queue.queue_size() == 0  # not before the message is committed
     assert queue.queue_size() == 1
 
@@ -195,7 +188,7 @@ def _lose_tasks_seconds_ago(seconds: float) -> None:
 
 def test_a_lost_enqueue_is_sent_by_the_next_sweep(telegram, training_avatar, run_deliveries):
     avatar, training = training_avatar()
-    _complete(training)
+    complete_training(training)
     _lose_tasks_seconds_ago(3)
 
     assert delivery.sweep() == 1
@@ -212,14 +205,14 @@ def test_the_relay_queues_again_only_the_tasks_the_broker_lost(
     rows = []
     for i in range(3):
         _avatar, training = training_avatar(request_id=f"lost{i}")
-        _complete(training)
+        complete_training(training)
         rows.append(Notification.objects.get(training=training))
     _lose_tasks_seconds_ago(3)
     # A fresh message after the restart: its task is in the broker.
     avatar, training = training_avatar(request_id="kept")
-    _complete(training)
+    complete_training(training)
     _avatar, just_lost = training_avatar(request_id="young")
-    _complete(just_lost)
+    complete_training(just_lost)
     OrmQ.objects.order_by("-id").first().delete()  # lost less than a second ago
 
     assert delivery.relay_once() == 3  # the three old ones, at once; not the kept one
@@ -232,8 +225,8 @@ def test_resend_reopens_only_failed_or_given_up_rows(telegram, training_avatar, 
     failed_avatar, failed = training_avatar(request_id="r1")
     sent_avatar, sent = training_avatar(request_id="r2")
     telegram.script(failed_avatar.owner.telegram_id, telegram.bad_request())
-    _complete(failed)
-    _complete(sent)
+    complete_training(failed)
+    complete_training(sent)
     run_deliveries()
     failed_row = Notification.objects.get(training=failed, kind="ready")
     sent_row = Notification.objects.get(training=sent, kind="ready")
@@ -276,7 +269,7 @@ def test_connection_errors_and_timeouts_are_retried_as_transient(
     avatar, training = training_avatar()
     chat = avatar.owner.telegram_id
 
-    _complete(training)
+    complete_training(training)
     run_deliveries()
     row = Notification.objects.get()
     assert row.status == NotificationStatus.PENDING and row.attempts == 1

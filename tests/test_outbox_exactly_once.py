@@ -29,7 +29,7 @@ from tests.api_support import give
 from tests.fixtures_telegram import STAFF_CHAT_ID
 from tests.worker_process import start_qcluster
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 Outcome = NotificationAttempt.Outcome
 

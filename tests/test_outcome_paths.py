@@ -238,7 +238,7 @@ def test_a_staff_cancel_racing_fals_failure_webhook_always_ends_cancelled_once(
     # A failure that does not itself say "cancelled": only the recorded cancel does.
     fal.script(queue_seconds=FOREVER, on_cancel="error", cancel_error_type=None)
     outcomes = []
-    for _round in range(200):
+    for _round in range(40):
         avatar = make_avatar(owner=owner, name=NAME)
         training = start_training(avatar, source=EventSource.COMMAND).training
         assert training is not None

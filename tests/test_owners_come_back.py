@@ -13,6 +13,7 @@ from monitoring.models import EventSource
 from monitoring.ops import attention, dashboard
 from notifications.models import Notification, NotificationStatus, UnreachableChat
 from tests.api_support import give, run_check
+from tests.support import complete_training
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,19 +22,13 @@ UNREACHABLE = reverse("admin:notifications_unreachablechat_changelist")
 NOTIFICATIONS = reverse("admin:notifications_notification_changelist")
 
 
-def _complete(training):
-    transitions.complete(
-        training, lora_url="https://v3.fal.media/l.safetensors", source=EventSource.CHECK
-    )
-
-
 @pytest.fixture
 def sara_blocked_the_bot(telegram, training_avatar, make_owner, run_deliveries):
     """Sara's first avatar completed while she had blocked the bot: its message is held."""
     sara = make_owner(telegram_id=730001, username="sara_23", language="en")
     first, training = training_avatar("req-sara-1", owner=sara, name="Sara at the sea")
     telegram.script(sara.telegram_id, telegram.blocked())
-    _complete(training)
+    complete_training(training)
     run_deliveries()
     held = Notification.objects.get(training=training)
     assert held.status == NotificationStatus.UNREACHABLE
@@ -124,7 +119,7 @@ def test_the_banner_the_dashboard_and_the_filter_count_the_same_undelivered_mess
             request_id, owner=make_owner(telegram_id=730100 + len(made))
         )
         made.append(avatar)
-        _complete(training)
+        complete_training(training)
         Notification.objects.filter(training=training).update(status=status)
         return avatar, training
 

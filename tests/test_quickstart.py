@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import threading
-from pathlib import Path
 
 import pytest
 
-from tests.support import fetch, free_port, user_shell, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import fetch, free_port, start_bin_run, user_shell, wait_for
 
 
 @pytest.mark.slow
 def test_bin_run_serves_the_admin_on_sqlite_with_the_worker_running_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     env = {**user_shell(tmp_path), "PORT": str(port)}
-    process = subprocess.Popen(
-        ["bash", "bin/run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
-    reader.start()
+    process, output, reader = start_bin_run(env, start_new_session=True)
     try:
         status, page = wait_for(
             lambda: fetch(f"http://127.0.0.1:{port}/admin/login/"), 180, "the admin login page"

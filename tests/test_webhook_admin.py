@@ -6,7 +6,6 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 from fakes.fal_signing import delivery_body, lora_payload
-from monitoring.fal import signing_keys
 from monitoring.models import (
     AvatarStatus,
     Training,
@@ -21,7 +20,6 @@ CHANGELIST = "/admin/monitoring/webhookdelivery/"
 @pytest.fixture
 def deliveries(fal, client, training_avatar):
     """One applied, one unmatched, one refused (bad signature): what staff usually see."""
-    signing_keys.forget()
     avatar, training = training_avatar("req-admin-ok")
     for rid in ("req-admin-ok", "req-admin-nobody"):
         body = delivery_body(rid, payload=lora_payload(rid))

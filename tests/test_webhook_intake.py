@@ -38,25 +38,6 @@ from tests.support import snapshot
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fresh_key_memo():
-    signing_keys.forget()
-    yield
-    signing_keys.forget()
-
-
-@pytest.fixture
-def deliver(fal, client):
-    def post(body: bytes, headers: dict | None = None, **extra):
-        if headers is None:
-            headers = fal.signer.headers(body, json.loads(body)["request_id"])
-        return client.post(
-            URL, data=body, content_type="application/json", headers=headers, **extra
-        )
-
-    return post
-
-
 def _table_bytes(models=(WebhookDelivery, RefusedWebhookCount)) -> int:
     tables = [model._meta.db_table for model in models]
     with connection.cursor() as cursor:

@@ -31,30 +31,8 @@ from monitoring.models import (
     WebhookVerdict,
 )
 from notifications.models import Notification
+from tests.support import WEBHOOK_URL as URL
 from tests.support import snapshot
-
-URL = "/webhooks/fal/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_key_memo():
-    # Each test starts like a freshly started web worker.
-    signing_keys.forget()
-    yield
-    signing_keys.forget()
-
-
-@pytest.fixture
-def deliver(fal, client):
-    """POST a delivery signed by the emulator's key; returns the response."""
-
-    def post(body: bytes, request_id: str | None = None, *, headers: dict | None = None, **kw):
-        if headers is None:
-            rid = request_id or json.loads(body)["request_id"]
-            headers = fal.signer.headers(body, rid)
-        return client.post(URL, data=body, content_type="application/json", headers=headers, **kw)
-
-    return post
 
 
 def status_events(avatar: Avatar) -> int:

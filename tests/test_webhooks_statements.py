@@ -9,7 +9,6 @@ outbox and the API's callbacks read.
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -19,8 +18,6 @@ from django.test.utils import CaptureQueriesContext
 from fakes.fal_signing import delivery_body, lora_payload
 from monitoring.models import AvatarStatus
 from notifications.models import Notification
-
-URL = "/webhooks/fal/"
 
 
 def _reads(queries, table: str) -> list[str]:
@@ -33,15 +30,6 @@ _DEFERRED_LOAD = re.compile(r'SELECT "(\w+)"\."id", "\1"\."\w+" FROM "\1" WHERE 
 
 def _deferred_loads(queries) -> list[str]:
     return [q["sql"] for q in queries if _DEFERRED_LOAD.match(q["sql"])]
-
-
-@pytest.fixture
-def deliver(fal, client):
-    def post(body: bytes):
-        headers = fal.signer.headers(body, json.loads(body)["request_id"])
-        return client.post(URL, data=body, content_type="application/json", headers=headers)
-
-    return post
 
 
 @pytest.mark.parametrize("owner_message", ["", "photos"])

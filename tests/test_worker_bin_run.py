@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.support import fetch, free_port, user_shell, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import fetch, free_port, start_bin_run, user_shell, wait_for
 
 
 def _as_a_background_job() -> None:
@@ -28,18 +23,7 @@ def _as_a_background_job() -> None:
 def test_bin_run_started_in_the_background_stops_on_sigint_to_its_pid(tmp_path):
     port = free_port()
     env = {**user_shell(tmp_path), "PORT": str(port)}
-    process = subprocess.Popen(
-        ["bash", "bin/run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=_as_a_background_job,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
-    reader.start()
+    process, output, reader = start_bin_run(env, preexec_fn=_as_a_background_job)
     try:
         wait_for(
             lambda: any("Мониторинг восстановлен" in line for line in output),
