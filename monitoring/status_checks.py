@@ -600,9 +600,10 @@ def _write(trainings: list[Training], fields: list[str]) -> None:
     """
     if not trainings:
         return
-    columns = [Training._meta.get_field(name) for name in fields]
+    concrete = {field.name: field for field in Training._meta.concrete_fields}
+    columns = [concrete[name] for name in fields]
     quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(field.column)} = %s" for field in columns)
+    assignments = ", ".join(f"{quote(str(field.column))} = %s" for field in columns)
     table = Training._meta.db_table
     sql = f"UPDATE {table} SET {assignments} WHERE id = %s AND finished_at IS NULL"
     rows = [
