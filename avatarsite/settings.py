@@ -282,9 +282,9 @@ HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
 # --- Monitoring ----------------------------------------------------------------------
 CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
-# Calls in flight per check batch, spread over fal-clients of at most 20 each (fal-client
-# keeps 20 connections alive; beyond that every call pays a TLS handshake). See
-# bench/check_run.py for the figures; more workers add throughput too.
+# Calls in flight per check batch, spread over fal-clients of at most 10 each
+# (monitoring.status_checks.CALLS_PER_CLIENT). See bench/check_run.py for the figures;
+# more workers add throughput too.
 CHECK_CONCURRENCY = env_int("CHECK_CONCURRENCY", 40, minimum=1, maximum=1000)
 CHECK_BATCH_SIZE = env_int("CHECK_BATCH_SIZE", 500, minimum=1)
 # A claimed training belongs to its batch this long, renewed while the batch works: a

@@ -82,15 +82,31 @@ def accepted(training_id: int) -> None:
 
 
 def checked(trainings: Iterable[Training]) -> None:
-    """After a check batch: the trainings whose phase, position or estimate changed."""
-    ids = [t.pk for t in trainings if t.finished_at is None and settings.OWNER_PROGRESS_MESSAGES]
-    if not ids:
+    """After a check batch: the trainings whose phase, position or estimate changed.
+
+    The batch's own trainings (as just written), with their avatars and owners read in
+    one query for those still active; one read and one insert of progress messages.
+    """
+    if not settings.OWNER_PROGRESS_MESSAGES:
         return
-    for training in Training.objects.active().filter(pk__in=ids).select_related("avatar__owner"):
-        try:
-            progress.update(snapshot(training))
-        except Exception:  # the owner's progress must never fail a check
-            logger.exception("Progress message of training %s not updated", training.pk)
+    by_id = {t.pk: t for t in trainings if t.finished_at is None}
+    if not by_id:
+        return
+    try:
+        active = (
+            Training.objects.active()
+            .filter(pk__in=list(by_id))
+            .select_related("avatar__owner")
+            .only("avatar__name", "avatar__owner__telegram_id", "avatar__owner__language")
+        )
+        snapshots = []
+        for found in active:
+            training = by_id[found.pk]
+            training.avatar = found.avatar
+            snapshots.append(snapshot(training))
+        progress.update_many(snapshots)
+    except Exception:  # the owner's progress must never fail a check
+        logger.exception("Progress messages of %s trainings not updated", len(by_id))
 
 
 def on_retried(sender: Any = None, training: Any = None, retry: Any = None, **_: Any) -> None:

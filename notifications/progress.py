@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from notifications import messages, rate_limits
@@ -103,40 +104,77 @@ class Snapshot:
 
 def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessage | None:
     """The training moved: create its message, or note the text an edit should carry."""
+    return update_many([snapshot], now=now).get(snapshot.training_id)
+
+
+def update_many(
+    snapshots: list[Snapshot], *, now: datetime | None = None
+) -> dict[int, ProgressMessage]:
+    """``update`` for a check batch's trainings: one read, one insert for the new messages."""
     now = now or timezone.now()
-    if not settings.OWNER_PROGRESS_MESSAGES:
+    if not settings.OWNER_PROGRESS_MESSAGES or not snapshots:
         # Off: a late training's owner hears it once from monitoring.owner_delay.
-        return None
-    row = ProgressMessage.objects.filter(training_id=snapshot.training_id).first()
-    if row is not None and row.context.get(RETRIED):
-        # Once retried, every later text of this message still says so.
-        snapshot = replace(snapshot, context={**snapshot.context, RETRIED: True})
-    text = snapshot.text(now)
-    if row is None:
-        try:
-            with transaction.atomic():
-                row = ProgressMessage.objects.create(
+        return {}
+    rows = {
+        row.training_id: row
+        for row in ProgressMessage.objects.filter(
+            training_id__in=[snapshot.training_id for snapshot in snapshots]
+        )
+    }
+    new: list[ProgressMessage] = []
+    for snapshot in snapshots:
+        row = rows.get(snapshot.training_id)
+        if row is None:
+            new.append(
+                ProgressMessage(
                     training_id=snapshot.training_id,
                     chat_id=snapshot.chat_id,
-                    text=text,
+                    text=snapshot.text(now),
                     phase=snapshot.phase,
                     eta_at=snapshot.eta_at,
                     context=snapshot.context,
                     next_at=now,
                 )
-        except IntegrityError:
-            return None  # another path created it meanwhile
-        _push_after_commit(row.pk)
-        return row
-    if row.final or row.state not in (State.NEW, State.LIVE):
-        return row
-    # Judged against what the message is about to say (the text waiting to go, or the
-    # one Telegram has).
-    fresh = Basis(snapshot.phase, snapshot.eta_at)
-    if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
-        return row
-    _set_text(row, text, snapshot.phase, snapshot.eta_at, now)
-    return row
+            )
+            continue
+        if row.context.get(RETRIED):
+            # Once retried, every later text of this message still says so.
+            snapshot = replace(snapshot, context={**snapshot.context, RETRIED: True})
+        if row.final or row.state not in (State.NEW, State.LIVE):
+            continue
+        # Judged against what the message is about to say (the text waiting to go, or the
+        # one Telegram has).
+        fresh = Basis(snapshot.phase, snapshot.eta_at)
+        if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
+            continue
+        _set_text(row, snapshot.text(now), snapshot.phase, snapshot.eta_at, now)
+    created = _create(new)
+    for row in created:
+        rows[row.training_id] = row
+    if created:
+        ids = [row.pk for row in created]
+        transaction.on_commit(lambda: enqueue(*ids))
+    return rows
+
+
+def _create(rows: list[ProgressMessage]) -> list[ProgressMessage]:
+    """Insert new messages at once; one by one when another path created one meanwhile."""
+    if not rows:
+        return []
+    try:
+        with transaction.atomic():
+            return ProgressMessage.objects.bulk_create(rows)
+    except IntegrityError:
+        created = []
+        for row in rows:
+            row.pk = None
+            try:
+                with transaction.atomic():
+                    row.save(force_insert=True)
+            except IntegrityError:
+                continue  # another path created it meanwhile
+            created.append(row)
+        return created
 
 
 def retried(old_training_id: int, snapshot: Snapshot) -> None:
@@ -198,12 +236,21 @@ def _push_after_commit(progress_id: int) -> None:
     transaction.on_commit(lambda: enqueue(progress_id))
 
 
-def enqueue(progress_id: int) -> None:
-    """Queue ``push``; never raises (the sweep is the net)."""
+def enqueue(*progress_ids: int) -> None:
+    """Queue ``push`` for each message, on one broker connection; never raises (the sweep
+    is the net)."""
     try:
-        async_task(TASK, progress_id, cluster=settings.NOTIFICATION_CLUSTER, group="progress")
+        broker = get_broker(settings.NOTIFICATION_CLUSTER)
+        for progress_id in progress_ids:
+            async_task(
+                TASK,
+                progress_id,
+                cluster=settings.NOTIFICATION_CLUSTER,
+                group="progress",
+                broker=broker,
+            )
     except Exception:
-        logger.exception("Could not queue progress message %s; the sweep will", progress_id)
+        logger.exception("Could not queue progress messages %s; the sweep will", progress_ids)
 
 
 # --- Sending (the notifications cluster) --------------------------------------------------

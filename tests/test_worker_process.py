@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -186,6 +187,26 @@ def test_an_idle_worker_stops_at_once(sig, target, tmp_path):
     assert seconds < 3.0, log.read_text()[-3000:]
     assert worker.returncode == 0
     assert_no_task_left_locked()
+
+
+def test_a_role_that_does_not_stop_is_killed_and_its_processes_reaped_within_the_grace(tmp_path):
+    log = tmp_path / "qcluster.log"
+    worker = start_qcluster(log)
+    wait_for(lambda: "Worker role checks running" in log.read_text(), 60, "start-up", log)
+    roles = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
+    checks = next(
+        int(pid)
+        for pid in roles.stdout.split()
+        if "checks" in Path(f"/proc/{pid}/cmdline").read_text()
+    )
+    os.kill(checks, signal.SIGSTOP)  # hung: only the supervisor's SIGKILL ends it
+
+    seconds = stop_and_time(worker, signal.SIGINT, "pid")
+
+    print(f"\nstop with a hung role, SIGINT to the pid: {seconds:.2f} s")
+    # Its processes die with it and are reaped by the supervisor, not left to PID 1.
+    assert seconds < GRACE, log.read_text()[-3000:]
+    assert "Worker role checks did not stop in time: killed" in log.read_text()
 
 
 @pytest.mark.parametrize(("sig", "target"), STOPS)

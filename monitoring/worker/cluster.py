@@ -144,6 +144,15 @@ def die_with_parent(sig: int) -> None:
         os.kill(os.getpid(), sig)
 
 
+def adopt_orphans() -> None:
+    """Linux: orphaned descendants are re-parented to this process (to reap), not to PID 1."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return
+
+
 def set_process_title(title: str) -> None:
     if setproctitle:
         setproctitle.setproctitle(title)
@@ -340,6 +349,10 @@ class RoleSentinel(Sentinel):
         while self.monitor.is_alive() and seconds_left(KILL_MONITOR_BEFORE_END) > 0:
             time.sleep(0.05)
         self._end([self.monitor], "monitor")
+        # Nothing reads the queues any more: the exit must not wait for their feeder
+        # threads (one waits for ever on a pipe lock held by a process killed above).
+        self.task_queue.cancel_join_thread()
+        self.result_queue.cancel_join_thread()
         db.connections.close_all()
         logger.info("Worker role %s stopped", self.role)
 

@@ -47,6 +47,7 @@ class Supervisor:
 
     def run(self) -> int:
         cluster.install_stop_handlers()
+        cluster.adopt_orphans()
         cluster.set_process_title("qcluster supervisor")
         for role in self.roles:
             child = subprocess.Popen(
@@ -64,15 +65,15 @@ class Supervisor:
         self._stop()
         return self.exit_code
 
-    def _reap(self) -> None:
-        """Collect every ended child (and orphans, when we are PID 1)."""
+    def _reap(self) -> bool:
+        """Collect every ended child (and orphans); False once no child is left."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return False
             if pid == 0:
-                return
+                return True
             entry = self.children.pop(pid, None)
             if entry is None:
                 continue  # an orphan handed to PID 1
@@ -105,5 +106,10 @@ class Supervisor:
                 pass
         while self.children:
             self._reap()
+            time.sleep(0.01)
+        # The processes of a role that was killed die with it (PR_SET_PDEATHSIG) and are
+        # ours to reap: left to PID 1 they stay in the group until it gets round to them.
+        end = time.monotonic() + 0.5
+        while self._reap() and time.monotonic() < end:
             time.sleep(0.01)
         logger.info("Worker stopped")
