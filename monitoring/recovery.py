@@ -100,12 +100,6 @@ def give_up_at(training: Training) -> datetime:
     return training.sent_from + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
 
 
-def lost_submit_reason(training: Training, now: datetime) -> str:
-    """The stuck reason of a lost submit: what is being done about it."""
-    given_up = training.lost_submit_given_up_at is not None
-    return wording.english(wording.lost_submit_words, give_up_at(training), given_up)
-
-
 def lookup_lost_submit(
     training: Training,
     *,
@@ -221,7 +215,11 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
                 ),
             )
             transitions.restate_stuck(
-                training, reason=lost_submit_reason(training, now), source=RECORD
+                training,
+                wording.lost_submit_words,
+                give_up_at(training),
+                training.lost_submit_given_up_at is not None,
+                source=RECORD,
             )
             summary += "; given up, staff alerted"
     return Recovery(False, summary, in_record=False)

@@ -403,7 +403,9 @@ def cancel_for_deadline(training: Training) -> str:
     if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
         transitions.restate_stuck(
             training,
-            reason=f"run deadline passed ({minutes} min); fal did not confirm the cancel: {answer}",
+            wording.deadline_unconfirmed_words,
+            minutes,
+            answer,
             source=EventSource.SYSTEM,
         )
     return answer

@@ -8,6 +8,7 @@ See docs/architecture.md#statuses and #transitions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ from monitoring.models import (
     TrainingOutcome,
 )
 from notifications import outbox
+from notifications.messages import STAFF_LANGUAGE
 from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
@@ -1010,13 +1012,17 @@ def flag_stuck(
     return True
 
 
-def restate_stuck(training: Training, *, reason: str, source: str = EventSource.CHECK) -> bool:
-    """Flag ``training`` stuck with ``reason``, or give a flag already raised this reason.
+def restate_stuck(
+    training: Training, words: Callable[..., str], *args: object, source: str = EventSource.CHECK
+) -> bool:
+    """Flag ``training`` stuck with ``words(*args)``, or give a raised flag this new reason.
 
-    A new reason on a raised flag is a timeline note, not a new episode or alert.
+    The reason is stored in English and the staff alert words it in the staff chat's
+    language. A new reason on a raised flag is a timeline note, not a new episode or alert.
     """
-    reason = redact(reason)
-    if flag_stuck(training, reason=reason, source=source):
+    reason = redact(wording.english(words, *args))
+    staff_reason = redact(wording.in_language(STAFF_LANGUAGE, words, *args))
+    if flag_stuck(training, reason=reason, source=source, staff_reason=staff_reason):
         return True
     if training.stuck_reason == reason[:255]:
         return False

@@ -44,6 +44,17 @@ RESULT_UNAVAILABLE = gettext_noop(
 )
 
 
+def result_unavailable_words() -> str:
+    return _(RESULT_UNAVAILABLE)
+
+
+def deadline_unconfirmed_words(minutes: int, answer: str) -> str:
+    """The run deadline's cancel that fal did not confirm (the flag stays for staff)."""
+    return _(
+        "run deadline passed (%(minutes)s min); fal did not confirm the cancel: %(answer)s"
+    ) % {"minutes": minutes, "answer": answer}
+
+
 @dataclass(frozen=True)
 class StuckCause:
     """Which limit a training has passed, and since when: worded by ``cause_words``."""
@@ -85,7 +96,7 @@ def cause_words(cause: StuckCause, now: datetime) -> str:
     """The stuck cause with live durations, in the active language."""
     values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
     if cause.code == "result_unavailable":
-        return _(RESULT_UNAVAILABLE)
+        return result_unavailable_words()
     if cause.code == "submit_unknown":
         until = cause.since + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
         return lost_submit_words(until, now >= until)

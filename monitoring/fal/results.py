@@ -244,7 +244,7 @@ def _result_unavailable(training: Training, source: str) -> Applied:
             result_unavailable_since=now, fal_status=FalStatus.COMPLETED
         )
         training.result_unavailable_since = now
-    flagged = transitions.restate_stuck(training, reason=wording.RESULT_UNAVAILABLE, source=source)
+    flagged = transitions.restate_stuck(training, wording.result_unavailable_words, source=source)
     return Applied(flagged, wording.RESULT_UNAVAILABLE)
 
 
