@@ -189,6 +189,27 @@ def test_a_run_past_its_limit_is_cancelled_on_fal_and_retried(
     assert [kind for kind, _ in owner_messages(avatar)] == [NotificationKind.READY]
 
 
+def test_a_deadline_cancel_fal_refuses_stays_flagged_for_staff_in_their_language(
+    fal, make_avatar, make_owner, settle, settings
+):
+    settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT = 1
+    avatar = started(fal, make_avatar, make_owner, run_seconds=FOREVER)
+    settle(rounds=1)  # fal says IN_PROGRESS
+    training = avatar.trainings.get()
+    Training.objects.filter(pk=training.pk).update(started_at=timezone.now() - timedelta(minutes=2))
+    fal.script(training.fal_request_id, cancel_error=500)
+    settle(rounds=1)
+
+    training.refresh_from_db()
+    assert fal.cancel_calls[training.fal_request_id] == 1
+    assert training.deadline_cancel_at is None and training.outcome == ""
+    assert training.stuck_reason.startswith("run deadline passed")
+    assert "fal did not confirm the cancel" in training.stuck_reason
+    [alert] = Notification.objects.filter(training=training, kind=NotificationKind.STUCK)
+    assert "fal не подтвердил отмену" in alert.text
+    assert owner_messages(avatar) == []
+
+
 def test_a_retry_is_called_back_to_the_bot_as_training_retried(
     fal, make_api_client, receiver, settle
 ):
