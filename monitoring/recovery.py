@@ -19,6 +19,7 @@ from monitoring import transitions, wording
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import FalOutcome
 from monitoring.models import EventSource, FalStatus, Training
+from monitoring.wording import Said
 from notifications import outbox
 
 logger = logging.getLogger("monitoring")
@@ -33,7 +34,7 @@ class Recovery:
     """What a look at fal's record did. ``decided``: the training was finished or flagged."""
 
     decided: bool
-    summary: str
+    summary: Said | str  # worded when shown (monitoring.wording)
     changed: bool = False
     # True/False: the record knows the request or not; None: the record could not be read.
     in_record: bool | None = None
@@ -50,7 +51,7 @@ def apply_record_item(
         notify=notify,
         details={"via": via, "status_code": item.status_code},
     )
-    return Recovery(True, f"fal's record: {applied.summary}", applied.changed, True)
+    return Recovery(True, Said("record", words=applied.summary), applied.changed, True)
 
 
 def recover_from_record(
@@ -68,9 +69,9 @@ def recover_from_record(
         else:
             item = client.find_request(training.endpoint, training.fal_request_id)
     except platform.PlatformUnavailable as exc:
-        return Recovery(False, f"fal's record could not be read ({exc}); nothing decided")
+        return Recovery(False, Said("record_unreadable", error=exc))
     if item is None:
-        return Recovery(False, "fal's record does not know it either", in_record=False)
+        return Recovery(False, Said("record_unknown"), in_record=False)
     logger.info(
         "fal's record answered for avatar %s (request_id=%s): HTTP %s, payload %s",
         training.avatar_id,
@@ -126,7 +127,7 @@ def lookup_lost_submit(
                 training.endpoint, training.arguments or {}, since=since
             )
     except platform.PlatformUnavailable as exc:
-        return Recovery(False, f"lost submit: fal's record could not be read ({exc}); later")
+        return Recovery(False, Said("lost_unreadable", error=exc))
     if matches:
         known = set(
             Training.objects.filter(
@@ -150,7 +151,7 @@ def _adopt_match(training: Training, matches: list[platform.RecordItem], *, via:
     )
     if not adopted:
         training.refresh_from_db()
-        return Recovery(False, "lost submit: it already has a request id")
+        return Recovery(False, Said("lost_has_id"))
     if others:
         ids = ", ".join(m.request_id for m in others)
         transitions.record_note(
@@ -181,14 +182,11 @@ def _adopt_match(training: Training, matches: list[platform.RecordItem], *, via:
             len(others),
         )
     finished = apply_record_item(training, chosen, via=via)
-    return Recovery(
-        True, f"lost submit found in fal's record; {finished.summary}", True, in_record=True
-    )
+    return Recovery(True, Said("lost_found", words=finished.summary), True, in_record=True)
 
 
 def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
-    note = f" ({unverifiable} listed without their input: not counted as 'no match')"
-    summary = "lost submit: no matching job in fal's record yet" + (note if unverifiable else "")
+    summary = Said("lost_no_match_unlisted" if unverifiable else "lost_no_match", n=unverifiable)
     if training.lost_submit_given_up_at is None and now >= give_up_at(training):
         won = (
             Training.objects.active()
@@ -221,5 +219,5 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
                 training.lost_submit_given_up_at is not None,
                 source=RECORD,
             )
-            summary += "; given up, staff alerted"
+            summary = summary.then(Said("lost_given_up"))
     return Recovery(False, summary, in_record=False)

@@ -38,6 +38,7 @@ from monitoring.fal import client as fal
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import AnsweredBy, FalOutcome
 from monitoring.models import AvatarStatus, CheckRun, EventSource, FalStatus, Training
+from monitoring.wording import Said, status_words
 from notifications import delivery, outbox
 
 logger = logging.getLogger("monitoring")
@@ -101,7 +102,7 @@ class CheckReport:
     before: str
     after: str
     changed: bool = False
-    summary: str = ""
+    summary: Said | str = ""  # worded when shown (monitoring.wording)
     error: str = ""
     # Internal tallies for the CheckRun heartbeat.
     checked: bool = True
@@ -299,22 +300,22 @@ class _Batch:
         if not training.fal_request_id:
             if training.fal_status == FalStatus.HELD:
                 report.checked = False
-                report.summary = "held: waiting for fal balance (nothing sent)"
+                report.summary = Said("held")
                 return report
             if recovery.is_lost_submit(training, self.now):
                 self._lost_submit(training, report)
                 report.after = _state(training)
                 return report
             report.checked = False
-            report.summary = "waiting for fal's answer to the submit"
+            report.summary = Said("submit_pending")
             if training.fal_status == FalStatus.NOT_SENT:
-                report.summary = "automatic retry, waiting to be sent"
+                report.summary = Said("retry_pending")
                 if self.now - training.created_at >= _interval():
                     self.tasks.append(("monitoring.tasks.send_attempt", training.pk))
             return report
         if seen.skipped:
             report.checked = False
-            report.summary = "not checked: the run ran out of time (due again at the next run)"
+            report.summary = Said("out_of_time")
             training.next_check_at = self.now
             self.failed.append(training)
             return report
@@ -341,15 +342,17 @@ class _Batch:
                 training, fal_status=answer.status, queue_position=position, source=self.source
             )
             report.changed = True
-            report.summary = f"{report.before} → {answer.status}"
+            summary = Said(
+                "moved", before=status_words(report.before), after=status_words(answer.status)
+            )
         else:
-            report.summary = f"still {answer.status}"
+            summary = Said("still", status=status_words(answer.status))
         tail = _logs_tail(answer.logs)
         moved = False
         if answer.status == "IN_QUEUE" and training.queue_position != position:
             training.queue_position = position
             moved = True
-            report.summary += f" (position {position})"
+            summary = Said("at_position", words=summary, position=position)
         if tail is not None and tail != training.logs_tail:
             training.logs_tail = tail
             moved = True
@@ -358,10 +361,11 @@ class _Batch:
         if moved:
             self.moved.append(training)
         if training.cancel_requested_at:
-            report.summary += "; cancellation requested, fal has not stopped it yet"
+            summary = summary.then(Said("cancel_pending"))
         if stuck.past_run_limit(training, self.now):
-            report.summary += "; past its run limit: cancelling it on fal"
+            summary = summary.then(Said("past_run_limit"))
             self.tasks.append(("monitoring.tasks.cancel_for_deadline", training.pk))
+        report.summary = summary
         self._ok(training)
 
     def _completed(self, training: Training, seen: _Seen, report: CheckReport) -> None:
@@ -379,14 +383,14 @@ class _Batch:
                 self._fal_error(training, seen.error, report)
                 return
             self._fal_error(training, seen.error or fal.FalTransient("empty result"), report)
-            report.summary = f"completed on fal, result not fetched yet: {report.error}"
+            report.summary = Said("not_fetched", error=report.error)
             return
         applied = results.apply(training, outcome, source=self.source)
         report.changed, report.summary = applied.changed, applied.summary
         if applied.look_next == AnsweredBy.RECORD:
-            found = self._from_record(training, report, why="result without a LoRA file")
+            found = self._from_record(training, report, why="no_lora")
             if not found.decided:
-                report.summary = f"{applied.summary}; {found.summary}"
+                report.summary = Said("then", first=applied.summary, then=found.summary)
             if training.finished_at is None:
                 self._ok(training)  # fal answered; only the result is being looked for
 
@@ -410,7 +414,7 @@ class _Batch:
         training.next_check_at = self.next_due
         training.last_checked_at = self.now
         self.failed.append(training)
-        report.summary = f"fal error, checked again at the next run: {report.error}"
+        report.summary = Said("fal_error", error=report.error)
 
     def _estimate(
         self, training: Training, was: tuple[str, int | None, Any], *, logs_fresh: bool
@@ -468,23 +472,23 @@ class _Batch:
         """No request id and the submit's answer is lost: search fal's record for it."""
         client = self._record_client()
         if client is None:
-            report.summary = "lost submit: fal's record not asked in this run (next check)"
+            report.summary = Said("lost_not_asked")
             return
         found = recovery.lookup_lost_submit(training, via=self.source, now=self.now, client=client)
         report.summary = found.summary
         report.changed = found.changed
 
     def _from_record(
-        self, training: Training, report: CheckReport, why: str = "queue 404"
+        self, training: Training, report: CheckReport, why: str = "queue_404"
     ) -> recovery.Recovery:
         """The queue cannot tell (404, or a result without a LoRA): fal's record decides."""
         client = self._record_client()
         if client is None:
-            return recovery.Recovery(False, "fal's record not asked in this run (next check)")
+            return recovery.Recovery(False, Said("record_not_asked"))
         found = recovery.recover_from_record(training, via=self.source, client=client)
         if found.decided:
             report.changed = found.changed
-            report.summary = f"{why}; {found.summary}"
+            report.summary = Said(why).then(found.summary)
         return found
 
     def _not_found(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
@@ -498,7 +502,7 @@ class _Batch:
                 training, source=self.source, reason="fal no longer knows the job after the cancel"
             )
             report.changed = outcome.changed
-            report.summary = "cancelled (fal dropped the job)"
+            report.summary = Said("dropped")
             return
         training.not_found_count += 1
         training.not_found_since = training.not_found_since or self.now
@@ -523,14 +527,16 @@ class _Batch:
                 source=self.source,
             )
             report.changed = outcome.changed
-            report.summary = "failed: fal does not know this request"
+            report.summary = Said("unknown_to_fal")
             return
         training.last_check_error = report.error
         training.last_checked_at = self.now
         self.failed.append(training)
-        report.summary = (
-            f"fal answered 404 ({training.not_found_count}/{settings.FAL_NOT_FOUND_CONFIRM_COUNT}); "
-            f"not believed yet: {found.summary}"
+        report.summary = Said(
+            "404_not_believed",
+            count=training.not_found_count,
+            limit=settings.FAL_NOT_FOUND_CONFIRM_COUNT,
+            found=found.summary,
         )
 
     def _ok(self, training: Training) -> None:
@@ -661,10 +667,13 @@ def _dry_report(training: Training, seen: _Seen) -> CheckReport:
         answer = seen.report
         report.after = "error" if answer.failed else answer.status
         report.changed = report.after != report.before
-        report.summary = f"fal says {answer.status}" + (f": {answer.error}" if answer.error else "")
+        status = status_words(answer.status)
+        report.summary = Said(
+            "fal_says_error" if answer.error else "fal_says", status=status, error=answer.error
+        )
     elif not training.fal_request_id:
         report.checked = False
-        report.summary = "waiting for fal's answer to the submit"
+        report.summary = Said("submit_pending")
     return report
 
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from monitoring import billing, reconcile, status_checks
+from monitoring import billing, reconcile, status_checks, wording
 from monitoring import trainings as training_service
 from monitoring.fal import platform
 from monitoring.models import CheckRun, EventSource, FalAccount, Training
@@ -111,7 +111,7 @@ def recheck(
             "before": r.before,
             "after": r.after,
             "changed": r.changed,
-            "summary": r.summary,
+            "summary": wording.english(str, r.summary),
             "error": r.error,
             "actor_id": actor_id,
         }

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.utils import translation
+from django.utils.functional import lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
@@ -133,7 +134,80 @@ def status_label(value: str) -> str:
 
 def retried_words(error_type: str) -> str:
     """An attempt retried automatically, on the timeline and in the attempts list."""
-    return _("retried automatically after fal's %(code)s") % {"code": error_type or "?"}
+    return str(Said("retried", code=error_type or "?"))
+
+
+# What a check or an outcome did (``CheckReport.summary``, ``Applied.summary``,
+# ``Recovery.summary``) by code; punctuation-only templates are not for translators.
+SAID = {
+    "then": "%(first)s; %(then)s",
+    "at_position": gettext_noop("%(words)s (position %(position)s)"),
+    "moved": "%(before)s → %(after)s",
+    "still": gettext_noop("still %(status)s"),
+    "ended": "%(status)s: %(error_type)s: %(message)s",
+    "completed": gettext_noop("completed"),
+    "retried": gettext_noop("retried automatically after fal's %(code)s"),
+    "held": gettext_noop("held: waiting for fal balance (nothing sent)"),
+    "submit_pending": gettext_noop("waiting for fal's answer to the submit"),
+    "retry_pending": gettext_noop("automatic retry, waiting to be sent"),
+    "out_of_time": gettext_noop("not checked: the run ran out of time (due again at the next run)"),
+    "cancel_pending": gettext_noop("cancellation requested, fal has not stopped it yet"),
+    "past_run_limit": gettext_noop("past its run limit: cancelling it on fal"),
+    "not_fetched": gettext_noop("completed on fal, result not fetched yet: %(error)s"),
+    "fal_error": gettext_noop("fal error, checked again at the next run: %(error)s"),
+    "fal_says": gettext_noop("fal says %(status)s"),
+    "fal_says_error": gettext_noop("fal says %(status)s: %(error)s"),
+    "queue_404": gettext_noop("queue 404"),
+    "dropped": gettext_noop("cancelled (fal dropped the job)"),
+    "unknown_to_fal": gettext_noop("failed: fal does not know this request"),
+    "404_not_believed": gettext_noop(
+        "fal answered 404 (%(count)s/%(limit)s); not believed yet: %(found)s"
+    ),
+    "foreign_host": gettext_noop("result URL on a foreign host, flagged stuck: %(url)s"),
+    "not_https": gettext_noop("result URL is not https, training failed: %(url)s"),
+    "no_lora": gettext_noop("result without a LoRA file"),
+    "no_lora_ask_record": gettext_noop("fal's result has no LoRA file: fal's record decides"),
+    "result_unavailable": RESULT_UNAVAILABLE,
+    "already_finished": gettext_noop("training already finished"),
+    "from_queue": gettext_noop("the result is fetched from fal's queue"),
+    "record": gettext_noop("fal's record: %(words)s"),
+    "record_not_asked": gettext_noop("fal's record not asked in this run (next check)"),
+    "record_unreadable": gettext_noop(
+        "fal's record could not be read (%(error)s); nothing decided"
+    ),
+    "record_unknown": gettext_noop("fal's record does not know it either"),
+    "lost_not_asked": gettext_noop("lost submit: fal's record not asked in this run (next check)"),
+    "lost_unreadable": gettext_noop(
+        "lost submit: fal's record could not be read (%(error)s); later"
+    ),
+    "lost_has_id": gettext_noop("lost submit: it already has a request id"),
+    "lost_found": gettext_noop("lost submit found in fal's record; %(words)s"),
+    "lost_no_match": gettext_noop("lost submit: no matching job in fal's record yet"),
+    "lost_no_match_unlisted": gettext_noop(
+        "lost submit: no matching job in fal's record yet (%(n)s listed without their input: "
+        "not counted as 'no match')"
+    ),
+    "lost_given_up": gettext_noop("given up, staff alerted"),
+}
+
+
+class Said:
+    """A ``SAID`` code and its parameters (values, ``Said`` or ``status_words``): ``str()``
+    words it in the active language, ``english(str, said)`` for logs and stored text."""
+
+    def __init__(self, code: str, /, **params: object) -> None:
+        self.code, self.params = code, params
+
+    def __str__(self) -> str:
+        return _(SAID[self.code]) % {name: str(value) for name, value in self.params.items()}
+
+    def then(self, more: Said | str) -> Said:
+        """These words, then ``more`` after a semicolon."""
+        return Said("then", first=self, then=more)
+
+
+# A stored status, worded when shown.
+status_words = lazy(status_label, str)
 
 
 def fal_answer_words(after: str, position: int | None, error: str) -> str:

@@ -8,6 +8,10 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from fakes.fal_emulator import FOREVER
+from monitoring.models import EventSource
+from monitoring.trainings import start_training
+
 
 def run(*args: str) -> str:
     out = io.StringIO()
@@ -53,3 +57,27 @@ def test_errors_follow_the_language_too(db):
 def test_an_unknown_language_is_refused(db):
     with pytest.raises(CommandError, match="--language"):
         call_command("check_avatar_db", "--language", "de")
+
+
+def test_the_check_summary_follows_the_language(fal, make_avatar):
+    """What a check saw is worded for the reader (manual_status_check has no --json)."""
+    fal.drop_webhooks()
+    fal.script(queue_seconds=FOREVER, queue_position=4)
+    avatar = make_avatar()
+    training = start_training(avatar, source=EventSource.COMMAND).training
+    assert training is not None
+    training.cancel_requested_at = training.created_at
+    training.save(update_fields=["cancel_requested_at"])
+    args = ("manual_status_check", "--avatar", str(avatar.pk), "-v", "2")
+
+    english, russian = run(*args), run(*args, "--language", "ru")
+
+    assert (
+        "unchanged (IN_QUEUE) still In queue; cancellation requested, fal has not stopped it "
+        "yet" in english
+    )
+    assert (
+        "без изменений (IN_QUEUE) всё ещё В очереди; отмена запрошена, fal её ещё не "
+        "остановил" in russian
+    )
+    assert "still" not in russian and "unchanged" not in russian

@@ -426,7 +426,7 @@ def test_a_dry_run_changes_nothing(fal, started):
     avatar, training = started()
     fal.finish(training.fal_request_id, error="boom", error_type="x")
     reports = check_trainings([training], source=EventSource.STAFF, dry_run=True)
-    assert reports[0].after == "error" and "boom" in reports[0].summary
+    assert reports[0].after == "error" and "boom" in str(reports[0].summary)
     avatar.refresh_from_db()
     assert avatar.status == AvatarStatus.TRAINING
 

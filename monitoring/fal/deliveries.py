@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 
 from avatarsite.client_address import client_address
-from monitoring import totals
+from monitoring import totals, wording
 from monitoring.fal import results, signature
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.signature import REQUEST_ID_HEADER, SIGNATURE_HEADER, clean
@@ -295,11 +295,12 @@ class Delivery(WebhookDelivery):
         applied = results.apply(training, outcome, source=source, actor=actor)
         if applied.look_next == AnsweredBy.QUEUE:
             return WebhookOutcome.DEFERRED, outcome.message
+        summary = wording.english(str, applied.summary)  # the row keeps English
         if not applied.changed:
-            return WebhookOutcome.ALREADY_DONE, applied.summary
+            return WebhookOutcome.ALREADY_DONE, summary
         # A result URL refused or flagged is worth a word on the row; routine ones not.
-        unusual = outcome.kind == Kind.SUCCEEDED and applied.summary != "completed"
-        return WebhookOutcome.APPLIED, applied.summary if unusual else ""
+        unusual = outcome.kind == Kind.SUCCEEDED and summary != "completed"
+        return WebhookOutcome.APPLIED, summary if unusual else ""
 
     def why_not_reprocess(self) -> str:
         """Why staff may not re-process this delivery ("" when they may), in their language.

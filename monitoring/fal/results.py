@@ -24,6 +24,7 @@ from monitoring.fal import payloads
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.payloads import MediaUrl
 from monitoring.models import EventSource, FalStatus, Training, TrainingOutcome
+from monitoring.wording import Said, status_words
 from notifications import outbox
 from notifications.models import OwnerMessage
 
@@ -47,7 +48,7 @@ class Applied:
     """What ``apply`` did. ``look_next``: this answer could not decide, ask that source."""
 
     changed: bool
-    summary: str
+    summary: Said | str  # worded when shown (monitoring.wording)
     look_next: AnsweredBy | None = None
 
 
@@ -118,7 +119,10 @@ class _Applying:
         )
         if not finished.changed:
             return Applied(False, finished.detail)
-        return Applied(True, f"{finished.status}: {outcome.error_type}: {outcome.message}"[:500])
+        status, message = status_words(finished.status), outcome.message[:500]
+        return Applied(
+            True, Said("ended", status=status, error_type=outcome.error_type, message=message)
+        )
 
     def _fals_own(self) -> bool:
         """fal's own failure, or the end of a run our deadline cancelled."""
@@ -155,7 +159,7 @@ class _Applying:
             lambda: _enqueue(f"the retry {retry_id}", "monitoring.tasks.send_attempt", retry_id)
         )
         _alert_if_many_retries()
-        return Applied(True, wording.english(wording.retried_words, error_type))
+        return Applied(True, Said("retried", code=error_type or "?"))
 
     def succeeded(self) -> Applied:
         """Both URLs judged by one rule (``payloads.check_media_url``) before "ready".
@@ -177,7 +181,9 @@ class _Applying:
                 notify=self.notify,
                 fal_finished_at=outcome.finished_at,
             )
-            return Applied(finished.changed, "completed" if finished.changed else finished.detail)
+            return Applied(
+                finished.changed, Said("completed") if finished.changed else finished.detail
+            )
         verdict, url = unsafe
         shown = url[:300]
         if verdict == MediaUrl.FOREIGN_HOST:
@@ -185,7 +191,7 @@ class _Applying:
             flagged = transitions.flag_stuck(
                 training, reason=reason, source=self.source, details=self.details
             )
-            return Applied(flagged, f"result URL on a foreign host, flagged stuck: {shown}")
+            return Applied(flagged, Said("foreign_host", url=shown))
         finished = self._fail(
             f"fal's result URL is not https and was refused: {shown}",
             UNSAFE_URL_ERROR_TYPE,
@@ -200,7 +206,7 @@ class _Applying:
             request_id=training.fal_request_id or "",
             url=url,
         )
-        return Applied(True, f"result URL is not https, training failed: {shown}")
+        return Applied(True, Said("not_https", url=shown))
 
     def without_lora(self) -> Applied:
         """Finished without an error, and this answer has no LoRA file: look further.
@@ -214,13 +220,12 @@ class _Applying:
         if answered_by == AnsweredBy.WEBHOOK:
             return _defer_to_queue_check(self.training)
         if answered_by == AnsweredBy.QUEUE:
-            why = "fal's result has no LoRA file: fal's record decides"
-            return Applied(False, why, AnsweredBy.RECORD)
+            return Applied(False, Said("no_lora_ask_record"), AnsweredBy.RECORD)
         if not self.outcome.has_payload:
             return _result_unavailable(self.training, self.source)
         message = "fal's result has no LoRA file (diffusers_lora_file)"
         finished = self._fail(message, NO_LORA_ERROR_TYPE)
-        return Applied(finished.changed, "result without a LoRA file")
+        return Applied(finished.changed, Said("no_lora"))
 
     def _fail(self, message: str, error_type: str, **details: Any) -> transitions.Outcome:
         return transitions.fail(
@@ -245,14 +250,14 @@ def _result_unavailable(training: Training, source: str) -> Applied:
         )
         training.result_unavailable_since = now
     flagged = transitions.restate_stuck(training, wording.result_unavailable_words, source=source)
-    return Applied(flagged, wording.RESULT_UNAVAILABLE)
+    return Applied(flagged, Said("result_unavailable"))
 
 
 def _defer_to_queue_check(training: Training) -> Applied:
     """Leave the result to the worker, which fetches it from fal's queue (never in a request)."""
     moved = Training.objects.active().filter(pk=training.pk).update(next_check_at=timezone.now())
     if not moved:
-        return Applied(False, "training already finished")
+        return Applied(False, Said("already_finished"))
     training_id = training.pk
     transaction.on_commit(
         lambda: _enqueue(
@@ -262,7 +267,7 @@ def _defer_to_queue_check(training: Training) -> Applied:
             source=EventSource.WEBHOOK,
         )
     )
-    return Applied(False, "the result is fetched from fal's queue", AnsweredBy.QUEUE)
+    return Applied(False, Said("from_queue"), AnsweredBy.QUEUE)
 
 
 def _alert_if_many_retries() -> None:

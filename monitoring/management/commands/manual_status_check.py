@@ -142,6 +142,7 @@ class Command(TranslatedCommand):
             return f"{head}: {report.before} → {report.after}" + (
                 f" ({report.summary})" if report.summary else ""
             )
-        return f"{head}: {_('unchanged')} ({report.after})" + (
+        unchanged = _("unchanged")  # not inside the f-string: makemessages would miss it
+        return f"{head}: {unchanged} ({report.after})" + (
             f" {report.summary}" if report.summary else ""
         )
