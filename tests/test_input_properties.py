@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from django.contrib import admin
 from django.test import Client
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitoring.api.models import ClientAvatar, IdempotencyKey
@@ -31,7 +31,8 @@ PROPERTY = settings(
     derandomize=True,
     deadline=None,
     database=None,
-    max_examples=80,
+    # Every field of the start body drawn at least twice, with odd values among them.
+    max_examples=50,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -164,6 +165,7 @@ def test_the_adopt_body_never_answers_5xx_and_a_refusal_changes_nothing(
     ),
     key=header_text,
 )
+@example(segment="9" * 30, query={}, key="")  # an id no 64-bit column holds, on every run
 def test_api_paths_queries_and_keys_never_answer_5xx_nor_change_anything(
     quick_fal, bot, make_avatar, segment, query, key
 ):
@@ -187,7 +189,7 @@ def _admin_routes() -> list[str]:
     return [f"{m._meta.app_label}/{m._meta.model_name}" for m in admin.site._registry]
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=80)  # fewer leave some of the admin's routes unvisited
 @given(
     route=st.sampled_from(_admin_routes()),
     object_id=texts,

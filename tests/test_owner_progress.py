@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from fakes.fal_emulator import FOREVER
@@ -61,6 +62,15 @@ def wait_until_editable(chat_id: int) -> None:
     left = (row.last_edit_at + timedelta(seconds=EDIT_SECONDS) - timezone.now()).total_seconds()
     if left > 0:
         time.sleep(left + 0.05)
+
+
+def let_the_interval_pass(chat_id: int) -> None:
+    """What waiting OWNER_PROGRESS_EDIT_SECONDS does, without the wait: the message's last
+    change and its next turn move that far into the past. The first test waits for real."""
+    interval = timedelta(seconds=EDIT_SECONDS)
+    ProgressMessage.objects.filter(chat_id=chat_id).update(
+        last_edit_at=F("last_edit_at") - interval, next_at=F("next_at") - interval
+    )
 
 
 def test_queue_run_complete_is_one_silent_message_edited_then_the_ready_message(
@@ -120,14 +130,14 @@ def test_a_blocked_owner_gets_no_edit_after_the_first_403(
     assert len(telegram.messages_to(owner.telegram_id)) == 1
     telegram.script(owner.telegram_id, telegram.blocked())
     fal.script(training.fal_request_id, queue_seconds=0, run_seconds=FOREVER)
-    wait_until_editable(owner.telegram_id)
+    let_the_interval_pass(owner.telegram_id)
     check(run_deliveries)
     requests = telegram.requests_to(owner.telegram_id)
     assert ProgressMessage.objects.get(chat_id=owner.telegram_id).state == ProgressState.STOPPED
 
     fal.finish(training.fal_request_id)
     check(run_deliveries)
-    time.sleep(EDIT_SECONDS + 0.1)
+    let_the_interval_pass(owner.telegram_id)
     progress.sweep()
     check(run_deliveries)
     # Nothing more reached Telegram: no edit, and the outcome found the chat unreachable.
@@ -159,7 +169,7 @@ def test_a_retry_after_fals_failure_keeps_the_same_message(
         fal, make_avatar, make_owner, run_deliveries, fail_first=1, queue_seconds=1, **FAL_DOWN
     )
     [first] = telegram.messages_to(owner.telegram_id)
-    wait_until_editable(owner.telegram_id)
+    let_the_interval_pass(owner.telegram_id)
     time.sleep(1)  # fal's first job has failed by now
     check(run_deliveries)  # the failure: a new attempt, the same message says so
     [hiccup] = telegram.edits_to(owner.telegram_id)
@@ -232,8 +242,9 @@ def test_a_first_send_whose_answer_is_lost_is_dropped_never_resent(
     run_deliveries()
     assert ProgressMessage.objects.get(chat_id=owner.telegram_id).state == ProgressState.DROPPED
 
+    telegram.wait_for_messages(1)  # the slow one reaches Telegram after we gave up
     fal.script(training.fal_request_id, queue_seconds=0, run_seconds=FOREVER)
-    time.sleep(EDIT_SECONDS)
+    let_the_interval_pass(owner.telegram_id)
     check(run_deliveries)
     progress.sweep()
     assert len(telegram.messages_to(owner.telegram_id)) == 1  # the slow one, once
@@ -247,7 +258,7 @@ def test_a_deleted_message_stops_the_edits(fal, telegram, make_avatar, make_owne
     [first] = telegram.messages_to(owner.telegram_id)
     telegram.delete_message(owner.telegram_id, first.message_id)
     fal.script(training.fal_request_id, queue_seconds=0, run_seconds=FOREVER)
-    wait_until_editable(owner.telegram_id)
+    let_the_interval_pass(owner.telegram_id)
     check(run_deliveries)
     row = ProgressMessage.objects.get(chat_id=owner.telegram_id)
     assert (
@@ -256,7 +267,7 @@ def test_a_deleted_message_stops_the_edits(fal, telegram, make_avatar, make_owne
     requests = telegram.requests_to(owner.telegram_id)
     fal.finish(training.fal_request_id)
     check(run_deliveries)
-    time.sleep(EDIT_SECONDS)
+    let_the_interval_pass(owner.telegram_id)
     progress.sweep()
     assert telegram.requests_to(owner.telegram_id) == requests + 1  # the ready message only
     assert telegram.edits_to(owner.telegram_id) == []

@@ -77,6 +77,8 @@ def read(
 ) -> tuple[Avatar, list[Training], dict[int, list[KeptFile]]] | None:
     """The avatar (owner, ``api_link``, ``current_training`` set), its attempts oldest
     first and their kept files by training id; None when ``client`` may not see it."""
+    if not -(2**63) <= avatar_id < 2**63:
+        return None  # no row has it, and SQLite cannot even bind it
     sql, parts = _statement(connection.vendor)
     params: list[Any] = [avatar_id]
     if client is not None and not client.has_scope(Scope.AVATARS_ALL):
