@@ -3,7 +3,7 @@ admin's URLs, the answer is never a 5xx, and a refused request changes nothing.
 
 Generated strings include NUL, unpaired surrogates and every other code point; numbers
 include NaN, infinity and integers far beyond 64 bits. Derandomized with a fixed
-example budget, so every run throws the same ~720 requests (in well under 30 s),
+example budget, so every run throws the same ~540 requests (in well under 30 s),
 through the real views and PostgreSQL.
 """
 
