@@ -7,7 +7,9 @@ idiom for each job without either importing the other.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,7 +17,8 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote
-from django.db.models import Model
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -37,6 +40,46 @@ def pretty_json(value: Any) -> SafeString:
     if value is None:
         return pre("")
     return pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+# --- actions that need a permission ---------------------------------------------------
+
+_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
+_Row = TypeVar("_Row", bound=Model)
+# A module-level action or a ModelAdmin method: (model admin, request, selection).
+ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Row]], Any]
+
+
+def staff_action(
+    *, permission: str, description: Any
+) -> Callable[[ActionFunction[_Admin, _Row]], Any]:
+    """An admin action that needs ``permission`` ("app_label.codename").
+
+    Django offers and dispatches the action only when the ModelAdmin's
+    ``has_<codename>_permission`` says yes; the wrapper asks again where the action
+    runs, so any path that reaches the function without the menu is refused too.
+    """
+    codename = permission.split(".", 1)[1]
+
+    def wrap(action: ActionFunction[_Admin, _Row]) -> Any:
+        @functools.wraps(action)
+        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Row]):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied
+            return action(modeladmin, request, queryset)
+
+        return admin.action(description=description, permissions=[codename])(run)
+
+    return wrap
+
+
+def permission_check(permission: str) -> Callable[[Any, HttpRequest], bool]:
+    """A ``has_<codename>_permission`` method: Django asks it before offering an action."""
+
+    def check(modeladmin: Any, request: HttpRequest) -> bool:
+        return request.user.has_perm(permission)
+
+    return check
 
 
 # --- read-only pages ------------------------------------------------------------------

@@ -9,7 +9,6 @@ monitoring admin.
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -23,6 +22,8 @@ from avatarsite.admin_base import (
     ReadOnlyInline,
     confirmation_page,
     is_confirmed,
+    permission_check,
+    staff_action,
 )
 from notifications import delivery, reachability
 from notifications.models import (
@@ -168,18 +169,13 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         # rendered (notifications.messages), the same markup Telegram displays.
         return format_html('<div class="telegram-text">{}</div>', mark_safe(obj.text))  # noqa: S308
 
-    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(RESEND_PERMISSION)
+    has_resend_notification_permission = permission_check(RESEND_PERMISSION)
 
-    @admin.action(
+    @staff_action(
+        permission=RESEND_PERMISSION,
         description=gettext_lazy("Resend undelivered notifications…"),
-        permissions=["resend_notification"],
     )
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
-        # Asked again here, not only when the menu is built: the confirmation page
-        # posts back to this action, and so can anyone who crafts that POST.
-        if not self.has_resend_notification_permission(request):
-            raise PermissionDenied
         selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
         if not is_confirmed(request):
             return confirmation_page(
@@ -267,17 +263,13 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
     def reason_words(self, obj: UnreachableChat) -> str:
         return telegram_reason_words(obj.reason)
 
-    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(RESEND_PERMISSION)
+    has_resend_notification_permission = permission_check(RESEND_PERMISSION)
 
-    @admin.action(
+    @staff_action(
+        permission=RESEND_PERMISSION,
         description=gettext_lazy("The owner is reachable again: resend held messages…"),
-        permissions=["resend_notification"],
     )
     def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):
-        # Asked again here: the confirmation page posts back to this action.
-        if not self.has_resend_notification_permission(request):
-            raise PermissionDenied
         chats = list(queryset.order_by("pk"))
         if not is_confirmed(request):
             return confirmation_page(

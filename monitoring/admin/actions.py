@@ -7,19 +7,17 @@ runs. See docs/staff-guide.md#the-admin and #roles.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote
-from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -29,7 +27,13 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
 
-from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
+from avatarsite.admin_base import (
+    ConfirmRow,
+    confirmation_page,
+    is_confirmed,
+    permission_check,
+    staff_action,
+)
 from monitoring import billing, roles, transitions, wording
 from monitoring import trainings as training_service
 from monitoring.admin.avatar_page import telegram_html
@@ -102,55 +106,15 @@ class ExtendForm(forms.Form):
 EXTEND_CHOICES = (1, 6, 24)
 
 
-_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
-_Model = TypeVar("_Model", bound=Model)
-# A module-level action or a ModelAdmin method: (model admin, request, selection).
-ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Model]], Any]
-
-
-def staff_action(
-    *, permission: str, description: Any
-) -> Callable[[ActionFunction[_Admin, _Model]], Any]:
-    """An admin action that needs ``permission`` ("app_label.codename").
-
-    Django offers and dispatches the action only when the ModelAdmin's
-    ``has_<codename>_permission`` says yes; the wrapper asks again where the action
-    runs, so any path that reaches the function without the menu is refused too.
-    """
-    codename = permission.split(".", 1)[1]
-
-    def wrap(action: ActionFunction[_Admin, _Model]) -> Any:
-        @functools.wraps(action)
-        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Model]):
-            if not request.user.has_perm(permission):
-                raise PermissionDenied
-            return action(modeladmin, request, queryset)
-
-        return admin.action(description=description, permissions=[codename])(run)
-
-    return wrap
-
-
 class AvatarActionPermissions:
     """The ``has_<codename>_permission`` methods Django asks before offering an action."""
 
-    def has_start_training_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.START_TRAINING)
-
-    def has_cancel_training_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.CANCEL_TRAINING)
-
-    def has_fail_avatar_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.FAIL_AVATAR)
-
-    def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.RECHECK_AVATAR)
-
-    def has_manage_stuck_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.MANAGE_STUCK)
-
-    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.RESEND_NOTIFICATION)
+    has_start_training_permission = permission_check(roles.START_TRAINING)
+    has_cancel_training_permission = permission_check(roles.CANCEL_TRAINING)
+    has_fail_avatar_permission = permission_check(roles.FAIL_AVATAR)
+    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
+    has_manage_stuck_permission = permission_check(roles.MANAGE_STUCK)
+    has_resend_notification_permission = permission_check(roles.RESEND_NOTIFICATION)
 
 
 def log_staff_action(
@@ -297,6 +261,62 @@ def _each(
     return HttpResponseRedirect(page) if page else None
 
 
+# The confirmation page's title and question, per action; START_COSTS add the estimated cost.
+_ASK: dict[str, tuple[StrOrPromise, StrOrPromise]] = {
+    "start_training": (
+        gettext_lazy("Start training"),
+        gettext_lazy("Submit these avatars to fal? Each submit starts a paid training."),
+    ),
+    "retrain": (
+        gettext_lazy("Retrain failed or cancelled avatars"),
+        gettext_lazy(
+            "Start a new training attempt for each failed or cancelled avatar? Each submit "
+            "starts a paid training; the ended attempt keeps its history."
+        ),
+    ),
+    "cancel_on_fal": (
+        gettext_lazy("Cancel trainings on fal"),
+        gettext_lazy(
+            "Ask fal to cancel these trainings? A running job may still complete; the avatar "
+            "turns cancelled once fal confirms."
+        ),
+    ),
+    "record_no_fal_job": (
+        gettext_lazy("fal has no such job"),
+        gettext_lazy(
+            "Record that fal has no job for these lost submits? fal's record is asked "
+            "once more first; the avatars can then be started again (a new paid training)."
+        ),
+    ),
+    "release_held": (
+        gettext_lazy("Send held starts now"),
+        gettext_lazy(
+            "Send these held starts to fal now, whatever the balance reading says? Each "
+            "submit starts a paid training; one that fal refuses as locked is held again."
+        ),
+    ),
+}
+START_COSTS = ("start_training", "retrain")
+
+
+def _ask_then_each(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[Avatar],
+    action: str,
+    do: Callable[[Avatar], tuple[str, int]],
+) -> TemplateResponse | HttpResponseRedirect | None:
+    """The confirmation page (its texts from ``_ASK``) until confirmed, then ``_each``."""
+    if is_confirmed(request):
+        return _each(modeladmin, request, queryset, action, do)
+    title, question = _ASK[action]
+    if action in START_COSTS:
+        question = str(question) + _estimate_text(action, queryset)
+    return _confirm(
+        modeladmin, request, queryset, action=action, title=str(title), question=str(question)
+    )
+
+
 def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
     """Each submit is a paid training: one click may start at most ADMIN_BULK_START_MAX."""
     selected = queryset.count()
@@ -420,16 +440,6 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
 def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if _over_bulk_start_cap(request, queryset):
         return None
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="start_training",
-            title=_("Start training"),
-            question=_("Submit these avatars to fal? Each submit starts a paid training.")
-            + _estimate_text("start_training", queryset),
-        )
 
     def do(avatar: Avatar) -> tuple[str, int]:
         if avatar.status == AvatarStatus.DRAFT:
@@ -438,7 +448,7 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
                 return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
         return _start(avatar, request)
 
-    return _each(modeladmin, request, queryset, "start_training", do)
+    return _ask_then_each(modeladmin, request, queryset, "start_training", do)
 
 
 @staff_action(
@@ -448,19 +458,6 @@ def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
 def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
     if _over_bulk_start_cap(request, queryset):
         return None
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="retrain",
-            title=_("Retrain failed or cancelled avatars"),
-            question=_(
-                "Start a new training attempt for each failed or cancelled avatar? Each submit "
-                "starts a paid training; the ended attempt keeps its history."
-            )
-            + _estimate_text("retrain", queryset),
-        )
 
     def do(avatar: Avatar) -> tuple[str, int]:
         outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
@@ -468,7 +465,7 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
             return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
         return _start(avatar, request)
 
-    return _each(modeladmin, request, queryset, "retrain", do)
+    return _ask_then_each(modeladmin, request, queryset, "retrain", do)
 
 
 # --- Cancel / mark failed ------------------------------------------------------------------
@@ -476,19 +473,6 @@ def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
 
 @staff_action(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
 def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="cancel_on_fal",
-            title=_("Cancel trainings on fal"),
-            question=_(
-                "Ask fal to cancel these trainings? A running job may still complete; the avatar "
-                "turns cancelled once fal confirms."
-            ),
-        )
-
     def do(avatar: Avatar) -> tuple[str, int]:
         # cancel_training turns fal's errors into a sentence for staff itself.
         result = training_service.cancel_training(
@@ -496,7 +480,7 @@ def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
         )
         return str(result), messages.SUCCESS
 
-    return _each(modeladmin, request, queryset, "cancel_on_fal", do)
+    return _ask_then_each(modeladmin, request, queryset, "cancel_on_fal", do)
 
 
 def _cancel_job_after_failing(training: Training) -> str:
@@ -693,50 +677,24 @@ def resend_notification(
 def record_no_fal_job(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
 ):
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="record_no_fal_job",
-            title=_("fal has no such job"),
-            question=_(
-                "Record that fal has no job for these lost submits? fal's record is asked "
-                "once more first; the avatars can then be started again (a new paid training)."
-            ),
-        )
-
     def do(avatar: Avatar) -> tuple[str, int]:
         training = _current(avatar)
         text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.finished_at else messages.WARNING
 
-    return _each(modeladmin, request, queryset, "record_no_fal_job", do)
+    return _ask_then_each(modeladmin, request, queryset, "record_no_fal_job", do)
 
 
 @staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
 def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="release_held",
-            title=_("Send held starts now"),
-            question=_(
-                "Send these held starts to fal now, whatever the balance reading says? Each "
-                "submit starts a paid training; one that fal refuses as locked is held again."
-            ),
-        )
-
     def do(avatar: Avatar) -> tuple[str, int]:
         training = _current(avatar)
         text = training_service.release(training, actor=request.user, source=STAFF)
         training.refresh_from_db()
         return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
 
-    return _each(modeladmin, request, queryset, "release_held", do)
+    return _ask_then_each(modeladmin, request, queryset, "release_held", do)
 
 
 AVATAR_ACTIONS = [

@@ -26,12 +26,14 @@ from avatarsite.admin_base import (
     ReadOnlyInline,
     confirmation_page,
     is_confirmed,
+    permission_check,
     pre,
     pretty_json,
+    staff_action,
 )
 from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
-from monitoring.admin.actions import log_staff_action, staff_action
+from monitoring.admin.actions import log_staff_action
 from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
@@ -95,11 +97,10 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     actions = ["reprocess"]
     list_per_page = 100
 
-    def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
-        # Re-processing applies what fal already told us (it can complete an avatar and
-        # tell its owner), the same outcome a re-check reaches by asking fal again; it
-        # never starts, cancels or fails anything, so it takes the re-check permission.
-        return request.user.has_perm(roles.RECHECK_AVATAR)
+    # Re-processing applies what fal already told us (it can complete an avatar and
+    # tell its owner), the same outcome a re-check reaches by asking fal again; it
+    # never starts, cancels or fails anything, so it takes the re-check permission.
+    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # The avatar page links here filtered by avatar.
