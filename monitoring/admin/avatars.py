@@ -28,7 +28,7 @@ from django.utils.translation import gettext_lazy
 from avatarsite.admin_base import ReadOnlyAdmin, pre, pretty_json
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
-from monitoring.admin.avatar_page import live_stuck_words
+from monitoring.admin.avatar_page import live_stuck_words, queue_words
 from monitoring.admin.dashboard import dashboard_view
 from monitoring.admin.webhooks import WebhookDeliveryInline
 from monitoring.models import (
@@ -37,7 +37,6 @@ from monitoring.models import (
     AvatarStatus,
     EventKind,
     EventSource,
-    FalStatus,
     Owner,
     Training,
     TrainingOutcome,
@@ -88,14 +87,7 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     label = avatar.get_status_display()
     detail = ""
     if avatar.status == AvatarStatus.TRAINING and training is not None:
-        detail = training.get_fal_status_display()
-        if training.fal_status == FalStatus.IN_QUEUE and training.queue_position is not None:
-            detail = _("%(state)s, #%(position)s") % {
-                "state": detail,
-                "position": training.queue_position,
-            }
-        if training.cancel_requested_at:
-            detail = _("%(state)s, cancel requested") % {"state": detail}
+        detail = queue_words(training, training.get_fal_status_display())
         ready = eta.words(training, timezone.now())
         if ready:
             detail = _("%(state)s, %(ready)s") % {"state": detail, "ready": ready}
