@@ -196,7 +196,18 @@ class EtaOut(Schema):
     late: bool = Field(description="Taking longer than usual: no time is promised.")
 
 
-class TrainingOut(Schema):
+class _ResultOut(Schema):
+    """What an attempt left, on an attempt and (the current one's) on its avatar."""
+
+    lora_url: FalUrl
+    config_url: FalUrl
+    files: KeptFiles
+    error: str
+    error_type: str
+    stuck: bool
+
+
+class TrainingOut(_ResultOut):
     id: IdOut
     attempt: int
     endpoint: str
@@ -209,12 +220,6 @@ class TrainingOut(Schema):
     queue_position: int | None
     eta: EtaOut | None
     outcome: Literal[tuple(TrainingOutcome.values)] | None  # type: ignore[valid-type]
-    lora_url: FalUrl
-    config_url: FalUrl
-    files: KeptFiles
-    error: str
-    error_type: str
-    stuck: bool
     held_reason: Literal["balance_low", "account_locked"] | None
     cost: CostOut | None = Field(description="What fal billed; null while not known yet.")
     cancel_requested_at: str | None
@@ -294,7 +299,7 @@ class OwnerOut(Schema):
     language: Literal["ru", "en"]
 
 
-class AvatarOut(Schema):
+class AvatarOut(_ResultOut):
     model_config = ConfigDict(json_schema_extra={"examples": [AVATAR_EXAMPLE]})
 
     id: IdOut
@@ -310,12 +315,6 @@ class AvatarOut(Schema):
     fal_request_id: str | None
     queue_position: int | None
     eta: EtaOut | None = Field(description="Of the current training, while it is active.")
-    lora_url: FalUrl
-    config_url: FalUrl
-    files: KeptFiles
-    error: str
-    error_type: str
-    stuck: bool
     stuck_reason: str
     owner_telegram_id: IdOut = Field(
         deprecated=True, description="Use owner.telegram_id: the same value."
