@@ -16,14 +16,13 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from avatarsite import admin_base
 from avatarsite.admin_base import (
     ConfirmRow,
     ReadOnlyAdmin,
     ReadOnlyInline,
     confirmation_page,
     is_confirmed,
-    permission_check,
-    staff_action,
 )
 from notifications import delivery, reachability
 from notifications.models import (
@@ -169,9 +168,9 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         # rendered (notifications.messages), the same markup Telegram displays.
         return format_html('<div class="telegram-text">{}</div>', mark_safe(obj.text))  # noqa: S308
 
-    has_resend_notification_permission = permission_check(RESEND_PERMISSION)
+    has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @staff_action(
+    @admin_base.staff_action(
         permission=RESEND_PERMISSION,
         description=gettext_lazy("Resend undelivered notifications…"),
     )
@@ -263,9 +262,9 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
     def reason_words(self, obj: UnreachableChat) -> str:
         return telegram_reason_words(obj.reason)
 
-    has_resend_notification_permission = permission_check(RESEND_PERMISSION)
+    has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @staff_action(
+    @admin_base.staff_action(
         permission=RESEND_PERMISSION,
         description=gettext_lazy("The owner is reachable again: resend held messages…"),
     )
