@@ -25,6 +25,8 @@ def _iso(value) -> str | None:
 class Command(TranslatedCommand):
     help = "List avatars with their training state (filters: --status, --stuck, --owner)."
 
+    json_help = "print a JSON list on stdout"
+
     def add_arguments(self, parser):
         parser.add_argument("--status", choices=[c.value for c in AvatarStatus])
         parser.add_argument("--stuck", action="store_true", help="only avatars flagged stuck")
@@ -37,7 +39,6 @@ class Command(TranslatedCommand):
             default=500,
             help=f"at most this many avatars (1 to {MAX_LIMIT})",
         )
-        parser.add_argument("--json", action="store_true", help="print a JSON list on stdout")
 
     def handle(self, *args, **options):
         avatars = (
