@@ -24,6 +24,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext_lazy
 
 # --- preformatted blocks --------------------------------------------------------------
 
@@ -80,6 +81,30 @@ def permission_check(permission: str) -> Callable[[Any, HttpRequest], bool]:
         return request.user.has_perm(permission)
 
     return check
+
+
+# --- filters ------------------------------------------------------------------------
+
+
+class ConditionFilter(admin.SimpleListFilter):
+    """A list filter on one condition: "yes" keeps the rows that meet it, "no" (offered
+    when ``no_label`` is set) the others."""
+
+    yes_label: Any = gettext_lazy("Yes")
+    no_label: Any = gettext_lazy("No")
+
+    def condition(self) -> Any:
+        raise NotImplementedError
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", self.yes_label)] + ([("no", self.no_label)] if self.no_label else [])
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(self.condition())
+        if self.value() == "no" and self.no_label:
+            return queryset.exclude(self.condition())
+        return queryset
 
 
 # --- read-only pages ------------------------------------------------------------------

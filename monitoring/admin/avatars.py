@@ -25,7 +25,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ReadOnlyAdmin, pre, pretty_json
+from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, pre, pretty_json
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
 from monitoring.admin.avatar_page import live_stuck_words, queue_words
@@ -107,23 +107,16 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
 # --- Filters -----------------------------------------------------------------------------
 
 
-class StuckFilter(admin.SimpleListFilter):
+class StuckFilter(ConditionFilter):
     title = gettext_lazy("stuck")
     parameter_name = "stuck"
+    yes_label, no_label = gettext_lazy("Stuck"), gettext_lazy("Not stuck")
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("yes", _("Stuck")), ("no", _("Not stuck"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        stuck = Q(
+    def condition(self) -> Q:
+        return Q(
             current_training__stuck_since__isnull=False,
             current_training__finished_at__isnull=True,
         )
-        if self.value() == "yes":
-            return queryset.filter(stuck)
-        if self.value() == "no":
-            return queryset.exclude(stuck)
-        return queryset
 
 
 class NotificationStateFilter(admin.SimpleListFilter):
@@ -163,20 +156,12 @@ class NotificationStateFilter(admin.SimpleListFilter):
 # --- Owners ------------------------------------------------------------------------------
 
 
-class ReachableFilter(admin.SimpleListFilter):
+class ReachableFilter(ConditionFilter):
     title = gettext_lazy("reachable")
     parameter_name = "reachable"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("1", _("Yes")), ("0", _("No"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Owner]) -> QuerySet[Owner]:
-        if self.value() not in ("0", "1"):
-            return queryset
-        unreachable = Exists(UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id")))
-        return (
-            queryset.exclude(unreachable) if self.value() == "1" else queryset.filter(unreachable)
-        )
+    def condition(self) -> Any:
+        return ~Exists(UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id")))
 
 
 @admin.register(Owner)
@@ -664,34 +649,24 @@ def _training_inlines() -> tuple[type, ...]:
     return (WebhookDeliveryInline,)
 
 
-class TrainingStateFilter(admin.SimpleListFilter):
+class TrainingStateFilter(ConditionFilter):
     """The dashboard's links: attempts still running, and those fal errors on."""
 
     title = gettext_lazy("state")
     parameter_name = "active"
+    yes_label, no_label = gettext_lazy("Running"), gettext_lazy("Ended")
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("yes", _("Running")), ("no", _("Ended"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
-        if self.value() == "yes":
-            return queryset.filter(finished_at__isnull=True)
-        if self.value() == "no":
-            return queryset.filter(finished_at__isnull=False)
-        return queryset
+    def condition(self) -> Q:
+        return Q(finished_at__isnull=True)
 
 
-class CheckFailingFilter(admin.SimpleListFilter):
+class CheckFailingFilter(ConditionFilter):
     title = gettext_lazy("fal's status call")
     parameter_name = "check_failing"
+    yes_label, no_label = gettext_lazy("Failing (last check errored)"), None
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("yes", _("Failing (last check errored)"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
-        if self.value() == "yes":
-            return queryset.filter(finished_at__isnull=True, check_failures__gt=0)
-        return queryset
+    def condition(self) -> Q:
+        return Q(finished_at__isnull=True, check_failures__gt=0)
 
 
 @admin.register(Training)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
@@ -21,6 +21,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from avatarsite.admin_base import (
+    ConditionFilter,
     ConfirmRow,
     ReadOnlyAdmin,
     ReadOnlyInline,
@@ -57,19 +58,12 @@ READONLY_FIELDS = (
 )
 
 
-class MatchedFilter(admin.SimpleListFilter):
+class MatchedFilter(ConditionFilter):
     title = _("matched a training")
     parameter_name = "matched"
 
-    def lookups(self, request, model_admin):
-        return (("yes", _("Yes")), ("no", _("No")))
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(training__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(training__isnull=True)
-        return queryset
+    def condition(self) -> Q:
+        return Q(training__isnull=False)
 
 
 @admin.register(WebhookDelivery)
