@@ -394,17 +394,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             return
         # A new avatar gets its status and "created" event from the transitions
         # module, like one created by a command: ready for the start action.
-        created = transitions.create_avatar(
-            owner=obj.owner,
-            name=obj.name,
-            training_type=obj.training_type,
-            trigger_word=obj.trigger_word,
-            images_url=obj.images_url,
-            training_settings=obj.training_settings,
-            source=EventSource.STAFF,
-            actor=request.user,
-        )
-        obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
+        transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
 
     def get_urls(self):
         custom = [
