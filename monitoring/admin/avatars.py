@@ -549,11 +549,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         notifications = list(
             Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT]
         )
-        attempts = (
-            NotificationAttempt.objects.filter(notification__avatar=avatar)
-            .select_related("notification")
-            .order_by("-started_at", "-id")[:TABLE_LIMIT]
-        )
         summary = _table(
             [
                 _("notification"),
@@ -578,28 +573,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             ],
             _("No notifications."),
         )
-        log = _table(
-            [
-                _("started"),
-                _("notification"),
-                _("outcome"),
-                _("chat id"),
-                _("Telegram message id"),
-                _("error"),
-            ],
-            [
-                (
-                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    f"#{a.notification_id} {a.notification.get_kind_display()}",
-                    a.get_outcome_display(),
-                    a.chat_id or "—",
-                    a.telegram_message_id or "—",
-                    a.error[:200],
-                )
-                for a in attempts
-            ],
-            _("No attempts yet."),
-        )
+        log = _attempts_table(NotificationAttempt.objects.filter(notification__avatar=avatar))
         return format_html("{}{}", summary, log)
 
 
@@ -719,24 +693,34 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, training: Training) -> SafeString:
-        attempts = (
-            NotificationAttempt.objects.filter(notification__training=training)
-            .select_related("notification")
-            .order_by("-started_at", "-id")[:TABLE_LIMIT]
-        )
-        return _table(
-            [_("started"), _("notification"), _("outcome"), _("error")],
-            [
-                (
-                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    a.notification.get_kind_display(),
-                    a.get_outcome_display(),
-                    a.error[:200],
-                )
-                for a in attempts
-            ],
-            _("No attempts yet."),
-        )
+        return _attempts_table(NotificationAttempt.objects.filter(notification__training=training))
+
+
+def _attempts_table(attempts: QuerySet[NotificationAttempt]) -> SafeString:
+    """Telegram's answers, newest first: on the avatar's page and on an attempt's."""
+    attempts = attempts.select_related("notification").order_by("-started_at", "-id")
+    return _table(
+        [
+            _("started"),
+            _("notification"),
+            _("outcome"),
+            _("chat id"),
+            _("Telegram message id"),
+            _("error"),
+        ],
+        [
+            (
+                a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                f"#{a.notification_id} {a.notification.get_kind_display()}",
+                a.get_outcome_display(),
+                a.chat_id or "—",
+                a.telegram_message_id or "—",
+                a.error[:200],
+            )
+            for a in attempts[:TABLE_LIMIT]
+        ],
+        _("No attempts yet."),
+    )
 
 
 @admin.register(AvatarEvent)
