@@ -740,18 +740,7 @@ class AvatarEventAdmin(ReadOnlyAdmin[AvatarEvent]):
     search_fields = ("=avatar__id", "avatar__name", "message")
     date_hierarchy = "created_at"
     # Statuses and coded messages in the reader's language; ``message`` stays as recorded.
-    fields = (
-        "created_at",
-        "avatar",
-        "training",
-        "kind",
-        "source",
-        "actor",
-        "old_status_words",
-        "new_status_words",
-        "message_words",
-        "details",
-    )
+    fields = ("created_at", "avatar", "training", *list_display[2:], "details")
     readonly_fields = ("old_status_words", "new_status_words", "message_words")
 
     @admin.display(description=gettext_lazy("old status"), ordering="old_status")
