@@ -135,15 +135,25 @@ class ReadOnlyAdmin(admin.ModelAdmin[_M]):
 
 
 class ReadOnlyInline(admin.TabularInline[_Child, _Parent]):
+    """Rows shown under their parent, every field read-only, without a page of their own."""
+
     extra = 0
     can_delete = False
-    show_change_link = True
+    show_change_link = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields or ()
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def attempt_fields(*own: str) -> tuple[str, ...]:
+    """An outbox attempt's columns (``OutboxAttempt``) around its kind's ``own``."""
+    return ("started_at", "finished_at", "outcome", *own, "error", "worker")
 
 
 # --- the confirmation page ------------------------------------------------------------

@@ -68,17 +68,7 @@ def warn_if_paused(request: HttpRequest) -> None:
 
 class NotificationAttemptInline(ReadOnlyInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
-    show_change_link = False  # attempts have no page of their own
-    fields = (
-        "started_at",
-        "finished_at",
-        "outcome",
-        "chat_id",
-        "telegram_message_id",
-        "error",
-        "worker",
-    )
-    readonly_fields = fields
+    fields = admin_base.attempt_fields("chat_id", "telegram_message_id")
     ordering = ("started_at", "id")
 
 

@@ -219,9 +219,7 @@ class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
         "error",
         "details_link",
     )
-    readonly_fields = fields
     max_num = 0
-    show_change_link = False
     ordering = ("-received_at", "-id")
     verbose_name = _("webhook delivery")
     verbose_name_plural = _("webhook deliveries")

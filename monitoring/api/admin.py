@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, ReadOnlyInline
+from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, ReadOnlyInline, attempt_fields
 from monitoring.api import callback_health, callbacks, tokens
 from monitoring.api.models import (
     ApiCall,
@@ -171,19 +171,7 @@ class ApiCallAdmin(ReadOnlyAdmin[ApiCall], OperatorsOnly[ApiCall]):
 
 class CallbackAttemptInline(ReadOnlyInline[CallbackAttempt, EventCallback]):
     model = CallbackAttempt
-    show_change_link = False  # attempts have no page of their own
-    fields = (
-        "started_at",
-        "finished_at",
-        "outcome",
-        "status_code",
-        "address",
-        "duration_ms",
-        "error",
-        "url",
-        "worker",
-    )
-    readonly_fields = fields
+    fields = attempt_fields("status_code", "address", "duration_ms", "url")
 
 
 class FailingFilter(ConditionFilter):
