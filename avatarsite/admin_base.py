@@ -21,7 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy
@@ -154,6 +154,13 @@ class ReadOnlyInline(admin.TabularInline[_Child, _Parent]):
 def attempt_fields(*own: str) -> tuple[str, ...]:
     """An outbox attempt's columns (``OutboxAttempt``) around its kind's ``own``."""
     return ("started_at", "finished_at", "outcome", *own, "error", "worker")
+
+
+def admin_views(modeladmin: Any, *views: tuple[str, Callable[..., Any], str]) -> list[Any]:
+    """URL patterns for a ModelAdmin's own pages, each (route, view, name) behind the
+    admin's login: put before ``super().get_urls()``."""
+    wrap = modeladmin.admin_site.admin_view
+    return [path(route, wrap(view), name=name) for route, view, name in views]
 
 
 # --- the confirmation page ------------------------------------------------------------

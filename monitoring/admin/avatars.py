@@ -17,7 +17,7 @@ from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquer
 from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -25,7 +25,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, pre, pretty_json
+from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, admin_views, pre, pretty_json
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
 from monitoring.admin.avatar_page import live_stuck_words, queue_words
@@ -397,19 +397,13 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
 
     def get_urls(self):
-        custom = [
-            path(
-                "dashboard/",
-                self.admin_site.admin_view(dashboard_view),
-                name="monitoring_dashboard",
-            ),
-            path(
-                "<path:object_id>/files/<str:kind>/",
-                self.admin_site.admin_view(avatar_page.download_file),
-                name="monitoring_avatar_file",
-            ),
-        ]
-        return custom + super().get_urls()
+        download = avatar_page.download_file
+        pages = admin_views(
+            self,
+            ("dashboard/", dashboard_view, "monitoring_dashboard"),
+            ("<path:object_id>/files/<str:kind>/", download, "monitoring_avatar_file"),
+        )
+        return pages + super().get_urls()
 
     # --- columns --------------------------------------------------------------------------
 
