@@ -7,6 +7,7 @@ runs. See docs/staff-guide.md#the-admin and #roles.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -297,24 +298,38 @@ _ASK: dict[str, tuple[StrOrPromise, StrOrPromise]] = {
     ),
 }
 START_COSTS = ("start_training", "retrain")
+AvatarStep = Callable[[HttpRequest, Avatar], tuple[str, int]]
 
 
-def _ask_then_each(
-    modeladmin: admin.ModelAdmin,
-    request: HttpRequest,
-    queryset: QuerySet[Avatar],
-    action: str,
-    do: Callable[[Avatar], tuple[str, int]],
-) -> TemplateResponse | HttpResponseRedirect | None:
-    """The confirmation page (its texts from ``_ASK``) until confirmed, then ``_each``."""
-    if is_confirmed(request):
-        return _each(modeladmin, request, queryset, action, do)
-    title, question = _ASK[action]
-    if action in START_COSTS:
-        question = str(question) + _estimate_text(action, queryset)
-    return _confirm(
-        modeladmin, request, queryset, action=action, title=str(title), question=str(question)
-    )
+def per_avatar(*, permission: str, description: Any) -> Callable[[AvatarStep], Any]:
+    """A staff action made of ``step(request, avatar)``, run on each selected avatar whose
+    precondition holds; after the confirmation page when ``_ASK`` has its texts, and
+    within ADMIN_BULK_START_MAX for paid starts."""
+
+    def wrap(step: AvatarStep) -> Any:
+        name = step.__name__
+
+        @functools.wraps(step)
+        def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
+            if name in START_COSTS and _over_bulk_start_cap(request, queryset):
+                return None
+            if name in _ASK and not is_confirmed(request):
+                title, question = _ASK[name]
+                if name in START_COSTS:
+                    question = str(question) + _estimate_text(name, queryset)
+                return _confirm(
+                    modeladmin,
+                    request,
+                    queryset,
+                    action=name,
+                    title=str(title),
+                    question=str(question),
+                )
+            return _each(modeladmin, request, queryset, name, functools.partial(step, request))
+
+        return staff_action(permission=permission, description=description)(action)
+
+    return wrap
 
 
 def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
@@ -436,51 +451,34 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
     }, messages.WARNING
 
 
-@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
-def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if _over_bulk_start_cap(request, queryset):
-        return None
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        if avatar.status == AvatarStatus.DRAFT:
-            outcome = transitions.mark_ready(avatar, source=STAFF, actor=request.user)
-            if not outcome.changed:
-                return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-        return _start(avatar, request)
-
-    return _ask_then_each(modeladmin, request, queryset, "start_training", do)
+@per_avatar(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
+def start_training(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    if avatar.status == AvatarStatus.DRAFT:
+        outcome = transitions.mark_ready(avatar, source=STAFF, actor=request.user)
+        if not outcome.changed:
+            return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
+    return _start(avatar, request)
 
 
-@staff_action(
+@per_avatar(
     permission=roles.START_TRAINING,
     description=gettext_lazy("Retrain failed or cancelled avatars…"),
 )
-def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if _over_bulk_start_cap(request, queryset):
-        return None
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
-        if not outcome.changed:
-            return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-        return _start(avatar, request)
-
-    return _ask_then_each(modeladmin, request, queryset, "retrain", do)
+def retrain(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
+    if not outcome.changed:
+        return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
+    return _start(avatar, request)
 
 
 # --- Cancel / mark failed ------------------------------------------------------------------
 
 
-@staff_action(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
-def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        # cancel_training turns fal's errors into a sentence for staff itself.
-        result = training_service.cancel_training(
-            _current(avatar), source=STAFF, actor=request.user
-        )
-        return str(result), messages.SUCCESS
-
-    return _ask_then_each(modeladmin, request, queryset, "cancel_on_fal", do)
+@per_avatar(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
+def cancel_on_fal(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    # cancel_training turns fal's errors into a sentence for staff itself.
+    result = training_service.cancel_training(_current(avatar), source=STAFF, actor=request.user)
+    return str(result), messages.SUCCESS
 
 
 def _cancel_job_after_failing(training: Training) -> str:
@@ -587,21 +585,18 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
 # --- Stuck -------------------------------------------------------------------------------
 
 
-@staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
-def clear_stuck(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
-            return _("not stuck any more."), messages.WARNING
-        if stuck_cause(training, timezone.now()) is not None:
-            # Said plainly: the limit is still passed, so the next check flags it again.
-            return _(
-                "stuck flag cleared, but it is still past its limit: the next check flags it "
-                "again. Extend the deadline to keep it off."
-            ), messages.WARNING
-        return _("stuck flag cleared."), messages.SUCCESS
-
-    return _each(modeladmin, request, queryset, "clear_stuck", do)
+@per_avatar(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
+def clear_stuck(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = _current(avatar)
+    if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
+        return _("not stuck any more."), messages.WARNING
+    if stuck_cause(training, timezone.now()) is not None:
+        # Said plainly: the limit is still passed, so the next check flags it again.
+        return _(
+            "stuck flag cleared, but it is still past its limit: the next check flags it "
+            "again. Extend the deadline to keep it off."
+        ), messages.WARNING
+    return _("stuck flag cleared."), messages.SUCCESS
 
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
@@ -647,54 +642,39 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     return latest
 
 
-@staff_action(
+@per_avatar(
     permission=roles.RESEND_NOTIFICATION,
     description=gettext_lazy("Resend the owner's notification"),
 )
-def resend_notification(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        notification = _resendable([avatar.pk])[avatar.pk]
-        if delivery.resend(notification.pk):
-            return _("notification #%(id)s queued again.") % {
-                "id": notification.pk
-            }, messages.SUCCESS
-        return _("notification #%(id)s could not be resent.") % {
-            "id": notification.pk
-        }, messages.WARNING
-
-    return _each(modeladmin, request, queryset, "resend_notification", do)
+def resend_notification(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    notification = _resendable([avatar.pk])[avatar.pk]
+    if delivery.resend(notification.pk):
+        return _("notification #%(id)s queued again.") % {"id": notification.pk}, messages.SUCCESS
+    return _("notification #%(id)s could not be resent.") % {
+        "id": notification.pk
+    }, messages.WARNING
 
 
 # --- Lost submits (fal's record) -------------------------------------------------------
 
 
-@staff_action(
+@per_avatar(
     permission=roles.START_TRAINING,
     description=gettext_lazy("fal has no such job: make a lost submit startable…"),
 )
-def record_no_fal_job(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
-        training.refresh_from_db()
-        return text, messages.SUCCESS if training.finished_at else messages.WARNING
-
-    return _ask_then_each(modeladmin, request, queryset, "record_no_fal_job", do)
+def record_no_fal_job(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = _current(avatar)
+    text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
+    training.refresh_from_db()
+    return text, messages.SUCCESS if training.finished_at else messages.WARNING
 
 
-@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
-def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        text = training_service.release(training, actor=request.user, source=STAFF)
-        training.refresh_from_db()
-        return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
-
-    return _ask_then_each(modeladmin, request, queryset, "release_held", do)
+@per_avatar(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
+def release_held(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = _current(avatar)
+    text = training_service.release(training, actor=request.user, source=STAFF)
+    training.refresh_from_db()
+    return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
 
 
 AVATAR_ACTIONS = [
