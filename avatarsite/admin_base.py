@@ -7,7 +7,9 @@ idiom for each job without either importing the other.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,12 +17,14 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote
-from django.db.models import Model
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext_lazy
 
 # --- preformatted blocks --------------------------------------------------------------
 
@@ -37,6 +41,70 @@ def pretty_json(value: Any) -> SafeString:
     if value is None:
         return pre("")
     return pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+# --- actions that need a permission ---------------------------------------------------
+
+_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
+_Row = TypeVar("_Row", bound=Model)
+# A module-level action or a ModelAdmin method: (model admin, request, selection).
+ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Row]], Any]
+
+
+def staff_action(
+    *, permission: str, description: Any
+) -> Callable[[ActionFunction[_Admin, _Row]], Any]:
+    """An admin action that needs ``permission`` ("app_label.codename").
+
+    Django offers and dispatches the action only when the ModelAdmin's
+    ``has_<codename>_permission`` says yes; the wrapper asks again where the action
+    runs, so any path that reaches the function without the menu is refused too.
+    """
+    codename = permission.split(".", 1)[1]
+
+    def wrap(action: ActionFunction[_Admin, _Row]) -> Any:
+        @functools.wraps(action)
+        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Row]):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied
+            return action(modeladmin, request, queryset)
+
+        return admin.action(description=description, permissions=[codename])(run)
+
+    return wrap
+
+
+def permission_check(permission: str) -> Callable[[Any, HttpRequest], bool]:
+    """A ``has_<codename>_permission`` method: Django asks it before offering an action."""
+
+    def check(modeladmin: Any, request: HttpRequest) -> bool:
+        return request.user.has_perm(permission)
+
+    return check
+
+
+# --- filters ------------------------------------------------------------------------
+
+
+class ConditionFilter(admin.SimpleListFilter):
+    """A list filter on one condition: "yes" keeps the rows that meet it, "no" (offered
+    when ``no_label`` is set) the others."""
+
+    yes_label: Any = gettext_lazy("Yes")
+    no_label: Any = gettext_lazy("No")
+
+    def condition(self) -> Any:
+        raise NotImplementedError
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", self.yes_label)] + ([("no", self.no_label)] if self.no_label else [])
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(self.condition())
+        if self.value() == "no" and self.no_label:
+            return queryset.exclude(self.condition())
+        return queryset
 
 
 # --- read-only pages ------------------------------------------------------------------
@@ -67,15 +135,32 @@ class ReadOnlyAdmin(admin.ModelAdmin[_M]):
 
 
 class ReadOnlyInline(admin.TabularInline[_Child, _Parent]):
+    """Rows shown under their parent, every field read-only, without a page of their own."""
+
     extra = 0
     can_delete = False
-    show_change_link = True
+    show_change_link = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields or ()
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def attempt_fields(*own: str) -> tuple[str, ...]:
+    """An outbox attempt's columns (``OutboxAttempt``) around its kind's ``own``."""
+    return ("started_at", "finished_at", "outcome", *own, "error", "worker")
+
+
+def admin_views(modeladmin: Any, *views: tuple[str, Callable[..., Any], str]) -> list[Any]:
+    """URL patterns for a ModelAdmin's own pages, each (route, view, name) behind the
+    admin's login: put before ``super().get_urls()``."""
+    wrap = modeladmin.admin_site.admin_view
+    return [path(route, wrap(view), name=name) for route, view, name in views]
 
 
 # --- the confirmation page ------------------------------------------------------------

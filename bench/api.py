@@ -196,7 +196,7 @@ def _make_avatars(count: int) -> list[int]:
     """Avatars with a finished attempt each (what the bot reads most), via the transitions."""
     from monitoring import transitions
     from monitoring.api.models import ApiClient, ClientAvatar
-    from monitoring.models import EventSource, Owner
+    from monitoring.models import Avatar, EventSource, Owner
 
     client = ApiClient.objects.get(name="bench bot")
     owners = [
@@ -206,11 +206,13 @@ def _make_avatars(count: int) -> list[int]:
     ids = []
     for i in range(count):
         avatar = transitions.create_avatar(
-            owner=owners[i % len(owners)],
-            name=f"bench {i}",
-            training_type="portrait",
-            trigger_word="ohwx",
-            images_url="https://example.com/p.zip",
+            Avatar(
+                owner=owners[i % len(owners)],
+                name=f"bench {i}",
+                training_type="portrait",
+                trigger_word="ohwx",
+                images_url="https://example.com/p.zip",
+            ),
             source=EventSource.COMMAND,
         )
         started = transitions.begin_training(

@@ -102,18 +102,20 @@ _owner_ids = iter(range(5_000_000, 6_000_000))
 def _make_trainings(count: int, prefix: str, *, distinct_owners: bool) -> list[tuple[int, str]]:
     """Avatars in training with submitted attempts; returns (owner chat id, request id)."""
     from monitoring import transitions
-    from monitoring.models import EventSource, Owner
+    from monitoring.models import Avatar, EventSource, Owner
 
     made = []
     shared = None if distinct_owners else Owner.objects.create(telegram_id=next(_owner_ids))
     for i in range(count):
         owner = shared or Owner.objects.create(telegram_id=next(_owner_ids), username=f"b{i}")
         avatar = transitions.create_avatar(
-            owner=owner,
-            name=f"{prefix} <{i}> & 🐱",
-            training_type="portrait",
-            trigger_word="ohwx",
-            images_url="https://example.com/p.zip",
+            Avatar(
+                owner=owner,
+                name=f"{prefix} <{i}> & 🐱",
+                training_type="portrait",
+                trigger_word="ohwx",
+                images_url="https://example.com/p.zip",
+            ),
             source=EventSource.COMMAND,
         )
         started = transitions.begin_training(

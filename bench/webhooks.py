@@ -120,7 +120,7 @@ def wsgi():
 def _make_trainings(count: int, prefix: str) -> list[str]:
     """Avatars in training with submitted attempts, through the transitions module."""
     from monitoring import transitions
-    from monitoring.models import EventSource, Owner
+    from monitoring.models import Avatar, EventSource, Owner
 
     request_ids = []
     owners = [
@@ -129,11 +129,13 @@ def _make_trainings(count: int, prefix: str) -> list[str]:
     ]
     for i in range(count):
         avatar = transitions.create_avatar(
-            owner=owners[i % len(owners)],
-            name=f"bench {i}",
-            training_type="portrait",
-            trigger_word="ohwx",
-            images_url="https://example.com/p.zip",
+            Avatar(
+                owner=owners[i % len(owners)],
+                name=f"bench {i}",
+                training_type="portrait",
+                trigger_word="ohwx",
+                images_url="https://example.com/p.zip",
+            ),
             source=EventSource.COMMAND,
         )
         started = transitions.begin_training(

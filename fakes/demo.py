@@ -88,11 +88,13 @@ def create_demo() -> list[str]:
     lines = []
     for index, (name, training_type, trigger, images_url, start) in enumerate(DEMO_AVATARS):
         avatar = transitions.create_avatar(
-            owner=owners[index % len(owners)],
-            name=name,
-            training_type=training_type,
-            trigger_word=trigger,
-            images_url=images_url,
+            Avatar(
+                owner=owners[index % len(owners)],
+                name=name,
+                training_type=training_type,
+                trigger_word=trigger,
+                images_url=images_url,
+            ),
             source=EventSource.COMMAND,
         )
         if start:

@@ -154,6 +154,7 @@ def _adopt_match(training: Training, matches: list[platform.RecordItem], *, via:
         return Recovery(False, Said("lost_has_id"))
     if others:
         ids = ", ".join(m.request_id for m in others)
+        details = {"adopted": chosen.request_id, "others": [m.request_id for m in others]}
         transitions.record_note(
             training,
             message=(
@@ -161,19 +162,16 @@ def _adopt_match(training: Training, matches: list[platform.RecordItem], *, via:
                 f"({chosen.request_id}), not followed: {ids}"
             ),
             source=RECORD,
-            details={"adopted": chosen.request_id, "others": [m.request_id for m in others]},
+            details=details,
+        )
+        text = (
+            f"💸 Двойной сабмит на fal: аватар #{training.avatar_id}, "
+            f"{len(matches)} задачи с одним входом.\nВзята самая ранняя: "
+            f"<code>{escape(chosen.request_id)}</code>\nНе отслеживаются: "
+            + ", ".join(f"<code>{escape(m.request_id)}</code>" for m in others)
         )
         outbox.queue_fal_record_alert(
-            dedup_key=f"double_submit:{training.pk}",
-            avatar=training.avatar,
-            training=training,
-            text=(
-                f"💸 Двойной сабмит на fal: аватар #{training.avatar_id}, "
-                f"{len(matches)} задачи с одним входом.\nВзята самая ранняя: "
-                f"<code>{escape(chosen.request_id)}</code>\nНе отслеживаются: "
-                + ", ".join(f"<code>{escape(m.request_id)}</code>" for m in others)
-            ),
-            context={"adopted": chosen.request_id, "others": [m.request_id for m in others]},
+            dedup_key=f"double_submit:{training.pk}", text=text, training=training, context=details
         )
         logger.warning(
             "Double submit for avatar %s: adopted %s, %s more billed on fal",
@@ -195,22 +193,19 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
         )
         if won:
             training.lost_submit_given_up_at = now
+            text = (
+                f"🔎 Сабмит аватара #{training.avatar_id} потерян: за "
+                f"{settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS:g} ч в записях fal нет задачи с "
+                "этим входом. Повторно не отправляется; оператор может отметить "
+                "«на fal такой задачи нет»."
+            )
+            if unverifiable:
+                text += (
+                    f"\n⚠️ {unverifiable} задач в записях fal без входных данных: "
+                    "сравнить не удалось, проверьте их на fal."
+                )
             outbox.queue_fal_record_alert(
-                dedup_key=f"lost_submit_given_up:{training.pk}",
-                avatar=training.avatar,
-                training=training,
-                text=(
-                    f"🔎 Сабмит аватара #{training.avatar_id} потерян: за "
-                    f"{settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS:g} ч в записях fal нет задачи с "
-                    "этим входом. Повторно не отправляется; оператор может отметить "
-                    "«на fal такой задачи нет»."
-                    + (
-                        f"\n⚠️ {unverifiable} задач в записях fal без входных данных: "
-                        "сравнить не удалось, проверьте их на fal."
-                        if unverifiable
-                        else ""
-                    )
-                ),
+                dedup_key=f"lost_submit_given_up:{training.pk}", text=text, training=training
             )
             transitions.restate_stuck(
                 training,

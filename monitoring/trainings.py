@@ -81,16 +81,15 @@ def create_avatar_for_owner(
             changed.append("username")
         if changed:
             owner.save(update_fields=changed)
-        return transitions.create_avatar(
+        avatar = Avatar(
             owner=owner,
             name=name,
             training_type=training_type,
             trigger_word=trigger_word,
             images_url=images_url,
-            training_settings=training_settings,
-            source=source,
-            actor=actor,
+            training_settings=training_settings or {},
         )
+        return transitions.create_avatar(avatar, source=source, actor=actor)
 
 
 def _owner_came_back(avatar: Avatar, source: str) -> None:
@@ -739,11 +738,13 @@ def _adoption_avatar(
         owner.save(update_fields=["language"])
     images_url = payloads.images_url_of(says.inputs)
     return transitions.create_avatar(
-        owner=owner,
-        name=name.strip(),
-        training_type=training_type,
-        trigger_word=payloads.trigger_of(says.inputs)[:128],
-        images_url=images_url if len(images_url) <= payloads.MAX_URL_LENGTH else "",
+        Avatar(
+            owner=owner,
+            name=name.strip(),
+            training_type=training_type,
+            trigger_word=payloads.trigger_of(says.inputs)[:128],
+            images_url=images_url if len(images_url) <= payloads.MAX_URL_LENGTH else "",
+        ),
         source=source,
         actor=actor,
     )

@@ -27,7 +27,6 @@ from monitoring.models import (
     EventKind,
     EventSource,
     FalStatus,
-    Owner,
     Training,
     TrainingOutcome,
 )
@@ -141,28 +140,12 @@ def _lost(avatar_id: int, target: str, training_id: int | None = None) -> Outcom
 
 
 def create_avatar(
-    *,
-    owner: Owner,
-    name: str,
-    training_type: str,
-    trigger_word: str,
-    images_url: str,
-    training_settings: dict[str, Any] | None = None,
-    ready: bool = True,
-    source: str = EventSource.COMMAND,
-    actor: Any = None,
+    avatar: Avatar, *, ready: bool = True, source: str = EventSource.COMMAND, actor: Any = None
 ) -> Avatar:
-    """Create an avatar (``ready_for_training`` unless ``ready=False``), with its event."""
+    """Save a new ``avatar`` (``ready_for_training`` unless ``ready=False``), with its event."""
     with transaction.atomic():
-        avatar = Avatar.objects.create(
-            owner=owner,
-            name=name,
-            training_type=training_type,
-            trigger_word=trigger_word,
-            images_url=images_url,
-            training_settings=training_settings or {},
-            status=S.READY_FOR_TRAINING if ready else S.DRAFT,
-        )
+        avatar.status = S.READY_FOR_TRAINING if ready else S.DRAFT
+        avatar.save(force_insert=True)
         _event(avatar.pk, EventKind.CREATED, source, actor=actor, new=avatar.status)
     return avatar
 

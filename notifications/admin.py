@@ -9,7 +9,6 @@ monitoring admin.
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -17,6 +16,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from avatarsite import admin_base
 from avatarsite.admin_base import (
     ConfirmRow,
     ReadOnlyAdmin,
@@ -68,17 +68,7 @@ def warn_if_paused(request: HttpRequest) -> None:
 
 class NotificationAttemptInline(ReadOnlyInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
-    show_change_link = False  # attempts have no page of their own
-    fields = (
-        "started_at",
-        "finished_at",
-        "outcome",
-        "chat_id",
-        "telegram_message_id",
-        "error",
-        "worker",
-    )
-    readonly_fields = fields
+    fields = admin_base.attempt_fields("chat_id", "telegram_message_id")
     ordering = ("started_at", "id")
 
 
@@ -168,18 +158,13 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         # rendered (notifications.messages), the same markup Telegram displays.
         return format_html('<div class="telegram-text">{}</div>', mark_safe(obj.text))  # noqa: S308
 
-    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(RESEND_PERMISSION)
+    has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @admin.action(
+    @admin_base.staff_action(
+        permission=RESEND_PERMISSION,
         description=gettext_lazy("Resend undelivered notifications…"),
-        permissions=["resend_notification"],
     )
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
-        # Asked again here, not only when the menu is built: the confirmation page
-        # posts back to this action, and so can anyone who crafts that POST.
-        if not self.has_resend_notification_permission(request):
-            raise PermissionDenied
         selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
         if not is_confirmed(request):
             return confirmation_page(
@@ -267,17 +252,13 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
     def reason_words(self, obj: UnreachableChat) -> str:
         return telegram_reason_words(obj.reason)
 
-    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(RESEND_PERMISSION)
+    has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @admin.action(
+    @admin_base.staff_action(
+        permission=RESEND_PERMISSION,
         description=gettext_lazy("The owner is reachable again: resend held messages…"),
-        permissions=["resend_notification"],
     )
     def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):
-        # Asked again here: the confirmation page posts back to this action.
-        if not self.has_resend_notification_permission(request):
-            raise PermissionDenied
         chats = list(queryset.order_by("pk"))
         if not is_confirmed(request):
             return confirmation_page(

@@ -421,7 +421,6 @@ def _sent(
         sent_at=sent_at,
         chat_id=chat_id,
         telegram_message_id=receipt.message_id,
-        last_error="",
     )
     if closed:
         _announce_owner_told(notification, sent_at)
@@ -464,14 +463,7 @@ def _chat_moved(notification, attempt, chat_id, error: SendError) -> None:
 
 
 def _unreachable(notification, attempt, chat_id, error: SendError) -> str:
-    _settle(
-        notification,
-        attempt,
-        Outcome.UNREACHABLE,
-        error=str(error),
-        close=Status.UNREACHABLE,
-        last_error=str(error),
-    )
+    _settle(notification, attempt, Outcome.UNREACHABLE, error=str(error), close=Status.UNREACHABLE)
     _mark_unreachable(notification, chat_id, str(error))
     return "unreachable"
 
@@ -484,14 +476,7 @@ def _token_rejected(notification, attempt, chat_id, error: SendError) -> str:
 
 
 def _rejected(notification, attempt, chat_id, error: SendError) -> str:
-    if _settle(
-        notification,
-        attempt,
-        Outcome.BAD_REQUEST,
-        error=str(error),
-        close=Status.FAILED,
-        last_error=str(error),
-    ):
+    if _settle(notification, attempt, Outcome.BAD_REQUEST, error=str(error), close=Status.FAILED):
         logger.error("Telegram rejected notification %s: %s", notification.pk, error)
         _alert_staff(notification, str(error))
     return "failed"
@@ -514,7 +499,6 @@ def _transient(notification, attempt, chat_id, error: SendError) -> str:
             error=message,
             close=Status.GIVEN_UP,
             attempts=notification.attempts,
-            last_error=message,
         ):
             logger.error(
                 "Gave up on notification %s after %s attempts: %s",
@@ -544,6 +528,8 @@ def _settle(
     notification: Notification, attempt: NotificationAttempt, outcome: str, **fields: Any
 ) -> bool:
     """Record Telegram's answer and settle the row in one commit (``OutboxRow.settle``)."""
+    if "close" in fields:  # a closed row keeps its last attempt's error ("" once sent)
+        fields.setdefault("last_error", fields.get("error", ""))
     signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
     settled = notification.settle(attempt, outcome, **fields)
     if not settled:

@@ -249,10 +249,11 @@ def queue_fal_balance_alert(*, since: datetime, text: str, context: dict) -> Not
 
 
 def queue_fal_record_alert(
-    *, dedup_key: str, text: str, avatar=None, training=None, context: dict | None = None
+    *, dedup_key: str, text: str, training=None, context: dict | None = None
 ) -> Notification | None:
     """Staff alert about fal's own record (a double submit, a lost submit given up,
     requests billed that nobody follows)."""
+    avatar = training.avatar if training else None
     return _written_alert(
         NotificationKind.FAL_RECORD,
         dedup_key,

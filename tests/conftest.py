@@ -81,16 +81,15 @@ def owner(make_owner) -> Owner:
 @pytest.fixture
 def make_avatar(make_owner):
     def make(*, owner: Owner | None = None, ready: bool = True, **fields) -> Avatar:
-        return transitions.create_avatar(
+        avatar = Avatar(
             owner=owner or make_owner(),
             name=fields.pop("name", "Аватар"),
             training_type=fields.pop("training_type", TrainingType.PORTRAIT),
             trigger_word=fields.pop("trigger_word", "ohwx person"),
             images_url=fields.pop("images_url", "https://example.com/photos.zip"),
-            ready=ready,
-            source=EventSource.COMMAND,
             **fields,
         )
+        return transitions.create_avatar(avatar, ready=ready, source=EventSource.COMMAND)
 
     return make
 

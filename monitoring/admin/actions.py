@@ -10,16 +10,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote
-from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -29,7 +28,13 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
 
-from avatarsite.admin_base import ConfirmRow, confirmation_page, is_confirmed
+from avatarsite.admin_base import (
+    ConfirmRow,
+    confirmation_page,
+    is_confirmed,
+    permission_check,
+    staff_action,
+)
 from monitoring import billing, roles, transitions, wording
 from monitoring import trainings as training_service
 from monitoring.admin.avatar_page import telegram_html
@@ -102,55 +107,15 @@ class ExtendForm(forms.Form):
 EXTEND_CHOICES = (1, 6, 24)
 
 
-_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
-_Model = TypeVar("_Model", bound=Model)
-# A module-level action or a ModelAdmin method: (model admin, request, selection).
-ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Model]], Any]
-
-
-def staff_action(
-    *, permission: str, description: Any
-) -> Callable[[ActionFunction[_Admin, _Model]], Any]:
-    """An admin action that needs ``permission`` ("app_label.codename").
-
-    Django offers and dispatches the action only when the ModelAdmin's
-    ``has_<codename>_permission`` says yes; the wrapper asks again where the action
-    runs, so any path that reaches the function without the menu is refused too.
-    """
-    codename = permission.split(".", 1)[1]
-
-    def wrap(action: ActionFunction[_Admin, _Model]) -> Any:
-        @functools.wraps(action)
-        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Model]):
-            if not request.user.has_perm(permission):
-                raise PermissionDenied
-            return action(modeladmin, request, queryset)
-
-        return admin.action(description=description, permissions=[codename])(run)
-
-    return wrap
-
-
 class AvatarActionPermissions:
     """The ``has_<codename>_permission`` methods Django asks before offering an action."""
 
-    def has_start_training_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.START_TRAINING)
-
-    def has_cancel_training_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.CANCEL_TRAINING)
-
-    def has_fail_avatar_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.FAIL_AVATAR)
-
-    def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.RECHECK_AVATAR)
-
-    def has_manage_stuck_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.MANAGE_STUCK)
-
-    def has_resend_notification_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(roles.RESEND_NOTIFICATION)
+    has_start_training_permission = permission_check(roles.START_TRAINING)
+    has_cancel_training_permission = permission_check(roles.CANCEL_TRAINING)
+    has_fail_avatar_permission = permission_check(roles.FAIL_AVATAR)
+    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
+    has_manage_stuck_permission = permission_check(roles.MANAGE_STUCK)
+    has_resend_notification_permission = permission_check(roles.RESEND_NOTIFICATION)
 
 
 def log_staff_action(
@@ -297,6 +262,76 @@ def _each(
     return HttpResponseRedirect(page) if page else None
 
 
+# The confirmation page's title and question, per action; START_COSTS add the estimated cost.
+_ASK: dict[str, tuple[StrOrPromise, StrOrPromise]] = {
+    "start_training": (
+        gettext_lazy("Start training"),
+        gettext_lazy("Submit these avatars to fal? Each submit starts a paid training."),
+    ),
+    "retrain": (
+        gettext_lazy("Retrain failed or cancelled avatars"),
+        gettext_lazy(
+            "Start a new training attempt for each failed or cancelled avatar? Each submit "
+            "starts a paid training; the ended attempt keeps its history."
+        ),
+    ),
+    "cancel_on_fal": (
+        gettext_lazy("Cancel trainings on fal"),
+        gettext_lazy(
+            "Ask fal to cancel these trainings? A running job may still complete; the avatar "
+            "turns cancelled once fal confirms."
+        ),
+    ),
+    "record_no_fal_job": (
+        gettext_lazy("fal has no such job"),
+        gettext_lazy(
+            "Record that fal has no job for these lost submits? fal's record is asked "
+            "once more first; the avatars can then be started again (a new paid training)."
+        ),
+    ),
+    "release_held": (
+        gettext_lazy("Send held starts now"),
+        gettext_lazy(
+            "Send these held starts to fal now, whatever the balance reading says? Each "
+            "submit starts a paid training; one that fal refuses as locked is held again."
+        ),
+    ),
+}
+START_COSTS = ("start_training", "retrain")
+AvatarStep = Callable[[HttpRequest, Avatar], tuple[str, int]]
+
+
+def per_avatar(*, permission: str, description: Any) -> Callable[[AvatarStep], Any]:
+    """A staff action made of ``step(request, avatar)``, run on each selected avatar whose
+    precondition holds; after the confirmation page when ``_ASK`` has its texts, and
+    within ADMIN_BULK_START_MAX for paid starts."""
+
+    def wrap(step: AvatarStep) -> Any:
+        name = step.__name__
+
+        @functools.wraps(step)
+        def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
+            if name in START_COSTS and _over_bulk_start_cap(request, queryset):
+                return None
+            if name in _ASK and not is_confirmed(request):
+                title, question = _ASK[name]
+                if name in START_COSTS:
+                    question = str(question) + _estimate_text(name, queryset)
+                return _confirm(
+                    modeladmin,
+                    request,
+                    queryset,
+                    action=name,
+                    title=str(title),
+                    question=str(question),
+                )
+            return _each(modeladmin, request, queryset, name, functools.partial(step, request))
+
+        return staff_action(permission=permission, description=description)(action)
+
+    return wrap
+
+
 def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
     """Each submit is a paid training: one click may start at most ADMIN_BULK_START_MAX."""
     selected = queryset.count()
@@ -416,87 +451,34 @@ def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
     }, messages.WARNING
 
 
-@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
-def start_training(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if _over_bulk_start_cap(request, queryset):
-        return None
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="start_training",
-            title=_("Start training"),
-            question=_("Submit these avatars to fal? Each submit starts a paid training.")
-            + _estimate_text("start_training", queryset),
-        )
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        if avatar.status == AvatarStatus.DRAFT:
-            outcome = transitions.mark_ready(avatar, source=STAFF, actor=request.user)
-            if not outcome.changed:
-                return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-        return _start(avatar, request)
-
-    return _each(modeladmin, request, queryset, "start_training", do)
+@per_avatar(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
+def start_training(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    if avatar.status == AvatarStatus.DRAFT:
+        outcome = transitions.mark_ready(avatar, source=STAFF, actor=request.user)
+        if not outcome.changed:
+            return _("not started: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
+    return _start(avatar, request)
 
 
-@staff_action(
+@per_avatar(
     permission=roles.START_TRAINING,
     description=gettext_lazy("Retrain failed or cancelled avatars…"),
 )
-def retrain(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if _over_bulk_start_cap(request, queryset):
-        return None
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="retrain",
-            title=_("Retrain failed or cancelled avatars"),
-            question=_(
-                "Start a new training attempt for each failed or cancelled avatar? Each submit "
-                "starts a paid training; the ended attempt keeps its history."
-            )
-            + _estimate_text("retrain", queryset),
-        )
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
-        if not outcome.changed:
-            return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-        return _start(avatar, request)
-
-    return _each(modeladmin, request, queryset, "retrain", do)
+def retrain(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    outcome = transitions.retrain(avatar, source=STAFF, actor=request.user)
+    if not outcome.changed:
+        return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
+    return _start(avatar, request)
 
 
 # --- Cancel / mark failed ------------------------------------------------------------------
 
 
-@staff_action(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
-def cancel_on_fal(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="cancel_on_fal",
-            title=_("Cancel trainings on fal"),
-            question=_(
-                "Ask fal to cancel these trainings? A running job may still complete; the avatar "
-                "turns cancelled once fal confirms."
-            ),
-        )
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        # cancel_training turns fal's errors into a sentence for staff itself.
-        result = training_service.cancel_training(
-            _current(avatar), source=STAFF, actor=request.user
-        )
-        return str(result), messages.SUCCESS
-
-    return _each(modeladmin, request, queryset, "cancel_on_fal", do)
+@per_avatar(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
+def cancel_on_fal(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    # cancel_training turns fal's errors into a sentence for staff itself.
+    result = training_service.cancel_training(_current(avatar), source=STAFF, actor=request.user)
+    return str(result), messages.SUCCESS
 
 
 def _cancel_job_after_failing(training: Training) -> str:
@@ -603,21 +585,18 @@ def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
 # --- Stuck -------------------------------------------------------------------------------
 
 
-@staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
-def clear_stuck(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
-            return _("not stuck any more."), messages.WARNING
-        if stuck_cause(training, timezone.now()) is not None:
-            # Said plainly: the limit is still passed, so the next check flags it again.
-            return _(
-                "stuck flag cleared, but it is still past its limit: the next check flags it "
-                "again. Extend the deadline to keep it off."
-            ), messages.WARNING
-        return _("stuck flag cleared."), messages.SUCCESS
-
-    return _each(modeladmin, request, queryset, "clear_stuck", do)
+@per_avatar(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
+def clear_stuck(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = _current(avatar)
+    if not transitions.clear_stuck(training, source=STAFF, actor=request.user):
+        return _("not stuck any more."), messages.WARNING
+    if stuck_cause(training, timezone.now()) is not None:
+        # Said plainly: the limit is still passed, so the next check flags it again.
+        return _(
+            "stuck flag cleared, but it is still past its limit: the next check flags it "
+            "again. Extend the deadline to keep it off."
+        ), messages.WARNING
+    return _("stuck flag cleared."), messages.SUCCESS
 
 
 @staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
@@ -663,80 +642,39 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     return latest
 
 
-@staff_action(
+@per_avatar(
     permission=roles.RESEND_NOTIFICATION,
     description=gettext_lazy("Resend the owner's notification"),
 )
-def resend_notification(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-):
-    def do(avatar: Avatar) -> tuple[str, int]:
-        notification = _resendable([avatar.pk])[avatar.pk]
-        if delivery.resend(notification.pk):
-            return _("notification #%(id)s queued again.") % {
-                "id": notification.pk
-            }, messages.SUCCESS
-        return _("notification #%(id)s could not be resent.") % {
-            "id": notification.pk
-        }, messages.WARNING
-
-    return _each(modeladmin, request, queryset, "resend_notification", do)
+def resend_notification(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    notification = _resendable([avatar.pk])[avatar.pk]
+    if delivery.resend(notification.pk):
+        return _("notification #%(id)s queued again.") % {"id": notification.pk}, messages.SUCCESS
+    return _("notification #%(id)s could not be resent.") % {
+        "id": notification.pk
+    }, messages.WARNING
 
 
 # --- Lost submits (fal's record) -------------------------------------------------------
 
 
-@staff_action(
+@per_avatar(
     permission=roles.START_TRAINING,
     description=gettext_lazy("fal has no such job: make a lost submit startable…"),
 )
-def record_no_fal_job(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]
-):
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="record_no_fal_job",
-            title=_("fal has no such job"),
-            question=_(
-                "Record that fal has no job for these lost submits? fal's record is asked "
-                "once more first; the avatars can then be started again (a new paid training)."
-            ),
-        )
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
-        training.refresh_from_db()
-        return text, messages.SUCCESS if training.finished_at else messages.WARNING
-
-    return _each(modeladmin, request, queryset, "record_no_fal_job", do)
+def record_no_fal_job(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = _current(avatar)
+    text = training_service.record_no_fal_job(training, actor=request.user, source=STAFF)
+    training.refresh_from_db()
+    return text, messages.SUCCESS if training.finished_at else messages.WARNING
 
 
-@staff_action(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
-def release_held(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    if not is_confirmed(request):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="release_held",
-            title=_("Send held starts now"),
-            question=_(
-                "Send these held starts to fal now, whatever the balance reading says? Each "
-                "submit starts a paid training; one that fal refuses as locked is held again."
-            ),
-        )
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        text = training_service.release(training, actor=request.user, source=STAFF)
-        training.refresh_from_db()
-        return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
-
-    return _each(modeladmin, request, queryset, "release_held", do)
+@per_avatar(permission=roles.START_TRAINING, description=gettext_lazy("Send held starts now…"))
+def release_held(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
+    training = _current(avatar)
+    text = training_service.release(training, actor=request.user, source=STAFF)
+    training.refresh_from_db()
+    return text, messages.SUCCESS if training.fal_request_id else messages.WARNING
 
 
 AVATAR_ACTIONS = [

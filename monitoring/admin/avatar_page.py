@@ -106,15 +106,20 @@ def state_words(avatar: Avatar, training: Training | None) -> str:
         FalStatus.IN_PROGRESS: _("training on fal"),
         FalStatus.COMPLETED: _("finished on fal, result not fetched yet"),
     }
-    sub = words.get(training.fal_status, training.get_fal_status_display())
+    sub = queue_words(training, words.get(training.fal_status, training.get_fal_status_display()))
+    return _("%(status)s: %(detail)s") % {"status": label, "detail": sub}
+
+
+def queue_words(training: Training, state: str) -> str:
+    """``state`` with the queue position and a pending cancel: "In queue, #3"."""
     if training.fal_status == FalStatus.IN_QUEUE and training.queue_position is not None:
-        sub = _("%(state)s, position %(position)s") % {
-            "state": sub,
+        state = _("%(state)s, #%(position)s") % {
+            "state": state,
             "position": training.queue_position,
         }
     if training.cancel_requested_at:
-        sub = _("%(state)s; cancel requested") % {"state": sub}
-    return _("%(status)s: %(detail)s") % {"status": label, "detail": sub}
+        state = _("%(state)s, cancel requested") % {"state": state}
+    return state
 
 
 def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> SafeString:

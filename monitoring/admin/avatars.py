@@ -17,7 +17,7 @@ from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquer
 from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -25,10 +25,10 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ReadOnlyAdmin, pre, pretty_json
+from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, admin_views, pre, pretty_json
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
-from monitoring.admin.avatar_page import live_stuck_words
+from monitoring.admin.avatar_page import live_stuck_words, queue_words
 from monitoring.admin.dashboard import dashboard_view
 from monitoring.admin.webhooks import WebhookDeliveryInline
 from monitoring.models import (
@@ -37,7 +37,6 @@ from monitoring.models import (
     AvatarStatus,
     EventKind,
     EventSource,
-    FalStatus,
     Owner,
     Training,
     TrainingOutcome,
@@ -88,14 +87,7 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     label = avatar.get_status_display()
     detail = ""
     if avatar.status == AvatarStatus.TRAINING and training is not None:
-        detail = training.get_fal_status_display()
-        if training.fal_status == FalStatus.IN_QUEUE and training.queue_position is not None:
-            detail = _("%(state)s, #%(position)s") % {
-                "state": detail,
-                "position": training.queue_position,
-            }
-        if training.cancel_requested_at:
-            detail = _("%(state)s, cancel requested") % {"state": detail}
+        detail = queue_words(training, training.get_fal_status_display())
         ready = eta.words(training, timezone.now())
         if ready:
             detail = _("%(state)s, %(ready)s") % {"state": detail, "ready": ready}
@@ -115,23 +107,16 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
 # --- Filters -----------------------------------------------------------------------------
 
 
-class StuckFilter(admin.SimpleListFilter):
+class StuckFilter(ConditionFilter):
     title = gettext_lazy("stuck")
     parameter_name = "stuck"
+    yes_label, no_label = gettext_lazy("Stuck"), gettext_lazy("Not stuck")
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("yes", _("Stuck")), ("no", _("Not stuck"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        stuck = Q(
+    def condition(self) -> Q:
+        return Q(
             current_training__stuck_since__isnull=False,
             current_training__finished_at__isnull=True,
         )
-        if self.value() == "yes":
-            return queryset.filter(stuck)
-        if self.value() == "no":
-            return queryset.exclude(stuck)
-        return queryset
 
 
 class NotificationStateFilter(admin.SimpleListFilter):
@@ -171,20 +156,12 @@ class NotificationStateFilter(admin.SimpleListFilter):
 # --- Owners ------------------------------------------------------------------------------
 
 
-class ReachableFilter(admin.SimpleListFilter):
+class ReachableFilter(ConditionFilter):
     title = gettext_lazy("reachable")
     parameter_name = "reachable"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("1", _("Yes")), ("0", _("No"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Owner]) -> QuerySet[Owner]:
-        if self.value() not in ("0", "1"):
-            return queryset
-        unreachable = Exists(UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id")))
-        return (
-            queryset.exclude(unreachable) if self.value() == "1" else queryset.filter(unreachable)
-        )
+    def condition(self) -> Any:
+        return ~Exists(UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id")))
 
 
 @admin.register(Owner)
@@ -417,32 +394,16 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             return
         # A new avatar gets its status and "created" event from the transitions
         # module, like one created by a command: ready for the start action.
-        created = transitions.create_avatar(
-            owner=obj.owner,
-            name=obj.name,
-            training_type=obj.training_type,
-            trigger_word=obj.trigger_word,
-            images_url=obj.images_url,
-            training_settings=obj.training_settings,
-            source=EventSource.STAFF,
-            actor=request.user,
-        )
-        obj.pk, obj.status, obj.created_at = created.pk, created.status, created.created_at
+        transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
 
     def get_urls(self):
-        custom = [
-            path(
-                "dashboard/",
-                self.admin_site.admin_view(dashboard_view),
-                name="monitoring_dashboard",
-            ),
-            path(
-                "<path:object_id>/files/<str:kind>/",
-                self.admin_site.admin_view(avatar_page.download_file),
-                name="monitoring_avatar_file",
-            ),
-        ]
-        return custom + super().get_urls()
+        download = avatar_page.download_file
+        pages = admin_views(
+            self,
+            ("dashboard/", dashboard_view, "monitoring_dashboard"),
+            ("<path:object_id>/files/<str:kind>/", download, "monitoring_avatar_file"),
+        )
+        return pages + super().get_urls()
 
     # --- columns --------------------------------------------------------------------------
 
@@ -582,11 +543,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         notifications = list(
             Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT]
         )
-        attempts = (
-            NotificationAttempt.objects.filter(notification__avatar=avatar)
-            .select_related("notification")
-            .order_by("-started_at", "-id")[:TABLE_LIMIT]
-        )
         summary = _table(
             [
                 _("notification"),
@@ -611,28 +567,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             ],
             _("No notifications."),
         )
-        log = _table(
-            [
-                _("started"),
-                _("notification"),
-                _("outcome"),
-                _("chat id"),
-                _("Telegram message id"),
-                _("error"),
-            ],
-            [
-                (
-                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    f"#{a.notification_id} {a.notification.get_kind_display()}",
-                    a.get_outcome_display(),
-                    a.chat_id or "—",
-                    a.telegram_message_id or "—",
-                    a.error[:200],
-                )
-                for a in attempts
-            ],
-            _("No attempts yet."),
-        )
+        log = _attempts_table(NotificationAttempt.objects.filter(notification__avatar=avatar))
         return format_html("{}{}", summary, log)
 
 
@@ -672,34 +607,24 @@ def _training_inlines() -> tuple[type, ...]:
     return (WebhookDeliveryInline,)
 
 
-class TrainingStateFilter(admin.SimpleListFilter):
+class TrainingStateFilter(ConditionFilter):
     """The dashboard's links: attempts still running, and those fal errors on."""
 
     title = gettext_lazy("state")
     parameter_name = "active"
+    yes_label, no_label = gettext_lazy("Running"), gettext_lazy("Ended")
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("yes", _("Running")), ("no", _("Ended"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
-        if self.value() == "yes":
-            return queryset.filter(finished_at__isnull=True)
-        if self.value() == "no":
-            return queryset.filter(finished_at__isnull=False)
-        return queryset
+    def condition(self) -> Q:
+        return Q(finished_at__isnull=True)
 
 
-class CheckFailingFilter(admin.SimpleListFilter):
+class CheckFailingFilter(ConditionFilter):
     title = gettext_lazy("fal's status call")
     parameter_name = "check_failing"
+    yes_label, no_label = gettext_lazy("Failing (last check errored)"), None
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("yes", _("Failing (last check errored)"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Training]) -> QuerySet[Training]:
-        if self.value() == "yes":
-            return queryset.filter(finished_at__isnull=True, check_failures__gt=0)
-        return queryset
+    def condition(self) -> Q:
+        return Q(finished_at__isnull=True, check_failures__gt=0)
 
 
 @admin.register(Training)
@@ -762,24 +687,34 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, training: Training) -> SafeString:
-        attempts = (
-            NotificationAttempt.objects.filter(notification__training=training)
-            .select_related("notification")
-            .order_by("-started_at", "-id")[:TABLE_LIMIT]
-        )
-        return _table(
-            [_("started"), _("notification"), _("outcome"), _("error")],
-            [
-                (
-                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    a.notification.get_kind_display(),
-                    a.get_outcome_display(),
-                    a.error[:200],
-                )
-                for a in attempts
-            ],
-            _("No attempts yet."),
-        )
+        return _attempts_table(NotificationAttempt.objects.filter(notification__training=training))
+
+
+def _attempts_table(attempts: QuerySet[NotificationAttempt]) -> SafeString:
+    """Telegram's answers, newest first: on the avatar's page and on an attempt's."""
+    attempts = attempts.select_related("notification").order_by("-started_at", "-id")
+    return _table(
+        [
+            _("started"),
+            _("notification"),
+            _("outcome"),
+            _("chat id"),
+            _("Telegram message id"),
+            _("error"),
+        ],
+        [
+            (
+                a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                f"#{a.notification_id} {a.notification.get_kind_display()}",
+                a.get_outcome_display(),
+                a.chat_id or "—",
+                a.telegram_message_id or "—",
+                a.error[:200],
+            )
+            for a in attempts[:TABLE_LIMIT]
+        ],
+        _("No attempts yet."),
+    )
 
 
 @admin.register(AvatarEvent)
@@ -799,18 +734,7 @@ class AvatarEventAdmin(ReadOnlyAdmin[AvatarEvent]):
     search_fields = ("=avatar__id", "avatar__name", "message")
     date_hierarchy = "created_at"
     # Statuses and coded messages in the reader's language; ``message`` stays as recorded.
-    fields = (
-        "created_at",
-        "avatar",
-        "training",
-        "kind",
-        "source",
-        "actor",
-        "old_status_words",
-        "new_status_words",
-        "message_words",
-        "details",
-    )
+    fields = ("created_at", "avatar", "training", *list_display[2:], "details")
     readonly_fields = ("old_status_words", "new_status_words", "message_words")
 
     @admin.display(description=gettext_lazy("old status"), ordering="old_status")

@@ -11,12 +11,12 @@ from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ReadOnlyAdmin
+from avatarsite.admin_base import ReadOnlyAdmin, admin_views
 from monitoring import billing
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
@@ -157,14 +157,8 @@ class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
     deletable = True
 
     def get_urls(self):
-        custom = [
-            path(
-                "adopt/",
-                self.admin_site.admin_view(adopt_view),
-                name="monitoring_adopt_training",
-            ),
-        ]
-        return custom + super().get_urls()
+        adopt = ("adopt/", adopt_view, "monitoring_adopt_training")
+        return admin_views(self, adopt) + super().get_urls()
 
     @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
     def cost_column(self, row: UnknownFalRequest) -> str:

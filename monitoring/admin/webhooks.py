@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
@@ -21,17 +21,20 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from avatarsite.admin_base import (
+    ConditionFilter,
     ConfirmRow,
     ReadOnlyAdmin,
     ReadOnlyInline,
     confirmation_page,
     is_confirmed,
+    permission_check,
     pre,
     pretty_json,
+    staff_action,
 )
 from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
-from monitoring.admin.actions import log_staff_action, staff_action
+from monitoring.admin.actions import log_staff_action
 from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
@@ -55,19 +58,12 @@ READONLY_FIELDS = (
 )
 
 
-class MatchedFilter(admin.SimpleListFilter):
+class MatchedFilter(ConditionFilter):
     title = _("matched a training")
     parameter_name = "matched"
 
-    def lookups(self, request, model_admin):
-        return (("yes", _("Yes")), ("no", _("No")))
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(training__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(training__isnull=True)
-        return queryset
+    def condition(self) -> Q:
+        return Q(training__isnull=False)
 
 
 @admin.register(WebhookDelivery)
@@ -95,11 +91,10 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     actions = ["reprocess"]
     list_per_page = 100
 
-    def has_recheck_avatar_permission(self, request: HttpRequest) -> bool:
-        # Re-processing applies what fal already told us (it can complete an avatar and
-        # tell its owner), the same outcome a re-check reaches by asking fal again; it
-        # never starts, cancels or fails anything, so it takes the re-check permission.
-        return request.user.has_perm(roles.RECHECK_AVATAR)
+    # Re-processing applies what fal already told us (it can complete an avatar and
+    # tell its owner), the same outcome a re-check reaches by asking fal again; it
+    # never starts, cancels or fails anything, so it takes the re-check permission.
+    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # The avatar page links here filtered by avatar.
@@ -224,9 +219,7 @@ class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
         "error",
         "details_link",
     )
-    readonly_fields = fields
     max_num = 0
-    show_change_link = False
     ordering = ("-received_at", "-id")
     verbose_name = _("webhook delivery")
     verbose_name_plural = _("webhook deliveries")

@@ -12,14 +12,14 @@ from typing import TypeVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ReadOnlyAdmin, ReadOnlyInline
+from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, ReadOnlyInline, attempt_fields
 from monitoring.api import callback_health, callbacks, tokens
 from monitoring.api.models import (
     ApiCall,
@@ -171,34 +171,18 @@ class ApiCallAdmin(ReadOnlyAdmin[ApiCall], OperatorsOnly[ApiCall]):
 
 class CallbackAttemptInline(ReadOnlyInline[CallbackAttempt, EventCallback]):
     model = CallbackAttempt
-    show_change_link = False  # attempts have no page of their own
-    fields = (
-        "started_at",
-        "finished_at",
-        "outcome",
-        "status_code",
-        "address",
-        "duration_ms",
-        "error",
-        "url",
-        "worker",
-    )
-    readonly_fields = fields
+    fields = attempt_fields("status_code", "address", "duration_ms", "url")
 
 
-class FailingFilter(admin.SimpleListFilter):
+class FailingFilter(ConditionFilter):
     """The banner's link: what ``callback_health`` counts as failing."""
 
     title = gettext_lazy("failing")
     parameter_name = "failing"
+    yes_label, no_label = gettext_lazy("Failing (retrying, or undelivered in 24 h)"), None
 
-    def lookups(self, request, model_admin):
-        return [("yes", _("Failing (retrying, or undelivered in 24 h)"))]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(callback_health.failing(timezone.now()))
-        return queryset
+    def condition(self) -> Q:
+        return callback_health.failing(timezone.now())
 
 
 @admin.register(EventCallback)

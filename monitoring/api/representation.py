@@ -106,13 +106,9 @@ def avatar_data(
         trainings = list(avatar.trainings.order_by("attempt").prefetch_related("kept_files"))
     # The current attempt is one of them: its kept files are read once.
     training = next((t for t in trainings if training and t.pk == training.pk), training)
-    active = training is not None and training.finished_at is None
     owner = avatar.owner
     return {
-        "id": str(avatar.pk),
-        "name": avatar.name,
-        "status": avatar.status,
-        "training_type": avatar.training_type,
+        **current_data(avatar, training, _kept(kept, training) if training else None, links),
         "trigger": avatar.trigger_word,
         "images_url": avatar.images_url,
         "settings": avatar.training_settings or {},
@@ -122,6 +118,24 @@ def avatar_data(
             "username": owner.username,
             "language": owner.language,
         },
+        "cost_usd": avatar_cost_usd(trainings),
+        "trainings": [training_data(t, links=links, kept=_kept(kept, t)) for t in trainings],
+    }
+
+
+def current_data(
+    avatar: Avatar,
+    training: Training | None,
+    kept: list[KeptFile] | None = None,
+    links: bool = True,
+) -> dict[str, Any]:
+    """The avatar and its current attempt: what ``check_avatar_db --json`` prints too."""
+    active = training is not None and training.finished_at is None
+    return {
+        "id": str(avatar.pk),
+        "name": avatar.name,
+        "status": avatar.status,
+        "training_type": avatar.training_type,
         "fal_status": (training.fal_status or None) if training else None,
         "fal_request_id": training.fal_request_id if training else None,
         "queue_position": (
@@ -132,18 +146,14 @@ def avatar_data(
         "eta": eta.as_json(training),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
-        "files": (
-            files.files_data(training, _kept(kept, training), links=links) if training else None
-        ),
+        "files": files.files_data(training, kept, links=links) if training else None,
         "error": training.error_message if training else "",
         "error_type": training.error_type if training else "",
         "stuck": bool(training and training.is_stuck),
         "stuck_reason": training.stuck_reason if training and training.is_stuck else "",
-        "owner_telegram_id": str(owner.telegram_id),
+        "owner_telegram_id": str(avatar.owner.telegram_id),
         "created_at": _iso(avatar.created_at),
         "finished_at": _iso(training.finished_at) if training else None,
-        "cost_usd": avatar_cost_usd(trainings),
-        "trainings": [training_data(t, links=links, kept=_kept(kept, t)) for t in trainings],
     }
 
 

@@ -196,7 +196,18 @@ class EtaOut(Schema):
     late: bool = Field(description="Taking longer than usual: no time is promised.")
 
 
-class TrainingOut(Schema):
+class _ResultOut(Schema):
+    """What an attempt left, on an attempt and (the current one's) on its avatar."""
+
+    lora_url: FalUrl
+    config_url: FalUrl
+    files: KeptFiles
+    error: str
+    error_type: str
+    stuck: bool
+
+
+class TrainingOut(_ResultOut):
     id: IdOut
     attempt: int
     endpoint: str
@@ -209,12 +220,6 @@ class TrainingOut(Schema):
     queue_position: int | None
     eta: EtaOut | None
     outcome: Literal[tuple(TrainingOutcome.values)] | None  # type: ignore[valid-type]
-    lora_url: FalUrl
-    config_url: FalUrl
-    files: KeptFiles
-    error: str
-    error_type: str
-    stuck: bool
     held_reason: Literal["balance_low", "account_locked"] | None
     cost: CostOut | None = Field(description="What fal billed; null while not known yet.")
     cancel_requested_at: str | None
@@ -234,6 +239,14 @@ _FILES_EXAMPLE: dict[str, Any] = {
     "config": None,
     "error": "",
 }
+_RESULT_EXAMPLE: dict[str, Any] = {
+    "lora_url": "https://v3.fal.media/files/lion/pytorch_lora_weights.safetensors",
+    "config_url": "https://v3.fal.media/files/lion/config.json",
+    "files": _FILES_EXAMPLE,
+    "error": "",
+    "error_type": "",
+    "stuck": False,
+}
 AVATAR_EXAMPLE: dict[str, Any] = {
     "id": "42",
     "name": "Anna portrait",
@@ -247,12 +260,7 @@ AVATAR_EXAMPLE: dict[str, Any] = {
     "fal_status": "COMPLETED",
     "fal_request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b",
     "queue_position": None,
-    "lora_url": "https://v3.fal.media/files/lion/pytorch_lora_weights.safetensors",
-    "config_url": "https://v3.fal.media/files/lion/config.json",
-    "files": _FILES_EXAMPLE,
-    "error": "",
-    "error_type": "",
-    "stuck": False,
+    **_RESULT_EXAMPLE,
     "stuck_reason": "",
     "owner_telegram_id": "123456789",
     "created_at": "2026-12-01T20:20:03.512340+00:00",
@@ -270,12 +278,7 @@ AVATAR_EXAMPLE: dict[str, Any] = {
             "fal_status": "COMPLETED",
             "queue_position": None,
             "outcome": "completed",
-            "lora_url": "https://v3.fal.media/files/lion/pytorch_lora_weights.safetensors",
-            "config_url": "https://v3.fal.media/files/lion/config.json",
-            "files": _FILES_EXAMPLE,
-            "error": "",
-            "error_type": "",
-            "stuck": False,
+            **_RESULT_EXAMPLE,
             "cancel_requested_at": None,
             "created_at": "2026-12-01T20:20:03.601200+00:00",
             "submitted_at": "2026-12-01T20:20:04.020100+00:00",
@@ -294,7 +297,7 @@ class OwnerOut(Schema):
     language: Literal["ru", "en"]
 
 
-class AvatarOut(Schema):
+class AvatarOut(_ResultOut):
     model_config = ConfigDict(json_schema_extra={"examples": [AVATAR_EXAMPLE]})
 
     id: IdOut
@@ -310,12 +313,6 @@ class AvatarOut(Schema):
     fal_request_id: str | None
     queue_position: int | None
     eta: EtaOut | None = Field(description="Of the current training, while it is active.")
-    lora_url: FalUrl
-    config_url: FalUrl
-    files: KeptFiles
-    error: str
-    error_type: str
-    stuck: bool
     stuck_reason: str
     owner_telegram_id: IdOut = Field(
         deprecated=True, description="Use owner.telegram_id: the same value."

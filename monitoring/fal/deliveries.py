@@ -337,25 +337,22 @@ def sweep(now: datetime | None = None) -> int:
     that arrived before their request id was stored. Returns how many were processed."""
     now = now or timezone.now()
     processed = 0
-    for delivery in Delivery.objects.stranded(now)[:SWEEP_BATCH]:
-        outcome = delivery.process()
-        processed += 1
-        logger.warning(
+    late = Delivery.objects.unmatched_now_known()[:SWEEP_BATCH]
+    for deliveries, level, text in (
+        (
+            Delivery.objects.stranded(now)[:SWEEP_BATCH],
+            logging.WARNING,
             "fal webhook delivery %s (request %s) was left unprocessed by a crash: now %s",
-            delivery.pk,
-            delivery.request_id,
-            outcome,
-        )
-    for delivery in Delivery.objects.unmatched_now_known()[:SWEEP_BATCH]:
-        if delivery._claim(WebhookOutcome.UNMATCHED):
-            outcome = delivery.process()
+        ),
+        (
+            (delivery for delivery in late if delivery._claim(WebhookOutcome.UNMATCHED)),
+            logging.INFO,
+            "fal webhook delivery %s for request %s applied late: %s",
+        ),
+    ):
+        for delivery in deliveries:
             processed += 1
-            logger.info(
-                "fal webhook delivery %s for request %s applied late: %s",
-                delivery.pk,
-                delivery.request_id,
-                outcome,
-            )
+            logger.log(level, text, delivery.pk, delivery.request_id, delivery.process())
     return processed
 
 

@@ -19,8 +19,15 @@ from monitoring import storable
 class TranslatedCommand(BaseCommand):
     """A command whose human-readable output follows ``--language`` or LANGUAGE_CODE."""
 
+    # The help of the shared flags: a command that sets one has that flag.
+    dry_run_help: str = ""
+    json_help: str = ""
+
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
+        for flag, text in (("--dry-run", self.dry_run_help), ("--json", self.json_help)):
+            if text:
+                parser.add_argument(flag, action="store_true", help=text)
         parser.add_argument(
             "--language",
             choices=[code for code, _name in settings.LANGUAGES],

@@ -43,6 +43,9 @@ class Command(TranslatedCommand):
         "--from-file FILE (JSON objects with the same fields and an optional created_at)."
     )
 
+    dry_run_help = "ask fal and report, write nothing"
+    json_help = "print only JSON on stdout"
+
     def add_arguments(self, parser):
         parser.add_argument("--request-id")
         parser.add_argument("--endpoint")
@@ -53,14 +56,10 @@ class Command(TranslatedCommand):
         parser.add_argument("--owner-language", choices=[c.value for c in Language])
         parser.add_argument("--from-file", help="one JSON object per line")
         parser.add_argument(
-            "--dry-run", action="store_true", help="ask fal and report, write nothing"
-        )
-        parser.add_argument(
             "--notify",
             action="store_true",
             help="tell owners of requests that had already ended (the old system may have)",
         )
-        parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
 
     def handle(self, *args, **options):
         if options["from_file"]:

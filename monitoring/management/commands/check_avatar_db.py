@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from django.db.models import Count, Q, Sum
 from django.utils.translation import gettext as _
 
-from monitoring import billing, eta, files
+from monitoring import billing
 from monitoring.api import representation
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
@@ -25,6 +25,8 @@ def _iso(value) -> str | None:
 class Command(TranslatedCommand):
     help = "List avatars with their training state (filters: --status, --stuck, --owner)."
 
+    json_help = "print a JSON list on stdout"
+
     def add_arguments(self, parser):
         parser.add_argument("--status", choices=[c.value for c in AvatarStatus])
         parser.add_argument("--stuck", action="store_true", help="only avatars flagged stuck")
@@ -37,7 +39,6 @@ class Command(TranslatedCommand):
             default=500,
             help=f"at most this many avatars (1 to {MAX_LIMIT})",
         )
-        parser.add_argument("--json", action="store_true", help="print a JSON list on stdout")
 
     def handle(self, *args, **options):
         avatars = (
@@ -78,24 +79,7 @@ class Command(TranslatedCommand):
     def _row(self, avatar: Avatar) -> dict:
         training = avatar.current_training
         return {
-            "id": str(avatar.pk),
-            "name": avatar.name,
-            "status": avatar.status,
-            "training_type": avatar.training_type,
-            "fal_status": training.fal_status if training else None,
-            "fal_request_id": training.fal_request_id if training else None,
-            "queue_position": training.queue_position if training else None,
-            "eta": eta.as_json(training),
-            "lora_url": training.lora_url if training else "",
-            "config_url": training.config_url if training else "",
-            "files": files.files_data(training) if training else None,
-            "error": training.error_message if training else "",
-            "error_type": training.error_type if training else "",
-            "stuck": bool(training and training.is_stuck),
-            "stuck_reason": training.stuck_reason if training and training.is_stuck else "",
-            "owner_telegram_id": str(avatar.owner.telegram_id),
-            "created_at": _iso(avatar.created_at),
-            "finished_at": _iso(training.finished_at) if training else None,
+            **representation.current_data(avatar, training),
             "cost": representation.cost_data(training) if training else None,
             "cost_usd": (
                 billing.usd_text(getattr(avatar, "cost_nano", None) or 0)

@@ -30,6 +30,8 @@ class Command(TranslatedCommand):
         "be shown again (only the token's hash is stored)."
     )
 
+    json_help = "print only a JSON object"
+
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True)
         parser.add_argument(
@@ -44,7 +46,6 @@ class Command(TranslatedCommand):
             type=_budget,
             help="USD a day (UTC) this client may spend; its starts answer 402 beyond it",
         )
-        parser.add_argument("--json", action="store_true", help="print only a JSON object")
 
     def handle(self, *args, **options):
         name = options["name"].strip()

@@ -23,15 +23,14 @@ class Command(TranslatedCommand):
         "already kept, gone at fal, failed."
     )
 
+    dry_run_help = _("only count what would be copied")
+    json_help = _("print the summary as JSON")
+
     def add_arguments(self, parser) -> None:
         parser.add_argument("--avatar", type=int, help=_("only this avatar (id)"))
         parser.add_argument(
             "--since", type=int, metavar="DAYS", help=_("only trainings finished in the last DAYS")
         )
-        parser.add_argument(
-            "--dry-run", action="store_true", help=_("only count what would be copied")
-        )
-        parser.add_argument("--json", action="store_true", help=_("print the summary as JSON"))
 
     def handle(self, *args, **options) -> None:
         trainings = Training.objects.filter(

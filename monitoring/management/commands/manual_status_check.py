@@ -24,6 +24,8 @@ class Command(TranslatedCommand):
         "--stuck ones. Prints what changed; --dry-run reads fal without writing."
     )
 
+    dry_run_help = _("Ask fal, but change nothing here.")
+
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--avatar",
@@ -36,9 +38,6 @@ class Command(TranslatedCommand):
         )
         parser.add_argument("--all", action="store_true", help=_("Every active training."))
         parser.add_argument("--stuck", action="store_true", help=_("Every stuck training."))
-        parser.add_argument(
-            "--dry-run", action="store_true", help=_("Ask fal, but change nothing here.")
-        )
         parser.add_argument(
             "--batch-size",
             type=inputs.integer(1, 10_000),

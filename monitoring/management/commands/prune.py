@@ -15,10 +15,7 @@ class Command(TranslatedCommand):
         "training is deleted."
     )
 
-    def add_arguments(self, parser) -> None:
-        parser.add_argument(
-            "--dry-run", action="store_true", help=_("Only count what would be deleted.")
-        )
+    dry_run_help = _("Only count what would be deleted.")
 
     def handle(self, *args, dry_run: bool = False, **options) -> None:
         counts = retention.count() if dry_run else retention.prune()

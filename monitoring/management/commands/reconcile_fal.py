@@ -21,12 +21,11 @@ class Command(TranslatedCommand):
         "(finished now, through the normal check, unless --dry-run)."
     )
 
+    dry_run_help = "report only: no alert, no list, no change"
+    json_help = "print only JSON on stdout"
+
     def add_arguments(self, parser):
         parser.add_argument("--since", type=float, help="hours back from now (max 2160)")
-        parser.add_argument(
-            "--dry-run", action="store_true", help="report only: no alert, no list, no change"
-        )
-        parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
 
     def handle(self, *args, **options):
         since = options["since"]

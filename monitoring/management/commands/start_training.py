@@ -30,6 +30,8 @@ class Command(TranslatedCommand):
         "and start it (--owner-telegram-id, --name, --images-url, --training-type, --trigger)."
     )
 
+    json_help = "print only a JSON object on stdout"
+
     def add_arguments(self, parser):
         parser.add_argument(
             "--avatar", type=inputs.database_id, help="id of an existing avatar to start"
@@ -50,9 +52,6 @@ class Command(TranslatedCommand):
             help="trigger word (trigger_phrase for portraits)",
         )
         parser.add_argument("--owner-language", choices=[c.value for c in Language])
-        parser.add_argument(
-            "--json", action="store_true", help="print only a JSON object on stdout"
-        )
 
     def handle(self, *args, **options):
         avatar = self._avatar(options) if options["avatar"] else self._create(options)
