@@ -44,6 +44,7 @@ from bench.scratch import (  # noqa: E402
     free_port,
     production_env,
     stop_group,
+    submit_through_transitions,
 )
 
 MINIMAL_PATH = "/bench/minimal-api/"
@@ -196,37 +197,20 @@ def _make_avatars(count: int) -> list[int]:
     """Avatars with a finished attempt each (what the bot reads most), via the transitions."""
     from monitoring import transitions
     from monitoring.api.models import ApiClient, ClientAvatar
-    from monitoring.models import Avatar, EventSource, Owner
+    from monitoring.models import EventSource
 
     client = ApiClient.objects.get(name="bench bot")
-    owners = [
-        Owner.objects.get_or_create(telegram_id=700_000 + i, defaults={"username": f"b{i}"})[0]
-        for i in range(20)
-    ]
-    ids = []
-    for i in range(count):
-        avatar = transitions.create_avatar(
-            Avatar(
-                owner=owners[i % len(owners)],
-                name=f"bench {i}",
-                training_type="portrait",
-                trigger_word="ohwx",
-                images_url="https://example.com/p.zip",
-            ),
-            source=EventSource.COMMAND,
-        )
-        started = transitions.begin_training(
-            avatar, endpoint="fal-ai/x", arguments={}, webhook_url="", source=EventSource.COMMAND
-        )
-        transitions.record_submitted(
-            started.training, request_id=f"bench-{i}", source=EventSource.COMMAND
-        )
-        ClientAvatar.objects.create(avatar=avatar, client=client)
-        transitions.complete(
-            started.training, lora_url="https://x/l.safetensors", source=EventSource.CHECK
-        )
-        ids.append(avatar.pk)
-    return ids
+    trainings = submit_through_transitions(
+        count,
+        first_telegram_id=700_000,
+        endpoint="fal-ai/x",
+        request_id=lambda i: f"bench-{i}",
+        owners=20,
+    )
+    for training in trainings:
+        ClientAvatar.objects.create(avatar_id=training.avatar_id, client=client)
+        transitions.complete(training, lora_url="https://x/l.safetensors", source=EventSource.CHECK)
+    return [t.avatar_id for t in trainings]
 
 
 def _start_gunicorn(port: int, env: dict[str, str], log_dir: Path, token: str, probe: int):

@@ -105,3 +105,43 @@ def create_active_trainings(n: int, *, first_telegram_id: int, training_fields, 
         avatar.current_training = training
     Avatar.objects.bulk_update(avatars, ["current_training"], batch_size=2000)
     return avatars, trainings
+
+
+def submit_through_transitions(
+    n: int, *, first_telegram_id: int, endpoint: str, request_id, owners: int = 50
+):
+    """N avatars started and submitted the way the service does it (the transitions):
+    ``request_id(i)`` is the i-th request id fal answered. Returns the trainings."""
+    from monitoring import transitions
+    from monitoring.models import Avatar, EventSource, Owner
+
+    people = [
+        Owner.objects.get_or_create(
+            telegram_id=first_telegram_id + i, defaults={"username": f"bench{i}"}
+        )[0]
+        for i in range(owners)
+    ]
+    trainings = []
+    for i in range(n):
+        avatar = transitions.create_avatar(
+            Avatar(
+                owner=people[i % len(people)],
+                name=f"bench {i}",
+                training_type="portrait",
+                trigger_word="ohwx",
+                images_url="https://example.com/p.zip",
+            ),
+            source=EventSource.COMMAND,
+        )
+        started = transitions.begin_training(
+            avatar, endpoint=endpoint, arguments={}, webhook_url="", source=EventSource.COMMAND
+        )
+        # As the submit stores them: fal answers the submit with both ids.
+        transitions.record_submitted(
+            started.training,
+            request_id=request_id(i),
+            gateway_request_id=request_id(i),
+            source=EventSource.COMMAND,
+        )
+        trainings.append(started.training)
+    return trainings

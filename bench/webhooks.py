@@ -63,6 +63,7 @@ from bench.scratch import (  # noqa: E402
     free_port,
     production_env,
     stop_group,
+    submit_through_transitions,
 )
 
 WEBHOOK_PATH = "/webhooks/fal/"
@@ -119,42 +120,13 @@ def wsgi():
 
 def _make_trainings(count: int, prefix: str) -> list[str]:
     """Avatars in training with submitted attempts, through the transitions module."""
-    from monitoring import transitions
-    from monitoring.models import Avatar, EventSource, Owner
-
-    request_ids = []
-    owners = [
-        Owner.objects.get_or_create(telegram_id=900_000 + i, defaults={"username": f"bench{i}"})[0]
-        for i in range(50)
-    ]
-    for i in range(count):
-        avatar = transitions.create_avatar(
-            Avatar(
-                owner=owners[i % len(owners)],
-                name=f"bench {i}",
-                training_type="portrait",
-                trigger_word="ohwx",
-                images_url="https://example.com/p.zip",
-            ),
-            source=EventSource.COMMAND,
-        )
-        started = transitions.begin_training(
-            avatar,
-            endpoint="fal-ai/flux-lora-portrait-trainer",
-            arguments={},
-            webhook_url="",
-            source=EventSource.COMMAND,
-        )
-        request_id = f"{prefix}-{i:06d}"
-        # As the submit stores them: fal answers the submit with both ids.
-        transitions.record_submitted(
-            started.training,
-            request_id=request_id,
-            gateway_request_id=request_id,
-            source=EventSource.COMMAND,
-        )
-        request_ids.append(request_id)
-    return request_ids
+    trainings = submit_through_transitions(
+        count,
+        first_telegram_id=900_000,
+        endpoint="fal-ai/flux-lora-portrait-trainer",
+        request_id=lambda i: f"{prefix}-{i:06d}",
+    )
+    return [t.fal_request_id for t in trainings]
 
 
 def _deliveries(
