@@ -9,7 +9,6 @@ from django.urls import reverse
 from fakes.fal_emulator import FOREVER
 from monitoring import transitions
 from monitoring.models import AvatarEvent, AvatarStatus, EventKind, EventSource, Training
-from monitoring.trainings import start_training
 from notifications.models import Notification
 from tests.support import queued_monitoring_tasks, run_queued_monitoring_tasks
 
@@ -38,17 +37,13 @@ def messages_of(response) -> list[str]:
 
 
 @pytest.fixture
-def running(fal, make_avatar):
+def running(fal, started):
     """An avatar whose job waits in the emulator's queue until the test finishes it."""
 
     def start(**fields):
         fal.drop_webhooks()
         fal.script(queue_seconds=FOREVER, queue_position=2)
-        avatar = make_avatar(**fields)
-        outcome = start_training(avatar, source=EventSource.COMMAND)
-        assert outcome.training is not None and outcome.training.fal_request_id, outcome
-        avatar.refresh_from_db()
-        return avatar, outcome.training
+        return started(**fields)
 
     return start
 

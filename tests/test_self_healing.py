@@ -169,14 +169,20 @@ def test_without_our_start_deadline_fals_request_timeout_is_not_retried():
     )
 
 
-def test_a_run_past_its_limit_is_cancelled_on_fal_and_retried(
-    fal, make_avatar, make_owner, settle, settings
-):
+def running_past_its_limit(fal, make_avatar, make_owner, settle, settings):
+    """A training fal says is running, started before its (1 minute) run limit."""
     settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT = 1
     avatar = started(fal, make_avatar, make_owner, run_seconds=FOREVER)
     settle(rounds=1)  # fal says IN_PROGRESS
     training = avatar.trainings.get()
     Training.objects.filter(pk=training.pk).update(started_at=timezone.now() - timedelta(minutes=2))
+    return avatar, training
+
+
+def test_a_run_past_its_limit_is_cancelled_on_fal_and_retried(
+    fal, make_avatar, make_owner, settle, settings
+):
+    avatar, training = running_past_its_limit(fal, make_avatar, make_owner, settle, settings)
     fal.script(run_seconds=0)  # the retry's job completes
     settle()
 
@@ -192,11 +198,7 @@ def test_a_run_past_its_limit_is_cancelled_on_fal_and_retried(
 def test_a_deadline_cancel_fal_refuses_stays_flagged_for_staff_in_their_language(
     fal, make_avatar, make_owner, settle, settings
 ):
-    settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT = 1
-    avatar = started(fal, make_avatar, make_owner, run_seconds=FOREVER)
-    settle(rounds=1)  # fal says IN_PROGRESS
-    training = avatar.trainings.get()
-    Training.objects.filter(pk=training.pk).update(started_at=timezone.now() - timedelta(minutes=2))
+    avatar, training = running_past_its_limit(fal, make_avatar, make_owner, settle, settings)
     fal.script(training.fal_request_id, cancel_error=500)
     settle(rounds=1)
 

@@ -209,12 +209,28 @@ def test_a_role_that_does_not_stop_is_killed_and_its_processes_reaped_within_the
     assert "Worker role checks did not stop in time: killed" in log.read_text()
 
 
+def stop_busy(fal, log, sig, target, also=lambda: True, **env):
+    """Start a worker against a slow fal (a batch of 500 takes ~13 s at 40 calls at a
+    time), stop it in the middle of the check run once ``also()`` holds; returns
+    (worker, seconds the stop took, fal calls made before the signal)."""
+    fal.adopt_unknown, fal.status_latency = True, 1.0
+    worker = start_qcluster(log, **env)
+    try:
+        wait_for(lambda: sum(fal.status_calls.values()) >= 200, 60, "the check run", log)
+        wait_for(also, 30, "the owners' messages", log)
+        calls_at_stop = sum(fal.status_calls.values())
+        seconds = stop_and_time(worker, sig, target)
+    finally:
+        fal.adopt_unknown, fal.status_latency = False, 0.0
+        if group_alive(worker.pid):
+            os.killpg(worker.pid, signal.SIGKILL)
+    return worker, seconds, calls_at_stop
+
+
 @pytest.mark.parametrize(("sig", "target"), STOPS)
 def test_a_worker_in_the_middle_of_a_check_run_of_1000_trainings_stops_within_the_grace(
     sig, target, fal, telegram, training_avatar, tmp_path
 ):
-    fal.adopt_unknown = True
-    fal.status_latency = 1.0  # slow fal: a batch of 500 takes ~13 s at 40 calls at a time
     running_trainings(1000, first_telegram_id=80_000_000)
     # Owners waiting for their messages while the check run is busy.
     finished = [training_avatar(request_id=f"done-{i}")[1] for i in range(5)]
@@ -223,18 +239,9 @@ def test_a_worker_in_the_middle_of_a_check_run_of_1000_trainings_stops_within_th
             training, lora_url="https://v3.fal.media/l", source=EventSource.WEBHOOK
         )
     log = tmp_path / "qcluster.log"
-    worker = start_qcluster(log, **telegram_env(telegram))
-    try:
-        wait_for(lambda: sum(fal.status_calls.values()) >= 200, 60, "the check run", log)
-        wait_for(lambda: len(telegram.messages) >= 5, 30, "the owners' messages", log)
-        calls_at_stop = sum(fal.status_calls.values())
-
-        seconds = stop_and_time(worker, sig, target)
-    finally:
-        fal.adopt_unknown = False
-        fal.status_latency = 0.0
-        if group_alive(worker.pid):
-            os.killpg(worker.pid, signal.SIGKILL)
+    worker, seconds, calls_at_stop = stop_busy(
+        fal, log, sig, target, lambda: len(telegram.messages) >= 5, **telegram_env(telegram)
+    )
 
     print(f"\nbusy stop (1,000 trainings), {sig.name} to the {target}: {seconds:.2f} s")
     output = log.read_text()
@@ -265,20 +272,9 @@ def test_on_the_redis_broker_a_stopped_worker_pushes_its_abandoned_batches_back(
 
     queue = redis.Redis.from_url(redis_server)
     queue.delete("django_q:avatars:q", "django_q:notifications:q")
-    fal.adopt_unknown = True
-    fal.status_latency = 1.0
     running_trainings(1000, first_telegram_id=82_000_000)
     log = tmp_path / "qcluster.log"
-    worker = start_qcluster(log, REDIS_URL=redis_server)
-    try:
-        wait_for(lambda: sum(fal.status_calls.values()) >= 200, 60, "the check run", log)
-
-        seconds = stop_and_time(worker, signal.SIGTERM, "group")
-    finally:
-        fal.adopt_unknown = False
-        fal.status_latency = 0.0
-        if group_alive(worker.pid):
-            os.killpg(worker.pid, signal.SIGKILL)
+    _worker, seconds, _calls = stop_busy(fal, log, signal.SIGTERM, "group", REDIS_URL=redis_server)
 
     print(f"\nbusy stop on Redis, SIGTERM to the group: {seconds:.2f} s")
     output = log.read_text()
