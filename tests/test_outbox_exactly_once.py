@@ -252,7 +252,9 @@ def test_after_the_redis_broker_crashes_every_waiting_message_is_sent_within_two
         server.kill()
     assert sorted(m.chat_id for m in telegram.messages) == sorted(owners)
     assert waited <= 2 * relay_seconds, (waited, log.read_text()[-3000:])
-    # The relay says what it re-queued; the count may be split over two passes (a row
-    # is taken for lost once its task-taken grace has passed).
+    # The relay says what it re-queued: every one of the 16, perhaps over several passes
+    # (a row is taken for lost once its task-taken grace has passed), and on a slow start
+    # also a task a worker held past that grace: its second task finds the row sent and
+    # does nothing (each owner got one message, above).
     lost = re.findall(r"The broker lost (\d+) task\(s\) of notifications", log.read_text())
-    assert sum(map(int, lost)) == 16, lost
+    assert sum(map(int, lost)) >= 16, lost
