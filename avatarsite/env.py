@@ -1,9 +1,5 @@
-"""Reading configuration from the environment.
-
-Every helper fails loudly: a value that cannot be understood raises
-``ImproperlyConfigured`` naming the variable, so a typo in a deployment stops the
-process at start-up instead of running with a silently different behaviour.
-"""
+"""Reading the environment: a value that cannot be understood raises ``ImproperlyConfigured``
+naming the variable, so a typo in a deployment stops the process at start-up."""
 
 from __future__ import annotations
 
@@ -20,14 +16,11 @@ if TYPE_CHECKING:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+HTTP = ("https", "http")
 
 
 def _raw(name: str) -> str | None:
-    value = os.environ.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
+    return os.environ.get(name, "").strip() or None
 
 
 @overload
@@ -35,8 +28,7 @@ def env_str(name: str, default: str) -> str: ...
 @overload
 def env_str(name: str, default: None = None) -> str | None: ...
 def env_str(name: str, default: str | None = None) -> str | None:
-    value = _raw(name)
-    return default if value is None else value
+    return _raw(name) or default
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -75,27 +67,24 @@ def env_int(
 
 
 def env_int_or_off(name: str, default: int, *, minimum: int | None = None) -> int | None:
-    """A whole number, or None when the variable is set but empty (turns a feature off)."""
+    """None when the variable is set but empty (turns a feature off)."""
     if name in os.environ and not os.environ[name].strip():
         return None
     return env_int(name, default, minimum=minimum)
 
 
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return _number(name, default, float, "a number", minimum)
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
     value = _raw(name)
-    if value is None:
-        return list(default)
-    return [item.strip() for item in value.split(",") if item.strip()]
+    return list(default) if value is None else [i.strip() for i in value.split(",") if i.strip()]
 
 
 def env_networks(
     name: str, default: list[str]
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """Comma-separated IP addresses or CIDR networks (``127.0.0.1,10.0.0.0/8``)."""
     networks = []
     for item in env_list(name, default):
         try:
@@ -108,11 +97,11 @@ def env_networks(
 
 
 @overload
-def env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str: ...
+def env_url(name: str, default: str, *, schemes: tuple[str, ...] = HTTP) -> str: ...
 @overload
-def env_url(name: str, default: None, *, schemes: tuple[str, ...]) -> str | None: ...
-def env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str | None:
-    """An absolute URL with one of ``schemes`` and a host; trailing slash removed."""
+def env_url(name: str, default: None, *, schemes: tuple[str, ...] = HTTP) -> str | None: ...
+def env_url(name: str, default: str | None, *, schemes: tuple[str, ...] = HTTP) -> str | None:
+    """Trailing slash removed."""
     value = _raw(name)
     if value is None:
         return default
@@ -124,7 +113,6 @@ def env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str 
 
 
 def env_database(name: str, default_sqlite_path: Path) -> DBConfig:
-    """``DATABASE_URL`` as a Django database dict (SQLite file by default)."""
     import dj_database_url
 
     value = _raw(name) or f"sqlite:///{default_sqlite_path}"
@@ -154,11 +142,8 @@ def env_database(name: str, default_sqlite_path: Path) -> DBConfig:
         config["CONN_MAX_AGE"] = 60
         config["CONN_HEALTH_CHECKS"] = True
         if env_bool("DATABASE_PREPARED_STATEMENTS", True):
-            # Parameters bound by the server, and statements PostgreSQL has already
-            # planned reused after psycopg's 5 uses per connection: the webhook's
-            # fixed handful of statements cost about a third less CPU on both sides
-            # (bench/webhooks.py). Off for a pooler in transaction mode that cannot
-            # keep prepared statements (PgBouncer before 1.21).
+            # The webhook's fixed handful of statements cost about a third less CPU on
+            # both sides (bench/webhooks.py).
             options = config.setdefault("OPTIONS", {})
             options.setdefault("server_side_binding", True)
             options.setdefault("prepare_threshold", 5)

@@ -1,8 +1,4 @@
-"""Settings for the avatar training monitor, all from the environment.
-
-Bad values stop start-up with a message naming the variable; missing-but-needed ones are
-system checks (``avatarsite.E00x`` / ``W00x``). See docs/configuration.md.
-"""
+"""Settings, all from the environment: every variable is in docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -48,12 +44,8 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "insecure-local-development-key-not-for-production"
 
-# System check ids not to report (./bin/run's demo silences what it chose on purpose).
 SILENCED_SYSTEM_CHECKS = env_list("SILENCED_SYSTEM_CHECKS", [])
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
-# Proxies whose X-Forwarded-For we believe (the same variable gunicorn reads). Every
-# per-address decision (login lockouts, refused-webhook records, /metrics allow-list)
-# goes through avatarsite.client_address.
 FORWARDED_ALLOW_IPS = env_networks("FORWARDED_ALLOW_IPS", ["127.0.0.1", "::1"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -65,8 +57,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
-    # Listed before django_q so that its `qcluster` command (startup restore, then
-    # django-q2's own) wins.
+    # Before django_q, so that our `qcluster` command wins.
     "monitoring.apps.MonitoringConfig",
     "notifications.apps.NotificationsConfig",
     "monitoring.api.apps.ApiConfig",
@@ -86,11 +77,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Content-Security-Policy on /admin/ only.
     "avatarsite.csp.AdminCSPMiddleware",
     # An admin object id the model cannot hold: 404 (400 in an action POST), never 500.
     "avatarsite.admin_ids.AdminObjectIdMiddleware",
-    # /api/ only: untranslated answers, one recorded row per authenticated call.
     "monitoring.api.middleware.ApiCallMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
@@ -118,8 +107,6 @@ WSGI_APPLICATION = "avatarsite.wsgi.application"
 ASGI_APPLICATION = "avatarsite.asgi.application"
 
 DATABASES = {"default": env_database("DATABASE_URL", BASE_DIR / "db.sqlite3")}
-# Two test runs on one machine must never share a database (CI and a developer,
-# or two CI runs): the test command picks a unique name.
 _test_db_name = env_str("TEST_DATABASE_NAME")
 if _test_db_name:
     DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
@@ -139,14 +126,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# The admin follows the browser's language (LocaleMiddleware); the operator log
-# lines stay in Russian whatever the language.
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("ru", _("Russian"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_I18N = True
 TIME_ZONE = "UTC"
-# One date format everywhere (avatarsite/formats): Django's lists and our pages agree.
 FORMAT_MODULE_PATH = ["avatarsite.formats"]
 USE_TZ = True
 
@@ -176,8 +160,7 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-# Admin pages only (avatarsite/csp.py): scripts, styles, images and fonts from this
-# origin (no inline script or style), no plugins, no framing, forms post here only.
+# Admin pages only (avatarsite/csp.py).
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
@@ -194,57 +177,37 @@ CONTENT_SECURITY_POLICY = {
 }
 
 # --- Staff admin -------------------------------------------------------------------
-# One admin action starts at most this many (paid) trainings.
 ADMIN_BULK_START_MAX = env_int("ADMIN_BULK_START_MAX", 20, minimum=1)
-# Login lockouts (django-axes): per (address, username) pair and per address, so a
-# stranger never locks a staff member out (avatarsite.login_lockout).
 ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
 ADMIN_LOGIN_COOLOFF_MINUTES = env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
 AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
 AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
-# axes' database handler, plus the per-address limit it has no setting for.
 AXES_HANDLER = "avatarsite.login_lockout.PairAndAddressHandler"
-# The one rule for the client's address behind the proxy (last X-Forwarded-For hop).
 AXES_CLIENT_IP_CALLABLE = "avatarsite.client_address.client_address"
 AXES_LOCKOUT_CALLABLE = "avatarsite.login_lockout.lockout_response"
 # Its start-up banner would be one more INFO line before every command's output.
 AXES_VERBOSE = False
 
 # --- fal ---------------------------------------------------------------------------
-# fal-client itself reads only FAL_KEY; the old system's FAL_API_KEY is accepted too
-# and the key is handed to the client explicitly.
 FAL_KEY = env_str("FAL_KEY") or env_str("FAL_API_KEY")
 if not FAL_KEY and env_str("FAL_KEY_ID") and env_str("FAL_KEY_SECRET"):
     FAL_KEY = f"{env_str('FAL_KEY_ID')}:{env_str('FAL_KEY_SECRET')}"
-# fal's queue host is fal-client's FAL_QUEUE_RUN_HOST (monitoring.fal.client reads it too).
-FAL_WEBHOOK_JWKS_URL = env_url(
-    "FAL_WEBHOOK_JWKS_URL", "https://rest.fal.ai/.well-known/jwks.json", schemes=("https", "http")
-)
-PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", None, schemes=("https", "http"))
+FAL_WEBHOOK_JWKS_URL = env_url("FAL_WEBHOOK_JWKS_URL", "https://rest.fal.ai/.well-known/jwks.json")
+PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", None)
 FAL_SUBMIT_TIMEOUT_SECONDS = env_float("FAL_SUBMIT_TIMEOUT_SECONDS", 30.0, minimum=1.0)
 FAL_CALL_TIMEOUT_SECONDS = env_float("FAL_CALL_TIMEOUT_SECONDS", 20.0, minimum=0.1)
-# fal's Platform API (fal's own record of every request, monitoring.fal.platform): the
-# same key as the queue; every call bounded by FAL_PLATFORM_TIMEOUT_SECONDS, a listing
-# stops after FAL_PLATFORM_MAX_PAGES pages of 100.
-FAL_PLATFORM_API_URL = env_url(
-    "FAL_PLATFORM_API_URL", "https://api.fal.ai/v1", schemes=("https", "http")
-)
+FAL_PLATFORM_API_URL = env_url("FAL_PLATFORM_API_URL", "https://api.fal.ai/v1")
 FAL_PLATFORM_TIMEOUT_SECONDS = env_float("FAL_PLATFORM_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 FAL_PLATFORM_MAX_PAGES = env_int("FAL_PLATFORM_MAX_PAGES", 200, minimum=1)
-# Money (monitoring.billing, docs/billing.md): an admin key (else the queue's) reads
-# billing events, the balance and unit prices; below FAL_BALANCE_HOLD_USD starts wait.
 FAL_ADMIN_KEY = env_str("FAL_ADMIN_KEY")
-FAL_BILLING_WAIT_HOURS = env_float("FAL_BILLING_WAIT_HOURS", 24.0, minimum=0.0)
+FAL_BILLING_WAIT_HOURS = env_float("FAL_BILLING_WAIT_HOURS", 24.0)
 FAL_BALANCE_CHECK_SECONDS = env_int("FAL_BALANCE_CHECK_SECONDS", 600, minimum=15)
-FAL_BALANCE_ALERT_USD = env_float("FAL_BALANCE_ALERT_USD", 50.0, minimum=0.0)
-FAL_BALANCE_ALERT_HOURS = env_float("FAL_BALANCE_ALERT_HOURS", 24.0, minimum=0.0)
-FAL_BALANCE_HOLD_USD = env_float("FAL_BALANCE_HOLD_USD", 10.0, minimum=0.0)
-# A submit whose answer was lost is looked up in fal's record at every check; after this
-# long without a match staff are alerted once and only an Operator makes it startable.
-FAL_LOST_SUBMIT_GIVE_UP_HOURS = env_float("FAL_LOST_SUBMIT_GIVE_UP_HOURS", 24.0, minimum=0.0)
-# reconcile_fal (daily): the window of fal's record compared with our trainings.
+FAL_BALANCE_ALERT_USD = env_float("FAL_BALANCE_ALERT_USD", 50.0)
+FAL_BALANCE_ALERT_HOURS = env_float("FAL_BALANCE_ALERT_HOURS", 24.0)
+FAL_BALANCE_HOLD_USD = env_float("FAL_BALANCE_HOLD_USD", 10.0)
+FAL_LOST_SUBMIT_GIVE_UP_HOURS = env_float("FAL_LOST_SUBMIT_GIVE_UP_HOURS", 24.0)
 FAL_RECONCILE_HOURS = env_int("FAL_RECONCILE_HOURS", 24, minimum=1, maximum=90 * 24)
 WEBHOOK_MAX_BODY_BYTES = env_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS = env_int("WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS", 300, minimum=1)
@@ -252,108 +215,68 @@ FAL_JWKS_CACHE_SECONDS = env_int("FAL_JWKS_CACHE_SECONDS", 24 * 3600, minimum=1,
 FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS = env_int(
     "FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS", 60, minimum=0
 )
-# Our fal account's user id: a delivery signed for another account's job is refused.
-# Unset, any account's delivery is accepted (a system check warns in production).
 FAL_WEBHOOK_USER_ID = env_str("FAL_WEBHOOK_USER_ID")
-# Refused deliveries are anyone's to send: this many rows per verdict and minute are
-# kept, beyond that only a count (RefusedWebhookCount).
 WEBHOOK_REFUSED_ROWS_PER_MINUTE = env_int("WEBHOOK_REFUSED_ROWS_PER_MINUTE", 60, minimum=0)
-# What refused deliveries (anyone's to send) may cost the disk in a day, and so the
-# bytes of rows kept per minute across every verdict (beyond: only the count grows).
 WEBHOOK_REFUSED_MAX_MB_PER_DAY = env_int("WEBHOOK_REFUSED_MAX_MB_PER_DAY", 50, minimum=1)
 WEBHOOK_REFUSED_BYTES_PER_MINUTE = env_int(
     "WEBHOOK_REFUSED_BYTES_PER_MINUTE",
     WEBHOOK_REFUSED_MAX_MB_PER_DAY * 1_000_000 // (24 * 60),
     minimum=0,
 )
-# Where fal's result files may live: a host, a *.suffix, or a host/path-prefix. A URL
-# elsewhere flags the training stuck for staff instead of being sent to the owner.
 FAL_MEDIA_ALLOWED_HOSTS = env_list(
     "FAL_MEDIA_ALLOWED_HOSTS", ["fal.media", "*.fal.media", "storage.googleapis.com/falserverless/"]
 )
-# Sent with every submit (X-Fal-Object-Lifecycle-Preference): how long fal keeps the files
-# the training produces. Long enough for our copy to be made (monitoring.files), no
-# longer. Set it empty to send no header (fal's account default applies).
 FAL_MEDIA_EXPIRATION_SECONDS = env_int_or_off(
     "FAL_MEDIA_EXPIRATION_SECONDS", 30 * 86400, minimum=3600
 )
-# Bearer token that unlocks /healthz's counts (staff sessions see them too).
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
 # --- Monitoring ----------------------------------------------------------------------
 CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
-# Calls in flight per check batch, spread over fal-clients of at most 10 each
-# (monitoring.status_checks.CALLS_PER_CLIENT). See bench/check_run.py for the figures;
-# more workers add throughput too.
+# See bench/check_run.py for the figures.
 CHECK_CONCURRENCY = env_int("CHECK_CONCURRENCY", 40, minimum=1, maximum=1000)
 CHECK_BATCH_SIZE = env_int("CHECK_BATCH_SIZE", 500, minimum=1)
-# A claimed training belongs to its batch this long, renewed while the batch works: a
-# run that dies leaves its trainings due again well within one interval.
 CHECK_LEASE_SECONDS = env_float(
     "CHECK_LEASE_SECONDS", min(30.0, CHECK_INTERVAL_SECONDS / 2), minimum=0.5
 )
 if CHECK_LEASE_SECONDS >= CHECK_INTERVAL_SECONDS:
     raise ImproperlyConfigured("CHECK_LEASE_SECONDS must be shorter than CHECK_INTERVAL_SECONDS")
-# A submit whose answer never came back: after this long staff decide, nothing resubmits.
 STUCK_SUBMITTING_MINUTES = env_int("STUCK_SUBMITTING_MINUTES", 5, minimum=1)
 STUCK_IN_QUEUE_MINUTES = env_int("STUCK_IN_QUEUE_MINUTES", 60, minimum=1)
 STUCK_IN_PROGRESS_MINUTES_PORTRAIT = env_int("STUCK_IN_PROGRESS_MINUTES_PORTRAIT", 90, minimum=1)
 STUCK_IN_PROGRESS_MINUTES_STYLE = env_int("STUCK_IN_PROGRESS_MINUTES_STYLE", 45, minimum=1)
 STUCK_TOTAL_HOURS = env_int("STUCK_TOTAL_HOURS", 6, minimum=1)
 STUCK_FAL_UNREACHABLE_MINUTES = env_int("STUCK_FAL_UNREACHABLE_MINUTES", 15, minimum=1)
-# fal's 404 for a request we submitted is only believed after it repeats.
-# fal failing for everyone: at least this share of one run's calls, out of at least
-# this many, failed. The run records it, staff get one alert per episode, and runs
-# check a sample (FAL_OUTAGE_MIN_CALLS trainings) until one succeeds.
 FAL_OUTAGE_ERROR_SHARE = env_float("FAL_OUTAGE_ERROR_SHARE", 0.5, minimum=0.01)
 FAL_OUTAGE_MIN_CALLS = env_int("FAL_OUTAGE_MIN_CALLS", 20, minimum=1)
 FAL_NOT_FOUND_CONFIRM_COUNT = env_int("FAL_NOT_FOUND_CONFIRM_COUNT", 3, minimum=1)
 FAL_NOT_FOUND_CONFIRM_MINUTES = env_int("FAL_NOT_FOUND_CONFIRM_MINUTES", 5, minimum=0)
-# Self-healing (docs/fal.md, "Retries and deadlines"): fal's own failures start a new
-# attempt with the same input, at most this many times per avatar in a row.
 TRAINING_AUTO_RETRY_MAX = env_int("TRAINING_AUTO_RETRY_MAX", 2, minimum=0, maximum=10)
-# Staff hear once per episode when this share of the last hour's ended attempts were
-# retried (with more than 5 of them).
 AUTO_RETRY_ALERT_RATIO = env_float("AUTO_RETRY_ALERT_RATIO", 0.2, minimum=0.01)
-# fal's start deadline for a job (X-Fal-Request-Timeout), 0 = off: on an account that
-# runs 2 trainings at once a long queue is normal. A job not started in time is fal's
-# failure (retried).
+# Off by default: on an account that runs 2 trainings at once a long queue is normal.
 TRAINING_START_TIMEOUT_SECONDS = env_int("TRAINING_START_TIMEOUT_SECONDS", 0, minimum=0)
 if 0 < TRAINING_START_TIMEOUT_SECONDS < 10:
     raise ImproperlyConfigured("TRAINING_START_TIMEOUT_SECONDS must be 0 (off) or at least 10")
-# A run longer than this is cancelled on fal and retried once fal confirms it ended.
 TRAINING_MAX_RUN_MINUTES_PORTRAIT = env_int("TRAINING_MAX_RUN_MINUTES_PORTRAIT", 180, minimum=1)
 TRAINING_MAX_RUN_MINUTES_STYLE = env_int("TRAINING_MAX_RUN_MINUTES_STYLE", 90, minimum=1)
-# The dashboard and the stuck list reload themselves this often (0 = never).
 ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
 
 # --- Kept avatar files (monitoring.files, docs/files.md) ------------------------------
-# Copied from fal's CDN (which deletes them) into the storage alias "avatar_files": the
-# filesystem, or S3 with AVATAR_FILES_S3_BUCKET (several hosts need S3). Off: recorded
-# as pending, nothing downloaded until it is on again (or keep_avatar_files runs).
 AVATAR_FILES_COPY = env_bool("AVATAR_FILES_COPY", True)
 AVATAR_FILES_ROOT = Path(env_str("AVATAR_FILES_ROOT", str(BASE_DIR / "var" / "avatar-files")))
 AVATAR_FILES_S3_BUCKET = env_str("AVATAR_FILES_S3_BUCKET")
-AVATAR_FILES_S3_ENDPOINT_URL = env_url(
-    "AVATAR_FILES_S3_ENDPOINT_URL", None, schemes=("https", "http")
-)
-# How long a link handed out for a file works (S3 presigns at most 7 days).
+AVATAR_FILES_S3_ENDPOINT_URL = env_url("AVATAR_FILES_S3_ENDPOINT_URL", None)
+# S3 presigns at most 7 days.
 AVATAR_FILE_URL_MAX_AGE_SECONDS = env_int(
     "AVATAR_FILE_URL_MAX_AGE_SECONDS", 7 * 86400, minimum=60, maximum=7 * 86400
 )
 AVATAR_FILE_MAX_BYTES = env_int("AVATAR_FILE_MAX_BYTES", 2 * 1024**3, minimum=1024**2)
-# Failed copies are retried with backoff for this long after the training completed.
-AVATAR_FILES_RETRY_HOURS = env_float("AVATAR_FILES_RETRY_HOURS", 24.0, minimum=0.0)
-# Connecting, and each wait for more bytes, is bounded by this; a whole download by the
-# second (below the worker's task timeout, Q_TIMEOUT_SECONDS).
+AVATAR_FILES_RETRY_HOURS = env_float("AVATAR_FILES_RETRY_HOURS", 24.0)
 AVATAR_FILE_TIMEOUT_SECONDS = env_float("AVATAR_FILE_TIMEOUT_SECONDS", 20.0, minimum=0.1)
 AVATAR_FILE_DOWNLOAD_SECONDS = env_float(
     "AVATAR_FILE_DOWNLOAD_SECONDS", max(5.0, env_int("Q_TIMEOUT_SECONDS", 55) - 10.0), minimum=1.0
 )
-# Files of an attempt a newer one replaced are deleted by `prune` after this many days.
 AVATAR_FILES_SUPERSEDED_DAYS = env_int("AVATAR_FILES_SUPERSEDED_DAYS", 30, minimum=1)
-# Production (filesystem storage behind nginx): the internal location that serves
-# AVATAR_FILES_ROOT, e.g. /_avatar-files/ (deploy/nginx.conf). Unset, Django streams.
 AVATAR_FILES_X_ACCEL_REDIRECT = env_str("AVATAR_FILES_X_ACCEL_REDIRECT")
 if AVATAR_FILES_S3_BUCKET:
     _avatar_files: dict[str, Any] = {
@@ -381,9 +304,7 @@ STORAGES["avatar_files"] = _avatar_files
 
 # --- Telegram ------------------------------------------------------------------------
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")
-TELEGRAM_API_BASE_URL = env_url(
-    "TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot", schemes=("https", "http")
-)
+TELEGRAM_API_BASE_URL = env_url("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot")
 _staff_chat = env_str("TELEGRAM_STAFF_CHAT_ID")
 try:
     TELEGRAM_STAFF_CHAT_ID = int(_staff_chat) if _staff_chat else None
@@ -391,12 +312,7 @@ except ValueError:
     raise ImproperlyConfigured(
         f"TELEGRAM_STAFF_CHAT_ID must be a numeric chat id, got {_staff_chat!r}"
     ) from None
-# Owner messages (docs/owner-messages.md). The "ready" message links back to the bot;
-# "{avatar_id}" in the link is replaced by the avatar's id (a Telegram deep link such
-# as https://t.me/YourBot?start=avatar-{avatar_id}).
 OWNER_BOT_LINK = env_url("OWNER_BOT_LINK", None, schemes=("https", "tg"))
-# A training still running this long after it started: the owner is told once, in one
-# plain message (when the live progress messages, OWNER_PROGRESS_MESSAGES, are off).
 OWNER_DELAY_MESSAGE_MINUTES = env_int("OWNER_DELAY_MESSAGE_MINUTES", 30, minimum=1)
 _backends = {
     "telegram": "notifications.backends.telegram.TelegramBackend",
@@ -410,49 +326,30 @@ if _backend_name not in _backends:
     )
 NOTIFICATION_BACKEND = _backends[_backend_name]
 
-# Delivery of the notification outbox (notifications.delivery).
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
-NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 5.0, minimum=0.0)
-NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 600.0, minimum=0.0)
-# The longest rate-limit wait a sender sleeps through right before its request (the
-# spacing between two sends is 1/25 s). Every longer wait (a chat's 1 s, flood control,
-# backoff) puts the message back with its due time and frees the worker.
-NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 0.2, minimum=0.0)
-# The relay (notifications.relay) hands due messages to a sender this often.
+NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 5.0)
+NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 600.0)
+NOTIFICATION_INLINE_WAIT_SECONDS = env_float("NOTIFICATION_INLINE_WAIT_SECONDS", 0.2)
 NOTIFICATION_RELAY_POLL_SECONDS = env_float("NOTIFICATION_RELAY_POLL_SECONDS", 0.5, minimum=0.05)
-# This many transient failures in a row, across every send, mean the Bot API is down
-# for everyone: sending pauses and probes every NOTIFICATION_OUTAGE_PROBE_SECONDS.
 NOTIFICATION_OUTAGE_FAILURES = env_int("NOTIFICATION_OUTAGE_FAILURES", 5, minimum=2)
-NOTIFICATION_OUTAGE_PROBE_SECONDS = env_float("NOTIFICATION_OUTAGE_PROBE_SECONDS", 3.0, minimum=0.0)
-# A claimed row belongs to its worker this long; a worker that died mid-send frees it.
+NOTIFICATION_OUTAGE_PROBE_SECONDS = env_float("NOTIFICATION_OUTAGE_PROBE_SECONDS", 3.0)
 NOTIFICATION_LEASE_SECONDS = env_float("NOTIFICATION_LEASE_SECONDS", 90.0, minimum=0.1)
 NOTIFICATION_SEND_TIMEOUT_SECONDS = env_float(
     "NOTIFICATION_SEND_TIMEOUT_SECONDS", 15.0, minimum=0.1
 )
-# While the token is rejected, a probe (getMe) is tried at most this often.
-NOTIFICATION_PROBE_INTERVAL_SECONDS = env_float(
-    "NOTIFICATION_PROBE_INTERVAL_SECONDS", 60.0, minimum=0.0
-)
-# Stuck alerts wait this long for company; this many pending at once become one digest.
-NOTIFICATION_STUCK_HOLD_SECONDS = env_float("NOTIFICATION_STUCK_HOLD_SECONDS", 20.0, minimum=0.0)
+NOTIFICATION_PROBE_INTERVAL_SECONDS = env_float("NOTIFICATION_PROBE_INTERVAL_SECONDS", 60.0)
+NOTIFICATION_STUCK_HOLD_SECONDS = env_float("NOTIFICATION_STUCK_HOLD_SECONDS", 20.0)
 NOTIFICATION_STUCK_DIGEST_MIN = env_int("NOTIFICATION_STUCK_DIGEST_MIN", 3, minimum=2)
-# Telegram's limits, shared by every worker process (database, or Redis when set).
-NOTIFICATION_RATE_PER_CHAT_SECONDS = env_float(
-    "NOTIFICATION_RATE_PER_CHAT_SECONDS", 1.0, minimum=0.0
-)
+NOTIFICATION_RATE_PER_CHAT_SECONDS = env_float("NOTIFICATION_RATE_PER_CHAT_SECONDS", 1.0)
 NOTIFICATION_RATE_GROUP_PER_MINUTE = env_int("NOTIFICATION_RATE_GROUP_PER_MINUTE", 20, minimum=1)
 NOTIFICATION_RATE_GLOBAL_PER_SECOND = env_int("NOTIFICATION_RATE_GLOBAL_PER_SECOND", 25, minimum=1)
 
 # --- ETA and the owner's live progress message (docs/eta.md) -------------------------------
-# History per trainer and steps setting: the last this many completed trainings; under
-# ETA_MIN_HISTORY of them the trainer's defaults stand in.
 ETA_HISTORY_SIZE = env_int("ETA_HISTORY_SIZE", 200, minimum=10)
 ETA_MIN_HISTORY = env_int("ETA_MIN_HISTORY", 10, minimum=1)
 ETA_DEFAULT_PORTRAIT_MINUTES = env_float("ETA_DEFAULT_PORTRAIT_MINUTES", 25.0, minimum=0.1)
 ETA_DEFAULT_STYLE_MINUTES = env_float("ETA_DEFAULT_STYLE_MINUTES", 8.0, minimum=0.1)
 ETA_DEFAULT_SECONDS_PER_POSITION = env_float("ETA_DEFAULT_SECONDS_PER_POSITION", 60.0, minimum=1.0)
-# One silent message per training, edited in place; off: only the outcome (and one plain
-# "taking longer than usual" message).
 OWNER_PROGRESS_MESSAGES = env_bool("OWNER_PROGRESS_MESSAGES", True)
 OWNER_PROGRESS_EDIT_SECONDS = env_int("OWNER_PROGRESS_EDIT_SECONDS", 60, minimum=5)
 
@@ -461,33 +358,23 @@ RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30,
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)
 RETENTION_CHECK_RUN_DAYS = env_int("RETENTION_CHECK_RUN_DAYS", 7, minimum=1)
 RETENTION_TASK_RESULT_DAYS = env_int("RETENTION_TASK_RESULT_DAYS", 7, minimum=1)
-# Refused webhook deliveries and their per-minute counts, pruned every hour.
 RETENTION_REFUSED_WEBHOOK_HOURS = env_int("RETENTION_REFUSED_WEBHOOK_HOURS", 24, minimum=1)
 
 # --- Bot API (/api/v1/) and event callbacks ------------------------------------------
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
-# API call records are written in batches at most this many seconds after the call
-# (monitoring.api.call_log); 0 writes each one with its call.
-API_CALL_LOG_FLUSH_SECONDS = env_float("API_CALL_LOG_FLUSH_SECONDS", 1.0, minimum=0.0)
-# A retry with the same Idempotency-Key gets the first answer for at least this long.
+API_CALL_LOG_FLUSH_SECONDS = env_float("API_CALL_LOG_FLUSH_SECONDS", 1.0)
 API_IDEMPOTENCY_KEY_HOURS = env_int("API_IDEMPOTENCY_KEY_HOURS", 48, minimum=24)
 RETENTION_API_CALL_DAYS = env_int("RETENTION_API_CALL_DAYS", 30, minimum=1)
 EVENT_CALLBACK_MAX_AGE_HOURS = env_int("EVENT_CALLBACK_MAX_AGE_HOURS", 24, minimum=1)
-# Loopback, private and link-local callback addresses (and plain http): tests, local runs.
 EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = env_bool("EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS", False)
 EVENT_CALLBACK_TIMEOUT_SECONDS = env_float("EVENT_CALLBACK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
-EVENT_CALLBACK_RETRY_BASE_SECONDS = env_float(
-    "EVENT_CALLBACK_RETRY_BASE_SECONDS", 30.0, minimum=0.0
-)
-EVENT_CALLBACK_RETRY_MAX_SECONDS = env_float(
-    "EVENT_CALLBACK_RETRY_MAX_SECONDS", 3600.0, minimum=0.0
-)
+EVENT_CALLBACK_RETRY_BASE_SECONDS = env_float("EVENT_CALLBACK_RETRY_BASE_SECONDS", 30.0)
+EVENT_CALLBACK_RETRY_MAX_SECONDS = env_float("EVENT_CALLBACK_RETRY_MAX_SECONDS", 3600.0)
 
 # --- django-q2 -------------------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1, maximum=64)
-# SIGTERM/SIGINT to the worker (or its process group) ends every process within this
-# long, idle or busy: below Docker's 10 s before its SIGKILL.
+# Below Docker's 10 s before its SIGKILL.
 WORKER_STOP_GRACE_SECONDS = env_float("WORKER_STOP_GRACE_SECONDS", 8.0, minimum=3.0)
 # A task may run at most `timeout` seconds; `retry` is larger so a live task is never
 # handed to a second worker while the first still runs it.
@@ -507,8 +394,7 @@ Q_CLUSTER: dict[str, Any] = {
     "queue_limit": 1,
     "label": "Django Q2",
 }
-# Notifications have their own queue and workers (the `notifications` role of
-# `qcluster`, see monitoring/worker/), so a message never waits behind a long check run.
+# Its own queue (monitoring/worker/): a message never waits behind a long check run.
 NOTIFICATION_CLUSTER = "notifications"
 # Four: a send spends most of its time waiting (the database, the Bot API), and two
 # workers could not reach the 25/s limit after an outage (bench/notifications.py).
@@ -529,30 +415,21 @@ if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be larger than Q_TIMEOUT_SECONDS")
 
 # --- Operations: /metrics, error tracking ------------------------------------------------
-# /metrics answers 404 unless one of these is set; when set, each one applies.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
 METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
-# Alert thresholds, exported as gauges on /metrics so that the shipped Prometheus rules
-# (deploy/prometheus/alerts.yml) compare against them: one copy of each number.
+# Alert thresholds, exported as gauges for deploy/prometheus/alerts.yml to compare against.
 OWNER_TOLD_OBJECTIVE_SECONDS = env_int("OWNER_TOLD_OBJECTIVE_SECONDS", 120, minimum=1)
 STUCK_TRAININGS_ALERT_THRESHOLD = env_int("STUCK_TRAININGS_ALERT_THRESHOLD", 5, minimum=0)
-# This many failing event callbacks to the bot (retrying, or ended undelivered in the
-# last 24 h) raise the admin's problems banner; the count is on /metrics.
 EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD = env_int(
     "EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD", 3, minimum=1
 )
-WEBHOOK_REFUSALS_ALERT_PER_MINUTE = env_float(
-    "WEBHOOK_REFUSALS_ALERT_PER_MINUTE", 10.0, minimum=0.0
-)
-# Worker roles beat every 10 s: a role silent this long is down (or hung).
+WEBHOOK_REFUSALS_ALERT_PER_MINUTE = env_float("WEBHOOK_REFUSALS_ALERT_PER_MINUTE", 10.0)
 WORKER_HEARTBEAT_LATE_SECONDS = env_int("WORKER_HEARTBEAT_LATE_SECONDS", 60, minimum=15)
-# Error tracking (sentry-sdk with its Django integration), only with a DSN. Events
-# pass through the same secret redaction as the logs (avatarsite.error_tracking).
 SENTRY_DSN = env_str("SENTRY_DSN")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "production")
-SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0)
+SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0)
 if SENTRY_TRACES_SAMPLE_RATE > 1.0:
     raise ImproperlyConfigured("SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1")
 if SENTRY_DSN:
@@ -568,8 +445,6 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
     )
-# text: one line per record, as people read it; json: one JSON object per line for a
-# log pipeline (the same messages, with avatar_id and request_id as fields).
 LOG_FORMAT = (env_str("LOG_FORMAT", "text") or "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
