@@ -1,8 +1,6 @@
 """What needs staff attention now: the problems banner, the dashboard verdict, the counts.
 
-A handful of cheap queries (indexed counts), gathered only when a page asks for them:
-the context processor hands templates a lazy object, so pages that do not show the
-banner cost nothing, and users without ``monitoring.view_avatar`` never see it.
+Gathered lazily, only when a page shows them, for users with ``monitoring.view_avatar``.
 """
 
 from __future__ import annotations
@@ -26,14 +24,10 @@ from monitoring.ops import dashboard, health
 from notifications import reachability
 from notifications.models import Notification, NotificationKind, NotificationStatus
 
-# A message waiting longer than this has not been consumed by the notifier.
 BACKLOG_LATE_MINUTES = 10
-# fal account alerts this recent still count as a problem.
 FAL_ACCOUNT_WINDOW = timedelta(hours=2)
 
-
-# Problems other apps report (the bot API's failing event callbacks), registered in
-# their AppConfig.ready(): each gets ``now`` and returns its problems.
+# Problems other apps report, registered in their AppConfig.ready().
 EXTRA_PROBLEMS: list[Callable[[datetime], list[Problem]]] = []
 
 
@@ -51,7 +45,6 @@ def stuck_filter() -> Q:
 
 
 def counts() -> dict[str, int]:
-    """The numbers on the index and the list buttons, in one query."""
     return Avatar.objects.aggregate(
         stuck=Count("pk", filter=stuck_filter()),
         active=Count("pk", filter=Q(status=AvatarStatus.TRAINING)),
@@ -59,13 +52,10 @@ def counts() -> dict[str, int]:
     )
 
 
-def _changelist(query: str = "") -> str:
-    return reverse("admin:monitoring_avatar_changelist") + query
-
-
 def problems(now: datetime | None = None) -> list[Problem]:
     """Everything wrong right now, worst first."""
     now = now or timezone.now()
+    avatars = reverse("admin:monitoring_avatar_changelist")
     found: list[Problem] = []
     stuck = Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False).count()
     if stuck:
@@ -74,7 +64,7 @@ def problems(now: datetime | None = None) -> list[Problem]:
                 "stuck",
                 ngettext("%(n)s training is stuck", "%(n)s trainings are stuck", stuck)
                 % {"n": stuck},
-                _changelist("?stuck=yes"),
+                avatars + "?stuck=yes",
             )
         )
     beat = health.heartbeat(now)
@@ -159,7 +149,7 @@ def problems(now: datetime | None = None) -> list[Problem]:
                     undelivered,
                 )
                 % {"n": undelivered},
-                _changelist("?notification=problem"),
+                avatars + "?notification=problem",
             )
         )
     for extra in EXTRA_PROBLEMS:
@@ -177,17 +167,14 @@ def problems(now: datetime | None = None) -> list[Problem]:
     return found
 
 
-def _may_see(request: HttpRequest) -> bool:
-    user = getattr(request, "user", None)
-    return bool(user and user.is_authenticated and user.has_perm("monitoring.view_avatar"))
-
-
 def context(request: HttpRequest) -> dict[str, Any]:
-    """Template context processor: the banner and the counts, computed only if a template
-    reads them, and only for users who may view avatars."""
+    """Template context processor."""
+
+    def may_see() -> bool:
+        user = getattr(request, "user", None)
+        return bool(user and user.is_authenticated and user.has_perm("monitoring.view_avatar"))
+
     return {
-        "attention": SimpleLazyObject(
-            lambda: {"problems": problems()} if _may_see(request) else {}
-        ),
-        "monitoring_counts": SimpleLazyObject(lambda: counts() if _may_see(request) else {}),
+        "attention": SimpleLazyObject(lambda: {"problems": problems()} if may_see() else {}),
+        "monitoring_counts": SimpleLazyObject(lambda: counts() if may_see() else {}),
     }

@@ -1,8 +1,6 @@
-"""What the staff dashboard shows, gathered in a handful of queries.
+"""What the staff dashboard (``monitoring.admin.dashboard``) shows, in a handful of queries.
 
-The page itself is an admin view (``monitoring.admin.dashboard``); this module only
-reads the database, so the figures can be tested without rendering anything. The
-chart is plain SVG built here on the server: no JavaScript, no CDN.
+The chart is plain SVG built here on the server: no JavaScript, no CDN.
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ from monitoring.ops import health
 from notifications import reachability
 from notifications.models import Notification
 
-BACKLOG_STATUSES = ("pending", "sending")
-
 
 @dataclass
 class HourBucket:
@@ -48,27 +44,12 @@ class HourBucket:
 
     @property
     def average_minutes(self) -> float | None:
-        if not self.durations:
-            return None
-        return sum(self.durations) / len(self.durations) / 60
+        return sum(self.durations) / len(self.durations) / 60 if self.durations else None
 
 
 def status_counts() -> list[tuple[str, StrOrPromise, int]]:
-    """(status, label, count) for every status, zeros included, in lifecycle order."""
     found = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
     return [(value, label, found.get(value, 0)) for value, label in AvatarStatus.choices]
-
-
-# The dashboard lists the oldest few; the stuck list has them all.
-STUCK_SHOWN = 10
-
-
-def stuck_trainings(limit: int = STUCK_SHOWN) -> list[Training]:
-    return list(
-        Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
-        .select_related("avatar__owner")
-        .order_by("stuck_since")[:limit]
-    )
 
 
 def fal_error_rate(now: datetime) -> dict[str, Any]:
@@ -88,7 +69,6 @@ def fal_error_rate(now: datetime) -> dict[str, Any]:
 
 
 def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
-    """Trainings that ended in each of the last ``hours`` hours, with their durations."""
     first = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
     buckets = {
         first + timedelta(hours=i): HourBucket(first + timedelta(hours=i)) for i in range(hours)
@@ -105,7 +85,7 @@ def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
             continue
         if outcome == TrainingOutcome.COMPLETED:
             bucket.completed += 1
-            assert finished is not None  # the rows are filtered on finished_at
+            assert finished is not None  # filtered on finished_at
             # Durations of successful trainings only: a failure after 5 s says
             # nothing about how long training takes.
             bucket.durations.append((finished - (submitted or created)).total_seconds())
@@ -117,16 +97,14 @@ def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
 
 
 def notification_backlog(now: datetime) -> dict[str, Any]:
-    backlog = Notification.objects.filter(status__in=BACKLOG_STATUSES).aggregate(
+    backlog = Notification.objects.filter(status__in=("pending", "sending")).aggregate(
         n=Count("id"), oldest=Min("created_at"), due=Max("next_attempt_at")
     )
-    # The banner's and the avatar list filter's definition (notifications.reachability).
-    problems = reachability.undelivered_count()
     oldest = backlog["oldest"]
     return {
         "pending": backlog["n"],
         "oldest_age_minutes": round((now - oldest).total_seconds() / 60, 1) if oldest else None,
-        "problems": problems,
+        "problems": reachability.undelivered_count(),
         "paused": health.sending_paused(),
         "late": health.notifications_late(now),
         "heartbeat_age_seconds": health.worker_heartbeat_age("notifications", now),
@@ -141,8 +119,7 @@ def _minutes(value: float) -> str:
 
 
 def chart(buckets: list[HourBucket]) -> dict[str, Any]:
-    """A stacked bar chart of finished trainings per hour, with the mean duration on top:
-    the shapes, in SVG coordinates (templates/admin/monitoring/dashboard_chart.html)."""
+    """The shapes of templates/admin/monitoring/dashboard_chart.html, in SVG coordinates."""
     width, height, left, bottom, top = 760, 220, 36, 28, 26
     plot_h = height - bottom - top
     bar_w = (width - left) / max(len(buckets), 1)
@@ -184,14 +161,12 @@ def chart(buckets: list[HourBucket]) -> dict[str, Any]:
 
 
 def retries_last_day(now: datetime | None = None) -> int:
-    """Attempts retried automatically after fal's failures in the last 24 hours."""
     since = (now or timezone.now()) - timedelta(hours=24)
     return Training.objects.filter(outcome=TrainingOutcome.RETRIED, finished_at__gte=since).count()
 
 
 def money(now: datetime) -> dict[str, Any]:
-    """Spend and fal's balance (``monitoring.billing``); "not configured" without a key
-    that may read billing."""
+    """Spend and fal's balance (``monitoring.billing``)."""
     account = billing.account_state()
     if not account["configured"]:
         return {"configured": False, "held": account["held"]}
@@ -226,7 +201,6 @@ def money(now: datetime) -> dict[str, Any]:
 
 
 def gather(now: datetime | None = None) -> dict[str, Any]:
-    """The dashboard's context."""
     now = now or timezone.now()
     buckets = finished_per_hour(now)
     durations = [d for b in buckets for d in b.durations]
@@ -234,7 +208,12 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "now": now,
         "status_counts": status_counts(),
         "active_count": Training.objects.filter(finished_at__isnull=True).count(),
-        "stuck": stuck_trainings(),
+        # The oldest few; the stuck list has them all.
+        "stuck": list(
+            Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
+            .select_related("avatar__owner")
+            .order_by("stuck_since")[:10]
+        ),
         "stuck_total": Training.objects.filter(
             finished_at__isnull=True, stuck_since__isnull=False
         ).count(),
@@ -254,7 +233,6 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
 
 
 def eta_times() -> list[dict[str, Any]]:
-    """Per trainer: the p50 queue and run minutes of history (monitoring.eta)."""
     labels = dict(TrainingType.choices)
     return [
         {

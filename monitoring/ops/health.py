@@ -30,18 +30,14 @@ logger = logging.getLogger("monitoring")
 WORKER_RUN_KINDS = (CheckRun.Kind.SCHEDULED, CheckRun.Kind.RESTORE)
 LATE_AFTER_INTERVALS = 3
 NOTIFICATIONS_LATE_AFTER_INTERVALS = 2
-# What an unauthenticated caller sees besides ``ok`` (the notification side adds
-# ``notifications_late``).
+# What an unauthenticated caller sees besides ``ok``.
 PUBLIC_FIELDS = frozenset({"database", "check_late", "notifications_late"})
-# The worker's roles (``monitoring.worker.cluster.ROLES``, which imports this module),
-# each writing its heartbeat row.
+# ``monitoring.worker.cluster.ROLES`` (which imports this module).
 WORKER_ROLES = ("checks", "notifications")
 
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The last periodic run as the health endpoint, the dashboard and the worker see it."""
-
     last_run: CheckRun | None
     age_seconds: float | None
     late: bool
@@ -53,11 +49,8 @@ def late_after_seconds() -> int:
 
 
 def heartbeat(now: datetime | None = None) -> Heartbeat:
-    """The newest worker run; late when it started more than three intervals ago (or never).
-
-    ``started_at`` rather than ``finished_at``: a long run in progress still proves
-    the worker is alive, and a run that crashed leaves its start behind.
-    """
+    """``started_at`` rather than ``finished_at``: a long run in progress still proves the
+    worker is alive, and a run that crashed leaves its start behind."""
     now = now or timezone.now()
     limit = late_after_seconds()
     last = CheckRun.objects.filter(kind__in=WORKER_RUN_KINDS).order_by("-started_at").first()
@@ -69,8 +62,6 @@ def heartbeat(now: datetime | None = None) -> Heartbeat:
 
 @dataclass(frozen=True)
 class NotificationsLate:
-    """Messages due and not taken by the notification side for too long."""
-
     late: bool
     waiting: int
     late_after_seconds: int
@@ -81,12 +72,8 @@ def notifications_late_after_seconds() -> int:
 
 
 def notifications_late(now: datetime | None = None) -> NotificationsLate:
-    """Late when a message has been due and unclaimed for more than two check intervals.
-
-    Due and unclaimed: pending since ``next_attempt_at``, or claimed by a worker whose
-    lease ran out at ``lease_until``. Never late while sending is paused because
-    Telegram rejects the token: that has its own flag, and nothing could be sent.
-    """
+    """Due and unclaimed: pending since ``next_attempt_at``, or claimed by a worker whose
+    lease ran out at ``lease_until``. Never late while sending is paused (its own flag)."""
     now = now or timezone.now()
     limit = notifications_late_after_seconds()
     if sending_paused():
@@ -100,7 +87,7 @@ def notifications_late(now: datetime | None = None) -> NotificationsLate:
 
 
 def worker_heartbeat_ages(now: datetime | None = None) -> dict[str, float | None]:
-    """Seconds since each role last beat on any host (None: it never ran). One query."""
+    """None: it never ran."""
     now = now or timezone.now()
     ages: dict[str, float | None] = dict.fromkeys(WORKER_ROLES)
     for role, last in WorkerHeartbeat.objects.values_list("role").annotate(last=Max("beat_at")):
@@ -109,20 +96,17 @@ def worker_heartbeat_ages(now: datetime | None = None) -> dict[str, float | None
 
 
 def worker_heartbeat_age(role: str, now: datetime | None = None) -> float | None:
-    """Seconds since any host's ``role`` last beat (None: it never ran)."""
     now = now or timezone.now()
     beat = WorkerHeartbeat.objects.filter(role=role).order_by("-beat_at").first()
     return None if beat is None else round(max(0.0, (now - beat.beat_at).total_seconds()), 1)
 
 
 def sending_paused() -> bool:
-    """Whether the notifier paused sending (Telegram rejected the token)."""
     paused, _reason = delivery.sending_paused()
     return bool(paused)
 
 
 def report(now: datetime | None = None) -> dict[str, Any]:
-    """Everything /healthz reports. Raises DatabaseError when the database does not answer."""
     now = now or timezone.now()
     beat = heartbeat(now)
     active = Training.objects.filter(finished_at__isnull=True)
@@ -144,7 +128,6 @@ def report(now: datetime | None = None) -> dict[str, Any]:
 
 
 def may_see_figures(request: HttpRequest) -> bool:
-    """A bearer token equal to ``HEALTHZ_TOKEN``, or a staff member's session."""
     token = settings.HEALTHZ_TOKEN
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if token and scheme.lower() == "bearer":

@@ -1,7 +1,5 @@
-"""``GET /metrics``: what the dashboard knows, in Prometheus' text format.
-
-Read from the database at scrape time, so any web process answers the same; off (404)
-unless ``METRICS_TOKEN`` or ``METRICS_ALLOWED_IPS`` is set.
+"""``GET /metrics``: what the dashboard knows, in Prometheus' text format, read from the
+database at scrape time (any web process answers the same).
 See docs/operations.md#metrics-errors-logs-deployment-files.
 """
 
@@ -47,6 +45,7 @@ from monitoring.models import (
 from monitoring.ops import health
 from notifications import delivery
 from notifications.models import (
+    IN_FLIGHT,
     Notification,
     NotificationAttempt,
     NotificationKind,
@@ -59,26 +58,6 @@ PREFIX = "avatar_monitor"
 # Series that exist from the first scrape with 0, so that rate() sees their first
 # increase (a series that appears at 1 has no increase to show).
 FAL_ERROR_CLASSES = (fal.FalTransient.__name__, fal.FalAuthError.__name__, fal.FalNotFound.__name__)
-
-
-def _known_webhook_labels() -> list[tuple[str, str]]:
-    valid = [
-        (WebhookVerdict.VALID.value, outcome.value)
-        for outcome in WebhookOutcome
-        if outcome != WebhookOutcome.RECEIVED
-    ]
-    refused = [
-        (verdict.value, WebhookOutcome.REJECTED.value)
-        for verdict in WebhookVerdict
-        if verdict != WebhookVerdict.VALID
-    ]
-    return valid + refused
-
-
-def _known_send_results() -> list[str]:
-    return [
-        o.value for o in NotificationAttempt.Outcome if o != NotificationAttempt.Outcome.IN_FLIGHT
-    ]
 
 
 def _counter(
@@ -97,7 +76,6 @@ def _counter(
     return family
 
 
-# How a finish was learned: the label values shown from the first scrape.
 FINISH_SOURCES = (EventSource.WEBHOOK, EventSource.CHECK, EventSource.FAL_RECORD)
 FINISH_OUTCOMES = (AvatarStatus.COMPLETED, AvatarStatus.ERROR, AvatarStatus.CANCELLED)
 OWNER_TOLD_KINDS = (NotificationKind.READY, NotificationKind.FAILED, NotificationKind.CANCELLED)
@@ -105,7 +83,6 @@ OTHER_TRAINER = "other"
 
 
 def _trainer(endpoint: str) -> str:
-    """The ``trainer`` label: one of our trainers' endpoints, anything else "other"."""
     return endpoint if endpoint in payloads.ENDPOINTS.values() else OTHER_TRAINER
 
 
@@ -117,11 +94,7 @@ def _histogram(
     known: Sequence[str],
     bound: Callable[[str], str] = str,
 ) -> HistogramMetricFamily:
-    """A histogram family from its running totals: bucket counts cumulated, sums added.
-
-    ``bound`` maps a stored label value onto the exposed one (values merged into one
-    series are added together), which keeps the label set bounded.
-    """
+    """``bound`` maps a stored label value onto the exposed one (keeps the label set bounded)."""
     counts: dict[str, dict[str, int]] = {value: {} for value in known}
     sums_ms: dict[str, int] = dict.fromkeys(known, 0)
     bucket_sums = reading.sums_ms.get(histogram.bucket_total, {})
@@ -198,7 +171,6 @@ class DatabaseCollector:
     def collect(self, now: datetime | None = None) -> Iterator[Metric]:
         now = now or timezone.now()
 
-        # 1. Active trainings by fal sub-state, with the stuck ones among them.
         active = GaugeMetricFamily(
             f"{PREFIX}_trainings_active",
             "Trainings in progress (not finished), by fal sub-state.",
@@ -214,25 +186,18 @@ class DatabaseCollector:
         for status in FalStatus.values:
             active.add_metric([status], rows[status]["n"] if status in rows else 0)
         yield active
-        yield GaugeMetricFamily(
-            f"{PREFIX}_trainings_stuck",
-            "Active trainings flagged stuck.",
-            value=sum(row["stuck"] for row in rows.values()),
-        )
-
-        # 2. Avatars by status.
+        stuck = sum(row["stuck"] for row in rows.values())
+        yield _gauge("trainings_stuck", "Active trainings flagged stuck.", stuck)
         avatars = GaugeMetricFamily(f"{PREFIX}_avatars", "Avatars by status.", labels=["status"])
         counts = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
         for status in AvatarStatus.values:
             avatars.add_metric([status], counts.get(status, 0))
         yield avatars
-
-        # 3-4. The periodic check's heartbeat, and how long its last finished run took.
         beat = health.heartbeat(now)
-        yield GaugeMetricFamily(
-            f"{PREFIX}_check_run_age_seconds",
+        yield _gauge(
+            "check_run_age_seconds",
             "Seconds since the worker's last periodic check run started (+Inf: never ran).",
-            value=beat.age_seconds if beat.age_seconds is not None else math.inf,
+            beat.age_seconds if beat.age_seconds is not None else math.inf,
         )
         last_duration, checked, errors = (
             CheckRun.objects.filter(kind__in=health.WORKER_RUN_KINDS, finished_at__isnull=False)
@@ -240,50 +205,41 @@ class DatabaseCollector:
             .values_list("duration_seconds", "checked", "errors")
             .first()
         ) or (None, 0, 0)
-        yield GaugeMetricFamily(
-            f"{PREFIX}_check_run_duration_seconds",
+        yield _gauge(
+            "check_run_duration_seconds",
             "Duration of the worker's last finished periodic check run (NaN: none yet).",
-            value=last_duration if last_duration is not None else math.nan,
+            last_duration if last_duration is not None else math.nan,
         )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_fal_error_ratio",
+        yield _gauge(
+            "fal_error_ratio",
             "Share of the fal status calls of the last finished periodic run that failed "
             "(0: none made).",
-            value=errors / checked if checked else 0.0,
+            errors / checked if checked else 0.0,
         )
-
-        # 5. The notification backlog, and how long its oldest due message has waited.
         backlog = Notification.objects.filter(
             status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING)
         ).aggregate(
             n=Count("id"),
             oldest_due=Min("next_attempt_at", filter=Q(pk__in=delivery.due_rows().values("pk"))),
         )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_notifications_backlog",
+        yield _gauge(
+            "notifications_backlog",
             "Notifications not sent yet (pending or being sent).",
-            value=backlog["n"],
+            backlog["n"],
         )
         oldest = backlog["oldest_due"]
-        yield GaugeMetricFamily(
-            f"{PREFIX}_notifications_oldest_due_seconds",
+        yield _gauge(
+            "notifications_oldest_due_seconds",
             "Seconds the oldest due notification has been waiting for a worker (0: none due).",
-            value=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+            max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
         )
-
-        # 6. Whether sending is paused (Telegram rejected the token).
-        paused, _reason = delivery.sending_paused()
-        yield GaugeMetricFamily(
-            f"{PREFIX}_notifications_paused",
+        yield _gauge(
+            "notifications_paused",
             "1 while notification sending is paused because Telegram rejects the bot token.",
-            value=1 if paused else 0,
+            1 if health.sending_paused() else 0,
         )
-
-        # 6b. Figures other apps export (the bot API's failing event callbacks).
         for extra in EXTRA_FIGURES:
             yield from extra(now)
-
-        # 7. Each worker role's heartbeat.
         beats = GaugeMetricFamily(
             f"{PREFIX}_worker_heartbeat_age_seconds",
             "Seconds since a worker role last beat on any host (+Inf: never ran).",
@@ -292,8 +248,7 @@ class DatabaseCollector:
         for role, age in sorted(health.worker_heartbeat_ages(now).items()):
             beats.add_metric([role], age if age is not None else math.inf)
         yield beats
-
-        # 8. Counters and histograms: the running totals, never pruned.
+        # Counters and histograms: the running totals, never pruned.
         reading = totals.read()
         found = reading.values
         yield _counter(
@@ -308,14 +263,15 @@ class DatabaseCollector:
             "fal webhook deliveries received, by signature verdict and outcome.",
             ["verdict", "outcome"],
             found.get("webhook_deliveries", {}),
-            _known_webhook_labels(),
+            [(WebhookVerdict.VALID, o) for o in WebhookOutcome if o != WebhookOutcome.RECEIVED]
+            + [(v, WebhookOutcome.REJECTED) for v in WebhookVerdict if v != WebhookVerdict.VALID],
         )
         yield _counter(
             "notification_sends",
             "Telegram answers to notification sends, by result.",
             ["result"],
             found.get("notification_sends", {}),
-            [(r,) for r in _known_send_results()],
+            [(o,) for o in NotificationAttempt.Outcome if o != IN_FLIGHT],
         )
         yield _counter(
             "finishes",
@@ -349,8 +305,6 @@ class DatabaseCollector:
             trainers,
             _trainer,
         )
-        # 9. Money (monitoring.billing): what fal billed, from the running totals (never
-        # lowered by prune), and the balance as last read (NaN: not read).
         spend = CounterMetricFamily(
             f"{PREFIX}_fal_spend_usd",
             "What fal billed for our trainings, in USD, by endpoint (from billing events).",
@@ -378,10 +332,8 @@ REGISTRY.register(DatabaseCollector())
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:
-    """Why this request may not scrape (a response), or None when it may."""
     token, networks = settings.METRICS_TOKEN, settings.METRICS_ALLOWED_IPS
     if not token and not networks:
-        # Not configured: the endpoint does not exist.
         raise Http404("metrics are not enabled")
     if networks:
         address = client_address(request)

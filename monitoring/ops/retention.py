@@ -1,8 +1,6 @@
-"""Pruning old records, run by django-q2 once a day (``schedules.PRUNE``).
+"""Pruning old records, daily (``schedules.PRUNE``), ages from ``RETENTION_*_DAYS``.
 
-What goes and when is set by the ``RETENTION_*_DAYS`` settings. Nothing that
-belongs to an active training is ever pruned: its deliveries and events are the
-evidence staff need while it is still running or stuck.
+Nothing of an active training is pruned: staff need that evidence while it runs or is stuck.
 """
 
 from __future__ import annotations
@@ -30,30 +28,28 @@ from monitoring.models import (
 logger = logging.getLogger("monitoring")
 
 
-# Apps above this one add what they keep (``name -> queryset``, for ``now``) from their
-# AppConfig.ready(): retention then never imports them (the bot API registers here).
+# Apps above this one register what they keep from their AppConfig.ready().
 EXTRA_PRUNABLE: list[Callable[[datetime], dict[str, QuerySet[Any]]]] = []
 
 
-def _days_ago(days: int, now: datetime) -> datetime:
-    return now - timedelta(days=days)
-
-
 def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
-    """The querysets that would be deleted now, by kind (shared by prune and --dry-run)."""
     now = now or timezone.now()
+
+    def days_ago(days: int) -> datetime:
+        return now - timedelta(days=days)
+
     deliveries = WebhookDelivery.objects.filter(
-        received_at__lt=_days_ago(settings.RETENTION_WEBHOOK_DELIVERY_DAYS, now)
+        received_at__lt=days_ago(settings.RETENTION_WEBHOOK_DELIVERY_DAYS)
     ).filter(Q(training__isnull=True) | Q(training__finished_at__isnull=False))
     events = AvatarEvent.objects.filter(
-        created_at__lt=_days_ago(settings.RETENTION_FINISHED_EVENTS_DAYS, now)
+        created_at__lt=days_ago(settings.RETENTION_FINISHED_EVENTS_DAYS)
     ).filter(
         # Events of a finished attempt, or avatar-level events of an avatar that
         # is not training right now.
         Q(training__finished_at__isnull=False)
         | (Q(training__isnull=True) & ~Q(avatar__status=AvatarStatus.TRAINING))
     )
-    runs = CheckRun.objects.filter(started_at__lt=_days_ago(settings.RETENTION_CHECK_RUN_DAYS, now))
+    runs = CheckRun.objects.filter(started_at__lt=days_ago(settings.RETENTION_CHECK_RUN_DAYS))
     # The newest run is the heartbeat: keep it however old, or a quiet worker would
     # look like one that never ran.
     newest = CheckRun.objects.order_by("-started_at").values_list("pk", flat=True).first()
@@ -61,13 +57,13 @@ def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
         runs = runs.exclude(pk=newest)
     from django_q.models import Task
 
-    tasks = Task.objects.filter(stopped__lt=_days_ago(settings.RETENTION_TASK_RESULT_DAYS, now))
     found: dict[str, QuerySet[Any]] = {
         "webhook_deliveries": deliveries,
         "avatar_events": events,
         "check_runs": runs,
-        "task_results": tasks,
-        # Files of attempts a newer attempt replaced (monitoring.files).
+        "task_results": Task.objects.filter(
+            stopped__lt=days_ago(settings.RETENTION_TASK_RESULT_DAYS)
+        ),
         **files.superseded(now),
     }
     for more in EXTRA_PRUNABLE:
@@ -80,7 +76,7 @@ def count(now: datetime | None = None) -> dict[str, int]:
 
 
 def prune(now: datetime | None = None) -> dict[str, int]:
-    """Delete what is old and finished; how many rows of each kind went (the task's result)."""
+    """How many rows of each kind went (the task's result)."""
     deleted: dict[str, int] = {}
     for name, queryset in prunable(now).items():
         with transaction.atomic():
@@ -88,28 +84,25 @@ def prune(now: datetime | None = None) -> dict[str, int]:
             # not allowed by every backend.
             ids = list(queryset.values_list("pk", flat=True))
             model = queryset.model
-            total = 0
-            for start in range(0, len(ids), 1000):
-                total += (
-                    model.objects.filter(pk__in=ids[start : start + 1000])
-                    .delete()[1]
-                    .get(model._meta.label, 0)
-                )
-        deleted[name] = total
+            deleted[name] = sum(
+                model.objects.filter(pk__in=ids[i : i + 1000]).delete()[1].get(model._meta.label, 0)
+                for i in range(0, len(ids), 1000)
+            )
     # Temporary files of copies a crash interrupted (monitoring.files).
     deleted["avatar_file_temporaries"] = files.stale_temporaries()
+    return _logged(deleted)
+
+
+def _logged(deleted: dict[str, int]) -> dict[str, int]:
     logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
     return deleted
 
 
 def prune_refused_webhooks(now: datetime | None = None) -> dict[str, int]:
-    """Hourly: refused deliveries and their per-minute counts older than
-    ``RETENTION_REFUSED_WEBHOOK_HOURS``. Accepted deliveries keep the daily rule."""
+    """Hourly; accepted deliveries keep the daily rule."""
     cutoff = (now or timezone.now()) - timedelta(hours=settings.RETENTION_REFUSED_WEBHOOK_HOURS)
     refused = WebhookDelivery.objects.filter(
         outcome__in=(WebhookOutcome.REJECTED, WebhookOutcome.REPLAY), received_at__lt=cutoff
     ).delete()[0]
     counts = RefusedWebhookCount.objects.filter(minute__lt=cutoff).delete()[0]
-    deleted = {"refused_webhook_deliveries": refused, "refused_webhook_counts": counts}
-    logger.info("Retention: pruned %s", ", ".join(f"{k}={v}" for k, v in deleted.items()))
-    return deleted
+    return _logged({"refused_webhook_deliveries": refused, "refused_webhook_counts": counts})

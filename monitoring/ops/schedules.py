@@ -34,20 +34,15 @@ def _check_minutes() -> int:
 # a callable is read at migrate time (settings).
 SCHEDULES: list[tuple[str, str, str, Any]] = [
     (PERIODIC_CHECK, "monitoring.tasks.run_check", "I", _check_minutes),
-    # Retention (staff tools): old deliveries, events, heartbeats and task results.
     (PRUNE, "monitoring.ops.retention.prune", "D", None),
-    # fal's record against our trainings: billed requests nobody follows, stale ones.
     (RECONCILE, "monitoring.tasks.reconcile_fal", "D", None),
-    # Event callbacks to API clients: retries with backoff, and lost hand-overs.
     (EVENT_CALLBACK_SWEEP, "monitoring.api.callbacks.sweep", "I", 1),
     # Refused deliveries are anyone's to send: kept hours, not days.
     (PRUNE_REFUSED_WEBHOOKS, "monitoring.ops.retention.prune_refused_webhooks", "H", None),
     # A web worker killed mid-delivery leaves the delivery "received", and a delivery
     # may arrive before its request id is stored: the sweep processes both.
     (STRANDED_WEBHOOKS, "monitoring.fal.deliveries.sweep", "I", 1),
-    # Copies of trained files that failed (retried with backoff) or lost their task.
     (KEEP_FILES, "monitoring.files.sweep", "I", 1),
-    # Money (monitoring.billing): billing events of finished trainings, and the balance.
     (COSTS, "monitoring.tasks.look_up_costs", "I", 1),
     (BALANCE, "monitoring.tasks.check_balance", "I", _balance_minutes),
 ]
