@@ -1,10 +1,5 @@
-"""Checked option types for the management commands: ranges and lengths, before anything runs.
-
-Used as argparse ``type=`` callables. A bad value is refused by argparse with the
-option's name and our reason: ``CommandError`` from ``call_command``, exit code 2 on
-the command line, nothing read or written. Limits come from the database columns,
-so a value that passes always fits.
-"""
+"""Checked option types (argparse ``type=``) for the management commands: a bad value is
+refused with the option's name and our reason before anything is read or written."""
 
 from __future__ import annotations
 
@@ -18,8 +13,6 @@ MAX_BIGINT = 2**63 - 1
 
 
 def integer(minimum: int, maximum: int) -> Callable[[str], int]:
-    """A whole number within [minimum, maximum]."""
-
     def parse(value: str) -> int:
         text = value.strip()
         # int() accepts "1_000" and thousands of digits; neither is what staff meant.
@@ -28,7 +21,6 @@ def integer(minimum: int, maximum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(
                 _("%(value)r is not a whole number") % {"value": value[:40]}
             )
-        # Thousands of digits are out of any range; no need to build the number.
         number = int(text) if len(digits) <= 40 else None
         if number is None or not minimum <= number <= maximum:
             raise argparse.ArgumentTypeError(
@@ -41,13 +33,11 @@ def integer(minimum: int, maximum: int) -> Callable[[str], int]:
 
 
 def database_id(value: str) -> int:
-    """A row id: a positive 64-bit integer."""
     return integer(1, MAX_BIGINT)(value)
 
 
 def telegram_id(value: str) -> int:
-    """An owner's Telegram user id: a positive 64-bit integer (group chats are negative,
-    and an owner is a person)."""
+    """Positive: group chats are negative, and an owner is a person."""
     try:
         return integer(1, MAX_BIGINT)(value)
     except argparse.ArgumentTypeError as exc:
@@ -57,9 +47,6 @@ def telegram_id(value: str) -> int:
 
 
 def text(max_length: int, *, what: str = "") -> Callable[[str], str]:
-    """A non-empty one-line text of at most ``max_length`` characters (surrounding blanks
-    removed)."""
-
     def parse(value: str) -> str:
         cleaned = value.strip()
         if not cleaned:

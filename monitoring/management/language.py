@@ -1,8 +1,6 @@
 """The language of a command's human-readable output: ``--language``, else LANGUAGE_CODE.
 
-Only what a person reads is translated (tables, summaries, CommandError messages).
-``--json`` output carries stored values and codes, never gettext text, so scripts read
-the same JSON whatever the language; log lines are fixed strings, never translated.
+``--json`` output and log lines are never translated.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from monitoring import storable
 
 
 class TranslatedCommand(BaseCommand):
-    """A command whose human-readable output follows ``--language`` or LANGUAGE_CODE."""
-
     # The help of the shared flags: a command that sets one has that flag.
     dry_run_help: str = ""
     json_help: str = ""
@@ -45,8 +41,7 @@ class TranslatedCommand(BaseCommand):
 
 
 def _refuse_unstorable(args: tuple[Any, ...], options: dict[str, Any]) -> None:
-    """Text the database cannot store (a NUL, bytes that are not UTF-8) is a clean
-    CommandError naming the option, before anything is read or written."""
+    """Text the database cannot store (a NUL, bytes that are not UTF-8)."""
     named = [(f"--{name.replace('_', '-')}", value) for name, value in options.items()]
     for label, value in [*((str(n), v) for n, v in enumerate(args, 1)), *named]:
         reason = storable.unstorable(value) if isinstance(value, str | list | tuple) else ""

@@ -1,9 +1,8 @@
 """One role of the worker: django-q2's own cluster, with a stop that ends in seconds.
 
 Overrides only what two defects of django-q2 1.11 need: signal handlers that only set a
-flag, and a bounded stop that puts prefetched and abandoned tasks back. The internals
-it relies on are pinned by tests/test_worker_django_q_pin.py.
-See docs/operations.md#the-worker.
+flag, and a bounded stop that puts prefetched and abandoned tasks back (the internals it
+relies on are pinned by tests/test_worker_django_q_pin.py). See docs/operations.md#the-worker.
 """
 
 from __future__ import annotations
@@ -51,32 +50,29 @@ LATE_WARNING_EVERY_SECONDS = 60.0
 
 
 def cluster_name(role: str) -> str:
-    """The django-q2 cluster (queue) each role serves."""
     return settings.NOTIFICATION_CLUSTER if role == NOTIFICATIONS else settings.Q_CLUSTER["name"]
 
 
 def role_for_cluster(name: str | None) -> str | None:
-    """``Q_CLUSTER_NAME`` / ``--name`` as a role (the old way of starting notifications)."""
+    """``Q_CLUSTER_NAME`` / ``--name`` as a role: None without a name, "" for an unknown one."""
     if not name:
         return None
-    for role in ROLES:
-        if name == cluster_name(role):
-            return role
-    return ""
+    return next((role for role in ROLES if name == cluster_name(role)), "")
 
 
-def grace_seconds() -> float:
-    return float(settings.WORKER_STOP_GRACE_SECONDS)
-
-
-# --- Signals: a flag, nothing else ------------------------------------------------------
+def role_environment(role: str) -> dict[str, str]:
+    """django-q2 reads its queue name from Q_CLUSTER_NAME at import."""
+    env = dict(os.environ)
+    if role == NOTIFICATIONS:
+        env["Q_CLUSTER_NAME"] = cluster_name(role)
+    else:
+        env.pop("Q_CLUSTER_NAME", None)
+    return env
 
 
 class _Stop:
-    """When the first stop signal reached this process or its parent (monotonic, 0: never).
-
-    A shared double, so children forked after ``install_stop_handlers`` see it set.
-    """
+    """When the first stop signal reached this process or its parent (monotonic, 0: never):
+    a shared double, so children forked after ``install_stop_handlers`` see it set."""
 
     at: Any = None
     signal_name = ""
@@ -92,17 +88,15 @@ def install_stop_handlers() -> None:
 
 
 def _on_stop_signal(signum: int, _frame: Any) -> None:
+    request_stop(signal.Signals(signum).name)
+
+
+def request_stop(name: str = "internal") -> None:
+    """Also as if a signal had arrived (a child ended on its own, for example)."""
     # A shared-memory write and an attribute: safe whatever the interrupted code held.
     if not STOP.at.value:
         STOP.at.value = time.monotonic()
-        STOP.signal_name = signal.Signals(signum).name
-
-
-def request_stop() -> None:
-    """Stop as if a signal had arrived (a child ended on its own, for example)."""
-    if not STOP.at.value:
-        STOP.at.value = time.monotonic()
-        STOP.signal_name = "internal"
+        STOP.signal_name = name
 
 
 def stopping() -> bool:
@@ -113,7 +107,7 @@ def seconds_left(before_end: float) -> float:
     """Seconds until ``grace - before_end`` after the stop began (inf while running)."""
     if not stopping():
         return float("inf")
-    return STOP.at.value + grace_seconds() - before_end - time.monotonic()
+    return STOP.at.value + settings.WORKER_STOP_GRACE_SECONDS - before_end - time.monotonic()
 
 
 class _StopEvent:
@@ -132,25 +126,24 @@ class _StopEvent:
         return stopping()
 
 
+def _prctl(option: int, value: int) -> bool:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's stop still ends us
+        return False
+    return True
+
+
 def die_with_parent(sig: int) -> None:
     """Linux: have the kernel send ``sig`` to this process when its parent dies."""
     parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's stop still ends us
-        return
-    if os.getppid() != parent:  # the parent died before the call
+    if _prctl(1, int(sig)) and os.getppid() != parent:  # PR_SET_PDEATHSIG; parent died before
         os.kill(os.getpid(), sig)
 
 
 def adopt_orphans() -> None:
     """Linux: orphaned descendants are re-parented to this process (to reap), not to PID 1."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 
 
 def set_process_title(title: str) -> None:
@@ -158,11 +151,8 @@ def set_process_title(title: str) -> None:
         setproctitle.setproctitle(title)
 
 
-# --- Putting a task back --------------------------------------------------------------------
-
-
 def put_back(broker: Any, task: dict[str, Any]) -> None:
-    """Give a task that did not run, or did not finish, back to its queue, first in line."""
+    """First in line."""
     from django_q.brokers.orm import ORM
     from django_q.brokers.redis_broker import Redis
 
@@ -176,9 +166,6 @@ def put_back(broker: Any, task: dict[str, Any]) -> None:
         broker.connection.lpush(broker.list_key, package)
     else:
         broker.enqueue(package)
-
-
-# --- A worker: django-q2's, with a watch that abandons its task at the grace's end ---------
 
 
 class _Worker:
@@ -239,12 +226,7 @@ def _run_worker(task_queue: Any, result_queue: Any, timer: Any, timeout: Any, ac
     worker(task_queue, result_queue, timer, timeout)
 
 
-# --- The role process ----------------------------------------------------------------------------
-
-
 class RoleSentinel(Sentinel):
-    """django-q2's sentinel for one role, in the role's process, with a bounded stop."""
-
     def __init__(self, role: str) -> None:
         if Conf.CLUSTER_NAME != cluster_name(role):
             raise RuntimeError(

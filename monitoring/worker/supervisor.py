@@ -1,8 +1,5 @@
-"""``qcluster`` with no ``--only``: both roles as child processes, stopped together.
-
-Each role is its own process (django-q2 reads the queue name at import); a crash of one
-stops the other so the whole worker restarts. See docs/operations.md#the-worker.
-"""
+"""``qcluster`` with no ``--only``: both roles as child processes (django-q2 reads the queue
+name at import); a crash of one stops the other so the whole worker restarts."""
 
 from __future__ import annotations
 
@@ -12,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from django.conf import settings
 
 from monitoring.worker import cluster
 
@@ -23,15 +22,6 @@ def _role_command(role: str) -> list[str]:
     if script.endswith("__main__.py") or not os.path.isfile(script):  # python -m django
         return [sys.executable, "-m", "django", "qcluster", "--only", role, "--skip-checks"]
     return [sys.executable, script, "qcluster", "--only", role, "--skip-checks"]
-
-
-def _role_environment(role: str) -> dict[str, str]:
-    env = dict(os.environ)
-    if role == cluster.NOTIFICATIONS:
-        env["Q_CLUSTER_NAME"] = cluster.cluster_name(role)
-    else:
-        env.pop("Q_CLUSTER_NAME", None)
-    return env
 
 
 def _child_setup() -> None:
@@ -51,13 +41,13 @@ class Supervisor:
         cluster.set_process_title("qcluster supervisor")
         for role in self.roles:
             child = subprocess.Popen(
-                _role_command(role), env=_role_environment(role), preexec_fn=_child_setup
+                _role_command(role), env=cluster.role_environment(role), preexec_fn=_child_setup
             )
             self.children[child.pid] = (role, child)
         logger.info(
             "Worker running: %s (grace %g s)",
             ", ".join(f"{role} (pid {pid})" for pid, (role, _c) in self.children.items()),
-            cluster.grace_seconds(),
+            settings.WORKER_STOP_GRACE_SECONDS,
         )
         while not cluster.stopping():
             self._reap()

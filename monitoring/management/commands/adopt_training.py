@@ -17,7 +17,7 @@ from monitoring.models import Avatar, EventSource, Language, TrainingType
 from monitoring.storable import unstorable
 from monitoring.trainings import AdoptRefused, AdoptResult, adopt_training
 
-LINE_FIELDS = {
+OPTION_FIELDS = (
     "request_id",
     "endpoint",
     "avatar",
@@ -25,8 +25,8 @@ LINE_FIELDS = {
     "name",
     "training_type",
     "owner_language",
-    "created_at",
-}
+)
+LINE_FIELDS = {*OPTION_FIELDS, "created_at"}
 
 
 class _DryRun(Exception):
@@ -64,14 +64,7 @@ class Command(TranslatedCommand):
     def handle(self, *args, **options):
         if options["from_file"]:
             return self._from_file(options)
-        fields = {
-            name: options[name]
-            for name in ("request_id", "endpoint", "avatar", "owner_telegram_id", "name")
-            if options[name] is not None
-        }
-        for name in ("training_type", "owner_language"):
-            if options[name]:
-                fields[name] = options[name]
+        fields = {name: options[name] for name in OPTION_FIELDS if options[name] not in (None, "")}
         if not fields.get("request_id") or not fields.get("endpoint"):
             raise CommandError(_("Give --request-id and --endpoint (or --from-file FILE)"))
         try:
@@ -82,8 +75,6 @@ class Command(TranslatedCommand):
             self.stdout.write(json.dumps(_as_json(result)))
         else:
             self.stdout.write(_describe(result, dry_run=options["dry_run"]))
-
-    # --- one request ------------------------------------------------------------------
 
     def _adopt(self, fields: dict[str, Any], *, notify: bool, dry_run: bool) -> AdoptResult:
         unknown = set(fields) - LINE_FIELDS
@@ -121,8 +112,6 @@ class Command(TranslatedCommand):
                 raise _DryRun(adopt_training(**kwargs))
         except _DryRun as done:
             return done.result
-
-    # --- a file of requests -------------------------------------------------------------
 
     def _from_file(self, options) -> None:
         try:

@@ -18,10 +18,6 @@ from monitoring.models import Avatar, AvatarStatus, CostState, FalStatus
 MAX_LIMIT = 100_000
 
 
-def _iso(value) -> str | None:
-    return value.isoformat() if value else None
-
-
 class Command(TranslatedCommand):
     help = "List avatars with their training state (filters: --status, --stuck, --owner)."
 
@@ -78,6 +74,7 @@ class Command(TranslatedCommand):
 
     def _row(self, avatar: Avatar) -> dict:
         training = avatar.current_training
+        checked = training.last_checked_at if training else None
         return {
             **representation.current_data(avatar, training),
             "cost": representation.cost_data(training) if training else None,
@@ -86,7 +83,7 @@ class Command(TranslatedCommand):
                 if getattr(avatar, "costs_known", 0)
                 else None
             ),
-            "last_checked_at": _iso(training.last_checked_at) if training else None,
+            "last_checked_at": checked.isoformat() if checked else None,
         }
 
     def _table(self, rows: list[dict]) -> None:

@@ -1,11 +1,5 @@
-"""fal's own answer about one request, known to us or not.
-
-    manage.py check_fal_status 764cabcf-b745-4b3e-ae38-1200304cf45b --logs --result
-
-For when staff doubt the monitor: the status (and optionally the logs and the
-result) exactly as fal reports them, beside what we have recorded. Nothing is
-written.
-"""
+"""``check_fal_status``: fal's own answer about one request, known to us or not, beside what
+we have recorded (for when staff doubt the monitor). Nothing is written."""
 
 from __future__ import annotations
 
@@ -23,16 +17,9 @@ from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import Training
 
-# fal's request ids are UUIDs. Anything else is a typo or a pasted URL: say so
-# instead of asking fal about it.
+# Anything else is a typo or a pasted URL: say so instead of asking fal about it.
 REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
 
 
 class Command(TranslatedCommand):
@@ -111,7 +98,7 @@ class Command(TranslatedCommand):
         except fal.FalError as exc:
             raise CommandError(_("fal did not answer: %(error)s") % {"error": exc}) from None
 
-        status = _plain(report)
+        status: Any = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report
         if not logs and isinstance(status, dict):
             status.pop("logs", None)
         self.stdout.write(json.dumps({"status": status}, indent=2, ensure_ascii=False, default=str))

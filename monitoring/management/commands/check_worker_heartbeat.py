@@ -1,10 +1,5 @@
-"""The worker container's HEALTHCHECK: fail when the periodic check or the notifications have gone quiet.
-
-A worker whose cluster died (or hangs) still has a running process, so Docker
-would call it healthy; the heartbeat rows written by every periodic run are the
-only proof that avatars are being followed, and ``notifications_late`` (a message
-due and untaken for more than two intervals) the proof that owners are not told.
-"""
+"""The worker container's HEALTHCHECK: fail when the periodic check or the notifications have
+gone quiet (a hung cluster still has a running process, which Docker would call healthy)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Ask fal now about chosen trainings, the way the periodic check would.
-
-It runs the worker's own check code, so what it reports is what the monitor would do;
-``--dry-run`` only reads. See docs/staff-guide.md#commands.
-"""
+"""``manual_status_check``: ask fal now about chosen trainings with the worker's own check
+code. See docs/staff-guide.md#commands."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prune old records now (the same function django-q2 runs every day)."""
+"""``prune``: what django-q2 runs every day, now."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""``qcluster``: the whole worker in one command (replaces django-q2's).
-
-Both roles (``checks``, ``notifications``) as supervised children, or one with
-``--only``; stops within WORKER_STOP_GRACE_SECONDS. The monitoring app is listed before
-django_q in INSTALLED_APPS, so this command wins. See docs/operations.md#the-worker.
-"""
+"""``qcluster``: the whole worker in one command (replaces django-q2's, listed after us in
+INSTALLED_APPS). See docs/operations.md#the-worker."""
 
 from __future__ import annotations
 
@@ -65,17 +61,13 @@ class Command(BaseCommand):
 
     @staticmethod
     def _run_as(role: str) -> None:
-        """django-q2 reads its queue name from Q_CLUSTER_NAME at import: re-exec if it differs."""
+        """Re-exec when django-q2 read another queue name at import."""
         from django_q.conf import Conf
 
         wanted = cluster.cluster_name(role)
         if Conf.CLUSTER_NAME == wanted:
             return
-        env = dict(os.environ)
-        if role == cluster.NOTIFICATIONS:
-            env["Q_CLUSTER_NAME"] = wanted
-        else:
-            env.pop("Q_CLUSTER_NAME", None)
+        env = cluster.role_environment(role)
         if env.get("Q_CLUSTER_NAME") == os.environ.get("Q_CLUSTER_NAME"):
             raise CommandError(
                 f"django-q2 is configured for queue {Conf.CLUSTER_NAME}, not {wanted}"

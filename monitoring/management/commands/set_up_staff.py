@@ -1,14 +1,14 @@
-"""``set_up_staff``: the first superuser, the staff groups and the bot's API client, in one go.
+"""``set_up_staff``: the first superuser, the staff groups and the bot's API client, once.
 
-Run once after the first ``migrate``; running it again changes nothing that exists. The
-password comes from ``DJANGO_SUPERUSER_PASSWORD`` or a prompt, never from the command
-line (it would stay in the shell history). See docs/staff-guide.md#commands.
+The password is never an option: it would stay in the shell history.
+See docs/staff-guide.md#commands.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import sys
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
@@ -72,7 +72,7 @@ class Command(TranslatedCommand):
         self.stdout.write(f"Superuser {username!r} created.")
 
     def _ask_password(self) -> str:
-        if not self.stdin_is_interactive():
+        if not sys.stdin.isatty():
             raise CommandError(
                 "No password: set DJANGO_SUPERUSER_PASSWORD or run the command in a terminal"
             )
@@ -80,9 +80,3 @@ class Command(TranslatedCommand):
         if first != getpass.getpass("Password (again): "):
             raise CommandError("The two passwords differ")
         return first
-
-    @staticmethod
-    def stdin_is_interactive() -> bool:
-        import sys
-
-        return sys.stdin.isatty()

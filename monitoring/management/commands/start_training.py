@@ -104,7 +104,7 @@ class Command(TranslatedCommand):
             raise CommandError(_("No avatar with id %s") % options["avatar"]) from None
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=EventSource.COMMAND)
-        if avatar.status not in (AvatarStatus.READY_FOR_TRAINING,):
+        if avatar.status != AvatarStatus.READY_FOR_TRAINING:
             raise CommandError(
                 _(
                     "Avatar %(id)s cannot start: it is %(status)s (only draft or "
