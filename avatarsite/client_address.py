@@ -1,9 +1,6 @@
-"""The client's address, by one rule for every per-address decision in the project.
-
-Behind our reverse proxy ``REMOTE_ADDR`` is the proxy. When it is one of
-``FORWARDED_ALLOW_IPS``, the client is the **last** hop of ``X-Forwarded-For``: the
-address the proxy itself saw. Earlier hops are whatever the client chose to send, so
-believing them would let anyone pick the address a lockout or an allow-list sees.
+"""The client's address, one rule for every per-address decision: behind a proxy of
+``FORWARDED_ALLOW_IPS``, the **last** hop of ``X-Forwarded-For`` (earlier hops are whatever
+the client chose to send).
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 def client_address(request: HttpRequest) -> str | None:
-    """The client's IP address as text, or None when nothing usable was given."""
     remote = _address(request.META.get("REMOTE_ADDR", ""))
     if remote is None:
         return None

@@ -35,11 +35,8 @@ def env_bool(name: str, default: bool) -> bool:
     value = _raw(name)
     if value is None:
         return default
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
+    if value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
     raise ImproperlyConfigured(
         f"{name} must be a boolean (1/0, true/false, yes/no, on/off), got {value!r}"
     )

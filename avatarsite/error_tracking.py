@@ -1,31 +1,21 @@
 """Error tracking with Sentry, on when ``SENTRY_DSN`` is set.
 
-Unhandled exceptions in requests and tasks and every ERROR log line become Sentry
-events. Each event passes through the same redaction as the logs before it leaves
-the process: the fal key and the bot token can sit in an exception message, a
-formatted URL or a frame's local variables. Request bodies, cookies and headers such
-as Authorization are not sent (``send_default_pii`` off).
+Every event and breadcrumb passes through the logs' redaction before it leaves the
+process (a key can sit in an exception message, a URL or a frame's locals); request
+bodies, cookies and headers such as Authorization are not sent (``send_default_pii`` off).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 from avatarsite.log_redaction import redact_value
 
-if TYPE_CHECKING:
-    from sentry_sdk.types import Breadcrumb, Event, Hint
 
-
-def before_send(event: Event, hint: Hint) -> Event:
-    return redact_value(event)
-
-
-def before_breadcrumb(crumb: Breadcrumb, hint: Hint) -> Breadcrumb:
-    # Breadcrumbs are the log lines and HTTP calls before the error: redacted too.
-    return redact_value(crumb)
+def redacted(event_or_crumb: Any, hint: Any) -> Any:
+    return redact_value(event_or_crumb)
 
 
 def start(dsn: str, *, environment: str | None, traces_sample_rate: float) -> None:
@@ -40,9 +30,9 @@ def start(dsn: str, *, environment: str | None, traces_sample_rate: float) -> No
             environment=environment,
             traces_sample_rate=traces_sample_rate,
             send_default_pii=False,
-            before_send=before_send,
-            before_send_transaction=before_send,
-            before_breadcrumb=before_breadcrumb,
+            before_send=redacted,
+            before_send_transaction=redacted,
+            before_breadcrumb=redacted,
         )
     except BadDsn as exc:
         # The message does not repeat the DSN: it holds the project's key.

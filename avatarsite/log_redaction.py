@@ -24,18 +24,12 @@ def known_secrets() -> list[str]:
     values = [getattr(settings, name, None) for name in (*names, "SECRET_KEY")]
     # The avatar_files storage's S3 secret (boto3 reads it from the environment).
     values += [os.environ.get(name) for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
-    secrets = []
-    for value in values:
-        if value and len(value) >= 6:
-            secrets.append(value)
-            # "key_id:key_secret" (fal) and "bot_id:secret" (Telegram): the part after
-            # the colon is still a secret on its own. The part before is an identifier
-            # (a bot id is public) and is left alone, so that chat ids and other numbers
-            # that happen to contain it are not mangled in the logs.
-            _, sep, secret_part = value.partition(":")
-            if sep and len(secret_part) >= 6:
-                secrets.append(secret_part)
-    return sorted(set(secrets), key=len, reverse=True)
+    secrets = {value for value in values if value and len(value) >= 6}
+    # "key_id:key_secret" (fal), "bot_id:secret" (Telegram): the part after the colon is a
+    # secret on its own; the part before (a public id) is left alone, so that chat ids and
+    # other numbers that contain it are not mangled.
+    secrets |= {part for value in secrets if len(part := value.partition(":")[2]) >= 6}
+    return sorted(secrets, key=len, reverse=True)
 
 
 # Links to kept avatar files are secrets too (monitoring.files): the signature of a
@@ -44,10 +38,6 @@ _LINK_SECRETS = re.compile(
     r"(?i)((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature)=)[^&\s\"'<>]+"
     r"|(/files/)\.?[A-Za-z0-9_-]+:[A-Za-z0-9_-]+:[A-Za-z0-9_-]+(?=/)"
 )
-
-
-def _redact_link(match: re.Match[str]) -> str:
-    return (match.group(1) or match.group(2)) + REDACTED
 
 
 # Secrets recognised by their shape, not by being ours: a fal key (a UUID key id and its
@@ -63,11 +53,10 @@ _SHAPES = re.compile(
 
 
 def redact(text: str) -> str:
-    """``text`` without our secrets and without anything shaped like a key or token."""
     for secret in known_secrets():
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return _SHAPES.sub(REDACTED, _LINK_SECRETS.sub(_redact_link, text))
+    return _SHAPES.sub(REDACTED, _LINK_SECRETS.sub(lambda m: (m[1] or m[2]) + REDACTED, text))
 
 
 class RedactSecrets(logging.Filter):
@@ -87,7 +76,7 @@ class RedactSecrets(logging.Filter):
 
 
 def redact_value(value: Any) -> Any:
-    """``redact`` applied to every string inside dicts, lists and tuples (Sentry events)."""
+    """Every string inside dicts, lists and tuples (Sentry events)."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
@@ -98,14 +87,8 @@ def redact_value(value: Any) -> Any:
 
 
 class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
-    """One JSON object per line (``LOG_FORMAT=json``), in unescaped UTF-8.
-
-    ``grep 'Обучение завершено'`` still finds the operator's lines. Fields: timestamp
-    (ISO 8601, UTC), level, logger, message, and whatever the call passed as
-    ``extra`` (``avatar_id``, ``request_id`` on the operator's lines). The traceback
-    is formatted here again from the exception, so it is redacted here again, and so
-    is every extra field.
-    """
+    """``LOG_FORMAT=json``, in unescaped UTF-8 (``grep 'Обучение завершено'`` still finds
+    the operator's lines); the traceback and every ``extra`` field are redacted here again."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("timestamp", True)

@@ -1,8 +1,5 @@
-"""Admin login lockouts (django-axes): per (address, username) pair, and per address.
-
-A lock on the username alone would let a stranger lock a staff member out from
-anywhere; the per-address limit, which axes has no setting for, stops password
-spraying. The lockout page answers 429 and says how to lift it.
+"""Admin login lockouts (django-axes): per (address, username) pair, so a stranger cannot
+lock a staff member out, and per address (no axes setting) against password spraying.
 See docs/staff-guide.md#admin-login-limit.
 """
 
@@ -21,26 +18,18 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 
-def address_failures(request: HttpRequest) -> int:
+def address_locked(request: HttpRequest) -> bool:
     """Failed logins from the request's address within the cool-off, whatever the username."""
     address = getattr(request, "axes_ip_address", None) or get_client_ip_address(request)
-    attempts = AccessAttempt.objects.filter(
+    failures = AccessAttempt.objects.filter(
         ip_address=address, attempt_time__gte=get_cool_off_threshold(request)
-    )
-    return attempts.aggregate(total=Sum("failures_since_start"))["total"] or 0
-
-
-def address_locked(request: HttpRequest) -> bool:
-    return address_failures(request) >= settings.ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT
+    ).aggregate(total=Sum("failures_since_start"))["total"]
+    return (failures or 0) >= settings.ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT
 
 
 class PairAndAddressHandler(AxesDatabaseHandler):
-    """axes' database handler, whose failure count also reaches the limit once the
-    address alone has failed ``ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT`` times.
-
-    axes compares one count with one limit, both when a login fails and before each
-    login is tried, so raising the count is the one place both see the address limit.
-    """
+    """axes compares one count with one limit, when a login fails and before each login is
+    tried: raising the count is the one place both see the address limit."""
 
     def get_failures(self, request: Any, credentials: dict | None = None) -> int:
         pair = super().get_failures(request, credentials)
@@ -57,7 +46,6 @@ def lockout_response(
         **admin.site.each_context(request),
         "by_address": by_address,
         "address": getattr(request, "axes_ip_address", "") or "",
-        # ADMIN_LOGIN_FAILURE_LIMIT or ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT, whichever locked.
         "failure_limit": (
             settings.ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT
             if by_address

@@ -147,7 +147,6 @@ STORAGES = {
     },
 }
 
-# --- HTTPS -----------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 # fal treats a redirect as a permanent delivery failure, and load balancers and
@@ -176,7 +175,6 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 
-# --- Staff admin -------------------------------------------------------------------
 ADMIN_BULK_START_MAX = env_int("ADMIN_BULK_START_MAX", 20, minimum=1)
 ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
@@ -190,7 +188,6 @@ AXES_LOCKOUT_CALLABLE = "avatarsite.login_lockout.lockout_response"
 # Its start-up banner would be one more INFO line before every command's output.
 AXES_VERBOSE = False
 
-# --- fal ---------------------------------------------------------------------------
 FAL_KEY = env_str("FAL_KEY") or env_str("FAL_API_KEY")
 if not FAL_KEY and env_str("FAL_KEY_ID") and env_str("FAL_KEY_SECRET"):
     FAL_KEY = f"{env_str('FAL_KEY_ID')}:{env_str('FAL_KEY_SECRET')}"
@@ -231,7 +228,6 @@ FAL_MEDIA_EXPIRATION_SECONDS = env_int_or_off(
 )
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
-# --- Monitoring ----------------------------------------------------------------------
 CHECK_INTERVAL_SECONDS = env_int("CHECK_INTERVAL_SECONDS", 60, minimum=1)
 # See bench/check_run.py for the figures.
 CHECK_CONCURRENCY = env_int("CHECK_CONCURRENCY", 40, minimum=1, maximum=1000)
@@ -261,7 +257,6 @@ TRAINING_MAX_RUN_MINUTES_PORTRAIT = env_int("TRAINING_MAX_RUN_MINUTES_PORTRAIT",
 TRAINING_MAX_RUN_MINUTES_STYLE = env_int("TRAINING_MAX_RUN_MINUTES_STYLE", 90, minimum=1)
 ADMIN_REFRESH_SECONDS = env_int("ADMIN_REFRESH_SECONDS", 60, minimum=0, maximum=3600)
 
-# --- Kept avatar files (monitoring.files, docs/files.md) ------------------------------
 AVATAR_FILES_COPY = env_bool("AVATAR_FILES_COPY", True)
 AVATAR_FILES_ROOT = Path(env_str("AVATAR_FILES_ROOT", str(BASE_DIR / "var" / "avatar-files")))
 AVATAR_FILES_S3_BUCKET = env_str("AVATAR_FILES_S3_BUCKET")
@@ -302,7 +297,6 @@ else:
     }
 STORAGES["avatar_files"] = _avatar_files
 
-# --- Telegram ------------------------------------------------------------------------
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")
 TELEGRAM_API_BASE_URL = env_url("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot")
 _staff_chat = env_str("TELEGRAM_STAFF_CHAT_ID")
@@ -315,9 +309,8 @@ except ValueError:
 OWNER_BOT_LINK = env_url("OWNER_BOT_LINK", None, schemes=("https", "tg"))
 OWNER_DELAY_MESSAGE_MINUTES = env_int("OWNER_DELAY_MESSAGE_MINUTES", 30, minimum=1)
 _backends = {
-    "telegram": "notifications.backends.telegram.TelegramBackend",
-    "console": "notifications.backends.console.ConsoleBackend",
-    "locmem": "notifications.backends.locmem.LocmemBackend",
+    name: f"notifications.backends.{name}.{name.capitalize()}Backend"
+    for name in ("telegram", "console", "locmem")
 }
 _backend_name = env_str("NOTIFICATION_BACKEND", "telegram" if TELEGRAM_BOT_TOKEN else "console")
 if _backend_name not in _backends:
@@ -344,7 +337,6 @@ NOTIFICATION_RATE_PER_CHAT_SECONDS = env_float("NOTIFICATION_RATE_PER_CHAT_SECON
 NOTIFICATION_RATE_GROUP_PER_MINUTE = env_int("NOTIFICATION_RATE_GROUP_PER_MINUTE", 20, minimum=1)
 NOTIFICATION_RATE_GLOBAL_PER_SECOND = env_int("NOTIFICATION_RATE_GLOBAL_PER_SECOND", 25, minimum=1)
 
-# --- ETA and the owner's live progress message (docs/eta.md) -------------------------------
 ETA_HISTORY_SIZE = env_int("ETA_HISTORY_SIZE", 200, minimum=10)
 ETA_MIN_HISTORY = env_int("ETA_MIN_HISTORY", 10, minimum=1)
 ETA_DEFAULT_PORTRAIT_MINUTES = env_float("ETA_DEFAULT_PORTRAIT_MINUTES", 25.0, minimum=0.1)
@@ -353,14 +345,12 @@ ETA_DEFAULT_SECONDS_PER_POSITION = env_float("ETA_DEFAULT_SECONDS_PER_POSITION",
 OWNER_PROGRESS_MESSAGES = env_bool("OWNER_PROGRESS_MESSAGES", True)
 OWNER_PROGRESS_EDIT_SECONDS = env_int("OWNER_PROGRESS_EDIT_SECONDS", 60, minimum=5)
 
-# --- Retention -------------------------------------------------------------------------
 RETENTION_WEBHOOK_DELIVERY_DAYS = env_int("RETENTION_WEBHOOK_DELIVERY_DAYS", 30, minimum=1)
 RETENTION_FINISHED_EVENTS_DAYS = env_int("RETENTION_FINISHED_EVENTS_DAYS", 180, minimum=1)
 RETENTION_CHECK_RUN_DAYS = env_int("RETENTION_CHECK_RUN_DAYS", 7, minimum=1)
 RETENTION_TASK_RESULT_DAYS = env_int("RETENTION_TASK_RESULT_DAYS", 7, minimum=1)
 RETENTION_REFUSED_WEBHOOK_HOURS = env_int("RETENTION_REFUSED_WEBHOOK_HOURS", 24, minimum=1)
 
-# --- Bot API (/api/v1/) and event callbacks ------------------------------------------
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_CALL_LOG_FLUSH_SECONDS = env_float("API_CALL_LOG_FLUSH_SECONDS", 1.0)
 API_IDEMPOTENCY_KEY_HOURS = env_int("API_IDEMPOTENCY_KEY_HOURS", 48, minimum=24)
@@ -371,7 +361,6 @@ EVENT_CALLBACK_TIMEOUT_SECONDS = env_float("EVENT_CALLBACK_TIMEOUT_SECONDS", 10.
 EVENT_CALLBACK_RETRY_BASE_SECONDS = env_float("EVENT_CALLBACK_RETRY_BASE_SECONDS", 30.0)
 EVENT_CALLBACK_RETRY_MAX_SECONDS = env_float("EVENT_CALLBACK_RETRY_MAX_SECONDS", 3600.0)
 
-# --- django-q2 -------------------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1, maximum=64)
 # Below Docker's 10 s before its SIGKILL.
@@ -414,7 +403,6 @@ else:
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be larger than Q_TIMEOUT_SECONDS")
 
-# --- Operations: /metrics, error tracking ------------------------------------------------
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
@@ -439,7 +427,6 @@ if SENTRY_DSN:
         SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE
     )
 
-# --- Logging ---------------------------------------------------------------------------
 LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from django.utils.translation import gettext as _
 
@@ -30,6 +31,11 @@ def integer(minimum: int, maximum: int) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def column(model: Any, field: str) -> Callable[[str], str]:
+    """Text that fits the model's column."""
+    return text(model._meta.get_field(field).max_length)
 
 
 def database_id(value: str) -> int:

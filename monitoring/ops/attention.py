@@ -57,44 +57,39 @@ def problems(now: datetime | None = None) -> list[Problem]:
     now = now or timezone.now()
     avatars = reverse("admin:monitoring_avatar_changelist")
     found: list[Problem] = []
+
+    def add(code: str, text: str, url: str = "") -> None:
+        found.append(Problem(code, text, url))
+
     stuck = Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False).count()
     if stuck:
-        found.append(
-            Problem(
-                "stuck",
-                ngettext("%(n)s training is stuck", "%(n)s trainings are stuck", stuck)
-                % {"n": stuck},
-                avatars + "?stuck=yes",
-            )
+        add(
+            "stuck",
+            ngettext("%(n)s training is stuck", "%(n)s trainings are stuck", stuck) % {"n": stuck},
+            avatars + "?stuck=yes",
         )
     beat = health.heartbeat(now)
     if beat.last_run is None:
-        found.append(
-            Problem("check_late", _("The periodic check has never run: is the worker up?"))
-        )
+        add("check_late", _("The periodic check has never run: is the worker up?"))
     elif beat.late:
-        found.append(
-            Problem(
-                "check_late",
-                _("The periodic check is late: the last run started %(minutes)s min ago.")
-                % {"minutes": int((beat.age_seconds or 0) // 60)},
-            )
+        add(
+            "check_late",
+            _("The periodic check is late: the last run started %(minutes)s min ago.")
+            % {"minutes": int((beat.age_seconds or 0) // 60)},
         )
     errors = dashboard.fal_error_rate(now)
     if errors["errors"]:
-        found.append(
-            Problem(
-                "fal_errors",
-                ngettext(
-                    "fal answered %(errors)s of %(checked)s status checks with an error in the "
-                    "last hour",
-                    "fal answered %(errors)s of %(checked)s status checks with an error in the "
-                    "last hour",
-                    errors["errors"],
-                )
-                % {"errors": errors["errors"], "checked": errors["checked"]},
-                reverse("admin:monitoring_training_changelist") + "?check_failing=yes",
+        add(
+            "fal_errors",
+            ngettext(
+                "fal answered %(errors)s of %(checked)s status checks with an error in the "
+                "last hour",
+                "fal answered %(errors)s of %(checked)s status checks with an error in the "
+                "last hour",
+                errors["errors"],
             )
+            % {"errors": errors["errors"], "checked": errors["checked"]},
+            reverse("admin:monitoring_training_changelist") + "?check_failing=yes",
         )
     account = (
         Notification.objects.filter(
@@ -104,22 +99,17 @@ def problems(now: datetime | None = None) -> list[Problem]:
         .first()
     )
     if account is not None:
-        code = (account.context or {}).get("status_code")
-        found.append(
-            Problem(
-                "fal_account",
-                _("fal rejected our key (401): check FAL_KEY.")
-                if code == 401
-                else _("fal locked the account (403): check the balance and billing."),
-                reverse("admin:notifications_notification_change", args=[account.pk]),
-            )
+        add(
+            "fal_account",
+            _("fal rejected our key (401): check FAL_KEY.")
+            if (account.context or {}).get("status_code") == 401
+            else _("fal locked the account (403): check the balance and billing."),
+            reverse("admin:notifications_notification_change", args=[account.pk]),
         )
     if health.sending_paused():
-        found.append(
-            Problem(
-                "notifications_paused",
-                _("Notifications are not being sent: Telegram rejected the bot token."),
-            )
+        add(
+            "notifications_paused",
+            _("Notifications are not being sent: Telegram rejected the bot token."),
         )
     oldest = (
         Notification.objects.filter(
@@ -131,38 +121,32 @@ def problems(now: datetime | None = None) -> list[Problem]:
         .first()
     )
     if oldest is not None and now - oldest > timedelta(minutes=BACKLOG_LATE_MINUTES):
-        found.append(
-            Problem(
-                "notifications_late",
-                _("Notifications are not being consumed: the oldest waits for %(minutes)s min.")
-                % {"minutes": int((now - oldest).total_seconds() // 60)},
-            )
+        add(
+            "notifications_late",
+            _("Notifications are not being consumed: the oldest waits for %(minutes)s min.")
+            % {"minutes": int((now - oldest).total_seconds() // 60)},
         )
     undelivered = reachability.undelivered_count()
     if undelivered:
-        found.append(
-            Problem(
-                "notifications_failed",
-                ngettext(
-                    "%(n)s owner was not told how their training ended",
-                    "%(n)s owners were not told how their training ended",
-                    undelivered,
-                )
-                % {"n": undelivered},
-                avatars + "?notification=problem",
+        add(
+            "notifications_failed",
+            ngettext(
+                "%(n)s owner was not told how their training ended",
+                "%(n)s owners were not told how their training ended",
+                undelivered,
             )
+            % {"n": undelivered},
+            avatars + "?notification=problem",
         )
     for extra in EXTRA_PROBLEMS:
         found.extend(extra(now))
     if settings.TELEGRAM_STAFF_CHAT_ID is None:
-        found.append(
-            Problem(
-                "staff_chat_missing",
-                _(
-                    "The staff chat is not configured (TELEGRAM_STAFF_CHAT_ID): stuck and "
-                    "account alerts are recorded but not sent."
-                ),
-            )
+        add(
+            "staff_chat_missing",
+            _(
+                "The staff chat is not configured (TELEGRAM_STAFF_CHAT_ID): stuck and "
+                "account alerts are recorded but not sent."
+            ),
         )
     return found
 

@@ -171,32 +171,34 @@ def money(now: datetime) -> dict[str, Any]:
     if not account["configured"]:
         return {"configured": False, "held": account["held"]}
     figures = billing.spend(now)
+
+    def usd(nano: int) -> str:
+        return billing.cents(billing.usd(nano))
+
     return {
         **account,
         "balance": billing.cents(account["balance_usd"])
         if account["balance_usd"] is not None
         else None,
-        "today": billing.cents(billing.usd(figures.today)),
-        "week": billing.cents(billing.usd(figures.week)),
-        "month": billing.cents(billing.usd(figures.month)),
-        "by_trainer": [
-            (endpoint, billing.cents(billing.usd(n))) for endpoint, n in figures.by_trainer
-        ],
+        "today": usd(figures.today),
+        "week": usd(figures.week),
+        "month": usd(figures.month),
+        "by_trainer": [(endpoint, usd(n)) for endpoint, n in figures.by_trainer],
         "top_owners": [
             {
                 "owner_id": row["avatar__owner_id"],
                 "name": f"@{row['avatar__owner__username']}"
                 if row["avatar__owner__username"]
                 else str(row["avatar__owner__telegram_id"]),
-                "usd": billing.cents(billing.usd(row["total"])),
+                "usd": usd(row["total"]),
                 "trainings": row["trainings"],
             }
             for row in figures.top_owners
         ],
         "completed_avatars": figures.completed_avatars,
-        "per_completed_avatar": billing.cents(billing.usd(figures.per_completed_avatar))
-        if figures.per_completed_avatar is not None
-        else None,
+        "per_completed_avatar": None
+        if figures.per_completed_avatar is None
+        else usd(figures.per_completed_avatar),
     }
 
 
@@ -204,19 +206,14 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
     now = now or timezone.now()
     buckets = finished_per_hour(now)
     durations = [d for b in buckets for d in b.durations]
+    stuck = Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
     return {
         "now": now,
         "status_counts": status_counts(),
         "active_count": Training.objects.filter(finished_at__isnull=True).count(),
         # The oldest few; the stuck list has them all.
-        "stuck": list(
-            Training.objects.filter(finished_at__isnull=True, stuck_since__isnull=False)
-            .select_related("avatar__owner")
-            .order_by("stuck_since")[:10]
-        ),
-        "stuck_total": Training.objects.filter(
-            finished_at__isnull=True, stuck_since__isnull=False
-        ).count(),
+        "stuck": list(stuck.select_related("avatar__owner").order_by("stuck_since")[:10]),
+        "stuck_total": stuck.count(),
         "heartbeat": health.heartbeat(now),
         "fal_errors": fal_error_rate(now),
         "retries": retries_last_day(now),

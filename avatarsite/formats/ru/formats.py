@@ -1,4 +1,3 @@
-"""One date format on every staff page, in both languages: the one our own pages write
-("2026-12-01 19:02:14", UTC), so a list and an avatar page never show two styles."""
+"""The same date formats as English (avatarsite/formats/en/formats.py)."""
 
 from avatarsite.formats.en.formats import *  # noqa: F403 (one style in both languages)

@@ -29,13 +29,6 @@ OPTION_FIELDS = (
 LINE_FIELDS = {*OPTION_FIELDS, "created_at"}
 
 
-class _DryRun(Exception):
-    """Raised inside the transaction of a dry run so that nothing stays written."""
-
-    def __init__(self, result: AdoptResult) -> None:
-        self.result = result
-
-
 class Command(TranslatedCommand):
     help = (
         "Adopt a fal request started outside the monitor (--request-id RID --endpoint E "
@@ -85,12 +78,8 @@ class Command(TranslatedCommand):
             if reason:
                 raise AdoptRefused(f"{name}: {reason}")
         kwargs: dict[str, Any] = {
-            "request_id": fields.get("request_id"),
-            "endpoint": fields.get("endpoint"),
-            "owner_telegram_id": fields.get("owner_telegram_id"),
+            **{name: fields.get(name) for name in OPTION_FIELDS if name != "avatar"},
             "name": fields.get("name") or "",
-            "training_type": fields.get("training_type"),
-            "owner_language": fields.get("owner_language"),
             "created_at": _moment(fields.get("created_at")),
             "notify": notify,
             "source": EventSource.COMMAND,
@@ -107,11 +96,10 @@ class Command(TranslatedCommand):
             return adopt_training(**kwargs)
         # The real thing, rolled back: what it would do, with nothing left behind
         # (owner messages are handed over only on commit).
-        try:
-            with transaction.atomic():
-                raise _DryRun(adopt_training(**kwargs))
-        except _DryRun as done:
-            return done.result
+        with transaction.atomic():
+            result = adopt_training(**kwargs)
+            transaction.set_rollback(True)
+        return result
 
     def _from_file(self, options) -> None:
         try:

@@ -20,10 +20,6 @@ from monitoring.trainings import (
 )
 
 
-def _field_length(model, name: str) -> int:
-    return model._meta.get_field(name).max_length
-
-
 class Command(TranslatedCommand):
     help = (
         "Start an avatar's training on fal (--avatar ID), or create the owner and avatar "
@@ -39,8 +35,8 @@ class Command(TranslatedCommand):
         parser.add_argument(
             "--owner-telegram-id", type=inputs.telegram_id, help="a positive 64-bit integer"
         )
-        parser.add_argument("--name", type=inputs.text(_field_length(Avatar, "name")))
-        parser.add_argument("--images-url", type=inputs.text(_field_length(Avatar, "images_url")))
+        parser.add_argument("--name", type=inputs.column(Avatar, "name"))
+        parser.add_argument("--images-url", type=inputs.column(Avatar, "images_url"))
         parser.add_argument(
             "--training-type",
             choices=[c.value for c in TrainingType],
@@ -48,7 +44,7 @@ class Command(TranslatedCommand):
         )
         parser.add_argument(
             "--trigger",
-            type=inputs.text(_field_length(Avatar, "trigger_word")),
+            type=inputs.column(Avatar, "trigger_word"),
             help="trigger word (trigger_phrase for portraits)",
         )
         parser.add_argument("--owner-language", choices=[c.value for c in Language])
