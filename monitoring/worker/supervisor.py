@@ -24,11 +24,6 @@ def _role_command(role: str) -> list[str]:
     return [sys.executable, script, "qcluster", "--only", role, "--skip-checks"]
 
 
-def _child_setup() -> None:
-    # A supervisor killed with SIGKILL still ends its roles (which end their workers).
-    cluster.die_with_parent(signal.SIGTERM)
-
-
 class Supervisor:
     def __init__(self, roles: tuple[str, ...] = cluster.ROLES) -> None:
         self.roles = roles
@@ -40,8 +35,11 @@ class Supervisor:
         cluster.adopt_orphans()
         cluster.set_process_title("qcluster supervisor")
         for role in self.roles:
+            # A supervisor killed with SIGKILL still ends its roles (which end their workers).
             child = subprocess.Popen(
-                _role_command(role), env=cluster.role_environment(role), preexec_fn=_child_setup
+                _role_command(role),
+                env=cluster.role_environment(role),
+                preexec_fn=lambda: cluster.die_with_parent(signal.SIGTERM),
             )
             self.children[child.pid] = (role, child)
         logger.info(

@@ -55,7 +55,9 @@ class Command(TranslatedCommand):
         progress = sys.stderr.isatty() and not options["json"]
         for index, training in enumerate(chosen, start=1):
             if progress:
-                self._progress(index, len(chosen))
+                filled = 30 * index // len(chosen)
+                sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {index}/{len(chosen)}")
+                sys.stderr.flush()
             self._one(training, summary, dry_run=options["dry_run"])
         if progress:
             sys.stderr.write("\n")
@@ -88,9 +90,3 @@ class Command(TranslatedCommand):
             summary["gone_at_fal"] += 1
         else:
             summary["failed"] += 1
-
-    def _progress(self, done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        sys.stderr.flush()

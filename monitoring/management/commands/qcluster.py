@@ -34,7 +34,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, only: str | None = None, cluster_name: str | None = None, **options):
-        role = only or self._role_from_name(cluster_name or os.environ.get("Q_CLUSTER_NAME"))
+        name = cluster_name or os.environ.get("Q_CLUSTER_NAME")
+        role = only or cluster.role_for_cluster(name)
+        if role == "":
+            raise CommandError(
+                f"Unknown cluster name {name!r}: use --only "
+                f"{' or --only '.join(cluster.ROLES)} (or no option for both)"
+            )
         if role is None:
             from monitoring.worker.supervisor import Supervisor
 
@@ -48,16 +54,6 @@ class Command(BaseCommand):
         sys.stderr.flush()
         atexit._run_exitfuncs()
         os._exit(code)
-
-    @staticmethod
-    def _role_from_name(name: str | None) -> str | None:
-        role = cluster.role_for_cluster(name)
-        if role == "":
-            raise CommandError(
-                f"Unknown cluster name {name!r}: use --only "
-                f"{' or --only '.join(cluster.ROLES)} (or no option for both)"
-            )
-        return role
 
     @staticmethod
     def _run_as(role: str) -> None:
