@@ -33,7 +33,7 @@ EXTRA_PROBLEMS: list[Callable[[datetime], list[Problem]]] = []
 
 @dataclass(frozen=True)
 class Problem:
-    code: str  # stuck, check_late, fal_account, notifications_paused, ...
+    code: str
     text: str
     url: str = ""
 

@@ -88,7 +88,6 @@ def prune(now: datetime | None = None) -> dict[str, int]:
                 model.objects.filter(pk__in=ids[i : i + 1000]).delete()[1].get(model._meta.label, 0)
                 for i in range(0, len(ids), 1000)
             )
-    # Temporary files of copies a crash interrupted (monitoring.files).
     deleted["avatar_file_temporaries"] = files.stale_temporaries()
     return _logged(deleted)
 

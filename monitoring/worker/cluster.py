@@ -154,18 +154,15 @@ def set_process_title(title: str) -> None:
 def put_back(broker: Any, task: dict[str, Any]) -> None:
     """First in line."""
     from django_q.brokers.orm import ORM
-    from django_q.brokers.redis_broker import Redis
 
     if isinstance(broker, ORM):
         # The row is still there, locked until Q_RETRY_SECONDS: unlocked, it is due at once.
         broker.get_connection().filter(pk=task["ack_id"]).update(lock=timezone.now())
         return
-    # BLPOP removed it: sign it again (as the pusher read it) and push it back.
+    # Redis (the only other broker settings.Q_CLUSTER sets up): BLPOP removed it, so sign
+    # it again (as the pusher read it) and push it back.
     package = SignedPackage.dumps({k: v for k, v in task.items() if k != "ack_id"})
-    if isinstance(broker, Redis):
-        broker.connection.lpush(broker.list_key, package)
-    else:
-        broker.enqueue(package)
+    broker.connection.lpush(broker.list_key, package)
 
 
 class _Worker:
