@@ -14,6 +14,7 @@ from monitoring.api import representation
 from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, AvatarStatus, CostState, FalStatus
+from monitoring.ops import attention
 
 MAX_LIMIT = 100_000
 
@@ -52,10 +53,7 @@ class Command(TranslatedCommand):
         if options["status"]:
             avatars = avatars.filter(status=options["status"])
         if options["stuck"]:
-            avatars = avatars.filter(
-                current_training__stuck_since__isnull=False,
-                current_training__finished_at__isnull=True,
-            )
+            avatars = avatars.filter(attention.stuck_filter())
         if options["owner"]:
             owner = options["owner"].lstrip("@")
             if owner.lstrip("-").isdigit():
@@ -111,7 +109,6 @@ class Command(TranslatedCommand):
         headings = [str(heading) for _key, heading in columns]
         table = [[cell(row, key) for key, _heading in columns] for row in rows]
         widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(headings)]
-        self.stdout.write("  ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)))
-        for r in table:
+        for r in [headings, *table]:
             self.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
         self.stdout.write(_("%d avatar(s)") % len(rows))
