@@ -113,6 +113,28 @@ def test_commands_refuse_what_the_database_cannot_store_naming_the_option(
     assert not fal.jobs
 
 
+@pytest.mark.parametrize(
+    ("command", "arguments", "option"),
+    [
+        ("adopt_training", ["--request-id", "r", "--avatar", str(2**63)], "--avatar"),
+        (
+            "adopt_training",
+            ["--request-id", "r", "--owner-telegram-id", "-5"],
+            "--owner-telegram-id",
+        ),
+        ("keep_avatar_files", ["--avatar", "99999999999999999999"], "--avatar"),
+        ("keep_avatar_files", ["--since", "0"], "--since"),
+    ],
+)
+def test_ids_the_database_cannot_hold_are_refused_naming_the_option(
+    fal, command, arguments, option
+):
+    with pytest.raises(CommandError, match=f"{option}: .*(out of range|positive)"):
+        call_command(command, *arguments)
+
+    assert nothing_written() and not fal.jobs
+
+
 def test_a_line_of_the_adopt_file_with_a_nul_is_refused_alone(fal, tmp_path, capsys):
     lines = tmp_path / "requests.jsonl"
     lines.write_text(

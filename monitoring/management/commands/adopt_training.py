@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
+from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import Avatar, EventSource, Language, TrainingType
 from monitoring.storable import unstorable
@@ -42,8 +43,8 @@ class Command(TranslatedCommand):
     def add_arguments(self, parser):
         parser.add_argument("--request-id")
         parser.add_argument("--endpoint")
-        parser.add_argument("--avatar", type=int, help="id of an existing avatar")
-        parser.add_argument("--owner-telegram-id", type=int)
+        parser.add_argument("--avatar", type=inputs.database_id, help="id of an existing avatar")
+        parser.add_argument("--owner-telegram-id", type=inputs.telegram_id)
         parser.add_argument("--name")
         parser.add_argument("--training-type", choices=[c.value for c in TrainingType])
         parser.add_argument("--owner-language", choices=[c.value for c in Language])

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from monitoring import files
+from monitoring.management import inputs
 from monitoring.management.language import TranslatedCommand
 from monitoring.models import FileState, KeptFile, Training, TrainingOutcome
 
@@ -27,9 +28,12 @@ class Command(TranslatedCommand):
     json_help = _("print the summary as JSON")
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--avatar", type=int, help=_("only this avatar (id)"))
+        parser.add_argument("--avatar", type=inputs.database_id, help=_("only this avatar (id)"))
         parser.add_argument(
-            "--since", type=int, metavar="DAYS", help=_("only trainings finished in the last DAYS")
+            "--since",
+            type=inputs.integer(1, 36_500),
+            metavar="DAYS",
+            help=_("only trainings finished in the last DAYS"),
         )
 
     def handle(self, *args, **options) -> None:
