@@ -1,16 +1,14 @@
 """The avatar page: a summary at the top, the actions the state and the user allow, the timeline.
 
-Each button posts the changelist's own Django admin action for this one avatar, so the
-permission check, the confirmation page and the result message are the admin's; a button
-that does not apply is shown disabled with ``actions.why_not``'s reason.
-See docs/staff-guide.md#the-avatar-page.
+Each button posts the changelist's own admin action for this one avatar; one that does
+not apply is shown disabled with ``actions.why_not``'s reason. See
+docs/staff-guide.md#the-avatar-page.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -43,9 +41,6 @@ from notifications.models import Audience, Notification, NotificationStatus
 FOLD_AT = 240
 
 
-# --- the summary ---------------------------------------------------------------------------------
-
-
 def _ago(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "—"
@@ -56,41 +51,32 @@ def _ago(moment: datetime | None, now: datetime) -> str:
     return _("%(ago)s ago") % {"ago": timesince(moment, now, depth=2)}
 
 
-def _when(moment: datetime | None, now: datetime) -> SafeString:
-    """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element."""
+def _when(moment: datetime | None, now: datetime, due: bool = False) -> SafeString:
+    """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element.
+
+    ``due``: a time something should happen, "overdue by 26 s" once it passed (never
+    "26 s ago", which reads as if it had happened)."""
     if moment is None:
         return mark_safe("—")
-    if moment <= now:
+    seconds = int((now - moment).total_seconds())
+    if due and moment <= now:
+        relative = (
+            _("overdue by %(n)s s") % {"n": seconds}
+            if seconds < 60
+            else _("overdue by %(delay)s") % {"delay": timesince(moment, now, depth=2)}
+        )
+    elif moment <= now:
         relative = _ago(moment, now)
     elif (moment - now).total_seconds() < 60:
         relative = _("in %(n)s s") % {"n": int((moment - now).total_seconds())}
     else:
         relative = _("in %(delay)s") % {"delay": timeuntil(moment, now, depth=2)}
     return format_html(
-        '<time datetime="{}">{} UTC</time> <span class="quiet">({})</span>',
+        '<time datetime="{}">{} UTC</time> <span class="quiet{}">({})</span>',
         moment.isoformat(),
         moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        " overdue" if due and moment <= now else "",
         relative,
-    )
-
-
-def _due(moment: datetime | None, now: datetime) -> SafeString:
-    """A time something should happen: "in 40 s", or "overdue by 26 s" once it passed
-    (never "26 s ago", which reads as if it had happened)."""
-    if moment is None or moment > now:
-        return _when(moment, now)
-    late = now - moment
-    seconds = int(late.total_seconds())
-    overdue = (
-        _("overdue by %(n)s s") % {"n": seconds}
-        if seconds < 60
-        else _("overdue by %(delay)s") % {"delay": timesince(moment, now, depth=2)}
-    )
-    return format_html(
-        '<time datetime="{}">{} UTC</time> <span class="quiet overdue">({})</span>',
-        moment.isoformat(),
-        moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        overdue,
     )
 
 
@@ -237,7 +223,7 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
                 ),
             )
         )
-        rows.append((_("Next check"), _due(training.next_check_at, now)))
+        rows.append((_("Next check"), _when(training.next_check_at, now, due=True)))
         ready = eta.words(training, now)
         if ready:
             rows.append((_("Ready"), format_html("{}", ready)))
@@ -325,9 +311,6 @@ def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpRespon
     return file_views.file_response(request, row, attachment=True)  # type: ignore[return-value]
 
 
-# --- the timeline ---------------------------------------------------------------------------------
-
-
 def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> SafeString:
     """Newest first: when (seconds, UTC, relative), what, who, the change, the text."""
     now = now or timezone.now()
@@ -356,10 +339,6 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
     return render_to_string(
         "admin/monitoring/avatar/timeline.html", {"events": rows, "labels": labels}
     )
-
-
-def refresh_seconds() -> int:
-    return settings.ADMIN_REFRESH_SECONDS
 
 
 def live_stuck_words(training: Training) -> str:

@@ -7,9 +7,11 @@ See docs/staff-guide.md#the-admin.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.db import models
@@ -17,7 +19,7 @@ from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquer
 from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -51,6 +53,8 @@ from notifications.reasons import telegram_reason_words
 
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50
+# What an avatar is trained on: history once a training exists.
+TRAINED = ("training_type", "trigger_word", "images_url", "training_settings")
 
 
 class OneAtATime:
@@ -61,6 +65,12 @@ class OneAtATime:
         extra = {"show_save_and_add_another": False, **(extra_context or {})}
         return super().changeform_view(request, object_id, form_url, extra)  # type: ignore[misc]
 
+    def get_search_results(self, request, queryset, search_term):
+        # "@name" is how staff write Telegram usernames.
+        return super().get_search_results(  # type: ignore[misc]
+            request, queryset, search_term.strip().lstrip("@")
+        )
+
 
 def _since(moment: datetime | None) -> str:
     if moment is None:
@@ -69,17 +79,21 @@ def _since(moment: datetime | None) -> str:
 
 
 def _admin_link(obj: Any, text: Any) -> SafeString:
-    try:
-        url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
-    except NoReverseMatch:
-        return format_html("{}", text)
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
     return format_html('<a href="{}">{}</a>', url, text)
 
 
-def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeString:
-    return render_to_string(
-        "admin/includes/table.html", {"headers": headers, "rows": rows, "empty": empty}
-    )
+def _stamp(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def _table(
+    objects: Iterable[Any], columns: dict[str, Callable[[Any], Any]], empty: str
+) -> SafeString:
+    """A read-only table: a row per object, a cell per column (its header: its value)."""
+    rows = [[cell(obj) for cell in columns.values()] for obj in objects]
+    context = {"headers": list(columns), "rows": rows, "empty": empty}
+    return render_to_string("admin/includes/table.html", context)
 
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
@@ -150,9 +164,6 @@ class NotificationStateFilter(admin.SimpleListFilter):
         return queryset
 
 
-# --- Inlines -----------------------------------------------------------------------------
-
-
 # --- Owners ------------------------------------------------------------------------------
 
 
@@ -204,9 +215,6 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
                 unreachable_since_at=Subquery(unreachable.values("since")[:1]),
             )
         )
-
-    def get_search_results(self, request, queryset, search_term):
-        return super().get_search_results(request, queryset, search_term.strip().lstrip("@"))
 
     @admin.display(description=gettext_lazy("last delivery error"))
     def last_error(self, owner: Owner) -> str:
@@ -262,19 +270,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         "notification_attempts",
     )
     fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "owner",
-                    "name",
-                    "training_type",
-                    "trigger_word",
-                    "images_url",
-                    "training_settings",
-                )
-            },
-        ),
+        (None, {"fields": ("owner", "name", *TRAINED)}),
         (
             gettext_lazy("State"),
             {
@@ -331,13 +327,10 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
         counts = attention.counts()
-        extra = {
-            "counts": counts,
-            "is_stuck_list": _is_stuck_list(request),
-        }
+        extra = {"counts": counts, "is_stuck_list": _is_stuck_list(request)}
         if extra["is_stuck_list"]:
             extra["title"] = _("Stuck trainings (%(n)s)") % {"n": counts["stuck"]}
-            extra["refresh_seconds"] = avatar_page.refresh_seconds()
+            extra["refresh_seconds"] = settings.ADMIN_REFRESH_SECONDS
         return super().changelist_view(request, {**extra, **(extra_context or {})})
 
     def change_view(
@@ -365,23 +358,11 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
-    def get_search_results(self, request, queryset, search_term):
-        # "@name" is how staff write Telegram usernames.
-        return super().get_search_results(request, queryset, search_term.strip().lstrip("@"))
-
     def get_readonly_fields(
         self, request: HttpRequest, obj: Avatar | None = None
     ) -> tuple[str, ...]:
-        # What was trained is history once a training exists.
         if obj is not None and obj.current_training_id:
-            return (
-                *self.readonly_fields,
-                "owner",
-                "training_type",
-                "trigger_word",
-                "images_url",
-                "training_settings",
-            )
+            return (*self.readonly_fields, "owner", *TRAINED)
         return self.readonly_fields
 
     def has_delete_permission(self, request: HttpRequest, obj: Avatar | None = None) -> bool:
@@ -469,35 +450,23 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
 
     def attempts(self, avatar: Avatar) -> SafeString:
         """Every training attempt of the avatar, newest first (shown under the timeline)."""
-        rows = Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT]
         return _table(
-            [
-                _("attempt"),
-                _("fal request id"),
-                _("fal status"),
-                _("submitted"),
-                _("finished"),
-                _("outcome"),
-                _("owner told"),
-                _("cost"),
-                _("error"),
-            ],
-            [
-                (
-                    _admin_link(t, f"#{t.attempt}"),
-                    t.fal_request_id or "—",
-                    t.get_fal_status_display(),
-                    t.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if t.submitted_at else "—",
-                    t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "—",
+            Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT],
+            {
+                _("attempt"): lambda t: _admin_link(t, f"#{t.attempt}"),
+                _("fal request id"): lambda t: t.fal_request_id or "—",
+                _("fal status"): lambda t: t.get_fal_status_display(),
+                _("submitted"): lambda t: _stamp(t.submitted_at),
+                _("finished"): lambda t: _stamp(t.finished_at),
+                _("outcome"): lambda t: (
                     retried_words(t.error_type)
                     if t.outcome == TrainingOutcome.RETRIED
-                    else t.get_outcome_display() or "—",
-                    t.get_owner_message_display() or "—",
-                    avatar_page.cost_words(t),
-                    avatar_page.fold(t.error_message) if t.error_message else "—",
-                )
-                for t in rows
-            ],
+                    else t.get_outcome_display() or "—"
+                ),
+                _("owner told"): lambda t: t.get_owner_message_display() or "—",
+                _("cost"): avatar_page.cost_words,
+                _("error"): lambda t: avatar_page.fold(t.error_message) if t.error_message else "—",
+            },
             _("No training attempts yet."),
         )
 
@@ -514,57 +483,32 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             .order_by("-received_at", "-id")[:TABLE_LIMIT]
         )
         return _table(
-            [
-                _("received"),
-                _("attempt"),
-                _("request id"),
-                _("verdict"),
-                _("outcome"),
-                _("status in body"),
-                _("error"),
-            ],
-            [
-                (
-                    _admin_link(d, d.received_at.strftime("%Y-%m-%d %H:%M:%S")),
-                    d.training.attempt if d.training else "—",
-                    d.request_id,
-                    d.get_verdict_display(),
-                    d.get_outcome_display(),
-                    d.fal_status,
-                    d.error[:200],
-                )
-                for d in deliveries
-            ],
+            deliveries,
+            {
+                _("received"): lambda d: _admin_link(d, _stamp(d.received_at)),
+                _("attempt"): lambda d: d.training.attempt if d.training else "—",
+                _("request id"): lambda d: d.request_id,
+                _("verdict"): lambda d: d.get_verdict_display(),
+                _("outcome"): lambda d: d.get_outcome_display(),
+                _("status in body"): lambda d: d.fal_status,
+                _("error"): lambda d: d.error[:200],
+            },
             _("No webhook deliveries."),
         )
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, avatar: Avatar) -> SafeString:
-        notifications = list(
-            Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT]
-        )
         summary = _table(
-            [
-                _("notification"),
-                _("kind"),
-                _("audience"),
-                _("status"),
-                _("failed attempts"),
-                _("sent"),
-                _("last error"),
-            ],
-            [
-                (
-                    _admin_link(n, f"#{n.pk}"),
-                    n.get_kind_display(),
-                    n.get_audience_display(),
-                    n.get_status_display(),
-                    n.attempts,
-                    n.sent_at.strftime("%Y-%m-%d %H:%M:%S") if n.sent_at else "—",
-                    last_error_words(n.last_error)[:200],
-                )
-                for n in notifications
-            ],
+            Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT],
+            {
+                _("notification"): lambda n: _admin_link(n, f"#{n.pk}"),
+                _("kind"): lambda n: n.get_kind_display(),
+                _("audience"): lambda n: n.get_audience_display(),
+                _("status"): lambda n: n.get_status_display(),
+                _("failed attempts"): lambda n: n.attempts,
+                _("sent"): lambda n: _stamp(n.sent_at),
+                _("last error"): lambda n: last_error_words(n.last_error)[:200],
+            },
             _("No notifications."),
         )
         log = _attempts_table(NotificationAttempt.objects.filter(notification__avatar=avatar))
@@ -601,10 +545,6 @@ def page_buttons(
 
 
 # --- Training attempts -------------------------------------------------------------------
-
-
-def _training_inlines() -> tuple[type, ...]:
-    return (WebhookDeliveryInline,)
 
 
 class TrainingStateFilter(ConditionFilter):
@@ -655,7 +595,7 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
     search_fields = ("=fal_request_id", "avatar__name", "=avatar__owner__telegram_id")
     list_select_related = ("avatar",)
     ordering = ("-created_at",)
-    inlines = _training_inlines()
+    inlines = (WebhookDeliveryInline,)
     # The stored stuck reason is English (for the log and the alert): shown worded instead.
     exclude = ("result", "logs_tail", "stuck_reason")
 
@@ -692,27 +632,18 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
 
 def _attempts_table(attempts: QuerySet[NotificationAttempt]) -> SafeString:
     """Telegram's answers, newest first: on the avatar's page and on an attempt's."""
-    attempts = attempts.select_related("notification").order_by("-started_at", "-id")
     return _table(
-        [
-            _("started"),
-            _("notification"),
-            _("outcome"),
-            _("chat id"),
-            _("Telegram message id"),
-            _("error"),
-        ],
-        [
-            (
-                a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                f"#{a.notification_id} {a.notification.get_kind_display()}",
-                a.get_outcome_display(),
-                a.chat_id or "—",
-                a.telegram_message_id or "—",
-                a.error[:200],
-            )
-            for a in attempts[:TABLE_LIMIT]
-        ],
+        attempts.select_related("notification").order_by("-started_at", "-id")[:TABLE_LIMIT],
+        {
+            _("started"): lambda a: _stamp(a.started_at),
+            _("notification"): lambda a: (
+                f"#{a.notification_id} {a.notification.get_kind_display()}"
+            ),
+            _("outcome"): lambda a: a.get_outcome_display(),
+            _("chat id"): lambda a: a.chat_id or "—",
+            _("Telegram message id"): lambda a: a.telegram_message_id or "—",
+            _("error"): lambda a: a.error[:200],
+        },
         _("No attempts yet."),
     )
 

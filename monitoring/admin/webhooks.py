@@ -1,10 +1,6 @@
-"""Admin for fal webhook deliveries: a read-only audit trail with a re-process action.
-
-Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
-nothing here edits them; staff can only re-process a verified one, after a page that
-lists which of the selected will and will not be re-processed and why, which goes
-through ``Delivery.reprocess`` (monitoring.fal.deliveries) and therefore through the transitions
-(permission ``monitoring.recheck_avatar``).
+"""Admin for fal webhook deliveries: a read-only audit trail (what fal, or someone
+pretending to be fal, sent us). Staff may only re-process a verified delivery, after the
+confirmation page, through ``Delivery.reprocess`` and so through the transitions.
 """
 
 from __future__ import annotations
@@ -22,9 +18,9 @@ from django.utils.translation import gettext_lazy as _
 
 from avatarsite.admin_base import (
     ConditionFilter,
-    ConfirmRow,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    confirm_rows,
     confirmation_page,
     is_confirmed,
     permission_check,
@@ -34,7 +30,6 @@ from avatarsite.admin_base import (
 )
 from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
-from monitoring.admin.actions import log_staff_action
 from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
 
@@ -68,9 +63,6 @@ class MatchedFilter(ConditionFilter):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
-    # The audit trail of what fal sent us: nobody adds, edits or deletes it from the
-    # admin (retention prunes old rows on its own schedule).
-
     list_display = (
         "received_at",
         "request_id_display",
@@ -111,7 +103,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
-        """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
+        # Indented JSON when it parses; an excerpt or junk is shown as sent.
         try:
             return pretty_json(redact_value(json.loads(obj.body)))
         except ValueError:
@@ -153,15 +145,12 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
                     "Process these deliveries again, as if fal had just sent them? One can "
                     "complete an avatar and tell its owner."
                 ),
-                rows=[
-                    ConfirmRow(
-                        delivery,
-                        label=delivery.request_id or delivery.header_request_id,
-                        why_not=delivery.why_not_reprocess(),
-                        state=str(delivery.get_outcome_display()),
-                    )
-                    for delivery in deliveries
-                ],
+                rows=confirm_rows(
+                    deliveries,
+                    lambda delivery: delivery.request_id or delivery.header_request_id,
+                    Delivery.why_not_reprocess,
+                    Delivery.get_outcome_display,
+                ),
             )
         for delivery in deliveries:
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
@@ -181,7 +170,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
                 "outcome": WebhookOutcome(outcome).label,
             }
             self.message_user(request, text, level)
-            log_staff_action(self, request, delivery, "reprocess", text)
+            self.log_change(request, delivery, f"reprocess: {text}")
         return None
 
 
@@ -202,11 +191,7 @@ class RefusedWebhookCountAdmin(ReadOnlyAdmin[RefusedWebhookCount]):
 
 
 class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
-    """The deliveries of one training attempt, read-only, newest first.
-
-    For the Training admin page (Django inlines need a direct foreign key; the
-    avatar page lists all its attempts' deliveries in a read-only table).
-    """
+    """The deliveries of one training attempt, newest first, on the Training admin page."""
 
     model = WebhookDelivery
     fk_name = "training"
