@@ -33,27 +33,24 @@ def pre(value: str) -> SafeString:
 
 
 def pretty_json(value: Any) -> SafeString:
-    if value is None:
-        return pre("")
-    return pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+    return pre(
+        "" if value is None else json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    )
 
 
-_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
-_Row = TypeVar("_Row", bound=Model)
-# A module-level action or a ModelAdmin method: (model admin, request, selection).
-ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Row]], Any]
+def column(description: Any, value: Callable[[Any], Any], **options: Any) -> Any:
+    """A list or read-only column showing ``value(row)``; ``options`` as ``admin.display``'s."""
+    return admin.display(description=description, **options)(lambda modeladmin, row: value(row))
 
 
-def staff_action(
-    *, permission: str, description: Any
-) -> Callable[[ActionFunction[_Admin, _Row]], Any]:
+def staff_action(*, permission: str, description: Any) -> Callable[[Callable[..., Any]], Any]:
     """An admin action that needs ``permission`` ("app_label.codename"): Django offers it
     when ``has_<codename>_permission`` says yes; the wrapper asks again where it runs."""
     codename = permission.split(".", 1)[1]
 
-    def wrap(action: ActionFunction[_Admin, _Row]) -> Any:
+    def wrap(action: Callable[..., Any]) -> Any:
         @functools.wraps(action)
-        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Row]):
+        def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]):
             if not request.user.has_perm(permission):
                 raise PermissionDenied
             return action(modeladmin, request, queryset)
@@ -99,8 +96,9 @@ _Parent = TypeVar("_Parent", bound=Model)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin[_M]):
-    """Records of what happened: never added or changed from the admin, deleted only when
-    ``deletable`` (then Django's delete permission decides). Actions still run."""
+    """Records of what happened: never added or changed from the admin (so every one of
+    ``fields`` is shown read-only), deleted only when ``deletable`` (then Django's delete
+    permission decides). Actions still run."""
 
     deletable = False
 

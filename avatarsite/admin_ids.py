@@ -1,10 +1,7 @@
 """Object ids in admin URLs and action POSTs are checked before any admin view runs.
 
-Django's own change and history views turn an id that is not a number into "does not
-exist", but our views (the avatar page, its action URL) and an action's
-``_selected_action`` values reach the ORM as they came, and ``int("abc")`` there is a
-500. One middleware for every model of both apps: an object id the model's primary key
-cannot hold is a 404, an action POST naming one is a 400, and nothing runs.
+Our views and an action's ``_selected_action`` values reach the ORM as they came, where
+``int("abc")`` is a 500: an id the model's key cannot hold is a 404 (in a POST, a 400).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ runs. See docs/staff-guide.md#the-admin and #roles.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -151,16 +151,15 @@ def why_not(action: str, avatar: Avatar) -> str:
                 return _("fal's record is still being searched for it.")
             return ""
         case "resend_notification":
-            notification = _resendable([avatar.pk]).get(avatar.pk)
+            notification = _resendable(avatar)
             if notification is None:
                 return _("no undelivered notification to resend.")
             return notification_admin.why_not_resend(notification)
     raise ValueError(f"no precondition for the action {action!r}")
 
 
-# --- The avatar page's buttons ---------------------------------------------------------------
-# They post the admin action of the same name, for one avatar, with this field: Django's
-# admin checks the permission and runs the action, and the answer comes back to the page.
+# The avatar page's buttons post the admin action of their name, for one avatar, with this
+# field: Django checks the permission and runs the action; the answer comes back to the page.
 FROM_PAGE = "from_avatar_page"
 # Red on the page and on the confirmation page: they stop a training that may still run.
 DESTRUCTIVE = frozenset({"cancel_on_fal", "mark_failed"})
@@ -188,7 +187,7 @@ def _confirm(
         functools.partial(why_not, action),
         Avatar.get_status_display,
     )
-    eligible: list[Avatar] = [row.obj for row in rows if not row.why_not]  # type: ignore[misc]
+    eligible: list[Any] = [row.obj for row in rows if not row.why_not]
     title, question = _ASK[action]
     return confirmation_page(
         modeladmin,
@@ -322,9 +321,6 @@ def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bo
     return True
 
 
-# --- Re-check ----------------------------------------------------------------------------
-
-
 @staff_action(
     permission=roles.RECHECK_AVATAR,
     description=gettext_lazy("Re-check now on fal (queued to the worker)"),
@@ -385,9 +381,6 @@ def _recheck_here(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     return text, messages.WARNING if reports[0].error else messages.SUCCESS
 
 
-# --- Start / retrain ---------------------------------------------------------------------
-
-
 def _estimate_text(avatars: list[Avatar]) -> str:
     """ " 20 trainings, about $48.00." from fal's unit prices ("" when they are unknown)."""
     if not avatars:
@@ -406,21 +399,17 @@ def _estimate_text(avatars: list[Avatar]) -> str:
 
 def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
     outcome = training_service.start_training(avatar, source=STAFF, actor=request.user)
-    if outcome.changed:
-        training = outcome.training
-        request_id = getattr(training, "fal_request_id", None) if training else None
-        if request_id:
-            return _("training started, fal request %(id)s.") % {"id": request_id}, messages.SUCCESS
-        if training is not None and training.submit_unknown_since:
-            return f"{outcome.detail}.", messages.WARNING
-        if training is not None and training.is_held:
-            return wording.held_words(training.held_reason), messages.WARNING
-        return _("training started (%(detail)s).") % {
-            "detail": outcome.detail or outcome.status
-        }, messages.SUCCESS
-    return _("not started: %(detail)s.") % {
-        "detail": outcome.detail or outcome.status
-    }, messages.WARNING
+    training, detail = outcome.training, {"detail": outcome.detail or outcome.status}
+    if not outcome.changed:
+        return _("not started: %(detail)s.") % detail, messages.WARNING
+    if training is not None and training.fal_request_id:
+        started = _("training started, fal request %(id)s.") % {"id": training.fal_request_id}
+        return started, messages.SUCCESS
+    if training is not None and training.submit_unknown_since:
+        return f"{outcome.detail}.", messages.WARNING
+    if training is not None and training.is_held:
+        return wording.held_words(training.held_reason), messages.WARNING
+    return _("training started (%(detail)s).") % detail, messages.SUCCESS
 
 
 @per_avatar(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
@@ -441,9 +430,6 @@ def retrain(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     if not outcome.changed:
         return _("not retrained: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
     return _start(avatar, request)
-
-
-# --- Cancel / mark failed ------------------------------------------------------------------
 
 
 @per_avatar(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
@@ -516,9 +502,6 @@ def mark_failed(
     return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
 
 
-# --- Stuck -------------------------------------------------------------------------------
-
-
 @per_avatar(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
 def clear_stuck(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     training = _current(avatar)
@@ -547,21 +530,15 @@ def extend_deadline(request: HttpRequest, avatar: Avatar, until: datetime) -> tu
     return _("not stuck any more."), messages.WARNING
 
 
-# --- Notifications -----------------------------------------------------------------------
-
-
-def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
-    """The newest undelivered owner notification per avatar (failed, given up, unreachable)."""
-    latest: dict[int, Any] = {}
-    rows = Notification.objects.filter(
-        avatar_id__in=list(avatar_ids),
-        audience=Audience.OWNER,
-        status__in=reachability.UNDELIVERED_STATUSES,
-    ).order_by("avatar_id", "-created_at", "-id")
-    for notification in rows:
-        assert notification.avatar_id is not None  # filtered on avatar_id__in
-        latest.setdefault(notification.avatar_id, notification)
-    return latest
+def _resendable(avatar: Avatar) -> Notification | None:
+    """The newest undelivered owner notification (failed, given up, unreachable)."""
+    return (
+        Notification.objects.filter(
+            avatar=avatar, audience=Audience.OWNER, status__in=reachability.UNDELIVERED_STATUSES
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
 
 
 @per_avatar(
@@ -569,15 +546,12 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     description=gettext_lazy("Resend the owner's notification"),
 )
 def resend_notification(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
-    notification = _resendable([avatar.pk])[avatar.pk]
+    notification = _resendable(avatar)
+    assert notification is not None  # why_not said there is one
+    number = {"id": notification.pk}
     if delivery.resend(notification.pk):
-        return _("notification #%(id)s queued again.") % {"id": notification.pk}, messages.SUCCESS
-    return _("notification #%(id)s could not be resent.") % {
-        "id": notification.pk
-    }, messages.WARNING
-
-
-# --- Lost submits (fal's record) -------------------------------------------------------
+        return _("notification #%(id)s queued again.") % number, messages.SUCCESS
+    return _("notification #%(id)s could not be resent.") % number, messages.WARNING
 
 
 @per_avatar(

@@ -27,7 +27,14 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, admin_views, pre, pretty_json
+from avatarsite.admin_base import (
+    ConditionFilter,
+    ReadOnlyAdmin,
+    admin_views,
+    column,
+    pre,
+    pretty_json,
+)
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
 from monitoring.admin.avatar_page import live_stuck_words, queue_words
@@ -47,9 +54,8 @@ from monitoring.models import (
 from monitoring.ops import attention
 from monitoring.wording import event_words, retried_words, status_label
 from notifications import reachability
-from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
-from notifications.reasons import telegram_reason_words
+from notifications.reasons import last_error_words, telegram_reason_words
 
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50
@@ -118,19 +124,13 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     )
 
 
-# --- Filters -----------------------------------------------------------------------------
-
-
 class StuckFilter(ConditionFilter):
     title = gettext_lazy("stuck")
     parameter_name = "stuck"
     yes_label, no_label = gettext_lazy("Stuck"), gettext_lazy("Not stuck")
 
     def condition(self) -> Q:
-        return Q(
-            current_training__stuck_since__isnull=False,
-            current_training__finished_at__isnull=True,
-        )
+        return attention.stuck_filter()
 
 
 class NotificationStateFilter(admin.SimpleListFilter):
@@ -162,9 +162,6 @@ class NotificationStateFilter(admin.SimpleListFilter):
         if value == "none":
             return queryset.filter(~Exists(owner_messages))
         return queryset
-
-
-# --- Owners ------------------------------------------------------------------------------
 
 
 class ReachableFilter(ConditionFilter):
@@ -205,15 +202,12 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
             .values("error")[:1]
         )
         unreachable = UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id"))
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                avatar_total=Count("avatars", distinct=True),
-                last_error_text=Subquery(last_error),
-                unreachable_reason_text=Subquery(unreachable.values("reason")[:1]),
-                unreachable_since_at=Subquery(unreachable.values("since")[:1]),
-            )
+        owners = super().get_queryset(request)
+        return owners.annotate(
+            avatar_total=Count("avatars", distinct=True),
+            last_error_text=Subquery(last_error),
+            unreachable_reason_text=Subquery(unreachable.values("reason")[:1]),
+            unreachable_since_at=Subquery(unreachable.values("since")[:1]),
         )
 
     @admin.display(description=gettext_lazy("last delivery error"))
@@ -236,9 +230,6 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
     @admin.display(description=gettext_lazy("unreachable since"))
     def unreachable_since(self, owner: Owner) -> datetime | None:
         return getattr(owner, "unreachable_since_at", None)
-
-
-# --- Avatars -----------------------------------------------------------------------------
 
 
 @admin.register(Avatar)
@@ -386,8 +377,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
         return pages + super().get_urls()
 
-    # --- columns --------------------------------------------------------------------------
-
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_column(self, avatar: Avatar) -> SafeString:
         # The stuck reason as a second line under the badge: one column fewer, so the
@@ -428,8 +417,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
                 text += " ⚠ " + training.last_check_error[:80]
         return format_html('<span data-label="{}">{}</span>', _("last check"), text)
 
-    # --- detail fields --------------------------------------------------------------------
-
     @admin.display(description=gettext_lazy("current training"))
     def current_training_link(self, avatar: Avatar) -> SafeString:
         if avatar.current_training is None:
@@ -438,15 +425,19 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             avatar.current_training, _("attempt %(n)s") % {"n": avatar.current_training.attempt}
         )
 
-    @admin.display(description=gettext_lazy("fal request id"))
-    def request_id(self, avatar: Avatar) -> str:
-        training = avatar.current_training
-        return (training.fal_request_id if training else None) or "—"
-
-    @admin.display(description=gettext_lazy("raw fal result"))
-    def raw_result(self, avatar: Avatar) -> SafeString:
-        training = avatar.current_training
-        return pretty_json(training.result if training else None)
+    # The current attempt's, from the avatar's page.
+    request_id = column(
+        gettext_lazy("fal request id"),
+        lambda avatar: getattr(avatar.current_training, "fal_request_id", None) or "—",
+    )
+    raw_result = column(
+        gettext_lazy("raw fal result"),
+        lambda avatar: pretty_json(getattr(avatar.current_training, "result", None)),
+    )
+    last_logs = column(
+        gettext_lazy("last logs"),
+        lambda avatar: pre(getattr(avatar.current_training, "logs_tail", "")),
+    )
 
     def attempts(self, avatar: Avatar) -> SafeString:
         """Every training attempt of the avatar, newest first (shown under the timeline)."""
@@ -469,11 +460,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             },
             _("No training attempts yet."),
         )
-
-    @admin.display(description=gettext_lazy("last logs"))
-    def last_logs(self, avatar: Avatar) -> SafeString:
-        training = avatar.current_training
-        return pre(training.logs_tail if training else "")
 
     @admin.display(description=gettext_lazy("webhook deliveries"))
     def webhook_deliveries(self, avatar: Avatar) -> SafeString:
@@ -544,9 +530,6 @@ def page_buttons(
     return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
 
 
-# --- Training attempts -------------------------------------------------------------------
-
-
 class TrainingStateFilter(ConditionFilter):
     """The dashboard's links: attempts still running, and those fal errors on."""
 
@@ -603,27 +586,18 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
         names = [f.name for f in Training._meta.fields if f.name not in self.exclude]
         return [*names, "stuck_reason_words", "raw_result", "last_logs", "notification_attempts"]
 
-    @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
-    def cost_column(self, training: Training) -> str:
-        return avatar_page.cost_words(training)
-
-    @admin.display(description=gettext_lazy("stuck reason"))
-    def stuck_reason_words(self, training: Training) -> str:
-        return live_stuck_words(training) if training.is_stuck else ""
+    cost_column = column(gettext_lazy("cost"), avatar_page.cost_words, ordering="cost_nano_usd")
+    stuck_reason_words = column(
+        gettext_lazy("stuck reason"), lambda t: live_stuck_words(t) if t.is_stuck else ""
+    )
+    raw_result = column(gettext_lazy("raw fal result"), lambda t: pretty_json(t.result))
+    last_logs = column(gettext_lazy("last logs"), lambda t: pre(t.logs_tail))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Training | None = None) -> bool:
         return False
-
-    @admin.display(description=gettext_lazy("raw fal result"))
-    def raw_result(self, training: Training) -> SafeString:
-        return pretty_json(training.result)
-
-    @admin.display(description=gettext_lazy("last logs"))
-    def last_logs(self, training: Training) -> SafeString:
-        return pre(training.logs_tail)
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, training: Training) -> SafeString:
@@ -666,19 +640,14 @@ class AvatarEventAdmin(ReadOnlyAdmin[AvatarEvent]):
     date_hierarchy = "created_at"
     # Statuses and coded messages in the reader's language; ``message`` stays as recorded.
     fields = ("created_at", "avatar", "training", *list_display[2:], "details")
-    readonly_fields = ("old_status_words", "new_status_words", "message_words")
 
-    @admin.display(description=gettext_lazy("old status"), ordering="old_status")
-    def old_status_words(self, event: AvatarEvent) -> str:
-        return status_label(event.old_status)
-
-    @admin.display(description=gettext_lazy("new status"), ordering="new_status")
-    def new_status_words(self, event: AvatarEvent) -> str:
-        return status_label(event.new_status)
-
-    @admin.display(description=gettext_lazy("message"))
-    def message_words(self, event: AvatarEvent) -> str:
-        return event_words(event)
+    old_status_words = column(
+        gettext_lazy("old status"), lambda e: status_label(e.old_status), ordering="old_status"
+    )
+    new_status_words = column(
+        gettext_lazy("new status"), lambda e: status_label(e.new_status), ordering="new_status"
+    )
+    message_words = column(gettext_lazy("message"), event_words)
 
 
 def _is_stuck_list(request: HttpRequest) -> bool:

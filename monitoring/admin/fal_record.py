@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ReadOnlyAdmin, admin_views
+from avatarsite.admin_base import ReadOnlyAdmin, admin_views, column
 from monitoring import billing
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
@@ -74,12 +74,9 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" and initial.get("request_id") and not initial.get("endpoint"):
         initial["endpoint"] = endpoint_of(initial["request_id"].strip()) or ""
     form = AdoptForm(request.POST or None, initial=initial)
-    status = 200
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        avatar = None
-        if data["avatar"]:
-            avatar = Avatar.objects.filter(pk=data["avatar"]).first()
+        avatar = Avatar.objects.filter(pk=data["avatar"]).first() if data["avatar"] else None
         try:
             if data["avatar"] and avatar is None:
                 raise AdoptRefused(_("no avatar with id %s") % data["avatar"])
@@ -106,7 +103,6 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
             )
         except AdoptRefused as exc:
             form.add_error(None, exc.reason)
-            status = 400
         else:
             values = {"request": result.training.fal_request_id, "id": result.avatar.pk}
             if result.adopted:
@@ -120,8 +116,6 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
             return HttpResponseRedirect(
                 reverse("admin:monitoring_avatar_change", args=[result.avatar.pk])
             )
-    elif request.method == "POST":
-        status = 400
     context = {
         **admin.site.each_context(request),
         "title": _("Adopt a fal request"),
@@ -134,6 +128,8 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
         ),
         "opts": UnknownFalRequest._meta,
     }
+    # A POST that gets here was refused: the form says why.
+    status = 400 if request.method == "POST" else 200
     return TemplateResponse(request, "admin/monitoring/adopt_training.html", context, status=status)
 
 
@@ -160,9 +156,11 @@ class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
         adopt = ("adopt/", adopt_view, "monitoring_adopt_training")
         return admin_views(self, adopt) + super().get_urls()
 
-    @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
-    def cost_column(self, row: UnknownFalRequest) -> str:
-        return f"${billing.usd_text(row.cost_nano_usd)}" if row.cost_nano_usd is not None else "—"
+    cost_column = column(
+        gettext_lazy("cost"),
+        lambda row: "—" if row.cost_nano_usd is None else f"${billing.usd_text(row.cost_nano_usd)}",
+        ordering="cost_nano_usd",
+    )
 
     @admin.display(description=gettext_lazy("adopt"))
     def adopt_link(self, row: UnknownFalRequest) -> str:

@@ -20,6 +20,7 @@ from avatarsite.admin_base import (
     ConditionFilter,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    column,
     confirm_rows,
     confirmation_page,
     is_confirmed,
@@ -32,25 +33,6 @@ from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
 from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
-
-READONLY_FIELDS = (
-    "received_at",
-    "remote_addr",
-    "header_request_id",
-    "request_id",
-    "verdict",
-    "outcome",
-    "fal_status",
-    "training",
-    "processed_at",
-    "error_shown",
-    "headers_pretty",
-    "signature",
-    "body_size",
-    "body_sha256",
-    "body_pretty",
-    "traceback_shown",
-)
 
 
 class MatchedFilter(ConditionFilter):
@@ -78,8 +60,24 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     search_fields = ("=request_id", "=header_request_id", "=remote_addr")
     list_select_related = ("training",)
     date_hierarchy = "received_at"
-    fields = READONLY_FIELDS
-    readonly_fields = READONLY_FIELDS
+    fields = (
+        "received_at",
+        "remote_addr",
+        "header_request_id",
+        "request_id",
+        "verdict",
+        "outcome",
+        "fal_status",
+        "training",
+        "processed_at",
+        "error_shown",
+        "headers_pretty",
+        "signature",
+        "body_size",
+        "body_sha256",
+        "body_pretty",
+        "traceback_shown",
+    )
     actions = ["reprocess"]
     list_per_page = 100
 
@@ -97,9 +95,13 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     # The row keeps the delivery as received (fal's signed evidence); what the page shows
     # of it is redacted, since fal's text can echo our key.
 
-    @admin.display(description=_("fal headers"))
-    def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
-        return pretty_json(redact_value(obj.headers or {}))
+    headers_pretty = column(_("fal headers"), lambda d: pretty_json(redact_value(d.headers or {})))
+    error_shown = column(_("error"), lambda d: redact(d.error))
+    traceback_shown = column(_("traceback"), lambda d: pre(redact(d.traceback)))
+    request_id_display = column(
+        _("request id"), lambda d: d.request_id or d.header_request_id or "—", ordering="request_id"
+    )
+    matched = column(_("matched"), lambda d: d.matched, boolean=True)
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
@@ -108,22 +110,6 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
             return pretty_json(redact_value(json.loads(obj.body)))
         except ValueError:
             return pre(redact(obj.body))
-
-    @admin.display(description=_("error"))
-    def error_shown(self, obj: WebhookDelivery) -> str:
-        return redact(obj.error)
-
-    @admin.display(description=_("traceback"))
-    def traceback_shown(self, obj: WebhookDelivery) -> SafeString:
-        return pre(redact(obj.traceback))
-
-    @admin.display(description=_("request id"), ordering="request_id")
-    def request_id_display(self, obj: WebhookDelivery) -> str:
-        return obj.request_id or obj.header_request_id or "—"
-
-    @admin.display(description=_("matched"), boolean=True)
-    def matched(self, obj: WebhookDelivery) -> bool:
-        return obj.matched
 
     @admin.display(description=_("training"), ordering="training")
     def training_link(self, obj: WebhookDelivery) -> str:
@@ -183,7 +169,6 @@ class RefusedWebhookCountAdmin(ReadOnlyAdmin[RefusedWebhookCount]):
     list_filter = ("verdict", "minute")
     date_hierarchy = "minute"
     fields = ("minute", "verdict", "count")
-    readonly_fields = fields
     list_per_page = 100
     # Counts, not evidence (the rows they count are pruned hourly anyway): staff with
     # Django's delete permission may remove them.
