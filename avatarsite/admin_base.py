@@ -193,11 +193,8 @@ def confirmation_page(
     carry: dict[str, str] | None = None,
 ) -> TemplateResponse:
     """What will and will not be affected (each with its reason), before anything is typed.
-
-    The button is red only for ``destructive`` actions (cancel, mark failed). A model may
-    add to the page with ``admin/<app>/<model>/action_confirmation.html``. ``carry``:
-    hidden fields the confirmed POST sends again (where the action was started from).
-    """
+    A model may add to the page with ``admin/<app>/<model>/action_confirmation.html``;
+    ``carry``: hidden fields the confirmed POST sends again."""
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),

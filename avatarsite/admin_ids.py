@@ -6,7 +6,6 @@ Our views and an action's ``_selected_action`` values reach the ORM as they came
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
@@ -16,6 +15,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.utils.deprecation import MiddlewareMixin
 
 # PostgreSQL's bigint and SQLite's integer: what any integer key column holds.
 _INTEGER_RANGE = range(-(2**63), 2**63)
@@ -49,13 +49,7 @@ def is_valid_id(model: type[models.Model], value: str) -> bool:
     return not (isinstance(key, str) and "\x00" in key)
 
 
-class AdminObjectIdMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
-
+class AdminObjectIdMiddleware(MiddlewareMixin):
     def process_view(
         self, request: HttpRequest, view: Any, args: Any, kwargs: dict[str, Any]
     ) -> HttpResponse | None:

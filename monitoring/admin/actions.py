@@ -1,8 +1,6 @@
-"""The avatar admin's actions: thin wrappers around the service functions.
-
-Each reports per avatar what it did; those that spend money or stop a training confirm
-first. Every action needs its ``monitoring.roles`` permission, checked again where it
-runs. See docs/staff-guide.md#the-admin and #roles.
+"""The avatar admin's actions: thin wrappers around the service functions, each reporting
+per avatar what it did; those that spend money or stop a training confirm first.
+See docs/staff-guide.md#the-admin and #roles.
 """
 
 from __future__ import annotations
@@ -113,13 +111,9 @@ def _current(avatar: Avatar) -> Training:
 
 
 def why_not(action: str, avatar: Avatar) -> str:
-    """Why ``action`` would change nothing for ``avatar`` ("" when it applies).
-
-    Each action's precondition, stated once: the avatar page (which buttons are enabled,
-    and why not), the confirmation page (who will not be affected, and why) and the
-    action itself (``_each``) ask it. The transition's conditional update stays
-    underneath as the guard against a race.
-    """
+    """Why ``action`` would change nothing for ``avatar`` ("" when it applies): each action's
+    precondition, stated once for the avatar page, the confirmation page and the action.
+    The transition's conditional update stays underneath as the guard against a race."""
     training = avatar.current_training
     if training is not None and not training.is_active:
         training = None
@@ -212,8 +206,7 @@ def _each(
     do: Callable[[Avatar], tuple[str, int]],
 ) -> HttpResponseRedirect | None:
     """Run ``do`` on each selected avatar whose precondition holds; say why for the others.
-    Back to the avatar page when the action was started there (else Django's redirect to
-    the list)."""
+    Back to the avatar page when the action was started there."""
     for avatar in queryset.select_related("current_training", "owner").order_by("pk"):
         why = why_not(action, avatar)
         if why:
@@ -343,10 +336,8 @@ def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             "attempt": training.attempt
         }, messages.SUCCESS
 
-    # One task for the whole selection: the engine checks them concurrently, each call
-    # bounded in time, and records what changed. The request is in each timeline (who
-    # asked, when) even if the check changes nothing; it is not a status change, so it
-    # needs no transition.
+    # One task for the whole selection, checked concurrently. The request is in each
+    # timeline even if the check changes nothing (not a status change: no transition).
     with transaction.atomic():
         _each(modeladmin, request, queryset, "recheck_now", queue)
         if not trainings:
@@ -451,24 +442,24 @@ def _cancel_job_after_failing(endpoint: str, request_id: str) -> str:
     }.get(answer, _("fal no longer knows the job"))
 
 
+def _preview(avatar: Avatar, value: str) -> SafeString | None:
+    if value == M.NONE:
+        return None
+    kind = NotificationKind.CANCELLED if value == M.CANCELLED else NotificationKind.FAILED
+    training = Training(avatar=avatar, owner_message=value)
+    return telegram_html(texts.render_owner_message(kind, training, owner_message=value))
+
+
 def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]]:
     """Each choice of "mark as failed" as the owner would read it, in their language."""
-    previews = []
-    for avatar in avatars[:limit]:
-        choices: list[tuple[str, StrOrPromise, SafeString | None]] = []
-        for value, label in OWNER_MESSAGE_CHOICES:
-            if value == OwnerMessage.NONE:
-                choices.append((value, label, None))
-                continue
-            kind = NotificationKind.CANCELLED if value == M.CANCELLED else NotificationKind.FAILED
-            text = texts.render_owner_message(
-                kind, Training(avatar=avatar, owner_message=value), owner_message=value
-            )
-            choices.append((value, label, telegram_html(text)))
-        previews.append(
-            {"avatar": avatar, "language": avatar.owner.get_language_display(), "choices": choices}
-        )
-    return previews
+    return [
+        {
+            "avatar": avatar,
+            "language": avatar.owner.get_language_display(),
+            "choices": [(v, label, _preview(avatar, v)) for v, label in OWNER_MESSAGE_CHOICES],
+        }
+        for avatar in avatars[:limit]
+    ]
 
 
 @per_avatar(

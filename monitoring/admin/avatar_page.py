@@ -1,8 +1,5 @@
 """The avatar page: a summary at the top, the actions the state and the user allow, the timeline.
-
-Each button posts the changelist's own admin action for this one avatar; one that does
-not apply is shown disabled with ``actions.why_not``'s reason. See
-docs/staff-guide.md#the-avatar-page.
+See docs/staff-guide.md#the-avatar-page.
 """
 
 from __future__ import annotations
@@ -36,13 +33,10 @@ from notifications import reachability
 from notifications.models import Audience, Notification, NotificationStatus
 from notifications.reasons import last_error_words
 
-# How long a text may be before it is folded away behind "show all".
 FOLD_AT = 240
 
 
-def _ago(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return "—"
+def _ago(moment: datetime, now: datetime) -> str:
     seconds = (now - moment).total_seconds()
     if 0 <= seconds < 60:
         # timesince says "0 minutes" for all of these; events seconds apart must differ.
@@ -52,9 +46,7 @@ def _ago(moment: datetime | None, now: datetime) -> str:
 
 def _when(moment: datetime | None, now: datetime, due: bool = False) -> SafeString:
     """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element.
-
-    ``due``: a time something should happen, "overdue by 26 s" once it passed (never
-    "26 s ago", which reads as if it had happened)."""
+    ``due``: "overdue by 26 s" once passed (never "26 s ago": it has not happened)."""
     if moment is None:
         return mark_safe("—")
     seconds = int((now - moment).total_seconds())
@@ -259,22 +251,17 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
         .select_related("actor", "training")
         .order_by("-created_at", "-id")[:limit]
     )
-    rows = []
-    for event in events:
-        words = event_words(event)
-        rows.append(
-            {
-                "when": _when(event.created_at, now),
-                "what": event.get_kind_display(),
-                "who": event.get_source_display()
-                + (f" · {event.actor.get_username()}" if event.actor is not None else ""),
-                "change": f"{status_label(event.old_status)} → {status_label(event.new_status)}"
-                if event.new_status
-                else "",
-                "attempt": f"#{event.training.attempt}" if event.training is not None else "",
-                "details": fold(words) if words else "",
-            }
-        )
+    rows = [
+        {
+            "event": event,
+            "when": _when(event.created_at, now),
+            "change": f"{status_label(event.old_status)} → {status_label(event.new_status)}"
+            if event.new_status
+            else "",
+            "details": fold(words) if (words := event_words(event)) else "",
+        }
+        for event in events
+    ]
     labels = (_("when"), _("what"), _("change"), _("attempt"), _("details"))
     return render_to_string(
         "admin/monitoring/avatar/timeline.html", {"events": rows, "labels": labels}

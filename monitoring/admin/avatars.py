@@ -1,8 +1,7 @@
 """The admin staff run the monitor from: owners, avatars, training attempts, the timeline.
 
-The avatar list stays a handful of queries whatever the page size; everything the
-monitor recorded is read-only, and status moves only through ``monitoring.transitions``.
-See docs/staff-guide.md#the-admin.
+The avatar list stays a handful of queries whatever the page size; status moves only
+through ``monitoring.transitions``. See docs/staff-guide.md#the-admin.
 """
 
 from __future__ import annotations
@@ -73,15 +72,12 @@ class OneAtATime:
 
     def get_search_results(self, request, queryset, search_term):
         # "@name" is how staff write Telegram usernames.
-        return super().get_search_results(  # type: ignore[misc]
-            request, queryset, search_term.strip().lstrip("@")
-        )
+        term = search_term.strip().lstrip("@")
+        return super().get_search_results(request, queryset, term)  # type: ignore[misc]
 
 
 def _since(moment: datetime | None) -> str:
-    if moment is None:
-        return "—"
-    return timesince(moment, timezone.now(), depth=1)
+    return "—" if moment is None else timesince(moment, timezone.now(), depth=1)
 
 
 def _admin_link(obj: Any, text: Any) -> SafeString:
@@ -104,7 +100,6 @@ def _table(
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     """The status as a coloured pill, with fal's sub-state, queue position and stuck flag."""
-    label = avatar.get_status_display()
     detail = ""
     if avatar.status == AvatarStatus.TRAINING and training is not None:
         detail = queue_words(training, training.get_fal_status_display())
@@ -118,7 +113,7 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     return format_html(
         '<span class="status-badge status-{}">{}{}</span>{}',
         avatar.status,
-        label,
+        avatar.get_status_display(),
         format_html(" · {}", detail) if detail else "",
         stuck,
     )
@@ -234,20 +229,12 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
 
 @admin.register(Avatar)
 class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
-    list_display = (
-        "id",
-        "name_column",
-        "status_column",
-        "owner",
-        "time_in_state",
-        "last_check",
-    )
+    list_display = ("id", "name_column", "status_column", "owner", "time_in_state", "last_check")
     list_display_links = ("id", "name_column")
     list_filter = (StuckFilter, "status", "training_type", NotificationStateFilter)
     search_fields = ("name", "=trainings__fal_request_id", "=owner__telegram_id", "owner__username")
     list_select_related = ("owner", "current_training")
     list_per_page = 50
-    ordering = ("-created_at",)
     actions = actions.AVATAR_ACTIONS
     readonly_fields = (
         "status_column",
@@ -311,8 +298,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             return ["current_training__stuck_since", "pk"]
         match = getattr(request, "resolver_match", None)
         if match is None or match.url_name != "monitoring_avatar_changelist":
-            # Other admins order their avatar choices with this too, on a queryset
-            # without the annotation.
+            # Other admins' avatar choices, on a queryset without the annotation.
             return ["-created_at"]
         return ["attention_rank", "-created_at"]
 
@@ -363,10 +349,8 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
     def save_model(self, request: HttpRequest, obj: Avatar, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
-            return
-        # A new avatar gets its status and "created" event from the transitions
-        # module, like one created by a command: ready for the start action.
-        transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
+        else:  # status and "created" event as for one created by a command
+            transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
 
     def get_urls(self):
         download = avatar_page.download_file
@@ -379,8 +363,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_column(self, avatar: Avatar) -> SafeString:
-        # The stuck reason as a second line under the badge: one column fewer, so the
-        # key columns fit at 1440 px with the sidebar open.
+        # The stuck reason under the badge: one column fewer, so the key ones fit at 1440 px.
         training = avatar.current_training
         reason = live_stuck_words(training) if training is not None and training.is_stuck else ""
         badge = status_badge(avatar, training)

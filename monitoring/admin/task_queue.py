@@ -1,8 +1,6 @@
-"""django-q2's models in the admin: read-only, superusers only, nothing unpickled.
-
-django-q2's own admin would let a schedule run any function and unpickles task data, so
-database write access would become code execution; here a task shows its function,
-times and success only. See docs/staff-guide.md#roles.
+"""django-q2's models in the admin: read-only, superusers only, nothing unpickled (its own
+admin would let a schedule run any function, so database write access would become code
+execution). See docs/staff-guide.md#roles.
 """
 
 from __future__ import annotations

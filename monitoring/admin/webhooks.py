@@ -79,15 +79,13 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
         "traceback_shown",
     )
     actions = ["reprocess"]
-    list_per_page = 100
 
-    # Re-processing applies what fal already told us (it can complete an avatar and
-    # tell its owner), the same outcome a re-check reaches by asking fal again; it
-    # never starts, cancels or fails anything, so it takes the re-check permission.
+    # Re-processing reaches what a re-check would (it can complete an avatar and tell its
+    # owner); it never starts, cancels or fails anything: the re-check permission.
     has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
-        # The avatar page links here filtered by avatar.
+        # An avatar's deliveries (not a list filter): a link staff may keep.
         if lookup in ("training__avatar__id__exact", "training__id__exact"):
             return True
         return super().lookup_allowed(lookup, value, request)
@@ -169,7 +167,6 @@ class RefusedWebhookCountAdmin(ReadOnlyAdmin[RefusedWebhookCount]):
     list_filter = ("verdict", "minute")
     date_hierarchy = "minute"
     fields = ("minute", "verdict", "count")
-    list_per_page = 100
     # Counts, not evidence (the rows they count are pruned hourly anyway): staff with
     # Django's delete permission may remove them.
     deletable = True
@@ -179,7 +176,6 @@ class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
     """The deliveries of one training attempt, newest first, on the Training admin page."""
 
     model = WebhookDelivery
-    fk_name = "training"
     fields = (
         "received_at",
         "verdict",
@@ -190,9 +186,6 @@ class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
         "details_link",
     )
     max_num = 0
-    ordering = ("-received_at", "-id")
-    verbose_name = _("webhook delivery")
-    verbose_name_plural = _("webhook deliveries")
 
     @admin.display(description=_("details"))
     def details_link(self, obj: WebhookDelivery) -> str:
