@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ReadOnlyAdmin, admin_views, column
+from avatarsite.admin_base import ReadOnlyAdmin, admin_views
 from monitoring import billing
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
@@ -156,11 +156,9 @@ class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
         adopt = ("adopt/", adopt_view, "monitoring_adopt_training")
         return admin_views(self, adopt) + super().get_urls()
 
-    cost_column = column(
-        gettext_lazy("cost"),
-        lambda row: "—" if row.cost_nano_usd is None else f"${billing.usd_text(row.cost_nano_usd)}",
-        ordering="cost_nano_usd",
-    )
+    @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
+    def cost_column(self, row: UnknownFalRequest) -> str:
+        return f"${billing.usd_text(row.cost_nano_usd)}" if row.cost_nano_usd is not None else "—"
 
     @admin.display(description=gettext_lazy("adopt"))
     def adopt_link(self, row: UnknownFalRequest) -> str:
