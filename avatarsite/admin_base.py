@@ -1,15 +1,13 @@
 """What the admin pages of both apps share: read-only pages, preformatted blocks, and
-the confirmation page an action shows before it changes anything.
-
-It lives in the project package so that ``monitoring`` and ``notifications`` use one
-idiom for each job without either importing the other.
+the confirmation page an action shows before it changes anything (in the project
+package, so that ``monitoring`` and ``notifications`` need not import each other).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,8 +24,6 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy
 
-# --- preformatted blocks --------------------------------------------------------------
-
 
 def pre(value: str) -> SafeString:
     """Logs, bodies and tracebacks: kept as written, wrapped, scrolled when long."""
@@ -37,34 +33,24 @@ def pre(value: str) -> SafeString:
 
 
 def pretty_json(value: Any) -> SafeString:
-    """A JSON value indented, keys sorted, non-ASCII text as written."""
-    if value is None:
-        return pre("")
-    return pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+    return pre(
+        "" if value is None else json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    )
 
 
-# --- actions that need a permission ---------------------------------------------------
-
-_Admin = TypeVar("_Admin", bound="admin.ModelAdmin[Any]")
-_Row = TypeVar("_Row", bound=Model)
-# A module-level action or a ModelAdmin method: (model admin, request, selection).
-ActionFunction = Callable[[_Admin, HttpRequest, QuerySet[_Row]], Any]
+def column(description: Any, value: Callable[[Any], Any], **options: Any) -> Any:
+    """A list or read-only column showing ``value(row)``; ``options`` as ``admin.display``'s."""
+    return admin.display(description=description, **options)(lambda modeladmin, row: value(row))
 
 
-def staff_action(
-    *, permission: str, description: Any
-) -> Callable[[ActionFunction[_Admin, _Row]], Any]:
-    """An admin action that needs ``permission`` ("app_label.codename").
-
-    Django offers and dispatches the action only when the ModelAdmin's
-    ``has_<codename>_permission`` says yes; the wrapper asks again where the action
-    runs, so any path that reaches the function without the menu is refused too.
-    """
+def staff_action(*, permission: str, description: Any) -> Callable[[Callable[..., Any]], Any]:
+    """An admin action that needs ``permission`` ("app_label.codename"): Django offers it
+    when ``has_<codename>_permission`` says yes; the wrapper asks again where it runs."""
     codename = permission.split(".", 1)[1]
 
-    def wrap(action: ActionFunction[_Admin, _Row]) -> Any:
+    def wrap(action: Callable[..., Any]) -> Any:
         @functools.wraps(action)
-        def run(modeladmin: _Admin, request: HttpRequest, queryset: QuerySet[_Row]):
+        def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]):
             if not request.user.has_perm(permission):
                 raise PermissionDenied
             return action(modeladmin, request, queryset)
@@ -81,9 +67,6 @@ def permission_check(permission: str) -> Callable[[Any, HttpRequest], bool]:
         return request.user.has_perm(permission)
 
     return check
-
-
-# --- filters ------------------------------------------------------------------------
 
 
 class ConditionFilter(admin.SimpleListFilter):
@@ -107,20 +90,15 @@ class ConditionFilter(admin.SimpleListFilter):
         return queryset
 
 
-# --- read-only pages ------------------------------------------------------------------
-
 _M = TypeVar("_M", bound=Model)
 _Child = TypeVar("_Child", bound=Model)
 _Parent = TypeVar("_Parent", bound=Model)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin[_M]):
-    """Rows staff read and never add or change from the admin: records of what happened.
-
-    Nobody deletes them either, unless ``deletable`` says a row is ours to prune by
-    hand; then Django's delete permission (or the next admin in the MRO) decides.
-    Actions still run: they go through the service functions, not the change form.
-    """
+    """Records of what happened: never added or changed from the admin (so every one of
+    ``fields`` is shown read-only), deleted only when ``deletable`` (then Django's delete
+    permission decides). Actions still run."""
 
     deletable = False
 
@@ -163,28 +141,18 @@ def admin_views(modeladmin: Any, *views: tuple[str, Callable[..., Any], str]) ->
     return [path(route, wrap(view), name=name) for route, view, name in views]
 
 
-# --- the confirmation page ------------------------------------------------------------
-
 CONFIRMED_FIELD = "confirmed"
 
 
 @dataclass(frozen=True)
 class ConfirmRow:
-    """One selected row on a confirmation page.
-
-    ``why_not`` is empty when the action would change the row, else the reason in
-    words ("it was sent; only failed or given-up messages are resent"); ``state`` is
-    shown beside an affected row (its status now).
-    """
+    """One selected row on a confirmation page: ``why_not`` is the reason the action would
+    not change it ("" when it would); ``state`` is shown beside an affected row."""
 
     obj: Model
     label: str
     why_not: str = ""
     state: str = ""
-
-    @property
-    def number(self) -> str:
-        return f"#{self.obj.pk}"
 
     @property
     def url(self) -> str:
@@ -193,6 +161,16 @@ class ConfirmRow:
         return reverse(
             f"admin:{meta.app_label}_{meta.model_name}_change", args=[quote(self.obj.pk)]
         )
+
+
+def confirm_rows(
+    objects: Iterable[Any],
+    label: Callable[[Any], Any],
+    why_not: Callable[[Any], str],
+    state: Callable[[Any], Any],
+) -> list[ConfirmRow]:
+    """A confirmation page's rows, each worded by the action's own functions."""
+    return [ConfirmRow(obj, str(label(obj)), why_not(obj), str(state(obj))) for obj in objects]
 
 
 def is_confirmed(request: HttpRequest) -> bool:
@@ -215,14 +193,8 @@ def confirmation_page(
     carry: dict[str, str] | None = None,
 ) -> TemplateResponse:
     """What will and will not be affected (each with its reason), before anything is typed.
-
-    The form (and the button) appear only when something would be affected. The button
-    is red only for ``destructive`` actions: those that end something (cancel, mark
-    failed). Templates are looked up as Django's own action pages are, so one model may
-    add to the page (``admin/<app>/<model>/action_confirmation.html`` extending
-    ``admin/action_confirmation.html``) while keeping its structure. ``carry``: hidden
-    fields the confirmed POST sends again (where the action was started from).
-    """
+    A model may add to the page with ``admin/<app>/<model>/action_confirmation.html``;
+    ``carry``: hidden fields the confirmed POST sends again."""
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),

@@ -1,15 +1,11 @@
 """Object ids in admin URLs and action POSTs are checked before any admin view runs.
 
-Django's own change and history views turn an id that is not a number into "does not
-exist", but our views (the avatar page, its action URL) and an action's
-``_selected_action`` values reach the ORM as they came, and ``int("abc")`` there is a
-500. One middleware for every model of both apps: an object id the model's primary key
-cannot hold is a 404, an action POST naming one is a 400, and nothing runs.
+Our views and an action's ``_selected_action`` values reach the ORM as they came, where
+``int("abc")`` is a 500: an id the model's key cannot hold is a 404 (in a POST, a 400).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
@@ -19,6 +15,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.utils.deprecation import MiddlewareMixin
 
 # PostgreSQL's bigint and SQLite's integer: what any integer key column holds.
 _INTEGER_RANGE = range(-(2**63), 2**63)
@@ -52,13 +49,7 @@ def is_valid_id(model: type[models.Model], value: str) -> bool:
     return not (isinstance(key, str) and "\x00" in key)
 
 
-class AdminObjectIdMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
-
+class AdminObjectIdMiddleware(MiddlewareMixin):
     def process_view(
         self, request: HttpRequest, view: Any, args: Any, kwargs: dict[str, Any]
     ) -> HttpResponse | None:

@@ -1,15 +1,13 @@
-"""The avatar admin's actions: thin wrappers around the service functions.
-
-Each reports per avatar what it did; those that spend money or stop a training confirm
-first. Every action needs its ``monitoring.roles`` permission, checked again where it
-runs. See docs/staff-guide.md#the-admin and #roles.
+"""The avatar admin's actions: thin wrappers around the service functions, each reporting
+per avatar what it did; those that spend money or stop a training confirm first.
+See docs/staff-guide.md#the-admin and #roles.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -29,7 +27,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from django_stubs_ext import StrOrPromise
 
 from avatarsite.admin_base import (
-    ConfirmRow,
+    confirm_rows,
     confirmation_page,
     is_confirmed,
     permission_check,
@@ -39,37 +37,21 @@ from monitoring import billing, roles, transitions, wording
 from monitoring import trainings as training_service
 from monitoring.admin.avatar_page import telegram_html
 from monitoring.fal import client as fal
-from monitoring.models import (
-    Avatar,
-    AvatarEvent,
-    AvatarStatus,
-    EventKind,
-    EventSource,
-    FalStatus,
-    Training,
-)
+from monitoring.models import Avatar, AvatarEvent, AvatarStatus, EventKind, EventSource, Training
+from monitoring.owner_delay import ON_FAL
 from monitoring.stuck import stuck_cause
 from monitoring.wording import fal_answer_words
 from notifications import admin as notification_admin
 from notifications import delivery, reachability
 from notifications import messages as texts
-from notifications.models import (
-    Audience,
-    Notification,
-    NotificationKind,
-    OwnerMessage,
-)
+from notifications.models import Audience, Notification, NotificationKind, OwnerMessage
 
 STAFF = EventSource.STAFF
 
 
 # What staff may have the owner told when marking an avatar failed (form and previews).
-OWNER_MESSAGE_CHOICES = [
-    (OwnerMessage.PHOTOS, OwnerMessage.PHOTOS.label),
-    (OwnerMessage.CANCELLED, OwnerMessage.CANCELLED.label),
-    (OwnerMessage.TECHNICAL, OwnerMessage.TECHNICAL.label),
-    (OwnerMessage.NONE, OwnerMessage.NONE.label),
-]
+M = OwnerMessage
+OWNER_MESSAGE_CHOICES = [(m, m.label) for m in (M.PHOTOS, M.CANCELLED, M.TECHNICAL, M.NONE)]
 
 
 class ReasonForm(forms.Form):
@@ -103,6 +85,10 @@ class ExtendForm(forms.Form):
         help_text=gettext_lazy("The stuck flag is cleared and not raised again before then."),
     )
 
+    def clean(self) -> dict[str, Any]:
+        # One deadline for the whole selection: what the action's step is given.
+        return {"until": timezone.now() + timedelta(hours=self.cleaned_data.get("hours", 0))}
+
 
 EXTEND_CHOICES = (1, 6, 24)
 
@@ -118,39 +104,19 @@ class AvatarActionPermissions:
     has_resend_notification_permission = permission_check(roles.RESEND_NOTIFICATION)
 
 
-def log_staff_action(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, obj: Any, action: str, text: str
-) -> None:
-    """Django's admin log, besides the timeline: who did what to which row, from the admin."""
-    modeladmin.log_change(request, obj, f"{action}: {text}")
-
-
-def _report(request: HttpRequest, avatar: Avatar, text: str, level: int = messages.INFO) -> None:
-    messages.add_message(request, level, f"{avatar.name} (#{avatar.pk}): {text}")
-
-
 def _current(avatar: Avatar) -> Training:
     """The active training of an avatar whose precondition said it has one."""
     assert avatar.current_training is not None
     return avatar.current_training
 
 
-def _active_training(avatar: Avatar) -> Training | None:
-    training = avatar.current_training
-    if training is None or training.finished_at is not None:
-        return None
-    return training
-
-
 def why_not(action: str, avatar: Avatar) -> str:
-    """Why ``action`` would change nothing for ``avatar`` ("" when it applies).
-
-    Each action's precondition, stated once: the avatar page (which buttons are enabled,
-    and why not), the confirmation page (who will not be affected, and why) and the
-    action itself (``_each``) ask it. The transition's conditional update stays
-    underneath as the guard against a race.
-    """
-    training = _active_training(avatar)
+    """Why ``action`` would change nothing for ``avatar`` ("" when it applies): each action's
+    precondition, stated once for the avatar page, the confirmation page and the action.
+    The transition's conditional update stays underneath as the guard against a race."""
+    training = avatar.current_training
+    if training is not None and not training.is_active:
+        training = None
     status = {"status": avatar.get_status_display()}
     no_training = _("no active training (it is %(status)s).") % status
     match action:
@@ -179,16 +145,15 @@ def why_not(action: str, avatar: Avatar) -> str:
                 return _("fal's record is still being searched for it.")
             return ""
         case "resend_notification":
-            notification = _resendable([avatar.pk]).get(avatar.pk)
+            notification = _resendable(avatar)
             if notification is None:
                 return _("no undelivered notification to resend.")
             return notification_admin.why_not_resend(notification)
     raise ValueError(f"no precondition for the action {action!r}")
 
 
-# --- The avatar page's buttons ---------------------------------------------------------------
-# They post the admin action of the same name, for one avatar, with this field: Django's
-# admin checks the permission and runs the action, and the answer comes back to the page.
+# The avatar page's buttons post the admin action of their name, for one avatar, with this
+# field: Django checks the permission and runs the action; the answer comes back to the page.
 FROM_PAGE = "from_avatar_page"
 # Red on the page and on the confirmation page: they stop a training that may still run.
 DESTRUCTIVE = frozenset({"cancel_on_fal", "mark_failed"})
@@ -206,34 +171,28 @@ def _confirm(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,
     queryset: QuerySet[Avatar],
-    *,
     action: str,
-    title: str,
-    question: str,
-    form: forms.Form | None = None,
-    previews: list[dict[str, Any]] | None = None,
+    form: forms.Form | None,
 ) -> TemplateResponse:
     """The shared confirmation page, one row per selected avatar with ``why_not``."""
-    avatars = list(queryset.select_related("current_training", "owner").order_by("pk"))
-    rows = [
-        ConfirmRow(
-            avatar,
-            label=avatar.name,
-            why_not=why_not(action, avatar),
-            state=str(avatar.get_status_display()),
-        )
-        for avatar in avatars
-    ]
+    rows = confirm_rows(
+        queryset.select_related("current_training", "owner").order_by("pk"),
+        lambda avatar: avatar.name,
+        functools.partial(why_not, action),
+        Avatar.get_status_display,
+    )
+    eligible: list[Any] = [row.obj for row in rows if not row.why_not]
+    title, question = _ASK[action]
     return confirmation_page(
         modeladmin,
         request,
         action=action,
-        title=title,
-        question=question,
+        title=str(title),
+        question=str(question) + (_estimate_text(eligible) if action in START_COSTS else ""),
         rows=rows,
         form=form,
         destructive=action in DESTRUCTIVE,
-        previews=previews,
+        previews=owner_previews(eligible) if action == "mark_failed" else None,
         back_url=page_of(request),
         carry={FROM_PAGE: "1"} if page_of(request) else None,
     )
@@ -247,17 +206,17 @@ def _each(
     do: Callable[[Avatar], tuple[str, int]],
 ) -> HttpResponseRedirect | None:
     """Run ``do`` on each selected avatar whose precondition holds; say why for the others.
-    Back to the avatar page when the action was started there (else Django's redirect to
-    the list)."""
+    Back to the avatar page when the action was started there."""
     for avatar in queryset.select_related("current_training", "owner").order_by("pk"):
         why = why_not(action, avatar)
         if why:
-            _report(request, avatar, _("left alone: %(why)s") % {"why": why}, messages.WARNING)
-            continue
-        text, level = do(avatar)
-        _report(request, avatar, text, level)
+            text, level = _("left alone: %(why)s") % {"why": why}, messages.WARNING
+        else:
+            text, level = do(avatar)
+        messages.add_message(request, level, f"{avatar.name} (#{avatar.pk}): {text}")
         if level == messages.SUCCESS:
-            log_staff_action(modeladmin, request, avatar, action, text)
+            # Django's admin log, besides the timeline: who did what, from the admin.
+            modeladmin.log_change(request, avatar, f"{action}: {text}")
     page = page_of(request)
     return HttpResponseRedirect(page) if page else None
 
@@ -296,15 +255,29 @@ _ASK: dict[str, tuple[StrOrPromise, StrOrPromise]] = {
             "submit starts a paid training; one that fal refuses as locked is held again."
         ),
     ),
+    "mark_failed": (
+        gettext_lazy("Mark as failed"),
+        gettext_lazy(
+            "Mark these trainings as failed? The owner is told what you choose below, "
+            "and a job still running on fal is cancelled."
+        ),
+    ),
+    "extend_deadline": (
+        gettext_lazy("Extend the stuck deadline"),
+        gettext_lazy("Clear the stuck flag and give these trainings more time?"),
+    ),
 }
 START_COSTS = ("start_training", "retrain")
-AvatarStep = Callable[[HttpRequest, Avatar], tuple[str, int]]
+# step(request, avatar, **the confirmed form's cleaned data) -> (message, level)
+AvatarStep = Callable[..., tuple[str, int]]
 
 
-def per_avatar(*, permission: str, description: Any) -> Callable[[AvatarStep], Any]:
-    """A staff action made of ``step(request, avatar)``, run on each selected avatar whose
-    precondition holds; after the confirmation page when ``_ASK`` has its texts, and
-    within ADMIN_BULK_START_MAX for paid starts."""
+def per_avatar(
+    *, permission: str, description: Any, form: type[forms.Form] | None = None
+) -> Callable[[AvatarStep], Any]:
+    """A staff action made of ``step``, run on each selected avatar whose precondition
+    holds; after the confirmation page (with ``form``, valid) when ``_ASK`` has its texts,
+    and within ADMIN_BULK_START_MAX for paid starts."""
 
     def wrap(step: AvatarStep) -> Any:
         name = step.__name__
@@ -313,19 +286,11 @@ def per_avatar(*, permission: str, description: Any) -> Callable[[AvatarStep], A
         def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
             if name in START_COSTS and _over_bulk_start_cap(request, queryset):
                 return None
-            if name in _ASK and not is_confirmed(request):
-                title, question = _ASK[name]
-                if name in START_COSTS:
-                    question = str(question) + _estimate_text(name, queryset)
-                return _confirm(
-                    modeladmin,
-                    request,
-                    queryset,
-                    action=name,
-                    title=str(title),
-                    question=str(question),
-                )
-            return _each(modeladmin, request, queryset, name, functools.partial(step, request))
+            bound = form(request.POST if is_confirmed(request) else None) if form else None
+            if name in _ASK and not (is_confirmed(request) and (bound is None or bound.is_valid())):
+                return _confirm(modeladmin, request, queryset, name, bound)
+            data = bound.cleaned_data if bound else {}
+            return _each(modeladmin, request, queryset, name, lambda a: step(request, a, **data))
 
         return staff_action(permission=permission, description=description)(action)
 
@@ -347,9 +312,6 @@ def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bo
         % {"selected": selected, "cap": cap},
     )
     return True
-
-
-# --- Re-check ----------------------------------------------------------------------------
 
 
 @staff_action(
@@ -374,10 +336,8 @@ def recheck_now(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
             "attempt": training.attempt
         }, messages.SUCCESS
 
-    # One task for the whole selection: the engine checks them concurrently, each call
-    # bounded in time, and records what changed. The request is in each timeline (who
-    # asked, when) even if the check changes nothing; it is not a status change, so it
-    # needs no transition.
+    # One task for the whole selection, checked concurrently. The request is in each
+    # timeline even if the check changes nothing (not a status change: no transition).
     with transaction.atomic():
         _each(modeladmin, request, queryset, "recheck_now", queue)
         if not trainings:
@@ -412,12 +372,8 @@ def _recheck_here(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     return text, messages.WARNING if reports[0].error else messages.SUCCESS
 
 
-# --- Start / retrain ---------------------------------------------------------------------
-
-
-def _estimate_text(action: str, queryset: QuerySet[Avatar]) -> str:
+def _estimate_text(avatars: list[Avatar]) -> str:
     """ " 20 trainings, about $48.00." from fal's unit prices ("" when they are unknown)."""
-    avatars = [a for a in queryset.select_related("current_training") if not why_not(action, a)]
     if not avatars:
         return ""
     try:
@@ -434,21 +390,17 @@ def _estimate_text(action: str, queryset: QuerySet[Avatar]) -> str:
 
 def _start(avatar: Avatar, request: HttpRequest) -> tuple[str, int]:
     outcome = training_service.start_training(avatar, source=STAFF, actor=request.user)
-    if outcome.changed:
-        training = outcome.training
-        request_id = getattr(training, "fal_request_id", None) if training else None
-        if request_id:
-            return _("training started, fal request %(id)s.") % {"id": request_id}, messages.SUCCESS
-        if training is not None and training.submit_unknown_since:
-            return f"{outcome.detail}.", messages.WARNING
-        if training is not None and training.is_held:
-            return wording.held_words(training.held_reason), messages.WARNING
-        return _("training started (%(detail)s).") % {
-            "detail": outcome.detail or outcome.status
-        }, messages.SUCCESS
-    return _("not started: %(detail)s.") % {
-        "detail": outcome.detail or outcome.status
-    }, messages.WARNING
+    training, detail = outcome.training, {"detail": outcome.detail or outcome.status}
+    if not outcome.changed:
+        return _("not started: %(detail)s.") % detail, messages.WARNING
+    if training is not None and training.fal_request_id:
+        started = _("training started, fal request %(id)s.") % {"id": training.fal_request_id}
+        return started, messages.SUCCESS
+    if training is not None and training.submit_unknown_since:
+        return f"{outcome.detail}.", messages.WARNING
+    if training is not None and training.is_held:
+        return wording.held_words(training.held_reason), messages.WARNING
+    return _("training started (%(detail)s).") % detail, messages.SUCCESS
 
 
 @per_avatar(permission=roles.START_TRAINING, description=gettext_lazy("Start training on fal…"))
@@ -471,9 +423,6 @@ def retrain(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     return _start(avatar, request)
 
 
-# --- Cancel / mark failed ------------------------------------------------------------------
-
-
 @per_avatar(permission=roles.CANCEL_TRAINING, description=gettext_lazy("Cancel on fal…"))
 def cancel_on_fal(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     # cancel_training turns fal's errors into a sentence for staff itself.
@@ -481,15 +430,10 @@ def cancel_on_fal(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     return str(result), messages.SUCCESS
 
 
-def _cancel_job_after_failing(training: Training) -> str:
+def _cancel_job_after_failing(endpoint: str, request_id: str) -> str:
     """Stop a job we just marked failed, so fal does not keep training (and billing) it."""
-    if not training.fal_request_id or training.fal_status not in (
-        FalStatus.IN_QUEUE,
-        FalStatus.IN_PROGRESS,
-    ):
-        return ""
     try:
-        answer = fal.cancel(training.endpoint, training.fal_request_id)
+        answer = fal.cancel(endpoint, request_id)
     except fal.FalError as exc:  # reported to staff; the avatar has failed already
         return _("fal cancel failed: %(error)s") % {"error": exc}
     return {
@@ -498,91 +442,55 @@ def _cancel_job_after_failing(training: Training) -> str:
     }.get(answer, _("fal no longer knows the job"))
 
 
+def _preview(avatar: Avatar, value: str) -> SafeString | None:
+    if value == M.NONE:
+        return None
+    kind = NotificationKind.CANCELLED if value == M.CANCELLED else NotificationKind.FAILED
+    training = Training(avatar=avatar, owner_message=value)
+    return telegram_html(texts.render_owner_message(kind, training, owner_message=value))
+
+
 def owner_previews(avatars: list[Avatar], limit: int = 3) -> list[dict[str, Any]]:
     """Each choice of "mark as failed" as the owner would read it, in their language."""
-    previews = []
-    for avatar in avatars[:limit]:
-        choices: list[tuple[str, StrOrPromise, SafeString | None]] = []
-        for value, label in OWNER_MESSAGE_CHOICES:
-            if value == OwnerMessage.NONE:
-                choices.append((value, label, None))
-                continue
-            kind = (
-                NotificationKind.CANCELLED
-                if value == OwnerMessage.CANCELLED
-                else NotificationKind.FAILED
-            )
-            text = texts.render_owner_message(
-                kind, Training(avatar=avatar, owner_message=value), owner_message=value
-            )
-            choices.append((value, label, telegram_html(text)))
-        previews.append(
-            {"avatar": avatar, "language": avatar.owner.get_language_display(), "choices": choices}
-        )
-    return previews
+    return [
+        {
+            "avatar": avatar,
+            "language": avatar.owner.get_language_display(),
+            "choices": [(v, label, _preview(avatar, v)) for v, label in OWNER_MESSAGE_CHOICES],
+        }
+        for avatar in avatars[:limit]
+    ]
 
 
-@staff_action(permission=roles.FAIL_AVATAR, description=gettext_lazy("Mark as failed…"))
-def mark_failed(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    form = ReasonForm(request.POST if is_confirmed(request) else None)
-    if not (is_confirmed(request) and form.is_valid()):
-        eligible = [
-            a
-            for a in queryset.select_related("current_training", "owner").order_by("pk")
-            if not why_not("mark_failed", a)
-        ]
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="mark_failed",
-            title=_("Mark as failed"),
-            question=_(
-                "Mark these trainings as failed? The owner is told what you choose below, "
-                "and a job still running on fal is cancelled."
-            ),
-            form=form,
-            previews=owner_previews(eligible),
-        )
-    reason = form.cleaned_data["reason"]
-    owner_message = form.cleaned_data["owner_message"]
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        # Snapshot before failing: the transition clears the sub-state we need.
-        snapshot = Training(
-            pk=training.pk,
-            endpoint=training.endpoint,
-            fal_request_id=training.fal_request_id,
-            fal_status=training.fal_status,
-        )
-        outcome = transitions.fail(
-            training,
-            error_message=reason,
-            error_type="staff",
-            details={"marked_by": request.user.get_username()},
-            source=STAFF,
-            actor=request.user,
-            owner_message=owner_message,
-            staff_note=reason,
-        )
-        if not outcome.changed:
-            return _("not marked failed: %(detail)s.") % {
-                "detail": outcome.detail
-            }, messages.WARNING
-        cancel = _cancel_job_after_failing(snapshot)
-        if owner_message == OwnerMessage.NONE:
-            text = _("marked failed; the owner is not told (recorded as skipped).")
-        else:
-            text = _("marked failed; the owner is told: “%(message)s”.") % {
-                "message": OwnerMessage(owner_message).label
-            }
-        return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
-
-    return _each(modeladmin, request, queryset, "mark_failed", do)
-
-
-# --- Stuck -------------------------------------------------------------------------------
+@per_avatar(
+    permission=roles.FAIL_AVATAR, description=gettext_lazy("Mark as failed…"), form=ReasonForm
+)
+def mark_failed(
+    request: HttpRequest, avatar: Avatar, reason: str, owner_message: str
+) -> tuple[str, int]:
+    training = _current(avatar)
+    # Asked before failing: the transition clears fal's sub-state.
+    running = training.fal_request_id if training.fal_status in ON_FAL else None
+    outcome = transitions.fail(
+        training,
+        error_message=reason,
+        error_type="staff",
+        details={"marked_by": request.user.get_username()},
+        source=STAFF,
+        actor=request.user,
+        owner_message=owner_message,
+        staff_note=reason,
+    )
+    if not outcome.changed:
+        return _("not marked failed: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
+    cancel = _cancel_job_after_failing(training.endpoint, running) if running else ""
+    if owner_message == M.NONE:
+        text = _("marked failed; the owner is not told (recorded as skipped).")
+    else:
+        text = _("marked failed; the owner is told: “%(message)s”.") % {
+            "message": M(owner_message).label
+        }
+    return (f"{text} {cancel}." if cancel else text), messages.SUCCESS
 
 
 @per_avatar(permission=roles.MANAGE_STUCK, description=gettext_lazy("Clear the stuck flag"))
@@ -599,47 +507,29 @@ def clear_stuck(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     return _("stuck flag cleared."), messages.SUCCESS
 
 
-@staff_action(permission=roles.MANAGE_STUCK, description=gettext_lazy("Extend the stuck deadline…"))
-def extend_deadline(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-    form = ExtendForm(request.POST if is_confirmed(request) else None)
-    if not (is_confirmed(request) and form.is_valid()):
-        return _confirm(
-            modeladmin,
-            request,
-            queryset,
-            action="extend_deadline",
-            title=_("Extend the stuck deadline"),
-            question=_("Clear the stuck flag and give these trainings more time?"),
-            form=form,
+@per_avatar(
+    permission=roles.MANAGE_STUCK,
+    description=gettext_lazy("Extend the stuck deadline…"),
+    form=ExtendForm,
+)
+def extend_deadline(request: HttpRequest, avatar: Avatar, until: datetime) -> tuple[str, int]:
+    training = _current(avatar)
+    if transitions.clear_stuck(training, source=STAFF, actor=request.user, extend_until=until):
+        return _("stuck flag cleared; not flagged again before %(until)s.") % {
+            "until": until.strftime("%Y-%m-%d %H:%M UTC")
+        }, messages.SUCCESS
+    return _("not stuck any more."), messages.WARNING
+
+
+def _resendable(avatar: Avatar) -> Notification | None:
+    """The newest undelivered owner notification (failed, given up, unreachable)."""
+    return (
+        Notification.objects.filter(
+            avatar=avatar, audience=Audience.OWNER, status__in=reachability.UNDELIVERED_STATUSES
         )
-    until = timezone.now() + timedelta(hours=form.cleaned_data["hours"])
-
-    def do(avatar: Avatar) -> tuple[str, int]:
-        training = _current(avatar)
-        if transitions.clear_stuck(training, source=STAFF, actor=request.user, extend_until=until):
-            return _("stuck flag cleared; not flagged again before %(until)s.") % {
-                "until": until.strftime("%Y-%m-%d %H:%M UTC")
-            }, messages.SUCCESS
-        return _("not stuck any more."), messages.WARNING
-
-    return _each(modeladmin, request, queryset, "extend_deadline", do)
-
-
-# --- Notifications -----------------------------------------------------------------------
-
-
-def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
-    """The newest undelivered owner notification per avatar (failed, given up, unreachable)."""
-    latest: dict[int, Any] = {}
-    rows = Notification.objects.filter(
-        avatar_id__in=list(avatar_ids),
-        audience=Audience.OWNER,
-        status__in=reachability.UNDELIVERED_STATUSES,
-    ).order_by("avatar_id", "-created_at", "-id")
-    for notification in rows:
-        assert notification.avatar_id is not None  # filtered on avatar_id__in
-        latest.setdefault(notification.avatar_id, notification)
-    return latest
+        .order_by("-created_at", "-id")
+        .first()
+    )
 
 
 @per_avatar(
@@ -647,15 +537,12 @@ def _resendable(avatar_ids: Iterable[int]) -> dict[int, Any]:
     description=gettext_lazy("Resend the owner's notification"),
 )
 def resend_notification(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
-    notification = _resendable([avatar.pk])[avatar.pk]
+    notification = _resendable(avatar)
+    assert notification is not None  # why_not said there is one
+    number = {"id": notification.pk}
     if delivery.resend(notification.pk):
-        return _("notification #%(id)s queued again.") % {"id": notification.pk}, messages.SUCCESS
-    return _("notification #%(id)s could not be resent.") % {
-        "id": notification.pk
-    }, messages.WARNING
-
-
-# --- Lost submits (fal's record) -------------------------------------------------------
+        return _("notification #%(id)s queued again.") % number, messages.SUCCESS
+    return _("notification #%(id)s could not be resent.") % number, messages.WARNING
 
 
 @per_avatar(

@@ -1,24 +1,18 @@
 """The avatar page: a summary at the top, the actions the state and the user allow, the timeline.
-
-Each button posts the changelist's own Django admin action for this one avatar, so the
-permission check, the confirmation page and the result message are the admin's; a button
-that does not apply is shown disabled with ``actions.why_not``'s reason.
 See docs/staff-guide.md#the-avatar-page.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
-from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
@@ -36,19 +30,13 @@ from monitoring.models import (
 )
 from monitoring.wording import event_words, status_label
 from notifications import reachability
-from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
+from notifications.reasons import last_error_words
 
-# How long a text may be before it is folded away behind "show all".
 FOLD_AT = 240
 
 
-# --- the summary ---------------------------------------------------------------------------------
-
-
-def _ago(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return "—"
+def _ago(moment: datetime, now: datetime) -> str:
     seconds = (now - moment).total_seconds()
     if 0 <= seconds < 60:
         # timesince says "0 minutes" for all of these; events seconds apart must differ.
@@ -56,41 +44,30 @@ def _ago(moment: datetime | None, now: datetime) -> str:
     return _("%(ago)s ago") % {"ago": timesince(moment, now, depth=2)}
 
 
-def _when(moment: datetime | None, now: datetime) -> SafeString:
-    """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element."""
+def _when(moment: datetime | None, now: datetime, due: bool = False) -> SafeString:
+    """ "2026-12-01 19:02:14 UTC (3 minutes ago)" with the exact time in a <time> element.
+    ``due``: "overdue by 26 s" once passed (never "26 s ago": it has not happened)."""
     if moment is None:
         return mark_safe("—")
-    if moment <= now:
+    seconds = int((now - moment).total_seconds())
+    if due and moment <= now:
+        relative = (
+            _("overdue by %(n)s s") % {"n": seconds}
+            if seconds < 60
+            else _("overdue by %(delay)s") % {"delay": timesince(moment, now, depth=2)}
+        )
+    elif moment <= now:
         relative = _ago(moment, now)
     elif (moment - now).total_seconds() < 60:
         relative = _("in %(n)s s") % {"n": int((moment - now).total_seconds())}
     else:
         relative = _("in %(delay)s") % {"delay": timeuntil(moment, now, depth=2)}
     return format_html(
-        '<time datetime="{}">{} UTC</time> <span class="quiet">({})</span>',
+        '<time datetime="{}">{} UTC</time> <span class="quiet{}">({})</span>',
         moment.isoformat(),
         moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        " overdue" if due and moment <= now else "",
         relative,
-    )
-
-
-def _due(moment: datetime | None, now: datetime) -> SafeString:
-    """A time something should happen: "in 40 s", or "overdue by 26 s" once it passed
-    (never "26 s ago", which reads as if it had happened)."""
-    if moment is None or moment > now:
-        return _when(moment, now)
-    late = now - moment
-    seconds = int(late.total_seconds())
-    overdue = (
-        _("overdue by %(n)s s") % {"n": seconds}
-        if seconds < 60
-        else _("overdue by %(delay)s") % {"delay": timesince(moment, now, depth=2)}
-    )
-    return format_html(
-        '<time datetime="{}">{} UTC</time> <span class="quiet overdue">({})</span>',
-        moment.isoformat(),
-        moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        overdue,
     )
 
 
@@ -122,62 +99,26 @@ def queue_words(training: Training, state: str) -> str:
     return state
 
 
-def owner_told(avatar: Avatar, training: Training | None, now: datetime) -> SafeString:
+def owner_told(training: Training | None, now: datetime) -> SafeString:
     """ "The owner was told: <text> at <time>", or why not (yet)."""
-    if training is None:
-        return format_html("{}", _("Nothing to tell the owner yet: no training."))
     notification = (
         Notification.objects.filter(training=training, audience=Audience.OWNER)
         .order_by("-created_at", "-id")
         .first()
+        if training is not None
+        else None
     )
-    if notification is None:
-        if training.finished_at is None:
-            return format_html("{}", _("The owner is told when the training ends."))
-        return format_html("{}", _("The owner was not told: no message was written."))
-    text = telegram_html(notification.text)
-    status = notification.status
-    if status == NotificationStatus.SENT:
-        return format_html(
-            '{} <blockquote class="owner-text">{}</blockquote>{}',
-            _("The owner was told:"),
-            text,
-            format_html("{} {}", _("at"), _when(notification.sent_at, now)),
-        )
-    if status == NotificationStatus.SKIPPED:
-        why = (
-            _("staff chose to send no message")
-            if notification.context.get("skipped") == "staff_chose_no_message"
-            else _("there was no recipient")
-        )
-        return format_html("{} {}.", _("The owner was not told:"), why)
-    if status in (NotificationStatus.PENDING, NotificationStatus.SENDING):
-        return format_html(
-            '{} <blockquote class="owner-text">{}</blockquote>{} {}',
-            _("Waiting to be sent to the owner:"),
-            text,
-            _("written"),
-            _when(notification.created_at, now),
-        )
-    undelivered = format_html(
-        '{} ({}: {}) <blockquote class="owner-text">{}</blockquote>',
-        _("The owner's message was not delivered"),
-        notification.get_status_display(),
-        last_error_words(notification.last_error)[:300] or "—",
-        text,
-    )
-    if status == NotificationStatus.UNREACHABLE and reachability.is_unreachable(
-        notification.chat_id
-    ):
-        # Held back: it goes once the owner is reachable again (Support records it there).
-        return format_html(
-            '{}<a href="{}?q={}" id="owner-unreachable">{}</a>',
-            undelivered,
-            reverse("admin:notifications_unreachablechat_changelist"),
-            notification.chat_id,
-            _("The owner cannot be messaged: once they are back, mark them reachable again"),
-        )
-    return undelivered
+    context: dict[str, Any] = {"training": training, "notification": notification}
+    if notification is not None:
+        context |= {
+            "text": telegram_html(notification.text),
+            "sent": _when(notification.sent_at, now),
+            "written": _when(notification.created_at, now),
+            "error": last_error_words(notification.last_error)[:300],
+            "held": notification.status == NotificationStatus.UNREACHABLE
+            and reachability.is_unreachable(notification.chat_id),
+        }
+    return render_to_string("admin/monitoring/avatar/owner_told.html", context)
 
 
 def telegram_html(text: str) -> SafeString:
@@ -211,33 +152,20 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
             rows.append((_("Internal note"), fold(training.staff_note)))
     if training.is_active:
         if training.stuck_since is not None:
-            words = stuck.live_words(training, now)
+            flagged = _("flagged %(ago)s") % {"ago": _ago(training.stuck_since, now)}
+            why = '<span class="stuck-now">{}</span> <span class="quiet">({})</span>'
             rows.append(
-                (
-                    _("Why stuck"),
-                    format_html(
-                        '<span class="stuck-now">{}</span> <span class="quiet">({})</span>',
-                        words,
-                        _("flagged %(ago)s") % {"ago": _ago(training.stuck_since, now)},
-                    ),
-                )
+                (_("Why stuck"), format_html(why, stuck.live_words(training, now), flagged))
             )
         extended = training.stuck_deadline_extended_until
         if extended and extended > now:
             rows.append((_("Deadline extended until"), _when(extended, now)))
-        rows.append(
-            (
-                _("Last check"),
-                format_html(
-                    "{}{}",
-                    _when(training.last_checked_at, now),
-                    format_html(" ⚠ {}", training.last_check_error[:300])
-                    if training.last_check_error
-                    else "",
-                ),
-            )
+        error = training.last_check_error[:300]
+        last = format_html(
+            "{}{}", _when(training.last_checked_at, now), f" ⚠ {error}" if error else ""
         )
-        rows.append((_("Next check"), _due(training.next_check_at, now)))
+        rows.append((_("Last check"), last))
+        rows.append((_("Next check"), _when(training.next_check_at, now, due=True)))
         ready = eta.words(training, now)
         if ready:
             rows.append((_("Ready"), format_html("{}", ready)))
@@ -251,7 +179,7 @@ def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, Safe
     kept = kept_files_words(avatar, training)
     if kept is not None:
         rows.append((_("Kept files"), kept))
-    rows.append((_("Owner"), owner_told(avatar, training, now)))
+    rows.append((_("Owner"), owner_told(training, now)))
     rows.append((_("Cost"), avatar_cost_words(avatar)))
     return rows
 
@@ -283,29 +211,19 @@ def avatar_cost_words(avatar: Avatar) -> SafeString:
 
 
 def kept_files_words(avatar: Avatar, training: Training) -> SafeString | None:
-    """Our copies: state, size and SHA-256, and staff download links (never a signed link)."""
+    """Our copies: state, size and SHA-256, and staff download links."""
     data = files.files_data(training, links=False)
     if data is None:
         return None
     states = {"pending": _("being copied"), "kept": _("kept"), "failed": _("not kept")}
-    parts = [format_html("<strong>{}</strong>", states.get(data["state"], data["state"]))]
-    for kind, label in (("lora", _("LoRA")), ("config", _("config"))):
-        kept = data[kind]
-        if kept is None:
-            continue
-        parts.append(
-            format_html(
-                '<a href="{}">{}</a> ({} · <code title="{}">sha256 {}…</code>)',
-                reverse("admin:monitoring_avatar_file", args=[avatar.pk, kind]),
-                label,
-                filesizeformat(kept["size"]),
-                kept["sha256"],
-                kept["sha256"][:12],
-            )
-        )
-    if data["error"]:
-        parts.append(format_html('<span class="stuck-now">{}</span>', data["error"][:300]))
-    return format_html_join(" · ", "{}", ((part,) for part in parts))
+    kinds = (("lora", _("LoRA")), ("config", _("config")))
+    context = {
+        "avatar": avatar,
+        "state": states.get(data["state"], data["state"]),
+        "files": [(kind, label, data[kind]) for kind, label in kinds if data[kind] is not None],
+        "error": data["error"],
+    }
+    return render_to_string("admin/monitoring/avatar/kept_files.html", context)
 
 
 def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpResponse:
@@ -325,9 +243,6 @@ def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpRespon
     return file_views.file_response(request, row, attachment=True)  # type: ignore[return-value]
 
 
-# --- the timeline ---------------------------------------------------------------------------------
-
-
 def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> SafeString:
     """Newest first: when (seconds, UTC, relative), what, who, the change, the text."""
     now = now or timezone.now()
@@ -336,30 +251,21 @@ def timeline(avatar: Avatar, now: datetime | None = None, limit: int = 200) -> S
         .select_related("actor", "training")
         .order_by("-created_at", "-id")[:limit]
     )
-    rows = []
-    for event in events:
-        words = event_words(event)
-        rows.append(
-            {
-                "when": _when(event.created_at, now),
-                "what": event.get_kind_display(),
-                "who": event.get_source_display()
-                + (f" · {event.actor.get_username()}" if event.actor is not None else ""),
-                "change": f"{status_label(event.old_status)} → {status_label(event.new_status)}"
-                if event.new_status
-                else "",
-                "attempt": f"#{event.training.attempt}" if event.training is not None else "",
-                "details": fold(words) if words else "",
-            }
-        )
+    rows = [
+        {
+            "event": event,
+            "when": _when(event.created_at, now),
+            "change": f"{status_label(event.old_status)} → {status_label(event.new_status)}"
+            if event.new_status
+            else "",
+            "details": fold(words) if (words := event_words(event)) else "",
+        }
+        for event in events
+    ]
     labels = (_("when"), _("what"), _("change"), _("attempt"), _("details"))
     return render_to_string(
         "admin/monitoring/avatar/timeline.html", {"events": rows, "labels": labels}
     )
-
-
-def refresh_seconds() -> int:
-    return settings.ADMIN_REFRESH_SECONDS
 
 
 def live_stuck_words(training: Training) -> str:

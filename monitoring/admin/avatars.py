@@ -1,15 +1,16 @@
 """The admin staff run the monitor from: owners, avatars, training attempts, the timeline.
 
-The avatar list stays a handful of queries whatever the page size; everything the
-monitor recorded is read-only, and status moves only through ``monitoring.transitions``.
-See docs/staff-guide.md#the-admin.
+The avatar list stays a handful of queries whatever the page size; status moves only
+through ``monitoring.transitions``. See docs/staff-guide.md#the-admin.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.db import models
@@ -17,7 +18,7 @@ from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquer
 from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -25,7 +26,14 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, admin_views, pre, pretty_json
+from avatarsite.admin_base import (
+    ConditionFilter,
+    ReadOnlyAdmin,
+    admin_views,
+    column,
+    pre,
+    pretty_json,
+)
 from monitoring import eta, transitions
 from monitoring.admin import actions, avatar_page
 from monitoring.admin.avatar_page import live_stuck_words, queue_words
@@ -45,12 +53,13 @@ from monitoring.models import (
 from monitoring.ops import attention
 from monitoring.wording import event_words, retried_words, status_label
 from notifications import reachability
-from notifications.admin import last_error_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
-from notifications.reasons import telegram_reason_words
+from notifications.reasons import last_error_words, telegram_reason_words
 
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50
+# What an avatar is trained on: history once a training exists.
+TRAINED = ("training_type", "trigger_word", "images_url", "training_settings")
 
 
 class OneAtATime:
@@ -61,30 +70,36 @@ class OneAtATime:
         extra = {"show_save_and_add_another": False, **(extra_context or {})}
         return super().changeform_view(request, object_id, form_url, extra)  # type: ignore[misc]
 
+    def get_search_results(self, request, queryset, search_term):
+        # "@name" is how staff write Telegram usernames.
+        term = search_term.strip().lstrip("@")
+        return super().get_search_results(request, queryset, term)  # type: ignore[misc]
+
 
 def _since(moment: datetime | None) -> str:
-    if moment is None:
-        return "—"
-    return timesince(moment, timezone.now(), depth=1)
+    return "—" if moment is None else timesince(moment, timezone.now(), depth=1)
 
 
 def _admin_link(obj: Any, text: Any) -> SafeString:
-    try:
-        url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
-    except NoReverseMatch:
-        return format_html("{}", text)
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
     return format_html('<a href="{}">{}</a>', url, text)
 
 
-def _table(headers: list[str], rows: list[tuple[Any, ...]], empty: str) -> SafeString:
-    return render_to_string(
-        "admin/includes/table.html", {"headers": headers, "rows": rows, "empty": empty}
-    )
+def _stamp(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def _table(
+    objects: Iterable[Any], columns: dict[str, Callable[[Any], Any]], empty: str
+) -> SafeString:
+    """A read-only table: a row per object, a cell per column (its header: its value)."""
+    rows = [[cell(obj) for cell in columns.values()] for obj in objects]
+    context = {"headers": list(columns), "rows": rows, "empty": empty}
+    return render_to_string("admin/includes/table.html", context)
 
 
 def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     """The status as a coloured pill, with fal's sub-state, queue position and stuck flag."""
-    label = avatar.get_status_display()
     detail = ""
     if avatar.status == AvatarStatus.TRAINING and training is not None:
         detail = queue_words(training, training.get_fal_status_display())
@@ -98,13 +113,10 @@ def status_badge(avatar: Avatar, training: Training | None) -> SafeString:
     return format_html(
         '<span class="status-badge status-{}">{}{}</span>{}',
         avatar.status,
-        label,
+        avatar.get_status_display(),
         format_html(" · {}", detail) if detail else "",
         stuck,
     )
-
-
-# --- Filters -----------------------------------------------------------------------------
 
 
 class StuckFilter(ConditionFilter):
@@ -113,10 +125,7 @@ class StuckFilter(ConditionFilter):
     yes_label, no_label = gettext_lazy("Stuck"), gettext_lazy("Not stuck")
 
     def condition(self) -> Q:
-        return Q(
-            current_training__stuck_since__isnull=False,
-            current_training__finished_at__isnull=True,
-        )
+        return attention.stuck_filter()
 
 
 class NotificationStateFilter(admin.SimpleListFilter):
@@ -148,12 +157,6 @@ class NotificationStateFilter(admin.SimpleListFilter):
         if value == "none":
             return queryset.filter(~Exists(owner_messages))
         return queryset
-
-
-# --- Inlines -----------------------------------------------------------------------------
-
-
-# --- Owners ------------------------------------------------------------------------------
 
 
 class ReachableFilter(ConditionFilter):
@@ -194,19 +197,13 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
             .values("error")[:1]
         )
         unreachable = UnreachableChat.objects.filter(chat_id=OuterRef("telegram_id"))
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                avatar_total=Count("avatars", distinct=True),
-                last_error_text=Subquery(last_error),
-                unreachable_reason_text=Subquery(unreachable.values("reason")[:1]),
-                unreachable_since_at=Subquery(unreachable.values("since")[:1]),
-            )
+        owners = super().get_queryset(request)
+        return owners.annotate(
+            avatar_total=Count("avatars", distinct=True),
+            last_error_text=Subquery(last_error),
+            unreachable_reason_text=Subquery(unreachable.values("reason")[:1]),
+            unreachable_since_at=Subquery(unreachable.values("since")[:1]),
         )
-
-    def get_search_results(self, request, queryset, search_term):
-        return super().get_search_results(request, queryset, search_term.strip().lstrip("@"))
 
     @admin.display(description=gettext_lazy("last delivery error"))
     def last_error(self, owner: Owner) -> str:
@@ -230,25 +227,14 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
         return getattr(owner, "unreachable_since_at", None)
 
 
-# --- Avatars -----------------------------------------------------------------------------
-
-
 @admin.register(Avatar)
 class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
-    list_display = (
-        "id",
-        "name_column",
-        "status_column",
-        "owner",
-        "time_in_state",
-        "last_check",
-    )
+    list_display = ("id", "name_column", "status_column", "owner", "time_in_state", "last_check")
     list_display_links = ("id", "name_column")
     list_filter = (StuckFilter, "status", "training_type", NotificationStateFilter)
     search_fields = ("name", "=trainings__fal_request_id", "=owner__telegram_id", "owner__username")
     list_select_related = ("owner", "current_training")
     list_per_page = 50
-    ordering = ("-created_at",)
     actions = actions.AVATAR_ACTIONS
     readonly_fields = (
         "status_column",
@@ -262,19 +248,7 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         "notification_attempts",
     )
     fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "owner",
-                    "name",
-                    "training_type",
-                    "trigger_word",
-                    "images_url",
-                    "training_settings",
-                )
-            },
-        ),
+        (None, {"fields": ("owner", "name", *TRAINED)}),
         (
             gettext_lazy("State"),
             {
@@ -324,20 +298,16 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             return ["current_training__stuck_since", "pk"]
         match = getattr(request, "resolver_match", None)
         if match is None or match.url_name != "monitoring_avatar_changelist":
-            # Other admins order their avatar choices with this too, on a queryset
-            # without the annotation.
+            # Other admins' avatar choices, on a queryset without the annotation.
             return ["-created_at"]
         return ["attention_rank", "-created_at"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
         counts = attention.counts()
-        extra = {
-            "counts": counts,
-            "is_stuck_list": _is_stuck_list(request),
-        }
+        extra = {"counts": counts, "is_stuck_list": _is_stuck_list(request)}
         if extra["is_stuck_list"]:
             extra["title"] = _("Stuck trainings (%(n)s)") % {"n": counts["stuck"]}
-            extra["refresh_seconds"] = avatar_page.refresh_seconds()
+            extra["refresh_seconds"] = settings.ADMIN_REFRESH_SECONDS
         return super().changelist_view(request, {**extra, **(extra_context or {})})
 
     def change_view(
@@ -365,23 +335,11 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
-    def get_search_results(self, request, queryset, search_term):
-        # "@name" is how staff write Telegram usernames.
-        return super().get_search_results(request, queryset, search_term.strip().lstrip("@"))
-
     def get_readonly_fields(
         self, request: HttpRequest, obj: Avatar | None = None
     ) -> tuple[str, ...]:
-        # What was trained is history once a training exists.
         if obj is not None and obj.current_training_id:
-            return (
-                *self.readonly_fields,
-                "owner",
-                "training_type",
-                "trigger_word",
-                "images_url",
-                "training_settings",
-            )
+            return (*self.readonly_fields, "owner", *TRAINED)
         return self.readonly_fields
 
     def has_delete_permission(self, request: HttpRequest, obj: Avatar | None = None) -> bool:
@@ -391,10 +349,8 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
     def save_model(self, request: HttpRequest, obj: Avatar, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
-            return
-        # A new avatar gets its status and "created" event from the transitions
-        # module, like one created by a command: ready for the start action.
-        transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
+        else:  # status and "created" event as for one created by a command
+            transitions.create_avatar(obj, source=EventSource.STAFF, actor=request.user)
 
     def get_urls(self):
         download = avatar_page.download_file
@@ -405,12 +361,9 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
         return pages + super().get_urls()
 
-    # --- columns --------------------------------------------------------------------------
-
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_column(self, avatar: Avatar) -> SafeString:
-        # The stuck reason as a second line under the badge: one column fewer, so the
-        # key columns fit at 1440 px with the sidebar open.
+        # The stuck reason under the badge: one column fewer, so the key ones fit at 1440 px.
         training = avatar.current_training
         reason = live_stuck_words(training) if training is not None and training.is_stuck else ""
         badge = status_badge(avatar, training)
@@ -447,8 +400,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
                 text += " ⚠ " + training.last_check_error[:80]
         return format_html('<span data-label="{}">{}</span>', _("last check"), text)
 
-    # --- detail fields --------------------------------------------------------------------
-
     @admin.display(description=gettext_lazy("current training"))
     def current_training_link(self, avatar: Avatar) -> SafeString:
         if avatar.current_training is None:
@@ -457,54 +408,41 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             avatar.current_training, _("attempt %(n)s") % {"n": avatar.current_training.attempt}
         )
 
-    @admin.display(description=gettext_lazy("fal request id"))
-    def request_id(self, avatar: Avatar) -> str:
-        training = avatar.current_training
-        return (training.fal_request_id if training else None) or "—"
-
-    @admin.display(description=gettext_lazy("raw fal result"))
-    def raw_result(self, avatar: Avatar) -> SafeString:
-        training = avatar.current_training
-        return pretty_json(training.result if training else None)
+    # The current attempt's, from the avatar's page.
+    request_id = column(
+        gettext_lazy("fal request id"),
+        lambda avatar: getattr(avatar.current_training, "fal_request_id", None) or "—",
+    )
+    raw_result = column(
+        gettext_lazy("raw fal result"),
+        lambda avatar: pretty_json(getattr(avatar.current_training, "result", None)),
+    )
+    last_logs = column(
+        gettext_lazy("last logs"),
+        lambda avatar: pre(getattr(avatar.current_training, "logs_tail", "")),
+    )
 
     def attempts(self, avatar: Avatar) -> SafeString:
         """Every training attempt of the avatar, newest first (shown under the timeline)."""
-        rows = Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT]
         return _table(
-            [
-                _("attempt"),
-                _("fal request id"),
-                _("fal status"),
-                _("submitted"),
-                _("finished"),
-                _("outcome"),
-                _("owner told"),
-                _("cost"),
-                _("error"),
-            ],
-            [
-                (
-                    _admin_link(t, f"#{t.attempt}"),
-                    t.fal_request_id or "—",
-                    t.get_fal_status_display(),
-                    t.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if t.submitted_at else "—",
-                    t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "—",
+            Training.objects.filter(avatar=avatar).order_by("-attempt")[:TABLE_LIMIT],
+            {
+                _("attempt"): lambda t: _admin_link(t, f"#{t.attempt}"),
+                _("fal request id"): lambda t: t.fal_request_id or "—",
+                _("fal status"): lambda t: t.get_fal_status_display(),
+                _("submitted"): lambda t: _stamp(t.submitted_at),
+                _("finished"): lambda t: _stamp(t.finished_at),
+                _("outcome"): lambda t: (
                     retried_words(t.error_type)
                     if t.outcome == TrainingOutcome.RETRIED
-                    else t.get_outcome_display() or "—",
-                    t.get_owner_message_display() or "—",
-                    avatar_page.cost_words(t),
-                    avatar_page.fold(t.error_message) if t.error_message else "—",
-                )
-                for t in rows
-            ],
+                    else t.get_outcome_display() or "—"
+                ),
+                _("owner told"): lambda t: t.get_owner_message_display() or "—",
+                _("cost"): avatar_page.cost_words,
+                _("error"): lambda t: avatar_page.fold(t.error_message) if t.error_message else "—",
+            },
             _("No training attempts yet."),
         )
-
-    @admin.display(description=gettext_lazy("last logs"))
-    def last_logs(self, avatar: Avatar) -> SafeString:
-        training = avatar.current_training
-        return pre(training.logs_tail if training else "")
 
     @admin.display(description=gettext_lazy("webhook deliveries"))
     def webhook_deliveries(self, avatar: Avatar) -> SafeString:
@@ -514,57 +452,32 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
             .order_by("-received_at", "-id")[:TABLE_LIMIT]
         )
         return _table(
-            [
-                _("received"),
-                _("attempt"),
-                _("request id"),
-                _("verdict"),
-                _("outcome"),
-                _("status in body"),
-                _("error"),
-            ],
-            [
-                (
-                    _admin_link(d, d.received_at.strftime("%Y-%m-%d %H:%M:%S")),
-                    d.training.attempt if d.training else "—",
-                    d.request_id,
-                    d.get_verdict_display(),
-                    d.get_outcome_display(),
-                    d.fal_status,
-                    d.error[:200],
-                )
-                for d in deliveries
-            ],
+            deliveries,
+            {
+                _("received"): lambda d: _admin_link(d, _stamp(d.received_at)),
+                _("attempt"): lambda d: d.training.attempt if d.training else "—",
+                _("request id"): lambda d: d.request_id,
+                _("verdict"): lambda d: d.get_verdict_display(),
+                _("outcome"): lambda d: d.get_outcome_display(),
+                _("status in body"): lambda d: d.fal_status,
+                _("error"): lambda d: d.error[:200],
+            },
             _("No webhook deliveries."),
         )
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, avatar: Avatar) -> SafeString:
-        notifications = list(
-            Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT]
-        )
         summary = _table(
-            [
-                _("notification"),
-                _("kind"),
-                _("audience"),
-                _("status"),
-                _("failed attempts"),
-                _("sent"),
-                _("last error"),
-            ],
-            [
-                (
-                    _admin_link(n, f"#{n.pk}"),
-                    n.get_kind_display(),
-                    n.get_audience_display(),
-                    n.get_status_display(),
-                    n.attempts,
-                    n.sent_at.strftime("%Y-%m-%d %H:%M:%S") if n.sent_at else "—",
-                    last_error_words(n.last_error)[:200],
-                )
-                for n in notifications
-            ],
+            Notification.objects.filter(avatar=avatar).order_by("-created_at", "-id")[:TABLE_LIMIT],
+            {
+                _("notification"): lambda n: _admin_link(n, f"#{n.pk}"),
+                _("kind"): lambda n: n.get_kind_display(),
+                _("audience"): lambda n: n.get_audience_display(),
+                _("status"): lambda n: n.get_status_display(),
+                _("failed attempts"): lambda n: n.attempts,
+                _("sent"): lambda n: _stamp(n.sent_at),
+                _("last error"): lambda n: last_error_words(n.last_error)[:200],
+            },
             _("No notifications."),
         )
         log = _attempts_table(NotificationAttempt.objects.filter(notification__avatar=avatar))
@@ -598,13 +511,6 @@ def page_buttons(
         if name in allowed
     ]
     return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
-
-
-# --- Training attempts -------------------------------------------------------------------
-
-
-def _training_inlines() -> tuple[type, ...]:
-    return (WebhookDeliveryInline,)
 
 
 class TrainingStateFilter(ConditionFilter):
@@ -655,7 +561,7 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
     search_fields = ("=fal_request_id", "avatar__name", "=avatar__owner__telegram_id")
     list_select_related = ("avatar",)
     ordering = ("-created_at",)
-    inlines = _training_inlines()
+    inlines = (WebhookDeliveryInline,)
     # The stored stuck reason is English (for the log and the alert): shown worded instead.
     exclude = ("result", "logs_tail", "stuck_reason")
 
@@ -663,27 +569,18 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
         names = [f.name for f in Training._meta.fields if f.name not in self.exclude]
         return [*names, "stuck_reason_words", "raw_result", "last_logs", "notification_attempts"]
 
-    @admin.display(description=gettext_lazy("cost"), ordering="cost_nano_usd")
-    def cost_column(self, training: Training) -> str:
-        return avatar_page.cost_words(training)
-
-    @admin.display(description=gettext_lazy("stuck reason"))
-    def stuck_reason_words(self, training: Training) -> str:
-        return live_stuck_words(training) if training.is_stuck else ""
+    cost_column = column(gettext_lazy("cost"), avatar_page.cost_words, ordering="cost_nano_usd")
+    stuck_reason_words = column(
+        gettext_lazy("stuck reason"), lambda t: live_stuck_words(t) if t.is_stuck else ""
+    )
+    raw_result = column(gettext_lazy("raw fal result"), lambda t: pretty_json(t.result))
+    last_logs = column(gettext_lazy("last logs"), lambda t: pre(t.logs_tail))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Training | None = None) -> bool:
         return False
-
-    @admin.display(description=gettext_lazy("raw fal result"))
-    def raw_result(self, training: Training) -> SafeString:
-        return pretty_json(training.result)
-
-    @admin.display(description=gettext_lazy("last logs"))
-    def last_logs(self, training: Training) -> SafeString:
-        return pre(training.logs_tail)
 
     @admin.display(description=gettext_lazy("notification attempts"))
     def notification_attempts(self, training: Training) -> SafeString:
@@ -692,27 +589,18 @@ class TrainingAdmin(admin.ModelAdmin[Training]):
 
 def _attempts_table(attempts: QuerySet[NotificationAttempt]) -> SafeString:
     """Telegram's answers, newest first: on the avatar's page and on an attempt's."""
-    attempts = attempts.select_related("notification").order_by("-started_at", "-id")
     return _table(
-        [
-            _("started"),
-            _("notification"),
-            _("outcome"),
-            _("chat id"),
-            _("Telegram message id"),
-            _("error"),
-        ],
-        [
-            (
-                a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                f"#{a.notification_id} {a.notification.get_kind_display()}",
-                a.get_outcome_display(),
-                a.chat_id or "—",
-                a.telegram_message_id or "—",
-                a.error[:200],
-            )
-            for a in attempts[:TABLE_LIMIT]
-        ],
+        attempts.select_related("notification").order_by("-started_at", "-id")[:TABLE_LIMIT],
+        {
+            _("started"): lambda a: _stamp(a.started_at),
+            _("notification"): lambda a: (
+                f"#{a.notification_id} {a.notification.get_kind_display()}"
+            ),
+            _("outcome"): lambda a: a.get_outcome_display(),
+            _("chat id"): lambda a: a.chat_id or "—",
+            _("Telegram message id"): lambda a: a.telegram_message_id or "—",
+            _("error"): lambda a: a.error[:200],
+        },
         _("No attempts yet."),
     )
 
@@ -735,19 +623,14 @@ class AvatarEventAdmin(ReadOnlyAdmin[AvatarEvent]):
     date_hierarchy = "created_at"
     # Statuses and coded messages in the reader's language; ``message`` stays as recorded.
     fields = ("created_at", "avatar", "training", *list_display[2:], "details")
-    readonly_fields = ("old_status_words", "new_status_words", "message_words")
 
-    @admin.display(description=gettext_lazy("old status"), ordering="old_status")
-    def old_status_words(self, event: AvatarEvent) -> str:
-        return status_label(event.old_status)
-
-    @admin.display(description=gettext_lazy("new status"), ordering="new_status")
-    def new_status_words(self, event: AvatarEvent) -> str:
-        return status_label(event.new_status)
-
-    @admin.display(description=gettext_lazy("message"))
-    def message_words(self, event: AvatarEvent) -> str:
-        return event_words(event)
+    old_status_words = column(
+        gettext_lazy("old status"), lambda e: status_label(e.old_status), ordering="old_status"
+    )
+    new_status_words = column(
+        gettext_lazy("new status"), lambda e: status_label(e.new_status), ordering="new_status"
+    )
+    message_words = column(gettext_lazy("message"), event_words)
 
 
 def _is_stuck_list(request: HttpRequest) -> bool:

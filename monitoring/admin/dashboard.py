@@ -1,9 +1,6 @@
-"""The staff dashboard, served inside the admin (``admin/monitoring/avatar/dashboard/``).
-
-Thin: ``monitoring.ops.dashboard`` gathers the figures; this view only renders them
-with the admin's own chrome, so the page has the admin's login, language and
-navigation. It shows owners and fal request ids, so it needs the avatar view
-permission, like the avatar list it summarises (``admin_view`` only checks staff).
+"""The staff dashboard, in the admin's chrome (``admin/monitoring/avatar/dashboard/``);
+``monitoring.ops.dashboard`` gathers the figures. It shows owners and fal request ids,
+so it needs the avatar view permission (``admin_view`` only checks staff).
 """
 
 from __future__ import annotations

@@ -74,12 +74,9 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" and initial.get("request_id") and not initial.get("endpoint"):
         initial["endpoint"] = endpoint_of(initial["request_id"].strip()) or ""
     form = AdoptForm(request.POST or None, initial=initial)
-    status = 200
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        avatar = None
-        if data["avatar"]:
-            avatar = Avatar.objects.filter(pk=data["avatar"]).first()
+        avatar = Avatar.objects.filter(pk=data["avatar"]).first() if data["avatar"] else None
         try:
             if data["avatar"] and avatar is None:
                 raise AdoptRefused(_("no avatar with id %s") % data["avatar"])
@@ -106,7 +103,6 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
             )
         except AdoptRefused as exc:
             form.add_error(None, exc.reason)
-            status = 400
         else:
             values = {"request": result.training.fal_request_id, "id": result.avatar.pk}
             if result.adopted:
@@ -120,8 +116,6 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
             return HttpResponseRedirect(
                 reverse("admin:monitoring_avatar_change", args=[result.avatar.pk])
             )
-    elif request.method == "POST":
-        status = 400
     context = {
         **admin.site.each_context(request),
         "title": _("Adopt a fal request"),
@@ -134,6 +128,8 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
         ),
         "opts": UnknownFalRequest._meta,
     }
+    # A POST that gets here was refused: the form says why.
+    status = 400 if request.method == "POST" else 200
     return TemplateResponse(request, "admin/monitoring/adopt_training.html", context, status=status)
 
 

@@ -1,8 +1,6 @@
-"""django-q2's models in the admin: read-only, superusers only, nothing unpickled.
-
-django-q2's own admin would let a schedule run any function and unpickles task data, so
-database write access would become code execution; here a task shows its function,
-times and success only. See docs/staff-guide.md#roles.
+"""django-q2's models in the admin: read-only, superusers only, nothing unpickled (its own
+admin would let a schedule run any function, so database write access would become code
+execution). See docs/staff-guide.md#roles.
 """
 
 from __future__ import annotations
@@ -28,14 +26,11 @@ class SuperuserReadOnlyAdmin(ReadOnlyAdmin[Any]):
 
     actions = None
 
-    def _superuser(self, request: HttpRequest) -> bool:
+    def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_superuser
 
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self._superuser(request)
-
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._superuser(request)
+        return self.has_module_permission(request)
 
 
 class TaskResultAdmin(SuperuserReadOnlyAdmin):
@@ -44,7 +39,6 @@ class TaskResultAdmin(SuperuserReadOnlyAdmin):
     search_fields = ("name", "func", "group")
     date_hierarchy = "started"
     fields = TASK_FIELDS
-    readonly_fields = TASK_FIELDS
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         # Arguments and results are pickles: never loaded, so never unpickled.
@@ -56,7 +50,6 @@ class ScheduleReadOnlyAdmin(SuperuserReadOnlyAdmin):
     list_filter = ("schedule_type", "cluster")
     search_fields = ("name", "func")
     fields = ("name", "func", "schedule_type", "minutes", "cron", "repeats", "next_run", "cluster")
-    readonly_fields = fields
 
 
 class QueuedTaskAdmin(SuperuserReadOnlyAdmin):
@@ -65,7 +58,6 @@ class QueuedTaskAdmin(SuperuserReadOnlyAdmin):
     list_display = ("id", "key", "lock")
     list_filter = ("key",)
     fields = ("key", "lock")
-    readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).only("id", "key", "lock")

@@ -1,10 +1,6 @@
-"""Admin for fal webhook deliveries: a read-only audit trail with a re-process action.
-
-Deliveries are evidence (what fal, or someone pretending to be fal, sent us), so
-nothing here edits them; staff can only re-process a verified one, after a page that
-lists which of the selected will and will not be re-processed and why, which goes
-through ``Delivery.reprocess`` (monitoring.fal.deliveries) and therefore through the transitions
-(permission ``monitoring.recheck_avatar``).
+"""Admin for fal webhook deliveries: a read-only audit trail (what fal, or someone
+pretending to be fal, sent us). Staff may only re-process a verified delivery, after the
+confirmation page, through ``Delivery.reprocess`` and so through the transitions.
 """
 
 from __future__ import annotations
@@ -22,9 +18,10 @@ from django.utils.translation import gettext_lazy as _
 
 from avatarsite.admin_base import (
     ConditionFilter,
-    ConfirmRow,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    column,
+    confirm_rows,
     confirmation_page,
     is_confirmed,
     permission_check,
@@ -34,28 +31,8 @@ from avatarsite.admin_base import (
 )
 from avatarsite.log_redaction import redact, redact_value
 from monitoring import roles
-from monitoring.admin.actions import log_staff_action
 from monitoring.fal.deliveries import Delivery
 from monitoring.models import RefusedWebhookCount, Training, WebhookDelivery, WebhookOutcome
-
-READONLY_FIELDS = (
-    "received_at",
-    "remote_addr",
-    "header_request_id",
-    "request_id",
-    "verdict",
-    "outcome",
-    "fal_status",
-    "training",
-    "processed_at",
-    "error_shown",
-    "headers_pretty",
-    "signature",
-    "body_size",
-    "body_sha256",
-    "body_pretty",
-    "traceback_shown",
-)
 
 
 class MatchedFilter(ConditionFilter):
@@ -68,9 +45,6 @@ class MatchedFilter(ConditionFilter):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
-    # The audit trail of what fal sent us: nobody adds, edits or deletes it from the
-    # admin (retention prunes old rows on its own schedule).
-
     list_display = (
         "received_at",
         "request_id_display",
@@ -86,18 +60,32 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     search_fields = ("=request_id", "=header_request_id", "=remote_addr")
     list_select_related = ("training",)
     date_hierarchy = "received_at"
-    fields = READONLY_FIELDS
-    readonly_fields = READONLY_FIELDS
+    fields = (
+        "received_at",
+        "remote_addr",
+        "header_request_id",
+        "request_id",
+        "verdict",
+        "outcome",
+        "fal_status",
+        "training",
+        "processed_at",
+        "error_shown",
+        "headers_pretty",
+        "signature",
+        "body_size",
+        "body_sha256",
+        "body_pretty",
+        "traceback_shown",
+    )
     actions = ["reprocess"]
-    list_per_page = 100
 
-    # Re-processing applies what fal already told us (it can complete an avatar and
-    # tell its owner), the same outcome a re-check reaches by asking fal again; it
-    # never starts, cancels or fails anything, so it takes the re-check permission.
+    # Re-processing reaches what a re-check would (it can complete an avatar and tell its
+    # owner); it never starts, cancels or fails anything: the re-check permission.
     has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
-        # The avatar page links here filtered by avatar.
+        # An avatar's deliveries (not a list filter): a link staff may keep.
         if lookup in ("training__avatar__id__exact", "training__id__exact"):
             return True
         return super().lookup_allowed(lookup, value, request)
@@ -105,33 +93,21 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     # The row keeps the delivery as received (fal's signed evidence); what the page shows
     # of it is redacted, since fal's text can echo our key.
 
-    @admin.display(description=_("fal headers"))
-    def headers_pretty(self, obj: WebhookDelivery) -> SafeString:
-        return pretty_json(redact_value(obj.headers or {}))
+    headers_pretty = column(_("fal headers"), lambda d: pretty_json(redact_value(d.headers or {})))
+    error_shown = column(_("error"), lambda d: redact(d.error))
+    traceback_shown = column(_("traceback"), lambda d: pre(redact(d.traceback)))
+    request_id_display = column(
+        _("request id"), lambda d: d.request_id or d.header_request_id or "—", ordering="request_id"
+    )
+    matched = column(_("matched"), lambda d: d.matched, boolean=True)
 
     @admin.display(description=_("body"))
     def body_pretty(self, obj: WebhookDelivery) -> SafeString:
-        """The body as indented JSON when it parses (an excerpt or junk is shown as sent)."""
+        # Indented JSON when it parses; an excerpt or junk is shown as sent.
         try:
             return pretty_json(redact_value(json.loads(obj.body)))
         except ValueError:
             return pre(redact(obj.body))
-
-    @admin.display(description=_("error"))
-    def error_shown(self, obj: WebhookDelivery) -> str:
-        return redact(obj.error)
-
-    @admin.display(description=_("traceback"))
-    def traceback_shown(self, obj: WebhookDelivery) -> SafeString:
-        return pre(redact(obj.traceback))
-
-    @admin.display(description=_("request id"), ordering="request_id")
-    def request_id_display(self, obj: WebhookDelivery) -> str:
-        return obj.request_id or obj.header_request_id or "—"
-
-    @admin.display(description=_("matched"), boolean=True)
-    def matched(self, obj: WebhookDelivery) -> bool:
-        return obj.matched
 
     @admin.display(description=_("training"), ordering="training")
     def training_link(self, obj: WebhookDelivery) -> str:
@@ -153,15 +129,12 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
                     "Process these deliveries again, as if fal had just sent them? One can "
                     "complete an avatar and tell its owner."
                 ),
-                rows=[
-                    ConfirmRow(
-                        delivery,
-                        label=delivery.request_id or delivery.header_request_id,
-                        why_not=delivery.why_not_reprocess(),
-                        state=str(delivery.get_outcome_display()),
-                    )
-                    for delivery in deliveries
-                ],
+                rows=confirm_rows(
+                    deliveries,
+                    lambda delivery: delivery.request_id or delivery.header_request_id,
+                    Delivery.why_not_reprocess,
+                    Delivery.get_outcome_display,
+                ),
             )
         for delivery in deliveries:
             label = delivery.request_id or delivery.header_request_id or f"#{delivery.pk}"
@@ -181,7 +154,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
                 "outcome": WebhookOutcome(outcome).label,
             }
             self.message_user(request, text, level)
-            log_staff_action(self, request, delivery, "reprocess", text)
+            self.log_change(request, delivery, f"reprocess: {text}")
         return None
 
 
@@ -194,22 +167,15 @@ class RefusedWebhookCountAdmin(ReadOnlyAdmin[RefusedWebhookCount]):
     list_filter = ("verdict", "minute")
     date_hierarchy = "minute"
     fields = ("minute", "verdict", "count")
-    readonly_fields = fields
-    list_per_page = 100
     # Counts, not evidence (the rows they count are pruned hourly anyway): staff with
     # Django's delete permission may remove them.
     deletable = True
 
 
 class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
-    """The deliveries of one training attempt, read-only, newest first.
-
-    For the Training admin page (Django inlines need a direct foreign key; the
-    avatar page lists all its attempts' deliveries in a read-only table).
-    """
+    """The deliveries of one training attempt, newest first, on the Training admin page."""
 
     model = WebhookDelivery
-    fk_name = "training"
     fields = (
         "received_at",
         "verdict",
@@ -220,9 +186,6 @@ class WebhookDeliveryInline(ReadOnlyInline[WebhookDelivery, Training]):
         "details_link",
     )
     max_num = 0
-    ordering = ("-received_at", "-id")
-    verbose_name = _("webhook delivery")
-    verbose_name_plural = _("webhook deliveries")
 
     @admin.display(description=_("details"))
     def details_link(self, obj: WebhookDelivery) -> str:
