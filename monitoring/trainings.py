@@ -41,8 +41,7 @@ from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
-# What start_training (the command, the admin, the API) says of a lost submit: the
-# avatar is training, its job is being looked for; starting it again is not the answer.
+# What start_training says of a lost submit: its job is being looked for, do not restart.
 SUBMIT_UNKNOWN_STATE = "submit_outcome_unknown"
 SUBMIT_UNKNOWN_DETAIL = gettext_lazy(
     "submit outcome unknown, being looked up in fal's record (do not start it again)"
@@ -62,27 +61,10 @@ def create_avatar_for_owner(
     source: str,
     actor: Any = None,
 ) -> Avatar:
-    """A new ``ready_for_training`` avatar, creating its owner (by Telegram id) if needed.
-
-    An existing owner's language and username are updated when given, so the owner's
-    next message follows what the bot last told us.
-    """
+    """A new ``ready_for_training`` avatar, creating its owner (by Telegram id) if needed."""
     with transaction.atomic():
-        owner, created = Owner.objects.get_or_create(
-            telegram_id=owner_telegram_id,
-            defaults={"language": owner_language or Language.RU, "username": owner_username},
-        )
-        changed = []
-        if not created and owner_language and owner.language != owner_language:
-            owner.language = owner_language
-            changed.append("language")
-        if not created and owner_username and owner.username != owner_username:
-            owner.username = owner_username
-            changed.append("username")
-        if changed:
-            owner.save(update_fields=changed)
         avatar = Avatar(
-            owner=owner,
+            owner=_owner(owner_telegram_id, owner_language, owner_username),
             name=name,
             training_type=training_type,
             trigger_word=trigger_word,
@@ -92,11 +74,40 @@ def create_avatar_for_owner(
         return transitions.create_avatar(avatar, source=source, actor=actor)
 
 
+def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
+    """An existing owner's language and username are updated when given, so the owner's
+    next message follows what the bot last told us."""
+    owner, created = Owner.objects.get_or_create(
+        telegram_id=telegram_id,
+        defaults={"language": language or Language.RU, "username": username},
+    )
+    changed = []
+    if not created and language and owner.language != language:
+        owner.language = language
+        changed.append("language")
+    if not created and username and owner.username != username:
+        owner.username = username
+        changed.append("username")
+    if changed:
+        owner.save(update_fields=changed)
+    return owner
+
+
 def _owner_came_back(avatar: Avatar, source: str) -> None:
-    """The bot starts or adopts a training for this owner (the API): they talk to the
-    bot, so they can be messaged again, and what was held back for them is resent."""
+    """The bot (the API) talks to this owner: they can be messaged again."""
     if source == EventSource.API:
         reachability.reachable_again(avatar.owner.telegram_id, why="the bot started a training")
+
+
+def _require(actor: Any, permission: str, refusal: str) -> None:
+    """Staff users need ``permission``; other callers (the API) check their own."""
+    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(permission):
+        raise PermissionDenied(refusal)
+
+
+def _note(training: Training, details: dict[str, Any], source: str, actor: Any = None) -> None:
+    message = wording.english(wording.note_words, details)
+    transitions.record_note(training, message=message, source=source, actor=actor, details=details)
 
 
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
@@ -127,15 +138,18 @@ def send(
 ) -> transitions.Outcome:
     """Send one attempt to fal, exactly once: a new start (SUBMITTING), an automatic
     retry (NOT_SENT) or a held start (HELD, with ``release``), claimed here so that two
-    workers never both send it.
-
-    While fal's balance holds new starts (``billing.hold_reason``) the attempt is held
-    instead, sending nothing; a submit that fal refuses with 403 (a locked account)
-    is held the same way: fal created no job.
+    workers never both send it. Held instead while ``billing.hold_reason`` says so, or
+    when fal refuses it with 403 (a locked account: fal created no job).
     """
     avatar = training.avatar
     retry = training.fal_status == FalStatus.NOT_SENT or (
-        training.fal_status == FalStatus.HELD and training.attempt > 1 and _is_retry(training)
+        training.fal_status == FalStatus.HELD
+        and training.attempt > 1
+        and Training.objects.filter(
+            avatar_id=training.avatar_id,
+            attempt=training.attempt - 1,
+            outcome=TrainingOutcome.RETRIED,
+        ).exists()
     )
     if not release:
         reason = billing.hold_reason()
@@ -190,12 +204,8 @@ def send(
             refused = transitions.refuse_submit(
                 training, error_type=code, error_message=exc.detail, source=source, actor=actor
             )
-        return transitions.Outcome(
-            refused.changed,
-            refused.status,
-            _("fal refused the training: %s") % exc.detail,
-            training,
-        )
+        detail = _("fal refused the training: %s") % exc.detail
+        return transitions.Outcome(refused.changed, refused.status, detail, training)
     except fal.FalSubmitUnknown as exc:
         # A job may exist on fal: every check looks for it in fal's record from now on.
         now = timezone.now()
@@ -205,25 +215,14 @@ def send(
             next_check_at=now,
         )
         training.submit_unknown_since = now
-        details = {"code": "submit_lost", "error": str(exc)[:1000]}
-        transitions.record_note(
-            training,
-            message=wording.english(wording.note_words, details),
-            source=source,
-            details=details,
-        )
+        _note(training, {"code": "submit_lost", "error": str(exc)[:1000]}, source)
         logger.error(
             "Submit outcome unknown for avatar %s (training %s): %s; not resubmitted",
             avatar.pk,
             training.pk,
             exc,
         )
-        return transitions.Outcome(
-            True,
-            avatar.status,
-            str(SUBMIT_UNKNOWN_DETAIL),
-            training,
-        )
+        return transitions.Outcome(True, avatar.status, str(SUBMIT_UNKNOWN_DETAIL), training)
 
     transitions.record_submitted(
         training,
@@ -241,17 +240,10 @@ def send(
     return transitions.Outcome(True, avatar.status, "", training)
 
 
-# Held starts are sent one after another for at most this long per task; the task
-# queues itself again for the rest.
-RELEASE_BUDGET_SECONDS = 30.0
-HELD = transitions.HELD
-
-
-def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
+def release_held(*, budget: float = 30.0) -> int:
     """Send held starts, oldest first, while nothing holds them; returns how many were sent.
 
-    Stops when a send is held again (fal still locks the account). Runs for ``budget``
-    seconds at most and queues itself for the rest.
+    Runs for ``budget`` seconds at most and queues itself for the rest.
     """
     deadline = time.monotonic() + budget
     sent = 0
@@ -262,7 +254,7 @@ def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
         if training is None:
             return sent
         outcome = send(training, source=EventSource.SYSTEM, release=True)
-        if outcome.detail == HELD:
+        if outcome.detail == transitions.HELD:
             return sent  # held again: fal still refuses
         sent += outcome.changed
     if Training.objects.held().exists():
@@ -275,33 +267,21 @@ def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
 def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) -> str:
     """An Operator's release of one held start: sent now, whatever the balance says.
 
-    Needs ``monitoring.start_training`` (it spends money). fal may still refuse it as
-    locked: it is then held again. Without an admin key this is the only release.
+    Needs ``monitoring.start_training`` (it spends money). Without an admin key this is
+    the only release.
     """
-    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
-        "monitoring.start_training"
-    ):
-        raise PermissionDenied(_("You may not release a held start."))
+    _require(actor, "monitoring.start_training", _("You may not release a held start."))
     training.refresh_from_db()
     if not training.is_held:
         return _("Not held: nothing to release.")
     outcome = send(training, source=source, actor=actor, release=True)
     sent = outcome.training or training
-    if outcome.detail == HELD:
+    if outcome.detail == transitions.HELD:
         return _("fal refused it again (account locked): held again.")
     if sent.fal_request_id:
         billing.account_unlocked()
         return _("Released: sent to fal (request %s).") % sent.fal_request_id
     return _("Released: %s") % (outcome.detail or outcome.status)
-
-
-def _is_retry(training: Training) -> bool:
-    """Whether this attempt is an automatic retry (its predecessor ended ``retried``)."""
-    return Training.objects.filter(
-        avatar_id=training.avatar_id,
-        attempt=training.attempt - 1,
-        outcome=TrainingOutcome.RETRIED,
-    ).exists()
 
 
 def cancel_training(training: Training, *, source: str, actor: Any = None) -> str:
@@ -348,8 +328,7 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
             "stopped the job (a job that completes anyway keeps its result)."
         )
     if answer == "ALREADY_COMPLETED":
-        # It ended before our cancel reached fal: its real outcome stands, recorded by
-        # the next check as usual.
+        # It ended before our cancel reached fal: the next check records its real outcome.
         transitions.withdraw_cancel(
             training, source=source, actor=actor, reason="fal had already finished the job"
         )
@@ -367,11 +346,10 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
 
 
 def cancel_for_deadline(training: Training) -> str:
-    """Cancel on fal a run past its limit (``stuck.run_limit``): the deadline's cancel.
+    """Cancel on fal a run past its limit (``stuck.run_limit``).
 
     Not staff's: fal's failure that it causes is retried like fal's own (``results``);
-    a job that completes anyway keeps its result; a cancel fal does not confirm leaves
-    the training flagged for staff, never retried.
+    a cancel fal does not confirm leaves the training flagged for staff, never retried.
     """
     now = timezone.now()
     won = (
@@ -383,13 +361,7 @@ def cancel_for_deadline(training: Training) -> str:
         return "already being cancelled"
     training.deadline_cancel_at = now
     minutes = int(stuck.run_limit(training).total_seconds() // 60)
-    details = {"code": "run_deadline", "minutes": minutes}
-    transitions.record_note(
-        training,
-        message=wording.english(wording.note_words, details),
-        source=EventSource.SYSTEM,
-        details=details,
-    )
+    _note(training, {"code": "run_deadline", "minutes": minutes}, EventSource.SYSTEM)
     try:
         answer = fal.cancel(training.endpoint, training.fal_request_id or "")
     except fal.FalError as exc:
@@ -401,11 +373,7 @@ def cancel_for_deadline(training: Training) -> str:
     training.deadline_cancel_at = None
     if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
         transitions.restate_stuck(
-            training,
-            wording.deadline_unconfirmed_words,
-            minutes,
-            answer,
-            source=EventSource.SYSTEM,
+            training, wording.deadline_unconfirmed_words, minutes, answer, source=EventSource.SYSTEM
         )
     return answer
 
@@ -418,10 +386,8 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     running on fal, where its record does not list it yet. fal's record is asked once
     more first; a match found now is adopted instead.
     """
-    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
-        "monitoring.start_training"
-    ):
-        raise PermissionDenied(_("You may not make a lost submit startable again."))
+    perm = "monitoring.start_training"
+    _require(actor, perm, _("You may not make a lost submit startable again."))
     training.refresh_from_db()
     if training.finished_at is not None or training.fal_request_id:
         return _("Nothing to do: the training has a fal request or has ended.")
@@ -449,8 +415,6 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
         return _("Recorded: fal has no such job. The avatar can be started again.")
     return _("Not changed: %s.") % outcome.detail
 
-
-# --- Adopting a fal request started elsewhere (cut-over, audit) ------------------------------
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -491,8 +455,7 @@ class _FalSays:
 
 def endpoint_of(request_id: str) -> str | None:
     """The one trainer endpoint whose queue or record knows ``request_id`` (None: none, or
-    fal could not be asked): the adopt page pre-selects it. A status call per endpoint,
-    and the record only when the queue does not know it."""
+    fal could not be asked): the adopt page pre-selects it."""
     known = []
     for endpoint in payloads.ENDPOINTS.values():
         try:
@@ -584,37 +547,17 @@ def _checked_adopt_input(
     return request_id, training_type
 
 
-def _adoptable_avatar(avatar: Avatar, *, source: str, actor: Any) -> None:
-    """Bring an existing avatar to ready_for_training (inside the adopt's transaction)."""
-    avatar.refresh_from_db()
-    if avatar.status == AvatarStatus.DRAFT:
-        transitions.mark_ready(avatar, source=source, actor=actor)
-    elif avatar.status == AvatarStatus.ERROR:
-        transitions.retrain(avatar, source=source, actor=actor)
-    if avatar.status != AvatarStatus.READY_FOR_TRAINING:
-        raise AdoptRefused(
-            _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
-            % {"id": avatar.pk, "status": avatar.status}
-        )
-
-
 def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
     """A request that had already ended when adopted ends here too, from what fal said."""
     report = says.report
     if report is not None and report.status != "COMPLETED":
         transitions.record_fal_status(
-            training,
-            fal_status=report.status,
-            queue_position=report.queue_position,
-            source=source,
+            training, fal_status=report.status, queue_position=report.queue_position, source=source
         )
         return
-    outcome = (
-        FalOutcome.from_queue(report, says.result, says.refused) if report is not None else None
-    )
+    outcome = FalOutcome.from_queue(report, says.result, says.refused) if report else None
     if outcome is not None:
-        applied = results.apply(training, outcome, source=source, notify=notify)
-        if applied.look_next is None:
+        if results.apply(training, outcome, source=source, notify=notify).look_next is None:
             return
     if says.item is not None:
         results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
@@ -636,22 +579,11 @@ def adopt_training(
 ) -> AdoptResult:
     """Follow fal request ``request_id`` of ``endpoint``, started by another system.
 
-    Idempotent on the request id: a request already followed is returned with
-    ``adopted=False`` and nothing changes. Otherwise fal is asked first (queue status,
-    and fal's record for a request that ended or that the queue forgot), then
-    everything is written in one transaction: the owner and avatar when missing (the
-    images URL and trigger from fal's record when it kept them, else blank), a
-    training attempt with the request id, due for a check at once. A request still
-    running is followed like any other (its owner is told once when it ends); one that
-    had ended completes or fails from what fal said, telling its owner only with
-    ``notify`` (the old system may have told them). Refused (``AdoptRefused``, nothing
-    written) when the input is bad or neither the queue nor the record knows it.
+    Idempotent on the request id (``adopted=False``). fal is asked before anything is
+    written in one transaction; a request that had ended completes or fails from what
+    fal said, telling its owner only with ``notify`` (the old system may have told them).
     """
-    # Staff users need the permission; other callers (the API) check their own.
-    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
-        "monitoring.adopt_training"
-    ):
-        raise PermissionDenied(_("You may not adopt fal requests."))
+    _require(actor, "monitoring.adopt_training", _("You may not adopt fal requests."))
     request_id, training_type = _checked_adopt_input(
         request_id,
         endpoint,
@@ -679,18 +611,34 @@ def adopt_training(
     try:
         with transaction.atomic():
             avatar = _adoption_avatar(
+                avatar, owner_telegram_id, name, training_type, owner_language, says, source, actor
+            )
+            begun = transitions.begin_training(
                 avatar,
-                owner_telegram_id,
-                name,
-                training_type,
-                owner_language,
-                says,
+                endpoint=endpoint,
+                arguments=says.inputs,
+                webhook_url="",  # fal sends the webhook to whoever submitted it
                 source=source,
                 actor=actor,
             )
-            training = _adoption_training(
-                avatar, endpoint, request_id, says, created_at, source=source, actor=actor
+            if (training := begun.training) is None:
+                raise AdoptRefused(
+                    _("avatar %(id)s could not start: %(why)s")
+                    % {"id": avatar.pk, "why": begun.detail}
+                )
+            transitions.record_submitted(
+                training,
+                request_id=request_id,
+                queue_position=says.report.queue_position if says.report else None,
+                source=source,
+                actor=actor,
+                message="adopted: a fal request started outside the monitor",
+                details={"adopted": True, "in_fal_record": says.item is not None},
             )
+            if created_at is not None:
+                Avatar.objects.filter(pk=avatar.pk).update(created_at=created_at)
+                Training.objects.filter(pk=training.pk).update(created_at=created_at)
+                training.created_at = created_at
             _finish_adopted(training, says, notify=notify, source=source)
             # reconcile_fal's list of requests nobody followed: this one is followed now.
             UnknownFalRequest.objects.filter(request_id=request_id).update(
@@ -722,24 +670,27 @@ def _adoption_avatar(
     training_type: str,
     owner_language: str | None,
     says: _FalSays,
-    *,
     source: str,
     actor: Any,
 ) -> Avatar:
+    """The avatar to adopt into: ``avatar`` made ready_for_training, or a new one."""
     if avatar is not None:
-        _adoptable_avatar(avatar, source=source, actor=actor)
+        avatar.refresh_from_db()
+        if avatar.status == AvatarStatus.DRAFT:
+            transitions.mark_ready(avatar, source=source, actor=actor)
+        elif avatar.status == AvatarStatus.ERROR:
+            transitions.retrain(avatar, source=source, actor=actor)
+        if avatar.status != AvatarStatus.READY_FOR_TRAINING:
+            raise AdoptRefused(
+                _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
+                % {"id": avatar.pk, "status": avatar.status}
+            )
         return avatar
     assert owner_telegram_id is not None  # the adoption's input check requires one
-    owner, created = Owner.objects.get_or_create(
-        telegram_id=owner_telegram_id, defaults={"language": owner_language or Language.RU}
-    )
-    if not created and owner_language and owner.language != owner_language:
-        owner.language = owner_language
-        owner.save(update_fields=["language"])
     images_url = payloads.images_url_of(says.inputs)
     return transitions.create_avatar(
         Avatar(
-            owner=owner,
+            owner=_owner(owner_telegram_id, owner_language),
             name=name.strip(),
             training_type=training_type,
             trigger_word=payloads.trigger_of(says.inputs)[:128],
@@ -750,54 +701,11 @@ def _adoption_avatar(
     )
 
 
-def _adoption_training(
-    avatar: Avatar,
-    endpoint: str,
-    request_id: str,
-    says: _FalSays,
-    created_at: datetime | None,
-    *,
-    source: str,
-    actor: Any,
-) -> Training:
-    begun = transitions.begin_training(
-        avatar,
-        endpoint=endpoint,
-        arguments=says.inputs,
-        webhook_url="",  # fal sends the webhook to whoever submitted it
-        source=source,
-        actor=actor,
-    )
-    training = begun.training
-    if training is None:
-        raise AdoptRefused(
-            _("avatar %(id)s could not start: %(why)s") % {"id": avatar.pk, "why": begun.detail}
-        )
-    transitions.record_submitted(
-        training,
-        request_id=request_id,
-        queue_position=says.report.queue_position if says.report else None,
-        source=source,
-        actor=actor,
-        message="adopted: a fal request started outside the monitor",
-        details={"adopted": True, "in_fal_record": says.item is not None},
-    )
-    if created_at is not None:
-        Avatar.objects.filter(pk=avatar.pk).update(created_at=created_at)
-        Training.objects.filter(pk=training.pk).update(created_at=created_at)
-        training.created_at = created_at
-    return training
-
-
 def recheck(
     trainings: list[Training], *, source: str, actor: Any = None
 ) -> list[status_checks.CheckReport]:
-    """Check ``trainings`` on fal now and put fal's answer on each timeline.
-
-    Staff asked, so the answer is kept even when nothing changed ("fal says IN_QUEUE,
-    position 3"); routine checks record changes only. Each fal call is bounded by
-    FAL_CALL_TIMEOUT_SECONDS.
-    """
+    """Check ``trainings`` on fal now and put fal's answer on each timeline, even when
+    nothing changed (staff asked; routine checks record changes only)."""
     reports = status_checks.check_trainings(trainings, source=source)
     by_id = {training.pk: training for training in trainings}
     for report in reports:
@@ -810,11 +718,5 @@ def recheck(
             "error": report.error[:1000],
             "actor_id": getattr(actor, "pk", None),
         }
-        transitions.record_note(
-            training,
-            message=wording.english(wording.note_words, details),
-            source=source,
-            actor=actor,
-            details=details,
-        )
+        _note(training, details, source, actor)
     return reports
