@@ -210,10 +210,8 @@ def refresh(
 ) -> bool:
     """Recompute the training's estimate in place; True when a stored field changed.
 
-    ``logs_fresh``: ``logs_tail`` was fetched by this check. A trainer's "step N/M" line
-    says where the job was when it was fetched, not now: between fetches (the checks
-    ask for logs on one check in five) the estimate made from the last one stands,
-    unless history now says the job is late.
+    ``logs_fresh``: ``logs_tail`` was fetched by this check. Between fetches the estimate
+    made from the last "step N/M" line stands, unless history now says the job is late.
     """
     before = tuple(getattr(training, name) for name in FIELDS)
     if seen_seconds is not None:

@@ -276,7 +276,6 @@ class Training(models.Model):
     )
     released_at = models.DateTimeField(_("released from hold"), null=True, blank=True)
 
-    # What fal billed for this attempt (``monitoring.billing``).
     cost_state = models.CharField(
         _("cost"), max_length=16, choices=CostState.choices, blank=True, default=""
     )
@@ -635,11 +634,8 @@ class UnknownFalRequest(models.Model):
 
 
 class RunningTotal(models.Model):
-    """A counter that only goes up: one row per name and label set (``monitoring.totals``).
-
-    Prometheus counters never decrease and every process reports the same numbers, so
-    retention never touches this table.
-    """
+    """A Prometheus counter, one row per name and label set (``monitoring.totals``): it
+    never decreases, so retention never touches this table."""
 
     name = models.CharField(_("name"), max_length=64)
     # JSON with sorted keys (``monitoring.totals.labels_text``), e.g. {"verdict": "valid", ...}.
@@ -691,10 +687,8 @@ class FileState(models.TextChoices):
 
 
 class KeptFile(models.Model):
-    """Our copy of one file a completed training produced on fal (``monitoring.files``).
-
-    ``name`` is set only once the verified bytes sit under it.
-    """
+    """Our copy of one file a completed training produced on fal (``monitoring.files``);
+    ``name`` is set only once the verified bytes sit under it."""
 
     class Failure(models.TextChoices):
         TOO_LARGE = "too_large", _("Larger than AVATAR_FILE_MAX_BYTES")

@@ -84,9 +84,8 @@ ERROR_TYPES: dict[str, str] = {
 # our own inputs (steps, learning rate, trigger) are ours.
 DETAIL_TYPES: dict[str, str] = {
     **PHOTO_PROBLEMS,
-    # A generic validation error of the trainer on the job's input: the input that
-    # varies between jobs is the owner's photo archive (the emulator's failed
-    # webhook and its result 422 both use it).
+    # A generic validation error on the job's input: the input that varies between jobs
+    # is the owner's photo archive (the emulator's failed webhook and result 422 use it).
     "value_error": PHOTOS,
     "greater_than": TECHNICAL,
     "greater_than_equal": TECHNICAL,

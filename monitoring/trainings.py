@@ -61,7 +61,6 @@ def create_avatar_for_owner(
     source: str,
     actor: Any = None,
 ) -> Avatar:
-    """A new ``ready_for_training`` avatar, creating its owner (by Telegram id) if needed."""
     with transaction.atomic():
         avatar = Avatar(
             owner=_owner(owner_telegram_id, owner_language, owner_username),
@@ -77,17 +76,14 @@ def create_avatar_for_owner(
 def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
     """An existing owner's language and username are updated when given, so the owner's
     next message follows what the bot last told us."""
-    owner, created = Owner.objects.get_or_create(
+    owner = Owner.objects.get_or_create(
         telegram_id=telegram_id,
         defaults={"language": language or Language.RU, "username": username},
-    )
-    changed = []
-    if not created and language and owner.language != language:
-        owner.language = language
-        changed.append("language")
-    if not created and username and owner.username != username:
-        owner.username = username
-        changed.append("username")
+    )[0]
+    given = {"language": language, "username": username}
+    changed = [name for name, value in given.items() if value and getattr(owner, name) != value]
+    for name in changed:
+        setattr(owner, name, given[name])
     if changed:
         owner.save(update_fields=changed)
     return owner
@@ -136,11 +132,9 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
 def send(
     training: Training, *, source: str, actor: Any = None, release: bool = False
 ) -> transitions.Outcome:
-    """Send one attempt to fal, exactly once: a new start (SUBMITTING), an automatic
-    retry (NOT_SENT) or a held start (HELD, with ``release``), claimed here so that two
-    workers never both send it. Held instead while ``billing.hold_reason`` says so, or
-    when fal refuses it with 403 (a locked account: fal created no job).
-    """
+    """Send one attempt to fal (SUBMITTING, NOT_SENT, or HELD with ``release``) exactly
+    once, claimed here so that two workers never both send it; held instead while
+    ``billing.hold_reason`` says so, or when fal refuses it with 403 (a locked account)."""
     avatar = training.avatar
     retry = training.fal_status == FalStatus.NOT_SENT or (
         training.fal_status == FalStatus.HELD
@@ -174,8 +168,7 @@ def send(
         answer = fal.submit(training)
     except (fal.FalRefused, fal.FalAuthError) as exc:
         if exc.status_code == 403:
-            # fal's answer for a locked account (the status, not the words): no job was
-            # created, so this is neither a lost submit nor the owner's failure.
+            # A locked account (the status, not the words): no job, not the owner's failure.
             billing.account_locked(exc.detail)
             return transitions.hold(
                 training,
@@ -241,10 +234,8 @@ def send(
 
 
 def release_held(*, budget: float = 30.0) -> int:
-    """Send held starts, oldest first, while nothing holds them; returns how many were sent.
-
-    Runs for ``budget`` seconds at most and queues itself for the rest.
-    """
+    """Send held starts, oldest first, for ``budget`` seconds at most (a task queues the
+    rest); returns how many were sent."""
     deadline = time.monotonic() + budget
     sent = 0
     while time.monotonic() < deadline:
@@ -265,11 +256,8 @@ def release_held(*, budget: float = 30.0) -> int:
 
 
 def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) -> str:
-    """An Operator's release of one held start: sent now, whatever the balance says.
-
-    Needs ``monitoring.start_training`` (it spends money). Without an admin key this is
-    the only release.
-    """
+    """An Operator's release of one held start, whatever the balance says (without an
+    admin key, the only release)."""
     _require(actor, "monitoring.start_training", _("You may not release a held start."))
     training.refresh_from_db()
     if not training.is_held:
@@ -290,8 +278,7 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if not training.is_active:
         return _("Nothing to cancel: the training already ended (%s).") % (training.outcome or "-")
     if not training.fal_request_id:
-        # Never reached fal, or its answer was lost. Nothing on fal to stop that we know of.
-        # A held start never began for its owner: cancelling it tells them nothing.
+        # Nothing on fal to stop that we know of; a held start never began for its owner.
         held = training.is_held
         outcome = transitions.cancel(
             training,
@@ -381,10 +368,8 @@ def cancel_for_deadline(training: Training) -> str:
 def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     """An Operator's "fal has no such job" for a lost submit: the avatar is startable again.
 
-    Needs ``monitoring.start_training`` (it makes a new paid start possible), and only
-    after FAL_LOST_SUBMIT_GIVE_UP_HOURS of lookups: before then the job may still be
-    running on fal, where its record does not list it yet. fal's record is asked once
-    more first; a match found now is adopted instead.
+    Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: before then the job may still be running on
+    fal, where its record does not list it yet.
     """
     perm = "monitoring.start_training"
     _require(actor, perm, _("You may not make a lost submit startable again."))
@@ -487,11 +472,7 @@ def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
         says.item = platform.find_request(endpoint, request_id)
     except platform.PlatformUnavailable as exc:
         says.doubts.append(str(exc))
-    if (
-        says.report is not None
-        and not says.report.error
-        and not (says.item and says.item.has_output)
-    ):
+    if says.report and not says.report.error and not (says.item and says.item.has_output):
         try:
             says.result = fal.result(endpoint, request_id)
         except fal.FalJobFailed as exc:
@@ -658,9 +639,7 @@ def adopt_training(
 
 def _already_followed(request_id: str) -> AdoptResult | None:
     training = Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
-    if training is None:
-        return None
-    return AdoptResult(avatar=training.avatar, training=training, adopted=False)
+    return AdoptResult(training.avatar, training, adopted=False) if training else None
 
 
 def _adoption_avatar(
