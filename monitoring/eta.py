@@ -155,19 +155,13 @@ class Estimate:
         return None if self.at is None else max(0.0, (self.at - now).total_seconds())
 
 
-def estimate(
-    history: History,
-    *,
-    now: datetime,
-    fal_status: str,
-    position: int | None = None,
-    drain_per_minute: float | None = None,
-    started_at: datetime | None = None,
-    progress: float | None = None,
+def _estimate(
+    training: Training, history: History, now: datetime, progress: float | None
 ) -> Estimate:
+    """The estimate of ``training`` from ``history`` (``progress``: the share of steps done)."""
     runs = history.runs
-    if fal_status == FalStatus.IN_PROGRESS:
-        ran = max(0.0, (now - (started_at or now)).total_seconds())
+    ran = max(0.0, (now - (training.started_at or now)).total_seconds())
+    if training.fal_status == FalStatus.IN_PROGRESS:
         if ran > quantile(runs, HIGH_Q):
             return Estimate(late=True)
         longer = [r - ran for r in runs if r > ran] or [0.0]
@@ -179,12 +173,10 @@ def estimate(
             mid = weight * paced + (1 - weight) * mid
             low, high = min(low, mid), max(high, mid)
         return _at(now, mid, low, high)
-    if fal_status in (FalStatus.IN_QUEUE, FalStatus.NOT_SENT, FalStatus.SUBMITTING):
-        if drain_per_minute and drain_per_minute > 0:
-            per_position = 60 / drain_per_minute
-        else:
-            per_position = history.per_position
-        queue = ((position or 0) + 0.5) * per_position
+    if training.fal_status in (FalStatus.IN_QUEUE, FalStatus.NOT_SENT, FalStatus.SUBMITTING):
+        drain = training.queue_drain_per_minute
+        per_position = 60 / drain if drain and drain > 0 else history.per_position
+        queue = ((training.queue_position or 0) + 0.5) * per_position
         run_mid, run_low, run_high = (quantile(runs, q) for q in (0.5, LOW_Q, HIGH_Q))
         return _at(now, queue + run_mid, queue * QUEUE_LOW + run_low, queue * QUEUE_HIGH + run_high)
     return Estimate()
@@ -219,22 +211,13 @@ def refresh(
             old_position, training.queue_position, seen_seconds, training.queue_drain_per_minute
         )
     progress = progress_of(training.logs_tail)
-    ran = (now - (training.started_at or now)).total_seconds()
+    found = _estimate(training, history, now, progress if logs_fresh else None)
     stands = (
         training.fal_status == FalStatus.IN_PROGRESS
         and progress is not None
         and not logs_fresh
         and training.eta_at is not None
-        and ran <= quantile(history.runs, HIGH_Q)
-    )
-    found = estimate(
-        history,
-        now=now,
-        fal_status=training.fal_status,
-        position=training.queue_position,
-        drain_per_minute=training.queue_drain_per_minute,
-        started_at=training.started_at,
-        progress=progress if logs_fresh else None,
+        and not found.late
     )
     if not stands and _moved(training, found):
         training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
@@ -296,17 +279,11 @@ def words(training: Training | None, now: datetime) -> str:
     }
 
 
-def p50_by_trainer(*, limit: int | None = None) -> list[dict[str, Any]]:
-    """Per trainer, the median queue and run time of history."""
+def p50_by_trainer() -> list[dict[str, Any]]:
     rows = []
     for training_type, endpoint in ENDPOINTS.items():
-        times = [
-            (q, s, f)
-            for q, s, f in _completed(endpoint).values_list(
-                "submitted_at", "started_at", "finished_at"
-            )[: limit or settings.ETA_HISTORY_SIZE]
-            if q is not None and s is not None and f is not None
-        ]
+        recent = _completed(endpoint).values_list("submitted_at", "started_at", "finished_at")
+        times = [(q, s, f) for q, s, f in recent[: settings.ETA_HISTORY_SIZE] if q and s and f]
         queued = sorted((s - q).total_seconds() for q, s, _f in times)
         ran = sorted((f - s).total_seconds() for _q, s, f in times)
         rows.append(

@@ -7,6 +7,7 @@ State lives here, never in memory. Only ``monitoring.transitions`` writes
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import takewhile
 
 from django.conf import settings
 from django.db import models
@@ -15,9 +16,6 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from notifications.models import OwnerMessage
-
-# fal's billing lags: a finished attempt's billing event is first looked for this long after.
-COST_FIRST_LOOKUP_SECONDS = 60
 
 
 class Language(models.TextChoices):
@@ -172,7 +170,8 @@ class TrainingQuerySet(models.QuerySet["Training"]):
         return self.active().filter(fal_status=FalStatus.HELD).order_by("held_since", "pk")
 
     def cost_due(self, now: datetime) -> TrainingQuerySet:
-        first = now - timedelta(seconds=COST_FIRST_LOOKUP_SECONDS)
+        # fal's billing lags: a finished attempt's billing event is first looked for after 60 s.
+        first = now - timedelta(seconds=60)
         return self.filter(
             Q(cost_state="", finished_at__lte=first)
             | Q(cost_state=CostState.PENDING, cost_next_lookup_at__lte=now)
@@ -338,15 +337,12 @@ class Training(models.Model):
 
     def episode(self) -> list[Training]:
         """This attempt and the automatic retries right before it, newest first."""
-        episode = [self]
-        if self.attempt > 1:
-            earlier = Training.objects.filter(avatar_id=self.avatar_id, attempt__lt=self.attempt)
-            fields = ("attempt", "outcome", "created_at", "deadline_cancel_at")
-            for attempt in earlier.order_by("-attempt").only(*fields):
-                if attempt.outcome != TrainingOutcome.RETRIED:
-                    break
-                episode.append(attempt)
-        return episode
+        if self.attempt == 1:
+            return [self]
+        earlier = Training.objects.filter(avatar_id=self.avatar_id, attempt__lt=self.attempt)
+        fields = ("attempt", "outcome", "created_at", "deadline_cancel_at")
+        earlier = earlier.order_by("-attempt").only(*fields)
+        return [self, *takewhile(lambda t: t.outcome == TrainingOutcome.RETRIED, earlier)]
 
     @property
     def sent_from(self) -> datetime:
@@ -724,14 +720,12 @@ class KeptFile(models.Model):
         verbose_name = _("kept file")
         verbose_name_plural = _("kept files")
         constraints = [
-            models.UniqueConstraint(fields=["training", "kind"], name="kept_file_unique"),
+            models.UniqueConstraint(fields=["training", "kind"], name="kept_file_unique")
         ]
         indexes = [
             models.Index(
-                fields=["next_attempt_at"],
-                condition=Q(state="pending"),
-                name="kept_file_due_idx",
-            ),
+                fields=["next_attempt_at"], condition=Q(state="pending"), name="kept_file_due_idx"
+            )
         ]
 
     def __str__(self) -> str:

@@ -111,9 +111,8 @@ def detail_types(payload: Any) -> list[str]:
     detail = payload.get("detail") if isinstance(payload, dict) else payload
     if not isinstance(detail, list):
         return []
-    return [str(item["type"]) for item in detail if isinstance(item, dict) and item.get("type")][
-        :20
-    ]
+    types = [str(item["type"]) for item in detail if isinstance(item, dict) and item.get("type")]
+    return types[:20]
 
 
 def owner_message_for(

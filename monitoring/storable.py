@@ -1,8 +1,5 @@
-"""Whether a value typed by a person or a program can be stored at all.
-
-NUL characters, unpaired surrogates, NaN and infinities fail in the database; the API
-and the commands ask ``unstorable`` first and refuse such input naming the field.
-"""
+"""Whether a value typed by a person or a program can be stored at all: NUL characters,
+unpaired surrogates, NaN and infinities fail in the database."""
 
 from __future__ import annotations
 

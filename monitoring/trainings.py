@@ -123,9 +123,8 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
         source=source,
         actor=actor,
     )
-    if not begun.changed:
+    if not begun.changed or begun.training is None:
         return begun
-    assert begun.training is not None
     return send(begun.training, source=source, actor=actor)
 
 
@@ -145,14 +144,12 @@ def send(
             outcome=TrainingOutcome.RETRIED,
         ).exists()
     )
-    if not release:
-        reason = billing.hold_reason()
-        if reason:
-            return transitions.hold(training, reason=reason, source=source, actor=actor)
+    reason = None if release else billing.hold_reason()
+    if reason:
+        return transitions.hold(training, reason=reason, source=source, actor=actor)
     fields: dict[str, Any] = {"fal_status": FalStatus.SUBMITTING}
     if training.fal_status == FalStatus.HELD:
-        fields["released_at"] = timezone.now()
-        fields["next_check_at"] = fields["released_at"]
+        fields["released_at"] = fields["next_check_at"] = timezone.now()
     if settings.TRAINING_START_TIMEOUT_SECONDS:
         fields["start_deadline_seconds"] = settings.TRAINING_START_TIMEOUT_SECONDS
     claimed = (
@@ -430,10 +427,6 @@ class _FalSays:
     doubts: list[str] = field(default_factory=list)  # answers we could not get
 
     @property
-    def known(self) -> bool:
-        return self.report is not None or self.item is not None
-
-    @property
     def inputs(self) -> dict:
         return self.item.json_input or {} if self.item is not None else {}
 
@@ -482,17 +475,40 @@ def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
     return says
 
 
-def _checked_adopt_input(
+def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
+    """A request that had already ended when adopted ends here too, from what fal said."""
+    report = says.report
+    if report is not None and report.status != "COMPLETED":
+        transitions.record_fal_status(
+            training, fal_status=report.status, queue_position=report.queue_position, source=source
+        )
+        return
+    outcome = FalOutcome.from_queue(report, says.result, says.refused) if report else None
+    if outcome is not None:
+        if results.apply(training, outcome, source=source, notify=notify).look_next is None:
+            return
+    if says.item is not None:
+        results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
+
+
+def adopt_training(
+    *,
     request_id: str,
     endpoint: str,
-    avatar: Avatar | None,
-    owner_telegram_id: int | None,
-    name: str,
-    training_type: str | None,
-    owner_language: str | None,
-    created_at: datetime | None,
-) -> tuple[str, str]:
-    """(request id, training type) or ``AdoptRefused`` saying what is wrong."""
+    avatar: Avatar | None = None,
+    owner_telegram_id: int | None = None,
+    name: str = "",
+    training_type: str | None = None,
+    owner_language: str | None = None,
+    notify: bool = False,
+    created_at: datetime | None = None,
+    source: str,
+    actor: Any = None,
+) -> AdoptResult:
+    """Follow fal request ``request_id`` of ``endpoint``, started by another system;
+    idempotent on the request id. One that had ended tells its owner only with ``notify``
+    (the old system may have told them)."""
+    _require(actor, "monitoring.adopt_training", _("You may not adopt fal requests."))
     request_id = (request_id or "").strip() if isinstance(request_id, str) else ""
     if not REQUEST_ID_RE.match(request_id):
         raise AdoptRefused(_("request_id must be fal's request id (letters, digits, . _ : -)"))
@@ -525,61 +541,11 @@ def _checked_adopt_input(
         not isinstance(created_at, datetime) or timezone.is_naive(created_at)
     ):
         raise AdoptRefused(_("created_at must be a date and time with its time zone"))
-    return request_id, training_type
-
-
-def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
-    """A request that had already ended when adopted ends here too, from what fal said."""
-    report = says.report
-    if report is not None and report.status != "COMPLETED":
-        transitions.record_fal_status(
-            training, fal_status=report.status, queue_position=report.queue_position, source=source
-        )
-        return
-    outcome = FalOutcome.from_queue(report, says.result, says.refused) if report else None
-    if outcome is not None:
-        if results.apply(training, outcome, source=source, notify=notify).look_next is None:
-            return
-    if says.item is not None:
-        results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
-
-
-def adopt_training(
-    *,
-    request_id: str,
-    endpoint: str,
-    avatar: Avatar | None = None,
-    owner_telegram_id: int | None = None,
-    name: str = "",
-    training_type: str | None = None,
-    owner_language: str | None = None,
-    notify: bool = False,
-    created_at: datetime | None = None,
-    source: str,
-    actor: Any = None,
-) -> AdoptResult:
-    """Follow fal request ``request_id`` of ``endpoint``, started by another system.
-
-    Idempotent on the request id (``adopted=False``). fal is asked before anything is
-    written in one transaction; a request that had ended completes or fails from what
-    fal said, telling its owner only with ``notify`` (the old system may have told them).
-    """
-    _require(actor, "monitoring.adopt_training", _("You may not adopt fal requests."))
-    request_id, training_type = _checked_adopt_input(
-        request_id,
-        endpoint,
-        avatar,
-        owner_telegram_id,
-        name,
-        training_type,
-        owner_language,
-        created_at,
-    )
     existing = _already_followed(request_id)
     if existing is not None:
         return existing
     says = _ask_fal(endpoint, request_id)
-    if not says.known:
+    if says.report is None and says.item is None:
         if says.doubts:
             raise AdoptRefused(
                 _("fal could not be asked about %(id)s now (%(why)s); try again later")
@@ -591,9 +557,31 @@ def adopt_training(
         )
     try:
         with transaction.atomic():
-            avatar = _adoption_avatar(
-                avatar, owner_telegram_id, name, training_type, owner_language, says, source, actor
-            )
+            if avatar is None:
+                assert owner_telegram_id is not None  # the input check above requires one
+                images_url = payloads.images_url_of(says.inputs)
+                avatar = transitions.create_avatar(
+                    Avatar(
+                        owner=_owner(owner_telegram_id, owner_language),
+                        name=name.strip(),
+                        training_type=training_type,
+                        trigger_word=payloads.trigger_of(says.inputs)[:128],
+                        images_url="" if len(images_url) > payloads.MAX_URL_LENGTH else images_url,
+                    ),
+                    source=source,
+                    actor=actor,
+                )
+            else:
+                avatar.refresh_from_db()
+                if avatar.status == AvatarStatus.DRAFT:
+                    transitions.mark_ready(avatar, source=source, actor=actor)
+                elif avatar.status == AvatarStatus.ERROR:
+                    transitions.retrain(avatar, source=source, actor=actor)
+                if avatar.status != AvatarStatus.READY_FOR_TRAINING:
+                    raise AdoptRefused(
+                        _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
+                        % {"id": avatar.pk, "status": avatar.status}
+                    )
             begun = transitions.begin_training(
                 avatar,
                 endpoint=endpoint,
@@ -640,44 +628,6 @@ def adopt_training(
 def _already_followed(request_id: str) -> AdoptResult | None:
     training = Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
     return AdoptResult(training.avatar, training, adopted=False) if training else None
-
-
-def _adoption_avatar(
-    avatar: Avatar | None,
-    owner_telegram_id: int | None,
-    name: str,
-    training_type: str,
-    owner_language: str | None,
-    says: _FalSays,
-    source: str,
-    actor: Any,
-) -> Avatar:
-    """The avatar to adopt into: ``avatar`` made ready_for_training, or a new one."""
-    if avatar is not None:
-        avatar.refresh_from_db()
-        if avatar.status == AvatarStatus.DRAFT:
-            transitions.mark_ready(avatar, source=source, actor=actor)
-        elif avatar.status == AvatarStatus.ERROR:
-            transitions.retrain(avatar, source=source, actor=actor)
-        if avatar.status != AvatarStatus.READY_FOR_TRAINING:
-            raise AdoptRefused(
-                _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
-                % {"id": avatar.pk, "status": avatar.status}
-            )
-        return avatar
-    assert owner_telegram_id is not None  # the adoption's input check requires one
-    images_url = payloads.images_url_of(says.inputs)
-    return transitions.create_avatar(
-        Avatar(
-            owner=_owner(owner_telegram_id, owner_language),
-            name=name.strip(),
-            training_type=training_type,
-            trigger_word=payloads.trigger_of(says.inputs)[:128],
-            images_url=images_url if len(images_url) <= payloads.MAX_URL_LENGTH else "",
-        ),
-        source=source,
-        actor=actor,
-    )
 
 
 def recheck(

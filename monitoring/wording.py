@@ -121,7 +121,6 @@ def lost_submit_words(until: datetime, given_up: bool) -> str:
 
 
 def status_label(value: str) -> str:
-    """A stored status value (ours or fal's)."""
     return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
 
 
