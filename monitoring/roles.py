@@ -61,11 +61,10 @@ def _permission_ids(permission_model: Any, names: Iterable[str], using: str) -> 
     ids: set[int] = set()
     for name in names:
         app_label, codename = name.split(".", 1)
-        rows = permission_model.objects.using(using).filter(content_type__app_label=app_label)
-        if codename.endswith("*"):
-            rows = rows.filter(codename__startswith=codename[:-1])
-        else:
-            rows = rows.filter(codename=codename)
+        lookup = "codename__startswith" if codename.endswith("*") else "codename"
+        rows = permission_model.objects.using(using).filter(
+            content_type__app_label=app_label, **{lookup: codename.rstrip("*")}
+        )
         found = set(rows.values_list("id", flat=True))
         if not found:
             # A typo in the table would otherwise silently give a role less than it says.

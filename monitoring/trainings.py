@@ -437,17 +437,14 @@ def endpoint_of(request_id: str) -> str | None:
     known = []
     for endpoint in payloads.ENDPOINTS.values():
         try:
-            fal.status(endpoint, request_id)
-        except fal.FalNotFound:
             try:
-                if platform.find_request(endpoint, request_id) is not None:
-                    known.append(endpoint)
-            except platform.PlatformUnavailable:
-                return None
-        except fal.FalError:
+                fal.status(endpoint, request_id)
+            except fal.FalNotFound:
+                if platform.find_request(endpoint, request_id) is None:
+                    continue
+        except (fal.FalError, platform.PlatformUnavailable):
             return None
-        else:
-            known.append(endpoint)
+        known.append(endpoint)
     return known[0] if len(known) == 1 else None
 
 
