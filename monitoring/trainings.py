@@ -277,14 +277,11 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if not training.fal_request_id:
         # Nothing on fal to stop that we know of; a held start never began for its owner.
         held = training.is_held
+        reason = "cancelled before fal returned a request id"
+        if held:
+            reason = "held start cancelled (never sent to fal)"
         outcome = transitions.cancel(
-            training,
-            source=source,
-            actor=actor,
-            reason="held start cancelled (never sent to fal)"
-            if held
-            else "cancelled before fal returned a request id",
-            notify=not held,
+            training, source=source, actor=actor, reason=reason, notify=not held
         )
         if outcome.changed:
             return _("Cancelled (fal never returned a request id for it).")
