@@ -135,14 +135,10 @@ def send(
     once, claimed here so that two workers never both send it; held instead while
     ``billing.hold_reason`` says so, or when fal refuses it with 403 (a locked account)."""
     avatar = training.avatar
+    previous = Training.objects.filter(avatar_id=training.avatar_id, attempt=training.attempt - 1)
     retry = training.fal_status == FalStatus.NOT_SENT or (
         training.fal_status == FalStatus.HELD
-        and training.attempt > 1
-        and Training.objects.filter(
-            avatar_id=training.avatar_id,
-            attempt=training.attempt - 1,
-            outcome=TrainingOutcome.RETRIED,
-        ).exists()
+        and previous.filter(outcome=TrainingOutcome.RETRIED).exists()
     )
     reason = None if release else billing.hold_reason()
     if reason:
