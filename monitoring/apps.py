@@ -17,8 +17,7 @@ class MonitoringConfig(AppConfig):
         from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
         from notifications import signals as notification_signals
 
-        # `migrate` creates or updates the periodic schedules (idempotent by name), and
-        # the Support and Operators groups hold exactly what monitoring.roles says.
+        # `migrate` creates the periodic schedules (idempotent) and syncs the staff roles.
         post_migrate.connect(schedules.ensure_schedules, sender=self, dispatch_uid="m-schedules")
         post_migrate.connect(roles.sync_roles_after_migrate, sender=self, dispatch_uid="m-roles")
         post_delete.connect(files.delete_stored, sender=KeptFile, dispatch_uid="m-delete-files")

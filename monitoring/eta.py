@@ -15,6 +15,7 @@ from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
 from monitoring.fal.payloads import ENDPOINTS
@@ -39,8 +40,6 @@ def key_of(endpoint: str, arguments: Any) -> Key:
 
 def quantile(values: Sequence[float], q: float) -> float:
     """Linear interpolation between the closest ranks of sorted ``values``."""
-    if not values:
-        raise ValueError("no values")
     position = (len(values) - 1) * q
     lower = math.floor(position)
     upper = min(lower + 1, len(values) - 1)
@@ -53,11 +52,6 @@ class History:
 
     runs: tuple[float, ...]
     per_position: float
-    from_defaults: bool = False
-
-    @property
-    def median_run(self) -> float:
-        return quantile(self.runs, 0.5)
 
 
 def default_history(endpoint: str) -> History:
@@ -67,7 +61,7 @@ def default_history(endpoint: str) -> History:
     # 39 evenly spaced quantiles of a log-normal around the default median.
     normal = [NormalDist().inv_cdf((i + 1) / 40) for i in range(39)]
     runs = tuple(minutes * 60 * math.exp(DEFAULT_SIGMA * z) for z in normal)
-    return History(runs, settings.ETA_DEFAULT_SECONDS_PER_POSITION, from_defaults=True)
+    return History(runs, settings.ETA_DEFAULT_SECONDS_PER_POSITION)
 
 
 def history_from(
@@ -100,21 +94,25 @@ def load(keys: Iterable[Key]) -> dict[Key, History]:
     """History per key: one query per distinct key (a check batch has a handful)."""
     found: dict[Key, History] = {}
     for endpoint, steps in set(keys):
-        query = Training.objects.filter(
-            endpoint=endpoint,
-            outcome=TrainingOutcome.COMPLETED,
-            submitted_at__isnull=False,
-            started_at__isnull=False,
-        )
+        query = _completed(endpoint)
         if steps:
             query = query.filter(arguments__steps=_json_steps(steps))
         else:
             query = query.exclude(arguments__has_key="steps")
-        rows = query.order_by("-finished_at").values_list(
+        rows = query.values_list(
             "submitted_at", "started_at", "finished_at", "queue_position_first"
         )[: settings.ETA_HISTORY_SIZE]
         found[(endpoint, steps)] = history_from(rows) or default_history(endpoint)
     return found
+
+
+def _completed(endpoint: str) -> QuerySet[Training]:
+    return Training.objects.filter(
+        endpoint=endpoint,
+        outcome=TrainingOutcome.COMPLETED,
+        submitted_at__isnull=False,
+        started_at__isnull=False,
+    ).order_by("-finished_at")
 
 
 def _json_steps(steps: str) -> Any:
@@ -143,9 +141,7 @@ def progress_of(logs_tail: str) -> float | None:
     if not matches:
         return None
     done, total = (int(n) for n in matches[-1])
-    if total <= 0 or not 0 < done <= total:
-        return None
-    return done / total
+    return done / total if 0 < done <= total else None
 
 
 @dataclass(frozen=True)
@@ -159,20 +155,13 @@ class Estimate:
         return None if self.at is None else max(0.0, (self.at - now).total_seconds())
 
 
-def estimate(
-    history: History,
-    *,
-    now: datetime,
-    fal_status: str,
-    position: int | None = None,
-    drain_per_minute: float | None = None,
-    started_at: datetime | None = None,
-    progress: float | None = None,
+def _estimate(
+    training: Training, history: History, now: datetime, progress: float | None
 ) -> Estimate:
-    """The estimate for a job in ``fal_status`` (queued at ``position``, or running)."""
+    """The estimate of ``training`` from ``history`` (``progress``: the share of steps done)."""
     runs = history.runs
-    if fal_status == FalStatus.IN_PROGRESS:
-        ran = max(0.0, (now - (started_at or now)).total_seconds())
+    ran = max(0.0, (now - (training.started_at or now)).total_seconds())
+    if training.fal_status == FalStatus.IN_PROGRESS:
         if ran > quantile(runs, HIGH_Q):
             return Estimate(late=True)
         longer = [r - ran for r in runs if r > ran] or [0.0]
@@ -184,28 +173,18 @@ def estimate(
             mid = weight * paced + (1 - weight) * mid
             low, high = min(low, mid), max(high, mid)
         return _at(now, mid, low, high)
-    if fal_status in (FalStatus.IN_QUEUE, FalStatus.NOT_SENT, FalStatus.SUBMITTING):
-        if drain_per_minute and drain_per_minute > 0:
-            per_position = 60 / drain_per_minute
-        else:
-            per_position = history.per_position
-        queue = ((position or 0) + 0.5) * per_position
+    if training.fal_status in (FalStatus.IN_QUEUE, FalStatus.NOT_SENT, FalStatus.SUBMITTING):
+        drain = training.queue_drain_per_minute
+        per_position = 60 / drain if drain and drain > 0 else history.per_position
+        queue = ((training.queue_position or 0) + 0.5) * per_position
         run_mid, run_low, run_high = (quantile(runs, q) for q in (0.5, LOW_Q, HIGH_Q))
-        return _at(
-            now,
-            queue + run_mid,
-            queue * QUEUE_LOW + run_low,
-            queue * QUEUE_HIGH + run_high,
-        )
+        return _at(now, queue + run_mid, queue * QUEUE_LOW + run_low, queue * QUEUE_HIGH + run_high)
     return Estimate()
 
 
 def _at(now: datetime, mid: float, low: float, high: float) -> Estimate:
-    return Estimate(
-        now + timedelta(seconds=mid),
-        now + timedelta(seconds=low),
-        now + timedelta(seconds=high),
-    )
+    at, earliest, latest = (now + timedelta(seconds=seconds) for seconds in (mid, low, high))
+    return Estimate(at, earliest, latest)
 
 
 # The fields ``refresh`` writes (a check's bulk UPDATE lists them).
@@ -223,10 +202,8 @@ def refresh(
 ) -> bool:
     """Recompute the training's estimate in place; True when a stored field changed.
 
-    ``logs_fresh``: ``logs_tail`` was fetched by this check. A trainer's "step N/M" line
-    says where the job was when it was fetched, not now: between fetches (the checks
-    ask for logs on one check in five) the estimate made from the last one stands,
-    unless history now says the job is late.
+    ``logs_fresh``: ``logs_tail`` was fetched by this check. Between fetches the estimate
+    made from the last "step N/M" line stands, unless history now says the job is late.
     """
     before = tuple(getattr(training, name) for name in FIELDS)
     if seen_seconds is not None:
@@ -234,25 +211,18 @@ def refresh(
             old_position, training.queue_position, seen_seconds, training.queue_drain_per_minute
         )
     progress = progress_of(training.logs_tail)
-    running = training.fal_status == FalStatus.IN_PROGRESS
-    if running and progress is not None and not logs_fresh and training.eta_at is not None:
-        ran = (now - (training.started_at or now)).total_seconds()
-        if ran <= quantile(history.runs, HIGH_Q):
-            return before != tuple(getattr(training, name) for name in FIELDS)
-    found = estimate(
-        history,
-        now=now,
-        fal_status=training.fal_status,
-        position=training.queue_position,
-        drain_per_minute=training.queue_drain_per_minute,
-        started_at=training.started_at,
-        progress=progress if logs_fresh else None,
+    found = _estimate(training, history, now, progress if logs_fresh else None)
+    stands = (
+        training.fal_status == FalStatus.IN_PROGRESS
+        and progress is not None
+        and not logs_fresh
+        and training.eta_at is not None
+        and not found.late
     )
-    if not _moved(training, found):
-        return before != tuple(getattr(training, name) for name in FIELDS)
-    training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
-    training.eta_late = found.late
-    return True
+    if not stands and _moved(training, found):
+        training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
+        training.eta_late = found.late
+    return before != tuple(getattr(training, name) for name in FIELDS)
 
 
 # A new estimate within this of the stored one is not written (no UPDATE per check).
@@ -260,24 +230,19 @@ SETTLED = timedelta(seconds=30)
 
 
 def _moved(training: Training, found: Estimate) -> bool:
-    if training.eta_late != found.late:
-        return True
     pairs = (
         (training.eta_at, found.at),
         (training.eta_low, found.low),
         (training.eta_high, found.high),
     )
-    for old, new in pairs:
-        if (old is None) != (new is None):
-            return True
-        if old is not None and new is not None and abs(old - new) >= SETTLED:
-            return True
-    return False
+    return training.eta_late != found.late or any(
+        abs(old - new) >= SETTLED if old and new else old != new for old, new in pairs
+    )
 
 
-def as_estimate(training: Training) -> Estimate | None:
+def as_estimate(training: Training | None) -> Estimate | None:
     """The stored estimate of an active training (None: nothing known or finished)."""
-    if training.finished_at is not None:
+    if training is None or training.finished_at is not None:
         return None
     if training.eta_late:
         return Estimate(late=True)
@@ -287,8 +252,7 @@ def as_estimate(training: Training) -> Estimate | None:
 
 
 def as_json(training: Training | None) -> dict[str, Any] | None:
-    """The API's ``eta``: ISO times and ``late``, or None."""
-    found = as_estimate(training) if training is not None else None
+    found = as_estimate(training)
     if found is None:
         return None
     return {
@@ -301,7 +265,7 @@ def as_json(training: Training | None) -> dict[str, Any] | None:
 
 def words(training: Training | None, now: datetime) -> str:
     """For staff: "ready around 14:32 UTC, 10–18 min", "taking longer than usual" or ""."""
-    found = as_estimate(training) if training is not None else None
+    found = as_estimate(training)
     if found is None:
         return ""
     if found.late or found.at is None:
@@ -315,23 +279,11 @@ def words(training: Training | None, now: datetime) -> str:
     }
 
 
-def p50_by_trainer(*, limit: int | None = None) -> list[dict[str, Any]]:
-    """The dashboard's figures: per trainer, the median queue and run time of history."""
+def p50_by_trainer() -> list[dict[str, Any]]:
     rows = []
     for training_type, endpoint in ENDPOINTS.items():
-        recent = Training.objects.filter(
-            endpoint=endpoint,
-            outcome=TrainingOutcome.COMPLETED,
-            submitted_at__isnull=False,
-            started_at__isnull=False,
-        ).order_by("-finished_at")
-        times = [
-            (q, s, f)
-            for q, s, f in recent.values_list("submitted_at", "started_at", "finished_at")[
-                : limit or settings.ETA_HISTORY_SIZE
-            ]
-            if q is not None and s is not None and f is not None
-        ]
+        recent = _completed(endpoint).values_list("submitted_at", "started_at", "finished_at")
+        times = [(q, s, f) for q, s, f in recent[: settings.ETA_HISTORY_SIZE] if q and s and f]
         queued = sorted((s - q).total_seconds() for q, s, _f in times)
         ran = sorted((f - s).total_seconds() for _q, s, f in times)
         rows.append(

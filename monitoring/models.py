@@ -1,14 +1,13 @@
 """Owners, avatars, their training attempts, and everything the monitor records.
 
-State lives here, never in memory: every active training carries ``next_check_at``
-so that "what must be checked now" is one indexed query, and nothing needs
-restoring after a restart. Status changes go through ``monitoring.transitions``
-only; nothing else writes ``Avatar.status``.
+State lives here, never in memory. Only ``monitoring.transitions`` writes
+``Avatar.status``. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import takewhile
 
 from django.conf import settings
 from django.db import models
@@ -18,9 +17,6 @@ from django.utils.translation import gettext_lazy as _
 
 from notifications.models import OwnerMessage
 
-# fal's billing lags: a finished attempt's billing event is first looked for this long after.
-COST_FIRST_LOOKUP_SECONDS = 60
-
 
 class Language(models.TextChoices):
     RU = "ru", _("Russian")
@@ -28,8 +24,7 @@ class Language(models.TextChoices):
 
 
 class Owner(models.Model):
-    """A Telegram user who owns avatars. Their user id is also their private chat id."""
-
+    # A Telegram user id is also the user's private chat id.
     telegram_id = models.BigIntegerField(_("Telegram id"), unique=True)
     username = models.CharField(_("username"), max_length=64, blank=True)
     display_name = models.CharField(_("display name"), max_length=256, blank=True)
@@ -54,8 +49,6 @@ class TrainingType(models.TextChoices):
 
 
 class AvatarStatus(models.TextChoices):
-    """Lowercase and fixed. The allowed moves are listed in ``monitoring.transitions``."""
-
     DRAFT = "draft", _("Draft")
     READY_FOR_TRAINING = "ready_for_training", _("Ready for training")
     TRAINING = "training", _("Training")
@@ -68,10 +61,8 @@ class FalStatus(models.TextChoices):
     """The sub-state of an avatar in ``training``: ours before fal answers, then fal's."""
 
     SUBMITTING = "SUBMITTING", _("Submitting")
-    # An automatic retry's attempt, created with fal's failure and sent by the worker.
-    NOT_SENT = "NOT_SENT", _("Waiting to be sent")
-    # Held, not sent: fal's balance is below FAL_BALANCE_HOLD_USD or fal locked the
-    # account (403 on submit). Sent when the balance is back (``monitoring.billing``).
+    NOT_SENT = "NOT_SENT", _("Waiting to be sent")  # an automatic retry's attempt
+    # Held, not sent (docs/billing.md): sent when the balance is back.
     HELD = "HELD", _("Waiting for fal balance")
     IN_QUEUE = "IN_QUEUE", _("In queue")
     IN_PROGRESS = "IN_PROGRESS", _("In progress")
@@ -110,8 +101,7 @@ class Avatar(models.Model):
         default=AvatarStatus.DRAFT,
         editable=False,
     )
-    # The attempt that may still change this avatar. A webhook or check result for an
-    # older attempt (after a retrain) never touches the avatar.
+    # Only this attempt may still change the avatar (not an older one, after a retrain).
     current_training = models.ForeignKey(
         "Training",
         on_delete=models.SET_NULL,
@@ -127,8 +117,7 @@ class Avatar(models.Model):
     class Meta:
         verbose_name = _("avatar")
         verbose_name_plural = _("avatars")
-        # What staff may do beyond viewing. Checked where each action runs, not only
-        # where it is offered; the Support and Operators groups are built from these.
+        # What staff may do beyond viewing (``monitoring.roles``).
         permissions = [
             ("start_training", _("Can start or retrain a training (costs money)")),
             ("cancel_training", _("Can cancel a training on fal")),
@@ -138,9 +127,7 @@ class Avatar(models.Model):
             ("resend_notification", _("Can resend a notification")),
             ("adopt_training", _("Can adopt a fal request started elsewhere")),
         ]
-        indexes = [
-            models.Index(fields=["status", "-created_at"], name="avatar_status_idx"),
-        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="avatar_status_idx")]
 
     def __str__(self) -> str:
         return f"{self.name} (#{self.pk})"
@@ -151,16 +138,13 @@ class TrainingOutcome(models.TextChoices):
     ERROR = "error", _("Error")
     CANCELLED = "cancelled", _("Cancelled")
     REFUSED = "refused", _("Submit refused by fal")
-    # A submit whose answer was lost, searched for in fal's record until the give-up
-    # time, then closed by an Operator's "fal has no such job": nothing to follow.
+    # A lost submit closed by an Operator's "fal has no such job".
     NO_FAL_JOB = "no_fal_job", _("No job on fal (recorded by staff)")
     # fal's own failure, followed at once by a new attempt with the same input.
     RETRIED = "retried", _("Retried automatically")
 
 
 class CostState(models.TextChoices):
-    """Where the cost of a finished attempt stands (``monitoring.billing``)."""
-
     PENDING = "pending", _("Looking up")
     BILLED = "billed", _("Billed")
     NOT_BILLED = "not_billed", _("No billing event")
@@ -172,31 +156,22 @@ class HoldReason(models.TextChoices):
 
 
 class TrainingQuerySet(models.QuerySet["Training"]):
-    """The questions asked of trainings, in the domain's words."""
-
     def active(self) -> TrainingQuerySet:
         return self.filter(finished_at__isnull=True)
 
     def finished(self) -> TrainingQuerySet:
         return self.filter(finished_at__isnull=False)
 
-    def due(self, now: datetime) -> TrainingQuerySet:
-        """Active and past ``next_check_at``: what the periodic check claims."""
-        return self.active().filter(next_check_at__lte=now)
-
-    def stuck(self) -> TrainingQuerySet:
-        return self.active().filter(stuck_since__isnull=False)
-
     def for_request(self, request_id: str) -> TrainingQuerySet:
         return self.filter(fal_request_id=request_id)
 
     def held(self) -> TrainingQuerySet:
-        """Starts waiting for fal's balance, oldest first (the order they are sent in)."""
+        """Oldest first: the order they are sent in."""
         return self.active().filter(fal_status=FalStatus.HELD).order_by("held_since", "pk")
 
     def cost_due(self, now: datetime) -> TrainingQuerySet:
-        """Finished attempts whose billing event is to be looked up now."""
-        first = now - timedelta(seconds=COST_FIRST_LOOKUP_SECONDS)
+        # fal's billing lags: a finished attempt's billing event is first looked for after 60 s.
+        first = now - timedelta(seconds=60)
         return self.filter(
             Q(cost_state="", finished_at__lte=first)
             | Q(cost_state=CostState.PENDING, cost_next_lookup_at__lte=now)
@@ -204,11 +179,7 @@ class TrainingQuerySet(models.QuerySet["Training"]):
 
 
 class Training(models.Model):
-    """One attempt at training an avatar on fal: its own request id, result and history.
-
-    Active while ``finished_at`` is null. The periodic check only ever asks for
-    active trainings whose ``next_check_at`` has passed.
-    """
+    """One attempt at training an avatar on fal; active while ``finished_at`` is null."""
 
     avatar = models.ForeignKey(
         Avatar, on_delete=models.CASCADE, related_name="trainings", verbose_name=_("avatar")
@@ -234,9 +205,7 @@ class Training(models.Model):
         blank=True,
     )
     queue_position = models.IntegerField(_("queue position"), null=True, blank=True)
-    # The ETA (monitoring.eta, docs/eta.md): the first position fal gave (history's
-    # seconds per position), the drain rate seen on this job, and the estimate itself,
-    # written when a check updates the training so that no listing computes it.
+    # The ETA (docs/eta.md), written by the checks so that no listing computes it.
     queue_position_first = models.IntegerField(_("first queue position"), null=True, blank=True)
     queue_drain_per_minute = models.FloatField(
         _("queue positions drained per minute"), null=True, blank=True
@@ -260,8 +229,7 @@ class Training(models.Model):
     result = models.JSONField(_("raw result"), null=True, blank=True)
     error_type = models.CharField(_("error type"), max_length=128, blank=True)
     error_message = models.TextField(_("error message"), blank=True)
-    # What the owner is told when this attempt did not complete (``OwnerMessage``):
-    # picked from fal's answer by ``monitoring.owner_messages`` or chosen by staff.
+    # What the owner is told when this attempt did not complete (``owner_messages``).
     owner_message = models.CharField(
         _("owner told"), max_length=16, choices=OwnerMessage.choices, blank=True
     )
@@ -269,7 +237,6 @@ class Training(models.Model):
         _("internal note"), blank=True, help_text=_("Staff only; never sent to the owner.")
     )
 
-    # Monitoring
     next_check_at = models.DateTimeField(_("next check"), null=True, blank=True)
     last_checked_at = models.DateTimeField(_("last checked"), null=True, blank=True)
     last_check_ok_at = models.DateTimeField(_("last successful check"), null=True, blank=True)
@@ -280,13 +247,11 @@ class Training(models.Model):
     stuck_since = models.DateTimeField(_("stuck since"), null=True, blank=True)
     stuck_reason = models.CharField(_("stuck reason"), max_length=255, blank=True)
     stuck_episode = models.PositiveIntegerField(_("stuck episodes"), default=0)
-    # Staff may push the stuck deadline back ("extend the deadline").
     stuck_deadline_extended_until = models.DateTimeField(
         _("stuck checks paused until"), null=True, blank=True
     )
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
-    # Deadlines (docs/fal.md): the start deadline this attempt was sent with, and when
-    # our run deadline asked fal to cancel it (not a staff cancel: it is retried).
+    # Deadlines (docs/fal.md); a run deadline's cancel is not a staff cancel: it is retried.
     start_deadline_seconds = models.PositiveIntegerField(
         _("start deadline sent (s)"), null=True, blank=True
     )
@@ -294,10 +259,7 @@ class Training(models.Model):
         _("cancelled by the run deadline"), null=True, blank=True
     )
 
-    # fal's own record (monitoring.recovery): a submit whose answer was lost is looked
-    # up there from this moment on; after FAL_LOST_SUBMIT_GIVE_UP_HOURS staff are told
-    # once; a job that fal finished but whose result neither the queue nor the record
-    # still has waits for staff.
+    # fal's own record (``monitoring.recovery``).
     submit_unknown_since = models.DateTimeField(
         _("submit outcome unknown since"), null=True, blank=True
     )
@@ -306,15 +268,13 @@ class Training(models.Model):
         _("finished on fal, result not available since"), null=True, blank=True
     )
 
-    # Held start (``FalStatus.HELD``): since when, why, and when it was released (the
-    # lost-submit and stuck limits count from the release, not from the creation).
+    # Held start: the lost-submit and stuck limits count from the release.
     held_since = models.DateTimeField(_("held since"), null=True, blank=True)
     held_reason = models.CharField(
         _("held because"), max_length=16, choices=HoldReason.choices, blank=True
     )
     released_at = models.DateTimeField(_("released from hold"), null=True, blank=True)
 
-    # What fal billed for this attempt (``monitoring.billing``): exact, in nano-USD.
     cost_state = models.CharField(
         _("cost"), max_length=16, choices=CostState.choices, blank=True, default=""
     )
@@ -337,7 +297,6 @@ class Training(models.Model):
             models.UniqueConstraint(fields=["avatar", "attempt"], name="training_attempt_unique"),
         ]
         indexes = [
-            # The periodic check's only question: which active trainings are due?
             models.Index(
                 fields=["next_check_at"],
                 condition=Q(finished_at__isnull=True),
@@ -349,7 +308,6 @@ class Training(models.Model):
                 name="training_stuck_idx",
             ),
             models.Index(fields=["-finished_at"], name="training_finished_idx"),
-            # The billing lookup's two questions: just finished, and looked up again.
             models.Index(
                 fields=["finished_at"],
                 condition=Q(cost_state="", finished_at__isnull=False),
@@ -379,15 +337,12 @@ class Training(models.Model):
 
     def episode(self) -> list[Training]:
         """This attempt and the automatic retries right before it, newest first."""
-        episode = [self]
-        if self.attempt > 1:
-            earlier = Training.objects.filter(avatar_id=self.avatar_id, attempt__lt=self.attempt)
-            fields = ("attempt", "outcome", "created_at", "deadline_cancel_at")
-            for attempt in earlier.order_by("-attempt").only(*fields):
-                if attempt.outcome != TrainingOutcome.RETRIED:
-                    break
-                episode.append(attempt)
-        return episode
+        if self.attempt == 1:
+            return [self]
+        earlier = Training.objects.filter(avatar_id=self.avatar_id, attempt__lt=self.attempt)
+        fields = ("attempt", "outcome", "created_at", "deadline_cancel_at")
+        earlier = earlier.order_by("-attempt").only(*fields)
+        return [self, *takewhile(lambda t: t.outcome == TrainingOutcome.RETRIED, earlier)]
 
     @property
     def sent_from(self) -> datetime:
@@ -489,11 +444,8 @@ WEBHOOK_TIMESTAMP_HEADER = "X-Fal-Webhook-Timestamp"
 
 class WebhookDeliveryQuerySet(models.QuerySet):
     def first_signed_at(self, *, training_id: int | None) -> datetime | None:
-        """When fal signed its first verified delivery for this training (None: none).
-
-        fal sends the webhook as the job ends, so this is fal's completion time as fal
-        states it (our clock played no part); retries carry later timestamps.
-        """
+        """When fal signed its first verified delivery for this training: fal's completion
+        time as fal states it (retries carry later timestamps)."""
         if training_id is None:
             return None
         kept = self.filter(training_id=training_id, verdict=WebhookVerdict.VALID).values_list(
@@ -501,9 +453,7 @@ class WebhookDeliveryQuerySet(models.QuerySet):
         )
         stamps = [(headers or {}).get(WEBHOOK_TIMESTAMP_HEADER) for headers in kept]
         seconds = [int(s) for s in stamps if isinstance(s, str) and s.isdigit()]
-        if not seconds:
-            return None
-        return datetime.fromtimestamp(min(seconds), tz=UTC)
+        return datetime.fromtimestamp(min(seconds), tz=UTC) if seconds else None
 
 
 class WebhookDelivery(models.Model):
@@ -555,20 +505,17 @@ class WebhookDelivery(models.Model):
         verbose_name_plural = _("webhook deliveries")
         ordering = ["-received_at", "-id"]
         indexes = [
-            # Unmatched deliveries are looked up when a request id appears on a training.
             models.Index(
                 fields=["request_id"],
                 condition=Q(outcome=WebhookOutcome.UNMATCHED),
                 name="webhook_unmatched_idx",
             ),
-            # The worker looks for deliveries a crash left received but not processed.
             models.Index(
                 fields=["received_at"],
                 condition=Q(outcome=WebhookOutcome.RECEIVED),
                 name="webhook_received_idx",
             ),
-            # Replays are looked up among verified deliveries only: a refused row's
-            # signature (anyone's to send) is never indexed.
+            # A refused row's signature (anyone's to send) is never indexed.
             models.Index(
                 fields=["signature"],
                 condition=Q(verdict=WebhookVerdict.VALID),
@@ -585,12 +532,8 @@ class WebhookDelivery(models.Model):
 
 
 class RefusedWebhookCount(models.Model):
-    """How many deliveries were refused per minute and verdict, rows kept or not.
-
-    Refused deliveries are anyone's to send: beyond ``WEBHOOK_REFUSED_ROWS_PER_MINUTE``
-    rows per verdict and minute only this count grows, so an attack stays visible to
-    staff without filling the disk.
-    """
+    """Refused deliveries per minute and verdict, rows kept or not: beyond
+    ``WEBHOOK_REFUSED_ROWS_PER_MINUTE`` rows only this count grows."""
 
     minute = models.DateTimeField(_("minute"))
     verdict = models.CharField(_("verdict"), max_length=32, choices=WebhookVerdict.choices)
@@ -646,7 +589,6 @@ class CheckRun(models.Model):
     completed = models.PositiveIntegerField(_("completed"), default=0)
     failed = models.PositiveIntegerField(_("failed"), default=0)
     errors = models.PositiveIntegerField(_("fal errors"), default=0)
-    # Set when this run found fal failing for everyone: when that episode began.
     fal_outage_since = models.DateTimeField(_("fal outage since"), null=True, blank=True)
     notes = models.TextField(_("notes"), blank=True)
 
@@ -660,11 +602,7 @@ class CheckRun(models.Model):
 
 
 class UnknownFalRequest(models.Model):
-    """A request fal billed to our key that no training follows (found by ``reconcile_fal``).
-
-    Staff adopt it (``adopt_training``) or leave it; a later reconcile that finds it
-    known to us again fills ``adopted_training``.
-    """
+    """A request fal billed to our key that no training follows (found by ``reconcile_fal``)."""
 
     request_id = models.CharField(_("fal request id"), max_length=128, unique=True)
     endpoint_id = models.CharField(_("fal endpoint"), max_length=128)
@@ -680,7 +618,6 @@ class UnknownFalRequest(models.Model):
         related_name="+",
         verbose_name=_("adopted as"),
     )
-    # What fal billed for it (None: not known), looked up by reconcile_fal.
     cost_nano_usd = models.BigIntegerField(_("cost (nano-USD)"), null=True, blank=True)
 
     class Meta:
@@ -693,18 +630,13 @@ class UnknownFalRequest(models.Model):
 
 
 class RunningTotal(models.Model):
-    """A counter that only goes up: one row per name and label set (``monitoring.totals``).
-
-    Prometheus counters must never decrease and every process must report the same
-    numbers, so a counter is neither a per-process variable nor a count of rows that
-    retention later prunes. Retention never touches this table.
-    """
+    """A Prometheus counter, one row per name and label set (``monitoring.totals``): it
+    never decreases, so retention never touches this table."""
 
     name = models.CharField(_("name"), max_length=64)
     # JSON with sorted keys (``monitoring.totals.labels_text``), e.g. {"verdict": "valid", ...}.
     labels = models.CharField(_("labels"), max_length=255)
     value = models.BigIntegerField(_("value"), default=0)
-    # A histogram bucket's row: the sum of the values it counted, in milliseconds.
     sum_ms = models.BigIntegerField(_("sum (ms)"), default=0)
 
     class Meta:
@@ -719,12 +651,8 @@ class RunningTotal(models.Model):
 
 
 class WorkerHeartbeat(models.Model):
-    """One row per worker role and host, touched by the role's process every few seconds.
-
-    The periodic check has its ``CheckRun`` rows; the notification side runs no such
-    run, so this is what proves it is alive (the dashboard and the worker's
-    HEALTHCHECK read it).
-    """
+    """One row per worker role and host, touched by the role's process every few seconds:
+    what proves the notification side alive (it has no ``CheckRun``)."""
 
     role = models.CharField(_("role"), max_length=32)
     host = models.CharField(_("host"), max_length=255)
@@ -755,12 +683,8 @@ class FileState(models.TextChoices):
 
 
 class KeptFile(models.Model):
-    """Our copy of one file a completed training produced on fal (``monitoring.files``).
-
-    Written pending in the transaction that completes the training; a worker task then
-    claims it with a lease, copies it into the ``avatar_files`` storage and records its
-    size and SHA-256. ``name`` is set only once the verified bytes sit under it.
-    """
+    """Our copy of one file a completed training produced on fal (``monitoring.files``);
+    ``name`` is set only once the verified bytes sit under it."""
 
     class Failure(models.TextChoices):
         TOO_LARGE = "too_large", _("Larger than AVATAR_FILE_MAX_BYTES")
@@ -774,7 +698,6 @@ class KeptFile(models.Model):
     kind = models.CharField(_("file"), max_length=8, choices=FileKind.choices)
     source_url = models.URLField(_("fal's URL"), max_length=2048)
     file_name = models.CharField(_("file name"), max_length=128)
-    # fal's ``file_size`` of the File object, when it gave one.
     expected_size = models.BigIntegerField(_("size according to fal"), null=True, blank=True)
     state = models.CharField(
         _("state"), max_length=8, choices=FileState.choices, default=FileState.PENDING
@@ -797,14 +720,12 @@ class KeptFile(models.Model):
         verbose_name = _("kept file")
         verbose_name_plural = _("kept files")
         constraints = [
-            models.UniqueConstraint(fields=["training", "kind"], name="kept_file_unique"),
+            models.UniqueConstraint(fields=["training", "kind"], name="kept_file_unique")
         ]
         indexes = [
             models.Index(
-                fields=["next_attempt_at"],
-                condition=Q(state="pending"),
-                name="kept_file_due_idx",
-            ),
+                fields=["next_attempt_at"], condition=Q(state="pending"), name="kept_file_due_idx"
+            )
         ]
 
     def __str__(self) -> str:
@@ -812,11 +733,7 @@ class KeptFile(models.Model):
 
 
 class FalAccount(models.Model):
-    """fal's account as last read (one row, pk 1): the balance and the alert episode.
-
-    ``monitoring.billing`` writes it every FAL_BALANCE_CHECK_SECONDS; every process
-    decides "hold new starts?" from it, so nothing is kept in memory.
-    """
+    """fal's account as last read by ``monitoring.billing`` (one row, pk 1)."""
 
     balance_usd = models.DecimalField(
         _("balance (USD)"), max_digits=18, decimal_places=6, null=True, blank=True
@@ -824,14 +741,10 @@ class FalAccount(models.Model):
     read_at = models.DateTimeField(_("balance read"), null=True, blank=True)
     last_attempt_at = models.DateTimeField(_("last attempt"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True)
-    # fal refused our key on the billing API (401/403): cost features are off.
     billing_refused = models.BooleanField(_("billing not readable with this key"), default=False)
-    # fal refused a submit with 403 (account locked): held until a reading above the
-    # hold threshold, or an Operator's release that fal accepts.
     locked_since = models.DateTimeField(_("account locked since"), null=True, blank=True)
-    # The open alert episode (one staff message each); None when all is well.
     alert_since = models.DateTimeField(_("balance alert since"), null=True, blank=True)
-    # fal's unit prices by endpoint ({endpoint: {unit_price, unit, currency}}), kept an hour.
+    # {endpoint: {unit_price, unit, currency}}, kept an hour.
     prices = models.JSONField(_("unit prices"), default=dict, blank=True)
     prices_read_at = models.DateTimeField(_("prices read"), null=True, blank=True)
 
@@ -844,5 +757,4 @@ class FalAccount(models.Model):
 
     @classmethod
     def current(cls) -> FalAccount:
-        account, _created = cls.objects.get_or_create(pk=1)
-        return account
+        return cls.objects.get_or_create(pk=1)[0]

@@ -1,10 +1,6 @@
-"""Telling an owner, once, that their training takes longer than usual.
-
-With the live progress messages on (``OWNER_PROGRESS_MESSAGES``) that message says it;
-with them off, the periodic check writes one plain message when a training attempt is
-still running ``OWNER_DELAY_MESSAGE_MINUTES`` after it started; an automatic retry
-belongs to the same episode and is not announced again. The outbox's dedup key (avatar, first attempt of the episode) makes
-it once whatever runs the check. See docs/owner-messages.md.
+"""Telling an owner, once, that their training takes longer than usual: with the live
+progress messages off (``OWNER_PROGRESS_MESSAGES``), one plain message per episode (the
+outbox's dedup key: avatar, first attempt). See docs/owner-messages.md.
 """
 
 from __future__ import annotations
@@ -18,28 +14,19 @@ from monitoring.models import FalStatus, Training
 from notifications import outbox
 from notifications.models import Notification
 
-ON_FAL = (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
-
-
-def _wanted() -> bool:
-    # The progress messages (another feature's setting) tell the owner themselves.
-    return not getattr(settings, "OWNER_PROGRESS_MESSAGES", True)
-
 
 def review(trainings: Iterable[Training], now: datetime) -> int:
     """Queue the message for the active trainings (just checked) past the limit; how many."""
-    if not _wanted():
+    if settings.OWNER_PROGRESS_MESSAGES:
         return 0
     limit = now - timedelta(minutes=settings.OWNER_DELAY_MESSAGE_MINUTES)
-    # An episode is at least as old as its current attempt: the common case (a young
-    # attempt) costs no query.
-    # Only attempts fal has taken: a held or still-submitting start tells the owner
-    # nothing until it really starts (counted from then).
+    # An episode is at least as old as its current attempt: a young one costs no query.
+    # Only attempts fal has taken: a held or submitting start tells the owner nothing.
     late = [
         t
         for t in trainings
         if t.finished_at is None
-        and t.fal_status in ON_FAL
+        and t.fal_status in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
         and (t.submitted_at or t.created_at or now) <= limit
     ]
     if not late:
@@ -52,8 +39,9 @@ def review(trainings: Iterable[Training], now: datetime) -> int:
     )
     queued = 0
     for training in late:
-        if keys[training.pk] in told:
-            continue
-        if outbox.queue_delayed(training=training, episode_start_id=starts[training.pk].pk):
+        start = starts[training.pk]
+        if keys[training.pk] not in told and outbox.queue_delayed(
+            training=training, episode_start_id=start.pk
+        ):
             queued += 1
     return queued

@@ -17,8 +17,7 @@ TECHNICAL = OwnerMessage.TECHNICAL
 CANCELLED = OwnerMessage.CANCELLED
 UNKNOWN = OwnerMessage.UNKNOWN
 
-# Problems with the owner's photos, whether a trainer reports them as its error_type
-# or as a validation detail's type: the owner's to fix.
+# Problems with the owner's photos (as error_type or detail[].type): the owner's to fix.
 PHOTO_PROBLEMS: dict[str, str] = {
     code: PHOTOS
     for code in (
@@ -36,8 +35,7 @@ PHOTO_PROBLEMS: dict[str, str] = {
     )
 }
 
-# Model error codes of the platform's side (fal's model-errors page), in error_type or
-# in detail[].type.
+# Model error codes of the platform's side (fal's model-errors page).
 _MODEL_PLATFORM = (
     "internal_server_error",
     "generation_timeout",
@@ -62,8 +60,7 @@ FALS_OWN: frozenset[str] = frozenset(
     }
 )
 
-# error_type → owner message. fal's request errors (infrastructure), the model's own
-# codes seen on trainers, and the codes this monitor writes itself.
+# error_type → owner message.
 ERROR_TYPES: dict[str, str] = {
     # fal request errors: the platform failed, not the photos.
     **dict.fromkeys(FALS_OWN, TECHNICAL),
@@ -80,20 +77,15 @@ ERROR_TYPES: dict[str, str] = {
     # Our own codes (monitoring.status_checks, monitoring.fal.client).
     "not_found": TECHNICAL,  # fal lost the request
     "no_lora_in_result": TECHNICAL,  # fal finished without a LoRA file
-    "http_500": TECHNICAL,
-    "http_502": TECHNICAL,
-    "http_503": TECHNICAL,
-    "http_504": TECHNICAL,
+    **dict.fromkeys(("http_500", "http_502", "http_503", "http_504"), TECHNICAL),
 }
 
-# detail[].type of a model (validation) error → owner message. Photo-side problems
-# are the owner's to fix; constraint errors on our own inputs (steps, learning rate,
-# trigger) are ours.
+# detail[].type of a model (validation) error → owner message; constraint errors on
+# our own inputs (steps, learning rate, trigger) are ours.
 DETAIL_TYPES: dict[str, str] = {
     **PHOTO_PROBLEMS,
-    # A generic validation error of the trainer on the job's input: the input that
-    # varies between jobs is the owner's photo archive (the emulator's failed
-    # webhook and its result 422 both use it).
+    # A generic validation error on the job's input: the input that varies between jobs
+    # is the owner's photo archive (the emulator's failed webhook and result 422 use it).
     "value_error": PHOTOS,
     "greater_than": TECHNICAL,
     "greater_than_equal": TECHNICAL,
@@ -119,34 +111,20 @@ def detail_types(payload: Any) -> list[str]:
     detail = payload.get("detail") if isinstance(payload, dict) else payload
     if not isinstance(detail, list):
         return []
-    return [str(item["type"]) for item in detail if isinstance(item, dict) and item.get("type")][
-        :20
-    ]
-
-
-def _first_by_precedence(kinds: Iterable[str]) -> str | None:
-    found = set(kinds)
-    for kind in _PRECEDENCE:
-        if kind in found:
-            return kind
-    return None
+    types = [str(item["type"]) for item in detail if isinstance(item, dict) and item.get("type")]
+    return types[:20]
 
 
 def owner_message_for(
-    *,
-    error_type: str = "",
-    detail_type_list: Iterable[str] = (),
-    http_status: int | None = None,
+    *, error_type: str = "", detail_type_list: Iterable[str] = (), http_status: int | None = None
 ) -> str:
-    """The owner message kind for a failure with these machine-readable fields."""
     by_type = ERROR_TYPES.get((error_type or "").strip().lower())
     if by_type is not None:
         return by_type
-    by_detail = _first_by_precedence(
-        DETAIL_TYPES[t] for t in (t.strip().lower() for t in detail_type_list) if t in DETAIL_TYPES
-    )
-    if by_detail is not None:
-        return by_detail
+    by_detail = {DETAIL_TYPES.get(t.strip().lower()) for t in detail_type_list}
+    for kind in _PRECEDENCE:
+        if kind in by_detail:
+            return kind
     if http_status == 422:
         return PHOTOS
     if http_status is not None and http_status >= 500:

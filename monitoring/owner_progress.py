@@ -1,10 +1,6 @@
-"""What the monitor tells the owner's live progress message (``notifications.progress``).
-
-The monitor knows the training; the notifications app knows Telegram. This module
-turns a training into a ``progress.Snapshot`` at the moments that matter: fal
-accepted it (``transitions.training_submitted``), a check moved it
-(``status_checks``), fal's failure started it again (``training_retried``) and it
-ended (``training_finished``). docs/eta.md.
+"""What the monitor tells the owner's live progress message (``notifications.progress``):
+a training as a ``progress.Snapshot`` when fal accepts it, a check moves it, fal's
+failure starts it again and it ends. See docs/eta.md.
 """
 
 from __future__ import annotations
@@ -53,20 +49,9 @@ def snapshot(training: Training, *, phase: str | None = None) -> progress.Snapsh
     )
 
 
-def _estimate_now(training: Training) -> None:
-    """Compute and store the estimate of a training (its first, at fal's acceptance)."""
-    history = eta.load([eta.key_of(training.endpoint, training.arguments)])
-    if eta.refresh(
-        training, history[eta.key_of(training.endpoint, training.arguments)], now=timezone.now()
-    ):
-        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
-            **{name: getattr(training, name) for name in eta.FIELDS}
-        )
-
-
-def on_submitted(sender: Any = None, training_id: int | None = None, source: str = "", **_: Any):
+def on_submitted(sender: Any, *, training_id: int, source: str, **kwargs: Any) -> None:
     """fal accepted the job: its first estimate, and the owner's message (after commit)."""
-    if training_id is None or source == EventSource.ADOPT:
+    if source == EventSource.ADOPT:
         return  # an adopted job was started elsewhere: its owner was never ours to tell
     transaction.on_commit(lambda: accepted(training_id), robust=True)
 
@@ -77,16 +62,17 @@ def accepted(training_id: int) -> None:
     )
     if training is None:
         return
-    _estimate_now(training)
+    key = eta.key_of(training.endpoint, training.arguments)  # its first estimate
+    if eta.refresh(training, eta.load([key])[key], now=timezone.now()):
+        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
+            **{name: getattr(training, name) for name in eta.FIELDS}
+        )
     progress.update(snapshot(training))
 
 
 def checked(trainings: Iterable[Training]) -> None:
-    """After a check batch: the trainings whose phase, position or estimate changed.
-
-    The batch's own trainings (as just written), with their avatars and owners read in
-    one query for those still active; one read and one insert of progress messages.
-    """
+    """After a check batch: the trainings whose phase, position or estimate changed
+    (as just written), their avatars and owners read in one query."""
     if not settings.OWNER_PROGRESS_MESSAGES:
         return
     by_id = {t.pk: t for t in trainings if t.finished_at is None}
@@ -109,15 +95,12 @@ def checked(trainings: Iterable[Training]) -> None:
         logger.exception("Progress messages of %s trainings not updated", len(by_id))
 
 
-def on_retried(sender: Any = None, training: Any = None, retry: Any = None, **_: Any) -> None:
+def on_retried(sender: Any, *, training: Training, retry: Training, **kwargs: Any) -> None:
     """fal failed on its side and a new attempt starts: the same message says so."""
-    if training is None or retry is None:
-        return
     retry.avatar = training.avatar
     progress.retried(training.pk, snapshot(retry, phase="retry"))
 
 
-def on_finished(sender: Any = None, training: Any = None, outcome: str = "", **_: Any) -> None:
+def on_finished(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
     """The outcome is known: no more progress, only the last line after the outcome."""
-    if training is not None:
-        progress.finish(training.pk, outcome)
+    progress.finish(training.pk, outcome)

@@ -1,8 +1,8 @@
 """Staff roles as a table, synced into the groups after every ``migrate``.
 
-The table is the truth (a permission added by hand is taken away again). A
-``post_migrate`` receiver, not a data migration: Django creates custom permissions only
-after all migrations have run. See docs/staff-guide.md#roles.
+The table is the truth (a permission added by hand is taken away again). Not a data
+migration: Django creates custom permissions only after all migrations have run.
+See docs/staff-guide.md#roles.
 """
 
 from __future__ import annotations
@@ -29,12 +29,10 @@ MANAGE_API_CLIENTS = "api.manage_api_clients"
 # The bot's event callbacks and their attempts (resending one needs RESEND_NOTIFICATION).
 VIEW_EVENT_CALLBACKS = ("api.view_eventcallback", "api.view_callbackattempt")
 
-# "app.view_*": every view permission of that app, so a model added later is visible
-# to the roles without editing this table.
-_VIEW_EVERYTHING = ("monitoring.view_*", "notifications.view_*")
-
 _SUPPORT = (
-    *_VIEW_EVERYTHING,
+    # "app.view_*": every view permission of that app, a model added later included.
+    "monitoring.view_*",
+    "notifications.view_*",
     RECHECK_AVATAR,
     MANAGE_STUCK,
     RESEND_NOTIFICATION,
@@ -49,10 +47,8 @@ ROLES: dict[str, tuple[str, ...]] = {
         CANCEL_TRAINING,
         FAIL_AVATAR,
         ADOPT_TRAINING,
-        # The bot's API clients and their tokens, and the call log.
         MANAGE_API_CLIENTS,
-        # Creating an avatar (and its owner) in the admin, and correcting one that has
-        # not been trained yet: the first step of starting a training.
+        # Creating an avatar (and its owner) in the admin: the first step of a start.
         "monitoring.add_avatar",
         "monitoring.change_avatar",
         "monitoring.add_owner",
@@ -62,15 +58,13 @@ ROLES: dict[str, tuple[str, ...]] = {
 
 
 def _permission_ids(permission_model: Any, names: Iterable[str], using: str) -> set[int]:
-    """Ids of the named permissions; ``app.view_*`` expands to every view permission."""
     ids: set[int] = set()
     for name in names:
         app_label, codename = name.split(".", 1)
-        rows = permission_model.objects.using(using).filter(content_type__app_label=app_label)
-        if codename.endswith("*"):
-            rows = rows.filter(codename__startswith=codename[:-1])
-        else:
-            rows = rows.filter(codename=codename)
+        lookup = "codename__startswith" if codename.endswith("*") else "codename"
+        rows = permission_model.objects.using(using).filter(
+            content_type__app_label=app_label, **{lookup: codename.rstrip("*")}
+        )
         found = set(rows.values_list("id", flat=True))
         if not found:
             # A typo in the table would otherwise silently give a role less than it says.
@@ -102,7 +96,6 @@ def sync_roles(*, using: str = DEFAULT_DB_ALIAS, apps: Any = global_apps) -> lis
 def sync_roles_after_migrate(
     *, using: str = DEFAULT_DB_ALIAS, apps: Any = global_apps, verbosity: int = 1, **kwargs: Any
 ) -> None:
-    """post_migrate receiver (sender: the monitoring app)."""
     from django.contrib.auth.management import create_permissions
 
     group_model = apps.get_model("auth", "Group")

@@ -1,8 +1,5 @@
-"""Whether a value typed by a person or a program can be stored at all.
-
-NUL characters, unpaired surrogates, NaN and infinities fail in the database; the API
-and the commands ask ``unstorable`` first and refuse such input naming the field.
-"""
+"""Whether a value typed by a person or a program can be stored at all: NUL characters,
+unpaired surrogates, NaN and infinities fail in the database."""
 
 from __future__ import annotations
 
@@ -30,10 +27,8 @@ def unstorable(value: Any, *, _depth: int = 0) -> str:
     if isinstance(value, dict | list | tuple):
         if _depth >= MAX_DEPTH:
             return _("is nested more than %(depth)s levels deep") % {"depth": MAX_DEPTH}
-        items = [*value.keys(), *value.values()] if isinstance(value, dict) else list(value)
-        for item in items:
-            reason = unstorable(item, _depth=_depth + 1)
-            if reason:
+        for item in [*value.keys(), *value.values()] if isinstance(value, dict) else value:
+            if reason := unstorable(item, _depth=_depth + 1):
                 return reason
     return ""
 

@@ -41,8 +41,7 @@ from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
-# What start_training (the command, the admin, the API) says of a lost submit: the
-# avatar is training, its job is being looked for; starting it again is not the answer.
+# What start_training says of a lost submit: its job is being looked for, do not restart.
 SUBMIT_UNKNOWN_STATE = "submit_outcome_unknown"
 SUBMIT_UNKNOWN_DETAIL = gettext_lazy(
     "submit outcome unknown, being looked up in fal's record (do not start it again)"
@@ -62,27 +61,9 @@ def create_avatar_for_owner(
     source: str,
     actor: Any = None,
 ) -> Avatar:
-    """A new ``ready_for_training`` avatar, creating its owner (by Telegram id) if needed.
-
-    An existing owner's language and username are updated when given, so the owner's
-    next message follows what the bot last told us.
-    """
     with transaction.atomic():
-        owner, created = Owner.objects.get_or_create(
-            telegram_id=owner_telegram_id,
-            defaults={"language": owner_language or Language.RU, "username": owner_username},
-        )
-        changed = []
-        if not created and owner_language and owner.language != owner_language:
-            owner.language = owner_language
-            changed.append("language")
-        if not created and owner_username and owner.username != owner_username:
-            owner.username = owner_username
-            changed.append("username")
-        if changed:
-            owner.save(update_fields=changed)
         avatar = Avatar(
-            owner=owner,
+            owner=_owner(owner_telegram_id, owner_language, owner_username),
             name=name,
             training_type=training_type,
             trigger_word=trigger_word,
@@ -92,11 +73,37 @@ def create_avatar_for_owner(
         return transitions.create_avatar(avatar, source=source, actor=actor)
 
 
+def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
+    """An existing owner's language and username are updated when given, so the owner's
+    next message follows what the bot last told us."""
+    owner = Owner.objects.get_or_create(
+        telegram_id=telegram_id,
+        defaults={"language": language or Language.RU, "username": username},
+    )[0]
+    given = {"language": language, "username": username}
+    changed = [name for name, value in given.items() if value and getattr(owner, name) != value]
+    for name in changed:
+        setattr(owner, name, given[name])
+    if changed:
+        owner.save(update_fields=changed)
+    return owner
+
+
 def _owner_came_back(avatar: Avatar, source: str) -> None:
-    """The bot starts or adopts a training for this owner (the API): they talk to the
-    bot, so they can be messaged again, and what was held back for them is resent."""
+    """The bot (the API) talks to this owner: they can be messaged again."""
     if source == EventSource.API:
         reachability.reachable_again(avatar.owner.telegram_id, why="the bot started a training")
+
+
+def _require(actor: Any, permission: str, refusal: str) -> None:
+    """Staff users need ``permission``; other callers (the API) check their own."""
+    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(permission):
+        raise PermissionDenied(refusal)
+
+
+def _note(training: Training, details: dict[str, Any], source: str, actor: Any = None) -> None:
+    message = wording.english(wording.note_words, details)
+    transitions.record_note(training, message=message, source=source, actor=actor, details=details)
 
 
 def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transitions.Outcome:
@@ -116,35 +123,29 @@ def start_training(avatar: Avatar, *, source: str, actor: Any = None) -> transit
         source=source,
         actor=actor,
     )
-    if not begun.changed:
+    if not begun.changed or begun.training is None:
         return begun
-    assert begun.training is not None
     return send(begun.training, source=source, actor=actor)
 
 
 def send(
     training: Training, *, source: str, actor: Any = None, release: bool = False
 ) -> transitions.Outcome:
-    """Send one attempt to fal, exactly once: a new start (SUBMITTING), an automatic
-    retry (NOT_SENT) or a held start (HELD, with ``release``), claimed here so that two
-    workers never both send it.
-
-    While fal's balance holds new starts (``billing.hold_reason``) the attempt is held
-    instead, sending nothing; a submit that fal refuses with 403 (a locked account)
-    is held the same way: fal created no job.
-    """
+    """Send one attempt to fal (SUBMITTING, NOT_SENT, or HELD with ``release``) exactly
+    once, claimed here so that two workers never both send it; held instead while
+    ``billing.hold_reason`` says so, or when fal refuses it with 403 (a locked account)."""
     avatar = training.avatar
+    previous = Training.objects.filter(avatar_id=training.avatar_id, attempt=training.attempt - 1)
     retry = training.fal_status == FalStatus.NOT_SENT or (
-        training.fal_status == FalStatus.HELD and training.attempt > 1 and _is_retry(training)
+        training.fal_status == FalStatus.HELD
+        and previous.filter(outcome=TrainingOutcome.RETRIED).exists()
     )
-    if not release:
-        reason = billing.hold_reason()
-        if reason:
-            return transitions.hold(training, reason=reason, source=source, actor=actor)
+    reason = None if release else billing.hold_reason()
+    if reason:
+        return transitions.hold(training, reason=reason, source=source, actor=actor)
     fields: dict[str, Any] = {"fal_status": FalStatus.SUBMITTING}
     if training.fal_status == FalStatus.HELD:
-        fields["released_at"] = timezone.now()
-        fields["next_check_at"] = fields["released_at"]
+        fields["released_at"] = fields["next_check_at"] = timezone.now()
     if settings.TRAINING_START_TIMEOUT_SECONDS:
         fields["start_deadline_seconds"] = settings.TRAINING_START_TIMEOUT_SECONDS
     claimed = (
@@ -160,8 +161,7 @@ def send(
         answer = fal.submit(training)
     except (fal.FalRefused, fal.FalAuthError) as exc:
         if exc.status_code == 403:
-            # fal's answer for a locked account (the status, not the words): no job was
-            # created, so this is neither a lost submit nor the owner's failure.
+            # A locked account (the status, not the words): no job, not the owner's failure.
             billing.account_locked(exc.detail)
             return transitions.hold(
                 training,
@@ -190,12 +190,8 @@ def send(
             refused = transitions.refuse_submit(
                 training, error_type=code, error_message=exc.detail, source=source, actor=actor
             )
-        return transitions.Outcome(
-            refused.changed,
-            refused.status,
-            _("fal refused the training: %s") % exc.detail,
-            training,
-        )
+        detail = _("fal refused the training: %s") % exc.detail
+        return transitions.Outcome(refused.changed, refused.status, detail, training)
     except fal.FalSubmitUnknown as exc:
         # A job may exist on fal: every check looks for it in fal's record from now on.
         now = timezone.now()
@@ -205,25 +201,14 @@ def send(
             next_check_at=now,
         )
         training.submit_unknown_since = now
-        details = {"code": "submit_lost", "error": str(exc)[:1000]}
-        transitions.record_note(
-            training,
-            message=wording.english(wording.note_words, details),
-            source=source,
-            details=details,
-        )
+        _note(training, {"code": "submit_lost", "error": str(exc)[:1000]}, source)
         logger.error(
             "Submit outcome unknown for avatar %s (training %s): %s; not resubmitted",
             avatar.pk,
             training.pk,
             exc,
         )
-        return transitions.Outcome(
-            True,
-            avatar.status,
-            str(SUBMIT_UNKNOWN_DETAIL),
-            training,
-        )
+        return transitions.Outcome(True, avatar.status, str(SUBMIT_UNKNOWN_DETAIL), training)
 
     transitions.record_submitted(
         training,
@@ -241,18 +226,9 @@ def send(
     return transitions.Outcome(True, avatar.status, "", training)
 
 
-# Held starts are sent one after another for at most this long per task; the task
-# queues itself again for the rest.
-RELEASE_BUDGET_SECONDS = 30.0
-HELD = transitions.HELD
-
-
-def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
-    """Send held starts, oldest first, while nothing holds them; returns how many were sent.
-
-    Stops when a send is held again (fal still locks the account). Runs for ``budget``
-    seconds at most and queues itself for the rest.
-    """
+def release_held(*, budget: float = 30.0) -> int:
+    """Send held starts, oldest first, for ``budget`` seconds at most (a task queues the
+    rest); returns how many were sent."""
     deadline = time.monotonic() + budget
     sent = 0
     while time.monotonic() < deadline:
@@ -262,7 +238,7 @@ def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
         if training is None:
             return sent
         outcome = send(training, source=EventSource.SYSTEM, release=True)
-        if outcome.detail == HELD:
+        if outcome.detail == transitions.HELD:
             return sent  # held again: fal still refuses
         sent += outcome.changed
     if Training.objects.held().exists():
@@ -273,35 +249,20 @@ def release_held(*, budget: float = RELEASE_BUDGET_SECONDS) -> int:
 
 
 def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) -> str:
-    """An Operator's release of one held start: sent now, whatever the balance says.
-
-    Needs ``monitoring.start_training`` (it spends money). fal may still refuse it as
-    locked: it is then held again. Without an admin key this is the only release.
-    """
-    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
-        "monitoring.start_training"
-    ):
-        raise PermissionDenied(_("You may not release a held start."))
+    """An Operator's release of one held start, whatever the balance says (without an
+    admin key, the only release)."""
+    _require(actor, "monitoring.start_training", _("You may not release a held start."))
     training.refresh_from_db()
     if not training.is_held:
         return _("Not held: nothing to release.")
     outcome = send(training, source=source, actor=actor, release=True)
     sent = outcome.training or training
-    if outcome.detail == HELD:
+    if outcome.detail == transitions.HELD:
         return _("fal refused it again (account locked): held again.")
     if sent.fal_request_id:
         billing.account_unlocked()
         return _("Released: sent to fal (request %s).") % sent.fal_request_id
     return _("Released: %s") % (outcome.detail or outcome.status)
-
-
-def _is_retry(training: Training) -> bool:
-    """Whether this attempt is an automatic retry (its predecessor ended ``retried``)."""
-    return Training.objects.filter(
-        avatar_id=training.avatar_id,
-        attempt=training.attempt - 1,
-        outcome=TrainingOutcome.RETRIED,
-    ).exists()
 
 
 def cancel_training(training: Training, *, source: str, actor: Any = None) -> str:
@@ -310,17 +271,13 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
     if not training.is_active:
         return _("Nothing to cancel: the training already ended (%s).") % (training.outcome or "-")
     if not training.fal_request_id:
-        # Never reached fal, or its answer was lost. Nothing on fal to stop that we know of.
-        # A held start never began for its owner: cancelling it tells them nothing.
+        # Nothing on fal to stop that we know of; a held start never began for its owner.
         held = training.is_held
+        reason = "cancelled before fal returned a request id"
+        if held:
+            reason = "held start cancelled (never sent to fal)"
         outcome = transitions.cancel(
-            training,
-            source=source,
-            actor=actor,
-            reason="held start cancelled (never sent to fal)"
-            if held
-            else "cancelled before fal returned a request id",
-            notify=not held,
+            training, source=source, actor=actor, reason=reason, notify=not held
         )
         if outcome.changed:
             return _("Cancelled (fal never returned a request id for it).")
@@ -348,8 +305,7 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
             "stopped the job (a job that completes anyway keeps its result)."
         )
     if answer == "ALREADY_COMPLETED":
-        # It ended before our cancel reached fal: its real outcome stands, recorded by
-        # the next check as usual.
+        # It ended before our cancel reached fal: the next check records its real outcome.
         transitions.withdraw_cancel(
             training, source=source, actor=actor, reason="fal had already finished the job"
         )
@@ -367,11 +323,10 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
 
 
 def cancel_for_deadline(training: Training) -> str:
-    """Cancel on fal a run past its limit (``stuck.run_limit``): the deadline's cancel.
+    """Cancel on fal a run past its limit (``stuck.run_limit``).
 
     Not staff's: fal's failure that it causes is retried like fal's own (``results``);
-    a job that completes anyway keeps its result; a cancel fal does not confirm leaves
-    the training flagged for staff, never retried.
+    a cancel fal does not confirm leaves the training flagged for staff, never retried.
     """
     now = timezone.now()
     won = (
@@ -383,13 +338,7 @@ def cancel_for_deadline(training: Training) -> str:
         return "already being cancelled"
     training.deadline_cancel_at = now
     minutes = int(stuck.run_limit(training).total_seconds() // 60)
-    details = {"code": "run_deadline", "minutes": minutes}
-    transitions.record_note(
-        training,
-        message=wording.english(wording.note_words, details),
-        source=EventSource.SYSTEM,
-        details=details,
-    )
+    _note(training, {"code": "run_deadline", "minutes": minutes}, EventSource.SYSTEM)
     try:
         answer = fal.cancel(training.endpoint, training.fal_request_id or "")
     except fal.FalError as exc:
@@ -401,11 +350,7 @@ def cancel_for_deadline(training: Training) -> str:
     training.deadline_cancel_at = None
     if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
         transitions.restate_stuck(
-            training,
-            wording.deadline_unconfirmed_words,
-            minutes,
-            answer,
-            source=EventSource.SYSTEM,
+            training, wording.deadline_unconfirmed_words, minutes, answer, source=EventSource.SYSTEM
         )
     return answer
 
@@ -413,15 +358,11 @@ def cancel_for_deadline(training: Training) -> str:
 def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     """An Operator's "fal has no such job" for a lost submit: the avatar is startable again.
 
-    Needs ``monitoring.start_training`` (it makes a new paid start possible), and only
-    after FAL_LOST_SUBMIT_GIVE_UP_HOURS of lookups: before then the job may still be
-    running on fal, where its record does not list it yet. fal's record is asked once
-    more first; a match found now is adopted instead.
+    Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: before then the job may still be running on
+    fal, where its record does not list it yet.
     """
-    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
-        "monitoring.start_training"
-    ):
-        raise PermissionDenied(_("You may not make a lost submit startable again."))
+    perm = "monitoring.start_training"
+    _require(actor, perm, _("You may not make a lost submit startable again."))
     training.refresh_from_db()
     if training.finished_at is not None or training.fal_request_id:
         return _("Nothing to do: the training has a fal request or has ended.")
@@ -449,8 +390,6 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
         return _("Recorded: fal has no such job. The avatar can be started again.")
     return _("Not changed: %s.") % outcome.detail
 
-
-# --- Adopting a fal request started elsewhere (cut-over, audit) ------------------------------
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -481,32 +420,24 @@ class _FalSays:
     doubts: list[str] = field(default_factory=list)  # answers we could not get
 
     @property
-    def known(self) -> bool:
-        return self.report is not None or self.item is not None
-
-    @property
     def inputs(self) -> dict:
         return self.item.json_input or {} if self.item is not None else {}
 
 
 def endpoint_of(request_id: str) -> str | None:
     """The one trainer endpoint whose queue or record knows ``request_id`` (None: none, or
-    fal could not be asked): the adopt page pre-selects it. A status call per endpoint,
-    and the record only when the queue does not know it."""
+    fal could not be asked): the adopt page pre-selects it."""
     known = []
     for endpoint in payloads.ENDPOINTS.values():
         try:
-            fal.status(endpoint, request_id)
-        except fal.FalNotFound:
             try:
-                if platform.find_request(endpoint, request_id) is not None:
-                    known.append(endpoint)
-            except platform.PlatformUnavailable:
-                return None
-        except fal.FalError:
+                fal.status(endpoint, request_id)
+            except fal.FalNotFound:
+                if platform.find_request(endpoint, request_id) is None:
+                    continue
+        except (fal.FalError, platform.PlatformUnavailable):
             return None
-        else:
-            known.append(endpoint)
+        known.append(endpoint)
     return known[0] if len(known) == 1 else None
 
 
@@ -524,11 +455,7 @@ def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
         says.item = platform.find_request(endpoint, request_id)
     except platform.PlatformUnavailable as exc:
         says.doubts.append(str(exc))
-    if (
-        says.report is not None
-        and not says.report.error
-        and not (says.item and says.item.has_output)
-    ):
+    if says.report and not says.report.error and not (says.item and says.item.has_output):
         try:
             says.result = fal.result(endpoint, request_id)
         except fal.FalJobFailed as exc:
@@ -538,17 +465,40 @@ def _ask_fal(endpoint: str, request_id: str) -> _FalSays:
     return says
 
 
-def _checked_adopt_input(
+def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
+    """A request that had already ended when adopted ends here too, from what fal said."""
+    report = says.report
+    if report is not None and report.status != "COMPLETED":
+        transitions.record_fal_status(
+            training, fal_status=report.status, queue_position=report.queue_position, source=source
+        )
+        return
+    outcome = FalOutcome.from_queue(report, says.result, says.refused) if report else None
+    if outcome is not None:
+        if results.apply(training, outcome, source=source, notify=notify).look_next is None:
+            return
+    if says.item is not None:
+        results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
+
+
+def adopt_training(
+    *,
     request_id: str,
     endpoint: str,
-    avatar: Avatar | None,
-    owner_telegram_id: int | None,
-    name: str,
-    training_type: str | None,
-    owner_language: str | None,
-    created_at: datetime | None,
-) -> tuple[str, str]:
-    """(request id, training type) or ``AdoptRefused`` saying what is wrong."""
+    avatar: Avatar | None = None,
+    owner_telegram_id: int | None = None,
+    name: str = "",
+    training_type: str | None = None,
+    owner_language: str | None = None,
+    notify: bool = False,
+    created_at: datetime | None = None,
+    source: str,
+    actor: Any = None,
+) -> AdoptResult:
+    """Follow fal request ``request_id`` of ``endpoint``, started by another system;
+    idempotent on the request id. One that had ended tells its owner only with ``notify``
+    (the old system may have told them)."""
+    _require(actor, "monitoring.adopt_training", _("You may not adopt fal requests."))
     request_id = (request_id or "").strip() if isinstance(request_id, str) else ""
     if not REQUEST_ID_RE.match(request_id):
         raise AdoptRefused(_("request_id must be fal's request id (letters, digits, . _ : -)"))
@@ -581,92 +531,11 @@ def _checked_adopt_input(
         not isinstance(created_at, datetime) or timezone.is_naive(created_at)
     ):
         raise AdoptRefused(_("created_at must be a date and time with its time zone"))
-    return request_id, training_type
-
-
-def _adoptable_avatar(avatar: Avatar, *, source: str, actor: Any) -> None:
-    """Bring an existing avatar to ready_for_training (inside the adopt's transaction)."""
-    avatar.refresh_from_db()
-    if avatar.status == AvatarStatus.DRAFT:
-        transitions.mark_ready(avatar, source=source, actor=actor)
-    elif avatar.status == AvatarStatus.ERROR:
-        transitions.retrain(avatar, source=source, actor=actor)
-    if avatar.status != AvatarStatus.READY_FOR_TRAINING:
-        raise AdoptRefused(
-            _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
-            % {"id": avatar.pk, "status": avatar.status}
-        )
-
-
-def _finish_adopted(training: Training, says: _FalSays, *, notify: bool, source: str) -> None:
-    """A request that had already ended when adopted ends here too, from what fal said."""
-    report = says.report
-    if report is not None and report.status != "COMPLETED":
-        transitions.record_fal_status(
-            training,
-            fal_status=report.status,
-            queue_position=report.queue_position,
-            source=source,
-        )
-        return
-    outcome = (
-        FalOutcome.from_queue(report, says.result, says.refused) if report is not None else None
-    )
-    if outcome is not None:
-        applied = results.apply(training, outcome, source=source, notify=notify)
-        if applied.look_next is None:
-            return
-    if says.item is not None:
-        results.apply(training, FalOutcome.from_record(says.item), source=source, notify=notify)
-
-
-def adopt_training(
-    *,
-    request_id: str,
-    endpoint: str,
-    avatar: Avatar | None = None,
-    owner_telegram_id: int | None = None,
-    name: str = "",
-    training_type: str | None = None,
-    owner_language: str | None = None,
-    notify: bool = False,
-    created_at: datetime | None = None,
-    source: str,
-    actor: Any = None,
-) -> AdoptResult:
-    """Follow fal request ``request_id`` of ``endpoint``, started by another system.
-
-    Idempotent on the request id: a request already followed is returned with
-    ``adopted=False`` and nothing changes. Otherwise fal is asked first (queue status,
-    and fal's record for a request that ended or that the queue forgot), then
-    everything is written in one transaction: the owner and avatar when missing (the
-    images URL and trigger from fal's record when it kept them, else blank), a
-    training attempt with the request id, due for a check at once. A request still
-    running is followed like any other (its owner is told once when it ends); one that
-    had ended completes or fails from what fal said, telling its owner only with
-    ``notify`` (the old system may have told them). Refused (``AdoptRefused``, nothing
-    written) when the input is bad or neither the queue nor the record knows it.
-    """
-    # Staff users need the permission; other callers (the API) check their own.
-    if callable(getattr(actor, "has_perm", None)) and not actor.has_perm(
-        "monitoring.adopt_training"
-    ):
-        raise PermissionDenied(_("You may not adopt fal requests."))
-    request_id, training_type = _checked_adopt_input(
-        request_id,
-        endpoint,
-        avatar,
-        owner_telegram_id,
-        name,
-        training_type,
-        owner_language,
-        created_at,
-    )
     existing = _already_followed(request_id)
     if existing is not None:
         return existing
     says = _ask_fal(endpoint, request_id)
-    if not says.known:
+    if says.report is None and says.item is None:
         if says.doubts:
             raise AdoptRefused(
                 _("fal could not be asked about %(id)s now (%(why)s); try again later")
@@ -678,19 +547,57 @@ def adopt_training(
         )
     try:
         with transaction.atomic():
-            avatar = _adoption_avatar(
+            if avatar is None:
+                assert owner_telegram_id is not None  # the input check above requires one
+                images_url = payloads.images_url_of(says.inputs)
+                avatar = transitions.create_avatar(
+                    Avatar(
+                        owner=_owner(owner_telegram_id, owner_language),
+                        name=name.strip(),
+                        training_type=training_type,
+                        trigger_word=payloads.trigger_of(says.inputs)[:128],
+                        images_url="" if len(images_url) > payloads.MAX_URL_LENGTH else images_url,
+                    ),
+                    source=source,
+                    actor=actor,
+                )
+            else:
+                avatar.refresh_from_db()
+                if avatar.status == AvatarStatus.DRAFT:
+                    transitions.mark_ready(avatar, source=source, actor=actor)
+                elif avatar.status == AvatarStatus.ERROR:
+                    transitions.retrain(avatar, source=source, actor=actor)
+                if avatar.status != AvatarStatus.READY_FOR_TRAINING:
+                    raise AdoptRefused(
+                        _("avatar %(id)s is %(status)s: adopt the request into a new avatar")
+                        % {"id": avatar.pk, "status": avatar.status}
+                    )
+            begun = transitions.begin_training(
                 avatar,
-                owner_telegram_id,
-                name,
-                training_type,
-                owner_language,
-                says,
+                endpoint=endpoint,
+                arguments=says.inputs,
+                webhook_url="",  # fal sends the webhook to whoever submitted it
                 source=source,
                 actor=actor,
             )
-            training = _adoption_training(
-                avatar, endpoint, request_id, says, created_at, source=source, actor=actor
+            if (training := begun.training) is None:
+                raise AdoptRefused(
+                    _("avatar %(id)s could not start: %(why)s")
+                    % {"id": avatar.pk, "why": begun.detail}
+                )
+            transitions.record_submitted(
+                training,
+                request_id=request_id,
+                queue_position=says.report.queue_position if says.report else None,
+                source=source,
+                actor=actor,
+                message="adopted: a fal request started outside the monitor",
+                details={"adopted": True, "in_fal_record": says.item is not None},
             )
+            if created_at is not None:
+                Avatar.objects.filter(pk=avatar.pk).update(created_at=created_at)
+                Training.objects.filter(pk=training.pk).update(created_at=created_at)
+                training.created_at = created_at
             _finish_adopted(training, says, notify=notify, source=source)
             # reconcile_fal's list of requests nobody followed: this one is followed now.
             UnknownFalRequest.objects.filter(request_id=request_id).update(
@@ -710,94 +617,14 @@ def adopt_training(
 
 def _already_followed(request_id: str) -> AdoptResult | None:
     training = Training.objects.select_related("avatar").filter(fal_request_id=request_id).first()
-    if training is None:
-        return None
-    return AdoptResult(avatar=training.avatar, training=training, adopted=False)
-
-
-def _adoption_avatar(
-    avatar: Avatar | None,
-    owner_telegram_id: int | None,
-    name: str,
-    training_type: str,
-    owner_language: str | None,
-    says: _FalSays,
-    *,
-    source: str,
-    actor: Any,
-) -> Avatar:
-    if avatar is not None:
-        _adoptable_avatar(avatar, source=source, actor=actor)
-        return avatar
-    assert owner_telegram_id is not None  # the adoption's input check requires one
-    owner, created = Owner.objects.get_or_create(
-        telegram_id=owner_telegram_id, defaults={"language": owner_language or Language.RU}
-    )
-    if not created and owner_language and owner.language != owner_language:
-        owner.language = owner_language
-        owner.save(update_fields=["language"])
-    images_url = payloads.images_url_of(says.inputs)
-    return transitions.create_avatar(
-        Avatar(
-            owner=owner,
-            name=name.strip(),
-            training_type=training_type,
-            trigger_word=payloads.trigger_of(says.inputs)[:128],
-            images_url=images_url if len(images_url) <= payloads.MAX_URL_LENGTH else "",
-        ),
-        source=source,
-        actor=actor,
-    )
-
-
-def _adoption_training(
-    avatar: Avatar,
-    endpoint: str,
-    request_id: str,
-    says: _FalSays,
-    created_at: datetime | None,
-    *,
-    source: str,
-    actor: Any,
-) -> Training:
-    begun = transitions.begin_training(
-        avatar,
-        endpoint=endpoint,
-        arguments=says.inputs,
-        webhook_url="",  # fal sends the webhook to whoever submitted it
-        source=source,
-        actor=actor,
-    )
-    training = begun.training
-    if training is None:
-        raise AdoptRefused(
-            _("avatar %(id)s could not start: %(why)s") % {"id": avatar.pk, "why": begun.detail}
-        )
-    transitions.record_submitted(
-        training,
-        request_id=request_id,
-        queue_position=says.report.queue_position if says.report else None,
-        source=source,
-        actor=actor,
-        message="adopted: a fal request started outside the monitor",
-        details={"adopted": True, "in_fal_record": says.item is not None},
-    )
-    if created_at is not None:
-        Avatar.objects.filter(pk=avatar.pk).update(created_at=created_at)
-        Training.objects.filter(pk=training.pk).update(created_at=created_at)
-        training.created_at = created_at
-    return training
+    return AdoptResult(training.avatar, training, adopted=False) if training else None
 
 
 def recheck(
     trainings: list[Training], *, source: str, actor: Any = None
 ) -> list[status_checks.CheckReport]:
-    """Check ``trainings`` on fal now and put fal's answer on each timeline.
-
-    Staff asked, so the answer is kept even when nothing changed ("fal says IN_QUEUE,
-    position 3"); routine checks record changes only. Each fal call is bounded by
-    FAL_CALL_TIMEOUT_SECONDS.
-    """
+    """Check ``trainings`` on fal now and put fal's answer on each timeline, even when
+    nothing changed (staff asked; routine checks record changes only)."""
     reports = status_checks.check_trainings(trainings, source=source)
     by_id = {training.pk: training for training in trainings}
     for report in reports:
@@ -810,11 +637,5 @@ def recheck(
             "error": report.error[:1000],
             "actor_id": getattr(actor, "pk", None),
         }
-        transitions.record_note(
-            training,
-            message=wording.english(wording.note_words, details),
-            source=source,
-            actor=actor,
-            details=details,
-        )
+        _note(training, details, source, actor)
     return reports

@@ -1,8 +1,7 @@
 """What events and stuck causes say, worded once from their code and parameters.
 
-Events store a code and its parameters in ``details``; the stored ``message`` is the
-same words in English (``english``), pages and the staff chat render them in their
-reader's language (``in_language``).
+Events store a code and its parameters in ``details`` and the same words in English as
+``message``; pages and the staff chat word them in their reader's language.
 """
 
 from __future__ import annotations
@@ -24,13 +23,11 @@ T = TypeVar("T")
 
 
 def in_language(language: str, render: Callable[..., T], *args: object) -> T:
-    """``render(*args)`` in ``language`` (the staff chat's, or English for the record)."""
     with translation.override(language):
         return render(*args)
 
 
 def english(render: Callable[..., T], *args: object) -> T:
-    """The words stored with the event and written to logs."""
     return in_language("en", render, *args)
 
 
@@ -50,7 +47,6 @@ def result_unavailable_words() -> str:
 
 
 def deadline_unconfirmed_words(minutes: int, answer: str) -> str:
-    """The run deadline's cancel that fal did not confirm (the flag stays for staff)."""
     return _(
         "run deadline passed (%(minutes)s min); fal did not confirm the cancel: %(answer)s"
     ) % {"minutes": minutes, "answer": answer}
@@ -60,8 +56,7 @@ def deadline_unconfirmed_words(minutes: int, answer: str) -> str:
 class StuckCause:
     """Which limit a training has passed, and since when: worded by ``cause_words``."""
 
-    # result_unavailable, submit_unknown, fal_unreachable, in_queue, in_progress, total
-    code: str
+    code: str  # result_unavailable, submit_unknown, fal_unreachable, in_queue, in_progress, total
     since: datetime
     limit: timedelta
     check_failures: int = 0
@@ -69,7 +64,6 @@ class StuckCause:
 
 
 def cause_details(cause: StuckCause) -> dict[str, object]:
-    """The cause as JSON for the timeline event (worded when displayed)."""
     return {
         "code": cause.code,
         "since": cause.since.isoformat(),
@@ -94,7 +88,6 @@ def cause_from_details(details: dict) -> StuckCause | None:
 
 
 def cause_words(cause: StuckCause, now: datetime) -> str:
-    """The stuck cause with live durations, in the active language."""
     values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
     if cause.code == "result_unavailable":
         return result_unavailable_words()
@@ -128,12 +121,10 @@ def lost_submit_words(until: datetime, given_up: bool) -> str:
 
 
 def status_label(value: str) -> str:
-    """A stored status value (ours or fal's) in the active language."""
     return str(dict(AvatarStatus.choices).get(value) or dict(FalStatus.choices).get(value) or value)
 
 
 def retried_words(error_type: str) -> str:
-    """An attempt retried automatically, on the timeline and in the attempts list."""
     return str(Said("retried", code=error_type or "?"))
 
 
@@ -202,7 +193,6 @@ class Said:
         return _(SAID[self.code]) % {name: str(value) for name, value in self.params.items()}
 
     def then(self, more: Said | str) -> Said:
-        """These words, then ``more`` after a semicolon."""
         return Said("then", first=self, then=more)
 
 
@@ -211,7 +201,6 @@ status_words = lazy(status_label, str)
 
 
 def fal_answer_words(after: str, position: int | None, error: str) -> str:
-    """What fal answered to a staff re-check."""
     if error:
         return _("Checked by staff: fal did not answer (%(error)s).") % {"error": error[:300]}
     if after == FalStatus.IN_QUEUE and position is not None:
@@ -224,7 +213,6 @@ def fal_answer_words(after: str, position: int | None, error: str) -> str:
 
 
 def held_words(reason: str) -> str:
-    """A start held for fal's balance (``HoldReason``), on the timeline and to staff."""
     return _(
         "held, not sent: waiting for fal balance (%(reason)s); it is sent by itself "
         "once the balance is back."
@@ -254,7 +242,7 @@ def note_words(details: dict) -> str:
 
 
 def event_words(event: AvatarEvent) -> str:
-    """The event's text in the active language where it has a code, else as recorded."""
+    """In the active language where the event has a code, else as recorded."""
     details = event.details or {}
     if event.kind == EventKind.RETRIED:
         return retried_words(details.get("error_type", ""))
