@@ -37,8 +37,15 @@ from monitoring import billing, roles, transitions, wording
 from monitoring import trainings as training_service
 from monitoring.admin.avatar_page import telegram_html
 from monitoring.fal import client as fal
-from monitoring.models import Avatar, AvatarEvent, AvatarStatus, EventKind, EventSource, Training
-from monitoring.owner_delay import ON_FAL
+from monitoring.models import (
+    Avatar,
+    AvatarEvent,
+    AvatarStatus,
+    EventKind,
+    EventSource,
+    FalStatus,
+    Training,
+)
 from monitoring.stuck import stuck_cause
 from monitoring.wording import fal_answer_words
 from notifications import admin as notification_admin
@@ -470,7 +477,11 @@ def mark_failed(
 ) -> tuple[str, int]:
     training = _current(avatar)
     # Asked before failing: the transition clears fal's sub-state.
-    running = training.fal_request_id if training.fal_status in ON_FAL else None
+    running = (
+        training.fal_request_id
+        if training.fal_status in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
+        else None
+    )
     outcome = transitions.fail(
         training,
         error_message=reason,
