@@ -1,7 +1,5 @@
 """Stuck detection: an active training past one of its limits is flagged for staff.
-
-The limits are settings; the flag is set once per episode and cleared when no limit
-holds. See docs/architecture.md#stuck.
+See docs/architecture.md#stuck.
 """
 
 from __future__ import annotations
@@ -18,40 +16,41 @@ from monitoring.wording import StuckCause, cause_details, cause_words
 from notifications.messages import STAFF_LANGUAGE
 
 
+def _is_style(training: Training) -> bool:
+    return training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
+
+
+def _extended(training: Training, now: datetime) -> bool:
+    extended = training.stuck_deadline_extended_until
+    return extended is not None and extended > now
+
+
 def run_limit(training: Training) -> timedelta:
     """How long fal may run this training before our deadline cancels it on fal."""
-    style = training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
-    minutes = (
-        settings.TRAINING_MAX_RUN_MINUTES_STYLE
-        if style
-        else settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT
-    )
-    return timedelta(minutes=minutes)
+    if _is_style(training):
+        return timedelta(minutes=settings.TRAINING_MAX_RUN_MINUTES_STYLE)
+    return timedelta(minutes=settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT)
 
 
 def past_run_limit(training: Training, now: datetime) -> bool:
     """Running on fal past its limit, not already being cancelled, and not extended by staff."""
-    extended = training.stuck_deadline_extended_until
     return (
         training.fal_status == FalStatus.IN_PROGRESS
         and training.started_at is not None
         and training.deadline_cancel_at is None
         and training.cancel_requested_at is None
-        and not (extended is not None and extended > now)
+        and not _extended(training, now)
         and now - training.started_at >= run_limit(training)
     )
 
 
 def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
     """The limit ``training`` has passed at ``now`` (None when it has passed none)."""
-    if training.finished_at is not None:
+    # A held start was never sent: it waits for fal's balance, not for fal.
+    if training.finished_at is not None or _extended(training, now):
         return None
-    extended = training.stuck_deadline_extended_until
-    if extended is not None and extended > now:
-        return None
-
     if training.fal_status == FalStatus.HELD:
-        return None  # nothing was sent: it waits for fal's balance, not for fal
+        return None
     if training.result_unavailable_since is not None:
         return StuckCause("result_unavailable", training.result_unavailable_since, timedelta(0))
     if training.fal_status == FalStatus.SUBMITTING:
@@ -78,16 +77,16 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
         if now - since >= limit:
             return StuckCause("in_queue", since, limit)
     if training.fal_status == FalStatus.IN_PROGRESS:
-        style = training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
-        minutes = (
-            settings.STUCK_IN_PROGRESS_MINUTES_STYLE
+        style = _is_style(training)
+        limit = timedelta(
+            minutes=settings.STUCK_IN_PROGRESS_MINUTES_STYLE
             if style
             else settings.STUCK_IN_PROGRESS_MINUTES_PORTRAIT
         )
         since = training.started_at or training.submitted_at or training.created_at
-        if now - since >= timedelta(minutes=minutes):
+        if now - since >= limit:
             kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
-            return StuckCause("in_progress", since, timedelta(minutes=minutes), training_type=kind)
+            return StuckCause("in_progress", since, limit, training_type=kind)
     if now - training.sent_from >= total:
         return StuckCause("total", training.sent_from, total)
     return None
@@ -115,28 +114,27 @@ def review(
     """
     flagged = cleared = 0
     for training in trainings:
-        reason = stuck_reason(training, now)
-        if reason and training.stuck_since is None:
-            cause = stuck_cause(training, now)
-            assert cause is not None
+        cause = stuck_cause(training, now)
+        if cause is not None and training.stuck_since is None:
             flagged += transitions.flag_stuck(
                 training,
-                reason=reason,
+                reason=wording.english(cause_words, cause, now),
                 source=source,
                 details=cause_details(cause),
                 staff_reason=wording.in_language(STAFF_LANGUAGE, cause_words, cause, now),
             )
         elif (
-            not reason
+            cause is None
             and training.stuck_since is not None
             and training.finished_at is None
             and not results.flagged_for_result_url(training)
         ):
-            extended = training.stuck_deadline_extended_until
             cleared += transitions.clear_stuck(
                 training,
                 source=source,
                 # Keep a staff extension in force; the check's own clearing sets none.
-                extend_until=extended if extended and extended > now else None,
+                extend_until=training.stuck_deadline_extended_until
+                if _extended(training, now)
+                else None,
             )
     return flagged, cleared
