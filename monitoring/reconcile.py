@@ -33,21 +33,14 @@ class ReconcileReport:
     platform_calls: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "checked": self.checked,
-            "unknown_to_us": self.unknown_to_us,
-            "finished_now": self.finished_now,
-        }
+        return {name: value for name, value in vars(self).items() if name != "platform_calls"}
 
 
 def reconcile_fal(
     *, since_hours: float | None = None, dry_run: bool = False, source: str = EventSource.SYSTEM
 ) -> ReconcileReport:
-    """Compare fal's record of the last ``since_hours`` with our trainings.
-
-    Raises ``platform.PlatformUnavailable`` when fal's record cannot be read in full:
-    a partial listing would report nothing unknown for what it did not see.
-    """
+    """Raises ``platform.PlatformUnavailable`` when fal's record cannot be read in full:
+    a partial listing would report nothing unknown for what it did not see."""
     hours = settings.FAL_RECONCILE_HOURS if since_hours is None else since_hours
     now = timezone.now()
     report = ReconcileReport()
@@ -184,8 +177,6 @@ def _finish_stale(
     stale: dict[int, platform.RecordItem], *, dry_run: bool, source: str
 ) -> list[dict[str, Any]]:
     """Trainings fal finished that we still show active: the normal path ends them."""
-    if not stale:
-        return []
     trainings = list(Training.objects.filter(pk__in=list(stale), finished_at__isnull=True))
     if dry_run:
         return [

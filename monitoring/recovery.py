@@ -106,13 +106,12 @@ def lookup_lost_submit(
         matches, unverifiable = find(training.endpoint, training.arguments or {}, since=since)
     except platform.PlatformUnavailable as exc:
         return Recovery(False, Said("lost_unreadable", error=exc))
-    if matches:
-        known = set(
-            Training.objects.filter(
-                Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
-            ).values_list("fal_request_id", flat=True)
-        )
-        matches = [m for m in matches if m.request_id not in known]
+    known = set(
+        Training.objects.filter(
+            Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
+        ).values_list("fal_request_id", flat=True)
+    )
+    matches = [m for m in matches if m.request_id not in known]
     if not matches:
         return _no_match(training, unverifiable, now)
     return _adopt_match(training, matches, via=via)

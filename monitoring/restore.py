@@ -17,11 +17,8 @@ logger = logging.getLogger("monitoring")
 
 
 def restore_monitoring(*, enqueue: bool = True) -> int:
-    """Make every active training due now and enqueue a run; returns how many are active.
-
-    One checked within the last interval (by another host) keeps its place; held starts
-    were never sent.
-    """
+    """Make every active training due now (but held starts, and those another host has
+    just checked) and enqueue a run; returns how many are active."""
     now = timezone.now()
     active = Training.objects.filter(finished_at__isnull=True).exclude(fal_status=FalStatus.HELD)
     count = active.count()

@@ -34,8 +34,7 @@ from notifications import delivery, outbox
 
 logger = logging.getLogger("monitoring")
 
-# Logs grow with the job: fetch them on one in-progress check out of this many (and
-# on every staff check).
+# Logs grow with the job: fetched on one in-progress check in this many (and every staff one).
 LOGS_EVERY_N_CHECKS = 5
 LOGS_TAIL_LINES = 5
 # Calls in flight per fal-client. Its httpx pool keeps up to 20 connections alive, but
@@ -108,19 +107,14 @@ def _lease() -> timedelta:
 
 
 def lease_token(run_start: datetime) -> datetime:
-    """The ``next_check_at`` a run's claim writes: its batches recognise their trainings by it.
-
-    Shorter than the interval, so a dead run's trainings are due again within one.
-    """
+    """The ``next_check_at`` a run's claim writes, by which its batches recognise their
+    trainings; shorter than the interval, so a dead run's trainings are soon due again."""
     return run_start + _lease()
 
 
 def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
-    """Lease the due active trainings to this run; returns their ids.
-
-    One statement, so two claimers can never both get a row: on PostgreSQL the SELECT
-    skips locked rows and re-checks its condition on rows changed since its snapshot.
-    """
+    """Lease the due active trainings to this run: one statement, so two claimers never
+    both get a row (PostgreSQL skips locked rows, re-checks rows changed since its snapshot)."""
     lease_until = lease_token(run_start)
     # A run may fire a little early; what falls due within the grace is taken now (never
     # as far ahead as a live batch's renewed lease, which keeps 2/3 of it).
@@ -163,19 +157,17 @@ async def _ask_all(
 ) -> list[_Seen]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    # Several clients of at most CALLS_PER_CLIENT calls in flight each.
     clients = max(1, math.ceil(settings.CHECK_CONCURRENCY / CALLS_PER_CLIENT))
     per_client = math.ceil(settings.CHECK_CONCURRENCY / clients)
     try:
-        sessions = [fal.FalSession() for _ in range(clients)]
+        slots = [(fal.FalSession(), asyncio.Semaphore(per_client)) for _ in range(clients)]
     except fal.FalError as exc:  # no key configured: every check answers the same
         return [_Seen(error=exc) if t.fal_request_id else _Seen() for t in trainings]
-    pools = [asyncio.Semaphore(per_client) for _ in sessions]
 
     async def ask(index: int, training: Training) -> _Seen:
         if not training.fal_request_id:
             return _Seen()
-        session, pool = sessions[index % clients], pools[index % clients]
+        session, pool = slots[index % clients]
         async with pool:
             remaining = deadline - loop.time()
             if remaining <= 0.05:
@@ -201,19 +193,8 @@ async def _ask_all(
     try:
         return await asyncio.gather(*(ask(i, t) for i, t in enumerate(trainings)))
     finally:
-        for session in sessions:
+        for session, _pool in slots:
             await session.__aexit__(None, None, None)
-
-
-def _logs_tail(logs: list[dict[str, Any]] | None) -> str | None:
-    if not logs:
-        return None
-    lines = [
-        str(entry.get("message", ""))
-        for entry in logs[-LOGS_TAIL_LINES:]
-        if isinstance(entry, dict)
-    ]
-    return "\n".join(lines)[-2000:]
 
 
 def _state(training: Training) -> str:
@@ -298,7 +279,11 @@ class _Batch:
             )
         else:
             summary = Said("still", status=status_words(answer.status))
-        tail = _logs_tail(answer.logs)
+        tail = None
+        if answer.logs:
+            entries = answer.logs[-LOGS_TAIL_LINES:]
+            lines = [str(entry.get("message", "")) for entry in entries if isinstance(entry, dict)]
+            tail = "\n".join(lines)[-2000:]
         moved = False
         if answer.status == "IN_QUEUE" and training.queue_position != position:
             training.queue_position = position
@@ -619,10 +604,8 @@ def _move_lease(ids: list[int], expected: datetime, new: datetime) -> list[int]:
 
 
 class _LeaseKeeper:
-    """Holds a batch's trainings while it works: takes them over, renews, hands them back.
-
-    Renewal runs in a thread with its own connection (the batch is busy in its event loop).
-    """
+    """Holds a batch's trainings while it works: takes them over, renews them (in a thread
+    with its own connection: the batch is busy in its event loop), hands them back."""
 
     def __init__(self, ids: list[int], token: datetime) -> None:
         self.ids = list(ids)
@@ -641,7 +624,7 @@ class _LeaseKeeper:
 
     def _renew(self) -> None:
         try:
-            # Only this thread moves the lease until ``_stop`` has joined it.
+            # Only this thread moves the lease until ``__exit__`` has joined it.
             while not self._done.wait(settings.CHECK_LEASE_SECONDS / 3):
                 new = timezone.now() + _lease()
                 _move_lease(self.held, self.current, new)
@@ -653,24 +636,20 @@ class _LeaseKeeper:
 
     def hand_back(self, next_due: datetime) -> None:
         """What the checks did not reschedule themselves is due one interval after the run."""
-        self._stop()
+        self.__exit__()
         _move_lease(self.held, self.current, next_due)
 
-    def _stop(self) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        # On an error the trainings keep the lease and fall due when it runs out.
         self._done.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
-    def __exit__(self, *exc_info: object) -> None:
-        # On an error the trainings keep the lease and fall due when it runs out.
-        self._stop()
-
 
 def check_batch(
     training_ids: list[int], run_id: int | None, run_start: datetime
 ) -> list[CheckReport]:
-    """Check one batch of claimed trainings and add its counts to the run's heartbeat."""
     with _LeaseKeeper(training_ids, lease_token(run_start)) as lease:
         # Only what this run still holds: a batch redelivered by the broker after its
         # worker died finds its trainings leased again (or checked) by a later run.
@@ -707,12 +686,8 @@ def fal_outage_since(before: datetime | None = None) -> datetime | None:
 
 
 def _judge_fal_outage(run_id: int) -> None:
-    """Record a fal-wide failure on the run, and tell staff once per episode.
-
-    fal is failing broadly when at least FAL_OUTAGE_ERROR_SHARE of a run's calls (at
-    least FAL_OUTAGE_MIN_CALLS of them) failed. While it lasts the runs check a sample,
-    and the first run that succeeds ends it. Nothing here touches an avatar.
-    """
+    """Record a fal-wide failure (FAL_OUTAGE_ERROR_SHARE of at least FAL_OUTAGE_MIN_CALLS
+    calls) on the run, telling staff once per episode; a run that succeeds ends it."""
     run = CheckRun.objects.filter(pk=run_id).values("started_at", "checked", "errors").get()
     calls, errors = run["checked"], run["errors"]
     if not calls or errors < settings.FAL_OUTAGE_ERROR_SHARE * calls:

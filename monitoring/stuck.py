@@ -45,38 +45,26 @@ def past_run_limit(training: Training, now: datetime) -> bool:
 
 
 def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
-    """The limit ``training`` has passed at ``now`` (None when it has passed none)."""
     # A held start was never sent: it waits for fal's balance, not for fal.
-    if training.finished_at is not None or _extended(training, now):
-        return None
-    if training.fal_status == FalStatus.HELD:
+    if training.finished_at is not None or _extended(training, now) or training.is_held:
         return None
     if training.result_unavailable_since is not None:
         return StuckCause("result_unavailable", training.result_unavailable_since, timedelta(0))
+    causes: list[StuckCause] = []  # the candidates, in order
     if training.fal_status == FalStatus.SUBMITTING:
         limit = timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
-        if now - training.sent_from >= limit:
-            return StuckCause("submit_unknown", training.sent_from, limit)
+        causes.append(StuckCause("submit_unknown", training.sent_from, limit))
     if training.check_failures:
+        # The last checks failed: fal's status is what it was before them, unconfirmed,
+        # so no limit is measured from it.
         since = training.last_check_ok_at or training.submitted_at or training.created_at
         limit = timedelta(minutes=settings.STUCK_FAL_UNREACHABLE_MINUTES)
-        if now - since >= limit:
-            return StuckCause(
-                "fal_unreachable", since, limit, check_failures=training.check_failures
-            )
-    total = timedelta(hours=settings.STUCK_TOTAL_HOURS)
-    if training.check_failures:
-        # The last checks failed: fal's status is what it was before them, unconfirmed.
-        # No limit is measured from it (the "no successful check" limit above holds).
-        if now - training.sent_from >= total:
-            return StuckCause("total", training.sent_from, total)
-        return None
-    if training.fal_status == FalStatus.IN_QUEUE:
-        since = training.submitted_at or training.created_at
+        failures = training.check_failures
+        causes.append(StuckCause("fal_unreachable", since, limit, check_failures=failures))
+    elif training.fal_status == FalStatus.IN_QUEUE:
         limit = timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES)
-        if now - since >= limit:
-            return StuckCause("in_queue", since, limit)
-    if training.fal_status == FalStatus.IN_PROGRESS:
+        causes.append(StuckCause("in_queue", training.submitted_at or training.created_at, limit))
+    elif training.fal_status == FalStatus.IN_PROGRESS:
         style = _is_style(training)
         limit = timedelta(
             minutes=settings.STUCK_IN_PROGRESS_MINUTES_STYLE
@@ -84,17 +72,15 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
             else settings.STUCK_IN_PROGRESS_MINUTES_PORTRAIT
         )
         since = training.started_at or training.submitted_at or training.created_at
-        if now - since >= limit:
-            kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
-            return StuckCause("in_progress", since, limit, training_type=kind)
-    if now - training.sent_from >= total:
-        return StuckCause("total", training.sent_from, total)
-    return None
+        kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
+        causes.append(StuckCause("in_progress", since, limit, training_type=kind))
+    total = timedelta(hours=settings.STUCK_TOTAL_HOURS)
+    causes.append(StuckCause("total", training.sent_from, total))
+    return next((cause for cause in causes if now - cause.since >= cause.limit), None)
 
 
 def live_words(training: Training, now: datetime) -> str:
-    """The stuck reason now, in the reader's language; the stored one when no limit is
-    passed any more (a flag set by hand, or one the next check will clear)."""
+    """The stuck reason now, in the reader's language, else the stored one (set by hand)."""
     cause = stuck_cause(training, now)
     return cause_words(cause, now) if cause is not None else training.stuck_reason
 
@@ -108,10 +94,8 @@ def stuck_reason(training: Training, now: datetime) -> str:
 def review(
     trainings: Iterable[Training], now: datetime, *, source: str = EventSource.CHECK
 ) -> tuple[int, int]:
-    """Flag what crossed a limit and clear what no longer does: (flagged, cleared).
-
-    Works on the in-memory trainings (just checked), so the common case costs no query.
-    """
+    """Flag what crossed a limit, clear what no longer does, from the in-memory trainings
+    (the common case costs no query); returns (flagged, cleared)."""
     flagged = cleared = 0
     for training in trainings:
         cause = stuck_cause(training, now)

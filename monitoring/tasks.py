@@ -19,7 +19,6 @@ from monitoring.models import CheckRun, EventSource, FalAccount, Training
 
 
 def run_check(kind: str = CheckRun.Kind.SCHEDULED) -> int:
-    """The periodic check; returns the run id."""
     return status_checks.run_periodic_check(kind=kind).pk
 
 
@@ -31,15 +30,12 @@ def send_attempt(training_id: int) -> str:
 
 
 def look_up_costs() -> dict:
-    """What fal billed for finished trainings (monitoring.billing); returns its counts."""
     return dataclasses.asdict(billing.look_up_costs())
 
 
 def check_balance() -> dict:
-    """fal's balance (monitoring.billing): the alert, the hold on starts, the release.
-
-    Scheduled every minute or more: reads when due; an interval under a minute (tests,
-    demos) reads every FAL_BALANCE_CHECK_SECONDS within its minute."""
+    """fal's balance (monitoring.billing), read when due; an interval under a minute (tests,
+    demos) reads every FAL_BALANCE_CHECK_SECONDS within the scheduled minute."""
     interval = settings.FAL_BALANCE_CHECK_SECONDS
     started = time.monotonic()
     readings = released = 0
@@ -64,8 +60,7 @@ def check_balance() -> dict:
     }
 
 
-# Send held starts, oldest first, while the balance allows (the rest of a release).
-release_held = training_service.release_held
+release_held = training_service.release_held  # the rest of a release, oldest first
 
 
 def cancel_for_deadline(training_id: int) -> str:
@@ -76,7 +71,6 @@ def cancel_for_deadline(training_id: int) -> str:
 
 
 def check_batch(training_ids: list[int], run_id: int | None, run_start: str) -> int:
-    """One fanned-out batch of a run; returns how many trainings it checked."""
     reports = status_checks.check_batch(training_ids, run_id, datetime.fromisoformat(run_start))
     return sum(report.checked for report in reports)
 
@@ -84,8 +78,7 @@ def check_batch(training_ids: list[int], run_id: int | None, run_start: str) -> 
 def recheck(
     training_ids: list[int], source: str = EventSource.STAFF, actor_id: int | None = None
 ) -> list[dict]:
-    """Check these trainings now, due or not (staff "re-check now"); ``actor_id`` is kept
-    in the result next to what each check saw."""
+    """Staff's "re-check now", due or not; the result keeps ``actor_id`` with each check."""
     trainings = list(Training.objects.filter(pk__in=training_ids, finished_at__isnull=True))
     actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
     reports = training_service.recheck(trainings, source=source, actor=actor)
@@ -105,7 +98,6 @@ def recheck(
 
 
 def reconcile_fal() -> dict:
-    """The daily audit of fal's record (monitoring.reconcile); returns its counts."""
     try:
         report = reconcile.reconcile_fal(source=EventSource.SYSTEM)
     except platform.PlatformUnavailable as exc:

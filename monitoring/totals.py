@@ -28,11 +28,8 @@ def labels_text(labels: Mapping[str, str] | None) -> str:
 def add(
     name: str, labels: Mapping[str, str] | None = None, amount: int = 1, *, sum_ms: int = 0
 ) -> None:
-    """Add ``amount`` (and ``sum_ms``, a histogram bucket's) to the total ``name``.
-
-    One UPDATE once the row exists; the first time, a concurrent creator makes our
-    INSERT fail on the unique constraint, and we add to its row.
-    """
+    """Add ``amount`` (and ``sum_ms``) to the total ``name``; the first time, a concurrent
+    creator makes our INSERT fail on the unique constraint, and we add to its row."""
     key = labels_text(labels)
     counted = RunningTotal.objects.filter(name=name, labels=key)
     changes = {"value": F("value") + amount}
@@ -129,11 +126,8 @@ def count_notification_send(sender: Any, *, outcome: str, **kwargs: Any) -> None
 def observe_owner_told(
     sender: Any, *, notification: Any, finished_at: datetime, sent_at: datetime, **kwargs: Any
 ) -> None:
-    """Receiver of ``notifications.signals.owner_told``: how long the owner waited.
-
-    fal's completion is the earlier of what the finish knew and when fal signed its first
-    webhook for the training (read here, so the webhook's request pays nothing for it).
-    """
+    """Receiver of ``notifications.signals.owner_told``: how long the owner waited since
+    the earlier of what the finish knew and fal's first signed webhook for the training."""
     signed = WebhookDelivery.objects.first_signed_at(training_id=notification.training_id)
     start = min(finished_at, signed) if signed is not None else finished_at
     observe(OWNER_TOLD, {"kind": notification.kind}, (sent_at - start).total_seconds())

@@ -190,11 +190,8 @@ def begin_training(
     source: str,
     actor: Any = None,
 ) -> Outcome:
-    """ready_for_training → training with a new attempt in sub-state SUBMITTING.
-
-    Committed before anything is sent to fal, so a second click (or a second
-    process) finds the avatar already training and never submits twice.
-    """
+    """ready_for_training → training with a new attempt in sub-state SUBMITTING, committed
+    before anything is sent to fal: a second click finds the avatar already training."""
     now = timezone.now()
     with transaction.atomic():
         won = Avatar.objects.filter(pk=avatar.pk, status=S.READY_FOR_TRAINING).update(
@@ -290,10 +287,7 @@ def hold(
     detail: str = "",
 ) -> Outcome:
     """SUBMITTING/NOT_SENT → HELD: nothing was sent, the start waits for fal's balance.
-
-    The avatar stays ``training``, nobody is told, no check looks at it (no
-    ``next_check_at``); ``monitoring.billing`` sends it when the balance is back.
-    """
+    The avatar stays ``training``, nobody is told, no check looks at it."""
     now = timezone.now()
     details = {"code": "held", "reason": reason, "detail": detail}
     changes = {
@@ -431,11 +425,8 @@ def _end(now: datetime, outcome: str, fields: dict[str, Any], *trainings: Traini
 
 
 class Finishing(TypedDict, total=False):
-    """Who finishes an attempt, and how (``complete``, ``fail``, ``cancel``, ``finish_failed``).
-
-    ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message;
-    ``fal_finished_at`` (fal's record's ``ended_at``) starts the owner-told figure.
-    """
+    """Who finishes an attempt, and how. ``notify=False`` (an adopted job that had finished
+    elsewhere): no owner message; ``fal_finished_at`` starts the owner-told figure."""
 
     source: Required[str]
     actor: Any
@@ -600,10 +591,7 @@ def fail(
     **finishing: Unpack[Finishing],
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw).
-
-    Without ``owner_message``, ``monitoring.owner_messages`` picks it from ``error_type``.
-    ``fal_status`` is COMPLETED when fal ended the job (fal has no FAILED).
-    """
+    ``fal_status`` is COMPLETED when fal ended the job (fal has no FAILED)."""
     chosen = owner_message or owner_messages.owner_message_for(error_type=error_type)
     return _finish(
         training,
@@ -623,8 +611,7 @@ def fail(
 
 
 def cancel_was_requested(training: Training) -> bool:
-    """Whether staff asked fal to stop this attempt (read again: another process may
-    record it while fal's failure is on its way)."""
+    """Whether staff asked fal to stop this attempt (read again: it may be newly recorded)."""
     return training.cancel_requested_at is not None or (
         Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
     )
@@ -701,11 +688,8 @@ def finish_failed(
     owner_message: str = "",
     **finishing: Unpack[Finishing],
 ) -> Outcome:
-    """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
-
-    After a cancel was requested, fal's failure ("Request was cancelled by the user") is
-    the cancel taking effect: the owner gets the cancelled message, the timeline fal's answer.
-    """
+    """fal ended the job with a failure: cancelled if we asked it to stop (fal's "Request
+    was cancelled by the user" is the cancel taking effect), failed otherwise."""
     chosen = owner_message or owner_messages.owner_message_for(
         error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
     )
@@ -789,10 +773,8 @@ def flag_stuck(
     details: dict[str, Any] | None = None,
     staff_reason: str = "",
 ) -> bool:
-    """Set the stuck flag (one staff alert per episode). A no-op when already flagged.
-
-    ``reason`` is English; the staff alert says ``staff_reason`` (the staff's language).
-    """
+    """Set the stuck flag (one staff alert per episode; ``reason`` in English, the alert's
+    ``staff_reason`` in the staff's language). A no-op when already flagged."""
     now = timezone.now()
     reason = redact(reason)  # it may quote fal's answer
     with transaction.atomic():
