@@ -37,9 +37,8 @@ logger = logging.getLogger("monitoring")
 # Logs grow with the job: fetched on one in-progress check in this many (and every staff one).
 LOGS_EVERY_N_CHECKS = 5
 LOGS_TAIL_LINES = 5
-# Calls in flight per fal-client. Its httpx pool keeps up to 20 connections alive, but
-# httpcore's pool bookkeeping costs CPU with the square of its size on every request:
-# 10 per client cost half the CPU per check of 20 (bench/check_run.py).
+# Calls in flight per fal-client: httpcore's pool bookkeeping costs CPU with the square of
+# its size on every request; 10 per client cost half the CPU of 20 (bench/check_run.py).
 CALLS_PER_CLIENT = 10
 
 # Never read by a check (the rest is, by the stuck rules, the outcome path and the ETA).
@@ -225,8 +224,7 @@ class _Batch:
         # forgotten results cannot run past the task's timeout (the rest wait a check).
         self._record_until = time.monotonic() + _budget_seconds() / 2
         self._record: platform.PlatformClient | None = None
-        # ETA history per trainer and steps, loaded once per batch, and the trainings
-        # whose owner's progress message may have to change.
+        # ETA histories, loaded once per batch; trainings whose progress message may change.
         self._histories: dict[eta.Key, eta.History] = {}
         self.progressed: list[Training] = []
 

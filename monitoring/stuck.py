@@ -55,8 +55,7 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
         limit = timedelta(minutes=settings.STUCK_SUBMITTING_MINUTES)
         causes.append(StuckCause("submit_unknown", training.sent_from, limit))
     if training.check_failures:
-        # The last checks failed: fal's status is what it was before them, unconfirmed,
-        # so no limit is measured from it.
+        # After failed checks fal's status is unconfirmed: no limit is measured from it.
         since = training.last_check_ok_at or training.submitted_at or training.created_at
         limit = timedelta(minutes=settings.STUCK_FAL_UNREACHABLE_MINUTES)
         failures = training.check_failures

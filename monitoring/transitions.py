@@ -45,8 +45,7 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
     S.CANCELLED: frozenset({S.READY_FOR_TRAINING}),
 }
 
-# Sent inside the transaction of the change, so that receivers (the API's event
-# callbacks, the owner's progress message) write their rows with it or not at all.
+# Sent inside the transaction of the change, so receivers write their rows with it or not.
 # finished: ``training`` (with avatar and owner), ``outcome`` (the new status);
 # flagged_stuck: ``training``, ``episode``; retried: ``training`` (the failed attempt)
 # and ``retry``; submitted: ``training_id``, ``source``.
@@ -484,8 +483,7 @@ def _finish(
                 details=details,
                 at=now,
             )
-            # The API's event callbacks go whatever the owner is told (staff may have
-            # chosen "no message"; an adopted job may have been told elsewhere).
+            # Callbacks go whatever the owner is told (staff may have chosen "no message").
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
             if notify:
                 # fal's end as the caller read it (its record), else when we learned it.
