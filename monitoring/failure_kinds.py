@@ -1,7 +1,5 @@
-"""Whose failure was it? fal's own (retried for the owner), the owner's, or unknown.
-
-A reviewed table of fal's machine-readable fields only; unknown is never retried.
-The table and its sources: docs/fal.md#retries-and-deadlines-self-healing.
+"""Whose failure was it? fal's own (retried for the owner), the owner's, or unknown (never
+retried), from fal's machine-readable fields: docs/fal.md#retries-and-deadlines-self-healing.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ NOT_RETRIED: frozenset[str] = frozenset(
 OWNERS: frozenset[str] = frozenset(
     {*PHOTO_PROBLEMS, "face_error", "value_error", "content_policy_violation"}
 )
+SERVER_ERRORS = frozenset({"http_500", "http_502", "http_503", "http_504"})
 
 
 def blame(
@@ -35,8 +34,8 @@ def blame(
     http_status: int | None = None,
     start_deadline_sent: bool = False,
 ) -> Blame:
-    """Whose failure this is. ``request_timeout`` is fal's only when the attempt carried
-    our start deadline (fal then answers 504 for a job it never started in time)."""
+    """``request_timeout`` is fal's only when the attempt carried our start deadline (fal
+    then answers 504 for a job it never started in time)."""
     code = (error_type or "").strip().lower()
     types = {t.strip().lower() for t in detail_types}
     if code in NOT_RETRIED:
@@ -47,8 +46,6 @@ def blame(
         return Blame.FAL if start_deadline_sent else Blame.UNKNOWN
     if code in FALS_OWN:
         return Blame.FAL
-    if http_status is not None and http_status >= 500 and not types:
-        return Blame.FAL
-    if code in {"http_500", "http_502", "http_503", "http_504"} and not types:
+    if not types and ((http_status or 0) >= 500 or code in SERVER_ERRORS):
         return Blame.FAL
     return Blame.UNKNOWN

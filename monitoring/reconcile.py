@@ -1,12 +1,11 @@
-"""Audit what fal billed: fal's record of our endpoints against our trainings.
-
-Finds requests nobody follows and trainings fal finished that we still show active,
-one page at a time. See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
+"""Audit what fal billed: requests nobody follows, trainings fal finished that we show active.
+See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -14,7 +13,6 @@ from html import escape
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from monitoring import billing, status_checks
@@ -35,21 +33,14 @@ class ReconcileReport:
     platform_calls: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "checked": self.checked,
-            "unknown_to_us": self.unknown_to_us,
-            "finished_now": self.finished_now,
-        }
+        return {name: value for name, value in vars(self).items() if name != "platform_calls"}
 
 
 def reconcile_fal(
     *, since_hours: float | None = None, dry_run: bool = False, source: str = EventSource.SYSTEM
 ) -> ReconcileReport:
-    """Compare fal's record of the last ``since_hours`` with our trainings (see module doc).
-
-    Raises ``platform.PlatformUnavailable`` when fal's record cannot be read in full:
-    a partial listing would report nothing unknown for what it did not see.
-    """
+    """Raises ``platform.PlatformUnavailable`` when fal's record cannot be read in full:
+    a partial listing would report nothing unknown for what it did not see."""
     hours = settings.FAL_RECONCILE_HOURS if since_hours is None else since_hours
     now = timezone.now()
     report = ReconcileReport()
@@ -57,16 +48,13 @@ def reconcile_fal(
     with platform.PlatformClient() as client:
         try:
             for endpoint in sorted(set(payloads.ENDPOINTS.values())):
-                page: list[platform.RecordItem] = []
-                items = client.list_requests(
-                    endpoint, start=now - timedelta(hours=hours), end=now + timedelta(minutes=1)
+                items = iter(
+                    client.list_requests(
+                        endpoint, start=now - timedelta(hours=hours), end=now + timedelta(minutes=1)
+                    )
                 )
-                for item in items:
-                    page.append(item)
-                    if len(page) == platform.PAGE_SIZE:
-                        _compare(page, report, stale)
-                        page = []
-                _compare(page, report, stale)
+                while page := list(itertools.islice(items, platform.PAGE_SIZE)):
+                    _compare(page, report, stale)
         finally:
             report.platform_calls = client.calls
     _cost_unknown(report.unknown_to_us, start=now - timedelta(hours=hours), end=now)
@@ -88,8 +76,6 @@ def reconcile_fal(
 def _compare(
     page: list[platform.RecordItem], report: ReconcileReport, stale: dict[int, platform.RecordItem]
 ) -> None:
-    if not page:
-        return
     report.checked += len(page)
     known = {
         request_id: (pk, finished_at)
@@ -133,7 +119,7 @@ def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
             endpoint_id=entry["endpoint_id"],
             ended_at=entry["ended_at"],
             status_code=entry["status_code"],
-            cost_nano_usd=entry.get("cost_nano_usd"),
+            cost_nano_usd=entry["cost_nano_usd"],
             first_seen_at=now,
             last_seen_at=now,
         )
@@ -145,8 +131,9 @@ def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
         UnknownFalRequest.objects.filter(request_id__in=ids[start : start + 1000]).update(
             last_seen_at=now
         )
-    costed = [entry for entry in unknown if entry.get("cost_nano_usd") is not None]
-    for entry in costed:  # rare: requests nobody follows
+    for entry in unknown:  # rare: requests nobody follows
+        if entry["cost_nano_usd"] is None:
+            continue
         UnknownFalRequest.objects.filter(request_id=entry["request_id"]).update(
             cost_nano_usd=entry["cost_nano_usd"]
         )
@@ -190,9 +177,7 @@ def _finish_stale(
     stale: dict[int, platform.RecordItem], *, dry_run: bool, source: str
 ) -> list[dict[str, Any]]:
     """Trainings fal finished that we still show active: the normal path ends them."""
-    if not stale:
-        return []
-    trainings = list(Training.objects.filter(Q(pk__in=list(stale)) & Q(finished_at__isnull=True)))
+    trainings = list(Training.objects.filter(pk__in=list(stale), finished_at__isnull=True))
     if dry_run:
         return [
             {

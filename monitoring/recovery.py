@@ -1,6 +1,4 @@
-"""fal's own record, where the queue cannot tell: a 404, or a submit whose answer was lost.
-
-Nothing here ever submits, and an answer the record could not give decides nothing.
+"""fal's own record, where the queue cannot tell (a 404, a lost submit); never submits.
 See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
@@ -40,34 +38,24 @@ class Recovery:
     in_record: bool | None = None
 
 
-def apply_record_item(
-    training: Training, item: platform.RecordItem, *, via: str, notify: bool = True
-) -> Recovery:
+def apply_record_item(training: Training, item: platform.RecordItem, *, via: str) -> Recovery:
     """Finish ``training`` from fal's record of its request (or flag it for staff)."""
     applied = results.apply(
         training,
         FalOutcome.from_record(item),
         source=RECORD,
-        notify=notify,
         details={"via": via, "status_code": item.status_code},
     )
     return Recovery(True, Said("record", words=applied.summary), applied.changed, True)
 
 
 def recover_from_record(
-    training: Training,
-    *,
-    via: str,
-    notify: bool = True,
-    client: platform.PlatformClient | None = None,
+    training: Training, *, via: str, client: platform.PlatformClient
 ) -> Recovery:
-    """The queue answered 404 for ``training``: ask fal's record what happened to it."""
+    """The queue cannot tell (a 404, a result without a LoRA): ask fal's record."""
     assert training.fal_request_id
     try:
-        if client is None:
-            item = platform.find_request(training.endpoint, training.fal_request_id)
-        else:
-            item = client.find_request(training.endpoint, training.fal_request_id)
+        item = client.find_request(training.endpoint, training.fal_request_id)
     except platform.PlatformUnavailable as exc:
         return Recovery(False, Said("record_unreadable", error=exc))
     if item is None:
@@ -79,14 +67,10 @@ def recover_from_record(
         item.status_code,
         "kept" if item.has_output else "missing",
     )
-    return apply_record_item(training, item, via=via, notify=notify)
-
-
-# --- Lost submits ----------------------------------------------------------------------
+    return apply_record_item(training, item, via=via)
 
 
 def is_lost_submit(training: Training, now: datetime) -> bool:
-    """A submit with no request id whose answer was lost, or whose process died."""
     if training.finished_at is not None or training.fal_request_id:
         return False
     if training.fal_status in (FalStatus.NOT_SENT, FalStatus.HELD):
@@ -117,24 +101,17 @@ def lookup_lost_submit(
         )
         training.submit_unknown_since = now
     since = training.sent_from - CLOCK_SKEW
+    find = platform.find_matching if client is None else client.find_matching
     try:
-        if client is None:
-            matches, unverifiable = platform.find_matching(
-                training.endpoint, training.arguments or {}, since=since
-            )
-        else:
-            matches, unverifiable = client.find_matching(
-                training.endpoint, training.arguments or {}, since=since
-            )
+        matches, unverifiable = find(training.endpoint, training.arguments or {}, since=since)
     except platform.PlatformUnavailable as exc:
         return Recovery(False, Said("lost_unreadable", error=exc))
-    if matches:
-        known = set(
-            Training.objects.filter(
-                Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
-            ).values_list("fal_request_id", flat=True)
-        )
-        matches = [m for m in matches if m.request_id not in known]
+    known = set(
+        Training.objects.filter(
+            Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
+        ).values_list("fal_request_id", flat=True)
+    )
+    matches = [m for m in matches if m.request_id not in known]
     if not matches:
         return _no_match(training, unverifiable, now)
     return _adopt_match(training, matches, via=via)

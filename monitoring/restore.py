@@ -1,31 +1,24 @@
 """Startup restore: after the worker starts, every active training is checked at once.
-
-Nothing is held in memory, so only the urgency is restored, without disturbing another
-host's cadence. See docs/architecture.md#the-periodic-check.
+See docs/architecture.md#the-periodic-check.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone, translation
 from django.utils.translation import ngettext
-from django_q.models import Schedule
 
 from monitoring.models import CheckRun, FalStatus, Training
-from monitoring.ops.schedules import PERIODIC_CHECK
 
 logger = logging.getLogger("monitoring")
 
 
 def restore_monitoring(*, enqueue: bool = True) -> int:
-    """Make every active training due now and enqueue a run; returns how many are active.
-
-    One checked within the last interval (by another host) keeps its place. Held starts
-    were never sent: nothing to check (``monitoring.billing`` sends them).
-    """
+    """Make every active training due now (but held starts, and those another host has
+    just checked) and enqueue a run; returns how many are active."""
     now = timezone.now()
     active = Training.objects.filter(finished_at__isnull=True).exclude(fal_status=FalStatus.HELD)
     count = active.count()
@@ -47,8 +40,3 @@ def restore_monitoring(*, enqueue: bool = True) -> int:
         ) % {"n": count}
     logger.info(line)
     return count
-
-
-def next_scheduled_check() -> datetime | None:
-    """When django-q2's scheduler runs the periodic check next (None: not scheduled)."""
-    return Schedule.objects.filter(name=PERIODIC_CHECK).values_list("next_run", flat=True).first()

@@ -1,7 +1,5 @@
 """The periodic status check: claim the due trainings, ask fal about them, apply what changed.
-
-Claims are conditional updates, so no training is checked twice in an interval
-whatever the number of workers. See docs/architecture.md#the-periodic-check.
+See docs/architecture.md#the-periodic-check.
 """
 
 from __future__ import annotations
@@ -22,74 +20,49 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
+from django_q.models import Schedule
 from django_q.tasks import async_task
 
-from monitoring import (
-    eta,
-    owner_delay,
-    owner_progress,
-    recovery,
-    restore,
-    stuck,
-    totals,
-    transitions,
-)
+from monitoring import eta, owner_delay, owner_progress, recovery, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import AnsweredBy, FalOutcome
 from monitoring.models import AvatarStatus, CheckRun, EventSource, FalStatus, Training
+from monitoring.ops.schedules import PERIODIC_CHECK
 from monitoring.wording import Said, status_words
 from notifications import delivery, outbox
 
 logger = logging.getLogger("monitoring")
 
-# Logs grow with the job: fetch them on one in-progress check out of this many (and
-# on every staff check).
+# Logs grow with the job: fetched on one in-progress check in this many (and every staff one).
 LOGS_EVERY_N_CHECKS = 5
 LOGS_TAIL_LINES = 5
-# Calls in flight per fal-client. Its httpx pool keeps up to 20 connections alive, but
-# httpcore's pool bookkeeping costs CPU with the square of its size on every request:
-# 10 per client cost half the CPU per check of 20 (bench/check_run.py).
+# Calls in flight per fal-client: httpcore's pool bookkeeping costs CPU with the square of
+# its size on every request; 10 per client cost half the CPU of 20 (bench/check_run.py).
 CALLS_PER_CLIENT = 10
 
-_LOADED_FIELDS = (
-    "id",
-    "avatar_id",
-    "endpoint",
-    "fal_request_id",
-    "fal_status",
-    "queue_position",
-    "logs_tail",
-    "created_at",
-    "released_at",
-    "submitted_at",
-    "started_at",
-    "finished_at",
-    "last_check_ok_at",
-    "check_failures",
-    "not_found_count",
-    "not_found_since",
-    "stuck_since",
-    "stuck_reason",
-    "stuck_episode",
-    "stuck_deadline_extended_until",
-    "cancel_requested_at",
-    "outcome",
-    "next_check_at",
-    "last_checked_at",
-    "last_check_error",
-    # Read by the stuck rules on every check (fal's record, monitoring.recovery).
-    "submit_unknown_since",
-    "lost_submit_given_up_at",
-    "result_unavailable_since",
-    # Read by the outcome path (retries and deadlines).
-    "attempt",
-    "start_deadline_seconds",
-    "deadline_cancel_at",
-    # The ETA (monitoring.eta): its inputs and what it last said.
-    "arguments",
-    "queue_position_first",
-    *eta.FIELDS,
+# Never read by a check (the rest is, by the stuck rules, the outcome path and the ETA).
+_UNREAD_FIELDS = (
+    "gateway_request_id",
+    "status_url",
+    "response_url",
+    "cancel_url",
+    "webhook_url",
+    "lora_url",
+    "config_url",
+    "result",
+    "error_type",
+    "error_message",
+    "owner_message",
+    "staff_note",
+    "held_since",
+    "held_reason",
+    "cost_state",
+    "cost_nano_usd",
+    "cost_units",
+    "cost_unit_price",
+    "cost_lookups",
+    "cost_next_lookup_at",
 )
 
 
@@ -104,7 +77,6 @@ class CheckReport:
     changed: bool = False
     summary: Said | str = ""  # worded when shown (monitoring.wording)
     error: str = ""
-    # Internal tallies for the CheckRun heartbeat.
     checked: bool = True
     fal_error: bool = False
 
@@ -124,12 +96,9 @@ def _interval() -> timedelta:
 
 
 def _budget_seconds() -> float:
-    """How long a batch may spend asking fal: well inside the interval and the task timeout."""
+    """Well inside the interval and the task timeout."""
     limit = min(settings.CHECK_INTERVAL_SECONDS, settings.Q_CLUSTER.get("timeout") or 60)
     return max(1.0, 0.75 * limit)
-
-
-# --- 1. Claim ---------------------------------------------------------------------------
 
 
 def _lease() -> timedelta:
@@ -137,33 +106,22 @@ def _lease() -> timedelta:
 
 
 def lease_token(run_start: datetime) -> datetime:
-    """The ``next_check_at`` a run's claim writes: its batches recognise their trainings by it.
-
-    The lease is shorter than the interval, so the trainings of a run that died are
-    due again within one interval; a live batch renews it while it works
-    (``_LeaseKeeper``) and, when done, moves its trainings to ``run_start + interval``.
-    """
+    """The ``next_check_at`` a run's claim writes, by which its batches recognise their
+    trainings; shorter than the interval, so a dead run's trainings are soon due again."""
     return run_start + _lease()
 
 
 def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
-    """Lease the due active trainings to this run; returns their ids.
-
-    One statement, so two claimers can never both get a row: on PostgreSQL the SELECT
-    skips rows another claimer has locked and re-checks its condition on rows changed
-    since its snapshot (a claim committed meanwhile pushed them past the horizon); on
-    SQLite the statement holds the write lock.
-    """
+    """Lease the due active trainings to this run: one statement, so two claimers never
+    both get a row (PostgreSQL skips locked rows, re-checks rows changed since its snapshot)."""
     lease_until = lease_token(run_start)
-    # A run may fire a little early; what falls due within the grace is taken now
-    # rather than left for a second interval.
-    # (Never as far ahead as a live batch's renewed lease, which keeps 2/3 of it.)
+    # A run may fire a little early; what falls due within the grace is taken now (never
+    # as far ahead as a live batch's renewed lease, which keeps 2/3 of it).
     horizon = run_start + min(timedelta(seconds=5), _interval() / 10, _lease() / 3)
     table = Training._meta.db_table
     if connection.vendor == "postgresql":
-        # The CTE is computed once (a locking CTE always is); an IN (subquery) form can
-        # be planned as a nested loop re-running the subquery per row: quadratic, 14 s
-        # for 10,000 rows on fresh statistics.
+        # A locking CTE is computed once; an IN (subquery) form can be planned as a nested
+        # loop re-running the subquery per row (14 s for 10,000 rows).
         sql = (
             f"WITH due AS (SELECT id FROM {table} WHERE finished_at IS NULL "
             f"AND next_check_at <= %s ORDER BY next_check_at LIMIT %s FOR UPDATE SKIP LOCKED) "
@@ -184,9 +142,6 @@ def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-# --- 2. Ask fal ---------------------------------------------------------------------------
-
-
 def _wants_logs(training: Training, run_start: datetime, source: str) -> bool:
     if training.fal_status != FalStatus.IN_PROGRESS:
         return False
@@ -196,22 +151,22 @@ def _wants_logs(training: Training, run_start: datetime, source: str) -> bool:
     return (slot + training.pk) % LOGS_EVERY_N_CHECKS == 0
 
 
-async def _ask_all(trainings: list[Training], wants_logs: list[bool], budget: float) -> list[_Seen]:
+async def _ask_all(
+    trainings: list[Training], run_start: datetime, source: str, budget: float
+) -> list[_Seen]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    # Several clients of at most CALLS_PER_CLIENT calls in flight each.
     clients = max(1, math.ceil(settings.CHECK_CONCURRENCY / CALLS_PER_CLIENT))
     per_client = math.ceil(settings.CHECK_CONCURRENCY / clients)
     try:
-        sessions = [fal.FalSession() for _ in range(clients)]
+        slots = [(fal.FalSession(), asyncio.Semaphore(per_client)) for _ in range(clients)]
     except fal.FalError as exc:  # no key configured: every check answers the same
         return [_Seen(error=exc) if t.fal_request_id else _Seen() for t in trainings]
-    pools = [asyncio.Semaphore(per_client) for _ in sessions]
 
-    async def ask(index: int, training: Training, with_logs: bool) -> _Seen:
+    async def ask(index: int, training: Training) -> _Seen:
         if not training.fal_request_id:
             return _Seen()
-        session, pool = sessions[index % clients], pools[index % clients]
+        session, pool = slots[index % clients]
         async with pool:
             remaining = deadline - loop.time()
             if remaining <= 0.05:
@@ -221,7 +176,7 @@ async def _ask_all(trainings: list[Training], wants_logs: list[bool], budget: fl
                 seen.report = await session.status(
                     training.endpoint,
                     training.fal_request_id,
-                    with_logs=with_logs,
+                    with_logs=_wants_logs(training, run_start, source),
                     timeout=min(session.timeout, remaining),
                 )
                 if seen.report.status == "COMPLETED" and not seen.report.error:
@@ -235,32 +190,20 @@ async def _ask_all(trainings: list[Training], wants_logs: list[bool], budget: fl
             return seen
 
     try:
-        return await asyncio.gather(
-            *(ask(i, t, w) for i, (t, w) in enumerate(zip(trainings, wants_logs, strict=True)))
-        )
+        return await asyncio.gather(*(ask(i, t) for i, t in enumerate(trainings)))
     finally:
-        for session in sessions:
+        for session, _pool in slots:
             await session.__aexit__(None, None, None)
-
-
-# --- 3. Apply ------------------------------------------------------------------------------
-
-
-def _logs_tail(logs: list[dict[str, Any]] | None) -> str | None:
-    if not logs:
-        return None
-    lines = [
-        str(entry.get("message", ""))
-        for entry in logs[-LOGS_TAIL_LINES:]
-        if isinstance(entry, dict)
-    ]
-    return "\n".join(lines)[-2000:]
 
 
 def _state(training: Training) -> str:
     if training.finished_at is not None:
         return training.outcome or "finished"
     return str(training.fal_status)
+
+
+def _report(training: Training) -> CheckReport:
+    return CheckReport(training.pk, training.avatar_id, _state(training), _state(training))
 
 
 class _Batch:
@@ -273,20 +216,15 @@ class _Batch:
         self.ok_ids: list[int] = []
         self.moved: list[Training] = []  # queue position or logs changed
         self.failed: list[Training] = []  # check failure fields changed
-        # fal errors by class, added to the running totals once per batch (/metrics).
         self.fal_errors: collections.Counter[str] = collections.Counter()
         self.account_alerted = False
-        # Network work a check decides on but never does itself (a task each, after
-        # the batch): send an automatic retry whose hand-over was lost, cancel a run
-        # past its limit.
+        # Network work a check decides on but leaves to a task each, after the batch.
         self.tasks: list[tuple[str, int]] = []
-        # fal's record is asked one training after another, after the queue's answers:
-        # bounded so that a batch of forgotten results (after a long outage of ours)
-        # cannot run past the task's timeout; the rest are asked at the next check.
+        # fal's record is asked one training after another: bounded so that a batch of
+        # forgotten results cannot run past the task's timeout (the rest wait a check).
         self._record_until = time.monotonic() + _budget_seconds() / 2
         self._record: platform.PlatformClient | None = None
-        # ETA history per trainer and steps, loaded once per batch (monitoring.eta), and
-        # the trainings whose owner's progress message may have to change.
+        # ETA histories, loaded once per batch; trainings whose progress message may change.
         self._histories: dict[eta.Key, eta.History] = {}
         self.progressed: list[Training] = []
 
@@ -295,39 +233,31 @@ class _Batch:
         return next_due(self.run_start)
 
     def apply(self, training: Training, seen: _Seen) -> CheckReport:
-        before = _state(training)
-        report = CheckReport(training.pk, training.avatar_id, before, before)
+        report = _report(training)
         if not training.fal_request_id:
-            if training.fal_status == FalStatus.HELD:
+            if not recovery.is_lost_submit(training, self.now):  # never a held one
                 report.checked = False
-                report.summary = Said("held")
-                return report
-            if recovery.is_lost_submit(training, self.now):
-                self._lost_submit(training, report)
-                report.after = _state(training)
-                return report
-            report.checked = False
-            report.summary = Said("submit_pending")
-            if training.fal_status == FalStatus.NOT_SENT:
-                report.summary = Said("retry_pending")
-                if self.now - training.created_at >= _interval():
+                waiting = {FalStatus.HELD.value: "held", FalStatus.NOT_SENT.value: "retry_pending"}
+                report.summary = Said(waiting.get(training.fal_status, "submit_pending"))
+                if (
+                    training.fal_status == FalStatus.NOT_SENT
+                    and self.now - training.created_at >= _interval()
+                ):
                     self.tasks.append(("monitoring.tasks.send_attempt", training.pk))
-            return report
-        if seen.skipped:
+                return report
+            self._lost_submit(training, report)
+        elif seen.skipped:
             report.checked = False
             report.summary = Said("out_of_time")
             training.next_check_at = self.now
             self.failed.append(training)
             return report
-
-        if seen.error is not None and seen.report is None:
+        elif seen.error is not None and seen.report is None:
             self._fal_error(training, seen.error, report)
         elif seen.report is not None:
             self._status(training, seen, report)
         report.after = _state(training)
         return report
-
-    # -- answers --
 
     def _status(self, training: Training, seen: _Seen, report: CheckReport) -> None:
         answer = seen.report
@@ -347,7 +277,11 @@ class _Batch:
             )
         else:
             summary = Said("still", status=status_words(answer.status))
-        tail = _logs_tail(answer.logs)
+        tail = None
+        if answer.logs:
+            entries = answer.logs[-LOGS_TAIL_LINES:]
+            lines = [str(entry.get("message", "")) for entry in entries if isinstance(entry, dict)]
+            tail = "\n".join(lines)[-2000:]
         moved = False
         if answer.status == "IN_QUEUE" and training.queue_position != position:
             training.queue_position = position
@@ -356,9 +290,7 @@ class _Batch:
         if tail is not None and tail != training.logs_tail:
             training.logs_tail = tail
             moved = True
-        if self._estimate(training, was, logs_fresh=tail is not None):
-            moved = True
-        if moved:
+        if self._estimate(training, was, logs_fresh=tail is not None) or moved:
             self.moved.append(training)
         if training.cancel_requested_at:
             summary = summary.then(Said("cancel_pending"))
@@ -378,12 +310,10 @@ class _Batch:
                 transitions.record_fal_status(
                     training, fal_status=FalStatus.COMPLETED, source=self.source
                 )
-            if isinstance(seen.error, fal.FalNotFound):
-                # The queue forgot the result it just said was there: fal's record decides.
-                self._fal_error(training, seen.error, report)
-                return
             self._fal_error(training, seen.error or fal.FalTransient("empty result"), report)
-            report.summary = Said("not_fetched", error=report.error)
+            # On a 404 the queue forgot the result it just said was there: fal's record decided.
+            if not isinstance(seen.error, fal.FalNotFound):
+                report.summary = Said("not_fetched", error=report.error)
             return
         applied = results.apply(training, outcome, source=self.source)
         report.changed, report.summary = applied.changed, applied.summary
@@ -399,7 +329,7 @@ class _Batch:
         report.fal_error = True
         self.fal_errors[type(error).__name__] += 1
         if isinstance(error, fal.FalNotFound):
-            self._not_found(training, error, report)
+            self._not_found(training, report)
             return
         if isinstance(error, fal.FalAuthError) and not self.account_alerted:
             # Our key or fal's billing, not the avatar: tell staff, fail nothing.
@@ -425,23 +355,24 @@ class _Batch:
         if key not in self._histories:
             self._histories.update(eta.load([key]))
         seen_seconds = None
-        if old_status == FalStatus.IN_QUEUE and training.fal_status == FalStatus.IN_QUEUE:
-            if last_seen is not None:
-                seen_seconds = (self.now - last_seen).total_seconds()
+        if old_status == training.fal_status == FalStatus.IN_QUEUE and last_seen is not None:
+            seen_seconds = (self.now - last_seen).total_seconds()
         changed = False
         if training.queue_position_first is None and training.queue_position is not None:
             training.queue_position_first = training.queue_position
             changed = True
         phase = owner_progress.phase_of(training)
-        if eta.refresh(
-            training,
-            self._histories[key],
-            now=self.now,
-            old_position=old_position,
-            seen_seconds=seen_seconds,
-            logs_fresh=logs_fresh,
-        ):
-            changed = True
+        changed = (
+            eta.refresh(
+                training,
+                self._histories[key],
+                now=self.now,
+                old_position=old_position,
+                seen_seconds=seen_seconds,
+                logs_fresh=logs_fresh,
+            )
+            or changed
+        )
         if (
             changed
             or old_status != training.fal_status
@@ -450,10 +381,8 @@ class _Batch:
             self.progressed.append(training)
         return changed
 
-    # -- fal's record: when the queue cannot tell (monitoring.recovery) --
-
     def _record_client(self) -> platform.PlatformClient | None:
-        """One Platform API client per batch, while the batch's record budget lasts."""
+        """One client per batch, while the batch's record budget lasts."""
         if time.monotonic() > self._record_until:
             return None
         if self._record is None:
@@ -469,19 +398,16 @@ class _Batch:
             self._record = None
 
     def _lost_submit(self, training: Training, report: CheckReport) -> None:
-        """No request id and the submit's answer is lost: search fal's record for it."""
         client = self._record_client()
         if client is None:
             report.summary = Said("lost_not_asked")
             return
         found = recovery.lookup_lost_submit(training, via=self.source, now=self.now, client=client)
-        report.summary = found.summary
-        report.changed = found.changed
+        report.summary, report.changed = found.summary, found.changed
 
     def _from_record(
         self, training: Training, report: CheckReport, why: str = "queue_404"
     ) -> recovery.Recovery:
-        """The queue cannot tell (404, or a result without a LoRA): fal's record decides."""
         client = self._record_client()
         if client is None:
             return recovery.Recovery(False, Said("record_not_asked"))
@@ -491,17 +417,16 @@ class _Batch:
             report.summary = Said(why).then(found.summary)
         return found
 
-    def _not_found(self, training: Training, error: fal.FalError, report: CheckReport) -> None:
+    def _not_found(self, training: Training, report: CheckReport) -> None:
         found = self._from_record(training, report)
         if found.decided:
             if training.finished_at is None:
                 self._ok(training)  # fal's record answered: not a failed check
             return
         if training.cancel_requested_at and found.in_record is False:
-            outcome = transitions.cancel(
+            report.changed = transitions.cancel(
                 training, source=self.source, reason="fal no longer knows the job after the cancel"
-            )
-            report.changed = outcome.changed
+            ).changed
             report.summary = Said("dropped")
             return
         training.not_found_count += 1
@@ -517,7 +442,7 @@ class _Batch:
             )
         )
         if confirmed:
-            outcome = transitions.fail(
+            report.changed = transitions.fail(
                 training,
                 error_message=(
                     f"fal does not know this request (404 on {training.not_found_count} "
@@ -525,8 +450,7 @@ class _Batch:
                 ),
                 error_type="not_found",
                 source=self.source,
-            )
-            report.changed = outcome.changed
+            ).changed
             report.summary = Said("unknown_to_fal")
             return
         training.last_check_error = report.error
@@ -545,8 +469,6 @@ class _Batch:
         training.not_found_since = None
         training.last_check_ok_at = self.now
         self.ok_ids.append(training.pk)
-
-    # -- the routine writes, a few queries per batch --
 
     def flush(self) -> None:
         for task, training_id in self.tasks:
@@ -577,11 +499,8 @@ class _Batch:
 
 
 def _write(trainings: list[Training], fields: list[str]) -> None:
-    """Store these fields of active trainings: one UPDATE each, in one round trip.
-
-    (Django's ``bulk_update`` builds a CASE over every row for every field: its cost
-    grows with the square of the batch, in Python and in the database.)
-    """
+    """Store these fields of active trainings: one UPDATE each, in one round trip
+    (``bulk_update``'s CASE over every row costs the square of the batch)."""
     if not trainings:
         return
     concrete = {field.name: field for field in Training._meta.concrete_fields}
@@ -606,11 +525,7 @@ def check_trainings(
     dry_run: bool = False,
     run_start: datetime | None = None,
 ) -> list[CheckReport]:
-    """Check these trainings on fal now and apply what fal says (unless ``dry_run``).
-
-    Used by the periodic run (on the trainings it claimed) and by staff tools (any
-    trainings, due or not).
-    """
+    """Check these trainings on fal now and apply what fal says (unless ``dry_run``)."""
     trainings = [t for t in trainings if t.finished_at is None]
     if not trainings:
         return []
@@ -624,8 +539,7 @@ def check_trainings(
             source,
             extra={"avatar_id": training.avatar_id, "request_id": training.fal_request_id},
         )
-    wants_logs = [_wants_logs(t, run_start, source) for t in trainings]
-    seen = asyncio.run(_ask_all(trainings, wants_logs, _budget_seconds()))
+    seen = asyncio.run(_ask_all(trainings, run_start, source, _budget_seconds()))
 
     if dry_run:
         return [_dry_report(t, s) for t, s in zip(trainings, seen, strict=True)]
@@ -639,15 +553,8 @@ def check_trainings(
                 reports.append(batch.apply(training, answer))
             except Exception as exc:  # one bad row must not stop the batch
                 logger.exception("Check of avatar %s failed", training.avatar_id)
-                reports.append(
-                    CheckReport(
-                        training.pk,
-                        training.avatar_id,
-                        _state(training),
-                        _state(training),
-                        error=repr(exc)[:1000],
-                    )
-                )
+                reports.append(_report(training))
+                reports[-1].error = repr(exc)[:1000]
         batch.flush()
         owner_progress.checked(batch.progressed)
     finally:
@@ -659,7 +566,7 @@ def check_trainings(
 
 
 def _dry_report(training: Training, seen: _Seen) -> CheckReport:
-    report = CheckReport(training.pk, training.avatar_id, _state(training), _state(training))
+    report = _report(training)
     if seen.error is not None:
         report.error = str(seen.error)
         report.fal_error = True
@@ -667,9 +574,10 @@ def _dry_report(training: Training, seen: _Seen) -> CheckReport:
         answer = seen.report
         report.after = "error" if answer.failed else answer.status
         report.changed = report.after != report.before
-        status = status_words(answer.status)
         report.summary = Said(
-            "fal_says_error" if answer.error else "fal_says", status=status, error=answer.error
+            "fal_says_error" if answer.error else "fal_says",
+            status=status_words(answer.status),
+            error=answer.error,
         )
     elif not training.fal_request_id:
         report.checked = False
@@ -677,15 +585,9 @@ def _dry_report(training: Training, seen: _Seen) -> CheckReport:
     return report
 
 
-# --- The lease of a batch ---------------------------------------------------------------------
-
-
 def _move_lease(ids: list[int], expected: datetime, new: datetime) -> list[int]:
-    """Set ``next_check_at`` to ``new`` on those of ``ids`` still at ``expected``.
-
-    Raw SQL like the claim, so that both sides of the comparison are written the same
-    way on every database.
-    """
+    """Set ``next_check_at`` to ``new`` on those of ``ids`` still at ``expected`` (raw SQL
+    like the claim, so both sides of the comparison are written alike on every database)."""
     if not ids:
         return []
     table = Training._meta.db_table
@@ -700,18 +602,14 @@ def _move_lease(ids: list[int], expected: datetime, new: datetime) -> list[int]:
 
 
 class _LeaseKeeper:
-    """Holds a batch's trainings while it works: takes them over, renews, hands them back.
-
-    Renewal runs in a thread (the batch is busy in its event loop) with its own
-    database connection, every third of the lease.
-    """
+    """Holds a batch's trainings while it works: takes them over, renews them (in a thread
+    with its own connection: the batch is busy in its event loop), hands them back."""
 
     def __init__(self, ids: list[int], token: datetime) -> None:
         self.ids = list(ids)
         self.current = token
         self.held: list[int] = []
         self._done = threading.Event()
-        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _LeaseKeeper:
@@ -724,11 +622,11 @@ class _LeaseKeeper:
 
     def _renew(self) -> None:
         try:
+            # Only this thread moves the lease until ``__exit__`` has joined it.
             while not self._done.wait(settings.CHECK_LEASE_SECONDS / 3):
-                with self._lock:
-                    new = timezone.now() + _lease()
-                    _move_lease(self.held, self.current, new)
-                    self.current = new
+                new = timezone.now() + _lease()
+                _move_lease(self.held, self.current, new)
+                self.current = new
         except Exception:  # the lease then simply expires: the trainings are due again
             logger.exception("Could not renew the lease of a check batch")
         finally:
@@ -736,41 +634,24 @@ class _LeaseKeeper:
 
     def hand_back(self, next_due: datetime) -> None:
         """What the checks did not reschedule themselves is due one interval after the run."""
-        self._stop()
+        self.__exit__()
         _move_lease(self.held, self.current, next_due)
 
-    def _stop(self) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        # On an error the trainings keep the lease and fall due when it runs out.
         self._done.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
-    def __exit__(self, *exc_info: object) -> None:
-        # On an error the trainings keep the lease and fall due when it runs out.
-        self._stop()
-
-
-# --- The run -------------------------------------------------------------------------------
-
-
-def _tally(reports: list[CheckReport]) -> dict[str, int]:
-    return {
-        "checked": sum(r.checked for r in reports),
-        "changed": sum(r.changed for r in reports),
-        "completed": sum(r.changed and r.after == AvatarStatus.COMPLETED for r in reports),
-        "failed": sum(r.changed and r.after == AvatarStatus.ERROR for r in reports),
-        "errors": sum(r.fal_error for r in reports),
-    }
-
 
 def check_batch(
     training_ids: list[int], run_id: int | None, run_start: datetime
 ) -> list[CheckReport]:
-    """Check one batch of claimed trainings and add its counts to the run's heartbeat."""
     with _LeaseKeeper(training_ids, lease_token(run_start)) as lease:
         # Only what this run still holds: a batch redelivered by the broker after its
         # worker died finds its trainings leased again (or checked) by a later run.
-        trainings = list(Training.objects.active().filter(pk__in=lease.held).only(*_LOADED_FIELDS))
+        trainings = list(Training.objects.active().filter(pk__in=lease.held).defer(*_UNREAD_FIELDS))
         due = next_due(run_start)
         for training in trainings:
             training.next_check_at = due  # unless the check decides otherwise
@@ -778,7 +659,13 @@ def check_batch(
         lease.hand_back(due)
     if run_id is not None:
         now = timezone.now()
-        counts = _tally(reports)
+        counts = {
+            "checked": sum(r.checked for r in reports),
+            "changed": sum(r.changed for r in reports),
+            "completed": sum(r.changed and r.after == AvatarStatus.COMPLETED for r in reports),
+            "failed": sum(r.changed and r.after == AvatarStatus.ERROR for r in reports),
+            "errors": sum(r.fal_error for r in reports),
+        }
         CheckRun.objects.filter(pk=run_id).update(
             finished_at=now,
             duration_seconds=(now - run_start).total_seconds(),
@@ -788,37 +675,22 @@ def check_batch(
     return reports
 
 
-# --- fal failing for everyone ----------------------------------------------------------------
-
-
-def fal_outage_since() -> datetime | None:
+def fal_outage_since(before: datetime | None = None) -> datetime | None:
     """When the fal outage going on began, as the latest run that asked fal recorded it."""
-    return (
-        CheckRun.objects.filter(checked__gt=0)
-        .order_by("-started_at")
-        .values_list("fal_outage_since", flat=True)
-        .first()
-    )
+    runs = CheckRun.objects.filter(checked__gt=0)
+    if before is not None:
+        runs = runs.filter(started_at__lt=before)
+    return runs.order_by("-started_at").values_list("fal_outage_since", flat=True).first()
 
 
 def _judge_fal_outage(run_id: int) -> None:
-    """Record a fal-wide failure on the run, and tell staff once per episode.
-
-    fal is failing broadly when at least FAL_OUTAGE_ERROR_SHARE of a run's calls (at
-    least FAL_OUTAGE_MIN_CALLS of them) failed. While it lasts the runs check a sample
-    (``_claim_limit``) and the episode goes on as long as the sample keeps failing; the
-    first run that succeeds ends it. Nothing here touches an avatar.
-    """
+    """Record a fal-wide failure (FAL_OUTAGE_ERROR_SHARE of at least FAL_OUTAGE_MIN_CALLS
+    calls) on the run, telling staff once per episode; a run that succeeds ends it."""
     run = CheckRun.objects.filter(pk=run_id).values("started_at", "checked", "errors").get()
     calls, errors = run["checked"], run["errors"]
     if not calls or errors < settings.FAL_OUTAGE_ERROR_SHARE * calls:
         return
-    going_on = (
-        CheckRun.objects.filter(started_at__lt=run["started_at"], checked__gt=0)
-        .order_by("-started_at")
-        .values_list("fal_outage_since", flat=True)
-        .first()
-    )
+    going_on = fal_outage_since(before=run["started_at"])
     if calls < settings.FAL_OUTAGE_MIN_CALLS and going_on is None:
         return  # too few calls to say fal is down for everyone
     since = going_on or run["started_at"]
@@ -836,20 +708,13 @@ def _judge_fal_outage(run_id: int) -> None:
         outbox.queue_fal_outage_alert(since=since, failed=errors, calls=calls)
 
 
-def _claim_limit() -> int:
-    """Everything due; during a fal outage only a sample, enough to tell when it ends."""
-    return settings.FAL_OUTAGE_MIN_CALLS if fal_outage_since() else 100_000
-
-
 def next_due(run_start: datetime) -> datetime:
-    """When a training checked by the run that started at ``run_start`` is due again.
-
-    One interval on, or the next scheduled run when that comes sooner: a run at an
-    arbitrary moment (the startup restore, a manual run) then leaves its trainings due
-    for the scheduler's next run instead of pushing them a full interval out.
-    """
+    """When a training checked by the run that started at ``run_start`` is due again: one
+    interval on, or the next scheduled run when sooner (after a restore or manual run)."""
     due = run_start + _interval()
-    scheduled = restore.next_scheduled_check()
+    scheduled = (
+        Schedule.objects.filter(name=PERIODIC_CHECK).values_list("next_run", flat=True).first()
+    )
     # A scheduled run within the claim's grace would find them due anyway; an overdue
     # one fires within the scheduler's tick and then runs an interval on.
     grace = min(timedelta(seconds=5), _interval() / 10)
@@ -863,7 +728,10 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     started = time.monotonic()
     run_start = timezone.now()
     run = CheckRun.objects.create(kind=kind, started_at=run_start)
-    ids = claim_due(run_start, limit=_claim_limit())
+    # During a fal outage only a sample, enough to tell when it ends.
+    ids = claim_due(
+        run_start, limit=settings.FAL_OUTAGE_MIN_CALLS if fal_outage_since() else 100_000
+    )
     size = settings.CHECK_BATCH_SIZE
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     notes = ""
@@ -879,7 +747,10 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
                 task_name=f"check batch of run {run.pk}",
             )
         notes = f"fanned out as {len(batches)} batches of up to {size}"
-    _sweep_outbox()
+    try:  # hand the sender anything due: lost hand-overs, expired leases
+        delivery.sweep()
+    except Exception:  # a sender problem must not fail the check run
+        logger.exception("Notification sweep failed")
     fields = {"due": len(ids), "notes": notes}
     if len(batches) <= 1:
         fields.update(
@@ -888,11 +759,3 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     CheckRun.objects.filter(pk=run.pk).update(**fields)
     run.refresh_from_db()
     return run
-
-
-def _sweep_outbox() -> None:
-    """Hand the notification sender anything due: lost hand-overs, expired leases."""
-    try:
-        delivery.sweep()
-    except Exception:  # a sender problem must not fail the check run
-        logger.exception("Notification sweep failed")

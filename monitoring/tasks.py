@@ -1,12 +1,10 @@
-"""django-q2 task functions of the monitoring engine.
-
-Tests and staff tools call these directly or enqueue them with
-``django_q.tasks.async_task("monitoring.tasks.<name>", ...)``; nothing here waits on
-another task.
-"""
+"""django-q2 task functions of the monitoring engine (``monitoring.tasks.<name>``);
+nothing here waits on another task."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from datetime import datetime, timedelta
 
@@ -21,12 +19,10 @@ from monitoring.models import CheckRun, EventSource, FalAccount, Training
 
 
 def run_check(kind: str = CheckRun.Kind.SCHEDULED) -> int:
-    """The periodic check (the schedule and startup restore enqueue it); returns the run id."""
     return status_checks.run_periodic_check(kind=kind).pk
 
 
 def send_attempt(training_id: int) -> str:
-    """Send an automatic retry now (queued when fal's failure was applied)."""
     training = Training.objects.select_related("avatar").filter(pk=training_id).first()
     if training is None:
         return "no such training"
@@ -34,22 +30,12 @@ def send_attempt(training_id: int) -> str:
 
 
 def look_up_costs() -> dict:
-    """What fal billed for finished trainings (monitoring.billing); returns its counts."""
-    report = billing.look_up_costs()
-    return {
-        "looked_up": report.looked_up,
-        "billed": report.billed,
-        "not_billed": report.not_billed,
-        "calls": report.calls,
-        "error": report.error,
-    }
+    return dataclasses.asdict(billing.look_up_costs())
 
 
 def check_balance() -> dict:
-    """fal's balance (monitoring.billing): the alert episode, the hold on new starts, and
-    the held starts sent once it is back. Scheduled every minute (or every
-    FAL_BALANCE_CHECK_SECONDS // 60): reads when due; under a minute (tests, demos),
-    every FAL_BALANCE_CHECK_SECONDS within its minute."""
+    """fal's balance (monitoring.billing), read when due; an interval under a minute (tests,
+    demos) reads every FAL_BALANCE_CHECK_SECONDS within the scheduled minute."""
     interval = settings.FAL_BALANCE_CHECK_SECONDS
     started = time.monotonic()
     readings = released = 0
@@ -74,13 +60,10 @@ def check_balance() -> dict:
     }
 
 
-def release_held() -> int:
-    """Send held starts, oldest first, while the balance allows (the rest of a release)."""
-    return training_service.release_held()
+release_held = training_service.release_held  # the rest of a release, oldest first
 
 
 def cancel_for_deadline(training_id: int) -> str:
-    """Cancel on fal a run past its limit (the periodic check found it)."""
     training = Training.objects.active().select_related("avatar").filter(pk=training_id).first()
     if training is None:
         return "already finished"
@@ -88,7 +71,6 @@ def cancel_for_deadline(training_id: int) -> str:
 
 
 def check_batch(training_ids: list[int], run_id: int | None, run_start: str) -> int:
-    """One fanned-out batch of a run; returns how many trainings it checked."""
     reports = status_checks.check_batch(training_ids, run_id, datetime.fromisoformat(run_start))
     return sum(report.checked for report in reports)
 
@@ -96,12 +78,8 @@ def check_batch(training_ids: list[int], run_id: int | None, run_start: str) -> 
 def recheck(
     training_ids: list[int], source: str = EventSource.STAFF, actor_id: int | None = None
 ) -> list[dict]:
-    """Check these trainings now, due or not (staff "re-check now").
-
-    Who asked (``actor_id``) is kept in the task's result next to what each check saw.
-    """
+    """Staff's "re-check now", due or not; the result keeps ``actor_id`` with each check."""
     trainings = list(Training.objects.filter(pk__in=training_ids, finished_at__isnull=True))
-    # Staff asked: fal's answer goes on each timeline, changed or not.
     actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
     reports = training_service.recheck(trainings, source=source, actor=actor)
     return [
@@ -120,9 +98,6 @@ def recheck(
 
 
 def reconcile_fal() -> dict:
-    """The daily audit of fal's record (monitoring.reconcile); returns its counts."""
-    import logging
-
     try:
         report = reconcile.reconcile_fal(source=EventSource.SYSTEM)
     except platform.PlatformUnavailable as exc:

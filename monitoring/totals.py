@@ -1,7 +1,5 @@
-"""Running totals: counters and histograms that only ever go up, kept in the database.
-
-``/metrics`` reads them, so any process answers and ``prune`` lowers nothing.
-``notifications`` announces its sends with a signal counted here.
+"""Running totals: counters and histograms that only ever go up, kept in the database,
+so any process answers ``/metrics`` and ``prune`` lowers nothing.
 See docs/operations.md#what-the-service-level-figures-measure.
 """
 
@@ -30,13 +28,8 @@ def labels_text(labels: Mapping[str, str] | None) -> str:
 def add(
     name: str, labels: Mapping[str, str] | None = None, amount: int = 1, *, sum_ms: int = 0
 ) -> None:
-    """Add ``amount`` to the running total ``name`` with these labels (and ``sum_ms`` to
-    its sum: a histogram bucket's).
-
-    Inside a transaction it commits or rolls back with what it counts. The row
-    exists after the first time, so this is one UPDATE; the first time, a concurrent
-    creator makes our INSERT fail on the unique constraint, and we add to its row.
-    """
+    """Add ``amount`` (and ``sum_ms``) to the total ``name``; the first time, a concurrent
+    creator makes our INSERT fail on the unique constraint, and we add to its row."""
     key = labels_text(labels)
     counted = RunningTotal.objects.filter(name=name, labels=key)
     changes = {"value": F("value") + amount}
@@ -53,11 +46,8 @@ def add(
 
 @contextmanager
 def together() -> Iterator[None]:
-    """A few running totals in one short transaction of their own.
-
-    On PostgreSQL its commit does not wait for the disk: a figure that a database crash
-    could lose in that fraction of a second is not worth a disk flush per event.
-    """
+    """A few running totals in one short transaction of their own, whose commit does not
+    wait for the disk on PostgreSQL (a figure is not worth a flush per event)."""
     outermost = transaction.get_autocommit()
     with transaction.atomic():
         if outermost and connection.vendor == "postgresql":
@@ -78,7 +68,6 @@ class Reading:
 
 
 def read() -> Reading:
-    """Every running total and its sum. One query."""
     reading = Reading({}, {})
     rows = RunningTotal.objects.values_list("name", "labels", "value", "sum_ms")
     for name, labels, value, sum_ms in rows:
@@ -98,11 +87,6 @@ class Histogram:
     @property
     def bucket_total(self) -> str:
         return f"{self.name}_bucket"
-
-    def bucket_of(self, value: float) -> str:
-        """The ``le`` of the smallest bucket that holds ``value`` ("+Inf" above the last)."""
-        index = bisect.bisect_left(self.buckets, value)
-        return "+Inf" if index == len(self.buckets) else bound_text(self.buckets[index])
 
 
 def bound_text(bound: float) -> str:
@@ -126,14 +110,12 @@ FAL_QUEUE = Histogram(
 
 
 def observe(histogram: Histogram, labels: Mapping[str, str], value: float) -> None:
-    """Count ``value`` (seconds; negative ones, a clock's skew, count as 0) in ``histogram``:
-    one UPDATE, of its bucket's count and sum."""
+    """Count ``value`` (seconds; a clock's skew below 0 counts as 0) in ``histogram``."""
     value = max(0.0, value)
-    add(
-        histogram.bucket_total,
-        {**labels, "le": histogram.bucket_of(value)},
-        sum_ms=round(value * 1000),
-    )
+    # The smallest bucket that holds ``value`` ("+Inf" above the last).
+    index = bisect.bisect_left(histogram.buckets, value)
+    bound = "+Inf" if index == len(histogram.buckets) else bound_text(histogram.buckets[index])
+    add(histogram.bucket_total, {**labels, "le": bound}, sum_ms=round(value * 1000))
 
 
 def count_notification_send(sender: Any, *, outcome: str, **kwargs: Any) -> None:
@@ -144,13 +126,8 @@ def count_notification_send(sender: Any, *, outcome: str, **kwargs: Any) -> None
 def observe_owner_told(
     sender: Any, *, notification: Any, finished_at: datetime, sent_at: datetime, **kwargs: Any
 ) -> None:
-    """Receiver of ``notifications.signals.owner_told``: how long the owner waited.
-
-    fal's completion is the earlier of what the finish knew (fal's record's end, or
-    when we learned it) and the time fal signed its first webhook for the training:
-    a check may learn it before a late webhook, and a webhook tells fal's own time.
-    Read here, on the sender's side, so the webhook's request pays nothing for it.
-    """
+    """Receiver of ``notifications.signals.owner_told``: how long the owner waited since
+    the earlier of what the finish knew and fal's first signed webhook for the training."""
     signed = WebhookDelivery.objects.first_signed_at(training_id=notification.training_id)
     start = min(finished_at, signed) if signed is not None else finished_at
     observe(OWNER_TOLD, {"kind": notification.kind}, (sent_at - start).total_seconds())

@@ -1,7 +1,5 @@
-"""The one place that changes an avatar's status.
-
-Each move is a conditional UPDATE naming the status it leaves; only the winner writes the
-event and the outbox row. The allowed moves are ``ALLOWED_MOVES``.
+"""The one place that changes an avatar's status: a conditional UPDATE naming the status
+it leaves; only the winner writes the event and the outbox row.
 See docs/architecture.md#statuses and #transitions.
 """
 
@@ -11,7 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import django.dispatch
 from django.db import transaction
@@ -46,28 +44,21 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
     # Retrained: a cancelled avatar can be started again (a new attempt, history kept).
     S.CANCELLED: frozenset({S.READY_FOR_TRAINING}),
 }
-TERMINAL = frozenset({S.COMPLETED, S.ERROR, S.CANCELLED})
 
-# Sent inside the transaction that finishes a training (``outcome`` is the avatar's new
-# status) or flags it stuck, so that receivers (the API's event callbacks) write their
-# rows with the change or not at all. Receivers get ``training`` (with avatar and owner).
+# Sent inside the transaction of the change, so receivers write their rows with it or not.
+# finished: ``training`` (with avatar and owner), ``outcome`` (the new status);
+# flagged_stuck: ``training``, ``episode``; retried: ``training`` (the failed attempt)
+# and ``retry``; submitted: ``training_id``, ``source``.
 training_finished = django.dispatch.Signal()
 training_flagged_stuck = django.dispatch.Signal()
-# Sent inside the transaction that retries an attempt; receivers get ``training`` (the
-# attempt that failed, with avatar and owner) and ``retry`` (the new attempt).
 training_retried = django.dispatch.Signal()
-# Sent inside the transaction that records fal's acceptance of an attempt (its request
-# id); receivers get ``training_id`` and ``source`` (the owner's progress message).
 training_submitted = django.dispatch.Signal()
 
-
-# ``Outcome.detail`` of a start held for fal's balance (``hold``).
-HELD = "held"
+HELD = "held"  # ``Outcome.detail`` of a start held for fal's balance
+STALE = "stale training attempt: the avatar has a newer one"
 
 
 class InvalidTransition(Exception):
-    """A move that can never be valid, such as draft → completed."""
-
     def __init__(self, old: str, new: str):
         self.old, self.new = old, new
         super().__init__(f"An avatar cannot move from {old} to {new}")
@@ -86,31 +77,23 @@ class Outcome:
         return self.changed
 
 
-def is_allowed(old: str, new: str) -> bool:
-    return new in ALLOWED_MOVES.get(old, frozenset())
-
-
 def _event(
     avatar_id: int,
     kind: str,
     source: str,
     *,
-    training_id: int | None = None,
     actor: Any = None,
-    old: str = "",
-    new: str = "",
     message: str = "",
     details: dict[str, Any] | None = None,
     at: datetime | None = None,
+    **fields: Any,  # training_id, old_status, new_status
 ) -> AvatarEvent:
     return AvatarEvent.objects.create(
         avatar_id=avatar_id,
-        training_id=training_id,
         kind=kind,
         source=source,
         actor=actor if getattr(actor, "pk", None) else None,
-        old_status=old,
-        new_status=new,
+        **fields,
         # fal's texts reach the timeline here (and only here): never with a key in them.
         message=redact(message),
         details=redact_value(details or {}),
@@ -125,33 +108,40 @@ def _lost(avatar_id: int, target: str, training_id: int | None = None) -> Outcom
         return Outcome(False, "", "avatar no longer exists")
     current = row["status"]
     if training_id is not None and row["current_training_id"] != training_id:
-        return Outcome(False, current, "stale training attempt: the avatar has a newer one")
-    if current == target:
+        return Outcome(False, current, STALE)
+    allowed = target in ALLOWED_MOVES[current]
+    if current == target or (not allowed and current in (S.COMPLETED, S.ERROR, S.CANCELLED)):
         return Outcome(False, current, f"already {current}")
-    if current in TERMINAL and not is_allowed(current, target):
-        return Outcome(False, current, f"already {current}")
-    if is_allowed(current, target):
+    if allowed:
         # The move is valid from here, so another condition (sub-state) did not hold.
         return Outcome(False, current, f"not possible now (avatar is {current})")
     raise InvalidTransition(current, target)
 
 
-# --- Creation and preparation --------------------------------------------------------
+def _change(
+    training: Training, match: dict[str, Any], changes: dict[str, Any], kind: str, **event: Any
+) -> bool:
+    """Apply ``changes`` to ``training`` (in memory too) if it is active and ``match``es;
+    only the winner writes the event (inside the caller's transaction)."""
+    if not Training.objects.active().filter(pk=training.pk, **match).update(**changes):
+        return False
+    _event(training.avatar_id, kind, training_id=training.pk, **event)
+    for name, value in changes.items():
+        setattr(training, name, value)
+    return True
 
 
 def create_avatar(
     avatar: Avatar, *, ready: bool = True, source: str = EventSource.COMMAND, actor: Any = None
 ) -> Avatar:
-    """Save a new ``avatar`` (``ready_for_training`` unless ``ready=False``), with its event."""
     with transaction.atomic():
         avatar.status = S.READY_FOR_TRAINING if ready else S.DRAFT
         avatar.save(force_insert=True)
-        _event(avatar.pk, EventKind.CREATED, source, actor=actor, new=avatar.status)
+        _event(avatar.pk, EventKind.CREATED, source, actor=actor, new_status=avatar.status)
     return avatar
 
 
 def mark_ready(avatar: Avatar, *, source: str, actor: Any = None) -> Outcome:
-    """draft → ready_for_training."""
     return _simple_move(avatar, S.DRAFT, S.READY_FOR_TRAINING, source=source, actor=actor)
 
 
@@ -159,8 +149,7 @@ RETRAINABLE = (S.ERROR, S.CANCELLED)
 
 
 def retrain(avatar: Avatar, *, source: str = EventSource.STAFF, actor: Any = None) -> Outcome:
-    """error or cancelled → ready_for_training. The ended attempt keeps its request id
-    and history; the next start is a new attempt."""
+    """error or cancelled → ready_for_training; the ended attempt keeps its history."""
     old = avatar.status if avatar.status in RETRAINABLE else S.ERROR
     return _simple_move(avatar, old, S.READY_FOR_TRAINING, source=source, actor=actor)
 
@@ -172,33 +161,18 @@ def _simple_move(avatar: Avatar, old: str, new: str, *, source: str, actor: Any)
         )
         if not won:
             return _lost(avatar.pk, new)
-        _event(avatar.pk, EventKind.STATUS, source, actor=actor, old=old, new=new)
+        _event(avatar.pk, EventKind.STATUS, source, actor=actor, old_status=old, new_status=new)
     avatar.status = new
     return Outcome(True, new)
 
 
-# --- Training attempts ----------------------------------------------------------------
-
-
-def _new_attempt(
-    avatar_id: int,
-    *,
-    endpoint: str,
-    arguments: dict[str, Any],
-    webhook_url: str,
-    fal_status: str,
-    now: datetime,
-) -> Training:
-    """The avatar's next training attempt, now its current one (inside the caller's
-    transaction, which holds the avatar's row)."""
+def _new_attempt(avatar_id: int, now: datetime, **fields: Any) -> Training:
+    """The avatar's next attempt, made current (the caller's transaction holds the avatar)."""
     training = Training.objects.create(
         avatar_id=avatar_id,
         attempt=Training.objects.filter(avatar_id=avatar_id).count() + 1,
-        endpoint=endpoint,
-        arguments=arguments,
-        webhook_url=webhook_url,
-        fal_status=fal_status,
         created_at=now,
+        **fields,
         # Checked soon in any case: a submit whose answer is lost must be seen.
         next_check_at=now,
     )
@@ -215,40 +189,33 @@ def begin_training(
     source: str,
     actor: Any = None,
 ) -> Outcome:
-    """ready_for_training → training with a new attempt in sub-state SUBMITTING.
-
-    Committed before anything is sent to fal, so a second click (or a second
-    process) finds the avatar already training and never submits twice.
-    """
+    """ready_for_training → training with a new attempt in sub-state SUBMITTING, committed
+    before anything is sent to fal: a second click finds the avatar already training."""
     now = timezone.now()
     with transaction.atomic():
         won = Avatar.objects.filter(pk=avatar.pk, status=S.READY_FOR_TRAINING).update(
             status=S.TRAINING, updated_at=now
         )
         if not won:
-            current = Avatar.objects.filter(pk=avatar.pk).values_list("status", flat=True).first()
-            if current == S.TRAINING:
-                return Outcome(False, current, "already training")
             return _lost(avatar.pk, S.TRAINING)
         training = _new_attempt(
             avatar.pk,
+            now,
             endpoint=endpoint,
             arguments=arguments,
             webhook_url=webhook_url,
             fal_status=FalStatus.SUBMITTING,
-            now=now,
         )
         training.avatar = avatar
-        attempt = training.attempt
         _event(
             avatar.pk,
             EventKind.STATUS,
             source,
             training_id=training.pk,
             actor=actor,
-            old=S.READY_FOR_TRAINING,
-            new=S.TRAINING,
-            details={"attempt": attempt, "endpoint": endpoint},
+            old_status=S.READY_FOR_TRAINING,
+            new_status=S.TRAINING,
+            details={"attempt": training.attempt, "endpoint": endpoint},
             at=now,
         )
     avatar.status = S.TRAINING
@@ -271,46 +238,35 @@ def record_submitted(
     message: str = "",
     details: dict[str, Any] | None = None,
 ) -> bool:
-    """SUBMITTING → IN_QUEUE with fal's request id, stored the moment fal answers.
-
-    Also how a lost submit found in fal's record, or a request adopted from elsewhere,
-    gets its request id (``message`` and ``details`` say so on the timeline).
-    """
+    """SUBMITTING → IN_QUEUE with fal's request id (also a lost submit found, an adoption)."""
     now = timezone.now()
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, fal_request_id__isnull=True)
-            .update(
-                fal_request_id=request_id,
-                status_url=status_url,
-                response_url=response_url,
-                cancel_url=cancel_url,
-                fal_status=FalStatus.IN_QUEUE,
-                queue_position=queue_position,
-                queue_position_first=queue_position,
-                gateway_request_id=gateway_request_id[:128],
-                submitted_at=now,
-                next_check_at=next_check_at or now,
-                check_failures=0,
-                last_check_error="",
-            )
-        )
-        if not won:
-            return False
-        _event(
-            training.avatar_id,
+        changes = {
+            "fal_request_id": request_id,
+            "status_url": status_url,
+            "response_url": response_url,
+            "cancel_url": cancel_url,
+            "fal_status": FalStatus.IN_QUEUE,
+            "queue_position": queue_position,
+            "queue_position_first": queue_position,
+            "gateway_request_id": gateway_request_id[:128],
+            "submitted_at": now,
+            "next_check_at": next_check_at or now,
+            "check_failures": 0,
+            "last_check_error": "",
+        }
+        if not _change(
+            training,
+            {"fal_request_id__isnull": True},
+            changes,
             EventKind.SUBMITTED,
-            source,
-            training_id=training.pk,
+            source=source,
             actor=actor,
             message=message,
             details={"request_id": request_id, "queue_position": queue_position, **(details or {})},
-        )
+        ):
+            return False
         training_submitted.send(sender=Training, training_id=training.pk, source=source)
-    training.fal_request_id = request_id
-    training.fal_status = FalStatus.IN_QUEUE
-    training.submitted_at = now
     logger.info(
         "✅ Мониторинг запущен для аватара %s (request_id=%s, endpoint=%s)",
         training.avatar_id,
@@ -330,42 +286,29 @@ def hold(
     detail: str = "",
 ) -> Outcome:
     """SUBMITTING/NOT_SENT → HELD: nothing was sent, the start waits for fal's balance.
-
-    The avatar stays ``training`` and nobody is told; the periodic check, the stuck
-    flags, the lost-submit lookup and the restore leave a held attempt alone
-    (``next_check_at`` is cleared). ``monitoring.billing`` sends it when the balance
-    is back, oldest first.
-    """
+    The avatar stays ``training``, nobody is told, no check looks at it."""
     now = timezone.now()
+    details = {"code": "held", "reason": reason, "detail": detail}
+    changes = {
+        "fal_status": FalStatus.HELD,
+        "held_since": training.held_since or now,
+        "held_reason": reason,
+        "next_check_at": None,
+        "submit_unknown_since": None,
+    }
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, fal_status=training.fal_status, fal_request_id__isnull=True)
-            .update(
-                fal_status=FalStatus.HELD,
-                held_since=training.held_since or now,
-                held_reason=reason,
-                next_check_at=None,
-                submit_unknown_since=None,
-            )
-        )
-        if not won:
-            return Outcome(False, S.TRAINING, "already sent", training)
-        details = {"code": "held", "reason": reason, "detail": detail}
-        _event(
-            training.avatar_id,
+        if not _change(
+            training,
+            {"fal_status": training.fal_status, "fal_request_id__isnull": True},
+            changes,
             EventKind.NOTE,
-            source,
-            training_id=training.pk,
+            source=source,
             actor=actor,
             message=wording.english(wording.note_words, details),
             details=details,
             at=now,
-        )
-    training.fal_status = FalStatus.HELD
-    training.held_since = training.held_since or now
-    training.held_reason = reason
-    training.next_check_at = None
+        ):
+            return Outcome(False, S.TRAINING, "already sent", training)
     logger.warning(
         "Start held for avatar %s (training %s): %s", training.avatar_id, training.pk, reason
     )
@@ -380,11 +323,7 @@ def record_note(
     details: dict[str, Any] | None = None,
     actor: Any = None,
 ) -> AvatarEvent:
-    """A timeline entry that changes no status (e.g. a submit whose answer was lost).
-
-    ``details["code"]`` names the kind of note, so pages can word it in the reader's
-    language; ``message`` is the English sentence for logs and the raw record.
-    """
+    """A timeline note; ``details["code"]`` lets pages word it, ``message`` is English."""
     return _event(
         training.avatar_id,
         EventKind.NOTE,
@@ -405,11 +344,8 @@ def refuse_submit(
     actor: Any = None,
     outcome: str = TrainingOutcome.REFUSED,
 ) -> Outcome:
-    """training (SUBMITTING, no job on fal) → ready_for_training: the avatar stays startable.
-
-    fal refused the submit, or (``outcome=NO_FAL_JOB``) an Operator recorded that fal
-    has no job for a submit whose answer was lost.
-    """
+    """training (SUBMITTING, no job on fal) → ready_for_training: fal refused the submit,
+    or (``outcome=NO_FAL_JOB``) an Operator recorded that a lost submit made no job."""
     now = timezone.now()
     with transaction.atomic():
         won = Avatar.objects.filter(
@@ -420,27 +356,19 @@ def refuse_submit(
         ).update(status=S.READY_FOR_TRAINING, updated_at=now)
         if not won:
             return _lost(training.avatar_id, S.READY_FOR_TRAINING, training.pk)
-        Training.objects.filter(pk=training.pk).update(
-            finished_at=now,
-            stuck_since=None,
-            fal_status="",
-            outcome=outcome,
-            error_type=error_type,
-            error_message=redact(error_message),
-            next_check_at=None,
-        )
+        fields = {"fal_status": "", "error_type": error_type, "error_message": error_message}
+        _end(now, outcome, fields, training)
         _event(
             training.avatar_id,
             EventKind.SUBMIT_REFUSED,
             source,
             training_id=training.pk,
             actor=actor,
-            old=S.TRAINING,
-            new=S.READY_FOR_TRAINING,
+            old_status=S.TRAINING,
+            new_status=S.READY_FOR_TRAINING,
             message=error_message,
             details={"error_type": error_type, "outcome": outcome},
         )
-    training.finished_at, training.outcome, training.fal_status = now, outcome, ""
     return Outcome(True, S.READY_FOR_TRAINING, training=training)
 
 
@@ -451,7 +379,6 @@ def record_fal_status(
     queue_position: int | None = None,
     source: str,
 ) -> bool:
-    """A sub-state change seen on fal (IN_QUEUE → IN_PROGRESS); one event per change."""
     if fal_status == training.fal_status:
         return False
     now = timezone.now()
@@ -459,21 +386,16 @@ def record_fal_status(
     if fal_status == FalStatus.IN_PROGRESS and training.started_at is None:
         updates["started_at"] = now
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, fal_status=training.fal_status)
-            .update(**updates)
-        )
-        if not won:
-            return False
-        _event(
-            training.avatar_id,
+        if not _change(
+            training,
+            {"fal_status": training.fal_status},
+            updates,
             EventKind.FAL_STATUS,
-            source,
-            training_id=training.pk,
-            old=training.fal_status,
-            new=fal_status,
-        )
+            source=source,
+            old_status=training.fal_status,
+            new_status=fal_status,
+        ):
+            return False
         if "started_at" in updates and training.submitted_at and source != EventSource.ADOPT:
             # Seen running for the first time: how long it waited in fal's queue.
             totals.observe(
@@ -481,44 +403,54 @@ def record_fal_status(
                 {"trainer": training.endpoint},
                 (now - training.submitted_at).total_seconds(),
             )
-    for name, value in updates.items():
-        setattr(training, name, value)
     return True
 
 
-# --- Finishing ------------------------------------------------------------------------
+def _end(now: datetime, outcome: str, fields: dict[str, Any], *trainings: Training) -> None:
+    """End the attempt (in memory too). ``fields`` has the sub-state: "" (it describes an
+    active attempt) or fal's own end (COMPLETED); fal's texts are stored without keys."""
+    updates = {
+        "finished_at": now,
+        "outcome": outcome,
+        "next_check_at": None,
+        "stuck_since": None,
+        "queue_position": None,
+        **redact_value(fields),
+    }
+    Training.objects.filter(pk=trainings[0].pk).update(**updates)
+    for training in trainings:
+        for name, value in updates.items():
+            setattr(training, name, value)
 
 
-def _already_finished(training: Training) -> Outcome:
-    """What ``_lost`` would say of a finished attempt, from the avatar read with it."""
-    avatar = training.avatar
-    if avatar.current_training_id != training.pk:
-        return Outcome(False, avatar.status, "stale training attempt: the avatar has a newer one")
-    return Outcome(False, avatar.status, f"already {avatar.status}")
+class Finishing(TypedDict, total=False):
+    """Who finishes an attempt, and how. ``notify=False`` (an adopted job that had finished
+    elsewhere): no owner message; ``fal_finished_at`` starts the owner-told figure."""
 
-
-def _with_owner(training: Training) -> bool:
-    """Whether ``training`` was loaded with its avatar and the avatar's owner."""
-    return Training.avatar.is_cached(training) and Avatar.owner.is_cached(training.avatar)
+    source: Required[str]
+    actor: Any
+    notify: bool
+    fal_finished_at: datetime | None
 
 
 def _finish(
     training: Training,
     *,
     new_status: str,
-    outcome: str,
     fields: dict[str, Any],
-    source: str,
-    actor: Any,
     message: str,
     details: dict[str, Any],
+    source: str,
+    actor: Any = None,
     notify: bool = True,
     fal_finished_at: datetime | None = None,
 ) -> Outcome:
     if training.finished_at is not None and Training.avatar.is_cached(training):
         # An attempt that has finished never finishes again (finished_at is never
         # cleared), so a duplicate needs no UPDATE to be told so.
-        return _already_finished(training)
+        avatar = training.avatar
+        stale = avatar.current_training_id != training.pk
+        return Outcome(False, avatar.status, STALE if stale else f"already {avatar.status}")
     now = timezone.now()
     # The loser's explanation is read after the block, so that ``InvalidTransition``
     # never marks the caller's transaction as broken.
@@ -527,32 +459,17 @@ def _finish(
             pk=training.avatar_id, status=S.TRAINING, current_training_id=training.pk
         ).update(status=new_status, updated_at=now)
         if won:
-            # Only the winner writes the rest: one event, one message. The avatar and
-            # owner the message needs, and the stuck flag as it was (for the timeline),
-            # are read once, under the avatar's row lock, unless the caller has just
-            # read them (the webhook has, to find the training).
-            if _with_owner(training):
+            # Only the winner writes the rest: one event, one message. The avatar, owner
+            # and stuck flag are read under the avatar's row lock, unless the caller has
+            # just read them (the webhook has, to find the training).
+            if Training.avatar.is_cached(training) and Avatar.owner.is_cached(training.avatar):
                 fresh = training
             else:
                 fresh = Training.objects.select_related("avatar__owner").get(pk=training.pk)
             if fresh.stuck_since is not None:
                 details = {**details, "was_stuck": fresh.stuck_reason}
-            updates = {
-                "finished_at": now,
-                "outcome": outcome,
-                "next_check_at": None,
-                "stuck_since": None,
-                "queue_position": None,
-                # The sub-state describes an active attempt: cleared, unless the caller
-                # records fal's own end (COMPLETED) in ``fields``.
-                "fal_status": "",
-                # fal's error text and raw result, as stored and shown: without keys.
-                **redact_value(fields),
-            }
-            Training.objects.filter(pk=training.pk).update(**updates)
-            for name, value in updates.items():
-                setattr(fresh, name, value)
-                setattr(training, name, value)
+            # ``outcome``: the same words as the avatar's status.
+            _end(now, new_status, fields, fresh, training)
             fresh.avatar.status = new_status
             _event(
                 training.avatar_id,
@@ -560,14 +477,13 @@ def _finish(
                 source,
                 training_id=training.pk,
                 actor=actor,
-                old=S.TRAINING,
-                new=new_status,
+                old_status=S.TRAINING,
+                new_status=new_status,
                 message=message,
                 details=details,
                 at=now,
             )
-            # The API's event callbacks go whatever the owner is told (staff may have
-            # chosen "no message"; an adopted job may have been told elsewhere).
+            # Callbacks go whatever the owner is told (staff may have chosen "no message").
             training_finished.send(sender=Training, training=fresh, outcome=new_status)
             if notify:
                 # fal's end as the caller read it (its record), else when we learned it.
@@ -576,28 +492,55 @@ def _finish(
                     outcome=new_status,
                     fal_finished_at=min(fal_finished_at or now, now),
                 )
-            # Counted once the finish is committed, in a short transaction of its own:
-            # every finish adds to the same few rows, and counting inside this one would
-            # hold them locked (every other finish waiting) until its commit.
+            # Counted after the commit, in a short transaction of its own: every finish
+            # adds to the same few rows, which this one would hold locked until its commit.
             transaction.on_commit(
                 lambda: _count_finish(fresh, new_status, source, now), robust=True
             )
     if not won:
         return _lost(training.avatar_id, new_status, training.pk)
+    level, line = _FINISH_LOGS[new_status]
+    logger.log(
+        level,
+        line,
+        training.avatar_id,
+        training.fal_request_id,
+        source,
+        *((fields["error_type"], fields["error_message"]) if new_status == S.ERROR else ()),
+        extra={"avatar_id": training.avatar_id, "request_id": training.fal_request_id}
+        if new_status == S.COMPLETED
+        else None,
+    )
     return Outcome(True, new_status, training=training)
 
 
-def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
-    """The service-level figures of a committed finish (``/metrics``).
+_FINISH_LOGS: dict[str, tuple[int, str]] = {
+    S.COMPLETED: (logging.INFO, "🎉 Обучение завершено для аватара %s (request_id=%s, source=%s)"),
+    S.ERROR: (
+        logging.WARNING,
+        "❌ Обучение не удалось для аватара %s (request_id=%s, source=%s): %s %s",
+    ),
+    S.CANCELLED: (logging.INFO, "Обучение отменено для аватара %s (request_id=%s, source=%s)"),
+}
 
-    A process that dies between the finish's commit and this loses one count: the
-    figures, never the state.
-    """
+
+def _count_finish(training: Training, new_status: str, source: str, now: datetime) -> None:
+    """The figures of a committed finish (``/metrics``); a crash before this loses a count."""
     started = None
+    # Only a ready avatar has a time to ready; an adopted job started elsewhere.
     if new_status == S.COMPLETED and source != EventSource.ADOPT:
-        # Only a ready avatar has a time to ready; an adopted job started elsewhere, so
-        # its start here says nothing of the wait.
-        started = _started_at(training)
+        if "created_at" not in training.get_deferred_fields():
+            started = training.created_at
+        else:
+            # The webhook's lookup reads only what finishing needs: the timeline's move
+            # to training, written at the same instant, rather than the row again.
+            started = (
+                AvatarEvent.objects.filter(
+                    training_id=training.pk, kind=EventKind.STATUS, new_status=S.TRAINING
+                )
+                .values_list("created_at", flat=True)
+                .first()
+            )
     with totals.together():
         totals.add("finishes", {"learned_by": source, "outcome": new_status})
         if started is not None:
@@ -608,65 +551,29 @@ def _count_finish(training: Training, new_status: str, source: str, now: datetim
             )
 
 
-def _started_at(training: Training) -> datetime | None:
-    """When the attempt started: its ``created_at``, or, when the caller read the row
-    without it (the webhook's lookup reads only what finishing needs), the timeline's
-    move to training, written at the same instant: the training row is not read twice."""
-    if "created_at" not in training.get_deferred_fields():
-        return training.created_at
-    return (
-        AvatarEvent.objects.filter(
-            training_id=training.pk, kind=EventKind.STATUS, new_status=S.TRAINING
-        )
-        .values_list("created_at", flat=True)
-        .first()
-    )
-
-
 def complete(
     training: Training,
     *,
     lora_url: str,
     config_url: str = "",
     result: Any = None,
-    source: str,
-    actor: Any = None,
     details: dict[str, Any] | None = None,
-    notify: bool = True,
-    fal_finished_at: datetime | None = None,
+    **finishing: Unpack[Finishing],
 ) -> Outcome:
-    """training → completed, storing the LoRA and config URLs and fal's raw result.
-
-    ``notify=False`` (an adopted job that had finished elsewhere) writes no owner message.
-    ``fal_finished_at`` (fal's record's ``ended_at``, when the caller read it) is where
-    the owner-told figure starts (``totals.observe_owner_told``); else when we learned it.
-    """
-    outcome = _finish(
+    """training → completed, storing the LoRA and config URLs and fal's raw result."""
+    return _finish(
         training,
         new_status=S.COMPLETED,
-        outcome=TrainingOutcome.COMPLETED,
         fields={
             "lora_url": lora_url,
             "config_url": config_url,
             "result": result,
             "fal_status": FalStatus.COMPLETED,
         },
-        source=source,
-        actor=actor,
         message="",
         details={"lora_url": lora_url, **(details or {})},
-        notify=notify,
-        fal_finished_at=fal_finished_at,
+        **finishing,
     )
-    if outcome.changed:
-        logger.info(
-            "🎉 Обучение завершено для аватара %s (request_id=%s, source=%s)",
-            training.avatar_id,
-            training.fal_request_id,
-            source,
-            extra={"avatar_id": training.avatar_id, "request_id": training.fal_request_id},
-        )
-    return outcome
 
 
 def fail(
@@ -676,55 +583,33 @@ def fail(
     error_type: str = "",
     details: dict[str, Any] | None = None,
     result: Any = None,
-    source: str,
-    actor: Any = None,
-    notify: bool = True,
     owner_message: str = "",
     staff_note: str = "",
-    fal_status: str | None = None,
-    fal_finished_at: datetime | None = None,
+    fal_status: str = "",
+    **finishing: Unpack[Finishing],
 ) -> Outcome:
     """training → error, with fal's message and type (or ours, saying what we saw).
-
-    ``owner_message`` (an ``OwnerMessage``) is what the owner is told; without it the
-    table in ``monitoring.owner_messages`` picks it from ``error_type``. ``fal_status``
-    is recorded with it when fal ended the job (COMPLETED: fal has no FAILED).
-    """
+    ``fal_status`` is COMPLETED when fal ended the job (fal has no FAILED)."""
     chosen = owner_message or owner_messages.owner_message_for(error_type=error_type)
-    outcome = _finish(
+    return _finish(
         training,
         new_status=S.ERROR,
-        outcome=TrainingOutcome.ERROR,
         fields={
             "error_type": error_type,
             "error_message": error_message,
             "result": result,
             "owner_message": chosen,
             "staff_note": staff_note,
-            **({"fal_status": fal_status} if fal_status else {}),
+            "fal_status": fal_status,
         },
-        source=source,
-        actor=actor,
         message=error_message,
         details={"error_type": error_type, "owner_message": chosen, **(details or {})},
-        notify=notify,
-        fal_finished_at=fal_finished_at,
+        **finishing,
     )
-    if outcome.changed:
-        logger.warning(
-            "❌ Обучение не удалось для аватара %s (request_id=%s, source=%s): %s %s",
-            training.avatar_id,
-            training.fal_request_id,
-            source,
-            error_type,
-            error_message,
-        )
-    return outcome
 
 
 def cancel_was_requested(training: Training) -> bool:
-    """Whether staff asked fal to stop this attempt (read again: it may be recorded by
-    another process while fal's failure is on its way)."""
+    """Whether staff asked fal to stop this attempt (read again: it may be newly recorded)."""
     return training.cancel_requested_at is not None or (
         Training.objects.filter(pk=training.pk, cancel_requested_at__isnull=False).exists()
     )
@@ -738,11 +623,8 @@ def retry_attempt(
     details: dict[str, Any] | None = None,
     source: str,
 ) -> Outcome:
-    """fal's own failure, retried: this attempt ends ``retried`` and a new one with the
-    same input waits to be sent (NOT_SENT); the avatar stays ``training`` throughout.
-
-    Nobody is told: the owner hears only the avatar's outcome.
-    """
+    """fal's own failure, retried: this attempt ends ``retried``, a new one with the same
+    input waits to be sent (NOT_SENT). The avatar stays ``training``; nobody is told."""
     now = timezone.now()
     with transaction.atomic():
         won = Avatar.objects.filter(
@@ -752,26 +634,18 @@ def retry_attempt(
             return _lost(training.avatar_id, S.ERROR, training.pk)
         old = Training.objects.select_related("avatar__owner").get(pk=training.pk)
         ended = {
-            "finished_at": now,
-            "outcome": TrainingOutcome.RETRIED,
             "fal_status": FalStatus.COMPLETED,
             "error_type": error_type,
-            "error_message": redact(error_message),
-            "next_check_at": None,
-            "stuck_since": None,
-            "queue_position": None,
+            "error_message": error_message,
         }
-        Training.objects.filter(pk=training.pk).update(**ended)
-        for name, value in ended.items():
-            setattr(old, name, value)
-            setattr(training, name, value)
+        _end(now, TrainingOutcome.RETRIED, ended, old, training)
         retry = _new_attempt(
             training.avatar_id,
+            now,
             endpoint=old.endpoint,
             arguments=old.arguments,
             webhook_url=old.webhook_url,
             fal_status=FalStatus.NOT_SENT,
-            now=now,
         )
         _event(
             training.avatar_id,
@@ -809,20 +683,11 @@ def finish_failed(
     detail_type_list: list[str] | tuple[str, ...] = (),
     details: dict[str, Any] | None = None,
     result: Any = None,
-    source: str,
-    actor: Any = None,
-    notify: bool = True,
     owner_message: str = "",
-    fal_finished_at: datetime | None = None,
+    **finishing: Unpack[Finishing],
 ) -> Outcome:
-    """fal ended the job with a failure: cancelled if we asked it to stop, failed otherwise.
-
-    The one rule for every path that sees a failed job (webhook, periodic check,
-    fal's record): after a cancel was requested, fal's failure ("Request was
-    cancelled by the user") is the cancel taking effect, so the owner gets the
-    cancelled message and the timeline keeps fal's answer. Otherwise the owner's
-    message comes from fal's machine-readable fields (``monitoring.owner_messages``).
-    """
+    """fal ended the job with a failure: cancelled if we asked it to stop (fal's "Request
+    was cancelled by the user" is the cancel taking effect), failed otherwise."""
     chosen = owner_message or owner_messages.owner_message_for(
         error_type=error_type, detail_type_list=detail_type_list, http_status=http_status
     )
@@ -833,16 +698,11 @@ def finish_failed(
         "http_status": http_status,
         "detail_types": list(detail_type_list),
     }
+    ended = FalStatus.COMPLETED
     if requested or chosen == owner_messages.CANCELLED:
+        details = {**fal_answer, "cancel_requested": requested}
         return cancel(
-            training,
-            source=source,
-            actor=actor,
-            reason=error_message,
-            details={**fal_answer, "cancel_requested": requested},
-            notify=notify,
-            fal_status=FalStatus.COMPLETED,
-            fal_finished_at=fal_finished_at,
+            training, reason=error_message, details=details, fal_status=ended, **finishing
         )
     return fail(
         training,
@@ -850,97 +710,57 @@ def finish_failed(
         error_type=error_type,
         details={**fal_answer, **(details or {})},
         result=result,
-        source=source,
-        actor=actor,
         owner_message=chosen,
-        notify=notify,
-        fal_status=FalStatus.COMPLETED,
-        fal_finished_at=fal_finished_at,
+        fal_status=ended,
+        **finishing,
     )
 
 
 def cancel(
     training: Training,
     *,
-    source: str,
-    actor: Any = None,
     reason: str = "",
     details: dict[str, Any] | None = None,
-    notify: bool = True,
-    fal_status: str | None = None,
-    fal_finished_at: datetime | None = None,
+    fal_status: str = "",
+    **finishing: Unpack[Finishing],
 ) -> Outcome:
     """training → cancelled (fal confirmed it stopped, or it never started there)."""
-    outcome = _finish(
+    return _finish(
         training,
         new_status=S.CANCELLED,
-        outcome=TrainingOutcome.CANCELLED,
-        fields={
-            "owner_message": OwnerMessage.CANCELLED,
-            **({"fal_status": fal_status} if fal_status else {}),
-        },
-        source=source,
-        actor=actor,
+        fields={"owner_message": OwnerMessage.CANCELLED, "fal_status": fal_status},
         message=reason,
         details=details or {},
-        notify=notify,
-        fal_finished_at=fal_finished_at,
+        **finishing,
     )
-    if outcome.changed:
-        logger.info(
-            "Обучение отменено для аватара %s (request_id=%s, source=%s)",
-            training.avatar_id,
-            training.fal_request_id,
-            source,
-        )
-    return outcome
-
-
-# --- Flags on an active training (not statuses) -------------------------------------------
 
 
 def request_cancel(training: Training, *, source: str, actor: Any = None) -> bool:
     """Note that fal is asked to cancel; fal's failure from now on is the cancel taking effect."""
     now = timezone.now()
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, cancel_requested_at__isnull=True)
-            .update(cancel_requested_at=now, next_check_at=now)
-        )
-        if not won:
-            return False
-        _event(
-            training.avatar_id,
+        return _change(
+            training,
+            {"cancel_requested_at__isnull": True},
+            {"cancel_requested_at": now, "next_check_at": now},
             EventKind.CANCEL_REQUESTED,
-            source,
-            training_id=training.pk,
+            source=source,
             actor=actor,
         )
-    training.cancel_requested_at = now
-    return True
 
 
 def withdraw_cancel(training: Training, *, source: str, actor: Any = None, reason: str) -> bool:
     """fal answered that it will not stop the job (refused, already finished): no cancel."""
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, cancel_requested_at__isnull=False)
-            .update(cancel_requested_at=None)
-        )
-        if not won:
-            return False
-        _event(
-            training.avatar_id,
+        return _change(
+            training,
+            {"cancel_requested_at__isnull": False},
+            {"cancel_requested_at": None},
             EventKind.NOTE,
-            source,
-            training_id=training.pk,
+            source=source,
             actor=actor,
             message=f"cancel withdrawn: {reason}",
         )
-    training.cancel_requested_at = None
-    return True
 
 
 def flag_stuck(
@@ -951,20 +771,16 @@ def flag_stuck(
     details: dict[str, Any] | None = None,
     staff_reason: str = "",
 ) -> bool:
-    """Set the stuck flag (one staff alert per episode). A no-op when already flagged.
-
-    ``reason`` is English (the column, the event's message, the log); the staff alert
-    says ``staff_reason`` when given (worded in the staff chat's language).
-    """
+    """Set the stuck flag (one staff alert per episode; ``reason`` in English, the alert's
+    ``staff_reason`` in the staff's language). A no-op when already flagged."""
     now = timezone.now()
     reason = redact(reason)  # it may quote fal's answer
     with transaction.atomic():
+        changes = {"stuck_since": now, "stuck_reason": reason[:255]}
         won = (
             Training.objects.active()
             .filter(pk=training.pk, stuck_since__isnull=True)
-            .update(
-                stuck_since=now, stuck_reason=reason[:255], stuck_episode=F("stuck_episode") + 1
-            )
+            .update(**changes, stuck_episode=F("stuck_episode") + 1)
         )
         if not won:
             return False
@@ -974,11 +790,10 @@ def flag_stuck(
         _event(
             training.avatar_id,
             EventKind.STUCK,
-            source,
+            source=source,
             training_id=training.pk,
             message=reason,
-            # ``details["code"]`` (from monitoring.stuck) lets pages word the reason
-            # in the reader's language; ``message`` stays the English sentence.
+            # ``details["code"]`` (from monitoring.stuck) lets pages word the reason.
             details={**(details or {}), "episode": episode},
             at=now,
         )
@@ -998,11 +813,8 @@ def flag_stuck(
 def restate_stuck(
     training: Training, words: Callable[..., str], *args: object, source: str = EventSource.CHECK
 ) -> bool:
-    """Flag ``training`` stuck with ``words(*args)``, or give a raised flag this new reason.
-
-    The reason is stored in English and the staff alert words it in the staff chat's
-    language. A new reason on a raised flag is a timeline note, not a new episode or alert.
-    """
+    """Flag ``training`` stuck with ``words(*args)``, or give a raised flag this new reason
+    (a timeline note, not a new episode or alert)."""
     reason = redact(wording.english(words, *args))
     staff_reason = redact(wording.in_language(STAFF_LANGUAGE, words, *args))
     if flag_stuck(training, reason=reason, source=source, staff_reason=staff_reason):
@@ -1010,16 +822,14 @@ def restate_stuck(
     if training.stuck_reason == reason[:255]:
         return False
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, stuck_since__isnull=False)
-            .update(stuck_reason=reason[:255])
+        return _change(
+            training,
+            {"stuck_since__isnull": False},
+            {"stuck_reason": reason[:255]},
+            EventKind.NOTE,
+            source=source,
+            message=reason,
         )
-        if not won:
-            return False
-        _event(training.avatar_id, EventKind.NOTE, source, training_id=training.pk, message=reason)
-    training.stuck_reason = reason[:255]
-    return True
 
 
 def clear_stuck(
@@ -1031,21 +841,16 @@ def clear_stuck(
 ) -> bool:
     """Clear the stuck flag; ``extend_until`` keeps it from being raised again before then."""
     with transaction.atomic():
-        won = (
-            Training.objects.active()
-            .filter(pk=training.pk, stuck_since__isnull=False)
-            .update(stuck_since=None, stuck_reason="", stuck_deadline_extended_until=extend_until)
-        )
-        if not won:
-            return False
-        _event(
-            training.avatar_id,
+        return _change(
+            training,
+            {"stuck_since__isnull": False},
+            {
+                "stuck_since": None,
+                "stuck_reason": "",
+                "stuck_deadline_extended_until": extend_until,
+            },
             EventKind.UNSTUCK,
-            source,
-            training_id=training.pk,
+            source=source,
             actor=actor,
             details={"extended_until": extend_until.isoformat() if extend_until else None},
         )
-    training.stuck_since, training.stuck_reason = None, ""
-    training.stuck_deadline_extended_until = extend_until
-    return True
