@@ -1,8 +1,6 @@
-"""The owner's live progress message: sent once, silently, then edited in place.
-
-The monitor passes a ``Snapshot`` (``notifications`` never imports ``monitoring``);
-``push`` sends or edits: the first send silent, edits on a phase change or a moved ETA,
-at a lower priority than the outbox. See docs/eta.md (the owner's progress message).
+"""The owner's live progress message: sent once, silently, then edited in place, at a
+lower priority than the outbox. The monitor passes a ``Snapshot`` (``notifications``
+never imports ``monitoring``). See docs/eta.md (the owner's progress message).
 """
 
 from __future__ import annotations
@@ -57,8 +55,6 @@ RETRIED = "retried"
 
 @dataclass(frozen=True)
 class Basis:
-    """What a message says, as far as deciding an edit goes: its phase and its ETA."""
-
     phase: str
     eta_at: datetime | None
 
@@ -110,7 +106,7 @@ def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessag
 def update_many(
     snapshots: list[Snapshot], *, now: datetime | None = None
 ) -> dict[int, ProgressMessage]:
-    """``update`` for a check batch's trainings: one read, one insert for the new messages."""
+    """``update`` for a check batch: one read, one insert for the new messages."""
     now = now or timezone.now()
     if not settings.OWNER_PROGRESS_MESSAGES or not snapshots:
         # Off: a late training's owner hears it once from monitoring.owner_delay.
@@ -137,20 +133,17 @@ def update_many(
                 )
             )
             continue
-        if row.context.get(RETRIED):
-            # Once retried, every later text of this message still says so.
+        if row.context.get(RETRIED):  # every later text still says so
             snapshot = replace(snapshot, context={**snapshot.context, RETRIED: True})
         if row.final or row.state not in (State.NEW, State.LIVE):
             continue
-        # Judged against what the message is about to say (the text waiting to go, or the
-        # one Telegram has).
+        # Judged against what the message is about to say (waiting to go, or on Telegram).
         fresh = Basis(snapshot.phase, snapshot.eta_at)
         if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
             continue
         _set_text(row, snapshot.text(now), snapshot.phase, snapshot.eta_at, now)
-    created = _create(new)
-    for row in created:
-        rows[row.training_id] = row
+    created = _create(new) if new else []
+    rows.update((row.training_id, row) for row in created)
     if created:
         ids = [row.pk for row in created]
         transaction.on_commit(lambda: enqueue(*ids))
@@ -159,8 +152,6 @@ def update_many(
 
 def _create(rows: list[ProgressMessage]) -> list[ProgressMessage]:
     """Insert new messages at once; one by one when another path created one meanwhile."""
-    if not rows:
-        return []
     try:
         with transaction.atomic():
             return ProgressMessage.objects.bulk_create(rows)
@@ -172,7 +163,7 @@ def _create(rows: list[ProgressMessage]) -> list[ProgressMessage]:
                 with transaction.atomic():
                     row.save(force_insert=True)
             except IntegrityError:
-                continue  # another path created it meanwhile
+                continue
             created.append(row)
         return created
 
@@ -214,7 +205,7 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
         next_at=_not_before(row, now),
         context={**row.context, FINAL_AT: now.isoformat()},
     )
-    _push_after_commit(row.pk)
+    transaction.on_commit(lambda: enqueue(row.pk))
 
 
 def _not_before(row: ProgressMessage, now: datetime) -> datetime:
@@ -229,16 +220,12 @@ def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime
         text=text, phase=phase, eta_at=eta_at, pending=True, next_at=not_before
     )
     if not_before <= now:
-        _push_after_commit(row.pk)
-
-
-def _push_after_commit(progress_id: int) -> None:
-    transaction.on_commit(lambda: enqueue(progress_id))
+        transaction.on_commit(lambda: enqueue(row.pk))
 
 
 def enqueue(*progress_ids: int) -> None:
-    """Queue ``push`` for each message, on one broker connection; never raises (the sweep
-    is the net)."""
+    """Queue ``push`` for each message, on one broker connection; never raises (the sweep is
+    the net)."""
     try:
         broker = get_broker(settings.NOTIFICATION_CLUSTER)
         for progress_id in progress_ids:
@@ -254,17 +241,6 @@ def enqueue(*progress_ids: int) -> None:
 
 
 # --- Sending (the notifications cluster) --------------------------------------------------
-
-
-class _NoSlot(Exception):
-    def __init__(self, wait: float):
-        self.wait = wait
-
-
-def _take_slot(chat_id: int) -> None:
-    wait = rate_limits.reserve(chat_id)
-    if wait > 0:
-        raise _NoSlot(wait)
 
 
 def _due(now: datetime) -> Any:
@@ -283,10 +259,12 @@ def _save(row: ProgressMessage, **fields: Any) -> None:
     ProgressMessage.objects.filter(pk=row.pk).update(**{"lease_until": None, **fields})
 
 
-def _later(row: ProgressMessage, seconds: float, error: str = "") -> None:
+def _later(row: ProgressMessage, seconds: float, error: str = "", first: bool = False) -> None:
     fields: dict[str, Any] = {"next_at": timezone.now() + timedelta(seconds=seconds)}
     if error:
         fields["last_error"] = error[:2000]
+    if first:  # the first send never left: it may still go
+        fields["state"] = State.NEW
     _save(row, **fields)
 
 
@@ -329,24 +307,21 @@ def push(progress_id: int) -> str:
     try:
         if first:
             receipt = backend.send(
-                row.chat_id, text, ready=lambda: _take_slot(row.chat_id), silent=True
+                row.chat_id, text, ready=lambda: rate_limits.take(row.chat_id), silent=True
             )
         else:
             assert row.message_id is not None
             receipt = backend.edit(
-                row.chat_id, row.message_id, text, ready=lambda: _take_slot(row.chat_id)
+                row.chat_id, row.message_id, text, ready=lambda: rate_limits.take(row.chat_id)
             )
-    except _NoSlot as exc:
-        _undo_sending(row, first)
-        _later(row, exc.wait)
+    except rate_limits.NoSlot as exc:
+        _later(row, exc.wait, first=first)
         return f"rate limited for {exc.wait:.1f} s"
     except RetryLater as exc:
-        _undo_sending(row, first)
-        _later(row, exc.retry_after, str(exc))
+        _later(row, exc.retry_after, str(exc), first)
         return f"flood control: retry in {exc.retry_after:g} s"
     except TokenRejected as exc:
-        _undo_sending(row, first)
-        _later(row, settings.NOTIFICATION_PROBE_INTERVAL_SECONDS or 60, str(exc))
+        _later(row, settings.NOTIFICATION_PROBE_INTERVAL_SECONDS or 60, str(exc), first)
         return "token rejected"
     except RecipientUnreachable as exc:
         UnreachableChat.objects.get_or_create(
@@ -377,11 +352,6 @@ def push(progress_id: int) -> str:
     # The text changed while this one was in flight: the newer one is still to go.
     ProgressMessage.objects.filter(pk=row.pk, text=text).update(pending=False)
     return "sent" if first else "edited"
-
-
-def _undo_sending(row: ProgressMessage, first: bool) -> None:
-    if first:
-        ProgressMessage.objects.filter(pk=row.pk, state=State.SENDING).update(state=State.NEW)
 
 
 def _stop(row: ProgressMessage, error: str) -> str:

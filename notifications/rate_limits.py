@@ -7,6 +7,7 @@ See docs/architecture.md#exactly-one-message-per-outcome.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -25,6 +26,21 @@ _PRUNE_EVERY = 25
 def is_group(chat_id: int) -> bool:
     """Groups and supergroups have negative ids; users (private chats) positive ones."""
     return chat_id < 0
+
+
+class NoSlot(Exception):
+    """The limits want a longer wait than the sender may sleep: hand the message back."""
+
+    def __init__(self, wait: float):
+        self.wait = wait
+
+
+def take(chat_id: int, may_sleep: float = 0.0) -> None:
+    """Take a send slot, sleeping through waits up to ``may_sleep``; a longer one: ``NoSlot``."""
+    while (wait := reserve(chat_id)) > 0:
+        if wait > may_sleep:
+            raise NoSlot(wait)
+        time.sleep(wait)
 
 
 def reserve(chat_id: int, *, now: datetime | None = None) -> float:
