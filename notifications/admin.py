@@ -1,9 +1,6 @@
 """Staff pages for the outbox: every message, every attempt, resend, and the sender state.
 
-Read-only by design (``avatarsite.admin_base.ReadOnlyAdmin``): rows change only through
-delivery (and the resend action, after the shared confirmation page), so what staff
-see is what happened. Owners with their reachability live in the
-monitoring admin.
+Read-only: rows change only through delivery (and resend), so staff see what happened.
 """
 
 from __future__ import annotations
@@ -140,9 +137,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     def headline(notification: Notification) -> str:
         """What the message is: "Avatar ready — @anna, avatar #12"."""
         parts = [str(notification.get_kind_display())]
-        about = []
-        if notification.owner_id:
-            about.append(str(notification.owner))
+        about = [str(notification.owner)] if notification.owner_id else []
         if notification.avatar is not None:
             about.append(
                 _("%(name)s, avatar #%(id)s")

@@ -186,9 +186,6 @@ def _note_transient(reason: str) -> bool:
     return paused
 
 
-# --- Claiming -----------------------------------------------------------------------------------
-
-
 def claim(notification_id: int, worker: str | None = None) -> Notification | None:
     """Take the row for this worker, with a lease; None if it is not due or another has it."""
     notification = Notification.objects.select_related("owner").claim(
@@ -241,7 +238,32 @@ def deliver(notification_id: int) -> str:
     if notification is None:
         outbox.unqueue(notification_id)
         return "not due or claimed elsewhere"
-    return send_claimed(notification, backend)
+    for _try in range(2):  # a migrated chat is sent to once more, at its new id
+        chat_id = _resolve_chat(notification)
+        refusal = _refuse(notification, chat_id)
+        if refusal or chat_id is None:
+            return refusal
+        # The slot is taken at the last moment, once the HTTP client is ready, so that
+        # the limits hold for requests as Telegram sees them, not for our intentions.
+        slot = _SlotTaker(notification, chat_id)
+        try:
+            receipt = backend.send(chat_id, notification.text, ready=slot)
+        except rate_limits.NoSlot as exc:
+            notification.release(after=exc.wait, error=notification.last_error)
+            return f"rate limited for {exc.wait:.1f} s"
+        except base.SendError as exc:
+            error: base.SendError = exc
+        except Exception as exc:  # a bug in a backend must not lose the row
+            logger.exception("Unexpected error sending notification %s", notification.pk)
+            error = base.Transient(f"{exc.__class__.__name__}: {exc}")
+        else:
+            return _sent(notification, slot.attempt_for_record(), chat_id, receipt)
+        handler = next(h for kind, h in _ANSWERS if isinstance(error, kind))
+        outcome = handler(notification, slot.attempt_for_record(), chat_id, error)
+        if outcome is not None:
+            return outcome
+    _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
+    return "failed: migrated twice"
 
 
 def _resolve_chat(notification: Notification) -> int | None:
@@ -250,14 +272,9 @@ def _resolve_chat(notification: Notification) -> int | None:
         if notification.audience == Audience.STAFF
         else notification.chat_id
     )
+    migrations = ChatMigration.objects.values_list("new_chat_id", flat=True)
     for _hop in range(5):  # follow migrations (a chain is possible, a loop is not)
-        if chat_id is None:
-            break
-        moved = (
-            ChatMigration.objects.filter(old_chat_id=chat_id)
-            .values_list("new_chat_id", flat=True)
-            .first()
-        )
+        moved = None if chat_id is None else migrations.filter(old_chat_id=chat_id).first()
         if moved is None:
             break
         chat_id = moved
@@ -288,37 +305,6 @@ class _SlotTaker:
 # Each handler records the attempt, settles the row and returns what happened, or None
 # to send again (to a migrated chat).
 _Handler = Callable[[Notification, NotificationAttempt, int, base.SendError], "str | None"]
-
-
-def send_claimed(notification: Notification, backend: base.BaseBackend | None = None) -> str:
-    """Send a row this worker has claimed and do what Telegram's answer calls for."""
-    backend = backend or get_backend()
-    for _try in range(2):  # a migrated chat is sent to once more, at its new id
-        chat_id = _resolve_chat(notification)
-        refusal = _refuse(notification, chat_id)
-        if refusal or chat_id is None:
-            return refusal
-        # The slot is taken at the last moment, once the HTTP client is ready, so that
-        # the limits hold for requests as Telegram sees them, not for our intentions.
-        slot = _SlotTaker(notification, chat_id)
-        try:
-            receipt = backend.send(chat_id, notification.text, ready=slot)
-        except rate_limits.NoSlot as exc:
-            notification.release(after=exc.wait, error=notification.last_error)
-            return f"rate limited for {exc.wait:.1f} s"
-        except base.SendError as exc:
-            error: base.SendError = exc
-        except Exception as exc:  # a bug in a backend must not lose the row
-            logger.exception("Unexpected error sending notification %s", notification.pk)
-            error = base.Transient(f"{exc.__class__.__name__}: {exc}")
-        else:
-            return _sent(notification, slot.attempt_for_record(), chat_id, receipt)
-        handler = next(h for kind, h in _ANSWERS if isinstance(error, kind))
-        outcome = handler(notification, slot.attempt_for_record(), chat_id, error)
-        if outcome is not None:
-            return outcome
-    _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
-    return "failed: migrated twice"
 
 
 def _refuse(notification: Notification, chat_id: int | None) -> str:

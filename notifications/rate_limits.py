@@ -56,31 +56,27 @@ def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
             SenderState.get()  # the lock row must exist before we can lock it
             SenderState.objects.select_for_update().filter(pk=1).first()
         now = now or timezone.now()
-        wait = _wait_needed(chat_id, now)
+        chat = RateLimitMark.objects.filter(chat_id=chat_id)
+        every = RateLimitMark.objects.all()
+        overall = settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND
+        # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart)
+        # rather than bursts of ``limit`` at the start of each second, so that network
+        # jitter cannot bunch two bursts into one second at Telegram's end; the one-second
+        # window is the hard ceiling.
+        limits = [
+            (chat, timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS), 1),
+            (every, timedelta(seconds=1 / overall), 1),
+            (every, timedelta(seconds=1), overall),
+        ]
+        if is_group(chat_id):
+            limits.append((chat, timedelta(minutes=1), settings.NOTIFICATION_RATE_GROUP_PER_MINUTE))
+        wait = max(_window_wait(marks, now, window, limit) for marks, window, limit in limits)
         if wait > 0:
             return wait
         mark = RateLimitMark.objects.create(chat_id=chat_id, sent_at=now)
         if mark.pk % _PRUNE_EVERY == 0:
             RateLimitMark.objects.filter(sent_at__lt=now - _KEEP).delete()
     return 0.0
-
-
-def _wait_needed(chat_id: int, now: datetime) -> float:
-    chat = RateLimitMark.objects.filter(chat_id=chat_id)
-    every = RateLimitMark.objects.all()
-    overall = settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND
-    # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart)
-    # rather than bursts of ``limit`` at the start of each second, so that network
-    # jitter cannot bunch two bursts into one second at Telegram's end; the one-second
-    # window is the hard ceiling.
-    limits = [
-        (chat, timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS), 1),
-        (every, timedelta(seconds=1 / overall), 1),
-        (every, timedelta(seconds=1), overall),
-    ]
-    if is_group(chat_id):
-        limits.append((chat, timedelta(minutes=1), settings.NOTIFICATION_RATE_GROUP_PER_MINUTE))
-    return max(_window_wait(marks, now, window, limit) for marks, window, limit in limits)
 
 
 def _window_wait(marks, now: datetime, window: timedelta, limit: int) -> float:

@@ -1,6 +1,5 @@
-"""The relay: hands every outbox row whose wait has passed to a sender within seconds.
-
-A thread in each notifications worker process, one at a time working under a lease.
+"""The relay: a thread in each notifications worker, one at a time under a lease, that
+hands every due outbox row to a sender within seconds.
 See docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
@@ -41,8 +40,7 @@ def take_turn(me: str) -> bool:
     )
 
 
-# The other outboxes' passes (the bot's event callbacks), registered by their apps:
-# one relay for every outgoing message.
+# The other outboxes' passes (the bot's event callbacks), registered by their apps.
 _other_outboxes: list[Callable[[], int]] = []
 
 

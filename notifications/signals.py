@@ -1,7 +1,4 @@
-"""What the notifications app announces to whoever counts or watches it.
-
-``notifications`` never imports ``monitoring``: the monitor connects its receivers.
-"""
+"""What the notifications app announces (``monitoring`` connects its receivers)."""
 
 from __future__ import annotations
 

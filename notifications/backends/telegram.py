@@ -38,7 +38,7 @@ from notifications.backends.base import (
 
 # A probe (relay thread) may run while a send (worker thread) is in flight.
 _POOL_SIZE = 4
-_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+_HTML = {"parse_mode": "HTML", "link_preview_options": LinkPreviewOptions(is_disabled=True)}
 
 
 class _Connection:
@@ -115,8 +115,6 @@ multiprocessing_util.Finalize(None, close_connection, exitpriority=10)
 
 
 class TelegramBackend(BaseBackend):
-    name = "telegram"
-
     def __init__(self) -> None:
         self.token = settings.TELEGRAM_BOT_TOKEN or ""
         self.base_url = settings.TELEGRAM_API_BASE_URL
@@ -133,9 +131,8 @@ class TelegramBackend(BaseBackend):
             ready=ready,
             chat_id=chat_id,
             text=text,
-            parse_mode="HTML",
-            link_preview_options=_NO_PREVIEW,
             disable_notification=silent or None,
+            **_HTML,
         )
         return SendReceipt(getattr(message, "message_id", None))
 
@@ -147,8 +144,7 @@ class TelegramBackend(BaseBackend):
                 chat_id=chat_id,
                 message_id=message_id,
                 text=text,
-                parse_mode="HTML",
-                link_preview_options=_NO_PREVIEW,
+                **_HTML,
             )
         except Rejected as exc:
             words = str(exc).lower()
@@ -162,14 +158,8 @@ class TelegramBackend(BaseBackend):
     def probe(self) -> None:
         self._call("get_me")
 
-    # --- internals ---------------------------------------------------------------------
-
     def _call(self, method: str, *, ready: Ready = None, **kwargs: Any) -> Any:
-        """One Bot API call on this process's long-lived connection.
-
-        ``ready()`` runs here, in the calling thread (the ORM may be used), right before
-        the request is handed to the loop.
-        """
+        """One Bot API call on this process's long-lived connection."""
         if not self.token:
             raise TokenRejected("TELEGRAM_BOT_TOKEN is not set")
         try:
@@ -177,20 +167,16 @@ class TelegramBackend(BaseBackend):
         except Exception as exc:
             raise self._classify(exc) from None
         if ready is not None:
-            ready()  # its exceptions are the caller's, not Telegram's
+            ready()  # in this thread (the ORM may be used); its exceptions are the caller's
         try:
             return connection.submit(getattr(connection.bot, method)(**kwargs), self.timeout * 2)
         except Exception as exc:  # anything else is classified, never raised raw
             raise self._classify(exc) from None
 
-    def _scrub(self, text: str) -> str:
-        if self.token:
-            text = text.replace(self.token, REDACTED)
-        return redact(text)
-
     def _classify(self, exc: BaseException) -> SendError:
-        """Telegram's answer → what it means for us (python-telegram-bot's mapping of Bot API errors, in this order)."""
-        text = self._scrub(str(exc) or exc.__class__.__name__)
+        """Telegram's answer → what it means for us (python-telegram-bot's errors, in this order)."""
+        text = str(exc) or exc.__class__.__name__
+        text = redact(text.replace(self.token, REDACTED) if self.token else text)
         if isinstance(exc, error.ChatMigrated):
             return ChatMoved(int(exc.new_chat_id))
         if isinstance(exc, error.RetryAfter):
