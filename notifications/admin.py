@@ -5,6 +5,8 @@ Read-only: rows change only through delivery (and resend), so staff see what hap
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -14,13 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from avatarsite import admin_base
-from avatarsite.admin_base import (
-    ConfirmRow,
-    ReadOnlyAdmin,
-    ReadOnlyInline,
-    confirmation_page,
-    is_confirmed,
-)
+from avatarsite.admin_base import ConfirmRow, ReadOnlyAdmin, confirmation_page, is_confirmed
 from notifications import delivery, reachability
 from notifications.models import (
     ChatMigration,
@@ -38,6 +34,7 @@ RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
+_resend_action = partial(admin_base.staff_action, permission=RESEND_PERMISSION)
 
 
 def warn_if_paused(request: HttpRequest) -> None:
@@ -63,7 +60,7 @@ def warn_if_paused(request: HttpRequest) -> None:
         )
 
 
-class NotificationAttemptInline(ReadOnlyInline[NotificationAttempt, Notification]):
+class NotificationAttemptInline(admin_base.ReadOnlyInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
     fields = admin_base.attempt_fields("chat_id", "telegram_message_id")
     ordering = ("started_at", "id")
@@ -155,10 +152,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
 
     has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @admin_base.staff_action(
-        permission=RESEND_PERMISSION,
-        description=gettext_lazy("Resend undelivered notifications…"),
-    )
+    @_resend_action(description=gettext_lazy("Resend undelivered notifications…"))
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
         selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
         if not is_confirmed(request):
@@ -249,10 +243,7 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
 
     has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @admin_base.staff_action(
-        permission=RESEND_PERMISSION,
-        description=gettext_lazy("The owner is reachable again: resend held messages…"),
-    )
+    @_resend_action(description=gettext_lazy("The owner is reachable again: resend held messages…"))
     def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):
         chats = list(queryset.order_by("pk"))
         if not is_confirmed(request):

@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -101,9 +102,6 @@ def resend(notification_id: int) -> bool:
     if reopened:
         transaction.on_commit(lambda: outbox.enqueue(notification_id))
     return bool(reopened)
-
-
-# --- The sender state: paused while Telegram rejects the token or fails for everyone ----------
 
 
 def sending_paused() -> tuple[bool, str]:
@@ -220,9 +218,6 @@ def _close(notification: Notification, status: str, **fields) -> bool:
     return _held(notification.close(status, **fields), notification, status)
 
 
-# --- Sending ----------------------------------------------------------------------------------
-
-
 def deliver(notification_id: int) -> str:
     """The django-q2 task: claim one row and send it. Returns what happened (for the task log)."""
     kind = Notification.objects.filter(pk=notification_id).values_list("kind", flat=True).first()
@@ -243,23 +238,28 @@ def deliver(notification_id: int) -> str:
         refusal = _refuse(notification, chat_id)
         if refusal or chat_id is None:
             return refusal
-        # The slot is taken at the last moment, once the HTTP client is ready, so that
-        # the limits hold for requests as Telegram sees them, not for our intentions.
-        slot = _SlotTaker(notification, chat_id)
+        # The slot is taken at the last moment, so the limits hold as Telegram sees them.
+        opened: list[NotificationAttempt] = []
         try:
-            receipt = backend.send(chat_id, notification.text, ready=slot)
+            receipt = backend.send(
+                chat_id, notification.text, ready=partial(_take_slot, notification, chat_id, opened)
+            )
         except rate_limits.NoSlot as exc:
             notification.release(after=exc.wait, error=notification.last_error)
             return f"rate limited for {exc.wait:.1f} s"
         except base.SendError as exc:
-            error: base.SendError = exc
+            error: base.SendError | None = exc
         except Exception as exc:  # a bug in a backend must not lose the row
             logger.exception("Unexpected error sending notification %s", notification.pk)
             error = base.Transient(f"{exc.__class__.__name__}: {exc}")
         else:
-            return _sent(notification, slot.attempt_for_record(), chat_id, receipt)
+            error = None
+        # Opened here when the backend failed before its request.
+        attempt = opened[0] if opened else notification.open_attempt(chat_id=chat_id)
+        if error is None:
+            return _sent(notification, attempt, chat_id, receipt)
         handler = next(h for kind, h in _ANSWERS if isinstance(error, kind))
-        outcome = handler(notification, slot.attempt_for_record(), chat_id, error)
+        outcome = handler(notification, attempt, chat_id, error)
         if outcome is not None:
             return outcome
     _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
@@ -281,29 +281,15 @@ def _resolve_chat(notification: Notification) -> int | None:
     return chat_id
 
 
-class _SlotTaker:
+def _take_slot(notification: Notification, chat_id: int, opened: list) -> None:
     """The backend's ``ready``: take a rate-limit slot, then open the attempt."""
-
-    def __init__(self, notification: Notification, chat_id: int):
-        self.notification = notification
-        self.chat_id = chat_id
-        self.attempt: NotificationAttempt | None = None
-
-    def __call__(self) -> None:
-        # Only the spacing between two sends (1/25 s) is slept here; a longer wait (a
-        # chat's one-per-second, a group's per-minute) hands the row back.
-        rate_limits.take(self.chat_id, settings.NOTIFICATION_INLINE_WAIT_SECONDS)
-        self.attempt = self.notification.open_attempt(chat_id=self.chat_id)
-
-    def attempt_for_record(self) -> NotificationAttempt:
-        """The attempt to record an answer on (created now if the backend failed before)."""
-        if self.attempt is None:
-            self.attempt = self.notification.open_attempt(chat_id=self.chat_id)
-        return self.attempt
+    # Only the spacing between two sends (1/25 s) is slept here; a longer wait (a chat's
+    # one-per-second, a group's per-minute) hands the row back.
+    rate_limits.take(chat_id, settings.NOTIFICATION_INLINE_WAIT_SECONDS)
+    opened.append(notification.open_attempt(chat_id=chat_id))
 
 
-# Each handler records the attempt, settles the row and returns what happened, or None
-# to send again (to a migrated chat).
+# A handler records the attempt, settles the row, returns what happened (None: send again).
 _Handler = Callable[[Notification, NotificationAttempt, int, base.SendError], "str | None"]
 
 

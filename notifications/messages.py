@@ -107,8 +107,6 @@ def render_owner_message(kind: str, training, *, owner_message: str | None = Non
         return str(_OWNER_TEXTS[kind]).format(**values)[:MAX_TEXT]
 
 
-# --- Staff messages, with links to the admin ---
-
 STAFF_LANGUAGE = "ru"
 
 
@@ -263,8 +261,6 @@ def render_given_up_message(notification, error: str) -> str:
     )[:MAX_TEXT]
 
 
-# --- The owner's live progress message (docs/eta.md) ---
-
 _PROGRESS_TEXTS = {
     "queue": gettext_lazy("⏳ Training «<b>{name}</b>»: in line, {ahead} ahead of you."),
     "next": gettext_lazy("⏳ Training «<b>{name}</b>»: in line, you are next."),
@@ -287,30 +283,23 @@ def _minutes(seconds: float) -> int:
     return max(1, round(seconds / 60))
 
 
-def render_progress(
-    context: dict[str, Any],
-    phase: str,
-    *,
-    now: datetime,
-    position: int | None = None,
-    eta_at: datetime | None = None,
-    eta_low: datetime | None = None,
-    eta_high: datetime | None = None,
-) -> str:
-    """The text for ``phase`` (queue, run, late, retry; or the last line: completed, error,
-    cancelled). ``context``: name and language."""
-    with translation.override(owner_language(str(context.get("language")))):
+def render_progress(snapshot: Any, now: datetime) -> str:
+    """The text of a ``progress.Snapshot``: its phase (queue, run, late, retry; or the last
+    line: completed, error, cancelled), place in line and ETA, in the owner's language."""
+    phase = snapshot.phase
+    with translation.override(owner_language(str(snapshot.context.get("language")))):
         texts = {key: str(text) for key, text in _PROGRESS_TEXTS.items()}
-    key = "next" if phase == "queue" and not position else phase
-    line = texts[key].format(name=escape(str(context.get("name", ""))), ahead=position or 0)
-    if phase in ("queue", "run", "retry") and eta_at is not None:
+    key = "next" if phase == "queue" and not snapshot.position else phase
+    name = escape(str(snapshot.context.get("name", "")))
+    line = texts[key].format(name=name, ahead=snapshot.position or 0)
+    if phase in ("queue", "run", "retry") and (eta_at := snapshot.eta_at) is not None:
         left = (eta_at - now).total_seconds()
         if left < 90:
             line += "\n" + texts["eta_soon"]
         else:
-            low = _minutes(((eta_low or eta_at) - now).total_seconds())
-            high = _minutes(((eta_high or eta_at) - now).total_seconds())
+            low = _minutes(((snapshot.eta_low or eta_at) - now).total_seconds())
+            high = _minutes(((snapshot.eta_high or eta_at) - now).total_seconds())
             line += "\n" + texts["eta"].format(minutes=_minutes(left), low=low, high=high)
-    if context.get("retried") and phase in ("queue", "run", "late"):
+    if snapshot.context.get("retried") and phase in ("queue", "run", "late"):
         line += "\n" + texts["retried_note"]
     return line[:MAX_TEXT]

@@ -29,8 +29,8 @@ class OutboxStatus(models.TextChoices):
     GIVEN_UP = "given_up", _("Given up")
 
 
-# Written on an attempt before the request leaves; the next claimer turns an attempt
-# still in flight into "interrupted" (the other side may have got it).
+# An attempt is in flight from before the request leaves; the next claimer makes one
+# still in flight "interrupted" (the other side may have got it).
 IN_FLIGHT = "in_flight"
 INTERRUPTED = "interrupted"
 # How long a worker may hold a task it took from the broker before it claims the row:

@@ -82,7 +82,6 @@ def queue_outcome(
 ) -> Notification | None:
     """The owner's message for a finished attempt, picked by its ``owner_message`` ("no
     message" writes it as skipped). ``fal_finished_at``: to measure how long they waited."""
-    avatar = training.avatar
     owner_message = getattr(training, "owner_message", "") or ""
     kind = _OUTCOME_KINDS[outcome]
     if outcome == "error" and owner_message == OwnerMessage.CANCELLED:
@@ -90,25 +89,11 @@ def queue_outcome(
     context: dict[str, Any] = {"owner_message": owner_message} if owner_message else {}
     if fal_finished_at is not None:
         context[FAL_FINISHED_AT] = fal_finished_at.isoformat()
-    fields = {
-        "dedup_key": f"{kind}:{training.pk}",
-        "kind": kind,
-        "audience": Audience.OWNER,
-        "owner": avatar.owner,
-        "avatar": avatar,
-        "training": training,
-        "chat_id": avatar.owner.telegram_id,
-        "text": messages.render_owner_message(kind, training),
-        "context": context,
-    }
+    fields = _to_owner(kind, training, dedup_key=f"{kind}:{training.pk}", context=context)
     if owner_message == OwnerMessage.NONE:
-        return Notification.objects.create(
-            **{
-                **fields,
-                "status": NotificationStatus.SKIPPED,
-                "context": {**context, "skipped": "staff_chose_no_message"},
-            }
-        )
+        fields["status"] = NotificationStatus.SKIPPED
+        fields["context"] = {**context, "skipped": "staff_chose_no_message"}
+        return Notification.objects.create(**fields)
     # The winner of the transition is the only writer of this key: no savepoint.
     return _create_once(savepoint=False, **fields)
 
@@ -119,17 +104,22 @@ def delayed_key(avatar_id: int, episode_start_id: int) -> str:
 
 def queue_delayed(*, training: Any, episode_start_id: int) -> Notification | None:
     """The owner's one "taking longer than usual" message per episode (attempt and retries)."""
+    key = delayed_key(training.avatar.pk, episode_start_id)
+    return _create_once(**_to_owner(NotificationKind.DELAYED, training, dedup_key=key))
+
+
+def _to_owner(kind: str, training: Any, **fields: Any) -> dict[str, Any]:
     avatar = training.avatar
-    return _create_once(
-        dedup_key=delayed_key(avatar.pk, episode_start_id),
-        kind=NotificationKind.DELAYED,
-        audience=Audience.OWNER,
-        owner=avatar.owner,
-        avatar=avatar,
-        training=training,
-        chat_id=avatar.owner.telegram_id,
-        text=messages.render_owner_message(NotificationKind.DELAYED, training),
-    )
+    return {
+        "kind": kind,
+        "audience": Audience.OWNER,
+        "owner": avatar.owner,
+        "avatar": avatar,
+        "training": training,
+        "chat_id": avatar.owner.telegram_id,
+        "text": messages.render_owner_message(kind, training),
+        **fields,
+    }
 
 
 def queue_stuck(*, training: Any, episode: int, reason: str = "") -> Notification | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -83,20 +84,6 @@ class Snapshot:
     eta_low: datetime | None = None
     eta_high: datetime | None = None
 
-    def text(self, now: datetime) -> str:
-        return messages.render_progress(
-            self.context,
-            self.phase,
-            now=now,
-            position=self.position,
-            eta_at=self.eta_at,
-            eta_low=self.eta_low,
-            eta_high=self.eta_high,
-        )
-
-
-# --- What the monitor calls (inside its transactions) -----------------------------------
-
 
 def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessage | None:
     """The training moved: create its message, or note the text an edit should carry."""
@@ -125,7 +112,7 @@ def update_many(
                 ProgressMessage(
                     training_id=snapshot.training_id,
                     chat_id=snapshot.chat_id,
-                    text=snapshot.text(now),
+                    text=messages.render_progress(snapshot, now),
                     phase=snapshot.phase,
                     eta_at=snapshot.eta_at,
                     context=snapshot.context,
@@ -141,7 +128,16 @@ def update_many(
         fresh = Basis(snapshot.phase, snapshot.eta_at)
         if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
             continue
-        _set_text(row, snapshot.text(now), snapshot.phase, snapshot.eta_at, now)
+        not_before = _not_before(row, now)
+        ProgressMessage.objects.filter(pk=row.pk, final=False).update(
+            text=messages.render_progress(snapshot, now),
+            phase=snapshot.phase,
+            eta_at=snapshot.eta_at,
+            pending=True,
+            next_at=not_before,
+        )
+        if not_before <= now:
+            transaction.on_commit(partial(enqueue, row.pk))
     created = _create(new) if new else []
     rows.update((row.training_id, row) for row in created)
     if created:
@@ -190,12 +186,11 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
             state=State.SKIPPED, final=True, pending=False
         )
         return
-    row.final = True
     # A first send still in flight gets its last line too, once it has landed.
     if row.state not in (State.LIVE, State.SENDING) or outcome not in OUTCOME_PHASES:
         ProgressMessage.objects.filter(pk=row.pk).update(final=True, pending=False)
         return
-    text = messages.render_progress(row.context, outcome, now=now)
+    text = messages.render_progress(Snapshot(training_id, row.chat_id, outcome, row.context), now)
     ProgressMessage.objects.filter(pk=row.pk).update(
         final=True,
         text=text,
@@ -214,15 +209,6 @@ def _not_before(row: ProgressMessage, now: datetime) -> datetime:
     return max(now, row.last_edit_at + interval) if row.last_edit_at else now
 
 
-def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime) -> None:
-    not_before = _not_before(row, now)
-    ProgressMessage.objects.filter(pk=row.pk, final=False).update(
-        text=text, phase=phase, eta_at=eta_at, pending=True, next_at=not_before
-    )
-    if not_before <= now:
-        transaction.on_commit(lambda: enqueue(row.pk))
-
-
 def enqueue(*progress_ids: int) -> None:
     """Queue ``push`` for each message, on one broker connection; never raises (the sweep is
     the net)."""
@@ -238,9 +224,6 @@ def enqueue(*progress_ids: int) -> None:
             )
     except Exception:
         logger.exception("Could not queue progress messages %s; the sweep will", progress_ids)
-
-
-# --- Sending (the notifications cluster) --------------------------------------------------
 
 
 def _due(now: datetime) -> Any:
@@ -304,16 +287,13 @@ def push(progress_id: int) -> str:
     if first:
         # In flight from here: a worker that dies now never sends it again.
         _save(row, state=State.SENDING, lease_until=now + LEASE)
+    ready = partial(rate_limits.take, row.chat_id)
     try:
         if first:
-            receipt = backend.send(
-                row.chat_id, text, ready=lambda: rate_limits.take(row.chat_id), silent=True
-            )
+            receipt = backend.send(row.chat_id, text, ready=ready, silent=True)
         else:
             assert row.message_id is not None
-            receipt = backend.edit(
-                row.chat_id, row.message_id, text, ready=lambda: rate_limits.take(row.chat_id)
-            )
+            receipt = backend.edit(row.chat_id, row.message_id, text, ready=ready)
     except rate_limits.NoSlot as exc:
         _later(row, exc.wait, first=first)
         return f"rate limited for {exc.wait:.1f} s"

@@ -92,8 +92,6 @@ def _window_wait(marks, now: datetime, window: timedelta, limit: int) -> float:
     return max(0.0, (recent[-1] + window - now).total_seconds())
 
 
-# --- Redis ----------------------------------------------------------------------------------
-
 # KEYS: the chat's sorted set, the overall sorted set. Scores are milliseconds.
 # ARGV: now, per-chat gap, is group (0/1), group limit, overall limit, overall spacing,
 # a unique member, how long to keep marks.
