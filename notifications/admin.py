@@ -281,8 +281,6 @@ class ChatMigrationAdmin(ReadOnlyAdmin[ChatMigration]):
 
 @admin.register(ProgressMessage)
 class ProgressMessageAdmin(ReadOnlyAdmin[ProgressMessage]):
-    """The owners' live progress messages (notifications.progress, docs/eta.md)."""
-
     list_display = ("training", "chat_id", "state", "phase", "edits", "last_edit_at", "last_error")
     list_filter = ("state",)
     search_fields = ("=chat_id", "=training__fal_request_id")

@@ -75,7 +75,6 @@ def relay_once() -> int:
 
 
 def sweep() -> int:
-    """Merge stuck alerts, then queue what is due and has no task."""
     if not _may_send():
         return 0
     outbox.merge_stuck_alerts()
@@ -185,7 +184,6 @@ def _note_transient(reason: str) -> bool:
 
 
 def claim(notification_id: int, worker: str | None = None) -> Notification | None:
-    """Take the row for this worker, with a lease; None if it is not due or another has it."""
     notification = Notification.objects.select_related("owner").claim(
         notification_id,
         worker=worker or worker_name(),
@@ -282,7 +280,6 @@ def _resolve_chat(notification: Notification) -> int | None:
 
 
 def _take_slot(notification: Notification, chat_id: int, opened: list) -> None:
-    """The backend's ``ready``: take a rate-limit slot, then open the attempt."""
     # Only the spacing between two sends (1/25 s) is slept here; a longer wait (a chat's
     # one-per-second, a group's per-minute) hands the row back.
     rate_limits.take(chat_id, settings.NOTIFICATION_INLINE_WAIT_SECONDS)
@@ -363,7 +360,6 @@ def _chat_moved(notification, attempt, chat_id, error: base.SendError) -> None:
         old_chat_id=chat_id, defaults={"new_chat_id": error.new_chat_id}
     )
     logger.warning("Chat %s migrated to %s: stored, resending once", chat_id, error.new_chat_id)
-    return None
 
 
 def _unreachable(notification, attempt, chat_id, error: base.SendError) -> str:
@@ -441,7 +437,6 @@ _ANSWERS: list[tuple[type[base.SendError], _Handler]] = [
 def _settle(
     notification: Notification, attempt: NotificationAttempt, outcome: str, **fields: Any
 ) -> bool:
-    """Record Telegram's answer and settle the row in one commit (``OutboxRow.settle``)."""
     if "close" in fields:  # a closed row keeps its last attempt's error ("" once sent)
         fields.setdefault("last_error", fields.get("error", ""))
     signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)

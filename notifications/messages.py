@@ -123,7 +123,6 @@ def _link(url: str, text: str) -> str:
 
 
 def _link_line(url: str, text: str) -> str:
-    """A last line with a link ("" without one)."""
     return f"\n{_link(url, text)}" if url else ""
 
 

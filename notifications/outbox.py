@@ -141,21 +141,21 @@ def merge_stuck_alerts() -> Notification | None:
     """Many pending stuck alerts → one digest; the merged rows say where they went. Rows
     being sent are locked or no longer pending: an alert goes alone or in one digest."""
     with transaction.atomic():
-        rows = list(
+        ids = list(
             Notification.objects.select_for_update(skip_locked=True)
             .filter(kind=NotificationKind.STUCK, status=NotificationStatus.PENDING, attempts=0)
             .order_by("pk")
+            .values_list("pk", flat=True)
         )
-        if len(rows) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
+        if len(ids) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
             return None
         ordered = [
             (row.training, str(row.context.get("reason") or ""))
-            for row in Notification.objects.filter(pk__in=[r.pk for r in rows])
+            for row in Notification.objects.filter(pk__in=ids)
             .select_related("training__avatar")
             .order_by("pk")
             if row.training is not None
         ]
-        ids = [row.pk for row in rows]
         digest = Notification.objects.create(
             dedup_key=f"stuck_digest:{ids[0]}-{ids[-1]}:{len(ids)}",
             kind=NotificationKind.STUCK_DIGEST,

@@ -253,19 +253,17 @@ def _later(row: ProgressMessage, seconds: float, error: str = "", first: bool = 
 
 def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
     """Whether the outcome message has gone (or will not): the last line may follow it."""
-    waiting = Notification.objects.filter(
+    if not Notification.objects.filter(
         training_id=row.training_id,
         audience=Audience.OWNER,
         status__in=[NotificationStatus.PENDING, NotificationStatus.SENDING],
-    ).exists()
-    if not waiting:
+    ).exists():
         return True
     final_at = row.context.get(FINAL_AT)
     return isinstance(final_at, str) and now - datetime.fromisoformat(final_at) > OUTCOME_WAIT
 
 
 def push(progress_id: int) -> str:
-    """Send or edit one progress message if it is due. Returns what happened."""
     now = timezone.now()
     row = _claim(progress_id, now)
     if row is None:
@@ -315,10 +313,9 @@ def push(progress_id: int) -> str:
     except Exception as exc:  # a bug in a backend: treat as unknown, never resend blindly
         logger.exception("Progress message %s: unexpected error", row.pk)
         return _unknown(row, first, f"{exc.__class__.__name__}: {exc}")
-    done = row.final
     _save(
         row,
-        state=State.DONE if done else State.LIVE,
+        state=State.DONE if row.final else State.LIVE,
         message_id=receipt.message_id if first else row.message_id,
         sent_text=text,
         sent_phase=row.phase,
