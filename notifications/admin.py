@@ -133,16 +133,14 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     @staticmethod
     def headline(notification: Notification) -> str:
         """What the message is: "Avatar ready — @anna, avatar #12"."""
-        parts = [str(notification.get_kind_display())]
+        kind = str(notification.get_kind_display())
         about = [str(notification.owner)] if notification.owner_id else []
         if notification.avatar is not None:
             about.append(
                 _("%(name)s, avatar #%(id)s")
                 % {"name": notification.avatar.name, "id": notification.avatar_id}
             )
-        if about:
-            parts.append(", ".join(about))
-        return " — ".join(parts)
+        return f"{kind} — {', '.join(about)}" if about else kind
 
     @admin.display(description=gettext_lazy("as shown on Telegram"))
     def as_sent(self, obj: Notification) -> SafeString:

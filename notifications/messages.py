@@ -113,9 +113,7 @@ STAFF_LANGUAGE = "ru"
 def admin_url(view: str, *args: Any, query: str = "") -> str:
     """An absolute admin URL on PUBLIC_BASE_URL ("" when it is not set: no link)."""
     base = getattr(settings, "PUBLIC_BASE_URL", None)
-    if not base:
-        return ""
-    return f"{base.rstrip('/')}{reverse(view, args=args)}{query}"
+    return f"{base.rstrip('/')}{reverse(view, args=args)}{query}" if base else ""
 
 
 def _link(url: str, text: str) -> str:

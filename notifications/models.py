@@ -158,8 +158,7 @@ class OutboxRow(models.Model):
     lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
     claimed_by = models.CharField(_("claimed by"), max_length=128, blank=True, db_default="")
     queued_at = models.DateTimeField(_("task queued"), null=True, blank=True)
-    # A worker died (or was stopped) after the request left and before the answer was
-    # recorded: the row was sent once more, and the recipient may have got it twice.
+    # Sent once more after a worker died mid-send: the recipient may have got it twice.
     maybe_duplicate = models.BooleanField(_("may be a duplicate"), default=False, db_default=False)
     created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
     last_error = models.TextField(_("last error"), blank=True)
@@ -251,8 +250,7 @@ class NotificationKind(models.TextChoices):
     RETRIES = "retries", _("Many automatic retries (staff)")
 
 
-# What an owner is told about a training that did not complete: chosen by
-# ``monitoring.owner_messages`` from fal's answer, or by staff ("mark as failed").
+# What an owner is told about a failed training (``monitoring.owner_messages``, or staff).
 class OwnerMessage(models.TextChoices):
     PHOTOS = "photos", _("Photos unusable: upload other photos")
     TECHNICAL = "technical", _("Technical problem: try again later")
@@ -292,8 +290,7 @@ class Notification(OutboxRow):
     owner = _link("monitoring.Owner", _("owner"))
     avatar = _link("monitoring.Avatar", _("avatar"))
     training = _link("monitoring.Training", _("training"), models.SET_NULL)
-    # Owner messages: the owner's Telegram id. Staff messages: empty, resolved at send
-    # time (the setting, or the chat it migrated to).
+    # Staff messages: empty, resolved at send time (the setting, or the chat it migrated to).
     chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
     text = models.TextField(_("text (HTML)"))
     context = models.JSONField(_("context"), default=dict, blank=True)
@@ -397,8 +394,7 @@ class SenderState(models.Model):
 
     paused = models.BooleanField(_("paused"), default=False)
     cause = models.CharField(_("cause"), max_length=8, choices=PauseCause.choices, blank=True)
-    # Transient failures in a row across every send (reset by any success): this many
-    # mean the Bot API is down for everyone, not for one message.
+    # Transient failures in a row across every send: enough mean the Bot API is down.
     failure_streak = models.PositiveIntegerField(_("failures in a row"), default=0)
     # The relay lease (notifications.relay): one relay at a time queues due rows.
     relay_owner = models.CharField(_("relay"), max_length=128, blank=True)

@@ -19,15 +19,7 @@ from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from notifications import messages, rate_limits
-from notifications.backends import get_backend
-from notifications.backends.base import (
-    MessageGone,
-    RecipientUnreachable,
-    Rejected,
-    RetryLater,
-    SendError,
-    TokenRejected,
-)
+from notifications.backends import base, get_backend
 from notifications.models import (
     Audience,
     Notification,
@@ -295,20 +287,20 @@ def push(progress_id: int) -> str:
     except rate_limits.NoSlot as exc:
         _later(row, exc.wait, first=first)
         return f"rate limited for {exc.wait:.1f} s"
-    except RetryLater as exc:
+    except base.RetryLater as exc:
         _later(row, exc.retry_after, str(exc), first)
         return f"flood control: retry in {exc.retry_after:g} s"
-    except TokenRejected as exc:
+    except base.TokenRejected as exc:
         _later(row, settings.NOTIFICATION_PROBE_INTERVAL_SECONDS or 60, str(exc), first)
         return "token rejected"
-    except RecipientUnreachable as exc:
+    except base.RecipientUnreachable as exc:
         UnreachableChat.objects.get_or_create(
             chat_id=row.chat_id, defaults={"reason": str(exc)[:255]}
         )
         return _stop(row, str(exc))
-    except (MessageGone, Rejected) as exc:
+    except (base.MessageGone, base.Rejected) as exc:
         return _stop(row, str(exc))
-    except SendError as exc:
+    except base.SendError as exc:
         return _unknown(row, first, str(exc))
     except Exception as exc:  # a bug in a backend: treat as unknown, never resend blindly
         logger.exception("Progress message %s: unexpected error", row.pk)

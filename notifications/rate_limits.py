@@ -1,7 +1,5 @@
-"""Telegram's sending limits, shared by every worker process (database, or Redis).
-
-One message a second per chat, 20 a minute per group, 25 a second overall; nothing in
-process memory, so they hold across workers, hosts and restarts.
+"""Telegram's sending limits (a second per chat, 20 a minute per group, 25 a second in all),
+kept in the database or Redis so they hold across workers, hosts and restarts.
 See docs/architecture.md#exactly-one-message-per-outcome.
 """
 
@@ -47,10 +45,6 @@ def reserve(chat_id: int, *, now: datetime | None = None) -> float:
     """Take a send slot for ``chat_id`` now (returns 0.0) or say how many seconds to wait."""
     if settings.REDIS_URL:
         return _reserve_in_redis(chat_id, now or timezone.now())
-    return _reserve_in_database(chat_id, now)
-
-
-def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
     with transaction.atomic():
         if SenderState.objects.select_for_update().filter(pk=1).first() is None:
             SenderState.get()  # the lock row must exist before we can lock it
@@ -59,10 +53,9 @@ def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
         chat = RateLimitMark.objects.filter(chat_id=chat_id)
         every = RateLimitMark.objects.all()
         overall = settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND
-        # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart)
-        # rather than bursts of ``limit`` at the start of each second, so that network
-        # jitter cannot bunch two bursts into one second at Telegram's end; the one-second
-        # window is the hard ceiling.
+        # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart), so
+        # network jitter cannot bunch two bursts into one second at Telegram's end; the
+        # one-second window is the hard ceiling.
         limits = [
             (chat, timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS), 1),
             (every, timedelta(seconds=1 / overall), 1),

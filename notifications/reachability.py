@@ -1,6 +1,4 @@
 """Owners who come back, and the one meaning of "an owner message was not delivered".
-
-Reopening a chat is a conditional update, so what was held back is sent again once.
 See docs/owner-messages.md#owners-who-blocked-the-bot.
 """
 

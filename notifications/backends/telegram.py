@@ -1,8 +1,7 @@
 """The one module that talks to Telegram (python-telegram-bot), and classifies its errors.
 
-One ``Bot`` and connection pool per worker process, on one event loop in a background
-thread, and no ORM inside that loop. The token never leaves this module: error texts
-are scrubbed before they are raised.
+One ``Bot`` and connection pool per process, on an event loop in a background thread (no
+ORM inside it). The token never leaves this module: error texts are scrubbed.
 See docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
