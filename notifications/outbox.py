@@ -285,10 +285,9 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
 def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notification | None:
     """Staff alert: many attempts retried after fal's failures; none while the last is
     under an hour old (the share's window), one per clock hour when two retries race."""
-    recent = Notification.objects.filter(
+    if Notification.objects.filter(
         kind=NotificationKind.RETRIES, created_at__gte=now - timedelta(hours=1)
-    )
-    if recent.exists():
+    ).exists():
         return None
     return _alert(
         NotificationKind.RETRIES,
