@@ -1,12 +1,11 @@
 """Staff pages for the outbox: every message, every attempt, resend, and the sender state.
 
-Read-only by design (``avatarsite.admin_base.ReadOnlyAdmin``): rows change only through
-delivery (and the resend action, after the shared confirmation page), so what staff
-see is what happened. Owners with their reachability live in the
-monitoring admin.
+Read-only: rows change only through delivery (and resend), so staff see what happened.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -17,13 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from avatarsite import admin_base
-from avatarsite.admin_base import (
-    ConfirmRow,
-    ReadOnlyAdmin,
-    ReadOnlyInline,
-    confirmation_page,
-    is_confirmed,
-)
+from avatarsite.admin_base import ConfirmRow, ReadOnlyAdmin, confirmation_page, is_confirmed
 from notifications import delivery, reachability
 from notifications.models import (
     ChatMigration,
@@ -41,6 +34,7 @@ RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
+_resend_action = partial(admin_base.staff_action, permission=RESEND_PERMISSION)
 
 
 def warn_if_paused(request: HttpRequest) -> None:
@@ -66,7 +60,7 @@ def warn_if_paused(request: HttpRequest) -> None:
         )
 
 
-class NotificationAttemptInline(ReadOnlyInline[NotificationAttempt, Notification]):
+class NotificationAttemptInline(admin_base.ReadOnlyInline[NotificationAttempt, Notification]):
     model = NotificationAttempt
     fields = admin_base.attempt_fields("chat_id", "telegram_message_id")
     ordering = ("started_at", "id")
@@ -139,18 +133,14 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     @staticmethod
     def headline(notification: Notification) -> str:
         """What the message is: "Avatar ready — @anna, avatar #12"."""
-        parts = [str(notification.get_kind_display())]
-        about = []
-        if notification.owner_id:
-            about.append(str(notification.owner))
+        kind = str(notification.get_kind_display())
+        about = [str(notification.owner)] if notification.owner_id else []
         if notification.avatar is not None:
             about.append(
                 _("%(name)s, avatar #%(id)s")
                 % {"name": notification.avatar.name, "id": notification.avatar_id}
             )
-        if about:
-            parts.append(", ".join(about))
-        return " — ".join(parts)
+        return f"{kind} — {', '.join(about)}" if about else kind
 
     @admin.display(description=gettext_lazy("as shown on Telegram"))
     def as_sent(self, obj: Notification) -> SafeString:
@@ -160,10 +150,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
 
     has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @admin_base.staff_action(
-        permission=RESEND_PERMISSION,
-        description=gettext_lazy("Resend undelivered notifications…"),
-    )
+    @_resend_action(description=gettext_lazy("Resend undelivered notifications…"))
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
         selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
         if not is_confirmed(request):
@@ -254,10 +241,7 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
 
     has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
-    @admin_base.staff_action(
-        permission=RESEND_PERMISSION,
-        description=gettext_lazy("The owner is reachable again: resend held messages…"),
-    )
+    @_resend_action(description=gettext_lazy("The owner is reachable again: resend held messages…"))
     def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):
         chats = list(queryset.order_by("pk"))
         if not is_confirmed(request):
@@ -295,8 +279,6 @@ class ChatMigrationAdmin(ReadOnlyAdmin[ChatMigration]):
 
 @admin.register(ProgressMessage)
 class ProgressMessageAdmin(ReadOnlyAdmin[ProgressMessage]):
-    """The owners' live progress messages (notifications.progress, docs/eta.md)."""
-
     list_display = ("training", "chat_id", "state", "phase", "edits", "last_edit_at", "last_error")
     list_filter = ("state",)
     search_fields = ("=chat_id", "=training__fal_request_id")

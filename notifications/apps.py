@@ -16,7 +16,6 @@ class NotificationsConfig(AppConfig):
         post_migrate.connect(
             schedules.ensure_schedules, sender=self, dispatch_uid="notifications-schedules"
         )
-        # The relay runs in the notifications cluster's worker processes.
         post_spawn.connect(relay.start_in_notification_worker, dispatch_uid="notification-relay")
         # The progress message's last line follows the outcome message (docs/eta.md).
         signals.owner_told.connect(

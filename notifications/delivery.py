@@ -1,10 +1,7 @@
 """Delivering the outbox: claim a row, send it, record the attempt, decide what next.
 
-A row is claimed with a lease, a wait puts it back with its due time, and the relay and
-the sweep hand due rows to senders. Exactly one message per outcome, at most two when a
-worker dies mid-send. What each Telegram answer does to the row is decided here
-(``_ANSWERS``); what the answer is, by the backend.
-See docs/architecture.md#exactly-one-message-per-outcome.
+What each Telegram answer does to the row is decided here (``_ANSWERS``); what the
+answer is, by the backend. See docs/architecture.md#exactly-one-message-per-outcome.
 """
 
 from __future__ import annotations
@@ -14,9 +11,9 @@ import math
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -25,18 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from notifications import outbox, rate_limits, signals
-from notifications.backends import get_backend
-from notifications.backends.base import (
-    BaseBackend,
-    ChatMoved,
-    RecipientUnreachable,
-    Rejected,
-    RetryLater,
-    SendError,
-    SendReceipt,
-    TokenRejected,
-    Transient,
-)
+from notifications.backends import base, get_backend
 from notifications.models import (
     INTERRUPTED_TWICE,
     Audience,
@@ -64,49 +50,31 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-# --- Handing rows to the worker ----------------------------------------------------------
-
-
 def due_rows():
-    """Rows a worker may claim now: pending and due, or claimed by a worker whose lease ran out."""
     return Notification.objects.due()
 
 
-def _queue_depth(now) -> int:
-    """How many tasks the relay keeps waiting: about one second of sending.
-
-    One second of what the senders really manage (the slots taken in the last second),
-    not of the limit: busy workers or a slow Bot API send fewer, and a deeper queue
-    would only make a new message wait longer. Never less than two tasks per worker,
-    so the senders never run dry; never more than the limit allows in a second.
-    """
-    floor = 2 * settings.NOTIFICATION_WORKERS
-    ceiling = max(floor, math.ceil(settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND))
-    if settings.REDIS_URL:  # the marks are in Redis: assume the limit is reached
-        return ceiling
-    sent = RateLimitMark.objects.filter(sent_at__gte=now - timedelta(seconds=1)).count()
-    return max(floor, min(ceiling, sent + settings.NOTIFICATION_WORKERS))
-
-
 def relay_once() -> int:
-    """Queue a task for each due row that has none; returns how many were queued.
-
-    The queue is kept about one second of sending deep (``_queue_depth``): a backlog
-    goes out at the full rate, and a message written meanwhile (queued directly by the
-    outbox, or by the newest-first lane) waits behind at most that second, not behind
-    the whole backlog. Rows whose task the broker lost are queued again first.
-    """
+    """Queue a task for each due row that has none, keeping the queue about one second of
+    sending deep: a backlog goes out at full rate, and a new message waits behind at most
+    that second. Rows whose task the broker lost are queued again first."""
     if not _may_send():
         return 0
     now = timezone.now()
     rows = Notification.objects
     rows.forget_lost_tasks(now, settings.NOTIFICATION_CLUSTER)
     waiting = rows.filter(queued_at__isnull=False).count()
-    return rows.queue_due(_queue_depth(now) - waiting, now, outbox.enqueue)
+    # One second of what the senders really manage (the slots taken in the last second),
+    # not of the limit; at least two tasks per worker, at most the limit's second.
+    floor = 2 * settings.NOTIFICATION_WORKERS
+    depth = max(floor, math.ceil(settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND))
+    if not settings.REDIS_URL:  # with Redis the marks are there: assume the limit is reached
+        sent = RateLimitMark.objects.filter(sent_at__gte=now - timedelta(seconds=1)).count()
+        depth = max(floor, min(depth, sent + settings.NOTIFICATION_WORKERS))
+    return rows.queue_due(depth - waiting, now, outbox.enqueue)
 
 
 def sweep() -> int:
-    """Merge stuck alerts, then queue what is due and has no task. Returns how many."""
     if not _may_send():
         return 0
     outbox.merge_stuck_alerts()
@@ -135,15 +103,9 @@ def resend(notification_id: int) -> bool:
     return bool(reopened)
 
 
-# --- The sender state: paused while Telegram rejects the token or fails for everyone ----------
-
-
 def sending_paused() -> tuple[bool, str]:
     """For /healthz and the admin banner: (paused, why)."""
-    row = SenderState.objects.filter(pk=1).values("paused", "reason").first()
-    if not row:
-        return False, ""
-    return row["paused"], row["reason"]
+    return SenderState.objects.filter(pk=1).values_list("paused", "reason").first() or (False, "")
 
 
 def pause_cause() -> str:
@@ -154,47 +116,38 @@ def pause_cause() -> str:
 
 def _pause(reason: str, cause: str = PauseCause.TOKEN) -> None:
     SenderState.get()
-    paused = SenderState.objects.filter(pk=1, paused=False).update(
+    if SenderState.objects.filter(pk=1, paused=False).update(
         paused=True,
         cause=cause,
         reason=reason[:1000],
         paused_at=timezone.now(),
         last_probe_at=timezone.now(),
-    )
-    if not paused:
-        return
-    if cause == PauseCause.OUTAGE:
+    ):
         logger.error(
-            "The Bot API fails for every message: sending is paused until a probe succeeds (%s)",
-            reason,
-        )
-    else:
-        logger.error(
-            "Telegram rejected the bot token: sending is paused until a probe succeeds (%s)",
+            "%s: sending is paused until a probe succeeds (%s)",
+            "The Bot API fails for every message"
+            if cause == PauseCause.OUTAGE
+            else "Telegram rejected the bot token",
             reason,
         )
 
 
-def _probe_interval(cause: str) -> timedelta:
-    seconds = (
-        settings.NOTIFICATION_OUTAGE_PROBE_SECONDS
-        if cause == PauseCause.OUTAGE
-        else settings.NOTIFICATION_PROBE_INTERVAL_SECONDS
-    )
-    return timedelta(seconds=seconds)
-
-
-def _may_send(backend: BaseBackend | None = None) -> bool:
+def _may_send(backend: base.BaseBackend | None = None) -> bool:
     """False while paused; while paused, one process at a time probes (getMe) to resume."""
     row = SenderState.objects.filter(pk=1).values("paused", "cause").first()
     if not row or not row["paused"]:
         return True
     now = timezone.now()
+    probe_every = (
+        settings.NOTIFICATION_OUTAGE_PROBE_SECONDS
+        if row["cause"] == PauseCause.OUTAGE
+        else settings.NOTIFICATION_PROBE_INTERVAL_SECONDS
+    )
     my_turn = (
         SenderState.objects.filter(pk=1, paused=True)
         .filter(
             Q(last_probe_at__isnull=True)
-            | Q(last_probe_at__lte=now - _probe_interval(row["cause"]))
+            | Q(last_probe_at__lte=now - timedelta(seconds=probe_every))
         )
         .update(last_probe_at=now)
     )
@@ -202,7 +155,7 @@ def _may_send(backend: BaseBackend | None = None) -> bool:
         return False
     try:
         (backend or get_backend()).probe()
-    except SendError as exc:
+    except base.SendError as exc:
         SenderState.objects.filter(pk=1).update(reason=str(exc)[:1000])
         logger.error("Telegram still fails the probe: sending stays paused (%s)", exc)
         return False
@@ -223,27 +176,14 @@ def _note_transient(reason: str) -> bool:
     """Count a transient failure; True when sending is (now) paused as a Bot API outage."""
     SenderState.get()
     SenderState.objects.filter(pk=1).update(failure_streak=F("failure_streak") + 1)
-    state = SenderState.objects.filter(pk=1).values("paused", "failure_streak").get()
-    if state["paused"]:
+    paused, streak = SenderState.objects.filter(pk=1).values_list("paused", "failure_streak").get()
+    if not paused and streak >= settings.NOTIFICATION_OUTAGE_FAILURES:
+        _pause(f"{streak} sends in a row failed; the last: {reason}", PauseCause.OUTAGE)
         return True
-    if state["failure_streak"] >= settings.NOTIFICATION_OUTAGE_FAILURES:
-        _pause(
-            f"{state['failure_streak']} sends in a row failed; the last: {reason}",
-            PauseCause.OUTAGE,
-        )
-        return True
-    return False
-
-
-def _note_success() -> None:
-    SenderState.objects.filter(pk=1, failure_streak__gt=0).update(failure_streak=0)
-
-
-# --- Claiming -----------------------------------------------------------------------------------
+    return paused
 
 
 def claim(notification_id: int, worker: str | None = None) -> Notification | None:
-    """Take the row for this worker, with a lease; None if it is not due or another has it."""
     notification = Notification.objects.select_related("owner").claim(
         notification_id,
         worker=worker or worker_name(),
@@ -262,18 +202,18 @@ def claim(notification_id: int, worker: str | None = None) -> Notification | Non
     return notification
 
 
-def _close(notification: Notification, status: str, **fields) -> bool:
-    closed = notification.close(status, **fields)
-    if not closed:
+def _held(done: bool, notification: Notification, what: str) -> bool:
+    if not done:
         logger.warning(
             "Notification %s was taken over by another worker before we recorded %s",
             notification.pk,
-            status,
+            what,
         )
-    return closed
+    return done
 
 
-# --- Sending ----------------------------------------------------------------------------------
+def _close(notification: Notification, status: str, **fields) -> bool:
+    return _held(notification.close(status, **fields), notification, status)
 
 
 def deliver(notification_id: int) -> str:
@@ -291,7 +231,37 @@ def deliver(notification_id: int) -> str:
     if notification is None:
         outbox.unqueue(notification_id)
         return "not due or claimed elsewhere"
-    return send_claimed(notification, backend)
+    for _try in range(2):  # a migrated chat is sent to once more, at its new id
+        chat_id = _resolve_chat(notification)
+        refusal = _refuse(notification, chat_id)
+        if refusal or chat_id is None:
+            return refusal
+        # The slot is taken at the last moment, so the limits hold as Telegram sees them.
+        opened: list[NotificationAttempt] = []
+        try:
+            receipt = backend.send(
+                chat_id, notification.text, ready=partial(_take_slot, notification, chat_id, opened)
+            )
+        except rate_limits.NoSlot as exc:
+            notification.release(after=exc.wait, error=notification.last_error)
+            return f"rate limited for {exc.wait:.1f} s"
+        except base.SendError as exc:
+            error: base.SendError | None = exc
+        except Exception as exc:  # a bug in a backend must not lose the row
+            logger.exception("Unexpected error sending notification %s", notification.pk)
+            error = base.Transient(f"{exc.__class__.__name__}: {exc}")
+        else:
+            error = None
+        # Opened here when the backend failed before its request.
+        attempt = opened[0] if opened else notification.open_attempt(chat_id=chat_id)
+        if error is None:
+            return _sent(notification, attempt, chat_id, receipt)
+        handler = next(h for kind, h in _ANSWERS if isinstance(error, kind))
+        outcome = handler(notification, attempt, chat_id, error)
+        if outcome is not None:
+            return outcome
+    _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
+    return "failed: migrated twice"
 
 
 def _resolve_chat(notification: Notification) -> int | None:
@@ -300,102 +270,30 @@ def _resolve_chat(notification: Notification) -> int | None:
         if notification.audience == Audience.STAFF
         else notification.chat_id
     )
+    migrations = ChatMigration.objects.values_list("new_chat_id", flat=True)
     for _hop in range(5):  # follow migrations (a chain is possible, a loop is not)
-        if chat_id is None:
-            break
-        moved = (
-            ChatMigration.objects.filter(old_chat_id=chat_id)
-            .values_list("new_chat_id", flat=True)
-            .first()
-        )
+        moved = None if chat_id is None else migrations.filter(old_chat_id=chat_id).first()
         if moved is None:
             break
         chat_id = moved
     return chat_id
 
 
-def _backoff(failures: int) -> float:
-    return backoff(
-        failures, settings.NOTIFICATION_RETRY_BASE_SECONDS, settings.NOTIFICATION_RETRY_MAX_SECONDS
-    )
+def _take_slot(notification: Notification, chat_id: int, opened: list) -> None:
+    # Only the spacing between two sends (1/25 s) is slept here; a longer wait (a chat's
+    # one-per-second, a group's per-minute) hands the row back.
+    rate_limits.take(chat_id, settings.NOTIFICATION_INLINE_WAIT_SECONDS)
+    opened.append(notification.open_attempt(chat_id=chat_id))
 
 
-class _NoSlot(Exception):
-    """The rate limits want a longer wait than a worker may sleep: hand the row back."""
-
-    def __init__(self, wait: float):
-        self.wait = wait
-
-
-class _SlotTaker:
-    """Called by the backend just before its request: reserve a rate-limit slot, open the attempt."""
-
-    def __init__(self, notification: Notification, chat_id: int):
-        self.notification = notification
-        self.chat_id = chat_id
-        self.attempt: NotificationAttempt | None = None
-
-    def __call__(self) -> None:
-        # Only the spacing between two sends (1/25 s) is slept here; a longer wait (a
-        # chat's one-per-second, a group's per-minute) hands the row back.
-        while (wait := rate_limits.reserve(self.chat_id)) > 0:
-            if wait > settings.NOTIFICATION_INLINE_WAIT_SECONDS:
-                raise _NoSlot(wait)
-            time.sleep(wait)
-        # Recorded before the request leaves: a worker that dies now leaves a trace.
-        self.attempt = self.notification.open_attempt(chat_id=self.chat_id)
-
-    def attempt_for_record(self) -> NotificationAttempt:
-        """The attempt to record an answer on (created now if the backend failed before)."""
-        if self.attempt is None:
-            self.attempt = self.notification.open_attempt(chat_id=self.chat_id)
-        return self.attempt
-
-
-# What happens next, per answer: each handler records the attempt, settles the row and
-# returns what happened, or None to send again (to a migrated chat).
-_Handler = Callable[[Notification, NotificationAttempt, int, SendError], "str | None"]
-
-
-def send_claimed(notification: Notification, backend: BaseBackend | None = None) -> str:
-    """Send a row this worker has claimed and do what Telegram's answer calls for."""
-    backend = backend or get_backend()
-    for _try in range(2):  # a migrated chat is sent to once more, at its new id
-        chat_id = _resolve_chat(notification)
-        refusal = _refuse(notification, chat_id)
-        if refusal or chat_id is None:
-            return refusal
-        # The slot is taken at the last moment, once the HTTP client is ready, so that
-        # the limits hold for requests as Telegram sees them, not for our intentions.
-        slot = _SlotTaker(notification, chat_id)
-        try:
-            receipt = backend.send(chat_id, notification.text, ready=slot)
-        except _NoSlot as exc:
-            notification.release(after=exc.wait, error=notification.last_error)
-            return f"rate limited for {exc.wait:.1f} s"
-        except SendError as exc:
-            error: SendError = exc
-        except Exception as exc:  # a bug in a backend must not lose the row
-            logger.exception("Unexpected error sending notification %s", notification.pk)
-            error = Transient(f"{exc.__class__.__name__}: {exc}")
-        else:
-            return _sent(notification, slot.attempt_for_record(), chat_id, receipt)
-        handler = next(h for kind, h in _ANSWERS if isinstance(error, kind))
-        outcome = handler(notification, slot.attempt_for_record(), chat_id, error)
-        if outcome is not None:
-            return outcome
-    _close(notification, Status.FAILED, last_error=MIGRATED_TWICE)
-    return "failed: migrated twice"
+# A handler records the attempt, settles the row, returns what happened (None: send again).
+_Handler = Callable[[Notification, NotificationAttempt, int, base.SendError], "str | None"]
 
 
 def _refuse(notification: Notification, chat_id: int | None) -> str:
     """Settle a row that must not be sent at all; "" when it may be."""
     if chat_id is None:
-        _close(
-            notification,
-            Status.SKIPPED,
-            last_error=NO_STAFF_CHAT,
-        )
+        _close(notification, Status.SKIPPED, last_error=NO_STAFF_CHAT)
         logger.warning("Staff alert %s not sent: no staff chat configured", notification.pk)
         return "skipped"
     if notification.audience == Audience.OWNER:
@@ -409,7 +307,10 @@ def _refuse(notification: Notification, chat_id: int | None) -> str:
 
 
 def _sent(
-    notification: Notification, attempt: NotificationAttempt, chat_id: int, receipt: SendReceipt
+    notification: Notification,
+    attempt: NotificationAttempt,
+    chat_id: int,
+    receipt: base.SendReceipt,
 ) -> str:
     sent_at = timezone.now()
     closed = _settle(
@@ -424,7 +325,7 @@ def _sent(
     )
     if closed:
         _announce_owner_told(notification, sent_at)
-    _note_success()
+    SenderState.objects.filter(pk=1, failure_streak__gt=0).update(failure_streak=0)
     logger.info("Notification %s (%s) sent to chat %s", notification.pk, notification.kind, chat_id)
     return "sent"
 
@@ -443,49 +344,54 @@ def _announce_owner_told(notification: Notification, sent_at: datetime) -> None:
     )
 
 
-def _flood_control(notification, attempt, chat_id, error: SendError) -> str:
-    assert isinstance(error, RetryLater)  # _ANSWERS sends only these here
-    # Not a failure of this message: back to the outbox, due when Telegram says.
+def _flood_control(notification, attempt, chat_id, error: base.SendError) -> str:
+    assert isinstance(error, base.RetryLater)
+    # Not a failure of this message: due again when Telegram says.
     _settle(
         notification, attempt, Outcome.RETRY_AFTER, error=str(error), retry_in=error.retry_after
     )
     return f"flood control: retry in {error.retry_after:g} s"
 
 
-def _chat_moved(notification, attempt, chat_id, error: SendError) -> None:
-    assert isinstance(error, ChatMoved)  # _ANSWERS sends only these here
+def _chat_moved(notification, attempt, chat_id, error: base.SendError) -> None:
+    assert isinstance(error, base.ChatMoved)
     _settle(notification, attempt, Outcome.MIGRATED, error=str(error))
     ChatMigration.objects.update_or_create(
         old_chat_id=chat_id, defaults={"new_chat_id": error.new_chat_id}
     )
     logger.warning("Chat %s migrated to %s: stored, resending once", chat_id, error.new_chat_id)
-    return None
 
 
-def _unreachable(notification, attempt, chat_id, error: SendError) -> str:
+def _unreachable(notification, attempt, chat_id, error: base.SendError) -> str:
     _settle(notification, attempt, Outcome.UNREACHABLE, error=str(error), close=Status.UNREACHABLE)
-    _mark_unreachable(notification, chat_id, str(error))
+    if notification.audience == Audience.STAFF:
+        logger.error("The staff chat cannot be reached by the bot: %s", error)
+    else:
+        UnreachableChat.objects.get_or_create(
+            chat_id=chat_id, defaults={"reason": str(error)[:255]}
+        )
+        logger.info("Owner %s marked unreachable: %s", notification.owner_id, error)
     return "unreachable"
 
 
-def _token_rejected(notification, attempt, chat_id, error: SendError) -> str:
+def _token_rejected(notification, attempt, chat_id, error: base.SendError) -> str:
     # Not this message's fault: back to pending, due at once after resume.
     _settle(notification, attempt, Outcome.INVALID_TOKEN, error=str(error), retry_in=0)
     _pause(str(error), PauseCause.TOKEN)
     return "paused: token rejected"
 
 
-def _rejected(notification, attempt, chat_id, error: SendError) -> str:
+def _rejected(notification, attempt, chat_id, error: base.SendError) -> str:
     if _settle(notification, attempt, Outcome.BAD_REQUEST, error=str(error), close=Status.FAILED):
         logger.error("Telegram rejected notification %s: %s", notification.pk, error)
         _alert_staff(notification, str(error))
     return "failed"
 
 
-def _transient(notification, attempt, chat_id, error: SendError) -> str:
+def _transient(notification, attempt, chat_id, error: base.SendError) -> str:
     """Timeouts, connection errors, 5xx and anything unexpected."""
     message = str(error)
-    outcome = Outcome.TRANSIENT if isinstance(error, Transient) else Outcome.ERROR
+    outcome = Outcome.TRANSIENT if isinstance(error, base.Transient) else Outcome.ERROR
     if _note_transient(message):
         # The Bot API is down for everyone: not this message's failure.
         _settle(notification, attempt, outcome, error=message, retry_in=0)
@@ -508,45 +414,33 @@ def _transient(notification, attempt, chat_id, error: SendError) -> str:
             )
             _alert_staff(notification, message)
         return "given up"
-    delay = _backoff(notification.attempts)
+    delay = backoff(
+        notification.attempts,
+        settings.NOTIFICATION_RETRY_BASE_SECONDS,
+        settings.NOTIFICATION_RETRY_MAX_SECONDS,
+    )
     _settle(notification, attempt, outcome, error=message, retry_in=delay, failed=True)
     return f"transient error, retry in {delay:g} s"
 
 
 # In this order: the first class the error is an instance of decides.
-_ANSWERS: list[tuple[type[SendError], _Handler]] = [
-    (RetryLater, _flood_control),
-    (ChatMoved, _chat_moved),
-    (RecipientUnreachable, _unreachable),
-    (TokenRejected, _token_rejected),
-    (Rejected, _rejected),
-    (SendError, _transient),
+_ANSWERS: list[tuple[type[base.SendError], _Handler]] = [
+    (base.RetryLater, _flood_control),
+    (base.ChatMoved, _chat_moved),
+    (base.RecipientUnreachable, _unreachable),
+    (base.TokenRejected, _token_rejected),
+    (base.Rejected, _rejected),
+    (base.SendError, _transient),
 ]
 
 
 def _settle(
     notification: Notification, attempt: NotificationAttempt, outcome: str, **fields: Any
 ) -> bool:
-    """Record Telegram's answer and settle the row in one commit (``OutboxRow.settle``)."""
     if "close" in fields:  # a closed row keeps its last attempt's error ("" once sent)
         fields.setdefault("last_error", fields.get("error", ""))
     signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
-    settled = notification.settle(attempt, outcome, **fields)
-    if not settled:
-        logger.warning(
-            "Notification %s was taken over by another worker before we recorded %s",
-            notification.pk,
-            outcome,
-        )
-    return settled
-
-
-def _mark_unreachable(notification: Notification, chat_id: int, reason: str) -> None:
-    if notification.audience == Audience.STAFF:
-        logger.error("The staff chat cannot be reached by the bot: %s", reason)
-        return
-    UnreachableChat.objects.get_or_create(chat_id=chat_id, defaults={"reason": reason[:255]})
-    logger.info("Owner %s marked unreachable: %s", notification.owner_id, reason)
+    return _held(notification.settle(attempt, outcome, **fields), notification, outcome)
 
 
 def _alert_staff(notification: Notification, error: str) -> None:

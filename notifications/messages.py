@@ -1,10 +1,6 @@
-"""Message texts: HTML with every interpolated value escaped, in the owner's language.
-
-Avatar names are user input: ``<``, ``&`` and emoji must arrive as typed, and a
-name must never be able to inject markup. Owners get Russian or English (their
-``language``); staff messages go to one staff chat and are in Russian, like the
-operator log lines. Owner texts never carry internal details (fal error codes,
-request ids): they say what happened and what to do next.
+"""Message texts: Telegram HTML with every interpolated value escaped (avatar names are
+user input). Owners get Russian or English, never internal details (fal codes, request
+ids); staff messages go to one staff chat, in Russian like the operator log lines.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ _TYPE_NAMES = {
     "style": pgettext_lazy("owner message", "style"),
 }
 
-# By (str-valued) NotificationKind, in English; rendered in the owner's language.
 _OWNER_TEXTS: dict[str, Promise] = {
     NotificationKind.READY: gettext_lazy(
         "🎉 Your avatar is ready!\n\n<b>{name}</b> ({type}) is trained and ready to use: "
@@ -52,9 +47,8 @@ _OWNER_TEXTS: dict[str, Promise] = {
     ),
 }
 
-# Why a training failed, in words an owner understands, and what to do about it.
-# Keyed by ``OwnerMessage`` (chosen from fal's answer by monitoring.owner_messages, or
-# by staff); never guessed from the error text.
+# Why a training failed and what to do about it, by ``OwnerMessage`` (never guessed from
+# the error text).
 _FAILURE_REASONS: dict[str, tuple[Promise, Promise]] = {
     OwnerMessage.PHOTOS: (
         gettext_lazy("Reason: the uploaded photos could not be processed."),
@@ -84,7 +78,6 @@ _FAILURE_REASONS: dict[str, tuple[Promise, Promise]] = {
 
 
 def _how_to_use(avatar_id: int) -> str:
-    """How to use a ready avatar: in the bot, through OWNER_BOT_LINK when it is set."""
     link = getattr(settings, "OWNER_BOT_LINK", None)
     if not link:
         return _("open the bot and choose it to create photos.")
@@ -93,7 +86,6 @@ def _how_to_use(avatar_id: int) -> str:
 
 
 def owner_language(language: str) -> str:
-    """The language an owner is written in: theirs when we speak it, else Russian."""
     return language if language in ("ru", "en") else "ru"
 
 
@@ -115,37 +107,35 @@ def render_owner_message(kind: str, training, *, owner_message: str | None = Non
         return str(_OWNER_TEXTS[kind]).format(**values)[:MAX_TEXT]
 
 
-# --- Staff messages: one staff chat, in its language (Russian), with links to the admin ---
-
 STAFF_LANGUAGE = "ru"
 
 
 def admin_url(view: str, *args: Any, query: str = "") -> str:
     """An absolute admin URL on PUBLIC_BASE_URL ("" when it is not set: no link)."""
     base = getattr(settings, "PUBLIC_BASE_URL", None)
-    if not base:
-        return ""
-    return f"{base.rstrip('/')}{reverse(view, args=args)}{query}"
+    return f"{base.rstrip('/')}{reverse(view, args=args)}{query}" if base else ""
 
 
 def _link(url: str, text: str) -> str:
     return f'<a href="{escape(url, quote=True)}">{escape(text)}</a>' if url else escape(text)
 
 
+def _link_line(url: str, text: str) -> str:
+    return f"\n{_link(url, text)}" if url else ""
+
+
 def avatar_ref(avatar_id: int) -> str:
-    """ "#12", linked to the avatar's admin page."""
     return _link(admin_url("admin:monitoring_avatar_change", avatar_id), f"#{avatar_id}")
 
 
 def avatar_link_line(avatar_id: int | None) -> str:
-    """A last line "Аватар: <link>" for a staff alert about one avatar ("" without a link)."""
     url = admin_url("admin:monitoring_avatar_change", avatar_id) if avatar_id else ""
-    return f"\n{_link(url, f'Открыть аватар #{avatar_id}')}" if url else ""
+    return _link_line(url, f"Открыть аватар #{avatar_id}")
 
 
 def _stuck_list_line() -> str:
     url = admin_url("admin:monitoring_avatar_changelist", query="?stuck=yes")
-    return f"\n{_link(url, 'Все зависшие обучения')}" if url else ""
+    return _link_line(url, "Все зависшие обучения")
 
 
 def _stuck_line(training, reason: str = "") -> str:
@@ -252,8 +242,7 @@ def render_retries_message(now: datetime, retried: int, ended: int) -> str:
 
 
 def render_given_up_message(notification, error: str) -> str:
-    """Entirely in the staff chat's language: the kind's label and Telegram's known
-    reasons are translated (``reasons``); an unknown Telegram text is quoted as code."""
+    """In the staff chat's language; an unknown Telegram text is quoted as code."""
     with translation.override(STAFF_LANGUAGE):
         kind = str(notification.get_kind_display())
         why = reasons.telegram_reason_words(error[:500])
@@ -268,8 +257,6 @@ def render_given_up_message(notification, error: str) -> str:
         f"{avatar_link_line(notification.avatar_id)}"
     )[:MAX_TEXT]
 
-
-# --- The owner's live progress message (notifications.progress, docs/eta.md) ---------------
 
 _PROGRESS_TEXTS = {
     "queue": gettext_lazy("⏳ Training «<b>{name}</b>»: in line, {ahead} ahead of you."),
@@ -293,30 +280,23 @@ def _minutes(seconds: float) -> int:
     return max(1, round(seconds / 60))
 
 
-def render_progress(
-    context: dict[str, Any],
-    phase: str,
-    *,
-    now: datetime,
-    position: int | None = None,
-    eta_at: datetime | None = None,
-    eta_low: datetime | None = None,
-    eta_high: datetime | None = None,
-) -> str:
-    """The progress message for ``phase`` (queue, run, late, retry; or the outcome's
-    last line: completed, error, cancelled). ``context``: name and language."""
-    with translation.override(owner_language(str(context.get("language")))):
+def render_progress(snapshot: Any, now: datetime) -> str:
+    """The text of a ``progress.Snapshot``: its phase (queue, run, late, retry; or the last
+    line: completed, error, cancelled), place in line and ETA, in the owner's language."""
+    phase = snapshot.phase
+    with translation.override(owner_language(str(snapshot.context.get("language")))):
         texts = {key: str(text) for key, text in _PROGRESS_TEXTS.items()}
-    key = "next" if phase == "queue" and not position else phase
-    line = texts[key].format(name=escape(str(context.get("name", ""))), ahead=position or 0)
-    if phase in ("queue", "run", "retry") and eta_at is not None:
+    key = "next" if phase == "queue" and not snapshot.position else phase
+    name = escape(str(snapshot.context.get("name", "")))
+    line = texts[key].format(name=name, ahead=snapshot.position or 0)
+    if phase in ("queue", "run", "retry") and (eta_at := snapshot.eta_at) is not None:
         left = (eta_at - now).total_seconds()
         if left < 90:
             line += "\n" + texts["eta_soon"]
         else:
-            low = _minutes((eta_low - now).total_seconds()) if eta_low else _minutes(left)
-            high = _minutes((eta_high - now).total_seconds()) if eta_high else _minutes(left)
+            low = _minutes(((snapshot.eta_low or eta_at) - now).total_seconds())
+            high = _minutes(((snapshot.eta_high or eta_at) - now).total_seconds())
             line += "\n" + texts["eta"].format(minutes=_minutes(left), low=low, high=high)
-    if context.get("retried") and phase in ("queue", "run", "late"):
+    if snapshot.context.get("retried") and phase in ("queue", "run", "late"):
         line += "\n" + texts["retried_note"]
     return line[:MAX_TEXT]

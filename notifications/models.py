@@ -1,10 +1,9 @@
-"""The notification outbox.
+"""The outbox: one row per message, unique on ``dedup_key``, written in the winning
+transition's transaction, claimed with a lease, every attempt recorded.
 
-One row per message, unique on ``dedup_key``: whichever code path (webhook,
-periodic check, staff action) wins a status transition writes the row in the same
-transaction, and a second attempt to write it hits the unique constraint. The
-sender claims rows with a conditional UPDATE and a lease, and records every
-attempt.
+Owner messages and staff alerts (``Notification``) and the bot's event callbacks
+(``monitoring.api.models.EventCallback``) share the abstract ``OutboxRow``.
+See docs/architecture.md#exactly-one-message-per-outcome.
 """
 
 from __future__ import annotations
@@ -22,23 +21,16 @@ from django_q.brokers import get_broker
 
 logger = logging.getLogger("notifications")
 
-# --- The outbox: what every outgoing message shares ----------------------------------------
-# Owner messages and staff alerts (``Notification``) and the bot's event callbacks
-# (``monitoring.api.models.EventCallback``) are rows of this one abstract outbox: the
-# same due rule, claim, release, close, attempts and "may be a duplicate".
-# docs/architecture.md, "Exactly once".
 
-
+# The states every outbox row shares; each outbox adds its final ones.
 class OutboxStatus(models.TextChoices):
-    """The two states every outbox row shares; each outbox adds its final ones."""
-
     PENDING = "pending", _("Pending")
     SENDING = "sending", _("Sending")
     GIVEN_UP = "given_up", _("Given up")
 
 
-# Written on an attempt before the request leaves; the next claimer turns an attempt
-# still in flight into "interrupted" (the other side may have got it).
+# An attempt is in flight from before the request leaves; the next claimer makes one
+# still in flight "interrupted" (the other side may have got it).
 IN_FLIGHT = "in_flight"
 INTERRUPTED = "interrupted"
 # How long a worker may hold a task it took from the broker before it claims the row:
@@ -47,6 +39,7 @@ TASK_TAKEN_GRACE = timedelta(seconds=2)
 INTERRUPTED_ERROR = (
     "The worker stopped before recording the answer; the message may or may not have arrived."
 )
+INTERRUPTED_TWICE = "Interrupted twice in the middle of a send: not sent a third time"
 
 
 def backoff(failures: int, base: float, ceiling: float) -> float:
@@ -65,12 +58,8 @@ class OutboxQuerySet(models.QuerySet):
         )
 
     def claim(self, pk: int, *, worker: str, lease_seconds: float):
-        """Take the row for ``worker`` with a lease (a conditional UPDATE); None if not due.
-
-        Attempts a dead or stopped worker left in flight are closed as interrupted; the
-        row is then sent once more marked "may be a duplicate", and never a third time
-        (``row.interrupted`` and ``row.status`` tell the caller which).
-        """
+        """Take the row for ``worker`` with a lease; None if not due. An attempt a dead worker
+        left in flight makes it "may be a duplicate" (sent once more), a second one GIVEN_UP."""
         now = timezone.now()
         won = (
             self.due(now)
@@ -85,7 +74,6 @@ class OutboxQuerySet(models.QuerySet):
         if not won:
             return None
         row: Any = self.get(pk=pk)
-        # An attempt whose answer was never recorded (a dead worker's) counts as reached.
         row.interrupted = bool(
             row.attempt_log.filter(outcome=IN_FLIGHT, finished_at__isnull=True).update(
                 outcome=INTERRUPTED, finished_at=now, error=INTERRUPTED_ERROR
@@ -101,11 +89,10 @@ class OutboxQuerySet(models.QuerySet):
         return row
 
     def queue_due(self, limit: int, now, enqueue: Callable[[int], None]) -> int:
-        """Mark up to ``limit`` due rows that have no task as queued, and queue theirs.
+        """Mark up to ``limit`` due rows without a task as queued, and queue them.
 
-        Two lanes: the newest due rows, so that a message written now is not stuck
-        behind a backlog (say, after an outage), and the oldest, so that a backlog
-        always moves too. Returns how many were queued.
+        Two lanes: the newest (a message written now is not stuck behind a backlog) and
+        the oldest (a backlog always moves too).
         """
         if limit <= 0:
             return 0
@@ -133,11 +120,8 @@ class OutboxQuerySet(models.QuerySet):
     def forget_lost_tasks(self, now, queue: str) -> int:
         """Unmark the rows whose task the broker lost (a Redis restart, a killed worker).
 
-        Whatever the broker (django-q2's ORM table or Redis), it holds at most as many of
-        these tasks as there are marked rows (a claim unmarks the row whose task ran).
-        Its queue is first in, first out and kept shallow, so when it holds fewer, the
-        oldest marked rows are the ones without a task; unmarked, the relay queues them
-        again at once. Returns how many were unmarked.
+        The broker's queue is FIFO and shallow, so when it holds fewer tasks than there
+        are marked rows, the oldest marked rows are the ones without a task.
         """
         marked = self.filter(queued_at__isnull=False)
         waiting = marked.count()
@@ -160,15 +144,10 @@ class OutboxQuerySet(models.QuerySet):
         return count
 
 
-INTERRUPTED_TWICE = "Interrupted twice in the middle of a send: not sent a third time"
-
-
 class OutboxRow(models.Model):
-    """One outgoing message: claimed with a lease, each try recorded as an attempt.
+    """A subclass gives ``status`` its final choices and an attempt model keyed ``attempt_log``.
 
-    A subclass gives ``status`` its final choices and an attempt model whose foreign key
-    is named ``attempt_log``. ``db_default`` on the fields added later keeps a worker of
-    the previous release writing rows while a new one is being rolled out.
+    ``db_default`` on later fields keeps a previous release's worker writing during a rollout.
     """
 
     status = models.CharField(
@@ -178,23 +157,20 @@ class OutboxRow(models.Model):
     next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
     lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
     claimed_by = models.CharField(_("claimed by"), max_length=128, blank=True, db_default="")
-    # When a delivery task was put on the queue for this row (None: no task waiting).
     queued_at = models.DateTimeField(_("task queued"), null=True, blank=True)
-    # A worker died (or was stopped) after the request left and before the answer was
-    # recorded: the row was sent once more, and the recipient may have got it twice.
+    # Sent once more after a worker died mid-send: the recipient may have got it twice.
     maybe_duplicate = models.BooleanField(_("may be a duplicate"), default=False, db_default=False)
     created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
     last_error = models.TextField(_("last error"), blank=True)
 
     objects = OutboxQuerySet.as_manager()
     interrupted = False  # set by ``claim``
-    attempt_log: Any  # the attempts (the subclass's attempt model names its key so)
+    attempt_log: Any
 
     class Meta:
         abstract = True
 
     def holding(self):
-        """This row, only while this worker still holds it."""
         return type(self).objects.filter(
             pk=self.pk, status=OutboxStatus.SENDING, claimed_by=self.claimed_by
         )
@@ -232,11 +208,8 @@ class OutboxRow(models.Model):
         failed: bool = False,
         **row_fields: Any,
     ) -> bool:
-        """Record the attempt's answer and close the row or put it back, in one commit.
-
-        Recorded together or not at all: a worker killed in between leaves the attempt
-        in flight, so the next claimer knows the other side may have it.
-        """
+        """Record the attempt's answer and close the row or put it back, in one commit (a
+        worker killed in between leaves the attempt in flight: the other side may have it)."""
         with transaction.atomic(using=self._state.db):
             type(attempt).objects.filter(pk=attempt.pk).update(
                 outcome=outcome,
@@ -252,8 +225,6 @@ class OutboxRow(models.Model):
 
 
 class OutboxAttempt(models.Model):
-    """One try at sending an outbox row (the foreign key, ``attempt_log``, is the subclass's)."""
-
     started_at = models.DateTimeField(_("started"), default=timezone.now)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True)
@@ -279,13 +250,8 @@ class NotificationKind(models.TextChoices):
     RETRIES = "retries", _("Many automatic retries (staff)")
 
 
+# What an owner is told about a failed training (``monitoring.owner_messages``, or staff).
 class OwnerMessage(models.TextChoices):
-    """What an owner is told about a training that did not complete.
-
-    Chosen by ``monitoring.owner_messages`` from fal's answer, or by staff ("mark as
-    failed"); stored on the training and in the notification's context.
-    """
-
     PHOTOS = "photos", _("Photos unusable: upload other photos")
     TECHNICAL = "technical", _("Technical problem: try again later")
     # fal's own failure (never billed), after the automatic retries.
@@ -311,36 +277,20 @@ class NotificationStatus(models.TextChoices):
     SKIPPED = "skipped", _("Skipped (no recipient)")
 
 
+def _link(model: str, name: Any, on_delete: Any = models.CASCADE) -> Any:
+    return models.ForeignKey(
+        model, on_delete, null=True, blank=True, related_name="notifications", verbose_name=name
+    )
+
+
 class Notification(OutboxRow):
     dedup_key = models.CharField(_("deduplication key"), max_length=200, unique=True)
     kind = models.CharField(_("kind"), max_length=32, choices=NotificationKind.choices)
     audience = models.CharField(_("audience"), max_length=8, choices=Audience.choices)
-    owner = models.ForeignKey(
-        "monitoring.Owner",
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="notifications",
-        verbose_name=_("owner"),
-    )
-    avatar = models.ForeignKey(
-        "monitoring.Avatar",
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="notifications",
-        verbose_name=_("avatar"),
-    )
-    training = models.ForeignKey(
-        "monitoring.Training",
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="notifications",
-        verbose_name=_("training"),
-    )
-    # Owner messages: the owner's Telegram id. Staff messages: empty, resolved at send
-    # time (the setting, or the chat it migrated to).
+    owner = _link("monitoring.Owner", _("owner"))
+    avatar = _link("monitoring.Avatar", _("avatar"))
+    training = _link("monitoring.Training", _("training"), models.SET_NULL)
+    # Staff messages: empty, resolved at send time (the setting, or the chat it migrated to).
     chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
     text = models.TextField(_("text (HTML)"))
     context = models.JSONField(_("context"), default=dict, blank=True)
@@ -376,13 +326,8 @@ class Notification(OutboxRow):
 
 
 class NotificationAttempt(OutboxAttempt):
-    """One try at sending: its outcome, error and Telegram's message id."""
-
     class Outcome(models.TextChoices):
-        # Written before the request goes out: an attempt still in flight after its
-        # lease means the worker died mid-send (the message may or may not have arrived).
         IN_FLIGHT = IN_FLIGHT, _("In flight (no answer recorded)")
-        # An in-flight attempt whose worker died or was stopped before the answer.
         INTERRUPTED = INTERRUPTED, _("Interrupted (may have arrived)")
         SENT = "sent", _("Sent")
         RETRY_AFTER = "retry_after", _("Flood control (retry later)")
@@ -410,11 +355,7 @@ class NotificationAttempt(OutboxAttempt):
 
 
 class UnreachableChat(models.Model):
-    """A chat the bot cannot message (blocked, deactivated, never pressed Start, kicked).
-
-    The state of the Telegram channel, kept where the sending is (healthchecks keeps
-    ``disabled`` on its channel, not on the user): messages to it are not sent.
-    """
+    """A chat the bot cannot message (blocked, deactivated, never pressed Start, kicked)."""
 
     chat_id = models.BigIntegerField(_("chat id"), unique=True)
     reason = models.CharField(_("why unreachable"), max_length=255, blank=True)
@@ -453,8 +394,7 @@ class SenderState(models.Model):
 
     paused = models.BooleanField(_("paused"), default=False)
     cause = models.CharField(_("cause"), max_length=8, choices=PauseCause.choices, blank=True)
-    # Transient failures in a row across every send (reset by any success): this many
-    # mean the Bot API is down for everyone, not for one message.
+    # Transient failures in a row across every send: enough mean the Bot API is down.
     failure_streak = models.PositiveIntegerField(_("failures in a row"), default=0)
     # The relay lease (notifications.relay): one relay at a time queues due rows.
     relay_owner = models.CharField(_("relay"), max_length=128, blank=True)
@@ -472,16 +412,11 @@ class SenderState(models.Model):
 
     @classmethod
     def get(cls) -> SenderState:
-        state, _created = cls.objects.get_or_create(pk=1)
-        return state
+        return cls.objects.get_or_create(pk=1)[0]
 
 
 class RateLimitMark(models.Model):
-    """One send slot taken (or reserved) for a chat: the shared memory of the rate limiter.
-
-    Every worker process reserves a slot here before it calls Telegram, so the limits
-    hold across processes and restarts. Rows older than the longest window are pruned.
-    """
+    """One send slot taken for a chat, before the call: the limits hold across processes."""
 
     chat_id = models.BigIntegerField(_("chat id"))
     sent_at = models.DateTimeField(_("sent at"), default=timezone.now)
@@ -498,9 +433,6 @@ class RateLimitMark(models.Model):
         return f"{self.chat_id} @ {self.sent_at:%H:%M:%S.%f}"
 
 
-# --- Issue 29: the owner's live progress message (notifications.progress) -------------------
-
-
 class ProgressState(models.TextChoices):
     NEW = "new", _("Not sent yet")
     SENDING = "sending", _("First send in flight")
@@ -512,12 +444,10 @@ class ProgressState(models.TextChoices):
 
 
 class ProgressMessage(models.Model):
-    """One silent Telegram message per training, edited in place (``notifications.progress``).
+    """One silent message per training, edited in place (``notifications.progress``).
 
-    Not an outbox row: it holds what the message should say now (``text``) and what
-    Telegram last accepted (``sent_text``, ``message_id``), so that an edit whose
-    outcome is unknown is simply superseded by the next one. A retry of fal's failure
-    moves the row to the new attempt: the owner keeps one message.
+    Not an outbox row: it holds what the message should say (``text``) and what Telegram
+    last accepted (``sent_text``), so an edit of unknown outcome is superseded by the next.
     """
 
     training = models.OneToOneField(

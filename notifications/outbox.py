@@ -1,10 +1,7 @@
-"""Writing messages into the outbox.
+"""Writing messages into the outbox, and queueing their delivery.
 
-Called by ``monitoring.transitions`` inside the transaction that wins a status
-change, so the message exists if and only if the change does. The unique
-``dedup_key`` makes a second row for the same outcome impossible whatever path
-tries to write it. Delivery is handed to the worker with the transaction (see
-``_hand_over``); a lost hand-over is picked up by the next sweep.
+Called inside the transaction that wins a status change, so the message exists if and
+only if the change does; the unique ``dedup_key`` makes a second row impossible.
 """
 
 from __future__ import annotations
@@ -41,12 +38,9 @@ _OUTCOME_KINDS = {
 
 
 def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
-    """Insert unless the dedup key exists, and hand the row to the sender.
-
-    ``savepoint=False`` (for the only possible writer of a key) saves two round trips;
-    a duplicate then breaks the caller's transaction. A row due now is written marked
-    as having its task; one held back or written while paused is left to the relay.
-    """
+    """Insert unless the dedup key exists, and hand a row due now to the sender (one held
+    back, or written while paused, is the relay's). ``savepoint=False`` (for the only
+    possible writer of a key) saves two round trips."""
     now = timezone.now()
     due_now = (
         fields.setdefault("next_attempt_at", now) <= now
@@ -68,68 +62,38 @@ def _create_once(*, savepoint: bool = True, **fields) -> Notification | None:
     return notification
 
 
-def _broker_shares_transaction() -> bool:
-    """Whether the task queue is a table in this database and a transaction is open."""
-    alias = router.db_for_write(Notification)
-    return Conf.ORM == alias and not transaction.get_autocommit(using=alias)
-
-
 def _hand_over(notification_id: int) -> None:
     """Queue the row's delivery so that it runs only once the row is committed."""
-    if _broker_shares_transaction():
-        # The task row joins the message's transaction: both commit or neither, and
-        # the hand-over costs no commit of its own. A failure here means the
-        # database failed, and the transaction with it.
-        schedule_delivery(notification_id, in_transaction=True)
+    alias = router.db_for_write(Notification)
+    if Conf.ORM == alias and not transaction.get_autocommit(using=alias):
+        # The task queue is a table here: its row joins the message's transaction (both
+        # commit or neither, no commit of its own; a failure here is the database's).
+        queue_task(notification_id)
     else:
-        transaction.on_commit(lambda: schedule_delivery(notification_id))
+        transaction.on_commit(lambda: enqueue(notification_id))
 
 
 # The context key of an owner's outcome message that says when fal finished the job.
 FAL_FINISHED_AT = "fal_finished_at"
 
 
-def _owner_kind(outcome: str, owner_message: str) -> str:
-    """The notification kind: the outcome's, unless the owner is told "we cancelled it"."""
-    if outcome == "error" and owner_message == OwnerMessage.CANCELLED:
-        return NotificationKind.CANCELLED
-    return _OUTCOME_KINDS[outcome]
-
-
 def queue_outcome(
     *, training: Any, outcome: str, fal_finished_at: datetime | None = None
 ) -> Notification | None:
-    """The owner's message for a finished attempt, picked by its ``owner_message``.
-
-    "No message" still writes the row, as skipped: one notification per outcome either
-    way. ``fal_finished_at`` is kept so the sender measures how long the owner waited.
-    """
-    avatar = training.avatar
+    """The owner's message for a finished attempt, picked by its ``owner_message`` ("no
+    message" writes it as skipped). ``fal_finished_at``: to measure how long they waited."""
     owner_message = getattr(training, "owner_message", "") or ""
-    kind = _owner_kind(outcome, owner_message)
+    kind = _OUTCOME_KINDS[outcome]
+    if outcome == "error" and owner_message == OwnerMessage.CANCELLED:
+        kind = NotificationKind.CANCELLED  # the owner is told "we cancelled it"
     context: dict[str, Any] = {"owner_message": owner_message} if owner_message else {}
     if fal_finished_at is not None:
         context[FAL_FINISHED_AT] = fal_finished_at.isoformat()
-    fields = {
-        "dedup_key": f"{kind}:{training.pk}",
-        "kind": kind,
-        "audience": Audience.OWNER,
-        "owner": avatar.owner,
-        "avatar": avatar,
-        "training": training,
-        "chat_id": avatar.owner.telegram_id,
-        "text": messages.render_owner_message(kind, training),
-        "context": context,
-    }
+    fields = _to_owner(kind, training, dedup_key=f"{kind}:{training.pk}", context=context)
     if owner_message == OwnerMessage.NONE:
-        # Recorded, never sent: the winner of the transition is still its only writer.
-        return Notification.objects.create(
-            **{
-                **fields,
-                "status": NotificationStatus.SKIPPED,
-                "context": {**context, "skipped": "staff_chose_no_message"},
-            }
-        )
+        fields["status"] = NotificationStatus.SKIPPED
+        fields["context"] = {**context, "skipped": "staff_chose_no_message"}
+        return Notification.objects.create(**fields)
     # The winner of the transition is the only writer of this key: no savepoint.
     return _create_once(savepoint=False, **fields)
 
@@ -139,59 +103,59 @@ def delayed_key(avatar_id: int, episode_start_id: int) -> str:
 
 
 def queue_delayed(*, training: Any, episode_start_id: int) -> Notification | None:
-    """The owner's one "taking longer than usual" message for a training episode (the
-    attempt and its automatic retries): the key makes a second one impossible."""
+    """The owner's one "taking longer than usual" message per episode (attempt and retries)."""
+    key = delayed_key(training.avatar.pk, episode_start_id)
+    return _create_once(**_to_owner(NotificationKind.DELAYED, training, dedup_key=key))
+
+
+def _to_owner(kind: str, training: Any, **fields: Any) -> dict[str, Any]:
     avatar = training.avatar
-    return _create_once(
-        dedup_key=delayed_key(avatar.pk, episode_start_id),
-        kind=NotificationKind.DELAYED,
-        audience=Audience.OWNER,
-        owner=avatar.owner,
-        avatar=avatar,
-        training=training,
-        chat_id=avatar.owner.telegram_id,
-        text=messages.render_owner_message(NotificationKind.DELAYED, training),
-    )
+    return {
+        "kind": kind,
+        "audience": Audience.OWNER,
+        "owner": avatar.owner,
+        "avatar": avatar,
+        "training": training,
+        "chat_id": avatar.owner.telegram_id,
+        "text": messages.render_owner_message(kind, training),
+        **fields,
+    }
 
 
 def queue_stuck(*, training: Any, episode: int, reason: str = "") -> Notification | None:
     """One staff alert per stuck episode, held back a few seconds so that a check run
     flagging many trainings at once ends up as one digest (``merge_stuck_alerts``)."""
     hold = timedelta(seconds=settings.NOTIFICATION_STUCK_HOLD_SECONDS)
-    return _create_once(
-        dedup_key=f"stuck:{training.avatar_id}:{training.pk}:{episode}",
-        kind=NotificationKind.STUCK,
-        audience=Audience.STAFF,
+    return _alert(
+        NotificationKind.STUCK,
+        f"stuck:{training.avatar_id}:{training.pk}:{episode}",
+        messages.render_stuck_message(training, reason),
         avatar=training.avatar,
         training=training,
-        text=messages.render_stuck_message(training, reason),
         context={"episode": episode, **({"reason": reason} if reason else {})},
         next_attempt_at=timezone.now() + hold,
     )
 
 
 def merge_stuck_alerts() -> Notification | None:
-    """Many pending stuck alerts → one digest; the merged rows say where they went.
-
-    Rows being sent by a worker are locked or no longer pending and are skipped, so
-    an alert is either sent on its own or in exactly one digest.
-    """
+    """Many pending stuck alerts → one digest; the merged rows say where they went. Rows
+    being sent are locked or no longer pending: an alert goes alone or in one digest."""
     with transaction.atomic():
-        rows = list(
+        ids = list(
             Notification.objects.select_for_update(skip_locked=True)
             .filter(kind=NotificationKind.STUCK, status=NotificationStatus.PENDING, attempts=0)
             .order_by("pk")
+            .values_list("pk", flat=True)
         )
-        if len(rows) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
+        if len(ids) < settings.NOTIFICATION_STUCK_DIGEST_MIN:
             return None
         ordered = [
             (row.training, str(row.context.get("reason") or ""))
-            for row in Notification.objects.filter(pk__in=[r.pk for r in rows])
+            for row in Notification.objects.filter(pk__in=ids)
             .select_related("training__avatar")
             .order_by("pk")
             if row.training is not None
         ]
-        ids = [row.pk for row in rows]
         digest = Notification.objects.create(
             dedup_key=f"stuck_digest:{ids[0]}-{ids[-1]}:{len(ids)}",
             kind=NotificationKind.STUCK_DIGEST,
@@ -212,38 +176,33 @@ def merge_stuck_alerts() -> Notification | None:
 
 def queue_given_up(notification: Notification, error: str) -> Notification | None:
     """Staff alert: an owner's message could not be delivered (given up or rejected)."""
-    attempts = notification.attempt_log.count()
-    return _create_once(
-        dedup_key=f"given_up:{notification.pk}:{attempts}",
-        kind=NotificationKind.GIVEN_UP,
-        audience=Audience.STAFF,
+    return _alert(
+        NotificationKind.GIVEN_UP,
+        f"given_up:{notification.pk}:{notification.attempt_log.count()}",
+        messages.render_given_up_message(notification, error),
         owner=notification.owner,
         avatar=notification.avatar,
         training=notification.training,
-        text=messages.render_given_up_message(notification, error),
         context={"notification": notification.pk},
     )
 
 
 def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | None:
     """Staff alert: fal rejected our key (401) or locked the account (403); one an hour."""
-    hour = timezone.now().strftime("%Y%m%d%H")
-    return _create_once(
-        dedup_key=f"fal_account:{status_code}:{hour}",
-        kind=NotificationKind.FAL_ACCOUNT,
-        audience=Audience.STAFF,
-        text=messages.render_fal_account_message(status_code, detail),
+    return _alert(
+        NotificationKind.FAL_ACCOUNT,
+        f"fal_account:{status_code}:{timezone.now():%Y%m%d%H}",
+        messages.render_fal_account_message(status_code, detail),
         context={"status_code": status_code},
     )
 
 
 def queue_fal_balance_alert(*, since: datetime, text: str, context: dict) -> Notification | None:
     """Staff alert: fal's balance is low, or fal locked the account; one per episode."""
-    return _create_once(
-        dedup_key=f"fal_balance:{since.isoformat()}",
-        kind=NotificationKind.FAL_ACCOUNT,
-        audience=Audience.STAFF,
-        text=text[: messages.MAX_TEXT],
+    return _alert(
+        NotificationKind.FAL_ACCOUNT,
+        f"fal_balance:{since.isoformat()}",
+        text[: messages.MAX_TEXT],
         context=context,
     )
 
@@ -265,14 +224,18 @@ def queue_fal_record_alert(
     )
 
 
-def _written_alert(kind: str, dedup_key: str, text: str, link_to, context, **fields):
-    """A staff alert whose text (Telegram HTML) and "once" key the caller chose, with
-    the link to the avatar (issue 31)."""
+def _alert(kind: str, dedup_key: str, text: str, **fields) -> Notification | None:
     return _create_once(
-        dedup_key=dedup_key[:200],
-        kind=kind,
-        audience=Audience.STAFF,
-        text=(text + messages.avatar_link_line(link_to))[: messages.MAX_TEXT],
+        dedup_key=dedup_key, kind=kind, audience=Audience.STAFF, text=text, **fields
+    )
+
+
+def _written_alert(kind: str, dedup_key: str, text: str, link_to, context, **fields):
+    """A staff alert whose text (Telegram HTML) and key the caller chose, linked to the avatar."""
+    return _alert(
+        kind,
+        dedup_key[:200],
+        (text + messages.avatar_link_line(link_to))[: messages.MAX_TEXT],
         context=context or {},
         **fields,
     )
@@ -282,15 +245,14 @@ def queue_unsafe_result_alert(
     *, training_id: int, avatar_id: int, avatar_name: str, request_id: str, url: str
 ) -> Notification | None:
     """Staff alert: fal's result URL was not https, so the training was failed."""
-    return _create_once(
-        dedup_key=f"unsafe_result:{training_id}",
-        kind=NotificationKind.UNSAFE_RESULT,
-        audience=Audience.STAFF,
-        avatar_id=avatar_id,
-        training_id=training_id,
-        text=messages.render_unsafe_result_message(
+    return _alert(
+        NotificationKind.UNSAFE_RESULT,
+        f"unsafe_result:{training_id}",
+        messages.render_unsafe_result_message(
             avatar_id=avatar_id, avatar_name=avatar_name, request_id=request_id, url=url
         ),
+        avatar_id=avatar_id,
+        training_id=training_id,
         context={"url": url[:2048]},
     )
 
@@ -312,11 +274,10 @@ def queue_files_alert(
 
 def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notification | None:
     """Staff alert: fal fails for everyone. One per episode (keyed by when it began)."""
-    return _create_once(
-        dedup_key=f"fal_outage:{since.isoformat()}",
-        kind=NotificationKind.FAL_OUTAGE,
-        audience=Audience.STAFF,
-        text=messages.render_fal_outage_message(since, failed, calls),
+    return _alert(
+        NotificationKind.FAL_OUTAGE,
+        f"fal_outage:{since.isoformat()}",
+        messages.render_fal_outage_message(since, failed, calls),
         context={"since": since.isoformat(), "failed": failed, "calls": calls},
     )
 
@@ -324,31 +285,19 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
 def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notification | None:
     """Staff alert: many attempts retried after fal's failures; none while the last is
     under an hour old (the share's window), one per clock hour when two retries race."""
-    recent = Notification.objects.filter(
+    if Notification.objects.filter(
         kind=NotificationKind.RETRIES, created_at__gte=now - timedelta(hours=1)
-    )
-    if recent.exists():
+    ).exists():
         return None
-    return _create_once(
-        dedup_key=f"retries:{now:%Y-%m-%dT%H}",
-        kind=NotificationKind.RETRIES,
-        audience=Audience.STAFF,
-        text=messages.render_retries_message(now, retried, ended),
+    return _alert(
+        NotificationKind.RETRIES,
+        f"retries:{now:%Y-%m-%dT%H}",
+        messages.render_retries_message(now, retried, ended),
         context={"retried": retried, "ended": ended},
     )
 
 
-def schedule_delivery(notification_id: int, *, in_transaction: bool = False) -> None:
-    """Hand a row to the sender's queue; raises only inside the row's own transaction."""
-    if in_transaction:
-        queue_task(notification_id)
-    else:
-        enqueue(notification_id)
-
-
-# --- The queue ------------------------------------------------------------------------------
-# Here rather than in ``delivery`` (which builds on the outbox): writing a row and
-# queueing its task go together.
+# --- The queue (here, not in ``delivery``: writing a row and queueing its task go together)
 
 
 def queue_task(notification_id: int) -> None:

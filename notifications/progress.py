@@ -1,8 +1,6 @@
-"""The owner's live progress message: sent once, silently, then edited in place.
-
-The monitor passes a ``Snapshot`` (``notifications`` never imports ``monitoring``);
-``push`` sends or edits: the first send silent, edits on a phase change or a moved ETA,
-at a lower priority than the outbox. See docs/eta.md (the owner's progress message).
+"""The owner's live progress message: sent once, silently, then edited in place, at a
+lower priority than the outbox. The monitor passes a ``Snapshot`` (``notifications``
+never imports ``monitoring``). See docs/eta.md (the owner's progress message).
 """
 
 from __future__ import annotations
@@ -10,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -20,15 +19,7 @@ from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from notifications import messages, rate_limits
-from notifications.backends import get_backend
-from notifications.backends.base import (
-    MessageGone,
-    RecipientUnreachable,
-    Rejected,
-    RetryLater,
-    SendError,
-    TokenRejected,
-)
+from notifications.backends import base, get_backend
 from notifications.models import (
     Audience,
     Notification,
@@ -57,8 +48,6 @@ RETRIED = "retried"
 
 @dataclass(frozen=True)
 class Basis:
-    """What a message says, as far as deciding an edit goes: its phase and its ETA."""
-
     phase: str
     eta_at: datetime | None
 
@@ -87,20 +76,6 @@ class Snapshot:
     eta_low: datetime | None = None
     eta_high: datetime | None = None
 
-    def text(self, now: datetime) -> str:
-        return messages.render_progress(
-            self.context,
-            self.phase,
-            now=now,
-            position=self.position,
-            eta_at=self.eta_at,
-            eta_low=self.eta_low,
-            eta_high=self.eta_high,
-        )
-
-
-# --- What the monitor calls (inside its transactions) -----------------------------------
-
 
 def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessage | None:
     """The training moved: create its message, or note the text an edit should carry."""
@@ -110,7 +85,7 @@ def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessag
 def update_many(
     snapshots: list[Snapshot], *, now: datetime | None = None
 ) -> dict[int, ProgressMessage]:
-    """``update`` for a check batch's trainings: one read, one insert for the new messages."""
+    """``update`` for a check batch: one read, one insert for the new messages."""
     now = now or timezone.now()
     if not settings.OWNER_PROGRESS_MESSAGES or not snapshots:
         # Off: a late training's owner hears it once from monitoring.owner_delay.
@@ -129,7 +104,7 @@ def update_many(
                 ProgressMessage(
                     training_id=snapshot.training_id,
                     chat_id=snapshot.chat_id,
-                    text=snapshot.text(now),
+                    text=messages.render_progress(snapshot, now),
                     phase=snapshot.phase,
                     eta_at=snapshot.eta_at,
                     context=snapshot.context,
@@ -137,20 +112,26 @@ def update_many(
                 )
             )
             continue
-        if row.context.get(RETRIED):
-            # Once retried, every later text of this message still says so.
+        if row.context.get(RETRIED):  # every later text still says so
             snapshot = replace(snapshot, context={**snapshot.context, RETRIED: True})
         if row.final or row.state not in (State.NEW, State.LIVE):
             continue
-        # Judged against what the message is about to say (the text waiting to go, or the
-        # one Telegram has).
+        # Judged against what the message is about to say (waiting to go, or on Telegram).
         fresh = Basis(snapshot.phase, snapshot.eta_at)
         if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
             continue
-        _set_text(row, snapshot.text(now), snapshot.phase, snapshot.eta_at, now)
-    created = _create(new)
-    for row in created:
-        rows[row.training_id] = row
+        not_before = _not_before(row, now)
+        ProgressMessage.objects.filter(pk=row.pk, final=False).update(
+            text=messages.render_progress(snapshot, now),
+            phase=snapshot.phase,
+            eta_at=snapshot.eta_at,
+            pending=True,
+            next_at=not_before,
+        )
+        if not_before <= now:
+            transaction.on_commit(partial(enqueue, row.pk))
+    created = _create(new) if new else []
+    rows.update((row.training_id, row) for row in created)
     if created:
         ids = [row.pk for row in created]
         transaction.on_commit(lambda: enqueue(*ids))
@@ -159,8 +140,6 @@ def update_many(
 
 def _create(rows: list[ProgressMessage]) -> list[ProgressMessage]:
     """Insert new messages at once; one by one when another path created one meanwhile."""
-    if not rows:
-        return []
     try:
         with transaction.atomic():
             return ProgressMessage.objects.bulk_create(rows)
@@ -172,7 +151,7 @@ def _create(rows: list[ProgressMessage]) -> list[ProgressMessage]:
                 with transaction.atomic():
                     row.save(force_insert=True)
             except IntegrityError:
-                continue  # another path created it meanwhile
+                continue
             created.append(row)
         return created
 
@@ -199,12 +178,11 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
             state=State.SKIPPED, final=True, pending=False
         )
         return
-    row.final = True
     # A first send still in flight gets its last line too, once it has landed.
     if row.state not in (State.LIVE, State.SENDING) or outcome not in OUTCOME_PHASES:
         ProgressMessage.objects.filter(pk=row.pk).update(final=True, pending=False)
         return
-    text = messages.render_progress(row.context, outcome, now=now)
+    text = messages.render_progress(Snapshot(training_id, row.chat_id, outcome, row.context), now)
     ProgressMessage.objects.filter(pk=row.pk).update(
         final=True,
         text=text,
@@ -214,7 +192,7 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
         next_at=_not_before(row, now),
         context={**row.context, FINAL_AT: now.isoformat()},
     )
-    _push_after_commit(row.pk)
+    transaction.on_commit(lambda: enqueue(row.pk))
 
 
 def _not_before(row: ProgressMessage, now: datetime) -> datetime:
@@ -223,22 +201,9 @@ def _not_before(row: ProgressMessage, now: datetime) -> datetime:
     return max(now, row.last_edit_at + interval) if row.last_edit_at else now
 
 
-def _set_text(row: ProgressMessage, text: str, phase: str, eta_at, now: datetime) -> None:
-    not_before = _not_before(row, now)
-    ProgressMessage.objects.filter(pk=row.pk, final=False).update(
-        text=text, phase=phase, eta_at=eta_at, pending=True, next_at=not_before
-    )
-    if not_before <= now:
-        _push_after_commit(row.pk)
-
-
-def _push_after_commit(progress_id: int) -> None:
-    transaction.on_commit(lambda: enqueue(progress_id))
-
-
 def enqueue(*progress_ids: int) -> None:
-    """Queue ``push`` for each message, on one broker connection; never raises (the sweep
-    is the net)."""
+    """Queue ``push`` for each message, on one broker connection; never raises (the sweep is
+    the net)."""
     try:
         broker = get_broker(settings.NOTIFICATION_CLUSTER)
         for progress_id in progress_ids:
@@ -251,20 +216,6 @@ def enqueue(*progress_ids: int) -> None:
             )
     except Exception:
         logger.exception("Could not queue progress messages %s; the sweep will", progress_ids)
-
-
-# --- Sending (the notifications cluster) --------------------------------------------------
-
-
-class _NoSlot(Exception):
-    def __init__(self, wait: float):
-        self.wait = wait
-
-
-def _take_slot(chat_id: int) -> None:
-    wait = rate_limits.reserve(chat_id)
-    if wait > 0:
-        raise _NoSlot(wait)
 
 
 def _due(now: datetime) -> Any:
@@ -283,28 +234,28 @@ def _save(row: ProgressMessage, **fields: Any) -> None:
     ProgressMessage.objects.filter(pk=row.pk).update(**{"lease_until": None, **fields})
 
 
-def _later(row: ProgressMessage, seconds: float, error: str = "") -> None:
+def _later(row: ProgressMessage, seconds: float, error: str = "", first: bool = False) -> None:
     fields: dict[str, Any] = {"next_at": timezone.now() + timedelta(seconds=seconds)}
     if error:
         fields["last_error"] = error[:2000]
+    if first:  # the first send never left: it may still go
+        fields["state"] = State.NEW
     _save(row, **fields)
 
 
 def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
     """Whether the outcome message has gone (or will not): the last line may follow it."""
-    waiting = Notification.objects.filter(
+    if not Notification.objects.filter(
         training_id=row.training_id,
         audience=Audience.OWNER,
         status__in=[NotificationStatus.PENDING, NotificationStatus.SENDING],
-    ).exists()
-    if not waiting:
+    ).exists():
         return True
     final_at = row.context.get(FINAL_AT)
     return isinstance(final_at, str) and now - datetime.fromisoformat(final_at) > OUTCOME_WAIT
 
 
 def push(progress_id: int) -> str:
-    """Send or edit one progress message if it is due. Returns what happened."""
     now = timezone.now()
     row = _claim(progress_id, now)
     if row is None:
@@ -326,44 +277,37 @@ def push(progress_id: int) -> str:
     if first:
         # In flight from here: a worker that dies now never sends it again.
         _save(row, state=State.SENDING, lease_until=now + LEASE)
+    ready = partial(rate_limits.take, row.chat_id)
     try:
         if first:
-            receipt = backend.send(
-                row.chat_id, text, ready=lambda: _take_slot(row.chat_id), silent=True
-            )
+            receipt = backend.send(row.chat_id, text, ready=ready, silent=True)
         else:
             assert row.message_id is not None
-            receipt = backend.edit(
-                row.chat_id, row.message_id, text, ready=lambda: _take_slot(row.chat_id)
-            )
-    except _NoSlot as exc:
-        _undo_sending(row, first)
-        _later(row, exc.wait)
+            receipt = backend.edit(row.chat_id, row.message_id, text, ready=ready)
+    except rate_limits.NoSlot as exc:
+        _later(row, exc.wait, first=first)
         return f"rate limited for {exc.wait:.1f} s"
-    except RetryLater as exc:
-        _undo_sending(row, first)
-        _later(row, exc.retry_after, str(exc))
+    except base.RetryLater as exc:
+        _later(row, exc.retry_after, str(exc), first)
         return f"flood control: retry in {exc.retry_after:g} s"
-    except TokenRejected as exc:
-        _undo_sending(row, first)
-        _later(row, settings.NOTIFICATION_PROBE_INTERVAL_SECONDS or 60, str(exc))
+    except base.TokenRejected as exc:
+        _later(row, settings.NOTIFICATION_PROBE_INTERVAL_SECONDS or 60, str(exc), first)
         return "token rejected"
-    except RecipientUnreachable as exc:
+    except base.RecipientUnreachable as exc:
         UnreachableChat.objects.get_or_create(
             chat_id=row.chat_id, defaults={"reason": str(exc)[:255]}
         )
         return _stop(row, str(exc))
-    except (MessageGone, Rejected) as exc:
+    except (base.MessageGone, base.Rejected) as exc:
         return _stop(row, str(exc))
-    except SendError as exc:
+    except base.SendError as exc:
         return _unknown(row, first, str(exc))
     except Exception as exc:  # a bug in a backend: treat as unknown, never resend blindly
         logger.exception("Progress message %s: unexpected error", row.pk)
         return _unknown(row, first, f"{exc.__class__.__name__}: {exc}")
-    done = row.final
     _save(
         row,
-        state=State.DONE if done else State.LIVE,
+        state=State.DONE if row.final else State.LIVE,
         message_id=receipt.message_id if first else row.message_id,
         sent_text=text,
         sent_phase=row.phase,
@@ -377,11 +321,6 @@ def push(progress_id: int) -> str:
     # The text changed while this one was in flight: the newer one is still to go.
     ProgressMessage.objects.filter(pk=row.pk, text=text).update(pending=False)
     return "sent" if first else "edited"
-
-
-def _undo_sending(row: ProgressMessage, first: bool) -> None:
-    if first:
-        ProgressMessage.objects.filter(pk=row.pk, state=State.SENDING).update(state=State.NEW)
 
 
 def _stop(row: ProgressMessage, error: str) -> str:

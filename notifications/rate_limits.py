@@ -1,12 +1,11 @@
-"""Telegram's sending limits, shared by every worker process (database, or Redis).
-
-One message a second per chat, 20 a minute per group, 25 a second overall; nothing in
-process memory, so they hold across workers, hosts and restarts.
+"""Telegram's sending limits (a second per chat, 20 a minute per group, 25 a second in all),
+kept in the database or Redis so they hold across workers, hosts and restarts.
 See docs/architecture.md#exactly-one-message-per-outcome.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -27,44 +26,50 @@ def is_group(chat_id: int) -> bool:
     return chat_id < 0
 
 
+class NoSlot(Exception):
+    """The limits want a longer wait than the sender may sleep: hand the message back."""
+
+    def __init__(self, wait: float):
+        self.wait = wait
+
+
+def take(chat_id: int, may_sleep: float = 0.0) -> None:
+    """Take a send slot, sleeping through waits up to ``may_sleep``; a longer one: ``NoSlot``."""
+    while (wait := reserve(chat_id)) > 0:
+        if wait > may_sleep:
+            raise NoSlot(wait)
+        time.sleep(wait)
+
+
 def reserve(chat_id: int, *, now: datetime | None = None) -> float:
     """Take a send slot for ``chat_id`` now (returns 0.0) or say how many seconds to wait."""
     if settings.REDIS_URL:
         return _reserve_in_redis(chat_id, now or timezone.now())
-    return _reserve_in_database(chat_id, now)
-
-
-def _reserve_in_database(chat_id: int, now: datetime | None) -> float:
     with transaction.atomic():
         if SenderState.objects.select_for_update().filter(pk=1).first() is None:
             SenderState.get()  # the lock row must exist before we can lock it
             SenderState.objects.select_for_update().filter(pk=1).first()
         now = now or timezone.now()
-        wait = _wait_needed(chat_id, now)
+        chat = RateLimitMark.objects.filter(chat_id=chat_id)
+        every = RateLimitMark.objects.all()
+        overall = settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND
+        # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart), so
+        # network jitter cannot bunch two bursts into one second at Telegram's end; the
+        # one-second window is the hard ceiling.
+        limits = [
+            (chat, timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS), 1),
+            (every, timedelta(seconds=1 / overall), 1),
+            (every, timedelta(seconds=1), overall),
+        ]
+        if is_group(chat_id):
+            limits.append((chat, timedelta(minutes=1), settings.NOTIFICATION_RATE_GROUP_PER_MINUTE))
+        wait = max(_window_wait(marks, now, window, limit) for marks, window, limit in limits)
         if wait > 0:
             return wait
         mark = RateLimitMark.objects.create(chat_id=chat_id, sent_at=now)
         if mark.pk % _PRUNE_EVERY == 0:
             RateLimitMark.objects.filter(sent_at__lt=now - _KEEP).delete()
     return 0.0
-
-
-def _wait_needed(chat_id: int, now: datetime) -> float:
-    chat = RateLimitMark.objects.filter(chat_id=chat_id)
-    every = RateLimitMark.objects.all()
-    overall = settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND
-    # (marks, window, how many fit in it). Overall: evenly spaced (1/limit s apart)
-    # rather than bursts of ``limit`` at the start of each second, so that network
-    # jitter cannot bunch two bursts into one second at Telegram's end; the one-second
-    # window is the hard ceiling.
-    limits = [
-        (chat, timedelta(seconds=settings.NOTIFICATION_RATE_PER_CHAT_SECONDS), 1),
-        (every, timedelta(seconds=1 / overall), 1),
-        (every, timedelta(seconds=1), overall),
-    ]
-    if is_group(chat_id):
-        limits.append((chat, timedelta(minutes=1), settings.NOTIFICATION_RATE_GROUP_PER_MINUTE))
-    return max(_window_wait(marks, now, window, limit) for marks, window, limit in limits)
 
 
 def _window_wait(marks, now: datetime, window: timedelta, limit: int) -> float:
@@ -79,8 +84,6 @@ def _window_wait(marks, now: datetime, window: timedelta, limit: int) -> float:
     # The limit-th newest mark has to leave the window before another send fits.
     return max(0.0, (recent[-1] + window - now).total_seconds())
 
-
-# --- Redis ----------------------------------------------------------------------------------
 
 # KEYS: the chat's sorted set, the overall sorted set. Scores are milliseconds.
 # ARGV: now, per-chat gap, is group (0/1), group limit, overall limit, overall spacing,

@@ -1,6 +1,4 @@
 """Owners who come back, and the one meaning of "an owner message was not delivered".
-
-Reopening a chat is a conditional update, so what was held back is sent again once.
 See docs/owner-messages.md#owners-who-blocked-the-bot.
 """
 
@@ -27,19 +25,13 @@ UNDELIVERED_STATUSES = (
     NotificationStatus.GIVEN_UP,
     NotificationStatus.UNREACHABLE,
 )
-
-
 # How a training ended: what an owner must hear ("taking longer" is no news once it ended).
 OUTCOME_KINDS = (NotificationKind.READY, NotificationKind.FAILED, NotificationKind.CANCELLED)
 
 
 def undelivered_owner_messages() -> QuerySet[Notification]:
-    """Owner messages that did not arrive and are still news.
-
-    The one definition behind the problems banner, the dashboard and the avatar list's
-    "owner notification: not delivered" filter: failed, given up or unreachable, about
-    the attempt that is still the avatar's current one (a retrain supersedes it).
-    """
+    """Owner outcome messages that did not arrive and are about the avatar's current attempt:
+    the one definition behind the problems banner, the dashboard and the avatar filter."""
     return Notification.objects.filter(
         audience=Audience.OWNER,
         kind__in=OUTCOME_KINDS,
@@ -58,11 +50,8 @@ def is_unreachable(chat_id: int | None) -> bool:
 
 
 def reachable_again(chat_id: int, *, why: str) -> list[int]:
-    """Forget that ``chat_id`` was unreachable and resend what was held back for it.
-
-    Returns the ids of the notifications queued again (empty when the chat was not
-    marked unreachable: nothing was held back since the last time it came back).
-    """
+    """Forget that ``chat_id`` was unreachable and resend what was held back for it; returns
+    the ids queued again (none when the chat was not marked unreachable)."""
     with transaction.atomic():
         forgotten, _rows = UnreachableChat.objects.filter(chat_id=chat_id).delete()
         if not forgotten:

@@ -1,8 +1,5 @@
-"""Telegram's reasons for not delivering a message, in the reader's language.
-
-Telegram answers in English ("Forbidden: bot was blocked by the user"); staff read the
-admin and the staff chat in their own language. Unknown texts stay as Telegram wrote
-them.
+"""Telegram's reasons for not delivering a message, in the reader's language (unknown
+texts stay as Telegram wrote them).
 """
 
 from __future__ import annotations
@@ -39,10 +36,7 @@ def telegram_reason_words(text: str) -> str:
 
 
 def last_error_words(text: str) -> str:
-    """A stored send error in the reader's language where it is one of ours.
-
-    Telegram's own explanation (after "Owner unreachable:") stays as Telegram wrote it.
-    """
+    """A stored send error in the reader's language where it is one of ours."""
     if text in (NO_STAFF_CHAT, MIGRATED_TWICE):
         return _(text)
     if text.startswith(OWNER_UNREACHABLE):

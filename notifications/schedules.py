@@ -1,8 +1,5 @@
-"""The notifications app's own django-q2 schedule, created or updated by ``migrate``.
-
-The check run sweeps the outbox when it ends; this schedule runs the same sweep on the
-notifications cluster itself once a minute (merging stuck alerts, and the net under
-the relay), whatever the check runs are doing.
+"""The notifications cluster's own once-a-minute sweeps (the net under the relay), created
+or updated by ``migrate``.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ PROGRESS_SWEEP = "notifications: push due progress messages"
 
 def ensure_schedules(**kwargs: Any) -> None:
     """post_migrate receiver: set-up twice leaves one sweep."""
-    # The outbox, and the owner's progress messages whose edit waited (docs/eta.md).
     for name, func in (
         (OUTBOX_SWEEP, "notifications.delivery.sweep"),
         (PROGRESS_SWEEP, "notifications.progress.sweep"),

@@ -1,14 +1,10 @@
-"""What the notifications app announces to whoever counts or watches it.
-
-``notifications`` never imports ``monitoring``: the monitor connects its receivers.
-"""
+"""What the notifications app announces (``monitoring`` connects its receivers)."""
 
 from __future__ import annotations
 
 import django.dispatch
 
-# Sent when the outcome of one Bot API call is recorded (``outcome``: the attempt's
-# outcome, e.g. "sent", "transient", "permanent").
+# The outcome of one Bot API call is recorded (``outcome``: the attempt's outcome).
 send_recorded = django.dispatch.Signal()
 # Sent when an owner's message about a finished training is sent: ``notification``,
 # ``finished_at`` (fal's end as the finish knew it) and ``sent_at`` (the owner-told figure).

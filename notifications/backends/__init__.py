@@ -1,10 +1,5 @@
-"""Where messages go, chosen like Django's email backends (settings.NOTIFICATION_BACKEND).
-
-``telegram`` sends through the Bot API, ``console`` prints (the default when no token
-is set, so a first run works), ``locmem`` keeps messages in memory for tests.
-Every backend answers ``send()`` with a receipt or one of the classified errors in
-``notifications.backends.base``; the delivery module decides what each one means
-for the outbox row.
+"""Where messages go, chosen like Django's email backends (settings.NOTIFICATION_BACKEND):
+``telegram``, ``console`` (the default without a token) or ``locmem`` (tests).
 """
 
 from __future__ import annotations

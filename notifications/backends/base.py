@@ -48,25 +48,16 @@ class TokenRejected(SendError):
 
 
 class Transient(SendError):
-    """Timeouts, connection errors, 5xx: retry with backoff.
-
-    A read timeout may hide a message that did arrive; the Bot API has no idempotency
-    key, so that one doubt is accepted.
-    """
+    """Timeouts, connection errors, 5xx: retry with backoff (a read timeout may hide a message
+    that did arrive: the Bot API has no idempotency key)."""
 
 
-# Takes the rate-limit slot: called right before the request goes out (see BaseBackend).
 Ready = Callable[[], None] | None
 
 
 class BaseBackend:
-    """Send and edit; ``ready()`` takes the rate-limit slot right before the request goes out.
-
-    ``ready`` may wait, or raise to abandon the send (its exceptions propagate unchanged).
-    ``silent``: the phone does not ring. Local backends implement ``_send``/``_edit``.
-    """
-
-    name = "base"
+    """``ready()`` takes the rate-limit slot right before the request goes out; it may wait,
+    or raise to abandon the send. Local backends implement ``_send``/``_edit``."""
 
     def send(
         self, chat_id: int, text: str, *, ready: Ready = None, silent: bool = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 
 from notifications.backends.base import BaseBackend
 
@@ -11,17 +10,15 @@ _message_ids = itertools.count(1)
 
 
 class ConsoleBackend(BaseBackend):
-    name = "console"
-
     def _send(self, chat_id: int, text: str, silent: bool) -> int:
         message_id = next(_message_ids)
         how = ", silent" if silent else ""
-        self._write(f"--- Telegram message to chat {chat_id} (#{message_id}{how}) ---\n{text}\n")
+        print(
+            f"--- Telegram message to chat {chat_id} (#{message_id}{how}) ---\n{text}", flush=True
+        )
         return message_id
 
     def _edit(self, chat_id: int, message_id: int, text: str) -> None:
-        self._write(f"--- Telegram message #{message_id} in chat {chat_id} edited ---\n{text}\n")
-
-    def _write(self, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        print(
+            f"--- Telegram message #{message_id} in chat {chat_id} edited ---\n{text}", flush=True
+        )

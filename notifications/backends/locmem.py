@@ -31,8 +31,6 @@ _message_ids = itertools.count(1)
 
 
 class LocmemBackend(BaseBackend):
-    name = "locmem"
-
     def _send(self, chat_id: int, text: str, silent: bool) -> int:
         with _lock:
             message = SentMessage(chat_id, text, next(_message_ids), silent)

@@ -1,8 +1,7 @@
 """The one module that talks to Telegram (python-telegram-bot), and classifies its errors.
 
-One ``Bot`` and connection pool per worker process, on one event loop in a background
-thread, and no ORM inside that loop. The token never leaves this module: error texts
-are scrubbed before they are raised.
+One ``Bot`` and connection pool per process, on an event loop in a background thread (no
+ORM inside it). The token never leaves this module: error texts are scrubbed.
 See docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
@@ -22,23 +21,11 @@ from telegram import Bot, LinkPreviewOptions, error
 from telegram.request import HTTPXRequest
 
 from avatarsite.log_redaction import REDACTED, redact
-from notifications.backends.base import (
-    BaseBackend,
-    ChatMoved,
-    MessageGone,
-    Ready,
-    RecipientUnreachable,
-    Rejected,
-    RetryLater,
-    SendError,
-    SendReceipt,
-    TokenRejected,
-    Transient,
-)
+from notifications.backends import base
 
 # A probe (relay thread) may run while a send (worker thread) is in flight.
 _POOL_SIZE = 4
-_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+_HTML = {"parse_mode": "HTML", "link_preview_options": LinkPreviewOptions(is_disabled=True)}
 
 
 class _Connection:
@@ -114,9 +101,7 @@ atexit.register(close_connection)
 multiprocessing_util.Finalize(None, close_connection, exitpriority=10)
 
 
-class TelegramBackend(BaseBackend):
-    name = "telegram"
-
+class TelegramBackend(base.BaseBackend):
     def __init__(self) -> None:
         self.token = settings.TELEGRAM_BOT_TOKEN or ""
         self.base_url = settings.TELEGRAM_API_BASE_URL
@@ -126,20 +111,21 @@ class TelegramBackend(BaseBackend):
         return f"<TelegramBackend {self.base_url}>"
 
     def send(
-        self, chat_id: int, text: str, *, ready: Ready = None, silent: bool = False
-    ) -> SendReceipt:
+        self, chat_id: int, text: str, *, ready: base.Ready = None, silent: bool = False
+    ) -> base.SendReceipt:
         message = self._call(
             "send_message",
             ready=ready,
             chat_id=chat_id,
             text=text,
-            parse_mode="HTML",
-            link_preview_options=_NO_PREVIEW,
             disable_notification=silent or None,
+            **_HTML,
         )
-        return SendReceipt(getattr(message, "message_id", None))
+        return base.SendReceipt(getattr(message, "message_id", None))
 
-    def edit(self, chat_id: int, message_id: int, text: str, *, ready: Ready = None) -> SendReceipt:
+    def edit(
+        self, chat_id: int, message_id: int, text: str, *, ready: base.Ready = None
+    ) -> base.SendReceipt:
         try:
             self._call(
                 "edit_message_text",
@@ -147,65 +133,53 @@ class TelegramBackend(BaseBackend):
                 chat_id=chat_id,
                 message_id=message_id,
                 text=text,
-                parse_mode="HTML",
-                link_preview_options=_NO_PREVIEW,
+                **_HTML,
             )
-        except Rejected as exc:
+        except base.Rejected as exc:
             words = str(exc).lower()
             if "message is not modified" in words:
-                return SendReceipt(message_id)  # the text is already there: done
+                return base.SendReceipt(message_id)  # the text is already there: done
             if "message to edit not found" in words or "message can't be edited" in words:
-                raise MessageGone(str(exc)) from None
+                raise base.MessageGone(str(exc)) from None
             raise
-        return SendReceipt(message_id)
+        return base.SendReceipt(message_id)
 
     def probe(self) -> None:
         self._call("get_me")
 
-    # --- internals ---------------------------------------------------------------------
-
-    def _call(self, method: str, *, ready: Ready = None, **kwargs: Any) -> Any:
-        """One Bot API call on this process's long-lived connection.
-
-        ``ready()`` runs here, in the calling thread (the ORM may be used), right before
-        the request is handed to the loop.
-        """
+    def _call(self, method: str, *, ready: base.Ready = None, **kwargs: Any) -> Any:
         if not self.token:
-            raise TokenRejected("TELEGRAM_BOT_TOKEN is not set")
+            raise base.TokenRejected("TELEGRAM_BOT_TOKEN is not set")
         try:
             connection = _shared_connection(self.token, self.base_url, self.timeout)
         except Exception as exc:
             raise self._classify(exc) from None
         if ready is not None:
-            ready()  # its exceptions are the caller's, not Telegram's
+            ready()  # in this thread (the ORM may be used); its exceptions are the caller's
         try:
             return connection.submit(getattr(connection.bot, method)(**kwargs), self.timeout * 2)
         except Exception as exc:  # anything else is classified, never raised raw
             raise self._classify(exc) from None
 
-    def _scrub(self, text: str) -> str:
-        if self.token:
-            text = text.replace(self.token, REDACTED)
-        return redact(text)
-
-    def _classify(self, exc: BaseException) -> SendError:
-        """Telegram's answer → what it means for us (python-telegram-bot's mapping of Bot API errors, in this order)."""
-        text = self._scrub(str(exc) or exc.__class__.__name__)
+    def _classify(self, exc: BaseException) -> base.SendError:
+        """Telegram's answer → what it means for us (python-telegram-bot's errors, in this order)."""
+        text = str(exc) or exc.__class__.__name__
+        text = redact(text.replace(self.token, REDACTED) if self.token else text)
         if isinstance(exc, error.ChatMigrated):
-            return ChatMoved(int(exc.new_chat_id))
+            return base.ChatMoved(int(exc.new_chat_id))
         if isinstance(exc, error.RetryAfter):
             wait = exc.retry_after
             seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-            return RetryLater(seconds, f"flood control: retry after {seconds:g} s")
+            return base.RetryLater(seconds)
         if isinstance(exc, error.Forbidden):
-            return RecipientUnreachable(text)
+            return base.RecipientUnreachable(text)
         if isinstance(exc, error.InvalidToken):
-            return TokenRejected(f"Telegram rejected the bot token or base URL: {text}")
+            return base.TokenRejected(f"Telegram rejected the bot token or base URL: {text}")
         # BadRequest and TimedOut are NetworkError subclasses: test them first.
         if isinstance(exc, error.BadRequest):
-            return Rejected(text)
-        if isinstance(exc, (error.TimedOut, asyncio.TimeoutError, TimeoutError)):
-            return Transient(f"timed out: {text}")
+            return base.Rejected(text)
+        if isinstance(exc, (error.TimedOut, TimeoutError)):
+            return base.Transient(f"timed out: {text}")
         if isinstance(exc, error.NetworkError):
-            return Transient(text)
-        return Transient(f"{exc.__class__.__name__}: {text}")
+            return base.Transient(text)
+        return base.Transient(f"{exc.__class__.__name__}: {text}")
