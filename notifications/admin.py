@@ -16,7 +16,13 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from avatarsite import admin_base
-from avatarsite.admin_base import ConfirmRow, ReadOnlyAdmin, confirmation_page, is_confirmed
+from avatarsite.admin_base import (
+    ConfirmRow,
+    ReadOnlyAdmin,
+    confirm_rows,
+    confirmation_page,
+    is_confirmed,
+)
 from notifications import delivery, reachability
 from notifications.models import (
     ChatMigration,
@@ -163,15 +169,9 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
                     "Send these notifications again, each with a fresh set of retries? "
                     "Their recipients get the message once more."
                 ),
-                rows=[
-                    ConfirmRow(
-                        row,
-                        label=self.headline(row),
-                        why_not=why_not_resend(row),
-                        state=str(row.get_status_display()),
-                    )
-                    for row in selected
-                ],
+                rows=confirm_rows(
+                    selected, self.headline, why_not_resend, Notification.get_status_display
+                ),
             )
         resent = 0
         for row in selected:
