@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +18,7 @@ from ninja import NinjaAPI
 from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 
+from monitoring.api.errors import error_body
 from monitoring.api.models import EventType
 from monitoring.api.schemas import AVATAR_EXAMPLE, ErrorOut, EventOut
 
@@ -33,7 +33,7 @@ class Err:
     status: int
     code: str
     when: str
-    detail: str
+    detail: str = ""  # the example's; "" when it says the same as ``when``
     fields: dict[str, str] | None = None
 
 
@@ -85,17 +85,11 @@ def scope(name: str) -> Err:
 
 
 def _example(err: Err) -> dict[str, Any]:
-    value: dict[str, Any] = {"error": err.code, "detail": err.detail}
-    if err.fields:
-        value["fields"] = err.fields
-    return {"summary": err.when, "value": value}
+    return {"summary": err.when, "value": error_body(err.code, err.detail or err.when, err.fields)}
 
 
-def _header(description: str, example: str = "") -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string"}
-    if example:
-        schema["examples"] = [example]
-    return {"description": description, "schema": schema}
+def _header(description: str, example: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string", "examples": [example]}}
 
 
 _REQUEST_ID_HEADER = _header(
@@ -187,33 +181,24 @@ def callbacks_description() -> str:
     )
 
 
-def example_event(now: datetime | None = None) -> dict[str, Any]:
-    """A signed ``avatar.completed`` callback: body and headers, as one is sent."""
-    now = now or timezone.now()
+def webhooks(schema_ref: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 ``webhooks`` object: one entry per event type; the completed one's
+    example signed now with the example secret, as a callback is sent."""
+    now = timezone.now()
     payload = {
         "type": str(EventType.COMPLETED),
         "timestamp": now.isoformat(),
         "data": AVATAR_EXAMPLE,
     }
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    signature = Webhook(EXAMPLE_SECRET).sign(EXAMPLE_WEBHOOK_ID, now, body)
-    return {
-        "secret": EXAMPLE_SECRET,
-        "headers": {
-            "content-type": "application/json",
-            "webhook-id": EXAMPLE_WEBHOOK_ID,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature,
-        },
-        "body": body,
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": EXAMPLE_WEBHOOK_ID,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(EXAMPLE_SECRET).sign(EXAMPLE_WEBHOOK_ID, now, body),
     }
-
-
-def webhooks(schema_ref: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 ``webhooks`` object: one entry per event type."""
-    signed = example_event()
     parameters = [
-        {"name": name, "in": "header", "required": True, **_header(text, signed["headers"][name])}
+        {"name": name, "in": "header", "required": True, **_header(text, headers[name])}
         for name, text in (
             ("webhook-id", "The event's id: the same on every retry."),
             ("webhook-timestamp", "Unix seconds of this attempt."),
@@ -222,14 +207,17 @@ def webhooks(schema_ref: str) -> dict[str, Any]:
     ]
     hooks: dict[str, Any] = {}
     for name, text in _EVENTS.items():
-        operation: dict[str, Any] = {
+        content: dict[str, Any] = {"schema": {"$ref": schema_ref}}
+        if name == EventType.COMPLETED:
+            summary = f"Signed with the example secret {EXAMPLE_SECRET}; headers: "
+            content["examples"] = {
+                "signed": {"summary": summary + json.dumps(headers), "value": payload}
+            }
+        operation = {
             "summary": name,
             "description": text,
             "parameters": parameters,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": schema_ref}}},
-            },
+            "requestBody": {"required": True, "content": {"application/json": content}},
             "responses": {
                 "2XX": {"description": "Delivered: not sent again."},
                 "429": {"description": "Retried (after `Retry-After` if longer)."},
@@ -237,14 +225,6 @@ def webhooks(schema_ref: str) -> dict[str, Any]:
                 "4XX": {"description": "Final: not retried (410 to say stop)."},
             },
         }
-        if name == EventType.COMPLETED:
-            operation["requestBody"]["content"]["application/json"]["examples"] = {
-                "signed": {
-                    "summary": "Signed with the example secret "
-                    f"{EXAMPLE_SECRET}; headers: " + json.dumps(signed["headers"]),
-                    "value": json.loads(signed["body"]),
-                }
-            }
         hooks[name] = {"post": operation}
     return hooks
 
