@@ -1,10 +1,9 @@
 """An avatar with its owner, client link, attempts and kept files, in one statement.
 
-What ``GET /avatars/{id}`` and every start answer read (``representation.load``). Written
-as SQL, not as an ORM query: building that four-join query cost more than running it
-(bench/api.py). The rows are turned into model instances with ``Model.from_db`` and
-each field's database converters, as the ORM does; the columns come from the models,
-so a new field is read without a change here.
+What ``GET /avatars/{id}`` and every start answer read. Written as SQL, not as an ORM
+query: building that four-join query cost more than running it (bench/api.py). The rows
+become model instances with ``Model.from_db`` and each field's database converters, as
+the ORM does; the columns come from the models, so a new field needs no change here.
 """
 
 from __future__ import annotations
