@@ -44,11 +44,8 @@ def error_body(code: str, detail: str, fields: dict[str, str] | None = None) -> 
 
 
 def _dotted(loc: list[Any] | tuple[Any, ...]) -> str:
-    """pydantic's location as the client wrote it: ``owner.telegram_id``, ``query.status``.
-
-    Body errors are named from the body's root (ninja puts the parameter's name after
-    "body"); query, path and header errors keep their source as a prefix.
-    """
+    """pydantic's location as the client wrote it: ``owner.telegram_id`` from the body's
+    root (ninja puts the parameter's name after "body"), ``query.status``, ``header.X``."""
     parts = [str(part) for part in loc]
     if parts and parts[0] == "body":
         parts = parts[2:] if len(parts) > 2 else parts[1:]

@@ -40,14 +40,12 @@ def run_once(
     perform: Callable[[IdempotencyKey], Answer],
     recover: Recover,
 ) -> tuple[int, dict[str, Any], bool]:
-    """Run ``perform`` at most once per (client, key) and remember its answer.
+    """Run ``perform`` (given the key row, to note its avatar on) at most once per (client,
+    key); the status, the body and whether that answer is a replay.
 
-    Returns the status, the body and whether that answer is a replay (made earlier).
-
-    ``perform`` gets the key row (to note the avatar it made on it). An ``ApiError``
-    from it means nothing was started: the key is forgotten, so the client may fix the
-    request and retry with it. Any other error after an avatar was noted is answered
-    by ``recover`` from what the database holds: never a second submit.
+    An ``ApiError`` from it means nothing was started: the key is forgotten, so the client
+    may retry with it. Any other error after an avatar was noted is answered by ``recover``
+    from what the database holds: never a second submit.
     """
     if not key or len(key) > 255 or not key.isascii() or not key.isprintable():
         raise ApiError(

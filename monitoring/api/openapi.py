@@ -1,9 +1,6 @@
 """What ``/api/v1/openapi.json`` says beyond the routes: each operation's own errors with
-examples, the headers every answer carries, and the event callbacks (``webhooks``).
-
-Only documentation: the behaviour lives in ``errors``, ``idempotency``, ``middleware``
-and ``callbacks``. The callbacks' example is signed when the document is served, with a
-published example secret, so it verifies as it stands (docs/api.md).
+examples, the headers every answer carries, and the event callbacks (``webhooks``). Only
+documentation: the behaviour lives in ``errors``, ``idempotency``, ``middleware``, ``callbacks``.
 """
 
 from __future__ import annotations
@@ -102,6 +99,10 @@ _REPLAYED_HEADER = _header(
     "`Idempotency-Key` (nothing was started again); absent otherwise.",
     "true",
 )
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": _header("Always `Bearer`.", "Bearer")},
+    429: {"Retry-After": _header("Seconds to wait before calling again.", "17")},
+}
 
 
 def documented(
@@ -113,27 +114,20 @@ def documented(
     """``response`` and ``openapi_extra`` for an ``@api.get``/``@api.post``: this
     operation's errors, each code with when it happens and an example body."""
     response: dict[int, type[BaseModel]] = dict(ok)
-    described: dict[int, Any] = {}
-    for status, _model in ok.items():
-        headers = {REQUEST_ID: _REQUEST_ID_HEADER}
-        if idempotent:
-            headers["Idempotent-Replayed"] = _REPLAYED_HEADER
-        described[status] = {"headers": headers}
-        if ok_descriptions and status in ok_descriptions:
-            described[status]["description"] = ok_descriptions[status]
+    headers = {REQUEST_ID: _REQUEST_ID_HEADER}
+    if idempotent:
+        headers["Idempotent-Replayed"] = _REPLAYED_HEADER
+    described: dict[int, Any] = {status: {"headers": dict(headers)} for status in ok}
+    for status, text in (ok_descriptions or {}).items():
+        described[status]["description"] = text
     by_status: dict[int, list[Err]] = {}
     for err in errors:
         by_status.setdefault(err.status, []).append(err)
     for status, errs in sorted(by_status.items()):
         response[status] = ErrorOut
-        headers = {REQUEST_ID: _REQUEST_ID_HEADER}
-        if status == 429:
-            headers["Retry-After"] = _header("Seconds to wait before calling again.", "17")
-        if status == 401:
-            headers["WWW-Authenticate"] = _header("Always `Bearer`.", "Bearer")
         described[status] = {
             "description": " ".join(f"`{e.code}`: {e.when}" for e in errs),
-            "headers": headers,
+            "headers": {REQUEST_ID: _REQUEST_ID_HEADER, **_ERROR_HEADERS.get(status, {})},
             "content": {"application/json": {"examples": {e.code: _example(e) for e in errs}}},
         }
     return {"response": response, "openapi_extra": {"responses": described}}

@@ -1,7 +1,5 @@
 """The avatar as the API shows it: GET answers, POST answers and event bodies alike.
-
-Ids are strings (no client parses a 64-bit id into a float); nothing is translated; what
-the client sent comes back under the names it was sent with (docs/api.md).
+Ids are strings (no client parses a 64-bit id into a float); nothing is translated.
 """
 
 from __future__ import annotations
@@ -40,15 +38,14 @@ def training_data(
     """``links=False``: the ``files`` URLs left out (what an event callback stores);
     ``kept``: the attempt's kept files when the caller has read them already."""
     submit = submit_state(training)
+    refused = submit == "refused"
     return {
         "id": str(training.pk),
         "attempt": training.attempt,
         "endpoint": training.endpoint,
         "submit": submit,
         "submit_error": (
-            {"type": training.error_type, "message": training.error_message}
-            if submit == "refused"
-            else None
+            {"type": training.error_type, "message": training.error_message} if refused else None
         ),
         "fal_request_id": training.fal_request_id,
         "fal_status": training.fal_status or None,
@@ -58,8 +55,8 @@ def training_data(
         "lora_url": training.lora_url,
         "config_url": training.config_url,
         "files": files.files_data(training, kept, links=links),
-        "error": training.error_message if training.outcome != TrainingOutcome.REFUSED else "",
-        "error_type": training.error_type if training.outcome != TrainingOutcome.REFUSED else "",
+        "error": "" if refused else training.error_message,
+        "error_type": "" if refused else training.error_type,
         "stuck": training.is_stuck,
         "held_reason": training.held_reason if training.is_held else None,
         "cost": cost_data(training),
@@ -77,12 +74,8 @@ def avatar_data(
     links: bool = True,
     kept: dict[int, list[KeptFile]] | None = None,
 ) -> dict[str, Any]:
-    """The fields of ``check_avatar_db --json`` plus what the client sent and the attempts.
-
-    ``avatar`` should come with ``owner``, ``api_link`` and ``current_training`` loaded;
-    ``trainings`` (every attempt, oldest first) is read when not given, and so are
-    their kept files unless ``kept`` has them by training id (``avatar_read``).
-    """
+    """``current_data`` plus what the client sent and every attempt (``trainings``, oldest
+    first, read when not given, with their kept files unless ``kept`` has them by id)."""
     training = avatar.current_training
     if trainings is None:
         trainings = list(avatar.trainings.order_by("attempt").prefetch_related("kept_files"))
