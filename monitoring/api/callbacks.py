@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,8 +142,7 @@ def validate_callback_url(url: str) -> None:
     with ``EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS``). A host name is checked at every send."""
     allow_private = settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS
     parts = urlsplit(url)
-    allowed_schemes = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in allowed_schemes:
+    if parts.scheme not in (("https", "http") if allow_private else ("https",)):
         raise CallbackRefused(
             "callback URLs must use https"
             + ("" if allow_private else " (http only with EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS)")
@@ -155,11 +155,8 @@ def validate_callback_url(url: str) -> None:
         parts.port  # noqa: B018 (raises on a bad port)
     except ValueError as exc:
         raise CallbackRefused(f"callback URL has a bad port: {exc}") from None
-    try:
-        literal = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return
-    check_address(literal)
+    with suppress(ValueError):  # not an address: a host name, checked at every send
+        check_address(ipaddress.ip_address(parts.hostname))
 
 
 # IPv6 addresses that carry an IPv4 address, and where (RFC 4291, 2765, 6052, 3056, 4380).
@@ -217,17 +214,14 @@ def resolve(url: str) -> Destination:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise CallbackUnresolvable(f"{host} does not resolve: {exc}") from None
-    addresses = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        # Every address must be allowed, not just one: the client library could pick any.
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    # Every address must be allowed, not just one: the client library could pick any.
+    for address in addresses:
         check_address(address)
-        addresses.append(address)
     if not addresses:
         raise CallbackUnresolvable(f"{host} resolves to nothing")
     chosen = addresses[0]
-    literal = f"[{chosen}]" if chosen.version == 6 else str(chosen)
-    netloc = f"{literal}:{port}"
+    netloc = f"[{chosen}]:{port}" if chosen.version == 6 else f"{chosen}:{port}"
     return Destination(
         url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
         host=host,
@@ -258,9 +252,8 @@ def _claim(callback_id: int) -> EventCallback | None:
     return callback
 
 
-def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[str, str]]:
+def signed_request(callback: EventCallback, now: datetime) -> tuple[bytes, dict[str, str]]:
     """The body and Standard Webhooks headers of one attempt (same id, fresh timestamp)."""
-    now = now or timezone.now()
     payload = with_file_links(callback.payload, callback.avatar_id)
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     signature = Webhook(callback.client.callback_secret).sign(callback.webhook_id, now, body)
@@ -274,11 +267,8 @@ def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[st
 
 
 def with_file_links(payload: dict[str, Any], avatar_id: int) -> dict[str, Any]:
-    """The stored body with ``files`` as they are now, their links signed now.
-
-    What is stored holds no signature (a link is a secret, and it expires); each attempt
-    gets fresh links, and a copy kept since the event was written shows as kept.
-    """
+    """The stored body with ``files`` as they are now, their links signed now (what is
+    stored holds no signature: a link is a secret, and it expires)."""
     data = payload["data"]
     if "files" not in data:  # stored before files were kept
         return payload
@@ -313,7 +303,7 @@ def deliver(callback_id: int) -> str:
     except (CallbackRefused, CallbackUnresolvable) as exc:
         outcome = Outcome.REFUSED if isinstance(exc, CallbackRefused) else Outcome.RETRY
         return _finish(callback, callback.open_attempt(url=url[:1024]), outcome, error=str(exc))
-    body, headers = signed_request(callback, now=now)
+    body, headers = signed_request(callback, now)
     headers["host"] = destination.host_header
     # Recorded before the request leaves: a worker that dies now leaves a trace.
     attempt = callback.open_attempt(url=url[:1024], address=destination.address)
@@ -371,31 +361,22 @@ def _finish(
     if started is not None:
         answer["duration_ms"] = (time.monotonic() - started) * 1000
     now = timezone.now()
-    attempts = callback.attempts + 1
+    callback.attempts += 1
     final = _FINAL.get(outcome)
     if final is None:
         base = settings.EVENT_CALLBACK_RETRY_BASE_SECONDS
-        wait = backoff(attempts, base, settings.EVENT_CALLBACK_RETRY_MAX_SECONDS)
-        next_at = now + timedelta(seconds=max(wait, _retry_after(response)))
-        if next_at < callback.give_up_at:
-            callback.attempts = attempts
-            retry_in = (next_at - now).total_seconds()
+        wait = backoff(callback.attempts, base, settings.EVENT_CALLBACK_RETRY_MAX_SECONDS)
+        retry_in = max(wait, _retry_after(response))
+        if now + timedelta(seconds=retry_in) < callback.give_up_at:
             callback.settle(
                 attempt, outcome, error=error, attempt_fields=answer, retry_in=retry_in, failed=True
             )
             return "retry"
         final = CallbackStatus.GIVEN_UP
-    fields: dict[str, Any] = {"delivered_at": now} if final == CallbackStatus.DELIVERED else {}
-    callback.settle(
-        attempt,
-        outcome,
-        error=error,
-        attempt_fields=answer,
-        close=final,
-        attempts=attempts,
-        last_error=error,
-        **fields,
-    )
+    fields: dict[str, Any] = {"attempts": callback.attempts, "last_error": error}
+    if final == CallbackStatus.DELIVERED:
+        fields["delivered_at"] = now
+    callback.settle(attempt, outcome, error=error, attempt_fields=answer, close=final, **fields)
     if final != CallbackStatus.DELIVERED:
         logger.warning("Event callback %s %s: %s", callback.webhook_id, final, error)
     return final
