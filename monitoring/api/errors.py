@@ -16,9 +16,6 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 logger = logging.getLogger("monitoring")
 
-# What django-ninja raises as ``HttpError``: a body it cannot parse, a failed CSRF check.
-_CODES = {400: "bad_request", 403: "forbidden"}
-
 
 class ApiError(Exception):
     def __init__(
@@ -101,8 +98,11 @@ def install(api: NinjaAPI) -> None:
         ApiError: respond,
         ValidationError: answered_as(_invalid),
         AuthenticationError: answered_as(lambda exc: _UNAUTHORIZED),
+        # What django-ninja raises as ``HttpError``: a body it cannot parse (400).
         HttpError: answered_as(
-            lambda exc: ApiError(exc.status_code, _CODES.get(exc.status_code, "error"), str(exc))
+            lambda exc: ApiError(
+                exc.status_code, "bad_request" if exc.status_code == 400 else "error", str(exc)
+            )
         ),
         SuspiciousOperation: answered_as(_refused),
         Exception: unexpected,

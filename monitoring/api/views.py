@@ -122,10 +122,10 @@ def _or_404(avatar_id: int, found: Any) -> Any:
     return found
 
 
-def start_answer(avatar_id: int, training: Training) -> idempotency.Answer:
+def start_answer(training: Training) -> idempotency.Answer:
     """201 with the avatar and ``training`` as the database holds them; 202 when the start
     is held for fal's balance (``submit: "held"``, nothing sent)."""
-    avatar, attempts, kept = _or_404(avatar_id, avatar_read.read(avatar_id))
+    avatar, attempts, kept = _or_404(training.avatar_id, avatar_read.read(training.avatar_id))
     chosen = next(t for t in attempts if t.pk == training.pk)
     return 202 if chosen.is_held else 201, {
         "avatar": representation.avatar_data(avatar, attempts, kept=kept),
@@ -148,7 +148,7 @@ def _within_budget(client: ApiClient) -> None:
 def _recover(row: IdempotencyKey) -> idempotency.Answer | None:
     assert row.avatar_id is not None
     last = Training.objects.filter(avatar_id=row.avatar_id).order_by("-attempt").first()
-    return start_answer(last.avatar_id, last) if last else None
+    return start_answer(last) if last else None
 
 
 def _link(avatar: Avatar, client: ApiClient, reference: str = "") -> None:
@@ -181,7 +181,7 @@ def _started(avatar: Avatar) -> idempotency.Answer:
         raise ApiError(
             409, "not_startable", f"The avatar was not started: {outcome.detail or outcome.status}."
         )
-    return start_answer(avatar.pk, outcome.training)
+    return start_answer(outcome.training)
 
 
 @api.post(
@@ -463,7 +463,7 @@ def adopt_training(request: HttpRequest, payload: AdoptIn):
             username=payload.owner.username
         )
     _link(avatar, client, payload.client_reference)
-    _status, body = start_answer(avatar.pk, result.training)
+    _status, body = start_answer(result.training)
     return Status(201 if result.adopted else 200, {**body, "adopted": result.adopted})
 
 
