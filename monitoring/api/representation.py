@@ -109,7 +109,7 @@ def current_data(
     links: bool = True,
 ) -> dict[str, Any]:
     """The avatar and its current attempt: what ``check_avatar_db --json`` prints too."""
-    active = training is not None and training.finished_at is None
+    queued = training and training.finished_at is None and training.fal_status == FalStatus.IN_QUEUE
     return {
         "id": str(avatar.pk),
         "name": avatar.name,
@@ -117,11 +117,7 @@ def current_data(
         "training_type": avatar.training_type,
         "fal_status": (training.fal_status or None) if training else None,
         "fal_request_id": training.fal_request_id if training else None,
-        "queue_position": (
-            training.queue_position
-            if active and training and training.fal_status == FalStatus.IN_QUEUE
-            else None
-        ),
+        "queue_position": training.queue_position if training and queued else None,
         "eta": eta.as_json(training),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
@@ -149,14 +145,11 @@ def _number(value: Decimal | None) -> int | float | None:
 def cost_data(training: Training) -> dict[str, Any] | None:
     """What fal billed for the attempt, exactly; None while unknown (being looked up)."""
     if training.cost_state == CostState.BILLED:
+        price = training.cost_unit_price
         return {
             "usd": billing.usd_text(training.cost_nano_usd),
             "units": _number(training.cost_units),
-            "unit_price": (
-                str(training.cost_unit_price.normalize())
-                if training.cost_unit_price is not None
-                else None
-            ),
+            "unit_price": str(price.normalize()) if price is not None else None,
         }
     if training.cost_state == CostState.NOT_BILLED:
         return {"usd": billing.usd_text(0), "units": 0, "unit_price": None}
