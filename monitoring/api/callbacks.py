@@ -233,25 +233,6 @@ def resolve(url: str) -> Destination:
 # --- Sending ----------------------------------------------------------------------------
 
 
-def _claim(callback_id: int) -> EventCallback | None:
-    """Take the event for this worker (the outbox's claim); None if not due or given up."""
-    callback = EventCallback.objects.select_related("client").claim(
-        callback_id,
-        worker=worker_name(),
-        lease_seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3,
-    )
-    if callback is None or not callback.interrupted:
-        return callback
-    if callback.status == CallbackStatus.GIVEN_UP:
-        logger.error("Event callback %s: %s", callback.webhook_id, INTERRUPTED_TWICE)
-        return None
-    logger.warning(
-        "Event callback %s: a worker died mid-send; sending it once more (may be a duplicate)",
-        callback.webhook_id,
-    )
-    return callback
-
-
 def signed_request(callback: EventCallback, now: datetime) -> tuple[bytes, dict[str, str]]:
     """The body and Standard Webhooks headers of one attempt (same id, fresh timestamp)."""
     payload = with_file_links(callback.payload, callback.avatar_id)
@@ -284,7 +265,17 @@ def with_file_links(payload: dict[str, Any], avatar_id: int) -> dict[str, Any]:
 
 def deliver(callback_id: int) -> str:
     """One attempt at sending a due event nobody else is sending; its outcome is the task result."""
-    callback = _claim(callback_id)
+    callback = EventCallback.objects.select_related("client").claim(
+        callback_id, worker=worker_name(), lease_seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3
+    )
+    if callback is not None and callback.interrupted:
+        if callback.status == CallbackStatus.GIVEN_UP:
+            logger.error("Event callback %s: %s", callback.webhook_id, INTERRUPTED_TWICE)
+            return "not due"
+        logger.warning(
+            "Event callback %s: a worker died mid-send; sending it once more (may be a duplicate)",
+            callback.webhook_id,
+        )
     if callback is None:
         return "not due"
     now = timezone.now()

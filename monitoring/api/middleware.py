@@ -46,9 +46,8 @@ def _without_trailing_slash(request: HttpRequest) -> None:
 
 
 def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    if response.status_code < 400 or response.get("Content-Type", "").startswith(
-        "application/json"
-    ):
+    is_json = response.get("Content-Type", "").startswith("application/json")
+    if response.status_code < 400 or is_json:
         return response
     code, template = _HTML_ERRORS.get(
         response.status_code, ("error", "The request failed ({status}).")
