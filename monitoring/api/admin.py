@@ -1,10 +1,6 @@
-"""Staff pages for the bot API: clients (Operators only), their calls, and event callbacks.
-
-Creating a client shows its token and callback secret once, on the page that answers
-the form; only the token's hash is kept, and the secret is never shown again.
-Everything here needs ``api.manage_api_clients``, except the event callbacks, which
-staff who may view them can see; resending one needs ``monitoring.resend_notification``.
-"""
+"""Staff pages for the bot API: clients and their calls (``api.manage_api_clients``), and
+event callbacks. A new client's token and callback secret are shown once, on the page
+that answers the form."""
 
 from __future__ import annotations
 
@@ -21,13 +17,7 @@ from django.utils.translation import gettext_lazy
 
 from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, ReadOnlyInline, attempt_fields
 from monitoring.api import callback_health, callbacks, tokens
-from monitoring.api.models import (
-    ApiCall,
-    ApiClient,
-    CallbackAttempt,
-    EventCallback,
-    Scope,
-)
+from monitoring.api.models import ApiCall, ApiClient, CallbackAttempt, EventCallback, Scope
 
 MANAGE = "api.manage_api_clients"
 
@@ -65,23 +55,11 @@ _M = TypeVar("_M", bound=Model)
 
 
 class OperatorsOnly(admin.ModelAdmin[_M]):
-    def _may(self, request: HttpRequest) -> bool:
+    def _may(self, request: HttpRequest, obj=None) -> bool:
         return request.user.is_active and request.user.has_perm(MANAGE)
 
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self._may(request)
-
-    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
-        return self._may(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return self._may(request)
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return self._may(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return self._may(request)
+    has_module_permission = has_view_permission = has_add_permission = _may
+    has_change_permission = has_delete_permission = _may
 
 
 @admin.register(ApiClient)
@@ -110,8 +88,7 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
         return self.readonly_fields if obj else ()
 
     def get_fields(self, request: HttpRequest, obj=None):
-        fields = ["name", "scopes", "callback_url", "callback_stuck", "daily_budget_usd"]
-        return fields + list(self.readonly_fields) if obj else fields
+        return [*ApiClientForm.Meta.fields, *self.get_readonly_fields(request, obj)]
 
     def save_model(self, request: HttpRequest, obj: ApiClient, form, change: bool) -> None:
         if change:
@@ -150,9 +127,6 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
 
     @admin.action(description=gettext_lazy("Revoke the selected clients' tokens"))
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiClient]):
-        if not self._may(request):
-            self.message_user(request, _("You may not manage API clients."), messages.ERROR)
-            return
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(
             request, _("%(count)d client(s) revoked.") % {"count": count}, messages.SUCCESS
@@ -222,18 +196,14 @@ class EventCallbackAdmin(ReadOnlyAdmin[EventCallback]):
     fields = readonly_fields
     actions = ["resend"]
 
-    def get_actions(self, request: HttpRequest):
-        actions = super().get_actions(request)
-        if not request.user.has_perm("monitoring.resend_notification"):
-            actions.pop("resend", None)
-        return actions
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("monitoring.resend_notification")
 
-    @admin.action(description=gettext_lazy("Send the selected events again (same webhook-id)"))
+    @admin.action(
+        description=gettext_lazy("Send the selected events again (same webhook-id)"),
+        permissions=["resend"],
+    )
     def resend(self, request: HttpRequest, queryset: QuerySet[EventCallback]):
-        # Checked here too: the action list is only what is offered.
-        if not request.user.has_perm("monitoring.resend_notification"):
-            self.message_user(request, _("You may not resend events."), messages.ERROR)
-            return
         count = sum(1 for pk in queryset.values_list("pk", flat=True) if callbacks.resend(pk))
         self.message_user(
             request,

@@ -1,10 +1,8 @@
 """An avatar with its owner, client link, attempts and kept files, in one statement.
 
-What ``GET /avatars/{id}`` and every start answer read (``representation.load``). Written
-as SQL, not as an ORM query: building that four-join query cost more than running it
-(bench/api.py). The rows are turned into model instances with ``Model.from_db`` and
-each field's database converters, as the ORM does; the columns come from the models,
-so a new field is read without a change here.
+Written as SQL: building that four-join ORM query cost more than running it (bench/api.py).
+The rows become model instances with ``Model.from_db`` and each field's converters, as the
+ORM does; the columns come from the models, so a new field needs no change here.
 """
 
 from __future__ import annotations
@@ -22,35 +20,29 @@ from monitoring.models import Avatar, KeptFile, Owner, Training
 # fal's raw answer, the submitted input and the logs are never shown: not read either.
 UNSHOWN = frozenset({"result", "arguments", "logs_tail"})
 
-_Part = tuple[type[Model], str, list[Field], list[tuple[list[Callable[..., Any]], Any]]]
-
-
-def _part(model: type[Model], alias: str, exclude: frozenset[str] = frozenset()) -> _Part:
-    fields = [f for f in model._meta.concrete_fields if f.name not in exclude]
-    converters = []
-    for f in fields:
-        column = f.get_col(alias)
-        found = connection.ops.get_db_converters(column) + f.get_db_converters(connection)
-        converters.append((found, column))
-    return model, alias, fields, converters
+_Part = tuple[type[Model], list[Field], list[tuple[list[Callable[..., Any]], Any]], slice]
+_TABLES = ((Avatar, "a"), (Owner, "o"), (ClientAvatar, "l"), (Training, "t"), (KeptFile, "k"))
 
 
 @cache
 def _statement(vendor: str) -> tuple[str, list[_Part]]:
-    """The SQL and the models it reads, in column order (once per process)."""
-    parts = [
-        _part(Avatar, "a"),
-        _part(Owner, "o"),
-        _part(ClientAvatar, "l"),
-        _part(Training, "t", UNSHOWN),
-        _part(KeptFile, "k"),
-    ]
+    """The SQL and the models it reads, with their columns' place (once per process)."""
     q = connection.ops.quote_name
-    columns = ", ".join(
-        f"{alias}.{q(f.column or f.attname)}" for _m, alias, fields, _c in parts for f in fields
-    )
+    columns: list[str] = []
+    parts: list[_Part] = []
+    for model, alias in _TABLES:
+        fields = [
+            f for f in model._meta.concrete_fields if not (model is Training and f.name in UNSHOWN)
+        ]
+        converters = []
+        for f in fields:
+            column = f.get_col(alias)
+            found = connection.ops.get_db_converters(column) + f.get_db_converters(connection)
+            converters.append((found, column))
+        parts.append((model, fields, converters, slice(len(columns), len(columns) + len(fields))))
+        columns += [f"{alias}.{q(f.column or f.attname)}" for f in fields]
     sql = (
-        f"SELECT {columns} FROM {q(Avatar._meta.db_table)} a "
+        f"SELECT {', '.join(columns)} FROM {q(Avatar._meta.db_table)} a "
         f"JOIN {q(Owner._meta.db_table)} o ON o.id = a.owner_id "
         f"LEFT JOIN {q(ClientAvatar._meta.db_table)} l ON l.avatar_id = a.id "
         f"LEFT JOIN {q(Training._meta.db_table)} t ON t.avatar_id = a.id "
@@ -60,8 +52,9 @@ def _statement(vendor: str) -> tuple[str, list[_Part]]:
     return sql, parts
 
 
-def _instance(part: _Part, values: list[Any]) -> Model | None:
-    model, _alias, fields, converters = part
+def _instance(part: _Part, row: tuple[Any, ...]) -> Model | None:
+    model, fields, converters, columns = part
+    values = row[columns]
     if values[0] is None:  # no row on this side of a LEFT JOIN
         return None
     converted = []
@@ -94,13 +87,7 @@ def read(
     trainings: dict[int, Training] = {}
     kept: dict[int, list[KeptFile]] = {}
     for row in rows:
-        start = 0
-        found: list[Model | None] = []
-        for part in parts:
-            width = len(part[2])
-            found.append(_instance(part, list(row[start : start + width])))
-            start += width
-        a, owner, link, training, kept_file = found
+        a, owner, link, training, kept_file = (_instance(part, row) for part in parts)
         if avatar is None:
             assert isinstance(a, Avatar) and isinstance(owner, Owner)
             avatar = a

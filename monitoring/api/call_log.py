@@ -1,7 +1,5 @@
-"""The API call log (``ApiCall``), written in batches so a call costs no statement of its own.
-
-A statement per call cost a third of ``GET /avatars/{id}``'s throughput (bench/api.py).
-See docs/api.md#the-call-log-and-the-rate-limit.
+"""The API call log (``ApiCall``), written in batches: a statement per call cost a third
+of ``GET /avatars/{id}``'s throughput (bench/api.py). docs/api.md#the-call-log-and-the-rate-limit.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import nullcontext
 from datetime import datetime
 
 from django.conf import settings
@@ -29,13 +28,11 @@ _writer_pid: int | None = None  # the process whose thread writes (a fork starts
 
 
 def record(call: ApiCall) -> None:
-    """Keep ``call`` for the next batch, or write it now (see above)."""
+    """Keep ``call`` for the next batch, or write it now: with ``API_CALL_LOG_FLUSH_SECONDS``
+    0, or inside a transaction (in a savepoint that never breaks it)."""
     if connection.in_atomic_block or not settings.API_CALL_LOG_FLUSH_SECONDS:
         try:
-            if connection.in_atomic_block:
-                with transaction.atomic():
-                    call.save(force_insert=True)
-            else:
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
                 call.save(force_insert=True)
         except Exception:
             logger.exception("Could not record API call %s %s", call.method, call.path)
@@ -55,11 +52,8 @@ def pending(client_id: int, since: datetime) -> int:
 
 
 def flush() -> int:
-    """Write what waits, in one statement; returns how many rows. Never raises.
-
-    A batch the database refuses is tried again twice (a restart, a lost connection),
-    then dropped with an error in the log.
-    """
+    """Write what waits, in one statement; returns how many rows. Never raises: a batch the
+    database refuses is tried again twice (a restart, a lost connection), then dropped."""
     with _lock:
         # Taken out before they are written: counted at most once by ``pending``.
         batch = _pending[:]
@@ -69,7 +63,9 @@ def flush() -> int:
     try:
         ApiCall.objects.bulk_create(batch)
     except Exception:
-        again = [c for c in batch if _tries(c) < _TRIES]
+        for call in batch:
+            call._log_tries = getattr(call, "_log_tries", 0) + 1  # type: ignore[attr-defined]
+        again = [c for c in batch if c._log_tries < 3]  # type: ignore[attr-defined]
         logger.exception(
             "Could not write %s API call records (%s kept for another try)", len(batch), len(again)
         )
@@ -77,14 +73,6 @@ def flush() -> int:
             _pending[:0] = again
         return 0
     return len(batch)
-
-
-_TRIES = 3
-
-
-def _tries(call: ApiCall) -> int:
-    call._log_tries = getattr(call, "_log_tries", 0) + 1  # type: ignore[attr-defined]
-    return call._log_tries  # type: ignore[attr-defined]
 
 
 def _write_forever() -> None:
@@ -103,8 +91,6 @@ def _write_forever() -> None:
 
 def _start_writer() -> None:
     global _writer_pid
-    if _writer_pid == os.getpid():
-        return
     with _lock:
         if _writer_pid == os.getpid():
             return

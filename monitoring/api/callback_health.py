@@ -1,9 +1,5 @@
-"""Event callbacks the bot is not getting: one definition for /metrics and the banner.
-
-Failing: an event being retried (its receiver answered 5xx/429, timed out or was
-unreachable at least once and it is not delivered yet), or one that ended without
-being delivered (final 4xx, refused address, given up) in the last 24 hours. Many of
-them mean the bot's receiver is down. See docs/operations.md ("Event callbacks").
+"""Event callbacks the bot is not getting (being retried, or ended undelivered in the last
+24 hours): one definition for /metrics and the banner. docs/operations.md.
 """
 
 from __future__ import annotations

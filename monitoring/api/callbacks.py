@@ -1,8 +1,7 @@
 """Event callbacks: a client's avatar outcomes, POSTed to its URL, signed (Standard Webhooks).
 
-One row per outcome, written in the transition's transaction; retried with backoff;
-the destination is resolved and checked to be public at every send.
-See docs/api.md#event-callbacks.
+One row per outcome, written in the transition's transaction; the destination is resolved
+and checked to be public at every send. See docs/api.md#event-callbacks.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ import logging
 import socket
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,53 +49,40 @@ _OUTCOME_EVENTS = {
 }
 
 
-# --- Writing events (inside the transition's transaction) --------------------------------
+# --- Writing events (receivers of ``transitions``' signals, in the transition's transaction)
 
 
 def record_outcome(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
-    """Receiver of ``transitions.training_finished``: one event per finished attempt."""
     event_type = _OUTCOME_EVENTS.get(outcome)
     if event_type is not None:
         _record(training, event_type, f"{event_type}:{training.pk}")
 
 
 def record_stuck(sender: Any, *, training: Training, episode: int, **kwargs: Any) -> None:
-    """Receiver of ``transitions.training_flagged_stuck``: for clients that opted in."""
     # Read again: the flag was set by an UPDATE the caller's object has not seen yet.
     training = Training.objects.select_related("avatar__owner").get(pk=training.pk)
     _record(training, EventType.STUCK, f"{EventType.STUCK}:{training.pk}:{episode}")
 
 
 def record_retried(sender: Any, *, training: Training, retry: Training, **kwargs: Any) -> None:
-    """Receiver of ``transitions.training_retried``: the avatar with its attempts."""
     _record(training, EventType.RETRIED, f"{EventType.RETRIED}:{training.pk}")
 
 
-def _record(training: Training, event_type: str, key: str) -> EventCallback | None:
-    try:
-        client = ApiClient.objects.get(avatars__avatar_id=training.avatar_id)
-    except ApiClient.DoesNotExist:  # not an avatar of an API client
-        return None
-    if not client.callback_url or not client.is_active:
-        return None
+def _record(training: Training, event_type: str, key: str) -> None:
+    client = ApiClient.objects.filter(avatars__avatar_id=training.avatar_id).first()
+    if client is None or not client.callback_url or not client.is_active:
+        return
     if event_type == EventType.STUCK and not client.callback_stuck:
-        return None
-    avatar = (
-        training.avatar
-        if Training.avatar.is_cached(training)
-        else representation.load_avatar(training.avatar_id)
-    )
+        return
+    cached = Training.avatar.is_cached(training)
+    avatar = training.avatar if cached else representation.load_avatar(training.avatar_id)
     if avatar is None:
-        return None
+        return
     if avatar.current_training_id == training.pk:
         avatar.current_training = training
     now = timezone.now()
-    payload = {
-        "type": str(event_type),
-        "timestamp": now.isoformat(),
-        # No signed links in what is stored: ``signed_request`` adds them at send time.
-        "data": representation.avatar_data(avatar, links=False),
-    }
+    # No signed links in what is stored: ``signed_request`` adds them at send time.
+    data = representation.avatar_data(avatar, links=False)
     try:
         # A savepoint: a duplicate key is "already written", never a broken transition.
         with transaction.atomic():
@@ -103,30 +90,29 @@ def _record(training: Training, event_type: str, key: str) -> EventCallback | No
                 event_key=key,
                 webhook_id=f"msg_{uuid.uuid4().hex}",
                 client=client,
-                avatar_id=training.avatar_id,
+                avatar=avatar,
                 training=training,
                 event_type=event_type,
-                payload=payload,
-                next_attempt_at=now,
-                queued_at=now,
-                give_up_at=now + timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS),
+                payload={"type": str(event_type), "timestamp": now.isoformat(), "data": data},
+                **_due_from(now),
             )
     except IntegrityError:
         logger.info("Event %s already recorded: not written twice", key)
-        return None
+        return
     transaction.on_commit(lambda: enqueue(callback.pk))
-    return callback
 
 
-def _queue() -> str:
-    """The django-q2 queue callbacks go on: the checks cluster's, not Telegram's."""
-    return settings.Q_CLUSTER["name"]
+def _due_from(now: datetime) -> dict[str, Any]:
+    """Due and handed to a task now, retried for EVENT_CALLBACK_MAX_AGE_HOURS."""
+    max_age = timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS)
+    return {"next_attempt_at": now, "queued_at": now, "give_up_at": now + max_age}
 
 
 def enqueue(callback_id: int) -> None:
     """Queue the delivery task; never raises (the relay picks up a lost hand-over)."""
     try:
-        async_task(TASK, callback_id, group="api-callbacks", cluster=_queue())
+        # The checks cluster's queue, not Telegram's.
+        async_task(TASK, callback_id, group="api-callbacks", cluster=settings.Q_CLUSTER["name"])
     except Exception:
         EventCallback.objects.filter(pk=callback_id).update(queued_at=None)
         logger.exception("Could not queue event callback %s; the relay will send it", callback_id)
@@ -152,16 +138,11 @@ class Destination:
 
 
 def validate_callback_url(url: str) -> None:
-    """Raise ``CallbackRefused`` unless ``url`` is an https URL we may send to.
-
-    Plain http is accepted only with ``EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS`` (tests and
-    local runs). An address written in the URL itself is checked here too; a host name is
-    resolved and checked at every send.
-    """
+    """Raise ``CallbackRefused`` unless ``url`` is an https URL we may send to (http only
+    with ``EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS``). A host name is checked at every send."""
     allow_private = settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS
     parts = urlsplit(url)
-    allowed_schemes = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in allowed_schemes:
+    if parts.scheme not in (("https", "http") if allow_private else ("https",)):
         raise CallbackRefused(
             "callback URLs must use https"
             + ("" if allow_private else " (http only with EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS)")
@@ -174,60 +155,49 @@ def validate_callback_url(url: str) -> None:
         parts.port  # noqa: B018 (raises on a bad port)
     except ValueError as exc:
         raise CallbackRefused(f"callback URL has a bad port: {exc}") from None
-    try:
-        literal = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return
-    check_address(literal)
+    with suppress(ValueError):  # not an address: a host name, checked at every send
+        check_address(ipaddress.ip_address(parts.hostname))
 
 
 # IPv6 addresses that carry an IPv4 address, and where (RFC 4291, 2765, 6052, 3056, 4380).
 # A NAT64 or 6to4 router turns them into a connection to that IPv4 address, so the rule
-# judges the IPv4 address inside as well.
-_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
-_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# judges the IPv4 address inside as well. These four (mapped, translated, compatible,
+# NAT64) are only an IPv4 address written as IPv6: the IPv4 address alone is judged.
+_IPV4_NOTATIONS = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "64:ff9b::/96")
+)
 # Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on the prefix length
 # the operator chose, so the whole block is refused rather than guessed at.
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
-# Forms that are only an IPv4 address written as IPv6: the IPv4 address alone is judged.
-_IPV4_NOTATIONS = (_IPV4_MAPPED, _IPV4_TRANSLATED, _IPV4_COMPATIBLE, _NAT64)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address carries (none for an ordinary IPv6 address)."""
+def _reached(address: ipaddress.IPv6Address) -> list[Address]:
+    """What a connection to ``address`` reaches: it and the IPv4 addresses it carries."""
     low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if any(address in network for network in _IPV4_NOTATIONS):
         return [low32]
     if address in _SIX_TO_FOUR:
-        return [ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF)]
+        return [address, ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF)]
     if address in _TEREDO:
-        server, client = address.teredo or (low32, low32)
-        return [server, client]
-    return []
+        return [address, *(address.teredo or (low32, low32))]
+    return [address]
 
 
 def check_address(address: Address) -> None:
-    """Raise ``CallbackRefused`` unless ``address`` (and any IPv4 inside it) is public.
-
-    The one rule for an address, whether written in the URL or answered by DNS at send
-    time: every IPv6 form that embeds IPv4 is unwrapped, and what is reached must be
-    globally routable and not multicast.
-    """
+    """Raise ``CallbackRefused`` unless what ``address`` reaches is public (globally
+    routable, not multicast): the one rule, for a URL's literal and for DNS answers."""
     if settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS:
         return
     judged: list[Address] = [address]
     if isinstance(address, ipaddress.IPv6Address):
         if address in _NAT64_LOCAL:
             raise CallbackRefused(f"{address} is not a public address (local-use NAT64)")
-        inner = embedded_ipv4(address)
-        only_notation = any(address in network for network in _IPV4_NOTATIONS)
-        judged = [*inner] if only_notation else [address, *inner]
+        judged = _reached(address)
     for candidate in judged:
         if not candidate.is_global or candidate.is_multicast:
             inside = f" (it leads to {candidate})" if candidate != address else ""
@@ -244,17 +214,14 @@ def resolve(url: str) -> Destination:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise CallbackUnresolvable(f"{host} does not resolve: {exc}") from None
-    addresses = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        # Every address must be allowed, not just one: the client library could pick any.
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    # Every address must be allowed, not just one: the client library could pick any.
+    for address in addresses:
         check_address(address)
-        addresses.append(address)
     if not addresses:
         raise CallbackUnresolvable(f"{host} resolves to nothing")
     chosen = addresses[0]
-    literal = f"[{chosen}]" if chosen.version == 6 else str(chosen)
-    netloc = f"{literal}:{port}"
+    netloc = f"[{chosen}]:{port}" if chosen.version == 6 else f"{chosen}:{port}"
     return Destination(
         url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
         host=host,
@@ -266,36 +233,8 @@ def resolve(url: str) -> Destination:
 # --- Sending ----------------------------------------------------------------------------
 
 
-def _claim(callback_id: int) -> EventCallback | None:
-    """Take the event for this worker (the outbox's claim); None if not due or given up."""
-    callback = EventCallback.objects.select_related("client").claim(
-        callback_id,
-        worker=worker_name(),
-        lease_seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3,
-    )
-    if callback is None or not callback.interrupted:
-        return callback
-    if callback.status == CallbackStatus.GIVEN_UP:
-        logger.error("Event callback %s: %s", callback.webhook_id, INTERRUPTED_TWICE)
-        return None
-    logger.warning(
-        "Event callback %s: a worker died mid-send; sending it once more (may be a duplicate)",
-        callback.webhook_id,
-    )
-    return callback
-
-
-def _backoff(attempts: int) -> float:
-    return backoff(
-        attempts,
-        settings.EVENT_CALLBACK_RETRY_BASE_SECONDS,
-        settings.EVENT_CALLBACK_RETRY_MAX_SECONDS,
-    )
-
-
-def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[str, str]]:
+def signed_request(callback: EventCallback, now: datetime) -> tuple[bytes, dict[str, str]]:
     """The body and Standard Webhooks headers of one attempt (same id, fresh timestamp)."""
-    now = now or timezone.now()
     payload = with_file_links(callback.payload, callback.avatar_id)
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     signature = Webhook(callback.client.callback_secret).sign(callback.webhook_id, now, body)
@@ -308,43 +247,35 @@ def signed_request(callback: EventCallback, *, now=None) -> tuple[bytes, dict[st
     }
 
 
-def with_file_links(payload: Any, avatar_id: int) -> Any:
-    """The stored body with ``files`` as they are now, their links signed now.
-
-    What is stored holds no signature (a link is a secret, and it expires); each attempt
-    gets fresh links, and a copy kept since the event was written shows as kept.
-    """
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, dict) or "files" not in data:
+def with_file_links(payload: dict[str, Any], avatar_id: int) -> dict[str, Any]:
+    """The stored body with ``files`` as they are now, their links signed now (what is
+    stored holds no signature: a link is a secret, and it expires)."""
+    data = payload["data"]
+    if "files" not in data:  # stored before files were kept
         return payload
-    ids = {
-        int(entry["id"])
-        for entry in data.get("trainings") or []
-        if isinstance(entry, dict) and str(entry.get("id", "")).isdigit()
-    }
-    current = Avatar.objects.filter(pk=avatar_id).values_list("current_training_id", flat=True)
-    current_id = current.first()
-    if current_id is not None:
-        ids.add(current_id)
+    current_id = Avatar.objects.values_list("current_training_id", flat=True).get(pk=avatar_id)
     fresh = {
         training.pk: files.files_data(training, list(training.kept_files.all()))
-        for training in Training.objects.filter(pk__in=ids).prefetch_related("kept_files")
+        for training in Training.objects.filter(avatar_id=avatar_id).prefetch_related("kept_files")
     }
-    trainings = [
-        {**entry, "files": fresh.get(int(entry["id"]))}
-        if isinstance(entry, dict) and str(entry.get("id", "")).isdigit() and "files" in entry
-        else entry
-        for entry in data.get("trainings") or []
-    ]
-    data = {**data, "files": fresh.get(current_id) if current_id else None}
-    if "trainings" in data:
-        data["trainings"] = trainings
-    return {**payload, "data": data}
+    trainings = [{**entry, "files": fresh.get(int(entry["id"]))} for entry in data["trainings"]]
+    current = fresh.get(current_id) if current_id else None
+    return {**payload, "data": {**data, "files": current, "trainings": trainings}}
 
 
 def deliver(callback_id: int) -> str:
     """One attempt at sending a due event nobody else is sending; its outcome is the task result."""
-    callback = _claim(callback_id)
+    callback = EventCallback.objects.select_related("client").claim(
+        callback_id, worker=worker_name(), lease_seconds=settings.EVENT_CALLBACK_TIMEOUT_SECONDS * 3
+    )
+    if callback is not None and callback.interrupted:
+        if callback.status == CallbackStatus.GIVEN_UP:
+            logger.error("Event callback %s: %s", callback.webhook_id, INTERRUPTED_TWICE)
+            return "not due"
+        logger.warning(
+            "Event callback %s: a worker died mid-send; sending it once more (may be a duplicate)",
+            callback.webhook_id,
+        )
     if callback is None:
         return "not due"
     now = timezone.now()
@@ -353,23 +284,20 @@ def deliver(callback_id: int) -> str:
             CallbackStatus.GIVEN_UP, last_error="older than EVENT_CALLBACK_MAX_AGE_HOURS"
         )
         return CallbackStatus.GIVEN_UP
-    client = callback.client
-    url = client.callback_url
-    if not url or not client.is_active:
-        reason = (
-            "the client is revoked" if client.callback_url else "the client has no callback URL"
-        )
-        return _finish(callback, _attempt(callback, url), Outcome.REFUSED, error=reason)
+    url = callback.client.callback_url
     try:
+        if not url:
+            raise CallbackRefused("the client has no callback URL")
+        if not callback.client.is_active:
+            raise CallbackRefused("the client is revoked")
         destination = resolve(url)
-    except CallbackRefused as exc:
-        return _finish(callback, _attempt(callback, url), Outcome.REFUSED, error=str(exc))
-    except CallbackUnresolvable as exc:
-        return _finish(callback, _attempt(callback, url), Outcome.RETRY, error=str(exc))
-    body, headers = signed_request(callback, now=now)
+    except (CallbackRefused, CallbackUnresolvable) as exc:
+        outcome = Outcome.REFUSED if isinstance(exc, CallbackRefused) else Outcome.RETRY
+        return _finish(callback, callback.open_attempt(url=url[:1024]), outcome, error=str(exc))
+    body, headers = signed_request(callback, now)
     headers["host"] = destination.host_header
     # Recorded before the request leaves: a worker that dies now leaves a trace.
-    attempt = _attempt(callback, url, address=destination.address)
+    attempt = callback.open_attempt(url=url[:1024], address=destination.address)
     started = time.monotonic()
     try:
         with httpx.Client(
@@ -386,38 +314,19 @@ def deliver(callback_id: int) -> str:
         return _finish(callback, attempt, Outcome.RETRY, error=error, started=started)
     code = response.status_code
     if 200 <= code < 300:
-        return _finish(callback, attempt, Outcome.DELIVERED, started=started, status_code=code)
-    excerpt = response.text[:300]
-    if code == 429 or code >= 500:
-        retry_after = _retry_after(response.headers.get("retry-after"))
-        error = f"HTTP {code}: {excerpt}"
-        return _finish(
-            callback,
-            attempt,
-            Outcome.RETRY,
-            error=error,
-            wait=retry_after,
-            started=started,
-            status_code=code,
-        )
+        return _finish(callback, attempt, Outcome.DELIVERED, started=started, response=response)
+    error = f"HTTP {code}: {response.text[:300]}"
     if 300 <= code < 400:
         error = f"HTTP {code}: redirects are not followed ({response.headers.get('location', '')})"
-    else:
-        error = f"HTTP {code}: {excerpt}"
-    return _finish(
-        callback, attempt, Outcome.REJECTED, error=error, started=started, status_code=code
-    )
+    outcome = Outcome.RETRY if code == 429 or code >= 500 else Outcome.REJECTED
+    return _finish(callback, attempt, outcome, error=error, started=started, response=response)
 
 
-def _attempt(callback: EventCallback, url: str, **fields: Any) -> CallbackAttempt:
-    return callback.open_attempt(url=url[:1024], **fields)
-
-
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(response: httpx.Response | None) -> float:
     try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+        return float(response.headers["retry-after"]) if response is not None else 0.0
+    except (KeyError, ValueError):
+        return 0.0
 
 
 # What each outcome does to the event: its final status, or None to retry.
@@ -434,42 +343,31 @@ def _finish(
     outcome: str,
     *,
     error: str = "",
-    wait: float | None = None,
     started: float | None = None,
-    status_code: int | None = None,
+    response: httpx.Response | None = None,
 ) -> str:
-    """Record the attempt and settle the event in one commit (``OutboxRow.settle``)."""
-    answer: dict[str, Any] = {"status_code": status_code}
+    """Record the attempt and settle the event in one commit (``OutboxRow.settle``); a
+    retry waits the backoff, or the answer's longer ``Retry-After``."""
+    answer: dict[str, Any] = {"status_code": response.status_code if response is not None else None}
     if started is not None:
         answer["duration_ms"] = (time.monotonic() - started) * 1000
     now = timezone.now()
-    attempts = callback.attempts + 1
+    callback.attempts += 1
     final = _FINAL.get(outcome)
     if final is None:
-        next_at = now + timedelta(seconds=max(_backoff(attempts), wait or 0.0))
-        if next_at < callback.give_up_at:
-            callback.attempts = attempts
+        base = settings.EVENT_CALLBACK_RETRY_BASE_SECONDS
+        wait = backoff(callback.attempts, base, settings.EVENT_CALLBACK_RETRY_MAX_SECONDS)
+        retry_in = max(wait, _retry_after(response))
+        if now + timedelta(seconds=retry_in) < callback.give_up_at:
             callback.settle(
-                attempt,
-                outcome,
-                error=error,
-                attempt_fields=answer,
-                retry_in=(next_at - now).total_seconds(),
-                failed=True,
+                attempt, outcome, error=error, attempt_fields=answer, retry_in=retry_in, failed=True
             )
             return "retry"
         final = CallbackStatus.GIVEN_UP
-    fields: dict[str, Any] = {"delivered_at": now} if final == CallbackStatus.DELIVERED else {}
-    callback.settle(
-        attempt,
-        outcome,
-        error=error,
-        attempt_fields=answer,
-        close=final,
-        attempts=attempts,
-        last_error=error,
-        **fields,
-    )
+    fields: dict[str, Any] = {"attempts": callback.attempts, "last_error": error}
+    if final == CallbackStatus.DELIVERED:
+        fields["delivered_at"] = now
+    callback.settle(attempt, outcome, error=error, attempt_fields=answer, close=final, **fields)
     if final != CallbackStatus.DELIVERED:
         logger.warning("Event callback %s %s: %s", callback.webhook_id, final, error)
     return final
@@ -478,25 +376,19 @@ def _finish(
 def relay_once(limit: int = 50) -> int:
     """Queue the due events that have no task (the outbox's relay, and the minute's sweep)."""
     now = timezone.now()
-    EventCallback.objects.forget_lost_tasks(now, _queue())
+    EventCallback.objects.forget_lost_tasks(now, settings.Q_CLUSTER["name"])
     return EventCallback.objects.queue_due(limit, now, enqueue)
 
 
 def sweep() -> int:
-    """The periodic net under the relay. Returns how many events were queued."""
+    """The periodic net under the relay: how many events were queued."""
     return relay_once(limit=500)
 
 
 def resend(callback_id: int) -> bool:
     """Staff: send an event again (same webhook-id), whatever became of it, now."""
-    now = timezone.now()
     changed = EventCallback.objects.filter(pk=callback_id).update(
-        status=CallbackStatus.PENDING,
-        next_attempt_at=now,
-        lease_until=None,
-        claimed_by="",
-        queued_at=now,
-        give_up_at=now + timedelta(hours=settings.EVENT_CALLBACK_MAX_AGE_HOURS),
+        status=CallbackStatus.PENDING, lease_until=None, claimed_by="", **_due_from(timezone.now())
     )
     if changed:
         transaction.on_commit(lambda: enqueue(callback_id))

@@ -22,25 +22,14 @@ from monitoring.api.models import ApiClient, IdempotencyKey
 
 logger = logging.getLogger("monitoring")
 
-HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 Answer = tuple[int, dict[str, Any]]
+Recover = Callable[[IdempotencyKey], Answer | None]
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
     canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def check_key(key: str) -> str:
-    if not key or len(key) > 255 or not key.isascii() or not key.isprintable():
-        raise ApiError(
-            422,
-            "invalid",
-            "The request has invalid fields.",
-            fields={f"header.{HEADER}": "1 to 255 printable ASCII characters"},
-        )
-    return key
 
 
 def run_once(
@@ -49,18 +38,22 @@ def run_once(
     key: str,
     digest: str,
     perform: Callable[[IdempotencyKey], Answer],
-    recover: Callable[[IdempotencyKey], Answer | None],
+    recover: Recover,
 ) -> tuple[int, dict[str, Any], bool]:
-    """Run ``perform`` at most once per (client, key) and remember its answer.
+    """Run ``perform`` (given the key row, to note its avatar on) at most once per (client,
+    key); the status, the body and whether that answer is a replay.
 
-    Returns the status, the body and whether that answer is a replay (made earlier).
-
-    ``perform`` gets the key row (to note the avatar it made on it). An ``ApiError``
-    from it means nothing was started: the key is forgotten, so the client may fix the
-    request and retry with it. Any other error after an avatar was noted is answered
-    by ``recover`` from what the database holds: never a second submit.
+    An ``ApiError`` from it means nothing was started: the key is forgotten, so the client
+    may retry with it. Any other error after an avatar was noted is answered by ``recover``
+    from what the database holds: never a second submit.
     """
-    check_key(key)
+    if not key or len(key) > 255 or not key.isascii() or not key.isprintable():
+        raise ApiError(
+            422,
+            "invalid",
+            "The request has invalid fields.",
+            fields={"header.Idempotency-Key": "1 to 255 printable ASCII characters"},
+        )
     try:
         with transaction.atomic():
             row = IdempotencyKey.objects.create(
@@ -69,20 +62,20 @@ def run_once(
     except IntegrityError:
         return (*_replay(client, key, digest, recover), True)
     try:
-        status, body = perform(row)
+        answer = perform(row)
     except ApiError:
         IdempotencyKey.objects.filter(pk=row.pk).delete()
         raise
     except Exception:
         row.refresh_from_db()
-        answer = recover(row) if row.avatar_id else None
-        if answer is None:
+        recovered = recover(row) if row.avatar_id else None
+        if recovered is None:
             IdempotencyKey.objects.filter(pk=row.pk).delete()
             raise
         logger.exception("API start under key %s failed after its avatar was made", key)
-        status, body = answer
-    _done(IdempotencyKey.objects.filter(pk=row.pk), (status, body))
-    return status, body, False
+        answer = recovered
+    _done(IdempotencyKey.objects.filter(pk=row.pk), answer)
+    return (*answer, False)
 
 
 def _done(rows: Any, answer: Answer) -> None:
@@ -95,15 +88,7 @@ def _done(rows: Any, answer: Answer) -> None:
     )
 
 
-def _stale_after() -> timedelta:
-    # Longer than any live request can take (the submit is bounded), so a row still in
-    # progress after this belongs to a process that died on the way.
-    return timedelta(seconds=settings.FAL_SUBMIT_TIMEOUT_SECONDS + 60)
-
-
-def _replay(
-    client: ApiClient, key: str, digest: str, recover: Callable[[IdempotencyKey], Answer | None]
-) -> Answer:
+def _replay(client: ApiClient, key: str, digest: str, recover: Recover) -> Answer:
     existing = IdempotencyKey.objects.filter(client=client, key=key).first()
     if existing is None:
         # Finished and pruned, or forgotten after an error, in between: rare enough to
@@ -111,27 +96,24 @@ def _replay(
         raise ApiError(409, "in_progress", "This Idempotency-Key is being used; retry shortly.")
     if existing.request_hash != digest:
         raise ApiError(409, "key_reused", "This Idempotency-Key was used for a different request.")
-    if existing.state != IdempotencyKey.State.DONE:
-        if existing.created_at < timezone.now() - _stale_after():
-            return _take_over(existing, recover)
+    if existing.state == IdempotencyKey.State.DONE:
+        assert existing.status_code is not None and existing.response is not None
+        return existing.status_code, existing.response
+    # Longer than any live request can take (the submit is bounded): a row still in
+    # progress after this belongs to a process that died on the way.
+    stale_after = timedelta(seconds=settings.FAL_SUBMIT_TIMEOUT_SECONDS + 60)
+    if existing.created_at >= timezone.now() - stale_after:
         raise ApiError(
             409, "in_progress", "A request with this Idempotency-Key is still in progress."
         )
-    assert existing.status_code is not None and existing.response is not None
-    return existing.status_code, existing.response
-
-
-def _take_over(row: IdempotencyKey, recover: Callable[[IdempotencyKey], Answer | None]) -> Answer:
-    """A key left in progress by a process that died: answer from what it left behind.
-
-    With an avatar noted, whatever happened to the submit is in the database (a lost
-    answer shows as ``unknown``), so that is the answer, kept for good. Without one,
-    nothing reached fal: the key is freed for the client's next retry.
-    """
-    answer = recover(row) if row.avatar_id else None
+    # With an avatar noted, whatever happened to the submit is in the database (a lost
+    # answer shows as ``unknown``), so that is the answer, kept for good. Without one,
+    # nothing reached fal: the key is freed for the client's next retry.
+    answer = recover(existing) if existing.avatar_id else None
+    left = IdempotencyKey.objects.filter(pk=existing.pk, state=IdempotencyKey.State.IN_PROGRESS)
     if answer is None:
-        IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS).delete()
+        left.delete()
         raise ApiError(409, "in_progress", "The earlier request with this key died; retry now.")
-    _done(IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_PROGRESS), answer)
-    logger.warning("Idempotency-Key %s was left in progress; answered from the database", row.key)
+    _done(left, answer)
+    logger.warning("Idempotency-Key %s was left in progress; answered from the database", key)
     return answer

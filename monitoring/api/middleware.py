@@ -1,10 +1,6 @@
-"""For ``/api/`` only: every answer is JSON and carries ``X-Request-ID``, a trailing slash
-does not matter, answers are never translated, and each authenticated call is recorded
-(``call_log``, in batches).
-
-A path that does not resolve is tried without its trailing slash (``/avatars/6/``);
-an error answer Django or django-ninja made as HTML (an unknown path, a method the
-path does not take) is replaced by the API's error shape (``errors.error_body``).
+"""For ``/api/`` only: every answer is JSON (an HTML error Django or django-ninja made is
+replaced) and carries ``X-Request-ID``, a trailing slash does not matter, answers are never
+translated, and each authenticated call is recorded (``call_log``).
 """
 
 from __future__ import annotations
@@ -33,12 +29,6 @@ _HTML_ERRORS = {
 }
 
 
-def request_id(request: HttpRequest) -> str:
-    """The call's id: the one the caller sent when it is sane, else a new one."""
-    sent = request.headers.get(REQUEST_ID, "")
-    return sent if _SANE_ID.fullmatch(sent) else uuid.uuid4().hex
-
-
 def _without_trailing_slash(request: HttpRequest) -> None:
     path = request.path_info
     if len(path) <= len(PREFIX) or not path.endswith("/"):
@@ -56,9 +46,8 @@ def _without_trailing_slash(request: HttpRequest) -> None:
 
 
 def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    if response.status_code < 400 or response.get("Content-Type", "").startswith(
-        "application/json"
-    ):
+    is_json = response.get("Content-Type", "").startswith("application/json")
+    if response.status_code < 400 or is_json:
         return response
     code, template = _HTML_ERRORS.get(
         response.status_code, ("error", "The request failed ({status}).")
@@ -84,26 +73,24 @@ class ApiCallMiddleware:
         if not request.path_info.startswith(PREFIX):
             return self.get_response(request)
         started = time.monotonic()
-        request.request_id = request_id(request)  # type: ignore[attr-defined]
+        sent = request.headers.get(REQUEST_ID, "")
+        request_id = sent if _SANE_ID.fullmatch(sent) else uuid.uuid4().hex
+        request.request_id = request_id  # type: ignore[attr-defined]
         _without_trailing_slash(request)
         # Error details are English codes and messages whatever Accept-Language says.
         with translation.override(None):
             response = _as_json(request, self.get_response(request))
-        response[REQUEST_ID] = request.request_id  # type: ignore[attr-defined]
-        client = getattr(request, "api_client", None)
+        response[REQUEST_ID] = request_id
+        client = getattr(request, "api_client", None)  # set once the token is known
         if client is not None:
-            self._record(request, response, client, (time.monotonic() - started) * 1000)
-        return response
-
-    def _record(self, request: HttpRequest, response: HttpResponse, client, duration_ms: float):
-        call_log.record(
-            ApiCall(
+            call = ApiCall(
                 client=client,
                 at=timezone.now(),
                 method=(request.method or "")[:8],
                 # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
                 path=stored_as_received(request.path[:512]),
                 status=response.status_code,
-                duration_ms=round(duration_ms, 2),
+                duration_ms=round((time.monotonic() - started) * 1000, 2),
             )
-        )
+            call_log.record(call)
+        return response

@@ -1,9 +1,5 @@
 """API clients, their calls and idempotency keys, and the event callbacks sent to them.
-
-A client's token is stored only as its SHA-256 (the token has 256 bits of entropy,
-so no slow hash is needed); the callback secret has to be stored as it is, because
-every callback is signed with it, and is never shown again after creation.
-"""
+A token is stored only as its SHA-256 (256 bits of entropy: no slow hash needed)."""
 
 from __future__ import annotations
 
@@ -12,13 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from notifications.models import (
-    IN_FLIGHT,
-    INTERRUPTED,
-    OutboxAttempt,
-    OutboxRow,
-    OutboxStatus,
-)
+from notifications.models import IN_FLIGHT, INTERRUPTED, OutboxAttempt, OutboxRow, OutboxStatus
 
 
 class Scope(models.TextChoices):
@@ -83,17 +73,11 @@ class ApiClient(models.Model):
     def has_scope(self, scope: str) -> bool:
         return scope in (self.scopes or [])
 
-    def avatar_filter(self, prefix: str = "") -> Q:
+    def avatar_filter(self) -> Q:
         """The avatars this client reads, lists, cancels and retrains: those it created,
-        started or adopted (``ClientAvatar``), or every one with ``avatars:all``.
-
-        Avatars created by staff belong to no client. Another client's avatar is a 404,
-        like one that does not exist, so ids say nothing. ``prefix`` ("avatar__") reads
-        the same rule from a related model.
-        """
-        if self.has_scope(Scope.AVATARS_ALL):
-            return Q()
-        return Q(**{f"{prefix}api_link__client": self})
+        started or adopted (``ClientAvatar``; staff's belong to no client), or every one
+        with ``avatars:all``."""
+        return Q() if self.has_scope(Scope.AVATARS_ALL) else Q(api_link__client=self)
 
 
 class ClientAvatar(models.Model):
@@ -119,11 +103,8 @@ class ClientAvatar(models.Model):
 
 
 class IdempotencyKey(models.Model):
-    """A POST that starts a training, by (client, Idempotency-Key).
-
-    Committed as in progress *before* fal is called, so a repeat (or a racing twin)
-    finds it and never submits a second time; once done it holds the answer.
-    """
+    """A POST that starts a training, by (client, Idempotency-Key): committed as in
+    progress before fal is called (``idempotency``); once done it holds the answer."""
 
     class State(models.TextChoices):
         IN_PROGRESS = "in_progress", _("In progress")
@@ -166,7 +147,7 @@ class ApiCall(models.Model):
         verbose_name = _("API call")
         verbose_name_plural = _("API calls")
         ordering = ["-at", "-id"]
-        # A client's calls of the last minute are its rate limit (``rate_limit``).
+        # A client's calls of the last minute are its rate limit (``auth``).
         indexes = [models.Index(fields=["client", "at"], name="api_call_client_at_idx")]
 
     def __str__(self) -> str:
@@ -193,10 +174,7 @@ class CallbackStatus(models.TextChoices):
 
 class EventCallback(OutboxRow):
     """An event for a client's callback URL: a row of the outbox, sent by its own policy.
-
-    ``webhook_id`` is the Standard Webhooks message id: the same on every attempt, so
-    the receiver can tell a retry from a new event.
-    """
+    ``webhook_id`` is the same on every attempt: a receiver tells a retry from a new event."""
 
     event_key = models.CharField(_("event key"), max_length=200, unique=True)
     webhook_id = models.CharField(_("webhook-id"), max_length=64, unique=True)

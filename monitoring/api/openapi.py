@@ -1,16 +1,12 @@
 """What ``/api/v1/openapi.json`` says beyond the routes: each operation's own errors with
-examples, the headers every answer carries, and the event callbacks (``webhooks``).
-
-Only documentation: the behaviour lives in ``errors``, ``idempotency``, ``middleware``
-and ``callbacks``. The callbacks' example is signed when the document is served, with a
-published example secret, so it verifies as it stands (docs/api.md).
+examples, the headers every answer carries, and the event callbacks (``webhooks``). Only
+documentation: the behaviour lives in ``errors``, ``idempotency``, ``middleware``, ``callbacks``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +15,7 @@ from ninja import NinjaAPI
 from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 
+from monitoring.api.errors import error_body
 from monitoring.api.models import EventType
 from monitoring.api.schemas import AVATAR_EXAMPLE, ErrorOut, EventOut
 
@@ -33,7 +30,7 @@ class Err:
     status: int
     code: str
     when: str
-    detail: str
+    detail: str = ""  # the example's; "" when it says the same as ``when``
     fields: dict[str, str] | None = None
 
 
@@ -85,17 +82,11 @@ def scope(name: str) -> Err:
 
 
 def _example(err: Err) -> dict[str, Any]:
-    value: dict[str, Any] = {"error": err.code, "detail": err.detail}
-    if err.fields:
-        value["fields"] = err.fields
-    return {"summary": err.when, "value": value}
+    return {"summary": err.when, "value": error_body(err.code, err.detail or err.when, err.fields)}
 
 
-def _header(description: str, example: str = "") -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string"}
-    if example:
-        schema["examples"] = [example]
-    return {"description": description, "schema": schema}
+def _header(description: str, example: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string", "examples": [example]}}
 
 
 _REQUEST_ID_HEADER = _header(
@@ -108,6 +99,10 @@ _REPLAYED_HEADER = _header(
     "`Idempotency-Key` (nothing was started again); absent otherwise.",
     "true",
 )
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": _header("Always `Bearer`.", "Bearer")},
+    429: {"Retry-After": _header("Seconds to wait before calling again.", "17")},
+}
 
 
 def documented(
@@ -119,27 +114,20 @@ def documented(
     """``response`` and ``openapi_extra`` for an ``@api.get``/``@api.post``: this
     operation's errors, each code with when it happens and an example body."""
     response: dict[int, type[BaseModel]] = dict(ok)
-    described: dict[int, Any] = {}
-    for status, _model in ok.items():
-        headers = {REQUEST_ID: _REQUEST_ID_HEADER}
-        if idempotent:
-            headers["Idempotent-Replayed"] = _REPLAYED_HEADER
-        described[status] = {"headers": headers}
-        if ok_descriptions and status in ok_descriptions:
-            described[status]["description"] = ok_descriptions[status]
+    headers = {REQUEST_ID: _REQUEST_ID_HEADER}
+    if idempotent:
+        headers["Idempotent-Replayed"] = _REPLAYED_HEADER
+    described: dict[int, Any] = {status: {"headers": dict(headers)} for status in ok}
+    for status, text in (ok_descriptions or {}).items():
+        described[status]["description"] = text
     by_status: dict[int, list[Err]] = {}
     for err in errors:
         by_status.setdefault(err.status, []).append(err)
     for status, errs in sorted(by_status.items()):
         response[status] = ErrorOut
-        headers = {REQUEST_ID: _REQUEST_ID_HEADER}
-        if status == 429:
-            headers["Retry-After"] = _header("Seconds to wait before calling again.", "17")
-        if status == 401:
-            headers["WWW-Authenticate"] = _header("Always `Bearer`.", "Bearer")
         described[status] = {
             "description": " ".join(f"`{e.code}`: {e.when}" for e in errs),
-            "headers": headers,
+            "headers": {REQUEST_ID: _REQUEST_ID_HEADER, **_ERROR_HEADERS.get(status, {})},
             "content": {"application/json": {"examples": {e.code: _example(e) for e in errs}}},
         }
     return {"response": response, "openapi_extra": {"responses": described}}
@@ -187,33 +175,24 @@ def callbacks_description() -> str:
     )
 
 
-def example_event(now: datetime | None = None) -> dict[str, Any]:
-    """A signed ``avatar.completed`` callback: body and headers, as one is sent."""
-    now = now or timezone.now()
+def webhooks(schema_ref: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 ``webhooks`` object: one entry per event type; the completed one's
+    example signed now with the example secret, as a callback is sent."""
+    now = timezone.now()
     payload = {
         "type": str(EventType.COMPLETED),
         "timestamp": now.isoformat(),
         "data": AVATAR_EXAMPLE,
     }
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    signature = Webhook(EXAMPLE_SECRET).sign(EXAMPLE_WEBHOOK_ID, now, body)
-    return {
-        "secret": EXAMPLE_SECRET,
-        "headers": {
-            "content-type": "application/json",
-            "webhook-id": EXAMPLE_WEBHOOK_ID,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature,
-        },
-        "body": body,
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": EXAMPLE_WEBHOOK_ID,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(EXAMPLE_SECRET).sign(EXAMPLE_WEBHOOK_ID, now, body),
     }
-
-
-def webhooks(schema_ref: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 ``webhooks`` object: one entry per event type."""
-    signed = example_event()
     parameters = [
-        {"name": name, "in": "header", "required": True, **_header(text, signed["headers"][name])}
+        {"name": name, "in": "header", "required": True, **_header(text, headers[name])}
         for name, text in (
             ("webhook-id", "The event's id: the same on every retry."),
             ("webhook-timestamp", "Unix seconds of this attempt."),
@@ -222,14 +201,17 @@ def webhooks(schema_ref: str) -> dict[str, Any]:
     ]
     hooks: dict[str, Any] = {}
     for name, text in _EVENTS.items():
-        operation: dict[str, Any] = {
+        content: dict[str, Any] = {"schema": {"$ref": schema_ref}}
+        if name == EventType.COMPLETED:
+            summary = f"Signed with the example secret {EXAMPLE_SECRET}; headers: "
+            content["examples"] = {
+                "signed": {"summary": summary + json.dumps(headers), "value": payload}
+            }
+        operation = {
             "summary": name,
             "description": text,
             "parameters": parameters,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": schema_ref}}},
-            },
+            "requestBody": {"required": True, "content": {"application/json": content}},
             "responses": {
                 "2XX": {"description": "Delivered: not sent again."},
                 "429": {"description": "Retried (after `Retry-After` if longer)."},
@@ -237,14 +219,6 @@ def webhooks(schema_ref: str) -> dict[str, Any]:
                 "4XX": {"description": "Final: not retried (410 to say stop)."},
             },
         }
-        if name == EventType.COMPLETED:
-            operation["requestBody"]["content"]["application/json"]["examples"] = {
-                "signed": {
-                    "summary": "Signed with the example secret "
-                    f"{EXAMPLE_SECRET}; headers: " + json.dumps(signed["headers"]),
-                    "value": json.loads(signed["body"]),
-                }
-            }
         hooks[name] = {"post": operation}
     return hooks
 

@@ -1,8 +1,6 @@
 """Unknown query parameters are a 400 naming them: a filter misspelt (``?state=``) must
-never answer the unfiltered list as if it had been applied.
-
-Checked after authentication and before the parameters are validated, on every
-operation of the API, from the parameters each operation declares.
+never answer the unfiltered list as if it had been applied. Checked after authentication,
+before the parameters are validated.
 """
 
 from __future__ import annotations
@@ -16,17 +14,11 @@ from ninja.operation import Operation
 from monitoring.api.errors import ApiError
 
 
-def declared(operation: Operation) -> tuple[str, ...]:
-    """The query parameters ``operation`` takes, in the order it declares them."""
-    names: list[str] = []
+def _guard(operation: Operation) -> None:
+    allowed: list[str] = []  # what the operation declares, in its order
     for model in operation.models:
         if getattr(model, "__ninja_param_source__", None) == "query":
-            names.extend(getattr(model, "__ninja_flatten_map__", None) or model.model_fields)
-    return tuple(names)
-
-
-def _guard(operation: Operation) -> None:
-    allowed = declared(operation)
+            allowed.extend(getattr(model, "__ninja_flatten_map__", None) or model.model_fields)
     resolve = operation._get_values  # django-ninja's step that validates parameters
 
     def checked(request: HttpRequest, path_params: Any, temporal_response: Any) -> Any:
@@ -47,7 +39,7 @@ def _guard(operation: Operation) -> None:
 
 
 def forbid_unknown_parameters(api: NinjaAPI) -> None:
-    """Guard every operation of ``api``; call once, after the last route is added."""
+    """Call once, after the last route is added."""
     for bound in api._get_bound_routers():
         for path_view in bound.path_operations.values():
             for operation in path_view.operations:

@@ -1,9 +1,5 @@
 """The avatar as the API shows it: GET answers, POST answers and event bodies alike.
-
-Ids are strings everywhere (Telegram ids included), so that no client parses a
-64-bit id into a float. Nothing here is translated: codes and fal's own messages.
-What the client sent (owner, trigger, images URL, settings, ``client_reference``)
-comes back under the names it was sent with (docs/api.md).
+Ids are strings (no client parses a 64-bit id into a float); nothing is translated.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist
 
 from monitoring import billing, eta, files
-from monitoring.api import avatar_read
 from monitoring.api.models import ApiClient
 from monitoring.models import Avatar, CostState, FalStatus, KeptFile, Training, TrainingOutcome
 
@@ -25,13 +20,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def submit_state(training: Training) -> str:
-    """What became of the submit: ``accepted``, ``refused``, ``held`` or ``unknown``.
-
-    Read from the training row only, so it holds whichever path later resolves a
-    lost answer: "unknown" is an attempt that has no request id although its start
-    call returned (it stays SUBMITTING, is looked up, never resubmitted); "held" waits
-    for fal's balance, nothing was sent (``monitoring.billing``).
-    """
+    """What became of the submit, from the training row only (so it holds whichever path
+    later resolves a lost answer): "unknown" has no request id although its start call
+    returned (looked up, never resubmitted); "held" waits for fal's balance."""
     if training.outcome == TrainingOutcome.REFUSED:
         return "refused"
     if training.is_held:
@@ -44,23 +35,19 @@ def submit_state(training: Training) -> str:
 def training_data(
     training: Training, *, links: bool = True, kept: list[KeptFile] | None = None
 ) -> dict[str, Any]:
-    """``links=False``: the ``files`` URLs left out (what an event callback stores).
-
-    ``kept``: the attempt's kept files when the caller has read them already.
-    """
+    """``links=False``: the ``files`` URLs left out (what an event callback stores);
+    ``kept``: the attempt's kept files when the caller has read them already."""
     submit = submit_state(training)
+    refused = submit == "refused"
     return {
         "id": str(training.pk),
         "attempt": training.attempt,
         "endpoint": training.endpoint,
         "submit": submit,
         "submit_error": (
-            {"type": training.error_type, "message": training.error_message}
-            if submit == "refused"
-            else None
+            {"type": training.error_type, "message": training.error_message} if refused else None
         ),
         "fal_request_id": training.fal_request_id,
-        # Cleared when the attempt ends (fal's COMPLETED kept when fal said so).
         "fal_status": training.fal_status or None,
         "queue_position": training.queue_position,
         "eta": eta.as_json(training),
@@ -68,8 +55,8 @@ def training_data(
         "lora_url": training.lora_url,
         "config_url": training.config_url,
         "files": files.files_data(training, kept, links=links),
-        "error": training.error_message if training.outcome != TrainingOutcome.REFUSED else "",
-        "error_type": training.error_type if training.outcome != TrainingOutcome.REFUSED else "",
+        "error": "" if refused else training.error_message,
+        "error_type": "" if refused else training.error_type,
         "stuck": training.is_stuck,
         "held_reason": training.held_reason if training.is_held else None,
         "cost": cost_data(training),
@@ -80,14 +67,6 @@ def training_data(
     }
 
 
-def client_reference(avatar: Avatar) -> str | None:
-    try:
-        link = avatar.api_link
-    except ObjectDoesNotExist:  # made by staff: no client, no reference
-        return None
-    return link.client_reference or None
-
-
 def avatar_data(
     avatar: Avatar,
     trainings: list[Training] | None = None,
@@ -95,24 +74,24 @@ def avatar_data(
     links: bool = True,
     kept: dict[int, list[KeptFile]] | None = None,
 ) -> dict[str, Any]:
-    """The fields of ``check_avatar_db --json`` plus what the client sent and the attempts.
-
-    ``avatar`` should come with ``owner``, ``api_link`` and ``current_training`` loaded;
-    ``trainings`` (every attempt, oldest first) is read when not given, and so are
-    their kept files unless ``kept`` has them by training id (``load``).
-    """
+    """``current_data`` plus what the client sent and every attempt (``trainings``, oldest
+    first, read when not given, with their kept files unless ``kept`` has them by id)."""
     training = avatar.current_training
     if trainings is None:
         trainings = list(avatar.trainings.order_by("attempt").prefetch_related("kept_files"))
     # The current attempt is one of them: its kept files are read once.
     training = next((t for t in trainings if training and t.pk == training.pk), training)
+    try:
+        reference = avatar.api_link.client_reference or None
+    except ObjectDoesNotExist:  # made by staff: no client, no reference
+        reference = None
     owner = avatar.owner
     return {
         **current_data(avatar, training, _kept(kept, training) if training else None, links),
         "trigger": avatar.trigger_word,
         "images_url": avatar.images_url,
         "settings": avatar.training_settings or {},
-        "client_reference": client_reference(avatar),
+        "client_reference": reference,
         "owner": {
             "telegram_id": str(owner.telegram_id),
             "username": owner.username,
@@ -130,7 +109,7 @@ def current_data(
     links: bool = True,
 ) -> dict[str, Any]:
     """The avatar and its current attempt: what ``check_avatar_db --json`` prints too."""
-    active = training is not None and training.finished_at is None
+    queued = training and training.finished_at is None and training.fal_status == FalStatus.IN_QUEUE
     return {
         "id": str(avatar.pk),
         "name": avatar.name,
@@ -138,11 +117,7 @@ def current_data(
         "training_type": avatar.training_type,
         "fal_status": (training.fal_status or None) if training else None,
         "fal_request_id": training.fal_request_id if training else None,
-        "queue_position": (
-            training.queue_position
-            if active and training and training.fal_status == FalStatus.IN_QUEUE
-            else None
-        ),
+        "queue_position": training.queue_position if training and queued else None,
         "eta": eta.as_json(training),
         "lora_url": training.lora_url if training else "",
         "config_url": training.config_url if training else "",
@@ -170,14 +145,11 @@ def _number(value: Decimal | None) -> int | float | None:
 def cost_data(training: Training) -> dict[str, Any] | None:
     """What fal billed for the attempt, exactly; None while unknown (being looked up)."""
     if training.cost_state == CostState.BILLED:
+        price = training.cost_unit_price
         return {
             "usd": billing.usd_text(training.cost_nano_usd),
             "units": _number(training.cost_units),
-            "unit_price": (
-                str(training.cost_unit_price.normalize())
-                if training.cost_unit_price is not None
-                else None
-            ),
+            "unit_price": str(price.normalize()) if price is not None else None,
         }
     if training.cost_state == CostState.NOT_BILLED:
         return {"usd": billing.usd_text(0), "units": 0, "unit_price": None}
@@ -186,26 +158,14 @@ def cost_data(training: Training) -> dict[str, Any] | None:
 
 def avatar_cost_usd(trainings: list[Training]) -> str | None:
     """What every attempt of an avatar cost together (None while none is known)."""
-    known = [t.cost_nano_usd or 0 for t in trainings if t.cost_state in _KNOWN]
+    billed = (CostState.BILLED, CostState.NOT_BILLED)
+    known = [t.cost_nano_usd or 0 for t in trainings if t.cost_state in billed]
     return billing.usd_text(sum(known)) if known else None
-
-
-_KNOWN = (CostState.BILLED, CostState.NOT_BILLED)
 
 
 def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:
     """The avatar, or None; with ``client``, only one that client may see."""
-    avatars = Avatar.objects.select_related("owner", "current_training", "api_link").filter(
-        pk=avatar_id
-    )
+    avatars = Avatar.objects.select_related("owner", "current_training", "api_link")
     if client is not None:
         avatars = avatars.filter(client.avatar_filter())
-    return avatars.first()
-
-
-def load(
-    avatar_id: int, client: ApiClient | None = None
-) -> tuple[Avatar, list[Training], dict[int, list[KeptFile]]] | None:
-    """Everything ``avatar_data`` shows, in one statement (``avatar_read``); None when
-    there is no such avatar or ``client`` may not see it."""
-    return avatar_read.read(avatar_id, client)
+    return avatars.filter(pk=avatar_id).first()

@@ -1,8 +1,5 @@
-"""The API's request and answer shapes (pydantic, through django-ninja).
-
-Inputs forbid unknown fields, so a typo is a 422 naming the field rather than a
-setting silently ignored. Ids are taken as JSON numbers or strings of digits and
-always given back as strings (docs/api.md).
+"""The API's request and answer shapes (pydantic, through django-ninja). Inputs forbid
+unknown fields: a typo is a 422 naming the field, not a setting silently ignored.
 """
 
 from __future__ import annotations
@@ -23,13 +20,10 @@ ID_NOTE = "Taken as a number or a string of digits; always returned as a string.
 
 def _digits_to_int(value: Any) -> Any:
     # A number, or a string of ASCII digits: never a bool, a float or "1e3".
-    if isinstance(value, bool) or isinstance(value, float):
+    digits = isinstance(value, str) and value.isascii() and value.isdigit()
+    if isinstance(value, bool | float) or (isinstance(value, str) and not digits):
         raise ValueError("must be an integer or a string of digits")
-    if isinstance(value, str):
-        if not (value.isascii() and value.isdigit()):
-            raise ValueError("must be an integer or a string of digits")
-        return int(value)
-    return value
+    return int(value) if digits else value
 
 
 IdIn = Annotated[
@@ -83,7 +77,6 @@ class OwnerIn(_Input):
 
 class TrainingIn(_Input):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -182,9 +175,6 @@ FAL_STATUS_NOTE = (
 
 
 FalUrl = Annotated[str, Field(description="fal's URL: fal deletes the file after a while.")]
-KeptFiles = Annotated[
-    FilesOut | None, Field(description="Our kept copies (completed trainings only).")
-]
 
 
 class EtaOut(Schema):
@@ -201,7 +191,7 @@ class _ResultOut(Schema):
 
     lora_url: FalUrl
     config_url: FalUrl
-    files: KeptFiles
+    files: FilesOut | None = Field(description="Our kept copies (completed trainings only).")
     error: str
     error_type: str
     stuck: bool

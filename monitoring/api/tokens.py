@@ -25,15 +25,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def new_callback_secret() -> str:
-    """A Standard Webhooks secret: ``whsec_`` and base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
 @dataclass(frozen=True)
 class NewClient:
     client: ApiClient
@@ -59,11 +50,12 @@ def create_client(
     callback_stuck: bool = False,
     daily_budget_usd: Decimal | None = None,
 ) -> NewClient:
-    """Create a client with a fresh token (and a callback secret): the only time both exist
-    in the clear on our side."""
-    token = new_token()
-    secret = new_callback_secret()
-    with transaction.atomic():
+    """Create a client with a fresh token and callback secret: the only time both exist in
+    the clear on our side."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    # A Standard Webhooks secret: ``whsec_`` and base64 of 32 random bytes.
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with transaction.atomic():  # a savepoint: a taken name leaves the caller's transaction usable
         client = ApiClient.objects.create(
             name=name,
             scopes=validate_scopes(scopes),
@@ -78,22 +70,13 @@ def create_client(
 
 
 def authenticate(token: str, *, count_since: datetime | None = None) -> ApiClient | None:
-    """The active client whose token this is, or None.
-
-    Looked up by the token's hash (an index), then compared in constant time, so the
-    answer's timing says nothing about how much of a guess was right.
-
-    ``count_since`` (a rate-limit window's start): the same statement counts the
-    client's calls in the call log since then, and ``client.calls_in_window`` is this
-    call's number in the window (``rate_limit``); else it is None.
-    """
+    """The active client whose token this is, or None (compared in constant time). With
+    ``count_since``, ``client.calls_in_window`` is this call's number since then (one read)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
     if count_since is None:
         client = ApiClient.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
-        if client is not None:
-            client.calls_in_window = None  # type: ignore[attr-defined]
     else:
         # Counted up to one past the limit: a flood costs no more to refuse.
         cap = settings.API_RATE_LIMIT_PER_MINUTE + 1

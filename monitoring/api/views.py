@@ -1,10 +1,6 @@
-"""``/api/v1/``: thin views over the same service functions as the admin and the commands.
-
-Each view translates HTTP into a call of ``monitoring.trainings`` (start, cancel) or
-``monitoring.transitions`` (mark ready, retrain) and the answer back; the rules live
-there. Authentication, scope and rate limit run before the body is validated
-(``auth.ClientToken``); every error has the shape of ``errors.error_body``, and each
-operation documents its own (``openapi.documented``). docs/api.md.
+"""``/api/v1/``: thin views over ``monitoring.trainings`` and ``monitoring.transitions``,
+where the rules live. Each operation documents its own errors (``openapi.documented``).
+docs/api.md.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from ninja import Header, Query, Schema, Status
 from pydantic import Field
 
 from monitoring import billing, trainings, transitions
-from monitoring.api import errors, idempotency, query, representation
+from monitoring.api import avatar_read, errors, idempotency, query, representation
 from monitoring.api.auth import ClientToken
 from monitoring.api.errors import ApiError
 from monitoring.api.models import ApiClient, ClientAvatar, IdempotencyKey, Scope
@@ -48,16 +44,15 @@ from monitoring.api.schemas import (
 )
 from monitoring.models import Avatar, AvatarStatus, EventSource, Owner, Training, TrainingOutcome
 from monitoring.trainings import cancel_training, create_avatar_for_owner, start_training
+from monitoring.transitions import RETRAINABLE
 
 API_SOURCE = EventSource.API
 WRITE = ClientToken(Scope.TRAININGS_WRITE)
 READ = ClientToken(Scope.AVATARS_READ)
-# Every authenticated operation can answer these.
-_CALLED = (UNAUTHORIZED, RATE_LIMITED)
-_WRITE_ERRORS = (*_CALLED, scope(Scope.TRAININGS_WRITE))
-_READ_ERRORS = (*_CALLED, scope(Scope.AVATARS_READ), UNKNOWN_QUERY)
+_WRITE_ERRORS = (UNAUTHORIZED, RATE_LIMITED, scope(Scope.TRAININGS_WRITE), UNKNOWN_QUERY)
+_READ_ERRORS = (UNAUTHORIZED, RATE_LIMITED, scope(Scope.AVATARS_READ), UNKNOWN_QUERY)
 _BODY_ERRORS = (NOT_JSON, TOO_LARGE, INVALID)
-_KEY_ERRORS = (
+_START_ERRORS = (
     Err(
         409,
         "in_progress",
@@ -70,6 +65,20 @@ _KEY_ERRORS = (
         "This Idempotency-Key was used for another request.",
         "This Idempotency-Key was used for a different request.",
     ),
+    Err(
+        402,
+        "over_budget",
+        "The client's daily budget (`daily_budget_usd`) is reached by known spend plus the "
+        "estimate of its running trainings; nothing was created or sent.",
+        "The daily budget of this client is reached.",
+    ),
+)
+_NOT_STARTABLE = Err(
+    409,
+    "not_startable",
+    "fal did not take the start, or the avatar is in a state that does not start "
+    "(only draft, ready_for_training and error avatars start).",
+    "The avatar is completed: only draft, ready_for_training and error avatars start.",
 )
 _IDEMPOTENCY_KEY = Header(
     ...,
@@ -79,14 +88,6 @@ _IDEMPOTENCY_KEY = Header(
     "answer back, marked `Idempotent-Replayed: true`, never a second training. Kept "
     "API_IDEMPOTENCY_KEY_HOURS (at least 24 h).",
 )
-_OVER_BUDGET = Err(
-    402,
-    "over_budget",
-    "The client's daily budget (`daily_budget_usd`) is reached by known spend plus the "
-    "estimate of its running trainings; nothing was created or sent.",
-    "The daily budget of this client is reached.",
-)
-
 api = DocumentedApi(
     title="Avatar training monitor",
     version="1",
@@ -121,18 +122,11 @@ def _or_404(avatar_id: int, found: Any) -> Any:
     return found
 
 
-def _avatar_or_404(avatar_id: int, client: ApiClient | None = None) -> Avatar:
-    return _or_404(avatar_id, representation.load_avatar(avatar_id, client))
-
-
-def start_answer(avatar_id: int, training: Training | None) -> idempotency.Answer:
-    """201 with the avatar and the attempt just started (as the database holds them);
-    202 when the start is held for fal's balance (``submit: "held"``, nothing sent)."""
-    avatar, attempts, kept = _or_404(avatar_id, representation.load(avatar_id))
-    chosen = next((t for t in attempts if training and t.pk == training.pk), None)
-    chosen = chosen or (attempts[-1] if attempts else None)
-    if chosen is None:
-        raise ApiError(409, "not_started", "The avatar has no training attempt.")
+def start_answer(training: Training) -> idempotency.Answer:
+    """201 with the avatar and ``training`` as the database holds them; 202 when the start
+    is held for fal's balance (``submit: "held"``, nothing sent)."""
+    avatar, attempts, kept = _or_404(training.avatar_id, avatar_read.read(training.avatar_id))
+    chosen = next(t for t in attempts if t.pk == training.pk)
     return 202 if chosen.is_held else 201, {
         "avatar": representation.avatar_data(avatar, attempts, kept=kept),
         "training": representation.training_data(chosen, kept=kept.get(chosen.pk, [])),
@@ -140,8 +134,7 @@ def start_answer(avatar_id: int, training: Training | None) -> idempotency.Answe
 
 
 def _within_budget(client: ApiClient) -> None:
-    """402 ``over_budget`` once the client's day of spend (and running estimate) reaches
-    its ``daily_budget_usd``. Automatic retries never pass here."""
+    """Automatic retries never pass here."""
     over, figures = billing.over_budget(client)
     if over:
         raise ApiError(
@@ -155,7 +148,7 @@ def _within_budget(client: ApiClient) -> None:
 def _recover(row: IdempotencyKey) -> idempotency.Answer | None:
     assert row.avatar_id is not None
     last = Training.objects.filter(avatar_id=row.avatar_id).order_by("-attempt").first()
-    return start_answer(row.avatar_id, last) if last else None
+    return start_answer(last) if last else None
 
 
 def _link(avatar: Avatar, client: ApiClient, reference: str = "") -> None:
@@ -168,27 +161,18 @@ def _link(avatar: Avatar, client: ApiClient, reference: str = "") -> None:
         ClientAvatar.objects.filter(pk=link.pk).update(client_reference=reference)
 
 
-def _once(request: HttpRequest, response: HttpResponse, key: str, digest: str, perform) -> Status:
+def _once(request: HttpRequest, response: HttpResponse, key: str, perform, path: str, body=None):
     """``perform`` once per Idempotency-Key; a repeat gets the first answer, marked replayed."""
-    status, body, replayed = idempotency.run_once(
+    status, answer, replayed = idempotency.run_once(
         client=request.auth,  # type: ignore[attr-defined]
         key=key,
-        digest=digest,
+        digest=idempotency.request_hash("POST", path, body),
         perform=perform,
         recover=_recover,
     )
     if replayed:
         response[idempotency.REPLAYED_HEADER] = "true"
-    return Status(status, body)
-
-
-_NOT_STARTABLE = Err(
-    409,
-    "not_startable",
-    "fal did not take the start, or the avatar is in a state that does not start "
-    "(only draft, ready_for_training and error avatars start).",
-    "The avatar is completed: only draft, ready_for_training and error avatars start.",
-)
+    return Status(status, answer)
 
 
 def _started(avatar: Avatar) -> idempotency.Answer:
@@ -197,7 +181,7 @@ def _started(avatar: Avatar) -> idempotency.Answer:
         raise ApiError(
             409, "not_startable", f"The avatar was not started: {outcome.detail or outcome.status}."
         )
-    return start_answer(avatar.pk, outcome.training)
+    return start_answer(outcome.training)
 
 
 @api.post(
@@ -216,10 +200,8 @@ def _started(avatar: Avatar) -> idempotency.Answer:
     **documented(
         {201: StartOut, 202: StartOut},
         *_WRITE_ERRORS,
-        UNKNOWN_QUERY,
         *_BODY_ERRORS,
-        *_KEY_ERRORS,
-        _OVER_BUDGET,
+        *_START_ERRORS,
         _NOT_STARTABLE,
         idempotent=True,
     ),
@@ -251,8 +233,8 @@ def create_training(
             IdempotencyKey.objects.filter(pk=row.pk).update(avatar=avatar)
         return _started(avatar)
 
-    digest = idempotency.request_hash("POST", "/trainings", payload.model_dump(mode="json"))
-    return _once(request, response, idempotency_key, digest, perform)
+    body = payload.model_dump(mode="json")
+    return _once(request, response, idempotency_key, perform, "/trainings", body)
 
 
 @api.post(
@@ -263,17 +245,10 @@ def create_training(
     **documented(
         {201: StartOut, 202: StartOut},
         *_WRITE_ERRORS,
-        UNKNOWN_QUERY,
         NOT_FOUND,
         INVALID,
-        *_KEY_ERRORS,
-        Err(
-            409,
-            "already_training",
-            "The avatar is training already.",
-            "The avatar is training already.",
-        ),
-        _OVER_BUDGET,
+        *_START_ERRORS,
+        Err(409, "already_training", "The avatar is training already."),
         _NOT_STARTABLE,
         idempotent=True,
     ),
@@ -287,16 +262,12 @@ def start_avatar(
     client: ApiClient = request.auth  # type: ignore[attr-defined]
 
     def perform(row: IdempotencyKey) -> idempotency.Answer:
-        avatar = _avatar_or_404(avatar_id, client)
-        if avatar.status in (
-            AvatarStatus.DRAFT,
-            AvatarStatus.READY_FOR_TRAINING,
-            *transitions.RETRAINABLE,
-        ):
+        avatar = _or_404(avatar_id, representation.load_avatar(avatar_id, client))
+        if avatar.status in (AvatarStatus.DRAFT, AvatarStatus.READY_FOR_TRAINING, *RETRAINABLE):
             _within_budget(client)
         if avatar.status == AvatarStatus.DRAFT:
             transitions.mark_ready(avatar, source=API_SOURCE)
-        elif avatar.status in transitions.RETRAINABLE:
+        elif avatar.status in RETRAINABLE:
             transitions.retrain(avatar, source=API_SOURCE)
         if avatar.status == AvatarStatus.TRAINING:
             raise ApiError(409, "already_training", "The avatar is training already.")
@@ -311,8 +282,7 @@ def start_avatar(
         _link(avatar, client)
         return _started(avatar)
 
-    digest = idempotency.request_hash("POST", f"/avatars/{avatar_id}/trainings", None)
-    return _once(request, response, idempotency_key, digest, perform)
+    return _once(request, response, idempotency_key, perform, f"/avatars/{avatar_id}/trainings")
 
 
 @api.get(
@@ -325,7 +295,7 @@ def start_avatar(
 )
 def get_avatar(request: HttpRequest, avatar_id: int):
     client = request.auth  # type: ignore[attr-defined]
-    avatar, attempts, kept = _or_404(avatar_id, representation.load(avatar_id, client))
+    avatar, attempts, kept = _or_404(avatar_id, avatar_read.read(avatar_id, client))
     return representation.avatar_data(avatar, attempts, kept=kept)
 
 
@@ -356,22 +326,19 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
         .prefetch_related("trainings__kept_files")
         .order_by("-pk")
     )
-    if filters.owner_telegram_id is not None:
-        avatars = avatars.filter(owner__telegram_id=filters.owner_telegram_id)
-    if filters.status:
-        avatars = avatars.filter(status=filters.status)
-    if filters.client_reference:
-        avatars = avatars.filter(api_link__client_reference=filters.client_reference)
-    if filters.cursor:
-        avatars = avatars.filter(pk__lt=int(filters.cursor))
-    page = list(avatars[: filters.limit + 1])
-    more = len(page) > filters.limit
-    page = page[: filters.limit]
-    items: list[dict[str, Any]] = [
+    lookups = {
+        "owner__telegram_id": filters.owner_telegram_id,
+        "status": filters.status,
+        "api_link__client_reference": filters.client_reference,
+        "pk__lt": filters.cursor,
+    }
+    page = list(avatars.filter(**{k: v for k, v in lookups.items() if v})[: filters.limit + 1])
+    items = [
         representation.avatar_data(a, sorted(a.trainings.all(), key=lambda t: t.attempt))
-        for a in page
+        for a in page[: filters.limit]
     ]
-    return {"items": items, "next_cursor": str(page[-1].pk) if more else None}
+    more = len(page) > filters.limit
+    return {"items": items, "next_cursor": items[-1]["id"] if more else None}
 
 
 @api.post(
@@ -384,15 +351,9 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
     **documented(
         {202: CancelOut},
         *_WRITE_ERRORS,
-        UNKNOWN_QUERY,
         NOT_FOUND,
         INVALID,
-        Err(
-            409,
-            "no_active_training",
-            "The avatar has no active training.",
-            "The avatar has no active training.",
-        ),
+        Err(409, "no_active_training", "The avatar has no active training."),
         Err(
             409,
             "not_cancelled",
@@ -403,19 +364,19 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
 )
 def cancel_avatar(request: HttpRequest, avatar_id: int):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
-    avatar = _avatar_or_404(avatar_id, client)
-    training = avatar.current_training
+    training = _or_404(avatar_id, representation.load_avatar(avatar_id, client)).current_training
     if training is None or not training.is_active:
         raise ApiError(409, "no_active_training", "The avatar has no active training.")
     detail = cancel_training(training, source=API_SOURCE)
     training.refresh_from_db()
-    avatar = _avatar_or_404(avatar_id, client)
     if training.finished_at is not None and training.outcome == TrainingOutcome.CANCELLED:
-        return Status(202, {"cancel": "cancelled", "avatar": representation.avatar_data(avatar)})
-    if training.finished_at is None and training.cancel_requested_at is not None:
-        return Status(202, {"cancel": "requested", "avatar": representation.avatar_data(avatar)})
-    # fal did not take the cancel (it had finished the job, or did not answer).
-    raise ApiError(409, "not_cancelled", str(detail))
+        cancel = "cancelled"
+    elif training.finished_at is None and training.cancel_requested_at is not None:
+        cancel = "requested"
+    else:  # fal did not take the cancel (it had finished the job, or did not answer)
+        raise ApiError(409, "not_cancelled", str(detail))
+    avatar = _or_404(avatar_id, representation.load_avatar(avatar_id, client))
+    return Status(202, {"cancel": cancel, "avatar": representation.avatar_data(avatar)})
 
 
 class QuoteQuery(Schema):
@@ -456,7 +417,6 @@ def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
     **documented(
         {200: AdoptOut, 201: AdoptOut},
         *_WRITE_ERRORS,
-        UNKNOWN_QUERY,
         *_BODY_ERRORS,
         Err(
             404,
@@ -503,7 +463,7 @@ def adopt_training(request: HttpRequest, payload: AdoptIn):
             username=payload.owner.username
         )
     _link(avatar, client, payload.client_reference)
-    _status, body = start_answer(avatar.pk, result.training)
+    _status, body = start_answer(result.training)
     return Status(201 if result.adopted else 200, {**body, "adopted": result.adopted})
 
 
