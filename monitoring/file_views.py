@@ -1,11 +1,5 @@
-"""Serving kept avatar files: the signed ``/files/...`` link, and staff downloads.
-
-A signed link is its own authorisation (fal fetches it when the bot hands it on): a
-bad, changed or expired signature is a plain 404. In production nginx sends the bytes
-(``X-Accel-Redirect`` to an internal location over AVATAR_FILES_ROOT, deploy/nginx.conf);
-otherwise Django streams them, with ``Content-Length``, an ``ETag`` from the SHA-256 and
-single-range requests.
-"""
+"""Serving kept avatar files: the signed ``/files/...`` link (its own authorisation: fal
+fetches it) and staff downloads; nginx sends the bytes when configured (docs/files.md)."""
 
 from __future__ import annotations
 
@@ -69,8 +63,8 @@ def file_response(
     wanted = request.headers.get("Range", "")
     if wanted and request.headers.get("If-Range", etag) == etag:
         match = _RANGE.match(wanted.strip())
-        if match and (match.group(1) or match.group(2)):
-            first, last = match.group(1), match.group(2)
+        first, last = match.groups() if match else ("", "")
+        if first or last:
             if first:
                 start = int(first)
                 end = min(int(last), size - 1) if last else size - 1
@@ -84,8 +78,7 @@ def file_response(
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         # Several ranges or a malformed header: the whole file (RFC 9110 allows it).
     body = files.read_range(row, start, end) if request.method != "HEAD" and size else iter(())
-    streamed = StreamingHttpResponse(
+    headers["Content-Length"] = str(end - start + 1 if size else 0)
+    return StreamingHttpResponse(
         body, status=status, content_type=_content_type(row), headers=headers
     )
-    streamed["Content-Length"] = str(end - start + 1 if size else 0)
-    return streamed

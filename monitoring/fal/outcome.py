@@ -1,10 +1,6 @@
-"""What fal said about a finished request: one value, whatever brought it.
-
-A webhook, the queue (status and result), fal's record and an adoption lookup each
-build a ``FalOutcome`` here, and ``monitoring.fal.results.apply`` is the only place
-that acts on it. All reading of fal's shapes for a finished request lives in these
-constructors (docs/fal.md, "One outcome path").
-"""
+"""What fal said about a finished request, whatever brought it: every source builds a
+``FalOutcome`` here (all reading of fal's shapes), ``results.apply`` acts on it
+(docs/fal.md, "One outcome path")."""
 
 from __future__ import annotations
 
@@ -153,15 +149,14 @@ class FalOutcome:
     @classmethod
     def from_record(cls, item: RecordItem) -> FalOutcome:
         """fal's record of a finished request (payload only when fal stored it)."""
-        output = item.json_output if item.has_output else None
         ended = item.ended_at
         if item.succeeded:
             if not item.has_output:
                 return cls(Kind.NO_LORA, AnsweredBy.RECORD, has_payload=False, finished_at=ended)
-            return cls._finished(AnsweredBy.RECORD, output, finished_at=ended)
+            return cls._finished(AnsweredBy.RECORD, item.json_output, finished_at=ended)
         return cls._failed(
             AnsweredBy.RECORD,
-            body=output,
+            body=item.json_output,
             message=item.error_message,
             http_status=item.status_code,
             finished_at=ended,

@@ -1,7 +1,5 @@
-"""fal's own record of every request, through its Platform API (``shared/fal-facts.md``).
-
-The queue forgets a result an hour after the job ends; the record does not. Whatever
-goes wrong raises ``PlatformUnavailable``, "try later", never a verdict on a training.
+"""fal's Platform API: its record of every request, billing, balance, prices. Whatever goes
+wrong raises ``PlatformUnavailable``, "try later", never a verdict on a training.
 See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
@@ -46,9 +44,7 @@ class RecordItem:
     endpoint_id: str
     status_code: int | None
     sent_at: datetime | None = None
-    started_at: datetime | None = None
     ended_at: datetime | None = None
-    duration: float | None = None
     # None when the record has no payload (not expanded, or not stored by fal).
     json_input: dict | None = field(default=None, repr=False)
     json_output: Any = field(default=None, repr=False)
@@ -110,16 +106,13 @@ class BillingEvent:
     def from_raw(cls, raw: Any) -> BillingEvent | None:
         if not isinstance(raw, dict) or not raw.get("request_id"):
             return None
-        cost = raw.get("cost_estimate_nano_usd")
-        if isinstance(cost, bool) or not isinstance(cost, int):
-            parsed = _decimal(cost)
-            if parsed is None:
-                return None
-            cost = int(parsed)
+        cost = _decimal(raw.get("cost_estimate_nano_usd"))
+        if cost is None:
+            return None
         return cls(
             request_id=str(raw["request_id"]),
             endpoint_id=str(raw.get("endpoint_id") or ""),
-            cost_nano_usd=cost,
+            cost_nano_usd=int(cost),
             units=_decimal(raw.get("output_units")),
             unit_price=_decimal(raw.get("unit_price")),
         )
@@ -173,9 +166,7 @@ def _item(raw: Any) -> RecordItem | None:
         endpoint_id=str(raw.get("endpoint_id") or ""),
         status_code=code if isinstance(code, int) else None,
         sent_at=_when(raw.get("sent_at")),
-        started_at=_when(raw.get("started_at")),
         ended_at=_when(raw.get("ended_at")),
-        duration=raw.get("duration") if isinstance(raw.get("duration"), (int, float)) else None,
         json_input=json_input if isinstance(json_input, dict) else None,
         json_output=raw.get("json_output"),
         has_output=raw.get("json_output") is not None,
@@ -185,19 +176,18 @@ def _item(raw: Any) -> RecordItem | None:
 class PlatformClient:
     """One httpx client for a series of calls (a listing's pages, a reconcile run)."""
 
-    def __init__(self, *, timeout: float | None = None, admin: bool = False) -> None:
+    def __init__(self, *, admin: bool = False) -> None:
         import httpx
 
         # Billing, balance and prices need an admin key (FAL_ADMIN_KEY, else the queue's).
         key = (settings.FAL_ADMIN_KEY or settings.FAL_KEY) if admin else settings.FAL_KEY
         if not key:
             raise PlatformUnavailable("FAL_KEY is not configured")
-        self.timeout = settings.FAL_PLATFORM_TIMEOUT_SECONDS if timeout is None else timeout
         self.calls = 0
         self._http = httpx.Client(
             base_url=settings.FAL_PLATFORM_API_URL.rstrip("/"),
             headers={"Authorization": f"Key {key}"},
-            timeout=httpx.Timeout(self.timeout),
+            timeout=httpx.Timeout(settings.FAL_PLATFORM_TIMEOUT_SECONDS),
             follow_redirects=False,
         )
 
@@ -215,17 +205,15 @@ class PlatformClient:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:
             raise PlatformUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        try:
+            body, readable = response.json(), True
+        except ValueError:
+            body, readable = None, False
         if not 200 <= response.status_code < 300:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
             detail = payloads.error_detail(body, response.reason_phrase)[:300]
             raise PlatformUnavailable(detail, status_code=response.status_code)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise PlatformUnavailable("unreadable answer (not JSON)") from exc
+        if not readable:
+            raise PlatformUnavailable("unreadable answer (not JSON)")
         if not isinstance(body, dict) or (items and not isinstance(body.get(items), list)):
             raise PlatformUnavailable(f"unreadable answer (no {items or 'body'})")
         return body
@@ -248,13 +236,9 @@ class PlatformClient:
         start: datetime,
         end: datetime,
         with_payloads: bool = False,
-        max_pages: int | None = None,
     ) -> Iterator[RecordItem]:
-        """Every finished request of ``endpoint`` that ended in [start, end), page by page.
-
-        Raises ``PlatformUnavailable`` when a page fails, and when there are more pages
-        than the cap: a partial list must not be taken for the whole one.
-        """
+        """Every finished request of ``endpoint`` that ended in [start, end); past the page
+        cap ``PlatformUnavailable``: a partial list must not be taken for the whole one."""
         params: dict[str, Any] = {
             "endpoint_id": endpoint,
             "start": start.isoformat(),
@@ -263,15 +247,14 @@ class PlatformClient:
         }
         if with_payloads:
             params["expand"] = "payloads"
-        pages = max_pages or settings.FAL_PLATFORM_MAX_PAGES
-        cut = f"more than {pages} pages of {PAGE_SIZE}: listing cut short"
-        yield from self._each(params, BY_ENDPOINT, "items", _item, pages, cut)
+        cut = f"more than {settings.FAL_PLATFORM_MAX_PAGES} pages of {PAGE_SIZE}: listing cut short"
+        yield from self._each(params, BY_ENDPOINT, "items", _item, cut)
 
     def _each(
-        self, params: dict, path: str, items: str, parse: Any, pages: int, cut: str | None
+        self, params: dict, path: str, items: str, parse: Any, cut: str | None = None
     ) -> Iterator[Any]:
-        """Every item ``parse`` reads, page by page; past ``pages``, ``cut`` is raised."""
-        for _page in range(pages):
+        """Every item ``parse`` reads, page by page; ``cut`` past FAL_PLATFORM_MAX_PAGES."""
+        for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
             body = self._page(params, path, items)
             for raw in body[items]:
                 parsed = parse(raw)
@@ -285,11 +268,11 @@ class PlatformClient:
             raise PlatformUnavailable(cut)
 
     def find_matching(
-        self, endpoint: str, arguments: dict, *, since: datetime, until: datetime | None = None
+        self, endpoint: str, arguments: dict, *, since: datetime
     ) -> tuple[list[RecordItem], int]:
         """Requests of ``endpoint`` since ``since`` sent with our input, earliest first,
         and how many items could not be compared (the record kept no input)."""
-        until = until or timezone.now() + timedelta(minutes=1)
+        until = timezone.now() + timedelta(minutes=1)
         matches: list[RecordItem] = []
         unverifiable = 0
         for item in self.list_requests(endpoint, start=since, end=until, with_payloads=True):
@@ -301,15 +284,11 @@ class PlatformClient:
         matches.sort(key=lambda m: (m.sent_at or m.ended_at or epoch, m.request_id))
         return matches, unverifiable
 
-    # --- Money (admin key): billing events, the balance, unit prices --------------------
-
     def billing_events(
         self, request_ids: list[str], *, start: datetime, end: datetime
     ) -> Iterator[BillingEvent]:
-        """fal's billing events of up to 50 requests that ended in [start, end), every page.
-
-        ``start``/``end`` are explicit: fal's default window is the last 24 hours.
-        """
+        """fal's billing events of up to 50 requests that ended in [start, end) (explicit:
+        fal's default window is the last 24 hours)."""
         if not 1 <= len(request_ids) <= BILLING_IDS_PER_CALL:
             raise ValueError(f"1 to {BILLING_IDS_PER_CALL} request ids a call")
         params: dict[str, Any] = {
@@ -319,10 +298,7 @@ class PlatformClient:
             "limit": PAGE_SIZE,
         }
         cut = "too many pages of billing events: listing cut short"
-        pages = settings.FAL_PLATFORM_MAX_PAGES
-        yield from self._each(
-            params, BILLING_EVENTS, "billing_events", BillingEvent.from_raw, pages, cut
-        )
+        yield from self._each(params, BILLING_EVENTS, "billing_events", BillingEvent.from_raw, cut)
 
     def balance(self) -> tuple[Decimal, str]:
         """The account's credit balance and its currency."""
@@ -336,9 +312,7 @@ class PlatformClient:
 
     def prices(self, endpoints: list[str]) -> dict[str, Price]:
         """fal's unit price of each endpoint (up to 50), by endpoint id."""
-        params: dict[str, Any] = {"endpoint_id": ",".join(endpoints)}
-        pages = settings.FAL_PLATFORM_MAX_PAGES
-        found = self._each(params, PRICING, "prices", Price.from_raw, pages, None)
+        found = self._each({"endpoint_id": ",".join(endpoints)}, PRICING, "prices", Price.from_raw)
         return {price.endpoint_id: price for price in found}
 
 
