@@ -121,9 +121,8 @@ def _record(
         else:
             wait = min(timedelta(minutes=2**training.cost_lookups), LOOKUP_BACKOFF_MAX)
             training.cost_next_lookup_at = min(now + wait, give_up)
-    # An UPDATE per row through the driver's executemany (pipelined by psycopg): Django's
-    # ``bulk_update`` builds a CASE per field and row, and spent ten times longer in
-    # Python than the database did (bench/billing.py).
+    # An UPDATE per row through executemany (pipelined by psycopg): ``bulk_update``'s CASE
+    # per field and row spent ten times longer in Python (bench/billing.py).
     connection = connections[router.db_for_write(Training)]
     ops, quote = connection.ops, connection.ops.quote_name
     columns = "state nano_usd units unit_price lookups next_lookup_at".split()
@@ -347,8 +346,7 @@ def over_budget(client: Any) -> tuple[bool, dict[str, str]]:
     midnight = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
     mine = Training.objects.filter(avatar__api_link__client=client)
     known = _total(mine.filter(cost_state=CostState.BILLED, finished_at__gte=midnight))
-    # Running, or finished today and sent to fal but not billed yet: the estimate stands
-    # in for the bill to come.
+    # Running, or finished today and not billed yet: the estimate stands in for the bill.
     unbilled = mine.filter(finished_at__isnull=True) | mine.filter(
         cost_state__in=["", CostState.PENDING],
         finished_at__gte=midnight,
@@ -442,7 +440,7 @@ class BalanceReading:
 
 
 def read_balance(*, now: datetime | None = None) -> BalanceReading:
-    """Read fal's balance once; open or close the alert episode; release held starts."""
+    """Read fal's balance once; open or close the alert episode (the task releases held starts)."""
     now = now or timezone.now()
     FalAccount.current()
     reading = BalanceReading()

@@ -15,7 +15,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import timedelta
 from html import escape
 from typing import Any
@@ -38,14 +38,13 @@ logger = logging.getLogger("monitoring")
 
 TASK = "monitoring.files.keep"
 CHUNK = 1024 * 1024
-# Read and written 64 KiB at a time: with 1 MiB writes, the kernel's dirty-page
-# throttling stalls the socket in long pauses and a copy to disk ran at half curl's
-# speed (bench/keep_files.py); at 64 KiB it keeps pace.
+# 64 KiB at a time: with 1 MiB writes the kernel's dirty-page throttling stalled the
+# socket and a copy to disk ran at half curl's speed (bench/keep_files.py).
 DOWNLOAD_CHUNK = 64 * 1024
 TEMP_DIR = "tmp"
 MAX_REDIRECTS = 3
-# The first retry comes within about a minute (the sweep runs every minute), then
-# the wait doubles up to an hour.
+_REQUEST_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "avatar-training-monitor/1"}
+# The first retry within about a minute (the sweep's), then doubling up to an hour.
 RETRY_FIRST_SECONDS = 20.0
 RETRY_MAX_SECONDS = 3600.0
 _SIGNING_SALT = "monitoring.files.link"
@@ -109,8 +108,7 @@ def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwa
     if outcome != "completed":
         return
     try:
-        # A savepoint: whatever goes wrong here must never undo the completion (the
-        # owner's message, the event); ``keep_avatar_files`` can plan it later.
+        # A savepoint: a failure here must never undo the completion (plan it later).
         with transaction.atomic():
             planned = plan(training)
     except Exception:
@@ -212,8 +210,7 @@ def _get(url: str) -> http.client.HTTPResponse:
 
     timeout = settings.AVATAR_FILE_TIMEOUT_SECONDS
     host = urlsplit(url).hostname
-    # The same trust as our other clients: SSL_CERT_FILE when set (the emulator's
-    # certificate in tests and the demo), else certifi's roots.
+    # The same trust as our other clients: SSL_CERT_FILE when set, else certifi's roots.
     context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
     for _hop in range(MAX_REDIRECTS + 1):
         if payloads.check_media_url(url) != payloads.MediaUrl.ALLOWED:
@@ -227,11 +224,7 @@ def _get(url: str) -> http.client.HTTPResponse:
         )
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
-            connection.request(
-                "GET",
-                target,
-                headers={"Accept-Encoding": "identity", "User-Agent": "avatar-training-monitor/1"},
-            )
+            connection.request("GET", target, headers=_REQUEST_HEADERS)
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
@@ -239,10 +232,8 @@ def _get(url: str) -> http.client.HTTPResponse:
         if response.status in (301, 302, 303, 307, 308):
             location = urljoin(url, response.getheader("location") or "")
             connection.close()
-            if urlsplit(location).hostname != host:
-                raise CopyFailed(
-                    f"redirect to another host refused ({urlsplit(location).hostname})"
-                )
+            if (other := urlsplit(location).hostname) != host:
+                raise CopyFailed(f"redirect to another host refused ({other})")
             url = location
             continue
         return response
@@ -326,8 +317,7 @@ def _writer(store: Storage, name: str) -> Iterator[Callable[[memoryview], Any]]:
         yield lambda data: s3_file.write(bytes(data))
     except BaseException:
         if getattr(s3_file, "_multipart", None) is not None:
-            # A failed copy leaves no object, not even under the temporary name
-            # (closing a file "not dirty" aborts its multipart upload).
+            # No object left: closing a file "not dirty" aborts its multipart upload.
             s3_file._is_dirty = False
         raise
     finally:
@@ -458,8 +448,8 @@ def sweep(limit: int = 200) -> int:
     return len(training_ids)
 
 
-def retry_now(training: Training) -> list[KeptFile]:
-    """Staff and the backfill: what is not kept is pending again, due now, with a new window."""
+def retry_now(training: Training) -> None:
+    """The backfill: what is not kept is pending again, due now, with a new window."""
     now = timezone.now()
     plan(training, now=now)
     KeptFile.objects.filter(training=training).exclude(state=FileState.KEPT).update(
@@ -470,7 +460,6 @@ def retry_now(training: Training) -> list[KeptFile]:
         retry_until=now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS),
         lease_until=None,
     )
-    return list(KeptFile.objects.filter(training=training).order_by("kind"))
 
 
 def link(row: KeptFile, *, now=None) -> str:
@@ -546,13 +535,9 @@ def read_range(row: KeptFile, start: int, end: int) -> Iterator[bytes]:
     bucket = getattr(store, "bucket", None)
     if bucket is not None:
         # Streamed from S3 with a Range request, never the whole object in memory.
-        body = bucket.Object(store._normalize_name(row.name)).get(  # type: ignore[attr-defined]
-            Range=f"bytes={start}-{end}"
-        )["Body"]
-        try:
+        obj = bucket.Object(store._normalize_name(row.name))  # type: ignore[attr-defined]
+        with closing(obj.get(Range=f"bytes={start}-{end}")["Body"]) as body:
             yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
         return
     with store.open(row.name, "rb") as source:
         source.seek(start)

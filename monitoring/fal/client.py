@@ -123,23 +123,19 @@ def submit(training: Any) -> SubmitAnswer:
         headers["X-Fal-Object-Lifecycle-Preference"] = lifecycle
     deadline = getattr(training, "start_deadline_seconds", None)
     if deadline:
-        # fal's start deadline: a job not started in time ends with 504 request_timeout
-        # (type "user"). Newer clients send the second name; both are harmless.
+        # fal ends a job not started in time with 504 request_timeout; two header names.
         headers["X-Fal-Request-Timeout"] = headers["X-Fal-Request-Start-Timeout"] = str(deadline)
-    # fal-client's own queue address, so our submit and its calls reach the same queue.
-    url = QUEUE_URL_FORMAT + training.endpoint
-    params = {"fal_webhook": training.webhook_url} if training.webhook_url else None
-    # requests ignores SSL_CERT_FILE; httpx (fal-client) trusts it. Use the same bundle.
-    verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
     timeout = settings.FAL_SUBMIT_TIMEOUT_SECONDS
     try:
         response = requests.post(
-            url,
-            params=params,
+            # fal-client's own queue address, so our submit and its calls reach the same queue.
+            QUEUE_URL_FORMAT + training.endpoint,
+            params={"fal_webhook": training.webhook_url} if training.webhook_url else None,
             json=training.arguments,
             headers=headers,
             timeout=(min(10.0, timeout), timeout),
-            verify=verify,
+            # requests ignores SSL_CERT_FILE; httpx (fal-client) trusts it: the same bundle.
+            verify=os.environ.get("SSL_CERT_FILE") or True,
             allow_redirects=False,
         )
     except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
@@ -193,8 +189,7 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
         if code == 404:
             return FalNotFound(detail, status_code=code)
         if code in (408, 409, 429) or code >= 500:
-            # Even for a result: a failed job shows its error in the status, which is
-            # read first; a 5xx on the result of a clean COMPLETED is fal's trouble.
+            # Even for a result: a failed job's error shows in the status, read first.
             return FalTransient(detail, status_code=code)
         if for_result:
             return FalJobFailed(
@@ -222,8 +217,7 @@ class FalSession:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # fal-client keeps its httpx client in a cached property and never closes it;
-        # close it inside this loop so no connection outlives it (best effort).
+        # fal-client never closes its httpx client: close it inside this loop.
         with contextlib.suppress(Exception):
             await (await self._client._client).aclose()
 

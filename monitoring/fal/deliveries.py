@@ -36,14 +36,12 @@ logger = logging.getLogger("monitoring")
 
 EXCERPT_BYTES = 256  # what a refused (or replayed) delivery keeps of its body
 ROW_OVERHEAD_BYTES = 900
-# An unmatched delivery is kept whole up to this size, to be applied when its request
-# id appears; a larger one keeps an excerpt, and its training gets a queue check.
+# An unmatched delivery kept whole, to be applied when its request id appears (larger: an excerpt).
 UNMATCHED_BODY_BYTES = 64 * 1024
 # fal gives up on a delivery after 15 s: a row still "received" then was left by a crash.
 STRANDED_AFTER = timedelta(seconds=15)
 SWEEP_BATCH = 100
-# Acted on: the same signature again is a replay. FAILED, REJECTED and RECEIVED are
-# left out, so fal's retry of a delivery we failed to process is processed.
+# Acted on: the same signature again is a replay (fal's retry of a failed one is not).
 _O = WebhookOutcome
 ACCEPTED_OUTCOMES = (_O.APPLIED, _O.ALREADY_DONE, _O.UNMATCHED, _O.DEFERRED)
 REPROCESSABLE_OUTCOMES = (_O.FAILED, _O.UNMATCHED, _O.DEFERRED, _O.RECEIVED)
@@ -103,12 +101,10 @@ class Delivery(WebhookDelivery):
         verdict) and bytes (all verdicts) are under their caps."""
         self.verdict, self.outcome, self.error = verdict, outcome, clean(reason, 2000)
         minute = self.received_at.replace(second=0, microsecond=0)
-        # About what this row costs the disk as an excerpt: its texts, plus the fixed
-        # columns, the tuple header and its index entries (measured on PostgreSQL).
+        # What this row costs the disk as an excerpt (overhead measured on PostgreSQL).
         texts = json.dumps(self.headers) + self.error + self.header_request_id + self.signature
         size = len(self._raw[:EXCERPT_BYTES]) + len(texts.encode()) + ROW_OVERHEAD_BYTES
-        # This minute's count for ``verdict``, this one included, in one upsert: concurrent
-        # refusals of a new minute never race between an UPDATE and an INSERT.
+        # This minute's count, this one included, in one upsert: no UPDATE/INSERT race.
         table = RefusedWebhookCount._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
@@ -167,12 +163,10 @@ class Delivery(WebhookDelivery):
                     row.error = "stale training attempt: the avatar has a newer one"
                 row.keep()
                 return row.outcome
-            # Committed as received before anything is applied: if this process dies
-            # from here on, the row stays and the worker's sweep processes it.
+            # Committed as received before it is applied: a crash leaves it to the sweep.
             with transaction.atomic():
                 if connection.vendor == "postgresql":
-                    # Its WAL flush can wait: this row guards against a web worker dying,
-                    # and the processing commit flushes it before fal hears 200 anyway.
+                    # Its WAL flush can wait: the processing commit flushes it before 200.
                     with connection.cursor() as cursor:
                         cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 row.outcome = WebhookOutcome.RECEIVED

@@ -43,8 +43,7 @@ class FalOutcome:
     error_type: str = ""
     detail_types: tuple[str, ...] = ()
     message: str = ""
-    # False when fal kept or sent no payload at all (record without payload storage,
-    # a webhook whose output fal could not serialise).
+    # False when fal kept or sent no payload at all (not stored, not serialisable).
     has_payload: bool = True
     gateway_request_id: str = ""
     # When fal says the request ended (its record's ended_at), for the service figures.

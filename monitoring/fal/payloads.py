@@ -11,8 +11,7 @@ from django.conf import settings
 
 from monitoring.models import TrainingType
 
-# Training types and their trainers (fal's model pages: the portrait trainer takes
-# trigger_phrase, the style one trigger_word plus is_style).
+# Training types and their trainers (portrait: trigger_phrase; style: trigger_word, is_style).
 ENDPOINTS: dict[str, str] = {
     TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
     TrainingType.STYLE: "fal-ai/flux-lora-fast-training",

@@ -25,8 +25,7 @@ from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
-# The stuck reason of a result on a foreign host. Staff clear it, never a check (the
-# time limits it would be judged by say nothing about the URL).
+# The stuck reason of a result on a foreign host: staff clear it, never a check.
 FOREIGN_HOST_REASON = "fal's result URL is outside FAL_MEDIA_ALLOWED_HOSTS: "
 
 
@@ -58,9 +57,8 @@ def apply(
     step = _Applying(training, outcome, source, actor, notify, details)
     kinds = {Kind.FAILED: step.failed, Kind.SUCCEEDED: step.succeeded}
     applied = kinds.get(outcome.kind, step.without_lora)()
-    # fal's last runner attempt, for support. After the transition, never before: a
-    # transition locks the avatar row and then the training's, as the periodic check
-    # does; writing the training first would take them in the other order and deadlock.
+    # fal's last runner attempt, for support. After the transition (avatar row, then the
+    # training's, as the check locks them): the other order could deadlock.
     gateway_request_id = outcome.gateway_request_id
     if gateway_request_id and gateway_request_id != training.gateway_request_id:
         Training.objects.filter(pk=training.pk).update(gateway_request_id=gateway_request_id)
@@ -78,8 +76,7 @@ class _Applying:
     details: dict[str, Any]
 
     def failed(self) -> Applied:
-        # Cancelled when a cancel was requested; otherwise the owner's message comes
-        # from fal's machine-readable fields. fal's error body stays on the timeline.
+        # fal's error body stays on the timeline.
         outcome = self.outcome
         details = self.details
         if isinstance(outcome.result, dict):
@@ -119,8 +116,7 @@ class _Applying:
                 )
                 _alert_if_many_retries()
                 return Applied(True, Said("retried", code=error_type or "?"))
-            # Retries used up: fal never bills its own failures, unless one of these
-            # attempts was stopped by our run deadline (GPU time may have been billed).
+            # Retries used up: fal bills none unless our run deadline stopped one.
             billed = any(attempt.deadline_cancel_at for attempt in episode)
             owner_message = OwnerMessage.TECHNICAL if billed else OwnerMessage.FAL_FAILURE
         finished = transitions.finish_failed(
@@ -251,8 +247,7 @@ def _alert_if_many_retries() -> None:
 
 
 def _enqueue(what: str, task: str, *args: Any, **kwargs: Any) -> None:
-    # Runs after commit, so it must not raise: a lost hand-over only waits for the next
-    # periodic check (the retry is due, and a deferred result's ``next_check_at`` is now).
+    # Runs after commit, so it must not raise: a lost hand-over waits for the next check.
     from django_q.tasks import async_task
 
     try:
