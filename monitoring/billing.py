@@ -236,8 +236,7 @@ class Spend:
 
 
 def spend(now: datetime | None = None, *, owners: int = 5) -> Spend:
-    """The dashboard's figures: today (UTC), 7 and 30 days, by trainer, top owners, and
-    the cost of a completed avatar (every attempt of it, failed ones included)."""
+    """The dashboard's figures (a completed avatar's cost includes its failed attempts)."""
     now = now or timezone.now()
     month = now - timedelta(days=30)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -282,15 +281,11 @@ def prices() -> dict[str, dict[str, str]]:
         raise PricesUnavailable("fal's prices need an admin key (FAL_ADMIN_KEY)")
     try:
         with platform.PlatformClient(admin=True) as client:
-            found = client.prices(sorted(set(payloads.ENDPOINTS.values())))
+            table = client.prices(sorted(set(payloads.ENDPOINTS.values())))
     except platform.PlatformUnavailable as exc:
         if account.prices:
             return account.prices  # an hour-old price beats none
         raise PricesUnavailable(str(exc)) from exc
-    table = {
-        endpoint: {"unit_price": str(p.unit_price), "unit": p.unit, "currency": p.currency}
-        for endpoint, p in found.items()
-    }
     FalAccount.objects.filter(pk=1).update(prices=table, prices_read_at=now)
     return table
 
@@ -338,8 +333,7 @@ def estimate_nano(avatars: list[Avatar]) -> int:
 
 
 def over_budget(client: Any) -> tuple[bool, dict[str, str]]:
-    """Whether ``client`` (an ApiClient) reached its daily budget: today's known spend on
-    its avatars plus the estimate of its trainings still running."""
+    """Whether an ApiClient's known spend today plus its running estimate reached its budget."""
     budget = client.daily_budget_usd
     if budget is None:
         return False, {}

@@ -30,16 +30,14 @@ def serve(request: HttpRequest, token: str, filename: str) -> HttpResponseBase:
     return file_response(request, row)
 
 
-def _content_type(row: KeptFile) -> str:
-    return "application/json" if row.file_name.endswith(".json") else "application/octet-stream"
-
-
 def file_response(
     request: HttpRequest, row: KeptFile, *, attachment: bool = False
 ) -> HttpResponseBase:
     """The bytes of a kept file (or nginx's instruction to send them)."""
     etag = f'"{row.sha256}"'
     size = row.size or 0
+    json = row.file_name.endswith(".json")
+    content_type = "application/json" if json else "application/octet-stream"
     disposition = (
         f"{'attachment' if attachment else 'inline'}; filename*=UTF-8''{quote(row.file_name)}"
     )
@@ -55,9 +53,8 @@ def file_response(
     accel = settings.AVATAR_FILES_X_ACCEL_REDIRECT
     if accel and files.is_filesystem():
         # nginx serves the file itself (Range included) from its internal location.
-        response = HttpResponse(content_type=_content_type(row), headers=headers)
-        response["X-Accel-Redirect"] = accel.rstrip("/") + "/" + quote(row.name)
-        return response
+        headers["X-Accel-Redirect"] = accel.rstrip("/") + "/" + quote(row.name)
+        return HttpResponse(content_type=content_type, headers=headers)
     start, end = 0, size - 1
     status = 200
     wanted = request.headers.get("Range", "")
@@ -79,6 +76,4 @@ def file_response(
         # Several ranges or a malformed header: the whole file (RFC 9110 allows it).
     body = files.read_range(row, start, end) if request.method != "HEAD" and size else iter(())
     headers["Content-Length"] = str(end - start + 1 if size else 0)
-    return StreamingHttpResponse(
-        body, status=status, content_type=_content_type(row), headers=headers
-    )
+    return StreamingHttpResponse(body, status=status, content_type=content_type, headers=headers)

@@ -103,8 +103,7 @@ def plan(training: Training, *, now=None) -> int:
 
 
 def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
-    """Receiver of ``transitions.training_finished``: plan in the completing transaction,
-    queue the copy on commit (``sweep`` picks up a lost hand-over)."""
+    """Receiver of ``transitions.training_finished``: plan now, queue the copy on commit."""
     if outcome != "completed":
         return
     try:
@@ -175,20 +174,18 @@ def attempt(row: KeptFile) -> str:
     try:
         size, sha256 = _download(row, store, tmp)
         _promote(store, tmp, final)
-    except CopyFailed as exc:
+    except Exception as exc:
         _discard(store, tmp)
+        if not isinstance(exc, CopyFailed):  # storage trouble, a bug: retried, never lost
+            logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
+            exc = CopyFailed(f"{type(exc).__name__}: {redact(str(exc))[:1000]}")
         return _failed(row, exc)
-    except Exception as exc:  # storage trouble, a bug: retried, never a lost lease
-        _discard(store, tmp)
-        logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
-        return _failed(row, CopyFailed(f"{type(exc).__name__}: {redact(str(exc))[:1000]}"))
-    now = timezone.now()
     KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
         state=FileState.KEPT,
         name=final,
         size=size,
         sha256=sha256,
-        kept_at=now,
+        kept_at=timezone.now(),
         lease_until=None,
         last_error="",
     )
@@ -421,8 +418,7 @@ def _alert(row: KeptFile, failure: str, error: str) -> None:
 
 
 def sweep(limit: int = 200) -> int:
-    """Every minute: queue the trainings with a file due (retries, lost hand-overs); give
-    up (with the alert) a row past its window whose last task never came back."""
+    """Every minute: queue trainings with a file due; give up rows whose task never returned."""
     if not settings.AVATAR_FILES_COPY:
         return 0
     now = timezone.now()
@@ -565,8 +561,7 @@ def delete_stored(sender: Any, *, instance: KeptFile, **kwargs: Any) -> None:
 
 
 def superseded(now=None) -> dict[str, Any]:
-    """For ``prune``: files of attempts a newer attempt replaced AVATAR_FILES_SUPERSEDED_DAYS
-    ago (the current attempt's live as long as the avatar)."""
+    """For ``prune``: files of attempts replaced AVATAR_FILES_SUPERSEDED_DAYS ago."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.AVATAR_FILES_SUPERSEDED_DAYS)
     newer = Training.objects.filter(
         avatar_id=OuterRef("training__avatar_id"),

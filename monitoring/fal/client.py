@@ -93,9 +93,8 @@ class FalStatusReport:
 
 
 def webhook_url() -> str:
-    return (
-        settings.PUBLIC_BASE_URL.rstrip("/") + "/webhooks/fal/" if settings.PUBLIC_BASE_URL else ""
-    )
+    base = settings.PUBLIC_BASE_URL
+    return base.rstrip("/") + "/webhooks/fal/" if base else ""
 
 
 def _key() -> str:

@@ -97,8 +97,7 @@ class Delivery(WebhookDelivery):
         return row
 
     def keep_refused(self, verdict: str, reason: str, outcome: str) -> None:
-        """Count a delivery not acted on, and keep its row while this minute's rows (per
-        verdict) and bytes (all verdicts) are under their caps."""
+        """Count a delivery not acted on; keep its row while this minute's caps allow."""
         self.verdict, self.outcome, self.error = verdict, outcome, clean(reason, 2000)
         minute = self.received_at.replace(second=0, microsecond=0)
         # What this row costs the disk as an excerpt (overhead measured on PostgreSQL).
@@ -254,8 +253,7 @@ class Delivery(WebhookDelivery):
         return WebhookOutcome.APPLIED, summary if unusual else ""
 
     def why_not_reprocess(self) -> str:
-        """Why staff may not re-process this delivery ("" when they may): the one rule, for
-        ``reprocess`` and the admin's confirmation page."""
+        """Why staff may not re-process this delivery ("" when they may), in their language."""
         if self.verdict != WebhookVerdict.VALID:
             return gettext("only deliveries with a valid signature can be processed")
         if self.outcome not in REPROCESSABLE_OUTCOMES:
@@ -279,8 +277,7 @@ class Delivery(WebhookDelivery):
 
 
 def sweep(now: datetime | None = None) -> int:
-    """Worker task (every minute): process what a crash left ``received``, and deliveries
-    that arrived before their request id was stored. Returns how many were processed."""
+    """Every minute: process what a crash left ``received`` and deliveries now matched."""
     now = now or timezone.now()
     processed = 0
     valid = Delivery.objects.filter(verdict=WebhookVerdict.VALID).order_by("received_at", "pk")
@@ -306,8 +303,7 @@ def sweep(now: datetime | None = None) -> int:
 
 
 def _training_and_replay(request_id: str, signed: str) -> tuple[Training | None, bool]:
-    """The training a delivery is for (with avatar and owner), and whether it replays one
-    we acted on: one query when the training exists."""
+    """The training a delivery is for, and whether it replays one we acted on (one query)."""
     accepted = Delivery.objects.filter(
         signature=signed, verdict=WebhookVerdict.VALID, outcome__in=ACCEPTED_OUTCOMES
     )

@@ -124,8 +124,7 @@ class FalOutcome:
         result: dict | None = None,
         refused: FalJobFailed | None = None,
     ) -> FalOutcome | None:
-        """A COMPLETED status with its result (or the result fetch's refusal); None while the
-        queue has not said enough (not completed, or its result not fetched yet)."""
+        """A COMPLETED status with its result (or its refusal); None until the queue says."""
         if report.status != "COMPLETED":
             return None
         if report.error:

@@ -118,28 +118,15 @@ class BillingEvent:
         )
 
 
-@dataclass(frozen=True)
-class Price:
-    """fal's unit price of an endpoint (``unit`` as fal names it, e.g. "steps")."""
-
-    endpoint_id: str
-    unit_price: Decimal
-    unit: str
-    currency: str
-
-    @classmethod
-    def from_raw(cls, raw: Any) -> Price | None:
-        if not isinstance(raw, dict) or not raw.get("endpoint_id"):
-            return None
-        price = _decimal(raw.get("unit_price"))
-        if price is None:
-            return None
-        return cls(
-            endpoint_id=str(raw["endpoint_id"]),
-            unit_price=price,
-            unit=str(raw.get("unit") or ""),
-            currency=str(raw.get("currency") or "USD"),
-        )
+def _price(raw: Any) -> tuple[str, dict[str, str]] | None:
+    """(endpoint, its unit price, unit as fal names it (e.g. "steps"), currency)."""
+    if not isinstance(raw, dict) or not raw.get("endpoint_id"):
+        return None
+    price = _decimal(raw.get("unit_price"))
+    if price is None:
+        return None
+    unit, currency = str(raw.get("unit") or ""), str(raw.get("currency") or "USD")
+    return str(raw["endpoint_id"]), {"unit_price": str(price), "unit": unit, "currency": currency}
 
 
 def _when(value: Any) -> datetime | None:
@@ -270,8 +257,7 @@ class PlatformClient:
     def find_matching(
         self, endpoint: str, arguments: dict, *, since: datetime
     ) -> tuple[list[RecordItem], int]:
-        """Requests of ``endpoint`` since ``since`` sent with our input, earliest first,
-        and how many items could not be compared (the record kept no input)."""
+        """Requests since ``since`` sent with our input, earliest first; how many had none."""
         until = timezone.now() + timedelta(minutes=1)
         matches: list[RecordItem] = []
         unverifiable = 0
@@ -310,10 +296,9 @@ class PlatformClient:
             raise PlatformUnavailable("unreadable answer (no credits.current_balance)")
         return amount, str(credits.get("currency") or "USD")  # type: ignore[union-attr]
 
-    def prices(self, endpoints: list[str]) -> dict[str, Price]:
+    def prices(self, endpoints: list[str]) -> dict[str, dict[str, str]]:
         """fal's unit price of each endpoint (up to 50), by endpoint id."""
-        found = self._each({"endpoint_id": ",".join(endpoints)}, PRICING, "prices", Price.from_raw)
-        return {price.endpoint_id: price for price in found}
+        return dict(self._each({"endpoint_id": ",".join(endpoints)}, PRICING, "prices", _price))
 
 
 def find_request(endpoint: str, request_id: str) -> RecordItem | None:

@@ -234,8 +234,7 @@ class _Applying:
 
 
 def _alert_if_many_retries() -> None:
-    """Staff hear (once per episode) when more than AUTO_RETRY_ALERT_RATIO of the last
-    hour's ended attempts (over 5) were retried: fal is having a bad day."""
+    """Staff hear once per episode when fal is having a bad day (AUTO_RETRY_ALERT_RATIO)."""
     now = timezone.now()
     last_hour = Training.objects.finished().filter(finished_at__gte=now - timedelta(hours=1))
     counts = last_hour.aggregate(

@@ -69,8 +69,7 @@ def clean_json(value: Any) -> Any:
 
 
 def signed_headers(request: HttpRequest) -> dict[str, str]:
-    """The four signed headers as sent, the signature in lower case (a case variant of a
-    signature we acted on is then a replay)."""
+    """The signed headers as sent, the signature in lower case (a case variant is a replay)."""
     found = {name: str(request.headers[name]) for name in SIGNED_HEADERS if name in request.headers}
     signature = found.get(SIGNATURE_HEADER, "").strip()
     if _SIGNATURE.fullmatch(signature):

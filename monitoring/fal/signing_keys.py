@@ -101,8 +101,7 @@ def _remember(row: FalSigningKeys) -> _Cached | None:
 
 
 def refresh(url: str | None = None) -> bool:
-    """Fetch the JWKS now if the rate limit allows; True when new keys were stored (a
-    failure is recorded on the row and logged; the old keys stay)."""
+    """Fetch the JWKS if the rate limit allows; True when new keys were stored."""
     import httpx  # trusts SSL_CERT_FILE, like fal-client: the emulator's cert in tests
 
     url = url or settings.FAL_WEBHOOK_JWKS_URL
@@ -128,8 +127,7 @@ def refresh(url: str | None = None) -> bool:
 
 
 def _download(httpx, url: str) -> bytes:
-    """The JWKS body, streamed: more than ``MAX_JWKS_BYTES`` is refused as soon as it is
-    seen (declared or read), never downloaded whole."""
+    """The JWKS body, streamed: refused as soon as it is seen to pass ``MAX_JWKS_BYTES``."""
     with httpx.stream(
         "GET", url, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False
     ) as response:
@@ -177,8 +175,7 @@ def _verifies(cached: _Cached | None, message: bytes, signature: bytes) -> bool:
 
 
 def verify(message: bytes, signature: bytes) -> bool:
-    """Whether ``signature`` over ``message`` verifies under any of fal's current keys
-    (``KeysUnavailable`` only when there is no key to try at all)."""
+    """Whether a key of fal's verifies (``KeysUnavailable`` when there is none to try)."""
     url = settings.FAL_WEBHOOK_JWKS_URL
     now = timezone.now()
     cached = _memo.get(url)
