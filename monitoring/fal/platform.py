@@ -57,11 +57,8 @@ class RecordItem:
     @property
     def error_message(self) -> str:
         """fal's reason for a failed request, from its output when the record kept it."""
-        reason = ""
-        if self.has_output:
-            reason = payloads.detail_messages(self.json_output) or payloads.error_detail(
-                self.json_output, ""
-            )
+        output = self.json_output  # None when the record kept none: no reason
+        reason = payloads.detail_messages(output) or payloads.error_detail(output, "")
         code = f"HTTP {self.status_code}" if self.status_code else "an error"
         return redact(reason) or f"fal's record: the request ended with {code}"
 

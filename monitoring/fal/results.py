@@ -78,9 +78,8 @@ class _Applying:
     def failed(self) -> Applied:
         # fal's error body stays on the timeline.
         outcome = self.outcome
-        details = self.details
-        if isinstance(outcome.result, dict):
-            details = {**outcome.result, **details}
+        result = outcome.result
+        details = {**result, **self.details} if isinstance(result, dict) else self.details
         owner_message = ""
         active = self.training.finished_at is None  # a duplicate of a finished one: no retry
         # fal's own failure, or the end of a run our deadline cancelled.
