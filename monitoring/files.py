@@ -36,7 +36,6 @@ from notifications import outbox
 
 logger = logging.getLogger("monitoring")
 
-TASK = "monitoring.files.keep"
 CHUNK = 1024 * 1024
 # 64 KiB at a time: with 1 MiB writes the kernel's dirty-page throttling stalled the
 # socket and a copy to disk ran at half curl's speed (bench/keep_files.py).
@@ -122,7 +121,7 @@ def enqueue(training_id: int) -> None:
     try:
         from django_q.tasks import async_task
 
-        async_task(TASK, training_id, group="avatar-files")
+        async_task("monitoring.files.keep", training_id, group="avatar-files")
     except Exception:
         logger.exception("Could not queue keeping the files of training %s", training_id)
 

@@ -122,9 +122,8 @@ def read_body(request: HttpRequest, limit: int) -> bytes:
         reason = f"body is larger than the {limit} bytes allowed"
         raise Refused(413, reason, WebhookVerdict.TOO_LARGE, body[:limit], size)
     if declared is not None and size < declared:
-        raise Refused(
-            400, f"body is truncated: {size} of {declared} bytes", WebhookVerdict.UNREADABLE, body
-        )
+        reason = f"body is truncated: {size} of {declared} bytes"
+        raise Refused(400, reason, WebhookVerdict.UNREADABLE, body)
     return body
 
 
@@ -147,9 +146,8 @@ def verify(headers: dict[str, str], body: bytes) -> None:
         valid = signing_keys.verify(message, bytes.fromhex(signature))
     except signing_keys.KeysUnavailable:
         # Our problem, not the sender's: 503, so that fal retries later.
-        raise Refused(
-            503, "signing keys unavailable, retry later", WebhookVerdict.UNVERIFIABLE
-        ) from None
+        reason = "signing keys unavailable, retry later"
+        raise Refused(503, reason, WebhookVerdict.UNVERIFIABLE) from None
     if not valid:
         raise Refused(401, "bad signature", WebhookVerdict.BAD_SIGNATURE)
     ours = settings.FAL_WEBHOOK_USER_ID
