@@ -5,6 +5,7 @@ fal's HTTP lives in ``monitoring.fal.platform``; the rules are in docs/billing.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections import defaultdict
@@ -348,10 +349,8 @@ def over_budget(client: Any) -> tuple[bool, dict[str, str]]:
     )
     running = 0
     for training in unbilled.select_related("avatar").only("arguments", "avatar__training_type"):
-        try:
+        with contextlib.suppress(PricesUnavailable):  # no estimate: only what is known counts
             running += _estimate(training.avatar.training_type, training.arguments)
-        except PricesUnavailable:
-            pass  # no estimate: only what is known counts
     limit = int(Decimal(budget) * NANO)
     figures = {
         "budget_usd": f"{Decimal(budget):.2f}",

@@ -207,11 +207,8 @@ class PlatformClient:
         body = self._page(
             {"endpoint_id": endpoint, "request_id": request_id, "expand": "payloads", "limit": 1}
         )
-        for raw in body["items"]:
-            item = _item(raw)
-            if item is not None and item.request_id == request_id:
-                return item
-        return None
+        found = (item for item in map(_item, body["items"]) if item is not None)
+        return next((item for item in found if item.request_id == request_id), None)
 
     def list_requests(
         self,
@@ -240,10 +237,7 @@ class PlatformClient:
         """Every item ``parse`` reads, page by page; ``cut`` past FAL_PLATFORM_MAX_PAGES."""
         for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
             body = self._page(params, path, items)
-            for raw in body[items]:
-                parsed = parse(raw)
-                if parsed is not None:
-                    yield parsed
+            yield from (parsed for parsed in map(parse, body[items]) if parsed is not None)
             cursor = body.get("next_cursor")
             if not body.get("has_more") or not cursor:
                 return

@@ -57,17 +57,12 @@ def parse_jwks(document: object) -> list[dict]:
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS document (no 'keys' list)")
     usable = []
-    for entry in document["keys"]:
-        if not isinstance(entry, dict) or (entry.get("kty"), entry.get("crv")) != (
-            "OKP",
-            "Ed25519",
-        ):
+    for entry in [entry for entry in document["keys"] if isinstance(entry, dict)]:
+        if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
             continue
-        try:
+        with contextlib.suppress(ValueError):  # an unusable key is skipped
             _public_key(entry)
-        except ValueError:
-            continue
-        usable.append({k: entry[k] for k in ("kty", "crv", "x", "kid") if k in entry})
+            usable.append({k: entry[k] for k in ("kty", "crv", "x", "kid") if k in entry})
     if not usable:
         raise ValueError("the JWKS holds no usable Ed25519 key")
     return usable
