@@ -103,6 +103,7 @@ def _record(
     for training in claimed:
         training.cost_lookups += 1
         found = events.get(training.fal_request_id or "")
+        give_up = (training.finished_at or now) + wait
         if found:
             training.cost_state = CostState.BILLED
             training.cost_nano_usd = sum(e.cost_nano_usd for e in found)
@@ -112,16 +113,14 @@ def _record(
             training.cost_next_lookup_at = None
             spent[found[-1].endpoint_id or training.endpoint] += training.cost_nano_usd
             report.billed += 1
-            continue
-        give_up = (training.finished_at or now) + wait
-        if not training.fal_request_id or now >= give_up:
+        elif not training.fal_request_id or now >= give_up:
             # Never sent (no job, nothing billed), or fal billed nothing in the window.
             training.cost_state = CostState.NOT_BILLED
             training.cost_next_lookup_at = None
             report.not_billed += 1
         else:
-            wait = min(timedelta(minutes=2**training.cost_lookups), LOOKUP_BACKOFF_MAX)
-            training.cost_next_lookup_at = min(now + wait, give_up)
+            backoff = min(timedelta(minutes=2**training.cost_lookups), LOOKUP_BACKOFF_MAX)
+            training.cost_next_lookup_at = min(now + backoff, give_up)
     # An UPDATE per row through executemany (pipelined by psycopg): ``bulk_update``'s CASE
     # per field and row spent ten times longer in Python (bench/billing.py).
     connection = connections[router.db_for_write(Training)]

@@ -226,10 +226,8 @@ class Delivery(WebhookDelivery):
         if data is None and not excerpt:
             data = signature.parse(self.body.encode("utf-8"), self.header_request_id)
         if training is None:
-            request_id = data["request_id"] if data else self.request_id
-            training = (
-                Training.objects.select_related("avatar__owner").for_request(request_id).first()
-            )
+            rows = Training.objects.select_related("avatar__owner")
+            training = rows.for_request(data["request_id"] if data else self.request_id).first()
         self.training = training
         if training is None:
             return WebhookOutcome.UNMATCHED, ""

@@ -30,8 +30,7 @@ class PlatformUnavailable(Exception):
     """fal's record could not be read now (rate limit, outage, timeout): try later."""
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
-        detail = redact(detail)  # fal's text may echo our key
-        self.detail = detail
+        self.detail = detail = redact(detail)  # fal's text may echo our key
         self.status_code = status_code
         super().__init__(f"fal's record: {status_code} {detail}" if status_code else detail)
 
