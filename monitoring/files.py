@@ -174,7 +174,10 @@ def attempt(row: KeptFile) -> str:
         size, sha256 = _download(row, store, tmp)
         _promote(store, tmp, final)
     except Exception as exc:
-        _discard(store, tmp)
+        try:
+            store.delete(tmp)
+        except Exception:
+            logger.warning("Could not delete the temporary file %s", tmp, exc_info=True)
         if not isinstance(exc, CopyFailed):  # storage trouble, a bug: retried, never lost
             logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
             exc = CopyFailed(f"{type(exc).__name__}: {redact(str(exc))[:1000]}")
@@ -334,13 +337,6 @@ def _promote(store: Storage, tmp: str, final: str) -> None:
         {"Bucket": bucket.name, "Key": key}
     )
     store.delete(tmp)
-
-
-def _discard(store: Storage, name: str) -> None:
-    try:
-        store.delete(name)
-    except Exception:
-        logger.warning("Could not delete the temporary file %s", name, exc_info=True)
 
 
 def _backoff(attempts: int) -> float:

@@ -280,8 +280,7 @@ class PlatformClient:
         """The account's credit balance and its currency."""
         body = self._page({"expand": "credits"}, ACCOUNT_BILLING, "")
         credits = body.get("credits")
-        value = credits.get("current_balance") if isinstance(credits, dict) else None
-        amount = _decimal(value)
+        amount = _decimal(credits.get("current_balance") if isinstance(credits, dict) else None)
         if amount is None:
             raise PlatformUnavailable("unreadable answer (no credits.current_balance)")
         return amount, str(credits.get("currency") or "USD")  # type: ignore[union-attr]

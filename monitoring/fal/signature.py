@@ -156,11 +156,6 @@ def verify(headers: dict[str, str], body: bytes) -> None:
         raise Refused(401, "delivery is for another fal account", WebhookVerdict.OTHER_ACCOUNT)
 
 
-def _finite(text: str) -> float | None:
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
 def parse(body: bytes, header_request_id: str) -> dict[str, Any]:
     """The verified body in fal's delivery shape, or ``Refused`` (400). ``NaN``, ``1e400``
     and lone surrogates, which jsonb refuses, become ``null`` and U+FFFD: fal would retry."""
@@ -168,7 +163,7 @@ def parse(body: bytes, header_request_id: str) -> dict[str, Any]:
         data = json.loads(
             body.decode("utf-8", errors="replace"),
             parse_constant=lambda _text: None,
-            parse_float=_finite,
+            parse_float=lambda text: float(text) if math.isfinite(float(text)) else None,
         )
     except (ValueError, RecursionError):
         raise Refused(400, "body is not valid JSON") from None
