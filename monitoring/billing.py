@@ -43,6 +43,7 @@ LOOKUP_BACKOFF_MAX = timedelta(hours=2)
 PRICES_MAX_AGE = timedelta(hours=1)
 # fal's trainers' default steps (shared/fal-facts.md), for a quote without ``steps``.
 DEFAULT_STEPS: dict[str, int] = {TrainingType.PORTRAIT: 2500, TrainingType.STYLE: 1000}
+_Events = dict[str, list[platform.BillingEvent]]  # billing events by request id
 
 
 def usd(nano: int | None) -> Decimal | None:
@@ -90,12 +91,7 @@ def _claim(ids: list[int], now: datetime) -> list[Training]:
     )
 
 
-def _record(
-    claimed: list[Training],
-    events: dict[str, list[platform.BillingEvent]],
-    now: datetime,
-    report: LookupReport,
-) -> None:
+def _record(claimed: list[Training], events: _Events, now: datetime, report: LookupReport) -> None:
     """Write what fal billed (one statement for the batch), add it to the running totals."""
     wait = timedelta(hours=settings.FAL_BILLING_WAIT_HOURS)
     spent: dict[str, int] = defaultdict(int)
@@ -147,16 +143,14 @@ def _record(
             totals.add(SPEND_TOTAL, {"endpoint": endpoint}, amount)
 
 
-def _events(
-    client: platform.PlatformClient, claimed: list[Training], now: datetime
-) -> dict[str, list[platform.BillingEvent]]:
+def _events(client: platform.PlatformClient, claimed: list[Training], now: datetime) -> _Events:
     ids = [t.fal_request_id for t in claimed if t.fal_request_id]
     if not ids:
         return {}
     # fal's default window is the last day: ask from (just before) the first start.
     end = now + timedelta(minutes=1)
     start = max(min(t.created_at for t in claimed) - timedelta(hours=1), end - timedelta(days=90))
-    found: dict[str, list[platform.BillingEvent]] = defaultdict(list)
+    found: _Events = defaultdict(list)
     for event in client.billing_events(ids, start=start, end=end):
         found[event.request_id].append(event)
     return found
@@ -164,10 +158,9 @@ def _events(
 
 def look_up_costs(*, now: datetime | None = None, limit: int = 10_000) -> LookupReport:
     """The task: billing events of the finished attempts that are due (see module doc)."""
-    report = LookupReport()
     if not configured():
-        report.error = "not configured"
-        return report
+        return LookupReport(error="not configured")
+    report = LookupReport()
     now = now or timezone.now()
     due = Training.objects.cost_due(now).order_by("finished_at", "pk")
     ids = list(due.values_list("pk", flat=True)[:limit])
@@ -392,8 +385,7 @@ def _hours_left(balance: Decimal, now: datetime) -> tuple[float | None, int]:
     day = spent_nano(now - timedelta(hours=24))
     if day <= 0:
         return None, day
-    per_hour = Decimal(day) / NANO / 24
-    return float(balance / per_hour), day
+    return float(balance / (Decimal(day) / NANO / 24)), day  # at the last day's pace
 
 
 def _open_episode(now: datetime, *, locked_detail: str = "") -> None:
@@ -435,11 +427,10 @@ def read_balance(*, now: datetime | None = None) -> BalanceReading:
     """Read fal's balance once; open or close the alert episode (the task releases held starts)."""
     now = now or timezone.now()
     FalAccount.current()
-    reading = BalanceReading()
     if not (settings.FAL_ADMIN_KEY or settings.FAL_KEY):
-        reading.error = "not configured"
-        FalAccount.objects.filter(pk=1).update(last_attempt_at=now, last_error=reading.error)
-        return reading
+        FalAccount.objects.filter(pk=1).update(last_attempt_at=now, last_error="not configured")
+        return BalanceReading(error="not configured")
+    reading = BalanceReading()
     try:
         with platform.PlatformClient(admin=True) as client:
             balance, _currency = client.balance()
@@ -456,8 +447,7 @@ def read_balance(*, now: datetime | None = None) -> BalanceReading:
     FalAccount.objects.filter(pk=1).update(
         balance_usd=balance, read_at=now, last_attempt_at=now, last_error="", billing_refused=False
     )
-    hold = Decimal(str(settings.FAL_BALANCE_HOLD_USD))
-    if balance >= hold:
+    if balance >= Decimal(str(settings.FAL_BALANCE_HOLD_USD)):
         FalAccount.objects.filter(pk=1).update(locked_since=None)
     hours_left, _day = _hours_left(balance, now)
     low = balance < Decimal(str(settings.FAL_BALANCE_ALERT_USD))

@@ -38,13 +38,11 @@ def file_response(
     size = row.size or 0
     json = row.file_name.endswith(".json")
     content_type = "application/json" if json else "application/octet-stream"
-    disposition = (
-        f"{'attachment' if attachment else 'inline'}; filename*=UTF-8''{quote(row.file_name)}"
-    )
+    disposition = "attachment" if attachment else "inline"
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": disposition,
+        "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(row.file_name)}",
         "Cache-Control": "private, max-age=3600",
         "X-Content-Type-Options": "nosniff",
     }

@@ -262,8 +262,7 @@ class Delivery(WebhookDelivery):
 
     def reprocess(self, *, actor: Any = None) -> str:
         """Staff: process again (failed, unmatched, deferred, stranded); ``ValueError`` if not."""
-        reason = self.why_not_reprocess()
-        if reason:
+        if reason := self.why_not_reprocess():
             raise ValueError(reason)
         if not self._claim(self.outcome):
             raise ValueError(gettext("the delivery is being processed by someone else"))

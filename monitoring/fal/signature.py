@@ -129,8 +129,7 @@ def read_body(request: HttpRequest, limit: int) -> bytes:
 
 def verify(headers: dict[str, str], body: bytes) -> None:
     """Raise ``Refused`` unless the delivery is signed by fal, now, for our account."""
-    missing = [name for name in SIGNED_HEADERS if not headers.get(name)]
-    if missing:
+    if missing := [name for name in SIGNED_HEADERS if not headers.get(name)]:
         raise Refused(401, f"missing headers: {', '.join(missing)}", WebhookVerdict.MISSING_HEADERS)
     timestamp = headers[TIMESTAMP_HEADER]
     if not _TIMESTAMP.fullmatch(timestamp):

@@ -186,8 +186,7 @@ def verify(message: bytes, signature: bytes) -> bool:
 
     # Expired, missing, or no key verifies (fal may have rotated): refetch, rate limited.
     if refresh(url):
-        cached = _memo.get(url)
-        return _verifies(cached, message, signature)
+        return _verifies(_memo.get(url), message, signature)
 
     # fal's endpoint is down or we fetched a moment ago: the keys we have decide.
     if _usable(cached, now, allow_stale=True):
