@@ -5,6 +5,7 @@ fal's HTTP lives in ``monitoring.fal.platform``; the rules are in docs/billing.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections import defaultdict
@@ -42,6 +43,7 @@ LOOKUP_BACKOFF_MAX = timedelta(hours=2)
 PRICES_MAX_AGE = timedelta(hours=1)
 # fal's trainers' default steps (shared/fal-facts.md), for a quote without ``steps``.
 DEFAULT_STEPS: dict[str, int] = {TrainingType.PORTRAIT: 2500, TrainingType.STYLE: 1000}
+_Events = dict[str, list[platform.BillingEvent]]  # billing events by request id
 
 
 def usd(nano: int | None) -> Decimal | None:
@@ -67,9 +69,6 @@ def configured() -> bool:
     return not FalAccount.objects.filter(pk=1, billing_refused=True).exists()
 
 
-# --- Cost per training ------------------------------------------------------------------
-
-
 @dataclass
 class LookupReport:
     looked_up: int = 0
@@ -77,14 +76,6 @@ class LookupReport:
     not_billed: int = 0
     calls: int = 0
     error: str = ""
-
-
-def _due_ids(now: datetime, limit: int) -> list[int]:
-    return list(
-        Training.objects.cost_due(now)
-        .order_by("finished_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
 
 
 def _claim(ids: list[int], now: datetime) -> list[Training]:
@@ -100,18 +91,15 @@ def _claim(ids: list[int], now: datetime) -> list[Training]:
     )
 
 
-def _backoff(lookups: int) -> timedelta:
-    return min(timedelta(minutes=2**lookups), LOOKUP_BACKOFF_MAX)
-
-
-def _record(claimed: list[Training], events: dict[str, list[platform.BillingEvent]], now) -> tuple:
-    """Write what fal billed (one UPDATE for the batch) and add it to the running totals."""
+def _record(claimed: list[Training], events: _Events, now: datetime, report: LookupReport) -> None:
+    """Write what fal billed (one statement for the batch), add it to the running totals."""
     wait = timedelta(hours=settings.FAL_BILLING_WAIT_HOURS)
     spent: dict[str, int] = defaultdict(int)
-    billed = not_billed = 0
+    report.looked_up += len(claimed)
     for training in claimed:
         training.cost_lookups += 1
         found = events.get(training.fal_request_id or "")
+        give_up = (training.finished_at or now) + wait
         if found:
             training.cost_state = CostState.BILLED
             training.cost_nano_usd = sum(e.cost_nano_usd for e in found)
@@ -120,40 +108,21 @@ def _record(claimed: list[Training], events: dict[str, list[platform.BillingEven
             training.cost_unit_price = found[-1].unit_price
             training.cost_next_lookup_at = None
             spent[found[-1].endpoint_id or training.endpoint] += training.cost_nano_usd
-            billed += 1
-            continue
-        give_up = (training.finished_at or now) + wait
-        if not training.fal_request_id or now >= give_up:
+            report.billed += 1
+        elif not training.fal_request_id or now >= give_up:
             # Never sent (no job, nothing billed), or fal billed nothing in the window.
             training.cost_state = CostState.NOT_BILLED
             training.cost_next_lookup_at = None
-            not_billed += 1
+            report.not_billed += 1
         else:
-            training.cost_next_lookup_at = min(now + _backoff(training.cost_lookups), give_up)
-    with transaction.atomic():
-        _write_costs(claimed)
-        for endpoint, amount in sorted(spent.items()):
-            totals.add(SPEND_TOTAL, {"endpoint": endpoint}, amount)
-    return billed, not_billed
-
-
-_COST_COLUMNS = (
-    "cost_state",
-    "cost_nano_usd",
-    "cost_units",
-    "cost_unit_price",
-    "cost_lookups",
-    "cost_next_lookup_at",
-)
-
-
-def _write_costs(claimed: list[Training]) -> None:
-    """One statement for the batch: an UPDATE per row through the driver's executemany
-    (pipelined by psycopg). Django's ``bulk_update`` builds a CASE per field and row,
-    and spent ten times longer in Python than the database did (bench/billing.py)."""
+            backoff = min(timedelta(minutes=2**training.cost_lookups), LOOKUP_BACKOFF_MAX)
+            training.cost_next_lookup_at = min(now + backoff, give_up)
+    # An UPDATE per row through executemany (pipelined by psycopg): ``bulk_update``'s CASE
+    # per field and row spent ten times longer in Python (bench/billing.py).
     connection = connections[router.db_for_write(Training)]
     ops, quote = connection.ops, connection.ops.quote_name
-    sets = ", ".join(f"{quote(column)} = %s" for column in _COST_COLUMNS)
+    columns = "state nano_usd units unit_price lookups next_lookup_at".split()
+    sets = ", ".join(f"{quote('cost_' + column)} = %s" for column in columns)
     sql = f"UPDATE {quote(Training._meta.db_table)} SET {sets} WHERE {quote('id')} = %s"
     rows = [
         (
@@ -167,20 +136,21 @@ def _write_costs(claimed: list[Training]) -> None:
         )
         for t in claimed
     ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+        for endpoint, amount in sorted(spent.items()):
+            totals.add(SPEND_TOTAL, {"endpoint": endpoint}, amount)
 
 
-def _events(
-    client: platform.PlatformClient, claimed: list[Training], now: datetime
-) -> dict[str, list[platform.BillingEvent]]:
+def _events(client: platform.PlatformClient, claimed: list[Training], now: datetime) -> _Events:
     ids = [t.fal_request_id for t in claimed if t.fal_request_id]
     if not ids:
         return {}
     # fal's default window is the last day: ask from (just before) the first start.
     end = now + timedelta(minutes=1)
     start = max(min(t.created_at for t in claimed) - timedelta(hours=1), end - timedelta(days=90))
-    found: dict[str, list[platform.BillingEvent]] = defaultdict(list)
+    found: _Events = defaultdict(list)
     for event in client.billing_events(ids, start=start, end=end):
         found[event.request_id].append(event)
     return found
@@ -188,46 +158,38 @@ def _events(
 
 def look_up_costs(*, now: datetime | None = None, limit: int = 10_000) -> LookupReport:
     """The task: billing events of the finished attempts that are due (see module doc)."""
-    report = LookupReport()
     if not configured():
-        report.error = "not configured"
-        return report
+        return LookupReport(error="not configured")
+    report = LookupReport()
     now = now or timezone.now()
-    ids = _due_ids(now, limit)
+    due = Training.objects.cost_due(now).order_by("finished_at", "pk")
+    ids = list(due.values_list("pk", flat=True)[:limit])
     if not ids:
         return report
+    client = platform.PlatformClient(admin=True)
     try:
-        with platform.PlatformClient(admin=True) as client:
-            try:
-                for start in range(0, len(ids), platform.BILLING_IDS_PER_CALL):
-                    claimed = _claim(ids[start : start + platform.BILLING_IDS_PER_CALL], now)
-                    if not claimed:
-                        continue
-                    try:
-                        events = _events(client, claimed, now)
-                    except platform.PlatformUnavailable:
-                        # Try again in a minute: an answer we could not get is no verdict.
-                        Training.objects.filter(pk__in=[t.pk for t in claimed]).update(
-                            cost_next_lookup_at=now + timedelta(minutes=1)
-                        )
-                        raise
-                    billed, not_billed = _record(claimed, events, now)
-                    report.looked_up += len(claimed)
-                    report.billed += billed
-                    report.not_billed += not_billed
-            finally:
-                report.calls = client.calls
+        with client:
+            for start in range(0, len(ids), platform.BILLING_IDS_PER_CALL):
+                claimed = _claim(ids[start : start + platform.BILLING_IDS_PER_CALL], now)
+                if not claimed:
+                    continue
+                try:
+                    events = _events(client, claimed, now)
+                except platform.PlatformUnavailable:
+                    # Try again in a minute: an answer we could not get is no verdict.
+                    Training.objects.filter(pk__in=[t.pk for t in claimed]).update(
+                        cost_next_lookup_at=now + timedelta(minutes=1)
+                    )
+                    raise
+                _record(claimed, events, now, report)
     except platform.PlatformUnavailable as exc:
         report.error = str(exc)
-        _note_refusal(exc)
+        if exc.status_code in (401, 403):
+            FalAccount.current()
+            FalAccount.objects.filter(pk=1).update(billing_refused=True, last_error=str(exc)[:2000])
         logger.warning("fal billing lookup stopped: %s", exc)
+    report.calls = client.calls
     return report
-
-
-def _note_refusal(exc: platform.PlatformUnavailable) -> None:
-    if exc.status_code in (401, 403):
-        FalAccount.current()
-        FalAccount.objects.filter(pk=1).update(billing_refused=True, last_error=str(exc)[:2000])
 
 
 def costs_of(request_ids: list[str], *, start: datetime, end: datetime) -> dict[str, int]:
@@ -243,15 +205,16 @@ def costs_of(request_ids: list[str], *, start: datetime, end: datetime) -> dict[
     return found
 
 
-# --- Spend --------------------------------------------------------------------------------
-
-
 def _billed(since: datetime) -> Any:
     return Training.objects.filter(cost_state=CostState.BILLED, finished_at__gte=since)
 
 
+def _total(trainings: Any) -> int:
+    return trainings.aggregate(total=Coalesce(Sum("cost_nano_usd"), 0))["total"]
+
+
 def spent_nano(since: datetime) -> int:
-    return _billed(since).aggregate(total=Coalesce(Sum("cost_nano_usd"), 0))["total"]
+    return _total(_billed(since))
 
 
 @dataclass
@@ -266,8 +229,7 @@ class Spend:
 
 
 def spend(now: datetime | None = None, *, owners: int = 5) -> Spend:
-    """The dashboard's figures: today (UTC), 7 and 30 days, by trainer, top owners, and
-    the cost of a completed avatar (every attempt of it, failed ones included)."""
+    """The dashboard's figures (a completed avatar's cost includes its failed attempts)."""
     now = now or timezone.now()
     month = now - timedelta(days=30)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -293,23 +255,18 @@ def spend(now: datetime | None = None, *, owners: int = 5) -> Spend:
     )
     result.completed_avatars = completed.count()
     if result.completed_avatars:
-        total = Training.objects.filter(
-            avatar__in=completed, cost_state=CostState.BILLED
-        ).aggregate(total=Coalesce(Sum("cost_nano_usd"), 0))["total"]
+        total = _total(Training.objects.filter(avatar__in=completed, cost_state=CostState.BILLED))
         result.per_completed_avatar = total // result.completed_avatars
     return result
-
-
-# --- Prices and quotes --------------------------------------------------------------------
 
 
 class PricesUnavailable(Exception):
     """fal's unit prices could not be read (no admin key, fal trouble)."""
 
 
-def prices(*, now: datetime | None = None) -> dict[str, dict[str, str]]:
+def prices() -> dict[str, dict[str, str]]:
     """fal's unit price of each trainer, read at most once an hour (kept in the database)."""
-    now = now or timezone.now()
+    now = timezone.now()
     account = FalAccount.current()
     if account.prices and account.prices_read_at and now - account.prices_read_at < PRICES_MAX_AGE:
         return account.prices
@@ -317,15 +274,11 @@ def prices(*, now: datetime | None = None) -> dict[str, dict[str, str]]:
         raise PricesUnavailable("fal's prices need an admin key (FAL_ADMIN_KEY)")
     try:
         with platform.PlatformClient(admin=True) as client:
-            found = client.prices(sorted(set(payloads.ENDPOINTS.values())))
+            table = client.prices(sorted(set(payloads.ENDPOINTS.values())))
     except platform.PlatformUnavailable as exc:
         if account.prices:
             return account.prices  # an hour-old price beats none
         raise PricesUnavailable(str(exc)) from exc
-    table = {
-        endpoint: {"unit_price": str(p.unit_price), "unit": p.unit, "currency": p.currency}
-        for endpoint, p in found.items()
-    }
     FalAccount.objects.filter(pk=1).update(prices=table, prices_read_at=now)
     return table
 
@@ -348,13 +301,6 @@ class Quote:
         }
 
 
-def steps_of(training_type: str, arguments: dict | None) -> int:
-    steps = (arguments or {}).get("steps")
-    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
-        return steps
-    return DEFAULT_STEPS.get(training_type, DEFAULT_STEPS[TrainingType.PORTRAIT])
-
-
 def quote(training_type: str, steps: int | None = None) -> Quote:
     """An estimate from fal's unit price: per step when fal prices per step, else one unit."""
     endpoint = payloads.ENDPOINTS[training_type]
@@ -369,7 +315,9 @@ def quote(training_type: str, steps: int | None = None) -> Quote:
 
 
 def _estimate(training_type: str, arguments: dict | None) -> int:
-    return quote(training_type, steps_of(training_type, arguments)).nano_usd
+    steps = (arguments or {}).get("steps")
+    valid = isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
+    return quote(training_type, steps if valid else None).nano_usd
 
 
 def estimate_nano(avatars: list[Avatar]) -> int:
@@ -377,20 +325,15 @@ def estimate_nano(avatars: list[Avatar]) -> int:
     return sum(_estimate(a.training_type, a.training_settings) for a in avatars)
 
 
-def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict[str, str]]:
-    """Whether ``client`` (an ApiClient) reached its daily budget: today's known spend on
-    its avatars plus the estimate of its trainings still running."""
-    budget = getattr(client, "daily_budget_usd", None)
+def over_budget(client: Any) -> tuple[bool, dict[str, str]]:
+    """Whether an ApiClient's known spend today plus its running estimate reached its budget."""
+    budget = client.daily_budget_usd
     if budget is None:
         return False, {}
-    now = now or timezone.now()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
     mine = Training.objects.filter(avatar__api_link__client=client)
-    known = mine.filter(cost_state=CostState.BILLED, finished_at__gte=midnight).aggregate(
-        total=Coalesce(Sum("cost_nano_usd"), 0)
-    )["total"]
-    # Running, or finished today and sent to fal but not billed yet: the estimate stands
-    # in for the bill to come.
+    known = _total(mine.filter(cost_state=CostState.BILLED, finished_at__gte=midnight))
+    # Running, or finished today and not billed yet: the estimate stands in for the bill.
     unbilled = mine.filter(finished_at__isnull=True) | mine.filter(
         cost_state__in=["", CostState.PENDING],
         finished_at__gte=midnight,
@@ -398,10 +341,8 @@ def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict
     )
     running = 0
     for training in unbilled.select_related("avatar").only("arguments", "avatar__training_type"):
-        try:
+        with contextlib.suppress(PricesUnavailable):  # no estimate: only what is known counts
             running += _estimate(training.avatar.training_type, training.arguments)
-        except PricesUnavailable:
-            pass  # no estimate: only what is known counts
     limit = int(Decimal(budget) * NANO)
     figures = {
         "budget_usd": f"{Decimal(budget):.2f}",
@@ -411,20 +352,9 @@ def over_budget(client: Any, *, now: datetime | None = None) -> tuple[bool, dict
     return known + running >= limit, figures
 
 
-# --- The balance guard --------------------------------------------------------------------
-
-
-def _stale_after() -> timedelta:
-    return timedelta(seconds=2 * settings.FAL_BALANCE_CHECK_SECONDS + 60)
-
-
 def hold_reason(now: datetime | None = None) -> str:
-    """Why new starts are held now ("" when they are not).
-
-    A locked account (fal answered 403 to a submit) holds until a reading above the
-    threshold; a fresh reading below FAL_BALANCE_HOLD_USD holds. An unknown, failed or
-    stale reading never holds.
-    """
+    """Why new starts are held now ("" when they are not): a locked account, or a fresh
+    reading below FAL_BALANCE_HOLD_USD. An unknown, failed or stale reading never holds."""
     now = now or timezone.now()
     row = (
         FalAccount.objects.filter(pk=1)
@@ -438,11 +368,9 @@ def hold_reason(now: datetime | None = None) -> str:
     read_at, balance = row["read_at"], row["balance_usd"]
     if balance is None or read_at is None or row["last_attempt_at"] != read_at:
         return ""
-    if now - read_at > _stale_after():
-        return ""
-    if balance < Decimal(str(settings.FAL_BALANCE_HOLD_USD)):
-        return HoldReason.BALANCE_LOW
-    return ""
+    stale = now - read_at > timedelta(seconds=2 * settings.FAL_BALANCE_CHECK_SECONDS + 60)
+    low = balance < Decimal(str(settings.FAL_BALANCE_HOLD_USD))
+    return HoldReason.BALANCE_LOW if low and not stale else ""
 
 
 def account_locked(detail: str) -> None:
@@ -457,28 +385,24 @@ def _hours_left(balance: Decimal, now: datetime) -> tuple[float | None, int]:
     day = spent_nano(now - timedelta(hours=24))
     if day <= 0:
         return None, day
-    per_hour = Decimal(day) / NANO / 24
-    return float(balance / per_hour), day
+    return float(balance / (Decimal(day) / NANO / 24)), day  # at the last day's pace
 
 
-def _open_episode(now: datetime, *, locked_detail: str = "") -> bool:
+def _open_episode(now: datetime, *, locked_detail: str = "") -> None:
     """One staff message per episode: only the caller that opens it writes one."""
-    won = FalAccount.objects.filter(pk=1, alert_since__isnull=True).update(alert_since=now)
-    if not won:
-        return False
+    if not FalAccount.objects.filter(pk=1, alert_since__isnull=True).update(alert_since=now):
+        return
     account = FalAccount.current()
-    hours_left, day = (
-        _hours_left(account.balance_usd, now) if account.balance_usd is not None else (None, 0)
-    )
+    balance = account.balance_usd
+    hours_left, day = _hours_left(balance, now) if balance is not None else (None, 0)
     text = messages.render_fal_balance_message(
-        balance=cents(account.balance_usd) if account.balance_usd is not None else None,
+        balance=cents(balance) if balance is not None else None,
         read_at=account.read_at,
         alert_usd=cents(settings.FAL_BALANCE_ALERT_USD),
         hold_usd=cents(settings.FAL_BALANCE_HOLD_USD),
         spent_day=cents(usd(day)),
         hours_left=hours_left,
-        holding=account.balance_usd is not None
-        and account.balance_usd < Decimal(str(settings.FAL_BALANCE_HOLD_USD)),
+        holding=balance is not None and balance < Decimal(str(settings.FAL_BALANCE_HOLD_USD)),
         locked_detail=locked_detail,
         held=Training.objects.held().count(),
     )
@@ -486,30 +410,27 @@ def _open_episode(now: datetime, *, locked_detail: str = "") -> bool:
         since=now,
         text=text,
         context={
-            "balance_usd": str(account.balance_usd) if account.balance_usd is not None else None,
+            "balance_usd": str(balance) if balance is not None else None,
             "locked": bool(locked_detail),
         },
     )
-    return True
 
 
 @dataclass
 class BalanceReading:
     balance: Decimal | None = None
     error: str = ""
-    alerted: bool = False
     hold: str = ""
 
 
 def read_balance(*, now: datetime | None = None) -> BalanceReading:
-    """Read fal's balance once; open or close the alert episode; release held starts."""
+    """Read fal's balance once; open or close the alert episode (the task releases held starts)."""
     now = now or timezone.now()
     FalAccount.current()
-    reading = BalanceReading()
     if not (settings.FAL_ADMIN_KEY or settings.FAL_KEY):
-        reading.error = "not configured"
-        FalAccount.objects.filter(pk=1).update(last_attempt_at=now, last_error=reading.error)
-        return reading
+        FalAccount.objects.filter(pk=1).update(last_attempt_at=now, last_error="not configured")
+        return BalanceReading(error="not configured")
+    reading = BalanceReading()
     try:
         with platform.PlatformClient(admin=True) as client:
             balance, _currency = client.balance()
@@ -526,14 +447,13 @@ def read_balance(*, now: datetime | None = None) -> BalanceReading:
     FalAccount.objects.filter(pk=1).update(
         balance_usd=balance, read_at=now, last_attempt_at=now, last_error="", billing_refused=False
     )
-    hold = Decimal(str(settings.FAL_BALANCE_HOLD_USD))
-    if balance >= hold:
+    if balance >= Decimal(str(settings.FAL_BALANCE_HOLD_USD)):
         FalAccount.objects.filter(pk=1).update(locked_since=None)
     hours_left, _day = _hours_left(balance, now)
     low = balance < Decimal(str(settings.FAL_BALANCE_ALERT_USD))
     running_out = hours_left is not None and hours_left < settings.FAL_BALANCE_ALERT_HOURS
     if low or running_out:
-        reading.alerted = _open_episode(now)
+        _open_episode(now)
     else:
         FalAccount.objects.filter(pk=1, locked_since__isnull=True).update(alert_since=None)
     reading.hold = hold_reason(now)
@@ -547,14 +467,14 @@ def account_unlocked() -> None:
 
 def account_state() -> dict[str, Any]:
     """What the dashboard and /metrics show of the account."""
-    account = FalAccount.objects.filter(pk=1).first()
+    account = FalAccount.objects.filter(pk=1).first() or FalAccount()  # unsaved: all unknown
     return {
         "configured": configured(),
-        "balance_usd": account.balance_usd if account else None,
-        "read_at": account.read_at if account else None,
-        "last_error": account.last_error if account else "",
-        "locked_since": account.locked_since if account else None,
-        "alert_since": account.alert_since if account else None,
+        "balance_usd": account.balance_usd,
+        "read_at": account.read_at,
+        "last_error": account.last_error,
+        "locked_since": account.locked_since,
+        "alert_since": account.alert_since,
         "hold": hold_reason(),
         "held": Training.objects.held().count(),
     }

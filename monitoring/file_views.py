@@ -1,11 +1,5 @@
-"""Serving kept avatar files: the signed ``/files/...`` link, and staff downloads.
-
-A signed link is its own authorisation (fal fetches it when the bot hands it on): a
-bad, changed or expired signature is a plain 404. In production nginx sends the bytes
-(``X-Accel-Redirect`` to an internal location over AVATAR_FILES_ROOT, deploy/nginx.conf);
-otherwise Django streams them, with ``Content-Length``, an ``ETag`` from the SHA-256 and
-single-range requests.
-"""
+"""Serving kept avatar files: the signed ``/files/...`` link (its own authorisation: fal
+fetches it) and staff downloads; nginx sends the bytes when configured (docs/files.md)."""
 
 from __future__ import annotations
 
@@ -36,23 +30,19 @@ def serve(request: HttpRequest, token: str, filename: str) -> HttpResponseBase:
     return file_response(request, row)
 
 
-def _content_type(row: KeptFile) -> str:
-    return "application/json" if row.file_name.endswith(".json") else "application/octet-stream"
-
-
 def file_response(
     request: HttpRequest, row: KeptFile, *, attachment: bool = False
 ) -> HttpResponseBase:
     """The bytes of a kept file (or nginx's instruction to send them)."""
     etag = f'"{row.sha256}"'
     size = row.size or 0
-    disposition = (
-        f"{'attachment' if attachment else 'inline'}; filename*=UTF-8''{quote(row.file_name)}"
-    )
+    json = row.file_name.endswith(".json")
+    content_type = "application/json" if json else "application/octet-stream"
+    disposition = "attachment" if attachment else "inline"
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": disposition,
+        "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(row.file_name)}",
         "Cache-Control": "private, max-age=3600",
         "X-Content-Type-Options": "nosniff",
     }
@@ -61,16 +51,15 @@ def file_response(
     accel = settings.AVATAR_FILES_X_ACCEL_REDIRECT
     if accel and files.is_filesystem():
         # nginx serves the file itself (Range included) from its internal location.
-        response = HttpResponse(content_type=_content_type(row), headers=headers)
-        response["X-Accel-Redirect"] = accel.rstrip("/") + "/" + quote(row.name)
-        return response
+        headers["X-Accel-Redirect"] = accel.rstrip("/") + "/" + quote(row.name)
+        return HttpResponse(content_type=content_type, headers=headers)
     start, end = 0, size - 1
     status = 200
     wanted = request.headers.get("Range", "")
     if wanted and request.headers.get("If-Range", etag) == etag:
         match = _RANGE.match(wanted.strip())
-        if match and (match.group(1) or match.group(2)):
-            first, last = match.group(1), match.group(2)
+        first, last = match.groups() if match else ("", "")
+        if first or last:
             if first:
                 start = int(first)
                 end = min(int(last), size - 1) if last else size - 1
@@ -84,8 +73,5 @@ def file_response(
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         # Several ranges or a malformed header: the whole file (RFC 9110 allows it).
     body = files.read_range(row, start, end) if request.method != "HEAD" and size else iter(())
-    streamed = StreamingHttpResponse(
-        body, status=status, content_type=_content_type(row), headers=headers
-    )
-    streamed["Content-Length"] = str(end - start + 1 if size else 0)
-    return streamed
+    headers["Content-Length"] = str(end - start + 1 if size else 0)
+    return StreamingHttpResponse(body, status=status, content_type=content_type, headers=headers)

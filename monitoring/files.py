@@ -14,8 +14,8 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from datetime import timedelta
 from html import escape
 from typing import Any
@@ -36,42 +36,30 @@ from notifications import outbox
 
 logger = logging.getLogger("monitoring")
 
-TASK = "monitoring.files.keep"
-ALIAS = "avatar_files"
 CHUNK = 1024 * 1024
-# Read and written 64 KiB at a time: with 1 MiB writes, the kernel's dirty-page
-# throttling stalls the socket in long pauses and a copy to disk ran at half curl's
-# speed (bench/keep_files.py); at 64 KiB it keeps pace.
+# 64 KiB at a time: with 1 MiB writes the kernel's dirty-page throttling stalled the
+# socket and a copy to disk ran at half curl's speed (bench/keep_files.py).
 DOWNLOAD_CHUNK = 64 * 1024
 TEMP_DIR = "tmp"
 MAX_REDIRECTS = 3
-# The first retry comes within about a minute (the sweep runs every minute), then
-# the wait doubles up to an hour.
+_REQUEST_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "avatar-training-monitor/1"}
+# The first retry within about a minute (the sweep's), then doubling up to an hour.
 RETRY_FIRST_SECONDS = 20.0
 RETRY_MAX_SECONDS = 3600.0
 _SIGNING_SALT = "monitoring.files.link"
-_FALLBACK_NAMES: dict[str, str] = {
-    FileKind.LORA: "lora.safetensors",
-    FileKind.CONFIG: "config.json",
+# kind -> (fal's output key, the file name when fal's is unusable)
+_KINDS: dict[str, tuple[str, str]] = {
+    FileKind.LORA: ("diffusers_lora_file", "lora.safetensors"),
+    FileKind.CONFIG: ("config_file", "config.json"),
 }
-_FAL_KEYS: dict[str, str] = {FileKind.LORA: "diffusers_lora_file", FileKind.CONFIG: "config_file"}
 
 
 def storage() -> Storage:
-    return storages[ALIAS]
+    return storages["avatar_files"]
 
 
 def is_filesystem(store: Storage | None = None) -> bool:
     return isinstance(store or storage(), FileSystemStorage)
-
-
-# --- Planning the copy (inside the completing transaction) --------------------------------
-
-
-def _safe_file_name(value: Any, kind: str) -> str:
-    name = str(value or "").rsplit("/", 1)[-1]
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._")[:100]
-    return name or _FALLBACK_NAMES[kind]
 
 
 def _sources(training: Training) -> dict[str, tuple[str, str, int | None]]:
@@ -81,21 +69,18 @@ def _sources(training: Training) -> dict[str, tuple[str, str, int | None]]:
     for kind, url in ((FileKind.LORA, training.lora_url), (FileKind.CONFIG, training.config_url)):
         if not url:
             continue
-        described = result.get(_FAL_KEYS[kind])
+        fal_key, fallback = _KINDS[kind]
+        described = result.get(fal_key)
         described = described if isinstance(described, dict) else {}
         size = described.get("file_size") if described.get("url") == url else None
-        name = described.get("file_name") or urlsplit(url).path
-        found[kind] = (
-            url,
-            _safe_file_name(name, kind),
-            size if isinstance(size, int) and size >= 0 else None,
-        )
+        name = str(described.get("file_name") or urlsplit(url).path).rsplit("/", 1)[-1]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._")[:100]
+        found[kind] = (url, name or fallback, size if isinstance(size, int) and size >= 0 else None)
     return found
 
 
 def plan(training: Training, *, now=None) -> int:
-    """Create ``training``'s file rows as pending where missing (one statement); how many
-    files it has."""
+    """Create ``training``'s missing file rows as pending; how many files it has."""
     now = now or timezone.now()
     until = now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS)
     wanted = [
@@ -111,31 +96,24 @@ def plan(training: Training, *, now=None) -> int:
         )
         for kind, (url, name, size) in _sources(training).items()
     ]
-    if wanted:
-        # Rows already planned (a second completion path, the backfill) stay as they are.
-        KeptFile.objects.bulk_create(wanted, ignore_conflicts=True)
+    # Rows already planned (a second completion path, the backfill) stay as they are.
+    KeptFile.objects.bulk_create(wanted, ignore_conflicts=True)
     return len(wanted)
 
 
 def on_training_finished(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
-    """Receiver of ``transitions.training_finished``: a completed attempt's files are kept.
-
-    The rows join the completing transaction (no completion without them); the task is
-    queued once it commits. A lost hand-over is picked up by ``sweep``.
-    """
+    """Receiver of ``transitions.training_finished``: plan now, queue the copy on commit."""
     if outcome != "completed":
         return
     try:
-        # A savepoint: whatever goes wrong here must never undo the completion (the
-        # owner's message, the event); ``keep_avatar_files`` can plan it later.
+        # A savepoint: a failure here must never undo the completion (plan it later).
         with transaction.atomic():
             planned = plan(training)
     except Exception:
         logger.exception("Could not plan keeping the files of training %s", training.pk)
         return
     if planned and settings.AVATAR_FILES_COPY:
-        training_id = training.pk
-        transaction.on_commit(lambda: enqueue(training_id))
+        transaction.on_commit(lambda: enqueue(training.pk))
 
 
 def enqueue(training_id: int) -> None:
@@ -143,35 +121,17 @@ def enqueue(training_id: int) -> None:
     try:
         from django_q.tasks import async_task
 
-        async_task(TASK, training_id, group="avatar-files")
+        async_task("monitoring.files.keep", training_id, group="avatar-files")
     except Exception:
         logger.exception("Could not queue keeping the files of training %s", training_id)
 
 
-# --- Copying -------------------------------------------------------------------------------
-
-
 class CopyFailed(Exception):
-    """One attempt failed. ``permanent`` failures are never retried (``failure`` says why)."""
+    """One attempt failed; one with a ``failure`` (why) is never retried."""
 
-    def __init__(self, message: str, *, failure: str = "", status_code: int | None = None):
+    def __init__(self, message: str, failure: str = ""):
         super().__init__(message)
         self.failure = failure
-        self.status_code = status_code
-
-    @property
-    def permanent(self) -> bool:
-        return bool(self.failure)
-
-
-@dataclass(frozen=True)
-class Copied:
-    size: int
-    sha256: str
-
-
-def _lease_seconds() -> float:
-    return settings.AVATAR_FILE_DOWNLOAD_SECONDS + 2 * settings.AVATAR_FILE_TIMEOUT_SECONDS + 30
 
 
 def _claim(row_id: int, *, due_only: bool = True) -> KeptFile | None:
@@ -183,29 +143,17 @@ def _claim(row_id: int, *, due_only: bool = True) -> KeptFile | None:
         rows = rows.filter(next_attempt_at__lte=now)
     # The attempt counts from here: a task the worker kills (its timeout) still moves the
     # row towards giving up, and its lease running out lets the sweep retry it.
-    if not rows.update(
-        lease_until=now + timedelta(seconds=_lease_seconds()), attempts=F("attempts") + 1
-    ):
+    lease = settings.AVATAR_FILE_DOWNLOAD_SECONDS + 2 * settings.AVATAR_FILE_TIMEOUT_SECONDS + 30
+    if not rows.update(lease_until=now + timedelta(seconds=lease), attempts=F("attempts") + 1):
         return None
     return KeptFile.objects.select_related("training__avatar").get(pk=row_id)
 
 
-def final_name(row: KeptFile) -> str:
-    """Where a kept file lives: one name per training and kind, so a second copy overwrites."""
-    training = row.training
-    return f"avatars/{training.avatar_id}/{training.pk}/{row.kind}/{row.file_name}"
-
-
 def keep(training_id: int, *, due_only: bool = True) -> dict[str, str]:
-    """The django-q2 task: try once to copy each pending file of one training (nothing while
-    AVATAR_FILES_COPY is off); what became of each file (kind -> state or "busy")."""
-    if not settings.AVATAR_FILES_COPY:
+    """Try once to copy each pending file of one training; kind -> new state or "busy". The
+    task does nothing while AVATAR_FILES_COPY is off; the backfill (not ``due_only``) does."""
+    if due_only and not settings.AVATAR_FILES_COPY:
         return {}
-    return copy_pending(training_id, due_only=due_only)
-
-
-def copy_pending(training_id: int, *, due_only: bool = True) -> dict[str, str]:
-    """Try once to copy each pending file of one training (the task, and the backfill)."""
     outcome: dict[str, str] = {}
     ids = KeptFile.objects.filter(training_id=training_id, state=FileState.PENDING).values_list(
         "pk", "kind"
@@ -219,24 +167,27 @@ def copy_pending(training_id: int, *, due_only: bool = True) -> dict[str, str]:
 def attempt(row: KeptFile) -> str:
     """One copy of a claimed row; records the result and returns the row's new state."""
     tmp = f"{TEMP_DIR}/{uuid.uuid4().hex}.part"
+    # One name per training and kind, so a second copy overwrites.
+    final = f"avatars/{row.training.avatar_id}/{row.training_id}/{row.kind}/{row.file_name}"
     store = storage()
     try:
-        copied = _download(row, store, tmp)
-        _promote(store, tmp, final_name(row))
-    except CopyFailed as exc:
-        _discard(store, tmp)
+        size, sha256 = _download(row, store, tmp)
+        _promote(store, tmp, final)
+    except Exception as exc:
+        try:
+            store.delete(tmp)
+        except Exception:
+            logger.warning("Could not delete the temporary file %s", tmp, exc_info=True)
+        if not isinstance(exc, CopyFailed):  # storage trouble, a bug: retried, never lost
+            logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
+            exc = CopyFailed(f"{type(exc).__name__}: {redact(str(exc))[:1000]}")
         return _failed(row, exc)
-    except Exception as exc:  # storage trouble, a bug: retried, never a lost lease
-        _discard(store, tmp)
-        logger.exception("Keeping file %s of training %s failed", row.kind, row.training_id)
-        return _failed(row, CopyFailed(f"{type(exc).__name__}: {redact(str(exc))[:1000]}"))
-    now = timezone.now()
     KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
         state=FileState.KEPT,
-        name=final_name(row),
-        size=copied.size,
-        sha256=copied.sha256,
-        kept_at=now,
+        name=final,
+        size=size,
+        sha256=sha256,
+        kept_at=timezone.now(),
         lease_until=None,
         last_error="",
     )
@@ -244,30 +195,22 @@ def attempt(row: KeptFile) -> str:
         "Файл %s аватара %s сохранён (%s байт, sha256=%s)",
         row.kind,
         row.training.avatar_id,
-        copied.size,
-        copied.sha256,
+        size,
+        sha256,
         extra={"avatar_id": row.training.avatar_id, "request_id": row.training.fal_request_id},
     )
     return FileState.KEPT
 
 
-def _tls_context() -> ssl.SSLContext:
-    # The same trust as our other clients: SSL_CERT_FILE when set (the emulator's
-    # certificate in tests and the demo), else certifi's roots.
+def _get(url: str) -> http.client.HTTPResponse:
+    """GET ``url`` (headers read), following redirects on the same host only. Plain
+    ``http.client``: ``readinto`` a reused buffer streams cheapest (bench/keep_files.py)."""
     import certifi
 
-    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
-
-
-def _get(url: str) -> http.client.HTTPResponse:
-    """GET ``url`` (headers read, body not yet), following redirects on the same host only.
-
-    Plain ``http.client``: ``readinto`` a reused buffer is the cheapest way to stream
-    from Python (bench/keep_files.py), and every limit is ours to apply anyway.
-    """
     timeout = settings.AVATAR_FILE_TIMEOUT_SECONDS
     host = urlsplit(url).hostname
-    context = _tls_context()
+    # The same trust as our other clients: SSL_CERT_FILE when set, else certifi's roots.
+    context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
     for _hop in range(MAX_REDIRECTS + 1):
         if payloads.check_media_url(url) != payloads.MediaUrl.ALLOWED:
             raise CopyFailed(
@@ -280,11 +223,7 @@ def _get(url: str) -> http.client.HTTPResponse:
         )
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
-            connection.request(
-                "GET",
-                target,
-                headers={"Accept-Encoding": "identity", "User-Agent": "avatar-training-monitor/1"},
-            )
+            connection.request("GET", target, headers=_REQUEST_HEADERS)
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
@@ -292,10 +231,8 @@ def _get(url: str) -> http.client.HTTPResponse:
         if response.status in (301, 302, 303, 307, 308):
             location = urljoin(url, response.getheader("location") or "")
             connection.close()
-            if urlsplit(location).hostname != host:
-                raise CopyFailed(
-                    f"redirect to another host refused ({urlsplit(location).hostname})"
-                )
+            if (other := urlsplit(location).hostname) != host:
+                raise CopyFailed(f"redirect to another host refused ({other})")
             url = location
             continue
         return response
@@ -309,7 +246,7 @@ def _too_large(size: int) -> CopyFailed:
     )
 
 
-def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
+def _download(row: KeptFile, store: Storage, tmp: str) -> tuple[int, str]:
     """Stream fal's file into ``tmp``, checking every limit; the bytes' size and SHA-256."""
     limit = settings.AVATAR_FILE_MAX_BYTES
     if row.expected_size is not None and row.expected_size > limit:
@@ -319,13 +256,9 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
     try:
         code = response.status
         if code in (403, 404, 410):
-            raise CopyFailed(
-                f"fal answered {code}: the file is gone",
-                failure=KeptFile.Failure.GONE,
-                status_code=code,
-            )
+            raise CopyFailed(f"fal answered {code}: the file is gone", KeptFile.Failure.GONE)
         if code != 200:
-            raise CopyFailed(f"fal's CDN answered {code}", status_code=code)
+            raise CopyFailed(f"fal's CDN answered {code}")
         length_header = response.getheader("content-length")
         length = int(length_header) if length_header and length_header.isdigit() else None
         if length is not None and length > limit:
@@ -334,7 +267,7 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
         size = 0
         buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
         try:
-            with _Writer(store, tmp) as out:
+            with _writer(store, tmp) as write:
                 while True:
                     count = response.readinto(buffer)
                     if not count:
@@ -349,7 +282,7 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
                         )
                     piece = buffer[:count]
                     digest.update(piece)
-                    out.write(piece)
+                    write(piece)
         except (OSError, http.client.HTTPException) as exc:
             raise CopyFailed(f"download cut after {size} bytes: {type(exc).__name__}") from exc
     finally:
@@ -358,41 +291,36 @@ def _download(row: KeptFile, store: Storage, tmp: str) -> Copied:
         raise CopyFailed(f"got {size} bytes, Content-Length said {length}")
     if row.expected_size is not None and size != row.expected_size:
         raise CopyFailed(f"got {size} bytes, fal's file_size said {row.expected_size}")
-    return Copied(size=size, sha256=digest.hexdigest())
+    return size, digest.hexdigest()
 
 
-class _Writer:
-    """A file being written under its temporary name, on any storage, in constant memory."""
+@contextmanager
+def _writer(store: Storage, name: str) -> Iterator[Callable[[memoryview], Any]]:
+    """Write a file under its temporary name, on either storage, in constant memory."""
+    if isinstance(store, FileSystemStorage):
+        path = store.path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Unbuffered: the 64 KiB pieces go straight to the kernel, no second copy.
+        with open(path, "wb", buffering=0) as file:
 
-    def __init__(self, store: Storage, name: str) -> None:
-        self._copy = not isinstance(store, FileSystemStorage)
-        if isinstance(store, FileSystemStorage):
-            path = store.path(name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            # Unbuffered: the 64 KiB pieces go straight to the kernel, no second copy.
-            self._file: Any = open(path, "wb", buffering=0)  # noqa: SIM115 (closed in __exit__)
-        else:
-            # django-storages' S3 file uploads a part every 5 MB (a multipart upload).
-            self._file = store.open(name, "wb")
+            def write(data: memoryview) -> None:
+                while data:  # an unbuffered file may take fewer bytes than given
+                    data = data[file.write(data) :]
 
-    def write(self, data: memoryview) -> None:
-        if self._copy:
-            # The caller reuses its buffer: a storage that keeps what it is given gets a copy.
-            self._file.write(bytes(data))
-            return
-        # An unbuffered file may take fewer bytes than given.
-        while data:
-            data = data[self._file.write(data) :]
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None and getattr(self._file, "_multipart", None) is not None:
-            # S3: a failed copy leaves no object, not even under the temporary name
-            # (closing a file "not dirty" aborts its multipart upload).
-            self._file._is_dirty = False
-        self._file.close()
+            yield write
+        return
+    # django-storages' S3 file uploads a part every 5 MB (a multipart upload).
+    s3_file: Any = store.open(name, "wb")
+    try:
+        # The caller reuses its buffer: the S3 file keeps what it is given, so a copy.
+        yield lambda data: s3_file.write(bytes(data))
+    except BaseException:
+        if getattr(s3_file, "_multipart", None) is not None:
+            # No object left: closing a file "not dirty" aborts its multipart upload.
+            s3_file._is_dirty = False
+        raise
+    finally:
+        s3_file.close()
 
 
 def _promote(store: Storage, tmp: str, final: str) -> None:
@@ -402,27 +330,13 @@ def _promote(store: Storage, tmp: str, final: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(store.path(tmp), target)
         return
-    bucket = getattr(store, "bucket", None)
-    if bucket is not None:
-        # S3: a server-side copy (multipart for large objects), then the temporary goes.
-        key = store._normalize_name(tmp)  # type: ignore[attr-defined]
-        bucket.Object(store._normalize_name(final)).copy(  # type: ignore[attr-defined]
-            {"Bucket": bucket.name, "Key": key}
-        )
-        store.delete(tmp)
-        return
-    with store.open(tmp, "rb") as source:
-        if store.exists(final):
-            store.delete(final)
-        store.save(final, source)
+    # S3: a server-side copy (multipart for large objects), then the temporary goes.
+    bucket = store.bucket  # type: ignore[attr-defined]
+    key = store._normalize_name(tmp)  # type: ignore[attr-defined]
+    bucket.Object(store._normalize_name(final)).copy(  # type: ignore[attr-defined]
+        {"Bucket": bucket.name, "Key": key}
+    )
     store.delete(tmp)
-
-
-def _discard(store: Storage, name: str) -> None:
-    try:
-        store.delete(name)
-    except Exception:
-        logger.warning("Could not delete the temporary file %s", name, exc_info=True)
 
 
 def _backoff(attempts: int) -> float:
@@ -430,37 +344,27 @@ def _backoff(attempts: int) -> float:
 
 
 def _failed(row: KeptFile, exc: CopyFailed) -> str:
-    now = timezone.now()
-    attempts = row.attempts
     error = str(exc)[:2000]
-    next_at = now + timedelta(seconds=_backoff(attempts))
-    failure = exc.failure
-    if not failure and next_at > row.retry_until:
-        failure = KeptFile.Failure.GAVE_UP
+    wait = _backoff(row.attempts)
+    next_at = timezone.now() + timedelta(seconds=wait)
+    failure = exc.failure or (KeptFile.Failure.GAVE_UP if next_at > row.retry_until else "")
+    pending = KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING)
+    kind, avatar_id = row.kind, row.training.avatar_id
     if failure:
-        changed = KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
+        if pending.update(
             state=FileState.FAILED, failure=failure, lease_until=None, last_error=error
-        )
-        if changed:
+        ):
             _alert(row, failure, error)
-        logger.warning(
-            "Файл %s аватара %s не сохранён (%s): %s",
-            row.kind,
-            row.training.avatar_id,
-            failure,
-            error,
-        )
+        logger.warning("Файл %s аватара %s не сохранён (%s): %s", kind, avatar_id, failure, error)
         return FileState.FAILED
-    KeptFile.objects.filter(pk=row.pk, state=FileState.PENDING).update(
-        next_attempt_at=next_at, lease_until=None, last_error=error
-    )
+    pending.update(next_attempt_at=next_at, lease_until=None, last_error=error)
     logger.info(
         "Файл %s аватара %s: попытка %s не удалась (%s), следующая через %.0f с",
-        row.kind,
-        row.training.avatar_id,
-        attempts,
+        kind,
+        avatar_id,
+        row.attempts,
         error,
-        _backoff(attempts),
+        wait,
     )
     return FileState.PENDING
 
@@ -509,11 +413,7 @@ def _alert(row: KeptFile, failure: str, error: str) -> None:
 
 
 def sweep(limit: int = 200) -> int:
-    """Every minute: queue the trainings with a file due (retries, lost hand-overs).
-
-    A row past its retry window whose last task never came back (killed by the worker's
-    timeout) is given up here, with its alert.
-    """
+    """Every minute: queue trainings with a file due; give up rows whose task never returned."""
     if not settings.AVATAR_FILES_COPY:
         return 0
     now = timezone.now()
@@ -539,8 +439,8 @@ def sweep(limit: int = 200) -> int:
     return len(training_ids)
 
 
-def retry_now(training: Training) -> list[KeptFile]:
-    """Staff and the backfill: what is not kept is pending again, due now, with a new window."""
+def retry_now(training: Training) -> None:
+    """The backfill: what is not kept is pending again, due now, with a new window."""
     now = timezone.now()
     plan(training, now=now)
     KeptFile.objects.filter(training=training).exclude(state=FileState.KEPT).update(
@@ -551,31 +451,26 @@ def retry_now(training: Training) -> list[KeptFile]:
         retry_until=now + timedelta(hours=settings.AVATAR_FILES_RETRY_HOURS),
         lease_until=None,
     )
-    return list(KeptFile.objects.filter(training=training).order_by("kind"))
-
-
-# --- What clients see -----------------------------------------------------------------------
 
 
 def link(row: KeptFile, *, now=None) -> str:
-    """A URL anyone holding it (fal too) can fetch the kept file from, until it expires.
-
-    S3: a presigned URL. Filesystem: our signed link (``/files/<token>/<name>``). Links
-    are secrets: never logged, never stored, never shown in the admin.
-    """
+    """A URL anyone (fal too) can fetch the kept file from until it expires: presigned on
+    S3, else our signed ``/files/<token>/<name>``. A secret: never logged nor stored."""
     store = storage()
     max_age = settings.AVATAR_FILE_URL_MAX_AGE_SECONDS
     if not is_filesystem(store):
         return store.url(row.name, expire=max_age)  # type: ignore[call-arg]
-    now = now or timezone.now()
     token = signing.dumps(
-        {"f": row.pk, "h": row.sha256[:16], "e": int(now.timestamp()) + max_age},
+        {
+            "f": row.pk,
+            "h": row.sha256[:16],
+            "e": int((now or timezone.now()).timestamp()) + max_age,
+        },
         salt=_SIGNING_SALT,
         compress=True,
     )
     path = reverse("avatar-file", kwargs={"token": token, "filename": row.file_name})
-    base = settings.PUBLIC_BASE_URL or ""
-    return base.rstrip("/") + path
+    return (settings.PUBLIC_BASE_URL or "").rstrip("/") + path
 
 
 def file_for_token(token: str, filename: str) -> KeptFile | None:
@@ -584,14 +479,11 @@ def file_for_token(token: str, filename: str) -> KeptFile | None:
         data = signing.loads(token, salt=_SIGNING_SALT)
     except signing.BadSignature:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("e"), int):
-        return None
+    # Only ``link`` signs with this salt: the token holds what it put there.
     if data["e"] < int(timezone.now().timestamp()):
         return None
-    if not isinstance(data.get("f"), int):
-        return None
     row = KeptFile.objects.filter(pk=data["f"], state=FileState.KEPT).first()
-    if row is None or row.sha256[:16] != data.get("h") or row.file_name != filename:
+    if row is None or row.sha256[:16] != data["h"] or row.file_name != filename:
         return None
     return row
 
@@ -605,15 +497,11 @@ def _file_data(row: KeptFile | None, *, links: bool) -> dict[str, Any] | None:
 def files_data(
     training: Training, rows: list[KeptFile] | None = None, *, links: bool = True
 ) -> dict[str, Any] | None:
-    """The ``files`` object of a training: None unless it completed.
-
-    ``links=False`` leaves the URLs out (None), for what is stored: an event callback
-    signs its links when it is sent.
-    """
+    """The ``files`` object of a training: None unless it completed. ``links=False``
+    leaves the URLs None, for what is stored (an event callback signs them when sent)."""
     if training.outcome != TrainingOutcome.COMPLETED:
         return None
-    if rows is None:
-        rows = list(training.kept_files.all())
+    rows = list(training.kept_files.all()) if rows is None else rows
     by_kind = {row.kind: row for row in rows}
     states = {row.state for row in rows}
     if FileState.FAILED in states:
@@ -631,9 +519,6 @@ def files_data(
     }
 
 
-# --- Serving -------------------------------------------------------------------------------
-
-
 def read_range(row: KeptFile, start: int, end: int) -> Iterator[bytes]:
     """Bytes ``start``..``end`` (inclusive) of a kept file, in chunks, from any storage."""
     store = storage()
@@ -641,13 +526,9 @@ def read_range(row: KeptFile, start: int, end: int) -> Iterator[bytes]:
     bucket = getattr(store, "bucket", None)
     if bucket is not None:
         # Streamed from S3 with a Range request, never the whole object in memory.
-        body = bucket.Object(store._normalize_name(row.name)).get(  # type: ignore[attr-defined]
-            Range=f"bytes={start}-{end}"
-        )["Body"]
-        try:
+        obj = bucket.Object(store._normalize_name(row.name))  # type: ignore[attr-defined]
+        with closing(obj.get(Range=f"bytes={start}-{end}")["Body"]) as body:
             yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
         return
     with store.open(row.name, "rb") as source:
         source.seek(start)
@@ -659,14 +540,11 @@ def read_range(row: KeptFile, start: int, end: int) -> Iterator[bytes]:
             yield chunk
 
 
-# --- Lifecycle -----------------------------------------------------------------------------
-
-
 def delete_stored(sender: Any, *, instance: KeptFile, **kwargs: Any) -> None:
     """post_delete receiver: the row's bytes go once the deletion commits."""
-    if not instance.name:
-        return
     name = instance.name
+    if not name:
+        return
 
     def remove() -> None:
         try:
@@ -678,12 +556,8 @@ def delete_stored(sender: Any, *, instance: KeptFile, **kwargs: Any) -> None:
 
 
 def superseded(now=None) -> dict[str, Any]:
-    """For ``prune``: files of attempts a newer attempt replaced AVATAR_FILES_SUPERSEDED_DAYS ago.
-
-    The current attempt's files live as long as the avatar.
-    """
-    now = now or timezone.now()
-    cutoff = now - timedelta(days=settings.AVATAR_FILES_SUPERSEDED_DAYS)
+    """For ``prune``: files of attempts replaced AVATAR_FILES_SUPERSEDED_DAYS ago."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.AVATAR_FILES_SUPERSEDED_DAYS)
     newer = Training.objects.filter(
         avatar_id=OuterRef("training__avatar_id"),
         attempt__gt=OuterRef("training__attempt"),

@@ -1,13 +1,12 @@
-"""The fal gateway: submit, status, result and cancel, with fal's answers classified.
-
-Callers see only the outcomes below, every call bounded, and a submit sent exactly once
-(fal has no idempotency key). fal-client is imported lazily: it reads
-FAL_QUEUE_RUN_HOST at import. See docs/architecture.md#starting-a-training.
+"""The fal gateway: submit (sent exactly once), status, result and cancel, each bounded,
+fal's answers classified. fal-client is imported lazily: it reads FAL_QUEUE_RUN_HOST at
+import. See docs/architecture.md#starting-a-training.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -24,15 +23,11 @@ logger = logging.getLogger("monitoring")
 
 
 class FalError(Exception):
-    """Something fal (or the way to it) answered that was not what we asked for.
-
-    ``detail`` is redacted here, once for every error the gateway raises: fal's text can
-    echo our key ("No user found for Key ..."), and it is stored, shown and logged.
-    """
+    """fal (or the way to it) answered not what we asked for. ``detail`` is redacted here,
+    once for all: fal's text can echo our key ("No user found for Key ...")."""
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
-        detail = redact(detail)
-        self.detail = detail
+        self.detail = detail = redact(detail)
         self.status_code = status_code
         super().__init__(f"{status_code} {detail}" if status_code else detail)
 
@@ -98,9 +93,8 @@ class FalStatusReport:
 
 
 def webhook_url() -> str:
-    return (
-        settings.PUBLIC_BASE_URL.rstrip("/") + "/webhooks/fal/" if settings.PUBLIC_BASE_URL else ""
-    )
+    base = settings.PUBLIC_BASE_URL
+    return base.rstrip("/") + "/webhooks/fal/" if base else ""
 
 
 def _key() -> str:
@@ -109,56 +103,38 @@ def _key() -> str:
     return settings.FAL_KEY
 
 
-def queue_base_url() -> str:
-    """fal-client's own queue address, so our submit and its calls reach the same queue."""
-    from fal_client.client import QUEUE_URL_FORMAT
-
-    return QUEUE_URL_FORMAT
-
-
 def _app_id(endpoint: str) -> str:
     # Status, result and cancel use only owner/app, never a sub-path (fal answers 405).
     return "/".join(endpoint.split("/")[:2])
 
 
-# --- Submit --------------------------------------------------------------------------------
-
-
-def _submit_headers(training: Any) -> dict[str, str]:
-    """Our key, how long fal keeps the files this training produces (until we copied
-    them), and the start deadline when one is set."""
-    headers = {"Authorization": f"Key {_key()}"}
-    seconds = settings.FAL_MEDIA_EXPIRATION_SECONDS
-    if seconds is not None:
-        headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
-            {"expiration_duration_seconds": seconds}
-        )
-    deadline = getattr(training, "start_deadline_seconds", None)
-    if deadline:
-        # fal's start deadline: a job not started in time ends with 504 request_timeout
-        # (type "user"). Newer clients send the second name; both are harmless.
-        headers["X-Fal-Request-Timeout"] = headers["X-Fal-Request-Start-Timeout"] = str(deadline)
-    return headers
-
-
 def submit(training: Any) -> SubmitAnswer:
     """One POST to fal's queue for ``training`` (its endpoint, arguments and webhook URL)."""
     import requests
+    from fal_client.client import QUEUE_URL_FORMAT
     from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-    url = queue_base_url() + training.endpoint
-    params = {"fal_webhook": training.webhook_url} if training.webhook_url else None
-    # requests ignores SSL_CERT_FILE; httpx (fal-client) trusts it. Use the same bundle.
-    verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
+    # Our key, and how long fal keeps the files this training produces (until we copied them).
+    headers = {"Authorization": f"Key {_key()}"}
+    seconds = settings.FAL_MEDIA_EXPIRATION_SECONDS
+    if seconds is not None:
+        lifecycle = json.dumps({"expiration_duration_seconds": seconds})
+        headers["X-Fal-Object-Lifecycle-Preference"] = lifecycle
+    deadline = getattr(training, "start_deadline_seconds", None)
+    if deadline:
+        # fal ends a job not started in time with 504 request_timeout; two header names.
+        headers["X-Fal-Request-Timeout"] = headers["X-Fal-Request-Start-Timeout"] = str(deadline)
     timeout = settings.FAL_SUBMIT_TIMEOUT_SECONDS
     try:
         response = requests.post(
-            url,
-            params=params,
+            # fal-client's own queue address, so our submit and its calls reach the same queue.
+            QUEUE_URL_FORMAT + training.endpoint,
+            params={"fal_webhook": training.webhook_url} if training.webhook_url else None,
             json=training.arguments,
-            headers=_submit_headers(training),
+            headers=headers,
             timeout=(min(10.0, timeout), timeout),
-            verify=verify,
+            # requests ignores SSL_CERT_FILE; httpx (fal-client) trusts it: the same bundle.
+            verify=os.environ.get("SSL_CERT_FILE") or True,
             allow_redirects=False,
         )
     except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
@@ -195,16 +171,10 @@ def submit(training: Any) -> SubmitAnswer:
     raise FalRefused(detail, status_code=code)
 
 
-# --- Status, result, cancel (bounded async calls) ------------------------------------------
-
-
 def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
-    import httpx
     from fal_client.auth import MissingCredentialsError
     from fal_client.client import FalClientHTTPError
 
-    if isinstance(exc, FalError):
-        return exc
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return FalTransient(f"no answer within {settings.FAL_CALL_TIMEOUT_SECONDS:g} s")
     if isinstance(exc, MissingCredentialsError):
@@ -218,8 +188,7 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
         if code == 404:
             return FalNotFound(detail, status_code=code)
         if code in (408, 409, 429) or code >= 500:
-            # Even for a result: a failed job shows its error in the status, which is
-            # read first; a 5xx on the result of a clean COMPLETED is fal's trouble.
+            # Even for a result: a failed job's error shows in the status, read first.
             return FalTransient(detail, status_code=code)
         if for_result:
             return FalJobFailed(
@@ -229,8 +198,6 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
                 detail_types=tuple(owner_messages.detail_types({"detail": exc.message})),
             )
         return FalTransient(f"unexpected answer: {detail}", status_code=code)
-    if isinstance(exc, httpx.HTTPError):
-        return FalTransient(f"{type(exc).__name__}: {exc}"[:500])
     if isinstance(exc, (KeyError, ValueError)):
         return FalTransient(f"unreadable answer: {type(exc).__name__}: {exc}"[:500])
     return FalTransient(f"{type(exc).__name__}: {exc}"[:500])
@@ -239,23 +206,19 @@ def _classify(exc: BaseException, *, for_result: bool = False) -> FalError:
 class FalSession:
     """fal-client's AsyncClient for one event loop, every call bounded in wall time."""
 
-    def __init__(self, *, timeout: float | None = None) -> None:
+    def __init__(self) -> None:
         import fal_client
 
-        self.timeout = settings.FAL_CALL_TIMEOUT_SECONDS if timeout is None else timeout
+        self.timeout = settings.FAL_CALL_TIMEOUT_SECONDS
         self._client = fal_client.AsyncClient(key=_key())
 
     async def __aenter__(self) -> FalSession:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # fal-client keeps its httpx client in a cached property and never closes it;
-        # close it inside this loop so no connection outlives it.
-        try:
-            http = await self._client._client
-            await http.aclose()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        # fal-client never closes its httpx client: close it inside this loop.
+        with contextlib.suppress(Exception):
+            await (await self._client._client).aclose()
 
     async def _bounded(self, coro: Any, *, timeout: float | None, for_result: bool = False) -> Any:
         try:
@@ -301,21 +264,12 @@ class FalSession:
         return redact_value(answer)
 
     async def cancel(self, endpoint: str, request_id: str, *, timeout: float | None = None) -> str:
-        from fal_client.client import FalClientHTTPError
-
         try:
-            await asyncio.wait_for(
-                self._client.cancel(_app_id(endpoint), request_id),
-                timeout=self.timeout if timeout is None else timeout,
-            )
-        except FalClientHTTPError as exc:
-            if exc.status_code == 400:
-                return "ALREADY_COMPLETED"
-            if exc.status_code == 404:
-                return "NOT_FOUND"
-            raise _classify(exc) from exc
-        except Exception as exc:  # noqa: BLE001
-            raise _classify(exc) from exc
+            await self._bounded(self._client.cancel(_app_id(endpoint), request_id), timeout=timeout)
+        except FalError as exc:  # 400 and 404 are fal's answers, not failures
+            if exc.status_code in (400, 404):
+                return "ALREADY_COMPLETED" if exc.status_code == 400 else "NOT_FOUND"
+            raise
         return "CANCELLATION_REQUESTED"
 
 

@@ -1,7 +1,5 @@
 """A fal webhook delivery and its behaviour: stored first, then processed (dj-stripe's order).
-
-Every POST leaves a row or a count; the rules and the crash windows they close are in
-docs/fal.md ("The webhook intake").
+Every POST leaves a row or a count (docs/fal.md, "The webhook intake").
 """
 
 from __future__ import annotations
@@ -11,11 +9,11 @@ import json
 import logging
 import traceback
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Sum
+from django.db.models import Exists, F, Manager, OuterRef, Sum
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -30,7 +28,6 @@ from monitoring.models import (
     RefusedWebhookCount,
     Training,
     WebhookDelivery,
-    WebhookDeliveryQuerySet,
     WebhookOutcome,
     WebhookVerdict,
 )
@@ -39,14 +36,12 @@ logger = logging.getLogger("monitoring")
 
 EXCERPT_BYTES = 256  # what a refused (or replayed) delivery keeps of its body
 ROW_OVERHEAD_BYTES = 900
-# An unmatched delivery is kept whole up to this size, to be applied when its request
-# id appears; a larger one keeps an excerpt, and its training gets a queue check.
+# An unmatched delivery kept whole, to be applied when its request id appears (larger: an excerpt).
 UNMATCHED_BODY_BYTES = 64 * 1024
 # fal gives up on a delivery after 15 s: a row still "received" then was left by a crash.
 STRANDED_AFTER = timedelta(seconds=15)
 SWEEP_BATCH = 100
-# Acted on: the same signature again is a replay. FAILED, REJECTED and RECEIVED are
-# left out, so fal's retry of a delivery we failed to process is processed.
+# Acted on: the same signature again is a replay (fal's retry of a failed one is not).
 _O = WebhookOutcome
 ACCEPTED_OUTCOMES = (_O.APPLIED, _O.ALREADY_DONE, _O.UNMATCHED, _O.DEFERRED)
 REPROCESSABLE_OUTCOMES = (_O.FAILED, _O.UNMATCHED, _O.DEFERRED, _O.RECEIVED)
@@ -63,78 +58,14 @@ class _ProcessedElsewhere(Exception):
     """Another process recorded this delivery's outcome first: ours rolls back."""
 
 
-class DeliveryQuerySet(WebhookDeliveryQuerySet):
-    def accepted_with(self, signed: str) -> DeliveryQuerySet:
-        """Deliveries with this signature that were acted on: a match means a replay."""
-        return self.filter(
-            signature=signed, verdict=WebhookVerdict.VALID, outcome__in=ACCEPTED_OUTCOMES
-        )
-
-    def stranded(self, now: datetime) -> DeliveryQuerySet:
-        return self.filter(
-            outcome=WebhookOutcome.RECEIVED,
-            verdict=WebhookVerdict.VALID,
-            received_at__lt=now - STRANDED_AFTER,
-        ).order_by("received_at", "pk")
-
-    def unmatched_now_known(self) -> DeliveryQuerySet:
-        """Kept as unmatched, and their request id is on a training by now."""
-        known = Training.objects.filter(fal_request_id=OuterRef("request_id"))
-        return (
-            self.filter(outcome=WebhookOutcome.UNMATCHED, verdict=WebhookVerdict.VALID)
-            .filter(Exists(known))
-            .order_by("received_at", "pk")
-        )
-
-    def keep_refused(self, row: Delivery, verdict: str, reason: str, outcome: str) -> None:
-        """Count a delivery not acted on, and keep its row while this minute's rows (per
-        verdict) and bytes (all verdicts) are under their caps."""
-        row.verdict, row.outcome, row.error = verdict, outcome, clean(reason, 2000)
-        minute = row.received_at.replace(second=0, microsecond=0)
-        size = row.stored_bytes()
-        if (
-            _count_refusal(verdict, minute) > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE
-            or _kept_bytes(minute) + size > settings.WEBHOOK_REFUSED_BYTES_PER_MINUTE
-        ):
-            _count(verdict, outcome)
-            return
-        RefusedWebhookCount.objects.filter(minute=minute, verdict=verdict).update(
-            kept_bytes=F("kept_bytes") + size
-        )
-        row.keep(excerpt=True)
-
-
 def _count(verdict: str, outcome: str) -> None:
     totals.add("webhook_deliveries", {"verdict": verdict, "outcome": outcome})
-
-
-def _kept_bytes(minute: datetime) -> int:
-    kept = RefusedWebhookCount.objects.filter(minute=minute).aggregate(total=Sum("kept_bytes"))
-    return kept["total"] or 0
-
-
-def _count_refusal(verdict: str, minute: datetime) -> int:
-    """Add one to this minute's count for ``verdict``; the count including this one.
-
-    One upsert (PostgreSQL, and SQLite from 3.35): concurrent refusals of a new minute
-    never race between an UPDATE that finds nothing and an INSERT that conflicts.
-    """
-    table = RefusedWebhookCount._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (minute, verdict, count, kept_bytes) VALUES (%s, %s, 1, 0) "
-            f"ON CONFLICT (minute, verdict) DO UPDATE SET count = {table}.count + 1 "
-            f"RETURNING count",
-            [connection.ops.adapt_datetimefield_value(minute), verdict],
-        )
-        return int(cursor.fetchone()[0])
 
 
 class Delivery(WebhookDelivery):
     """A ``WebhookDelivery`` row with what it does (a proxy: same table)."""
 
-    # The same rows, and the same questions plus the ones that need more than the models.
-    objects = DeliveryQuerySet.as_manager()  # type: ignore[misc]
+    objects: ClassVar[Manager[Delivery]]  # type: ignore[assignment]  # the parent's, typed
     _raw: bytes = b""
 
     class Meta:
@@ -165,11 +96,33 @@ class Delivery(WebhookDelivery):
         row._raw = body
         return row
 
-    def stored_bytes(self) -> int:
-        """About what this row costs the disk as an excerpt: its texts, plus the fixed
-        columns, the tuple header and its index entries (measured on PostgreSQL)."""
+    def keep_refused(self, verdict: str, reason: str, outcome: str) -> None:
+        """Count a delivery not acted on; keep its row while this minute's caps allow."""
+        self.verdict, self.outcome, self.error = verdict, outcome, clean(reason, 2000)
+        minute = self.received_at.replace(second=0, microsecond=0)
+        # What this row costs the disk as an excerpt (overhead measured on PostgreSQL).
         texts = json.dumps(self.headers) + self.error + self.header_request_id + self.signature
-        return len(self._raw[:EXCERPT_BYTES]) + len(texts.encode()) + ROW_OVERHEAD_BYTES
+        size = len(self._raw[:EXCERPT_BYTES]) + len(texts.encode()) + ROW_OVERHEAD_BYTES
+        # This minute's count, this one included, in one upsert: no UPDATE/INSERT race.
+        table = RefusedWebhookCount._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (minute, verdict, count, kept_bytes) VALUES (%s, %s, 1, 0) "
+                f"ON CONFLICT (minute, verdict) DO UPDATE SET count = {table}.count + 1 "
+                f"RETURNING count",
+                [connection.ops.adapt_datetimefield_value(minute), verdict],
+            )
+            refusals = int(cursor.fetchone()[0])
+        this_minute = RefusedWebhookCount.objects.filter(minute=minute)
+        if (
+            refusals > settings.WEBHOOK_REFUSED_ROWS_PER_MINUTE
+            or (this_minute.aggregate(total=Sum("kept_bytes"))["total"] or 0) + size
+            > settings.WEBHOOK_REFUSED_BYTES_PER_MINUTE
+        ):
+            _count(verdict, outcome)
+            return
+        this_minute.filter(verdict=verdict).update(kept_bytes=F("kept_bytes") + size)
+        self.keep(excerpt=True)
 
     def keep(self, *, excerpt: bool = False) -> None:
         """Save the row with the body whole, or as an excerpt."""
@@ -195,7 +148,7 @@ class Delivery(WebhookDelivery):
             row.training = training
             if replay:
                 reason = "replay of an accepted delivery with the same signature"
-                cls.objects.keep_refused(row, WebhookVerdict.VALID, reason, WebhookOutcome.REPLAY)
+                row.keep_refused(WebhookVerdict.VALID, reason, WebhookOutcome.REPLAY)
                 return WebhookOutcome.REPLAY
             if training is None:
                 row.outcome = WebhookOutcome.UNMATCHED
@@ -203,13 +156,18 @@ class Delivery(WebhookDelivery):
                 return row.outcome
             if training.finished_at is not None:
                 # An attempt that has finished never changes again: nothing to process.
-                row.outcome, row.error = WebhookOutcome.ALREADY_DONE, _finished_detail(training)
+                avatar = training.avatar
+                row.outcome, row.error = WebhookOutcome.ALREADY_DONE, f"already {avatar.status}"
+                if avatar.current_training_id != training.pk:
+                    row.error = "stale training attempt: the avatar has a newer one"
                 row.keep()
                 return row.outcome
-            # Committed as received before anything is applied: if this process dies
-            # from here on, the row stays and the worker's sweep processes it.
+            # Committed as received before it is applied: a crash leaves it to the sweep.
             with transaction.atomic():
-                _commit_without_waiting_for_disk()
+                if connection.vendor == "postgresql":
+                    # Its WAL flush can wait: the processing commit flushes it before 200.
+                    with connection.cursor() as cursor:
+                        cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 row.outcome = WebhookOutcome.RECEIVED
                 row.keep()
         except Exception as exc:
@@ -221,11 +179,6 @@ class Delivery(WebhookDelivery):
             return row.outcome
         return row.process(data, training)
 
-    @property
-    def body_is_excerpt(self) -> bool:
-        """A whole body never encodes shorter than it arrived (a replaced byte grows)."""
-        return len(self.body.encode("utf-8")) < self.body_size
-
     def process(
         self,
         data: dict[str, Any] | None = None,
@@ -234,12 +187,8 @@ class Delivery(WebhookDelivery):
         source: str = EventSource.WEBHOOK,
         actor: Any = None,
     ) -> str:
-        """Apply a ``received`` row and record its outcome, in one transaction.
-
-        The outcome is a conditional UPDATE on ``received``: of two processes applying
-        the same row (a slow request and the sweep), the one that finds it processed
-        rolls back. When applying raises, it rolls back and the row says ``failed``.
-        """
+        """Apply a ``received`` row and record its outcome (a conditional UPDATE on
+        ``received``: of two processes, the one that finds it processed rolls back)."""
         rows = Delivery.objects.filter(pk=self.pk, outcome=WebhookOutcome.RECEIVED)
         try:
             with transaction.atomic():
@@ -272,14 +221,13 @@ class Delivery(WebhookDelivery):
     def _apply(
         self, data: dict[str, Any] | None, training: Training | None, *, source: str, actor: Any
     ) -> tuple[str, str]:
-        excerpt = data is None and self.body_is_excerpt
+        # A whole body never encodes shorter than it arrived (a replaced byte grows).
+        excerpt = data is None and len(self.body.encode("utf-8")) < self.body_size
         if data is None and not excerpt:
             data = signature.parse(self.body.encode("utf-8"), self.header_request_id)
         if training is None:
-            request_id = data["request_id"] if data else self.request_id
-            training = (
-                Training.objects.select_related("avatar__owner").for_request(request_id).first()
-            )
+            rows = Training.objects.select_related("avatar__owner")
+            training = rows.for_request(data["request_id"] if data else self.request_id).first()
         self.training = training
         if training is None:
             return WebhookOutcome.UNMATCHED, ""
@@ -303,10 +251,7 @@ class Delivery(WebhookDelivery):
         return WebhookOutcome.APPLIED, summary if unusual else ""
 
     def why_not_reprocess(self) -> str:
-        """Why staff may not re-process this delivery ("" when they may), in their language.
-
-        The one rule for ``reprocess`` and for the admin's confirmation page.
-        """
+        """Why staff may not re-process this delivery ("" when they may), in their language."""
         if self.verdict != WebhookVerdict.VALID:
             return gettext("only deliveries with a valid signature can be processed")
         if self.outcome not in REPROCESSABLE_OUTCOMES:
@@ -317,30 +262,28 @@ class Delivery(WebhookDelivery):
 
     def reprocess(self, *, actor: Any = None) -> str:
         """Staff: process again (failed, unmatched, deferred, stranded); ``ValueError`` if not."""
-        reason = self.why_not_reprocess()
-        if reason:
+        if reason := self.why_not_reprocess():
             raise ValueError(reason)
         if not self._claim(self.outcome):
             raise ValueError(gettext("the delivery is being processed by someone else"))
         return self.process(source=EventSource.STAFF, actor=actor)
 
     def _claim(self, expected: str) -> bool:
-        return bool(
-            Delivery.objects.filter(pk=self.pk, outcome=expected).update(
-                outcome=WebhookOutcome.RECEIVED
-            )
-        )
+        rows = Delivery.objects.filter(pk=self.pk, outcome=expected)
+        return bool(rows.update(outcome=WebhookOutcome.RECEIVED))
 
 
 def sweep(now: datetime | None = None) -> int:
-    """Worker task (every minute): process what a crash left ``received``, and deliveries
-    that arrived before their request id was stored. Returns how many were processed."""
+    """Every minute: process what a crash left ``received`` and deliveries now matched."""
     now = now or timezone.now()
     processed = 0
-    late = Delivery.objects.unmatched_now_known()[:SWEEP_BATCH]
+    valid = Delivery.objects.filter(verdict=WebhookVerdict.VALID).order_by("received_at", "pk")
+    known = Training.objects.filter(fal_request_id=OuterRef("request_id"))
+    late = valid.filter(Exists(known), outcome=WebhookOutcome.UNMATCHED)[:SWEEP_BATCH]
+    stranded = valid.filter(outcome=WebhookOutcome.RECEIVED, received_at__lt=now - STRANDED_AFTER)
     for deliveries, level, text in (
         (
-            Delivery.objects.stranded(now)[:SWEEP_BATCH],
+            stranded[:SWEEP_BATCH],
             logging.WARNING,
             "fal webhook delivery %s (request %s) was left unprocessed by a crash: now %s",
         ),
@@ -357,37 +300,20 @@ def sweep(now: datetime | None = None) -> int:
 
 
 def _training_and_replay(request_id: str, signed: str) -> tuple[Training | None, bool]:
-    """The training a delivery is for (with avatar and owner), and whether it replays one
-    we acted on: one query when the training exists."""
-    accepted = Delivery.objects.accepted_with(signed)
-    try:
-        training = (
-            Training.objects.select_related("avatar__owner")
-            .only(*_LOOKUP_FIELDS)
-            .annotate(replays=Exists(accepted))
-            .get(fal_request_id=request_id)
-        )
-    except Training.DoesNotExist:
-        return None, accepted.exists()
-    return training, bool(training.replays)
-
-
-def _finished_detail(training: Training) -> str:
-    avatar = training.avatar
-    if avatar.current_training_id != training.pk:
-        return "stale training attempt: the avatar has a newer one"
-    return f"already {avatar.status}"
+    """The training a delivery is for, and whether it replays one we acted on (one query)."""
+    accepted = Delivery.objects.filter(
+        signature=signed, verdict=WebhookVerdict.VALID, outcome__in=ACCEPTED_OUTCOMES
+    )
+    training = (
+        Training.objects.select_related("avatar__owner")
+        .only(*_LOOKUP_FIELDS)
+        .annotate(replays=Exists(accepted))
+        .filter(fal_request_id=request_id)
+        .first()
+    )
+    return training, training.replays if training is not None else accepted.exists()
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
     """What a row keeps of a processing error (staff see it in the admin)."""
     return clean(f"{type(exc).__name__}: {exc}", 2000), clean(traceback.format_exc(), 20000)
-
-
-def _commit_without_waiting_for_disk() -> None:
-    """The received row's commit skips its WAL flush (PostgreSQL): it guards against a
-    web worker dying, and the synchronous processing commit flushes it before fal hears
-    200 anyway. One disk flush less per delivery."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")

@@ -1,10 +1,6 @@
-"""What fal said about a finished request: one value, whatever brought it.
-
-A webhook, the queue (status and result), fal's record and an adoption lookup each
-build a ``FalOutcome`` here, and ``monitoring.fal.results.apply`` is the only place
-that acts on it. All reading of fal's shapes for a finished request lives in these
-constructors (docs/fal.md, "One outcome path").
-"""
+"""What fal said about a finished request, whatever brought it: every source builds a
+``FalOutcome`` here (all reading of fal's shapes), ``results.apply`` acts on it
+(docs/fal.md, "One outcome path")."""
 
 from __future__ import annotations
 
@@ -47,8 +43,7 @@ class FalOutcome:
     error_type: str = ""
     detail_types: tuple[str, ...] = ()
     message: str = ""
-    # False when fal kept or sent no payload at all (record without payload storage,
-    # a webhook whose output fal could not serialise).
+    # False when fal kept or sent no payload at all (not stored, not serialisable).
     has_payload: bool = True
     gateway_request_id: str = ""
     # When fal says the request ended (its record's ended_at), for the service figures.
@@ -129,8 +124,7 @@ class FalOutcome:
         result: dict | None = None,
         refused: FalJobFailed | None = None,
     ) -> FalOutcome | None:
-        """A COMPLETED status with its result (or the result fetch's refusal); None while the
-        queue has not said enough (not completed, or its result not fetched yet)."""
+        """A COMPLETED status with its result (or its refusal); None until the queue says."""
         if report.status != "COMPLETED":
             return None
         if report.error:
@@ -153,15 +147,14 @@ class FalOutcome:
     @classmethod
     def from_record(cls, item: RecordItem) -> FalOutcome:
         """fal's record of a finished request (payload only when fal stored it)."""
-        output = item.json_output if item.has_output else None
         ended = item.ended_at
         if item.succeeded:
             if not item.has_output:
                 return cls(Kind.NO_LORA, AnsweredBy.RECORD, has_payload=False, finished_at=ended)
-            return cls._finished(AnsweredBy.RECORD, output, finished_at=ended)
+            return cls._finished(AnsweredBy.RECORD, item.json_output, finished_at=ended)
         return cls._failed(
             AnsweredBy.RECORD,
-            body=output,
+            body=item.json_output,
             message=item.error_message,
             http_status=item.status_code,
             finished_at=ended,

@@ -1,9 +1,5 @@
-"""What fal hands us and what we hand fal: trainer endpoints and their inputs, the LoRA and
-config URLs of a trainer's output, and the text of fal's error details.
-
-Written once, here: the gateway, the webhook intake and the periodic check all read
-fal's payloads through these functions, so a rule about them changes in one place.
-"""
+"""What fal hands us and what we hand fal (trainer inputs, result URLs, error details):
+every path reads fal's payloads through these functions, so a rule changes in one place."""
 
 from __future__ import annotations
 
@@ -15,8 +11,7 @@ from django.conf import settings
 
 from monitoring.models import TrainingType
 
-# Training types and their trainers (fal's model pages: the portrait trainer takes
-# trigger_phrase, the style one trigger_word plus is_style).
+# Training types and their trainers (portrait: trigger_phrase; style: trigger_word, is_style).
 ENDPOINTS: dict[str, str] = {
     TrainingType.PORTRAIT: "fal-ai/flux-lora-portrait-trainer",
     TrainingType.STYLE: "fal-ai/flux-lora-fast-training",
@@ -27,10 +22,7 @@ MAX_URL_LENGTH = 2048
 
 def training_type_of(endpoint: str) -> str:
     """The training type an endpoint trains (portrait for anything we do not know)."""
-    for training_type, known in ENDPOINTS.items():
-        if endpoint == known:
-            return training_type
-    return TrainingType.PORTRAIT
+    return next((t for t, known in ENDPOINTS.items() if known == endpoint), TrainingType.PORTRAIT)
 
 
 def training_input(
@@ -52,22 +44,16 @@ def trigger_of(arguments: Any) -> str:
     """The trigger of a trainer input, whichever trainer's name it goes by."""
     if not isinstance(arguments, dict):
         return ""
-    value = arguments.get("trigger_phrase") or arguments.get("trigger_word") or ""
-    return str(value)
+    return str(arguments.get("trigger_phrase") or arguments.get("trigger_word") or "")
 
 
 def images_url_of(arguments: Any) -> str:
-    if not isinstance(arguments, dict):
-        return ""
-    return str(arguments.get("images_data_url") or "")
+    return str(arguments.get("images_data_url") or "") if isinstance(arguments, dict) else ""
 
 
 def lora_urls(output: Any) -> tuple[str, str] | None:
-    """(LoRA URL, config URL) of a trainer's output, or None when it has no LoRA file.
-
-    The config URL is "" when absent or unusable: a LoRA without its config still
-    generates images.
-    """
+    """(LoRA URL, config URL) of a trainer's output, or None when it has no LoRA file; the
+    config URL is "" when absent or unusable (a LoRA without it still generates images)."""
     if not isinstance(output, dict):
         return None
     lora = output.get("diffusers_lora_file")
@@ -92,20 +78,13 @@ class MediaUrl(StrEnum):
 def _allowed(host: str, path: str, rule: str) -> bool:
     rule = rule.strip().lower()
     rule_host, slash, prefix = rule.partition("/")
-    if rule_host.startswith("*."):
-        host_ok = host.endswith(rule_host[1:])
-    else:
-        host_ok = host == rule_host
+    host_ok = host.endswith(rule_host[1:]) if rule_host.startswith("*.") else host == rule_host
     return host_ok and (not slash or path.startswith("/" + prefix))
 
 
 def normalised_path(path: str) -> str | None:
-    """``path`` as a server resolves it: percent-decoded, ``\\`` as ``/``, dot segments gone.
-
-    Decoded until it no longer changes, so ``%252e%252e`` is the ``..`` a server that
-    decodes twice would see. None when decoding leaves bytes that are not UTF-8: such
-    a path names nothing on fal's storage.
-    """
+    """``path`` as a server resolves it: percent-decoded until stable (``%252e%252e`` is
+    ``..``), ``\\`` as ``/``, dot segments gone; None when not UTF-8 once decoded."""
     for _ in range(4):
         try:
             decoded = unquote(path, errors="strict")
@@ -131,14 +110,9 @@ def normalised_path(path: str) -> str | None:
 
 
 def check_media_url(url: str) -> MediaUrl:
-    """The one rule for a result URL from fal (LoRA file, config file), on every path.
-
-    https only, and on a host of ``FAL_MEDIA_ALLOWED_HOSTS``: an exact host
-    (``fal.media``), a wildcard for its subdomains (``*.fal.media``, not the bare
-    domain), or a host with a path prefix (``storage.googleapis.com/falserverless/``).
-    The prefix is matched against the normalised path (``normalised_path``), so
-    ``/falserverless/../evil-bucket/`` is the foreign bucket it names.
-    """
+    """The one rule for a result URL from fal, on every path: https, on a host of
+    FAL_MEDIA_ALLOWED_HOSTS (exact, ``*.`` subdomains, or a path prefix matched against
+    the normalised path, so ``/falserverless/../evil-bucket/`` is the foreign bucket)."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         return MediaUrl.NOT_HTTPS
     try:
@@ -160,19 +134,12 @@ def check_media_url(url: str) -> MediaUrl:
 
 
 def unsafe_result_url(lora_url: str, config_url: str = "") -> tuple[MediaUrl, str] | None:
-    """The worst of a result's URLs and the URL itself, or None when both are allowed.
-
-    The config URL may be empty (a LoRA without its config still generates images),
-    but when fal gives one it must pass the same rule: the owner's bot hands it on.
-    """
-    verdicts = [(check_media_url(lora_url), lora_url)]
-    if config_url:
-        verdicts.append((check_media_url(config_url), config_url))
-    for wanted in (MediaUrl.NOT_HTTPS, MediaUrl.FOREIGN_HOST):
-        for verdict, url in verdicts:
-            if verdict == wanted:
-                return verdict, url
-    return None
+    """The worst of a result's URLs and the URL itself, or None when both are allowed (a
+    config URL may be empty, but one given must pass: the owner's bot hands it on)."""
+    urls = [lora_url, config_url] if config_url else [lora_url]
+    bad = [(v, url) for url in urls if (v := check_media_url(url)) != MediaUrl.ALLOWED]
+    # Not https is the worse verdict; among equals, the LoRA's URL.
+    return min(bad, key=lambda b: b[0] != MediaUrl.NOT_HTTPS) if bad else None
 
 
 def error_detail(body: Any, fallback: str) -> str:

@@ -1,7 +1,5 @@
-"""fal's own record of every request, through its Platform API (``shared/fal-facts.md``).
-
-The queue forgets a result an hour after the job ends; the record does not. Whatever
-goes wrong raises ``PlatformUnavailable``, "try later", never a verdict on a training.
+"""fal's Platform API: its record of every request, billing, balance, prices. Whatever goes
+wrong raises ``PlatformUnavailable``, "try later", never a verdict on a training.
 See docs/architecture.md#fals-own-record-recovery-lost-submits-adoption.
 """
 
@@ -32,8 +30,7 @@ class PlatformUnavailable(Exception):
     """fal's record could not be read now (rate limit, outage, timeout): try later."""
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
-        detail = redact(detail)  # fal's text may echo our key
-        self.detail = detail
+        self.detail = detail = redact(detail)  # fal's text may echo our key
         self.status_code = status_code
         super().__init__(f"fal's record: {status_code} {detail}" if status_code else detail)
 
@@ -46,9 +43,7 @@ class RecordItem:
     endpoint_id: str
     status_code: int | None
     sent_at: datetime | None = None
-    started_at: datetime | None = None
     ended_at: datetime | None = None
-    duration: float | None = None
     # None when the record has no payload (not expanded, or not stored by fal).
     json_input: dict | None = field(default=None, repr=False)
     json_output: Any = field(default=None, repr=False)
@@ -61,11 +56,8 @@ class RecordItem:
     @property
     def error_message(self) -> str:
         """fal's reason for a failed request, from its output when the record kept it."""
-        reason = ""
-        if self.has_output:
-            reason = payloads.detail_messages(self.json_output) or payloads.error_detail(
-                self.json_output, ""
-            )
+        output = self.json_output  # None when the record kept none: no reason
+        reason = payloads.detail_messages(output) or payloads.error_detail(output, "")
         code = f"HTTP {self.status_code}" if self.status_code else "an error"
         return redact(reason) or f"fal's record: the request ended with {code}"
 
@@ -110,43 +102,27 @@ class BillingEvent:
     def from_raw(cls, raw: Any) -> BillingEvent | None:
         if not isinstance(raw, dict) or not raw.get("request_id"):
             return None
-        cost = raw.get("cost_estimate_nano_usd")
-        if isinstance(cost, bool) or not isinstance(cost, int):
-            parsed = _decimal(cost)
-            if parsed is None:
-                return None
-            cost = int(parsed)
+        cost = _decimal(raw.get("cost_estimate_nano_usd"))
+        if cost is None:
+            return None
         return cls(
             request_id=str(raw["request_id"]),
             endpoint_id=str(raw.get("endpoint_id") or ""),
-            cost_nano_usd=cost,
+            cost_nano_usd=int(cost),
             units=_decimal(raw.get("output_units")),
             unit_price=_decimal(raw.get("unit_price")),
         )
 
 
-@dataclass(frozen=True)
-class Price:
-    """fal's unit price of an endpoint (``unit`` as fal names it, e.g. "steps")."""
-
-    endpoint_id: str
-    unit_price: Decimal
-    unit: str
-    currency: str
-
-    @classmethod
-    def from_raw(cls, raw: Any) -> Price | None:
-        if not isinstance(raw, dict) or not raw.get("endpoint_id"):
-            return None
-        price = _decimal(raw.get("unit_price"))
-        if price is None:
-            return None
-        return cls(
-            endpoint_id=str(raw["endpoint_id"]),
-            unit_price=price,
-            unit=str(raw.get("unit") or ""),
-            currency=str(raw.get("currency") or "USD"),
-        )
+def _price(raw: Any) -> tuple[str, dict[str, str]] | None:
+    """(endpoint, its unit price, unit as fal names it (e.g. "steps"), currency)."""
+    if not isinstance(raw, dict) or not raw.get("endpoint_id"):
+        return None
+    price = _decimal(raw.get("unit_price"))
+    if price is None:
+        return None
+    unit, currency = str(raw.get("unit") or ""), str(raw.get("currency") or "USD")
+    return str(raw["endpoint_id"]), {"unit_price": str(price), "unit": unit, "currency": currency}
 
 
 def _when(value: Any) -> datetime | None:
@@ -173,9 +149,7 @@ def _item(raw: Any) -> RecordItem | None:
         endpoint_id=str(raw.get("endpoint_id") or ""),
         status_code=code if isinstance(code, int) else None,
         sent_at=_when(raw.get("sent_at")),
-        started_at=_when(raw.get("started_at")),
         ended_at=_when(raw.get("ended_at")),
-        duration=raw.get("duration") if isinstance(raw.get("duration"), (int, float)) else None,
         json_input=json_input if isinstance(json_input, dict) else None,
         json_output=raw.get("json_output"),
         has_output=raw.get("json_output") is not None,
@@ -185,19 +159,18 @@ def _item(raw: Any) -> RecordItem | None:
 class PlatformClient:
     """One httpx client for a series of calls (a listing's pages, a reconcile run)."""
 
-    def __init__(self, *, timeout: float | None = None, admin: bool = False) -> None:
+    def __init__(self, *, admin: bool = False) -> None:
         import httpx
 
         # Billing, balance and prices need an admin key (FAL_ADMIN_KEY, else the queue's).
         key = (settings.FAL_ADMIN_KEY or settings.FAL_KEY) if admin else settings.FAL_KEY
         if not key:
             raise PlatformUnavailable("FAL_KEY is not configured")
-        self.timeout = settings.FAL_PLATFORM_TIMEOUT_SECONDS if timeout is None else timeout
         self.calls = 0
         self._http = httpx.Client(
             base_url=settings.FAL_PLATFORM_API_URL.rstrip("/"),
             headers={"Authorization": f"Key {key}"},
-            timeout=httpx.Timeout(self.timeout),
+            timeout=httpx.Timeout(settings.FAL_PLATFORM_TIMEOUT_SECONDS),
             follow_redirects=False,
         )
 
@@ -215,17 +188,15 @@ class PlatformClient:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:
             raise PlatformUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        try:
+            body, readable = response.json(), True
+        except ValueError:
+            body, readable = None, False
         if not 200 <= response.status_code < 300:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
             detail = payloads.error_detail(body, response.reason_phrase)[:300]
             raise PlatformUnavailable(detail, status_code=response.status_code)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise PlatformUnavailable("unreadable answer (not JSON)") from exc
+        if not readable:
+            raise PlatformUnavailable("unreadable answer (not JSON)")
         if not isinstance(body, dict) or (items and not isinstance(body.get(items), list)):
             raise PlatformUnavailable(f"unreadable answer (no {items or 'body'})")
         return body
@@ -235,11 +206,8 @@ class PlatformClient:
         body = self._page(
             {"endpoint_id": endpoint, "request_id": request_id, "expand": "payloads", "limit": 1}
         )
-        for raw in body["items"]:
-            item = _item(raw)
-            if item is not None and item.request_id == request_id:
-                return item
-        return None
+        found = (item for item in map(_item, body["items"]) if item is not None)
+        return next((item for item in found if item.request_id == request_id), None)
 
     def list_requests(
         self,
@@ -248,13 +216,9 @@ class PlatformClient:
         start: datetime,
         end: datetime,
         with_payloads: bool = False,
-        max_pages: int | None = None,
     ) -> Iterator[RecordItem]:
-        """Every finished request of ``endpoint`` that ended in [start, end), page by page.
-
-        Raises ``PlatformUnavailable`` when a page fails, and when there are more pages
-        than the cap: a partial list must not be taken for the whole one.
-        """
+        """Every finished request of ``endpoint`` that ended in [start, end); past the page
+        cap ``PlatformUnavailable``: a partial list must not be taken for the whole one."""
         params: dict[str, Any] = {
             "endpoint_id": endpoint,
             "start": start.isoformat(),
@@ -263,20 +227,16 @@ class PlatformClient:
         }
         if with_payloads:
             params["expand"] = "payloads"
-        pages = max_pages or settings.FAL_PLATFORM_MAX_PAGES
-        cut = f"more than {pages} pages of {PAGE_SIZE}: listing cut short"
-        yield from self._each(params, BY_ENDPOINT, "items", _item, pages, cut)
+        cut = f"more than {settings.FAL_PLATFORM_MAX_PAGES} pages of {PAGE_SIZE}: listing cut short"
+        yield from self._each(params, BY_ENDPOINT, "items", _item, cut)
 
     def _each(
-        self, params: dict, path: str, items: str, parse: Any, pages: int, cut: str | None
+        self, params: dict, path: str, items: str, parse: Any, cut: str | None = None
     ) -> Iterator[Any]:
-        """Every item ``parse`` reads, page by page; past ``pages``, ``cut`` is raised."""
-        for _page in range(pages):
+        """Every item ``parse`` reads, page by page; ``cut`` past FAL_PLATFORM_MAX_PAGES."""
+        for _page in range(settings.FAL_PLATFORM_MAX_PAGES):
             body = self._page(params, path, items)
-            for raw in body[items]:
-                parsed = parse(raw)
-                if parsed is not None:
-                    yield parsed
+            yield from (parsed for parsed in map(parse, body[items]) if parsed is not None)
             cursor = body.get("next_cursor")
             if not body.get("has_more") or not cursor:
                 return
@@ -285,11 +245,10 @@ class PlatformClient:
             raise PlatformUnavailable(cut)
 
     def find_matching(
-        self, endpoint: str, arguments: dict, *, since: datetime, until: datetime | None = None
+        self, endpoint: str, arguments: dict, *, since: datetime
     ) -> tuple[list[RecordItem], int]:
-        """Requests of ``endpoint`` since ``since`` sent with our input, earliest first,
-        and how many items could not be compared (the record kept no input)."""
-        until = until or timezone.now() + timedelta(minutes=1)
+        """Requests since ``since`` sent with our input, earliest first; how many had none."""
+        until = timezone.now() + timedelta(minutes=1)
         matches: list[RecordItem] = []
         unverifiable = 0
         for item in self.list_requests(endpoint, start=since, end=until, with_payloads=True):
@@ -301,15 +260,11 @@ class PlatformClient:
         matches.sort(key=lambda m: (m.sent_at or m.ended_at or epoch, m.request_id))
         return matches, unverifiable
 
-    # --- Money (admin key): billing events, the balance, unit prices --------------------
-
     def billing_events(
         self, request_ids: list[str], *, start: datetime, end: datetime
     ) -> Iterator[BillingEvent]:
-        """fal's billing events of up to 50 requests that ended in [start, end), every page.
-
-        ``start``/``end`` are explicit: fal's default window is the last 24 hours.
-        """
+        """fal's billing events of up to 50 requests that ended in [start, end) (explicit:
+        fal's default window is the last 24 hours)."""
         if not 1 <= len(request_ids) <= BILLING_IDS_PER_CALL:
             raise ValueError(f"1 to {BILLING_IDS_PER_CALL} request ids a call")
         params: dict[str, Any] = {
@@ -319,27 +274,20 @@ class PlatformClient:
             "limit": PAGE_SIZE,
         }
         cut = "too many pages of billing events: listing cut short"
-        pages = settings.FAL_PLATFORM_MAX_PAGES
-        yield from self._each(
-            params, BILLING_EVENTS, "billing_events", BillingEvent.from_raw, pages, cut
-        )
+        yield from self._each(params, BILLING_EVENTS, "billing_events", BillingEvent.from_raw, cut)
 
     def balance(self) -> tuple[Decimal, str]:
         """The account's credit balance and its currency."""
         body = self._page({"expand": "credits"}, ACCOUNT_BILLING, "")
         credits = body.get("credits")
-        value = credits.get("current_balance") if isinstance(credits, dict) else None
-        amount = _decimal(value)
+        amount = _decimal(credits.get("current_balance") if isinstance(credits, dict) else None)
         if amount is None:
             raise PlatformUnavailable("unreadable answer (no credits.current_balance)")
         return amount, str(credits.get("currency") or "USD")  # type: ignore[union-attr]
 
-    def prices(self, endpoints: list[str]) -> dict[str, Price]:
+    def prices(self, endpoints: list[str]) -> dict[str, dict[str, str]]:
         """fal's unit price of each endpoint (up to 50), by endpoint id."""
-        params: dict[str, Any] = {"endpoint_id": ",".join(endpoints)}
-        pages = settings.FAL_PLATFORM_MAX_PAGES
-        found = self._each(params, PRICING, "prices", Price.from_raw, pages, None)
-        return {price.endpoint_id: price for price in found}
+        return dict(self._each({"endpoint_id": ",".join(endpoints)}, PRICING, "prices", _price))
 
 
 def find_request(endpoint: str, request_id: str) -> RecordItem | None:

@@ -1,11 +1,6 @@
-"""Applying what fal said: the one place that turns a ``FalOutcome`` into a transition.
-
-The webhook, the periodic and staff checks, fal's record and adoption all end in
-``apply``, so a rule about fal's answers changes here and nowhere else: which
-transition, which owner message (``monitoring.owner_messages`` through
-``transitions.finish_failed``), the result-URL rule, the stuck flag, the events and
-the log lines. The rules are in docs/fal.md ("One outcome path").
-"""
+"""The one place that turns a ``FalOutcome`` into a transition, the owner's message, the
+result-URL rule, the stuck flag, the events and the log lines (docs/fal.md, "One
+outcome path")."""
 
 from __future__ import annotations
 
@@ -30,17 +25,13 @@ from notifications.models import OwnerMessage
 
 logger = logging.getLogger("monitoring")
 
-UNSAFE_URL_ERROR_TYPE = "unsafe_result_url"
-NO_LORA_ERROR_TYPE = "no_lora_in_result"
-# The stuck reason of a result on a foreign host. Staff clear it, never a check (the
-# time limits it would be judged by say nothing about the URL).
+# The stuck reason of a result on a foreign host: staff clear it, never a check.
 FOREIGN_HOST_REASON = "fal's result URL is outside FAL_MEDIA_ALLOWED_HOSTS: "
 
 
 def flagged_for_result_url(training: Training) -> bool:
-    return training.stuck_since is not None and training.stuck_reason.startswith(
-        FOREIGN_HOST_REASON
-    )
+    reason = training.stuck_reason
+    return training.stuck_since is not None and reason.startswith(FOREIGN_HOST_REASON)
 
 
 @dataclass(frozen=True)
@@ -64,16 +55,14 @@ def apply(
     """Finish (or flag, or defer) ``training`` from what fal said; idempotent."""
     details = {"answered_by": outcome.answered_by.value, **(details or {})}
     step = _Applying(training, outcome, source, actor, notify, details)
-    if outcome.kind == Kind.FAILED:
-        applied = step.failed()
-    elif outcome.kind == Kind.SUCCEEDED:
-        applied = step.succeeded()
-    else:
-        applied = step.without_lora()
-    # After the transition, never before: a transition locks the avatar row and then
-    # the training's, as the periodic check does; writing the training first would
-    # take them in the other order and deadlock with a racing check.
-    _keep_gateway_request_id(training, outcome.gateway_request_id)
+    kinds = {Kind.FAILED: step.failed, Kind.SUCCEEDED: step.succeeded}
+    applied = kinds.get(outcome.kind, step.without_lora)()
+    # fal's last runner attempt, for support. After the transition (avatar row, then the
+    # training's, as the check locks them): the other order could deadlock.
+    gateway_request_id = outcome.gateway_request_id
+    if gateway_request_id and gateway_request_id != training.gateway_request_id:
+        Training.objects.filter(pk=training.pk).update(gateway_request_id=gateway_request_id)
+        training.gateway_request_id = gateway_request_id
     return applied
 
 
@@ -87,20 +76,46 @@ class _Applying:
     details: dict[str, Any]
 
     def failed(self) -> Applied:
-        # Cancelled when a cancel was requested; otherwise the owner's message comes
-        # from fal's machine-readable fields. fal's error body stays on the timeline.
+        # fal's error body stays on the timeline.
         outcome = self.outcome
-        details = self.details
-        if isinstance(outcome.result, dict):
-            details = {**outcome.result, **details}
+        result = outcome.result
+        details = {**result, **self.details} if isinstance(result, dict) else self.details
         owner_message = ""
         active = self.training.finished_at is None  # a duplicate of a finished one: no retry
-        if active and self._fals_own() and not transitions.cancel_was_requested(self.training):
+        # fal's own failure, or the end of a run our deadline cancelled.
+        fals_own = self.training.deadline_cancel_at is not None or (
+            failure_kinds.blame(
+                error_type=outcome.error_type,
+                detail_types=outcome.detail_types,
+                http_status=outcome.http_status,
+                start_deadline_sent=self.training.start_deadline_seconds is not None,
+            )
+            == failure_kinds.Blame.FAL
+        )
+        if active and fals_own and not transitions.cancel_was_requested(self.training):
             episode = self.training.episode()
             if len(episode) - 1 < settings.TRAINING_AUTO_RETRY_MAX:
-                return self._retry(details)
-            # Retries used up: fal never bills its own failures, unless one of these
-            # attempts was stopped by our run deadline (GPU time may have been billed).
+                deadline = self.training.deadline_cancel_at is not None
+                error_type = "run_deadline" if deadline else outcome.error_type
+                retried = transitions.retry_attempt(
+                    self.training,
+                    error_type=error_type,
+                    error_message=outcome.message,
+                    details=details,
+                    source=self.source,
+                )
+                if not retried.changed:
+                    return Applied(False, retried.detail)
+                assert retried.training is not None
+                retry_id = retried.training.pk
+                transaction.on_commit(
+                    lambda: _enqueue(
+                        f"the retry {retry_id}", "monitoring.tasks.send_attempt", retry_id
+                    )
+                )
+                _alert_if_many_retries()
+                return Applied(True, Said("retried", code=error_type or "?"))
+            # Retries used up: fal bills none unless our run deadline stopped one.
             billed = any(attempt.deadline_cancel_at for attempt in episode)
             owner_message = OwnerMessage.TECHNICAL if billed else OwnerMessage.FAL_FAILURE
         finished = transitions.finish_failed(
@@ -124,49 +139,9 @@ class _Applying:
             True, Said("ended", status=status, error_type=outcome.error_type, message=message)
         )
 
-    def _fals_own(self) -> bool:
-        """fal's own failure, or the end of a run our deadline cancelled."""
-        if self.training.deadline_cancel_at is not None:
-            return True
-        outcome = self.outcome
-        return (
-            failure_kinds.blame(
-                error_type=outcome.error_type,
-                detail_types=outcome.detail_types,
-                http_status=outcome.http_status,
-                start_deadline_sent=self.training.start_deadline_seconds is not None,
-            )
-            == failure_kinds.Blame.FAL
-        )
-
-    def _retry(self, details: dict[str, Any]) -> Applied:
-        outcome = self.outcome
-        error_type = outcome.error_type
-        if self.training.deadline_cancel_at is not None:
-            error_type = "run_deadline"
-        retried = transitions.retry_attempt(
-            self.training,
-            error_type=error_type,
-            error_message=outcome.message,
-            details=details,
-            source=self.source,
-        )
-        if not retried.changed:
-            return Applied(False, retried.detail)
-        assert retried.training is not None
-        retry_id = retried.training.pk
-        transaction.on_commit(
-            lambda: _enqueue(f"the retry {retry_id}", "monitoring.tasks.send_attempt", retry_id)
-        )
-        _alert_if_many_retries()
-        return Applied(True, Said("retried", code=error_type or "?"))
-
     def succeeded(self) -> Applied:
-        """Both URLs judged by one rule (``payloads.check_media_url``) before "ready".
-
-        An https URL outside FAL_MEDIA_ALLOWED_HOSTS flags the training for staff and
-        tells the owner nothing; anything not https fails it, with a staff alert.
-        """
+        """Both URLs pass ``payloads.check_media_url`` before "ready"; a foreign https host
+        flags the training (the owner hears nothing), anything not https fails it."""
         outcome, training = self.outcome, self.training
         unsafe = payloads.unsafe_result_url(outcome.lora_url, outcome.config_url)
         if unsafe is None:
@@ -194,7 +169,7 @@ class _Applying:
             return Applied(flagged, Said("foreign_host", url=shown))
         finished = self._fail(
             f"fal's result URL is not https and was refused: {shown}",
-            UNSAFE_URL_ERROR_TYPE,
+            "unsafe_result_url",
             url=url[:2048],
         )
         if not finished.changed:
@@ -209,22 +184,37 @@ class _Applying:
         return Applied(True, Said("not_https", url=shown))
 
     def without_lora(self) -> Applied:
-        """Finished without an error, and this answer has no LoRA file: look further.
-
-        The webhook's payload may be missing or cut (fal could not serialise it): the
-        queue is asked. The queue's result may lack it: fal's record is asked. Only the
-        record decides: a payload without a LoRA fails the training; no payload at all
-        (fal did not store it) flags it for staff, and the owner is told nothing.
-        """
-        answered_by = self.outcome.answered_by
+        """No LoRA file in this answer: a webhook defers to the queue, the queue to fal's
+        record; only the record decides (docs/fal.md, "One outcome path")."""
+        answered_by, training = self.outcome.answered_by, self.training
         if answered_by == AnsweredBy.WEBHOOK:
-            return _defer_to_queue_check(self.training)
+            # The worker fetches the result from fal's queue (never in a request).
+            moved = Training.objects.active().filter(pk=training.pk)
+            if not moved.update(next_check_at=timezone.now()):
+                return Applied(False, Said("already_finished"))
+            transaction.on_commit(
+                lambda: _enqueue(
+                    f"a re-check of training {training.pk}",
+                    "monitoring.tasks.recheck",
+                    [training.pk],
+                    source=EventSource.WEBHOOK,
+                )
+            )
+            return Applied(False, Said("from_queue"), AnsweredBy.QUEUE)
         if answered_by == AnsweredBy.QUEUE:
             return Applied(False, Said("no_lora_ask_record"), AnsweredBy.RECORD)
         if not self.outcome.has_payload:
-            return _result_unavailable(self.training, self.source)
+            now = timezone.now()
+            if training.result_unavailable_since is None:
+                Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
+                    result_unavailable_since=now, fal_status=FalStatus.COMPLETED
+                )
+                training.result_unavailable_since = now
+            words = wording.result_unavailable_words
+            flagged = transitions.restate_stuck(training, words, source=self.source)
+            return Applied(flagged, Said("result_unavailable"))
         message = "fal's result has no LoRA file (diffusers_lora_file)"
-        finished = self._fail(message, NO_LORA_ERROR_TYPE)
+        finished = self._fail(message, "no_lora_in_result")
         return Applied(finished.changed, Said("no_lora"))
 
     def _fail(self, message: str, error_type: str, **details: Any) -> transitions.Outcome:
@@ -242,64 +232,23 @@ class _Applying:
         )
 
 
-def _result_unavailable(training: Training, source: str) -> Applied:
-    now = timezone.now()
-    if training.result_unavailable_since is None:
-        Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
-            result_unavailable_since=now, fal_status=FalStatus.COMPLETED
-        )
-        training.result_unavailable_since = now
-    flagged = transitions.restate_stuck(training, wording.result_unavailable_words, source=source)
-    return Applied(flagged, Said("result_unavailable"))
-
-
-def _defer_to_queue_check(training: Training) -> Applied:
-    """Leave the result to the worker, which fetches it from fal's queue (never in a request)."""
-    moved = Training.objects.active().filter(pk=training.pk).update(next_check_at=timezone.now())
-    if not moved:
-        return Applied(False, Said("already_finished"))
-    training_id = training.pk
-    transaction.on_commit(
-        lambda: _enqueue(
-            f"a re-check of training {training_id}",
-            "monitoring.tasks.recheck",
-            [training_id],
-            source=EventSource.WEBHOOK,
-        )
-    )
-    return Applied(False, Said("from_queue"), AnsweredBy.QUEUE)
-
-
 def _alert_if_many_retries() -> None:
-    """Staff hear (once per episode, ``outbox.queue_retries_alert``) when more than
-    AUTO_RETRY_ALERT_RATIO of the attempts that ended in the last hour, over 5, were
-    retried: fal is having a bad day."""
+    """Staff hear once per episode when fal is having a bad day (AUTO_RETRY_ALERT_RATIO)."""
     now = timezone.now()
-    ended = Training.objects.finished().filter(finished_at__gte=now - timedelta(hours=1))
-    counts = ended.aggregate(
+    last_hour = Training.objects.finished().filter(finished_at__gte=now - timedelta(hours=1))
+    counts = last_hour.aggregate(
         ended=Count("pk"), retried=Count("pk", filter=Q(outcome=TrainingOutcome.RETRIED))
     )
-    if (
-        counts["ended"] > 5
-        and counts["retried"] > settings.AUTO_RETRY_ALERT_RATIO * counts["ended"]
-    ):
-        outbox.queue_retries_alert(now=now, retried=counts["retried"], ended=counts["ended"])
+    ended, retried = counts["ended"], counts["retried"]
+    if ended > 5 and retried > settings.AUTO_RETRY_ALERT_RATIO * ended:
+        outbox.queue_retries_alert(now=now, retried=retried, ended=ended)
 
 
 def _enqueue(what: str, task: str, *args: Any, **kwargs: Any) -> None:
-    # Runs after commit, so it must not raise: a lost hand-over only waits for the next
-    # periodic check (the retry is due, and a deferred result's ``next_check_at`` is now).
+    # Runs after commit, so it must not raise: a lost hand-over waits for the next check.
     from django_q.tasks import async_task
 
     try:
         async_task(task, *args, **kwargs)
     except Exception:
         logger.exception("Could not queue %s; the next periodic check does it", what)
-
-
-def _keep_gateway_request_id(training: Training, gateway_request_id: str) -> None:
-    """fal's last runner attempt, for support (a query only when it changed)."""
-    if not gateway_request_id or gateway_request_id == training.gateway_request_id:
-        return
-    Training.objects.filter(pk=training.pk).update(gateway_request_id=gateway_request_id)
-    training.gateway_request_id = gateway_request_id

@@ -1,9 +1,5 @@
-"""Is this POST a delivery fal signed, now, for our account? No database here.
-
-fal signs four lines with Ed25519: the request id, its user id, the Unix timestamp and
-the hex SHA-256 of the raw body (``shared/fal-facts.md``, Webhooks). The body is read
-by us, bounded while reading, and parsed only once verified.
-"""
+"""Is this POST a delivery fal signed, now, for our account? No database here. The body
+is read bounded and parsed only once verified (``shared/fal-facts.md``, Webhooks)."""
 
 from __future__ import annotations
 
@@ -73,8 +69,7 @@ def clean_json(value: Any) -> Any:
 
 
 def signed_headers(request: HttpRequest) -> dict[str, str]:
-    """The four signed headers as sent, the signature in lower case (a case variant of a
-    signature we acted on is then a replay)."""
+    """The signed headers as sent, the signature in lower case (a case variant is a replay)."""
     found = {name: str(request.headers[name]) for name in SIGNED_HEADERS if name in request.headers}
     signature = found.get(SIGNATURE_HEADER, "").strip()
     if _SIGNATURE.fullmatch(signature):
@@ -96,18 +91,11 @@ def stored_headers(request: HttpRequest, *, verified: bool) -> dict[str, str]:
     return kept
 
 
-def declared_length(request: HttpRequest) -> int | None:
-    raw = str(request.META.get("CONTENT_LENGTH") or "").strip()
-    return int(raw) if raw.isascii() and raw.isdigit() else None
-
-
 def read_body(request: HttpRequest, limit: int) -> bytes:
     """The raw body, or ``Refused``: 413 beyond ``limit``, 400 when it cannot be read whole.
-
-    Read in chunks with a running count, so Django's upload limit never answers for us;
-    a chunked body (no Content-Length) is read from the server's own stream.
-    """
-    declared = declared_length(request)
+    Counted while read, so Django's upload limit never answers for us."""
+    raw = str(request.META.get("CONTENT_LENGTH") or "").strip()
+    declared = int(raw) if raw.isascii() and raw.isdigit() else None
     if declared is not None and declared > limit:
         reason = f"body of {declared} bytes is larger than the {limit} bytes allowed"
         raise Refused(413, reason, WebhookVerdict.TOO_LARGE, size=declared)
@@ -134,21 +122,14 @@ def read_body(request: HttpRequest, limit: int) -> bytes:
         reason = f"body is larger than the {limit} bytes allowed"
         raise Refused(413, reason, WebhookVerdict.TOO_LARGE, body[:limit], size)
     if declared is not None and size < declared:
-        raise Refused(
-            400, f"body is truncated: {size} of {declared} bytes", WebhookVerdict.UNREADABLE, body
-        )
+        reason = f"body is truncated: {size} of {declared} bytes"
+        raise Refused(400, reason, WebhookVerdict.UNREADABLE, body)
     return body
-
-
-def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
-    lines = [request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]
-    return "\n".join(lines).encode("utf-8", errors="replace")
 
 
 def verify(headers: dict[str, str], body: bytes) -> None:
     """Raise ``Refused`` unless the delivery is signed by fal, now, for our account."""
-    missing = [name for name in SIGNED_HEADERS if not headers.get(name)]
-    if missing:
+    if missing := [name for name in SIGNED_HEADERS if not headers.get(name)]:
         raise Refused(401, f"missing headers: {', '.join(missing)}", WebhookVerdict.MISSING_HEADERS)
     timestamp = headers[TIMESTAMP_HEADER]
     if not _TIMESTAMP.fullmatch(timestamp):
@@ -158,14 +139,14 @@ def verify(headers: dict[str, str], body: bytes) -> None:
     signature = headers[SIGNATURE_HEADER]
     if not _SIGNATURE.fullmatch(signature):
         raise Refused(401, "signature is not a hex Ed25519 signature", WebhookVerdict.BAD_SIGNATURE)
-    message = signed_message(headers[REQUEST_ID_HEADER], headers[USER_ID_HEADER], timestamp, body)
+    lines = [headers[REQUEST_ID_HEADER], headers[USER_ID_HEADER], timestamp]
+    message = "\n".join([*lines, hashlib.sha256(body).hexdigest()]).encode(errors="replace")
     try:
         valid = signing_keys.verify(message, bytes.fromhex(signature))
     except signing_keys.KeysUnavailable:
         # Our problem, not the sender's: 503, so that fal retries later.
-        raise Refused(
-            503, "signing keys unavailable, retry later", WebhookVerdict.UNVERIFIABLE
-        ) from None
+        reason = "signing keys unavailable, retry later"
+        raise Refused(503, reason, WebhookVerdict.UNVERIFIABLE) from None
     if not valid:
         raise Refused(401, "bad signature", WebhookVerdict.BAD_SIGNATURE)
     ours = settings.FAL_WEBHOOK_USER_ID
@@ -174,23 +155,14 @@ def verify(headers: dict[str, str], body: bytes) -> None:
         raise Refused(401, "delivery is for another fal account", WebhookVerdict.OTHER_ACCOUNT)
 
 
-def _finite(text: str) -> float | None:
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
 def parse(body: bytes, header_request_id: str) -> dict[str, Any]:
-    """The verified body in fal's delivery shape, or ``Refused`` (400).
-
-    fal's own JSON may hold ``NaN``, ``Infinity``, ``1e400`` or lone surrogates, which
-    jsonb refuses; fal retries anything but a 2xx, so they are cleaned (``null``,
-    U+FFFD) instead of refused.
-    """
+    """The verified body in fal's delivery shape, or ``Refused`` (400). ``NaN``, ``1e400``
+    and lone surrogates, which jsonb refuses, become ``null`` and U+FFFD: fal would retry."""
     try:
         data = json.loads(
             body.decode("utf-8", errors="replace"),
             parse_constant=lambda _text: None,
-            parse_float=_finite,
+            parse_float=lambda text: float(text) if math.isfinite(float(text)) else None,
         )
     except (ValueError, RecursionError):
         raise Refused(400, "body is not valid JSON") from None

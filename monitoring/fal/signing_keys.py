@@ -1,7 +1,4 @@
 """fal's webhook signing keys: fetched from its JWKS, cached in the database for every worker.
-
-Refetched early on an unknown signature, but rate-limited across workers; stale keys
-keep serving briefly while fal's endpoint is down.
 See docs/architecture.md#the-webhook-order.
 """
 
@@ -9,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import threading
@@ -40,7 +38,6 @@ class KeysUnavailable(Exception):
 
 @dataclass(frozen=True)
 class _Cached:
-    url: str
     fetched_at: datetime
     keys: tuple[Ed25519PublicKey, ...]
 
@@ -60,16 +57,12 @@ def parse_jwks(document: object) -> list[dict]:
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS document (no 'keys' list)")
     usable = []
-    for entry in document["keys"]:
-        if not isinstance(entry, dict):
-            continue
+    for entry in [entry for entry in document["keys"] if isinstance(entry, dict)]:
         if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
             continue
-        try:
+        with contextlib.suppress(ValueError):  # an unusable key is skipped
             _public_key(entry)
-        except ValueError:
-            continue
-        usable.append({k: entry[k] for k in ("kty", "crv", "x", "kid") if k in entry})
+            usable.append({k: entry[k] for k in ("kty", "crv", "x", "kid") if k in entry})
     if not usable:
         raise ValueError("the JWKS holds no usable Ed25519 key")
     return usable
@@ -96,36 +89,24 @@ def _load_row(url: str) -> FalSigningKeys | None:
 def _remember(row: FalSigningKeys) -> _Cached | None:
     if not row.keys or row.fetched_at is None:
         return None
-    cached = _Cached(row.url, row.fetched_at, tuple(_public_key(entry) for entry in row.keys))
+    cached = _Cached(row.fetched_at, tuple(_public_key(entry) for entry in row.keys))
     with _memo_lock:
         _memo[row.url] = cached
     return cached
 
 
-def _fresh(fetched_at: datetime, now: datetime) -> bool:
-    return now - fetched_at < timedelta(seconds=settings.FAL_JWKS_CACHE_SECONDS)
-
-
-def _claim_fetch(url: str, now: datetime) -> bool:
-    """One fetch per interval across all workers: a conditional UPDATE decides who."""
-    FalSigningKeys.objects.get_or_create(url=url)
-    interval = timedelta(seconds=settings.FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS)
-    return bool(
-        FalSigningKeys.objects.filter(url=url)
-        .filter(Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lte=now - interval))
-        # An empty last_error marks the fetch as in flight for workers waiting on it.
-        .update(last_attempt_at=now, last_error="")
-    )
-
-
 def refresh(url: str | None = None) -> bool:
-    """Fetch the JWKS now if the rate limit allows; True when new keys were stored (a
-    failure is recorded on the row and logged; the old keys stay)."""
+    """Fetch the JWKS if the rate limit allows; True when new keys were stored."""
     import httpx  # trusts SSL_CERT_FILE, like fal-client: the emulator's cert in tests
 
     url = url or settings.FAL_WEBHOOK_JWKS_URL
     now = timezone.now()
-    if not _claim_fetch(url, now):
+    # One fetch per interval across all workers: a conditional UPDATE decides who.
+    FalSigningKeys.objects.get_or_create(url=url)
+    interval = timedelta(seconds=settings.FAL_JWKS_REFRESH_MIN_INTERVAL_SECONDS)
+    due = Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lte=now - interval)
+    # An empty last_error marks the fetch as in flight for workers waiting on it.
+    if not FalSigningKeys.objects.filter(due, url=url).update(last_attempt_at=now, last_error=""):
         return False
     try:
         keys = parse_jwks(json.loads(_download(httpx, url)))
@@ -136,15 +117,12 @@ def refresh(url: str | None = None) -> bool:
         return False
     FalSigningKeys.objects.filter(url=url).update(keys=keys, fetched_at=now, last_error="")
     logger.info("fal JWKS fetched from %s: %d key(s)", url, len(keys))
-    row = _load_row(url)
-    if row is not None:
-        _remember(row)
+    _remember(FalSigningKeys(url=url, keys=keys, fetched_at=now))
     return True
 
 
 def _download(httpx, url: str) -> bytes:
-    """The JWKS body, streamed: more than ``MAX_JWKS_BYTES`` is refused as soon as it is
-    seen (declared or read), never downloaded whole."""
+    """The JWKS body, streamed: refused as soon as it is seen to pass ``MAX_JWKS_BYTES``."""
     with httpx.stream(
         "GET", url, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False
     ) as response:
@@ -179,30 +157,20 @@ def _await_other_fetch(url: str, cached: _Cached | None) -> _Cached | None:
 def _usable(cached: _Cached | None, now: datetime, *, allow_stale: bool) -> bool:
     if cached is None:
         return False
-    if _fresh(cached.fetched_at, now):
-        return True
-    return (
-        allow_stale
-        and now - cached.fetched_at
-        < timedelta(seconds=settings.FAL_JWKS_CACHE_SECONDS) + STALE_GRACE
-    )
+    age, limit = now - cached.fetched_at, timedelta(seconds=settings.FAL_JWKS_CACHE_SECONDS)
+    return age < limit or (allow_stale and age < limit + STALE_GRACE)
 
 
 def _verifies(cached: _Cached | None, message: bytes, signature: bytes) -> bool:
-    if cached is None:
-        return False
-    for key in cached.keys:
-        try:
+    for key in cached.keys if cached else ():
+        with contextlib.suppress(InvalidSignature):
             key.verify(signature, message)
-        except InvalidSignature:
-            continue
-        return True
+            return True
     return False
 
 
 def verify(message: bytes, signature: bytes) -> bool:
-    """Whether ``signature`` over ``message`` verifies under any of fal's current keys
-    (``KeysUnavailable`` only when there is no key to try at all)."""
+    """Whether a key of fal's verifies (``KeysUnavailable`` when there is none to try)."""
     url = settings.FAL_WEBHOOK_JWKS_URL
     now = timezone.now()
     cached = _memo.get(url)
@@ -218,8 +186,7 @@ def verify(message: bytes, signature: bytes) -> bool:
 
     # Expired, missing, or no key verifies (fal may have rotated): refetch, rate limited.
     if refresh(url):
-        cached = _memo.get(url)
-        return _verifies(cached, message, signature)
+        return _verifies(_memo.get(url), message, signature)
 
     # fal's endpoint is down or we fetched a moment ago: the keys we have decide.
     if _usable(cached, now, allow_stale=True):

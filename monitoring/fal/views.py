@@ -21,9 +21,8 @@ logger = logging.getLogger("monitoring")
 @transaction.non_atomic_requests  # the delivery's row must survive a processing error
 def fal_webhook(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
-        response = JsonResponse({"error": "method not allowed, use POST"}, status=405)
-        response["Allow"] = "POST"
-        return response
+        error = {"error": "method not allowed, use POST"}
+        return JsonResponse(error, status=405, headers={"Allow": "POST"})
     received_at = timezone.now()
     body, verified = b"", False
     try:
@@ -40,9 +39,7 @@ def fal_webhook(request: HttpRequest) -> JsonResponse:
             request, kept, received_at=received_at, size=size, verified=verified
         )
         try:
-            Delivery.objects.keep_refused(
-                row, refused.verdict, refused.reason, WebhookOutcome.REJECTED
-            )
+            row.keep_refused(refused.verdict, refused.reason, WebhookOutcome.REJECTED)
         except Exception:
             logger.exception("a refused fal webhook could not be recorded")
         if refused.verdict == WebhookVerdict.UNVERIFIABLE:

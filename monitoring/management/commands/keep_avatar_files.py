@@ -86,7 +86,7 @@ class Command(TranslatedCommand):
             summary["would_copy"] += 1
             return
         files.retry_now(training)
-        files.copy_pending(training.pk, due_only=False)
+        files.keep(training.pk, due_only=False)
         states = set(training.kept_files.values_list("state", "failure"))
         if all(state == FileState.KEPT for state, _failure in states):
             summary["kept"] += 1
