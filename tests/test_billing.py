@@ -162,6 +162,24 @@ def test_a_training_fal_never_billed_says_so_after_the_window(fal, bot):
     assert data["cost_usd"] == "0.000000"
 
 
+def test_each_attempt_in_one_batch_keeps_its_own_billing_window(fal, bot):
+    fal.script(billed=False)
+    old = Training.objects.get(avatar=completed_via_api(fal, bot, name="Old"))
+    new = Training.objects.get(avatar=completed_via_api(fal, bot, name="New"))
+    Training.objects.filter(pk=old.pk).update(finished_at=new.finished_at - timedelta(hours=24))
+
+    report = look_up(timedelta(hours=1))
+
+    assert (report.looked_up, report.not_billed) == (2, 1)
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert old.cost_state == CostState.NOT_BILLED and old.cost_next_lookup_at is None
+    assert new.cost_state == CostState.PENDING
+    # The next lookup of the recent attempt is within its own window, not the old one's.
+    assert new.finished_at + timedelta(hours=1) < new.cost_next_lookup_at
+    assert new.cost_next_lookup_at <= new.finished_at + timedelta(hours=24)
+
+
 def test_a_failed_but_billed_attempt_counts_towards_its_avatar(fal, bot):
     fal.script(
         "fail-first", error="Could not extract faces", error_type="image_load_error", fail_first=1
