@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from html import escape
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from monitoring import transitions, wording
@@ -106,12 +105,9 @@ def lookup_lost_submit(
         matches, unverifiable = find(training.endpoint, training.arguments or {}, since=since)
     except platform.PlatformUnavailable as exc:
         return Recovery(False, Said("lost_unreadable", error=exc))
-    known = set(
-        Training.objects.filter(
-            Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
-        ).values_list("fal_request_id", flat=True)
-    )
-    matches = [m for m in matches if m.request_id not in known]
+    known = Training.objects.filter(fal_request_id__in=[m.request_id for m in matches])
+    taken = set(known.exclude(pk=training.pk).values_list("fal_request_id", flat=True))
+    matches = [m for m in matches if m.request_id not in taken]
     if not matches:
         return _no_match(training, unverifiable, now)
     return _adopt_match(training, matches, via=via)

@@ -84,12 +84,6 @@ def live_words(training: Training, now: datetime) -> str:
     return cause_words(cause, now) if cause is not None else training.stuck_reason
 
 
-def stuck_reason(training: Training, now: datetime) -> str:
-    """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
-    cause = stuck_cause(training, now)
-    return wording.english(cause_words, cause, now) if cause is not None else ""
-
-
 def review(
     trainings: Iterable[Training], now: datetime, *, source: str = EventSource.CHECK
 ) -> tuple[int, int]:
