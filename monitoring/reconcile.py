@@ -105,11 +105,10 @@ def _cost_unknown(unknown: list[dict[str, Any]], *, start, end) -> None:
         )
     except platform.PlatformUnavailable as exc:
         logger.warning("fal reconcile: the costs of unknown requests not read: %s", exc)
-        costs = None
+        costs = {}
     for entry in unknown:
-        nano = costs.get(entry["request_id"]) if costs is not None else None
-        entry["cost_nano_usd"] = nano
-        entry["cost_usd"] = billing.usd_text(nano)
+        entry["cost_nano_usd"] = costs.get(entry["request_id"])
+        entry["cost_usd"] = billing.usd_text(entry["cost_nano_usd"])
 
 
 def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:

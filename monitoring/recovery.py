@@ -181,11 +181,7 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
                 dedup_key=f"lost_submit_given_up:{training.pk}", text=text, training=training
             )
             transitions.restate_stuck(
-                training,
-                wording.lost_submit_words,
-                give_up_at(training),
-                training.lost_submit_given_up_at is not None,
-                source=RECORD,
+                training, wording.lost_submit_words, give_up_at(training), True, source=RECORD
             )
             summary = summary.then(Said("lost_given_up"))
     return Recovery(False, summary, in_record=False)

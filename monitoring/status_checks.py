@@ -719,7 +719,7 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     )
     size = settings.CHECK_BATCH_SIZE
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
-    notes = ""
+    fields: dict[str, Any] = {"due": len(ids)}
     if len(batches) <= 1:
         check_batch(ids, run.pk, run_start)
     else:
@@ -731,12 +731,11 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
                 run_start.isoformat(),
                 task_name=f"check batch of run {run.pk}",
             )
-        notes = f"fanned out as {len(batches)} batches of up to {size}"
+        fields["notes"] = f"fanned out as {len(batches)} batches of up to {size}"
     try:  # hand the sender anything due: lost hand-overs, expired leases
         delivery.sweep()
     except Exception:  # a sender problem must not fail the check run
         logger.exception("Notification sweep failed")
-    fields = {"due": len(ids), "notes": notes}
     if len(batches) <= 1:
         fields.update(
             finished_at=timezone.now(), duration_seconds=round(time.monotonic() - started, 3)

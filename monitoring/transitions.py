@@ -59,9 +59,7 @@ STALE = "stale training attempt: the avatar has a newer one"
 
 
 class InvalidTransition(Exception):
-    def __init__(self, old: str, new: str):
-        self.old, self.new = old, new
-        super().__init__(f"An avatar cannot move from {old} to {new}")
+    pass
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def _lost(avatar_id: int, target: str, training_id: int | None = None) -> Outcom
     if allowed:
         # The move is valid from here, so another condition (sub-state) did not hold.
         return Outcome(False, current, f"not possible now (avatar is {current})")
-    raise InvalidTransition(current, target)
+    raise InvalidTransition(f"An avatar cannot move from {current} to {target}")
 
 
 def _change(
