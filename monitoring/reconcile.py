@@ -112,8 +112,7 @@ def _cost_unknown(unknown: list[dict[str, Any]], *, start, end) -> None:
 
 
 def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
-    """The admin's list: new requests added, known ones seen again (with their cost when it
-    was read), adopted ones linked."""
+    """The admin's list: new requests added, known ones seen again, adopted ones linked."""
     latest = {entry["request_id"]: entry for entry in unknown}  # a listing may repeat one
     for costed in (True, False):
         rows = [

@@ -598,9 +598,8 @@ def _move_lease(ids: list[int], expected: datetime, new: datetime) -> list[int]:
 
 @contextmanager
 def _leased(ids: list[int], token: datetime, hand_back: datetime) -> Iterator[list[int]]:
-    """Hold a batch's trainings while it works: take them over, renew them (in a thread
-    with its own connection: the batch is busy in its event loop), and hand them back due
-    at ``hand_back``; yields those held. On an error they keep the lease until it runs out."""
+    """Yield the trainings taken over, renewed (in a thread with its own connection: the batch
+    is busy in its event loop), handed back due at ``hand_back`` (kept leased on an error)."""
     current = timezone.now() + _lease()
     held = _move_lease(ids, token, current)
     done = threading.Event()
@@ -746,8 +745,7 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
 
 
 def restore_monitoring(*, enqueue: bool = True) -> int:
-    """Make every active training due now (but held starts, and those another host has
-    just checked) and enqueue a run; returns how many are active."""
+    """Make the active trainings due now and enqueue a run; returns how many are active."""
     now = timezone.now()
     active = Training.objects.filter(finished_at__isnull=True).exclude(fal_status=FalStatus.HELD)
     count = active.count()
