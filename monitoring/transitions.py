@@ -294,24 +294,9 @@ def hold(
     return Outcome(True, S.TRAINING, HELD, training)
 
 
-def record_note(
-    training: Training,
-    *,
-    message: str,
-    source: str,
-    details: dict[str, Any] | None = None,
-    actor: Any = None,
-) -> AvatarEvent:
+def record_note(training: Training, *, source: str, **event: Any) -> AvatarEvent:
     """A timeline note; ``details["code"]`` lets pages word it, ``message`` is English."""
-    return _event(
-        training.avatar_id,
-        EventKind.NOTE,
-        source,
-        training_id=training.pk,
-        actor=actor,
-        message=message,
-        details=details,
-    )
+    return _event(training.avatar_id, EventKind.NOTE, source, training_id=training.pk, **event)
 
 
 def refuse_submit(
