@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from monitoring import billing, status_checks
@@ -104,49 +105,41 @@ def _cost_unknown(unknown: list[dict[str, Any]], *, start, end) -> None:
         )
     except platform.PlatformUnavailable as exc:
         logger.warning("fal reconcile: the costs of unknown requests not read: %s", exc)
-        costs = None
+        costs = {}
     for entry in unknown:
-        nano = costs.get(entry["request_id"]) if costs is not None else None
-        entry["cost_nano_usd"] = nano
-        entry["cost_usd"] = billing.usd_text(nano)
+        entry["cost_nano_usd"] = costs.get(entry["request_id"])
+        entry["cost_usd"] = billing.usd_text(entry["cost_nano_usd"])
 
 
 def _keep_unknown(unknown: list[dict[str, Any]], now) -> None:
     """The admin's list: new requests added, known ones seen again, adopted ones linked."""
-    rows = [
-        UnknownFalRequest(
-            request_id=entry["request_id"],
-            endpoint_id=entry["endpoint_id"],
-            ended_at=entry["ended_at"],
-            status_code=entry["status_code"],
-            cost_nano_usd=entry["cost_nano_usd"],
-            first_seen_at=now,
-            last_seen_at=now,
-        )
-        for entry in unknown
-    ]
-    UnknownFalRequest.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
-    ids = [entry["request_id"] for entry in unknown]
-    for start in range(0, len(ids), 1000):
-        UnknownFalRequest.objects.filter(request_id__in=ids[start : start + 1000]).update(
-            last_seen_at=now
-        )
-    for entry in unknown:  # rare: requests nobody follows
-        if entry["cost_nano_usd"] is None:
-            continue
-        UnknownFalRequest.objects.filter(request_id=entry["request_id"]).update(
-            cost_nano_usd=entry["cost_nano_usd"]
+    latest = {entry["request_id"]: entry for entry in unknown}  # a listing may repeat one
+    for costed in (True, False):
+        rows = [
+            UnknownFalRequest(
+                request_id=entry["request_id"],
+                endpoint_id=entry["endpoint_id"],
+                ended_at=entry["ended_at"],
+                status_code=entry["status_code"],
+                cost_nano_usd=entry["cost_nano_usd"],
+                first_seen_at=now,
+                last_seen_at=now,
+            )
+            for entry in latest.values()
+            if (entry["cost_nano_usd"] is not None) is costed
+        ]
+        UnknownFalRequest.objects.bulk_create(
+            rows,
+            batch_size=1000,
+            update_conflicts=True,
+            unique_fields=["request_id"],
+            update_fields=["last_seen_at", "cost_nano_usd"] if costed else ["last_seen_at"],
         )
     # Requests adopted since they were listed (by any path) point at their training.
-    waiting = UnknownFalRequest.objects.filter(adopted_training__isnull=True).values_list(
-        "request_id", flat=True
+    adopted = Training.objects.filter(fal_request_id=OuterRef("request_id"))
+    UnknownFalRequest.objects.filter(adopted_training__isnull=True).filter(Exists(adopted)).update(
+        adopted_training=Subquery(adopted.values("pk"))
     )
-    for request_id, training_id in Training.objects.filter(fal_request_id__in=waiting).values_list(
-        "fal_request_id", "pk"
-    ):
-        UnknownFalRequest.objects.filter(request_id=request_id).update(
-            adopted_training_id=training_id
-        )
 
 
 def _alert_unknown(unknown: list[dict[str, Any]]) -> None:

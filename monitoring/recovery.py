@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from html import escape
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from monitoring import transitions, wording
@@ -106,12 +105,9 @@ def lookup_lost_submit(
         matches, unverifiable = find(training.endpoint, training.arguments or {}, since=since)
     except platform.PlatformUnavailable as exc:
         return Recovery(False, Said("lost_unreadable", error=exc))
-    known = set(
-        Training.objects.filter(
-            Q(fal_request_id__in=[m.request_id for m in matches]) & ~Q(pk=training.pk)
-        ).values_list("fal_request_id", flat=True)
-    )
-    matches = [m for m in matches if m.request_id not in known]
+    known = Training.objects.filter(fal_request_id__in=[m.request_id for m in matches])
+    taken = set(known.exclude(pk=training.pk).values_list("fal_request_id", flat=True))
+    matches = [m for m in matches if m.request_id not in taken]
     if not matches:
         return _no_match(training, unverifiable, now)
     return _adopt_match(training, matches, via=via)
@@ -185,11 +181,7 @@ def _no_match(training: Training, unverifiable: int, now: datetime) -> Recovery:
                 dedup_key=f"lost_submit_given_up:{training.pk}", text=text, training=training
             )
             transitions.restate_stuck(
-                training,
-                wording.lost_submit_words,
-                give_up_at(training),
-                training.lost_submit_given_up_at is not None,
-                source=RECORD,
+                training, wording.lost_submit_words, give_up_at(training), True, source=RECORD
             )
             summary = summary.then(Said("lost_given_up"))
     return Recovery(False, summary, in_record=False)

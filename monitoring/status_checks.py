@@ -1,5 +1,5 @@
-"""The periodic status check: claim the due trainings, ask fal about them, apply what changed.
-See docs/architecture.md#the-periodic-check.
+"""The periodic status check: claim the due trainings, ask fal about them, apply what changed;
+the startup restore. See docs/architecture.md#the-periodic-check.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import F
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import ngettext
 from django_q.models import Schedule
 from django_q.tasks import async_task
 
@@ -105,16 +107,12 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.CHECK_LEASE_SECONDS)
 
 
-def lease_token(run_start: datetime) -> datetime:
-    """The ``next_check_at`` a run's claim writes, by which its batches recognise their
-    trainings; shorter than the interval, so a dead run's trainings are soon due again."""
-    return run_start + _lease()
-
-
 def claim_due(run_start: datetime, *, limit: int = 100_000) -> list[int]:
     """Lease the due active trainings to this run: one statement, so two claimers never
     both get a row (PostgreSQL skips locked rows, re-checks rows changed since its snapshot)."""
-    lease_until = lease_token(run_start)
+    # Its batches recognise their trainings by this lease; shorter than the interval, so a
+    # dead run's trainings are soon due again.
+    lease_until = run_start + _lease()
     # A run may fire a little early; what falls due within the grace is taken now (never
     # as far ahead as a live batch's renewed lease, which keeps 2/3 of it).
     horizon = run_start + min(timedelta(seconds=5), _interval() / 10, _lease() / 3)
@@ -433,15 +431,12 @@ class _Batch:
         training.not_found_since = training.not_found_since or self.now
         # Only a request that fal's record does not know either may be failed; a record
         # that could not be read decides nothing.
-        confirmed = (
+        if (
             found.in_record is False
             and training.not_found_count >= settings.FAL_NOT_FOUND_CONFIRM_COUNT
-            and (
-                self.now - training.not_found_since
-                >= timedelta(minutes=settings.FAL_NOT_FOUND_CONFIRM_MINUTES)
-            )
-        )
-        if confirmed:
+            and self.now - training.not_found_since
+            >= timedelta(minutes=settings.FAL_NOT_FOUND_CONFIRM_MINUTES)
+        ):
             report.changed = transitions.fail(
                 training,
                 error_message=(
@@ -601,62 +596,51 @@ def _move_lease(ids: list[int], expected: datetime, new: datetime) -> list[int]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-class _LeaseKeeper:
-    """Holds a batch's trainings while it works: takes them over, renews them (in a thread
-    with its own connection: the batch is busy in its event loop), hands them back."""
+@contextmanager
+def _leased(ids: list[int], token: datetime, hand_back: datetime) -> Iterator[list[int]]:
+    """Yield the trainings taken over, renewed (in a thread with its own connection: the batch
+    is busy in its event loop), handed back due at ``hand_back`` (kept leased on an error)."""
+    current = timezone.now() + _lease()
+    held = _move_lease(ids, token, current)
+    done = threading.Event()
 
-    def __init__(self, ids: list[int], token: datetime) -> None:
-        self.ids = list(ids)
-        self.current = token
-        self.held: list[int] = []
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _LeaseKeeper:
-        token, self.current = self.current, timezone.now() + _lease()
-        self.held = _move_lease(self.ids, token, self.current)
-        if self.held:
-            self._thread = threading.Thread(target=self._renew, name="lease-keeper", daemon=True)
-            self._thread.start()
-        return self
-
-    def _renew(self) -> None:
+    def renew() -> None:
+        nonlocal current
         try:
-            # Only this thread moves the lease until ``__exit__`` has joined it.
-            while not self._done.wait(settings.CHECK_LEASE_SECONDS / 3):
+            # Only this thread moves the lease until it has been joined.
+            while not done.wait(settings.CHECK_LEASE_SECONDS / 3):
                 new = timezone.now() + _lease()
-                _move_lease(self.held, self.current, new)
-                self.current = new
+                _move_lease(held, current, new)
+                current = new
         except Exception:  # the lease then simply expires: the trainings are due again
             logger.exception("Could not renew the lease of a check batch")
         finally:
             connection.close()
 
-    def hand_back(self, next_due: datetime) -> None:
-        """What the checks did not reschedule themselves is due one interval after the run."""
-        self.__exit__()
-        _move_lease(self.held, self.current, next_due)
-
-    def __exit__(self, *exc_info: object) -> None:
-        # On an error the trainings keep the lease and fall due when it runs out.
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    thread = threading.Thread(target=renew, name="lease-keeper", daemon=True)
+    if held:
+        thread.start()
+    try:
+        yield held
+    finally:
+        done.set()
+        if held:
+            thread.join()
+    _move_lease(held, current, hand_back)
 
 
 def check_batch(
     training_ids: list[int], run_id: int | None, run_start: datetime
 ) -> list[CheckReport]:
-    with _LeaseKeeper(training_ids, lease_token(run_start)) as lease:
+    # What the checks do not reschedule themselves is due one interval after the run.
+    due = next_due(run_start)
+    with _leased(training_ids, run_start + _lease(), due) as held:
         # Only what this run still holds: a batch redelivered by the broker after its
         # worker died finds its trainings leased again (or checked) by a later run.
-        trainings = list(Training.objects.active().filter(pk__in=lease.held).defer(*_UNREAD_FIELDS))
-        due = next_due(run_start)
+        trainings = list(Training.objects.active().filter(pk__in=held).defer(*_UNREAD_FIELDS))
         for training in trainings:
             training.next_check_at = due  # unless the check decides otherwise
         reports = check_trainings(trainings, source=EventSource.CHECK, run_start=run_start)
-        lease.hand_back(due)
     if run_id is not None:
         now = timezone.now()
         counts = {
@@ -734,7 +718,7 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     )
     size = settings.CHECK_BATCH_SIZE
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
-    notes = ""
+    fields: dict[str, Any] = {"due": len(ids)}
     if len(batches) <= 1:
         check_batch(ids, run.pk, run_start)
     else:
@@ -746,12 +730,11 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
                 run_start.isoformat(),
                 task_name=f"check batch of run {run.pk}",
             )
-        notes = f"fanned out as {len(batches)} batches of up to {size}"
+        fields["notes"] = f"fanned out as {len(batches)} batches of up to {size}"
     try:  # hand the sender anything due: lost hand-overs, expired leases
         delivery.sweep()
     except Exception:  # a sender problem must not fail the check run
         logger.exception("Notification sweep failed")
-    fields = {"due": len(ids), "notes": notes}
     if len(batches) <= 1:
         fields.update(
             finished_at=timezone.now(), duration_seconds=round(time.monotonic() - started, 3)
@@ -759,3 +742,25 @@ def run_periodic_check(kind: str = CheckRun.Kind.SCHEDULED) -> CheckRun:
     CheckRun.objects.filter(pk=run.pk).update(**fields)
     run.refresh_from_db()
     return run
+
+
+def restore_monitoring(*, enqueue: bool = True) -> int:
+    """Make the active trainings due now and enqueue a run; returns how many are active."""
+    now = timezone.now()
+    active = Training.objects.filter(finished_at__isnull=True).exclude(fal_status=FalStatus.HELD)
+    count = active.count()
+    active.exclude(last_checked_at__gte=now - _interval()).update(next_check_at=now)
+    if enqueue:
+        async_task(
+            "monitoring.tasks.run_check", CheckRun.Kind.RESTORE, task_name="startup restore check"
+        )
+    # The operator's log line is Russian whatever the process's language; the plural
+    # ("для 1 аватара", "для 5 аватаров") comes from the catalogue.
+    with translation.override("ru"):
+        line = ngettext(
+            "✅ Monitoring restored for %(n)s avatar",
+            "✅ Monitoring restored for %(n)s avatars",
+            count,
+        ) % {"n": count}
+    logger.info(line)
+    return count

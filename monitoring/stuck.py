@@ -16,10 +16,6 @@ from monitoring.wording import StuckCause, cause_details, cause_words
 from notifications.messages import STAFF_LANGUAGE
 
 
-def _is_style(training: Training) -> bool:
-    return training.endpoint == payloads.ENDPOINTS[TrainingType.STYLE]
-
-
 def _extended(training: Training, now: datetime) -> bool:
     extended = training.stuck_deadline_extended_until
     return extended is not None and extended > now
@@ -27,7 +23,7 @@ def _extended(training: Training, now: datetime) -> bool:
 
 def run_limit(training: Training) -> timedelta:
     """How long fal may run this training before our deadline cancels it on fal."""
-    if _is_style(training):
+    if payloads.training_type_of(training.endpoint) == TrainingType.STYLE:
         return timedelta(minutes=settings.TRAINING_MAX_RUN_MINUTES_STYLE)
     return timedelta(minutes=settings.TRAINING_MAX_RUN_MINUTES_PORTRAIT)
 
@@ -64,14 +60,13 @@ def stuck_cause(training: Training, now: datetime) -> StuckCause | None:
         limit = timedelta(minutes=settings.STUCK_IN_QUEUE_MINUTES)
         causes.append(StuckCause("in_queue", training.submitted_at or training.created_at, limit))
     elif training.fal_status == FalStatus.IN_PROGRESS:
-        style = _is_style(training)
+        kind = payloads.training_type_of(training.endpoint)
         limit = timedelta(
             minutes=settings.STUCK_IN_PROGRESS_MINUTES_STYLE
-            if style
+            if kind == TrainingType.STYLE
             else settings.STUCK_IN_PROGRESS_MINUTES_PORTRAIT
         )
         since = training.started_at or training.submitted_at or training.created_at
-        kind = TrainingType.STYLE if style else TrainingType.PORTRAIT
         causes.append(StuckCause("in_progress", since, limit, training_type=kind))
     total = timedelta(hours=settings.STUCK_TOTAL_HOURS)
     causes.append(StuckCause("total", training.sent_from, total))
@@ -82,12 +77,6 @@ def live_words(training: Training, now: datetime) -> str:
     """The stuck reason now, in the reader's language, else the stored one (set by hand)."""
     cause = stuck_cause(training, now)
     return cause_words(cause, now) if cause is not None else training.stuck_reason
-
-
-def stuck_reason(training: Training, now: datetime) -> str:
-    """Why ``training`` counts as stuck at ``now``, in English ("" when it does not)."""
-    cause = stuck_cause(training, now)
-    return wording.english(cause_words, cause, now) if cause is not None else ""
 
 
 def review(

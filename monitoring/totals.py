@@ -112,7 +112,6 @@ FAL_QUEUE = Histogram(
 def observe(histogram: Histogram, labels: Mapping[str, str], value: float) -> None:
     """Count ``value`` (seconds; a clock's skew below 0 counts as 0) in ``histogram``."""
     value = max(0.0, value)
-    # The smallest bucket that holds ``value`` ("+Inf" above the last).
     index = bisect.bisect_left(histogram.buckets, value)
     bound = "+Inf" if index == len(histogram.buckets) else bound_text(histogram.buckets[index])
     add(histogram.bucket_total, {**labels, "le": bound}, sum_ms=round(value * 1000))

@@ -59,9 +59,7 @@ STALE = "stale training attempt: the avatar has a newer one"
 
 
 class InvalidTransition(Exception):
-    def __init__(self, old: str, new: str):
-        self.old, self.new = old, new
-        super().__init__(f"An avatar cannot move from {old} to {new}")
+    pass
 
 
 @dataclass(frozen=True)
@@ -115,17 +113,18 @@ def _lost(avatar_id: int, target: str, training_id: int | None = None) -> Outcom
     if allowed:
         # The move is valid from here, so another condition (sub-state) did not hold.
         return Outcome(False, current, f"not possible now (avatar is {current})")
-    raise InvalidTransition(current, target)
+    raise InvalidTransition(f"An avatar cannot move from {current} to {target}")
 
 
 def _change(
     training: Training, match: dict[str, Any], changes: dict[str, Any], kind: str, **event: Any
 ) -> bool:
     """Apply ``changes`` to ``training`` (in memory too) if it is active and ``match``es;
-    only the winner writes the event (inside the caller's transaction)."""
-    if not Training.objects.active().filter(pk=training.pk, **match).update(**changes):
-        return False
-    _event(training.avatar_id, kind, training_id=training.pk, **event)
+    only the winner writes the event, in the same transaction (the caller's, if any)."""
+    with transaction.atomic(savepoint=False):
+        if not Training.objects.active().filter(pk=training.pk, **match).update(**changes):
+            return False
+        _event(training.avatar_id, kind, training_id=training.pk, **event)
     for name, value in changes.items():
         setattr(training, name, value)
     return True
@@ -142,7 +141,7 @@ def create_avatar(
 
 
 def mark_ready(avatar: Avatar, *, source: str, actor: Any = None) -> Outcome:
-    return _simple_move(avatar, S.DRAFT, S.READY_FOR_TRAINING, source=source, actor=actor)
+    return _move(avatar, S.DRAFT, S.READY_FOR_TRAINING, source, actor)
 
 
 RETRAINABLE = (S.ERROR, S.CANCELLED)
@@ -151,19 +150,27 @@ RETRAINABLE = (S.ERROR, S.CANCELLED)
 def retrain(avatar: Avatar, *, source: str = EventSource.STAFF, actor: Any = None) -> Outcome:
     """error or cancelled → ready_for_training; the ended attempt keeps its history."""
     old = avatar.status if avatar.status in RETRAINABLE else S.ERROR
-    return _simple_move(avatar, old, S.READY_FOR_TRAINING, source=source, actor=actor)
+    return _move(avatar, old, S.READY_FOR_TRAINING, source, actor)
 
 
-def _simple_move(avatar: Avatar, old: str, new: str, *, source: str, actor: Any) -> Outcome:
+def _move(avatar: Avatar, old: str, new: str, source: str, actor: Any, **attempt: Any) -> Outcome:
+    """``old`` → ``new``; given the fields of an ``attempt``, a new current one."""
+    now = timezone.now()
+    event: dict[str, Any] = {"actor": actor, "old_status": old, "new_status": new, "at": now}
+    training = None
     with transaction.atomic():
-        won = Avatar.objects.filter(pk=avatar.pk, status=old).update(
-            status=new, updated_at=timezone.now()
-        )
-        if not won:
+        if not Avatar.objects.filter(pk=avatar.pk, status=old).update(status=new, updated_at=now):
             return _lost(avatar.pk, new)
-        _event(avatar.pk, EventKind.STATUS, source, actor=actor, old_status=old, new_status=new)
+        if attempt:
+            training = _new_attempt(avatar.pk, now, **attempt)
+            training.avatar = avatar
+            details = {"attempt": training.attempt, "endpoint": training.endpoint}
+            event.update(training_id=training.pk, details=details)
+        _event(avatar.pk, EventKind.STATUS, source, **event)
     avatar.status = new
-    return Outcome(True, new)
+    if training is not None:
+        avatar.current_training = training
+    return Outcome(True, new, training=training)
 
 
 def _new_attempt(avatar_id: int, now: datetime, **fields: Any) -> Training:
@@ -191,36 +198,9 @@ def begin_training(
 ) -> Outcome:
     """ready_for_training → training with a new attempt in sub-state SUBMITTING, committed
     before anything is sent to fal: a second click finds the avatar already training."""
-    now = timezone.now()
-    with transaction.atomic():
-        won = Avatar.objects.filter(pk=avatar.pk, status=S.READY_FOR_TRAINING).update(
-            status=S.TRAINING, updated_at=now
-        )
-        if not won:
-            return _lost(avatar.pk, S.TRAINING)
-        training = _new_attempt(
-            avatar.pk,
-            now,
-            endpoint=endpoint,
-            arguments=arguments,
-            webhook_url=webhook_url,
-            fal_status=FalStatus.SUBMITTING,
-        )
-        training.avatar = avatar
-        _event(
-            avatar.pk,
-            EventKind.STATUS,
-            source,
-            training_id=training.pk,
-            actor=actor,
-            old_status=S.READY_FOR_TRAINING,
-            new_status=S.TRAINING,
-            details={"attempt": training.attempt, "endpoint": endpoint},
-            at=now,
-        )
-    avatar.status = S.TRAINING
-    avatar.current_training = training
-    return Outcome(True, S.TRAINING, training=training)
+    attempt: dict[str, Any] = {"endpoint": endpoint, "arguments": arguments}
+    attempt.update(webhook_url=webhook_url, fal_status=FalStatus.SUBMITTING)
+    return _move(avatar, S.READY_FOR_TRAINING, S.TRAINING, source, actor, **attempt)
 
 
 def record_submitted(
@@ -296,43 +276,27 @@ def hold(
         "next_check_at": None,
         "submit_unknown_since": None,
     }
-    with transaction.atomic():
-        if not _change(
-            training,
-            {"fal_status": training.fal_status, "fal_request_id__isnull": True},
-            changes,
-            EventKind.NOTE,
-            source=source,
-            actor=actor,
-            message=wording.english(wording.note_words, details),
-            details=details,
-            at=now,
-        ):
-            return Outcome(False, S.TRAINING, "already sent", training)
+    if not _change(
+        training,
+        {"fal_status": training.fal_status, "fal_request_id__isnull": True},
+        changes,
+        EventKind.NOTE,
+        source=source,
+        actor=actor,
+        message=wording.english(wording.note_words, details),
+        details=details,
+        at=now,
+    ):
+        return Outcome(False, S.TRAINING, "already sent", training)
     logger.warning(
         "Start held for avatar %s (training %s): %s", training.avatar_id, training.pk, reason
     )
     return Outcome(True, S.TRAINING, HELD, training)
 
 
-def record_note(
-    training: Training,
-    *,
-    message: str,
-    source: str,
-    details: dict[str, Any] | None = None,
-    actor: Any = None,
-) -> AvatarEvent:
+def record_note(training: Training, *, source: str, **event: Any) -> AvatarEvent:
     """A timeline note; ``details["code"]`` lets pages word it, ``message`` is English."""
-    return _event(
-        training.avatar_id,
-        EventKind.NOTE,
-        source,
-        training_id=training.pk,
-        actor=actor,
-        message=message,
-        details=details,
-    )
+    return _event(training.avatar_id, EventKind.NOTE, source, training_id=training.pk, **event)
 
 
 def refuse_submit(
@@ -738,29 +702,27 @@ def cancel(
 def request_cancel(training: Training, *, source: str, actor: Any = None) -> bool:
     """Note that fal is asked to cancel; fal's failure from now on is the cancel taking effect."""
     now = timezone.now()
-    with transaction.atomic():
-        return _change(
-            training,
-            {"cancel_requested_at__isnull": True},
-            {"cancel_requested_at": now, "next_check_at": now},
-            EventKind.CANCEL_REQUESTED,
-            source=source,
-            actor=actor,
-        )
+    return _change(
+        training,
+        {"cancel_requested_at__isnull": True},
+        {"cancel_requested_at": now, "next_check_at": now},
+        EventKind.CANCEL_REQUESTED,
+        source=source,
+        actor=actor,
+    )
 
 
 def withdraw_cancel(training: Training, *, source: str, actor: Any = None, reason: str) -> bool:
     """fal answered that it will not stop the job (refused, already finished): no cancel."""
-    with transaction.atomic():
-        return _change(
-            training,
-            {"cancel_requested_at__isnull": False},
-            {"cancel_requested_at": None},
-            EventKind.NOTE,
-            source=source,
-            actor=actor,
-            message=f"cancel withdrawn: {reason}",
-        )
+    return _change(
+        training,
+        {"cancel_requested_at__isnull": False},
+        {"cancel_requested_at": None},
+        EventKind.NOTE,
+        source=source,
+        actor=actor,
+        message=f"cancel withdrawn: {reason}",
+    )
 
 
 def flag_stuck(
@@ -821,15 +783,14 @@ def restate_stuck(
         return True
     if training.stuck_reason == reason[:255]:
         return False
-    with transaction.atomic():
-        return _change(
-            training,
-            {"stuck_since__isnull": False},
-            {"stuck_reason": reason[:255]},
-            EventKind.NOTE,
-            source=source,
-            message=reason,
-        )
+    return _change(
+        training,
+        {"stuck_since__isnull": False},
+        {"stuck_reason": reason[:255]},
+        EventKind.NOTE,
+        source=source,
+        message=reason,
+    )
 
 
 def clear_stuck(
@@ -840,17 +801,16 @@ def clear_stuck(
     extend_until: datetime | None = None,
 ) -> bool:
     """Clear the stuck flag; ``extend_until`` keeps it from being raised again before then."""
-    with transaction.atomic():
-        return _change(
-            training,
-            {"stuck_since__isnull": False},
-            {
-                "stuck_since": None,
-                "stuck_reason": "",
-                "stuck_deadline_extended_until": extend_until,
-            },
-            EventKind.UNSTUCK,
-            source=source,
-            actor=actor,
-            details={"extended_until": extend_until.isoformat() if extend_until else None},
-        )
+    return _change(
+        training,
+        {"stuck_since__isnull": False},
+        {
+            "stuck_since": None,
+            "stuck_reason": "",
+            "stuck_deadline_extended_until": extend_until,
+        },
+        EventKind.UNSTUCK,
+        source=source,
+        actor=actor,
+        details={"extended_until": extend_until.isoformat() if extend_until else None},
+    )

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from monitoring import roles
 from monitoring.models import Training
-from monitoring.restore import restore_monitoring
+from monitoring.status_checks import restore_monitoring
 
 pytestmark = pytest.mark.django_db
 

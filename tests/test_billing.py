@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring import billing, restore, tasks
+from monitoring import billing, status_checks, tasks
 from monitoring.models import (
     Avatar,
     AvatarStatus,
@@ -262,7 +262,7 @@ def test_under_the_hold_threshold_starts_from_everywhere_wait_and_go_once_in_ord
     Training.objects.filter(pk__in=[t.pk for t in held]).update(
         created_at=timezone.now() - timedelta(hours=30)
     )
-    restore.restore_monitoring(enqueue=False)
+    status_checks.restore_monitoring(enqueue=False)
     run_check()
     assert not Training.objects.filter(stuck_since__isnull=False).exists()
     assert Training.objects.held().count() == 3 and fal.submissions == []

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import Schedule
 
-from monitoring import restore, stuck
+from monitoring import status_checks, stuck, wording
 from monitoring.models import (
     AvatarEvent,
     AvatarStatus,
@@ -124,7 +124,7 @@ def test_a_restore_then_the_scheduled_run_checks_every_active_training(fal, star
     )
     Schedule.objects.filter(name=PERIODIC_CHECK).update(next_run=next_run)
 
-    assert restore.restore_monitoring(enqueue=False) == 5
+    assert status_checks.restore_monitoring(enqueue=False) == 5
     restored = run_check(CheckRun.Kind.RESTORE)
     assert restored.checked == 5
 
@@ -155,7 +155,8 @@ def test_no_stuck_reason_is_measured_from_a_status_the_failed_checks_could_not_c
     training.refresh_from_db()
     assert training.check_failures == 1
     assert training.stuck_since is None
-    assert stuck.stuck_reason(training, timezone.now()) == ""
+    assert stuck.stuck_cause(training, timezone.now()) is None
     # Once fal confirms it is still running, the limit applies.
     training.check_failures = 0
-    assert "training on fal for" in stuck.stuck_reason(training, timezone.now())
+    cause = stuck.stuck_cause(training, timezone.now())
+    assert "training on fal for" in wording.english(wording.cause_words, cause, timezone.now())

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command, get_commands
 from django.utils import timezone
 
-from monitoring import restore
+from monitoring import status_checks
 from monitoring.models import AvatarStatus, CheckRun, EventSource, Training
 from monitoring.ops.schedules import PERIODIC_CHECK
 from monitoring.trainings import start_training
@@ -43,7 +43,7 @@ def test_restore_makes_every_active_training_due_whatever_its_age(training_avata
     OrmQ.objects.all().delete()
 
     with caplog.at_level(logging.INFO, logger="monitoring"):
-        count = restore.restore_monitoring()
+        count = status_checks.restore_monitoring()
 
     assert count == 3
     assert "✅ Мониторинг восстановлен для 3 аватаров" in caplog.text

@@ -29,7 +29,7 @@ from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
 from django_q.worker import worker
 
-from monitoring import restore
+from monitoring import status_checks
 from monitoring.models import WorkerHeartbeat
 from monitoring.ops import health
 
@@ -239,7 +239,7 @@ class RoleSentinel(Sentinel):
         set_process_title(f"qcluster {self.role}")
         os.register_at_fork(after_in_child=lambda: die_with_parent(signal.SIGKILL))
         if self.role == CHECKS:
-            restore.restore_monitoring()
+            status_checks.restore_monitoring()
         scheduler(broker=self.broker)  # at once; the guard then runs it every 30 s
         self.start()  # django-q2's: spawn_cluster(), guard() until the flag, stop()
         return 0
