@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 from typing import Any
@@ -96,7 +96,11 @@ def load(keys: Iterable[Key]) -> dict[Key, History]:
     for endpoint, steps in set(keys):
         query = _completed(endpoint)
         if steps:
-            query = query.filter(arguments__steps=_json_steps(steps))
+            try:
+                value: Any = int(steps)
+            except ValueError:
+                value = steps
+            query = query.filter(arguments__steps=value)
         else:
             query = query.exclude(arguments__has_key="steps")
         rows = query.values_list(
@@ -113,13 +117,6 @@ def _completed(endpoint: str) -> QuerySet[Training]:
         submitted_at__isnull=False,
         started_at__isnull=False,
     ).order_by("-finished_at")
-
-
-def _json_steps(steps: str) -> Any:
-    try:
-        return int(steps)
-    except ValueError:
-        return steps
 
 
 def drained(
@@ -189,6 +186,8 @@ def _at(now: datetime, mid: float, low: float, high: float) -> Estimate:
 
 # The fields ``refresh`` writes (a check's bulk UPDATE lists them).
 FIELDS = ("queue_drain_per_minute", "eta_at", "eta_low", "eta_high", "eta_late")
+# A new estimate within this of the stored one is not written (no UPDATE per check).
+SETTLED = timedelta(seconds=30)
 
 
 def refresh(
@@ -219,25 +218,15 @@ def refresh(
         and training.eta_at is not None
         and not found.late
     )
-    if not stands and _moved(training, found):
+    stored = (training.eta_at, training.eta_low, training.eta_high)
+    moved = training.eta_late != found.late or any(
+        abs(old - new) >= SETTLED if old and new else old != new
+        for old, new in zip(stored, (found.at, found.low, found.high), strict=True)
+    )
+    if not stands and moved:
         training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
         training.eta_late = found.late
     return before != tuple(getattr(training, name) for name in FIELDS)
-
-
-# A new estimate within this of the stored one is not written (no UPDATE per check).
-SETTLED = timedelta(seconds=30)
-
-
-def _moved(training: Training, found: Estimate) -> bool:
-    pairs = (
-        (training.eta_at, found.at),
-        (training.eta_low, found.low),
-        (training.eta_high, found.high),
-    )
-    return training.eta_late != found.late or any(
-        abs(old - new) >= SETTLED if old and new else old != new for old, new in pairs
-    )
 
 
 def as_estimate(training: Training | None) -> Estimate | None:
@@ -255,12 +244,7 @@ def as_json(training: Training | None) -> dict[str, Any] | None:
     found = as_estimate(training)
     if found is None:
         return None
-    return {
-        "at": found.at.isoformat() if found.at else None,
-        "low": found.low.isoformat() if found.low else None,
-        "high": found.high.isoformat() if found.high else None,
-        "late": found.late,
-    }
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(found).items()}
 
 
 def words(training: Training | None, now: datetime) -> str:

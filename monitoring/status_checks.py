@@ -23,7 +23,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 from django_q.tasks import async_task
 
-from monitoring import eta, owner_delay, owner_progress, recovery, stuck, totals, transitions
+from monitoring import eta, owner_progress, recovery, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import AnsweredBy, FalOutcome
@@ -561,7 +561,7 @@ def check_trainings(
         batch.close()  # the batch's Platform API client, if it opened one
     still_active = [t for t in trainings if t.finished_at is None]
     stuck.review(still_active, now, source=source)
-    owner_delay.review(still_active, now)
+    owner_progress.review_delays(still_active, now)
     return reports
 
 

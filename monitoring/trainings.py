@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import billing, recovery, status_checks, stuck, transitions, wording
+from monitoring import billing, recovery, roles, status_checks, stuck, transitions, wording
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.fal.outcome import FalOutcome
@@ -135,10 +135,8 @@ def send(
     once, claimed here so that two workers never both send it; held instead while
     ``billing.hold_reason`` says so, or when fal refuses it with 403 (a locked account)."""
     avatar = training.avatar
-    previous = Training.objects.filter(avatar_id=training.avatar_id, attempt=training.attempt - 1)
     retry = training.fal_status == FalStatus.NOT_SENT or (
-        training.fal_status == FalStatus.HELD
-        and previous.filter(outcome=TrainingOutcome.RETRIED).exists()
+        training.fal_status == FalStatus.HELD and len(training.episode()) > 1
     )
     reason = None if release else billing.hold_reason()
     if reason:
@@ -251,17 +249,16 @@ def release_held(*, budget: float = 30.0) -> int:
 def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) -> str:
     """An Operator's release of one held start, whatever the balance says (without an
     admin key, the only release)."""
-    _require(actor, "monitoring.start_training", _("You may not release a held start."))
+    _require(actor, roles.START_TRAINING, _("You may not release a held start."))
     training.refresh_from_db()
     if not training.is_held:
         return _("Not held: nothing to release.")
     outcome = send(training, source=source, actor=actor, release=True)
-    sent = outcome.training or training
     if outcome.detail == transitions.HELD:
         return _("fal refused it again (account locked): held again.")
-    if sent.fal_request_id:
+    if training.fal_request_id:
         billing.account_unlocked()
-        return _("Released: sent to fal (request %s).") % sent.fal_request_id
+        return _("Released: sent to fal (request %s).") % training.fal_request_id
     return _("Released: %s") % (outcome.detail or outcome.status)
 
 
@@ -361,8 +358,7 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: before then the job may still be running on
     fal, where its record does not list it yet.
     """
-    perm = "monitoring.start_training"
-    _require(actor, perm, _("You may not make a lost submit startable again."))
+    _require(actor, roles.START_TRAINING, _("You may not make a lost submit startable again."))
     training.refresh_from_db()
     if training.finished_at is not None or training.fal_request_id:
         return _("Nothing to do: the training has a fal request or has ended.")
@@ -403,10 +399,6 @@ class AdoptResult:
 
 class AdoptRefused(ValueError):
     """Neither fal's queue nor its record knows the request, or the input is bad."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass
@@ -498,7 +490,7 @@ def adopt_training(
     """Follow fal request ``request_id`` of ``endpoint``, started by another system;
     idempotent on the request id. One that had ended tells its owner only with ``notify``
     (the old system may have told them)."""
-    _require(actor, "monitoring.adopt_training", _("You may not adopt fal requests."))
+    _require(actor, roles.ADOPT_TRAINING, _("You may not adopt fal requests."))
     request_id = (request_id or "").strip() if isinstance(request_id, str) else ""
     if not REQUEST_ID_RE.match(request_id):
         raise AdoptRefused(_("request_id must be fal's request id (letters, digits, . _ : -)"))

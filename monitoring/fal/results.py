@@ -275,7 +275,7 @@ def _alert_if_many_retries() -> None:
     AUTO_RETRY_ALERT_RATIO of the attempts that ended in the last hour, over 5, were
     retried: fal is having a bad day."""
     now = timezone.now()
-    ended = Training.objects.finished().filter(finished_at__gte=now - timedelta(hours=1))
+    ended = Training.objects.filter(finished_at__gte=now - timedelta(hours=1))
     counts = ended.aggregate(
         ended=Count("pk"), retried=Count("pk", filter=Q(outcome=TrainingOutcome.RETRIED))
     )
