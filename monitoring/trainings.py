@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,16 +76,14 @@ def create_avatar_for_owner(
 def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
     """An existing owner's language and username are updated when given, so the owner's
     next message follows what the bot last told us."""
-    owner = Owner.objects.get_or_create(
-        telegram_id=telegram_id,
-        defaults={"language": language or Language.RU, "username": username},
-    )[0]
-    given = {"language": language, "username": username}
-    changed = [name for name, value in given.items() if value and getattr(owner, name) != value]
+    given = {
+        name: value for name, value in (("language", language), ("username", username)) if value
+    }
+    owner = Owner.objects.get_or_create(telegram_id=telegram_id, defaults=given)[0]
+    changed = [name for name, value in given.items() if getattr(owner, name) != value]
     for name in changed:
         setattr(owner, name, given[name])
-    if changed:
-        owner.save(update_fields=changed)
+    owner.save(update_fields=changed)  # nothing when nothing changed
     return owner
 
 
@@ -210,12 +208,7 @@ def send(
 
     transitions.record_submitted(
         training,
-        request_id=answer.request_id,
-        status_url=answer.status_url,
-        response_url=answer.response_url,
-        cancel_url=answer.cancel_url,
-        queue_position=answer.queue_position,
-        gateway_request_id=answer.gateway_request_id,
+        **asdict(answer),
         next_check_at=timezone.now() + timedelta(seconds=settings.CHECK_INTERVAL_SECONDS),
         source=source,
         actor=actor,
@@ -320,11 +313,9 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
 
 
 def cancel_for_deadline(training: Training) -> str:
-    """Cancel on fal a run past its limit (``stuck.run_limit``).
-
-    Not staff's: fal's failure that it causes is retried like fal's own (``results``);
-    a cancel fal does not confirm leaves the training flagged for staff, never retried.
-    """
+    """Cancel on fal a run past its limit (``stuck.run_limit``): not staff's, so fal's failure
+    that it causes is retried like fal's own (``results``); one fal does not confirm leaves
+    the training flagged for staff, never retried."""
     now = timezone.now()
     won = (
         Training.objects.active()
@@ -354,10 +345,7 @@ def cancel_for_deadline(training: Training) -> str:
 
 def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     """An Operator's "fal has no such job" for a lost submit: the avatar is startable again.
-
-    Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: before then the job may still be running on
-    fal, where its record does not list it yet.
-    """
+    Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: until then the job may run on fal unlisted."""
     _require(actor, roles.START_TRAINING, _("You may not make a lost submit startable again."))
     training.refresh_from_db()
     if training.finished_at is not None or training.fal_request_id:
@@ -508,15 +496,14 @@ def adopt_training(
     if avatar is not None:
         if owner_telegram_id is not None or name:
             raise AdoptRefused(_("give either an avatar, or an owner's Telegram id and a name"))
-    else:
-        if owner_telegram_id is None:
-            raise AdoptRefused(_("give an avatar, or an owner's Telegram id and a name"))
-        if not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
-            raise AdoptRefused(_("owner_telegram_id must be a Telegram user id (a number)"))
-        if owner_telegram_id <= 0:
-            raise AdoptRefused(_("owner_telegram_id must be a positive Telegram user id"))
-        if not isinstance(name, str) or not name.strip() or len(name) > 128:
-            raise AdoptRefused(_("name must be 1 to 128 characters"))
+    elif owner_telegram_id is None:
+        raise AdoptRefused(_("give an avatar, or an owner's Telegram id and a name"))
+    elif not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
+        raise AdoptRefused(_("owner_telegram_id must be a Telegram user id (a number)"))
+    elif owner_telegram_id <= 0:
+        raise AdoptRefused(_("owner_telegram_id must be a positive Telegram user id"))
+    elif not isinstance(name, str) or not name.strip() or len(name) > 128:
+        raise AdoptRefused(_("name must be 1 to 128 characters"))
     if owner_language is not None and owner_language not in Language.values:
         raise AdoptRefused(_("owner_language must be one of %s") % ", ".join(Language.values))
     if created_at is not None and (
