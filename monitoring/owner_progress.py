@@ -80,8 +80,6 @@ def checked(trainings: Iterable[Training]) -> None:
     if not settings.OWNER_PROGRESS_MESSAGES:
         return
     by_id = {t.pk: t for t in trainings if t.finished_at is None}
-    if not by_id:
-        return
     try:
         active = (
             Training.objects.active()
@@ -89,12 +87,9 @@ def checked(trainings: Iterable[Training]) -> None:
             .select_related("avatar__owner")
             .only("avatar__name", "avatar__owner__telegram_id", "avatar__owner__language")
         )
-        snapshots = []
         for found in active:
-            training = by_id[found.pk]
-            training.avatar = found.avatar
-            snapshots.append(snapshot(training))
-        progress.update_many(snapshots)
+            by_id[found.pk].avatar = found.avatar
+        progress.update_many([snapshot(by_id[found.pk]) for found in active])
     except Exception:  # the owner's progress must never fail a check
         logger.exception("Progress messages of %s trainings not updated", len(by_id))
 

@@ -337,9 +337,8 @@ def cancel_for_deadline(training: Training) -> str:
     Training.objects.filter(pk=training.pk).update(deadline_cancel_at=None)
     training.deadline_cancel_at = None
     if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
-        transitions.restate_stuck(
-            training, wording.deadline_unconfirmed_words, minutes, answer, source=EventSource.SYSTEM
-        )
+        said = wording.Said("deadline_unconfirmed", minutes=minutes, answer=answer)
+        transitions.restate_stuck(training, str, said, source=EventSource.SYSTEM)
     return answer
 
 

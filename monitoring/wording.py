@@ -35,23 +35,6 @@ def _minutes(delta: timedelta) -> int:
     return max(int(delta.total_seconds() // 60), 0)
 
 
-# Also the stored stuck reason of a result that cannot be had (``fal.results``).
-RESULT_UNAVAILABLE = gettext_noop(
-    "finished on fal, but its result is not available (the queue forgot it and fal's record "
-    "has no payload): the owner has not been told"
-)
-
-
-def result_unavailable_words() -> str:
-    return _(RESULT_UNAVAILABLE)
-
-
-def deadline_unconfirmed_words(minutes: int, answer: str) -> str:
-    return _(
-        "run deadline passed (%(minutes)s min); fal did not confirm the cancel: %(answer)s"
-    ) % {"minutes": minutes, "answer": answer}
-
-
 @dataclass(frozen=True)
 class StuckCause:
     """Which limit a training has passed, and since when: worded by ``cause_words``."""
@@ -90,7 +73,7 @@ def cause_from_details(details: dict) -> StuckCause | None:
 def cause_words(cause: StuckCause, now: datetime) -> str:
     values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
     if cause.code == "result_unavailable":
-        return result_unavailable_words()
+        return str(Said("result_unavailable"))
     if cause.code == "submit_unknown":
         until = cause.since + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
         return lost_submit_words(until, now >= until)
@@ -158,7 +141,14 @@ SAID = {
     "not_https": gettext_noop("result URL is not https, training failed: %(url)s"),
     "no_lora": gettext_noop("result without a LoRA file"),
     "no_lora_ask_record": gettext_noop("fal's result has no LoRA file: fal's record decides"),
-    "result_unavailable": RESULT_UNAVAILABLE,
+    # Also the stored stuck reason of a result that cannot be had (``fal.results``).
+    "result_unavailable": gettext_noop(
+        "finished on fal, but its result is not available (the queue forgot it and fal's record "
+        "has no payload): the owner has not been told"
+    ),
+    "deadline_unconfirmed": gettext_noop(
+        "run deadline passed (%(minutes)s min); fal did not confirm the cancel: %(answer)s"
+    ),
     "already_finished": gettext_noop("training already finished"),
     "from_queue": gettext_noop("the result is fetched from fal's queue"),
     "record": gettext_noop("fal's record: %(words)s"),

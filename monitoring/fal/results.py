@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from monitoring import failure_kinds, transitions, wording
+from monitoring import failure_kinds, transitions
 from monitoring.fal import payloads
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.payloads import MediaUrl
@@ -249,7 +249,7 @@ def _result_unavailable(training: Training, source: str) -> Applied:
             result_unavailable_since=now, fal_status=FalStatus.COMPLETED
         )
         training.result_unavailable_since = now
-    flagged = transitions.restate_stuck(training, wording.result_unavailable_words, source=source)
+    flagged = transitions.restate_stuck(training, str, Said("result_unavailable"), source=source)
     return Applied(flagged, Said("result_unavailable"))
 
 
