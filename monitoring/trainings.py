@@ -509,8 +509,7 @@ def adopt_training(
         not isinstance(created_at, datetime) or timezone.is_naive(created_at)
     ):
         raise AdoptRefused(_("created_at must be a date and time with its time zone"))
-    existing = _already_followed(request_id)
-    if existing is not None:
+    if (existing := _already_followed(request_id)) is not None:
         return existing
     says = _ask_fal(endpoint, request_id)
     if says.report is None and says.item is None:
@@ -583,8 +582,7 @@ def adopt_training(
             )
     except IntegrityError:
         # Adopted by someone else at the same moment: theirs stands.
-        existing = _already_followed(request_id)
-        if existing is None:
+        if (existing := _already_followed(request_id)) is None:
             raise
         return existing
     avatar.refresh_from_db()

@@ -236,8 +236,6 @@ def event_words(event: AvatarEvent) -> str:
     details = event.details or {}
     if event.kind == EventKind.RETRIED:
         return retried_words(details.get("error_type", ""))
-    if event.kind == EventKind.STUCK:
-        cause = cause_from_details(details)
-        if cause is not None:
-            return cause_words(cause, event.created_at)
+    if event.kind == EventKind.STUCK and (cause := cause_from_details(details)) is not None:
+        return cause_words(cause, event.created_at)
     return note_words(details) or event.message
