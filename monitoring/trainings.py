@@ -51,26 +51,16 @@ SUBMIT_UNKNOWN_DETAIL = gettext_lazy(
 def create_avatar_for_owner(
     *,
     owner_telegram_id: int,
-    name: str,
-    training_type: str,
-    trigger_word: str,
-    images_url: str,
     owner_username: str = "",
     owner_language: str | None = None,
-    training_settings: dict[str, Any] | None = None,
     source: str,
     actor: Any = None,
+    **fields: Any,
 ) -> Avatar:
+    """``fields``: the new avatar's (name, training_type, trigger_word, images_url...)."""
     with transaction.atomic():
-        avatar = Avatar(
-            owner=_owner(owner_telegram_id, owner_language, owner_username),
-            name=name,
-            training_type=training_type,
-            trigger_word=trigger_word,
-            images_url=images_url,
-            training_settings=training_settings or {},
-        )
-        return transitions.create_avatar(avatar, source=source, actor=actor)
+        owner = _owner(owner_telegram_id, owner_language, owner_username)
+        return transitions.create_avatar(Avatar(owner=owner, **fields), source=source, actor=actor)
 
 
 def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
