@@ -82,12 +82,9 @@ def history_from(
             per_position.append(queued / (first + 1))
     if len(runs) < settings.ETA_MIN_HISTORY:
         return None
-    per = (
-        quantile(sorted(per_position), 0.5)
-        if per_position
-        else settings.ETA_DEFAULT_SECONDS_PER_POSITION
-    )
-    return History(tuple(sorted(runs)), per)
+    if not per_position:
+        per_position = [settings.ETA_DEFAULT_SECONDS_PER_POSITION]
+    return History(tuple(sorted(runs)), quantile(sorted(per_position), 0.5))
 
 
 def load(keys: Iterable[Key]) -> dict[Key, History]:
@@ -130,15 +127,6 @@ def drained(
         return seen if new_position < old_position else None
     weight = 1 - math.exp(-seconds / DRAIN_MEMORY_SECONDS)
     return old_rate + weight * (seen - old_rate)
-
-
-def progress_of(logs_tail: str) -> float | None:
-    """The share of steps done, from the trainer's last "step N/M" log line."""
-    matches = _STEP.findall(logs_tail or "")
-    if not matches:
-        return None
-    done, total = (int(n) for n in matches[-1])
-    return done / total if 0 < done <= total else None
 
 
 @dataclass(frozen=True)
@@ -209,7 +197,10 @@ def refresh(
         training.queue_drain_per_minute = drained(
             old_position, training.queue_position, seen_seconds, training.queue_drain_per_minute
         )
-    progress = progress_of(training.logs_tail)
+    # The share of steps done, from the trainer's last "step N/M" log line.
+    steps = _STEP.findall(training.logs_tail or "")
+    done, total = (int(n) for n in steps[-1]) if steps else (0, 0)
+    progress = done / total if 0 < done <= total else None
     found = _estimate(training, history, now, progress if logs_fresh else None)
     stands = (
         training.fal_status == FalStatus.IN_PROGRESS

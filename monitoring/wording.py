@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from django.conf import settings
 from django.utils import translation
@@ -19,15 +18,13 @@ from django.utils.translation import gettext_noop
 
 from monitoring.models import AvatarEvent, AvatarStatus, EventKind, FalStatus, HoldReason
 
-T = TypeVar("T")
 
-
-def in_language(language: str, render: Callable[..., T], *args: object) -> T:
+def in_language(language: str, render: Callable[..., str], *args: object) -> str:
     with translation.override(language):
         return render(*args)
 
 
-def english(render: Callable[..., T], *args: object) -> T:
+def english(render: Callable[..., str], *args: object) -> str:
     return in_language("en", render, *args)
 
 
