@@ -57,24 +57,18 @@ def create_avatar_for_owner(
     actor: Any = None,
     **fields: Any,
 ) -> Avatar:
-    """``fields``: the new avatar's (name, training_type, trigger_word, images_url...)."""
+    """``fields``: the new avatar's (name, training_type, trigger_word, images_url...). An
+    existing owner's language and username are updated when given, so the owner's next
+    message follows what the bot last told us."""
+    given = {"language": owner_language, "username": owner_username}
+    given = {key: value for key, value in given.items() if value}
     with transaction.atomic():
-        owner = _owner(owner_telegram_id, owner_language, owner_username)
+        owner = Owner.objects.get_or_create(telegram_id=owner_telegram_id, defaults=given)[0]
+        changed = [key for key, value in given.items() if getattr(owner, key) != value]
+        for key in changed:
+            setattr(owner, key, given[key])
+        owner.save(update_fields=changed)  # nothing when nothing changed
         return transitions.create_avatar(Avatar(owner=owner, **fields), source=source, actor=actor)
-
-
-def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
-    """An existing owner's language and username are updated when given, so the owner's
-    next message follows what the bot last told us."""
-    given = {
-        name: value for name, value in (("language", language), ("username", username)) if value
-    }
-    owner = Owner.objects.get_or_create(telegram_id=telegram_id, defaults=given)[0]
-    changed = [name for name, value in given.items() if getattr(owner, name) != value]
-    for name in changed:
-        setattr(owner, name, given[name])
-    owner.save(update_fields=changed)  # nothing when nothing changed
-    return owner
 
 
 def _owner_came_back(avatar: Avatar, source: str) -> None:
@@ -364,9 +358,6 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     return _("Not changed: %s.") % outcome.detail
 
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
 @dataclass
 class AdoptResult:
     avatar: Avatar
@@ -469,7 +460,7 @@ def adopt_training(
     (the old system may have told them)."""
     _require(actor, roles.ADOPT_TRAINING, _("You may not adopt fal requests."))
     request_id = (request_id or "").strip() if isinstance(request_id, str) else ""
-    if not REQUEST_ID_RE.match(request_id):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", request_id):
         raise AdoptRefused(_("request_id must be fal's request id (letters, digits, . _ : -)"))
     if endpoint not in payloads.ENDPOINTS.values():
         raise AdoptRefused(
@@ -517,14 +508,13 @@ def adopt_training(
             if avatar is None:
                 assert owner_telegram_id is not None  # the input check above requires one
                 images_url = payloads.images_url_of(says.inputs)
-                avatar = transitions.create_avatar(
-                    Avatar(
-                        owner=_owner(owner_telegram_id, owner_language),
-                        name=name.strip(),
-                        training_type=training_type,
-                        trigger_word=payloads.trigger_of(says.inputs)[:128],
-                        images_url="" if len(images_url) > payloads.MAX_URL_LENGTH else images_url,
-                    ),
+                avatar = create_avatar_for_owner(
+                    owner_telegram_id=owner_telegram_id,
+                    owner_language=owner_language,
+                    name=name.strip(),
+                    training_type=training_type,
+                    trigger_word=payloads.trigger_of(says.inputs)[:128],
+                    images_url="" if len(images_url) > payloads.MAX_URL_LENGTH else images_url,
                     source=source,
                     actor=actor,
                 )
