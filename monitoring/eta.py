@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 from typing import Any
@@ -82,12 +82,9 @@ def history_from(
             per_position.append(queued / (first + 1))
     if len(runs) < settings.ETA_MIN_HISTORY:
         return None
-    per = (
-        quantile(sorted(per_position), 0.5)
-        if per_position
-        else settings.ETA_DEFAULT_SECONDS_PER_POSITION
-    )
-    return History(tuple(sorted(runs)), per)
+    if not per_position:
+        per_position = [settings.ETA_DEFAULT_SECONDS_PER_POSITION]
+    return History(tuple(sorted(runs)), quantile(sorted(per_position), 0.5))
 
 
 def load(keys: Iterable[Key]) -> dict[Key, History]:
@@ -96,7 +93,11 @@ def load(keys: Iterable[Key]) -> dict[Key, History]:
     for endpoint, steps in set(keys):
         query = _completed(endpoint)
         if steps:
-            query = query.filter(arguments__steps=_json_steps(steps))
+            try:
+                value: Any = int(steps)
+            except ValueError:
+                value = steps
+            query = query.filter(arguments__steps=value)
         else:
             query = query.exclude(arguments__has_key="steps")
         rows = query.values_list(
@@ -115,13 +116,6 @@ def _completed(endpoint: str) -> QuerySet[Training]:
     ).order_by("-finished_at")
 
 
-def _json_steps(steps: str) -> Any:
-    try:
-        return int(steps)
-    except ValueError:
-        return steps
-
-
 def drained(
     old_position: int | None, new_position: int | None, seconds: float, old_rate: float | None
 ) -> float | None:
@@ -133,15 +127,6 @@ def drained(
         return seen if new_position < old_position else None
     weight = 1 - math.exp(-seconds / DRAIN_MEMORY_SECONDS)
     return old_rate + weight * (seen - old_rate)
-
-
-def progress_of(logs_tail: str) -> float | None:
-    """The share of steps done, from the trainer's last "step N/M" log line."""
-    matches = _STEP.findall(logs_tail or "")
-    if not matches:
-        return None
-    done, total = (int(n) for n in matches[-1])
-    return done / total if 0 < done <= total else None
 
 
 @dataclass(frozen=True)
@@ -189,6 +174,8 @@ def _at(now: datetime, mid: float, low: float, high: float) -> Estimate:
 
 # The fields ``refresh`` writes (a check's bulk UPDATE lists them).
 FIELDS = ("queue_drain_per_minute", "eta_at", "eta_low", "eta_high", "eta_late")
+# A new estimate within this of the stored one is not written (no UPDATE per check).
+SETTLED = timedelta(seconds=30)
 
 
 def refresh(
@@ -210,7 +197,10 @@ def refresh(
         training.queue_drain_per_minute = drained(
             old_position, training.queue_position, seen_seconds, training.queue_drain_per_minute
         )
-    progress = progress_of(training.logs_tail)
+    # The share of steps done, from the trainer's last "step N/M" log line.
+    steps = _STEP.findall(training.logs_tail or "")
+    done, total = (int(n) for n in steps[-1]) if steps else (0, 0)
+    progress = done / total if 0 < done <= total else None
     found = _estimate(training, history, now, progress if logs_fresh else None)
     stands = (
         training.fal_status == FalStatus.IN_PROGRESS
@@ -219,25 +209,15 @@ def refresh(
         and training.eta_at is not None
         and not found.late
     )
-    if not stands and _moved(training, found):
+    stored = (training.eta_at, training.eta_low, training.eta_high)
+    moved = training.eta_late != found.late or any(
+        abs(old - new) >= SETTLED if old and new else old != new
+        for old, new in zip(stored, (found.at, found.low, found.high), strict=True)
+    )
+    if not stands and moved:
         training.eta_at, training.eta_low, training.eta_high = found.at, found.low, found.high
         training.eta_late = found.late
     return before != tuple(getattr(training, name) for name in FIELDS)
-
-
-# A new estimate within this of the stored one is not written (no UPDATE per check).
-SETTLED = timedelta(seconds=30)
-
-
-def _moved(training: Training, found: Estimate) -> bool:
-    pairs = (
-        (training.eta_at, found.at),
-        (training.eta_low, found.low),
-        (training.eta_high, found.high),
-    )
-    return training.eta_late != found.late or any(
-        abs(old - new) >= SETTLED if old and new else old != new for old, new in pairs
-    )
 
 
 def as_estimate(training: Training | None) -> Estimate | None:
@@ -255,12 +235,7 @@ def as_json(training: Training | None) -> dict[str, Any] | None:
     found = as_estimate(training)
     if found is None:
         return None
-    return {
-        "at": found.at.isoformat() if found.at else None,
-        "low": found.low.isoformat() if found.low else None,
-        "high": found.high.isoformat() if found.high else None,
-        "late": found.late,
-    }
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(found).items()}
 
 
 def words(training: Training | None, now: datetime) -> str:

@@ -159,9 +159,6 @@ class TrainingQuerySet(models.QuerySet["Training"]):
     def active(self) -> TrainingQuerySet:
         return self.filter(finished_at__isnull=True)
 
-    def finished(self) -> TrainingQuerySet:
-        return self.filter(finished_at__isnull=False)
-
     def for_request(self, request_id: str) -> TrainingQuerySet:
         return self.filter(fal_request_id=request_id)
 

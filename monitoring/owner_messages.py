@@ -118,8 +118,7 @@ def detail_types(payload: Any) -> list[str]:
 def owner_message_for(
     *, error_type: str = "", detail_type_list: Iterable[str] = (), http_status: int | None = None
 ) -> str:
-    by_type = ERROR_TYPES.get((error_type or "").strip().lower())
-    if by_type is not None:
+    if (by_type := ERROR_TYPES.get((error_type or "").strip().lower())) is not None:
         return by_type
     by_detail = {DETAIL_TYPES.get(t.strip().lower()) for t in detail_type_list}
     for kind in _PRECEDENCE:

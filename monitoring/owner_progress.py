@@ -1,12 +1,15 @@
 """What the monitor tells the owner's live progress message (``notifications.progress``):
 a training as a ``progress.Snapshot`` when fal accepts it, a check moves it, fal's
-failure starts it again and it ends. See docs/eta.md.
+failure starts it again and it ends. See docs/eta.md. With those messages off
+(``OWNER_PROGRESS_MESSAGES``), one plain "taking longer than usual" message per episode
+instead (docs/owner-messages.md).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +18,8 @@ from django.utils import timezone
 
 from monitoring import eta
 from monitoring.models import EventSource, FalStatus, Training
-from notifications import progress
+from notifications import outbox, progress
+from notifications.models import Notification
 
 logger = logging.getLogger("monitoring")
 
@@ -76,8 +80,6 @@ def checked(trainings: Iterable[Training]) -> None:
     if not settings.OWNER_PROGRESS_MESSAGES:
         return
     by_id = {t.pk: t for t in trainings if t.finished_at is None}
-    if not by_id:
-        return
     try:
         active = (
             Training.objects.active()
@@ -85,12 +87,9 @@ def checked(trainings: Iterable[Training]) -> None:
             .select_related("avatar__owner")
             .only("avatar__name", "avatar__owner__telegram_id", "avatar__owner__language")
         )
-        snapshots = []
         for found in active:
-            training = by_id[found.pk]
-            training.avatar = found.avatar
-            snapshots.append(snapshot(training))
-        progress.update_many(snapshots)
+            by_id[found.pk].avatar = found.avatar
+        progress.update_many([snapshot(by_id[found.pk]) for found in active])
     except Exception:  # the owner's progress must never fail a check
         logger.exception("Progress messages of %s trainings not updated", len(by_id))
 
@@ -104,3 +103,29 @@ def on_retried(sender: Any, *, training: Training, retry: Training, **kwargs: An
 def on_finished(sender: Any, *, training: Training, outcome: str, **kwargs: Any) -> None:
     """The outcome is known: no more progress, only the last line after the outcome."""
     progress.finish(training.pk, outcome)
+
+
+def review_delays(trainings: Iterable[Training], now: datetime) -> None:
+    """Queue the delay message for the active trainings (just checked) past the limit,
+    once per episode (the outbox's dedup key: avatar, first attempt)."""
+    if settings.OWNER_PROGRESS_MESSAGES:
+        return
+    limit = now - timedelta(minutes=settings.OWNER_DELAY_MESSAGE_MINUTES)
+    # An episode is at least as old as its current attempt: a young one costs no query.
+    # Only attempts fal has taken: a held or submitting start tells the owner nothing.
+    late = [
+        t
+        for t in trainings
+        if t.finished_at is None
+        and t.fal_status in (FalStatus.IN_QUEUE, FalStatus.IN_PROGRESS)
+        and (t.submitted_at or t.created_at or now) <= limit
+    ]
+    # The first attempt of the episode (an automatic retry is not announced again).
+    starts = {t.pk: t.episode()[-1].pk for t in late}
+    keys = {t.pk: outbox.delayed_key(t.avatar_id, starts[t.pk]) for t in late}
+    told = set(
+        Notification.objects.filter(dedup_key__in=keys.values()).values_list("dedup_key", flat=True)
+    )
+    for training in late:
+        if keys[training.pk] not in told:
+            outbox.queue_delayed(training=training, episode_start_id=starts[training.pk])

@@ -7,7 +7,6 @@ See docs/staff-guide.md#roles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from django.apps import apps as global_apps
@@ -57,39 +56,32 @@ ROLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _permission_ids(permission_model: Any, names: Iterable[str], using: str) -> set[int]:
-    ids: set[int] = set()
-    for name in names:
-        app_label, codename = name.split(".", 1)
-        lookup = "codename__startswith" if codename.endswith("*") else "codename"
-        rows = permission_model.objects.using(using).filter(
-            content_type__app_label=app_label, **{lookup: codename.rstrip("*")}
-        )
-        found = set(rows.values_list("id", flat=True))
-        if not found:
-            # A typo in the table would otherwise silently give a role less than it says.
-            raise LookupError(f"role table names {name!r}, which is not a permission")
-        ids |= found
-    return ids
-
-
 def sync_roles(*, using: str = DEFAULT_DB_ALIAS, apps: Any = global_apps) -> list[str]:
     """Make every group of ``ROLES`` hold exactly its permissions; says what changed."""
     group_model = apps.get_model("auth", "Group")
-    permission_model = apps.get_model("auth", "Permission")
+    permissions = apps.get_model("auth", "Permission").objects.using(using)
     changes: list[str] = []
-    for name, permissions in ROLES.items():
+    for name, names in ROLES.items():
         group, created = group_model.objects.using(using).get_or_create(name=name)
         if created:
             changes.append(f"created group {name}")
-        wanted = _permission_ids(permission_model, permissions, using)
+        wanted: set[int] = set()
+        for permission in names:
+            app_label, codename = permission.split(".", 1)
+            lookup = "codename__startswith" if codename.endswith("*") else "codename"
+            rows = permissions.filter(
+                content_type__app_label=app_label, **{lookup: codename.rstrip("*")}
+            )
+            found = set(rows.values_list("id", flat=True))
+            if not found:
+                # A typo in the table would otherwise silently give a role less than it says.
+                raise LookupError(f"role table names {permission!r}, which is not a permission")
+            wanted |= found
         current = set(group.permissions.values_list("id", flat=True))
-        if wanted - current:
-            group.permissions.add(*(wanted - current))
-            changes.append(f"{name}: +{len(wanted - current)} permission(s)")
-        if current - wanted:
-            group.permissions.remove(*(current - wanted))
-            changes.append(f"{name}: -{len(current - wanted)} permission(s)")
+        group.permissions.set(wanted)
+        for sign, ids in (("+", wanted - current), ("-", current - wanted)):
+            if ids:
+                changes.append(f"{name}: {sign}{len(ids)} permission(s)")
     return changes
 
 

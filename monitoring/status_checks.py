@@ -25,7 +25,7 @@ from django.utils.translation import ngettext
 from django_q.models import Schedule
 from django_q.tasks import async_task
 
-from monitoring import eta, owner_delay, owner_progress, recovery, stuck, totals, transitions
+from monitoring import eta, owner_progress, recovery, stuck, totals, transitions
 from monitoring.fal import client as fal
 from monitoring.fal import platform, results
 from monitoring.fal.outcome import AnsweredBy, FalOutcome
@@ -556,7 +556,7 @@ def check_trainings(
         batch.close()  # the batch's Platform API client, if it opened one
     still_active = [t for t in trainings if t.finished_at is None]
     stuck.review(still_active, now, source=source)
-    owner_delay.review(still_active, now)
+    owner_progress.review_delays(still_active, now)
     return reports
 
 

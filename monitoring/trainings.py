@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from monitoring import billing, recovery, status_checks, stuck, transitions, wording
+from monitoring import billing, recovery, roles, status_checks, stuck, transitions, wording
 from monitoring.fal import client as fal
 from monitoring.fal import payloads, platform, results
 from monitoring.fal.outcome import FalOutcome
@@ -51,42 +51,24 @@ SUBMIT_UNKNOWN_DETAIL = gettext_lazy(
 def create_avatar_for_owner(
     *,
     owner_telegram_id: int,
-    name: str,
-    training_type: str,
-    trigger_word: str,
-    images_url: str,
     owner_username: str = "",
     owner_language: str | None = None,
-    training_settings: dict[str, Any] | None = None,
     source: str,
     actor: Any = None,
+    **fields: Any,
 ) -> Avatar:
+    """``fields``: the new avatar's (name, training_type, trigger_word, images_url...). An
+    existing owner's language and username are updated when given, so the owner's next
+    message follows what the bot last told us."""
+    given = {"language": owner_language, "username": owner_username}
+    given = {key: value for key, value in given.items() if value}
     with transaction.atomic():
-        avatar = Avatar(
-            owner=_owner(owner_telegram_id, owner_language, owner_username),
-            name=name,
-            training_type=training_type,
-            trigger_word=trigger_word,
-            images_url=images_url,
-            training_settings=training_settings or {},
-        )
-        return transitions.create_avatar(avatar, source=source, actor=actor)
-
-
-def _owner(telegram_id: int, language: str | None, username: str = "") -> Owner:
-    """An existing owner's language and username are updated when given, so the owner's
-    next message follows what the bot last told us."""
-    owner = Owner.objects.get_or_create(
-        telegram_id=telegram_id,
-        defaults={"language": language or Language.RU, "username": username},
-    )[0]
-    given = {"language": language, "username": username}
-    changed = [name for name, value in given.items() if value and getattr(owner, name) != value]
-    for name in changed:
-        setattr(owner, name, given[name])
-    if changed:
-        owner.save(update_fields=changed)
-    return owner
+        owner = Owner.objects.get_or_create(telegram_id=owner_telegram_id, defaults=given)[0]
+        changed = [key for key, value in given.items() if getattr(owner, key) != value]
+        for key in changed:
+            setattr(owner, key, given[key])
+        owner.save(update_fields=changed)  # nothing when nothing changed
+        return transitions.create_avatar(Avatar(owner=owner, **fields), source=source, actor=actor)
 
 
 def _owner_came_back(avatar: Avatar, source: str) -> None:
@@ -135,10 +117,8 @@ def send(
     once, claimed here so that two workers never both send it; held instead while
     ``billing.hold_reason`` says so, or when fal refuses it with 403 (a locked account)."""
     avatar = training.avatar
-    previous = Training.objects.filter(avatar_id=training.avatar_id, attempt=training.attempt - 1)
     retry = training.fal_status == FalStatus.NOT_SENT or (
-        training.fal_status == FalStatus.HELD
-        and previous.filter(outcome=TrainingOutcome.RETRIED).exists()
+        training.fal_status == FalStatus.HELD and len(training.episode()) > 1
     )
     reason = None if release else billing.hold_reason()
     if reason:
@@ -212,12 +192,7 @@ def send(
 
     transitions.record_submitted(
         training,
-        request_id=answer.request_id,
-        status_url=answer.status_url,
-        response_url=answer.response_url,
-        cancel_url=answer.cancel_url,
-        queue_position=answer.queue_position,
-        gateway_request_id=answer.gateway_request_id,
+        **asdict(answer),
         next_check_at=timezone.now() + timedelta(seconds=settings.CHECK_INTERVAL_SECONDS),
         source=source,
         actor=actor,
@@ -251,17 +226,16 @@ def release_held(*, budget: float = 30.0) -> int:
 def release(training: Training, *, actor: Any, source: str = EventSource.STAFF) -> str:
     """An Operator's release of one held start, whatever the balance says (without an
     admin key, the only release)."""
-    _require(actor, "monitoring.start_training", _("You may not release a held start."))
+    _require(actor, roles.START_TRAINING, _("You may not release a held start."))
     training.refresh_from_db()
     if not training.is_held:
         return _("Not held: nothing to release.")
     outcome = send(training, source=source, actor=actor, release=True)
-    sent = outcome.training or training
     if outcome.detail == transitions.HELD:
         return _("fal refused it again (account locked): held again.")
-    if sent.fal_request_id:
+    if training.fal_request_id:
         billing.account_unlocked()
-        return _("Released: sent to fal (request %s).") % sent.fal_request_id
+        return _("Released: sent to fal (request %s).") % training.fal_request_id
     return _("Released: %s") % (outcome.detail or outcome.status)
 
 
@@ -323,11 +297,9 @@ def cancel_training(training: Training, *, source: str, actor: Any = None) -> st
 
 
 def cancel_for_deadline(training: Training) -> str:
-    """Cancel on fal a run past its limit (``stuck.run_limit``).
-
-    Not staff's: fal's failure that it causes is retried like fal's own (``results``);
-    a cancel fal does not confirm leaves the training flagged for staff, never retried.
-    """
+    """Cancel on fal a run past its limit (``stuck.run_limit``): not staff's, so fal's failure
+    that it causes is retried like fal's own (``results``); one fal does not confirm leaves
+    the training flagged for staff, never retried."""
     now = timezone.now()
     won = (
         Training.objects.active()
@@ -349,20 +321,15 @@ def cancel_for_deadline(training: Training) -> str:
     Training.objects.filter(pk=training.pk).update(deadline_cancel_at=None)
     training.deadline_cancel_at = None
     if answer != "ALREADY_COMPLETED":  # then its real outcome stands, seen by the next check
-        transitions.restate_stuck(
-            training, wording.deadline_unconfirmed_words, minutes, answer, source=EventSource.SYSTEM
-        )
+        said = wording.Said("deadline_unconfirmed", minutes=minutes, answer=answer)
+        transitions.restate_stuck(training, str, said, source=EventSource.SYSTEM)
     return answer
 
 
 def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     """An Operator's "fal has no such job" for a lost submit: the avatar is startable again.
-
-    Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: before then the job may still be running on
-    fal, where its record does not list it yet.
-    """
-    perm = "monitoring.start_training"
-    _require(actor, perm, _("You may not make a lost submit startable again."))
+    Only after FAL_LOST_SUBMIT_GIVE_UP_HOURS: until then the job may run on fal unlisted."""
+    _require(actor, roles.START_TRAINING, _("You may not make a lost submit startable again."))
     training.refresh_from_db()
     if training.finished_at is not None or training.fal_request_id:
         return _("Nothing to do: the training has a fal request or has ended.")
@@ -391,9 +358,6 @@ def record_no_fal_job(training: Training, *, actor: Any, source: str) -> str:
     return _("Not changed: %s.") % outcome.detail
 
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
 @dataclass
 class AdoptResult:
     avatar: Avatar
@@ -403,10 +367,6 @@ class AdoptResult:
 
 class AdoptRefused(ValueError):
     """Neither fal's queue nor its record knows the request, or the input is bad."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass
@@ -498,9 +458,9 @@ def adopt_training(
     """Follow fal request ``request_id`` of ``endpoint``, started by another system;
     idempotent on the request id. One that had ended tells its owner only with ``notify``
     (the old system may have told them)."""
-    _require(actor, "monitoring.adopt_training", _("You may not adopt fal requests."))
+    _require(actor, roles.ADOPT_TRAINING, _("You may not adopt fal requests."))
     request_id = (request_id or "").strip() if isinstance(request_id, str) else ""
-    if not REQUEST_ID_RE.match(request_id):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", request_id):
         raise AdoptRefused(_("request_id must be fal's request id (letters, digits, . _ : -)"))
     if endpoint not in payloads.ENDPOINTS.values():
         raise AdoptRefused(
@@ -516,23 +476,21 @@ def adopt_training(
     if avatar is not None:
         if owner_telegram_id is not None or name:
             raise AdoptRefused(_("give either an avatar, or an owner's Telegram id and a name"))
-    else:
-        if owner_telegram_id is None:
-            raise AdoptRefused(_("give an avatar, or an owner's Telegram id and a name"))
-        if not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
-            raise AdoptRefused(_("owner_telegram_id must be a Telegram user id (a number)"))
-        if owner_telegram_id <= 0:
-            raise AdoptRefused(_("owner_telegram_id must be a positive Telegram user id"))
-        if not isinstance(name, str) or not name.strip() or len(name) > 128:
-            raise AdoptRefused(_("name must be 1 to 128 characters"))
+    elif owner_telegram_id is None:
+        raise AdoptRefused(_("give an avatar, or an owner's Telegram id and a name"))
+    elif not isinstance(owner_telegram_id, int) or isinstance(owner_telegram_id, bool):
+        raise AdoptRefused(_("owner_telegram_id must be a Telegram user id (a number)"))
+    elif owner_telegram_id <= 0:
+        raise AdoptRefused(_("owner_telegram_id must be a positive Telegram user id"))
+    elif not isinstance(name, str) or not name.strip() or len(name) > 128:
+        raise AdoptRefused(_("name must be 1 to 128 characters"))
     if owner_language is not None and owner_language not in Language.values:
         raise AdoptRefused(_("owner_language must be one of %s") % ", ".join(Language.values))
     if created_at is not None and (
         not isinstance(created_at, datetime) or timezone.is_naive(created_at)
     ):
         raise AdoptRefused(_("created_at must be a date and time with its time zone"))
-    existing = _already_followed(request_id)
-    if existing is not None:
+    if (existing := _already_followed(request_id)) is not None:
         return existing
     says = _ask_fal(endpoint, request_id)
     if says.report is None and says.item is None:
@@ -550,14 +508,13 @@ def adopt_training(
             if avatar is None:
                 assert owner_telegram_id is not None  # the input check above requires one
                 images_url = payloads.images_url_of(says.inputs)
-                avatar = transitions.create_avatar(
-                    Avatar(
-                        owner=_owner(owner_telegram_id, owner_language),
-                        name=name.strip(),
-                        training_type=training_type,
-                        trigger_word=payloads.trigger_of(says.inputs)[:128],
-                        images_url="" if len(images_url) > payloads.MAX_URL_LENGTH else images_url,
-                    ),
+                avatar = create_avatar_for_owner(
+                    owner_telegram_id=owner_telegram_id,
+                    owner_language=owner_language,
+                    name=name.strip(),
+                    training_type=training_type,
+                    trigger_word=payloads.trigger_of(says.inputs)[:128],
+                    images_url="" if len(images_url) > payloads.MAX_URL_LENGTH else images_url,
                     source=source,
                     actor=actor,
                 )
@@ -605,8 +562,7 @@ def adopt_training(
             )
     except IntegrityError:
         # Adopted by someone else at the same moment: theirs stands.
-        existing = _already_followed(request_id)
-        if existing is None:
+        if (existing := _already_followed(request_id)) is None:
             raise
         return existing
     avatar.refresh_from_db()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from django.conf import settings
 from django.utils import translation
@@ -19,37 +18,18 @@ from django.utils.translation import gettext_noop
 
 from monitoring.models import AvatarEvent, AvatarStatus, EventKind, FalStatus, HoldReason
 
-T = TypeVar("T")
 
-
-def in_language(language: str, render: Callable[..., T], *args: object) -> T:
+def in_language(language: str, render: Callable[..., str], *args: object) -> str:
     with translation.override(language):
         return render(*args)
 
 
-def english(render: Callable[..., T], *args: object) -> T:
+def english(render: Callable[..., str], *args: object) -> str:
     return in_language("en", render, *args)
 
 
 def _minutes(delta: timedelta) -> int:
     return max(int(delta.total_seconds() // 60), 0)
-
-
-# Also the stored stuck reason of a result that cannot be had (``fal.results``).
-RESULT_UNAVAILABLE = gettext_noop(
-    "finished on fal, but its result is not available (the queue forgot it and fal's record "
-    "has no payload): the owner has not been told"
-)
-
-
-def result_unavailable_words() -> str:
-    return _(RESULT_UNAVAILABLE)
-
-
-def deadline_unconfirmed_words(minutes: int, answer: str) -> str:
-    return _(
-        "run deadline passed (%(minutes)s min); fal did not confirm the cancel: %(answer)s"
-    ) % {"minutes": minutes, "answer": answer}
 
 
 @dataclass(frozen=True)
@@ -90,7 +70,7 @@ def cause_from_details(details: dict) -> StuckCause | None:
 def cause_words(cause: StuckCause, now: datetime) -> str:
     values = {"age": _minutes(now - cause.since), "limit": _minutes(cause.limit)}
     if cause.code == "result_unavailable":
-        return result_unavailable_words()
+        return str(Said("result_unavailable"))
     if cause.code == "submit_unknown":
         until = cause.since + timedelta(hours=settings.FAL_LOST_SUBMIT_GIVE_UP_HOURS)
         return lost_submit_words(until, now >= until)
@@ -158,7 +138,14 @@ SAID = {
     "not_https": gettext_noop("result URL is not https, training failed: %(url)s"),
     "no_lora": gettext_noop("result without a LoRA file"),
     "no_lora_ask_record": gettext_noop("fal's result has no LoRA file: fal's record decides"),
-    "result_unavailable": RESULT_UNAVAILABLE,
+    # Also the stored stuck reason of a result that cannot be had (``fal.results``).
+    "result_unavailable": gettext_noop(
+        "finished on fal, but its result is not available (the queue forgot it and fal's record "
+        "has no payload): the owner has not been told"
+    ),
+    "deadline_unconfirmed": gettext_noop(
+        "run deadline passed (%(minutes)s min); fal did not confirm the cancel: %(answer)s"
+    ),
     "already_finished": gettext_noop("training already finished"),
     "from_queue": gettext_noop("the result is fetched from fal's queue"),
     "record": gettext_noop("fal's record: %(words)s"),
@@ -246,8 +233,6 @@ def event_words(event: AvatarEvent) -> str:
     details = event.details or {}
     if event.kind == EventKind.RETRIED:
         return retried_words(details.get("error_type", ""))
-    if event.kind == EventKind.STUCK:
-        cause = cause_from_details(details)
-        if cause is not None:
-            return cause_words(cause, event.created_at)
+    if event.kind == EventKind.STUCK and (cause := cause_from_details(details)) is not None:
+        return cause_words(cause, event.created_at)
     return note_words(details) or event.message

@@ -88,7 +88,7 @@ def update_many(
     """``update`` for a check batch: one read, one insert for the new messages."""
     now = now or timezone.now()
     if not settings.OWNER_PROGRESS_MESSAGES or not snapshots:
-        # Off: a late training's owner hears it once from monitoring.owner_delay.
+        # Off: a late training's owner hears it once from monitoring.owner_progress.
         return {}
     rows = {
         row.training_id: row

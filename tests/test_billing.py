@@ -45,7 +45,7 @@ def short_calls(settings):
 
 def look_up(after: timedelta) -> billing.LookupReport:
     """The billing lookup as it runs ``after`` the trainings finished."""
-    latest = max(Training.objects.finished().values_list("finished_at", flat=True))
+    latest = max(Training.objects.exclude(finished_at=None).values_list("finished_at", flat=True))
     return billing.look_up_costs(now=latest + after)
 
 

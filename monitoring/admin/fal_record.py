@@ -102,7 +102,7 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
                 actor=request.user,
             )
         except AdoptRefused as exc:
-            form.add_error(None, exc.reason)
+            form.add_error(None, str(exc))
         else:
             values = {"request": result.training.fal_request_id, "id": result.avatar.pk}
             if result.adopted:

@@ -452,7 +452,7 @@ def adopt_training(request: HttpRequest, payload: AdoptIn):
             source=API_SOURCE,
         )
     except trainings.AdoptRefused as exc:
-        reason = str(exc.reason)
+        reason = str(exc)
         raise ApiError(422, "adopt_refused", reason, fields={"request_id": reason}) from None
     avatar = result.avatar
     if not result.adopted and representation.load_avatar(avatar.pk, client) is None:

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from monitoring import failure_kinds, transitions, wording
+from monitoring import failure_kinds, transitions
 from monitoring.fal import payloads
 from monitoring.fal.outcome import AnsweredBy, FalOutcome, Kind
 from monitoring.fal.payloads import MediaUrl
@@ -210,9 +210,9 @@ class _Applying:
                     result_unavailable_since=now, fal_status=FalStatus.COMPLETED
                 )
                 training.result_unavailable_since = now
-            words = wording.result_unavailable_words
-            flagged = transitions.restate_stuck(training, words, source=self.source)
-            return Applied(flagged, Said("result_unavailable"))
+            said = Said("result_unavailable")
+            flagged = transitions.restate_stuck(training, str, said, source=self.source)
+            return Applied(flagged, said)
         message = "fal's result has no LoRA file (diffusers_lora_file)"
         finished = self._fail(message, "no_lora_in_result")
         return Applied(finished.changed, Said("no_lora"))
@@ -235,7 +235,7 @@ class _Applying:
 def _alert_if_many_retries() -> None:
     """Staff hear once per episode when fal is having a bad day (AUTO_RETRY_ALERT_RATIO)."""
     now = timezone.now()
-    last_hour = Training.objects.finished().filter(finished_at__gte=now - timedelta(hours=1))
+    last_hour = Training.objects.filter(finished_at__gte=now - timedelta(hours=1))
     counts = last_hour.aggregate(
         ended=Count("pk"), retried=Count("pk", filter=Q(outcome=TrainingOutcome.RETRIED))
     )

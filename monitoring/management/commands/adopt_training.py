@@ -64,7 +64,7 @@ class Command(TranslatedCommand):
         try:
             result = self._adopt(fields, notify=options["notify"], dry_run=options["dry_run"])
         except AdoptRefused as exc:
-            raise CommandError(_("Not adopted: %s") % exc.reason) from None
+            raise CommandError(_("Not adopted: %s") % exc) from None
         if options["json"]:
             self.stdout.write(json.dumps(_as_json(result)))
         else:
@@ -124,7 +124,7 @@ class Command(TranslatedCommand):
                     raise AdoptRefused(_("not a JSON object"))
                 result = self._adopt(fields, notify=options["notify"], dry_run=options["dry_run"])
             except (ValueError, AdoptRefused) as exc:
-                reason = exc.reason if isinstance(exc, AdoptRefused) else _("not JSON: %s") % exc
+                reason = str(exc) if isinstance(exc, AdoptRefused) else _("not JSON: %s") % exc
                 summary["refused"].append({"line": number, "reason": reason})
                 self.stderr.write(f"line {number}: refused: {reason}")
                 continue
