@@ -65,7 +65,7 @@ def _count(verdict: str, outcome: str) -> None:
 class Delivery(WebhookDelivery):
     """A ``WebhookDelivery`` row with what it does (a proxy: same table)."""
 
-    objects: ClassVar[Manager[Delivery]]  # type: ignore[assignment]  # the parent's, typed
+    objects: ClassVar[Manager[Delivery]]  # the parent's, typed
     _raw: bytes = b""
 
     class Meta:
