@@ -32,7 +32,6 @@ from monitoring import billing, totals
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.models import (
-    Avatar,
     AvatarStatus,
     CheckRun,
     EventSource,
@@ -42,7 +41,7 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
-from monitoring.ops import health
+from monitoring.ops import dashboard, health
 from notifications import delivery
 from notifications.models import (
     IN_FLIGHT,
@@ -189,9 +188,8 @@ class DatabaseCollector:
         stuck = sum(row["stuck"] for row in rows.values())
         yield _gauge("trainings_stuck", "Active trainings flagged stuck.", stuck)
         avatars = GaugeMetricFamily(f"{PREFIX}_avatars", "Avatars by status.", labels=["status"])
-        counts = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
-        for status in AvatarStatus.values:
-            avatars.add_metric([status], counts.get(status, 0))
+        for status, _label, n in dashboard.status_counts():
+            avatars.add_metric([status], n)
         yield avatars
         beat = health.heartbeat(now)
         yield _gauge(
@@ -289,22 +287,13 @@ class DatabaseCollector:
             OWNER_TOLD_KINDS,
         )
         trainers = sorted(set(payloads.ENDPOINTS.values()))
-        yield _histogram(
-            totals.TIME_TO_READY,
-            "Seconds from the start of a training to the avatar ready, by trainer.",
-            "trainer",
-            reading,
-            trainers,
-            _trainer,
-        )
-        yield _histogram(
-            totals.FAL_QUEUE,
-            "Seconds a training waited in fal's queue before running, by trainer.",
-            "trainer",
-            reading,
-            trainers,
-            _trainer,
-        )
+        for histogram, documentation in (
+            (totals.TIME_TO_READY, "Seconds from the start of a training to the avatar ready"),
+            (totals.FAL_QUEUE, "Seconds a training waited in fal's queue before running"),
+        ):
+            yield _histogram(
+                histogram, f"{documentation}, by trainer.", "trainer", reading, trainers, _trainer
+            )
         spend = CounterMetricFamily(
             f"{PREFIX}_fal_spend_usd",
             "What fal billed for our trainings, in USD, by endpoint (from billing events).",

@@ -66,9 +66,8 @@ class Command(TranslatedCommand):
         except AdoptRefused as exc:
             raise CommandError(_("Not adopted: %s") % exc.reason) from None
         if options["json"]:
-            self.stdout.write(json.dumps(_as_json(result)))
-        else:
-            self.stdout.write(_describe(result, dry_run=options["dry_run"]))
+            return json.dumps(_as_json(result))
+        return _describe(result, dry_run=options["dry_run"])
 
     def _adopt(self, fields: dict[str, Any], *, notify: bool, dry_run: bool) -> AdoptResult:
         unknown = set(fields) - LINE_FIELDS
@@ -123,16 +122,14 @@ class Command(TranslatedCommand):
                 if not isinstance(fields, dict):
                     raise AdoptRefused(_("not a JSON object"))
                 result = self._adopt(fields, notify=options["notify"], dry_run=options["dry_run"])
-            except (ValueError, AdoptRefused) as exc:
-                reason = exc.reason if isinstance(exc, AdoptRefused) else _("not JSON: %s") % exc
-                summary["refused"].append({"line": number, "reason": reason})
-                self.stderr.write(f"line {number}: refused: {reason}")
-                continue
             except Exception as exc:  # noqa: BLE001 - one bad line never stops the good ones
-                summary["refused"].append(
-                    {"line": number, "reason": f"{type(exc).__name__}: {exc}"}
-                )
-                self.stderr.write(f"line {number}: failed: {type(exc).__name__}: {exc}")
+                verdict, reason = "failed", f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, AdoptRefused):
+                    verdict, reason = "refused", exc.reason
+                elif isinstance(exc, ValueError):
+                    verdict, reason = "refused", _("not JSON: %s") % exc
+                summary["refused"].append({"line": number, "reason": reason})
+                self.stderr.write(f"line {number}: {verdict}: {reason}")
                 continue
             entry = {"line": number, **_as_json(result)}
             summary["adopted" if result.adopted else "already_known"].append(entry)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
 
 from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
@@ -45,7 +44,6 @@ class Command(TranslatedCommand):
     def handle(
         self, *args, request_id: str, endpoint: str | None, logs: bool, result: bool, **options
     ) -> None:
-        request_id = request_id.strip()
         if not REQUEST_ID.match(request_id):
             raise CommandError(
                 _(
@@ -98,9 +96,9 @@ class Command(TranslatedCommand):
         except fal.FalError as exc:
             raise CommandError(_("fal did not answer: %(error)s") % {"error": exc}) from None
 
-        status: Any = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report
-        if not logs and isinstance(status, dict):
-            status.pop("logs", None)
+        status = dataclasses.asdict(report)
+        if not logs:
+            del status["logs"]
         self.stdout.write(json.dumps({"status": status}, indent=2, ensure_ascii=False, default=str))
 
         if not result:

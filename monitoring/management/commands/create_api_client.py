@@ -82,8 +82,7 @@ class Command(TranslatedCommand):
             "callback_secret": made.callback_secret,
         }
         if options["json"]:
-            self.stdout.write(json.dumps(answer))
-            return
+            return json.dumps(answer)
         self.stdout.write(f"API client {made.client.name!r} created (scopes: {', '.join(scopes)}).")
         self.stdout.write(f"Token (shown once, store it now): {made.token}")
         self.stdout.write(f"Callback secret (shown once): {made.callback_secret}")

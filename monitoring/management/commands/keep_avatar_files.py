@@ -47,8 +47,6 @@ class Command(TranslatedCommand):
                     _("Avatar %(id)s has no completed training.") % {"id": options["avatar"]}
                 )
         if options["since"] is not None:
-            if options["since"] < 1:
-                raise CommandError(_("--since must be at least 1 day"))
             trainings = trainings.filter(
                 finished_at__gte=timezone.now() - timedelta(days=options["since"])
             )
