@@ -98,9 +98,9 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "monitoring.ops.attention.context",
-            ],
+            ]
         },
-    },
+    }
 ]
 
 WSGI_APPLICATION = "avatarsite.wsgi.application"
@@ -394,7 +394,7 @@ Q_CLUSTER["ALT_CLUSTERS"] = {
         "timeout": 55,
         "retry": 120,
         "poll": 0.1,
-    },
+    }
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
@@ -448,7 +448,7 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
             "filters": ["redact_secrets"],
-        },
+        }
     },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {
