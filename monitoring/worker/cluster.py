@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+import types
 import uuid
 from typing import Any
 
@@ -70,15 +71,9 @@ def role_environment(role: str) -> dict[str, str]:
     return env
 
 
-class _Stop:
-    """When the first stop signal reached this process or its parent (monotonic, 0: never):
-    a shared double, so children forked after ``install_stop_handlers`` see it set."""
-
-    at: Any = None
-    signal_name = ""
-
-
-STOP = _Stop()
+# ``at``: when the first stop signal reached this process or its parent (monotonic, 0: never),
+# a shared double, so children forked after ``install_stop_handlers`` see it set.
+STOP = types.SimpleNamespace(at=None, signal_name="")
 
 
 def install_stop_handlers() -> None:
