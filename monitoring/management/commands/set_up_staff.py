@@ -62,9 +62,8 @@ class Command(TranslatedCommand):
             self.stdout.write(f"User {username!r} exists already: kept.")
             return
         password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or self._ask_password()
-        user = users(username=username, email=email)
         try:
-            validate_password(password, user)
+            validate_password(password, users(username=username, email=email))
         except ValidationError as exc:
             raise CommandError(f"The password was refused: {' '.join(exc.messages)}") from None
         with transaction.atomic():
