@@ -107,9 +107,8 @@ WSGI_APPLICATION = "avatarsite.wsgi.application"
 ASGI_APPLICATION = "avatarsite.asgi.application"
 
 DATABASES = {"default": env_database("DATABASE_URL", BASE_DIR / "db.sqlite3")}
-_test_db_name = env_str("TEST_DATABASE_NAME")
-if _test_db_name:
-    DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
+if env_str("TEST_DATABASE_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

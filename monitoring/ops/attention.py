@@ -143,8 +143,6 @@ def problems(now: datetime | None = None) -> list[Problem]:
 
 
 def context(request: HttpRequest) -> dict[str, Any]:
-    """Template context processor."""
-
     def may_see() -> bool:
         user = getattr(request, "user", None)
         return bool(user and user.is_authenticated and user.has_perm("monitoring.view_avatar"))

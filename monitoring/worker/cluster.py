@@ -231,8 +231,7 @@ class RoleSentinel(Sentinel):
         return 0
 
     def spawn_worker(self) -> None:
-        # Sentinel.spawn_worker with our wrapper as the target (daemonic: workers are, by
-        # default, and Q_CLUSTER keeps the default).
+        # Sentinel.spawn_worker with our wrapper as the target (daemonic, the default).
         timer = multiprocessing.Value("f", -1)
         ack = multiprocessing.Value("q", -1, lock=False)
         process = self.spawn_process(
