@@ -73,11 +73,9 @@ class Command(TranslatedCommand):
             raise CommandError(_("Some files could not be kept (see the admin)."))
 
     def _one(self, training: Training, summary: dict[str, int], *, dry_run: bool) -> None:
-        existing = {row.kind: row for row in training.kept_files.all()}
+        kept = {row.kind for row in training.kept_files.all() if row.state == FileState.KEPT}
         wanted = files._sources(training)
-        if wanted and all(
-            kind in existing and existing[kind].state == FileState.KEPT for kind in wanted
-        ):
+        if wanted and kept.issuperset(wanted):
             summary["already_kept"] += 1
             return
         if dry_run:
