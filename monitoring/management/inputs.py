@@ -53,8 +53,7 @@ def telegram_id(value: str) -> int:
 
 def text(max_length: int, *, what: str = "") -> Callable[[str], str]:
     def parse(value: str) -> str:
-        cleaned = value.strip()
-        if not cleaned:
+        if not (cleaned := value.strip()):
             raise argparse.ArgumentTypeError(_("must not be empty"))
         if len(cleaned) > max_length:
             raise argparse.ArgumentTypeError(

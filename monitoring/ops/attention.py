@@ -117,8 +117,7 @@ def problems(now: datetime | None = None) -> list[Problem]:
             _("Notifications are not being consumed: the oldest waits for %(minutes)s min.")
             % {"minutes": int((now - oldest).total_seconds() // 60)},
         )
-    undelivered = reachability.undelivered_count()
-    if undelivered:
+    if undelivered := reachability.undelivered_count():
         add(
             "notifications_failed",
             ngettext(

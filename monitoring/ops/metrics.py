@@ -342,8 +342,7 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    refusal = _refusal(request)
-    if refusal is not None:
+    if (refusal := _refusal(request)) is not None:
         return refusal
     try:
         body = generate_latest(REGISTRY)

@@ -70,12 +70,10 @@ class Command(TranslatedCommand):
         return _describe(result, dry_run=options["dry_run"])
 
     def _adopt(self, fields: dict[str, Any], *, notify: bool, dry_run: bool) -> AdoptResult:
-        unknown = set(fields) - LINE_FIELDS
-        if unknown:
+        if unknown := set(fields) - LINE_FIELDS:
             raise AdoptRefused(_("unknown fields: %s") % ", ".join(sorted(unknown)))
         for name, value in fields.items():
-            reason = unstorable(value)
-            if reason:
+            if reason := unstorable(value):
                 raise AdoptRefused(f"{name}: {reason}")
         kwargs: dict[str, Any] = {
             **{name: fields.get(name) for name in OPTION_FIELDS if name != "avatar"},
@@ -156,8 +154,7 @@ class Command(TranslatedCommand):
 def _moment(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
-    moment = parse_datetime(value) if isinstance(value, str) else None
-    if moment is None:
+    if (moment := parse_datetime(value) if isinstance(value, str) else None) is None:
         raise AdoptRefused(_("created_at must be an ISO 8601 date and time"))
     return moment
 

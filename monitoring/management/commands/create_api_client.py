@@ -47,18 +47,15 @@ class Command(TranslatedCommand):
         )
 
     def handle(self, *args, **options):
-        name = options["name"].strip()
-        if not name:
+        if not (name := options["name"].strip()):
             raise CommandError("--name must not be empty")
-        scopes = [s.strip() for s in options["scopes"].split(",") if s.strip()]
-        if not scopes:
+        if not (scopes := [s.strip() for s in options["scopes"].split(",") if s.strip()]):
             raise CommandError("--scopes needs at least one scope")
         try:
             tokens.validate_scopes(scopes)
         except ValueError as exc:
             raise CommandError(f"--scopes: {exc}") from None
-        url = options["callback_url"].strip()
-        if url:
+        if url := options["callback_url"].strip():
             try:
                 callbacks.validate_callback_url(url)
             except callbacks.CallbackRefused as exc:

@@ -55,8 +55,7 @@ class Command(TranslatedCommand):
     ) -> None:
         if [bool(avatar_ids), all, stuck].count(True) != 1:
             raise CommandError(_("Choose exactly one of --avatar ID, --all or --stuck."))
-        trainings = list(self.select(avatar_ids, all, stuck))
-        if not trainings:
+        if not (trainings := list(self.select(avatar_ids, all, stuck))):
             self.stdout.write(_("Nothing to check."))
             return
 
@@ -107,8 +106,7 @@ class Command(TranslatedCommand):
             return active.filter(stuck_since__isnull=False)
         wanted = list(dict.fromkeys(avatar_ids))
         avatars = Avatar.objects.select_related("current_training").in_bulk(wanted)
-        unknown = [str(pk) for pk in wanted if pk not in avatars]
-        if unknown:
+        if unknown := [str(pk) for pk in wanted if pk not in avatars]:
             raise CommandError(_("Unknown avatar id(s): %(ids)s") % {"ids": ", ".join(unknown)})
         selected = []
         for pk in wanted:
