@@ -63,11 +63,9 @@ def role_for_cluster(name: str | None) -> str | None:
 
 def role_environment(role: str) -> dict[str, str]:
     """django-q2 reads its queue name from Q_CLUSTER_NAME at import."""
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name != "Q_CLUSTER_NAME"}
     if role == NOTIFICATIONS:
         env["Q_CLUSTER_NAME"] = cluster_name(role)
-    else:
-        env.pop("Q_CLUSTER_NAME", None)
     return env
 
 

@@ -63,12 +63,8 @@ class Command(TranslatedCommand):
             self._one(training, summary, dry_run=options["dry_run"])
         if progress:
             sys.stderr.write("\n")
-        if options["json"]:
-            self.stdout.write(json.dumps(summary))
-        else:
-            self.stdout.write(
-                ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in summary.items())
-            )
+        text = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in summary.items())
+        self.stdout.write(json.dumps(summary) if options["json"] else text)
         if summary.get("failed"):
             raise CommandError(_("Some files could not be kept (see the admin)."))
 
