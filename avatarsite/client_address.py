@@ -19,8 +19,7 @@ def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 def client_address(request: HttpRequest) -> str | None:
-    remote = _address(request.META.get("REMOTE_ADDR", ""))
-    if remote is None:
+    if (remote := _address(request.META.get("REMOTE_ADDR", ""))) is None:
         return None
     if any(remote in network for network in settings.FORWARDED_ALLOW_IPS):
         hops = [hop for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop]

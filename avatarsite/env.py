@@ -32,8 +32,7 @@ def env_str(name: str, default: str | None = None) -> str | None:
 
 
 def env_bool(name: str, default: bool) -> bool:
-    value = _raw(name)
-    if value is None:
+    if (value := _raw(name)) is None:
         return default
     if value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
@@ -43,8 +42,7 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def _number(name: str, default, kind: type, what: str, minimum, maximum=None) -> Any:
-    value = _raw(name)
-    if value is None:
+    if (value := _raw(name)) is None:
         return default
     try:
         number = kind(value)
@@ -99,8 +97,7 @@ def env_url(name: str, default: str, *, schemes: tuple[str, ...] = HTTP) -> str:
 def env_url(name: str, default: None, *, schemes: tuple[str, ...] = HTTP) -> str | None: ...
 def env_url(name: str, default: str | None, *, schemes: tuple[str, ...] = HTTP) -> str | None:
     """Trailing slash removed."""
-    value = _raw(name)
-    if value is None:
+    if (value := _raw(name)) is None:
         return default
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.netloc:
@@ -149,8 +146,7 @@ def env_database(name: str, default_sqlite_path: Path) -> DBConfig:
 
 def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
     """``X-Forwarded-Proto`` or ``X-Forwarded-Proto=https`` → Django's tuple form."""
-    value = _raw(name)
-    if value is None:
+    if (value := _raw(name)) is None:
         return None
     header, _, expected = value.partition("=")
     header = header.strip()

@@ -54,8 +54,7 @@ _SHAPES = re.compile(
 
 def redact(text: str) -> str:
     for secret in known_secrets():
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+        text = text.replace(secret, REDACTED)
     return _SHAPES.sub(REDACTED, _LINK_SECRETS.sub(lambda m: (m[1] or m[2]) + REDACTED, text))
 
 

@@ -20,9 +20,9 @@ from django.template.response import TemplateResponse
 
 def address_locked(request: HttpRequest) -> bool:
     """Failed logins from the request's address within the cool-off, whatever the username."""
-    address = getattr(request, "axes_ip_address", None) or get_client_ip_address(request)
     failures = AccessAttempt.objects.filter(
-        ip_address=address, attempt_time__gte=get_cool_off_threshold(request)
+        ip_address=getattr(request, "axes_ip_address", None) or get_client_ip_address(request),
+        attempt_time__gte=get_cool_off_threshold(request),
     ).aggregate(total=Sum("failures_since_start"))["total"]
     return (failures or 0) >= settings.ADMIN_LOGIN_ADDRESS_FAILURE_LIMIT
 
@@ -53,6 +53,5 @@ def lockout_response(
         ),
         "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
     }
-    response = TemplateResponse(request, "admin/login_locked_out.html", context, status=429)
     # Rendered here: the middleware hands this response straight back.
-    return response.render()
+    return TemplateResponse(request, "admin/login_locked_out.html", context, status=429).render()

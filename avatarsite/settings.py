@@ -98,18 +98,17 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "monitoring.ops.attention.context",
-            ],
+            ]
         },
-    },
+    }
 ]
 
 WSGI_APPLICATION = "avatarsite.wsgi.application"
 ASGI_APPLICATION = "avatarsite.asgi.application"
 
 DATABASES = {"default": env_database("DATABASE_URL", BASE_DIR / "db.sqlite3")}
-_test_db_name = env_str("TEST_DATABASE_NAME")
-if _test_db_name:
-    DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
+if env_str("TEST_DATABASE_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -394,7 +393,7 @@ Q_CLUSTER["ALT_CLUSTERS"] = {
         "timeout": 55,
         "retry": 120,
         "poll": 0.1,
-    },
+    }
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
@@ -427,12 +426,12 @@ if SENTRY_DSN:
         SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE
     )
 
-LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").upper()
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
     )
-LOG_FORMAT = (env_str("LOG_FORMAT", "text") or "text").lower()
+LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
@@ -448,7 +447,7 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
             "filters": ["redact_secrets"],
-        },
+        }
     },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {

@@ -38,14 +38,13 @@ def column(model: Any, field: str) -> Callable[[str], str]:
     return text(model._meta.get_field(field).max_length)
 
 
-def database_id(value: str) -> int:
-    return integer(1, MAX_BIGINT)(value)
+database_id = integer(1, MAX_BIGINT)
 
 
 def telegram_id(value: str) -> int:
     """Positive: group chats are negative, and an owner is a person."""
     try:
-        return integer(1, MAX_BIGINT)(value)
+        return database_id(value)
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(
             _("a Telegram user id is a positive 64-bit integer: %(reason)s") % {"reason": exc}
@@ -54,8 +53,7 @@ def telegram_id(value: str) -> int:
 
 def text(max_length: int, *, what: str = "") -> Callable[[str], str]:
     def parse(value: str) -> str:
-        cleaned = value.strip()
-        if not cleaned:
+        if not (cleaned := value.strip()):
             raise argparse.ArgumentTypeError(_("must not be empty"))
         if len(cleaned) > max_length:
             raise argparse.ArgumentTypeError(

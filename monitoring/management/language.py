@@ -36,14 +36,9 @@ class TranslatedCommand(BaseCommand):
         # Whatever a caller left active (a test's request, call_command from a view) does
         # not decide: the option or the setting does.
         with translation.override(options.get("language") or settings.LANGUAGE_CODE):
-            _refuse_unstorable(args, options)
+            # Refused: text the database cannot store (a NUL, bytes that are not UTF-8).
+            named = [(f"--{name.replace('_', '-')}", value) for name, value in options.items()]
+            for label, value in [*((str(n), v) for n, v in enumerate(args, 1)), *named]:
+                if isinstance(value, str | list | tuple) and (reason := storable.unstorable(value)):
+                    raise CommandError(f"{label}: {reason}")
             return super().execute(*args, **options)
-
-
-def _refuse_unstorable(args: tuple[Any, ...], options: dict[str, Any]) -> None:
-    """Text the database cannot store (a NUL, bytes that are not UTF-8)."""
-    named = [(f"--{name.replace('_', '-')}", value) for name, value in options.items()]
-    for label, value in [*((str(n), v) for n, v in enumerate(args, 1)), *named]:
-        reason = storable.unstorable(value) if isinstance(value, str | list | tuple) else ""
-        if reason:
-            raise CommandError(f"{label}: {reason}")

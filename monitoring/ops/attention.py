@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Min, Q
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -91,13 +91,9 @@ def problems(now: datetime | None = None) -> list[Problem]:
             % {"errors": errors["errors"], "checked": errors["checked"]},
             reverse("admin:monitoring_training_changelist") + "?check_failing=yes",
         )
-    account = (
-        Notification.objects.filter(
-            kind=NotificationKind.FAL_ACCOUNT, created_at__gte=now - FAL_ACCOUNT_WINDOW
-        )
-        .order_by("-created_at")
-        .first()
-    )
+    account = Notification.objects.filter(  # the newest (Meta.ordering)
+        kind=NotificationKind.FAL_ACCOUNT, created_at__gte=now - FAL_ACCOUNT_WINDOW
+    ).first()
     if account is not None:
         add(
             "fal_account",
@@ -111,23 +107,17 @@ def problems(now: datetime | None = None) -> list[Problem]:
             "notifications_paused",
             _("Notifications are not being sent: Telegram rejected the bot token."),
         )
-    oldest = (
-        Notification.objects.filter(
-            status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING),
-            next_attempt_at__lte=now,
-        )
-        .order_by("created_at")
-        .values_list("created_at", flat=True)
-        .first()
-    )
+    oldest = Notification.objects.filter(
+        status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING),
+        next_attempt_at__lte=now,
+    ).aggregate(oldest=Min("created_at"))["oldest"]
     if oldest is not None and now - oldest > timedelta(minutes=BACKLOG_LATE_MINUTES):
         add(
             "notifications_late",
             _("Notifications are not being consumed: the oldest waits for %(minutes)s min.")
             % {"minutes": int((now - oldest).total_seconds() // 60)},
         )
-    undelivered = reachability.undelivered_count()
-    if undelivered:
+    if undelivered := reachability.undelivered_count():
         add(
             "notifications_failed",
             ngettext(
@@ -152,8 +142,6 @@ def problems(now: datetime | None = None) -> list[Problem]:
 
 
 def context(request: HttpRequest) -> dict[str, Any]:
-    """Template context processor."""
-
     def may_see() -> bool:
         user = getattr(request, "user", None)
         return bool(user and user.is_authenticated and user.has_perm("monitoring.view_avatar"))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Max, Min, Sum
+from django.db.models import Count, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 from django.utils.formats import number_format
@@ -98,7 +98,7 @@ def finished_per_hour(now: datetime, hours: int = 24) -> list[HourBucket]:
 
 def notification_backlog(now: datetime) -> dict[str, Any]:
     backlog = Notification.objects.filter(status__in=("pending", "sending")).aggregate(
-        n=Count("id"), oldest=Min("created_at"), due=Max("next_attempt_at")
+        n=Count("id"), oldest=Min("created_at")
     )
     oldest = backlog["oldest"]
     return {

@@ -96,14 +96,12 @@ def worker_heartbeat_ages(now: datetime | None = None) -> dict[str, float | None
 
 
 def worker_heartbeat_age(role: str, now: datetime | None = None) -> float | None:
-    now = now or timezone.now()
-    beat = WorkerHeartbeat.objects.filter(role=role).order_by("-beat_at").first()
-    return None if beat is None else round(max(0.0, (now - beat.beat_at).total_seconds()), 1)
+    age = worker_heartbeat_ages(now)[role]
+    return None if age is None else round(age, 1)
 
 
 def sending_paused() -> bool:
-    paused, _reason = delivery.sending_paused()
-    return bool(paused)
+    return bool(delivery.sending_paused()[0])
 
 
 def report(now: datetime | None = None) -> dict[str, Any]:

@@ -9,8 +9,10 @@ import hmac
 import ipaddress
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from itertools import accumulate
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -32,7 +34,6 @@ from monitoring import billing, totals
 from monitoring.fal import client as fal
 from monitoring.fal import payloads
 from monitoring.models import (
-    Avatar,
     AvatarStatus,
     CheckRun,
     EventSource,
@@ -42,7 +43,7 @@ from monitoring.models import (
     WebhookOutcome,
     WebhookVerdict,
 )
-from monitoring.ops import health
+from monitoring.ops import dashboard, health
 from notifications import delivery
 from notifications.models import (
     IN_FLIGHT,
@@ -68,11 +69,9 @@ def _counter(
     known: Sequence[tuple[str, ...]],
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=label_names)
-    values = {tuple(sorted(zip(label_names, labels, strict=True))): 0 for labels in known}
-    values.update(found)
+    values = {tuple(sorted(zip(label_names, labels, strict=True))): 0 for labels in known} | found
     for key in sorted(values):
-        labels = dict(key)
-        family.add_metric([labels.get(n, "") for n in label_names], values[key])
+        family.add_metric([dict(key).get(n, "") for n in label_names], values[key])
     return family
 
 
@@ -95,23 +94,19 @@ def _histogram(
     bound: Callable[[str], str] = str,
 ) -> HistogramMetricFamily:
     """``bound`` maps a stored label value onto the exposed one (keeps the label set bounded)."""
-    counts: dict[str, dict[str, int]] = {value: {} for value in known}
-    sums_ms: dict[str, int] = dict.fromkeys(known, 0)
+    counts: dict[str, Counter[str]] = {value: Counter() for value in known}
+    sums_ms: Counter[str] = Counter()
     bucket_sums = reading.sums_ms.get(histogram.bucket_total, {})
     for key, number in reading.values.get(histogram.bucket_total, {}).items():
         labels = dict(key)
         value = bound(labels.get(label, ""))
-        per_bucket = counts.setdefault(value, {})
-        per_bucket[labels["le"]] = per_bucket.get(labels["le"], 0) + number
-        sums_ms[value] = sums_ms.get(value, 0) + bucket_sums.get(key, 0)
+        counts.setdefault(value, Counter())[labels["le"]] += number
+        sums_ms[value] += bucket_sums.get(key, 0)
     family = HistogramMetricFamily(f"{PREFIX}_{histogram.name}", documentation, labels=[label])
     bounds = [totals.bound_text(b) for b in histogram.buckets] + ["+Inf"]
     for value in sorted(counts):
-        cumulative, buckets = 0, []
-        for le in bounds:
-            cumulative += counts[value].get(le, 0)
-            buckets.append((le, cumulative))
-        family.add_metric([value], buckets, sum_value=sums_ms.get(value, 0) / 1000)
+        cumulative = list(zip(bounds, accumulate(counts[value][le] for le in bounds), strict=True))
+        family.add_metric([value], cumulative, sum_value=sums_ms[value] / 1000)
     return family
 
 
@@ -189,9 +184,8 @@ class DatabaseCollector:
         stuck = sum(row["stuck"] for row in rows.values())
         yield _gauge("trainings_stuck", "Active trainings flagged stuck.", stuck)
         avatars = GaugeMetricFamily(f"{PREFIX}_avatars", "Avatars by status.", labels=["status"])
-        counts = dict(Avatar.objects.values_list("status").annotate(n=Count("id")).order_by())
-        for status in AvatarStatus.values:
-            avatars.add_metric([status], counts.get(status, 0))
+        for status, _label, n in dashboard.status_counts():
+            avatars.add_metric([status], n)
         yield avatars
         beat = health.heartbeat(now)
         yield _gauge(
@@ -289,22 +283,13 @@ class DatabaseCollector:
             OWNER_TOLD_KINDS,
         )
         trainers = sorted(set(payloads.ENDPOINTS.values()))
-        yield _histogram(
-            totals.TIME_TO_READY,
-            "Seconds from the start of a training to the avatar ready, by trainer.",
-            "trainer",
-            reading,
-            trainers,
-            _trainer,
-        )
-        yield _histogram(
-            totals.FAL_QUEUE,
-            "Seconds a training waited in fal's queue before running, by trainer.",
-            "trainer",
-            reading,
-            trainers,
-            _trainer,
-        )
+        for histogram, documentation in (
+            (totals.TIME_TO_READY, "Seconds from the start of a training to the avatar ready"),
+            (totals.FAL_QUEUE, "Seconds a training waited in fal's queue before running"),
+        ):
+            yield _histogram(
+                histogram, f"{documentation}, by trainer.", "trainer", reading, trainers, _trainer
+            )
         spend = CounterMetricFamily(
             f"{PREFIX}_fal_spend_usd",
             "What fal billed for our trainings, in USD, by endpoint (from billing events).",
@@ -347,8 +332,7 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
             given.strip().encode(), token.encode()
         ):
             response = JsonResponse(
-                {"error": "a valid bearer token is required (Authorization: Bearer …)"},
-                status=401,
+                {"error": "a valid bearer token is required (Authorization: Bearer …)"}, status=401
             )
             response["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
@@ -358,8 +342,7 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    refusal = _refusal(request)
-    if refusal is not None:
+    if (refusal := _refusal(request)) is not None:
         return refusal
     try:
         body = generate_latest(REGISTRY)

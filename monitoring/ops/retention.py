@@ -49,12 +49,11 @@ def prunable(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
         Q(training__finished_at__isnull=False)
         | (Q(training__isnull=True) & ~Q(avatar__status=AvatarStatus.TRAINING))
     )
-    runs = CheckRun.objects.filter(started_at__lt=days_ago(settings.RETENTION_CHECK_RUN_DAYS))
     # The newest run is the heartbeat: keep it however old, or a quiet worker would
     # look like one that never ran.
-    newest = CheckRun.objects.order_by("-started_at").values_list("pk", flat=True).first()
-    if newest is not None:
-        runs = runs.exclude(pk=newest)
+    runs = CheckRun.objects.filter(
+        started_at__lt=days_ago(settings.RETENTION_CHECK_RUN_DAYS)
+    ).exclude(pk__in=CheckRun.objects.order_by("-started_at").values("pk")[:1])
     from django_q.models import Task
 
     found: dict[str, QuerySet[Any]] = {

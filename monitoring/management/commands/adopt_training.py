@@ -66,17 +66,14 @@ class Command(TranslatedCommand):
         except AdoptRefused as exc:
             raise CommandError(_("Not adopted: %s") % exc) from None
         if options["json"]:
-            self.stdout.write(json.dumps(_as_json(result)))
-        else:
-            self.stdout.write(_describe(result, dry_run=options["dry_run"]))
+            return json.dumps(_as_json(result))
+        return _describe(result, dry_run=options["dry_run"])
 
     def _adopt(self, fields: dict[str, Any], *, notify: bool, dry_run: bool) -> AdoptResult:
-        unknown = set(fields) - LINE_FIELDS
-        if unknown:
+        if unknown := set(fields) - LINE_FIELDS:
             raise AdoptRefused(_("unknown fields: %s") % ", ".join(sorted(unknown)))
         for name, value in fields.items():
-            reason = unstorable(value)
-            if reason:
+            if reason := unstorable(value):
                 raise AdoptRefused(f"{name}: {reason}")
         kwargs: dict[str, Any] = {
             **{name: fields.get(name) for name in OPTION_FIELDS if name != "avatar"},
@@ -123,16 +120,14 @@ class Command(TranslatedCommand):
                 if not isinstance(fields, dict):
                     raise AdoptRefused(_("not a JSON object"))
                 result = self._adopt(fields, notify=options["notify"], dry_run=options["dry_run"])
-            except (ValueError, AdoptRefused) as exc:
-                reason = str(exc) if isinstance(exc, AdoptRefused) else _("not JSON: %s") % exc
-                summary["refused"].append({"line": number, "reason": reason})
-                self.stderr.write(f"line {number}: refused: {reason}")
-                continue
             except Exception as exc:  # noqa: BLE001 - one bad line never stops the good ones
-                summary["refused"].append(
-                    {"line": number, "reason": f"{type(exc).__name__}: {exc}"}
-                )
-                self.stderr.write(f"line {number}: failed: {type(exc).__name__}: {exc}")
+                verdict, reason = "failed", f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, AdoptRefused):
+                    verdict, reason = "refused", str(exc)
+                elif isinstance(exc, ValueError):
+                    verdict, reason = "refused", _("not JSON: %s") % exc
+                summary["refused"].append({"line": number, "reason": reason})
+                self.stderr.write(f"line {number}: {verdict}: {reason}")
                 continue
             entry = {"line": number, **_as_json(result)}
             summary["adopted" if result.adopted else "already_known"].append(entry)
@@ -159,8 +154,7 @@ class Command(TranslatedCommand):
 def _moment(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
-    moment = parse_datetime(value) if isinstance(value, str) else None
-    if moment is None:
+    if (moment := parse_datetime(value) if isinstance(value, str) else None) is None:
         raise AdoptRefused(_("created_at must be an ISO 8601 date and time"))
     return moment
 

@@ -66,8 +66,7 @@ class Command(TranslatedCommand):
                 avatars = avatars.filter(owner__username__iexact=owner)
         rows = [self._row(avatar) for avatar in avatars[: options["limit"]]]
         if options["json"]:
-            self.stdout.write(json.dumps(rows, ensure_ascii=False, indent=1))
-            return
+            return json.dumps(rows, ensure_ascii=False, indent=1)
         self._table(rows)
 
     def _row(self, avatar: Avatar) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
 
 from django.core.management.base import CommandError
 from django.utils.translation import gettext as _
@@ -44,8 +43,7 @@ class Command(TranslatedCommand):
 
     def handle(
         self, *args, request_id: str, endpoint: str | None, logs: bool, result: bool, **options
-    ) -> None:
-        request_id = request_id.strip()
+    ) -> str | None:
         if not REQUEST_ID.match(request_id):
             raise CommandError(
                 _(
@@ -98,31 +96,25 @@ class Command(TranslatedCommand):
         except fal.FalError as exc:
             raise CommandError(_("fal did not answer: %(error)s") % {"error": exc}) from None
 
-        status: Any = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report
-        if not logs and isinstance(status, dict):
-            status.pop("logs", None)
+        status = dataclasses.asdict(report)
+        if not logs:
+            del status["logs"]
         self.stdout.write(json.dumps({"status": status}, indent=2, ensure_ascii=False, default=str))
 
         if not result:
-            return
+            return None
         if report.status != "COMPLETED":
-            self.stdout.write(
-                _("No result yet: the request is %(status)s.") % {"status": report.status}
-            )
-            return
+            return _("No result yet: the request is %(status)s.") % {"status": report.status}
         try:
             payload = fal.result(endpoint, request_id)
         except fal.FalJobFailed as exc:
             # fal answers a failed job's result with an HTTP error: that is the answer.
-            self.stdout.write(
-                _("No result: the job failed on fal (%(type)s): %(error)s")
-                % {"type": exc.error_type or report.error_type or "-", "error": report.error or exc}
-            )
-            return
+            return _("No result: the job failed on fal (%(type)s): %(error)s") % {
+                "type": exc.error_type or report.error_type or "-",
+                "error": report.error or exc,
+            }
         except fal.FalError as exc:
             raise CommandError(
                 _("fal did not answer the result fetch: %(error)s") % {"error": exc}
             ) from None
-        self.stdout.write(
-            json.dumps({"result": payload}, indent=2, ensure_ascii=False, default=str)
-        )
+        return json.dumps({"result": payload}, indent=2, ensure_ascii=False, default=str)

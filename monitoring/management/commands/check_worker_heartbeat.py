@@ -31,7 +31,7 @@ class Command(TranslatedCommand):
             help=_("How old the last run may be (default: three check intervals)."),
         )
 
-    def handle(self, *args, max_age: int | None = None, **options) -> None:
+    def handle(self, *args, max_age: int | None = None, **options) -> str:
         try:
             beat = health.heartbeat()
         except DatabaseError as exc:
@@ -56,6 +56,4 @@ class Command(TranslatedCommand):
                 )
                 % {"n": late.waiting, "limit": late.late_after_seconds}
             )
-        self.stdout.write(
-            _("ok: the last periodic check started %(age)d s ago") % {"age": beat.age_seconds}
-        )
+        return _("ok: the last periodic check started %(age)d s ago") % {"age": beat.age_seconds}

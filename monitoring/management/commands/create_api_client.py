@@ -10,7 +10,6 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError
 
 from monitoring.api import callbacks, tokens
-from monitoring.api.models import ApiClient
 from monitoring.management.language import TranslatedCommand
 
 
@@ -48,24 +47,19 @@ class Command(TranslatedCommand):
         )
 
     def handle(self, *args, **options):
-        name = options["name"].strip()
-        if not name:
+        if not (name := options["name"].strip()):
             raise CommandError("--name must not be empty")
-        scopes = [s.strip() for s in options["scopes"].split(",") if s.strip()]
-        if not scopes:
+        if not (scopes := [s.strip() for s in options["scopes"].split(",") if s.strip()]):
             raise CommandError("--scopes needs at least one scope")
         try:
             tokens.validate_scopes(scopes)
         except ValueError as exc:
             raise CommandError(f"--scopes: {exc}") from None
-        url = options["callback_url"].strip()
-        if url:
+        if url := options["callback_url"].strip():
             try:
                 callbacks.validate_callback_url(url)
             except callbacks.CallbackRefused as exc:
                 raise CommandError(f"--callback-url: {exc}") from None
-        if ApiClient.objects.filter(name=name).exists():
-            raise CommandError(f"An API client named {name!r} exists already")
         try:
             made = tokens.create_client(
                 name=name,
@@ -76,14 +70,9 @@ class Command(TranslatedCommand):
             )
         except IntegrityError:
             raise CommandError(f"An API client named {name!r} exists already") from None
-        answer = {
-            "name": made.client.name,
-            "token": made.token,
-            "callback_secret": made.callback_secret,
-        }
         if options["json"]:
-            self.stdout.write(json.dumps(answer))
-            return
+            answer = {"name": made.client.name, "token": made.token}
+            return json.dumps({**answer, "callback_secret": made.callback_secret})
         self.stdout.write(f"API client {made.client.name!r} created (scopes: {', '.join(scopes)}).")
         self.stdout.write(f"Token (shown once, store it now): {made.token}")
         self.stdout.write(f"Callback secret (shown once): {made.callback_secret}")

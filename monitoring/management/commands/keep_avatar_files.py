@@ -47,8 +47,6 @@ class Command(TranslatedCommand):
                     _("Avatar %(id)s has no completed training.") % {"id": options["avatar"]}
                 )
         if options["since"] is not None:
-            if options["since"] < 1:
-                raise CommandError(_("--since must be at least 1 day"))
             trainings = trainings.filter(
                 finished_at__gte=timezone.now() - timedelta(days=options["since"])
             )
@@ -65,21 +63,15 @@ class Command(TranslatedCommand):
             self._one(training, summary, dry_run=options["dry_run"])
         if progress:
             sys.stderr.write("\n")
-        if options["json"]:
-            self.stdout.write(json.dumps(summary))
-        else:
-            self.stdout.write(
-                ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in summary.items())
-            )
+        text = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in summary.items())
+        self.stdout.write(json.dumps(summary) if options["json"] else text)
         if summary.get("failed"):
             raise CommandError(_("Some files could not be kept (see the admin)."))
 
     def _one(self, training: Training, summary: dict[str, int], *, dry_run: bool) -> None:
-        existing = {row.kind: row for row in training.kept_files.all()}
+        kept = {row.kind for row in training.kept_files.all() if row.state == FileState.KEPT}
         wanted = files._sources(training)
-        if wanted and all(
-            kind in existing and existing[kind].state == FileState.KEPT for kind in wanted
-        ):
+        if wanted and kept.issuperset(wanted):
             summary["already_kept"] += 1
             return
         if dry_run:

@@ -53,11 +53,9 @@ class Command(TranslatedCommand):
         batch_size: int,
         **options,
     ) -> None:
-        chosen = [bool(avatar_ids), all, stuck].count(True)
-        if chosen != 1:
+        if [bool(avatar_ids), all, stuck].count(True) != 1:
             raise CommandError(_("Choose exactly one of --avatar ID, --all or --stuck."))
-        trainings = list(self.select(avatar_ids, all, stuck))
-        if not trainings:
+        if not (trainings := list(self.select(avatar_ids, all, stuck))):
             self.stdout.write(_("Nothing to check."))
             return
 
@@ -107,11 +105,8 @@ class Command(TranslatedCommand):
         if stuck:
             return active.filter(stuck_since__isnull=False)
         wanted = list(dict.fromkeys(avatar_ids))
-        avatars = {
-            a.pk: a for a in Avatar.objects.filter(pk__in=wanted).select_related("current_training")
-        }
-        unknown = [str(pk) for pk in wanted if pk not in avatars]
-        if unknown:
+        avatars = Avatar.objects.select_related("current_training").in_bulk(wanted)
+        if unknown := [str(pk) for pk in wanted if pk not in avatars]:
             raise CommandError(_("Unknown avatar id(s): %(ids)s") % {"ids": ", ".join(unknown)})
         selected = []
         for pk in wanted:

@@ -38,8 +38,7 @@ class Command(TranslatedCommand):
         except platform.PlatformUnavailable as exc:
             raise CommandError(_("fal's record could not be read: %s") % exc) from None
         if options["json"]:
-            self.stdout.write(json.dumps(report.as_json()))
-            return
+            return json.dumps(report.as_json())
         self.stdout.write(
             _(
                 "%(checked)s requests in fal's record, %(unknown)s unknown to us, %(done)s finished now"

@@ -39,15 +39,13 @@ class Command(TranslatedCommand):
         parser.add_argument("--bot-callback-url", default="", help="https URL for its callbacks")
 
     def handle(self, *args, **options):
-        username = options["username"].strip()
-        if not username:
+        if not (username := options["username"].strip()):
             raise CommandError("--username must not be empty")
         for change in roles.sync_roles():
             self.stdout.write(f"Groups: {change}")
         self.stdout.write(f"Groups: {', '.join(roles.ROLES)} hold their permissions.")
         self._superuser(username, options["email"].strip())
-        name = options["bot_client"].strip()
-        if name:
+        if name := options["bot_client"].strip():
             if ApiClient.objects.filter(name=name).exists():
                 self.stdout.write(f"API client {name!r} exists already: kept (token unchanged).")
             else:
@@ -62,9 +60,8 @@ class Command(TranslatedCommand):
             self.stdout.write(f"User {username!r} exists already: kept.")
             return
         password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or self._ask_password()
-        user = users(username=username, email=email)
         try:
-            validate_password(password, user)
+            validate_password(password, users(username=username, email=email))
         except ValidationError as exc:
             raise CommandError(f"The password was refused: {' '.join(exc.messages)}") from None
         with transaction.atomic():

@@ -74,24 +74,17 @@ class Command(TranslatedCommand):
                 answer["held_reason"] = training.held_reason
             if lost:
                 answer["state"] = SUBMIT_UNKNOWN_STATE
-            self.stdout.write(json.dumps(answer))
-        elif training is not None and held:
-            # Not an error: it is sent by itself once fal's balance is back.
-            self.stdout.write(
-                _("Avatar %(id)s: %(detail)s")
-                % {"id": avatar.pk, "detail": wording.held_words(training.held_reason)}
-            )
-        elif lost:
-            # Not an error: a second start could bill a second training.
-            self.stdout.write(
-                _("Avatar %(id)s: %(detail)s") % {"id": avatar.pk, "detail": SUBMIT_UNKNOWN_DETAIL}
-            )
-        else:
-            message = _("Avatar %(id)s is training (fal request %(request)s)") % {
-                "id": avatar.pk,
-                "request": request_id or "-",
-            }
-            self.stdout.write(message + (f": {outcome.detail}" if outcome.detail else ""))
+            return json.dumps(answer)
+        if training is not None and (held or lost):
+            # Not an error: a held start is sent by itself once fal's balance is back, and a
+            # second start of a lost one could bill a second training.
+            detail = wording.held_words(training.held_reason) if held else SUBMIT_UNKNOWN_DETAIL
+            return _("Avatar %(id)s: %(detail)s") % {"id": avatar.pk, "detail": detail}
+        message = _("Avatar %(id)s is training (fal request %(request)s)") % {
+            "id": avatar.pk,
+            "request": request_id or "-",
+        }
+        return message + (f": {outcome.detail}" if outcome.detail else "")
 
     def _avatar(self, options) -> Avatar:
         try:
