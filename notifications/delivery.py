@@ -50,10 +50,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def due_rows():
-    return Notification.objects.due()
-
-
 def relay_once() -> int:
     """Queue a task for each due row that has none, keeping the queue about one second of
     sending deep: a backlog goes out at full rate, and a new message waits behind at most
@@ -193,7 +189,7 @@ def claim(notification_id: int, worker: str | None = None) -> Notification | Non
         return notification
     if notification.status == Status.GIVEN_UP:
         logger.error("Notification %s: %s", notification.pk, INTERRUPTED_TWICE)
-        _alert_staff(notification, INTERRUPTED_TWICE)
+        outbox.queue_given_up(notification, INTERRUPTED_TWICE)
         return None
     logger.warning(
         "Notification %s: a worker died mid-send; sending it once more (may be a duplicate)",
@@ -286,10 +282,6 @@ def _take_slot(notification: Notification, chat_id: int, opened: list) -> None:
     opened.append(notification.open_attempt(chat_id=chat_id))
 
 
-# A handler records the attempt, settles the row, returns what happened (None: send again).
-_Handler = Callable[[Notification, NotificationAttempt, int, base.SendError], "str | None"]
-
-
 def _refuse(notification: Notification, chat_id: int | None) -> str:
     """Settle a row that must not be sent at all; "" when it may be."""
     if chat_id is None:
@@ -323,25 +315,18 @@ def _sent(
         chat_id=chat_id,
         telegram_message_id=receipt.message_id,
     )
-    if closed:
-        _announce_owner_told(notification, sent_at)
+    # Only an owner's outcome message carries fal's end (``outbox.queue_outcome``).
+    finished = notification.context.get(outbox.FAL_FINISHED_AT)
+    if closed and finished:
+        signals.owner_told.send(
+            sender=Notification,
+            notification=notification,
+            finished_at=datetime.fromisoformat(finished),
+            sent_at=sent_at,
+        )
     SenderState.objects.filter(pk=1, failure_streak__gt=0).update(failure_streak=0)
     logger.info("Notification %s (%s) sent to chat %s", notification.pk, notification.kind, chat_id)
     return "sent"
-
-
-def _announce_owner_told(notification: Notification, sent_at: datetime) -> None:
-    """An owner was told how their training ended (``signals.owner_told``)."""
-    finished = (notification.context or {}).get(outbox.FAL_FINISHED_AT)
-    if notification.audience != Audience.OWNER or not isinstance(finished, str):
-        return
-    try:
-        finished_at = datetime.fromisoformat(finished)
-    except ValueError:
-        return
-    signals.owner_told.send(
-        sender=Notification, notification=notification, finished_at=finished_at, sent_at=sent_at
-    )
 
 
 def _flood_control(notification, attempt, chat_id, error: base.SendError) -> str:
@@ -384,7 +369,7 @@ def _token_rejected(notification, attempt, chat_id, error: base.SendError) -> st
 def _rejected(notification, attempt, chat_id, error: base.SendError) -> str:
     if _settle(notification, attempt, Outcome.BAD_REQUEST, error=str(error), close=Status.FAILED):
         logger.error("Telegram rejected notification %s: %s", notification.pk, error)
-        _alert_staff(notification, str(error))
+        outbox.queue_given_up(notification, str(error))
     return "failed"
 
 
@@ -412,7 +397,7 @@ def _transient(notification, attempt, chat_id, error: base.SendError) -> str:
                 notification.attempts,
                 message,
             )
-            _alert_staff(notification, message)
+            outbox.queue_given_up(notification, message)
         return "given up"
     delay = backoff(
         notification.attempts,
@@ -423,8 +408,9 @@ def _transient(notification, attempt, chat_id, error: base.SendError) -> str:
     return f"transient error, retry in {delay:g} s"
 
 
+# A handler records the attempt, settles the row, returns what happened (None: send again).
 # In this order: the first class the error is an instance of decides.
-_ANSWERS: list[tuple[type[base.SendError], _Handler]] = [
+_ANSWERS: list[tuple[type[base.SendError], Callable[..., str | None]]] = [
     (base.RetryLater, _flood_control),
     (base.ChatMoved, _chat_moved),
     (base.RecipientUnreachable, _unreachable),
@@ -441,9 +427,3 @@ def _settle(
         fields.setdefault("last_error", fields.get("error", ""))
     signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
     return _held(notification.settle(attempt, outcome, **fields), notification, outcome)
-
-
-def _alert_staff(notification: Notification, error: str) -> None:
-    """Tell staff about an owner message we could not deliver (never about a staff one)."""
-    if notification.audience == Audience.OWNER:
-        outbox.queue_given_up(notification, error)

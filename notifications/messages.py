@@ -169,12 +169,6 @@ def render_stuck_digest(trainings: Sequence[tuple[Any, str]]) -> str:
     return header + "\n".join(lines) + footer
 
 
-def render_fal_account_message(status_code: int, detail: str) -> str:
-    detail = redact(detail)  # fal echoes request details; never forward the key
-    what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
-    return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
-
-
 def render_fal_balance_message(
     *,
     balance: str | None,
@@ -212,33 +206,6 @@ def render_fal_balance_message(
         )
     lines.append("Пополните баланс fal.")
     return "\n".join(lines)[:MAX_TEXT]
-
-
-def render_unsafe_result_message(
-    *, avatar_id: int, avatar_name: str, request_id: str, url: str
-) -> str:
-    return (
-        f"🚫 Обучение {avatar_ref(avatar_id)} <b>{escape(avatar_name)}</b> "
-        f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
-        f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
-        f"{avatar_link_line(avatar_id)}"
-    )[:MAX_TEXT]
-
-
-def render_fal_outage_message(since: datetime, failed: int, calls: int) -> str:
-    return (
-        f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
-        f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
-        "не ответит; ни один аватар из-за этого не помечен ошибкой."
-    )
-
-
-def render_retries_message(now: datetime, retried: int, ended: int) -> str:
-    return (
-        f"🔁 У fal плохой день: {retried} из {ended} попыток обучения за час до "
-        f"{now:%H:%M} UTC перезапущены автоматически после сбоев fal. Владельцы ничего "
-        "не получают, пока попытки не кончатся; повторы видны на дашборде."
-    )
 
 
 def render_given_up_message(notification, error: str) -> str:

@@ -1,4 +1,5 @@
-"""Writing messages into the outbox, and queueing their delivery.
+"""Writing messages into the outbox (the one-off staff alerts' texts too: Russian, every
+value escaped), and queueing their delivery.
 
 Called inside the transaction that wins a status change, so the message exists if and
 only if the change does; the unique ``dedup_key`` makes a second row impossible.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from html import escape
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +18,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
+from avatarsite.log_redaction import redact
 from notifications import messages
 from notifications.models import (
     Audience,
@@ -175,7 +178,10 @@ def merge_stuck_alerts() -> Notification | None:
 
 
 def queue_given_up(notification: Notification, error: str) -> Notification | None:
-    """Staff alert: an owner's message could not be delivered (given up or rejected)."""
+    """Staff alert: an owner's message could not be delivered (given up or rejected); none
+    about a staff one."""
+    if notification.audience != Audience.OWNER:
+        return None
     return _alert(
         NotificationKind.GIVEN_UP,
         f"given_up:{notification.pk}:{notification.attempt_log.count()}",
@@ -189,10 +195,12 @@ def queue_given_up(notification: Notification, error: str) -> Notification | Non
 
 def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | None:
     """Staff alert: fal rejected our key (401) or locked the account (403); one an hour."""
+    detail = redact(detail)  # fal echoes request details; never forward the key
+    what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
     return _alert(
         NotificationKind.FAL_ACCOUNT,
         f"fal_account:{status_code}:{timezone.now():%Y%m%d%H}",
-        messages.render_fal_account_message(status_code, detail),
+        f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>",
         context={"status_code": status_code},
     )
 
@@ -248,9 +256,12 @@ def queue_unsafe_result_alert(
     return _alert(
         NotificationKind.UNSAFE_RESULT,
         f"unsafe_result:{training_id}",
-        messages.render_unsafe_result_message(
-            avatar_id=avatar_id, avatar_name=avatar_name, request_id=request_id, url=url
-        ),
+        (
+            f"🚫 Обучение {messages.avatar_ref(avatar_id)} <b>{escape(avatar_name)}</b> "
+            f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
+            f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
+            f"{messages.avatar_link_line(avatar_id)}"
+        )[: messages.MAX_TEXT],
         avatar_id=avatar_id,
         training_id=training_id,
         context={"url": url[:2048]},
@@ -277,7 +288,9 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
     return _alert(
         NotificationKind.FAL_OUTAGE,
         f"fal_outage:{since.isoformat()}",
-        messages.render_fal_outage_message(since, failed, calls),
+        f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
+        f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
+        "не ответит; ни один аватар из-за этого не помечен ошибкой.",
         context={"since": since.isoformat(), "failed": failed, "calls": calls},
     )
 
@@ -292,7 +305,9 @@ def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notificat
     return _alert(
         NotificationKind.RETRIES,
         f"retries:{now:%Y-%m-%dT%H}",
-        messages.render_retries_message(now, retried, ended),
+        f"🔁 У fal плохой день: {retried} из {ended} попыток обучения за час до "
+        f"{now:%H:%M} UTC перезапущены автоматически после сбоев fal. Владельцы ничего "
+        "не получают, пока попытки не кончатся; повторы видны на дашборде.",
         context={"retried": retried, "ended": ended},
     )
 

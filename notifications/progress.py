@@ -120,16 +120,14 @@ def update_many(
         fresh = Basis(snapshot.phase, snapshot.eta_at)
         if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
             continue
-        not_before = _not_before(row, now)
-        ProgressMessage.objects.filter(pk=row.pk, final=False).update(
+        _schedule(
+            ProgressMessage.objects.filter(final=False),
+            row,
+            now,
             text=messages.render_progress(snapshot, now),
             phase=snapshot.phase,
             eta_at=snapshot.eta_at,
-            pending=True,
-            next_at=not_before,
         )
-        if not_before <= now:
-            transaction.on_commit(partial(enqueue, row.pk))
     created = _create(new) if new else []
     rows.update((row.training_id, row) for row in created)
     if created:
@@ -183,22 +181,25 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
         ProgressMessage.objects.filter(pk=row.pk).update(final=True, pending=False)
         return
     text = messages.render_progress(Snapshot(training_id, row.chat_id, outcome, row.context), now)
-    ProgressMessage.objects.filter(pk=row.pk).update(
+    _schedule(
+        ProgressMessage.objects,
+        row,
+        now,
         final=True,
         text=text,
         phase=outcome,
         eta_at=None,
-        pending=True,
-        next_at=_not_before(row, now),
         context={**row.context, FINAL_AT: now.isoformat()},
     )
-    transaction.on_commit(lambda: enqueue(row.pk))
 
 
-def _not_before(row: ProgressMessage, now: datetime) -> datetime:
-    """The earliest the next edit may go: OWNER_PROGRESS_EDIT_SECONDS after the last."""
+def _schedule(rows: Any, row: ProgressMessage, now: datetime, **fields: Any) -> None:
+    """Save ``fields`` to be sent OWNER_PROGRESS_EDIT_SECONDS after the last edit, or now."""
     interval = timedelta(seconds=settings.OWNER_PROGRESS_EDIT_SECONDS)
-    return max(now, row.last_edit_at + interval) if row.last_edit_at else now
+    not_before = max(now, row.last_edit_at + interval) if row.last_edit_at else now
+    rows.filter(pk=row.pk).update(pending=True, next_at=not_before, **fields)
+    if not_before <= now:
+        transaction.on_commit(partial(enqueue, row.pk))
 
 
 def enqueue(*progress_ids: int) -> None:
@@ -356,9 +357,6 @@ def after_outcome_told(sender: object = None, notification: Any = None, **kwargs
     training_id = getattr(notification, "training_id", None)
     if training_id is None:
         return
-    now = timezone.now()
-    for row in ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True):
-        not_before = _not_before(row, now)
-        ProgressMessage.objects.filter(pk=row.pk).update(next_at=not_before)
-        if not_before <= now:
-            enqueue(row.pk)
+    rows = ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True)
+    for row in rows:
+        _schedule(rows, row, timezone.now())
