@@ -219,7 +219,9 @@ class DatabaseCollector:
             status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING)
         ).aggregate(
             n=Count("id"),
-            oldest_due=Min("next_attempt_at", filter=Q(pk__in=Notification.objects.due().values("pk"))),
+            oldest_due=Min(
+                "next_attempt_at", filter=Q(pk__in=Notification.objects.due().values("pk"))
+            ),
         )
         yield _gauge(
             "notifications_backlog",
