@@ -91,7 +91,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     list_select_related = ("owner",)
     inlines = [NotificationAttemptInline]
     actions = ["resend"]
-    fields = (
+    fields = readonly_fields = (
         "dedup_key",
         "kind",
         "audience",
@@ -114,7 +114,6 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         "last_error_words",
         "context",
     )
-    readonly_fields = fields
 
     @admin.display(description=gettext_lazy("last error"))
     def last_error_words(self, obj: Notification) -> str:

@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from notifications import outbox, rate_limits, signals
-from notifications.backends import base, get_backend
+from notifications.backends import base
 from notifications.models import (
     INTERRUPTED_TWICE,
     Audience,
@@ -150,7 +150,7 @@ def _may_send(backend: base.BaseBackend | None = None) -> bool:
     if not my_turn:
         return False
     try:
-        (backend or get_backend()).probe()
+        (backend or base.get_backend()).probe()
     except base.SendError as exc:
         SenderState.objects.filter(pk=1).update(reason=str(exc)[:1000])
         logger.error("Telegram still fails the probe: sending stays paused (%s)", exc)
@@ -219,7 +219,7 @@ def deliver(notification_id: int) -> str:
         return "no such notification"
     if kind == NotificationKind.STUCK:
         outbox.merge_stuck_alerts()
-    backend = get_backend()
+    backend = base.get_backend()
     if not _may_send(backend):
         outbox.unqueue(notification_id)
         return "paused"

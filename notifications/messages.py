@@ -120,22 +120,18 @@ def _link(url: str, text: str) -> str:
     return f'<a href="{escape(url, quote=True)}">{escape(text)}</a>' if url else escape(text)
 
 
-def _link_line(url: str, text: str) -> str:
-    return f"\n{_link(url, text)}" if url else ""
-
-
 def avatar_ref(avatar_id: int) -> str:
     return _link(admin_url("admin:monitoring_avatar_change", avatar_id), f"#{avatar_id}")
 
 
 def avatar_link_line(avatar_id: int | None) -> str:
     url = admin_url("admin:monitoring_avatar_change", avatar_id) if avatar_id else ""
-    return _link_line(url, f"Открыть аватар #{avatar_id}")
+    return f"\n{_link(url, f'Открыть аватар #{avatar_id}')}" if url else ""
 
 
 def _stuck_list_line() -> str:
     url = admin_url("admin:monitoring_avatar_changelist", query="?stuck=yes")
-    return _link_line(url, "Все зависшие обучения")
+    return f"\n{_link(url, 'Все зависшие обучения')}" if url else ""
 
 
 def _stuck_line(training, reason: str = "") -> str:

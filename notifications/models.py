@@ -79,11 +79,10 @@ class OutboxQuerySet(models.QuerySet):
                 outcome=INTERRUPTED, finished_at=now, error=INTERRUPTED_ERROR
             )
         )
-        if row.interrupted:
-            if row.maybe_duplicate:
-                if row.close(OutboxStatus.GIVEN_UP, last_error=INTERRUPTED_TWICE):
-                    row.status = OutboxStatus.GIVEN_UP
-                return row
+        if row.interrupted and row.maybe_duplicate:
+            if row.close(OutboxStatus.GIVEN_UP, last_error=INTERRUPTED_TWICE):
+                row.status = OutboxStatus.GIVEN_UP
+        elif row.interrupted:
             row.maybe_duplicate = True
             row.holding().update(maybe_duplicate=True)
         return row

@@ -19,7 +19,7 @@ from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from notifications import messages, rate_limits
-from notifications.backends import base, get_backend
+from notifications.backends import base
 from notifications.models import (
     Audience,
     Notification,
@@ -273,18 +273,16 @@ def push(progress_id: int) -> str:
         _later(row, YIELD_SECONDS)
         return "yielding to the outbox"
     first = row.state == State.NEW
-    backend = get_backend()
-    text = row.text
     if first:
         # In flight from here: a worker that dies now never sends it again.
         _save(row, state=State.SENDING, lease_until=now + LEASE)
     ready = partial(rate_limits.take, row.chat_id)
     try:
         if first:
-            receipt = backend.send(row.chat_id, text, ready=ready, silent=True)
+            receipt = base.get_backend().send(row.chat_id, row.text, ready=ready, silent=True)
         else:
             assert row.message_id is not None
-            receipt = backend.edit(row.chat_id, row.message_id, text, ready=ready)
+            receipt = base.get_backend().edit(row.chat_id, row.message_id, row.text, ready=ready)
     except rate_limits.NoSlot as exc:
         _later(row, exc.wait, first=first)
         return f"rate limited for {exc.wait:.1f} s"
@@ -310,7 +308,7 @@ def push(progress_id: int) -> str:
         row,
         state=State.DONE if row.final else State.LIVE,
         message_id=receipt.message_id if first else row.message_id,
-        sent_text=text,
+        sent_text=row.text,
         sent_phase=row.phase,
         sent_eta_at=row.eta_at,
         # Counted from Telegram's answer, so that two edits are at least the interval
@@ -320,7 +318,7 @@ def push(progress_id: int) -> str:
         last_error="",
     )
     # The text changed while this one was in flight: the newer one is still to go.
-    ProgressMessage.objects.filter(pk=row.pk, text=text).update(pending=False)
+    ProgressMessage.objects.filter(pk=row.pk, text=row.text).update(pending=False)
     return "sent" if first else "edited"
 
 

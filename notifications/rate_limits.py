@@ -46,9 +46,7 @@ def reserve(chat_id: int, *, now: datetime | None = None) -> float:
     if settings.REDIS_URL:
         return _reserve_in_redis(chat_id, now or timezone.now())
     with transaction.atomic():
-        if SenderState.objects.select_for_update().filter(pk=1).first() is None:
-            SenderState.get()  # the lock row must exist before we can lock it
-            SenderState.objects.select_for_update().filter(pk=1).first()
+        SenderState.objects.select_for_update().get_or_create(pk=1)
         now = now or timezone.now()
         chat = RateLimitMark.objects.filter(chat_id=chat_id)
         every = RateLimitMark.objects.all()
