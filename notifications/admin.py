@@ -24,6 +24,7 @@ from avatarsite.admin_base import (
     is_confirmed,
 )
 from notifications import delivery, reachability
+from notifications.messages import last_error_words, telegram_reason_words
 from notifications.models import (
     ChatMigration,
     Notification,
@@ -34,7 +35,6 @@ from notifications.models import (
     SenderState,
     UnreachableChat,
 )
-from notifications.reasons import last_error_words, telegram_reason_words
 
 RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the

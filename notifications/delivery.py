@@ -1,7 +1,10 @@
-"""Delivering the outbox: claim a row, send it, record the attempt, decide what next.
+"""Delivering the outbox: claim a row, send it, record the attempt, decide what next;
+and the relay, a thread in each notifications worker (one at a time under a lease) that
+hands every due row to a sender within seconds.
 
 What each Telegram answer does to the row is decided here (``_ANSWERS``); what the
-answer is, by the backend. See docs/architecture.md#exactly-one-message-per-outcome.
+answer is, by the backend. See docs/architecture.md#exactly-one-message-per-outcome and
+docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
 from __future__ import annotations
@@ -11,18 +14,21 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django_q.conf import Conf
 
 from notifications import outbox, rate_limits, signals
 from notifications.backends import base
+from notifications.messages import MIGRATED_TWICE, NO_STAFF_CHAT, OWNER_UNREACHABLE
 from notifications.models import (
     INTERRUPTED_TWICE,
     Audience,
@@ -37,13 +43,14 @@ from notifications.models import (
     UnreachableChat,
     backoff,
 )
-from notifications.reasons import MIGRATED_TWICE, NO_STAFF_CHAT, OWNER_UNREACHABLE
 
 logger = logging.getLogger("notifications")
 
 Status = NotificationStatus
 Outcome = NotificationAttempt.Outcome
 SWEEP_BATCH = 500
+RELAY_LEASE = timedelta(seconds=2)
+BACKLOG_POLL = 0.1  # seconds between relay passes while each pass finds work
 
 
 def worker_name() -> str:
@@ -80,6 +87,57 @@ def sweep() -> int:
     if queued:
         logger.info("Notification sweep: %s due row(s) enqueued", queued)
     return queued
+
+
+def take_turn(me: str) -> bool:
+    """Hold (or renew) the relay lease; False while another relay holds it."""
+    SenderState.get()
+    now = timezone.now()
+    return bool(
+        SenderState.objects.filter(pk=1)
+        .filter(Q(relay_until__isnull=True) | Q(relay_until__lt=now) | Q(relay_owner=me))
+        .update(relay_owner=me, relay_until=now + RELAY_LEASE)
+    )
+
+
+# The other outboxes' passes (the bot's event callbacks), registered by their apps.
+_other_outboxes: list[Callable[[], int]] = []
+_relay_started_in: int | None = None
+_relay_lock = threading.Lock()
+
+
+def register_outbox(other_relay_once: Callable[[], int]) -> None:
+    if other_relay_once not in _other_outboxes:
+        _other_outboxes.append(other_relay_once)
+
+
+def run_relay() -> None:
+    """The relay loop; one failed pass (database restarting, say) never ends it."""
+    me = worker_name()
+    logger.info("Notification relay started in %s", me)
+    wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+    while True:
+        time.sleep(wait)
+        try:
+            close_old_connections()
+            queued = take_turn(me) and (relay_once() + sum(other() for other in _other_outboxes))
+            # While a backlog drains, top the queue up as soon as it has room.
+            wait = BACKLOG_POLL if queued else settings.NOTIFICATION_RELAY_POLL_SECONDS
+        except Exception:
+            wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+            logger.exception("Notification relay pass failed; trying again")
+
+
+def start_relay(sender: object = None, **kwargs: object) -> None:
+    """``post_spawn`` receiver: the relay thread, once per notifications worker process."""
+    global _relay_started_in
+    if Conf.CLUSTER_NAME != settings.NOTIFICATION_CLUSTER:
+        return
+    with _relay_lock:
+        if _relay_started_in == os.getpid():
+            return
+        _relay_started_in = os.getpid()
+    threading.Thread(target=run_relay, name="notification-relay", daemon=True).start()
 
 
 def resend(notification_id: int) -> bool:

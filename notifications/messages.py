@@ -1,6 +1,8 @@
 """Message texts: Telegram HTML with every interpolated value escaped (avatar names are
 user input). Owners get Russian or English, never internal details (fal codes, request
 ids); staff messages go to one staff chat, in Russian like the operator log lines.
+Telegram's reasons for not delivering a message are worded in the reader's language
+(unknown texts stay as Telegram wrote them).
 """
 
 from __future__ import annotations
@@ -15,11 +17,49 @@ from django.urls import reverse
 from django.utils import translation
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
 
 from avatarsite.log_redaction import redact
-from notifications import reasons
 from notifications.models import NotificationKind, OwnerMessage
+
+# Our own reasons, stored as a notification's ``last_error`` in English (the msgid) and
+# worded for the reader by ``last_error_words``.
+NO_STAFF_CHAT = gettext_noop("TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent")
+MIGRATED_TWICE = gettext_noop("chat migrated twice in one send")
+OWNER_UNREACHABLE = "Owner unreachable: "
+
+# Telegram's answers when an owner cannot be messaged (Bot API 403 descriptions).
+_TELEGRAM_REASONS = {
+    "Forbidden: bot was blocked by the user": gettext_lazy("the owner blocked the bot"),
+    "Forbidden: user is deactivated": gettext_lazy("the owner's Telegram account is deleted"),
+    "Forbidden: bot can't initiate conversation with a user": gettext_lazy(
+        "the owner never started the bot"
+    ),
+    "Forbidden: bot was kicked from the group chat": gettext_lazy(
+        "the bot was removed from the chat"
+    ),
+    "Forbidden: bot was kicked from the supergroup chat": gettext_lazy(
+        "the bot was removed from the chat"
+    ),
+}
+
+
+def telegram_reason_words(text: str) -> str:
+    """Telegram's known "cannot message" reasons in the reader's language; others as written."""
+    words = _TELEGRAM_REASONS.get(text.strip())
+    return str(words) if words is not None else text
+
+
+def last_error_words(text: str) -> str:
+    """A stored send error in the reader's language where it is one of ours."""
+    if text in (NO_STAFF_CHAT, MIGRATED_TWICE):
+        return _(text)
+    if text.startswith(OWNER_UNREACHABLE):
+        return _("Owner unreachable: %(reason)s") % {
+            "reason": telegram_reason_words(text[len(OWNER_UNREACHABLE) :])
+        }
+    return telegram_reason_words(text)
+
 
 # Telegram refuses longer texts.
 MAX_TEXT = 4096
@@ -208,7 +248,7 @@ def render_given_up_message(notification, error: str) -> str:
     """In the staff chat's language; an unknown Telegram text is quoted as code."""
     with translation.override(STAFF_LANGUAGE):
         kind = str(notification.get_kind_display())
-        why = reasons.telegram_reason_words(error[:500])
+        why = telegram_reason_words(error[:500])
     recipient = escape(str(notification.owner)) if notification.owner_id else "чата сотрудников"
     why_html = f"<code>{escape(why)}</code>" if why == error[:500] else escape(why)
     number = _link(

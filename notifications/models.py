@@ -395,7 +395,7 @@ class SenderState(models.Model):
     cause = models.CharField(_("cause"), max_length=8, choices=PauseCause.choices, blank=True)
     # Transient failures in a row across every send: enough mean the Bot API is down.
     failure_streak = models.PositiveIntegerField(_("failures in a row"), default=0)
-    # The relay lease (notifications.relay): one relay at a time queues due rows.
+    # The relay lease (notifications.delivery): one relay at a time queues due rows.
     relay_owner = models.CharField(_("relay"), max_length=128, blank=True)
     relay_until = models.DateTimeField(_("relay lease until"), null=True, blank=True)
     reason = models.TextField(_("reason"), blank=True)

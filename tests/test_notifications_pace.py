@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from notifications import delivery, relay
+from notifications import delivery
 from notifications.backends import telegram as telegram_backend
 from notifications.models import (
     Audience,
@@ -121,16 +121,16 @@ def test_a_new_message_does_not_wait_behind_a_backlog(
 
 
 def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(db):
-    assert relay.take_turn("worker-a")
-    assert not relay.take_turn("worker-b")
+    assert delivery.take_turn("worker-a")
+    assert not delivery.take_turn("worker-b")
     before = timezone.now()
-    assert relay.take_turn("worker-a")  # renewing its own lease
+    assert delivery.take_turn("worker-a")  # renewing its own lease
     lease_ends = SenderState.objects.get().relay_until
-    assert before + relay.RELAY_LEASE <= lease_ends <= timezone.now() + relay.RELAY_LEASE
+    assert before + delivery.RELAY_LEASE <= lease_ends <= timezone.now() + delivery.RELAY_LEASE
     # worker-a died: its lease runs out (moved to the past instead of waiting for it).
-    SenderState.objects.update(relay_until=lease_ends - relay.RELAY_LEASE - timedelta(seconds=1))
-    assert relay.take_turn("worker-b")
-    assert not relay.take_turn("worker-a")
+    SenderState.objects.update(relay_until=lease_ends - delivery.RELAY_LEASE - timedelta(seconds=1))
+    assert delivery.take_turn("worker-b")
+    assert not delivery.take_turn("worker-a")
 
 
 def test_a_bot_api_outage_pauses_sending_and_every_waiting_message_goes_out_when_it_ends(
