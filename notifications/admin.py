@@ -45,15 +45,15 @@ _resend_action = partial(admin_base.staff_action, permission=RESEND_PERMISSION)
 
 def warn_if_paused(request: HttpRequest) -> None:
     """The banner: sending is paused (the bot token is rejected, or the Bot API is down)."""
-    paused, reason = delivery.sending_paused()
-    if paused and delivery.pause_cause() == PauseCause.OUTAGE:
+    paused = SenderState.objects.filter(pk=1, paused=True).first()
+    if paused and paused.cause == PauseCause.OUTAGE:
         messages.warning(
             request,
             _(
                 "Sending to Telegram is paused: the Bot API fails for every message "
                 "(%(reason)s). Messages wait and are all sent as soon as a probe succeeds."
             )
-            % {"reason": reason},
+            % {"reason": paused.reason},
         )
     elif paused:
         messages.error(
@@ -62,7 +62,7 @@ def warn_if_paused(request: HttpRequest) -> None:
                 "Sending to Telegram is paused: the bot token was rejected (%(reason)s). "
                 "Fix TELEGRAM_BOT_TOKEN; sending resumes by itself once Telegram accepts it."
             )
-            % {"reason": reason},
+            % {"reason": paused.reason},
         )
 
 

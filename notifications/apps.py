@@ -38,11 +38,11 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
-        from notifications import delivery, progress, signals
+        from notifications import delivery, progress
 
         post_migrate.connect(ensure_schedules, sender=self, dispatch_uid="notifications-schedules")
         post_spawn.connect(delivery.start_relay, dispatch_uid="notification-relay")
         # The progress message's last line follows the outcome message (docs/eta.md).
-        signals.owner_told.connect(
+        delivery.owner_told.connect(
             progress.after_outcome_told, dispatch_uid="notifications-progress-last-line"
         )

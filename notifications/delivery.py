@@ -23,10 +23,11 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F, Q
+from django.dispatch import Signal
 from django.utils import timezone
 from django_q.conf import Conf
 
-from notifications import outbox, rate_limits, signals
+from notifications import outbox, rate_limits
 from notifications.backends import base
 from notifications.messages import MIGRATED_TWICE, NO_STAFF_CHAT, OWNER_UNREACHABLE
 from notifications.models import (
@@ -46,6 +47,11 @@ from notifications.models import (
 
 logger = logging.getLogger("notifications")
 
+# What delivery announces (``monitoring`` connects receivers): the outcome of one Bot API
+# call is recorded (``outcome``); an owner's message about a finished training is sent
+# (``notification``, ``finished_at``: fal's end as the finish knew it, ``sent_at``).
+send_recorded = Signal()
+owner_told = Signal()
 Status = NotificationStatus
 Outcome = NotificationAttempt.Outcome
 SWEEP_BATCH = 500
@@ -158,14 +164,8 @@ def resend(notification_id: int) -> bool:
 
 
 def sending_paused() -> tuple[bool, str]:
-    """For /healthz and the admin banner: (paused, why)."""
+    """For /healthz: (paused, why)."""
     return SenderState.objects.filter(pk=1).values_list("paused", "reason").first() or (False, "")
-
-
-def pause_cause() -> str:
-    """Why sending is paused (a ``PauseCause``), or "" when it is not."""
-    row = SenderState.objects.filter(pk=1, paused=True).values_list("cause", flat=True).first()
-    return row or ""
 
 
 def _pause(reason: str, cause: str = PauseCause.TOKEN) -> None:
@@ -376,7 +376,7 @@ def _sent(
     # Only an owner's outcome message carries fal's end (``outbox.queue_outcome``).
     finished = notification.context.get(outbox.FAL_FINISHED_AT)
     if closed and finished:
-        signals.owner_told.send(
+        owner_told.send(
             sender=Notification,
             notification=notification,
             finished_at=datetime.fromisoformat(finished),
@@ -483,5 +483,5 @@ def _settle(
 ) -> bool:
     if "close" in fields:  # a closed row keeps its last attempt's error ("" once sent)
         fields.setdefault("last_error", fields.get("error", ""))
-    signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
+    send_recorded.send(sender=NotificationAttempt, outcome=outcome)
     return _held(notification.settle(attempt, outcome, **fields), notification, outcome)

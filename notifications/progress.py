@@ -351,7 +351,7 @@ def sweep() -> int:
 
 
 def after_outcome_told(sender: object = None, notification: Any = None, **kwargs: Any) -> None:
-    """``signals.owner_told`` receiver: the outcome went out, the last line may follow."""
+    """``delivery.owner_told`` receiver: the outcome went out, the last line may follow."""
     training_id = getattr(notification, "training_id", None)
     if training_id is None:
         return

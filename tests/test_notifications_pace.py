@@ -143,7 +143,7 @@ def test_a_bot_api_outage_pauses_sending_and_every_waiting_message_goes_out_when
     telegram.outage(502)
 
     drain(lambda: delivery.sending_paused()[0])
-    assert delivery.pause_cause() == PauseCause.OUTAGE
+    assert SenderState.get().cause == PauseCause.OUTAGE
     # The pause stops the sends: a few tries (two workers may be mid-send), then probes only.
     sends_before = telegram.state.outage_calls["sendmessage"]
     drain(lambda: False, timeout=1.0)
@@ -168,7 +168,7 @@ def test_a_rejected_token_pause_is_still_told_apart_from_an_outage(telegram, mak
     _waiting_messages(make_owner, 1)
     telegram.accept_token("7700000077:ANOTHER-token")
     drain(lambda: delivery.sending_paused()[0])
-    assert delivery.pause_cause() == PauseCause.TOKEN
+    assert SenderState.get().cause == PauseCause.TOKEN
 
 
 def test_one_bot_and_one_https_connection_serve_every_send_of_a_process(
