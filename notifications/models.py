@@ -276,19 +276,34 @@ class NotificationStatus(models.TextChoices):
     SKIPPED = "skipped", _("Skipped (no recipient)")
 
 
-def _link(model: str, name: Any, on_delete: Any = models.CASCADE) -> Any:
-    return models.ForeignKey(
-        model, on_delete, null=True, blank=True, related_name="notifications", verbose_name=name
-    )
-
-
 class Notification(OutboxRow):
     dedup_key = models.CharField(_("deduplication key"), max_length=200, unique=True)
     kind = models.CharField(_("kind"), max_length=32, choices=NotificationKind.choices)
     audience = models.CharField(_("audience"), max_length=8, choices=Audience.choices)
-    owner = _link("monitoring.Owner", _("owner"))
-    avatar = _link("monitoring.Avatar", _("avatar"))
-    training = _link("monitoring.Training", _("training"), models.SET_NULL)
+    owner = models.ForeignKey(
+        "monitoring.Owner",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("owner"),
+    )
+    avatar = models.ForeignKey(
+        "monitoring.Avatar",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("avatar"),
+    )
+    training = models.ForeignKey(
+        "monitoring.Training",
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("training"),
+    )
     # Staff messages: empty, resolved at send time (the setting, or the chat it migrated to).
     chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
     text = models.TextField(_("text (HTML)"))
