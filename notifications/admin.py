@@ -36,7 +36,6 @@ from notifications.models import (
     UnreachableChat,
 )
 
-RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
@@ -205,7 +204,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
 
 def why_not_resend(notification: Notification) -> str:
     """Why resending ``notification`` would change nothing ("" when it is resent)."""
-    if notification.status not in RESENDABLE:
+    if notification.status not in reachability.UNDELIVERED_STATUSES:
         return _("it is “%(status)s”; only undelivered messages are resent.") % {
             "status": notification.get_status_display()
         }

@@ -226,11 +226,6 @@ def _due(now: datetime) -> Any:
     )
 
 
-def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
-    won = _due(now).filter(pk=progress_id).update(lease_until=now + LEASE)
-    return ProgressMessage.objects.get(pk=progress_id) if won else None
-
-
 def _save(row: ProgressMessage, **fields: Any) -> None:
     ProgressMessage.objects.filter(pk=row.pk).update(**{"lease_until": None, **fields})
 
@@ -258,9 +253,9 @@ def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
 
 def push(progress_id: int) -> str:
     now = timezone.now()
-    row = _claim(progress_id, now)
-    if row is None:
+    if not _due(now).filter(pk=progress_id).update(lease_until=now + LEASE):
         return "not due"
+    row = ProgressMessage.objects.get(pk=progress_id)
     if row.final and not _outcome_out(row, now):
         _later(row, YIELD_SECONDS * 5)
         return "waiting for the outcome message"
