@@ -1,9 +1,7 @@
-"""Delivering the outbox: claim a row, send it, record the attempt, decide what next;
-and the relay, a thread in each notifications worker (one at a time under a lease) that
-hands every due row to a sender within seconds.
-
-What each Telegram answer does to the row is decided here (``_ANSWERS``); what the
-answer is, by the backend. See docs/architecture.md#exactly-one-message-per-outcome and
+"""Delivering the outbox: claim a row, send it, record the attempt, decide what next
+(``_ANSWERS``; what Telegram answered is the backend's to say); and the relay, a thread in
+each notifications worker, one at a time under a lease, handing due rows to senders.
+See docs/architecture.md#exactly-one-message-per-outcome and
 docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 

@@ -88,11 +88,8 @@ class OutboxQuerySet(models.QuerySet):
         return row
 
     def queue_due(self, limit: int, now, enqueue: Callable[[int], None]) -> int:
-        """Mark up to ``limit`` due rows without a task as queued, and queue them.
-
-        Two lanes: the newest (a message written now is not stuck behind a backlog) and
-        the oldest (a backlog always moves too).
-        """
+        """Mark up to ``limit`` due rows without a task as queued, and queue them: the newest
+        (a new message is not stuck behind a backlog) and the oldest (a backlog moves too)."""
         if limit <= 0:
             return 0
         due = self.due(now).filter(queued_at__isnull=True)
@@ -117,11 +114,8 @@ class OutboxQuerySet(models.QuerySet):
         return len(mine)
 
     def forget_lost_tasks(self, now, queue: str) -> int:
-        """Unmark the rows whose task the broker lost (a Redis restart, a killed worker).
-
-        The broker's queue is FIFO and shallow, so when it holds fewer tasks than there
-        are marked rows, the oldest marked rows are the ones without a task.
-        """
+        """Unmark the rows whose task the broker lost (a Redis restart, a killed worker): its
+        queue is FIFO and shallow, so the oldest marked rows beyond its size have none."""
         marked = self.filter(queued_at__isnull=False)
         waiting = marked.count()
         if not waiting:
@@ -458,11 +452,9 @@ class ProgressState(models.TextChoices):
 
 
 class ProgressMessage(models.Model):
-    """One silent message per training, edited in place (``notifications.progress``).
-
-    Not an outbox row: it holds what the message should say (``text``) and what Telegram
-    last accepted (``sent_text``), so an edit of unknown outcome is superseded by the next.
-    """
+    """One silent message per training, edited in place (``notifications.progress``). Not an
+    outbox row: it holds what it should say (``text``) and what Telegram last accepted
+    (``sent_text``), so an edit of unknown outcome is superseded by the next."""
 
     training = models.OneToOneField(
         "monitoring.Training",

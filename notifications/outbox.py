@@ -178,8 +178,7 @@ def merge_stuck_alerts() -> Notification | None:
 
 
 def queue_given_up(notification: Notification, error: str) -> Notification | None:
-    """Staff alert: an owner's message could not be delivered (given up or rejected); none
-    about a staff one."""
+    """Staff alert: an owner's message (never a staff one) given up, or rejected by Telegram."""
     if notification.audience != Audience.OWNER:
         return None
     return _alert(

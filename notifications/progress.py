@@ -77,15 +77,11 @@ class Snapshot:
     eta_high: datetime | None = None
 
 
-def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessage | None:
-    """The training moved: create its message, or note the text an edit should carry."""
-    return update_many([snapshot], now=now).get(snapshot.training_id)
-
-
 def update_many(
     snapshots: list[Snapshot], *, now: datetime | None = None
 ) -> dict[int, ProgressMessage]:
-    """``update`` for a check batch: one read, one insert for the new messages."""
+    """The trainings moved: create their messages, or note the text an edit should carry
+    (for a check batch: one read, one insert for the new messages)."""
     now = now or timezone.now()
     if not settings.OWNER_PROGRESS_MESSAGES or not snapshots:
         # Off: a late training's owner hears it once from monitoring.owner_delay.
@@ -162,7 +158,7 @@ def retried(old_training_id: int, snapshot: Snapshot) -> None:
     ProgressMessage.objects.filter(pk=row.pk).update(
         training_id=snapshot.training_id, context={**row.context, RETRIED: True}
     )
-    update(snapshot)
+    update_many([snapshot])
 
 
 def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> None:
@@ -203,8 +199,7 @@ def _schedule(rows: Any, row: ProgressMessage, now: datetime, **fields: Any) -> 
 
 
 def enqueue(*progress_ids: int) -> None:
-    """Queue ``push`` for each message, on one broker connection; never raises (the sweep is
-    the net)."""
+    """Queue ``push`` for each message on one broker connection; never raises (the sweep's net)."""
     try:
         broker = get_broker(settings.NOTIFICATION_CLUSTER)
         for progress_id in progress_ids:
