@@ -127,8 +127,7 @@ def update_many(
     created = _create(new) if new else []
     rows.update((row.training_id, row) for row in created)
     if created:
-        ids = [row.pk for row in created]
-        transaction.on_commit(lambda: enqueue(*ids))
+        transaction.on_commit(partial(enqueue, *[row.pk for row in created]))
     return rows
 
 
@@ -340,11 +339,10 @@ def sweep() -> int:
     return len(due)
 
 
-def after_outcome_told(sender: object = None, notification: Any = None, **kwargs: Any) -> None:
+def after_outcome_told(sender: object, notification: Notification, **kwargs: Any) -> None:
     """``delivery.owner_told`` receiver: the outcome went out, the last line may follow."""
-    training_id = getattr(notification, "training_id", None)
-    if training_id is None:
-        return
-    rows = ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True)
+    rows = ProgressMessage.objects.filter(
+        training_id=notification.training_id, final=True, pending=True
+    )
     for row in rows:
         _schedule(rows, row, timezone.now())
