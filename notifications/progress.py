@@ -341,6 +341,8 @@ def sweep() -> int:
 
 def after_outcome_told(sender: object, notification: Notification, **kwargs: Any) -> None:
     """``delivery.owner_told`` receiver: the outcome went out, the last line may follow."""
+    if notification.training_id is None:  # its training was deleted since
+        return
     rows = ProgressMessage.objects.filter(
         training_id=notification.training_id, final=True, pending=True
     )
