@@ -219,15 +219,13 @@ def queue_fal_record_alert(
 ) -> Notification | None:
     """Staff alert about fal's own record (a double submit, a lost submit given up,
     requests billed that nobody follows)."""
-    avatar = training.avatar if training else None
     return _written_alert(
         NotificationKind.FAL_RECORD,
         dedup_key,
         text,
-        getattr(avatar, "pk", None),
         context,
-        avatar=avatar,
-        training=training,
+        avatar_id=training.avatar_id if training else None,
+        training_id=training.pk if training else None,
     )
 
 
@@ -237,12 +235,12 @@ def _alert(kind: str, dedup_key: str, text: str, **fields) -> Notification | Non
     )
 
 
-def _written_alert(kind: str, dedup_key: str, text: str, link_to, context, **fields):
+def _written_alert(kind: str, dedup_key: str, text: str, context, **fields):
     """A staff alert whose text (Telegram HTML) and key the caller chose, linked to the avatar."""
     return _alert(
         kind,
         dedup_key[:200],
-        (text + messages.avatar_link_line(link_to))[: messages.MAX_TEXT],
+        (text + messages.avatar_link_line(fields["avatar_id"]))[: messages.MAX_TEXT],
         context=context or {},
         **fields,
     )
@@ -275,7 +273,6 @@ def queue_files_alert(
         NotificationKind.FILES,
         dedup_key,
         text,
-        avatar_id,
         context,
         avatar_id=avatar_id,
         training_id=training_id,
