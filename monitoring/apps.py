@@ -15,7 +15,7 @@ class MonitoringConfig(AppConfig):
         from monitoring.fal import deliveries  # noqa: F401 (the Delivery proxy model)
         from monitoring.models import KeptFile
         from monitoring.ops import schedules, system_checks  # noqa: F401 (registers the checks)
-        from notifications import signals as notification_signals
+        from notifications import delivery
 
         # `migrate` creates the periodic schedules (idempotent) and syncs the staff roles.
         post_migrate.connect(schedules.ensure_schedules, sender=self, dispatch_uid="m-schedules")
@@ -28,7 +28,7 @@ class MonitoringConfig(AppConfig):
             (transitions.training_submitted, owner_progress.on_submitted),
             (transitions.training_retried, owner_progress.on_retried),
             (transitions.training_finished, owner_progress.on_finished),
-            (notification_signals.send_recorded, totals.count_notification_send),
-            (notification_signals.owner_told, totals.observe_owner_told),
+            (delivery.send_recorded, totals.count_notification_send),
+            (delivery.owner_told, totals.observe_owner_told),
         ):
             signal.connect(receiver, dispatch_uid=f"{receiver.__module__}.{receiver.__name__}")

@@ -71,7 +71,7 @@ def accepted(training_id: int) -> None:
         Training.objects.filter(pk=training.pk, finished_at__isnull=True).update(
             **{name: getattr(training, name) for name in eta.FIELDS}
         )
-    progress.update(snapshot(training))
+    progress.update_many([snapshot(training)])
 
 
 def checked(trainings: Iterable[Training]) -> None:

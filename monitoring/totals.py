@@ -118,14 +118,14 @@ def observe(histogram: Histogram, labels: Mapping[str, str], value: float) -> No
 
 
 def count_notification_send(sender: Any, *, outcome: str, **kwargs: Any) -> None:
-    """Receiver of ``notifications.signals.send_recorded``."""
+    """Receiver of ``notifications.delivery.send_recorded``."""
     add("notification_sends", {"result": outcome})
 
 
 def observe_owner_told(
     sender: Any, *, notification: Any, finished_at: datetime, sent_at: datetime, **kwargs: Any
 ) -> None:
-    """Receiver of ``notifications.signals.owner_told``: how long the owner waited since
+    """Receiver of ``notifications.delivery.owner_told``: how long the owner waited since
     the earlier of what the finish knew and fal's first signed webhook for the training."""
     signed = WebhookDelivery.objects.first_signed_at(training_id=notification.training_id)
     start = min(finished_at, signed) if signed is not None else finished_at

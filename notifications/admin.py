@@ -16,14 +16,8 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from avatarsite import admin_base
-from avatarsite.admin_base import (
-    ConfirmRow,
-    ReadOnlyAdmin,
-    confirm_rows,
-    confirmation_page,
-    is_confirmed,
-)
 from notifications import delivery, reachability
+from notifications.messages import last_error_words, telegram_reason_words
 from notifications.models import (
     ChatMigration,
     Notification,
@@ -34,9 +28,7 @@ from notifications.models import (
     SenderState,
     UnreachableChat,
 )
-from notifications.reasons import last_error_words, telegram_reason_words
 
-RESENDABLE = reachability.UNDELIVERED_STATUSES
 # The staff roles' permission to resend a message: it lives on the avatar model, the
 # one place every staff permission is declared (named here, never imported).
 RESEND_PERMISSION = "monitoring.resend_notification"
@@ -45,15 +37,15 @@ _resend_action = partial(admin_base.staff_action, permission=RESEND_PERMISSION)
 
 def warn_if_paused(request: HttpRequest) -> None:
     """The banner: sending is paused (the bot token is rejected, or the Bot API is down)."""
-    paused, reason = delivery.sending_paused()
-    if paused and delivery.pause_cause() == PauseCause.OUTAGE:
+    paused = SenderState.objects.filter(pk=1, paused=True).first()
+    if paused and paused.cause == PauseCause.OUTAGE:
         messages.warning(
             request,
             _(
                 "Sending to Telegram is paused: the Bot API fails for every message "
                 "(%(reason)s). Messages wait and are all sent as soon as a probe succeeds."
             )
-            % {"reason": reason},
+            % {"reason": paused.reason},
         )
     elif paused:
         messages.error(
@@ -62,7 +54,7 @@ def warn_if_paused(request: HttpRequest) -> None:
                 "Sending to Telegram is paused: the bot token was rejected (%(reason)s). "
                 "Fix TELEGRAM_BOT_TOKEN; sending resumes by itself once Telegram accepts it."
             )
-            % {"reason": reason},
+            % {"reason": paused.reason},
         )
 
 
@@ -73,7 +65,7 @@ class NotificationAttemptInline(admin_base.ReadOnlyInline[NotificationAttempt, N
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdmin[Notification]):
+class NotificationAdmin(admin_base.ReadOnlyAdmin[Notification]):
     list_display = (
         "id",
         "kind",
@@ -91,7 +83,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     list_select_related = ("owner",)
     inlines = [NotificationAttemptInline]
     actions = ["resend"]
-    fields = (
+    fields = readonly_fields = (
         "dedup_key",
         "kind",
         "audience",
@@ -114,7 +106,6 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
         "last_error_words",
         "context",
     )
-    readonly_fields = fields
 
     @admin.display(description=gettext_lazy("last error"))
     def last_error_words(self, obj: Notification) -> str:
@@ -159,8 +150,8 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
     @_resend_action(description=gettext_lazy("Resend undelivered notifications…"))
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
         selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
-        if not is_confirmed(request):
-            return confirmation_page(
+        if not admin_base.is_confirmed(request):
+            return admin_base.confirmation_page(
                 self,
                 request,
                 action="resend",
@@ -169,7 +160,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
                     "Send these notifications again, each with a fresh set of retries? "
                     "Their recipients get the message once more."
                 ),
-                rows=confirm_rows(
+                rows=admin_base.confirm_rows(
                     selected, self.headline, why_not_resend, Notification.get_status_display
                 ),
             )
@@ -206,7 +197,7 @@ class NotificationAdmin(ReadOnlyAdmin[Notification]):
 
 def why_not_resend(notification: Notification) -> str:
     """Why resending ``notification`` would change nothing ("" when it is resent)."""
-    if notification.status not in RESENDABLE:
+    if notification.status not in reachability.UNDELIVERED_STATUSES:
         return _("it is “%(status)s”; only undelivered messages are resent.") % {
             "status": notification.get_status_display()
         }
@@ -221,7 +212,7 @@ def why_not_resend(notification: Notification) -> str:
 
 
 @admin.register(SenderState)
-class SenderStateAdmin(ReadOnlyAdmin[SenderState]):
+class SenderStateAdmin(admin_base.ReadOnlyAdmin[SenderState]):
     list_display = ("__str__", "paused", "cause", "reason", "paused_at", "last_probe_at")
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
@@ -230,7 +221,7 @@ class SenderStateAdmin(ReadOnlyAdmin[SenderState]):
 
 
 @admin.register(UnreachableChat)
-class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
+class UnreachableChatAdmin(admin_base.ReadOnlyAdmin[UnreachableChat]):
     list_display = ("chat_id", "reason_words", "since")
     search_fields = ("=chat_id", "reason")
     actions = ["reachable_again"]
@@ -244,8 +235,8 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
     @_resend_action(description=gettext_lazy("The owner is reachable again: resend held messages…"))
     def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):
         chats = list(queryset.order_by("pk"))
-        if not is_confirmed(request):
-            return confirmation_page(
+        if not admin_base.is_confirmed(request):
+            return admin_base.confirmation_page(
                 self,
                 request,
                 action="reachable_again",
@@ -256,7 +247,8 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
                     "current trainings are resent once."
                 ),
                 rows=[
-                    ConfirmRow(chat, label=str(chat.chat_id), state=chat.reason) for chat in chats
+                    admin_base.ConfirmRow(chat, label=str(chat.chat_id), state=chat.reason)
+                    for chat in chats
                 ],
             )
         for chat in chats:
@@ -273,12 +265,12 @@ class UnreachableChatAdmin(ReadOnlyAdmin[UnreachableChat]):
 
 
 @admin.register(ChatMigration)
-class ChatMigrationAdmin(ReadOnlyAdmin[ChatMigration]):
+class ChatMigrationAdmin(admin_base.ReadOnlyAdmin[ChatMigration]):
     list_display = ("old_chat_id", "new_chat_id", "migrated_at")
 
 
 @admin.register(ProgressMessage)
-class ProgressMessageAdmin(ReadOnlyAdmin[ProgressMessage]):
+class ProgressMessageAdmin(admin_base.ReadOnlyAdmin[ProgressMessage]):
     list_display = ("training", "chat_id", "state", "phase", "edits", "last_edit_at", "last_error")
     list_filter = ("state",)
     search_fields = ("=chat_id", "=training__fal_request_id")

@@ -1,7 +1,8 @@
-"""Delivering the outbox: claim a row, send it, record the attempt, decide what next.
-
-What each Telegram answer does to the row is decided here (``_ANSWERS``); what the
-answer is, by the backend. See docs/architecture.md#exactly-one-message-per-outcome.
+"""Delivering the outbox: claim a row, send it, record the attempt, decide what next
+(``_ANSWERS``; what Telegram answered is the backend's to say); and the relay, a thread in
+each notifications worker, one at a time under a lease, handing due rows to senders.
+See docs/architecture.md#exactly-one-message-per-outcome and
+docs/operations.md#pace-messages-and-checks-after-a-disturbance.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.db.models import F, Q
+from django.dispatch import Signal
 from django.utils import timezone
+from django_q.conf import Conf
 
-from notifications import outbox, rate_limits, signals
-from notifications.backends import base, get_backend
+from notifications import outbox, rate_limits
+from notifications.backends import base
+from notifications.messages import MIGRATED_TWICE, NO_STAFF_CHAT, OWNER_UNREACHABLE
 from notifications.models import (
     INTERRUPTED_TWICE,
     Audience,
@@ -37,21 +42,23 @@ from notifications.models import (
     UnreachableChat,
     backoff,
 )
-from notifications.reasons import MIGRATED_TWICE, NO_STAFF_CHAT, OWNER_UNREACHABLE
 
 logger = logging.getLogger("notifications")
 
+# What delivery announces (``monitoring`` connects receivers): the outcome of one Bot API
+# call is recorded (``outcome``); an owner's message about a finished training is sent
+# (``notification``, ``finished_at``: fal's end as the finish knew it, ``sent_at``).
+send_recorded = Signal()
+owner_told = Signal()
 Status = NotificationStatus
 Outcome = NotificationAttempt.Outcome
 SWEEP_BATCH = 500
+RELAY_LEASE = timedelta(seconds=2)
+BACKLOG_POLL = 0.1  # seconds between relay passes while each pass finds work
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def due_rows():
-    return Notification.objects.due()
 
 
 def relay_once() -> int:
@@ -86,6 +93,57 @@ def sweep() -> int:
     return queued
 
 
+def take_turn(me: str) -> bool:
+    """Hold (or renew) the relay lease; False while another relay holds it."""
+    SenderState.get()
+    now = timezone.now()
+    return bool(
+        SenderState.objects.filter(pk=1)
+        .filter(Q(relay_until__isnull=True) | Q(relay_until__lt=now) | Q(relay_owner=me))
+        .update(relay_owner=me, relay_until=now + RELAY_LEASE)
+    )
+
+
+# The other outboxes' passes (the bot's event callbacks), registered by their apps.
+_other_outboxes: list[Callable[[], int]] = []
+_relay_started_in: int | None = None
+_relay_lock = threading.Lock()
+
+
+def register_outbox(other_relay_once: Callable[[], int]) -> None:
+    if other_relay_once not in _other_outboxes:
+        _other_outboxes.append(other_relay_once)
+
+
+def run_relay() -> None:
+    """The relay loop; one failed pass (database restarting, say) never ends it."""
+    me = worker_name()
+    logger.info("Notification relay started in %s", me)
+    wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+    while True:
+        time.sleep(wait)
+        try:
+            close_old_connections()
+            queued = take_turn(me) and (relay_once() + sum(other() for other in _other_outboxes))
+            # While a backlog drains, top the queue up as soon as it has room.
+            wait = BACKLOG_POLL if queued else settings.NOTIFICATION_RELAY_POLL_SECONDS
+        except Exception:
+            wait = settings.NOTIFICATION_RELAY_POLL_SECONDS
+            logger.exception("Notification relay pass failed; trying again")
+
+
+def start_relay(sender: object = None, **kwargs: object) -> None:
+    """``post_spawn`` receiver: the relay thread, once per notifications worker process."""
+    global _relay_started_in
+    if Conf.CLUSTER_NAME != settings.NOTIFICATION_CLUSTER:
+        return
+    with _relay_lock:
+        if _relay_started_in == os.getpid():
+            return
+        _relay_started_in = os.getpid()
+    threading.Thread(target=run_relay, name="notification-relay", daemon=True).start()
+
+
 def resend(notification_id: int) -> bool:
     """Send a failed, given-up or held-back (unreachable) row again, with fresh retries."""
     reopened = Notification.objects.filter(
@@ -104,14 +162,8 @@ def resend(notification_id: int) -> bool:
 
 
 def sending_paused() -> tuple[bool, str]:
-    """For /healthz and the admin banner: (paused, why)."""
+    """For /healthz: (paused, why)."""
     return SenderState.objects.filter(pk=1).values_list("paused", "reason").first() or (False, "")
-
-
-def pause_cause() -> str:
-    """Why sending is paused (a ``PauseCause``), or "" when it is not."""
-    row = SenderState.objects.filter(pk=1, paused=True).values_list("cause", flat=True).first()
-    return row or ""
 
 
 def _pause(reason: str, cause: str = PauseCause.TOKEN) -> None:
@@ -154,7 +206,7 @@ def _may_send(backend: base.BaseBackend | None = None) -> bool:
     if not my_turn:
         return False
     try:
-        (backend or get_backend()).probe()
+        (backend or base.get_backend()).probe()
     except base.SendError as exc:
         SenderState.objects.filter(pk=1).update(reason=str(exc)[:1000])
         logger.error("Telegram still fails the probe: sending stays paused (%s)", exc)
@@ -193,7 +245,7 @@ def claim(notification_id: int, worker: str | None = None) -> Notification | Non
         return notification
     if notification.status == Status.GIVEN_UP:
         logger.error("Notification %s: %s", notification.pk, INTERRUPTED_TWICE)
-        _alert_staff(notification, INTERRUPTED_TWICE)
+        outbox.queue_given_up(notification, INTERRUPTED_TWICE)
         return None
     logger.warning(
         "Notification %s: a worker died mid-send; sending it once more (may be a duplicate)",
@@ -223,7 +275,7 @@ def deliver(notification_id: int) -> str:
         return "no such notification"
     if kind == NotificationKind.STUCK:
         outbox.merge_stuck_alerts()
-    backend = get_backend()
+    backend = base.get_backend()
     if not _may_send(backend):
         outbox.unqueue(notification_id)
         return "paused"
@@ -286,10 +338,6 @@ def _take_slot(notification: Notification, chat_id: int, opened: list) -> None:
     opened.append(notification.open_attempt(chat_id=chat_id))
 
 
-# A handler records the attempt, settles the row, returns what happened (None: send again).
-_Handler = Callable[[Notification, NotificationAttempt, int, base.SendError], "str | None"]
-
-
 def _refuse(notification: Notification, chat_id: int | None) -> str:
     """Settle a row that must not be sent at all; "" when it may be."""
     if chat_id is None:
@@ -323,25 +371,18 @@ def _sent(
         chat_id=chat_id,
         telegram_message_id=receipt.message_id,
     )
-    if closed:
-        _announce_owner_told(notification, sent_at)
+    # Only an owner's outcome message carries fal's end (``outbox.queue_outcome``).
+    finished = notification.context.get(outbox.FAL_FINISHED_AT)
+    if closed and finished:
+        owner_told.send(
+            sender=Notification,
+            notification=notification,
+            finished_at=datetime.fromisoformat(finished),
+            sent_at=sent_at,
+        )
     SenderState.objects.filter(pk=1, failure_streak__gt=0).update(failure_streak=0)
     logger.info("Notification %s (%s) sent to chat %s", notification.pk, notification.kind, chat_id)
     return "sent"
-
-
-def _announce_owner_told(notification: Notification, sent_at: datetime) -> None:
-    """An owner was told how their training ended (``signals.owner_told``)."""
-    finished = (notification.context or {}).get(outbox.FAL_FINISHED_AT)
-    if notification.audience != Audience.OWNER or not isinstance(finished, str):
-        return
-    try:
-        finished_at = datetime.fromisoformat(finished)
-    except ValueError:
-        return
-    signals.owner_told.send(
-        sender=Notification, notification=notification, finished_at=finished_at, sent_at=sent_at
-    )
 
 
 def _flood_control(notification, attempt, chat_id, error: base.SendError) -> str:
@@ -384,7 +425,7 @@ def _token_rejected(notification, attempt, chat_id, error: base.SendError) -> st
 def _rejected(notification, attempt, chat_id, error: base.SendError) -> str:
     if _settle(notification, attempt, Outcome.BAD_REQUEST, error=str(error), close=Status.FAILED):
         logger.error("Telegram rejected notification %s: %s", notification.pk, error)
-        _alert_staff(notification, str(error))
+        outbox.queue_given_up(notification, str(error))
     return "failed"
 
 
@@ -412,7 +453,7 @@ def _transient(notification, attempt, chat_id, error: base.SendError) -> str:
                 notification.attempts,
                 message,
             )
-            _alert_staff(notification, message)
+            outbox.queue_given_up(notification, message)
         return "given up"
     delay = backoff(
         notification.attempts,
@@ -423,8 +464,9 @@ def _transient(notification, attempt, chat_id, error: base.SendError) -> str:
     return f"transient error, retry in {delay:g} s"
 
 
+# A handler records the attempt, settles the row, returns what happened (None: send again).
 # In this order: the first class the error is an instance of decides.
-_ANSWERS: list[tuple[type[base.SendError], _Handler]] = [
+_ANSWERS: list[tuple[type[base.SendError], Callable[..., str | None]]] = [
     (base.RetryLater, _flood_control),
     (base.ChatMoved, _chat_moved),
     (base.RecipientUnreachable, _unreachable),
@@ -439,11 +481,5 @@ def _settle(
 ) -> bool:
     if "close" in fields:  # a closed row keeps its last attempt's error ("" once sent)
         fields.setdefault("last_error", fields.get("error", ""))
-    signals.send_recorded.send(sender=NotificationAttempt, outcome=outcome)
+    send_recorded.send(sender=NotificationAttempt, outcome=outcome)
     return _held(notification.settle(attempt, outcome, **fields), notification, outcome)
-
-
-def _alert_staff(notification: Notification, error: str) -> None:
-    """Tell staff about an owner message we could not deliver (never about a staff one)."""
-    if notification.audience == Audience.OWNER:
-        outbox.queue_given_up(notification, error)

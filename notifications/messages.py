@@ -1,6 +1,8 @@
 """Message texts: Telegram HTML with every interpolated value escaped (avatar names are
 user input). Owners get Russian or English, never internal details (fal codes, request
 ids); staff messages go to one staff chat, in Russian like the operator log lines.
+Telegram's reasons for not delivering a message are worded in the reader's language
+(unknown texts stay as Telegram wrote them).
 """
 
 from __future__ import annotations
@@ -15,11 +17,49 @@ from django.urls import reverse
 from django.utils import translation
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
 
 from avatarsite.log_redaction import redact
-from notifications import reasons
 from notifications.models import NotificationKind, OwnerMessage
+
+# Our own reasons, stored as a notification's ``last_error`` in English (the msgid) and
+# worded for the reader by ``last_error_words``.
+NO_STAFF_CHAT = gettext_noop("TELEGRAM_STAFF_CHAT_ID is not set: staff alert recorded, not sent")
+MIGRATED_TWICE = gettext_noop("chat migrated twice in one send")
+OWNER_UNREACHABLE = "Owner unreachable: "
+
+# Telegram's answers when an owner cannot be messaged (Bot API 403 descriptions).
+_TELEGRAM_REASONS = {
+    "Forbidden: bot was blocked by the user": gettext_lazy("the owner blocked the bot"),
+    "Forbidden: user is deactivated": gettext_lazy("the owner's Telegram account is deleted"),
+    "Forbidden: bot can't initiate conversation with a user": gettext_lazy(
+        "the owner never started the bot"
+    ),
+    "Forbidden: bot was kicked from the group chat": gettext_lazy(
+        "the bot was removed from the chat"
+    ),
+    "Forbidden: bot was kicked from the supergroup chat": gettext_lazy(
+        "the bot was removed from the chat"
+    ),
+}
+
+
+def telegram_reason_words(text: str) -> str:
+    """Telegram's known "cannot message" reasons in the reader's language; others as written."""
+    words = _TELEGRAM_REASONS.get(text.strip())
+    return str(words) if words is not None else text
+
+
+def last_error_words(text: str) -> str:
+    """A stored send error in the reader's language where it is one of ours."""
+    if text in (NO_STAFF_CHAT, MIGRATED_TWICE):
+        return _(text)
+    if text.startswith(OWNER_UNREACHABLE):
+        return _("Owner unreachable: %(reason)s") % {
+            "reason": telegram_reason_words(text[len(OWNER_UNREACHABLE) :])
+        }
+    return telegram_reason_words(text)
+
 
 # Telegram refuses longer texts.
 MAX_TEXT = 4096
@@ -120,22 +160,18 @@ def _link(url: str, text: str) -> str:
     return f'<a href="{escape(url, quote=True)}">{escape(text)}</a>' if url else escape(text)
 
 
-def _link_line(url: str, text: str) -> str:
-    return f"\n{_link(url, text)}" if url else ""
-
-
 def avatar_ref(avatar_id: int) -> str:
     return _link(admin_url("admin:monitoring_avatar_change", avatar_id), f"#{avatar_id}")
 
 
 def avatar_link_line(avatar_id: int | None) -> str:
     url = admin_url("admin:monitoring_avatar_change", avatar_id) if avatar_id else ""
-    return _link_line(url, f"Открыть аватар #{avatar_id}")
+    return f"\n{_link(url, f'Открыть аватар #{avatar_id}')}" if url else ""
 
 
 def _stuck_list_line() -> str:
     url = admin_url("admin:monitoring_avatar_changelist", query="?stuck=yes")
-    return _link_line(url, "Все зависшие обучения")
+    return f"\n{_link(url, 'Все зависшие обучения')}" if url else ""
 
 
 def _stuck_line(training, reason: str = "") -> str:
@@ -167,12 +203,6 @@ def render_stuck_digest(trainings: Sequence[tuple[Any, str]]) -> str:
         lines.append(line)
         size += len(line) + 1
     return header + "\n".join(lines) + footer
-
-
-def render_fal_account_message(status_code: int, detail: str) -> str:
-    detail = redact(detail)  # fal echoes request details; never forward the key
-    what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
-    return f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>"
 
 
 def render_fal_balance_message(
@@ -214,38 +244,11 @@ def render_fal_balance_message(
     return "\n".join(lines)[:MAX_TEXT]
 
 
-def render_unsafe_result_message(
-    *, avatar_id: int, avatar_name: str, request_id: str, url: str
-) -> str:
-    return (
-        f"🚫 Обучение {avatar_ref(avatar_id)} <b>{escape(avatar_name)}</b> "
-        f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
-        f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
-        f"{avatar_link_line(avatar_id)}"
-    )[:MAX_TEXT]
-
-
-def render_fal_outage_message(since: datetime, failed: int, calls: int) -> str:
-    return (
-        f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
-        f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
-        "не ответит; ни один аватар из-за этого не помечен ошибкой."
-    )
-
-
-def render_retries_message(now: datetime, retried: int, ended: int) -> str:
-    return (
-        f"🔁 У fal плохой день: {retried} из {ended} попыток обучения за час до "
-        f"{now:%H:%M} UTC перезапущены автоматически после сбоев fal. Владельцы ничего "
-        "не получают, пока попытки не кончатся; повторы видны на дашборде."
-    )
-
-
 def render_given_up_message(notification, error: str) -> str:
     """In the staff chat's language; an unknown Telegram text is quoted as code."""
     with translation.override(STAFF_LANGUAGE):
         kind = str(notification.get_kind_display())
-        why = reasons.telegram_reason_words(error[:500])
+        why = telegram_reason_words(error[:500])
     recipient = escape(str(notification.owner)) if notification.owner_id else "чата сотрудников"
     why_html = f"<code>{escape(why)}</code>" if why == error[:500] else escape(why)
     number = _link(

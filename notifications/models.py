@@ -79,21 +79,17 @@ class OutboxQuerySet(models.QuerySet):
                 outcome=INTERRUPTED, finished_at=now, error=INTERRUPTED_ERROR
             )
         )
-        if row.interrupted:
-            if row.maybe_duplicate:
-                if row.close(OutboxStatus.GIVEN_UP, last_error=INTERRUPTED_TWICE):
-                    row.status = OutboxStatus.GIVEN_UP
-                return row
+        if row.interrupted and row.maybe_duplicate:
+            if row.close(OutboxStatus.GIVEN_UP, last_error=INTERRUPTED_TWICE):
+                row.status = OutboxStatus.GIVEN_UP
+        elif row.interrupted:
             row.maybe_duplicate = True
             row.holding().update(maybe_duplicate=True)
         return row
 
     def queue_due(self, limit: int, now, enqueue: Callable[[int], None]) -> int:
-        """Mark up to ``limit`` due rows without a task as queued, and queue them.
-
-        Two lanes: the newest (a message written now is not stuck behind a backlog) and
-        the oldest (a backlog always moves too).
-        """
+        """Mark up to ``limit`` due rows without a task as queued, and queue them: the newest
+        (a new message is not stuck behind a backlog) and the oldest (a backlog moves too)."""
         if limit <= 0:
             return 0
         due = self.due(now).filter(queued_at__isnull=True)
@@ -118,11 +114,8 @@ class OutboxQuerySet(models.QuerySet):
         return len(mine)
 
     def forget_lost_tasks(self, now, queue: str) -> int:
-        """Unmark the rows whose task the broker lost (a Redis restart, a killed worker).
-
-        The broker's queue is FIFO and shallow, so when it holds fewer tasks than there
-        are marked rows, the oldest marked rows are the ones without a task.
-        """
+        """Unmark the rows whose task the broker lost (a Redis restart, a killed worker): its
+        queue is FIFO and shallow, so the oldest marked rows beyond its size have none."""
         marked = self.filter(queued_at__isnull=False)
         waiting = marked.count()
         if not waiting:
@@ -277,19 +270,34 @@ class NotificationStatus(models.TextChoices):
     SKIPPED = "skipped", _("Skipped (no recipient)")
 
 
-def _link(model: str, name: Any, on_delete: Any = models.CASCADE) -> Any:
-    return models.ForeignKey(
-        model, on_delete, null=True, blank=True, related_name="notifications", verbose_name=name
-    )
-
-
 class Notification(OutboxRow):
     dedup_key = models.CharField(_("deduplication key"), max_length=200, unique=True)
     kind = models.CharField(_("kind"), max_length=32, choices=NotificationKind.choices)
     audience = models.CharField(_("audience"), max_length=8, choices=Audience.choices)
-    owner = _link("monitoring.Owner", _("owner"))
-    avatar = _link("monitoring.Avatar", _("avatar"))
-    training = _link("monitoring.Training", _("training"), models.SET_NULL)
+    owner = models.ForeignKey(
+        "monitoring.Owner",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("owner"),
+    )
+    avatar = models.ForeignKey(
+        "monitoring.Avatar",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("avatar"),
+    )
+    training = models.ForeignKey(
+        "monitoring.Training",
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("training"),
+    )
     # Staff messages: empty, resolved at send time (the setting, or the chat it migrated to).
     chat_id = models.BigIntegerField(_("chat id"), null=True, blank=True)
     text = models.TextField(_("text (HTML)"))
@@ -396,7 +404,7 @@ class SenderState(models.Model):
     cause = models.CharField(_("cause"), max_length=8, choices=PauseCause.choices, blank=True)
     # Transient failures in a row across every send: enough mean the Bot API is down.
     failure_streak = models.PositiveIntegerField(_("failures in a row"), default=0)
-    # The relay lease (notifications.relay): one relay at a time queues due rows.
+    # The relay lease (notifications.delivery): one relay at a time queues due rows.
     relay_owner = models.CharField(_("relay"), max_length=128, blank=True)
     relay_until = models.DateTimeField(_("relay lease until"), null=True, blank=True)
     reason = models.TextField(_("reason"), blank=True)
@@ -444,11 +452,9 @@ class ProgressState(models.TextChoices):
 
 
 class ProgressMessage(models.Model):
-    """One silent message per training, edited in place (``notifications.progress``).
-
-    Not an outbox row: it holds what the message should say (``text``) and what Telegram
-    last accepted (``sent_text``), so an edit of unknown outcome is superseded by the next.
-    """
+    """One silent message per training, edited in place (``notifications.progress``). Not an
+    outbox row: it holds what it should say (``text``) and what Telegram last accepted
+    (``sent_text``), so an edit of unknown outcome is superseded by the next."""
 
     training = models.OneToOneField(
         "monitoring.Training",

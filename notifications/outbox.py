@@ -1,4 +1,5 @@
-"""Writing messages into the outbox, and queueing their delivery.
+"""Writing messages into the outbox (the one-off staff alerts' texts too: Russian, every
+value escaped), and queueing their delivery.
 
 Called inside the transaction that wins a status change, so the message exists if and
 only if the change does; the unique ``dedup_key`` makes a second row impossible.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from html import escape
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +18,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
+from avatarsite.log_redaction import redact
 from notifications import messages
 from notifications.models import (
     Audience,
@@ -175,7 +178,9 @@ def merge_stuck_alerts() -> Notification | None:
 
 
 def queue_given_up(notification: Notification, error: str) -> Notification | None:
-    """Staff alert: an owner's message could not be delivered (given up or rejected)."""
+    """Staff alert: an owner's message (never a staff one) given up, or rejected by Telegram."""
+    if notification.audience != Audience.OWNER:
+        return None
     return _alert(
         NotificationKind.GIVEN_UP,
         f"given_up:{notification.pk}:{notification.attempt_log.count()}",
@@ -189,10 +194,12 @@ def queue_given_up(notification: Notification, error: str) -> Notification | Non
 
 def queue_fal_account_alert(*, status_code: int, detail: str) -> Notification | None:
     """Staff alert: fal rejected our key (401) or locked the account (403); one an hour."""
+    detail = redact(detail)  # fal echoes request details; never forward the key
+    what = "ключ fal отклонён" if status_code == 401 else "аккаунт fal заблокирован (баланс?)"
     return _alert(
         NotificationKind.FAL_ACCOUNT,
         f"fal_account:{status_code}:{timezone.now():%Y%m%d%H}",
-        messages.render_fal_account_message(status_code, detail),
+        f"🚨 fal ответил {status_code}: {what}.\n<code>{escape(detail[:500])}</code>",
         context={"status_code": status_code},
     )
 
@@ -212,15 +219,13 @@ def queue_fal_record_alert(
 ) -> Notification | None:
     """Staff alert about fal's own record (a double submit, a lost submit given up,
     requests billed that nobody follows)."""
-    avatar = training.avatar if training else None
     return _written_alert(
         NotificationKind.FAL_RECORD,
         dedup_key,
         text,
-        getattr(avatar, "pk", None),
         context,
-        avatar=avatar,
-        training=training,
+        avatar_id=training.avatar_id if training else None,
+        training_id=training.pk if training else None,
     )
 
 
@@ -230,12 +235,12 @@ def _alert(kind: str, dedup_key: str, text: str, **fields) -> Notification | Non
     )
 
 
-def _written_alert(kind: str, dedup_key: str, text: str, link_to, context, **fields):
+def _written_alert(kind: str, dedup_key: str, text: str, context, **fields):
     """A staff alert whose text (Telegram HTML) and key the caller chose, linked to the avatar."""
     return _alert(
         kind,
         dedup_key[:200],
-        (text + messages.avatar_link_line(link_to))[: messages.MAX_TEXT],
+        (text + messages.avatar_link_line(fields["avatar_id"]))[: messages.MAX_TEXT],
         context=context or {},
         **fields,
     )
@@ -248,9 +253,12 @@ def queue_unsafe_result_alert(
     return _alert(
         NotificationKind.UNSAFE_RESULT,
         f"unsafe_result:{training_id}",
-        messages.render_unsafe_result_message(
-            avatar_id=avatar_id, avatar_name=avatar_name, request_id=request_id, url=url
-        ),
+        (
+            f"🚫 Обучение {messages.avatar_ref(avatar_id)} <b>{escape(avatar_name)}</b> "
+            f"(<code>{escape(request_id or '—')}</code>) завершено с ошибкой: fal вернул "
+            f"небезопасную ссылку на результат.\n<code>{escape(url[:500])}</code>"
+            f"{messages.avatar_link_line(avatar_id)}"
+        )[: messages.MAX_TEXT],
         avatar_id=avatar_id,
         training_id=training_id,
         context={"url": url[:2048]},
@@ -265,7 +273,6 @@ def queue_files_alert(
         NotificationKind.FILES,
         dedup_key,
         text,
-        avatar_id,
         context,
         avatar_id=avatar_id,
         training_id=training_id,
@@ -277,7 +284,9 @@ def queue_fal_outage_alert(*, since: datetime, failed: int, calls: int) -> Notif
     return _alert(
         NotificationKind.FAL_OUTAGE,
         f"fal_outage:{since.isoformat()}",
-        messages.render_fal_outage_message(since, failed, calls),
+        f"🌩 fal не отвечает: {failed} из {calls} проверок статуса не удались "
+        f"(с {since:%H:%M:%S} UTC). Проверяем выборку обучений раз в интервал, пока fal "
+        "не ответит; ни один аватар из-за этого не помечен ошибкой.",
         context={"since": since.isoformat(), "failed": failed, "calls": calls},
     )
 
@@ -292,7 +301,9 @@ def queue_retries_alert(*, now: datetime, retried: int, ended: int) -> Notificat
     return _alert(
         NotificationKind.RETRIES,
         f"retries:{now:%Y-%m-%dT%H}",
-        messages.render_retries_message(now, retried, ended),
+        f"🔁 У fal плохой день: {retried} из {ended} попыток обучения за час до "
+        f"{now:%H:%M} UTC перезапущены автоматически после сбоев fal. Владельцы ничего "
+        "не получают, пока попытки не кончатся; повторы видны на дашборде.",
         context={"retried": retried, "ended": ended},
     )
 

@@ -19,7 +19,7 @@ from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from notifications import messages, rate_limits
-from notifications.backends import base, get_backend
+from notifications.backends import base
 from notifications.models import (
     Audience,
     Notification,
@@ -77,15 +77,11 @@ class Snapshot:
     eta_high: datetime | None = None
 
 
-def update(snapshot: Snapshot, *, now: datetime | None = None) -> ProgressMessage | None:
-    """The training moved: create its message, or note the text an edit should carry."""
-    return update_many([snapshot], now=now).get(snapshot.training_id)
-
-
 def update_many(
     snapshots: list[Snapshot], *, now: datetime | None = None
 ) -> dict[int, ProgressMessage]:
-    """``update`` for a check batch: one read, one insert for the new messages."""
+    """The trainings moved: create their messages, or note the text an edit should carry
+    (for a check batch: one read, one insert for the new messages)."""
     now = now or timezone.now()
     if not settings.OWNER_PROGRESS_MESSAGES or not snapshots:
         # Off: a late training's owner hears it once from monitoring.owner_progress.
@@ -120,21 +116,18 @@ def update_many(
         fresh = Basis(snapshot.phase, snapshot.eta_at)
         if row.state == State.LIVE and not wants_edit(Basis(row.phase, row.eta_at), fresh, now):
             continue
-        not_before = _not_before(row, now)
-        ProgressMessage.objects.filter(pk=row.pk, final=False).update(
+        _schedule(
+            ProgressMessage.objects.filter(final=False),
+            row,
+            now,
             text=messages.render_progress(snapshot, now),
             phase=snapshot.phase,
             eta_at=snapshot.eta_at,
-            pending=True,
-            next_at=not_before,
         )
-        if not_before <= now:
-            transaction.on_commit(partial(enqueue, row.pk))
     created = _create(new) if new else []
     rows.update((row.training_id, row) for row in created)
     if created:
-        ids = [row.pk for row in created]
-        transaction.on_commit(lambda: enqueue(*ids))
+        transaction.on_commit(partial(enqueue, *[row.pk for row in created]))
     return rows
 
 
@@ -164,7 +157,7 @@ def retried(old_training_id: int, snapshot: Snapshot) -> None:
     ProgressMessage.objects.filter(pk=row.pk).update(
         training_id=snapshot.training_id, context={**row.context, RETRIED: True}
     )
-    update(snapshot)
+    update_many([snapshot])
 
 
 def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> None:
@@ -183,27 +176,29 @@ def finish(training_id: int, outcome: str, *, now: datetime | None = None) -> No
         ProgressMessage.objects.filter(pk=row.pk).update(final=True, pending=False)
         return
     text = messages.render_progress(Snapshot(training_id, row.chat_id, outcome, row.context), now)
-    ProgressMessage.objects.filter(pk=row.pk).update(
+    _schedule(
+        ProgressMessage.objects,
+        row,
+        now,
         final=True,
         text=text,
         phase=outcome,
         eta_at=None,
-        pending=True,
-        next_at=_not_before(row, now),
         context={**row.context, FINAL_AT: now.isoformat()},
     )
-    transaction.on_commit(lambda: enqueue(row.pk))
 
 
-def _not_before(row: ProgressMessage, now: datetime) -> datetime:
-    """The earliest the next edit may go: OWNER_PROGRESS_EDIT_SECONDS after the last."""
+def _schedule(rows: Any, row: ProgressMessage, now: datetime, **fields: Any) -> None:
+    """Save ``fields`` to be sent OWNER_PROGRESS_EDIT_SECONDS after the last edit, or now."""
     interval = timedelta(seconds=settings.OWNER_PROGRESS_EDIT_SECONDS)
-    return max(now, row.last_edit_at + interval) if row.last_edit_at else now
+    not_before = max(now, row.last_edit_at + interval) if row.last_edit_at else now
+    rows.filter(pk=row.pk).update(pending=True, next_at=not_before, **fields)
+    if not_before <= now:
+        transaction.on_commit(partial(enqueue, row.pk))
 
 
 def enqueue(*progress_ids: int) -> None:
-    """Queue ``push`` for each message, on one broker connection; never raises (the sweep is
-    the net)."""
+    """Queue ``push`` for each message on one broker connection; never raises (the sweep's net)."""
     try:
         broker = get_broker(settings.NOTIFICATION_CLUSTER)
         for progress_id in progress_ids:
@@ -223,11 +218,6 @@ def _due(now: datetime) -> Any:
     return ProgressMessage.objects.filter(
         free, pending=True, next_at__lte=now, state__in=[State.NEW, State.LIVE]
     )
-
-
-def _claim(progress_id: int, now: datetime) -> ProgressMessage | None:
-    won = _due(now).filter(pk=progress_id).update(lease_until=now + LEASE)
-    return ProgressMessage.objects.get(pk=progress_id) if won else None
 
 
 def _save(row: ProgressMessage, **fields: Any) -> None:
@@ -257,9 +247,9 @@ def _outcome_out(row: ProgressMessage, now: datetime) -> bool:
 
 def push(progress_id: int) -> str:
     now = timezone.now()
-    row = _claim(progress_id, now)
-    if row is None:
+    if not _due(now).filter(pk=progress_id).update(lease_until=now + LEASE):
         return "not due"
+    row = ProgressMessage.objects.get(pk=progress_id)
     if row.final and not _outcome_out(row, now):
         _later(row, YIELD_SECONDS * 5)
         return "waiting for the outcome message"
@@ -272,18 +262,16 @@ def push(progress_id: int) -> str:
         _later(row, YIELD_SECONDS)
         return "yielding to the outbox"
     first = row.state == State.NEW
-    backend = get_backend()
-    text = row.text
     if first:
         # In flight from here: a worker that dies now never sends it again.
         _save(row, state=State.SENDING, lease_until=now + LEASE)
     ready = partial(rate_limits.take, row.chat_id)
     try:
         if first:
-            receipt = backend.send(row.chat_id, text, ready=ready, silent=True)
+            receipt = base.get_backend().send(row.chat_id, row.text, ready=ready, silent=True)
         else:
             assert row.message_id is not None
-            receipt = backend.edit(row.chat_id, row.message_id, text, ready=ready)
+            receipt = base.get_backend().edit(row.chat_id, row.message_id, row.text, ready=ready)
     except rate_limits.NoSlot as exc:
         _later(row, exc.wait, first=first)
         return f"rate limited for {exc.wait:.1f} s"
@@ -309,7 +297,7 @@ def push(progress_id: int) -> str:
         row,
         state=State.DONE if row.final else State.LIVE,
         message_id=receipt.message_id if first else row.message_id,
-        sent_text=text,
+        sent_text=row.text,
         sent_phase=row.phase,
         sent_eta_at=row.eta_at,
         # Counted from Telegram's answer, so that two edits are at least the interval
@@ -319,7 +307,7 @@ def push(progress_id: int) -> str:
         last_error="",
     )
     # The text changed while this one was in flight: the newer one is still to go.
-    ProgressMessage.objects.filter(pk=row.pk, text=text).update(pending=False)
+    ProgressMessage.objects.filter(pk=row.pk, text=row.text).update(pending=False)
     return "sent" if first else "edited"
 
 
@@ -351,14 +339,12 @@ def sweep() -> int:
     return len(due)
 
 
-def after_outcome_told(sender: object = None, notification: Any = None, **kwargs: Any) -> None:
-    """``signals.owner_told`` receiver: the outcome went out, the last line may follow."""
-    training_id = getattr(notification, "training_id", None)
-    if training_id is None:
+def after_outcome_told(sender: object, notification: Notification, **kwargs: Any) -> None:
+    """``delivery.owner_told`` receiver: the outcome went out, the last line may follow."""
+    if notification.training_id is None:  # its training was deleted since
         return
-    now = timezone.now()
-    for row in ProgressMessage.objects.filter(training_id=training_id, final=True, pending=True):
-        not_before = _not_before(row, now)
-        ProgressMessage.objects.filter(pk=row.pk).update(next_at=not_before)
-        if not_before <= now:
-            enqueue(row.pk)
+    rows = ProgressMessage.objects.filter(
+        training_id=notification.training_id, final=True, pending=True
+    )
+    for row in rows:
+        _schedule(rows, row, timezone.now())

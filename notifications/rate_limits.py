@@ -21,11 +21,6 @@ _KEEP = timedelta(seconds=75)
 _PRUNE_EVERY = 25
 
 
-def is_group(chat_id: int) -> bool:
-    """Groups and supergroups have negative ids; users (private chats) positive ones."""
-    return chat_id < 0
-
-
 class NoSlot(Exception):
     """The limits want a longer wait than the sender may sleep: hand the message back."""
 
@@ -46,9 +41,7 @@ def reserve(chat_id: int, *, now: datetime | None = None) -> float:
     if settings.REDIS_URL:
         return _reserve_in_redis(chat_id, now or timezone.now())
     with transaction.atomic():
-        if SenderState.objects.select_for_update().filter(pk=1).first() is None:
-            SenderState.get()  # the lock row must exist before we can lock it
-            SenderState.objects.select_for_update().filter(pk=1).first()
+        SenderState.objects.select_for_update().get_or_create(pk=1)
         now = now or timezone.now()
         chat = RateLimitMark.objects.filter(chat_id=chat_id)
         every = RateLimitMark.objects.all()
@@ -61,7 +54,7 @@ def reserve(chat_id: int, *, now: datetime | None = None) -> float:
             (every, timedelta(seconds=1 / overall), 1),
             (every, timedelta(seconds=1), overall),
         ]
-        if is_group(chat_id):
+        if chat_id < 0:  # a group or supergroup (users' private chats have positive ids)
             limits.append((chat, timedelta(minutes=1), settings.NOTIFICATION_RATE_GROUP_PER_MINUTE))
         wait = max(_window_wait(marks, now, window, limit) for marks, window, limit in limits)
         if wait > 0:
@@ -144,7 +137,7 @@ def _reserve_in_redis(chat_id: int, now: datetime) -> float:
         f"{prefix}:all",
         now_ms,
         int(settings.NOTIFICATION_RATE_PER_CHAT_SECONDS * 1000),
-        "1" if is_group(chat_id) else "0",
+        "1" if chat_id < 0 else "0",
         settings.NOTIFICATION_RATE_GROUP_PER_MINUTE,
         settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND,
         int(1000 / settings.NOTIFICATION_RATE_GLOBAL_PER_SECOND),

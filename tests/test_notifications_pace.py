@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from notifications import delivery, relay
+from notifications import delivery
 from notifications.backends import telegram as telegram_backend
 from notifications.models import (
     Audience,
@@ -121,16 +121,16 @@ def test_a_new_message_does_not_wait_behind_a_backlog(
 
 
 def test_one_relay_works_at_a_time_and_another_takes_over_when_it_stops(db):
-    assert relay.take_turn("worker-a")
-    assert not relay.take_turn("worker-b")
+    assert delivery.take_turn("worker-a")
+    assert not delivery.take_turn("worker-b")
     before = timezone.now()
-    assert relay.take_turn("worker-a")  # renewing its own lease
+    assert delivery.take_turn("worker-a")  # renewing its own lease
     lease_ends = SenderState.objects.get().relay_until
-    assert before + relay.RELAY_LEASE <= lease_ends <= timezone.now() + relay.RELAY_LEASE
+    assert before + delivery.RELAY_LEASE <= lease_ends <= timezone.now() + delivery.RELAY_LEASE
     # worker-a died: its lease runs out (moved to the past instead of waiting for it).
-    SenderState.objects.update(relay_until=lease_ends - relay.RELAY_LEASE - timedelta(seconds=1))
-    assert relay.take_turn("worker-b")
-    assert not relay.take_turn("worker-a")
+    SenderState.objects.update(relay_until=lease_ends - delivery.RELAY_LEASE - timedelta(seconds=1))
+    assert delivery.take_turn("worker-b")
+    assert not delivery.take_turn("worker-a")
 
 
 def test_a_bot_api_outage_pauses_sending_and_every_waiting_message_goes_out_when_it_ends(
@@ -143,7 +143,7 @@ def test_a_bot_api_outage_pauses_sending_and_every_waiting_message_goes_out_when
     telegram.outage(502)
 
     drain(lambda: delivery.sending_paused()[0])
-    assert delivery.pause_cause() == PauseCause.OUTAGE
+    assert SenderState.get().cause == PauseCause.OUTAGE
     # The pause stops the sends: a few tries (two workers may be mid-send), then probes only.
     sends_before = telegram.state.outage_calls["sendmessage"]
     drain(lambda: False, timeout=1.0)
@@ -168,7 +168,7 @@ def test_a_rejected_token_pause_is_still_told_apart_from_an_outage(telegram, mak
     _waiting_messages(make_owner, 1)
     telegram.accept_token("7700000077:ANOTHER-token")
     drain(lambda: delivery.sending_paused()[0])
-    assert delivery.pause_cause() == PauseCause.TOKEN
+    assert SenderState.get().cause == PauseCause.TOKEN
 
 
 def test_one_bot_and_one_https_connection_serve_every_send_of_a_process(

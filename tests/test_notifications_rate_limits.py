@@ -13,6 +13,7 @@ from django.utils import timezone
 from monitoring import transitions
 from monitoring.models import EventSource
 from notifications import delivery, rate_limits
+from notifications.models import Notification
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,7 +111,7 @@ def test_messages_to_one_chat_arrive_at_least_a_second_apart_whatever_the_worker
     from django_q.models import OrmQ
 
     OrmQ.objects.all().delete()
-    ids = list(delivery.due_rows().values_list("pk", flat=True))
+    ids = list(Notification.objects.due().values_list("pk", flat=True))
 
     def send(notification_id: int) -> None:
         try:

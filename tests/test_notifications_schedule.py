@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django_q.models import Schedule
 
-from notifications.schedules import OUTBOX_SWEEP
+from notifications.apps import OUTBOX_SWEEP
 
 
 @pytest.mark.django_db

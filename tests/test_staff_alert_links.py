@@ -62,7 +62,7 @@ def test_an_undelivered_owner_message_alert_is_in_russian_with_links(
 def test_telegrams_known_reasons_are_worded_in_russian():
     from django.utils import translation
 
-    from notifications.reasons import telegram_reason_words
+    from notifications.messages import telegram_reason_words
 
     with translation.override("ru"):
         words = telegram_reason_words("Forbidden: bot was blocked by the user")

@@ -30,8 +30,8 @@ from monitoring.models import (
 )
 from monitoring.wording import event_words, status_label
 from notifications import reachability
+from notifications.messages import last_error_words
 from notifications.models import Audience, Notification, NotificationStatus
-from notifications.reasons import last_error_words
 
 FOLD_AT = 240
 

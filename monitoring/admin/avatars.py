@@ -53,8 +53,8 @@ from monitoring.models import (
 from monitoring.ops import attention
 from monitoring.wording import event_words, retried_words, status_label
 from notifications import reachability
+from notifications.messages import last_error_words, telegram_reason_words
 from notifications.models import Audience, Notification, NotificationAttempt, UnreachableChat
-from notifications.reasons import last_error_words, telegram_reason_words
 
 STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, EventKind.FAL_STATUS)
 TABLE_LIMIT = 50

@@ -19,7 +19,7 @@ class ApiConfig(AppConfig):
         from monitoring.api import callback_health, callbacks, checks  # noqa: F401 (registers the checks)
         from monitoring.api import retention as api_retention
         from monitoring.ops import attention, metrics, retention
-        from notifications import relay
+        from notifications import delivery
 
         # Old rows pruned with the rest; failing event callbacks on /metrics and, past a
         # threshold, in the banner.
@@ -39,4 +39,4 @@ class ApiConfig(AppConfig):
         ):
             signal.connect(receiver, dispatch_uid=f"api.{receiver.__name__}")
         # The outbox's one relay queues due events too (retries, lost hand-overs).
-        relay.register(callbacks.relay_once)
+        delivery.register_outbox(callbacks.relay_once)

@@ -44,7 +44,6 @@ from monitoring.models import (
     WebhookVerdict,
 )
 from monitoring.ops import dashboard, health
-from notifications import delivery
 from notifications.models import (
     IN_FLIGHT,
     Notification,
@@ -214,7 +213,9 @@ class DatabaseCollector:
             status__in=(NotificationStatus.PENDING, NotificationStatus.SENDING)
         ).aggregate(
             n=Count("id"),
-            oldest_due=Min("next_attempt_at", filter=Q(pk__in=delivery.due_rows().values("pk"))),
+            oldest_due=Min(
+                "next_attempt_at", filter=Q(pk__in=Notification.objects.due().values("pk"))
+            ),
         )
         yield _gauge(
             "notifications_backlog",

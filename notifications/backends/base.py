@@ -1,9 +1,16 @@
-"""The contract between the delivery module and a backend: a receipt or a classified error."""
+"""The contract between the delivery module and a backend: a receipt or a classified error.
+
+Backends are chosen like Django's email backends (settings.NOTIFICATION_BACKEND):
+``telegram``, ``console`` (the default without a token) or ``locmem`` (tests).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils.module_loading import import_string
 
 
 @dataclass(frozen=True)
@@ -81,3 +88,8 @@ class BaseBackend:
 
     def probe(self) -> None:
         """Check the credentials (raise ``TokenRejected`` if refused); used to resume sending."""
+
+
+def get_backend() -> BaseBackend:
+    """A fresh backend per call: nothing (no HTTP client, no event loop) outlives a send."""
+    return import_string(settings.NOTIFICATION_BACKEND)()
