@@ -44,9 +44,8 @@ def column(description: Any, value: Callable[[Any], Any], **options: Any) -> Any
 
 
 def staff_action(*, permission: str, description: Any) -> Callable[[Callable[..., Any]], Any]:
-    """An admin action that needs ``permission`` ("app_label.codename"): Django offers it
-    when ``has_<codename>_permission`` says yes; the wrapper asks again where it runs."""
-    codename = permission.split(".", 1)[1]
+    """An admin action that needs ``permission``: a ``StaffAdmin`` offers it only to those
+    who have it, and the wrapper asks again where it runs."""
 
     def wrap(action: Callable[..., Any]) -> Any:
         @functools.wraps(action)
@@ -55,18 +54,10 @@ def staff_action(*, permission: str, description: Any) -> Callable[[Callable[...
                 raise PermissionDenied
             return action(modeladmin, request, queryset)
 
-        return admin.action(description=description, permissions=[codename])(run)
+        run.staff_permissions = (permission,)  # type: ignore[attr-defined]
+        return admin.action(description=description)(run)
 
     return wrap
-
-
-def permission_check(permission: str) -> Callable[[Any, HttpRequest], bool]:
-    """A ``has_<codename>_permission`` method: Django asks it before offering an action."""
-
-    def check(modeladmin: Any, request: HttpRequest) -> bool:
-        return request.user.has_perm(permission)
-
-    return check
 
 
 class ConditionFilter(admin.SimpleListFilter):
@@ -95,7 +86,16 @@ _Child = TypeVar("_Child", bound=Model)
 _Parent = TypeVar("_Parent", bound=Model)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin[_M]):
+class StaffAdmin(admin.ModelAdmin[_M]):
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        return {
+            name: action
+            for name, action in super().get_actions(request).items()
+            if request.user.has_perms(getattr(action[0], "staff_permissions", ()))
+        }
+
+
+class ReadOnlyAdmin(StaffAdmin[_M]):
     """Records of what happened: never added or changed from the admin (so every one of
     ``fields`` is shown read-only), deleted only when ``deletable`` (then Django's delete
     permission decides). Actions still run."""

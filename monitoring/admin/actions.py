@@ -30,7 +30,6 @@ from avatarsite.admin_base import (
     confirm_rows,
     confirmation_page,
     is_confirmed,
-    permission_check,
     staff_action,
 )
 from monitoring import billing, roles, transitions, wording
@@ -98,17 +97,6 @@ class ExtendForm(forms.Form):
 
 
 EXTEND_CHOICES = (1, 6, 24)
-
-
-class AvatarActionPermissions:
-    """The ``has_<codename>_permission`` methods Django asks before offering an action."""
-
-    has_start_training_permission = permission_check(roles.START_TRAINING)
-    has_cancel_training_permission = permission_check(roles.CANCEL_TRAINING)
-    has_fail_avatar_permission = permission_check(roles.FAIL_AVATAR)
-    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
-    has_manage_stuck_permission = permission_check(roles.MANAGE_STUCK)
-    has_resend_notification_permission = permission_check(roles.RESEND_NOTIFICATION)
 
 
 def _current(avatar: Avatar) -> Training:

@@ -29,6 +29,7 @@ from django.utils.translation import gettext_lazy
 from avatarsite.admin_base import (
     ConditionFilter,
     ReadOnlyAdmin,
+    StaffAdmin,
     admin_views,
     column,
     pre,
@@ -228,7 +229,7 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
+class AvatarAdmin(OneAtATime, StaffAdmin[Avatar]):
     list_display = ("id", "name_column", "status_column", "owner", "time_in_state", "last_check")
     list_display_links = ("id", "name_column")
     list_filter = (StuckFilter, "status", "training_type", NotificationStateFilter)
