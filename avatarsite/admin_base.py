@@ -88,9 +88,10 @@ _Parent = TypeVar("_Parent", bound=Model)
 
 class StaffAdmin(admin.ModelAdmin[_M]):
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions: dict[str, Any] = super().get_actions(request)  # never None values
         return {
             name: action
-            for name, action in super().get_actions(request).items()
+            for name, action in actions.items()
             if request.user.has_perms(getattr(action[0], "staff_permissions", ()))
         }
 
