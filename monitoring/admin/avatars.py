@@ -61,6 +61,7 @@ STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, E
 TABLE_LIMIT = 50
 # What an avatar is trained on: history once a training exists.
 TRAINED = ("training_type", "trigger_word", "images_url", "training_settings")
+STATE_FIELDS = ("status_column", "current_training_link", "request_id", "created_at", "updated_at")
 
 
 class OneAtATime:
@@ -144,20 +145,19 @@ class NotificationStateFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        statuses = {"pending": ("pending", "sending"), "sent": ("sent",)}
         owner_messages = Notification.objects.filter(
             audience=Audience.OWNER, training_id=OuterRef("current_training_id")
         )
+        # "problem": the banner's and the dashboard's definition (notifications.reachability).
+        undelivered = reachability.undelivered_owner_messages().filter(avatar_id=OuterRef("pk"))
+        conditions = {
+            "pending": Exists(owner_messages.filter(status__in=("pending", "sending"))),
+            "sent": Exists(owner_messages.filter(status="sent")),
+            "problem": Exists(undelivered),
+            "none": ~Exists(owner_messages),
+        }
         value = self.value()
-        if value == "problem":
-            # The banner's and the dashboard's definition (notifications.reachability).
-            undelivered = reachability.undelivered_owner_messages()
-            return queryset.filter(Exists(undelivered.filter(avatar_id=OuterRef("pk"))))
-        if value in statuses:
-            return queryset.filter(Exists(owner_messages.filter(status__in=statuses[value])))
-        if value == "none":
-            return queryset.filter(~Exists(owner_messages))
-        return queryset
+        return queryset.filter(conditions[value]) if value in conditions else queryset
 
 
 class ReachableFilter(ConditionFilter):
@@ -238,30 +238,15 @@ class AvatarAdmin(OneAtATime, StaffAdmin[Avatar]):
     list_per_page = 50
     actions = actions.AVATAR_ACTIONS
     readonly_fields = (
-        "status_column",
-        "created_at",
-        "updated_at",
-        "current_training_link",
-        "request_id",
-        "raw_result",
-        "last_logs",
+        *STATE_FIELDS,
         "webhook_deliveries",
         "notification_attempts",
+        "raw_result",
+        "last_logs",
     )
     fieldsets = (
         (None, {"fields": ("owner", "name", *TRAINED)}),
-        (
-            gettext_lazy("State"),
-            {
-                "fields": (
-                    "status_column",
-                    "current_training_link",
-                    "request_id",
-                    "created_at",
-                    "updated_at",
-                )
-            },
-        ),
+        (gettext_lazy("State"), {"fields": STATE_FIELDS}),
         (gettext_lazy("Webhook deliveries"), {"fields": ("webhook_deliveries",)}),
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
         # The raw record last, folded: the summary and the timeline say what it means.
