@@ -137,9 +137,13 @@ def attempt_fields(*own: str) -> tuple[str, ...]:
 
 def admin_views(modeladmin: Any, *views: tuple[str, Callable[..., Any], str]) -> list[Any]:
     """URL patterns for a ModelAdmin's own pages, each (route, view, name) behind the
-    admin's login: put before ``super().get_urls()``."""
-    wrap = modeladmin.admin_site.admin_view
-    return [path(route, wrap(view), name=name) for route, view, name in views]
+    admin's login and its id check (admin_ids): put before ``super().get_urls()``."""
+    patterns = []
+    for route, view, name in views:
+        wrapped = modeladmin.admin_site.admin_view(view)
+        wrapped.model_admin = modeladmin
+        patterns.append(path(route, wrapped, name=name))
+    return patterns
 
 
 CONFIRMED_FIELD = "confirmed"
