@@ -62,6 +62,17 @@ TABLE_LIMIT = 50
 # What an avatar is trained on: history once a training exists.
 TRAINED = ("training_type", "trigger_word", "images_url", "training_settings")
 STATE_FIELDS = ("status_column", "current_training_link", "request_id", "created_at", "updated_at")
+# The avatar page's buttons, each posting the admin action of its name.
+PAGE_BUTTONS = {
+    "recheck_now": gettext_lazy("Re-check now"),
+    "extend_deadline": gettext_lazy("Extend the deadline"),
+    "cancel_on_fal": gettext_lazy("Cancel on fal…"),
+    "mark_failed": gettext_lazy("Mark as failed…"),
+    "start_training": gettext_lazy("Start training…"),
+    "retrain": gettext_lazy("Retrain…"),
+    "release_held": gettext_lazy("Send the held start now…"),
+    "resend_notification": gettext_lazy("Resend the owner's message"),
+}
 
 
 class OneAtATime:
@@ -308,13 +319,25 @@ class AvatarAdmin(OneAtATime, StaffAdmin[Avatar]):
         )
         extra: dict[str, Any] = {}
         if avatar is not None:
-            enabled, unavailable = page_buttons(self, request, avatar)
+            # The admin actions this user may run (Django's own permission check), split
+            # into those whose precondition holds and those it does not, with why.
+            allowed = self.get_actions(request)
+            buttons = [
+                {
+                    "name": name,
+                    "label": label,
+                    "danger": name in actions.DESTRUCTIVE,
+                    "why_not": actions.why_not(name, avatar),
+                }
+                for name, label in PAGE_BUTTONS.items()
+                if name in allowed
+            ]
             extra = {
-                "summary_rows": avatar_page.summary(avatar),
+                "summary": avatar_page.summary(avatar),
                 "timeline": avatar_page.timeline(avatar),
                 "attempts": self.attempts(avatar),
-                "page_actions": enabled,
-                "unavailable_actions": unavailable,
+                "page_actions": [b for b in buttons if not b["why_not"]],
+                "unavailable_actions": [b for b in buttons if b["why_not"]],
                 "extend_choices": actions.EXTEND_CHOICES,
                 "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
                 "from_page_field": actions.FROM_PAGE,
@@ -468,35 +491,6 @@ class AvatarAdmin(OneAtATime, StaffAdmin[Avatar]):
         )
         log = _attempts_table(NotificationAttempt.objects.filter(notification__avatar=avatar))
         return format_html("{}{}", summary, log)
-
-
-def page_buttons(
-    modeladmin: AvatarAdmin, request: HttpRequest, avatar: Avatar
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The page's buttons: the admin actions this user may run (Django's own permission
-    check), split into those whose precondition holds and those it does not, with why."""
-    labels = {
-        "recheck_now": _("Re-check now"),
-        "extend_deadline": _("Extend the deadline"),
-        "cancel_on_fal": _("Cancel on fal…"),
-        "mark_failed": _("Mark as failed…"),
-        "start_training": _("Start training…"),
-        "retrain": _("Retrain…"),
-        "release_held": _("Send the held start now…"),
-        "resend_notification": _("Resend the owner's message"),
-    }
-    allowed = modeladmin.get_actions(request)
-    buttons = [
-        {
-            "name": name,
-            "label": label,
-            "danger": name in actions.DESTRUCTIVE,
-            "why_not": actions.why_not(name, avatar),
-        }
-        for name, label in labels.items()
-        if name in allowed
-    ]
-    return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
 
 
 class TrainingStateFilter(ConditionFilter):
