@@ -188,23 +188,19 @@ def confirmation_page(
     request: HttpRequest,
     *,
     action: str,
-    title: str,
-    question: str,
     rows: list[ConfirmRow],
     form: forms.Form | None = None,
-    destructive: bool = False,
-    previews: list[dict[str, Any]] | None = None,
     back_url: str = "",
-    carry: dict[str, str] | None = None,
+    **page: Any,
 ) -> TemplateResponse:
     """What will and will not be affected (each with its reason), before anything is typed.
-    A model may add to the page with ``admin/<app>/<model>/action_confirmation.html``;
-    ``carry``: hidden fields the confirmed POST sends again."""
+    ``page``: its ``title``, ``question``, and what else its template reads (``destructive``;
+    ``carry``: hidden fields the confirmed POST sends again). A model may add to the page
+    with ``admin/<app>/<model>/action_confirmation.html``."""
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "question": question,
+        **page,
         "rows": rows,
         "affected": [row for row in rows if not row.why_not],
         "unaffected": [row for row in rows if row.why_not],
@@ -212,9 +208,6 @@ def confirmation_page(
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "confirmed_field": CONFIRMED_FIELD,
         "form": form,
-        "destructive": destructive,
-        "previews": previews or [],
-        "carry": carry or {},
         "back_url": back_url or reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
         "opts": opts,
         "media": modeladmin.media + (form.media if form is not None else forms.Media()),

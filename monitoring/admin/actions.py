@@ -272,7 +272,7 @@ def per_avatar(
                     modeladmin,
                     request,
                     action=name,
-                    title=str(_ASK[name][0]),
+                    title=_ASK[name][0],
                     question=str(_ASK[name][1])
                     + (_estimate_text(eligible) if name in START_COSTS else ""),
                     rows=rows,
