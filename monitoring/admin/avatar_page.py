@@ -99,14 +99,12 @@ def queue_words(training: Training, state: str) -> str:
     return state
 
 
-def owner_told(training: Training | None, now: datetime) -> SafeString:
+def owner_told(training: Training, now: datetime) -> SafeString:
     """ "The owner was told: <text> at <time>", or why not (yet)."""
     notification = (
         Notification.objects.filter(training=training, audience=Audience.OWNER)
         .order_by("-created_at", "-id")
         .first()
-        if training is not None
-        else None
     )
     context: dict[str, Any] = {"training": training, "notification": notification}
     if notification is not None:
