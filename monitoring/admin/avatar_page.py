@@ -141,13 +141,21 @@ def summary(avatar: Avatar, now: datetime | None = None) -> SafeString:
     training = avatar.current_training
     context: dict[str, Any] = {"avatar": avatar, "state": state_words(avatar, training)}
     if training is not None:
+        # The cost of every attempt together (failed ones included); how many are looked up.
+        costs = list(
+            Training.objects.filter(avatar=avatar).values_list("cost_state", "cost_nano_usd")
+        )
+        billed = sum(nano or 0 for state, nano in costs if state == CostState.BILLED)
+        pending = sum(1 for state, _nano in costs if state in ("", CostState.PENDING))
         context |= {
             "training": training,
             "error": fold(training.error_message or "—"),
             "note": fold(training.staff_note),
             "kept": kept_files_words(avatar, training),
             "owner": owner_told(training, now),
-            "cost": avatar_cost_words(avatar),
+            "cost": billing.usd_text(billed),
+            "cost_pending": pending
+            and _("%(count)s attempt(s) not known yet") % {"count": pending},
         }
     if training is not None and training.is_active:
         extended = training.stuck_deadline_extended_until
@@ -173,21 +181,6 @@ def cost_words(training: Training) -> str:
     if training.finished_at is None:
         return "—"
     return str(_("being looked up"))
-
-
-def avatar_cost_words(avatar: Avatar) -> SafeString:
-    """Every attempt together (failed ones included), and how many are still looked up."""
-    costs = list(Training.objects.filter(avatar=avatar).values_list("cost_state", "cost_nano_usd"))
-    total = sum(nano or 0 for state, nano in costs if state == CostState.BILLED)
-    pending = sum(1 for state, _nano in costs if state in ("", CostState.PENDING))
-    text = f"${billing.usd_text(total)}"
-    if pending:
-        return format_html(
-            '{} <span class="quiet">({})</span>',
-            text,
-            _("%(count)s attempt(s) not known yet") % {"count": pending},
-        )
-    return format_html("{}", text)
 
 
 def kept_files_words(avatar: Avatar, training: Training) -> SafeString | None:
