@@ -44,9 +44,8 @@ def column(description: Any, value: Callable[[Any], Any], **options: Any) -> Any
 
 
 def staff_action(*, permission: str, description: Any) -> Callable[[Callable[..., Any]], Any]:
-    """An admin action that needs ``permission`` ("app_label.codename"): Django offers it
-    when ``has_<codename>_permission`` says yes; the wrapper asks again where it runs."""
-    codename = permission.split(".", 1)[1]
+    """An admin action that needs ``permission``: a ``StaffAdmin`` offers it only to those
+    who have it, and the wrapper asks again where it runs."""
 
     def wrap(action: Callable[..., Any]) -> Any:
         @functools.wraps(action)
@@ -55,18 +54,10 @@ def staff_action(*, permission: str, description: Any) -> Callable[[Callable[...
                 raise PermissionDenied
             return action(modeladmin, request, queryset)
 
-        return admin.action(description=description, permissions=[codename])(run)
+        run.staff_permissions = (permission,)  # type: ignore[attr-defined]
+        return admin.action(description=description)(run)
 
     return wrap
-
-
-def permission_check(permission: str) -> Callable[[Any, HttpRequest], bool]:
-    """A ``has_<codename>_permission`` method: Django asks it before offering an action."""
-
-    def check(modeladmin: Any, request: HttpRequest) -> bool:
-        return request.user.has_perm(permission)
-
-    return check
 
 
 class ConditionFilter(admin.SimpleListFilter):
@@ -95,7 +86,17 @@ _Child = TypeVar("_Child", bound=Model)
 _Parent = TypeVar("_Parent", bound=Model)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin[_M]):
+class StaffAdmin(admin.ModelAdmin[_M]):
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions: dict[str, Any] = super().get_actions(request)  # never None values
+        return {
+            name: action
+            for name, action in actions.items()
+            if request.user.has_perms(getattr(action[0], "staff_permissions", ()))
+        }
+
+
+class ReadOnlyAdmin(StaffAdmin[_M]):
     """Records of what happened: never added or changed from the admin (so every one of
     ``fields`` is shown read-only), deleted only when ``deletable`` (then Django's delete
     permission decides). Actions still run."""
@@ -136,9 +137,13 @@ def attempt_fields(*own: str) -> tuple[str, ...]:
 
 def admin_views(modeladmin: Any, *views: tuple[str, Callable[..., Any], str]) -> list[Any]:
     """URL patterns for a ModelAdmin's own pages, each (route, view, name) behind the
-    admin's login: put before ``super().get_urls()``."""
-    wrap = modeladmin.admin_site.admin_view
-    return [path(route, wrap(view), name=name) for route, view, name in views]
+    admin's login and its id check (admin_ids): put before ``super().get_urls()``."""
+    patterns = []
+    for route, view, name in views:
+        wrapped = modeladmin.admin_site.admin_view(view)
+        wrapped.model_admin = modeladmin
+        patterns.append(path(route, wrapped, name=name))
+    return patterns
 
 
 CONFIRMED_FIELD = "confirmed"
@@ -183,23 +188,19 @@ def confirmation_page(
     request: HttpRequest,
     *,
     action: str,
-    title: str,
-    question: str,
     rows: list[ConfirmRow],
     form: forms.Form | None = None,
-    destructive: bool = False,
-    previews: list[dict[str, Any]] | None = None,
     back_url: str = "",
-    carry: dict[str, str] | None = None,
+    **page: Any,
 ) -> TemplateResponse:
     """What will and will not be affected (each with its reason), before anything is typed.
-    A model may add to the page with ``admin/<app>/<model>/action_confirmation.html``;
-    ``carry``: hidden fields the confirmed POST sends again."""
+    ``page``: its ``title``, ``question``, and what else its template reads (``destructive``;
+    ``carry``: hidden fields the confirmed POST sends again). A model may add to the page
+    with ``admin/<app>/<model>/action_confirmation.html``."""
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "question": question,
+        **page,
         "rows": rows,
         "affected": [row for row in rows if not row.why_not],
         "unaffected": [row for row in rows if row.why_not],
@@ -207,9 +208,6 @@ def confirmation_page(
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "confirmed_field": CONFIRMED_FIELD,
         "form": form,
-        "destructive": destructive,
-        "previews": previews or [],
-        "carry": carry or {},
         "back_url": back_url or reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
         "opts": opts,
         "media": modeladmin.media + (form.media if form is not None else forms.Media()),

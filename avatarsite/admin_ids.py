@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.apps import apps
-from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import ValidationError
@@ -19,21 +17,6 @@ from django.utils.deprecation import MiddlewareMixin
 
 # PostgreSQL's bigint and SQLite's integer: what any integer key column holds.
 _INTEGER_RANGE = range(-(2**63), 2**63)
-
-
-def _model(route: str) -> type[models.Model] | None:
-    """The registered model an admin route is about (``admin/<app>/<model>/...``)."""
-    parts = route.split("/")
-    for app_label, model_name in zip(parts, parts[1:], strict=False):
-        if "<" in app_label or "<" in model_name:
-            continue
-        try:
-            model = apps.get_model(app_label, model_name)
-        except (LookupError, ValueError):
-            continue
-        if admin.site.is_registered(model):
-            return model
-    return None
 
 
 def is_valid_id(model: type[models.Model], value: str) -> bool:
@@ -53,12 +36,11 @@ class AdminObjectIdMiddleware(MiddlewareMixin):
     def process_view(
         self, request: HttpRequest, view: Any, args: Any, kwargs: dict[str, Any]
     ) -> HttpResponse | None:
-        match = request.resolver_match
-        if match is None or "admin" not in match.namespaces:
+        # Django's ModelAdmin views carry their admin (admin_base.admin_views' ones too).
+        model_admin = getattr(view, "model_admin", None)
+        if model_admin is None:
             return None
-        model = _model(match.route)
-        if model is None:
-            return None
+        model = model_admin.model
         object_id = kwargs.get("object_id")
         if object_id is not None and not is_valid_id(model, unquote(object_id)):
             raise Http404(f"No {model._meta.verbose_name} with this id.")

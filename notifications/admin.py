@@ -145,8 +145,6 @@ class NotificationAdmin(admin_base.ReadOnlyAdmin[Notification]):
         # rendered (notifications.messages), the same markup Telegram displays.
         return format_html('<div class="telegram-text">{}</div>', mark_safe(obj.text))  # noqa: S308
 
-    has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
-
     @_resend_action(description=gettext_lazy("Resend undelivered notifications…"))
     def resend(self, request: HttpRequest, queryset: QuerySet[Notification]):
         selected = list(queryset.select_related("owner", "avatar").order_by("pk"))
@@ -229,8 +227,6 @@ class UnreachableChatAdmin(admin_base.ReadOnlyAdmin[UnreachableChat]):
     @admin.display(description=gettext_lazy("why unreachable"), ordering="reason")
     def reason_words(self, obj: UnreachableChat) -> str:
         return telegram_reason_words(obj.reason)
-
-    has_resend_notification_permission = admin_base.permission_check(RESEND_PERMISSION)
 
     @_resend_action(description=gettext_lazy("The owner is reachable again: resend held messages…"))
     def reachable_again(self, request: HttpRequest, queryset: QuerySet[UnreachableChat]):

@@ -18,7 +18,6 @@ from django.contrib.admin.utils import quote
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
@@ -30,7 +29,6 @@ from avatarsite.admin_base import (
     confirm_rows,
     confirmation_page,
     is_confirmed,
-    permission_check,
     staff_action,
 )
 from monitoring import billing, roles, transitions, wording
@@ -100,17 +98,6 @@ class ExtendForm(forms.Form):
 EXTEND_CHOICES = (1, 6, 24)
 
 
-class AvatarActionPermissions:
-    """The ``has_<codename>_permission`` methods Django asks before offering an action."""
-
-    has_start_training_permission = permission_check(roles.START_TRAINING)
-    has_cancel_training_permission = permission_check(roles.CANCEL_TRAINING)
-    has_fail_avatar_permission = permission_check(roles.FAIL_AVATAR)
-    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
-    has_manage_stuck_permission = permission_check(roles.MANAGE_STUCK)
-    has_resend_notification_permission = permission_check(roles.RESEND_NOTIFICATION)
-
-
 def _current(avatar: Avatar) -> Training:
     """The active training of an avatar whose precondition said it has one."""
     assert avatar.current_training is not None
@@ -172,37 +159,6 @@ def page_of(request: HttpRequest) -> str:
     if request.POST.get(FROM_PAGE) != "1" or len(selected) != 1:
         return ""
     return reverse("admin:monitoring_avatar_change", args=[quote(selected[0])])
-
-
-def _confirm(
-    modeladmin: admin.ModelAdmin,
-    request: HttpRequest,
-    queryset: QuerySet[Avatar],
-    action: str,
-    form: forms.Form | None,
-) -> TemplateResponse:
-    """The shared confirmation page, one row per selected avatar with ``why_not``."""
-    rows = confirm_rows(
-        queryset.select_related("current_training", "owner").order_by("pk"),
-        lambda avatar: avatar.name,
-        functools.partial(why_not, action),
-        Avatar.get_status_display,
-    )
-    eligible: list[Any] = [row.obj for row in rows if not row.why_not]
-    title, question = _ASK[action]
-    return confirmation_page(
-        modeladmin,
-        request,
-        action=action,
-        title=str(title),
-        question=str(question) + (_estimate_text(eligible) if action in START_COSTS else ""),
-        rows=rows,
-        form=form,
-        destructive=action in DESTRUCTIVE,
-        previews=owner_previews(eligible) if action == "mark_failed" else None,
-        back_url=page_of(request),
-        carry={FROM_PAGE: "1"} if page_of(request) else None,
-    )
 
 
 def _each(
@@ -284,41 +240,54 @@ def per_avatar(
 ) -> Callable[[AvatarStep], Any]:
     """A staff action made of ``step``, run on each selected avatar whose precondition
     holds; after the confirmation page (with ``form``, valid) when ``_ASK`` has its texts,
-    and within ADMIN_BULK_START_MAX for paid starts."""
+    and within ADMIN_BULK_START_MAX for paid starts (each submit is a paid training)."""
 
     def wrap(step: AvatarStep) -> Any:
         name = step.__name__
 
         @functools.wraps(step)
         def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Avatar]):
-            if name in START_COSTS and _over_bulk_start_cap(request, queryset):
+            cap = settings.ADMIN_BULK_START_MAX
+            if name in START_COSTS and (selected := queryset.count()) > cap:
+                messages.error(
+                    request,
+                    _(
+                        "Nothing was started: %(selected)s avatars are selected and one action "
+                        "starts at most %(cap)s trainings (ADMIN_BULK_START_MAX). Select fewer "
+                        "avatars."
+                    )
+                    % {"selected": selected, "cap": cap},
+                )
                 return None
             bound = form(request.POST if is_confirmed(request) else None) if form else None
             if name in _ASK and not (is_confirmed(request) and (bound is None or bound.is_valid())):
-                return _confirm(modeladmin, request, queryset, name, bound)
+                rows = confirm_rows(
+                    queryset.select_related("current_training", "owner").order_by("pk"),
+                    lambda avatar: avatar.name,
+                    functools.partial(why_not, name),
+                    Avatar.get_status_display,
+                )
+                eligible: list[Any] = [row.obj for row in rows if not row.why_not]
+                return confirmation_page(
+                    modeladmin,
+                    request,
+                    action=name,
+                    title=_ASK[name][0],
+                    question=str(_ASK[name][1])
+                    + (_estimate_text(eligible) if name in START_COSTS else ""),
+                    rows=rows,
+                    form=bound,
+                    destructive=name in DESTRUCTIVE,
+                    previews=owner_previews(eligible) if name == "mark_failed" else None,
+                    back_url=page_of(request),
+                    carry={FROM_PAGE: "1"} if page_of(request) else None,
+                )
             data = bound.cleaned_data if bound else {}
             return _each(modeladmin, request, queryset, name, lambda a: step(request, a, **data))
 
         return staff_action(permission=permission, description=description)(action)
 
     return wrap
-
-
-def _over_bulk_start_cap(request: HttpRequest, queryset: QuerySet[Avatar]) -> bool:
-    """Each submit is a paid training: one click may start at most ADMIN_BULK_START_MAX."""
-    selected = queryset.count()
-    cap = settings.ADMIN_BULK_START_MAX
-    if selected <= cap:
-        return False
-    messages.error(
-        request,
-        _(
-            "Nothing was started: %(selected)s avatars are selected and one action starts at "
-            "most %(cap)s trainings (ADMIN_BULK_START_MAX). Select fewer avatars."
-        )
-        % {"selected": selected, "cap": cap},
-    )
-    return True
 
 
 @staff_action(
@@ -437,18 +406,6 @@ def cancel_on_fal(request: HttpRequest, avatar: Avatar) -> tuple[str, int]:
     return str(result), messages.SUCCESS
 
 
-def _cancel_job_after_failing(endpoint: str, request_id: str) -> str:
-    """Stop a job we just marked failed, so fal does not keep training (and billing) it."""
-    try:
-        answer = fal.cancel(endpoint, request_id)
-    except fal.FalError as exc:  # reported to staff; the avatar has failed already
-        return _("fal cancel failed: %(error)s") % {"error": exc}
-    return {
-        "CANCELLATION_REQUESTED": _("fal was asked to stop the job"),
-        "ALREADY_COMPLETED": _("the job had already finished on fal"),
-    }.get(answer, _("fal no longer knows the job"))
-
-
 def _preview(avatar: Avatar, value: str) -> SafeString | None:
     if value == M.NONE:
         return None
@@ -494,7 +451,15 @@ def mark_failed(
     )
     if not outcome.changed:
         return _("not marked failed: %(detail)s.") % {"detail": outcome.detail}, messages.WARNING
-    cancel = _cancel_job_after_failing(training.endpoint, running) if running else ""
+    cancel = ""
+    if running:  # stop the job we just marked failed, so fal does not keep billing it
+        try:
+            cancel = {
+                "CANCELLATION_REQUESTED": _("fal was asked to stop the job"),
+                "ALREADY_COMPLETED": _("the job had already finished on fal"),
+            }.get(fal.cancel(training.endpoint, running), _("fal no longer knows the job"))
+        except fal.FalError as exc:  # reported to staff; the avatar has failed already
+            cancel = _("fal cancel failed: %(error)s") % {"error": exc}
     if owner_message == M.NONE:
         text = _("marked failed; the owner is not told (recorded as skipped).")
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth.decorators import permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 
-from monitoring import billing, eta, file_views, files, stuck
+from monitoring import billing, eta, file_views, files, roles, stuck
 from monitoring.models import (
     Avatar,
     AvatarEvent,
@@ -99,14 +99,12 @@ def queue_words(training: Training, state: str) -> str:
     return state
 
 
-def owner_told(training: Training | None, now: datetime) -> SafeString:
+def owner_told(training: Training, now: datetime) -> SafeString:
     """ "The owner was told: <text> at <time>", or why not (yet)."""
     notification = (
         Notification.objects.filter(training=training, audience=Audience.OWNER)
         .order_by("-created_at", "-id")
         .first()
-        if training is not None
-        else None
     )
     context: dict[str, Any] = {"training": training, "notification": notification}
     if notification is not None:
@@ -137,51 +135,41 @@ def fold(text: str) -> SafeString:
     )
 
 
-def summary(avatar: Avatar, now: datetime | None = None) -> list[tuple[str, SafeString]]:
-    """(label, value) rows for the top of the avatar page."""
+def summary(avatar: Avatar, now: datetime | None = None) -> SafeString:
+    """The rows at the top of the avatar page."""
     now = now or timezone.now()
     training = avatar.current_training
-    rows: list[tuple[str, SafeString]] = [
-        (_("State"), format_html("<strong>{}</strong>", state_words(avatar, training)))
-    ]
-    if training is None:
-        return rows
-    if avatar.status == AvatarStatus.ERROR:
-        rows.append((_("Error"), fold(training.error_message or "—")))
-        if training.staff_note:
-            rows.append((_("Internal note"), fold(training.staff_note)))
-    if training.is_active:
-        if training.stuck_since is not None:
-            flagged = _("flagged %(ago)s") % {"ago": _ago(training.stuck_since, now)}
-            why = '<span class="stuck-now">{}</span> <span class="quiet">({})</span>'
-            rows.append(
-                (_("Why stuck"), format_html(why, stuck.live_words(training, now), flagged))
-            )
-        extended = training.stuck_deadline_extended_until
-        if extended and extended > now:
-            rows.append((_("Deadline extended until"), _when(extended, now)))
-        error = training.last_check_error[:300]
-        last = format_html(
-            "{}{}", _when(training.last_checked_at, now), f" ⚠ {error}" if error else ""
+    context: dict[str, Any] = {"avatar": avatar, "state": state_words(avatar, training)}
+    if training is not None:
+        # The cost of every attempt together (failed ones included); how many are looked up.
+        costs = list(
+            Training.objects.filter(avatar=avatar).values_list("cost_state", "cost_nano_usd")
         )
-        rows.append((_("Last check"), last))
-        rows.append((_("Next check"), _when(training.next_check_at, now, due=True)))
-        ready = eta.words(training, now)
-        if ready:
-            rows.append((_("Ready"), format_html("{}", ready)))
-    if training.lora_url:
-        links = format_html('<a href="{}" rel="noreferrer">{}</a>', training.lora_url, _("LoRA"))
-        if training.config_url:
-            links = format_html(
-                '{} · <a href="{}" rel="noreferrer">{}</a>', links, training.config_url, _("config")
-            )
-        rows.append((_("Files on fal (expire)"), links))
-    kept = kept_files_words(avatar, training)
-    if kept is not None:
-        rows.append((_("Kept files"), kept))
-    rows.append((_("Owner"), owner_told(training, now)))
-    rows.append((_("Cost"), avatar_cost_words(avatar)))
-    return rows
+        billed = sum(nano or 0 for state, nano in costs if state == CostState.BILLED)
+        pending = sum(1 for state, _nano in costs if state in ("", CostState.PENDING))
+        context |= {
+            "training": training,
+            "error": fold(training.error_message or "—"),
+            "note": fold(training.staff_note),
+            "kept": kept_files_words(avatar, training),
+            "owner": owner_told(training, now),
+            "cost": billing.usd_text(billed),
+            "cost_pending": pending
+            and _("%(count)s attempt(s) not known yet") % {"count": pending},
+        }
+    if training is not None and training.is_active:
+        extended = training.stuck_deadline_extended_until
+        context |= {
+            "why_stuck": training.stuck_since and stuck.live_words(training, now),
+            "flagged": training.stuck_since
+            and _("flagged %(ago)s") % {"ago": _ago(training.stuck_since, now)},
+            "extended": extended and extended > now and _when(extended, now),
+            "last_check": _when(training.last_checked_at, now),
+            "check_error": training.last_check_error[:300],
+            "next_check": _when(training.next_check_at, now, due=True),
+            "ready": eta.words(training, now),
+        }
+    return render_to_string("admin/monitoring/avatar/summary.html", context)
 
 
 def cost_words(training: Training) -> str:
@@ -193,21 +181,6 @@ def cost_words(training: Training) -> str:
     if training.finished_at is None:
         return "—"
     return str(_("being looked up"))
-
-
-def avatar_cost_words(avatar: Avatar) -> SafeString:
-    """Every attempt together (failed ones included), and how many are still looked up."""
-    costs = list(Training.objects.filter(avatar=avatar).values_list("cost_state", "cost_nano_usd"))
-    total = sum(nano or 0 for state, nano in costs if state == CostState.BILLED)
-    pending = sum(1 for state, _nano in costs if state in ("", CostState.PENDING))
-    text = f"${billing.usd_text(total)}"
-    if pending:
-        return format_html(
-            '{} <span class="quiet">({})</span>',
-            text,
-            _("%(count)s attempt(s) not known yet") % {"count": pending},
-        )
-    return format_html("{}", text)
 
 
 def kept_files_words(avatar: Avatar, training: Training) -> SafeString | None:
@@ -226,10 +199,9 @@ def kept_files_words(avatar: Avatar, training: Training) -> SafeString | None:
     return render_to_string("admin/monitoring/avatar/kept_files.html", context)
 
 
+@permission_required(roles.VIEW_AVATAR, raise_exception=True)
 def download_file(request: HttpRequest, object_id: str, kind: str) -> HttpResponse:
     """Staff download of a kept file, checked here (the page only offers the link)."""
-    if not request.user.has_perm("monitoring.view_avatar"):
-        raise PermissionDenied
     avatar = get_object_or_404(Avatar, pk=object_id)
     row = (
         KeptFile.objects.filter(

@@ -29,6 +29,7 @@ from django.utils.translation import gettext_lazy
 from avatarsite.admin_base import (
     ConditionFilter,
     ReadOnlyAdmin,
+    StaffAdmin,
     admin_views,
     column,
     pre,
@@ -60,6 +61,18 @@ STATE_EVENT_KINDS = (EventKind.CREATED, EventKind.STATUS, EventKind.SUBMITTED, E
 TABLE_LIMIT = 50
 # What an avatar is trained on: history once a training exists.
 TRAINED = ("training_type", "trigger_word", "images_url", "training_settings")
+STATE_FIELDS = ("status_column", "current_training_link", "request_id", "created_at", "updated_at")
+# The avatar page's buttons, each posting the admin action of its name.
+PAGE_BUTTONS = {
+    "recheck_now": gettext_lazy("Re-check now"),
+    "extend_deadline": gettext_lazy("Extend the deadline"),
+    "cancel_on_fal": gettext_lazy("Cancel on fal…"),
+    "mark_failed": gettext_lazy("Mark as failed…"),
+    "start_training": gettext_lazy("Start training…"),
+    "retrain": gettext_lazy("Retrain…"),
+    "release_held": gettext_lazy("Send the held start now…"),
+    "resend_notification": gettext_lazy("Resend the owner's message"),
+}
 
 
 class OneAtATime:
@@ -143,20 +156,19 @@ class NotificationStateFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Avatar]) -> QuerySet[Avatar]:
-        statuses = {"pending": ("pending", "sending"), "sent": ("sent",)}
         owner_messages = Notification.objects.filter(
             audience=Audience.OWNER, training_id=OuterRef("current_training_id")
         )
+        # "problem": the banner's and the dashboard's definition (notifications.reachability).
+        undelivered = reachability.undelivered_owner_messages().filter(avatar_id=OuterRef("pk"))
+        conditions = {
+            "pending": Exists(owner_messages.filter(status__in=("pending", "sending"))),
+            "sent": Exists(owner_messages.filter(status="sent")),
+            "problem": Exists(undelivered),
+            "none": ~Exists(owner_messages),
+        }
         value = self.value()
-        if value == "problem":
-            # The banner's and the dashboard's definition (notifications.reachability).
-            undelivered = reachability.undelivered_owner_messages()
-            return queryset.filter(Exists(undelivered.filter(avatar_id=OuterRef("pk"))))
-        if value in statuses:
-            return queryset.filter(Exists(owner_messages.filter(status__in=statuses[value])))
-        if value == "none":
-            return queryset.filter(~Exists(owner_messages))
-        return queryset
+        return queryset.filter(conditions[value]) if value in conditions else queryset
 
 
 class ReachableFilter(ConditionFilter):
@@ -228,7 +240,7 @@ class OwnerAdmin(OneAtATime, admin.ModelAdmin[Owner]):
 
 
 @admin.register(Avatar)
-class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[Avatar]):
+class AvatarAdmin(OneAtATime, StaffAdmin[Avatar]):
     list_display = ("id", "name_column", "status_column", "owner", "time_in_state", "last_check")
     list_display_links = ("id", "name_column")
     list_filter = (StuckFilter, "status", "training_type", NotificationStateFilter)
@@ -237,30 +249,15 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
     list_per_page = 50
     actions = actions.AVATAR_ACTIONS
     readonly_fields = (
-        "status_column",
-        "created_at",
-        "updated_at",
-        "current_training_link",
-        "request_id",
-        "raw_result",
-        "last_logs",
+        *STATE_FIELDS,
         "webhook_deliveries",
         "notification_attempts",
+        "raw_result",
+        "last_logs",
     )
     fieldsets = (
         (None, {"fields": ("owner", "name", *TRAINED)}),
-        (
-            gettext_lazy("State"),
-            {
-                "fields": (
-                    "status_column",
-                    "current_training_link",
-                    "request_id",
-                    "created_at",
-                    "updated_at",
-                )
-            },
-        ),
+        (gettext_lazy("State"), {"fields": STATE_FIELDS}),
         (gettext_lazy("Webhook deliveries"), {"fields": ("webhook_deliveries",)}),
         (gettext_lazy("Notification attempts"), {"fields": ("notification_attempts",)}),
         # The raw record last, folded: the summary and the timeline say what it means.
@@ -322,13 +319,25 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
         extra: dict[str, Any] = {}
         if avatar is not None:
-            enabled, unavailable = page_buttons(self, request, avatar)
+            # The admin actions this user may run (Django's own permission check), split
+            # into those whose precondition holds and those it does not, with why.
+            allowed = self.get_actions(request)
+            buttons = [
+                {
+                    "name": name,
+                    "label": label,
+                    "danger": name in actions.DESTRUCTIVE,
+                    "why_not": actions.why_not(name, avatar),
+                }
+                for name, label in PAGE_BUTTONS.items()
+                if name in allowed
+            ]
             extra = {
-                "summary_rows": avatar_page.summary(avatar),
+                "summary": avatar_page.summary(avatar),
                 "timeline": avatar_page.timeline(avatar),
                 "attempts": self.attempts(avatar),
-                "page_actions": enabled,
-                "unavailable_actions": unavailable,
+                "page_actions": [b for b in buttons if not b["why_not"]],
+                "unavailable_actions": [b for b in buttons if b["why_not"]],
                 "extend_choices": actions.EXTEND_CHOICES,
                 "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
                 "from_page_field": actions.FROM_PAGE,
@@ -482,35 +491,6 @@ class AvatarAdmin(OneAtATime, actions.AvatarActionPermissions, admin.ModelAdmin[
         )
         log = _attempts_table(NotificationAttempt.objects.filter(notification__avatar=avatar))
         return format_html("{}{}", summary, log)
-
-
-def page_buttons(
-    modeladmin: AvatarAdmin, request: HttpRequest, avatar: Avatar
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The page's buttons: the admin actions this user may run (Django's own permission
-    check), split into those whose precondition holds and those it does not, with why."""
-    labels = {
-        "recheck_now": _("Re-check now"),
-        "extend_deadline": _("Extend the deadline"),
-        "cancel_on_fal": _("Cancel on fal…"),
-        "mark_failed": _("Mark as failed…"),
-        "start_training": _("Start training…"),
-        "retrain": _("Retrain…"),
-        "release_held": _("Send the held start now…"),
-        "resend_notification": _("Resend the owner's message"),
-    }
-    allowed = modeladmin.get_actions(request)
-    buttons = [
-        {
-            "name": name,
-            "label": label,
-            "danger": name in actions.DESTRUCTIVE,
-            "why_not": actions.why_not(name, avatar),
-        }
-        for name, label in labels.items()
-        if name in allowed
-    ]
-    return [b for b in buttons if not b["why_not"]], [b for b in buttons if b["why_not"]]
 
 
 class TrainingStateFilter(ConditionFilter):

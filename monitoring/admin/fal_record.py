@@ -8,21 +8,19 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.contrib.auth.decorators import permission_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import reverse
-from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from avatarsite.admin_base import ReadOnlyAdmin, admin_views
-from monitoring import billing
+from monitoring import billing, roles
 from monitoring.fal import payloads
 from monitoring.models import Avatar, EventSource, Language, TrainingType, UnknownFalRequest
 from monitoring.trainings import AdoptRefused, adopt_training, endpoint_of
-
-ADOPT_PERMISSION = "monitoring.adopt_training"
 
 
 class AdoptForm(forms.Form):
@@ -66,10 +64,9 @@ class AdoptForm(forms.Form):
     )
 
 
+@permission_required(roles.ADOPT_TRAINING, raise_exception=True)
 def adopt_view(request: HttpRequest) -> HttpResponse:
     """One request at a time; the same service as ``manage.py adopt_training``."""
-    if not request.user.has_perm(ADOPT_PERMISSION):
-        raise PermissionDenied
     initial = request.GET.dict()
     if request.method == "GET" and initial.get("request_id") and not initial.get("endpoint"):
         initial["endpoint"] = endpoint_of(initial["request_id"].strip()) or ""
@@ -113,9 +110,7 @@ def adopt_view(request: HttpRequest) -> HttpResponse:
                 messages.info(
                     request, _("fal request %(request)s was already avatar %(id)s.") % values
                 )
-            return HttpResponseRedirect(
-                reverse("admin:monitoring_avatar_change", args=[result.avatar.pk])
-            )
+            return redirect("admin:monitoring_avatar_change", result.avatar.pk)
     context = {
         **admin.site.each_context(request),
         "title": _("Adopt a fal request"),
@@ -162,16 +157,7 @@ class UnknownFalRequestAdmin(ReadOnlyAdmin[UnknownFalRequest]):
 
     @admin.display(description=gettext_lazy("adopt"))
     def adopt_link(self, row: UnknownFalRequest) -> str:
-        if row.adopted_training_id:
-            return format_html(
-                '<a href="{}">{}</a>',
-                reverse("admin:monitoring_training_change", args=[row.adopted_training_id]),
-                _("followed"),
-            )
         query = urlencode({"request_id": row.request_id, "endpoint": row.endpoint_id})
-        return format_html(
-            '<a class="button" href="{}?{}">{}</a>',
-            reverse("admin:monitoring_adopt_training"),
-            query,
-            _("Adopt…"),
+        return render_to_string(
+            "admin/monitoring/unknownfalrequest/adopt_link.html", {"row": row, "query": query}
         )

@@ -24,7 +24,6 @@ from avatarsite.admin_base import (
     confirm_rows,
     confirmation_page,
     is_confirmed,
-    permission_check,
     pre,
     pretty_json,
     staff_action,
@@ -80,10 +79,6 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
     )
     actions = ["reprocess"]
 
-    # Re-processing reaches what a re-check would (it can complete an avatar and tell its
-    # owner); it never starts, cancels or fails anything: the re-check permission.
-    has_recheck_avatar_permission = permission_check(roles.RECHECK_AVATAR)
-
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # An avatar's deliveries (not a list filter): a link staff may keep.
         if lookup in ("training__avatar__id__exact", "training__id__exact"):
@@ -116,6 +111,8 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin[WebhookDelivery]):
         url = reverse("admin:monitoring_avatar_change", args=[obj.training.avatar_id])
         return format_html('<a href="{}">{}</a>', url, obj.training)
 
+    # Re-processing reaches what a re-check would (it can complete an avatar and tell its
+    # owner); it never starts, cancels or fails anything: the re-check permission.
     @staff_action(permission=roles.RECHECK_AVATAR, description=_("Re-process selected deliveries…"))
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]):
         deliveries = list(Delivery.objects.filter(pk__in=queryset).order_by("received_at", "pk"))
