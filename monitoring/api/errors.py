@@ -16,6 +16,8 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 logger = logging.getLogger("monitoring")
 
+NOT_JSON_DETAIL = "The request body is not valid JSON."
+
 
 class ApiError(Exception):
     def __init__(
@@ -44,9 +46,8 @@ def _dotted(loc: list[Any] | tuple[Any, ...]) -> str:
     """pydantic's location as the client wrote it: ``owner.telegram_id`` from the body's
     root (ninja puts the parameter's name after "body"), ``query.status``, ``header.X``."""
     parts = [str(part) for part in loc]
-    if parts and parts[0] == "body":
-        parts = parts[2:] if len(parts) > 2 else parts[1:]
-        return ".".join(parts) or "body"
+    if parts[:1] == ["body"]:
+        return ".".join(parts[2:] if len(parts) > 2 else parts[1:]) or "body"
     return ".".join(parts)
 
 
@@ -98,12 +99,9 @@ def install(api: NinjaAPI) -> None:
         ApiError: respond,
         ValidationError: answered_as(_invalid),
         AuthenticationError: answered_as(lambda exc: _UNAUTHORIZED),
-        # What django-ninja raises as ``HttpError``: a body it cannot parse (400).
-        HttpError: answered_as(
-            lambda exc: ApiError(
-                exc.status_code, "bad_request" if exc.status_code == 400 else "error", str(exc)
-            )
-        ),
+        # django-ninja raises ``HttpError`` for one thing here: a body it cannot parse (400);
+        # its own text ("Cannot parse request body") says less than ours.
+        HttpError: answered_as(lambda exc: ApiError(400, "bad_request", NOT_JSON_DETAIL)),
         SuspiciousOperation: answered_as(_refused),
         Exception: unexpected,
     }

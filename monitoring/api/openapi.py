@@ -15,7 +15,7 @@ from ninja import NinjaAPI
 from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 
-from monitoring.api.errors import error_body
+from monitoring.api.errors import NOT_JSON_DETAIL, error_body
 from monitoring.api.models import EventType
 from monitoring.api.schemas import AVATAR_EXAMPLE, ErrorOut, EventOut
 
@@ -68,21 +68,22 @@ UNKNOWN_QUERY = Err(
     "client_reference, cursor, limit.",
     {"query.state": "unknown parameter"},
 )
-NOT_JSON = Err(400, "bad_request", "The body is not JSON.", "The request was refused.")
+NOT_JSON = Err(400, "bad_request", "The body is not JSON.", NOT_JSON_DETAIL)
 TOO_LARGE = Err(413, "too_large", "The body is too large.", "The request body is too large.")
 
 
-def scope(name: str) -> Err:
-    return Err(
+BODY_ERRORS = (NOT_JSON, TOO_LARGE, INVALID)
+
+
+def access(scope: str) -> tuple[Err, ...]:
+    """The errors of every operation whose token needs ``scope``."""
+    lacks = Err(
         403,
         "insufficient_scope",
-        f"The token lacks the `{name}` scope.",
-        f"This token lacks the {name} scope.",
+        f"The token lacks the `{scope}` scope.",
+        f"This token lacks the {scope} scope.",
     )
-
-
-def _example(err: Err) -> dict[str, Any]:
-    return {"summary": err.when, "value": error_body(err.code, err.detail or err.when, err.fields)}
+    return UNAUTHORIZED, RATE_LIMITED, lacks, UNKNOWN_QUERY
 
 
 def _header(description: str, example: str) -> dict[str, Any]:
@@ -125,10 +126,14 @@ def documented(
         by_status.setdefault(err.status, []).append(err)
     for status, errs in sorted(by_status.items()):
         response[status] = ErrorOut
+        examples = {
+            e.code: {"summary": e.when, "value": error_body(e.code, e.detail or e.when, e.fields)}
+            for e in errs
+        }
         described[status] = {
             "description": " ".join(f"`{e.code}`: {e.when}" for e in errs),
             "headers": {REQUEST_ID: _REQUEST_ID_HEADER, **_ERROR_HEADERS.get(status, {})},
-            "content": {"application/json": {"examples": {e.code: _example(e) for e in errs}}},
+            "content": {"application/json": {"examples": examples}},
         }
     return {"response": response, "openapi_extra": {"responses": described}}
 
