@@ -81,10 +81,7 @@ def _record(training: Training, event_type: str, key: str) -> None:
         return
     if event_type == EventType.STUCK and not client.callback_stuck:
         return
-    cached = Training.avatar.is_cached(training)
-    avatar = training.avatar if cached else representation.load_avatar(training.avatar_id)
-    if avatar is None:
-        return
+    avatar = training.avatar  # read with the training by every sender of the signals
     if avatar.current_training_id == training.pk:
         avatar.current_training = training
     now = timezone.now()

@@ -58,20 +58,6 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid", "The request has invalid fields.", fields=fields)
 
 
-def _refused(exc: SuspiciousOperation) -> ApiError:
-    if isinstance(exc, RequestDataTooBig):
-        return ApiError(413, "too_large", "The request body is too large.")
-    return ApiError(400, "bad_request", "The request was refused.")
-
-
-_UNAUTHORIZED = ApiError(
-    401,
-    "unauthorized",
-    "A valid token is required: Authorization: Bearer <token>.",
-    headers={"WWW-Authenticate": "Bearer"},
-)
-
-
 def install(api: NinjaAPI) -> None:
     def respond(request: HttpRequest, exc: ApiError) -> HttpResponse:
         response = api.create_response(
@@ -92,18 +78,25 @@ def install(api: NinjaAPI) -> None:
         )
         return respond(request, ApiError(500, "internal", "Internal error; it was logged."))
 
-    def answered_as(to_error: Callable[[Any], ApiError]) -> Callable[..., HttpResponse]:
-        return lambda request, exc: respond(request, to_error(exc))
-
+    # Answered the same whatever their text. django-ninja raises ``HttpError`` for one thing
+    # here: a body it cannot parse (its "Cannot parse request body" says less than ours).
+    fixed = {
+        AuthenticationError: ApiError(
+            401,
+            "unauthorized",
+            "A valid token is required: Authorization: Bearer <token>.",
+            headers={"WWW-Authenticate": "Bearer"},
+        ),
+        HttpError: ApiError(400, "bad_request", NOT_JSON_DETAIL),
+        RequestDataTooBig: ApiError(413, "too_large", "The request body is too large."),
+        SuspiciousOperation: ApiError(400, "bad_request", "The request was refused."),
+    }
     handlers: dict[type[Exception], Callable[..., HttpResponse]] = {
         ApiError: respond,
-        ValidationError: answered_as(_invalid),
-        AuthenticationError: answered_as(lambda exc: _UNAUTHORIZED),
-        # django-ninja raises ``HttpError`` for one thing here: a body it cannot parse (400);
-        # its own text ("Cannot parse request body") says less than ours.
-        HttpError: answered_as(lambda exc: ApiError(400, "bad_request", NOT_JSON_DETAIL)),
-        SuspiciousOperation: answered_as(_refused),
+        ValidationError: lambda request, exc: respond(request, _invalid(exc)),
         Exception: unexpected,
     }
+    for exc_class, error in fixed.items():
+        handlers[exc_class] = lambda request, exc, error=error: respond(request, error)
     for exc_class, handler in handlers.items():
         api.add_exception_handler(exc_class, handler)

@@ -28,7 +28,10 @@ from monitoring.api.errors import error_body
 from monitoring.api.models import ApiCall
 from monitoring.storable import stored_as_received
 
+logger = logging.getLogger("monitoring")
+
 PREFIX = "/api/"
+BATCH = 200
 REQUEST_ID = "X-Request-ID"
 # What a proxy or the bot may send as its own id: kept, so that both logs name one call.
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -36,6 +39,10 @@ _HTML_ERRORS = {
     404: ("not_found", "No such endpoint: {method} {path}. The endpoints are at /api/v1/docs."),
     405: ("method_not_allowed", "{method} is not allowed on {path}; allowed: {allow}."),
 }
+_lock = threading.Lock()
+_pending: list[ApiCall] = []
+_wake = threading.Event()
+_writer_pid: int | None = None  # the process whose thread writes (a fork starts its own)
 
 
 def _without_trailing_slash(request: HttpRequest) -> None:
@@ -92,27 +99,18 @@ class ApiCallMiddleware:
         response[REQUEST_ID] = request_id
         client = getattr(request, "api_client", None)  # set once the token is known
         if client is not None:
-            call = ApiCall(
-                client=client,
-                at=timezone.now(),
-                method=(request.method or "")[:8],
-                # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
-                path=stored_as_received(request.path[:512]),
-                status=response.status_code,
-                duration_ms=round((time.monotonic() - started) * 1000, 2),
+            record(
+                ApiCall(
+                    client=client,
+                    at=timezone.now(),
+                    method=(request.method or "")[:8],
+                    # A path may hold a NUL (%00) PostgreSQL refuses; the call is still logged.
+                    path=stored_as_received(request.path[:512]),
+                    status=response.status_code,
+                    duration_ms=round((time.monotonic() - started) * 1000, 2),
+                )
             )
-            record(call)
         return response
-
-
-logger = logging.getLogger("monitoring")
-
-BATCH = 200
-
-_lock = threading.Lock()
-_pending: list[ApiCall] = []
-_wake = threading.Event()
-_writer_pid: int | None = None  # the process whose thread writes (a fork starts its own)
 
 
 def record(call: ApiCall) -> None:

@@ -171,12 +171,10 @@ def cost_data(training: Training) -> dict[str, Any] | None:
     return None
 
 
-def load_avatar(avatar_id: int, client: ApiClient | None = None) -> Avatar | None:
-    """The avatar, or None; with ``client``, only one that client may see."""
+def load_avatar(avatar_id: int, client: ApiClient) -> Avatar | None:
+    """The avatar, or None when ``client`` may not see it."""
     avatars = Avatar.objects.select_related("owner", "current_training", "api_link")
-    if client is not None:
-        avatars = avatars.filter(client.avatar_filter())
-    return avatars.filter(pk=avatar_id).first()
+    return avatars.filter(client.avatar_filter(), pk=avatar_id).first()
 
 
 # fal's raw answer, the submitted input and the logs are never shown: not read either.

@@ -1,5 +1,5 @@
 """``/api/v1/``: thin views over ``monitoring.trainings`` and ``monitoring.transitions``,
-where the rules live. Each operation documents its own errors (``openapi.documented``).
+where the rules live. Each operation documents its own errors (``schemas.documented``).
 docs/api.md.
 """
 
@@ -14,10 +14,10 @@ from ninja.operation import Operation
 from pydantic import Field
 
 from monitoring import billing, trainings, transitions
-from monitoring.api import errors, idempotency, openapi, representation, schemas
+from monitoring.api import errors, idempotency, representation, schemas
 from monitoring.api.errors import ApiError
 from monitoring.api.models import ApiClient, ClientAvatar, IdempotencyKey, Scope
-from monitoring.api.openapi import INVALID, NOT_FOUND, DocumentedApi, Err, documented
+from monitoring.api.schemas import INVALID, NOT_FOUND, DocumentedApi, Err, documented
 from monitoring.api.tokens import ClientToken
 from monitoring.models import Avatar, AvatarStatus, EventSource, Owner, Training, TrainingOutcome
 from monitoring.trainings import cancel_training, create_avatar_for_owner, start_training
@@ -26,8 +26,8 @@ from monitoring.transitions import RETRAINABLE
 API_SOURCE = EventSource.API
 WRITE = ClientToken(Scope.TRAININGS_WRITE)
 READ = ClientToken(Scope.AVATARS_READ)
-_WRITE_ERRORS = openapi.access(Scope.TRAININGS_WRITE)
-_READ_ERRORS = openapi.access(Scope.AVATARS_READ)
+_WRITE_ERRORS = schemas.access(Scope.TRAININGS_WRITE)
+_READ_ERRORS = schemas.access(Scope.AVATARS_READ)
 _START_ERRORS = (
     Err(
         409,
@@ -75,7 +75,7 @@ api = DocumentedApi(
         '"fields"?: {name: message}}`; each operation lists its own codes. Unknown query '
         "parameters are refused (400), never ignored. Ids: "
         + schemas.ID_NOTE
-        + openapi.callbacks_description()
+        + schemas.callbacks_description()
     ),
     urls_namespace="api-v1",
 )
@@ -164,7 +164,7 @@ def _started(avatar: Avatar) -> idempotency.Answer:
     **documented(
         {201: schemas.StartOut, 202: schemas.StartOut},
         *_WRITE_ERRORS,
-        *openapi.BODY_ERRORS,
+        *schemas.BODY_ERRORS,
         *_START_ERRORS,
         _NOT_STARTABLE,
         idempotent=True,
@@ -384,7 +384,7 @@ def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
     **documented(
         {200: schemas.AdoptOut, 201: schemas.AdoptOut},
         *_WRITE_ERRORS,
-        *openapi.BODY_ERRORS,
+        *schemas.BODY_ERRORS,
         Err(
             404,
             "not_found",
