@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Status
 
-from monitoring.api.errors import ApiError
+from monitoring.api.middleware import ApiError
 from monitoring.api.models import ApiClient, IdempotencyKey
 
 logger = logging.getLogger("monitoring")

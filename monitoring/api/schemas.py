@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from standardwebhooks.webhooks import Webhook
 
 from monitoring import storable
-from monitoring.api.errors import NOT_JSON_DETAIL, error_body
+from monitoring.api.middleware import NOT_JSON_DETAIL, error_body
 from monitoring.api.models import EventType
 from monitoring.models import AvatarStatus, TrainingOutcome, TrainingType
 

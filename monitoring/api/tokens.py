@@ -24,7 +24,7 @@ from django.utils import timezone
 from ninja.security import HttpBearer
 
 from monitoring.api import middleware
-from monitoring.api.errors import ApiError
+from monitoring.api.middleware import ApiError
 from monitoring.api.models import ApiCall, ApiClient, Scope
 from notifications import rate_limits
 

@@ -14,8 +14,8 @@ from ninja.operation import Operation
 from pydantic import Field
 
 from monitoring import billing, trainings, transitions
-from monitoring.api import errors, idempotency, representation, schemas
-from monitoring.api.errors import ApiError
+from monitoring.api import idempotency, middleware, representation, schemas
+from monitoring.api.middleware import ApiError
 from monitoring.api.models import ApiClient, ClientAvatar, IdempotencyKey, Scope
 from monitoring.api.schemas import INVALID, NOT_FOUND, DocumentedApi, Err, documented
 from monitoring.api.tokens import ClientToken
@@ -79,7 +79,7 @@ api = DocumentedApi(
     ),
     urls_namespace="api-v1",
 )
-errors.install(api)
+middleware.install(api)
 
 
 @api.get("/", include_in_schema=False)
