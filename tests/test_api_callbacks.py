@@ -402,7 +402,7 @@ def test_finished_callbacks_are_pruned_pending_ones_kept(fal, bot, receiver, set
 
 
 def test_allowing_private_networks_in_production_is_warned_about(settings):
-    from monitoring.api.checks import check_callback_networks
+    from monitoring.api.callbacks import check_callback_networks
 
     settings.DEBUG = False
     settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS = True

@@ -21,7 +21,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from monitoring.api import call_log, callbacks
+from monitoring.api import callbacks, middleware
 from monitoring.api.models import ApiCall, EventCallback
 from monitoring.models import Avatar, Owner, Training
 from tests.api_support import body, give, run_check
@@ -269,6 +269,17 @@ def _event_schema(document: dict) -> dict:
     return {"$ref": "#/components/schemas/Event", "components": document["components"]}
 
 
+def test_a_body_that_is_not_json_answers_as_documented(bot, document):
+    responses = document["paths"]["/api/v1/trainings"]["post"]["responses"]
+    documented = responses["400"]["content"]["application/json"]["examples"]["bad_request"]
+
+    response = bot.post("/api/v1/trainings", raw="{not json", key="not-json")
+
+    assert response.status_code == 400
+    assert response.json() == documented["value"]
+    assert documented["value"]["detail"] == "The request body is not valid JSON."
+
+
 def test_each_operation_lists_its_own_errors_with_examples(document):
     paths = document["paths"]
     get_one = paths["/api/v1/avatars/{avatar_id}"]["get"]["responses"]
@@ -317,7 +328,7 @@ def test_calls_are_written_by_the_background_thread_in_batches(
 
     recorded = list(ApiCall.objects.order_by("at", "pk").values_list("status", flat=True))
     assert statuses == [200, 200, 200, 404] and recorded == statuses
-    assert call_log.pending(bot.client.pk, timezone.now() - timedelta(minutes=1)) == 0
+    assert middleware.pending(bot.client.pk, timezone.now() - timedelta(minutes=1)) == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -328,7 +339,7 @@ def test_the_rate_limit_counts_calls_not_written_yet(make_api_client, settings):
 
     statuses = [bot.get("/api/v1/avatars").status_code for _ in range(4)]
     unwritten = ApiCall.objects.count()
-    written = call_log.flush()
+    written = middleware.flush()
 
     assert statuses == [200, 200, 200, 429]
     assert (unwritten, written, ApiCall.objects.count()) == (0, 4, 4)

@@ -434,7 +434,7 @@ def test_the_api_and_check_avatar_db_show_the_kept_files(kept_on_disk, capsys):
 
     from monitoring.api import representation
 
-    avatar = representation.load_avatar(kept_on_disk.avatar_id)
+    avatar = Avatar.objects.get(pk=kept_on_disk.avatar_id)
     data = representation.avatar_data(avatar)
     assert data["files"]["lora"]["sha256"] == shown["files"]["lora"]["sha256"]
     assert data["trainings"][0]["files"]["state"] == "kept"

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from avatarsite.admin_base import ConditionFilter, ReadOnlyAdmin, ReadOnlyInline, attempt_fields
-from monitoring.api import callback_health, callbacks, tokens
+from monitoring.api import callbacks, tokens
 from monitoring.api.models import ApiCall, ApiClient, CallbackAttempt, EventCallback, Scope
 
 MANAGE = "api.manage_api_clients"
@@ -87,9 +87,6 @@ class ApiClientAdmin(OperatorsOnly[ApiClient]):
     def get_readonly_fields(self, request: HttpRequest, obj=None):
         return self.readonly_fields if obj else ()
 
-    def get_fields(self, request: HttpRequest, obj=None):
-        return [*ApiClientForm.Meta.fields, *self.get_readonly_fields(request, obj)]
-
     def save_model(self, request: HttpRequest, obj: ApiClient, form, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
@@ -149,14 +146,14 @@ class CallbackAttemptInline(ReadOnlyInline[CallbackAttempt, EventCallback]):
 
 
 class FailingFilter(ConditionFilter):
-    """The banner's link: what ``callback_health`` counts as failing."""
+    """The banner's link: what ``callbacks.failing`` counts as failing."""
 
     title = gettext_lazy("failing")
     parameter_name = "failing"
     yes_label, no_label = gettext_lazy("Failing (retrying, or undelivered in 24 h)"), None
 
     def condition(self) -> Q:
-        return callback_health.failing(timezone.now())
+        return callbacks.failing(timezone.now())
 
 
 @admin.register(EventCallback)

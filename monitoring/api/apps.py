@@ -16,17 +16,16 @@ class ApiConfig(AppConfig):
 
     def ready(self) -> None:
         from monitoring import transitions
-        from monitoring.api import callback_health, callbacks, checks  # noqa: F401 (registers the checks)
-        from monitoring.api import retention as api_retention
+        from monitoring.api import callbacks, models
         from monitoring.ops import attention, metrics, retention
         from notifications import delivery
 
         # Old rows pruned with the rest; failing event callbacks on /metrics and, past a
         # threshold, in the banner.
         extensions: tuple[tuple[list[Any], Any], ...] = (
-            (retention.EXTRA_PRUNABLE, api_retention.prunable),
-            (attention.EXTRA_PROBLEMS, callback_health.problems),
-            (metrics.EXTRA_FIGURES, callback_health.figures),
+            (retention.EXTRA_PRUNABLE, models.prunable),
+            (attention.EXTRA_PROBLEMS, callbacks.problems),
+            (metrics.EXTRA_FIGURES, callbacks.figures),
         )
         for hooks, hook in extensions:
             if hook not in hooks:

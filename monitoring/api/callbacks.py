@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,9 +21,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
+from django.core.checks import Tags, Warning, register
 from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import ngettext
 from django_q.tasks import async_task
+from prometheus_client.core import GaugeMetricFamily
 from standardwebhooks.webhooks import Webhook
 
 from monitoring import files
@@ -35,6 +41,7 @@ from monitoring.api.models import (
     EventType,
 )
 from monitoring.models import Avatar, Training
+from monitoring.ops.attention import Problem
 from notifications.delivery import worker_name
 from notifications.models import INTERRUPTED_TWICE, backoff
 
@@ -74,10 +81,7 @@ def _record(training: Training, event_type: str, key: str) -> None:
         return
     if event_type == EventType.STUCK and not client.callback_stuck:
         return
-    cached = Training.avatar.is_cached(training)
-    avatar = training.avatar if cached else representation.load_avatar(training.avatar_id)
-    if avatar is None:
-        return
+    avatar = training.avatar  # read with the training by every sender of the signals
     if avatar.current_training_id == training.pk:
         avatar.current_training = training
     now = timezone.now()
@@ -119,6 +123,20 @@ def enqueue(callback_id: int) -> None:
 
 
 # --- Where we may send --------------------------------------------------------------------
+
+
+@register(Tags.security)
+def check_callback_networks(app_configs=None, **kwargs):
+    if settings.EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS and not settings.DEBUG:
+        return [
+            Warning(
+                "EVENT_CALLBACK_ALLOW_PRIVATE_NETWORKS is on: event callbacks may be sent "
+                "over plain http and to loopback or private addresses of this network.",
+                hint="Leave it off in production; it is meant for tests and local runs.",
+                id="api.W001",
+            )
+        ]
+    return []
 
 
 class CallbackRefused(Exception):
@@ -322,13 +340,6 @@ def deliver(callback_id: int) -> str:
     return _finish(callback, attempt, outcome, error=error, started=started, response=response)
 
 
-def _retry_after(response: httpx.Response | None) -> float:
-    try:
-        return float(response.headers["retry-after"]) if response is not None else 0.0
-    except (KeyError, ValueError):
-        return 0.0
-
-
 # What each outcome does to the event: its final status, or None to retry.
 _FINAL: dict[str, str] = {
     Outcome.DELIVERED: CallbackStatus.DELIVERED,
@@ -349,6 +360,7 @@ def _finish(
     """Record the attempt and settle the event in one commit (``OutboxRow.settle``); a
     retry waits the backoff, or the answer's longer ``Retry-After``."""
     answer: dict[str, Any] = {"status_code": response.status_code if response is not None else None}
+    answer_headers = response.headers if response is not None else {}
     if started is not None:
         answer["duration_ms"] = (time.monotonic() - started) * 1000
     now = timezone.now()
@@ -356,8 +368,9 @@ def _finish(
     final = _FINAL.get(outcome)
     if final is None:
         base = settings.EVENT_CALLBACK_RETRY_BASE_SECONDS
-        wait = backoff(callback.attempts, base, settings.EVENT_CALLBACK_RETRY_MAX_SECONDS)
-        retry_in = max(wait, _retry_after(response))
+        retry_in = backoff(callback.attempts, base, settings.EVENT_CALLBACK_RETRY_MAX_SECONDS)
+        with suppress(KeyError, ValueError):  # a longer Retry-After wins
+            retry_in = max(retry_in, float(answer_headers["retry-after"]))
         if now + timedelta(seconds=retry_in) < callback.give_up_at:
             callback.settle(
                 attempt, outcome, error=error, attempt_fields=answer, retry_in=retry_in, failed=True
@@ -393,3 +406,54 @@ def resend(callback_id: int) -> bool:
     if changed:
         transaction.on_commit(lambda: enqueue(callback_id))
     return bool(changed)
+
+
+# --- Event callbacks the bot is not getting (being retried, or ended undelivered in the
+# last 24 hours): one definition for /metrics and the banner. docs/operations.md.
+
+ENDED_WINDOW = timedelta(hours=24)
+ENDED_UNDELIVERED = (CallbackStatus.FAILED, CallbackStatus.REFUSED, CallbackStatus.GIVEN_UP)
+
+
+def failing(now: datetime) -> Q:
+    return Q(status=CallbackStatus.PENDING, attempts__gt=0) | Q(
+        status__in=ENDED_UNDELIVERED, created_at__gte=now - ENDED_WINDOW
+    )
+
+
+def failing_count(now: datetime) -> int:
+    return EventCallback.objects.filter(failing(now)).count()
+
+
+def problems(now: datetime) -> list[Problem]:
+    """The banner's line, from EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD failing callbacks."""
+    count = failing_count(now)
+    if count < settings.EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD:
+        return []
+    return [
+        Problem(
+            "callbacks_failing",
+            ngettext(
+                "%(n)s event callback to the bot is failing: is its receiver up?",
+                "%(n)s event callbacks to the bot are failing: is its receiver up?",
+                count,
+            )
+            % {"n": count},
+            reverse("admin:api_eventcallback_changelist") + "?failing=yes",
+        )
+    ]
+
+
+def figures(now: datetime) -> Iterator[GaugeMetricFamily]:
+    """/metrics: the count, and the banner's threshold beside it."""
+    yield GaugeMetricFamily(
+        "avatar_monitor_event_callbacks_failing",
+        "Event callbacks to API clients being retried, or ended undelivered in the last 24 hours.",
+        value=failing_count(now),
+    )
+    yield GaugeMetricFamily(
+        "avatar_monitor_event_callbacks_failing_threshold",
+        "The admin's banner shows failing event callbacks from this many "
+        "(EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD).",
+        value=settings.EVENT_CALLBACKS_FAILING_ALERT_THRESHOLD,
+    )

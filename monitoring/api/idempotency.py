@@ -15,9 +15,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from ninja import Status
 
-from monitoring.api.errors import ApiError
+from monitoring.api.middleware import ApiError
 from monitoring.api.models import ApiClient, IdempotencyKey
 
 logger = logging.getLogger("monitoring")
@@ -33,20 +35,23 @@ def request_hash(method: str, path: str, body: Any) -> str:
 
 
 def run_once(
-    *,
-    client: ApiClient,
+    request: HttpRequest,
+    response: HttpResponse,
     key: str,
-    digest: str,
     perform: Callable[[IdempotencyKey], Answer],
     recover: Recover,
-) -> tuple[int, dict[str, Any], bool]:
+    path: str,
+    body: Any = None,
+) -> Status:
     """Run ``perform`` (given the key row, to note its avatar on) at most once per (client,
-    key); the status, the body and whether that answer is a replay.
+    key) for a POST to ``path``; a repeat gets the first answer, marked replayed.
 
     An ``ApiError`` from it means nothing was started: the key is forgotten, so the client
     may retry with it. Any other error after an avatar was noted is answered by ``recover``
     from what the database holds: never a second submit.
     """
+    client: ApiClient = request.auth  # type: ignore[attr-defined]
+    digest = request_hash("POST", path, body)
     if not key or len(key) > 255 or not key.isascii() or not key.isprintable():
         raise ApiError(
             422,
@@ -60,7 +65,9 @@ def run_once(
                 client=client, key=key, request_hash=digest, state=IdempotencyKey.State.IN_PROGRESS
             )
     except IntegrityError:
-        return (*_replay(client, key, digest, recover), True)
+        replayed = _replay(client, key, digest, recover)
+        response[REPLAYED_HEADER] = "true"
+        return Status(*replayed)
     try:
         answer = perform(row)
     except ApiError:
@@ -75,7 +82,7 @@ def run_once(
         logger.exception("API start under key %s failed after its avatar was made", key)
         answer = recovered
     _done(IdempotencyKey.objects.filter(pk=row.pk), answer)
-    return (*answer, False)
+    return Status(*answer)
 
 
 def _done(rows: Any, answer: Answer) -> None:

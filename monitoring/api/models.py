@@ -3,8 +3,12 @@ A token is stored only as its SHA-256 (256 bits of entropy: no slow hash needed)
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -147,7 +151,7 @@ class ApiCall(models.Model):
         verbose_name = _("API call")
         verbose_name_plural = _("API calls")
         ordering = ["-at", "-id"]
-        # A client's calls of the last minute are its rate limit (``auth``).
+        # A client's calls of the last minute are its rate limit (``tokens.ClientToken``).
         indexes = [models.Index(fields=["client", "at"], name="api_call_client_at_idx")]
 
     def __str__(self) -> str:
@@ -240,3 +244,18 @@ class CallbackAttempt(OutboxAttempt):
 
     def __str__(self) -> str:
         return f"{self.callback_id} {self.outcome}"
+
+
+def prunable(now: datetime) -> dict[str, QuerySet[Any]]:
+    """What the API keeps, and for how long (registered with ``monitoring.ops.retention``)."""
+    calls_before = now - timedelta(days=settings.RETENTION_API_CALL_DAYS)
+    return {
+        "api_calls": ApiCall.objects.filter(at__lt=calls_before),
+        "api_idempotency_keys": IdempotencyKey.objects.filter(
+            created_at__lt=now - timedelta(hours=settings.API_IDEMPOTENCY_KEY_HOURS)
+        ),
+        # A callback still being retried is kept whatever its age.
+        "api_event_callbacks": EventCallback.objects.filter(created_at__lt=calls_before).exclude(
+            status=CallbackStatus.PENDING
+        ),
+    }

@@ -1,10 +1,17 @@
-"""API tokens and callback secrets: made once, shown once, tokens kept only as a hash."""
+"""API tokens and callback secrets: made once, shown once, tokens kept only as a hash.
+
+``ClientToken`` checks ``Authorization: Bearer <token>``, the client's rate limit and its
+scope, in that order. The limit, ``API_RATE_LIMIT_PER_MINUTE`` calls in a fixed minute,
+keeps nothing in process memory: a Redis counter with ``REDIS_URL``, else a count from the
+call log that the token's own lookup reads. See docs/api.md#the-call-log-and-the-rate-limit.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,9 +19,14 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
+from ninja.security import HttpBearer
 
+from monitoring.api import middleware
+from monitoring.api.middleware import ApiError
 from monitoring.api.models import ApiCall, ApiClient, Scope
+from notifications import rate_limits
 
 TOKEN_PREFIX = "atm_"
 # ``last_used_at`` is written at most this often, not on every call.
@@ -103,3 +115,43 @@ SELECT c.*, (
 ) AS calls_in_window
 FROM {ApiClient._meta.db_table} c WHERE c.token_hash = %s AND c.revoked_at IS NULL
 """
+WINDOW_SECONDS = 60
+
+
+class ClientToken(HttpBearer):
+    """Runs before the parameters are validated: an unauthenticated or out-of-scope call
+    is 401/403 whatever its body."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiClient | None:
+        now = timezone.now()
+        window = now.replace(second=0, microsecond=0)
+        count_since = None if settings.REDIS_URL else window
+        client = authenticate(token.strip(), count_since=count_since)
+        if client is None:
+            return None
+        # Recorded by the call-log middleware, whatever the answer.
+        request.api_client = client  # type: ignore[attr-defined]
+        if count_since is None:
+            key = f"{settings.Q_CLUSTER['name']}:api-rate:{client.pk}:{int(window.timestamp())}"
+            with rate_limits.redis_client().pipeline() as pipe:
+                pipe.incr(key)
+                pipe.expire(key, WINDOW_SECONDS * 2)
+                calls = int(pipe.execute()[0])
+        else:  # and this process's calls not written yet
+            calls = client.calls_in_window  # type: ignore[attr-defined]
+            calls += middleware.pending(client.pk, window)
+        if calls > settings.API_RATE_LIMIT_PER_MINUTE:
+            wait = max(1.0, (window + timedelta(seconds=WINDOW_SECONDS) - now).total_seconds())
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many calls; try again after Retry-After seconds.",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        if not client.has_scope(self.scope):
+            raise ApiError(403, "insufficient_scope", f"This token lacks the {self.scope} scope.")
+        return client

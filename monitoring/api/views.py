@@ -1,5 +1,5 @@
 """``/api/v1/``: thin views over ``monitoring.trainings`` and ``monitoring.transitions``,
-where the rules live. Each operation documents its own errors (``openapi.documented``).
+where the rules live. Each operation documents its own errors (``schemas.documented``).
 docs/api.md.
 """
 
@@ -10,38 +10,15 @@ from typing import Any, Literal
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from ninja import Header, Query, Schema, Status
+from ninja.operation import Operation
 from pydantic import Field
 
 from monitoring import billing, trainings, transitions
-from monitoring.api import avatar_read, errors, idempotency, query, representation
-from monitoring.api.auth import ClientToken
-from monitoring.api.errors import ApiError
+from monitoring.api import idempotency, middleware, representation, schemas
+from monitoring.api.middleware import ApiError
 from monitoring.api.models import ApiClient, ClientAvatar, IdempotencyKey, Scope
-from monitoring.api.openapi import (
-    INVALID,
-    NOT_FOUND,
-    NOT_JSON,
-    RATE_LIMITED,
-    TOO_LARGE,
-    UNAUTHORIZED,
-    UNKNOWN_QUERY,
-    DocumentedApi,
-    Err,
-    callbacks_description,
-    documented,
-    scope,
-)
-from monitoring.api.schemas import (
-    ID_NOTE,
-    AdoptIn,
-    AdoptOut,
-    AvatarOut,
-    AvatarPage,
-    CancelOut,
-    QuoteOut,
-    StartOut,
-    TrainingIn,
-)
+from monitoring.api.schemas import INVALID, NOT_FOUND, DocumentedApi, Err, documented
+from monitoring.api.tokens import ClientToken
 from monitoring.models import Avatar, AvatarStatus, EventSource, Owner, Training, TrainingOutcome
 from monitoring.trainings import cancel_training, create_avatar_for_owner, start_training
 from monitoring.transitions import RETRAINABLE
@@ -49,9 +26,8 @@ from monitoring.transitions import RETRAINABLE
 API_SOURCE = EventSource.API
 WRITE = ClientToken(Scope.TRAININGS_WRITE)
 READ = ClientToken(Scope.AVATARS_READ)
-_WRITE_ERRORS = (UNAUTHORIZED, RATE_LIMITED, scope(Scope.TRAININGS_WRITE), UNKNOWN_QUERY)
-_READ_ERRORS = (UNAUTHORIZED, RATE_LIMITED, scope(Scope.AVATARS_READ), UNKNOWN_QUERY)
-_BODY_ERRORS = (NOT_JSON, TOO_LARGE, INVALID)
+_WRITE_ERRORS = schemas.access(Scope.TRAININGS_WRITE)
+_READ_ERRORS = schemas.access(Scope.AVATARS_READ)
 _START_ERRORS = (
     Err(
         409,
@@ -97,11 +73,13 @@ api = DocumentedApi(
         "carries `Idempotent-Replayed: true`). Every answer carries `X-Request-ID` (yours "
         'when you send a sane one). Every error is `{"error": code, "detail": text, '
         '"fields"?: {name: message}}`; each operation lists its own codes. Unknown query '
-        "parameters are refused (400), never ignored. Ids: " + ID_NOTE + callbacks_description()
+        "parameters are refused (400), never ignored. Ids: "
+        + schemas.ID_NOTE
+        + schemas.callbacks_description()
     ),
     urls_namespace="api-v1",
 )
-errors.install(api)
+middleware.install(api)
 
 
 @api.get("/", include_in_schema=False)
@@ -125,7 +103,7 @@ def _or_404(avatar_id: int, found: Any) -> Any:
 def start_answer(training: Training) -> idempotency.Answer:
     """201 with the avatar and ``training`` as the database holds them; 202 when the start
     is held for fal's balance (``submit: "held"``, nothing sent)."""
-    avatar, attempts, kept = _or_404(training.avatar_id, avatar_read.read(training.avatar_id))
+    avatar, attempts, kept = _or_404(training.avatar_id, representation.read(training.avatar_id))
     chosen = next(t for t in attempts if t.pk == training.pk)
     return 202 if chosen.is_held else 201, {
         "avatar": representation.avatar_data(avatar, attempts, kept=kept),
@@ -161,20 +139,6 @@ def _link(avatar: Avatar, client: ApiClient, reference: str = "") -> None:
         ClientAvatar.objects.filter(pk=link.pk).update(client_reference=reference)
 
 
-def _once(request: HttpRequest, response: HttpResponse, key: str, perform, path: str, body=None):
-    """``perform`` once per Idempotency-Key; a repeat gets the first answer, marked replayed."""
-    status, answer, replayed = idempotency.run_once(
-        client=request.auth,  # type: ignore[attr-defined]
-        key=key,
-        digest=idempotency.request_hash("POST", path, body),
-        perform=perform,
-        recover=_recover,
-    )
-    if replayed:
-        response[idempotency.REPLAYED_HEADER] = "true"
-    return Status(status, answer)
-
-
 def _started(avatar: Avatar) -> idempotency.Answer:
     outcome = start_training(avatar, source=API_SOURCE)
     if outcome.training is None:
@@ -198,9 +162,9 @@ def _started(avatar: Avatar) -> idempotency.Answer:
         "nothing until then."
     ),
     **documented(
-        {201: StartOut, 202: StartOut},
+        {201: schemas.StartOut, 202: schemas.StartOut},
         *_WRITE_ERRORS,
-        *_BODY_ERRORS,
+        *schemas.BODY_ERRORS,
         *_START_ERRORS,
         _NOT_STARTABLE,
         idempotent=True,
@@ -209,7 +173,7 @@ def _started(avatar: Avatar) -> idempotency.Answer:
 def create_training(
     request: HttpRequest,
     response: HttpResponse,
-    payload: TrainingIn,
+    payload: schemas.TrainingIn,
     idempotency_key: str = _IDEMPOTENCY_KEY,
 ):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
@@ -234,7 +198,9 @@ def create_training(
         return _started(avatar)
 
     body = payload.model_dump(mode="json")
-    return _once(request, response, idempotency_key, perform, "/trainings", body)
+    return idempotency.run_once(
+        request, response, idempotency_key, perform, _recover, "/trainings", body
+    )
 
 
 @api.post(
@@ -243,7 +209,7 @@ def create_training(
     summary="Start an existing avatar, or retrain a failed or cancelled one",
     description='201: sent to fal. 202: held for fal\'s balance (`submit: "held"`).',
     **documented(
-        {201: StartOut, 202: StartOut},
+        {201: schemas.StartOut, 202: schemas.StartOut},
         *_WRITE_ERRORS,
         NOT_FOUND,
         INVALID,
@@ -282,7 +248,8 @@ def start_avatar(
         _link(avatar, client)
         return _started(avatar)
 
-    return _once(request, response, idempotency_key, perform, f"/avatars/{avatar_id}/trainings")
+    path = f"/avatars/{avatar_id}/trainings"
+    return idempotency.run_once(request, response, idempotency_key, perform, _recover, path)
 
 
 @api.get(
@@ -291,11 +258,11 @@ def start_avatar(
     summary="An avatar with its attempts",
     description="What was sent (owner, trigger, images URL, settings, client_reference), "
     "where it is on fal and every attempt, oldest first.",
-    **documented({200: AvatarOut}, *_READ_ERRORS, NOT_FOUND, INVALID),
+    **documented({200: schemas.AvatarOut}, *_READ_ERRORS, NOT_FOUND, INVALID),
 )
 def get_avatar(request: HttpRequest, avatar_id: int):
     client = request.auth  # type: ignore[attr-defined]
-    avatar, attempts, kept = _or_404(avatar_id, avatar_read.read(avatar_id, client))
+    avatar, attempts, kept = _or_404(avatar_id, representation.read(avatar_id, client))
     return representation.avatar_data(avatar, attempts, kept=kept)
 
 
@@ -316,7 +283,7 @@ class AvatarFilters(Schema):
     auth=READ,
     summary="Avatars, newest first, by owner, status or client_reference; pass next_cursor "
     "to go on",
-    **documented({200: AvatarPage}, *_READ_ERRORS, INVALID),
+    **documented({200: schemas.AvatarPage}, *_READ_ERRORS, INVALID),
 )
 def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
@@ -349,7 +316,7 @@ def list_avatars(request: HttpRequest, filters: Query[AvatarFilters]):
     "turns cancelled when fal confirms; an `avatar.cancelled` event follows), or "
     '`"cancelled"` when nothing was running on fal.',
     **documented(
-        {202: CancelOut},
+        {202: schemas.CancelOut},
         *_WRITE_ERRORS,
         NOT_FOUND,
         INVALID,
@@ -389,7 +356,7 @@ class QuoteQuery(Schema):
     auth=READ,
     summary="What a training would cost, from fal's unit prices (cached an hour)",
     **documented(
-        {200: QuoteOut},
+        {200: schemas.QuoteOut},
         *_READ_ERRORS,
         INVALID,
         Err(
@@ -415,9 +382,9 @@ def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
     summary="Adopt a fal request started elsewhere (idempotent on the request id)",
     operation_id="monitoring_api_adopt_adopt_training",  # as published before the move
     **documented(
-        {200: AdoptOut, 201: AdoptOut},
+        {200: schemas.AdoptOut, 201: schemas.AdoptOut},
         *_WRITE_ERRORS,
-        *_BODY_ERRORS,
+        *schemas.BODY_ERRORS,
         Err(
             404,
             "not_found",
@@ -438,7 +405,7 @@ def get_quote(request: HttpRequest, query: Query[QuoteQuery]):
         },
     ),
 )
-def adopt_training(request: HttpRequest, payload: AdoptIn):
+def adopt_training(request: HttpRequest, payload: schemas.AdoptIn):
     client: ApiClient = request.auth  # type: ignore[attr-defined]
     try:
         result = trainings.adopt_training(
@@ -467,5 +434,34 @@ def adopt_training(request: HttpRequest, payload: AdoptIn):
     return Status(201 if result.adopted else 200, {**body, "adopted": result.adopted})
 
 
+def _refuse_unknown_parameters(operation: Operation) -> None:
+    """A 400 naming them: a misspelt filter (``?state=``) must never answer the unfiltered
+    list as if it had been applied. Checked after the token, before validation."""
+    allowed: list[str] = []  # what the operation declares, in its order
+    for model in operation.models:
+        if getattr(model, "__ninja_param_source__", None) == "query":
+            allowed.extend(getattr(model, "__ninja_flatten_map__", None) or model.model_fields)
+    resolve = operation._get_values  # django-ninja's step that validates parameters
+
+    def checked(request: HttpRequest, path_params: Any, temporal_response: Any) -> Any:
+        unknown = [name for name in request.GET if name not in allowed]
+        if unknown:
+            takes = ", ".join(allowed) if allowed else "no query parameters"
+            plural = "s" if len(unknown) > 1 else ""
+            raise ApiError(
+                400,
+                "unknown_parameters",
+                f"Unknown query parameter{plural}: {', '.join(unknown)}. "
+                f"This operation takes: {takes}.",
+                fields={f"query.{name}": "unknown parameter" for name in unknown},
+            )
+        return resolve(request, path_params, temporal_response)
+
+    operation._get_values = checked  # type: ignore[method-assign]
+
+
 # Last: every operation is in place.
-query.forbid_unknown_parameters(api)
+for bound in api._get_bound_routers():
+    for path_view in bound.path_operations.values():
+        for operation in path_view.operations:
+            _refuse_unknown_parameters(operation)
