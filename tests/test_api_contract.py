@@ -280,6 +280,21 @@ def test_a_body_that_is_not_json_answers_as_documented(bot, document):
     assert documented["value"]["detail"] == "The request body is not valid JSON."
 
 
+def test_a_completed_avatar_refused_a_start_answers_as_documented(fal, bot, make_avatar, document):
+    responses = document["paths"]["/api/v1/avatars/{avatar_id}/trainings"]["post"]["responses"]
+    documented = responses["409"]["content"]["application/json"]["examples"]["not_startable"]
+    avatar = make_avatar()
+    give(avatar, bot)
+    bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="done-1")
+    run_check()
+
+    response = bot.post(f"/api/v1/avatars/{avatar.pk}/trainings", key="done-2")
+
+    assert response.status_code == 409
+    assert response.json() == documented["value"]
+    assert "cancelled" in documented["value"]["detail"]
+
+
 def test_each_operation_lists_its_own_errors_with_examples(document):
     paths = document["paths"]
     get_one = paths["/api/v1/avatars/{avatar_id}"]["get"]["responses"]

@@ -53,8 +53,8 @@ _NOT_STARTABLE = Err(
     409,
     "not_startable",
     "fal did not take the start, or the avatar is in a state that does not start "
-    "(only draft, ready_for_training and error avatars start).",
-    "The avatar is completed: only draft, ready_for_training and error avatars start.",
+    "(only draft, ready_for_training, error and cancelled avatars start).",
+    "The avatar is completed: only draft, ready_for_training, error and cancelled avatars start.",
 )
 _IDEMPOTENCY_KEY = Header(
     ...,
