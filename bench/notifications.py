@@ -62,6 +62,7 @@ from bench.scratch import (  # noqa: E402
     free_port,
     production_env,
     stop_group,
+    submit_through_transitions,
 )
 
 
@@ -96,41 +97,20 @@ def _wait_http(port: int, deadline_s: float = 30) -> None:
     raise SystemExit("gunicorn did not answer within 30 s")
 
 
-_owner_ids = iter(range(5_000_000, 6_000_000))
+_owner_ids = iter(range(5_000_000, 6_000_000, 100_000))
 
 
 def _make_trainings(count: int, prefix: str, *, distinct_owners: bool) -> list[tuple[int, str]]:
     """Avatars in training with submitted attempts; returns (owner chat id, request id)."""
-    from monitoring import transitions
-    from monitoring.models import Avatar, EventSource, Owner
-
-    made = []
-    shared = None if distinct_owners else Owner.objects.create(telegram_id=next(_owner_ids))
-    for i in range(count):
-        owner = shared or Owner.objects.create(telegram_id=next(_owner_ids), username=f"b{i}")
-        avatar = transitions.create_avatar(
-            Avatar(
-                owner=owner,
-                name=f"{prefix} <{i}> & 🐱",
-                training_type="portrait",
-                trigger_word="ohwx",
-                images_url="https://example.com/p.zip",
-            ),
-            source=EventSource.COMMAND,
-        )
-        started = transitions.begin_training(
-            avatar,
-            endpoint="fal-ai/flux-lora-portrait-trainer",
-            arguments={},
-            webhook_url="",
-            source=EventSource.COMMAND,
-        )
-        request_id = f"{prefix}-{i:06d}"
-        transitions.record_submitted(
-            started.training, request_id=request_id, source=EventSource.COMMAND
-        )
-        made.append((owner.telegram_id, request_id))
-    return made
+    trainings = submit_through_transitions(
+        count,
+        first_telegram_id=next(_owner_ids),
+        endpoint="fal-ai/flux-lora-portrait-trainer",
+        request_id=lambda i: f"{prefix}-{i:06d}",
+        owners=count if distinct_owners else 1,
+        name=prefix + " <{i}> & 🐱",
+    )
+    return [(t.avatar.owner.telegram_id, t.fal_request_id) for t in trainings]
 
 
 def _percentile(values: list[float], share: float) -> float:

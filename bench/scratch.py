@@ -108,10 +108,17 @@ def create_active_trainings(n: int, *, first_telegram_id: int, training_fields, 
 
 
 def submit_through_transitions(
-    n: int, *, first_telegram_id: int, endpoint: str, request_id, owners: int = 50
+    n: int,
+    *,
+    first_telegram_id: int,
+    endpoint: str,
+    request_id,
+    owners: int = 50,
+    name: str = "bench {i}",
 ):
     """N avatars started and submitted the way the service does it (the transitions):
-    ``request_id(i)`` is the i-th request id fal answered. Returns the trainings."""
+    ``request_id(i)`` is the i-th request id fal answered, ``name`` the avatar's name
+    (formatted with ``i``). Returns the trainings."""
     from monitoring import transitions
     from monitoring.models import Avatar, EventSource, Owner
 
@@ -126,7 +133,7 @@ def submit_through_transitions(
         avatar = transitions.create_avatar(
             Avatar(
                 owner=people[i % len(people)],
-                name=f"bench {i}",
+                name=name.format(i=i),
                 training_type="portrait",
                 trigger_word="ohwx",
                 images_url="https://example.com/p.zip",
