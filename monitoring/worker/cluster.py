@@ -16,7 +16,6 @@ import signal
 import socket
 import threading
 import time
-import types
 import uuid
 from typing import Any
 
@@ -63,21 +62,33 @@ def role_for_cluster(name: str | None) -> str | None:
 
 def role_environment(role: str) -> dict[str, str]:
     """django-q2 reads its queue name from Q_CLUSTER_NAME at import."""
-    env = {name: value for name, value in os.environ.items() if name != "Q_CLUSTER_NAME"}
+    env = dict(os.environ)
     if role == NOTIFICATIONS:
         env["Q_CLUSTER_NAME"] = cluster_name(role)
+    else:
+        env.pop("Q_CLUSTER_NAME", None)
     return env
 
 
-# ``at``: when the first stop signal reached this process or its parent (monotonic, 0: never),
-# a shared double, so children forked after ``install_stop_handlers`` see it set.
-STOP = types.SimpleNamespace(at=None, signal_name="")
+class _Stop:
+    """When the first stop signal reached this process or its parent (monotonic, 0: never):
+    a shared double, so children forked after ``install_stop_handlers`` see it set."""
+
+    at: Any = None
+    signal_name = ""
+
+
+STOP = _Stop()
 
 
 def install_stop_handlers() -> None:
     STOP.at = multiprocessing.Value("d", 0.0, lock=False)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: request_stop(signal.Signals(signum).name))
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+
+
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    request_stop(signal.Signals(signum).name)
 
 
 def request_stop(name: str = "internal") -> None:
@@ -115,7 +126,7 @@ class _StopEvent:
         return stopping()
 
 
-def prctl(option: int, value: int) -> bool:
+def _prctl(option: int, value: int) -> bool:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the parent's stop still ends us
@@ -126,8 +137,13 @@ def prctl(option: int, value: int) -> bool:
 def die_with_parent(sig: int) -> None:
     """Linux: have the kernel send ``sig`` to this process when its parent dies."""
     parent = os.getppid()
-    if prctl(1, int(sig)) and os.getppid() != parent:  # PR_SET_PDEATHSIG; parent died before
+    if _prctl(1, int(sig)) and os.getppid() != parent:  # PR_SET_PDEATHSIG; parent died before
         os.kill(os.getpid(), sig)
+
+
+def adopt_orphans() -> None:
+    """Linux: orphaned descendants are re-parented to this process (to reap), not to PID 1."""
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 
 
 def set_process_title(title: str) -> None:
@@ -229,15 +245,19 @@ class RoleSentinel(Sentinel):
         return 0
 
     def spawn_worker(self) -> None:
-        # Sentinel.spawn_worker with our wrapper as the target (daemonic, the default).
+        # Sentinel.spawn_worker with our wrapper as the target.
         timer = multiprocessing.Value("f", -1)
         ack = multiprocessing.Value("q", -1, lock=False)
-        process = self.spawn_process(
-            _run_worker, self.task_queue, self.result_queue, timer, self.timeout, ack
+        process = multiprocessing.get_context("fork").Process(
+            target=_run_worker,
+            args=(self.task_queue, self.result_queue, timer, self.timeout, ack),
+            name=f"Process-{uuid.uuid4().hex}",
         )
-        process.timer = timer
-        process.ack = ack
+        process.daemon = Conf.DAEMONIZE_WORKERS
+        process.timer = timer  # type: ignore[attr-defined]
+        process.ack = ack  # type: ignore[attr-defined]
         self.pool.append(process)
+        process.start()
 
     def spawn_cluster(self) -> None:
         super().spawn_cluster()
@@ -267,12 +287,15 @@ class RoleSentinel(Sentinel):
 
     def _beat(self) -> None:
         now = timezone.now()
-        WorkerHeartbeat.objects.update_or_create(
-            role=self.role,
-            host=self.host,
-            defaults={"pid": os.getpid(), "beat_at": now},
-            create_defaults={"pid": os.getpid(), "beat_at": now, "started_at": now},
+        updated = WorkerHeartbeat.objects.filter(role=self.role, host=self.host).update(
+            pid=os.getpid(), beat_at=now
         )
+        if not updated:
+            WorkerHeartbeat.objects.update_or_create(
+                role=self.role,
+                host=self.host,
+                defaults={"pid": os.getpid(), "beat_at": now, "started_at": now},
+            )
 
     def stop(self) -> None:
         """Replaces Sentinel.stop: nothing prefetched runs, everything ends by the deadlines."""

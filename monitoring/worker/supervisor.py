@@ -3,7 +3,6 @@ name at import); a crash of one stops the other so the whole worker restarts."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ class Supervisor:
 
     def run(self) -> int:
         cluster.install_stop_handlers()
-        cluster.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphaned descendants are ours to reap
+        cluster.adopt_orphans()
         cluster.set_process_title("qcluster supervisor")
         for role in self.roles:
             # A supervisor killed with SIGKILL still ends its roles (which end their workers).
@@ -80,15 +79,19 @@ class Supervisor:
     def _stop(self) -> None:
         logger.info("Worker stopping (%s)", cluster.STOP.signal_name)
         for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signal.SIGTERM)  # exactly one, whatever the group got
+            except ProcessLookupError:
+                pass
         while self.children and cluster.seconds_left(cluster.KILL_ROLES_BEFORE_END) > 0:
             self._reap()
             time.sleep(0.02)
         for pid, (role, _child) in list(self.children.items()):
             logger.warning("Worker role %s did not stop in time: killed", role)
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         while self.children:
             self._reap()
             time.sleep(0.01)

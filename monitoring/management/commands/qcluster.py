@@ -46,16 +46,7 @@ class Command(BaseCommand):
 
             code = Supervisor().run()
         else:
-            from django_q.conf import Conf
-
-            wanted = cluster.cluster_name(role)
-            if Conf.CLUSTER_NAME != wanted:  # django-q2 read another queue name at import
-                env = cluster.role_environment(role)
-                if env.get("Q_CLUSTER_NAME") == os.environ.get("Q_CLUSTER_NAME"):
-                    raise CommandError(
-                        f"django-q2 is configured for queue {Conf.CLUSTER_NAME}, not {wanted}"
-                    )
-                os.execve(sys.executable, [sys.executable, *sys.argv], env)
+            self._run_as(role)
             code = cluster.RoleSentinel(role).run()
         # Everything is stopped: run the exit hooks (log and error-reporter flushes) and
         # skip the interpreter's teardown, which takes most of a second on a busy host.
@@ -63,3 +54,18 @@ class Command(BaseCommand):
         sys.stderr.flush()
         atexit._run_exitfuncs()
         os._exit(code)
+
+    @staticmethod
+    def _run_as(role: str) -> None:
+        """Re-exec when django-q2 read another queue name at import."""
+        from django_q.conf import Conf
+
+        wanted = cluster.cluster_name(role)
+        if Conf.CLUSTER_NAME == wanted:
+            return
+        env = cluster.role_environment(role)
+        if env.get("Q_CLUSTER_NAME") == os.environ.get("Q_CLUSTER_NAME"):
+            raise CommandError(
+                f"django-q2 is configured for queue {Conf.CLUSTER_NAME}, not {wanted}"
+            )
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
